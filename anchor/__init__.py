@@ -1,0 +1,1 @@
+"""Anchor node extensions (gateway and shared stores); see the anchor issue."""

@@ -1,0 +1,282 @@
+"""Typed, frozen configuration loaded from TOML.
+
+Every section is a frozen dataclass; every field carries its unit in its name and a help text in its
+metadata. :func:`load_config` rejects unknown sections and keys and values of the wrong type or range with a
+:class:`~node.errors.ConfigError` naming the key (``mesh.announce_interval_s``) and the expected form.
+
+Where things live (first match wins):
+
+* data dir: ``--data-dir`` → ``$VILLAGE_DATA_DIR`` → ``node.data_dir`` in the config file → platformdirs'
+  user data dir for ``aivillage`` (``~/.local/share/aivillage`` on Linux).
+* config file: ``--config`` → ``$VILLAGE_CONFIG`` → ``<data dir>/config.toml`` if it exists → built-in defaults.
+
+``configs/node.example.toml`` is generated from the metadata here (``village config example``); a test keeps
+the two identical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from node.errors import ConfigError
+from node.wire.limits import WireLimits
+
+APP_NAME = "aivillage"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _f(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+       choices: tuple[str, ...] | None = None) -> Any:
+    meta: dict[str, Any] = {"help": help}
+    if min is not None:
+        meta["min"] = min
+    if max is not None:
+        meta["max"] = max
+    if choices is not None:
+        meta["choices"] = choices
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSection:
+    nickname: str = _f("", "Name shown to peers in announces (<= 255 UTF-8 bytes). Empty: 'village-' + "
+                           "the first 4 hex digits of the peer ID.")
+    data_dir: str = _f("", "Where keys, state and the control socket live. Empty: --data-dir, "
+                           "$VILLAGE_DATA_DIR, or the platform's user data dir.")
+    log_level: str = _f("info", "Log verbosity.", choices=LOG_LEVELS)
+    shutdown_deadline_s: float = _f(10.0, "Seconds allowed for a clean drain after SIGINT/SIGTERM before "
+                                          "tasks are cancelled.", min=0.1, max=600)
+
+
+@dataclass(frozen=True, slots=True)
+class ControlSection:
+    socket_path: str = _f("", "Unix socket for the CLI (mode 0600). Empty: <data dir>/control.sock.")
+    max_request_bytes: int = _f(1_048_576, "Largest JSON-RPC request line accepted, in bytes.",
+                                min=1024, max=64 * 1_048_576)
+    max_connections: int = _f(32, "Concurrent control connections; more wait for a free slot.",
+                              min=1, max=4096)
+    follow_queue_messages: int = _f(256, "Messages buffered per `inbox --follow` subscriber before it is "
+                                         "disconnected as too slow.", min=1, max=1_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class MeshSection:
+    announce_interval_s: float = _f(15.0, "Mean seconds between periodic announces (BitChat: 15 +- 4).",
+                                    min=1, max=3600)
+    announce_jitter_s: float = _f(4.0, "Random +- jitter added to each announce interval, in seconds.",
+                                  min=0, max=600)
+    default_ttl: int = _f(7, "Hop budget of packets we originate (BitChat: 7).", min=1, max=7)
+    max_clock_skew_s: float = _f(120.0, "Packets whose timestamp differs from our clock by more are dropped.",
+                                 min=1, max=86_400)
+    announce_max_age_s: float = _f(900.0, "Announces older than this are ignored, in seconds.",
+                                   min=1, max=86_400)
+    dedupe_ttl_s: float = _f(300.0, "How long a seen packet is remembered for duplicate suppression.",
+                             min=1, max=86_400)
+    dedupe_max_entries: int = _f(1000, "Most packets remembered for duplicate suppression (trimmed to 3/4).",
+                                 min=16, max=10_000_000)
+    peer_expiry_s: float = _f(60.0, "A peer not heard from for this long is shown as gone.",
+                              min=1, max=86_400)
+    max_peers: int = _f(1000, "Most peers tracked; the least recently heard is forgotten beyond this.",
+                        min=1, max=1_000_000)
+    handshake_timeout_s: float = _f(10.0, "Seconds an unfinished Noise handshake may take before it is "
+                                          "abandoned and retried (BitChat initiator: 10).", min=0.5, max=600)
+    private_retry_interval_s: float = _f(5.0, "Seconds before an unacknowledged private message is resent; "
+                                              "doubles per attempt.", min=0.1, max=3600)
+    private_max_attempts: int = _f(6, "Sends of a private message before it is marked failed.",
+                                   min=1, max=1000)
+    max_pending_private: int = _f(256, "Private messages awaiting a delivery ack, across all peers.",
+                                  min=1, max=1_000_000)
+    max_public_text_chars: int = _f(60_000, "Longest public or private text accepted (BitChat: 60,000).",
+                                    min=1, max=1_000_000)
+    inbox_max_messages: int = _f(10_000, "Messages kept in the inbox; the oldest are pruned beyond this.",
+                                 min=1, max=100_000_000)
+
+
+# `[wire]` is the codec's WireLimits; its help texts and ranges live here so the codec stays config-free.
+WIRE_HELP: dict[str, tuple[str, float, float]] = {
+    "max_payload_bytes": ("Largest packet payload or originalSize accepted, in bytes.", 1024, 1 << 30),
+    "max_decompression_ratio": ("Largest originalSize / compressed size accepted (zip-bomb guard).", 2, 1 << 20),
+    "max_route_hops": ("Most hops in a v2 source route.", 0, 255),
+    "fragment_max_total": ("Largest fragment count accepted from a peer.", 1, 65_535),
+    "fragment_max_send_count": ("Most fragments we emit for one frame.", 1, 65_535),
+    "fragment_max_assemblies": ("Concurrent reassemblies kept (oldest evicted).", 1, 1_000_000),
+    "fragment_lifetime_s": ("Seconds an incomplete reassembly may live.", 0.1, 3600),
+    "fragment_max_assembly_bytes": ("Bytes one reassembly may hold.", 1024, 1 << 30),
+    "fragment_max_assembly_bytes_large": ("Bytes one reassembly of a noiseEncrypted/fileTransfer frame "
+                                          "may hold.", 1024, 1 << 30),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    node: NodeSection = field(default_factory=NodeSection)
+    control: ControlSection = field(default_factory=ControlSection)
+    mesh: MeshSection = field(default_factory=MeshSection)
+    wire: WireLimits = field(default_factory=WireLimits)
+    # Resolved, not read from TOML: the data dir and the file the config came from (None: defaults).
+    data_dir: Path = field(default_factory=lambda: default_data_dir())
+    source: Path | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return Path(self.control.socket_path) if self.control.socket_path else self.data_dir / "control.sock"
+
+
+SECTIONS: dict[str, type] = {
+    "node": NodeSection,
+    "control": ControlSection,
+    "mesh": MeshSection,
+    "wire": WireLimits,
+}
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
+def _field_meta(section: str, f: dataclasses.Field[Any]) -> Mapping[str, Any]:
+    if section == "wire":
+        help_text, lo, hi = WIRE_HELP[f.name]
+        return {"help": help_text, "min": lo, "max": hi}
+    return f.metadata
+
+
+def _num(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+
+
+def _check_value(key: str, value: Any, typ: Any, meta: Mapping[str, Any]) -> Any:
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    elif typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+    elif typ is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        value = float(value)
+    elif typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+    else:  # pragma: no cover - a new field type must be taught here
+        raise ConfigError(f"{key}: unsupported field type {typ!r}")
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and hi is not None and not lo <= value <= hi:
+        raise ConfigError(f"{key}: expected a value from {_num(lo)} to {_num(hi)}, got {value!r}")
+    return value
+
+
+def _build_section(name: str, raw: Any) -> Any:
+    cls = SECTIONS[name]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{name}]: expected a table of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{name}.{key}: unknown key (known keys in [{name}]: {known})")
+        kwargs[key] = _check_value(f"{name}.{key}", value, hints[key], _field_meta(name, fields[key]))
+    section = cls(**kwargs)
+    if name == "node" and len(section.nickname.encode()) > 255:
+        raise ConfigError("node.nickname: expected at most 255 UTF-8 bytes")
+    return section
+
+
+def config_from_mapping(raw: Mapping[str, Any], *, data_dir: Path | None = None,
+                        source: Path | None = None) -> Config:
+    """Validate a parsed TOML document. ``data_dir`` (if given) wins over ``node.data_dir``."""
+    sections: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"[{name}]: unknown section (known sections: {', '.join(SECTIONS)})")
+        sections[name] = _build_section(name, value)
+    node = sections.get("node", NodeSection())
+    if data_dir is None:
+        data_dir = Path(node.data_dir).expanduser() if node.data_dir else default_data_dir()
+    return Config(data_dir=data_dir, source=source, **sections)
+
+
+def load_config(config_path: Path | None = None, *, data_dir: Path | None = None,
+                env: Mapping[str, str] | None = None) -> Config:
+    """Find, read and validate the configuration (see the module docstring for the search order)."""
+    env = os.environ if env is None else env
+    if data_dir is None and env.get("VILLAGE_DATA_DIR"):
+        data_dir = Path(env["VILLAGE_DATA_DIR"])
+    if config_path is None and env.get("VILLAGE_CONFIG"):
+        config_path = Path(env["VILLAGE_CONFIG"])
+    if config_path is None:
+        candidate = (data_dir or default_data_dir()) / "config.toml"
+        if not candidate.exists():
+            return Config(data_dir=(data_dir or default_data_dir()).expanduser())
+        config_path = candidate
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {config_path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {config_path} cannot be read: {exc.strerror}") from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {config_path} is not valid TOML: {exc}") from exc
+    try:
+        cfg = config_from_mapping(raw, data_dir=data_dir.expanduser() if data_dir else None,
+                                  source=config_path)
+    except ConfigError as exc:
+        raise ConfigError(f"{config_path}: {exc}") from None
+    return cfg
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, int):
+        return f"{value:_}" if abs(value) >= 10_000 else str(value)
+    return repr(value)
+
+
+def example_toml() -> str:
+    """The documented example config: every key, its default, its meaning and range."""
+    lines = [
+        "# AIVillage node configuration. Every key is optional; the values shown are the defaults.",
+        "# Generated by `village config example`; tests keep this file and the code in step.",
+        "# Units are in the key names: _s seconds, _bytes bytes, _chars characters.",
+    ]
+    for name, cls in SECTIONS.items():
+        lines.append("")
+        lines.append(f"[{name}]")
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            meta = _field_meta(name, f)
+            rng = ""
+            if "choices" in meta:
+                rng = " One of: " + ", ".join(meta["choices"]) + "."
+            elif "min" in meta:
+                rng = f" Range {_num(meta['min'])} to {_num(meta['max'])}."
+            lines.append(f"# {meta['help']}{rng}")
+            lines.append(f"{f.name} = {_toml_value(getattr(defaults, f.name))}")
+    return "\n".join(lines) + "\n"
+
+
+def config_as_dict(cfg: Config) -> dict[str, Any]:
+    out: dict[str, Any] = {name: dataclasses.asdict(getattr(cfg, name)) for name in SECTIONS}
+    out["resolved"] = {"data_dir": str(cfg.data_dir), "socket_path": str(cfg.socket_path),
+                       "source": str(cfg.source) if cfg.source else None}
+    return out

@@ -1,0 +1,31 @@
+"""Control-plane errors::
+
+    ControlError (node.errors)
+    ├── RpcError            (node.control.rpc) an error object to send back to a client
+    └── ClientError         the CLI could not talk to the node
+        └── NotRunning      nothing listens on the control socket
+    RemoteCallError         the node answered a call with a JSON-RPC error (subclass of ClientError)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from node.errors import ControlError
+
+
+class ClientError(ControlError):
+    """The CLI could not complete a call."""
+
+
+class NotRunning(ClientError):
+    """No node is listening on the control socket."""
+
+
+class RemoteCallError(ClientError):
+    """The node answered with a JSON-RPC error."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.data = data

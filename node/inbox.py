@@ -1,0 +1,94 @@
+"""Received messages, kept in SQLite (``<data dir>/state.db``, WAL) so the inbox survives restarts.
+
+Each row is unique by (sender, message ID): a retransmitted private message is stored once. The table is
+pruned to ``mesh.inbox_max_messages`` rows (oldest first). Writes are single small statements on a local
+file, done inline on the event loop; they take tens of microseconds.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+SCHEMA_VERSION = 1
+PRUNE_EVERY = 100  # inserts between prune passes
+
+
+@dataclass(frozen=True, slots=True)
+class InboxMessage:
+    seq: int
+    id: str
+    sender: str  # peer ID hex
+    nickname: str
+    text: str
+    private: bool
+    received_at_ms: int
+    sent_at_ms: int
+    hops: int
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["from"] = d.pop("sender")
+        return d
+
+
+class Inbox:
+    def __init__(self, path: Path | None, *, max_messages: int) -> None:
+        """``path`` None keeps the inbox in memory (simulations)."""
+        conn = sqlite3.connect(str(path) if path else ":memory:", isolation_level=None)
+        self.db = sqlite_utils.Database(conn)
+        if path is not None:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        self.max_messages = max_messages
+        self._inserts = 0
+        self.db.execute("""
+            CREATE TABLE IF NOT EXISTS inbox (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                id TEXT NOT NULL,
+                sender TEXT NOT NULL,
+                nickname TEXT NOT NULL,
+                text TEXT NOT NULL,
+                private INTEGER NOT NULL,
+                received_at_ms INTEGER NOT NULL,
+                sent_at_ms INTEGER NOT NULL,
+                hops INTEGER NOT NULL,
+                UNIQUE (sender, id)
+            )""")
+        self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def add(self, *, id: str, sender: str, nickname: str, text: str, private: bool, received_at_ms: int,
+            sent_at_ms: int, hops: int) -> InboxMessage | None:
+        """Store a message; returns it, or None if (sender, id) is already there."""
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO inbox (id, sender, nickname, text, private, received_at_ms, sent_at_ms, hops)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [id, sender, nickname, text, int(private), received_at_ms, sent_at_ms, hops])
+        if cur.rowcount == 0:
+            return None
+        seq = int(cur.lastrowid or 0)
+        self._inserts += 1
+        if self._inserts % PRUNE_EVERY == 0:
+            self.prune()
+        return InboxMessage(seq, id, sender, nickname, text, private, received_at_ms, sent_at_ms, hops)
+
+    def prune(self) -> None:
+        self.db.execute("DELETE FROM inbox WHERE seq <= (SELECT MAX(seq) FROM inbox) - ?", [self.max_messages])
+
+    def list(self, *, limit: int = 50, after_seq: int = 0) -> list[InboxMessage]:
+        """The newest ``limit`` messages with seq > ``after_seq``, oldest first."""
+        rows = self.db.execute(
+            "SELECT seq, id, sender, nickname, text, private, received_at_ms, sent_at_ms, hops FROM inbox"
+            " WHERE seq > ? ORDER BY seq DESC LIMIT ?", [after_seq, limit]).fetchall()
+        return [InboxMessage(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], r[8]) for r in reversed(rows)]
+
+    def count(self) -> int:
+        row = self.db.execute("SELECT COUNT(*) FROM inbox").fetchone()
+        return int(row[0])

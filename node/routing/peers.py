@@ -1,0 +1,81 @@
+"""What we know about other nodes: keys pinned from verified announces, nickname, last contact, link.
+
+BitChat rules (BLE/BLEAnnounceHandlingPolicy.swift): an announce counts only if its sender ID is the first 8
+bytes of SHA-256 of its Noise key and its signature verifies with its signing key; a peer's keys are pinned
+at first sight, so a later announce with other keys under the same ID is refused. An announce with TTL 7
+came straight from the neighbour and binds the link it arrived on to that peer.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from node.identity import fingerprint_from_noise_key
+
+
+@dataclass
+class PeerInfo:
+    peer_id: bytes
+    noise_public_key: bytes
+    signing_public_key: bytes
+    nickname: str
+    first_seen: float
+    last_seen: float
+    link_id: str | None = None  # the link a direct (TTL 7) announce arrived on
+    hops: int = 1
+    capabilities: int | None = None
+    left: bool = False  # a verified leave was received
+
+    def reachable(self, now: float, expiry_s: float) -> bool:
+        return not self.left and now - self.last_seen <= expiry_s
+
+
+class PeerTable:
+    """Bounded: beyond ``max_peers`` the least recently heard peer is forgotten."""
+
+    def __init__(self, max_peers: int) -> None:
+        self.max_peers = max_peers
+        self._peers: OrderedDict[bytes, PeerInfo] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def __iter__(self) -> Iterator[PeerInfo]:
+        return iter(list(self._peers.values()))
+
+    def get(self, peer_id: bytes) -> PeerInfo | None:
+        return self._peers.get(peer_id)
+
+    def upsert(self, info: PeerInfo) -> None:
+        self._peers[info.peer_id] = info
+        self._peers.move_to_end(info.peer_id)
+        while len(self._peers) > self.max_peers:
+            self._peers.popitem(last=False)
+
+    def touch(self, peer_id: bytes, now: float) -> None:
+        info = self._peers.get(peer_id)
+        if info is not None:
+            info.last_seen = now
+            self._peers.move_to_end(peer_id)
+
+    def unbind_link(self, link_id: str) -> None:
+        for info in self._peers.values():
+            if info.link_id == link_id:
+                info.link_id = None
+
+    def resolve(self, ref: str) -> list[PeerInfo]:
+        """Peers matching a user's reference: peer ID hex, fingerprint hex, a hex prefix, or a nickname."""
+        ref_l = ref.lower()
+        exact = [p for p in self._peers.values() if p.peer_id.hex() == ref_l]
+        if exact:
+            return exact
+        by_name = [p for p in self._peers.values() if p.nickname == ref]
+        if by_name:
+            return by_name
+        if len(ref_l) >= 4 and all(c in "0123456789abcdef" for c in ref_l):
+            return [p for p in self._peers.values()
+                    if p.peer_id.hex().startswith(ref_l)
+                    or fingerprint_from_noise_key(p.noise_public_key).startswith(ref_l)]
+        return []

@@ -1,0 +1,96 @@
+"""Config: defaults, every validation error names its key, the example file matches the code."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from node.config import SECTIONS, Config, config_from_mapping, example_toml, load_config
+from node.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_without_a_file(tmp_path: Path) -> None:
+    cfg = load_config(data_dir=tmp_path, env={})
+    assert cfg == Config(data_dir=tmp_path)
+    assert cfg.mesh.default_ttl == 7 and cfg.wire.max_payload_bytes == 1_179_760
+    assert cfg.socket_path == tmp_path / "control.sock"
+    assert cfg.source is None
+
+
+def test_example_file_is_the_generated_one_and_parses_to_defaults() -> None:
+    text = (REPO / "configs" / "node.example.toml").read_text()
+    assert text == example_toml(), "regenerate with: village config example > configs/node.example.toml"
+    cfg = config_from_mapping(tomllib.loads(text), data_dir=Path("/x"))
+    assert cfg == Config(data_dir=Path("/x"))
+    for name, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            assert f"\n{f.name} = " in text.split(f"[{name}]")[1], f"{name}.{f.name} undocumented"
+
+
+def test_file_values_override_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[node]\nnickname = "pi-shelf"\n[mesh]\nannounce_interval_s = 30\n'
+                    "[wire]\nfragment_max_assemblies = 16\n")
+    cfg = load_config(path, data_dir=tmp_path, env={})
+    assert cfg.node.nickname == "pi-shelf"
+    assert cfg.mesh.announce_interval_s == 30.0 and isinstance(cfg.mesh.announce_interval_s, float)
+    assert cfg.wire.fragment_max_assemblies == 16
+    assert cfg.source == path
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ("[mesh]\nannounce_interval = 3\n", r"mesh\.announce_interval: unknown key"),
+    ("[meshh]\n", r"\[meshh\]: unknown section"),
+    ("[mesh]\ndefault_ttl = 9\n", r"mesh\.default_ttl: expected a value from 1 to 7, got 9"),
+    ("[mesh]\ndefault_ttl = 2.5\n", r"mesh\.default_ttl: expected a whole number"),
+    ('[mesh]\nannounce_interval_s = "15"\n', r"mesh\.announce_interval_s: expected a number"),
+    ("[node]\nlog_level = \"loud\"\n", r"node\.log_level: expected one of 'debug', 'info'"),
+    ("[node]\nnickname = 5\n", r"node\.nickname: expected a string"),
+    ("[control]\nmax_connections = true\n", r"control\.max_connections: expected a whole number"),
+    ("[wire]\nmax_route_hops = 300\n", r"wire\.max_route_hops: expected a value from 0 to 255"),
+    ("mesh = 3\n", r"\[mesh\]: expected a table"),
+    ("[node\n", r"not valid TOML"),
+])
+def test_bad_values_name_the_key(tmp_path: Path, toml: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, data_dir=tmp_path, env={})
+
+
+def test_nickname_byte_limit() -> None:
+    with pytest.raises(ConfigError, match="255 UTF-8 bytes"):
+        config_from_mapping({"node": {"nickname": "é" * 200}})
+
+
+def test_data_dir_precedence(tmp_path: Path) -> None:
+    env_dir, file_dir, flag_dir = tmp_path / "env", tmp_path / "file", tmp_path / "flag"
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text(f'[node]\ndata_dir = "{file_dir}"\n')
+    assert load_config(cfg_file, env={}).data_dir == file_dir
+    assert load_config(cfg_file, env={"VILLAGE_DATA_DIR": str(env_dir)}).data_dir == env_dir
+    assert load_config(cfg_file, data_dir=flag_dir, env={"VILLAGE_DATA_DIR": str(env_dir)}).data_dir == flag_dir
+
+
+def test_config_found_in_data_dir_and_via_env(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text('[node]\nnickname = "from-data-dir"\n')
+    assert load_config(data_dir=tmp_path, env={}).node.nickname == "from-data-dir"
+    other = tmp_path / "other.toml"
+    other.write_text('[node]\nnickname = "from-env"\n')
+    assert load_config(data_dir=tmp_path, env={"VILLAGE_CONFIG": str(other)}).node.nickname == "from-env"
+
+
+def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml", env={})
+
+
+def test_config_is_frozen() -> None:
+    cfg = Config(data_dir=Path("/x"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.mesh.default_ttl = 3  # type: ignore[misc]
