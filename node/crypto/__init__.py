@@ -1,0 +1,1 @@
+"""Cryptography: the Noise protocol framework (sans-IO) and BitChat's Noise transport framing."""
