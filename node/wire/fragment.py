@@ -1,0 +1,173 @@
+"""BitChat fragments (BITCHAT.md §2.3; BLE/BLEOutboundFragmentPlanner.swift, BLE/BLEFragmentAssemblyBuffer.swift).
+
+A fragment is a type-0x20 packet whose payload is
+``fragmentID (8 random bytes) ‖ index u16 ‖ total u16 ‖ originalType u8 ‖ chunk``; the chunks are consecutive
+slices of the complete encoded original frame. Fragment packets copy version, TTL, timestamp, sender,
+recipient, route and RSR from the original; they are never signed or padded (but the generic encoder may
+compress their payload, as BitChat's does).
+
+The :class:`Reassembler` keys assemblies by (sender, fragmentID) and bounds everything: at most
+``fragment_max_assemblies`` at once (oldest evicted), ``fragment_lifetime_s`` each, ``fragment_max_assembly_bytes``
+per assembly (the larger ``..._large`` bound for noiseEncrypted/fileTransfer originals), ``0 < total ≤
+fragment_max_total``, ``index < total``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+
+from node.wire.errors import EncodeError, MalformedFrame
+from node.wire.limits import WireLimits
+from node.wire.packet import (
+    DEFAULT_LIMITS,
+    ID_BYTES,
+    V1_HEADER_BYTES,
+    V2_HEADER_BYTES,
+    MessageType,
+    Packet,
+    encode_packet,
+)
+
+FRAGMENT_HEADER_BYTES = 13  # fragmentID 8 + index 2 + total 2 + originalType 1
+LARGE_ORIGINAL_TYPES = (MessageType.NOISE_ENCRYPTED, MessageType.FILE_TRANSFER)
+
+
+@dataclass(frozen=True, slots=True)
+class FragmentPayload:
+    fragment_id: bytes
+    index: int
+    total: int
+    original_type: int
+    chunk: bytes
+
+
+def encode_fragment(frag: FragmentPayload) -> bytes:
+    if len(frag.fragment_id) != ID_BYTES:
+        raise EncodeError("fragment ID must be 8 bytes")
+    if not 0 <= frag.index < frag.total <= 0xFFFF or not 0 <= frag.original_type <= 0xFF:
+        raise EncodeError(f"fragment {frag.index}/{frag.total} of type {frag.original_type} does not fit")
+    return (frag.fragment_id + frag.index.to_bytes(2, "big") + frag.total.to_bytes(2, "big")
+            + bytes([frag.original_type]) + frag.chunk)
+
+
+def decode_fragment_untrusted(payload: bytes) -> FragmentPayload:
+    if len(payload) < FRAGMENT_HEADER_BYTES:
+        raise MalformedFrame(f"fragment payload of {len(payload)} bytes is shorter than its header")
+    return FragmentPayload(
+        fragment_id=bytes(payload[:8]),
+        index=int.from_bytes(payload[8:10], "big"),
+        total=int.from_bytes(payload[10:12], "big"),
+        original_type=payload[12],
+        chunk=bytes(payload[13:]),
+    )
+
+
+def fragment_overhead(original: Packet) -> int:
+    """Bytes of a fragment frame besides its chunk (uncompressed)."""
+    header = V1_HEADER_BYTES if original.version == 1 else V2_HEADER_BYTES
+    recipient = ID_BYTES if original.recipient_id is not None else 0
+    route = 1 + ID_BYTES * len(original.route) if original.version >= 2 and original.route else 0
+    return header + ID_BYTES + recipient + route + FRAGMENT_HEADER_BYTES
+
+
+def fragment_frame(original: Packet, frame: bytes, max_frame_bytes: int, fragment_id: bytes,
+                   limits: WireLimits = DEFAULT_LIMITS) -> list[bytes]:
+    """Split the encoded ``frame`` of ``original`` into fragment frames of at most ``max_frame_bytes``."""
+    chunk_size = max_frame_bytes - fragment_overhead(original)
+    if chunk_size < 1:
+        raise EncodeError(f"a {max_frame_bytes}-byte MTU leaves no room for a fragment chunk")
+    total = math.ceil(len(frame) / chunk_size)
+    if total > min(limits.fragment_max_send_count, 0xFFFF):
+        raise EncodeError(f"frame of {len(frame)} bytes needs {total} fragments at MTU {max_frame_bytes}; "
+                          f"at most {limits.fragment_max_send_count} are sent")
+    return fragment_with_chunk_size(original, frame, chunk_size, fragment_id, max_frame_bytes=max_frame_bytes)
+
+
+def fragment_with_chunk_size(original: Packet, frame: bytes, chunk_size: int, fragment_id: bytes, *,
+                             max_frame_bytes: int | None = None) -> list[bytes]:
+    total = math.ceil(len(frame) / chunk_size)
+    out = []
+    for index in range(total):
+        chunk = frame[index * chunk_size:(index + 1) * chunk_size]
+        payload = encode_fragment(FragmentPayload(fragment_id, index, total, original.type, chunk))
+        pkt = replace(original, type=MessageType.FRAGMENT, payload=payload, signature=None)
+        encoded = encode_packet(pkt)
+        if max_frame_bytes is not None and len(encoded) > max_frame_bytes:
+            encoded = encode_packet(pkt, compress=False)  # deflate + size field can overshoot by a byte
+        out.append(encoded)
+    return out
+
+
+@dataclass(slots=True)
+class ReassemblyCounters:
+    accepted: int = 0
+    duplicate: int = 0
+    completed: int = 0
+    expired: int = 0
+    evicted: int = 0
+    rejected: int = 0
+
+
+@dataclass
+class _Assembly:
+    total: int
+    original_type: int
+    deadline: float
+    size: int = 0
+    chunks: dict[int, bytes] = field(default_factory=dict)
+
+
+class Reassembler:
+    def __init__(self, limits: WireLimits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        self.counters = ReassemblyCounters()
+        self._assemblies: OrderedDict[tuple[bytes, bytes], _Assembly] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._assemblies)
+
+    def add_untrusted(self, sender_id: bytes, frag: FragmentPayload, now: float) -> bytes | None:
+        """Add one fragment; returns the whole original frame when its last fragment arrives."""
+        lim = self.limits
+        self.expire(now)
+        if not 0 < frag.total <= lim.fragment_max_total or frag.index >= frag.total:
+            self.counters.rejected += 1
+            return None
+        key = (bytes(sender_id), frag.fragment_id)
+        asm = self._assemblies.get(key)
+        if asm is None:
+            asm = _Assembly(frag.total, frag.original_type, now + lim.fragment_lifetime_s)
+            self._assemblies[key] = asm
+            while len(self._assemblies) > lim.fragment_max_assemblies:
+                self._assemblies.popitem(last=False)
+                self.counters.evicted += 1
+        elif asm.total != frag.total or asm.original_type != frag.original_type:
+            self.counters.rejected += 1
+            return None
+        if frag.index in asm.chunks:
+            self.counters.duplicate += 1
+            return None
+        cap = lim.fragment_max_assembly_bytes_large if frag.original_type in LARGE_ORIGINAL_TYPES \
+            else lim.fragment_max_assembly_bytes
+        if asm.size + len(frag.chunk) > cap:
+            del self._assemblies[key]
+            self.counters.rejected += 1
+            return None
+        asm.chunks[frag.index] = frag.chunk
+        asm.size += len(frag.chunk)
+        self.counters.accepted += 1
+        if len(asm.chunks) < asm.total:
+            return None
+        del self._assemblies[key]
+        self.counters.completed += 1
+        return b"".join(asm.chunks[i] for i in range(asm.total))
+
+    def expire(self, now: float) -> None:
+        for key in [k for k, a in self._assemblies.items() if a.deadline <= now]:
+            del self._assemblies[key]
+            self.counters.expired += 1
+
+    def next_expiry(self) -> float | None:
+        return min((a.deadline for a in self._assemblies.values()), default=None)

@@ -1,0 +1,78 @@
+"""Fuzzing every untrusted decoder: whatever the bytes, only MalformedFrame may escape."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from node.wire import (
+    MalformedFrame,
+    Packet,
+    Reassembler,
+    decode_announce_untrusted,
+    decode_fragment_untrusted,
+    decode_noise_payload_untrusted,
+    decode_packet_untrusted,
+    decode_ping_untrusted,
+    decode_private_message_untrusted,
+    encode_packet,
+    signing_preimage_from_wire_untrusted,
+    verify_wire_signature,
+)
+from tests.wire.strategies import packets
+
+DECODERS = (decode_packet_untrusted, decode_announce_untrusted, decode_fragment_untrusted,
+            decode_noise_payload_untrusted, decode_ping_untrusted, decode_private_message_untrusted,
+            signing_preimage_from_wire_untrusted)
+
+
+def feed_everything(data: bytes, reassembler: Reassembler) -> None:
+    for decode in DECODERS:
+        with contextlib.suppress(MalformedFrame):
+            decode(data)
+    assert verify_wire_signature(data, bytes(32)) is False
+    try:
+        frag = decode_fragment_untrusted(data)
+    except MalformedFrame:
+        return
+    reassembler.add_untrusted(data[:8], frag, 0.0)
+
+
+@st.composite
+def mutated_frames(draw: st.DrawFn) -> bytes:
+    pkt: Packet = draw(packets())
+    wire = bytearray(encode_packet(pkt, pad=draw(st.booleans())))
+    for _ in range(draw(st.integers(1, 4))):
+        op = draw(st.sampled_from(["flip", "insert", "delete", "truncate", "set"]))
+        i = draw(st.integers(0, max(0, len(wire) - 1)))
+        if op == "flip" and wire:
+            wire[i] ^= draw(st.integers(1, 255))
+        elif op == "insert":
+            wire[i:i] = draw(st.binary(min_size=1, max_size=8))
+        elif op == "delete" and wire:
+            del wire[i]
+        elif op == "truncate":
+            del wire[i:]
+        elif op == "set" and wire:
+            wire[i] = draw(st.sampled_from([0, 1, 2, 0x04, 0x08, 0x0F, 0xFF]))
+    return bytes(wire)
+
+
+inputs = st.one_of(st.binary(max_size=400), mutated_frames())
+
+
+@settings(max_examples=3_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inputs)
+def test_fuzz_fast(data: bytes) -> None:
+    feed_everything(data, Reassembler())
+
+
+@pytest.mark.slow
+@settings(max_examples=100_000, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(inputs)
+def test_fuzz_100k(data: bytes) -> None:
+    feed_everything(data, Reassembler())
