@@ -63,6 +63,14 @@ class ControlServer:
         self.max_request_bytes = max_request_bytes
         self._limiter = trio.CapacityLimiter(max_connections)
         self.rejected_connections = 0
+        self._inflight = 0  # requests being handled or answered right now
+        self._quiet = trio.Event()
+
+    async def wait_quiet(self) -> None:
+        """Wait until no request is being handled, so a stopping node still answers the call that stopped
+        it. (Streaming calls end first: the node closes their feeds before waiting.)"""
+        while self._inflight:
+            await self._quiet.wait()
 
     async def _bind(self) -> trio.socket.SocketType:
         if len(os.fsencode(self.path)) > UNIX_PATH_MAX:
@@ -140,9 +148,16 @@ class ControlServer:
             line = bytes(buf[:nl])
             del buf[: nl + 1]
             if line.strip():
-                reply = await self._dispatch(line, stream)
-                if reply is not None:
-                    await stream.send_all(reply)
+                self._inflight += 1
+                try:
+                    reply = await self._dispatch(line, stream)
+                    if reply is not None:
+                        await stream.send_all(reply)
+                finally:
+                    self._inflight -= 1
+                    if not self._inflight:
+                        self._quiet.set()
+                        self._quiet = trio.Event()
 
     async def _dispatch(self, line: bytes, stream: trio.SocketStream) -> bytes | None:
         req_id: int | str | None = None

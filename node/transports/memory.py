@@ -200,6 +200,9 @@ class MemoryNetwork:
         self._groups: list[set[str]] | None = None
         self._nursery: trio.Nursery | None = None
         self._unstarted: list[_Direction] = []
+        # When a list, every frame offered to the medium is appended as (src, dst, frame): tests inspect
+        # exactly what a node put on the wire (e.g. that no plaintext of a private message leaves it).
+        self.tap: list[tuple[str, str, bytes]] | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -249,6 +252,8 @@ class MemoryNetwork:
     def _transmit(self, src: MemoryTransport, dst: MemoryTransport, d: _Direction, frame: bytes,
                   faults: Faults) -> None:
         self.stats.sent += 1
+        if self.tap is not None:
+            self.tap.append((src.name, dst.name, frame))
         if self._separated(src.name, dst.name):
             self.stats.partitioned += 1
             return

@@ -1,0 +1,318 @@
+"""`village`: the command-line face of a node.
+
+``init``, ``id`` and ``config`` work on the data dir directly; ``run`` starts the daemon; every other command
+is a thin client of the running node's control socket (one JSON-RPC call each). Every command takes
+``--json`` for machine-readable output.
+
+Exit codes: 0 success; 1 the operation failed (node not running, peer unknown, start failed); 2 bad usage or
+bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from node import __version__
+from node.config import Config, config_as_dict, example_toml, load_config
+from node.control.client import ControlClient
+from node.control.errors import ClientError
+from node.errors import ConfigError, IdentityError, NodeError, StartupError
+from node.identity import create_identity, ensure_private_dir, identity_exists, load_identity
+from node.node import Node
+
+log = logging.getLogger("village")
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_FAIL) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _emit(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        text = human(data)
+        if text:
+            print(text)
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip()
+             for row in [headers, *rows]]
+    return "\n".join(lines)
+
+
+def _ms_to_local(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
+
+
+def _config(args: argparse.Namespace) -> Config:
+    try:
+        return load_config(args.config, data_dir=args.data_dir)
+    except ConfigError as exc:
+        raise CliError(f"configuration error: {exc}", EXIT_USAGE) from None
+
+
+def _socket(args: argparse.Namespace) -> Path:
+    return args.socket if args.socket else _config(args).socket_path
+
+
+def _call(args: argparse.Namespace, method: str, **params: Any) -> Any:
+    with ControlClient(_socket(args)) as client:
+        return client.call(method, **params)
+
+
+# ---------------------------------------------------------------- commands
+def cmd_init(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if identity_exists(cfg.data_dir) and args.exist_ok:
+        ident = load_identity(cfg.data_dir)
+        created = False
+    else:
+        ident = create_identity(cfg.data_dir)
+        created = True
+    data = {"peer_id": ident.peer_id_hex, "fingerprint": ident.fingerprint, "data_dir": str(cfg.data_dir),
+            "created": created}
+    _emit(args, data, lambda d: (f"{'Created' if d['created'] else 'Found'} identity in {d['data_dir']}\n"
+                                 f"peer ID      {d['peer_id']}\nfingerprint  {d['fingerprint']}"))
+    return EXIT_OK
+
+
+def cmd_id(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    ident = load_identity(cfg.data_dir)
+    data = {"peer_id": ident.peer_id_hex, "fingerprint": ident.fingerprint,
+            "signing_public_key": ident.signing_public.hex(), "noise_public_key": ident.noise_public.hex()}
+    _emit(args, data, lambda d: f"peer ID      {d['peer_id']}\nfingerprint  {d['fingerprint']}")
+    return EXIT_OK
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.action == "example":
+        print(example_toml(), end="")
+        return EXIT_OK
+    cfg = _config(args)
+    data = config_as_dict(cfg)
+    if args.action == "check":
+        print(f"configuration OK ({cfg.source or 'built-in defaults'})")
+        return EXIT_OK
+    print(json.dumps(data, indent=2))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    level = (args.log_level or cfg.node.log_level).upper()
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ensure_private_dir(cfg.data_dir)
+    ident = load_identity(cfg.data_dir)  # refuses loose permissions with a how-to-fix message
+    node = Node(cfg, ident)
+    code = EXIT_OK
+    try:
+        trio.run(_serve, node)
+    except* NodeError as group:
+        for exc in _leaves(group):
+            log.error("node failed: %s", exc)
+            print(f"village: {exc}", file=sys.stderr)
+        code = EXIT_FAIL
+    if code == EXIT_OK:
+        log.info("node stopped cleanly")
+    return code
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The real errors inside (possibly nested) exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+async def _serve(node: Node) -> None:
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    if not node.stop_requested:
+                        log.info("received %s: stopping (again to stop at once)", signal.Signals(signum).name)
+                        node.request_stop()
+                    else:
+                        log.warning("second signal: stopping now without draining")
+                        nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch_signals)
+            await node.run()
+            nursery.cancel_scope.cancel()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    def human(d: dict[str, Any]) -> str:
+        return "\n".join([
+            f"peer ID      {d['peer_id']}", f"fingerprint  {d['fingerprint']}", f"nickname     {d['nickname']}",
+            f"uptime       {d['uptime_s']:.0f} s", f"transports   {', '.join(d['transports']) or 'none'}",
+            f"listening    {', '.join(d['listen_addrs']) or '-'}", f"peers        {d['peers']}",
+            f"links        {d['links']}", f"pending      {d['pending_private']} private message(s)",
+            f"data dir     {d['data_dir']}"])
+
+    _emit(args, _call(args, "node.status"), human)
+    return EXIT_OK
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    def human(peers: list[dict[str, Any]]) -> str:
+        if not peers:
+            return "no peers known yet"
+        rows = [[p["peer_id"], p["nickname"], "yes" if p["reachable"] else "no", p["transport"] or "-",
+                 p["address"] or "-", f"{p['last_seen_s_ago']:.0f}s", "yes" if p["session"] else "no"]
+                for p in peers]
+        return _table(rows, ["PEER", "NICKNAME", "REACHABLE", "TRANSPORT", "ADDRESS", "LAST SEEN", "SESSION"])
+
+    _emit(args, _call(args, "peers.list"), human)
+    return EXIT_OK
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    _emit(args, _call(args, "messages.send", peer=args.peer, text=args.text), lambda d: d["id"])
+    return EXIT_OK
+
+
+def cmd_broadcast(args: argparse.Namespace) -> int:
+    _emit(args, _call(args, "messages.broadcast", text=args.text), lambda d: d["id"])
+    return EXIT_OK
+
+
+def cmd_message(args: argparse.Namespace) -> int:
+    _emit(args, _call(args, "messages.status", id=args.id),
+          lambda d: f"{d['id']}  {d['state']}{'  ' + d['detail'] if d['detail'] else ''}")
+    return EXIT_OK
+
+
+def _inbox_line(m: dict[str, Any]) -> str:
+    kind = "private" if m["private"] else "public "
+    return f"[{_ms_to_local(m['received_at_ms'])}] {kind} {m['nickname']} ({m['from'][:8]}): {m['text']}"
+
+
+def cmd_inbox(args: argparse.Namespace) -> int:
+    if not args.follow:
+        msgs = _call(args, "inbox.list", limit=args.limit)
+        _emit(args, msgs, lambda ms: "\n".join(_inbox_line(m) for m in ms) or "inbox is empty")
+        return EXIT_OK
+    with ControlClient(_socket(args), timeout_s=None) as client:
+        recent = client.call("inbox.list", limit=args.limit)
+        last = recent[-1]["seq"] if recent else 0
+        for m in recent:
+            _print_inbox(args, m)
+        for method, params in client.stream("inbox.follow", after_seq=last):
+            if method == "inbox.message":
+                _print_inbox(args, params)
+    return EXIT_OK
+
+
+def _print_inbox(args: argparse.Namespace, m: dict[str, Any]) -> None:
+    print(json.dumps(m, ensure_ascii=False) if args.json else _inbox_line(m), flush=True)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    _emit(args, _call(args, "node.stop"), lambda d: f"stopping (drain deadline {d['deadline_s']:g} s)")
+    return EXIT_OK
+
+
+def cmd_rpc(args: argparse.Namespace) -> int:
+    try:
+        params = json.loads(args.params) if args.params else {}
+    except ValueError as exc:
+        raise CliError(f"PARAMS must be a JSON object: {exc}", EXIT_USAGE) from None
+    if not isinstance(params, dict):
+        raise CliError("PARAMS must be a JSON object", EXIT_USAGE)
+    print(json.dumps(_call(args, args.method, **params), indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="village", description="AIVillage node: a peer-to-peer daemon that "
+                                     "speaks the BitChat mesh protocol.")
+    parser.add_argument("--version", action="version", version=f"village {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", type=Path, help="data directory (default: $VILLAGE_DATA_DIR or the "
+                        "platform's user data dir)")
+    common.add_argument("--config", type=Path, help="config file (default: $VILLAGE_CONFIG or "
+                        "<data dir>/config.toml)")
+    common.add_argument("--socket", type=Path, help="control socket (default: from the config)")
+    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("init", cmd_init, "Create this node's identity (Ed25519 signing key + X25519 Noise key).")
+    p.add_argument("--exist-ok", action="store_true", help="succeed (and show it) if an identity exists")
+    add("id", cmd_id, "Show this node's peer ID and fingerprint.")
+    p = add("run", cmd_run, "Run the node in the foreground until SIGINT/SIGTERM.")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="override node.log_level")
+    add("status", cmd_status, "Show the running node's identity, uptime, transports and peers.")
+    add("peers", cmd_peers, "List the peers the running node knows.")
+    p = add("send", cmd_send, "Send an encrypted private message to a peer; prints the message ID.")
+    p.add_argument("peer", help="peer ID, fingerprint (or unique prefix) or nickname")
+    p.add_argument("text", help="message text (at most 255 UTF-8 bytes)")
+    p = add("broadcast", cmd_broadcast, "Send a signed public message to the mesh; prints the message ID.")
+    p.add_argument("text", help="message text")
+    p = add("message", cmd_message, "Show the delivery state of a message you sent.")
+    p.add_argument("id", help="message ID printed by send or broadcast")
+    p = add("inbox", cmd_inbox, "Show received messages (with --follow, keep printing new ones).")
+    p.add_argument("--follow", "-f", action="store_true", help="keep running and print messages as they come")
+    p.add_argument("--limit", type=int, default=50, help="how many recent messages to show (default 50)")
+    add("stop", cmd_stop, "Stop the running node gracefully.")
+    p = add("config", cmd_config, "Print the example config, check the config, or show the effective one.")
+    p.add_argument("action", choices=["example", "check", "show"], help="what to do")
+    p = add("rpc", cmd_rpc, "Call any control method (see `village rpc rpc.methods`).")
+    p.add_argument("method", help="JSON-RPC method name")
+    p.add_argument("params", nargs="?", help="params as a JSON object")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except CliError as exc:
+        print(f"village: {exc}", file=sys.stderr)
+        return exc.code
+    except (ClientError, IdentityError, StartupError) as exc:
+        print(f"village: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except ConfigError as exc:
+        print(f"village: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NodeError as exc:
+        print(f"village: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except BrokenPipeError:
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

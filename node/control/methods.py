@@ -1,0 +1,121 @@
+"""The JSON-RPC methods a node serves on its control socket. Each is documented; ``rpc.methods`` lists them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from node.control.rpc import APP_ERROR, NoParams, Notify, Registry, RpcError, param
+
+if TYPE_CHECKING:
+    from node.node import Node
+
+INBOX_LIST_MAX = 10_000  # messages one inbox.list call may return
+
+
+@dataclass(frozen=True, slots=True)
+class SendParams:
+    peer: str = param(doc="Recipient: peer ID (16 hex), fingerprint or unique prefix, or nickname.")
+    text: str = param(doc="Message text, 1 to 255 UTF-8 bytes (BitChat's private-message limit).")
+
+
+@dataclass(frozen=True, slots=True)
+class BroadcastParams:
+    text: str = param(doc="Message text, 1 to mesh.max_public_text_chars characters.")
+
+
+@dataclass(frozen=True, slots=True)
+class InboxListParams:
+    limit: int = param(50, doc="Most messages to return (newest; listed oldest first).")
+    after_seq: int = param(0, doc="Only messages with a sequence number above this.")
+
+
+@dataclass(frozen=True, slots=True)
+class InboxFollowParams:
+    after_seq: int | None = param(None, doc="Also replay stored messages with a sequence number above this.")
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStatusParams:
+    id: str = param(doc="A message ID returned by messages.send or messages.broadcast.")
+
+
+def build_registry(node: Node) -> Registry:
+    reg = Registry()
+
+    async def methods(_: NoParams, notify: Notify) -> Any:
+        return [m.describe() for m in reg.methods.values()]
+
+    async def status(_: NoParams, notify: Notify) -> Any:
+        return node.status()
+
+    async def ident(_: NoParams, notify: Notify) -> Any:
+        return {"peer_id": node.identity.peer_id_hex, "fingerprint": node.identity.fingerprint,
+                "nickname": node.nickname, "signing_public_key": node.identity.signing_public.hex(),
+                "noise_public_key": node.identity.noise_public.hex()}
+
+    async def peers(_: NoParams, notify: Notify) -> Any:
+        return node.peers_view()
+
+    async def send(p: SendParams, notify: Notify) -> Any:
+        message_id = node.send_private(p.peer, p.text)
+        return {"id": message_id, "to": node.outgoing[message_id].to, "state": "pending"}
+
+    async def broadcast(p: BroadcastParams, notify: Notify) -> Any:
+        message_id = node.broadcast(p.text)
+        return {"id": message_id, "links": len(node.links)}
+
+    async def message_status(p: MessageStatusParams, notify: Notify) -> Any:
+        msg = node.outgoing.get(p.id)
+        if msg is None:
+            raise RpcError(APP_ERROR, f"no outgoing message {p.id!r} is known (the last 1000 are kept)")
+        return msg.to_json()
+
+    async def inbox_list(p: InboxListParams, notify: Notify) -> Any:
+        if not 1 <= p.limit <= INBOX_LIST_MAX:
+            raise RpcError(APP_ERROR, f"limit must be from 1 to {INBOX_LIST_MAX}")
+        assert node.inbox is not None
+        return [m.to_json() for m in node.inbox.list(limit=p.limit, after_seq=p.after_seq)]
+
+    async def inbox_follow(p: InboxFollowParams, notify: Notify) -> Any:
+        assert node.inbox is not None
+        recv = node.subscribe_inbox()  # subscribe first: nothing arriving during the replay is missed
+        try:
+            last = 0
+            if p.after_seq is not None:
+                for m in node.inbox.list(limit=INBOX_LIST_MAX, after_seq=p.after_seq):
+                    await notify("inbox.message", m.to_json())
+                    last = m.seq
+            await notify("inbox.following", {"after_seq": last})
+            async for m in recv:
+                if m.seq > last:
+                    await notify("inbox.message", m.to_json())
+            return {"ended": "the node closed the subscription (stopping, or this client was too slow)"}
+        finally:
+            node.unsubscribe_inbox(recv)
+
+    async def stop(_: NoParams, notify: Notify) -> Any:
+        node.request_stop()
+        await trio.lowlevel.checkpoint()
+        return {"stopping": True, "deadline_s": node.config.node.shutdown_deadline_s}
+
+    reg.add("rpc.methods", NoParams, "List every method with its documentation and parameters.", methods)
+    reg.add("node.status", NoParams, "Identity, uptime, transports, listen addresses, peer count and "
+                                     "counters of this node.", status)
+    reg.add("node.id", NoParams, "This node's peer ID, fingerprint, nickname and public keys.", ident)
+    reg.add("node.stop", NoParams, "Stop the node gracefully (leave sent, queues drained).", stop)
+    reg.add("peers.list", NoParams, "Peers this node knows: ID, nickname, fingerprint, reachability, "
+                                    "transport, address, whether a Noise session is up.", peers)
+    reg.add("messages.send", SendParams, "Send an end-to-end encrypted private message; returns its ID. "
+                                         "Delivery is confirmed by an ack (see messages.status).", send)
+    reg.add("messages.broadcast", BroadcastParams, "Send a signed public message to the mesh; returns its "
+                                                   "ID.", broadcast)
+    reg.add("messages.status", MessageStatusParams, "State of an outgoing message: sent, pending, "
+                                                    "delivered or failed.", message_status)
+    reg.add("inbox.list", InboxListParams, "Received messages: id, from, nickname, text, private, "
+                                           "received_at_ms, hops.", inbox_list)
+    reg.add("inbox.follow", InboxFollowParams, "Stream received messages as `inbox.message` notifications "
+                                               "until the client disconnects.", inbox_follow, streaming=True)
+    return reg

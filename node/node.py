@@ -1,0 +1,366 @@
+"""The Node: the root nursery that owns every subsystem of one daemon.
+
+``await nursery.start(node.run)`` brings up, in order: the inbox store, the control socket (if enabled), the
+link acceptor, every transport and the mesh timer; it then reports readiness (log line, ``READY=1`` to
+systemd). Each link gets a reader task (feeding :class:`~node.routing.mesh.MeshCore`) and a writer task
+draining a bounded per-link queue, so one slow link never stalls the others.
+
+:meth:`Node.shutdown` drains: a signed leave goes out on every link, queued frames get up to
+``node.shutdown_deadline_s`` to leave, then everything is cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from node.clock import Clock
+from node.config import Config
+from node.control.methods import build_registry
+from node.control.server import ControlServer
+from node.errors import MeshError
+from node.identity import Identity, fingerprint_from_noise_key
+from node.inbox import Inbox, InboxMessage
+from node.routing.mesh import (
+    DeliveryAcked,
+    MeshCore,
+    MeshEvent,
+    MessageReceived,
+    PeerAnnounced,
+    PeerLeft,
+    PrivateFailed,
+)
+from node.systemd import sd_notify
+from node.transports.base import FrameSizeError, Link, LinkClosed, Transport
+
+log = logging.getLogger("village.node")
+
+LINK_SEND_QUEUE_FRAMES = 256  # frames queued per link before new ones are dropped (and counted)
+NEW_LINK_QUEUE = 64  # links handed over by transports, waiting for a reader task
+SENT_MESSAGES_KEPT = 1000  # outgoing messages whose state (pending/delivered/failed) stays queryable
+
+
+@dataclass
+class OutgoingMessage:
+    id: str
+    to: str | None  # peer ID hex, None for a broadcast
+    text: str
+    private: bool
+    state: str  # "sent" (broadcast), "pending", "delivered", "failed"
+    created_at_ms: int
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "to": self.to, "text": self.text, "private": self.private, "state": self.state,
+                "created_at_ms": self.created_at_ms, "detail": self.detail}
+
+
+class Node:
+    def __init__(self, config: Config, identity: Identity, *, transports: Sequence[Transport] = (),
+                 clock: Clock | None = None, control: bool = True, persistent_inbox: bool = True,
+                 rng: random.Random | None = None) -> None:
+        self.config = config
+        self.identity = identity
+        self.transports = list(transports)
+        self.clock = clock or Clock()
+        self.nickname = config.node.nickname or f"village-{identity.peer_id.hex()[:4]}"
+        self._rng = rng or random.Random()
+        self._control_enabled = control
+        self._persistent_inbox = persistent_inbox
+        self.core: MeshCore | None = None
+        self.inbox: Inbox | None = None
+        self.links: dict[str, Link] = {}
+        self._queues: dict[str, trio.MemorySendChannel[bytes]] = {}
+        self._followers: list[trio.MemorySendChannel[InboxMessage]] = []
+        self.outgoing: OrderedDict[str, OutgoingMessage] = OrderedDict()
+        self.dropped_link_frames = 0
+        self._nursery: trio.Nursery | None = None
+        self._rearm = trio.Event()
+        self._changed = trio.Event()
+        self._stop_requested = trio.Event()
+        self.started_at: float | None = None
+        self.control_server: ControlServer | None = None
+
+    # ------------------------------------------------------------ lifecycle
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        now = self.clock.now()
+        self.core = MeshCore(identity=self.identity, settings=cfg.mesh, limits=cfg.wire, nickname=self.nickname,
+                             wall_offset_ms=self.clock.wall_ms() - now * 1000.0, rng=self._rng)
+        self.inbox = Inbox(cfg.data_dir / "state.db" if self._persistent_inbox else None,
+                           max_messages=cfg.mesh.inbox_max_messages)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self._control_enabled:
+                    self.control_server = ControlServer(
+                        cfg.socket_path, build_registry(self), max_request_bytes=cfg.control.max_request_bytes,
+                        max_connections=cfg.control.max_connections)
+                    await nursery.start(self.control_server.run)
+                link_send, link_recv = trio.open_memory_channel[Link](NEW_LINK_QUEUE)
+                nursery.start_soon(self._accept_links, link_recv)
+                for transport in self.transports:
+                    await nursery.start(transport.run, link_send)
+                nursery.start_soon(self._timer_task)
+                self.started_at = self.clock.now()
+                log.info("node ready: peer %s (%s), transports: %s, control socket: %s",
+                         self.identity.peer_id_hex, self.nickname,
+                         ", ".join(t.name for t in self.transports) or "none",
+                         cfg.socket_path if self._control_enabled else "off")
+                sd_notify("READY=1")
+                task_status.started()
+                await self._stop_requested.wait()
+                await self._drain()
+                nursery.cancel_scope.cancel()
+        finally:
+            for ch in self._followers:
+                ch.close()
+            self.inbox.close()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_requested.is_set()
+
+    def request_stop(self) -> None:
+        """Begin a graceful stop: :meth:`run` drains and returns."""
+        self._stop_requested.set()
+
+    async def _drain(self) -> None:
+        sd_notify("STOPPING=1")
+        log.info("stopping: sending leave to %d link(s), draining for up to %.1f s",
+                 len(self.links), self.config.node.shutdown_deadline_s)
+        core = self._require_core()
+        for ch in self._followers:
+            ch.close()  # `inbox --follow` calls end with a final response
+        self._followers.clear()
+        core.leave(self.clock.now())
+        self._flush()
+        with trio.move_on_after(self.config.node.shutdown_deadline_s) as scope:
+            for q in list(self._queues.values()):
+                q.close()  # writers finish what is queued, then end
+            while self._queues:
+                await self._wait_changed()
+            if self.control_server is not None:
+                await self.control_server.wait_quiet()  # e.g. the reply to `village stop`
+        if scope.cancelled_caught:
+            log.warning("shutdown deadline reached with %d link queue(s) undrained", len(self._queues))
+
+    # ------------------------------------------------------------ links
+    async def _accept_links(self, link_recv: trio.MemoryReceiveChannel[Link]) -> None:
+        assert self._nursery is not None
+        async for link in link_recv:
+            self._nursery.start_soon(self._serve_link, link)
+
+    async def _serve_link(self, link: Link) -> None:
+        core = self._require_core()
+        link_id = link.link_id
+        send_q, recv_q = trio.open_memory_channel[bytes](LINK_SEND_QUEUE_FRAMES)
+        self.links[link_id] = link
+        self._queues[link_id] = send_q
+        log.info("link up: %s to %s (mtu %d)", link_id, link.remote_address, link.mtu)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._link_writer, link, recv_q, nursery.cancel_scope)
+                core.link_up(link_id, link.mtu, self.clock.now())
+                self._flush()
+                while True:
+                    try:
+                        frame = await link.receive()
+                    except LinkClosed:
+                        break
+                    core.receive_frame(link_id, frame, self.clock.now())
+                    self._flush()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._queues.pop(link_id, None)
+            self.links.pop(link_id, None)
+            core.link_down(link_id, self.clock.now())
+            self._flush()
+            with trio.CancelScope(shield=True):
+                await link.aclose()
+            log.info("link down: %s", link_id)
+
+    async def _link_writer(self, link: Link, frames: trio.MemoryReceiveChannel[bytes],
+                           link_scope: trio.CancelScope) -> None:
+        try:
+            async for frame in frames:
+                try:
+                    await link.send(frame)
+                except FrameSizeError as exc:
+                    log.error("dropped an outgoing frame on %s: %s", link.link_id, exc)
+        except LinkClosed:
+            pass
+        # The link died, or a drain closed the queue after its last frame was sent: either way it is done.
+        self._queues.pop(link.link_id, None)
+        self._notify_changed()
+        link_scope.cancel()
+
+    # ------------------------------------------------------------ core plumbing
+    def _require_core(self) -> MeshCore:
+        if self.core is None:
+            raise MeshError("the node is not running")
+        return self.core
+
+    def _flush(self) -> None:
+        core = self._require_core()
+        for link_id, frame in core.frames_to_send():
+            q = self._queues.get(link_id)
+            if q is None:
+                continue
+            try:
+                q.send_nowait(frame)
+            except (trio.WouldBlock, trio.ClosedResourceError):
+                self.dropped_link_frames += 1
+        while (event := core.next_event()) is not None:
+            self._on_event(event)
+        self._rearm.set()
+        self._notify_changed()
+
+    def _notify_changed(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _wait_changed(self) -> None:
+        await self._changed.wait()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Wait (event-driven, no polling) until ``predicate()`` holds after some node activity."""
+        while not predicate():
+            await self._changed.wait()
+
+    async def _timer_task(self) -> None:
+        core = self._require_core()
+        while True:
+            deadline = core.get_timer()
+            self._rearm = trio.Event()
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
+                await self._rearm.wait()
+            now = self.clock.now()
+            if deadline is not None and now >= deadline:
+                core.handle_timer(now)
+                self._flush()
+
+    def _on_event(self, event: MeshEvent) -> None:
+        if isinstance(event, MessageReceived):
+            inbox = self.inbox
+            assert inbox is not None
+            stored = inbox.add(id=event.message_id, sender=event.sender_id.hex(), nickname=event.sender_nickname,
+                               text=event.text, private=event.private, received_at_ms=self.clock.wall_ms(),
+                               sent_at_ms=event.timestamp_ms, hops=event.hops)
+            if stored is None:
+                return
+            log.info("%s message %s from %s (%s)", "private" if event.private else "public", event.message_id,
+                     event.sender_nickname, event.sender_id.hex())
+            for ch in list(self._followers):
+                try:
+                    ch.send_nowait(stored)
+                except trio.WouldBlock:
+                    log.warning("an `inbox --follow` client is too slow; disconnecting it")
+                    ch.close()
+                    self._followers.remove(ch)
+                except trio.ClosedResourceError:
+                    self._followers.remove(ch)
+        elif isinstance(event, PeerAnnounced):
+            if event.new:
+                log.info("new peer %s (%s)%s", event.peer_id.hex(), event.nickname,
+                         f" on {event.link_id}" if event.link_id else "")
+        elif isinstance(event, PeerLeft):
+            log.info("peer %s (%s) left", event.peer_id.hex(), event.nickname)
+        elif isinstance(event, DeliveryAcked):
+            self._set_outgoing(event.message_id, "delivered")
+            log.info("private message %s delivered to %s", event.message_id, event.peer_id.hex())
+        elif isinstance(event, PrivateFailed):
+            self._set_outgoing(event.message_id, "failed", event.reason)
+            log.warning("private message %s to %s failed: %s", event.message_id, event.peer_id.hex(),
+                        event.reason)
+
+    def _set_outgoing(self, message_id: str, state: str, detail: str = "") -> None:
+        msg = self.outgoing.get(message_id)
+        if msg is not None:
+            msg.state, msg.detail = state, detail
+
+    def _remember_outgoing(self, msg: OutgoingMessage) -> None:
+        self.outgoing[msg.id] = msg
+        while len(self.outgoing) > SENT_MESSAGES_KEPT:
+            self.outgoing.popitem(last=False)
+
+    # ------------------------------------------------------------ API (control methods call these)
+    def resolve_peer(self, ref: str) -> bytes:
+        core = self._require_core()
+        matches = core.peers.resolve(ref)
+        if not matches:
+            raise MeshError(f"no known peer matches {ref!r}; `village peers` lists the peers this node knows")
+        if len(matches) > 1:
+            names = ", ".join(f"{p.peer_id.hex()} ({p.nickname})" for p in matches)
+            raise MeshError(f"{ref!r} matches several peers: {names}; use a full peer ID")
+        return matches[0].peer_id
+
+    def broadcast(self, text: str) -> str:
+        core = self._require_core()
+        message_id = core.broadcast(text, self.clock.now())
+        self._remember_outgoing(OutgoingMessage(message_id, None, text, False, "sent", self.clock.wall_ms()))
+        self._flush()
+        return message_id
+
+    def send_private(self, peer_ref: str, text: str) -> str:
+        core = self._require_core()
+        peer = self.resolve_peer(peer_ref)
+        message_id = core.send_private(peer, text, self.clock.now())
+        self._remember_outgoing(OutgoingMessage(message_id, peer.hex(), text, True, "pending",
+                                                self.clock.wall_ms()))
+        self._flush()
+        return message_id
+
+    def subscribe_inbox(self) -> trio.MemoryReceiveChannel[InboxMessage]:
+        send, recv = trio.open_memory_channel[InboxMessage](self.config.control.follow_queue_messages)
+        self._followers.append(send)
+        return recv
+
+    def unsubscribe_inbox(self, recv: trio.MemoryReceiveChannel[InboxMessage]) -> None:
+        recv.close()
+
+    def peers_view(self) -> list[dict[str, Any]]:
+        core = self._require_core()
+        now = self.clock.now()
+        out = []
+        for p in core.peers:
+            link = self.links.get(p.link_id) if p.link_id else None
+            out.append({
+                "peer_id": p.peer_id.hex(), "nickname": p.nickname,
+                "fingerprint": fingerprint_from_noise_key(p.noise_public_key),
+                "reachable": p.reachable(now, self.config.mesh.peer_expiry_s),
+                "last_seen_s_ago": round(now - p.last_seen, 3), "hops": p.hops,
+                "transport": link.transport_name if link else None,
+                "address": link.remote_address if link else None,
+                "session": core.sessions.session(p.peer_id) is not None,
+            })
+        return out
+
+    def status(self) -> dict[str, Any]:
+        core = self._require_core()
+        now = self.clock.now()
+        reachable = sum(1 for p in core.peers if p.reachable(now, self.config.mesh.peer_expiry_s))
+        return {
+            "peer_id": self.identity.peer_id_hex,
+            "fingerprint": self.identity.fingerprint,
+            "nickname": self.nickname,
+            "uptime_s": round(now - (self.started_at or now), 3),
+            "transports": [t.name for t in self.transports],
+            "listen_addrs": [a for t in self.transports for a in t.listen_addresses()],
+            "peers": reachable,
+            "links": len(self.links),
+            "pending_private": len(core.pending),
+            "data_dir": str(self.config.data_dir),
+            "counters": {**_as_dict(core.counters), "link_queue_dropped": self.dropped_link_frames},
+        }
+
+
+def _as_dict(obj: Any) -> dict[str, int]:
+    return {name: getattr(obj, name) for name in obj.__slots__}

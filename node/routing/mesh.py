@@ -1,0 +1,544 @@
+"""The neighbour-messaging core (sans-IO): announces, signed public messages, Noise-protected private
+messages with delivery acks, fragments, pings and leaves — BitChat's minimal interoperable node
+(BITCHAT.md §2 "Minimal interoperable node").
+
+Inputs are plain method calls carrying ``now`` (monotonic seconds); outputs are polled:
+
+* :meth:`MeshCore.frames_to_send` → ``[(link_id, frame_bytes), ...]``
+* :meth:`MeshCore.next_event` → :data:`MeshEvent` or None
+* :meth:`MeshCore.get_timer` / :meth:`MeshCore.handle_timer` — the single timer the adapter re-arms.
+
+Packet timestamps are wall-clock ms: ``wall_offset_ms + now * 1000`` (the adapter measures the offset once),
+so a mesh runs entirely in simulated time under trio's MockClock.
+
+Multi-hop relaying, path tables and store-and-forward are the routing issue's; here a node talks to its
+direct neighbours, drops duplicates, and sends to a peer over the link its direct announce arrived on (or
+every link while none is bound).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import struct
+import uuid
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from node.config import MeshSection
+from node.errors import CryptoError, MeshError
+from node.identity import Identity, peer_id_from_noise_key
+from node.routing.dedupe import DedupeCache, dedupe_key
+from node.routing.peers import PeerInfo, PeerTable
+from node.routing.sessions import SessionManager
+from node.wire import (
+    Announce,
+    MalformedFrame,
+    MessageType,
+    NoisePayloadType,
+    Packet,
+    Reassembler,
+    WireLimits,
+    decode_announce_untrusted,
+    decode_fragment_untrusted,
+    decode_noise_payload_untrusted,
+    decode_packet_untrusted,
+    decode_private_message_untrusted,
+    encode_announce,
+    encode_noise_payload,
+    encode_packet,
+    encode_private_message,
+    fragment_frame,
+    is_broadcast,
+    sign_packet,
+    verify_wire_signature,
+)
+
+MAX_TTL = 7  # BitChat clamps and originates with TTL 7
+PRIVATE_TEXT_MAX_BYTES = 255  # BitChat's private-message TLV length is one byte
+SEEN_PRIVATE_IDS = 4096  # private message IDs remembered to suppress re-delivered retransmits
+PENDING_SESSION_FRAMES = 64  # payloads queued per peer while its handshake runs
+PADDED_TYPES = (MessageType.NOISE_HANDSHAKE, MessageType.NOISE_ENCRYPTED)  # only these are padded on air
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAnnounced:
+    peer_id: bytes
+    nickname: str
+    new: bool
+    link_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLeft:
+    peer_id: bytes
+    nickname: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    message_id: str
+    sender_id: bytes
+    sender_nickname: str
+    text: str
+    private: bool
+    hops: int
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryAcked:
+    message_id: str
+    peer_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateFailed:
+    message_id: str
+    peer_id: bytes
+    reason: str
+
+
+MeshEvent = PeerAnnounced | PeerLeft | MessageReceived | DeliveryAcked | PrivateFailed
+
+
+@dataclass(slots=True)
+class MeshCounters:
+    frames_in: int = 0
+    frames_out: int = 0
+    malformed: int = 0
+    duplicate: int = 0
+    stale: int = 0
+    own_echo: int = 0
+    bad_signature: int = 0
+    unverified_sender: int = 0
+    key_mismatch: int = 0
+    not_for_us: int = 0
+    handshake_failed: int = 0
+    decrypt_failed: int = 0
+    fragments_reassembled: int = 0
+    unknown_type: int = 0
+    private_retries: int = 0
+    pings_answered: int = 0
+
+
+@dataclass
+class _Pending:
+    message_id: str
+    peer_id: bytes
+    text: str
+    created: float
+    attempts: int = 0
+    next_try: float = 0.0
+
+
+@dataclass
+class _LinkState:
+    mtu: int
+    up_since: float
+    announced: bool = False
+
+
+@dataclass
+class MeshCore:
+    identity: Identity
+    settings: MeshSection
+    limits: WireLimits
+    nickname: str
+    wall_offset_ms: float
+    rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        self.peer_id = self.identity.peer_id
+        self.counters = MeshCounters()
+        self.peers = PeerTable(self.settings.max_peers)
+        self.sessions = SessionManager(static_private=self.identity.noise_private, local_peer_id=self.peer_id,
+                                       timeout_s=self.settings.handshake_timeout_s)
+        self.dedupe = DedupeCache(ttl_s=self.settings.dedupe_ttl_s, max_entries=self.settings.dedupe_max_entries)
+        self.reassembler = Reassembler(self.limits)
+        self.links: dict[str, _LinkState] = {}
+        self.pending: OrderedDict[str, _Pending] = OrderedDict()
+        self._seen_private: OrderedDict[str, None] = OrderedDict()
+        self._session_queue: dict[bytes, deque[bytes]] = {}
+        self._out: list[tuple[str, bytes]] = []
+        self._events: deque[MeshEvent] = deque()
+        self._next_announce: float | None = None
+
+    # ---------------------------------------------------------------- time
+    def wall_ms(self, now: float) -> int:
+        return int(self.wall_offset_ms + now * 1000.0)
+
+    def get_timer(self) -> float | None:
+        candidates = [t for t in (
+            self._next_announce,
+            self.sessions.next_deadline(),
+            min((p.next_try for p in self.pending.values()), default=None),
+            self.reassembler.next_expiry(),
+        ) if t is not None]
+        return min(candidates, default=None)
+
+    def handle_timer(self, now: float) -> None:
+        if self._next_announce is not None and now >= self._next_announce:
+            self._announce_all(now)
+        for peer in self.sessions.expire(now):
+            self._session_queue.pop(peer, None)
+        self.reassembler.expire(now)
+        for p in list(self.pending.values()):
+            if p.next_try <= now:
+                self._attempt_private(p, now)
+
+    def _schedule_announce(self, now: float) -> None:
+        s = self.settings
+        self._next_announce = now + max(0.5, s.announce_interval_s + self.rng.uniform(-s.announce_jitter_s,
+                                                                                      s.announce_jitter_s))
+
+    # ---------------------------------------------------------------- outputs
+    def frames_to_send(self) -> list[tuple[str, bytes]]:
+        out, self._out = self._out, []
+        self.counters.frames_out += len(out)
+        return out
+
+    def next_event(self) -> MeshEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def _emit(self, link_ids: list[str], packet: Packet) -> None:
+        frame = encode_packet(packet, pad=packet.type in PADDED_TYPES, limits=self.limits)
+        for link_id in link_ids:
+            state = self.links.get(link_id)
+            if state is None:
+                continue
+            if len(frame) <= state.mtu:
+                self._out.append((link_id, frame))
+            else:
+                fid = self.rng.getrandbits(64).to_bytes(8, "big")
+                for piece in fragment_frame(packet, frame, state.mtu, fid, self.limits):
+                    self._out.append((link_id, piece))
+
+    def _links_to(self, peer_id: bytes) -> list[str]:
+        info = self.peers.get(peer_id)
+        if info is not None and info.link_id in self.links:
+            return [info.link_id]
+        return list(self.links)
+
+    def _packet(self, msg_type: int, payload: bytes, now: float, recipient: bytes | None = None) -> Packet:
+        return Packet(version=1, type=int(msg_type), ttl=self.settings.default_ttl,
+                      timestamp_ms=self.wall_ms(now), sender_id=self.peer_id, recipient_id=recipient,
+                      route=(), payload=payload, signature=None, is_rsr=False)
+
+    # ---------------------------------------------------------------- links
+    def link_up(self, link_id: str, mtu: int, now: float) -> None:
+        self.links[link_id] = _LinkState(mtu=mtu, up_since=now)
+        self._send_announce([link_id], now)
+        if self._next_announce is None:
+            self._schedule_announce(now)
+
+    def link_down(self, link_id: str, now: float) -> None:
+        self.links.pop(link_id, None)
+        self.peers.unbind_link(link_id)
+
+    # ---------------------------------------------------------------- announces and leave
+    def announce_packet(self, now: float) -> Packet:
+        ann = Announce(nickname=self.nickname, noise_public_key=self.identity.noise_public,
+                       signing_public_key=self.identity.signing_public, neighbours=self._direct_neighbours(),
+                       capabilities=None, geohash=None)
+        return sign_packet(self._packet(MessageType.ANNOUNCE, encode_announce(ann), now), self.identity.signing_key)
+
+    def _direct_neighbours(self) -> tuple[bytes, ...]:
+        direct = [p.peer_id for p in self.peers if p.link_id is not None and not p.left]
+        return tuple(direct[-10:])  # BitChat carries at most 10 neighbour IDs
+
+    def _send_announce(self, link_ids: list[str], now: float) -> None:
+        self._emit(link_ids, self.announce_packet(now))
+
+    def _announce_all(self, now: float) -> None:
+        if self.links:
+            self._send_announce(list(self.links), now)
+        self._schedule_announce(now)
+
+    def leave(self, now: float) -> None:
+        """Queue a signed leave on every link (call before shutting down)."""
+        pkt = sign_packet(self._packet(MessageType.LEAVE, b"", now), self.identity.signing_key)
+        self._emit(list(self.links), pkt)
+
+    # ---------------------------------------------------------------- user actions
+    def broadcast(self, text: str, now: float) -> str:
+        data = text.encode()
+        if not text or len(text) > self.settings.max_public_text_chars:
+            raise MeshError(f"a public message must have 1 to {self.settings.max_public_text_chars} characters "
+                            f"(mesh.max_public_text_chars); this one has {len(text)}")
+        pkt = sign_packet(self._packet(MessageType.MESSAGE, data, now), self.identity.signing_key)
+        self._emit(list(self.links), pkt)
+        self.dedupe.check_and_add(dedupe_key(pkt.sender_id, pkt.timestamp_ms, pkt.type, pkt.payload), now)
+        return public_message_id(pkt)
+
+    def send_private(self, peer_id: bytes, text: str, now: float) -> str:
+        size = len(text.encode())
+        if not text or size > PRIVATE_TEXT_MAX_BYTES:
+            raise MeshError(f"a private message must have 1 to {PRIVATE_TEXT_MAX_BYTES} bytes of UTF-8 text "
+                            f"(BitChat's private-message field is one length byte); this one has {size}")
+        if self.peers.get(peer_id) is None:
+            raise MeshError(f"peer {peer_id.hex()} is unknown: no verified announce from it yet")
+        if len(self.pending) >= self.settings.max_pending_private:
+            raise MeshError(f"{len(self.pending)} private messages already await delivery "
+                            "(mesh.max_pending_private); try again later")
+        message_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4)).upper()
+        p = _Pending(message_id, peer_id, text, created=now, next_try=now)
+        self.pending[message_id] = p
+        self._attempt_private(p, now)
+        return message_id
+
+    def _attempt_private(self, p: _Pending, now: float) -> None:
+        s = self.settings
+        if p.attempts >= s.private_max_attempts:
+            del self.pending[p.message_id]
+            self._events.append(PrivateFailed(p.message_id, p.peer_id,
+                                              f"no delivery ack after {p.attempts} attempts"))
+            return
+        if p.attempts:
+            self.counters.private_retries += 1
+        p.attempts += 1
+        p.next_try = now + s.private_retry_interval_s * (2 ** (p.attempts - 1))
+        plaintext = encode_noise_payload(NoisePayloadType.PRIVATE_MESSAGE,
+                                         encode_private_message(p.message_id, p.text))
+        self._send_encrypted(p.peer_id, plaintext, now, queue=False)
+
+    def _send_encrypted(self, peer_id: bytes, plaintext: bytes, now: float, *, queue: bool) -> None:
+        """Encrypt to ``peer_id`` if a session exists; otherwise start a handshake (and, with ``queue``,
+        hold the plaintext until it completes — acks are queued, private messages rely on retries)."""
+        session = self.sessions.session(peer_id)
+        if session is None:
+            if queue:
+                q = self._session_queue.setdefault(peer_id, deque(maxlen=PENDING_SESSION_FRAMES))
+                q.append(plaintext)
+            self._start_handshake(peer_id, now)
+            return
+        try:
+            ciphertext = session.encrypt(plaintext)
+        except CryptoError:  # nonce space exhausted: start over with a fresh handshake
+            self.sessions.drop(peer_id)
+            self._start_handshake(peer_id, now)
+            return
+        self._emit(self._links_to(peer_id), self._packet(MessageType.NOISE_ENCRYPTED, ciphertext, now, peer_id))
+
+    def _start_handshake(self, peer_id: bytes, now: float) -> None:
+        msg1 = self.sessions.initiate(peer_id, now)
+        if msg1 is not None:
+            self._emit(self._links_to(peer_id), self._packet(MessageType.NOISE_HANDSHAKE, msg1, now, peer_id))
+
+    # ---------------------------------------------------------------- receive
+    def receive_frame(self, link_id: str, data: bytes, now: float) -> None:
+        self.counters.frames_in += 1
+        try:
+            pkt = decode_packet_untrusted(data, self.limits)
+        except MalformedFrame:
+            self.counters.malformed += 1
+            return
+        self._handle_packet(link_id, pkt, data, now)
+
+    def _handle_packet(self, link_id: str, pkt: Packet, wire: bytes, now: float) -> None:
+        if pkt.sender_id == self.peer_id:
+            self.counters.own_echo += 1
+            return
+        if not pkt.is_rsr and abs(pkt.timestamp_ms - self.wall_ms(now)) > self.settings.max_clock_skew_s * 1000:
+            self.counters.stale += 1
+            return
+        if pkt.type == MessageType.FRAGMENT:
+            self._on_fragment(link_id, pkt, now)
+            return
+        if not self.dedupe.check_and_add(
+                dedupe_key(pkt.sender_id, pkt.timestamp_ms, pkt.type, pkt.payload), now):
+            self.counters.duplicate += 1
+            return
+        directed_elsewhere = not is_broadcast(pkt) and pkt.recipient_id != self.peer_id
+        t = pkt.type
+        if t == MessageType.ANNOUNCE:
+            self._on_announce(link_id, pkt, wire, now)
+        elif directed_elsewhere:
+            self.counters.not_for_us += 1  # relaying to others is the routing issue's work
+        elif t == MessageType.MESSAGE:
+            self._on_public(pkt, wire, now)
+        elif t == MessageType.LEAVE:
+            self._on_leave(pkt, wire)
+        elif t == MessageType.NOISE_HANDSHAKE:
+            self._on_handshake(pkt, now)
+        elif t == MessageType.NOISE_ENCRYPTED:
+            self._on_encrypted(pkt, now)
+        elif t == MessageType.PING and not is_broadcast(pkt):
+            self._on_ping(pkt, now)
+        else:
+            self.counters.unknown_type += 1
+
+    def _verified(self, pkt: Packet, wire: bytes) -> PeerInfo | None:
+        """The sender's PeerInfo if the packet's signature verifies with its pinned signing key."""
+        info = self.peers.get(pkt.sender_id)
+        if info is None:
+            self.counters.unverified_sender += 1
+            return None
+        if not verify_wire_signature(wire, info.signing_public_key, self.limits):
+            self.counters.bad_signature += 1
+            return None
+        return info
+
+    def _on_announce(self, link_id: str, pkt: Packet, wire: bytes, now: float) -> None:
+        try:
+            ann = decode_announce_untrusted(pkt.payload)
+        except MalformedFrame:
+            self.counters.malformed += 1
+            return
+        if peer_id_from_noise_key(ann.noise_public_key) != pkt.sender_id:
+            self.counters.key_mismatch += 1
+            return
+        if self.wall_ms(now) - pkt.timestamp_ms > self.settings.announce_max_age_s * 1000:
+            self.counters.stale += 1
+            return
+        if not verify_wire_signature(wire, ann.signing_public_key, self.limits):
+            self.counters.bad_signature += 1
+            return
+        known = self.peers.get(pkt.sender_id)
+        if known is not None and (known.noise_public_key != ann.noise_public_key
+                                  or known.signing_public_key != ann.signing_public_key):
+            self.counters.key_mismatch += 1  # keys are pinned at first sight
+            return
+        direct = pkt.ttl >= MAX_TTL and link_id in self.links
+        hops = max(1, MAX_TTL - min(pkt.ttl, MAX_TTL) + 1)
+        if known is None:
+            info = PeerInfo(peer_id=pkt.sender_id, noise_public_key=ann.noise_public_key,
+                            signing_public_key=ann.signing_public_key, nickname=ann.nickname,
+                            first_seen=now, last_seen=now, link_id=link_id if direct else None, hops=hops,
+                            capabilities=ann.capabilities)
+            self.peers.upsert(info)
+            # Answer a new peer's announce once, so it learns us even if our link-up announce was lost.
+            if link_id in self.links:
+                self._send_announce([link_id], now)
+        else:
+            info = known
+            was_gone = info.left or not info.reachable(now, self.settings.peer_expiry_s)
+            info.nickname, info.last_seen, info.hops, info.left = ann.nickname, now, hops, False
+            info.capabilities = ann.capabilities
+            if direct:
+                info.link_id = link_id
+            self.peers.touch(info.peer_id, now)
+            if not was_gone:
+                return
+        self._events.append(PeerAnnounced(info.peer_id, info.nickname, known is None, info.link_id))
+
+    def _on_public(self, pkt: Packet, wire: bytes, now: float) -> None:
+        info = self._verified(pkt, wire)
+        if info is None:
+            return
+        try:
+            text = pkt.payload.decode("utf-8")
+        except UnicodeDecodeError:
+            self.counters.malformed += 1
+            return
+        self.peers.touch(info.peer_id, now)
+        self._events.append(MessageReceived(public_message_id(pkt), info.peer_id, info.nickname, text,
+                                            private=False, hops=_hops(pkt), timestamp_ms=pkt.timestamp_ms))
+
+    def _on_leave(self, pkt: Packet, wire: bytes) -> None:
+        info = self._verified(pkt, wire)
+        if info is None:
+            return
+        info.left = True
+        self.sessions.drop(info.peer_id)
+        self._events.append(PeerLeft(info.peer_id, info.nickname))
+
+    def _on_handshake(self, pkt: Packet, now: float) -> None:
+        peer = pkt.sender_id
+        info = self.peers.get(peer)
+        try:
+            step = self.sessions.on_message_untrusted(peer, pkt.payload, now,
+                                                      info.noise_public_key if info else None)
+        except CryptoError:
+            self.counters.handshake_failed += 1
+            return
+        if step.reply is not None:
+            self._emit(self._links_to(peer), self._packet(MessageType.NOISE_HANDSHAKE, step.reply, now, peer))
+        if step.established:
+            for plaintext in self._session_queue.pop(peer, deque()):
+                self._send_encrypted(peer, plaintext, now, queue=True)
+            for p in self.pending.values():  # don't wait for the retry timer
+                if p.peer_id == peer:
+                    p.next_try = now
+
+    def _on_encrypted(self, pkt: Packet, now: float) -> None:
+        peer = pkt.sender_id
+        session = self.sessions.session(peer)
+        if session is None:
+            self.counters.decrypt_failed += 1
+            self._start_handshake(peer, now)  # as BitChat: ciphertext without a session starts one
+            return
+        try:
+            plaintext = session.decrypt_untrusted(pkt.payload)
+        except CryptoError:
+            self.counters.decrypt_failed += 1
+            return
+        try:
+            ptype, body = decode_noise_payload_untrusted(plaintext)
+            self._on_noise_payload(peer, ptype, body, pkt, now)
+        except MalformedFrame:
+            self.counters.malformed += 1
+
+    def _on_noise_payload(self, peer: bytes, ptype: int, body: bytes, pkt: Packet, now: float) -> None:
+        self.peers.touch(peer, now)
+        if ptype == NoisePayloadType.PRIVATE_MESSAGE:
+            message_id, text = decode_private_message_untrusted(body)
+            ack = encode_noise_payload(NoisePayloadType.DELIVERED, message_id.encode())
+            self._send_encrypted(peer, ack, now, queue=True)  # ack every copy: the first ack may be lost
+            key = f"{peer.hex()}:{message_id}"
+            if key in self._seen_private:
+                return
+            self._seen_private[key] = None
+            while len(self._seen_private) > SEEN_PRIVATE_IDS:
+                self._seen_private.popitem(last=False)
+            info = self.peers.get(peer)
+            self._events.append(MessageReceived(message_id, peer, info.nickname if info else peer.hex(), text,
+                                                private=True, hops=_hops(pkt), timestamp_ms=pkt.timestamp_ms))
+        elif ptype == NoisePayloadType.DELIVERED:
+            message_id = body.decode("utf-8", errors="replace")
+            p = self.pending.get(message_id)
+            if p is not None and p.peer_id == peer:
+                del self.pending[message_id]
+                self._events.append(DeliveryAcked(message_id, peer))
+        # read receipts, authenticated peer state and optional types are accepted and ignored
+
+    def _on_ping(self, pkt: Packet, now: float) -> None:
+        self.counters.pings_answered += 1
+        self._emit(self._links_to(pkt.sender_id),
+                   self._packet(MessageType.PONG, pkt.payload, now, pkt.sender_id))
+
+    def _on_fragment(self, link_id: str, pkt: Packet, now: float) -> None:
+        if not is_broadcast(pkt) and pkt.recipient_id != self.peer_id:
+            self.counters.not_for_us += 1
+            return
+        try:
+            frag = decode_fragment_untrusted(pkt.payload)
+            whole = self.reassembler.add_untrusted(pkt.sender_id, frag, now)
+        except MalformedFrame:
+            self.counters.malformed += 1
+            return
+        if whole is None:
+            return
+        try:
+            inner = decode_packet_untrusted(whole, self.limits)
+        except MalformedFrame:
+            self.counters.malformed += 1
+            return
+        self.counters.fragments_reassembled += 1
+        # The fragments were the relayed unit; the whole packet is processed with TTL 0 (BITCHAT.md §2.3).
+        self._handle_packet(link_id, inner, whole, now)
+
+
+def _hops(pkt: Packet) -> int:
+    return max(1, MAX_TTL - min(pkt.ttl, MAX_TTL) + 1)
+
+
+def public_message_id(pkt: Packet) -> str:
+    """BitChat's packet ID (bitchat/Sync/PacketIdUtil.swift): SHA-256(type ‖ sender ‖ ts u64 ‖ payload)[0:16]."""
+    digest = hashlib.sha256(bytes([pkt.type]) + pkt.sender_id + struct.pack(">Q", pkt.timestamp_ms)
+                            + pkt.payload).digest()
+    return digest[:16].hex()
+
+
+__all__ = ["DeliveryAcked", "MeshCore", "MeshCounters", "MeshEvent", "MessageReceived", "PeerAnnounced",
+           "PeerLeft", "PrivateFailed"]
