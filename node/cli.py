@@ -52,8 +52,7 @@ def _emit(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> N
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip()
-             for row in [headers, *rows]]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in [headers, *rows]]
     return "\n".join(lines)
 
 
@@ -86,18 +85,32 @@ def cmd_init(args: argparse.Namespace) -> int:
     else:
         ident = create_identity(cfg.data_dir)
         created = True
-    data = {"peer_id": ident.peer_id_hex, "fingerprint": ident.fingerprint, "data_dir": str(cfg.data_dir),
-            "created": created}
-    _emit(args, data, lambda d: (f"{'Created' if d['created'] else 'Found'} identity in {d['data_dir']}\n"
-                                 f"peer ID      {d['peer_id']}\nfingerprint  {d['fingerprint']}"))
+    data = {
+        "peer_id": ident.peer_id_hex,
+        "fingerprint": ident.fingerprint,
+        "data_dir": str(cfg.data_dir),
+        "created": created,
+    }
+    _emit(
+        args,
+        data,
+        lambda d: (
+            f"{'Created' if d['created'] else 'Found'} identity in {d['data_dir']}\n"
+            f"peer ID      {d['peer_id']}\nfingerprint  {d['fingerprint']}"
+        ),
+    )
     return EXIT_OK
 
 
 def cmd_id(args: argparse.Namespace) -> int:
     cfg = _config(args)
     ident = load_identity(cfg.data_dir)
-    data = {"peer_id": ident.peer_id_hex, "fingerprint": ident.fingerprint,
-            "signing_public_key": ident.signing_public.hex(), "noise_public_key": ident.noise_public.hex()}
+    data = {
+        "peer_id": ident.peer_id_hex,
+        "fingerprint": ident.fingerprint,
+        "signing_public_key": ident.signing_public.hex(),
+        "noise_public_key": ident.noise_public.hex(),
+    }
     _emit(args, data, lambda d: f"peer ID      {d['peer_id']}\nfingerprint  {d['fingerprint']}")
     return EXIT_OK
 
@@ -118,8 +131,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     level = (args.log_level or cfg.node.log_level).upper()
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ensure_private_dir(cfg.data_dir)
     ident = load_identity(cfg.data_dir)  # refuses loose permissions with a how-to-fix message
     node = Node(cfg, ident)
@@ -163,12 +175,20 @@ async def _serve(node: Node) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     def human(d: dict[str, Any]) -> str:
-        return "\n".join([
-            f"peer ID      {d['peer_id']}", f"fingerprint  {d['fingerprint']}", f"nickname     {d['nickname']}",
-            f"uptime       {d['uptime_s']:.0f} s", f"transports   {', '.join(d['transports']) or 'none'}",
-            f"listening    {', '.join(d['listen_addrs']) or '-'}", f"peers        {d['peers']}",
-            f"links        {d['links']}", f"pending      {d['pending_private']} private message(s)",
-            f"data dir     {d['data_dir']}"])
+        return "\n".join(
+            [
+                f"peer ID      {d['peer_id']}",
+                f"fingerprint  {d['fingerprint']}",
+                f"nickname     {d['nickname']}",
+                f"uptime       {d['uptime_s']:.0f} s",
+                f"transports   {', '.join(d['transports']) or 'none'}",
+                f"listening    {', '.join(d['listen_addrs']) or '-'}",
+                f"peers        {d['peers']}",
+                f"links        {d['links']}",
+                f"pending      {d['pending_private']} private message(s)",
+                f"data dir     {d['data_dir']}",
+            ]
+        )
 
     _emit(args, _call(args, "node.status"), human)
     return EXIT_OK
@@ -178,9 +198,18 @@ def cmd_peers(args: argparse.Namespace) -> int:
     def human(peers: list[dict[str, Any]]) -> str:
         if not peers:
             return "no peers known yet"
-        rows = [[p["peer_id"], p["nickname"], "yes" if p["reachable"] else "no", p["transport"] or "-",
-                 p["address"] or "-", f"{p['last_seen_s_ago']:.0f}s", "yes" if p["session"] else "no"]
-                for p in peers]
+        rows = [
+            [
+                p["peer_id"],
+                p["nickname"],
+                "yes" if p["reachable"] else "no",
+                p["transport"] or "-",
+                p["address"] or "-",
+                f"{p['last_seen_s_ago']:.0f}s",
+                "yes" if p["session"] else "no",
+            ]
+            for p in peers
+        ]
         return _table(rows, ["PEER", "NICKNAME", "REACHABLE", "TRANSPORT", "ADDRESS", "LAST SEEN", "SESSION"])
 
     _emit(args, _call(args, "peers.list"), human)
@@ -198,8 +227,11 @@ def cmd_broadcast(args: argparse.Namespace) -> int:
 
 
 def cmd_message(args: argparse.Namespace) -> int:
-    _emit(args, _call(args, "messages.status", id=args.id),
-          lambda d: f"{d['id']}  {d['state']}{'  ' + d['detail'] if d['detail'] else ''}")
+    _emit(
+        args,
+        _call(args, "messages.status", id=args.id),
+        lambda d: f"{d['id']}  {d['state']}{'  ' + d['detail'] if d['detail'] else ''}",
+    )
     return EXIT_OK
 
 
@@ -246,14 +278,15 @@ def cmd_rpc(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="village", description="AIVillage node: a peer-to-peer daemon that "
-                                     "speaks the BitChat mesh protocol.")
+    parser = argparse.ArgumentParser(
+        prog="village", description="AIVillage node: a peer-to-peer daemon that speaks the BitChat mesh protocol."
+    )
     parser.add_argument("--version", action="version", version=f"village {__version__}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", type=Path, help="data directory (default: $VILLAGE_DATA_DIR or the "
-                        "platform's user data dir)")
-    common.add_argument("--config", type=Path, help="config file (default: $VILLAGE_CONFIG or "
-                        "<data dir>/config.toml)")
+    common.add_argument(
+        "--data-dir", type=Path, help="data directory (default: $VILLAGE_DATA_DIR or the platform's user data dir)"
+    )
+    common.add_argument("--config", type=Path, help="config file (default: $VILLAGE_CONFIG or <data dir>/config.toml)")
     common.add_argument("--socket", type=Path, help="control socket (default: from the config)")
     common.add_argument("--json", action="store_true", help="print machine-readable JSON")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -267,8 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exist-ok", action="store_true", help="succeed (and show it) if an identity exists")
     add("id", cmd_id, "Show this node's peer ID and fingerprint.")
     p = add("run", cmd_run, "Run the node in the foreground until SIGINT/SIGTERM.")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                   help="override node.log_level")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override node.log_level")
     add("status", cmd_status, "Show the running node's identity, uptime, transports and peers.")
     add("peers", cmd_peers, "List the peers the running node knows.")
     p = add("send", cmd_send, "Send an encrypted private message to a peer; prints the message ID.")

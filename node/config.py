@@ -34,8 +34,14 @@ APP_NAME = "aivillage"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def _f(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-       choices: tuple[str, ...] | None = None) -> Any:
+def _f(
+    default: Any,
+    help: str,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
     meta: dict[str, Any] = {"help": help}
     if min is not None:
         meta["min"] = min
@@ -48,57 +54,77 @@ def _f(default: Any, help: str, *, min: float | None = None, max: float | None =
 
 @dataclass(frozen=True, slots=True)
 class NodeSection:
-    nickname: str = _f("", "Name shown to peers in announces (<= 255 UTF-8 bytes). Empty: 'village-' + "
-                           "the first 4 hex digits of the peer ID.")
-    data_dir: str = _f("", "Where keys, state and the control socket live. Empty: --data-dir, "
-                           "$VILLAGE_DATA_DIR, or the platform's user data dir.")
+    nickname: str = _f(
+        "",
+        "Name shown to peers in announces (<= 255 UTF-8 bytes). Empty: 'village-' + "
+        "the first 4 hex digits of the peer ID.",
+    )
+    data_dir: str = _f(
+        "",
+        "Where keys, state and the control socket live. Empty: --data-dir, "
+        "$VILLAGE_DATA_DIR, or the platform's user data dir.",
+    )
     log_level: str = _f("info", "Log verbosity.", choices=LOG_LEVELS)
-    shutdown_deadline_s: float = _f(10.0, "Seconds allowed for a clean drain after SIGINT/SIGTERM before "
-                                          "tasks are cancelled.", min=0.1, max=600)
+    shutdown_deadline_s: float = _f(
+        10.0, "Seconds allowed for a clean drain after SIGINT/SIGTERM before tasks are cancelled.", min=0.1, max=600
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class ControlSection:
     socket_path: str = _f("", "Unix socket for the CLI (mode 0600). Empty: <data dir>/control.sock.")
-    max_request_bytes: int = _f(1_048_576, "Largest JSON-RPC request line accepted, in bytes.",
-                                min=1024, max=64 * 1_048_576)
-    max_connections: int = _f(32, "Concurrent control connections; more wait for a free slot.",
-                              min=1, max=4096)
-    follow_queue_messages: int = _f(256, "Messages buffered per `inbox --follow` subscriber before it is "
-                                         "disconnected as too slow.", min=1, max=1_000_000)
+    max_request_bytes: int = _f(
+        1_048_576, "Largest JSON-RPC request line accepted, in bytes.", min=1024, max=64 * 1_048_576
+    )
+    max_connections: int = _f(32, "Concurrent control connections; more wait for a free slot.", min=1, max=4096)
+    follow_queue_messages: int = _f(
+        256,
+        "Messages buffered per `inbox --follow` subscriber before it is disconnected as too slow.",
+        min=1,
+        max=1_000_000,
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class MeshSection:
-    announce_interval_s: float = _f(15.0, "Mean seconds between periodic announces (BitChat: 15 +- 4).",
-                                    min=1, max=3600)
-    announce_jitter_s: float = _f(4.0, "Random +- jitter added to each announce interval, in seconds.",
-                                  min=0, max=600)
+    announce_interval_s: float = _f(
+        15.0, "Mean seconds between periodic announces (BitChat: 15 +- 4).", min=1, max=3600
+    )
+    announce_jitter_s: float = _f(4.0, "Random +- jitter added to each announce interval, in seconds.", min=0, max=600)
     default_ttl: int = _f(7, "Hop budget of packets we originate (BitChat: 7).", min=1, max=7)
-    max_clock_skew_s: float = _f(120.0, "Packets whose timestamp differs from our clock by more are dropped.",
-                                 min=1, max=86_400)
-    announce_max_age_s: float = _f(900.0, "Announces older than this are ignored, in seconds.",
-                                   min=1, max=86_400)
-    dedupe_ttl_s: float = _f(300.0, "How long a seen packet is remembered for duplicate suppression.",
-                             min=1, max=86_400)
-    dedupe_max_entries: int = _f(1000, "Most packets remembered for duplicate suppression (trimmed to 3/4).",
-                                 min=16, max=10_000_000)
-    peer_expiry_s: float = _f(60.0, "A peer not heard from for this long is shown as gone.",
-                              min=1, max=86_400)
-    max_peers: int = _f(1000, "Most peers tracked; the least recently heard is forgotten beyond this.",
-                        min=1, max=1_000_000)
-    handshake_timeout_s: float = _f(10.0, "Seconds an unfinished Noise handshake may take before it is "
-                                          "abandoned and retried (BitChat initiator: 10).", min=0.5, max=600)
-    private_retry_interval_s: float = _f(5.0, "Seconds before an unacknowledged private message is resent; "
-                                              "doubles per attempt.", min=0.1, max=3600)
-    private_max_attempts: int = _f(6, "Sends of a private message before it is marked failed.",
-                                   min=1, max=1000)
-    max_pending_private: int = _f(256, "Private messages awaiting a delivery ack, across all peers.",
-                                  min=1, max=1_000_000)
-    max_public_text_chars: int = _f(60_000, "Longest public or private text accepted (BitChat: 60,000).",
-                                    min=1, max=1_000_000)
-    inbox_max_messages: int = _f(10_000, "Messages kept in the inbox; the oldest are pruned beyond this.",
-                                 min=1, max=100_000_000)
+    max_clock_skew_s: float = _f(
+        120.0, "Packets whose timestamp differs from our clock by more are dropped.", min=1, max=86_400
+    )
+    announce_max_age_s: float = _f(900.0, "Announces older than this are ignored, in seconds.", min=1, max=86_400)
+    dedupe_ttl_s: float = _f(
+        300.0, "How long a seen packet is remembered for duplicate suppression.", min=1, max=86_400
+    )
+    dedupe_max_entries: int = _f(
+        1000, "Most packets remembered for duplicate suppression (trimmed to 3/4).", min=16, max=10_000_000
+    )
+    peer_expiry_s: float = _f(60.0, "A peer not heard from for this long is shown as gone.", min=1, max=86_400)
+    max_peers: int = _f(
+        1000, "Most peers tracked; the least recently heard is forgotten beyond this.", min=1, max=1_000_000
+    )
+    handshake_timeout_s: float = _f(
+        10.0,
+        "Seconds an unfinished Noise handshake may take before it is abandoned and retried (BitChat initiator: 10).",
+        min=0.5,
+        max=600,
+    )
+    private_retry_interval_s: float = _f(
+        5.0, "Seconds before an unacknowledged private message is resent; doubles per attempt.", min=0.1, max=3600
+    )
+    private_max_attempts: int = _f(6, "Sends of a private message before it is marked failed.", min=1, max=1000)
+    max_pending_private: int = _f(
+        256, "Private messages awaiting a delivery ack, across all peers.", min=1, max=1_000_000
+    )
+    max_public_text_chars: int = _f(
+        60_000, "Longest public or private text accepted (BitChat: 60,000).", min=1, max=1_000_000
+    )
+    inbox_max_messages: int = _f(
+        10_000, "Messages kept in the inbox; the oldest are pruned beyond this.", min=1, max=100_000_000
+    )
 
 
 # `[wire]` is the codec's WireLimits; its help texts and ranges live here so the codec stays config-free.
@@ -111,8 +137,11 @@ WIRE_HELP: dict[str, tuple[str, float, float]] = {
     "fragment_max_assemblies": ("Concurrent reassemblies kept (oldest evicted).", 1, 1_000_000),
     "fragment_lifetime_s": ("Seconds an incomplete reassembly may live.", 0.1, 3600),
     "fragment_max_assembly_bytes": ("Bytes one reassembly may hold.", 1024, 1 << 30),
-    "fragment_max_assembly_bytes_large": ("Bytes one reassembly of a noiseEncrypted/fileTransfer frame "
-                                          "may hold.", 1024, 1 << 30),
+    "fragment_max_assembly_bytes_large": (
+        "Bytes one reassembly of a noiseEncrypted/fileTransfer frame may hold.",
+        1024,
+        1 << 30,
+    ),
 }
 
 
@@ -197,8 +226,7 @@ def _build_section(name: str, raw: Any) -> Any:
     return section
 
 
-def config_from_mapping(raw: Mapping[str, Any], *, data_dir: Path | None = None,
-                        source: Path | None = None) -> Config:
+def config_from_mapping(raw: Mapping[str, Any], *, data_dir: Path | None = None, source: Path | None = None) -> Config:
     """Validate a parsed TOML document. ``data_dir`` (if given) wins over ``node.data_dir``."""
     sections: dict[str, Any] = {}
     for name, value in raw.items():
@@ -211,8 +239,9 @@ def config_from_mapping(raw: Mapping[str, Any], *, data_dir: Path | None = None,
     return Config(data_dir=data_dir, source=source, **sections)
 
 
-def load_config(config_path: Path | None = None, *, data_dir: Path | None = None,
-                env: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    config_path: Path | None = None, *, data_dir: Path | None = None, env: Mapping[str, str] | None = None
+) -> Config:
     """Find, read and validate the configuration (see the module docstring for the search order)."""
     env = os.environ if env is None else env
     if data_dir is None and env.get("VILLAGE_DATA_DIR"):
@@ -235,8 +264,7 @@ def load_config(config_path: Path | None = None, *, data_dir: Path | None = None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {config_path} is not valid TOML: {exc}") from exc
     try:
-        cfg = config_from_mapping(raw, data_dir=data_dir.expanduser() if data_dir else None,
-                                  source=config_path)
+        cfg = config_from_mapping(raw, data_dir=data_dir.expanduser() if data_dir else None, source=config_path)
     except ConfigError as exc:
         raise ConfigError(f"{config_path}: {exc}") from None
     return cfg
@@ -277,6 +305,9 @@ def example_toml() -> str:
 
 def config_as_dict(cfg: Config) -> dict[str, Any]:
     out: dict[str, Any] = {name: dataclasses.asdict(getattr(cfg, name)) for name in SECTIONS}
-    out["resolved"] = {"data_dir": str(cfg.data_dir), "socket_path": str(cfg.socket_path),
-                       "source": str(cfg.source) if cfg.source else None}
+    out["resolved"] = {
+        "data_dir": str(cfg.data_dir),
+        "socket_path": str(cfg.socket_path),
+        "source": str(cfg.source) if cfg.source else None,
+    }
     return out

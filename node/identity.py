@@ -97,8 +97,10 @@ def _write_secret(path: Path, data: bytes) -> None:
 def create_identity(data_dir: Path) -> Identity:
     """Generate and store a new identity. Refuses to overwrite an existing one."""
     if identity_exists(data_dir):
-        raise IdentityError(f"an identity already exists in {identity_dir(data_dir)}; refusing to replace it "
-                            "(move it away first if you really want a new one)")
+        raise IdentityError(
+            f"an identity already exists in {identity_dir(data_dir)}; refusing to replace it "
+            "(move it away first if you really want a new one)"
+        )
     d = identity_dir(data_dir)
     ensure_private_dir(data_dir)
     ensure_private_dir(d)
@@ -123,7 +125,8 @@ def _read_secret(path: Path) -> bytes:
     if st.st_mode & 0o077:
         raise KeyPermissionError(
             f"key file {path} can be read by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
-            f"fix it with: chmod 600 {path}")
+            f"fix it with: chmod 600 {path}"
+        )
     data = path.read_bytes()
     if len(data) != KEY_BYTES:
         raise IdentityError(f"key file {path} is corrupt: expected {KEY_BYTES} bytes, found {len(data)}")

@@ -64,13 +64,24 @@ class Inbox:
     def close(self) -> None:
         self.db.conn.close()
 
-    def add(self, *, id: str, sender: str, nickname: str, text: str, private: bool, received_at_ms: int,
-            sent_at_ms: int, hops: int) -> InboxMessage | None:
+    def add(
+        self,
+        *,
+        id: str,
+        sender: str,
+        nickname: str,
+        text: str,
+        private: bool,
+        received_at_ms: int,
+        sent_at_ms: int,
+        hops: int,
+    ) -> InboxMessage | None:
         """Store a message; returns it, or None if (sender, id) is already there."""
         cur = self.db.execute(
             "INSERT OR IGNORE INTO inbox (id, sender, nickname, text, private, received_at_ms, sent_at_ms, hops)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [id, sender, nickname, text, int(private), received_at_ms, sent_at_ms, hops])
+            [id, sender, nickname, text, int(private), received_at_ms, sent_at_ms, hops],
+        )
         if cur.rowcount == 0:
             return None
         seq = int(cur.lastrowid or 0)
@@ -86,7 +97,9 @@ class Inbox:
         """The newest ``limit`` messages with seq > ``after_seq``, oldest first."""
         rows = self.db.execute(
             "SELECT seq, id, sender, nickname, text, private, received_at_ms, sent_at_ms, hops FROM inbox"
-            " WHERE seq > ? ORDER BY seq DESC LIMIT ?", [after_seq, limit]).fetchall()
+            " WHERE seq > ? ORDER BY seq DESC LIMIT ?",
+            [after_seq, limit],
+        ).fetchall()
         return [InboxMessage(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], r[8]) for r in reversed(rows)]
 
     def count(self) -> int:

@@ -58,14 +58,29 @@ class OutgoingMessage:
     detail: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "to": self.to, "text": self.text, "private": self.private, "state": self.state,
-                "created_at_ms": self.created_at_ms, "detail": self.detail}
+        return {
+            "id": self.id,
+            "to": self.to,
+            "text": self.text,
+            "private": self.private,
+            "state": self.state,
+            "created_at_ms": self.created_at_ms,
+            "detail": self.detail,
+        }
 
 
 class Node:
-    def __init__(self, config: Config, identity: Identity, *, transports: Sequence[Transport] = (),
-                 clock: Clock | None = None, control: bool = True, persistent_inbox: bool = True,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        identity: Identity,
+        *,
+        transports: Sequence[Transport] = (),
+        clock: Clock | None = None,
+        control: bool = True,
+        persistent_inbox: bool = True,
+        rng: random.Random | None = None,
+    ) -> None:
         self.config = config
         self.identity = identity
         self.transports = list(transports)
@@ -92,17 +107,27 @@ class Node:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
         now = self.clock.now()
-        self.core = MeshCore(identity=self.identity, settings=cfg.mesh, limits=cfg.wire, nickname=self.nickname,
-                             wall_offset_ms=self.clock.wall_ms() - now * 1000.0, rng=self._rng)
-        self.inbox = Inbox(cfg.data_dir / "state.db" if self._persistent_inbox else None,
-                           max_messages=cfg.mesh.inbox_max_messages)
+        self.core = MeshCore(
+            identity=self.identity,
+            settings=cfg.mesh,
+            limits=cfg.wire,
+            nickname=self.nickname,
+            wall_offset_ms=self.clock.wall_ms() - now * 1000.0,
+            rng=self._rng,
+        )
+        self.inbox = Inbox(
+            cfg.data_dir / "state.db" if self._persistent_inbox else None, max_messages=cfg.mesh.inbox_max_messages
+        )
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 if self._control_enabled:
                     self.control_server = ControlServer(
-                        cfg.socket_path, build_registry(self), max_request_bytes=cfg.control.max_request_bytes,
-                        max_connections=cfg.control.max_connections)
+                        cfg.socket_path,
+                        build_registry(self),
+                        max_request_bytes=cfg.control.max_request_bytes,
+                        max_connections=cfg.control.max_connections,
+                    )
                     await nursery.start(self.control_server.run)
                 link_send, link_recv = trio.open_memory_channel[Link](NEW_LINK_QUEUE)
                 nursery.start_soon(self._accept_links, link_recv)
@@ -110,10 +135,13 @@ class Node:
                     await nursery.start(transport.run, link_send)
                 nursery.start_soon(self._timer_task)
                 self.started_at = self.clock.now()
-                log.info("node ready: peer %s (%s), transports: %s, control socket: %s",
-                         self.identity.peer_id_hex, self.nickname,
-                         ", ".join(t.name for t in self.transports) or "none",
-                         cfg.socket_path if self._control_enabled else "off")
+                log.info(
+                    "node ready: peer %s (%s), transports: %s, control socket: %s",
+                    self.identity.peer_id_hex,
+                    self.nickname,
+                    ", ".join(t.name for t in self.transports) or "none",
+                    cfg.socket_path if self._control_enabled else "off",
+                )
                 sd_notify("READY=1")
                 task_status.started()
                 await self._stop_requested.wait()
@@ -134,8 +162,11 @@ class Node:
 
     async def _drain(self) -> None:
         sd_notify("STOPPING=1")
-        log.info("stopping: sending leave to %d link(s), draining for up to %.1f s",
-                 len(self.links), self.config.node.shutdown_deadline_s)
+        log.info(
+            "stopping: sending leave to %d link(s), draining for up to %.1f s",
+            len(self.links),
+            self.config.node.shutdown_deadline_s,
+        )
         core = self._require_core()
         for ch in self._followers:
             ch.close()  # `inbox --follow` calls end with a final response
@@ -187,8 +218,9 @@ class Node:
                 await link.aclose()
             log.info("link down: %s", link_id)
 
-    async def _link_writer(self, link: Link, frames: trio.MemoryReceiveChannel[bytes],
-                           link_scope: trio.CancelScope) -> None:
+    async def _link_writer(
+        self, link: Link, frames: trio.MemoryReceiveChannel[bytes], link_scope: trio.CancelScope
+    ) -> None:
         try:
             async for frame in frames:
                 try:
@@ -251,13 +283,25 @@ class Node:
         if isinstance(event, MessageReceived):
             inbox = self.inbox
             assert inbox is not None
-            stored = inbox.add(id=event.message_id, sender=event.sender_id.hex(), nickname=event.sender_nickname,
-                               text=event.text, private=event.private, received_at_ms=self.clock.wall_ms(),
-                               sent_at_ms=event.timestamp_ms, hops=event.hops)
+            stored = inbox.add(
+                id=event.message_id,
+                sender=event.sender_id.hex(),
+                nickname=event.sender_nickname,
+                text=event.text,
+                private=event.private,
+                received_at_ms=self.clock.wall_ms(),
+                sent_at_ms=event.timestamp_ms,
+                hops=event.hops,
+            )
             if stored is None:
                 return
-            log.info("%s message %s from %s (%s)", "private" if event.private else "public", event.message_id,
-                     event.sender_nickname, event.sender_id.hex())
+            log.info(
+                "%s message %s from %s (%s)",
+                "private" if event.private else "public",
+                event.message_id,
+                event.sender_nickname,
+                event.sender_id.hex(),
+            )
             for ch in list(self._followers):
                 try:
                     ch.send_nowait(stored)
@@ -269,8 +313,12 @@ class Node:
                     self._followers.remove(ch)
         elif isinstance(event, PeerAnnounced):
             if event.new:
-                log.info("new peer %s (%s)%s", event.peer_id.hex(), event.nickname,
-                         f" on {event.link_id}" if event.link_id else "")
+                log.info(
+                    "new peer %s (%s)%s",
+                    event.peer_id.hex(),
+                    event.nickname,
+                    f" on {event.link_id}" if event.link_id else "",
+                )
         elif isinstance(event, PeerLeft):
             log.info("peer %s (%s) left", event.peer_id.hex(), event.nickname)
         elif isinstance(event, DeliveryAcked):
@@ -278,8 +326,7 @@ class Node:
             log.info("private message %s delivered to %s", event.message_id, event.peer_id.hex())
         elif isinstance(event, PrivateFailed):
             self._set_outgoing(event.message_id, "failed", event.reason)
-            log.warning("private message %s to %s failed: %s", event.message_id, event.peer_id.hex(),
-                        event.reason)
+            log.warning("private message %s to %s failed: %s", event.message_id, event.peer_id.hex(), event.reason)
 
     def _set_outgoing(self, message_id: str, state: str, detail: str = "") -> None:
         msg = self.outgoing.get(message_id)
@@ -313,8 +360,7 @@ class Node:
         core = self._require_core()
         peer = self.resolve_peer(peer_ref)
         message_id = core.send_private(peer, text, self.clock.now())
-        self._remember_outgoing(OutgoingMessage(message_id, peer.hex(), text, True, "pending",
-                                                self.clock.wall_ms()))
+        self._remember_outgoing(OutgoingMessage(message_id, peer.hex(), text, True, "pending", self.clock.wall_ms()))
         self._flush()
         return message_id
 
@@ -332,15 +378,19 @@ class Node:
         out = []
         for p in core.peers:
             link = self.links.get(p.link_id) if p.link_id else None
-            out.append({
-                "peer_id": p.peer_id.hex(), "nickname": p.nickname,
-                "fingerprint": fingerprint_from_noise_key(p.noise_public_key),
-                "reachable": p.reachable(now, self.config.mesh.peer_expiry_s),
-                "last_seen_s_ago": round(now - p.last_seen, 3), "hops": p.hops,
-                "transport": link.transport_name if link else None,
-                "address": link.remote_address if link else None,
-                "session": core.sessions.session(p.peer_id) is not None,
-            })
+            out.append(
+                {
+                    "peer_id": p.peer_id.hex(),
+                    "nickname": p.nickname,
+                    "fingerprint": fingerprint_from_noise_key(p.noise_public_key),
+                    "reachable": p.reachable(now, self.config.mesh.peer_expiry_s),
+                    "last_seen_s_ago": round(now - p.last_seen, 3),
+                    "hops": p.hops,
+                    "transport": link.transport_name if link else None,
+                    "address": link.remote_address if link else None,
+                    "session": core.sessions.session(p.peer_id) is not None,
+                }
+            )
         return out
 
     def status(self) -> dict[str, Any]:

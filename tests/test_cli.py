@@ -38,10 +38,19 @@ def data_dir() -> Iterator[Path]:
     subprocess.run(["rm", "-rf", str(d)], check=False)
 
 
-def village(*args: str, env: dict[str, str] | None = None, timeout: float = WAIT_S,
-            ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*VILLAGE, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, check=False)
+def village(
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = WAIT_S,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*VILLAGE, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
 
 
 # ---------------------------------------------------------------- documentation
@@ -64,8 +73,15 @@ def test_every_rpc_method_is_documented(tmp_path: Path) -> None:
     from node.control.methods import build_registry
 
     reg = build_registry(Node(Config(data_dir=tmp_path), Identity.generate()))
-    assert {"node.status", "node.id", "peers.list", "messages.send", "messages.broadcast", "inbox.list",
-            "inbox.follow"} <= set(reg.methods)
+    assert {
+        "node.status",
+        "node.id",
+        "peers.list",
+        "messages.send",
+        "messages.broadcast",
+        "inbox.list",
+        "inbox.follow",
+    } <= set(reg.methods)
     for m in reg.methods.values():
         d = m.describe()
         assert len(d["doc"]) > 20, f"{m.name} is not documented"
@@ -186,8 +202,9 @@ async def test_cli_send_and_follow_between_nodes(nursery: trio.Nursery, data_dir
         async def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
             return await trio.run_process([*VILLAGE, *args], capture_stdout=True, capture_stderr=True, check=False)
 
-        follow = await trio.lowlevel.open_process([*VILLAGE, "inbox", "--follow", "--json", *sb],
-                                                  stdout=subprocess.PIPE)
+        follow = await trio.lowlevel.open_process(
+            [*VILLAGE, "inbox", "--follow", "--json", *sb], stdout=subprocess.PIPE
+        )
         try:
             r = await cli("send", bob.nickname, "hi bob, it's alice", *sa)
             assert r.returncode == 0, r.stderr

@@ -34,8 +34,9 @@ def test_example_file_is_the_generated_one_and_parses_to_defaults() -> None:
 
 def test_file_values_override_defaults(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text('[node]\nnickname = "pi-shelf"\n[mesh]\nannounce_interval_s = 30\n'
-                    "[wire]\nfragment_max_assemblies = 16\n")
+    path.write_text(
+        '[node]\nnickname = "pi-shelf"\n[mesh]\nannounce_interval_s = 30\n[wire]\nfragment_max_assemblies = 16\n'
+    )
     cfg = load_config(path, data_dir=tmp_path, env={})
     assert cfg.node.nickname == "pi-shelf"
     assert cfg.mesh.announce_interval_s == 30.0 and isinstance(cfg.mesh.announce_interval_s, float)
@@ -43,19 +44,22 @@ def test_file_values_override_defaults(tmp_path: Path) -> None:
     assert cfg.source == path
 
 
-@pytest.mark.parametrize(("toml", "message"), [
-    ("[mesh]\nannounce_interval = 3\n", r"mesh\.announce_interval: unknown key"),
-    ("[meshh]\n", r"\[meshh\]: unknown section"),
-    ("[mesh]\ndefault_ttl = 9\n", r"mesh\.default_ttl: expected a value from 1 to 7, got 9"),
-    ("[mesh]\ndefault_ttl = 2.5\n", r"mesh\.default_ttl: expected a whole number"),
-    ('[mesh]\nannounce_interval_s = "15"\n', r"mesh\.announce_interval_s: expected a number"),
-    ("[node]\nlog_level = \"loud\"\n", r"node\.log_level: expected one of 'debug', 'info'"),
-    ("[node]\nnickname = 5\n", r"node\.nickname: expected a string"),
-    ("[control]\nmax_connections = true\n", r"control\.max_connections: expected a whole number"),
-    ("[wire]\nmax_route_hops = 300\n", r"wire\.max_route_hops: expected a value from 0 to 255"),
-    ("mesh = 3\n", r"\[mesh\]: expected a table"),
-    ("[node\n", r"not valid TOML"),
-])
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[mesh]\nannounce_interval = 3\n", r"mesh\.announce_interval: unknown key"),
+        ("[meshh]\n", r"\[meshh\]: unknown section"),
+        ("[mesh]\ndefault_ttl = 9\n", r"mesh\.default_ttl: expected a value from 1 to 7, got 9"),
+        ("[mesh]\ndefault_ttl = 2.5\n", r"mesh\.default_ttl: expected a whole number"),
+        ('[mesh]\nannounce_interval_s = "15"\n', r"mesh\.announce_interval_s: expected a number"),
+        ('[node]\nlog_level = "loud"\n', r"node\.log_level: expected one of 'debug', 'info'"),
+        ("[node]\nnickname = 5\n", r"node\.nickname: expected a string"),
+        ("[control]\nmax_connections = true\n", r"control\.max_connections: expected a whole number"),
+        ("[wire]\nmax_route_hops = 300\n", r"wire\.max_route_hops: expected a value from 0 to 255"),
+        ("mesh = 3\n", r"\[mesh\]: expected a table"),
+        ("[node\n", r"not valid TOML"),
+    ],
+)
 def test_bad_values_name_the_key(tmp_path: Path, toml: str, message: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(toml)

@@ -1,10 +1,10 @@
 """Control-plane errors::
 
-    ControlError (node.errors)
-    ├── RpcError            (node.control.rpc) an error object to send back to a client
-    └── ClientError         the CLI could not talk to the node
-        └── NotRunning      nothing listens on the control socket
-    RemoteCallError         the node answered a call with a JSON-RPC error (subclass of ClientError)
+ControlError (node.errors)
+├── RpcError            (node.control.rpc) an error object to send back to a client
+└── ClientError         the CLI could not talk to the node
+    └── NotRunning      nothing listens on the control socket
+RemoteCallError         the node answered a call with a JSON-RPC error (subclass of ClientError)
 """
 
 from __future__ import annotations

@@ -52,9 +52,13 @@ def build_registry(node: Node) -> Registry:
         return node.status()
 
     async def ident(_: NoParams, notify: Notify) -> Any:
-        return {"peer_id": node.identity.peer_id_hex, "fingerprint": node.identity.fingerprint,
-                "nickname": node.nickname, "signing_public_key": node.identity.signing_public.hex(),
-                "noise_public_key": node.identity.noise_public.hex()}
+        return {
+            "peer_id": node.identity.peer_id_hex,
+            "fingerprint": node.identity.fingerprint,
+            "nickname": node.nickname,
+            "signing_public_key": node.identity.signing_public.hex(),
+            "noise_public_key": node.identity.noise_public.hex(),
+        }
 
     async def peers(_: NoParams, notify: Notify) -> Any:
         return node.peers_view()
@@ -102,20 +106,48 @@ def build_registry(node: Node) -> Registry:
         return {"stopping": True, "deadline_s": node.config.node.shutdown_deadline_s}
 
     reg.add("rpc.methods", NoParams, "List every method with its documentation and parameters.", methods)
-    reg.add("node.status", NoParams, "Identity, uptime, transports, listen addresses, peer count and "
-                                     "counters of this node.", status)
+    reg.add(
+        "node.status",
+        NoParams,
+        "Identity, uptime, transports, listen addresses, peer count and counters of this node.",
+        status,
+    )
     reg.add("node.id", NoParams, "This node's peer ID, fingerprint, nickname and public keys.", ident)
     reg.add("node.stop", NoParams, "Stop the node gracefully (leave sent, queues drained).", stop)
-    reg.add("peers.list", NoParams, "Peers this node knows: ID, nickname, fingerprint, reachability, "
-                                    "transport, address, whether a Noise session is up.", peers)
-    reg.add("messages.send", SendParams, "Send an end-to-end encrypted private message; returns its ID. "
-                                         "Delivery is confirmed by an ack (see messages.status).", send)
-    reg.add("messages.broadcast", BroadcastParams, "Send a signed public message to the mesh; returns its "
-                                                   "ID.", broadcast)
-    reg.add("messages.status", MessageStatusParams, "State of an outgoing message: sent, pending, "
-                                                    "delivered or failed.", message_status)
-    reg.add("inbox.list", InboxListParams, "Received messages: id, from, nickname, text, private, "
-                                           "received_at_ms, hops.", inbox_list)
-    reg.add("inbox.follow", InboxFollowParams, "Stream received messages as `inbox.message` notifications "
-                                               "until the client disconnects.", inbox_follow, streaming=True)
+    reg.add(
+        "peers.list",
+        NoParams,
+        "Peers this node knows: ID, nickname, fingerprint, reachability, "
+        "transport, address, whether a Noise session is up.",
+        peers,
+    )
+    reg.add(
+        "messages.send",
+        SendParams,
+        "Send an end-to-end encrypted private message; returns its ID. "
+        "Delivery is confirmed by an ack (see messages.status).",
+        send,
+    )
+    reg.add(
+        "messages.broadcast", BroadcastParams, "Send a signed public message to the mesh; returns its ID.", broadcast
+    )
+    reg.add(
+        "messages.status",
+        MessageStatusParams,
+        "State of an outgoing message: sent, pending, delivered or failed.",
+        message_status,
+    )
+    reg.add(
+        "inbox.list",
+        InboxListParams,
+        "Received messages: id, from, nickname, text, private, received_at_ms, hops.",
+        inbox_list,
+    )
+    reg.add(
+        "inbox.follow",
+        InboxFollowParams,
+        "Stream received messages as `inbox.message` notifications until the client disconnects.",
+        inbox_follow,
+        streaming=True,
+    )
     return reg

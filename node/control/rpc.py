@@ -76,8 +76,14 @@ class Method(Generic[P]):
         params = []
         for f in dataclasses.fields(self.params):  # type: ignore[arg-type]
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            params.append({"name": f.name, "type": _type_name(hints[f.name]), "required": required,
-                           "doc": f.metadata.get("doc", "")})
+            params.append(
+                {
+                    "name": f.name,
+                    "type": _type_name(hints[f.name]),
+                    "required": required,
+                    "doc": f.metadata.get("doc", ""),
+                }
+            )
         return {"name": self.name, "doc": self.doc, "params": params, "streaming": self.streaming}
 
 
@@ -119,8 +125,15 @@ class Registry:
     def __init__(self) -> None:
         self.methods: dict[str, Method[Any]] = {}
 
-    def add(self, name: str, params: type[P], doc: str, handler: Callable[[P, Notify], Awaitable[Any]],
-            *, streaming: bool = False) -> None:
+    def add(
+        self,
+        name: str,
+        params: type[P],
+        doc: str,
+        handler: Callable[[P, Notify], Awaitable[Any]],
+        *,
+        streaming: bool = False,
+    ) -> None:
         if name in self.methods:
             raise ValueError(f"method {name} registered twice")
         if not doc.strip():
@@ -132,8 +145,9 @@ class Registry:
         fields = {f.name: f for f in dataclasses.fields(method.params)}  # type: ignore[arg-type]
         unknown = sorted(set(raw) - set(fields))
         if unknown:
-            raise RpcError(INVALID_PARAMS, f"{method.name}: unknown param {unknown[0]!r} "
-                                           f"(accepted: {', '.join(fields) or 'none'})")
+            raise RpcError(
+                INVALID_PARAMS, f"{method.name}: unknown param {unknown[0]!r} (accepted: {', '.join(fields) or 'none'})"
+            )
         kwargs: dict[str, Any] = {}
         for name, f in fields.items():
             if name in raw:
@@ -156,14 +170,13 @@ def parse_request_untrusted(line: bytes) -> Request:
     except (UnicodeDecodeError, ValueError) as exc:
         raise RpcError(PARSE_ERROR, f"request is not valid JSON: {exc}") from None
     if not isinstance(obj, dict) or obj.get("jsonrpc") != "2.0" or not isinstance(obj.get("method"), str):
-        raise RpcError(INVALID_REQUEST, "expected an object with jsonrpc \"2.0\" and a string method")
+        raise RpcError(INVALID_REQUEST, 'expected an object with jsonrpc "2.0" and a string method')
     req_id = obj.get("id")
     if req_id is not None and (isinstance(req_id, bool) or not isinstance(req_id, int | str)):
         raise RpcError(INVALID_REQUEST, "id must be a string or an integer")
     params = obj.get("params", {})
     if isinstance(params, list):
-        raise RpcError(INVALID_PARAMS, "params must be an object (named params); positional lists are "
-                                       "not supported")
+        raise RpcError(INVALID_PARAMS, "params must be an object (named params); positional lists are not supported")
     if not isinstance(params, dict):
         raise RpcError(INVALID_PARAMS, "params must be an object")
     return Request(req_id, obj["method"], params)

@@ -74,12 +74,15 @@ class ControlServer:
 
     async def _bind(self) -> trio.socket.SocketType:
         if len(os.fsencode(self.path)) > UNIX_PATH_MAX:
-            raise StartupError(f"control socket path {self.path} is longer than the {UNIX_PATH_MAX} bytes a "
-                               "Unix socket allows; set control.socket_path or use a shorter data dir")
+            raise StartupError(
+                f"control socket path {self.path} is longer than the {UNIX_PATH_MAX} bytes a "
+                "Unix socket allows; set control.socket_path or use a shorter data dir"
+            )
         if self.path.exists() or self.path.is_symlink():
             if _socket_in_use(self.path):
-                raise StartupError(f"another node is already running on {self.path}; stop it first "
-                                   "(`village status` talks to it)")
+                raise StartupError(
+                    f"another node is already running on {self.path}; stop it first (`village status` talks to it)"
+                )
             self.path.unlink()  # stale socket left by a crash
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)  # the socket is born 0600: no window where others may connect
@@ -121,8 +124,9 @@ class ControlServer:
             uid = peer_uid(stream.socket)
             if uid not in (os.geteuid(), 0):
                 self.rejected_connections += 1
-                log.warning("control connection from uid %d refused (only uid %d and root may connect)",
-                            uid, os.geteuid())
+                log.warning(
+                    "control connection from uid %d refused (only uid %d and root may connect)", uid, os.geteuid()
+                )
                 err = RpcError(INVALID_REQUEST, "permission denied: the control socket serves its owner only")
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await stream.send_all(response_line(None, error=err))
@@ -136,8 +140,9 @@ class ControlServer:
             nl = buf.find(b"\n")
             if nl < 0:
                 if len(buf) > self.max_request_bytes:
-                    err = RpcError(INVALID_REQUEST, f"request exceeds {self.max_request_bytes} bytes "
-                                                    "(control.max_request_bytes)")
+                    err = RpcError(
+                        INVALID_REQUEST, f"request exceeds {self.max_request_bytes} bytes (control.max_request_bytes)"
+                    )
                     await stream.send_all(response_line(None, error=err))
                     return
                 data = await stream.receive_some(READ_CHUNK)

@@ -1,11 +1,11 @@
 """Cryptographic errors, remote separated from local::
 
-    CryptoError (node.errors)
-    ├── HandshakeError      remote: a handshake message is malformed, unexpected now, or fails to verify
-    │   └── LowOrderKey     remote: a DH result was all zeros (a low-order or all-zero public key)
-    ├── DecryptError        remote: a transport frame failed authentication or is malformed
-    ├── ReplayError         remote: a transport frame's nonce was already seen or is older than the window
-    └── NonceExhausted      local: this cipher may not encrypt again (rekey or a new handshake is needed)
+CryptoError (node.errors)
+├── HandshakeError      remote: a handshake message is malformed, unexpected now, or fails to verify
+│   └── LowOrderKey     remote: a DH result was all zeros (a low-order or all-zero public key)
+├── DecryptError        remote: a transport frame failed authentication or is malformed
+├── ReplayError         remote: a transport frame's nonce was already seen or is older than the window
+└── NonceExhausted      local: this cipher may not encrypt again (rekey or a new handshake is needed)
 """
 
 from __future__ import annotations

@@ -124,8 +124,11 @@ class SymmetricState:
     """§5.2"""
 
     def __init__(self, protocol_name: bytes) -> None:
-        self.h = protocol_name.ljust(HASHLEN, b"\0") if len(protocol_name) <= HASHLEN else \
-            hashlib.sha256(protocol_name).digest()
+        self.h = (
+            protocol_name.ljust(HASHLEN, b"\0")
+            if len(protocol_name) <= HASHLEN
+            else hashlib.sha256(protocol_name).digest()
+        )
         self.ck = self.h
         self.cipher = CipherState()
 
@@ -205,7 +208,7 @@ def parse_protocol_name(name: str) -> tuple[Pattern, bool]:
     if base == head:
         return pattern, False
     msgs = [list(m) for m in pattern.messages]
-    for mod in head[len(base):].split("+"):
+    for mod in head[len(base) :].split("+"):
         if not mod.startswith("psk") or not mod[3:].isdigit():
             raise ValueError(f"unsupported modifier {mod!r}")
         idx = int(mod[3:])
@@ -220,9 +223,17 @@ class HandshakeState:
     """§5.3. ``write_message``/``read_message`` alternate as the pattern dictates; after the last message
     :meth:`split` returns (send, receive) ciphers oriented for this side."""
 
-    def __init__(self, protocol_name: str, *, initiator: bool, prologue: bytes = b"",
-                 static_private: bytes | None = None, remote_static: bytes | None = None,
-                 ephemeral_private: bytes | None = None, psks: tuple[bytes, ...] = ()) -> None:
+    def __init__(
+        self,
+        protocol_name: str,
+        *,
+        initiator: bool,
+        prologue: bytes = b"",
+        static_private: bytes | None = None,
+        remote_static: bytes | None = None,
+        ephemeral_private: bytes | None = None,
+        psks: tuple[bytes, ...] = (),
+    ) -> None:
         self.pattern, self.psk_mode = parse_protocol_name(protocol_name)
         self.initiator = initiator
         self.ss = SymmetricState(protocol_name.encode())

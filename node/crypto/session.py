@@ -26,8 +26,16 @@ REKEY_THRESHOLD = 0.9  # iOS rekeys at 90 % of the message limit
 
 
 class NoiseTransportSession:
-    def __init__(self, send: CipherState, recv: CipherState, *, handshake_hash: bytes, remote_static: bytes,
-                 max_send_nonce: int = MAX_SEND_NONCE, replay_window: int = REPLAY_WINDOW) -> None:
+    def __init__(
+        self,
+        send: CipherState,
+        recv: CipherState,
+        *,
+        handshake_hash: bytes,
+        remote_static: bytes,
+        max_send_nonce: int = MAX_SEND_NONCE,
+        replay_window: int = REPLAY_WINDOW,
+    ) -> None:
         self._send = send
         self._recv = recv
         self.handshake_hash = handshake_hash
@@ -69,8 +77,14 @@ class NoiseTransportSession:
         self.messages_received += 1
         return plaintext
 
-    def needs_rekey(self, age_s: float, *, max_age_s: float = SESSION_MAX_AGE_S,
-                    max_messages: int = SESSION_MAX_MESSAGES, threshold: float = REKEY_THRESHOLD) -> bool:
+    def needs_rekey(
+        self,
+        age_s: float,
+        *,
+        max_age_s: float = SESSION_MAX_AGE_S,
+        max_messages: int = SESSION_MAX_MESSAGES,
+        threshold: float = REKEY_THRESHOLD,
+    ) -> bool:
         """BitChat's policy: renew after ``max_age_s`` or at ``threshold`` of the message (or nonce) budget."""
         used = max(self.messages_sent, self.messages_received)
         budget = min(max_messages, self.max_send_nonce)
@@ -89,8 +103,9 @@ class XXHandshake:
 
     def __init__(self, initiator: bool, static_private: bytes, *, ephemeral_private: bytes | None = None) -> None:
         self.initiator = initiator
-        self._hs = HandshakeState(XX_PROTOCOL, initiator=initiator, static_private=static_private,
-                                  ephemeral_private=ephemeral_private)
+        self._hs = HandshakeState(
+            XX_PROTOCOL, initiator=initiator, static_private=static_private, ephemeral_private=ephemeral_private
+        )
         self._step = 0
 
     @classmethod
@@ -119,8 +134,7 @@ class XXHandshake:
             raise HandshakeError("handshake already complete")
         expected = XX_MESSAGE_BYTES[self._step]
         if len(message) != expected:
-            raise HandshakeError(f"handshake message {self._step + 1} must be {expected} bytes, "
-                                 f"got {len(message)}")
+            raise HandshakeError(f"handshake message {self._step + 1} must be {expected} bytes, got {len(message)}")
         payload = self._hs.read_message(message)
         if payload:
             raise HandshakeError("BitChat handshake payloads are empty")
@@ -130,5 +144,10 @@ class XXHandshake:
         if not self._hs.is_complete or self._hs.remote_static_public_key is None:
             raise HandshakeError("handshake is not complete")
         send, recv = self._hs.split()
-        return NoiseTransportSession(send, recv, handshake_hash=self._hs.handshake_hash,
-                                     remote_static=self._hs.remote_static_public_key, **session_kw)
+        return NoiseTransportSession(
+            send,
+            recv,
+            handshake_hash=self._hs.handshake_hash,
+            remote_static=self._hs.remote_static_public_key,
+            **session_kw,
+        )

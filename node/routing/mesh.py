@@ -152,8 +152,11 @@ class MeshCore:
         self.peer_id = self.identity.peer_id
         self.counters = MeshCounters()
         self.peers = PeerTable(self.settings.max_peers)
-        self.sessions = SessionManager(static_private=self.identity.noise_private, local_peer_id=self.peer_id,
-                                       timeout_s=self.settings.handshake_timeout_s)
+        self.sessions = SessionManager(
+            static_private=self.identity.noise_private,
+            local_peer_id=self.peer_id,
+            timeout_s=self.settings.handshake_timeout_s,
+        )
         self.dedupe = DedupeCache(ttl_s=self.settings.dedupe_ttl_s, max_entries=self.settings.dedupe_max_entries)
         self.reassembler = Reassembler(self.limits)
         self.links: dict[str, _LinkState] = {}
@@ -169,12 +172,16 @@ class MeshCore:
         return int(self.wall_offset_ms + now * 1000.0)
 
     def get_timer(self) -> float | None:
-        candidates = [t for t in (
-            self._next_announce,
-            self.sessions.next_deadline(),
-            min((p.next_try for p in self.pending.values()), default=None),
-            self.reassembler.next_expiry(),
-        ) if t is not None]
+        candidates = [
+            t
+            for t in (
+                self._next_announce,
+                self.sessions.next_deadline(),
+                min((p.next_try for p in self.pending.values()), default=None),
+                self.reassembler.next_expiry(),
+            )
+            if t is not None
+        ]
         return min(candidates, default=None)
 
     def handle_timer(self, now: float) -> None:
@@ -189,8 +196,9 @@ class MeshCore:
 
     def _schedule_announce(self, now: float) -> None:
         s = self.settings
-        self._next_announce = now + max(0.5, s.announce_interval_s + self.rng.uniform(-s.announce_jitter_s,
-                                                                                      s.announce_jitter_s))
+        self._next_announce = now + max(
+            0.5, s.announce_interval_s + self.rng.uniform(-s.announce_jitter_s, s.announce_jitter_s)
+        )
 
     # ---------------------------------------------------------------- outputs
     def frames_to_send(self) -> list[tuple[str, bytes]]:
@@ -221,9 +229,18 @@ class MeshCore:
         return list(self.links)
 
     def _packet(self, msg_type: int, payload: bytes, now: float, recipient: bytes | None = None) -> Packet:
-        return Packet(version=1, type=int(msg_type), ttl=self.settings.default_ttl,
-                      timestamp_ms=self.wall_ms(now), sender_id=self.peer_id, recipient_id=recipient,
-                      route=(), payload=payload, signature=None, is_rsr=False)
+        return Packet(
+            version=1,
+            type=int(msg_type),
+            ttl=self.settings.default_ttl,
+            timestamp_ms=self.wall_ms(now),
+            sender_id=self.peer_id,
+            recipient_id=recipient,
+            route=(),
+            payload=payload,
+            signature=None,
+            is_rsr=False,
+        )
 
     # ---------------------------------------------------------------- links
     def link_up(self, link_id: str, mtu: int, now: float) -> None:
@@ -238,9 +255,14 @@ class MeshCore:
 
     # ---------------------------------------------------------------- announces and leave
     def announce_packet(self, now: float) -> Packet:
-        ann = Announce(nickname=self.nickname, noise_public_key=self.identity.noise_public,
-                       signing_public_key=self.identity.signing_public, neighbours=self._direct_neighbours(),
-                       capabilities=None, geohash=None)
+        ann = Announce(
+            nickname=self.nickname,
+            noise_public_key=self.identity.noise_public,
+            signing_public_key=self.identity.signing_public,
+            neighbours=self._direct_neighbours(),
+            capabilities=None,
+            geohash=None,
+        )
         return sign_packet(self._packet(MessageType.ANNOUNCE, encode_announce(ann), now), self.identity.signing_key)
 
     def _direct_neighbours(self) -> tuple[bytes, ...]:
@@ -264,8 +286,10 @@ class MeshCore:
     def broadcast(self, text: str, now: float) -> str:
         data = text.encode()
         if not text or len(text) > self.settings.max_public_text_chars:
-            raise MeshError(f"a public message must have 1 to {self.settings.max_public_text_chars} characters "
-                            f"(mesh.max_public_text_chars); this one has {len(text)}")
+            raise MeshError(
+                f"a public message must have 1 to {self.settings.max_public_text_chars} characters "
+                f"(mesh.max_public_text_chars); this one has {len(text)}"
+            )
         pkt = sign_packet(self._packet(MessageType.MESSAGE, data, now), self.identity.signing_key)
         self._emit(list(self.links), pkt)
         self.dedupe.check_and_add(dedupe_key(pkt.sender_id, pkt.timestamp_ms, pkt.type, pkt.payload), now)
@@ -274,13 +298,17 @@ class MeshCore:
     def send_private(self, peer_id: bytes, text: str, now: float) -> str:
         size = len(text.encode())
         if not text or size > PRIVATE_TEXT_MAX_BYTES:
-            raise MeshError(f"a private message must have 1 to {PRIVATE_TEXT_MAX_BYTES} bytes of UTF-8 text "
-                            f"(BitChat's private-message field is one length byte); this one has {size}")
+            raise MeshError(
+                f"a private message must have 1 to {PRIVATE_TEXT_MAX_BYTES} bytes of UTF-8 text "
+                f"(BitChat's private-message field is one length byte); this one has {size}"
+            )
         if self.peers.get(peer_id) is None:
             raise MeshError(f"peer {peer_id.hex()} is unknown: no verified announce from it yet")
         if len(self.pending) >= self.settings.max_pending_private:
-            raise MeshError(f"{len(self.pending)} private messages already await delivery "
-                            "(mesh.max_pending_private); try again later")
+            raise MeshError(
+                f"{len(self.pending)} private messages already await delivery "
+                "(mesh.max_pending_private); try again later"
+            )
         message_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4)).upper()
         p = _Pending(message_id, peer_id, text, created=now, next_try=now)
         self.pending[message_id] = p
@@ -291,15 +319,13 @@ class MeshCore:
         s = self.settings
         if p.attempts >= s.private_max_attempts:
             del self.pending[p.message_id]
-            self._events.append(PrivateFailed(p.message_id, p.peer_id,
-                                              f"no delivery ack after {p.attempts} attempts"))
+            self._events.append(PrivateFailed(p.message_id, p.peer_id, f"no delivery ack after {p.attempts} attempts"))
             return
         if p.attempts:
             self.counters.private_retries += 1
         p.attempts += 1
         p.next_try = now + s.private_retry_interval_s * (2 ** (p.attempts - 1))
-        plaintext = encode_noise_payload(NoisePayloadType.PRIVATE_MESSAGE,
-                                         encode_private_message(p.message_id, p.text))
+        plaintext = encode_noise_payload(NoisePayloadType.PRIVATE_MESSAGE, encode_private_message(p.message_id, p.text))
         self._send_encrypted(p.peer_id, plaintext, now, queue=False)
 
     def _send_encrypted(self, peer_id: bytes, plaintext: bytes, now: float, *, queue: bool) -> None:
@@ -345,8 +371,7 @@ class MeshCore:
         if pkt.type == MessageType.FRAGMENT:
             self._on_fragment(link_id, pkt, now)
             return
-        if not self.dedupe.check_and_add(
-                dedupe_key(pkt.sender_id, pkt.timestamp_ms, pkt.type, pkt.payload), now):
+        if not self.dedupe.check_and_add(dedupe_key(pkt.sender_id, pkt.timestamp_ms, pkt.type, pkt.payload), now):
             self.counters.duplicate += 1
             return
         directed_elsewhere = not is_broadcast(pkt) and pkt.recipient_id != self.peer_id
@@ -395,17 +420,25 @@ class MeshCore:
             self.counters.bad_signature += 1
             return
         known = self.peers.get(pkt.sender_id)
-        if known is not None and (known.noise_public_key != ann.noise_public_key
-                                  or known.signing_public_key != ann.signing_public_key):
+        if known is not None and (
+            known.noise_public_key != ann.noise_public_key or known.signing_public_key != ann.signing_public_key
+        ):
             self.counters.key_mismatch += 1  # keys are pinned at first sight
             return
         direct = pkt.ttl >= MAX_TTL and link_id in self.links
         hops = max(1, MAX_TTL - min(pkt.ttl, MAX_TTL) + 1)
         if known is None:
-            info = PeerInfo(peer_id=pkt.sender_id, noise_public_key=ann.noise_public_key,
-                            signing_public_key=ann.signing_public_key, nickname=ann.nickname,
-                            first_seen=now, last_seen=now, link_id=link_id if direct else None, hops=hops,
-                            capabilities=ann.capabilities)
+            info = PeerInfo(
+                peer_id=pkt.sender_id,
+                noise_public_key=ann.noise_public_key,
+                signing_public_key=ann.signing_public_key,
+                nickname=ann.nickname,
+                first_seen=now,
+                last_seen=now,
+                link_id=link_id if direct else None,
+                hops=hops,
+                capabilities=ann.capabilities,
+            )
             self.peers.upsert(info)
             # Answer a new peer's announce once, so it learns us even if our link-up announce was lost.
             if link_id in self.links:
@@ -432,8 +465,17 @@ class MeshCore:
             self.counters.malformed += 1
             return
         self.peers.touch(info.peer_id, now)
-        self._events.append(MessageReceived(public_message_id(pkt), info.peer_id, info.nickname, text,
-                                            private=False, hops=_hops(pkt), timestamp_ms=pkt.timestamp_ms))
+        self._events.append(
+            MessageReceived(
+                public_message_id(pkt),
+                info.peer_id,
+                info.nickname,
+                text,
+                private=False,
+                hops=_hops(pkt),
+                timestamp_ms=pkt.timestamp_ms,
+            )
+        )
 
     def _on_leave(self, pkt: Packet, wire: bytes) -> None:
         info = self._verified(pkt, wire)
@@ -447,8 +489,7 @@ class MeshCore:
         peer = pkt.sender_id
         info = self.peers.get(peer)
         try:
-            step = self.sessions.on_message_untrusted(peer, pkt.payload, now,
-                                                      info.noise_public_key if info else None)
+            step = self.sessions.on_message_untrusted(peer, pkt.payload, now, info.noise_public_key if info else None)
         except CryptoError:
             self.counters.handshake_failed += 1
             return
@@ -492,8 +533,17 @@ class MeshCore:
             while len(self._seen_private) > SEEN_PRIVATE_IDS:
                 self._seen_private.popitem(last=False)
             info = self.peers.get(peer)
-            self._events.append(MessageReceived(message_id, peer, info.nickname if info else peer.hex(), text,
-                                                private=True, hops=_hops(pkt), timestamp_ms=pkt.timestamp_ms))
+            self._events.append(
+                MessageReceived(
+                    message_id,
+                    peer,
+                    info.nickname if info else peer.hex(),
+                    text,
+                    private=True,
+                    hops=_hops(pkt),
+                    timestamp_ms=pkt.timestamp_ms,
+                )
+            )
         elif ptype == NoisePayloadType.DELIVERED:
             message_id = body.decode("utf-8", errors="replace")
             p = self.pending.get(message_id)
@@ -504,8 +554,7 @@ class MeshCore:
 
     def _on_ping(self, pkt: Packet, now: float) -> None:
         self.counters.pings_answered += 1
-        self._emit(self._links_to(pkt.sender_id),
-                   self._packet(MessageType.PONG, pkt.payload, now, pkt.sender_id))
+        self._emit(self._links_to(pkt.sender_id), self._packet(MessageType.PONG, pkt.payload, now, pkt.sender_id))
 
     def _on_fragment(self, link_id: str, pkt: Packet, now: float) -> None:
         if not is_broadcast(pkt) and pkt.recipient_id != self.peer_id:
@@ -535,10 +584,19 @@ def _hops(pkt: Packet) -> int:
 
 def public_message_id(pkt: Packet) -> str:
     """BitChat's packet ID (bitchat/Sync/PacketIdUtil.swift): SHA-256(type ‖ sender ‖ ts u64 ‖ payload)[0:16]."""
-    digest = hashlib.sha256(bytes([pkt.type]) + pkt.sender_id + struct.pack(">Q", pkt.timestamp_ms)
-                            + pkt.payload).digest()
+    digest = hashlib.sha256(
+        bytes([pkt.type]) + pkt.sender_id + struct.pack(">Q", pkt.timestamp_ms) + pkt.payload
+    ).digest()
     return digest[:16].hex()
 
 
-__all__ = ["DeliveryAcked", "MeshCore", "MeshCounters", "MeshEvent", "MessageReceived", "PeerAnnounced",
-           "PeerLeft", "PrivateFailed"]
+__all__ = [
+    "DeliveryAcked",
+    "MeshCore",
+    "MeshCounters",
+    "MeshEvent",
+    "MessageReceived",
+    "PeerAnnounced",
+    "PeerLeft",
+    "PrivateFailed",
+]

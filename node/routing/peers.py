@@ -75,7 +75,9 @@ class PeerTable:
         if by_name:
             return by_name
         if len(ref_l) >= 4 and all(c in "0123456789abcdef" for c in ref_l):
-            return [p for p in self._peers.values()
-                    if p.peer_id.hex().startswith(ref_l)
-                    or fingerprint_from_noise_key(p.noise_public_key).startswith(ref_l)]
+            return [
+                p
+                for p in self._peers.values()
+                if p.peer_id.hex().startswith(ref_l) or fingerprint_from_noise_key(p.noise_public_key).startswith(ref_l)
+            ]
         return []

@@ -62,8 +62,9 @@ class SessionManager:
         self._handshakes[peer] = _Handshake(hs, True, now + self._timeout_s)
         return hs.write()
 
-    def on_message_untrusted(self, peer: bytes, message: bytes, now: float,
-                             pinned_static: bytes | None) -> HandshakeStep:
+    def on_message_untrusted(
+        self, peer: bytes, message: bytes, now: float, pinned_static: bytes | None
+    ) -> HandshakeStep:
         """Feed a 0x10 payload from ``peer``. Raises HandshakeError (a remote error) when it is invalid;
         the half-done handshake is then discarded."""
         pending = self._handshakes.get(peer)

@@ -99,8 +99,12 @@ class Transport(ABC):
     def name(self) -> str: ...
 
     @abstractmethod
-    async def run(self, link_sink: LinkSink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-                  ) -> None:
+    async def run(
+        self,
+        link_sink: LinkSink,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         """Start listening, call ``task_status.started()``, then push every new link into ``link_sink``
         until cancelled. On cancellation close every link this transport opened."""
 

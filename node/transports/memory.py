@@ -76,8 +76,17 @@ class _Direction:
 
 
 class MemoryLink(Link):
-    def __init__(self, net: MemoryNetwork, owner: MemoryTransport, peer: MemoryTransport, link_id: str,
-                 mtu: int, faults: Faults, out: _Direction, inbox: trio.MemoryReceiveChannel[bytes]) -> None:
+    def __init__(
+        self,
+        net: MemoryNetwork,
+        owner: MemoryTransport,
+        peer: MemoryTransport,
+        link_id: str,
+        mtu: int,
+        faults: Faults,
+        out: _Direction,
+        inbox: trio.MemoryReceiveChannel[bytes],
+    ) -> None:
         self._net = net
         self._owner = owner
         self._peer_transport = peer
@@ -172,8 +181,12 @@ class MemoryTransport(Transport):
         else:
             self._sink.send_nowait(link)
 
-    async def run(self, link_sink: LinkSink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-                  ) -> None:
+    async def run(
+        self,
+        link_sink: LinkSink,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         self._sink = link_sink
         for link in self._pending:
             link_sink.send_nowait(link)
@@ -216,8 +229,15 @@ class MemoryNetwork:
     def transport(self, name: str) -> MemoryTransport:
         return MemoryTransport(self, name)
 
-    def connect(self, a: MemoryTransport, b: MemoryTransport, faults: Faults | None = None,
-                *, mtu: int = DEFAULT_MTU, faults_back: Faults | None = None) -> tuple[MemoryLink, MemoryLink]:
+    def connect(
+        self,
+        a: MemoryTransport,
+        b: MemoryTransport,
+        faults: Faults | None = None,
+        *,
+        mtu: int = DEFAULT_MTU,
+        faults_back: Faults | None = None,
+    ) -> tuple[MemoryLink, MemoryLink]:
         """Link ``a`` and ``b``. ``faults`` apply a→b and, unless ``faults_back`` is given, b→a too."""
         faults = faults or Faults()
         faults_back = faults if faults_back is None else faults_back
@@ -249,8 +269,9 @@ class MemoryNetwork:
             return False
         return not any(a in g and b in g for g in self._groups)
 
-    def _transmit(self, src: MemoryTransport, dst: MemoryTransport, d: _Direction, frame: bytes,
-                  faults: Faults) -> None:
+    def _transmit(
+        self, src: MemoryTransport, dst: MemoryTransport, d: _Direction, frame: bytes, faults: Faults
+    ) -> None:
         self.stats.sent += 1
         if self.tap is not None:
             self.tap.append((src.name, dst.name, frame))

@@ -1,8 +1,8 @@
 """Wire-format errors::
 
-    ProtocolError (node.errors)
-    ├── MalformedFrame   remote: bytes from the network do not parse (callers drop and count them)
-    └── EncodeError      local: the format cannot carry what we asked to encode
+ProtocolError (node.errors)
+├── MalformedFrame   remote: bytes from the network do not parse (callers drop and count them)
+└── EncodeError      local: the format cannot carry what we asked to encode
 """
 
 from __future__ import annotations

@@ -48,8 +48,13 @@ def encode_fragment(frag: FragmentPayload) -> bytes:
         raise EncodeError("fragment ID must be 8 bytes")
     if not 0 <= frag.index < frag.total <= 0xFFFF or not 0 <= frag.original_type <= 0xFF:
         raise EncodeError(f"fragment {frag.index}/{frag.total} of type {frag.original_type} does not fit")
-    return (frag.fragment_id + frag.index.to_bytes(2, "big") + frag.total.to_bytes(2, "big")
-            + bytes([frag.original_type]) + frag.chunk)
+    return (
+        frag.fragment_id
+        + frag.index.to_bytes(2, "big")
+        + frag.total.to_bytes(2, "big")
+        + bytes([frag.original_type])
+        + frag.chunk
+    )
 
 
 def decode_fragment_untrusted(payload: bytes) -> FragmentPayload:
@@ -72,25 +77,29 @@ def fragment_overhead(original: Packet) -> int:
     return header + ID_BYTES + recipient + route + FRAGMENT_HEADER_BYTES
 
 
-def fragment_frame(original: Packet, frame: bytes, max_frame_bytes: int, fragment_id: bytes,
-                   limits: WireLimits = DEFAULT_LIMITS) -> list[bytes]:
+def fragment_frame(
+    original: Packet, frame: bytes, max_frame_bytes: int, fragment_id: bytes, limits: WireLimits = DEFAULT_LIMITS
+) -> list[bytes]:
     """Split the encoded ``frame`` of ``original`` into fragment frames of at most ``max_frame_bytes``."""
     chunk_size = max_frame_bytes - fragment_overhead(original)
     if chunk_size < 1:
         raise EncodeError(f"a {max_frame_bytes}-byte MTU leaves no room for a fragment chunk")
     total = math.ceil(len(frame) / chunk_size)
     if total > min(limits.fragment_max_send_count, 0xFFFF):
-        raise EncodeError(f"frame of {len(frame)} bytes needs {total} fragments at MTU {max_frame_bytes}; "
-                          f"at most {limits.fragment_max_send_count} are sent")
+        raise EncodeError(
+            f"frame of {len(frame)} bytes needs {total} fragments at MTU {max_frame_bytes}; "
+            f"at most {limits.fragment_max_send_count} are sent"
+        )
     return fragment_with_chunk_size(original, frame, chunk_size, fragment_id, max_frame_bytes=max_frame_bytes)
 
 
-def fragment_with_chunk_size(original: Packet, frame: bytes, chunk_size: int, fragment_id: bytes, *,
-                             max_frame_bytes: int | None = None) -> list[bytes]:
+def fragment_with_chunk_size(
+    original: Packet, frame: bytes, chunk_size: int, fragment_id: bytes, *, max_frame_bytes: int | None = None
+) -> list[bytes]:
     total = math.ceil(len(frame) / chunk_size)
     out = []
     for index in range(total):
-        chunk = frame[index * chunk_size:(index + 1) * chunk_size]
+        chunk = frame[index * chunk_size : (index + 1) * chunk_size]
         payload = encode_fragment(FragmentPayload(fragment_id, index, total, original.type, chunk))
         pkt = replace(original, type=MessageType.FRAGMENT, payload=payload, signature=None)
         encoded = encode_packet(pkt)
@@ -149,8 +158,11 @@ class Reassembler:
         if frag.index in asm.chunks:
             self.counters.duplicate += 1
             return None
-        cap = lim.fragment_max_assembly_bytes_large if frag.original_type in LARGE_ORIGINAL_TYPES \
+        cap = (
+            lim.fragment_max_assembly_bytes_large
+            if frag.original_type in LARGE_ORIGINAL_TYPES
             else lim.fragment_max_assembly_bytes
+        )
         if asm.size + len(frag.chunk) > cap:
             del self._assemblies[key]
             self.counters.rejected += 1

@@ -131,14 +131,14 @@ def _check_id(name: str, value: bytes) -> None:
         raise EncodeError(f"{name} must be {ID_BYTES} bytes, got {len(value)}")
 
 
-def encode_packet(packet: Packet, *, pad: bool = False, compress: bool = True,
-                  limits: WireLimits = DEFAULT_LIMITS) -> bytes:
+def encode_packet(
+    packet: Packet, *, pad: bool = False, compress: bool = True, limits: WireLimits = DEFAULT_LIMITS
+) -> bytes:
     """Encode ``packet``; ``pad`` applies BitChat padding (used on air for 0x10/0x11 only)."""
     p = packet
     if p.version not in (1, 2):
         raise EncodeError(f"version must be 1 or 2, got {p.version}")
-    for name, value, top in (("type", p.type, 0xFF), ("ttl", p.ttl, 0xFF), ("timestamp_ms", p.timestamp_ms,
-                                                                              2**64 - 1)):
+    for name, value, top in (("type", p.type, 0xFF), ("ttl", p.ttl, 0xFF), ("timestamp_ms", p.timestamp_ms, 2**64 - 1)):
         if not 0 <= value <= top:
             raise EncodeError(f"{name} {value} does not fit its field")
     _check_id("sender_id", p.sender_id)
@@ -217,7 +217,7 @@ def _parse(data: bytes, limits: WireLimits) -> _Layout:
         nonlocal pos
         if pos + count > n:
             raise MalformedFrame(f"{what} runs past the end of the frame")
-        chunk = data[pos:pos + count]
+        chunk = data[pos : pos + count]
         pos += count
         return chunk
 
@@ -233,9 +233,18 @@ def _parse(data: bytes, limits: WireLimits) -> _Layout:
     payload_end = pos
     payload = _inflate(body, 2 if version == 1 else 4, limits) if flags & FLAG_IS_COMPRESSED else body
     signature = take(SIGNATURE_BYTES, "signature") if flags & FLAG_HAS_SIGNATURE else None
-    packet = Packet(version=version, type=msg_type, ttl=ttl, timestamp_ms=timestamp, sender_id=sender,
-                    recipient_id=recipient, route=route, payload=payload, signature=signature,
-                    is_rsr=bool(flags & FLAG_IS_RSR))
+    packet = Packet(
+        version=version,
+        type=msg_type,
+        ttl=ttl,
+        timestamp_ms=timestamp,
+        sender_id=sender,
+        recipient_id=recipient,
+        route=route,
+        payload=payload,
+        signature=signature,
+        is_rsr=bool(flags & FLAG_IS_RSR),
+    )
     return _Layout(packet, payload_end)
 
 
@@ -282,7 +291,7 @@ def signing_preimage_from_wire_untrusted(frame: bytes, limits: WireLimits = DEFA
     """The preimage rebuilt from received bytes: cut at the end of the payload, TTL 0, flags without
     HAS_SIGNATURE and IS_RSR, padded — the sender's deflate bytes are kept as they are."""
     layout = _parse_maybe_padded(bytes(frame), limits)
-    head = bytearray(frame[:layout.payload_end])
+    head = bytearray(frame[: layout.payload_end])
     head[2] = 0
     head[11] &= ~(FLAG_HAS_SIGNATURE | FLAG_IS_RSR) & 0xFF
     return pad(bytes(head))
@@ -302,7 +311,13 @@ def verify_wire_signature(frame: bytes, verify_key: bytes, limits: WireLimits = 
             return False
         preimage = signing_preimage_from_wire_untrusted(frame, limits)
         nacl.signing.VerifyKey(verify_key).verify(preimage, layout.packet.signature)
-    except (MalformedFrame, nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError,
-            nacl.exceptions.TypeError, ValueError, TypeError):
+    except (
+        MalformedFrame,
+        nacl.exceptions.BadSignatureError,
+        nacl.exceptions.ValueError,
+        nacl.exceptions.TypeError,
+        ValueError,
+        TypeError,
+    ):
         return False
     return True

@@ -50,8 +50,11 @@ def encode_announce(a: Announce) -> bytes:
         raise EncodeError("announce keys must be 32 bytes")
     if len(a.neighbours) > MAX_NEIGHBOURS or any(len(n) != ID_BYTES for n in a.neighbours):
         raise EncodeError(f"announce carries at most {MAX_NEIGHBOURS} neighbour IDs of 8 bytes")
-    out = _tlv(TLV_NICKNAME, a.nickname.encode()) + _tlv(TLV_NOISE_KEY, a.noise_public_key) + \
-        _tlv(TLV_SIGNING_KEY, a.signing_public_key)
+    out = (
+        _tlv(TLV_NICKNAME, a.nickname.encode())
+        + _tlv(TLV_NOISE_KEY, a.noise_public_key)
+        + _tlv(TLV_SIGNING_KEY, a.signing_public_key)
+    )
     if a.neighbours:
         out += _tlv(TLV_NEIGHBOURS, b"".join(a.neighbours))
     if a.capabilities is not None:
@@ -74,7 +77,7 @@ def _iter_tlvs(data: bytes) -> list[tuple[int, bytes]]:
         t, n = data[pos], data[pos + 1]
         if pos + 2 + n > len(data):
             raise MalformedFrame(f"TLV {t:#04x} runs past the end of the payload")
-        out.append((t, bytes(data[pos + 2:pos + 2 + n])))
+        out.append((t, bytes(data[pos + 2 : pos + 2 + n])))
         pos += 2 + n
     return out
 
@@ -98,7 +101,7 @@ def decode_announce_untrusted(payload: bytes) -> Announce:
         raw = fields[TLV_NEIGHBOURS]
         if len(raw) % ID_BYTES:
             raise MalformedFrame("announce neighbour list is not a multiple of 8 bytes")
-        neighbours = tuple(raw[i:i + ID_BYTES] for i in range(0, len(raw), ID_BYTES))
+        neighbours = tuple(raw[i : i + ID_BYTES] for i in range(0, len(raw), ID_BYTES))
     capabilities = None
     if TLV_CAPABILITIES in fields:
         raw = fields[TLV_CAPABILITIES]

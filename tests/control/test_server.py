@@ -63,8 +63,9 @@ def sock_dir() -> Iterator[Path]:
 
 
 async def start_server(nursery: trio.Nursery, path: Path, **kw: int) -> ControlServer:
-    server = ControlServer(path, make_registry(), max_request_bytes=kw.get("max_request_bytes", 4096),
-                           max_connections=4)
+    server = ControlServer(
+        path, make_registry(), max_request_bytes=kw.get("max_request_bytes", 4096), max_connections=4
+    )
     await nursery.start(server.run)
     return server
 
@@ -203,8 +204,10 @@ async def test_notifications_get_no_response(nursery: trio.Nursery, sock_dir: Pa
     path = sock_dir / "control.sock"
     await start_server(nursery, path)
     stream = await trio.open_unix_socket(str(path))
-    await stream.send_all(b'{"jsonrpc":"2.0","method":"nope"}\n{"jsonrpc":"2.0","method":"echo","params":'
-                          b'{"text":"n"}}\n{"jsonrpc":"2.0","id":7,"method":"echo","params":{"text":"r"}}\n')
+    await stream.send_all(
+        b'{"jsonrpc":"2.0","method":"nope"}\n{"jsonrpc":"2.0","method":"echo","params":'
+        b'{"text":"n"}}\n{"jsonrpc":"2.0","id":7,"method":"echo","params":{"text":"r"}}\n'
+    )
     reply = json.loads(await stream.receive_some(65536))
     assert reply == {"jsonrpc": "2.0", "id": 7, "result": {"echo": "r"}}  # only the request with an id
     await stream.aclose()

@@ -10,8 +10,9 @@ import pytest
 
 from node.crypto.noise import HandshakeState
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "noise" / \
-    "noise_25519_chachapoly_sha256.json"
+VECTORS = (
+    Path(__file__).resolve().parents[2].parent / "shared" / "data" / "noise" / "noise_25519_chachapoly_sha256.json"
+)
 
 
 def load_vectors() -> list[dict[str, Any]]:
@@ -36,14 +37,24 @@ def test_the_vector_file_covers_xx() -> None:
 @pytest.mark.parametrize("vector", load_vectors(), ids=lambda v: v["protocol_name"])
 def test_vector(vector: dict[str, Any]) -> None:
     name = vector["protocol_name"]
-    init = HandshakeState(name, initiator=True, prologue=bytes.fromhex(vector["init_prologue"]),
-                          static_private=_b(vector, "init_static"), remote_static=_b(vector, "init_remote_static"),
-                          ephemeral_private=_b(vector, "init_ephemeral"),
-                          psks=tuple(bytes.fromhex(p) for p in vector.get("init_psks", [])))
-    resp = HandshakeState(name, initiator=False, prologue=bytes.fromhex(vector["resp_prologue"]),
-                          static_private=_b(vector, "resp_static"), remote_static=_b(vector, "resp_remote_static"),
-                          ephemeral_private=_b(vector, "resp_ephemeral"),
-                          psks=tuple(bytes.fromhex(p) for p in vector.get("resp_psks", [])))
+    init = HandshakeState(
+        name,
+        initiator=True,
+        prologue=bytes.fromhex(vector["init_prologue"]),
+        static_private=_b(vector, "init_static"),
+        remote_static=_b(vector, "init_remote_static"),
+        ephemeral_private=_b(vector, "init_ephemeral"),
+        psks=tuple(bytes.fromhex(p) for p in vector.get("init_psks", [])),
+    )
+    resp = HandshakeState(
+        name,
+        initiator=False,
+        prologue=bytes.fromhex(vector["resp_prologue"]),
+        static_private=_b(vector, "resp_static"),
+        remote_static=_b(vector, "resp_remote_static"),
+        ephemeral_private=_b(vector, "resp_ephemeral"),
+        psks=tuple(bytes.fromhex(p) for p in vector.get("resp_psks", [])),
+    )
     one_way = len(init.pattern.messages) == 1
     messages = vector["messages"]
     i = 0

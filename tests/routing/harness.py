@@ -26,8 +26,14 @@ class Mesh:
     nodes: list[Node]
     transports: list[MemoryTransport]
 
-    def connect(self, i: int, j: int, faults: Faults | None = None, *, mtu: int = 65_535,
-                ) -> tuple[MemoryLink, MemoryLink]:
+    def connect(
+        self,
+        i: int,
+        j: int,
+        faults: Faults | None = None,
+        *,
+        mtu: int = 65_535,
+    ) -> tuple[MemoryLink, MemoryLink]:
         return self.net.connect(self.transports[i], self.transports[j], faults, mtu=mtu)
 
     async def wait_until_known(self, i: int, j: int) -> None:
@@ -38,20 +44,23 @@ class Mesh:
         await self.nodes[i].wait_until(lambda: core.peers.get(target) is not None)
 
 
-async def start_mesh(nursery: trio.Nursery, tmp_path: Path, n: int, *, seed: int = 1,
-                     control: bool = False, **mesh: Any) -> Mesh:
+async def start_mesh(
+    nursery: trio.Nursery, tmp_path: Path, n: int, *, seed: int = 1, control: bool = False, **mesh: Any
+) -> Mesh:
     net = MemoryNetwork(seed=seed, queue_frames=4096)
     await nursery.start(net.run)
     nodes, transports = [], []
     for i in range(n):
         transport = net.transport(f"n{i}")
-        cfg = Config(data_dir=tmp_path / f"n{i}", node=NodeSection(nickname=f"n{i}"),
-                     mesh=dataclasses.replace(MeshSection(), **mesh))
+        cfg = Config(
+            data_dir=tmp_path / f"n{i}",
+            node=NodeSection(nickname=f"n{i}"),
+            mesh=dataclasses.replace(MeshSection(), **mesh),
+        )
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         rng = random.Random(seed * 1000 + i)  # keys too: a seed reproduces a whole run
         ident = Identity(nacl.signing.SigningKey(rng.randbytes(32)), rng.randbytes(32))
-        node = Node(cfg, ident, transports=[transport], clock=Clock(epoch_offset_ms=EPOCH_MS),
-                    control=control, rng=rng)
+        node = Node(cfg, ident, transports=[transport], clock=Clock(epoch_offset_ms=EPOCH_MS), control=control, rng=rng)
         await nursery.start(node.run)
         nodes.append(node)
         transports.append(transport)

@@ -33,8 +33,9 @@ def inbox_texts(mesh: Mesh, i: int) -> list[tuple[str, bool]]:
     return [(m.text, m.private) for m in inbox.list(limit=1000)]
 
 
-async def test_nodes_announce_and_learn_each_other(nursery: trio.Nursery, tmp_path: Path,
-                                                   autojump_clock: trio.testing.MockClock) -> None:
+async def test_nodes_announce_and_learn_each_other(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
     mesh = await start_mesh(nursery, tmp_path, 3)
     mesh.connect(0, 1, FAULTY)
     mesh.connect(1, 2, FAULTY)
@@ -50,8 +51,9 @@ async def test_nodes_announce_and_learn_each_other(nursery: trio.Nursery, tmp_pa
     assert mesh.nodes[0].core is not None and mesh.nodes[0].core.peers.get(mesh.nodes[2].identity.peer_id) is None
 
 
-async def test_public_message_reaches_every_neighbour_once(nursery: trio.Nursery, tmp_path: Path,
-                                                           autojump_clock: trio.testing.MockClock) -> None:
+async def test_public_message_reaches_every_neighbour_once(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
     mesh = await start_mesh(nursery, tmp_path, 4)
     for j in (1, 2, 3):
         mesh.connect(0, j, NO_LOSS)
@@ -73,7 +75,8 @@ async def test_public_message_reaches_every_neighbour_once(nursery: trio.Nursery
 
 
 async def test_private_message_is_encrypted_delivered_once_and_acked(
-        nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
     mesh = await start_mesh(nursery, tmp_path, 2, seed=3)
     mesh.net.tap = []
     mesh.connect(0, 1, FAULTY)
@@ -95,8 +98,9 @@ async def test_private_message_is_encrypted_delivered_once_and_acked(
     assert mesh.net.stats.dropped > 0  # the faults were really on
 
 
-async def test_crossed_private_messages_both_arrive(nursery: trio.Nursery, tmp_path: Path,
-                                                    autojump_clock: trio.testing.MockClock) -> None:
+async def test_crossed_private_messages_both_arrive(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
     mesh = await start_mesh(nursery, tmp_path, 2, seed=5)
     mesh.connect(0, 1, Faults(latency_s=0.05))
     a, b = mesh.nodes
@@ -112,7 +116,8 @@ async def test_crossed_private_messages_both_arrive(nursery: trio.Nursery, tmp_p
 
 
 async def test_private_message_fails_cleanly_when_peer_vanishes(
-        nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
     mesh = await start_mesh(nursery, tmp_path, 2, private_max_attempts=3, private_retry_interval_s=1.0)
     mesh.connect(0, 1)
     a, b = mesh.nodes
@@ -125,8 +130,9 @@ async def test_private_message_fails_cleanly_when_peer_vanishes(
     assert a.core is not None and not a.core.pending
 
 
-async def test_small_mtu_fragments_and_reassembles(nursery: trio.Nursery, tmp_path: Path,
-                                                   autojump_clock: trio.testing.MockClock) -> None:
+async def test_small_mtu_fragments_and_reassembles(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
     mesh = await start_mesh(nursery, tmp_path, 2)
     mesh.net.tap = []
     mesh.connect(0, 1, NO_LOSS, mtu=128)
@@ -142,8 +148,9 @@ async def test_small_mtu_fragments_and_reassembles(nursery: trio.Nursery, tmp_pa
     assert b.core is not None and b.core.counters.fragments_reassembled >= 2
 
 
-async def test_leave_marks_peer_gone(nursery: trio.Nursery, tmp_path: Path,
-                                     autojump_clock: trio.testing.MockClock) -> None:
+async def test_leave_marks_peer_gone(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
     mesh = await start_mesh(nursery, tmp_path, 2)
     mesh.connect(0, 1)
     a, b = mesh.nodes
@@ -155,8 +162,9 @@ async def test_leave_marks_peer_gone(nursery: trio.Nursery, tmp_path: Path,
     assert a.core.peers.get(b.identity.peer_id).left  # type: ignore[union-attr]
 
 
-async def test_send_errors_are_clear(nursery: trio.Nursery, tmp_path: Path,
-                                     autojump_clock: trio.testing.MockClock) -> None:
+async def test_send_errors_are_clear(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
     mesh = await start_mesh(nursery, tmp_path, 2)
     mesh.connect(0, 1)
     a, b = mesh.nodes
@@ -181,7 +189,8 @@ async def _injector(mesh: Mesh) -> tuple[Link, Link]:
 
 
 async def test_forged_stale_replayed_and_garbage_frames_are_dropped_and_counted(
-        nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
     mesh = await start_mesh(nursery, tmp_path, 2)
     mesh.connect(0, 1)
     a, b = mesh.nodes
@@ -193,9 +202,18 @@ async def test_forged_stale_replayed_and_garbage_frames_are_dropped_and_counted(
         now_ms = int(EPOCH_MS + trio.current_time() * 1000)
 
         def public(text: str, key: nacl.signing.SigningKey, ts: int = now_ms) -> bytes:
-            pkt = Packet(version=1, type=MessageType.MESSAGE, ttl=7, timestamp_ms=ts,
-                         sender_id=b.identity.peer_id, recipient_id=None, route=(), payload=text.encode(),
-                         signature=None, is_rsr=False)
+            pkt = Packet(
+                version=1,
+                type=MessageType.MESSAGE,
+                ttl=7,
+                timestamp_ms=ts,
+                sender_id=b.identity.peer_id,
+                recipient_id=None,
+                route=(),
+                payload=text.encode(),
+                signature=None,
+                is_rsr=False,
+            )
             return encode_packet(sign_packet(pkt, key))
 
         # 1. b's ID, signed by someone else: forged.
@@ -215,11 +233,26 @@ async def test_forged_stale_replayed_and_garbage_frames_are_dropped_and_counted(
         await a.wait_until(lambda: counters.malformed >= 70)
         # 5. an announce for b's ID carrying a different signing key: keys are pinned.
         evil = nacl.signing.SigningKey.generate()
-        ann = Announce(nickname="impostor", noise_public_key=b.identity.noise_public,
-                       signing_public_key=bytes(evil.verify_key), neighbours=(), capabilities=None, geohash=None)
-        pkt = Packet(version=1, type=MessageType.ANNOUNCE, ttl=7, timestamp_ms=now_ms + 1,
-                     sender_id=b.identity.peer_id, recipient_id=None, route=(), payload=encode_announce(ann),
-                     signature=None, is_rsr=False)
+        ann = Announce(
+            nickname="impostor",
+            noise_public_key=b.identity.noise_public,
+            signing_public_key=bytes(evil.verify_key),
+            neighbours=(),
+            capabilities=None,
+            geohash=None,
+        )
+        pkt = Packet(
+            version=1,
+            type=MessageType.ANNOUNCE,
+            ttl=7,
+            timestamp_ms=now_ms + 1,
+            sender_id=b.identity.peer_id,
+            recipient_id=None,
+            route=(),
+            payload=encode_announce(ann),
+            signature=None,
+            is_rsr=False,
+        )
         await outside.send(encode_packet(sign_packet(pkt, evil)))
         await a.wait_until(lambda: counters.key_mismatch == 1)
         # The node still works.

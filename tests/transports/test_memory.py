@@ -38,8 +38,9 @@ async def _drain(link: Link, idle_s: float = 5.0) -> list[bytes]:
             return got
 
 
-async def test_drop_rate_follows_the_seeded_probability(nursery: trio.Nursery,
-                                                         autojump_clock: trio.testing.MockClock) -> None:
+async def test_drop_rate_follows_the_seeded_probability(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     net, a, b = await _pair(nursery, Faults(drop=0.3))
     for i in range(2000):
         await a.send(i.to_bytes(4, "big"))
@@ -48,8 +49,7 @@ async def test_drop_rate_follows_the_seeded_probability(nursery: trio.Nursery,
     assert net.stats.dropped == 2000 - len(got)
 
 
-async def test_duplicates_are_delivered_twice(nursery: trio.Nursery,
-                                              autojump_clock: trio.testing.MockClock) -> None:
+async def test_duplicates_are_delivered_twice(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
     net, a, b = await _pair(nursery, Faults(duplicate=0.5))
     for i in range(400):
         await a.send(i.to_bytes(4, "big"))
@@ -59,8 +59,9 @@ async def test_duplicates_are_delivered_twice(nursery: trio.Nursery,
     assert set(got) == {i.to_bytes(4, "big") for i in range(400)}
 
 
-async def test_latency_delays_delivery_in_simulated_time(nursery: trio.Nursery,
-                                                         autojump_clock: trio.testing.MockClock) -> None:
+async def test_latency_delays_delivery_in_simulated_time(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     _, a, b = await _pair(nursery, Faults(latency_s=2.5))
     start = trio.current_time()
     await a.send(b"slow")
@@ -68,8 +69,9 @@ async def test_latency_delays_delivery_in_simulated_time(nursery: trio.Nursery,
     assert trio.current_time() - start == pytest.approx(2.5)
 
 
-async def test_reorder_changes_order_but_loses_nothing(nursery: trio.Nursery,
-                                                       autojump_clock: trio.testing.MockClock) -> None:
+async def test_reorder_changes_order_but_loses_nothing(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     _, a, b = await _pair(nursery, Faults(reorder=0.5, reorder_window_s=0.2, latency_s=0.01))
     sent = [i.to_bytes(4, "big") for i in range(300)]
     for f in sent:
@@ -81,8 +83,9 @@ async def test_reorder_changes_order_but_loses_nothing(nursery: trio.Nursery,
     assert not a.capabilities.ordered
 
 
-async def test_partition_drops_across_groups_until_healed(nursery: trio.Nursery,
-                                                          autojump_clock: trio.testing.MockClock) -> None:
+async def test_partition_drops_across_groups_until_healed(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     net, a, b = await _pair(nursery, Faults())
     net.partition({"a"}, {"b"})
     await a.send(b"lost")
@@ -108,8 +111,7 @@ async def test_same_seed_same_fate(nursery: trio.Nursery, autojump_clock: trio.t
     assert first != other
 
 
-async def test_overflow_is_bounded_and_counted(nursery: trio.Nursery,
-                                               autojump_clock: trio.testing.MockClock) -> None:
+async def test_overflow_is_bounded_and_counted(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
     net = MemoryNetwork(seed=1, queue_frames=10)
     await nursery.start(net.run)
     a, b = net.connect(net.transport("a"), net.transport("b"))

@@ -24,9 +24,15 @@ from node.wire import (
 )
 from tests.wire.strategies import packets
 
-DECODERS = (decode_packet_untrusted, decode_announce_untrusted, decode_fragment_untrusted,
-            decode_noise_payload_untrusted, decode_ping_untrusted, decode_private_message_untrusted,
-            signing_preimage_from_wire_untrusted)
+DECODERS = (
+    decode_packet_untrusted,
+    decode_announce_untrusted,
+    decode_fragment_untrusted,
+    decode_noise_payload_untrusted,
+    decode_ping_untrusted,
+    decode_private_message_untrusted,
+    signing_preimage_from_wire_untrusted,
+)
 
 
 def feed_everything(data: bytes, reassembler: Reassembler) -> None:
@@ -71,8 +77,13 @@ def test_fuzz_fast(data: bytes) -> None:
 
 
 @pytest.mark.slow
-@settings(max_examples=100_000, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@pytest.mark.timeout(1800)  # ~3-4 minutes on 2 cores; the default 120 s per-test limit is too short
+@settings(
+    max_examples=100_000,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(inputs)
 def test_fuzz_100k(data: bytes) -> None:
     feed_everything(data, Reassembler())

@@ -130,10 +130,17 @@ def test_compressed_v1_vector_like_payload_shrinks() -> None:
 
 
 # ---------------------------------------------------------------- payloads
-@given(st.text(max_size=60), ids, ids, st.lists(ids, max_size=10), st.none() | st.integers(0, 2**64 - 1),
-       st.none() | st.binary(max_size=12))
-def test_announce_roundtrip(nick: str, k1: bytes, k2: bytes, neighbours: list[bytes], caps: int | None,
-                            geohash: bytes | None) -> None:
+@given(
+    st.text(max_size=60),
+    ids,
+    ids,
+    st.lists(ids, max_size=10),
+    st.none() | st.integers(0, 2**64 - 1),
+    st.none() | st.binary(max_size=12),
+)
+def test_announce_roundtrip(
+    nick: str, k1: bytes, k2: bytes, neighbours: list[bytes], caps: int | None, geohash: bytes | None
+) -> None:
     a = Announce(nick, k1 * 4, k2 * 4, tuple(neighbours), caps, geohash)
     assert decode_announce_untrusted(encode_announce(a)) == a
 
@@ -199,8 +206,9 @@ def _frag(fid: bytes, index: int, total: int, chunk: bytes = b"x" * 10, otype: i
 
 
 def test_reassembler_bounds() -> None:
-    lim = WireLimits(fragment_max_assemblies=3, fragment_lifetime_s=30.0, fragment_max_assembly_bytes=1024,
-                     fragment_max_total=100)
+    lim = WireLimits(
+        fragment_max_assemblies=3, fragment_lifetime_s=30.0, fragment_max_assembly_bytes=1024, fragment_max_total=100
+    )
     r = Reassembler(lim)
     s = b"S" * 8
     for i in range(5):

@@ -37,15 +37,27 @@ def packet_from(inp: dict[str, Any]) -> Packet:
     else:
         payload = bytes.fromhex(inp["payload_hex"])
     sig = inp.get("signature_hex")
-    return Packet(version=inp["version"], type=inp["type"], ttl=inp["ttl"], timestamp_ms=inp["timestamp_ms"],
-                  sender_id=bytes.fromhex(inp["sender_id"]),
-                  recipient_id=bytes.fromhex(inp["recipient_id"]) if inp.get("recipient_id") else None,
-                  route=tuple(bytes.fromhex(h) for h in inp.get("route", [])), payload=payload,
-                  signature=bytes.fromhex(sig) if sig else None)
+    return Packet(
+        version=inp["version"],
+        type=inp["type"],
+        ttl=inp["ttl"],
+        timestamp_ms=inp["timestamp_ms"],
+        sender_id=bytes.fromhex(inp["sender_id"]),
+        recipient_id=bytes.fromhex(inp["recipient_id"]) if inp.get("recipient_id") else None,
+        route=tuple(bytes.fromhex(h) for h in inp.get("route", [])),
+        payload=payload,
+        signature=bytes.fromhex(sig) if sig else None,
+    )
 
 
-PLAIN = ["v1_broadcast_unsigned_message", "v1_directed_with_recipient_ping", "v1_with_signature_placeholder",
-         "v2_directed_two_hop_route", "v1_compressed_payload", "padding_100_byte_frame"]
+PLAIN = [
+    "v1_broadcast_unsigned_message",
+    "v1_directed_with_recipient_ping",
+    "v1_with_signature_placeholder",
+    "v2_directed_two_hop_route",
+    "v1_compressed_payload",
+    "padding_100_byte_frame",
+]
 
 
 @needs_vectors
@@ -110,13 +122,24 @@ def test_signed_announce_from_fixed_keys() -> None:
     assert noise_pub.hex() == inp["noise_static_public_hex"]
     assert bytes(signer.verify_key).hex() == inp["ed25519_public_hex"]
     assert hashlib.sha256(noise_pub).digest()[:8].hex() == inp["sender_id_derived"]
-    ann = Announce(nickname=inp["nickname"], noise_public_key=noise_pub, signing_public_key=bytes(signer.verify_key),
-                   neighbours=tuple(bytes.fromhex(n) for n in inp["neighbors"]), capabilities=inp["capabilities"])
+    ann = Announce(
+        nickname=inp["nickname"],
+        noise_public_key=noise_pub,
+        signing_public_key=bytes(signer.verify_key),
+        neighbours=tuple(bytes.fromhex(n) for n in inp["neighbors"]),
+        capabilities=inp["capabilities"],
+    )
     tlv = encode_announce(ann)
     assert tlv.hex() == v["announce_tlv_hex"]
     assert decode_announce_untrusted(tlv) == ann
-    pkt = Packet(version=1, type=MessageType.ANNOUNCE, ttl=7, timestamp_ms=inp["timestamp_ms"],
-                 sender_id=bytes.fromhex(inp["sender_id_derived"]), payload=tlv)
+    pkt = Packet(
+        version=1,
+        type=MessageType.ANNOUNCE,
+        ttl=7,
+        timestamp_ms=inp["timestamp_ms"],
+        sender_id=bytes.fromhex(inp["sender_id_derived"]),
+        payload=tlv,
+    )
     assert signing_preimage(pkt).hex() == v["signing_preimage_hex"]
     wire = encode_packet(sign_packet(pkt, signer))  # Ed25519 is deterministic: the exact bytes
     assert wire.hex() == v["expected_hex"] and len(wire) == v["expected_len"]
