@@ -26,6 +26,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from node.config import MeshSection
+from node.crypto.errors import ReplayError
 from node.errors import CryptoError, MeshError
 from node.identity import Identity, peer_id_from_noise_key
 from node.routing.dedupe import DedupeCache, dedupe_key
@@ -116,6 +117,7 @@ class MeshCounters:
     not_for_us: int = 0
     handshake_failed: int = 0
     decrypt_failed: int = 0
+    replayed: int = 0
     fragments_reassembled: int = 0
     unknown_type: int = 0
     private_retries: int = 0
@@ -511,8 +513,14 @@ class MeshCore:
             return
         try:
             plaintext = session.decrypt_untrusted(pkt.payload)
+        except ReplayError:
+            self.counters.replayed += 1  # a duplicate from the medium or a relay: harmless
+            return
         except CryptoError:
+            # The peer encrypts under keys we do not hold (it restarted, or finished a handshake whose last
+            # message we lost). Start over; one handshake per peer at a time bounds what a forger can cause.
             self.counters.decrypt_failed += 1
+            self._start_handshake(peer, now)
             return
         try:
             ptype, body = decode_noise_payload_untrusted(plaintext)

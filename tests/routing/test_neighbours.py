@@ -8,6 +8,7 @@ each asserted through what the nodes store and count.
 from __future__ import annotations
 
 import base64
+import os
 import random
 from pathlib import Path
 
@@ -16,7 +17,10 @@ import pytest
 import trio
 import trio.testing
 
+from node.clock import Clock
+from node.crypto.session import XXHandshake
 from node.errors import MeshError
+from node.node import Node
 from node.transports.base import Link
 from node.transports.memory import Faults
 from node.wire import Announce, MessageType, Packet, encode_announce, encode_packet, sign_packet
@@ -260,3 +264,51 @@ async def test_forged_stale_replayed_and_garbage_frames_are_dropped_and_counted(
         await a.wait_until(lambda: ("still here", False) in inbox_texts(mesh, 0))
     assert inbox_texts(mesh, 0) == [("genuine", False), ("still here", False)]
     assert a.core.peers.get(b.identity.peer_id).nickname == "n1"  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------- session recovery
+async def test_peer_restarting_with_same_identity_gets_a_fresh_session(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    mesh = await start_mesh(nursery, tmp_path, 2, seed=11)
+    mesh.connect(0, 1, FAULTY)
+    a, b = mesh.nodes
+    with trio.fail_after(SIM_TIMEOUT_S):
+        await mesh.wait_until_known(0, 1)
+        first = a.send_private(b.identity.peer_id_hex, "before the restart")
+        await a.wait_until(lambda: a.outgoing[first].state == "delivered")
+        old_session = a.core.sessions.session(b.identity.peer_id)  # type: ignore[union-attr]
+        b.request_stop()
+        await a.wait_until(lambda: not a.links)
+        # b comes back: same keys and data dir, fresh process state (no Noise session).
+        t2 = mesh.net.transport("n1-again")
+        b2 = Node(b.config, b.identity, transports=[t2], clock=Clock(epoch_offset_ms=EPOCH_MS), control=False)
+        await nursery.start(b2.run)
+        mesh.net.connect(mesh.transports[0], t2, FAULTY)
+        second = a.send_private(b.identity.peer_id_hex, "after the restart")
+        await a.wait_until(lambda: a.outgoing[second].state == "delivered")
+    assert a.core is not None and a.core.sessions.session(b.identity.peer_id) is not old_session
+    assert b2.inbox is not None and [m.text for m in b2.inbox.list()] == ["before the restart", "after the restart"]
+
+
+async def test_undecryptable_ciphertext_triggers_a_new_handshake(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    mesh = await start_mesh(nursery, tmp_path, 2, seed=12)
+    mesh.connect(0, 1)
+    a, b = mesh.nodes
+    assert a.core is not None and b.core is not None
+    with trio.fail_after(SIM_TIMEOUT_S):
+        await mesh.wait_until_known(0, 1)
+        first = a.send_private(b.identity.peer_id_hex, "one")
+        await a.wait_until(lambda: a.outgoing[first].state == "delivered")
+        # Desynchronise: a now holds keys b does not know (as after a lost final handshake message).
+        x, y = XXHandshake(True, os.urandom(32)), XXHandshake(False, os.urandom(32))
+        y.read_untrusted(x.write())
+        x.read_untrusted(y.write())
+        y.read_untrusted(x.write())
+        a.core.sessions._sessions[b.identity.peer_id] = x.finish()
+        second = a.send_private(b.identity.peer_id_hex, "two")
+        await a.wait_until(lambda: a.outgoing[second].state == "delivered")
+    assert b.core.counters.decrypt_failed >= 1
+    assert [m.text for m in b.inbox.list()] == ["one", "two"]  # type: ignore[union-attr]
