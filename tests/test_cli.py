@@ -111,7 +111,8 @@ def _notify_socket(tmp: Path) -> socket.socket:
     return s
 
 
-def test_run_status_and_clean_stop_on_sigterm(data_dir: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_run_status_and_clean_stop_on_signal(data_dir: Path, signum: signal.Signals) -> None:
     assert village("init", "--data-dir", str(data_dir)).returncode == 0
     notify = _notify_socket(data_dir.parent)
     env = {**os.environ, "NOTIFY_SOCKET": str(data_dir.parent / "notify.sock"), "VILLAGE_DATA_DIR": str(data_dir)}
@@ -135,7 +136,7 @@ def test_run_status_and_clean_stop_on_sigterm(data_dir: Path) -> None:
         assert json.loads(village("inbox", "--json", *dd).stdout) == []
         r = village("rpc", "rpc.methods", *dd)
         assert "inbox.follow" in r.stdout
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         assert notify.recv(64) == b"STOPPING=1"
         _out, err = proc.communicate(timeout=WAIT_S)
     finally:
