@@ -48,6 +48,9 @@ $(STAMP_RUN): pyproject.toml | $(BIN)/python
 $(STAMP_DEV): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# libp2p depends on trio-typing, whose old trio-stubs would shadow trio's own (current) inline types
+	# for mypy. Nothing imports the stubs at run time; trio_typing itself stays.
+	rm -rf $(VENV)/lib/python*/site-packages/trio-stubs
 	touch $@ $(STAMP_RUN)
 
 clean:

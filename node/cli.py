@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -28,7 +28,10 @@ from node.control.client import ControlClient
 from node.control.errors import ClientError
 from node.errors import ConfigError, IdentityError, NodeError, StartupError
 from node.identity import create_identity, ensure_private_dir, identity_exists, load_identity
-from node.node import Node
+from node.transports.base import Transport
+
+if TYPE_CHECKING:
+    from node.node import Node
 
 log = logging.getLogger("village")
 
@@ -134,7 +137,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ensure_private_dir(cfg.data_dir)
     ident = load_identity(cfg.data_dir)  # refuses loose permissions with a how-to-fix message
-    node = Node(cfg, ident)
+    # The daemon's heavy imports (libp2p, ...) happen here only: client commands stay fast.
+    from node.node import Node
+    from node.transports.betanet.transport import BetanetTransport
+
+    transports: list[Transport] = []
+    if cfg.betanet.enabled:
+        transports.append(BetanetTransport(ident, cfg.betanet))
+    node = Node(cfg, ident, transports=transports)
     code = EXIT_OK
     try:
         trio.run(_serve, node)
@@ -195,6 +205,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
+    if args.wait:
+        with ControlClient(_socket(args), timeout_s=args.timeout + 10) as client:
+            info = client.call("peers.wait", peer=args.wait, timeout_s=args.timeout)
+        _emit(args, info, lambda p: f"{p['peer_id']} ({p['nickname']}) is reachable via {p['transport']}")
+        return EXIT_OK
+
     def human(peers: list[dict[str, Any]]) -> str:
         if not peers:
             return "no peers known yet"
@@ -217,8 +233,14 @@ def cmd_peers(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    _emit(args, _call(args, "messages.send", peer=args.peer, text=args.text), lambda d: d["id"])
-    return EXIT_OK
+    if args.wait is None:
+        _emit(args, _call(args, "messages.send", peer=args.peer, text=args.text), lambda d: d["id"])
+        return EXIT_OK
+    with ControlClient(_socket(args), timeout_s=args.wait + 10) as client:
+        sent = client.call("messages.send", peer=args.peer, text=args.text)
+        state = client.call("messages.wait", id=sent["id"], timeout_s=args.wait)
+    _emit(args, state, lambda d: f"{d['id']}  {d['state']}{'  ' + d['detail'] if d['detail'] else ''}")
+    return EXIT_OK if state["state"] == "delivered" else EXIT_FAIL
 
 
 def cmd_broadcast(args: argparse.Namespace) -> int:
@@ -258,6 +280,11 @@ def cmd_inbox(args: argparse.Namespace) -> int:
 
 def _print_inbox(args: argparse.Namespace, m: dict[str, Any]) -> None:
     print(json.dumps(m, ensure_ascii=False) if args.json else _inbox_line(m), flush=True)
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    _emit(args, _call(args, "peers.connect", addr=args.addr), lambda d: f"connected: {d['link_id']} to {d['remote']}")
+    return EXIT_OK
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -302,10 +329,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run", cmd_run, "Run the node in the foreground until SIGINT/SIGTERM.")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override node.log_level")
     add("status", cmd_status, "Show the running node's identity, uptime, transports and peers.")
-    add("peers", cmd_peers, "List the peers the running node knows.")
+    p = add("peers", cmd_peers, "List the peers the running node knows.")
+    p.add_argument("--wait", metavar="PEER", help="instead, wait until PEER (ID, fingerprint or nickname) is reachable")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds --wait may take (default 30)")
     p = add("send", cmd_send, "Send an encrypted private message to a peer; prints the message ID.")
     p.add_argument("peer", help="peer ID, fingerprint (or unique prefix) or nickname")
     p.add_argument("text", help="message text (at most 255 UTF-8 bytes)")
+    p.add_argument(
+        "--wait",
+        type=float,
+        nargs="?",
+        const=30.0,
+        metavar="SECONDS",
+        help="wait for the delivery ack (default 30 s); exit 1 unless delivered",
+    )
     p = add("broadcast", cmd_broadcast, "Send a signed public message to the mesh; prints the message ID.")
     p.add_argument("text", help="message text")
     p = add("message", cmd_message, "Show the delivery state of a message you sent.")
@@ -313,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("inbox", cmd_inbox, "Show received messages (with --follow, keep printing new ones).")
     p.add_argument("--follow", "-f", action="store_true", help="keep running and print messages as they come")
     p.add_argument("--limit", type=int, default=50, help="how many recent messages to show (default 50)")
+    p = add("connect", cmd_connect, "Connect to a peer over BetaNet (libp2p, Noise enforced).")
+    p.add_argument("addr", help="multiaddr ending in /p2p/<peer id>, e.g. /ip4/192.0.2.7/tcp/4001/p2p/12D3Koo...")
     add("stop", cmd_stop, "Stop the running node gracefully.")
     p = add("config", cmd_config, "Print the example config, check the config, or show the effective one.")
     p.add_argument("action", choices=["example", "check", "show"], help="what to do")

@@ -146,11 +146,30 @@ WIRE_HELP: dict[str, tuple[str, float, float]] = {
 
 
 @dataclass(frozen=True, slots=True)
+class BetanetSection:
+    enabled: bool = _f(True, "Run BetaNet, the internet transport (libp2p, Noise always enforced).")
+    listen: tuple[str, ...] = _f(("/ip4/0.0.0.0/tcp/4001",), "Multiaddrs to listen on (port 0 picks a free port).")
+    bootstrap: tuple[str, ...] = _f((), "Peers to dial at start and keep connected, as /ip4/.../tcp/N/p2p/ID.")
+    max_frame_bytes: int = _f(
+        1_179_840,
+        "Largest mesh frame accepted on a BetaNet stream (a full-size BitChat packet plus headers).",
+        min=1024,
+        max=64 * 1_048_576,
+    )
+    reconnect_initial_s: float = _f(
+        1.0, "First delay before redialling a lost bootstrap peer; doubles per failure.", min=0.1, max=3600
+    )
+    reconnect_max_s: float = _f(60.0, "Longest delay between redials of a bootstrap peer.", min=1, max=86_400)
+    dial_timeout_s: float = _f(10.0, "Seconds a dial (connect + Noise + stream) may take.", min=0.5, max=600)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     node: NodeSection = field(default_factory=NodeSection)
     control: ControlSection = field(default_factory=ControlSection)
     mesh: MeshSection = field(default_factory=MeshSection)
     wire: WireLimits = field(default_factory=WireLimits)
+    betanet: BetanetSection = field(default_factory=BetanetSection)
     # Resolved, not read from TOML: the data dir and the file the config came from (None: defaults).
     data_dir: Path = field(default_factory=lambda: default_data_dir())
     source: Path | None = None
@@ -165,6 +184,7 @@ SECTIONS: dict[str, type] = {
     "control": ControlSection,
     "mesh": MeshSection,
     "wire": WireLimits,
+    "betanet": BetanetSection,
 }
 
 
@@ -197,6 +217,10 @@ def _check_value(key: str, value: Any, typ: Any, meta: Mapping[str, Any]) -> Any
     elif typ is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
+    elif typing.get_origin(typ) is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        value = tuple(value)
     else:  # pragma: no cover - a new field type must be taught here
         raise ConfigError(f"{key}: unsupported field type {typ!r}")
     choices = meta.get("choices")
@@ -273,6 +297,8 @@ def load_config(
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, int):

@@ -199,7 +199,7 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._link_writer, link, recv_q, nursery.cancel_scope)
-                core.link_up(link_id, link.mtu, self.clock.now())
+                core.link_up(link_id, link.mtu, self.clock.now(), link.authenticated_signing_key)
                 self._flush()
                 while True:
                     try:
@@ -348,6 +348,15 @@ class Node:
             names = ", ".join(f"{p.peer_id.hex()} ({p.nickname})" for p in matches)
             raise MeshError(f"{ref!r} matches several peers: {names}; use a full peer ID")
         return matches[0].peer_id
+
+    async def connect(self, addr: str) -> Link:
+        """Dial ``addr`` with the transport that understands it (BetaNet multiaddrs today)."""
+        for t in self.transports:
+            dial = getattr(t, "dial", None)
+            if dial is not None:
+                link: Link = await dial(addr)
+                return link
+        raise MeshError("no transport on this node can dial addresses (is betanet.enabled = false?)")
 
     def broadcast(self, text: str) -> str:
         core = self._require_core()

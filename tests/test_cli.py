@@ -28,13 +28,18 @@ from node.transports.memory import MemoryNetwork
 BIN = Path(sys.executable).parent
 VILLAGE = [str(BIN / "village")] if (BIN / "village").exists() else [sys.executable, "-m", "node.cli"]
 WAIT_S = 30.0  # real seconds; a passing run takes well under one
+# Daemons in tests listen on loopback only, on a free port.
+LOOPBACK_CONFIG = '[betanet]\nlisten = ["/ip4/127.0.0.1/tcp/0"]\n'
 
 
 @pytest.fixture
 def data_dir() -> Iterator[Path]:
     # Short path: Unix socket paths are limited to 107 bytes.
     d = Path(tempfile.mkdtemp(prefix="vlg-", dir="/tmp"))
-    yield d / "data"
+    data = d / "data"
+    data.mkdir(mode=0o700)
+    (data / "config.toml").write_text(LOOPBACK_CONFIG)
+    yield data
     subprocess.run(["rm", "-rf", str(d)], check=False)
 
 

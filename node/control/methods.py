@@ -38,6 +38,23 @@ class InboxFollowParams:
 
 
 @dataclass(frozen=True, slots=True)
+class WaitPeerParams:
+    peer: str = param(doc="Peer ID, fingerprint or unique prefix, or nickname.")
+    timeout_s: float = param(30.0, doc="Give up after this many seconds.")
+
+
+@dataclass(frozen=True, slots=True)
+class WaitMessageParams:
+    id: str = param(doc="A message ID returned by messages.send.")
+    timeout_s: float = param(30.0, doc="Give up after this many seconds.")
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectParams:
+    addr: str = param(doc="Multiaddr of the peer, ending in /p2p/<libp2p peer id>.")
+
+
+@dataclass(frozen=True, slots=True)
 class MessageStatusParams:
     id: str = param(doc="A message ID returned by messages.send or messages.broadcast.")
 
@@ -100,6 +117,30 @@ def build_registry(node: Node) -> Registry:
         finally:
             node.unsubscribe_inbox(recv)
 
+    async def wait_peer(p: WaitPeerParams, notify: Notify) -> Any:
+        def reachable() -> dict[str, Any] | None:
+            for info in node.peers_view():
+                if info["reachable"] and p.peer in (info["peer_id"], info["nickname"], info["fingerprint"]):
+                    return info
+            return None
+
+        with trio.move_on_after(p.timeout_s):
+            await node.wait_until(lambda: reachable() is not None)
+            return reachable()
+        raise RpcError(APP_ERROR, f"peer {p.peer!r} did not become reachable within {p.timeout_s:g} s")
+
+    async def wait_message(p: WaitMessageParams, notify: Notify) -> Any:
+        msg = node.outgoing.get(p.id)
+        if msg is None:
+            raise RpcError(APP_ERROR, f"no outgoing message {p.id!r} is known (the last 1000 are kept)")
+        with trio.move_on_after(p.timeout_s):
+            await node.wait_until(lambda: msg.state != "pending")
+        return msg.to_json()
+
+    async def connect(p: ConnectParams, notify: Notify) -> Any:
+        link = await node.connect(p.addr)
+        return {"link_id": link.link_id, "remote": link.remote_address, "transport": link.transport_name}
+
     async def stop(_: NoParams, notify: Notify) -> Any:
         node.request_stop()
         await trio.lowlevel.checkpoint()
@@ -114,6 +155,24 @@ def build_registry(node: Node) -> Registry:
     )
     reg.add("node.id", NoParams, "This node's peer ID, fingerprint, nickname and public keys.", ident)
     reg.add("node.stop", NoParams, "Stop the node gracefully (leave sent, queues drained).", stop)
+    reg.add(
+        "peers.wait",
+        WaitPeerParams,
+        "Wait until a peer (full peer ID, fingerprint or nickname) is known and reachable; returns its entry.",
+        wait_peer,
+    )
+    reg.add(
+        "messages.wait",
+        WaitMessageParams,
+        "Wait until an outgoing private message is delivered or failed (or the timeout passes); returns its state.",
+        wait_message,
+    )
+    reg.add(
+        "peers.connect",
+        ConnectParams,
+        "Dial a peer over BetaNet and keep the link; it appears in peers.list once its announce arrives.",
+        connect,
+    )
     reg.add(
         "peers.list",
         NoParams,

@@ -114,6 +114,7 @@ class MeshCounters:
     bad_signature: int = 0
     unverified_sender: int = 0
     key_mismatch: int = 0
+    binding_mismatch: int = 0
     not_for_us: int = 0
     handshake_failed: int = 0
     decrypt_failed: int = 0
@@ -138,7 +139,7 @@ class _Pending:
 class _LinkState:
     mtu: int
     up_since: float
-    announced: bool = False
+    bound_key: bytes | None = None  # the peer's Ed25519 key as the transport authenticated it
 
 
 @dataclass
@@ -245,8 +246,8 @@ class MeshCore:
         )
 
     # ---------------------------------------------------------------- links
-    def link_up(self, link_id: str, mtu: int, now: float) -> None:
-        self.links[link_id] = _LinkState(mtu=mtu, up_since=now)
+    def link_up(self, link_id: str, mtu: int, now: float, authenticated_signing_key: bytes | None = None) -> None:
+        self.links[link_id] = _LinkState(mtu=mtu, up_since=now, bound_key=authenticated_signing_key)
         self._send_announce([link_id], now)
         if self._next_announce is None:
             self._schedule_announce(now)
@@ -421,13 +422,17 @@ class MeshCore:
         if not verify_wire_signature(wire, ann.signing_public_key, self.limits):
             self.counters.bad_signature += 1
             return
+        direct = pkt.ttl >= MAX_TTL and link_id in self.links
+        bound = self.links[link_id].bound_key if link_id in self.links else None
+        if direct and bound is not None and bound != ann.signing_public_key:
+            self.counters.binding_mismatch += 1  # the link's authenticated identity is someone else
+            return
         known = self.peers.get(pkt.sender_id)
         if known is not None and (
             known.noise_public_key != ann.noise_public_key or known.signing_public_key != ann.signing_public_key
         ):
             self.counters.key_mismatch += 1  # keys are pinned at first sight
             return
-        direct = pkt.ttl >= MAX_TTL and link_id in self.links
         hops = max(1, MAX_TTL - min(pkt.ttl, MAX_TTL) + 1)
         if known is None:
             info = PeerInfo(

@@ -74,6 +74,13 @@ class Link(ABC):
     def remote_address(self) -> str:
         """Human-readable address of the other end (for logs and ``village peers``)."""
 
+    @property
+    def authenticated_signing_key(self) -> bytes | None:
+        """The peer's Ed25519 key as authenticated by the transport itself (BetaNet's Noise handshake), or
+        None where the medium authenticates nothing (BLE, memory). The mesh refuses a direct announce over
+        this link signed with another key."""
+        return None
+
     @abstractmethod
     async def send(self, frame: bytes) -> None:
         """Queue ``frame`` for the peer. Raises :class:`FrameSizeError` for an empty or oversize frame and

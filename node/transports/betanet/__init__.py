@@ -1,0 +1,1 @@
+"""BetaNet: the internet transport (py-libp2p, Noise enforced)."""

@@ -1,0 +1,315 @@
+"""BetaNet: mesh frames between nodes over the internet, on a py-libp2p host.
+
+* Security is **Noise only**: the host is built with exactly one security transport, so a peer offering
+  plaintext (or anything else) fails negotiation and is never connected.
+* Multiplexing: yamux over TCP. (QUIC, mDNS, the DHT and circuit relay are not wired in yet.)
+* Identity: the libp2p key pair is the node's Ed25519 signing key, so the libp2p peer ID is derived from the
+  same key that signs BitChat announces. Each link carries the remote's Noise-authenticated Ed25519 public
+  key (:attr:`BetanetLink.authenticated_signing_key`); the mesh refuses a direct announce over that link
+  signed with any other key.
+* Framing: one stream per link on ``/aivillage/mesh/1.0.0``; each frame is ``length u32 BE ‖ bytes``, at most
+  ``betanet.max_frame_bytes``. A larger length ends the link (the peer is broken or hostile) and is counted.
+* One reader task per stream pumps frames into a bounded channel, so ``receive`` is cancel-safe and a slow
+  consumer applies back-pressure through yamux's flow control.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import struct
+from dataclasses import dataclass
+
+import multiaddr
+import trio
+from libp2p import create_yamux_muxer_option, new_host
+from libp2p.abc import IHost, INetStream
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.network.stream.exceptions import StreamError
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+
+from node.config import BetanetSection
+from node.errors import StartupError, TransportError
+from node.identity import Identity
+from node.transports.base import Link, LinkCapabilities, LinkClosed, LinkSink, Transport, check_frame_size
+
+log = logging.getLogger("village.betanet")
+
+MESH_PROTOCOL = TProtocol("/aivillage/mesh/1.0.0")
+LENGTH = struct.Struct(">I")  # frame length prefix
+RECEIVE_QUEUE_FRAMES = 64  # frames buffered per link before the reader stops reading (back-pressure)
+READ_CHUNK = 65_536  # bytes asked of the stream per read
+
+
+class DialError(TransportError):
+    """A BetaNet dial failed (unreachable, refused, wrong peer, or no Noise)."""
+
+
+@dataclass(slots=True)
+class BetanetCounters:
+    links_opened: int = 0
+    oversize_frames: int = 0
+    dial_failures: int = 0
+
+
+def signing_key_of(peer_id: ID) -> bytes | None:
+    """The raw Ed25519 public key inside an identity-multihash peer ID (None for other key types)."""
+    try:
+        key = peer_id.extract_public_key()
+    except Exception:  # libp2p raises assorted errors for non-identity multihashes
+        return None
+    if key is None:
+        return None
+    raw: bytes = key.to_bytes()
+    return raw if len(raw) == 32 else None
+
+
+class BetanetLink(Link):
+    def __init__(
+        self,
+        stream: INetStream,
+        link_id: str,
+        remote: str,
+        max_frame_bytes: int,
+        authenticated_signing_key: bytes | None,
+        counters: BetanetCounters,
+    ) -> None:
+        self._stream = stream
+        self._link_id = link_id
+        self._remote = remote
+        self._mtu = max_frame_bytes
+        self._authenticated_key = authenticated_signing_key
+        self._counters = counters
+        self._send_lock = trio.Lock()
+        self._frames_in, self._frames_out = trio.open_memory_channel[bytes](RECEIVE_QUEUE_FRAMES)
+        self._closed = False
+        self._closed_event = trio.Event()
+
+    async def wait_closed(self) -> None:
+        await self._closed_event.wait()
+
+    @property
+    def link_id(self) -> str:
+        return self._link_id
+
+    @property
+    def transport_name(self) -> str:
+        return "betanet"
+
+    @property
+    def authenticated_signing_key(self) -> bytes | None:
+        return self._authenticated_key
+
+    @property
+    def mtu(self) -> int:
+        return self._mtu
+
+    @property
+    def capabilities(self) -> LinkCapabilities:
+        return LinkCapabilities(native_streams=True, reliable=True, ordered=True, broadcast_medium=False)
+
+    @property
+    def remote_address(self) -> str:
+        return self._remote
+
+    async def send(self, frame: bytes) -> None:
+        if self._closed:
+            raise LinkClosed(f"{self._link_id} is closed")
+        check_frame_size(frame, self._mtu)
+        async with self._send_lock:
+            try:
+                await self._stream.write(LENGTH.pack(len(frame)) + frame)
+            except (StreamError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self._closed = True
+                raise LinkClosed(f"{self._link_id}: {exc or type(exc).__name__}") from exc
+
+    async def receive(self) -> bytes:
+        try:
+            return await self._frames_out.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise LinkClosed(f"{self._link_id} is closed") from None
+
+    async def aclose(self) -> None:
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        self._closed_event.set()
+        self._frames_out.close()
+        errors = (StreamError, trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+        with trio.CancelScope(shield=True), trio.move_on_after(2), contextlib.suppress(*errors):
+            await self._stream.close()
+
+    async def pump(self) -> None:
+        """Read frames from the stream until it ends; then the link is closed."""
+        buf = bytearray()
+        try:
+            while True:
+                while len(buf) < LENGTH.size or len(buf) < LENGTH.size + LENGTH.unpack_from(buf)[0]:
+                    if len(buf) >= LENGTH.size and LENGTH.unpack_from(buf)[0] > self._mtu:
+                        self._counters.oversize_frames += 1
+                        log.warning(
+                            "%s: peer sent a %d-byte frame (limit %d, betanet.max_frame_bytes); closing the link",
+                            self._link_id,
+                            LENGTH.unpack_from(buf)[0],
+                            self._mtu,
+                        )
+                        return
+                    chunk = await self._stream.read(READ_CHUNK)
+                    if not chunk:
+                        return
+                    buf += chunk
+                n = LENGTH.unpack_from(buf)[0]
+                frame = bytes(buf[LENGTH.size : LENGTH.size + n])
+                del buf[: LENGTH.size + n]
+                await self._frames_in.send(frame)
+        except (StreamError, trio.BrokenResourceError, trio.ClosedResourceError, OSError, EOFError):
+            return
+        finally:
+            self._frames_in.close()
+            await self.aclose()
+
+
+class BetanetTransport(Transport):
+    def __init__(self, identity: Identity, settings: BetanetSection) -> None:
+        self._identity = identity
+        self.settings = settings
+        self.counters = BetanetCounters()
+        self._key_pair = create_new_key_pair(bytes(identity.signing_key))
+        self.host: IHost | None = None
+        self._sink: LinkSink | None = None
+        self._nursery: trio.Nursery | None = None
+        self._ids = itertools.count(1)
+        self._links: dict[str, BetanetLink] = {}
+
+    @property
+    def name(self) -> str:
+        return "betanet"
+
+    @property
+    def peer_id(self) -> str:
+        return str(ID.from_pubkey(self._key_pair.public_key))
+
+    def listen_addresses(self) -> list[str]:
+        if self.host is None:
+            return []
+        return [str(a) for a in self.host.get_addrs()]
+
+    def _make_host(self) -> IHost:
+        # Exactly one security transport: Noise. libp2p's default set also offers plaintext.
+        noise = NoiseTransport(self._key_pair, noise_privkey=create_x25519_key_pair().private_key)
+        return new_host(
+            key_pair=self._key_pair, sec_opt={NOISE_PROTOCOL_ID: noise}, muxer_opt=create_yamux_muxer_option()
+        )
+
+    async def run(
+        self,
+        link_sink: LinkSink,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            listen = [multiaddr.Multiaddr(a) for a in self.settings.listen]
+        except Exception as exc:  # multiaddr raises several error types for bad input
+            raise StartupError(
+                f"betanet.listen: not a valid multiaddr list {list(self.settings.listen)}: {exc}"
+            ) from None
+        host = self._make_host()
+        self.host = host
+        self._sink = link_sink
+        host.set_stream_handler(MESH_PROTOCOL, self._on_inbound)
+        try:
+            async with host.run(listen_addrs=listen), trio.open_nursery() as nursery:
+                self._nursery = nursery
+                log.info("betanet listening on %s", ", ".join(self.listen_addresses()) or "nothing")
+                for addr in self.settings.bootstrap:
+                    nursery.start_soon(self._keep_dialled, addr)
+                task_status.started()
+                await trio.sleep_forever()
+        except OSError as exc:
+            raise StartupError(
+                f"betanet cannot listen on {', '.join(self.settings.listen)}: {exc.strerror or exc}"
+                "; change betanet.listen (port 0 picks a free port)"
+            ) from exc
+        finally:
+            self.host = None
+            self._nursery = None
+            with trio.CancelScope(shield=True):
+                for link in list(self._links.values()):
+                    await link.aclose()
+
+    def _new_link(self, stream: INetStream, direction: str) -> BetanetLink:
+        remote_id = stream.muxed_conn.peer_id
+        n = next(self._ids)
+        addr = f"/p2p/{remote_id}"
+        link = BetanetLink(
+            stream,
+            f"betanet:{n}{direction}",
+            addr,
+            self.settings.max_frame_bytes,
+            signing_key_of(remote_id),
+            self.counters,
+        )
+        self._links[link.link_id] = link
+        self.counters.links_opened += 1
+        return link
+
+    async def _serve(self, link: BetanetLink) -> None:
+        if self._sink is None:
+            await link.aclose()
+            return
+        try:
+            self._sink.send_nowait(link)
+            await link.pump()
+        finally:
+            self._links.pop(link.link_id, None)
+
+    async def _on_inbound(self, stream: INetStream) -> None:
+        # The handler task is the stream's reader for as long as the link lives.
+        await self._serve(self._new_link(stream, "in"))
+
+    async def dial(self, addr: str) -> BetanetLink:
+        """Connect to ``addr`` (``.../p2p/<id>``), open the mesh stream and hand the link to the node."""
+        if self.host is None or self._nursery is None:
+            raise DialError("betanet is not running")
+        try:
+            info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        except Exception as exc:
+            raise DialError(f"{addr!r} is not a multiaddr ending in /p2p/<peer id>: {exc}") from None
+        if info.peer_id == self.host.get_id():
+            raise DialError(f"{addr} is this node itself")
+        try:
+            with trio.fail_after(self.settings.dial_timeout_s):
+                await self.host.connect(info)
+                stream = await self.host.new_stream(info.peer_id, [MESH_PROTOCOL])
+        except trio.TooSlowError:
+            self.counters.dial_failures += 1
+            raise DialError(f"dialling {addr} timed out after {self.settings.dial_timeout_s:g} s") from None
+        except Exception as exc:  # libp2p surfaces many error types for unreachable/refusing peers
+            self.counters.dial_failures += 1
+            raise DialError(f"dialling {addr} failed: {exc or type(exc).__name__}") from exc
+        link = self._new_link(stream, "out")
+        self._nursery.start_soon(self._serve, link)
+        return link
+
+    async def _keep_dialled(self, addr: str) -> None:
+        """Dial a bootstrap peer and redial with exponential backoff whenever the link drops."""
+        delay = self.settings.reconnect_initial_s
+        while True:
+            try:
+                link = await self.dial(addr)
+            except DialError as exc:
+                log.warning("bootstrap %s: %s; retrying in %.1f s", addr, exc, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, self.settings.reconnect_max_s)
+                continue
+            delay = self.settings.reconnect_initial_s
+            log.info("bootstrap %s connected (%s)", addr, link.link_id)
+            await link.wait_closed()
+            log.info("bootstrap %s lost; redialling", addr)

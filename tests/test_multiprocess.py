@@ -1,0 +1,170 @@
+"""Real daemons over BetaNet on 127.0.0.1: separate `village run` processes with their own data dirs,
+connected through bootstrap, exchanging public and private messages through the CLI; one is killed with
+SIGKILL and restarted, and the other reconnects by itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import VILLAGE, WAIT_S
+
+WAIT = f"{WAIT_S:g}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Daemon:
+    root: Path
+    name: str
+    listen: str
+    bootstrap: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def data(self) -> Path:
+        return self.root / self.name
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run(
+            [*VILLAGE, *args, "--data-dir", str(self.data)],
+            capture_output=True,
+            text=True,
+            timeout=WAIT_S + 15,
+            check=False,
+        )
+        if check and r.returncode != 0:
+            raise AssertionError(f"village {' '.join(args)} failed: {r.stderr}")
+        return r
+
+    def start(self) -> None:
+        self.data.mkdir(mode=0o700, exist_ok=True)
+        boot = ", ".join(f'"{b}"' for b in self.bootstrap)
+        (self.data / "config.toml").write_text(
+            f'[node]\nnickname = "{self.name}"\n[betanet]\nlisten = ["{self.listen}"]\nbootstrap = [{boot}]\n'
+            "reconnect_initial_s = 0.2\nreconnect_max_s = 1.0\n"
+        )
+        self.cli("init", "--exist-ok")
+        notify_path = self.root / f"{self.name}.notify"
+        notify_path.unlink(missing_ok=True)
+        with (
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify,
+            open(self.root / f"{self.name}.log", "ab") as log,
+        ):
+            notify.bind(str(notify_path))
+            notify.settimeout(WAIT_S)
+            self.proc = subprocess.Popen(
+                [*VILLAGE, "run", "--data-dir", str(self.data)],
+                env={**os.environ, "NOTIFY_SOCKET": str(notify_path)},
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+            assert notify.recv(64) == b"READY=1", "the daemon did not report readiness"
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=WAIT_S)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=WAIT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def wait_for_message(self, text: str) -> dict[str, object]:
+        """Follow the inbox (a streaming control call) until a message with ``text`` arrives."""
+        with subprocess.Popen(
+            [*VILLAGE, "inbox", "--follow", "--json", "--data-dir", str(self.data)], stdout=subprocess.PIPE, text=True
+        ) as follow:
+            try:
+                assert follow.stdout is not None
+                for line in follow.stdout:  # the stream's own events; the test's timeout bounds it
+                    msg: dict[str, object] = json.loads(line)
+                    if msg["text"] == text:
+                        return msg
+                raise AssertionError(f"inbox stream ended before {text!r} arrived")
+            finally:
+                follow.kill()
+
+    def status(self) -> dict[str, object]:
+        data: dict[str, object] = json.loads(self.cli("status", "--json").stdout)
+        return data
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="vlg-", dir="/tmp"))
+    yield d
+    subprocess.run(["rm", "-rf", str(d)], check=False)
+
+
+def test_two_daemons_over_betanet_with_kill_and_reconnect(root: Path) -> None:
+    port = free_port()
+    alice = Daemon(root, "alice", f"/ip4/127.0.0.1/tcp/{port}")
+    bob = Daemon(root, "bob", "/ip4/127.0.0.1/tcp/0")
+    try:
+        alice.start()
+        status = alice.status()
+        addrs = status["listen_addrs"]
+        assert isinstance(addrs, list) and len(addrs) == 1
+        alice_addr = addrs[0]
+        assert alice_addr.startswith(f"/ip4/127.0.0.1/tcp/{port}/p2p/12D3Koo"), alice_addr
+        assert status["transports"] == ["betanet"]
+        bob.bootstrap = [alice_addr]
+        bob.start()
+        bob_id = bob.status()["peer_id"]
+        alice_id = status["peer_id"]
+        assert isinstance(bob_id, str) and isinstance(alice_id, str)
+
+        # Bootstrap connects them; each learns the other from its (Noise-bound) announce.
+        peer = json.loads(alice.cli("peers", "--wait", bob_id, "--timeout", WAIT, "--json").stdout)
+        assert peer["nickname"] == "bob" and peer["transport"] == "betanet"
+        bob.cli("peers", "--wait", alice_id, "--timeout", WAIT)
+
+        # A private message with a delivery ack, and a public one.
+        sent = json.loads(alice.cli("send", "bob", "hello over the internet", "--wait", WAIT, "--json").stdout)
+        assert sent["state"] == "delivered"
+        bob.cli("broadcast", "hello from bob")
+        heard = alice.wait_for_message("hello from bob")
+        assert heard["private"] is False and heard["from"] == bob_id
+        follow = subprocess.run(
+            [*VILLAGE, "inbox", "--json", "--data-dir", str(bob.data)],
+            capture_output=True,
+            text=True,
+            timeout=WAIT_S,
+            check=True,
+        )
+        inbox = json.loads(follow.stdout)
+        assert [(m["text"], m["private"], m["from"]) for m in inbox] == [("hello over the internet", True, alice_id)]
+
+        # kill -9 alice (the listener); bob keeps redialling with backoff and reconnects by itself.
+        alice.kill()
+        alice.start()  # same data dir, same port, same identity
+        alice.cli("peers", "--wait", bob_id, "--timeout", WAIT)
+        again = json.loads(alice.cli("send", bob_id, "are you still there?", "--wait", WAIT, "--json").stdout)
+        assert again["state"] == "delivered"
+        texts = [m["text"] for m in json.loads(bob.cli("inbox", "--json").stdout)]
+        assert texts == ["hello over the internet", "are you still there?"]
+        # alice's inbox survived the SIGKILL.
+        alice_inbox = [m["text"] for m in json.loads(alice.cli("inbox", "--json").stdout)]
+        assert "hello from bob" in alice_inbox
+    finally:
+        for d in (alice, bob):
+            d.stop()

@@ -1,0 +1,149 @@
+"""BetaNet over real loopback TCP: Link conformance, Noise enforced, identity binding, oversize frames."""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import multiaddr
+import pytest
+import trio
+from libp2p import create_yamux_muxer_option, new_host
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
+
+from node.clock import Clock
+from node.config import BetanetSection, Config, NodeSection
+from node.identity import Identity
+from node.node import Node
+from node.transports.base import Link
+from node.transports.betanet.transport import MESH_PROTOCOL, BetanetLink, BetanetTransport, DialError
+from node.wire import Announce, MessageType, Packet, encode_announce, encode_packet, sign_packet
+from tests.transports.conformance import LinkConformance
+
+LOOPBACK = BetanetSection(listen=("/ip4/127.0.0.1/tcp/0",), max_frame_bytes=65_536, dial_timeout_s=5.0)
+WAIT_S = 20.0
+
+
+async def start_transport(
+    nursery: trio.Nursery, ident: Identity | None = None, settings: BetanetSection = LOOPBACK
+) -> tuple[BetanetTransport, trio.MemoryReceiveChannel[Link]]:
+    t = BetanetTransport(ident or Identity.generate(), settings)
+    send, recv = trio.open_memory_channel[Link](16)
+    await nursery.start(t.run, send)
+    return t, recv
+
+
+class TestBetanetLinkConformance(LinkConformance):
+    @pytest.fixture
+    async def link_pair(self, nursery: trio.Nursery) -> AsyncIterator[tuple[Link, Link]]:
+        a, _ = await start_transport(nursery)
+        b, b_links = await start_transport(nursery)
+        with trio.fail_after(WAIT_S):
+            out = await a.dial(b.listen_addresses()[0])
+            inbound = await b_links.receive()
+        yield out, inbound
+
+
+async def test_identity_is_the_nodes_ed25519_key(nursery: trio.Nursery) -> None:
+    ident = Identity.generate()
+    t, _ = await start_transport(nursery, ident)
+    expected = ID.from_pubkey(create_new_key_pair(bytes(ident.signing_key)).public_key)
+    assert t.peer_id == str(expected)
+    addr = t.listen_addresses()[0]
+    assert addr.startswith("/ip4/127.0.0.1/tcp/") and addr.endswith(f"/p2p/{expected}")
+    b, _b_links = await start_transport(nursery)
+    with trio.fail_after(WAIT_S):
+        link = await b.dial(addr)
+    assert link.authenticated_signing_key == ident.signing_public
+
+
+async def test_plaintext_only_peer_is_refused(nursery: trio.Nursery) -> None:
+    ours, our_links = await start_transport(nursery)
+    kp = create_new_key_pair()
+    plaintext = new_host(
+        key_pair=kp, sec_opt={PLAINTEXT_PROTOCOL_ID: InsecureTransport(kp)}, muxer_opt=create_yamux_muxer_option()
+    )
+    async with plaintext.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        info = info_from_p2p_addr(multiaddr.Multiaddr(ours.listen_addresses()[0]))
+        with trio.fail_after(WAIT_S), pytest.raises(Exception):  # noqa: B017 - libp2p's error types vary
+            await plaintext.connect(info)
+            await plaintext.new_stream(info.peer_id, [MESH_PROTOCOL])
+        # ...and we cannot be talked into plaintext either: dialling the plaintext host fails.
+        with trio.fail_after(WAIT_S), pytest.raises(DialError):
+            await ours.dial(str(plaintext.get_addrs()[0]))
+    assert ours.counters.links_opened == 0
+    with pytest.raises(trio.WouldBlock):
+        our_links.receive_nowait()
+
+
+async def test_dial_errors_are_clear(nursery: trio.Nursery) -> None:
+    t, _ = await start_transport(nursery)
+    with pytest.raises(DialError, match="not a multiaddr ending in /p2p"):
+        await t.dial("/ip4/127.0.0.1/tcp/1")
+    with pytest.raises(DialError, match="this node itself"):
+        await t.dial(t.listen_addresses()[0])
+    nobody = str(ID.from_pubkey(create_new_key_pair().public_key))
+    with trio.fail_after(WAIT_S), pytest.raises(DialError, match=r"failed|timed out"):
+        await t.dial(f"/ip4/127.0.0.1/tcp/9/p2p/{nobody}")
+    assert t.counters.dial_failures == 1
+
+
+async def test_oversize_frame_closes_the_link_and_is_counted(nursery: trio.Nursery) -> None:
+    a, _ = await start_transport(nursery)
+    b, b_links = await start_transport(nursery, settings=dataclasses.replace(LOOPBACK, max_frame_bytes=1024))
+    with trio.fail_after(WAIT_S):
+        out = await a.dial(b.listen_addresses()[0])
+        inbound = await b_links.receive()
+        await out.send(b"fine")
+        assert await inbound.receive() == b"fine"
+        assert isinstance(out, BetanetLink)
+        await out._stream.write(struct.pack(">I", 10_000_000) + b"x" * 100)  # a lying length prefix
+        with pytest.raises(Exception, match="closed"):
+            await inbound.receive()
+    assert b.counters.oversize_frames == 1
+
+
+async def test_mismatched_binding_is_rejected(nursery: trio.Nursery) -> None:
+    """A peer authenticated by Noise as key X cannot announce itself as identity Y over that link."""
+    d = Path(tempfile.mkdtemp(prefix="vlg-", dir="/tmp"))
+    node_ident = Identity.generate()
+    node_transport = BetanetTransport(node_ident, LOOPBACK)
+    node = Node(
+        Config(data_dir=d, node=NodeSection(nickname="a"), betanet=LOOPBACK),
+        node_ident,
+        transports=[node_transport],
+        clock=Clock(),
+        control=False,
+    )
+    await nursery.start(node.run)
+    liar_ident, victim = Identity.generate(), Identity.generate()
+    liar, _ = await start_transport(nursery, liar_ident)
+    assert node.core is not None
+    counters = node.core.counters
+
+    def announce_of(who: Identity) -> bytes:
+        ann = Announce(nickname="x", noise_public_key=who.noise_public, signing_public_key=who.signing_public)
+        pkt = Packet(
+            version=1,
+            type=MessageType.ANNOUNCE,
+            ttl=7,
+            timestamp_ms=node.clock.wall_ms(),
+            sender_id=who.peer_id,
+            payload=encode_announce(ann),
+        )
+        return encode_packet(sign_packet(pkt, who.signing_key))
+
+    with trio.fail_after(WAIT_S):
+        link = await liar.dial(node_transport.listen_addresses()[0])
+        await link.send(announce_of(victim))  # validly signed by the victim, but Noise says it is the liar
+        await node.wait_until(lambda: counters.binding_mismatch == 1)
+        assert node.core.peers.get(victim.peer_id) is None
+        await link.send(announce_of(liar_ident))  # the truth is accepted
+        await node.wait_until(lambda: node.core.peers.get(liar_ident.peer_id) is not None)  # type: ignore[union-attr]
+    node.request_stop()
