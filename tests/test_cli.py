@@ -164,6 +164,15 @@ def test_failed_starts_say_why(data_dir: Path) -> None:
     bad.write_text("[mesh]\nannounce_interval_s = -3\n")
     r = village("run", *dd, "--config", str(bad))
     assert r.returncode == 2 and "mesh.announce_interval_s: expected a value from 1 to 3,600" in r.stderr
+    with socket.socket() as taken:  # a port someone else holds
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = data_dir.parent / "busy.toml"
+        busy.write_text(f'[betanet]\nlisten = ["/ip4/127.0.0.1/tcp/{port}"]\n')
+        r = village("run", *dd, "--config", str(busy))
+        assert r.returncode == 1 and f"betanet could not listen on /ip4/127.0.0.1/tcp/{port}" in r.stderr
+        assert "change betanet.listen" in r.stderr
     key = data_dir / "identity" / "signing.key"
     key.chmod(0o644)
     r = village("run", *dd)

@@ -127,6 +127,9 @@ def test_two_daemons_over_betanet_with_kill_and_reconnect(root: Path) -> None:
         alice_addr = addrs[0]
         assert alice_addr.startswith(f"/ip4/127.0.0.1/tcp/{port}/p2p/12D3Koo"), alice_addr
         assert status["transports"] == ["betanet"]
+        assert status["transport_counters"] == {
+            "betanet": {"links_opened": 0, "oversize_frames": 0, "dial_failures": 0}
+        }
         bob.bootstrap = [alice_addr]
         bob.start()
         bob_id = bob.status()["peer_id"]

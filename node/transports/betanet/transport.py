@@ -226,6 +226,14 @@ class BetanetTransport(Transport):
         host.set_stream_handler(MESH_PROTOCOL, self._on_inbound)
         try:
             async with host.run(listen_addrs=listen), trio.open_nursery() as nursery:
+                # libp2p logs a failed bind and carries on listening on nothing; a daemon must not.
+                bound = host.get_transport_addrs()
+                if len(bound) < len(listen):
+                    raise StartupError(
+                        f"betanet could not listen on {', '.join(self.settings.listen)} (listening on "
+                        f"{', '.join(map(str, bound)) or 'nothing'}): the address is in use or not available on "
+                        "this machine; change betanet.listen (port 0 picks a free port)"
+                    )
                 self._nursery = nursery
                 log.info("betanet listening on %s", ", ".join(self.listen_addresses()) or "nothing")
                 for addr in self.settings.bootstrap:
