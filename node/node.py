@@ -418,9 +418,7 @@ class Node:
             "pending_private": len(core.pending),
             "data_dir": str(self.config.data_dir),
             "counters": {**_as_dict(core.counters), "link_queue_dropped": self.dropped_link_frames},
-            "transport_counters": {
-                t.name: _as_dict(t.counters) for t in self.transports if hasattr(t, "counters")
-            },
+            "transport_counters": {t.name: _as_dict(t.counters) for t in self.transports if hasattr(t, "counters")},
         }
 
 

@@ -45,6 +45,7 @@ MESH_PROTOCOL = TProtocol("/aivillage/mesh/1.0.0")
 LENGTH = struct.Struct(">I")  # frame length prefix
 RECEIVE_QUEUE_FRAMES = 64  # frames buffered per link before the reader stops reading (back-pressure)
 READ_CHUNK = 65_536  # bytes asked of the stream per read
+PEERSTORE_ADDR_TTL_S = 600  # how long libp2p keeps a dialled peer's address
 
 
 class DialError(TransportError):
@@ -201,11 +202,14 @@ class BetanetTransport(Transport):
             return []
         return [str(a) for a in self.host.get_addrs()]
 
-    def _make_host(self) -> IHost:
+    def _make_host(self, listen: list[multiaddr.Multiaddr]) -> IHost:
         # Exactly one security transport: Noise. libp2p's default set also offers plaintext.
         noise = NoiseTransport(self._key_pair, noise_privkey=create_x25519_key_pair().private_key)
         return new_host(
-            key_pair=self._key_pair, sec_opt={NOISE_PROTOCOL_ID: noise}, muxer_opt=create_yamux_muxer_option()
+            key_pair=self._key_pair,
+            listen_addrs=listen,  # libp2p picks its transports (TCP, QUIC) from these
+            sec_opt={NOISE_PROTOCOL_ID: noise},
+            muxer_opt=create_yamux_muxer_option(),
         )
 
     async def run(
@@ -220,7 +224,7 @@ class BetanetTransport(Transport):
             raise StartupError(
                 f"betanet.listen: not a valid multiaddr list {list(self.settings.listen)}: {exc}"
             ) from None
-        host = self._make_host()
+        host = self._make_host(listen)
         self.host = host
         self._sink = link_sink
         host.set_stream_handler(MESH_PROTOCOL, self._on_inbound)
@@ -294,7 +298,12 @@ class BetanetTransport(Transport):
             raise DialError(f"{addr} is this node itself")
         try:
             with trio.fail_after(self.settings.dial_timeout_s):
-                await self.host.connect(info)
+                network = self.host.get_network()
+                if not network.get_connections(info.peer_id):
+                    # Dial the given address directly: py-libp2p's dial_peer (host.connect) waits a fixed 250 ms
+                    # "happy eyeballs" delay even after its first dial succeeded (swarm.py _HAPPY_EYEBALLS_DELAY).
+                    self.host.get_peerstore().add_addrs(info.peer_id, info.addrs, PEERSTORE_ADDR_TTL_S)
+                    await network.dial_addr(info.addrs[0], info.peer_id)
                 stream = await self.host.new_stream(info.peer_id, [MESH_PROTOCOL])
         except trio.TooSlowError:
             self.counters.dial_failures += 1
