@@ -161,6 +161,13 @@ class BetanetSection:
     )
     reconnect_max_s: float = _f(60.0, "Longest delay between redials of a bootstrap peer.", min=1, max=86_400)
     dial_timeout_s: float = _f(10.0, "Seconds a dial (connect + Noise + stream) may take.", min=0.5, max=600)
+    stall_timeout_s: float = _f(
+        120.0,
+        "A link that delivers no bytes for this long, or whose peer does not accept a frame for this long, is "
+        "closed as stalled (peers announce every ~15 s).",
+        min=1,
+        max=86_400,
+    )
 
 
 @dataclass(frozen=True, slots=True)

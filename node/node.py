@@ -96,6 +96,7 @@ class Node:
         self._followers: list[trio.MemorySendChannel[InboxMessage]] = []
         self.outgoing: OrderedDict[str, OutgoingMessage] = OrderedDict()
         self.dropped_link_frames = 0
+        self._overflowing: set[str] = set()  # links already warned about a full send queue
         self._nursery: trio.Nursery | None = None
         self._rearm = trio.Event()
         self._changed = trio.Event()
@@ -212,6 +213,7 @@ class Node:
         finally:
             self._queues.pop(link_id, None)
             self.links.pop(link_id, None)
+            self._overflowing.discard(link_id)
             core.link_down(link_id, self.clock.now())
             self._flush()
             with trio.CancelScope(shield=True):
@@ -250,6 +252,13 @@ class Node:
                 q.send_nowait(frame)
             except (trio.WouldBlock, trio.ClosedResourceError):
                 self.dropped_link_frames += 1
+                if link_id not in self._overflowing:
+                    self._overflowing.add(link_id)
+                    log.warning(
+                        "link %s is not keeping up: its send queue (%d frames) is full, dropping frames",
+                        link_id,
+                        LINK_SEND_QUEUE_FRAMES,
+                    )
         while (event := core.next_event()) is not None:
             self._on_event(event)
         self._rearm.set()

@@ -19,9 +19,10 @@ from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTr
 
 from node.clock import Clock
 from node.config import BetanetSection, Config, NodeSection
+from node.errors import StartupError
 from node.identity import Identity
 from node.node import Node
-from node.transports.base import Link
+from node.transports.base import Link, LinkClosed
 from node.transports.betanet.transport import MESH_PROTOCOL, BetanetLink, BetanetTransport, DialError
 from node.wire import Announce, MessageType, Packet, encode_announce, encode_packet, sign_packet
 from tests.transports.conformance import LinkConformance
@@ -147,3 +148,54 @@ async def test_mismatched_binding_is_rejected(nursery: trio.Nursery) -> None:
         await link.send(announce_of(liar_ident))  # the truth is accepted
         await node.wait_until(lambda: node.core.peers.get(liar_ident.peer_id) is not None)  # type: ignore[union-attr]
     node.request_stop()
+
+
+async def test_bad_listen_addresses_are_clear_errors() -> None:
+    for listen, message in [
+        (("/ip4/127.0.0.1/udp/0/quic-v1",), "QUIC addresses are not supported yet"),
+        (("not a multiaddr",), "betanet.listen: not a valid multiaddr"),
+    ]:
+        t = BetanetTransport(Identity.generate(), dataclasses.replace(LOOPBACK, listen=listen))
+        send, _ = trio.open_memory_channel[Link](1)
+        with pytest.raises(StartupError, match=message):
+            await t.run(send)
+
+
+async def test_unreachable_bootstrap_is_logged_counted_and_retried(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    nobody = str(ID.from_pubkey(create_new_key_pair().public_key))
+    dead = f"/ip4/127.0.0.1/tcp/9/p2p/{nobody}"  # nothing listens on port 9 (discard)
+    settings = dataclasses.replace(LOOPBACK, bootstrap=(dead,), reconnect_initial_s=0.1, reconnect_max_s=0.2)
+    t, _ = await start_transport(nursery, settings=settings)
+    with trio.fail_after(WAIT_S):
+        await t.wait_counters(lambda c: c.dial_failures >= 3)  # backoff keeps retrying; the node keeps running
+    assert any(f"bootstrap {dead}" in r.getMessage() and "retrying in" in r.getMessage() for r in caplog.records)
+    assert t.listen_addresses()  # still serving
+
+
+async def test_stalled_peer_is_closed_and_counted(nursery: trio.Nursery) -> None:
+    """A Noise-speaking peer opens the mesh stream, then neither reads nor writes: both our reader (nothing
+    arrives) and our writer (yamux's window fills) give up after stall_timeout_s."""
+    ours, our_links = await start_transport(nursery, settings=dataclasses.replace(LOOPBACK, stall_timeout_s=1.0))
+    staller = BetanetTransport(Identity.generate(), LOOPBACK)
+    host = staller._make_host([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")])
+    async with host.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        info = info_from_p2p_addr(multiaddr.Multiaddr(ours.listen_addresses()[0]))
+        await host.get_network().dial_addr(info.addrs[0], info.peer_id)
+        stream = await host.new_stream(info.peer_id, [MESH_PROTOCOL])  # ...and then silence
+        with trio.fail_after(WAIT_S):
+            link = await our_links.receive()
+            with pytest.raises(LinkClosed):  # reader side: nothing arrives
+                await link.receive()
+        assert ours.counters.stalled == 1
+        # Writer side: a fresh stream whose peer never reads; our sends block, then the link is closed.
+        stream2 = await host.new_stream(info.peer_id, [MESH_PROTOCOL])
+        with trio.fail_after(WAIT_S):
+            link2 = await our_links.receive()
+            with pytest.raises(LinkClosed):
+                for _ in range(1000):
+                    await link2.send(b"z" * 60_000)
+        assert ours.counters.stalled >= 2
+        await stream.reset()
+        await stream2.reset()
