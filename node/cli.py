@@ -223,10 +223,11 @@ def cmd_peers(args: argparse.Namespace) -> int:
                 p["address"] or "-",
                 f"{p['last_seen_s_ago']:.0f}s",
                 "yes" if p["session"] else "no",
+                f"{p['rtt_ms']:.1f} ms" if p.get("rtt_ms") is not None else "-",
             ]
             for p in peers
         ]
-        return _table(rows, ["PEER", "NICKNAME", "REACHABLE", "TRANSPORT", "ADDRESS", "LAST SEEN", "SESSION"])
+        return _table(rows, ["PEER", "NICKNAME", "REACHABLE", "TRANSPORT", "ADDRESS", "LAST SEEN", "SESSION", "RTT"])
 
     _emit(args, _call(args, "peers.list"), human)
     return EXIT_OK

@@ -116,6 +116,12 @@ class MeshSection:
         5.0, "Seconds before an unacknowledged private message is resent; doubles per attempt.", min=0.1, max=3600
     )
     private_max_attempts: int = _f(6, "Sends of a private message before it is marked failed.", min=1, max=1000)
+    private_expiry_s: float = _f(
+        600.0,
+        "A private message not acknowledged within this many seconds is marked failed (handshake time included).",
+        min=1,
+        max=30 * 86_400,
+    )
     max_pending_private: int = _f(
         256, "Private messages awaiting a delivery ack, across all peers.", min=1, max=1_000_000
     )

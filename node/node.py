@@ -407,6 +407,7 @@ class Node:
                     "transport": link.transport_name if link else None,
                     "address": link.remote_address if link else None,
                     "session": core.sessions.session(p.peer_id) is not None,
+                    "rtt_ms": round(p.rtt_s * 1000, 2) if p.rtt_s is not None else None,
                 }
             )
         return out

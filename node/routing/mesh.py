@@ -38,16 +38,19 @@ from node.wire import (
     MessageType,
     NoisePayloadType,
     Packet,
+    Ping,
     Reassembler,
     WireLimits,
     decode_announce_untrusted,
     decode_fragment_untrusted,
     decode_noise_payload_untrusted,
     decode_packet_untrusted,
+    decode_ping_untrusted,
     decode_private_message_untrusted,
     encode_announce,
     encode_noise_payload,
     encode_packet,
+    encode_ping,
     encode_private_message,
     fragment_frame,
     is_broadcast,
@@ -59,6 +62,10 @@ MAX_TTL = 7  # BitChat clamps and originates with TTL 7
 PRIVATE_TEXT_MAX_BYTES = 255  # BitChat's private-message TLV length is one byte
 SEEN_PRIVATE_IDS = 4096  # private message IDs remembered to suppress re-delivered retransmits
 PENDING_SESSION_FRAMES = 64  # payloads queued per peer while its handshake runs
+REHANDSHAKE_AFTER_ATTEMPTS = 3  # unacknowledged sends of a private message before we renew the session
+MAX_OUTSTANDING_PINGS = 256  # pings awaiting a pong; the oldest are forgotten beyond this
+PING_EXPIRY_S = 30.0  # a pong later than this is ignored
+RTT_SMOOTHING = 0.25  # weight of a new RTT sample (exponentially weighted moving average)
 PADDED_TYPES = (MessageType.NOISE_HANDSHAKE, MessageType.NOISE_ENCRYPTED)  # only these are padded on air
 
 
@@ -133,6 +140,7 @@ class _Pending:
     created: float
     attempts: int = 0
     next_try: float = 0.0
+    free_send: bool = False  # the next send follows a fresh session: it does not count as an attempt
 
 
 @dataclass
@@ -169,6 +177,7 @@ class MeshCore:
         self._out: list[tuple[str, bytes]] = []
         self._events: deque[MeshEvent] = deque()
         self._next_announce: float | None = None
+        self._pings: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()  # nonce -> (peer, sent at)
 
     # ---------------------------------------------------------------- time
     def wall_ms(self, now: float) -> int:
@@ -191,7 +200,12 @@ class MeshCore:
         if self._next_announce is not None and now >= self._next_announce:
             self._announce_all(now)
         for peer in self.sessions.expire(now):
-            self._session_queue.pop(peer, None)
+            # A handshake message was lost. If we still have something to say, try again straight away (one
+            # handshake per handshake_timeout_s keeps within BitChat's 10 per minute per peer).
+            if self._session_queue.get(peer) or any(p.peer_id == peer for p in self.pending.values()):
+                self._start_handshake(peer, now)
+            else:
+                self._session_queue.pop(peer, None)
         self.reassembler.expire(now)
         for p in list(self.pending.values()):
             if p.next_try <= now:
@@ -278,7 +292,33 @@ class MeshCore:
     def _announce_all(self, now: float) -> None:
         if self.links:
             self._send_announce(list(self.links), now)
+        for info in self.peers:
+            if info.link_id in self.links and not info.left:
+                self._ping(info.peer_id, now)
         self._schedule_announce(now)
+
+    def _ping(self, peer_id: bytes, now: float) -> None:
+        """A directed BitChat ping (BF/MeshPingPayload.swift); the pong gives the link's round-trip time."""
+        nonce = self.rng.getrandbits(64).to_bytes(8, "big")
+        self._pings[nonce] = (peer_id, now)
+        while len(self._pings) > MAX_OUTSTANDING_PINGS:
+            self._pings.popitem(last=False)
+        payload = encode_ping(Ping(nonce, self.settings.default_ttl))
+        self._emit(self._links_to(peer_id), self._packet(MessageType.PING, payload, now, peer_id))
+
+    def _on_pong(self, pkt: Packet, now: float) -> None:
+        try:
+            pong = decode_ping_untrusted(pkt.payload)
+        except MalformedFrame:
+            self.counters.malformed += 1
+            return
+        sent = self._pings.pop(pong.nonce, None)
+        if sent is None or sent[0] != pkt.sender_id or now - sent[1] > PING_EXPIRY_S:
+            return
+        info = self.peers.get(pkt.sender_id)
+        if info is not None:
+            sample = now - sent[1]
+            info.rtt_s = sample if info.rtt_s is None else (1 - RTT_SMOOTHING) * info.rtt_s + RTT_SMOOTHING * sample
 
     def leave(self, now: float) -> None:
         """Queue a signed leave on every link (call before shutting down)."""
@@ -320,16 +360,35 @@ class MeshCore:
 
     def _attempt_private(self, p: _Pending, now: float) -> None:
         s = self.settings
+        reason = None
         if p.attempts >= s.private_max_attempts:
+            reason = f"no delivery ack after {p.attempts} attempts"
+        elif now - p.created >= s.private_expiry_s:
+            reason = f"not delivered within {s.private_expiry_s:g} s (mesh.private_expiry_s)"
+        if reason is not None:
             del self.pending[p.message_id]
-            self._events.append(PrivateFailed(p.message_id, p.peer_id, f"no delivery ack after {p.attempts} attempts"))
+            self._events.append(PrivateFailed(p.message_id, p.peer_id, reason))
             return
-        if p.attempts:
-            self.counters.private_retries += 1
-        p.attempts += 1
-        p.next_try = now + s.private_retry_interval_s * (2 ** (p.attempts - 1))
+        if self.sessions.session(p.peer_id) is None:
+            # Nothing can be sent yet: (re)start the handshake and look again when it could have finished.
+            # This is not an attempt; completing the handshake reschedules the send at once.
+            self._start_handshake(p.peer_id, now)
+            p.next_try = min(now + s.handshake_timeout_s, p.created + s.private_expiry_s)
+            return
+        if p.free_send:
+            p.free_send = False
+            p.next_try = now + s.private_retry_interval_s * (2 ** max(0, p.attempts - 1))
+        else:
+            if p.attempts:
+                self.counters.private_retries += 1
+            p.attempts += 1
+            p.next_try = now + s.private_retry_interval_s * (2 ** (p.attempts - 1))
         plaintext = encode_noise_payload(NoisePayloadType.PRIVATE_MESSAGE, encode_private_message(p.message_id, p.text))
         self._send_encrypted(p.peer_id, plaintext, now, queue=False)
+        if p.attempts >= REHANDSHAKE_AFTER_ATTEMPTS and self.sessions.session(p.peer_id) is not None:
+            # Still no ack: our session may be one the peer no longer holds (it restarted, or lost the last
+            # handshake message). Start a fresh handshake; the old session serves until it completes.
+            self._start_handshake(p.peer_id, now)
 
     def _send_encrypted(self, peer_id: bytes, plaintext: bytes, now: float, *, queue: bool) -> None:
         """Encrypt to ``peer_id`` if a session exists; otherwise start a handshake (and, with ``queue``,
@@ -393,6 +452,8 @@ class MeshCore:
             self._on_encrypted(pkt, now)
         elif t == MessageType.PING and not is_broadcast(pkt):
             self._on_ping(pkt, now)
+        elif t == MessageType.PONG and not is_broadcast(pkt):
+            self._on_pong(pkt, now)
         else:
             self.counters.unknown_type += 1
 
@@ -450,6 +511,8 @@ class MeshCore:
             # Answer a new peer's announce once, so it learns us even if our link-up announce was lost.
             if link_id in self.links:
                 self._send_announce([link_id], now)
+            if info.link_id is not None:
+                self._ping(info.peer_id, now)
         else:
             info = known
             was_gone = info.left or not info.reachable(now, self.settings.peer_expiry_s)
@@ -505,19 +568,22 @@ class MeshCore:
         if step.established:
             for plaintext in self._session_queue.pop(peer, deque()):
                 self._send_encrypted(peer, plaintext, now, queue=True)
-            for p in self.pending.values():  # don't wait for the retry timer
+            for p in self.pending.values():  # don't wait for the retry timer; this send is on the house
                 if p.peer_id == peer:
                     p.next_try = now
+                    p.free_send = True
 
     def _on_encrypted(self, pkt: Packet, now: float) -> None:
         peer = pkt.sender_id
-        session = self.sessions.session(peer)
-        if session is None:
+        if self.sessions.session(peer) is None:
             self.counters.decrypt_failed += 1
-            self._start_handshake(peer, now)  # as BitChat: ciphertext without a session starts one
+            # As BitChat: ciphertext without a session starts one. If we were the responder of a handshake,
+            # the peer has finished it and our message 3 never arrived: start over as initiator now.
+            self.sessions.abandon_responder(peer)
+            self._start_handshake(peer, now)
             return
         try:
-            plaintext = session.decrypt_untrusted(pkt.payload)
+            plaintext = self.sessions.decrypt_untrusted(peer, pkt.payload)
         except ReplayError:
             self.counters.replayed += 1  # a duplicate from the medium or a relay: harmless
             return
@@ -525,6 +591,7 @@ class MeshCore:
             # The peer encrypts under keys we do not hold (it restarted, or finished a handshake whose last
             # message we lost). Start over; one handshake per peer at a time bounds what a forger can cause.
             self.counters.decrypt_failed += 1
+            self.sessions.abandon_responder(peer)
             self._start_handshake(peer, now)
             return
         try:

@@ -27,6 +27,7 @@ class PeerInfo:
     hops: int = 1
     capabilities: int | None = None
     left: bool = False  # a verified leave was received
+    rtt_s: float | None = None  # smoothed round-trip time of ping/pong over the peer's link
 
     def reachable(self, now: float, expiry_s: float) -> bool:
         return not self.left and now - self.last_seen <= expiry_s

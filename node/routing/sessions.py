@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from node.crypto.errors import HandshakeError
+from node.crypto.errors import DecryptError, HandshakeError, ReplayError
 from node.crypto.session import NoiseTransportSession, XXHandshake
 from node.identity import peer_id_from_noise_key
 
@@ -42,6 +42,9 @@ class SessionManager:
         self._local_hex = local_peer_id.hex()
         self._timeout_s = timeout_s
         self._sessions: dict[bytes, NoiseTransportSession] = {}
+        # The session a new handshake replaced, kept for decryption only: frames the peer encrypted just
+        # before it switched (an ack in flight) still open, instead of setting off yet another handshake.
+        self._previous: dict[bytes, NoiseTransportSession] = {}
         self._handshakes: dict[bytes, _Handshake] = {}
 
     def session(self, peer: bytes) -> NoiseTransportSession | None:
@@ -52,7 +55,35 @@ class SessionManager:
 
     def drop(self, peer: bytes) -> None:
         self._sessions.pop(peer, None)
+        self._previous.pop(peer, None)
         self._handshakes.pop(peer, None)
+
+    def abandon_responder(self, peer: bytes) -> bool:
+        """Drop a half-done handshake in which we are the responder. Called when the peer sends ciphertext we
+        cannot open: it considers the handshake finished, so our message 3 was lost and waiting is futile."""
+        pending = self._handshakes.get(peer)
+        if pending is not None and not pending.initiator:
+            del self._handshakes[peer]
+            return True
+        return False
+
+    def decrypt_untrusted(self, peer: bytes, frame: bytes) -> bytes:
+        """Decrypt with the current session, else the one it replaced. Raises CryptoError (DecryptError when
+        neither opens it, ReplayError for a replay) — and HandshakeError if there is no session at all."""
+        current = self._sessions.get(peer)
+        if current is None:
+            raise HandshakeError("no session with this peer")
+        try:
+            return current.decrypt_untrusted(frame)
+        except (DecryptError, ReplayError) as first:
+            # Nonces restart at 0 in a new session, so an old-session frame can look like a replay to the new one.
+            previous = self._previous.get(peer)
+            if previous is None:
+                raise
+            try:
+                return previous.decrypt_untrusted(frame)
+            except (DecryptError, ReplayError):
+                raise first from None
 
     def initiate(self, peer: bytes, now: float) -> bytes | None:
         """Message 1 of a new handshake, or None if one is already under way."""
@@ -97,6 +128,9 @@ class SessionManager:
             raise HandshakeError("the peer's static key does not hash to its peer ID")
         if pinned_static is not None and remote != pinned_static:
             raise HandshakeError("the peer's static key differs from the key pinned from its announce")
+        old = self._sessions.get(peer)
+        if old is not None:
+            self._previous[peer] = old
         self._sessions[peer] = session
         return HandshakeStep(reply, True)
 
