@@ -34,7 +34,7 @@ from node.transports.betanet.transport import BetanetTransport
 LENGTH = struct.Struct(">I")
 BULK_FRAME = 60_000
 SMALL_FRAME = 200
-SETTINGS = BetanetSection(listen=("/ip4/127.0.0.1/tcp/0",), max_frame_bytes=1 << 20)
+SETTINGS = BetanetSection(listen=("/ip4/127.0.0.1/tcp/0",), mdns=False, max_frame_bytes=1 << 20)
 
 
 # ---------------------------------------------------------------- child: the receiving side

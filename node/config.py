@@ -156,6 +156,7 @@ class BetanetSection:
     enabled: bool = _f(True, "Run BetaNet, the internet transport (libp2p, Noise always enforced).")
     listen: tuple[str, ...] = _f(("/ip4/0.0.0.0/tcp/4001",), "Multiaddrs to listen on (port 0 picks a free port).")
     bootstrap: tuple[str, ...] = _f((), "Peers to dial at start and keep connected, as /ip4/.../tcp/N/p2p/ID.")
+    mdns: bool = _f(True, "Find and dial other nodes on the local network with mDNS (multicast on every interface).")
     max_frame_bytes: int = _f(
         1_179_840,
         "Largest mesh frame accepted on a BetaNet stream (a full-size BitChat packet plus headers).",

@@ -29,7 +29,7 @@ BIN = Path(sys.executable).parent
 VILLAGE = [str(BIN / "village")] if (BIN / "village").exists() else [sys.executable, "-m", "node.cli"]
 WAIT_S = 30.0  # real seconds; a passing run takes well under one
 # Daemons in tests listen on loopback only, on a free port.
-LOOPBACK_CONFIG = '[betanet]\nlisten = ["/ip4/127.0.0.1/tcp/0"]\n'
+LOOPBACK_CONFIG = '[betanet]\nlisten = ["/ip4/127.0.0.1/tcp/0"]\nmdns = false\n'
 
 
 @pytest.fixture
@@ -169,7 +169,7 @@ def test_failed_starts_say_why(data_dir: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         busy = data_dir.parent / "busy.toml"
-        busy.write_text(f'[betanet]\nlisten = ["/ip4/127.0.0.1/tcp/{port}"]\n')
+        busy.write_text(f'[betanet]\nlisten = ["/ip4/127.0.0.1/tcp/{port}"]\nmdns = false\n')
         r = village("run", *dd, "--config", str(busy))
         assert r.returncode == 1 and f"betanet could not listen on /ip4/127.0.0.1/tcp/{port}" in r.stderr
         assert "change betanet.listen" in r.stderr

@@ -56,7 +56,7 @@ class Daemon:
         boot = ", ".join(f'"{b}"' for b in self.bootstrap)
         (self.data / "config.toml").write_text(
             f'[node]\nnickname = "{self.name}"\n[betanet]\nlisten = ["{self.listen}"]\nbootstrap = [{boot}]\n'
-            "reconnect_initial_s = 0.2\nreconnect_max_s = 1.0\n"
+            "reconnect_initial_s = 0.2\nreconnect_max_s = 1.0\nmdns = false\n"
         )
         self.cli("init", "--exist-ok")
         notify_path = self.root / f"{self.name}.notify"

@@ -27,7 +27,8 @@ from node.transports.betanet.transport import MESH_PROTOCOL, BetanetLink, Betane
 from node.wire import Announce, MessageType, Packet, encode_announce, encode_packet, sign_packet
 from tests.transports.conformance import LinkConformance
 
-LOOPBACK = BetanetSection(listen=("/ip4/127.0.0.1/tcp/0",), max_frame_bytes=65_536, dial_timeout_s=5.0)
+# mDNS off: tests multicast only inside network namespaces they create (tests/test_netns.py).
+LOOPBACK = BetanetSection(listen=("/ip4/127.0.0.1/tcp/0",), mdns=False, max_frame_bytes=65_536, dial_timeout_s=5.0)
 WAIT_S = 20.0
 
 

@@ -16,8 +16,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import logging
+import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,9 +31,10 @@ from libp2p.abc import IHost, INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.discovery.events.peerDiscovery import peerDiscovery
 from libp2p.network.stream.exceptions import StreamError
 from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
@@ -46,6 +49,8 @@ MESH_PROTOCOL = TProtocol("/aivillage/mesh/1.0.0")
 LENGTH = struct.Struct(">I")  # frame length prefix
 RECEIVE_QUEUE_FRAMES = 64  # frames buffered per link before the reader stops reading (back-pressure)
 READ_CHUNK = 65_536  # bytes asked of the stream per read
+SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's IPv4 address
+MAX_DISCOVERY_DIALS = 32  # concurrent dials to peers found by mDNS
 PEERSTORE_ADDR_TTL_S = 600  # how long libp2p keeps a dialled peer's address
 
 
@@ -59,6 +64,35 @@ class BetanetCounters:
     oversize_frames: int = 0
     dial_failures: int = 0
     stalled: int = 0
+    mdns_discovered: int = 0
+
+
+def local_ipv4_addresses() -> list[str]:
+    """This host's IPv4 interface addresses (loopback last), read with SIOCGIFADDR; Linux and Android."""
+    found: list[str] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _index, name in socket.if_nameindex():
+            try:
+                req = struct.pack("256s", name.encode()[:15])
+                addr = socket.inet_ntoa(fcntl.ioctl(s.fileno(), SIOCGIFADDR, req)[20:24])
+            except OSError:
+                continue  # no IPv4 address on this interface
+            found.append(addr)
+    return sorted(set(found), key=lambda a: (a.startswith("127."), a))
+
+
+def expand_unspecified(addrs: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+    """Replace a wildcard listen address (/ip4/0.0.0.0/...) by one address per local interface, so what we
+    advertise (mDNS, `village status`) can be dialled."""
+    out: list[multiaddr.Multiaddr] = []
+    for addr in addrs:
+        text = str(addr)
+        if text.startswith("/ip4/0.0.0.0/"):
+            ips = [ip for ip in local_ipv4_addresses() if not ip.startswith("127.")] or ["127.0.0.1"]
+            out.extend(multiaddr.Multiaddr(text.replace("/ip4/0.0.0.0/", f"/ip4/{ip}/", 1)) for ip in ips)
+        else:
+            out.append(addr)
+    return out
 
 
 def signing_key_of(peer_id: ID) -> bytes | None:
@@ -209,6 +243,7 @@ class BetanetTransport(Transport):
         self._ids = itertools.count(1)
         self._links: dict[str, BetanetLink] = {}
         self._changed = trio.Event()
+        self._discovered_dialling: set[str] = set()  # peer IDs found by mDNS that we are dialling now
 
     def _count_dial_failure(self) -> None:
         self.counters.dial_failures += 1
@@ -237,11 +272,27 @@ class BetanetTransport(Transport):
         # Exactly one security transport: Noise. libp2p's default set also offers plaintext.
         noise = NoiseTransport(self._key_pair, noise_privkey=create_x25519_key_pair().private_key)
         return new_host(
+            addrs_factory=expand_unspecified,  # advertise real interface addresses, never 0.0.0.0
+            enable_mDNS=self.settings.mdns,
             key_pair=self._key_pair,
             listen_addrs=listen,  # libp2p picks its transports (TCP, QUIC) from these
             sec_opt={NOISE_PROTOCOL_ID: noise},
             muxer_opt=create_yamux_muxer_option(),
         )
+
+    @staticmethod
+    def _advertise_real_addresses(host: IHost) -> None:
+        """py-libp2p 0.8's mDNS broadcaster puts raw transport addresses in its TXT records, so a wildcard
+        listener advertises /ip4/0.0.0.0/... which nobody can dial. It has no option for this; override its
+        resolver on this host's instance only (libp2p is pinned below 0.9)."""
+        broadcaster = getattr(getattr(host, "mDNS", None), "broadcaster", None)
+        if broadcaster is None or not hasattr(broadcaster, "_resolve_host_addrs"):
+            return  # mDNS off, or a libp2p whose internals changed: the default behaviour stays
+
+        def resolve() -> list[str]:
+            return [str(a) for a in expand_unspecified(host.get_transport_addrs())]
+
+        broadcaster._resolve_host_addrs = resolve
 
     async def run(
         self,
@@ -263,9 +314,18 @@ class BetanetTransport(Transport):
                 "over TCP here; use /ip4/.../tcp/N"
             )
         host = self._make_host(listen)
+        self._advertise_real_addresses(host)
         self.host = host
         self._sink = link_sink
         host.set_stream_handler(MESH_PROTOCOL, self._on_inbound)
+        token = trio.lowlevel.current_trio_token()
+
+        def discovered(info: PeerInfo) -> None:  # called on zeroconf's thread
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._on_discovered, info)
+
+        if self.settings.mdns:
+            peerDiscovery.register_peer_discovered_handler(discovered)
         try:
             async with host.run(listen_addrs=listen), trio.open_nursery() as nursery:
                 # libp2p logs a failed bind and carries on listening on nothing; a daemon must not.
@@ -288,6 +348,8 @@ class BetanetTransport(Transport):
                 "; change betanet.listen (port 0 picks a free port)"
             ) from exc
         finally:
+            if self.settings.mdns:
+                peerDiscovery.unregister_peer_discovered_handler(discovered)
             self.host = None
             self._nursery = None
             with trio.CancelScope(shield=True):
@@ -353,6 +415,32 @@ class BetanetTransport(Transport):
         link = self._new_link(stream, "out")
         self._nursery.start_soon(self._serve, link)
         return link
+
+    def _on_discovered(self, info: PeerInfo) -> None:
+        """mDNS found a peer: dial it unless it is us, already connected, or already being dialled.
+        (py-libp2p's discovery events are process-wide, so other hosts' discoveries arrive here too; the checks
+        make those harmless.)"""
+        host, nursery = self.host, self._nursery
+        if host is None or nursery is None or info.peer_id == host.get_id():
+            return
+        key = str(info.peer_id)
+        if key in self._discovered_dialling or host.get_network().get_connections(info.peer_id):
+            return
+        tcp = [a for a in info.addrs if "/tcp/" in str(a)]
+        if not tcp or len(self._discovered_dialling) >= MAX_DISCOVERY_DIALS:
+            return
+        self.counters.mdns_discovered += 1
+        self._discovered_dialling.add(key)
+        nursery.start_soon(self._dial_discovered, f"{tcp[0]}/p2p/{key}", key)
+
+    async def _dial_discovered(self, addr: str, key: str) -> None:
+        try:
+            link = await self.dial(addr)
+            log.info("mDNS: connected to %s (%s)", addr, link.link_id)
+        except DialError as exc:
+            log.warning("mDNS: %s", exc)
+        finally:
+            self._discovered_dialling.discard(key)
 
     async def _keep_dialled(self, addr: str) -> None:
         """Dial a bootstrap peer and redial with exponential backoff whenever the link drops."""
