@@ -128,7 +128,7 @@ def test_two_daemons_over_betanet_with_kill_and_reconnect(root: Path) -> None:
         assert alice_addr.startswith(f"/ip4/127.0.0.1/tcp/{port}/p2p/12D3Koo"), alice_addr
         assert status["transports"] == ["betanet"]
         assert status["transport_counters"] == {
-            "betanet": {"links_opened": 0, "oversize_frames": 0, "dial_failures": 0, "stalled": 0}
+            "betanet": {"links_opened": 0, "oversize_frames": 0, "dial_failures": 0, "stalled": 0, "mdns_discovered": 0}
         }
         bob.bootstrap = [alice_addr]
         bob.start()
