@@ -70,7 +70,12 @@ class NoiseTransportSession:
         plaintext = self._recv.decrypt_at(n, b"", frame[NONCE_BYTES:])
         if n > self._highest:
             shift = n - self._highest
-            self._seen = ((self._seen << shift) | 1) & ((1 << self.replay_window) - 1)
+            # A jump past the whole window forgets every older bit; never shift by the raw distance, which for a
+            # (valid, authenticated) nonce near 2**32 would build a 512 MiB integer before the mask applies.
+            if shift >= self.replay_window:
+                self._seen = 1
+            else:
+                self._seen = ((self._seen << shift) | 1) & ((1 << self.replay_window) - 1)
             self._highest = n
         else:
             self._seen |= 1 << (self._highest - n)

@@ -130,3 +130,23 @@ def test_roundtrip_any_plaintexts(messages: list[bytes]) -> None:
         assert b.decrypt_untrusted(a.encrypt(m)) == m
         assert a.decrypt_untrusted(b.encrypt(m[::-1])) == m[::-1]
     assert struct.unpack(">I", a.encrypt(b"")[:4])[0] == len(messages)
+
+
+def test_a_huge_nonce_jump_costs_no_memory_and_keeps_the_window_right() -> None:
+    """A peer holding the keys may jump to the top nonce at once: the window must jump, not grow."""
+    import tracemalloc
+
+    a, b = pair()
+    first = a.encrypt(b"n0")
+    assert b.decrypt_untrusted(first) == b"n0"  # a non-empty bitmap: shifting it is what used to cost ~1 GB
+    a._next_send = 2**32 - 2  # the highest nonce a sender may use: a jump of ~2**32 in one frame
+    far = a.encrypt(b"far")
+    tracemalloc.start()
+    assert b.decrypt_untrusted(far) == b"far"
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 1_000_000  # bytes; the unbounded shift allocated ~512 MiB
+    with pytest.raises(ReplayError, match="older than the replay window"):
+        b.decrypt_untrusted(first)
+    with pytest.raises(ReplayError, match="already received"):
+        b.decrypt_untrusted(far)
