@@ -160,6 +160,11 @@ async def test_bad_listen_addresses_are_clear_errors() -> None:
         send, _ = trio.open_memory_channel[Link](1)
         with pytest.raises(StartupError, match=message):
             await t.run(send)
+    for bootstrap in ("/ip4/127.0.0.1/tcp/4001", "nonsense"):  # no /p2p/<id>, not a multiaddr
+        t = BetanetTransport(Identity.generate(), dataclasses.replace(LOOPBACK, bootstrap=(bootstrap,)))
+        send, _ = trio.open_memory_channel[Link](1)
+        with pytest.raises(StartupError, match=r"betanet\.bootstrap: .* is not a multiaddr ending in /p2p/"):
+            await t.run(send)
 
 
 async def test_unreachable_bootstrap_is_logged_counted_and_retried(

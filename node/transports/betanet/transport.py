@@ -306,6 +306,13 @@ class BetanetTransport(Transport):
             raise StartupError(
                 f"betanet.listen: not a valid multiaddr list {list(self.settings.listen)}: {exc}"
             ) from None
+        for addr in self.settings.bootstrap:
+            try:
+                info_from_p2p_addr(multiaddr.Multiaddr(addr))
+            except Exception as exc:  # multiaddr/libp2p raise several error types for bad input
+                raise StartupError(
+                    f"betanet.bootstrap: {addr!r} is not a multiaddr ending in /p2p/<peer id> ({exc})"
+                ) from None
         quic = [a for a in self.settings.listen if "/quic" in a]
         if quic:
             raise StartupError(
