@@ -157,6 +157,24 @@ class BetanetSection:
     listen: tuple[str, ...] = _f(("/ip4/0.0.0.0/tcp/4001",), "Multiaddrs to listen on (port 0 picks a free port).")
     bootstrap: tuple[str, ...] = _f((), "Peers to dial at start and keep connected, as /ip4/.../tcp/N/p2p/ID.")
     mdns: bool = _f(True, "Find and dial other nodes on the local network with mDNS (multicast on every interface).")
+    dht: bool = _f(
+        True,
+        "Run libp2p's Kademlia DHT (peer routing): `village connect /p2p/<peer id>` looks the peer's addresses up "
+        "through connected peers.",
+    )
+    relay: str = _f(
+        "client",
+        "Circuit relay v2. off: none. client: dial peers through relays and reserve a slot on bootstrap peers "
+        "that are relays, advertising /p2p/<relay>/p2p-circuit addresses (for nodes behind NAT). hop: client, and "
+        "also relay for others (anchors). Relayed links are still Noise end to end.",
+        choices=("off", "client", "hop"),
+    )
+    relay_max_reservations: int = _f(
+        32, "With relay = hop: most peers holding a relay slot on this node at once.", min=1, max=100_000
+    )
+    relay_max_circuits: int = _f(
+        64, "With relay = hop: most relayed connections through this node at once.", min=1, max=100_000
+    )
     max_frame_bytes: int = _f(
         1_179_840,
         "Largest mesh frame accepted on a BetaNet stream (a full-size BitChat packet plus headers).",
