@@ -164,16 +164,21 @@ class BetanetSection:
     )
     relay: str = _f(
         "client",
-        "Circuit relay v2. off: none. client: dial peers through relays and reserve a slot on bootstrap peers "
-        "that are relays, advertising /p2p/<relay>/p2p-circuit addresses (for nodes behind NAT). hop: client, and "
-        "also relay for others (anchors). Relayed links are still Noise end to end.",
+        "Circuit relay v2 (libp2p's). off: none. client: accept connections relayed to us, dial /p2p-circuit "
+        "addresses, and reserve a slot on each bootstrap peer that is a relay, advertising "
+        "/p2p/<relay>/p2p-circuit/p2p/<us> addresses (for nodes behind NAT). hop: accept and dial relayed "
+        "connections and relay for others (anchors); reserves nothing. Relayed links are Noise end to end.",
         choices=("off", "client", "hop"),
     )
     relay_max_reservations: int = _f(
         32, "With relay = hop: most peers holding a relay slot on this node at once.", min=1, max=100_000
     )
-    relay_max_circuits: int = _f(
-        64, "With relay = hop: most relayed connections through this node at once.", min=1, max=100_000
+    relay_max_circuits_per_peer: int = _f(
+        8,
+        "With relay = hop: most relayed connections to one reserved peer at once (all circuits: at most "
+        "relay_max_reservations times this).",
+        min=1,
+        max=10_000,
     )
     max_frame_bytes: int = _f(
         1_179_840,
