@@ -115,7 +115,18 @@ class MeshSection:
     private_retry_interval_s: float = _f(
         5.0, "Seconds before an unacknowledged private message is resent; doubles per attempt.", min=0.1, max=3600
     )
-    private_max_attempts: int = _f(6, "Sends of a private message before it is marked failed.", min=1, max=1000)
+    private_retry_max_interval_s: float = _f(
+        60.0, "Longest wait between resends of an unacknowledged private message.", min=0.1, max=86_400
+    )
+    private_max_attempts: int = _f(
+        20,
+        "Sends of a private message before it is marked failed (mesh.private_expiry_s usually ends it first).",
+        min=1,
+        max=1000,
+    )
+    max_pending_per_peer: int = _f(
+        64, "Private messages awaiting a delivery ack for one peer; more are refused.", min=1, max=1_000_000
+    )
     private_expiry_s: float = _f(
         600.0,
         "A private message not acknowledged within this many seconds is marked failed (handshake time included).",
@@ -127,6 +138,21 @@ class MeshSection:
     )
     max_public_text_chars: int = _f(
         60_000, "Longest public or private text accepted (BitChat: 60,000).", min=1, max=1_000_000
+    )
+    routing: str = _f(
+        "path",
+        "path: source routes and next hops learned from announces, BitChat's fan-out limits and jitter, flooding "
+        "only when no path is known. flood: naive TTL flooding of everything (a baseline for benchmarks).",
+        choices=("path", "flood"),
+    )
+    path_ttl_s: float = _f(
+        60.0,
+        "A path learned from an announce is used for this long after it (peers announce every ~15 s).",
+        min=1,
+        max=86_400,
+    )
+    relay_queue_max: int = _f(
+        4096, "Relays waiting out their jitter; beyond this a relay is dropped and counted.", min=1, max=1_000_000
     )
     inbox_max_messages: int = _f(
         10_000, "Messages kept in the inbox; the oldest are pruned beyond this.", min=1, max=100_000_000

@@ -11,9 +11,11 @@ Inputs are plain method calls carrying ``now`` (monotonic seconds); outputs are 
 Packet timestamps are wall-clock ms: ``wall_offset_ms + now * 1000`` (the adapter measures the offset once),
 so a mesh runs entirely in simulated time under trio's MockClock.
 
-Multi-hop relaying, path tables and store-and-forward are the routing issue's; here a node talks to its
-direct neighbours, drops duplicates, and sends to a peer over the link its direct announce arrived on (or
-every link while none is bound).
+Multi-hop: every packet not addressed to us alone is relayed by BitChat's rules (:mod:`node.routing.relay`:
+TTL, jitter, fan-out limits, never back out of the arrival link). Directed packets we originate follow the path
+table (:mod:`node.routing.paths`): the peer's cheapest direct link, else a v2 source route through the
+topology learned from announces, else the link the peer's announces arrive on, else a flood. With
+``mesh.routing = "flood"`` every packet is flooded instead (a benchmark baseline).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import random
 import struct
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from node.config import MeshSection
@@ -30,7 +33,9 @@ from node.crypto.errors import ReplayError
 from node.errors import CryptoError, MeshError
 from node.identity import Identity, peer_id_from_noise_key
 from node.routing.dedupe import DedupeCache, dedupe_key
+from node.routing.paths import PathTable, Route
 from node.routing.peers import PeerInfo, PeerTable
+from node.routing.relay import RelayQueue, fanout_subset, relay_jitter_s, relayed_ttl, with_ttl
 from node.routing.sessions import SessionManager
 from node.wire import (
     Announce,
@@ -62,10 +67,10 @@ MAX_TTL = 7  # BitChat clamps and originates with TTL 7
 PRIVATE_TEXT_MAX_BYTES = 255  # BitChat's private-message TLV length is one byte
 SEEN_PRIVATE_IDS = 4096  # private message IDs remembered to suppress re-delivered retransmits
 PENDING_SESSION_FRAMES = 64  # payloads queued per peer while its handshake runs
-REHANDSHAKE_AFTER_ATTEMPTS = 3  # unacknowledged sends of a private message before we renew the session
+REHANDSHAKE_AFTER_ATTEMPTS = 3  # every 3rd unacknowledged send of a private message also renews the session
 MAX_OUTSTANDING_PINGS = 256  # pings awaiting a pong; the oldest are forgotten beyond this
 PING_EXPIRY_S = 30.0  # a pong later than this is ignored
-RTT_SMOOTHING = 0.25  # weight of a new RTT sample (exponentially weighted moving average)
+RTT_SMOOTHING = 0.25  # weight of a new RTT or loss sample (exponentially weighted moving average)
 PADDED_TYPES = (MessageType.NOISE_HANDSHAKE, MessageType.NOISE_ENCRYPTED)  # only these are padded on air
 
 
@@ -130,6 +135,13 @@ class MeshCounters:
     unknown_type: int = 0
     private_retries: int = 0
     pings_answered: int = 0
+    relayed: int = 0  # relay jobs sent (one per packet, on one or more links)
+    relay_cancelled: int = 0  # pending broadcast relays made unnecessary by duplicates heard meanwhile
+    relay_queue_full: int = 0
+    sent_direct: int = 0  # directed packets we originated, by how they left
+    sent_routed: int = 0
+    sent_reverse: int = 0
+    sent_flooded: int = 0
 
 
 @dataclass
@@ -158,6 +170,9 @@ class MeshCore:
     nickname: str
     wall_offset_ms: float
     rng: random.Random = field(default_factory=random.Random)
+    # Checks a received frame's Ed25519 signature: (frame, signing key, limits) -> valid. The default is the
+    # codec's; a simulator of many nodes in one process may pass a memoising wrapper of it.
+    verify: Callable[[bytes, bytes, WireLimits], bool] = verify_wire_signature
 
     def __post_init__(self) -> None:
         self.peer_id = self.identity.peer_id
@@ -177,7 +192,11 @@ class MeshCore:
         self._out: list[tuple[str, bytes]] = []
         self._events: deque[MeshEvent] = deque()
         self._next_announce: float | None = None
-        self._pings: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()  # nonce -> (peer, sent at)
+        self._pings: OrderedDict[bytes, tuple[bytes, str, float]] = OrderedDict()  # nonce -> (peer, link, sent)
+        s = self.settings
+        self.paths = PathTable(self.peer_id, path_ttl_s=s.path_ttl_s, max_hops=s.default_ttl, max_entries=s.max_peers)
+        self.relays = RelayQueue(s.relay_queue_max)
+        self._flood = s.routing == "flood"
 
     # ---------------------------------------------------------------- time
     def wall_ms(self, now: float) -> int:
@@ -191,6 +210,7 @@ class MeshCore:
                 self.sessions.next_deadline(),
                 min((p.next_try for p in self.pending.values()), default=None),
                 self.reassembler.next_expiry(),
+                self.relays.next_due(),
             )
             if t is not None
         ]
@@ -202,11 +222,16 @@ class MeshCore:
         for peer in self.sessions.expire(now):
             # A handshake message was lost. If we still have something to say, try again straight away (one
             # handshake per handshake_timeout_s keeps within BitChat's 10 per minute per peer).
-            if self._session_queue.get(peer) or any(p.peer_id == peer for p in self.pending.values()):
+            waiting = self._session_queue.get(peer) or any(p.peer_id == peer for p in self.pending.values())
+            if waiting and self._reachable(peer, now):
                 self._start_handshake(peer, now)
             else:
                 self._session_queue.pop(peer, None)
         self.reassembler.expire(now)
+        for job in self.relays.pop_due(now):
+            self.counters.relayed += 1
+            for link_id in job.link_ids:
+                self._emit_frame(link_id, job.frame)
         for p in list(self.pending.values()):
             if p.next_try <= now:
                 self._attempt_private(p, now)
@@ -229,39 +254,76 @@ class MeshCore:
     def _emit(self, link_ids: list[str], packet: Packet) -> None:
         frame = encode_packet(packet, pad=packet.type in PADDED_TYPES, limits=self.limits)
         for link_id in link_ids:
-            state = self.links.get(link_id)
-            if state is None:
-                continue
-            if len(frame) <= state.mtu:
-                self._out.append((link_id, frame))
-            else:
-                fid = self.rng.getrandbits(64).to_bytes(8, "big")
-                for piece in fragment_frame(packet, frame, state.mtu, fid, self.limits):
-                    self._out.append((link_id, piece))
+            self._emit_frame(link_id, frame, packet)
 
-    def _links_to(self, peer_id: bytes) -> list[str]:
-        info = self.peers.get(peer_id)
-        if info is not None and info.link_id in self.links:
-            return [info.link_id]
-        return list(self.links)
+    def _emit_frame(self, link_id: str, frame: bytes, packet: Packet | None = None) -> None:
+        """Queue ``frame`` on a link, in fragments when it exceeds the link's MTU (``packet`` is the frame
+        decoded, when the caller has it)."""
+        state = self.links.get(link_id)
+        if state is None:
+            return
+        if len(frame) <= state.mtu:
+            self._out.append((link_id, frame))
+            return
+        if packet is None:
+            try:
+                packet = decode_packet_untrusted(frame, self.limits)
+            except MalformedFrame:  # cannot happen for a frame we accepted; never relay what we cannot parse
+                self.counters.malformed += 1
+                return
+        fid = self.rng.getrandbits(64).to_bytes(8, "big")
+        for piece in fragment_frame(packet, frame, state.mtu, fid, self.limits):
+            self._out.append((link_id, piece))
 
-    def _packet(self, msg_type: int, payload: bytes, now: float, recipient: bytes | None = None) -> Packet:
+    def path_to(self, peer_id: bytes, now: float) -> tuple[list[str], Route | None]:
+        """Links for a directed packet we originate, and the route used (None: flooded)."""
+        if not self._flood:
+            route = self.paths.route(peer_id, now)
+            if route is not None and route.link_id in self.links and route.hops <= self.settings.default_ttl:
+                return [route.link_id], route
+        return list(self.links), None
+
+    def _send_directed(self, msg_type: int, payload: bytes, peer_id: bytes, now: float) -> None:
+        links, route = self.path_to(peer_id, now)
+        if route is None:
+            self.counters.sent_flooded += 1
+        elif route.source == "direct":
+            self.counters.sent_direct += 1
+        elif route.via:
+            self.counters.sent_routed += 1
+        else:
+            self.counters.sent_reverse += 1
+        self._emit(links, self._packet(msg_type, payload, now, peer_id, route.via if route else ()))
+
+    def _packet(
+        self, msg_type: int, payload: bytes, now: float, recipient: bytes | None = None, route: tuple[bytes, ...] = ()
+    ) -> Packet:
         return Packet(
-            version=1,
+            version=2 if route else 1,  # as iOS: v2 only when a source route is carried
             type=int(msg_type),
             ttl=self.settings.default_ttl,
             timestamp_ms=self.wall_ms(now),
             sender_id=self.peer_id,
             recipient_id=recipient,
-            route=(),
+            route=route,
             payload=payload,
             signature=None,
             is_rsr=False,
         )
 
     # ---------------------------------------------------------------- links
-    def link_up(self, link_id: str, mtu: int, now: float, authenticated_signing_key: bytes | None = None) -> None:
+    def link_up(
+        self,
+        link_id: str,
+        mtu: int,
+        now: float,
+        authenticated_signing_key: bytes | None = None,
+        *,
+        cost_weight: float = 1.0,
+    ) -> None:
+        """A link came up. ``cost_weight`` is the transport's preference in path costs (lower is preferred)."""
         self.links[link_id] = _LinkState(mtu=mtu, up_since=now, bound_key=authenticated_signing_key)
+        self.paths.link_up(link_id, cost_weight)
         self._send_announce([link_id], now)
         if self._next_announce is None:
             self._schedule_announce(now)
@@ -269,6 +331,12 @@ class MeshCore:
     def link_down(self, link_id: str, now: float) -> None:
         self.links.pop(link_id, None)
         self.peers.unbind_link(link_id)
+        self.paths.link_down(link_id)
+        # Fail over: whatever awaits an ack is resent at once along the next best path (or a flood).
+        for p in self.pending.values():
+            if p.attempts and p.next_try > now:
+                p.next_try = now
+                p.free_send = True
 
     # ---------------------------------------------------------------- announces and leave
     def announce_packet(self, now: float) -> Packet:
@@ -283,8 +351,8 @@ class MeshCore:
         return sign_packet(self._packet(MessageType.ANNOUNCE, encode_announce(ann), now), self.identity.signing_key)
 
     def _direct_neighbours(self) -> tuple[bytes, ...]:
-        direct = [p.peer_id for p in self.peers if p.link_id is not None and not p.left]
-        return tuple(direct[-10:])  # BitChat carries at most 10 neighbour IDs
+        direct = [p for p in (self.paths.peer_on_link(lid) for lid in self.links) if p is not None]
+        return tuple(dict.fromkeys(direct))[-10:]  # BitChat carries at most 10 neighbour IDs
 
     def _send_announce(self, link_ids: list[str], now: float) -> None:
         self._emit(link_ids, self.announce_packet(now))
@@ -292,19 +360,32 @@ class MeshCore:
     def _announce_all(self, now: float) -> None:
         if self.links:
             self._send_announce(list(self.links), now)
-        for info in self.peers:
-            if info.link_id in self.links and not info.left:
-                self._ping(info.peer_id, now)
+        self._expire_pings(now)
+        for link_id in list(self.links):
+            peer = self.paths.peer_on_link(link_id)
+            if peer is not None:
+                self._ping(peer, link_id, now)
         self._schedule_announce(now)
 
-    def _ping(self, peer_id: bytes, now: float) -> None:
-        """A directed BitChat ping (BF/MeshPingPayload.swift); the pong gives the link's round-trip time."""
+    def _ping(self, peer_id: bytes, link_id: str, now: float) -> None:
+        """A directed BitChat ping (BF/MeshPingPayload.swift) on one link; the pong gives the link's round-trip
+        time, a missing pong counts towards its loss estimate."""
         nonce = self.rng.getrandbits(64).to_bytes(8, "big")
-        self._pings[nonce] = (peer_id, now)
+        self._pings[nonce] = (peer_id, link_id, now)
         while len(self._pings) > MAX_OUTSTANDING_PINGS:
             self._pings.popitem(last=False)
         payload = encode_ping(Ping(nonce, self.settings.default_ttl))
-        self._emit(self._links_to(peer_id), self._packet(MessageType.PING, payload, now, peer_id))
+        self._emit([link_id], self._packet(MessageType.PING, payload, now, peer_id))
+
+    def _expire_pings(self, now: float) -> None:
+        while self._pings:
+            nonce, (_, link_id, sent) = next(iter(self._pings.items()))
+            if now - sent <= PING_EXPIRY_S:
+                break
+            del self._pings[nonce]
+            stats = self.paths.links.get(link_id)
+            if stats is not None:
+                stats.loss = (1 - RTT_SMOOTHING) * stats.loss + RTT_SMOOTHING
 
     def _on_pong(self, pkt: Packet, now: float) -> None:
         try:
@@ -313,12 +394,16 @@ class MeshCore:
             self.counters.malformed += 1
             return
         sent = self._pings.pop(pong.nonce, None)
-        if sent is None or sent[0] != pkt.sender_id or now - sent[1] > PING_EXPIRY_S:
+        if sent is None or sent[0] != pkt.sender_id or now - sent[2] > PING_EXPIRY_S:
             return
+        sample = now - sent[2]
         info = self.peers.get(pkt.sender_id)
         if info is not None:
-            sample = now - sent[1]
-            info.rtt_s = sample if info.rtt_s is None else (1 - RTT_SMOOTHING) * info.rtt_s + RTT_SMOOTHING * sample
+            info.rtt_s = _smooth(info.rtt_s, sample)
+        stats = self.paths.links.get(sent[1])
+        if stats is not None:
+            stats.rtt_s = _smooth(stats.rtt_s, sample)
+            stats.loss *= 1 - RTT_SMOOTHING
 
     def leave(self, now: float) -> None:
         """Queue a signed leave on every link (call before shutting down)."""
@@ -347,16 +432,32 @@ class MeshCore:
             )
         if self.peers.get(peer_id) is None:
             raise MeshError(f"peer {peer_id.hex()} is unknown: no verified announce from it yet")
+        message_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4)).upper()
+        self.queue_private(message_id, peer_id, text, now)
+        return message_id
+
+    def queue_private(
+        self, message_id: str, peer_id: bytes, text: str, now: float, created: float | None = None
+    ) -> None:
+        """Queue a private message under a given ID — a new one, or one restored from the outbox after a
+        restart (``created`` in this core's clock, possibly in the past; the peer may be unknown yet: the
+        message waits for its announce)."""
+        if message_id in self.pending:
+            return
         if len(self.pending) >= self.settings.max_pending_private:
             raise MeshError(
                 f"{len(self.pending)} private messages already await delivery "
                 "(mesh.max_pending_private); try again later"
             )
-        message_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4)).upper()
-        p = _Pending(message_id, peer_id, text, created=now, next_try=now)
+        for_peer = sum(1 for q in self.pending.values() if q.peer_id == peer_id)
+        if for_peer >= self.settings.max_pending_per_peer:
+            raise MeshError(
+                f"{for_peer} private messages to {peer_id.hex()} already await delivery "
+                "(mesh.max_pending_per_peer); try again later"
+            )
+        p = _Pending(message_id, peer_id, text, created=now if created is None else created, next_try=now)
         self.pending[message_id] = p
         self._attempt_private(p, now)
-        return message_id
 
     def _attempt_private(self, p: _Pending, now: float) -> None:
         s = self.settings
@@ -369,6 +470,12 @@ class MeshCore:
             del self.pending[p.message_id]
             self._events.append(PrivateFailed(p.message_id, p.peer_id, reason))
             return
+        if not self._reachable(p.peer_id, now):
+            # Store and forward: the peer is unknown (restored from the outbox before it announced itself) or has
+            # not been heard from lately (a partition, or it is offline). Sending would only flood the mesh and
+            # burn attempts; its next announce wakes the message up.
+            p.next_try = min(now + s.private_retry_max_interval_s, p.created + s.private_expiry_s)
+            return
         if self.sessions.session(p.peer_id) is None:
             # Nothing can be sent yet: (re)start the handshake and look again when it could have finished.
             # This is not an attempt; completing the handshake reschedules the send at once.
@@ -377,18 +484,22 @@ class MeshCore:
             return
         if p.free_send:
             p.free_send = False
-            p.next_try = now + s.private_retry_interval_s * (2 ** max(0, p.attempts - 1))
         else:
             if p.attempts:
                 self.counters.private_retries += 1
             p.attempts += 1
-            p.next_try = now + s.private_retry_interval_s * (2 ** (p.attempts - 1))
+        backoff = s.private_retry_interval_s * (2 ** min(30, max(0, p.attempts - 1)))
+        p.next_try = now + min(backoff, s.private_retry_max_interval_s)
         plaintext = encode_noise_payload(NoisePayloadType.PRIVATE_MESSAGE, encode_private_message(p.message_id, p.text))
         self._send_encrypted(p.peer_id, plaintext, now, queue=False)
-        if p.attempts >= REHANDSHAKE_AFTER_ATTEMPTS and self.sessions.session(p.peer_id) is not None:
+        if p.attempts % REHANDSHAKE_AFTER_ATTEMPTS == 0 and self.sessions.session(p.peer_id) is not None:
             # Still no ack: our session may be one the peer no longer holds (it restarted, or lost the last
             # handshake message). Start a fresh handshake; the old session serves until it completes.
             self._start_handshake(p.peer_id, now)
+
+    def _reachable(self, peer_id: bytes, now: float) -> bool:
+        info = self.peers.get(peer_id)
+        return info is not None and info.reachable(now, self.settings.peer_expiry_s)
 
     def _send_encrypted(self, peer_id: bytes, plaintext: bytes, now: float, *, queue: bool) -> None:
         """Encrypt to ``peer_id`` if a session exists; otherwise start a handshake (and, with ``queue``,
@@ -406,12 +517,12 @@ class MeshCore:
             self.sessions.drop(peer_id)
             self._start_handshake(peer_id, now)
             return
-        self._emit(self._links_to(peer_id), self._packet(MessageType.NOISE_ENCRYPTED, ciphertext, now, peer_id))
+        self._send_directed(MessageType.NOISE_ENCRYPTED, ciphertext, peer_id, now)
 
     def _start_handshake(self, peer_id: bytes, now: float) -> None:
         msg1 = self.sessions.initiate(peer_id, now)
         if msg1 is not None:
-            self._emit(self._links_to(peer_id), self._packet(MessageType.NOISE_HANDSHAKE, msg1, now, peer_id))
+            self._send_directed(MessageType.NOISE_HANDSHAKE, msg1, peer_id, now)
 
     # ---------------------------------------------------------------- receive
     def receive_frame(self, link_id: str, data: bytes, now: float) -> None:
@@ -423,39 +534,92 @@ class MeshCore:
             return
         self._handle_packet(link_id, pkt, data, now)
 
-    def _handle_packet(self, link_id: str, pkt: Packet, wire: bytes, now: float) -> None:
+    def _handle_packet(self, link_id: str, pkt: Packet, wire: bytes, now: float, *, relay: bool = True) -> None:
         if pkt.sender_id == self.peer_id:
             self.counters.own_echo += 1
             return
         if not pkt.is_rsr and abs(pkt.timestamp_ms - self.wall_ms(now)) > self.settings.max_clock_skew_s * 1000:
             self.counters.stale += 1
             return
-        if pkt.type == MessageType.FRAGMENT:
-            self._on_fragment(link_id, pkt, now)
-            return
-        if not self.dedupe.check_and_add(dedupe_key(pkt.sender_id, pkt.timestamp_ms, pkt.type, pkt.payload), now):
+        key = dedupe_key(pkt.sender_id, pkt.timestamp_ms, pkt.type, pkt.payload)
+        if not self.dedupe.check_and_add(key, now):
             self.counters.duplicate += 1
+            if len(self.links) > 2 and self.relays.cancel(key):
+                self.counters.relay_cancelled += 1  # enough neighbours relayed it already
             return
-        directed_elsewhere = not is_broadcast(pkt) and pkt.recipient_id != self.peer_id
+        broadcast = is_broadcast(pkt)
+        for_us = pkt.recipient_id == self.peer_id
         t = pkt.type
-        if t == MessageType.ANNOUNCE:
-            self._on_announce(link_id, pkt, wire, now)
-        elif directed_elsewhere:
-            self.counters.not_for_us += 1  # relaying to others is the routing issue's work
+        authentic = True  # False: failed authentication or parsing, never relayed
+        if t == MessageType.FRAGMENT:
+            if broadcast or for_us:
+                authentic = self._on_fragment(link_id, pkt, now)
+        elif t == MessageType.ANNOUNCE:
+            authentic = self._on_announce(link_id, pkt, wire, now)
+        elif not broadcast and not for_us:
+            self.counters.not_for_us += 1  # passed on below
         elif t == MessageType.MESSAGE:
-            self._on_public(pkt, wire, now)
+            authentic = self._on_public(pkt, wire, now)
         elif t == MessageType.LEAVE:
-            self._on_leave(pkt, wire)
-        elif t == MessageType.NOISE_HANDSHAKE:
+            authentic = self._on_leave(pkt, wire)
+        elif t == MessageType.NOISE_HANDSHAKE and for_us:
             self._on_handshake(pkt, now)
-        elif t == MessageType.NOISE_ENCRYPTED:
+        elif t == MessageType.NOISE_ENCRYPTED and for_us:
             self._on_encrypted(pkt, now)
-        elif t == MessageType.PING and not is_broadcast(pkt):
+        elif t == MessageType.PING and for_us:
             self._on_ping(pkt, now)
-        elif t == MessageType.PONG and not is_broadcast(pkt):
+        elif t == MessageType.PONG and for_us:
             self._on_pong(pkt, now)
         else:
-            self.counters.unknown_type += 1
+            self.counters.unknown_type += 1  # still relayed, as BitChat relays types it does not know
+        if relay and authentic and not for_us:
+            self._relay(link_id, pkt, wire, key, now)
+
+    # ---------------------------------------------------------------- relay
+    def _relay(self, in_link: str, pkt: Packet, wire: bytes, key: str, now: float) -> None:
+        if pkt.ttl <= 1 or pkt.is_rsr or pkt.type == MessageType.REQUEST_SYNC:
+            return
+        broadcast = is_broadcast(pkt)
+        degree = len(self.links)
+        others = [lid for lid in self.links if lid != in_link]
+        if self._flood:
+            ttl, targets, delay = pkt.ttl - 1, others, 0.0
+        else:
+            ttl = relayed_ttl(pkt.type, pkt.ttl, broadcast=broadcast, degree=degree)
+            if broadcast:
+                targets = others
+                if pkt.type not in (MessageType.ANNOUNCE, MessageType.FRAGMENT):
+                    targets = fanout_subset(key, others)
+            else:
+                targets = self._directed_relay_links(pkt, in_link, now)
+            delay = relay_jitter_s(self.rng, pkt.type, broadcast=broadcast, degree=degree)
+        if ttl < 1 or not targets:
+            return
+        frame = with_ttl(wire, ttl)
+        cancellable = broadcast and pkt.type != MessageType.ANNOUNCE
+        if not self.relays.push(now + delay, key, frame, tuple(targets), cancellable=cancellable):
+            self.counters.relay_queue_full += 1
+
+    def _directed_relay_links(self, pkt: Packet, in_link: str, now: float) -> list[str]:
+        """BitChat's forwarding of a directed packet (BLE/BLERouteForwardingPolicy.swift): along its source
+        route if it has one (to hop 0 when we are not on it), else towards the recipient by our own table; a
+        flood when the next hop is not ours to reach. Never back out of the arrival link."""
+        target = pkt.recipient_id
+        assert target is not None
+        if pkt.route:
+            if self.peer_id in pkt.route:
+                i = pkt.route.index(self.peer_id)
+                target = pkt.route[i + 1] if i + 1 < len(pkt.route) else target
+            else:
+                target = pkt.route[0]
+        direct = [lid for lid in self.paths.direct_links(target, now) if lid != in_link]
+        if direct:
+            return direct[:1]
+        if not pkt.route:
+            route = self.paths.route(target, now)
+            if route is not None and route.link_id != in_link and route.link_id in self.links:
+                return [route.link_id]
+        return [lid for lid in self.links if lid != in_link]
 
     def _verified(self, pkt: Packet, wire: bytes) -> PeerInfo | None:
         """The sender's PeerInfo if the packet's signature verifies with its pinned signing key."""
@@ -463,38 +627,41 @@ class MeshCore:
         if info is None:
             self.counters.unverified_sender += 1
             return None
-        if not verify_wire_signature(wire, info.signing_public_key, self.limits):
+        if not self.verify(wire, info.signing_public_key, self.limits):
             self.counters.bad_signature += 1
             return None
         return info
 
-    def _on_announce(self, link_id: str, pkt: Packet, wire: bytes, now: float) -> None:
+    def _on_announce(self, link_id: str, pkt: Packet, wire: bytes, now: float) -> bool:
         try:
             ann = decode_announce_untrusted(pkt.payload)
         except MalformedFrame:
             self.counters.malformed += 1
-            return
+            return False
         if peer_id_from_noise_key(ann.noise_public_key) != pkt.sender_id:
             self.counters.key_mismatch += 1
-            return
+            return False
         if self.wall_ms(now) - pkt.timestamp_ms > self.settings.announce_max_age_s * 1000:
             self.counters.stale += 1
-            return
-        if not verify_wire_signature(wire, ann.signing_public_key, self.limits):
+            return False
+        if not self.verify(wire, ann.signing_public_key, self.limits):
             self.counters.bad_signature += 1
-            return
+            return False
         direct = pkt.ttl >= MAX_TTL and link_id in self.links
         bound = self.links[link_id].bound_key if link_id in self.links else None
         if direct and bound is not None and bound != ann.signing_public_key:
             self.counters.binding_mismatch += 1  # the link's authenticated identity is someone else
-            return
+            return False
         known = self.peers.get(pkt.sender_id)
         if known is not None and (
             known.noise_public_key != ann.noise_public_key or known.signing_public_key != ann.signing_public_key
         ):
             self.counters.key_mismatch += 1  # keys are pinned at first sight
-            return
+            return False
         hops = max(1, MAX_TTL - min(pkt.ttl, MAX_TTL) + 1)
+        if direct:
+            self.paths.bind(pkt.sender_id, link_id, now)
+        self.paths.on_announce(pkt.sender_id, ann.neighbours, link_id, hops, pkt.timestamp_ms, now)
         if known is None:
             info = PeerInfo(
                 peer_id=pkt.sender_id,
@@ -511,8 +678,8 @@ class MeshCore:
             # Answer a new peer's announce once, so it learns us even if our link-up announce was lost.
             if link_id in self.links:
                 self._send_announce([link_id], now)
-            if info.link_id is not None:
-                self._ping(info.peer_id, now)
+            if direct:
+                self._ping(info.peer_id, link_id, now)
         else:
             info = known
             was_gone = info.left or not info.reachable(now, self.settings.peer_expiry_s)
@@ -522,18 +689,25 @@ class MeshCore:
                 info.link_id = link_id
             self.peers.touch(info.peer_id, now)
             if not was_gone:
-                return
+                return True
         self._events.append(PeerAnnounced(info.peer_id, info.nickname, known is None, info.link_id))
+        for p in self.pending.values():  # messages waiting for this peer go now
+            if p.peer_id == info.peer_id and p.next_try > now:
+                p.next_try = now
+        return True
 
-    def _on_public(self, pkt: Packet, wire: bytes, now: float) -> None:
+    def _on_public(self, pkt: Packet, wire: bytes, now: float) -> bool:
+        """False when the message must not be relayed: a bad signature or bad text. One from a sender we have
+        no announce from yet cannot be checked: it is not shown, but relayed (BitChat relays what it cannot
+        judge)."""
         info = self._verified(pkt, wire)
         if info is None:
-            return
+            return self.peers.get(pkt.sender_id) is None
         try:
             text = pkt.payload.decode("utf-8")
         except UnicodeDecodeError:
             self.counters.malformed += 1
-            return
+            return False
         self.peers.touch(info.peer_id, now)
         self._events.append(
             MessageReceived(
@@ -546,14 +720,17 @@ class MeshCore:
                 timestamp_ms=pkt.timestamp_ms,
             )
         )
+        return True
 
-    def _on_leave(self, pkt: Packet, wire: bytes) -> None:
+    def _on_leave(self, pkt: Packet, wire: bytes) -> bool:
         info = self._verified(pkt, wire)
         if info is None:
-            return
+            return False  # unsigned or unverifiable leaves are neither believed nor relayed
         info.left = True
         self.sessions.drop(info.peer_id)
+        self.paths.forget_peer(info.peer_id)
         self._events.append(PeerLeft(info.peer_id, info.nickname))
+        return True
 
     def _on_handshake(self, pkt: Packet, now: float) -> None:
         peer = pkt.sender_id
@@ -564,7 +741,7 @@ class MeshCore:
             self.counters.handshake_failed += 1
             return
         if step.reply is not None:
-            self._emit(self._links_to(peer), self._packet(MessageType.NOISE_HANDSHAKE, step.reply, now, peer))
+            self._send_directed(MessageType.NOISE_HANDSHAKE, step.reply, peer, now)
         if step.established:
             for plaintext in self._session_queue.pop(peer, deque()):
                 self._send_encrypted(peer, plaintext, now, queue=True)
@@ -634,28 +811,30 @@ class MeshCore:
 
     def _on_ping(self, pkt: Packet, now: float) -> None:
         self.counters.pings_answered += 1
-        self._emit(self._links_to(pkt.sender_id), self._packet(MessageType.PONG, pkt.payload, now, pkt.sender_id))
+        self._send_directed(MessageType.PONG, pkt.payload, pkt.sender_id, now)
 
-    def _on_fragment(self, link_id: str, pkt: Packet, now: float) -> None:
-        if not is_broadcast(pkt) and pkt.recipient_id != self.peer_id:
-            self.counters.not_for_us += 1
-            return
+    def _on_fragment(self, link_id: str, pkt: Packet, now: float) -> bool:
         try:
             frag = decode_fragment_untrusted(pkt.payload)
             whole = self.reassembler.add_untrusted(pkt.sender_id, frag, now)
         except MalformedFrame:
             self.counters.malformed += 1
-            return
+            return False
         if whole is None:
-            return
+            return True
         try:
             inner = decode_packet_untrusted(whole, self.limits)
         except MalformedFrame:
             self.counters.malformed += 1
-            return
+            return True  # the fragments themselves were fine; others may be able to use them
         self.counters.fragments_reassembled += 1
-        # The fragments were the relayed unit; the whole packet is processed with TTL 0 (BITCHAT.md §2.3).
-        self._handle_packet(link_id, inner, whole, now)
+        # The fragments were the relayed unit; the whole packet is processed but not relayed (BITCHAT.md §2.3).
+        self._handle_packet(link_id, inner, whole, now, relay=False)
+        return True
+
+
+def _smooth(old: float | None, sample: float) -> float:
+    return sample if old is None else (1 - RTT_SMOOTHING) * old + RTT_SMOOTHING * sample
 
 
 def _hops(pkt: Packet) -> int:

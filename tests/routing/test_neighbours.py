@@ -52,8 +52,13 @@ async def test_nodes_announce_and_learn_each_other(
     assert peers["n0"]["peer_id"] == mesh.nodes[0].identity.peer_id_hex
     assert peers["n0"]["fingerprint"] == mesh.nodes[0].identity.fingerprint
     assert peers["n0"]["reachable"] and peers["n0"]["transport"] == "memory"
-    # n0 and n2 are not neighbours, and relaying is not this layer's job: they do not know each other.
-    assert mesh.nodes[0].core is not None and mesh.nodes[0].core.peers.get(mesh.nodes[2].identity.peer_id) is None
+    # n0 and n2 are not neighbours: n0 learns n2 from n1's relay of its announce, two hops away, with no link.
+    with trio.fail_after(SIM_TIMEOUT_S):
+        await mesh.wait_until_known(0, 2)
+    core0 = mesh.nodes[0].core
+    assert core0 is not None
+    far = core0.peers.get(mesh.nodes[2].identity.peer_id)
+    assert far is not None and far.link_id is None and far.hops == 2
 
 
 async def test_public_message_reaches_every_neighbour_once(
@@ -338,7 +343,10 @@ async def test_undecryptable_ciphertext_triggers_a_new_handshake(
         y.read_untrusted(x.write())
         x.read_untrusted(y.write())
         y.read_untrusted(x.write())
-        a.core.sessions._sessions[b.identity.peer_id] = x.finish()
+        desynced = x.finish()
+        for _ in range(2000):  # past b's 1024-nonce replay window, so b tries to decrypt (and fails)
+            desynced.encrypt(b"")
+        a.core.sessions._sessions[b.identity.peer_id] = desynced
         second = a.send_private(b.identity.peer_id_hex, "two")
         await a.wait_until(lambda: a.outgoing[second].state == "delivered")
     assert b.core.counters.decrypt_failed >= 1

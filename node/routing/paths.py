@@ -1,0 +1,232 @@
+"""The path table (sans-IO): where to send a packet for a peer that may be several hops away.
+
+Three sources feed it, all from verified announces:
+
+* **direct links** — an announce with TTL 7 binds the link it came in on to its sender; a peer may be direct on
+  several links at once (BLE and BetaNet), each with its own cost;
+* **topology** — every announce carries up to 10 of its sender's direct neighbours (BitChat TLV 0x04), so the
+  node holds a graph of who hears whom; a shortest path (Dijkstra, our first hop weighted by the link's cost,
+  every further hop 1) gives a v2 **source route** (the intermediate hops);
+* **reverse paths** — the first copy of each new announce from a peer arrives over the fastest path, so the
+  link it came in on is a good next hop back towards that peer, even when the peer is beyond the topology we
+  know (neighbour lists are truncated to 10).
+
+Entries expire ``path_ttl_s`` after the announce that made them. Lookups recompute lazily, only after a change.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+RTT_UNIT_S = 0.1  # a link's cost grows by one unit per 100 ms of round-trip time
+MIN_DELIVERY = 0.05  # floor of the delivery estimate, so a very lossy link has a large but finite cost
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    destination: bytes
+    next_hop: bytes | None  # peer ID of the first hop; None when only the link is known (reverse path)
+    link_id: str
+    hops: int
+    cost: float
+    expires_at: float
+    via: tuple[bytes, ...]  # intermediate hops for a v2 source route; () for a neighbour or a reverse path
+    source: str  # "direct", "topology" or "reverse"
+
+
+@dataclass(slots=True)
+class LinkStats:
+    """What a node measures of one of its links; feeds the link's cost."""
+
+    weight: float = 1.0  # transport preference (BetaNet cheaper than BLE)
+    rtt_s: float | None = None
+    loss: float = 0.0  # exponentially weighted fraction of pings that got no pong
+
+    def cost(self) -> float:
+        rtt = self.rtt_s if self.rtt_s is not None else 0.0
+        return self.weight * (1.0 + rtt / RTT_UNIT_S) / max(MIN_DELIVERY, 1.0 - self.loss)
+
+
+@dataclass(slots=True)
+class _Adjacency:
+    neighbours: frozenset[bytes]
+    expires_at: float
+
+
+@dataclass(slots=True)
+class _Reverse:
+    link_id: str
+    hops: int
+    timestamp_ms: int
+    expires_at: float
+
+
+class PathTable:
+    def __init__(self, local_id: bytes, *, path_ttl_s: float, max_hops: int, max_entries: int) -> None:
+        self.local_id = local_id
+        self.path_ttl_s = path_ttl_s
+        self.max_hops = max_hops
+        self.max_entries = max_entries
+        self.links: dict[str, LinkStats] = {}
+        self._direct: dict[bytes, dict[str, float]] = {}  # peer -> {link id: expires_at}
+        self._link_peer: dict[str, bytes] = {}  # link id -> the peer bound to it
+        self._adjacency: dict[bytes, _Adjacency] = {}
+        self._reverse: dict[bytes, _Reverse] = {}
+        self._routes: dict[bytes, Route] | None = None
+        self._computed_at = 0.0
+        self._next_expiry = float("inf")
+
+    # ------------------------------------------------------------ inputs
+    def link_up(self, link_id: str, weight: float) -> None:
+        self.links[link_id] = LinkStats(weight=weight)
+        self._routes = None
+
+    def link_down(self, link_id: str) -> None:
+        self.links.pop(link_id, None)
+        peer = self._link_peer.pop(link_id, None)
+        if peer is not None:
+            links = self._direct.get(peer, {})
+            links.pop(link_id, None)
+            if not links:
+                self._direct.pop(peer, None)
+        for dest, rev in list(self._reverse.items()):
+            if rev.link_id == link_id:
+                del self._reverse[dest]
+        self._routes = None
+
+    def bind(self, peer: bytes, link_id: str, now: float) -> None:
+        """A direct announce from ``peer`` arrived on ``link_id``."""
+        if link_id not in self.links:
+            return
+        old = self._link_peer.get(link_id)
+        if old is not None and old != peer:
+            self._direct.get(old, {}).pop(link_id, None)
+        new = link_id not in self._direct.get(peer, {})
+        self._link_peer[link_id] = peer
+        self._direct.setdefault(peer, {})[link_id] = now + self.path_ttl_s
+        if new:
+            self._routes = None
+
+    def forget_peer(self, peer: bytes) -> None:
+        """The peer left: drop everything learned from it (its links stay up and may be rebound)."""
+        for link_id in self._direct.pop(peer, {}):
+            self._link_peer.pop(link_id, None)
+        self._adjacency.pop(peer, None)
+        self._reverse.pop(peer, None)
+        self._routes = None
+
+    def peer_on_link(self, link_id: str) -> bytes | None:
+        return self._link_peer.get(link_id)
+
+    def on_announce(
+        self, origin: bytes, neighbours: tuple[bytes, ...], link_id: str, hops: int, timestamp_ms: int, now: float
+    ) -> None:
+        """The first copy of a verified announce from ``origin`` arrived on ``link_id`` after ``hops`` hops."""
+        expires = now + self.path_ttl_s
+        adj = self._adjacency.get(origin)
+        nset = frozenset(neighbours)
+        if adj is None or adj.neighbours != nset:
+            self._routes = None
+        if adj is None and len(self._adjacency) >= self.max_entries:
+            self._evict()
+        self._adjacency[origin] = _Adjacency(nset, expires)
+        rev = self._reverse.get(origin)
+        if link_id in self.links and (rev is None or timestamp_ms > rev.timestamp_ms or rev.expires_at <= now):
+            if rev is None or rev.link_id != link_id or rev.hops != hops:
+                self._routes = None
+            self._reverse[origin] = _Reverse(link_id, hops, timestamp_ms, expires)
+        self._next_expiry = min(self._next_expiry, expires)
+
+    def _evict(self) -> None:
+        oldest = min(self._adjacency, key=lambda p: self._adjacency[p].expires_at)
+        del self._adjacency[oldest]
+        self._reverse.pop(oldest, None)
+
+    # ------------------------------------------------------------ lookups
+    def direct_links(self, peer: bytes, now: float) -> list[str]:
+        """Links ``peer`` is bound to, cheapest first."""
+        links = [lid for lid, exp in self._direct.get(peer, {}).items() if exp > now and lid in self.links]
+        return sorted(links, key=lambda lid: self.links[lid].cost())
+
+    def route(self, dest: bytes, now: float) -> Route | None:
+        return self.routes(now).get(dest)
+
+    def routes(self, now: float) -> dict[bytes, Route]:
+        if self._routes is None or now >= self._next_expiry or now < self._computed_at:
+            self._routes = self._compute(now)
+            self._computed_at = now
+        return self._routes
+
+    def _compute(self, now: float) -> dict[bytes, Route]:
+        # Drop what expired, and note when the next entry will.
+        for peer, links in list(self._direct.items()):
+            for lid in [lid for lid, exp in links.items() if exp <= now]:
+                del links[lid]
+                if self._link_peer.get(lid) == peer:
+                    del self._link_peer[lid]
+            if not links:
+                del self._direct[peer]
+        for origin in [o for o, a in self._adjacency.items() if a.expires_at <= now]:
+            del self._adjacency[origin]
+        for origin in [o for o, r in self._reverse.items() if r.expires_at <= now or r.link_id not in self.links]:
+            del self._reverse[origin]
+        expiries = [a.expires_at for a in self._adjacency.values()]
+        expiries += [r.expires_at for r in self._reverse.values()]
+        expiries += [exp for links in self._direct.values() for exp in links.values()]
+        self._next_expiry = min(expiries, default=float("inf"))
+
+        # Undirected graph: an announce's neighbour list gives edges both ways.
+        graph: dict[bytes, set[bytes]] = {}
+        for origin, adj in self._adjacency.items():
+            for n in adj.neighbours:
+                if n == origin:
+                    continue
+                graph.setdefault(origin, set()).add(n)
+                graph.setdefault(n, set()).add(origin)
+
+        routes: dict[bytes, Route] = {}
+        # Dijkstra from us. Entry: (cost, hops, tiebreak, peer, first link, path of peers after us).
+        heap: list[tuple[float, int, bytes, str, tuple[bytes, ...], float]] = []
+        for peer, links in self._direct.items():
+            best = self.direct_links(peer, now)
+            if best:
+                lid = best[0]
+                heapq.heappush(heap, (self.links[lid].cost(), 1, peer, lid, (peer,), links[lid]))
+        done: set[bytes] = {self.local_id}
+        while heap:
+            cost, hops, peer, lid, path, expires = heapq.heappop(heap)
+            if peer in done:
+                continue
+            done.add(peer)
+            routes[peer] = Route(
+                destination=peer,
+                next_hop=path[0],
+                link_id=lid,
+                hops=hops,
+                cost=cost,
+                expires_at=expires,
+                via=path[:-1],
+                source="direct" if hops == 1 else "topology",
+            )
+            if hops >= self.max_hops:
+                continue
+            known = self._adjacency.get(peer)
+            edge_expiry = min(expires, known.expires_at) if known is not None else expires
+            for n in graph.get(peer, ()):
+                if n not in done:
+                    heapq.heappush(heap, (cost + 1.0, hops + 1, n, lid, (*path, n), edge_expiry))
+        for dest, rev in self._reverse.items():
+            if dest in routes or dest == self.local_id or rev.hops > self.max_hops:
+                continue
+            routes[dest] = Route(
+                destination=dest,
+                next_hop=self._link_peer.get(rev.link_id),
+                link_id=rev.link_id,
+                hops=rev.hops,
+                cost=self.links[rev.link_id].cost() + rev.hops - 1,
+                expires_at=rev.expires_at,
+                via=(),
+                source="reverse",
+            )
+        return routes

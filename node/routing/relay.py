@@ -1,0 +1,133 @@
+"""Relay policy (sans-IO): which received packets a node passes on, with what TTL, after what jitter, on which
+links. The rules are BitChat's (BITCHAT.md §5, bitchat/Services/RelayController.swift and
+BLE/BLEFanoutSelector.swift) so that our relays behave like a phone's:
+
+* never relay when TTL ≤ 1, when we are the sender or the recipient, a REQUEST_SYNC, or a packet that failed
+  authentication;
+* directed packets: TTL − 1, jitter 10–35 ms for handshakes, 20–60 ms otherwise;
+* fragments: TTL min(TTL, 7; 5 with ≥ 6 links) − 1, jitter 8–25 ms;
+* broadcasts: TTL − 1 with ≤ 2 links; max(2, min(TTL, 5)) − 1 with ≥ 6 links; otherwise
+  max(2, min(TTL, 6 — 7 for announces)) − 1; jitter 10–40 / 60–150 / 80–180 / 100–220 ms for
+  degree ≤ 2 / 3–5 / 6–9 / ≥ 10;
+* fan-out: never back out of the arrival link; a broadcast other than an announce or a fragment goes to a subset
+  of ``k = min(n, bitlen(n − 1) + 1)`` links (n > 2): those with the lowest SHA-256(message ID ‖ "::" ‖ link ID).
+
+The relay forwards the **received bytes** with only the TTL byte rewritten (re-encoding could change the deflate
+bytes and so break the signature). :class:`RelayQueue` holds relays waiting out their jitter; a duplicate
+heard meanwhile may cancel one (BitChat: "duplicate cancels pending relay when > 2 peers").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import random
+from dataclasses import dataclass, field
+
+from node.wire import MessageType
+
+TTL_OFFSET = 2  # byte index of the TTL in every BitChat header (version, type, TTL, ...)
+MAX_TTL = 7
+
+
+def relayed_ttl(msg_type: int, ttl: int, *, broadcast: bool, degree: int) -> int:
+    """The TTL a relay puts on the packet (0 or 1 after this means the next node will not relay it)."""
+    ttl = min(ttl, MAX_TTL)
+    if msg_type == MessageType.FRAGMENT:
+        return min(ttl, 5 if degree >= 6 else MAX_TTL) - 1
+    if not broadcast:
+        return ttl - 1
+    if degree <= 2:
+        return ttl - 1
+    if degree >= 6:
+        return max(2, min(ttl, 5)) - 1
+    return max(2, min(ttl, MAX_TTL if msg_type == MessageType.ANNOUNCE else 6)) - 1
+
+
+def relay_jitter_s(rng: random.Random, msg_type: int, *, broadcast: bool, degree: int) -> float:
+    """Seconds to wait before relaying, so that neighbours who heard the same packet do not collide."""
+    if msg_type == MessageType.FRAGMENT:
+        lo, hi = 8, 25
+    elif not broadcast:
+        lo, hi = (10, 35) if msg_type == MessageType.NOISE_HANDSHAKE else (20, 60)
+    elif degree <= 2:
+        lo, hi = 10, 40
+    elif degree <= 5:
+        lo, hi = 60, 150
+    elif degree <= 9:
+        lo, hi = 80, 180
+    else:
+        lo, hi = 100, 220
+    return rng.uniform(lo, hi) / 1000.0
+
+
+def fanout_subset(message_key: str, link_ids: list[str]) -> list[str]:
+    """BitChat's deterministic broadcast subset: k = min(n, bitlen(n − 1) + 1) links of n (all when n ≤ 2)."""
+    n = len(link_ids)
+    if n <= 2:
+        return list(link_ids)
+    k = min(n, (n - 1).bit_length() + 1)
+    return sorted(link_ids, key=lambda lid: hashlib.sha256(f"{message_key}::{lid}".encode()).digest())[:k]
+
+
+def with_ttl(frame: bytes, ttl: int) -> bytes:
+    """The received frame with its TTL byte rewritten (the only byte a relay changes)."""
+    return frame[:TTL_OFFSET] + bytes([ttl]) + frame[TTL_OFFSET + 1 :]
+
+
+@dataclass(order=True)
+class PendingRelay:
+    due: float
+    seq: int
+    key: str = field(compare=False)
+    frame: bytes = field(compare=False)
+    link_ids: tuple[str, ...] = field(compare=False)
+    cancellable: bool = field(compare=False, default=False)
+    cancelled: bool = field(compare=False, default=False)
+
+
+class RelayQueue:
+    """Relays waiting out their jitter, bounded: beyond ``max_entries`` the new relay is refused (counted by
+    the caller), so a flood cannot grow memory."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._heap: list[PendingRelay] = []
+        self._by_key: dict[str, PendingRelay] = {}
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def push(self, due: float, key: str, frame: bytes, link_ids: tuple[str, ...], *, cancellable: bool) -> bool:
+        if len(self._by_key) >= self.max_entries:
+            return False
+        self._seq += 1
+        item = PendingRelay(due, self._seq, key, frame, link_ids, cancellable)
+        heapq.heappush(self._heap, item)
+        self._by_key[key] = item
+        return True
+
+    def cancel(self, key: str) -> bool:
+        """Cancel a pending cancellable relay of ``key``; True if one was cancelled."""
+        item = self._by_key.get(key)
+        if item is None or not item.cancellable:
+            return False
+        item.cancelled = True
+        del self._by_key[key]
+        return True
+
+    def next_due(self) -> float | None:
+        while self._heap and self._heap[0].cancelled:
+            heapq.heappop(self._heap)
+        return self._heap[0].due if self._heap else None
+
+    def pop_due(self, now: float) -> list[PendingRelay]:
+        out = []
+        while self._heap and self._heap[0].due <= now:
+            item = heapq.heappop(self._heap)
+            if item.cancelled:
+                continue
+            self._by_key.pop(item.key, None)
+            out.append(item)
+        return out
