@@ -283,6 +283,46 @@ def _print_inbox(args: argparse.Namespace, m: dict[str, Any]) -> None:
     print(json.dumps(m, ensure_ascii=False) if args.json else _inbox_line(m), flush=True)
 
 
+def cmd_outbox(args: argparse.Namespace) -> int:
+    def human(msgs: list[dict[str, Any]]) -> str:
+        if not msgs:
+            return "outbox is empty"
+        rows = [
+            [m["id"], m["to"], m["state"], _ms_to_local(m["created_at_ms"]), m["text"][:40], m["detail"] or "-"]
+            for m in msgs
+        ]
+        return _table(rows, ["ID", "TO", "STATE", "ACCEPTED", "TEXT", "DETAIL"])
+
+    _emit(args, _call(args, "outbox.list", state=args.state, limit=args.limit), human)
+    return EXIT_OK
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    def human(routes: list[dict[str, Any]]) -> str:
+        if not routes:
+            return "no paths known yet"
+        rows = [
+            [
+                r["destination"],
+                r["nickname"] or "-",
+                str(r["hops"]),
+                r["next_hop"] or "-",
+                r["transport"] or "-",
+                f"{r['cost']:.2f}",
+                r["source"],
+                ",".join(h[:8] for h in r["via"]) or "-",
+                f"{r['expires_in_s']:.0f}s",
+            ]
+            for r in routes
+        ]
+        return _table(
+            rows, ["DESTINATION", "NICKNAME", "HOPS", "NEXT HOP", "TRANSPORT", "COST", "LEARNED", "VIA", "TTL"]
+        )
+
+    _emit(args, _call(args, "routes.list"), human)
+    return EXIT_OK
+
+
 def cmd_connect(args: argparse.Namespace) -> int:
     _emit(args, _call(args, "peers.connect", addr=args.addr), lambda d: f"connected: {d['link_id']} to {d['remote']}")
     return EXIT_OK
@@ -334,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", metavar="PEER", help="instead, wait until PEER (ID, fingerprint or nickname) is reachable")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds --wait may take (default 30)")
     p = add("send", cmd_send, "Send an encrypted private message to a peer; prints the message ID.")
-    p.add_argument("peer", help="peer ID, fingerprint (or unique prefix) or nickname")
+    p.add_argument(
+        "peer", help="peer ID, fingerprint (or unique prefix) or nickname; a full peer ID may be a peer not seen yet"
+    )
     p.add_argument("text", help="message text (at most 255 UTF-8 bytes)")
     p.add_argument(
         "--wait",
@@ -351,6 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("inbox", cmd_inbox, "Show received messages (with --follow, keep printing new ones).")
     p.add_argument("--follow", "-f", action="store_true", help="keep running and print messages as they come")
     p.add_argument("--limit", type=int, default=50, help="how many recent messages to show (default 50)")
+    p = add("outbox", cmd_outbox, "Show private messages accepted for sending and their state (kept on disk).")
+    p.add_argument("--state", choices=["pending", "delivered", "failed"], help="only messages in this state")
+    p.add_argument("--limit", type=int, default=50, help="how many recent messages to show (default 50)")
+    add("route", cmd_route, "Show the path table: how this node reaches each peer it knows a way to.")
     p = add("connect", cmd_connect, "Connect to a peer over BetaNet (libp2p, Noise enforced).")
     p.add_argument("addr", help="multiaddr ending in /p2p/<peer id>, e.g. /ip4/192.0.2.7/tcp/4001/p2p/12D3Koo...")
     add("stop", cmd_stop, "Stop the running node gracefully.")

@@ -28,6 +28,7 @@ from node.control.server import ControlServer
 from node.errors import MeshError
 from node.identity import Identity, fingerprint_from_noise_key
 from node.inbox import Inbox, InboxMessage
+from node.outbox import Outbox
 from node.routing.mesh import (
     DeliveryAcked,
     MeshCore,
@@ -91,6 +92,7 @@ class Node:
         self._persistent_inbox = persistent_inbox
         self.core: MeshCore | None = None
         self.inbox: Inbox | None = None
+        self.outbox: Outbox | None = None
         self.links: dict[str, Link] = {}
         self._queues: dict[str, trio.MemorySendChannel[bytes]] = {}
         self._followers: list[trio.MemorySendChannel[InboxMessage]] = []
@@ -116,10 +118,11 @@ class Node:
             wall_offset_ms=self.clock.wall_ms() - now * 1000.0,
             rng=self._rng,
         )
-        self.inbox = Inbox(
-            cfg.data_dir / "state.db" if self._persistent_inbox else None, max_messages=cfg.mesh.inbox_max_messages
-        )
+        state_db = cfg.data_dir / "state.db" if self._persistent_inbox else None
+        self.inbox = Inbox(state_db, max_messages=cfg.mesh.inbox_max_messages)
+        self.outbox = Outbox(state_db)
         try:
+            self._restore_outbox()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 if self._control_enabled:
@@ -152,6 +155,26 @@ class Node:
             for ch in self._followers:
                 ch.close()
             self.inbox.close()
+            self.outbox.close()
+
+    def _restore_outbox(self) -> None:
+        """Queue again every private message accepted before the last stop (or crash) and not yet settled."""
+        core, outbox = self._require_core(), self._require_outbox()
+        now, wall = self.clock.now(), self.clock.wall_ms()
+        restored = 0
+        for entry in outbox.pending():
+            created = now - max(0.0, (wall - entry.created_at_ms) / 1000.0)
+            try:
+                core.queue_private(entry.id, bytes.fromhex(entry.peer), entry.text, now, created=created)
+            except MeshError as exc:
+                outbox.settle(entry.id, "failed", wall, f"not restored after a restart: {exc}")
+                continue
+            self._remember_outgoing(
+                OutgoingMessage(entry.id, entry.peer, entry.text, True, "pending", entry.created_at_ms)
+            )
+            restored += 1
+        if restored:
+            log.info("outbox: %d private message(s) from before the restart queued again", restored)
 
     @property
     def stop_requested(self) -> bool:
@@ -332,9 +355,11 @@ class Node:
             log.info("peer %s (%s) left", event.peer_id.hex(), event.nickname)
         elif isinstance(event, DeliveryAcked):
             self._set_outgoing(event.message_id, "delivered")
+            self._require_outbox().settle(event.message_id, "delivered", self.clock.wall_ms())
             log.info("private message %s delivered to %s", event.message_id, event.peer_id.hex())
         elif isinstance(event, PrivateFailed):
             self._set_outgoing(event.message_id, "failed", event.reason)
+            self._require_outbox().settle(event.message_id, "failed", self.clock.wall_ms(), event.reason)
             log.warning("private message %s to %s failed: %s", event.message_id, event.peer_id.hex(), event.reason)
 
     def _set_outgoing(self, message_id: str, state: str, detail: str = "") -> None:
@@ -348,11 +373,22 @@ class Node:
             self.outgoing.popitem(last=False)
 
     # ------------------------------------------------------------ API (control methods call these)
-    def resolve_peer(self, ref: str) -> bytes:
+    def _require_outbox(self) -> Outbox:
+        if self.outbox is None:
+            raise MeshError("the node is not running")
+        return self.outbox
+
+    def resolve_peer(self, ref: str, *, allow_unknown: bool = False) -> bytes:
+        """A known peer matching ``ref``; with ``allow_unknown``, also any full 16-hex-digit peer ID."""
         core = self._require_core()
         matches = core.peers.resolve(ref)
+        if not matches and allow_unknown and len(ref) == 16 and all(c in "0123456789abcdefABCDEF" for c in ref):
+            return bytes.fromhex(ref)
         if not matches:
-            raise MeshError(f"no known peer matches {ref!r}; `village peers` lists the peers this node knows")
+            raise MeshError(
+                f"no known peer matches {ref!r}; `village peers` lists the peers this node knows "
+                "(a full 16-hex-digit peer ID is accepted for a peer not heard from yet)"
+            )
         if len(matches) > 1:
             names = ", ".join(f"{p.peer_id.hex()} ({p.nickname})" for p in matches)
             raise MeshError(f"{ref!r} matches several peers: {names}; use a full peer ID")
@@ -375,12 +411,42 @@ class Node:
         return message_id
 
     def send_private(self, peer_ref: str, text: str) -> str:
+        """Accept a private message: on disk in the outbox before this returns, then queued in the mesh. A peer
+        not heard from yet (full peer ID) gets it when it appears, within ``mesh.private_expiry_s``."""
         core = self._require_core()
-        peer = self.resolve_peer(peer_ref)
-        message_id = core.send_private(peer, text, self.clock.now())
-        self._remember_outgoing(OutgoingMessage(message_id, peer.hex(), text, True, "pending", self.clock.wall_ms()))
+        peer = self.resolve_peer(peer_ref, allow_unknown=True)
+        core.check_private(peer, text)
+        message_id = core.new_message_id()
+        created = self.clock.wall_ms()
+        self._require_outbox().add(id=message_id, peer=peer.hex(), text=text, created_at_ms=created)
+        core.queue_private(message_id, peer, text, self.clock.now())
+        self._remember_outgoing(OutgoingMessage(message_id, peer.hex(), text, True, "pending", created))
         self._flush()
         return message_id
+
+    def routes_view(self) -> list[dict[str, Any]]:
+        """The path table: one row per destination this node knows a way to."""
+        core = self._require_core()
+        now = self.clock.now()
+        rows = []
+        for r in sorted(core.paths.routes(now).values(), key=lambda r: (r.hops, r.destination)):
+            info = core.peers.get(r.destination)
+            link = self.links.get(r.link_id)
+            rows.append(
+                {
+                    "destination": r.destination.hex(),
+                    "nickname": info.nickname if info else None,
+                    "next_hop": r.next_hop.hex() if r.next_hop else None,
+                    "link": r.link_id,
+                    "transport": link.transport_name if link else None,
+                    "hops": r.hops,
+                    "cost": round(r.cost, 3),
+                    "via": [h.hex() for h in r.via],
+                    "source": r.source,
+                    "expires_in_s": round(r.expires_at - now, 1),
+                }
+            )
+        return rows
 
     def subscribe_inbox(self) -> trio.MemoryReceiveChannel[InboxMessage]:
         send, recv = trio.open_memory_channel[InboxMessage](self.config.control.follow_queue_messages)
@@ -426,6 +492,8 @@ class Node:
             "peers": reachable,
             "links": len(self.links),
             "pending_private": len(core.pending),
+            "outbox": self._require_outbox().counts(),
+            "routes": len(core.paths.routes(now)),
             "data_dir": str(self.config.data_dir),
             "counters": {**_as_dict(core.counters), "link_queue_dropped": self.dropped_link_frames},
             "transport_counters": {t.name: _as_dict(t.counters) for t in self.transports if hasattr(t, "counters")},

@@ -136,8 +136,12 @@ def test_run_status_and_clean_stop_on_signal(data_dir: Path, signum: signal.Sign
         assert json.loads(village("peers", "--json", *dd).stdout) == []
         r = village("broadcast", "hello nobody", *dd)
         assert r.returncode == 0 and len(r.stdout.strip()) == 32
-        r = village("send", "0123456789abcdef", "hi", *dd)
-        assert r.returncode == 1 and "no known peer matches" in r.stderr
+        r = village("send", "nobody", "hi", *dd)
+        assert r.returncode == 1 and "no known peer matches 'nobody'" in r.stderr
+        r = village("send", "0123456789abcdef", "hi", *dd)  # a full peer ID: held in the outbox until it appears
+        assert r.returncode == 0
+        held = json.loads(village("outbox", "--json", *dd).stdout)
+        assert [(m["to"], m["text"], m["state"]) for m in held] == [("0123456789abcdef", "hi", "pending")]
         assert json.loads(village("inbox", "--json", *dd).stdout) == []
         r = village("rpc", "rpc.methods", *dd)
         assert "inbox.follow" in r.stdout

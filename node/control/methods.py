@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from node.control.rpc import APP_ERROR, NoParams, Notify, Registry, RpcError, param
+from node.outbox import STATES
 
 if TYPE_CHECKING:
     from node.node import Node
@@ -55,6 +56,12 @@ class ConnectParams:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxListParams:
+    state: str | None = param(None, doc="Only messages in this state: pending, delivered or failed.")
+    limit: int = param(50, doc="Most messages to return (newest; listed oldest first).")
+
+
+@dataclass(frozen=True, slots=True)
 class MessageStatusParams:
     id: str = param(doc="A message ID returned by messages.send or messages.broadcast.")
 
@@ -90,9 +97,23 @@ def build_registry(node: Node) -> Registry:
 
     async def message_status(p: MessageStatusParams, notify: Notify) -> Any:
         msg = node.outgoing.get(p.id)
-        if msg is None:
+        if msg is not None:
+            return msg.to_json()
+        stored = node.outbox.get(p.id) if node.outbox is not None else None
+        if stored is None:
             raise RpcError(APP_ERROR, f"no outgoing message {p.id!r} is known (the last 1000 are kept)")
-        return msg.to_json()
+        return {**stored.to_json(), "private": True}
+
+    async def outbox_list(p: OutboxListParams, notify: Notify) -> Any:
+        if p.state is not None and p.state not in STATES:
+            raise RpcError(APP_ERROR, f"state must be one of {', '.join(STATES)}, not {p.state!r}")
+        if not 1 <= p.limit <= INBOX_LIST_MAX:
+            raise RpcError(APP_ERROR, f"limit must be from 1 to {INBOX_LIST_MAX}")
+        assert node.outbox is not None
+        return [m.to_json() for m in node.outbox.list(state=p.state, limit=p.limit)]
+
+    async def routes(_: NoParams, notify: Notify) -> Any:
+        return node.routes_view()
 
     async def inbox_list(p: InboxListParams, notify: Notify) -> Any:
         if not 1 <= p.limit <= INBOX_LIST_MAX:
@@ -195,6 +216,20 @@ def build_registry(node: Node) -> Registry:
         MessageStatusParams,
         "State of an outgoing message: sent, pending, delivered or failed.",
         message_status,
+    )
+    reg.add(
+        "outbox.list",
+        OutboxListParams,
+        "Private messages this node accepted for sending (kept on disk until settled): id, to, text, state "
+        "(pending, delivered, failed), created_at_ms, updated_at_ms, detail.",
+        outbox_list,
+    )
+    reg.add(
+        "routes.list",
+        NoParams,
+        "The path table: destination, next hop, link, transport, hops, cost, source route (via), how it was "
+        "learned (direct, topology, reverse) and seconds until it expires.",
+        routes,
     )
     reg.add(
         "inbox.list",

@@ -136,7 +136,7 @@ class MeshCounters:
     private_retries: int = 0
     pings_answered: int = 0
     relayed: int = 0  # relay jobs sent (one per packet, on one or more links)
-    relay_cancelled: int = 0  # pending broadcast relays made unnecessary by duplicates heard meanwhile
+    relay_cancelled: int = 0  # pending relays made unnecessary: every target link sent us a copy meanwhile
     relay_queue_full: int = 0
     sent_direct: int = 0  # directed packets we originated, by how they left
     sent_routed: int = 0
@@ -424,26 +424,27 @@ class MeshCore:
         return public_message_id(pkt)
 
     def send_private(self, peer_id: bytes, text: str, now: float) -> str:
+        """Queue a private message to a peer we have an announce from; returns its ID."""
+        if self.peers.get(peer_id) is None:
+            raise MeshError(f"peer {peer_id.hex()} is unknown: no verified announce from it yet")
+        self.check_private(peer_id, text)
+        message_id = self.new_message_id()
+        self.queue_private(message_id, peer_id, text, now)
+        return message_id
+
+    def new_message_id(self) -> str:
+        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4)).upper()
+
+    def check_private(self, peer_id: bytes, text: str) -> None:
+        """Raise :class:`MeshError` unless :meth:`queue_private` would accept this message now."""
         size = len(text.encode())
         if not text or size > PRIVATE_TEXT_MAX_BYTES:
             raise MeshError(
                 f"a private message must have 1 to {PRIVATE_TEXT_MAX_BYTES} bytes of UTF-8 text "
                 f"(BitChat's private-message field is one length byte); this one has {size}"
             )
-        if self.peers.get(peer_id) is None:
-            raise MeshError(f"peer {peer_id.hex()} is unknown: no verified announce from it yet")
-        message_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4)).upper()
-        self.queue_private(message_id, peer_id, text, now)
-        return message_id
-
-    def queue_private(
-        self, message_id: str, peer_id: bytes, text: str, now: float, created: float | None = None
-    ) -> None:
-        """Queue a private message under a given ID — a new one, or one restored from the outbox after a
-        restart (``created`` in this core's clock, possibly in the past; the peer may be unknown yet: the
-        message waits for its announce)."""
-        if message_id in self.pending:
-            return
+        if peer_id == self.peer_id:
+            raise MeshError("that is this node's own peer ID")
         if len(self.pending) >= self.settings.max_pending_private:
             raise MeshError(
                 f"{len(self.pending)} private messages already await delivery "
@@ -455,6 +456,16 @@ class MeshCore:
                 f"{for_peer} private messages to {peer_id.hex()} already await delivery "
                 "(mesh.max_pending_per_peer); try again later"
             )
+
+    def queue_private(
+        self, message_id: str, peer_id: bytes, text: str, now: float, created: float | None = None
+    ) -> None:
+        """Queue a private message under a given ID — a new one, or one restored from the outbox after a
+        restart (``created`` in this core's clock, possibly in the past; the peer may be unknown yet: the
+        message waits for its announce)."""
+        if message_id in self.pending:
+            return
+        self.check_private(peer_id, text)
         p = _Pending(message_id, peer_id, text, created=now if created is None else created, next_try=now)
         self.pending[message_id] = p
         self._attempt_private(p, now)
@@ -544,8 +555,8 @@ class MeshCore:
         key = dedupe_key(pkt.sender_id, pkt.timestamp_ms, pkt.type, pkt.payload)
         if not self.dedupe.check_and_add(key, now):
             self.counters.duplicate += 1
-            if len(self.links) > 2 and self.relays.cancel(key):
-                self.counters.relay_cancelled += 1  # enough neighbours relayed it already
+            if self.relays.heard_from(key, link_id):
+                self.counters.relay_cancelled += 1  # every neighbour we would pass it to has it already
             return
         broadcast = is_broadcast(pkt)
         for_us = pkt.recipient_id == self.peer_id
@@ -596,8 +607,7 @@ class MeshCore:
         if ttl < 1 or not targets:
             return
         frame = with_ttl(wire, ttl)
-        cancellable = broadcast and pkt.type != MessageType.ANNOUNCE
-        if not self.relays.push(now + delay, key, frame, tuple(targets), cancellable=cancellable):
+        if not self.relays.push(now + delay, key, frame, targets):
             self.counters.relay_queue_full += 1
 
     def _directed_relay_links(self, pkt: Packet, in_link: str, now: float) -> list[str]:

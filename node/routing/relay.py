@@ -13,8 +13,11 @@ BLE/BLEFanoutSelector.swift) so that our relays behave like a phone's:
   of ``k = min(n, bitlen(n − 1) + 1)`` links (n > 2): those with the lowest SHA-256(message ID ‖ "::" ‖ link ID).
 
 The relay forwards the **received bytes** with only the TTL byte rewritten (re-encoding could change the deflate
-bytes and so break the signature). :class:`RelayQueue` holds relays waiting out their jitter; a duplicate
-heard meanwhile may cancel one (BitChat: "duplicate cancels pending relay when > 2 peers").
+bytes and so break the signature). :class:`RelayQueue` holds relays waiting out their jitter. A copy heard
+meanwhile from a link we meant to relay on shows that neighbour has the packet: that link is struck off, and
+a relay with no link left is cancelled. (BitChat cancels a pending relay on any duplicate once it has > 2
+peers; that loses broadcasts whenever the duplicate's sender did not cover our other neighbours, so we
+suppress only what is known to be redundant.)
 """
 
 from __future__ import annotations
@@ -81,8 +84,7 @@ class PendingRelay:
     seq: int
     key: str = field(compare=False)
     frame: bytes = field(compare=False)
-    link_ids: tuple[str, ...] = field(compare=False)
-    cancellable: bool = field(compare=False, default=False)
+    link_ids: list[str] = field(compare=False)
     cancelled: bool = field(compare=False, default=False)
 
 
@@ -99,19 +101,23 @@ class RelayQueue:
     def __len__(self) -> int:
         return len(self._by_key)
 
-    def push(self, due: float, key: str, frame: bytes, link_ids: tuple[str, ...], *, cancellable: bool) -> bool:
+    def push(self, due: float, key: str, frame: bytes, link_ids: list[str]) -> bool:
         if len(self._by_key) >= self.max_entries:
             return False
         self._seq += 1
-        item = PendingRelay(due, self._seq, key, frame, link_ids, cancellable)
+        item = PendingRelay(due, self._seq, key, frame, list(link_ids))
         heapq.heappush(self._heap, item)
         self._by_key[key] = item
         return True
 
-    def cancel(self, key: str) -> bool:
-        """Cancel a pending cancellable relay of ``key``; True if one was cancelled."""
+    def heard_from(self, key: str, link_id: str) -> bool:
+        """A copy of ``key`` arrived on ``link_id``: do not relay it back there. True if that cancelled the
+        whole relay (no link left)."""
         item = self._by_key.get(key)
-        if item is None or not item.cancellable:
+        if item is None or link_id not in item.link_ids:
+            return False
+        item.link_ids.remove(link_id)
+        if item.link_ids:
             return False
         item.cancelled = True
         del self._by_key[key]

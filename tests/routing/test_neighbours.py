@@ -201,8 +201,14 @@ async def test_send_errors_are_clear(
     a, b = mesh.nodes
     with trio.fail_after(SIM_TIMEOUT_S):
         await mesh.wait_until_known(0, 1)
-    with pytest.raises(MeshError, match="no known peer matches 'ffffffffffffffff'"):
-        a.send_private("ffffffffffffffff", "hi")
+    with pytest.raises(MeshError, match="no known peer matches 'ffffff'"):
+        a.send_private("ffffff", "hi")
+    with pytest.raises(MeshError, match="own peer ID"):
+        a.send_private(a.identity.peer_id_hex, "hi")
+    # A full peer ID not heard from yet is accepted: the message waits (on disk) for that peer to appear.
+    held = a.send_private("ffffffffffffffff", "hi")
+    assert a.outgoing[held].state == "pending" and a.outbox is not None
+    assert a.outbox.get(held) is not None and a.outbox.get(held).state == "pending"  # type: ignore[union-attr]
     with pytest.raises(MeshError, match="255 bytes"):
         a.send_private(b.identity.peer_id_hex, "x" * 256)
     with pytest.raises(MeshError, match="1 to 60000 characters"):
