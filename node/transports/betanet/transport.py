@@ -2,7 +2,11 @@
 
 * Security is **Noise only**: the host is built with exactly one security transport, so a peer offering
   plaintext (or anything else) fails negotiation and is never connected.
-* Multiplexing: yamux over TCP. (QUIC, mDNS, the DHT and circuit relay are not wired in yet.)
+* Multiplexing: yamux over TCP. (QUIC is refused with a reason; see ``run``.)
+* Discovery: mDNS on the LAN, bootstrap peers (redialled with backoff), and libp2p's Kademlia DHT
+  (:mod:`.dht`): ``dial("/p2p/<peer id>")`` looks the peer's addresses up through connected peers.
+* NAT: libp2p's circuit relay v2 (:mod:`.relay`). A ``client`` node reserves a slot on its bootstrap relays
+  and advertises ``/p2p/<relay>/p2p-circuit/p2p/<us>``; relayed connections are Noise-secured end to end.
 * Identity: the libp2p key pair is the node's Ed25519 signing key, so the libp2p peer ID is derived from the
   same key that signs BitChat announces. Each link carries the remote's Noise-authenticated Ed25519 public
   key (:attr:`BetanetLink.authenticated_signing_key`); the mesh refuses a direct announce over that link
@@ -21,8 +25,7 @@ import itertools
 import logging
 import socket
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 
 import multiaddr
 import trio
@@ -32,7 +35,9 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.discovery.events.peerDiscovery import peerDiscovery
+from libp2p.network.config import RetryConfig
 from libp2p.network.stream.exceptions import StreamError
+from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -42,6 +47,9 @@ from node.config import BetanetSection
 from node.errors import StartupError, TransportError
 from node.identity import Identity
 from node.transports.base import Link, LinkCapabilities, LinkClosed, LinkSink, Transport, check_frame_size
+from node.transports.betanet.counters import BetanetCounters
+from node.transports.betanet.dht import PeerRouting
+from node.transports.betanet.relay import Relay, is_circuit, without_peer_suffix
 
 log = logging.getLogger("village.betanet")
 
@@ -52,19 +60,11 @@ READ_CHUNK = 65_536  # bytes asked of the stream per read
 SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's IPv4 address
 MAX_DISCOVERY_DIALS = 32  # concurrent dials to peers found by mDNS
 PEERSTORE_ADDR_TTL_S = 600  # how long libp2p keeps a dialled peer's address
+MAX_PARALLEL_DIALS = 8  # addresses of one peer (found through the DHT) dialled at once
 
 
 class DialError(TransportError):
     """A BetaNet dial failed (unreachable, refused, wrong peer, or no Noise)."""
-
-
-@dataclass(slots=True)
-class BetanetCounters:
-    links_opened: int = 0
-    oversize_frames: int = 0
-    dial_failures: int = 0
-    stalled: int = 0
-    mdns_discovered: int = 0
 
 
 def local_ipv4_addresses() -> list[str]:
@@ -93,6 +93,46 @@ def expand_unspecified(addrs: list[multiaddr.Multiaddr]) -> list[multiaddr.Multi
         else:
             out.append(addr)
     return out
+
+
+_UNDERLYING = ("secured_conn", "conn", "read_writer", "read_write_closer")  # muxer → Noise → msgio → raw
+
+
+def _relay_under(conn: object) -> ID | None:
+    """The relay carrying a relayed connection: the peer on the far side of the relay stream under the
+    connection's Noise session (muxer → secure session → Noise framing → raw connection → relay stream)."""
+    for _ in range(8):  # bounded walk down the wrappers
+        stream = getattr(conn, "stream", None)
+        peer = getattr(getattr(stream, "muxed_conn", None), "peer_id", None)
+        if isinstance(peer, ID):
+            return peer
+        conn = next((getattr(conn, a) for a in _UNDERLYING if getattr(conn, a, None) is not None), None)
+        if conn is None:
+            return None
+    return None
+
+
+def remote_address_of(stream: INetStream, me: ID) -> str:
+    """The multiaddr a stream's connection runs over, ending in ``/p2p/<peer>``: the peer's IP and port, or
+    ``/p2p/<relay>/p2p-circuit/p2p/<peer>`` for a relayed connection."""
+    muxed = stream.muxed_conn
+    peer = muxed.peer_id
+    try:
+        addrs = muxed.get_transport_addresses()
+    except Exception:  # a muxer without transport addresses: fall back to the peer ID alone
+        addrs = []
+    for addr in addrs:
+        text = str(without_peer_suffix(addr))
+        if is_circuit(text):
+            relay: ID | str | None = text.split("/p2p-circuit")[0].rpartition("/p2p/")[2]
+            if relay == str(me):
+                # py-libp2p 0.8 names the *destination* as the relay on inbound relayed connections
+                # (relay/circuit_v2/protocol.py line 470: relay_peer_id = self.host.get_id()); find the real one.
+                relay = _relay_under(muxed)
+            text = f"/p2p/{relay}/p2p-circuit" if relay else "/p2p-circuit"  # the relay's IP is not the peer's
+        if text:
+            return f"{text}/p2p/{peer}"
+    return f"/p2p/{peer}"
 
 
 def signing_key_of(peer_id: ID) -> bytes | None:
@@ -237,7 +277,10 @@ class BetanetTransport(Transport):
         self.settings = settings
         self.counters = BetanetCounters()
         self._key_pair = create_new_key_pair(bytes(identity.signing_key))
+        self._key_pair_id = ID.from_pubkey(self._key_pair.public_key)
         self.host: IHost | None = None
+        self.routing: PeerRouting | None = None  # the DHT, while running with betanet.dht
+        self.relay: Relay | None = None  # circuit relay v2, while running with betanet.relay != "off"
         self._sink: LinkSink | None = None
         self._nursery: trio.Nursery | None = None
         self._ids = itertools.count(1)
@@ -245,13 +288,17 @@ class BetanetTransport(Transport):
         self._changed = trio.Event()
         self._discovered_dialling: set[str] = set()  # peer IDs found by mDNS that we are dialling now
 
-    def _count_dial_failure(self) -> None:
-        self.counters.dial_failures += 1
+    def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
 
+    def _count_dial_failure(self) -> None:
+        self.counters.dial_failures += 1
+        self._notify()
+
     async def wait_counters(self, predicate: Callable[[BetanetCounters], bool]) -> None:
-        """Wait until ``predicate(self.counters)`` holds (re-checked whenever a dial fails)."""
+        """Wait until ``predicate(self.counters)`` holds (re-checked whenever a link opens, a dial fails, a
+        peer is identified, a lookup ends, or a relay slot is reserved or lost)."""
         while not predicate(self.counters):
             await self._changed.wait()
 
@@ -261,9 +308,11 @@ class BetanetTransport(Transport):
 
     @property
     def peer_id(self) -> str:
-        return str(ID.from_pubkey(self._key_pair.public_key))
+        return str(self._key_pair_id)
 
     def listen_addresses(self) -> list[str]:
+        """Where peers can reach us, each ending in ``/p2p/<our id>``: interface addresses, then a
+        ``/p2p-circuit`` address through each relay holding a slot for us."""
         if self.host is None:
             return []
         return [str(a) for a in self.host.get_addrs()]
@@ -271,7 +320,7 @@ class BetanetTransport(Transport):
     def _make_host(self, listen: list[multiaddr.Multiaddr]) -> IHost:
         # Exactly one security transport: Noise. libp2p's default set also offers plaintext.
         noise = NoiseTransport(self._key_pair, noise_privkey=create_x25519_key_pair().private_key)
-        return new_host(
+        host = new_host(
             addrs_factory=expand_unspecified,  # advertise real interface addresses, never 0.0.0.0
             enable_mDNS=self.settings.mdns,
             key_pair=self._key_pair,
@@ -279,6 +328,13 @@ class BetanetTransport(Transport):
             sec_opt={NOISE_PROTOCOL_ID: noise},
             muxer_opt=create_yamux_muxer_option(),
         )
+        network = host.get_network()
+        if isinstance(network, Swarm):
+            # One attempt per address: bootstrap peers are redialled with our own backoff, and addresses found
+            # through the DHT are raced; libp2p's default 3 retries (0.1 + 0.2 + 0.4 s) per unreachable
+            # address only delayed the fallback to a relay. (new_host has no retry_config parameter in 0.8.)
+            network.retry_config = RetryConfig(max_retries=0)
+        return host
 
     @staticmethod
     def _advertise_real_addresses(host: IHost) -> None:
@@ -293,6 +349,20 @@ class BetanetTransport(Transport):
             return [str(a) for a in expand_unspecified(host.get_transport_addrs())]
 
         broadcaster._resolve_host_addrs = resolve
+
+    @staticmethod
+    def _advertise_circuits(host: IHost, relay: Relay) -> None:
+        """Add our relay circuit addresses to what the host advertises (identify, signed peer records, the
+        DHT). They cannot go through ``addrs_factory``: py-libp2p 0.8's ``BasicHost.get_addrs``
+        (host/basic_host.py, lines 534-538) strips the *first* ``/p2p/`` component of each address, which
+        in a circuit address is the relay's, leaving the relay's IP and port under our peer ID. So wrap
+        ``get_addrs`` on this host's instance only (libp2p is pinned below 0.9)."""
+        plain = host.get_addrs
+
+        def get_addrs() -> list[multiaddr.Multiaddr]:
+            return [*plain(), *relay.circuit_addrs()]
+
+        setattr(host, "get_addrs", get_addrs)  # noqa: B010 - an instance override, not a typed attribute
 
     async def run(
         self,
@@ -313,6 +383,8 @@ class BetanetTransport(Transport):
                 raise StartupError(
                     f"betanet.bootstrap: {addr!r} is not a multiaddr ending in /p2p/<peer id> ({exc})"
                 ) from None
+            if is_circuit(addr) and self.settings.relay == "off":
+                raise StartupError(f"betanet.bootstrap: {addr!r} is a relayed address but betanet.relay is off")
         quic = [a for a in self.settings.listen if "/quic" in a]
         if quic:
             raise StartupError(
@@ -322,6 +394,12 @@ class BetanetTransport(Transport):
             )
         host = self._make_host(listen)
         self._advertise_real_addresses(host)
+        routing = (
+            PeerRouting(host, self.counters, self._notify, self.settings.dial_timeout_s) if self.settings.dht else None
+        )
+        relay = Relay(host, self.settings, self.counters, self._notify) if self.settings.relay != "off" else None
+        if relay is not None:
+            self._advertise_circuits(host, relay)
         self.host = host
         self._sink = link_sink
         host.set_stream_handler(MESH_PROTOCOL, self._on_inbound)
@@ -343,6 +421,12 @@ class BetanetTransport(Transport):
                         f"{', '.join(map(str, bound)) or 'nothing'}): the address is in use or not available on "
                         "this machine; change betanet.listen (port 0 picks a free port)"
                     )
+                if routing is not None:
+                    await nursery.start(routing.run)
+                    self.routing = routing
+                if relay is not None:
+                    await nursery.start(relay.run)
+                    self.relay = relay
                 self._nursery = nursery
                 log.info("betanet listening on %s", ", ".join(self.listen_addresses()) or "nothing")
                 for addr in self.settings.bootstrap:
@@ -358,6 +442,8 @@ class BetanetTransport(Transport):
             if self.settings.mdns:
                 peerDiscovery.unregister_peer_discovered_handler(discovered)
             self.host = None
+            self.routing = None
+            self.relay = None
             self._nursery = None
             with trio.CancelScope(shield=True):
                 for link in list(self._links.values()):
@@ -366,11 +452,10 @@ class BetanetTransport(Transport):
     def _new_link(self, stream: INetStream, direction: str) -> BetanetLink:
         remote_id = stream.muxed_conn.peer_id
         n = next(self._ids)
-        addr = f"/p2p/{remote_id}"
         link = BetanetLink(
             stream,
             f"betanet:{n}{direction}",
-            addr,
+            remote_address_of(stream, self._key_pair_id),
             self.settings.max_frame_bytes,
             signing_key_of(remote_id),
             self.counters,
@@ -378,6 +463,7 @@ class BetanetTransport(Transport):
         )
         self._links[link.link_id] = link
         self.counters.links_opened += 1
+        self._notify()
         return link
 
     async def _serve(self, link: BetanetLink) -> None:
@@ -395,33 +481,93 @@ class BetanetTransport(Transport):
         await self._serve(self._new_link(stream, "in"))
 
     async def dial(self, addr: str) -> BetanetLink:
-        """Connect to ``addr`` (``.../p2p/<id>``), open the mesh stream and hand the link to the node."""
-        if self.host is None or self._nursery is None:
+        """Connect to ``addr`` and open the mesh stream; the link also goes to the node. ``addr`` is one of
+
+        * ``/ip4/.../tcp/N/p2p/<id>``: dialled directly;
+        * ``.../p2p/<relay>/p2p-circuit/p2p/<id>``: through that relay (``betanet.relay`` not off);
+        * ``/p2p/<id>``: looked up through the DHT (``betanet.dht``), then the addresses found are dialled,
+          direct ones first, then circuits, including one through each connected relay."""
+        return await self._dial(addr, reserve=False)
+
+    async def _dial(self, addr: str, *, reserve: bool) -> BetanetLink:
+        host, nursery = self.host, self._nursery
+        if host is None or nursery is None:
             raise DialError("betanet is not running")
         try:
-            info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+            maddr = multiaddr.Multiaddr(addr)
+            info = info_from_p2p_addr(maddr)
         except Exception as exc:
             raise DialError(f"{addr!r} is not a multiaddr ending in /p2p/<peer id>: {exc}") from None
-        if info.peer_id == self.host.get_id():
+        if info.peer_id == host.get_id():
             raise DialError(f"{addr} is this node itself")
         try:
             with trio.fail_after(self.settings.dial_timeout_s):
-                network = self.host.get_network()
-                if not network.get_connections(info.peer_id):
-                    # Dial the given address directly: py-libp2p's dial_peer (host.connect) waits a fixed 250 ms
-                    # "happy eyeballs" delay even after its first dial succeeded (swarm.py _HAPPY_EYEBALLS_DELAY).
-                    self.host.get_peerstore().add_addrs(info.peer_id, info.addrs, PEERSTORE_ADDR_TTL_S)
-                    await network.dial_addr(info.addrs[0], info.peer_id)
-                stream = await self.host.new_stream(info.peer_id, [MESH_PROTOCOL])
+                if not host.get_network().get_connections(info.peer_id):
+                    await self._connect(host, maddr, info)
+            if reserve and self.relay is not None:
+                await self.relay.reserve(info.peer_id)  # bounded by betanet.dial_timeout_s itself
+            with trio.fail_after(self.settings.dial_timeout_s):
+                stream = await host.new_stream(info.peer_id, [MESH_PROTOCOL])
         except trio.TooSlowError:
             self._count_dial_failure()
             raise DialError(f"dialling {addr} timed out after {self.settings.dial_timeout_s:g} s") from None
+        except DialError:
+            self._count_dial_failure()
+            raise
         except Exception as exc:  # libp2p surfaces many error types for unreachable/refusing peers
             self._count_dial_failure()
             raise DialError(f"dialling {addr} failed: {exc or type(exc).__name__}") from exc
         link = self._new_link(stream, "out")
-        self._nursery.start_soon(self._serve, link)
+        nursery.start_soon(self._serve, link)
         return link
+
+    async def _connect(self, host: IHost, maddr: multiaddr.Multiaddr, info: PeerInfo) -> None:
+        if is_circuit(maddr):
+            if self.relay is None:
+                raise DialError(f"{maddr} is a relayed address but betanet.relay is off")
+            await self.relay.dial(maddr)
+        elif not str(info.addrs[0]):
+            await self._connect_by_id(host, info.peer_id)
+        else:
+            # Dial the given address directly: py-libp2p's dial_peer (host.connect) waits a fixed 250 ms
+            # "happy eyeballs" delay even after its first dial succeeded (swarm.py _HAPPY_EYEBALLS_DELAY).
+            host.get_peerstore().add_addrs(info.peer_id, info.addrs, PEERSTORE_ADDR_TTL_S)
+            await host.get_network().dial_addr(info.addrs[0], info.peer_id)
+
+    async def _connect_by_id(self, host: IHost, peer_id: ID) -> None:
+        """Find ``peer_id`` through the DHT and dial what was found: direct addresses (raced), then circuits
+        (raced), including one through each connected relay."""
+        if self.routing is None:
+            raise DialError(
+                f"/p2p/{peer_id}: betanet.dht is off, so a peer ID alone cannot be looked up; give its full multiaddr"
+            )
+        found = await self.routing.find(peer_id)
+        if host.get_network().get_connections(peer_id):
+            return  # the lookup itself reached the peer (Kademlia queries the closest peers, the target too)
+        relay = self.relay
+        direct = [str(without_peer_suffix(a)) for a in found if not is_circuit(a)]
+        circuits = [f"{without_peer_suffix(a)}/p2p/{peer_id}" for a in found if is_circuit(a)]
+        if relay is not None:
+            circuits += [f"/p2p/{r}/p2p-circuit/p2p/{peer_id}" for r in relay.connected_relays() if r != peer_id]
+        errors: list[str] = []
+
+        async def direct_dial(addr: str) -> None:
+            ma = multiaddr.Multiaddr(addr)
+            host.get_peerstore().add_addrs(peer_id, [ma], PEERSTORE_ADDR_TTL_S)
+            await host.get_network().dial_addr(ma, peer_id)
+
+        if await _first_success(direct, direct_dial, errors):
+            return
+        if relay is not None:
+
+            async def relayed_dial(addr: str) -> None:
+                await relay.dial(multiaddr.Multiaddr(addr))
+
+            if await _first_success(list(dict.fromkeys(circuits)), relayed_dial, errors):
+                return
+        if not found and not circuits:
+            raise DialError(f"/p2p/{peer_id}: no connected peer knows this peer (looked up through the DHT)")
+        raise DialError(f"/p2p/{peer_id}: found through the DHT but no address answered: {'; '.join(errors)}")
 
     def _on_discovered(self, info: PeerInfo) -> None:
         """mDNS found a peer: dial it unless it is us, already connected, or already being dialled.
@@ -450,12 +596,17 @@ class BetanetTransport(Transport):
             self._discovered_dialling.discard(key)
 
     async def _keep_dialled(self, addr: str) -> None:
-        """Dial a bootstrap peer and redial with exponential backoff whenever the link drops."""
+        """Dial a bootstrap peer and redial with exponential backoff whenever the link drops. With
+        ``betanet.relay = "client"`` a slot is reserved on it (if it is a relay) before the mesh stream opens,
+        so by the time the peer hears our first announce it can relay to us."""
         delay = self.settings.reconnect_initial_s
+        peer_id = info_from_p2p_addr(multiaddr.Multiaddr(addr)).peer_id
         while True:
             try:
-                link = await self.dial(addr)
+                link = await self._dial(addr, reserve=True)
             except DialError as exc:
+                if self.relay is not None:
+                    self.relay.release(peer_id)  # a slot reserved before the mesh stream failed is not ours
                 log.warning("bootstrap %s: %s; retrying in %.1f s", addr, exc, delay)
                 await trio.sleep(delay)
                 delay = min(delay * 2, self.settings.reconnect_max_s)
@@ -463,4 +614,29 @@ class BetanetTransport(Transport):
             delay = self.settings.reconnect_initial_s
             log.info("bootstrap %s connected (%s)", addr, link.link_id)
             await link.wait_closed()
+            if self.relay is not None:
+                self.relay.release(peer_id)
             log.info("bootstrap %s lost; redialling", addr)
+
+
+async def _first_success(addrs: list[str], dial_one: Callable[[str], Awaitable[None]], errors: list[str]) -> bool:
+    """Dial up to :data:`MAX_PARALLEL_DIALS` of ``addrs`` at once; True as soon as one connects (the others
+    are cancelled). Failures are appended to ``errors``."""
+    if not addrs:
+        return False
+    connected = False
+    async with trio.open_nursery() as nursery:
+
+        async def attempt(addr: str) -> None:
+            nonlocal connected
+            try:
+                await dial_one(addr)
+            except Exception as exc:  # libp2p surfaces many error types for unreachable/refusing peers
+                errors.append(f"{addr}: {exc or type(exc).__name__}")
+                return
+            connected = True
+            nursery.cancel_scope.cancel()
+
+        for addr in addrs[:MAX_PARALLEL_DIALS]:
+            nursery.start_soon(attempt, addr)
+    return connected

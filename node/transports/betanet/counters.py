@@ -1,0 +1,21 @@
+"""BetaNet's counters, shown by `village status` under ``transport_counters.betanet``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class BetanetCounters:
+    links_opened: int = 0
+    oversize_frames: int = 0
+    dial_failures: int = 0
+    stalled: int = 0
+    mdns_discovered: int = 0
+    identified: int = 0  # peers whose identify we ran on a new connection (either direction)
+    identify_skipped: int = 0  # new connections not identified because the queue was full
+    dht_routing_added: int = 0  # identified peers that serve the DHT, added to our routing table
+    dht_lookups: int = 0  # peer-ID lookups through the DHT (`village connect /p2p/<id>`)
+    dht_found: int = 0  # lookups that returned at least one address
+    relay_reservations: int = 0  # slots reserved on relays (refreshes not counted)
+    relay_dials: int = 0  # connections we opened through a relay (/p2p-circuit)

@@ -1,0 +1,100 @@
+"""Kademlia peer routing over real loopback TCP, with py-libp2p's KadDHT: A and C know only B, and A reaches
+C by its peer ID alone."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+
+import pytest
+import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.peer.id import ID
+
+from node.clock import Clock
+from node.config import Config, NodeSection
+from node.identity import Identity
+from node.node import Node
+from node.transports.base import Link
+from node.transports.betanet.transport import BetanetTransport, DialError
+from tests.transports.test_betanet import LOOPBACK, WAIT_S, start_transport
+
+
+async def test_peer_id_alone_is_found_through_the_dht(nursery: trio.Nursery) -> None:
+    hub, _ = await start_transport(nursery)
+    a, _ = await start_transport(nursery)
+    c, c_links = await start_transport(nursery)
+    with trio.fail_after(WAIT_S):
+        await a.dial(hub.listen_addresses()[0])
+        await c.dial(hub.listen_addresses()[0])
+        # The hub identifies both (they dialled it; it never dialled them) and routes to them.
+        await hub.wait_counters(lambda n: n.identified >= 2 and n.dht_routing_added >= 2)
+        assert a.host is not None and c.host is not None
+        assert not a.host.get_network().get_connections(c.host.get_id())
+        started = trio.current_time()
+        link = await a.dial(f"/p2p/{c.peer_id}")
+        elapsed = trio.current_time() - started
+        inbound = await c_links.receive()
+        while c.peer_id not in link.remote_address or a.peer_id not in inbound.remote_address:
+            inbound = await c_links.receive()  # c's link to the hub came first
+        await link.send(b"found you")
+        assert await inbound.receive() == b"found you"
+    # The link is direct: C's real address, not through the hub.
+    assert link.remote_address.startswith("/ip4/127.0.0.1/tcp/") and "/p2p-circuit" not in link.remote_address
+    assert link.remote_address in c.listen_addresses()
+    assert (a.counters.dht_lookups, a.counters.dht_found) == (1, 1)
+    print(f"DHT lookup + connect + mesh stream: {elapsed * 1000:.0f} ms")
+
+
+async def test_unknown_peer_id_and_dht_off_are_clear_errors(nursery: trio.Nursery) -> None:
+    hub, _ = await start_transport(nursery)
+    a, _ = await start_transport(nursery)
+    nobody = ID.from_pubkey(create_new_key_pair().public_key)
+    with trio.fail_after(WAIT_S):
+        await a.dial(hub.listen_addresses()[0])
+        with pytest.raises(DialError, match="no connected peer knows this peer"):
+            await a.dial(f"/p2p/{nobody}")
+    assert (a.counters.dht_lookups, a.counters.dht_found, a.counters.dial_failures) == (1, 0, 1)
+    off, _ = await start_transport(nursery, settings=dataclasses.replace(LOOPBACK, dht=False))
+    with pytest.raises(DialError, match=r"betanet\.dht is off"):
+        await off.dial(f"/p2p/{hub.peer_id}")
+
+
+def _node(ident: Identity, transport: BetanetTransport, name: str) -> Node:
+    d = Path(tempfile.mkdtemp(prefix="vlg-", dir="/tmp"))
+    cfg = Config(data_dir=d, node=NodeSection(nickname=name), betanet=transport.settings)
+    return Node(cfg, ident, transports=[transport], clock=Clock(), control=False, persistent_inbox=False)
+
+
+async def test_node_connects_by_peer_id_and_messages_go_direct(nursery: trio.Nursery) -> None:
+    """Three nodes; A and C bootstrap to B only. A connects to C by peer ID (the DHT finds C through B),
+    then a private message from A reaches C in one hop over the new direct link."""
+    b_ident = Identity.generate()
+    b_transport = BetanetTransport(b_ident, LOOPBACK)
+    b = _node(b_ident, b_transport, "b")
+    await nursery.start(b.run)
+    boot = dataclasses.replace(LOOPBACK, bootstrap=(b_transport.listen_addresses()[0],))
+    nodes: dict[str, tuple[Node, BetanetTransport]] = {}
+    for name in ("a", "c"):
+        ident = Identity.generate()
+        t = BetanetTransport(ident, boot)
+        node = _node(ident, t, name)
+        await nursery.start(node.run)
+        nodes[name] = (node, t)
+    (a, a_t), (c, c_t) = nodes["a"], nodes["c"]
+    with trio.fail_after(WAIT_S):
+        await b_transport.wait_counters(lambda n: n.dht_routing_added >= 2)
+        link: Link = await a.connect(f"/p2p/{c_t.peer_id}")
+        assert link.remote_address in c_t.listen_addresses()
+        await a.wait_until(lambda: a.core is not None and a.core.peers.get(c.identity.peer_id) is not None)
+        message_id = a.send_private(c.identity.peer_id_hex, "hello by peer id")
+        await a.wait_until(lambda: a.outgoing[message_id].state == "delivered")
+    assert c.inbox is not None
+    [received] = [m for m in c.inbox.list() if m.text == "hello by peer id"]
+    assert received.private and received.sender == a.identity.peer_id_hex and received.hops == 1
+    view = {p["nickname"]: p for p in c.peers_view()}
+    assert view["a"]["address"].startswith("/ip4/127.0.0.1/tcp/") and view["a"]["address"].endswith(a_t.peer_id)
+    assert a_t.counters.dht_found == 1
+    for node in (a, b, c):
+        node.request_stop()

@@ -1,0 +1,116 @@
+"""Circuit relay v2 (py-libp2p's) over real loopback TCP: a client reserves a slot on its bootstrap relay and
+advertises a circuit address; a peer dials it through the relay; the relayed link is Noise-secured end to
+end, so plaintext offered over the relayed connection is refused. (Three processes that can only reach the
+relay: tests/test_relay_netns.py.)"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import multiaddr
+import pytest
+import trio
+from libp2p.peer.peerinfo import PeerInfo
+from libp2p.protocol_muxer.exceptions import MultiselectClientError
+from libp2p.protocol_muxer.multiselect_client import MultiselectClient
+from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
+from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID
+from libp2p.security.secure_session import SecureSession
+
+from node.errors import StartupError
+from node.identity import Identity
+from node.transports.base import Link
+from node.transports.betanet.transport import BetanetTransport, DialError
+from tests.transports.test_betanet import LOOPBACK, WAIT_S, start_transport
+
+HOP = dataclasses.replace(LOOPBACK, relay="hop")
+
+
+async def relay_and_client(
+    nursery: trio.Nursery,
+) -> tuple[BetanetTransport, BetanetTransport, trio.MemoryReceiveChannel[Link], str]:
+    """A hop relay R and a client E that bootstraps to R; returns (R, E, E's links, E's circuit address)."""
+    relay, _ = await start_transport(nursery, settings=HOP)
+    client, client_links = await start_transport(
+        nursery, settings=dataclasses.replace(LOOPBACK, bootstrap=(relay.listen_addresses()[0],))
+    )
+    with trio.fail_after(WAIT_S):
+        await client.wait_counters(lambda c: c.relay_reservations == 1 and c.links_opened == 1)
+    circuit = f"{relay.listen_addresses()[0]}/p2p-circuit/p2p/{client.peer_id}"
+    return relay, client, client_links, circuit
+
+
+async def test_client_reserves_advertises_and_is_reached_through_the_relay(nursery: trio.Nursery) -> None:
+    relay, client, client_links, circuit = await relay_and_client(nursery)
+    assert circuit in client.listen_addresses()  # advertised (status, identify, the DHT)
+    assert relay.counters.relay_reservations == 0  # a hop reserves nothing itself
+    dialler, _ = await start_transport(nursery)
+    with trio.fail_after(WAIT_S):
+        started = trio.current_time()
+        link = await dialler.dial(circuit)
+        inbound = await client_links.receive()
+        while dialler.peer_id not in inbound.remote_address:
+            inbound = await client_links.receive()  # the client's link to the relay came first
+        await link.send(b"through the relay")
+        assert await inbound.receive() == b"through the relay"
+        elapsed = trio.current_time() - started
+        await inbound.send(b"and back")
+        assert await link.receive() == b"and back"
+    relay_id = relay.peer_id
+    assert link.remote_address == f"/p2p/{relay_id}/p2p-circuit/p2p/{client.peer_id}"
+    assert inbound.remote_address == f"/p2p/{relay_id}/p2p-circuit/p2p/{dialler.peer_id}"
+    # Noise bound each end's libp2p key through the relay: the mesh identity binding holds on relayed links.
+    assert link.authenticated_signing_key == client._identity.signing_public
+    assert inbound.authenticated_signing_key == dialler._identity.signing_public
+    assert dialler.counters.relay_dials == 1
+    # Both ends of the relayed connection are Noise sessions (the relay forwards ciphertext).
+    assert dialler.host is not None and client.host is not None
+    [conn] = dialler.host.get_network().get_connections(client.host.get_id())
+    assert isinstance(conn.muxed_conn.secured_conn, SecureSession)  # type: ignore[attr-defined]
+    print(f"relayed dial + mesh stream + first frame: {elapsed * 1000:.0f} ms")
+
+
+async def test_the_relay_drops_and_the_advert_goes(nursery: trio.Nursery) -> None:
+    """When the link to the relay is lost its circuit address is withdrawn; the bootstrap redial reserves
+    again and it comes back."""
+    relay, client, _, circuit = await relay_and_client(nursery)
+    assert client.host is not None and relay.host is not None
+    with trio.fail_after(WAIT_S):
+        await client.host.get_network().close_peer(relay.host.get_id())
+        await client.wait_counters(lambda _: circuit not in client.listen_addresses())
+        await client.wait_counters(lambda c: c.relay_reservations == 2)
+    assert circuit in client.listen_addresses()
+
+
+async def test_plaintext_is_refused_over_the_relayed_connection(nursery: trio.Nursery) -> None:
+    """A dialler that reaches the relay (over Noise) and gets a relayed stream to the client, then offers
+    plaintext for the relayed connection, is refused by the client: it secures relayed connections with
+    Noise only, as direct ones."""
+    relay, client, client_links, circuit = await relay_and_client(nursery)
+    first = await client_links.receive()  # the client's own link to the relay
+    dialler, _ = await start_transport(nursery)
+    assert dialler.relay is not None and relay.host is not None and client.host is not None
+    with trio.fail_after(WAIT_S):
+        await dialler.dial(relay.listen_addresses()[0])
+        raw = await dialler.relay._circuits.dial_peer_info(  # the relayed byte stream, before any upgrade
+            PeerInfo(client.host.get_id(), [multiaddr.Multiaddr(circuit)]),
+            relay_info=PeerInfo(relay.host.get_id(), []),
+        )
+        with pytest.raises(MultiselectClientError):
+            await MultiselectClient().select_one_of([PLAINTEXT_PROTOCOL_ID], MultiselectCommunicator(raw))
+    assert client.counters.links_opened == 1 and first.remote_address.endswith(relay.peer_id)
+    with pytest.raises(trio.WouldBlock):
+        client_links.receive_nowait()
+    assert not client.host.get_network().get_connections(dialler.host.get_id())  # type: ignore[union-attr]
+
+
+async def test_relay_off_is_a_clear_error(nursery: trio.Nursery) -> None:
+    relay, _ = await start_transport(nursery, settings=HOP)
+    circuit = f"{relay.listen_addresses()[0]}/p2p-circuit/p2p/{relay.peer_id}"
+    off, _ = await start_transport(nursery, settings=dataclasses.replace(LOOPBACK, relay="off"))
+    with pytest.raises(DialError, match=r"betanet\.relay is off"):
+        await off.dial(circuit)
+    t = BetanetTransport(Identity.generate(), dataclasses.replace(LOOPBACK, relay="off", bootstrap=(circuit,)))
+    send, _ = trio.open_memory_channel[Link](1)
+    with pytest.raises(StartupError, match=r"betanet\.bootstrap: .* relayed address but betanet\.relay is off"):
+        await t.run(send)
