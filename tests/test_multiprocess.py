@@ -128,7 +128,11 @@ def test_two_daemons_over_betanet_with_kill_and_reconnect(root: Path) -> None:
         assert alice_addr.startswith(f"/ip4/127.0.0.1/tcp/{port}/p2p/12D3Koo"), alice_addr
         assert status["transports"] == ["betanet"]
         assert status["transport_counters"] == {
-            "betanet": {"links_opened": 0, "oversize_frames": 0, "dial_failures": 0, "stalled": 0, "mdns_discovered": 0}
+            "betanet": {
+                **{k: 0 for k in ("links_opened", "oversize_frames", "dial_failures", "stalled", "mdns_discovered")},
+                **{k: 0 for k in ("identified", "identify_skipped", "dht_routing_added", "dht_lookups", "dht_found")},
+                **{k: 0 for k in ("relay_reservations", "relay_dials")},
+            }
         }
         bob.bootstrap = [alice_addr]
         bob.start()
