@@ -154,6 +154,25 @@ class MeshSection:
     relay_queue_max: int = _f(
         4096, "Relays waiting out their jitter; beyond this a relay is dropped and counted.", min=1, max=1_000_000
     )
+    courier_copies: int = _f(
+        4,
+        "Copies of a sealed envelope handed to carriers (spray and wait) for a private message whose peer nobody "
+        "can reach; 0 turns courier copies off.",
+        min=0,
+        max=64,
+    )
+    courier_after_s: float = _f(
+        60.0,
+        "Seconds a private message waits for an unreachable peer before courier copies are made.",
+        min=0,
+        max=30 * 86_400,
+    )
+    courier_expiry_s: float = _f(
+        86_400.0, "Lifetime of a courier envelope; carriers drop it afterwards.", min=60, max=30 * 86_400
+    )
+    courier_max_envelopes: int = _f(
+        256, "Envelopes this node carries for others at once (the one nearest expiry goes first).", min=1, max=1_000_000
+    )
     inbox_max_messages: int = _f(
         10_000, "Messages kept in the inbox; the oldest are pruned beyond this.", min=1, max=100_000_000
     )

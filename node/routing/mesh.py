@@ -20,6 +20,7 @@ topology learned from announces, else the link the peer's announces arrive on, e
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 import struct
@@ -32,6 +33,14 @@ from node.config import MeshSection
 from node.crypto.errors import ReplayError
 from node.errors import CryptoError, MeshError
 from node.identity import Identity, peer_id_from_noise_key
+from node.routing.courier import (
+    CourierStore,
+    Envelope,
+    decode_envelope_untrusted,
+    encode_envelope,
+    open_untrusted,
+    seal,
+)
 from node.routing.dedupe import DedupeCache, dedupe_key
 from node.routing.paths import PathTable, Route
 from node.routing.peers import PeerInfo, PeerTable
@@ -142,6 +151,11 @@ class MeshCounters:
     sent_routed: int = 0
     sent_reverse: int = 0
     sent_flooded: int = 0
+    courier_sealed: int = 0  # our own held messages turned into envelopes
+    courier_carried: int = 0  # envelopes accepted to carry for others
+    courier_handed: int = 0  # envelope copies handed to a neighbour (carrier or recipient)
+    courier_opened: int = 0  # envelopes for us, opened
+    courier_refused: int = 0  # envelopes refused: malformed, unopenable, expired or no room
 
 
 @dataclass
@@ -153,6 +167,7 @@ class _Pending:
     attempts: int = 0
     next_try: float = 0.0
     free_send: bool = False  # the next send follows a fresh session: it does not count as an attempt
+    sealed: bool = False  # courier copies were made
 
 
 @dataclass
@@ -197,6 +212,7 @@ class MeshCore:
         self.paths = PathTable(self.peer_id, path_ttl_s=s.path_ttl_s, max_hops=s.default_ttl, max_entries=s.max_peers)
         self.relays = RelayQueue(s.relay_queue_max)
         self._flood = s.routing == "flood"
+        self.couriers = CourierStore(s.courier_max_envelopes)
 
     # ---------------------------------------------------------------- time
     def wall_ms(self, now: float) -> int:
@@ -484,8 +500,13 @@ class MeshCore:
         if not self._reachable(p.peer_id, now):
             # Store and forward: the peer is unknown (restored from the outbox before it announced itself) or has
             # not been heard from lately (a partition, or it is offline). Sending would only flood the mesh and
-            # burn attempts; its next announce wakes the message up.
-            p.next_try = min(now + s.private_retry_max_interval_s, p.created + s.private_expiry_s)
+            # burn attempts; its next announce wakes the message up. Meanwhile, carriers may take it there.
+            if s.courier_copies and not p.sealed and now - p.created >= s.courier_after_s:
+                self._seal_for_couriers(p, now)
+            wake = min(now + s.private_retry_max_interval_s, p.created + s.private_expiry_s)
+            if s.courier_copies and not p.sealed:
+                wake = min(wake, max(now, p.created + s.courier_after_s))
+            p.next_try = wake
             return
         if self.sessions.session(p.peer_id) is None:
             # Nothing can be sent yet: (re)start the handshake and look again when it could have finished.
@@ -507,6 +528,69 @@ class MeshCore:
             # Still no ack: our session may be one the peer no longer holds (it restarted, or lost the last
             # handshake message). Start a fresh handshake; the old session serves until it completes.
             self._start_handshake(p.peer_id, now)
+
+    # ---------------------------------------------------------------- courier copies
+    def _seal_for_couriers(self, p: _Pending, now: float) -> None:
+        info = self.peers.get(p.peer_id)
+        if info is None:
+            return  # no Noise key to seal to: only the peer's own announce can help
+        p.sealed = True
+        expires = self.wall_ms(now) + int(self.settings.courier_expiry_s * 1000)
+        plaintext = encode_noise_payload(NoisePayloadType.PRIVATE_MESSAGE, encode_private_message(p.message_id, p.text))
+        sealed = seal(
+            plaintext,
+            sender_static=self.identity.noise_private,
+            recipient_id=p.peer_id,
+            recipient_static=info.noise_public_key,
+            expires_at_ms=expires,
+        )
+        self.couriers.add(Envelope(p.peer_id, expires, self.settings.courier_copies, sealed), self.wall_ms(now))
+        self.counters.courier_sealed += 1
+        for link_id in list(self.links):  # spray to whoever is around now
+            peer = self.paths.peer_on_link(link_id)
+            if peer is not None:
+                self._meet(peer, link_id, now)
+
+    def _meet(self, peer: bytes, link_id: str, now: float) -> None:
+        """A direct neighbour is here: hand it the envelopes (or copies) it should carry or receive."""
+        for env in self.couriers.meet(peer, self.wall_ms(now)):
+            pkt = dataclasses.replace(
+                self._packet(MessageType.COURIER_ENVELOPE, encode_envelope(env), now, peer), ttl=1
+            )  # TTL 1: straight to the neighbour, never relayed
+            self._emit([link_id], pkt)
+            self.counters.courier_handed += 1
+
+    def _on_envelope(self, link_id: str, pkt: Packet, now: float) -> bool:
+        try:
+            env = decode_envelope_untrusted(pkt.payload)
+        except MalformedFrame:
+            self.counters.courier_refused += 1
+            return False
+        if env.recipient_id != self.peer_id:
+            if not self.couriers.add(env, self.wall_ms(now)):
+                self.counters.courier_refused += 1
+                return False
+            self.counters.courier_carried += 1
+            for lid in self.paths.direct_links(env.recipient_id, now)[:1]:  # the recipient is right here
+                self._meet(env.recipient_id, lid, now)
+            return True
+        if env.expires_at_ms <= self.wall_ms(now):
+            self.counters.courier_refused += 1
+            return False
+        try:
+            sender, plaintext = open_untrusted(env, self.identity.noise_private)
+            ptype, body = decode_noise_payload_untrusted(plaintext)
+        except (CryptoError, MalformedFrame):
+            self.counters.courier_refused += 1
+            return False
+        self.counters.courier_opened += 1
+        if ptype == NoisePayloadType.PRIVATE_MESSAGE:
+            try:
+                self._on_noise_payload(sender, ptype, body, pkt, now)
+            except MalformedFrame:
+                self.counters.courier_refused += 1
+                return False
+        return True
 
     def _reachable(self, peer_id: bytes, now: float) -> bool:
         info = self.peers.get(peer_id)
@@ -581,6 +665,8 @@ class MeshCore:
             self._on_ping(pkt, now)
         elif t == MessageType.PONG and for_us:
             self._on_pong(pkt, now)
+        elif t == MessageType.COURIER_ENVELOPE and for_us:
+            authentic = self._on_envelope(link_id, pkt, now)
         else:
             self.counters.unknown_type += 1  # still relayed, as BitChat relays types it does not know
         if relay and authentic and not for_us:
@@ -671,6 +757,8 @@ class MeshCore:
         hops = max(1, MAX_TTL - min(pkt.ttl, MAX_TTL) + 1)
         if direct:
             self.paths.bind(pkt.sender_id, link_id, now)
+            if len(self.couriers):
+                self._meet(pkt.sender_id, link_id, now)
         self.paths.on_announce(pkt.sender_id, ann.neighbours, link_id, hops, pkt.timestamp_ms, now)
         if known is None:
             info = PeerInfo(
