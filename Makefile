@@ -36,6 +36,7 @@ format: $(STAMP_DEV)
 
 bench: $(STAMP_DEV)
 	$(BIN)/python bench/codec.py
+	$(BIN)/python bench/betanet.py
 
 $(BIN)/python:
 	scripts/bootstrap-venv $(PYTHON) $(VENV)
