@@ -171,12 +171,8 @@ def betanet_settings() -> Any:
 
 def quic_link(stream: Any, direction: str) -> Any:
     """Our BetanetLink (framing, bounded receive queue) over a py-libp2p QUIC stream."""
+    from node.transports.betanet.counters import BetanetCounters
     from node.transports.betanet.transport import BetanetLink
-
-    try:
-        from node.transports.betanet.counters import BetanetCounters
-    except ImportError:  # before the counters moved out of transport.py
-        from node.transports.betanet.transport import BetanetCounters  # type: ignore[attr-defined]
 
     settings = betanet_settings()
     return BetanetLink(
