@@ -28,7 +28,7 @@ from node.control.server import ControlServer
 from node.errors import MeshError
 from node.identity import Identity, fingerprint_from_noise_key
 from node.inbox import Inbox, InboxMessage
-from node.outbox import Outbox
+from node.outbox import Outbox, OutboxError
 from node.routing.mesh import (
     DeliveryAcked,
     MeshCore,
@@ -166,8 +166,8 @@ class Node:
             created = now - max(0.0, (wall - entry.created_at_ms) / 1000.0)
             try:
                 core.queue_private(entry.id, bytes.fromhex(entry.peer), entry.text, now, created=created)
-            except MeshError as exc:
-                outbox.settle(entry.id, "failed", wall, f"not restored after a restart: {exc}")
+            except MeshError as exc:  # e.g. a queue limit lowered in the config: keep it for a later start
+                log.warning("outbox: message %s stays on disk, not queued now: %s", entry.id, exc)
                 continue
             self._remember_outgoing(
                 OutgoingMessage(entry.id, entry.peer, entry.text, True, "pending", entry.created_at_ms)
@@ -355,12 +355,18 @@ class Node:
             log.info("peer %s (%s) left", event.peer_id.hex(), event.nickname)
         elif isinstance(event, DeliveryAcked):
             self._set_outgoing(event.message_id, "delivered")
-            self._require_outbox().settle(event.message_id, "delivered", self.clock.wall_ms())
+            self._settle(event.message_id, "delivered")
             log.info("private message %s delivered to %s", event.message_id, event.peer_id.hex())
         elif isinstance(event, PrivateFailed):
             self._set_outgoing(event.message_id, "failed", event.reason)
-            self._require_outbox().settle(event.message_id, "failed", self.clock.wall_ms(), event.reason)
+            self._settle(event.message_id, "failed", event.reason)
             log.warning("private message %s to %s failed: %s", event.message_id, event.peer_id.hex(), event.reason)
+
+    def _settle(self, message_id: str, state: str, detail: str = "") -> None:
+        try:
+            self._require_outbox().settle(message_id, state, self.clock.wall_ms(), detail)
+        except OutboxError as exc:  # the message stays pending on disk: at worst it is resent after a restart
+            log.error("outbox: could not record message %s as %s: %s", message_id, state, exc)
 
     def _set_outgoing(self, message_id: str, state: str, detail: str = "") -> None:
         msg = self.outgoing.get(message_id)

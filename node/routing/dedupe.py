@@ -36,6 +36,9 @@ class DedupeCache:
                 self._seen.popitem(last=False)
         return True
 
+    def discard(self, key: str) -> None:
+        self._seen.pop(key, None)
+
     def expire(self, now: float) -> None:
         while self._seen:
             key, expiry = next(iter(self._seen.items()))

@@ -514,9 +514,9 @@ class MeshCore:
             self._start_handshake(p.peer_id, now)
             p.next_try = min(now + s.handshake_timeout_s, p.created + s.private_expiry_s)
             return
-        if p.free_send:
-            p.free_send = False
-        else:
+        counted = not p.free_send  # a send right after a fresh handshake is on the house
+        p.free_send = False
+        if counted:
             if p.attempts:
                 self.counters.private_retries += 1
             p.attempts += 1
@@ -524,7 +524,7 @@ class MeshCore:
         p.next_try = now + min(backoff, s.private_retry_max_interval_s)
         plaintext = encode_noise_payload(NoisePayloadType.PRIVATE_MESSAGE, encode_private_message(p.message_id, p.text))
         self._send_encrypted(p.peer_id, plaintext, now, queue=False)
-        if p.attempts % REHANDSHAKE_AFTER_ATTEMPTS == 0 and self.sessions.session(p.peer_id) is not None:
+        if counted and p.attempts % REHANDSHAKE_AFTER_ATTEMPTS == 0 and self.sessions.session(p.peer_id) is not None:
             # Still no ack: our session may be one the peer no longer holds (it restarted, or lost the last
             # handshake message). Start a fresh handshake; the old session serves until it completes.
             self._start_handshake(p.peer_id, now)
@@ -671,6 +671,10 @@ class MeshCore:
             self.counters.unknown_type += 1  # still relayed, as BitChat relays types it does not know
         if relay and authentic and not for_us:
             self._relay(link_id, pkt, wire, key, now)
+        if not authentic:
+            # The dedupe key does not cover the signature: a forged or broken copy must not make the genuine
+            # packet, arriving later, look like a duplicate.
+            self.dedupe.discard(key)
 
     # ---------------------------------------------------------------- relay
     def _relay(self, in_link: str, pkt: Packet, wire: bytes, key: str, now: float) -> None:
@@ -680,7 +684,7 @@ class MeshCore:
         degree = len(self.links)
         others = [lid for lid in self.links if lid != in_link]
         if self._flood:
-            ttl, targets, delay = pkt.ttl - 1, others, 0.0
+            ttl, targets, delay = min(pkt.ttl, MAX_TTL) - 1, others, 0.0
         else:
             ttl = relayed_ttl(pkt.type, pkt.ttl, broadcast=broadcast, degree=degree)
             if broadcast:

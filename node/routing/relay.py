@@ -5,7 +5,7 @@ BLE/BLEFanoutSelector.swift) so that our relays behave like a phone's:
 * never relay when TTL ≤ 1, when we are the sender or the recipient, a REQUEST_SYNC, or a packet that failed
   authentication;
 * directed packets: TTL − 1, jitter 10–35 ms for handshakes, 20–60 ms otherwise;
-* fragments: TTL min(TTL, 7; 5 with ≥ 6 links) − 1, jitter 8–25 ms;
+* broadcast fragments: TTL min(TTL, 7; 5 with ≥ 6 links) − 1, jitter 8–25 ms (directed ones as directed);
 * broadcasts: TTL − 1 with ≤ 2 links; max(2, min(TTL, 5)) − 1 with ≥ 6 links; otherwise
   max(2, min(TTL, 6 — 7 for announces)) − 1; jitter 10–40 / 60–150 / 80–180 / 100–220 ms for
   degree ≤ 2 / 3–5 / 6–9 / ≥ 10;
@@ -36,7 +36,7 @@ MAX_TTL = 7
 def relayed_ttl(msg_type: int, ttl: int, *, broadcast: bool, degree: int) -> int:
     """The TTL a relay puts on the packet (0 or 1 after this means the next node will not relay it)."""
     ttl = min(ttl, MAX_TTL)
-    if msg_type == MessageType.FRAGMENT:
+    if msg_type == MessageType.FRAGMENT and broadcast:
         return min(ttl, 5 if degree >= 6 else MAX_TTL) - 1
     if not broadcast:
         return ttl - 1
@@ -49,7 +49,7 @@ def relayed_ttl(msg_type: int, ttl: int, *, broadcast: bool, degree: int) -> int
 
 def relay_jitter_s(rng: random.Random, msg_type: int, *, broadcast: bool, degree: int) -> float:
     """Seconds to wait before relaying, so that neighbours who heard the same packet do not collide."""
-    if msg_type == MessageType.FRAGMENT:
+    if msg_type == MessageType.FRAGMENT and broadcast:
         lo, hi = 8, 25
     elif not broadcast:
         lo, hi = (10, 35) if msg_type == MessageType.NOISE_HANDSHAKE else (20, 60)
@@ -134,6 +134,7 @@ class RelayQueue:
             item = heapq.heappop(self._heap)
             if item.cancelled:
                 continue
-            self._by_key.pop(item.key, None)
+            if self._by_key.get(item.key) is item:
+                del self._by_key[item.key]
             out.append(item)
         return out

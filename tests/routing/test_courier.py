@@ -31,15 +31,9 @@ async def test_a_carrier_delivers_to_a_peer_that_was_offline_after_the_sender_le
     with trio.fail_after(SIM_TIMEOUT_S * 2):
         await mesh.wait_until_known(0, 2)
         await bc.aclose()  # c goes offline
-        await a.wait_until(
-            lambda: (
-                not core(mesh, 0)
-                .peers.get(pid(mesh, 2))
-                .reachable(  # type: ignore[union-attr]
-                    trio.current_time(), 60.0
-                )
-            )
-        )
+        c_at_a = core(mesh, 0).peers.get(pid(mesh, 2))
+        assert c_at_a is not None
+        await a.wait_until(lambda: not c_at_a.reachable(trio.current_time(), 60.0))
         message_id = a.send_private(c.identity.peer_id_hex, secret)
         # After courier_after_s, a seals the message and sprays half its copies to b, its only neighbour.
         await b.wait_until(lambda: core(mesh, 1).counters.courier_carried >= 1)

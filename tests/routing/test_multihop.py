@@ -229,3 +229,21 @@ def test_relay_rules_match_bitchat() -> None:
     subset = fanout_subset("abc", links)
     assert len(subset) == 4 and subset == fanout_subset("abc", list(reversed(links)))  # bitlen(7) + 1
     assert fanout_subset("abc", links[:2]) == links[:2]
+
+
+async def test_a_forged_copy_arriving_first_does_not_suppress_the_genuine_packet(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    mesh = await start_mesh(nursery, tmp_path, 2, seed=17)
+    mesh.connect(0, 1, Faults(latency_s=1.0))  # the genuine path is slow...
+    rogue_link, _ = mesh.net.connect(mesh.net.transport("rogue"), mesh.transports[1])  # ...the rogue's is not
+    with trio.fail_after(SIM_TIMEOUT_S):
+        await mesh.wait_until_known(1, 0)
+        mesh.net.tap = []
+        mesh.nodes[0].broadcast("the genuine article")
+        await trio.testing.wait_all_tasks_blocked()  # n0's link writer has put it on the (slow) medium
+        genuine = next(f for src, _, f in mesh.net.tap if src == "n0" and f[1] == MessageType.MESSAGE)
+        await rogue_link.send(genuine[:-1] + bytes([genuine[-1] ^ 1]))  # one signature bit flipped
+        await mesh.nodes[1].wait_until(lambda: core(mesh, 1).counters.bad_signature >= 1)
+        await mesh.nodes[1].wait_until(lambda: bool(inbox_texts(mesh, 1)))
+    assert inbox_texts(mesh, 1) == [("the genuine article", False)]
