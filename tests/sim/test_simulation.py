@@ -1,0 +1,80 @@
+"""The simulator as a whole: neighbour delivery, reproducibility, churn, and (slow) 1,000 nodes."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from node.sim import LinkModel, SimError, Simulation, line, random_churn, random_geometric
+
+
+def test_two_neighbours_exchange_a_private_message_and_its_ack() -> None:
+    sim = Simulation(line(2), LinkModel(loss=0.1), seed=3)
+    sim.run_until(5.0)
+    rec = sim.send_private(0, 1, "hello neighbour")
+    assert rec.refused is None and rec.message_id is not None
+    sim.run_until(60.0)
+    assert rec.delivered_s is not None and rec.acked_s is not None
+    assert 0.0 < rec.delivered_s - rec.sent_s < 30.0 and rec.hops == 1
+    r = sim.report()
+    assert (r.unicast_sent, r.unicast_delivered, r.unicast_acked) == (1, 1, 1)
+    assert r.unicast_frames >= 4  # three handshake messages and the ciphertext at least
+    assert r.core_counters["bad_signature"] == 0 and r.verify_calls > 0
+
+
+def test_a_send_to_a_peer_the_core_does_not_know_is_counted_as_refused() -> None:
+    sim = Simulation(line(2), seed=1)
+    rec = sim.send_private(0, 1, "too early")  # no announce has arrived yet
+    assert rec.refused is not None and "unknown" in rec.refused
+    assert sim.report().unicast_refused == 1
+
+
+def _scenario(seed: int) -> Simulation:
+    sim = Simulation(random_geometric(12, seed=seed), LinkModel(loss=0.1), seed=seed, wall_clock=lambda: 0.0)
+    for c in random_churn(sim.topology, seed=seed, fraction=0.2, start_s=20.0, end_s=40.0, down_for_s=(5, 15)):
+        sim.add_churn(c)
+    sim.run_until(20.0)
+    rng = random.Random(seed)
+    for k in range(10):
+        i, j = rng.sample(range(12), 2)
+        sim.send_private(i, j, f"m{k}")
+        sim.broadcast(j, f"b{k}")
+        sim.run_until(sim.now + 1.0)
+    sim.run_until(60.0)
+    return sim
+
+
+def test_the_same_seed_gives_the_same_report() -> None:
+    a, b = _scenario(5).report(), _scenario(5).report()
+    assert a == b
+    assert a.broadcast_sent == 10 and a.events > 1000
+    c = _scenario(6).report()
+    assert c.frames_by_type != a.frames_by_type
+
+
+def test_run_until_refuses_the_past_and_unknown_nodes() -> None:
+    sim = Simulation(line(2), seed=1)
+    sim.run_until(3.0)
+    with pytest.raises(SimError, match="past"):
+        sim.run_until(2.0)
+    with pytest.raises(SimError, match="node 5"):
+        sim.broadcast(5, "nobody")
+    with pytest.raises(SimError, match="not neighbours"):
+        Simulation(line(3), seed=1).set_link_model(0, 2, LinkModel())
+
+
+@pytest.mark.slow
+def test_a_thousand_nodes_run() -> None:
+    sim = Simulation(random_geometric(1000, seed=1), LinkModel(loss=0.1), seed=1)
+    sim.run_until(40.0)
+    rng = random.Random(1)
+    for k in range(20):
+        i, j = rng.sample(range(1000), 2)
+        sim.send_private(i, j, f"m{k}")
+        sim.run_until(sim.now + 0.5)
+    sim.run_until(60.0)
+    r = sim.report()
+    assert r.nodes == 1000 and r.unicast_sent == 20
+    assert r.frames_by_type["announce"] > 1000
+    assert r.speed_factor is not None
