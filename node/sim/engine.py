@@ -261,6 +261,7 @@ class Simulation:
         edge.up = should
         now = self.now
         for d in (edge.forward, edge.backward):
+            d.up = should
             d.generation += 1  # frames in flight on the old link never arrive
             d.queue.clear()
             d.busy_until = now
@@ -372,8 +373,7 @@ class Simulation:
     def _transmit(self, d: Direction, frame: bytes) -> None:
         stats = self.stats
         stats.offered += 1
-        edge = self.edges[d.edge]
-        if not edge.up:
+        if not d.up:
             stats.cut += 1
             return
         model = d.model

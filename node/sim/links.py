@@ -67,5 +67,6 @@ class Direction:
     busy_until: float = 0.0  # when the frame being serialised finishes
     queue: deque[float] = field(default_factory=deque)  # finish times of frames waiting or serialising
     generation: int = 0  # bumped on every down/up, so frames in flight across a cut are discarded
+    up: bool = False  # the edge is up (both ends hold the link)
     bytes_delivered: int = 0
     frames_delivered: int = 0

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from node.routing.mesh import MeshEvent, PeerAnnounced
 from node.sim import LinkModel, SimError, Simulation, line, random_churn, random_geometric
 
 
@@ -64,17 +65,26 @@ def test_run_until_refuses_the_past_and_unknown_nodes() -> None:
         Simulation(line(3), seed=1).set_link_model(0, 2, LinkModel())
 
 
+THOUSAND_SIM_S = 2.0  # simulated seconds: link-up, the first announces and their relays (see bench/mesh_sim.py)
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_a_thousand_nodes_run() -> None:
-    sim = Simulation(random_geometric(1000, seed=1), LinkModel(loss=0.1), seed=1)
-    sim.run_until(40.0)
-    rng = random.Random(1)
-    for k in range(20):
-        i, j = rng.sample(range(1000), 2)
-        sim.send_private(i, j, f"m{k}")
-        sim.run_until(sim.now + 0.5)
-    sim.run_until(60.0)
+    topo = random_geometric(1000, seed=1)
+    learned: set[tuple[int, bytes]] = set()
+
+    def note(i: int, event: MeshEvent, now: float) -> None:
+        if isinstance(event, PeerAnnounced):
+            learned.add((i, event.peer_id))
+
+    sim = Simulation(topo, LinkModel(loss=0.1), seed=1, on_event=note)
+    sim.run_until(THOUSAND_SIM_S)
     r = sim.report()
-    assert r.nodes == 1000 and r.unicast_sent == 20
-    assert r.frames_by_type["announce"] > 1000
-    assert r.speed_factor is not None
+    assert r.nodes == 1000 and all(
+        len(c.links) == len(nbrs) for c, nbrs in zip(sim.cores, topo.neighbours(), strict=True)
+    )
+    neighbour_pairs = {(i, sim.peer_ids[j]) for i, nbrs in enumerate(topo.neighbours()) for j in nbrs}
+    assert len(neighbour_pairs & learned) >= 0.95 * len(neighbour_pairs)  # neighbours found each other
+    assert r.frames_by_type["announce"] > 1000 and r.core_counters["bad_signature"] == 0
+    print(f"1,000 nodes: speed factor {r.speed_factor:.3f}, frames by type {r.frames_by_type}")

@@ -1,0 +1,270 @@
+"""Mesh routing at scale, in the simulator (node.sim): delivery, latency and transmissions, against naive flooding.
+
+    python bench/mesh_sim.py [--quick] [--seed S] [--sizes 100,500,1000] [--losses 0,10,30]
+                             [--messages M] [--broadcasts B] [--budget-s W] [--speed-budget-s W]
+
+For each N (random geometric graph, BLE-like range, mean degree 8) and each loss (per frame, per direction):
+
+* warm up ``WARMUP_S`` simulated seconds (announces spread; the path table fills);
+* send ``--messages`` private messages between random pairs whose hop distance is within the TTL horizon (7;
+  BitChat drops anything further, so pairs beyond it would measure the TTL, not the routing), one every
+  ``SEND_SPACING_S``, and ``--broadcasts`` public messages from random nodes in between;
+* run ``DRAIN_S`` more (a private message's retries back off 5, 10, 20, 40, 80 s);
+* once with ``mesh.routing = "path"`` (the default) and once with ``"flood"`` (naive TTL flooding), the baseline.
+
+One summary line per figure: unicast delivery ratio, median / p95 latency (simulated s) and frames put on links
+per delivered message (Noise handshake + encrypted frames, acks included), with the flooding run's figures and
+the ratio; the same for broadcasts (fraction of nodes reached, frames per receiver); frames per simulated second
+by packet type; and the speed factor (simulated s per wall-clock s) at N=1000.
+
+A run that exceeds its wall-clock budget (``--budget-s``) stops where it is and says so: at some sizes the
+traffic of the routing under test makes the simulation slower than real time, and that is itself a figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from node.config import MeshSection
+from node.sim import LinkModel, SimReport, Simulation, random_geometric
+from node.sim.metrics import type_name
+
+WARMUP_S = 45.0  # three announce rounds (15 ± 4 s)
+SEND_SPACING_S = 0.5  # between two messages of the workload
+DRAIN_S = 160.0  # after the last send: six attempts of a private message span 5+10+20+40+80 = 155 s
+TTL_HORIZON = 7  # hops a BitChat packet can travel
+MEAN_DEGREE = 8.0  # BLE: Android keeps up to 8 links, iOS 6 outbound
+STEP_S = 1.0  # simulated seconds between wall-clock budget checks
+SPEED_PROBE_N = 1000
+
+
+@dataclass
+class Run:
+    n: int
+    loss: float
+    mode: str
+    report: SimReport
+    finished: bool
+    planned_s: float
+    horizon_fraction: float  # mean fraction of other nodes within TTL_HORIZON hops
+    broadcast_in_horizon: float | None  # mean fraction of nodes within the horizon reached by a broadcast
+    warmup_rates: dict[str, float]  # frames per simulated second by type during the warm-up
+    steady_rates: dict[str, float]  # ... after it
+    warmup_speed: float | None
+    steady_speed: float | None
+
+
+def routing_available() -> bool:
+    return "routing" in {f.name for f in dataclasses.fields(MeshSection)}
+
+
+def settings_for(mode: str) -> MeshSection:
+    return dataclasses.replace(MeshSection(), routing=mode) if routing_available() else MeshSection()
+
+
+def _rates(before: dict[int, int], after: dict[int, int], seconds: float) -> dict[str, float]:
+    if seconds <= 0:
+        return {}
+    return {type_name(t): (c - before.get(t, 0)) / seconds for t, c in sorted(after.items())}
+
+
+def _action(sim: Simulation, kind: str, src: int, dst: int) -> Callable[[], None]:
+    def act() -> None:
+        if kind == "private":
+            sim.send_private(src, dst, f"m{src}>{dst} at {sim.now:.1f}")
+        else:
+            sim.broadcast(src, f"public news from n{src} at {sim.now:.1f}")
+
+    return act
+
+
+def run_one(n: int, loss: float, mode: str, *, seed: int, messages: int, broadcasts: int, budget_s: float) -> Run:
+    topo = random_geometric(n, seed=seed, mean_degree=MEAN_DEGREE)
+    sim = Simulation(topo, LinkModel(loss=loss), settings_for(mode), seed=seed)
+    rng = random.Random(seed)
+    dist = [topo.hop_distances(i) for i in rng.sample(range(n), min(n, 50))]
+    horizon = statistics.fmean(sum(1 for d in ds if d is not None and 0 < d <= TTL_HORIZON) / (n - 1) for ds in dist)
+
+    # The workload is fixed before the run so that path and flood runs get the same one.
+    plan: list[tuple[float, str, int, int]] = []
+    every = max(1, messages // max(1, broadcasts)) if broadcasts else 0
+    for k in range(messages):
+        src = rng.randrange(n)
+        near = [j for j, d in enumerate(topo.hop_distances(src)) if d is not None and 0 < d <= TTL_HORIZON]
+        plan.append((WARMUP_S + k * SEND_SPACING_S, "private", src, rng.choice(near)))
+        if every and k % every == 0 and sum(1 for p in plan if p[1] == "broadcast") < broadcasts:
+            plan.append((WARMUP_S + (k + 0.5) * SEND_SPACING_S, "broadcast", rng.randrange(n), -1))
+    for at, kind, src, dst in plan:
+        sim.schedule(at, _action(sim, kind, src, dst))
+    end_s = max(at for at, *_ in plan) + DRAIN_S if plan else WARMUP_S + DRAIN_S
+
+    deadline = time.perf_counter() + budget_s
+    finished = True
+    marks: list[tuple[float, float, dict[int, int]]] = [(0.0, 0.0, {})]  # (sim s, wall s spent, frames)
+    for target in (WARMUP_S, end_s):
+        while sim.now < target:
+            if time.perf_counter() > deadline:
+                finished = False
+                break
+            sim.run_until(min(target, sim.now + STEP_S))
+        marks.append((sim.now, sim.report().wall_s, sim.frames_by_type()))
+        if not finished:
+            break
+    report = sim.report()
+    (t0, w0, f0), (t1, w1, f1) = marks[0], marks[1]
+    warmup_rates, warmup_speed = _rates(f0, f1, t1 - t0), ((t1 - t0) / (w1 - w0) if w1 > w0 else None)
+    steady_rates: dict[str, float] = {}
+    steady_speed = None
+    if len(marks) > 2:
+        t2, w2, f2 = marks[2]
+        steady_rates = _rates(f1, f2, t2 - t1)
+        steady_speed = (t2 - t1) / (w2 - w1) if w2 > w1 else None
+
+    in_horizon = []
+    for b in sim.broadcasts:
+        ds = topo.hop_distances(b.src)
+        within = {j for j, d in enumerate(ds) if d is not None and 0 < d <= TTL_HORIZON}
+        if within:
+            in_horizon.append(len(within & set(b.reached)) / len(within))
+    return Run(
+        n,
+        loss,
+        mode,
+        report,
+        finished,
+        end_s,
+        horizon,
+        statistics.fmean(in_horizon) if in_horizon else None,
+        warmup_rates,
+        steady_rates,
+        warmup_speed,
+        steady_speed,
+    )
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _s(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f} s"
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:,.1f}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "n/a" if a is None or not b else f"{a / b:.2f}"
+
+
+def _state(run: Run) -> str:
+    r = run.report
+    return "" if run.finished else f" [INCOMPLETE: wall budget hit at {r.sim_time_s:.0f} of {run.planned_s:.0f} sim s]"
+
+
+def unicast_line(path: Run, flood: Run | None) -> str:
+    r = path.report
+    line = (
+        f"mesh_sim.unicast.n{path.n}.loss{round(path.loss * 100)}: delivery {_pct(r.unicast_delivery_ratio)} "
+        f"({r.unicast_delivered}/{r.unicast_sent}, refused {r.unicast_refused}), latency median "
+        f"{_s(r.unicast_latency_median_s)} p95 {_s(r.unicast_latency_p95_s)}, "
+        f"{_num(r.unicast_frames_per_delivered)} frames/delivered [routing=path]{_state(path)}"
+    )
+    if flood is None:
+        return line + " | flood baseline unavailable (MeshSection has no `routing`)"
+    f = flood.report
+    return line + (
+        f" | flood: {_pct(f.unicast_delivery_ratio)}, median {_s(f.unicast_latency_median_s)}, "
+        f"{_num(f.unicast_frames_per_delivered)} frames/delivered{_state(flood)} | frames ratio path/flood "
+        f"{_ratio(r.unicast_frames_per_delivered, f.unicast_frames_per_delivered)}"
+    )
+
+
+def broadcast_line(path: Run, flood: Run | None) -> str:
+    r = path.report
+    line = (
+        f"mesh_sim.broadcast.n{path.n}.loss{round(path.loss * 100)}: reached {_pct(r.broadcast_delivery_ratio)} of "
+        f"nodes ({_pct(path.broadcast_in_horizon)} of those within {TTL_HORIZON} hops), latency median "
+        f"{_s(r.broadcast_latency_median_s)} p95 {_s(r.broadcast_latency_p95_s)}, "
+        f"{_num(r.broadcast_frames_per_receiver)} frames/receiver [routing=path]{_state(path)}"
+    )
+    if flood is None:
+        return line + " | flood baseline unavailable"
+    f = flood.report
+    return line + (
+        f" | flood: {_pct(f.broadcast_delivery_ratio)} ({_pct(flood.broadcast_in_horizon)} in horizon), "
+        f"{_num(f.broadcast_frames_per_receiver)} frames/receiver | frames ratio path/flood "
+        f"{_ratio(r.broadcast_frames_per_receiver, f.broadcast_frames_per_receiver)}"
+    )
+
+
+def rates_line(run: Run) -> str:
+    def fmt(rates: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:,.0f}" for k, v in sorted(rates.items(), key=lambda kv: -kv[1]) if v >= 0.5) or "n/a"
+
+    return (
+        f"mesh_sim.frames_per_sim_s.n{run.n}.loss{round(run.loss * 100)}.{run.mode}: warm-up (0-{WARMUP_S:.0f} s) "
+        f"{fmt(run.warmup_rates)} | after {fmt(run.steady_rates)}"
+    )
+
+
+def speed_line(run: Run) -> str:
+    r = run.report
+    return (
+        f"mesh_sim.speed.n{run.n}: {_num(r.speed_factor)}x simulated/wall over {r.sim_time_s:.0f} sim s in "
+        f"{r.wall_s:.0f} wall s (warm-up {_num(run.warmup_speed)}x, after {_num(run.steady_speed)}x; goal >= 10x) "
+        f"[routing={run.mode}, loss {round(run.loss * 100)}%, {r.events:,} events, "
+        f"{r.link.tail_dropped:,} frames tail-dropped]{_state(run)}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="N=100 only, and a shorter 1,000-node speed probe")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--sizes", default="100,500,1000", help="comma-separated N")
+    ap.add_argument("--losses", default="0,10,30", help="comma-separated loss percentages")
+    ap.add_argument("--messages", type=int, default=200, help="private messages per run")
+    ap.add_argument("--broadcasts", type=int, default=10, help="public messages per run")
+    ap.add_argument("--budget-s", type=float, default=900.0, help="wall-clock seconds per run before it stops")
+    ap.add_argument("--speed-budget-s", type=float, default=300.0, help="wall-clock budget of the N=1000 probe")
+    args = ap.parse_args()
+    sizes = [100] if args.quick else [int(x) for x in args.sizes.split(",")]
+    losses = [float(x) / 100 for x in args.losses.split(",")]
+    speed_budget = min(args.speed_budget_s, 120.0) if args.quick else args.speed_budget_s
+    flood_ok = routing_available()
+    if not flood_ok:
+        print("mesh_sim: MeshSection has no `routing` field: the flooding baseline is unavailable", flush=True)
+
+    common = {"seed": args.seed, "messages": args.messages, "broadcasts": args.broadcasts}
+    speed_run: Run | None = None
+    for n in sizes:
+        for loss in losses:
+            path = run_one(n, loss, "path", budget_s=args.budget_s, **common)
+            flood = run_one(n, loss, "flood", budget_s=args.budget_s, **common) if flood_ok else None
+            print(unicast_line(path, flood), flush=True)
+            print(broadcast_line(path, flood), flush=True)
+            print(rates_line(path), flush=True)
+            if flood is not None:
+                print(rates_line(flood), flush=True)
+            if n == SPEED_PROBE_N and (speed_run is None or loss == 0.1):
+                speed_run = path
+    if speed_run is None:
+        speed_run = run_one(SPEED_PROBE_N, 0.1, "path", budget_s=speed_budget, **common)
+        print(rates_line(speed_run), flush=True)
+    print(speed_line(speed_run), flush=True)
+
+
+if __name__ == "__main__":
+    main()
