@@ -62,6 +62,7 @@ class Run:
     steady_rates: dict[str, float]  # ... after it
     warmup_speed: float | None
     steady_speed: float | None
+    warmup_end_s: float  # where the warm-up window ended (WARMUP_S unless the wall budget cut it short)
 
 
 def routing_available() -> bool:
@@ -149,6 +150,7 @@ def run_one(n: int, loss: float, mode: str, *, seed: int, messages: int, broadca
         steady_rates,
         warmup_speed,
         steady_speed,
+        t1,
     )
 
 
@@ -162,6 +164,10 @@ def _s(x: float | None) -> str:
 
 def _num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:,.1f}"
+
+
+def _speed(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3g}x"
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -214,16 +220,17 @@ def rates_line(run: Run) -> str:
         return ", ".join(f"{k} {v:,.0f}" for k, v in sorted(rates.items(), key=lambda kv: -kv[1]) if v >= 0.5) or "n/a"
 
     return (
-        f"mesh_sim.frames_per_sim_s.n{run.n}.loss{round(run.loss * 100)}.{run.mode}: warm-up (0-{WARMUP_S:.0f} s) "
-        f"{fmt(run.warmup_rates)} | after {fmt(run.steady_rates)}"
+        f"mesh_sim.frames_per_sim_s.n{run.n}.loss{round(run.loss * 100)}.{run.mode}: "
+        f"warm-up (0-{run.warmup_end_s:.0f} s) {fmt(run.warmup_rates)} | after {fmt(run.steady_rates)} "
+        f"| speed {_speed(run.warmup_speed)} in the warm-up, {_speed(run.steady_speed)} after"
     )
 
 
 def speed_line(run: Run) -> str:
     r = run.report
     return (
-        f"mesh_sim.speed.n{run.n}: {_num(r.speed_factor)}x simulated/wall over {r.sim_time_s:.0f} sim s in "
-        f"{r.wall_s:.0f} wall s (warm-up {_num(run.warmup_speed)}x, after {_num(run.steady_speed)}x; goal >= 10x) "
+        f"mesh_sim.speed.n{run.n}: {_speed(r.speed_factor)} simulated/wall over {r.sim_time_s:.0f} sim s in "
+        f"{r.wall_s:.0f} wall s (warm-up {_speed(run.warmup_speed)}, after {_speed(run.steady_speed)}; goal >= 10x) "
         f"[routing={run.mode}, loss {round(run.loss * 100)}%, {r.events:,} events, "
         f"{r.link.tail_dropped:,} frames tail-dropped]{_state(run)}"
     )
