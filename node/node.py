@@ -435,7 +435,7 @@ class Node:
         core = self._require_core()
         now = self.clock.now()
         rows = []
-        for r in sorted(core.paths.routes(now).values(), key=lambda r: (r.hops, r.destination)):
+        for r in sorted(core.paths.all_routes(now).values(), key=lambda r: (r.hops, r.destination)):
             info = core.peers.get(r.destination)
             link = self.links.get(r.link_id)
             rows.append(
@@ -499,7 +499,7 @@ class Node:
             "links": len(self.links),
             "pending_private": len(core.pending),
             "outbox": self._require_outbox().counts(),
-            "routes": len(core.paths.routes(now)),
+            "routes": len(core.paths.all_routes(now)),
             "data_dir": str(self.config.data_dir),
             "counters": {**_as_dict(core.counters), "link_queue_dropped": self.dropped_link_frames},
             "transport_counters": {t.name: _as_dict(t.counters) for t in self.transports if hasattr(t, "counters")},

@@ -80,6 +80,8 @@ REHANDSHAKE_AFTER_ATTEMPTS = 3  # every 3rd unacknowledged send of a private mes
 MAX_OUTSTANDING_PINGS = 256  # pings awaiting a pong; the oldest are forgotten beyond this
 PING_EXPIRY_S = 30.0  # a pong later than this is ignored
 RTT_SMOOTHING = 0.25  # weight of a new RTT or loss sample (exponentially weighted moving average)
+BUSY_LINKS = 6  # BitChat's threshold for a busy node: longer announce interval, shorter broadcast TTL
+ANNOUNCE_ANSWER_GAP_S = 0.15  # BitChat forces announces on a link at least this far apart
 PADDED_TYPES = (MessageType.NOISE_HANDSHAKE, MessageType.NOISE_ENCRYPTED)  # only these are padded on air
 
 
@@ -213,6 +215,8 @@ class MeshCore:
         self.relays = RelayQueue(s.relay_queue_max)
         self._flood = s.routing == "flood"
         self.couriers = CourierStore(s.courier_max_envelopes)
+        self._announced_at: dict[str, float] = {}  # link -> when we last announced on it
+        self._answers: dict[str, float] = {}  # link -> when a deferred answer to a new neighbour is due
 
     # ---------------------------------------------------------------- time
     def wall_ms(self, now: float) -> int:
@@ -227,6 +231,7 @@ class MeshCore:
                 min((p.next_try for p in self.pending.values()), default=None),
                 self.reassembler.next_expiry(),
                 self.relays.next_due(),
+                min(self._answers.values(), default=None),
             )
             if t is not None
         ]
@@ -235,12 +240,16 @@ class MeshCore:
     def handle_timer(self, now: float) -> None:
         if self._next_announce is not None and now >= self._next_announce:
             self._announce_all(now)
+        for link_id, due in list(self._answers.items()):
+            if due <= now:
+                del self._answers[link_id]
+                self._send_announce([link_id], now)
         for peer in self.sessions.expire(now):
             # A handshake message was lost. If we still have something to say, try again straight away (one
             # handshake per handshake_timeout_s keeps within BitChat's 10 per minute per peer).
             waiting = self._session_queue.get(peer) or any(p.peer_id == peer for p in self.pending.values())
             if waiting and self._reachable(peer, now):
-                self._start_handshake(peer, now)
+                self._start_handshake(peer, now, flood=True)  # the routed attempt was lost: every path now
             else:
                 self._session_queue.pop(peer, None)
         self.reassembler.expire(now)
@@ -253,10 +262,12 @@ class MeshCore:
                 self._attempt_private(p, now)
 
     def _schedule_announce(self, now: float) -> None:
+        # BitChat (BLEMaintenancePolicy): 15 ± 4 s, doubled to 30 ± 8 s with >= 6 links, where announces are
+        # the bulk of the traffic.
         s = self.settings
-        self._next_announce = now + max(
-            0.5, s.announce_interval_s + self.rng.uniform(-s.announce_jitter_s, s.announce_jitter_s)
-        )
+        factor = 2.0 if len(self.links) >= BUSY_LINKS else 1.0
+        jitter = self.rng.uniform(-s.announce_jitter_s, s.announce_jitter_s)
+        self._next_announce = now + max(0.5, factor * (s.announce_interval_s + jitter))
 
     # ---------------------------------------------------------------- outputs
     def frames_to_send(self) -> list[tuple[str, bytes]]:
@@ -299,8 +310,10 @@ class MeshCore:
                 return [route.link_id], route
         return list(self.links), None
 
-    def _send_directed(self, msg_type: int, payload: bytes, peer_id: bytes, now: float) -> None:
-        links, route = self.path_to(peer_id, now)
+    def _send_directed(self, msg_type: int, payload: bytes, peer_id: bytes, now: float, *, flood: bool = False) -> None:
+        """``flood``: every link, no source route — for a resend after the routed copy got no answer (the route
+        may be lossy or stale; a flood tries every path at once)."""
+        links, route = (list(self.links), None) if flood else self.path_to(peer_id, now)
         if route is None:
             self.counters.sent_flooded += 1
         elif route.source == "direct":
@@ -346,6 +359,8 @@ class MeshCore:
 
     def link_down(self, link_id: str, now: float) -> None:
         self.links.pop(link_id, None)
+        self._announced_at.pop(link_id, None)
+        self._answers.pop(link_id, None)
         self.peers.unbind_link(link_id)
         self.paths.link_down(link_id)
         # Fail over: whatever awaits an ack is resent at once along the next best path (or a flood).
@@ -372,6 +387,15 @@ class MeshCore:
 
     def _send_announce(self, link_ids: list[str], now: float) -> None:
         self._emit(link_ids, self.announce_packet(now))
+        for link_id in link_ids:
+            self._announced_at[link_id] = now
+
+    def _answer_announce(self, link_id: str, now: float) -> None:
+        last = self._announced_at.get(link_id)
+        if last is not None and now - last < ANNOUNCE_ANSWER_GAP_S:
+            self._answers[link_id] = last + ANNOUNCE_ANSWER_GAP_S  # one just went out: answer a little later
+            return
+        self._send_announce([link_id], now)
 
     def _announce_all(self, now: float) -> None:
         if self.links:
@@ -523,7 +547,8 @@ class MeshCore:
         backoff = s.private_retry_interval_s * (2 ** min(30, max(0, p.attempts - 1)))
         p.next_try = now + min(backoff, s.private_retry_max_interval_s)
         plaintext = encode_noise_payload(NoisePayloadType.PRIVATE_MESSAGE, encode_private_message(p.message_id, p.text))
-        self._send_encrypted(p.peer_id, plaintext, now, queue=False)
+        # The first send follows the path table; a resend (no ack came back) floods.
+        self._send_encrypted(p.peer_id, plaintext, now, queue=False, flood=p.attempts > 1)
         if counted and p.attempts % REHANDSHAKE_AFTER_ATTEMPTS == 0 and self.sessions.session(p.peer_id) is not None:
             # Still no ack: our session may be one the peer no longer holds (it restarted, or lost the last
             # handshake message). Start a fresh handshake; the old session serves until it completes.
@@ -596,7 +621,9 @@ class MeshCore:
         info = self.peers.get(peer_id)
         return info is not None and info.reachable(now, self.settings.peer_expiry_s)
 
-    def _send_encrypted(self, peer_id: bytes, plaintext: bytes, now: float, *, queue: bool) -> None:
+    def _send_encrypted(
+        self, peer_id: bytes, plaintext: bytes, now: float, *, queue: bool, flood: bool = False
+    ) -> None:
         """Encrypt to ``peer_id`` if a session exists; otherwise start a handshake (and, with ``queue``,
         hold the plaintext until it completes — acks are queued, private messages rely on retries)."""
         session = self.sessions.session(peer_id)
@@ -612,12 +639,12 @@ class MeshCore:
             self.sessions.drop(peer_id)
             self._start_handshake(peer_id, now)
             return
-        self._send_directed(MessageType.NOISE_ENCRYPTED, ciphertext, peer_id, now)
+        self._send_directed(MessageType.NOISE_ENCRYPTED, ciphertext, peer_id, now, flood=flood)
 
-    def _start_handshake(self, peer_id: bytes, now: float) -> None:
+    def _start_handshake(self, peer_id: bytes, now: float, *, flood: bool = False) -> None:
         msg1 = self.sessions.initiate(peer_id, now)
         if msg1 is not None:
-            self._send_directed(MessageType.NOISE_HANDSHAKE, msg1, peer_id, now)
+            self._send_directed(MessageType.NOISE_HANDSHAKE, msg1, peer_id, now, flood=flood)
 
     # ---------------------------------------------------------------- receive
     def receive_frame(self, link_id: str, data: bytes, now: float) -> None:
@@ -662,7 +689,7 @@ class MeshCore:
         elif t == MessageType.NOISE_ENCRYPTED and for_us:
             self._on_encrypted(pkt, now)
         elif t == MessageType.PING and for_us:
-            self._on_ping(pkt, now)
+            self._on_ping(link_id, pkt, now)
         elif t == MessageType.PONG and for_us:
             self._on_pong(pkt, now)
         elif t == MessageType.COURIER_ENVELOPE and for_us:
@@ -777,9 +804,10 @@ class MeshCore:
                 capabilities=ann.capabilities,
             )
             self.peers.upsert(info)
-            # Answer a new peer's announce once, so it learns us even if our link-up announce was lost.
-            if link_id in self.links:
-                self._send_announce([link_id], now)
+            # Answer a new neighbour's announce once, so it learns us even if our link-up announce was lost.
+            # (Only a neighbour's: answering every far peer heard through relays floods the mesh n² times.)
+            if direct:
+                self._answer_announce(link_id, now)
             if direct:
                 self._ping(info.peer_id, link_id, now)
         else:
@@ -884,8 +912,9 @@ class MeshCore:
         if ptype == NoisePayloadType.PRIVATE_MESSAGE:
             message_id, text = decode_private_message_untrusted(body)
             ack = encode_noise_payload(NoisePayloadType.DELIVERED, message_id.encode())
-            self._send_encrypted(peer, ack, now, queue=True)  # ack every copy: the first ack may be lost
             key = f"{peer.hex()}:{message_id}"
+            # Ack every copy: a resend means our ack was lost, so that one goes on every path.
+            self._send_encrypted(peer, ack, now, queue=True, flood=key in self._seen_private)
             if key in self._seen_private:
                 return
             self._seen_private[key] = None
@@ -911,9 +940,12 @@ class MeshCore:
                 self._events.append(DeliveryAcked(message_id, peer))
         # read receipts, authenticated peer state and optional types are accepted and ignored
 
-    def _on_ping(self, pkt: Packet, now: float) -> None:
+    def _on_ping(self, link_id: str, pkt: Packet, now: float) -> None:
         self.counters.pings_answered += 1
-        self._send_directed(MessageType.PONG, pkt.payload, pkt.sender_id, now)
+        if self.paths.peer_on_link(link_id) == pkt.sender_id:  # a neighbour's link probe: answer on that link
+            self._emit([link_id], self._packet(MessageType.PONG, pkt.payload, now, pkt.sender_id))
+        else:
+            self._send_directed(MessageType.PONG, pkt.payload, pkt.sender_id, now)
 
     def _on_fragment(self, link_id: str, pkt: Packet, now: float) -> bool:
         try:

@@ -11,7 +11,10 @@ Three sources feed it, all from verified announces:
   link it came in on is a good next hop back towards that peer, even when the peer is beyond the topology we
   know (neighbour lists are truncated to 10).
 
-Entries expire ``path_ttl_s`` after the announce that made them. Lookups recompute lazily, only after a change.
+Entries expire ``path_ttl_s`` after the announce that made them. The shortest paths are recomputed lazily:
+at once after a link or binding change, at most once per ``MIN_RECOMPUTE_S`` after topology news (announces
+arrive constantly in a large mesh; one recompute at 1,000 nodes costs milliseconds). Reverse paths are looked
+up directly and never force a recompute.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 
 RTT_UNIT_S = 0.1  # a link's cost grows by one unit per 100 ms of round-trip time
 MIN_DELIVERY = 0.05  # floor of the delivery estimate, so a very lossy link has a large but finite cost
+MIN_RECOMPUTE_S = 1.0  # topology news waits at most this long before the shortest paths are recomputed
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +77,8 @@ class PathTable:
         self._link_peer: dict[str, bytes] = {}  # link id -> the peer bound to it
         self._adjacency: dict[bytes, _Adjacency] = {}
         self._reverse: dict[bytes, _Reverse] = {}
-        self._routes: dict[bytes, Route] | None = None
+        self._routes: dict[bytes, Route] | None = None  # None: must recompute before the next lookup
+        self._stale = False  # topology news: recompute when MIN_RECOMPUTE_S has passed
         self._computed_at = 0.0
         self._next_expiry = float("inf")
 
@@ -127,14 +132,12 @@ class PathTable:
         adj = self._adjacency.get(origin)
         nset = frozenset(neighbours)
         if adj is None or adj.neighbours != nset:
-            self._routes = None
+            self._stale = True
         if adj is None and len(self._adjacency) >= self.max_entries:
             self._evict()
         self._adjacency[origin] = _Adjacency(nset, expires)
         rev = self._reverse.get(origin)
         if link_id in self.links and (rev is None or timestamp_ms > rev.timestamp_ms or rev.expires_at <= now):
-            if rev is None or rev.link_id != link_id or rev.hops != hops:
-                self._routes = None
             self._reverse[origin] = _Reverse(link_id, hops, timestamp_ms, expires)
         self._next_expiry = min(self._next_expiry, expires)
 
@@ -150,13 +153,44 @@ class PathTable:
         return sorted(links, key=lambda lid: self.links[lid].cost())
 
     def route(self, dest: bytes, now: float) -> Route | None:
-        return self.routes(now).get(dest)
+        """The best way to ``dest``: a shortest path (direct or source-routed), else its reverse path."""
+        found = self.routes(now).get(dest)
+        return found if found is not None else self._reverse_route(dest, now)
+
+    def all_routes(self, now: float) -> dict[bytes, Route]:
+        """Every destination with a way to it (for display)."""
+        out = dict(self.routes(now))
+        for dest in list(self._reverse):
+            if dest not in out and (r := self._reverse_route(dest, now)) is not None:
+                out[dest] = r
+        return out
 
     def routes(self, now: float) -> dict[bytes, Route]:
-        if self._routes is None or now >= self._next_expiry or now < self._computed_at:
+        """Shortest paths (recomputed lazily; reverse paths are not included)."""
+        due = self._stale and now - self._computed_at >= MIN_RECOMPUTE_S
+        if self._routes is None or due or now >= self._next_expiry or now < self._computed_at:
             self._routes = self._compute(now)
             self._computed_at = now
+            self._stale = False
         return self._routes
+
+    def _reverse_route(self, dest: bytes, now: float) -> Route | None:
+        rev = self._reverse.get(dest)
+        if rev is None or dest == self.local_id or rev.hops > self.max_hops:
+            return None
+        if rev.expires_at <= now or rev.link_id not in self.links:
+            del self._reverse[dest]
+            return None
+        return Route(
+            destination=dest,
+            next_hop=self._link_peer.get(rev.link_id),
+            link_id=rev.link_id,
+            hops=rev.hops,
+            cost=self.links[rev.link_id].cost() + rev.hops - 1,
+            expires_at=rev.expires_at,
+            via=(),
+            source="reverse",
+        )
 
     def _compute(self, now: float) -> dict[bytes, Route]:
         # Drop what expired, and note when the next entry will.
@@ -172,7 +206,6 @@ class PathTable:
         for origin in [o for o, r in self._reverse.items() if r.expires_at <= now or r.link_id not in self.links]:
             del self._reverse[origin]
         expiries = [a.expires_at for a in self._adjacency.values()]
-        expiries += [r.expires_at for r in self._reverse.values()]
         expiries += [exp for links in self._direct.values() for exp in links.values()]
         self._next_expiry = min(expiries, default=float("inf"))
 
@@ -216,17 +249,4 @@ class PathTable:
             for n in graph.get(peer, ()):
                 if n not in done:
                     heapq.heappush(heap, (cost + 1.0, hops + 1, n, lid, (*path, n), edge_expiry))
-        for dest, rev in self._reverse.items():
-            if dest in routes or dest == self.local_id or rev.hops > self.max_hops:
-                continue
-            routes[dest] = Route(
-                destination=dest,
-                next_hop=self._link_peer.get(rev.link_id),
-                link_id=rev.link_id,
-                hops=rev.hops,
-                cost=self.links[rev.link_id].cost() + rev.hops - 1,
-                expires_at=rev.expires_at,
-                via=(),
-                source="reverse",
-            )
         return routes
