@@ -81,6 +81,7 @@ MAX_OUTSTANDING_PINGS = 256  # pings awaiting a pong; the oldest are forgotten b
 PING_EXPIRY_S = 30.0  # a pong later than this is ignored
 RTT_SMOOTHING = 0.25  # weight of a new RTT or loss sample (exponentially weighted moving average)
 BUSY_LINKS = 6  # BitChat's threshold for a busy node: longer announce interval, shorter broadcast TTL
+HOLD_AFTER_EXPIRIES = 2  # a private message is held (not sent) for a peer silent this many peer expiries
 ANNOUNCE_ANSWER_GAP_S = 0.15  # BitChat forces announces on a link at least this far apart
 PADDED_TYPES = (MessageType.NOISE_HANDSHAKE, MessageType.NOISE_ENCRYPTED)  # only these are padded on air
 
@@ -535,7 +536,8 @@ class MeshCore:
         if self.sessions.session(p.peer_id) is None:
             # Nothing can be sent yet: (re)start the handshake and look again when it could have finished.
             # This is not an attempt; completing the handshake reschedules the send at once.
-            self._start_handshake(p.peer_id, now)
+            # The first try follows the path table; later ones (a handshake message was lost) flood.
+            self._start_handshake(p.peer_id, now, flood=now - p.created >= s.handshake_timeout_s)
             p.next_try = min(now + s.handshake_timeout_s, p.created + s.private_expiry_s)
             return
         counted = not p.free_send  # a send right after a fresh handshake is on the house
@@ -551,8 +553,8 @@ class MeshCore:
         self._send_encrypted(p.peer_id, plaintext, now, queue=False, flood=p.attempts > 1)
         if counted and p.attempts % REHANDSHAKE_AFTER_ATTEMPTS == 0 and self.sessions.session(p.peer_id) is not None:
             # Still no ack: our session may be one the peer no longer holds (it restarted, or lost the last
-            # handshake message). Start a fresh handshake; the old session serves until it completes.
-            self._start_handshake(p.peer_id, now)
+            # handshake message). Start a fresh handshake on every path; the old session serves until it completes.
+            self._start_handshake(p.peer_id, now, flood=True)
 
     # ---------------------------------------------------------------- courier copies
     def _seal_for_couriers(self, p: _Pending, now: float) -> None:
@@ -618,8 +620,10 @@ class MeshCore:
         return True
 
     def _reachable(self, peer_id: bytes, now: float) -> bool:
+        """Worth sending to: heard from within two peer expiries. (A peer 6-7 hops away loses whole announces
+        on a lossy path, and busy nodes announce only every 30 s: one expiry is too quick to give up.)"""
         info = self.peers.get(peer_id)
-        return info is not None and info.reachable(now, self.settings.peer_expiry_s)
+        return info is not None and info.reachable(now, HOLD_AFTER_EXPIRIES * self.settings.peer_expiry_s)
 
     def _send_encrypted(
         self, peer_id: bytes, plaintext: bytes, now: float, *, queue: bool, flood: bool = False
@@ -871,7 +875,7 @@ class MeshCore:
             self.counters.handshake_failed += 1
             return
         if step.reply is not None:
-            self._send_directed(MessageType.NOISE_HANDSHAKE, step.reply, peer, now)
+            self._send_directed(MessageType.NOISE_HANDSHAKE, step.reply, peer, now, flood=_flooded(pkt))
         if step.established:
             for plaintext in self._session_queue.pop(peer, deque()):
                 self._send_encrypted(peer, plaintext, now, queue=True)
@@ -887,7 +891,7 @@ class MeshCore:
             # As BitChat: ciphertext without a session starts one. If we were the responder of a handshake,
             # the peer has finished it and our message 3 never arrived: start over as initiator now.
             self.sessions.abandon_responder(peer)
-            self._start_handshake(peer, now)
+            self._start_handshake(peer, now, flood=True)  # recovery: the last attempt's path lost something
             return
         try:
             plaintext = self.sessions.decrypt_untrusted(peer, pkt.payload)
@@ -899,7 +903,7 @@ class MeshCore:
             # message we lost). Start over; one handshake per peer at a time bounds what a forger can cause.
             self.counters.decrypt_failed += 1
             self.sessions.abandon_responder(peer)
-            self._start_handshake(peer, now)
+            self._start_handshake(peer, now, flood=True)  # recovery: the last attempt's path lost something
             return
         try:
             ptype, body = decode_noise_payload_untrusted(plaintext)
@@ -913,8 +917,9 @@ class MeshCore:
             message_id, text = decode_private_message_untrusted(body)
             ack = encode_noise_payload(NoisePayloadType.DELIVERED, message_id.encode())
             key = f"{peer.hex()}:{message_id}"
-            # Ack every copy: a resend means our ack was lost, so that one goes on every path.
-            self._send_encrypted(peer, ack, now, queue=True, flood=key in self._seen_private)
+            # Ack every copy. A resend means our ack was lost, and a flooded copy means the sender's route failed:
+            # either way the ack goes on every path.
+            self._send_encrypted(peer, ack, now, queue=True, flood=key in self._seen_private or _flooded(pkt))
             if key in self._seen_private:
                 return
             self._seen_private[key] = None
@@ -965,6 +970,12 @@ class MeshCore:
         # The fragments were the relayed unit; the whole packet is processed but not relayed (BITCHAT.md §2.3).
         self._handle_packet(link_id, inner, whole, now, relay=False)
         return True
+
+
+def _flooded(pkt: Packet) -> bool:
+    """A directed packet from beyond our neighbours that came without a source route: its sender escalated to a
+    flood (or had only a reverse path), so the answer should not trust a single path either."""
+    return not pkt.route and _hops(pkt) > 1
 
 
 def _smooth(old: float | None, sample: float) -> float:

@@ -7,7 +7,8 @@ BLE/BLEFanoutSelector.swift) so that our relays behave like a phone's:
 * directed packets: TTL − 1, jitter 10–35 ms for handshakes, 20–60 ms otherwise;
 * broadcast fragments: TTL min(TTL, 7; 5 with ≥ 6 links) − 1, jitter 8–25 ms (directed ones as directed);
 * broadcasts: TTL − 1 with ≤ 2 links; max(2, min(TTL, 5)) − 1 with ≥ 6 links; otherwise
-  max(2, min(TTL, 6 — 7 for announces)) − 1; jitter 10–40 / 60–150 / 80–180 / 100–220 ms for
+  max(2, min(TTL, 6)) − 1; announces always TTL − 1 (BitChat cuts them at ≥ 6 links too: see
+  :func:`relayed_ttl`); jitter 10–40 / 60–150 / 80–180 / 100–220 ms for
   degree ≤ 2 / 3–5 / 6–9 / ≥ 10;
 * fan-out: never back out of the arrival link; a broadcast other than an announce or a fragment goes to a subset
   of ``k = min(n, bitlen(n − 1) + 1)`` links (n > 2): those with the lowest SHA-256(message ID ‖ "::" ‖ link ID).
@@ -42,9 +43,13 @@ def relayed_ttl(msg_type: int, ttl: int, *, broadcast: bool, degree: int) -> int
         return ttl - 1
     if degree <= 2:
         return ttl - 1
+    if msg_type == MessageType.ANNOUNCE:
+        # Deviation from BitChat (which cuts announces to TTL 5 at >= 6 links): announces feed the path table,
+        # and cutting them hid peers 6-7 hops away that messages (TTL 7) can still reach.
+        return max(2, ttl) - 1
     if degree >= 6:
         return max(2, min(ttl, 5)) - 1
-    return max(2, min(ttl, MAX_TTL if msg_type == MessageType.ANNOUNCE else 6)) - 1
+    return max(2, min(ttl, 6)) - 1
 
 
 def relay_jitter_s(rng: random.Random, msg_type: int, *, broadcast: bool, degree: int) -> float:

@@ -221,6 +221,7 @@ def test_relay_rules_match_bitchat() -> None:
     assert relayed_ttl(m, 7, broadcast=True, degree=2) == 6
     assert relayed_ttl(m, 7, broadcast=True, degree=4) == 5  # min(7, 6) - 1
     assert relayed_ttl(a, 7, broadcast=True, degree=4) == 6  # announces keep 7
+    assert relayed_ttl(a, 7, broadcast=True, degree=8) == 6  # ours keep their reach at busy nodes too
     assert relayed_ttl(m, 7, broadcast=True, degree=6) == 4  # min(7, 5) - 1
     assert relayed_ttl(m, 2, broadcast=True, degree=8) == 1
     assert relayed_ttl(f, 7, broadcast=True, degree=6) == 4
