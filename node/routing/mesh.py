@@ -217,7 +217,11 @@ class MeshCore:
         self._flood = s.routing == "flood"
         self.couriers = CourierStore(s.courier_max_envelopes)
         self._announced_at: dict[str, float] = {}  # link -> when we last announced on it
-        self._answers: dict[str, float] = {}  # link -> when a deferred answer to a new neighbour is due
+        self._answers: dict[str, float] = {}
+        # Links the last encrypted frame to each peer left on (bounded by the peer table's size).
+        self.last_links: OrderedDict[bytes, list[str]] = (
+            OrderedDict()
+        )  # link -> when a deferred answer to a new neighbour is due
 
     # ---------------------------------------------------------------- time
     def wall_ms(self, now: float) -> int:
@@ -311,7 +315,9 @@ class MeshCore:
                 return [route.link_id], route
         return list(self.links), None
 
-    def _send_directed(self, msg_type: int, payload: bytes, peer_id: bytes, now: float, *, flood: bool = False) -> None:
+    def _send_directed(
+        self, msg_type: int, payload: bytes, peer_id: bytes, now: float, *, flood: bool = False
+    ) -> list[str]:
         """``flood``: every link, no source route — for a resend after the routed copy got no answer (the route
         may be lossy or stale; a flood tries every path at once)."""
         links, route = (list(self.links), None) if flood else self.path_to(peer_id, now)
@@ -324,6 +330,7 @@ class MeshCore:
         else:
             self.counters.sent_reverse += 1
         self._emit(links, self._packet(msg_type, payload, now, peer_id, route.via if route else ()))
+        return links
 
     def _packet(
         self, msg_type: int, payload: bytes, now: float, recipient: bytes | None = None, route: tuple[bytes, ...] = ()
@@ -364,9 +371,9 @@ class MeshCore:
         self._answers.pop(link_id, None)
         self.peers.unbind_link(link_id)
         self.paths.link_down(link_id)
-        # Fail over: whatever awaits an ack is resent at once along the next best path (or a flood).
+        # Fail over: whatever awaits an ack and last left on this link is resent at once along the next best path.
         for p in self.pending.values():
-            if p.attempts and p.next_try > now:
+            if p.attempts and p.next_try > now and link_id in self.last_links.get(p.peer_id, ()):
                 p.next_try = now
                 p.free_send = True
 
@@ -643,7 +650,11 @@ class MeshCore:
             self.sessions.drop(peer_id)
             self._start_handshake(peer_id, now)
             return
-        self._send_directed(MessageType.NOISE_ENCRYPTED, ciphertext, peer_id, now, flood=flood)
+        links = self._send_directed(MessageType.NOISE_ENCRYPTED, ciphertext, peer_id, now, flood=flood)
+        self.last_links[peer_id] = links
+        self.last_links.move_to_end(peer_id)
+        while len(self.last_links) > self.settings.max_peers:
+            self.last_links.popitem(last=False)
 
     def _start_handshake(self, peer_id: bytes, now: float, *, flood: bool = False) -> None:
         msg1 = self.sessions.initiate(peer_id, now)
