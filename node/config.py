@@ -107,13 +107,14 @@ class MeshSection:
         1000, "Most peers tracked; the least recently heard is forgotten beyond this.", min=1, max=1_000_000
     )
     handshake_timeout_s: float = _f(
-        10.0,
-        "Seconds an unfinished Noise handshake may take before it is abandoned and retried (BitChat initiator: 10).",
+        5.0,
+        "Seconds an unfinished Noise handshake may take before it is abandoned and retried on every path "
+        "(BitChat's initiator waits 10; 7 BLE hops each way take ~1 s, and a lost message costs the whole wait).",
         min=0.5,
         max=600,
     )
     private_retry_interval_s: float = _f(
-        5.0, "Seconds before an unacknowledged private message is resent; doubles per attempt.", min=0.1, max=3600
+        3.0, "Seconds before an unacknowledged private message is resent; doubles per attempt.", min=0.1, max=3600
     )
     private_retry_max_interval_s: float = _f(
         60.0, "Longest wait between resends of an unacknowledged private message.", min=0.1, max=86_400

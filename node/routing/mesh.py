@@ -744,8 +744,8 @@ class MeshCore:
 
     def _directed_relay_links(self, pkt: Packet, in_link: str, now: float) -> list[str]:
         """BitChat's forwarding of a directed packet (BLE/BLERouteForwardingPolicy.swift): along its source
-        route if it has one (to hop 0 when we are not on it), else towards the recipient by our own table; a
-        flood when the next hop is not ours to reach. Never back out of the arrival link."""
+        route if it has one (to hop 0 when we are not on it), straight to the recipient when it is our
+        neighbour, else a flood. Never back out of the arrival link."""
         target = pkt.recipient_id
         assert target is not None
         if pkt.route:
@@ -757,10 +757,9 @@ class MeshCore:
         direct = [lid for lid in self.paths.direct_links(target, now) if lid != in_link]
         if direct:
             return direct[:1]
-        if not pkt.route:
-            route = self.paths.route(target, now)
-            if route is not None and route.link_id != in_link and route.link_id in self.links:
-                return [route.link_id]
+        # No route in the packet and the target is not ours: flood, as BitChat does. (Forwarding it by our own
+        # table instead turned a sender's deliberate flood — its resend after a lost routed copy — back into a
+        # single path at the first relay.)
         return [lid for lid in self.links if lid != in_link]
 
     def _verified(self, pkt: Packet, wire: bytes) -> PeerInfo | None:
