@@ -800,10 +800,11 @@ class MeshCore:
             self.counters.key_mismatch += 1  # keys are pinned at first sight
             return False
         hops = max(1, MAX_TTL - min(pkt.ttl, MAX_TTL) + 1)
-        if direct:
-            self.paths.bind(pkt.sender_id, link_id, now)
-            if len(self.couriers):
-                self._meet(pkt.sender_id, link_id, now)
+        if direct and not self.paths.bind(pkt.sender_id, link_id, now):
+            self.counters.binding_mismatch += 1  # another peer holds this link: take the announce as relayed
+            direct = False
+        if direct and len(self.couriers):
+            self._meet(pkt.sender_id, link_id, now)
         self.paths.on_announce(pkt.sender_id, ann.neighbours, link_id, hops, pkt.timestamp_ms, now)
         if known is None:
             info = PeerInfo(

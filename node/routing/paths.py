@@ -100,18 +100,23 @@ class PathTable:
                 del self._reverse[dest]
         self._routes = None
 
-    def bind(self, peer: bytes, link_id: str, now: float) -> None:
-        """A direct announce from ``peer`` arrived on ``link_id``."""
+    def bind(self, peer: bytes, link_id: str, now: float) -> bool:
+        """A direct announce from ``peer`` arrived on ``link_id``. False (and nothing changes) while the link is
+        bound to another peer: TTL is not signed, so a neighbour replaying someone else's announce with TTL 7
+        must not take over the link."""
         if link_id not in self.links:
-            return
+            return False
         old = self._link_peer.get(link_id)
         if old is not None and old != peer:
+            if self._direct.get(old, {}).get(link_id, 0.0) > now:
+                return False
             self._direct.get(old, {}).pop(link_id, None)
         new = link_id not in self._direct.get(peer, {})
         self._link_peer[link_id] = peer
         self._direct.setdefault(peer, {})[link_id] = now + self.path_ttl_s
         if new:
             self._routes = None
+        return True
 
     def forget_peer(self, peer: bytes) -> None:
         """The peer left: drop everything learned from it (its links stay up and may be rebound)."""

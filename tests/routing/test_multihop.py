@@ -248,3 +248,26 @@ async def test_a_forged_copy_arriving_first_does_not_suppress_the_genuine_packet
         await mesh.nodes[1].wait_until(lambda: core(mesh, 1).counters.bad_signature >= 1)
         await mesh.nodes[1].wait_until(lambda: bool(inbox_texts(mesh, 1)))
     assert inbox_texts(mesh, 1) == [("the genuine article", False)]
+
+
+async def test_a_replayed_announce_does_not_steal_a_links_binding(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    mesh = await start_mesh(nursery, tmp_path, 3, seed=18)
+    mesh.connect(0, 1)
+    mesh.connect(1, 2)
+    with trio.fail_after(SIM_TIMEOUT_S):
+        await mesh.wait_until_known(1, 0)
+        await mesh.wait_until_known(1, 2)
+    # n0 relays a fresh announce of n2's with its TTL set back to 7 (no signature covers the TTL), as if n2
+    # were its own neighbour on n0's link to n1.
+    now = trio.current_time()
+    n1 = core(mesh, 1)
+    link_n0 = n1.paths.direct_links(pid(mesh, 0), now)[0]
+    forged_direct = encode_packet(core(mesh, 2).announce_packet(now))
+    assert forged_direct[2] == 7
+    before = n1.counters.binding_mismatch
+    n1.receive_frame(link_n0, forged_direct, now)
+    assert n1.counters.binding_mismatch == before + 1
+    assert n1.paths.peer_on_link(link_n0) == pid(mesh, 0)  # still n0's link
+    assert n1.paths.direct_links(pid(mesh, 2), now) != [link_n0]
