@@ -261,7 +261,7 @@ async def test_a_replayed_announce_does_not_steal_a_links_binding(
         await mesh.wait_until_known(1, 2)
     # n0 relays a fresh announce of n2's with its TTL set back to 7 (no signature covers the TTL), as if n2
     # were its own neighbour on n0's link to n1.
-    now = trio.current_time()
+    now = trio.current_time() + 0.5  # a timestamp n2 has not used: not a duplicate of its last announce
     n1 = core(mesh, 1)
     link_n0 = n1.paths.direct_links(pid(mesh, 0), now)[0]
     forged_direct = encode_packet(core(mesh, 2).announce_packet(now))
