@@ -50,10 +50,11 @@ def namespaces() -> Iterator[tuple[str, str]]:
         _ip("netns", "del", b)
 
 
-def start_in(ns: str, data: Path, name: str) -> subprocess.Popen[bytes]:
+def start_in(ns: str, data: Path, name: str, betanet: str = "mdns = true\n") -> subprocess.Popen[bytes]:
+    """`village run` inside namespace ``ns``; ``betanet`` is extra `[betanet]` config lines. Returns once ready."""
     data.mkdir(mode=0o700, parents=True)
     (data / "config.toml").write_text(
-        f'[node]\nnickname = "{name}"\n[betanet]\nlisten = ["/ip4/0.0.0.0/tcp/0"]\nmdns = true\n'
+        f'[node]\nnickname = "{name}"\n[betanet]\nlisten = ["/ip4/0.0.0.0/tcp/0"]\n{betanet}'
     )
     subprocess.run([*VILLAGE, "init", "--data-dir", str(data)], check=True, capture_output=True)
     notify_path = data.parent / f"{name}.notify"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import VILLAGE, WAIT_S
-from tests.test_netns import _ip, cli
+from tests.test_cli import WAIT_S
+from tests.test_netns import _ip, cli, start_in
 
 EDGE1, EDGE2 = "10.231.78", "10.231.79"  # R is .1 on both; E1 is EDGE1.2, E2 is EDGE2.2
 WAIT = f"{WAIT_S:g}"
@@ -56,27 +55,14 @@ def three_namespaces() -> Iterator[tuple[str, str, str]]:
             _ip("netns", "del", ns)
 
 
-def start_in(ns: str, data: Path, name: str, relay: str, bootstrap: str = "") -> subprocess.Popen[bytes]:
-    data.mkdir(mode=0o700, parents=True)
+def start_relay_node(ns: str, data: Path, name: str, relay: str, bootstrap: str = "") -> subprocess.Popen[bytes]:
     boot = f'"{bootstrap}"' if bootstrap else ""
-    (data / "config.toml").write_text(
-        f'[node]\nnickname = "{name}"\n[betanet]\nlisten = ["/ip4/0.0.0.0/tcp/0"]\nmdns = false\n'
-        f'relay = "{relay}"\nbootstrap = [{boot}]\nreconnect_initial_s = 0.2\nreconnect_max_s = 1.0\n'
+    return start_in(
+        ns,
+        data,
+        name,
+        f'mdns = false\nrelay = "{relay}"\nbootstrap = [{boot}]\nreconnect_initial_s = 0.2\nreconnect_max_s = 1.0\n',
     )
-    subprocess.run([*VILLAGE, "init", "--data-dir", str(data)], check=True, capture_output=True)
-    notify_path = data.parent / f"{name}.notify"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
-        notify.bind(str(notify_path))
-        notify.settimeout(WAIT_S)
-        with open(data.parent / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(
-                ["ip", "netns", "exec", ns, *VILLAGE, "run", "--data-dir", str(data)],
-                env={**os.environ, "NOTIFY_SOCKET": str(notify_path)},
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-        assert notify.recv(64) == b"READY=1"
-    return proc
 
 
 def ok(r: subprocess.CompletedProcess[str], root: Path) -> str:
@@ -104,14 +90,14 @@ def test_edges_reach_each_other_only_through_the_relay(three_namespaces: tuple[s
         assert probe.returncode != 0 and "unreachable" in probe.stderr, probe.stderr
 
         dr, d1, d2 = root / "r", root / "e1", root / "e2"
-        procs.append(start_in(ns_r, dr, "relay", "hop"))
+        procs.append(start_relay_node(ns_r, dr, "relay", "hop"))
         relay_addrs = status(dr, root)["listen_addrs"]
         assert isinstance(relay_addrs, list)
         [via1] = [a for a in relay_addrs if a.startswith(f"/ip4/{EDGE1}.1/")]
         [via2] = [a for a in relay_addrs if a.startswith(f"/ip4/{EDGE2}.1/")]
         relay_p2p = via1.rsplit("/p2p/", 1)[1]
-        procs.append(start_in(ns_e2, d2, "e2", "client", via2))
-        procs.append(start_in(ns_e1, d1, "e1", "client", via1))
+        procs.append(start_relay_node(ns_e2, d2, "e2", "client", via2))
+        procs.append(start_relay_node(ns_e1, d1, "e1", "client", via1))
         # R hears E2's first announce only after E2's slot on R is reserved (E2 reserves before its mesh
         # stream opens), so once R knows E2 it can relay to E2.
         ok(cli(dr, "peers", "--wait", "e2", "--timeout", WAIT), root)
