@@ -155,6 +155,13 @@ class MeshSection:
     relay_queue_max: int = _f(
         4096, "Relays waiting out their jitter; beyond this a relay is dropped and counted.", min=1, max=1_000_000
     )
+    relay_queue_max_bytes: int = _f(
+        4 * 1024 * 1024,
+        "Bytes of frames waiting out their relay jitter; a relay that would go past this is dropped and counted "
+        "(relay_queue_full), so a flood of large frames cannot grow memory.",
+        min=1024,
+        max=1 << 31,
+    )
     courier_copies: int = _f(
         4,
         "Copies of a sealed envelope handed to carriers (spray and wait) for a private message whose peer nobody "

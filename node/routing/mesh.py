@@ -213,7 +213,7 @@ class MeshCore:
         self._pings: OrderedDict[bytes, tuple[bytes, str, float]] = OrderedDict()  # nonce -> (peer, link, sent)
         s = self.settings
         self.paths = PathTable(self.peer_id, path_ttl_s=s.path_ttl_s, max_hops=s.default_ttl, max_entries=s.max_peers)
-        self.relays = RelayQueue(s.relay_queue_max)
+        self.relays = RelayQueue(s.relay_queue_max, s.relay_queue_max_bytes)
         self._flood = s.routing == "flood"
         self.couriers = CourierStore(s.courier_max_envelopes)
         self._announced_at: dict[str, float] = {}  # link -> when we last announced on it

@@ -94,25 +94,34 @@ class PendingRelay:
 
 
 class RelayQueue:
-    """Relays waiting out their jitter, bounded: beyond ``max_entries`` the new relay is refused (counted by
-    the caller), so a flood cannot grow memory."""
+    """Relays waiting out their jitter, bounded twice: beyond ``max_entries`` relays or ``max_bytes`` of queued
+    frames the new relay is refused (counted by the caller), so a flood of large frames cannot grow memory
+    either."""
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self._heap: list[PendingRelay] = []
         self._by_key: dict[str, PendingRelay] = {}
         self._seq = 0
+        self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._by_key)
 
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of the frames still waiting (cancelled relays no longer count)."""
+        return self._bytes
+
     def push(self, due: float, key: str, frame: bytes, link_ids: list[str]) -> bool:
-        if len(self._by_key) >= self.max_entries:
+        if len(self._by_key) >= self.max_entries or self._bytes + len(frame) > self.max_bytes:
             return False
         self._seq += 1
         item = PendingRelay(due, self._seq, key, frame, list(link_ids))
         heapq.heappush(self._heap, item)
         self._by_key[key] = item
+        self._bytes += len(frame)
         return True
 
     def heard_from(self, key: str, link_id: str) -> bool:
@@ -126,6 +135,7 @@ class RelayQueue:
             return False
         item.cancelled = True
         del self._by_key[key]
+        self._bytes -= len(item.frame)
         return True
 
     def next_due(self) -> float | None:
@@ -141,5 +151,6 @@ class RelayQueue:
                 continue
             if self._by_key.get(item.key) is item:
                 del self._by_key[item.key]
+            self._bytes -= len(item.frame)
             out.append(item)
         return out
