@@ -44,6 +44,7 @@ from node.routing.courier import (
 from node.routing.dedupe import DedupeCache, dedupe_key
 from node.routing.paths import PathTable, Route
 from node.routing.peers import PeerInfo, PeerTable
+from node.routing.pending import PendingMessage, PendingSet
 from node.routing.relay import RelayQueue, fanout_subset, relay_jitter_s, relayed_ttl, with_ttl
 from node.routing.sessions import SessionManager
 from node.wire import (
@@ -162,18 +163,6 @@ class MeshCounters:
 
 
 @dataclass
-class _Pending:
-    message_id: str
-    peer_id: bytes
-    text: str
-    created: float
-    attempts: int = 0
-    next_try: float = 0.0
-    free_send: bool = False  # the next send follows a fresh session: it does not count as an attempt
-    sealed: bool = False  # courier copies were made
-
-
-@dataclass
 class _LinkState:
     mtu: int
     up_since: float
@@ -204,7 +193,7 @@ class MeshCore:
         self.dedupe = DedupeCache(ttl_s=self.settings.dedupe_ttl_s, max_entries=self.settings.dedupe_max_entries)
         self.reassembler = Reassembler(self.limits)
         self.links: dict[str, _LinkState] = {}
-        self.pending: OrderedDict[str, _Pending] = OrderedDict()
+        self.pending = PendingSet()
         self._seen_private: OrderedDict[str, None] = OrderedDict()
         self._session_queue: dict[bytes, deque[bytes]] = {}
         self._out: list[tuple[str, bytes]] = []
@@ -233,7 +222,7 @@ class MeshCore:
             for t in (
                 self._next_announce,
                 self.sessions.next_deadline(),
-                min((p.next_try for p in self.pending.values()), default=None),
+                self.pending.next_due(),
                 self.reassembler.next_expiry(),
                 self.relays.next_due(),
                 min(self._answers.values(), default=None),
@@ -252,7 +241,7 @@ class MeshCore:
         for peer in self.sessions.expire(now):
             # A handshake message was lost. If we still have something to say, try again straight away (one
             # handshake per handshake_timeout_s keeps within BitChat's 10 per minute per peer).
-            waiting = self._session_queue.get(peer) or any(p.peer_id == peer for p in self.pending.values())
+            waiting = self._session_queue.get(peer) or self.pending.count_for(peer) > 0
             if waiting and self._reachable(peer, now):
                 self._start_handshake(peer, now, flood=True)  # the routed attempt was lost: every path now
             else:
@@ -262,9 +251,8 @@ class MeshCore:
             self.counters.relayed += 1
             for link_id in job.link_ids:
                 self._emit_frame(link_id, job.frame)
-        for p in list(self.pending.values()):
-            if p.next_try <= now:
-                self._attempt_private(p, now)
+        for p in self.pending.pop_due(now):
+            self._attempt_private(p, now)
 
     def _schedule_announce(self, now: float) -> None:
         # BitChat (BLEMaintenancePolicy): 15 ± 4 s, doubled to 30 ± 8 s with >= 6 links, where announces are
@@ -372,9 +360,9 @@ class MeshCore:
         self.peers.unbind_link(link_id)
         self.paths.link_down(link_id)
         # Fail over: whatever awaits an ack and last left on this link is resent at once along the next best path.
-        for p in self.pending.values():
+        for p in self.pending:
             if p.attempts and p.next_try > now and link_id in self.last_links.get(p.peer_id, ()):
-                p.next_try = now
+                self.pending.reschedule(p, now)
                 p.free_send = True
 
     # ---------------------------------------------------------------- announces and leave
@@ -498,7 +486,7 @@ class MeshCore:
                 f"{len(self.pending)} private messages already await delivery "
                 "(mesh.max_pending_private); try again later"
             )
-        for_peer = sum(1 for q in self.pending.values() if q.peer_id == peer_id)
+        for_peer = self.pending.count_for(peer_id)
         if for_peer >= self.settings.max_pending_per_peer:
             raise MeshError(
                 f"{for_peer} private messages to {peer_id.hex()} already await delivery "
@@ -514,11 +502,11 @@ class MeshCore:
         if message_id in self.pending:
             return
         self.check_private(peer_id, text)
-        p = _Pending(message_id, peer_id, text, created=now if created is None else created, next_try=now)
-        self.pending[message_id] = p
+        p = PendingMessage(message_id, peer_id, text, created=now if created is None else created, next_try=now)
+        self.pending.add(p)
         self._attempt_private(p, now)
 
-    def _attempt_private(self, p: _Pending, now: float) -> None:
+    def _attempt_private(self, p: PendingMessage, now: float) -> None:
         s = self.settings
         reason = None
         if p.attempts >= s.private_max_attempts:
@@ -526,7 +514,7 @@ class MeshCore:
         elif now - p.created >= s.private_expiry_s:
             reason = f"not delivered within {s.private_expiry_s:g} s (mesh.private_expiry_s)"
         if reason is not None:
-            del self.pending[p.message_id]
+            self.pending.remove(p.message_id)
             self._events.append(PrivateFailed(p.message_id, p.peer_id, reason))
             return
         if not self._reachable(p.peer_id, now):
@@ -538,14 +526,14 @@ class MeshCore:
             wake = min(now + s.private_retry_max_interval_s, p.created + s.private_expiry_s)
             if s.courier_copies and not p.sealed:
                 wake = min(wake, max(now, p.created + s.courier_after_s))
-            p.next_try = wake
+            self.pending.reschedule(p, wake)
             return
         if self.sessions.session(p.peer_id) is None:
             # Nothing can be sent yet: (re)start the handshake and look again when it could have finished.
             # This is not an attempt; completing the handshake reschedules the send at once.
             # The first try follows the path table; later ones (a handshake message was lost) flood.
             self._start_handshake(p.peer_id, now, flood=now - p.created >= s.handshake_timeout_s)
-            p.next_try = min(now + s.handshake_timeout_s, p.created + s.private_expiry_s)
+            self.pending.reschedule(p, min(now + s.handshake_timeout_s, p.created + s.private_expiry_s))
             return
         counted = not p.free_send  # a send right after a fresh handshake is on the house
         p.free_send = False
@@ -554,7 +542,7 @@ class MeshCore:
                 self.counters.private_retries += 1
             p.attempts += 1
         backoff = s.private_retry_interval_s * (2 ** min(30, max(0, p.attempts - 1)))
-        p.next_try = now + min(backoff, s.private_retry_max_interval_s)
+        self.pending.reschedule(p, now + min(backoff, s.private_retry_max_interval_s))
         plaintext = encode_noise_payload(NoisePayloadType.PRIVATE_MESSAGE, encode_private_message(p.message_id, p.text))
         # The first send follows the path table; a resend (no ack came back) floods.
         self._send_encrypted(p.peer_id, plaintext, now, queue=False, flood=p.attempts > 1)
@@ -564,7 +552,7 @@ class MeshCore:
             self._start_handshake(p.peer_id, now, flood=True)
 
     # ---------------------------------------------------------------- courier copies
-    def _seal_for_couriers(self, p: _Pending, now: float) -> None:
+    def _seal_for_couriers(self, p: PendingMessage, now: float) -> None:
         info = self.peers.get(p.peer_id)
         if info is None:
             return  # no Noise key to seal to: only the peer's own announce can help
@@ -836,9 +824,9 @@ class MeshCore:
             if not was_gone:
                 return True
         self._events.append(PeerAnnounced(info.peer_id, info.nickname, known is None, info.link_id))
-        for p in self.pending.values():  # messages waiting for this peer go now
-            if p.peer_id == info.peer_id and p.next_try > now:
-                p.next_try = now
+        for p in self.pending.for_peer(info.peer_id):  # messages waiting for this peer go now
+            if p.next_try > now:
+                self.pending.reschedule(p, now)
         return True
 
     def _on_public(self, pkt: Packet, wire: bytes, now: float) -> bool:
@@ -890,10 +878,9 @@ class MeshCore:
         if step.established:
             for plaintext in self._session_queue.pop(peer, deque()):
                 self._send_encrypted(peer, plaintext, now, queue=True)
-            for p in self.pending.values():  # don't wait for the retry timer; this send is on the house
-                if p.peer_id == peer:
-                    p.next_try = now
-                    p.free_send = True
+            for p in self.pending.for_peer(peer):  # don't wait for the retry timer; this send is on the house
+                self.pending.reschedule(p, now)
+                p.free_send = True
 
     def _on_encrypted(self, pkt: Packet, now: float) -> None:
         peer = pkt.sender_id
@@ -952,7 +939,7 @@ class MeshCore:
             message_id = body.decode("utf-8", errors="replace")
             p = self.pending.get(message_id)
             if p is not None and p.peer_id == peer:
-                del self.pending[message_id]
+                self.pending.remove(message_id)
                 self._events.append(DeliveryAcked(message_id, peer))
         # read receipts, authenticated peer state and optional types are accepted and ignored
 
