@@ -20,201 +20,58 @@ topology learned from announces, else the link the peer's announces arrive on, e
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import random
-import struct
 import uuid
-from collections import OrderedDict, deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections import deque
 
-from node.config import MeshSection
 from node.crypto.errors import ReplayError
 from node.errors import CryptoError, MeshError
-from node.identity import Identity, peer_id_from_noise_key
+from node.routing.announcing import AnnouncingCore
 from node.routing.courier import (
-    CourierStore,
-    Envelope,
     decode_envelope_untrusted,
-    encode_envelope,
     open_untrusted,
-    seal,
 )
-from node.routing.dedupe import DedupeCache, dedupe_key
-from node.routing.paths import PathTable, Route
-from node.routing.peers import PeerInfo, PeerTable
-from node.routing.pending import PendingMessage, PendingSet
-from node.routing.relay import RelayQueue, fanout_subset, relay_jitter_s, relayed_ttl, with_ttl
-from node.routing.sessions import SessionManager
+from node.routing.dedupe import dedupe_key
+from node.routing.events import (
+    DeliveryAcked,
+    MeshCounters,
+    MeshEvent,
+    MessageReceived,
+    PeerAnnounced,
+    PeerLeft,
+    PrivateFailed,
+)
+from node.routing.meshbase import (
+    MAX_TTL,
+    PRIVATE_TEXT_MAX_BYTES,
+    REHANDSHAKE_AFTER_ATTEMPTS,
+    SEEN_PRIVATE_IDS,
+    LinkState,
+    arrived_flooded,
+    hops_travelled,
+    public_message_id,
+)
+from node.routing.pending import PendingMessage
+from node.routing.relay import fanout_subset, relay_jitter_s, relayed_ttl, with_ttl
 from node.wire import (
-    Announce,
     MalformedFrame,
     MessageType,
     NoisePayloadType,
     Packet,
-    Ping,
-    Reassembler,
-    WireLimits,
-    decode_announce_untrusted,
     decode_fragment_untrusted,
     decode_noise_payload_untrusted,
     decode_packet_untrusted,
-    decode_ping_untrusted,
     decode_private_message_untrusted,
-    encode_announce,
     encode_noise_payload,
-    encode_packet,
-    encode_ping,
     encode_private_message,
-    fragment_frame,
     is_broadcast,
     sign_packet,
-    verify_wire_signature,
 )
 
-MAX_TTL = 7  # BitChat clamps and originates with TTL 7
-PRIVATE_TEXT_MAX_BYTES = 255  # BitChat's private-message TLV length is one byte
-SEEN_PRIVATE_IDS = 4096  # private message IDs remembered to suppress re-delivered retransmits
-PENDING_SESSION_FRAMES = 64  # payloads queued per peer while its handshake runs
-REHANDSHAKE_AFTER_ATTEMPTS = 3  # every 3rd unacknowledged send of a private message also renews the session
-MAX_OUTSTANDING_PINGS = 256  # pings awaiting a pong; the oldest are forgotten beyond this
-PING_EXPIRY_S = 30.0  # a pong later than this is ignored
-RTT_SMOOTHING = 0.25  # weight of a new RTT or loss sample (exponentially weighted moving average)
-BUSY_LINKS = 6  # BitChat's threshold for a busy node: longer announce interval, shorter broadcast TTL
-HOLD_AFTER_EXPIRIES = 2  # a private message is held (not sent) for a peer silent this many peer expiries
-ANNOUNCE_ANSWER_GAP_S = 0.15  # BitChat forces announces on a link at least this far apart
-PADDED_TYPES = (MessageType.NOISE_HANDSHAKE, MessageType.NOISE_ENCRYPTED)  # only these are padded on air
 
-
-@dataclass(frozen=True, slots=True)
-class PeerAnnounced:
-    peer_id: bytes
-    nickname: str
-    new: bool
-    link_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class PeerLeft:
-    peer_id: bytes
-    nickname: str
-
-
-@dataclass(frozen=True, slots=True)
-class MessageReceived:
-    message_id: str
-    sender_id: bytes
-    sender_nickname: str
-    text: str
-    private: bool
-    hops: int
-    timestamp_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryAcked:
-    message_id: str
-    peer_id: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class PrivateFailed:
-    message_id: str
-    peer_id: bytes
-    reason: str
-
-
-MeshEvent = PeerAnnounced | PeerLeft | MessageReceived | DeliveryAcked | PrivateFailed
-
-
-@dataclass(slots=True)
-class MeshCounters:
-    frames_in: int = 0
-    frames_out: int = 0
-    malformed: int = 0
-    duplicate: int = 0
-    stale: int = 0
-    own_echo: int = 0
-    bad_signature: int = 0
-    unverified_sender: int = 0
-    key_mismatch: int = 0
-    binding_mismatch: int = 0
-    not_for_us: int = 0
-    handshake_failed: int = 0
-    decrypt_failed: int = 0
-    replayed: int = 0
-    fragments_reassembled: int = 0
-    unknown_type: int = 0
-    private_retries: int = 0
-    pings_answered: int = 0
-    relayed: int = 0  # relay jobs sent (one per packet, on one or more links)
-    relay_cancelled: int = 0  # pending relays made unnecessary: every target link sent us a copy meanwhile
-    relay_queue_full: int = 0
-    sent_direct: int = 0  # directed packets we originated, by how they left
-    sent_routed: int = 0
-    sent_reverse: int = 0
-    sent_flooded: int = 0
-    courier_sealed: int = 0  # our own held messages turned into envelopes
-    courier_carried: int = 0  # envelopes accepted to carry for others
-    courier_handed: int = 0  # envelope copies handed to a neighbour (carrier or recipient)
-    courier_opened: int = 0  # envelopes for us, opened
-    courier_refused: int = 0  # envelopes refused: malformed, unopenable, expired or no room
-
-
-@dataclass
-class _LinkState:
-    mtu: int
-    up_since: float
-    bound_key: bytes | None = None  # the peer's Ed25519 key as the transport authenticated it
-
-
-@dataclass
-class MeshCore:
-    identity: Identity
-    settings: MeshSection
-    limits: WireLimits
-    nickname: str
-    wall_offset_ms: float
-    rng: random.Random = field(default_factory=random.Random)
-    # Checks a received frame's Ed25519 signature: (frame, signing key, limits) -> valid. The default is the
-    # codec's; a simulator of many nodes in one process may pass a memoising wrapper of it.
-    verify: Callable[[bytes, bytes, WireLimits], bool] = verify_wire_signature
-
-    def __post_init__(self) -> None:
-        self.peer_id = self.identity.peer_id
-        self.counters = MeshCounters()
-        self.peers = PeerTable(self.settings.max_peers)
-        self.sessions = SessionManager(
-            static_private=self.identity.noise_private,
-            local_peer_id=self.peer_id,
-            timeout_s=self.settings.handshake_timeout_s,
-        )
-        self.dedupe = DedupeCache(ttl_s=self.settings.dedupe_ttl_s, max_entries=self.settings.dedupe_max_entries)
-        self.reassembler = Reassembler(self.limits)
-        self.links: dict[str, _LinkState] = {}
-        self.pending = PendingSet()
-        self._seen_private: OrderedDict[str, None] = OrderedDict()
-        self._session_queue: dict[bytes, deque[bytes]] = {}
-        self._out: list[tuple[str, bytes]] = []
-        self._events: deque[MeshEvent] = deque()
-        self._next_announce: float | None = None
-        self._pings: OrderedDict[bytes, tuple[bytes, str, float]] = OrderedDict()  # nonce -> (peer, link, sent)
-        s = self.settings
-        self.paths = PathTable(self.peer_id, path_ttl_s=s.path_ttl_s, max_hops=s.default_ttl, max_entries=s.max_peers)
-        self.relays = RelayQueue(s.relay_queue_max, s.relay_queue_max_bytes)
-        self._flood = s.routing == "flood"
-        self.couriers = CourierStore(s.courier_max_envelopes)
-        self._announced_at: dict[str, float] = {}  # link -> when we last announced on it
-        self._answers: dict[str, float] = {}
-        # Links the last encrypted frame to each peer left on (bounded by the peer table's size).
-        self.last_links: OrderedDict[bytes, list[str]] = (
-            OrderedDict()
-        )  # link -> when a deferred answer to a new neighbour is due
-
-    # ---------------------------------------------------------------- time
-    def wall_ms(self, now: float) -> int:
-        return int(self.wall_offset_ms + now * 1000.0)
+class MeshCore(AnnouncingCore):
+    """The whole core: :class:`~node.routing.meshbase.MeshBase` (state, emitting, sessions, couriers) +
+    :class:`~node.routing.announcing.AnnouncingCore` (announces, pings, leave) + what is here: the timer,
+    links, user actions (broadcast, private messages with retries and store-and-forward), receiving, relaying."""
 
     def get_timer(self) -> float | None:
         candidates = [
@@ -254,88 +111,6 @@ class MeshCore:
         for p in self.pending.pop_due(now):
             self._attempt_private(p, now)
 
-    def _schedule_announce(self, now: float) -> None:
-        # BitChat (BLEMaintenancePolicy): 15 ± 4 s, doubled to 30 ± 8 s with >= 6 links, where announces are
-        # the bulk of the traffic.
-        s = self.settings
-        factor = 2.0 if len(self.links) >= BUSY_LINKS else 1.0
-        jitter = self.rng.uniform(-s.announce_jitter_s, s.announce_jitter_s)
-        self._next_announce = now + max(0.5, factor * (s.announce_interval_s + jitter))
-
-    # ---------------------------------------------------------------- outputs
-    def frames_to_send(self) -> list[tuple[str, bytes]]:
-        out, self._out = self._out, []
-        self.counters.frames_out += len(out)
-        return out
-
-    def next_event(self) -> MeshEvent | None:
-        return self._events.popleft() if self._events else None
-
-    def _emit(self, link_ids: list[str], packet: Packet) -> None:
-        frame = encode_packet(packet, pad=packet.type in PADDED_TYPES, limits=self.limits)
-        for link_id in link_ids:
-            self._emit_frame(link_id, frame, packet)
-
-    def _emit_frame(self, link_id: str, frame: bytes, packet: Packet | None = None) -> None:
-        """Queue ``frame`` on a link, in fragments when it exceeds the link's MTU (``packet`` is the frame
-        decoded, when the caller has it)."""
-        state = self.links.get(link_id)
-        if state is None:
-            return
-        if len(frame) <= state.mtu:
-            self._out.append((link_id, frame))
-            return
-        if packet is None:
-            try:
-                packet = decode_packet_untrusted(frame, self.limits)
-            except MalformedFrame:  # cannot happen for a frame we accepted; never relay what we cannot parse
-                self.counters.malformed += 1
-                return
-        fid = self.rng.getrandbits(64).to_bytes(8, "big")
-        for piece in fragment_frame(packet, frame, state.mtu, fid, self.limits):
-            self._out.append((link_id, piece))
-
-    def path_to(self, peer_id: bytes, now: float) -> tuple[list[str], Route | None]:
-        """Links for a directed packet we originate, and the route used (None: flooded)."""
-        if not self._flood:
-            route = self.paths.route(peer_id, now)
-            if route is not None and route.link_id in self.links and route.hops <= self.settings.default_ttl:
-                return [route.link_id], route
-        return list(self.links), None
-
-    def _send_directed(
-        self, msg_type: int, payload: bytes, peer_id: bytes, now: float, *, flood: bool = False
-    ) -> list[str]:
-        """``flood``: every link, no source route — for a resend after the routed copy got no answer (the route
-        may be lossy or stale; a flood tries every path at once)."""
-        links, route = (list(self.links), None) if flood else self.path_to(peer_id, now)
-        if route is None:
-            self.counters.sent_flooded += 1
-        elif route.source == "direct":
-            self.counters.sent_direct += 1
-        elif route.via:
-            self.counters.sent_routed += 1
-        else:
-            self.counters.sent_reverse += 1
-        self._emit(links, self._packet(msg_type, payload, now, peer_id, route.via if route else ()))
-        return links
-
-    def _packet(
-        self, msg_type: int, payload: bytes, now: float, recipient: bytes | None = None, route: tuple[bytes, ...] = ()
-    ) -> Packet:
-        return Packet(
-            version=2 if route else 1,  # as iOS: v2 only when a source route is carried
-            type=int(msg_type),
-            ttl=self.settings.default_ttl,
-            timestamp_ms=self.wall_ms(now),
-            sender_id=self.peer_id,
-            recipient_id=recipient,
-            route=route,
-            payload=payload,
-            signature=None,
-            is_rsr=False,
-        )
-
     # ---------------------------------------------------------------- links
     def link_up(
         self,
@@ -347,7 +122,7 @@ class MeshCore:
         cost_weight: float = 1.0,
     ) -> None:
         """A link came up. ``cost_weight`` is the transport's preference in path costs (lower is preferred)."""
-        self.links[link_id] = _LinkState(mtu=mtu, up_since=now, bound_key=authenticated_signing_key)
+        self.links[link_id] = LinkState(mtu=mtu, up_since=now, bound_key=authenticated_signing_key)
         self.paths.link_up(link_id, cost_weight)
         self._send_announce([link_id], now)
         if self._next_announce is None:
@@ -364,87 +139,6 @@ class MeshCore:
             if p.attempts and p.next_try > now and link_id in self.last_links.get(p.peer_id, ()):
                 self.pending.reschedule(p, now)
                 p.free_send = True
-
-    # ---------------------------------------------------------------- announces and leave
-    def announce_packet(self, now: float) -> Packet:
-        ann = Announce(
-            nickname=self.nickname,
-            noise_public_key=self.identity.noise_public,
-            signing_public_key=self.identity.signing_public,
-            neighbours=self._direct_neighbours(),
-            capabilities=None,
-            geohash=None,
-        )
-        return sign_packet(self._packet(MessageType.ANNOUNCE, encode_announce(ann), now), self.identity.signing_key)
-
-    def _direct_neighbours(self) -> tuple[bytes, ...]:
-        direct = [p for p in (self.paths.peer_on_link(lid) for lid in self.links) if p is not None]
-        return tuple(dict.fromkeys(direct))[-10:]  # BitChat carries at most 10 neighbour IDs
-
-    def _send_announce(self, link_ids: list[str], now: float) -> None:
-        self._emit(link_ids, self.announce_packet(now))
-        for link_id in link_ids:
-            self._announced_at[link_id] = now
-
-    def _answer_announce(self, link_id: str, now: float) -> None:
-        last = self._announced_at.get(link_id)
-        if last is not None and now - last < ANNOUNCE_ANSWER_GAP_S:
-            self._answers[link_id] = last + ANNOUNCE_ANSWER_GAP_S  # one just went out: answer a little later
-            return
-        self._send_announce([link_id], now)
-
-    def _announce_all(self, now: float) -> None:
-        if self.links:
-            self._send_announce(list(self.links), now)
-        self._expire_pings(now)
-        for link_id in list(self.links):
-            peer = self.paths.peer_on_link(link_id)
-            if peer is not None:
-                self._ping(peer, link_id, now)
-        self._schedule_announce(now)
-
-    def _ping(self, peer_id: bytes, link_id: str, now: float) -> None:
-        """A directed BitChat ping (BF/MeshPingPayload.swift) on one link; the pong gives the link's round-trip
-        time, a missing pong counts towards its loss estimate."""
-        nonce = self.rng.getrandbits(64).to_bytes(8, "big")
-        self._pings[nonce] = (peer_id, link_id, now)
-        while len(self._pings) > MAX_OUTSTANDING_PINGS:
-            self._pings.popitem(last=False)
-        payload = encode_ping(Ping(nonce, self.settings.default_ttl))
-        self._emit([link_id], self._packet(MessageType.PING, payload, now, peer_id))
-
-    def _expire_pings(self, now: float) -> None:
-        while self._pings:
-            nonce, (_, link_id, sent) = next(iter(self._pings.items()))
-            if now - sent <= PING_EXPIRY_S:
-                break
-            del self._pings[nonce]
-            stats = self.paths.links.get(link_id)
-            if stats is not None:
-                stats.loss = (1 - RTT_SMOOTHING) * stats.loss + RTT_SMOOTHING
-
-    def _on_pong(self, pkt: Packet, now: float) -> None:
-        try:
-            pong = decode_ping_untrusted(pkt.payload)
-        except MalformedFrame:
-            self.counters.malformed += 1
-            return
-        sent = self._pings.pop(pong.nonce, None)
-        if sent is None or sent[0] != pkt.sender_id or now - sent[2] > PING_EXPIRY_S:
-            return
-        sample = now - sent[2]
-        info = self.peers.get(pkt.sender_id)
-        if info is not None:
-            info.rtt_s = _smooth(info.rtt_s, sample)
-        stats = self.paths.links.get(sent[1])
-        if stats is not None:
-            stats.rtt_s = _smooth(stats.rtt_s, sample)
-            stats.loss *= 1 - RTT_SMOOTHING
-
-    def leave(self, now: float) -> None:
-        """Queue a signed leave on every link (call before shutting down)."""
-        pkt = sign_packet(self._packet(MessageType.LEAVE, b"", now), self.identity.signing_key)
-        self._emit(list(self.links), pkt)
 
     # ---------------------------------------------------------------- user actions
     def broadcast(self, text: str, now: float) -> str:
@@ -551,37 +245,7 @@ class MeshCore:
             # handshake message). Start a fresh handshake on every path; the old session serves until it completes.
             self._start_handshake(p.peer_id, now, flood=True)
 
-    # ---------------------------------------------------------------- courier copies
-    def _seal_for_couriers(self, p: PendingMessage, now: float) -> None:
-        info = self.peers.get(p.peer_id)
-        if info is None:
-            return  # no Noise key to seal to: only the peer's own announce can help
-        p.sealed = True
-        expires = self.wall_ms(now) + int(self.settings.courier_expiry_s * 1000)
-        plaintext = encode_noise_payload(NoisePayloadType.PRIVATE_MESSAGE, encode_private_message(p.message_id, p.text))
-        sealed = seal(
-            plaintext,
-            sender_static=self.identity.noise_private,
-            recipient_id=p.peer_id,
-            recipient_static=info.noise_public_key,
-            expires_at_ms=expires,
-        )
-        self.couriers.add(Envelope(p.peer_id, expires, self.settings.courier_copies, sealed), self.wall_ms(now))
-        self.counters.courier_sealed += 1
-        for link_id in list(self.links):  # spray to whoever is around now
-            peer = self.paths.peer_on_link(link_id)
-            if peer is not None:
-                self._meet(peer, link_id, now)
-
-    def _meet(self, peer: bytes, link_id: str, now: float) -> None:
-        """A direct neighbour is here: hand it the envelopes (or copies) it should carry or receive."""
-        for env in self.couriers.meet(peer, self.wall_ms(now)):
-            pkt = dataclasses.replace(
-                self._packet(MessageType.COURIER_ENVELOPE, encode_envelope(env), now, peer), ttl=1
-            )  # TTL 1: straight to the neighbour, never relayed
-            self._emit([link_id], pkt)
-            self.counters.courier_handed += 1
-
+    # ---------------------------------------------------------------- courier envelopes that reach us
     def _on_envelope(self, link_id: str, pkt: Packet, now: float) -> bool:
         try:
             env = decode_envelope_untrusted(pkt.payload)
@@ -613,41 +277,6 @@ class MeshCore:
                 self.counters.courier_refused += 1
                 return False
         return True
-
-    def _reachable(self, peer_id: bytes, now: float) -> bool:
-        """Worth sending to: heard from within two peer expiries. (A peer 6-7 hops away loses whole announces
-        on a lossy path, and busy nodes announce only every 30 s: one expiry is too quick to give up.)"""
-        info = self.peers.get(peer_id)
-        return info is not None and info.reachable(now, HOLD_AFTER_EXPIRIES * self.settings.peer_expiry_s)
-
-    def _send_encrypted(
-        self, peer_id: bytes, plaintext: bytes, now: float, *, queue: bool, flood: bool = False
-    ) -> None:
-        """Encrypt to ``peer_id`` if a session exists; otherwise start a handshake (and, with ``queue``,
-        hold the plaintext until it completes — acks are queued, private messages rely on retries)."""
-        session = self.sessions.session(peer_id)
-        if session is None:
-            if queue:
-                q = self._session_queue.setdefault(peer_id, deque(maxlen=PENDING_SESSION_FRAMES))
-                q.append(plaintext)
-            self._start_handshake(peer_id, now)
-            return
-        try:
-            ciphertext = session.encrypt(plaintext)
-        except CryptoError:  # nonce space exhausted: start over with a fresh handshake
-            self.sessions.drop(peer_id)
-            self._start_handshake(peer_id, now)
-            return
-        links = self._send_directed(MessageType.NOISE_ENCRYPTED, ciphertext, peer_id, now, flood=flood)
-        self.last_links[peer_id] = links
-        self.last_links.move_to_end(peer_id)
-        while len(self.last_links) > self.settings.max_peers:
-            self.last_links.popitem(last=False)
-
-    def _start_handshake(self, peer_id: bytes, now: float, *, flood: bool = False) -> None:
-        msg1 = self.sessions.initiate(peer_id, now)
-        if msg1 is not None:
-            self._send_directed(MessageType.NOISE_HANDSHAKE, msg1, peer_id, now, flood=flood)
 
     # ---------------------------------------------------------------- receive
     def receive_frame(self, link_id: str, data: bytes, now: float) -> None:
@@ -750,85 +379,6 @@ class MeshCore:
         # single path at the first relay.)
         return [lid for lid in self.links if lid != in_link]
 
-    def _verified(self, pkt: Packet, wire: bytes) -> PeerInfo | None:
-        """The sender's PeerInfo if the packet's signature verifies with its pinned signing key."""
-        info = self.peers.get(pkt.sender_id)
-        if info is None:
-            self.counters.unverified_sender += 1
-            return None
-        if not self.verify(wire, info.signing_public_key, self.limits):
-            self.counters.bad_signature += 1
-            return None
-        return info
-
-    def _on_announce(self, link_id: str, pkt: Packet, wire: bytes, now: float) -> bool:
-        try:
-            ann = decode_announce_untrusted(pkt.payload)
-        except MalformedFrame:
-            self.counters.malformed += 1
-            return False
-        if peer_id_from_noise_key(ann.noise_public_key) != pkt.sender_id:
-            self.counters.key_mismatch += 1
-            return False
-        if self.wall_ms(now) - pkt.timestamp_ms > self.settings.announce_max_age_s * 1000:
-            self.counters.stale += 1
-            return False
-        if not self.verify(wire, ann.signing_public_key, self.limits):
-            self.counters.bad_signature += 1
-            return False
-        direct = pkt.ttl >= MAX_TTL and link_id in self.links
-        bound = self.links[link_id].bound_key if link_id in self.links else None
-        if direct and bound is not None and bound != ann.signing_public_key:
-            self.counters.binding_mismatch += 1  # the link's authenticated identity is someone else
-            return False
-        known = self.peers.get(pkt.sender_id)
-        if known is not None and (
-            known.noise_public_key != ann.noise_public_key or known.signing_public_key != ann.signing_public_key
-        ):
-            self.counters.key_mismatch += 1  # keys are pinned at first sight
-            return False
-        hops = max(1, MAX_TTL - min(pkt.ttl, MAX_TTL) + 1)
-        if direct and not self.paths.bind(pkt.sender_id, link_id, now):
-            self.counters.binding_mismatch += 1  # another peer holds this link: take the announce as relayed
-            direct = False
-        if direct and len(self.couriers):
-            self._meet(pkt.sender_id, link_id, now)
-        self.paths.on_announce(pkt.sender_id, ann.neighbours, link_id, hops, pkt.timestamp_ms, now)
-        if known is None:
-            info = PeerInfo(
-                peer_id=pkt.sender_id,
-                noise_public_key=ann.noise_public_key,
-                signing_public_key=ann.signing_public_key,
-                nickname=ann.nickname,
-                first_seen=now,
-                last_seen=now,
-                link_id=link_id if direct else None,
-                hops=hops,
-                capabilities=ann.capabilities,
-            )
-            self.peers.upsert(info)
-            # Answer a new neighbour's announce once, so it learns us even if our link-up announce was lost.
-            # (Only a neighbour's: answering every far peer heard through relays floods the mesh n² times.)
-            if direct:
-                self._answer_announce(link_id, now)
-            if direct:
-                self._ping(info.peer_id, link_id, now)
-        else:
-            info = known
-            was_gone = info.left or not info.reachable(now, self.settings.peer_expiry_s)
-            info.nickname, info.last_seen, info.hops, info.left = ann.nickname, now, hops, False
-            info.capabilities = ann.capabilities
-            if direct:
-                info.link_id = link_id
-            self.peers.touch(info.peer_id, now)
-            if not was_gone:
-                return True
-        self._events.append(PeerAnnounced(info.peer_id, info.nickname, known is None, info.link_id))
-        for p in self.pending.for_peer(info.peer_id):  # messages waiting for this peer go now
-            if p.next_try > now:
-                self.pending.reschedule(p, now)
-        return True
-
     def _on_public(self, pkt: Packet, wire: bytes, now: float) -> bool:
         """False when the message must not be relayed: a bad signature or bad text. One from a sender we have
         no announce from yet cannot be checked: it is not shown, but relayed (BitChat relays what it cannot
@@ -849,7 +399,7 @@ class MeshCore:
                 info.nickname,
                 text,
                 private=False,
-                hops=_hops(pkt),
+                hops=hops_travelled(pkt),
                 timestamp_ms=pkt.timestamp_ms,
             )
         )
@@ -874,7 +424,7 @@ class MeshCore:
             self.counters.handshake_failed += 1
             return
         if step.reply is not None:
-            self._send_directed(MessageType.NOISE_HANDSHAKE, step.reply, peer, now, flood=_flooded(pkt))
+            self._send_directed(MessageType.NOISE_HANDSHAKE, step.reply, peer, now, flood=arrived_flooded(pkt))
         if step.established:
             for plaintext in self._session_queue.pop(peer, deque()):
                 self._send_encrypted(peer, plaintext, now, queue=True)
@@ -917,7 +467,7 @@ class MeshCore:
             key = f"{peer.hex()}:{message_id}"
             # Ack every copy. A resend means our ack was lost, and a flooded copy means the sender's route failed:
             # either way the ack goes on every path.
-            self._send_encrypted(peer, ack, now, queue=True, flood=key in self._seen_private or _flooded(pkt))
+            self._send_encrypted(peer, ack, now, queue=True, flood=key in self._seen_private or arrived_flooded(pkt))
             if key in self._seen_private:
                 return
             self._seen_private[key] = None
@@ -931,7 +481,7 @@ class MeshCore:
                     info.nickname if info else peer.hex(),
                     text,
                     private=True,
-                    hops=_hops(pkt),
+                    hops=hops_travelled(pkt),
                     timestamp_ms=pkt.timestamp_ms,
                 )
             )
@@ -942,13 +492,6 @@ class MeshCore:
                 self.pending.remove(message_id)
                 self._events.append(DeliveryAcked(message_id, peer))
         # read receipts, authenticated peer state and optional types are accepted and ignored
-
-    def _on_ping(self, link_id: str, pkt: Packet, now: float) -> None:
-        self.counters.pings_answered += 1
-        if self.paths.peer_on_link(link_id) == pkt.sender_id:  # a neighbour's link probe: answer on that link
-            self._emit([link_id], self._packet(MessageType.PONG, pkt.payload, now, pkt.sender_id))
-        else:
-            self._send_directed(MessageType.PONG, pkt.payload, pkt.sender_id, now)
 
     def _on_fragment(self, link_id: str, pkt: Packet, now: float) -> bool:
         try:
@@ -968,28 +511,6 @@ class MeshCore:
         # The fragments were the relayed unit; the whole packet is processed but not relayed (BITCHAT.md §2.3).
         self._handle_packet(link_id, inner, whole, now, relay=False)
         return True
-
-
-def _flooded(pkt: Packet) -> bool:
-    """A directed packet from beyond our neighbours that came without a source route: its sender escalated to a
-    flood (or had only a reverse path), so the answer should not trust a single path either."""
-    return not pkt.route and _hops(pkt) > 1
-
-
-def _smooth(old: float | None, sample: float) -> float:
-    return sample if old is None else (1 - RTT_SMOOTHING) * old + RTT_SMOOTHING * sample
-
-
-def _hops(pkt: Packet) -> int:
-    return max(1, MAX_TTL - min(pkt.ttl, MAX_TTL) + 1)
-
-
-def public_message_id(pkt: Packet) -> str:
-    """BitChat's packet ID (bitchat/Sync/PacketIdUtil.swift): SHA-256(type ‖ sender ‖ ts u64 ‖ payload)[0:16]."""
-    digest = hashlib.sha256(
-        bytes([pkt.type]) + pkt.sender_id + struct.pack(">Q", pkt.timestamp_ms) + pkt.payload
-    ).digest()
-    return digest[:16].hex()
 
 
 __all__ = [

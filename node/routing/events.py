@@ -1,0 +1,80 @@
+"""What the mesh core reports (events, polled with :meth:`MeshCore.next_event`) and counts (:class:`MeshCounters`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAnnounced:
+    peer_id: bytes
+    nickname: str
+    new: bool
+    link_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLeft:
+    peer_id: bytes
+    nickname: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    message_id: str
+    sender_id: bytes
+    sender_nickname: str
+    text: str
+    private: bool
+    hops: int
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryAcked:
+    message_id: str
+    peer_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateFailed:
+    message_id: str
+    peer_id: bytes
+    reason: str
+
+
+MeshEvent = PeerAnnounced | PeerLeft | MessageReceived | DeliveryAcked | PrivateFailed
+
+
+@dataclass(slots=True)
+class MeshCounters:
+    frames_in: int = 0
+    frames_out: int = 0
+    malformed: int = 0
+    duplicate: int = 0
+    stale: int = 0
+    own_echo: int = 0
+    bad_signature: int = 0
+    unverified_sender: int = 0
+    key_mismatch: int = 0
+    binding_mismatch: int = 0
+    not_for_us: int = 0
+    handshake_failed: int = 0
+    decrypt_failed: int = 0
+    replayed: int = 0
+    fragments_reassembled: int = 0
+    unknown_type: int = 0
+    private_retries: int = 0
+    pings_answered: int = 0
+    relayed: int = 0  # relay jobs sent (one per packet, on one or more links)
+    relay_cancelled: int = 0  # pending relays made unnecessary: every target link sent us a copy meanwhile
+    relay_queue_full: int = 0
+    sent_direct: int = 0  # directed packets we originated, by how they left
+    sent_routed: int = 0
+    sent_reverse: int = 0
+    sent_flooded: int = 0
+    courier_sealed: int = 0  # our own held messages turned into envelopes
+    courier_carried: int = 0  # envelopes accepted to carry for others
+    courier_handed: int = 0  # envelope copies handed to a neighbour (carrier or recipient)
+    courier_opened: int = 0  # envelopes for us, opened
+    courier_refused: int = 0  # envelopes refused: malformed, unopenable, expired or no room

@@ -1,0 +1,289 @@
+"""The mesh core's state and plumbing, shared by its layers (:mod:`node.routing.announcing`, :mod:`node.routing.mesh`).
+
+:class:`MeshBase` holds every table the core keeps and the ways out: encoding and emitting packets (fragmented to
+a link's MTU), choosing links for a directed packet, Noise-encrypted sends that start a handshake when there is no
+session yet, and courier envelopes handed to neighbours. It reads no clock (``now`` is passed in) and does no I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+import struct
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from node.config import MeshSection
+from node.errors import CryptoError
+from node.identity import Identity
+from node.routing.courier import (
+    CourierStore,
+    Envelope,
+    encode_envelope,
+    seal,
+)
+from node.routing.dedupe import DedupeCache
+from node.routing.events import MeshCounters, MeshEvent
+from node.routing.paths import PathTable, Route
+from node.routing.peers import PeerInfo, PeerTable
+from node.routing.pending import PendingMessage, PendingSet
+from node.routing.relay import RelayQueue
+from node.routing.sessions import SessionManager
+from node.wire import (
+    MalformedFrame,
+    MessageType,
+    NoisePayloadType,
+    Packet,
+    Reassembler,
+    WireLimits,
+    decode_packet_untrusted,
+    encode_noise_payload,
+    encode_packet,
+    encode_private_message,
+    fragment_frame,
+    verify_wire_signature,
+)
+
+MAX_TTL = 7  # BitChat clamps and originates with TTL 7
+PRIVATE_TEXT_MAX_BYTES = 255  # BitChat's private-message TLV length is one byte
+SEEN_PRIVATE_IDS = 4096  # private message IDs remembered to suppress re-delivered retransmits
+PENDING_SESSION_FRAMES = 64  # payloads queued per peer while its handshake runs
+REHANDSHAKE_AFTER_ATTEMPTS = 3  # every 3rd unacknowledged send of a private message also renews the session
+MAX_OUTSTANDING_PINGS = 256  # pings awaiting a pong; the oldest are forgotten beyond this
+PING_EXPIRY_S = 30.0  # a pong later than this is ignored
+RTT_SMOOTHING = 0.25  # weight of a new RTT or loss sample (exponentially weighted moving average)
+BUSY_LINKS = 6  # BitChat's threshold for a busy node: longer announce interval, shorter broadcast TTL
+HOLD_AFTER_EXPIRIES = 2  # a private message is held (not sent) for a peer silent this many peer expiries
+ANNOUNCE_ANSWER_GAP_S = 0.15  # BitChat forces announces on a link at least this far apart
+PADDED_TYPES = (MessageType.NOISE_HANDSHAKE, MessageType.NOISE_ENCRYPTED)  # only these are padded on air
+
+
+@dataclass
+class LinkState:
+    mtu: int
+    up_since: float
+    bound_key: bytes | None = None  # the peer's Ed25519 key as the transport authenticated it
+
+
+@dataclass
+class MeshBase:
+    identity: Identity
+    settings: MeshSection
+    limits: WireLimits
+    nickname: str
+    wall_offset_ms: float
+    rng: random.Random = field(default_factory=random.Random)
+    # Checks a received frame's Ed25519 signature: (frame, signing key, limits) -> valid. The default is the
+    # codec's; a simulator of many nodes in one process may pass a memoising wrapper of it.
+    verify: Callable[[bytes, bytes, WireLimits], bool] = verify_wire_signature
+
+    def __post_init__(self) -> None:
+        self.peer_id = self.identity.peer_id
+        self.counters = MeshCounters()
+        self.peers = PeerTable(self.settings.max_peers)
+        self.sessions = SessionManager(
+            static_private=self.identity.noise_private,
+            local_peer_id=self.peer_id,
+            timeout_s=self.settings.handshake_timeout_s,
+        )
+        self.dedupe = DedupeCache(ttl_s=self.settings.dedupe_ttl_s, max_entries=self.settings.dedupe_max_entries)
+        self.reassembler = Reassembler(self.limits)
+        self.links: dict[str, LinkState] = {}
+        self.pending = PendingSet()
+        self._seen_private: OrderedDict[str, None] = OrderedDict()
+        self._session_queue: dict[bytes, deque[bytes]] = {}
+        self._out: list[tuple[str, bytes]] = []
+        self._events: deque[MeshEvent] = deque()
+        self._next_announce: float | None = None
+        self._pings: OrderedDict[bytes, tuple[bytes, str, float]] = OrderedDict()  # nonce -> (peer, link, sent)
+        s = self.settings
+        self.paths = PathTable(self.peer_id, path_ttl_s=s.path_ttl_s, max_hops=s.default_ttl, max_entries=s.max_peers)
+        self.relays = RelayQueue(s.relay_queue_max, s.relay_queue_max_bytes)
+        self._flood = s.routing == "flood"
+        self.couriers = CourierStore(s.courier_max_envelopes)
+        self._announced_at: dict[str, float] = {}  # link -> when we last announced on it
+        self._answers: dict[str, float] = {}
+        # Links the last encrypted frame to each peer left on (bounded by the peer table's size).
+        self.last_links: OrderedDict[bytes, list[str]] = (
+            OrderedDict()
+        )  # link -> when a deferred answer to a new neighbour is due
+
+    # ---------------------------------------------------------------- time
+    def wall_ms(self, now: float) -> int:
+        return int(self.wall_offset_ms + now * 1000.0)
+
+    # ---------------------------------------------------------------- outputs
+    def frames_to_send(self) -> list[tuple[str, bytes]]:
+        out, self._out = self._out, []
+        self.counters.frames_out += len(out)
+        return out
+
+    def next_event(self) -> MeshEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def _emit(self, link_ids: list[str], packet: Packet) -> None:
+        frame = encode_packet(packet, pad=packet.type in PADDED_TYPES, limits=self.limits)
+        for link_id in link_ids:
+            self._emit_frame(link_id, frame, packet)
+
+    def _emit_frame(self, link_id: str, frame: bytes, packet: Packet | None = None) -> None:
+        """Queue ``frame`` on a link, in fragments when it exceeds the link's MTU (``packet`` is the frame
+        decoded, when the caller has it)."""
+        state = self.links.get(link_id)
+        if state is None:
+            return
+        if len(frame) <= state.mtu:
+            self._out.append((link_id, frame))
+            return
+        if packet is None:
+            try:
+                packet = decode_packet_untrusted(frame, self.limits)
+            except MalformedFrame:  # cannot happen for a frame we accepted; never relay what we cannot parse
+                self.counters.malformed += 1
+                return
+        fid = self.rng.getrandbits(64).to_bytes(8, "big")
+        for piece in fragment_frame(packet, frame, state.mtu, fid, self.limits):
+            self._out.append((link_id, piece))
+
+    def path_to(self, peer_id: bytes, now: float) -> tuple[list[str], Route | None]:
+        """Links for a directed packet we originate, and the route used (None: flooded)."""
+        if not self._flood:
+            route = self.paths.route(peer_id, now)
+            if route is not None and route.link_id in self.links and route.hops <= self.settings.default_ttl:
+                return [route.link_id], route
+        return list(self.links), None
+
+    def _send_directed(
+        self, msg_type: int, payload: bytes, peer_id: bytes, now: float, *, flood: bool = False
+    ) -> list[str]:
+        """``flood``: every link, no source route — for a resend after the routed copy got no answer (the route
+        may be lossy or stale; a flood tries every path at once)."""
+        links, route = (list(self.links), None) if flood else self.path_to(peer_id, now)
+        if route is None:
+            self.counters.sent_flooded += 1
+        elif route.source == "direct":
+            self.counters.sent_direct += 1
+        elif route.via:
+            self.counters.sent_routed += 1
+        else:
+            self.counters.sent_reverse += 1
+        self._emit(links, self._packet(msg_type, payload, now, peer_id, route.via if route else ()))
+        return links
+
+    def _packet(
+        self, msg_type: int, payload: bytes, now: float, recipient: bytes | None = None, route: tuple[bytes, ...] = ()
+    ) -> Packet:
+        return Packet(
+            version=2 if route else 1,  # as iOS: v2 only when a source route is carried
+            type=int(msg_type),
+            ttl=self.settings.default_ttl,
+            timestamp_ms=self.wall_ms(now),
+            sender_id=self.peer_id,
+            recipient_id=recipient,
+            route=route,
+            payload=payload,
+            signature=None,
+            is_rsr=False,
+        )
+
+    # ---------------------------------------------------------------- sessions
+    def _reachable(self, peer_id: bytes, now: float) -> bool:
+        """Worth sending to: heard from within two peer expiries. (A peer 6-7 hops away loses whole announces
+        on a lossy path, and busy nodes announce only every 30 s: one expiry is too quick to give up.)"""
+        info = self.peers.get(peer_id)
+        return info is not None and info.reachable(now, HOLD_AFTER_EXPIRIES * self.settings.peer_expiry_s)
+
+    def _send_encrypted(
+        self, peer_id: bytes, plaintext: bytes, now: float, *, queue: bool, flood: bool = False
+    ) -> None:
+        """Encrypt to ``peer_id`` if a session exists; otherwise start a handshake (and, with ``queue``,
+        hold the plaintext until it completes — acks are queued, private messages rely on retries)."""
+        session = self.sessions.session(peer_id)
+        if session is None:
+            if queue:
+                q = self._session_queue.setdefault(peer_id, deque(maxlen=PENDING_SESSION_FRAMES))
+                q.append(plaintext)
+            self._start_handshake(peer_id, now)
+            return
+        try:
+            ciphertext = session.encrypt(plaintext)
+        except CryptoError:  # nonce space exhausted: start over with a fresh handshake
+            self.sessions.drop(peer_id)
+            self._start_handshake(peer_id, now)
+            return
+        links = self._send_directed(MessageType.NOISE_ENCRYPTED, ciphertext, peer_id, now, flood=flood)
+        self.last_links[peer_id] = links
+        self.last_links.move_to_end(peer_id)
+        while len(self.last_links) > self.settings.max_peers:
+            self.last_links.popitem(last=False)
+
+    def _start_handshake(self, peer_id: bytes, now: float, *, flood: bool = False) -> None:
+        msg1 = self.sessions.initiate(peer_id, now)
+        if msg1 is not None:
+            self._send_directed(MessageType.NOISE_HANDSHAKE, msg1, peer_id, now, flood=flood)
+
+    def _verified(self, pkt: Packet, wire: bytes) -> PeerInfo | None:
+        """The sender's PeerInfo if the packet's signature verifies with its pinned signing key."""
+        info = self.peers.get(pkt.sender_id)
+        if info is None:
+            self.counters.unverified_sender += 1
+            return None
+        if not self.verify(wire, info.signing_public_key, self.limits):
+            self.counters.bad_signature += 1
+            return None
+        return info
+
+    # ---------------------------------------------------------------- courier copies
+    def _seal_for_couriers(self, p: PendingMessage, now: float) -> None:
+        info = self.peers.get(p.peer_id)
+        if info is None:
+            return  # no Noise key to seal to: only the peer's own announce can help
+        p.sealed = True
+        expires = self.wall_ms(now) + int(self.settings.courier_expiry_s * 1000)
+        plaintext = encode_noise_payload(NoisePayloadType.PRIVATE_MESSAGE, encode_private_message(p.message_id, p.text))
+        sealed = seal(
+            plaintext,
+            sender_static=self.identity.noise_private,
+            recipient_id=p.peer_id,
+            recipient_static=info.noise_public_key,
+            expires_at_ms=expires,
+        )
+        self.couriers.add(Envelope(p.peer_id, expires, self.settings.courier_copies, sealed), self.wall_ms(now))
+        self.counters.courier_sealed += 1
+        for link_id in list(self.links):  # spray to whoever is around now
+            peer = self.paths.peer_on_link(link_id)
+            if peer is not None:
+                self._meet(peer, link_id, now)
+
+    def _meet(self, peer: bytes, link_id: str, now: float) -> None:
+        """A direct neighbour is here: hand it the envelopes (or copies) it should carry or receive."""
+        for env in self.couriers.meet(peer, self.wall_ms(now)):
+            pkt = dataclasses.replace(
+                self._packet(MessageType.COURIER_ENVELOPE, encode_envelope(env), now, peer), ttl=1
+            )  # TTL 1: straight to the neighbour, never relayed
+            self._emit([link_id], pkt)
+            self.counters.courier_handed += 1
+
+
+def arrived_flooded(pkt: Packet) -> bool:
+    """A directed packet from beyond our neighbours that came without a source route: its sender escalated to a
+    flood (or had only a reverse path), so the answer should not trust a single path either."""
+    return not pkt.route and hops_travelled(pkt) > 1
+
+
+def smoothed(old: float | None, sample: float) -> float:
+    return sample if old is None else (1 - RTT_SMOOTHING) * old + RTT_SMOOTHING * sample
+
+
+def hops_travelled(pkt: Packet) -> int:
+    return max(1, MAX_TTL - min(pkt.ttl, MAX_TTL) + 1)
+
+
+def public_message_id(pkt: Packet) -> str:
+    """BitChat's packet ID (bitchat/Sync/PacketIdUtil.swift): SHA-256(type ‖ sender ‖ ts u64 ‖ payload)[0:16]."""
+    digest = hashlib.sha256(
+        bytes([pkt.type]) + pkt.sender_id + struct.pack(">Q", pkt.timestamp_ms) + pkt.payload
+    ).digest()
+    return digest[:16].hex()
