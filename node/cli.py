@@ -207,7 +207,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_peers(args: argparse.Namespace) -> int:
     if args.wait:
         with ControlClient(_socket(args), timeout_s=args.timeout + 10) as client:
-            info = client.call("peers.wait", peer=args.wait, timeout_s=args.timeout)
+            info = client.call("peers.wait", peer=args.wait, timeout_s=args.timeout, direct=args.direct)
         _emit(args, info, lambda p: f"{p['peer_id']} ({p['nickname']}) is reachable via {p['transport']}")
         return EXIT_OK
 
@@ -373,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("peers", cmd_peers, "List the peers the running node knows.")
     p.add_argument("--wait", metavar="PEER", help="instead, wait until PEER (ID, fingerprint or nickname) is reachable")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds --wait may take (default 30)")
+    p.add_argument("--direct", action="store_true", help="with --wait: until PEER is a direct neighbour (one hop)")
     p = add("send", cmd_send, "Send an encrypted private message to a peer; prints the message ID.")
     p.add_argument(
         "peer", help="peer ID, fingerprint (or unique prefix) or nickname; a full peer ID may be a peer not seen yet"

@@ -114,7 +114,8 @@ def test_edges_reach_each_other_only_through_the_relay(three_namespaces: tuple[s
         connect_ms = (os.times().elapsed - started) * 1000
         assert connected["remote"] == f"/p2p/{relay_p2p}/p2p-circuit/p2p/{e2_p2p}", connected
 
-        ok(cli(d1, "peers", "--wait", "e2", "--timeout", WAIT), root)
+        # E1 may know E2 already through R's mesh (2 hops); wait for the E1-E2 link's own announce.
+        ok(cli(d1, "peers", "--wait", "e2", "--direct", "--timeout", WAIT), root)
         sent = json.loads(ok(cli(d1, "send", "e2", "through the relay", "--wait", WAIT, "--json"), root))
         assert sent["state"] == "delivered", sent
         [received] = [m for m in json.loads(ok(cli(d2, "inbox", "--json"), root)) if m["text"] == "through the relay"]

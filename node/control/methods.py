@@ -42,6 +42,7 @@ class InboxFollowParams:
 class WaitPeerParams:
     peer: str = param(doc="Peer ID, fingerprint or unique prefix, or nickname.")
     timeout_s: float = param(30.0, doc="Give up after this many seconds.")
+    direct: bool = param(False, doc="Wait until the peer is a direct neighbour (a link of ours is bound to it).")
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,13 +143,16 @@ def build_registry(node: Node) -> Registry:
         def reachable() -> dict[str, Any] | None:
             for info in node.peers_view():
                 if info["reachable"] and p.peer in (info["peer_id"], info["nickname"], info["fingerprint"]):
+                    if p.direct and info["address"] is None:
+                        continue
                     return info
             return None
 
         with trio.move_on_after(p.timeout_s):
             await node.wait_until(lambda: reachable() is not None)
             return reachable()
-        raise RpcError(APP_ERROR, f"peer {p.peer!r} did not become reachable within {p.timeout_s:g} s")
+        what = "a direct neighbour" if p.direct else "reachable"
+        raise RpcError(APP_ERROR, f"peer {p.peer!r} did not become {what} within {p.timeout_s:g} s")
 
     async def wait_message(p: WaitMessageParams, notify: Notify) -> Any:
         msg = node.outgoing.get(p.id)
