@@ -277,12 +277,18 @@ class Simulation:
 
     # ------------------------------------------------------------ user actions
     def send_private(self, i: int, j: int, text: str) -> UnicastRecord:
-        """Node ``i`` sends ``text`` privately to node ``j`` now. A refusal by the core (the peer is unknown to
-        it, too many pending) is recorded, not raised: it is an undelivered message."""
+        """Node ``i`` sends ``text`` privately to node ``j`` now, as the daemon does for a full peer ID
+        (:meth:`node.node.Node.send_private`): a peer ``i`` has not heard an announce from yet gets the message
+        when it appears. A refusal by the core (too many pending, bad text) is recorded, not raised: it is an
+        undelivered message."""
         self._check_node(i)
         self._check_node(j)
+        core, peer = self.cores[i], self.peer_ids[j]
         try:
-            message_id: str | None = self.cores[i].send_private(self.peer_ids[j], text, self.now)
+            core.check_private(peer, text)
+            message_id: str | None = core.new_message_id()
+            assert message_id is not None
+            core.queue_private(message_id, peer, text, self.now)
             refused = None
         except MeshError as exc:
             message_id, refused = None, str(exc)

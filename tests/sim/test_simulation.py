@@ -24,10 +24,19 @@ def test_two_neighbours_exchange_a_private_message_and_its_ack() -> None:
     assert r.core_counters["bad_signature"] == 0 and r.verify_calls > 0
 
 
-def test_a_send_to_a_peer_the_core_does_not_know_is_counted_as_refused() -> None:
+def test_a_send_before_the_peer_announced_is_held_then_delivered() -> None:
     sim = Simulation(line(2), seed=1)
-    rec = sim.send_private(0, 1, "too early")  # no announce has arrived yet
-    assert rec.refused is not None and "unknown" in rec.refused
+    rec = sim.send_private(0, 1, "too early")  # no announce has arrived yet: held, as `village send <peer ID>`
+    assert rec.refused is None and rec.message_id is not None
+    sim.run_until(60.0)
+    assert rec.delivered_s is not None and rec.acked_s is not None
+    assert sim.report().unicast_refused == 0
+
+
+def test_a_send_the_core_refuses_is_counted() -> None:
+    sim = Simulation(line(2), seed=1)
+    rec = sim.send_private(0, 1, "x" * 300)  # over BitChat's 255-byte private-message field
+    assert rec.refused is not None and "bytes" in rec.refused and rec.message_id is None
     assert sim.report().unicast_refused == 1
 
 
