@@ -218,8 +218,10 @@ class MeshCore(AnnouncingCore):
             if s.courier_copies and not p.sealed and now - p.created >= s.courier_after_s:
                 self._seal_for_couriers(p, now)
             wake = min(now + s.private_retry_max_interval_s, p.created + s.private_expiry_s)
-            if s.courier_copies and not p.sealed:
-                wake = min(wake, max(now, p.created + s.courier_after_s))
+            if s.courier_copies and not p.sealed and now < p.created + s.courier_after_s:
+                # Look again when it is time to seal. (Past that time and still unsealed, the peer is unknown: no
+                # key to seal to. Waking at `now` again would spin; its announce wakes the message instead.)
+                wake = min(wake, p.created + s.courier_after_s)
             self.pending.reschedule(p, wake)
             return
         if self.sessions.session(p.peer_id) is None:

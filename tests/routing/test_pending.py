@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
+import nacl.signing
+
+from node.config import MeshSection
+from node.identity import Identity
+from node.routing.mesh import MeshCore
 from node.routing.pending import PendingMessage, PendingSet
+from node.wire import DEFAULT_LIMITS
 
 
 def _scan_due(msgs: dict[str, PendingMessage], now: float) -> set[str]:
@@ -59,3 +66,24 @@ def test_a_removed_message_is_never_due_and_cannot_be_rescheduled_back() -> None
     assert ps.next_due() is None
     assert ps.pop_due(10.0) == []
     assert "a" not in ps
+
+
+def test_a_message_for_an_unknown_peer_past_courier_time_does_not_spin_the_timer() -> None:
+    """Regression: a held message whose peer was never heard (nothing to seal to) was rescheduled at `now` once
+    courier_after_s had passed, so the core's timer never advanced (a busy loop in the daemon)."""
+    ident = Identity(nacl.signing.SigningKey(bytes(range(32))), bytes(range(1, 33)))
+    settings = dataclasses.replace(MeshSection(), courier_after_s=10.0)
+    core = MeshCore(ident, settings, DEFAULT_LIMITS, "a", 1.7e12, random.Random(1))
+    core.link_up("l1", 65_535, 0.0)
+    core.queue_private("M1", b"\x42" * 8, "held", 0.0)  # a full peer ID nobody has announced
+    now = 0.0
+    for _ in range(50):
+        t = core.get_timer()
+        assert t is not None
+        assert t > now or now == 0.0, f"timer stuck at {t} (now {now})"
+        now = t
+        core.handle_timer(now)
+        if now > 200.0:
+            break
+    assert now > 200.0  # time moved on; the message is still held (not failed, not spinning)
+    assert "M1" in core.pending
