@@ -280,6 +280,44 @@ class AnchorSection:
 
 
 @dataclass(frozen=True, slots=True)
+class MailboxSection:
+    anchors: tuple[str, ...] = _f(
+        (),
+        "Anchors keeping sealed envelopes for offline peers, as /ip4/.../tcp/N/p2p/ID: a private message whose peer "
+        "is unreachable after mesh.courier_after_s is deposited at each, and this node fetches its own from them "
+        "at start, whenever a link to one comes up, and every fetch_interval_s.",
+    )
+    fetch_interval_s: float = _f(
+        300.0, "Seconds between fetches from each mailbox anchor while connected.", min=1, max=86_400
+    )
+    max_pending_deposits: int = _f(
+        256,
+        "Envelopes waiting to be deposited (an anchor is unreachable); the oldest go beyond this.",
+        min=1,
+        max=1_000_000,
+    )
+    request_timeout_s: float = _f(30.0, "Seconds one mailbox request (dial + answer) may take.", min=0.5, max=600)
+    serve: bool = _f(
+        False,
+        "Keep envelopes for offline peers (an anchor): serve /aivillage/mailbox/1.0.0 on BetaNet, storing in the "
+        "PostgreSQL of anchor.services_settings.",
+    )
+    max_envelope_bytes: int = _f(4096, "With serve: largest envelope accepted, in bytes.", min=256, max=1_048_576)
+    max_envelopes_per_recipient: int = _f(
+        256, "With serve: envelopes kept for one recipient; more deposits are refused.", min=1, max=1_000_000
+    )
+    max_envelopes_total: int = _f(
+        100_000, "With serve: envelopes kept for all recipients; more deposits are refused.", min=1, max=100_000_000
+    )
+    max_expiry_s: float = _f(
+        30 * 86_400.0, "With serve: deposits expiring further out than this are refused.", min=60, max=365 * 86_400
+    )
+    challenge_ttl_s: float = _f(
+        30.0, "With serve: seconds a fetch challenge may be answered in (each is good for one answer).", min=1, max=3600
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     node: NodeSection = field(default_factory=NodeSection)
     control: ControlSection = field(default_factory=ControlSection)
@@ -287,6 +325,7 @@ class Config:
     wire: WireLimits = field(default_factory=WireLimits)
     betanet: BetanetSection = field(default_factory=BetanetSection)
     anchor: AnchorSection = field(default_factory=AnchorSection)
+    mailbox: MailboxSection = field(default_factory=MailboxSection)
     # Resolved, not read from TOML: the data dir and the file the config came from (None: defaults).
     data_dir: Path = field(default_factory=lambda: default_data_dir())
     source: Path | None = None
@@ -303,6 +342,7 @@ SECTIONS: dict[str, type] = {
     "wire": WireLimits,
     "betanet": BetanetSection,
     "anchor": AnchorSection,
+    "mailbox": MailboxSection,
 }
 
 
