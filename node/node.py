@@ -341,7 +341,7 @@ class Node:
                     log.warning("an `inbox --follow` client is too slow; disconnecting it")
                     ch.close()
                     self._followers.remove(ch)
-                except trio.ClosedResourceError:
+                except (trio.ClosedResourceError, trio.BrokenResourceError):  # closed by either end
                     self._followers.remove(ch)
         elif isinstance(event, PeerAnnounced):
             if event.new:
