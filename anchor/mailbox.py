@@ -20,24 +20,37 @@ its inbox is unique by (sender, message ID), so the message lands exactly once.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import nacl.bindings
 import nacl.utils
 import trio
 
-from node.errors import CryptoError, NodeError
+from node.config import Config, MailboxSection
+from node.errors import CryptoError, NodeError, StartupError
 from node.mailbox import protocol as p
 from node.mailbox.protocol import Challenge, MailboxError, Proof, StoredEnvelope
 from node.mailbox.stream import ByteStream, FramedStream, StreamClosed
 from node.routing.courier import Envelope, decode_envelope_untrusted, encode_envelope
 from node.wire import MalformedFrame
 
+if TYPE_CHECKING:
+    from libp2p.abc import INetStream
+
+    from anchor.stores.postgres import PostgresStore
+    from node.node import Node
+
 log = logging.getLogger("village.mailbox")
+
+MAX_STREAMS = 256  # mailbox streams served at once; more are closed at once
+EXPIRE_EVERY_S = 60.0  # how often expired envelopes are deleted
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +66,17 @@ class MailboxLimits:
     max_fetch: int = 64  # envelopes per FETCH answer
     stream_timeout_s: float = 30.0
     max_requests_per_stream: int = 1024
+
+    @classmethod
+    def from_config(cls, m: MailboxSection) -> MailboxLimits:
+        return cls(
+            max_envelope_bytes=m.max_envelope_bytes,
+            max_per_recipient=m.max_envelopes_per_recipient,
+            max_total=m.max_envelopes_total,
+            max_expiry_s=m.max_expiry_s,
+            challenge_ttl_s=m.challenge_ttl_s,
+            stream_timeout_s=m.request_timeout_s,
+        )
 
 
 class MailboxStorage(Protocol):
@@ -130,6 +154,31 @@ class MemoryMailboxStorage:
         for i in old:
             del self.rows[i]
         return len(old)
+
+
+class PostgresMailboxStorage:
+    """The ``mailbox`` table of the anchor's PostgreSQL (:class:`anchor.stores.postgres.PostgresStore`); the
+    store raises ``StoreUnavailable`` when the server is down."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+
+    async def put(
+        self, recipient: bytes, digest: bytes, envelope: bytes, expires_at_ms: int, now_ms: int
+    ) -> tuple[int, bool]:
+        return await self.store.mailbox_deposit(recipient, digest, envelope, expires_at_ms, now_ms)
+
+    async def count(self, recipient: bytes | None, now_ms: int) -> int:
+        return await self.store.mailbox_count(recipient, now_ms)
+
+    async def list_for(self, recipient: bytes, now_ms: int, limit: int) -> list[StoredEnvelope]:
+        return [StoredEnvelope(r.id, r.envelope) for r in await self.store.mailbox_list(recipient, now_ms, limit)]
+
+    async def delete(self, recipient: bytes, ids: list[int]) -> int:
+        return await self.store.mailbox_delete(recipient, ids)
+
+    async def expire(self, now_ms: int) -> int:
+        return await self.store.mailbox_expire(now_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,3 +442,112 @@ def _hex(params: Mapping[str, Any], key: str, size: int) -> bytes:
     if raw is None or len(raw) != size:
         raise MailboxError(p.E_MALFORMED, f"{key}: expected {size} bytes as {2 * size} hex digits")
     return raw
+
+    async def gateway_fetch(self, key_id: str, query: Mapping[str, str]) -> Any:
+        """``GET /v1/mailbox`` (the gateway's :class:`~anchor.gateway.ports.MailboxPort`), in three steps by query:
+
+        1. no proof → a challenge (:meth:`http_challenge`);
+        2. ``recipient, noise_key, signing_key, nonce, mac, signature`` (hex) → envelopes + grant (:meth:`http_fetch`);
+        3. ``grant`` + ``ack=ID,ID,...`` → those envelopes deleted (:meth:`http_ack`).
+
+        Refusals raise the gateway's errors (400 malformed, 401 failed proof or grant, 503 store down)."""
+        from anchor.gateway.errors import GatewayError, Unauthenticated
+        from anchor.stores.errors import StoreUnavailable
+
+        try:
+            if "grant" in query:
+                try:
+                    ids = [int(i) for i in query.get("ack", "").split(",") if i]
+                except ValueError:
+                    raise MailboxError(p.E_MALFORMED, "ack: expected IDs separated by commas") from None
+                return await self.http_ack({"grant": query["grant"], "ids": ids})
+            if "signature" in query:
+                return await self.http_fetch(query)
+            return self.http_challenge()
+        except MailboxError as exc:
+            if exc.code == p.E_AUTH:
+                raise Unauthenticated(f"mailbox: {exc.reason}", code="mailbox_proof_refused") from None
+            if exc.code == p.E_UNAVAILABLE:
+                raise StoreUnavailable("postgres", exc.reason) from None
+            raise GatewayError(f"mailbox: {exc.reason}", code="mailbox_bad_request") from None
+
+
+# ---------------------------------------------------------------- in an anchor node
+
+
+def services_settings_path(config: Config, env: Mapping[str, str] | None = None) -> Path:
+    """``anchor.services_settings`` → ``$VILLAGE_SERVICES_SETTINGS`` → ``<data dir>/services.json``."""
+    env = os.environ if env is None else env
+    if config.anchor.services_settings:
+        return Path(config.anchor.services_settings).expanduser()
+    if env.get("VILLAGE_SERVICES_SETTINGS"):
+        return Path(env["VILLAGE_SERVICES_SETTINGS"])
+    return config.data_dir / "services.json"
+
+
+def postgres_dsn(settings_file: Path) -> str:
+    """The PostgreSQL connection string in a ``scripts/services`` settings file."""
+    from psycopg.conninfo import make_conninfo
+
+    try:
+        pg = json.loads(settings_file.read_text(encoding="utf-8"))["postgres"]
+        return make_conninfo(
+            host=str(pg["host"]),
+            port=int(pg["port"]),
+            dbname=str(pg["dbname"]),
+            user=str(pg["user"]),
+            password=str(pg.get("password", "")),
+        )
+    except FileNotFoundError:
+        raise StartupError(
+            f"mailbox.serve needs PostgreSQL settings in {settings_file} (run `scripts/services up`, or set "
+            "anchor.services_settings)"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StartupError(f"{settings_file}: no usable PostgreSQL settings ({exc})") from exc
+
+
+async def serve_mailbox(node: Node, *, task_status: trio.TaskStatus[MailboxService] = trio.TASK_STATUS_IGNORED) -> None:
+    """Keep envelopes for offline peers in this node's PostgreSQL and serve ``/aivillage/mailbox/1.0.0`` on its
+    BetaNet host (``mailbox.serve``). Reports the :class:`MailboxService` (the gateway's :class:`MailboxPort`)."""
+    from anchor.stores.errors import StoreUnavailable
+    from anchor.stores.postgres import PostgresStore
+    from node.transports.betanet.transport import BetanetTransport
+
+    cfg = node.config
+    betanet = next((t for t in node.transports if isinstance(t, BetanetTransport)), None)
+    if betanet is None:
+        raise StartupError("mailbox.serve needs BetaNet (betanet.enabled = true)")
+    dsn = postgres_dsn(services_settings_path(cfg))
+    async with PostgresStore(dsn, timeout_s=cfg.anchor.store_timeout_s) as store:
+        service = MailboxService(
+            MailboxCore(node.identity.signing_public, MailboxLimits.from_config(cfg.mailbox)),
+            PostgresMailboxStorage(store),
+            node.clock.wall_ms,
+        )
+        limiter = trio.CapacityLimiter(MAX_STREAMS)
+
+        async def on_stream(stream: INetStream, remote_key: bytes | None) -> None:
+            try:
+                limiter.acquire_nowait()
+            except trio.WouldBlock:
+                log.warning("mailbox: %d streams already open; refusing another", MAX_STREAMS)
+                await FramedStream(stream, timeout_s=1).aclose()
+                return
+            try:
+                await service.serve_stream(stream, remote_key)
+            finally:
+                limiter.release()
+
+        betanet.add_stream_handler(p.MAILBOX_PROTOCOL, on_stream)
+        log.info("mailbox: serving %s (PostgreSQL)", p.MAILBOX_PROTOCOL)
+        task_status.started(service)
+        while True:
+            await trio.sleep(EXPIRE_EVERY_S)
+            try:
+                gone = await service.expire()
+            except StoreUnavailable as exc:
+                log.warning("mailbox: could not delete expired envelopes: %s", exc)
+                continue
+            if gone:
+                log.info("mailbox: %d expired envelope(s) deleted", gone)

@@ -124,7 +124,16 @@ class PrivateFailed:
     reason: str
 
 
-MeshEvent = PeerAnnounced | PeerLeft | MessageReceived | DeliveryAcked | PrivateFailed
+@dataclass(frozen=True, slots=True)
+class EnvelopeSealed:
+    """A held private message was sealed (``envelope`` in the courier encoding): a mailbox client deposits it."""
+
+    message_id: str
+    peer_id: bytes
+    envelope: bytes
+
+
+MeshEvent = PeerAnnounced | PeerLeft | MessageReceived | DeliveryAcked | PrivateFailed | EnvelopeSealed
 
 
 @dataclass(slots=True)
@@ -191,6 +200,8 @@ class MeshCore:
     # Checks a received frame's Ed25519 signature: (frame, signing key, limits) -> valid. The default is the
     # codec's; a simulator of many nodes in one process may pass a memoising wrapper of it.
     verify: Callable[[bytes, bytes, WireLimits], bool] = verify_wire_signature
+    # Seal held messages after courier_after_s even with courier_copies = 0, for a mailbox (EnvelopeSealed events).
+    seal_for_mailbox: bool = False
 
     def __post_init__(self) -> None:
         self.peer_id = self.identity.peer_id
@@ -533,10 +544,11 @@ class MeshCore:
             # Store and forward: the peer is unknown (restored from the outbox before it announced itself) or has
             # not been heard from lately (a partition, or it is offline). Sending would only flood the mesh and
             # burn attempts; its next announce wakes the message up. Meanwhile, carriers may take it there.
-            if s.courier_copies and not p.sealed and now - p.created >= s.courier_after_s:
+            sealing = s.courier_copies or self.seal_for_mailbox
+            if sealing and not p.sealed and now - p.created >= s.courier_after_s:
                 self._seal_for_couriers(p, now)
             wake = min(now + s.private_retry_max_interval_s, p.created + s.private_expiry_s)
-            if s.courier_copies and not p.sealed:
+            if sealing and not p.sealed:
                 wake = min(wake, max(now, p.created + s.courier_after_s))
             p.next_try = wake
             return
@@ -578,8 +590,14 @@ class MeshCore:
             recipient_static=info.noise_public_key,
             expires_at_ms=expires,
         )
-        self.couriers.add(Envelope(p.peer_id, expires, self.settings.courier_copies, sealed), self.wall_ms(now))
         self.counters.courier_sealed += 1
+        if self.seal_for_mailbox:
+            self._events.append(
+                EnvelopeSealed(p.message_id, p.peer_id, encode_envelope(Envelope(p.peer_id, expires, 1, sealed)))
+            )
+        if not self.settings.courier_copies:
+            return
+        self.couriers.add(Envelope(p.peer_id, expires, self.settings.courier_copies, sealed), self.wall_ms(now))
         for link_id in list(self.links):  # spray to whoever is around now
             peer = self.paths.peer_on_link(link_id)
             if peer is not None:
@@ -608,6 +626,23 @@ class MeshCore:
             for lid in self.paths.direct_links(env.recipient_id, now)[:1]:  # the recipient is right here
                 self._meet(env.recipient_id, lid, now)
             return True
+        return self._open_own_envelope(env, pkt, now)
+
+    def receive_mailbox_envelope(self, data: bytes, now: float) -> bool:
+        """An envelope fetched from an anchor's mailbox (courier encoding): opened and delivered like a courier
+        envelope (a MessageReceived event, unless this (sender, ID) was already received). False if it is not for
+        us, expired, malformed or unopenable (it is counted; keeping it would not help)."""
+        try:
+            env = decode_envelope_untrusted(data)
+        except MalformedFrame:
+            self.counters.courier_refused += 1
+            return False
+        if env.recipient_id != self.peer_id:
+            self.counters.courier_refused += 1
+            return False
+        return self._open_own_envelope(env, self._packet(MessageType.COURIER_ENVELOPE, b"", now, self.peer_id), now)
+
+    def _open_own_envelope(self, env: Envelope, pkt: Packet, now: float) -> bool:
         if env.expires_at_ms <= self.wall_ms(now):
             self.counters.courier_refused += 1
             return False
@@ -1007,6 +1042,7 @@ def public_message_id(pkt: Packet) -> str:
 
 __all__ = [
     "DeliveryAcked",
+    "EnvelopeSealed",
     "MeshCore",
     "MeshCounters",
     "MeshEvent",
