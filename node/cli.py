@@ -297,6 +297,26 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_mailbox(args: argparse.Namespace) -> int:
+    if args.wait_deposited or args.wait_acked:
+        with ControlClient(_socket(args), timeout_s=args.timeout + 10) as client:
+            data = client.call(
+                "mailbox.wait", deposited=args.wait_deposited, acked=args.wait_acked, timeout_s=args.timeout
+            )
+    else:
+        data = _call(args, "mailbox.status")
+
+    def human(d: dict[str, Any]) -> str:
+        lines = [f"anchor {a['addr']}: {a['pending_deposits']} envelope(s) to deposit" for a in d["anchors"]]
+        for part in ("client", "serving"):
+            if d[part]:
+                lines.append(f"{part}: " + ", ".join(f"{k} {v}" for k, v in d[part].items()))
+        return "\n".join(lines) or "no mailbox anchors configured and not serving a mailbox"
+
+    _emit(args, data, human)
+    return EXIT_OK
+
+
 def cmd_route(args: argparse.Namespace) -> int:
     def human(routes: list[dict[str, Any]]) -> str:
         if not routes:
@@ -396,6 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("outbox", cmd_outbox, "Show private messages accepted for sending and their state (kept on disk).")
     p.add_argument("--state", choices=["pending", "delivered", "failed"], help="only messages in this state")
     p.add_argument("--limit", type=int, default=50, help="how many recent messages to show (default 50)")
+    p = add("mailbox", cmd_mailbox, "Show the offline-peer mailbox: anchors, deposits, fetches (or wait for them).")
+    p.add_argument("--wait-deposited", type=int, default=0, metavar="N", help="wait until N envelopes were deposited")
+    p.add_argument("--wait-acked", type=int, default=0, metavar="N", help="wait until N fetched envelopes were acked")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds a wait may take (default 30)")
     add("route", cmd_route, "Show the path table: how this node reaches each peer it knows a way to.")
     p = add("connect", cmd_connect, "Connect to a peer over BetaNet (libp2p, Noise enforced).")
     p.add_argument("addr", help="multiaddr ending in /p2p/<peer id>, e.g. /ip4/192.0.2.7/tcp/4001/p2p/12D3Koo...")
