@@ -11,12 +11,13 @@ bad configuration.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -145,9 +146,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.betanet.enabled:
         transports.append(BetanetTransport(ident, cfg.betanet))
     node = Node(cfg, ident, transports=transports)
+    runner: Callable[[], Awaitable[None]] = node.run
+    if cfg.anchor.enabled or getattr(args, "anchor", False):  # `village anchor run` or [anchor] enabled = true
+        from anchor.run import run_anchor
+
+        runner = functools.partial(run_anchor, node)
     code = EXIT_OK
     try:
-        trio.run(_serve, node)
+        trio.run(_serve, node, runner)
     except* NodeError as group:
         for exc in _leaves(group):
             log.error("node failed: %s", exc)
@@ -165,7 +171,7 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-async def _serve(node: Node) -> None:
+async def _serve(node: Node, runner: Callable[[], Awaitable[None]]) -> None:
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
 
@@ -179,7 +185,7 @@ async def _serve(node: Node) -> None:
                         nursery.cancel_scope.cancel()
 
             nursery.start_soon(watch_signals)
-            await node.run()
+            await runner()
             nursery.cancel_scope.cancel()
 
 
@@ -429,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("rpc", cmd_rpc, "Call any control method (see `village rpc rpc.methods`).")
     p.add_argument("method", help="JSON-RPC method name")
     p.add_argument("params", nargs="?", help="params as a JSON object")
+    from anchor.cli import add_commands as add_anchor_commands
+
+    add_anchor_commands(sub, common, cmd_run)
     return parser
 
 

@@ -257,7 +257,8 @@ class AnchorSection:
     services_settings: str = _f(
         "",
         "JSON file with the stores' connection settings (written by `scripts/services up`). Empty: "
-        "$VILLAGE_SERVICES_SETTINGS, else <data dir>/services.json.",
+        "$VILLAGE_SERVICES_SETTINGS, else <data dir>/services.json if it exists, else the checkout's "
+        ".services/settings.json.",
     )
     token_ttl_s: float = _f(
         900.0, "Lifetime of the access tokens (JWT) POST /v1/auth/token issues.", min=10, max=86_400

@@ -28,6 +28,16 @@ from pathlib import Path
 import jwt
 
 from anchor.gateway.errors import Forbidden, GatewayError, Unauthenticated
+from anchor.gateway.roles import (
+    ALL_SCOPES,
+    ROLE_SCOPES,
+    ROLES,
+    SCOPE_EVENTS_READ,
+    SCOPE_KEYS_ADMIN,
+    SCOPE_MAILBOX_READ,
+    SCOPE_MESSAGES_SEND,
+    SCOPE_NODE_READ,
+)
 from node.errors import StartupError
 from node.identity import ensure_private_dir
 
@@ -35,22 +45,25 @@ ALGORITHM = "HS256"
 SECRET_BYTES = 32  # 256-bit HMAC key, the size RFC 7518 asks for HS256
 CLOCK_SKEW_S = 5.0  # tokens whose iat lies this far in the future are refused
 
-# Scopes, one per kind of thing a route does.
-SCOPE_NODE_READ = "node:read"  # GET /v1/node, GET /v1/peers
-SCOPE_MESSAGES_SEND = "messages:send"  # POST /v1/messages
-SCOPE_EVENTS_READ = "events:read"  # WS /v1/events (the node's inbox)
-SCOPE_MAILBOX_READ = "mailbox:read"  # GET /v1/mailbox
-SCOPE_KEYS_ADMIN = "keys:admin"  # /v1/keys: create, list, revoke API keys
 
-ALL_SCOPES = (SCOPE_NODE_READ, SCOPE_MESSAGES_SEND, SCOPE_EVENTS_READ, SCOPE_MAILBOX_READ, SCOPE_KEYS_ADMIN)
-
-# What each role may be granted; a key may be narrowed to a subset at creation, a token at issue.
-ROLE_SCOPES: dict[str, frozenset[str]] = {
-    "admin": frozenset(ALL_SCOPES),
-    "user": frozenset({SCOPE_NODE_READ, SCOPE_MESSAGES_SEND, SCOPE_EVENTS_READ}),
-    "node": frozenset({SCOPE_NODE_READ, SCOPE_MESSAGES_SEND, SCOPE_MAILBOX_READ}),
-}
-ROLES = tuple(ROLE_SCOPES)
+__all__ = [  # the roles and scopes are re-exported: routes and tests import them from here
+    "ALL_SCOPES",
+    "ROLES",
+    "ROLE_SCOPES",
+    "SCOPE_EVENTS_READ",
+    "SCOPE_KEYS_ADMIN",
+    "SCOPE_MAILBOX_READ",
+    "SCOPE_MESSAGES_SEND",
+    "SCOPE_NODE_READ",
+    "IssuedToken",
+    "Principal",
+    "TokenIssuer",
+    "basic_credentials",
+    "bearer_token",
+    "check_role_scopes",
+    "load_or_create_secret",
+    "narrow_scopes",
+]
 
 
 @dataclass(frozen=True, slots=True)
