@@ -1,0 +1,59 @@
+"""Run a blocking driver call in a worker thread, bounded, and turn "server down" into StoreUnavailable.
+
+Each store owns one :class:`BlockingRunner`: a :class:`trio.CapacityLimiter` bounds the threads (and so the
+connections) it uses; a call that fails because the server is unreachable raises :class:`StoreUnavailable`
+naming the store. Transitions are logged once each — one warning line when the store goes down, one info
+line when a later call succeeds again — so a dead server does not flood the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+import trio
+
+from anchor.stores.errors import StoreUnavailable
+
+T = TypeVar("T")
+log = logging.getLogger("village.anchor.stores")
+
+
+class BlockingRunner:
+    def __init__(
+        self,
+        store: str,
+        max_threads: int,
+        unavailable: tuple[type[BaseException], ...],
+    ) -> None:
+        self.store = store
+        self.limiter = trio.CapacityLimiter(max_threads)
+        self._unavailable = unavailable
+        self.down_reason: str | None = None  # None while the last call reached the server
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """``fn()`` in a worker thread; StoreUnavailable if it failed because the server is unreachable."""
+        try:
+            result = await trio.to_thread.run_sync(fn, limiter=self.limiter)
+        except self._unavailable as exc:
+            raise self.mark_down(exc) from exc
+        self.mark_up()
+        return result
+
+    def mark_down(self, exc: BaseException) -> StoreUnavailable:
+        reason = _short(exc)
+        if self.down_reason is None:
+            log.warning("%s store unavailable: %s", self.store, reason)
+        self.down_reason = reason
+        return StoreUnavailable(self.store, reason)
+
+    def mark_up(self) -> None:
+        if self.down_reason is not None:
+            log.info("%s store available again", self.store)
+            self.down_reason = None
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text[:200]}"
