@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
@@ -151,6 +152,8 @@ class PostgresStore:
             name="anchor-postgres",
         )
         self._runner = BlockingRunner("postgres", max_connections, (psycopg.OperationalError,))
+        # The pool logs a warning per failed reconnection attempt; our runner logs the outage once instead.
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
         self._migrated = False
         self._opened = False
 
