@@ -20,7 +20,6 @@ its inbox is unique by (sender, message ID), so the message lands exactly once.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections import OrderedDict
@@ -475,36 +474,24 @@ def _hex(params: Mapping[str, Any], key: str, size: int) -> bytes:
 # ---------------------------------------------------------------- in an anchor node
 
 
-def services_settings_path(config: Config, env: Mapping[str, str] | None = None) -> Path:
-    """``anchor.services_settings`` → ``$VILLAGE_SERVICES_SETTINGS`` → ``<data dir>/services.json``."""
-    env = os.environ if env is None else env
+def postgres_dsn(config: Config) -> str:
+    """The PostgreSQL the anchor's stores use: the settings file ``scripts/services up`` writes, found as
+    :func:`anchor.run.services_settings_path` does (``anchor.services_settings`` → ``$VILLAGE_SERVICES_SETTINGS``
+    → ``<data dir>/services.json`` → the checkout's ``.services/settings.json``)."""
+    from anchor.services import DEFAULT_DIR, SETTINGS_FILE, ServicesError, load_settings
+
     if config.anchor.services_settings:
-        return Path(config.anchor.services_settings).expanduser()
-    if env.get("VILLAGE_SERVICES_SETTINGS"):
-        return Path(env["VILLAGE_SERVICES_SETTINGS"])
-    return config.data_dir / "services.json"
-
-
-def postgres_dsn(settings_file: Path) -> str:
-    """The PostgreSQL connection string in a ``scripts/services`` settings file."""
-    from psycopg.conninfo import make_conninfo
-
+        path = Path(config.anchor.services_settings).expanduser()
+    elif os.environ.get("VILLAGE_SERVICES_SETTINGS"):
+        path = Path(os.environ["VILLAGE_SERVICES_SETTINGS"])
+    elif (config.data_dir / "services.json").exists():
+        path = config.data_dir / "services.json"
+    else:
+        path = DEFAULT_DIR / SETTINGS_FILE
     try:
-        pg = json.loads(settings_file.read_text(encoding="utf-8"))["postgres"]
-        return make_conninfo(
-            host=str(pg["host"]),
-            port=int(pg["port"]),
-            dbname=str(pg["dbname"]),
-            user=str(pg["user"]),
-            password=str(pg.get("password", "")),
-        )
-    except FileNotFoundError:
-        raise StartupError(
-            f"mailbox.serve needs PostgreSQL settings in {settings_file} (run `scripts/services up`, or set "
-            "anchor.services_settings)"
-        ) from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise StartupError(f"{settings_file}: no usable PostgreSQL settings ({exc})") from exc
+        return load_settings(path).postgres.dsn
+    except ServicesError as exc:
+        raise StartupError(f"mailbox.serve needs PostgreSQL: {exc}") from exc
 
 
 async def serve_mailbox(node: Node, *, task_status: trio.TaskStatus[MailboxService] = trio.TASK_STATUS_IGNORED) -> None:
@@ -518,7 +505,7 @@ async def serve_mailbox(node: Node, *, task_status: trio.TaskStatus[MailboxServi
     betanet = next((t for t in node.transports if isinstance(t, BetanetTransport)), None)
     if betanet is None:
         raise StartupError("mailbox.serve needs BetaNet (betanet.enabled = true)")
-    dsn = postgres_dsn(services_settings_path(cfg))
+    dsn = postgres_dsn(cfg)
     async with PostgresStore(dsn, timeout_s=cfg.anchor.store_timeout_s) as store:
         service = MailboxService(
             MailboxCore(node.identity.signing_public, MailboxLimits.from_config(cfg.mailbox)),
