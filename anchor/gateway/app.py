@@ -181,7 +181,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 # ---------------------------------------------------------------- middleware
 class BodyLimit:
-    """Refuses request bodies over ``max_bytes`` (declared or streamed) with 413."""
+    """Refuses request bodies over ``max_bytes`` with 413: a larger Content-Length at once, a streamed (chunked)
+    body as soon as it passes the limit. The body is read before the app runs (at most ``max_bytes``), so the
+    app never sees part of a refused one."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -195,18 +197,30 @@ class BodyLimit:
             if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
                 await _too_large(self.max_bytes)(scope, receive, send)
                 return
+        chunks: list[bytes] = []
         seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLarge(f"request body over {self.max_bytes} bytes")
-            return message
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_bytes:
+                await _too_large(self.max_bytes)(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
 
-        await self.app(scope, limited, send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()  # after the body: waits for http.disconnect
+
+        await self.app(scope, replay, send)
 
 
 def _too_large(max_bytes: int) -> JSONResponse:
@@ -258,7 +272,7 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
             decision = await ctx.stores.take_token(bucket, rate_per_s, burst)
         if not decision.allowed:
             raise RateLimited(
-                f"too many requests ({bucket.split(':', 1)[0]} limit)", retry_after_s=decision.retry_after_s
+                f"too many requests (per-{bucket.split(':', 1)[0]} limit)", retry_after_s=decision.retry_after_s
             )
 
     async def limit_ip(request: Request) -> str:
