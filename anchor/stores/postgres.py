@@ -18,13 +18,14 @@ import hashlib
 import logging
 import re
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
+import trio
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
@@ -139,23 +140,29 @@ class PostgresStore:
     ) -> None:
         self._migrations = load_migrations(migrations_dir)
         self._timeout_s = timeout_s
-        self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[TupleRow]] = psycopg_pool.ConnectionPool(
-            dsn,
-            min_size=1,
-            max_size=max_connections,
-            open=False,
-            timeout=timeout_s,
-            # A connection that died with the server is found out before use and replaced.
-            check=psycopg_pool.ConnectionPool.check_connection,
-            kwargs={"connect_timeout": max(1, int(timeout_s)), "application_name": "aivillage-anchor"},
-            reconnect_timeout=60.0,
-            name="anchor-postgres",
-        )
+        self._dsn = dsn
+        self._max_connections = max_connections
+        self._pool = self._new_pool()
+        self._reopen_lock = trio.Lock()
         self._runner = BlockingRunner("postgres", max_connections, (psycopg.OperationalError,))
         # The pool logs a warning per failed reconnection attempt; our runner logs the outage once instead.
         logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
         self._migrated = False
         self._opened = False
+
+    def _new_pool(self) -> psycopg_pool.ConnectionPool[psycopg.Connection[TupleRow]]:
+        return psycopg_pool.ConnectionPool(
+            self._dsn,
+            min_size=1,
+            max_size=self._max_connections,
+            open=False,
+            timeout=self._timeout_s,
+            # A connection that died with the server is found out before use and replaced.
+            check=psycopg_pool.ConnectionPool.check_connection,
+            kwargs={"connect_timeout": max(1, int(self._timeout_s)), "application_name": "aivillage-anchor"},
+            reconnect_timeout=60.0,
+            name="anchor-postgres",
+        )
 
     # ------------------------------------------------------------------------------------------- lifecycle
 
@@ -179,6 +186,8 @@ class PostgresStore:
         await self.aclose()
 
     async def _ensure_migrated(self) -> None:
+        if self._runner.down_reason is not None and self._opened:
+            await self._reopen_if_back()
         if not self._opened:
             # wait=False: does not block on the server; connections are made (and remade) by the pool.
             await self._runner.run(lambda: self._pool.open(wait=False))
@@ -186,6 +195,22 @@ class PostgresStore:
         if not self._migrated:
             await self._runner.run(self._apply_migrations)
             self._migrated = True
+
+    async def _reopen_if_back(self) -> None:
+        """After an outage: if the server answers a direct connection again, replace the pool. The old one is
+        in its reconnection backoff (up to many seconds); a new pool connects at once, so the first call after
+        the server is back succeeds. Still down: StoreUnavailable, quickly (connection refused)."""
+        async with self._reopen_lock:
+            if self._runner.down_reason is None:
+                return  # another task did it
+
+            def probe_and_swap() -> None:
+                psycopg.connect(self._dsn, connect_timeout=max(1, int(self._timeout_s))).close()
+                old, self._pool = self._pool, self._new_pool()
+                self._pool.open(wait=False)
+                old.close(timeout=0)
+
+            await self._runner.run(probe_and_swap)
 
     def _apply_migrations(self) -> list[int]:
         applied: list[int] = []
@@ -241,8 +266,10 @@ class PostgresStore:
 
     # -------------------------------------------------------------------------------------------- api keys
 
-    async def create_api_key(self, name: str, role: str, scopes: frozenset[str] | Sequence[str]) -> tuple[ApiKey, str]:
+    async def create_api_key(self, name: str, role: str, scopes: Iterable[str]) -> tuple[ApiKey, str]:
         """A new key and its secret. The secret is returned once and never stored: only its SHA-256 is."""
+        if isinstance(scopes, str):
+            raise StoreError("scopes: expected a collection of scope names, not one string")
         if role not in ROLES:
             raise StoreError(f"role: expected one of {sorted(ROLES)}, got {role!r}")
         _check_text("name", name)
