@@ -50,6 +50,7 @@ log = logging.getLogger("village.mailbox")
 
 MAX_STREAMS = 256  # mailbox streams served at once; more are closed at once
 EXPIRE_EVERY_S = 60.0  # how often expired envelopes are deleted
+TOTAL_RECOUNT_MS = 1000  # the all-recipients count is refreshed this often (in between, deposits are added to it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +301,8 @@ class MailboxService:
         self.core = core
         self.storage = storage
         self.wall_ms = wall_ms
+        self._total = 0  # envelopes stored, as last counted plus new deposits since
+        self._total_counted_at_ms: int | None = None
 
     @property
     def limits(self) -> MailboxLimits:
@@ -313,7 +316,10 @@ class MailboxService:
             raise MailboxError(
                 p.E_FULL, f"the mailbox of {env.recipient_id.hex()} is full ({self.limits.max_per_recipient})"
             )
-        if await self.storage.count(None, now) >= self.limits.max_total:
+        if self._total_counted_at_ms is None or now - self._total_counted_at_ms >= TOTAL_RECOUNT_MS:
+            self._total = await self.storage.count(None, now)  # a table scan: at most once a second
+            self._total_counted_at_ms = now
+        if self._total >= self.limits.max_total:
             self.core.counters.deposits_refused += 1
             raise MailboxError(p.E_FULL, "this anchor's mailbox is full")
         env_id, new = await self.storage.put(
@@ -321,6 +327,7 @@ class MailboxService:
         )
         if new:
             self.core.counters.deposited += 1
+            self._total += 1
         else:
             self.core.counters.deposit_duplicates += 1
         return env_id, new

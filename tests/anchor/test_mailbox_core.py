@@ -227,3 +227,16 @@ async def test_the_betanet_framing_answers_requests_and_errors(service: MailboxS
         assert exc.value.code == p.E_MALFORMED
         await client.aclose()
     assert service.core.counters.malformed == 1
+
+
+async def test_the_anchor_wide_bound_holds_between_recounts(anchor: Identity, clock: Clock) -> None:
+    storage = MemoryMailboxStorage()
+    service = MailboxService(MailboxCore(anchor.signing_public, MailboxLimits(max_total=2)), storage, clock)
+    a = Identity.generate()
+    await service.deposit(sealed_for(a, Identity.generate(), b"1"))
+    await service.deposit(sealed_for(a, Identity.generate(), b"2"))
+    with pytest.raises(MailboxError, match="this anchor's mailbox is full"):
+        await service.deposit(sealed_for(a, Identity.generate(), b"3"))
+    storage.rows.clear()  # deleted behind the service's back: seen at the next recount, a second later
+    clock.ms += 1000
+    await service.deposit(sealed_for(a, Identity.generate(), b"4"))
