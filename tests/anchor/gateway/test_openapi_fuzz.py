@@ -23,7 +23,7 @@ def _fuzz(schema_doc: dict[str, Any], base_url: str, headers: dict[str, str], ch
     schema = schemathesis.openapi.from_dict(schema_doc)
     problems: list[str] = []
     for result in schema.get_all_operations():
-        operation = result.ok()  # type: ignore[union-attr]  (an invalid schema raises here: a failure too)
+        operation = result.ok()  # type: ignore[union-attr]  # an invalid schema raises here: a failure too
         _fuzz_operation(operation, base_url, headers, check, problems)
     return problems
 
