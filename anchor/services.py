@@ -525,6 +525,47 @@ class Services:
             os.kill(pid, signal.SIGTERM)
             _wait(lambda: not _pid_alive(pid), STOP_TIMEOUT_S, f"{name} (pid {pid}) to exit")
 
+    def write_compose_settings(self, env: dict[str, str]) -> ServiceSettings:
+        """Write settings.json/.env for the servers of ``anchor/compose.yaml`` (passwords and ports from ``env``,
+        the same variables compose reads)."""
+
+        def need(var: str) -> str:
+            value = env.get(var, "")
+            if not value:
+                raise ServicesError(f"{var} is not set (the password you started anchor/compose.yaml with)")
+            return value
+
+        raw = {
+            "postgres": dataclasses.asdict(
+                PostgresSettings(
+                    "127.0.0.1",
+                    int(env.get("AIVILLAGE_PG_PORT", "25432")),
+                    PG_USER,
+                    need("AIVILLAGE_PG_PASSWORD"),
+                    PG_DB,
+                    "",
+                )
+            ),
+            "redis": dataclasses.asdict(
+                RedisSettings(
+                    "127.0.0.1", int(env.get("AIVILLAGE_REDIS_PORT", "26379")), need("AIVILLAGE_REDIS_PASSWORD"), ""
+                )
+            ),
+            "graph": dataclasses.asdict(
+                GraphSettings(
+                    "neo4j",
+                    "127.0.0.1",
+                    int(env.get("AIVILLAGE_BOLT_PORT", "27687")),
+                    "neo4j",
+                    need("AIVILLAGE_NEO4J_PASSWORD"),
+                    0,
+                )
+            ),
+        }
+        self.base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._save(raw)
+        return load_settings(self.settings_path)
+
     def pid_of(self, name: str) -> int:
         """The server's pid (0 when not running); tests stop a server by it."""
         if name == "postgres":
@@ -539,7 +580,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="scripts/services",
         description="Private PostgreSQL, Redis and FalkorDB (Bolt) servers for development and tests.",
     )
-    parser.add_argument("command", choices=["up", "down", "status"], help="start / stop / show the servers")
+    parser.add_argument(
+        "command",
+        choices=["up", "down", "status", "compose-settings"],
+        help="start / stop / show the servers; compose-settings: write the settings for anchor/compose.yaml's",
+    )
     parser.add_argument("names", nargs="*", metavar="NAME", help="postgres, redis, graph (default: all three)")
     parser.add_argument("--dir", type=Path, default=Path(os.environ.get("AIVILLAGE_SERVICES_DIR", DEFAULT_DIR)))
     parser.add_argument("--json", action="store_true", help="print machine-readable output")
@@ -556,6 +601,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(state) if args.json else f"up: {', '.join(n for n in names if state[n])}")
             print(f"settings: {svc.settings_path}" if not args.json else "", end="\n" if not args.json else "")
             return 0 if all(state[n] for n in names) else 1
+        if args.command == "compose-settings":
+            svc.write_compose_settings(dict(os.environ))
+            print("{}" if args.json else f"settings: {svc.settings_path}")
+            return 0
         if args.command == "down":
             svc.down(names)
             print("{}" if args.json else "down")

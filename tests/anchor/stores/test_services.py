@@ -1,0 +1,100 @@
+"""scripts/services: the real script, on a private directory (the shared servers are never stopped here)."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from anchor.services import PORT_HIGH, Services, ServiceSettings
+
+SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "services"
+Start = Callable[..., tuple[Services, ServiceSettings | None]]
+
+
+def _script(base: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SCRIPT), "--dir", str(base), *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_up_is_idempotent_status_and_down(private_services: Start) -> None:
+    svc, _ = private_services("redis")
+    base = svc.base
+    pid = svc.pid_of("redis")
+    settings = json.loads(svc.settings_path.read_text())
+    # A second `up` reuses the running server: same pid, same port, same password.
+    r = _script(base, "up", "redis")
+    assert r.returncode == 0, r.stderr
+    assert svc.pid_of("redis") == pid
+    assert json.loads(svc.settings_path.read_text())["redis"] == settings["redis"]
+
+    r = _script(base, "status", "--json")
+    assert json.loads(r.stdout) == {"postgres": False, "redis": True, "graph": False}
+    assert r.returncode == 3  # not all up
+    assert _script(base, "status", "redis").returncode == 0
+
+    r = _script(base, "down", "redis")
+    assert r.returncode == 0, r.stderr
+    assert svc.pid_of("redis") == 0
+    r = _script(base, "status")
+    assert r.returncode == 3 and "redis     down" in r.stdout
+
+
+def test_settings_files_are_private_and_ports_low(services: ServiceSettings) -> None:
+    base = Services().base
+    assert stat.S_IMODE(base.stat().st_mode) == 0o700
+    for name in ("settings.json", "settings.env"):
+        assert stat.S_IMODE((base / name).stat().st_mode) == 0o600
+    ports = [services.postgres.port, services.redis.port, services.graph.bolt_port, services.graph.redis_port]
+    assert all(0 < p < PORT_HIGH <= 32768 for p in ports)
+    assert len(set(ports)) == 4
+    env = (base / "settings.env").read_text()
+    assert f"AIVILLAGE_PG_DSN={services.postgres.dsn}" in env
+    assert f"AIVILLAGE_REDIS_URL={services.redis.url}" in env
+    assert f"AIVILLAGE_BOLT_URL={services.graph.bolt_url}" in env
+
+
+def test_servers_require_their_passwords(services: ServiceSettings) -> None:
+    import psycopg
+    import pytest
+    import redis
+
+    bad_pg = services.postgres.dsn.replace(services.postgres.password, "wrong")
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(bad_pg, connect_timeout=5).close()
+    client = redis.Redis(host=services.redis.host, port=services.redis.port)
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        client.ping()
+    client.close()
+
+
+def test_unknown_server_name_is_refused(tmp_path: Path) -> None:
+    r = _script(tmp_path / "svc", "up", "mysql")
+    assert r.returncode == 2 and "unknown server 'mysql'" in r.stderr
+
+
+def test_compose_settings_from_the_environment(tmp_path: Path) -> None:
+    base = tmp_path / "svc"
+    env = {"AIVILLAGE_PG_PASSWORD": "pg-pw", "AIVILLAGE_NEO4J_PASSWORD": "neo-pw", "AIVILLAGE_REDIS_PASSWORD": "r-pw"}
+    settings = Services(base).write_compose_settings({**env, "AIVILLAGE_BOLT_PORT": "17687"})
+    assert settings.postgres.dsn == "postgresql://aivillage:pg-pw@127.0.0.1:25432/aivillage"
+    assert settings.redis.url == "redis://:r-pw@127.0.0.1:26379/0"
+    assert (settings.graph.kind, settings.graph.bolt_url, settings.graph.user, settings.graph.password) == (
+        "neo4j",
+        "bolt://127.0.0.1:17687",
+        "neo4j",
+        "neo-pw",
+    )
+    assert stat.S_IMODE((base / "settings.json").stat().st_mode) == 0o600
+    r = subprocess.run(
+        [str(SCRIPT), "--dir", str(tmp_path / "other"), "compose-settings"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert r.returncode == 2 and "AIVILLAGE_PG_PASSWORD is not set" in r.stderr
