@@ -438,17 +438,6 @@ class MailboxService:
             raise MailboxError(p.E_MALFORMED, f"ids: expected a list of at most {p.MAX_IDS_PER_ACK} whole numbers")
         return {"deleted": await self.ack(grant, ids)}
 
-
-def _hex(params: Mapping[str, Any], key: str, size: int) -> bytes:
-    value = params.get(key)
-    try:
-        raw = bytes.fromhex(value) if isinstance(value, str) else None
-    except ValueError:
-        raw = None
-    if raw is None or len(raw) != size:
-        raise MailboxError(p.E_MALFORMED, f"{key}: expected {size} bytes as {2 * size} hex digits")
-    return raw
-
     async def gateway_fetch(self, key_id: str, query: Mapping[str, str]) -> Any:
         """``GET /v1/mailbox`` (the gateway's :class:`~anchor.gateway.ports.MailboxPort`), in three steps by query:
 
@@ -476,6 +465,17 @@ def _hex(params: Mapping[str, Any], key: str, size: int) -> bytes:
             if exc.code == p.E_UNAVAILABLE:
                 raise StoreUnavailable("postgres", exc.reason) from None
             raise GatewayError(f"mailbox: {exc.reason}", code="mailbox_bad_request") from None
+
+
+def _hex(params: Mapping[str, Any], key: str, size: int) -> bytes:
+    value = params.get(key)
+    try:
+        raw = bytes.fromhex(value) if isinstance(value, str) else None
+    except ValueError:
+        raw = None
+    if raw is None or len(raw) != size:
+        raise MailboxError(p.E_MALFORMED, f"{key}: expected {size} bytes as {2 * size} hex digits")
+    return raw
 
 
 # ---------------------------------------------------------------- in an anchor node
