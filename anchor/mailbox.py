@@ -66,6 +66,8 @@ class MailboxLimits:
     max_fetch: int = 64  # envelopes per FETCH answer
     stream_timeout_s: float = 30.0
     max_requests_per_stream: int = 1024
+    deposits_per_peer_per_min: float = 120.0  # token bucket per depositor (its BetaNet key), burst of as many
+    max_depositors: int = 4096  # depositors tracked; the least recent is forgotten (starts with a full bucket)
 
     @classmethod
     def from_config(cls, m: MailboxSection) -> MailboxLimits:
@@ -76,6 +78,7 @@ class MailboxLimits:
             max_expiry_s=m.max_expiry_s,
             challenge_ttl_s=m.challenge_ttl_s,
             stream_timeout_s=m.request_timeout_s,
+            deposits_per_peer_per_min=m.deposits_per_peer_per_min,
         )
 
 
@@ -219,6 +222,21 @@ class MailboxCore:
         self.counters = MailboxCounters()
         self._challenges: OrderedDict[bytes, _Issued] = OrderedDict()
         self._grants: OrderedDict[bytes, Grant] = OrderedDict()
+        self._buckets: OrderedDict[bytes, tuple[float, int]] = OrderedDict()  # depositor -> (tokens, at ms)
+
+    def take_deposit_token(self, depositor: bytes, now_ms: int) -> None:
+        """Count one deposit against ``depositor``'s rate, or :class:`MailboxError` (E_BUSY) when it is used up."""
+        rate = self.limits.deposits_per_peer_per_min
+        tokens, at = self._buckets.pop(depositor, (rate, now_ms))
+        tokens = min(rate, tokens + (now_ms - at) * rate / 60_000)
+        if tokens < 1:
+            self._buckets[depositor] = (tokens, now_ms)
+            self.counters.deposits_refused += 1
+            wait_s = (1 - tokens) * 60 / rate
+            raise MailboxError(p.E_BUSY, f"too many deposits from this peer; retry in {wait_s:.1f} s")
+        self._buckets[depositor] = (tokens - 1, now_ms)
+        while len(self._buckets) > self.limits.max_depositors:
+            self._buckets.popitem(last=False)
 
     def check_deposit_untrusted(self, data: bytes, now_ms: int) -> Envelope:
         """The envelope in a deposit, or :class:`MailboxError` (malformed, too big, expired, too long-lived)."""
@@ -308,9 +326,12 @@ class MailboxService:
     def limits(self) -> MailboxLimits:
         return self.core.limits
 
-    async def deposit(self, data: bytes) -> tuple[int, bool]:
+    async def deposit(self, data: bytes, depositor: bytes | None = None) -> tuple[int, bool]:
+        """Keep an envelope. ``depositor``: the BetaNet key of who deposits it (rate-limited per key)."""
         now = self.wall_ms()
         env = self.core.check_deposit_untrusted(data, now)
+        if depositor is not None:
+            self.core.take_deposit_token(depositor, now)
         if await self.storage.count(env.recipient_id, now) >= self.limits.max_per_recipient:
             self.core.counters.deposits_refused += 1
             raise MailboxError(
@@ -374,7 +395,7 @@ class MailboxService:
         try:
             req = p.decode_request_untrusted(body)
             if req.type == p.DEPOSIT:
-                env_id, new = await self.deposit(req.envelope)
+                env_id, new = await self.deposit(req.envelope, link_key or b"")
                 return p.encode_deposited(env_id, new)
             if req.type == p.CHALLENGE_REQUEST:
                 return p.encode_challenge(self.challenge())

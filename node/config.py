@@ -316,6 +316,12 @@ class MailboxSection:
     challenge_ttl_s: float = _f(
         30.0, "With serve: seconds a fetch challenge may be answered in (each is good for one answer).", min=1, max=3600
     )
+    deposits_per_peer_per_min: float = _f(
+        120.0,
+        "With serve: deposits one BetaNet peer may make per minute (as many at once); more are answered busy.",
+        min=1,
+        max=1_000_000,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -183,8 +183,8 @@ class MailboxClient:
             try:
                 _, new = p.decode_deposited_untrusted(await framed.request(p.encode_deposit(envelope)))
             except MailboxError as exc:
-                if exc.code == p.E_UNAVAILABLE:
-                    raise  # the anchor's store is down: keep the envelope and retry later
+                if exc.code in p.TRANSIENT:
+                    raise  # the anchor's store is down, or we deposit too fast: keep the envelope, retry later
                 target.pending.popleft()
                 self.counters.deposits_refused += 1
                 log.warning("mailbox: %s refused an envelope: %s", target.addr, exc)

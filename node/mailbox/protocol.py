@@ -57,8 +57,16 @@ DEPOSIT, CHALLENGE_REQUEST, FETCH, ACK = 0x01, 0x02, 0x03, 0x04
 DEPOSITED, CHALLENGE, ENVELOPES, ACKED, ERROR = 0x81, 0x82, 0x83, 0x84, 0xFF
 
 # Error codes in ERROR frames.
-E_MALFORMED, E_REFUSED, E_FULL, E_AUTH, E_UNAVAILABLE = 1, 2, 3, 4, 5
-ERROR_NAMES = {E_MALFORMED: "malformed", E_REFUSED: "refused", E_FULL: "full", E_AUTH: "auth", E_UNAVAILABLE: "down"}
+E_MALFORMED, E_REFUSED, E_FULL, E_AUTH, E_UNAVAILABLE, E_BUSY = 1, 2, 3, 4, 5, 6
+ERROR_NAMES = {
+    E_MALFORMED: "malformed",
+    E_REFUSED: "refused",
+    E_FULL: "full",
+    E_AUTH: "auth",
+    E_UNAVAILABLE: "down",
+    E_BUSY: "busy",  # this depositor's rate is used up: retry later
+}
+TRANSIENT = frozenset({E_UNAVAILABLE, E_BUSY})  # errors worth retrying; the others are final for that request
 
 NONCE_BYTES = 32
 GRANT_BYTES = 16

@@ -240,3 +240,17 @@ async def test_the_anchor_wide_bound_holds_between_recounts(anchor: Identity, cl
     storage.rows.clear()  # deleted behind the service's back: seen at the next recount, a second later
     clock.ms += 1000
     await service.deposit(sealed_for(a, Identity.generate(), b"4"))
+
+
+async def test_deposits_are_rate_limited_per_depositor(anchor: Identity, clock: Clock) -> None:
+    limits = MailboxLimits(deposits_per_peer_per_min=2)
+    service = MailboxService(MailboxCore(anchor.signing_public, limits), MemoryMailboxStorage(), clock)
+    a, b, c = Identity.generate(), Identity.generate(), Identity.generate()
+    await service.deposit(sealed_for(a, c, b"1"), a.signing_public)
+    await service.deposit(sealed_for(a, c, b"2"), a.signing_public)
+    with pytest.raises(MailboxError, match="too many deposits") as busy:
+        await service.deposit(sealed_for(a, c, b"3"), a.signing_public)
+    assert busy.value.code == p.E_BUSY and p.E_BUSY in p.TRANSIENT
+    await service.deposit(sealed_for(b, c, b"from b"), b.signing_public)  # another depositor has its own rate
+    clock.ms += 30_000  # one token back
+    await service.deposit(sealed_for(a, c, b"3"), a.signing_public)
