@@ -4,6 +4,12 @@ Each store owns one :class:`BlockingRunner`: a :class:`trio.CapacityLimiter` bou
 connections) it uses; a call that fails because the server is unreachable raises :class:`StoreUnavailable`
 naming the store. Transitions are logged once each — one warning line when the store goes down, one info
 line when a later call succeeds again — so a dead server does not flood the log.
+
+Each call also has a deadline (``deadline_s``; the stores pass twice their driver timeout). The drivers time out
+on their own when a server refuses connections or stops answering on a socket with a timeout, but a server that
+hangs with its connections open (SIGSTOP, a lock wait, a dead NFS mount) would block psycopg or the Bolt driver
+indefinitely. Past the deadline the caller gets StoreUnavailable and the worker thread is abandoned: it keeps
+its limiter slot until the driver returns, so hung threads stay bounded by ``max_threads``.
 """
 
 from __future__ import annotations
@@ -26,18 +32,24 @@ class BlockingRunner:
         store: str,
         max_threads: int,
         unavailable: tuple[type[BaseException], ...],
+        deadline_s: float,
     ) -> None:
         self.store = store
+        self.deadline_s = deadline_s
         self.limiter = trio.CapacityLimiter(max_threads)
         self._unavailable = unavailable
         self.down_reason: str | None = None  # None while the last call reached the server
 
     async def run(self, fn: Callable[[], T]) -> T:
         """``fn()`` in a worker thread; StoreUnavailable if it failed because the server is unreachable."""
-        try:
-            result = await trio.to_thread.run_sync(fn, limiter=self.limiter)
-        except self._unavailable as exc:
-            raise self.mark_down(exc) from exc
+        result: T
+        with trio.move_on_after(self.deadline_s) as scope:
+            try:
+                result = await trio.to_thread.run_sync(fn, limiter=self.limiter, abandon_on_cancel=True)
+            except self._unavailable as exc:
+                raise self.mark_down(exc) from exc
+        if scope.cancelled_caught:
+            raise self.mark_down(TimeoutError(f"no answer within {self.deadline_s:g} s"))
         self.mark_up()
         return result
 

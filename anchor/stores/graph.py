@@ -116,6 +116,7 @@ class GraphStore:
             "graph",
             max_connections,
             (neo4j.exceptions.ServiceUnavailable, neo4j.exceptions.SessionExpired, OSError),
+            2 * timeout_s,
         )
         self._indexed = False
 

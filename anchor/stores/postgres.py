@@ -144,7 +144,7 @@ class PostgresStore:
         self._max_connections = max_connections
         self._pool = self._new_pool()
         self._reopen_lock = trio.Lock()
-        self._runner = BlockingRunner("postgres", max_connections, (psycopg.OperationalError,))
+        self._runner = BlockingRunner("postgres", max_connections, (psycopg.OperationalError,), 2 * timeout_s)
         # The pool logs a warning per failed reconnection attempt; our runner logs the outage once instead.
         logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
         self._migrated = False

@@ -88,7 +88,7 @@ class RedisStore:
         )
         self._bucket = self._client.register_script(_TOKEN_BUCKET_LUA)
         self._runner = BlockingRunner(
-            "redis", max_connections, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+            "redis", max_connections, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError), 2 * timeout_s
         )
 
     async def _call(self, fn: Callable[[], T]) -> T:

@@ -5,7 +5,10 @@ server is back — no restart of the anchor needed."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -110,3 +113,45 @@ def load_settings_partial(svc: Services) -> ServiceSettings:
     path = svc.base / "partial.json"
     path.write_text(json.dumps(raw))
     return load_settings(path)
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its direct children (PostgreSQL's postmaster and its backends)."""
+    children = []
+    for stat_path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_path.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat_path.parent.name))
+    return [pid, *children]
+
+
+async def test_postgres_hung_server_gives_unavailable_at_the_deadline(private_services: Start) -> None:
+    """A server that stops answering with its connections open (SIGSTOP) would block psycopg forever: the call
+    fails at the store's deadline (2 x timeout_s) instead, and works again when the server resumes."""
+    svc, _ = private_services("postgres")
+    store = PostgresStore(load_settings_partial(svc).postgres.dsn, timeout_s=TIMEOUT_S)
+    await store.start()
+    await store.ping()
+    pids = _process_tree(svc.pid_of("postgres"))
+    assert len(pids) > 1
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        start = trio.current_time()
+        with pytest.raises(StoreUnavailable, match="no answer within"):
+            await store.ping()
+        assert trio.current_time() - start < 4 * TIMEOUT_S
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    with trio.fail_after(30):
+        while True:  # the abandoned call finishes once the server resumes; then calls get through again
+            try:
+                await store.ping()
+                break
+            except StoreUnavailable:
+                await trio.sleep(0.1)
+    await store.aclose()
