@@ -55,8 +55,9 @@ class MailboxClientCounters:
     deposit_duplicates: int = 0
     deposits_refused: int = 0
     deposits_dropped: int = 0  # queue full: the oldest went
+    fetches: int = 0  # completed fetch exchanges (with or without envelopes)
     fetched: int = 0
-    delivered: int = 0  # opened and new to us
+    delivered: int = 0  # opened (a copy already in the inbox is not stored again)
     acked: int = 0
     exchange_failures: int = 0
 
@@ -171,6 +172,7 @@ class MailboxClient:
                 if target.fetch_due:
                     await self._fetch_all(target, framed)
                     target.fetch_due = False
+                    self.counters.fetches += 1
             except MalformedFrame as exc:
                 raise MeshError(f"the anchor answered nonsense: {exc}") from exc
             finally:

@@ -128,3 +128,20 @@ async def test_an_anchor_address_without_a_peer_id_is_refused_at_start() -> None
     node = node_using("/ip4/127.0.0.1/tcp/4001", ident)
     with pytest.raises(StartupError, match=r"mailbox\.anchors"):
         await node.run()
+
+
+async def test_a_link_to_the_anchor_coming_up_fetches_again(nursery: trio.Nursery) -> None:
+    anchor_addr, service = await serve_anchor(nursery)
+    a, c = Identity.generate(), Identity.generate()
+    node = node_using(anchor_addr, c)
+    await nursery.start(node.run)
+    assert node.mailbox is not None and node.inbox is not None
+    with trio.fail_after(WAIT_S):
+        await node.mailbox.wait_counters(lambda k: k.fetches >= 1)  # the fetch at start: nothing there yet
+    await service.deposit(envelope_for(a, c, "MSG-5", "arrived while you were connected", Clock().wall_ms()))
+    with trio.fail_after(WAIT_S):
+        await node.connect(anchor_addr)  # a mesh link to the anchor comes up (as a bootstrap redial would)
+        await node.mailbox.wait_counters(lambda k: k.acked >= 1)
+    assert node.mailbox.counters.fetches == 2
+    assert [m.text for m in node.inbox.list()] == ["arrived while you were connected"]
+    node.request_stop()
