@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import pwd
@@ -347,6 +348,25 @@ class Services:
             _run(["useradd", "--system", "--home-dir", "/var/lib/postgresql", "--shell", "/bin/sh", "postgres"])
             return pwd.getpwnam("postgres")
 
+    def _pg_root(self, create: bool = False) -> Path:
+        """The cluster's directory: ``<base>/postgres``. As root, if the ``postgres`` user cannot reach ``<base>``
+        (a clone under /root, say), the cluster lives in ``/var/tmp/aivillage-pg-<hash of base>`` (0700, owned by
+        postgres) and ``<base>/postgres`` is a symlink to it."""
+        link = self.base / "postgres"
+        if link.is_symlink() or link.exists() or not create:
+            return link.resolve()
+        if _is_root():
+            reachable = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(self.base)], check=False)
+            if reachable.returncode != 0:
+                digest = hashlib.sha256(str(self.base).encode()).hexdigest()[:12]
+                outside = Path("/var/tmp") / f"aivillage-pg-{digest}"
+                outside.mkdir(mode=0o700, exist_ok=True)
+                link.symlink_to(outside)
+                _log(f"the postgres user cannot reach {self.base}; the cluster lives in {outside}")
+                return outside
+        link.mkdir(mode=0o700)
+        return link
+
     def _as_pg_owner(self, cmd: list[str]) -> list[str]:
         if _is_root():
             return ["runuser", "-u", "postgres", "--", *cmd]
@@ -362,7 +382,7 @@ class Services:
         if not entry:
             return False
         if name == "postgres":
-            pid = _read_pid(self.base / "postgres" / "data" / "postmaster.pid")
+            pid = _read_pid(self._pg_root() / "data" / "postmaster.pid")
             port = int(entry["port"])
         elif name == "redis":
             pid = _read_pid(self.base / "redis" / "redis.pid")
@@ -398,7 +418,7 @@ class Services:
     def _start_postgres(self, prev: dict[str, Any]) -> dict[str, Any]:
         bindir = _pg_bindir()
         owner = self._pg_owner()
-        root = self.base / "postgres"
+        root = self._pg_root(create=True)
         data = root / "data"
         password = prev.get("password") or secrets.token_urlsafe(24)
         root.mkdir(mode=0o700, exist_ok=True)
@@ -504,7 +524,7 @@ class Services:
 
     def _stop(self, name: str) -> None:
         if name == "postgres":
-            data = self.base / "postgres" / "data"
+            data = self._pg_root() / "data"
             pid = _read_pid(data / "postmaster.pid")
             if _pid_alive(pid):
                 _log("stopping PostgreSQL")
@@ -569,7 +589,7 @@ class Services:
     def pid_of(self, name: str) -> int:
         """The server's pid (0 when not running); tests stop a server by it."""
         if name == "postgres":
-            pid = _read_pid(self.base / "postgres" / "data" / "postmaster.pid")
+            pid = _read_pid(self._pg_root() / "data" / "postmaster.pid")
         else:
             pid = _read_pid(self.base / ("redis" if name == "redis" else "graph") / "redis.pid")
         return pid if _pid_alive(pid) else 0

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import stat
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from anchor.services import PORT_HIGH, Services, ServiceSettings
 
@@ -59,7 +64,6 @@ def test_settings_files_are_private_and_ports_low(services: ServiceSettings) -> 
 
 def test_servers_require_their_passwords(services: ServiceSettings) -> None:
     import psycopg
-    import pytest
     import redis
 
     bad_pg = services.postgres.dsn.replace(services.postgres.password, "wrong")
@@ -98,3 +102,28 @@ def test_compose_settings_from_the_environment(tmp_path: Path) -> None:
         env={"PATH": "/usr/bin:/bin"},
     )
     assert r.returncode == 2 and "AIVILLAGE_PG_PASSWORD is not set" in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs PostgreSQL as another user")
+def test_cluster_moves_out_of_a_directory_postgres_cannot_reach() -> None:
+    """A clone under a 0700 directory (like /root): the cluster lives under /var/tmp, linked from .services."""
+    outer = Path(tempfile.mkdtemp(prefix="aiv-noaccess-"))  # 0700, owned by root
+    svc = Services(outer / "svc")
+    try:
+        svc.up(("postgres",))
+        link = svc.base / "postgres"
+        assert link.is_symlink() and str(link.resolve()).startswith("/var/tmp/aivillage-pg-")
+        assert svc.status()["postgres"]
+        import psycopg
+
+        settings = json.loads(svc.settings_path.read_text())["postgres"]
+        dsn = "postgresql://{user}:{password}@{host}:{port}/{dbname}".format(**settings)
+        with psycopg.connect(dsn, connect_timeout=10) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        svc.down()
+        target = (svc.base / "postgres").resolve()
+        shutil.rmtree(outer, ignore_errors=True)
+        if str(target).startswith("/var/tmp/aivillage-pg-"):
+            shutil.rmtree(target, ignore_errors=True)
