@@ -38,9 +38,10 @@ format: $(STAMP_DEV)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(STAMP_DEV)
+bench: $(STAMP_DEV) services-up
 	$(BIN)/python bench/codec.py
 	$(BIN)/python bench/betanet.py
+	$(BIN)/python bench/gateway.py
 
 $(BIN)/python:
 	scripts/bootstrap-venv $(PYTHON) $(VENV)
