@@ -237,9 +237,14 @@ def error_response(exc: GatewayError) -> JSONResponse:
 
 
 def unavailable_response(exc: StoreUnavailable) -> JSONResponse:
+    # The reason (addresses, driver messages) goes to the log once per outage, not to clients.
     store = getattr(exc, "store", None) or "store"
     return JSONResponse(
-        {"error": "store_unavailable", "detail": f"{exc}; try again shortly", "store": store},
+        {
+            "error": "store_unavailable",
+            "detail": f"the anchor's {store} store is unavailable; try again shortly",
+            "store": store,
+        },
         503,
         headers={"Retry-After": "5"},
     )
@@ -305,7 +310,7 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
     @app.get("/v1/health", response_model=Health, responses={503: {"model": Health}})
     async def health() -> JSONResponse:
         """Liveness and the state of each store (503 while one is down). No authentication."""
-        stores = await ctx.stores.health()
+        stores = {name: "ok" if state == "ok" else "down" for name, state in (await ctx.stores.health()).items()}
         ok = all(v == "ok" for v in stores.values())
         body = {"status": "ok" if ok else "degraded", "peer_id": ctx.node.identity.peer_id_hex, "stores": stores}
         return JSONResponse(body, 200 if ok else 503)

@@ -204,7 +204,8 @@ async def test_store_down_gives_503_and_the_gateway_recovers(
             assert r.json()["error"] == "store_unavailable" and r.json()["store"] == store
             assert "Retry-After" in r.headers
         health = await client.get("/v1/health")
-        assert health.status_code == 503 and health.json()["stores"][store] != "ok"
+        assert health.status_code == 503 and health.json()["stores"][store] == "down"
+        assert "127.0.0.1" not in r.text + health.text  # no internal addresses for clients
         down_lines = [m for m in caplog.messages if f"{store} store unavailable" in m]
         assert len(down_lines) == 1, down_lines  # one line per outage, not one per request
         await proxy.up()
