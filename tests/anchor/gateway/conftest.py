@@ -5,6 +5,7 @@ port, all in the test's nursery."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -16,6 +17,7 @@ import httpx
 import pytest
 import trio
 
+from anchor.gateway.ports import MailboxPort
 from anchor.run import run_anchor
 from anchor.services import ServiceSettings
 from anchor.stores.postgres import AuditEntry, PostgresStore
@@ -78,7 +80,7 @@ async def start_gateway(
     await pg_direct.start()
     nodes: list[Node] = []
 
-    async def start(transports: Sequence[Transport] = (), **anchor: Any) -> Gateway:
+    async def start(transports: Sequence[Transport] = (), mailbox: MailboxPort | None = None, **anchor: Any) -> Gateway:
         pg_proxy = TcpProxy(services.postgres.host, services.postgres.port)
         redis_proxy = TcpProxy(services.redis.host, services.redis.port)
         await nursery.start(pg_proxy.run)
@@ -102,7 +104,7 @@ async def start_gateway(
         )
         cfg = Config(data_dir=data_dir, anchor=section)
         node = Node(cfg, create_identity(data_dir), transports=transports, control=False, persistent_inbox=False)
-        urls: list[str] = await nursery.start(run_anchor, node)
+        urls: list[str] = await nursery.start(functools.partial(run_anchor, node, mailbox=mailbox))
         nodes.append(node)
         return Gateway(urls[0], node, cfg, pg_direct, pg_proxy, redis_proxy)
 
