@@ -148,8 +148,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     node = Node(cfg, ident, transports=transports)
     runner: Callable[[], Awaitable[None]] = node.run
     if cfg.anchor.enabled or getattr(args, "anchor", False):  # `village anchor run` or [anchor] enabled = true
-        from anchor.run import run_anchor
-
+        try:
+            from anchor.run import run_anchor
+        except ImportError as missing:
+            raise CliError(f"the anchor needs the anchor extra ({missing}): pip install 'aivillage[anchor]'") from None
         runner = functools.partial(run_anchor, node)
     code = EXIT_OK
     try:

@@ -265,14 +265,14 @@ async def test_events_stream_the_inbox_over_websocket(
     net = MemoryNetwork(seed=1)
     await nursery.start(net.run)
     to_sender, to_anchor = net.transport("sender"), net.transport("anchor")
-    gateway = await start_gateway(transports=[to_anchor])
+    gateway = await start_gateway(transports=[to_anchor], max_event_streams=1)
     sender_dir = short_tmp / "sender"
     sender_dir.mkdir(mode=0o700)
     sender = Node(Config(data_dir=sender_dir), create_identity(sender_dir), transports=[to_sender], control=False)
     await nursery.start(sender.run)
 
     async with httpx.AsyncClient(base_url=gateway.url) as client:
-        _key, secret = await gateway.key("user")
+        key_id, secret = await gateway.key("user")
         token = await gateway.token(client, secret)
         _k2, node_only = await gateway.key("user", frozenset({"node:read"}))
         narrow = await gateway.token(client, node_only)
@@ -299,12 +299,29 @@ async def test_events_stream_the_inbox_over_websocket(
         sender.broadcast("to everyone")
         event = json.loads(await ws.get_message())
         assert (event["text"], event["private"]) == ("to everyone", False)
+    # One stream at a time here (max_event_streams = 1): a second is refused while the first is open.
+    code, body = await _ws_rejection(host, int(port), f"/v1/events?access_token={token}")
+    assert code == 429 and b"too many event streams" in body
     await ws.aclose()
     # The stream's subscription ends with it: the next message reaches the inbox and breaks nothing.
     follower = gateway.node.subscribe_inbox()
     with trio.fail_after(20):
         sender.broadcast("after the stream closed")
         assert (await follower.receive()).text == "after the stream closed"
+    # A stream ends when its token expires, with close code 1008 (policy violation: get a new token).
+    issuer = TokenIssuer(
+        load_or_create_secret(gateway.cfg.data_dir),
+        issuer=f"aivillage-anchor:{gateway.node.identity.peer_id_hex}",
+        ttl_s=3.0,  # exp is whole seconds: this one expires 2 to 3 s from now
+    )
+    short = issuer.issue(key_id=key_id, role="user", scopes=ROLE_SCOPES["user"], now_s=time.time()).access_token
+    with trio.fail_after(20):
+        async with trio_websocket.open_websocket(
+            host, int(port), f"/v1/events?access_token={short}", use_ssl=False
+        ) as expiring:
+            with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                await expiring.get_message()
+    assert closed.value.reason is not None and closed.value.reason.code == 1008
     sender.request_stop()
 
 
