@@ -129,11 +129,19 @@ async def run_anchor(
             mailbox=mailbox if mailbox is not None else node.mailbox_service,
         )
         stop = trio.Event()
+        urls: list[str] = []
         try:
-            urls: list[str] = await nursery.start(serve_http, build_app(ctx), cfg.anchor.gateway_listen, stop)
-        except OSError as exc:
-            raise StartupError(f"gateway cannot listen on {cfg.anchor.gateway_listen}: {exc.strerror}") from exc
+            urls = await nursery.start(serve_http, build_app(ctx), cfg.anchor.gateway_listen, stop)
+        except* OSError as group:  # hypercorn binds inside its own nursery: the error comes in a group
+            reason = "; ".join(str(getattr(e, "strerror", None) or e) for e in _leaves(group))
+            raise StartupError(f"the gateway cannot listen on {cfg.anchor.gateway_listen}: {reason}") from None
         log.info("anchor ready: gateway on %s", ", ".join(urls))
         task_status.started(urls)
         await node_stopped.wait()
         stop.set()  # open requests get hypercorn's graceful timeout
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -140,3 +141,15 @@ async def test_village_anchor_run_serves_the_gateway_and_keys_cli_controls_acces
         ("cli", "keys.revoke", kid),
         ("cli", "keys.revoke", kid),  # the second attempt is recorded too, though it changed nothing
     ]
+
+
+def test_a_taken_gateway_port_fails_the_start_with_a_reason(anchor_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = (anchor_dir / "config.toml").read_text().replace("127.0.0.1:0", f"127.0.0.1:{port}")
+        (anchor_dir / "config.toml").write_text(config)
+        r = village("anchor", "run", data_dir=anchor_dir)
+    assert r.returncode == 1
+    assert f"village: the gateway cannot listen on 127.0.0.1:{port}: Address already in use" in r.stderr
