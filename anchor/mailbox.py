@@ -399,8 +399,7 @@ class MailboxService:
                 return p.encode_deposited(env_id, new)
             if req.type == p.CHALLENGE_REQUEST:
                 return p.encode_challenge(self.challenge())
-            if req.type == p.FETCH:
-                assert req.proof is not None
+            if req.type == p.FETCH and req.proof is not None:
                 grant, items = await self.fetch(req.proof, req.max_envelopes, link_key)
                 return p.encode_envelopes(grant.token, items)
             return p.encode_acked(await self.ack(req.grant, list(req.ids)))

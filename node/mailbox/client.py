@@ -163,21 +163,22 @@ class MailboxClient:
                 await target.wake.wait()
 
     async def _exchange(self, target: AnchorTarget) -> None:
-        timeout = self.settings.request_timeout_s
-        with trio.fail_after(timeout * 4):
-            stream = await self.transport.open_stream(target.addr, p.MAILBOX_PROTOCOL)
-            framed = FramedStream(stream, timeout_s=timeout)
-            try:
-                await self._deposit_all(target, framed)
-                if target.fetch_due:
-                    await self._fetch_all(target, framed)
-                    target.fetch_due = False
-                    self.counters.fetches += 1
-            except MalformedFrame as exc:
-                raise MeshError(f"the anchor answered nonsense: {exc}") from exc
-            finally:
-                await framed.aclose()
-        self._notify()
+        """One stream: deposit what is queued, then fetch if due. Every step is bounded: the dial by
+        ``betanet.dial_timeout_s``, each request by ``mailbox.request_timeout_s``, the work by the queue bound and
+        :data:`MAX_FETCH_ROUNDS`."""
+        stream = await self.transport.open_stream(target.addr, p.MAILBOX_PROTOCOL)
+        framed = FramedStream(stream, timeout_s=self.settings.request_timeout_s)
+        try:
+            await self._deposit_all(target, framed)
+            if target.fetch_due:
+                await self._fetch_all(target, framed)
+                target.fetch_due = False
+                self.counters.fetches += 1
+        except MalformedFrame as exc:
+            raise MeshError(f"the anchor answered nonsense: {exc}") from exc
+        finally:
+            await framed.aclose()
+            self._notify()
 
     async def _deposit_all(self, target: AnchorTarget, framed: FramedStream) -> None:
         while target.pending:

@@ -7,11 +7,13 @@ import contextlib
 from typing import Protocol
 
 import trio
+from libp2p.io.exceptions import IOException
 
 from node.errors import TransportError
 from node.mailbox.protocol import LENGTH, MAX_FRAME_BYTES
 
 READ_CHUNK = 65_536
+STREAM_ERRORS = (IOException, OSError, trio.BrokenResourceError, trio.ClosedResourceError)  # libp2p's and trio's
 
 
 class ByteStream(Protocol):
@@ -41,7 +43,7 @@ class FramedStream:
                 await self._stream.write(LENGTH.pack(len(body)) + body)
         except trio.TooSlowError:
             raise StreamClosed(f"the peer did not accept a frame within {self._timeout_s:g} s") from None
-        except Exception as exc:  # libp2p stream errors, OSError, trio resource errors
+        except STREAM_ERRORS as exc:
             raise StreamClosed(f"stream write failed: {exc or type(exc).__name__}") from exc
 
     async def read_frame(self) -> bytes | None:
@@ -65,11 +67,11 @@ class FramedStream:
                     self._buf += chunk
         except trio.TooSlowError:
             raise StreamClosed(f"no complete frame within {self._timeout_s:g} s") from None
-        except StreamClosed:
-            raise
-        except Exception as exc:  # libp2p raises StreamEOF / StreamReset / assorted errors at the end
-            if type(exc).__name__ in ("StreamEOF", "EOFError") and not self._buf:
-                return None
+        except EOFError:  # libp2p's StreamEOF: the peer closed its side
+            if self._buf:
+                raise StreamClosed("the stream ended in the middle of a frame") from None
+            return None
+        except STREAM_ERRORS as exc:
             raise StreamClosed(f"stream read failed: {exc or type(exc).__name__}") from exc
 
     async def request(self, body: bytes) -> bytes:
@@ -80,5 +82,5 @@ class FramedStream:
         return reply
 
     async def aclose(self) -> None:
-        with trio.CancelScope(shield=True), trio.move_on_after(2), contextlib.suppress(Exception):
+        with trio.CancelScope(shield=True), trio.move_on_after(2), contextlib.suppress(*STREAM_ERRORS):
             await self._stream.close()
