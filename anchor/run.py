@@ -137,8 +137,18 @@ async def run_anchor(
             raise StartupError(f"the gateway cannot listen on {cfg.anchor.gateway_listen}: {reason}") from None
         log.info("anchor ready: gateway on %s", ", ".join(urls))
         task_status.started(urls)
+        # The gateway stops taking requests as soon as a stop is requested (open ones get hypercorn's graceful
+        # timeout) while the node drains; if the node ends otherwise, the gateway stops then.
+        watch = trio.CancelScope()
+
+        async def stop_gateway() -> None:
+            with watch:
+                await node.wait_stop_requested()
+            stop.set()
+
+        nursery.start_soon(stop_gateway)
         await node_stopped.wait()
-        stop.set()  # open requests get hypercorn's graceful timeout
+        watch.cancel()
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

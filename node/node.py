@@ -214,6 +214,10 @@ class Node:
         """Begin a graceful stop: :meth:`run` drains and returns."""
         self._stop_requested.set()
 
+    async def wait_stop_requested(self) -> None:
+        """Return once a stop was requested (front ends such as the anchor's gateway stop taking work then)."""
+        await self._stop_requested.wait()
+
     async def _drain(self) -> None:
         sd_notify("STOPPING=1")
         log.info(
