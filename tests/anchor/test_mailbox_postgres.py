@@ -3,12 +3,18 @@ deletes, a retried deposit is stored once, expiry deletes, and the database neve
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+
 import psycopg
 import pytest
+import trio
 
 from anchor.mailbox import MailboxCore, MailboxLimits, MailboxService, PostgresMailboxStorage
+from anchor.services import Services, ServiceSettings
 from anchor.stores.postgres import PostgresStore
 from node.identity import Identity
+from node.mailbox import protocol as p
 from node.mailbox.protocol import MailboxError, make_proof
 from node.routing.courier import Envelope, encode_envelope
 from node.wire import NoisePayloadType, encode_noise_payload, encode_private_message
@@ -59,3 +65,25 @@ async def test_deposit_fetch_ack_and_no_plaintext_in_the_database(pg_dsn: str) -
         await service.deposit(sealed_for(a, c, b"short-lived", expires_at_ms=NOW_MS + 1000))
         clock.ms += 1000
         assert await service.expire() == 1
+
+
+@pytest.mark.slow  # starts, stops and restarts a private PostgreSQL (~12 s)
+async def test_a_store_outage_is_a_transient_answer_and_the_mailbox_recovers(
+    private_services: Callable[..., tuple[Services, ServiceSettings | None]],
+) -> None:
+    """PostgreSQL stops under a running mailbox: a deposit over the protocol gets ERROR "down" (which a client
+    keeps and retries), not a crash; once the server is back the same service stores again."""
+    svc, _ = private_services("postgres")
+    pg = json.loads(svc.settings_path.read_text())["postgres"]
+    dsn = f"postgresql://{pg['user']}:{pg['password']}@{pg['host']}:{pg['port']}/{pg['dbname']}"
+    anchor, a, c = Identity.generate(), Identity.generate(), Identity.generate()
+    async with PostgresStore(dsn, timeout_s=1.0) as store:
+        service = MailboxService(MailboxCore(anchor.signing_public), PostgresMailboxStorage(store), Clock())
+        assert p.decode_deposited_untrusted(await service.answer(p.encode_deposit(sealed_for(a, c, b"1")), None))[1]
+        await trio.to_thread.run_sync(svc.down, ("postgres",))
+        answer = await service.answer(p.encode_deposit(sealed_for(a, c, b"2")), None)
+        with pytest.raises(MailboxError) as down:
+            p.decode_deposited_untrusted(answer)
+        assert down.value.code == p.E_UNAVAILABLE and down.value.code in p.TRANSIENT
+        await trio.to_thread.run_sync(svc.up, ("postgres",))
+        assert p.decode_deposited_untrusted(await service.answer(p.encode_deposit(sealed_for(a, c, b"2")), None))[1]
