@@ -17,6 +17,7 @@ from node.config import Config, MailboxSection, NodeSection
 from node.errors import StartupError
 from node.identity import Identity
 from node.mailbox import protocol as p
+from node.mailbox.client import MailboxClient
 from node.node import Node
 from node.routing.courier import Envelope, encode_envelope, seal
 from node.transports.betanet.transport import BetanetTransport
@@ -145,3 +146,21 @@ async def test_a_link_to_the_anchor_coming_up_fetches_again(nursery: trio.Nurser
     assert node.mailbox.counters.fetches == 2
     assert [m.text for m in node.inbox.list()] == ["arrived while you were connected"]
     node.request_stop()
+
+
+async def test_the_deposit_queue_is_bounded_and_link_ups_are_matched_by_peer_id() -> None:
+    anchor = Identity.generate()
+    addr = f"/ip4/127.0.0.1/tcp/4001/p2p/{BetanetTransport(anchor, LOOPBACK).peer_id}"
+    me = Identity.generate()
+    settings = MailboxSection(anchors=(addr,), max_pending_deposits=2)
+    client = MailboxClient(me, settings, BetanetTransport(me, LOOPBACK), lambda _: True)
+    target = client.anchors[0]
+    assert target.anchor_key == anchor.signing_public  # the proof will name the anchor's own key
+    for envelope in (b"first", b"second", b"third"):
+        client.on_sealed(envelope)
+    assert list(target.pending) == [b"second", b"third"] and client.counters.deposits_dropped == 1
+    target.fetch_due = False
+    client.on_link_up("/ip4/10.0.0.9/tcp/4001/p2p/12D3KooWSomeoneElse")
+    assert not target.fetch_due
+    client.on_link_up(f"/ip4/10.0.0.9/tcp/4001/p2p/{target.peer_id}")
+    assert target.fetch_due and target.wake.is_set()
