@@ -110,6 +110,7 @@ class NodeOut(BaseModel):
     links: int
     pending_private: int
     routes: int
+    gateway_refusals: dict[str, int] = Field(description="requests refused since start, by HTTP status")
 
 
 class PeerOut(BaseModel):
@@ -264,12 +265,12 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
-        ctx.count(f"http_{exc.status}")
+        ctx.count(str(exc.status))
         return error_response(exc)
 
     @app.exception_handler(StoreUnavailable)
     async def _store_down(request: Request, exc: StoreUnavailable) -> JSONResponse:
-        ctx.count("http_503")
+        ctx.count("503")
         return unavailable_response(exc)
 
     async def limit(bucket: str, rate_per_s: float, burst: int) -> None:
@@ -308,8 +309,11 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
         await ctx.stores.audit(f"key:{principal.key_id}", action, target, detail)
 
     @app.get("/v1/health", response_model=Health, responses={503: {"model": Health}})
-    async def health() -> JSONResponse:
-        """Liveness and the state of each store (503 while one is down). No authentication."""
+    async def health(request: Request) -> JSONResponse:
+        """Liveness and the state of each store (503 while one is down). No authentication; the per-IP limit
+        applies while Redis answers."""
+        with contextlib.suppress(StoreUnavailable):  # the health check must answer while Redis is down
+            await limit_ip(request)
         stores = {name: "ok" if state == "ok" else "down" for name, state in (await ctx.stores.health()).items()}
         ok = all(v == "ok" for v in stores.values())
         body = {"status": "ok" if ok else "degraded", "peer_id": ctx.node.identity.peer_id_hex, "stores": stores}
@@ -362,7 +366,7 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
     @app.get("/v1/node", response_model=NodeOut, responses=ERRORS)
     async def node_info(principal: Annotated[Principal, Depends(scoped(SCOPE_NODE_READ))]) -> NodeOut:
         """This anchor's node: identity, uptime, transports, peer and link counts."""
-        return NodeOut.model_validate(ctx.node.status())
+        return NodeOut.model_validate({**ctx.node.status(), "gateway_refusals": dict(ctx.counters)})
 
     @app.get("/v1/peers", response_model=list[PeerOut], responses=ERRORS)
     async def peers(principal: Annotated[Principal, Depends(scoped(SCOPE_NODE_READ))]) -> list[PeerOut]:
