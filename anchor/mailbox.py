@@ -424,11 +424,11 @@ class MailboxService:
         }
 
     async def http_fetch(self, params: Mapping[str, str]) -> dict[str, Any]:
-        """``GET /v1/mailbox?recipient=&noise_key=&signing_key=&nonce=&mac=&signature=[&limit=]`` (all hex): the
+        """``GET /v1/mailbox?peer=&noise_key=&signing_key=&nonce=&mac=&signature=[&limit=]`` (all hex): the
         recipient's envelopes (hex, courier encoding) and the grant to acknowledge them with. Raises
         :class:`MailboxError` (E_MALFORMED → 400, E_AUTH → 401/403, E_UNAVAILABLE → 503)."""
         proof = Proof(
-            _hex(params, "recipient", 8),
+            _hex(params, "peer", 8),
             _hex(params, "noise_key", 32),
             _hex(params, "signing_key", 32),
             _hex(params, "nonce", p.NONCE_BYTES),
@@ -462,7 +462,7 @@ class MailboxService:
         """``GET /v1/mailbox`` (the gateway's :class:`~anchor.gateway.ports.MailboxPort`), in three steps by query:
 
         1. no proof → a challenge (:meth:`http_challenge`);
-        2. ``recipient, noise_key, signing_key, nonce, mac, signature`` (hex) → envelopes + grant (:meth:`http_fetch`);
+        2. ``peer, noise_key, signing_key, nonce, mac, signature`` (hex) → envelopes + grant (:meth:`http_fetch`);
         3. ``grant`` + ``ack=ID,ID,...`` → those envelopes deleted (:meth:`http_ack`).
 
         Refusals raise the gateway's errors (400 malformed, 401 failed proof or grant, 503 store down)."""

@@ -69,7 +69,7 @@ async def test_an_offline_peer_fetches_over_http_after_proving_its_identity(
         challenge = p.Challenge(bytes.fromhex(ch["nonce"]), bytes.fromhex(ch["ephemeral_key"]), ch["expires_at_ms"])
         proof = p.make_proof(c, bytes.fromhex(ch["anchor_key"]), challenge)
         query = {
-            "recipient": proof.recipient_id.hex(),
+            "peer": proof.recipient_id.hex(),  # the gateway audits it as the target
             "noise_key": proof.noise_public.hex(),
             "signing_key": proof.signing_public.hex(),
             "nonce": proof.nonce.hex(),
@@ -96,4 +96,6 @@ async def test_an_offline_peer_fetches_over_http_after_proving_its_identity(
         with psycopg.connect(pg_dsn) as conn:
             row = conn.execute("SELECT count(*) FROM mailbox").fetchone()
             assert row is not None and row[0] == 0
+        audited = await pg.recent_audit(limit=100, action="mailbox.fetch")
+        assert c.peer_id_hex in {e.target for e in audited}  # the fetch with the proof names its peer
     node.request_stop()
