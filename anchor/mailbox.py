@@ -50,6 +50,7 @@ log = logging.getLogger("village.mailbox")
 
 MAX_STREAMS = 256  # mailbox streams served at once; more are closed at once
 EXPIRE_EVERY_S = 60.0  # how often expired envelopes are deleted
+CHALLENGES_PER_STREAM = 4  # unanswered challenges one stream may hold (x MAX_STREAMS < max_challenges)
 TOTAL_RECOUNT_MS = 1000  # the all-recipients count is refreshed this often (in between, deposits are added to it)
 
 
@@ -379,11 +380,21 @@ class MailboxService:
     async def serve_stream(self, stream: ByteStream, link_key: bytes | None) -> None:
         """Answer requests on one ``/aivillage/mailbox/1.0.0`` stream until the peer closes it."""
         framed = FramedStream(stream, timeout_s=self.limits.stream_timeout_s, max_frame_bytes=p.MAX_FRAME_BYTES)
+        unanswered = 0  # challenges issued on this stream and not yet answered by a FETCH
         try:
             for _ in range(self.limits.max_requests_per_stream):
                 body = await framed.read_frame()
                 if body is None:
                     return
+                kind = body[:1]
+                if kind == bytes([p.CHALLENGE_REQUEST]):
+                    if unanswered >= CHALLENGES_PER_STREAM:
+                        # One peer cannot push everybody's challenges out of the bounded table.
+                        await framed.write_frame(p.encode_error(p.E_BUSY, "answer the challenges you have first"))
+                        continue
+                    unanswered += 1
+                elif kind == bytes([p.FETCH]):
+                    unanswered = max(0, unanswered - 1)
                 await framed.write_frame(await self.answer(body, link_key))
         except StreamClosed as exc:
             log.debug("mailbox stream ended: %s", exc)

@@ -38,6 +38,20 @@ def sealed_for(sender: Identity, recipient: Identity, text: bytes, expires_at_ms
     return encode_envelope(Envelope(recipient.peer_id, expires_at_ms, 1, sealed))
 
 
+class TrioAdapter:  # trio's stream API under the names libp2p streams use
+    def __init__(self, s: trio.StapledStream[trio.testing.MemorySendStream, trio.testing.MemoryReceiveStream]) -> None:
+        self.s = s
+
+    async def read(self, n: int | None = None) -> bytes:
+        return bytes(await self.s.receive_some(n))
+
+    async def write(self, data: bytes) -> None:
+        await self.s.send_all(data)
+
+    async def close(self) -> None:
+        await self.s.send_eof()
+
+
 @pytest.fixture
 def anchor() -> Identity:
     return Identity.generate()
@@ -196,24 +210,9 @@ async def test_the_betanet_framing_answers_requests_and_errors(service: MailboxS
     a, c = Identity.generate(), Identity.generate()
     left, right = trio.testing.memory_stream_pair()
 
-    class Adapter:  # trio's stream API under the names libp2p streams use
-        def __init__(
-            self, s: trio.StapledStream[trio.testing.MemorySendStream, trio.testing.MemoryReceiveStream]
-        ) -> None:
-            self.s = s
-
-        async def read(self, n: int | None = None) -> bytes:
-            return bytes(await self.s.receive_some(n))
-
-        async def write(self, data: bytes) -> None:
-            await self.s.send_all(data)
-
-        async def close(self) -> None:
-            await self.s.send_eof()
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(service.serve_stream, Adapter(right), c.signing_public)
-        client = FramedStream(Adapter(left), timeout_s=5)
+        nursery.start_soon(service.serve_stream, TrioAdapter(right), c.signing_public)
+        client = FramedStream(TrioAdapter(left), timeout_s=5)
         env_id, new = p.decode_deposited_untrusted(await client.request(p.encode_deposit(sealed_for(a, c, b"hi"))))
         assert new
         ch = p.decode_challenge_untrusted(await client.request(p.encode_challenge_request()))
@@ -254,3 +253,21 @@ async def test_deposits_are_rate_limited_per_depositor(anchor: Identity, clock: 
     await service.deposit(sealed_for(b, c, b"from b"), b.signing_public)  # another depositor has its own rate
     clock.ms += 30_000  # one token back
     await service.deposit(sealed_for(a, c, b"3"), a.signing_public)
+
+
+async def test_one_stream_cannot_hoard_challenges(service: MailboxService, anchor: Identity) -> None:
+    left, right = trio.testing.memory_stream_pair()
+    c = Identity.generate()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(service.serve_stream, TrioAdapter(right), c.signing_public)
+        client = FramedStream(TrioAdapter(left), timeout_s=5)
+        held = [p.decode_challenge_untrusted(await client.request(p.encode_challenge_request())) for _ in range(4)]
+        with pytest.raises(MailboxError, match="busy") as busy:
+            p.decode_challenge_untrusted(await client.request(p.encode_challenge_request()))
+        assert busy.value.code == p.E_BUSY
+        # Answering one frees a slot on this stream.
+        p.decode_envelopes_untrusted(
+            await client.request(p.encode_fetch(make_proof(c, anchor.signing_public, held[0]), 8))
+        )
+        p.decode_challenge_untrusted(await client.request(p.encode_challenge_request()))
+        await client.aclose()
