@@ -1,14 +1,15 @@
 """The anchor's mailbox for offline peers: it keeps sealed envelopes for a recipient until that recipient, having
 proved its identity, has fetched and acknowledged them.
 
-* :class:`MailboxCore` (sans-IO, time injected as wall-clock ms): deposit checks (size, expiry, recipient),
-  challenges (fresh, single use, expiring, bounded in number), proofs (:func:`node.mailbox.protocol.check_proof`)
-  and grants (short-lived, one recipient each, bounded in number).
+* :class:`MailboxCore` (sans-IO, time injected as wall-clock ms): deposit checks (size, expiry) and a token bucket
+  per depositor, challenges (fresh, single use, expiring, bounded in number), proofs
+  (:func:`node.mailbox.protocol.check_proof`) and grants (short-lived, one recipient each, bounded in number).
 * :class:`MailboxService` (trio): the core over a :class:`MailboxStorage` — PostgreSQL in an anchor
   (:class:`PostgresMailboxStorage`, the ``mailbox`` table of :mod:`anchor.stores`), or :class:`MemoryMailboxStorage`
-  for in-process tests and benchmarks. It serves the BetaNet protocol (:meth:`MailboxService.serve_stream`) and the
-  gateway's JSON routes (:meth:`MailboxService.http_challenge`, :meth:`~MailboxService.http_fetch`,
-  :meth:`~MailboxService.http_ack`).
+  for in-process tests. It serves the BetaNet protocol (:meth:`MailboxService.serve_stream`; bounded per-envelope,
+  per-recipient and in total) and the gateway's ``GET /v1/mailbox`` (:meth:`MailboxService.gateway_fetch`: challenge,
+  proof → envelopes + grant, grant + IDs → deleted).
+* :func:`serve_mailbox`: all of it in an anchor node (``mailbox.serve``), on PostgreSQL.
 
 What the anchor stores per envelope is what the courier format carries in the clear — recipient peer ID, expiry,
 and the Noise_X ciphertext — plus a digest for dedupe and the deposit time. Never a message text: only the
@@ -115,7 +116,7 @@ class _MemoryRow:
 
 
 class MemoryMailboxStorage:
-    """Envelopes in a dict: for in-process tests and the benchmark baseline (an anchor uses PostgreSQL)."""
+    """Envelopes in a dict, for in-process tests (an anchor uses PostgreSQL)."""
 
     def __init__(self) -> None:
         self.rows: dict[int, _MemoryRow] = {}
