@@ -84,9 +84,13 @@ def _run(args: argparse.Namespace, action: Callable[[Any], Any]) -> Any:
 def cmd_keys_create(args: argparse.Namespace) -> int:
     from anchor.gateway.app import key_out
     from anchor.gateway.auth import check_role_scopes
-    from node.cli import _emit
+    from anchor.gateway.errors import GatewayError
+    from node.cli import EXIT_USAGE, CliError, _emit
 
-    scopes = check_role_scopes(args.role, args.scope)
+    try:
+        scopes = check_role_scopes(args.role, args.scope)
+    except GatewayError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     info, secret = _run(args, lambda admin: admin.create(args.name, args.role, scopes))
     data = {**key_out(info), "secret": secret}
     _emit(

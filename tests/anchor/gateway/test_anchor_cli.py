@@ -63,6 +63,8 @@ def test_anchor_commands_have_help(capsys: pytest.CaptureFixture[str]) -> None:
     parser = build_parser()
     assert parser.parse_args(["anchor", "keys", "create", "x", "--role", "node"]).role == "node"
     assert main(["anchor"]) == 2  # no action: usage
+    assert main(["anchor", "keys", "create", "x", "--role", "user", "--scope", "keys:admin"]) == 2
+    assert "role 'user' cannot hold scope(s) keys:admin" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
