@@ -378,11 +378,14 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
     ) -> SendOut:
         """Send into the mesh: a private message (end-to-end encrypted, acked) to ``to``, or a broadcast."""
         size = len(body.text.encode())
-        if body.to is None:
-            await audit(principal, "messages.broadcast", "*", {"bytes": size})
-            return SendOut(id=ctx.node.broadcast(body.text), to=None, state="sent")
         try:
-            peer = ctx.node.resolve_peer(body.to, allow_unknown=True).hex()
+            if body.to is None:
+                await audit(principal, "messages.broadcast", "*", {"bytes": size})
+                return SendOut(id=ctx.node.broadcast(body.text), to=None, state="sent")
+            peer_id = ctx.node.resolve_peer(body.to, allow_unknown=True)
+            if ctx.node.core is not None:
+                ctx.node.core.check_private(peer_id, body.text)  # refusals are not state changes: no audit row
+            peer = peer_id.hex()
             await audit(principal, "messages.send", peer, {"bytes": size})
             message_id = ctx.node.send_private(peer, body.text)
         except MeshError as exc:

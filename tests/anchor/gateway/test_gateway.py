@@ -68,11 +68,16 @@ async def test_routes_reach_the_node_and_every_state_change_is_audited(
     bad = await client.post("/v1/messages", headers=auth, json={"to": "nobody", "text": "x"})
     assert bad.status_code == 400 and bad.json()["error"] == "mesh_rejected"
     assert (await client.post("/v1/messages", headers=auth, json={"to": FULL_PEER_ID})).status_code == 422
+    too_long = await client.post("/v1/messages", headers=auth, json={"to": FULL_PEER_ID, "text": "é" * 200})
+    assert too_long.status_code == 400 and "255" in too_long.json()["detail"]  # 400 bytes: over a private message's
+    long_broadcast = await client.post("/v1/messages", headers=auth, json={"text": "x" * 4096})
+    assert long_broadcast.status_code == 202  # public messages may be longer (fragmented on the wire)
 
     rows = await gateway.audit_of(key_id)
     assert [(r.action, r.target) for r in rows] == [
         ("auth.token", key_id),
         ("messages.send", FULL_PEER_ID),
+        ("messages.broadcast", "*"),
         ("messages.broadcast", "*"),
     ]
     assert rows[1].detail == {"bytes": len("held for later")}  # never the text itself
