@@ -248,6 +248,18 @@ def _apt_install(package: str) -> None:
         _run(["apt-get", "install", "-y", "-q", package], env=env)
 
 
+def _can_isolate() -> bool:
+    """Root with unshare and ip: FalkorDB can run in a private network namespace."""
+    return _is_root() and shutil.which("unshare") is not None and shutil.which("ip") is not None
+
+
+def _is_forwarder(pid: int) -> bool:
+    try:
+        return b"anchor.netns_forward" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def _pg_bindir() -> Path:
     def find() -> Path | None:
         root = Path("/usr/lib/postgresql")
@@ -390,6 +402,8 @@ class Services:
         else:
             pid = _read_pid(self.base / "graph" / "redis.pid")
             port = int(entry["bolt_port"])
+            if entry.get("isolated") and not _pid_alive(_read_pid(self.base / "graph" / "forward.pid")):
+                return False
             if not _port_answers(int(entry["redis_port"])):
                 return False
         return _pid_alive(pid) and _port_answers(port)
@@ -467,7 +481,16 @@ class Services:
         if exists != "1":
             _run([*base, f'CREATE DATABASE "{pg.dbname}"'], env=env)
 
-    def _start_redis_like(self, server: str, root: Path, port: int, password: str, extra: list[str], what: str) -> None:
+    def _start_redis_like(
+        self,
+        server: str,
+        root: Path,
+        port: int,
+        password: str,
+        extra: list[str],
+        what: str,
+        prefix: tuple[str, ...] = (),
+    ) -> None:
         root.mkdir(mode=0o700, exist_ok=True)
         pidfile = root / "redis.pid"
         with contextlib.suppress(FileNotFoundError):
@@ -489,8 +512,11 @@ class Services:
         ]
         _write_private(conf, "\n".join(lines) + "\n")
         _log(f"starting {what} on 127.0.0.1:{port}")
-        _run([server, str(conf), *extra])
-        _wait(lambda: _pid_alive(_read_pid(pidfile)) and _port_answers(port), START_TIMEOUT_S, what)
+        _run([*prefix, server, str(conf), *extra])
+        if prefix:  # in its own network namespace: its port is not reachable from here
+            _wait(lambda: _pid_alive(_read_pid(pidfile)), START_TIMEOUT_S, what)
+        else:
+            _wait(lambda: _pid_alive(_read_pid(pidfile)) and _port_answers(port), START_TIMEOUT_S, what)
 
     def _start_redis(self, prev: dict[str, Any]) -> dict[str, Any]:
         server = _redis_server()
@@ -506,13 +532,49 @@ class Services:
         password = prev.get("redis_password") or secrets.token_urlsafe(24)
         port = self._reuse_port(prev.get("redis_port"), set())
         bolt = self._reuse_port(prev.get("bolt_port"), {port})
+        isolate = _can_isolate()
+        prefix = ("unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$0" "$@"') if isolate else ()
+        if not isolate:
+            _log(
+                "WARNING: FalkorDB's Bolt port listens on every interface without authentication; run as root to "
+                "confine it to a private network namespace (needs unshare and ip)"
+            )
         self._start_redis_like(
-            server, root, port, password, ["--loadmodule", module, "BOLT_PORT", str(bolt)], "FalkorDB (Bolt)"
+            server, root, port, password, ["--loadmodule", module, "BOLT_PORT", str(bolt)], "FalkorDB (Bolt)", prefix
         )
+        if isolate:
+            self._start_forwarder(root, _read_pid(root / "redis.pid"), (port, bolt))
         _wait(lambda: _port_answers(bolt), START_TIMEOUT_S, "the FalkorDB Bolt port")
         entry = dataclasses.asdict(GraphSettings("falkordb", "127.0.0.1", bolt, "", "", port))
         entry["redis_password"] = password
+        entry["isolated"] = isolate
         return entry
+
+    def _start_forwarder(self, root: Path, target_pid: int, ports: tuple[int, ...]) -> None:
+        """The relay from 127.0.0.1 here to the same ports in the server's namespace (anchor/netns_forward.py)."""
+        pidfile = root / "forward.pid"
+        with contextlib.suppress(FileNotFoundError):
+            pidfile.unlink()
+        cmd = [
+            sys.executable,
+            "-m",
+            "anchor.netns_forward",
+            "--daemon",
+            "--netns",
+            f"/proc/{target_pid}/ns/net",
+            "--target-pid",
+            str(target_pid),
+            "--pidfile",
+            str(pidfile),
+        ]
+        for p in ports:
+            cmd += ["--port", str(p)]
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        with open(root / "forward.log", "ab") as log:
+            _run_ok = subprocess.run(cmd, stdout=log, stderr=log, env=env, check=False, timeout=START_TIMEOUT_S)
+        if _run_ok.returncode != 0:
+            raise ServicesError(f"the Bolt relay did not start; see {root / 'forward.log'}")
+        _wait(lambda: _pid_alive(_read_pid(pidfile)), START_TIMEOUT_S, "the Bolt relay (see forward.log)")
 
     # down
     def down(self, names: tuple[str, ...] = SERVICES) -> None:
@@ -544,6 +606,10 @@ class Services:
             _log(f"stopping {name} (pid {pid})")
             os.kill(pid, signal.SIGTERM)
             _wait(lambda: not _pid_alive(pid), STOP_TIMEOUT_S, f"{name} (pid {pid}) to exit")
+        relay = _read_pid(root / "forward.pid") if name == "graph" else 0
+        if _pid_alive(relay) and _is_forwarder(relay):
+            os.kill(relay, signal.SIGTERM)
+            _wait(lambda: not _pid_alive(relay), STOP_TIMEOUT_S, f"the Bolt relay (pid {relay}) to exit")
 
     def write_compose_settings(self, env: dict[str, str]) -> ServiceSettings:
         """Write settings.json/.env for the servers of ``anchor/compose.yaml`` (passwords and ports from ``env``,

@@ -127,3 +127,30 @@ def test_cluster_moves_out_of_a_directory_postgres_cannot_reach() -> None:
         shutil.rmtree(outer, ignore_errors=True)
         if str(target).startswith("/var/tmp/aivillage-pg-"):
             shutil.rmtree(target, ignore_errors=True)
+
+
+def _global_addresses() -> list[str]:
+    out = subprocess.run(["ip", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True, check=False)
+    return [line.split()[3].split("/")[0] for line in out.stdout.splitlines() if len(line.split()) > 3]
+
+
+def test_falkordb_is_reachable_on_loopback_only(services: ServiceSettings) -> None:
+    """FalkorDB's Bolt listener binds every interface and has no auth: it must not be reachable from outside."""
+    import socket
+
+    raw = json.loads(Services().settings_path.read_text())["graph"]
+    if not raw.get("isolated"):
+        pytest.skip("FalkorDB runs unconfined (not root, or no unshare/ip); `scripts/services up` warned")
+    addresses = _global_addresses()
+    if not addresses:
+        pytest.skip("this machine has no non-loopback address to probe")
+    for address in addresses:
+        for port in (services.graph.bolt_port, services.graph.redis_port):
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.settimeout(2)
+                with pytest.raises(OSError):
+                    s.connect((address, port))
+    # ... while loopback works (through the relay into the server's namespace).
+    with socket.create_connection(("127.0.0.1", services.graph.bolt_port), timeout=2):
+        pass
