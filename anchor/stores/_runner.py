@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import trio
 
-from anchor.stores.errors import StoreUnavailable
+from anchor.stores.errors import StoreError, StoreUnavailable
 
 T = TypeVar("T")
 log = logging.getLogger("village.anchor.stores")
@@ -33,21 +33,27 @@ class BlockingRunner:
         max_threads: int,
         unavailable: tuple[type[BaseException], ...],
         deadline_s: float,
+        errors: tuple[type[BaseException], ...] = (),
     ) -> None:
         self.store = store
         self.deadline_s = deadline_s
         self.limiter = trio.CapacityLimiter(max_threads)
         self._unavailable = unavailable
+        self._errors = errors
         self.down_reason: str | None = None  # None while the last call reached the server
 
     async def run(self, fn: Callable[[], T]) -> T:
-        """``fn()`` in a worker thread; StoreUnavailable if it failed because the server is unreachable."""
+        """``fn()`` in a worker thread; StoreUnavailable if it failed because the server is unreachable, StoreError
+        for the driver's other errors (the server answered: a bad query or value)."""
         result: T
         with trio.move_on_after(self.deadline_s) as scope:
             try:
                 result = await trio.to_thread.run_sync(fn, limiter=self.limiter, abandon_on_cancel=True)
             except self._unavailable as exc:
                 raise self.mark_down(exc) from exc
+            except self._errors as exc:
+                self.mark_up()
+                raise StoreError(f"{self.store}: {_short(exc)}") from exc
         if scope.cancelled_caught:
             raise self.mark_down(TimeoutError(f"no answer within {self.deadline_s:g} s"))
         self.mark_up()

@@ -122,6 +122,7 @@ class GraphStore:
             max_connections,
             (neo4j.exceptions.ServiceUnavailable, neo4j.exceptions.SessionExpired, OSError),
             2 * timeout_s,
+            errors=(neo4j.exceptions.Neo4jError, neo4j.exceptions.DriverError),
         )
         self._indexed = False
 
@@ -170,10 +171,7 @@ class GraphStore:
         if not self._indexed:
             await self._runner.run(self._create_indexes)
             self._indexed = True
-        try:
-            return await self._runner.run(fn)
-        except neo4j.exceptions.Neo4jError as exc:
-            raise StoreError(f"graph query failed: {exc}") from exc
+        return await self._runner.run(fn)
 
     def _create_indexes(self) -> None:
         for query in _INDEXES:

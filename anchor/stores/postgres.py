@@ -144,7 +144,9 @@ class PostgresStore:
         self._max_connections = max_connections
         self._pool = self._new_pool()
         self._reopen_lock = trio.Lock()
-        self._runner = BlockingRunner("postgres", max_connections, (psycopg.OperationalError,), 2 * timeout_s)
+        self._runner = BlockingRunner(
+            "postgres", max_connections, (psycopg.OperationalError,), 2 * timeout_s, errors=(psycopg.Error,)
+        )
         # The pool logs a warning per failed reconnection attempt; our runner logs the outage once instead.
         logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
         self._migrated = False
@@ -380,11 +382,12 @@ class PostgresStore:
 
     async def mailbox_count(self, recipient: bytes | None, now_ms: int) -> int:
         """Unexpired envelopes for ``recipient`` (for everybody if None)."""
+        params: tuple[Any, ...]
         if recipient is None:
             sql, params = "SELECT count(*) FROM mailbox WHERE expires_at_ms > %s", (now_ms,)
         else:
             sql = "SELECT count(*) FROM mailbox WHERE recipient = %s AND expires_at_ms > %s"
-            params = (recipient, now_ms)  # type: ignore[assignment]
+            params = (recipient, now_ms)
         row = await self._call(lambda conn: conn.execute(sql, params).fetchone())
         return int(row[0]) if row else 0
 

@@ -88,7 +88,11 @@ class RedisStore:
         )
         self._bucket = self._client.register_script(_TOKEN_BUCKET_LUA)
         self._runner = BlockingRunner(
-            "redis", max_connections, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError), 2 * timeout_s
+            "redis",
+            max_connections,
+            (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError),
+            2 * timeout_s,
+            errors=(redis.exceptions.RedisError,),
         )
 
     async def _call(self, fn: Callable[[], T]) -> T:

@@ -179,3 +179,11 @@ async def test_sessions_profiles_and_agent_states(pg_dsn: str) -> None:
         state = await store.load_agent_state("king", "plan")
         assert state is not None and (state.state, state.version) == ({"step": 4}, 3)
         assert await store.load_agent_state("king", "other") is None
+
+
+async def test_server_errors_become_store_errors(pg_dsn: str) -> None:
+    async with PostgresStore(pg_dsn) as store:
+        with pytest.raises(StoreError, match="LIMIT must not be negative"):
+            await store.mailbox_list(b"\x01" * 8, NOW_MS, limit=-1)
+        assert store.down_reason is None
+        assert await store.mailbox_list(b"\x01" * 8, NOW_MS, limit=1) == []

@@ -127,3 +127,10 @@ async def test_stream_is_bounded(store: RedisStore) -> None:
         await store.stream_add(stream, {"i": str(i)}, maxlen=100)
     # Approximate trimming keeps at least maxlen and removes whole macro nodes beyond it.
     assert 100 <= await store.stream_length(stream) < 300
+
+
+async def test_server_errors_become_store_errors(store: RedisStore) -> None:
+    with pytest.raises(StoreError, match="NOGROUP"):
+        await store.stream_read(_name(), "no-such-group", "c")
+    await store.ping()
+    assert store.down_reason is None  # an error answer is not an outage
