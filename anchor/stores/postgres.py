@@ -224,8 +224,10 @@ class PostgresStore:
                         "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
                         "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
                     )
-                    cur = conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (migration.version,))
-                    if cur.fetchone() is not None:
+                    rows = conn.execute("SELECT version, name FROM schema_migrations").fetchall()
+                    done: dict[int, str] = {int(r[0]): str(r[1]) for r in rows}
+                    self._check_history(done)
+                    if migration.version in done:
                         continue
                     try:
                         conn.execute(migration.sql.encode())
@@ -241,6 +243,21 @@ class PostgresStore:
                     )
                     applied.append(migration.version)
         return applied
+
+    def _check_history(self, done: dict[int, str]) -> None:
+        """The database's applied migrations must be a prefix of ours, by number and name."""
+        known = {m.version: m.name for m in self._migrations}
+        for version, name in sorted(done.items()):
+            if version not in known:
+                raise MigrationError(
+                    f"the database has migration {version:04d}_{name}, which this code does not know "
+                    f"(it knows 1..{len(known)}): it was migrated by a newer version"
+                )
+            if known[version] != name:
+                raise MigrationError(
+                    f"migration {version:04d} is {name!r} in the database but {known[version]!r} here: "
+                    "applied migrations must never be renamed or renumbered"
+                )
 
     async def _call(self, fn: Callable[[psycopg.Connection[TupleRow]], T]) -> T:
         await self._ensure_migrated()

@@ -187,3 +187,23 @@ async def test_server_errors_become_store_errors(pg_dsn: str) -> None:
             await store.mailbox_list(b"\x01" * 8, NOW_MS, limit=-1)
         assert store.down_reason is None
         assert await store.mailbox_list(b"\x01" * 8, NOW_MS, limit=1) == []
+
+
+async def test_a_database_migrated_differently_is_refused(pg_dsn: str, tmp_path: Path) -> None:
+    (tmp_path / "0001_first.sql").write_text("CREATE TABLE one (x integer);")
+    (tmp_path / "0002_second.sql").write_text("CREATE TABLE two (x integer);")
+    async with PostgresStore(pg_dsn, migrations_dir=tmp_path) as store:
+        assert await store.applied_migrations() == [(1, "first"), (2, "second")]
+    # Older code (knows only 0001) against the newer database.
+    (tmp_path / "0002_second.sql").unlink()
+    store = PostgresStore(pg_dsn, migrations_dir=tmp_path)
+    with pytest.raises(MigrationError, match="0002_second, which this code does not know"):
+        await store.start()
+    await store.aclose()
+    # A renamed migration.
+    (tmp_path / "0001_first.sql").rename(tmp_path / "0001_renamed.sql")
+    (tmp_path / "0002_second.sql").write_text("CREATE TABLE two (x integer);")
+    store = PostgresStore(pg_dsn, migrations_dir=tmp_path)
+    with pytest.raises(MigrationError, match="never be renamed"):
+        await store.start()
+    await store.aclose()
