@@ -328,21 +328,25 @@ class Services:
         return raw if isinstance(raw, dict) else {}
 
     def _save(self, raw: dict[str, Any]) -> None:
-        _write_private(self.settings_path, json.dumps(raw, indent=2, sort_keys=True) + "\n")
+        # The components are what load_settings reads; dsn/url are there for people and other tools.
         lines = []
         if "postgres" in raw:
             pg = PostgresSettings(**_fields(PostgresSettings, raw["postgres"]))
+            raw["postgres"]["dsn"] = pg.dsn
             lines.append(f"AIVILLAGE_PG_DSN={pg.dsn}")
         if "redis" in raw:
             rs = RedisSettings(**_fields(RedisSettings, raw["redis"]))
+            raw["redis"]["url"] = rs.url
             lines.append(f"AIVILLAGE_REDIS_URL={rs.url}")
         if "graph" in raw:
             gs = GraphSettings(**_fields(GraphSettings, raw["graph"]))
+            raw["graph"]["bolt_url"] = gs.bolt_url
             lines += [
                 f"AIVILLAGE_BOLT_URL={gs.bolt_url}",
                 f"AIVILLAGE_BOLT_USER={gs.user}",
                 f"AIVILLAGE_BOLT_PASSWORD={gs.password}",
             ]
+        _write_private(self.settings_path, json.dumps(raw, indent=2, sort_keys=True) + "\n")
         _write_private(self.base / ENV_FILE, "\n".join(lines) + "\n")
 
     def _prepare_dir(self) -> None:
@@ -422,6 +426,8 @@ class Services:
                 start = {"postgres": self._start_postgres, "redis": self._start_redis, "graph": self._start_graph}[name]
                 raw[name] = start(raw.get(name, {}))
                 self._save(raw)
+            if raw:
+                self._save(raw)  # rewrites both files (0600) even when nothing had to start
         if all(n in raw for n in SERVICES):
             return load_settings(self.settings_path)
         return None

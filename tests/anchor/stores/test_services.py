@@ -56,6 +56,12 @@ def test_settings_files_are_private_and_ports_low(services: ServiceSettings) -> 
     ports = [services.postgres.port, services.redis.port, services.graph.bolt_port, services.graph.redis_port]
     assert all(0 < p < PORT_HIGH <= 32768 for p in ports)
     assert len(set(ports)) == 4
+    raw = json.loads((base / "settings.json").read_text())
+    assert (raw["postgres"]["dsn"], raw["redis"]["url"], raw["graph"]["bolt_url"]) == (
+        services.postgres.dsn,
+        services.redis.url,
+        services.graph.bolt_url,
+    )
     env = (base / "settings.env").read_text()
     assert f"AIVILLAGE_PG_DSN={services.postgres.dsn}" in env
     assert f"AIVILLAGE_REDIS_URL={services.redis.url}" in env
