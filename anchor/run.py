@@ -118,16 +118,17 @@ async def run_anchor(
             node_stopped.set()
 
     async with open_stores(cfg) as stores, trio.open_nursery() as nursery:
-        await nursery.start(run_node)
         ctx = GatewayContext(
             node=node,
             stores=stores,
             issuer=issuer,
             settings=cfg.anchor,
             wall_s=lambda: node.clock.wall_ms() / 1000.0,
-            # The node's MailboxService (with [mailbox] serve = true) answers GET /v1/mailbox.
-            mailbox=mailbox if mailbox is not None else node.mailbox_service,
+            mailbox=mailbox,
         )
+        # The gateway listens before the node starts, so the node's readiness (log line, READY=1 to systemd)
+        # means the whole anchor is up, and a port in use fails the start before it. Requests that need the
+        # node answer 503 until it runs.
         stop = trio.Event()
         urls: list[str] = []
         try:
@@ -135,6 +136,9 @@ async def run_anchor(
         except* OSError as group:  # hypercorn binds inside its own nursery: the error comes in a group
             reason = "; ".join(str(getattr(e, "strerror", None) or e) for e in _leaves(group))
             raise StartupError(f"the gateway cannot listen on {cfg.anchor.gateway_listen}: {reason}") from None
+        await nursery.start(run_node)
+        if ctx.mailbox is None:  # the node's MailboxService (with [mailbox] serve = true) answers GET /v1/mailbox
+            ctx.mailbox = node.mailbox_service
         log.info("anchor ready: gateway on %s", ", ".join(urls))
         task_status.started(urls)
         # The gateway stops taking requests as soon as a stop is requested (open ones get hypercorn's graceful

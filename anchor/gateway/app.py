@@ -44,6 +44,7 @@ from anchor.gateway.auth import (
 from anchor.gateway.errors import (
     BodyTooLarge,
     GatewayError,
+    NodeUnavailable,
     NotFound,
     RateLimited,
     Unauthenticated,
@@ -234,6 +235,8 @@ def error_response(exc: GatewayError) -> JSONResponse:
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
     if isinstance(exc, Unauthenticated):
         headers["WWW-Authenticate"] = 'Bearer realm="aivillage"'
+    if isinstance(exc, NodeUnavailable):
+        headers["Retry-After"] = "1"
     return JSONResponse({"error": exc.code, "detail": str(exc)}, exc.status, headers=headers)
 
 
@@ -272,6 +275,11 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
     async def _store_down(request: Request, exc: StoreUnavailable) -> JSONResponse:
         ctx.count("503")
         return unavailable_response(exc)
+
+    @app.exception_handler(MeshError)
+    async def _node_error(request: Request, exc: MeshError) -> JSONResponse:
+        # Unmapped MeshErrors come from a node that is not running (starting or stopped).
+        return await _gateway_error(request, NodeUnavailable(str(exc)))
 
     async def limit(bucket: str, rate_per_s: float, burst: int) -> None:
         decision = await ctx.stores.take_token(bucket, rate_per_s, burst)  # the store bounds its own time
@@ -378,6 +386,8 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
     ) -> SendOut:
         """Send into the mesh: a private message (end-to-end encrypted, acked) to ``to``, or a broadcast."""
         size = len(body.text.encode())
+        if ctx.node.core is None:
+            raise NodeUnavailable("the node is not running")
         try:
             if body.to is None:
                 await audit(principal, "messages.broadcast", "*", {"bytes": size})

@@ -6,7 +6,8 @@
         ├── Forbidden                403: authenticated, but the token lacks the scope
         ├── RateLimited              429 with Retry-After (seconds)
         ├── NotFound                 404
-        └── BodyTooLarge             413
+        ├── BodyTooLarge             413
+        └── NodeUnavailable          503: the node is not running (starting or stopped)
 
 A store that is down raises ``anchor.stores.errors.StoreUnavailable``; the app turns it into 503.
 """
@@ -53,3 +54,8 @@ class RateLimited(GatewayError):
     def __init__(self, message: str, *, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class NodeUnavailable(GatewayError):
+    status = 503
+    code = "node_unavailable"

@@ -14,7 +14,10 @@ import pytest
 import trio
 import trio_websocket
 
+from anchor.gateway.app import GatewayContext, build_app
 from anchor.gateway.auth import ROLE_SCOPES, TokenIssuer, load_or_create_secret
+from anchor.gateway.server import serve_http
+from anchor.run import open_stores
 from node.config import Config
 from node.identity import create_identity
 from node.node import Node
@@ -346,3 +349,31 @@ async def _ws_rejection(host: str, port: int, resource: str) -> tuple[int, bytes
             return found.status_code, found.body or b""
         raise
     raise AssertionError(f"{resource}: the handshake succeeded")
+
+
+async def test_routes_that_need_the_node_answer_503_until_it_runs(
+    gateway: Gateway, nursery: trio.Nursery, short_tmp: Path
+) -> None:
+    """run_anchor listens before the node starts: what the gateway answers in that window."""
+    idle_dir = short_tmp / "idle"
+    idle_dir.mkdir(mode=0o700)
+    idle = Node(Config(data_dir=idle_dir), create_identity(idle_dir), control=False, persistent_inbox=False)
+    _key_id, secret = await gateway.key("user")
+    async with open_stores(gateway.cfg) as stores:
+        ctx = GatewayContext(
+            node=idle,
+            stores=stores,
+            issuer=TokenIssuer(b"s" * 32, issuer="idle", ttl_s=60),
+            settings=gateway.cfg.anchor,
+            wall_s=time.time,
+        )
+        stop = trio.Event()
+        urls = await nursery.start(serve_http, build_app(ctx), "127.0.0.1:0", stop)
+        async with httpx.AsyncClient(base_url=urls[0]) as client:
+            token = (await client.post("/v1/auth/token", headers={"X-API-Key": secret})).json()["access_token"]
+            auth = {"Authorization": f"Bearer {token}"}
+            for method, path in [("GET", "/v1/node"), ("GET", "/v1/peers"), ("POST", "/v1/messages")]:
+                r = await client.request(method, path, headers=auth, json={"text": "too early"})
+                assert (r.status_code, r.json()["error"]) == (503, "node_unavailable"), path
+            assert (await client.get("/v1/health")).status_code == 200
+        stop.set()

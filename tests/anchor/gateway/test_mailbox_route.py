@@ -42,7 +42,7 @@ async def test_a_recipient_fetches_and_acks_its_envelopes_through_the_gateway(st
             challenge = Challenge(bytes.fromhex(ch["nonce"]), bytes.fromhex(ch["ephemeral_key"]), ch["expires_at_ms"])
             proof = make_proof(who, bytes.fromhex(ch["anchor_key"]), challenge)
             return {
-                "recipient": recipient.peer_id.hex(),  # always claims to be the recipient
+                "peer": recipient.peer_id.hex(),  # always claims to be the recipient
                 "noise_key": proof.noise_public.hex(),
                 "signing_key": proof.signing_public.hex(),
                 "nonce": proof.nonce.hex(),
