@@ -241,11 +241,12 @@ def _apt_install(package: str) -> None:
         raise ServicesError(f"the Debian package {package!r} is missing; install it: sudo apt-get install {package}")
     _log(f"installing {package} with apt-get")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    wait = ["-o", "DPkg::Lock::Timeout=300"]  # another apt-get (another engineer, unattended-upgrades) may hold it
     try:
-        _run(["apt-get", "install", "-y", "-q", package], env=env)
+        _run(["apt-get", *wait, "install", "-y", "-q", package], env=env)
     except ServicesError:
-        _run(["apt-get", "update", "-q"], env=env)
-        _run(["apt-get", "install", "-y", "-q", package], env=env)
+        _run(["apt-get", *wait, "update", "-q"], env=env)
+        _run(["apt-get", *wait, "install", "-y", "-q", package], env=env)
 
 
 def _can_isolate() -> bool:
