@@ -9,8 +9,10 @@
 - picks free loopback ports below 32768 (the ephemeral range starts there, so a port we probe stays ours), and
   binds every server to 127.0.0.1 only;
 - protects PostgreSQL (scram-sha-256) and both Redis servers (requirepass) with random passwords kept in the
-  settings file. The FalkorDB Bolt listener has no authentication (it ignores the Redis password and refuses
-  Bolt basic auth), so it is reachable from loopback only; the real Neo4j in ``anchor/compose.yaml`` uses auth;
+  settings file. FalkorDB's Bolt listener has no authentication (it ignores the Redis password and refuses
+  Bolt basic auth) and binds every interface, so as root FalkorDB runs in a private network namespace and
+  :mod:`anchor.netns_forward` relays 127.0.0.1's ports into it; unprivileged, ``up`` warns. The real Neo4j of
+  ``anchor/compose.yaml`` uses auth;
 - is idempotent: ``up`` reuses servers that are running (pid alive and port answering) and starts only the
   others, so several engineers and the test suite share one set of servers; ``down`` stops them cleanly
   (``pg_ctl stop -m fast``, SIGTERM for Redis) and waits until they have exited.
