@@ -67,7 +67,7 @@ async def measure(settings: ServiceSettings, seconds: float) -> list[str]:
     key = f"aiv:rl:bench-{tag}"
 
     def bare_take() -> int:
-        script(keys=[key], args=["1000000.0", 1_000_000, 1])
+        script(keys=[key], args=[1, "1000000.0", 1_000_000])
         return 1
 
     async def store_take() -> int:

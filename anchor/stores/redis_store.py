@@ -13,6 +13,7 @@ reconnects on the next call once the server is back.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -30,34 +31,44 @@ KEY_PREFIX = "aiv:"  # every key this store writes starts with it
 MAX_SESSION_BYTES = 65_536
 DEFAULT_STREAM_MAXLEN = 100_000  # entries kept per stream (approximate trimming); the queue is bounded
 
-# KEYS[1]: bucket; ARGV: rate per second, burst, cost. Returns {allowed (0/1), retry_after_s as a string}
-# (Lua numbers returned to Redis are truncated to integers, hence the string).
+# KEYS: the buckets; ARGV: cost, then rate per second and burst of each bucket. All-or-nothing: the cost is taken
+# from every bucket if each holds it, else from none. Returns {allowed (0/1), retry_after_s as a string} (Lua
+# numbers returned to Redis are truncated to integers, hence the string); retry_after_s is the longest wait.
 _TOKEN_BUCKET_LUA = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
+local cost = tonumber(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1])
-local ts = tonumber(state[2])
-if tokens == nil or ts == nil then
-  tokens = burst
-  ts = now
-end
-local elapsed = now - ts
-if elapsed < 0 then elapsed = 0 end
-tokens = math.min(burst, tokens + elapsed * rate)
-local allowed = 0
+local levels = {}
 local retry = 0
-if tokens >= cost then
-  tokens = tokens - cost
-  allowed = 1
-else
-  retry = (cost - tokens) / rate
+for i, key in ipairs(KEYS) do
+  local rate = tonumber(ARGV[2 * i])
+  local burst = tonumber(ARGV[2 * i + 1])
+  local state = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens = tonumber(state[1])
+  local ts = tonumber(state[2])
+  if tokens == nil or ts == nil then
+    tokens = burst
+    ts = now
+  end
+  local elapsed = now - ts
+  if elapsed < 0 then elapsed = 0 end
+  tokens = math.min(burst, tokens + elapsed * rate)
+  levels[i] = tokens
+  if tokens < cost then
+    local wait = (cost - tokens) / rate
+    if wait > retry then retry = wait end
+  end
 end
-redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'ts', string.format('%.6f', now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+local allowed = 0
+if retry == 0 then allowed = 1 end
+for i, key in ipairs(KEYS) do
+  local rate = tonumber(ARGV[2 * i])
+  local burst = tonumber(ARGV[2 * i + 1])
+  local tokens = levels[i]
+  if allowed == 1 then tokens = tokens - cost end
+  redis.call('HSET', key, 'tokens', string.format('%.6f', tokens), 'ts', string.format('%.6f', now))
+  redis.call('PEXPIRE', key, math.ceil(burst / rate * 1000) + 1000)
+end
 return {allowed, string.format('%.6f', retry)}
 """
 
@@ -118,10 +129,22 @@ class RedisStore:
 
     async def take_token(self, bucket: str, rate_per_s: float, burst: int, cost: int = 1) -> RateDecision:
         """Take ``cost`` tokens from ``bucket`` (refilled at ``rate_per_s`` up to ``burst``), atomically."""
-        if rate_per_s <= 0 or burst < 1 or cost < 1:
-            raise StoreError("take_token: rate_per_s > 0, burst >= 1 and cost >= 1 required")
-        key = f"{KEY_PREFIX}rl:{bucket}"
-        raw = await self._call(lambda: self._bucket(keys=[key], args=[repr(float(rate_per_s)), burst, cost]))
+        return await self.take_tokens([(bucket, rate_per_s, burst)], cost)
+
+    async def take_tokens(self, buckets: Sequence[tuple[str, float, int]], cost: int = 1) -> RateDecision:
+        """Take ``cost`` tokens from each of ``buckets`` ((name, rate_per_s, burst) each) in one atomic step and
+        one round trip — all or none: a request limited per key and per IP spends from both only if both allow
+        it. When refused, ``retry_after_s`` is the longest of the waits."""
+        if not buckets or cost < 1:
+            raise StoreError("take_tokens: at least one bucket and cost >= 1 required")
+        keys: list[str] = []
+        args: list[Any] = [cost]
+        for name, rate_per_s, burst in buckets:
+            if not (rate_per_s > 0 and math.isfinite(rate_per_s)) or burst < 1 or cost > burst:
+                raise StoreError(f"bucket {name!r}: rate_per_s > 0 and 1 <= cost <= burst required")
+            keys.append(f"{KEY_PREFIX}rl:{name}")
+            args += [repr(float(rate_per_s)), burst]
+        raw = await self._call(lambda: self._bucket(keys=keys, args=args))
         allowed, retry = raw
         return RateDecision(bool(int(allowed)), 0.0 if int(allowed) else float(retry))
 

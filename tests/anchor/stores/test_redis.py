@@ -134,3 +134,21 @@ async def test_server_errors_become_store_errors(store: RedisStore) -> None:
         await store.stream_read(_name(), "no-such-group", "c")
     await store.ping()
     assert store.down_reason is None  # an error answer is not an outage
+
+
+async def test_several_buckets_are_taken_all_or_nothing(store: RedisStore) -> None:
+    per_key, per_ip = _name(), _name()
+    # per_key allows 3, per_ip 2: the third request is refused and spends nothing from per_key.
+    buckets = [(per_key, 0.01, 3), (per_ip, 0.01, 2)]
+    decisions = [await store.take_tokens(buckets) for _ in range(3)]
+    assert [d.allowed for d in decisions] == [True, True, False]
+    assert 99.0 < decisions[2].retry_after_s <= 100.0
+    assert (await store.take_token(per_key, 0.01, 3)).allowed  # its third token is still there
+    assert not (await store.take_token(per_key, 0.01, 3)).allowed
+    # The longest wait is reported: per_key (0.01/s) is empty, per_ip at 1/s would be sooner.
+    refused = await store.take_tokens([(per_key, 0.01, 3), (_name(), 1.0, 1)])
+    assert not refused.allowed and refused.retry_after_s > 50
+    with pytest.raises(StoreError):
+        await store.take_tokens([])
+    with pytest.raises(StoreError):
+        await store.take_tokens([(_name(), 1.0, 1)], cost=2)  # more than the burst: never possible
