@@ -361,6 +361,23 @@ class PostgresStore:
         assert row is not None
         return int(row[0])
 
+    async def audit_many(self, entries: Sequence[tuple[str, str, str, Mapping[str, Any]]]) -> int:
+        """Append several (actor, action, target, detail) rows in one pipelined transaction (a caller
+        that buffers its audit rows briefly pays one commit for many); how many were written."""
+        for actor, action, target, _ in entries:
+            for what, value in (("actor", actor), ("action", action), ("target", target)):
+                _check_text(what, value)
+        rows = [(actor, action, target, Jsonb(dict(detail))) for actor, action, target, detail in entries]
+        if not rows:
+            return 0
+
+        def work(conn: psycopg.Connection[TupleRow]) -> int:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany("INSERT INTO audit_log (actor, action, target, detail) VALUES (%s, %s, %s, %s)", rows)
+            return len(rows)
+
+        return await self._call(work)
+
     async def recent_audit(self, limit: int = 100, action: str | None = None) -> list[AuditEntry]:
         """The newest entries first (optionally only one action)."""
         sql = (

@@ -130,6 +130,13 @@ async def test_audit_log(pg_dsn: str) -> None:
         assert [e.id for e in await store.recent_audit(action="key.create")] == [first]
         with pytest.raises(StoreError, match="actor"):
             await store.audit("x" * 2000, "a")
+        batch = [("key:k2", "message.send", f"peer:{i:02x}", {"n": i}) for i in range(50)]
+        assert await store.audit_many(batch) == 50
+        assert await store.audit_many([]) == 0
+        newest = await store.recent_audit(limit=50)
+        assert [(e.actor, e.target, e.detail) for e in reversed(newest)] == [(a, t, d) for a, _, t, d in batch]
+        with pytest.raises(StoreError, match="target"):
+            await store.audit_many([("a", "b", "t" * 2000, {})])
 
 
 async def test_mailbox_deposit_dedupe_list_delete_expire(pg_dsn: str) -> None:
