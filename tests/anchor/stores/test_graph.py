@@ -1,8 +1,10 @@
-"""GraphStore against the FalkorDB Bolt server of ``scripts/services`` (the same Cypher runs on Neo4j 5).
+"""GraphStore against the FalkorDB Bolt server of ``scripts/services``, and against Neo4j 5 where there is one.
 
 FalkorDB's Bolt serves one graph per server, so each test prefixes its IDs with ``graph_ns``."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -12,8 +14,16 @@ from anchor.stores import EntityRef, GraphStore, StoreError, Trust
 NOW_MS = 1_800_000_000_000
 
 
-@pytest.fixture
-async def graph(services: ServiceSettings) -> GraphStore:
+@pytest.fixture(params=["falkordb", "neo4j"])
+def graph(request: pytest.FixtureRequest, services: ServiceSettings) -> GraphStore:
+    """FalkorDB from scripts/services always; a real Neo4j 5 too when ``AIVILLAGE_NEO4J_URL`` (and
+    ``AIVILLAGE_NEO4J_USER``/``AIVILLAGE_NEO4J_PASSWORD``) name one, e.g. anchor/compose.yaml's."""
+    if request.param == "neo4j":
+        url = os.environ.get("AIVILLAGE_NEO4J_URL")
+        if not url:
+            pytest.skip("no Neo4j here: set AIVILLAGE_NEO4J_URL (e.g. bolt://127.0.0.1:27687 from anchor/compose.yaml)")
+        user = os.environ.get("AIVILLAGE_NEO4J_USER", "neo4j")
+        return GraphStore(url, user=user, password=os.environ.get("AIVILLAGE_NEO4J_PASSWORD", ""), timeout_s=10.0)
     g = services.graph
     return GraphStore(g.bolt_url, user=g.user, password=g.password, timeout_s=5.0)
 
