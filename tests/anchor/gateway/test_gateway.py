@@ -321,7 +321,7 @@ async def test_events_stream_the_inbox_over_websocket(
     issuer = TokenIssuer(
         load_or_create_secret(gateway.cfg.data_dir),
         issuer=f"aivillage-anchor:{gateway.node.identity.peer_id_hex}",
-        ttl_s=3.0,  # exp is whole seconds: this one expires 2 to 3 s from now
+        ttl_s=5.0,  # exp is whole seconds: this one expires 4 to 5 s from now
     )
     short = issuer.issue(key_id=key_id, role="user", scopes=ROLE_SCOPES["user"], now_s=time.time()).access_token
     with trio.fail_after(20):
