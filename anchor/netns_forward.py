@@ -128,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-pid", type=int, required=True, help="exit when this process is gone")
     parser.add_argument("--pidfile", required=True, help="written once the upstream ports answer")
     parser.add_argument("--port", type=int, action="append", required=True, help="port to forward (same inside)")
+    parser.add_argument(
+        "--ready-port",
+        type=int,
+        help="inside port whose answer means the server is ready (default: all of --port). FalkorDB: its Redis "
+        "port; probing its Bolt port would cost the next real client its connection (see anchor/stores/graph.py)",
+    )
     parser.add_argument("--daemon", action="store_true", help="detach (the starting process returns at once)")
     args = parser.parse_args(argv)
 
@@ -147,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     join_netns(args.netns)
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while not all(_answers(p) for p in args.port):
+    probe = [args.ready_port] if args.ready_port else args.port
+    while not all(_answers(p) for p in probe):
         if time.monotonic() > deadline or not _alive(args.target_pid):
             print("netns_forward: the server's ports never answered", file=sys.stderr)
             return 1

@@ -410,10 +410,10 @@ class Services:
             port = int(entry["port"])
         else:
             pid = _read_pid(self.base / "graph" / "redis.pid")
-            port = int(entry["bolt_port"])
+            # Its Redis port, not the Bolt one: FalkorDB's Bolt loses the next connection after each close, so a
+            # probe there would cost a real client a connection attempt. The relay dies with the server.
+            port = int(entry["redis_port"])
             if entry.get("isolated") and not _pid_alive(_read_pid(self.base / "graph" / "forward.pid")):
-                return False
-            if not _port_answers(int(entry["redis_port"])):
                 return False
         return _pid_alive(pid) and _port_answers(port)
 
@@ -555,7 +555,8 @@ class Services:
         )
         if isolate:
             self._start_forwarder(root, _read_pid(root / "redis.pid"), (port, bolt))
-        _wait(lambda: _port_answers(bolt), START_TIMEOUT_S, "the FalkorDB Bolt port")
+        if not isolate:  # (isolated: the relay is listening once it has written its pid file)
+            _wait(lambda: _port_answers(bolt), START_TIMEOUT_S, "the FalkorDB Bolt port")
         entry = dataclasses.asdict(GraphSettings("falkordb", "127.0.0.1", bolt, "", "", port))
         entry["redis_password"] = password
         entry["isolated"] = isolate
@@ -580,6 +581,7 @@ class Services:
         ]
         for p in ports:
             cmd += ["--port", str(p)]
+        cmd += ["--ready-port", str(ports[0])]
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
         with open(root / "forward.log", "ab") as log:
             _run_ok = subprocess.run(cmd, stdout=log, stderr=log, env=env, check=False, timeout=START_TIMEOUT_S)
