@@ -476,10 +476,8 @@ async def _pump_events(
     async with trio.open_nursery() as nursery:
 
         async def watch_client() -> None:
-            try:
-                while True:
-                    await websocket.receive_text()  # clients have nothing to say; this notices them leave
-            except WebSocketDisconnect:
+            # Clients have nothing to say (what they send, text or binary, is dropped); this notices them leave.
+            while (await websocket.receive())["type"] != "websocket.disconnect":
                 pass
             nursery.cancel_scope.cancel()
 

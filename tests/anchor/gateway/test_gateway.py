@@ -298,6 +298,8 @@ async def test_events_stream_the_inbox_over_websocket(
         use_ssl=False,
         extra_headers=[(b"authorization", f"Bearer {token}".encode())],
     )
+    await ws.send_message(b"\x00binary chatter")  # ignored, does not end the stream
+    await ws.send_message("text chatter")
     net.connect(to_sender, to_anchor)
     anchor_id = gateway.node.identity.peer_id
     with trio.fail_after(20):
