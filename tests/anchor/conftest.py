@@ -70,7 +70,7 @@ def _private_pg_template() -> Iterator[Path]:
 
 
 @pytest.fixture
-def private_services(_private_pg_template: Path) -> Iterator[Callable[..., tuple[Services, ServiceSettings | None]]]:
+def private_services(_private_pg_template: Path) -> Iterator[Callable[..., Services]]:
     # Under /tmp (not pytest's 0700 tmp_path): PostgreSQL runs as the postgres user and must reach its directory.
     base = Path(tempfile.mkdtemp(prefix="aiv-svc-"))
     os.rmdir(base)
@@ -78,9 +78,10 @@ def private_services(_private_pg_template: Path) -> Iterator[Callable[..., tuple
     subprocess.run(["cp", "-a", str(_private_pg_template), str(base)], check=True)
     svc = Services(base)
 
-    def start(*names: str) -> tuple[Services, ServiceSettings | None]:
+    def start(*names: str) -> Services:
+        """Start these servers (default: all three) in the private directory; the Services to stop/start them."""
         svc.up(tuple(names) or SERVICES)
-        return svc, None
+        return svc
 
     try:
         yield start

@@ -17,7 +17,7 @@ import trio
 from anchor.services import Services, ServiceSettings, load_settings
 from anchor.stores import GraphStore, PostgresStore, RedisStore, StoreUnavailable
 
-Start = Callable[..., tuple[Services, ServiceSettings | None]]
+Start = Callable[..., Services]
 TIMEOUT_S = 1.0  # the stores' call timeout here: a dead server is reported within about this
 
 
@@ -50,7 +50,7 @@ async def _outage_and_recovery(
 
 
 async def test_postgres_down_and_recover(private_services: Start, caplog: pytest.LogCaptureFixture) -> None:
-    svc, _ = private_services("postgres")
+    svc = private_services("postgres")
     raw = load_settings_partial(svc)
     store = PostgresStore(raw.postgres.dsn, timeout_s=TIMEOUT_S)
     await store.start()
@@ -64,7 +64,7 @@ async def test_postgres_down_and_recover(private_services: Start, caplog: pytest
 
 
 async def test_redis_down_and_recover(private_services: Start, caplog: pytest.LogCaptureFixture) -> None:
-    svc, _ = private_services("redis")
+    svc = private_services("redis")
     store = RedisStore(load_settings_partial(svc).redis.url, timeout_s=TIMEOUT_S)
 
     async def call() -> None:
@@ -75,7 +75,7 @@ async def test_redis_down_and_recover(private_services: Start, caplog: pytest.Lo
 
 
 async def test_graph_down_and_recover(private_services: Start, caplog: pytest.LogCaptureFixture) -> None:
-    svc, _ = private_services("graph")
+    svc = private_services("graph")
     store = GraphStore(load_settings_partial(svc).graph.bolt_url, timeout_s=TIMEOUT_S)
 
     async def call() -> None:
@@ -87,7 +87,7 @@ async def test_graph_down_and_recover(private_services: Start, caplog: pytest.Lo
 
 async def test_postgres_down_at_start_then_up(private_services: Start, caplog: pytest.LogCaptureFixture) -> None:
     """An anchor may start before its database: migrations are applied on the first call that gets through."""
-    svc, _ = private_services("postgres")
+    svc = private_services("postgres")
     dsn = load_settings_partial(svc).postgres.dsn
     await trio.to_thread.run_sync(svc.down, ("postgres",))
     store = PostgresStore(dsn, timeout_s=TIMEOUT_S)
@@ -131,7 +131,7 @@ def _process_tree(pid: int) -> list[int]:
 async def test_postgres_hung_server_gives_unavailable_at_the_deadline(private_services: Start) -> None:
     """A server that stops answering with its connections open (SIGSTOP) would block psycopg forever: the call
     fails at the store's deadline (2 x timeout_s) instead, and works again when the server resumes."""
-    svc, _ = private_services("postgres")
+    svc = private_services("postgres")
     store = PostgresStore(load_settings_partial(svc).postgres.dsn, timeout_s=TIMEOUT_S)
     await store.start()
     await store.ping()

@@ -16,7 +16,7 @@ import pytest
 from anchor.services import PORT_HIGH, Services, ServiceSettings
 
 SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "services"
-Start = Callable[..., tuple[Services, ServiceSettings | None]]
+Start = Callable[..., Services]
 
 
 def _script(base: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -26,7 +26,7 @@ def _script(base: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_up_is_idempotent_status_and_down(private_services: Start) -> None:
-    svc, _ = private_services("redis")
+    svc = private_services("redis")
     base = svc.base
     pid = svc.pid_of("redis")
     settings = json.loads(svc.settings_path.read_text())
