@@ -5,17 +5,21 @@ BIN    := $(VENV)/bin
 STAMP_RUN := $(VENV)/.stamp-run
 STAMP_DEV := $(VENV)/.stamp-dev
 
-.PHONY: run test test-fast test-slow lint types format bench clean
+.PHONY: run test test-fast test-slow lint types format bench clean services-up
 
 ## run: create .venv, install, create an identity if there is none, and run a node in the foreground.
 run: $(STAMP_RUN)
 	$(BIN)/village init --exist-ok
 	$(BIN)/village run
 
-## test: install dev dependencies, then lint, types, the default suite and the slow suite.
-test: $(STAMP_DEV) lint types
+## test: install dev dependencies, then lint, types, the servers the anchor tests use, the default and slow suites.
+test: $(STAMP_DEV) lint types services-up
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q -m slow
+
+## services-up: private PostgreSQL, Redis and FalkorDB (Bolt) in .services/ (reused when running); see README.
+services-up: $(STAMP_DEV)
+	scripts/services up
 
 test-fast: $(STAMP_DEV)
 	$(BIN)/python -m pytest -q -x
@@ -34,9 +38,11 @@ format: $(STAMP_DEV)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(STAMP_DEV)
+bench: $(STAMP_DEV) services-up
 	$(BIN)/python bench/codec.py
 	$(BIN)/python bench/betanet.py
+	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/stores.py
 
 $(BIN)/python:
 	scripts/bootstrap-venv $(PYTHON) $(VENV)

@@ -11,12 +11,13 @@ bad configuration.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -145,9 +146,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.betanet.enabled:
         transports.append(BetanetTransport(ident, cfg.betanet))
     node = Node(cfg, ident, transports=transports)
+    runner: Callable[[], Awaitable[None]] = node.run
+    if cfg.anchor.enabled or getattr(args, "anchor", False):  # `village anchor run` or [anchor] enabled = true
+        try:
+            from anchor.run import run_anchor
+        except ImportError as missing:
+            raise CliError(f"the anchor needs the anchor extra ({missing}): pip install 'aivillage[anchor]'") from None
+        runner = functools.partial(run_anchor, node)
     code = EXIT_OK
     try:
-        trio.run(_serve, node)
+        trio.run(_serve, node, runner)
     except* NodeError as group:
         for exc in _leaves(group):
             log.error("node failed: %s", exc)
@@ -165,7 +173,7 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-async def _serve(node: Node) -> None:
+async def _serve(node: Node, runner: Callable[[], Awaitable[None]]) -> None:
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
 
@@ -179,7 +187,7 @@ async def _serve(node: Node) -> None:
                         nursery.cancel_scope.cancel()
 
             nursery.start_soon(watch_signals)
-            await node.run()
+            await runner()
             nursery.cancel_scope.cancel()
 
 
@@ -297,6 +305,26 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_mailbox(args: argparse.Namespace) -> int:
+    if args.wait_deposited or args.wait_acked:
+        with ControlClient(_socket(args), timeout_s=args.timeout + 10) as client:
+            data = client.call(
+                "mailbox.wait", deposited=args.wait_deposited, acked=args.wait_acked, timeout_s=args.timeout
+            )
+    else:
+        data = _call(args, "mailbox.status")
+
+    def human(d: dict[str, Any]) -> str:
+        lines = [f"anchor {a['addr']}: {a['pending_deposits']} envelope(s) to deposit" for a in d["anchors"]]
+        for part in ("client", "serving"):
+            if d[part]:
+                lines.append(f"{part}: " + ", ".join(f"{k} {v}" for k, v in d[part].items()))
+        return "\n".join(lines) or "no mailbox anchors configured and not serving a mailbox"
+
+    _emit(args, data, human)
+    return EXIT_OK
+
+
 def cmd_route(args: argparse.Namespace) -> int:
     def human(routes: list[dict[str, Any]]) -> str:
         if not routes:
@@ -397,6 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("outbox", cmd_outbox, "Show private messages accepted for sending and their state (kept on disk).")
     p.add_argument("--state", choices=["pending", "delivered", "failed"], help="only messages in this state")
     p.add_argument("--limit", type=int, default=50, help="how many recent messages to show (default 50)")
+    p = add("mailbox", cmd_mailbox, "Show the offline-peer mailbox: anchors, deposits, fetches (or wait for them).")
+    p.add_argument("--wait-deposited", type=int, default=0, metavar="N", help="wait until N envelopes were deposited")
+    p.add_argument("--wait-acked", type=int, default=0, metavar="N", help="wait until N fetched envelopes were acked")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds a wait may take (default 30)")
     add("route", cmd_route, "Show the path table: how this node reaches each peer it knows a way to.")
     p = add("connect", cmd_connect, "Connect to a peer over BetaNet (libp2p, Noise enforced).")
     p.add_argument("addr", help="multiaddr ending in /p2p/<peer id>, e.g. /ip4/192.0.2.7/tcp/4001/p2p/12D3Koo...")
@@ -406,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("rpc", cmd_rpc, "Call any control method (see `village rpc rpc.methods`).")
     p.add_argument("method", help="JSON-RPC method name")
     p.add_argument("params", nargs="?", help="params as a JSON object")
+    from anchor.cli import add_commands as add_anchor_commands
+
+    add_anchor_commands(sub, common, cmd_run)
     return parser
 
 

@@ -254,12 +254,92 @@ class BetanetSection:
 
 
 @dataclass(frozen=True, slots=True)
+class AnchorSection:
+    enabled: bool = _f(
+        False,
+        "Also run the anchor (HTTP gateway + shared stores) inside `village run`; `village anchor run` does so "
+        "regardless.",
+    )
+    gateway_listen: str = _f("127.0.0.1:8000", "HOST:PORT the HTTP gateway listens on (port 0 picks a free port).")
+    services_settings: str = _f(
+        "",
+        "JSON file with the stores' connection settings (written by `scripts/services up`). Empty: "
+        "$VILLAGE_SERVICES_SETTINGS, else <data dir>/services.json if it exists, else the checkout's "
+        ".services/settings.json.",
+    )
+    token_ttl_s: float = _f(
+        900.0, "Lifetime of the access tokens (JWT) POST /v1/auth/token issues.", min=10, max=86_400
+    )
+    key_rate_per_s: float = _f(
+        50.0, "Requests per second each API key (or OAuth2 client) may make, sustained.", min=0.01, max=1_000_000
+    )
+    key_burst: int = _f(100, "Requests an API key may make at once above its sustained rate.", min=1, max=1_000_000)
+    ip_rate_per_s: float = _f(
+        100.0, "Requests per second from one client IP address, sustained.", min=0.01, max=1_000_000
+    )
+    ip_burst: int = _f(200, "Requests one client IP address may make at once above its rate.", min=1, max=1_000_000)
+    max_body_bytes: int = _f(
+        65_536, "Largest request body the gateway accepts, in bytes.", min=1024, max=64 * 1_048_576
+    )
+    max_event_streams: int = _f(64, "Concurrent WS /v1/events connections; more are refused.", min=1, max=100_000)
+    store_timeout_s: float = _f(
+        5.0, "Seconds a store call may take before the request fails with 503.", min=0.1, max=600
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxSection:
+    anchors: tuple[str, ...] = _f(
+        (),
+        "Anchors keeping sealed envelopes for offline peers, as /ip4/.../tcp/N/p2p/ID: a private message whose peer "
+        "is unreachable after mesh.courier_after_s is deposited at each, and this node fetches its own from them "
+        "at start, whenever a link to one comes up, and every fetch_interval_s.",
+    )
+    fetch_interval_s: float = _f(
+        300.0, "Seconds between fetches from each mailbox anchor while connected.", min=1, max=86_400
+    )
+    max_pending_deposits: int = _f(
+        256,
+        "Envelopes waiting to be deposited (an anchor is unreachable); the oldest go beyond this.",
+        min=1,
+        max=1_000_000,
+    )
+    request_timeout_s: float = _f(30.0, "Seconds one mailbox request (dial + answer) may take.", min=0.5, max=600)
+    serve: bool = _f(
+        False,
+        "Keep envelopes for offline peers (an anchor): serve /aivillage/mailbox/1.0.0 on BetaNet, storing in the "
+        "PostgreSQL of anchor.services_settings.",
+    )
+    max_envelope_bytes: int = _f(4096, "With serve: largest envelope accepted, in bytes.", min=256, max=1_048_576)
+    max_envelopes_per_recipient: int = _f(
+        256, "With serve: envelopes kept for one recipient; more deposits are refused.", min=1, max=1_000_000
+    )
+    max_envelopes_total: int = _f(
+        100_000, "With serve: envelopes kept for all recipients; more deposits are refused.", min=1, max=100_000_000
+    )
+    max_expiry_s: float = _f(
+        30 * 86_400.0, "With serve: deposits expiring further out than this are refused.", min=60, max=365 * 86_400
+    )
+    challenge_ttl_s: float = _f(
+        30.0, "With serve: seconds a fetch challenge may be answered in (each is good for one answer).", min=1, max=3600
+    )
+    deposits_per_peer_per_min: float = _f(
+        120.0,
+        "With serve: deposits one BetaNet peer may make per minute (as many at once); more are answered busy.",
+        min=1,
+        max=1_000_000,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     node: NodeSection = field(default_factory=NodeSection)
     control: ControlSection = field(default_factory=ControlSection)
     mesh: MeshSection = field(default_factory=MeshSection)
     wire: WireLimits = field(default_factory=WireLimits)
     betanet: BetanetSection = field(default_factory=BetanetSection)
+    anchor: AnchorSection = field(default_factory=AnchorSection)
+    mailbox: MailboxSection = field(default_factory=MailboxSection)
     # Resolved, not read from TOML: the data dir and the file the config came from (None: defaults).
     data_dir: Path = field(default_factory=lambda: default_data_dir())
     source: Path | None = None
@@ -275,6 +355,8 @@ SECTIONS: dict[str, type] = {
     "mesh": MeshSection,
     "wire": WireLimits,
     "betanet": BetanetSection,
+    "anchor": AnchorSection,
+    "mailbox": MailboxSection,
 }
 
 
@@ -337,7 +419,18 @@ def _build_section(name: str, raw: Any) -> Any:
     section = cls(**kwargs)
     if name == "node" and len(section.nickname.encode()) > 255:
         raise ConfigError("node.nickname: expected at most 255 UTF-8 bytes")
+    if name == "anchor":
+        parse_host_port("anchor.gateway_listen", section.gateway_listen)
     return section
+
+
+def parse_host_port(key: str, value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8000`` for IPv6) -> (host, port); a ConfigError naming ``key`` otherwise."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{key}: expected HOST:PORT such as 127.0.0.1:8000, got {value!r}")
+    return host, int(port)
 
 
 def config_from_mapping(raw: Mapping[str, Any], *, data_dir: Path | None = None, source: Path | None = None) -> Config:

@@ -17,7 +17,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -25,12 +25,13 @@ from node.clock import Clock
 from node.config import Config
 from node.control.methods import build_registry
 from node.control.server import ControlServer
-from node.errors import MeshError
+from node.errors import MeshError, StartupError
 from node.identity import Identity, fingerprint_from_noise_key
 from node.inbox import Inbox, InboxMessage
 from node.outbox import Outbox, OutboxError
 from node.routing.mesh import (
     DeliveryAcked,
+    EnvelopeSealed,
     MeshCore,
     MeshEvent,
     MessageReceived,
@@ -40,6 +41,9 @@ from node.routing.mesh import (
 )
 from node.systemd import sd_notify
 from node.transports.base import FrameSizeError, Link, LinkClosed, Transport
+
+if TYPE_CHECKING:
+    from node.mailbox.client import MailboxClient
 
 log = logging.getLogger("village.node")
 
@@ -105,6 +109,8 @@ class Node:
         self._stop_requested = trio.Event()
         self.started_at: float | None = None
         self.control_server: ControlServer | None = None
+        self.mailbox: MailboxClient | None = None  # with mailbox.anchors
+        self.mailbox_service: Any = None  # anchor.mailbox.MailboxService with mailbox.serve (the gateway's port)
 
     # ------------------------------------------------------------ lifecycle
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -117,7 +123,10 @@ class Node:
             nickname=self.nickname,
             wall_offset_ms=self.clock.wall_ms() - now * 1000.0,
             rng=self._rng,
+            seal_for_mailbox=bool(cfg.mailbox.anchors),
         )
+        if cfg.mailbox.anchors:
+            self.mailbox = self._make_mailbox_client()
         state_db = cfg.data_dir / "state.db" if self._persistent_inbox else None
         self.inbox = Inbox(state_db, max_messages=cfg.mesh.inbox_max_messages)
         self.outbox = Outbox(state_db)
@@ -135,8 +144,14 @@ class Node:
                     await nursery.start(self.control_server.run)
                 link_send, link_recv = trio.open_memory_channel[Link](NEW_LINK_QUEUE)
                 nursery.start_soon(self._accept_links, link_recv)
+                if cfg.mailbox.serve:  # the anchor's side: registers its BetaNet protocol before transports start
+                    from anchor.mailbox import serve_mailbox
+
+                    self.mailbox_service = await nursery.start(serve_mailbox, self)
                 for transport in self.transports:
                     await nursery.start(transport.run, link_send)
+                if self.mailbox is not None:
+                    await nursery.start(self.mailbox.run)
                 nursery.start_soon(self._timer_task)
                 self.started_at = self.clock.now()
                 log.info(
@@ -156,6 +171,21 @@ class Node:
                 ch.close()
             self.inbox.close()
             self.outbox.close()
+
+    def _make_mailbox_client(self) -> MailboxClient:
+        from node.mailbox.client import MailboxClient
+        from node.transports.betanet.transport import BetanetTransport
+
+        betanet = next((t for t in self.transports if isinstance(t, BetanetTransport)), None)
+        if betanet is None:
+            raise StartupError("mailbox.anchors needs BetaNet (betanet.enabled = true)")
+        return MailboxClient(self.identity, self.config.mailbox, betanet, self.deliver_mailbox_envelope)
+
+    def deliver_mailbox_envelope(self, envelope: bytes) -> bool:
+        """An envelope fetched from an anchor: opened into the inbox (stored on return). False if unopenable."""
+        opened = self._require_core().receive_mailbox_envelope(envelope, self.clock.now())
+        self._flush()
+        return opened
 
     def _restore_outbox(self) -> None:
         """Queue again every private message accepted before the last stop (or crash) and not yet settled."""
@@ -183,6 +213,10 @@ class Node:
     def request_stop(self) -> None:
         """Begin a graceful stop: :meth:`run` drains and returns."""
         self._stop_requested.set()
+
+    async def wait_stop_requested(self) -> None:
+        """Return once a stop was requested (front ends such as the anchor's gateway stop taking work then)."""
+        await self._stop_requested.wait()
 
     async def _drain(self) -> None:
         sd_notify("STOPPING=1")
@@ -225,6 +259,8 @@ class Node:
                 nursery.start_soon(self._link_writer, link, recv_q, nursery.cancel_scope)
                 core.link_up(link_id, link.mtu, self.clock.now(), link.authenticated_signing_key)
                 self._flush()
+                if self.mailbox is not None:
+                    self.mailbox.on_link_up(link.remote_address)
                 while True:
                     try:
                         frame = await link.receive()
@@ -341,7 +377,7 @@ class Node:
                     log.warning("an `inbox --follow` client is too slow; disconnecting it")
                     ch.close()
                     self._followers.remove(ch)
-                except trio.ClosedResourceError:
+                except (trio.ClosedResourceError, trio.BrokenResourceError):  # closed by either end
                     self._followers.remove(ch)
         elif isinstance(event, PeerAnnounced):
             if event.new:
@@ -357,6 +393,9 @@ class Node:
             self._set_outgoing(event.message_id, "delivered")
             self._settle(event.message_id, "delivered")
             log.info("private message %s delivered to %s", event.message_id, event.peer_id.hex())
+        elif isinstance(event, EnvelopeSealed):
+            if self.mailbox is not None:
+                self.mailbox.on_sealed(event.envelope)
         elif isinstance(event, PrivateFailed):
             self._set_outgoing(event.message_id, "failed", event.reason)
             self._settle(event.message_id, "failed", event.reason)

@@ -248,4 +248,7 @@ def build_registry(node: Node) -> Registry:
         inbox_follow,
         streaming=True,
     )
+    from node.mailbox.control import register as register_mailbox
+
+    register_mailbox(reg, node)
     return reg

@@ -43,7 +43,16 @@ class PrivateFailed:
     reason: str
 
 
-MeshEvent = PeerAnnounced | PeerLeft | MessageReceived | DeliveryAcked | PrivateFailed
+@dataclass(frozen=True, slots=True)
+class EnvelopeSealed:
+    """A held private message was sealed (``envelope`` in the courier encoding): a mailbox client deposits it."""
+
+    message_id: str
+    peer_id: bytes
+    envelope: bytes
+
+
+MeshEvent = PeerAnnounced | PeerLeft | MessageReceived | DeliveryAcked | PrivateFailed | EnvelopeSealed
 
 
 @dataclass(slots=True)

@@ -27,12 +27,14 @@ from node.crypto.errors import ReplayError
 from node.errors import CryptoError, MeshError
 from node.routing.announcing import AnnouncingCore
 from node.routing.courier import (
+    Envelope,
     decode_envelope_untrusted,
     open_untrusted,
 )
 from node.routing.dedupe import dedupe_key
 from node.routing.events import (
     DeliveryAcked,
+    EnvelopeSealed,
     MeshCounters,
     MeshEvent,
     MessageReceived,
@@ -215,10 +217,11 @@ class MeshCore(AnnouncingCore):
             # Store and forward: the peer is unknown (restored from the outbox before it announced itself) or has
             # not been heard from lately (a partition, or it is offline). Sending would only flood the mesh and
             # burn attempts; its next announce wakes the message up. Meanwhile, carriers may take it there.
-            if s.courier_copies and not p.sealed and now - p.created >= s.courier_after_s:
+            sealing = s.courier_copies or self.seal_for_mailbox
+            if sealing and not p.sealed and now - p.created >= s.courier_after_s:
                 self._seal_for_couriers(p, now)
             wake = min(now + s.private_retry_max_interval_s, p.created + s.private_expiry_s)
-            if s.courier_copies and not p.sealed and now < p.created + s.courier_after_s:
+            if sealing and not p.sealed and now < p.created + s.courier_after_s:
                 # Look again when it is time to seal. (Past that time and still unsealed, the peer is unknown: no
                 # key to seal to. Waking at `now` again would spin; its announce wakes the message instead.)
                 wake = min(wake, p.created + s.courier_after_s)
@@ -262,6 +265,23 @@ class MeshCore(AnnouncingCore):
             for lid in self.paths.direct_links(env.recipient_id, now)[:1]:  # the recipient is right here
                 self._meet(env.recipient_id, lid, now)
             return True
+        return self._open_own_envelope(env, pkt, now)
+
+    def receive_mailbox_envelope(self, data: bytes, now: float) -> bool:
+        """An envelope fetched from an anchor's mailbox (courier encoding): opened and delivered like a courier
+        envelope (a MessageReceived event, unless this (sender, ID) was already received). False if it is not for
+        us, expired, malformed or unopenable (it is counted; keeping it would not help)."""
+        try:
+            env = decode_envelope_untrusted(data)
+        except MalformedFrame:
+            self.counters.courier_refused += 1
+            return False
+        if env.recipient_id != self.peer_id:
+            self.counters.courier_refused += 1
+            return False
+        return self._open_own_envelope(env, self._packet(MessageType.COURIER_ENVELOPE, b"", now, self.peer_id), now)
+
+    def _open_own_envelope(self, env: Envelope, pkt: Packet, now: float) -> bool:
         if env.expires_at_ms <= self.wall_ms(now):
             self.counters.courier_refused += 1
             return False
@@ -517,6 +537,7 @@ class MeshCore(AnnouncingCore):
 
 __all__ = [
     "DeliveryAcked",
+    "EnvelopeSealed",
     "MeshCore",
     "MeshCounters",
     "MeshEvent",

@@ -25,7 +25,7 @@ from node.routing.courier import (
     seal,
 )
 from node.routing.dedupe import DedupeCache
-from node.routing.events import MeshCounters, MeshEvent
+from node.routing.events import EnvelopeSealed, MeshCounters, MeshEvent
 from node.routing.paths import PathTable, Route
 from node.routing.peers import PeerInfo, PeerTable
 from node.routing.pending import PendingMessage, PendingSet
@@ -78,6 +78,8 @@ class MeshBase:
     # Checks a received frame's Ed25519 signature: (frame, signing key, limits) -> valid. The default is the
     # codec's; a simulator of many nodes in one process may pass a memoising wrapper of it.
     verify: Callable[[bytes, bytes, WireLimits], bool] = verify_wire_signature
+    # Seal held messages after courier_after_s even with courier_copies = 0, for a mailbox (EnvelopeSealed events).
+    seal_for_mailbox: bool = False
 
     def __post_init__(self) -> None:
         self.peer_id = self.identity.peer_id
@@ -250,8 +252,14 @@ class MeshBase:
             recipient_static=info.noise_public_key,
             expires_at_ms=expires,
         )
-        self.couriers.add(Envelope(p.peer_id, expires, self.settings.courier_copies, sealed), self.wall_ms(now))
         self.counters.courier_sealed += 1
+        if self.seal_for_mailbox:
+            self._events.append(
+                EnvelopeSealed(p.message_id, p.peer_id, encode_envelope(Envelope(p.peer_id, expires, 1, sealed)))
+            )
+        if not self.settings.courier_copies:
+            return
+        self.couriers.add(Envelope(p.peer_id, expires, self.settings.courier_copies, sealed), self.wall_ms(now))
         for link_id in list(self.links):  # spray to whoever is around now
             peer = self.paths.peer_on_link(link_id)
             if peer is not None:

@@ -289,6 +289,7 @@ class BetanetTransport(Transport):
         self._links: dict[str, BetanetLink] = {}
         self._changed = trio.Event()
         self._discovered_dialling: set[str] = set()  # peer IDs found by mDNS that we are dialling now
+        self._handlers: dict[TProtocol, StreamHandler] = {}  # extra protocols (the mailbox)
 
     def _notify(self) -> None:
         self._changed.set()
@@ -405,6 +406,8 @@ class BetanetTransport(Transport):
         self.host = host
         self._sink = link_sink
         host.set_stream_handler(MESH_PROTOCOL, self._on_inbound)
+        for protocol, handler in self._handlers.items():
+            host.set_stream_handler(protocol, _with_remote_key(handler))
         token = trio.lowlevel.current_trio_token()
 
         def discovered(info: PeerInfo) -> None:  # called on zeroconf's thread
@@ -481,6 +484,38 @@ class BetanetTransport(Transport):
     async def _on_inbound(self, stream: INetStream) -> None:
         # The handler task is the stream's reader for as long as the link lives.
         await self._serve(self._new_link(stream, "in"))
+
+    def add_stream_handler(self, protocol: TProtocol, handler: StreamHandler) -> None:
+        """Serve another protocol on this host: ``handler(stream, remote Ed25519 key)`` runs once per inbound
+        stream (the key is the one the connection's Noise handshake authenticated, None if not Ed25519)."""
+        self._handlers[protocol] = handler
+        if self.host is not None:
+            self.host.set_stream_handler(protocol, _with_remote_key(handler))
+
+    async def open_stream(self, addr: str, protocol: TProtocol) -> INetStream:
+        """A new stream on ``protocol`` to the peer at ``addr`` (a multiaddr ending in /p2p/<id>; connected first
+        if need be, as :meth:`dial` does), within ``betanet.dial_timeout_s``. The caller closes it."""
+        host = self.host
+        if host is None:
+            raise DialError("betanet is not running")
+        try:
+            maddr = multiaddr.Multiaddr(addr)
+            info = info_from_p2p_addr(maddr)
+        except Exception as exc:
+            raise DialError(f"{addr!r} is not a multiaddr ending in /p2p/<peer id>: {exc}") from None
+        try:
+            with trio.fail_after(self.settings.dial_timeout_s):
+                if not host.get_network().get_connections(info.peer_id):
+                    await self._connect(host, maddr, info)
+                return await host.new_stream(info.peer_id, [protocol])
+        except trio.TooSlowError:
+            raise DialError(
+                f"opening {protocol} to {addr} timed out after {self.settings.dial_timeout_s:g} s"
+            ) from None
+        except DialError:
+            raise
+        except Exception as exc:  # libp2p surfaces many error types for unreachable/refusing peers
+            raise DialError(f"opening {protocol} to {addr} failed: {exc or type(exc).__name__}") from exc
 
     async def dial(self, addr: str) -> BetanetLink:
         """Connect to ``addr`` and open the mesh stream; the link also goes to the node. ``addr`` is one of
@@ -619,6 +654,16 @@ class BetanetTransport(Transport):
             if self.relay is not None:
                 self.relay.release(peer_id)
             log.info("bootstrap %s lost; redialling", addr)
+
+
+StreamHandler = Callable[[INetStream, bytes | None], Awaitable[None]]
+
+
+def _with_remote_key(handler: StreamHandler) -> Callable[[INetStream], Awaitable[None]]:
+    async def on_stream(stream: INetStream) -> None:
+        await handler(stream, signing_key_of(stream.muxed_conn.peer_id))
+
+    return on_stream
 
 
 def _one_per_relay(circuits: list[str]) -> list[str]:

@@ -1,0 +1,491 @@
+"""The gateway's ASGI app (FastAPI on Starlette; runs on trio through anyio).
+
+Every route but ``GET /v1/health`` and ``POST /v1/auth/token`` wants a bearer token with the route's scope;
+every request but health passes the per-IP token bucket first and, once authenticated, the per-key bucket
+(Redis; 429 + ``Retry-After`` when empty). Every state change (token issued, message sent, key created or
+revoked, mailbox fetched) is written to the audit log before it takes effect, so a change the log cannot
+record does not happen: a store that is down gives 503 with a JSON body naming it.
+
+Routes: ``GET /v1/health``, ``POST /v1/auth/token``, ``GET /v1/node``, ``GET /v1/peers``,
+``POST /v1/messages``, ``GET /v1/mailbox``, ``GET|POST /v1/keys``, ``DELETE /v1/keys/{key_id}``,
+``WS /v1/events``; the OpenAPI document at ``/openapi.json``. ``POST /v1/rag/query`` is not here: the RAG
+issue has not landed on this branch.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the routes' annotations at run time, and
+# they name dependencies made inside build_app().
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import trio
+from fastapi import Depends, FastAPI, Form, Header, Path, Request, Security, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from anchor.gateway.auth import (
+    SCOPE_EVENTS_READ,
+    SCOPE_KEYS_ADMIN,
+    SCOPE_MAILBOX_READ,
+    SCOPE_MESSAGES_SEND,
+    SCOPE_NODE_READ,
+    Principal,
+    TokenIssuer,
+    basic_credentials,
+    bearer_token,
+    check_role_scopes,
+    narrow_scopes,
+)
+from anchor.gateway.errors import (
+    BodyTooLarge,
+    GatewayError,
+    NodeUnavailable,
+    NotFound,
+    RateLimited,
+    Unauthenticated,
+)
+from anchor.gateway.ports import ApiKeyInfo, GatewayStores, MailboxPort
+from anchor.stores.errors import StoreUnavailable
+from node.config import AnchorSection
+from node.errors import MeshError
+
+if TYPE_CHECKING:
+    from node.node import Node
+
+log = logging.getLogger("village.anchor.gateway")
+
+API_VERSION = "1.0.0"
+WS_POLICY_VIOLATION = 1008  # RFC 6455 close codes
+WS_GOING_AWAY = 1001
+
+
+@dataclass
+class GatewayContext:
+    """Everything the routes use; one per gateway (no module-level state)."""
+
+    node: "Node"
+    stores: GatewayStores
+    issuer: TokenIssuer
+    settings: AnchorSection
+    wall_s: Callable[[], float]  # seconds since the epoch (the node's clock)
+    mailbox: MailboxPort | None = None
+    event_streams: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+
+# ---------------------------------------------------------------- schemas
+class ErrorBody(BaseModel):
+    error: str = Field(description="machine-readable error code")
+    detail: str = Field(description="what went wrong, for people")
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    peer_id: str
+    stores: dict[str, str]
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: Literal["Bearer"]
+    expires_in: int = Field(description="seconds")
+    scope: str = Field(description="space-separated scopes")
+
+
+class NodeOut(BaseModel):
+    peer_id: str
+    fingerprint: str
+    nickname: str
+    uptime_s: float
+    transports: list[str]
+    listen_addrs: list[str]
+    peers: int
+    links: int
+    pending_private: int
+    routes: int
+    gateway_refusals: dict[str, int] = Field(description="requests refused since start, by HTTP status")
+
+
+class PeerOut(BaseModel):
+    peer_id: str
+    nickname: str
+    fingerprint: str
+    reachable: bool
+    last_seen_s_ago: float
+    hops: int | None
+    transport: str | None
+    address: str | None
+    session: bool
+    rtt_ms: float | None
+
+
+class SendIn(BaseModel):
+    to: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="peer ID, fingerprint (or unique prefix) or nickname; omitted or null: a public broadcast",
+    )
+    text: str = Field(min_length=1, max_length=4096, description="message text (private: at most 255 UTF-8 bytes)")
+
+
+class SendOut(BaseModel):
+    id: str
+    to: str | None
+    state: Literal["pending", "sent"]
+
+
+class KeyOut(BaseModel):
+    key_id: str
+    name: str
+    role: str
+    scopes: list[str]
+    created_at_ms: int
+    revoked: bool
+
+
+class KeyCreated(KeyOut):
+    secret: str = Field(description="the API key; shown once, only its hash is kept")
+
+
+class KeyIn(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    role: Literal["admin", "user", "node"]
+    scopes: list[str] | None = Field(None, max_length=16, description="a subset of the role's scopes; null: all")
+
+
+def key_out(info: ApiKeyInfo) -> dict[str, Any]:
+    return {
+        "key_id": info.key_id,
+        "name": info.name,
+        "role": info.role,
+        "scopes": sorted(info.scopes),
+        "created_at_ms": info.created_at_ms,
+        "revoked": info.revoked,
+    }
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing, invalid, expired or revoked credentials"},
+    403: {"model": ErrorBody, "description": "the token lacks the route's scope"},
+    429: {"model": ErrorBody, "description": "rate limited; see Retry-After"},
+    503: {"model": ErrorBody, "description": "a store is down"},
+}
+
+
+# ---------------------------------------------------------------- middleware
+class BodyLimit:
+    """Refuses request bodies over ``max_bytes`` with 413: a larger Content-Length at once, a streamed (chunked)
+    body as soon as it passes the limit. The body is read before the app runs (at most ``max_bytes``), so the
+    app never sees part of a refused one."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
+                await _too_large(self.max_bytes)(scope, receive, send)
+                return
+        chunks: list[bytes] = []
+        seen = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_bytes:
+                await _too_large(self.max_bytes)(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()  # after the body: waits for http.disconnect
+
+        await self.app(scope, replay, send)
+
+
+def _too_large(max_bytes: int) -> JSONResponse:
+    return JSONResponse({"error": BodyTooLarge.code, "detail": f"request body over {max_bytes} bytes"}, 413)
+
+
+def error_response(exc: GatewayError) -> JSONResponse:
+    headers = {}
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+    if isinstance(exc, Unauthenticated):
+        headers["WWW-Authenticate"] = 'Bearer realm="aivillage"'
+    if isinstance(exc, NodeUnavailable):
+        headers["Retry-After"] = "1"
+    return JSONResponse({"error": exc.code, "detail": str(exc)}, exc.status, headers=headers)
+
+
+def unavailable_response(exc: StoreUnavailable) -> JSONResponse:
+    # The reason (addresses, driver messages) goes to the log once per outage, not to clients.
+    store = getattr(exc, "store", None) or "store"
+    return JSONResponse(
+        {
+            "error": "store_unavailable",
+            "detail": f"the anchor's {store} store is unavailable; try again shortly",
+            "store": store,
+        },
+        503,
+        headers={"Retry-After": "5"},
+    )
+
+
+# ---------------------------------------------------------------- app
+def build_app(ctx: GatewayContext) -> ASGIApp:
+    app = FastAPI(
+        title="AIVillage anchor gateway",
+        version=API_VERSION,
+        description=__doc__,
+        docs_url=None,
+        redoc_url=None,
+    )
+    bearer = HTTPBearer(auto_error=False, description="a JWT from POST /v1/auth/token")
+    settings = ctx.settings
+
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        ctx.count(str(exc.status))
+        return error_response(exc)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_down(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        ctx.count("503")
+        return unavailable_response(exc)
+
+    @app.exception_handler(MeshError)
+    async def _node_error(request: Request, exc: MeshError) -> JSONResponse:
+        # Unmapped MeshErrors come from a node that is not running (starting or stopped).
+        return await _gateway_error(request, NodeUnavailable(str(exc)))
+
+    async def limit(bucket: str, rate_per_s: float, burst: int) -> None:
+        decision = await ctx.stores.take_token(bucket, rate_per_s, burst)  # the store bounds its own time
+        if not decision.allowed:
+            raise RateLimited(
+                f"too many requests (per-{bucket.split(':', 1)[0]} limit)", retry_after_s=decision.retry_after_s
+            )
+
+    async def limit_ip(request: Request) -> str:
+        ip = request.client.host if request.client else "unknown"
+        await limit(f"ip:{ip}", settings.ip_rate_per_s, settings.ip_burst)
+        return ip
+
+    async def authenticate(authorization: str | None) -> Principal:
+        principal = ctx.issuer.verify(bearer_token(authorization), now_s=ctx.wall_s())
+        if not await ctx.stores.key_active(principal.key_id):
+            raise Unauthenticated("the API key behind this token was revoked", code="key_revoked")
+        await limit(f"key:{principal.key_id}", settings.key_rate_per_s, settings.key_burst)
+        return principal
+
+    def scoped(scope: str) -> Callable[..., Awaitable[Principal]]:
+        async def dependency(
+            request: Request,
+            credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+        ) -> Principal:
+            await limit_ip(request)
+            principal = await authenticate(request.headers.get("authorization"))
+            principal.require(scope)
+            return principal
+
+        return dependency
+
+    async def audit(principal: Principal, action: str, target: str, detail: Mapping[str, Any]) -> None:
+        await ctx.stores.audit(f"key:{principal.key_id}", action, target, detail)
+
+    @app.get("/v1/health", response_model=Health, responses={503: {"model": Health}})
+    async def health(request: Request) -> JSONResponse:
+        """Liveness and the state of each store (503 while one is down). No authentication; the per-IP limit
+        applies while Redis answers."""
+        with contextlib.suppress(StoreUnavailable):  # the health check must answer while Redis is down
+            await limit_ip(request)
+        stores = {name: "ok" if state == "ok" else "down" for name, state in (await ctx.stores.health()).items()}
+        ok = all(v == "ok" for v in stores.values())
+        body = {"status": "ok" if ok else "degraded", "peer_id": ctx.node.identity.peer_id_hex, "stores": stores}
+        return JSONResponse(body, 200 if ok else 503)
+
+    @app.post(
+        "/v1/auth/token",
+        response_model=TokenOut,
+        responses={400: {"model": ErrorBody}, **ERRORS},
+    )
+    async def token(
+        request: Request,
+        grant_type: Annotated[str | None, Form(description="client_credentials")] = None,
+        client_id: Annotated[str | None, Form(description="the API key's ID")] = None,
+        client_secret: Annotated[str | None, Form(description="the API key")] = None,
+        scope: Annotated[str | None, Form(description="space-separated subset of the key's scopes")] = None,
+        x_api_key: Annotated[str | None, Header(description="an API key (instead of the OAuth2 form)")] = None,
+    ) -> TokenOut:
+        """Trade an API key (``X-API-Key``) or OAuth2 client credentials for a short-lived access token."""
+        await limit_ip(request)
+        expected_id: str | None = None
+        if x_api_key is not None:
+            secret = x_api_key
+        elif grant_type is not None:
+            if grant_type != "client_credentials":
+                raise GatewayError(f"unsupported grant_type {grant_type!r}", code="unsupported_grant_type")
+            basic = basic_credentials(request.headers.get("authorization"))
+            expected_id, secret_or_none = basic if basic else (client_id, client_secret)
+            if not expected_id or not secret_or_none:
+                raise Unauthenticated("client_id and client_secret are required", code="invalid_client")
+            secret = secret_or_none
+        else:
+            raise Unauthenticated(
+                "send X-API-Key, or grant_type=client_credentials with client_id and client_secret",
+                code="invalid_client",
+            )
+        info = await ctx.stores.verify_api_key(secret)
+        if info is None or info.revoked or (expected_id is not None and info.key_id != expected_id):
+            raise Unauthenticated("unknown or revoked API key", code="invalid_client")
+        await limit(f"key:{info.key_id}", settings.key_rate_per_s, settings.key_burst)
+        scopes = narrow_scopes(info.scopes, scope)
+        issued = ctx.issuer.issue(key_id=info.key_id, role=info.role, scopes=scopes, now_s=ctx.wall_s())
+        await ctx.stores.audit(
+            f"key:{info.key_id}", "auth.token", info.key_id, {"scope": issued.scope, "expires_in_s": issued.expires_in}
+        )
+        return TokenOut(
+            access_token=issued.access_token, token_type="Bearer", expires_in=issued.expires_in, scope=issued.scope
+        )
+
+    @app.get("/v1/node", response_model=NodeOut, responses=ERRORS)
+    async def node_info(principal: Annotated[Principal, Depends(scoped(SCOPE_NODE_READ))]) -> NodeOut:
+        """This anchor's node: identity, uptime, transports, peer and link counts."""
+        return NodeOut.model_validate({**ctx.node.status(), "gateway_refusals": dict(ctx.counters)})
+
+    @app.get("/v1/peers", response_model=list[PeerOut], responses=ERRORS)
+    async def peers(principal: Annotated[Principal, Depends(scoped(SCOPE_NODE_READ))]) -> list[PeerOut]:
+        """The peers the node knows, reachable or not."""
+        return [PeerOut.model_validate(p) for p in ctx.node.peers_view()]
+
+    @app.post("/v1/messages", response_model=SendOut, status_code=202, responses={400: {"model": ErrorBody}, **ERRORS})
+    async def send_message(
+        body: SendIn, principal: Annotated[Principal, Depends(scoped(SCOPE_MESSAGES_SEND))]
+    ) -> SendOut:
+        """Send into the mesh: a private message (end-to-end encrypted, acked) to ``to``, or a broadcast."""
+        size = len(body.text.encode())
+        if ctx.node.core is None:
+            raise NodeUnavailable("the node is not running")
+        try:
+            if body.to is None:
+                await audit(principal, "messages.broadcast", "*", {"bytes": size})
+                return SendOut(id=ctx.node.broadcast(body.text), to=None, state="sent")
+            peer_id = ctx.node.resolve_peer(body.to, allow_unknown=True)
+            if ctx.node.core is not None:
+                ctx.node.core.check_private(peer_id, body.text)  # refusals are not state changes: no audit row
+            peer = peer_id.hex()
+            await audit(principal, "messages.send", peer, {"bytes": size})
+            message_id = ctx.node.send_private(peer, body.text)
+        except MeshError as exc:
+            raise GatewayError(str(exc), code="mesh_rejected") from exc
+        return SendOut(id=message_id, to=peer, state="pending")
+
+    @app.get("/v1/mailbox", responses={404: {"model": ErrorBody}, **ERRORS})
+    async def mailbox(request: Request, principal: Annotated[Principal, Depends(scoped(SCOPE_MAILBOX_READ))]) -> Any:
+        """Sealed envelopes held for an offline peer that proves its identity (see the mailbox docs)."""
+        if ctx.mailbox is None:
+            raise NotFound("this anchor runs no mailbox", code="mailbox_disabled")
+        query = dict(request.query_params)
+        await audit(principal, "mailbox.fetch", query.get("peer", "-"), {"params": sorted(query)})
+        return await ctx.mailbox.gateway_fetch(principal.key_id, query)
+
+    @app.get("/v1/keys", response_model=list[KeyOut], responses=ERRORS)
+    async def list_keys(principal: Annotated[Principal, Depends(scoped(SCOPE_KEYS_ADMIN))]) -> list[KeyOut]:
+        """Every API key (never the secrets)."""
+        return [KeyOut.model_validate(key_out(k)) for k in await ctx.stores.list_api_keys()]
+
+    @app.post("/v1/keys", response_model=KeyCreated, status_code=201, responses={400: {"model": ErrorBody}, **ERRORS})
+    async def create_key(body: KeyIn, principal: Annotated[Principal, Depends(scoped(SCOPE_KEYS_ADMIN))]) -> KeyCreated:
+        """A new API key; its secret is in this response only."""
+        scopes = check_role_scopes(body.role, body.scopes)
+        await audit(principal, "keys.create", body.name, {"role": body.role, "scopes": sorted(scopes)})
+        info, secret = await ctx.stores.create_api_key(body.name, body.role, scopes)
+        return KeyCreated.model_validate({**key_out(info), "secret": secret})
+
+    @app.delete("/v1/keys/{key_id}", response_model=KeyOut, responses={404: {"model": ErrorBody}, **ERRORS})
+    async def revoke_key(
+        key_id: Annotated[str, Path(max_length=64)],
+        principal: Annotated[Principal, Depends(scoped(SCOPE_KEYS_ADMIN))],
+    ) -> KeyOut:
+        """Revoke a key: it can get no new tokens and its tokens stop working at once."""
+        keys = {k.key_id: k for k in await ctx.stores.list_api_keys()}
+        if key_id not in keys:
+            raise NotFound(f"no API key {key_id!r}")
+        await audit(principal, "keys.revoke", key_id, {})
+        await ctx.stores.revoke_api_key(key_id)
+        return KeyOut.model_validate({**key_out(keys[key_id]), "revoked": True})
+
+    @app.websocket("/v1/events")
+    async def events(websocket: WebSocket) -> None:
+        """The node's inbox as a stream of JSON messages (one per received message). Bearer token in the
+        Authorization header or ``?access_token=``; scope events:read."""
+        auth = websocket.headers.get("authorization")
+        if auth is None and "access_token" in websocket.query_params:
+            auth = "Bearer " + websocket.query_params["access_token"]
+        try:
+            ip = websocket.client.host if websocket.client else "unknown"
+            await limit(f"ip:{ip}", settings.ip_rate_per_s, settings.ip_burst)
+            principal = await authenticate(auth)
+            principal.require(SCOPE_EVENTS_READ)
+            if ctx.event_streams >= settings.max_event_streams:
+                raise RateLimited("too many event streams open", retry_after_s=5)
+        except GatewayError as exc:
+            await websocket.send_denial_response(error_response(exc))
+            return
+        except StoreUnavailable as exc:
+            await websocket.send_denial_response(unavailable_response(exc))
+            return
+        ctx.event_streams += 1
+        inbox = ctx.node.subscribe_inbox()
+        try:
+            await websocket.accept()
+            await _pump_events(websocket, inbox, principal, ctx.wall_s)
+        finally:
+            ctx.event_streams -= 1
+            ctx.node.unsubscribe_inbox(inbox)
+
+    return BodyLimit(app, settings.max_body_bytes)
+
+
+async def _pump_events(
+    websocket: WebSocket, inbox: trio.MemoryReceiveChannel[Any], principal: Principal, wall_s: Callable[[], float]
+) -> None:
+    """Send inbox messages until the client leaves, the node stops, or the token expires."""
+    async with trio.open_nursery() as nursery:
+
+        async def watch_client() -> None:
+            # Clients have nothing to say (what they send, text or binary, is dropped); this notices them leave.
+            while (await websocket.receive())["type"] != "websocket.disconnect":
+                pass
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch_client)
+        with trio.move_on_after(max(0.0, principal.expires_at_s - wall_s())) as expiry:
+            async for message in inbox:
+                await websocket.send_json(message.to_json())
+        # The token expired (policy violation: get a new one), or the node is stopping (going away).
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # already gone
+            await websocket.close(code=WS_POLICY_VIOLATION if expiry.cancelled_caught else WS_GOING_AWAY)
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,223 @@
+"""Who may do what: roles, scopes and the short-lived access tokens the gateway issues.
+
+Flow: a client holds an API key (created with ``village anchor keys create``; PostgreSQL keeps only its hash)
+and trades it at ``POST /v1/auth/token`` for a JWT, either by sending it in ``X-API-Key`` or through the OAuth2
+client-credentials grant (``grant_type=client_credentials`` with ``client_id`` = the key ID and
+``client_secret`` = the key, in the form body or HTTP Basic). Every other route wants ``Authorization: Bearer
+<jwt>`` (the events WebSocket also takes ``?access_token=``).
+
+Tokens are HS256 JWTs signed with a 32-byte random secret kept in ``<data dir>/anchor/jwt.secret`` (mode 0600,
+created on first start). Why not EdDSA with the node's Ed25519 key: only this anchor verifies its tokens, so a
+public-key signature buys nothing but a ~20x slower check per request, and the node's identity key stays
+dedicated to the mesh. Rotating the secret (delete the file, restart) invalidates every token at once.
+
+This module is sans-IO: callers pass the wall-clock time (``now_s``, seconds since the epoch); pyjwt's own
+clock checks are turned off and expiry is checked here against that injected time.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+
+from anchor.gateway.errors import Forbidden, GatewayError, Unauthenticated
+from anchor.gateway.roles import (
+    ALL_SCOPES,
+    ROLE_SCOPES,
+    ROLES,
+    SCOPE_EVENTS_READ,
+    SCOPE_KEYS_ADMIN,
+    SCOPE_MAILBOX_READ,
+    SCOPE_MESSAGES_SEND,
+    SCOPE_NODE_READ,
+)
+from node.errors import StartupError
+from node.identity import ensure_private_dir
+
+ALGORITHM = "HS256"
+SECRET_BYTES = 32  # 256-bit HMAC key, the size RFC 7518 asks for HS256
+CLOCK_SKEW_S = 5.0  # tokens whose iat lies this far in the future are refused
+
+
+__all__ = [  # the roles and scopes are re-exported: routes and tests import them from here
+    "ALL_SCOPES",
+    "ROLES",
+    "ROLE_SCOPES",
+    "SCOPE_EVENTS_READ",
+    "SCOPE_KEYS_ADMIN",
+    "SCOPE_MAILBOX_READ",
+    "SCOPE_MESSAGES_SEND",
+    "SCOPE_NODE_READ",
+    "IssuedToken",
+    "Principal",
+    "TokenIssuer",
+    "basic_credentials",
+    "bearer_token",
+    "check_role_scopes",
+    "load_or_create_secret",
+    "narrow_scopes",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller of one request."""
+
+    key_id: str
+    role: str
+    scopes: frozenset[str]
+    token_id: str
+    expires_at_s: float
+
+    def require(self, scope: str) -> None:
+        if scope not in self.scopes:
+            raise Forbidden(f"this token lacks the {scope!r} scope (it has: {' '.join(sorted(self.scopes)) or 'none'})")
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    access_token: str
+    token_type: str
+    expires_in: int
+    scope: str
+
+
+def check_role_scopes(role: str, scopes: Iterable[str] | None) -> frozenset[str]:
+    """The scopes a key of ``role`` gets: all of the role's, or the requested subset; a GatewayError otherwise."""
+    if role not in ROLE_SCOPES:
+        raise GatewayError(f"unknown role {role!r} (roles: {', '.join(ROLES)})", code="bad_role")
+    allowed = ROLE_SCOPES[role]
+    if scopes is None:
+        return allowed
+    wanted = frozenset(scopes)
+    unknown = wanted - frozenset(ALL_SCOPES)
+    if unknown:
+        raise GatewayError(
+            f"unknown scope(s) {' '.join(sorted(unknown))} (scopes: {' '.join(ALL_SCOPES)})", code="bad_scope"
+        )
+    extra = wanted - allowed
+    if extra:
+        raise GatewayError(f"role {role!r} cannot hold scope(s) {' '.join(sorted(extra))}", code="bad_scope")
+    return wanted
+
+
+def narrow_scopes(granted: frozenset[str], requested: str | None) -> frozenset[str]:
+    """OAuth2 ``scope`` parameter: a space-separated subset of what the key holds (RFC 6749 §3.3)."""
+    if requested is None or not requested.strip():
+        return granted
+    wanted = frozenset(requested.split())
+    extra = wanted - granted
+    if extra:
+        raise Forbidden(f"the key does not hold scope(s) {' '.join(sorted(extra))}", code="invalid_scope")
+    return wanted
+
+
+def load_or_create_secret(data_dir: Path) -> bytes:
+    """The HS256 key in ``<data_dir>/anchor/jwt.secret``, created (0600) if missing; refused if loose."""
+    directory = data_dir / "anchor"
+    ensure_private_dir(directory)
+    path = directory / "jwt.secret"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        st = path.stat()
+        if st.st_mode & 0o077:
+            raise StartupError(f"{path} is readable by group or others; run: chmod 600 {path}") from None
+        secret = path.read_bytes()
+        if len(secret) < SECRET_BYTES:
+            raise StartupError(f"{path} is shorter than {SECRET_BYTES} bytes; delete it to make a new one") from None
+        return secret
+    secret = secrets.token_bytes(SECRET_BYTES)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, secret)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return secret
+
+
+class TokenIssuer:
+    """Issues and checks this anchor's access tokens. ``issuer`` names the anchor (its peer ID)."""
+
+    def __init__(self, secret: bytes, *, issuer: str, ttl_s: float) -> None:
+        self._secret = secret
+        self.issuer = issuer
+        self.ttl_s = ttl_s
+
+    def issue(self, *, key_id: str, role: str, scopes: frozenset[str], now_s: float) -> IssuedToken:
+        claims = {
+            "iss": self.issuer,
+            "sub": key_id,
+            "role": role,
+            "scope": " ".join(sorted(scopes)),
+            "iat": int(now_s),
+            "exp": int(now_s + self.ttl_s),
+            "jti": secrets.token_hex(8),
+        }
+        token = jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+        return IssuedToken(token, "Bearer", int(self.ttl_s), claims["scope"])  # type: ignore[arg-type]
+
+    def verify(self, token: str, *, now_s: float) -> Principal:
+        """Signature, issuer, claims and expiry; every failure is :class:`Unauthenticated`."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                issuer=self.issuer,
+                options={
+                    "require": ["iss", "sub", "exp", "iat", "jti", "role", "scope"],
+                    "verify_exp": False,  # checked below against the injected clock
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                },
+            )
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated(f"invalid access token: {exc}", code="invalid_token") from exc
+        exp, iat = claims["exp"], claims["iat"]
+        role, scope = claims["role"], claims["scope"]
+        if not all(isinstance(v, int) for v in (exp, iat)) or not all(isinstance(v, str) for v in (role, scope)):
+            raise Unauthenticated("invalid access token: malformed claims", code="invalid_token")
+        if now_s >= exp:
+            raise Unauthenticated("access token expired; ask POST /v1/auth/token for a new one", code="token_expired")
+        if iat > now_s + CLOCK_SKEW_S:
+            raise Unauthenticated("invalid access token: issued in the future", code="invalid_token")
+        if role not in ROLE_SCOPES:
+            raise Unauthenticated("invalid access token: unknown role", code="invalid_token")
+        scopes = frozenset(scope.split()) & ROLE_SCOPES[role]
+        return Principal(str(claims["sub"]), role, scopes, str(claims["jti"]), float(exp))
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header; Unauthenticated if absent or another scheme."""
+    if not authorization:
+        raise Unauthenticated("missing Authorization: Bearer <token> header", code="missing_token")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("expected Authorization: Bearer <token>", code="missing_token")
+    return token.strip()
+
+
+def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
+    """(client_id, client_secret) from ``Authorization: Basic ...`` (RFC 6749 §2.3.1), None if not Basic."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise Unauthenticated("malformed Basic credentials", code="invalid_client") from exc
+    client_id, sep, client_secret = decoded.partition(":")
+    if not sep:
+        raise Unauthenticated("malformed Basic credentials", code="invalid_client")
+    return client_id, client_secret

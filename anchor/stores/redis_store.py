@@ -1,0 +1,232 @@
+"""The anchor's Redis store (redis-py, sync client in worker threads): session cache with a TTL, an atomic
+token-bucket rate limiter, and Redis Streams as the queue between gateway and node.
+
+The rate limiter is one Lua script (atomic on the server) using the server's clock (``TIME``), so several
+gateways sharing a Redis share their buckets and no clock skew between them matters. A bucket that has been idle
+for longer than it takes to refill expires by itself.
+
+Every public method is ``async`` and runs the blocking call through a bounded :class:`trio.CapacityLimiter`.
+A server that is down raises :class:`StoreUnavailable` (within ``timeout_s``) and logs one line; redis-py's pool
+reconnects on the next call once the server is back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis
+import redis.exceptions
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from anchor.stores._runner import BlockingRunner
+from anchor.stores.errors import StoreError
+
+T = TypeVar("T")
+KEY_PREFIX = "aiv:"  # every key this store writes starts with it
+MAX_SESSION_BYTES = 65_536
+DEFAULT_STREAM_MAXLEN = 100_000  # entries kept per stream (approximate trimming); the queue is bounded
+
+# KEYS: the buckets; ARGV: cost, then rate per second and burst of each bucket. All-or-nothing: the cost is taken
+# from every bucket if each holds it, else from none. Returns {allowed (0/1), retry_after_s as a string} (Lua
+# numbers returned to Redis are truncated to integers, hence the string); retry_after_s is the longest wait.
+_TOKEN_BUCKET_LUA = """
+local cost = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local levels = {}
+local retry = 0
+for i, key in ipairs(KEYS) do
+  local rate = tonumber(ARGV[2 * i])
+  local burst = tonumber(ARGV[2 * i + 1])
+  local state = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens = tonumber(state[1])
+  local ts = tonumber(state[2])
+  if tokens == nil or ts == nil then
+    tokens = burst
+    ts = now
+  end
+  local elapsed = now - ts
+  if elapsed < 0 then elapsed = 0 end
+  tokens = math.min(burst, tokens + elapsed * rate)
+  levels[i] = tokens
+  if tokens < cost then
+    local wait = (cost - tokens) / rate
+    if wait > retry then retry = wait end
+  end
+end
+local allowed = 0
+if retry == 0 then allowed = 1 end
+for i, key in ipairs(KEYS) do
+  local rate = tonumber(ARGV[2 * i])
+  local burst = tonumber(ARGV[2 * i + 1])
+  local tokens = levels[i]
+  if allowed == 1 then tokens = tokens - cost end
+  redis.call('HSET', key, 'tokens', string.format('%.6f', tokens), 'ts', string.format('%.6f', now))
+  redis.call('PEXPIRE', key, math.ceil(burst / rate * 1000) + 1000)
+end
+return {allowed, string.format('%.6f', retry)}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    allowed: bool
+    retry_after_s: float  # 0 when allowed; else seconds until one token is there
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEntry:
+    id: str
+    fields: dict[str, bytes]
+
+
+class RedisStore:
+    def __init__(self, url: str, *, timeout_s: float = 5.0, max_connections: int = 16) -> None:
+        self._timeout_s = timeout_s
+        # One quick retry: a pooled connection that died with a restarted server is replaced transparently.
+        self._client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            max_connections=max_connections,
+            health_check_interval=30,
+            retry=Retry(NoBackoff(), 1),
+        )
+        self._bucket = self._client.register_script(_TOKEN_BUCKET_LUA)
+        self._runner = BlockingRunner(
+            "redis",
+            max_connections,
+            (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError),
+            2 * timeout_s,
+            errors=(redis.exceptions.RedisError,),
+        )
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        return await self._runner.run(fn)
+
+    async def aclose(self) -> None:
+        await self._call(self._client.close)
+
+    async def __aenter__(self) -> RedisStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @property
+    def down_reason(self) -> str | None:
+        return self._runner.down_reason
+
+    async def ping(self) -> None:
+        await self._call(self._client.ping)
+
+    # ------------------------------------------------------------------------------------------ rate limits
+
+    async def take_token(self, bucket: str, rate_per_s: float, burst: int, cost: int = 1) -> RateDecision:
+        """Take ``cost`` tokens from ``bucket`` (refilled at ``rate_per_s`` up to ``burst``), atomically."""
+        return await self.take_tokens([(bucket, rate_per_s, burst)], cost)
+
+    async def take_tokens(self, buckets: Sequence[tuple[str, float, int]], cost: int = 1) -> RateDecision:
+        """Take ``cost`` tokens from each of ``buckets`` ((name, rate_per_s, burst) each) in one atomic step and
+        one round trip — all or none: a request limited per key and per IP spends from both only if both allow
+        it. When refused, ``retry_after_s`` is the longest of the waits."""
+        if not buckets or cost < 1:
+            raise StoreError("take_tokens: at least one bucket and cost >= 1 required")
+        keys: list[str] = []
+        args: list[Any] = [cost]
+        for name, rate_per_s, burst in buckets:
+            if not (rate_per_s > 0 and math.isfinite(rate_per_s)) or burst < 1 or cost > burst:
+                raise StoreError(f"bucket {name!r}: rate_per_s > 0 and 1 <= cost <= burst required")
+            keys.append(f"{KEY_PREFIX}rl:{name}")
+            args += [repr(float(rate_per_s)), burst]
+        raw = await self._call(lambda: self._bucket(keys=keys, args=args))
+        allowed, retry = raw
+        return RateDecision(bool(int(allowed)), 0.0 if int(allowed) else float(retry))
+
+    # -------------------------------------------------------------------------------------------- sessions
+
+    async def session_set(self, session_id: str, data: Mapping[str, Any], ttl_s: float) -> None:
+        """Cache ``data`` (JSON) under ``session_id`` for ``ttl_s`` seconds."""
+        blob = json.dumps(dict(data), separators=(",", ":")).encode()
+        if len(blob) > MAX_SESSION_BYTES:
+            raise StoreError(f"session data: at most {MAX_SESSION_BYTES} bytes as JSON")
+        ttl_ms = max(1, int(ttl_s * 1000))
+        await self._call(lambda: self._client.set(f"{KEY_PREFIX}sess:{session_id}", blob, px=ttl_ms))
+
+    async def session_get(self, session_id: str) -> dict[str, Any] | None:
+        """The cached data, or None if unknown or expired."""
+        blob = await self._call(lambda: self._client.get(f"{KEY_PREFIX}sess:{session_id}"))
+        if blob is None:
+            return None
+        value = json.loads(blob)
+        if not isinstance(value, dict):
+            raise StoreError(f"session {session_id!r}: cached value is not a JSON object")
+        return value
+
+    async def session_delete(self, session_id: str) -> bool:
+        n = await self._call(lambda: self._client.delete(f"{KEY_PREFIX}sess:{session_id}"))
+        return bool(n)
+
+    # --------------------------------------------------------------------------------------------- streams
+
+    async def stream_add(
+        self, stream: str, fields: Mapping[str, bytes | str], maxlen: int = DEFAULT_STREAM_MAXLEN
+    ) -> str:
+        """Append an entry; its ID. The stream keeps about ``maxlen`` entries (the oldest are trimmed)."""
+        key = f"{KEY_PREFIX}q:{stream}"
+        payload: dict[Any, Any] = dict(fields)
+        entry_id = await self._call(lambda: self._client.xadd(key, payload, maxlen=maxlen, approximate=True))
+        return _text(entry_id)
+
+    async def stream_ensure_group(self, stream: str, group: str) -> None:
+        """Create consumer ``group`` (reading from the stream's start) unless it exists."""
+        key = f"{KEY_PREFIX}q:{stream}"
+
+        def work() -> None:
+            try:
+                self._client.xgroup_create(key, group, id="0", mkstream=True)
+            except redis.exceptions.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise StoreError(f"stream {stream!r}: {exc}") from exc
+
+        await self._call(work)
+
+    async def stream_read(
+        self, stream: str, group: str, consumer: str, count: int = 16, block_ms: int = 0, pending: bool = False
+    ) -> list[StreamEntry]:
+        """Up to ``count`` entries for ``consumer`` of ``group``: new ones (waiting up to ``block_ms``; 0: do not
+        wait), or with ``pending`` the ones delivered to it before and not yet acknowledged (after a crash)."""
+        if block_ms * 1.25 >= self._timeout_s * 1000:
+            raise StoreError(f"stream_read: block_ms must stay well below the store timeout ({self._timeout_s} s)")
+        key = f"{KEY_PREFIX}q:{stream}"
+        start = "0" if pending else ">"
+        raw: Any = await self._call(
+            lambda: self._client.xreadgroup(group, consumer, {key: start}, count=count, block=block_ms or None)
+        )
+        entries: list[StreamEntry] = []
+        for _name, items in raw or []:
+            for entry_id, fields in items:
+                if fields is None:  # pending entry trimmed away meanwhile
+                    continue
+                entries.append(StreamEntry(_text(entry_id), {_text(k): bytes(v) for k, v in fields.items()}))
+        return entries
+
+    async def stream_ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
+        """Acknowledge (and forget) entries; how many were pending."""
+        if not ids:
+            return 0
+        key = f"{KEY_PREFIX}q:{stream}"
+        n = await self._call(lambda: self._client.xack(key, group, *ids))
+        return int(n)
+
+    async def stream_length(self, stream: str) -> int:
+        return int(await self._call(lambda: self._client.xlen(f"{KEY_PREFIX}q:{stream}")))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,240 @@
+"""The anchor gateway's authenticated ``POST /v1/messages`` against a bare hypercorn route, in the same run.
+
+    python bench/gateway.py [--seconds S] [--connections C] [--rounds R] [--no-mailbox]
+
+A server process runs both: the real gateway (``anchor.run.run_anchor``: a Node without transports, PostgreSQL
+and Redis from ``scripts/services up`` in a scratch database) and, on another port of the same hypercorn trio
+worker, a bare ASGI route that reads the JSON body and answers 202 with a JSON body of the same shape. This
+process is the client: C keep-alive HTTP/1.1 connections (h11 over trio sockets), each sending the next request
+when the last answer arrived, for S seconds per target, alternating bare/gateway R times (best round of each).
+
+Each gateway request does what a real one does: per-IP and per-key token buckets (two Redis EVALs), the JWT
+check, the key's revocation state (one PostgreSQL SELECT), an audit row (one INSERT, committed), and
+``node.broadcast`` (sign + queue). Printed: req/s and p50/p99 latency of both, and the ratios.
+At the end, ``bench/mailbox.py``'s deposit/fetch lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import h11
+import psycopg
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from anchor.services import DEFAULT_DIR, SETTINGS_FILE, load_settings
+
+BODY = json.dumps({"text": "benchmark broadcast"}).encode()
+NO_LIMITS = {"ip_rate_per_s": 1e6, "ip_burst": 1_000_000, "key_rate_per_s": 1e6, "key_burst": 1_000_000}
+
+
+# ---------------------------------------------------------------- server process
+async def _bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The baseline: read the body, parse it, answer 202 with JSON (what the gateway's route does minus the work)."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    text = json.loads(body)["text"]
+    out = json.dumps({"id": secrets.token_hex(16), "to": None, "state": "sent", "n": len(text)}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())]
+    await send({"type": "http.response.start", "status": 202, "headers": headers})
+    await send({"type": "http.response.body", "body": out})
+
+
+async def serve(settings_path: str) -> None:
+    from anchor.gateway.server import serve_http
+    from anchor.run import run_anchor
+    from anchor.stores.postgres import PostgresStore
+    from node.config import AnchorSection, Config
+    from node.identity import create_identity
+    from node.node import Node
+
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-gw-"))
+    section = AnchorSection(services_settings=settings_path, gateway_listen="127.0.0.1:0", **NO_LIMITS)  # type: ignore[arg-type]
+    cfg = Config(data_dir=data_dir, anchor=section)
+    node = Node(cfg, create_identity(data_dir), control=False, persistent_inbox=False)
+    dsn = load_settings(Path(settings_path)).postgres.dsn
+    async with PostgresStore(dsn) as pg:
+        _key, secret = await pg.create_api_key("bench", "user", ["messages:send", "node:read"])
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        gateway = await nursery.start(run_anchor, node)
+        bare = await nursery.start(serve_http, _bare_app, "127.0.0.1:0", stop)
+        print(json.dumps({"gateway": gateway[0], "bare": bare[0], "secret": secret}), flush=True)
+        await trio.lowlevel.wait_readable(sys.stdin.fileno())  # the client closes our stdin when done
+        stop.set()
+        node.request_stop()
+
+
+# ---------------------------------------------------------------- client
+@dataclasses.dataclass
+class Result:
+    requests: int
+    seconds: float
+    latencies_s: list[float]
+    statuses: dict[int, int]
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+    def pct_ms(self, q: float) -> float:
+        lat = sorted(self.latencies_s)
+        return 1000 * lat[min(len(lat) - 1, int(q * len(lat)))]
+
+
+async def _worker(host: str, port: int, headers: list[tuple[str, str]], deadline: float, result: Result) -> None:
+    stream = await trio.open_tcp_stream(host, port)
+    conn = h11.Connection(h11.CLIENT)
+    request_headers = [
+        ("Host", f"{host}:{port}"),
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(BODY))),
+        *headers,
+    ]
+    async with stream:
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            out = conn.send(h11.Request(method="POST", target="/v1/messages", headers=request_headers))
+            out += conn.send(h11.Data(data=BODY)) + conn.send(h11.EndOfMessage())
+            await stream.send_all(out)
+            status = 0
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some(65_536))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+            result.latencies_s.append(time.perf_counter() - t0)
+            result.statuses[status] = result.statuses.get(status, 0) + 1
+            result.requests += 1
+            conn.start_next_cycle()
+
+
+async def load(url: str, headers: list[tuple[str, str]], seconds: float, connections: int) -> Result:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    result = Result(0, seconds, [], {})
+    deadline = time.perf_counter() + seconds
+    async with trio.open_nursery() as nursery:
+        for _ in range(connections):
+            nursery.start_soon(_worker, host, int(port), headers, deadline, result)
+    return result
+
+
+async def token(url: str, secret: str) -> str:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url) as client:
+        r = await client.post("/v1/auth/token", headers={"X-API-Key": secret})
+        r.raise_for_status()
+        return str(r.json()["access_token"])
+
+
+async def measure(urls: dict[str, str], seconds: float, connections: int, rounds: int) -> list[str]:
+    auth = [("Authorization", f"Bearer {await token(urls['gateway'], urls['secret'])}")]
+    await load(urls["bare"], [], 0.5, connections)  # warm-up: connections, caches, pools
+    await load(urls["gateway"], auth, 0.5, connections)
+    best: dict[str, Result] = {}
+    for _ in range(rounds):
+        for name, headers in (("bare", []), ("gateway", auth)):
+            r = await load(urls[name], headers, seconds, connections)
+            if set(r.statuses) != {202}:
+                raise SystemExit(f"{name}: unexpected statuses {r.statuses}")
+            if name not in best or r.rate > best[name].rate:
+                best[name] = r
+    g, b = best["gateway"], best["bare"]
+    return [
+        f"gateway POST /v1/messages (authenticated, audited, {connections} connections): {g.rate:,.0f} req/s, "
+        f"p50 {g.pct_ms(0.5):.1f} ms, p99 {g.pct_ms(0.99):.1f} ms",
+        f"bare hypercorn route (same body, same server process): {b.rate:,.0f} req/s, "
+        f"p50 {b.pct_ms(0.5):.1f} ms, p99 {b.pct_ms(0.99):.1f} ms",
+        f"gateway vs bare: throughput {g.rate / b.rate:.2f}x, p99 latency {g.pct_ms(0.99) / b.pct_ms(0.99):.1f}x",
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=5.0, help="seconds per measured run (default 5)")
+    ap.add_argument("--connections", type=int, default=16, help="concurrent keep-alive connections (default 16)")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating bare/gateway rounds; best of each (default 2)")
+    ap.add_argument("--no-mailbox", action="store_true", help="skip bench/mailbox.py's figures")
+    ap.add_argument("--serve", metavar="SETTINGS", help=argparse.SUPPRESS)  # the server process
+    args = ap.parse_args()
+    if args.serve:
+        trio.run(serve, args.serve)
+        return
+
+    settings = load_settings(DEFAULT_DIR / SETTINGS_FILE)
+    db = "bench_gateway_" + secrets.token_hex(4)
+    admin = settings.postgres.dsn_for("postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{db}"')
+    tmp = Path(tempfile.mkdtemp(prefix="bench-gw-settings-"))
+    try:
+        raw = dataclasses.asdict(settings)
+        raw["postgres"]["dbname"] = db
+        settings_file = tmp / "services.json"
+        settings_file.write_text(json.dumps(raw))
+        os.chmod(settings_file, 0o600)
+        server = subprocess.Popen(
+            [sys.executable, __file__, "--serve", str(settings_file)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert server.stdout is not None and server.stdin is not None
+            urls = json.loads(server.stdout.readline())
+            lines = trio.run(measure, urls, args.seconds, args.connections, args.rounds)
+        finally:
+            if server.stdin:
+                server.stdin.close()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        for line in lines:
+            print(line, flush=True)
+    finally:
+        settings_file.unlink(missing_ok=True)
+        tmp.rmdir()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    if not args.no_mailbox:
+        # bench/mailbox.py by path: as plain `mailbox` it would be the standard library's module.
+        spec = importlib.util.spec_from_file_location("bench_mailbox", Path(__file__).with_name("mailbox.py"))
+        assert spec is not None and spec.loader is not None
+        mailbox_bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mailbox_bench)
+        for line in mailbox_bench.run():
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

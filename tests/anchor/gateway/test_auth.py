@@ -1,0 +1,143 @@
+"""The token core: JWTs signed, checked and expired against an injected clock; roles and scopes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+from pathlib import Path
+
+import jwt
+import pytest
+
+from anchor.gateway.auth import (
+    ROLE_SCOPES,
+    SCOPE_KEYS_ADMIN,
+    SCOPE_MESSAGES_SEND,
+    SCOPE_NODE_READ,
+    TokenIssuer,
+    basic_credentials,
+    bearer_token,
+    check_role_scopes,
+    load_or_create_secret,
+    narrow_scopes,
+)
+from anchor.gateway.errors import Forbidden, GatewayError, Unauthenticated
+from node.errors import StartupError
+
+NOW = 1_800_000_000.0
+SECRET = b"k" * 32
+
+
+def issuer(ttl_s: float = 60.0, secret: bytes = SECRET) -> TokenIssuer:
+    return TokenIssuer(secret, issuer="anchor-test", ttl_s=ttl_s)
+
+
+def test_issue_then_verify_gives_the_principal() -> None:
+    tok = issuer().issue(key_id="k1", role="user", scopes=ROLE_SCOPES["user"], now_s=NOW)
+    assert tok.token_type == "Bearer" and tok.expires_in == 60
+    p = issuer().verify(tok.access_token, now_s=NOW + 59)
+    assert (p.key_id, p.role, p.scopes, p.expires_at_s) == ("k1", "user", ROLE_SCOPES["user"], NOW + 60)
+    p.require(SCOPE_MESSAGES_SEND)
+    with pytest.raises(Forbidden, match="keys:admin"):
+        p.require(SCOPE_KEYS_ADMIN)
+
+
+def test_expired_token_is_refused_at_its_exp() -> None:
+    tok = issuer().issue(key_id="k1", role="user", scopes=ROLE_SCOPES["user"], now_s=NOW).access_token
+    with pytest.raises(Unauthenticated) as e:
+        issuer().verify(tok, now_s=NOW + 60)
+    assert e.value.code == "token_expired"
+
+
+def _tamper_claims(token: str, **changes: object) -> str:
+    head, body, sig = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    claims.update(changes)
+    new_body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{head}.{new_body}.{sig}"
+
+
+def test_tampered_wrong_key_alg_none_and_foreign_issuer_are_refused() -> None:
+    tok = issuer().issue(key_id="k1", role="user", scopes=ROLE_SCOPES["user"], now_s=NOW).access_token
+    bad = [
+        _tamper_claims(tok, role="admin", scope=" ".join(ROLE_SCOPES["admin"])),  # privilege escalation
+        _tamper_claims(tok, exp=int(NOW) + 10_000),  # lifetime extension
+        tok[:-2] + ("AA" if not tok.endswith("AA") else "BB"),  # signature bytes
+        issuer(secret=b"o" * 32).issue(key_id="k1", role="admin", scopes=ROLE_SCOPES["admin"], now_s=NOW).access_token,
+        jwt.encode(
+            {
+                "iss": "anchor-test",
+                "sub": "k1",
+                "role": "admin",
+                "scope": "keys:admin",
+                "iat": int(NOW),
+                "exp": int(NOW) + 60,
+                "jti": "x",
+            },
+            key="",
+            algorithm="none",
+        ),
+        TokenIssuer(SECRET, issuer="another-anchor", ttl_s=60)
+        .issue(key_id="k1", role="user", scopes=ROLE_SCOPES["user"], now_s=NOW)
+        .access_token,
+        "not.a.jwt",
+        "",
+    ]
+    for token in bad:
+        with pytest.raises(Unauthenticated):
+            issuer().verify(token, now_s=NOW + 1)
+
+
+def test_a_token_cannot_hold_scopes_beyond_its_role() -> None:
+    forged = jwt.encode(
+        {
+            "iss": "anchor-test",
+            "sub": "k",
+            "role": "user",
+            "scope": "keys:admin node:read",
+            "iat": int(NOW),
+            "exp": int(NOW) + 60,
+            "jti": "x",
+        },
+        SECRET,
+        algorithm="HS256",
+    )
+    assert issuer().verify(forged, now_s=NOW).scopes == {SCOPE_NODE_READ}
+
+
+def test_role_and_scope_rules() -> None:
+    assert check_role_scopes("node", None) == ROLE_SCOPES["node"]
+    assert check_role_scopes("admin", [SCOPE_NODE_READ]) == {SCOPE_NODE_READ}
+    for role, scopes in [("root", None), ("user", [SCOPE_KEYS_ADMIN]), ("user", ["everything"])]:
+        with pytest.raises(GatewayError):
+            check_role_scopes(role, scopes)
+    assert narrow_scopes(ROLE_SCOPES["user"], None) == ROLE_SCOPES["user"]
+    assert narrow_scopes(ROLE_SCOPES["user"], "node:read") == {SCOPE_NODE_READ}
+    with pytest.raises(Forbidden):
+        narrow_scopes(ROLE_SCOPES["user"], "keys:admin")
+
+
+def test_header_parsing() -> None:
+    assert bearer_token("Bearer abc") == "abc"
+    assert bearer_token("bearer  abc ") == "abc"
+    for header in [None, "", "Basic abc", "Bearer", "Bearer   "]:
+        with pytest.raises(Unauthenticated):
+            bearer_token(header)
+    assert basic_credentials("Basic " + base64.b64encode(b"id:se:cret").decode()) == ("id", "se:cret")
+    assert basic_credentials("Bearer x") is None
+    for header in ["Basic !!!", "Basic " + base64.b64encode(b"no-colon").decode()]:
+        with pytest.raises(Unauthenticated):
+            basic_credentials(header)
+
+
+def test_secret_file_is_created_0600_reused_and_refused_when_loose(tmp_path: Path) -> None:
+    first = load_or_create_secret(tmp_path)
+    path = tmp_path / "anchor" / "jwt.secret"
+    assert len(first) == 32 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "anchor").stat().st_mode) == 0o700
+    assert load_or_create_secret(tmp_path) == first
+    os.chmod(path, 0o644)
+    with pytest.raises(StartupError, match="chmod 600"):
+        load_or_create_secret(tmp_path)

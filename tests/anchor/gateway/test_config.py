@@ -1,0 +1,39 @@
+"""The [anchor] config section and where the anchor finds its stores' settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from anchor.run import services_settings_path
+from anchor.services import DEFAULT_DIR, SETTINGS_FILE
+from node.config import config_from_mapping, parse_host_port
+from node.errors import ConfigError
+
+
+def test_defaults_and_bad_values_name_the_key() -> None:
+    cfg = config_from_mapping({})
+    assert cfg.anchor.enabled is False and cfg.anchor.gateway_listen == "127.0.0.1:8000"
+    assert parse_host_port("k", "[::1]:0") == ("::1", 0)
+    for raw, message in [
+        ({"gateway_listen": "8000"}, "anchor.gateway_listen: expected HOST:PORT"),
+        ({"gateway_listen": "localhost:http"}, "anchor.gateway_listen: expected HOST:PORT"),
+        ({"gateway_listen": "127.0.0.1:70000"}, "anchor.gateway_listen: expected HOST:PORT"),
+        ({"token_ttl_s": 1}, "anchor.token_ttl_s: expected a value from 10 to 86,400"),
+        ({"key_burst": 0}, "anchor.key_burst"),
+        ({"enabled": "yes"}, "anchor.enabled: expected true or false"),
+        ({"tokens": 1}, "anchor.tokens: unknown key"),
+    ]:
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+            config_from_mapping({"anchor": raw})
+
+
+def test_services_settings_are_found_in_order(tmp_path: Path) -> None:
+    cfg = config_from_mapping({}, data_dir=tmp_path)
+    assert services_settings_path(cfg, env={}) == DEFAULT_DIR / SETTINGS_FILE
+    (tmp_path / "services.json").write_text("{}")
+    assert services_settings_path(cfg, env={}) == tmp_path / "services.json"
+    assert services_settings_path(cfg, env={"VILLAGE_SERVICES_SETTINGS": "/e.json"}) == Path("/e.json")
+    explicit = config_from_mapping({"anchor": {"services_settings": "/x.json"}}, data_dir=tmp_path)
+    assert services_settings_path(explicit, env={"VILLAGE_SERVICES_SETTINGS": "/e.json"}) == Path("/x.json")

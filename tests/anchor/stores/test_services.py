@@ -1,0 +1,162 @@
+"""scripts/services: the real script, on a private directory (the shared servers are never stopped here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from anchor.services import PORT_HIGH, Services, ServiceSettings
+
+SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "services"
+Start = Callable[..., Services]
+
+
+def _script(base: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SCRIPT), "--dir", str(base), *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_up_is_idempotent_status_and_down(private_services: Start) -> None:
+    svc = private_services("redis")
+    base = svc.base
+    pid = svc.pid_of("redis")
+    settings = json.loads(svc.settings_path.read_text())
+    # A second `up` reuses the running server: same pid, same port, same password.
+    r = _script(base, "up", "redis")
+    assert r.returncode == 0, r.stderr
+    assert svc.pid_of("redis") == pid
+    assert json.loads(svc.settings_path.read_text())["redis"] == settings["redis"]
+
+    r = _script(base, "status", "--json")
+    assert json.loads(r.stdout) == {"postgres": False, "redis": True, "graph": False}
+    assert r.returncode == 3  # not all up
+    assert _script(base, "status", "redis").returncode == 0
+
+    r = _script(base, "down", "redis")
+    assert r.returncode == 0, r.stderr
+    assert svc.pid_of("redis") == 0
+    r = _script(base, "status")
+    assert r.returncode == 3 and "redis     down" in r.stdout
+
+
+def test_settings_files_are_private_and_ports_low(services: ServiceSettings) -> None:
+    base = Services().base
+    assert stat.S_IMODE(base.stat().st_mode) == 0o700
+    for name in ("settings.json", "settings.env"):
+        assert stat.S_IMODE((base / name).stat().st_mode) == 0o600
+    ports = [services.postgres.port, services.redis.port, services.graph.bolt_port, services.graph.redis_port]
+    assert all(0 < p < PORT_HIGH <= 32768 for p in ports)
+    assert len(set(ports)) == 4
+    raw = json.loads((base / "settings.json").read_text())
+    assert (raw["postgres"]["dsn"], raw["redis"]["url"], raw["graph"]["bolt_url"]) == (
+        services.postgres.dsn,
+        services.redis.url,
+        services.graph.bolt_url,
+    )
+    env = (base / "settings.env").read_text()
+    assert f"AIVILLAGE_PG_DSN={services.postgres.dsn}" in env
+    assert f"AIVILLAGE_REDIS_URL={services.redis.url}" in env
+    assert f"AIVILLAGE_BOLT_URL={services.graph.bolt_url}" in env
+
+
+def test_servers_require_their_passwords(services: ServiceSettings) -> None:
+    import psycopg
+    import redis
+
+    bad_pg = services.postgres.dsn.replace(services.postgres.password, "wrong")
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(bad_pg, connect_timeout=5).close()
+    client = redis.Redis(host=services.redis.host, port=services.redis.port)
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        client.ping()
+    client.close()
+
+
+def test_unknown_server_name_is_refused(tmp_path: Path) -> None:
+    r = _script(tmp_path / "svc", "up", "mysql")
+    assert r.returncode == 2 and "unknown server 'mysql'" in r.stderr
+
+
+def test_compose_settings_from_the_environment(tmp_path: Path) -> None:
+    base = tmp_path / "svc"
+    env = {"AIVILLAGE_PG_PASSWORD": "pg-pw", "AIVILLAGE_NEO4J_PASSWORD": "neo-pw", "AIVILLAGE_REDIS_PASSWORD": "r-pw"}
+    settings = Services(base).write_compose_settings({**env, "AIVILLAGE_BOLT_PORT": "17687"})
+    assert settings.postgres.dsn == "postgresql://aivillage:pg-pw@127.0.0.1:25432/aivillage"
+    assert settings.redis.url == "redis://:r-pw@127.0.0.1:26379/0"
+    assert (settings.graph.kind, settings.graph.bolt_url, settings.graph.user, settings.graph.password) == (
+        "neo4j",
+        "bolt://127.0.0.1:17687",
+        "neo4j",
+        "neo-pw",
+    )
+    assert stat.S_IMODE((base / "settings.json").stat().st_mode) == 0o600
+    r = subprocess.run(
+        [str(SCRIPT), "--dir", str(tmp_path / "other"), "compose-settings"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert r.returncode == 2 and "AIVILLAGE_PG_PASSWORD is not set" in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs PostgreSQL as another user")
+def test_cluster_moves_out_of_a_directory_postgres_cannot_reach() -> None:
+    """A clone under a 0700 directory (like /root): the cluster lives under /var/tmp, linked from .services."""
+    outer = Path(tempfile.mkdtemp(prefix="aiv-noaccess-"))  # 0700, owned by root
+    svc = Services(outer / "svc")
+    try:
+        svc.up(("postgres",))
+        link = svc.base / "postgres"
+        assert link.is_symlink() and str(link.resolve()).startswith("/var/tmp/aivillage-pg-")
+        assert svc.status()["postgres"]
+        import psycopg
+
+        settings = json.loads(svc.settings_path.read_text())["postgres"]
+        dsn = "postgresql://{user}:{password}@{host}:{port}/{dbname}".format(**settings)
+        with psycopg.connect(dsn, connect_timeout=10) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        svc.down()
+        target = (svc.base / "postgres").resolve()
+        shutil.rmtree(outer, ignore_errors=True)
+        if str(target).startswith("/var/tmp/aivillage-pg-"):
+            shutil.rmtree(target, ignore_errors=True)
+
+
+def _global_addresses() -> list[str]:
+    out = subprocess.run(["ip", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True, check=False)
+    return [line.split()[3].split("/")[0] for line in out.stdout.splitlines() if len(line.split()) > 3]
+
+
+def test_falkordb_is_reachable_on_loopback_only(services: ServiceSettings) -> None:
+    """FalkorDB's Bolt listener binds every interface and has no auth: it must not be reachable from outside."""
+    import socket
+
+    raw = json.loads(Services().settings_path.read_text())["graph"]
+    if not raw.get("isolated"):
+        pytest.skip("FalkorDB runs unconfined (not root, or no unshare/ip); `scripts/services up` warned")
+    addresses = _global_addresses()
+    if not addresses:
+        pytest.skip("this machine has no non-loopback address to probe")
+    for address in addresses:
+        for port in (services.graph.bolt_port, services.graph.redis_port):
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.settimeout(2)
+                with pytest.raises(OSError):
+                    s.connect((address, port))
+    # ... while loopback works (through the relay into the server's namespace).
+    with socket.create_connection(("127.0.0.1", services.graph.bolt_port), timeout=2):
+        pass
