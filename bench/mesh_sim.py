@@ -9,7 +9,8 @@ For each N (random geometric graph, BLE-like range, mean degree 8) and each loss
 * send ``--messages`` private messages between random pairs whose hop distance is within the TTL horizon (7;
   BitChat drops anything further, so pairs beyond it would measure the TTL, not the routing), one every
   ``SEND_SPACING_S``, and ``--broadcasts`` public messages from random nodes in between;
-* run ``DRAIN_S`` more (a private message's retries back off 5, 10, 20, 40, 80 s);
+* run ``DRAIN_S`` more (a private message retries after 3, 6, 12, 24, 48 s, then every 60 s, for up to 20 attempts:
+  undelivered messages still retrying when the run ends are counted apart from failed ones);
 * once with ``mesh.routing = "path"`` (the default) and once with ``"flood"`` (naive TTL flooding), the baseline.
 
 One summary line per figure: unicast delivery ratio, median / p95 latency (simulated s) and frames put on links
@@ -41,7 +42,7 @@ from node.sim.metrics import type_name
 
 WARMUP_S = 45.0  # three announce rounds (15 ± 4 s)
 SEND_SPACING_S = 0.5  # between two messages of the workload
-DRAIN_S = 160.0  # after the last send: six attempts of a private message span 5+10+20+40+80 = 155 s
+DRAIN_S = 160.0  # after the last send (a message retries for longer: 3, 6, 12, 24, 48 s, then every 60 s)
 TTL_HORIZON = 7  # hops a BitChat packet can travel
 MEAN_DEGREE = 8.0  # BLE: Android keeps up to 8 links, iOS 6 outbound
 STEP_S = 1.0  # simulated seconds between wall-clock budget checks
@@ -183,7 +184,8 @@ def unicast_line(path: Run, flood: Run | None) -> str:
     r = path.report
     line = (
         f"mesh_sim.unicast.n{path.n}.loss{round(path.loss * 100)}: delivery {_pct(r.unicast_delivery_ratio)} "
-        f"({r.unicast_delivered}/{r.unicast_sent}, refused {r.unicast_refused}), latency median "
+        f"({r.unicast_delivered}/{r.unicast_sent}, refused {r.unicast_refused}, failed {r.unicast_failed}, "
+        f"still retrying at the end {r.unicast_retrying}), latency median "
         f"{_s(r.unicast_latency_median_s)} p95 {_s(r.unicast_latency_p95_s)}, "
         f"{_num(r.unicast_frames_per_delivered)} frames/delivered [routing=path]{_state(path)}"
     )
