@@ -90,7 +90,17 @@ def _action(sim: Simulation, kind: str, src: int, dst: int) -> Callable[[], None
     return act
 
 
-def run_one(n: int, loss: float, mode: str, *, seed: int, messages: int, broadcasts: int, budget_s: float) -> Run:
+def run_one(
+    n: int,
+    loss: float,
+    mode: str,
+    *,
+    seed: int,
+    messages: int,
+    broadcasts: int,
+    budget_s: float,
+    drain_s: float = DRAIN_S,
+) -> Run:
     topo = random_geometric(n, seed=seed, mean_degree=MEAN_DEGREE)
     sim = Simulation(topo, LinkModel(loss=loss), settings_for(mode), seed=seed)
     rng = random.Random(seed)
@@ -108,7 +118,7 @@ def run_one(n: int, loss: float, mode: str, *, seed: int, messages: int, broadca
             plan.append((WARMUP_S + (k + 0.5) * SEND_SPACING_S, "broadcast", rng.randrange(n), -1))
     for at, kind, src, dst in plan:
         sim.schedule(at, _action(sim, kind, src, dst))
-    end_s = max(at for at, *_ in plan) + DRAIN_S if plan else WARMUP_S + DRAIN_S
+    end_s = max(at for at, *_ in plan) + drain_s if plan else WARMUP_S + drain_s
 
     deadline = time.perf_counter() + budget_s
     finished = True
@@ -247,6 +257,9 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=200, help="private messages per run")
     ap.add_argument("--broadcasts", type=int, default=10, help="public messages per run")
     ap.add_argument("--budget-s", type=float, default=900.0, help="wall-clock seconds per run before it stops")
+    ap.add_argument(
+        "--drain-s", type=float, default=DRAIN_S, help=f"simulated seconds after the last send (default {DRAIN_S:g})"
+    )
     ap.add_argument("--speed-budget-s", type=float, default=300.0, help="wall-clock budget of the N=1000 probe")
     args = ap.parse_args()
     sizes = [100] if args.quick else [int(x) for x in args.sizes.split(",")]
@@ -256,7 +269,7 @@ def main() -> None:
     if not flood_ok:
         print("mesh_sim: MeshSection has no `routing` field: the flooding baseline is unavailable", flush=True)
 
-    common = {"seed": args.seed, "messages": args.messages, "broadcasts": args.broadcasts}
+    common = {"seed": args.seed, "messages": args.messages, "broadcasts": args.broadcasts, "drain_s": args.drain_s}
     speed_run: Run | None = None
     for n in sizes:
         for loss in losses:
