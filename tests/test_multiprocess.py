@@ -31,7 +31,7 @@ def free_port() -> int:
 class Daemon:
     root: Path
     name: str
-    listen: str
+    listen: str  # one multiaddr, or several separated by ", "
     bootstrap: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
 
@@ -54,8 +54,9 @@ class Daemon:
     def start(self) -> None:
         self.data.mkdir(mode=0o700, exist_ok=True)
         boot = ", ".join(f'"{b}"' for b in self.bootstrap)
+        listen = ", ".join(f'"{a}"' for a in self.listen.split(", "))
         (self.data / "config.toml").write_text(
-            f'[node]\nnickname = "{self.name}"\n[betanet]\nlisten = ["{self.listen}"]\nbootstrap = [{boot}]\n'
+            f'[node]\nnickname = "{self.name}"\n[betanet]\nlisten = [{listen}]\nbootstrap = [{boot}]\n'
             "reconnect_initial_s = 0.2\nreconnect_max_s = 1.0\nmdns = false\n"
         )
         self.cli("init", "--exist-ok")
@@ -131,7 +132,7 @@ def test_two_daemons_over_betanet_with_kill_and_reconnect(root: Path) -> None:
             "betanet": {
                 **{k: 0 for k in ("links_opened", "oversize_frames", "dial_failures", "stalled", "mdns_discovered")},
                 **{k: 0 for k in ("identified", "identify_skipped", "dht_routing_added", "dht_lookups", "dht_found")},
-                **{k: 0 for k in ("relay_reservations", "relay_dials")},
+                **{k: 0 for k in ("relay_reservations", "relay_dials", "dial_fallbacks")},
             }
         }
         bob.bootstrap = [alice_addr]
@@ -172,6 +173,47 @@ def test_two_daemons_over_betanet_with_kill_and_reconnect(root: Path) -> None:
         # alice's inbox survived the SIGKILL.
         alice_inbox = [m["text"] for m in json.loads(alice.cli("inbox", "--json").stdout)]
         assert "hello from bob" in alice_inbox
+    finally:
+        for d in (alice, bob):
+            d.stop()
+
+
+def test_two_daemons_over_betanet_quic(root: Path) -> None:
+    """The default shape: alice listens on QUIC and TCP on one port; bob dials her QUIC address; they exchange
+    a private message with a delivery ack over QUIC; both stop on SIGTERM with exit status 0 and no traceback."""
+    port = free_port()
+    alice = Daemon(root, "alice", f"/ip4/127.0.0.1/udp/{port}/quic-v1, /ip4/127.0.0.1/tcp/{port}")
+    bob = Daemon(root, "bob", "/ip4/127.0.0.1/udp/0/quic-v1")
+    try:
+        alice.start()
+        status = alice.status()
+        alice_id = status["peer_id"]
+        assert isinstance(alice_id, str)
+        addrs = status["listen_addrs"]
+        assert isinstance(addrs, list)
+        libp2p_id = addrs[0].rpartition("/p2p/")[2]
+        assert libp2p_id.startswith("12D3Koo") and addrs == [
+            f"/ip4/127.0.0.1/udp/{port}/quic-v1/p2p/{libp2p_id}",
+            f"/ip4/127.0.0.1/tcp/{port}/p2p/{libp2p_id}",
+        ]
+        bob.bootstrap = [addrs[0]]
+        bob.start()
+        bob_id = bob.status()["peer_id"]
+        assert isinstance(bob_id, str)
+        peer = json.loads(bob.cli("peers", "--wait", alice_id, "--timeout", WAIT, "--json").stdout)
+        assert "/quic-v1/" in peer["address"], peer
+        alice.cli("peers", "--wait", bob_id, "--timeout", WAIT)
+        sent = json.loads(bob.cli("send", alice_id, "hello over quic", "--wait", WAIT, "--json").stdout)
+        assert sent["state"] == "delivered"
+        assert [m["text"] for m in json.loads(alice.cli("inbox", "--json").stdout)] == ["hello over quic"]
+        counters = bob.status()["transport_counters"]
+        assert isinstance(counters, dict) and counters["betanet"]["dial_fallbacks"] == 0
+        for d in (bob, alice):
+            assert d.proc is not None
+            d.proc.terminate()
+            assert d.proc.wait(timeout=WAIT_S) == 0
+            log = (root / f"{d.name}.log").read_text()
+            assert "Traceback" not in log and "closed to new arrivals" not in log, log[-2000:]
     finally:
         for d in (alice, bob):
             d.stop()

@@ -1,0 +1,179 @@
+"""BetaNet over real loopback QUIC (/udp/N/quic-v1): Link conformance, the remote peer ID authenticated by
+libp2p's TLS 1.3 certificate, the mesh identity binding, fallback to TCP, stalls and oversize frames counted,
+and clean shutdown."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+import struct
+from collections.abc import AsyncIterator
+
+import multiaddr
+import pytest
+import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+
+from node.identity import Identity
+from node.transports.base import Link, LinkClosed
+from node.transports.betanet.quic import dial_order, is_quic, tcp_twin
+from node.transports.betanet.transport import MESH_PROTOCOL, BetanetLink, BetanetTransport, DialError
+from tests.transports.conformance import LinkConformance
+from tests.transports.test_betanet import LOOPBACK, WAIT_S, start_transport
+
+QUIC = dataclasses.replace(LOOPBACK, listen=("/ip4/127.0.0.1/udp/0/quic-v1",))
+BOTH = dataclasses.replace(LOOPBACK, listen=("/ip4/127.0.0.1/udp/0/quic-v1", "/ip4/127.0.0.1/tcp/0"))
+
+
+def quic_address(t: BetanetTransport) -> str:
+    return next(a for a in t.listen_addresses() if is_quic(a))
+
+
+class TestBetanetQuicLinkConformance(LinkConformance):
+    @pytest.fixture
+    async def link_pair(self, nursery: trio.Nursery) -> AsyncIterator[tuple[Link, Link]]:
+        a, _ = await start_transport(nursery, settings=QUIC)
+        b, b_links = await start_transport(nursery, settings=QUIC)
+        with trio.fail_after(WAIT_S):
+            out = await a.dial(quic_address(b))
+            inbound = await b_links.receive()
+        assert "/quic" in out.remote_address and "/quic" in inbound.remote_address
+        yield out, inbound
+
+
+async def test_listens_on_quic_and_tcp_and_advertises_quic_first(nursery: trio.Nursery) -> None:
+    ident = Identity.generate()
+    t, _ = await start_transport(nursery, ident, BOTH)
+    addrs = t.listen_addresses()
+    assert len(addrs) == 2 and "/udp/" in addrs[0] and "/quic-v1/" in addrs[0] and "/tcp/" in addrs[1]
+    assert all(a.endswith(f"/p2p/{t.peer_id}") for a in addrs)
+    b, _ = await start_transport(nursery, settings=BOTH)
+    with trio.fail_after(WAIT_S):
+        link = await b.dial(addrs[0])
+    assert "/quic-v1/" in link.remote_address
+    assert link.authenticated_signing_key == ident.signing_public  # from the peer ID TLS authenticated
+    assert b.counters.dial_fallbacks == 0
+
+
+async def test_quic_authenticates_the_remote_peer_id(nursery: trio.Nursery) -> None:
+    """The TLS 1.3 handshake proves the key behind the peer ID: dialling a QUIC listener while expecting
+    another identity is refused, and nothing reaches either node."""
+    b, b_links = await start_transport(nursery, settings=QUIC)
+    a, a_links = await start_transport(nursery, settings=QUIC)
+    someone_else = ID.from_pubkey(create_new_key_pair().public_key)
+    wrong = quic_address(b).replace(b.peer_id, str(someone_else))
+    with trio.fail_after(WAIT_S), pytest.raises(DialError):
+        await a.dial(wrong)
+    assert a.counters.dial_failures == 1
+    assert a.counters.links_opened == 0 and b.counters.links_opened == 0
+    for links in (a_links, b_links):
+        with pytest.raises(trio.WouldBlock):
+            links.receive_nowait()
+    with trio.fail_after(WAIT_S):  # the right identity connects
+        link = await a.dial(quic_address(b))
+    assert link.authenticated_signing_key is not None
+
+
+def test_dial_order_puts_quic_first_then_its_tcp_twin() -> None:
+    q = multiaddr.Multiaddr("/ip4/10.0.0.1/udp/4001/quic-v1")
+    assert str(tcp_twin(q)) == "/ip4/10.0.0.1/tcp/4001"
+    other = [multiaddr.Multiaddr("/ip4/10.0.0.2/tcp/5"), multiaddr.Multiaddr("/ip4/10.0.0.2/udp/6/quic-v1")]
+    assert [str(a) for a in dial_order(q, other)] == [
+        "/ip4/10.0.0.1/udp/4001/quic-v1",
+        "/ip4/10.0.0.1/tcp/4001",
+        "/ip4/10.0.0.2/udp/6/quic-v1",
+        "/ip4/10.0.0.2/tcp/5",
+    ]
+    tcp = multiaddr.Multiaddr("/ip4/10.0.0.1/tcp/4001")
+    assert dial_order(tcp, other) == [tcp]  # an explicit TCP address is dialled as given
+
+
+async def test_falls_back_to_tcp_when_quic_does_not_answer(nursery: trio.Nursery) -> None:
+    """A peer listening on TCP only: its QUIC address (same port on UDP) gets no answer, and the dial
+    connects over TCP instead, counted in dial_fallbacks."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    b, b_links = await start_transport(
+        nursery, settings=dataclasses.replace(LOOPBACK, listen=(f"/ip4/127.0.0.1/tcp/{port}",))
+    )
+    a, _ = await start_transport(nursery, settings=BOTH)
+    with trio.fail_after(WAIT_S):
+        link = await a.dial(f"/ip4/127.0.0.1/udp/{port}/quic-v1/p2p/{b.peer_id}")
+        inbound = await b_links.receive()
+        await link.send(b"over tcp")
+        assert await inbound.receive() == b"over tcp"
+    assert f"/tcp/{port}/" in link.remote_address
+    assert a.counters.dial_fallbacks == 1 and a.counters.dial_failures == 0
+
+
+async def test_oversize_frame_over_quic_is_counted_and_logged(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, _ = await start_transport(nursery, settings=QUIC)
+    b, b_links = await start_transport(nursery, settings=dataclasses.replace(QUIC, max_frame_bytes=1024))
+    with trio.fail_after(WAIT_S):
+        out = await a.dial(quic_address(b))
+        inbound = await b_links.receive()
+        await out.send(b"fine")
+        assert await inbound.receive() == b"fine"
+        assert isinstance(out, BetanetLink)
+        await out._stream.write(struct.pack(">I", 10_000_000) + b"x" * 100)  # a lying length prefix
+        with pytest.raises(LinkClosed):
+            await inbound.receive()
+    assert b.counters.oversize_frames == 1
+    assert any("10000000-byte frame" in r.getMessage() for r in caplog.records)
+
+
+async def test_stalled_quic_peer_is_closed_counted_and_logged(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer opens the mesh stream over QUIC and then stays silent: our reader gives up after
+    stall_timeout_s (py-libp2p's own 30 s read timeout is off; ours decides)."""
+    caplog.set_level(logging.WARNING, "village.betanet")
+    ours, our_links = await start_transport(nursery, settings=dataclasses.replace(QUIC, stall_timeout_s=1.0))
+    staller = BetanetTransport(Identity.generate(), QUIC)
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/udp/0/quic-v1")]
+    host = staller._make_host(listen)
+    async with host.run(listen_addrs=listen):
+        info = info_from_p2p_addr(multiaddr.Multiaddr(quic_address(ours)))
+        await host.get_network().dial_addr(info.addrs[0], info.peer_id)
+        stream = await host.new_stream(info.peer_id, [MESH_PROTOCOL])  # ...and then silence
+        with trio.fail_after(WAIT_S):
+            link = await our_links.receive()
+            with pytest.raises(LinkClosed):
+                await link.receive()
+        assert ours.counters.stalled == 1
+        assert any("sent nothing" in r.getMessage() and "stall_timeout_s" in r.getMessage() for r in caplog.records)
+        await stream.reset()
+
+
+def test_quic_shutdown_is_clean_repeatedly(caplog: pytest.LogCaptureFixture) -> None:
+    """Two nodes connect over QUIC, exchange frames and stop, three times over, each in a fresh trio run:
+    no exception escapes (py-libp2p 0.8 raised "Nursery is closed to new arrivals" here), nothing is logged
+    at ERROR, and the UDP port is free again afterwards."""
+
+    async def once() -> int:
+        async with trio.open_nursery() as nursery:
+            a, _ = await start_transport(nursery, settings=QUIC)
+            b, b_links = await start_transport(nursery, settings=QUIC)
+            addr = quic_address(b)
+            with trio.fail_after(WAIT_S):
+                out = await a.dial(addr)
+                inbound = await b_links.receive()
+                for i in range(20):
+                    await out.send(b"%d" % i)
+                    assert await inbound.receive() == b"%d" % i
+                    await inbound.send(b"ack")
+                    assert await out.receive() == b"ack"
+            nursery.cancel_scope.cancel()
+        return int(addr.split("/udp/")[1].split("/")[0])
+
+    for _ in range(3):
+        port = trio.run(once)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", port))  # the listener's socket was closed
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
