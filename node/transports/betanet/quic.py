@@ -15,17 +15,14 @@ any other TCP address the peerstore knows for the peer.
 
 from __future__ import annotations
 
-import math
-
 import multiaddr
 import trio
 from libp2p.abc import ITransport
 from libp2p.crypto.keys import KeyPair
-from libp2p.transport.quic.config import QUICTransportConfig
-from libp2p.transport.quic.transport import QUICTransport
 from libp2p.transport.tcp.tcp import TCP
 
-CLOSE_S = 5.0  # closing the QUIC transport at shutdown; each connection's close is bounded by libp2p too
+from node.transports.betanet.quic_transport import QuicTransport
+
 QUIC_ATTEMPT_S = 3.0  # a QUIC dial that has not connected by then gives way to TCP (UDP may be blocked)
 
 
@@ -34,26 +31,17 @@ def is_quic(addr: multiaddr.Multiaddr | str) -> bool:
     return "/quic-v1" in text or text.endswith("/quic") or "/quic/" in text
 
 
-def quic_config() -> QUICTransportConfig:
-    """py-libp2p's QUIC settings for BetaNet. Its streams reset after ``STREAM_READ_TIMEOUT`` (30 s) without
-    data; a mesh link is idle between announces, and BetanetLink has its own stall timeout
-    (``betanet.stall_timeout_s``), so reads never time out inside libp2p."""
-    return QUICTransportConfig(STREAM_READ_TIMEOUT=math.inf)
-
-
-def host_transports(key_pair: KeyPair) -> tuple[list[ITransport], QUICTransport]:
-    """TCP and QUIC, always both: a node listening on one can still dial the other. The QUIC transport is also
-    returned so that the caller can close it (:func:`close_quic`)."""
-    quic = QUICTransport(key_pair.private_key, config=quic_config())
+def host_transports(key_pair: KeyPair) -> tuple[list[ITransport], QuicTransport]:
+    """TCP and our QUIC (:mod:`.quic_transport`), always both: a node listening on one can still dial the
+    other. The QUIC transport is also returned so that the caller can close it (:func:`close_quic`)."""
+    quic = QuicTransport(key_pair.private_key)
     return [TCP(), quic], quic
 
 
-async def close_quic(quic: QUICTransport) -> None:
-    """Close py-libp2p's QUIC transport (connections, then listeners and their UDP sockets), shielded and
-    bounded. The swarm closes it too, but unshielded: when the host stops by cancellation, py-libp2p 0.8's
-    ``QUICListener.close`` (transport/quic/listener.py, lines 1409-1442) is cancelled at its first ``await``,
-    before it closes the UDP socket, which then stays bound until garbage collection."""
-    with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_S):
+async def close_quic(quic: QuicTransport) -> None:
+    """End our QUIC connections and listeners while the host still runs (the swarm closes transports too,
+    but only after their connections' tasks may already have been cancelled)."""
+    with trio.CancelScope(shield=True):
         await quic.close()
 
 

@@ -45,7 +45,6 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
-from libp2p.transport.quic.transport import QUICTransport
 
 from node.config import BetanetSection
 from node.errors import StartupError, TransportError
@@ -54,6 +53,7 @@ from node.transports.base import Link, LinkCapabilities, LinkClosed, LinkSink, T
 from node.transports.betanet.counters import BetanetCounters
 from node.transports.betanet.dht import PeerRouting
 from node.transports.betanet.quic import QUIC_ATTEMPT_S, close_quic, dial_order, host_transports, is_quic
+from node.transports.betanet.quic_transport import QuicTransport
 from node.transports.betanet.relay import Relay, is_circuit, without_peer_suffix
 
 log = logging.getLogger("village.betanet")
@@ -300,7 +300,7 @@ class BetanetTransport(Transport):
         self._links: dict[str, BetanetLink] = {}
         self._changed = trio.Event()
         self._discovered_dialling: set[str] = set()  # peer IDs found by mDNS that we are dialling now
-        self._quic: QUICTransport | None = None  # the host's QUIC transport, closed by us at shutdown
+        self._quic: QuicTransport | None = None  # the host's QUIC transport, closed by us at shutdown
 
     def _notify(self) -> None:
         self._changed.set()
