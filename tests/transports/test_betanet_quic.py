@@ -5,14 +5,27 @@ and clean shutdown."""
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
+import math
 import socket
+import ssl
 import struct
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import multiaddr
 import pytest
 import trio
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from libp2p import new_host
+from libp2p.abc import IHost, INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
@@ -20,6 +33,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from node.identity import Identity
 from node.transports.base import Link, LinkClosed
 from node.transports.betanet.quic import dial_order, is_quic, tcp_twin
+from node.transports.betanet.quic_transport import parse_quic
 from node.transports.betanet.transport import MESH_PROTOCOL, BetanetLink, BetanetTransport, DialError
 from tests.transports.conformance import LinkConformance
 from tests.transports.test_betanet import LOOPBACK, WAIT_S, start_transport
@@ -177,3 +191,98 @@ def test_quic_shutdown_is_clean_repeatedly(caplog: pytest.LogCaptureFixture) -> 
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind(("127.0.0.1", port))  # the listener's socket was closed
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+
+
+@asynccontextmanager
+async def libp2p_quic_host() -> AsyncIterator[IHost]:
+    """A host built by py-libp2p alone, with its own QUIC transport (not ours): the interop reference."""
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/udp/0/quic-v1")]
+    host = new_host(key_pair=create_new_key_pair(), listen_addrs=listen, enable_mDNS=False)
+    async with host.run(listen_addrs=listen):
+        yield host
+
+
+async def test_interoperates_with_py_libp2p_own_quic(nursery: trio.Nursery) -> None:
+    """Our QUIC transport speaks the libp2p QUIC spec: py-libp2p's own QUIC host dials us, and we dial it;
+    both sides authenticate the other's peer ID, and frames cross in both directions."""
+    ours, our_links = await start_transport(nursery, settings=QUIC)
+    async with libp2p_quic_host() as theirs:
+        echoed: list[bytes] = []
+
+        async def echo(stream: INetStream) -> None:
+            data = await stream.read(100)
+            echoed.append(data)
+            await stream.write(data)
+
+        theirs.set_stream_handler(MESH_PROTOCOL, echo)
+        with trio.fail_after(WAIT_S):
+            # They dial us: our link's authenticated key is their host key.
+            info = info_from_p2p_addr(multiaddr.Multiaddr(quic_address(ours)))
+            await theirs.get_network().dial_addr(info.addrs[0], info.peer_id)
+            stream = await theirs.new_stream(info.peer_id, [MESH_PROTOCOL])
+            await stream.write(struct.pack(">I", 5) + b"hello")
+            inbound = await our_links.receive()
+            assert await inbound.receive() == b"hello"
+            assert inbound.authenticated_signing_key == theirs.get_public_key().to_bytes()
+            await inbound.send(b"back")
+            assert await stream.read(100) == struct.pack(">I", 4) + b"back"
+            # We dial them (a second connection, from our side).
+            their_addr = f"{theirs.get_addrs()[0]}"
+            link = await ours.dial(their_addr if "/p2p/" in their_addr else f"{their_addr}/p2p/{theirs.get_id()}")
+            assert "/quic-v1/" in link.remote_address
+            await link.send(b"ping")
+            assert await link.receive() == b"ping"
+        assert echoed == [struct.pack(">I", 4) + b"ping"]
+
+
+async def test_a_client_without_the_libp2p_certificate_is_refused(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plain QUIC client (aioquic, ALPN libp2p, an ordinary self-signed certificate with no peer-ID
+    extension) completes TLS but proves no peer ID: we close the connection and no link or stream appears."""
+    caplog.set_level(logging.INFO, "village.betanet.quic")
+    ours, our_links = await start_transport(nursery, settings=QUIC)
+    _family, (host, port), _peer = parse_quic(multiaddr.Multiaddr(quic_address(ours)))
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not-libp2p")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    config = QuicConfiguration(is_client=True, alpn_protocols=["libp2p"], verify_mode=ssl.CERT_NONE)
+    config.certificate, config.private_key = cert, key
+    client = QuicConnection(configuration=config)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.setblocking(False)
+        client.connect((host, port), trio.current_time())
+        terminated: events.ConnectionTerminated | None = None
+        with trio.fail_after(WAIT_S):
+            while terminated is None:  # a minimal aioquic client loop: send, wait for data or its timer, feed
+                for data, addr in client.datagrams_to_send(trio.current_time()):
+                    udp.sendto(data, addr)
+                timer = client.get_timer()
+                with trio.move_on_at(timer if timer is not None else math.inf):
+                    await trio.lowlevel.wait_readable(udp)
+                if timer is not None and trio.current_time() >= timer:
+                    client.handle_timer(trio.current_time())
+                while True:
+                    try:
+                        data, addr = udp.recvfrom(65536)
+                    except BlockingIOError:
+                        break
+                    client.receive_datagram(data, addr, trio.current_time())
+                while (event := client.next_event()) is not None:
+                    if isinstance(event, events.ConnectionTerminated):
+                        terminated = event
+    assert terminated.reason_phrase == "peer identity not proven"
+    assert any("refused a connection" in r.getMessage() for r in caplog.records)
+    assert ours.counters.links_opened == 0
+    with pytest.raises(trio.WouldBlock):
+        our_links.receive_nowait()
