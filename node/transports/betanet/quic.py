@@ -1,12 +1,13 @@
 """BetaNet's QUIC side: which transports the libp2p host gets, and the order addresses are dialled in.
 
-Security over QUIC. libp2p's QUIC (the spec, and py-libp2p) secures a connection with TLS 1.3 whose
-self-signed certificate carries the libp2p peer-ID extension (the host key signs the TLS key); there is no
-Noise inside libp2p QUIC. BetaNet's rule "security always Noise" is read as: never plaintext, and the remote
-identity always authenticated. TCP negotiates Noise only (plaintext is refused); QUIC uses the spec's TLS 1.3
-with the peer-ID extension, so a dial to ``/udp/N/quic-v1/p2p/<id>`` fails unless the remote proves the key
-behind ``<id>``; and on both, the mesh binds the libp2p peer ID (derived from the node's Ed25519 key) to the
-BitChat announce (:attr:`BetanetLink.authenticated_signing_key`).
+Security over QUIC. libp2p's QUIC (the spec, py-libp2p's, and ours in :mod:`.quic_transport`) secures a
+connection with TLS 1.3 whose self-signed certificate carries the libp2p peer-ID extension (the host key signs
+the TLS key); there is no Noise inside libp2p QUIC. BetaNet's rule "security always Noise" is read as: never
+plaintext, and the remote identity always authenticated. TCP negotiates Noise only (plaintext is refused);
+QUIC uses the spec's TLS 1.3 with the peer-ID extension, so a dial to ``/udp/N/quic-v1/p2p/<id>`` fails
+unless the remote proves the key behind ``<id>``, and an inbound client that proves no peer ID is closed; and
+on both, the mesh binds the libp2p peer ID (derived from the node's Ed25519 key) to the BitChat announce
+(:attr:`BetanetLink.authenticated_signing_key`).
 
 Dialling. A QUIC address is tried first, for at most :data:`QUIC_ATTEMPT_S`; if it does not connect, the same
 host's TCP address on the same port number is tried (``betanet.listen`` defaults to both on port 4001), then

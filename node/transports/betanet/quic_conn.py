@@ -282,6 +282,8 @@ class QuicConn(IRawConnection, IMuxedConn):
                 self._timer = scope
                 self._rearm()
                 await trio.sleep_forever()
+            if self.terminated.is_set():
+                break  # the scope was cancelled by _end, not by the timer
             self.quic.handle_timer(trio.current_time())
             await self.flush()
 

@@ -1,10 +1,11 @@
 """BetaNet: mesh frames between nodes over the internet, on a py-libp2p host.
 
-* Security is **Noise only**: the host is built with exactly one security transport, so a peer offering
-  plaintext (or anything else) fails negotiation and is never connected.
-* Transports: QUIC (``/udp/N/quic-v1``, TLS 1.3 with the libp2p peer-ID certificate extension: there is no
-  Noise inside libp2p QUIC; see :mod:`.quic` for how that reads against "Noise always") and TCP (Noise +
-  yamux). A QUIC address is dialled first and falls back to the same node's TCP address (:mod:`.quic`).
+* Security is **never plaintext, identity always authenticated**. Over TCP the host has exactly one security
+  transport, Noise, so a peer offering plaintext (or anything else) fails negotiation and is never connected.
+  Over QUIC (``/udp/N/quic-v1``) libp2p has no Noise: the spec's TLS 1.3 with the peer-ID certificate
+  extension authenticates the peer (:mod:`.quic`, :mod:`.quic_transport`, the team's reading of "Noise always").
+* Transports: QUIC, through our event-driven QUIC transport (:mod:`.quic_transport`) in place of py-libp2p's,
+  and TCP + Noise + yamux. A QUIC address is dialled first and falls back to the same node's TCP address.
 * Discovery: mDNS on the LAN, bootstrap peers (redialled with backoff), and libp2p's Kademlia DHT
   (:mod:`.dht`): ``dial("/p2p/<peer id>")`` looks the peer's addresses up through connected peers.
 * NAT: libp2p's circuit relay v2 (:mod:`.relay`). A ``client`` node reserves a slot on its bootstrap relays
@@ -237,9 +238,9 @@ class BetanetLink(Link):
             try:
                 await self._stream.close()
             except RuntimeError as exc:
-                # py-libp2p 0.8's QUIC stream close schedules a counter update in its connection's nursery
-                # (transport/quic/connection.py, _remove_stream, line 1022), which is closed once the connection
-                # has shut down (host stopping): the stream is gone either way.
+                # Over py-libp2p 0.8's own QUIC (bench/betanet.py's quic_libp2p kind; nodes use ours), stream close
+                # schedules a counter update in its connection's nursery (transport/quic/connection.py,
+                # _remove_stream, line 1022), closed once the connection has shut down: the stream is gone anyway.
                 if "closed to new arrivals" not in str(exc):
                     raise
 
@@ -444,8 +445,8 @@ class BetanetTransport(Transport):
                 try:
                     await trio.sleep_forever()
                 finally:
-                    # Close links while the host still runs: py-libp2p 0.8's QUIC stream close schedules work in
-                    # its connection's nursery (connection.py _remove_stream), closed once the host has stopped.
+                    # Close links, then our QUIC connections (each sends CONNECTION_CLOSE to its peer), while the
+                    # host still runs; the swarm would only cancel them.
                     with trio.CancelScope(shield=True):
                         for link in list(self._links.values()):
                             await link.aclose()
