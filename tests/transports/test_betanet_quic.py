@@ -286,3 +286,19 @@ async def test_a_client_without_the_libp2p_certificate_is_refused(
     assert ours.counters.links_opened == 0
     with pytest.raises(trio.WouldBlock):
         our_links.receive_nowait()
+
+
+async def test_junk_datagrams_are_dropped_and_the_listener_keeps_serving(nursery: trio.Nursery) -> None:
+    b, b_links = await start_transport(nursery, settings=QUIC)
+    a, _ = await start_transport(nursery, settings=QUIC)
+    _family, target, _peer = parse_quic(multiaddr.Multiaddr(quic_address(b)))
+    junk = [b"", b"\x00", b"hello", b"\xc0" + b"\xff" * 40, b"\x40" + bytes(1200), bytes(range(256)) * 5]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        for datagram in junk:
+            udp.sendto(datagram, target)
+    with trio.fail_after(WAIT_S):
+        link = await a.dial(quic_address(b))
+        inbound = await b_links.receive()
+        await link.send(b"still serving")
+        assert await inbound.receive() == b"still serving"
+    assert b.counters.links_opened == 1

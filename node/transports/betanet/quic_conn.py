@@ -273,6 +273,9 @@ class QuicConn(IRawConnection, IMuxedConn):
                 task_status.started()
                 await self.terminated.wait()
                 nursery.cancel_scope.cancel()
+        except Exception:  # the connection's supervisor: an unexpected error ends this connection, not its owner
+            log.exception("QUIC %s: ended by an unexpected error", self)
+            self.error = "internal error"
         finally:
             self._end("connection closed")
 

@@ -53,8 +53,12 @@ def parse_quic(maddr: multiaddr.Multiaddr) -> tuple[socket.AddressFamily, Addres
     if len(parts) < 6 or parts[1] not in ("ip4", "ip6") or parts[3] != "udp" or parts[5] != "quic-v1":
         raise ValueError(f"{maddr} is not /ip4|ip6/<address>/udp/<port>/quic-v1")
     family = socket.AF_INET if parts[1] == "ip4" else socket.AF_INET6
-    peer = ID.from_base58(parts[7]) if len(parts) >= 8 and parts[6] == "p2p" else None
-    return family, (parts[2], int(parts[4])), peer
+    try:
+        peer = ID.from_base58(parts[7]) if len(parts) >= 8 and parts[6] == "p2p" else None
+        port = int(parts[4])
+    except Exception as exc:  # base58/multihash decoding raise assorted errors
+        raise ValueError(f"{maddr}: {exc}") from exc
+    return family, (parts[2], port), peer
 
 
 class QuicTransport(ITransport):
@@ -232,9 +236,16 @@ class QuicListener(IListener):
                 log.info("QUIC %s: refused a connection from %s:%d: %s", self._addr, *conn.remote, exc)
                 conn._end("peer identity not proven")
                 return
-            nursery.start_soon(self._handler, conn)
+            nursery.start_soon(self._hand_over, conn)
             await conn.terminated.wait()
             nursery.cancel_scope.cancel()
+
+    async def _hand_over(self, conn: QuicConn) -> None:
+        try:
+            await self._handler(conn)
+        except Exception:  # the swarm's handler failed: end this connection, keep the listener serving
+            log.exception("QUIC %s: the swarm did not take the connection from %s", self._addr, conn)
+            conn._end("not accepted")
 
     def get_addrs(self) -> tuple[multiaddr.Multiaddr, ...]:
         return (self._addr,) if self._addr is not None and self._udp is not None else ()
