@@ -32,6 +32,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from node.identity import Identity
 from node.transports.base import Link, LinkClosed
+from node.transports.betanet import quic_transport
 from node.transports.betanet.quic import dial_order, is_quic, tcp_twin
 from node.transports.betanet.quic_transport import parse_quic
 from node.transports.betanet.transport import MESH_PROTOCOL, BetanetLink, BetanetTransport, DialError
@@ -302,3 +303,28 @@ async def test_junk_datagrams_are_dropped_and_the_listener_keeps_serving(nursery
         await link.send(b"still serving")
         assert await inbound.receive() == b"still serving"
     assert b.counters.links_opened == 1
+
+
+async def test_keepalive_holds_a_quiet_link_and_a_vanished_peer_ends_it(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a 1 s QUIC idle timeout: a link that carries nothing for 3 s stays up (PINGs every 0.5 s); when the
+    peer vanishes without a CONNECTION_CLOSE (its socket just stops), the link ends at the idle timeout instead
+    of waiting for betanet.stall_timeout_s."""
+    monkeypatch.setattr(quic_transport, "IDLE_TIMEOUT_S", 1.0)
+    a, _ = await start_transport(nursery, settings=QUIC)
+    b, b_links = await start_transport(nursery, settings=QUIC)
+    with trio.fail_after(WAIT_S):
+        link = await a.dial(quic_address(b))
+        inbound = await b_links.receive()
+    with trio.move_on_after(3.0) as quiet:  # three idle timeouts with nothing to carry
+        await link.receive()
+    assert quiet.cancelled_caught  # nothing arrived, and the link did not close
+    with trio.fail_after(WAIT_S):
+        await link.send(b"still here")
+        assert await inbound.receive() == b"still here"
+    assert b._quic is not None
+    for listener in b._quic._listeners:
+        listener._scope.cancel()  # b's socket goes silent: no CONNECTION_CLOSE, no more datagrams
+    with trio.fail_after(WAIT_S), pytest.raises(LinkClosed):
+        await link.receive()

@@ -241,9 +241,12 @@ class QuicConn(IRawConnection, IMuxedConn):
         *,
         initiator: bool,
         owns_socket: bool,
+        keepalive_s: float = math.inf,
         on_ended: Callable[[QuicConn], None] | None = None,
     ) -> None:
         self.quic = quic
+        self._keepalive_s = keepalive_s
+        self._next_ping = math.inf  # armed once the handshake completes
         self._udp = udp
         self.remote = remote
         self._initiator = initiator
@@ -280,6 +283,10 @@ class QuicConn(IRawConnection, IMuxedConn):
             self._end("connection closed")
 
     async def _timer_loop(self) -> None:
+        """The connection's one timer: the core's (loss detection, idle timeout, ...) or the keepalive PING,
+        whichever is first. A PING every ``keepalive_s`` keeps a quiet but live connection inside the idle
+        timeout; a peer that vanished (no CONNECTION_CLOSE: killed, unplugged) ends the connection at the
+        idle timeout because nothing acknowledges it."""
         while not self.terminated.is_set():
             with trio.CancelScope() as scope:
                 self._timer = scope
@@ -287,7 +294,13 @@ class QuicConn(IRawConnection, IMuxedConn):
                 await trio.sleep_forever()
             if self.terminated.is_set():
                 break  # the scope was cancelled by _end, not by the timer
-            self.quic.handle_timer(trio.current_time())
+            now = trio.current_time()
+            if now >= self._next_ping:
+                self.quic.send_ping(0)
+                self._next_ping = now + self._keepalive_s
+            at = self.quic.get_timer()
+            if at is not None and now >= at:
+                self.quic.handle_timer(now)
             await self.flush()
 
     async def _read_loop(self) -> None:
@@ -306,7 +319,8 @@ class QuicConn(IRawConnection, IMuxedConn):
 
     def _rearm(self) -> None:
         at = self.quic.get_timer()
-        self._timer.deadline = math.inf if at is None or self.terminated.is_set() else at
+        at = min(math.inf if at is None else at, self._next_ping)
+        self._timer.deadline = math.inf if self.terminated.is_set() else at
 
     async def flush(self) -> None:
         """Handle the core's events, send its datagrams, re-arm its timer, wake writers waiting for acks."""
@@ -329,6 +343,7 @@ class QuicConn(IRawConnection, IMuxedConn):
                     return
             stream._on_data(event.data, event.end_stream)
         elif isinstance(event, events.HandshakeCompleted):
+            self._next_ping = trio.current_time() + self._keepalive_s
             self.handshake_done.set()
         elif isinstance(event, events.StreamReset):
             if (stream := self._streams.get(event.stream_id)) is not None:

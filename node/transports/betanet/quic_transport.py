@@ -39,7 +39,8 @@ log = logging.getLogger("village.betanet.quic")
 
 ALPN = "libp2p"  # the libp2p QUIC spec's ALPN
 HANDSHAKE_TIMEOUT_S = 10.0  # a handshake (dial or inbound) not complete by then is abandoned
-IDLE_TIMEOUT_S = 600.0  # QUIC idle timeout (go-libp2p's and py-libp2p's 10 minutes); peers announce every ~15 s
+IDLE_TIMEOUT_S = 30.0  # QUIC idle timeout (go-libp2p's): a vanished peer's connection ends within this
+KEEPALIVE_FRACTION = 0.5  # a PING after this fraction of the idle timeout keeps a quiet connection (go-libp2p: 15 s)
 MAX_CONNECTIONS_PER_LISTENER = 1024  # connections (established or handshaking) one listen socket serves
 FLOW_WINDOW_BYTES = 1 << 20  # initial per-stream window; aioquic doubles it as data arrives
 CONNECTION_WINDOW_BYTES = 3 << 19  # initial connection window (py-libp2p's 1.5 MB)
@@ -64,23 +65,25 @@ def parse_quic(maddr: multiaddr.Multiaddr) -> tuple[socket.AddressFamily, Addres
 class QuicTransport(ITransport):
     provides_native_muxing: bool = True
 
-    def __init__(self, private_key: PrivateKey) -> None:
+    def __init__(self, private_key: PrivateKey, idle_timeout_s: float | None = None) -> None:
+        idle_timeout_s = IDLE_TIMEOUT_S if idle_timeout_s is None else idle_timeout_s
+        self.keepalive_s = idle_timeout_s * KEEPALIVE_FRACTION
         self._peer_id = ID.from_pubkey(private_key.get_public_key())
         self._security: QUICTLSConfigManager = create_quic_security_transport(private_key, self._peer_id)
         tls = self._security.create_server_config()
-        self._server_config = self._configuration(is_client=False, cert=tls.certificate, key=tls.private_key)
+        self._server_config = self._configuration(False, tls.certificate, tls.private_key, idle_timeout_s)
         tls = self._security.create_client_config()
-        self._client_config = self._configuration(is_client=True, cert=tls.certificate, key=tls.private_key)
+        self._client_config = self._configuration(True, tls.certificate, tls.private_key, idle_timeout_s)
         self._background: trio.Nursery | None = None
         self._listeners: list[QuicListener] = []
 
     @staticmethod
-    def _configuration(*, is_client: bool, cert: object, key: object) -> QuicConfiguration:
+    def _configuration(is_client: bool, cert: object, key: object, idle_timeout_s: float) -> QuicConfiguration:
         config = QuicConfiguration(
             is_client=is_client,
             alpn_protocols=[ALPN],
             verify_mode=ssl.CERT_NONE,  # certificates are self-signed; the libp2p extension is checked instead
-            idle_timeout=IDLE_TIMEOUT_S,
+            idle_timeout=idle_timeout_s,
             max_data=CONNECTION_WINDOW_BYTES,
             max_stream_data=FLOW_WINDOW_BYTES,
             supported_versions=[QuicProtocolVersion.VERSION_1],
@@ -120,7 +123,12 @@ class QuicTransport(ITransport):
         except OSError as exc:
             raise OpenConnectionError(f"{maddr}: cannot open a UDP socket: {exc}") from exc
         conn = QuicConn(
-            QuicConnection(configuration=self._client_config), udp, remote, initiator=True, owns_socket=True
+            QuicConnection(configuration=self._client_config),
+            udp,
+            remote,
+            initiator=True,
+            owns_socket=True,
+            keepalive_s=self.keepalive_s,
         )
         try:
             conn.quic.connect(remote, trio.current_time())  # before the timer task: it arms get_timer()
@@ -211,7 +219,15 @@ class QuicListener(IListener):
             log.warning("QUIC %s: %d connections; refusing one from %s", self._addr, len(self._conns), addr)
             return None
         quic = ServerQuicConnection(configuration=config, original_destination_connection_id=header.destination_cid)
-        conn = QuicConn(quic, udp, addr, initiator=False, owns_socket=False, on_ended=self._ended)
+        conn = QuicConn(
+            quic,
+            udp,
+            addr,
+            initiator=False,
+            owns_socket=False,
+            keepalive_s=self._transport.keepalive_s,
+            on_ended=self._ended,
+        )
         self._conns[addr] = conn
         nursery.start_soon(self._run_inbound, conn)
         return conn
