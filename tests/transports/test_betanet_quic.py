@@ -106,9 +106,13 @@ def test_dial_order_puts_quic_first_then_its_tcp_twin() -> None:
     assert dial_order(tcp, other) == [tcp]  # an explicit TCP address is dialled as given
 
 
-async def test_falls_back_to_tcp_when_quic_does_not_answer(nursery: trio.Nursery) -> None:
-    """A peer listening on TCP only: its QUIC address (same port on UDP) gets no answer, and the dial
-    connects over TCP instead, counted in dial_fallbacks."""
+async def test_falls_back_to_tcp_when_quic_does_not_answer(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer listening on TCP only: its QUIC address (same port on UDP) answers with ICMP port unreachable,
+    which ends the QUIC dial at once (not after QUIC_ATTEMPT_S), and the dial connects over TCP instead,
+    counted in dial_fallbacks and logged with the reason."""
+    caplog.set_level(logging.INFO, "village.betanet")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -123,6 +127,7 @@ async def test_falls_back_to_tcp_when_quic_does_not_answer(nursery: trio.Nursery
         assert await inbound.receive() == b"over tcp"
     assert f"/tcp/{port}/" in link.remote_address
     assert a.counters.dial_fallbacks == 1 and a.counters.dial_failures == 0
+    assert any("after" in r.getMessage() and "port unreachable" in r.getMessage() for r in caplog.records)
 
 
 async def test_oversize_frame_over_quic_is_counted_and_logged(

@@ -59,14 +59,19 @@ Address = tuple[str, int]
 class UdpSocket:
     """A non-blocking UDP socket; senders wait only while the kernel's send buffer is full."""
 
-    def __init__(self, family: socket.AddressFamily, bind: Address) -> None:
+    def __init__(self, family: socket.AddressFamily, bind: Address, peer: Address | None = None) -> None:
+        """Bound to ``bind``; with ``peer``, also connected to it, so that the kernel reports an ICMP "port
+        unreachable" from it (ConnectionRefusedError from :meth:`receive_batch`) instead of dropping it."""
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             self.sock.setblocking(False)
             self.sock.bind(bind)
+            if peer is not None:
+                self.sock.connect(peer)
         except OSError:
             self.sock.close()
             raise
+        self._connected = peer is not None
         self._lock = trio.Lock()
 
     @property
@@ -106,8 +111,12 @@ class UdpSocket:
         for _ in range(DATAGRAMS_PER_WAKEUP):
             try:
                 data, addr = self.sock.recvfrom(DATAGRAM_BYTES)
-            except (BlockingIOError, ConnectionRefusedError):
-                break  # ICMP errors surface here on Linux; the core's timers handle an unreachable peer
+            except BlockingIOError:
+                break
+            except ConnectionRefusedError:
+                if self._connected:
+                    raise  # the one peer of this socket has no socket on its port
+                break  # an unconnected socket: a stale ICMP error about some earlier peer
             batch.append((data, (str(addr[0]), int(addr[1]))))
         return batch
 
@@ -309,6 +318,9 @@ class QuicConn(IRawConnection, IMuxedConn):
                 for data, addr in await self._udp.receive_batch():
                     self.quic.receive_datagram(data, addr, trio.current_time())
                 await self.flush()
+        except ConnectionRefusedError:
+            self.error = self.error or "port unreachable (nothing listens on the peer's UDP port)"
+            self.terminated.set()
         except (trio.ClosedResourceError, OSError) as exc:  # the socket was closed by _end, or failed
             self.error = self.error or f"socket: {exc or type(exc).__name__}"
             self.terminated.set()

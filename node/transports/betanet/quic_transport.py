@@ -119,7 +119,7 @@ class QuicTransport(ITransport):
         if expected is None:
             raise OpenConnectionError(f"{maddr}: a QUIC dial needs /p2p/<peer id> to authenticate the peer")
         try:
-            udp = UdpSocket(family, ("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+            udp = UdpSocket(family, ("::" if family == socket.AF_INET6 else "0.0.0.0", 0), remote)
         except OSError as exc:
             raise OpenConnectionError(f"{maddr}: cannot open a UDP socket: {exc}") from exc
         conn = QuicConn(

@@ -572,7 +572,7 @@ class BetanetTransport(Transport):
                 except Exception as exc:  # libp2p surfaces many error types for unreachable/refusing peers
                     if last:
                         raise
-                    errors.append(f"{addr}: {exc or type(exc).__name__}")
+                    errors.append(f"{addr}: {_with_causes(exc)}")
             if scope.cancelled_caught:
                 errors.append(f"{addr}: no answer within {QUIC_ATTEMPT_S:g} s")
 
@@ -659,6 +659,16 @@ class BetanetTransport(Transport):
             if self.relay is not None:
                 self.relay.release(peer_id)
             log.info("bootstrap %s lost; redialling", addr)
+
+
+def _with_causes(exc: BaseException) -> str:
+    """An error and what caused it, one line (py-libp2p's swarm wraps the transport's reason)."""
+    parts: list[str] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(parts) < 4:
+        parts.append(str(cause) or type(cause).__name__)
+        cause = cause.__cause__
+    return ": ".join(parts)
 
 
 def _one_per_relay(circuits: list[str]) -> list[str]:
