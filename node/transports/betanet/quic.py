@@ -9,9 +9,9 @@ unless the remote proves the key behind ``<id>``, and an inbound client that pro
 on both, the mesh binds the libp2p peer ID (derived from the node's Ed25519 key) to the BitChat announce
 (:attr:`BetanetLink.authenticated_signing_key`).
 
-Dialling. A QUIC address is tried first, for at most :data:`QUIC_ATTEMPT_S`; if it does not connect, the same
-host's TCP address on the same port number is tried (``betanet.listen`` defaults to both on port 4001), then
-any other TCP address the peerstore knows for the peer.
+Dialling. A QUIC address is tried first, for at most :data:`QUIC_ATTEMPT_S` (an ICMP port unreachable ends
+it at once); if it does not connect, the same host's TCP address on the same port number is tried
+(``betanet.listen`` defaults to both on port 4001), then the peer's other addresses the peerstore knows.
 """
 
 from __future__ import annotations
