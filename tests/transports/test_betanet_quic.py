@@ -32,7 +32,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from node.identity import Identity
 from node.transports.base import Link, LinkClosed
-from node.transports.betanet import quic_transport
+from node.transports.betanet import quic_conn, quic_transport
 from node.transports.betanet.quic import dial_order, is_quic, tcp_twin
 from node.transports.betanet.quic_transport import parse_quic
 from node.transports.betanet.transport import MESH_PROTOCOL, BetanetLink, BetanetTransport, DialError
@@ -333,3 +333,21 @@ async def test_keepalive_holds_a_quiet_link_and_a_vanished_peer_ends_it(
         listener._scope.cancel()  # b's socket goes silent: no CONNECTION_CLOSE, no more datagrams
     with trio.fail_after(WAIT_S), pytest.raises(LinkClosed):
         await link.receive()
+
+
+async def test_a_stream_whose_reader_stops_is_reset_at_its_receive_bound(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aioquic grants flow-control credit as data arrives, so a sender can outrun a reader that stopped: the
+    stream's unread bytes are bounded (here 256 KB); past the bound the stream is reset, the sender's writes
+    fail, and it is logged."""
+    monkeypatch.setattr(quic_conn, "STREAM_RECEIVE_LIMIT_BYTES", 256 * 1024)
+    a, _ = await start_transport(nursery, settings=QUIC)
+    b, b_links = await start_transport(nursery, settings=QUIC)
+    with trio.fail_after(WAIT_S):
+        link = await a.dial(quic_address(b))
+        await b_links.receive()  # ...and never read: its queue fills, then the stream's buffer
+        with pytest.raises(LinkClosed):
+            for _ in range(2000):  # 120 MB if nothing stopped it
+                await link.send(b"f" * 60_000)
+    assert any("unread bytes" in r.getMessage() and "resetting it" in r.getMessage() for r in caplog.records)
