@@ -411,7 +411,10 @@ class QuicConn(IRawConnection, IMuxedConn):
                     self._send_waiters -= 1
             if self.terminated.is_set() or stream._reset:
                 raise MuxedStreamReset(f"QUIC stream {stream.stream_id}: {self.error or 'reset'}")
-            self.quic.send_stream_data(stream.stream_id, bytes(view[:WRITE_CHUNK_BYTES]))
+            try:
+                self.quic.send_stream_data(stream.stream_id, bytes(view[:WRITE_CHUNK_BYTES]))
+            except ValueError as exc:  # aioquic: the stream is closed or discarded in the core
+                raise MuxedStreamReset(f"QUIC stream {stream.stream_id}: {exc}") from exc
             view = view[WRITE_CHUNK_BYTES:]
             await self.flush()
 

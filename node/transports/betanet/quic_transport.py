@@ -202,7 +202,11 @@ class QuicListener(IListener):
                                 conn.datagram_received(data, addr)
                                 touched[addr] = conn
                         for conn in touched.values():
-                            await conn.flush()
+                            try:
+                                await conn.flush()
+                            except Exception:  # one connection's failure ends it, not the listener
+                                log.exception("QUIC %s: connection %s failed", self._addr, conn)
+                                conn._end("internal error")
         finally:
             udp.close()
 
