@@ -39,12 +39,12 @@ class Daemon:
     def data(self) -> Path:
         return self.root / self.name
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, check: bool = True, timeout_s: float = WAIT_S + 15) -> subprocess.CompletedProcess[str]:
         r = subprocess.run(
             [*VILLAGE, *args, "--data-dir", str(self.data)],
             capture_output=True,
             text=True,
-            timeout=WAIT_S + 15,
+            timeout=timeout_s,
             check=False,
         )
         if check and r.returncode != 0:
@@ -214,6 +214,35 @@ def test_two_daemons_over_betanet_quic(root: Path) -> None:
             assert d.proc.wait(timeout=WAIT_S) == 0
             log = (root / f"{d.name}.log").read_text()
             assert "Traceback" not in log and "closed to new arrivals" not in log, log[-2000:]
+    finally:
+        for d in (alice, bob):
+            d.stop()
+
+
+@pytest.mark.slow
+def test_quic_peer_killed_and_restarted_is_reconnected(root: Path) -> None:
+    """Over QUIC a killed peer sends no CONNECTION_CLOSE (and its restarted process drops the old connection's
+    packets silently), so the survivor learns of it from the QUIC idle timeout (30 s, kept alive by PINGs
+    while the peer lives) or an ICMP port unreachable, then redials its bootstrap peer and delivers again."""
+    port = free_port()
+    alice = Daemon(root, "alice", f"/ip4/127.0.0.1/udp/{port}/quic-v1, /ip4/127.0.0.1/tcp/{port}")
+    bob = Daemon(root, "bob", "/ip4/127.0.0.1/udp/0/quic-v1")
+    long_wait = "75"  # the 30 s idle timeout, the redial backoff and a loaded machine
+    try:
+        alice.start()
+        addrs = alice.status()["listen_addrs"]
+        assert isinstance(addrs, list)
+        bob.bootstrap = [addrs[0]]
+        bob.start()
+        bob_id = bob.status()["peer_id"]
+        assert isinstance(bob_id, str)
+        alice.cli("peers", "--wait", bob_id, "--timeout", WAIT)
+        alice.kill()
+        alice.start()  # same port, same identity; bob's old connection is dead but nobody told bob
+        alice.cli("peers", "--wait", bob_id, "--direct", "--timeout", long_wait, timeout_s=float(long_wait) + 15)
+        sent = json.loads(alice.cli("send", bob_id, "back over quic", "--wait", WAIT, "--json").stdout)
+        assert sent["state"] == "delivered"
+        assert "back over quic" in [m["text"] for m in json.loads(bob.cli("inbox", "--json").stdout)]
     finally:
         for d in (alice, bob):
             d.stop()
