@@ -430,8 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-acked", type=int, default=0, metavar="N", help="wait until N fetched envelopes were acked")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds a wait may take (default 30)")
     add("route", cmd_route, "Show the path table: how this node reaches each peer it knows a way to.")
-    p = add("connect", cmd_connect, "Connect to a peer over BetaNet (libp2p, Noise enforced).")
-    p.add_argument("addr", help="multiaddr ending in /p2p/<peer id>, e.g. /ip4/192.0.2.7/tcp/4001/p2p/12D3Koo...")
+    p = add("connect", cmd_connect, "Connect to a peer over BetaNet (libp2p; QUIC, or TCP with Noise).")
+    p.add_argument(
+        "addr",
+        help="multiaddr ending in /p2p/<peer id>, e.g. /ip4/192.0.2.7/udp/4001/quic-v1/p2p/12D3Koo... (falls back "
+        "to TCP on the same port) or /ip4/192.0.2.7/tcp/4001/p2p/12D3Koo...",
+    )
     add("stop", cmd_stop, "Stop the running node gracefully.")
     p = add("config", cmd_config, "Print the example config, check the config, or show the effective one.")
     p.add_argument("action", choices=["example", "check", "show"], help="what to do")

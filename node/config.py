@@ -206,9 +206,18 @@ WIRE_HELP: dict[str, tuple[str, float, float]] = {
 
 @dataclass(frozen=True, slots=True)
 class BetanetSection:
-    enabled: bool = _f(True, "Run BetaNet, the internet transport (libp2p, Noise always enforced).")
-    listen: tuple[str, ...] = _f(("/ip4/0.0.0.0/tcp/4001",), "Multiaddrs to listen on (port 0 picks a free port).")
-    bootstrap: tuple[str, ...] = _f((), "Peers to dial at start and keep connected, as /ip4/.../tcp/N/p2p/ID.")
+    enabled: bool = _f(
+        True, "Run BetaNet, the internet transport (libp2p; never plaintext: Noise on TCP, TLS 1.3 on QUIC)."
+    )
+    listen: tuple[str, ...] = _f(
+        ("/ip4/0.0.0.0/udp/4001/quic-v1", "/ip4/0.0.0.0/tcp/4001"),
+        "Multiaddrs to listen on: QUIC (/udp/N/quic-v1, TLS 1.3 with the libp2p peer-ID certificate) and TCP "
+        "(/tcp/N, Noise) on the same port by default; a QUIC dial falls back to the TCP address with the same "
+        "port (port 0 picks a free port).",
+    )
+    bootstrap: tuple[str, ...] = _f(
+        (), "Peers to dial at start and keep connected, as /ip4/.../udp/N/quic-v1/p2p/ID or /ip4/.../tcp/N/p2p/ID."
+    )
     mdns: bool = _f(True, "Find and dial other nodes on the local network with mDNS (multicast on every interface).")
     dht: bool = _f(
         True,
