@@ -33,6 +33,7 @@ from node.config import MeshSection
 from node.crypto.errors import ReplayError
 from node.errors import CryptoError, MeshError
 from node.identity import Identity, peer_id_from_noise_key
+from node.routing.app import AppChannel, AppEvent
 from node.routing.courier import (
     CourierStore,
     Envelope,
@@ -124,7 +125,7 @@ class PrivateFailed:
     reason: str
 
 
-MeshEvent = PeerAnnounced | PeerLeft | MessageReceived | DeliveryAcked | PrivateFailed
+MeshEvent = PeerAnnounced | PeerLeft | MessageReceived | DeliveryAcked | PrivateFailed | AppEvent
 
 
 @dataclass(slots=True)
@@ -216,6 +217,7 @@ class MeshCore:
         self.relays = RelayQueue(s.relay_queue_max)
         self._flood = s.routing == "flood"
         self.couriers = CourierStore(s.courier_max_envelopes)
+        self.app = AppChannel(self.rng)  # app request/response codec and matching (node.routing.app)
         self._announced_at: dict[str, float] = {}  # link -> when we last announced on it
         self._answers: dict[str, float] = {}
         # Links the last encrypted frame to each peer left on (bounded by the peer table's size).
@@ -656,6 +658,12 @@ class MeshCore:
         while len(self.last_links) > self.settings.max_peers:
             self.last_links.popitem(last=False)
 
+    def send_app(self, peer_id: bytes, plaintext: bytes, now: float) -> None:
+        """Send an app-channel plaintext (from :attr:`app`) in the peer's Noise session, starting one if needed."""
+        if self.peers.get(peer_id) is None:
+            raise MeshError(f"peer {peer_id.hex()} is unknown: no verified announce from it yet")
+        self._send_encrypted(peer_id, plaintext, now, queue=True)
+
     def _start_handshake(self, peer_id: bytes, now: float, *, flood: bool = False) -> None:
         msg1 = self.sessions.initiate(peer_id, now)
         if msg1 is not None:
@@ -954,6 +962,12 @@ class MeshCore:
             if p is not None and p.peer_id == peer:
                 del self.pending[message_id]
                 self._events.append(DeliveryAcked(message_id, peer))
+        elif ptype == NoisePayloadType.APP_CHANNEL:
+            app_event = self.app.receive_untrusted(peer, body)
+            if isinstance(app_event, bytes):  # a resent request we answered already: answer it again
+                self._send_encrypted(peer, app_event, now, queue=True)
+            elif app_event is not None:
+                self._events.append(app_event)
         # read receipts, authenticated peer state and optional types are accepted and ignored
 
     def _on_ping(self, link_id: str, pkt: Packet, now: float) -> None:
