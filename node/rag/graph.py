@@ -46,6 +46,7 @@ MAX_SEEDS = 20  # seed passages used
 ENTITIES_PER_SEED = 8  # most specific entities taken from each seed passage
 MAX_ENTITIES = 96  # entity nodes in the subgraph
 MAX_FANOUT = 64  # passages taken per entity (entities in more chunks than max_df are skipped)
+SEED_FLOOR = 0.05  # added to every scaled seed weight, so the last seed still restarts some walks
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,7 @@ class ExpandParams:
     relation_weight: float = 0.3  # entity–entity edges relative to passage–entity edges
     max_df_fraction: float = 0.05  # entities in more than this fraction of chunks are too generic to follow
     max_df: int = MAX_FANOUT
+    graph_weight: float = 0.3  # λ: weight of the PageRank score against the first-stage score in expand()
 
 
 _SCHEMA = [
@@ -185,14 +187,39 @@ def expand(
     seeds: dict[int, float],
     params: ExpandParams | None = None,
 ) -> dict[int, float]:
+    """Re-score a first-stage candidate set through the graph. ``seeds``: chunk id -> retrieval score (higher is
+    better, any scale). Returns chunk id -> ``(1 − λ)·seed + λ·ppr`` for the seeds and every passage the graph
+    reached, where ``seed`` is the seed score min-max scaled to [0, 1] (0 for a passage that was no seed), ``ppr``
+    the personalised-PageRank mass scaled so the best is 1, and λ = ``params.graph_weight``. With nothing relevant
+    in the graph the seeds come back (scaled), in the same order."""
+    p = params or ExpandParams()
+    norm = _minmax(seeds)
+    ppr = graph_scores(conn, query_text, norm, p)
+    lam = p.graph_weight if ppr else 0.0
+    return {cid: (1.0 - lam) * norm.get(cid, 0.0) + lam * ppr.get(cid, 0.0) for cid in {*norm, *ppr}}
+
+
+def _minmax(scores: dict[int, float]) -> dict[int, float]:
+    finite = {k: v for k, v in scores.items() if math.isfinite(v)}
+    if not finite:
+        return {}
+    lo, hi = min(finite.values()), max(finite.values())
+    if hi <= lo:
+        return dict.fromkeys(finite, 1.0)
+    return {k: (v - lo) / (hi - lo) for k, v in finite.items()}
+
+
+def graph_scores(
+    conn: sqlite3.Connection, query_text: str, seeds: dict[int, float], params: ExpandParams | None = None
+) -> dict[int, float]:
     """Personalised PageRank over the local subgraph around the query's entities and the seed passages
-    (chunk id -> retrieval score, higher better, > 0). Returns chunk id -> PageRank mass scaled to max 1, for
-    the seeds and the passages the graph reached. Empty when the graph knows nothing relevant."""
+    (chunk id -> weight >= 0). Returns chunk id -> PageRank mass scaled to max 1, for the seeds and the passages
+    the graph reached; empty when the graph knows nothing relevant."""
     p = params or ExpandParams()
     n = max(1, n_chunks(conn))
     max_df = max(2, min(p.max_df, int(p.max_df_fraction * n) or 2))
     top_seeds = sorted(seeds.items(), key=lambda kv: -kv[1])[:MAX_SEEDS]
-    seed_w = {cid: max(0.0, s) for cid, s in top_seeds}
+    seed_w = {cid: max(0.0, s) + SEED_FLOOR for cid, s in top_seeds}
     q_ent = {eid: w for eid, w in query_entities(conn, query_text).items()}
 
     # Entities: the query's own (any df: they anchor the reset vector) and the seeds' most specific ones.
@@ -307,4 +334,13 @@ def _ppr(
     return {cid: v / best for cid, v in passages.items() if v > 0}
 
 
-__all__ = ["ExpandParams", "ensure_schema", "expand", "index_chunks", "n_chunks", "query_entities", "remove_chunks"]
+__all__ = [
+    "ExpandParams",
+    "ensure_schema",
+    "expand",
+    "graph_scores",
+    "index_chunks",
+    "n_chunks",
+    "query_entities",
+    "remove_chunks",
+]
