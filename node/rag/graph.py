@@ -274,6 +274,8 @@ def graph_scores(
         ).fetchall():
             if a in ent_set and b in ent_set:
                 edges_ee.append((int(a), int(b), p.relation_weight * math.log1p(float(w))))
+    if not edges_pe and not edges_ee:
+        return {}  # nothing links anything: PageRank would only echo the seeds
     return _ppr(q_ent, seed_w, edges_pe, edges_ee, p)
 
 
