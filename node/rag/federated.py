@@ -420,6 +420,49 @@ async def federated_query(
     return FederatedResult(hits, outcomes)
 
 
+class RagServiceSearch:
+    """:class:`SharedSearch` over the node's :class:`node.rag.service.RagService`: its query restricted to shared
+    documents, then the chunk texts (for claim keys) and the shared flags read again from its store.
+
+    SEAM (RAG-pipeline): the two store reads go through ``RagService._run_db`` / ``_store`` (its single DB worker
+    thread); a public ``RagService`` method for them would replace these two private accesses."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+
+    async def search_shared(self, text: str, k: int) -> list[SharedHit]:
+        hits = await self.service.query(text, k=k, shared_only=True)
+        texts: dict[int, str] = await self.service._run_db(self._texts_sync, [h.chunk_id for h in hits])
+        return [
+            SharedHit(h.doc_id, h.chunk_id, h.score, h.title, h.source, h.snippet, texts.get(h.chunk_id, h.snippet))
+            for h in hits
+            if h.shared
+        ]
+
+    async def shared_doc_ids(self, doc_ids: Sequence[int]) -> set[int]:
+        out: set[int] = await self.service._run_db(self._shared_sync, list(doc_ids))
+        return out
+
+    def _texts_sync(self, chunk_ids: list[int]) -> dict[int, str]:
+        return {cid: row.text for cid, row in self.service._store.chunks(chunk_ids).items()}
+
+    def _shared_sync(self, doc_ids: list[int]) -> set[int]:
+        return shared_doc_ids(self.service._store.conn, doc_ids)
+
+
+def shared_doc_ids(conn: Any, doc_ids: Sequence[int]) -> set[int]:
+    """Those of ``doc_ids`` whose ``documents.shared`` is 1 (blocking; the caller's DB thread)."""
+    out: set[int] = set()
+    ids = list(doc_ids)
+    for i in range(0, len(ids), 500):
+        part = ids[i : i + 500]
+        marks = ",".join("?" * len(part))
+        out.update(
+            int(r[0]) for r in conn.execute(f"SELECT id FROM documents WHERE shared = 1 AND id IN ({marks})", part)
+        )
+    return out
+
+
 def register(node: Any, search: SharedSearch, **kwargs: Any) -> FederatedResponder:
     """Serve federated queries from peers on ``node`` (a running or starting :class:`node.node.Node`)."""
     responder = FederatedResponder(search, **kwargs)
@@ -436,6 +479,7 @@ __all__ = [
     "FederatedResult",
     "PeerHit",
     "PeerOutcome",
+    "RagServiceSearch",
     "SharedHit",
     "SharedSearch",
     "StoreClaimTrust",
@@ -446,4 +490,5 @@ __all__ = [
     "merge",
     "reachable_peers",
     "register",
+    "shared_doc_ids",
 ]
