@@ -15,6 +15,7 @@ import trio.testing
 from node.config import RagSection
 from node.node import Node
 from node.rag import federated
+from node.rag.embed import Embedder, Vectors
 from node.rag.errors import RagError
 from node.rag.federated import (
     FederatedHit,
@@ -31,13 +32,19 @@ from node.rag.service import RagService
 from node.rag.store import Store
 from node.rag.trust import ChunkTrust, Opinion, TrustStore, claim_hash, discount, fuse_all
 from node.transports.memory import Faults
-from tests.rag.helpers import NoEmbedder
 from tests.routing.harness import Mesh, start_mesh
 
 SIM_TIMEOUT_S = 600
 LINK = Faults(duplicate=0.1, reorder=0.2, reorder_window_s=0.2, latency_s=0.02, jitter_s=0.03)
 SECRET = "SECRET-7731 metformin glucose lab notebook"
 COMMON = "Metformin lowers blood glucose through AMPK activation in the liver."
+
+
+class NoEmbedder(Embedder):
+    """BM25 mode never embeds: a call is a test failure."""
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        raise AssertionError("the embedder was called in bm25 mode")
 
 
 async def _service(nursery: trio.Nursery, docs: Sequence[tuple[str, str, bool]]) -> RagService:

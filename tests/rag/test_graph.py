@@ -60,9 +60,10 @@ def test_index_and_remove_keep_counts_consistent() -> None:
     assert graph.n_chunks(store.conn) == 1
     assert _df(store, "brca1") == 1
     assert _df(store, "insulin") is None  # no chunk mentions it any more: gone
-    assert store.conn.execute("SELECT count(*) FROM mentions WHERE chunk_id IN (?, ?)", (ids[0], ids[2])).fetchone()[
-        0
-    ] == 0
+    assert (
+        store.conn.execute("SELECT count(*) FROM mentions WHERE chunk_id IN (?, ?)", (ids[0], ids[2])).fetchone()[0]
+        == 0
+    )
     assert store.conn.execute("SELECT count(*) FROM trust_claims").fetchone()[0] == 1
     graph.ensure_schema(store.conn)  # idempotent
 
