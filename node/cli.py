@@ -28,6 +28,7 @@ from node.control.client import ControlClient
 from node.control.errors import ClientError
 from node.errors import ConfigError, IdentityError, NodeError, StartupError
 from node.identity import create_identity, ensure_private_dir, identity_exists, load_identity
+from node.rag import cli as rag_cli
 from node.transports.base import Transport
 
 if TYPE_CHECKING:
@@ -405,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("rpc", cmd_rpc, "Call any control method (see `village rpc rpc.methods`).")
     p.add_argument("method", help="JSON-RPC method name")
     p.add_argument("params", nargs="?", help="params as a JSON object")
+    rag_cli.add_commands(sub, common)
     return parser
 
 

@@ -29,6 +29,7 @@ from node.errors import MeshError, NodeError
 from node.identity import Identity, fingerprint_from_noise_key
 from node.inbox import Inbox, InboxMessage
 from node.outbox import Outbox, OutboxError
+from node.rag.service import RagService
 from node.routing.app import AppRemoteError, AppRequestReceived, AppResponseReceived, AppTimeout
 from node.routing.mesh import (
     DeliveryAcked,
@@ -122,6 +123,14 @@ class Node:
         self._app_handlers: dict[str, AppHandler] = {}
         self._app_waiters: dict[bytes, _AppWaiter] = {}
         self._app_running = 0
+        # The local knowledge base (node/rag): opened on first use, closed when run() ends.
+        self.rag: RagService | None = None
+        if config.rag.enabled:
+            self.rag = RagService(
+                config.rag,
+                config.data_dir / "rag" if persistent_inbox else None,
+                wall_s=lambda: self.clock.wall_ms() / 1000.0,
+            )
 
     # ------------------------------------------------------------ lifecycle
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -142,6 +151,8 @@ class Node:
             self._restore_outbox()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if self.rag is not None:
+                    await nursery.start(self.rag.run)
                 if self._control_enabled:
                     self.control_server = ControlServer(
                         cfg.socket_path,

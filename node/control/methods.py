@@ -9,6 +9,7 @@ import trio
 
 from node.control.rpc import APP_ERROR, NoParams, Notify, Registry, RpcError, param
 from node.outbox import STATES
+from node.rag.rpc import register as register_rag
 
 if TYPE_CHECKING:
     from node.node import Node
@@ -244,4 +245,5 @@ def build_registry(node: Node) -> Registry:
         inbox_follow,
         streaming=True,
     )
+    register_rag(reg, lambda: node.rag)
     return reg

@@ -316,7 +316,7 @@ class RagService:
             vecs = None if vectors is None else vectors[pos : pos + len(item.chunks)]
             pos += len(item.chunks)
             blobs = None if vecs is None else [to_blob(v) for v in vecs]
-            out.append(await self._run_db(self._write_sync, item, blobs, vecs, shared, origin_peer))
+            out.append(await self._run_db(self._write_sync, item, blobs, vecs, shared, origin_peer, self.wall_s()))
         return out
 
     def _write_sync(
@@ -326,6 +326,7 @@ class RagService:
         vecs: Vectors | None,
         shared: bool,
         origin_peer: str | None,
+        now: float,
     ) -> ingest.Outcome:
         assert self._store is not None and self._index is not None
         g = self._graph
@@ -335,7 +336,7 @@ class RagService:
             blobs,
             origin_peer=origin_peer,
             shared=shared,
-            added_at=self.wall_s(),
+            added_at=now,
             graph_index=None if g is None else g.index_chunks,
             graph_remove=None if g is None else g.remove_chunks,
         )
@@ -422,13 +423,12 @@ class RagService:
 
     async def feedback(self, chunk_id: int, good: bool) -> dict[str, Any]:
         """The user marks a result good or bad; the chunk's source reputation is updated (``node.rag.trust``)."""
-        return dict(await self._run_db(self._feedback_sync, chunk_id, good))
+        return dict(await self._run_db(self._feedback_sync, chunk_id, good, self.wall_s()))
 
-    def _feedback_sync(self, chunk_id: int, good: bool) -> dict[str, Any]:
+    def _feedback_sync(self, chunk_id: int, good: bool, now: float) -> dict[str, Any]:
         assert self._store is not None
         if not self._store.chunks([chunk_id]):
             raise NotFound(f"no result with id {chunk_id} (use an `id` from rag.query)")
-        now = self.wall_s()
         with self._store.transaction():
             rep = self._trust.feedback_chunk(chunk_id, good, now)
         ct = self._trust.opinion_for_chunk(chunk_id, now)
@@ -463,7 +463,9 @@ class RagService:
         qvec = (await self._embed([text]))[0] if mode != "bm25" else None
         use_graph = self.settings.graph if graph is None else graph
         self.counters["queries"] += 1
-        hits: list[Hit] = await self._run_db(self._search_sync, text, qvec, k, mode, use_graph, per_doc, shared_only)
+        hits: list[Hit] = await self._run_db(
+            self._search_sync, text, qvec, k, mode, use_graph, per_doc, shared_only, self.wall_s()
+        )
         return hits
 
     def ranked(self, text: str, qvec: Vectors | None, mode: str, use_graph: bool) -> list[tuple[int, float]]:
@@ -487,7 +489,15 @@ class RagService:
         return fusion.top(scores, len(scores))
 
     def _search_sync(
-        self, text: str, qvec: Vectors | None, k: int, mode: str, use_graph: bool, per_doc: bool, shared_only: bool
+        self,
+        text: str,
+        qvec: Vectors | None,
+        k: int,
+        mode: str,
+        use_graph: bool,
+        per_doc: bool,
+        shared_only: bool,
+        now: float,
     ) -> list[Hit]:
         assert self._store is not None
         ranked = self.ranked(text, qvec, mode, use_graph)
@@ -505,7 +515,7 @@ class RagService:
             picked.append((cid, score))
             if len(picked) >= k:
                 break
-        opinions = self._trust.opinions_for_chunks([c for c, _ in picked], self.wall_s()) if picked else {}
+        opinions = self._trust.opinions_for_chunks([c for c, _ in picked], now) if picked else {}
         hits: list[Hit] = []
         for cid, score in picked:
             row = rows[cid]
