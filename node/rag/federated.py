@@ -463,6 +463,61 @@ def shared_doc_ids(conn: Any, doc_ids: Sequence[int]) -> set[int]:
     return out
 
 
+def serve(node: Any) -> FederatedResponder | None:
+    """Answer peers' federated queries from ``node.rag`` (the node's RagService; shared documents only). Call once
+    the node is constructed; None when the node has no knowledge base (rag.enabled = false)."""
+    service = getattr(node, "rag", None)
+    return None if service is None else register(node, RagServiceSearch(service))
+
+
+async def mesh_query(
+    node: Any,
+    text: str,
+    *,
+    k: int = 10,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_peers: int = DEFAULT_MAX_PEERS,
+    mode: str | None = None,
+    graph: bool | None = None,
+) -> dict[str, Any]:
+    """``rag.query`` with ``mesh = true``: the local results (``node.rag``) and the reachable peers' (their shared
+    documents), merged by trust; JSON for the control method, each result naming its origin (``local`` or a peer
+    ID, with nickname) and every peer that returned the same claim, plus one status line per peer asked.
+
+    SEAM (RAG-pipeline): reads claim keys and the trust store through ``RagService._run_db`` / ``_trust`` / ``_db``
+    (the service's single DB thread); a public RagService accessor would replace them."""
+    service = node.rag
+    if service is None:
+        raise RagError("the knowledge base is disabled on this node (rag.enabled = false)")
+    k = max(1, min(k, MAX_PEER_HITS))
+    hits = await service.query(text, k=k, mode=mode, graph=graph)
+    claims: dict[int, str] = await service._run_db(
+        lambda: {h.chunk_id: service._trust.chunk_claim(h.chunk_id) for h in hits}
+    )
+    nickname = str(getattr(node, "nickname", ""))
+    local = [
+        FederatedHit(
+            origin="local",
+            peers=[],
+            nickname=nickname,
+            doc_id=h.doc_id,
+            chunk_id=h.chunk_id,
+            title=h.title,
+            source=h.source,
+            snippet=h.snippet,
+            score=h.score,
+            claim=claims[h.chunk_id],
+            trust=0.5 if h.trust is None else h.trust,
+            uncertainty=1.0 if h.uncertainty is None else h.uncertainty,
+            opinion=Opinion(h.belief or 0.0, h.disbelief or 0.0, 1.0 if h.uncertainty is None else h.uncertainty),
+        )
+        for h in hits
+    ]
+    trust = StoreClaimTrust(service._trust, service._db, service.wall_s)
+    result = await federated_query(node, text, k=k, timeout_s=timeout_s, max_peers=max_peers, trust=trust, local=local)
+    return {"query": text, "mesh": True, **result.to_json()}
+
+
 def register(node: Any, search: SharedSearch, **kwargs: Any) -> FederatedResponder:
     """Serve federated queries from peers on ``node`` (a running or starting :class:`node.node.Node`)."""
     responder = FederatedResponder(search, **kwargs)
@@ -488,7 +543,9 @@ __all__ = [
     "encode_request",
     "federated_query",
     "merge",
+    "mesh_query",
     "reachable_peers",
     "register",
+    "serve",
     "shared_doc_ids",
 ]

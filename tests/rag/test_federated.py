@@ -279,3 +279,24 @@ async def test_merge_weights_rank_by_trust_and_joins_local_hits() -> None:
     assert x.peers == ["aa", "bb"] and x.origin == "aa" and x.nickname == "A"
     assert next(h for h in hits if h.claim == "m").peers == ["local"]
     assert len(await merge(answers, {}, None, k=2)) == 2
+
+
+async def test_mesh_query_merges_local_results_with_the_peers(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    mesh = await _star(nursery, tmp_path, 2)
+    n0, n1 = mesh.nodes
+    n0.rag = await _service(nursery, [("/mine.txt", COMMON, False), ("/other.txt", "Insulin.", False)])
+    n1.rag = await _service(nursery, [("/theirs.txt", COMMON, True), ("/x.txt", "Metformin dose.", True)])
+    assert federated.serve(n1) is not None
+    with trio.fail_after(SIM_TIMEOUT_S):
+        out = await federated.mesh_query(n0, "metformin glucose", k=5, timeout_s=5.0)
+    json.dumps(out)
+    assert out["mesh"] is True and [p["status"] for p in out["peers"]] == ["ok"]
+    by_source = {h["source"]: h for h in out["hits"]}
+    assert set(by_source) == {"/mine.txt", "/x.txt"}  # the peer's copy of COMMON joined the local result
+    mine = by_source["/mine.txt"]
+    assert mine["origin"] == "local" and mine["peers"] == ["local", n1.identity.peer_id_hex]
+    assert by_source["/x.txt"]["origin"] == n1.identity.peer_id_hex and by_source["/x.txt"]["nickname"] == "n1"
+    # Local file and peer both assert the claim: more certain than the peer's lone claim.
+    assert mine["uncertainty"] < by_source["/x.txt"]["uncertainty"]
