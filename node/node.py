@@ -29,6 +29,7 @@ from node.errors import MeshError, NodeError
 from node.identity import Identity, fingerprint_from_noise_key
 from node.inbox import Inbox, InboxMessage
 from node.outbox import Outbox, OutboxError
+from node.rag import federated
 from node.rag.service import RagService
 from node.routing.app import AppRemoteError, AppRequestReceived, AppResponseReceived, AppTimeout
 from node.routing.mesh import (
@@ -131,6 +132,7 @@ class Node:
                 config.data_dir / "rag" if persistent_inbox else None,
                 wall_s=lambda: self.clock.wall_ms() / 1000.0,
             )
+        federated.serve(self)  # answer peers' `rag query --mesh` from shared documents only (node.rag.federated)
 
     # ------------------------------------------------------------ lifecycle
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

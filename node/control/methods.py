@@ -245,5 +245,5 @@ def build_registry(node: Node) -> Registry:
         inbox_follow,
         streaming=True,
     )
-    register_rag(reg, lambda: node.rag)
+    register_rag(reg, lambda: node.rag, lambda: node)
     return reg

@@ -88,6 +88,8 @@ def cmd_query(args: argparse.Namespace) -> int:
         params["mode"] = args.mode
     if args.graph is not None:
         params["graph"] = args.graph
+    if args.mesh:
+        params["mesh"] = True
     with _client(args) as client:
         result = client.call("rag.query", **params)
 
@@ -100,6 +102,8 @@ def cmd_query(args: argparse.Namespace) -> int:
             origin = f"  from peer {r['origin_peer']}" if r.get("origin_peer") else ""
             out.append(f"{n:2}. [{r['id']}] {r['source']}  score {r['score']:.3f}  trust {trust}{origin}")
             out.append("    " + " ".join(r["snippet"].split()))
+        for peer in d.get("peers", []):  # --mesh: one line per peer asked
+            out.append(f"peer {peer['peer_id']} ({peer['nickname']}): {peer['status']}, {peer['hits']} hits")
         return "\n".join(out)
 
     _emit(args, result, human)
@@ -180,6 +184,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["hybrid", "bm25", "dense"], help="retriever (default: rag.mode)")
     p.add_argument("--graph", action=argparse.BooleanOptionalAction, help="knowledge-graph expansion on/off")
     p.add_argument("--all-chunks", action="store_true", help="allow several chunks of one document")
+    p.add_argument("--mesh", action="store_true", help="also ask reachable peers (their shared documents)")
     p = add("remove", cmd_remove, "Remove a document by id, or every document from a path (file or folder).")
     p.add_argument("target", help="document id, or a path / URI")
     add("stats", cmd_stats, "Show document, chunk and index counts.")

@@ -250,6 +250,7 @@ class FederatedHit:
     def to_json(self) -> dict[str, Any]:
         return {
             "origin": self.origin,
+            "origin_peer": None if self.origin == "local" else self.origin,
             "peers": list(self.peers),
             "nickname": self.nickname,
             "doc_id": self.doc_id,
@@ -272,7 +273,7 @@ class FederatedResult:
     peers: list[PeerOutcome] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"hits": [h.to_json() for h in self.hits], "peers": [p.to_json() for p in self.peers]}
+        return {"results": [h.to_json() for h in self.hits], "peers": [p.to_json() for p in self.peers]}
 
 
 class StoreClaimTrust:

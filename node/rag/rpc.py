@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from node.control.rpc import APP_ERROR, NoParams, Notify, Registry, RpcError, param
+from node.rag import federated
 from node.rag.service import RagService
 
 PROGRESS_NOTIFICATION = "rag.progress"
@@ -31,6 +32,7 @@ class QueryParams:
     mode: str | None = param(None, doc="hybrid, bm25 or dense (default: rag.mode).")
     graph: bool | None = param(None, doc="Expand through the knowledge graph (default: rag.graph).")
     per_doc: bool = param(True, doc="At most one result (the best chunk) per document.")
+    mesh: bool = param(False, doc="Also ask reachable peers (their shared documents); merged by trust, with origin.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +53,9 @@ class DocumentsParams:
     offset: int = param(0, doc="Skip this many (ordered by id).")
 
 
-def register(reg: Registry, get_service: Callable[[], RagService | None]) -> None:
+def register(
+    reg: Registry, get_service: Callable[[], RagService | None], get_node: Callable[[], Any] | None = None
+) -> None:
     """Add the rag.* methods; ``get_service`` returns the node's service (None when rag.enabled is false)."""
 
     def svc() -> RagService:
@@ -70,6 +74,11 @@ def register(reg: Registry, get_service: Callable[[], RagService | None]) -> Non
         return await svc().add(p.paths, shared=p.shared, progress=progress if p.progress else None)
 
     async def query(p: QueryParams, notify: Notify) -> Any:
+        if p.mesh:  # federated query (node.rag.federated, RAG-graph)
+            svc()
+            if get_node is None:
+                raise RpcError(APP_ERROR, "mesh queries need a running node")
+            return await federated.mesh_query(get_node(), p.text, k=p.k, mode=p.mode, graph=p.graph)
         hits = await svc().query(p.text, k=p.k, mode=p.mode, graph=p.graph, per_doc=p.per_doc)
         return {"query": p.text, "results": [h.to_json() for h in hits]}
 

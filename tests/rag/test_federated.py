@@ -293,10 +293,11 @@ async def test_mesh_query_merges_local_results_with_the_peers(
         out = await federated.mesh_query(n0, "metformin glucose", k=5, timeout_s=5.0)
     json.dumps(out)
     assert out["mesh"] is True and [p["status"] for p in out["peers"]] == ["ok"]
-    by_source = {h["source"]: h for h in out["hits"]}
+    by_source = {h["source"]: h for h in out["results"]}
     assert set(by_source) == {"/mine.txt", "/x.txt"}  # the peer's copy of COMMON joined the local result
     mine = by_source["/mine.txt"]
-    assert mine["origin"] == "local" and mine["peers"] == ["local", n1.identity.peer_id_hex]
+    assert mine["origin"] == "local" and mine["origin_peer"] is None
+    assert mine["peers"] == ["local", n1.identity.peer_id_hex]
     assert by_source["/x.txt"]["origin"] == n1.identity.peer_id_hex and by_source["/x.txt"]["nickname"] == "n1"
     # Local file and peer both assert the claim: more certain than the peer's lone claim.
     assert mine["uncertainty"] < by_source["/x.txt"]["uncertainty"]
