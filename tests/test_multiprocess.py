@@ -34,6 +34,7 @@ class Daemon:
     listen: str
     bootstrap: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
+    extra_config: str = ""  # TOML appended to the generated config.toml (other sections)
 
     @property
     def data(self) -> Path:
@@ -56,7 +57,7 @@ class Daemon:
         boot = ", ".join(f'"{b}"' for b in self.bootstrap)
         (self.data / "config.toml").write_text(
             f'[node]\nnickname = "{self.name}"\n[betanet]\nlisten = ["{self.listen}"]\nbootstrap = [{boot}]\n'
-            "reconnect_initial_s = 0.2\nreconnect_max_s = 1.0\nmdns = false\n"
+            "reconnect_initial_s = 0.2\nreconnect_max_s = 1.0\nmdns = false\n" + self.extra_config
         )
         self.cli("init", "--exist-ok")
         notify_path = self.root / f"{self.name}.notify"
