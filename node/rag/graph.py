@@ -13,11 +13,12 @@ chunk (weight = number of sentences), at most :data:`MAX_RELATIONS_PER_CHUNK` pe
 Expansion (:func:`expand`): the graph has entity nodes and passage (chunk) nodes; passage–entity edges weigh
 the entity's IDF, entity–entity edges the relation weight (scaled by ``relation_weight``). A query builds a
 *bounded local subgraph*: the query's own entities and the most specific entities of the seed passages (at most
-:data:`ENTITIES_PER_SEED` each, only entities in at most ``max_df`` chunks), all passages mentioning those
-entities, and the relations among them. Personalised PageRank then runs on it with the reset vector split
-between the query's entities (IDF-weighted) and the seed passages (their retrieval scores), as HippoRAG 2 seeds
-both phrase and passage nodes. The result is every passage's PageRank mass, scaled so the best is 1. Work per
-query is bounded by the caps, not by the corpus size.
+:data:`ENTITIES_PER_SEED` each, only entities in at most ``max_df`` chunks), the passages mentioning those
+entities (at most :data:`MAX_FANOUT` each), and the relations among them. Personalised PageRank then runs on it
+with the reset vector split between the query's entities (IDF-weighted) and the top :data:`MAX_SEEDS` seed
+passages (their scaled retrieval scores), as HippoRAG 2 seeds both phrase and passage nodes. The PageRank mass
+of each passage (best = 1) is blended with its first-stage score: ``(1 − λ)·seed + λ·ppr``. Work per query is
+bounded by the caps (a few hundred entity rows and a few thousand passage edges), not by the corpus size.
 
 Whether expansion helps is measured by ``bench/graph_eval.py`` (nDCG@10 on SciFact with and without it).
 """
@@ -255,7 +256,7 @@ def graph_scores(
             for eid, df in rows:
                 ent_df[int(eid)] = int(df)
         for eid in eids:
-            if ent_df.get(eid, 0) > max_df and eid not in q_ent:
+            if ent_df.get(eid, 0) > max_df:  # too generic to follow (a query entity still restarts walks)
                 continue
             w = ent_weight[eid]
             for (cid,) in conn.execute(
