@@ -278,6 +278,12 @@ class RagSection:
     hnsw_m: int = _f(16, "hnswlib M (graph degree); more: better recall, more memory.", min=4, max=128)
     hnsw_ef_construction: int = _f(200, "hnswlib ef at build time.", min=10, max=4096)
     hnsw_ef_search: int = _f(100, "hnswlib ef at query time (raised to the number of candidates).", min=10, max=4096)
+    trust_half_life_days: float = _f(
+        90.0,
+        "Trust: feedback about a source weighs half after this many days (exponential forgetting).",
+        min=0.01,
+        max=36500,
+    )
 
 
 @dataclass(frozen=True, slots=True)

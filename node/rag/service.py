@@ -199,11 +199,10 @@ class RagService:
         self._graph = self._load_graph()
         self._store, self._index = store, index
 
-    @staticmethod
-    def _make_trust(store: Store) -> Any:
+    def _make_trust(self, store: Store) -> Any:
         from node.rag.trust import TrustStore
 
-        return TrustStore(store.conn)
+        return TrustStore(store.conn, half_life_s=self.settings.trust_half_life_days * 86_400.0)
 
     @staticmethod
     def _load_graph() -> Any:
