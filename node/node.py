@@ -413,9 +413,9 @@ class Node:
         request_id, plaintext = core.app.request(peer, service, body)
         waiter = _AppWaiter(trio.Event())
         self._app_waiters[request_id] = waiter
-        timed_out = True
+        timed_out = False  # only a wait that ran out counts as a timeout (not an error or a cancelled caller)
         try:
-            with trio.move_on_after(timeout_s):
+            with trio.move_on_after(timeout_s) as deadline:
                 while True:
                     core.send_app(peer, plaintext, self.clock.now())
                     self._flush()
@@ -424,7 +424,7 @@ class Node:
                     if waiter.done.is_set():
                         break
                     core.app.resend(request_id)
-                timed_out = False
+            timed_out = deadline.cancelled_caught
         finally:
             del self._app_waiters[request_id]
             core.app.forget(request_id, timed_out=timed_out)

@@ -158,6 +158,23 @@ async def test_unknown_peer_is_a_clear_error(
         await mesh.nodes[0].app_request(b"\x01" * 8, "svc", b"", timeout_s=1)
     core0 = mesh.nodes[0].core
     assert core0 is not None and core0.app.outstanding() == 0  # nothing left waiting
+    assert core0.app.counters.timeouts == 0  # refused, not timed out
+
+
+async def test_a_cancelled_request_is_forgotten_without_counting_a_timeout(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    mesh = await _pair(nursery, tmp_path)
+
+    async def never(peer: bytes, body: bytes) -> bytes:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    mesh.nodes[1].register_app_handler("never", never)
+    with trio.move_on_after(2):
+        await mesh.nodes[0].app_request(mesh.nodes[1].identity.peer_id, "never", b"", timeout_s=60)
+    core0 = mesh.nodes[0].core
+    assert core0 is not None and core0.app.outstanding() == 0 and core0.app.counters.timeouts == 0
 
 
 def _body(plaintext: bytes) -> bytes:
