@@ -500,20 +500,21 @@ class RagService:
     ) -> list[Hit]:
         assert self._store is not None
         ranked = self.ranked(text, qvec, mode, use_graph)
-        rows = self._store.chunks([i for i, _ in ranked])
+        docs = self._store.chunk_docs([i for i, _ in ranked])
         picked: list[tuple[int, float]] = []
         seen_docs: set[int] = set()
         for cid, score in ranked:
-            row = rows.get(cid)
-            if row is None or (shared_only and not row.shared):
+            doc = docs.get(cid)
+            if doc is None or (shared_only and not doc[1]):
                 continue
             if per_doc:
-                if row.doc_id in seen_docs:
+                if doc[0] in seen_docs:
                     continue
-                seen_docs.add(row.doc_id)
+                seen_docs.add(doc[0])
             picked.append((cid, score))
             if len(picked) >= k:
                 break
+        rows = self._store.chunks([c for c, _ in picked])
         opinions = self._trust.opinions_for_chunks([c for c, _ in picked], now) if picked else {}
         hits: list[Hit] = []
         for cid, score in picked:

@@ -328,6 +328,20 @@ class Store:
             for r in rows
         }
 
+    def chunk_docs(self, ids: Sequence[int]) -> dict[int, tuple[int, bool]]:
+        """chunk id -> (document id, shared), without the texts (to pick results before reading them)."""
+        out: dict[int, tuple[int, bool]] = {}
+        for i in range(0, len(ids), 500):
+            part = list(ids[i : i + 500])
+            marks = ",".join("?" * len(part))
+            for r in self.conn.execute(
+                f"SELECT c.id, c.doc_id, d.shared FROM chunks c JOIN documents d ON d.id = c.doc_id "
+                f"WHERE c.id IN ({marks})",
+                part,
+            ):
+                out[int(r[0])] = (int(r[1]), bool(r[2]))
+        return out
+
     def bm25(self, text: str, limit: int) -> list[tuple[int, float]]:
         """Chunk ids and BM25 scores (higher is better) for the query text, best first."""
         q = fts_query(text)
