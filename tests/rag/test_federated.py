@@ -301,3 +301,15 @@ async def test_mesh_query_merges_local_results_with_the_peers(
     assert by_source["/x.txt"]["origin"] == n1.identity.peer_id_hex and by_source["/x.txt"]["nickname"] == "n1"
     # Local file and peer both assert the claim: more certain than the peer's lone claim.
     assert mine["uncertainty"] < by_source["/x.txt"]["uncertainty"]
+
+
+async def test_mesh_query_without_peers_returns_the_local_results(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    mesh = await start_mesh(nursery, tmp_path, 1)
+    (n0,) = mesh.nodes
+    n0.rag = await _service(nursery, [("/mine.txt", COMMON, False)])
+    with trio.fail_after(SIM_TIMEOUT_S):
+        out = await federated.mesh_query(n0, "metformin", k=3)
+    assert out["peers"] == [] and [r["source"] for r in out["results"]] == ["/mine.txt"]
+    assert out["results"][0]["trust"] == pytest.approx(7 / 12)  # one local file of reputation 1/2
