@@ -20,6 +20,10 @@ different peers are not comparable) times its trust — the subjective-logic exp
 the peer's assertion (discounted by the peer's Beta reputation) with any local support of the same claim
 (:meth:`node.rag.trust.TrustStore.opinion_for_claim`). The same claim from several peers is one result listing
 every peer (its weight is the sum). Local hits, when given, join the merge as origin ``"local"``.
+
+Limits, honestly: a peer's claim key is its own word (we see a snippet, not the chunk), so a lying peer can add its
+support to a claim whose text it knows; what that buys it is bounded by its reputation (discounting), and the
+result shown is the local or first peer's copy. The query text itself goes to every peer asked (inside Noise).
 """
 
 from __future__ import annotations
