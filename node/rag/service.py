@@ -287,7 +287,8 @@ class RagService:
             overlap_chars=s.chunk_overlap_chars,
         )
         (outcome,) = await self._write_group([prep], shared=shared, origin_peer=origin_peer)
-        await self._run_db(self._save_index)
+        # The index file is not saved per text (it is rewritten whole): the next rag.add, remove or close saves
+        # it, and a kill before that is repaired from SQLite at open.
         return outcome.to_json()
 
     async def _write_group(
