@@ -50,6 +50,7 @@ LINK_SEND_QUEUE_FRAMES = 256  # frames queued per link before new ones are dropp
 NEW_LINK_QUEUE = 64  # links handed over by transports, waiting for a reader task
 SENT_MESSAGES_KEPT = 1000  # outgoing messages whose state (pending/delivered/failed) stays queryable
 APP_MAX_RUNNING_HANDLERS = 16  # app requests served at once; more are answered "busy"
+APP_MAX_RUNNING_PER_PEER = 4  # ... and at most this many for one peer, so one peer cannot take every slot
 APP_HANDLER_TIMEOUT_S = 30.0  # an app handler running longer is cancelled and its request answered an error
 APP_RESEND_INTERVAL_S = 1.0  # an unanswered app request is sent again this often until its timeout
 
@@ -123,7 +124,7 @@ class Node:
         self.control_server: ControlServer | None = None
         self._app_handlers: dict[str, AppHandler] = {}
         self._app_waiters: dict[bytes, _AppWaiter] = {}
-        self._app_running = 0
+        self._app_running: dict[bytes, int] = {}  # peer -> app requests of it being served
         # The local knowledge base (node/rag): opened on first use, closed when run() ends.
         self.rag: RagService | None = None
         if config.rag.enabled:
@@ -442,11 +443,15 @@ class Node:
             self._app_answer(
                 event, core.app.error(event.peer_id, event.request_id, f"no handler for service {event.service!r}")
             )
-        elif self._app_running >= APP_MAX_RUNNING_HANDLERS or self._nursery is None:
+        elif (
+            sum(self._app_running.values()) >= APP_MAX_RUNNING_HANDLERS
+            or self._app_running.get(event.peer_id, 0) >= APP_MAX_RUNNING_PER_PEER
+            or self._nursery is None
+        ):
             core.app.counters.busy += 1
             self._app_answer(event, core.app.error(event.peer_id, event.request_id, "busy: too many requests at once"))
         else:
-            self._app_running += 1
+            self._app_running[event.peer_id] = self._app_running.get(event.peer_id, 0) + 1
             self._nursery.start_soon(self._serve_app_request, handler, event)
 
     async def _serve_app_request(self, handler: AppHandler, event: AppRequestReceived) -> None:
@@ -467,7 +472,9 @@ class Node:
                 )
             self._app_answer(event, reply)
         finally:
-            self._app_running -= 1
+            left = self._app_running.pop(event.peer_id) - 1
+            if left:
+                self._app_running[event.peer_id] = left
 
     def _app_answer(self, event: AppRequestReceived, plaintext: bytes) -> None:
         try:

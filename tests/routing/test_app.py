@@ -239,3 +239,36 @@ def test_core_serves_a_resent_request_once_and_repeats_its_answer() -> None:
     answer = b.response(pa, rid, b"r")
     assert b.receive_untrusted(pa, _body(plaintext)) == answer  # a copy after the answer: the same answer again
     assert (b.counters.requests_received, b.counters.duplicates, a.counters.resends) == (1, 2, 1)
+
+
+async def test_one_peer_cannot_take_every_handler_slot(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    mesh = await _pair(nursery, tmp_path, 3)
+    release = trio.Event()
+
+    async def slow(peer: bytes, body: bytes) -> bytes:
+        await release.wait()
+        return b"done"
+
+    mesh.nodes[0].register_app_handler("slow", slow)
+    outcomes: list[str] = []
+
+    async def ask(j: int) -> None:
+        try:
+            await mesh.nodes[j].app_request(mesh.nodes[0].identity.peer_id, "slow", b"", timeout_s=30)
+            outcomes.append(f"n{j}:ok")
+        except AppRemoteError as exc:
+            outcomes.append(f"n{j}:busy" if "busy" in str(exc) else f"n{j}:{exc}")
+
+    with trio.fail_after(SIM_TIMEOUT_S):
+        async with trio.open_nursery() as inner:
+            for _ in range(5):  # n1 asks five at once: four run, the fifth is refused
+                inner.start_soon(ask, 1)
+            core0 = mesh.nodes[0].core
+            assert core0 is not None
+            await mesh.nodes[0].wait_until(lambda: core0.app.counters.busy == 1)
+            inner.start_soon(ask, 2)  # another peer still gets a slot
+            await mesh.nodes[0].wait_until(lambda: core0.app.counters.requests_received == 6)
+            release.set()
+    assert sorted(outcomes) == ["n1:busy", "n1:ok", "n1:ok", "n1:ok", "n1:ok", "n2:ok"]
