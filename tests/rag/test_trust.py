@@ -4,6 +4,8 @@ forgetting, claim support across sources, and feedback — through a real knowle
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from node.rag import graph
 from node.rag.store import NewChunk, Store
@@ -148,3 +150,29 @@ def test_a_peer_source_and_an_explicit_contradiction() -> None:
     assert after.contradicting == ("peer:aabbccddeeff0011",) and after.supporting == ()
     close(after.opinion, 0, 1 / 4, 3 / 4)
     assert after.trust == pytest.approx(3 / 8)
+
+
+opinions = st.builds(
+    lambda r, s: Opinion.from_evidence(r, s),
+    st.floats(min_value=0, max_value=1e3, allow_nan=False),
+    st.floats(min_value=0, max_value=1e3, allow_nan=False),
+)
+
+
+@given(opinions, opinions, opinions)
+@settings(max_examples=200, deadline=None)
+def test_fusion_is_commutative_associative_and_adds_evidence(a: Opinion, b: Opinion, c: Opinion) -> None:
+    ab, ba = fuse(a, b), fuse(b, a)
+    assert (ab.b, ab.d, ab.u) == pytest.approx((ba.b, ba.d, ba.u), abs=1e-9)
+    left, right = fuse(fuse(a, b), c), fuse(a, fuse(b, c))
+    assert (left.b, left.d, left.u) == pytest.approx((right.b, right.d, right.u), abs=1e-9)
+    assert left.b + left.d + left.u == pytest.approx(1.0, abs=1e-9)
+    assert left.u <= min(a.u, b.u, c.u) + 1e-12  # more sources, never less certain
+
+
+@given(opinions, st.floats(min_value=0, max_value=1, allow_nan=False))
+@settings(max_examples=200, deadline=None)
+def test_discounting_keeps_an_opinion_and_never_adds_belief(o: Opinion, p: float) -> None:
+    d = discount(p, o)
+    assert d.b + d.d + d.u == pytest.approx(1.0, abs=1e-9)
+    assert d.b <= o.b + 1e-12 and d.d <= o.d + 1e-12 and d.u >= o.u - 1e-12

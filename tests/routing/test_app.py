@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from node.errors import MeshError
 from node.routing.app import (
@@ -272,3 +274,14 @@ async def test_one_peer_cannot_take_every_handler_slot(
             await mesh.nodes[0].wait_until(lambda: core0.app.counters.requests_received == 6)
             release.set()
     assert sorted(outcomes) == ["n1:busy", "n1:ok", "n1:ok", "n1:ok", "n1:ok", "n2:ok"]
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=300, deadline=None)
+def test_core_never_raises_on_arbitrary_bytes(data: bytes) -> None:
+    ch = AppChannel(random.Random(7))
+    ch.request(b"P" * 8, "svc", b"")
+    out = ch.receive_untrusted(b"P" * 8, data)  # dropped and counted, or parsed: never an exception
+    assert out is None or isinstance(out, AppRequestReceived | AppResponseReceived)
+    if out is None:
+        assert ch.counters.malformed + ch.counters.unsolicited + ch.counters.oversize == 1
