@@ -140,7 +140,7 @@ class FederatedResponder:
     def _parse_request_untrusted(self, body: bytes) -> tuple[str, int]:
         try:
             req = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError):  # bad UTF-8 or JSON, a huge number, deep nesting
             self.counters.bad_requests += 1
             raise RagError("malformed federated query (not UTF-8 JSON)") from None
         if not isinstance(req, dict) or req.get("v") != PROTOCOL_VERSION:
@@ -185,7 +185,7 @@ def decode_answer_untrusted(body: bytes, k: int) -> list[PeerHit]:
     over-long strings are cut."""
     try:
         ans = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # bad UTF-8 or JSON, a huge number, deep nesting
         raise RagError("the peer's answer is not UTF-8 JSON") from None
     if not isinstance(ans, dict) or ans.get("v") != PROTOCOL_VERSION or not isinstance(ans.get("hits"), list):
         raise RagError("the peer's answer is not a version-1 hit list")

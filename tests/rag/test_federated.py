@@ -313,3 +313,15 @@ async def test_mesh_query_without_peers_returns_the_local_results(
         out = await federated.mesh_query(n0, "metformin", k=3)
     assert out["peers"] == [] and [r["source"] for r in out["results"]] == ["/mine.txt"]
     assert out["results"][0]["trust"] == pytest.approx(7 / 12)  # one local file of reputation 1/2
+
+
+HOSTILE = [b"[" * 40_000 + b"]" * 40_000, b'{"v": 1, "hits": [' + b"9" * 5000 + b"]}"]
+
+
+@pytest.mark.parametrize("body", HOSTILE)
+async def test_hostile_json_is_refused_not_crashing(body: bytes) -> None:
+    with pytest.raises(RagError):
+        decode_answer_untrusted(body, 10)
+    responder = FederatedResponder(_Silent())
+    with pytest.raises(RagError):
+        await responder.handle(b"P" * 8, body)
