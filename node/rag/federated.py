@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -199,12 +200,18 @@ def decode_answer_untrusted(body: bytes, k: int) -> list[PeerHit]:
             raise RagError("a hit in the peer's answer lacks doc/chunk/score numbers")
         if not all(isinstance(s, str) for s in strs):
             raise RagError("a hit in the peer's answer lacks title/source/snippet/claim strings")
+        try:
+            score_f = float(score)
+        except OverflowError:
+            raise RagError("a hit's score in the peer's answer is out of range") from None
+        if not math.isfinite(score_f):
+            raise RagError("a hit's score in the peer's answer is not finite")
         title, source, snip, claim = (str(s) for s in strs)
         out.append(
             PeerHit(
                 doc,
                 chunk,
-                float(score),
+                score_f,
                 title[:MAX_FIELD_CHARS],
                 source[:MAX_FIELD_CHARS],
                 snip[:MAX_SNIPPET_CHARS],

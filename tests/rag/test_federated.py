@@ -231,6 +231,10 @@ async def test_peer_answers_are_bounded_in_hits_and_bytes() -> None:
         b'{"v": 1, "hits": [{"doc": "1", "chunk": 1, "score": 1, "title": "", "source": "", "snippet": "", '
         b'"claim": ""}]}',
         b'{"v": 1, "hits": [{"doc": 1, "chunk": 1, "score": 1, "title": 5, "source": "", "snippet": "", "claim": ""}]}',
+        b'{"v": 1, "hits": [{"doc": 1, "chunk": 1, "score": 1' + b"0" * 400 + b', "title": "", "source": "", '
+        b'"snippet": "", "claim": ""}]}',
+        b'{"v": 1, "hits": [{"doc": 1, "chunk": 1, "score": NaN, "title": "", "source": "", "snippet": "", '
+        b'"claim": ""}]}',
     ],
 )
 def test_malformed_answers_are_refused(body: bytes) -> None:
