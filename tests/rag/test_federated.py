@@ -4,6 +4,7 @@ a real RagService (BM25 mode, in-memory store): shared documents only, trust-wei
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from node.config import RagSection
 from node.node import Node
@@ -329,3 +332,24 @@ async def test_hostile_json_is_refused_not_crashing(body: bytes) -> None:
     responder = FederatedResponder(_Silent())
     with pytest.raises(RagError):
         await responder.handle(b"P" * 8, body)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
+    max_leaves=30,
+)
+hit_like = st.fixed_dictionaries(
+    {},
+    optional={k: json_values for k in ("doc", "chunk", "score", "title", "source", "snippet", "claim")},
+)
+
+
+@given(st.one_of(json_values, st.fixed_dictionaries({"v": st.just(1), "hits": st.lists(hit_like, max_size=5)})))
+@settings(max_examples=300, deadline=None)
+def test_decoding_any_json_answer_either_parses_or_refuses(value: object) -> None:
+    try:
+        hits = decode_answer_untrusted(json.dumps(value).encode(), 10)
+    except RagError:
+        return
+    assert all(isinstance(h, PeerHit) and math.isfinite(h.score) for h in hits)
