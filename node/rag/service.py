@@ -206,12 +206,9 @@ class RagService:
 
     @staticmethod
     def _load_graph() -> Any:
-        # SEAM (RAG-graph): node.rag.graph provides index_chunks / remove_chunks / expand. Until it lands the
-        # pipeline runs without the knowledge graph.
-        try:
-            from node.rag import graph
-        except ImportError:
-            return None
+        """The knowledge graph (``node.rag.graph``): index_chunks / remove_chunks at ingest, expand at query."""
+        from node.rag import graph
+
         return graph
 
     async def _run_db(self, fn: Callable[..., Any], *args: Any) -> Any:
