@@ -113,3 +113,15 @@ async def test_hybrid_with_the_real_model_finds_paraphrases_and_survives_reopen(
     assert [h.chunk_id for h in await again.query("kittens napping", mode="dense")] == [h.chunk_id for h in dense]
     assert (await again.stats())["index_rebuilds"] == 0  # the saved index was trusted
     await again.aclose()
+
+
+async def test_graph_expansion_is_wired_into_the_query_pipeline(tmp_path: Path) -> None:
+    svc = RagService(BM25, tmp_path / "rag", embedder=NoEmbedder())
+    await svc.add_text("a", "Aspirin inhibits cyclooxygenase enzymes in platelets.")
+    await svc.add_text("b", "Cyclooxygenase enzymes produce prostaglandins in inflamed tissue.")
+    for i in range(60):  # enough other documents for the shared entity to count as specific
+        await svc.add_text(f"f{i}", f"Filler note {i} about gardening tomato plants and watering schedule {i}.")
+    assert [h.source for h in await svc.query("aspirin")] == ["a"]  # rag.graph is off by default
+    # With expansion, b (no query word) is reached through the entity it shares with a.
+    assert [h.source for h in await svc.query("aspirin", graph=True)] == ["a", "b"]
+    await svc.aclose()
