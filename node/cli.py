@@ -29,6 +29,7 @@ from node.control.client import ControlClient
 from node.control.errors import ClientError
 from node.errors import ConfigError, IdentityError, NodeError, StartupError
 from node.identity import create_identity, ensure_private_dir, identity_exists, load_identity
+from node.rag import cli as rag_cli
 from node.transports.base import Transport
 
 if TYPE_CHECKING:
@@ -445,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     from anchor.cli import add_commands as add_anchor_commands
 
     add_anchor_commands(sub, common, cmd_run)
+    rag_cli.add_commands(sub, common)
     return parser
 
 

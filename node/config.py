@@ -341,6 +341,52 @@ class MailboxSection:
 
 
 @dataclass(frozen=True, slots=True)
+class RagSection:
+    enabled: bool = _f(True, "Serve the local knowledge base (rag.* control methods, `village rag`).")
+    mode: str = _f(
+        "hybrid",
+        "Retrieval: hybrid (BM25 + MiniLM embeddings, fused), bm25 (SQLite FTS5 only: no model needed, nothing "
+        "embedded at ingest) or dense (embeddings only).",
+        choices=("hybrid", "bm25", "dense"),
+    )
+    chunk_chars: int = _f(1000, "Largest chunk, in characters (MiniLM reads ~256 word pieces).", min=100, max=100_000)
+    chunk_overlap_chars: int = _f(
+        200, "Characters of the previous chunk repeated at the start of the next.", min=0, max=50_000
+    )
+    max_file_bytes: int = _f(
+        52_428_800, "Files larger than this are refused at ingest, in bytes.", min=1024, max=1 << 34
+    )
+    embed_threads: int = _f(2, "onnxruntime intra-op threads for the embedding model.", min=1, max=64)
+    embed_batch: int = _f(
+        8,
+        "Texts embedded per model call (onnxruntime memory grows with batch x length^2: 8 peaks near 0.6 GB, 32 "
+        "near 1.6 GB, at the same speed).",
+        min=1,
+        max=1024,
+    )
+    candidates: int = _f(100, "Hits taken from each retriever (BM25, dense) before fusion.", min=10, max=10_000)
+    fusion: str = _f(
+        "convex",
+        "How BM25 and dense lists are merged: convex (weighted sum of z-normalised scores, tuned on SciFact "
+        "training claims) or rrf (reciprocal-rank fusion, k = 60).",
+        choices=("convex", "rrf"),
+    )
+    dense_weight: float = _f(0.5, "Weight of the dense list in the fusion (BM25 gets 1 - this).", min=0, max=1)
+    graph: bool = _f(False, "Expand results through the knowledge graph (personalised PageRank).")
+    max_results: int = _f(100, "Most results one query may ask for.", min=1, max=10_000)
+    snippet_chars: int = _f(240, "Length of the snippet shown with each result, in characters.", min=20, max=10_000)
+    hnsw_m: int = _f(16, "hnswlib M (graph degree); more: better recall, more memory.", min=4, max=128)
+    hnsw_ef_construction: int = _f(200, "hnswlib ef at build time.", min=10, max=4096)
+    hnsw_ef_search: int = _f(100, "hnswlib ef at query time (raised to the number of candidates).", min=10, max=4096)
+    trust_half_life_days: float = _f(
+        90.0,
+        "Trust: feedback about a source weighs half after this many days (exponential forgetting).",
+        min=0.01,
+        max=36500,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     node: NodeSection = field(default_factory=NodeSection)
     control: ControlSection = field(default_factory=ControlSection)
@@ -349,6 +395,7 @@ class Config:
     betanet: BetanetSection = field(default_factory=BetanetSection)
     anchor: AnchorSection = field(default_factory=AnchorSection)
     mailbox: MailboxSection = field(default_factory=MailboxSection)
+    rag: RagSection = field(default_factory=RagSection)
     # Resolved, not read from TOML: the data dir and the file the config came from (None: defaults).
     data_dir: Path = field(default_factory=lambda: default_data_dir())
     source: Path | None = None
@@ -366,6 +413,7 @@ SECTIONS: dict[str, type] = {
     "betanet": BetanetSection,
     "anchor": AnchorSection,
     "mailbox": MailboxSection,
+    "rag": RagSection,
 }
 
 
@@ -430,6 +478,8 @@ def _build_section(name: str, raw: Any) -> Any:
         raise ConfigError("node.nickname: expected at most 255 UTF-8 bytes")
     if name == "anchor":
         parse_host_port("anchor.gateway_listen", section.gateway_listen)
+    if name == "rag" and section.chunk_overlap_chars >= section.chunk_chars:
+        raise ConfigError(f"rag.chunk_overlap_chars: expected less than rag.chunk_chars ({section.chunk_chars})")
     return section
 
 
