@@ -43,6 +43,7 @@ from anchor.gateway.auth import (
 )
 from anchor.gateway.errors import (
     BodyTooLarge,
+    Forbidden,
     GatewayError,
     NodeUnavailable,
     NotFound,
@@ -420,6 +421,12 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
     async def create_key(body: KeyIn, principal: Annotated[Principal, Depends(scoped(SCOPE_KEYS_ADMIN))]) -> KeyCreated:
         """A new API key; its secret is in this response only."""
         scopes = check_role_scopes(body.role, body.scopes)
+        if not scopes <= principal.scopes:  # no minting of a key wider than the caller (a narrowed admin token)
+            missing = " ".join(sorted(scopes - principal.scopes))
+            raise Forbidden(
+                f"a new key's scopes must be a subset of this token's; it lacks {missing}",
+                code="scope_escalation",
+            )
         await audit(principal, "keys.create", body.name, {"role": body.role, "scopes": sorted(scopes)})
         info, secret = await ctx.stores.create_api_key(body.name, body.role, scopes)
         return KeyCreated.model_validate({**key_out(info), "secret": secret})
