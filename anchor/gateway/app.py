@@ -63,6 +63,7 @@ log = logging.getLogger("village.anchor.gateway")
 API_VERSION = "1.0.0"
 WS_POLICY_VIOLATION = 1008  # RFC 6455 close codes
 WS_GOING_AWAY = 1001
+WS_TRY_AGAIN_LATER = 1013
 
 
 @dataclass
@@ -77,6 +78,11 @@ class GatewayContext:
     mailbox: MailboxPort | None = None
     event_streams: int = 0
     counters: dict[str, int] = field(default_factory=dict)
+    key_recheck_s: float = 3.0  # an open event stream re-checks its API key this often (node clock)
+    max_event_streams_per_key: int = 4
+    # Open event streams by API key: DELETE /v1/keys wakes them, so a revocation made here closes them at once
+    # (one made elsewhere, e.g. by the CLI, within key_recheck_s).
+    stream_wakeups: dict[str, set[trio.Event]] = field(default_factory=dict)
 
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -442,6 +448,8 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
             raise NotFound(f"no API key {key_id!r}")
         await audit(principal, "keys.revoke", key_id, {})
         await ctx.stores.revoke_api_key(key_id)
+        for wakeup in ctx.stream_wakeups.get(key_id, ()):
+            wakeup.set()
         return KeyOut.model_validate({**key_out(keys[key_id]), "revoked": True})
 
     @app.websocket("/v1/events")
@@ -458,6 +466,8 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
             principal.require(SCOPE_EVENTS_READ)
             if ctx.event_streams >= settings.max_event_streams:
                 raise RateLimited("too many event streams open", retry_after_s=5)
+            if len(ctx.stream_wakeups.get(principal.key_id, ())) >= ctx.max_event_streams_per_key:
+                raise RateLimited("too many event streams open for this API key", retry_after_s=5)
         except GatewayError as exc:
             await websocket.send_denial_response(error_response(exc))
             return
@@ -465,21 +475,33 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
             await websocket.send_denial_response(unavailable_response(exc))
             return
         ctx.event_streams += 1
+        wakeup = trio.Event()
+        ctx.stream_wakeups.setdefault(principal.key_id, set()).add(wakeup)
         inbox = ctx.node.subscribe_inbox()
         try:
             await websocket.accept()
-            await _pump_events(websocket, inbox, principal, ctx.wall_s)
+            await _pump_events(websocket, inbox, principal, ctx, wakeup)
         finally:
             ctx.event_streams -= 1
+            streams = ctx.stream_wakeups.get(principal.key_id, set())
+            streams.discard(wakeup)
+            if not streams:
+                ctx.stream_wakeups.pop(principal.key_id, None)
             ctx.node.unsubscribe_inbox(inbox)
 
     return BodyLimit(app, settings.max_body_bytes)
 
 
 async def _pump_events(
-    websocket: WebSocket, inbox: trio.MemoryReceiveChannel[Any], principal: Principal, wall_s: Callable[[], float]
+    websocket: WebSocket,
+    inbox: trio.MemoryReceiveChannel[Any],
+    principal: Principal,
+    ctx: GatewayContext,
+    wakeup: trio.Event,
 ) -> None:
-    """Send inbox messages until the client leaves, the node stops, or the token expires."""
+    """Send inbox messages until the client leaves, the node stops, the token expires or its key is revoked
+    (re-checked every ``ctx.key_recheck_s`` and at once on a revocation through this gateway)."""
+    close_code = WS_GOING_AWAY  # the node is stopping, unless a watcher says otherwise
     async with trio.open_nursery() as nursery:
 
         async def watch_client() -> None:
@@ -488,11 +510,30 @@ async def _pump_events(
                 pass
             nursery.cancel_scope.cancel()
 
+        async def watch_key() -> None:
+            nonlocal close_code
+            while True:
+                with trio.move_on_after(ctx.key_recheck_s):
+                    await wakeup.wait()
+                try:
+                    active = await ctx.stores.key_active(principal.key_id)
+                except StoreUnavailable:  # cannot tell: fail closed, the client reconnects later
+                    close_code = WS_TRY_AGAIN_LATER
+                    break
+                if not active:
+                    close_code = WS_POLICY_VIOLATION
+                    break
+            pumping.cancel()
+
+        pumping = trio.CancelScope()
         nursery.start_soon(watch_client)
-        with trio.move_on_after(max(0.0, principal.expires_at_s - wall_s())) as expiry:
-            async for message in inbox:
-                await websocket.send_json(message.to_json())
-        # The token expired (policy violation: get a new one), or the node is stopping (going away).
+        nursery.start_soon(watch_key)
+        with pumping:
+            with trio.move_on_after(max(0.0, principal.expires_at_s - ctx.wall_s())) as expiry:
+                async for message in inbox:
+                    await websocket.send_json(message.to_json())
+            if expiry.cancelled_caught:
+                close_code = WS_POLICY_VIOLATION  # the token expired: get a new one
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # already gone
-            await websocket.close(code=WS_POLICY_VIOLATION if expiry.cancelled_caught else WS_GOING_AWAY)
+            await websocket.close(code=close_code)
         nursery.cancel_scope.cancel()

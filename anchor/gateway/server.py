@@ -20,6 +20,7 @@ log = logging.getLogger("village.anchor.http")
 
 GRACEFUL_S = 5.0  # seconds open requests get to finish at shutdown
 KEEP_ALIVE_S = 30.0  # idle keep-alive connections are closed after this
+WS_MAX_MESSAGE_BYTES = 4096  # event-stream clients have nothing to say; hypercorn's default is 16 MiB
 
 
 async def serve_http(
@@ -38,4 +39,5 @@ async def serve_http(
     config.graceful_timeout = graceful_s
     config.keep_alive_timeout = KEEP_ALIVE_S
     config.include_server_header = False
+    config.websocket_max_message_size = WS_MAX_MESSAGE_BYTES
     await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
