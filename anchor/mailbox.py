@@ -59,6 +59,8 @@ TOTAL_RECOUNT_MS = 1000  # the all-recipients count is refreshed this often (in 
 class MailboxLimits:
     max_envelope_bytes: int = 4096  # courier envelopes are at most ~2 KB (node.routing.courier.MAX_SEALED_BYTES)
     max_per_recipient: int = 256
+    # Envelopes one depositor (BetaNet key) may hold for one recipient, so one peer cannot fill its 256 slots.
+    max_per_depositor: int = 32
     max_total: int = 100_000
     max_expiry_s: float = 30 * 86_400.0  # deposits expiring further out are refused
     challenge_ttl_s: float = 30.0
@@ -84,13 +86,33 @@ class MailboxLimits:
         )
 
 
+class QuotaFull(NodeError):
+    """A storage refused a new envelope: ``which`` ("recipient" or "depositor") quota of ``limit`` is reached."""
+
+    def __init__(self, which: str, limit: int) -> None:
+        super().__init__(f"mailbox quota per {which} ({limit}) reached")
+        self.which = which
+        self.limit = limit
+
+
 class MailboxStorage(Protocol):
     """Where envelopes live. Every method may raise a :class:`NodeError` when the store is down."""
 
     async def put(
-        self, recipient: bytes, digest: bytes, envelope: bytes, expires_at_ms: int, now_ms: int
+        self,
+        recipient: bytes,
+        digest: bytes,
+        envelope: bytes,
+        expires_at_ms: int,
+        now_ms: int,
+        *,
+        depositor: bytes,
+        max_per_recipient: int,
+        max_per_depositor: int,
     ) -> tuple[int, bool]:
-        """Store (or find, by ``digest``) an envelope; (its ID, True if newly stored)."""
+        """Store (or find, by ``digest``) an envelope; (its ID, True if newly stored). A new one over a quota
+        (unexpired envelopes per recipient, per (recipient, depositor)) raises :class:`QuotaFull`; the check
+        and the insert are atomic."""
         ...
 
     async def count(self, recipient: bytes | None, now_ms: int) -> int:
@@ -113,6 +135,7 @@ class _MemoryRow:
     envelope: bytes
     expires_at_ms: int
     deposited_at_ms: int
+    depositor: bytes = b""
 
 
 class MemoryMailboxStorage:
@@ -123,14 +146,28 @@ class MemoryMailboxStorage:
         self._next = 1
 
     async def put(
-        self, recipient: bytes, digest: bytes, envelope: bytes, expires_at_ms: int, now_ms: int
+        self,
+        recipient: bytes,
+        digest: bytes,
+        envelope: bytes,
+        expires_at_ms: int,
+        now_ms: int,
+        *,
+        depositor: bytes,
+        max_per_recipient: int,
+        max_per_depositor: int,
     ) -> tuple[int, bool]:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint()  # no checkpoint below: the quota check and the insert are atomic
         for rid, row in self.rows.items():
             if row.recipient == recipient and row.digest == digest:
                 return rid, False
+        held = [r for r in self.rows.values() if r.recipient == recipient and r.expires_at_ms > now_ms]
+        if len(held) >= max_per_recipient:
+            raise QuotaFull("recipient", max_per_recipient)
+        if sum(1 for r in held if r.depositor == depositor) >= max_per_depositor:
+            raise QuotaFull("depositor", max_per_depositor)
         rid, self._next = self._next, self._next + 1
-        self.rows[rid] = _MemoryRow(recipient, digest, envelope, expires_at_ms, now_ms)
+        self.rows[rid] = _MemoryRow(recipient, digest, envelope, expires_at_ms, now_ms, depositor)
         return rid, True
 
     async def count(self, recipient: bytes | None, now_ms: int) -> int:
@@ -169,9 +206,32 @@ class PostgresMailboxStorage:
         self.store = store
 
     async def put(
-        self, recipient: bytes, digest: bytes, envelope: bytes, expires_at_ms: int, now_ms: int
+        self,
+        recipient: bytes,
+        digest: bytes,
+        envelope: bytes,
+        expires_at_ms: int,
+        now_ms: int,
+        *,
+        depositor: bytes,
+        max_per_recipient: int,
+        max_per_depositor: int,
     ) -> tuple[int, bool]:
-        return await self.store.mailbox_deposit(recipient, digest, envelope, expires_at_ms, now_ms)
+        from anchor.stores.errors import MailboxQuotaExceeded
+
+        try:
+            return await self.store.mailbox_deposit(
+                recipient,
+                digest,
+                envelope,
+                expires_at_ms,
+                now_ms,
+                depositor=depositor,
+                max_per_recipient=max_per_recipient,
+                max_per_depositor=max_per_depositor,
+            )
+        except MailboxQuotaExceeded as exc:
+            raise QuotaFull(exc.which, exc.limit) from exc
 
     async def count(self, recipient: bytes | None, now_ms: int) -> int:
         return await self.store.mailbox_count(recipient, now_ms)
@@ -334,20 +394,29 @@ class MailboxService:
         env = self.core.check_deposit_untrusted(data, now)
         if depositor is not None:
             self.core.take_deposit_token(depositor, now)
-        if await self.storage.count(env.recipient_id, now) >= self.limits.max_per_recipient:
-            self.core.counters.deposits_refused += 1
-            raise MailboxError(
-                p.E_FULL, f"the mailbox of {env.recipient_id.hex()} is full ({self.limits.max_per_recipient})"
-            )
         if self._total_counted_at_ms is None or now - self._total_counted_at_ms >= TOTAL_RECOUNT_MS:
             self._total = await self.storage.count(None, now)  # a table scan: at most once a second
             self._total_counted_at_ms = now
         if self._total >= self.limits.max_total:
             self.core.counters.deposits_refused += 1
             raise MailboxError(p.E_FULL, "this anchor's mailbox is full")
-        env_id, new = await self.storage.put(
-            env.recipient_id, envelope_digest(env), encode_envelope(env), env.expires_at_ms, now
-        )
+        try:
+            env_id, new = await self.storage.put(
+                env.recipient_id,
+                envelope_digest(env),
+                encode_envelope(env),
+                env.expires_at_ms,
+                now,
+                depositor=depositor or b"",
+                max_per_recipient=self.limits.max_per_recipient,
+                max_per_depositor=self.limits.max_per_depositor,
+            )
+        except QuotaFull as exc:
+            self.core.counters.deposits_refused += 1
+            whose = "" if exc.which == "recipient" else "this depositor's share of "
+            raise MailboxError(
+                p.E_FULL, f"{whose}the mailbox of {env.recipient_id.hex()} is full ({exc.limit}); retry later"
+            ) from None
         if new:
             self.core.counters.deposited += 1
             self._total += 1
