@@ -20,6 +20,7 @@ its inbox is unique by (sender, message ID), so the message lands exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -68,7 +69,9 @@ class MailboxLimits:
     max_challenges: int = 4096  # outstanding; the oldest is forgotten beyond this
     max_grants: int = 4096
     max_fetch: int = 64  # envelopes per FETCH answer
-    stream_timeout_s: float = 30.0
+    stream_timeout_s: float = 30.0  # per request (a silent peer is dropped after this)
+    stream_deadline_s: float = 300.0  # whole stream: a peer trickling requests cannot hold one open forever
+    max_streams_per_key: int = 4  # streams one BetaNet key may have open at once
     max_requests_per_stream: int = 1024
     deposits_per_peer_per_min: float = 120.0  # token bucket per depositor (its BetaNet key), burst of as many
     max_depositors: int = 4096  # depositors tracked; the least recent is forgotten (starts with a full bucket)
@@ -382,6 +385,7 @@ class MailboxService:
         self.storage = storage
         self.wall_ms = wall_ms
         self._total = 0  # envelopes stored, as last counted plus new deposits since
+        self._streams_by_key: dict[bytes, int] = {}  # open BetaNet streams per link key
         self._total_counted_at_ms: int | None = None
 
     @property
@@ -448,28 +452,52 @@ class MailboxService:
 
     # ------------------------------------------------------------ BetaNet
     async def serve_stream(self, stream: ByteStream, link_key: bytes | None) -> None:
-        """Answer requests on one ``/aivillage/mailbox/1.0.0`` stream until the peer closes it."""
+        """Answer requests on one ``/aivillage/mailbox/1.0.0`` stream until the peer closes it, it idles past
+        ``stream_timeout_s``, or it has been open ``stream_deadline_s``. A link key has at most
+        ``max_streams_per_key`` streams at once; more are answered E_BUSY and closed."""
         framed = FramedStream(stream, timeout_s=self.limits.stream_timeout_s, max_frame_bytes=p.MAX_FRAME_BYTES)
-        unanswered = 0  # challenges issued on this stream and not yet answered by a FETCH
+        key = link_key or b""
+        if self._streams_by_key.get(key, 0) >= self.limits.max_streams_per_key:
+            with contextlib.suppress(StreamClosed):
+                await framed.write_frame(p.encode_error(p.E_BUSY, "too many mailbox streams from this peer"))
+            await framed.aclose()
+            return
+        self._streams_by_key[key] = self._streams_by_key.get(key, 0) + 1
         try:
-            for _ in range(self.limits.max_requests_per_stream):
-                body = await framed.read_frame()
-                if body is None:
-                    return
-                kind = body[:1]
-                if kind == bytes([p.CHALLENGE_REQUEST]):
-                    if unanswered >= CHALLENGES_PER_STREAM:
-                        # One peer cannot push everybody's challenges out of the bounded table.
-                        await framed.write_frame(p.encode_error(p.E_BUSY, "answer the challenges you have first"))
-                        continue
-                    unanswered += 1
-                elif kind == bytes([p.FETCH]):
-                    unanswered = max(0, unanswered - 1)
-                await framed.write_frame(await self.answer(body, link_key))
+            with trio.move_on_after(self.limits.stream_deadline_s):
+                await self._serve_requests(framed, link_key)
         except StreamClosed as exc:
             log.debug("mailbox stream ended: %s", exc)
         finally:
+            left = self._streams_by_key.pop(key) - 1
+            if left:
+                self._streams_by_key[key] = left
             await framed.aclose()
+
+    async def _serve_requests(self, framed: FramedStream, link_key: bytes | None) -> None:
+        # Challenges issued on this stream and not yet answered: a FETCH frees a slot only when it names one of
+        # them (a malformed FETCH, or one with an invented nonce, frees nothing).
+        issued: set[bytes] = set()
+        for _ in range(self.limits.max_requests_per_stream):
+            body = await framed.read_frame()
+            if body is None:
+                return
+            kind = body[:1]
+            if kind == bytes([p.CHALLENGE_REQUEST]) and len(issued) >= CHALLENGES_PER_STREAM:
+                # One peer cannot push everybody's challenges out of the bounded table.
+                await framed.write_frame(p.encode_error(p.E_BUSY, "answer the challenges you have first"))
+                continue
+            if kind == bytes([p.FETCH]):
+                try:
+                    proof = p.decode_request_untrusted(body).proof
+                except MalformedFrame:
+                    proof = None
+                if proof is not None:
+                    issued.discard(proof.nonce)
+            reply = await self.answer(body, link_key)
+            if kind == bytes([p.CHALLENGE_REQUEST]) and reply[:1] == bytes([p.CHALLENGE]):
+                issued.add(p.decode_challenge_untrusted(reply).nonce)
+            await framed.write_frame(reply)
 
     async def answer(self, body: bytes, link_key: bytes | None) -> bytes:
         """The reply frame to one request frame (errors become ERROR frames)."""
