@@ -98,9 +98,8 @@ async def start_gateway(
         settings_file.chmod(0o600)
         section = AnchorSection(
             services_settings=str(settings_file),
-            gateway_listen="127.0.0.1:0",
             store_timeout_s=2.0,
-            **{**RELAXED, **anchor},
+            **{"gateway_listen": "127.0.0.1:0", **RELAXED, **anchor},
         )
         cfg = Config(data_dir=data_dir, anchor=section)
         node = Node(cfg, create_identity(data_dir), transports=transports, control=False, persistent_inbox=False)

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
+import ssl
+from pathlib import Path
+
 import httpx
 import pytest
 import trio
 import trio_websocket
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from tests.anchor.gateway.conftest import Gateway
+from anchor.gateway.server import tls_files
+from anchor.run import run_anchor
+from node.config import AnchorSection, Config
+from node.errors import StartupError
+from node.identity import create_identity
+from node.node import Node
+from tests.anchor.gateway.conftest import Gateway, StartGateway
 from tests.anchor.gateway.test_gateway import _ws_rejection
 
 
@@ -86,3 +101,66 @@ async def test_event_streams_are_capped_per_key_and_big_client_frames_close_them
         assert await _closed_code(streams[0]) == 1009
     for ws in streams[1:]:
         await ws.aclose()
+
+
+async def test_a_public_plaintext_gateway_is_refused_at_start(short_tmp: Path) -> None:
+    identity = create_identity(short_tmp)
+    for listen in ("0.0.0.0:8000", "[::]:8000", "192.0.2.7:8000", "anchor.example:8000"):
+        cfg = Config(data_dir=short_tmp, anchor=AnchorSection(gateway_listen=listen))
+        node = Node(cfg, identity, control=False, persistent_inbox=False)
+        with pytest.raises(StartupError) as refused:
+            await run_anchor(node)
+        for key in ("gateway_listen", "tls_cert", "tls_key", "allow_plaintext_public"):
+            assert key in str(refused.value), (listen, str(refused.value))
+    for section in (AnchorSection(tls_cert="/nope.pem"), AnchorSection(tls_cert="/nope.pem", tls_key="/nope.key")):
+        with pytest.raises(StartupError, match="tls_"):
+            tls_files(section)
+    for ok in ("127.0.0.1:8000", "[::1]:8000", "localhost:8000"):
+        assert tls_files(AnchorSection(gateway_listen=ok)) is None
+    assert tls_files(AnchorSection(gateway_listen="0.0.0.0:8000", allow_plaintext_public=True)) is None
+
+
+async def test_a_public_gateway_serves_with_tls_or_plaintext_when_allowed(
+    start_gateway: StartGateway, short_tmp: Path
+) -> None:
+    cert, key = _self_signed(short_tmp)
+    tls_gw = await start_gateway(gateway_listen="0.0.0.0:0", tls_cert=str(cert), tls_key=str(key))
+    assert tls_gw.url.startswith("https://")
+    port = tls_gw.url.rsplit(":", 1)[1]
+    async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(cert))) as tls_client:
+        r = await tls_client.get(f"https://127.0.0.1:{port}/v1/health")
+        assert r.status_code == 200 and r.json()["status"] == "ok"
+    async with httpx.AsyncClient() as plain:
+        with pytest.raises(httpx.HTTPError):  # no plaintext on the TLS port
+            await plain.get(f"http://127.0.0.1:{port}/v1/health")
+    proxied = await start_gateway(gateway_listen="0.0.0.0:0", allow_plaintext_public=True)
+    assert proxied.url.startswith("http://")
+    async with httpx.AsyncClient() as plain:
+        port = proxied.url.rsplit(":", 1)[1]
+        assert (await plain.get(f"http://127.0.0.1:{port}/v1/health")).status_code == 200
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (the test's own CA) and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "village test gateway")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "gw.crt", directory / "gw.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    key_path.chmod(0o600)
+    return cert_path, key_path
