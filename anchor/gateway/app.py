@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import trio
-from fastapi import Depends, FastAPI, Form, Header, Path, Request, Security, WebSocket, WebSocketDisconnect
+from fastapi import Depends, FastAPI, Form, Header, Path, Query, Request, Security, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
@@ -51,9 +51,10 @@ from anchor.gateway.errors import (
     Unauthenticated,
 )
 from anchor.gateway.ports import ApiKeyInfo, GatewayStores, MailboxPort
-from anchor.stores.errors import StoreUnavailable
+from anchor.stores.errors import StoreError, StoreUnavailable
 from node.config import AnchorSection
 from node.errors import MeshError
+from node.mailbox import protocol as mailbox_protocol
 
 if TYPE_CHECKING:
     from node.node import Node
@@ -188,6 +189,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+MAILBOX_PARAMS = frozenset({"peer", "noise_key", "signing_key", "nonce", "mac", "signature", "limit", "grant", "ack"})
+
+
 # ---------------------------------------------------------------- middleware
 class BodyLimit:
     """Refuses request bodies over ``max_bytes`` with 413: a larger Content-Length at once, a streamed (chunked)
@@ -282,6 +286,15 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
     async def _store_down(request: Request, exc: StoreUnavailable) -> JSONResponse:
         ctx.count("503")
         return unavailable_response(exc)
+
+    @app.exception_handler(StoreError)
+    async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
+        # The store answered but refused (a bug, or data it did not expect): logged with its reason, never sent.
+        log.error("%s %s: store error: %s", request.method, request.url.path, exc)
+        ctx.count("500")
+        return JSONResponse(
+            {"error": "store_error", "detail": "the anchor's store refused this request; the reason is logged"}, 500
+        )
 
     @app.exception_handler(MeshError)
     async def _node_error(request: Request, exc: MeshError) -> JSONResponse:
@@ -409,13 +422,38 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
             raise GatewayError(str(exc), code="mesh_rejected") from exc
         return SendOut(id=message_id, to=peer, state="pending")
 
+    def hex_param(size: int, doc: str) -> Any:
+        return Query(min_length=2 * size, max_length=2 * size, pattern=f"^[0-9a-fA-F]{{{2 * size}}}$", description=doc)
+
     @app.get("/v1/mailbox", responses={404: {"model": ErrorBody}, **ERRORS})
-    async def mailbox(request: Request, principal: Annotated[Principal, Depends(scoped(SCOPE_MAILBOX_READ))]) -> Any:
-        """Sealed envelopes held for an offline peer that proves its identity (see the mailbox docs)."""
+    async def mailbox(
+        request: Request,
+        principal: Annotated[Principal, Depends(scoped(SCOPE_MAILBOX_READ))],
+        peer: Annotated[str | None, hex_param(8, "the recipient's peer ID (step 2)")] = None,
+        noise_key: Annotated[str | None, hex_param(32, "its Noise static key (step 2)")] = None,
+        signing_key: Annotated[str | None, hex_param(32, "its Ed25519 key (step 2)")] = None,
+        nonce: Annotated[str | None, hex_param(mailbox_protocol.NONCE_BYTES, "the challenge's nonce (step 2)")] = None,
+        mac: Annotated[str | None, hex_param(mailbox_protocol.MAC_BYTES, "the proof's MAC (step 2)")] = None,
+        signature: Annotated[str | None, hex_param(mailbox_protocol.SIGNATURE_BYTES, "the proof (step 2)")] = None,
+        limit: Annotated[int | None, Query(ge=1, le=1024, description="envelopes at most (step 2)")] = None,
+        grant: Annotated[str | None, hex_param(mailbox_protocol.GRANT_BYTES, "the grant of step 2 (step 3)")] = None,
+        ack: Annotated[
+            str | None,
+            Query(
+                max_length=mailbox_protocol.MAX_IDS_PER_ACK * 20,
+                pattern=r"^[0-9]{1,18}(,[0-9]{1,18})*$",
+                description="envelope IDs to delete, separated by commas (step 3)",
+            ),
+        ] = None,
+    ) -> Any:
+        """Sealed envelopes held for an offline peer that proves its identity, in three steps: no parameters → a
+        challenge; ``peer, noise_key, signing_key, nonce, mac, signature`` (hex) → envelopes and a grant;
+        ``grant`` + ``ack`` → those envelopes deleted."""
         if ctx.mailbox is None:
             raise NotFound("this anchor runs no mailbox", code="mailbox_disabled")
-        query = dict(request.query_params)
-        await audit(principal, "mailbox.fetch", query.get("peer", "-"), {"params": sorted(query)})
+        # Only the declared parameters (validated above) reach the audit log and the mailbox.
+        query = {k: v for k, v in request.query_params.items() if k in MAILBOX_PARAMS}
+        await audit(principal, "mailbox.fetch", peer or "-", {"params": sorted(query)})
         return await ctx.mailbox.gateway_fetch(principal.key_id, query)
 
     @app.get("/v1/keys", response_model=list[KeyOut], responses=ERRORS)

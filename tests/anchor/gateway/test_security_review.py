@@ -5,9 +5,11 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 import trio
 import trio_websocket
@@ -17,10 +19,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from anchor.gateway.server import tls_files
+from anchor.mailbox import MailboxCore, MailboxLimits, MailboxService, PostgresMailboxStorage
 from anchor.run import run_anchor
 from node.config import AnchorSection, Config
 from node.errors import StartupError
-from node.identity import create_identity
+from node.identity import Identity, create_identity
+from node.mailbox.protocol import Challenge, make_proof
 from node.node import Node
 from tests.anchor.gateway.conftest import Gateway, StartGateway
 from tests.anchor.gateway.test_gateway import _ws_rejection
@@ -164,3 +168,56 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
     )
     key_path.chmod(0o600)
     return cert_path, key_path
+
+
+async def mailbox_gateway(start_gateway: StartGateway) -> tuple[Gateway, MailboxService]:
+    box: list[MailboxService] = []
+    gateway = await start_gateway(mailbox=_LateService(box))
+    core = MailboxCore(Identity.generate().signing_public, MailboxLimits())
+    box.append(MailboxService(core, PostgresMailboxStorage(gateway.pg), gateway.node.clock.wall_ms))
+    return gateway, box[0]
+
+
+async def test_mailbox_parameters_are_validated_before_the_audit_and_store_errors_are_json(
+    start_gateway: StartGateway, pg_dsn: str
+) -> None:
+    gateway, _service = await mailbox_gateway(start_gateway)
+    key_id, secret = await gateway.key("node")
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        auth = {"Authorization": f"Bearer {await gateway.token(client, secret)}"}
+        for params in ({"peer": "not hex at all"}, {"peer": "ab" * 9}, {"grant": "00" * 16, "ack": "1,x"}):
+            r = await client.get("/v1/mailbox", headers=auth, params=params)
+            assert r.status_code == 422, (params, r.text)
+        assert [r.action for r in await gateway.audit_of(key_id)] == ["auth.token"]  # nothing audited
+
+        # A store that answers but refuses (here: its table is gone) gives a JSON 500, not a bare one.
+        def drop_table() -> None:
+            with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                conn.execute("DROP TABLE mailbox")
+
+        await trio.to_thread.run_sync(drop_table)
+        recipient = Identity.generate()
+        ch = (await client.get("/v1/mailbox", headers=auth)).json()
+        challenge = Challenge(bytes.fromhex(ch["nonce"]), bytes.fromhex(ch["ephemeral_key"]), ch["expires_at_ms"])
+        proof = make_proof(recipient, bytes.fromhex(ch["anchor_key"]), challenge)
+        params = {
+            "peer": recipient.peer_id.hex(),
+            "noise_key": proof.noise_public.hex(),
+            "signing_key": proof.signing_public.hex(),
+            "nonce": proof.nonce.hex(),
+            "mac": proof.mac.hex(),
+            "signature": proof.signature.hex(),
+        }
+        r = await client.get("/v1/mailbox", headers=auth, params=params)
+        assert r.status_code == 500 and r.json()["error"] == "store_error", r.text
+        assert "mailbox" not in r.json()["detail"]  # the driver's message stays in the log
+
+
+class _LateService:
+    """The MailboxPort, bound once the test has the gateway's PostgreSQL store."""
+
+    def __init__(self, box: list[MailboxService]) -> None:
+        self.box = box
+
+    async def gateway_fetch(self, key_id: str, query: Mapping[str, str]) -> object:
+        return await self.box[0].gateway_fetch(key_id, query)
