@@ -285,6 +285,12 @@ class AnchorSection:
     store_timeout_s: float = _f(
         5.0, "Seconds a store call may take before the request fails with 503.", min=0.1, max=600
     )
+    health_cache_s: float = _f(
+        1.0,
+        "GET /v1/health asks the stores at most this often (seconds); in between it answers the last result.",
+        min=0,
+        max=60,
+    )
     tls_cert: str = _f(
         "",
         "PEM certificate (chain) the gateway serves HTTPS with, together with tls_key. Empty: plain HTTP, which "

@@ -84,6 +84,17 @@ class GatewayContext:
     # Open event streams by API key: DELETE /v1/keys wakes them, so a revocation made here closes them at once
     # (one made elsewhere, e.g. by the CLI, within key_recheck_s).
     stream_wakeups: dict[str, set[trio.Event]] = field(default_factory=dict)
+    # GET /v1/health asks the stores at most once per [anchor] health_cache_s (trio clock): unauthenticated, and
+    # not rate limited while Redis is down, it must not become a way to hammer the stores.
+    health_cache: tuple[float, dict[str, str]] | None = None
+    health_lock: trio.Lock = field(default_factory=trio.Lock)
+
+    async def store_health(self) -> dict[str, str]:
+        async with self.health_lock:  # concurrent requests wait for one check instead of each making their own
+            cached = self.health_cache
+            if cached is None or trio.current_time() - cached[0] >= self.settings.health_cache_s:
+                cached = self.health_cache = (trio.current_time(), await self.stores.health())
+            return cached[1]
 
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -341,7 +352,7 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
         applies while Redis answers."""
         with contextlib.suppress(StoreUnavailable):  # the health check must answer while Redis is down
             await limit_ip(request)
-        stores = {name: "ok" if state == "ok" else "down" for name, state in (await ctx.stores.health()).items()}
+        stores = {name: "ok" if state == "ok" else "down" for name, state in (await ctx.store_health()).items()}
         ok = all(v == "ok" for v in stores.values())
         body = {"status": "ok" if ok else "degraded", "peer_id": ctx.node.identity.peer_id_hex, "stores": stores}
         return JSONResponse(body, 200 if ok else 503)

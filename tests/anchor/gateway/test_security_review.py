@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import ipaddress
 import ssl
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,9 +20,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from anchor.gateway.server import tls_files
+from anchor.gateway.app import GatewayContext, build_app
+from anchor.gateway.auth import TokenIssuer
+from anchor.gateway.server import serve_http, tls_files
+from anchor.gateway.stores_adapter import StoresAdapter
 from anchor.mailbox import MailboxCore, MailboxLimits, MailboxService, PostgresMailboxStorage
-from anchor.run import run_anchor
+from anchor.run import open_stores, run_anchor
 from node.config import AnchorSection, Config
 from node.errors import StartupError
 from node.identity import Identity, create_identity
@@ -221,3 +226,46 @@ class _LateService:
 
     async def gateway_fetch(self, key_id: str, query: Mapping[str, str]) -> object:
         return await self.box[0].gateway_fetch(key_id, query)
+
+
+class _CountingHealth(StoresAdapter):
+    """The real stores, counting how often the gateway asks them for their health."""
+
+    health_checks = 0
+
+    async def health(self) -> dict[str, str]:
+        self.health_checks += 1
+        return await super().health()
+
+
+async def test_health_asks_the_stores_at_most_once_per_window_even_while_redis_is_down(
+    gateway: Gateway, nursery: trio.Nursery
+) -> None:
+    async with open_stores(gateway.cfg) as real:
+        stores = _CountingHealth(real.postgres, real.redis)
+        ctx = GatewayContext(
+            node=gateway.node,
+            stores=stores,
+            issuer=TokenIssuer(b"s" * 32, issuer="health", ttl_s=60),
+            settings=dataclasses.replace(gateway.cfg.anchor, health_cache_s=3600.0),
+            wall_s=time.time,
+        )
+        stop = trio.Event()
+        urls = await nursery.start(serve_http, build_app(ctx), "127.0.0.1:0", stop)
+        gateway.redis_proxy.down()  # no per-IP limit now: only the cache protects the stores
+        async with httpx.AsyncClient(base_url=urls[0], timeout=30) as client:
+            statuses: list[int] = []
+
+            async def probe() -> None:
+                statuses.append((await client.get("/v1/health")).status_code)
+
+            async with trio.open_nursery() as burst:
+                for _ in range(20):
+                    burst.start_soon(probe)
+            assert statuses == [503] * 20 and stores.health_checks == 1
+            ctx.settings = dataclasses.replace(
+                ctx.settings, health_cache_s=0.0
+            )  # the window over: the next request asks again
+            await gateway.redis_proxy.up()
+            assert (await client.get("/v1/health")).status_code == 200 and stores.health_checks == 2
+        stop.set()
