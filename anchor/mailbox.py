@@ -359,6 +359,11 @@ class MailboxCore:
             self._grants.popitem(last=False)
         return grant
 
+    def peek_grant(self, token: bytes, now_ms: int) -> Grant | None:
+        """The live grant ``token`` names, or None; counts nothing (for the audit log)."""
+        grant = self._grants.get(token)
+        return grant if grant is not None and grant.expires_at_ms > now_ms else None
+
     def grant_for(self, token: bytes, now_ms: int) -> Grant:
         grant = self._grants.get(token)
         if grant is None or grant.expires_at_ms <= now_ms:
@@ -566,6 +571,17 @@ class MailboxService:
         ):
             raise MailboxError(p.E_MALFORMED, f"ids: expected a list of at most {p.MAX_IDS_PER_ACK} whole numbers")
         return {"deleted": await self.ack(grant, ids)}
+
+    def audit_entry(self, query: Mapping[str, str]) -> tuple[str, str, dict[str, Any]]:
+        """The gateway's audit row for a ``GET /v1/mailbox`` (see :class:`~anchor.gateway.ports.MailboxPort`)."""
+        if "grant" not in query:
+            return "mailbox.fetch", query.get("peer", "-"), {}
+        count = len([i for i in query.get("ack", "").split(",") if i])
+        try:
+            grant = self.core.peek_grant(bytes.fromhex(query["grant"]), self.wall_ms())
+        except ValueError:
+            grant = None
+        return "mailbox.ack", grant.recipient_id.hex() if grant else "-", {"count": count}
 
     async def gateway_fetch(self, key_id: str, query: Mapping[str, str]) -> Any:
         """``GET /v1/mailbox`` (the gateway's :class:`~anchor.gateway.ports.MailboxPort`), in three steps by query:

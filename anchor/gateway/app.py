@@ -464,7 +464,8 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
             raise NotFound("this anchor runs no mailbox", code="mailbox_disabled")
         # Only the declared parameters (validated above) reach the audit log and the mailbox.
         query = {k: v for k, v in request.query_params.items() if k in MAILBOX_PARAMS}
-        await audit(principal, "mailbox.fetch", peer or "-", {"params": sorted(query)})
+        action, target, detail = ctx.mailbox.audit_entry(query)
+        await audit(principal, action, target, {"params": sorted(query), **detail})
         return await ctx.mailbox.gateway_fetch(principal.key_id, query)
 
     @app.get("/v1/keys", response_model=list[KeyOut], responses=ERRORS)

@@ -9,6 +9,7 @@ import ssl
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -226,6 +227,9 @@ class _LateService:
 
     async def gateway_fetch(self, key_id: str, query: Mapping[str, str]) -> object:
         return await self.box[0].gateway_fetch(key_id, query)
+
+    def audit_entry(self, query: Mapping[str, str]) -> tuple[str, str, dict[str, Any]]:
+        return self.box[0].audit_entry(query)
 
 
 class _CountingHealth(StoresAdapter):
