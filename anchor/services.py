@@ -48,6 +48,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = REPO_ROOT / ".services"
@@ -85,7 +86,8 @@ class PostgresSettings:
         return self.dsn_for(self.dbname)
 
     def dsn_for(self, dbname: str) -> str:
-        return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{dbname}"
+        user, password = quote(self.user, safe=""), quote(self.password, safe="")  # compose passwords may hold @:/
+        return f"postgresql://{user}:{password}@{self.host}:{self.port}/{quote(dbname, safe='')}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +99,7 @@ class RedisSettings:
 
     @property
     def url(self) -> str:
-        return f"redis://:{self.password}@{self.host}:{self.port}/0"
+        return f"redis://:{quote(self.password, safe='')}@{self.host}:{self.port}/0"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -241,3 +241,21 @@ def test_unconfined_falkordb_needs_an_explicit_opt_in(tmp_path: Path, monkeypatc
     monkeypatch.delenv(services_module.ALLOW_UNCONFINED_ENV, raising=False)
     with pytest.raises(ServicesError, match="--allow-unconfined-graph"):
         Services(tmp_path / "svc")._start_graph({})
+
+
+def test_compose_passwords_are_escaped_in_the_connection_strings(tmp_path: Path) -> None:
+    import psycopg.conninfo
+    import redis.connection
+
+    awkward = "p@ss:w/rd#1%?&"
+    env = {"AIVILLAGE_PG_PASSWORD": awkward, "AIVILLAGE_NEO4J_PASSWORD": "n", "AIVILLAGE_REDIS_PASSWORD": awkward}
+    settings = Services(tmp_path / "svc").write_compose_settings(env)
+    parsed = psycopg.conninfo.conninfo_to_dict(settings.postgres.dsn)
+    assert (parsed["password"], parsed["user"], parsed["host"], parsed["dbname"]) == (
+        awkward,
+        "aivillage",
+        "127.0.0.1",
+        "aivillage",
+    )
+    url = redis.connection.parse_url(settings.redis.url)  # type: ignore[no-untyped-call]  # the parser redis-py uses
+    assert (url["password"], url["host"], url["port"]) == (awkward, "127.0.0.1", 26379)
