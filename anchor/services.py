@@ -776,7 +776,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="up: start FalkorDB even unconfined (not root), its unauthenticated Bolt port on every interface",
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # `up --fast graph` as well as `up graph --fast`
     names = tuple(args.names) or SERVICES
     unknown = [n for n in names if n not in SERVICES]
     if unknown:
