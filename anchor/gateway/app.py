@@ -564,6 +564,8 @@ async def _pump_events(
             nonlocal close_code
             while True:
                 with trio.move_on_after(ctx.key_recheck_s):
+                    if wakeup.is_set():  # woken once already (the key stayed active): back to the interval
+                        await trio.sleep_forever()
                     await wakeup.wait()
                 try:
                     active = await ctx.stores.key_active(principal.key_id)
