@@ -23,7 +23,7 @@ test: $(STAMP_DEV) lint types services-up
 
 ## services-up: private PostgreSQL, Redis and FalkorDB (Bolt) in .services/ (reused when running); see README.
 services-up: $(STAMP_DEV)
-	scripts/services up
+	scripts/services up --fast
 
 test-fast: $(STAMP_DEV)
 	$(BIN)/python -m pytest -q -x

@@ -294,6 +294,22 @@ class AnchorSection:
     store_timeout_s: float = _f(
         5.0, "Seconds a store call may take before the request fails with 503.", min=0.1, max=600
     )
+    health_cache_s: float = _f(
+        1.0,
+        "GET /v1/health asks the stores at most this often (seconds); in between it answers the last result.",
+        min=0,
+        max=60,
+    )
+    tls_cert: str = _f(
+        "",
+        "PEM certificate (chain) the gateway serves HTTPS with, together with tls_key. Empty: plain HTTP, which "
+        "is refused on a non-loopback gateway_listen unless allow_plaintext_public.",
+    )
+    tls_key: str = _f("", "PEM private key of tls_cert (keep it 0600).")
+    allow_plaintext_public: bool = _f(
+        False,
+        "Serve plain HTTP on a non-loopback gateway_listen: only behind a reverse proxy that terminates TLS.",
+    )
 
 
 @dataclass(frozen=True, slots=True)

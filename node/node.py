@@ -11,6 +11,7 @@ draining a bounded per-link queue, so one slow link never stalls the others.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -117,6 +118,8 @@ class Node:
         self.links: dict[str, Link] = {}
         self._queues: dict[str, trio.MemorySendChannel[bytes]] = {}
         self._followers: list[trio.MemorySendChannel[InboxMessage]] = []
+        # Each subscription's send end by its receive end, so unsubscribing drops it at once.
+        self._follower_sends: dict[trio.MemoryReceiveChannel[InboxMessage], trio.MemorySendChannel[InboxMessage]] = {}
         self.outgoing: OrderedDict[str, OutgoingMessage] = OrderedDict()
         self.dropped_link_frames = 0
         self._overflowing: set[str] = set()  # links already warned about a full send queue
@@ -618,10 +621,22 @@ class Node:
     def subscribe_inbox(self) -> trio.MemoryReceiveChannel[InboxMessage]:
         send, recv = trio.open_memory_channel[InboxMessage](self.config.control.follow_queue_messages)
         self._followers.append(send)
+        self._follower_sends[recv] = send
         return recv
 
     def unsubscribe_inbox(self, recv: trio.MemoryReceiveChannel[InboxMessage]) -> None:
+        """End a subscription now (not at the next message): its queue and its messages are released."""
         recv.close()
+        send = self._follower_sends.pop(recv, None)
+        if send is not None:
+            send.close()
+            with contextlib.suppress(ValueError):  # already dropped (a slow follower, or the node stopped)
+                self._followers.remove(send)
+
+    @property
+    def inbox_followers(self) -> int:
+        """Open inbox subscriptions (``inbox --follow`` calls, gateway event streams)."""
+        return len(self._followers)
 
     def peers_view(self) -> list[dict[str, Any]]:
         core = self._require_core()
