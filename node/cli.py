@@ -333,6 +333,14 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_ble(args: argparse.Namespace) -> int:
+    from node.transports.ble.doctor import diagnose
+
+    diagnosis = diagnose(_config(args).ble)  # action "doctor", the only one
+    _emit(args, diagnosis.to_json(), lambda _d: diagnosis.report())
+    return EXIT_OK if diagnosis.usable else EXIT_FAIL
+
+
 def cmd_rpc(args: argparse.Namespace) -> int:
     try:
         params = json.loads(args.params) if args.params else {}
@@ -402,6 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("stop", cmd_stop, "Stop the running node gracefully.")
     p = add("config", cmd_config, "Print the example config, check the config, or show the effective one.")
     p.add_argument("action", choices=["example", "check", "show"], help="what to do")
+    p = add("ble", cmd_ble, "Bluetooth LE: `village ble doctor` says what BLE needs here and what is missing.")
+    p.add_argument(
+        "action",
+        choices=["doctor"],
+        help="doctor: check the kernel, BlueZ, D-Bus, the adapter, rfkill, permissions and libraries; exit 1 "
+        "when BLE cannot work",
+    )
     p = add("rpc", cmd_rpc, "Call any control method (see `village rpc rpc.methods`).")
     p.add_argument("method", help="JSON-RPC method name")
     p.add_argument("params", nargs="?", help="params as a JSON object")

@@ -14,8 +14,9 @@ JSON. It blocks (file reads, a subprocess): call it through ``trio.to_thread.run
 
 Figures are BitChat's (``BITCHAT.md`` §4): Android scans 8 s on / 2 s off normally and 2 on / 28 off in power
 save; iOS scans continuously with few links and 5 on / 10 off otherwise. Advertising is what lets iPhones in
-the background find a Linux node (we must be a peripheral), so it is never switched off for long; the Android
-advertise modes set the intervals (low latency ~100 ms, balanced ~250 ms, low power ~1 s).
+the background find a Linux node (we must be a peripheral), so no mode switches it off: the modes differ in the
+advertising interval instead, as Android's advertise modes do (low latency ~100 ms, balanced ~250 ms, low power
+~1 s). Scanning is what costs the battery.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def plan_for(mode: PowerMode, max_central_links: int) -> RadioPlan:
     if mode is PowerMode.BALANCED:
         return RadioPlan(mode, DutyCycle(8.0, 2.0), DutyCycle(1.0, 0.0), 250, max_central_links)
     return RadioPlan(
-        mode, DutyCycle(2.0, 28.0), DutyCycle(10.0, 20.0), 1000, min(max_central_links, SAVER_MAX_CENTRAL_LINKS)
+        mode, DutyCycle(2.0, 28.0), DutyCycle(1.0, 0.0), 1000, min(max_central_links, SAVER_MAX_CENTRAL_LINKS)
     )
 
 

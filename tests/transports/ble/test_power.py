@@ -31,7 +31,7 @@ def test_plans_follow_bitchat_figures() -> None:
     assert (bal.scan.on_s, bal.scan.off_s) == (8.0, 2.0)  # Android normal scan duty
     assert bal.advertise.continuous and bal.advertise_interval_ms == 250
     assert (saver.scan.on_s, saver.scan.off_s) == (2.0, 28.0)  # Android power save
-    assert saver.advertise.fraction_on == pytest.approx(1 / 3) and saver.advertise_interval_ms == 1000
+    assert saver.advertise.continuous and saver.advertise_interval_ms == 1000  # iPhones must still find us
     assert perf.max_central_links == bal.max_central_links == 6
     assert saver.max_central_links == SAVER_MAX_CENTRAL_LINKS
     assert plan_for(PowerMode.SAVER, 1).max_central_links == 1  # the cap never raises the config's value
@@ -56,16 +56,15 @@ def test_duty_cycle_on_off_and_next_change() -> None:
 def test_plan_next_change_is_the_earlier_of_scan_and_advertise() -> None:
     saver = plan_for(PowerMode.SAVER, 6)
     assert saver.scanning(1.0) and saver.advertising(1.0)
-    assert saver.next_change(1.0) == 2.0  # scan stops first
-    assert saver.next_change(2.0) == 10.0  # then advertising stops
-    assert not saver.scanning(10.0) and not saver.advertising(10.0)
-    assert saver.next_change(10.0) == 30.0
+    assert saver.next_change(1.0) == 2.0  # scan stops
+    assert not saver.scanning(10.0) and saver.advertising(10.0)
+    assert saver.next_change(10.0) == 30.0  # scan starts again; advertising never changes
     assert plan_for(PowerMode.PERFORMANCE, 6).next_change(3.0) == math.inf
 
 
 def test_describe_is_plain_words() -> None:
     assert describe(plan_for(PowerMode.SAVER, 6)) == (
-        "saver: scan 2 s of every 30 s, advertise 10 s of every 30 s every 1000 ms, at most 2 central link(s)"
+        "saver: scan 2 s of every 30 s, advertise continuously every 1000 ms, at most 2 central link(s)"
     )
     assert describe(plan_for(PowerMode.PERFORMANCE, 4)).startswith("performance: scan continuously")
 
