@@ -31,6 +31,11 @@ ATT_MTU_MAX: Final = 517
 MIN_USEFUL_ATT_PAYLOAD: Final = 64 + 16 + 8 + 8 + 13  # chunk + v2 header + sender + recipient + fragment header
 
 
+# An attribute value is at most 512 bytes (Core Vol 3 Part F §3.2.9); servers reject longer writes, so even
+# with a 517-byte ATT MTU one write/notification carries at most 512 bytes (Bumble drops a 513-byte write).
+GATT_MAX_ATTRIBUTE_VALUE_BYTES: Final = 512
+
+
 def att_payload_bytes(att_mtu: int) -> int:
     """Bytes one GATT write or notification can carry on a connection with ``att_mtu``."""
-    return max(0, min(att_mtu, ATT_MTU_MAX) - ATT_HEADER_BYTES)
+    return max(0, min(att_mtu - ATT_HEADER_BYTES, GATT_MAX_ATTRIBUTE_VALUE_BYTES))
