@@ -22,15 +22,16 @@ What it decides (BITCHAT.md §4):
   connect at a time, ≥ 0.5 s apart; an address that failed waits ``connect_backoff_s``; no second connection to an
   address we are already connected with in either role.
 * **RSSI gate.** Devices heard below ``rssi_min_dbm`` are not connected to.
-* **Duty cycle.** Scanning follows a :class:`DutyCycle` (on/off seconds; continuous when ``scan_off_s`` is 0)
-  that the power plan (``power.py``) can change at any time with :meth:`BleCore.set_duty_cycle`.
+* **Duty cycle.** Scanning and advertising follow the power plan (``power.py`` :class:`RadioPlan`: on/off
+  windows per power mode, and a cap on central links), which can change at any time with
+  :meth:`BleCore.set_plan` (battery state changed).
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from node.transports.ble import gatt
 from node.transports.ble.base import (
@@ -43,6 +44,7 @@ from node.transports.ble.base import (
     RadioEvent,
     Role,
 )
+from node.transports.ble.power import RadioPlan
 from node.wire.packet import (
     FLAG_HAS_RECIPIENT,
     FLAG_HAS_ROUTE,
@@ -54,15 +56,6 @@ from node.wire.packet import (
     V1_HEADER_BYTES,
     V2_HEADER_BYTES,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class DutyCycle:
-    """Scan on/off times. ``scan_off_s == 0`` means scan continuously. Advertising stays on: backgrounded
-    iPhones only find us if we are a peripheral (BITCHAT.md §4)."""
-
-    scan_on_s: float = 1.0
-    scan_off_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +81,8 @@ class BleSettings:
     # Roles this node plays.
     scan: bool = True
     advertise: bool = True
-    duty_cycle: DutyCycle = field(default_factory=DutyCycle)
+    # Scan/advertise duty cycle from the power plan (power.py); None: both continuously.
+    plan: RadioPlan | None = None
 
 
 # --- actions for the adapter -------------------------------------------------------------------------------
@@ -268,37 +262,43 @@ class BleCore:
         self._next_connect_at = now
         self._actions: deque[Action] = deque()
         self._events: deque[CoreEvent] = deque()
-        self._duty = settings.duty_cycle
+        self._plan = settings.plan
+        self._plan_t0 = now
         self._scanning = False
-        self._scan_switch_at = math.inf
+        self._advertising = False
+        self._switch_at = math.inf
         self._started = False
 
     # --- inputs -------------------------------------------------------------------------------------------
 
     def start(self, now: float) -> None:
         self._started = True
-        if self.settings.advertise:
-            self._actions.append(SetAdvertising(True))
-        if self.settings.scan:
-            self._set_scanning(True, now)
+        self._apply_plan(now)
 
     def stop(self) -> None:
         """Stop scanning and advertising and drop every connection (the transport is shutting down)."""
         self._started = False
-        self._scan_switch_at = math.inf
+        self._switch_at = math.inf
         if self._scanning:
             self._scanning = False
             self._actions.append(SetScanning(False))
-        if self.settings.advertise:
+        if self._advertising:
+            self._advertising = False
             self._actions.append(SetAdvertising(False))
         for conn_id in list(self._conns):
             self._actions.append(Disconnect(conn_id, "shutting down"))
 
-    def set_duty_cycle(self, duty: DutyCycle, now: float) -> None:
-        """Adopt a new scan plan (from the power plan); takes effect at once."""
-        self._duty = duty
-        if self._started and self.settings.scan:
-            self._set_scanning(True, now)
+    def set_plan(self, plan: RadioPlan | None, now: float) -> None:
+        """Adopt a new radio plan (from the power governor); takes effect at once."""
+        self._plan = plan
+        self._plan_t0 = now
+        if self._started:
+            self._apply_plan(now)
+
+    @property
+    def max_central_links(self) -> int:
+        cap = self.settings.max_central_links
+        return min(cap, self._plan.max_central_links) if self._plan else cap
 
     def handle_radio_event(self, event: RadioEvent, now: float) -> None:
         if isinstance(event, DeviceDiscovered):
@@ -359,12 +359,12 @@ class BleCore:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
-        t = min(self._scan_switch_at, self._next_connect_time()[0])
+        t = min(self._switch_at, self._next_connect_time()[0])
         return None if t == math.inf else t
 
     def handle_timer(self, now: float) -> None:
-        if now >= self._scan_switch_at:
-            self._set_scanning(not self._scanning, now)
+        if now >= self._switch_at:
+            self._apply_plan(now)
         for address, until in list(self._backoff_until.items()):
             if until <= now:
                 del self._backoff_until[address]
@@ -372,17 +372,20 @@ class BleCore:
 
     # --- internals ----------------------------------------------------------------------------------------
 
-    def _set_scanning(self, on: bool, now: float) -> None:
-        if on != self._scanning:
-            self._scanning = on
-            self._actions.append(SetScanning(on))
-        if self._duty.scan_off_s <= 0:
-            self._scan_switch_at = math.inf
-        else:
-            self._scan_switch_at = now + (self._duty.scan_on_s if on else self._duty.scan_off_s)
+    def _apply_plan(self, now: float) -> None:
+        t = now - self._plan_t0
+        scan = self.settings.scan and (self._plan is None or self._plan.scanning(t))
+        advertise = self.settings.advertise and (self._plan is None or self._plan.advertising(t))
+        if scan != self._scanning:
+            self._scanning = scan
+            self._actions.append(SetScanning(scan))
+        if advertise != self._advertising:
+            self._advertising = advertise
+            self._actions.append(SetAdvertising(advertise))
+        self._switch_at = math.inf if self._plan is None else self._plan_t0 + self._plan.next_change(t)
 
     def _connect_budget_left(self) -> int:
-        return self.settings.max_central_links - self.central_links - len(self._connecting)
+        return self.max_central_links - self.central_links - len(self._connecting)
 
     def _on_discovered(self, ev: DeviceDiscovered, now: float) -> None:
         self.counters.devices_discovered += 1
@@ -424,7 +427,7 @@ class BleCore:
 
     def _on_connected(self, ev: Connected, now: float) -> None:
         self._connecting.discard(ev.address)
-        if ev.role is Role.CENTRAL and self.central_links >= self.settings.max_central_links:
+        if ev.role is Role.CENTRAL and self.central_links >= self.max_central_links:
             self._actions.append(Disconnect(ev.conn_id, "central link budget exhausted"))
             return
         if gatt.att_payload_bytes(ev.att_mtu) < gatt.MIN_USEFUL_ATT_PAYLOAD:

@@ -34,13 +34,13 @@ from node.transports.ble.core import (
     BleSettings,
     Connect,
     Disconnect,
-    DutyCycle,
     FrameReceived,
     LinkDown,
     LinkUp,
     SetAdvertising,
     SetScanning,
 )
+from node.transports.ble.power import RadioPlan
 
 log = logging.getLogger(__name__)
 
@@ -164,10 +164,10 @@ class BleTransport(Transport):
     def listen_addresses(self) -> list[str]:
         return [f"ble:{self.adapter.local_address}"] if self.adapter.local_address else []
 
-    def set_duty_cycle(self, duty: DutyCycle) -> None:
-        """The power plan's seam: change the scan duty cycle now."""
+    def set_plan(self, plan: RadioPlan | None) -> None:
+        """The power governor's seam: adopt a new scan/advertise plan now."""
         if self._core is not None:
-            self._core.set_duty_cycle(duty, trio.current_time())
+            self._core.set_plan(plan, trio.current_time())
             with contextlib.suppress(trio.WouldBlock):  # a full queue wakes the driver anyway
                 self._events_send.send_nowait(None)
 
