@@ -140,10 +140,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The daemon's heavy imports (libp2p, ...) happen here only: client commands stay fast.
     from node.node import Node
     from node.transports.betanet.transport import BetanetTransport
+    from node.transports.ble.factory import ble_transport
 
     transports: list[Transport] = []
     if cfg.betanet.enabled:
         transports.append(BetanetTransport(ident, cfg.betanet))
+    ble = ble_transport(cfg, cfg.node.nickname or f"village-{ident.peer_id_hex[:4]}")  # None: BLE off
+    if ble is not None:
+        transports.append(ble)
     node = Node(cfg, ident, transports=transports)
     code = EXIT_OK
     try:

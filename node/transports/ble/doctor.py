@@ -593,11 +593,12 @@ class Diagnosis:
         return "\n".join(lines)
 
 
-def diagnose(ble: BleSection, probe: Probe | None = None) -> Diagnosis:
+def diagnose(ble: BleSection, probe: Probe | None = None, *, power: bool = True) -> Diagnosis:
     """Gather the facts and judge them for ``ble.adapter`` (blocking; see :func:`gather_facts`)."""
     spec = ble.bumble_transport.strip()
     serial = (spec[len("serial:") :].split(",", 1)[0],) if spec.startswith("serial:") else ()
-    return Diagnosis(ble.adapter, tuple(evaluate(gather_facts(probe, serial), ble)), power_summary(ble))
+    checks = tuple(evaluate(gather_facts(probe, serial), ble))
+    return Diagnosis(ble.adapter, checks, power_summary(ble) if power else "")
 
 
 def power_summary(ble: BleSection, battery: BatteryState | None = None, *, read: bool = True) -> str:
