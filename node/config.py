@@ -294,7 +294,11 @@ class BleSection:
         min=-100,
         max=-30,
     )
-    nickname: str = _f("", "Name announced over BLE (<= 255 UTF-8 bytes). Empty: node.nickname.")
+    nickname: str = _f(
+        "",
+        "BLE device name BlueZ shows (adapter alias / GAP name; <= 255 UTF-8 bytes). Empty: the node's nickname. "
+        "Announces always carry node.nickname.",
+    )
 
 
 @dataclass(frozen=True, slots=True)
