@@ -18,8 +18,11 @@ What BlueZ's D-Bus GATT server (through bless) cannot do, and how this adapter m
   first subscriber. So every central connected to our server shares **one** peripheral-role connection,
   ``bluez:server``: :class:`Connected` when notifications are first enabled, writes from any central arrive on
   it, and one notification reaches every subscribed central. Frames are self-contained and the mesh dedupes,
-  so this carries BitChat traffic, but the mesh sees one neighbour link for all those centrals, and its ATT
-  MTU is taken as the default until the first write shows a larger one.
+  so this carries BitChat traffic, but the mesh sees one neighbour link for all those centrals.
+* It does not tell the application each central's ATT MTU either (BlueZ passes it in the WriteValue options,
+  which bless drops). The server connection reports :data:`SERVER_ATT_MTU`, 185 — what iPhones negotiate;
+  Android asks for 517 — so frames over 182 bytes are fragmented; a central stuck at a smaller MTU would get
+  truncated notifications (BlueZ cuts them at its MTU - 3).
 * The advertising interval (the power plan's ``advertise_interval_ms``) is not applied: bless registers its
   advertisement with a fixed 100 ms interval.
 
@@ -55,7 +58,6 @@ from node.transports.ble.base import (
     DataReceived,
     DeviceDiscovered,
     Disconnected,
-    MtuChanged,
     RadioAdapter,
     RadioConnectionLost,
     RadioError,
@@ -69,6 +71,7 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 8.0  # BitChat's connect timeout (BITCHAT.md §4)
 SERVER_CONN_ID = "bluez:server"  # the one peripheral-role connection (see the module docstring)
+SERVER_ATT_MTU = 185  # assumed ATT MTU of centrals on our server: iOS negotiates 185, Android 517
 PEER_ID_HINT_BYTES = 8  # Android's scan-response service data: its peer ID
 # Stack errors converted at the boundary: bleak's BleakError (BleakDBusError is one), dbus-next's (bless) and
 # dbus-fast's (bleak) DBusError, socket errors, timeouts. bless's setup raises a bare Exception when BlueZ has
@@ -98,8 +101,8 @@ class BluezAdapter(RadioAdapter):
         self._server: BlessServerBlueZDBus | None = None
         self._scanner: BleakScanner | None = None
         self._centrals: dict[str, _Central] = {}
-        self._server_up = False
-        self._server_mtu = gatt.ATT_MTU_DEFAULT
+        self._server_up = False  # the peripheral-role connection is reported up
+        self._notifying = False  # some central has notifications enabled
         self._advertising = False
         self._ids = itertools.count(1)
         self._address = ""
@@ -182,7 +185,10 @@ class BluezAdapter(RadioAdapter):
                 await self._call(central.client.disconnect)
             finally:
                 self._emit(Disconnected(conn_id, "disconnected by us"))
-        # The server connection cannot be dropped from here: BlueZ gives us no handle on its centrals.
+        elif conn_id == SERVER_CONN_ID:
+            # BlueZ gives us no handle on the centrals themselves: the link is closed on our side and comes back
+            # with the next write from a subscribed central.
+            await self._call(self._aio_drop_server)
 
     # ------------------------------------------------------------ trio side
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -255,24 +261,32 @@ class BluezAdapter(RadioAdapter):
         else:
             await self._server.app.stop_advertising(self._server.adapter)
 
+    # Server state (_notifying, _server_up) changes only on the asyncio thread, in these callbacks.
+    def _aio_server_up(self) -> None:
+        self._server_up = True
+        self._to_trio(Connected(SERVER_CONN_ID, "bluez:centrals", Role.PERIPHERAL, SERVER_ATT_MTU))
+
     def _aio_on_subscribe(self, _arg: object) -> None:
+        self._notifying = True
         if not self._server_up:
-            self._server_up = True
-            self._to_trio(Connected(SERVER_CONN_ID, "bluez:centrals", Role.PERIPHERAL, self._server_mtu))
+            self._aio_server_up()
 
     def _aio_on_unsubscribe(self, _arg: object) -> None:
+        self._notifying = False
         if self._server_up:
             self._server_up = False
             self._to_trio(Disconnected(SERVER_CONN_ID, "every central unsubscribed"))
 
+    async def _aio_drop_server(self) -> None:
+        if self._server_up:
+            self._server_up = False
+            self._to_trio(Disconnected(SERVER_CONN_ID, "disconnected by us"))
+
     def _aio_on_write(self, _characteristic: object, value: Any, **_kw: Any) -> None:
-        data = bytes(value)
-        # A write as long as N proves an ATT MTU of at least N + 3.
-        if len(data) + gatt.ATT_HEADER_BYTES > self._server_mtu:
-            self._server_mtu = min(len(data) + gatt.ATT_HEADER_BYTES, gatt.ATT_MTU_MAX)
-            if self._server_up:
-                self._to_trio(MtuChanged(SERVER_CONN_ID, self._server_mtu))
-        self._to_trio(DataReceived(SERVER_CONN_ID, data))
+        if self._notifying and not self._server_up:
+            self._aio_server_up()
+        if self._server_up:
+            self._to_trio(DataReceived(SERVER_CONN_ID, bytes(value)))
 
     def _aio_notify(self, data: bytes) -> None:
         assert self._server is not None

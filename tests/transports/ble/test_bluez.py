@@ -6,16 +6,30 @@ and a USB dongle) the conformance suite runs for real: hci0 as central, hci1 as 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 import trio
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData
 
 from node.config import BleSection
 from node.transports.base import Link
-from node.transports.ble.base import RadioAdapter, RadioEvent, RadioUnavailable
-from node.transports.ble.bluez import SERVER_CONN_ID, BluezAdapter
+from node.transports.ble import gatt
+from node.transports.ble.aio_bridge import open_asyncio_loop
+from node.transports.ble.base import (
+    Connected,
+    DataReceived,
+    DeviceDiscovered,
+    Disconnected,
+    RadioAdapter,
+    RadioConnectionLost,
+    RadioEvent,
+    RadioUnavailable,
+    Role,
+)
+from node.transports.ble.bluez import SERVER_ATT_MTU, SERVER_CONN_ID, BluezAdapter
 from node.transports.ble.core import BleSettings
 from node.transports.ble.doctor import dbus_system_socket, diagnose
 from node.transports.ble.transport import BleTransport
@@ -28,6 +42,8 @@ def test_is_a_radio_adapter_and_touches_nothing_until_run() -> None:
     assert isinstance(adapter, RadioAdapter)
     assert adapter.name == "bluez" and adapter.local_address == ""
     assert SERVER_CONN_ID.startswith("bluez:")
+    # the MTU assumed for centrals on our GATT server must pass the core's floor for a useful link
+    assert gatt.att_payload_bytes(SERVER_ATT_MTU) >= gatt.MIN_USEFUL_ATT_PAYLOAD
 
 
 async def test_run_without_bluez_reports_radio_unavailable() -> None:
@@ -80,3 +96,71 @@ class TestBluezLinkConformance(LinkConformance):
                 b = await p_recv.receive()
             yield a, b
             nursery.cancel_scope.cancel()
+
+
+async def test_server_callbacks_map_to_one_peripheral_connection() -> None:
+    """BlueZ's calls into our GATT application (StartNotify, WriteValue, StopNotify, as bless forwards them),
+    made on the adapter's own asyncio thread, become the events the transport expects — the part of the
+    adapter that runs without BlueZ."""
+    adapter = BluezAdapter("x")
+    send, recv = trio.open_memory_channel[RadioEvent](16)
+    adapter._events = send
+    async with open_asyncio_loop("bluez-test") as aio:
+        adapter._aio = aio
+
+        async def on_aio(fn: Callable[..., object], *args: object) -> None:
+            async def run() -> None:
+                fn(*args)
+
+            await aio.call(run)
+
+        async def next_event() -> RadioEvent:
+            with trio.fail_after(TIMEOUT_S):
+                return await recv.receive()
+
+        await on_aio(adapter._aio_on_write, None, bytearray(b"before anyone subscribed"))
+        await on_aio(adapter._aio_on_subscribe, None)
+        assert await next_event() == Connected(SERVER_CONN_ID, "bluez:centrals", Role.PERIPHERAL, SERVER_ATT_MTU)
+        await on_aio(adapter._aio_on_write, None, bytearray(b"frame one"))
+        assert await next_event() == DataReceived(SERVER_CONN_ID, b"frame one")
+        await adapter.disconnect(SERVER_CONN_ID)  # the core drops the link
+        assert await next_event() == Disconnected(SERVER_CONN_ID, "disconnected by us")
+        await on_aio(adapter._aio_on_write, None, bytearray(b"frame two"))  # a subscribed central writes again
+        assert await next_event() == Connected(SERVER_CONN_ID, "bluez:centrals", Role.PERIPHERAL, SERVER_ATT_MTU)
+        assert await next_event() == DataReceived(SERVER_CONN_ID, b"frame two")
+        await on_aio(adapter._aio_on_unsubscribe, None)
+        assert await next_event() == Disconnected(SERVER_CONN_ID, "every central unsubscribed")
+        with pytest.raises(RadioConnectionLost):
+            await adapter.send("bluez:c1", b"no such central")
+        adapter._aio = None
+    assert recv.statistics().current_buffer_used == 0  # nothing else was emitted
+
+
+async def test_scan_results_become_discoveries_with_androids_peer_id_hint() -> None:
+    adapter = BluezAdapter("x")
+    send, recv = trio.open_memory_channel[RadioEvent](16)
+    adapter._events = send
+    service = gatt.SERVICE_UUID.lower()
+
+    def adv(rssi: int, service_data: dict[str, bytes]) -> AdvertisementData:
+        return AdvertisementData(None, {}, service_data, [service], None, rssi, ())
+
+    async with open_asyncio_loop("bluez-test") as aio:
+        adapter._aio = aio
+
+        async def scan_results() -> None:
+            adapter._aio_on_advertisement(BLEDevice("AA:BB:CC:DD:EE:01", None, None), adv(-60, {}))  # an iPhone
+            android = adv(-71, {service: bytes.fromhex("0123456789abcdef")})
+            adapter._aio_on_advertisement(BLEDevice("AA:BB:CC:DD:EE:02", None, None), android)
+            odd = adv(-80, {service: b"\x01\x02"})  # not a peer ID: ignored as a hint
+            adapter._aio_on_advertisement(BLEDevice("AA:BB:CC:DD:EE:03", None, None), odd)
+
+        await aio.call(scan_results)
+        with trio.fail_after(TIMEOUT_S):
+            got = [await recv.receive() for _ in range(3)]
+        adapter._aio = None
+    assert got == [
+        DeviceDiscovered("AA:BB:CC:DD:EE:01", -60, None),
+        DeviceDiscovered("AA:BB:CC:DD:EE:02", -71, bytes.fromhex("0123456789abcdef")),
+        DeviceDiscovered("AA:BB:CC:DD:EE:03", -80, None),
+    ]
