@@ -32,6 +32,7 @@ type-checked and imported by tests; the Link conformance suite for it skips with
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from collections.abc import Callable
@@ -71,6 +72,9 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 8.0  # BitChat's connect timeout (BITCHAT.md §4)
 SERVER_CONN_ID = "bluez:server"  # the one peripheral-role connection (see the module docstring)
+MTU_WAIT_S = 2.0  # longest wait for BlueZ's MTU exchange after connecting
+MTU_RECHECK_S = 0.1
+DEFAULT_ATT_PAYLOAD = gatt.ATT_MTU_DEFAULT - gatt.ATT_HEADER_BYTES  # 20: no MTU exchange (yet)
 SERVER_ATT_MTU = 185  # assumed ATT MTU of centrals on our server: iOS negotiates 185, Android 517
 PEER_ID_HINT_BYTES = 8  # Android's scan-response service data: its peer ID
 # Stack errors converted at the boundary: bleak's BleakError (BleakDBusError is one), dbus-next's (bless) and
@@ -328,4 +332,10 @@ class BluezAdapter(RadioAdapter):
             self._to_trio(DataReceived(conn_id, bytes(data)))
 
         await client.start_notify(char, on_notify)
+        # BlueZ finishes the MTU exchange on its own just after connecting and signals nothing bleak exposes; bleak
+        # documents re-reading the value. Bounded: on BlueZ < 5.62 it stays 20 (the doctor warns about that).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + MTU_WAIT_S
+        while char.max_write_without_response_size <= DEFAULT_ATT_PAYLOAD and loop.time() < deadline:
+            await asyncio.sleep(MTU_RECHECK_S)
         return char.max_write_without_response_size + gatt.ATT_HEADER_BYTES

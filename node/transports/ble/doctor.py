@@ -24,6 +24,7 @@ import os
 import shutil
 import socket
 import struct
+import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,8 @@ CAP_NET_RAW = 13
 DBUS_SYSTEM_SOCKET = "/run/dbus/system_bus_socket"
 DBUS_TIMEOUT_S = 2.0  # a local bus answers AUTH in milliseconds
 BLUETOOTHD_PATHS = ("/usr/libexec/bluetooth/bluetoothd", "/usr/lib/bluetooth/bluetoothd", "/usr/sbin/bluetoothd")
+BLUEZ_MIN_VERSION = (5, 62)  # first BlueZ that tells clients the negotiated MTU (bleak needs it for our links)
+VERSION_TIMEOUT_S = 2.0
 BLUEZ_LIBRARIES = ("bleak", "bless")
 BUMBLE_LIBRARIES = ("bumble",)
 INSTALL_LIBS_FIX = "install the BLE extra into the node's environment: pip install 'aivillage[ble]'"
@@ -98,6 +101,7 @@ class Facts:
     effective_caps: int | None  # CapEff bits, None when /proc does not say
     groups: frozenset[str]
     library_errors: Mapping[str, str | None]  # module → import error, None when it imports
+    bluez_version: str | None = None  # `bluetoothd --version`, None when unknown
     usb_bluetooth: tuple[str, ...] = ()  # USB devices of class e0 (Bluetooth), e.g. "1-1.3 (0a12:0001)"
     serial_present: frozenset[str] = frozenset()  # serial device paths named by ble.bumble_transport that exist
 
@@ -158,6 +162,16 @@ def dbus_auth_error(path: str, uid: int) -> str | None:
     return None
 
 
+def bluetoothd_version(path: str) -> str | None:
+    """``bluetoothd --version`` (e.g. ``5.66``), None when it cannot be run."""
+    try:
+        done = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=VERSION_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    out = done.stdout.strip()
+    return out if done.returncode == 0 and out else None
+
+
 def _import_error(module: str) -> str | None:
     try:
         importlib.import_module(module)
@@ -194,6 +208,7 @@ class Probe:
     up_probe: Callable[[int], bool | None] = hci_is_up
     dbus_probe: Callable[[str, int], str | None] = dbus_auth_error
     import_probe: Callable[[str], str | None] = _import_error
+    version_probe: Callable[[str], str | None] = bluetoothd_version
     euid: Callable[[], int] = os.geteuid
     groups: Callable[[], frozenset[str]] = _current_groups
 
@@ -268,6 +283,7 @@ def gather_facts(probe: Probe | None = None, serial_paths: tuple[str, ...] = ())
     return Facts(
         kernel_error=probe.kernel_probe(),
         bluetoothd_path=bluetoothd,
+        bluez_version=probe.version_probe(bluetoothd) if bluetoothd else None,
         bluetoothd_running=_bluetoothd_running(probe.proc_root),
         dbus_socket=dbus_socket,
         dbus_error=probe.dbus_probe(dbus_socket, euid),
@@ -315,6 +331,34 @@ def _bluez_installed(f: Facts) -> Check:
         "no bluetoothd program was found",
         "BlueZ is not installed",
         "install it: sudo apt install bluez (Debian, Raspberry Pi OS, Ubuntu)",
+    )
+
+
+def _parse_version(text: str) -> tuple[int, ...] | None:
+    parts = text.strip().split(".")
+    try:
+        return tuple(int(p) for p in parts[:2])
+    except ValueError:
+        return None
+
+
+def _bluez_version(f: Facts) -> Check:
+    title = "BlueZ version"
+    need = ".".join(map(str, BLUEZ_MIN_VERSION))
+    version = _parse_version(f.bluez_version) if f.bluez_version else None
+    if version is None:
+        return Check("bluez_version", title, True, "version unknown", required=False)
+    if version >= BLUEZ_MIN_VERSION:
+        return Check("bluez_version", title, True, f"BlueZ {f.bluez_version}", required=False)
+    return Check(
+        "bluez_version",
+        title,
+        False,
+        f"BlueZ {f.bluez_version}",
+        f"BlueZ before {need} does not tell the node the negotiated MTU, so links this node opens as central "
+        "cannot carry BitChat frames (peers connecting to us still work)",
+        f"upgrade BlueZ to {need} or later (Debian 12 and Raspberry Pi OS bookworm ship 5.66)",
+        required=False,
     )
 
 
@@ -516,6 +560,7 @@ def evaluate(facts: Facts, ble: BleSection) -> list[Check]:
         return [
             _kernel(facts, True),
             _bluez_installed(facts),
+            *([_bluez_version(facts)] if facts.bluetoothd_path else []),
             _bluetoothd_running_check(facts),
             _dbus(facts),
             _adapter_present(facts, True),

@@ -46,6 +46,7 @@ GOOD = Facts(
     effective_caps=0,
     groups=frozenset({"pi", "bluetooth"}),
     library_errors={"bleak": None, "bless": None, "bumble": None},
+    bluez_version="5.66",
     usb_bluetooth=("1-1.3 (0a12:0001)",),
 )
 
@@ -63,7 +64,8 @@ def test_a_working_raspberry_pi_passes_every_bluez_check() -> None:
     d = _judge()
     assert d.usable and d.problems == []
     assert [c.name for c in d.checks] == [
-        "kernel", "bluez", "bluetoothd", "dbus", "adapter", "rfkill", "powered", "permissions", "libraries",
+        "kernel", "bluez", "bluez_version", "bluetoothd", "dbus", "adapter", "rfkill", "powered", "permissions",
+        "libraries",
     ]  # fmt: skip
     assert all(c.ok for c in d.checks)
     assert d.summary() == "BLE can work here with adapter = bluez"
@@ -111,6 +113,15 @@ def test_each_bluez_problem_is_named_with_its_fix(
     assert problem in d.summary()
     report = d.report()
     assert f"[FAIL] {check.title}" in report and f"problem: {check.problem}" in report and fix in report
+
+
+def test_old_bluez_is_a_warning() -> None:
+    d = _judge(bluez_version="5.55")
+    check = _by_name(list(d.checks))["bluez_version"]
+    assert not check.ok and not check.required and "before 5.62" in check.problem and d.usable
+    assert "[warn] BlueZ version: BlueZ 5.55" in d.report()
+    assert _by_name(list(_judge(bluez_version=None).checks))["bluez_version"].ok
+    assert "bluez_version" not in _by_name(list(_judge(bluetoothd_path=None).checks))
 
 
 def test_no_adapter_is_one_problem_not_two() -> None:
@@ -203,6 +214,7 @@ def _fake_probe(root: Path, **kw: object) -> Probe:
         "import_probe": lambda _m: None,
         "euid": lambda: 1000,
         "groups": lambda: frozenset({"bluetooth"}),
+        "version_probe": lambda _path: "5.66",
     }
     defaults.update(kw)
     return Probe(**defaults)  # type: ignore[arg-type]
@@ -237,6 +249,7 @@ def test_probe_reads_sysfs_and_proc(tmp_path: Path) -> None:
     assert facts.bluetoothd_running and facts.bluetoothd_path == str(tmp_path / "usr/libexec/bluetooth/bluetoothd")
     assert facts.effective_caps == (1 << CAP_NET_ADMIN) | (1 << CAP_NET_RAW)
     assert facts.usb_bluetooth == ("1-1.3 (0a12:0001)", "1-1.4 (?:?)")
+    assert facts.bluez_version == "5.66"
     d = Diagnosis("bluez", tuple(evaluate(facts, BLUEZ)))
     assert [c.name for c in d.problems] == ["rfkill"]  # soft-blocked; hci0 is up
 
@@ -245,6 +258,7 @@ def test_probe_of_an_empty_machine(tmp_path: Path) -> None:
     facts = gather_facts(_fake_probe(tmp_path, kernel_probe=lambda: "Address family not supported by protocol"))
     assert facts.adapters == () and facts.rfkill == () and not facts.bluetoothd_running
     assert facts.bluetoothd_path is None and facts.effective_caps is None and facts.usb_bluetooth == ()
+    assert facts.bluez_version is None
 
 
 def test_dbus_address_from_the_environment() -> None:
@@ -340,3 +354,13 @@ def test_power_line() -> None:
         fixed.startswith("performance: scan continuously")
         and "power_mode = performance; battery state unknown" in fixed
     )
+
+
+def test_bluetoothd_version_runs_the_program(tmp_path: Path) -> None:
+    from node.transports.ble.doctor import bluetoothd_version
+
+    exe = tmp_path / "bluetoothd"
+    exe.write_text('#!/bin/sh\n[ "$1" = --version ] && echo 5.66\n')
+    exe.chmod(0o755)
+    assert bluetoothd_version(str(exe)) == "5.66"
+    assert bluetoothd_version(str(tmp_path / "missing")) is None
