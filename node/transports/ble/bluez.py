@@ -336,6 +336,6 @@ class BluezAdapter(RadioAdapter):
         # documents re-reading the value. Bounded: on BlueZ < 5.62 it stays 20 (the doctor warns about that).
         loop = asyncio.get_running_loop()
         deadline = loop.time() + MTU_WAIT_S
-        while char.max_write_without_response_size <= DEFAULT_ATT_PAYLOAD and loop.time() < deadline:
+        while char.max_write_without_response_size <= DEFAULT_ATT_PAYLOAD and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(MTU_RECHECK_S)
         return char.max_write_without_response_size + gatt.ATT_HEADER_BYTES
