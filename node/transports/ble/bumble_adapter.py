@@ -19,7 +19,10 @@ notifications and write without response.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -49,21 +52,38 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 8.0  # BitChat's connect timeout (BITCHAT.md §4)
 ADVERTISING_INTERVAL_MS = 100.0  # virtual radios: how often a scanner hears us
 SCAN_INTERVAL_MS = 60.0
+SHUTDOWN_STEP_S = 2.0  # bound on each shutdown step, so a wedged stack cannot hang the node's exit
+RSSI_AT_1M_DBM = -59  # a typical phone's calibrated 1 m power
+PATH_LOSS_EXPONENT = 2.0  # free space
 
 
 @dataclass(slots=True)
 class BumbleWorld:
-    """One asyncio thread and one virtual radio medium shared by every adapter created on it."""
+    """One asyncio thread and one virtual radio medium shared by every adapter created on it.
+
+    Bumble's local link lets every controller hear every other at a fixed RSSI. To build topologies (a line of
+    nodes, out-of-range pairs) an adapter may be given a position; the world then reports the RSSI of an
+    advertisement by distance (log-distance path loss), so the core's RSSI gate decides who connects to whom.
+    """
 
     aio: AsyncioLoop
     link: Any
     _next_address: list[int] = field(default_factory=lambda: [1])
+    positions: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def new_address(self) -> str:
         n = self._next_address[0]
         self._next_address[0] += 1
         # A random static address: the two top bits of the most significant byte are 1 (Core Vol 6 B 1.3.2.1).
         return f"C0:00:00:00:{(n >> 8) & 0xFF:02X}:{n & 0xFF:02X}"
+
+    def rssi_dbm(self, receiver: str, sender: str, reported: int) -> int:
+        """RSSI at ``receiver`` of ``sender``: by distance when both have positions, else what Bumble reported."""
+        a, b = self.positions.get(receiver), self.positions.get(sender)
+        if a is None or b is None:
+            return reported
+        distance_m = max(0.1, math.dist(a, b))
+        return round(RSSI_AT_1M_DBM - 10 * PATH_LOSS_EXPONENT * math.log10(distance_m))
 
 
 @asynccontextmanager
@@ -90,12 +110,20 @@ class _ConnState:
 
 
 class BumbleAdapter(RadioAdapter):
-    def __init__(self, world: BumbleWorld | None = None, *, transport_spec: str | None = None, name: str = "") -> None:
+    def __init__(
+        self,
+        world: BumbleWorld | None = None,
+        *,
+        transport_spec: str | None = None,
+        name: str = "",
+        position: tuple[float, float] | None = None,
+    ) -> None:
         if (world is None) == (transport_spec is None):
             raise ValueError("give either a BumbleWorld (virtual radio) or a transport_spec (HCI dongle)")
         self._world = world
         self._spec = transport_spec
         self._label = name or (transport_spec or "virtual")
+        self._position = position
         self._aio: AsyncioLoop | None = None
         self._device: Any = None
         self._characteristic: Any = None
@@ -104,6 +132,10 @@ class BumbleAdapter(RadioAdapter):
         self._by_handle: dict[int, str] = {}
         self._conn_seq = 0
         self._events: RadioEventSink | None = None
+        self._controller: Any = None  # virtual radios only
+        self._advertising_wanted = False
+        self._dialling = False  # a central connect is in progress (advertising paused)
+        self._tasks: set[asyncio.Task[None]] = set()  # asyncio-side helpers, cancelled by the bridge at exit
         self.events_dropped = 0
 
     @property
@@ -170,6 +202,7 @@ class BumbleAdapter(RadioAdapter):
             address = world.new_address()
             controller = Controller(f"ctl-{address}", link=world.link)
             host = Host(controller, AsyncPipeSink(controller))
+            self._controller = controller
         else:
             from bumble.transport import open_transport
 
@@ -177,6 +210,8 @@ class BumbleAdapter(RadioAdapter):
             host = Host(self._hci.source, self._hci.sink)
             address = "C0:00:00:00:00:01"
         device = Device(name="", address=Address(address, Address.RANDOM_DEVICE_ADDRESS), host=host)
+        if self._position is not None:
+            world.positions[str(device.random_address)] = self._position
         device.gatt_server.max_mtu = gatt.ATT_MTU_MAX
         props = Characteristic.Properties
         characteristic: Characteristic[bytes] = Characteristic(
@@ -198,16 +233,20 @@ class BumbleAdapter(RadioAdapter):
         device = self._device
         if device is None:
             return
+        self._advertising_wanted = False
         for state in list(self._conns.values()):
             try:
-                await state.connection.disconnect()
+                await asyncio.wait_for(state.connection.disconnect(), SHUTDOWN_STEP_S)
             except Exception:  # the link may already be gone; shutting down regardless
                 log.debug("disconnect during shutdown failed", exc_info=True)
         for stop in (device.stop_scanning, device.stop_advertising):
             try:
-                await stop()
+                await asyncio.wait_for(stop(), SHUTDOWN_STEP_S)
             except Exception:
                 log.debug("stopping radio activity during shutdown failed", exc_info=True)
+        if self._controller is not None:
+            with contextlib.suppress(KeyError):
+                self._controller.link.remove_controller(self._controller)
         device.remove_all_listeners()
         hci = getattr(self, "_hci", None)
         if hci is not None:
@@ -239,6 +278,11 @@ class BumbleAdapter(RadioAdapter):
 
         if connection.role == HciRole.PERIPHERAL:
             self._new_conn(connection, Role.PERIPHERAL)
+            # A connection stops legacy advertising; BitChat peers keep advertising so more centrals can join.
+            if self._advertising_wanted:
+                task = asyncio.get_running_loop().create_task(self._restart_advertising())
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         # Central-role connections are registered by _connect once GATT setup is done.
 
     def _on_subscription(self, connection: Any, characteristic: Any, notify: bool, indicate: bool) -> None:
@@ -261,7 +305,24 @@ class BumbleAdapter(RadioAdapter):
         uuids += advertisement.data.get(AdvertisingData.Type.INCOMPLETE_LIST_OF_128_BIT_SERVICE_CLASS_UUIDS) or []
         if UUID(gatt.SERVICE_UUID) not in uuids or not advertisement.is_connectable:
             return
-        self._emit(DeviceDiscovered(str(advertisement.address), int(advertisement.rssi)))
+        sender = str(advertisement.address)
+        rssi = int(advertisement.rssi)
+        if self._world is not None:
+            if sender < self._address:
+                # Bumble's virtual controller breaks on crossed connections (both ends connecting at once: the
+                # second stays "connecting" forever and a peripheral link completes the central's connect).
+                # In a virtual world the lower address dials; it hears us as we hear it. Real radios skip this.
+                return
+            rssi = self._world.rssi_dbm(self._address, sender, rssi)
+        self._emit(DeviceDiscovered(sender, rssi))
+
+    async def _restart_advertising(self) -> None:
+        try:
+            device = self._device
+            if device is not None and self._advertising_wanted and not self._dialling and not device.is_advertising:
+                await self._start_advertising()
+        except Exception:  # the controller refused (e.g. out of connection slots): stay connectable later
+            log.debug("re-advertising after a connection failed", exc_info=True)
 
     async def _start_advertising(self) -> None:
         from bumble.core import UUID, AdvertisingData
@@ -292,12 +353,32 @@ class BumbleAdapter(RadioAdapter):
         if device is None:
             self._emit(ConnectFailed(address, "the Bumble adapter is not running"))
             return
+        peer_address = Address(address.split("/")[0], Address.RANDOM_DEVICE_ADDRESS)
+        if any(c.peer_address == peer_address for c in device.connections.values()):
+            # Already linked the other way round (its central reached us first): one connection is enough.
+            self._emit(ConnectFailed(address, "already connected"))
+            return
+        # Bumble's Device.connect completes with *any* new connection, so a central reaching us meanwhile would
+        # be taken for ours: we stop advertising while we dial (a few advertising intervals) and check the result.
+        self._dialling = True
         try:
-            connection = await device.connect(
-                Address(address.split("/")[0], Address.RANDOM_DEVICE_ADDRESS), timeout=CONNECT_TIMEOUT_S
-            )
+            if device.is_advertising:
+                await device.stop_advertising()
+            connection = await device.connect(peer_address, timeout=CONNECT_TIMEOUT_S)
         except Exception as exc:  # timeout, controller refusal: the core backs off this address
+            if self._controller is not None:
+                # Bumble's virtual controller ignores LE Create Connection Cancel and would stay "connecting"
+                # forever (refusing every later connect); a real controller clears it. Do what a real one does.
+                self._controller.pending_le_connection = None
             self._emit(ConnectFailed(address, f"connect: {exc!r}"))
+            return
+        finally:
+            self._dialling = False
+            await self._restart_advertising()
+        from bumble.hci import Role as HciRole
+
+        if connection.role != HciRole.CENTRAL or connection.peer_address != peer_address:
+            self._emit(ConnectFailed(address, "an incoming connection completed our connect"))
             return
         state = self._new_conn(connection, Role.CENTRAL)
         try:
@@ -358,12 +439,18 @@ class BumbleAdapter(RadioAdapter):
     # --- RadioAdapter (trio side) -------------------------------------------------------------------------
 
     async def start_peripheral(self) -> None:
-        await self._call(self._start_advertising)
+        await self._call(self._want_advertising)
+
+    async def _want_advertising(self) -> None:
+        self._advertising_wanted = True
+        if not self._dialling and self._device is not None and not self._device.is_advertising:
+            await self._start_advertising()
 
     async def stop_peripheral(self) -> None:
         await self._call(self._stop_advertising)
 
     async def _stop_advertising(self) -> None:
+        self._advertising_wanted = False
         if self._device is not None:
             await self._device.stop_advertising()
 
