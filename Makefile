@@ -37,6 +37,7 @@ format: $(STAMP_DEV)
 bench: $(STAMP_DEV)
 	$(BIN)/python bench/codec.py
 	$(BIN)/python bench/betanet.py
+	$(BIN)/python bench/ble.py
 
 $(BIN)/python:
 	scripts/bootstrap-venv $(PYTHON) $(VENV)
