@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import trio
@@ -74,19 +74,27 @@ def ble_settings(ble: BleSection, plan: RadioPlan | None) -> BleSettings:
 async def follow_battery(
     governor: PowerGovernor,
     apply: Callable[[RadioPlan], None],
-    read: Callable[[], BatteryState | None],
+    read: Callable[[], Awaitable[BatteryState | None]],
     *,
     poll_s: float = BATTERY_POLL_S,
 ) -> None:
-    """Every ``poll_s`` seconds read the battery (in a thread) and ``apply`` the plan when the mode changes."""
-    limiter = trio.CapacityLimiter(BATTERY_READ_THREADS)
+    """Every ``poll_s`` seconds ``read`` the battery and ``apply`` the plan when the mode changes."""
     while True:
         await trio.sleep(poll_s)
-        battery = await trio.to_thread.run_sync(read, limiter=limiter)
-        plan = governor.update(battery)
+        plan = governor.update(await read())
         if plan is not None:
             log.info("BLE power: %s", describe(plan))
             apply(plan)
+
+
+def threaded_reader(read: Callable[[], BatteryState | None]) -> Callable[[], Awaitable[BatteryState | None]]:
+    """``read`` (blocking: sysfs, maybe a ``termux-battery-status`` run) in a worker thread, one at a time."""
+    limiter = trio.CapacityLimiter(BATTERY_READ_THREADS)
+
+    async def read_in_thread() -> BatteryState | None:
+        return await trio.to_thread.run_sync(read, limiter=limiter)
+
+    return read_in_thread
 
 
 def _radio_unavailable(exc: BaseException) -> RadioUnavailable | None:
@@ -153,7 +161,9 @@ class ManagedBleTransport(Transport):
                 )
                 if self.governor.follows_battery:
                     nursery.start_soon(
-                        lambda: follow_battery(self.governor, self.inner.set_plan, self._read, poll_s=self._poll_s)
+                        lambda: follow_battery(
+                            self.governor, self.inner.set_plan, threaded_reader(self._read), poll_s=self._poll_s
+                        )
                     )
                 task_status.started()
         # Only a failed start gets here before cancellation (the nursery had no task left to wait for); raising
