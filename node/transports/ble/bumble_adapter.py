@@ -208,7 +208,7 @@ class BumbleAdapter(RadioAdapter):
 
             self._hci = await open_transport(self._spec)
             host = Host(self._hci.source, self._hci.sink)
-            address = "C0:00:00:00:00:01"
+            address = str(Address.generate_static_address())  # a fresh random static address per start
         device = Device(name="", address=Address(address, Address.RANDOM_DEVICE_ADDRESS), host=host)
         if self._position is not None:
             world.positions[str(device.random_address)] = self._position
@@ -381,7 +381,12 @@ class BumbleAdapter(RadioAdapter):
             self._emit(ConnectFailed(address, "an incoming connection completed our connect"))
             return
         state = self._new_conn(connection, Role.CENTRAL)
-        try:
+
+        def on_notify(value: bytes) -> None:
+            if state.up:
+                self._emit(DataReceived(state.conn_id, bytes(value)))
+
+        async def gatt_setup() -> Any:
             peer = Peer(connection)
             await peer.request_mtu(gatt.ATT_MTU_REQUEST)
             services = await peer.discover_service(gatt.SERVICE_UUID)
@@ -391,19 +396,19 @@ class BumbleAdapter(RadioAdapter):
             wanted = [c for c in chars if str(c.uuid).upper() == gatt.CHARACTERISTIC_UUID]
             if not wanted:
                 raise RadioError("peer has no BitChat characteristic")
-            characteristic = wanted[0]
-            await characteristic.discover_descriptors()
+            await wanted[0].discover_descriptors()
+            await wanted[0].subscribe(on_notify)
+            return wanted[0]
 
-            def on_notify(value: bytes) -> None:
-                if state.up:
-                    self._emit(DataReceived(state.conn_id, bytes(value)))
-
-            await characteristic.subscribe(on_notify)
+        try:
+            # Bounded like the connect itself: a peer that never answers GATT (or, on the virtual link, a
+            # connection the peripheral never saw because it stopped advertising that instant) is given up on.
+            characteristic = await asyncio.wait_for(gatt_setup(), CONNECT_TIMEOUT_S)
         except Exception as exc:  # GATT setup failed: drop the connection, the core backs off
             self._conns.pop(state.conn_id, None)
             self._emit(ConnectFailed(address, f"GATT setup: {exc!r}"))
             try:
-                await connection.disconnect()
+                await asyncio.wait_for(connection.disconnect(), SHUTDOWN_STEP_S)
             except Exception:
                 log.debug("disconnect after failed GATT setup failed", exc_info=True)
             return
@@ -432,7 +437,7 @@ class BumbleAdapter(RadioAdapter):
         if state is None:
             return
         try:
-            await state.connection.disconnect()
+            await asyncio.wait_for(state.connection.disconnect(), SHUTDOWN_STEP_S)
         except Exception:  # already going away
             log.debug("disconnect of %s failed", conn_id, exc_info=True)
 

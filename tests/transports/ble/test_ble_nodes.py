@@ -12,10 +12,11 @@ from pathlib import Path
 import nacl.signing
 import trio
 
-from node.config import Config, NodeSection
+from node.config import BetanetSection, Config, NodeSection
 from node.identity import Identity
 from node.node import Node
 from node.transports.base import Transport
+from node.transports.betanet.transport import BetanetTransport
 from node.transports.ble.bumble_adapter import BumbleAdapter, BumbleWorld, open_bumble_world
 from node.transports.ble.core import BleSettings
 from node.transports.ble.transport import BleTransport
@@ -25,18 +26,26 @@ from tests.transports.ble.harness import bridge_threads
 TIMEOUT_S = 60.0
 SPACING_M = 3.0  # neighbours hear each other at -69 dBm; two apart (6 m) at -75 dBm
 RSSI_GATE_DBM = -72
+# A failed connect is retried after 1 s here (10 s by default): on the virtual link a connect can land the
+# instant the peripheral pauses advertising to dial itself, and is then given up on after 8 s of silent GATT.
+RETRY_S = 1.0
 
 
-def make_node(tmp_path: Path, i: int, transports: Sequence[Transport]) -> Node:
+def identity(i: int) -> Identity:
+    rng = random.Random(100 + i)
+    return Identity(nacl.signing.SigningKey(rng.randbytes(32)), rng.randbytes(32))
+
+
+def make_node(tmp_path: Path, i: int, transports: Sequence[Transport], ident: Identity | None = None) -> Node:
     cfg = Config(data_dir=tmp_path / f"n{i}", node=NodeSection(nickname=f"n{i}"))
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(100 + i)
-    ident = Identity(nacl.signing.SigningKey(rng.randbytes(32)), rng.randbytes(32))
-    return Node(cfg, ident, transports=transports, control=False, rng=rng)
+    return Node(cfg, ident or identity(i), transports=transports, control=False, rng=random.Random(200 + i))
 
 
 def ble(world: BumbleWorld, x_m: float) -> BleTransport:
-    return BleTransport(BumbleAdapter(world, position=(x_m, 0.0)), BleSettings(rssi_min_dbm=RSSI_GATE_DBM))
+    return BleTransport(
+        BumbleAdapter(world, position=(x_m, 0.0)), BleSettings(rssi_min_dbm=RSSI_GATE_DBM, connect_backoff_s=RETRY_S)
+    )
 
 
 @asynccontextmanager
@@ -107,3 +116,27 @@ async def test_node_bridges_ble_and_another_transport(tmp_path: Path) -> None:
             assert {lk.transport_name for lk in bridge.links.values()} == {"ble", "memory"}
             assert {lk.transport_name for lk in phone.links.values()} == {"ble"}
         nursery.cancel_scope.cancel()
+
+
+async def test_phone_on_ble_reaches_a_node_across_betanet(tmp_path: Path) -> None:
+    """phone (BLE only) — bridge (BLE + BetaNet on loopback TCP, Noise) — remote (BetaNet only)."""
+    loopback = BetanetSection(listen=("/ip4/127.0.0.1/tcp/0",), mdns=False, dial_timeout_s=5.0)
+    async with open_bumble_world() as world:
+        bridge_id, remote_id = identity(1), identity(2)
+        remote_net = BetanetTransport(remote_id, loopback)
+        phone = make_node(tmp_path, 0, [ble(world, 0.0)])
+        bridge = make_node(tmp_path, 1, [ble(world, SPACING_M), BetanetTransport(bridge_id, loopback)], bridge_id)
+        remote = make_node(tmp_path, 2, [remote_net], remote_id)
+        async with running([phone, bridge, remote]):
+            with trio.fail_after(TIMEOUT_S):
+                await bridge.connect(remote_net.listen_addresses()[0])
+                await phone.wait_until(
+                    lambda: phone.core is not None and phone.core.peers.get(remote.identity.peer_id) is not None
+                )
+                to_remote = phone.send_private(remote.identity.peer_id_hex, "phone to the internet")
+                await remote.wait_until(lambda: "phone to the internet" in texts(remote))
+                await delivered(phone, to_remote)
+                to_phone = remote.send_private(phone.identity.peer_id_hex, "internet to the phone")
+                await phone.wait_until(lambda: "internet to the phone" in texts(phone))
+                await delivered(remote, to_phone)
+            assert {lk.transport_name for lk in bridge.links.values()} == {"ble", "betanet"}
