@@ -21,7 +21,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 
 import trio
 
@@ -68,7 +67,13 @@ def make_adapter(ble: BleSection, device_name: str) -> RadioAdapter:
 
 
 def ble_settings(ble: BleSection, plan: RadioPlan | None) -> BleSettings:
-    return replace(BleSettings(), max_central_links=ble.max_central_links, rssi_min_dbm=ble.rssi_min_dbm, plan=plan)
+    """The core's settings from ``[ble]``; ``max_central_links = 0`` means peripheral only, so no scanning."""
+    return BleSettings(
+        max_central_links=ble.max_central_links,
+        rssi_min_dbm=ble.rssi_min_dbm,
+        scan=ble.max_central_links > 0,
+        plan=plan,
+    )
 
 
 async def follow_battery(

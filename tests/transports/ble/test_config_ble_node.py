@@ -80,6 +80,12 @@ def test_a_working_bluez_adapter_gets_the_configured_settings() -> None:
     assert (s.max_central_links, s.rssi_min_dbm) == (4, -80)
     assert s.plan == plan_for(PowerMode.PERFORMANCE, 4)
     assert t.name == "ble" and not t.governor.follows_battery
+    assert s.scan and s.advertise
+
+
+def test_no_central_links_means_peripheral_only() -> None:
+    t = ble_transport(_cfg(max_central_links=0), "n", check=lambda _b: USABLE, read=lambda: None)
+    assert t is not None and not t.inner.settings.scan and t.inner.settings.advertise
 
 
 def test_bumble_adapter_nickname_and_auto_power_from_the_battery() -> None:
