@@ -102,6 +102,7 @@ class Facts:
     groups: frozenset[str]
     library_errors: Mapping[str, str | None]  # module → import error, None when it imports
     bluez_version: str | None = None  # `bluetoothd --version`, None when unknown
+    termux: bool = False  # running under Termux on Android
     usb_bluetooth: tuple[str, ...] = ()  # USB devices of class e0 (Bluetooth), e.g. "1-1.3 (0a12:0001)"
     serial_present: frozenset[str] = frozenset()  # serial device paths named by ble.bumble_transport that exist
 
@@ -284,6 +285,7 @@ def gather_facts(probe: Probe | None = None, serial_paths: tuple[str, ...] = ())
         kernel_error=probe.kernel_probe(),
         bluetoothd_path=bluetoothd,
         bluez_version=probe.version_probe(bluetoothd) if bluetoothd else None,
+        termux="TERMUX_VERSION" in probe.env or "com.termux" in probe.env.get("PREFIX", ""),
         bluetoothd_running=_bluetoothd_running(probe.proc_root),
         dbus_socket=dbus_socket,
         dbus_error=probe.dbus_probe(dbus_socket, euid),
@@ -303,21 +305,25 @@ def _kernel(f: Facts, required: bool) -> Check:
     title = "Bluetooth in the kernel"
     if f.kernel_error is None:
         return Check("kernel", title, True, "the kernel has Bluetooth support", required=required)
-    if "not supported" in f.kernel_error.lower() or "family" in f.kernel_error.lower():
-        problem = "this kernel has no Bluetooth support, so no Bluetooth adapter can be used through it"
-    else:
-        problem = "the kernel refused to open a Bluetooth socket"
-    return Check(
-        "kernel",
-        title,
-        False,
-        f"opening a Bluetooth socket failed: {f.kernel_error}",
-        problem,
-        "use a kernel built with Bluetooth (CONFIG_BT; Raspberry Pi OS, Debian and Ubuntu kernels have it — "
-        "containers and many VMs do not pass it through), or plug in a USB Bluetooth dongle and set "
-        '[ble] adapter = "bumble", bumble_transport = "usb:0", which drives the dongle without the kernel',
-        required,
+    dongle = (
+        'plug in a USB Bluetooth dongle and set [ble] adapter = "bumble", bumble_transport = "usb:0", which drives '
+        "the dongle without the kernel"
     )
+    if f.termux:
+        problem = "Android does not let apps (Termux included) use the phone's Bluetooth controller directly"
+        fix = f"on a phone, {dongle} (Termux reaches USB devices through termux-usb)"
+    else:
+        no_bt = "not supported" in f.kernel_error.lower() or "family" in f.kernel_error.lower()
+        problem = (
+            "this kernel has no Bluetooth support, so no Bluetooth adapter can be used through it"
+            if no_bt
+            else "the kernel refused to open a Bluetooth socket"
+        )
+        fix = (
+            "use a kernel built with Bluetooth (CONFIG_BT; Raspberry Pi OS, Debian and Ubuntu kernels have it — "
+            f"containers and many VMs do not pass it through), or {dongle}"
+        )
+    return Check("kernel", title, False, f"opening a Bluetooth socket failed: {f.kernel_error}", problem, fix, required)
 
 
 def _bluez_installed(f: Facts) -> Check:

@@ -124,6 +124,15 @@ def test_old_bluez_is_a_warning() -> None:
     assert "bluez_version" not in _by_name(list(_judge(bluetoothd_path=None).checks))
 
 
+def test_termux_gets_the_android_explanation(tmp_path: Path) -> None:
+    env = {"PREFIX": "/data/data/com.termux/files/usr", "TERMUX_VERSION": "0.118.1"}
+    facts = gather_facts(_fake_probe(tmp_path, env=env, kernel_probe=lambda: "Permission denied"))
+    assert facts.termux
+    kernel = _by_name(evaluate(facts, BLUEZ))["kernel"]
+    assert "Android does not let apps (Termux included)" in kernel.problem
+    assert "termux-usb" in kernel.fix and 'bumble_transport = "usb:0"' in kernel.fix
+
+
 def test_no_adapter_is_one_problem_not_two() -> None:
     d = _judge(adapters=())
     assert [c.name for c in d.problems] == ["adapter"]  # "powered" is not judged without an adapter
