@@ -582,14 +582,30 @@ def evaluate(facts: Facts, ble: BleSection) -> list[Check]:
         checks.insert(1, _usb_dongle(facts))
     elif spec.startswith("serial:"):
         checks.insert(1, _serial_device(facts, spec))
-    if hci_socket:  # Bumble drives the kernel's adapter directly: the kernel side matters, BlueZ does not
+    if hci_socket:  # Bumble drives the kernel's adapter directly: the kernel side matters, BlueZ must keep off
         checks[1:1] = [
             _kernel(facts, True),
             _adapter_present(facts, True),
             _rfkill_check(facts, True),
             _permissions(facts, raw_hci=True),
+            _bluez_keeps_off(facts),
         ]
     return checks
+
+
+def _bluez_keeps_off(f: Facts) -> Check:
+    title = "Adapter free for Bumble"
+    if not f.bluetoothd_running:
+        return Check("bluez_off", title, True, "bluetoothd is not running", required=False)
+    return Check(
+        "bluez_off",
+        title,
+        False,
+        "bluetoothd is running",
+        "BlueZ may hold the adapter; Bumble's HCI socket needs it to itself (the exclusive user channel)",
+        'stop BlueZ (sudo systemctl disable --now bluetooth), or use adapter = "bluez" instead',
+        required=False,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -177,7 +177,12 @@ def test_bumble_over_usb_needs_a_dongle_and_bumble() -> None:
 def test_bumble_over_an_hci_socket_needs_the_kernel_adapter_and_capabilities() -> None:
     hci = BleSection(adapter="bumble", bumble_transport="hci-socket:0")
     d = _judge(hci)
-    assert [c.name for c in d.checks] == ["bumble_transport", "kernel", "adapter", "rfkill", "permissions", "libraries"]
+    assert [c.name for c in d.checks] == [
+        "bumble_transport", "kernel", "adapter", "rfkill", "permissions", "bluez_off", "libraries",
+    ]  # fmt: skip
+    bluez_off = _by_name(list(d.checks))["bluez_off"]
+    assert not bluez_off.ok and not bluez_off.required and "systemctl disable --now bluetooth" in bluez_off.fix
+    assert _by_name(list(_judge(hci, bluetoothd_running=False).checks))["bluez_off"].ok
     perm = _by_name(list(d.checks))["permissions"]
     assert not perm.ok and perm.required and "AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW" in perm.fix
     caps = (1 << CAP_NET_ADMIN) | (1 << CAP_NET_RAW)
