@@ -243,7 +243,7 @@ def test_village_run_with_auto_logs_one_line_and_runs(data_dir: Path) -> None:
             proc.kill()
         notify.close()
     assert proc.returncode == 0, err
-    ble_lines = [line for line in err.splitlines() if "BLE" in line or "ble" in line.split(":")[0]]
+    ble_lines = [line for line in err.splitlines() if "BLE" in line or "village.ble" in line]
     assert len(ble_lines) == 1, err
     assert "INFO village.ble: BLE off: this kernel has no Bluetooth support" in ble_lines[0]
     assert "village ble doctor" in ble_lines[0]
