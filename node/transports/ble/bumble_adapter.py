@@ -50,6 +50,7 @@ from node.transports.ble.base import (
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 8.0  # BitChat's connect timeout (BITCHAT.md §4)
+VIRTUAL_GATT_TIMEOUT_S = 2.0  # GATT setup on a virtual link (normally ~10 ms)
 ADVERTISING_INTERVAL_MS = 100.0  # virtual radios: how often a scanner hears us
 SCAN_INTERVAL_MS = 60.0
 SHUTDOWN_STEP_S = 2.0  # bound on each shutdown step, so a wedged stack cannot hang the node's exit
@@ -124,6 +125,9 @@ class BumbleAdapter(RadioAdapter):
         self._spec = transport_spec
         self._label = name or (transport_spec or "virtual")
         self._position = position
+        # Virtual GATT setup takes milliseconds; a virtual connect that raced the peer's advertising pause is
+        # a dead connection, so give up on it sooner than on a real radio.
+        self._gatt_timeout_s = VIRTUAL_GATT_TIMEOUT_S if world is not None else CONNECT_TIMEOUT_S
         self._aio: AsyncioLoop | None = None
         self._device: Any = None
         self._characteristic: Any = None
@@ -403,7 +407,7 @@ class BumbleAdapter(RadioAdapter):
         try:
             # Bounded like the connect itself: a peer that never answers GATT (or, on the virtual link, a
             # connection the peripheral never saw because it stopped advertising that instant) is given up on.
-            characteristic = await asyncio.wait_for(gatt_setup(), CONNECT_TIMEOUT_S)
+            characteristic = await asyncio.wait_for(gatt_setup(), self._gatt_timeout_s)
         except Exception as exc:  # GATT setup failed: drop the connection, the core backs off
             self._conns.pop(state.conn_id, None)
             self._emit(ConnectFailed(address, f"GATT setup: {exc!r}"))
