@@ -23,7 +23,7 @@ import nacl.signing
 import trio
 from noise.connection import Keypair, NoiseConnection
 
-from node.transports.ble.base import Connected, DataReceived, DeviceDiscovered, RadioEvent
+from node.transports.ble.base import Connected, ConnectFailed, DataReceived, DeviceDiscovered, RadioEvent
 from node.transports.ble.bumble_adapter import BumbleAdapter, BumbleWorld
 
 # §2 message types
@@ -164,6 +164,9 @@ class ScriptedBitChatPeer:
                     dialled = True
                     await self.adapter.stop_scanning()
                     nursery.start_soon(self.adapter.connect, ev.address)
+                elif isinstance(ev, ConnectFailed):  # e.g. the node's advertising paused that instant: retry
+                    dialled = False
+                    await self.adapter.start_scanning()
                 elif isinstance(ev, Connected):
                     self.conn_id = ev.conn_id
                     self.link_limit = min(ev.att_mtu - 3, GATT_VALUE_MAX)

@@ -123,3 +123,41 @@ def test_the_peer_codec_reads_a_frame_it_wrote() -> None:
     p = parse(f)
     assert (p.type, p.ts_ms, p.sender, p.recipient, p.payload, p.ttl) == (0x11, 5, b"A" * 8, b"B" * 8, b"xyz", 7)
     assert len(f) == 256
+
+
+async def test_node_relays_between_two_bitchat_peers_as_the_spec_says(tmp_path: Path) -> None:
+    """Two scripted phones connected to our node only: what one sends reaches the other through our node with
+    the received bytes untouched but for the TTL byte, decremented (BITCHAT.md §5); a TTL-1 packet stops here."""
+    cfg = Config(data_dir=tmp_path / "node", node=NodeSection(nickname="relay-pi"))
+    cfg.data_dir.mkdir()
+    rng = random.Random(6)
+    ident = Identity(nacl.signing.SigningKey(rng.randbytes(32)), rng.randbytes(32))
+    async with open_bumble_world() as world, trio.open_nursery() as nursery:
+        alice = ScriptedBitChatPeer(world, nickname="alice")
+        bob = ScriptedBitChatPeer(world, nickname="bob")
+        await nursery.start(alice.adapter_first)
+        await nursery.start(bob.adapter_first)
+        node = Node(cfg, ident, transports=[BleTransport(BumbleAdapter(world), BleSettings())], control=False, rng=rng)
+        await nursery.start(node.run)
+        with trio.fail_after(TIMEOUT_S):
+            await alice.connected.wait()
+            await bob.connected.wait()
+            announce = alice.announce()
+            await alice.send_frame(announce)
+            relayed = await bob.next_of(ANNOUNCE, sender=alice.peer_id)
+            assert relayed.ttl == 6
+            assert relayed.signed_part[:2] + relayed.signed_part[3:] == announce[:2] + announce[3:-64]
+            hello = alice.public_message("hello bob, via the pi")
+            await alice.send_frame(hello)
+            msg = await bob.next_of(MESSAGE, sender=alice.peer_id)
+            assert msg.ttl == 6 and msg.payload == b"hello bob, via the pi"
+            assert msg.signature == hello[-64:]
+            # TTL 1: processed by the node, not relayed; the next frame bob sees from alice is the TTL-7 one.
+            last_hop = bytearray(alice.public_message("only for the pi"))
+            last_hop[2] = 1
+            await alice.send_frame(bytes(last_hop))
+            await node.wait_until(lambda: ("only for the pi", False, alice.peer_id.hex()) in texts(node))
+            await alice.send_frame(alice.public_message("for everyone"))
+            assert (await bob.next_of(MESSAGE, sender=alice.peer_id)).payload == b"for everyone"
+        node.request_stop()
+        nursery.cancel_scope.cancel()
