@@ -115,6 +115,18 @@ def verifier_preimage(p: Parsed) -> bytes:
     return pkcs7_pad(bytes(b))
 
 
+def sign_frame(signing: nacl.signing.SigningKey, ptype: int, sender: bytes, payload: bytes, ts_ms: int) -> bytes:
+    """§1.4: Ed25519 over the TTL-0, unsigned, padded encoding; then the frame with TTL 7 and the signature."""
+    preimage = pkcs7_pad(pack(ptype, sender, payload, ttl=0, ts_ms=ts_ms))
+    return pack(ptype, sender, payload, ts_ms=ts_ms, signature=signing.sign(preimage).signature)
+
+
+def announce_tlvs(nickname: str, noise_public: bytes, signing_public: bytes, extra: bytes = b"") -> bytes:
+    """§2.1 TLVs 01 nickname, 02 Noise key, 03 signing key (then any optional ones, in order)."""
+    nick = nickname.encode()
+    return bytes([1, len(nick)]) + nick + bytes([2, 32]) + noise_public + bytes([3, 32]) + signing_public + extra
+
+
 def tlvs(data: bytes) -> dict[int, bytes]:
     out: dict[int, bytes] = {}
     i = 0
@@ -221,20 +233,10 @@ class ScriptedBitChatPeer:
         return time.time_ns() // 1_000_000
 
     def signed(self, ptype: int, payload: bytes, ts_ms: int) -> bytes:
-        preimage = pkcs7_pad(pack(ptype, self.peer_id, payload, ttl=0, ts_ms=ts_ms))
-        sig = self.signing.sign(preimage).signature
-        return pack(ptype, self.peer_id, payload, ts_ms=ts_ms, signature=sig)
+        return sign_frame(self.signing, ptype, self.peer_id, payload, ts_ms)
 
     def announce(self) -> bytes:
-        nick = self.nickname.encode()
-        payload = (
-            bytes([1, len(nick)])
-            + nick
-            + bytes([2, 32])
-            + self.static_public
-            + bytes([3, 32])
-            + bytes(self.signing.verify_key)
-        )
+        payload = announce_tlvs(self.nickname, self.static_public, bytes(self.signing.verify_key))
         return self.signed(ANNOUNCE, payload, self.now_ms())
 
     def public_message(self, text: str) -> bytes:
