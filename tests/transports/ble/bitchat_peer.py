@@ -275,6 +275,25 @@ class ScriptedBitChatPeer:
         await self.send_frame(pkcs7_pad(pack(HANDSHAKE, self.peer_id, msg3, ts_ms=self.now_ms(), recipient=node_id)))
         self.noise = noise
 
+    async def answer_handshake(self, node_id: bytes) -> None:
+        """XX as responder: ← 32 bytes; → 96 bytes (e, ee, s, es); ← 64 bytes (s, se)."""
+        self.node_id = node_id
+        noise = NoiseConnection.from_name(XX)
+        noise.set_as_responder()
+        noise.set_keypair_from_private_bytes(Keypair.STATIC, self.static_private)
+        noise.start_handshake()
+        first = await self.next_of(HANDSHAKE, sender=node_id)
+        assert len(first.payload) == 32 and first.recipient == self.peer_id
+        noise.read_message(first.payload)
+        msg2 = bytes(noise.write_message())
+        assert len(msg2) == 96
+        await self.send_frame(pkcs7_pad(pack(HANDSHAKE, self.peer_id, msg2, ts_ms=self.now_ms(), recipient=node_id)))
+        third = await self.next_of(HANDSHAKE, sender=node_id)
+        assert len(third.payload) == 64
+        noise.read_message(third.payload)
+        assert noise.handshake_finished
+        self.noise = noise
+
     async def send_encrypted(self, ptype: int, data: bytes) -> None:
         """§2.4/§3: plaintext [type][data] → nonce u32 BE ‖ ciphertext ‖ tag, in a padded 0x11 to the node."""
         assert self.noise is not None

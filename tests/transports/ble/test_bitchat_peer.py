@@ -161,3 +161,29 @@ async def test_node_relays_between_two_bitchat_peers_as_the_spec_says(tmp_path: 
             assert (await bob.next_of(MESSAGE, sender=alice.peer_id)).payload == b"for everyone"
         node.request_stop()
         nursery.cancel_scope.cancel()
+
+
+async def test_node_initiates_xx_with_a_bitchat_peer(tmp_path: Path) -> None:
+    """The node has a message for a phone it has no session with: it starts XX (the phone answers with
+    noiseprotocol as responder), then sends the message encrypted; the phone's delivered ack settles it."""
+    cfg = Config(data_dir=tmp_path / "node", node=NodeSection(nickname="pi"))
+    cfg.data_dir.mkdir()
+    rng = random.Random(7)
+    ident = Identity(nacl.signing.SigningKey(rng.randbytes(32)), rng.randbytes(32))
+    async with open_bumble_world() as world, trio.open_nursery() as nursery:
+        peer = ScriptedBitChatPeer(world, nickname="bob-phone")
+        await nursery.start(peer.adapter_first)
+        node = Node(cfg, ident, transports=[BleTransport(BumbleAdapter(world), BleSettings())], control=False, rng=rng)
+        await nursery.start(node.run)
+        with trio.fail_after(TIMEOUT_S):
+            await peer.connected.wait()
+            await peer.send_frame(peer.announce())
+            await node.wait_until(lambda: core_of(node).peers.get(peer.peer_id) is not None)
+            mid = node.send_private(peer.peer_id.hex(), "you have mail")
+            await peer.answer_handshake(ident.peer_id)
+            ptype, data = await peer.receive_encrypted()
+            assert ptype == PRIVATE_MESSAGE and tlvs(data)[1] == b"you have mail"
+            await peer.send_encrypted(DELIVERED, mid.encode())
+            await node.wait_until(lambda: node.outgoing[mid].state == "delivered")
+        node.request_stop()
+        nursery.cancel_scope.cancel()
