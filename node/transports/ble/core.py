@@ -153,6 +153,7 @@ class BleCounters:
     stream_bytes_skipped: int = 0
     stream_resets: int = 0
     mtu_too_small: int = 0
+    frames_dropped_queue_full: int = 0  # a link's receive queue was full (the Node's reader fell behind)
 
 
 def frame_length_untrusted(buf: bytes | bytearray) -> int | None:

@@ -59,6 +59,7 @@ class BleLink(Link):
         adapter: RadioAdapter,
         reserve: Callable[[str, float], float],
         on_sent: Callable[[int], None],
+        counters: BleCounters,
     ) -> None:
         self._conn_id = conn_id
         self._address = address
@@ -70,7 +71,7 @@ class BleLink(Link):
         self._send_lock = trio.Lock()
         self._recv_send, self._recv = trio.open_memory_channel[bytes](LINK_RECEIVE_QUEUE)
         self._closed = False
-        self.frames_dropped = 0
+        self._counters = counters
 
     @property
     def link_id(self) -> str:
@@ -99,7 +100,7 @@ class BleLink(Link):
         try:
             self._recv_send.send_nowait(frame)
         except trio.WouldBlock:
-            self.frames_dropped += 1
+            self._counters.frames_dropped_queue_full += 1
         except trio.ClosedResourceError:
             pass
 
@@ -215,6 +216,7 @@ class BleTransport(Transport):
                     self.adapter,
                     core.reserve_send,
                     core.record_sent,
+                    core.counters,
                 )
                 self._links[event.conn_id] = link
                 log.info("BLE link up: %s (%s, mtu %d)", event.address, event.role.value, event.mtu)
