@@ -71,6 +71,7 @@ class BumbleWorld:
     link: Any
     _next_address: list[int] = field(default_factory=lambda: [1])
     positions: dict[str, tuple[float, float]] = field(default_factory=dict)
+    scanners: set[str] = field(default_factory=set)  # addresses of the world's radios that are scanning now
 
     def new_address(self) -> str:
         n = self._next_address[0]
@@ -238,6 +239,8 @@ class BumbleAdapter(RadioAdapter):
         if device is None:
             return
         self._advertising_wanted = False
+        if self._world is not None:
+            self._world.scanners.discard(self._address)
         for state in list(self._conns.values()):
             try:
                 await asyncio.wait_for(state.connection.disconnect(), SHUTDOWN_STEP_S)
@@ -312,10 +315,11 @@ class BumbleAdapter(RadioAdapter):
         sender = str(advertisement.address)
         rssi = int(advertisement.rssi)
         if self._world is not None:
-            if sender < self._address:
+            if sender < self._address and sender in self._world.scanners:
                 # Bumble's virtual controller breaks on crossed connections (both ends connecting at once: the
                 # second stays "connecting" forever and a peripheral link completes the central's connect).
-                # In a virtual world the lower address dials; it hears us as we hear it. Real radios skip this.
+                # In a virtual world, of two scanning radios the lower address dials (it hears us as we hear
+                # it); a radio that does not scan is dialled by anyone. Real radios skip this.
                 return
             rssi = self._world.rssi_dbm(self._address, sender, rssi)
         self._emit(DeviceDiscovered(sender, rssi))
@@ -464,6 +468,8 @@ class BumbleAdapter(RadioAdapter):
             await self._device.stop_advertising()
 
     async def _stop_scanning(self) -> None:
+        if self._world is not None:
+            self._world.scanners.discard(self._address)
         if self._device is not None:
             await self._device.stop_scanning()
 
@@ -473,6 +479,8 @@ class BumbleAdapter(RadioAdapter):
     async def _start_scanning(self) -> None:
         if self._device is None:
             raise RadioError("the Bumble adapter is not running")
+        if self._world is not None:
+            self._world.scanners.add(self._address)
         await self._device.start_scanning(
             filter_duplicates=False, scan_interval=SCAN_INTERVAL_MS, scan_window=SCAN_INTERVAL_MS
         )
