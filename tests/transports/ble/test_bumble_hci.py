@@ -10,6 +10,7 @@ from typing import Any
 import trio
 
 from node.transports.base import Link
+from node.transports.ble.base import RadioEvent, RadioUnavailable
 from node.transports.ble.bumble_adapter import BumbleAdapter, open_bumble_world
 from node.transports.ble.core import BleSettings
 from node.transports.ble.transport import BleLink, BleTransport
@@ -51,4 +52,25 @@ async def test_adapter_over_an_hci_transport_spec_links_with_a_virtual_radio() -
                 assert len(bridge_threads()) == len(before) + 1  # the dongle's loop is gone
         finally:
             await world.aio.call(hci.close)
+    assert bridge_threads() == before
+
+
+async def test_an_hci_transport_that_cannot_open_is_radio_unavailable_and_leaves_nothing() -> None:
+    before = bridge_threads()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))  # bound, never listening: a connect is refused
+    port = sock.getsockname()[1]
+    try:
+        send, _ = trio.open_memory_channel[RadioEvent](4)
+        failures: list[RadioUnavailable] = []
+        with trio.fail_after(TIMEOUT_S):
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(BumbleAdapter(transport_spec=f"tcp-client:127.0.0.1:{port}").run, send)
+            except* RadioUnavailable as group:  # trio wraps it in a group on its way out of the nurseries
+                failures.extend(e for e in group.exceptions if isinstance(e, RadioUnavailable))
+        assert len(failures) == 1 and "did not start" in str(failures[0])
+        assert isinstance(failures[0].__cause__, ConnectionRefusedError)
+    finally:
+        sock.close()
     assert bridge_threads() == before
