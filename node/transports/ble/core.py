@@ -62,8 +62,14 @@ from node.wire.packet import (
 class BleSettings:
     # Connections we open as central at once (iOS 6, Android 8; BITCHAT.md §4).
     max_central_links: int = 6
-    # Devices heard weaker than this are not connected to (iOS −90 dBm).
+    # Devices heard weaker than this are not connected to (iOS −90 dBm). Like iOS, the gate tightens by
+    # `rssi_crowded_step_db` once `crowded_links` links are up, and loosens by `rssi_isolated_step_db` after
+    # `isolated_after_s` seconds without any link (BITCHAT.md §4: −90, −85 at ≥ 6 links, lower when isolated).
     rssi_min_dbm: int = -90
+    rssi_crowded_step_db: int = 5
+    crowded_links: int = 6
+    rssi_isolated_step_db: int = 10
+    isolated_after_s: float = 30.0
     # Seconds between two connect attempts (BitChat: ≥ 0.5 s).
     connect_interval_s: float = 0.5
     # Seconds an address that failed to connect is left alone.
@@ -269,6 +275,7 @@ class BleCore:
         self._advertising = False
         self._switch_at = math.inf
         self._started = False
+        self._last_link_at = now  # when a link was last up (isolation is measured from here)
 
     # --- inputs -------------------------------------------------------------------------------------------
 
@@ -313,7 +320,7 @@ class BleCore:
             if conn is not None:
                 conn.att_mtu = min(conn.att_mtu, event.att_mtu) if conn.att_mtu else event.att_mtu
         elif isinstance(event, Disconnected):
-            self._on_disconnected(event.conn_id, event.reason or "disconnected")
+            self._on_disconnected(event.conn_id, event.reason or "disconnected", now)
             self._maybe_connect(now)
         elif isinstance(event, ConnectFailed):
             self._connecting.discard(event.address)
@@ -388,9 +395,18 @@ class BleCore:
     def _connect_budget_left(self) -> int:
         return self.max_central_links - self.central_links - len(self._connecting)
 
+    def rssi_gate_dbm(self, now: float) -> int:
+        """The RSSI a device must reach now to be connected to (see ``BleSettings.rssi_min_dbm``)."""
+        s = self.settings
+        if len(self._conns) >= s.crowded_links:
+            return s.rssi_min_dbm + s.rssi_crowded_step_db
+        if not self._conns and now - self._last_link_at >= s.isolated_after_s:
+            return s.rssi_min_dbm - s.rssi_isolated_step_db
+        return s.rssi_min_dbm
+
     def _on_discovered(self, ev: DeviceDiscovered, now: float) -> None:
         self.counters.devices_discovered += 1
-        if ev.rssi_dbm < self.settings.rssi_min_dbm:
+        if ev.rssi_dbm < self.rssi_gate_dbm(now):
             self.counters.below_rssi_gate += 1
             self._known.pop(ev.address, None)
             return
@@ -457,7 +473,8 @@ class BleCore:
             self.counters.frames_in += 1
             self._events.append(FrameReceived(ev.conn_id, frame))
 
-    def _on_disconnected(self, conn_id: str, reason: str) -> None:
+    def _on_disconnected(self, conn_id: str, reason: str, now: float) -> None:
         if self._conns.pop(conn_id, None) is not None:
+            self._last_link_at = now
             self.counters.links_down += 1
             self._events.append(LinkDown(conn_id, reason))

@@ -204,3 +204,23 @@ def test_saver_plan_duty_cycles_scanning_and_caps_links() -> None:
     assert drain(core)[0] == [SetScanning(True)]
     core.set_plan(plan_for(PowerMode.PERFORMANCE, 6), t_on + 1)
     assert core.get_timer() is None and core.max_central_links == 6
+
+
+def test_rssi_gate_tightens_when_crowded_and_loosens_when_isolated() -> None:
+    core = started(BleSettings(rssi_min_dbm=-90, max_central_links=8, connect_interval_s=0.0), now=0.0)
+    drain(core)
+    assert core.rssi_gate_dbm(10.0) == -90
+    core.handle_radio_event(DeviceDiscovered("far", -95), 10.0)
+    assert drain(core)[0] == []
+    # 30 s without any link: a −95 dBm device is worth a try (iOS goes down to −100).
+    assert core.rssi_gate_dbm(30.0) == -100
+    core.handle_radio_event(DeviceDiscovered("far", -95), 30.0)
+    assert drain(core)[0] == [Connect("far")]
+    for i in range(6):
+        up(core, f"p{i}", f"peer{i}", 31.0, role=Role.PERIPHERAL)
+    assert core.rssi_gate_dbm(31.0) == -85  # six links up: only clearly heard devices
+    drain(core)
+    core.handle_radio_event(ConnectFailed("far", "timeout"), 31.0)
+    core.handle_radio_event(DeviceDiscovered("near-ish", -88), 31.0)
+    assert drain(core)[0] == []
+    assert core.counters.below_rssi_gate == 2
