@@ -88,6 +88,38 @@ class BumbleWorld:
         return round(RSSI_AT_1M_DBM - 10 * PATH_LOSS_EXPONENT * math.log10(distance_m))
 
 
+def virtual_controller(name: str, link: Any, host_source: Any = None, host_sink: Any = None) -> Any:
+    """A Bumble virtual controller on ``link`` whose LE Create Connection Cancel works as the spec says (Core
+    Vol 4 Part E §7.8.13: the pending connect ends with an LE Connection Complete, status Unknown Connection
+    Identifier). Bumble's own ignores the cancel, so a connect to a radio that stopped advertising would leave
+    the controller "connecting" forever and the host's connect() waiting forever. Must run in the world's loop.
+    """
+    from bumble import hci
+    from bumble.controller import Controller
+
+    class VirtualController(Controller):
+        def on_hci_le_create_connection_cancel_command(self, command: Any) -> Any:
+            pending = self.pending_le_connection
+            self.pending_le_connection = None
+            if pending is not None:
+                failed = hci.HCI_LE_Connection_Complete_Event(
+                    status=hci.HCI_ErrorCode.UNKNOWN_CONNECTION_IDENTIFIER_ERROR,
+                    connection_handle=0,
+                    role=hci.Role.CENTRAL,
+                    peer_address_type=pending.peer_address.address_type,
+                    peer_address=pending.peer_address,
+                    connection_interval=0,
+                    peripheral_latency=0,
+                    supervision_timeout=0,
+                    central_clock_accuracy=0,
+                )
+                # After the Command Complete this returns, as a real controller orders them.
+                asyncio.get_running_loop().call_soon(self.send_hci_packet, failed)
+            return super().on_hci_le_create_connection_cancel_command(command)
+
+    return VirtualController(name, host_source=host_source, host_sink=host_sink, link=link)
+
+
 @asynccontextmanager
 async def open_bumble_world(name: str = "bumble") -> AsyncIterator[BumbleWorld]:
     """Start a world; on exit its thread and loop are gone (close its adapters first)."""
@@ -119,6 +151,7 @@ class BumbleAdapter(RadioAdapter):
         transport_spec: str | None = None,
         name: str = "",
         position: tuple[float, float] | None = None,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
     ) -> None:
         if (world is None) == (transport_spec is None):
             raise ValueError("give either a BumbleWorld (virtual radio) or a transport_spec (HCI dongle)")
@@ -126,6 +159,7 @@ class BumbleAdapter(RadioAdapter):
         self._spec = transport_spec
         self._label = name or (transport_spec or "virtual")
         self._position = position
+        self._connect_timeout_s = connect_timeout_s
         # Virtual GATT setup takes milliseconds; a virtual connect that raced the peer's advertising pause is
         # a dead connection, so give up on it sooner than on a real radio.
         self._gatt_timeout_s = VIRTUAL_GATT_TIMEOUT_S if world is not None else CONNECT_TIMEOUT_S
@@ -196,7 +230,6 @@ class BumbleAdapter(RadioAdapter):
     # --- asyncio side ------------------------------------------------------------------------------------
 
     async def _setup(self, world: BumbleWorld) -> None:
-        from bumble.controller import Controller
         from bumble.device import Device
         from bumble.gatt import Characteristic, CharacteristicValue, Service
         from bumble.hci import Address
@@ -205,7 +238,7 @@ class BumbleAdapter(RadioAdapter):
 
         if self._spec is None:
             address = world.new_address()
-            controller = Controller(f"ctl-{address}", link=world.link)
+            controller = virtual_controller(f"ctl-{address}", world.link)
             host = Host(controller, AsyncPipeSink(controller))
             self._controller = controller
         else:
@@ -372,12 +405,11 @@ class BumbleAdapter(RadioAdapter):
         try:
             if device.is_advertising:
                 await device.stop_advertising()
-            connection = await device.connect(peer_address, timeout=CONNECT_TIMEOUT_S)
+            # Bumble cancels at the timeout and then waits for the controller to confirm; bound that wait too.
+            connection = await asyncio.wait_for(
+                device.connect(peer_address, timeout=self._connect_timeout_s), self._connect_timeout_s + 2.0
+            )
         except Exception as exc:  # timeout, controller refusal: the core backs off this address
-            if self._controller is not None:
-                # Bumble's virtual controller ignores LE Create Connection Cancel and would stay "connecting"
-                # forever (refusing every later connect); a real controller clears it. Do what a real one does.
-                self._controller.pending_le_connection = None
             self._emit(ConnectFailed(address, f"connect: {exc!r}"))
             return
         finally:

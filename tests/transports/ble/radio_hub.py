@@ -14,14 +14,15 @@ import sys
 
 
 async def main(ports: list[int]) -> None:
-    from bumble.controller import Controller
     from bumble.link import LocalLink
     from bumble.transport import open_transport
+
+    from node.transports.ble.bumble_adapter import virtual_controller
 
     link = LocalLink()  # type: ignore[no-untyped-call]
     for i, port in enumerate(ports):
         hci = await open_transport(f"tcp-server:127.0.0.1:{port}")
-        Controller(f"radio{i}", host_source=hci.source, host_sink=hci.sink, link=link)
+        virtual_controller(f"radio{i}", link, hci.source, hci.sink)
     print("READY", flush=True)
     await asyncio.Event().wait()
 

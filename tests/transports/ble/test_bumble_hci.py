@@ -11,7 +11,7 @@ import trio
 
 from node.transports.base import Link
 from node.transports.ble.base import RadioEvent, RadioUnavailable
-from node.transports.ble.bumble_adapter import BumbleAdapter, open_bumble_world
+from node.transports.ble.bumble_adapter import BumbleAdapter, open_bumble_world, virtual_controller
 from node.transports.ble.core import BleSettings
 from node.transports.ble.transport import BleLink, BleTransport
 from tests.transports.ble.harness import TIMEOUT_S, bridge_threads, running_transport
@@ -22,14 +22,13 @@ async def test_adapter_over_an_hci_transport_spec_links_with_a_virtual_radio() -
     async with open_bumble_world() as world:
 
         async def serve_controller() -> tuple[Any, int]:
-            from bumble.controller import Controller
             from bumble.transport.tcp_server import open_tcp_server_transport_with_socket
 
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
             hci = await open_tcp_server_transport_with_socket(sock)
-            Controller("dongle", host_source=hci.source, host_sink=hci.sink, link=world.link)
+            virtual_controller("dongle", world.link, hci.source, hci.sink)
             return hci, port
 
         hci, port = await world.aio.call(serve_controller)

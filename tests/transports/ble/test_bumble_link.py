@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+import trio
 
 from node.transports.base import Link
 from node.transports.ble import gatt
-from node.transports.ble.base import Role
-from node.transports.ble.bumble_adapter import open_bumble_world
+from node.transports.ble.base import Connected, ConnectFailed, RadioEvent, Role
+from node.transports.ble.bumble_adapter import BumbleAdapter, open_bumble_world
 from node.transports.ble.core import BleSettings
 from node.transports.ble.transport import BleLink
 from tests.transports.ble.harness import bridge_threads, running_transport
@@ -57,3 +58,23 @@ async def test_shutdown_leaves_no_thread_or_loop() -> None:
         loop = world.aio.loop
     assert bridge_threads() == before
     assert loop.is_closed()
+
+
+async def test_a_connect_that_times_out_fails_and_the_radio_can_connect_again() -> None:
+    """Nobody answers at that address: the attempt is cancelled (the virtual controller confirms the cancel as a
+    real one does), reported as ConnectFailed, and the next connect to a real peer works."""
+    async with open_bumble_world() as world, running_transport(world, PERIPHERAL_ONLY) as peripheral:
+        adapter = BumbleAdapter(world, connect_timeout_s=0.5)
+        events_send, events = trio.open_memory_channel[RadioEvent](64)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(adapter.run, events_send)
+            with trio.fail_after(10):
+                await adapter.connect("C0:00:00:00:0F:FF")
+                failed = await events.receive()
+                assert isinstance(failed, ConnectFailed) and failed.address == "C0:00:00:00:0F:FF"
+                target = peripheral.transport.adapter.local_address
+                await adapter.connect(target)
+                while not isinstance(ev := await events.receive(), Connected):
+                    assert not isinstance(ev, ConnectFailed), ev
+                assert ev.address == target and ev.role is Role.CENTRAL
+            nursery.cancel_scope.cancel()
