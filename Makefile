@@ -47,6 +47,7 @@ bench: $(STAMP_DEV) services-up
 	$(BIN)/python bench/betanet.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/stores.py
+	$(BIN)/python bench/ble.py
 
 $(BIN)/python:
 	scripts/bootstrap-venv $(PYTHON) $(VENV)

@@ -262,6 +262,61 @@ class BetanetSection:
     )
 
 
+# `[ble]`: BitChat over Bluetooth LE (node/transports/ble/). `enabled` takes the strings below or a bare TOML
+# boolean (true/false are stored as "true"/"false").
+BLE_ENABLED = ("auto", "true", "false")
+BLE_POWER_MODES = ("auto", "performance", "balanced", "saver")
+
+
+@dataclass(frozen=True, slots=True)
+class BleSection:
+    enabled: str = _f(
+        "auto",
+        "auto: run BLE where a working adapter is found, otherwise log one line and run without it. "
+        "true: BLE is required; the node refuses to start without a working adapter. false: never touch BLE. "
+        "true/false may also be written as bare booleans.",
+        choices=BLE_ENABLED,
+    )
+    adapter: str = _f(
+        "bluez",
+        "bluez: the system Bluetooth stack over D-Bus (bleak as central, bless as peripheral; Linux, Raspberry Pi). "
+        "bumble: Google's Bumble stack driving an HCI controller directly (USB dongle, serial, or a virtual "
+        "controller) where BlueZ is absent; needs ble.bumble_transport.",
+        choices=("bluez", "bumble"),
+    )
+    bumble_transport: str = _f(
+        "",
+        'With adapter = bumble: Bumble\'s transport spec for the controller, e.g. "usb:0", "serial:/dev/ttyUSB0", '
+        '"tcp-client:127.0.0.1:9000".',
+    )
+    power_mode: str = _f(
+        "auto",
+        "Scan/advertise duty cycle. performance: scan and advertise continuously. balanced: scan 8 s of every 10 "
+        "(BitChat Android's normal mode). saver: scan 2 s of every 30, advertise less often. auto: performance on "
+        "external power, balanced on battery, saver on battery below 20 % (back to balanced above 25 %); balanced "
+        "when the battery state cannot be read.",
+        choices=BLE_POWER_MODES,
+    )
+    max_central_links: int = _f(
+        6,
+        "Most links this node opens as central (it connects out); peers connecting to us do not count "
+        "(BitChat: iOS 6, Android 8). 0: peripheral only.",
+        min=0,
+        max=16,
+    )
+    rssi_min_dbm: int = _f(
+        -90,
+        "Peers heard weaker than this are not connected to, in dBm (BitChat iOS: -90).",
+        min=-100,
+        max=-30,
+    )
+    nickname: str = _f(
+        "",
+        "BLE device name BlueZ shows (adapter alias / GAP name; <= 255 UTF-8 bytes). Empty: the node's nickname. "
+        "Announces always carry node.nickname.",
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class AnchorSection:
     enabled: bool = _f(
@@ -412,6 +467,7 @@ class Config:
     anchor: AnchorSection = field(default_factory=AnchorSection)
     mailbox: MailboxSection = field(default_factory=MailboxSection)
     rag: RagSection = field(default_factory=RagSection)
+    ble: BleSection = field(default_factory=BleSection)
     # Resolved, not read from TOML: the data dir and the file the config came from (None: defaults).
     data_dir: Path = field(default_factory=lambda: default_data_dir())
     source: Path | None = None
@@ -430,6 +486,7 @@ SECTIONS: dict[str, type] = {
     "anchor": AnchorSection,
     "mailbox": MailboxSection,
     "rag": RagSection,
+    "ble": BleSection,
 }
 
 
@@ -485,6 +542,11 @@ def _build_section(name: str, raw: Any) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
+        if name == "ble" and key == "enabled":
+            if isinstance(value, bool):
+                value = "true" if value else "false"  # `enabled = true` is the natural spelling
+            elif not isinstance(value, str):
+                raise ConfigError(f"ble.enabled: expected auto, true or false, got {value!r}")
         if key not in fields:
             known = ", ".join(sorted(fields))
             raise ConfigError(f"{name}.{key}: unknown key (known keys in [{name}]: {known})")
@@ -496,6 +558,8 @@ def _build_section(name: str, raw: Any) -> Any:
         parse_host_port("anchor.gateway_listen", section.gateway_listen)
     if name == "rag" and section.chunk_overlap_chars >= section.chunk_chars:
         raise ConfigError(f"rag.chunk_overlap_chars: expected less than rag.chunk_chars ({section.chunk_chars})")
+    if name == "ble":
+        _check_ble(section)
     return section
 
 
@@ -506,6 +570,16 @@ def parse_host_port(key: str, value: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"{key}: expected HOST:PORT such as 127.0.0.1:8000, got {value!r}")
     return host, int(port)
+
+
+def _check_ble(section: BleSection) -> None:
+    if len(section.nickname.encode()) > 255:
+        raise ConfigError("ble.nickname: expected at most 255 UTF-8 bytes")
+    if section.adapter == "bumble" and section.enabled != "false" and not section.bumble_transport.strip():
+        raise ConfigError(
+            'ble.bumble_transport: adapter = "bumble" needs a Bumble transport spec, e.g. "usb:0" or '
+            '"tcp-client:127.0.0.1:9000"'
+        )
 
 
 def config_from_mapping(raw: Mapping[str, Any], *, data_dir: Path | None = None, source: Path | None = None) -> Config:
