@@ -54,6 +54,8 @@ import trio
 
 from node.errors import TransportError
 
+CONNECT_TIMEOUT_S = 8.0  # BitChat's connect timeout (BITCHAT.md §4); both adapters use it
+
 
 class RadioError(TransportError):
     """The BLE stack failed; the message says what (and the cause is chained)."""

@@ -54,6 +54,7 @@ from dbus_next.errors import DBusError as NextDBusError
 from node.transports.ble import gatt
 from node.transports.ble.aio_bridge import AsyncioLoop, open_asyncio_loop
 from node.transports.ble.base import (
+    CONNECT_TIMEOUT_S,
     Connected,
     ConnectFailed,
     DataReceived,
@@ -70,7 +71,6 @@ from node.transports.ble.base import (
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT_S = 8.0  # BitChat's connect timeout (BITCHAT.md §4)
 SERVER_CONN_ID = "bluez:server"  # the one peripheral-role connection (see the module docstring)
 MTU_WAIT_S = 2.0  # longest wait for BlueZ's MTU exchange after connecting
 MTU_RECHECK_S = 0.1

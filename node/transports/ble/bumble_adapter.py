@@ -33,6 +33,7 @@ import trio
 from node.transports.ble import gatt
 from node.transports.ble.aio_bridge import AsyncioLoop, open_asyncio_loop
 from node.transports.ble.base import (
+    CONNECT_TIMEOUT_S,
     Connected,
     ConnectFailed,
     DataReceived,
@@ -49,7 +50,6 @@ from node.transports.ble.base import (
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT_S = 8.0  # BitChat's connect timeout (BITCHAT.md §4)
 VIRTUAL_GATT_TIMEOUT_S = 2.0  # GATT setup on a virtual link (normally ~10 ms)
 ADVERTISING_INTERVAL_MS = 100.0  # virtual radios: how often a scanner hears us
 SCAN_INTERVAL_MS = 60.0
