@@ -20,10 +20,6 @@ import trio
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from libp2p import new_host
 from libp2p.abc import IHost, INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair
@@ -36,6 +32,7 @@ from node.transports.betanet import quic_conn, quic_transport
 from node.transports.betanet.quic import dial_order, is_quic, tcp_twin
 from node.transports.betanet.quic_transport import parse_quic
 from node.transports.betanet.transport import MESH_PROTOCOL, BetanetLink, BetanetTransport, DialError
+from tests.certs import self_signed
 from tests.transports.conformance import LinkConformance
 from tests.transports.test_betanet import LOOPBACK, WAIT_S, start_transport
 
@@ -249,19 +246,7 @@ async def test_a_client_without_the_libp2p_certificate_is_refused(
     caplog.set_level(logging.INFO, "village.betanet.quic")
     ours, our_links = await start_transport(nursery, settings=QUIC)
     _family, (host, port), _peer = parse_quic(multiaddr.Multiaddr(quic_address(ours)))
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not-libp2p")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    key, cert = self_signed("not-libp2p", valid_for=datetime.timedelta(days=1))
     config = QuicConfiguration(is_client=True, alpn_protocols=["libp2p"], verify_mode=ssl.CERT_NONE)
     config.certificate, config.private_key = cert, key
     client = QuicConnection(configuration=config)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import ipaddress
 import ssl
 import time
 from collections.abc import Mapping
@@ -16,10 +14,7 @@ import psycopg
 import pytest
 import trio
 import trio_websocket
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from anchor.gateway.app import GatewayContext, build_app
 from anchor.gateway.auth import TokenIssuer
@@ -34,6 +29,7 @@ from node.mailbox.protocol import Challenge, make_proof
 from node.node import Node
 from tests.anchor.gateway.conftest import Gateway, StartGateway
 from tests.anchor.gateway.test_gateway import _ws_rejection
+from tests.certs import self_signed
 
 
 async def test_a_narrowed_key_admin_cannot_mint_a_key_with_more_scopes(
@@ -152,21 +148,7 @@ async def test_a_public_gateway_serves_with_tls_or_plaintext_when_allowed(
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 (the test's own CA) and its key, as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "village test gateway")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    key, cert = self_signed("village test gateway", ip="127.0.0.1")
     cert_path, key_path = directory / "gw.crt", directory / "gw.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
