@@ -3,8 +3,12 @@
 Wire (service :data:`SERVICE` on :mod:`node.routing.app`, inside the peers' Noise sessions), JSON in UTF-8::
 
     request   {"v": 1, "q": <query text, <= MAX_QUERY_CHARS>, "k": <1..MAX_PEER_HITS>}
-    response  {"v": 1, "hits": [{"doc": int, "chunk": int, "score": float, "title": str, "source": str,
+    response  {"v": 1, "hits": [{"doc": int, "chunk": int, "title": str, "source": str,
                                  "snippet": str, "claim": str}, ...]}
+
+``doc``/``chunk`` are opaque per-answer numbers (not the answering node's ids) and no score is sent (the merge uses
+rank): the answer is computed over shared documents alone and is byte-identical whatever unshared content the node
+holds. A legacy ``score`` field is still accepted (and ignored for ranking) when decoding.
 
 Answering side (:class:`FederatedResponder`): runs the local search restricted to shared documents
 (:class:`SharedSearch`, implemented by the RAG service), then checks *again*, against the store, that every hit's
@@ -114,14 +118,16 @@ class FederatedResponder:
         allowed = await self.search.shared_doc_ids(sorted({h.doc_id for h in hits}))
         out: list[dict[str, Any]] = []
         size = len(_dumps({"v": PROTOCOL_VERSION, "hits": []}))
+        opaque_docs: dict[int, int] = {}
         for h in hits[:k]:
             if h.doc_id not in allowed:
                 self.counters.unshared_dropped += 1
                 continue
+            # No raw score and no local ids: "doc" numbers documents in order of first appearance within this
+            # answer and "chunk" is the hit's position, so the answer reveals nothing about the store beyond it.
             item = {
-                "doc": h.doc_id,
-                "chunk": h.chunk_id,
-                "score": round(float(h.score), 6),
+                "doc": opaque_docs.setdefault(h.doc_id, len(opaque_docs) + 1),
+                "chunk": len(out) + 1,
                 "title": h.title[:MAX_FIELD_CHARS],
                 "source": h.source[:MAX_FIELD_CHARS],
                 "snippet": h.snippet[:MAX_SNIPPET_CHARS],
@@ -194,7 +200,7 @@ def decode_answer_untrusted(body: bytes, k: int) -> list[PeerHit]:
     for item in ans["hits"][: min(k, MAX_PEER_HITS)]:
         if not isinstance(item, dict):
             raise RagError("a hit in the peer's answer is not an object")
-        doc, chunk, score = item.get("doc"), item.get("chunk"), item.get("score")
+        doc, chunk, score = item.get("doc"), item.get("chunk"), item.get("score", 0.0)
         strs = [item.get(f) for f in ("title", "source", "snippet", "claim")]
         if not (isinstance(doc, int) and isinstance(chunk, int) and isinstance(score, int | float)):
             raise RagError("a hit in the peer's answer lacks doc/chunk/score numbers")

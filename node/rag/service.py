@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import trio
 
 from node.config import RagSection
 from node.rag import fusion, ingest
-from node.rag.embed import Embedder, EmbedderSettings, Vectors, to_blob
+from node.rag.embed import Embedder, EmbedderSettings, Vectors, from_blob, to_blob
 from node.rag.errors import NotFound, RagError
 from node.rag.extract import Extracted
 from node.rag.index import DenseIndex, IndexSettings
@@ -465,12 +466,25 @@ class RagService:
         )
         return hits
 
-    def ranked(self, text: str, qvec: Vectors | None, mode: str, use_graph: bool) -> list[tuple[int, float]]:
-        """Fused chunk scores, best first (blocking; inside the db limiter). Also used by bench/scifact.py."""
+    def ranked(
+        self, text: str, qvec: Vectors | None, mode: str, use_graph: bool, shared_only: bool = False
+    ) -> list[tuple[int, float]]:
+        """Fused chunk scores, best first (blocking; inside the db limiter). Also used by bench/scifact.py.
+
+        ``shared_only`` (a peer's query) computes everything over shared documents alone: BM25 on their own FTS
+        table, dense by brute force over their vectors, normalisation over those candidates, no graph expansion
+        (the graph is built from every document) -- so the answer does not depend on unshared content."""
         assert self._store is not None and self._index is not None
         n = self.settings.candidates
-        bm = self._store.bm25(text, n) if mode != "dense" else []
-        de = self._index.search(qvec, n) if qvec is not None and mode != "bm25" else []
+        bm = self._store.bm25(text, n, shared_only=shared_only) if mode != "dense" else []
+        if qvec is None or mode == "bm25":
+            de: list[tuple[int, float]] = []
+        elif shared_only:
+            de = self._shared_dense(qvec, n)
+        else:
+            de = self._index.search(qvec, n)
+        if shared_only:
+            use_graph = False
         if mode == "bm25":
             scores = dict(bm)
         elif mode == "dense":
@@ -485,6 +499,17 @@ class RagService:
             scores = self._graph.expand(self._store.conn, text, scores)
         return fusion.top(scores, len(scores))
 
+    def _shared_dense(self, qvec: Vectors, n: int) -> list[tuple[int, float]]:
+        """Inner-product scores of the shared chunks' vectors (few; brute force), best ``n``."""
+        assert self._store is not None
+        scores: dict[int, float] = {}
+        q = np.asarray(qvec, dtype=np.float32)
+        for batch in self._store.shared_embeddings():
+            mat = np.stack([from_blob(b) for _, b in batch])
+            for (cid, _), sc in zip(batch, mat @ q, strict=True):
+                scores[cid] = float(sc)
+        return fusion.top(scores, n)
+
     def _search_sync(
         self,
         text: str,
@@ -497,7 +522,7 @@ class RagService:
         now: float,
     ) -> list[Hit]:
         assert self._store is not None
-        ranked = self.ranked(text, qvec, mode, use_graph)
+        ranked = self.ranked(text, qvec, mode, use_graph, shared_only)
         docs = self._store.chunk_docs([i for i, _ in ranked])
         picked: list[tuple[int, float]] = []
         seen_docs: set[int] = set()

@@ -11,6 +11,7 @@ Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`; :func:`migrate` brings
            embedding BLOB NULL)                         -- float32 little-endian, L2-normalised; NULL in BM25-only
     chunks_fts                                          -- FTS5 over chunks.text (porter stemming, unicode61),
                                                         -- external content kept in step by triggers
+    shared_fts                                          -- v2: FTS5 over the chunks of shared documents only
     rag_meta(key TEXT PRIMARY KEY, value TEXT)          -- e.g. the embedding model id
 
 Other modules add their own tables through the same connection (``node.rag.graph``: entities, mentions,
@@ -37,7 +38,7 @@ import sqlite_utils
 
 from node.rag.errors import NotFound, StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "rag.sqlite3"
 
 
@@ -133,6 +134,38 @@ _SCHEMA_V1 = [
     "CREATE TABLE IF NOT EXISTS rag_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 ]
 
+# v2: shared_fts indexes the chunks of shared documents only, kept by triggers in the same transaction as the
+# writes. A peer's (shared-only) BM25 query runs against it, so its statistics (IDF, average length) and its
+# candidate list never depend on unshared content.
+_SCHEMA_V2 = [
+    """CREATE VIRTUAL TABLE IF NOT EXISTS shared_fts USING fts5(
+        text, content='chunks', content_rowid='id', tokenize='porter unicode61 remove_diacritics 2'
+    )""",
+    """CREATE TRIGGER IF NOT EXISTS chunks_shared_ai AFTER INSERT ON chunks
+        WHEN (SELECT shared FROM documents WHERE id = new.doc_id) = 1 BEGIN
+        INSERT INTO shared_fts(rowid, text) VALUES (new.id, new.text);
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS chunks_shared_ad AFTER DELETE ON chunks
+        WHEN (SELECT shared FROM documents WHERE id = old.doc_id) = 1 BEGIN
+        INSERT INTO shared_fts(shared_fts, rowid, text) VALUES ('delete', old.id, old.text);
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS chunks_shared_au AFTER UPDATE OF text ON chunks
+        WHEN (SELECT shared FROM documents WHERE id = new.doc_id) = 1 BEGIN
+        INSERT INTO shared_fts(shared_fts, rowid, text) VALUES ('delete', old.id, old.text);
+        INSERT INTO shared_fts(rowid, text) VALUES (new.id, new.text);
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS documents_share AFTER UPDATE OF shared ON documents
+        WHEN old.shared = 0 AND new.shared = 1 BEGIN
+        INSERT INTO shared_fts(rowid, text) SELECT id, text FROM chunks WHERE doc_id = new.id;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS documents_unshare AFTER UPDATE OF shared ON documents
+        WHEN old.shared = 1 AND new.shared = 0 BEGIN
+        INSERT INTO shared_fts(shared_fts, rowid, text) SELECT 'delete', id, text FROM chunks WHERE doc_id = new.id;
+    END""",
+    """INSERT INTO shared_fts(rowid, text)
+        SELECT c.id, c.text FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE d.shared = 1""",
+]
+
 # Words too common to help a BM25 query (they only slow the OR query down). Written for this module.
 _STOPWORDS_TEXT = """a about above after again against all am an and any are as at be because been before being
     below between
@@ -161,11 +194,15 @@ def migrate(conn: sqlite3.Connection) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise StoreError(f"rag store schema version {version} is newer than this program ({SCHEMA_VERSION})")
-    if version < 1:
+    if version < SCHEMA_VERSION:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for stmt in _SCHEMA_V1:
-                conn.execute(stmt)
+            if version < 1:
+                for stmt in _SCHEMA_V1:
+                    conn.execute(stmt)
+            if version < 2:
+                for stmt in _SCHEMA_V2:
+                    conn.execute(stmt)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -342,14 +379,15 @@ class Store:
                 out[int(r[0])] = (int(r[1]), bool(r[2]))
         return out
 
-    def bm25(self, text: str, limit: int) -> list[tuple[int, float]]:
-        """Chunk ids and BM25 scores (higher is better) for the query text, best first."""
+    def bm25(self, text: str, limit: int, *, shared_only: bool = False) -> list[tuple[int, float]]:
+        """Chunk ids and BM25 scores (higher is better) for the query text, best first. ``shared_only`` searches
+        the shared documents' own FTS table: candidates and statistics never depend on unshared content."""
         q = fts_query(text)
         if not q:
             return []
+        t = "shared_fts" if shared_only else "chunks_fts"
         rows = self.conn.execute(
-            "SELECT rowid, -bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY bm25(chunks_fts) "
-            "LIMIT ?",
+            f"SELECT rowid, -bm25({t}) FROM {t} WHERE {t} MATCH ? ORDER BY bm25({t}) LIMIT ?",
             (q, limit),
         ).fetchall()
         return [(int(r[0]), float(r[1])) for r in rows]
@@ -360,6 +398,20 @@ class Store:
         while True:
             rows = self.conn.execute(
                 "SELECT id, embedding FROM chunks WHERE embedding IS NOT NULL AND id > ? ORDER BY id LIMIT ?",
+                (last, batch),
+            ).fetchall()
+            if not rows:
+                return
+            yield [(int(r[0]), bytes(r[1])) for r in rows]
+            last = rows[-1][0]
+
+    def shared_embeddings(self, *, batch: int = 2048) -> Iterator[list[tuple[int, bytes]]]:
+        """The vectors of shared documents' chunks, in batches (brute-force dense search for peers)."""
+        last = 0
+        while True:
+            rows = self.conn.execute(
+                "SELECT c.id, c.embedding FROM chunks c JOIN documents d ON d.id = c.doc_id "
+                "WHERE d.shared = 1 AND c.embedding IS NOT NULL AND c.id > ? ORDER BY c.id LIMIT ?",
                 (last, batch),
             ).fetchall()
             if not rows:

@@ -353,3 +353,94 @@ def test_decoding_any_json_answer_either_parses_or_refuses(value: object) -> Non
     except RagError:
         return
     assert all(isinstance(h, PeerHit) and math.isfinite(h.score) for h in hits)
+
+
+class _HashEmbedder(Embedder):
+    """Deterministic bag-of-words vectors (hashed tokens, L2-normalised): exercises the dense path without the
+    model; what is tested is which vectors the shared search may look at, not their quality."""
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        import hashlib
+
+        import numpy as np
+
+        out = np.zeros((len(texts), 384), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for tok in t.lower().split():
+                out[i, int.from_bytes(hashlib.sha256(tok.encode()).digest()[:4], "big") % 384] += 1.0
+            out[i] /= max(float(np.linalg.norm(out[i])), 1e-9)
+        return out
+
+
+@pytest.mark.parametrize("mode", ["bm25", "hybrid"])
+@pytest.mark.parametrize("n_unshared", [3, 30, 150])
+async def test_a_peer_answer_is_byte_identical_whatever_unshared_documents_exist(
+    nursery: trio.Nursery, mode: str, n_unshared: int
+) -> None:
+    shared = [
+        ("/pub/insulin.txt", "Insulin resistance raises blood glucose; metformin lowers it in the liver."),
+        ("/pub/garden.txt", "Tomatoes need sun, water and a little glucose-free compost."),
+    ]
+    unshared = [
+        (f"/priv/{i}.txt", f"Private lab note {i}: metformin glucose insulin trial number {i} liver blood.")
+        for i in range(n_unshared)
+    ]
+
+    async def answer(before: Sequence[tuple[str, str]], after: Sequence[tuple[str, str]]) -> bytes:
+        emb: Embedder = NoEmbedder() if mode == "bm25" else _HashEmbedder()
+        svc = RagService(RagSection(mode=mode), None, wall_s=lambda: 1_700_000_000.0, embedder=emb)
+        await nursery.start(svc.run)
+        for source, text in before:
+            await svc.add_text(source, text, shared=False)
+        for source, text in shared:
+            await svc.add_text(source, text, shared=True)
+        for source, text in after:
+            await svc.add_text(source, text, shared=False)
+        responder = FederatedResponder(RagServiceSearch(svc))
+        return await responder.handle(b"P" * 8, federated.encode_request("metformin glucose insulin liver", 5))
+
+    alone = await answer([], [])
+    hits = decode_answer_untrusted(alone, 5)
+    assert [h.source for h in hits] == ["/pub/insulin.txt", "/pub/garden.txt"][: len(hits)] and hits
+    assert b"score" not in alone
+    half = n_unshared // 2
+    assert await answer(unshared[:half], unshared[half:]) == alone
+    assert await answer(unshared, []) == alone
+
+
+async def test_shared_fts_follows_sharing_deletion_and_migrates_a_v1_store(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    svc = await _service(nursery, [("/a.txt", "Zebrafish regenerate fins.", False)])
+    store = svc._store
+    assert store is not None
+    doc = store.documents()[0]
+    assert store.bm25("zebrafish", 10, shared_only=True) == []
+    store.set_shared(doc.id, True)
+    assert [c for c, _ in store.bm25("zebrafish", 10, shared_only=True)] == store.chunk_ids(doc.id)
+    store.set_shared(doc.id, False)
+    assert store.bm25("zebrafish", 10, shared_only=True) == []
+    store.set_shared(doc.id, True)
+    await svc.remove(doc_id=doc.id)
+    assert store.bm25("zebrafish", 10, shared_only=True) == []
+    # a store written by schema v1 (no shared_fts) gets it filled from its shared documents on open
+    import sqlite3
+
+    from node.rag import store as store_mod
+
+    path = tmp_path / "v1.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for stmt in store_mod._SCHEMA_V1:
+        conn.execute(stmt)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO documents(id, source, content_hash, added_at, shared) VALUES (1, '/s', 'h', 0, 1)")
+    conn.execute("INSERT INTO documents(id, source, content_hash, added_at, shared) VALUES (2, '/p', 'g', 0, 0)")
+    conn.execute("INSERT INTO chunks(id, doc_id, ordinal, text) VALUES (7, 1, 0, 'zebrafish shared')")
+    conn.execute("INSERT INTO chunks(id, doc_id, ordinal, text) VALUES (8, 2, 0, 'zebrafish private')")
+    conn.close()
+    migrated = Store(path)
+    try:
+        assert [c for c, _ in migrated.bm25("zebrafish", 10, shared_only=True)] == [7]
+        assert sorted(c for c, _ in migrated.bm25("zebrafish", 10)) == [7, 8]
+    finally:
+        migrated.close()
