@@ -30,6 +30,7 @@ GraphIndexFn = Callable[[Any, Sequence[tuple[int, str]]], None]
 GraphRemoveFn = Callable[[Any, Sequence[int]], None]
 
 ADDED, REPLACED, UNCHANGED, DUPLICATE, EMPTY, FAILED = "added", "replaced", "unchanged", "duplicate", "empty", "failed"
+SHARED, UNSHARED = "shared", "unshared"  # an unchanged (or duplicate) document whose shared flag was changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,17 +111,40 @@ def prepare(path: Path, *, max_bytes: int, chunk_chars: int, overlap_chars: int)
     return prepare_text(str(path), extracted, path.stat().st_size, chunk_chars=chunk_chars, overlap_chars=overlap_chars)
 
 
-def precheck(store: Store, prep: Prepared, origin_peer: str | None) -> Outcome | None:
-    """An outcome that needs no embedding (unchanged, duplicate, empty), or None: the document must be written."""
+def precheck(store: Store, prep: Prepared, origin_peer: str | None, shared: bool | None = None) -> Outcome | None:
+    """An outcome that needs no embedding (unchanged, duplicate, empty), or None: the document must be written.
+
+    With ``shared`` given (the caller holds a transaction), an unchanged or duplicate document whose shared flag
+    differs gets the new flag, and the outcome is "shared" or "unshared" instead."""
     if not prep.chunks:
         return Outcome(prep.source, EMPTY, detail="no text")
     old = store.document_by_source(prep.source, origin_peer)
     if old is not None and old.content_hash == prep.content_hash:
+        if shared is not None and old.shared != shared:
+            _set_shared(store, old.id, shared)
+            return Outcome(prep.source, SHARED if shared else UNSHARED, doc_id=old.id, chunks=old.n_chunks)
         return Outcome(prep.source, UNCHANGED, doc_id=old.id, chunks=old.n_chunks)
     dup = None if old is not None else store.document_by_hash(prep.content_hash, origin_peer)
     if dup is not None and dup.source != prep.source:
-        return Outcome(prep.source, DUPLICATE, doc_id=dup.id, chunks=dup.n_chunks, detail=f"same text as {dup.source}")
+        status, detail = DUPLICATE, f"same text as {dup.source}"
+        if shared is not None and dup.shared != shared:
+            _set_shared(store, dup.id, shared)
+            status, detail = (
+                (SHARED if shared else UNSHARED),
+                f"same text as {dup.source}, now {'' if shared else 'un'}shared",
+            )
+        return Outcome(prep.source, status, doc_id=dup.id, chunks=dup.n_chunks, detail=detail)
     return None
+
+
+def _set_shared(store: Store, doc_id: int, shared: bool) -> None:
+    store.conn.execute("UPDATE documents SET shared = ? WHERE id = ?", (int(shared), doc_id))
+
+
+def settle(store: Store, prep: Prepared, origin_peer: str | None, shared: bool) -> Outcome | None:
+    """:func:`precheck` with the shared flag applied, in its own transaction."""
+    with store.transaction():
+        return precheck(store, prep, origin_peer, shared)
 
 
 def write(
@@ -136,7 +160,7 @@ def write(
 ) -> Outcome:
     """Store one prepared document in one transaction (re-checking :func:`precheck` inside it)."""
     with store.transaction() as conn:
-        early = precheck(store, prep, origin_peer)
+        early = precheck(store, prep, origin_peer, shared)
         if early is not None:
             return early
         old = store.document_by_source(prep.source, origin_peer)

@@ -1,4 +1,5 @@
-"""The knowledge base's control methods: rag.add, rag.query, rag.remove, rag.stats, rag.feedback, rag.documents.
+"""The knowledge base's control methods: rag.add, rag.query, rag.remove, rag.stats, rag.feedback, rag.documents,
+rag.share, rag.unshare.
 
 :func:`register` adds them to a node's registry (``node.control.methods.build_registry`` calls it). Each is a
 thin call into the node's :class:`~node.rag.service.RagService`; its errors (``RagError``) reach the client as
@@ -39,6 +40,12 @@ class QueryParams:
 class RemoveParams:
     id: int | None = param(None, doc="Document id (doc_id in results and rag.documents).")
     source: str | None = param(None, doc="Source path or URI; a folder removes every document under it.")
+
+
+@dataclass(frozen=True, slots=True)
+class ShareParams:
+    id: int | None = param(None, doc="Document id (doc_id in results and rag.documents).")
+    source: str | None = param(None, doc="Source path or URI; a folder changes every document under it.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +92,12 @@ def register(
     async def remove(p: RemoveParams, notify: Notify) -> Any:
         return await svc().remove(doc_id=p.id, source=p.source)
 
+    async def share(p: ShareParams, notify: Notify) -> Any:
+        return await svc().set_shared(True, doc_id=p.id, source=p.source)
+
+    async def unshare(p: ShareParams, notify: Notify) -> Any:
+        return await svc().set_shared(False, doc_id=p.id, source=p.source)
+
     async def stats(_: NoParams, notify: Notify) -> Any:
         return await svc().stats()
 
@@ -102,7 +115,8 @@ def register(
         "rag.add",
         AddParams,
         "Ingest files and folders (text, Markdown, HTML, PDF) into the knowledge base: content-hash dedupe, a "
-        "changed file replaces its chunks. Returns counts (added, replaced, unchanged, duplicate, empty, failed).",
+        "changed file replaces its chunks. Returns counts (added, replaced, unchanged, duplicate, empty, failed, "
+        "shared, unshared: an unchanged file re-added with another shared flag takes the new flag).",
         add,
         streaming=True,
     )
@@ -114,6 +128,19 @@ def register(
         query,
     )
     reg.add("rag.remove", RemoveParams, "Remove a document (by id) or every document from a source path.", remove)
+    reg.add(
+        "rag.share",
+        ShareParams,
+        "Mark a document (by id) or every document from a source shared: peers may find it with a mesh query. "
+        "Returns documents, changed, doc_ids, shared.",
+        share,
+    )
+    reg.add(
+        "rag.unshare",
+        ShareParams,
+        "Mark a document (by id) or every document from a source not shared: peers no longer find it.",
+        unshare,
+    )
     reg.add("rag.stats", NoParams, "Documents, chunks, vectors, index and model state of the knowledge base.", stats)
     reg.add(
         "rag.feedback",

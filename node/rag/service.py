@@ -96,7 +96,10 @@ class AddSummary:
     def to_json(self) -> dict[str, Any]:
         return {
             "files": self.files,
-            **{k: self.counts.get(k, 0) for k in ("added", "replaced", "unchanged", "duplicate", "empty", "failed")},
+            **{
+                k: self.counts.get(k, 0)
+                for k in ("added", "replaced", "unchanged", "duplicate", "empty", "failed", "shared", "unshared")
+            },
             "chunks": self.chunks,
             "seconds": round(self.seconds, 3),
             "outcomes": self.outcomes,
@@ -309,7 +312,9 @@ class RagService:
                 out.append(item)
                 continue
             if item not in todo:
-                out.append(await self._run_db(ingest.precheck, store, item, origin_peer))
+                settled = await self._run_db(ingest.settle, store, item, origin_peer, shared)
+                # None: the document changed between the two checks (a concurrent add/remove); nothing was written
+                out.append(settled or ingest.Outcome(item.source, ingest.FAILED, detail="changed meanwhile; add again"))
                 continue
             vecs = None if vectors is None else vectors[pos : pos + len(item.chunks)]
             pos += len(item.chunks)
@@ -355,6 +360,28 @@ class RagService:
         if (doc_id is None) == (source is None):
             raise RagError("give exactly one of a document id or a source")
         return dict(await self._run_db(self._remove_sync, doc_id, source))
+
+    async def set_shared(self, shared: bool, *, doc_id: int | None = None, source: str | None = None) -> dict[str, Any]:
+        """Mark one document (by id) or every document from a source (file or folder) shared or not."""
+        if (doc_id is None) == (source is None):
+            raise RagError("give exactly one of a document id or a source")
+        return dict(await self._run_db(self._set_shared_sync, shared, doc_id, source))
+
+    def _set_shared_sync(self, shared: bool, doc_id: int | None, source: str | None) -> dict[str, Any]:
+        assert self._store is not None
+        store = self._store
+        if doc_id is not None:
+            docs = [store.document(doc_id)]
+        else:
+            assert source is not None
+            docs = [store.document(i) for i in self._doc_ids_for_source(store, source)]
+            if not docs:
+                raise NotFound(f"no document with source {source!r}")
+        changed = [d.id for d in docs if d.shared != shared]
+        with store.transaction() as conn:
+            for i in changed:
+                conn.execute("UPDATE documents SET shared = ? WHERE id = ?", (int(shared), i))
+        return {"documents": len(docs), "changed": len(changed), "doc_ids": [d.id for d in docs], "shared": shared}
 
     def _remove_sync(self, doc_id: int | None, source: str | None) -> dict[str, Any]:
         assert self._store is not None and self._index is not None

