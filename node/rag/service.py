@@ -32,7 +32,7 @@ from node.rag.embed import Embedder, EmbedderSettings, Vectors, from_blob, to_bl
 from node.rag.errors import NotFound, RagError
 from node.rag.extract import Extracted
 from node.rag.index import DenseIndex, IndexSettings
-from node.rag.store import DB_NAME, Store, fts_query
+from node.rag.store import DB_NAME, INDEX_STALE_KEY, Store, fts_query
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +196,13 @@ class RagService:
                 ef_search=self.settings.hnsw_ef_search,
             ),
         )
-        report = index.open(store)
-        if report.rebuilt:
+        if store.get_meta(INDEX_STALE_KEY):  # a store upgraded from schema v1 (chunk ids were reused)
+            n = index.rebuild(store)
+            index.save()
+            store.set_meta(INDEX_STALE_KEY, "")
+            self.counters["index_rebuilds"] += 1
+            log.info("rag: rebuilt the dense index from SQLite after the schema upgrade: %d vectors", n)
+        elif index.open(store).rebuilt:
             self.counters["index_rebuilds"] += 1
         self._trust = self._make_trust(store)
         self._graph = self._load_graph()

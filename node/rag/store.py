@@ -39,6 +39,8 @@ import sqlite_utils
 from node.rag.errors import NotFound, StoreError
 
 SCHEMA_VERSION = 2
+INDEX_STALE_KEY = "index_stale"  # rag_meta: "1" when the hnswlib file cannot be trusted by id (rebuild it)
+CHUNK_SEQ_KEY = "chunk_id_seq"  # rag_meta: the highest chunk id ever given (ids are never reused)
 DB_NAME = "rag.sqlite3"
 
 
@@ -203,6 +205,10 @@ def migrate(conn: sqlite3.Connection) -> None:
             if version < 2:
                 for stmt in _SCHEMA_V2:
                     conn.execute(stmt)
+            if version == 1:
+                # v1 reused the ids of deleted chunks, so its hnswlib file may hold another text's vector under a
+                # live id: the service rebuilds the index once from SQLite.
+                conn.execute("INSERT OR REPLACE INTO rag_meta(key, value) VALUES (?, '1')", (INDEX_STALE_KEY,))
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -319,13 +325,21 @@ class Store:
             (source, content_hash, origin_peer, added_at, int(shared), title, mime, size_bytes, len(chunks)),
         )
         doc_id = int(cur.lastrowid or 0)
+        # Chunk ids are never reused (a deleted chunk's id could otherwise come back for another text while the
+        # hnswlib file, reconciled by id, still holds the old vector): the highest id ever given is kept in
+        # rag_meta, in the same transaction as the rows.
+        row = conn.execute("SELECT max(id) FROM chunks").fetchone()
+        last = max(int(self.get_meta(CHUNK_SEQ_KEY) or 0), int(row[0] or 0))
         ids: list[int] = []
         for c in chunks:
-            cur = conn.execute(
-                "INSERT INTO chunks(doc_id, ordinal, text, start_char, end_char, embedding) VALUES (?, ?, ?, ?, ?, ?)",
-                (doc_id, c.ordinal, c.text, c.start_char, c.end_char, c.embedding),
+            last += 1
+            conn.execute(
+                "INSERT INTO chunks(id, doc_id, ordinal, text, start_char, end_char, embedding) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (last, doc_id, c.ordinal, c.text, c.start_char, c.end_char, c.embedding),
             )
-            ids.append(int(cur.lastrowid or 0))
+            ids.append(last)
+        self.set_meta(CHUNK_SEQ_KEY, str(last))
         return doc_id, ids
 
     def delete_document(self, conn: sqlite3.Connection, doc_id: int) -> list[int]:

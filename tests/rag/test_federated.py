@@ -35,6 +35,7 @@ from node.rag.service import RagService
 from node.rag.store import Store
 from node.rag.trust import ChunkTrust, Opinion, TrustStore, claim_hash, discount, fuse_all
 from node.transports.memory import Faults
+from tests.rag.helpers import HashEmbedder
 from tests.routing.harness import Mesh, start_mesh
 
 SIM_TIMEOUT_S = 600
@@ -355,23 +356,6 @@ def test_decoding_any_json_answer_either_parses_or_refuses(value: object) -> Non
     assert all(isinstance(h, PeerHit) and math.isfinite(h.score) for h in hits)
 
 
-class _HashEmbedder(Embedder):
-    """Deterministic bag-of-words vectors (hashed tokens, L2-normalised): exercises the dense path without the
-    model; what is tested is which vectors the shared search may look at, not their quality."""
-
-    def embed(self, texts: Sequence[str]) -> Vectors:
-        import hashlib
-
-        import numpy as np
-
-        out = np.zeros((len(texts), 384), dtype=np.float32)
-        for i, t in enumerate(texts):
-            for tok in t.lower().split():
-                out[i, int.from_bytes(hashlib.sha256(tok.encode()).digest()[:4], "big") % 384] += 1.0
-            out[i] /= max(float(np.linalg.norm(out[i])), 1e-9)
-        return out
-
-
 @pytest.mark.parametrize("mode", ["bm25", "hybrid"])
 @pytest.mark.parametrize("n_unshared", [3, 30, 150])
 async def test_a_peer_answer_is_byte_identical_whatever_unshared_documents_exist(
@@ -387,7 +371,7 @@ async def test_a_peer_answer_is_byte_identical_whatever_unshared_documents_exist
     ]
 
     async def answer(before: Sequence[tuple[str, str]], after: Sequence[tuple[str, str]]) -> bytes:
-        emb: Embedder = NoEmbedder() if mode == "bm25" else _HashEmbedder()
+        emb: Embedder = NoEmbedder() if mode == "bm25" else HashEmbedder()
         svc = RagService(RagSection(mode=mode), None, wall_s=lambda: 1_700_000_000.0, embedder=emb)
         await nursery.start(svc.run)
         for source, text in before:

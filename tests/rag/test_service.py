@@ -7,14 +7,17 @@ import dataclasses
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from node.config import RagSection
 from node.rag import embed
+from node.rag.embed import from_blob
 from node.rag.errors import ModelMissing, NotFound, RagError
 from node.rag.service import RagService
+from node.rag.store import DB_NAME
 
-from .helpers import NoEmbedder, make_pdf
+from .helpers import HashEmbedder, NoEmbedder, make_pdf
 
 BM25 = dataclasses.replace(RagSection(), mode="bm25")
 
@@ -166,3 +169,48 @@ async def test_re_adding_with_another_shared_flag_changes_it_and_share_unshare_w
     with pytest.raises(RagError):
         await svc.set_shared(True)
     await svc.aclose()
+
+
+async def test_after_a_crash_the_dense_index_holds_sqlites_vector_for_every_live_chunk(tmp_path: Path) -> None:
+    hybrid = dataclasses.replace(RagSection(), mode="hybrid", graph=False)
+    svc = RagService(hybrid, tmp_path / "rag", embedder=HashEmbedder())
+    await svc.add_text("/a.txt", "alpha apples and apricots")
+    await svc.add_text("/b.txt", "beta bananas and blueberries")
+    await svc._run_db(svc._save_index)  # the sidecar now knows b's chunk ids
+    await svc.add_text("/b.txt", "gamma grapes and guavas replace the bananas")  # SQLite commits; no index save
+    # crash: the service is never closed, the index file is the one saved above; a new process opens the store
+    again = RagService(hybrid, tmp_path / "rag", embedder=HashEmbedder())
+    await again.query("grapes")
+    store, index = again._store, again._index
+    assert store is not None and index is not None
+    live = store.embedded_ids()
+    assert live == index._live and len(live) == 2
+    stored = dict(store.embeddings_for(sorted(live)))
+    for cid in live:
+        got = np.asarray(index._index.get_items([cid])[0], dtype=np.float32)
+        assert np.allclose(got, from_blob(stored[cid]), atol=1e-6), f"chunk {cid}: the index holds another vector"
+    hits = await again.query("grapes guavas", mode="dense")
+    assert hits[0].source == "/b.txt" and "grapes" in hits[0].snippet
+    await again.aclose()
+
+
+async def test_a_store_upgraded_from_schema_v1_rebuilds_its_dense_index_once(tmp_path: Path) -> None:
+    import sqlite3
+
+    hybrid = dataclasses.replace(RagSection(), mode="hybrid", graph=False)
+    svc = RagService(hybrid, tmp_path / "rag", embedder=HashEmbedder())
+    await svc.add_text("/a.txt", "alpha apples and apricots", shared=True)
+    await svc.aclose()
+    conn = sqlite3.connect(tmp_path / "rag" / DB_NAME, isolation_level=None)
+    conn.execute("DROP TABLE shared_fts")
+    conn.execute("DELETE FROM rag_meta WHERE key = 'chunk_id_seq'")
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    again = RagService(hybrid, tmp_path / "rag", embedder=HashEmbedder())
+    assert [h.source for h in await again.query("apricots", shared_only=True)] == ["/a.txt"]
+    assert again.counters["index_rebuilds"] == 1
+    await again.aclose()
+    third = RagService(hybrid, tmp_path / "rag", embedder=HashEmbedder())
+    await third.query("apricots")
+    assert third.counters["index_rebuilds"] == 0
+    await third.aclose()
