@@ -101,7 +101,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         for n, r in enumerate(d["results"], 1):
             trust = "-" if r["trust"] is None else f"{r['trust']:.2f}±{r['uncertainty']:.2f}"
             origin = f"  from peer {r['origin_peer']}" if r.get("origin_peer") else ""
-            out.append(f"{n:2}. [{r['id']}] {r['source']}  score {r['score']:.3f}  trust {trust}{origin}")
+            out.append(f"{n:2}. [{r.get('ref', r['id'])}] {r['source']}  score {r['score']:.3f}  trust {trust}{origin}")
             out.append("    " + " ".join(r["snippet"].split()))
         for peer in d.get("peers", []):  # --mesh: one line per peer asked
             out.append(f"peer {peer['peer_id']} ({peer['nickname']}): {peer['status']}, {peer['hits']} hits")
@@ -148,7 +148,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_feedback(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        result = client.call("rag.feedback", id=args.id, verdict=args.verdict)
+        result = client.call("rag.feedback", ref=args.id, verdict=args.verdict)
 
     def human(d: dict[str, Any]) -> str:
         s, c = d["source"], d["chunk"]
@@ -212,7 +212,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("target", help="document id, or a path / URI")
     add("stats", cmd_stats, "Show document, chunk and index counts.")
     p = add("feedback", cmd_feedback, "Mark a result good or bad (updates its source's reputation).")
-    p.add_argument("id", type=int, help="result id shown by `village rag query`")
+    p.add_argument("id", help="result id shown by `village rag query` (<peer>:<claim> for a --mesh peer result)")
     p.add_argument("verdict", choices=["good", "bad"], help="good or bad")
     p = add("documents", cmd_documents, "List stored documents.")
     p.add_argument("--limit", type=int, default=100, help="how many (default 100)")

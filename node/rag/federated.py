@@ -272,6 +272,9 @@ class FederatedHit:
             "nickname": self.nickname,
             "doc_id": self.doc_id,
             "id": self.chunk_id,
+            # what `rag.feedback` takes: the chunk id of a local result, "<peer hex>:<claim>" of a peer's
+            "ref": str(self.chunk_id) if self.origin == "local" else f"{self.origin}:{self.claim}",
+            "claim": self.claim,
             "title": self.title,
             "source": self.source,
             "snippet": self.snippet,

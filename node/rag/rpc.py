@@ -50,8 +50,13 @@ class ShareParams:
 
 @dataclass(frozen=True, slots=True)
 class FeedbackParams:
-    id: int = param(doc="A result id (the chunk id shown by rag.query).")
     verdict: str = param(doc="good or bad: updates the reputation of the result's source.")
+    id: int | None = param(None, doc="A local result id (the chunk id shown by rag.query).")
+    ref: str | None = param(
+        None,
+        doc="A result's `ref` from a mesh query: a local id, or <peer hex>:<claim> "
+        "for a peer's result (updates peer:<hex> and records the stance on the claim).",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +109,18 @@ def register(
     async def feedback(p: FeedbackParams, notify: Notify) -> Any:
         if p.verdict not in ("good", "bad"):
             raise RpcError(APP_ERROR, f"verdict must be good or bad, not {p.verdict!r}")
-        return await svc().feedback(p.id, p.verdict == "good")
+        good = p.verdict == "good"
+        if (p.id is None) == (p.ref is None):
+            raise RpcError(APP_ERROR, "give exactly one of id or ref")
+        if p.id is not None:
+            return await svc().feedback(p.id, good)
+        assert p.ref is not None
+        if p.ref.isdigit():
+            return await svc().feedback(int(p.ref), good)
+        peer, sep, claim = p.ref.partition(":")
+        if not sep:
+            raise RpcError(APP_ERROR, f"ref is a local result id or <peer hex>:<claim>, not {p.ref!r}")
+        return await svc().feedback_peer(peer, claim, good)
 
     async def documents(p: DocumentsParams, notify: Notify) -> Any:
         if not 1 <= p.limit <= 10_000:

@@ -35,6 +35,7 @@ from node.rag.index import DenseIndex, IndexSettings
 from node.rag.store import DB_NAME, INDEX_STALE_KEY, Store, fts_query
 
 log = logging.getLogger(__name__)
+_HEX = re.compile(r"[0-9a-f]+")
 
 Progress = Callable[[dict[str, Any]], Awaitable[None]]
 MAX_FILES_PER_ADD = 1_000_000  # files one rag.add may expand to
@@ -454,6 +455,27 @@ class RagService:
     async def feedback(self, chunk_id: int, good: bool) -> dict[str, Any]:
         """The user marks a result good or bad; the chunk's source reputation is updated (``node.rag.trust``)."""
         return dict(await self._run_db(self._feedback_sync, chunk_id, good, self.wall_s()))
+
+    async def feedback_peer(self, peer_hex: str, claim: str, good: bool) -> dict[str, Any]:
+        """The user marks a peer's (mesh) result good or bad: ``peer:<hex>`` gains evidence and the user's stance
+        on the result's claim is recorded; no local chunk is touched."""
+        peer_hex, claim = peer_hex.lower(), claim.lower()
+        if not _HEX.fullmatch(peer_hex) or len(peer_hex) != 16:
+            raise RagError(f"a peer id is 16 hex digits, not {peer_hex!r}")
+        if not _HEX.fullmatch(claim) or len(claim) != 32:
+            raise RagError(f"a claim key is 32 hex digits, not {claim!r}")
+        await self._open()
+        return dict(await self._run_db(self._feedback_peer_sync, peer_hex, claim, good, self.wall_s()))
+
+    def _feedback_peer_sync(self, peer_hex: str, claim: str, good: bool, now: float) -> dict[str, Any]:
+        assert self._store is not None
+        from node.rag.trust import peer_source_key
+
+        key = peer_source_key(peer_hex)
+        with self._store.transaction():
+            rep = self._trust.feedback_claim(claim, key, good, now)
+        ct = self._trust.opinion_for_claim(claim, now, extra_support=[key])
+        return {"id": f"{peer_hex}:{claim}", "good": good, "source": rep.to_json(), "chunk": ct.to_json()}
 
     def _feedback_sync(self, chunk_id: int, good: bool, now: float) -> dict[str, Any]:
         assert self._store is not None

@@ -16,8 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.config import RagSection
+from node.control.rpc import Registry
 from node.node import Node
 from node.rag import federated
+from node.rag import rpc as rag_rpc
 from node.rag.embed import Embedder, Vectors
 from node.rag.errors import RagError
 from node.rag.federated import (
@@ -309,6 +311,29 @@ async def test_mesh_query_merges_local_results_with_the_peers(
     assert by_source["/x.txt"]["origin"] == n1.identity.peer_id_hex and by_source["/x.txt"]["nickname"] == "n1"
     # Local file and peer both assert the claim: more certain than the peer's lone claim.
     assert mine["uncertainty"] < by_source["/x.txt"]["uncertainty"]
+
+    # Feedback on the peer's result (its `ref`, through the rag.feedback method) rates peer:<hex> and records the
+    # user's stance on the claim; no local chunk or file source is touched.
+    reg = Registry()
+    rag_rpc.register(reg, lambda: n0.rag)
+    method = reg.lookup("rag.feedback")
+
+    async def no_notify(name: str, params: Any) -> None:
+        raise AssertionError("no notifications")
+
+    x = by_source["/x.txt"]
+    fb = await method.handler(reg.bind_params(method, {"ref": x["ref"], "verdict": "bad"}), no_notify)
+    peer_key = f"peer:{n1.identity.peer_id_hex}"
+    assert fb["source"]["source"] == peer_key and fb["source"]["beta"] > fb["source"]["alpha"]
+    assert "user" in " ".join(fb["chunk"]["contradicting"]) and fb["chunk"]["trust"] < x["trust"]
+    ts = n0.rag._trust
+    assert [r.source_key for r in ts.sources(1_700_000_000.0)] == [peer_key]
+    with trio.fail_after(SIM_TIMEOUT_S):
+        again = await federated.mesh_query(n0, "metformin glucose", k=5, timeout_s=5.0)
+    x2 = next(h for h in again["results"] if h["source"] == "/x.txt")
+    assert x2["trust"] < x["trust"]
+    with pytest.raises(RagError):
+        await n0.rag.feedback_peer("zz", x["claim"], True)
 
 
 async def test_mesh_query_without_peers_returns_the_local_results(
