@@ -23,7 +23,8 @@ failure). Merging: each hit's weight is reciprocal-rank ``1 / (RRF_K + rank)`` i
 different peers are not comparable) times its trust — the subjective-logic expectation of the hit's claim, fusing
 the peer's assertion (discounted by the peer's Beta reputation) with any local support of the same claim
 (:meth:`node.rag.trust.TrustStore.opinion_for_claim`). The same claim from several peers is one result listing
-every peer (its weight is the sum). Local hits, when given, join the merge as origin ``"local"``.
+every peer (its weight is the sum; a peer repeating a claim counts once, at its first rank). Local hits, when given,
+join the merge as origin ``"local"``.
 
 Limits, honestly: a peer's claim key is its own word (we see a snippet, not the chunk), so a lying peer can add its
 support to a claim whose text it knows; what that buys it is bounded by its reputation (discounting), and the
@@ -387,7 +388,11 @@ async def merge(
         rr[hit.claim] = rr.get(hit.claim, 0.0) + 1.0 / (RRF_K + rank)
         first.setdefault(hit.claim, hit)
     for peer_hex in sorted(answers):
+        counted: set[str] = set()
         for rank, ph in enumerate(answers[peer_hex], start=1):
+            if ph.claim in counted:  # a peer repeating a claim gets no extra weight for it
+                continue
+            counted.add(ph.claim)
             rr[ph.claim] = rr.get(ph.claim, 0.0) + 1.0 / (RRF_K + rank)
             peers = peers_of.setdefault(ph.claim, [])
             if peer_hex not in peers:

@@ -453,3 +453,16 @@ async def test_shared_fts_follows_sharing_deletion_and_migrates_a_v1_store(
         assert sorted(c for c, _ in migrated.bm25("zebrafish", 10)) == [7, 8]
     finally:
         migrated.close()
+
+
+async def test_a_peer_repeating_a_claim_gets_no_extra_weight() -> None:
+    def ph(i: int, claim: str) -> PeerHit:
+        return PeerHit(i, i, 0.0, "", f"/{claim}", claim, claim)
+
+    trust = _FixedTrust({"aa": 0.5, "bb": 0.5})
+    honest = {"aa": [ph(1, "x")], "bb": [ph(1, "y")]}
+    spam = {"aa": [ph(1, "x")], "bb": [ph(i, "y") for i in range(1, 21)]}
+    w_honest = {h.claim: h.weight for h in await merge(honest, {}, trust, k=10)}
+    w_spam = {h.claim: h.weight for h in await merge(spam, {}, trust, k=10)}
+    assert w_spam == w_honest and w_spam["x"] == w_spam["y"]
+    assert [h.peers for h in await merge(spam, {}, trust, k=10) if h.claim == "y"] == [["bb"]]
