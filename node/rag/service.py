@@ -226,7 +226,17 @@ class RagService:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._db)
 
     async def _embed(self, texts: Sequence[str]) -> Vectors:
-        return await trio.to_thread.run_sync(self.embedder.embed, list(texts), limiter=self._embed_limiter)
+        """Embed in slices of ``rag.embed_batch``, taking the (fair, FIFO) limiter per slice: a query's embedding
+        waits for one slice of a large document, not for the whole document."""
+        bs = max(1, self.settings.embed_batch)
+        parts: list[Vectors] = []
+        for i in range(0, len(texts), bs):
+            part = list(texts[i : i + bs])
+            parts.append(await trio.to_thread.run_sync(self.embedder.embed, part, limiter=self._embed_limiter))
+        if len(parts) == 1:
+            return parts[0]
+        out: Vectors = np.concatenate(parts) if parts else np.zeros((0, 384), dtype=np.float32)
+        return out
 
     @property
     def _uses_vectors(self) -> bool:
@@ -325,7 +335,13 @@ class RagService:
             vecs = None if vectors is None else vectors[pos : pos + len(item.chunks)]
             pos += len(item.chunks)
             blobs = None if vecs is None else [to_blob(v) for v in vecs]
-            out.append(await self._run_db(self._write_sync, item, blobs, vecs, shared, origin_peer, self.wall_s()))
+            # Keyphrases are extracted here, outside the DB limiter and the write transaction.
+            pre = (
+                None
+                if self._graph is None
+                else await trio.to_thread.run_sync(self._graph.extract_texts, [c.text for c in item.chunks])
+            )
+            out.append(await self._run_db(self._write_sync, item, blobs, vecs, shared, origin_peer, self.wall_s(), pre))
         return out
 
     def _write_sync(
@@ -336,6 +352,7 @@ class RagService:
         shared: bool,
         origin_peer: str | None,
         now: float,
+        pre: Sequence[Any] | None = None,
     ) -> ingest.Outcome:
         assert self._store is not None and self._index is not None
         g = self._graph
@@ -346,7 +363,7 @@ class RagService:
             origin_peer=origin_peer,
             shared=shared,
             added_at=now,
-            graph_index=None if g is None else g.index_chunks,
+            graph_index=None if g is None else (lambda conn, chunks: g.index_chunks(conn, chunks, pre)),
             graph_remove=None if g is None else g.remove_chunks,
         )
         # SQLite has committed; the hnswlib index follows (and is reconciled at open if we die in between).

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from node.config import RagSection
 from node.rag import embed
-from node.rag.embed import from_blob
+from node.rag.embed import Vectors, from_blob
 from node.rag.errors import ModelMissing, NotFound, RagError
 from node.rag.service import RagService
 from node.rag.store import DB_NAME
@@ -214,3 +216,38 @@ async def test_a_store_upgraded_from_schema_v1_rebuilds_its_dense_index_once(tmp
     await third.query("apricots")
     assert third.counters["index_rebuilds"] == 0
     await third.aclose()
+
+
+async def test_ingest_embeds_in_slices_and_extracts_keyphrases_outside_the_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from node.rag import graph
+
+    calls: list[int] = []
+
+    class Spy(HashEmbedder):
+        def embed(self, texts: Sequence[str]) -> Vectors:
+            calls.append(len(texts))
+            return super().embed(texts)
+
+    settings = dataclasses.replace(RagSection(), mode="hybrid", embed_batch=4, chunk_chars=200, chunk_overlap_chars=0)
+    svc = RagService(settings, tmp_path / "rag", embedder=Spy())
+    await svc.stats()
+    store = svc._store
+    assert store is not None
+    in_tx: list[bool] = []
+    from node.rag.keyphrases import extract as original
+
+    def spy_extract(text: str, **kw: Any) -> Any:
+        in_tx.append(store.conn.in_transaction)
+        return original(text, **kw)
+
+    monkeypatch.setattr(graph, "extract", spy_extract)
+    big = " ".join(f"Sentence {i} about topic{i} and the river delta sediments." for i in range(60))
+    r = await svc.add_text("/big.txt", big)
+    assert r["chunks"] > 12
+    assert calls and max(calls) <= 4 and sum(calls) == r["chunks"]  # every slice takes the limiter on its own
+    assert in_tx and not any(in_tx)  # keyphrases were extracted before the write transaction began
+    hits = await svc.query("river delta sediments topic7", mode="dense")
+    assert hits and hits[0].source == "/big.txt"
+    await svc.aclose()
