@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 import trio
 
-from node.errors import MeshError
+from node.errors import MeshError, NodeError
 from node.rag.errors import RagError
 from node.rag.trust import ChunkTrust, Opinion, TrustStore, claim_hash, peer_source_key
 from node.routing.app import APP_MAX_BODY_BYTES, AppError, AppRemoteError, AppTimeout
@@ -115,8 +115,12 @@ class FederatedResponder:
 
     async def handle(self, peer_id: bytes, body: bytes) -> bytes:
         text, k = self._parse_request_untrusted(body)
-        hits = await self.search.search_shared(text, k)
-        allowed = await self.search.shared_doc_ids(sorted({h.doc_id for h in hits}))
+        try:
+            hits = await self.search.search_shared(text, k)
+            allowed = await self.search.shared_doc_ids(sorted({h.doc_id for h in hits}))
+        except NodeError as exc:  # details (paths, SQL) stay in the local log; the peer gets a generic text
+            log.warning("federated query from %s failed: %s", peer_id.hex(), exc)
+            raise RagError("the knowledge base could not answer") from exc
         out: list[dict[str, Any]] = []
         size = len(_dumps({"v": PROTOCOL_VERSION, "hits": []}))
         opaque_docs: dict[int, int] = {}
@@ -130,7 +134,7 @@ class FederatedResponder:
                 "doc": opaque_docs.setdefault(h.doc_id, len(opaque_docs) + 1),
                 "chunk": len(out) + 1,
                 "title": h.title[:MAX_FIELD_CHARS],
-                "source": h.source[:MAX_FIELD_CHARS],
+                "source": h.source.rstrip("/").rsplit("/", 1)[-1][:MAX_FIELD_CHARS],  # never the local path
                 "snippet": h.snippet[:MAX_SNIPPET_CHARS],
                 "claim": claim_hash(h.text),
             }

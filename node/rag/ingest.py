@@ -15,6 +15,7 @@ The service drives these blocking functions from worker threads:
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from node.rag.chunking import Chunk, chunk_text
 from node.rag.errors import ExtractError
 from node.rag.extract import SUPPORTED_SUFFIXES, Extracted, extract_file
 from node.rag.store import NewChunk, Store
+
+log = logging.getLogger(__name__)
 
 GraphIndexFn = Callable[[Any, Sequence[tuple[int, str]]], None]
 GraphRemoveFn = Callable[[Any, Sequence[int]], None]
@@ -74,11 +77,17 @@ def walk(paths: Sequence[Path], *, max_files: int) -> tuple[list[Path], list[tup
 
     for p in paths:
         if p.is_dir():
+            root = p.resolve()
             for dirpath, dirnames, filenames in os.walk(p):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 for name in sorted(filenames):
                     fp = Path(dirpath) / name
                     if not name.startswith(".") and fp.suffix.lower() in SUPPORTED_SUFFIXES and fp.is_file():
+                        if fp.is_symlink() and not fp.resolve().is_relative_to(root):
+                            # a link inside the folder to a file outside it: never ingested by adding the folder
+                            log.warning("rag: skipping %s: a symlink pointing outside %s", fp, p)
+                            errors.append((str(fp), "symlink pointing outside the folder; skipped"))
+                            continue
                         push(fp)
         elif p.is_file():
             push(p)

@@ -164,12 +164,14 @@ class RagService:
         async with self._open_lock:
             if self._store is None:
                 return
-            store, index = self._store, self._index
-            self._store = self._index = None
-            await trio.to_thread.run_sync(self._close_sync, store, index, limiter=self._db)
+            # The store is detached inside the DB limiter, so a DB call already running never sees it vanish.
+            await trio.to_thread.run_sync(self._close_sync, limiter=self._db)
 
-    @staticmethod
-    def _close_sync(store: Store, index: DenseIndex | None) -> None:
+    def _close_sync(self) -> None:
+        store, index = self._store, self._index
+        self._store = self._index = None
+        if store is None:
+            return
         try:
             if index is not None:
                 index.save()

@@ -149,14 +149,14 @@ async def test_federated_query_asks_peers_merges_by_trust_and_survives_a_silent_
     by_source = {h.source: h for h in result.hits}
     common = next(h for h in result.hits if h.claim == claim_hash(COMMON))
     assert sorted(common.peers) == sorted([p1, p2])  # one result, both peers named
-    assert set(by_source) == {common.source, "/n2/acidosis.txt"}
-    assert by_source["/n2/acidosis.txt"].peers == [p2] and by_source["/n2/acidosis.txt"].nickname == "n2"
+    assert set(by_source) == {common.source, "acidosis.txt"}
+    assert by_source["acidosis.txt"].peers == [p2] and by_source["acidosis.txt"].nickname == "n2"
     # Trust: the acidosis claim rests on n2 alone (reputation 7/8); the common one on n1 (1/3) and n2 fused.
     r2, r1 = 7 / 8, 1 / 3
     one = Opinion.from_evidence(1, 0)
-    assert by_source["/n2/acidosis.txt"].trust == pytest.approx(discount(r2, one).expected)
+    assert by_source["acidosis.txt"].trust == pytest.approx(discount(r2, one).expected)
     assert common.trust == pytest.approx(fuse_all([discount(r1, one), discount(r2, one)]).expected)
-    assert common.uncertainty < by_source["/n2/acidosis.txt"].uncertainty  # two sources: more certain
+    assert common.uncertainty < by_source["acidosis.txt"].uncertainty  # two sources: more certain
     assert result.hits[0] is common  # in both lists, higher trust: first
     assert all(h.trust >= 0 and 0 <= h.uncertainty <= 1 for h in result.hits)
     json.dumps(result.to_json())  # the CLI/JSON-RPC surface can print it
@@ -197,7 +197,7 @@ async def test_unshared_document_never_leaves_even_if_the_search_returns_it(
     sent = _spy_plaintexts(n1)
     with trio.fail_after(SIM_TIMEOUT_S):
         result = await federated_query(n0, "insulin", k=5, timeout_s=5.0)
-    assert [h.source for h in result.hits] == ["/pub.txt"]
+    assert [h.source for h in result.hits] == ["pub.txt"]
     assert responder.counters.unshared_dropped == 1
     assert sent and not any(b"SECRET-7731" in p or b"/priv.txt" in p for p in sent)
 
@@ -263,7 +263,7 @@ async def test_a_peer_with_a_malformed_answer_is_reported_and_the_others_are_kep
         result = await federated_query(mesh.nodes[0], "insulin", k=3, timeout_s=5.0)
     status = {o.nickname: o.status for o in result.peers}
     assert status == {"n1": "malformed", "n2": "ok"}
-    assert [h.source for h in result.hits] == ["/a.txt"] and result.hits[0].origin == mesh.nodes[2].identity.peer_id_hex
+    assert [h.source for h in result.hits] == ["a.txt"] and result.hits[0].origin == mesh.nodes[2].identity.peer_id_hex
 
 
 class _FixedTrust:
@@ -304,13 +304,13 @@ async def test_mesh_query_merges_local_results_with_the_peers(
     json.dumps(out)
     assert out["mesh"] is True and [p["status"] for p in out["peers"]] == ["ok"]
     by_source = {h["source"]: h for h in out["results"]}
-    assert set(by_source) == {"/mine.txt", "/x.txt"}  # the peer's copy of COMMON joined the local result
+    assert set(by_source) == {"/mine.txt", "x.txt"}  # the peer's copy of COMMON joined the local result
     mine = by_source["/mine.txt"]
     assert mine["origin"] == "local" and mine["origin_peer"] is None
     assert mine["peers"] == ["local", n1.identity.peer_id_hex]
-    assert by_source["/x.txt"]["origin"] == n1.identity.peer_id_hex and by_source["/x.txt"]["nickname"] == "n1"
+    assert by_source["x.txt"]["origin"] == n1.identity.peer_id_hex and by_source["x.txt"]["nickname"] == "n1"
     # Local file and peer both assert the claim: more certain than the peer's lone claim.
-    assert mine["uncertainty"] < by_source["/x.txt"]["uncertainty"]
+    assert mine["uncertainty"] < by_source["x.txt"]["uncertainty"]
 
     # Feedback on the peer's result (its `ref`, through the rag.feedback method) rates peer:<hex> and records the
     # user's stance on the claim; no local chunk or file source is touched.
@@ -321,7 +321,7 @@ async def test_mesh_query_merges_local_results_with_the_peers(
     async def no_notify(name: str, params: Any) -> None:
         raise AssertionError("no notifications")
 
-    x = by_source["/x.txt"]
+    x = by_source["x.txt"]
     fb = await method.handler(reg.bind_params(method, {"ref": x["ref"], "verdict": "bad"}), no_notify)
     peer_key = f"peer:{n1.identity.peer_id_hex}"
     assert fb["source"]["source"] == peer_key and fb["source"]["beta"] > fb["source"]["alpha"]
@@ -330,7 +330,7 @@ async def test_mesh_query_merges_local_results_with_the_peers(
     assert [r.source_key for r in ts.sources(1_700_000_000.0)] == [peer_key]
     with trio.fail_after(SIM_TIMEOUT_S):
         again = await federated.mesh_query(n0, "metformin glucose", k=5, timeout_s=5.0)
-    x2 = next(h for h in again["results"] if h["source"] == "/x.txt")
+    x2 = next(h for h in again["results"] if h["source"] == "x.txt")
     assert x2["trust"] < x["trust"]
     with pytest.raises(RagError):
         await n0.rag.feedback_peer("zz", x["claim"], True)
@@ -410,7 +410,7 @@ async def test_a_peer_answer_is_byte_identical_whatever_unshared_documents_exist
 
     alone = await answer([], [])
     hits = decode_answer_untrusted(alone, 5)
-    assert [h.source for h in hits] == ["/pub/insulin.txt", "/pub/garden.txt"][: len(hits)] and hits
+    assert [h.source for h in hits] == ["insulin.txt", "garden.txt"][: len(hits)] and hits
     assert b"score" not in alone
     half = n_unshared // 2
     assert await answer(unshared[:half], unshared[half:]) == alone
@@ -466,3 +466,18 @@ async def test_a_peer_repeating_a_claim_gets_no_extra_weight() -> None:
     w_spam = {h.claim: h.weight for h in await merge(spam, {}, trust, k=10)}
     assert w_spam == w_honest and w_spam["x"] == w_spam["y"]
     assert [h.peers for h in await merge(spam, {}, trust, k=10) if h.claim == "y"] == [["bb"]]
+
+
+async def test_a_failing_search_answers_a_generic_error_without_details() -> None:
+    from node.rag.errors import StoreError
+
+    class _Broken:
+        async def search_shared(self, text: str, k: int) -> list[SharedHit]:
+            raise StoreError("cannot read /home/alice/private/rag.sqlite3: disk I/O error")
+
+        async def shared_doc_ids(self, doc_ids: Sequence[int]) -> set[int]:
+            return set()
+
+    with pytest.raises(RagError) as info:
+        await FederatedResponder(_Broken()).handle(b"P" * 8, federated.encode_request("q", 3))
+    assert str(info.value) == "the knowledge base could not answer"

@@ -251,3 +251,44 @@ async def test_ingest_embeds_in_slices_and_extracts_keyphrases_outside_the_trans
     hits = await svc.query("river delta sediments topic7", mode="dense")
     assert hits and hits[0].source == "/big.txt"
     await svc.aclose()
+
+
+async def test_adding_a_folder_skips_symlinks_pointing_outside_it(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "inside.txt").write_text("Lichens are fungi living with algae.")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("SECRET ssh key notes")
+    (docs / "leak.txt").symlink_to(secret)
+    (docs / "alias.txt").symlink_to(docs / "inside.txt")  # inside the folder: the same file, once
+    svc = RagService(BM25, tmp_path / "rag", embedder=NoEmbedder())
+    r = await svc.add([str(docs)])
+    assert (r["files"], r["added"]) == (1, 1)
+    assert [e["path"] for e in r["errors"]] == [str(docs / "leak.txt")] and "symlink" in r["errors"][0]["error"]
+    assert not await svc.query("SECRET ssh key")
+    await svc.aclose()
+
+
+async def test_aclose_waits_for_a_running_db_call_before_detaching_the_store(tmp_path: Path) -> None:
+    import threading
+
+    import trio
+    import trio.testing
+
+    svc = RagService(BM25, tmp_path / "rag", embedder=NoEmbedder())
+    await svc.add_text("/a.txt", "Basalt is volcanic.")
+    started, release = threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def slow_db_call() -> None:
+        started.set()
+        release.wait(timeout=30)
+        seen.append(svc._store is not None)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(svc._run_db, slow_db_call)
+        await trio.to_thread.run_sync(started.wait)
+        nursery.start_soon(svc.aclose)
+        await trio.testing.wait_all_tasks_blocked()
+        release.set()
+    assert seen == [True] and svc._store is None
