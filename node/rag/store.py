@@ -140,8 +140,10 @@ _SCHEMA_V1 = [
 # writes. A peer's (shared-only) BM25 query runs against it, so its statistics (IDF, average length) and its
 # candidate list never depend on unshared content.
 _SCHEMA_V2 = [
+    # contentless (content=''): only rowids and statistics are read back, and a 'rebuild' (which would index every
+    # chunk, shared or not) is impossible.
     """CREATE VIRTUAL TABLE IF NOT EXISTS shared_fts USING fts5(
-        text, content='chunks', content_rowid='id', tokenize='porter unicode61 remove_diacritics 2'
+        text, content='', tokenize='porter unicode61 remove_diacritics 2'
     )""",
     """CREATE TRIGGER IF NOT EXISTS chunks_shared_ai AFTER INSERT ON chunks
         WHEN (SELECT shared FROM documents WHERE id = new.doc_id) = 1 BEGIN
