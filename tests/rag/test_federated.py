@@ -430,8 +430,12 @@ async def test_shared_fts_follows_sharing_deletion_and_migrates_a_v1_store(
     store.set_shared(doc.id, False)
     assert store.bm25("zebrafish", 10, shared_only=True) == []
     store.set_shared(doc.id, True)
-    await svc.remove(doc_id=doc.id)
+    await svc.add_text("/a.txt", "Axolotls regrow limbs.", shared=True)  # replaced: old chunks leave shared_fts
     assert store.bm25("zebrafish", 10, shared_only=True) == []
+    (doc,) = store.documents()
+    assert [c for c, _ in store.bm25("axolotls", 10, shared_only=True)] == store.chunk_ids(doc.id)
+    await svc.remove(doc_id=doc.id)
+    assert store.bm25("axolotls", 10, shared_only=True) == []
     # a store written by schema v1 (no shared_fts) gets it filled from its shared documents on open
     import sqlite3
 
