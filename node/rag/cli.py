@@ -1,4 +1,4 @@
-"""`village rag add|query|remove|stats|feedback|documents`: thin clients of the rag.* control methods.
+"""`village rag add|query|remove|share|unshare|stats|feedback|documents`: thin clients of the rag.* control methods.
 
 ``add`` resolves paths here (the node may run in another working directory) and, when stderr is a terminal
 and ``--json`` is not given, shows a progress bar fed by the node's ``rag.progress`` notifications.
@@ -73,7 +73,8 @@ def cmd_add(args: argparse.Namespace) -> int:
         lines += [f"error     {e['path']}: {e['error']}" for e in d["errors"]]
         lines.append(
             f"{d['files']} files: {d['added']} added, {d['replaced']} replaced, {d['unchanged']} unchanged, "
-            f"{d['duplicate']} duplicate, {d['empty']} empty, {d['failed']} failed; {d['chunks']} chunks in "
+            f"{d['duplicate']} duplicate, {d['shared']} shared, {d['unshared']} unshared, {d['empty']} empty, "
+            f"{d['failed']} failed; {d['chunks']} chunks in "
             f"{d['seconds']:.1f} s"
         )
         return "\n".join(lines)
@@ -100,7 +101,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         for n, r in enumerate(d["results"], 1):
             trust = "-" if r["trust"] is None else f"{r['trust']:.2f}±{r['uncertainty']:.2f}"
             origin = f"  from peer {r['origin_peer']}" if r.get("origin_peer") else ""
-            out.append(f"{n:2}. [{r['id']}] {r['source']}  score {r['score']:.3f}  trust {trust}{origin}")
+            out.append(f"{n:2}. [{r.get('ref', r['id'])}] {r['source']}  score {r['score']:.3f}  trust {trust}{origin}")
             out.append("    " + " ".join(r["snippet"].split()))
         for peer in d.get("peers", []):  # --mesh: one line per peer asked
             out.append(f"peer {peer['peer_id']} ({peer['nickname']}): {peer['status']}, {peer['hits']} hits")
@@ -123,6 +124,21 @@ def cmd_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def _target_params(target: str) -> dict[str, Any]:
+    if target.isdigit() and not Path(target).exists():
+        return {"id": int(target)}
+    return {"source": str(Path(target).expanduser().resolve()) if "://" not in target else target}
+
+
+def cmd_share(args: argparse.Namespace) -> int:
+    method = "rag.share" if args.rag_command == "share" else "rag.unshare"
+    with _client(args) as client:
+        result = client.call(method, **_target_params(args.target))
+    word = "shared" if result["shared"] else "unshared"
+    _emit(args, result, lambda d: f"{d['documents']} documents now {word} ({d['changed']} changed)")
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     with _client(args) as client:
         result = client.call("rag.stats")
@@ -132,7 +148,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_feedback(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        result = client.call("rag.feedback", id=args.id, verdict=args.verdict)
+        result = client.call("rag.feedback", ref=args.id, verdict=args.verdict)
 
     def human(d: dict[str, Any]) -> str:
         s, c = d["source"], d["chunk"]
@@ -166,7 +182,10 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     help_text = "The local knowledge base: add files, query, remove, stats, feedback."
     rag = sub.add_parser("rag", help=help_text, description=help_text)
     rsub = rag.add_subparsers(
-        dest="rag_command", metavar="RAG_COMMAND", required=True, help="add, query, remove, stats, feedback, documents"
+        dest="rag_command",
+        metavar="RAG_COMMAND",
+        required=True,
+        help="add, query, remove, share, unshare, stats, feedback, documents",
     )
 
     def add(name: str, func: Any, help: str) -> argparse.ArgumentParser:
@@ -187,9 +206,13 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--mesh", action="store_true", help="also ask reachable peers (their shared documents)")
     p = add("remove", cmd_remove, "Remove a document by id, or every document from a path (file or folder).")
     p.add_argument("target", help="document id, or a path / URI")
+    p = add("share", cmd_share, "Mark a document (by id) or every document from a path shared with peers.")
+    p.add_argument("target", help="document id, or a path / URI")
+    p = add("unshare", cmd_share, "Mark a document (by id) or every document from a path not shared.")
+    p.add_argument("target", help="document id, or a path / URI")
     add("stats", cmd_stats, "Show document, chunk and index counts.")
     p = add("feedback", cmd_feedback, "Mark a result good or bad (updates its source's reputation).")
-    p.add_argument("id", type=int, help="result id shown by `village rag query`")
+    p.add_argument("id", help="result id shown by `village rag query` (<peer>:<claim> for a --mesh peer result)")
     p.add_argument("verdict", choices=["good", "bad"], help="good or bad")
     p = add("documents", cmd_documents, "List stored documents.")
     p.add_argument("--limit", type=int, default=100, help="how many (default 100)")

@@ -122,6 +122,8 @@ def pdf_to_text(data: bytes, name: str) -> tuple[str, str]:
         title = str(meta.title) if meta is not None and meta.title else ""
     except (PyPdfError, ValueError, KeyError, TypeError) as exc:
         raise ExtractError(f"{name}: not a readable PDF ({exc})") from exc
+    except Exception as exc:  # pypdf on hostile input can fail in many other ways (RecursionError, ...)
+        raise ExtractError(f"{name}: not a readable PDF ({type(exc).__name__})") from exc
     return _tidy("\n\n".join(pages)), title
 
 

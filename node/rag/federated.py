@@ -3,8 +3,12 @@
 Wire (service :data:`SERVICE` on :mod:`node.routing.app`, inside the peers' Noise sessions), JSON in UTF-8::
 
     request   {"v": 1, "q": <query text, <= MAX_QUERY_CHARS>, "k": <1..MAX_PEER_HITS>}
-    response  {"v": 1, "hits": [{"doc": int, "chunk": int, "score": float, "title": str, "source": str,
+    response  {"v": 1, "hits": [{"doc": int, "chunk": int, "title": str, "source": str,
                                  "snippet": str, "claim": str}, ...]}
+
+``doc``/``chunk`` are opaque per-answer numbers (not the answering node's ids) and no score is sent (the merge uses
+rank): the answer is computed over shared documents alone and is byte-identical whatever unshared content the node
+holds. A legacy ``score`` field is still accepted (and ignored for ranking) when decoding.
 
 Answering side (:class:`FederatedResponder`): runs the local search restricted to shared documents
 (:class:`SharedSearch`, implemented by the RAG service), then checks *again*, against the store, that every hit's
@@ -19,7 +23,8 @@ failure). Merging: each hit's weight is reciprocal-rank ``1 / (RRF_K + rank)`` i
 different peers are not comparable) times its trust — the subjective-logic expectation of the hit's claim, fusing
 the peer's assertion (discounted by the peer's Beta reputation) with any local support of the same claim
 (:meth:`node.rag.trust.TrustStore.opinion_for_claim`). The same claim from several peers is one result listing
-every peer (its weight is the sum). Local hits, when given, join the merge as origin ``"local"``.
+every peer (its weight is the sum; a peer repeating a claim counts once, at its first rank). Local hits, when given,
+join the merge as origin ``"local"``.
 
 Limits, honestly: a peer's claim key is its own word (we see a snippet, not the chunk), so a lying peer can add its
 support to a claim whose text it knows; what that buys it is bounded by its reputation (discounting), and the
@@ -37,7 +42,7 @@ from typing import Any, Protocol
 
 import trio
 
-from node.errors import MeshError
+from node.errors import MeshError, NodeError
 from node.rag.errors import RagError
 from node.rag.trust import ChunkTrust, Opinion, TrustStore, claim_hash, peer_source_key
 from node.routing.app import APP_MAX_BODY_BYTES, AppError, AppRemoteError, AppTimeout
@@ -110,20 +115,26 @@ class FederatedResponder:
 
     async def handle(self, peer_id: bytes, body: bytes) -> bytes:
         text, k = self._parse_request_untrusted(body)
-        hits = await self.search.search_shared(text, k)
-        allowed = await self.search.shared_doc_ids(sorted({h.doc_id for h in hits}))
+        try:
+            hits = await self.search.search_shared(text, k)
+            allowed = await self.search.shared_doc_ids(sorted({h.doc_id for h in hits}))
+        except NodeError as exc:  # details (paths, SQL) stay in the local log; the peer gets a generic text
+            log.warning("federated query from %s failed: %s", peer_id.hex(), exc)
+            raise RagError("the knowledge base could not answer") from exc
         out: list[dict[str, Any]] = []
         size = len(_dumps({"v": PROTOCOL_VERSION, "hits": []}))
+        opaque_docs: dict[int, int] = {}
         for h in hits[:k]:
             if h.doc_id not in allowed:
                 self.counters.unshared_dropped += 1
                 continue
+            # No raw score and no local ids: "doc" numbers documents in order of first appearance within this
+            # answer and "chunk" is the hit's position, so the answer reveals nothing about the store beyond it.
             item = {
-                "doc": h.doc_id,
-                "chunk": h.chunk_id,
-                "score": round(float(h.score), 6),
+                "doc": opaque_docs.setdefault(h.doc_id, len(opaque_docs) + 1),
+                "chunk": len(out) + 1,
                 "title": h.title[:MAX_FIELD_CHARS],
-                "source": h.source[:MAX_FIELD_CHARS],
+                "source": h.source.rstrip("/").rsplit("/", 1)[-1][:MAX_FIELD_CHARS],  # never the local path
                 "snippet": h.snippet[:MAX_SNIPPET_CHARS],
                 "claim": claim_hash(h.text),
             }
@@ -194,7 +205,7 @@ def decode_answer_untrusted(body: bytes, k: int) -> list[PeerHit]:
     for item in ans["hits"][: min(k, MAX_PEER_HITS)]:
         if not isinstance(item, dict):
             raise RagError("a hit in the peer's answer is not an object")
-        doc, chunk, score = item.get("doc"), item.get("chunk"), item.get("score")
+        doc, chunk, score = item.get("doc"), item.get("chunk"), item.get("score", 0.0)
         strs = [item.get(f) for f in ("title", "source", "snippet", "claim")]
         if not (isinstance(doc, int) and isinstance(chunk, int) and isinstance(score, int | float)):
             raise RagError("a hit in the peer's answer lacks doc/chunk/score numbers")
@@ -266,6 +277,9 @@ class FederatedHit:
             "nickname": self.nickname,
             "doc_id": self.doc_id,
             "id": self.chunk_id,
+            # what `rag.feedback` takes: the chunk id of a local result, "<peer hex>:<claim>" of a peer's
+            "ref": str(self.chunk_id) if self.origin == "local" else f"{self.origin}:{self.claim}",
+            "claim": self.claim,
             "title": self.title,
             "source": self.source,
             "snippet": self.snippet,
@@ -378,7 +392,11 @@ async def merge(
         rr[hit.claim] = rr.get(hit.claim, 0.0) + 1.0 / (RRF_K + rank)
         first.setdefault(hit.claim, hit)
     for peer_hex in sorted(answers):
+        counted: set[str] = set()
         for rank, ph in enumerate(answers[peer_hex], start=1):
+            if ph.claim in counted:  # a peer repeating a claim gets no extra weight for it
+                continue
+            counted.add(ph.claim)
             rr[ph.claim] = rr.get(ph.claim, 0.0) + 1.0 / (RRF_K + rank)
             peers = peers_of.setdefault(ph.claim, [])
             if peer_hex not in peers:

@@ -35,7 +35,7 @@ from itertools import combinations
 import numpy as np
 
 from node.rag import trust
-from node.rag.keyphrases import extract
+from node.rag.keyphrases import Extraction, extract
 
 MAX_ENTITIES_PER_CHUNK = 48  # keyphrases kept per chunk (most frequent/marked first)
 MAX_RELATIONS_PER_CHUNK = 96  # co-occurrence pairs kept per chunk
@@ -114,14 +114,23 @@ def _entity_ids(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, tupl
     return out
 
 
-def index_chunks(conn: sqlite3.Connection, chunks: Sequence[tuple[int, str]]) -> None:
+def extract_texts(texts: Sequence[str]) -> list[Extraction]:
+    """The keyphrases of each text (pure CPU, no database: run it before taking the DB limiter / transaction)."""
+    return [extract(text, max_entities=MAX_ENTITIES_PER_CHUNK) for text in texts]
+
+
+def index_chunks(
+    conn: sqlite3.Connection, chunks: Sequence[tuple[int, str]], pre: Sequence[Extraction] | None = None
+) -> None:
     """Extract entities and relations of ``(chunk_id, text)`` pairs and store them (re-indexing a chunk replaces
-    its rows). Also records each chunk's claim key for :mod:`node.rag.trust`. Runs in the caller's transaction."""
+    its rows). Also records each chunk's claim key for :mod:`node.rag.trust`. Runs in the caller's transaction.
+    ``pre``: the texts' :func:`extract_texts`, computed beforehand outside the transaction."""
     ensure_schema(conn)
     if not chunks:
         return
     remove_chunks(conn, [cid for cid, _ in chunks])
-    extracted = [(cid, extract(text, max_entities=MAX_ENTITIES_PER_CHUNK)) for cid, text in chunks]
+    ex_list = extract_texts([text for _, text in chunks]) if pre is None or len(pre) != len(chunks) else pre
+    extracted = [(cid, ex) for (cid, _), ex in zip(chunks, ex_list, strict=True)]
     all_keys = [k for _, ex in extracted for k in ex.counts]
     conn.executemany("INSERT OR IGNORE INTO entities(key, df) VALUES (?, 0)", [(k,) for k in dict.fromkeys(all_keys)])
     ids = _entity_ids(conn, all_keys)
@@ -341,6 +350,7 @@ __all__ = [
     "ExpandParams",
     "ensure_schema",
     "expand",
+    "extract_texts",
     "graph_scores",
     "index_chunks",
     "n_chunks",

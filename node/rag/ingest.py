@@ -15,6 +15,7 @@ The service drives these blocking functions from worker threads:
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,10 +27,13 @@ from node.rag.errors import ExtractError
 from node.rag.extract import SUPPORTED_SUFFIXES, Extracted, extract_file
 from node.rag.store import NewChunk, Store
 
+log = logging.getLogger(__name__)
+
 GraphIndexFn = Callable[[Any, Sequence[tuple[int, str]]], None]
 GraphRemoveFn = Callable[[Any, Sequence[int]], None]
 
 ADDED, REPLACED, UNCHANGED, DUPLICATE, EMPTY, FAILED = "added", "replaced", "unchanged", "duplicate", "empty", "failed"
+SHARED, UNSHARED = "shared", "unshared"  # an unchanged (or duplicate) document whose shared flag was changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +77,17 @@ def walk(paths: Sequence[Path], *, max_files: int) -> tuple[list[Path], list[tup
 
     for p in paths:
         if p.is_dir():
+            root = p.resolve()
             for dirpath, dirnames, filenames in os.walk(p):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 for name in sorted(filenames):
                     fp = Path(dirpath) / name
                     if not name.startswith(".") and fp.suffix.lower() in SUPPORTED_SUFFIXES and fp.is_file():
+                        if fp.is_symlink() and not fp.resolve().is_relative_to(root):
+                            # a link inside the folder to a file outside it: never ingested by adding the folder
+                            log.warning("rag: skipping %s: a symlink pointing outside %s", fp, p)
+                            errors.append((str(fp), "symlink pointing outside the folder; skipped"))
+                            continue
                         push(fp)
         elif p.is_file():
             push(p)
@@ -110,17 +120,40 @@ def prepare(path: Path, *, max_bytes: int, chunk_chars: int, overlap_chars: int)
     return prepare_text(str(path), extracted, path.stat().st_size, chunk_chars=chunk_chars, overlap_chars=overlap_chars)
 
 
-def precheck(store: Store, prep: Prepared, origin_peer: str | None) -> Outcome | None:
-    """An outcome that needs no embedding (unchanged, duplicate, empty), or None: the document must be written."""
+def precheck(store: Store, prep: Prepared, origin_peer: str | None, shared: bool | None = None) -> Outcome | None:
+    """An outcome that needs no embedding (unchanged, duplicate, empty), or None: the document must be written.
+
+    With ``shared`` given (the caller holds a transaction), an unchanged or duplicate document whose shared flag
+    differs gets the new flag, and the outcome is "shared" or "unshared" instead."""
     if not prep.chunks:
         return Outcome(prep.source, EMPTY, detail="no text")
     old = store.document_by_source(prep.source, origin_peer)
     if old is not None and old.content_hash == prep.content_hash:
+        if shared is not None and old.shared != shared:
+            _set_shared(store, old.id, shared)
+            return Outcome(prep.source, SHARED if shared else UNSHARED, doc_id=old.id, chunks=old.n_chunks)
         return Outcome(prep.source, UNCHANGED, doc_id=old.id, chunks=old.n_chunks)
     dup = None if old is not None else store.document_by_hash(prep.content_hash, origin_peer)
     if dup is not None and dup.source != prep.source:
-        return Outcome(prep.source, DUPLICATE, doc_id=dup.id, chunks=dup.n_chunks, detail=f"same text as {dup.source}")
+        status, detail = DUPLICATE, f"same text as {dup.source}"
+        if shared is not None and dup.shared != shared:
+            _set_shared(store, dup.id, shared)
+            status, detail = (
+                (SHARED if shared else UNSHARED),
+                f"same text as {dup.source}, now {'' if shared else 'un'}shared",
+            )
+        return Outcome(prep.source, status, doc_id=dup.id, chunks=dup.n_chunks, detail=detail)
     return None
+
+
+def _set_shared(store: Store, doc_id: int, shared: bool) -> None:
+    store.conn.execute("UPDATE documents SET shared = ? WHERE id = ?", (int(shared), doc_id))
+
+
+def settle(store: Store, prep: Prepared, origin_peer: str | None, shared: bool) -> Outcome | None:
+    """:func:`precheck` with the shared flag applied, in its own transaction."""
+    with store.transaction():
+        return precheck(store, prep, origin_peer, shared)
 
 
 def write(
@@ -136,7 +169,7 @@ def write(
 ) -> Outcome:
     """Store one prepared document in one transaction (re-checking :func:`precheck` inside it)."""
     with store.transaction() as conn:
-        early = precheck(store, prep, origin_peer)
+        early = precheck(store, prep, origin_peer, shared)
         if early is not None:
             return early
         old = store.document_by_source(prep.source, origin_peer)

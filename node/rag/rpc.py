@@ -1,4 +1,5 @@
-"""The knowledge base's control methods: rag.add, rag.query, rag.remove, rag.stats, rag.feedback, rag.documents.
+"""The knowledge base's control methods: rag.add, rag.query, rag.remove, rag.stats, rag.feedback, rag.documents,
+rag.share, rag.unshare.
 
 :func:`register` adds them to a node's registry (``node.control.methods.build_registry`` calls it). Each is a
 thin call into the node's :class:`~node.rag.service.RagService`; its errors (``RagError``) reach the client as
@@ -42,9 +43,20 @@ class RemoveParams:
 
 
 @dataclass(frozen=True, slots=True)
+class ShareParams:
+    id: int | None = param(None, doc="Document id (doc_id in results and rag.documents).")
+    source: str | None = param(None, doc="Source path or URI; a folder changes every document under it.")
+
+
+@dataclass(frozen=True, slots=True)
 class FeedbackParams:
-    id: int = param(doc="A result id (the chunk id shown by rag.query).")
     verdict: str = param(doc="good or bad: updates the reputation of the result's source.")
+    id: int | None = param(None, doc="A local result id (the chunk id shown by rag.query).")
+    ref: str | None = param(
+        None,
+        doc="A result's `ref` from a mesh query: a local id, or <peer hex>:<claim> "
+        "for a peer's result (updates peer:<hex> and records the stance on the claim).",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,13 +97,30 @@ def register(
     async def remove(p: RemoveParams, notify: Notify) -> Any:
         return await svc().remove(doc_id=p.id, source=p.source)
 
+    async def share(p: ShareParams, notify: Notify) -> Any:
+        return await svc().set_shared(True, doc_id=p.id, source=p.source)
+
+    async def unshare(p: ShareParams, notify: Notify) -> Any:
+        return await svc().set_shared(False, doc_id=p.id, source=p.source)
+
     async def stats(_: NoParams, notify: Notify) -> Any:
         return await svc().stats()
 
     async def feedback(p: FeedbackParams, notify: Notify) -> Any:
         if p.verdict not in ("good", "bad"):
             raise RpcError(APP_ERROR, f"verdict must be good or bad, not {p.verdict!r}")
-        return await svc().feedback(p.id, p.verdict == "good")
+        good = p.verdict == "good"
+        if (p.id is None) == (p.ref is None):
+            raise RpcError(APP_ERROR, "give exactly one of id or ref")
+        if p.id is not None:
+            return await svc().feedback(p.id, good)
+        assert p.ref is not None
+        if p.ref.isdigit():
+            return await svc().feedback(int(p.ref), good)
+        peer, sep, claim = p.ref.partition(":")
+        if not sep:
+            raise RpcError(APP_ERROR, f"ref is a local result id or <peer hex>:<claim>, not {p.ref!r}")
+        return await svc().feedback_peer(peer, claim, good)
 
     async def documents(p: DocumentsParams, notify: Notify) -> Any:
         if not 1 <= p.limit <= 10_000:
@@ -102,7 +131,8 @@ def register(
         "rag.add",
         AddParams,
         "Ingest files and folders (text, Markdown, HTML, PDF) into the knowledge base: content-hash dedupe, a "
-        "changed file replaces its chunks. Returns counts (added, replaced, unchanged, duplicate, empty, failed).",
+        "changed file replaces its chunks. Returns counts (added, replaced, unchanged, duplicate, empty, failed, "
+        "shared, unshared: an unchanged file re-added with another shared flag takes the new flag).",
         add,
         streaming=True,
     )
@@ -114,6 +144,19 @@ def register(
         query,
     )
     reg.add("rag.remove", RemoveParams, "Remove a document (by id) or every document from a source path.", remove)
+    reg.add(
+        "rag.share",
+        ShareParams,
+        "Mark a document (by id) or every document from a source shared: peers may find it with a mesh query. "
+        "Returns documents, changed, doc_ids, shared.",
+        share,
+    )
+    reg.add(
+        "rag.unshare",
+        ShareParams,
+        "Mark a document (by id) or every document from a source not shared: peers no longer find it.",
+        unshare,
+    )
     reg.add("rag.stats", NoParams, "Documents, chunks, vectors, index and model state of the knowledge base.", stats)
     reg.add(
         "rag.feedback",

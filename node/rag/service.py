@@ -23,17 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import trio
 
 from node.config import RagSection
 from node.rag import fusion, ingest
-from node.rag.embed import Embedder, EmbedderSettings, Vectors, to_blob
+from node.rag.embed import Embedder, EmbedderSettings, Vectors, from_blob, to_blob
 from node.rag.errors import NotFound, RagError
 from node.rag.extract import Extracted
 from node.rag.index import DenseIndex, IndexSettings
-from node.rag.store import DB_NAME, Store, fts_query
+from node.rag.store import DB_NAME, INDEX_STALE_KEY, Store, fts_query
 
 log = logging.getLogger(__name__)
+_HEX = re.compile(r"[0-9a-f]+")
 
 Progress = Callable[[dict[str, Any]], Awaitable[None]]
 MAX_FILES_PER_ADD = 1_000_000  # files one rag.add may expand to
@@ -95,7 +97,10 @@ class AddSummary:
     def to_json(self) -> dict[str, Any]:
         return {
             "files": self.files,
-            **{k: self.counts.get(k, 0) for k in ("added", "replaced", "unchanged", "duplicate", "empty", "failed")},
+            **{
+                k: self.counts.get(k, 0)
+                for k in ("added", "replaced", "unchanged", "duplicate", "empty", "failed", "shared", "unshared")
+            },
             "chunks": self.chunks,
             "seconds": round(self.seconds, 3),
             "outcomes": self.outcomes,
@@ -159,12 +164,14 @@ class RagService:
         async with self._open_lock:
             if self._store is None:
                 return
-            store, index = self._store, self._index
-            self._store = self._index = None
-            await trio.to_thread.run_sync(self._close_sync, store, index, limiter=self._db)
+            # The store is detached inside the DB limiter, so a DB call already running never sees it vanish.
+            await trio.to_thread.run_sync(self._close_sync, limiter=self._db)
 
-    @staticmethod
-    def _close_sync(store: Store, index: DenseIndex | None) -> None:
+    def _close_sync(self) -> None:
+        store, index = self._store, self._index
+        self._store = self._index = None
+        if store is None:
+            return
         try:
             if index is not None:
                 index.save()
@@ -192,8 +199,13 @@ class RagService:
                 ef_search=self.settings.hnsw_ef_search,
             ),
         )
-        report = index.open(store)
-        if report.rebuilt:
+        if store.get_meta(INDEX_STALE_KEY):  # a store upgraded from schema v1 (chunk ids were reused)
+            n = index.rebuild(store)
+            index.save()
+            store.set_meta(INDEX_STALE_KEY, "")
+            self.counters["index_rebuilds"] += 1
+            log.info("rag: rebuilt the dense index from SQLite after the schema upgrade: %d vectors", n)
+        elif index.open(store).rebuilt:
             self.counters["index_rebuilds"] += 1
         self._trust = self._make_trust(store)
         self._graph = self._load_graph()
@@ -216,7 +228,17 @@ class RagService:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._db)
 
     async def _embed(self, texts: Sequence[str]) -> Vectors:
-        return await trio.to_thread.run_sync(self.embedder.embed, list(texts), limiter=self._embed_limiter)
+        """Embed in slices of ``rag.embed_batch``, taking the (fair, FIFO) limiter per slice: a query's embedding
+        waits for one slice of a large document, not for the whole document."""
+        bs = max(1, self.settings.embed_batch)
+        parts: list[Vectors] = []
+        for i in range(0, len(texts), bs):
+            part = list(texts[i : i + bs])
+            parts.append(await trio.to_thread.run_sync(self.embedder.embed, part, limiter=self._embed_limiter))
+        if len(parts) == 1:
+            return parts[0]
+        out: Vectors = np.concatenate(parts) if parts else np.zeros((0, 384), dtype=np.float32)
+        return out
 
     @property
     def _uses_vectors(self) -> bool:
@@ -308,12 +330,20 @@ class RagService:
                 out.append(item)
                 continue
             if item not in todo:
-                out.append(await self._run_db(ingest.precheck, store, item, origin_peer))
+                settled = await self._run_db(ingest.settle, store, item, origin_peer, shared)
+                # None: the document changed between the two checks (a concurrent add/remove); nothing was written
+                out.append(settled or ingest.Outcome(item.source, ingest.FAILED, detail="changed meanwhile; add again"))
                 continue
             vecs = None if vectors is None else vectors[pos : pos + len(item.chunks)]
             pos += len(item.chunks)
             blobs = None if vecs is None else [to_blob(v) for v in vecs]
-            out.append(await self._run_db(self._write_sync, item, blobs, vecs, shared, origin_peer, self.wall_s()))
+            # Keyphrases are extracted here, outside the DB limiter and the write transaction.
+            pre = (
+                None
+                if self._graph is None
+                else await trio.to_thread.run_sync(self._graph.extract_texts, [c.text for c in item.chunks])
+            )
+            out.append(await self._run_db(self._write_sync, item, blobs, vecs, shared, origin_peer, self.wall_s(), pre))
         return out
 
     def _write_sync(
@@ -324,6 +354,7 @@ class RagService:
         shared: bool,
         origin_peer: str | None,
         now: float,
+        pre: Sequence[Any] | None = None,
     ) -> ingest.Outcome:
         assert self._store is not None and self._index is not None
         g = self._graph
@@ -334,7 +365,7 @@ class RagService:
             origin_peer=origin_peer,
             shared=shared,
             added_at=now,
-            graph_index=None if g is None else g.index_chunks,
+            graph_index=None if g is None else (lambda conn, chunks: g.index_chunks(conn, chunks, pre)),
             graph_remove=None if g is None else g.remove_chunks,
         )
         # SQLite has committed; the hnswlib index follows (and is reconciled at open if we die in between).
@@ -354,6 +385,28 @@ class RagService:
         if (doc_id is None) == (source is None):
             raise RagError("give exactly one of a document id or a source")
         return dict(await self._run_db(self._remove_sync, doc_id, source))
+
+    async def set_shared(self, shared: bool, *, doc_id: int | None = None, source: str | None = None) -> dict[str, Any]:
+        """Mark one document (by id) or every document from a source (file or folder) shared or not."""
+        if (doc_id is None) == (source is None):
+            raise RagError("give exactly one of a document id or a source")
+        return dict(await self._run_db(self._set_shared_sync, shared, doc_id, source))
+
+    def _set_shared_sync(self, shared: bool, doc_id: int | None, source: str | None) -> dict[str, Any]:
+        assert self._store is not None
+        store = self._store
+        if doc_id is not None:
+            docs = [store.document(doc_id)]
+        else:
+            assert source is not None
+            docs = [store.document(i) for i in self._doc_ids_for_source(store, source)]
+            if not docs:
+                raise NotFound(f"no document with source {source!r}")
+        changed = [d.id for d in docs if d.shared != shared]
+        with store.transaction() as conn:
+            for i in changed:
+                conn.execute("UPDATE documents SET shared = ? WHERE id = ?", (int(shared), i))
+        return {"documents": len(docs), "changed": len(changed), "doc_ids": [d.id for d in docs], "shared": shared}
 
     def _remove_sync(self, doc_id: int | None, source: str | None) -> dict[str, Any]:
         assert self._store is not None and self._index is not None
@@ -422,6 +475,27 @@ class RagService:
         """The user marks a result good or bad; the chunk's source reputation is updated (``node.rag.trust``)."""
         return dict(await self._run_db(self._feedback_sync, chunk_id, good, self.wall_s()))
 
+    async def feedback_peer(self, peer_hex: str, claim: str, good: bool) -> dict[str, Any]:
+        """The user marks a peer's (mesh) result good or bad: ``peer:<hex>`` gains evidence and the user's stance
+        on the result's claim is recorded; no local chunk is touched."""
+        peer_hex, claim = peer_hex.lower(), claim.lower()
+        if not _HEX.fullmatch(peer_hex) or len(peer_hex) != 16:
+            raise RagError(f"a peer id is 16 hex digits, not {peer_hex!r}")
+        if not _HEX.fullmatch(claim) or len(claim) != 32:
+            raise RagError(f"a claim key is 32 hex digits, not {claim!r}")
+        await self._open()
+        return dict(await self._run_db(self._feedback_peer_sync, peer_hex, claim, good, self.wall_s()))
+
+    def _feedback_peer_sync(self, peer_hex: str, claim: str, good: bool, now: float) -> dict[str, Any]:
+        assert self._store is not None
+        from node.rag.trust import peer_source_key
+
+        key = peer_source_key(peer_hex)
+        with self._store.transaction():
+            rep = self._trust.feedback_claim(claim, key, good, now)
+        ct = self._trust.opinion_for_claim(claim, now, extra_support=[key])
+        return {"id": f"{peer_hex}:{claim}", "good": good, "source": rep.to_json(), "chunk": ct.to_json()}
+
     def _feedback_sync(self, chunk_id: int, good: bool, now: float) -> dict[str, Any]:
         assert self._store is not None
         if not self._store.chunks([chunk_id]):
@@ -465,12 +539,25 @@ class RagService:
         )
         return hits
 
-    def ranked(self, text: str, qvec: Vectors | None, mode: str, use_graph: bool) -> list[tuple[int, float]]:
-        """Fused chunk scores, best first (blocking; inside the db limiter). Also used by bench/scifact.py."""
+    def ranked(
+        self, text: str, qvec: Vectors | None, mode: str, use_graph: bool, shared_only: bool = False
+    ) -> list[tuple[int, float]]:
+        """Fused chunk scores, best first (blocking; inside the db limiter). Also used by bench/scifact.py.
+
+        ``shared_only`` (a peer's query) computes everything over shared documents alone: BM25 on their own FTS
+        table, dense by brute force over their vectors, normalisation over those candidates, no graph expansion
+        (the graph is built from every document) -- so the answer does not depend on unshared content."""
         assert self._store is not None and self._index is not None
         n = self.settings.candidates
-        bm = self._store.bm25(text, n) if mode != "dense" else []
-        de = self._index.search(qvec, n) if qvec is not None and mode != "bm25" else []
+        bm = self._store.bm25(text, n, shared_only=shared_only) if mode != "dense" else []
+        if qvec is None or mode == "bm25":
+            de: list[tuple[int, float]] = []
+        elif shared_only:
+            de = self._shared_dense(qvec, n)
+        else:
+            de = self._index.search(qvec, n)
+        if shared_only:
+            use_graph = False
         if mode == "bm25":
             scores = dict(bm)
         elif mode == "dense":
@@ -485,6 +572,17 @@ class RagService:
             scores = self._graph.expand(self._store.conn, text, scores)
         return fusion.top(scores, len(scores))
 
+    def _shared_dense(self, qvec: Vectors, n: int) -> list[tuple[int, float]]:
+        """Inner-product scores of the shared chunks' vectors (few; brute force), best ``n``."""
+        assert self._store is not None
+        scores: dict[int, float] = {}
+        q = np.asarray(qvec, dtype=np.float32)
+        for batch in self._store.shared_embeddings():
+            mat = np.stack([from_blob(b) for _, b in batch])
+            for (cid, _), sc in zip(batch, mat @ q, strict=True):
+                scores[cid] = float(sc)
+        return fusion.top(scores, n)
+
     def _search_sync(
         self,
         text: str,
@@ -497,7 +595,7 @@ class RagService:
         now: float,
     ) -> list[Hit]:
         assert self._store is not None
-        ranked = self.ranked(text, qvec, mode, use_graph)
+        ranked = self.ranked(text, qvec, mode, use_graph, shared_only)
         docs = self._store.chunk_docs([i for i, _ in ranked])
         picked: list[tuple[int, float]] = []
         seen_docs: set[int] = set()

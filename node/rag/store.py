@@ -11,6 +11,7 @@ Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`; :func:`migrate` brings
            embedding BLOB NULL)                         -- float32 little-endian, L2-normalised; NULL in BM25-only
     chunks_fts                                          -- FTS5 over chunks.text (porter stemming, unicode61),
                                                         -- external content kept in step by triggers
+    shared_fts                                          -- v2: FTS5 over the chunks of shared documents only
     rag_meta(key TEXT PRIMARY KEY, value TEXT)          -- e.g. the embedding model id
 
 Other modules add their own tables through the same connection (``node.rag.graph``: entities, mentions,
@@ -37,7 +38,9 @@ import sqlite_utils
 
 from node.rag.errors import NotFound, StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+INDEX_STALE_KEY = "index_stale"  # rag_meta: "1" when the hnswlib file cannot be trusted by id (rebuild it)
+CHUNK_SEQ_KEY = "chunk_id_seq"  # rag_meta: the highest chunk id ever given (ids are never reused)
 DB_NAME = "rag.sqlite3"
 
 
@@ -133,6 +136,40 @@ _SCHEMA_V1 = [
     "CREATE TABLE IF NOT EXISTS rag_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 ]
 
+# v2: shared_fts indexes the chunks of shared documents only, kept by triggers in the same transaction as the
+# writes. A peer's (shared-only) BM25 query runs against it, so its statistics (IDF, average length) and its
+# candidate list never depend on unshared content.
+_SCHEMA_V2 = [
+    # contentless (content=''): only rowids and statistics are read back, and a 'rebuild' (which would index every
+    # chunk, shared or not) is impossible.
+    """CREATE VIRTUAL TABLE IF NOT EXISTS shared_fts USING fts5(
+        text, content='', tokenize='porter unicode61 remove_diacritics 2'
+    )""",
+    """CREATE TRIGGER IF NOT EXISTS chunks_shared_ai AFTER INSERT ON chunks
+        WHEN (SELECT shared FROM documents WHERE id = new.doc_id) = 1 BEGIN
+        INSERT INTO shared_fts(rowid, text) VALUES (new.id, new.text);
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS chunks_shared_ad AFTER DELETE ON chunks
+        WHEN (SELECT shared FROM documents WHERE id = old.doc_id) = 1 BEGIN
+        INSERT INTO shared_fts(shared_fts, rowid, text) VALUES ('delete', old.id, old.text);
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS chunks_shared_au AFTER UPDATE OF text ON chunks
+        WHEN (SELECT shared FROM documents WHERE id = new.doc_id) = 1 BEGIN
+        INSERT INTO shared_fts(shared_fts, rowid, text) VALUES ('delete', old.id, old.text);
+        INSERT INTO shared_fts(rowid, text) VALUES (new.id, new.text);
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS documents_share AFTER UPDATE OF shared ON documents
+        WHEN old.shared = 0 AND new.shared = 1 BEGIN
+        INSERT INTO shared_fts(rowid, text) SELECT id, text FROM chunks WHERE doc_id = new.id;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS documents_unshare AFTER UPDATE OF shared ON documents
+        WHEN old.shared = 1 AND new.shared = 0 BEGIN
+        INSERT INTO shared_fts(shared_fts, rowid, text) SELECT 'delete', id, text FROM chunks WHERE doc_id = new.id;
+    END""",
+    """INSERT INTO shared_fts(rowid, text)
+        SELECT c.id, c.text FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE d.shared = 1""",
+]
+
 # Words too common to help a BM25 query (they only slow the OR query down). Written for this module.
 _STOPWORDS_TEXT = """a about above after again against all am an and any are as at be because been before being
     below between
@@ -161,11 +198,19 @@ def migrate(conn: sqlite3.Connection) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise StoreError(f"rag store schema version {version} is newer than this program ({SCHEMA_VERSION})")
-    if version < 1:
+    if version < SCHEMA_VERSION:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for stmt in _SCHEMA_V1:
-                conn.execute(stmt)
+            if version < 1:
+                for stmt in _SCHEMA_V1:
+                    conn.execute(stmt)
+            if version < 2:
+                for stmt in _SCHEMA_V2:
+                    conn.execute(stmt)
+            if version == 1:
+                # v1 reused the ids of deleted chunks, so its hnswlib file may hold another text's vector under a
+                # live id: the service rebuilds the index once from SQLite.
+                conn.execute("INSERT OR REPLACE INTO rag_meta(key, value) VALUES (?, '1')", (INDEX_STALE_KEY,))
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -282,13 +327,21 @@ class Store:
             (source, content_hash, origin_peer, added_at, int(shared), title, mime, size_bytes, len(chunks)),
         )
         doc_id = int(cur.lastrowid or 0)
+        # Chunk ids are never reused (a deleted chunk's id could otherwise come back for another text while the
+        # hnswlib file, reconciled by id, still holds the old vector): the highest id ever given is kept in
+        # rag_meta, in the same transaction as the rows.
+        row = conn.execute("SELECT max(id) FROM chunks").fetchone()
+        last = max(int(self.get_meta(CHUNK_SEQ_KEY) or 0), int(row[0] or 0))
         ids: list[int] = []
         for c in chunks:
-            cur = conn.execute(
-                "INSERT INTO chunks(doc_id, ordinal, text, start_char, end_char, embedding) VALUES (?, ?, ?, ?, ?, ?)",
-                (doc_id, c.ordinal, c.text, c.start_char, c.end_char, c.embedding),
+            last += 1
+            conn.execute(
+                "INSERT INTO chunks(id, doc_id, ordinal, text, start_char, end_char, embedding) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (last, doc_id, c.ordinal, c.text, c.start_char, c.end_char, c.embedding),
             )
-            ids.append(int(cur.lastrowid or 0))
+            ids.append(last)
+        self.set_meta(CHUNK_SEQ_KEY, str(last))
         return doc_id, ids
 
     def delete_document(self, conn: sqlite3.Connection, doc_id: int) -> list[int]:
@@ -342,14 +395,15 @@ class Store:
                 out[int(r[0])] = (int(r[1]), bool(r[2]))
         return out
 
-    def bm25(self, text: str, limit: int) -> list[tuple[int, float]]:
-        """Chunk ids and BM25 scores (higher is better) for the query text, best first."""
+    def bm25(self, text: str, limit: int, *, shared_only: bool = False) -> list[tuple[int, float]]:
+        """Chunk ids and BM25 scores (higher is better) for the query text, best first. ``shared_only`` searches
+        the shared documents' own FTS table: candidates and statistics never depend on unshared content."""
         q = fts_query(text)
         if not q:
             return []
+        t = "shared_fts" if shared_only else "chunks_fts"
         rows = self.conn.execute(
-            "SELECT rowid, -bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY bm25(chunks_fts) "
-            "LIMIT ?",
+            f"SELECT rowid, -bm25({t}) FROM {t} WHERE {t} MATCH ? ORDER BY bm25({t}) LIMIT ?",
             (q, limit),
         ).fetchall()
         return [(int(r[0]), float(r[1])) for r in rows]
@@ -360,6 +414,20 @@ class Store:
         while True:
             rows = self.conn.execute(
                 "SELECT id, embedding FROM chunks WHERE embedding IS NOT NULL AND id > ? ORDER BY id LIMIT ?",
+                (last, batch),
+            ).fetchall()
+            if not rows:
+                return
+            yield [(int(r[0]), bytes(r[1])) for r in rows]
+            last = rows[-1][0]
+
+    def shared_embeddings(self, *, batch: int = 2048) -> Iterator[list[tuple[int, bytes]]]:
+        """The vectors of shared documents' chunks, in batches (brute-force dense search for peers)."""
+        last = 0
+        while True:
+            rows = self.conn.execute(
+                "SELECT c.id, c.embedding FROM chunks c JOIN documents d ON d.id = c.doc_id "
+                "WHERE d.shared = 1 AND c.embedding IS NOT NULL AND c.id > ? ORDER BY c.id LIMIT ?",
                 (last, batch),
             ).fetchall()
             if not rows:

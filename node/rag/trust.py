@@ -374,6 +374,12 @@ class TrustStore:
     def opinions_for_chunks(self, chunk_ids: Sequence[int], now: float) -> dict[int, ChunkTrust]:
         return {cid: self.opinion_for_chunk(cid, now) for cid in chunk_ids}
 
+    def feedback_claim(self, claim: str, source_key: str, good: bool, now: float) -> Reputation:
+        """The user marks a claim a source asserted (e.g. a peer's result) good or bad: the source gains evidence
+        and the user's stance on the claim is recorded. Returns the source's new reputation."""
+        self.record_stance(claim, USER_SOURCE, good, now)
+        return self.feedback(source_key, good, now)
+
     def feedback_chunk(self, chunk_id: int, good: bool, now: float) -> Reputation:
         """The user marks a result good or bad: the chunk's source gains good/bad evidence, and the user's own
         stance on the claim is recorded (bad = the user contradicts it). Returns the source's new reputation."""

@@ -1,8 +1,12 @@
-"""Shared helpers for the rag tests: a hand-built PDF and an embedder stand-in that refuses to run."""
+"""Shared helpers for the rag tests: a hand-built PDF, an embedder stand-in that refuses to run and a
+deterministic hashing one."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+
+import numpy as np
 
 from node.rag.embed import Embedder, Vectors
 
@@ -37,3 +41,16 @@ class NoEmbedder(Embedder):
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         raise AssertionError(f"the embedder was called in bm25 mode with {len(texts)} texts")
+
+
+class HashEmbedder(Embedder):
+    """Deterministic bag-of-words vectors (hashed tokens, L2-normalised): exercises the dense path without the
+    model; what the tests check is which vectors are stored and searched, not their quality."""
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        out = np.zeros((len(texts), 384), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for tok in t.lower().split():
+                out[i, int.from_bytes(hashlib.sha256(tok.encode()).digest()[:4], "big") % 384] += 1.0
+            out[i] /= max(float(np.linalg.norm(out[i])), 1e-9)
+        return out

@@ -76,3 +76,14 @@ def test_a_sentence_longer_than_a_chunk_is_cut_at_spaces() -> None:
     assert all(len(c.text) <= 100 for c in chunks)
     assert " ".join(c.text for c in chunks).split() == text.split()
     assert chunk_text("   \n ", chunk_chars=100, overlap_chars=10) == []
+
+
+def test_any_pdf_parser_failure_becomes_an_extract_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pypdf
+
+    def explode(*_: object, **__: object) -> None:
+        raise RecursionError("maximum recursion depth exceeded")  # what a hostile nested PDF can trigger
+
+    monkeypatch.setattr(pypdf, "PdfReader", explode)
+    with pytest.raises(ExtractError, match="not a readable PDF"):
+        extract_bytes(make_pdf("hello"), "x.pdf")

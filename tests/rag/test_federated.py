@@ -16,8 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.config import RagSection
+from node.control.rpc import Registry
 from node.node import Node
 from node.rag import federated
+from node.rag import rpc as rag_rpc
 from node.rag.embed import Embedder, Vectors
 from node.rag.errors import RagError
 from node.rag.federated import (
@@ -35,6 +37,7 @@ from node.rag.service import RagService
 from node.rag.store import Store
 from node.rag.trust import ChunkTrust, Opinion, TrustStore, claim_hash, discount, fuse_all
 from node.transports.memory import Faults
+from tests.rag.helpers import HashEmbedder
 from tests.routing.harness import Mesh, start_mesh
 
 SIM_TIMEOUT_S = 600
@@ -146,14 +149,14 @@ async def test_federated_query_asks_peers_merges_by_trust_and_survives_a_silent_
     by_source = {h.source: h for h in result.hits}
     common = next(h for h in result.hits if h.claim == claim_hash(COMMON))
     assert sorted(common.peers) == sorted([p1, p2])  # one result, both peers named
-    assert set(by_source) == {common.source, "/n2/acidosis.txt"}
-    assert by_source["/n2/acidosis.txt"].peers == [p2] and by_source["/n2/acidosis.txt"].nickname == "n2"
+    assert set(by_source) == {common.source, "acidosis.txt"}
+    assert by_source["acidosis.txt"].peers == [p2] and by_source["acidosis.txt"].nickname == "n2"
     # Trust: the acidosis claim rests on n2 alone (reputation 7/8); the common one on n1 (1/3) and n2 fused.
     r2, r1 = 7 / 8, 1 / 3
     one = Opinion.from_evidence(1, 0)
-    assert by_source["/n2/acidosis.txt"].trust == pytest.approx(discount(r2, one).expected)
+    assert by_source["acidosis.txt"].trust == pytest.approx(discount(r2, one).expected)
     assert common.trust == pytest.approx(fuse_all([discount(r1, one), discount(r2, one)]).expected)
-    assert common.uncertainty < by_source["/n2/acidosis.txt"].uncertainty  # two sources: more certain
+    assert common.uncertainty < by_source["acidosis.txt"].uncertainty  # two sources: more certain
     assert result.hits[0] is common  # in both lists, higher trust: first
     assert all(h.trust >= 0 and 0 <= h.uncertainty <= 1 for h in result.hits)
     json.dumps(result.to_json())  # the CLI/JSON-RPC surface can print it
@@ -194,7 +197,7 @@ async def test_unshared_document_never_leaves_even_if_the_search_returns_it(
     sent = _spy_plaintexts(n1)
     with trio.fail_after(SIM_TIMEOUT_S):
         result = await federated_query(n0, "insulin", k=5, timeout_s=5.0)
-    assert [h.source for h in result.hits] == ["/pub.txt"]
+    assert [h.source for h in result.hits] == ["pub.txt"]
     assert responder.counters.unshared_dropped == 1
     assert sent and not any(b"SECRET-7731" in p or b"/priv.txt" in p for p in sent)
 
@@ -260,7 +263,7 @@ async def test_a_peer_with_a_malformed_answer_is_reported_and_the_others_are_kep
         result = await federated_query(mesh.nodes[0], "insulin", k=3, timeout_s=5.0)
     status = {o.nickname: o.status for o in result.peers}
     assert status == {"n1": "malformed", "n2": "ok"}
-    assert [h.source for h in result.hits] == ["/a.txt"] and result.hits[0].origin == mesh.nodes[2].identity.peer_id_hex
+    assert [h.source for h in result.hits] == ["a.txt"] and result.hits[0].origin == mesh.nodes[2].identity.peer_id_hex
 
 
 class _FixedTrust:
@@ -301,13 +304,36 @@ async def test_mesh_query_merges_local_results_with_the_peers(
     json.dumps(out)
     assert out["mesh"] is True and [p["status"] for p in out["peers"]] == ["ok"]
     by_source = {h["source"]: h for h in out["results"]}
-    assert set(by_source) == {"/mine.txt", "/x.txt"}  # the peer's copy of COMMON joined the local result
+    assert set(by_source) == {"/mine.txt", "x.txt"}  # the peer's copy of COMMON joined the local result
     mine = by_source["/mine.txt"]
     assert mine["origin"] == "local" and mine["origin_peer"] is None
     assert mine["peers"] == ["local", n1.identity.peer_id_hex]
-    assert by_source["/x.txt"]["origin"] == n1.identity.peer_id_hex and by_source["/x.txt"]["nickname"] == "n1"
+    assert by_source["x.txt"]["origin"] == n1.identity.peer_id_hex and by_source["x.txt"]["nickname"] == "n1"
     # Local file and peer both assert the claim: more certain than the peer's lone claim.
-    assert mine["uncertainty"] < by_source["/x.txt"]["uncertainty"]
+    assert mine["uncertainty"] < by_source["x.txt"]["uncertainty"]
+
+    # Feedback on the peer's result (its `ref`, through the rag.feedback method) rates peer:<hex> and records the
+    # user's stance on the claim; no local chunk or file source is touched.
+    reg = Registry()
+    rag_rpc.register(reg, lambda: n0.rag)
+    method = reg.lookup("rag.feedback")
+
+    async def no_notify(name: str, params: Any) -> None:
+        raise AssertionError("no notifications")
+
+    x = by_source["x.txt"]
+    fb = await method.handler(reg.bind_params(method, {"ref": x["ref"], "verdict": "bad"}), no_notify)
+    peer_key = f"peer:{n1.identity.peer_id_hex}"
+    assert fb["source"]["source"] == peer_key and fb["source"]["beta"] > fb["source"]["alpha"]
+    assert "user" in " ".join(fb["chunk"]["contradicting"]) and fb["chunk"]["trust"] < x["trust"]
+    ts = n0.rag._trust
+    assert [r.source_key for r in ts.sources(1_700_000_000.0)] == [peer_key]
+    with trio.fail_after(SIM_TIMEOUT_S):
+        again = await federated.mesh_query(n0, "metformin glucose", k=5, timeout_s=5.0)
+    x2 = next(h for h in again["results"] if h["source"] == "x.txt")
+    assert x2["trust"] < x["trust"]
+    with pytest.raises(RagError):
+        await n0.rag.feedback_peer("zz", x["claim"], True)
 
 
 async def test_mesh_query_without_peers_returns_the_local_results(
@@ -353,3 +379,109 @@ def test_decoding_any_json_answer_either_parses_or_refuses(value: object) -> Non
     except RagError:
         return
     assert all(isinstance(h, PeerHit) and math.isfinite(h.score) for h in hits)
+
+
+@pytest.mark.parametrize("mode", ["bm25", "hybrid"])
+@pytest.mark.parametrize("n_unshared", [3, 30, 150])
+async def test_a_peer_answer_is_byte_identical_whatever_unshared_documents_exist(
+    nursery: trio.Nursery, mode: str, n_unshared: int
+) -> None:
+    shared = [
+        ("/pub/insulin.txt", "Insulin resistance raises blood glucose; metformin lowers it in the liver."),
+        ("/pub/garden.txt", "Tomatoes need sun, water and a little glucose-free compost."),
+    ]
+    unshared = [
+        (f"/priv/{i}.txt", f"Private lab note {i}: metformin glucose insulin trial number {i} liver blood.")
+        for i in range(n_unshared)
+    ]
+
+    async def answer(before: Sequence[tuple[str, str]], after: Sequence[tuple[str, str]]) -> bytes:
+        emb: Embedder = NoEmbedder() if mode == "bm25" else HashEmbedder()
+        svc = RagService(RagSection(mode=mode), None, wall_s=lambda: 1_700_000_000.0, embedder=emb)
+        await nursery.start(svc.run)
+        for source, text in before:
+            await svc.add_text(source, text, shared=False)
+        for source, text in shared:
+            await svc.add_text(source, text, shared=True)
+        for source, text in after:
+            await svc.add_text(source, text, shared=False)
+        responder = FederatedResponder(RagServiceSearch(svc))
+        return await responder.handle(b"P" * 8, federated.encode_request("metformin glucose insulin liver", 5))
+
+    alone = await answer([], [])
+    hits = decode_answer_untrusted(alone, 5)
+    assert [h.source for h in hits] == ["insulin.txt", "garden.txt"][: len(hits)] and hits
+    assert b"score" not in alone
+    half = n_unshared // 2
+    assert await answer(unshared[:half], unshared[half:]) == alone
+    assert await answer(unshared, []) == alone
+
+
+async def test_shared_fts_follows_sharing_deletion_and_migrates_a_v1_store(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    svc = await _service(nursery, [("/a.txt", "Zebrafish regenerate fins.", False)])
+    store = svc._store
+    assert store is not None
+    doc = store.documents()[0]
+    assert store.bm25("zebrafish", 10, shared_only=True) == []
+    store.set_shared(doc.id, True)
+    assert [c for c, _ in store.bm25("zebrafish", 10, shared_only=True)] == store.chunk_ids(doc.id)
+    store.set_shared(doc.id, False)
+    assert store.bm25("zebrafish", 10, shared_only=True) == []
+    store.set_shared(doc.id, True)
+    await svc.add_text("/a.txt", "Axolotls regrow limbs.", shared=True)  # replaced: old chunks leave shared_fts
+    assert store.bm25("zebrafish", 10, shared_only=True) == []
+    (doc,) = store.documents()
+    assert [c for c, _ in store.bm25("axolotls", 10, shared_only=True)] == store.chunk_ids(doc.id)
+    await svc.remove(doc_id=doc.id)
+    assert store.bm25("axolotls", 10, shared_only=True) == []
+    # a store written by schema v1 (no shared_fts) gets it filled from its shared documents on open
+    import sqlite3
+
+    from node.rag import store as store_mod
+
+    path = tmp_path / "v1.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for stmt in store_mod._SCHEMA_V1:
+        conn.execute(stmt)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO documents(id, source, content_hash, added_at, shared) VALUES (1, '/s', 'h', 0, 1)")
+    conn.execute("INSERT INTO documents(id, source, content_hash, added_at, shared) VALUES (2, '/p', 'g', 0, 0)")
+    conn.execute("INSERT INTO chunks(id, doc_id, ordinal, text) VALUES (7, 1, 0, 'zebrafish shared')")
+    conn.execute("INSERT INTO chunks(id, doc_id, ordinal, text) VALUES (8, 2, 0, 'zebrafish private')")
+    conn.close()
+    migrated = Store(path)
+    try:
+        assert [c for c, _ in migrated.bm25("zebrafish", 10, shared_only=True)] == [7]
+        assert sorted(c for c, _ in migrated.bm25("zebrafish", 10)) == [7, 8]
+    finally:
+        migrated.close()
+
+
+async def test_a_peer_repeating_a_claim_gets_no_extra_weight() -> None:
+    def ph(i: int, claim: str) -> PeerHit:
+        return PeerHit(i, i, 0.0, "", f"/{claim}", claim, claim)
+
+    trust = _FixedTrust({"aa": 0.5, "bb": 0.5})
+    honest = {"aa": [ph(1, "x")], "bb": [ph(1, "y")]}
+    spam = {"aa": [ph(1, "x")], "bb": [ph(i, "y") for i in range(1, 21)]}
+    w_honest = {h.claim: h.weight for h in await merge(honest, {}, trust, k=10)}
+    w_spam = {h.claim: h.weight for h in await merge(spam, {}, trust, k=10)}
+    assert w_spam == w_honest and w_spam["x"] == w_spam["y"]
+    assert [h.peers for h in await merge(spam, {}, trust, k=10) if h.claim == "y"] == [["bb"]]
+
+
+async def test_a_failing_search_answers_a_generic_error_without_details() -> None:
+    from node.rag.errors import StoreError
+
+    class _Broken:
+        async def search_shared(self, text: str, k: int) -> list[SharedHit]:
+            raise StoreError("cannot read /home/alice/private/rag.sqlite3: disk I/O error")
+
+        async def shared_doc_ids(self, doc_ids: Sequence[int]) -> set[int]:
+            return set()
+
+    with pytest.raises(RagError) as info:
+        await FederatedResponder(_Broken()).handle(b"P" * 8, federated.encode_request("q", 3))
+    assert str(info.value) == "the knowledge base could not answer"

