@@ -7,7 +7,8 @@
         ├── RateLimited              429 with Retry-After (seconds)
         ├── NotFound                 404
         ├── BodyTooLarge             413
-        └── NodeUnavailable          503: the node is not running (starting or stopped)
+        ├── NodeUnavailable          503: the node is not running (starting or stopped)
+        └── QueueFull                503: too many messages wait for the node already
 
 A store that is down raises ``anchor.stores.errors.StoreUnavailable``; the app turns it into 503.
 """
@@ -59,3 +60,10 @@ class RateLimited(GatewayError):
 class NodeUnavailable(GatewayError):
     status = 503
     code = "node_unavailable"
+
+
+class QueueFull(GatewayError):
+    """503: the queue between gateway and node holds ``anchor.queue_max`` messages already."""
+
+    status = 503
+    code = "queue_full"
