@@ -6,6 +6,7 @@ requests that need it answer 503 until it is back), the node starts, then the ga
 ``[anchor] gateway_listen``. When the node stops (signal, ``village stop``), the gateway stops taking requests,
 lets open ones finish, and the stores close.
 
+The graph store is opened too (its state shows in ``GET /v1/health``; no gateway route needs it yet).
 The stores' connection settings come from the JSON file ``scripts/services up`` writes (see
 :func:`services_settings_path`).
 """
@@ -28,6 +29,7 @@ from anchor.gateway.server import serve_http
 from anchor.gateway.stores_adapter import StoresAdapter
 from anchor.queue import MessageQueue
 from anchor.services import DEFAULT_DIR, SETTINGS_FILE, ServicesError, ServiceSettings, load_settings
+from anchor.stores.graph import GraphStore
 from anchor.stores.postgres import PostgresStore
 from anchor.stores.redis_store import RedisStore
 from node.config import Config
@@ -65,14 +67,17 @@ def load_services(cfg: Config) -> ServiceSettings:
 
 @asynccontextmanager
 async def open_stores(cfg: Config) -> AsyncIterator[StoresAdapter]:
-    """PostgreSQL and Redis for the gateway, closed on exit. A server that is down is reported, not fatal."""
+    """PostgreSQL, Redis and the Bolt graph server, closed on exit. A server that is down is reported, not fatal
+    (the graph opens lazily: its driver connects on first use)."""
     settings = load_services(cfg)
     timeout_s = cfg.anchor.store_timeout_s
+    graph = settings.graph
     async with (
         PostgresStore(settings.postgres.dsn, timeout_s=timeout_s) as postgres,
         RedisStore(settings.redis.url, timeout_s=timeout_s) as redis,
+        GraphStore(graph.bolt_url, user=graph.user, password=graph.password, timeout_s=timeout_s) as graph_store,
     ):
-        yield StoresAdapter(postgres, redis)
+        yield StoresAdapter(postgres, redis, graph_store, key_cache_ttl_s=cfg.anchor.key_cache_ttl_s)
 
 
 class KeyAdmin:

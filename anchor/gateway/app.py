@@ -64,6 +64,7 @@ log = logging.getLogger("village.anchor.gateway")
 API_VERSION = "1.0.0"
 WS_POLICY_VIOLATION = 1008  # RFC 6455 close codes
 WS_GOING_AWAY = 1001
+GATEWAY_STORES = ("postgres", "redis")  # the stores the routes need; the graph's state only degrades health
 
 
 @dataclass
@@ -91,9 +92,12 @@ class ErrorBody(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "degraded"]
+    status: Literal["ok", "degraded", "down"] = Field(
+        description="ok: every store answers; degraded: a store no route needs yet (graph) is down; down: "
+        "PostgreSQL or Redis is down, so most routes answer 503"
+    )
     peer_id: str
-    stores: dict[str, str]
+    stores: dict[str, Literal["ok", "down"]] = Field(description="postgres, redis, graph")
 
 
 class TokenOut(BaseModel):
@@ -331,14 +335,18 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
 
     @app.get("/v1/health", response_model=Health, responses={503: {"model": Health}})
     async def health(request: Request) -> JSONResponse:
-        """Liveness and the state of each store (503 while one is down). No authentication; the per-IP limit
-        applies while Redis answers."""
+        """Liveness and the state of each store: 200 when PostgreSQL and Redis answer (status ``degraded`` if the
+        graph does not), 503 (status ``down``) while either is down. No authentication; the per-IP limit applies
+        while Redis answers."""
         with contextlib.suppress(StoreUnavailable):  # the health check must answer while Redis is down
             await limit_ip(request)
         stores = {name: "ok" if state == "ok" else "down" for name, state in (await ctx.stores.health()).items()}
-        ok = all(v == "ok" for v in stores.values())
-        body = {"status": "ok" if ok else "degraded", "peer_id": ctx.node.identity.peer_id_hex, "stores": stores}
-        return JSONResponse(body, 200 if ok else 503)
+        if any(stores.get(name) == "down" for name in GATEWAY_STORES):
+            status = "down"
+        else:
+            status = "ok" if all(v == "ok" for v in stores.values()) else "degraded"
+        body = {"status": status, "peer_id": ctx.node.identity.peer_id_hex, "stores": stores}
+        return JSONResponse(body, 503 if status == "down" else 200)
 
     @app.post(
         "/v1/auth/token",

@@ -173,13 +173,15 @@ class RedisStore:
 
     # -------------------------------------------------------------------------------------------- sessions
 
-    async def session_set(self, session_id: str, data: Mapping[str, Any], ttl_s: float) -> None:
-        """Cache ``data`` (JSON) under ``session_id`` for ``ttl_s`` seconds."""
+    async def session_set(self, session_id: str, data: Mapping[str, Any], ttl_s: float, *, nx: bool = False) -> bool:
+        """Cache ``data`` (JSON) under ``session_id`` for ``ttl_s`` seconds; with ``nx`` only if nothing is cached
+        under it yet. True if written."""
         blob = json.dumps(dict(data), separators=(",", ":")).encode()
         if len(blob) > MAX_SESSION_BYTES:
             raise StoreError(f"session data: at most {MAX_SESSION_BYTES} bytes as JSON")
         ttl_ms = max(1, int(ttl_s * 1000))
-        await self._call(lambda: self._client.set(f"{KEY_PREFIX}sess:{session_id}", blob, px=ttl_ms))
+        done = await self._call(lambda: self._client.set(f"{KEY_PREFIX}sess:{session_id}", blob, px=ttl_ms, nx=nx))
+        return bool(done)
 
     async def session_get(self, session_id: str) -> dict[str, Any] | None:
         """The cached data, or None if unknown or expired."""

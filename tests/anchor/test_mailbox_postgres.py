@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from anchor.mailbox import MailboxCore, MailboxLimits, MailboxService, PostgresMailboxStorage
-from anchor.services import Services, ServiceSettings
+from anchor.services import Services
 from anchor.stores.postgres import PostgresStore
 from node.identity import Identity
 from node.mailbox import protocol as p
@@ -69,11 +69,11 @@ async def test_deposit_fetch_ack_and_no_plaintext_in_the_database(pg_dsn: str) -
 
 @pytest.mark.slow  # starts, stops and restarts a private PostgreSQL (~12 s)
 async def test_a_store_outage_is_a_transient_answer_and_the_mailbox_recovers(
-    private_services: Callable[..., tuple[Services, ServiceSettings | None]],
+    private_services: Callable[..., Services],
 ) -> None:
     """PostgreSQL stops under a running mailbox: a deposit over the protocol gets ERROR "down" (which a client
     keeps and retries), not a crash; once the server is back the same service stores again."""
-    svc, _ = private_services("postgres")
+    svc = private_services("postgres")
     pg = json.loads(svc.settings_path.read_text())["postgres"]
     dsn = f"postgresql://{pg['user']}:{pg['password']}@{pg['host']}:{pg['port']}/{pg['dbname']}"
     anchor, a, c = Identity.generate(), Identity.generate(), Identity.generate()

@@ -38,6 +38,7 @@ class Gateway:
     pg: PostgresStore  # direct, not through the proxy: for setup and assertions
     pg_proxy: TcpProxy
     redis_proxy: TcpProxy
+    graph_proxy: TcpProxy
     stopped: trio.Event  # set when run_anchor has returned (the node stopped, the stores closed)
 
     async def key(self, role: str = "user", scopes: frozenset[str] | None = None) -> tuple[str, str]:
@@ -95,6 +96,8 @@ async def start_gateway(
         redis_proxy = TcpProxy(services.redis.host, services.redis.port)
         await nursery.start(pg_proxy.run)
         await nursery.start(redis_proxy.run)
+        graph_proxy = TcpProxy(services.graph.host, services.graph.bolt_port)
+        await nursery.start(graph_proxy.run)
         if data_dir is None:
             data_dir = short_tmp / f"gw{len(nodes)}"
             data_dir.mkdir(mode=0o700)
@@ -104,6 +107,8 @@ async def start_gateway(
         raw["postgres"]["dbname"] = pg_dsn.rsplit("/", 1)[1]
         raw["redis"]["port"] = redis_proxy.port
         raw["redis"]["host"] = "127.0.0.1"
+        raw["graph"]["bolt_port"] = graph_proxy.port
+        raw["graph"]["host"] = "127.0.0.1"
         settings_file = data_dir / "services.json"
         settings_file.write_text(json.dumps(raw))
         settings_file.chmod(0o600)
@@ -126,7 +131,7 @@ async def start_gateway(
 
         urls: list[str] = await nursery.start(run)
         nodes.append(node)
-        return Gateway(urls[0], node, cfg, pg_direct, pg_proxy, redis_proxy, stopped)
+        return Gateway(urls[0], node, cfg, pg_direct, pg_proxy, redis_proxy, graph_proxy, stopped)
 
     try:
         yield start

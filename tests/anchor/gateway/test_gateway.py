@@ -71,7 +71,8 @@ async def test_routes_reach_the_node_and_every_state_change_is_audited(
     assert node["peer_id"] == gateway.node.identity.peer_id_hex and node["transports"] == []
     assert (await client.get("/v1/peers", headers=auth)).json() == []
     health = await client.get("/v1/health")
-    assert health.status_code == 200 and health.json()["stores"] == {"postgres": "ok", "redis": "ok"}
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert health.json()["stores"] == {"postgres": "ok", "redis": "ok", "graph": "ok"}
 
     r = await client.post("/v1/messages", headers=auth, json={"to": FULL_PEER_ID, "text": "held for later"})
     assert r.status_code == 202 and r.json()["state"] == "queued" and r.json()["to"] == FULL_PEER_ID
@@ -232,6 +233,7 @@ async def test_store_down_gives_503_and_the_gateway_recovers(
             assert "Retry-After" in r.headers
         health = await client.get("/v1/health")
         assert health.status_code == 503 and health.json()["stores"][store] == "down"
+        assert health.json()["status"] == "down"
         assert "127.0.0.1" not in r.text + health.text  # no internal addresses for clients
         down_lines = [m for m in caplog.messages if f"{store} store unavailable" in m]
         assert len(down_lines) == 1, down_lines  # one line per outage, not one per request
