@@ -177,7 +177,7 @@ class MessageQueue:
         except ValueError as exc:
             self.counters["malformed"] += 1
             log.warning("message queue: dropped malformed entry %s: %s", entry.id, exc)
-            await self.redis.stream_ack(self.stream, GROUP, [entry.id])
+            await self.redis.stream_ack_delete(self.stream, GROUP, [entry.id])
             return
         key = self._status_key(message.id)
         record = await self.redis.status_get(key)

@@ -257,6 +257,20 @@ class RedisStore:
         n = await self._call(lambda: self._client.xack(key, group, *ids))
         return int(n)
 
+    async def stream_ack_delete(self, stream: str, group: str, ids: Sequence[str]) -> None:
+        """Acknowledge entries and delete them from the stream (one transaction)."""
+        if not ids:
+            return
+        key = f"{KEY_PREFIX}q:{stream}"
+
+        def work() -> None:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.xack(key, group, *ids)
+                pipe.xdel(key, *ids)
+                pipe.execute()
+
+        await self._call(work)
+
     async def stream_length(self, stream: str) -> int:
         return int(await self._call(lambda: self._client.xlen(f"{KEY_PREFIX}q:{stream}")))
 

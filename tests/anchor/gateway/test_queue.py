@@ -122,8 +122,11 @@ async def test_status_route_refusals_and_failures(start_gateway: StartGateway, s
         await queue.put(QueuedMessage(bad_id, own, "to myself", alice_id))
         failed = await until_settled(client, alice, bad_id)
         assert failed["state"] == "failed" and "own peer ID" in failed["detail"]
+        # An entry that is not a queued message (written by something else) is dropped, not retried forever.
+        await redis.stream_add(queue.stream, {"m": b"\xff not json"})
         r = await client.post("/v1/messages", headers=alice, json={"text": "still flowing"})
         assert (await until_settled(client, alice, r.json()["id"]))["state"] == "sent"
+        assert await redis.stream_length(queue.stream) == 0  # settled entries leave the stream: XLEN is the backlog
         await redis.aclose()
 
 
