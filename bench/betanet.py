@@ -2,12 +2,14 @@
 
     python bench/betanet.py [--bulk-mb N] [--quic-bulk-mb N] [--small N] [--only KIND ...] [--profile DIR]
 
-Four kinds of connection are measured, one after another. For each, a server child process listens and
+Five kinds of connection are measured, one after another. For each, a server child process listens and
 answers, and a client child process dials it and measures, printing its results to this (parent) process,
 which prints the summary. Every connection carries the same u32 length-prefixed frames on one stream.
 
 * ``tcp``: a bare trio TCP stream, no security or multiplexing (the baseline for BetaNet over TCP);
 * ``betanet``: our BetanetTransport and BetanetLink on TCP + Noise + yamux (what nodes run today);
+* ``betanet_quic``: our BetanetTransport and BetanetLink over QUIC (``/udp/0/quic-v1``): our event-driven QUIC
+  transport (node/transports/betanet/quic_transport.py) under py-libp2p's host, TLS 1.3 with the peer-ID certificate;
 * ``quic_libp2p``: py-libp2p's own QUIC transport (``/udp/0/quic-v1``, TLS 1.3), frames through our BetanetLink;
 * ``quic_bare``: bare aioquic driven from trio (bench/quic_baseline.py): the issue's baseline.
 
@@ -50,7 +52,7 @@ LENGTH = struct.Struct(">I")
 BULK_FRAME = 60_000
 SMALL_FRAME = 200
 CONNECT_TRIALS = 5
-KINDS = ("tcp", "betanet", "quic_libp2p", "quic_bare")
+KINDS = ("tcp", "betanet", "betanet_quic", "quic_libp2p", "quic_bare")
 SERVER_START_TIMEOUT_S = 30  # server child prints its address within this
 CONNECT_TIMEOUT_S = 30  # all connect trials of one kind
 FIGURE_TIMEOUT_S = 120  # bulk, and small messages, each
@@ -107,11 +109,11 @@ async def serve_tcp() -> None:
     await trio.serve_listeners(echo, listeners)
 
 
-async def serve_betanet() -> None:
+async def serve_betanet(listen: str = "/ip4/127.0.0.1/tcp/0") -> None:
     from node.transports.base import Link
     from node.transports.betanet.transport import BetanetTransport
 
-    t = BetanetTransport(identity(), betanet_settings())
+    t = BetanetTransport(identity(), betanet_settings(listen))
     send, links = trio.open_memory_channel[Link](16)
     async with trio.open_nursery() as nursery:
         await nursery.start(t.run, send)
@@ -143,7 +145,17 @@ async def serve_quic_bare() -> None:
     await quic_baseline.serve(lambda port: announce(f"127.0.0.1:{port}"))
 
 
-SERVERS = {"tcp": serve_tcp, "betanet": serve_betanet, "quic_libp2p": serve_quic_libp2p, "quic_bare": serve_quic_bare}
+async def serve_betanet_quic() -> None:
+    await serve_betanet(QUIC_LISTEN)
+
+
+SERVERS = {
+    "tcp": serve_tcp,
+    "betanet": serve_betanet,
+    "betanet_quic": serve_betanet_quic,
+    "quic_libp2p": serve_quic_libp2p,
+    "quic_bare": serve_quic_bare,
+}
 
 
 async def run_server(kind: str) -> None:
@@ -163,10 +175,13 @@ def identity() -> Any:
     return Identity.generate()
 
 
-def betanet_settings() -> Any:
+QUIC_LISTEN = "/ip4/127.0.0.1/udp/0/quic-v1"
+
+
+def betanet_settings(listen: str = "/ip4/127.0.0.1/tcp/0") -> Any:
     from node.config import BetanetSection
 
-    return BetanetSection(listen=("/ip4/127.0.0.1/tcp/0",), mdns=False, max_frame_bytes=1 << 20)
+    return BetanetSection(listen=(listen,), mdns=False, max_frame_bytes=1 << 20, dht=False, relay="off")
 
 
 def quic_link(stream: Any, direction: str) -> Any:
@@ -225,11 +240,11 @@ async def dial_tcp(addr: str) -> AsyncIterator[Dial]:
 
 
 @asynccontextmanager
-async def dial_betanet(addr: str) -> AsyncIterator[Dial]:
+async def dial_betanet(addr: str, listen: str = "/ip4/127.0.0.1/tcp/0") -> AsyncIterator[Dial]:
     from node.transports.base import Link
     from node.transports.betanet.transport import BetanetTransport
 
-    t = BetanetTransport(identity(), betanet_settings())
+    t = BetanetTransport(identity(), betanet_settings(listen))
     sink, _inbound = trio.open_memory_channel[Link](8)
     async with trio.open_nursery() as nursery:
         await nursery.start(t.run, sink)
@@ -286,7 +301,19 @@ async def dial_quic_bare(addr: str) -> AsyncIterator[Dial]:
         nursery.cancel_scope.cancel()
 
 
-DIALERS = {"tcp": dial_tcp, "betanet": dial_betanet, "quic_libp2p": dial_quic_libp2p, "quic_bare": dial_quic_bare}
+@asynccontextmanager
+async def dial_betanet_quic(addr: str) -> AsyncIterator[Dial]:
+    async with dial_betanet(addr, QUIC_LISTEN) as dial:
+        yield dial
+
+
+DIALERS = {
+    "tcp": dial_tcp,
+    "betanet": dial_betanet,
+    "betanet_quic": dial_betanet_quic,
+    "quic_libp2p": dial_quic_libp2p,
+    "quic_bare": dial_quic_bare,
+}
 
 
 # ---------------------------------------------------------------- measurements (client child process)
@@ -477,8 +504,15 @@ async def measure_kind(kind: str, bulk_mb: int, n_small: int, tmp: Path, profile
     return res
 
 
-NAMES = {"tcp": "bare TCP", "betanet": "BetaNet TCP", "quic_libp2p": "libp2p QUIC", "quic_bare": "bare aioquic"}
-BASELINE = {"betanet": "tcp", "quic_libp2p": "quic_bare"}  # each kind's ratio is against this one
+NAMES = {
+    "tcp": "bare TCP",
+    "betanet": "BetaNet TCP",
+    "betanet_quic": "BetaNet QUIC (ours)",
+    "quic_libp2p": "libp2p QUIC",
+    "quic_bare": "bare aioquic",
+}
+# each kind's ratio is against this one
+BASELINE = {"betanet": "tcp", "betanet_quic": "quic_bare", "quic_libp2p": "quic_bare"}
 BULK_GOAL_RATIO = 0.7  # issue 3: BetaNet bulk >= 0.7 of bare aioquic
 CONNECT_GOAL_MS = 50  # issue 3: connect + first message under 50 ms on loopback
 
@@ -517,11 +551,11 @@ def summarise(results: dict[str, Results]) -> list[str]:
                 text += f" (ratio vs {name} {ratio}; {name} {base:,.1f} {unit})"
             lines.append(f"{kind}.{figure}: {text}")
         trouble = res.errors.get("shutdown") or res.errors.get("server")
-        if kind == "quic_libp2p" or trouble:
+        if kind in ("betanet_quic", "quic_libp2p") or trouble:
             lines.append(f"{kind}.shutdown: {'failed: ' + trouble if trouble else 'clean'}")
 
     bare = results.get("quic_bare")
-    for kind in ("betanet", "quic_libp2p"):
+    for kind in ("betanet", "betanet_quic", "quic_libp2p"):
         if kind not in results:
             continue
         name = f"goal.bulk_{kind}_vs_bare_aioquic"
@@ -533,7 +567,7 @@ def summarise(results: dict[str, Results]) -> list[str]:
         else:
             verdict = "met" if value / base >= BULK_GOAL_RATIO else "MISSED"
             lines.append(f"{name}: {value / base:.2f} (goal >= {BULK_GOAL_RATIO}: {verdict})")
-    for kind in ("betanet", "quic_libp2p", "quic_bare"):
+    for kind in ("betanet", "betanet_quic", "quic_libp2p", "quic_bare"):
         if kind not in results:
             continue
         name = f"goal.connect_first_msg_{kind}"
@@ -551,7 +585,7 @@ async def measure(kinds: list[str], bulk_mb: int, quic_bulk_mb: int, n_small: in
     results = {}
     with tempfile.TemporaryDirectory(prefix="aivillage-bench-") as tmp:
         for kind in kinds:
-            mb = quic_bulk_mb if kind.startswith("quic") else bulk_mb
+            mb = quic_bulk_mb if "quic" in kind else bulk_mb
             results[kind] = await measure_kind(kind, mb, n_small, Path(tmp), profile)
     return summarise(results)
 

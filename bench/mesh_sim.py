@@ -9,7 +9,8 @@ For each N (random geometric graph, BLE-like range, mean degree 8) and each loss
 * send ``--messages`` private messages between random pairs whose hop distance is within the TTL horizon (7;
   BitChat drops anything further, so pairs beyond it would measure the TTL, not the routing), one every
   ``SEND_SPACING_S``, and ``--broadcasts`` public messages from random nodes in between;
-* run ``DRAIN_S`` more (a private message's retries back off 5, 10, 20, 40, 80 s);
+* run ``DRAIN_S`` more (a private message retries after 3, 6, 12, 24, 48 s, then every 60 s, for up to 20 attempts:
+  undelivered messages still retrying when the run ends are counted apart from failed ones);
 * once with ``mesh.routing = "path"`` (the default) and once with ``"flood"`` (naive TTL flooding), the baseline.
 
 One summary line per figure: unicast delivery ratio, median / p95 latency (simulated s) and frames put on links
@@ -41,7 +42,7 @@ from node.sim.metrics import type_name
 
 WARMUP_S = 45.0  # three announce rounds (15 ± 4 s)
 SEND_SPACING_S = 0.5  # between two messages of the workload
-DRAIN_S = 160.0  # after the last send: six attempts of a private message span 5+10+20+40+80 = 155 s
+DRAIN_S = 160.0  # after the last send (a message retries for longer: 3, 6, 12, 24, 48 s, then every 60 s)
 TTL_HORIZON = 7  # hops a BitChat packet can travel
 MEAN_DEGREE = 8.0  # BLE: Android keeps up to 8 links, iOS 6 outbound
 STEP_S = 1.0  # simulated seconds between wall-clock budget checks
@@ -89,7 +90,17 @@ def _action(sim: Simulation, kind: str, src: int, dst: int) -> Callable[[], None
     return act
 
 
-def run_one(n: int, loss: float, mode: str, *, seed: int, messages: int, broadcasts: int, budget_s: float) -> Run:
+def run_one(
+    n: int,
+    loss: float,
+    mode: str,
+    *,
+    seed: int,
+    messages: int,
+    broadcasts: int,
+    budget_s: float,
+    drain_s: float = DRAIN_S,
+) -> Run:
     topo = random_geometric(n, seed=seed, mean_degree=MEAN_DEGREE)
     sim = Simulation(topo, LinkModel(loss=loss), settings_for(mode), seed=seed)
     rng = random.Random(seed)
@@ -107,7 +118,7 @@ def run_one(n: int, loss: float, mode: str, *, seed: int, messages: int, broadca
             plan.append((WARMUP_S + (k + 0.5) * SEND_SPACING_S, "broadcast", rng.randrange(n), -1))
     for at, kind, src, dst in plan:
         sim.schedule(at, _action(sim, kind, src, dst))
-    end_s = max(at for at, *_ in plan) + DRAIN_S if plan else WARMUP_S + DRAIN_S
+    end_s = max(at for at, *_ in plan) + drain_s if plan else WARMUP_S + drain_s
 
     deadline = time.perf_counter() + budget_s
     finished = True
@@ -183,7 +194,8 @@ def unicast_line(path: Run, flood: Run | None) -> str:
     r = path.report
     line = (
         f"mesh_sim.unicast.n{path.n}.loss{round(path.loss * 100)}: delivery {_pct(r.unicast_delivery_ratio)} "
-        f"({r.unicast_delivered}/{r.unicast_sent}, refused {r.unicast_refused}), latency median "
+        f"({r.unicast_delivered}/{r.unicast_sent}, refused {r.unicast_refused}, failed {r.unicast_failed}, "
+        f"still retrying at the end {r.unicast_retrying}), latency median "
         f"{_s(r.unicast_latency_median_s)} p95 {_s(r.unicast_latency_p95_s)}, "
         f"{_num(r.unicast_frames_per_delivered)} frames/delivered [routing=path]{_state(path)}"
     )
@@ -245,6 +257,9 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=200, help="private messages per run")
     ap.add_argument("--broadcasts", type=int, default=10, help="public messages per run")
     ap.add_argument("--budget-s", type=float, default=900.0, help="wall-clock seconds per run before it stops")
+    ap.add_argument(
+        "--drain-s", type=float, default=DRAIN_S, help=f"simulated seconds after the last send (default {DRAIN_S:g})"
+    )
     ap.add_argument("--speed-budget-s", type=float, default=300.0, help="wall-clock budget of the N=1000 probe")
     args = ap.parse_args()
     sizes = [100] if args.quick else [int(x) for x in args.sizes.split(",")]
@@ -254,7 +269,7 @@ def main() -> None:
     if not flood_ok:
         print("mesh_sim: MeshSection has no `routing` field: the flooding baseline is unavailable", flush=True)
 
-    common = {"seed": args.seed, "messages": args.messages, "broadcasts": args.broadcasts}
+    common = {"seed": args.seed, "messages": args.messages, "broadcasts": args.broadcasts, "drain_s": args.drain_s}
     speed_run: Run | None = None
     for n in sizes:
         for loss in losses:

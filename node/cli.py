@@ -29,6 +29,7 @@ from node.control.client import ControlClient
 from node.control.errors import ClientError
 from node.errors import ConfigError, IdentityError, NodeError, StartupError
 from node.identity import create_identity, ensure_private_dir, identity_exists, load_identity
+from node.rag import cli as rag_cli
 from node.transports.base import Transport
 
 if TYPE_CHECKING:
@@ -141,10 +142,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The daemon's heavy imports (libp2p, ...) happen here only: client commands stay fast.
     from node.node import Node
     from node.transports.betanet.transport import BetanetTransport
+    from node.transports.ble.factory import ble_transport
 
     transports: list[Transport] = []
     if cfg.betanet.enabled:
         transports.append(BetanetTransport(ident, cfg.betanet))
+    ble = ble_transport(cfg, cfg.node.nickname or f"village-{ident.peer_id_hex[:4]}")  # None: BLE off
+    if ble is not None:
+        transports.append(ble)
     node = Node(cfg, ident, transports=transports)
     runner: Callable[[], Awaitable[None]] = node.run
     if cfg.anchor.enabled or getattr(args, "anchor", False):  # `village anchor run` or [anchor] enabled = true
@@ -361,6 +366,14 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_ble(args: argparse.Namespace) -> int:
+    from node.transports.ble.doctor import diagnose
+
+    diagnosis = diagnose(_config(args).ble)  # action "doctor", the only one
+    _emit(args, diagnosis.to_json(), lambda _d: diagnosis.report())
+    return EXIT_OK if diagnosis.usable else EXIT_FAIL
+
+
 def cmd_rpc(args: argparse.Namespace) -> int:
     try:
         params = json.loads(args.params) if args.params else {}
@@ -430,17 +443,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-acked", type=int, default=0, metavar="N", help="wait until N fetched envelopes were acked")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds a wait may take (default 30)")
     add("route", cmd_route, "Show the path table: how this node reaches each peer it knows a way to.")
-    p = add("connect", cmd_connect, "Connect to a peer over BetaNet (libp2p, Noise enforced).")
-    p.add_argument("addr", help="multiaddr ending in /p2p/<peer id>, e.g. /ip4/192.0.2.7/tcp/4001/p2p/12D3Koo...")
+    p = add("connect", cmd_connect, "Connect to a peer over BetaNet (libp2p; QUIC, or TCP with Noise).")
+    p.add_argument(
+        "addr",
+        help="multiaddr ending in /p2p/<peer id>, e.g. /ip4/192.0.2.7/udp/4001/quic-v1/p2p/12D3Koo... (falls back "
+        "to TCP on the same port) or /ip4/192.0.2.7/tcp/4001/p2p/12D3Koo...",
+    )
     add("stop", cmd_stop, "Stop the running node gracefully.")
     p = add("config", cmd_config, "Print the example config, check the config, or show the effective one.")
     p.add_argument("action", choices=["example", "check", "show"], help="what to do")
+    p = add("ble", cmd_ble, "Bluetooth LE: `village ble doctor` says what BLE needs here and what is missing.")
+    p.add_argument(
+        "action",
+        choices=["doctor"],
+        help="doctor: check the kernel, BlueZ, D-Bus, the adapter, rfkill, permissions and libraries; exit 1 "
+        "when BLE cannot work",
+    )
     p = add("rpc", cmd_rpc, "Call any control method (see `village rpc rpc.methods`).")
     p.add_argument("method", help="JSON-RPC method name")
     p.add_argument("params", nargs="?", help="params as a JSON object")
     from anchor.cli import add_commands as add_anchor_commands
 
     add_anchor_commands(sub, common, cmd_run)
+    rag_cli.add_commands(sub, common)
     return parser
 
 

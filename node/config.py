@@ -206,9 +206,18 @@ WIRE_HELP: dict[str, tuple[str, float, float]] = {
 
 @dataclass(frozen=True, slots=True)
 class BetanetSection:
-    enabled: bool = _f(True, "Run BetaNet, the internet transport (libp2p, Noise always enforced).")
-    listen: tuple[str, ...] = _f(("/ip4/0.0.0.0/tcp/4001",), "Multiaddrs to listen on (port 0 picks a free port).")
-    bootstrap: tuple[str, ...] = _f((), "Peers to dial at start and keep connected, as /ip4/.../tcp/N/p2p/ID.")
+    enabled: bool = _f(
+        True, "Run BetaNet, the internet transport (libp2p; never plaintext: Noise on TCP, TLS 1.3 on QUIC)."
+    )
+    listen: tuple[str, ...] = _f(
+        ("/ip4/0.0.0.0/udp/4001/quic-v1", "/ip4/0.0.0.0/tcp/4001"),
+        "Multiaddrs to listen on: QUIC (/udp/N/quic-v1, TLS 1.3 with the libp2p peer-ID certificate) and TCP "
+        "(/tcp/N, Noise) on the same port by default; a QUIC dial falls back to the TCP address with the same "
+        "port (port 0 picks a free port).",
+    )
+    bootstrap: tuple[str, ...] = _f(
+        (), "Peers to dial at start and keep connected, as /ip4/.../udp/N/quic-v1/p2p/ID or /ip4/.../tcp/N/p2p/ID."
+    )
     mdns: bool = _f(True, "Find and dial other nodes on the local network with mDNS (multicast on every interface).")
     dht: bool = _f(
         True,
@@ -250,6 +259,61 @@ class BetanetSection:
         "closed as stalled (peers announce every ~15 s).",
         min=1,
         max=86_400,
+    )
+
+
+# `[ble]`: BitChat over Bluetooth LE (node/transports/ble/). `enabled` takes the strings below or a bare TOML
+# boolean (true/false are stored as "true"/"false").
+BLE_ENABLED = ("auto", "true", "false")
+BLE_POWER_MODES = ("auto", "performance", "balanced", "saver")
+
+
+@dataclass(frozen=True, slots=True)
+class BleSection:
+    enabled: str = _f(
+        "auto",
+        "auto: run BLE where a working adapter is found, otherwise log one line and run without it. "
+        "true: BLE is required; the node refuses to start without a working adapter. false: never touch BLE. "
+        "true/false may also be written as bare booleans.",
+        choices=BLE_ENABLED,
+    )
+    adapter: str = _f(
+        "bluez",
+        "bluez: the system Bluetooth stack over D-Bus (bleak as central, bless as peripheral; Linux, Raspberry Pi). "
+        "bumble: Google's Bumble stack driving an HCI controller directly (USB dongle, serial, or a virtual "
+        "controller) where BlueZ is absent; needs ble.bumble_transport.",
+        choices=("bluez", "bumble"),
+    )
+    bumble_transport: str = _f(
+        "",
+        'With adapter = bumble: Bumble\'s transport spec for the controller, e.g. "usb:0", "serial:/dev/ttyUSB0", '
+        '"tcp-client:127.0.0.1:9000".',
+    )
+    power_mode: str = _f(
+        "auto",
+        "Scan/advertise duty cycle. performance: scan and advertise continuously. balanced: scan 8 s of every 10 "
+        "(BitChat Android's normal mode). saver: scan 2 s of every 30, advertise less often. auto: performance on "
+        "external power, balanced on battery, saver on battery below 20 % (back to balanced above 25 %); balanced "
+        "when the battery state cannot be read.",
+        choices=BLE_POWER_MODES,
+    )
+    max_central_links: int = _f(
+        6,
+        "Most links this node opens as central (it connects out); peers connecting to us do not count "
+        "(BitChat: iOS 6, Android 8). 0: peripheral only.",
+        min=0,
+        max=16,
+    )
+    rssi_min_dbm: int = _f(
+        -90,
+        "Peers heard weaker than this are not connected to, in dBm (BitChat iOS: -90).",
+        min=-100,
+        max=-30,
+    )
+    nickname: str = _f(
+        "",
+        "BLE device name BlueZ shows (adapter alias / GAP name; <= 255 UTF-8 bytes). Empty: the node's nickname. "
+        "Announces always carry node.nickname.",
     )
 
 
@@ -299,6 +363,22 @@ class AnchorSection:
         min=0,
         max=3600,
     )
+    health_cache_s: float = _f(
+        1.0,
+        "GET /v1/health asks the stores at most this often (seconds); in between it answers the last result.",
+        min=0,
+        max=60,
+    )
+    tls_cert: str = _f(
+        "",
+        "PEM certificate (chain) the gateway serves HTTPS with, together with tls_key. Empty: plain HTTP, which "
+        "is refused on a non-loopback gateway_listen unless allow_plaintext_public.",
+    )
+    tls_key: str = _f("", "PEM private key of tls_cert (keep it 0600).")
+    allow_plaintext_public: bool = _f(
+        False,
+        "Serve plain HTTP on a non-loopback gateway_listen: only behind a reverse proxy that terminates TLS.",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,6 +426,52 @@ class MailboxSection:
 
 
 @dataclass(frozen=True, slots=True)
+class RagSection:
+    enabled: bool = _f(True, "Serve the local knowledge base (rag.* control methods, `village rag`).")
+    mode: str = _f(
+        "hybrid",
+        "Retrieval: hybrid (BM25 + MiniLM embeddings, fused), bm25 (SQLite FTS5 only: no model needed, nothing "
+        "embedded at ingest) or dense (embeddings only).",
+        choices=("hybrid", "bm25", "dense"),
+    )
+    chunk_chars: int = _f(1000, "Largest chunk, in characters (MiniLM reads ~256 word pieces).", min=100, max=100_000)
+    chunk_overlap_chars: int = _f(
+        200, "Characters of the previous chunk repeated at the start of the next.", min=0, max=50_000
+    )
+    max_file_bytes: int = _f(
+        52_428_800, "Files larger than this are refused at ingest, in bytes.", min=1024, max=1 << 34
+    )
+    embed_threads: int = _f(2, "onnxruntime intra-op threads for the embedding model.", min=1, max=64)
+    embed_batch: int = _f(
+        8,
+        "Texts embedded per model call (onnxruntime memory grows with batch x length^2: 8 peaks near 0.6 GB, 32 "
+        "near 1.6 GB, at the same speed).",
+        min=1,
+        max=1024,
+    )
+    candidates: int = _f(100, "Hits taken from each retriever (BM25, dense) before fusion.", min=10, max=10_000)
+    fusion: str = _f(
+        "convex",
+        "How BM25 and dense lists are merged: convex (weighted sum of z-normalised scores, tuned on SciFact "
+        "training claims) or rrf (reciprocal-rank fusion, k = 60).",
+        choices=("convex", "rrf"),
+    )
+    dense_weight: float = _f(0.5, "Weight of the dense list in the fusion (BM25 gets 1 - this).", min=0, max=1)
+    graph: bool = _f(False, "Expand results through the knowledge graph (personalised PageRank).")
+    max_results: int = _f(100, "Most results one query may ask for.", min=1, max=10_000)
+    snippet_chars: int = _f(240, "Length of the snippet shown with each result, in characters.", min=20, max=10_000)
+    hnsw_m: int = _f(16, "hnswlib M (graph degree); more: better recall, more memory.", min=4, max=128)
+    hnsw_ef_construction: int = _f(200, "hnswlib ef at build time.", min=10, max=4096)
+    hnsw_ef_search: int = _f(100, "hnswlib ef at query time (raised to the number of candidates).", min=10, max=4096)
+    trust_half_life_days: float = _f(
+        90.0,
+        "Trust: feedback about a source weighs half after this many days (exponential forgetting).",
+        min=0.01,
+        max=36500,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     node: NodeSection = field(default_factory=NodeSection)
     control: ControlSection = field(default_factory=ControlSection)
@@ -354,6 +480,8 @@ class Config:
     betanet: BetanetSection = field(default_factory=BetanetSection)
     anchor: AnchorSection = field(default_factory=AnchorSection)
     mailbox: MailboxSection = field(default_factory=MailboxSection)
+    rag: RagSection = field(default_factory=RagSection)
+    ble: BleSection = field(default_factory=BleSection)
     # Resolved, not read from TOML: the data dir and the file the config came from (None: defaults).
     data_dir: Path = field(default_factory=lambda: default_data_dir())
     source: Path | None = None
@@ -371,6 +499,8 @@ SECTIONS: dict[str, type] = {
     "betanet": BetanetSection,
     "anchor": AnchorSection,
     "mailbox": MailboxSection,
+    "rag": RagSection,
+    "ble": BleSection,
 }
 
 
@@ -426,6 +556,11 @@ def _build_section(name: str, raw: Any) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
+        if name == "ble" and key == "enabled":
+            if isinstance(value, bool):
+                value = "true" if value else "false"  # `enabled = true` is the natural spelling
+            elif not isinstance(value, str):
+                raise ConfigError(f"ble.enabled: expected auto, true or false, got {value!r}")
         if key not in fields:
             known = ", ".join(sorted(fields))
             raise ConfigError(f"{name}.{key}: unknown key (known keys in [{name}]: {known})")
@@ -435,6 +570,10 @@ def _build_section(name: str, raw: Any) -> Any:
         raise ConfigError("node.nickname: expected at most 255 UTF-8 bytes")
     if name == "anchor":
         parse_host_port("anchor.gateway_listen", section.gateway_listen)
+    if name == "rag" and section.chunk_overlap_chars >= section.chunk_chars:
+        raise ConfigError(f"rag.chunk_overlap_chars: expected less than rag.chunk_chars ({section.chunk_chars})")
+    if name == "ble":
+        _check_ble(section)
     return section
 
 
@@ -445,6 +584,16 @@ def parse_host_port(key: str, value: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"{key}: expected HOST:PORT such as 127.0.0.1:8000, got {value!r}")
     return host, int(port)
+
+
+def _check_ble(section: BleSection) -> None:
+    if len(section.nickname.encode()) > 255:
+        raise ConfigError("ble.nickname: expected at most 255 UTF-8 bytes")
+    if section.adapter == "bumble" and section.enabled != "false" and not section.bumble_transport.strip():
+        raise ConfigError(
+            'ble.bumble_transport: adapter = "bumble" needs a Bumble transport spec, e.g. "usb:0" or '
+            '"tcp-client:127.0.0.1:9000"'
+        )
 
 
 def config_from_mapping(raw: Mapping[str, Any], *, data_dir: Path | None = None, source: Path | None = None) -> Config:

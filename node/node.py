@@ -11,11 +11,12 @@ draining a bounded per-link queue, so one slow link never stalls the others.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,10 +26,13 @@ from node.clock import Clock
 from node.config import Config
 from node.control.methods import build_registry
 from node.control.server import ControlServer
-from node.errors import MeshError, StartupError
+from node.errors import MeshError, NodeError, StartupError
 from node.identity import Identity, fingerprint_from_noise_key
 from node.inbox import Inbox, InboxMessage
 from node.outbox import Outbox, OutboxError
+from node.rag import federated
+from node.rag.service import RagService
+from node.routing.app import AppRemoteError, AppRequestReceived, AppResponseReceived, AppTimeout
 from node.routing.mesh import (
     DeliveryAcked,
     EnvelopeSealed,
@@ -50,6 +54,20 @@ log = logging.getLogger("village.node")
 LINK_SEND_QUEUE_FRAMES = 256  # frames queued per link before new ones are dropped (and counted)
 NEW_LINK_QUEUE = 64  # links handed over by transports, waiting for a reader task
 SENT_MESSAGES_KEPT = 1000  # outgoing messages whose state (pending/delivered/failed) stays queryable
+APP_MAX_RUNNING_HANDLERS = 16  # app requests served at once; more are answered "busy"
+APP_MAX_RUNNING_PER_PEER = 4  # ... and at most this many for one peer, so one peer cannot take every slot
+APP_HANDLER_TIMEOUT_S = 30.0  # an app handler running longer is cancelled and its request answered an error
+APP_RESEND_INTERVAL_S = 1.0  # an unanswered app request is sent again this often until its timeout
+
+# An app-channel handler: (the requesting peer's ID, request body) -> response body. A NodeError it raises is
+# answered to the peer as an error with its message; anything else as "internal error" (and logged).
+AppHandler = Callable[[bytes, bytes], Awaitable[bytes]]
+
+
+@dataclass
+class _AppWaiter:
+    done: trio.Event
+    answer: AppResponseReceived | None = None
 
 
 @dataclass
@@ -100,6 +118,8 @@ class Node:
         self.links: dict[str, Link] = {}
         self._queues: dict[str, trio.MemorySendChannel[bytes]] = {}
         self._followers: list[trio.MemorySendChannel[InboxMessage]] = []
+        # Each subscription's send end by its receive end, so unsubscribing drops it at once.
+        self._follower_sends: dict[trio.MemoryReceiveChannel[InboxMessage], trio.MemorySendChannel[InboxMessage]] = {}
         self.outgoing: OrderedDict[str, OutgoingMessage] = OrderedDict()
         self.dropped_link_frames = 0
         self._overflowing: set[str] = set()  # links already warned about a full send queue
@@ -111,6 +131,18 @@ class Node:
         self.control_server: ControlServer | None = None
         self.mailbox: MailboxClient | None = None  # with mailbox.anchors
         self.mailbox_service: Any = None  # anchor.mailbox.MailboxService with mailbox.serve (the gateway's port)
+        self._app_handlers: dict[str, AppHandler] = {}
+        self._app_waiters: dict[bytes, _AppWaiter] = {}
+        self._app_running: dict[bytes, int] = {}  # peer -> app requests of it being served
+        # The local knowledge base (node/rag): opened on first use, closed when run() ends.
+        self.rag: RagService | None = None
+        if config.rag.enabled:
+            self.rag = RagService(
+                config.rag,
+                config.data_dir / "rag" if persistent_inbox else None,
+                wall_s=lambda: self.clock.wall_ms() / 1000.0,
+            )
+        federated.serve(self)  # answer peers' `rag query --mesh` from shared documents only (node.rag.federated)
 
     # ------------------------------------------------------------ lifecycle
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -134,6 +166,8 @@ class Node:
             self._restore_outbox()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if self.rag is not None:
+                    await nursery.start(self.rag.run)
                 if self._control_enabled:
                     self.control_server = ControlServer(
                         cfg.socket_path,
@@ -400,6 +434,97 @@ class Node:
             self._set_outgoing(event.message_id, "failed", event.reason)
             self._settle(event.message_id, "failed", event.reason)
             log.warning("private message %s to %s failed: %s", event.message_id, event.peer_id.hex(), event.reason)
+        elif isinstance(event, AppRequestReceived):
+            self._on_app_request(event)
+        elif isinstance(event, AppResponseReceived):
+            waiter = self._app_waiters.get(event.request_id)
+            if waiter is not None:
+                waiter.answer = event
+                waiter.done.set()
+
+    # ------------------------------------------------------------ app channel (node.routing.app)
+    def register_app_handler(self, service: str, handler: AppHandler) -> None:
+        """Serve app requests for ``service`` from peers (one handler per service; a new one replaces it)."""
+        self._app_handlers[service] = handler
+
+    async def app_request(self, peer_ref: str | bytes, service: str, body: bytes, *, timeout_s: float) -> bytes:
+        """Ask a peer's ``service`` handler and return its answer. Raises :class:`AppTimeout` after ``timeout_s``,
+        :class:`AppRemoteError` if the peer answered an error, :class:`AppError`/:class:`MeshError` if the request
+        cannot be made (unknown peer, oversize body)."""
+        core = self._require_core()
+        peer = peer_ref if isinstance(peer_ref, bytes) else self.resolve_peer(peer_ref)
+        request_id, plaintext = core.app.request(peer, service, body)
+        waiter = _AppWaiter(trio.Event())
+        self._app_waiters[request_id] = waiter
+        timed_out = False  # only a wait that ran out counts as a timeout (not an error or a cancelled caller)
+        try:
+            with trio.move_on_after(timeout_s) as deadline:
+                while True:
+                    core.send_app(peer, plaintext, self.clock.now())
+                    self._flush()
+                    with trio.move_on_after(APP_RESEND_INTERVAL_S):
+                        await waiter.done.wait()
+                    if waiter.done.is_set():
+                        break
+                    core.app.resend(request_id)
+            timed_out = deadline.cancelled_caught
+        finally:
+            del self._app_waiters[request_id]
+            core.app.forget(request_id, timed_out=timed_out)
+        if waiter.answer is None:
+            raise AppTimeout(f"peer {peer.hex()} did not answer {service!r} within {timeout_s:g} s")
+        if waiter.answer.error is not None:
+            raise AppRemoteError(f"peer {peer.hex()} answered {service!r} with an error: {waiter.answer.error}")
+        return waiter.answer.body
+
+    def _on_app_request(self, event: AppRequestReceived) -> None:
+        core = self._require_core()
+        handler = self._app_handlers.get(event.service)
+        if handler is None:
+            core.app.counters.no_handler += 1
+            self._app_answer(
+                event, core.app.error(event.peer_id, event.request_id, f"no handler for service {event.service!r}")
+            )
+        elif (
+            sum(self._app_running.values()) >= APP_MAX_RUNNING_HANDLERS
+            or self._app_running.get(event.peer_id, 0) >= APP_MAX_RUNNING_PER_PEER
+            or self._nursery is None
+        ):
+            core.app.counters.busy += 1
+            self._app_answer(event, core.app.error(event.peer_id, event.request_id, "busy: too many requests at once"))
+        else:
+            self._app_running[event.peer_id] = self._app_running.get(event.peer_id, 0) + 1
+            self._nursery.start_soon(self._serve_app_request, handler, event)
+
+    async def _serve_app_request(self, handler: AppHandler, event: AppRequestReceived) -> None:
+        core = self._require_core()
+        try:
+            reply: bytes | None = None
+            with trio.move_on_after(APP_HANDLER_TIMEOUT_S):
+                try:
+                    reply = core.app.response(event.peer_id, event.request_id, await handler(event.peer_id, event.body))
+                except NodeError as exc:
+                    reply = core.app.error(event.peer_id, event.request_id, str(exc))
+                except Exception:  # a supervised task ends here: log it, answer the peer, keep the node up
+                    log.exception("app handler for %r failed (request from %s)", event.service, event.peer_id.hex())
+                    reply = core.app.error(event.peer_id, event.request_id, "internal error")
+            if reply is None:
+                reply = core.app.error(
+                    event.peer_id, event.request_id, f"handler took longer than {APP_HANDLER_TIMEOUT_S:g} s"
+                )
+            self._app_answer(event, reply)
+        finally:
+            left = self._app_running.pop(event.peer_id) - 1
+            if left:
+                self._app_running[event.peer_id] = left
+
+    def _app_answer(self, event: AppRequestReceived, plaintext: bytes) -> None:
+        try:
+            self._require_core().send_app(event.peer_id, plaintext, self.clock.now())
+        except MeshError as exc:
+            log.warning("app answer to %s not sent: %s", event.peer_id.hex(), exc)
+            return
+        self._flush()
 
     def _settle(self, message_id: str, state: str, detail: str = "") -> None:
         try:
@@ -501,10 +626,22 @@ class Node:
     def subscribe_inbox(self) -> trio.MemoryReceiveChannel[InboxMessage]:
         send, recv = trio.open_memory_channel[InboxMessage](self.config.control.follow_queue_messages)
         self._followers.append(send)
+        self._follower_sends[recv] = send
         return recv
 
     def unsubscribe_inbox(self, recv: trio.MemoryReceiveChannel[InboxMessage]) -> None:
+        """End a subscription now (not at the next message): its queue and its messages are released."""
         recv.close()
+        send = self._follower_sends.pop(recv, None)
+        if send is not None:
+            send.close()
+            with contextlib.suppress(ValueError):  # already dropped (a slow follower, or the node stopped)
+                self._followers.remove(send)
+
+    @property
+    def inbox_followers(self) -> int:
+        """Open inbox subscriptions (``inbox --follow`` calls, gateway event streams)."""
+        return len(self._followers)
 
     def peers_view(self) -> list[dict[str, Any]]:
         core = self._require_core()
@@ -546,6 +683,7 @@ class Node:
             "routes": len(core.paths.all_routes(now)),
             "data_dir": str(self.config.data_dir),
             "counters": {**_as_dict(core.counters), "link_queue_dropped": self.dropped_link_frames},
+            "app_counters": _as_dict(core.app.counters),
             "transport_counters": {t.name: _as_dict(t.counters) for t in self.transports if hasattr(t, "counters")},
         }
 

@@ -31,7 +31,7 @@ def free_port() -> int:
 class Daemon:
     root: Path
     name: str
-    listen: str
+    listen: str  # one multiaddr, or several separated by ", "
     bootstrap: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     extra_config: str = ""  # more TOML sections (not [node] or [betanet])
@@ -40,12 +40,12 @@ class Daemon:
     def data(self) -> Path:
         return self.root / self.name
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, check: bool = True, timeout_s: float = WAIT_S + 15) -> subprocess.CompletedProcess[str]:
         r = subprocess.run(
             [*VILLAGE, *args, "--data-dir", str(self.data)],
             capture_output=True,
             text=True,
-            timeout=WAIT_S + 15,
+            timeout=timeout_s,
             check=False,
         )
         if check and r.returncode != 0:
@@ -55,8 +55,9 @@ class Daemon:
     def start(self) -> None:
         self.data.mkdir(mode=0o700, exist_ok=True)
         boot = ", ".join(f'"{b}"' for b in self.bootstrap)
+        listen = ", ".join(f'"{a}"' for a in self.listen.split(", "))
         (self.data / "config.toml").write_text(
-            f'[node]\nnickname = "{self.name}"\n[betanet]\nlisten = ["{self.listen}"]\nbootstrap = [{boot}]\n'
+            f'[node]\nnickname = "{self.name}"\n[betanet]\nlisten = [{listen}]\nbootstrap = [{boot}]\n'
             "reconnect_initial_s = 0.2\nreconnect_max_s = 1.0\nmdns = false\n" + self.extra_config
         )
         self.cli("init", "--exist-ok")
@@ -132,7 +133,7 @@ def test_two_daemons_over_betanet_with_kill_and_reconnect(root: Path) -> None:
             "betanet": {
                 **{k: 0 for k in ("links_opened", "oversize_frames", "dial_failures", "stalled", "mdns_discovered")},
                 **{k: 0 for k in ("identified", "identify_skipped", "dht_routing_added", "dht_lookups", "dht_found")},
-                **{k: 0 for k in ("relay_reservations", "relay_dials")},
+                **{k: 0 for k in ("relay_reservations", "relay_dials", "dial_fallbacks")},
             }
         }
         bob.bootstrap = [alice_addr]
@@ -173,6 +174,76 @@ def test_two_daemons_over_betanet_with_kill_and_reconnect(root: Path) -> None:
         # alice's inbox survived the SIGKILL.
         alice_inbox = [m["text"] for m in json.loads(alice.cli("inbox", "--json").stdout)]
         assert "hello from bob" in alice_inbox
+    finally:
+        for d in (alice, bob):
+            d.stop()
+
+
+def test_two_daemons_over_betanet_quic(root: Path) -> None:
+    """The default shape: alice listens on QUIC and TCP on one port; bob dials her QUIC address; they exchange
+    a private message with a delivery ack over QUIC; both stop on SIGTERM with exit status 0 and no traceback."""
+    port = free_port()
+    alice = Daemon(root, "alice", f"/ip4/127.0.0.1/udp/{port}/quic-v1, /ip4/127.0.0.1/tcp/{port}")
+    bob = Daemon(root, "bob", "/ip4/127.0.0.1/udp/0/quic-v1")
+    try:
+        alice.start()
+        status = alice.status()
+        alice_id = status["peer_id"]
+        assert isinstance(alice_id, str)
+        addrs = status["listen_addrs"]
+        assert isinstance(addrs, list)
+        libp2p_id = addrs[0].rpartition("/p2p/")[2]
+        assert libp2p_id.startswith("12D3Koo") and addrs == [
+            f"/ip4/127.0.0.1/udp/{port}/quic-v1/p2p/{libp2p_id}",
+            f"/ip4/127.0.0.1/tcp/{port}/p2p/{libp2p_id}",
+        ]
+        bob.bootstrap = [addrs[0]]
+        bob.start()
+        bob_id = bob.status()["peer_id"]
+        assert isinstance(bob_id, str)
+        peer = json.loads(bob.cli("peers", "--wait", alice_id, "--timeout", WAIT, "--json").stdout)
+        assert "/quic-v1/" in peer["address"], peer
+        alice.cli("peers", "--wait", bob_id, "--timeout", WAIT)
+        sent = json.loads(bob.cli("send", alice_id, "hello over quic", "--wait", WAIT, "--json").stdout)
+        assert sent["state"] == "delivered"
+        assert [m["text"] for m in json.loads(alice.cli("inbox", "--json").stdout)] == ["hello over quic"]
+        counters = bob.status()["transport_counters"]
+        assert isinstance(counters, dict) and counters["betanet"]["dial_fallbacks"] == 0
+        for d in (bob, alice):
+            assert d.proc is not None
+            d.proc.terminate()
+            assert d.proc.wait(timeout=WAIT_S) == 0
+            log = (root / f"{d.name}.log").read_text()
+            assert "Traceback" not in log and "closed to new arrivals" not in log, log[-2000:]
+    finally:
+        for d in (alice, bob):
+            d.stop()
+
+
+@pytest.mark.slow
+def test_quic_peer_killed_and_restarted_is_reconnected(root: Path) -> None:
+    """Over QUIC a killed peer sends no CONNECTION_CLOSE (and its restarted process drops the old connection's
+    packets silently), so the survivor learns of it from the QUIC idle timeout (30 s, kept alive by PINGs
+    while the peer lives) or an ICMP port unreachable, then redials its bootstrap peer and delivers again."""
+    port = free_port()
+    alice = Daemon(root, "alice", f"/ip4/127.0.0.1/udp/{port}/quic-v1, /ip4/127.0.0.1/tcp/{port}")
+    bob = Daemon(root, "bob", "/ip4/127.0.0.1/udp/0/quic-v1")
+    long_wait = "75"  # the 30 s idle timeout, the redial backoff and a loaded machine
+    try:
+        alice.start()
+        addrs = alice.status()["listen_addrs"]
+        assert isinstance(addrs, list)
+        bob.bootstrap = [addrs[0]]
+        bob.start()
+        bob_id = bob.status()["peer_id"]
+        assert isinstance(bob_id, str)
+        alice.cli("peers", "--wait", bob_id, "--timeout", WAIT)
+        alice.kill()
+        alice.start()  # same port, same identity; bob's old connection is dead but nobody told bob
+        alice.cli("peers", "--wait", bob_id, "--direct", "--timeout", long_wait, timeout_s=float(long_wait) + 15)
+        sent = json.loads(alice.cli("send", bob_id, "back over quic", "--wait", WAIT, "--json").stdout)
+        assert sent["state"] == "delivered"
+        assert "back over quic" in [m["text"] for m in json.loads(bob.cli("inbox", "--json").stdout)]
     finally:
         for d in (alice, bob):
             d.stop()

@@ -50,12 +50,14 @@ def namespaces() -> Iterator[tuple[str, str]]:
         _ip("netns", "del", b)
 
 
-def start_in(ns: str, data: Path, name: str, betanet: str = "mdns = true\n") -> subprocess.Popen[bytes]:
-    """`village run` inside namespace ``ns``; ``betanet`` is extra `[betanet]` config lines. Returns once ready."""
+def start_in(
+    ns: str, data: Path, name: str, betanet: str = "mdns = true\n", listen: str | None = '["/ip4/0.0.0.0/tcp/0"]'
+) -> subprocess.Popen[bytes]:
+    """`village run` inside namespace ``ns``; ``betanet`` is extra `[betanet]` config lines; ``listen`` the
+    `listen` value (None: the default, QUIC and TCP on port 4001). Returns once ready."""
     data.mkdir(mode=0o700, parents=True)
-    (data / "config.toml").write_text(
-        f'[node]\nnickname = "{name}"\n[betanet]\nlisten = ["/ip4/0.0.0.0/tcp/0"]\n{betanet}'
-    )
+    listen_line = f"listen = {listen}\n" if listen is not None else ""
+    (data / "config.toml").write_text(f'[node]\nnickname = "{name}"\n[betanet]\n{listen_line}{betanet}')
     subprocess.run([*VILLAGE, "init", "--data-dir", str(data)], check=True, capture_output=True)
     notify_path = data.parent / f"{name}.notify"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
@@ -100,6 +102,35 @@ def test_mdns_discovery_across_namespaces(namespaces: tuple[str, str]) -> None:
             status["transport_counters"]["betanet"]["mdns_discovered"] >= 1
             or json.loads(cli(db, "status", "--json").stdout)["transport_counters"]["betanet"]["mdns_discovered"] >= 1
         )
+    finally:
+        for p in procs:
+            p.terminate()
+            try:
+                p.wait(timeout=WAIT_S)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_mdns_discovery_over_quic_with_the_default_listen(namespaces: tuple[str, str]) -> None:
+    """Default `[betanet] listen` (QUIC and TCP on 4001) across a real veth link: mDNS advertises both, the
+    discovering node dials the QUIC address, and a private message is delivered over it."""
+    root = Path(tempfile.mkdtemp(prefix="vlg-", dir="/tmp"))
+    procs = []
+    try:
+        ns_a, ns_b = namespaces
+        da, db = root / "a", root / "b"
+        procs.append(start_in(ns_a, da, "north", listen=None))
+        procs.append(start_in(ns_b, db, "south", listen=None))
+        status = json.loads(cli(db, "status", "--json").stdout)
+        assert status["listen_addrs"][0].startswith(f"/ip4/{SUBNET}.2/udp/4001/quic-v1/p2p/12D3Koo"), status
+        assert any(a.startswith(f"/ip4/{SUBNET}.2/tcp/4001/p2p/") for a in status["listen_addrs"])
+        south = json.loads(cli(db, "id", "--json").stdout)["peer_id"]
+        r = cli(da, "peers", "--wait", south, "--timeout", f"{WAIT_S:g}", "--json")
+        assert r.returncode == 0, r.stderr + (root / "north.log").read_text()
+        assert "/udp/" in json.loads(r.stdout)["address"] and "/quic-v1/" in json.loads(r.stdout)["address"]
+        r = cli(da, "send", "south", "found you by mDNS, over QUIC", "--wait", f"{WAIT_S:g}", "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)["state"] == "delivered", r.stderr
     finally:
         for p in procs:
             p.terminate()

@@ -55,13 +55,16 @@ def three_namespaces() -> Iterator[tuple[str, str, str]]:
             _ip("netns", "del", ns)
 
 
-def start_relay_node(ns: str, data: Path, name: str, relay: str, bootstrap: str = "") -> subprocess.Popen[bytes]:
+def start_relay_node(
+    ns: str, data: Path, name: str, relay: str, bootstrap: str = "", listen: str | None = '["/ip4/0.0.0.0/tcp/0"]'
+) -> subprocess.Popen[bytes]:
     boot = f'"{bootstrap}"' if bootstrap else ""
     return start_in(
         ns,
         data,
         name,
         f'mdns = false\nrelay = "{relay}"\nbootstrap = [{boot}]\nreconnect_initial_s = 0.2\nreconnect_max_s = 1.0\n',
+        listen=listen,
     )
 
 
@@ -76,7 +79,12 @@ def status(data: Path, root: Path) -> dict[str, object]:
     return result
 
 
-def test_edges_reach_each_other_only_through_the_relay(three_namespaces: tuple[str, str, str]) -> None:
+@pytest.mark.parametrize(
+    "listen", ['["/ip4/0.0.0.0/tcp/0"]', None], ids=["tcp", "default-quic-and-tcp"]
+)  # None: the default listen, QUIC and TCP on 4001; bootstraps and relayed hops then run over QUIC
+def test_edges_reach_each_other_only_through_the_relay(
+    three_namespaces: tuple[str, str, str], listen: str | None
+) -> None:
     ns_r, ns_e1, ns_e2 = three_namespaces
     root = Path(tempfile.mkdtemp(prefix="vlg-", dir="/tmp"))
     procs = []
@@ -90,14 +98,15 @@ def test_edges_reach_each_other_only_through_the_relay(three_namespaces: tuple[s
         assert probe.returncode != 0 and "unreachable" in probe.stderr, probe.stderr
 
         dr, d1, d2 = root / "r", root / "e1", root / "e2"
-        procs.append(start_relay_node(ns_r, dr, "relay", "hop"))
+        procs.append(start_relay_node(ns_r, dr, "relay", "hop", listen=listen))
         relay_addrs = status(dr, root)["listen_addrs"]
         assert isinstance(relay_addrs, list)
-        [via1] = [a for a in relay_addrs if a.startswith(f"/ip4/{EDGE1}.1/")]
-        [via2] = [a for a in relay_addrs if a.startswith(f"/ip4/{EDGE2}.1/")]
+        via1 = next(a for a in relay_addrs if a.startswith(f"/ip4/{EDGE1}.1/"))  # QUIC first when listening on it
+        via2 = next(a for a in relay_addrs if a.startswith(f"/ip4/{EDGE2}.1/"))
+        assert ("/quic-v1/" in via1) == (listen is None), relay_addrs
         relay_p2p = via1.rsplit("/p2p/", 1)[1]
-        procs.append(start_relay_node(ns_e2, d2, "e2", "client", via2))
-        procs.append(start_relay_node(ns_e1, d1, "e1", "client", via1))
+        procs.append(start_relay_node(ns_e2, d2, "e2", "client", via2, listen=listen))
+        procs.append(start_relay_node(ns_e1, d1, "e1", "client", via1, listen=listen))
         # R hears E2's first announce only after E2's slot on R is reserved (E2 reserves before its mesh
         # stream opens), so once R knows E2 it can relay to E2.
         ok(cli(dr, "peers", "--wait", "e2", "--timeout", WAIT), root)

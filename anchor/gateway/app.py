@@ -9,7 +9,7 @@ record does not happen: a store that is down gives 503 with a JSON body naming i
 Routes: ``GET /v1/health``, ``POST /v1/auth/token``, ``GET /v1/node``, ``GET /v1/peers``,
 ``POST /v1/messages`` (queued in a Redis Stream for the node: see :mod:`anchor.queue`), ``GET /v1/messages/{id}``,
 ``GET /v1/mailbox``, ``GET|POST /v1/keys``, ``DELETE /v1/keys/{key_id}``, ``WS /v1/events``; the OpenAPI
-document at ``/openapi.json``. ``POST /v1/rag/query`` is not here: the RAG issue has not landed on this branch.
+document at ``/openapi.json``.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the routes' annotations at run time, and
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import trio
-from fastapi import Depends, FastAPI, Form, Header, Path, Request, Security, WebSocket, WebSocketDisconnect
+from fastapi import Depends, FastAPI, Form, Header, Path, Query, Request, Security, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
@@ -43,6 +43,7 @@ from anchor.gateway.auth import (
 )
 from anchor.gateway.errors import (
     BodyTooLarge,
+    Forbidden,
     GatewayError,
     NodeUnavailable,
     NotFound,
@@ -52,9 +53,10 @@ from anchor.gateway.errors import (
 )
 from anchor.gateway.ports import ApiKeyInfo, GatewayStores, MailboxPort
 from anchor.queue import MessageQueue, QueuedMessage, new_message_id
-from anchor.stores.errors import StoreUnavailable
+from anchor.stores.errors import StoreError, StoreUnavailable
 from node.config import AnchorSection
 from node.errors import MeshError
+from node.mailbox import protocol as mailbox_protocol
 
 if TYPE_CHECKING:
     from node.node import Node
@@ -64,6 +66,7 @@ log = logging.getLogger("village.anchor.gateway")
 API_VERSION = "1.0.0"
 WS_POLICY_VIOLATION = 1008  # RFC 6455 close codes
 WS_GOING_AWAY = 1001
+WS_TRY_AGAIN_LATER = 1013
 GATEWAY_STORES = ("postgres", "redis")  # the stores the routes need; the graph's state only degrades health
 
 
@@ -80,6 +83,22 @@ class GatewayContext:
     queue: MessageQueue | None = None  # POST /v1/messages queues here (Redis Stream); the node consumes it
     event_streams: int = 0
     counters: dict[str, int] = field(default_factory=dict)
+    key_recheck_s: float = 3.0  # an open event stream re-checks its API key this often (node clock)
+    max_event_streams_per_key: int = 4
+    # Open event streams by API key: DELETE /v1/keys wakes them, so a revocation made here closes them at once
+    # (one made elsewhere, e.g. by the CLI, within key_recheck_s).
+    stream_wakeups: dict[str, set[trio.Event]] = field(default_factory=dict)
+    # GET /v1/health asks the stores at most once per [anchor] health_cache_s (trio clock): unauthenticated, and
+    # not rate limited while Redis is down, it must not become a way to hammer the stores.
+    health_cache: tuple[float, dict[str, str]] | None = None
+    health_lock: trio.Lock = field(default_factory=trio.Lock)
+
+    async def store_health(self) -> dict[str, str]:
+        async with self.health_lock:  # concurrent requests wait for one check instead of each making their own
+            cached = self.health_cache
+            if cached is None or trio.current_time() - cached[0] >= self.settings.health_cache_s:
+                cached = self.health_cache = (trio.current_time(), await self.stores.health())
+            return cached[1]
 
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -199,6 +218,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+MAILBOX_PARAMS = frozenset({"peer", "noise_key", "signing_key", "nonce", "mac", "signature", "limit", "grant", "ack"})
+
+
 # ---------------------------------------------------------------- middleware
 class BodyLimit:
     """Refuses request bodies over ``max_bytes`` with 413: a larger Content-Length at once, a streamed (chunked)
@@ -294,6 +316,15 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
         ctx.count("503")
         return unavailable_response(exc)
 
+    @app.exception_handler(StoreError)
+    async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
+        # The store answered but refused (a bug, or data it did not expect): logged with its reason, never sent.
+        log.error("%s %s: store error: %s", request.method, request.url.path, exc)
+        ctx.count("500")
+        return JSONResponse(
+            {"error": "store_error", "detail": "the anchor's store refused this request; the reason is logged"}, 500
+        )
+
     @app.exception_handler(MeshError)
     async def _node_error(request: Request, exc: MeshError) -> JSONResponse:
         # Unmapped MeshErrors come from a node that is not running (starting or stopped).
@@ -340,7 +371,7 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
         while Redis answers."""
         with contextlib.suppress(StoreUnavailable):  # the health check must answer while Redis is down
             await limit_ip(request)
-        stores = {name: "ok" if state == "ok" else "down" for name, state in (await ctx.stores.health()).items()}
+        stores = {name: "ok" if state == "ok" else "down" for name, state in (await ctx.store_health()).items()}
         if any(stores.get(name) == "down" for name in GATEWAY_STORES):
             status = "down"
         else:
@@ -446,13 +477,39 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
             raise NotFound(f"no message {message_id!r} sent with this key", code="unknown_message")
         return MessageStatus.model_validate(status)
 
+    def hex_param(size: int, doc: str) -> Any:
+        return Query(min_length=2 * size, max_length=2 * size, pattern=f"^[0-9a-fA-F]{{{2 * size}}}$", description=doc)
+
     @app.get("/v1/mailbox", responses={404: {"model": ErrorBody}, **ERRORS})
-    async def mailbox(request: Request, principal: Annotated[Principal, Depends(scoped(SCOPE_MAILBOX_READ))]) -> Any:
-        """Sealed envelopes held for an offline peer that proves its identity (see the mailbox docs)."""
+    async def mailbox(
+        request: Request,
+        principal: Annotated[Principal, Depends(scoped(SCOPE_MAILBOX_READ))],
+        peer: Annotated[str | None, hex_param(8, "the recipient's peer ID (step 2)")] = None,
+        noise_key: Annotated[str | None, hex_param(32, "its Noise static key (step 2)")] = None,
+        signing_key: Annotated[str | None, hex_param(32, "its Ed25519 key (step 2)")] = None,
+        nonce: Annotated[str | None, hex_param(mailbox_protocol.NONCE_BYTES, "the challenge's nonce (step 2)")] = None,
+        mac: Annotated[str | None, hex_param(mailbox_protocol.MAC_BYTES, "the proof's MAC (step 2)")] = None,
+        signature: Annotated[str | None, hex_param(mailbox_protocol.SIGNATURE_BYTES, "the proof (step 2)")] = None,
+        limit: Annotated[int | None, Query(ge=1, le=1024, description="envelopes at most (step 2)")] = None,
+        grant: Annotated[str | None, hex_param(mailbox_protocol.GRANT_BYTES, "the grant of step 2 (step 3)")] = None,
+        ack: Annotated[
+            str | None,
+            Query(
+                max_length=mailbox_protocol.MAX_IDS_PER_ACK * 20,
+                pattern=r"^[0-9]{1,18}(,[0-9]{1,18})*$",
+                description="envelope IDs to delete, separated by commas (step 3)",
+            ),
+        ] = None,
+    ) -> Any:
+        """Sealed envelopes held for an offline peer that proves its identity, in three steps: no parameters → a
+        challenge; ``peer, noise_key, signing_key, nonce, mac, signature`` (hex) → envelopes and a grant;
+        ``grant`` + ``ack`` → those envelopes deleted."""
         if ctx.mailbox is None:
             raise NotFound("this anchor runs no mailbox", code="mailbox_disabled")
-        query = dict(request.query_params)
-        await audit(principal, "mailbox.fetch", query.get("peer", "-"), {"params": sorted(query)})
+        # Only the declared parameters (validated above) reach the audit log and the mailbox.
+        query = {k: v for k, v in request.query_params.items() if k in MAILBOX_PARAMS}
+        action, target, detail = ctx.mailbox.audit_entry(query)
+        await audit(principal, action, target, {"params": sorted(query), **detail})
         return await ctx.mailbox.gateway_fetch(principal.key_id, query)
 
     @app.get("/v1/keys", response_model=list[KeyOut], responses=ERRORS)
@@ -464,6 +521,12 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
     async def create_key(body: KeyIn, principal: Annotated[Principal, Depends(scoped(SCOPE_KEYS_ADMIN))]) -> KeyCreated:
         """A new API key; its secret is in this response only."""
         scopes = check_role_scopes(body.role, body.scopes)
+        if not scopes <= principal.scopes:  # no minting of a key wider than the caller (a narrowed admin token)
+            missing = " ".join(sorted(scopes - principal.scopes))
+            raise Forbidden(
+                f"a new key's scopes must be a subset of this token's; it lacks {missing}",
+                code="scope_escalation",
+            )
         await audit(principal, "keys.create", body.name, {"role": body.role, "scopes": sorted(scopes)})
         info, secret = await ctx.stores.create_api_key(body.name, body.role, scopes)
         return KeyCreated.model_validate({**key_out(info), "secret": secret})
@@ -479,6 +542,8 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
             raise NotFound(f"no API key {key_id!r}")
         await audit(principal, "keys.revoke", key_id, {})
         await ctx.stores.revoke_api_key(key_id)
+        for wakeup in ctx.stream_wakeups.get(key_id, ()):
+            wakeup.set()
         return KeyOut.model_validate({**key_out(keys[key_id]), "revoked": True})
 
     @app.websocket("/v1/events")
@@ -495,6 +560,8 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
             principal.require(SCOPE_EVENTS_READ)
             if ctx.event_streams >= settings.max_event_streams:
                 raise RateLimited("too many event streams open", retry_after_s=5)
+            if len(ctx.stream_wakeups.get(principal.key_id, ())) >= ctx.max_event_streams_per_key:
+                raise RateLimited("too many event streams open for this API key", retry_after_s=5)
         except GatewayError as exc:
             await websocket.send_denial_response(error_response(exc))
             return
@@ -502,21 +569,33 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
             await websocket.send_denial_response(unavailable_response(exc))
             return
         ctx.event_streams += 1
+        wakeup = trio.Event()
+        ctx.stream_wakeups.setdefault(principal.key_id, set()).add(wakeup)
         inbox = ctx.node.subscribe_inbox()
         try:
             await websocket.accept()
-            await _pump_events(websocket, inbox, principal, ctx.wall_s)
+            await _pump_events(websocket, inbox, principal, ctx, wakeup)
         finally:
             ctx.event_streams -= 1
+            streams = ctx.stream_wakeups.get(principal.key_id, set())
+            streams.discard(wakeup)
+            if not streams:
+                ctx.stream_wakeups.pop(principal.key_id, None)
             ctx.node.unsubscribe_inbox(inbox)
 
     return BodyLimit(app, settings.max_body_bytes)
 
 
 async def _pump_events(
-    websocket: WebSocket, inbox: trio.MemoryReceiveChannel[Any], principal: Principal, wall_s: Callable[[], float]
+    websocket: WebSocket,
+    inbox: trio.MemoryReceiveChannel[Any],
+    principal: Principal,
+    ctx: GatewayContext,
+    wakeup: trio.Event,
 ) -> None:
-    """Send inbox messages until the client leaves, the node stops, or the token expires."""
+    """Send inbox messages until the client leaves, the node stops, the token expires or its key is revoked
+    (re-checked every ``ctx.key_recheck_s`` and at once on a revocation through this gateway)."""
+    close_code = WS_GOING_AWAY  # the node is stopping, unless a watcher says otherwise
     async with trio.open_nursery() as nursery:
 
         async def watch_client() -> None:
@@ -525,11 +604,32 @@ async def _pump_events(
                 pass
             nursery.cancel_scope.cancel()
 
+        async def watch_key() -> None:
+            nonlocal close_code
+            while True:
+                with trio.move_on_after(ctx.key_recheck_s):
+                    if wakeup.is_set():  # woken once already (the key stayed active): back to the interval
+                        await trio.sleep_forever()
+                    await wakeup.wait()
+                try:
+                    active = await ctx.stores.key_active(principal.key_id)
+                except StoreUnavailable:  # cannot tell: fail closed, the client reconnects later
+                    close_code = WS_TRY_AGAIN_LATER
+                    break
+                if not active:
+                    close_code = WS_POLICY_VIOLATION
+                    break
+            pumping.cancel()
+
+        pumping = trio.CancelScope()
         nursery.start_soon(watch_client)
-        with trio.move_on_after(max(0.0, principal.expires_at_s - wall_s())) as expiry:
-            async for message in inbox:
-                await websocket.send_json(message.to_json())
-        # The token expired (policy violation: get a new one), or the node is stopping (going away).
+        nursery.start_soon(watch_key)
+        with pumping:
+            with trio.move_on_after(max(0.0, principal.expires_at_s - ctx.wall_s())) as expiry:
+                async for message in inbox:
+                    await websocket.send_json(message.to_json())
+            if expiry.cancelled_caught:
+                close_code = WS_POLICY_VIOLATION  # the token expired: get a new one
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # already gone
-            await websocket.close(code=WS_POLICY_VIOLATION if expiry.cancelled_caught else WS_GOING_AWAY)
+            await websocket.close(code=close_code)
         nursery.cancel_scope.cancel()

@@ -60,3 +60,8 @@ class MailboxPort(Protocol):
     """
 
     async def gateway_fetch(self, key_id: str, query: Mapping[str, str]) -> Any: ...
+
+    def audit_entry(self, query: Mapping[str, str]) -> tuple[str, str, dict[str, Any]]:
+        """(action, target, detail) for the audit row written before ``gateway_fetch`` runs: an ACK is
+        ``mailbox.ack`` naming the grant's recipient and how many IDs; a challenge or fetch ``mailbox.fetch``."""
+        ...

@@ -4,7 +4,9 @@ NodeError (node.errors)
 └── StoreError                  a store was misused or holds unexpected data (a bug: reported, not retried)
     ├── StoreUnavailable        the server is down, unreachable or too slow; the gateway answers 503.
     │                           The store recovers by itself: the next call reconnects.
-    └── MigrationError          the numbered SQL migrations are inconsistent (gap, duplicate, bad name)
+    ├── MigrationError          the numbered SQL migrations are inconsistent (gap, duplicate, bad name)
+    └── MailboxQuotaExceeded    a deposit was refused: the recipient's mailbox, or this depositor's share of it,
+                                is full (not a bug: the depositor retries later)
 """
 
 from __future__ import annotations
@@ -26,3 +28,12 @@ class StoreUnavailable(StoreError):
 
 class MigrationError(StoreError):
     """The migration files are not a gap-free numbered sequence, or one failed to apply."""
+
+
+class MailboxQuotaExceeded(StoreError):
+    """``which`` is "recipient" (its mailbox is full) or "depositor" (this depositor's share of it is)."""
+
+    def __init__(self, which: str, limit: int) -> None:
+        super().__init__(f"mailbox quota per {which} ({limit}) reached")
+        self.which = which
+        self.limit = limit

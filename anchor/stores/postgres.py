@@ -30,11 +30,12 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
 from anchor.stores._runner import BlockingRunner
-from anchor.stores.errors import MigrationError, StoreError, StoreUnavailable
+from anchor.stores.errors import MailboxQuotaExceeded, MigrationError, StoreError, StoreUnavailable
 
 T = TypeVar("T")
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_MAILBOX_LOCK_CLASS = 0x4D42  # pg_advisory_xact_lock(class, recipient prefix): one depositor per recipient at a time
 _MIGRATION_LOCK = 0x41495649  # pg_advisory_xact_lock key ("AIVI"): one migrator at a time per database
 ROLES = frozenset({"admin", "user", "node"})
 API_KEY_PREFIX = "avk_"
@@ -392,25 +393,52 @@ class PostgresStore:
     # --------------------------------------------------------------------------------------------- mailbox
 
     async def mailbox_deposit(
-        self, recipient: bytes, dedupe_id: bytes, envelope: bytes, expires_at_ms: int, now_ms: int
+        self,
+        recipient: bytes,
+        dedupe_id: bytes,
+        envelope: bytes,
+        expires_at_ms: int,
+        now_ms: int,
+        *,
+        depositor: bytes = b"",
+        max_per_recipient: int | None = None,
+        max_per_depositor: int | None = None,
     ) -> tuple[int, bool]:
         """Store a sealed envelope for ``recipient``; (its row ID, True if new). The same (recipient, dedupe_id)
-        deposited again returns the first row's ID and False."""
+        deposited again returns the first row's ID and False. With quotas, a new envelope is refused
+        (:class:`MailboxQuotaExceeded`) when ``recipient`` holds ``max_per_recipient`` unexpired envelopes, or
+        ``max_per_depositor`` from ``depositor``. Count and insert are atomic: deposits for one recipient take a
+        transaction-scoped advisory lock on it, so concurrent deposits cannot overshoot a quota."""
 
         def work(conn: psycopg.Connection[TupleRow]) -> tuple[int, bool]:
-            row = conn.execute(
-                "INSERT INTO mailbox (recipient, dedupe_id, envelope, expires_at_ms, deposited_at_ms) "
-                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (recipient, dedupe_id) DO NOTHING RETURNING id",
-                (recipient, dedupe_id, envelope, expires_at_ms, now_ms),
-            ).fetchone()
-            if row is not None:
-                return int(row[0]), True
+            # Two-int advisory keys live apart from the migrator's one-bigint key.
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(%s, %s)",
+                (_MAILBOX_LOCK_CLASS, int.from_bytes(recipient[:4].ljust(4, b"\0"), "big", signed=True)),
+            )
             old = conn.execute(
                 "SELECT id FROM mailbox WHERE recipient = %s AND dedupe_id = %s", (recipient, dedupe_id)
             ).fetchone()
-            if old is None:  # deleted between the two statements: deposit again
-                return work(conn)
-            return int(old[0]), False
+            if old is not None:
+                return int(old[0]), False
+            if max_per_recipient is not None or max_per_depositor is not None:
+                row = conn.execute(
+                    "SELECT count(*), count(*) FILTER (WHERE depositor = %s) FROM mailbox "
+                    "WHERE recipient = %s AND expires_at_ms > %s",
+                    (depositor, recipient, now_ms),
+                ).fetchone()
+                for_recipient, from_depositor = (int(row[0]), int(row[1])) if row else (0, 0)
+                if max_per_recipient is not None and for_recipient >= max_per_recipient:
+                    raise MailboxQuotaExceeded("recipient", max_per_recipient)
+                if max_per_depositor is not None and from_depositor >= max_per_depositor:
+                    raise MailboxQuotaExceeded("depositor", max_per_depositor)
+            row = conn.execute(
+                "INSERT INTO mailbox (recipient, dedupe_id, envelope, expires_at_ms, deposited_at_ms, depositor) "
+                "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                (recipient, dedupe_id, envelope, expires_at_ms, now_ms, depositor),
+            ).fetchone()
+            assert row is not None  # INSERT ... RETURNING always returns the row
+            return int(row[0]), True
 
         return await self._call(work)
 

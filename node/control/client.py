@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +89,14 @@ class ControlClient:
                 self._result(msg)
                 return
             yield str(msg.get("method")), msg.get("params")
+
+    def call_streaming(self, method: str, on_notification: Callable[[str, Any], None], **params: Any) -> Any:
+        """Call a method that sends notifications before its response; each goes to ``on_notification``; returns
+        the final result."""
+        self._sock.settimeout(None)
+        req_id = self._send(method, params)
+        while True:
+            msg = self._read_message()
+            if "id" in msg and (msg["id"] == req_id or msg["id"] is None):
+                return self._result(msg)
+            on_notification(str(msg.get("method")), msg.get("params"))

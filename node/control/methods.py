@@ -9,6 +9,7 @@ import trio
 
 from node.control.rpc import APP_ERROR, NoParams, Notify, Registry, RpcError, param
 from node.outbox import STATES
+from node.rag.rpc import register as register_rag
 
 if TYPE_CHECKING:
     from node.node import Node
@@ -251,4 +252,5 @@ def build_registry(node: Node) -> Registry:
     from node.mailbox.control import register as register_mailbox
 
     register_mailbox(reg, node)
+    register_rag(reg, lambda: node.rag, lambda: node)
     return reg

@@ -88,6 +88,8 @@ class Method(Generic[P]):
 
 
 def _type_name(t: Any) -> str:
+    if typing.get_origin(t) is list:
+        return str(t).replace("typing.", "")
     return getattr(t, "__name__", None) or str(t).replace("typing.", "")
 
 
@@ -106,6 +108,10 @@ def _check_param(method: str, name: str, value: Any, typ: Any) -> Any:
             return None
         non_none = [a for a in args if a is not type(None)]
         return _check_param(method, name, value, non_none[0])
+    if origin is list and args == (str,):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise RpcError(INVALID_PARAMS, f"{method}: param {name!r} must be a list of strings, got {value!r}")
+        return list(value)
     ok = {
         str: isinstance(value, str),
         int: isinstance(value, int) and not isinstance(value, bool),

@@ -4,8 +4,9 @@
 * **Deposit.** The mesh core seals a held private message after ``mesh.courier_after_s`` (the courier's Noise_X
   envelope: the anchor never sees the text) and emits :class:`~node.routing.mesh.EnvelopeSealed`; the node hands
   it here and it is queued for every anchor (bounded: ``mailbox.max_pending_deposits``, oldest dropped) and
-  deposited as soon as the anchor answers. A deposit the anchor refuses (full, expired, malformed) is dropped
-  with a warning; one that fails in transit stays queued and is retried with backoff.
+  deposited as soon as the anchor answers. A deposit the anchor refuses for good (expired, malformed) is dropped
+  with a warning; one refused as full (the recipient's mailbox, or our share of it), or that fails in transit,
+  stays queued and is retried with backoff.
 * **Fetch.** At start, whenever a link to an anchor comes up, and every ``mailbox.fetch_interval_s``: ask for a
   challenge, answer it (:func:`~node.mailbox.protocol.make_proof`: our Noise and signing keys bound to the anchor's
   fresh nonce), receive our envelopes, deliver each into the mesh core (which opens it and writes the inbox, unique
@@ -54,6 +55,7 @@ class MailboxClientCounters:
     deposited: int = 0
     deposit_duplicates: int = 0
     deposits_refused: int = 0
+    deposits_deferred: int = 0  # refused as full (E_FULL): kept and retried with backoff
     deposits_dropped: int = 0  # queue full: the oldest went
     fetches: int = 0  # completed fetch exchanges (with or without envelopes)
     fetched: int = 0
@@ -169,25 +171,36 @@ class MailboxClient:
         stream = await self.transport.open_stream(target.addr, p.MAILBOX_PROTOCOL)
         framed = FramedStream(stream, timeout_s=self.settings.request_timeout_s)
         try:
-            await self._deposit_all(target, framed)
+            full = await self._deposit_all(target, framed)
             if target.fetch_due:
                 await self._fetch_all(target, framed)
                 target.fetch_due = False
                 self.counters.fetches += 1
+            if full:  # the exchange went through, but these wait: retried with the failure backoff
+                raise MailboxError(p.E_FULL, f"{full} envelope(s) kept: their recipients' mailboxes are full")
         except MalformedFrame as exc:
             raise MeshError(f"the anchor answered nonsense: {exc}") from exc
         finally:
             await framed.aclose()
             self._notify()
 
-    async def _deposit_all(self, target: AnchorTarget, framed: FramedStream) -> None:
-        while target.pending:
+    async def _deposit_all(self, target: AnchorTarget, framed: FramedStream) -> int:
+        """Deposit the queue; how many envelopes were kept because their recipients' mailboxes are full."""
+        full = 0  # envelopes in a row the anchor found full for their recipient: kept, tried again later
+        while len(target.pending) > full:
             envelope = target.pending[0]
             try:
                 _, new = p.decode_deposited_untrusted(await framed.request(p.encode_deposit(envelope)))
             except MailboxError as exc:
                 if exc.code in p.TRANSIENT:
                     raise  # the anchor's store is down, or we deposit too fast: keep the envelope, retry later
+                if exc.code == p.E_FULL:
+                    # The recipient's mailbox (or our share of it) is full until it fetches: keep the envelope at
+                    # the back (the queue is bounded) and go on with the others; retried with backoff.
+                    target.pending.rotate(-1)
+                    full += 1
+                    self.counters.deposits_deferred += 1
+                    continue
                 target.pending.popleft()
                 self.counters.deposits_refused += 1
                 log.warning("mailbox: %s refused an envelope: %s", target.addr, exc)
@@ -198,6 +211,7 @@ class MailboxClient:
             else:
                 self.counters.deposit_duplicates += 1
             log.info("mailbox: envelope deposited at %s", target.addr)
+        return full
 
     async def _fetch_all(self, target: AnchorTarget, framed: FramedStream) -> None:
         for _ in range(MAX_FETCH_ROUNDS):

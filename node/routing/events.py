@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from node.routing.app import AppEvent
+
 
 @dataclass(frozen=True, slots=True)
 class PeerAnnounced:
@@ -52,7 +54,7 @@ class EnvelopeSealed:
     envelope: bytes
 
 
-MeshEvent = PeerAnnounced | PeerLeft | MessageReceived | DeliveryAcked | PrivateFailed | EnvelopeSealed
+MeshEvent = PeerAnnounced | PeerLeft | MessageReceived | DeliveryAcked | PrivateFailed | EnvelopeSealed | AppEvent
 
 
 @dataclass(slots=True)

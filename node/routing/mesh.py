@@ -513,6 +513,12 @@ class MeshCore(AnnouncingCore):
             if p is not None and p.peer_id == peer:
                 self.pending.remove(message_id)
                 self._events.append(DeliveryAcked(message_id, peer))
+        elif ptype == NoisePayloadType.APP_CHANNEL:
+            app_event = self.app.receive_untrusted(peer, body)
+            if isinstance(app_event, bytes):  # a resent request we answered already: answer it again
+                self._send_encrypted(peer, app_event, now, queue=True)
+            elif app_event is not None:
+                self._events.append(app_event)
         # read receipts, authenticated peer state and optional types are accepted and ignored
 
     def _on_fragment(self, link_id: str, pkt: Packet, now: float) -> bool:

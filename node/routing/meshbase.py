@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from node.config import MeshSection
-from node.errors import CryptoError
+from node.errors import CryptoError, MeshError
 from node.identity import Identity
+from node.routing.app import AppChannel
 from node.routing.courier import (
     CourierStore,
     Envelope,
@@ -105,6 +106,7 @@ class MeshBase:
         self.relays = RelayQueue(s.relay_queue_max, s.relay_queue_max_bytes)
         self._flood = s.routing == "flood"
         self.couriers = CourierStore(s.courier_max_envelopes)
+        self.app = AppChannel(self.rng)  # app request/response codec and matching (node.routing.app)
         self._announced_at: dict[str, float] = {}  # link -> when we last announced on it
         self._answers: dict[str, float] = {}
         # Links the last encrypted frame to each peer left on (bounded by the peer table's size).
@@ -220,6 +222,12 @@ class MeshBase:
         self.last_links.move_to_end(peer_id)
         while len(self.last_links) > self.settings.max_peers:
             self.last_links.popitem(last=False)
+
+    def send_app(self, peer_id: bytes, plaintext: bytes, now: float) -> None:
+        """Send an app-channel plaintext (from :attr:`app`) in the peer's Noise session, starting one if needed."""
+        if self.peers.get(peer_id) is None:
+            raise MeshError(f"peer {peer_id.hex()} is unknown: no verified announce from it yet")
+        self._send_encrypted(peer_id, plaintext, now, queue=True)
 
     def _start_handshake(self, peer_id: bytes, now: float, *, flood: bool = False) -> None:
         msg1 = self.sessions.initiate(peer_id, now)

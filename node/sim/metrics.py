@@ -70,6 +70,8 @@ class SimReport:
     unicast_sent: int
     unicast_refused: int
     unicast_delivered: int
+    unicast_failed: int  # undelivered, and the sender's core gave up (PrivateFailed)
+    unicast_retrying: int  # undelivered and still pending at the sender when the run ended
     unicast_acked: int
     unicast_latency_median_s: float | None
     unicast_latency_p95_s: float | None
@@ -136,6 +138,10 @@ def build_report(
         unicast_sent=len(unicasts),
         unicast_refused=sum(1 for r in unicasts if r.refused is not None),
         unicast_delivered=len(u_lat),
+        unicast_failed=sum(1 for r in unicasts if r.delivered_s is None and r.failed is not None),
+        unicast_retrying=sum(
+            1 for r in unicasts if r.delivered_s is None and r.message_id is not None and r.failed is None
+        ),
         unicast_acked=sum(1 for r in unicasts if r.acked_s is not None),
         unicast_latency_median_s=statistics.median(u_lat) if u_lat else None,
         unicast_latency_p95_s=percentile(u_lat, 95),

@@ -126,6 +126,7 @@ class NoisePayloadType(enum.IntEnum):
     VOUCH = 0x12
     PRIVATE_FILE = 0x20
     AUTHENTICATED_PEER_STATE = 0x21
+    APP_CHANNEL = 0x70  # AIVillage only (node.routing.app): app request/response; BitChat ignores unknown types
 
 
 PRIVATE_FILE_ALIAS = 0x09  # accepted on input as PRIVATE_FILE

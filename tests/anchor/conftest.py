@@ -28,7 +28,7 @@ from anchor.services import DEFAULT_DIR, SERVICES, Services, ServicesError, Serv
 
 @pytest.fixture(scope="session")
 def services() -> ServiceSettings:
-    svc = Services(Path(os.environ.get("AIVILLAGE_SERVICES_DIR", DEFAULT_DIR)))
+    svc = Services(Path(os.environ.get("AIVILLAGE_SERVICES_DIR", DEFAULT_DIR)), fast=True)
     try:
         settings = svc.up()
     except ServicesError as exc:

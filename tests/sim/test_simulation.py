@@ -28,9 +28,12 @@ def test_a_send_before_the_peer_announced_is_held_then_delivered() -> None:
     sim = Simulation(line(2), seed=1)
     rec = sim.send_private(0, 1, "too early")  # no announce has arrived yet: held, as `village send <peer ID>`
     assert rec.refused is None and rec.message_id is not None
+    r = sim.report()
+    assert (r.unicast_retrying, r.unicast_failed) == (1, 0)  # pending, not yet delivered
     sim.run_until(60.0)
     assert rec.delivered_s is not None and rec.acked_s is not None
-    assert sim.report().unicast_refused == 0
+    r = sim.report()
+    assert (r.unicast_refused, r.unicast_retrying, r.unicast_failed) == (0, 0, 0)
 
 
 def test_a_send_the_core_refuses_is_counted() -> None:

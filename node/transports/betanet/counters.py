@@ -19,3 +19,4 @@ class BetanetCounters:
     dht_found: int = 0  # lookups that returned at least one address
     relay_reservations: int = 0  # slots reserved on relays (refreshes not counted)
     relay_dials: int = 0  # connections we opened through a relay (/p2p-circuit)
+    dial_fallbacks: int = 0  # dials that connected on a later address (QUIC unreachable, TCP answered)

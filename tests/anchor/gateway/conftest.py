@@ -27,7 +27,13 @@ from node.transports.base import Transport
 from tests.anchor.gateway.proxy import TcpProxy
 
 # Tests share the Redis buckets of 127.0.0.1; only the rate-limit test sets tight limits (on other addresses).
-RELAXED = {"ip_rate_per_s": 1_000_000.0, "ip_burst": 1_000_000, "key_rate_per_s": 1_000_000.0, "key_burst": 1_000_000}
+RELAXED = {
+    "ip_rate_per_s": 1_000_000.0,
+    "ip_burst": 1_000_000,
+    "key_rate_per_s": 1_000_000.0,
+    "key_burst": 1_000_000,
+    "health_cache_s": 0.0,  # tests watch stores go down and come back through /v1/health
+}
 
 
 @dataclass
@@ -114,9 +120,8 @@ async def start_gateway(
         settings_file.chmod(0o600)
         section = AnchorSection(
             services_settings=str(settings_file),
-            gateway_listen="127.0.0.1:0",
             store_timeout_s=2.0,
-            **{**RELAXED, **anchor},
+            **{"gateway_listen": "127.0.0.1:0", **RELAXED, **anchor},
         )
         cfg = Config(data_dir=data_dir, anchor=section)
         identity = load_identity(data_dir) if identity_exists(data_dir) else create_identity(data_dir)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import httpx
 
 from anchor.mailbox import MailboxCore, MailboxLimits, MailboxService, PostgresMailboxStorage
@@ -63,8 +66,10 @@ async def test_a_recipient_fetches_and_acks_its_envelopes_through_the_gateway(st
         _user_id, user_secret = await gateway.key("user")  # users hold no mailbox:read
         user = {"Authorization": f"Bearer {await gateway.token(client, user_secret)}"}
         assert (await client.get("/v1/mailbox", headers=user)).status_code == 403
-    actions = [r.action for r in await gateway.audit_of(key_id)]
-    assert actions == ["auth.token"] + ["mailbox.fetch"] * 7
+    rows = await gateway.audit_of(key_id)
+    assert [r.action for r in rows] == ["auth.token"] + ["mailbox.fetch"] * 4 + ["mailbox.ack"] + ["mailbox.fetch"] * 2
+    ack = rows[5]
+    assert (ack.target, ack.detail["count"]) == (recipient.peer_id.hex(), 1)  # whose envelopes, how many
 
 
 class _LateService:
@@ -75,3 +80,6 @@ class _LateService:
 
     async def gateway_fetch(self, key_id: str, query: dict[str, str]) -> object:
         return await self.box[0].gateway_fetch(key_id, query)
+
+    def audit_entry(self, query: Mapping[str, str]) -> tuple[str, str, dict[str, Any]]:
+        return self.box[0].audit_entry(query)

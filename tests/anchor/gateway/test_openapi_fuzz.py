@@ -14,7 +14,8 @@ import pytest
 import schemathesis
 import trio
 
-from tests.anchor.gateway.conftest import Gateway
+from tests.anchor.gateway.conftest import Gateway, StartGateway
+from tests.anchor.gateway.test_security_review import mailbox_gateway
 
 EXAMPLES_PER_OPERATION = 25
 PUBLIC = {("GET", "/v1/health"), ("POST", "/v1/auth/token")}
@@ -53,8 +54,17 @@ def _fuzz_operation(operation: Any, base_url: str, headers: dict[str, str], chec
     run()
 
 
-async def test_no_5xx_and_no_unauthorised_success(gateway: Gateway, client: httpx.AsyncClient) -> None:
+async def test_no_5xx_and_no_unauthorised_success(start_gateway: StartGateway) -> None:
+    gateway, _service = await mailbox_gateway(start_gateway)  # with the mailbox: GET /v1/mailbox is fuzzed too
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10.0) as client:
+        await _fuzz_gateway(gateway, client)
+
+
+async def _fuzz_gateway(gateway: Gateway, client: httpx.AsyncClient) -> None:
     doc = (await client.get("/openapi.json")).json()
+    assert {"peer", "signature", "grant", "ack"} <= {
+        p["name"] for p in doc["paths"]["/v1/mailbox"]["get"]["parameters"]
+    }
     admin_id, admin_secret = await gateway.key("admin")
     admin = await gateway.token(client, admin_secret)
     _reader_id, reader_secret = await gateway.key("user", frozenset({"node:read"}))
@@ -86,7 +96,7 @@ async def test_no_5xx_and_no_unauthorised_success(gateway: Gateway, client: http
     # The fuzzer got through to the handlers with valid requests too (it is not only collecting 401s/422s).
     with trio.fail_after(20):  # what it sent reaches the node through the queue
         await gateway.node.wait_until(lambda: any(m.text for m in gateway.node.outgoing.values()))
-    assert "keys.create" in {r.action for r in await gateway.audit_of(admin_id)}
+    assert {"keys.create", "mailbox.fetch"} <= {r.action for r in await gateway.audit_of(admin_id)}
 
 
 pytestmark = pytest.mark.slow

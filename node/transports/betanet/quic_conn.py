@@ -1,0 +1,501 @@
+"""One QUIC connection driven event by event from trio, for py-libp2p's swarm: the adapter half of BetaNet's
+QUIC (the transport and listener are in :mod:`.quic_transport`).
+
+aioquic's ``QuicConnection`` is the sans-IO core. :class:`QuicConn` is its thin adapter, shaped like hypercorn's
+``protocol/quic.py``: every input (a batch of datagrams, a write, the timer) is followed by one :meth:`flush`
+that takes the core's events, sends its datagrams and re-arms the connection's single timer (a cancel scope
+whose deadline follows ``get_timer()``). A stream reader sleeps until data for *its* stream arrives. There is
+no polling loop, no sleep, and no read timeout inside (BetanetLink has its own stall timeout).
+
+It replaces py-libp2p 0.8's ``QUICConnection``/``QUICStream`` (transport/quic/connection.py, stream.py), which
+poll aioquic in a loop with ``trio.sleep(0.0001)`` between passes (connection.py lines 522-570), wake readers
+per ~1 KB, reset streams idle for 30 s, and schedule work in nurseries that may already be closed.
+
+Ownership: :meth:`QuicConn.run` owns the connection's tasks (its timer, and for a dialled connection its socket
+reader) in one nursery; it is started in the swarm's background nursery (dial) or the listener's nursery
+(inbound), both of which outlive it. Whatever ends ``run`` (close, the peer, cancellation at shutdown), its
+``finally`` ends the connection synchronously: a CONNECTION_CLOSE is sent best-effort, streams and waiters
+are woken, a dialled connection's socket is closed.
+
+Bounds: un-acknowledged bytes per stream (writers wait), unread bytes per stream (aioquic grants flow-control
+credit on receipt, not when the application reads, so a stream whose reader stops is reset at
+:data:`STREAM_RECEIVE_LIMIT_BYTES`), and inbound streams waiting to be accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+import trio
+from aioquic.quic import events
+from aioquic.quic.connection import QuicConnection
+from libp2p.abc import IMuxedConn, IMuxedStream, IRawConnection
+from libp2p.connection_types import ConnectionType
+from libp2p.peer.id import ID
+from libp2p.stream_muxer.exceptions import MuxedConnUnavailable, MuxedStreamClosed, MuxedStreamEOF, MuxedStreamReset
+from multiaddr import Multiaddr
+
+log = logging.getLogger("village.betanet.quic")
+
+SEND_HIGH_WATER_BYTES = 1 << 20  # un-acknowledged bytes on a stream before write() waits (py-libp2p's value)
+SEND_LOW_WATER_BYTES = 256 * 1024  # ... and the level at which it resumes (py-libp2p's value)
+WRITE_CHUNK_BYTES = 64 * 1024  # a large write is queued in chunks so the watermark is checked between them
+STREAM_RECEIVE_LIMIT_BYTES = 16 << 20  # unread bytes one stream may hold before it is reset
+ACCEPT_QUEUE_STREAMS = 64  # inbound streams not yet accepted by the swarm; more are reset
+DATAGRAMS_PER_WAKEUP = 64  # datagrams taken from the socket before the core's output is flushed
+DATAGRAM_BYTES = 65_536  # recvfrom buffer
+ERROR_NO_ERROR = 0x0  # QUIC application error codes we send
+ERROR_STREAM_RESET = 0x1  # a stream reset by us (libp2p's STREAM_RESET_ERROR_CODE)
+ERROR_OVER_LIMIT = 0x2  # a stream whose unread bytes passed STREAM_RECEIVE_LIMIT_BYTES, or too many streams
+
+Address = tuple[str, int]
+
+
+class UdpSocket:
+    """A non-blocking UDP socket; senders wait only while the kernel's send buffer is full."""
+
+    def __init__(self, family: socket.AddressFamily, bind: Address, peer: Address | None = None) -> None:
+        """Bound to ``bind``; with ``peer``, also connected to it, so that the kernel reports an ICMP "port
+        unreachable" from it (ConnectionRefusedError from :meth:`receive_batch`) instead of dropping it."""
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            self.sock.setblocking(False)
+            self.sock.bind(bind)
+            if peer is not None:
+                self.sock.connect(peer)
+        except OSError:
+            self.sock.close()
+            raise
+        self._connected = peer is not None
+        self._lock = trio.Lock()
+
+    @property
+    def local(self) -> Address:
+        addr = self.sock.getsockname()
+        return str(addr[0]), int(addr[1])
+
+    async def send(self, datagrams: list[tuple[bytes, Address]]) -> None:
+        for i, (data, addr) in enumerate(datagrams):
+            try:
+                self.sock.sendto(data, addr)
+            except BlockingIOError:
+                async with self._lock:
+                    for data2, addr2 in datagrams[i:]:
+                        while True:
+                            try:
+                                self.sock.sendto(data2, addr2)
+                                break
+                            except BlockingIOError:
+                                await trio.lowlevel.wait_writable(self.sock)
+                return
+            except OSError:
+                return  # unreachable/closed: QUIC's loss recovery or idle timeout deals with it
+
+    def send_now(self, datagrams: list[tuple[bytes, Address]]) -> None:
+        """Best effort, without waiting (used while ending a connection)."""
+        for data, addr in datagrams:
+            try:
+                self.sock.sendto(data, addr)
+            except OSError:
+                return
+
+    async def receive_batch(self) -> list[tuple[bytes, Address]]:
+        """Wait for the socket to be readable, then take up to DATAGRAMS_PER_WAKEUP datagrams."""
+        await trio.lowlevel.wait_readable(self.sock)
+        batch: list[tuple[bytes, Address]] = []
+        for _ in range(DATAGRAMS_PER_WAKEUP):
+            try:
+                data, addr = self.sock.recvfrom(DATAGRAM_BYTES)
+            except BlockingIOError:
+                break
+            except ConnectionRefusedError:
+                if self._connected:
+                    raise  # the one peer of this socket has no socket on its port
+                break  # an unconnected socket: a stale ICMP error about some earlier peer
+            batch.append((data, (str(addr[0]), int(addr[1]))))
+        return batch
+
+    def close(self) -> None:
+        if self.sock.fileno() != -1:
+            trio.lowlevel.notify_closing(self.sock)  # a task waiting on it gets ClosedResourceError
+            self.sock.close()
+
+
+def quic_multiaddr(addr: Address) -> Multiaddr:
+    ip = addr[0]
+    return Multiaddr(f"/{'ip6' if ':' in ip else 'ip4'}/{ip}/udp/{addr[1]}/quic-v1")
+
+
+class QuicStream(IMuxedStream):
+    """One bidirectional QUIC stream. ``read`` sleeps until the connection hands this stream data."""
+
+    def __init__(self, conn: QuicConn, stream_id: int) -> None:
+        self.muxed_conn = conn
+        self._conn = conn
+        self.stream_id = stream_id
+        self._buf = bytearray()
+        self._eof = False  # the peer's FIN arrived
+        self._reset = False  # reset by either side, or the connection ended
+        self._write_closed = False
+        self._readable = trio.Event()
+
+    # -- called by the connection (synchronously, from flush)
+    def _on_data(self, data: bytes, end_stream: bool) -> None:
+        if self._reset:
+            return
+        self._buf += data
+        self._eof = self._eof or end_stream
+        if len(self._buf) > STREAM_RECEIVE_LIMIT_BYTES:
+            log.warning(
+                "QUIC stream %d from %s: %d unread bytes (limit %d); resetting it",
+                self.stream_id,
+                self._conn.peer_id,
+                len(self._buf),
+                STREAM_RECEIVE_LIMIT_BYTES,
+            )
+            self._conn.streams_over_limit += 1
+            self._reset_locally(ERROR_OVER_LIMIT)
+        self._readable.set()
+
+    def _on_reset(self) -> None:
+        self._reset = True
+        self._buf.clear()
+        self._readable.set()
+        self._conn._forget(self)
+
+    def _reset_locally(self, code: int) -> None:
+        quic = self._conn.quic
+        if not self._write_closed:
+            self._write_closed = True
+            quic.reset_stream(self.stream_id, code)
+        if not self._eof:
+            quic.stop_stream(self.stream_id, code)
+        self._on_reset()
+
+    # -- IMuxedStream
+    async def read(self, n: int | None = None) -> bytes:
+        while not self._buf:
+            if self._reset:
+                raise MuxedStreamReset(f"QUIC stream {self.stream_id} was reset")
+            if self._eof:
+                raise MuxedStreamEOF(f"QUIC stream {self.stream_id} ended")
+            self._readable = trio.Event()
+            await self._readable.wait()
+        if n is None or n < 0 or n >= len(self._buf):
+            data = bytes(self._buf)
+            self._buf.clear()
+        else:
+            data = bytes(self._buf[:n])
+            del self._buf[:n]
+        if self._eof and not self._buf and self._write_closed:
+            self._conn._forget(self)
+        return data
+
+    async def write(self, data: bytes) -> None:
+        if self._reset:
+            raise MuxedStreamReset(f"QUIC stream {self.stream_id} was reset")
+        if self._write_closed:
+            raise MuxedStreamClosed(f"QUIC stream {self.stream_id} is closed for writing")
+        await self._conn._send(self, data)
+
+    async def close(self) -> None:
+        """Half-close: send FIN (what yamux's close does); reading continues until the peer's FIN."""
+        if self._write_closed or self._reset or self._conn.terminated.is_set():
+            self._write_closed = True
+            await trio.lowlevel.checkpoint()
+            return
+        self._write_closed = True
+        self._conn.quic.send_stream_data(self.stream_id, b"", end_stream=True)
+        if self._eof and not self._buf:
+            self._conn._forget(self)
+        await self._conn.flush()
+
+    async def reset(self) -> None:
+        if not self._reset and not self._conn.terminated.is_set():
+            self._reset_locally(ERROR_STREAM_RESET)
+            await self._conn.flush()
+        else:
+            self._on_reset()
+            await trio.lowlevel.checkpoint()
+
+    def set_deadline(self, ttl: int) -> None:
+        """Deadlines are the caller's (trio cancel scopes); nothing to do."""
+
+    def get_remote_address(self) -> tuple[str, int] | None:
+        return self._conn.remote
+
+    async def __aenter__(self) -> QuicStream:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class QuicConn(IRawConnection, IMuxedConn):
+    """A QUIC connection as py-libp2p's swarm sees it: already secured (TLS 1.3 with the libp2p peer-ID
+    certificate, checked by :mod:`.quic_transport` before the swarm gets it) and multiplexed."""
+
+    def __init__(
+        self,
+        quic: QuicConnection,
+        udp: UdpSocket,
+        remote: Address,
+        *,
+        initiator: bool,
+        owns_socket: bool,
+        keepalive_s: float = math.inf,
+        on_ended: Callable[[QuicConn], None] | None = None,
+    ) -> None:
+        self.quic = quic
+        self._keepalive_s = keepalive_s
+        self._next_ping = math.inf  # armed once the handshake completes
+        self._udp = udp
+        self.remote = remote
+        self._initiator = initiator
+        self._owns_socket = owns_socket
+        self._on_ended = on_ended
+        self.peer_id: ID = ID(b"")  # set by the transport once the peer's certificate is verified
+        self.event_started = trio.Event()
+        self.handshake_done = trio.Event()  # handshake completed, or the connection ended first
+        self.terminated = trio.Event()
+        self.error: str | None = None
+        self.streams_over_limit = 0
+        self._streams: dict[int, QuicStream] = {}
+        self._accept_in, self._accept_out = trio.open_memory_channel[QuicStream](ACCEPT_QUEUE_STREAMS)
+        self._timer = trio.CancelScope()  # replaced by the live one in _timer_loop
+        self._flushed = trio.Event()  # set (and replaced) by each flush while writers wait for acknowledgements
+        self._send_waiters = 0
+        self.on_close: Callable[[], Awaitable[Any]] | None = None  # set by py-libp2p's SwarmConn
+
+    # -- driving the core
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the connection's tasks until it ends; then end it (see the module docstring)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._timer_loop)
+                if self._owns_socket:
+                    nursery.start_soon(self._read_loop)
+                task_status.started()
+                await self.terminated.wait()
+                nursery.cancel_scope.cancel()
+        except Exception:  # the connection's supervisor: an unexpected error ends this connection, not its owner
+            log.exception("QUIC %s: ended by an unexpected error", self)
+            self.error = "internal error"
+        finally:
+            self._end("connection closed")
+
+    async def _timer_loop(self) -> None:
+        """The connection's one timer: the core's (loss detection, idle timeout, ...) or the keepalive PING,
+        whichever is first. A PING every ``keepalive_s`` keeps a quiet but live connection inside the idle
+        timeout; a peer that vanished (no CONNECTION_CLOSE: killed, unplugged) ends the connection at the
+        idle timeout because nothing acknowledges it."""
+        while not self.terminated.is_set():
+            with trio.CancelScope() as scope:
+                self._timer = scope
+                self._rearm()
+                await trio.sleep_forever()
+            if self.terminated.is_set():
+                break  # the scope was cancelled by _end, not by the timer
+            now = trio.current_time()
+            if now >= self._next_ping:
+                self.quic.send_ping(0)
+                self._next_ping = now + self._keepalive_s
+            at = self.quic.get_timer()
+            if at is not None and now >= at:
+                self.quic.handle_timer(now)
+            await self.flush()
+
+    async def _read_loop(self) -> None:
+        try:
+            while not self.terminated.is_set():
+                for data, addr in await self._udp.receive_batch():
+                    self.quic.receive_datagram(data, addr, trio.current_time())
+                await self.flush()
+        except ConnectionRefusedError:
+            self.error = self.error or "port unreachable (nothing listens on the peer's UDP port)"
+            self.terminated.set()
+        except (trio.ClosedResourceError, OSError) as exc:  # the socket was closed by _end, or failed
+            self.error = self.error or f"socket: {exc or type(exc).__name__}"
+            self.terminated.set()
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        """A datagram for this connection from the listener's socket (flushed by the listener after its batch)."""
+        self.quic.receive_datagram(data, addr, trio.current_time())
+
+    def _rearm(self) -> None:
+        at = self.quic.get_timer()
+        at = min(math.inf if at is None else at, self._next_ping)
+        self._timer.deadline = math.inf if self.terminated.is_set() else at
+
+    async def flush(self) -> None:
+        """Handle the core's events, send its datagrams, re-arm its timer, wake writers waiting for acks."""
+        while (event := self.quic.next_event()) is not None:
+            self._handle(event)
+        datagrams = self.quic.datagrams_to_send(trio.current_time())
+        if datagrams:
+            await self._udp.send(datagrams)
+        self._rearm()
+        if self._send_waiters:
+            self._flushed.set()
+            self._flushed = trio.Event()
+
+    def _handle(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.StreamDataReceived):
+            stream = self._streams.get(event.stream_id)
+            if stream is None:
+                stream = self._new_inbound(event.stream_id)
+                if stream is None:
+                    return
+            stream._on_data(event.data, event.end_stream)
+        elif isinstance(event, events.HandshakeCompleted):
+            self._next_ping = trio.current_time() + self._keepalive_s
+            self.handshake_done.set()
+        elif isinstance(event, events.StreamReset):
+            if (stream := self._streams.get(event.stream_id)) is not None:
+                stream._on_reset()
+        elif isinstance(event, events.StopSendingReceived):
+            if (stream := self._streams.get(event.stream_id)) is not None:
+                stream._reset_locally(ERROR_STREAM_RESET)
+        elif isinstance(event, events.ConnectionTerminated):
+            self.error = f"{event.reason_phrase or 'closed'} (QUIC error {event.error_code:#x})"
+            self.terminated.set()
+            self.handshake_done.set()
+
+    def _new_inbound(self, stream_id: int) -> QuicStream | None:
+        ours = (stream_id & 1) == (0 if self._initiator else 1)
+        if ours or stream_id & 2:  # a stream of ours we have forgotten, or unidirectional (libp2p uses none)
+            return None
+        stream = QuicStream(self, stream_id)
+        try:
+            self._accept_in.send_nowait(stream)
+        except trio.WouldBlock:
+            self.streams_over_limit += 1
+            log.warning(
+                "QUIC %s: more than %d streams waiting to be accepted; resetting one", self, ACCEPT_QUEUE_STREAMS
+            )
+            self.quic.reset_stream(stream_id, ERROR_OVER_LIMIT)
+            self.quic.stop_stream(stream_id, ERROR_OVER_LIMIT)
+            return None
+        self._streams[stream_id] = stream
+        return stream
+
+    def _forget(self, stream: QuicStream) -> None:
+        self._streams.pop(stream.stream_id, None)
+
+    def _unacked(self, stream_id: int) -> int:
+        # aioquic's public API has no "bytes not yet acknowledged"; py-libp2p reads the same two offsets
+        # (transport/quic/aioquic_compat.py, stream_send_buffer_size).
+        stream = self.quic._streams.get(stream_id)
+        if stream is None:
+            return 0
+        return max(0, stream.sender._buffer_stop - stream.sender._buffer_start)
+
+    async def _send(self, stream: QuicStream, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self._unacked(stream.stream_id) >= SEND_HIGH_WATER_BYTES:
+                self._send_waiters += 1
+                try:
+                    while self._unacked(stream.stream_id) > SEND_LOW_WATER_BYTES and not stream._reset:
+                        if self.terminated.is_set():
+                            break
+                        await self._flushed.wait()
+                finally:
+                    self._send_waiters -= 1
+            if self.terminated.is_set() or stream._reset:
+                raise MuxedStreamReset(f"QUIC stream {stream.stream_id}: {self.error or 'reset'}")
+            try:
+                self.quic.send_stream_data(stream.stream_id, bytes(view[:WRITE_CHUNK_BYTES]))
+            except ValueError as exc:  # aioquic: the stream is closed or discarded in the core
+                raise MuxedStreamReset(f"QUIC stream {stream.stream_id}: {exc}") from exc
+            view = view[WRITE_CHUNK_BYTES:]
+            await self.flush()
+
+    def _end(self, reason: str) -> None:
+        """End the connection now, without waiting: close the core, send its last datagrams best-effort, wake
+        every stream and waiter, release the socket."""
+        if not self.terminated.is_set():
+            self.quic.close(error_code=ERROR_NO_ERROR, reason_phrase=reason)
+            self._udp.send_now(self.quic.datagrams_to_send(trio.current_time()))
+            self.error = self.error or reason
+            self.terminated.set()
+        self.handshake_done.set()
+        self._timer.cancel()
+        for stream in list(self._streams.values()):
+            stream._on_reset()
+        self._streams.clear()
+        self._accept_in.close()
+        self._flushed.set()
+        if self._owns_socket:
+            self._udp.close()
+        if self._on_ended is not None:
+            on_ended, self._on_ended = self._on_ended, None
+            on_ended(self)
+
+    # -- IMuxedConn
+    @property
+    def is_initiator(self) -> bool:  # type: ignore[override]  # IRawConnection: attribute, IMuxedConn: property
+        return self._initiator
+
+    async def start(self) -> None:
+        """The swarm calls this once it has the connection; the connection already runs (:meth:`run`)."""
+        self.event_started.set()
+        await trio.lowlevel.checkpoint()
+
+    async def close(self) -> None:
+        if not self.terminated.is_set():
+            self.quic.close(error_code=ERROR_NO_ERROR, reason_phrase="closed")
+            self._udp.send_now(self.quic.datagrams_to_send(trio.current_time()))
+            self.error = "closed by us"
+            self.terminated.set()  # run() wakes and ends the connection
+        await trio.lowlevel.checkpoint()
+
+    @property
+    def is_established(self) -> bool:
+        return self.handshake_done.is_set() and not self.terminated.is_set()
+
+    @property
+    def is_closed(self) -> bool:
+        return self.terminated.is_set()
+
+    async def open_stream(self) -> QuicStream:
+        if self.terminated.is_set():
+            raise MuxedConnUnavailable(f"QUIC connection to {self.peer_id} ended: {self.error}")
+        stream_id = self.quic.get_next_available_stream_id()
+        self.quic.send_stream_data(stream_id, b"")  # creates the stream in the core, so the next ID differs
+        stream = QuicStream(self, stream_id)
+        self._streams[stream_id] = stream
+        await trio.lowlevel.checkpoint()
+        return stream
+
+    async def accept_stream(self) -> QuicStream:
+        try:
+            return await self._accept_out.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise MuxedConnUnavailable(f"QUIC connection to {self.peer_id} ended: {self.error}") from None
+
+    def get_transport_addresses(self) -> list[Multiaddr]:
+        return [quic_multiaddr(self.remote)]
+
+    def get_connection_type(self) -> ConnectionType:
+        return ConnectionType.DIRECT
+
+    def get_remote_address(self) -> tuple[str, int] | None:
+        return self.remote
+
+    # -- IRawConnection's byte stream: a QUIC connection carries streams only
+    async def read(self, n: int | None = None) -> bytes:
+        raise NotImplementedError("a QUIC connection is read through its streams")
+
+    async def write(self, data: bytes) -> None:
+        raise NotImplementedError("a QUIC connection is written through its streams")
+
+    def __str__(self) -> str:
+        return f"QUIC({'out' if self._initiator else 'in'} {self.remote[0]}:{self.remote[1]} {self.peer_id})"
