@@ -9,7 +9,7 @@ record does not happen: a store that is down gives 503 with a JSON body naming i
 Routes: ``GET /v1/health``, ``POST /v1/auth/token``, ``GET /v1/node``, ``GET /v1/peers``,
 ``POST /v1/messages`` (queued in a Redis Stream for the node: see :mod:`anchor.queue`), ``GET /v1/messages/{id}``,
 ``GET /v1/mailbox``, ``GET|POST /v1/keys``, ``DELETE /v1/keys/{key_id}``, ``WS /v1/events``; the OpenAPI
-document at ``/openapi.json``.
+document at ``/openapi.json``; ``POST /v1/rag/query`` (:mod:`anchor.gateway.rag_route`).
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the routes' annotations at run time, and
@@ -52,6 +52,7 @@ from anchor.gateway.errors import (
     Unauthenticated,
 )
 from anchor.gateway.ports import ApiKeyInfo, GatewayStores, MailboxPort
+from anchor.gateway.rag_route import add_rag_routes
 from anchor.queue import MessageQueue, QueuedMessage, new_message_id
 from anchor.stores.errors import StoreError, StoreUnavailable
 from node.config import AnchorSection
@@ -479,6 +480,8 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
 
     def hex_param(size: int, doc: str) -> Any:
         return Query(min_length=2 * size, max_length=2 * size, pattern=f"^[0-9a-fA-F]{{{2 * size}}}$", description=doc)
+
+    add_rag_routes(app, ctx, scoped, {400: {"model": ErrorBody}, **ERRORS})
 
     @app.get("/v1/mailbox", responses={404: {"model": ErrorBody}, **ERRORS})
     async def mailbox(

@@ -8,7 +8,8 @@
         ├── NotFound                 404
         ├── BodyTooLarge             413
         ├── NodeUnavailable          503: the node is not running (starting or stopped)
-        └── QueueFull                503: too many messages wait for the node already
+        ├── QueueFull                503: too many messages wait for the node already
+        └── RagUnavailable           503: no knowledge base on the node, or its model is not installed
 
 A store that is down raises ``anchor.stores.errors.StoreUnavailable``; the app turns it into 503.
 """
@@ -67,3 +68,10 @@ class QueueFull(GatewayError):
 
     status = 503
     code = "queue_full"
+
+
+class RagUnavailable(GatewayError):
+    """503: the node has no knowledge base (rag.enabled = false) or cannot embed (model not installed)."""
+
+    status = 503
+    code = "rag_unavailable"

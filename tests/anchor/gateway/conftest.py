@@ -20,7 +20,7 @@ from anchor.gateway.ports import MailboxPort
 from anchor.run import run_anchor
 from anchor.services import ServiceSettings
 from anchor.stores.postgres import AuditEntry, PostgresStore
-from node.config import AnchorSection, Config
+from node.config import AnchorSection, Config, RagSection
 from node.identity import create_identity, identity_exists, load_identity
 from node.node import Node
 from node.transports.base import Transport
@@ -94,6 +94,7 @@ async def start_gateway(
         data_dir: Path | None = None,
         persistent: bool = False,
         consume_queue: bool = True,
+        rag: RagSection | None = None,
         **anchor: Any,
     ) -> Gateway:
         """A gateway; ``data_dir`` reuses an earlier one's (same identity: a restart), ``persistent`` keeps the
@@ -123,7 +124,7 @@ async def start_gateway(
             store_timeout_s=2.0,
             **{"gateway_listen": "127.0.0.1:0", **RELAXED, **anchor},
         )
-        cfg = Config(data_dir=data_dir, anchor=section)
+        cfg = Config(data_dir=data_dir, anchor=section, rag=rag or RagSection())
         identity = load_identity(data_dir) if identity_exists(data_dir) else create_identity(data_dir)
         node = Node(cfg, identity, transports=transports, control=False, persistent_inbox=persistent)
         stopped = trio.Event()
