@@ -85,8 +85,12 @@ async def _measure(dsn: str, seconds: float) -> list[str]:
     recipients = [Identity.generate() for _ in range(8)]
     fresh = envelope_maker(recipients, clock.wall_ms())
     limits = MailboxLimits(
-        max_per_recipient=10_000_000, max_total=100_000_000, max_fetch=BATCH, deposits_per_peer_per_min=1e12
-    )  # no per-depositor rate limit: the bench measures throughput
+        max_per_recipient=10_000_000,
+        max_per_depositor=10_000_000,
+        max_total=100_000_000,
+        max_fetch=BATCH,
+        deposits_per_peer_per_min=1e12,
+    )  # no per-depositor rate limit or quota: the bench measures throughput
     lines = []
     async with PostgresStore(dsn) as store:
         service = MailboxService(
