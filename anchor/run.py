@@ -6,6 +6,7 @@ requests that need it answer 503 until it is back), the node starts, then the ga
 ``[anchor] gateway_listen``. When the node stops (signal, ``village stop``), the gateway stops taking requests,
 lets open ones finish, and the stores close.
 
+The graph store is opened too (its state shows in ``GET /v1/health``; no gateway route needs it yet).
 The stores' connection settings come from the JSON file ``scripts/services up`` writes (see
 :func:`services_settings_path`).
 """
@@ -27,7 +28,9 @@ from anchor.gateway.auth import TokenIssuer, load_or_create_secret
 from anchor.gateway.ports import ApiKeyInfo, MailboxPort
 from anchor.gateway.server import serve_http, tls_files
 from anchor.gateway.stores_adapter import StoresAdapter
+from anchor.queue import MessageQueue
 from anchor.services import DEFAULT_DIR, SETTINGS_FILE, ServicesError, ServiceSettings, load_settings
+from anchor.stores.graph import GraphStore
 from anchor.stores.postgres import PostgresStore
 from anchor.stores.redis_store import RedisStore
 from node.config import Config
@@ -65,14 +68,17 @@ def load_services(cfg: Config) -> ServiceSettings:
 
 @asynccontextmanager
 async def open_stores(cfg: Config) -> AsyncIterator[StoresAdapter]:
-    """PostgreSQL and Redis for the gateway, closed on exit. A server that is down is reported, not fatal."""
+    """PostgreSQL, Redis and the Bolt graph server, closed on exit. A server that is down is reported, not fatal
+    (the graph opens lazily: its driver connects on first use)."""
     settings = load_services(cfg)
     timeout_s = cfg.anchor.store_timeout_s
+    graph = settings.graph
     async with (
         PostgresStore(settings.postgres.dsn, timeout_s=timeout_s) as postgres,
         RedisStore(settings.redis.url, timeout_s=timeout_s) as redis,
+        GraphStore(graph.bolt_url, user=graph.user, password=graph.password, timeout_s=timeout_s) as graph_store,
     ):
-        yield StoresAdapter(postgres, redis)
+        yield StoresAdapter(postgres, redis, graph_store, key_cache_ttl_s=cfg.anchor.key_cache_ttl_s)
 
 
 class KeyAdmin:
@@ -104,9 +110,13 @@ async def run_anchor(
     node: Node,
     *,
     mailbox: MailboxPort | None = None,
+    consume_queue: bool = True,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run ``node`` with the stores and the gateway until the node stops; reports the gateway's URLs."""
+    """Run ``node`` with the stores and the gateway until the node stops; reports the gateway's URLs.
+
+    ``consume_queue`` False leaves the messages the gateway queues in Redis for a later start (tests use it to
+    stop an anchor between accepting a message and handing it to the node)."""
     cfg = node.config
     tls = tls_files(cfg.anchor)  # before anything starts: a public plaintext gateway is refused
     secret = load_or_create_secret(cfg.data_dir)
@@ -127,6 +137,12 @@ async def run_anchor(
             settings=cfg.anchor,
             wall_s=lambda: node.clock.wall_ms() / 1000.0,
             mailbox=mailbox,
+            queue=MessageQueue(
+                stores.redis,
+                node,
+                max_backlog=cfg.anchor.queue_max,
+                block_ms=int(min(2000.0, cfg.anchor.store_timeout_s * 500)),
+            ),
         )
         # The gateway listens before the node starts, so the node's readiness (log line, READY=1 to systemd)
         # means the whole anchor is up, and a port in use fails the start before it. Requests that need the
@@ -141,6 +157,17 @@ async def run_anchor(
             reason = "; ".join(str(getattr(e, "strerror", None) or e) for e in _leaves(group))
             raise StartupError(f"the gateway cannot listen on {cfg.anchor.gateway_listen}: {reason}") from None
         await nursery.start(run_node)
+        # The queue's consumer hands messages to the node while it runs; it stops before the node drains, and
+        # what it has not acknowledged by then stays in Redis for the next start.
+        consumer = trio.CancelScope()
+        if consume_queue and ctx.queue is not None:
+            queue = ctx.queue
+
+            async def consume() -> None:
+                with consumer:
+                    await queue.run()
+
+            nursery.start_soon(consume)
         if ctx.mailbox is None:  # the node's MailboxService (with [mailbox] serve = true) answers GET /v1/mailbox
             ctx.mailbox = node.mailbox_service
         log.info("anchor ready: gateway on %s", ", ".join(urls))
@@ -152,10 +179,12 @@ async def run_anchor(
         async def stop_gateway() -> None:
             with watch:
                 await node.wait_stop_requested()
+            consumer.cancel()
             stop.set()
 
         nursery.start_soon(stop_gateway)
         await node_stopped.wait()
+        consumer.cancel()
         watch.cancel()
 
 

@@ -84,7 +84,13 @@ async def _measure(dsn: str, seconds: float) -> list[str]:
     anchor, sender = Identity.generate(), Identity.generate()  # sender: the BetaNet client
     recipients = [Identity.generate() for _ in range(8)]
     fresh = envelope_maker(recipients, clock.wall_ms())
-    limits = MailboxLimits(max_per_recipient=10_000_000, max_total=100_000_000, max_fetch=BATCH)
+    limits = MailboxLimits(
+        max_per_recipient=10_000_000,
+        max_per_depositor=10_000_000,
+        max_total=100_000_000,
+        max_fetch=BATCH,
+        deposits_per_peer_per_min=1e12,
+    )  # no per-depositor rate limit or quota: the bench measures throughput
     lines = []
     async with PostgresStore(dsn) as store:
         service = MailboxService(

@@ -349,6 +349,20 @@ class AnchorSection:
     store_timeout_s: float = _f(
         5.0, "Seconds a store call may take before the request fails with 503.", min=0.1, max=600
     )
+    queue_max: int = _f(
+        10_000,
+        "Messages POST /v1/messages may hold in the Redis queue for the node; more are refused with 503.",
+        min=1,
+        max=10_000_000,
+    )
+    key_cache_ttl_s: float = _f(
+        10.0,
+        "Seconds Redis caches an API key's verified state (role, scopes, revoked) so requests skip PostgreSQL; "
+        "a revocation through this anchor clears it at once, one made straight in PostgreSQL takes up to this "
+        "long. 0: no cache.",
+        min=0,
+        max=3600,
+    )
     health_cache_s: float = _f(
         1.0,
         "GET /v1/health asks the stores at most this often (seconds); in between it answers the last result.",

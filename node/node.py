@@ -580,13 +580,18 @@ class Node:
         self._flush()
         return message_id
 
-    def send_private(self, peer_ref: str, text: str) -> str:
+    def send_private(self, peer_ref: str, text: str, *, message_id: str | None = None) -> str:
         """Accept a private message: on disk in the outbox before this returns, then queued in the mesh. A peer
-        not heard from yet (full peer ID) gets it when it appears, within ``mesh.private_expiry_s``."""
+        not heard from yet (full peer ID) gets it when it appears, within ``mesh.private_expiry_s``.
+
+        ``message_id`` (the anchor's gateway queue passes the ID its client got): a message whose ID the outbox
+        holds already is not accepted again — the call returns that ID and changes nothing."""
         core = self._require_core()
         peer = self.resolve_peer(peer_ref, allow_unknown=True)
+        if message_id is not None and self._require_outbox().get(message_id) is not None:
+            return message_id
         core.check_private(peer, text)
-        message_id = core.new_message_id()
+        message_id = message_id or core.new_message_id()
         created = self.clock.wall_ms()
         self._require_outbox().add(id=message_id, peer=peer.hex(), text=text, created_at_ms=created)
         core.queue_private(message_id, peer, text, self.clock.now())

@@ -7,9 +7,9 @@ revoked, mailbox fetched) is written to the audit log before it takes effect, so
 record does not happen: a store that is down gives 503 with a JSON body naming it.
 
 Routes: ``GET /v1/health``, ``POST /v1/auth/token``, ``GET /v1/node``, ``GET /v1/peers``,
-``POST /v1/messages``, ``GET /v1/mailbox``, ``GET|POST /v1/keys``, ``DELETE /v1/keys/{key_id}``,
-``WS /v1/events``; the OpenAPI document at ``/openapi.json``. ``POST /v1/rag/query`` is not here: the RAG
-issue has not landed on this branch.
+``POST /v1/messages`` (queued in a Redis Stream for the node: see :mod:`anchor.queue`), ``GET /v1/messages/{id}``,
+``GET /v1/mailbox``, ``GET|POST /v1/keys``, ``DELETE /v1/keys/{key_id}``, ``WS /v1/events``; the OpenAPI
+document at ``/openapi.json``; ``POST /v1/rag/query`` (:mod:`anchor.gateway.rag_route`).
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the routes' annotations at run time, and
@@ -47,10 +47,13 @@ from anchor.gateway.errors import (
     GatewayError,
     NodeUnavailable,
     NotFound,
+    QueueFull,
     RateLimited,
     Unauthenticated,
 )
 from anchor.gateway.ports import ApiKeyInfo, GatewayStores, MailboxPort
+from anchor.gateway.rag_route import add_rag_routes
+from anchor.queue import MessageQueue, QueuedMessage, new_message_id
 from anchor.stores.errors import StoreError, StoreUnavailable
 from node.config import AnchorSection
 from node.errors import MeshError
@@ -65,6 +68,7 @@ API_VERSION = "1.0.0"
 WS_POLICY_VIOLATION = 1008  # RFC 6455 close codes
 WS_GOING_AWAY = 1001
 WS_TRY_AGAIN_LATER = 1013
+GATEWAY_STORES = ("postgres", "redis")  # the stores the routes need; the graph's state only degrades health
 
 
 @dataclass
@@ -77,6 +81,7 @@ class GatewayContext:
     settings: AnchorSection
     wall_s: Callable[[], float]  # seconds since the epoch (the node's clock)
     mailbox: MailboxPort | None = None
+    queue: MessageQueue | None = None  # POST /v1/messages queues here (Redis Stream); the node consumes it
     event_streams: int = 0
     counters: dict[str, int] = field(default_factory=dict)
     key_recheck_s: float = 3.0  # an open event stream re-checks its API key this often (node clock)
@@ -107,9 +112,12 @@ class ErrorBody(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "degraded"]
+    status: Literal["ok", "degraded", "down"] = Field(
+        description="ok: every store answers; degraded: a store no route needs yet (graph) is down; down: "
+        "PostgreSQL or Redis is down, so most routes answer 503"
+    )
     peer_id: str
-    stores: dict[str, str]
+    stores: dict[str, Literal["ok", "down"]] = Field(description="postgres, redis, graph")
 
 
 class TokenOut(BaseModel):
@@ -157,9 +165,20 @@ class SendIn(BaseModel):
 
 
 class SendOut(BaseModel):
+    id: str = Field(description="the message's ID (a private message keeps it in the mesh)")
+    to: str | None
+    state: Literal["queued"]
+
+
+class MessageStatus(BaseModel):
     id: str
     to: str | None
-    state: Literal["pending", "sent"]
+    state: Literal["queued", "pending", "delivered", "failed", "sent"] = Field(
+        description="queued: waiting for the node; pending: in the node's outbox, awaiting the recipient's "
+        "receipt; delivered: receipted; failed: see detail; sent: a broadcast that went out"
+    )
+    detail: str = Field(description="why it failed; empty otherwise")
+    mesh_id: str | None = Field(description="the mesh's ID for it (a broadcast's differs from id)")
 
 
 class KeyOut(BaseModel):
@@ -257,7 +276,7 @@ def error_response(exc: GatewayError) -> JSONResponse:
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
     if isinstance(exc, Unauthenticated):
         headers["WWW-Authenticate"] = 'Bearer realm="aivillage"'
-    if isinstance(exc, NodeUnavailable):
+    if isinstance(exc, (NodeUnavailable, QueueFull)):
         headers["Retry-After"] = "1"
     return JSONResponse({"error": exc.code, "detail": str(exc)}, exc.status, headers=headers)
 
@@ -348,14 +367,18 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
 
     @app.get("/v1/health", response_model=Health, responses={503: {"model": Health}})
     async def health(request: Request) -> JSONResponse:
-        """Liveness and the state of each store (503 while one is down). No authentication; the per-IP limit
-        applies while Redis answers."""
+        """Liveness and the state of each store: 200 when PostgreSQL and Redis answer (status ``degraded`` if the
+        graph does not), 503 (status ``down``) while either is down. No authentication; the per-IP limit applies
+        while Redis answers."""
         with contextlib.suppress(StoreUnavailable):  # the health check must answer while Redis is down
             await limit_ip(request)
         stores = {name: "ok" if state == "ok" else "down" for name, state in (await ctx.store_health()).items()}
-        ok = all(v == "ok" for v in stores.values())
-        body = {"status": "ok" if ok else "degraded", "peer_id": ctx.node.identity.peer_id_hex, "stores": stores}
-        return JSONResponse(body, 200 if ok else 503)
+        if any(stores.get(name) == "down" for name in GATEWAY_STORES):
+            status = "down"
+        else:
+            status = "ok" if all(v == "ok" for v in stores.values()) else "degraded"
+        body = {"status": status, "peer_id": ctx.node.identity.peer_id_hex, "stores": stores}
+        return JSONResponse(body, 503 if status == "down" else 200)
 
     @app.post(
         "/v1/auth/token",
@@ -415,26 +438,50 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
     async def send_message(
         body: SendIn, principal: Annotated[Principal, Depends(scoped(SCOPE_MESSAGES_SEND))]
     ) -> SendOut:
-        """Send into the mesh: a private message (end-to-end encrypted, acked) to ``to``, or a broadcast."""
+        """Queue a message for the mesh: a private message (end-to-end encrypted, acked) to ``to``, or a
+        broadcast. It is checked now (recipient, length, the node's queue limits: 400 when refused), then queued
+        in Redis for the node; the 202 carries its ID, which ``GET /v1/messages/{id}`` follows."""
         size = len(body.text.encode())
-        if ctx.node.core is None:
+        if ctx.node.core is None or ctx.queue is None:
             raise NodeUnavailable("the node is not running")
-        try:
+        peer: str | None = None
+        try:  # refusals are not state changes: no audit row
             if body.to is None:
-                await audit(principal, "messages.broadcast", "*", {"bytes": size})
-                return SendOut(id=ctx.node.broadcast(body.text), to=None, state="sent")
-            peer_id = ctx.node.resolve_peer(body.to, allow_unknown=True)
-            if ctx.node.core is not None:
-                ctx.node.core.check_private(peer_id, body.text)  # refusals are not state changes: no audit row
-            peer = peer_id.hex()
-            await audit(principal, "messages.send", peer, {"bytes": size})
-            message_id = ctx.node.send_private(peer, body.text)
+                max_chars = ctx.node.config.mesh.max_public_text_chars
+                if len(body.text) > max_chars:
+                    raise MeshError(
+                        f"a public message must have 1 to {max_chars} characters (mesh.max_public_text_chars); "
+                        f"this one has {len(body.text)}"
+                    )
+            else:
+                peer_id = ctx.node.resolve_peer(body.to, allow_unknown=True)
+                ctx.node.core.check_private(peer_id, body.text)
+                peer = peer_id.hex()
         except MeshError as exc:
             raise GatewayError(str(exc), code="mesh_rejected") from exc
-        return SendOut(id=message_id, to=peer, state="pending")
+        message_id = new_message_id()
+        action = "messages.broadcast" if peer is None else "messages.send"
+        await audit(principal, action, peer or "*", {"bytes": size, "id": message_id})
+        await ctx.queue.put(QueuedMessage(message_id, peer, body.text, principal.key_id))
+        return SendOut(id=message_id, to=peer, state="queued")
+
+    @app.get("/v1/messages/{message_id}", response_model=MessageStatus, responses={404: {"model": ErrorBody}, **ERRORS})
+    async def message_status(
+        message_id: Annotated[str, Path(max_length=64)],
+        principal: Annotated[Principal, Depends(scoped(SCOPE_MESSAGES_SEND))],
+    ) -> MessageStatus:
+        """What became of a message this key sent (admins: any message), for 7 days after it was queued."""
+        if ctx.queue is None:
+            raise NodeUnavailable("the node is not running")
+        status = await ctx.queue.status(message_id)
+        if status is None or (status.pop("key_id") != principal.key_id and principal.role != "admin"):
+            raise NotFound(f"no message {message_id!r} sent with this key", code="unknown_message")
+        return MessageStatus.model_validate(status)
 
     def hex_param(size: int, doc: str) -> Any:
         return Query(min_length=2 * size, max_length=2 * size, pattern=f"^[0-9a-fA-F]{{{2 * size}}}$", description=doc)
+
+    add_rag_routes(app, ctx, scoped, {400: {"model": ErrorBody}, **ERRORS})
 
     @app.get("/v1/mailbox", responses={404: {"model": ErrorBody}, **ERRORS})
     async def mailbox(

@@ -7,7 +7,9 @@
         ├── RateLimited              429 with Retry-After (seconds)
         ├── NotFound                 404
         ├── BodyTooLarge             413
-        └── NodeUnavailable          503: the node is not running (starting or stopped)
+        ├── NodeUnavailable          503: the node is not running (starting or stopped)
+        ├── QueueFull                503: too many messages wait for the node already
+        └── RagUnavailable           503: no knowledge base on the node, or its model is not installed
 
 A store that is down raises ``anchor.stores.errors.StoreUnavailable``; the app turns it into 503.
 """
@@ -59,3 +61,17 @@ class RateLimited(GatewayError):
 class NodeUnavailable(GatewayError):
     status = 503
     code = "node_unavailable"
+
+
+class QueueFull(GatewayError):
+    """503: the queue between gateway and node holds ``anchor.queue_max`` messages already."""
+
+    status = 503
+    code = "queue_full"
+
+
+class RagUnavailable(GatewayError):
+    """503: the node has no knowledge base (rag.enabled = false) or cannot embed (model not installed)."""
+
+    status = 503
+    code = "rag_unavailable"

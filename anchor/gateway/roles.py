@@ -8,13 +8,21 @@ SCOPE_MESSAGES_SEND = "messages:send"  # POST /v1/messages
 SCOPE_EVENTS_READ = "events:read"  # WS /v1/events (the node's inbox)
 SCOPE_MAILBOX_READ = "mailbox:read"  # GET /v1/mailbox
 SCOPE_KEYS_ADMIN = "keys:admin"  # /v1/keys: create, list, revoke API keys
+SCOPE_RAG_QUERY = "rag:query"  # POST /v1/rag/query
 
-ALL_SCOPES = (SCOPE_NODE_READ, SCOPE_MESSAGES_SEND, SCOPE_EVENTS_READ, SCOPE_MAILBOX_READ, SCOPE_KEYS_ADMIN)
+ALL_SCOPES = (
+    SCOPE_NODE_READ,
+    SCOPE_MESSAGES_SEND,
+    SCOPE_EVENTS_READ,
+    SCOPE_MAILBOX_READ,
+    SCOPE_KEYS_ADMIN,
+    SCOPE_RAG_QUERY,
+)
 
 # What each role may be granted; a key may be narrowed to a subset at creation, a token at issue.
 ROLE_SCOPES: dict[str, frozenset[str]] = {
     "admin": frozenset(ALL_SCOPES),
-    "user": frozenset({SCOPE_NODE_READ, SCOPE_MESSAGES_SEND, SCOPE_EVENTS_READ}),
+    "user": frozenset({SCOPE_NODE_READ, SCOPE_MESSAGES_SEND, SCOPE_EVENTS_READ, SCOPE_RAG_QUERY}),
     "node": frozenset({SCOPE_NODE_READ, SCOPE_MESSAGES_SEND, SCOPE_MAILBOX_READ}),
 }
 ROLES = tuple(ROLE_SCOPES)

@@ -1,8 +1,13 @@
 """:class:`~anchor.gateway.ports.GatewayStores` over the anchor's real stores: API keys and the audit log in
-PostgreSQL, token buckets in Redis. Thin on purpose: each method is one store call (or two for health).
+PostgreSQL; token buckets and the API-key cache in Redis; the Bolt graph server for health. Thin on purpose:
+each method is one or two store calls.
 
-A key's state is read from PostgreSQL on every authenticated request (``key_active``), so a revocation made
-anywhere (``village anchor keys revoke``, ``DELETE /v1/keys/{id}``) stops its tokens at once.
+Key cache: every authenticated request needs its key's state (revoked or not). It is cached in Redis
+(``aiv:sess:apikey:<key id>`` → role, scopes, revoked) for ``key_cache_ttl_s``, so a request reads Redis, not
+PostgreSQL. A revocation through this anchor (``DELETE /v1/keys/{id}``, ``village anchor keys revoke``) writes
+the revoked state into the cache in the same call, so its tokens stop at once; a cache fill never overwrites
+an entry (SET NX), so a fill racing with a revocation cannot put "active" back. Only a revocation made straight
+in PostgreSQL (not through the anchor) takes up to ``key_cache_ttl_s`` to apply.
 """
 
 from __future__ import annotations
@@ -10,10 +15,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import trio
+
 from anchor.gateway.ports import ApiKeyInfo, RateDecision
 from anchor.stores.errors import StoreUnavailable
+from anchor.stores.graph import GraphStore
 from anchor.stores.postgres import ApiKey, PostgresStore
 from anchor.stores.redis_store import RedisStore
+
+KEY_CACHE_PREFIX = "apikey:"
 
 
 def _info(key: ApiKey) -> ApiKeyInfo:
@@ -21,16 +31,36 @@ def _info(key: ApiKey) -> ApiKeyInfo:
 
 
 class StoresAdapter:
-    def __init__(self, postgres: PostgresStore, redis: RedisStore) -> None:
+    def __init__(
+        self,
+        postgres: PostgresStore,
+        redis: RedisStore,
+        graph: GraphStore | None = None,
+        *,
+        key_cache_ttl_s: float = 0.0,
+    ) -> None:
         self.postgres = postgres
         self.redis = redis
+        self.graph = graph
+        self.key_cache_ttl_s = key_cache_ttl_s
 
     async def verify_api_key(self, secret: str) -> ApiKeyInfo | None:
         key = await self.postgres.verify_api_key(secret)
         return None if key is None else _info(key)
 
     async def key_active(self, key_id: str) -> bool:
-        return await self.postgres.key_active(key_id)
+        if self.key_cache_ttl_s <= 0:
+            return await self.postgres.key_active(key_id)
+        cache_id = KEY_CACHE_PREFIX + key_id
+        cached = await self.redis.session_get(cache_id)
+        if cached is not None:
+            return cached.get("revoked") is False
+        key = await self.postgres.get_api_key(key_id)
+        state: dict[str, Any] = {"role": "", "scopes": [], "revoked": True}  # unknown keys are cached as revoked
+        if key is not None:
+            state = {"role": key.role, "scopes": sorted(key.scopes), "revoked": key.revoked}
+        await self.redis.session_set(cache_id, state, self.key_cache_ttl_s, nx=True)
+        return state["revoked"] is False
 
     async def create_api_key(self, name: str, role: str, scopes: frozenset[str]) -> tuple[ApiKeyInfo, str]:
         key, secret = await self.postgres.create_api_key(name, role, scopes)
@@ -40,7 +70,11 @@ class StoresAdapter:
         return [_info(k) for k in await self.postgres.list_api_keys()]
 
     async def revoke_api_key(self, key_id: str) -> bool:
-        return await self.postgres.revoke_api_key(key_id)
+        revoked = await self.postgres.revoke_api_key(key_id)
+        if self.key_cache_ttl_s > 0:  # overwrite whatever is cached: the key's tokens stop now
+            state = {"role": "", "scopes": [], "revoked": True}
+            await self.redis.session_set(KEY_CACHE_PREFIX + key_id, state, self.key_cache_ttl_s)
+        return revoked
 
     async def take_token(self, bucket: str, rate_per_s: float, burst: int) -> RateDecision:
         decision = await self.redis.take_token(bucket, rate_per_s, burst)
@@ -50,11 +84,23 @@ class StoresAdapter:
         await self.postgres.audit(actor, action, target, detail)
 
     async def health(self) -> dict[str, str]:
+        """Each store pinged at once (a store that is down costs its timeout, not the sum of all)."""
+        stores: list[tuple[str, PostgresStore | RedisStore | GraphStore]] = [
+            ("postgres", self.postgres),
+            ("redis", self.redis),
+        ]
+        if self.graph is not None:
+            stores.append(("graph", self.graph))
         out: dict[str, str] = {}
-        for name, store in (("postgres", self.postgres), ("redis", self.redis)):
+
+        async def check(name: str, store: PostgresStore | RedisStore | GraphStore) -> None:
             try:
                 await store.ping()
                 out[name] = "ok"
             except StoreUnavailable as exc:
                 out[name] = str(exc)
-        return out
+
+        async with trio.open_nursery() as nursery:
+            for name, store in stores:
+                nursery.start_soon(check, name, store)
+        return {name: out[name] for name, _ in stores}

@@ -73,6 +73,27 @@ return {allowed, string.format('%.6f', retry)}
 """
 
 
+# The gateway's message queue (anchor.queue): an entry and its status record change together, atomically.
+# Enqueue — KEYS: stream, status hash; ARGV: max backlog, status TTL ms, payload, then status field/value pairs.
+# Refused (nil) when the backlog is full: acknowledged entries are deleted (below), so XLEN is the backlog and the
+# MAXLEN backstop never trims an unread entry.
+_ENQUEUE_LUA = """
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[3])
+redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return id
+"""
+# Settle — KEYS: stream, status hash; ARGV: group, entry ID, status TTL ms, then status field/value pairs.
+_SETTLE_LUA = """
+redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return 1
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class RateDecision:
     allowed: bool
@@ -98,6 +119,8 @@ class RedisStore:
             retry=Retry(NoBackoff(), 1),
         )
         self._bucket = self._client.register_script(_TOKEN_BUCKET_LUA)
+        self._enqueue = self._client.register_script(_ENQUEUE_LUA)
+        self._settle = self._client.register_script(_SETTLE_LUA)
         self._runner = BlockingRunner(
             "redis",
             max_connections,
@@ -150,13 +173,15 @@ class RedisStore:
 
     # -------------------------------------------------------------------------------------------- sessions
 
-    async def session_set(self, session_id: str, data: Mapping[str, Any], ttl_s: float) -> None:
-        """Cache ``data`` (JSON) under ``session_id`` for ``ttl_s`` seconds."""
+    async def session_set(self, session_id: str, data: Mapping[str, Any], ttl_s: float, *, nx: bool = False) -> bool:
+        """Cache ``data`` (JSON) under ``session_id`` for ``ttl_s`` seconds; with ``nx`` only if nothing is cached
+        under it yet. True if written."""
         blob = json.dumps(dict(data), separators=(",", ":")).encode()
         if len(blob) > MAX_SESSION_BYTES:
             raise StoreError(f"session data: at most {MAX_SESSION_BYTES} bytes as JSON")
         ttl_ms = max(1, int(ttl_s * 1000))
-        await self._call(lambda: self._client.set(f"{KEY_PREFIX}sess:{session_id}", blob, px=ttl_ms))
+        done = await self._call(lambda: self._client.set(f"{KEY_PREFIX}sess:{session_id}", blob, px=ttl_ms, nx=nx))
+        return bool(done)
 
     async def session_get(self, session_id: str) -> dict[str, Any] | None:
         """The cached data, or None if unknown or expired."""
@@ -197,14 +222,22 @@ class RedisStore:
         await self._call(work)
 
     async def stream_read(
-        self, stream: str, group: str, consumer: str, count: int = 16, block_ms: int = 0, pending: bool = False
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        count: int = 16,
+        block_ms: int = 0,
+        pending: bool = False,
+        after: str = "0",
     ) -> list[StreamEntry]:
         """Up to ``count`` entries for ``consumer`` of ``group``: new ones (waiting up to ``block_ms``; 0: do not
-        wait), or with ``pending`` the ones delivered to it before and not yet acknowledged (after a crash)."""
+        wait), or with ``pending`` the ones delivered to it before and not yet acknowledged (after a crash), with
+        IDs above ``after``."""
         if block_ms * 1.25 >= self._timeout_s * 1000:
             raise StoreError(f"stream_read: block_ms must stay well below the store timeout ({self._timeout_s} s)")
         key = f"{KEY_PREFIX}q:{stream}"
-        start = "0" if pending else ">"
+        start = after if pending else ">"
         raw: Any = await self._call(
             lambda: self._client.xreadgroup(group, consumer, {key: start}, count=count, block=block_ms or None)
         )
@@ -224,8 +257,56 @@ class RedisStore:
         n = await self._call(lambda: self._client.xack(key, group, *ids))
         return int(n)
 
+    async def stream_ack_delete(self, stream: str, group: str, ids: Sequence[str]) -> None:
+        """Acknowledge entries and delete them from the stream (one transaction)."""
+        if not ids:
+            return
+        key = f"{KEY_PREFIX}q:{stream}"
+
+        def work() -> None:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.xack(key, group, *ids)
+                pipe.xdel(key, *ids)
+                pipe.execute()
+
+        await self._call(work)
+
     async def stream_length(self, stream: str) -> int:
         return int(await self._call(lambda: self._client.xlen(f"{KEY_PREFIX}q:{stream}")))
+
+    async def stream_pending_count(self, stream: str, group: str) -> int:
+        """Entries delivered to the group's consumers and not yet acknowledged."""
+        info: Any = await self._call(lambda: self._client.xpending(f"{KEY_PREFIX}q:{stream}", group))
+        return int(info["pending"])
+
+    async def queue_put(
+        self, stream: str, payload: bytes, status_key: str, status: Mapping[str, str], *, max_backlog: int, ttl_s: float
+    ) -> str | None:
+        """Append ``payload`` to ``stream`` and write its status record (a hash kept ``ttl_s``) in one atomic step;
+        the entry's ID, or None (nothing written) when ``max_backlog`` entries are waiting already."""
+        keys = [f"{KEY_PREFIX}q:{stream}", f"{KEY_PREFIX}st:{status_key}"]
+        args: list[Any] = [max_backlog, max(1, int(ttl_s * 1000)), payload, *_pairs(status)]
+        raw = await self._call(lambda: self._enqueue(keys=keys, args=args))
+        return None if raw is None else _text(raw)
+
+    async def queue_settle(
+        self, stream: str, group: str, entry_id: str, status_key: str, status: Mapping[str, str], *, ttl_s: float
+    ) -> None:
+        """Update the status record, acknowledge and delete the entry, in one atomic step."""
+        keys = [f"{KEY_PREFIX}q:{stream}", f"{KEY_PREFIX}st:{status_key}"]
+        args: list[Any] = [group, entry_id, max(1, int(ttl_s * 1000)), *_pairs(status)]
+        await self._call(lambda: self._settle(keys=keys, args=args))
+
+    async def status_get(self, status_key: str) -> dict[str, str] | None:
+        """A status record written by :meth:`queue_put` / :meth:`queue_settle`; None if unknown or expired."""
+        raw: Any = await self._call(lambda: self._client.hgetall(f"{KEY_PREFIX}st:{status_key}"))
+        return {_text(k): _text(v) for k, v in raw.items()} or None
+
+
+def _pairs(fields: Mapping[str, str]) -> list[str]:
+    if not fields:
+        raise StoreError("a status record needs at least one field")
+    return [item for kv in fields.items() for item in kv]
 
 
 def _text(value: bytes | str) -> str:

@@ -5,7 +5,6 @@ port, all in the test's nursery."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -21,8 +20,8 @@ from anchor.gateway.ports import MailboxPort
 from anchor.run import run_anchor
 from anchor.services import ServiceSettings
 from anchor.stores.postgres import AuditEntry, PostgresStore
-from node.config import AnchorSection, Config
-from node.identity import create_identity
+from node.config import AnchorSection, Config, RagSection
+from node.identity import create_identity, identity_exists, load_identity
 from node.node import Node
 from node.transports.base import Transport
 from tests.anchor.gateway.proxy import TcpProxy
@@ -45,6 +44,8 @@ class Gateway:
     pg: PostgresStore  # direct, not through the proxy: for setup and assertions
     pg_proxy: TcpProxy
     redis_proxy: TcpProxy
+    graph_proxy: TcpProxy
+    stopped: trio.Event  # set when run_anchor has returned (the node stopped, the stores closed)
 
     async def key(self, role: str = "user", scopes: frozenset[str] | None = None) -> tuple[str, str]:
         from anchor.gateway.auth import check_role_scopes
@@ -86,19 +87,35 @@ async def start_gateway(
     await pg_direct.start()
     nodes: list[Node] = []
 
-    async def start(transports: Sequence[Transport] = (), mailbox: MailboxPort | None = None, **anchor: Any) -> Gateway:
+    async def start(
+        transports: Sequence[Transport] = (),
+        mailbox: MailboxPort | None = None,
+        *,
+        data_dir: Path | None = None,
+        persistent: bool = False,
+        consume_queue: bool = True,
+        rag: RagSection | None = None,
+        **anchor: Any,
+    ) -> Gateway:
+        """A gateway; ``data_dir`` reuses an earlier one's (same identity: a restart), ``persistent`` keeps the
+        node's inbox and outbox on disk."""
         pg_proxy = TcpProxy(services.postgres.host, services.postgres.port)
         redis_proxy = TcpProxy(services.redis.host, services.redis.port)
         await nursery.start(pg_proxy.run)
         await nursery.start(redis_proxy.run)
-        data_dir = short_tmp / f"gw{len(nodes)}"
-        data_dir.mkdir(mode=0o700)
+        graph_proxy = TcpProxy(services.graph.host, services.graph.bolt_port)
+        await nursery.start(graph_proxy.run)
+        if data_dir is None:
+            data_dir = short_tmp / f"gw{len(nodes)}"
+            data_dir.mkdir(mode=0o700)
         raw = json.loads(json.dumps(dataclasses.asdict(services)))
         raw["postgres"]["port"] = pg_proxy.port
         raw["postgres"]["host"] = "127.0.0.1"
         raw["postgres"]["dbname"] = pg_dsn.rsplit("/", 1)[1]
         raw["redis"]["port"] = redis_proxy.port
         raw["redis"]["host"] = "127.0.0.1"
+        raw["graph"]["bolt_port"] = graph_proxy.port
+        raw["graph"]["host"] = "127.0.0.1"
         settings_file = data_dir / "services.json"
         settings_file.write_text(json.dumps(raw))
         settings_file.chmod(0o600)
@@ -107,11 +124,20 @@ async def start_gateway(
             store_timeout_s=2.0,
             **{"gateway_listen": "127.0.0.1:0", **RELAXED, **anchor},
         )
-        cfg = Config(data_dir=data_dir, anchor=section)
-        node = Node(cfg, create_identity(data_dir), transports=transports, control=False, persistent_inbox=False)
-        urls: list[str] = await nursery.start(functools.partial(run_anchor, node, mailbox=mailbox))
+        cfg = Config(data_dir=data_dir, anchor=section, rag=rag or RagSection())
+        identity = load_identity(data_dir) if identity_exists(data_dir) else create_identity(data_dir)
+        node = Node(cfg, identity, transports=transports, control=False, persistent_inbox=persistent)
+        stopped = trio.Event()
+
+        async def run(task_status: trio.TaskStatus[list[str]]) -> None:
+            try:
+                await run_anchor(node, mailbox=mailbox, consume_queue=consume_queue, task_status=task_status)
+            finally:
+                stopped.set()
+
+        urls: list[str] = await nursery.start(run)
         nodes.append(node)
-        return Gateway(urls[0], node, cfg, pg_direct, pg_proxy, redis_proxy)
+        return Gateway(urls[0], node, cfg, pg_direct, pg_proxy, redis_proxy, graph_proxy, stopped)
 
     try:
         yield start

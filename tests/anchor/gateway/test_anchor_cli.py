@@ -22,6 +22,7 @@ from anchor.services import ServiceSettings
 from anchor.stores.postgres import PostgresStore
 from node.cli import build_parser, main
 from tests.anchor.gateway.conftest import RELAXED
+from tests.anchor.gateway.test_gateway import until_settled
 
 BIN = Path(sys.executable).parent
 VILLAGE = [str(BIN / "village")] if (BIN / "village").exists() else [sys.executable, "-m", "node.cli"]
@@ -101,6 +102,7 @@ async def test_village_anchor_run_serves_the_gateway_and_keys_cli_controls_acces
             assert (await client.get("/v1/node", headers=auth)).json()["peer_id"] == ident["peer_id"]
             r = await client.post("/v1/messages", headers=auth, json={"to": "0123456789abcdef", "text": "via http"})
             assert r.status_code == 202
+            await until_settled(client, auth, r.json()["id"])  # the queue's consumer hands it to the node
             outbox = json.loads(
                 (await trio.to_thread.run_sync(lambda: village("outbox", "--json", data_dir=anchor_dir))).stdout
             )

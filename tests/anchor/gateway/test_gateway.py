@@ -8,6 +8,7 @@ import logging
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,6 +26,18 @@ from node.transports.memory import MemoryNetwork
 from tests.anchor.gateway.conftest import Gateway, StartGateway
 
 FULL_PEER_ID = "0123456789abcdef"  # a peer not heard from yet: accepted and held in the outbox
+
+
+async def until_settled(client: httpx.AsyncClient, auth: dict[str, str], message_id: str) -> dict[str, Any]:
+    """GET /v1/messages/{id} until the node has taken the message from the queue (its state is not "queued")."""
+    with trio.fail_after(20):
+        while True:
+            r = await client.get(f"/v1/messages/{message_id}", headers=auth)
+            assert r.status_code == 200, r.text
+            body: dict[str, Any] = r.json()
+            if body["state"] != "queued":
+                return body
+            await trio.sleep(0.02)  # a poll interval for an HTTP client; fail_after bounds the wait
 
 
 async def test_tokens_by_api_key_client_credentials_and_basic(gateway: Gateway, client: httpx.AsyncClient) -> None:
@@ -58,15 +71,21 @@ async def test_routes_reach_the_node_and_every_state_change_is_audited(
     assert node["peer_id"] == gateway.node.identity.peer_id_hex and node["transports"] == []
     assert (await client.get("/v1/peers", headers=auth)).json() == []
     health = await client.get("/v1/health")
-    assert health.status_code == 200 and health.json()["stores"] == {"postgres": "ok", "redis": "ok"}
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert health.json()["stores"] == {"postgres": "ok", "redis": "ok", "graph": "ok"}
 
     r = await client.post("/v1/messages", headers=auth, json={"to": FULL_PEER_ID, "text": "held for later"})
-    assert r.status_code == 202 and r.json()["state"] == "pending" and r.json()["to"] == FULL_PEER_ID
-    sent = gateway.node.outgoing[r.json()["id"]]
+    assert r.status_code == 202 and r.json()["state"] == "queued" and r.json()["to"] == FULL_PEER_ID
+    private_id = r.json()["id"]
+    with trio.fail_after(20):  # the queue's consumer hands it to the node under the ID the client got
+        await gateway.node.wait_until(lambda: private_id in gateway.node.outgoing)
+    sent = gateway.node.outgoing[private_id]
     assert (sent.to, sent.text, sent.state) == (FULL_PEER_ID, "held for later", "pending")
     r = await client.post("/v1/messages", headers=auth, json={"text": "hello mesh"})
-    assert r.status_code == 202 and r.json()["state"] == "sent"
-    assert gateway.node.outgoing[r.json()["id"]].text == "hello mesh"
+    assert r.status_code == 202 and r.json()["state"] == "queued" and r.json()["to"] is None
+    status = await until_settled(client, auth, r.json()["id"])
+    assert status["state"] == "sent" and status["mesh_id"] in gateway.node.outgoing
+    assert gateway.node.outgoing[status["mesh_id"]].text == "hello mesh"
 
     bad = await client.post("/v1/messages", headers=auth, json={"to": "nobody", "text": "x"})
     assert bad.status_code == 400 and bad.json()["error"] == "mesh_rejected"
@@ -83,7 +102,7 @@ async def test_routes_reach_the_node_and_every_state_change_is_audited(
         ("messages.broadcast", "*"),
         ("messages.broadcast", "*"),
     ]
-    assert rows[1].detail == {"bytes": len("held for later")}  # never the text itself
+    assert rows[1].detail == {"bytes": len("held for later"), "id": private_id}  # never the text itself
     assert all("held for later" not in str(r.detail) for r in rows)
 
 
@@ -214,6 +233,7 @@ async def test_store_down_gives_503_and_the_gateway_recovers(
             assert "Retry-After" in r.headers
         health = await client.get("/v1/health")
         assert health.status_code == 503 and health.json()["stores"][store] == "down"
+        assert health.json()["status"] == "down"
         assert "127.0.0.1" not in r.text + health.text  # no internal addresses for clients
         down_lines = [m for m in caplog.messages if f"{store} store unavailable" in m]
         assert len(down_lines) == 1, down_lines  # one line per outage, not one per request
@@ -225,6 +245,7 @@ async def test_store_down_gives_503_and_the_gateway_recovers(
                 pass
         r = await client.post("/v1/messages", headers=auth, json={"text": f"after {store} came back"})
         assert r.status_code == 202, r.text
+        assert (await until_settled(client, auth, r.json()["id"]))["state"] == "sent"
         assert any(f"{store} store available again" in m for m in caplog.messages)
     assert (await client.get("/v1/health")).status_code == 200
     texts = [m.text for m in gateway.node.outgoing.values()]
@@ -257,6 +278,8 @@ async def test_body_limit_and_openapi(start_gateway: StartGateway) -> None:
         "/v1/node",
         "/v1/peers",
         "/v1/messages",
+        "/v1/messages/{message_id}",
+        "/v1/rag/query",
         "/v1/mailbox",
         "/v1/keys",
         "/v1/keys/{key_id}",
