@@ -146,9 +146,24 @@ class MeshSection:
         "only when no path is known. flood: naive TTL flooding of everything (a baseline for benchmarks).",
         choices=("path", "flood"),
     )
+    announce_relay_min_interval_s: float = _f(
+        15.0,
+        "Shortest time between two relays of one peer's unchanged announce; a changed one (new neighbours, "
+        "nickname) is passed on after 30 s. Far peers' paths and reachability last 2.5 times the relay interval.",
+        min=0,
+        max=3600,
+    )
+    announce_relay_per_s: float = _f(
+        1.0,
+        "Unchanged announces this node relays per second on average: in a large mesh the relay interval per peer "
+        "stretches to (peers heard of) / this, so announce traffic stops growing with the square of the mesh.",
+        min=0.01,
+        max=10_000,
+    )
     path_ttl_s: float = _f(
         60.0,
-        "A path learned from an announce is used for this long after it (peers announce every ~15 s).",
+        "A path learned from an announce is used for this long after it (peers announce every ~15 s); longer when "
+        "announces are relayed less often (2.5 x the announce relay interval, see announce_relay_per_s).",
         min=1,
         max=86_400,
     )

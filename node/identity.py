@@ -10,6 +10,7 @@ is the hex SHA-256 of the Noise static public key and the peer ID is its first 8
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import stat
@@ -44,7 +45,7 @@ class Identity:
     def signing_public(self) -> bytes:
         return bytes(self.signing_key.verify_key)
 
-    @property
+    @functools.cached_property
     def noise_public(self) -> bytes:
         return bytes(nacl.public.PrivateKey(self.noise_private).public_key)
 

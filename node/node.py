@@ -654,7 +654,7 @@ class Node:
                     "peer_id": p.peer_id.hex(),
                     "nickname": p.nickname,
                     "fingerprint": fingerprint_from_noise_key(p.noise_public_key),
-                    "reachable": p.reachable(now, self.config.mesh.peer_expiry_s),
+                    "reachable": core.is_reachable(p, now),
                     "last_seen_s_ago": round(now - p.last_seen, 3),
                     "hops": p.hops,
                     "transport": link.transport_name if link else None,
@@ -668,7 +668,7 @@ class Node:
     def status(self) -> dict[str, Any]:
         core = self._require_core()
         now = self.clock.now()
-        reachable = sum(1 for p in core.peers if p.reachable(now, self.config.mesh.peer_expiry_s))
+        reachable = sum(1 for p in core.peers if core.is_reachable(p, now))
         return {
             "peer_id": self.identity.peer_id_hex,
             "fingerprint": self.identity.fingerprint,

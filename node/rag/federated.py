@@ -333,8 +333,7 @@ def reachable_peers(node: Any, max_peers: int = DEFAULT_MAX_PEERS) -> list[PeerR
     if core is None:
         raise MeshError("the node is not running")
     now = node.clock.now()
-    expiry = node.config.mesh.peer_expiry_s
-    peers = sorted((p for p in core.peers if p.reachable(now, expiry)), key=lambda p: (p.hops, p.peer_id))
+    peers = sorted((p for p in core.peers if core.is_reachable(p, now)), key=lambda p: (p.hops, p.peer_id))
     return [PeerRef(p.peer_id, p.nickname) for p in peers[:max_peers]]
 
 

@@ -127,38 +127,41 @@ class AnnouncingCore(MeshBase):
         pkt = sign_packet(self._packet(MessageType.LEAVE, b"", now), self.identity.signing_key)
         self._emit(list(self.links), pkt)
 
-    def _on_announce(self, link_id: str, pkt: Packet, wire: bytes, now: float) -> bool:
+    def _on_announce(self, link_id: str, pkt: Packet, wire: bytes, now: float) -> Announce | None:
+        """The announce if it is authentic and accepted (None: dropped and counted; never relayed)."""
         try:
             ann = decode_announce_untrusted(pkt.payload)
         except MalformedFrame:
             self.counters.malformed += 1
-            return False
+            return None
         if peer_id_from_noise_key(ann.noise_public_key) != pkt.sender_id:
             self.counters.key_mismatch += 1
-            return False
+            return None
         if self.wall_ms(now) - pkt.timestamp_ms > self.settings.announce_max_age_s * 1000:
             self.counters.stale += 1
-            return False
+            return None
         if not self.verify(wire, ann.signing_public_key, self.limits):
             self.counters.bad_signature += 1
-            return False
+            return None
         direct = pkt.ttl >= MAX_TTL and link_id in self.links
         bound = self.links[link_id].bound_key if link_id in self.links else None
         if direct and bound is not None and bound != ann.signing_public_key:
             self.counters.binding_mismatch += 1  # the link's authenticated identity is someone else
-            return False
+            return None
         known = self.peers.get(pkt.sender_id)
         if known is not None and (
             known.noise_public_key != ann.noise_public_key or known.signing_public_key != ann.signing_public_key
         ):
             self.counters.key_mismatch += 1  # keys are pinned at first sight
-            return False
+            return None
         hops = max(1, MAX_TTL - min(pkt.ttl, MAX_TTL) + 1)
+        newly_bound = direct and self.paths.peer_on_link(link_id) != pkt.sender_id
         if direct and not self.paths.bind(pkt.sender_id, link_id, now):
             self.counters.binding_mismatch += 1  # another peer holds this link: take the announce as relayed
             direct = False
         if direct and len(self.couriers):
             self._meet(pkt.sender_id, link_id, now)
+        self.paths.path_ttl_s = self.far_expiry_s()  # stretches with the announce relay interval
         self.paths.on_announce(pkt.sender_id, ann.neighbours, link_id, hops, pkt.timestamp_ms, now)
         if known is None:
             info = PeerInfo(
@@ -173,31 +176,34 @@ class AnnouncingCore(MeshBase):
                 capabilities=ann.capabilities,
             )
             self.peers.upsert(info)
-            # Answer a new neighbour's announce once, so it learns us even if our link-up announce was lost.
-            # (Only a neighbour's: answering every far peer heard through relays floods the mesh n² times.)
-            if direct:
-                self._answer_announce(link_id, now)
-            if direct:
-                self._ping(info.peer_id, link_id, now)
-        else:
+        if direct and newly_bound:
+            # Answer a neighbour's first announce on a link once, so it learns us even if our link-up announce was
+            # lost, and so that far nodes hear of us with this neighbour listed (link-up announces, sent before
+            # anyone was bound, are not relayed). Only a neighbour's: answering every far peer heard through
+            # relays floods the mesh n² times.
+            self._answer_announce(link_id, now)
+            self._ping(pkt.sender_id, link_id, now)
+        if known is not None:
             info = known
-            was_gone = info.left or not info.reachable(now, self.settings.peer_expiry_s)
+            was_gone = info.left or not self.is_reachable(info, now)
             info.nickname, info.last_seen, info.hops, info.left = ann.nickname, now, hops, False
             info.capabilities = ann.capabilities
             if direct:
                 info.link_id = link_id
             self.peers.touch(info.peer_id, now)
             if not was_gone:
-                return True
+                return ann
         self._events.append(PeerAnnounced(info.peer_id, info.nickname, known is None, info.link_id))
         for p in self.pending.for_peer(info.peer_id):  # messages waiting for this peer go now
             if p.next_try > now:
                 self.pending.reschedule(p, now)
-        return True
+        return ann
 
     def _on_ping(self, link_id: str, pkt: Packet, now: float) -> None:
         self.counters.pings_answered += 1
-        if self.paths.peer_on_link(link_id) == pkt.sender_id:  # a neighbour's link probe: answer on that link
+        if pkt.ttl >= MAX_TTL or self.paths.peer_on_link(link_id) == pkt.sender_id:
+            # A neighbour's link probe (it came straight from its sender): answer on that link, even before the
+            # neighbour's announce has bound the link (else the pong would flood the mesh).
             self._emit([link_id], self._packet(MessageType.PONG, pkt.payload, now, pkt.sender_id))
         else:
             self._send_directed(MessageType.PONG, pkt.payload, pkt.sender_id, now)

@@ -36,6 +36,11 @@ class DedupeCache:
                 self._seen.popitem(last=False)
         return True
 
+    def seen(self, key: str, now: float) -> bool:
+        """True if ``key`` was added and has not expired (a read-only check)."""
+        expiry = self._seen.get(key)
+        return expiry is not None and expiry > now
+
     def discard(self, key: str) -> None:
         self._seen.pop(key, None)
 

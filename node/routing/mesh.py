@@ -47,13 +47,14 @@ from node.routing.meshbase import (
     PRIVATE_TEXT_MAX_BYTES,
     REHANDSHAKE_AFTER_ATTEMPTS,
     SEEN_PRIVATE_IDS,
+    SETTLE_ANNOUNCE_S,
     LinkState,
     arrived_flooded,
     hops_travelled,
     public_message_id,
 )
 from node.routing.pending import PendingMessage
-from node.routing.relay import fanout_subset, relay_jitter_s, relayed_ttl, with_ttl
+from node.routing.relay import TTL_OFFSET, fanout_subset, relay_jitter_s, relayed_ttl, with_ttl
 from node.wire import (
     MalformedFrame,
     MessageType,
@@ -76,19 +77,17 @@ class MeshCore(AnnouncingCore):
     links, user actions (broadcast, private messages with retries and store-and-forward), receiving, relaying."""
 
     def get_timer(self) -> float | None:
-        candidates = [
-            t
-            for t in (
-                self._next_announce,
-                self.sessions.next_deadline(),
-                self.pending.next_due(),
-                self.reassembler.next_expiry(),
-                self.relays.next_due(),
-                min(self._answers.values(), default=None),
-            )
-            if t is not None
-        ]
-        return min(candidates, default=None)
+        best = self._next_announce
+        for t in (
+            self.sessions.next_deadline(),
+            self.pending.next_due(),
+            self.reassembler.next_expiry(),
+            self.relays.next_due(),
+            min(self._answers.values()) if self._answers else None,
+        ):
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
 
     def handle_timer(self, now: float) -> None:
         if self._next_announce is not None and now >= self._next_announce:
@@ -127,8 +126,11 @@ class MeshCore(AnnouncingCore):
         self.links[link_id] = LinkState(mtu=mtu, up_since=now, bound_key=authenticated_signing_key)
         self.paths.link_up(link_id, cost_weight)
         self._send_announce([link_id], now)
-        if self._next_announce is None:
-            self._schedule_announce(now)
+        # Announce on every link once the new neighbour is bound (its announce and ours have crossed): that
+        # announce, naming it, is the one relays pass on (link-up announces are not relayed).
+        settle = now + self.rng.uniform(*SETTLE_ANNOUNCE_S)
+        if self._next_announce is None or self._next_announce > settle:
+            self._next_announce = settle
 
     def link_down(self, link_id: str, now: float) -> None:
         self.links.pop(link_id, None)
@@ -301,28 +303,56 @@ class MeshCore(AnnouncingCore):
         return True
 
     # ---------------------------------------------------------------- receive
-    def receive_frame(self, link_id: str, data: bytes, now: float) -> None:
+    def receive_frame(self, link_id: str, data: bytes, now: float) -> bool:
+        """Take a frame from a link. False when it changed nothing — a duplicate of a packet already taken, or
+        malformed: no output, no event and no earlier timer, so an adapter need not look for any."""
         self.counters.frames_in += 1
+        # Fast path for the common case in a mesh, a copy of a packet we already took: relays forward the received
+        # bytes with only the TTL byte rewritten, so the frame without its TTL identifies the copy. No parse.
+        raw = data[:TTL_OFFSET] + data[TTL_OFFSET + 1 :]
+        key = self._raw_seen.get(raw)
+        if key is not None and self.dedupe.seen(key, now):
+            self._on_duplicate(key, link_id)
+            return False
         try:
             pkt = decode_packet_untrusted(data, self.limits)
         except MalformedFrame:
             self.counters.malformed += 1
-            return
-        self._handle_packet(link_id, pkt, data, now)
+            return False
+        key = self._handle_packet(link_id, pkt, data, now)
+        if key is not None:
+            self._raw_seen[raw] = key
+            if len(self._raw_seen) > self.dedupe.max_entries:
+                del self._raw_seen[next(iter(self._raw_seen))]
+        return True
 
-    def _handle_packet(self, link_id: str, pkt: Packet, wire: bytes, now: float, *, relay: bool = True) -> None:
+    def _on_duplicate(self, key: str, link_id: str) -> None:
+        self.counters.duplicate += 1
+        relay = self.relays.pending(key)
+        if relay is None:
+            return
+        strike = [link_id]
+        if relay.prunable:  # an announce: the copy's sender also covered its own neighbours (see _not_covered)
+            sender = self.paths.peer_on_link(link_id)
+            covered = self.paths.neighbours_of(sender) if sender is not None else frozenset()
+            if covered:
+                peer_on = self.paths.link_peers
+                strike += [lid for lid in relay.link_ids if peer_on.get(lid) in covered]
+        if self.relays.strike(key, strike):
+            self.counters.relay_cancelled += 1  # every neighbour we would pass it to has it already
+
+    def _handle_packet(self, link_id: str, pkt: Packet, wire: bytes, now: float, *, relay: bool = True) -> str | None:
+        """Process a decoded packet; its dedupe key if it was new and accepted (None otherwise)."""
         if pkt.sender_id == self.peer_id:
             self.counters.own_echo += 1
-            return
+            return None
         if not pkt.is_rsr and abs(pkt.timestamp_ms - self.wall_ms(now)) > self.settings.max_clock_skew_s * 1000:
             self.counters.stale += 1
-            return
+            return None
         key = dedupe_key(pkt.sender_id, pkt.timestamp_ms, pkt.type, pkt.payload)
         if not self.dedupe.check_and_add(key, now):
-            self.counters.duplicate += 1
-            if self.relays.heard_from(key, link_id):
-                self.counters.relay_cancelled += 1  # every neighbour we would pass it to has it already
-            return
+            self._on_duplicate(key, link_id)
+            return None
         broadcast = is_broadcast(pkt)
         for_us = pkt.recipient_id == self.peer_id
         t = pkt.type
@@ -331,7 +361,12 @@ class MeshCore(AnnouncingCore):
             if broadcast or for_us:
                 authentic = self._on_fragment(link_id, pkt, now)
         elif t == MessageType.ANNOUNCE:
-            authentic = self._on_announce(link_id, pkt, wire, now)
+            ann = self._on_announce(link_id, pkt, wire, now)
+            authentic = ann is not None
+            relaying = ann is not None and relay and not self._flood and pkt.ttl > 1
+            if relaying and ann is not None and not self._should_relay_announce(link_id, pkt, ann, now):
+                self.counters.announce_relay_suppressed += 1
+                relay = False
         elif not broadcast and not for_us:
             self.counters.not_for_us += 1  # passed on below
         elif t == MessageType.MESSAGE:
@@ -356,6 +391,8 @@ class MeshCore(AnnouncingCore):
             # The dedupe key does not cover the signature: a forged or broken copy must not make the genuine
             # packet, arriving later, look like a duplicate.
             self.dedupe.discard(key)
+            return None
+        return key
 
     # ---------------------------------------------------------------- relay
     def _relay(self, in_link: str, pkt: Packet, wire: bytes, key: str, now: float) -> None:
@@ -370,7 +407,9 @@ class MeshCore(AnnouncingCore):
             ttl = relayed_ttl(pkt.type, pkt.ttl, broadcast=broadcast, degree=degree)
             if broadcast:
                 targets = others
-                if pkt.type not in (MessageType.ANNOUNCE, MessageType.FRAGMENT):
+                if pkt.type == MessageType.ANNOUNCE:
+                    targets = self._not_covered(targets, in_link)
+                elif pkt.type != MessageType.FRAGMENT:
                     targets = fanout_subset(key, others)
             else:
                 targets = self._directed_relay_links(pkt, in_link, now)
@@ -378,8 +417,24 @@ class MeshCore(AnnouncingCore):
         if ttl < 1 or not targets:
             return
         frame = with_ttl(wire, ttl)
-        if not self.relays.push(now + delay, key, frame, targets):
+        prune = pkt.type == MessageType.ANNOUNCE and not self._flood
+        if not self.relays.push(now + delay, key, frame, targets, prunable=prune):
             self.counters.relay_queue_full += 1
+
+    def _not_covered(self, link_ids: list[str], from_link: str) -> list[str]:
+        """Announce relay pruning: of ``link_ids``, those whose neighbour is not also a neighbour of the peer on
+        ``from_link`` (whose own announce named its neighbours). That peer sent the packet to all of its
+        neighbours or pruned them for a node that sent earlier still, so by induction the earliest sender next
+        to any node sends to it: no node is left out for want of a sender, only for loss. Saves most duplicate
+        frames of announce floods in a dense mesh; announces repeat, so a loss is made good by the next one."""
+        sender = self.paths.peer_on_link(from_link)
+        if sender is None:
+            return link_ids
+        covered = self.paths.neighbours_of(sender)
+        if not covered:
+            return link_ids
+        peer_on = self.paths.link_peers
+        return [lid for lid in link_ids if peer_on.get(lid) not in covered]
 
     def _directed_relay_links(self, pkt: Packet, in_link: str, now: float) -> list[str]:
         """BitChat's forwarding of a directed packet (BLE/BLERouteForwardingPolicy.swift): along its source

@@ -33,6 +33,7 @@ from node.routing.pending import PendingMessage, PendingSet
 from node.routing.relay import RelayQueue
 from node.routing.sessions import SessionManager
 from node.wire import (
+    Announce,
     MalformedFrame,
     MessageType,
     NoisePayloadType,
@@ -58,6 +59,10 @@ RTT_SMOOTHING = 0.25  # weight of a new RTT or loss sample (exponentially weight
 BUSY_LINKS = 6  # BitChat's threshold for a busy node: longer announce interval, shorter broadcast TTL
 HOLD_AFTER_EXPIRIES = 2  # a private message is held (not sent) for a peer silent this many peer expiries
 ANNOUNCE_ANSWER_GAP_S = 0.15  # BitChat forces announces on a link at least this far apart
+ANNOUNCE_CHANGE_GAP_S = 30.0  # a changed announce from one peer is relayed at most this often
+FRESH_LINK_S = 2.0  # direct announces on a link this young are not relayed (sent before the peer bound anyone)
+SETTLE_ANNOUNCE_S = (2.5, 3.5)  # after a link comes up, announce on every link within this (neighbours bound)
+FAR_EXPIRY_PER_RELAY_INTERVAL = 2.5  # far peers' paths and reachability last this many relay intervals
 PADDED_TYPES = (MessageType.NOISE_HANDSHAKE, MessageType.NOISE_ENCRYPTED)  # only these are padded on air
 
 
@@ -109,6 +114,10 @@ class MeshBase:
         self.app = AppChannel(self.rng)  # app request/response codec and matching (node.routing.app)
         self._announced_at: dict[str, float] = {}  # link -> when we last announced on it
         self._answers: dict[str, float] = {}
+        # A taken packet's frame without its TTL byte -> its dedupe key: copies are recognised without a parse.
+        self._raw_seen: dict[bytes, str] = {}
+        # origin -> (when we last relayed its announce, that announce's payload): announce relay suppression
+        self._announce_relays: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()
         # Links the last encrypted frame to each peer left on (bounded by the peer table's size).
         self.last_links: OrderedDict[bytes, list[str]] = (
             OrderedDict()
@@ -192,12 +201,64 @@ class MeshBase:
             is_rsr=False,
         )
 
+    # ---------------------------------------------------------------- announce relaying and peer expiry
+    def announce_relay_interval_s(self) -> float:
+        """How long we wait before relaying another unchanged announce from the same peer: BitChat-like
+        (``announce_relay_min_interval_s``) in a small mesh, stretching with the number of peers heard of so
+        that this node relays about ``announce_relay_per_s`` announces a second however large the mesh is."""
+        s = self.settings
+        return max(s.announce_relay_min_interval_s, len(self.peers) / s.announce_relay_per_s)
+
+    def far_expiry_s(self) -> float:
+        """Lifetime of what a relayed announce taught us (paths, a far peer's reachability): several relay
+        intervals, so one lost refresh does not make a far peer vanish."""
+        return max(self.settings.path_ttl_s, FAR_EXPIRY_PER_RELAY_INTERVAL * self.announce_relay_interval_s())
+
+    def peer_expiry_for(self, info: PeerInfo) -> float:
+        """Seconds of silence after which ``info`` is shown as gone: ``peer_expiry_s`` for a neighbour, longer
+        for a far peer whose announces reach us only every relay interval."""
+        if info.link_id is not None or info.hops <= 1:
+            return self.settings.peer_expiry_s
+        return max(self.settings.peer_expiry_s, self.far_expiry_s())
+
+    def is_reachable(self, info: PeerInfo, now: float) -> bool:
+        return info.reachable(now, self.peer_expiry_for(info))
+
+    def _should_relay_announce(self, link_id: str, pkt: Packet, ann: Announce, now: float) -> bool:
+        """Announce relay suppression: pass on an origin's announce if it is the first we see, if it changed
+        (at most every ANNOUNCE_CHANGE_GAP_S) or if the relay interval has passed since we last passed one on.
+        Every node still hears its neighbours' every announce; far nodes hear each peer once per interval.
+
+        A neighbour's announce on a link younger than FRESH_LINK_S is its link-up announce or its answer to ours,
+        sent before it had heard its other neighbours: it is not passed on. The neighbour announces again on
+        every link SETTLE_ANNOUNCE_S after a link comes up, naming its neighbours; that one goes out (one flood per
+        node at start-up, not one per neighbour list it went through)."""
+        origin, payload = pkt.sender_id, pkt.payload
+        link = self.links.get(link_id)
+        if pkt.ttl >= MAX_TTL and link is not None and now - link.up_since < FRESH_LINK_S:
+            return False
+        last = self._announce_relays.get(origin)
+        if last is not None:
+            age = now - last[0]
+            if age < 0:
+                pass  # the clock went back: relay, and start over
+            elif last[1] == payload:
+                if age < self.announce_relay_interval_s():
+                    return False
+            elif age < ANNOUNCE_CHANGE_GAP_S:
+                return False
+        self._announce_relays[origin] = (now, payload)
+        self._announce_relays.move_to_end(origin)
+        while len(self._announce_relays) > self.settings.max_peers:
+            self._announce_relays.popitem(last=False)
+        return True
+
     # ---------------------------------------------------------------- sessions
     def _reachable(self, peer_id: bytes, now: float) -> bool:
         """Worth sending to: heard from within two peer expiries. (A peer 6-7 hops away loses whole announces
         on a lossy path, and busy nodes announce only every 30 s: one expiry is too quick to give up.)"""
         info = self.peers.get(peer_id)
-        return info is not None and info.reachable(now, HOLD_AFTER_EXPIRIES * self.settings.peer_expiry_s)
+        return info is not None and info.reachable(now, HOLD_AFTER_EXPIRIES * self.peer_expiry_for(info))
 
     def _send_encrypted(
         self, peer_id: bytes, plaintext: bytes, now: float, *, queue: bool, flood: bool = False

@@ -20,6 +20,7 @@ up directly and never force a recompute.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 RTT_UNIT_S = 0.1  # a link's cost grows by one unit per 100 ms of round-trip time
@@ -128,6 +129,16 @@ class PathTable:
 
     def peer_on_link(self, link_id: str) -> bytes | None:
         return self._link_peer.get(link_id)
+
+    @property
+    def link_peers(self) -> Mapping[str, bytes]:
+        """Link ID -> the peer bound to it (read-only view, for hot loops)."""
+        return self._link_peer
+
+    def neighbours_of(self, peer: bytes) -> frozenset[bytes]:
+        """The direct neighbours ``peer`` named in its last announce (empty if unknown)."""
+        adj = self._adjacency.get(peer)
+        return adj.neighbours if adj is not None else frozenset()
 
     def on_announce(
         self, origin: bytes, neighbours: tuple[bytes, ...], link_id: str, hops: int, timestamp_ms: int, now: float

@@ -70,7 +70,8 @@ class PendingSet:
 
     def for_peer(self, peer_id: bytes) -> list[PendingMessage]:
         """The messages awaiting ``peer_id``, oldest first (a copy: callers may reschedule or remove)."""
-        return list(self._by_peer.get(peer_id, {}).values())
+        mine = self._by_peer.get(peer_id)
+        return list(mine.values()) if mine else []
 
     def reschedule(self, p: PendingMessage, next_try: float) -> None:
         p.next_try = next_try

@@ -91,6 +91,7 @@ class PendingRelay:
     frame: bytes = field(compare=False)
     link_ids: list[str] = field(compare=False)
     cancelled: bool = field(compare=False, default=False)
+    prunable: bool = field(compare=False, default=False)  # an announce: copies heard strike their senders' neighbours
 
 
 class RelayQueue:
@@ -114,24 +115,33 @@ class RelayQueue:
         """Bytes of the frames still waiting (cancelled relays no longer count)."""
         return self._bytes
 
-    def push(self, due: float, key: str, frame: bytes, link_ids: list[str]) -> bool:
+    def push(self, due: float, key: str, frame: bytes, link_ids: list[str], *, prunable: bool = False) -> bool:
         if len(self._by_key) >= self.max_entries or self._bytes + len(frame) > self.max_bytes:
             return False
         self._seq += 1
-        item = PendingRelay(due, self._seq, key, frame, list(link_ids))
+        item = PendingRelay(due, self._seq, key, frame, list(link_ids), prunable=prunable)
         heapq.heappush(self._heap, item)
         self._by_key[key] = item
         self._bytes += len(frame)
         return True
 
+    def pending(self, key: str) -> PendingRelay | None:
+        return self._by_key.get(key)
+
     def heard_from(self, key: str, link_id: str) -> bool:
         """A copy of ``key`` arrived on ``link_id``: do not relay it back there. True if that cancelled the
         whole relay (no link left)."""
+        return self.strike(key, [link_id])
+
+    def strike(self, key: str, link_ids: list[str]) -> bool:
+        """Do not relay ``key`` on ``link_ids`` (their neighbours have it). True if that cancelled the whole
+        relay (no link left)."""
         item = self._by_key.get(key)
-        if item is None or link_id not in item.link_ids:
+        if item is None:
             return False
-        item.link_ids.remove(link_id)
-        if item.link_ids:
+        before = len(item.link_ids)
+        item.link_ids = [lid for lid in item.link_ids if lid not in link_ids]
+        if len(item.link_ids) == before or item.link_ids:
             return False
         item.cancelled = True
         del self._by_key[key]

@@ -142,4 +142,6 @@ class SessionManager:
         return gone
 
     def next_deadline(self) -> float | None:
-        return min((h.deadline for h in self._handshakes.values()), default=None)
+        if not self._handshakes:
+            return None
+        return min(h.deadline for h in self._handshakes.values())

@@ -332,8 +332,8 @@ class Simulation:
                 stats.bytes_delivered += len(frame)
                 d.frames_delivered += 1
                 d.bytes_delivered += len(frame)
-                cores[d.dst].receive_frame(d.link_id, frame, t)
-                self._drain(d.dst)
+                if cores[d.dst].receive_frame(d.link_id, frame, t):
+                    self._drain(d.dst)  # (a duplicate changes nothing there: no output, events or earlier timer)
             elif kind == _TIMER:
                 if self._timer_at[arg] != t:
                     continue  # re-armed since this entry was pushed

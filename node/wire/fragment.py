@@ -182,4 +182,6 @@ class Reassembler:
             self.counters.expired += 1
 
     def next_expiry(self) -> float | None:
-        return min((a.deadline for a in self._assemblies.values()), default=None)
+        if not self._assemblies:
+            return None
+        return min(a.deadline for a in self._assemblies.values())

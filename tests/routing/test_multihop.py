@@ -158,7 +158,9 @@ async def test_partition_and_heal_delivers_every_queued_message(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     # 10 % loss on each of 3 hops loses ~half the send+ack round trips: resends every <= 15 s keep this short.
-    mesh = await line(nursery, tmp_path, 4, LOSSY, seed=15, private_retry_max_interval_s=15.0)
+    # The first two minutes of the partition still look like a lossy path (the peer was heard lately), so about
+    # ten resends go before the messages are held; 40 attempts leave room for an unlucky run after the heal.
+    mesh = await line(nursery, tmp_path, 4, LOSSY, seed=15, private_retry_max_interval_s=15.0, private_max_attempts=40)
     a, d = mesh.nodes[0], mesh.nodes[3]
     with trio.fail_after(SIM_TIMEOUT_S):
         await mesh.wait_until_known(0, 3)
