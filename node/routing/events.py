@@ -80,6 +80,7 @@ class MeshCounters:
     relayed: int = 0  # relay jobs sent (one per packet, on one or more links)
     relay_cancelled: int = 0  # pending relays made unnecessary: every target link sent us a copy meanwhile
     relay_queue_full: int = 0
+    unknown_peer_probes: int = 0  # flooded handshakes for held messages to peers never heard of
     announce_relay_suppressed: int = 0  # unchanged announces not passed on: relayed one < the relay interval ago
     sent_direct: int = 0  # directed packets we originated, by how they left
     sent_routed: int = 0

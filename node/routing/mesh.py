@@ -16,6 +16,18 @@ TTL, jitter, fan-out limits, never back out of the arrival link). Directed packe
 table (:mod:`node.routing.paths`): the peer's cheapest direct link, else a v2 source route through the
 topology learned from announces, else the link the peer's announces arrive on, else a flood. With
 ``mesh.routing = "flood"`` every packet is flooded instead (a benchmark baseline).
+
+Announces are what a large mesh mostly carries, so their relaying is thinned where BitChat relays everything
+(neighbours still hear every announce; only what travels further is cut):
+
+* an unchanged announce from one origin is relayed once per *relay interval*,
+  max(``announce_relay_min_interval_s``, peers heard of / ``announce_relay_per_s``), a changed one after 30 s;
+  far peers' paths and reachability last 2.5 intervals (:meth:`MeshBase.announce_relay_interval_s`);
+* announces arriving on a link younger than 2 s (link-up announces and answers, sent before the neighbour had
+  bound its other links) are not relayed; every node announces on all its links ~3 s after a link comes up,
+  and that one travels: one flood per node at start-up;
+* an announce relay skips links to neighbours of the node it came from, and of every node a copy arrives from
+  while it waits out its jitter (they have it already); see :meth:`MeshCore._not_covered`.
 """
 
 from __future__ import annotations
@@ -48,6 +60,7 @@ from node.routing.meshbase import (
     REHANDSHAKE_AFTER_ATTEMPTS,
     SEEN_PRIVATE_IDS,
     SETTLE_ANNOUNCE_S,
+    UNKNOWN_PEER_PROBES,
     LinkState,
     arrived_flooded,
     hops_travelled,
@@ -214,6 +227,17 @@ class MeshCore(AnnouncingCore):
         if reason is not None:
             self.pending.remove(p.message_id)
             self._events.append(PrivateFailed(p.message_id, p.peer_id, reason))
+            return
+        if not self._reachable(p.peer_id, now) and self.peers.get(p.peer_id) is None and p.probes < UNKNOWN_PEER_PROBES:
+            # Never heard an announce from it: in a large mesh a node's announce floods once per relay interval, and
+            # a node at the edge of the TTL horizon may miss that flood. A Noise XX handshake needs no announce (the
+            # peer proves its static key, which must hash to its peer ID), and a finished one makes the peer
+            # reachable: try a flooded one a few times, backing off, before waiting for the announce.
+            p.probes += 1
+            self.counters.unknown_peer_probes += 1
+            self._start_handshake(p.peer_id, now, flood=True)
+            wake = now + s.handshake_timeout_s * 2**p.probes
+            self.pending.reschedule(p, min(wake, p.created + s.private_expiry_s))
             return
         if not self._reachable(p.peer_id, now):
             # Store and forward: the peer is unknown (restored from the outbox before it announced itself) or has

@@ -58,6 +58,7 @@ PING_EXPIRY_S = 30.0  # a pong later than this is ignored
 RTT_SMOOTHING = 0.25  # weight of a new RTT or loss sample (exponentially weighted moving average)
 BUSY_LINKS = 6  # BitChat's threshold for a busy node: longer announce interval, shorter broadcast TTL
 HOLD_AFTER_EXPIRIES = 2  # a private message is held (not sent) for a peer silent this many peer expiries
+UNKNOWN_PEER_PROBES = 3  # flooded handshakes tried for a held message whose peer we never heard an announce from
 ANNOUNCE_ANSWER_GAP_S = 0.15  # BitChat forces announces on a link at least this far apart
 ANNOUNCE_CHANGE_GAP_S = 30.0  # a changed announce from one peer is relayed at most this often
 FRESH_LINK_S = 2.0  # direct announces on a link this young are not relayed (sent before the peer bound anyone)
@@ -258,7 +259,9 @@ class MeshBase:
         """Worth sending to: heard from within two peer expiries. (A peer 6-7 hops away loses whole announces
         on a lossy path, and busy nodes announce only every 30 s: one expiry is too quick to give up.)"""
         info = self.peers.get(peer_id)
-        return info is not None and info.reachable(now, HOLD_AFTER_EXPIRIES * self.peer_expiry_for(info))
+        if info is None:
+            return self.sessions.session(peer_id) is not None  # unheard of, but it finished a handshake with us
+        return info.reachable(now, HOLD_AFTER_EXPIRIES * self.peer_expiry_for(info))
 
     def _send_encrypted(
         self, peer_id: bytes, plaintext: bytes, now: float, *, queue: bool, flood: bool = False

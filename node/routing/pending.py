@@ -27,6 +27,7 @@ class PendingMessage:
     next_try: float = 0.0
     free_send: bool = False  # the next send follows a fresh session: it does not count as an attempt
     sealed: bool = False  # courier copies were made
+    probes: int = 0  # flooded handshakes tried while the peer was never heard of (see MeshCore._attempt_private)
 
 
 class PendingSet:

@@ -139,3 +139,24 @@ def test_a_copy_of_a_taken_packet_is_a_duplicate_without_a_parse() -> None:
     assert core.counters.duplicate == before + 2
     assert core.receive_frame(link, b"\x01\x01", sim.now) is False  # too short: malformed, not a crash
     assert core.counters.malformed == 1
+
+
+def test_a_message_to_a_peer_never_heard_of_gets_through_by_a_flooded_handshake() -> None:
+    # Every flood of node 2's announces misses node 0 (its copies are dropped on arrival), so node 0 never learns
+    # node 2 from an announce. Noise XX needs none: the handshake proves node 2's key.
+    sim = Simulation(line(3), PERFECT, MeshSection(), seed=9)
+    sender, target = sim.cores[0], sim.peer_ids[2]
+    original = sender.receive_frame
+
+    def receive(link_id: str, data: bytes, now: float) -> bool:
+        if data[1] == MessageType.ANNOUNCE and decode_packet_untrusted(data).sender_id == target:
+            return False
+        return original(link_id, data, now)
+
+    sender.receive_frame = receive  # type: ignore[method-assign]
+    sim.run_until(20.0)
+    assert sender.peers.get(target) is None
+    rec = sim.send_private(0, 2, "hello stranger")
+    sim.run_until(60.0)
+    assert rec.delivered_s is not None and rec.acked_s is not None
+    assert sender.counters.unknown_peer_probes >= 1 and sender.peers.get(target) is None
