@@ -42,10 +42,12 @@ from node.routing.events import (
     PeerLeft,
     PrivateFailed,
 )
+from node.routing.hoparq import ACK_DIGEST_BYTES, HopEntry
 from node.routing.meshbase import (
     MAX_TTL,
     PRIVATE_TEXT_MAX_BYTES,
     REHANDSHAKE_AFTER_ATTEMPTS,
+    RTT_SMOOTHING,
     SEEN_PRIVATE_IDS,
     LinkState,
     arrived_flooded,
@@ -84,6 +86,7 @@ class MeshCore(AnnouncingCore):
                 self.pending.next_due(),
                 self.reassembler.next_expiry(),
                 self.relays.next_due(),
+                self.hoparq.next_deadline(),
                 min(self._answers.values(), default=None),
             )
             if t is not None
@@ -102,16 +105,52 @@ class MeshCore(AnnouncingCore):
             # handshake per handshake_timeout_s keeps within BitChat's 10 per minute per peer).
             waiting = self._session_queue.get(peer) or self.pending.count_for(peer) > 0
             if waiting and self._reachable(peer, now):
-                self._start_handshake(peer, now, flood=True)  # the routed attempt was lost: every path now
+                # The routed attempt was lost: every path now (with hop acks, one more routed attempt first).
+                expired = self._handshake_expiries.pop(peer, 0) + 1
+                self._handshake_expiries[peer] = expired
+                while len(self._handshake_expiries) > self.settings.max_peers:
+                    self._handshake_expiries.popitem(last=False)
+                self._start_handshake(peer, now, flood=expired >= self.routed_tries)
             else:
                 self._session_queue.pop(peer, None)
         self.reassembler.expire(now)
         for job in self.relays.pop_due(now):
             self.counters.relayed += 1
+            if job.track and len(job.link_ids) == 1:
+                self._emit_tracked(job.link_ids[0], job.frame, None, job.key, now)
+                continue
             for link_id in job.link_ids:
                 self._emit_frame(link_id, job.frame)
+        for entry in self.hoparq.pop_due(now):
+            self._hop_timeout(entry, now)
         for p in self.pending.pop_due(now):
             self._attempt_private(p, now)
+
+    def _hop_timeout(self, entry: HopEntry, now: float) -> None:
+        """No hop ack for ``entry`` in time: resend it on its link, or give it up after mesh.hop_retries resends."""
+        if entry.link_id not in self.links:
+            self.hoparq.give_up(entry)
+            return
+        stats = self.paths.links.get(entry.link_id)
+        if entry.tries <= self.settings.hop_retries:
+            self._out.append((entry.link_id, entry.frame))
+            self.counters.hop_retransmits += 1
+            rto = self.hoparq.rto(entry.link_id, stats.rtt_s if stats is not None else None, entry.tries + 1)
+            self.hoparq.retry(entry, now + rto)
+            return
+        self.hoparq.give_up(entry)
+        self.counters.hop_give_ups += 1
+        if stats is not None:  # as a lost pong: the link's cost rises, the next path computation may avoid it
+            stats.loss = (1 - RTT_SMOOTHING) * stats.loss + RTT_SMOOTHING
+            self.paths.link_cost_changed()
+        p = self.pending.get(entry.tag) if entry.tag is not None else None
+        if p is not None and p.next_try > now:
+            # Our private message never left the first hop: resend it at once on every path rather than wait
+            # for the end-to-end retry.
+            self.pending.reschedule(p, now)
+            p.free_send = True
+            p.escalate = True
+            self.counters.hop_failovers += 1
 
     # ---------------------------------------------------------------- links
     def link_up(
@@ -136,6 +175,7 @@ class MeshCore(AnnouncingCore):
         self._answers.pop(link_id, None)
         self.peers.unbind_link(link_id)
         self.paths.link_down(link_id)
+        self.hoparq.drop_link(link_id)
         # Fail over: whatever awaits an ack and last left on this link is resent at once along the next best path.
         for p in self.pending:
             if p.attempts and p.next_try > now and link_id in self.last_links.get(p.peer_id, ()):
@@ -231,7 +271,7 @@ class MeshCore(AnnouncingCore):
             # Nothing can be sent yet: (re)start the handshake and look again when it could have finished.
             # This is not an attempt; completing the handshake reschedules the send at once.
             # The first try follows the path table; later ones (a handshake message was lost) flood.
-            self._start_handshake(p.peer_id, now, flood=now - p.created >= s.handshake_timeout_s)
+            self._start_handshake(p.peer_id, now, flood=now - p.created >= self.routed_tries * s.handshake_timeout_s)
             self.pending.reschedule(p, min(now + s.handshake_timeout_s, p.created + s.private_expiry_s))
             return
         counted = not p.free_send  # a send right after a fresh handshake is on the house
@@ -243,8 +283,10 @@ class MeshCore(AnnouncingCore):
         backoff = s.private_retry_interval_s * (2 ** min(30, max(0, p.attempts - 1)))
         self.pending.reschedule(p, now + min(backoff, s.private_retry_max_interval_s))
         plaintext = encode_noise_payload(NoisePayloadType.PRIVATE_MESSAGE, encode_private_message(p.message_id, p.text))
-        # The first send follows the path table; a resend (no ack came back) floods.
-        self._send_encrypted(p.peer_id, plaintext, now, queue=False, flood=p.attempts > 1)
+        # The first send follows the path table (with hop acks, the first two); a resend (no ack came back) floods,
+        # and so does a send right after the routed copy's first hop gave up.
+        flood, p.escalate = p.escalate or p.attempts > self.routed_tries, False
+        self._send_encrypted(p.peer_id, plaintext, now, queue=False, flood=flood, tag=p.message_id)
         if counted and p.attempts % REHANDSHAKE_AFTER_ATTEMPTS == 0 and self.sessions.session(p.peer_id) is not None:
             # Still no ack: our session may be one the peer no longer holds (it restarted, or lost the last
             # handshake message). Start a fresh handshake on every path; the old session serves until it completes.
@@ -317,7 +359,12 @@ class MeshCore(AnnouncingCore):
         if not pkt.is_rsr and abs(pkt.timestamp_ms - self.wall_ms(now)) > self.settings.max_clock_skew_s * 1000:
             self.counters.stale += 1
             return
+        if pkt.type == MessageType.HOP_ACK:
+            self._on_hop_ack(link_id, pkt, now)  # never deduplicated, processed further or relayed
+            return
         key = dedupe_key(pkt.sender_id, pkt.timestamp_ms, pkt.type, pkt.payload)
+        if relay and self.hop_arq and not is_broadcast(pkt):
+            self._send_hop_ack(link_id, pkt, key, now)  # every copy: a resend means our last ack was lost
         if not self.dedupe.check_and_add(key, now):
             self.counters.duplicate += 1
             if self.relays.heard_from(key, link_id):
@@ -357,9 +404,25 @@ class MeshCore(AnnouncingCore):
             # packet, arriving later, look like a duplicate.
             self.dedupe.discard(key)
 
+    def _on_hop_ack(self, link_id: str, pkt: Packet, now: float) -> None:
+        """A HOP_ACK counts only from the peer bound to the link it came on, addressed to us, for a frame we keep
+        for that link; anything else (late, forged, misdirected) is ignored and counted."""
+        entry = None
+        if (
+            self.hop_arq
+            and pkt.recipient_id == self.peer_id
+            and pkt.sender_id == self.paths.peer_on_link(link_id)
+            and len(pkt.payload) == ACK_DIGEST_BYTES
+        ):
+            entry = self.hoparq.ack(link_id, pkt.payload, now)
+        if entry is None:
+            self.counters.hop_acks_ignored += 1
+        else:
+            self.counters.hop_acks_received += 1
+
     # ---------------------------------------------------------------- relay
     def _relay(self, in_link: str, pkt: Packet, wire: bytes, key: str, now: float) -> None:
-        if pkt.ttl <= 1 or pkt.is_rsr or pkt.type == MessageType.REQUEST_SYNC:
+        if pkt.ttl <= 1 or pkt.is_rsr or pkt.type in (MessageType.REQUEST_SYNC, MessageType.HOP_ACK):
             return
         broadcast = is_broadcast(pkt)
         degree = len(self.links)
@@ -378,7 +441,8 @@ class MeshCore(AnnouncingCore):
         if ttl < 1 or not targets:
             return
         frame = with_ttl(wire, ttl)
-        if not self.relays.push(now + delay, key, frame, targets):
+        track = not broadcast and len(targets) == 1 and self._tracks(targets[0], pkt)
+        if not self.relays.push(now + delay, key, frame, targets, track=track):
             self.counters.relay_queue_full += 1
 
     def _directed_relay_links(self, pkt: Packet, in_link: str, now: float) -> list[str]:
@@ -448,6 +512,7 @@ class MeshCore(AnnouncingCore):
         if step.reply is not None:
             self._send_directed(MessageType.NOISE_HANDSHAKE, step.reply, peer, now, flood=arrived_flooded(pkt))
         if step.established:
+            self._handshake_expiries.pop(peer, None)
             for plaintext in self._session_queue.pop(peer, deque()):
                 self._send_encrypted(peer, plaintext, now, queue=True)
             for p in self.pending.for_peer(peer):  # don't wait for the retry timer; this send is on the house

@@ -27,6 +27,7 @@ class PendingMessage:
     next_try: float = 0.0
     free_send: bool = False  # the next send follows a fresh session: it does not count as an attempt
     sealed: bool = False  # courier copies were made
+    escalate: bool = False  # the next send floods at once (its routed copy's first hop gave up: hop ARQ)
 
 
 class PendingSet:

@@ -91,6 +91,7 @@ class PendingRelay:
     frame: bytes = field(compare=False)
     link_ids: list[str] = field(compare=False)
     cancelled: bool = field(compare=False, default=False)
+    track: bool = field(compare=False, default=False)  # kept until the next hop acknowledges it (hop ARQ)
 
 
 class RelayQueue:
@@ -114,11 +115,11 @@ class RelayQueue:
         """Bytes of the frames still waiting (cancelled relays no longer count)."""
         return self._bytes
 
-    def push(self, due: float, key: str, frame: bytes, link_ids: list[str]) -> bool:
+    def push(self, due: float, key: str, frame: bytes, link_ids: list[str], *, track: bool = False) -> bool:
         if len(self._by_key) >= self.max_entries or self._bytes + len(frame) > self.max_bytes:
             return False
         self._seq += 1
-        item = PendingRelay(due, self._seq, key, frame, list(link_ids))
+        item = PendingRelay(due, self._seq, key, frame, list(link_ids), track=track)
         heapq.heappush(self._heap, item)
         self._by_key[key] = item
         self._bytes += len(frame)
