@@ -97,3 +97,4 @@ class MeshCounters:
     hop_give_ups: int = 0  # frames still unacknowledged after mesh.hop_retries resends
     hop_table_full: int = 0  # frames sent without hop protection: the retransmit table was full
     hop_failovers: int = 0  # private messages resent at once (flooded) after their first hop gave up
+    early_ciphertext: int = 0  # ciphertexts held until the handshake they overtook completed (hop ARQ reorders)

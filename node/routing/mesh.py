@@ -44,6 +44,7 @@ from node.routing.events import (
 )
 from node.routing.hoparq import ACK_DIGEST_BYTES, HopEntry
 from node.routing.meshbase import (
+    EARLY_CIPHERTEXTS,
     MAX_TTL,
     PRIVATE_TEXT_MAX_BYTES,
     REHANDSHAKE_AFTER_ATTEMPTS,
@@ -103,7 +104,8 @@ class MeshCore(AnnouncingCore):
         for peer in self.sessions.expire(now):
             # A handshake message was lost. If we still have something to say, try again straight away (one
             # handshake per handshake_timeout_s keeps within BitChat's 10 per minute per peer).
-            waiting = self._session_queue.get(peer) or self.pending.count_for(peer) > 0
+            early = self._early.pop(peer, None)  # the peer encrypts already: our handshake with it must complete
+            waiting = self._session_queue.get(peer) or self.pending.count_for(peer) > 0 or early
             if waiting and self._reachable(peer, now):
                 # The routed attempt was lost: every path now (with hop acks, one more routed attempt first).
                 expired = self._handshake_expiries.pop(peer, 0) + 1
@@ -513,15 +515,34 @@ class MeshCore(AnnouncingCore):
             self._send_directed(MessageType.NOISE_HANDSHAKE, step.reply, peer, now, flood=arrived_flooded(pkt))
         if step.established:
             self._handshake_expiries.pop(peer, None)
+            for early in self._early.pop(peer, ()):
+                self._on_encrypted(early, now)
             for plaintext in self._session_queue.pop(peer, deque()):
                 self._send_encrypted(peer, plaintext, now, queue=True)
             for p in self.pending.for_peer(peer):  # don't wait for the retry timer; this send is on the house
                 self.pending.reschedule(p, now)
                 p.free_send = True
 
+    def _hold_early(self, pkt: Packet) -> bool:
+        """With hop acks a resent handshake message 3 can arrive after the ciphertexts that followed it: while we
+        are the responder of a handshake with the sender, hold its ciphertext until the handshake completes (or
+        times out, which then starts a new one) instead of abandoning the handshake at once."""
+        peer = pkt.sender_id
+        if not self.hop_arq or not self.sessions.responding(peer):
+            return False
+        held = self._early.setdefault(peer, deque(maxlen=EARLY_CIPHERTEXTS))
+        held.append(pkt)
+        self._early.move_to_end(peer)
+        while len(self._early) > self.settings.max_peers:
+            self._early.popitem(last=False)
+        self.counters.early_ciphertext += 1
+        return True
+
     def _on_encrypted(self, pkt: Packet, now: float) -> None:
         peer = pkt.sender_id
         if self.sessions.session(peer) is None:
+            if self._hold_early(pkt):
+                return
             self.counters.decrypt_failed += 1
             # As BitChat: ciphertext without a session starts one. If we were the responder of a handshake,
             # the peer has finished it and our message 3 never arrived: start over as initiator now.
@@ -536,6 +557,8 @@ class MeshCore(AnnouncingCore):
         except CryptoError:
             # The peer encrypts under keys we do not hold (it restarted, or finished a handshake whose last
             # message we lost). Start over; one handshake per peer at a time bounds what a forger can cause.
+            if self._hold_early(pkt):
+                return
             self.counters.decrypt_failed += 1
             self.sessions.abandon_responder(peer)
             self._start_handshake(peer, now, flood=True)  # recovery: the last attempt's path lost something

@@ -63,6 +63,7 @@ PADDED_TYPES = (MessageType.NOISE_HANDSHAKE, MessageType.NOISE_ENCRYPTED)  # onl
 # Sends (private message attempts, handshake attempts) that follow the path table before resends flood: with hop
 # acks a routed attempt is reliable hop by hop, so one more routed try is cheaper than a flood.
 ROUTED_TRIES_WITH_HOP_ARQ = 2
+EARLY_CIPHERTEXTS = 8  # ciphertexts per peer held while its handshake message 3 may still be on its way (hop ARQ)
 
 
 @dataclass
@@ -122,6 +123,8 @@ class MeshBase:
         self.hoparq = HopArqTable()
         self.routed_tries = ROUTED_TRIES_WITH_HOP_ARQ if self.hop_arq else 1
         self._handshake_expiries: OrderedDict[bytes, int] = OrderedDict()  # peer -> handshakes that timed out
+        # Ciphertexts that overtook the message 3 of their handshake (resent on some hop): opened once it completes.
+        self._early: OrderedDict[bytes, deque[Packet]] = OrderedDict()
 
     # ---------------------------------------------------------------- time
     def wall_ms(self, now: float) -> int:
