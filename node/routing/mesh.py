@@ -512,7 +512,8 @@ class MeshCore(AnnouncingCore):
             self.counters.handshake_failed += 1
             return
         if step.reply is not None:
-            self._send_directed(MessageType.NOISE_HANDSHAKE, step.reply, peer, now, flood=arrived_flooded(pkt))
+            flood = arrived_flooded(pkt) and not self._hop_route(peer, now)
+            self._send_directed(MessageType.NOISE_HANDSHAKE, step.reply, peer, now, flood=flood)
         if step.established:
             self._handshake_expiries.pop(peer, None)
             for early in self._early.pop(peer, ()):
@@ -577,7 +578,8 @@ class MeshCore(AnnouncingCore):
             key = f"{peer.hex()}:{message_id}"
             # Ack every copy. A resend means our ack was lost, and a flooded copy means the sender's route failed:
             # either way the ack goes on every path.
-            self._send_encrypted(peer, ack, now, queue=True, flood=key in self._seen_private or arrived_flooded(pkt))
+            flood = key in self._seen_private or (arrived_flooded(pkt) and not self._hop_route(peer, now))
+            self._send_encrypted(peer, ack, now, queue=True, flood=flood)
             if key in self._seen_private:
                 return
             self._seen_private[key] = None

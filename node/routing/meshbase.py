@@ -207,6 +207,15 @@ class MeshBase:
             else:
                 self.counters.hop_table_full += 1
 
+    def _hop_route(self, peer_id: bytes, now: float) -> bool:
+        """We have a source route (or a direct link) to ``peer_id`` whose first hop acknowledges hop by hop: an
+        answer to a request that arrived flooded may take it instead of flooding too (the path table knows a way
+        the requester's did not, and hop acks make it reliable)."""
+        if not self.hop_arq:
+            return False
+        links, route = self.path_to(peer_id, now)
+        return route is not None and route.source != "reverse" and self._ack_neighbour(links[0]) is not None
+
     def _send_hop_ack(self, link_id: str, pkt: Packet, key: str, now: float) -> None:
         """Acknowledge a copy of ``pkt`` (dedupe key ``key``) that arrived on ``link_id``, if its sender there
         keeps it for retransmission (the same rule it applied: :func:`~node.routing.hoparq.acks_expected`)."""
