@@ -272,6 +272,40 @@ def test_the_flooding_baseline_never_uses_hop_acks() -> None:
     assert all(decode_announce_untrusted(s.pkt.payload).capabilities is None for s in announces)
 
 
+def test_a_ciphertext_that_overtakes_its_handshakes_last_message_waits_for_it() -> None:
+    cores = make_cores(3)
+    wire, _ = line_of(cores)
+    msg3: list[Sent] = []
+
+    def drop_first_message_3(s: Sent) -> bool:  # XX message 3 is 64 bytes: node 1 loses its first copy
+        if s.pkt.type == MessageType.NOISE_HANDSHAKE and len(s.pkt.payload) == 64 and s.src == 1 and not msg3:
+            msg3.append(s)
+            return True
+        return False
+
+    wire.drop = drop_first_message_3
+    start = wire.now
+    wire.send_private(0, 2, "patience")
+    wire.run_until(start + 1.0)
+    assert msg3 and [(i, ev.text) for i, ev in wire.received] == [(2, "patience")]
+    c = cores[2].counters
+    assert c.early_ciphertext >= 1 and c.decrypt_failed == 0  # held, then opened: no new handshake
+    assert sum(core.counters.sent_flooded for core in cores) == 0
+
+
+def test_a_flooded_handshake_is_answered_along_a_source_route() -> None:
+    for retries, routed in ((5, True), (0, False)):
+        cores = make_cores(4, hop_retries=retries)
+        wire, _ = line_of(cores)
+        start = wire.now
+        cores[0]._start_handshake(cores[3].peer_id, wire.now, flood=True)  # as after a lost routed attempt
+        wire._drain(0)
+        wire.run_until(start + 1.0)
+        replies = wire.of_type(MessageType.NOISE_HANDSHAKE, src=3, since=start)
+        assert replies and bool(replies[0].pkt.route) is routed
+        assert cores[0].sessions.session(cores[3].peer_id) is not None
+
+
 # ---------------------------------------------------------------- acks are local and checked
 def _hop_ack(sender: MeshCore, recipient: MeshCore, payload: bytes, now: float, ttl: int = 1) -> bytes:
     pkt = Packet(
