@@ -16,6 +16,10 @@ TTL, jitter, fan-out limits, never back out of the arrival link). Directed packe
 table (:mod:`node.routing.paths`): the peer's cheapest direct link, else a v2 source route through the
 topology learned from announces, else the link the peer's announces arrive on, else a flood. With
 ``mesh.routing = "flood"`` every packet is flooded instead (a benchmark baseline).
+
+Between AIVillage nodes, a directed frame sent on one link is acknowledged by the next hop and resent until it is
+(:mod:`node.routing.hoparq`, ``mesh.hop_retries``); with that, a private message's first two attempts (and
+handshake attempts) follow the path table before resends flood.
 """
 
 from __future__ import annotations

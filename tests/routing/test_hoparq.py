@@ -465,3 +465,7 @@ async def test_real_nodes_over_lossy_memory_links_ack_and_resend_on_the_air(
     assert acks and all(p.ttl == 1 for _, _, p in acks)
     noise = [(src, dst, f) for src, dst, f, p in frames if p.type in (0x10, 0x11)]
     assert len(noise) > len(set(noise))  # some Noise frames went on the same link twice, byte for byte
+    # `village status --json` shows the counters (Node.status is what the control socket returns).
+    counters = [node.status()["counters"] for node in mesh.nodes]
+    assert all(c["hop_acks_sent"] > 0 and c["hop_acks_received"] > 0 for c in counters)
+    assert sum(c["hop_retransmits"] for c in counters) > 0
