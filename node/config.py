@@ -167,6 +167,14 @@ class MeshSection:
         min=1,
         max=86_400,
     )
+    hop_retries: int = _f(
+        5,
+        "Retransmissions of a directed frame sent on one link to an AIVillage neighbour before it is given up, "
+        "when the neighbour does not acknowledge it (per-hop ARQ between nodes announcing the capability; never "
+        "with BitChat phones, never with routing = flood). 0 turns hop acks and retransmissions off.",
+        min=0,
+        max=20,
+    )
     relay_queue_max: int = _f(
         4096, "Relays waiting out their jitter; beyond this a relay is dropped and counted.", min=1, max=1_000_000
     )

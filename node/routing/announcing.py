@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from node.identity import peer_id_from_noise_key
 from node.routing.events import PeerAnnounced
+from node.routing.hoparq import HOP_ACK_CAPABILITY
 from node.routing.meshbase import (
     ANNOUNCE_ANSWER_GAP_S,
     BUSY_LINKS,
@@ -17,6 +18,7 @@ from node.routing.meshbase import (
     MAX_TTL,
     PING_EXPIRY_S,
     RTT_SMOOTHING,
+    SETTLED_ANNOUNCE_CAPABILITY,
     MeshBase,
     smoothed,
 )
@@ -53,7 +55,8 @@ class AnnouncingCore(MeshBase):
             noise_public_key=self.identity.noise_public,
             signing_public_key=self.identity.signing_public,
             neighbours=self._direct_neighbours(),
-            capabilities=None,
+            # BitChat ignores bits it does not know
+            capabilities=(HOP_ACK_CAPABILITY if self.hop_arq else 0) | SETTLED_ANNOUNCE_CAPABILITY,
             geohash=None,
         )
         return sign_packet(self._packet(MessageType.ANNOUNCE, encode_announce(ann), now), self.identity.signing_key)

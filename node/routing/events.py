@@ -91,3 +91,12 @@ class MeshCounters:
     courier_handed: int = 0  # envelope copies handed to a neighbour (carrier or recipient)
     courier_opened: int = 0  # envelopes for us, opened
     courier_refused: int = 0  # envelopes refused: malformed, unopenable, expired or no room
+    hop_tracked: int = 0  # directed frames sent on one link to a hop-ack neighbour, kept until acknowledged
+    hop_acks_sent: int = 0  # HOP_ACKs we sent (one per copy received, duplicates included)
+    hop_acks_received: int = 0  # HOP_ACKs that settled a frame we were keeping
+    hop_acks_ignored: int = 0  # HOP_ACKs for nothing we keep (late, forged, or from a link's wrong peer)
+    hop_retransmits: int = 0  # frames resent on their link because no hop ack came back in time
+    hop_give_ups: int = 0  # frames still unacknowledged after mesh.hop_retries resends
+    hop_table_full: int = 0  # frames sent without hop protection: the retransmit table was full
+    hop_failovers: int = 0  # private messages resent at once (flooded) after their first hop gave up
+    early_ciphertext: int = 0  # ciphertexts held until the handshake they overtook completed (hop ARQ reorders)

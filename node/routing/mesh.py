@@ -28,6 +28,10 @@ Announces are what a large mesh mostly carries, so their relaying is thinned whe
   and that one travels: one flood per node at start-up;
 * an announce relay skips links to neighbours of the node it came from, and of every node a copy arrives from
   while it waits out its jitter (they have it already); see :meth:`MeshCore._not_covered`.
+
+Between AIVillage nodes, a directed frame sent on one link is acknowledged by the next hop and resent until it is
+(:mod:`node.routing.hoparq`, ``mesh.hop_retries``); with that, a private message's first two attempts (and
+handshake attempts) follow the path table before resends flood.
 """
 
 from __future__ import annotations
@@ -54,10 +58,13 @@ from node.routing.events import (
     PeerLeft,
     PrivateFailed,
 )
+from node.routing.hoparq import ACK_DIGEST_BYTES, HopEntry
 from node.routing.meshbase import (
+    EARLY_CIPHERTEXTS,
     MAX_TTL,
     PRIVATE_TEXT_MAX_BYTES,
     REHANDSHAKE_AFTER_ATTEMPTS,
+    RTT_SMOOTHING,
     SEEN_PRIVATE_IDS,
     SETTLE_ANNOUNCE_S,
     UNKNOWN_PEER_PROBES,
@@ -96,6 +103,7 @@ class MeshCore(AnnouncingCore):
             self.pending.next_due(),
             self.reassembler.next_expiry(),
             self.relays.next_due(),
+            self.hoparq.next_deadline(),
             min(self._answers.values()) if self._answers else None,
         ):
             if t is not None and (best is None or t < best):
@@ -112,18 +120,55 @@ class MeshCore(AnnouncingCore):
         for peer in self.sessions.expire(now):
             # A handshake message was lost. If we still have something to say, try again straight away (one
             # handshake per handshake_timeout_s keeps within BitChat's 10 per minute per peer).
-            waiting = self._session_queue.get(peer) or self.pending.count_for(peer) > 0
+            early = self._early.pop(peer, None)  # the peer encrypts already: our handshake with it must complete
+            waiting = self._session_queue.get(peer) or self.pending.count_for(peer) > 0 or early
             if waiting and self._reachable(peer, now):
-                self._start_handshake(peer, now, flood=True)  # the routed attempt was lost: every path now
+                # The routed attempt was lost: every path now (with hop acks, one more routed attempt first).
+                expired = self._handshake_expiries.pop(peer, 0) + 1
+                self._handshake_expiries[peer] = expired
+                while len(self._handshake_expiries) > self.settings.max_peers:
+                    self._handshake_expiries.popitem(last=False)
+                self._start_handshake(peer, now, flood=expired >= self.routed_tries)
             else:
                 self._session_queue.pop(peer, None)
         self.reassembler.expire(now)
         for job in self.relays.pop_due(now):
             self.counters.relayed += 1
+            if job.track and len(job.link_ids) == 1:
+                self._emit_tracked(job.link_ids[0], job.frame, None, job.key, now)
+                continue
             for link_id in job.link_ids:
                 self._emit_frame(link_id, job.frame)
+        for entry in self.hoparq.pop_due(now):
+            self._hop_timeout(entry, now)
         for p in self.pending.pop_due(now):
             self._attempt_private(p, now)
+
+    def _hop_timeout(self, entry: HopEntry, now: float) -> None:
+        """No hop ack for ``entry`` in time: resend it on its link, or give it up after mesh.hop_retries resends."""
+        if entry.link_id not in self.links:
+            self.hoparq.give_up(entry)
+            return
+        stats = self.paths.links.get(entry.link_id)
+        if entry.tries <= self.settings.hop_retries:
+            self._out.append((entry.link_id, entry.frame))
+            self.counters.hop_retransmits += 1
+            rto = self.hoparq.rto(entry.link_id, stats.rtt_s if stats is not None else None, entry.tries + 1)
+            self.hoparq.retry(entry, now + rto)
+            return
+        self.hoparq.give_up(entry)
+        self.counters.hop_give_ups += 1
+        if stats is not None:  # as a lost pong: the link's cost rises, the next path computation may avoid it
+            stats.loss = (1 - RTT_SMOOTHING) * stats.loss + RTT_SMOOTHING
+            self.paths.link_cost_changed()
+        p = self.pending.get(entry.tag) if entry.tag is not None else None
+        if p is not None and p.next_try > now:
+            # Our private message never left the first hop: resend it at once on every path rather than wait
+            # for the end-to-end retry.
+            self.pending.reschedule(p, now)
+            p.free_send = True
+            p.escalate = True
+            self.counters.hop_failovers += 1
 
     # ---------------------------------------------------------------- links
     def link_up(
@@ -151,6 +196,7 @@ class MeshCore(AnnouncingCore):
         self._answers.pop(link_id, None)
         self.peers.unbind_link(link_id)
         self.paths.link_down(link_id)
+        self.hoparq.drop_link(link_id)
         # Fail over: whatever awaits an ack and last left on this link is resent at once along the next best path.
         for p in self.pending:
             if p.attempts and p.next_try > now and link_id in self.last_links.get(p.peer_id, ()):
@@ -257,7 +303,7 @@ class MeshCore(AnnouncingCore):
             # Nothing can be sent yet: (re)start the handshake and look again when it could have finished.
             # This is not an attempt; completing the handshake reschedules the send at once.
             # The first try follows the path table; later ones (a handshake message was lost) flood.
-            self._start_handshake(p.peer_id, now, flood=now - p.created >= s.handshake_timeout_s)
+            self._start_handshake(p.peer_id, now, flood=now - p.created >= self.routed_tries * s.handshake_timeout_s)
             self.pending.reschedule(p, min(now + s.handshake_timeout_s, p.created + s.private_expiry_s))
             return
         counted = not p.free_send  # a send right after a fresh handshake is on the house
@@ -269,8 +315,10 @@ class MeshCore(AnnouncingCore):
         backoff = s.private_retry_interval_s * (2 ** min(30, max(0, p.attempts - 1)))
         self.pending.reschedule(p, now + min(backoff, s.private_retry_max_interval_s))
         plaintext = encode_noise_payload(NoisePayloadType.PRIVATE_MESSAGE, encode_private_message(p.message_id, p.text))
-        # The first send follows the path table; a resend (no ack came back) floods.
-        self._send_encrypted(p.peer_id, plaintext, now, queue=False, flood=p.attempts > 1)
+        # The first send follows the path table (with hop acks, the first two); a resend (no ack came back) floods,
+        # and so does a send right after the routed copy's first hop gave up.
+        flood, p.escalate = p.escalate or p.attempts > self.routed_tries, False
+        self._send_encrypted(p.peer_id, plaintext, now, queue=False, flood=flood, tag=p.message_id)
         if counted and p.attempts % REHANDSHAKE_AFTER_ATTEMPTS == 0 and self.sessions.session(p.peer_id) is not None:
             # Still no ack: our session may be one the peer no longer holds (it restarted, or lost the last
             # handshake message). Start a fresh handshake on every path; the old session serves until it completes.
@@ -344,7 +392,8 @@ class MeshCore(AnnouncingCore):
             self.counters.malformed += 1
             return False
         key = self._handle_packet(link_id, pkt, data, now)
-        if key is not None:
+        # (A copy of a directed packet still takes the full path when hop acks are on: it must be acked again.)
+        if key is not None and (not self.hop_arq or is_broadcast(pkt)):
             self._raw_seen[raw] = key
             if len(self._raw_seen) > self.dedupe.max_entries:
                 del self._raw_seen[next(iter(self._raw_seen))]
@@ -373,7 +422,12 @@ class MeshCore(AnnouncingCore):
         if not pkt.is_rsr and abs(pkt.timestamp_ms - self.wall_ms(now)) > self.settings.max_clock_skew_s * 1000:
             self.counters.stale += 1
             return None
+        if pkt.type == MessageType.HOP_ACK:
+            self._on_hop_ack(link_id, pkt, now)  # never deduplicated, processed further or relayed
+            return None
         key = dedupe_key(pkt.sender_id, pkt.timestamp_ms, pkt.type, pkt.payload)
+        if relay and self.hop_arq and not is_broadcast(pkt):
+            self._send_hop_ack(link_id, pkt, key, now)  # every copy: a resend means our last ack was lost
         if not self.dedupe.check_and_add(key, now):
             self._on_duplicate(key, link_id)
             return None
@@ -418,9 +472,25 @@ class MeshCore(AnnouncingCore):
             return None
         return key
 
+    def _on_hop_ack(self, link_id: str, pkt: Packet, now: float) -> None:
+        """A HOP_ACK counts only from the peer bound to the link it came on, addressed to us, for a frame we keep
+        for that link; anything else (late, forged, misdirected) is ignored and counted."""
+        entry = None
+        if (
+            self.hop_arq
+            and pkt.recipient_id == self.peer_id
+            and pkt.sender_id == self.paths.peer_on_link(link_id)
+            and len(pkt.payload) == ACK_DIGEST_BYTES
+        ):
+            entry = self.hoparq.ack(link_id, pkt.payload, now)
+        if entry is None:
+            self.counters.hop_acks_ignored += 1
+        else:
+            self.counters.hop_acks_received += 1
+
     # ---------------------------------------------------------------- relay
     def _relay(self, in_link: str, pkt: Packet, wire: bytes, key: str, now: float) -> None:
-        if pkt.ttl <= 1 or pkt.is_rsr or pkt.type == MessageType.REQUEST_SYNC:
+        if pkt.ttl <= 1 or pkt.is_rsr or pkt.type in (MessageType.REQUEST_SYNC, MessageType.HOP_ACK):
             return
         broadcast = is_broadcast(pkt)
         degree = len(self.links)
@@ -442,7 +512,8 @@ class MeshCore(AnnouncingCore):
             return
         frame = with_ttl(wire, ttl)
         prune = pkt.type == MessageType.ANNOUNCE and not self._flood
-        if not self.relays.push(now + delay, key, frame, targets, prunable=prune):
+        track = not broadcast and len(targets) == 1 and self._tracks(targets[0], pkt)
+        if not self.relays.push(now + delay, key, frame, targets, prunable=prune, track=track):
             self.counters.relay_queue_full += 1
 
     def _not_covered(self, link_ids: list[str], from_link: str) -> list[str]:
@@ -525,17 +596,38 @@ class MeshCore(AnnouncingCore):
             self.counters.handshake_failed += 1
             return
         if step.reply is not None:
-            self._send_directed(MessageType.NOISE_HANDSHAKE, step.reply, peer, now, flood=arrived_flooded(pkt))
+            flood = arrived_flooded(pkt) and not self._hop_route(peer, now)
+            self._send_directed(MessageType.NOISE_HANDSHAKE, step.reply, peer, now, flood=flood)
         if step.established:
+            self._handshake_expiries.pop(peer, None)
+            for early in self._early.pop(peer, ()):
+                self._on_encrypted(early, now)
             for plaintext in self._session_queue.pop(peer, deque()):
                 self._send_encrypted(peer, plaintext, now, queue=True)
             for p in self.pending.for_peer(peer):  # don't wait for the retry timer; this send is on the house
                 self.pending.reschedule(p, now)
                 p.free_send = True
 
+    def _hold_early(self, pkt: Packet) -> bool:
+        """With hop acks a resent handshake message 3 can arrive after the ciphertexts that followed it: while we
+        are the responder of a handshake with the sender, hold its ciphertext until the handshake completes (or
+        times out, which then starts a new one) instead of abandoning the handshake at once."""
+        peer = pkt.sender_id
+        if not self.hop_arq or not self.sessions.responding(peer):
+            return False
+        held = self._early.setdefault(peer, deque(maxlen=EARLY_CIPHERTEXTS))
+        held.append(pkt)
+        self._early.move_to_end(peer)
+        while len(self._early) > self.settings.max_peers:
+            self._early.popitem(last=False)
+        self.counters.early_ciphertext += 1
+        return True
+
     def _on_encrypted(self, pkt: Packet, now: float) -> None:
         peer = pkt.sender_id
         if self.sessions.session(peer) is None:
+            if self._hold_early(pkt):
+                return
             self.counters.decrypt_failed += 1
             # As BitChat: ciphertext without a session starts one. If we were the responder of a handshake,
             # the peer has finished it and our message 3 never arrived: start over as initiator now.
@@ -550,6 +642,8 @@ class MeshCore(AnnouncingCore):
         except CryptoError:
             # The peer encrypts under keys we do not hold (it restarted, or finished a handshake whose last
             # message we lost). Start over; one handshake per peer at a time bounds what a forger can cause.
+            if self._hold_early(pkt):
+                return
             self.counters.decrypt_failed += 1
             self.sessions.abandon_responder(peer)
             self._start_handshake(peer, now, flood=True)  # recovery: the last attempt's path lost something
@@ -568,7 +662,8 @@ class MeshCore(AnnouncingCore):
             key = f"{peer.hex()}:{message_id}"
             # Ack every copy. A resend means our ack was lost, and a flooded copy means the sender's route failed:
             # either way the ack goes on every path.
-            self._send_encrypted(peer, ack, now, queue=True, flood=key in self._seen_private or arrived_flooded(pkt))
+            flood = key in self._seen_private or (arrived_flooded(pkt) and not self._hop_route(peer, now))
+            self._send_encrypted(peer, ack, now, queue=True, flood=flood)
             if key in self._seen_private:
                 return
             self._seen_private[key] = None

@@ -25,8 +25,9 @@ from node.routing.courier import (
     encode_envelope,
     seal,
 )
-from node.routing.dedupe import DedupeCache
+from node.routing.dedupe import DedupeCache, dedupe_key
 from node.routing.events import EnvelopeSealed, MeshCounters, MeshEvent
+from node.routing.hoparq import HOP_ACK_CAPABILITY, HopArqTable, HopEntry, ack_digest, acks_expected
 from node.routing.paths import PathTable, Route
 from node.routing.peers import PeerInfo, PeerTable
 from node.routing.pending import PendingMessage, PendingSet
@@ -62,9 +63,16 @@ UNKNOWN_PEER_PROBES = 3  # flooded handshakes tried for a held message whose pee
 ANNOUNCE_ANSWER_GAP_S = 0.15  # BitChat forces announces on a link at least this far apart
 ANNOUNCE_CHANGE_GAP_S = 30.0  # a changed announce from one peer is relayed at most this often
 FRESH_LINK_S = 2.0  # direct announces on a link this young are not relayed (sent before the peer bound anyone)
+# Announce TLV 05 bit (BitChat uses bits 0-10): "my link-up announces are followed by a settled one on every link
+# SETTLE_ANNOUNCE_S later" — only such a neighbour's link-up announce may be left unrelayed (a phone's is relayed).
+SETTLED_ANNOUNCE_CAPABILITY = 1 << 33
 SETTLE_ANNOUNCE_S = (2.5, 3.5)  # after a link comes up, announce on every link within this (neighbours bound)
 FAR_EXPIRY_PER_RELAY_INTERVAL = 2.5  # far peers' paths and reachability last this many relay intervals
 PADDED_TYPES = (MessageType.NOISE_HANDSHAKE, MessageType.NOISE_ENCRYPTED)  # only these are padded on air
+# Sends (private message attempts, handshake attempts) that follow the path table before resends flood: with hop
+# acks a routed attempt is reliable hop by hop, so one more routed try is cheaper than a flood.
+ROUTED_TRIES_WITH_HOP_ARQ = 2
+EARLY_CIPHERTEXTS = 8  # ciphertexts per peer held while its handshake message 3 may still be on its way (hop ARQ)
 
 
 @dataclass
@@ -123,6 +131,13 @@ class MeshBase:
         self.last_links: OrderedDict[bytes, list[str]] = (
             OrderedDict()
         )  # link -> when a deferred answer to a new neighbour is due
+        # Hop-by-hop ARQ (node.routing.hoparq): never in the flooding baseline, off with hop_retries = 0.
+        self.hop_arq = s.routing == "path" and s.hop_retries > 0
+        self.hoparq = HopArqTable()
+        self.routed_tries = ROUTED_TRIES_WITH_HOP_ARQ if self.hop_arq else 1
+        self._handshake_expiries: OrderedDict[bytes, int] = OrderedDict()  # peer -> handshakes that timed out
+        # Ciphertexts that overtook the message 3 of their handshake (resent on some hop): opened once it completes.
+        self._early: OrderedDict[bytes, deque[Packet]] = OrderedDict()
 
     # ---------------------------------------------------------------- time
     def wall_ms(self, now: float) -> int:
@@ -145,21 +160,84 @@ class MeshBase:
     def _emit_frame(self, link_id: str, frame: bytes, packet: Packet | None = None) -> None:
         """Queue ``frame`` on a link, in fragments when it exceeds the link's MTU (``packet`` is the frame
         decoded, when the caller has it)."""
+        for piece in self._pieces(link_id, frame, packet):
+            self._out.append((link_id, piece))
+
+    def _pieces(self, link_id: str, frame: bytes, packet: Packet | None) -> list[bytes]:
+        """``frame`` as it goes on the link: whole, or fragments of the link's MTU; nothing if the link is gone."""
         state = self.links.get(link_id)
         if state is None:
-            return
+            return []
         if len(frame) <= state.mtu:
-            self._out.append((link_id, frame))
-            return
+            return [frame]
         if packet is None:
             try:
                 packet = decode_packet_untrusted(frame, self.limits)
             except MalformedFrame:  # cannot happen for a frame we accepted; never relay what we cannot parse
                 self.counters.malformed += 1
-                return
+                return []
         fid = self.rng.getrandbits(64).to_bytes(8, "big")
-        for piece in fragment_frame(packet, frame, state.mtu, fid, self.limits):
+        return fragment_frame(packet, frame, state.mtu, fid, self.limits)
+
+    # ---------------------------------------------------------------- hop-by-hop ARQ (node.routing.hoparq)
+    def _ack_neighbour(self, link_id: str) -> bytes | None:
+        """The peer bound to ``link_id`` if it announced the hop-ack capability (and we use hop acks)."""
+        if not self.hop_arq:
+            return None
+        peer = self.paths.peer_on_link(link_id)
+        info = self.peers.get(peer) if peer is not None else None
+        if info is None or not info.capabilities or not info.capabilities & HOP_ACK_CAPABILITY:
+            return None
+        return peer
+
+    def _tracks(self, link_id: str, pkt: Packet) -> bool:
+        """Whether ``pkt`` sent on ``link_id`` alone is kept until the neighbour there acknowledges it."""
+        peer = self._ack_neighbour(link_id)
+        return peer is not None and acks_expected(pkt, peer, from_originator=pkt.sender_id == self.peer_id)
+
+    def _emit_tracked(
+        self, link_id: str, frame: bytes, pkt: Packet | None, key: str | None, now: float, tag: str | None = None
+    ) -> None:
+        """Queue ``frame`` on ``link_id`` and keep each piece of it until its hop ack (the caller checked
+        :meth:`_tracks`). ``key``: the frame's dedupe key, if the caller has it; ``tag``: the private message it
+        carries, for failover."""
+        pieces = self._pieces(link_id, frame, pkt)
+        stats = self.paths.links.get(link_id)
+        rto = self.hoparq.rto(link_id, stats.rtt_s if stats is not None else None, 1)
+        for piece in pieces:
             self._out.append((link_id, piece))
+            if len(pieces) == 1 and key is not None:
+                k = key
+            else:
+                try:
+                    p = pkt if len(pieces) == 1 and pkt is not None else decode_packet_untrusted(piece, self.limits)
+                except MalformedFrame:
+                    continue
+                k = dedupe_key(p.sender_id, p.timestamp_ms, p.type, p.payload)
+            entry = HopEntry(link_id, ack_digest(k), piece, sent_at=now, due=now + rto, tries=1, tag=tag)
+            if self.hoparq.track(entry):
+                self.counters.hop_tracked += 1
+            else:
+                self.counters.hop_table_full += 1
+
+    def _hop_route(self, peer_id: bytes, now: float) -> bool:
+        """We have a source route (or a direct link) to ``peer_id`` whose first hop acknowledges hop by hop: an
+        answer to a request that arrived flooded may take it instead of flooding too (the path table knows a way
+        the requester's did not, and hop acks make it reliable)."""
+        if not self.hop_arq:
+            return False
+        links, route = self.path_to(peer_id, now)
+        return route is not None and route.source != "reverse" and self._ack_neighbour(links[0]) is not None
+
+    def _send_hop_ack(self, link_id: str, pkt: Packet, key: str, now: float) -> None:
+        """Acknowledge a copy of ``pkt`` (dedupe key ``key``) that arrived on ``link_id``, if its sender there
+        keeps it for retransmission (the same rule it applied: :func:`~node.routing.hoparq.acks_expected`)."""
+        peer = self._ack_neighbour(link_id)
+        if peer is None or not acks_expected(pkt, self.peer_id, from_originator=pkt.sender_id == peer):
+            return
+        ack = dataclasses.replace(self._packet(MessageType.HOP_ACK, ack_digest(key), now, peer), ttl=1)
+        self._out.append((link_id, encode_packet(ack, limits=self.limits)))
+        self.counters.hop_acks_sent += 1
 
     def path_to(self, peer_id: bytes, now: float) -> tuple[list[str], Route | None]:
         """Links for a directed packet we originate, and the route used (None: flooded)."""
@@ -170,7 +248,7 @@ class MeshBase:
         return list(self.links), None
 
     def _send_directed(
-        self, msg_type: int, payload: bytes, peer_id: bytes, now: float, *, flood: bool = False
+        self, msg_type: int, payload: bytes, peer_id: bytes, now: float, *, flood: bool = False, tag: str | None = None
     ) -> list[str]:
         """``flood``: every link, no source route — for a resend after the routed copy got no answer (the route
         may be lossy or stale; a flood tries every path at once)."""
@@ -183,7 +261,12 @@ class MeshBase:
             self.counters.sent_routed += 1
         else:
             self.counters.sent_reverse += 1
-        self._emit(links, self._packet(msg_type, payload, now, peer_id, route.via if route else ()))
+        pkt = self._packet(msg_type, payload, now, peer_id, route.via if route else ())
+        if len(links) == 1 and self._tracks(links[0], pkt):
+            frame = encode_packet(pkt, pad=pkt.type in PADDED_TYPES, limits=self.limits)
+            self._emit_tracked(links[0], frame, pkt, None, now, tag)
+        else:
+            self._emit(links, pkt)
         return links
 
     def _packet(
@@ -230,13 +313,19 @@ class MeshBase:
         (at most every ANNOUNCE_CHANGE_GAP_S) or if the relay interval has passed since we last passed one on.
         Every node still hears its neighbours' every announce; far nodes hear each peer once per interval.
 
-        A neighbour's announce on a link younger than FRESH_LINK_S is its link-up announce or its answer to ours,
-        sent before it had heard its other neighbours: it is not passed on. The neighbour announces again on
+        An AIVillage neighbour's announce (SETTLED_ANNOUNCE_CAPABILITY) on a link younger than FRESH_LINK_S is its
+        link-up announce or its answer to ours, sent before it had heard its other neighbours: it is not passed on
+        (a phone's is: phones send no settled announce). The neighbour announces again on
         every link SETTLE_ANNOUNCE_S after a link comes up, naming its neighbours; that one goes out (one flood per
         node at start-up, not one per neighbour list it went through)."""
         origin, payload = pkt.sender_id, pkt.payload
         link = self.links.get(link_id)
-        if pkt.ttl >= MAX_TTL and link is not None and now - link.up_since < FRESH_LINK_S:
+        if (
+            pkt.ttl >= MAX_TTL
+            and link is not None
+            and now - link.up_since < FRESH_LINK_S
+            and (ann.capabilities or 0) & SETTLED_ANNOUNCE_CAPABILITY
+        ):
             return False
         last = self._announce_relays.get(origin)
         if last is not None:
@@ -264,7 +353,7 @@ class MeshBase:
         return info.reachable(now, HOLD_AFTER_EXPIRIES * self.peer_expiry_for(info))
 
     def _send_encrypted(
-        self, peer_id: bytes, plaintext: bytes, now: float, *, queue: bool, flood: bool = False
+        self, peer_id: bytes, plaintext: bytes, now: float, *, queue: bool, flood: bool = False, tag: str | None = None
     ) -> None:
         """Encrypt to ``peer_id`` if a session exists; otherwise start a handshake (and, with ``queue``,
         hold the plaintext until it completes — acks are queued, private messages rely on retries)."""
@@ -281,7 +370,7 @@ class MeshBase:
             self.sessions.drop(peer_id)
             self._start_handshake(peer_id, now)
             return
-        links = self._send_directed(MessageType.NOISE_ENCRYPTED, ciphertext, peer_id, now, flood=flood)
+        links = self._send_directed(MessageType.NOISE_ENCRYPTED, ciphertext, peer_id, now, flood=flood, tag=tag)
         self.last_links[peer_id] = links
         self.last_links.move_to_end(peer_id)
         while len(self.last_links) > self.settings.max_peers:

@@ -88,6 +88,10 @@ class PathTable:
         self.links[link_id] = LinkStats(weight=weight)
         self._routes = None
 
+    def link_cost_changed(self) -> None:
+        """A link's measured cost changed (e.g. its loss estimate rose): recompute the shortest paths soon."""
+        self._stale = True
+
     def link_down(self, link_id: str) -> None:
         self.links.pop(link_id, None)
         peer = self._link_peer.pop(link_id, None)

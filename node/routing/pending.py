@@ -28,6 +28,7 @@ class PendingMessage:
     free_send: bool = False  # the next send follows a fresh session: it does not count as an attempt
     sealed: bool = False  # courier copies were made
     probes: int = 0  # flooded handshakes tried while the peer was never heard of (see MeshCore._attempt_private)
+    escalate: bool = False  # the next send floods at once (its routed copy's first hop gave up: hop ARQ)
 
 
 class PendingSet:

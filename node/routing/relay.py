@@ -92,6 +92,7 @@ class PendingRelay:
     link_ids: list[str] = field(compare=False)
     cancelled: bool = field(compare=False, default=False)
     prunable: bool = field(compare=False, default=False)  # an announce: copies heard strike their senders' neighbours
+    track: bool = field(compare=False, default=False)  # kept until the next hop acknowledges it (hop ARQ)
 
 
 class RelayQueue:
@@ -115,11 +116,13 @@ class RelayQueue:
         """Bytes of the frames still waiting (cancelled relays no longer count)."""
         return self._bytes
 
-    def push(self, due: float, key: str, frame: bytes, link_ids: list[str], *, prunable: bool = False) -> bool:
+    def push(
+        self, due: float, key: str, frame: bytes, link_ids: list[str], *, prunable: bool = False, track: bool = False
+    ) -> bool:
         if len(self._by_key) >= self.max_entries or self._bytes + len(frame) > self.max_bytes:
             return False
         self._seq += 1
-        item = PendingRelay(due, self._seq, key, frame, list(link_ids), prunable=prunable)
+        item = PendingRelay(due, self._seq, key, frame, list(link_ids), prunable=prunable, track=track)
         heapq.heappush(self._heap, item)
         self._by_key[key] = item
         self._bytes += len(frame)

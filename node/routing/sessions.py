@@ -53,6 +53,11 @@ class SessionManager:
     def handshaking(self, peer: bytes) -> bool:
         return peer in self._handshakes
 
+    def responding(self, peer: bytes) -> bool:
+        """A handshake with ``peer`` is under way and we are its responder (message 3 is what we await)."""
+        pending = self._handshakes.get(peer)
+        return pending is not None and not pending.initiator
+
     def drop(self, peer: bytes) -> None:
         self._sessions.pop(peer, None)
         self._previous.pop(peer, None)

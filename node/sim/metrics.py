@@ -6,7 +6,8 @@
 * Broadcast: the fraction of the other nodes whose core emitted ``MessageReceived`` for it; latency is
   measured per (message, receiver).
 * Transmissions: frames the cores put on links (accepted by the link FIFO), by packet type (byte 1).
-  Unicast messages cost the Noise types (handshake 0x10, encrypted 0x11 — acks included), broadcasts the
+  Unicast messages cost the Noise types (handshake 0x10, encrypted 0x11 — acks included) and the hop acks
+  (0x40; hop retransmissions are counted under their own type), broadcasts the
   public-message type 0x02, fragments 0x20 are counted apart; announces, pings and leaves are control traffic.
 """
 
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from node.sim.links import LinkStats
 from node.wire import MessageType
 
-UNICAST_TYPES = frozenset({MessageType.NOISE_HANDSHAKE, MessageType.NOISE_ENCRYPTED})
+UNICAST_TYPES = frozenset({MessageType.NOISE_HANDSHAKE, MessageType.NOISE_ENCRYPTED, MessageType.HOP_ACK})
 BROADCAST_TYPES = frozenset({MessageType.MESSAGE})
 
 

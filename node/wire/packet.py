@@ -73,6 +73,9 @@ class MessageType(enum.IntEnum):
     NOSTR_CARRIER = 0x28
     VOICE_FRAME = 0x29
     ANNOUNCE_V2 = 0x2C
+    # AIVillage only, not defined by BitChat: a per-hop acknowledgement (node.routing.hoparq). Sent with TTL 1,
+    # only to a neighbour whose announce carries the hop-ack capability bit, so a BitChat phone never sees one.
+    HOP_ACK = 0x40
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,9 +80,11 @@ def _spy_plaintexts(node: Node) -> list[bytes]:
     sent: list[bytes] = []
     original = core._send_encrypted
 
-    def spy(peer_id: bytes, plaintext: bytes, now: float, *, queue: bool, flood: bool = False) -> None:
+    def spy(
+        peer_id: bytes, plaintext: bytes, now: float, *, queue: bool, flood: bool = False, tag: str | None = None
+    ) -> None:
         sent.append(plaintext)
-        original(peer_id, plaintext, now, queue=queue, flood=flood)
+        original(peer_id, plaintext, now, queue=queue, flood=flood, tag=tag)
 
     core._send_encrypted = spy  # type: ignore[method-assign]
     return sent
