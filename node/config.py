@@ -154,7 +154,7 @@ class MeshSection:
         max=3600,
     )
     announce_relay_per_s: float = _f(
-        1.0,
+        0.5,
         "Unchanged announces this node relays per second on average: in a large mesh the relay interval per peer "
         "stretches to (peers heard of) / this, so announce traffic stops growing with the square of the mesh.",
         min=0.01,
