@@ -278,10 +278,12 @@ class MeshCore(AnnouncingCore):
             # Never heard an announce from it: in a large mesh a node's announce floods once per relay interval, and
             # a node at the edge of the TTL horizon may miss that flood. A Noise XX handshake needs no announce (the
             # peer proves its static key, which must hash to its peer ID), and a finished one makes the peer
-            # reachable: try a flooded one a few times, backing off, before waiting for the announce.
+            # reachable: try one a few times, backing off, before waiting for the announce. Odd tries follow a
+            # source route when the topology (other peers' neighbour lists) names the peer (hop acks make that
+            # reliable), even ones flood.
             p.probes += 1
             self.counters.unknown_peer_probes += 1
-            self._start_handshake(p.peer_id, now, flood=True)
+            self._start_handshake(p.peer_id, now, flood=p.probes % 2 == 0)
             wake = now + s.handshake_timeout_s * 2**p.probes
             self.pending.reschedule(p, min(wake, p.created + s.private_expiry_s))
             return
