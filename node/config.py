@@ -102,7 +102,13 @@ class MeshSection:
     dedupe_max_entries: int = _f(
         1000, "Most packets remembered for duplicate suppression (trimmed to 3/4).", min=16, max=10_000_000
     )
-    peer_expiry_s: float = _f(60.0, "A peer not heard from for this long is shown as gone.", min=1, max=86_400)
+    peer_expiry_s: float = _f(
+        60.0,
+        "A neighbour not heard from for this long is shown as gone (a far peer: 2.5 announce relay intervals, "
+        "when that is longer).",
+        min=1,
+        max=86_400,
+    )
     max_peers: int = _f(
         1000, "Most peers tracked; the least recently heard is forgotten beyond this.", min=1, max=1_000_000
     )
@@ -159,6 +165,13 @@ class MeshSection:
         "stretches to (peers heard of) / this, so announce traffic stops growing with the square of the mesh.",
         min=0.01,
         max=10_000,
+    )
+    announce_relay_max_interval_s: float = _f(
+        300.0,
+        "Longest relay interval however many peers were heard of (bounds how stale far paths get, and what a flood "
+        "of made-up identities can do to it).",
+        min=1,
+        max=86_400,
     )
     path_ttl_s: float = _f(
         60.0,

@@ -18,6 +18,7 @@ from node.routing.meshbase import (
     MAX_TTL,
     PING_EXPIRY_S,
     RTT_SMOOTHING,
+    SETTLE_ANNOUNCE_S,
     SETTLED_ANNOUNCE_CAPABILITY,
     MeshBase,
     smoothed,
@@ -69,6 +70,18 @@ class AnnouncingCore(MeshBase):
         self._emit(link_ids, self.announce_packet(now))
         for link_id in link_ids:
             self._announced_at[link_id] = now
+
+    def _settle_soon(self, now: float) -> None:
+        """A link was just bound to a neighbour: announce on every link SETTLE_ANNOUNCE_S from now, naming it —
+        the announce relays pass on (link-up announces and answers are not relayed). At most once per announce
+        interval: a neighbour reconnecting every few seconds cannot make us announce more often than BitChat."""
+        last = self._settled_at
+        if last is not None and 0 <= now - last < self.settings.announce_interval_s:
+            return
+        self._settled_at = now
+        settle = now + self.rng.uniform(*SETTLE_ANNOUNCE_S)
+        if self._next_announce is None or self._next_announce > settle:
+            self._next_announce = settle
 
     def _answer_announce(self, link_id: str, now: float) -> None:
         last = self._announced_at.get(link_id)
@@ -186,6 +199,7 @@ class AnnouncingCore(MeshBase):
             # relays floods the mesh n² times.
             self._answer_announce(link_id, now)
             self._ping(pkt.sender_id, link_id, now)
+            self._settle_soon(now)
         if known is not None:
             info = known
             was_gone = info.left or not self.is_reachable(info, now)

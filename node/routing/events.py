@@ -81,7 +81,7 @@ class MeshCounters:
     relay_cancelled: int = 0  # pending relays made unnecessary: every target link sent us a copy meanwhile
     relay_queue_full: int = 0
     unknown_peer_probes: int = 0  # flooded handshakes for held messages to peers never heard of
-    announce_relay_suppressed: int = 0  # unchanged announces not passed on: relayed one < the relay interval ago
+    announce_relay_suppressed: int = 0  # announces passed on to phones only, or (link-up ones) not at all
     sent_direct: int = 0  # directed packets we originated, by how they left
     sent_routed: int = 0
     sent_reverse: int = 0

@@ -22,7 +22,7 @@ rewrites is not part of it).
 Fragmented frames are acknowledged per fragment: each fragment is a directed frame of its own (BitChat fragments
 copy the recipient and route), relayed hop by hop, so the same rule and table cover them.
 
-The table is sans-IO: ``now`` is passed in; the mesh core re-emits what :meth:`HopArqTable.due` returns.
+The table is sans-IO: ``now`` is passed in; the mesh core re-emits what :meth:`HopArqTable.pop_due` returns.
 """
 
 from __future__ import annotations

@@ -20,14 +20,17 @@ topology learned from announces, else the link the peer's announces arrive on, e
 Announces are what a large mesh mostly carries, so their relaying is thinned where BitChat relays everything
 (neighbours still hear every announce; only what travels further is cut):
 
-* an unchanged announce from one origin is relayed once per *relay interval*,
-  max(``announce_relay_min_interval_s``, peers heard of / ``announce_relay_per_s``), a changed one after 30 s;
-  far peers' paths and reachability last 2.5 intervals (:meth:`MeshBase.announce_relay_interval_s`);
-* announces arriving on a link younger than 2 s (link-up announces and answers, sent before the neighbour had
-  bound its other links) are not relayed; every node announces on all its links ~3 s after a link comes up,
-  and that one travels: one flood per node at start-up;
+* an unchanged announce from one origin is relayed once per *relay interval*, max(``announce_relay_min_interval_s``,
+  min(peers heard of / ``announce_relay_per_s``, ``announce_relay_max_interval_s``)), a changed one after 30 s;
+  paths learned from announces and far peers' reachability last 2.5 intervals
+  (:meth:`MeshBase.announce_relay_interval_s`). Links to BitChat phones (neighbours without our capability
+  bit 33) still get every announce we hear, as BitChat relays;
+* an AIVillage neighbour's announces (bit 33) arriving on a link younger than 2 s (link-up announces and answers,
+  sent before it had bound its other links) are not relayed; every node announces on all its links ~3-4 s after
+  a link is bound (at most once per announce interval), and that one travels: one flood per node at start-up;
 * an announce relay skips links to neighbours of the node it came from, and of every node a copy arrives from
-  while it waits out its jitter (they have it already); see :meth:`MeshCore._not_covered`.
+  while it waits out its jitter (they have it already; a neighbourship counts only when both ends' announces name
+  each other); see :meth:`MeshCore._not_covered`.
 
 Between AIVillage nodes, a directed frame sent on one link is acknowledged by the next hop and resent until it is
 (:mod:`node.routing.hoparq`, ``mesh.hop_retries``); with that, a private message's first two attempts (and
@@ -36,6 +39,7 @@ handshake attempts) follow the path table before resends flood.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections import deque
 
@@ -60,13 +64,15 @@ from node.routing.events import (
 )
 from node.routing.hoparq import ACK_DIGEST_BYTES, HopEntry
 from node.routing.meshbase import (
+    EARLY_CIPHERTEXT_MAX_BYTES,
     EARLY_CIPHERTEXTS,
+    EARLY_PEERS,
     MAX_TTL,
     PRIVATE_TEXT_MAX_BYTES,
     REHANDSHAKE_AFTER_ATTEMPTS,
     RTT_SMOOTHING,
     SEEN_PRIVATE_IDS,
-    SETTLE_ANNOUNCE_S,
+    SETTLED_ANNOUNCE_CAPABILITY,
     UNKNOWN_PEER_PROBES,
     LinkState,
     arrived_flooded,
@@ -162,9 +168,10 @@ class MeshCore(AnnouncingCore):
             stats.loss = (1 - RTT_SMOOTHING) * stats.loss + RTT_SMOOTHING
             self.paths.link_cost_changed()
         p = self.pending.get(entry.tag) if entry.tag is not None else None
-        if p is not None and p.next_try > now:
+        if p is not None and p.next_try > now and any(lid != entry.link_id for lid in self.links):
             # Our private message never left the first hop: resend it at once on every path rather than wait
-            # for the end-to-end retry.
+            # for the end-to-end retry. (Not with this link as our only one: the flood would be the same single
+            # tracked send again, resent and given up in a loop that never counts an attempt.)
             self.pending.reschedule(p, now)
             p.free_send = True
             p.escalate = True
@@ -183,12 +190,9 @@ class MeshCore(AnnouncingCore):
         """A link came up. ``cost_weight`` is the transport's preference in path costs (lower is preferred)."""
         self.links[link_id] = LinkState(mtu=mtu, up_since=now, bound_key=authenticated_signing_key)
         self.paths.link_up(link_id, cost_weight)
-        self._send_announce([link_id], now)
-        # Announce on every link once the new neighbour is bound (its announce and ours have crossed): that
-        # announce, naming it, is the one relays pass on (link-up announces are not relayed).
-        settle = now + self.rng.uniform(*SETTLE_ANNOUNCE_S)
-        if self._next_announce is None or self._next_announce > settle:
-            self._next_announce = settle
+        self._send_announce([link_id], now)  # (a settled announce follows once its announce binds the link)
+        if self._next_announce is None:
+            self._schedule_announce(now)
 
     def link_down(self, link_id: str, now: float) -> None:
         self.links.pop(link_id, None)
@@ -382,8 +386,11 @@ class MeshCore(AnnouncingCore):
         malformed: no output, no event and no earlier timer, so an adapter need not look for any."""
         self.counters.frames_in += 1
         # Fast path for the common case in a mesh, a copy of a packet we already took: relays forward the received
-        # bytes with only the TTL byte rewritten, so the frame without its TTL identifies the copy. No parse.
-        raw = data[:TTL_OFFSET] + data[TTL_OFFSET + 1 :]
+        # bytes with only the TTL byte rewritten, so the frame without its TTL (hashed) identifies the copy.
+        view = memoryview(data)
+        digest = hashlib.blake2b(view[:TTL_OFFSET], digest_size=16)
+        digest.update(view[TTL_OFFSET + 1 :])
+        raw = digest.digest()
         key = self._raw_seen.get(raw)
         if key is not None and self.dedupe.seen(key, now):
             self._on_duplicate(key, link_id)
@@ -408,8 +415,7 @@ class MeshCore(AnnouncingCore):
             return
         strike = [link_id]
         if relay.prunable:  # an announce: the copy's sender also covered its own neighbours (see _not_covered)
-            sender = self.paths.peer_on_link(link_id)
-            covered = self.paths.neighbours_of(sender) if sender is not None else frozenset()
+            covered = self._covered_by(link_id)
             if covered:
                 peer_on = self.paths.link_peers
                 strike += [lid for lid in relay.link_ids if peer_on.get(lid) in covered]
@@ -437,16 +443,27 @@ class MeshCore(AnnouncingCore):
         for_us = pkt.recipient_id == self.peer_id
         t = pkt.type
         authentic = True  # False: failed authentication or parsing, never relayed
+        phones_only, prune_by_sender = False, True  # (announces: see below)
         if t == MessageType.FRAGMENT:
             if broadcast or for_us:
                 authentic = self._on_fragment(link_id, pkt, now)
         elif t == MessageType.ANNOUNCE:
             ann = self._on_announce(link_id, pkt, wire, now)
             authentic = ann is not None
-            relaying = ann is not None and relay and not self._flood and pkt.ttl > 1
-            if relaying and ann is not None and not self._should_relay_announce(link_id, pkt, ann, now):
-                self.counters.announce_relay_suppressed += 1
-                relay = False
+            if ann is not None and relay and not self._flood and pkt.ttl > 1:
+                how = self._announce_relay(link_id, pkt, ann, now)
+                if how != "all":
+                    self.counters.announce_relay_suppressed += 1
+                if how == "fresh":
+                    relay = False
+                    # Not relayed, so not "seen" either: a copy arriving another way (or the genuine one, if this
+                    # was a neighbour replaying it on a new link) is still taken and passed on.
+                    self.dedupe.discard(key)
+                    return key
+                phones_only = how == "phones"
+                # The origin's own copy of an announce it sent on one link only (a phone's link-up announce or
+                # answer) covered none of its other neighbours: no pruning by its neighbour list.
+                prune_by_sender = pkt.ttl < MAX_TTL or bool((ann.capabilities or 0) & SETTLED_ANNOUNCE_CAPABILITY)
         elif not broadcast and not for_us:
             self.counters.not_for_us += 1  # passed on below
         elif t == MessageType.MESSAGE:
@@ -466,7 +483,7 @@ class MeshCore(AnnouncingCore):
         else:
             self.counters.unknown_type += 1  # still relayed, as BitChat relays types it does not know
         if relay and authentic and not for_us:
-            self._relay(link_id, pkt, wire, key, now)
+            self._relay(link_id, pkt, wire, key, now, phones_only=phones_only, prune_by_sender=prune_by_sender)
         if not authentic:
             # The dedupe key does not cover the signature: a forged or broken copy must not make the genuine
             # packet, arriving later, look like a duplicate.
@@ -491,7 +508,17 @@ class MeshCore(AnnouncingCore):
             self.counters.hop_acks_received += 1
 
     # ---------------------------------------------------------------- relay
-    def _relay(self, in_link: str, pkt: Packet, wire: bytes, key: str, now: float) -> None:
+    def _relay(
+        self,
+        in_link: str,
+        pkt: Packet,
+        wire: bytes,
+        key: str,
+        now: float,
+        *,
+        phones_only: bool = False,
+        prune_by_sender: bool = True,
+    ) -> None:
         if pkt.ttl <= 1 or pkt.is_rsr or pkt.type in (MessageType.REQUEST_SYNC, MessageType.HOP_ACK):
             return
         broadcast = is_broadcast(pkt)
@@ -504,7 +531,10 @@ class MeshCore(AnnouncingCore):
             if broadcast:
                 targets = others
                 if pkt.type == MessageType.ANNOUNCE:
-                    targets = self._not_covered(targets, in_link)
+                    if phones_only:
+                        targets = [lid for lid in targets if not self._settles(lid)]
+                    if prune_by_sender:
+                        targets = self._not_covered(targets, in_link)
                 elif pkt.type != MessageType.FRAGMENT:
                     targets = fanout_subset(key, others)
             else:
@@ -520,18 +550,24 @@ class MeshCore(AnnouncingCore):
 
     def _not_covered(self, link_ids: list[str], from_link: str) -> list[str]:
         """Announce relay pruning: of ``link_ids``, those whose neighbour is not also a neighbour of the peer on
-        ``from_link`` (whose own announce named its neighbours). That peer sent the packet to all of its
-        neighbours or pruned them for a node that sent earlier still, so by induction the earliest sender next
-        to any node sends to it: no node is left out for want of a sender, only for loss. Saves most duplicate
-        frames of announce floods in a dense mesh; announces repeat, so a loss is made good by the next one."""
-        sender = self.paths.peer_on_link(from_link)
-        if sender is None:
-            return link_ids
-        covered = self.paths.neighbours_of(sender)
+        ``from_link``. That peer sent the packet to all of its neighbours or pruned them for a node that sent
+        earlier still, so by induction the earliest sender next to any node sends to it: no node is left out for
+        want of a sender, only for loss. Saves most duplicate frames of announce floods in a dense mesh; announces
+        repeat, so a loss is made good by the next one. A neighbourship counts only when both ends' announces
+        name each other, so a neighbour lying about its neighbours cannot make us starve a node."""
+        covered = self._covered_by(from_link)
         if not covered:
             return link_ids
         peer_on = self.paths.link_peers
         return [lid for lid in link_ids if peer_on.get(lid) not in covered]
+
+    def _covered_by(self, link_id: str) -> set[bytes]:
+        """The neighbours of the peer on ``link_id`` that both it and they name in their announces."""
+        sender = self.paths.link_peers.get(link_id)
+        if sender is None:
+            return set()
+        neighbours_of = self.paths.neighbours_of
+        return {y for y in neighbours_of(sender) if sender in neighbours_of(y)}
 
     def _directed_relay_links(self, pkt: Packet, in_link: str, now: float) -> list[str]:
         """BitChat's forwarding of a directed packet (BLE/BLERouteForwardingPolicy.swift): along its source
@@ -596,6 +632,7 @@ class MeshCore(AnnouncingCore):
             step = self.sessions.on_message_untrusted(peer, pkt.payload, now, info.noise_public_key if info else None)
         except CryptoError:
             self.counters.handshake_failed += 1
+            self._early.pop(peer, None)  # the handshake is gone: so is what waited for it
             return
         if step.reply is not None:
             flood = arrived_flooded(pkt) and not self._hop_route(peer, now)
@@ -615,12 +652,12 @@ class MeshCore(AnnouncingCore):
         are the responder of a handshake with the sender, hold its ciphertext until the handshake completes (or
         times out, which then starts a new one) instead of abandoning the handshake at once."""
         peer = pkt.sender_id
-        if not self.hop_arq or not self.sessions.responding(peer):
+        if not self.hop_arq or not self.sessions.responding(peer) or len(pkt.payload) > EARLY_CIPHERTEXT_MAX_BYTES:
             return False
         held = self._early.setdefault(peer, deque(maxlen=EARLY_CIPHERTEXTS))
         held.append(pkt)
         self._early.move_to_end(peer)
-        while len(self._early) > self.settings.max_peers:
+        while len(self._early) > EARLY_PEERS:  # bounded: EARLY_PEERS x EARLY_CIPHERTEXTS x 4 KiB
             self._early.popitem(last=False)
         self.counters.early_ciphertext += 1
         return True

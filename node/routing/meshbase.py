@@ -66,12 +66,14 @@ FRESH_LINK_S = 2.0  # direct announces on a link this young are not relayed (sen
 # Announce TLV 05 bit (BitChat uses bits 0-10): "my link-up announces are followed by a settled one on every link
 # SETTLE_ANNOUNCE_S later" — only such a neighbour's link-up announce may be left unrelayed (a phone's is relayed).
 SETTLED_ANNOUNCE_CAPABILITY = 1 << 33
-SETTLE_ANNOUNCE_S = (2.5, 3.5)  # after a link comes up, announce on every link within this (neighbours bound)
+SETTLE_ANNOUNCE_S = (3.0, 4.0)  # after a link comes up, announce on every link within this (neighbours bound)
 FAR_EXPIRY_PER_RELAY_INTERVAL = 2.5  # far peers' paths and reachability last this many relay intervals
 PADDED_TYPES = (MessageType.NOISE_HANDSHAKE, MessageType.NOISE_ENCRYPTED)  # only these are padded on air
 # Sends (private message attempts, handshake attempts) that follow the path table before resends flood: with hop
 # acks a routed attempt is reliable hop by hop, so one more routed try is cheaper than a flood.
 ROUTED_TRIES_WITH_HOP_ARQ = 2
+EARLY_PEERS = 64  # peers whose early ciphertexts are held at once (the least recent is dropped beyond)
+EARLY_CIPHERTEXT_MAX_BYTES = 4096  # larger ciphertexts are never held early (a private message is < 1 KiB)
 EARLY_CIPHERTEXTS = 8  # ciphertexts per peer held while its handshake message 3 may still be on its way (hop ARQ)
 
 
@@ -125,6 +127,7 @@ class MeshBase:
         self._answers: dict[str, float] = {}
         # A taken packet's frame without its TTL byte -> its dedupe key: copies are recognised without a parse.
         self._raw_seen: dict[bytes, str] = {}
+        self._settled_at: float | None = None  # when a settled announce was last brought forward
         # origin -> (when we last relayed its announce, that announce's payload): announce relay suppression
         self._announce_relays: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()
         # Links the last encrypted frame to each peer left on (bounded by the peer table's size).
@@ -291,7 +294,8 @@ class MeshBase:
         (``announce_relay_min_interval_s``) in a small mesh, stretching with the number of peers heard of so
         that this node relays about ``announce_relay_per_s`` announces a second however large the mesh is."""
         s = self.settings
-        return max(s.announce_relay_min_interval_s, len(self.peers) / s.announce_relay_per_s)
+        stretched = min(len(self.peers) / s.announce_relay_per_s, s.announce_relay_max_interval_s)
+        return max(s.announce_relay_min_interval_s, stretched)
 
     def far_expiry_s(self) -> float:
         """Lifetime of what a relayed announce taught us (paths, a far peer's reachability): several relay
@@ -308,8 +312,12 @@ class MeshBase:
     def is_reachable(self, info: PeerInfo, now: float) -> bool:
         return info.reachable(now, self.peer_expiry_for(info))
 
-    def _should_relay_announce(self, link_id: str, pkt: Packet, ann: Announce, now: float) -> bool:
-        """Announce relay suppression: pass on an origin's announce if it is the first we see, if it changed
+    def _announce_relay(self, link_id: str, pkt: Packet, ann: Announce, now: float) -> str:
+        """How far to pass on an accepted announce: ``"all"`` links, ``"phones"`` only (links to neighbours
+        without SETTLED_ANNOUNCE_CAPABILITY: BitChat phones, which expect every announce, as BitChat relays
+        everything), or ``"fresh"`` (a link-up announce: nowhere, see below).
+
+        Announce relay suppression: pass on an origin's announce if it is the first we see, if it changed
         (at most every ANNOUNCE_CHANGE_GAP_S) or if the relay interval has passed since we last passed one on.
         Every node still hears its neighbours' every announce; far nodes hear each peer once per interval.
 
@@ -326,7 +334,7 @@ class MeshBase:
             and now - link.up_since < FRESH_LINK_S
             and (ann.capabilities or 0) & SETTLED_ANNOUNCE_CAPABILITY
         ):
-            return False
+            return "fresh"
         last = self._announce_relays.get(origin)
         if last is not None:
             age = now - last[0]
@@ -334,14 +342,20 @@ class MeshBase:
                 pass  # the clock went back: relay, and start over
             elif last[1] == payload:
                 if age < self.announce_relay_interval_s():
-                    return False
+                    return "phones"
             elif age < ANNOUNCE_CHANGE_GAP_S:
-                return False
+                return "phones"
         self._announce_relays[origin] = (now, payload)
         self._announce_relays.move_to_end(origin)
         while len(self._announce_relays) > self.settings.max_peers:
             self._announce_relays.popitem(last=False)
-        return True
+        return "all"
+
+    def _settles(self, link_id: str) -> bool:
+        """The neighbour on ``link_id`` announced SETTLED_ANNOUNCE_CAPABILITY (an AIVillage node)."""
+        peer = self.paths.link_peers.get(link_id)
+        info = self.peers.get(peer) if peer is not None else None
+        return info is not None and bool((info.capabilities or 0) & SETTLED_ANNOUNCE_CAPABILITY)
 
     # ---------------------------------------------------------------- sessions
     def _reachable(self, peer_id: bytes, now: float) -> bool:
