@@ -561,13 +561,10 @@ class MeshCore(AnnouncingCore):
         peer_on = self.paths.link_peers
         return [lid for lid in link_ids if peer_on.get(lid) not in covered]
 
-    def _covered_by(self, link_id: str) -> set[bytes]:
+    def _covered_by(self, link_id: str) -> frozenset[bytes]:
         """The neighbours of the peer on ``link_id`` that both it and they name in their announces."""
         sender = self.paths.link_peers.get(link_id)
-        if sender is None:
-            return set()
-        neighbours_of = self.paths.neighbours_of
-        return {y for y in neighbours_of(sender) if sender in neighbours_of(y)}
+        return self.paths.mutual_neighbours(sender) if sender is not None else frozenset()
 
     def _directed_relay_links(self, pkt: Packet, in_link: str, now: float) -> list[str]:
         """BitChat's forwarding of a directed packet (BLE/BLERouteForwardingPolicy.swift): along its source

@@ -82,6 +82,8 @@ class PathTable:
         self._stale = False  # topology news: recompute when MIN_RECOMPUTE_S has passed
         self._computed_at = 0.0
         self._next_expiry = float("inf")
+        # peer -> its confirmed neighbours (both announces name each other); dropped when either side changes
+        self._mutual: dict[bytes, frozenset[bytes]] = {}
 
     # ------------------------------------------------------------ inputs
     def link_up(self, link_id: str, weight: float) -> None:
@@ -127,7 +129,9 @@ class PathTable:
         """The peer left: drop everything learned from it (its links stay up and may be rebound)."""
         for link_id in self._direct.pop(peer, {}):
             self._link_peer.pop(link_id, None)
-        self._adjacency.pop(peer, None)
+        gone = self._adjacency.pop(peer, None)
+        if gone is not None:
+            self._neighbours_changed(peer, gone.neighbours, frozenset())
         self._reverse.pop(peer, None)
         self._routes = None
 
@@ -144,6 +148,29 @@ class PathTable:
         adj = self._adjacency.get(peer)
         return adj.neighbours if adj is not None else frozenset()
 
+    def mutual_neighbours(self, peer: bytes) -> frozenset[bytes]:
+        """The neighbours of ``peer`` whose own announces name ``peer`` too: a neighbourship both ends confirm
+        (one lying announce cannot fake it). Cached until either side's neighbour list changes."""
+        found = self._mutual.get(peer)
+        if found is None:
+            adjacency = self._adjacency
+            mine = adjacency.get(peer)
+            found = frozenset(
+                y
+                for y in (mine.neighbours if mine else ())
+                if (a := adjacency.get(y)) is not None and peer in a.neighbours
+            )
+            if len(self._mutual) >= self.max_entries:
+                self._mutual.clear()
+            self._mutual[peer] = found
+        return found
+
+    def _neighbours_changed(self, origin: bytes, old: frozenset[bytes], new: frozenset[bytes]) -> None:
+        mutual = self._mutual
+        mutual.pop(origin, None)
+        for y in old | new:
+            mutual.pop(y, None)
+
     def on_announce(
         self, origin: bytes, neighbours: tuple[bytes, ...], link_id: str, hops: int, timestamp_ms: int, now: float
     ) -> None:
@@ -153,6 +180,7 @@ class PathTable:
         nset = frozenset(neighbours)
         if adj is None or adj.neighbours != nset:
             self._stale = True
+            self._neighbours_changed(origin, adj.neighbours if adj is not None else frozenset(), nset)
         if adj is None and len(self._adjacency) >= self.max_entries:
             self._evict()
         self._adjacency[origin] = _Adjacency(nset, expires)
@@ -163,7 +191,7 @@ class PathTable:
 
     def _evict(self) -> None:
         oldest = min(self._adjacency, key=lambda p: self._adjacency[p].expires_at)
-        del self._adjacency[oldest]
+        self._neighbours_changed(oldest, self._adjacency.pop(oldest).neighbours, frozenset())
         self._reverse.pop(oldest, None)
 
     # ------------------------------------------------------------ lookups
@@ -222,7 +250,7 @@ class PathTable:
             if not links:
                 del self._direct[peer]
         for origin in [o for o, a in self._adjacency.items() if a.expires_at <= now]:
-            del self._adjacency[origin]
+            self._neighbours_changed(origin, self._adjacency.pop(origin).neighbours, frozenset())
         for origin in [o for o, r in self._reverse.items() if r.expires_at <= now or r.link_id not in self.links]:
             del self._reverse[origin]
         expiries = [a.expires_at for a in self._adjacency.values()]

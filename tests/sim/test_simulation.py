@@ -100,3 +100,14 @@ def test_a_thousand_nodes_run() -> None:
     assert len(neighbour_pairs & learned) >= 0.95 * len(neighbour_pairs)  # neighbours found each other
     assert r.frames_by_type["announce"] > 1000 and r.core_counters["bad_signature"] == 0
     print(f"1,000 nodes: speed factor {r.speed_factor:.3f}, frames by type {r.frames_by_type}")
+
+
+def test_run_until_raises_the_collector_thresholds_while_it_runs_and_restores_them() -> None:
+    import gc
+
+    before = gc.get_threshold()
+    sim = Simulation(line(2), seed=1)
+    seen: list[tuple[int, ...]] = []
+    sim.schedule(1.0, lambda: seen.append(gc.get_threshold()))
+    sim.run_until(2.0)
+    assert seen and seen[0][0] >= 50_000 and gc.get_threshold() == before
