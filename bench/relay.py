@@ -51,9 +51,10 @@ def run(packets: int, repeat: int) -> list[str]:
         core = MeshCore(_identity(rng), settings, DEFAULT_LIMITS, "relay", EPOCH_MS, random.Random(2))
         for lid in ("in", "out1", "out2"):
             core.link_up(lid, 65_535, 0.0)
-        # The sender's announce arrives first, so its messages can be verified.
+        # The sender's announce arrives first (relayed once: a far sender's, which the relay passes on), so its
+        # messages can be verified.
         src = MeshCore(sender, settings, DEFAULT_LIMITS, "src", EPOCH_MS, random.Random(3))
-        core.receive_frame("in", encode_packet(src.announce_packet(0.0)), 0.0)
+        core.receive_frame("in", encode_packet(dataclasses.replace(src.announce_packet(0.0), ttl=6)), 0.0)
         core.frames_to_send()
         while core.next_event() is not None:
             pass
