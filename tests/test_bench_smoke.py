@@ -1,0 +1,25 @@
+"""The routing benchmarks still run (tiny sizes): a change to the core must not leave them broken."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import mesh_sim
+import relay
+
+
+def test_relay_bench_runs() -> None:
+    [line] = relay.run(50, 1)
+    assert line.startswith("relay.packets_per_s:") and "2 frames out per packet" in line
+
+
+def test_mesh_sim_bench_runs_both_modes() -> None:
+    common = {"seed": 1, "messages": 4, "broadcasts": 1, "budget_s": 120.0, "drain_s": 30.0}
+    path = mesh_sim.run_one(30, 0.1, "path", **common)  # type: ignore[arg-type]
+    flood = mesh_sim.run_one(30, 0.1, "flood", **common)  # type: ignore[arg-type]
+    line = mesh_sim.unicast_line(path, flood)
+    assert line.startswith("mesh_sim.unicast.n30.loss10:") and path.finished and flood.finished
+    assert path.report.unicast_sent == 4
