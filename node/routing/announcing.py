@@ -30,7 +30,6 @@ from node.wire import (
     MessageType,
     Packet,
     Ping,
-    decode_announce_untrusted,
     decode_ping_untrusted,
     encode_announce,
     encode_ping,
@@ -146,7 +145,7 @@ class AnnouncingCore(MeshBase):
     def _on_announce(self, link_id: str, pkt: Packet, wire: bytes, now: float) -> Announce | None:
         """The announce if it is authentic and accepted (None: dropped and counted; never relayed)."""
         try:
-            ann = decode_announce_untrusted(pkt.payload)
+            ann = self.decode_announce(pkt.payload)
         except MalformedFrame:
             self.counters.malformed += 1
             return None

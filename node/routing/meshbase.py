@@ -41,6 +41,7 @@ from node.wire import (
     Packet,
     Reassembler,
     WireLimits,
+    decode_announce_untrusted,
     decode_packet_untrusted,
     encode_noise_payload,
     encode_packet,
@@ -95,6 +96,8 @@ class MeshBase:
     # Checks a received frame's Ed25519 signature: (frame, signing key, limits) -> valid. The default is the
     # codec's; a simulator of many nodes in one process may pass a memoising wrapper of it.
     verify: Callable[[bytes, bytes, WireLimits], bool] = verify_wire_signature
+    # Parses an announce payload (raises MalformedFrame); likewise a simulator may pass a memoising wrapper.
+    decode_announce: Callable[[bytes], Announce] = decode_announce_untrusted
     # Seal held messages after courier_after_s even with courier_copies = 0, for a mailbox (EnvelopeSealed events).
     seal_for_mailbox: bool = False
 

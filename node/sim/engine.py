@@ -48,7 +48,7 @@ from node.sim.links import Direction, LinkModel, LinkStats
 from node.sim.metrics import BroadcastRecord, SimReport, UnicastRecord, build_report
 from node.sim.scenario import Churn, Partition
 from node.sim.topology import Topology
-from node.wire import WireLimits, verify_wire_signature
+from node.wire import Announce, WireLimits, decode_announce_untrusted, verify_wire_signature
 
 EPOCH_MS = 1_700_000_000_000.0  # every node's wall clock reads this at simulated time 0 (as tests/routing)
 VERIFY_CACHE_ENTRIES = 200_000  # distinct (packet, key) results kept; the oldest go first beyond this
@@ -86,6 +86,23 @@ class VerifyCache:
         if len(self._memo) > self.max_entries:
             del self._memo[next(iter(self._memo))]
         return ok
+
+
+class AnnounceCache:
+    """A bounded memo of ``decode_announce_untrusted`` keyed by the payload bytes: every node of a flood parses the
+    same announce payload (announces are frozen dataclasses, safe to share). Malformed payloads are not kept."""
+
+    def __init__(self, max_entries: int = VERIFY_CACHE_ENTRIES) -> None:
+        self.max_entries = max_entries
+        self._memo: dict[bytes, Announce] = {}
+
+    def __call__(self, payload: bytes) -> Announce:
+        found = self._memo.get(payload)
+        if found is None:
+            found = self._memo[payload] = decode_announce_untrusted(payload)
+            if len(self._memo) > self.max_entries:
+                del self._memo[next(iter(self._memo))]
+        return found
 
 
 @dataclass(slots=True)
@@ -130,6 +147,7 @@ class Simulation:
         self._calls: dict[int, Callable[[], None]] = {}
         self.link_rng = random.Random(seed * 2 + 1)
         self.verify = VerifyCache(self.limits)
+        self.decode_announce = AnnounceCache()
         self.stats = LinkStats()
         self._frames_by_type = [0] * 256
         self.unicasts: list[UnicastRecord] = []
@@ -151,6 +169,7 @@ class Simulation:
                     wall_offset_ms=EPOCH_MS,
                     rng=rng,
                     verify=self.verify,
+                    decode_announce=self.decode_announce,
                 )
             )
         self.peer_ids = [c.peer_id for c in self.cores]
