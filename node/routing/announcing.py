@@ -104,6 +104,7 @@ class AnnouncingCore(MeshBase):
         time, a missing pong counts towards its loss estimate."""
         nonce = self.rng.getrandbits(64).to_bytes(8, "big")
         self._pings[nonce] = (peer_id, link_id, now)
+        self.pings_sent += 1
         while len(self._pings) > MAX_OUTSTANDING_PINGS:
             self._pings.popitem(last=False)
         payload = encode_ping(Ping(nonce, self.settings.default_ttl))
@@ -129,6 +130,7 @@ class AnnouncingCore(MeshBase):
         if sent is None or sent[0] != pkt.sender_id or now - sent[2] > PING_EXPIRY_S:
             return
         sample = now - sent[2]
+        self.pongs_received += 1
         info = self.peers.get(pkt.sender_id)
         if info is not None:
             info.rtt_s = smoothed(info.rtt_s, sample)

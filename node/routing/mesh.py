@@ -23,8 +23,10 @@ Announces are what a large mesh mostly carries, so their relaying is thinned whe
 * an unchanged announce from one origin is relayed once per *relay interval*, max(``announce_relay_min_interval_s``,
   min(peers heard of / ``announce_relay_per_s``, ``announce_relay_max_interval_s``)), a changed one after 30 s;
   paths learned from announces and far peers' reachability last 2.5 intervals
-  (:meth:`MeshBase.announce_relay_interval_s`). Links to BitChat phones (neighbours without our capability
-  bit 33) still get every announce we hear, as BitChat relays;
+  (:meth:`MeshBase.announce_relay_interval_s`). In a lossy neighbourhood (under 65 % of our pings answered) an
+  origin's first three relays come at the short interval, so nodes near the TTL horizon get several chances to
+  learn it. Links to BitChat phones (neighbours without our capability bit 33) still get every announce we hear,
+  as BitChat relays;
 * an AIVillage neighbour's announces (bit 33) arriving on a link younger than 2 s (link-up announces and answers,
   sent before it had bound its other links) are not relayed; every node announces on all its links ~3-4 s after
   a link is bound (at most once per announce interval), and that one travels: one flood per node at start-up;

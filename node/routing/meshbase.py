@@ -63,6 +63,8 @@ HOLD_AFTER_EXPIRIES = 2  # a private message is held (not sent) for a peer silen
 UNKNOWN_PEER_PROBES = 4  # flooded handshakes tried for a held message whose peer we never heard an announce from
 ANNOUNCE_ANSWER_GAP_S = 0.15  # BitChat forces announces on a link at least this far apart
 ANNOUNCE_CHANGE_GAP_S = 30.0  # a changed announce from one peer is relayed at most this often
+LOSSY_PONG_RATIO = 0.65  # fewer pings answered than this: a lossy neighbourhood (10 % loss per frame: 0.81)
+LOSSY_EARLY_RELAYS = 3  # ... where an origin's first relays come at the short interval
 FRESH_LINK_S = 2.0  # direct announces on a link this young are not relayed (sent before the peer bound anyone)
 # Announce TLV 05 bit (BitChat uses bits 0-10): "my link-up announces are followed by a settled one on every link
 # SETTLE_ANNOUNCE_S later" — only such a neighbour's link-up announce may be left unrelayed (a phone's is relayed).
@@ -132,7 +134,9 @@ class MeshBase:
         self._raw_seen: dict[bytes, str] = {}
         self._settled_at: float | None = None  # when a settled announce was last brought forward
         # origin -> (when we last relayed its announce, that announce's payload): announce relay suppression
-        self._announce_relays: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()
+        self._announce_relays: OrderedDict[bytes, tuple[float, bytes, int]] = OrderedDict()  # (+ relays so far)
+        self.pings_sent = 0  # link probes sent, and answered: how lossy our links are (lossy_neighbourhood)
+        self.pongs_received = 0
         # Links the last encrypted frame to each peer left on (bounded by the peer table's size).
         self.last_links: OrderedDict[bytes, list[str]] = (
             OrderedDict()
@@ -339,20 +343,30 @@ class MeshBase:
         ):
             return "fresh"
         last = self._announce_relays.get(origin)
+        relays = 1
         if last is not None:
             age = now - last[0]
+            relays = last[2] + 1
             if age < 0:
                 pass  # the clock went back: relay, and start over
             elif last[1] == payload:
-                if age < self.announce_relay_interval_s():
+                # In a lossy neighbourhood a thinned flood misses nodes near the TTL horizon: the first few
+                # relays of an origin come at the short interval, so they get several chances to learn it.
+                early = last[2] < LOSSY_EARLY_RELAYS and self.lossy_neighbourhood()
+                interval = self.settings.announce_relay_min_interval_s if early else self.announce_relay_interval_s()
+                if age < interval:
                     return "phones"
             elif age < ANNOUNCE_CHANGE_GAP_S:
                 return "phones"
-        self._announce_relays[origin] = (now, payload)
+        self._announce_relays[origin] = (now, payload, relays)
         self._announce_relays.move_to_end(origin)
         while len(self._announce_relays) > self.settings.max_peers:
             self._announce_relays.popitem(last=False)
         return "all"
+
+    def lossy_neighbourhood(self) -> bool:
+        """Our links lose many frames: under LOSSY_PONG_RATIO of our pings were answered (at least 8 sent)."""
+        return self.pings_sent >= 8 and self.pongs_received < LOSSY_PONG_RATIO * self.pings_sent
 
     def _settles(self, link_id: str) -> bool:
         """The neighbour on ``link_id`` announced SETTLED_ANNOUNCE_CAPABILITY (an AIVillage node)."""

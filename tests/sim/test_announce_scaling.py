@@ -160,3 +160,23 @@ def test_a_message_to_a_peer_never_heard_of_gets_through_by_a_flooded_handshake(
     sim.run_until(60.0)
     assert rec.delivered_s is not None and rec.acked_s is not None
     assert sender.counters.unknown_peer_probes >= 1 and sender.peers.get(target) is None
+
+
+def test_in_a_lossy_neighbourhood_an_origins_first_relays_come_at_the_short_interval() -> None:
+    # A long relay interval (300 s): with clean links node 1 passes node 0's unchanged announce on once in the
+    # first 200 s; when most of its pings go unanswered, the first three relays come >= 15 s apart.
+    def relays_of_origin(loss: float) -> tuple[int, bool]:
+        settings = _settings(announce_relay_per_s=0.01)
+        sim = Simulation(line(3), LinkModel(loss=loss, bandwidth_bytes_per_s=None), settings, seed=11)
+        sent = _record_frames(sim)
+        sim.run_until(200.0)
+        origin = sim.peer_ids[0]
+        n = 0
+        for i, _link, frame in sent:
+            if i == 1 and frame[1] == MessageType.ANNOUNCE and decode_packet_untrusted(frame).sender_id == origin:
+                n += 1
+        return n, sim.cores[1].lossy_neighbourhood()
+
+    assert relays_of_origin(0.0) == (1, False)
+    relays, lossy = relays_of_origin(0.35)
+    assert lossy and relays == 3
