@@ -290,7 +290,7 @@ class MeshCore(AnnouncingCore):
             p.probes += 1
             self.counters.unknown_peer_probes += 1
             self._start_handshake(p.peer_id, now, flood=p.probes % 2 == 0)
-            wake = now + s.handshake_timeout_s * 2**p.probes
+            wake = now + s.handshake_timeout_s * (1 + p.probes)
             self.pending.reschedule(p, min(wake, p.created + s.private_expiry_s))
             return
         if not self._reachable(p.peer_id, now):
