@@ -190,15 +190,17 @@ class MeshBase:
         return fragment_frame(packet, frame, state.mtu, fid, self.limits)
 
     # ---------------------------------------------------------------- hop-by-hop ARQ (node.routing.hoparq)
-    def _ack_neighbour(self, link_id: str) -> bytes | None:
-        """The peer bound to ``link_id`` if it announced the hop-ack capability (and we use hop acks)."""
-        if not self.hop_arq:
-            return None
-        peer = self.paths.peer_on_link(link_id)
+    def _neighbour_with(self, link_id: str, capability: int) -> bytes | None:
+        """The peer bound to ``link_id`` if its announce carries the ``capability`` bit (TLV 05)."""
+        peer = self.paths.link_peers.get(link_id)
         info = self.peers.get(peer) if peer is not None else None
-        if info is None or not info.capabilities or not info.capabilities & HOP_ACK_CAPABILITY:
+        if info is None or not (info.capabilities or 0) & capability:
             return None
         return peer
+
+    def _ack_neighbour(self, link_id: str) -> bytes | None:
+        """The peer bound to ``link_id`` if it announced the hop-ack capability (and we use hop acks)."""
+        return self._neighbour_with(link_id, HOP_ACK_CAPABILITY) if self.hop_arq else None
 
     def _tracks(self, link_id: str, pkt: Packet) -> bool:
         """Whether ``pkt`` sent on ``link_id`` alone is kept until the neighbour there acknowledges it."""
@@ -370,9 +372,7 @@ class MeshBase:
 
     def _settles(self, link_id: str) -> bool:
         """The neighbour on ``link_id`` announced SETTLED_ANNOUNCE_CAPABILITY (an AIVillage node)."""
-        peer = self.paths.link_peers.get(link_id)
-        info = self.peers.get(peer) if peer is not None else None
-        return info is not None and bool((info.capabilities or 0) & SETTLED_ANNOUNCE_CAPABILITY)
+        return self._neighbour_with(link_id, SETTLED_ANNOUNCE_CAPABILITY) is not None
 
     # ---------------------------------------------------------------- sessions
     def _reachable(self, peer_id: bytes, now: float) -> bool:
