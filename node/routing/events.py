@@ -100,3 +100,4 @@ class MeshCounters:
     hop_table_full: int = 0  # frames sent without hop protection: the retransmit table was full
     hop_failovers: int = 0  # private messages resent at once (flooded) after their first hop gave up
     early_ciphertext: int = 0  # ciphertexts held until the handshake they overtook completed (hop ARQ reorders)
+    unencodable: int = 0  # frames we could not encode or fragment for a link (too large for v1, > 256 fragments)

@@ -83,10 +83,10 @@ def test_a_failed_handshake_leaves_no_held_ciphertext_and_big_ones_are_never_hel
         core.receive_frame("L", frame(MessageType.NOISE_HANDSHAKE, stranger, os.urandom(32)), now)  # message 1
         core.receive_frame("L", frame(MessageType.NOISE_ENCRYPTED, stranger, os.urandom(100)), now)  # held early
         core.receive_frame("L", frame(MessageType.NOISE_ENCRYPTED, stranger, os.urandom(100_000)), now)  # too big
-        assert [len(p.payload) for p in core._early[stranger]] == [100]
+        assert [len(p.payload) for p in core.delivery.early[stranger]] == [100]
         core.receive_frame("L", frame(MessageType.NOISE_HANDSHAKE, stranger, os.urandom(64)), now)  # bogus msg 3
-        assert stranger not in core._early
-    assert core.counters.handshake_failed == 20 and not core._early
+        assert stranger not in core.delivery.early
+    assert core.counters.handshake_failed == 20 and not core.delivery.early
 
 
 def test_the_duplicate_index_holds_digests_not_frames() -> None:

@@ -301,7 +301,7 @@ def test_a_flooded_handshake_is_answered_along_a_source_route() -> None:
         cores = make_cores(4, hop_retries=retries)
         wire, _ = line_of(cores)
         start = wire.now
-        cores[0]._start_handshake(cores[3].peer_id, wire.now, flood=True)  # as after a lost routed attempt
+        cores[0].delivery.start_handshake(cores[3].peer_id, wire.now, flood=True)  # as after a lost routed attempt
         wire._drain(0)
         wire.run_until(start + 1.0)
         replies = wire.of_type(MessageType.NOISE_HANDSHAKE, src=3, since=start)
@@ -435,7 +435,7 @@ def test_the_table_is_bounded_by_entries_and_bytes_and_counts_overflow() -> None
 def test_a_full_table_sends_unprotected_and_counts_it() -> None:
     cores = make_cores(2)
     wire, _ = line_of(cores)
-    cores[0].hoparq = HopArqTable(max_entries=0)
+    cores[0].output.hoparq = HopArqTable(max_entries=0)
     wire.send_private(0, 1, "hi")
     wire.run_until(wire.now + 5.0)
     assert [ev.text for _, ev in wire.received] == ["hi"]
