@@ -37,6 +37,7 @@ from node.routing.meshbase import (
 )
 from node.routing.peers import PeerInfo, PeerTable
 from node.routing.pending import PendingMessage, PendingSet
+from node.routing.ratelimit import OriginLimiter
 from node.routing.sessions import SessionManager
 from node.wire import (
     MalformedFrame,
@@ -80,6 +81,7 @@ class PrivateDelivery:
         app: AppChannel,
         hop_arq: bool,
         seal_for_mailbox: bool = False,
+        flood_limiter: OriginLimiter | None = None,
     ) -> None:
         self.host = host
         self.peer_id = peer_id
@@ -90,6 +92,9 @@ class PrivateDelivery:
         self.app = app
         self.hop_arq = hop_arq
         self.seal_for_mailbox = seal_for_mailbox  # seal held messages even with courier_copies = 0 (for a mailbox)
+        # Floods remote input makes us start (a handshake after a ciphertext without a session, the ack of a courier
+        # envelope): bounded per origin and in total. None: unlimited (unit tests).
+        self.flood_limiter = flood_limiter
         self.routed_tries = ROUTED_TRIES_WITH_HOP_ARQ if hop_arq else 1
         self.sessions = SessionManager(
             static_private=noise_private, local_peer_id=peer_id, timeout_s=settings.handshake_timeout_s
@@ -129,8 +134,18 @@ class PrivateDelivery:
                 self.session_queue.pop(peer, None)
 
     def retry_due(self, now: float) -> None:
+        """Attempt every message whose retry is due. A message whose attempt fails (a bug) is failed and removed,
+        the others still go; the first failure is re-raised afterwards for the core to count."""
+        failed: Exception | None = None
         for p in self.pending.pop_due(now):
-            self.attempt(p, now)
+            try:
+                self.attempt(p, now)
+            except Exception as exc:  # broad: one message's failure must not strand the others (re-raised)
+                if self.pending.remove(p.message_id) is not None:
+                    self.events.append(PrivateFailed(p.message_id, p.peer_id, f"internal error: {exc}"))
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
     # ---------------------------------------------------------------- what the core tells us
     def reachable(self, peer_id: bytes, now: float) -> bool:
@@ -199,6 +214,16 @@ class PrivateDelivery:
         msg1 = self.sessions.initiate(peer_id, now)
         if msg1 is not None:
             self.host.send_directed(MessageType.NOISE_HANDSHAKE, msg1, peer_id, now, flood=flood)
+
+    def recovery_handshake(self, peer_id: bytes, now: float) -> None:
+        """A flooded handshake because of what ``peer_id``'s frame showed (the last attempt's path lost
+        something) — remote-triggered, so within the flood limits."""
+        if self.sessions.handshaking(peer_id):
+            return  # one at a time: nothing would be sent
+        if self.flood_limiter is not None and not self.flood_limiter.allow(peer_id, now):
+            self.counters.rate_limited += 1
+            return
+        self.start_handshake(peer_id, now, flood=True)
 
     def check_private(self, peer_id: bytes, text: str) -> None:
         """Raise :class:`MeshError` unless :meth:`queue_private` would accept this message now."""
@@ -342,7 +367,7 @@ class PrivateDelivery:
             # As BitChat: ciphertext without a session starts one. If we were the responder of a handshake,
             # the peer has finished it and our message 3 never arrived: start over as initiator now.
             self.sessions.abandon_responder(peer)
-            self.start_handshake(peer, now, flood=True)  # recovery: the last attempt's path lost something
+            self.recovery_handshake(peer, now)
             return
         try:
             plaintext = self.sessions.decrypt_untrusted(peer, pkt.payload)
@@ -356,7 +381,7 @@ class PrivateDelivery:
                 return
             self.counters.decrypt_failed += 1
             self.sessions.abandon_responder(peer)
-            self.start_handshake(peer, now, flood=True)  # recovery: the last attempt's path lost something
+            self.recovery_handshake(peer, now)
             return
         try:
             ptype, body = decode_noise_payload_untrusted(plaintext)
@@ -373,7 +398,12 @@ class PrivateDelivery:
             # Ack every copy. A resend means our ack was lost, and a flooded copy means the sender's route failed:
             # either way the ack goes on every path.
             flood = key in self.seen_private or (arrived_flooded(pkt) and not self.host.hop_route(peer, now))
-            self.send_encrypted(peer, ack, now, queue=True, flood=flood)
+            if self.sessions.session(peer) is not None:
+                self.send_encrypted(peer, ack, now, queue=True, flood=flood)
+            elif self.flood_limiter is None or self.flood_limiter.allow(peer, now):
+                self.send_encrypted(peer, ack, now, queue=True, flood=flood)  # (a courier's: starts a handshake)
+            else:
+                self.counters.rate_limited += 1  # a courier envelope from a throwaway key: no flood for it
             if key in self.seen_private:
                 return
             self.seen_private[key] = None

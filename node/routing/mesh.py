@@ -65,6 +65,7 @@ from node.errors import MeshError
 from node.identity import Identity, peer_id_from_noise_key
 from node.routing.announcing import AnnounceRelays, AnnounceSchedule
 from node.routing.app import AppChannel
+from node.routing.containment import Containment
 from node.routing.courier import (
     CourierStore,
 )
@@ -87,6 +88,7 @@ from node.routing.meshbase import (
     FAR_EXPIRY_PER_RELAY_INTERVAL,
     FRESH_LINK_S,
     MAX_TTL,
+    PING_MAX_PAYLOAD_BYTES,
     RTT_SMOOTHING,
     SETTLED_ANNOUNCE_CAPABILITY,
     hops_travelled,
@@ -98,6 +100,7 @@ from node.routing.paths import PathTable, Route
 from node.routing.peers import PeerInfo, PeerTable
 from node.routing.pending import PendingMessage, PendingSet
 from node.routing.pinging import PingTracker
+from node.routing.ratelimit import OriginLimiter
 from node.routing.relay import TTL_OFFSET, RelayQueue
 from node.routing.sessions import SessionManager
 from node.wire import (
@@ -164,6 +167,14 @@ class MeshCore:
             counters=self.counters,
             wall_offset_ms=self.wall_offset_ms,
         )
+        # Floods that remote input makes us originate (handshakes, pongs, acks of couriers): per origin and in total.
+        self.flood_limiter = OriginLimiter(
+            per_origin_per_s=s.remote_floods_per_origin_per_s,
+            burst=3.0,
+            global_per_s=s.remote_floods_per_s,
+            global_burst=20.0,
+            max_origins=s.max_peers,
+        )
         self.schedule = AnnounceSchedule(s, self.rng)
         self.announce_relays = AnnounceRelays(s.max_peers)
         self.pings = PingTracker()
@@ -178,10 +189,12 @@ class MeshCore:
             app=self.app,
             hop_arq=self.output.hop_arq,
             seal_for_mailbox=self.seal_for_mailbox,
+            flood_limiter=self.flood_limiter,
         )
         self.forwarder = Forwarder(
             output=self.output, paths=self.paths, relays=self.relays, counters=self.counters, rng=self.rng
         )
+        self.containment = Containment(self.counters)
         self.courier_desk = CourierDesk(
             identity=self.identity,
             settings=s,
@@ -235,27 +248,64 @@ class MeshCore:
         return best
 
     def handle_timer(self, now: float) -> None:
+        """Run what is due. Never raises: each component's work is a task of its own, and a failure ends that
+        task only (counted, logged once); what a failed task popped is not due again, so the timer advances."""
+        for task in (
+            self._expire_pings,
+            self._timer_announces,
+            self.delivery.expire_handshakes,
+            self.reassembler.expire,
+            self._timer_relays,
+            self._timer_hop_arq,
+            self.delivery.retry_due,
+        ):
+            try:
+                task(now)
+            except Exception as exc:  # broad: a timer task's failure must end that task only (counted, logged)
+                self.containment.contain(exc, f"timer task {getattr(task, '__name__', task)}", None)
+
+    def _expire_pings(self, now: float) -> None:
         for link_id in self.pings.on_timer(now):  # a ping went unanswered: the link's loss estimate rises
             stats = self.paths.links.get(link_id)
             if stats is not None:
                 stats.loss = (1 - RTT_SMOOTHING) * stats.loss + RTT_SMOOTHING
+
+    def _timer_announces(self, now: float) -> None:
         periodic, answers = self.schedule.on_timer(now)
         if periodic:
-            self._announce_all(now)
+            try:
+                self._announce_all(now)
+            finally:
+                if self.schedule.next_announce is not None and self.schedule.next_announce <= now:
+                    self.schedule.schedule(now, len(self.links))  # it failed: the next one is still scheduled
         for link_id in answers:
             self._send_announce([link_id], now)
-        self.delivery.expire_handshakes(now)
-        self.reassembler.expire(now)
+
+    def _timer_relays(self, now: float) -> None:
+        failed: Exception | None = None
         for job in self.relays.pop_due(now):
             self.counters.relayed += 1
-            if job.track and len(job.link_ids) == 1:
-                self.output.emit_tracked(job.link_ids[0], job.frame, None, job.key, now)
-                continue
-            for link_id in job.link_ids:
-                self.output.emit_frame(link_id, job.frame)
+            try:
+                if job.track and len(job.link_ids) == 1:
+                    self.output.emit_tracked(job.link_ids[0], job.frame, None, job.key, now)
+                    continue
+                for link_id in job.link_ids:
+                    self.output.emit_frame(link_id, job.frame)
+            except Exception as exc:  # broad: this relay is dropped, the others still go (re-raised: counted)
+                failed = failed or exc
+        if failed is not None:
+            raise failed
+
+    def _timer_hop_arq(self, now: float) -> None:
+        failed: Exception | None = None
         for entry in self.output.on_timer(now):
-            self._hop_timeout(entry, now)
-        self.delivery.retry_due(now)
+            try:
+                self._hop_timeout(entry, now)
+            except Exception as exc:  # broad: this entry is given up, the others still go (re-raised: counted)
+                self.output.hoparq.give_up(entry)
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
     def _hop_timeout(self, entry: HopEntry, now: float) -> None:
         """No hop ack for ``entry`` in time: resend it on its link, or give it up after mesh.hop_retries resends."""
@@ -409,13 +459,20 @@ class MeshCore:
             stats.loss *= 1 - RTT_SMOOTHING
 
     def _on_ping(self, link_id: str, pkt: Packet, now: float) -> None:
-        self.counters.pings_answered += 1
+        if len(pkt.payload) > PING_MAX_PAYLOAD_BYTES:
+            self.counters.ping_refused += 1  # a pong echoes the payload: never amplify (or fail to encode) a blob
+            return
         if pkt.ttl >= MAX_TTL or self.paths.peer_on_link(link_id) == pkt.sender_id:
             # A neighbour's link probe (it came straight from its sender): answer on that link, even before the
             # neighbour's announce has bound the link (else the pong would flood the mesh).
+            self.counters.pings_answered += 1
             self.output.emit([link_id], self.output.packet(MessageType.PONG, pkt.payload, now, pkt.sender_id))
-        else:
+        elif self.flood_limiter.allow(pkt.sender_id, now):  # the pong may flood: bounded per origin and in total
+            self.counters.pings_answered += 1
             self.output.send_directed(MessageType.PONG, pkt.payload, pkt.sender_id, now)
+        else:
+            self.counters.ping_refused += 1
+            self.counters.rate_limited += 1
 
     def leave(self, now: float) -> None:
         """Queue a signed leave on every link (call before shutting down)."""
@@ -575,8 +632,16 @@ class MeshCore:
     # ---------------------------------------------------------------- receive
     def receive_frame(self, link_id: str, data: bytes, now: float) -> bool:
         """Take a frame from a link. False when it changed nothing — a duplicate of a packet already taken, or
-        malformed: no output, no event and no earlier timer, so an adapter need not look for any."""
+        malformed: no output, no event and no earlier timer, so an adapter need not look for any. Never raises:
+        a failure while handling the frame drops that frame only (:mod:`node.routing.containment`)."""
         self.counters.frames_in += 1
+        try:
+            return self._receive_frame(link_id, data, now)
+        except Exception as exc:  # broad: one frame's failure must end that frame only (counted, logged once)
+            self.containment.contain(exc, f"a frame on link {link_id}", bytes(data[14:22]) or None)
+            return True
+
+    def _receive_frame(self, link_id: str, data: bytes, now: float) -> bool:
         # Fast path for the common case in a mesh, a copy of a packet we already took: relays forward the received
         # bytes with only the TTL byte rewritten, so the frame without its TTL (hashed) identifies the copy.
         view = memoryview(data)
@@ -693,10 +758,17 @@ class MeshCore:
         info = self._verified(pkt, wire)
         if info is None:
             return self.peers.get(pkt.sender_id) is None
+        limit = self.settings.max_public_text_chars
+        if len(pkt.payload) > 4 * limit:  # (the decoder inflated it already: this is the decompressed size)
+            self.counters.oversize += 1
+            return False
         try:
             text = pkt.payload.decode("utf-8")
         except UnicodeDecodeError:
             self.counters.malformed += 1
+            return False
+        if not text or len(text) > limit:  # the send limit, applied on receipt: never stored, never relayed
+            self.counters.oversize += 1
             return False
         self.peers.touch(info.peer_id, now)
         self._events.append(
@@ -736,6 +808,9 @@ class MeshCore:
     def _on_fragment(self, link_id: str, pkt: Packet, now: float) -> bool:
         try:
             frag = decode_fragment_untrusted(pkt.payload)
+            if frag.original_type == MessageType.FRAGMENT:
+                self.counters.nested_fragment += 1  # fragments never nest: BitChat fragments whole frames
+                return False
             whole = self.reassembler.add_untrusted(pkt.sender_id, frag, now)
         except MalformedFrame:
             self.counters.malformed += 1
@@ -747,6 +822,9 @@ class MeshCore:
         except MalformedFrame:
             self.counters.malformed += 1
             return True  # the fragments themselves were fine; others may be able to use them
+        if inner.type == MessageType.FRAGMENT:  # a reassembled frame is handled once, never reassembled again
+            self.counters.nested_fragment += 1
+            return False
         self.counters.fragments_reassembled += 1
         # The fragments were the relayed unit; the whole packet is processed but not relayed (BITCHAT.md §2.3).
         self._handle_packet(link_id, inner, whole, now, relay=False)

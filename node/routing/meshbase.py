@@ -16,6 +16,7 @@ PENDING_SESSION_FRAMES = 64  # payloads queued per peer while its handshake runs
 REHANDSHAKE_AFTER_ATTEMPTS = 3  # every 3rd unacknowledged send of a private message also renews the session
 MAX_OUTSTANDING_PINGS = 256  # pings awaiting a pong; the oldest are forgotten beyond this
 PING_EXPIRY_S = 30.0  # a pong later than this is ignored
+PING_MAX_PAYLOAD_BYTES = 64  # BitChat's ping is a 9-byte nonce + origin TTL; larger pings are not answered
 RTT_SMOOTHING = 0.25  # weight of a new RTT or loss sample (exponentially weighted moving average)
 BUSY_LINKS = 6  # BitChat's threshold for a busy node: longer announce interval, shorter broadcast TTL
 HOLD_AFTER_EXPIRIES = 2  # a private message is held (not sent) for a peer silent this many peer expiries

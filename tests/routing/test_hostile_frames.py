@@ -1,0 +1,182 @@
+"""Frames that used to crash or exhaust the core (issue 13), each driven through MeshCore's public API: the core
+must drop and count them, and never let an exception escape ``receive_frame`` / ``handle_timer``."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import nacl.signing
+
+from node.identity import Identity
+from node.routing.courier import CourierStore, Envelope, encode_envelope
+from node.routing.mesh import MeshCore
+from node.wire import (
+    Announce,
+    FragmentPayload,
+    MessageType,
+    Packet,
+    Ping,
+    encode_announce,
+    encode_fragment,
+    encode_packet,
+    encode_ping,
+    sign_packet,
+)
+from tests.routing.test_hoparq import make_cores
+
+
+def _core(mtu: int = 1_200_000) -> MeshCore:
+    [core] = make_cores(1)
+    core.link_up("L", mtu, 0.0)
+    core.frames_to_send()
+    return core
+
+
+def _ident(rng: random.Random) -> Identity:
+    return Identity(nacl.signing.SigningKey(rng.randbytes(32)), rng.randbytes(32))
+
+
+def _announce(core: MeshCore, ident: Identity, now: float, ttl: int = 5) -> bytes:
+    ann = Announce("x", ident.noise_public, ident.signing_public, (), None, None)
+    pkt = Packet(1, MessageType.ANNOUNCE, ttl, core.wall_ms(now), ident.peer_id, None, (), encode_announce(ann))
+    return encode_packet(sign_packet(pkt, ident.signing_key))
+
+
+def _drive(core: MeshCore, until: float) -> None:
+    while (t := core.get_timer()) is not None and t <= until:
+        core.handle_timer(t)
+        core.frames_to_send()
+
+
+def test_nested_fragments_are_dropped_not_recursed_into() -> None:
+    core = _core()
+    sender = os.urandom(8)
+    now = 1.0
+    frame = encode_packet(Packet(1, MessageType.MESSAGE, 7, core.wall_ms(now), sender, None, (), b"hi"))
+    for level in range(600):  # each level claims to carry a MESSAGE but carries the fragment below it
+        frag = FragmentPayload(os.urandom(8), 0, 1, MessageType.MESSAGE, frame)
+        pkt = Packet(1, MessageType.FRAGMENT, 7, core.wall_ms(now) + level + 1, sender, None, (), encode_fragment(frag))
+        frame = encode_packet(pkt)
+    core.receive_frame("L", frame, now)
+    honest = FragmentPayload(os.urandom(8), 0, 1, MessageType.FRAGMENT, frame)  # says so: refused at once
+    core.receive_frame(
+        "L", encode_packet(Packet(1, 0x20, 7, core.wall_ms(now), sender, None, (), encode_fragment(honest))), now
+    )
+    assert core.counters.nested_fragment == 2
+    assert core.counters.contained_bugs == 0
+
+
+def test_courier_copies_saturate_at_one_byte() -> None:
+    store = CourierStore(8)
+    env = Envelope(os.urandom(8), 10_000, 255, os.urandom(200))
+    assert store.add(env, 0) and store.add(env, 0)
+    [held] = list(store)
+    assert held.copies == 255
+    for got in store.meet(os.urandom(8), 0):
+        encode_envelope(got)  # used to raise struct.error (510 copies in one byte)
+
+
+def test_courier_envelopes_with_255_copies_twice_do_not_crash_the_next_encounter() -> None:
+    core = _core()
+    now = 1.0
+    env = encode_envelope(Envelope(os.urandom(8), core.wall_ms(now) + 60_000, 255, os.urandom(200)))
+    neighbour = _ident(random.Random(3))
+    for i in range(2):
+        pkt = Packet(
+            1, MessageType.COURIER_ENVELOPE, 1, core.wall_ms(now) + i, neighbour.peer_id, core.peer_id, (), env
+        )
+        core.receive_frame("L", encode_packet(pkt), now)
+    core.receive_frame("L", _announce(core, neighbour, now, ttl=7), now)  # a direct neighbour: hands it copies
+    assert core.counters.courier_handed >= 1 and core.counters.contained_bugs == 0
+
+
+def test_a_huge_ping_gets_no_pong_and_no_crash() -> None:
+    core = _core()
+    now = 1.0
+    payload = encode_ping(Ping(os.urandom(8), 7)) + os.urandom(70_000)  # incompressible, > 64 KiB
+    pkt = Packet(2, MessageType.PING, 7, core.wall_ms(now), os.urandom(8), core.peer_id, (), payload)
+    core.receive_frame("L", encode_packet(pkt), now)
+    assert core.frames_to_send() == []
+    assert core.counters.ping_refused == 1 and core.counters.contained_bugs == 0
+
+
+def test_relaying_onto_a_tiny_mtu_link_that_needs_too_many_fragments_is_dropped_and_counted() -> None:
+    [core] = make_cores(1)
+    core.link_up("big", 1_200_000, 0.0)
+    core.link_up("tiny", 64, 0.0)
+    core.frames_to_send()
+    now = 1.0
+    pkt = Packet(2, 0x30, 5, core.wall_ms(now), os.urandom(8), None, (), os.urandom(40_000))  # unknown type: relayed
+    core.receive_frame("big", encode_packet(pkt), now)
+    _drive(core, now + 5)  # the relay leaves on its timer: used to raise EncodeError in handle_timer
+    assert core.counters.unencodable >= 1 and core.counters.contained_bugs == 0
+
+
+def test_received_public_messages_over_the_send_limit_are_dropped_and_not_relayed() -> None:
+    [core] = make_cores(1, max_public_text_chars=1000)
+    core.link_up("a", 1_200_000, 0.0)
+    core.link_up("b", 1_200_000, 0.0)
+    core.frames_to_send()
+    now = 1.0
+    sender = _ident(random.Random(4))
+    core.receive_frame("a", _announce(core, sender, now), now)
+    _drive(core, now + 1)
+    core.frames_to_send()
+    while core.next_event() is not None:
+        pass
+    text = b"A" * 1_000_000  # compresses to ~1 KB on the wire; inflates to 1 MB
+    pkt = sign_packet(
+        Packet(2, MessageType.MESSAGE, 5, core.wall_ms(now), sender.peer_id, None, (), text), sender.signing_key
+    )
+    frame = encode_packet(pkt)
+    assert len(frame) < 5000
+    core.receive_frame("a", frame, now)
+    _drive(core, now + 5)
+    assert core.next_event() is None  # never shown (nor stored by the node)
+    assert not [f for _, f in core.frames_to_send() if len(f) > 2000]  # nor relayed
+    assert core.counters.oversize == 1
+
+
+def test_a_bug_hit_by_one_frame_is_contained_and_counted() -> None:
+    core = _core()
+    now = 1.0
+
+    def boom(*_: object) -> None:
+        raise KeyError("a bug")
+
+    core.paths.on_announce = boom  # type: ignore[method-assign,assignment]
+    assert core.receive_frame("L", _announce(core, _ident(random.Random(5)), now), now) is True  # no exception
+    assert core.counters.contained_bugs == 1 and core.containment.by_cause == {"bug:KeyError": 1}
+    core.relays.pop_due = boom  # type: ignore[method-assign,assignment]
+    core.handle_timer(100.0)  # no exception; the other timer tasks still ran (the announce went out)
+    assert core.counters.contained_bugs == 2
+    assert any(f for _, f in core.frames_to_send())
+
+
+def test_ciphertexts_from_throwaway_senders_start_a_bounded_number_of_floods() -> None:
+    core = _core()
+    now = 1.0
+    for _ in range(500):  # each from a new identity, no session: each used to start a flooded handshake
+        pkt = Packet(
+            1, MessageType.NOISE_ENCRYPTED, 7, core.wall_ms(now), os.urandom(8), core.peer_id, (), os.urandom(64)
+        )
+        core.receive_frame("L", encode_packet(pkt), now)
+    handshakes = [f for _, f in core.frames_to_send() if f[1] == MessageType.NOISE_HANDSHAKE]
+    assert len(handshakes) <= 20  # the global burst
+    assert core.counters.rate_limited >= 480
+
+
+def test_far_pings_from_one_origin_get_a_bounded_number_of_pongs() -> None:
+    core = _core()
+    origin = os.urandom(8)
+    pongs = 0
+    for i in range(100):
+        now = 1.0 + i * 0.1
+        pkt = Packet(
+            1, MessageType.PING, 3, core.wall_ms(now), origin, core.peer_id, (), encode_ping(Ping(os.urandom(8), 7))
+        )
+        core.receive_frame("L", encode_packet(pkt), now)
+        pongs += sum(1 for _, f in core.frames_to_send() if f[1] == MessageType.PONG)
+    assert pongs <= 5  # burst 3 + 0.1/s over 10 s
+    assert core.counters.contained_bugs == 0
