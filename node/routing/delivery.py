@@ -38,7 +38,7 @@ from node.routing.meshbase import (
 from node.routing.peers import PeerInfo, PeerTable
 from node.routing.pending import PendingMessage, PendingSet
 from node.routing.ratelimit import OriginLimiter
-from node.routing.sessions import SessionManager
+from node.routing.sessions import SessionLimits, SessionManager
 from node.wire import (
     MalformedFrame,
     MessageType,
@@ -97,7 +97,17 @@ class PrivateDelivery:
         self.flood_limiter = flood_limiter
         self.routed_tries = ROUTED_TRIES_WITH_HOP_ARQ if hop_arq else 1
         self.sessions = SessionManager(
-            static_private=noise_private, local_peer_id=peer_id, timeout_s=settings.handshake_timeout_s
+            static_private=noise_private,
+            local_peer_id=peer_id,
+            timeout_s=settings.handshake_timeout_s,
+            limits=SessionLimits(
+                max_responders=settings.max_responder_handshakes,
+                per_peer_per_min=settings.handshakes_per_peer_per_min,
+                per_min=settings.handshakes_per_min,
+                max_sessions=settings.max_sessions,
+                idle_s=settings.session_idle_s,
+                max_peers=settings.max_peers,
+            ),
         )
         self.pending = PendingSet()
         self.seen_private: OrderedDict[str, None] = OrderedDict()
@@ -204,6 +214,7 @@ class PrivateDelivery:
             self.sessions.drop(peer_id)
             self.start_handshake(peer_id, now)
             return
+        self.sessions.touch(peer_id, now)
         links = self.host.send_directed(MessageType.NOISE_ENCRYPTED, ciphertext, peer_id, now, flood=flood, tag=tag)
         self.last_links[peer_id] = links
         self.last_links.move_to_end(peer_id)
@@ -330,6 +341,9 @@ class PrivateDelivery:
             self.counters.handshake_failed += 1
             self.early.pop(peer, None)  # the handshake is gone: so is what waited for it
             return
+        if step.refused:
+            self.counters.handshake_refused += 1
+            return
         if step.reply is not None:
             flood = arrived_flooded(pkt) and not self.host.hop_route(peer, now)
             self.host.send_directed(MessageType.NOISE_HANDSHAKE, step.reply, peer, now, flood=flood)
@@ -383,6 +397,7 @@ class PrivateDelivery:
             self.sessions.abandon_responder(peer)
             self.recovery_handshake(peer, now)
             return
+        self.sessions.touch(peer, now)
         try:
             ptype, body = decode_noise_payload_untrusted(plaintext)
             self.on_noise_payload(peer, ptype, body, pkt, now)
@@ -443,5 +458,6 @@ class PrivateDelivery:
             "session_queue_peers": (len(self.session_queue), s.max_peers),
             "early_ciphertext_peers": (len(self.early), EARLY_PEERS),
             "handshake_expiries": (len(self.handshake_expiries), s.max_peers),
+            **self.sessions.bounded_sizes(),
             "last_links": (len(self.last_links), s.max_peers),
         }
