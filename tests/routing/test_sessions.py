@@ -96,7 +96,7 @@ def test_a_forged_message_1_does_not_replace_our_handshake_in_flight() -> None:
 def test_responder_handshakes_are_bounded_and_rate_limited() -> None:
     a, _, _, _, lim = _ordered_pair()
     refused = 0
-    for i in range(100):  # message 1 from 100 throwaway identities at once
+    for _ in range(100):  # message 1 from 100 throwaway identities at once
         step = a.on_message_untrusted(os.urandom(8), XXHandshake.initiator_for(os.urandom(32)).write(), 0.0, None)
         refused += step.refused
     assert a.bounded_sizes()["responder_handshakes"] == (lim.max_responders, lim.max_responders)
