@@ -147,7 +147,12 @@ class MeshCore:
         self.counters = MeshCounters()
         self.peers = PeerTable(s.max_peers)
         self.dedupe = DedupeCache(ttl_s=s.dedupe_ttl_s, max_entries=s.dedupe_max_entries)
-        self.reassembler = Reassembler(self.limits)
+        self.reassembler = Reassembler(
+            self.limits,
+            max_per_peer=s.fragment_max_assemblies_per_peer,
+            max_bytes_per_peer=s.fragment_max_bytes_per_peer,
+            max_bytes=s.fragment_max_bytes,
+        )
         self.paths = PathTable(self.peer_id, path_ttl_s=s.path_ttl_s, max_hops=s.default_ttl, max_entries=s.max_peers)
         self.relays = RelayQueue(s.relay_queue_max, s.relay_queue_max_bytes)
         self.couriers = CourierStore(s.courier_max_envelopes)
@@ -228,6 +233,32 @@ class MeshCore:
     @property
     def pending(self) -> PendingSet:
         return self.delivery.pending
+
+    def bounded_sizes(self) -> dict[str, tuple[int, int]]:
+        """Every structure remote input can grow: name -> (current size, bound). Entries unless the name ends in
+        ``_bytes``. For invariant checks (the adversarial tests) and diagnostics; each bound is a config key or a
+        documented constant of the component that owns the structure."""
+        s, lim = self.settings, self.limits
+        r = self.reassembler
+        sizes = {
+            "peers": (len(self.peers), s.max_peers),
+            "dedupe": (len(self.dedupe), s.dedupe_max_entries),
+            "raw_seen": (len(self._raw_seen), s.dedupe_max_entries),
+            "paths_origins": (self.paths.origins(), s.max_peers),
+            "reassembly_sets": (len(r), lim.fragment_max_assemblies),
+            "reassembly_bytes": (r.bytes, s.fragment_max_bytes),
+            "relay_queue": (len(self.relays), s.relay_queue_max),
+            "relay_queue_bytes": (self.relays.queued_bytes, s.relay_queue_max_bytes),
+            "courier_envelopes": (len(self.couriers), s.courier_max_envelopes),
+            "hop_arq": (len(self.hoparq), self.hoparq.max_entries),
+            "hop_arq_bytes": (self.hoparq.queued_bytes, self.hoparq.max_bytes),
+            **self.app.bounded_sizes(),
+            **self.flood_limiter.bounded_sizes("flood_limit_origins"),
+            **self.delivery.bounded_sizes(),
+            **self.announce_relays.bounded_sizes(),
+            **self.pings.bounded_sizes(),
+        }
+        return sizes
 
     # ---------------------------------------------------------------- time
     def wall_ms(self, now: float) -> int:
@@ -506,6 +537,9 @@ class MeshCore:
         ):
             self.counters.key_mismatch += 1  # keys are pinned at first sight
             return None
+        if known is not None and pkt.timestamp_ms < known.left_ms:
+            self.counters.leave_replayed += 1  # an announce older than the peer's leave: a replay, not a return
+            return None
         hops = max(1, MAX_TTL - min(pkt.ttl, MAX_TTL) + 1)
         newly_bound = direct and self.paths.peer_on_link(link_id) != pkt.sender_id
         if direct and not self.paths.bind(pkt.sender_id, link_id, now):
@@ -526,6 +560,7 @@ class MeshCore:
                 link_id=link_id if direct else None,
                 hops=hops,
                 capabilities=ann.capabilities,
+                announced_ms=pkt.timestamp_ms,
             )
             self.peers.upsert(info)
         if direct and newly_bound:
@@ -539,6 +574,7 @@ class MeshCore:
             self.schedule.settle_soon(now)
         if known is not None:
             info = known
+            info.announced_ms = max(info.announced_ms, pkt.timestamp_ms)
             was_gone = info.left or not self.is_reachable(info, now)
             info.nickname, info.last_seen, info.hops, info.left = ann.nickname, now, hops, False
             info.capabilities = ann.capabilities
@@ -788,7 +824,12 @@ class MeshCore:
         info = self._verified(pkt, wire)
         if info is None:
             return False  # unsigned or unverifiable leaves are neither believed nor relayed
-        info.left = True
+        if pkt.timestamp_ms <= info.left_ms or pkt.timestamp_ms < info.announced_ms:
+            # Not newer than its last leave, or older than its newest announce: a replay (the dedupe cache may have
+            # been flooded since; the clock window alone admits it for 120 s).
+            self.counters.leave_replayed += 1
+            return False
+        info.left, info.left_ms = True, pkt.timestamp_ms
         self.delivery.peer_left(info.peer_id)
         self.paths.forget_peer(info.peer_id)
         self._events.append(PeerLeft(info.peer_id, info.nickname))

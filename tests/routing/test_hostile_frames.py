@@ -180,3 +180,51 @@ def test_far_pings_from_one_origin_get_a_bounded_number_of_pongs() -> None:
         pongs += sum(1 for _, f in core.frames_to_send() if f[1] == MessageType.PONG)
     assert pongs <= 5  # burst 3 + 0.1/s over 10 s
     assert core.counters.contained_bugs == 0
+
+
+def _signed(core: MeshCore, ident: Identity, msg_type: int, now: float, payload: bytes = b"") -> bytes:
+    pkt = Packet(1, msg_type, 7, core.wall_ms(now), ident.peer_id, None, (), payload)
+    return encode_packet(sign_packet(pkt, ident.signing_key))
+
+
+def test_an_old_leave_replayed_after_the_dedupe_cache_is_flooded_is_refused() -> None:
+    core = _core()
+    peer = _ident(random.Random(6))
+    core.receive_frame("L", _announce(core, peer, 1.0), 1.0)
+    leave = _signed(core, peer, MessageType.LEAVE, 2.0)
+    core.receive_frame("L", leave, 2.0)
+    info = core.peers.get(peer.peer_id)
+    assert info is not None and info.left
+    core.receive_frame("L", _announce(core, peer, 10.0), 10.0)  # it came back
+    assert not info.left
+    for _ in range(1100):  # flood the 1,000-entry dedupe cache with junk it remembers
+        junk = Packet(1, 0x30, 3, core.wall_ms(11.0), os.urandom(8), None, (), os.urandom(16))
+        core.receive_frame("L", encode_packet(junk), 11.0)
+    assert core.receive_frame("L", leave, 20.0)  # within the 120 s clock window, no longer in the dedupe cache
+    assert not info.left and core.counters.leave_replayed == 1
+    old_announce = _announce(core, peer, 1.5)  # and an announce from before its leave does not resurrect it
+    core.receive_frame("L", _signed(core, peer, MessageType.LEAVE, 30.0), 30.0)
+    assert info.left
+    core.receive_frame("L", old_announce, 31.0)
+    assert info.left and core.counters.leave_replayed == 2
+
+
+def test_one_peer_cannot_evict_anothers_reassembly_nor_hold_more_than_its_bytes() -> None:
+    core = _core()
+    s = core.settings
+    now = 1.0
+    victim, attacker = os.urandom(8), os.urandom(8)
+
+    def fragment(sender: bytes, fid: bytes, index: int, total: int, chunk: bytes) -> bytes:
+        frag = FragmentPayload(fid, index, total, MessageType.MESSAGE, chunk)
+        return encode_packet(Packet(1, 0x20, 7, core.wall_ms(now), sender, None, (), encode_fragment(frag)))
+
+    whole = encode_packet(Packet(1, 0x30, 7, core.wall_ms(now), victim, None, (), b"the victim's frame"))
+    core.receive_frame("L", fragment(victim, b"V" * 8, 0, 2, whole[:10]), now)
+    for i in range(300):  # more sets than the global bound (128), each with a chunk of 60 KB
+        core.receive_frame("L", fragment(attacker, i.to_bytes(8, "big"), 0, 2, os.urandom(60_000)), now)
+    sizes = core.bounded_sizes()
+    assert sizes["reassembly_bytes"][0] <= s.fragment_max_bytes_per_peer + 100
+    assert core.reassembler.peer_count() == 2  # the attacker's own sets went, the victim's stayed
+    core.receive_frame("L", fragment(victim, b"V" * 8, 1, 2, whole[10:]), now)
+    assert core.counters.fragments_reassembled == 1
