@@ -37,6 +37,7 @@ from node.routing.meshbase import (
 )
 from node.routing.peers import PeerInfo, PeerTable
 from node.routing.pending import PendingMessage, PendingSet
+from node.routing.pins import decode_peer_state_signing_key_untrusted
 from node.routing.ratelimit import OriginLimiter
 from node.routing.sessions import SessionLimits, SessionManager
 from node.wire import (
@@ -63,6 +64,10 @@ class DeliveryHost(Protocol):
     def peer_expiry_for(self, info: PeerInfo) -> float: ...
 
     def seal_for_couriers(self, p: PendingMessage, now: float) -> None: ...
+
+    def session_established(self, peer_id: bytes, now: float) -> None: ...
+
+    def peer_state(self, peer_id: bytes, signing_public_key: bytes, now: float) -> None: ...
 
 
 class PrivateDelivery:
@@ -348,6 +353,7 @@ class PrivateDelivery:
             flood = arrived_flooded(pkt) and not self.host.hop_route(peer, now)
             self.host.send_directed(MessageType.NOISE_HANDSHAKE, step.reply, peer, now, flood=flood)
         if step.established:
+            self.host.session_established(peer, now)
             self.handshake_expiries.pop(peer, None)
             for early in self.early.pop(peer, ()):
                 self.on_encrypted(early, now)
@@ -448,7 +454,11 @@ class PrivateDelivery:
                 self.send_encrypted(peer, app_event, now, queue=True)
             elif app_event is not None:
                 self.events.append(app_event)
-        # read receipts, authenticated peer state and optional types are accepted and ignored
+        elif ptype == NoisePayloadType.AUTHENTICATED_PEER_STATE and self.sessions.session(peer) is not None:
+            signing_key = decode_peer_state_signing_key_untrusted(body)  # (in a session: the Noise key is proven)
+            if signing_key is not None:
+                self.host.peer_state(peer, signing_key, now)
+        # read receipts and optional types are accepted and ignored
 
     def bounded_sizes(self) -> dict[str, tuple[int, int]]:
         s = self.settings

@@ -100,6 +100,7 @@ from node.routing.paths import PathTable, Route
 from node.routing.peers import PeerInfo, PeerTable
 from node.routing.pending import PendingMessage, PendingSet
 from node.routing.pinging import PingTracker
+from node.routing.pins import Pin, PinStore, encode_peer_state
 from node.routing.ratelimit import OriginLimiter
 from node.routing.relay import TTL_OFFSET, RelayQueue
 from node.routing.sessions import SessionManager
@@ -107,6 +108,7 @@ from node.wire import (
     Announce,
     MalformedFrame,
     MessageType,
+    NoisePayloadType,
     Packet,
     Ping,
     Reassembler,
@@ -116,6 +118,7 @@ from node.wire import (
     decode_packet_untrusted,
     decode_ping_untrusted,
     encode_announce,
+    encode_noise_payload,
     encode_ping,
     is_broadcast,
     sign_packet,
@@ -140,12 +143,15 @@ class MeshCore:
     decode_announce: Callable[[bytes], Announce] = decode_announce_untrusted
     # Seal held messages after courier_after_s even with courier_copies = 0, for a mailbox (EnvelopeSealed events).
     seal_for_mailbox: bool = False
+    # Identity pins the node persisted (node.routing.pins): bindings proven by handshakes in earlier runs.
+    initial_pins: tuple[Pin, ...] = ()
 
     def __post_init__(self) -> None:
         s = self.settings
         self.peer_id = self.identity.peer_id
         self.counters = MeshCounters()
         self.peers = PeerTable(s.max_peers)
+        self.pins = PinStore(s.max_pins, self.initial_pins)
         self.dedupe = DedupeCache(ttl_s=s.dedupe_ttl_s, max_entries=s.dedupe_max_entries)
         self.reassembler = Reassembler(
             self.limits,
@@ -257,6 +263,7 @@ class MeshCore:
             **self.delivery.bounded_sizes(),
             **self.announce_relays.bounded_sizes(),
             **self.pings.bounded_sizes(),
+            **self.pins.bounded_sizes(),
         }
         return sizes
 
@@ -381,6 +388,39 @@ class MeshCore:
 
     def hop_route(self, peer_id: bytes, now: float) -> bool:
         return self.output.hop_route(peer_id, now)
+
+    def session_established(self, peer_id: bytes, now: float) -> None:
+        """Tell an AIVillage peer our signing key inside the new session (authenticatedPeerState), so it can pin
+        us (node.routing.pins). Phones get none from us (they send theirs, which we take)."""
+        if self.output.neighbour_with_info(peer_id, SETTLED_ANNOUNCE_CAPABILITY):
+            caps = (HOP_ACK_CAPABILITY if self.hop_arq else 0) | SETTLED_ANNOUNCE_CAPABILITY
+            body = encode_peer_state(self.identity.signing_public, caps)
+            plaintext = encode_noise_payload(NoisePayloadType.AUTHENTICATED_PEER_STATE, body)
+            self.delivery.send_encrypted(peer_id, plaintext, now, queue=False)
+
+    def peer_state(self, peer_id: bytes, signing_public_key: bytes, now: float) -> None:
+        """``peer_id`` told us its signing key inside a Noise session: its Noise key is proven, so the binding is
+        pinned durably; an unproven binding in the peer table is replaced by it."""
+        session = self.sessions.session(peer_id)
+        if session is None:
+            return
+        pin = Pin(peer_id, session.remote_static, signing_public_key)
+        outcome = self.pins.confirm(pin)
+        if outcome == "conflict":
+            self.counters.pin_conflict += 1  # pinned to other keys: kept until the user forgets the pin
+            return
+        self.counters.pins_added += outcome == "new"
+        info = self.peers.get(peer_id)
+        if info is not None and (info.noise_public_key, info.signing_public_key) != (
+            pin.noise_public_key,
+            pin.signing_public_key,
+        ):
+            self.counters.pin_conflict += 1  # someone announced this peer ID with other keys before the proof
+            info.noise_public_key, info.signing_public_key = pin.noise_public_key, pin.signing_public_key
+
+    def forget_pin(self, peer_id: bytes) -> bool:
+        """The user resets a pin (``village peers forget``): the next proven binding is pinned anew."""
+        return self.pins.forget(peer_id)
 
     def path_to(self, peer_id: bytes, now: float) -> tuple[list[str], Route | None]:
         return self.output.path_to(peer_id, now)
@@ -531,12 +571,18 @@ class MeshCore:
         if direct and bound is not None and bound != ann.signing_public_key:
             self.counters.binding_mismatch += 1  # the link's authenticated identity is someone else
             return None
+        if self.pins.conflicts(pkt.sender_id, ann.noise_public_key, ann.signing_public_key):
+            self.counters.pin_conflict += 1  # a handshake proved other keys for this peer ID (node.routing.pins)
+            return None
         known = self.peers.get(pkt.sender_id)
         if known is not None and (
             known.noise_public_key != ann.noise_public_key or known.signing_public_key != ann.signing_public_key
         ):
-            self.counters.key_mismatch += 1  # keys are pinned at first sight
-            return None
+            if self.pins.get(pkt.sender_id) is None:
+                self.counters.key_mismatch += 1  # unproven keys are pinned at first sight, as BitChat does
+                return None
+            # The table held an unproven binding and this announce carries the proven (pinned) keys: they win.
+            known.noise_public_key, known.signing_public_key = ann.noise_public_key, ann.signing_public_key
         if known is not None and pkt.timestamp_ms < known.left_ms:
             self.counters.leave_replayed += 1  # an announce older than the peer's leave: a replay, not a return
             return None

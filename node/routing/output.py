@@ -162,6 +162,11 @@ class LinkOutput:
             return None
         return peer
 
+    def neighbour_with_info(self, peer_id: bytes, capability: int) -> bool:
+        """Whether ``peer_id``'s announce (any, not only a neighbour's) carries the ``capability`` bit."""
+        info = self.peers.get(peer_id)
+        return info is not None and bool((info.capabilities or 0) & capability)
+
     def ack_neighbour(self, link_id: str) -> bytes | None:
         """The peer bound to ``link_id`` if it announced the hop-ack capability (and we use hop acks)."""
         return self.neighbour_with(link_id, HOP_ACK_CAPABILITY) if self.hop_arq else None

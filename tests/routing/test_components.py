@@ -153,6 +153,12 @@ class _Host:
     def seal_for_couriers(self, p: PendingMessage, now: float) -> None:
         raise AssertionError("not expected here")
 
+    def session_established(self, peer_id: bytes, now: float) -> None:
+        pass
+
+    def peer_state(self, peer_id: bytes, signing_public_key: bytes, now: float) -> None:
+        pass
+
 
 def _delivery(ident: Identity, other: Identity) -> tuple[PrivateDelivery, _Host, deque[MeshEvent]]:
     host = _Host(ident.peer_id)
