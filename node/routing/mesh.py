@@ -43,10 +43,15 @@ their state, bounds and timers, and :meth:`MeshCore.get_timer` is the earliest o
 
 * :class:`~node.routing.output.LinkOutput`: links, the outgoing queue, fragmenting, directed sends, hop ARQ;
 * :class:`~node.routing.delivery.PrivateDelivery`: Noise sessions, pending private messages, receipts;
-* :class:`~node.routing.announcing.AnnounceSchedule` / :class:`~node.routing.announcing.AnnounceRelays`: our own
-  announces, and which announces we pass on;
-* :class:`~node.routing.pinging.PingTracker`: link probes and the loss they measure;
-* the tables: peers, paths, dedupe, reassembly, relay queue, courier store, app channel.
+* :class:`~node.routing.presence.Presence`: announces sent and checked, pings, identity pins, with
+  :class:`~node.routing.announcing.AnnounceSchedule` (our announces' timers),
+  :class:`~node.routing.announcing.AnnounceRelays` (which announces we pass on),
+  :class:`~node.routing.pinging.PingTracker` (link probes) and :class:`~node.routing.pins.PinStore`;
+* :class:`~node.routing.forwarding.Forwarder`: relaying; :class:`~node.routing.couriering.CourierDesk`: envelopes;
+* :class:`~node.routing.containment.Containment`: a failure in one frame or timer task ends it only (counted);
+* the tables: peers, paths, dedupe, reassembly, relay queue, courier store, app channel, flood limiter.
+
+Every structure remote input can grow is bounded; :meth:`MeshCore.bounded_sizes` reports each (current, bound).
 
 :class:`MeshCore` itself parses what arrives, dispatches it, relays it, and is the one public object.
 """
@@ -62,7 +67,7 @@ from dataclasses import dataclass, field
 
 from node.config import MeshSection
 from node.errors import MeshError
-from node.identity import Identity, peer_id_from_noise_key
+from node.identity import Identity
 from node.routing.announcing import AnnounceRelays, AnnounceSchedule
 from node.routing.app import AppChannel
 from node.routing.containment import Containment
@@ -83,24 +88,21 @@ from node.routing.events import (
     PrivateFailed,
 )
 from node.routing.forwarding import Forwarder
-from node.routing.hoparq import ACK_DIGEST_BYTES, HOP_ACK_CAPABILITY, HopArqTable, HopEntry
+from node.routing.hoparq import ACK_DIGEST_BYTES, HopArqTable, HopEntry
 from node.routing.meshbase import (
-    FAR_EXPIRY_PER_RELAY_INTERVAL,
-    FRESH_LINK_S,
     MAX_TTL,
-    PING_MAX_PAYLOAD_BYTES,
     RTT_SMOOTHING,
     SETTLED_ANNOUNCE_CAPABILITY,
     hops_travelled,
     public_message_id,
-    smoothed,
 )
 from node.routing.output import LinkOutput, LinkState
 from node.routing.paths import PathTable, Route
 from node.routing.peers import PeerInfo, PeerTable
 from node.routing.pending import PendingMessage, PendingSet
 from node.routing.pinging import PingTracker
-from node.routing.pins import Pin, PinStore, encode_peer_state
+from node.routing.pins import Pin, PinStore
+from node.routing.presence import Presence
 from node.routing.ratelimit import OriginLimiter
 from node.routing.relay import TTL_OFFSET, RelayQueue
 from node.routing.sessions import SessionManager
@@ -108,18 +110,12 @@ from node.wire import (
     Announce,
     MalformedFrame,
     MessageType,
-    NoisePayloadType,
     Packet,
-    Ping,
     Reassembler,
     WireLimits,
     decode_announce_untrusted,
     decode_fragment_untrusted,
     decode_packet_untrusted,
-    decode_ping_untrusted,
-    encode_announce,
-    encode_noise_payload,
-    encode_ping,
     is_broadcast,
     sign_packet,
     verify_wire_signature,
@@ -206,7 +202,7 @@ class MeshCore:
             output=self.output, paths=self.paths, relays=self.relays, counters=self.counters, rng=self.rng
         )
         self.containment = Containment(self.counters)
-        self.courier_desk = CourierDesk(
+        self.courier_desk = desk = CourierDesk(
             identity=self.identity,
             settings=s,
             output=self.output,
@@ -217,6 +213,28 @@ class MeshCore:
             counters=self.counters,
             events=self._events,
             seal_for_mailbox=self.seal_for_mailbox,
+        )
+        self.presence = Presence(
+            identity=self.identity,
+            nickname=self.nickname,
+            settings=s,
+            limits=self.limits,
+            rng=self.rng,
+            output=self.output,
+            peers=self.peers,
+            paths=self.paths,
+            pins=self.pins,
+            pings=self.pings,
+            schedule=self.schedule,
+            announce_relays=self.announce_relays,
+            couriers=self.couriers,
+            courier_desk=desk,
+            delivery=self.delivery,
+            flood_limiter=self.flood_limiter,
+            counters=self.counters,
+            events=self._events,
+            verify=self.verify,
+            decode_announce=self.decode_announce,
         )
 
     # ---------------------------------------------------------------- component views (public API)
@@ -312,12 +330,12 @@ class MeshCore:
         periodic, answers = self.schedule.on_timer(now)
         if periodic:
             try:
-                self._announce_all(now)
+                self.presence.announce_all(now)
             finally:
                 if self.schedule.next_announce is not None and self.schedule.next_announce <= now:
                     self.schedule.schedule(now, len(self.links))  # it failed: the next one is still scheduled
         for link_id in answers:
-            self._send_announce([link_id], now)
+            self.presence.send_announce([link_id], now)
 
     def _timer_relays(self, now: float) -> None:
         failed: Exception | None = None
@@ -389,35 +407,6 @@ class MeshCore:
     def hop_route(self, peer_id: bytes, now: float) -> bool:
         return self.output.hop_route(peer_id, now)
 
-    def session_established(self, peer_id: bytes, now: float) -> None:
-        """Tell an AIVillage peer our signing key inside the new session (authenticatedPeerState), so it can pin
-        us (node.routing.pins). Phones get none from us (they send theirs, which we take)."""
-        if self.output.neighbour_with_info(peer_id, SETTLED_ANNOUNCE_CAPABILITY):
-            caps = (HOP_ACK_CAPABILITY if self.hop_arq else 0) | SETTLED_ANNOUNCE_CAPABILITY
-            body = encode_peer_state(self.identity.signing_public, caps)
-            plaintext = encode_noise_payload(NoisePayloadType.AUTHENTICATED_PEER_STATE, body)
-            self.delivery.send_encrypted(peer_id, plaintext, now, queue=False)
-
-    def peer_state(self, peer_id: bytes, signing_public_key: bytes, now: float) -> None:
-        """``peer_id`` told us its signing key inside a Noise session: its Noise key is proven, so the binding is
-        pinned durably; an unproven binding in the peer table is replaced by it."""
-        session = self.sessions.session(peer_id)
-        if session is None:
-            return
-        pin = Pin(peer_id, session.remote_static, signing_public_key)
-        outcome = self.pins.confirm(pin)
-        if outcome == "conflict":
-            self.counters.pin_conflict += 1  # pinned to other keys: kept until the user forgets the pin
-            return
-        self.counters.pins_added += outcome == "new"
-        info = self.peers.get(peer_id)
-        if info is not None and (info.noise_public_key, info.signing_public_key) != (
-            pin.noise_public_key,
-            pin.signing_public_key,
-        ):
-            self.counters.pin_conflict += 1  # someone announced this peer ID with other keys before the proof
-            info.noise_public_key, info.signing_public_key = pin.noise_public_key, pin.signing_public_key
-
     def forget_pin(self, peer_id: bytes) -> bool:
         """The user resets a pin (``village peers forget``): the next proven binding is pinned anew."""
         return self.pins.forget(peer_id)
@@ -425,213 +414,34 @@ class MeshCore:
     def path_to(self, peer_id: bytes, now: float) -> tuple[list[str], Route | None]:
         return self.output.path_to(peer_id, now)
 
-    # ---------------------------------------------------------------- announce relaying and peer expiry
+    # ---------------------------------------------------------------- presence (node.routing.presence)
+    def session_established(self, peer_id: bytes, now: float) -> None:
+        self.presence.session_established(peer_id, now)
+
+    def peer_state(self, peer_id: bytes, signing_public_key: bytes, now: float) -> None:
+        self.presence.peer_state(peer_id, signing_public_key, now)
+
     def announce_relay_interval_s(self) -> float:
-        """How long we wait before relaying another unchanged announce from the same peer: BitChat-like
-        (``announce_relay_min_interval_s``) in a small mesh, stretching with the number of peers heard of so
-        that this node relays about ``announce_relay_per_s`` announces a second however large the mesh is."""
-        s = self.settings
-        stretched = min(len(self.peers) / s.announce_relay_per_s, s.announce_relay_max_interval_s)
-        return max(s.announce_relay_min_interval_s, stretched)
+        return self.presence.announce_relay_interval_s()
 
     def far_expiry_s(self) -> float:
-        """Lifetime of what a relayed announce taught us (paths, a far peer's reachability): several relay
-        intervals, so one lost refresh does not make a far peer vanish."""
-        return max(self.settings.path_ttl_s, FAR_EXPIRY_PER_RELAY_INTERVAL * self.announce_relay_interval_s())
+        return self.presence.far_expiry_s()
 
     def peer_expiry_for(self, info: PeerInfo) -> float:
-        """Seconds of silence after which ``info`` is shown as gone: ``peer_expiry_s`` for a neighbour, longer
-        for a far peer whose announces reach us only every relay interval."""
-        if info.link_id is not None or info.hops <= 1:
-            return self.settings.peer_expiry_s
-        return max(self.settings.peer_expiry_s, self.far_expiry_s())
+        return self.presence.peer_expiry_for(info)
 
     def is_reachable(self, info: PeerInfo, now: float) -> bool:
-        return info.reachable(now, self.peer_expiry_for(info))
+        return self.presence.is_reachable(info, now)
 
     def lossy_neighbourhood(self) -> bool:
         return self.pings.lossy()
 
-    def _announce_relay(self, link_id: str, pkt: Packet, ann: Announce, now: float) -> str:
-        """How far to pass on an accepted announce: ``"all"`` links, ``"phones"`` only (links to neighbours
-        without SETTLED_ANNOUNCE_CAPABILITY: BitChat phones, which expect every announce, as BitChat relays
-        everything; see :meth:`AnnounceRelays.decide`), or ``"fresh"`` (nowhere): an AIVillage neighbour's
-        announce on a link younger than FRESH_LINK_S is its link-up announce or its answer to ours, sent before
-        it had heard its other neighbours (a phone's is passed on: phones send no settled announce). The neighbour
-        announces again on every link SETTLE_ANNOUNCE_S after a link comes up, naming its neighbours; that one goes
-        out (one flood per node at start-up, not one per neighbour list it went through)."""
-        link = self.links.get(link_id)
-        if (
-            pkt.ttl >= MAX_TTL
-            and link is not None
-            and now - link.up_since < FRESH_LINK_S
-            and (ann.capabilities or 0) & SETTLED_ANNOUNCE_CAPABILITY
-        ):
-            return "fresh"
-        interval = self.announce_relay_interval_s()
-        early = self.settings.announce_relay_min_interval_s if self.lossy_neighbourhood() else interval
-        return self.announce_relays.decide(pkt.sender_id, pkt.payload, now, interval_s=interval, early_interval_s=early)
-
-    # ---------------------------------------------------------------- our announces, pings and leave
     def announce_packet(self, now: float) -> Packet:
-        ann = Announce(
-            nickname=self.nickname,
-            noise_public_key=self.identity.noise_public,
-            signing_public_key=self.identity.signing_public,
-            neighbours=self._direct_neighbours(),
-            # BitChat ignores bits it does not know
-            capabilities=(HOP_ACK_CAPABILITY if self.hop_arq else 0) | SETTLED_ANNOUNCE_CAPABILITY,
-            geohash=None,
-        )
-        packet = self.output.packet(MessageType.ANNOUNCE, encode_announce(ann), now)
-        return sign_packet(packet, self.identity.signing_key)
-
-    def _direct_neighbours(self) -> tuple[bytes, ...]:
-        direct = [p for p in (self.paths.peer_on_link(lid) for lid in self.links) if p is not None]
-        return tuple(dict.fromkeys(direct))[-10:]  # BitChat carries at most 10 neighbour IDs
-
-    def _send_announce(self, link_ids: list[str], now: float) -> None:
-        self.output.emit(link_ids, self.announce_packet(now))
-        self.schedule.announced(link_ids, now)
-
-    def _announce_all(self, now: float) -> None:
-        if self.links:
-            self._send_announce(list(self.links), now)
-        for link_id in list(self.links):
-            peer = self.paths.peer_on_link(link_id)
-            if peer is not None:
-                self._ping(peer, link_id, now)
-        self.schedule.schedule(now, len(self.links))
-
-    def _ping(self, peer_id: bytes, link_id: str, now: float) -> None:
-        """A directed BitChat ping (BF/MeshPingPayload.swift) on one link; the pong gives the link's round-trip
-        time, a missing pong counts towards its loss estimate."""
-        nonce = self.rng.getrandbits(64).to_bytes(8, "big")
-        self.pings.sent_ping(nonce, peer_id, link_id, now)
-        payload = encode_ping(Ping(nonce, self.settings.default_ttl))
-        self.output.emit([link_id], self.output.packet(MessageType.PING, payload, now, peer_id))
-
-    def _on_pong(self, pkt: Packet, now: float) -> None:
-        try:
-            pong = decode_ping_untrusted(pkt.payload)
-        except MalformedFrame:
-            self.counters.malformed += 1
-            return
-        answered = self.pings.on_pong(pong.nonce, pkt.sender_id, now)
-        if answered is None:
-            return
-        link_id, sample = answered
-        info = self.peers.get(pkt.sender_id)
-        if info is not None:
-            info.rtt_s = smoothed(info.rtt_s, sample)
-        stats = self.paths.links.get(link_id)
-        if stats is not None:
-            stats.rtt_s = smoothed(stats.rtt_s, sample)
-            stats.loss *= 1 - RTT_SMOOTHING
-
-    def _on_ping(self, link_id: str, pkt: Packet, now: float) -> None:
-        if len(pkt.payload) > PING_MAX_PAYLOAD_BYTES:
-            self.counters.ping_refused += 1  # a pong echoes the payload: never amplify (or fail to encode) a blob
-            return
-        if pkt.ttl >= MAX_TTL or self.paths.peer_on_link(link_id) == pkt.sender_id:
-            # A neighbour's link probe (it came straight from its sender): answer on that link, even before the
-            # neighbour's announce has bound the link (else the pong would flood the mesh).
-            self.counters.pings_answered += 1
-            self.output.emit([link_id], self.output.packet(MessageType.PONG, pkt.payload, now, pkt.sender_id))
-        elif self.flood_limiter.allow(pkt.sender_id, now):  # the pong may flood: bounded per origin and in total
-            self.counters.pings_answered += 1
-            self.output.send_directed(MessageType.PONG, pkt.payload, pkt.sender_id, now)
-        else:
-            self.counters.ping_refused += 1
-            self.counters.rate_limited += 1
+        return self.presence.announce_packet(now)
 
     def leave(self, now: float) -> None:
         """Queue a signed leave on every link (call before shutting down)."""
-        pkt = sign_packet(self.output.packet(MessageType.LEAVE, b"", now), self.identity.signing_key)
-        self.output.emit(list(self.links), pkt)
-
-    def _on_announce(self, link_id: str, pkt: Packet, wire: bytes, now: float) -> Announce | None:
-        """The announce if it is authentic and accepted (None: dropped and counted; never relayed)."""
-        try:
-            ann = self.decode_announce(pkt.payload)
-        except MalformedFrame:
-            self.counters.malformed += 1
-            return None
-        if peer_id_from_noise_key(ann.noise_public_key) != pkt.sender_id:
-            self.counters.key_mismatch += 1
-            return None
-        if self.wall_ms(now) - pkt.timestamp_ms > self.settings.announce_max_age_s * 1000:
-            self.counters.stale += 1
-            return None
-        if not self.verify(wire, ann.signing_public_key, self.limits):
-            self.counters.bad_signature += 1
-            return None
-        direct = pkt.ttl >= MAX_TTL and link_id in self.links
-        bound = self.links[link_id].bound_key if link_id in self.links else None
-        if direct and bound is not None and bound != ann.signing_public_key:
-            self.counters.binding_mismatch += 1  # the link's authenticated identity is someone else
-            return None
-        if self.pins.conflicts(pkt.sender_id, ann.noise_public_key, ann.signing_public_key):
-            self.counters.pin_conflict += 1  # a handshake proved other keys for this peer ID (node.routing.pins)
-            return None
-        known = self.peers.get(pkt.sender_id)
-        if known is not None and (
-            known.noise_public_key != ann.noise_public_key or known.signing_public_key != ann.signing_public_key
-        ):
-            if self.pins.get(pkt.sender_id) is None:
-                self.counters.key_mismatch += 1  # unproven keys are pinned at first sight, as BitChat does
-                return None
-            # The table held an unproven binding and this announce carries the proven (pinned) keys: they win.
-            known.noise_public_key, known.signing_public_key = ann.noise_public_key, ann.signing_public_key
-        if known is not None and pkt.timestamp_ms < known.left_ms:
-            self.counters.leave_replayed += 1  # an announce older than the peer's leave: a replay, not a return
-            return None
-        hops = max(1, MAX_TTL - min(pkt.ttl, MAX_TTL) + 1)
-        newly_bound = direct and self.paths.peer_on_link(link_id) != pkt.sender_id
-        if direct and not self.paths.bind(pkt.sender_id, link_id, now):
-            self.counters.binding_mismatch += 1  # another peer holds this link: take the announce as relayed
-            direct = False
-        if direct and len(self.couriers):
-            self.courier_desk.meet(pkt.sender_id, link_id, now)
-        self.paths.path_ttl_s = self.far_expiry_s()  # stretches with the announce relay interval
-        self.paths.on_announce(pkt.sender_id, ann.neighbours, link_id, hops, pkt.timestamp_ms, now)
-        if known is None:
-            info = PeerInfo(
-                peer_id=pkt.sender_id,
-                noise_public_key=ann.noise_public_key,
-                signing_public_key=ann.signing_public_key,
-                nickname=ann.nickname,
-                first_seen=now,
-                last_seen=now,
-                link_id=link_id if direct else None,
-                hops=hops,
-                capabilities=ann.capabilities,
-                announced_ms=pkt.timestamp_ms,
-            )
-            self.peers.upsert(info)
-        if direct and newly_bound:
-            # Answer a neighbour's first announce on a link once, so it learns us even if our link-up announce was
-            # lost, and so that far nodes hear of us with this neighbour listed (link-up announces, sent before
-            # anyone was bound, are not relayed). Only a neighbour's: answering every far peer heard through
-            # relays floods the mesh n² times.
-            if self.schedule.answer_now(link_id, now):
-                self._send_announce([link_id], now)
-            self._ping(pkt.sender_id, link_id, now)
-            self.schedule.settle_soon(now)
-        if known is not None:
-            info = known
-            info.announced_ms = max(info.announced_ms, pkt.timestamp_ms)
-            was_gone = info.left or not self.is_reachable(info, now)
-            info.nickname, info.last_seen, info.hops, info.left = ann.nickname, now, hops, False
-            info.capabilities = ann.capabilities
-            if direct:
-                info.link_id = link_id
-            self.peers.touch(info.peer_id, now)
-            if not was_gone:
-                return ann
-        self._events.append(PeerAnnounced(info.peer_id, info.nickname, known is None, info.link_id))
-        self.delivery.wake(info.peer_id, now)  # messages waiting for this peer go now
-        return ann
+        self.presence.leave(now)
 
     # ---------------------------------------------------------------- links
     def link_up(
@@ -646,7 +456,7 @@ class MeshCore:
         """A link came up. ``cost_weight`` is the transport's preference in path costs (lower is preferred)."""
         self.output.link_up(link_id, mtu, now, authenticated_signing_key)
         self.paths.link_up(link_id, cost_weight)
-        self._send_announce([link_id], now)  # (a settled announce follows once its announce binds the link)
+        self.presence.send_announce([link_id], now)  # (a settled announce follows once its announce binds the link)
         if self.schedule.next_announce is None:
             self.schedule.schedule(now, len(self.links))
 
@@ -773,10 +583,10 @@ class MeshCore:
             if broadcast or for_us:
                 authentic = self._on_fragment(link_id, pkt, now)
         elif t == MessageType.ANNOUNCE:
-            ann = self._on_announce(link_id, pkt, wire, now)
+            ann = self.presence.on_announce(link_id, pkt, wire, now)
             authentic = ann is not None
             if ann is not None and relay and not self._flood and pkt.ttl > 1:
-                how = self._announce_relay(link_id, pkt, ann, now)
+                how = self.presence.announce_relay(link_id, pkt, ann, now)
                 if how != "all":
                     self.counters.announce_relay_suppressed += 1
                 if how == "fresh":
@@ -800,9 +610,9 @@ class MeshCore:
         elif t == MessageType.NOISE_ENCRYPTED and for_us:
             self.delivery.on_encrypted(pkt, now)
         elif t == MessageType.PING and for_us:
-            self._on_ping(link_id, pkt, now)
+            self.presence.on_ping(link_id, pkt, now)
         elif t == MessageType.PONG and for_us:
-            self._on_pong(pkt, now)
+            self.presence.on_pong(pkt, now)
         elif t == MessageType.COURIER_ENVELOPE and for_us:
             authentic = self.courier_desk.on_envelope(link_id, pkt, now)
         else:
