@@ -11,6 +11,8 @@ import trio
 import trio.testing
 
 from node.clock import Clock
+from node.control.methods import build_registry
+from node.control.rpc import NoParams
 from node.identity import Identity
 from node.node import Node
 from node.routing.pins import Pin, PinStore, decode_peer_state_signing_key_untrusted, encode_peer_state
@@ -118,3 +120,15 @@ async def test_a_node_keeps_its_pins_across_a_restart(
     assert b2.core.pins.get(a.identity.peer_id) == Pin(
         a.identity.peer_id, a.identity.noise_public, a.identity.signing_public
     )
+    # The user sees the pin and resets it (`village peers --pins`, `village peers forget ID`): gone from disk too.
+    reg = build_registry(b2)
+
+    async def notify(_method: str, _params: object) -> None:
+        return None
+
+    listed = await reg.methods["peers.pins"].handler(NoParams(), notify)
+    assert [p["peer_id"] for p in listed] == [a.identity.peer_id_hex]
+    forget = reg.methods["peers.forget"]
+    result = await forget.handler(forget.params(peer=a.identity.peer_id_hex), notify)
+    assert result == {"peer_id": a.identity.peer_id_hex, "forgotten": True}
+    assert b2.core.pins.get(a.identity.peer_id) is None and b2.pin_file.load() == ()
