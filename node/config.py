@@ -269,6 +269,12 @@ class MeshSection:
         min=1024,
         max=1 << 33,
     )
+    send_peer_state: bool = _f(
+        True,
+        "After a Noise handshake with an AIVillage peer, tell it our signing key inside the session "
+        "(authenticatedPeerState) so it can pin our identity durably; costs one encrypted frame each way per "
+        "handshake.",
+    )
     max_pins: int = _f(
         10_000,
         "Peer ID -> signing key bindings kept (made durable by a completed Noise handshake); the least recently "

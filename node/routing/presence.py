@@ -121,7 +121,7 @@ class Presence:
     def session_established(self, peer_id: bytes, now: float) -> None:
         """Tell an AIVillage peer our signing key inside the new session (authenticatedPeerState), so it can pin
         us (node.routing.pins). Phones get none from us (they send theirs, which we take)."""
-        if self.output.neighbour_with_info(peer_id, SETTLED_ANNOUNCE_CAPABILITY):
+        if self.settings.send_peer_state and self.output.neighbour_with_info(peer_id, SETTLED_ANNOUNCE_CAPABILITY):
             caps = (HOP_ACK_CAPABILITY if self.hop_arq else 0) | SETTLED_ANNOUNCE_CAPABILITY
             body = encode_peer_state(self.identity.signing_public, caps)
             plaintext = encode_noise_payload(NoisePayloadType.AUTHENTICATED_PEER_STATE, body)
