@@ -693,6 +693,7 @@ class Node:
             "data_dir": str(self.config.data_dir),
             "counters": {**_as_dict(core.counters), "link_queue_dropped": self.dropped_link_frames},
             "app_counters": _as_dict(core.app.counters),
+            "contained": dict(core.containment.by_cause),  # frames/timer tasks a failure ended, by cause
             "transport_counters": {t.name: _as_dict(t.counters) for t in self.transports if hasattr(t, "counters")},
         }
 

@@ -228,3 +228,38 @@ def test_one_peer_cannot_evict_anothers_reassembly_nor_hold_more_than_its_bytes(
     assert core.reassembler.peer_count() == 2  # the attacker's own sets went, the victim's stayed
     core.receive_frame("L", fragment(victim, b"V" * 8, 1, 2, whole[10:]), now)
     assert core.counters.fragments_reassembled == 1
+
+
+def test_a_mixed_flood_from_many_identities_stays_within_every_bound() -> None:
+    core = _core()
+    rng = random.Random(12)
+    now = 1.0
+    for i in range(1200):
+        now += 0.01
+        sender = os.urandom(8)
+        kind = i % 6
+        if kind == 0:
+            core.receive_frame("L", _announce(core, _ident(rng), now), now)
+        elif kind == 1:
+            pkt = Packet(1, 0x10, 7, core.wall_ms(now), sender, core.peer_id, (), os.urandom(32))  # message 1
+            core.receive_frame("L", encode_packet(pkt), now)
+        elif kind == 2:
+            frag = FragmentPayload(os.urandom(8), 0, 3, MessageType.MESSAGE, os.urandom(2000))
+            pkt = Packet(1, 0x20, 7, core.wall_ms(now), sender, None, (), encode_fragment(frag))
+            core.receive_frame("L", encode_packet(pkt), now)
+        elif kind == 3:
+            env = encode_envelope(Envelope(os.urandom(8), core.wall_ms(now) + 10**9, 9, os.urandom(300)))
+            pkt = Packet(1, MessageType.COURIER_ENVELOPE, 1, core.wall_ms(now), sender, core.peer_id, (), env)
+            core.receive_frame("L", encode_packet(pkt), now)
+        elif kind == 4:
+            pkt = Packet(1, 0x11, 7, core.wall_ms(now), sender, core.peer_id, (), os.urandom(80))
+            core.receive_frame("L", encode_packet(pkt), now)
+        else:
+            pkt = Packet(1, 0x30, 3, core.wall_ms(now), sender, None, (), os.urandom(500))
+            core.receive_frame("L", encode_packet(pkt), now)
+        if i % 100 == 0:
+            _drive(core, now)
+            core.frames_to_send()
+            for name, (size, bound) in core.bounded_sizes().items():
+                assert 0 <= size <= bound, f"{name}: {size} > {bound}"
+    assert core.counters.contained_bugs == 0 and core.counters.contained_errors == 0
