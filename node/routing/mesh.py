@@ -530,7 +530,8 @@ class MeshCore:
         try:
             return self._receive_frame(link_id, data, now)
         except Exception as exc:  # broad: one frame's failure must end that frame only (counted, logged once)
-            self.containment.contain(exc, f"a frame on link {link_id}", bytes(data[14:22]) or None)
+            at = 14 if data[:1] == b"\x01" else 16  # the sender ID's offset in a v1 / v2 header
+            self.containment.contain(exc, f"a frame on link {link_id}", bytes(data[at : at + 8]) or None)
             return True
 
     def _receive_frame(self, link_id: str, data: bytes, now: float) -> bool:

@@ -221,3 +221,14 @@ def test_private_delivery_retries_on_its_timer_and_fails_after_the_expiry() -> N
     assert handshakes >= 2  # the peer never answers: handshakes are retried on the timer
     assert [type(e).__name__ for e in a_events] == ["PrivateFailed"] and now >= 30.0
     assert len(a.pending) == 0
+
+
+# ---------------------------------------------------------------- OriginLimiter
+def test_origin_limiter_bounds_each_origin_and_the_total() -> None:
+    from node.routing.ratelimit import OriginLimiter
+
+    lim = OriginLimiter(per_origin_per_s=1.0, burst=2.0, global_per_s=1.0, global_burst=5.0, max_origins=3)
+    assert [lim.allow(b"a", 0.0) for _ in range(3)] == [True, True, False]  # a's burst of 2
+    assert lim.allow(b"a", 1.0)  # refilled one token in 1 s
+    assert sum(lim.allow(bytes([i]), 1.0) for i in range(10)) == 3  # then the global bucket (5, +1/s) is empty
+    assert len(lim) == 3  # origins remembered: bounded
