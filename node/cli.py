@@ -153,6 +153,22 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
+    if args.action == "forget":
+        if not args.peer:
+            raise SystemExit("usage: village peers forget PEER_ID")
+        result = _call(args, "peers.forget", peer=args.peer)
+        _emit(args, result, lambda r: f"pin of {r['peer_id']} " + ("forgotten" if r["forgotten"] else "was not set"))
+        return EXIT_OK
+    if args.pins:
+
+        def pins_human(pins: list[dict[str, Any]]) -> str:
+            if not pins:
+                return "no identity pins yet (a peer is pinned once a Noise handshake with it completes)"
+            rows = [[p["peer_id"], p["nickname"] or "-", p["signing_public_key"][:16] + "…"] for p in pins]
+            return _table(rows, ["PEER", "NICKNAME", "SIGNING KEY"])
+
+        _emit(args, _call(args, "peers.pins"), pins_human)
+        return EXIT_OK
     if args.wait:
         with ControlClient(socket_path(args), timeout_s=args.timeout + 10) as client:
             info = client.call("peers.wait", peer=args.wait, timeout_s=args.timeout, direct=args.direct)
@@ -351,6 +367,9 @@ def build_parser(plugins: Sequence[Plugin] | None = None) -> argparse.ArgumentPa
     p.add_argument("--wait", metavar="PEER", help="instead, wait until PEER (ID, fingerprint or nickname) is reachable")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds --wait may take (default 30)")
     p.add_argument("--direct", action="store_true", help="with --wait: until PEER is a direct neighbour (one hop)")
+    p.add_argument("--pins", action="store_true", help="instead, list identity pins (keys proven by a handshake)")
+    p.add_argument("action", nargs="?", choices=["forget"], help="forget: reset the identity pin of PEER_ID")
+    p.add_argument("peer", nargs="?", metavar="PEER_ID", help="with forget: the full peer ID (16 hex digits)")
     p = add("send", cmd_send, "Send an encrypted private message to a peer; prints the message ID.")
     p.add_argument(
         "peer", help="peer ID, fingerprint (or unique prefix) or nickname; a full peer ID may be a peer not seen yet"

@@ -30,6 +30,7 @@ from node.errors import MeshError, NodeError, StartupError
 from node.identity import Identity, fingerprint_from_noise_key
 from node.inbox import Inbox, InboxMessage
 from node.outbox import Outbox, OutboxError
+from node.pinfile import PinFile, PinFileError
 from node.rag import federated
 from node.rag.service import RagService
 from node.routing.app import AppRemoteError, AppRequestReceived, AppResponseReceived, AppTimeout
@@ -154,6 +155,7 @@ class Node:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
         now = self.clock.now()
+        self.pin_file = PinFile(cfg.data_dir / "state.db" if self._persistent_inbox else None)
         self.core = MeshCore(
             identity=self.identity,
             settings=cfg.mesh,
@@ -162,6 +164,7 @@ class Node:
             wall_offset_ms=self.clock.wall_ms() - now * 1000.0,
             rng=self._rng,
             seal_for_mailbox=bool(cfg.mailbox.anchors),
+            initial_pins=self.pin_file.load(),  # identity bindings proven by handshakes (node.routing.pins)
         )
         if cfg.mailbox.anchors:
             self.mailbox = self._make_mailbox_client()
@@ -213,6 +216,7 @@ class Node:
                 ch.close()
             self.inbox.close()
             self.outbox.close()
+            self.pin_file.close()
 
     def _make_mailbox_client(self) -> MailboxClient:
         from node.mailbox.client import MailboxClient
@@ -366,6 +370,11 @@ class Node:
                     )
         while (event := core.next_event()) is not None:
             self._on_event(event)
+        if changes := core.pins.take_changes():
+            try:
+                self.pin_file.apply(changes)
+            except PinFileError as exc:  # the pins stay in memory for this run; the next proof pins them again
+                log.warning("%s", exc)
         self._rearm.set()
         self._notify_changed()
 
@@ -696,6 +705,7 @@ class Node:
             "data_dir": str(self.config.data_dir),
             "counters": {**_as_dict(core.counters), "link_queue_dropped": self.dropped_link_frames},
             "app_counters": _as_dict(core.app.counters),
+            "contained": dict(core.containment.by_cause),  # frames/timer tasks a failure ended, by cause
             "transport_counters": {t.name: _as_dict(t.counters) for t in self.transports if hasattr(t, "counters")},
         }
 

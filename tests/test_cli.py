@@ -134,6 +134,10 @@ def test_run_status_and_clean_stop_on_signal(data_dir: Path, signum: signal.Sign
         assert {"transports", "listen_addrs"} <= set(status)
         dd = ["--data-dir", str(data_dir)]
         assert json.loads(village("peers", "--json", *dd).stdout) == []
+        assert json.loads(village("peers", "--pins", "--json", *dd).stdout) == []
+        forgot = json.loads(village("peers", "forget", "0123456789abcdef", "--json", *dd).stdout)
+        assert forgot == {"peer_id": "0123456789abcdef", "forgotten": False}
+        assert village("peers", "forget", "0123", *dd).returncode == 1  # not a full peer ID
         r = village("broadcast", "hello nobody", *dd)
         assert r.returncode == 0 and len(r.stdout.strip()) == 32
         r = village("send", "nobody", "hi", *dd)

@@ -8,11 +8,13 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from node.control.rpc import APP_ERROR, NoParams, Notify, Registry, RpcError, param
+from node.identity import fingerprint_from_noise_key
 from node.outbox import STATES
 from node.rag.rpc import register as register_rag
 
 if TYPE_CHECKING:
     from node.node import Node
+    from node.routing.mesh import MeshCore
 
 INBOX_LIST_MAX = 10_000  # messages one inbox.list call may return
 
@@ -21,6 +23,11 @@ INBOX_LIST_MAX = 10_000  # messages one inbox.list call may return
 class SendParams:
     peer: str = param(doc="Recipient: peer ID (16 hex), fingerprint or unique prefix, or nickname.")
     text: str = param(doc="Message text, 1 to 255 UTF-8 bytes (BitChat's private-message limit).")
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetPinParams:
+    peer: str = param(doc="Full peer ID (16 hex) whose identity pin to forget.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +95,39 @@ def build_registry(node: Node) -> Registry:
 
     async def peers(_: NoParams, notify: Notify) -> Any:
         return node.peers_view()
+
+    def _core() -> MeshCore:
+        if node.core is None:
+            raise RpcError(APP_ERROR, "the node is not running")
+        return node.core
+
+    async def pins(_: NoParams, notify: Notify) -> Any:
+        core = _core()
+        out = []
+        for pin in core.pins:
+            info = core.peers.get(pin.peer_id)
+            out.append(
+                {
+                    "peer_id": pin.peer_id.hex(),
+                    "nickname": info.nickname if info else None,
+                    "fingerprint": fingerprint_from_noise_key(pin.noise_public_key),
+                    "noise_public_key": pin.noise_public_key.hex(),
+                    "signing_public_key": pin.signing_public_key.hex(),
+                }
+            )
+        return out
+
+    async def forget_pin(p: ForgetPinParams, notify: Notify) -> Any:
+        try:
+            peer = bytes.fromhex(p.peer)
+        except ValueError:
+            peer = b""
+        if len(peer) != 8:
+            raise RpcError(APP_ERROR, f"{p.peer!r} is not a full peer ID (16 hex digits)")
+        core = _core()
+        forgotten = core.forget_pin(peer)
+        node.pin_file.apply(core.pins.take_changes())  # on disk before we answer
+        return {"peer_id": peer.hex(), "forgotten": forgotten}
 
     async def send(p: SendParams, notify: Notify) -> Any:
         message_id = node.send_private(p.peer, p.text)
@@ -205,6 +245,19 @@ def build_registry(node: Node) -> Registry:
         "Peers this node knows: ID, nickname, fingerprint, reachability, "
         "transport, address, whether a Noise session is up.",
         peers,
+    )
+    reg.add(
+        "peers.pins",
+        NoParams,
+        "Identity pins: peer ID -> Noise and signing keys proven by a completed Noise handshake. An announce that "
+        "conflicts with a pin is refused (counter pin_conflict).",
+        pins,
+    )
+    reg.add(
+        "peers.forget",
+        ForgetPinParams,
+        "Forget a peer's identity pin (after it really changed keys); the next proven binding is pinned anew.",
+        forget_pin,
     )
     reg.add(
         "messages.send",

@@ -110,6 +110,12 @@ class AppChannel:
     def outstanding(self) -> int:
         return len(self._outstanding)
 
+    def bounded_sizes(self) -> dict[str, tuple[int, int]]:
+        return {
+            "app_outstanding": (len(self._outstanding), self._max_outstanding),
+            "app_answers": (len(self._served), APP_ANSWERS_KEPT),
+        }
+
     def request(self, peer_id: bytes, service: str, body: bytes) -> tuple[bytes, bytes]:
         """A new request to ``peer_id``: returns (request id, Noise plaintext to send). Raises :class:`AppError`
         for an oversize body, a bad service name or too many requests outstanding."""

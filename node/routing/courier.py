@@ -33,6 +33,7 @@ from node.wire import MalformedFrame
 PROTOCOL = "Noise_X_25519_ChaChaPoly_SHA256"
 PROLOGUE = b"aivillage courier v1"
 HEADER = struct.Struct(">8sQB")  # recipient ID, expires_at_ms, copies
+MAX_COPIES = 255  # the copy count is one byte on the wire
 MAX_SEALED_BYTES = 2048  # an X message (32 + 48 + 16) around a private-message payload of at most ~300 bytes
 
 
@@ -124,12 +125,12 @@ class CourierStore:
             return False
         held = self._carried.get(key)
         if held is not None:
-            held.copies += env.copies
+            held.copies = min(MAX_COPIES, held.copies + env.copies)  # the copy count travels in one byte
             return True
         if len(self._carried) >= self.max_envelopes:
             victim = min(self._carried, key=lambda k: self._carried[k].envelope.expires_at_ms)
             del self._carried[victim]
-        self._carried[key] = Carried(env, env.copies)
+        self._carried[key] = Carried(env, min(MAX_COPIES, env.copies))
         return True
 
     def handed_to_recipient(self, key: bytes) -> None:

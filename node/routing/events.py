@@ -100,3 +100,15 @@ class MeshCounters:
     hop_table_full: int = 0  # frames sent without hop protection: the retransmit table was full
     hop_failovers: int = 0  # private messages resent at once (flooded) after their first hop gave up
     early_ciphertext: int = 0  # ciphertexts held until the handshake they overtook completed (hop ARQ reorders)
+    unencodable: int = 0  # frames we could not encode or fragment for a link (too large for v1, > 256 fragments)
+    contained_errors: int = 0  # frames or timer tasks ended by an error of our tree that escaped a handler
+    contained_bugs: int = 0  # ... by any other exception: a bug (tests assert this stays 0)
+    nested_fragment: int = 0  # reassembled frames that were fragments again (dropped: fragments never nest)
+    oversize: int = 0  # received public messages over mesh.max_public_text_chars (dropped, not relayed)
+    ping_refused: int = 0  # pings not answered: payload too large for a ping, or over the pong rate limit
+    rate_limited: int = 0  # remote-triggered floods (handshakes, pongs) refused by the per-origin/global limits
+    handshake_refused: int = 0  # msg1 refused: over the responder limits (in flight / per peer / global rate)
+    sessions_evicted: int = 0  # Noise sessions dropped as idle or least recently used beyond mesh.max_sessions
+    leave_replayed: int = 0  # signed leaves refused: not newer than the peer's last announce or accepted leave
+    pin_conflict: int = 0  # announces refused: their keys conflict with a pinned (handshake-proven) binding
+    pins_added: int = 0  # peer ID -> signing key bindings made durable by a completed Noise handshake

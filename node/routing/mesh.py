@@ -23,7 +23,7 @@ Announces are what a large mesh mostly carries, so their relaying is thinned whe
 * an unchanged announce from one origin is relayed once per *relay interval*, max(``announce_relay_min_interval_s``,
   min(peers heard of / ``announce_relay_per_s``, ``announce_relay_max_interval_s``)), a changed one after 30 s;
   paths learned from announces and far peers' reachability last 2.5 intervals
-  (:meth:`MeshBase.announce_relay_interval_s`). In a lossy neighbourhood (under 65 % of our pings answered) an
+  (:meth:`MeshCore.announce_relay_interval_s`). In a lossy neighbourhood (under 65 % of our pings answered) an
   origin's first three relays come at the short interval, so nodes near the TTL horizon get several chances to
   learn it. Links to BitChat phones (neighbours without our capability bit 33) still get every announce we hear,
   as BitChat relays;
@@ -37,23 +37,46 @@ Announces are what a large mesh mostly carries, so their relaying is thinned whe
 Between AIVillage nodes, a directed frame sent on one link is acknowledged by the next hop and resent until it is
 (:mod:`node.routing.hoparq`, ``mesh.hop_retries``); with that, a private message's first two attempts (and
 handshake attempts) follow the path table before resends flood.
+
+The core is composed, not inherited (aioquic's ``QuicConnection`` holding ``QuicPacketRecovery``): components own
+their state, bounds and timers, and :meth:`MeshCore.get_timer` is the earliest of their deadlines —
+
+* :class:`~node.routing.output.LinkOutput`: links, the outgoing queue, fragmenting, directed sends, hop ARQ;
+* :class:`~node.routing.delivery.PrivateDelivery`: Noise sessions, pending private messages, receipts;
+* :class:`~node.routing.presence.Presence`: announces sent and checked, pings, identity pins, with
+  :class:`~node.routing.announcing.AnnounceSchedule` (our announces' timers),
+  :class:`~node.routing.announcing.AnnounceRelays` (which announces we pass on),
+  :class:`~node.routing.pinging.PingTracker` (link probes) and :class:`~node.routing.pins.PinStore`;
+* :class:`~node.routing.forwarding.Forwarder`: relaying; :class:`~node.routing.couriering.CourierDesk`: envelopes;
+* :class:`~node.routing.containment.Containment`: a failure in one frame or timer task ends it only (counted);
+* the tables: peers, paths, dedupe, reassembly, relay queue, courier store, app channel, flood limiter.
+
+Every structure remote input can grow is bounded; :meth:`MeshCore.bounded_sizes` reports each (current, bound).
+
+:class:`MeshCore` itself parses what arrives, dispatches it, relays it, and is the one public object.
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 import uuid
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from node.crypto.errors import ReplayError
-from node.errors import CryptoError, MeshError
-from node.routing.announcing import AnnouncingCore
+from node.config import MeshSection
+from node.errors import MeshError
+from node.identity import Identity
+from node.routing.announcing import AnnounceRelays, AnnounceSchedule
+from node.routing.app import AppChannel
+from node.routing.containment import Containment
 from node.routing.courier import (
-    Envelope,
-    decode_envelope_untrusted,
-    open_untrusted,
+    CourierStore,
 )
-from node.routing.dedupe import dedupe_key
+from node.routing.couriering import CourierDesk
+from node.routing.dedupe import DedupeCache, dedupe_key
+from node.routing.delivery import PrivateDelivery
 from node.routing.events import (
     DeliveryAcked,
     EnvelopeSealed,
@@ -64,120 +87,361 @@ from node.routing.events import (
     PeerLeft,
     PrivateFailed,
 )
-from node.routing.hoparq import ACK_DIGEST_BYTES, HopEntry
+from node.routing.forwarding import Forwarder
+from node.routing.hoparq import ACK_DIGEST_BYTES, HopArqTable, HopEntry
 from node.routing.meshbase import (
-    EARLY_CIPHERTEXT_MAX_BYTES,
-    EARLY_CIPHERTEXTS,
-    EARLY_PEERS,
     MAX_TTL,
-    PRIVATE_TEXT_MAX_BYTES,
-    REHANDSHAKE_AFTER_ATTEMPTS,
     RTT_SMOOTHING,
-    SEEN_PRIVATE_IDS,
     SETTLED_ANNOUNCE_CAPABILITY,
-    UNKNOWN_PEER_PROBES,
-    LinkState,
-    arrived_flooded,
     hops_travelled,
     public_message_id,
 )
-from node.routing.pending import PendingMessage
-from node.routing.relay import TTL_OFFSET, fanout_subset, relay_jitter_s, relayed_ttl, with_ttl
+from node.routing.output import LinkOutput, LinkState
+from node.routing.paths import PathTable, Route
+from node.routing.peers import PeerInfo, PeerTable
+from node.routing.pending import PendingMessage, PendingSet
+from node.routing.pinging import PingTracker
+from node.routing.pins import Pin, PinStore
+from node.routing.presence import Presence
+from node.routing.ratelimit import OriginLimiter
+from node.routing.relay import TTL_OFFSET, RelayQueue
+from node.routing.sessions import SessionManager
 from node.wire import (
+    Announce,
     MalformedFrame,
     MessageType,
-    NoisePayloadType,
     Packet,
+    Reassembler,
+    WireLimits,
+    decode_announce_untrusted,
     decode_fragment_untrusted,
-    decode_noise_payload_untrusted,
     decode_packet_untrusted,
-    decode_private_message_untrusted,
-    encode_noise_payload,
-    encode_private_message,
     is_broadcast,
     sign_packet,
+    verify_wire_signature,
 )
 
 
-class MeshCore(AnnouncingCore):
-    """The whole core: :class:`~node.routing.meshbase.MeshBase` (state, emitting, sessions, couriers) +
-    :class:`~node.routing.announcing.AnnouncingCore` (announces, pings, leave) + what is here: the timer,
-    links, user actions (broadcast, private messages with retries and store-and-forward), receiving, relaying."""
+@dataclass
+class MeshCore:
+    """The whole core (see the module docstring)."""
+
+    identity: Identity
+    settings: MeshSection
+    limits: WireLimits
+    nickname: str
+    wall_offset_ms: float
+    rng: random.Random = field(default_factory=random.Random)
+    # Checks a received frame's Ed25519 signature: (frame, signing key, limits) -> valid. The default is the
+    # codec's; a simulator of many nodes in one process may pass a memoising wrapper of it.
+    verify: Callable[[bytes, bytes, WireLimits], bool] = verify_wire_signature
+    # Parses an announce payload (raises MalformedFrame); likewise a simulator may pass a memoising wrapper.
+    decode_announce: Callable[[bytes], Announce] = decode_announce_untrusted
+    # Seal held messages after courier_after_s even with courier_copies = 0, for a mailbox (EnvelopeSealed events).
+    seal_for_mailbox: bool = False
+    # Identity pins the node persisted (node.routing.pins): bindings proven by handshakes in earlier runs.
+    initial_pins: tuple[Pin, ...] = ()
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.peer_id = self.identity.peer_id
+        self.counters = MeshCounters()
+        self.peers = PeerTable(s.max_peers)
+        self.pins = PinStore(s.max_pins, self.initial_pins)
+        self.dedupe = DedupeCache(ttl_s=s.dedupe_ttl_s, max_entries=s.dedupe_max_entries)
+        self.reassembler = Reassembler(
+            self.limits,
+            max_per_peer=s.fragment_max_assemblies_per_peer,
+            max_bytes_per_peer=s.fragment_max_bytes_per_peer,
+            max_bytes=s.fragment_max_bytes,
+        )
+        self.paths = PathTable(self.peer_id, path_ttl_s=s.path_ttl_s, max_hops=s.default_ttl, max_entries=s.max_peers)
+        self.relays = RelayQueue(s.relay_queue_max, s.relay_queue_max_bytes)
+        self.couriers = CourierStore(s.courier_max_envelopes)
+        self.app = AppChannel(self.rng)  # app request/response codec and matching (node.routing.app)
+        self._flood = s.routing == "flood"
+        self._events: deque[MeshEvent] = deque()
+        # A taken packet's frame without its TTL byte -> its dedupe key: copies are recognised without a parse.
+        self._raw_seen: dict[bytes, str] = {}
+        # Components that own their state, bounds and timers.
+        self.output = LinkOutput(
+            peer_id=self.peer_id,
+            settings=s,
+            limits=self.limits,
+            rng=self.rng,
+            paths=self.paths,
+            peers=self.peers,
+            counters=self.counters,
+            wall_offset_ms=self.wall_offset_ms,
+        )
+        # Floods that remote input makes us originate (handshakes, pongs, acks of couriers): per origin and in total.
+        self.flood_limiter = OriginLimiter(
+            per_origin_per_s=s.remote_floods_per_origin_per_s,
+            burst=3.0,
+            global_per_s=s.remote_floods_per_s,
+            global_burst=20.0,
+            max_origins=s.max_peers,
+        )
+        self.schedule = AnnounceSchedule(s, self.rng)
+        self.announce_relays = AnnounceRelays(s.max_peers)
+        self.pings = PingTracker()
+        self.delivery = PrivateDelivery(
+            host=self,
+            noise_private=self.identity.noise_private,
+            peer_id=self.peer_id,
+            settings=s,
+            peers=self.peers,
+            counters=self.counters,
+            events=self._events,
+            app=self.app,
+            hop_arq=self.output.hop_arq,
+            seal_for_mailbox=self.seal_for_mailbox,
+            flood_limiter=self.flood_limiter,
+        )
+        self.forwarder = Forwarder(
+            output=self.output, paths=self.paths, relays=self.relays, counters=self.counters, rng=self.rng
+        )
+        self.containment = Containment(self.counters)
+        self.courier_desk = desk = CourierDesk(
+            identity=self.identity,
+            settings=s,
+            output=self.output,
+            paths=self.paths,
+            peers=self.peers,
+            store=self.couriers,
+            delivery=self.delivery,
+            counters=self.counters,
+            events=self._events,
+            seal_for_mailbox=self.seal_for_mailbox,
+        )
+        self.presence = Presence(
+            identity=self.identity,
+            nickname=self.nickname,
+            settings=s,
+            limits=self.limits,
+            rng=self.rng,
+            output=self.output,
+            peers=self.peers,
+            paths=self.paths,
+            pins=self.pins,
+            pings=self.pings,
+            schedule=self.schedule,
+            announce_relays=self.announce_relays,
+            couriers=self.couriers,
+            courier_desk=desk,
+            delivery=self.delivery,
+            flood_limiter=self.flood_limiter,
+            counters=self.counters,
+            events=self._events,
+            verify=self.verify,
+            decode_announce=self.decode_announce,
+        )
+
+    # ---------------------------------------------------------------- component views (public API)
+    @property
+    def links(self) -> dict[str, LinkState]:
+        return self.output.links
+
+    @property
+    def hoparq(self) -> HopArqTable:
+        return self.output.hoparq
+
+    @property
+    def hop_arq(self) -> bool:
+        return self.output.hop_arq
+
+    @property
+    def sessions(self) -> SessionManager:
+        return self.delivery.sessions
+
+    @property
+    def pending(self) -> PendingSet:
+        return self.delivery.pending
+
+    def bounded_sizes(self) -> dict[str, tuple[int, int]]:
+        """Every structure remote input can grow: name -> (current size, bound). Entries unless the name ends in
+        ``_bytes``. For invariant checks (the adversarial tests) and diagnostics; each bound is a config key or a
+        documented constant of the component that owns the structure."""
+        s, lim = self.settings, self.limits
+        r = self.reassembler
+        sizes = {
+            "peers": (len(self.peers), s.max_peers),
+            "dedupe": (len(self.dedupe), s.dedupe_max_entries),
+            "raw_seen": (len(self._raw_seen), s.dedupe_max_entries),
+            "paths_origins": (self.paths.origins(), s.max_peers),
+            "reassembly_sets": (len(r), lim.fragment_max_assemblies),
+            "reassembly_bytes": (r.bytes, s.fragment_max_bytes),
+            "relay_queue": (len(self.relays), s.relay_queue_max),
+            "relay_queue_bytes": (self.relays.queued_bytes, s.relay_queue_max_bytes),
+            "courier_envelopes": (len(self.couriers), s.courier_max_envelopes),
+            "hop_arq": (len(self.hoparq), self.hoparq.max_entries),
+            "hop_arq_bytes": (self.hoparq.queued_bytes, self.hoparq.max_bytes),
+            **self.app.bounded_sizes(),
+            **self.flood_limiter.bounded_sizes("flood_limit_origins"),
+            **self.delivery.bounded_sizes(),
+            **self.announce_relays.bounded_sizes(),
+            **self.pings.bounded_sizes(),
+            **self.pins.bounded_sizes(),
+        }
+        return sizes
+
+    # ---------------------------------------------------------------- time
+    def wall_ms(self, now: float) -> int:
+        return self.output.wall_ms(now)
 
     def get_timer(self) -> float | None:
-        best = self._next_announce
+        best: float | None = None
         for t in (
-            self.sessions.next_deadline(),
-            self.pending.next_due(),
+            self.schedule.next_deadline(),
+            self.pings.next_deadline(),
+            self.delivery.next_deadline(),
             self.reassembler.next_expiry(),
             self.relays.next_due(),
-            self.hoparq.next_deadline(),
-            min(self._answers.values()) if self._answers else None,
+            self.output.next_deadline(),
         ):
             if t is not None and (best is None or t < best):
                 best = t
         return best
 
     def handle_timer(self, now: float) -> None:
-        if self._next_announce is not None and now >= self._next_announce:
-            self._announce_all(now)
-        for link_id, due in list(self._answers.items()):
-            if due <= now:
-                del self._answers[link_id]
-                self._send_announce([link_id], now)
-        for peer in self.sessions.expire(now):
-            # A handshake message was lost. If we still have something to say, try again straight away (one
-            # handshake per handshake_timeout_s keeps within BitChat's 10 per minute per peer).
-            early = self._early.pop(peer, None)  # the peer encrypts already: our handshake with it must complete
-            waiting = self._session_queue.get(peer) or self.pending.count_for(peer) > 0 or early
-            if waiting and self._reachable(peer, now):
-                # The routed attempt was lost: every path now (with hop acks, one more routed attempt first).
-                expired = self._handshake_expiries.pop(peer, 0) + 1
-                self._handshake_expiries[peer] = expired
-                while len(self._handshake_expiries) > self.settings.max_peers:
-                    self._handshake_expiries.popitem(last=False)
-                self._start_handshake(peer, now, flood=expired >= self.routed_tries)
-            else:
-                self._session_queue.pop(peer, None)
-        self.reassembler.expire(now)
+        """Run what is due. Never raises: each component's work is a task of its own, and a failure ends that
+        task only (counted, logged once); what a failed task popped is not due again, so the timer advances."""
+        for task in (
+            self._expire_pings,
+            self._timer_announces,
+            self.delivery.expire_handshakes,
+            self.reassembler.expire,
+            self._timer_relays,
+            self._timer_hop_arq,
+            self.delivery.retry_due,
+        ):
+            try:
+                task(now)
+            except Exception as exc:  # broad: a timer task's failure must end that task only (counted, logged)
+                self.containment.contain(exc, f"timer task {getattr(task, '__name__', task)}", None)
+
+    def _expire_pings(self, now: float) -> None:
+        for link_id in self.pings.on_timer(now):  # a ping went unanswered: the link's loss estimate rises
+            stats = self.paths.links.get(link_id)
+            if stats is not None:
+                stats.loss = (1 - RTT_SMOOTHING) * stats.loss + RTT_SMOOTHING
+
+    def _timer_announces(self, now: float) -> None:
+        periodic, answers = self.schedule.on_timer(now)
+        if periodic:
+            try:
+                self.presence.announce_all(now)
+            finally:
+                if self.schedule.next_announce is not None and self.schedule.next_announce <= now:
+                    self.schedule.schedule(now, len(self.links))  # it failed: the next one is still scheduled
+        for link_id in answers:
+            self.presence.send_announce([link_id], now)
+
+    def _timer_relays(self, now: float) -> None:
+        failed: Exception | None = None
         for job in self.relays.pop_due(now):
             self.counters.relayed += 1
-            if job.track and len(job.link_ids) == 1:
-                self._emit_tracked(job.link_ids[0], job.frame, None, job.key, now)
-                continue
-            for link_id in job.link_ids:
-                self._emit_frame(link_id, job.frame)
-        for entry in self.hoparq.pop_due(now):
-            self._hop_timeout(entry, now)
-        for p in self.pending.pop_due(now):
-            self._attempt_private(p, now)
+            try:
+                if job.track and len(job.link_ids) == 1:
+                    self.output.emit_tracked(job.link_ids[0], job.frame, None, job.key, now)
+                    continue
+                for link_id in job.link_ids:
+                    self.output.emit_frame(link_id, job.frame)
+            except Exception as exc:  # broad: this relay is dropped, the others still go (re-raised: counted)
+                failed = failed or exc
+        if failed is not None:
+            raise failed
+
+    def _timer_hop_arq(self, now: float) -> None:
+        failed: Exception | None = None
+        for entry in self.output.on_timer(now):
+            try:
+                self._hop_timeout(entry, now)
+            except Exception as exc:  # broad: this entry is given up, the others still go (re-raised: counted)
+                self.output.hoparq.give_up(entry)
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
     def _hop_timeout(self, entry: HopEntry, now: float) -> None:
         """No hop ack for ``entry`` in time: resend it on its link, or give it up after mesh.hop_retries resends."""
+        hoparq = self.output.hoparq
         if entry.link_id not in self.links:
-            self.hoparq.give_up(entry)
+            hoparq.give_up(entry)
             return
         stats = self.paths.links.get(entry.link_id)
         if entry.tries <= self.settings.hop_retries:
-            self._out.append((entry.link_id, entry.frame))
+            self.output.out.append((entry.link_id, entry.frame))
             self.counters.hop_retransmits += 1
-            rto = self.hoparq.rto(entry.link_id, stats.rtt_s if stats is not None else None, entry.tries + 1)
-            self.hoparq.retry(entry, now + rto)
+            rto = hoparq.rto(entry.link_id, stats.rtt_s if stats is not None else None, entry.tries + 1)
+            hoparq.retry(entry, now + rto)
             return
-        self.hoparq.give_up(entry)
+        hoparq.give_up(entry)
         self.counters.hop_give_ups += 1
         if stats is not None:  # as a lost pong: the link's cost rises, the next path computation may avoid it
             stats.loss = (1 - RTT_SMOOTHING) * stats.loss + RTT_SMOOTHING
             self.paths.link_cost_changed()
-        p = self.pending.get(entry.tag) if entry.tag is not None else None
-        if p is not None and p.next_try > now and any(lid != entry.link_id for lid in self.links):
-            # Our private message never left the first hop: resend it at once on every path rather than wait
-            # for the end-to-end retry. (Not with this link as our only one: the flood would be the same single
-            # tracked send again, resent and given up in a loop that never counts an attempt.)
-            self.pending.reschedule(p, now)
-            p.free_send = True
-            p.escalate = True
+        # Our private message never left the first hop: resend it at once on every path. (Not with this link as
+        # our only one: the flood would be the same single tracked send again, resent and given up in a loop that
+        # never counts an attempt.)
+        if (
+            entry.tag is not None
+            and any(lid != entry.link_id for lid in self.links)
+            and self.delivery.first_hop_gave_up(entry.tag, now)
+        ):
             self.counters.hop_failovers += 1
+
+    # ---------------------------------------------------------------- outputs
+    def frames_to_send(self) -> list[tuple[str, bytes]]:
+        return self.output.take()
+
+    def next_event(self) -> MeshEvent | None:
+        return self._events.popleft() if self._events else None
+
+    # ---------------------------------------------------------------- the host of PrivateDelivery
+    def send_directed(
+        self, msg_type: int, payload: bytes, peer_id: bytes, now: float, *, flood: bool = False, tag: str | None = None
+    ) -> list[str]:
+        return self.output.send_directed(msg_type, payload, peer_id, now, flood=flood, tag=tag)
+
+    def hop_route(self, peer_id: bytes, now: float) -> bool:
+        return self.output.hop_route(peer_id, now)
+
+    def forget_pin(self, peer_id: bytes) -> bool:
+        """The user resets a pin (``village peers forget``): the next proven binding is pinned anew."""
+        return self.pins.forget(peer_id)
+
+    def path_to(self, peer_id: bytes, now: float) -> tuple[list[str], Route | None]:
+        return self.output.path_to(peer_id, now)
+
+    # ---------------------------------------------------------------- presence (node.routing.presence)
+    def session_established(self, peer_id: bytes, now: float) -> None:
+        self.presence.session_established(peer_id, now)
+
+    def peer_state(self, peer_id: bytes, signing_public_key: bytes, now: float) -> None:
+        self.presence.peer_state(peer_id, signing_public_key, now)
+
+    def announce_relay_interval_s(self) -> float:
+        return self.presence.announce_relay_interval_s()
+
+    def far_expiry_s(self) -> float:
+        return self.presence.far_expiry_s()
+
+    def peer_expiry_for(self, info: PeerInfo) -> float:
+        return self.presence.peer_expiry_for(info)
+
+    def is_reachable(self, info: PeerInfo, now: float) -> bool:
+        return self.presence.is_reachable(info, now)
+
+    def lossy_neighbourhood(self) -> bool:
+        return self.pings.lossy()
+
+    def announce_packet(self, now: float) -> Packet:
+        return self.presence.announce_packet(now)
+
+    def leave(self, now: float) -> None:
+        """Queue a signed leave on every link (call before shutting down)."""
+        self.presence.leave(now)
 
     # ---------------------------------------------------------------- links
     def link_up(
@@ -190,24 +454,18 @@ class MeshCore(AnnouncingCore):
         cost_weight: float = 1.0,
     ) -> None:
         """A link came up. ``cost_weight`` is the transport's preference in path costs (lower is preferred)."""
-        self.links[link_id] = LinkState(mtu=mtu, up_since=now, bound_key=authenticated_signing_key)
+        self.output.link_up(link_id, mtu, now, authenticated_signing_key)
         self.paths.link_up(link_id, cost_weight)
-        self._send_announce([link_id], now)  # (a settled announce follows once its announce binds the link)
-        if self._next_announce is None:
-            self._schedule_announce(now)
+        self.presence.send_announce([link_id], now)  # (a settled announce follows once its announce binds the link)
+        if self.schedule.next_announce is None:
+            self.schedule.schedule(now, len(self.links))
 
     def link_down(self, link_id: str, now: float) -> None:
-        self.links.pop(link_id, None)
-        self._announced_at.pop(link_id, None)
-        self._answers.pop(link_id, None)
+        self.output.link_down(link_id)
+        self.schedule.link_down(link_id)
         self.peers.unbind_link(link_id)
         self.paths.link_down(link_id)
-        self.hoparq.drop_link(link_id)
-        # Fail over: whatever awaits an ack and last left on this link is resent at once along the next best path.
-        for p in self.pending:
-            if p.attempts and p.next_try > now and link_id in self.last_links.get(p.peer_id, ()):
-                self.pending.reschedule(p, now)
-                p.free_send = True
+        self.delivery.link_down(link_id, now)
 
     # ---------------------------------------------------------------- user actions
     def broadcast(self, text: str, now: float) -> str:
@@ -217,8 +475,8 @@ class MeshCore(AnnouncingCore):
                 f"a public message must have 1 to {self.settings.max_public_text_chars} characters "
                 f"(mesh.max_public_text_chars); this one has {len(text)}"
             )
-        pkt = sign_packet(self._packet(MessageType.MESSAGE, data, now), self.identity.signing_key)
-        self._emit(list(self.links), pkt)
+        pkt = sign_packet(self.output.packet(MessageType.MESSAGE, data, now), self.identity.signing_key)
+        self.output.emit(list(self.links), pkt)
         self.dedupe.check_and_add(dedupe_key(pkt.sender_id, pkt.timestamp_ms, pkt.type, pkt.payload), now)
         return public_message_id(pkt)
 
@@ -236,25 +494,7 @@ class MeshCore(AnnouncingCore):
 
     def check_private(self, peer_id: bytes, text: str) -> None:
         """Raise :class:`MeshError` unless :meth:`queue_private` would accept this message now."""
-        size = len(text.encode())
-        if not text or size > PRIVATE_TEXT_MAX_BYTES:
-            raise MeshError(
-                f"a private message must have 1 to {PRIVATE_TEXT_MAX_BYTES} bytes of UTF-8 text "
-                f"(BitChat's private-message field is one length byte); this one has {size}"
-            )
-        if peer_id == self.peer_id:
-            raise MeshError("that is this node's own peer ID")
-        if len(self.pending) >= self.settings.max_pending_private:
-            raise MeshError(
-                f"{len(self.pending)} private messages already await delivery "
-                "(mesh.max_pending_private); try again later"
-            )
-        for_peer = self.pending.count_for(peer_id)
-        if for_peer >= self.settings.max_pending_per_peer:
-            raise MeshError(
-                f"{for_peer} private messages to {peer_id.hex()} already await delivery "
-                "(mesh.max_pending_per_peer); try again later"
-            )
+        self.delivery.check_private(peer_id, text)
 
     def queue_private(
         self, message_id: str, peer_id: bytes, text: str, now: float, created: float | None = None
@@ -262,131 +502,39 @@ class MeshCore(AnnouncingCore):
         """Queue a private message under a given ID — a new one, or one restored from the outbox after a
         restart (``created`` in this core's clock, possibly in the past; the peer may be unknown yet: the
         message waits for its announce)."""
-        if message_id in self.pending:
-            return
-        self.check_private(peer_id, text)
-        p = PendingMessage(message_id, peer_id, text, created=now if created is None else created, next_try=now)
-        self.pending.add(p)
-        self._attempt_private(p, now)
+        self.delivery.queue_private(message_id, peer_id, text, now, created)
 
-    def _attempt_private(self, p: PendingMessage, now: float) -> None:
-        s = self.settings
-        reason = None
-        if p.attempts >= s.private_max_attempts:
-            reason = f"no delivery ack after {p.attempts} attempts"
-        elif now - p.created >= s.private_expiry_s:
-            reason = f"not delivered within {s.private_expiry_s:g} s (mesh.private_expiry_s)"
-        if reason is not None:
-            self.pending.remove(p.message_id)
-            self._events.append(PrivateFailed(p.message_id, p.peer_id, reason))
-            return
-        if not self._reachable(p.peer_id, now) and self.peers.get(p.peer_id) is None and p.probes < UNKNOWN_PEER_PROBES:
-            # Never heard an announce from it: in a large mesh a node's announce floods once per relay interval, and
-            # a node at the edge of the TTL horizon may miss that flood. A Noise XX handshake needs no announce (the
-            # peer proves its static key, which must hash to its peer ID), and a finished one makes the peer
-            # reachable: try one a few times, backing off, before waiting for the announce. Odd tries follow a
-            # source route when the topology (other peers' neighbour lists) names the peer (hop acks make that
-            # reliable), even ones flood.
-            p.probes += 1
-            self.counters.unknown_peer_probes += 1
-            self._start_handshake(p.peer_id, now, flood=p.probes % 2 == 0)
-            wake = now + s.handshake_timeout_s * (1 + p.probes)
-            self.pending.reschedule(p, min(wake, p.created + s.private_expiry_s))
-            return
-        if not self._reachable(p.peer_id, now):
-            # Store and forward: the peer is unknown (restored from the outbox before it announced itself) or has
-            # not been heard from lately (a partition, or it is offline). Sending would only flood the mesh and
-            # burn attempts; its next announce wakes the message up. Meanwhile, carriers may take it there.
-            sealing = s.courier_copies or self.seal_for_mailbox
-            if sealing and not p.sealed and now - p.created >= s.courier_after_s:
-                self._seal_for_couriers(p, now)
-            wake = min(now + s.private_retry_max_interval_s, p.created + s.private_expiry_s)
-            if sealing and not p.sealed and now < p.created + s.courier_after_s:
-                # Look again when it is time to seal. (Past that time and still unsealed, the peer is unknown: no
-                # key to seal to. Waking at `now` again would spin; its announce wakes the message instead.)
-                wake = min(wake, p.created + s.courier_after_s)
-            self.pending.reschedule(p, wake)
-            return
-        if self.sessions.session(p.peer_id) is None:
-            # Nothing can be sent yet: (re)start the handshake and look again when it could have finished.
-            # This is not an attempt; completing the handshake reschedules the send at once.
-            # The first try follows the path table; later ones (a handshake message was lost) flood.
-            self._start_handshake(p.peer_id, now, flood=now - p.created >= self.routed_tries * s.handshake_timeout_s)
-            self.pending.reschedule(p, min(now + s.handshake_timeout_s, p.created + s.private_expiry_s))
-            return
-        counted = not p.free_send  # a send right after a fresh handshake is on the house
-        p.free_send = False
-        if counted:
-            if p.attempts:
-                self.counters.private_retries += 1
-            p.attempts += 1
-        backoff = s.private_retry_interval_s * (2 ** min(30, max(0, p.attempts - 1)))
-        self.pending.reschedule(p, now + min(backoff, s.private_retry_max_interval_s))
-        plaintext = encode_noise_payload(NoisePayloadType.PRIVATE_MESSAGE, encode_private_message(p.message_id, p.text))
-        # The first send follows the path table (with hop acks, the first two); a resend (no ack came back) floods,
-        # and so does a send right after the routed copy's first hop gave up.
-        flood, p.escalate = p.escalate or p.attempts > self.routed_tries, False
-        self._send_encrypted(p.peer_id, plaintext, now, queue=False, flood=flood, tag=p.message_id)
-        if counted and p.attempts % REHANDSHAKE_AFTER_ATTEMPTS == 0 and self.sessions.session(p.peer_id) is not None:
-            # Still no ack: our session may be one the peer no longer holds (it restarted, or lost the last
-            # handshake message). Start a fresh handshake on every path; the old session serves until it completes.
-            self._start_handshake(p.peer_id, now, flood=True)
+    def send_app(self, peer_id: bytes, plaintext: bytes, now: float) -> None:
+        """Send an app-channel plaintext (from :attr:`app`) in the peer's Noise session, starting one if needed."""
+        if self.peers.get(peer_id) is None:
+            raise MeshError(f"peer {peer_id.hex()} is unknown: no verified announce from it yet")
+        self.delivery.send_encrypted(peer_id, plaintext, now, queue=True)
 
-    # ---------------------------------------------------------------- courier envelopes that reach us
-    def _on_envelope(self, link_id: str, pkt: Packet, now: float) -> bool:
-        try:
-            env = decode_envelope_untrusted(pkt.payload)
-        except MalformedFrame:
-            self.counters.courier_refused += 1
-            return False
-        if env.recipient_id != self.peer_id:
-            if not self.couriers.add(env, self.wall_ms(now)):
-                self.counters.courier_refused += 1
-                return False
-            self.counters.courier_carried += 1
-            for lid in self.paths.direct_links(env.recipient_id, now)[:1]:  # the recipient is right here
-                self._meet(env.recipient_id, lid, now)
-            return True
-        return self._open_own_envelope(env, pkt, now)
+    # ---------------------------------------------------------------- courier envelopes
+    # ---------------------------------------------------------------- courier envelopes (CourierDesk)
+    def seal_for_couriers(self, p: PendingMessage, now: float) -> None:
+        self.courier_desk.seal(p, now)
 
     def receive_mailbox_envelope(self, data: bytes, now: float) -> bool:
         """An envelope fetched from an anchor's mailbox (courier encoding): opened and delivered like a courier
         envelope (a MessageReceived event, unless this (sender, ID) was already received). False if it is not for
         us, expired, malformed or unopenable (it is counted; keeping it would not help)."""
-        try:
-            env = decode_envelope_untrusted(data)
-        except MalformedFrame:
-            self.counters.courier_refused += 1
-            return False
-        if env.recipient_id != self.peer_id:
-            self.counters.courier_refused += 1
-            return False
-        return self._open_own_envelope(env, self._packet(MessageType.COURIER_ENVELOPE, b"", now, self.peer_id), now)
-
-    def _open_own_envelope(self, env: Envelope, pkt: Packet, now: float) -> bool:
-        if env.expires_at_ms <= self.wall_ms(now):
-            self.counters.courier_refused += 1
-            return False
-        try:
-            sender, plaintext = open_untrusted(env, self.identity.noise_private)
-            ptype, body = decode_noise_payload_untrusted(plaintext)
-        except (CryptoError, MalformedFrame):
-            self.counters.courier_refused += 1
-            return False
-        self.counters.courier_opened += 1
-        if ptype == NoisePayloadType.PRIVATE_MESSAGE:
-            try:
-                self._on_noise_payload(sender, ptype, body, pkt, now)
-            except MalformedFrame:
-                self.counters.courier_refused += 1
-                return False
-        return True
+        return self.courier_desk.receive_mailbox(data, now)
 
     # ---------------------------------------------------------------- receive
     def receive_frame(self, link_id: str, data: bytes, now: float) -> bool:
         """Take a frame from a link. False when it changed nothing — a duplicate of a packet already taken, or
-        malformed: no output, no event and no earlier timer, so an adapter need not look for any."""
+        malformed: no output, no event and no earlier timer, so an adapter need not look for any. Never raises:
+        a failure while handling the frame drops that frame only (:mod:`node.routing.containment`)."""
         self.counters.frames_in += 1
+        try:
+            return self._receive_frame(link_id, data, now)
+        except Exception as exc:  # broad: one frame's failure must end that frame only (counted, logged once)
+            at = 14 if data[:1] == b"\x01" else 16  # the sender ID's offset in a v1 / v2 header
+            self.containment.contain(exc, f"a frame on link {link_id}", bytes(data[at : at + 8]) or None)
+            return True
+
+    def _receive_frame(self, link_id: str, data: bytes, now: float) -> bool:
         # Fast path for the common case in a mesh, a copy of a packet we already took: relays forward the received
         # bytes with only the TTL byte rewritten, so the frame without its TTL (hashed) identifies the copy.
         view = memoryview(data)
@@ -395,7 +543,7 @@ class MeshCore(AnnouncingCore):
         raw = digest.digest()
         key = self._raw_seen.get(raw)
         if key is not None and self.dedupe.seen(key, now):
-            self._on_duplicate(key, link_id)
+            self.forwarder.on_duplicate(key, link_id)
             return False
         try:
             pkt = decode_packet_untrusted(data, self.limits)
@@ -410,20 +558,6 @@ class MeshCore(AnnouncingCore):
                 del self._raw_seen[next(iter(self._raw_seen))]
         return True
 
-    def _on_duplicate(self, key: str, link_id: str) -> None:
-        self.counters.duplicate += 1
-        relay = self.relays.pending(key)
-        if relay is None:
-            return
-        strike = [link_id]
-        if relay.prunable:  # an announce: the copy's sender also covered its own neighbours (see _not_covered)
-            covered = self._covered_by(link_id)
-            if covered:
-                peer_on = self.paths.link_peers
-                strike += [lid for lid in relay.link_ids if peer_on.get(lid) in covered]
-        if self.relays.strike(key, strike):
-            self.counters.relay_cancelled += 1  # every neighbour we would pass it to has it already
-
     def _handle_packet(self, link_id: str, pkt: Packet, wire: bytes, now: float, *, relay: bool = True) -> str | None:
         """Process a decoded packet; its dedupe key if it was new and accepted (None otherwise)."""
         if pkt.sender_id == self.peer_id:
@@ -437,9 +571,9 @@ class MeshCore(AnnouncingCore):
             return None
         key = dedupe_key(pkt.sender_id, pkt.timestamp_ms, pkt.type, pkt.payload)
         if relay and self.hop_arq and not is_broadcast(pkt):
-            self._send_hop_ack(link_id, pkt, key, now)  # every copy: a resend means our last ack was lost
+            self.output.send_hop_ack(link_id, pkt, key, now)  # every copy: a resend means our last ack was lost
         if not self.dedupe.check_and_add(key, now):
-            self._on_duplicate(key, link_id)
+            self.forwarder.on_duplicate(key, link_id)
             return None
         broadcast = is_broadcast(pkt)
         for_us = pkt.recipient_id == self.peer_id
@@ -450,10 +584,10 @@ class MeshCore(AnnouncingCore):
             if broadcast or for_us:
                 authentic = self._on_fragment(link_id, pkt, now)
         elif t == MessageType.ANNOUNCE:
-            ann = self._on_announce(link_id, pkt, wire, now)
+            ann = self.presence.on_announce(link_id, pkt, wire, now)
             authentic = ann is not None
             if ann is not None and relay and not self._flood and pkt.ttl > 1:
-                how = self._announce_relay(link_id, pkt, ann, now)
+                how = self.presence.announce_relay(link_id, pkt, ann, now)
                 if how != "all":
                     self.counters.announce_relay_suppressed += 1
                 if how == "fresh":
@@ -473,19 +607,19 @@ class MeshCore(AnnouncingCore):
         elif t == MessageType.LEAVE:
             authentic = self._on_leave(pkt, wire)
         elif t == MessageType.NOISE_HANDSHAKE and for_us:
-            self._on_handshake(pkt, now)
+            self.delivery.on_handshake(pkt, now)
         elif t == MessageType.NOISE_ENCRYPTED and for_us:
-            self._on_encrypted(pkt, now)
+            self.delivery.on_encrypted(pkt, now)
         elif t == MessageType.PING and for_us:
-            self._on_ping(link_id, pkt, now)
+            self.presence.on_ping(link_id, pkt, now)
         elif t == MessageType.PONG and for_us:
-            self._on_pong(pkt, now)
+            self.presence.on_pong(pkt, now)
         elif t == MessageType.COURIER_ENVELOPE and for_us:
-            authentic = self._on_envelope(link_id, pkt, now)
+            authentic = self.courier_desk.on_envelope(link_id, pkt, now)
         else:
             self.counters.unknown_type += 1  # still relayed, as BitChat relays types it does not know
         if relay and authentic and not for_us:
-            self._relay(link_id, pkt, wire, key, now, phones_only=phones_only, prune_by_sender=prune_by_sender)
+            self.forwarder.relay(link_id, pkt, wire, key, now, phones_only=phones_only, prune_by_sender=prune_by_sender)
         if not authentic:
             # The dedupe key does not cover the signature: a forged or broken copy must not make the genuine
             # packet, arriving later, look like a duplicate.
@@ -510,84 +644,6 @@ class MeshCore(AnnouncingCore):
             self.counters.hop_acks_received += 1
 
     # ---------------------------------------------------------------- relay
-    def _relay(
-        self,
-        in_link: str,
-        pkt: Packet,
-        wire: bytes,
-        key: str,
-        now: float,
-        *,
-        phones_only: bool = False,
-        prune_by_sender: bool = True,
-    ) -> None:
-        if pkt.ttl <= 1 or pkt.is_rsr or pkt.type in (MessageType.REQUEST_SYNC, MessageType.HOP_ACK):
-            return
-        broadcast = is_broadcast(pkt)
-        degree = len(self.links)
-        others = [lid for lid in self.links if lid != in_link]
-        if self._flood:
-            ttl, targets, delay = min(pkt.ttl, MAX_TTL) - 1, others, 0.0
-        else:
-            ttl = relayed_ttl(pkt.type, pkt.ttl, broadcast=broadcast, degree=degree)
-            if broadcast:
-                targets = others
-                if pkt.type == MessageType.ANNOUNCE:
-                    if phones_only:
-                        targets = [lid for lid in targets if not self._settles(lid)]
-                    if prune_by_sender:
-                        targets = self._not_covered(targets, in_link)
-                elif pkt.type != MessageType.FRAGMENT:
-                    targets = fanout_subset(key, others)
-            else:
-                targets = self._directed_relay_links(pkt, in_link, now)
-            delay = relay_jitter_s(self.rng, pkt.type, broadcast=broadcast, degree=degree)
-        if ttl < 1 or not targets:
-            return
-        frame = with_ttl(wire, ttl)
-        prune = pkt.type == MessageType.ANNOUNCE and not self._flood
-        track = not broadcast and len(targets) == 1 and self._tracks(targets[0], pkt)
-        if not self.relays.push(now + delay, key, frame, targets, prunable=prune, track=track):
-            self.counters.relay_queue_full += 1
-
-    def _not_covered(self, link_ids: list[str], from_link: str) -> list[str]:
-        """Announce relay pruning: of ``link_ids``, those whose neighbour is not also a neighbour of the peer on
-        ``from_link``. That peer sent the packet to all of its neighbours or pruned them for a node that sent
-        earlier still, so by induction the earliest sender next to any node sends to it: no node is left out for
-        want of a sender, only for loss. Saves most duplicate frames of announce floods in a dense mesh; announces
-        repeat, so a loss is made good by the next one. A neighbourship counts only when both ends' announces
-        name each other, so a neighbour lying about its neighbours cannot make us starve a node."""
-        covered = self._covered_by(from_link)
-        if not covered:
-            return link_ids
-        peer_on = self.paths.link_peers
-        return [lid for lid in link_ids if peer_on.get(lid) not in covered]
-
-    def _covered_by(self, link_id: str) -> frozenset[bytes]:
-        """The neighbours of the peer on ``link_id`` that both it and they name in their announces."""
-        sender = self.paths.link_peers.get(link_id)
-        return self.paths.mutual_neighbours(sender) if sender is not None else frozenset()
-
-    def _directed_relay_links(self, pkt: Packet, in_link: str, now: float) -> list[str]:
-        """BitChat's forwarding of a directed packet (BLE/BLERouteForwardingPolicy.swift): along its source
-        route if it has one (to hop 0 when we are not on it), straight to the recipient when it is our
-        neighbour, else a flood. Never back out of the arrival link."""
-        target = pkt.recipient_id
-        assert target is not None
-        if pkt.route:
-            if self.peer_id in pkt.route:
-                i = pkt.route.index(self.peer_id)
-                target = pkt.route[i + 1] if i + 1 < len(pkt.route) else target
-            else:
-                target = pkt.route[0]
-        direct = [lid for lid in self.paths.direct_links(target, now) if lid != in_link]
-        if direct:
-            return direct[:1]
-        # No route in the packet and the target is not ours: flood, as BitChat does. (Forwarding it by our own
-        # table instead turned a sender's deliberate flood — its resend after a lost routed copy — back into a
-        # single path at the first relay.)
-        return [lid for lid in self.links if lid != in_link]
-
     def _on_public(self, pkt: Packet, wire: bytes, now: float) -> bool:
         """False when the message must not be relayed: a bad signature or bad text. One from a sender we have
         no announce from yet cannot be checked: it is not shown, but relayed (BitChat relays what it cannot
@@ -595,10 +651,17 @@ class MeshCore(AnnouncingCore):
         info = self._verified(pkt, wire)
         if info is None:
             return self.peers.get(pkt.sender_id) is None
+        limit = self.settings.max_public_text_chars
+        if len(pkt.payload) > 4 * limit:  # (the decoder inflated it already: this is the decompressed size)
+            self.counters.oversize += 1
+            return False
         try:
             text = pkt.payload.decode("utf-8")
         except UnicodeDecodeError:
             self.counters.malformed += 1
+            return False
+        if not text or len(text) > limit:  # the send limit, applied on receipt: never stored, never relayed
+            self.counters.oversize += 1
             return False
         self.peers.touch(info.peer_id, now)
         self._events.append(
@@ -618,124 +681,34 @@ class MeshCore(AnnouncingCore):
         info = self._verified(pkt, wire)
         if info is None:
             return False  # unsigned or unverifiable leaves are neither believed nor relayed
-        info.left = True
-        self.sessions.drop(info.peer_id)
+        if pkt.timestamp_ms <= info.left_ms or pkt.timestamp_ms < info.announced_ms:
+            # Not newer than its last leave, or older than its newest announce: a replay (the dedupe cache may have
+            # been flooded since; the clock window alone admits it for 120 s).
+            self.counters.leave_replayed += 1
+            return False
+        info.left, info.left_ms = True, pkt.timestamp_ms
+        self.delivery.peer_left(info.peer_id)
         self.paths.forget_peer(info.peer_id)
         self._events.append(PeerLeft(info.peer_id, info.nickname))
         return True
 
-    def _on_handshake(self, pkt: Packet, now: float) -> None:
-        peer = pkt.sender_id
-        info = self.peers.get(peer)
-        try:
-            step = self.sessions.on_message_untrusted(peer, pkt.payload, now, info.noise_public_key if info else None)
-        except CryptoError:
-            self.counters.handshake_failed += 1
-            self._early.pop(peer, None)  # the handshake is gone: so is what waited for it
-            return
-        if step.reply is not None:
-            flood = arrived_flooded(pkt) and not self._hop_route(peer, now)
-            self._send_directed(MessageType.NOISE_HANDSHAKE, step.reply, peer, now, flood=flood)
-        if step.established:
-            self._handshake_expiries.pop(peer, None)
-            for early in self._early.pop(peer, ()):
-                self._on_encrypted(early, now)
-            for plaintext in self._session_queue.pop(peer, deque()):
-                self._send_encrypted(peer, plaintext, now, queue=True)
-            for p in self.pending.for_peer(peer):  # don't wait for the retry timer; this send is on the house
-                self.pending.reschedule(p, now)
-                p.free_send = True
-
-    def _hold_early(self, pkt: Packet) -> bool:
-        """With hop acks a resent handshake message 3 can arrive after the ciphertexts that followed it: while we
-        are the responder of a handshake with the sender, hold its ciphertext until the handshake completes (or
-        times out, which then starts a new one) instead of abandoning the handshake at once."""
-        peer = pkt.sender_id
-        if not self.hop_arq or not self.sessions.responding(peer) or len(pkt.payload) > EARLY_CIPHERTEXT_MAX_BYTES:
-            return False
-        held = self._early.setdefault(peer, deque(maxlen=EARLY_CIPHERTEXTS))
-        held.append(pkt)
-        self._early.move_to_end(peer)
-        while len(self._early) > EARLY_PEERS:  # bounded: EARLY_PEERS x EARLY_CIPHERTEXTS x 4 KiB
-            self._early.popitem(last=False)
-        self.counters.early_ciphertext += 1
-        return True
-
-    def _on_encrypted(self, pkt: Packet, now: float) -> None:
-        peer = pkt.sender_id
-        if self.sessions.session(peer) is None:
-            if self._hold_early(pkt):
-                return
-            self.counters.decrypt_failed += 1
-            # As BitChat: ciphertext without a session starts one. If we were the responder of a handshake,
-            # the peer has finished it and our message 3 never arrived: start over as initiator now.
-            self.sessions.abandon_responder(peer)
-            self._start_handshake(peer, now, flood=True)  # recovery: the last attempt's path lost something
-            return
-        try:
-            plaintext = self.sessions.decrypt_untrusted(peer, pkt.payload)
-        except ReplayError:
-            self.counters.replayed += 1  # a duplicate from the medium or a relay: harmless
-            return
-        except CryptoError:
-            # The peer encrypts under keys we do not hold (it restarted, or finished a handshake whose last
-            # message we lost). Start over; one handshake per peer at a time bounds what a forger can cause.
-            if self._hold_early(pkt):
-                return
-            self.counters.decrypt_failed += 1
-            self.sessions.abandon_responder(peer)
-            self._start_handshake(peer, now, flood=True)  # recovery: the last attempt's path lost something
-            return
-        try:
-            ptype, body = decode_noise_payload_untrusted(plaintext)
-            self._on_noise_payload(peer, ptype, body, pkt, now)
-        except MalformedFrame:
-            self.counters.malformed += 1
-
-    def _on_noise_payload(self, peer: bytes, ptype: int, body: bytes, pkt: Packet, now: float) -> None:
-        self.peers.touch(peer, now)
-        if ptype == NoisePayloadType.PRIVATE_MESSAGE:
-            message_id, text = decode_private_message_untrusted(body)
-            ack = encode_noise_payload(NoisePayloadType.DELIVERED, message_id.encode())
-            key = f"{peer.hex()}:{message_id}"
-            # Ack every copy. A resend means our ack was lost, and a flooded copy means the sender's route failed:
-            # either way the ack goes on every path.
-            flood = key in self._seen_private or (arrived_flooded(pkt) and not self._hop_route(peer, now))
-            self._send_encrypted(peer, ack, now, queue=True, flood=flood)
-            if key in self._seen_private:
-                return
-            self._seen_private[key] = None
-            while len(self._seen_private) > SEEN_PRIVATE_IDS:
-                self._seen_private.popitem(last=False)
-            info = self.peers.get(peer)
-            self._events.append(
-                MessageReceived(
-                    message_id,
-                    peer,
-                    info.nickname if info else peer.hex(),
-                    text,
-                    private=True,
-                    hops=hops_travelled(pkt),
-                    timestamp_ms=pkt.timestamp_ms,
-                )
-            )
-        elif ptype == NoisePayloadType.DELIVERED:
-            message_id = body.decode("utf-8", errors="replace")
-            p = self.pending.get(message_id)
-            if p is not None and p.peer_id == peer:
-                self.pending.remove(message_id)
-                self._events.append(DeliveryAcked(message_id, peer))
-        elif ptype == NoisePayloadType.APP_CHANNEL:
-            app_event = self.app.receive_untrusted(peer, body)
-            if isinstance(app_event, bytes):  # a resent request we answered already: answer it again
-                self._send_encrypted(peer, app_event, now, queue=True)
-            elif app_event is not None:
-                self._events.append(app_event)
-        # read receipts, authenticated peer state and optional types are accepted and ignored
+    def _verified(self, pkt: Packet, wire: bytes) -> PeerInfo | None:
+        """The sender's PeerInfo if the packet's signature verifies with its pinned signing key."""
+        info = self.peers.get(pkt.sender_id)
+        if info is None:
+            self.counters.unverified_sender += 1
+            return None
+        if not self.verify(wire, info.signing_public_key, self.limits):
+            self.counters.bad_signature += 1
+            return None
+        return info
 
     def _on_fragment(self, link_id: str, pkt: Packet, now: float) -> bool:
         try:
             frag = decode_fragment_untrusted(pkt.payload)
+            if frag.original_type == MessageType.FRAGMENT:
+                self.counters.nested_fragment += 1  # fragments never nest: BitChat fragments whole frames
+                return False
             whole = self.reassembler.add_untrusted(pkt.sender_id, frag, now)
         except MalformedFrame:
             self.counters.malformed += 1
@@ -747,6 +720,9 @@ class MeshCore(AnnouncingCore):
         except MalformedFrame:
             self.counters.malformed += 1
             return True  # the fragments themselves were fine; others may be able to use them
+        if inner.type == MessageType.FRAGMENT:  # a reassembled frame is handled once, never reassembled again
+            self.counters.nested_fragment += 1
+            return False
         self.counters.fragments_reassembled += 1
         # The fragments were the relayed unit; the whole packet is processed but not relayed (BITCHAT.md §2.3).
         self._handle_packet(link_id, inner, whole, now, relay=False)

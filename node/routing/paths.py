@@ -135,6 +135,10 @@ class PathTable:
         self._reverse.pop(peer, None)
         self._routes = None
 
+    def origins(self) -> int:
+        """Origins whose announced neighbours are known (bounded by ``max_entries``)."""
+        return len(self._adjacency)
+
     def peer_on_link(self, link_id: str) -> bytes | None:
         return self._link_peer.get(link_id)
 

@@ -28,6 +28,8 @@ class PeerInfo:
     capabilities: int | None = None
     left: bool = False  # a verified leave was received
     rtt_s: float | None = None  # smoothed round-trip time of ping/pong over the peer's link
+    announced_ms: int = 0  # timestamp of its newest accepted announce (a leave older than this is a replay)
+    left_ms: int = -1  # timestamp of its last accepted leave (a leave not newer than this is a replay)
 
     def reachable(self, now: float, expiry_s: float) -> bool:
         return not self.left and now - self.last_seen <= expiry_s

@@ -11,11 +11,14 @@ BitChat rules (bitchat/Noise/NoiseSessionManager.swift, BITCHAT.md §3):
 
 from __future__ import annotations
 
+import heapq
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from node.crypto.errors import DecryptError, HandshakeError, ReplayError
 from node.crypto.session import NoiseTransportSession, XXHandshake
 from node.identity import peer_id_from_noise_key
+from node.routing.ratelimit import OriginLimiter
 
 MSG1_BYTES = 32  # → e
 MSG2_BYTES = 96  # ← e, ee, s, es (+16-byte tag of the encrypted static, +16 of the empty payload)
@@ -34,43 +37,97 @@ class _Handshake:
 class HandshakeStep:
     reply: bytes | None  # a handshake message to send to the peer, if any
     established: bool  # a transport session with the peer now exists
+    refused: bool = False  # a message 1 over the responder limits: ignored (counted by the caller)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """Bounds of the session table (config: ``mesh.max_responder_handshakes``, ``mesh.handshakes_per_peer_per_min``,
+    ``mesh.handshakes_per_min``, ``mesh.max_sessions``, ``mesh.session_idle_s``)."""
+
+    max_responders: int = 64
+    per_peer_per_min: int = 10
+    per_min: int = 120
+    max_sessions: int = 1024
+    idle_s: float = 3600.0
+    max_peers: int = 1000  # peers whose message-1 rate is remembered
 
 
 class SessionManager:
-    def __init__(self, *, static_private: bytes, local_peer_id: bytes, timeout_s: float) -> None:
+    """Handshakes in flight and transport sessions, bounded (:class:`SessionLimits`).
+
+    * Handshakes we started (initiator) and handshakes a peer started (responder) are kept apart: a message 1
+      "from P" — forged or crossed — never replaces our own handshake with P; whichever completes first gives the
+      session and ends the other.
+    * Responder handshakes are unverified state, cheap to drop: at most ``max_responders`` at once (the oldest
+      goes), and message 1 is accepted at most ``per_peer_per_min`` times a minute per sender and ``per_min`` in
+      all (BitChat: 10 per peer, 30 in all) — beyond, it is ignored (:attr:`HandshakeStep.refused`).
+    * Sessions unused for ``idle_s`` are dropped, and at most ``max_sessions`` are kept (least recently used goes).
+    * Deadlines are a heap (lazy deletion) and idle sessions an LRU order: :meth:`next_deadline` and
+      :meth:`expire` never scan the table.
+    """
+
+    def __init__(
+        self,
+        *,
+        static_private: bytes,
+        local_peer_id: bytes,
+        timeout_s: float,
+        limits: SessionLimits | None = None,
+    ) -> None:
         self._static = static_private
         self._local_hex = local_peer_id.hex()
         self._timeout_s = timeout_s
-        self._sessions: dict[bytes, NoiseTransportSession] = {}
+        self.limits = lim = limits or SessionLimits()
+        self._sessions: OrderedDict[bytes, NoiseTransportSession] = OrderedDict()  # least recently used first
+        self._last_used: dict[bytes, float] = {}
         # The session a new handshake replaced, kept for decryption only: frames the peer encrypted just
         # before it switched (an ack in flight) still open, instead of setting off yet another handshake.
         self._previous: dict[bytes, NoiseTransportSession] = {}
-        self._handshakes: dict[bytes, _Handshake] = {}
+        self._initiators: dict[bytes, _Handshake] = {}
+        self._responders: OrderedDict[bytes, _Handshake] = OrderedDict()  # oldest first
+        self._deadlines: list[tuple[float, int, bytes]] = []  # (deadline, seq, peer): lazily invalidated
+        self._seq = 0
+        self._msg1_rate = OriginLimiter(
+            per_origin_per_s=lim.per_peer_per_min / 60.0,
+            burst=float(lim.per_peer_per_min),
+            global_per_s=lim.per_min / 60.0,
+            global_burst=float(lim.per_min),
+            max_origins=lim.max_peers,
+        )
+        self.evicted_sessions = 0  # idle or least recently used sessions dropped
+        self.evicted_responders = 0  # responder handshakes dropped for a newer one beyond max_responders
+
+    def __len__(self) -> int:
+        return len(self._sessions)
 
     def session(self, peer: bytes) -> NoiseTransportSession | None:
         return self._sessions.get(peer)
 
+    def touch(self, peer: bytes, now: float) -> None:
+        """The session with ``peer`` was used (a frame sent or opened): it is the most recently used."""
+        if peer in self._sessions:
+            self._sessions.move_to_end(peer)
+            self._last_used[peer] = now
+
     def handshaking(self, peer: bytes) -> bool:
-        return peer in self._handshakes
+        return peer in self._initiators or peer in self._responders
 
     def responding(self, peer: bytes) -> bool:
         """A handshake with ``peer`` is under way and we are its responder (message 3 is what we await)."""
-        pending = self._handshakes.get(peer)
-        return pending is not None and not pending.initiator
+        return peer in self._responders
 
     def drop(self, peer: bytes) -> None:
         self._sessions.pop(peer, None)
+        self._last_used.pop(peer, None)
         self._previous.pop(peer, None)
-        self._handshakes.pop(peer, None)
+        self._initiators.pop(peer, None)
+        self._responders.pop(peer, None)
 
     def abandon_responder(self, peer: bytes) -> bool:
         """Drop a half-done handshake in which we are the responder. Called when the peer sends ciphertext we
         cannot open: it considers the handshake finished, so our message 3 was lost and waiting is futile."""
-        pending = self._handshakes.get(peer)
-        if pending is not None and not pending.initiator:
-            del self._handshakes[peer]
-            return True
-        return False
+        return self._responders.pop(peer, None) is not None
 
     def decrypt_untrusted(self, peer: bytes, frame: bytes) -> bytes:
         """Decrypt with the current session, else the one it replaced. Raises CryptoError (DecryptError when
@@ -92,61 +149,123 @@ class SessionManager:
 
     def initiate(self, peer: bytes, now: float) -> bytes | None:
         """Message 1 of a new handshake, or None if one is already under way."""
-        if peer in self._handshakes:
+        if self.handshaking(peer) or len(self._initiators) >= self.limits.max_peers:
             return None
         hs = XXHandshake.initiator_for(self._static)
-        self._handshakes[peer] = _Handshake(hs, True, now + self._timeout_s)
+        self._initiators[peer] = self._schedule(peer, _Handshake(hs, True, now + self._timeout_s))
         return hs.write()
 
     def on_message_untrusted(
         self, peer: bytes, message: bytes, now: float, pinned_static: bytes | None
     ) -> HandshakeStep:
         """Feed a 0x10 payload from ``peer``. Raises HandshakeError (a remote error) when it is invalid;
-        the half-done handshake is then discarded."""
-        pending = self._handshakes.get(peer)
+        the half-done handshake it was for is then discarded."""
         if len(message) == MSG1_BYTES:
-            if pending is not None and pending.initiator and self._local_hex < peer.hex():
-                return HandshakeStep(None, False)  # crossed: we keep the initiator role, they will yield
-            hs = XXHandshake.responder_for(self._static)
-            hs.read_untrusted(message)
-            msg2 = hs.write()
-            self._handshakes[peer] = _Handshake(hs, False, now + self._timeout_s * RESPONDER_TIMEOUT_FACTOR)
-            return HandshakeStep(msg2, False)
-        if pending is None:
-            raise HandshakeError(f"handshake message of {len(message)} bytes with no handshake under way")
-        try:
-            reply: bytes | None = None
-            if len(message) == MSG2_BYTES and pending.initiator:
-                pending.hs.read_untrusted(message)
-                reply = pending.hs.write()
-            elif len(message) == MSG3_BYTES and not pending.initiator:
-                pending.hs.read_untrusted(message)
-            else:
-                raise HandshakeError(f"unexpected handshake message of {len(message)} bytes")
-            session = pending.hs.finish()
-        except HandshakeError:
-            del self._handshakes[peer]
-            raise
-        del self._handshakes[peer]
+            return self._on_msg1(peer, message, now)
+        if len(message) == MSG2_BYTES and peer in self._initiators:
+            pending, table = self._initiators[peer], self._initiators
+        elif len(message) == MSG3_BYTES and peer in self._responders:
+            pending, table = self._responders[peer], self._responders
+        else:
+            raise HandshakeError(f"handshake message of {len(message)} bytes with no handshake expecting it")
+        del table[peer]  # done either way: completed, or broken by a message that does not read
+        reply: bytes | None = None
+        pending.hs.read_untrusted(message)
+        if pending.initiator:
+            reply = pending.hs.write()
+        session = pending.hs.finish()
         remote = session.remote_static
         if peer_id_from_noise_key(remote) != peer:
             raise HandshakeError("the peer's static key does not hash to its peer ID")
         if pinned_static is not None and remote != pinned_static:
             raise HandshakeError("the peer's static key differs from the key pinned from its announce")
+        self._initiators.pop(peer, None)  # the other handshake, if both were under way, is moot
+        self._responders.pop(peer, None)
         old = self._sessions.get(peer)
         if old is not None:
             self._previous[peer] = old
         self._sessions[peer] = session
+        self.touch(peer, now)
+        while len(self._sessions) > self.limits.max_sessions:
+            lru, _ = self._sessions.popitem(last=False)
+            self._last_used.pop(lru, None)
+            self._previous.pop(lru, None)
+            self.evicted_sessions += 1
         return HandshakeStep(reply, True)
 
+    def _on_msg1(self, peer: bytes, message: bytes, now: float) -> HandshakeStep:
+        if peer in self._initiators and self._local_hex < peer.hex():
+            return HandshakeStep(None, False)  # crossed: we keep the initiator role, they will yield
+        if not self._msg1_rate.allow(peer, now):
+            return HandshakeStep(None, False, refused=True)
+        hs = XXHandshake.responder_for(self._static)
+        hs.read_untrusted(message)
+        msg2 = hs.write()
+        # A new message 1 replaces a responder handshake with the same peer (it restarted), never our initiator one.
+        self._responders.pop(peer, None)
+        self._responders[peer] = self._schedule(
+            peer, _Handshake(hs, False, now + self._timeout_s * RESPONDER_TIMEOUT_FACTOR)
+        )
+        while len(self._responders) > self.limits.max_responders:
+            self._responders.popitem(last=False)
+            self.evicted_responders += 1
+        return HandshakeStep(msg2, False)
+
+    def _schedule(self, peer: bytes, h: _Handshake) -> _Handshake:
+        self._seq += 1
+        heapq.heappush(self._deadlines, (h.deadline, self._seq, peer))
+        live = len(self._initiators) + len(self._responders)
+        if len(self._deadlines) > 4 * live + 64:  # many stale entries: rebuild from the live handshakes
+            self._deadlines = [(x.deadline, i, p) for i, (p, x) in enumerate(self._live())]
+            heapq.heapify(self._deadlines)
+        return h
+
+    def _live(self) -> list[tuple[bytes, _Handshake]]:
+        return [*self._initiators.items(), *self._responders.items()]
+
+    def _due(self, peer: bytes, deadline: float) -> list[dict[bytes, _Handshake]]:
+        """The tables whose handshake with ``peer`` has exactly this deadline (the heap entry is not stale)."""
+        return [
+            t for t in (self._initiators, self._responders) if (h := t.get(peer)) is not None and h.deadline == deadline
+        ]
+
     def expire(self, now: float) -> list[bytes]:
-        """Abandon handshakes past their deadline; returns the peers concerned."""
-        gone = [p for p, h in self._handshakes.items() if h.deadline <= now]
-        for p in gone:
-            del self._handshakes[p]
+        """Abandon handshakes past their deadline (returns the peers left with no handshake under way) and drop
+        sessions idle for ``idle_s``."""
+        gone: list[bytes] = []
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            deadline, _, peer = heapq.heappop(heap)
+            tables = self._due(peer, deadline)
+            for t in tables:
+                del t[peer]
+            if tables and not self.handshaking(peer) and peer not in gone:
+                gone.append(peer)
+        idle = self.limits.idle_s
+        while self._sessions:
+            peer = next(iter(self._sessions))
+            if self._last_used.get(peer, now) + idle > now:
+                break
+            self.drop(peer)
+            self.evicted_sessions += 1
         return gone
 
     def next_deadline(self) -> float | None:
-        if not self._handshakes:
-            return None
-        return min(h.deadline for h in self._handshakes.values())
+        heap = self._deadlines
+        while heap and not self._due(heap[0][2], heap[0][0]):
+            heapq.heappop(heap)  # stale: that handshake completed, failed or was replaced
+        best = heap[0][0] if heap else None
+        if self._sessions:
+            oldest = self._last_used.get(next(iter(self._sessions)))
+            if oldest is not None and (best is None or oldest + self.limits.idle_s < best):
+                best = oldest + self.limits.idle_s
+        return best
+
+    def bounded_sizes(self) -> dict[str, tuple[int, int]]:
+        lim = self.limits
+        return {
+            "sessions": (len(self._sessions), lim.max_sessions),
+            "responder_handshakes": (len(self._responders), lim.max_responders),
+            "initiator_handshakes": (len(self._initiators), lim.max_peers),
+            "handshake_rate_peers": (len(self._msg1_rate), lim.max_peers),
+        }

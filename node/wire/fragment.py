@@ -129,13 +129,62 @@ class _Assembly:
 
 
 class Reassembler:
-    def __init__(self, limits: WireLimits = DEFAULT_LIMITS) -> None:
+    """Reassembly of fragment sets, keyed by (sender, fragment ID), bounded per sender and in total.
+
+    Bounds: ``limits.fragment_max_assemblies`` sets and ``max_bytes`` bytes in total; ``max_per_peer`` sets and
+    ``max_bytes_per_peer`` bytes per sender (None: no per-sender bound). Eviction is fair: a sender over its own
+    bound loses its own oldest set; over a global bound, the sender holding the most loses its oldest — one sender
+    cannot evict everyone else's. Sets expire in creation order (deadlines are creation + a fixed lifetime), so
+    :meth:`expire` and :meth:`next_expiry` never scan the table."""
+
+    def __init__(
+        self,
+        limits: WireLimits = DEFAULT_LIMITS,
+        *,
+        max_per_peer: int | None = None,
+        max_bytes_per_peer: int | None = None,
+        max_bytes: int | None = None,
+    ) -> None:
         self.limits = limits
+        self.max_per_peer = max_per_peer
+        self.max_bytes_per_peer = max_bytes_per_peer
+        self.max_bytes = max_bytes
         self.counters = ReassemblyCounters()
-        self._assemblies: OrderedDict[tuple[bytes, bytes], _Assembly] = OrderedDict()
+        self._assemblies: OrderedDict[tuple[bytes, bytes], _Assembly] = OrderedDict()  # oldest first
+        self._by_peer: dict[bytes, OrderedDict[bytes, None]] = {}  # sender -> its fragment IDs, oldest first
+        self._peer_bytes: dict[bytes, int] = {}
+        self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._assemblies)
+
+    def _drop(self, key: tuple[bytes, bytes]) -> None:
+        asm = self._assemblies.pop(key)
+        sender, fid = key
+        mine = self._by_peer[sender]
+        del mine[fid]
+        self.bytes -= asm.size
+        left = self._peer_bytes[sender] - asm.size
+        if mine:
+            self._peer_bytes[sender] = left
+        else:
+            del self._by_peer[sender], self._peer_bytes[sender]
+
+    def _evict_oldest_of(self, sender: bytes, keep: bytes | None = None) -> bool:
+        for fid in self._by_peer.get(sender, ()):
+            if fid != keep:
+                self._drop((sender, fid))
+                self.counters.evicted += 1
+                return True
+        return False
+
+    def _evict_fairly(self, by_bytes: bool, keep: tuple[bytes, bytes]) -> bool:
+        """Over a global bound: the sender holding the most (sets, or bytes) loses its oldest set."""
+        table = self._peer_bytes if by_bytes else {p: len(f) for p, f in self._by_peer.items()}
+        for sender in sorted(table, key=lambda p: table[p], reverse=True):
+            if self._evict_oldest_of(sender, keep[1] if sender == keep[0] else None):
+                return True
+        return False
 
     def add_untrusted(self, sender_id: bytes, frag: FragmentPayload, now: float) -> bytes | None:
         """Add one fragment; returns the whole original frame when its last fragment arrives."""
@@ -144,14 +193,20 @@ class Reassembler:
         if not 0 < frag.total <= lim.fragment_max_total or frag.index >= frag.total:
             self.counters.rejected += 1
             return None
-        key = (bytes(sender_id), frag.fragment_id)
+        sender = bytes(sender_id)
+        key = (sender, frag.fragment_id)
         asm = self._assemblies.get(key)
         if asm is None:
+            mine = self._by_peer.get(sender)
+            while mine and self.max_per_peer is not None and len(mine) >= self.max_per_peer:
+                self._evict_oldest_of(sender)
+                mine = self._by_peer.get(sender)
+            while len(self._assemblies) >= lim.fragment_max_assemblies and self._evict_fairly(False, key):
+                pass
             asm = _Assembly(frag.total, frag.original_type, now + lim.fragment_lifetime_s)
             self._assemblies[key] = asm
-            while len(self._assemblies) > lim.fragment_max_assemblies:
-                self._assemblies.popitem(last=False)
-                self.counters.evicted += 1
+            self._by_peer.setdefault(sender, OrderedDict())[frag.fragment_id] = None
+            self._peer_bytes.setdefault(sender, 0)
         elif asm.total != frag.total or asm.original_type != frag.original_type:
             self.counters.rejected += 1
             return None
@@ -163,25 +218,41 @@ class Reassembler:
             if frag.original_type in LARGE_ORIGINAL_TYPES
             else lim.fragment_max_assembly_bytes
         )
-        if asm.size + len(frag.chunk) > cap:
-            del self._assemblies[key]
+        size = len(frag.chunk)
+        if asm.size + size > cap or (self.max_bytes_per_peer is not None and asm.size + size > self.max_bytes_per_peer):
+            self._drop(key)
             self.counters.rejected += 1
             return None
+        while self.max_bytes_per_peer is not None and self._peer_bytes[sender] + size > self.max_bytes_per_peer:
+            self._evict_oldest_of(sender, keep=frag.fragment_id)  # its own older sets make room (asm alone fits)
+        while self.max_bytes is not None and self.bytes + size > self.max_bytes:
+            if not self._evict_fairly(True, key):
+                self._drop(key)
+                self.counters.rejected += 1
+                return None
         asm.chunks[frag.index] = frag.chunk
-        asm.size += len(frag.chunk)
+        asm.size += size
+        self._peer_bytes[sender] += size
+        self.bytes += size
         self.counters.accepted += 1
         if len(asm.chunks) < asm.total:
             return None
-        del self._assemblies[key]
+        self._drop(key)
         self.counters.completed += 1
         return b"".join(asm.chunks[i] for i in range(asm.total))
 
     def expire(self, now: float) -> None:
-        for key in [k for k, a in self._assemblies.items() if a.deadline <= now]:
-            del self._assemblies[key]
+        while self._assemblies:
+            key, asm = next(iter(self._assemblies.items()))
+            if asm.deadline > now:
+                break
+            self._drop(key)
             self.counters.expired += 1
 
     def next_expiry(self) -> float | None:
         if not self._assemblies:
             return None
-        return min(a.deadline for a in self._assemblies.values())
+        return next(iter(self._assemblies.values())).deadline
+
+    def peer_count(self) -> int:
+        return len(self._by_peer)

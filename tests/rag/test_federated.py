@@ -78,7 +78,7 @@ def _spy_plaintexts(node: Node) -> list[bytes]:
     core = node.core
     assert core is not None
     sent: list[bytes] = []
-    original = core._send_encrypted
+    original = core.delivery.send_encrypted
 
     def spy(
         peer_id: bytes, plaintext: bytes, now: float, *, queue: bool, flood: bool = False, tag: str | None = None
@@ -86,7 +86,7 @@ def _spy_plaintexts(node: Node) -> list[bytes]:
         sent.append(plaintext)
         original(peer_id, plaintext, now, queue=queue, flood=flood, tag=tag)
 
-    core._send_encrypted = spy  # type: ignore[method-assign]
+    core.delivery.send_encrypted = spy  # type: ignore[method-assign]
     return sent
 
 

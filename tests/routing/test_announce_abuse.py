@@ -20,8 +20,8 @@ def test_a_neighbour_lying_about_its_neighbours_cannot_starve_a_node() -> None:
     # for pruning only when both ends name each other).
     cores = make_cores(4)
     o, m, _r, y = cores
-    real = m._direct_neighbours
-    m._direct_neighbours = lambda: tuple(dict.fromkeys((*real(), y.peer_id)))  # type: ignore[method-assign]
+    real = m.presence.direct_neighbours
+    m.presence.direct_neighbours = lambda: tuple(dict.fromkeys((*real(), y.peer_id)))  # type: ignore[method-assign]
     wire = Wire(cores)
     wire.connect(0, 1)
     wire.connect(1, 2)
@@ -83,10 +83,10 @@ def test_a_failed_handshake_leaves_no_held_ciphertext_and_big_ones_are_never_hel
         core.receive_frame("L", frame(MessageType.NOISE_HANDSHAKE, stranger, os.urandom(32)), now)  # message 1
         core.receive_frame("L", frame(MessageType.NOISE_ENCRYPTED, stranger, os.urandom(100)), now)  # held early
         core.receive_frame("L", frame(MessageType.NOISE_ENCRYPTED, stranger, os.urandom(100_000)), now)  # too big
-        assert [len(p.payload) for p in core._early[stranger]] == [100]
+        assert [len(p.payload) for p in core.delivery.early[stranger]] == [100]
         core.receive_frame("L", frame(MessageType.NOISE_HANDSHAKE, stranger, os.urandom(64)), now)  # bogus msg 3
-        assert stranger not in core._early
-    assert core.counters.handshake_failed == 20 and not core._early
+        assert stranger not in core.delivery.early
+    assert core.counters.handshake_failed == 20 and not core.delivery.early
 
 
 def test_the_duplicate_index_holds_digests_not_frames() -> None:
@@ -126,7 +126,7 @@ def test_a_phone_next_to_us_hears_every_announce_we_hear() -> None:
     # hears a far peer once per relay interval: what reaches us is all we can pass on.)
     cores = make_cores(4, announce_relay_min_interval_s=120.0)
     phone = cores[3]
-    phone_announce = phone.announce_packet
+    phone_announce = phone.presence.announce_packet
 
     def as_phone(now: float) -> Packet:
         pkt = phone_announce(now)
@@ -136,7 +136,7 @@ def test_a_phone_next_to_us_hears_every_announce_we_hear() -> None:
             phone.identity.signing_key,
         )
 
-    phone.announce_packet = as_phone  # type: ignore[method-assign]
+    phone.presence.announce_packet = as_phone  # type: ignore[method-assign]
     wire = Wire(cores)
     wire.connect(0, 1)
     wire.connect(1, 2)

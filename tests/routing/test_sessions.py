@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from node.crypto.errors import DecryptError, HandshakeError
+from node.crypto.session import XXHandshake
 from node.identity import Identity
-from node.routing.sessions import SessionManager
+from node.routing.sessions import SessionLimits, SessionManager
 
 
 def pair() -> tuple[SessionManager, SessionManager, Identity, Identity]:
@@ -63,3 +66,62 @@ def test_abandon_responder_only_drops_a_responder_handshake() -> None:
     assert b.abandon_responder(ia.peer_id)
     assert not b.handshaking(ia.peer_id)
     assert b.initiate(ia.peer_id, 1.0) is not None  # free to start over as initiator
+
+
+def _ordered_pair() -> tuple[SessionManager, SessionManager, Identity, Identity, SessionLimits]:
+    """(high, low, ...): ``high`` has the higher peer-ID hex, so it yields in a crossed initiation."""
+    ia, ib = Identity.generate(), Identity.generate()
+    if ia.peer_id.hex() < ib.peer_id.hex():
+        ia, ib = ib, ia
+    lim = SessionLimits(max_responders=4, per_peer_per_min=10, per_min=30, max_sessions=3, idle_s=100.0)
+    a = SessionManager(static_private=ia.noise_private, local_peer_id=ia.peer_id, timeout_s=10, limits=lim)
+    b = SessionManager(static_private=ib.noise_private, local_peer_id=ib.peer_id, timeout_s=10, limits=lim)
+    return a, b, ia, ib, lim
+
+
+def test_a_forged_message_1_does_not_replace_our_handshake_in_flight() -> None:
+    a, b, ia, ib, _ = _ordered_pair()
+    msg1 = a.initiate(ib.peer_id, 0.0)
+    assert msg1 is not None
+    forged = XXHandshake.initiator_for(os.urandom(32)).write()  # "from b", by anyone who knows b's peer ID
+    a.on_message_untrusted(ib.peer_id, forged, 0.1, None)  # a (the higher ID) would yield to a genuine one
+    step2 = b.on_message_untrusted(ia.peer_id, msg1, 0.2, None)
+    step3 = a.on_message_untrusted(ib.peer_id, step2.reply or b"", 0.3, ib.noise_public)
+    assert step3.established  # our handshake survived the forged message 1
+    assert b.on_message_untrusted(ia.peer_id, step3.reply or b"", 0.4, ia.noise_public).established
+    assert not a.handshaking(ib.peer_id)  # the responder handshake the forgery opened is moot now
+    assert a.expire(100.0) == []
+
+
+def test_responder_handshakes_are_bounded_and_rate_limited() -> None:
+    a, _, _, _, lim = _ordered_pair()
+    refused = 0
+    for _ in range(100):  # message 1 from 100 throwaway identities at once
+        step = a.on_message_untrusted(os.urandom(8), XXHandshake.initiator_for(os.urandom(32)).write(), 0.0, None)
+        refused += step.refused
+    assert a.bounded_sizes()["responder_handshakes"] == (lim.max_responders, lim.max_responders)
+    assert refused == 100 - lim.per_min  # the global rate: 30 a minute
+    peer = os.urandom(8)
+    answered = sum(
+        not a.on_message_untrusted(peer, XXHandshake.initiator_for(os.urandom(32)).write(), 120.0 + i, None).refused
+        for i in range(30)
+    )
+    assert answered == lim.per_peer_per_min + 4  # one sender: a burst of 10, then one per 6 s (29 s: +4)
+
+
+def test_sessions_are_bounded_lru_and_idle_ones_expire_on_the_timer() -> None:
+    a, _, ia, _, lim = _ordered_pair()
+    peers = []
+    for i in range(5):
+        other = Identity.generate()
+        o = SessionManager(static_private=other.noise_private, local_peer_id=other.peer_id, timeout_s=10)
+        handshake(a, o, ia, other, now=float(i))
+        peers.append(other.peer_id)
+    assert len(a) == lim.max_sessions and a.session(peers[0]) is None and a.session(peers[4]) is not None
+    a.touch(peers[2], 50.0)  # used lately: outlives the others
+    assert a.next_deadline() == 3.0 + lim.idle_s  # the least recently used one's idle expiry
+    a.expire(120.0)
+    assert [p for p in peers if a.session(p) is not None] == [peers[2]]
+    assert a.next_deadline() == 150.0
+    a.expire(150.0)
+    assert len(a) == 0 and a.next_deadline() is None

@@ -1,0 +1,134 @@
+"""Identity pins (node.routing.pins): a peer ID -> signing key binding proven by a Noise handshake survives a flood
+of fresh identities, and an announce claiming the peer with another signing key is refused and counted."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import nacl.signing
+import trio
+import trio.testing
+
+from node.clock import Clock
+from node.control.methods import build_registry
+from node.control.rpc import NoParams
+from node.identity import Identity
+from node.node import Node
+from node.routing.pins import Pin, PinStore, decode_peer_state_signing_key_untrusted, encode_peer_state
+from node.wire import Announce, MessageType, Packet, encode_announce, encode_packet, sign_packet
+from tests.routing.harness import EPOCH_MS, start_mesh
+from tests.routing.test_hoparq import Wire, make_cores
+
+
+def _claim(now_ms: int, peer_id: bytes, noise_key: bytes, signer: nacl.signing.SigningKey, ttl: int = 5) -> bytes:
+    ann = Announce("v", noise_key, bytes(signer.verify_key), (), None, None)
+    pkt = Packet(1, MessageType.ANNOUNCE, ttl, now_ms, peer_id, None, (), encode_announce(ann))
+    return encode_packet(sign_packet(pkt, signer))
+
+
+def test_a_peer_proven_by_a_handshake_cannot_be_hijacked_after_a_flood_of_identities() -> None:
+    c, v = make_cores(2)
+    wire = Wire([c, v])
+    wire.connect(0, 1)
+    wire.run_until(10.0)
+    wire.send_private(1, 0, "hello")  # a handshake: v proves its Noise key and tells c its signing key
+    wire.run_until(15.0)
+    assert c.pins.get(v.peer_id) == Pin(v.peer_id, v.identity.noise_public, v.identity.signing_public)
+    assert v.pins.get(c.peer_id) is not None and c.counters.pins_added == 1
+    now = wire.now
+    c.link_up("X", 1_200_000, now)  # the attacker's link
+    rng = random.Random(9)
+    for i in range(1000):  # fresh identities push v out of the LRU peer table
+        ident = Identity(nacl.signing.SigningKey(rng.randbytes(32)), rng.randbytes(32))
+        c.receive_frame("X", _claim(c.wall_ms(now) + i, ident.peer_id, ident.noise_public, ident.signing_key), now)
+    assert c.peers.get(v.peer_id) is None
+    attacker = nacl.signing.SigningKey(rng.randbytes(32))
+    c.receive_frame("X", _claim(c.wall_ms(now) + 2000, v.peer_id, v.identity.noise_public, attacker), now)
+    assert c.peers.get(v.peer_id) is None and c.counters.pin_conflict == 1  # refused and counted
+    genuine = _claim(c.wall_ms(now) + 3000, v.peer_id, v.identity.noise_public, v.identity.signing_key)
+    c.receive_frame("X", genuine, now)
+    info = c.peers.get(v.peer_id)
+    assert info is not None and info.signing_public_key == v.identity.signing_public  # v's own announces count
+
+
+def test_an_unproven_binding_is_replaced_by_the_proven_one() -> None:
+    c, v = make_cores(2)
+    attacker = nacl.signing.SigningKey(random.Random(3).randbytes(32))
+    c.link_up("X", 1_200_000, 0.0)
+    c.receive_frame("X", _claim(c.wall_ms(0.5), v.peer_id, v.identity.noise_public, attacker), 0.5)  # first sight
+    info = c.peers.get(v.peer_id)
+    assert info is not None and info.signing_public_key == bytes(attacker.verify_key)
+    c.link_down("X", 0.5)
+    c.frames_to_send()
+    wire = Wire([c, v])
+    wire.now = 1.0
+    wire.connect(0, 1)
+    wire.run_until(10.0)
+    v.send_private(c.peer_id, "it's really me", wire.now)  # v knows c; c's table holds the liar's binding
+    wire._drain(1)
+    wire.run_until(20.0)
+    assert c.pins.get(v.peer_id) is not None
+    assert info.signing_public_key == v.identity.signing_public  # the proof replaced the unproven binding
+    assert [ev.text for _, ev in wire.received] == ["it's really me"]
+
+
+def test_pins_are_accepted_at_construction_reported_and_bounded() -> None:
+    pins = PinStore(2, [Pin(b"a" * 8, b"n" * 32, b"s" * 32)])
+    assert pins.take_changes() == []  # what the node gave us is not a change
+    assert pins.confirm(Pin(b"a" * 8, b"n" * 32, b"x" * 32)) == "conflict"
+    assert pins.confirm(Pin(b"b" * 8, b"n" * 32, b"s" * 32)) == "new"
+    assert pins.confirm(Pin(b"c" * 8, b"n" * 32, b"s" * 32)) == "new"
+    assert len(pins) == 2 and pins.get(b"a" * 8) is None
+    assert [(ch.peer_id, ch.pin is None) for ch in pins.take_changes()] == [
+        (b"b" * 8, False),
+        (b"c" * 8, False),
+        (b"a" * 8, True),
+    ]
+    assert pins.forget(b"b" * 8) and not pins.forget(b"b" * 8)
+
+
+def test_peer_state_round_trips_and_is_bitchat_shaped() -> None:
+    body = encode_peer_state(b"k" * 32, (1 << 33) | 1)
+    assert body[:3] == bytes([1, 1, 5]) and body[3:8] == ((1 << 33) | 1).to_bytes(5, "little")
+    assert body[8:10] == bytes([2, 32]) and decode_peer_state_signing_key_untrusted(body) == b"k" * 32
+
+
+async def test_a_node_keeps_its_pins_across_a_restart(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    mesh = await start_mesh(nursery, tmp_path, 2)
+    mesh.connect(0, 1)
+    a, b = mesh.nodes
+    with trio.fail_after(600):
+        await mesh.wait_until_known(0, 1)
+        first = a.send_private(b.identity.peer_id_hex, "pin me")
+        await a.wait_until(lambda: a.outgoing[first].state == "delivered")
+        assert b.core is not None
+        await b.wait_until(lambda: b.core is not None and b.core.pins.get(a.identity.peer_id) is not None)
+        b.request_stop()
+        await a.wait_until(lambda: not a.links)
+        b2 = Node(
+            b.config,
+            b.identity,
+            transports=[mesh.net.transport("n1-again")],
+            clock=Clock(epoch_offset_ms=EPOCH_MS),
+            control=False,
+        )
+        await nursery.start(b2.run)
+    assert b2.core is not None
+    assert b2.core.pins.get(a.identity.peer_id) == Pin(
+        a.identity.peer_id, a.identity.noise_public, a.identity.signing_public
+    )
+    # The user sees the pin and resets it (`village peers --pins`, `village peers forget ID`): gone from disk too.
+    reg = build_registry(b2)
+
+    async def notify(_method: str, _params: object) -> None:
+        return None
+
+    listed = await reg.methods["peers.pins"].handler(NoParams(), notify)
+    assert [p["peer_id"] for p in listed] == [a.identity.peer_id_hex]
+    forget = reg.methods["peers.forget"]
+    result = await forget.handler(forget.params(peer=a.identity.peer_id_hex), notify)
+    assert result == {"peer_id": a.identity.peer_id_hex, "forgotten": True}
+    assert b2.core.pins.get(a.identity.peer_id) is None and b2.pin_file.load() == ()
