@@ -156,8 +156,8 @@ def cmd_peers(args: argparse.Namespace) -> int:
     if args.action == "forget":
         if not args.peer:
             raise SystemExit("usage: village peers forget PEER_ID")
-        result = _call(args, "peers.forget", peer=args.peer)
-        _emit(args, result, lambda r: f"pin of {r['peer_id']} " + ("forgotten" if r["forgotten"] else "was not set"))
+        result = call(args, "peers.forget", peer=args.peer)
+        emit(args, result, lambda r: f"pin of {r['peer_id']} " + ("forgotten" if r["forgotten"] else "was not set"))
         return EXIT_OK
     if args.pins:
 
@@ -165,9 +165,9 @@ def cmd_peers(args: argparse.Namespace) -> int:
             if not pins:
                 return "no identity pins yet (a peer is pinned once a Noise handshake with it completes)"
             rows = [[p["peer_id"], p["nickname"] or "-", p["signing_public_key"][:16] + "…"] for p in pins]
-            return _table(rows, ["PEER", "NICKNAME", "SIGNING KEY"])
+            return table(rows, ["PEER", "NICKNAME", "SIGNING KEY"])
 
-        _emit(args, _call(args, "peers.pins"), pins_human)
+        emit(args, call(args, "peers.pins"), pins_human)
         return EXIT_OK
     if args.wait:
         with ControlClient(socket_path(args), timeout_s=args.timeout + 10) as client:

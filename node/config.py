@@ -212,62 +212,62 @@ class MeshSection:
     inbox_max_messages: int = setting(
         10_000, "Messages kept in the inbox; the oldest are pruned beyond this.", min=1, max=100_000_000
     )
-    remote_floods_per_origin_per_s: float = _f(
+    remote_floods_per_origin_per_s: float = setting(
         0.1,
         "Floods one origin's frames may make this node start, per second (handshakes after a ciphertext without "
         "a session, pongs to far pings, acks of courier envelopes); bursts of 3.",
         min=0.001,
         max=1000,
     )
-    remote_floods_per_s: float = _f(
+    remote_floods_per_s: float = setting(
         2.0,
         "Floods all origins' frames together may make this node start, per second (bursts of 20).",
         min=0.01,
         max=10_000,
     )
-    max_responder_handshakes: int = _f(
+    max_responder_handshakes: int = setting(
         64,
         "Noise handshakes in flight that a peer started (unverified state: the oldest is dropped beyond this).",
         min=1,
         max=1_000_000,
     )
-    handshakes_per_peer_per_min: int = _f(
+    handshakes_per_peer_per_min: int = setting(
         10, "Handshake starts (message 1) accepted from one peer per minute (BitChat: 10).", min=1, max=10_000
     )
-    handshakes_per_min: int = _f(
+    handshakes_per_min: int = setting(
         120, "Handshake starts (message 1) accepted from all peers together per minute.", min=1, max=1_000_000
     )
-    max_sessions: int = _f(
+    max_sessions: int = setting(
         1024, "Noise sessions kept; the least recently used is dropped beyond this.", min=1, max=1_000_000
     )
-    session_idle_s: float = _f(
+    session_idle_s: float = setting(
         3600.0,
         "A Noise session unused for this long is dropped (a new handshake starts on demand).",
         min=1,
         max=30 * 86_400,
     )
-    fragment_max_assemblies_per_peer: int = _f(
+    fragment_max_assemblies_per_peer: int = setting(
         8, "Reassemblies one peer may have in progress; its own oldest is dropped beyond this.", min=1, max=100_000
     )
-    fragment_max_bytes_per_peer: int = _f(
+    fragment_max_bytes_per_peer: int = setting(
         2 * 1024 * 1024,
         "Bytes one peer's reassemblies may hold; its own oldest is dropped beyond this.",
         min=1024,
         max=1 << 31,
     )
-    fragment_max_bytes: int = _f(
+    fragment_max_bytes: int = setting(
         16 * 1024 * 1024,
         "Bytes all reassemblies together may hold; the oldest of the peer holding most is dropped beyond this.",
         min=1024,
         max=1 << 33,
     )
-    send_peer_state: bool = _f(
+    send_peer_state: bool = setting(
         True,
         "After a Noise handshake with an AIVillage peer, tell it our signing key inside the session "
         "(authenticatedPeerState) so it can pin our identity durably; costs one encrypted frame each way per "
         "handshake.",
     )
-    max_pins: int = _f(
+    max_pins: int = setting(
         10_000,
         "Peer ID -> signing key bindings kept (made durable by a completed Noise handshake); the least recently "
         "confirmed is forgotten beyond this. Unverified peers never evict them.",
