@@ -344,7 +344,8 @@ class PrivateDelivery:
             step = self.sessions.on_message_untrusted(peer, pkt.payload, now, info.noise_public_key if info else None)
         except CryptoError:
             self.counters.handshake_failed += 1
-            self.early.pop(peer, None)  # the handshake is gone: so is what waited for it
+            if not self.sessions.handshaking(peer):
+                self.early.pop(peer, None)  # no handshake is left: neither is what waited for it
             return
         if step.refused:
             self.counters.handshake_refused += 1

@@ -24,6 +24,7 @@ MSG1_BYTES = 32  # → e
 MSG2_BYTES = 96  # ← e, ee, s, es (+16-byte tag of the encrypted static, +16 of the empty payload)
 MSG3_BYTES = 64  # → s, se
 RESPONDER_TIMEOUT_FACTOR = 2.0  # BitChat: responder 20 s vs initiator 10 s
+RESPONDER_STATES_PER_PEER = 2  # responder handshakes kept per peer: its first message 1 and its latest
 
 
 @dataclass
@@ -85,7 +86,8 @@ class SessionManager:
         # before it switched (an ack in flight) still open, instead of setting off yet another handshake.
         self._previous: dict[bytes, NoiseTransportSession] = {}
         self._initiators: dict[bytes, _Handshake] = {}
-        self._responders: OrderedDict[bytes, _Handshake] = OrderedDict()  # oldest first
+        # Per peer its responder handshakes (oldest first, at most RESPONDER_STATES_PER_PEER); peers oldest first.
+        self._responders: OrderedDict[bytes, list[_Handshake]] = OrderedDict()
         self._deadlines: list[tuple[float, int, bytes]] = []  # (deadline, seq, peer): lazily invalidated
         self._seq = 0
         self._msg1_rate = OriginLimiter(
@@ -158,27 +160,47 @@ class SessionManager:
     def on_message_untrusted(
         self, peer: bytes, message: bytes, now: float, pinned_static: bytes | None
     ) -> HandshakeStep:
-        """Feed a 0x10 payload from ``peer``. Raises HandshakeError (a remote error) when it is invalid;
-        the half-done handshake it was for is then discarded."""
+        """Feed a 0x10 payload from ``peer``. Raises HandshakeError (a remote error) when it is invalid. The
+        sender field is not authenticated, so a message that does not read (or gives the wrong key) leaves the
+        half-done handshake it claims to continue untouched: it is read into a copy, kept only on success, and
+        the handshake ends at its deadline otherwise."""
         if len(message) == MSG1_BYTES:
             return self._on_msg1(peer, message, now)
         if len(message) == MSG2_BYTES and peer in self._initiators:
-            pending, table = self._initiators[peer], self._initiators
+            candidates = [self._initiators[peer]]
         elif len(message) == MSG3_BYTES and peer in self._responders:
-            pending, table = self._responders[peer], self._responders
+            candidates = list(reversed(self._responders[peer]))  # the newest message 1 first
         else:
             raise HandshakeError(f"handshake message of {len(message)} bytes with no handshake expecting it")
-        del table[peer]  # done either way: completed, or broken by a message that does not read
-        reply: bytes | None = None
-        pending.hs.read_untrusted(message)
-        if pending.initiator:
-            reply = pending.hs.write()
-        session = pending.hs.finish()
+        failure: HandshakeError | None = None
+        for pending in candidates:
+            try:
+                session, reply = self._complete(peer, pending, message, pinned_static)
+            except HandshakeError as exc:
+                failure = exc
+                continue
+            return self._established(peer, session, reply, now)
+        assert failure is not None
+        raise failure
+
+    @staticmethod
+    def _complete(
+        peer: bytes, pending: _Handshake, message: bytes, pinned_static: bytes | None
+    ) -> tuple[NoiseTransportSession, bytes | None]:
+        hs = pending.hs.copy()  # the pending state stays as it was unless all of this succeeds
+        hs.read_untrusted(message)
+        reply = hs.write() if pending.initiator else None
+        session = hs.finish()
         remote = session.remote_static
         if peer_id_from_noise_key(remote) != peer:
             raise HandshakeError("the peer's static key does not hash to its peer ID")
         if pinned_static is not None and remote != pinned_static:
             raise HandshakeError("the peer's static key differs from the key pinned from its announce")
+        return session, reply
+
+    def _established(
+        self, peer: bytes, session: NoiseTransportSession, reply: bytes | None, now: float
+    ) -> HandshakeStep:
         self._initiators.pop(peer, None)  # the other handshake, if both were under way, is moot
         self._responders.pop(peer, None)
         old = self._sessions.get(peer)
@@ -201,11 +223,12 @@ class SessionManager:
         hs = XXHandshake.responder_for(self._static)
         hs.read_untrusted(message)
         msg2 = hs.write()
-        # A new message 1 replaces a responder handshake with the same peer (it restarted), never our initiator one.
-        self._responders.pop(peer, None)
-        self._responders[peer] = self._schedule(
-            peer, _Handshake(hs, False, now + self._timeout_s * RESPONDER_TIMEOUT_FACTOR)
-        )
+        # A new message 1 never replaces our initiator handshake with the peer. Nor does it replace the oldest
+        # responder handshake with it (a forged message 1 "from P" would otherwise end P's genuine one): up to
+        # RESPONDER_STATES_PER_PEER are kept, the oldest and the newest, and the message 3 that reads wins.
+        h = self._schedule(peer, _Handshake(hs, False, now + self._timeout_s * RESPONDER_TIMEOUT_FACTOR))
+        states = self._responders.pop(peer, [])
+        self._responders[peer] = [*states[: RESPONDER_STATES_PER_PEER - 1], h]
         while len(self._responders) > self.limits.max_responders:
             self._responders.popitem(last=False)
             self.evicted_responders += 1
@@ -221,13 +244,14 @@ class SessionManager:
         return h
 
     def _live(self) -> list[tuple[bytes, _Handshake]]:
-        return [*self._initiators.items(), *self._responders.items()]
+        return [*self._initiators.items(), *((p, h) for p, hs in self._responders.items() for h in hs)]
 
-    def _due(self, peer: bytes, deadline: float) -> list[dict[bytes, _Handshake]]:
-        """The tables whose handshake with ``peer`` has exactly this deadline (the heap entry is not stale)."""
-        return [
-            t for t in (self._initiators, self._responders) if (h := t.get(peer)) is not None and h.deadline == deadline
-        ]
+    def _due(self, peer: bytes, deadline: float) -> bool:
+        """A handshake with ``peer`` has exactly this deadline (the heap entry is not stale)."""
+        h = self._initiators.get(peer)
+        return (h is not None and h.deadline == deadline) or any(
+            r.deadline == deadline for r in self._responders.get(peer, ())
+        )
 
     def expire(self, now: float) -> list[bytes]:
         """Abandon handshakes past their deadline (returns the peers left with no handshake under way) and drop
@@ -236,10 +260,17 @@ class SessionManager:
         heap = self._deadlines
         while heap and heap[0][0] <= now:
             deadline, _, peer = heapq.heappop(heap)
-            tables = self._due(peer, deadline)
-            for t in tables:
-                del t[peer]
-            if tables and not self.handshaking(peer) and peer not in gone:
+            if not self._due(peer, deadline):
+                continue
+            h = self._initiators.get(peer)
+            if h is not None and h.deadline <= now:
+                del self._initiators[peer]
+            states = self._responders.get(peer)
+            if states is not None:
+                states[:] = [r for r in states if r.deadline > now]
+                if not states:
+                    del self._responders[peer]
+            if not self.handshaking(peer) and peer not in gone:
                 gone.append(peer)
         idle = self.limits.idle_s
         while self._sessions:
@@ -265,7 +296,7 @@ class SessionManager:
         lim = self.limits
         return {
             "sessions": (len(self._sessions), lim.max_sessions),
-            "responder_handshakes": (len(self._responders), lim.max_responders),
+            "responder_handshakes": (len(self._responders), lim.max_responders),  # each <= RESPONDER_STATES_PER_PEER
             "initiator_handshakes": (len(self._initiators), lim.max_peers),
             "handshake_rate_peers": (len(self._msg1_rate), lim.max_peers),
         }

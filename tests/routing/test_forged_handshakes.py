@@ -1,0 +1,99 @@
+"""Second security review of the routing core: forged handshake messages and the message-1 budget. The sender field
+of a 0x10 packet is not authenticated, so a message "from P" with no key behind it must never end, replace or
+starve P's genuine handshake (each test fails on the code before its fix)."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import nacl.signing
+
+from node.crypto.session import XXHandshake
+from node.identity import Identity
+from node.routing.mesh import MeshCore
+from node.wire import MessageType, Packet, decode_packet_untrusted, encode_packet
+from tests.routing.test_hoparq import make_cores
+
+
+def _ident(seed: int) -> Identity:
+    rng = random.Random(seed)
+    return Identity(nacl.signing.SigningKey(rng.randbytes(32)), rng.randbytes(32))
+
+
+def _core() -> MeshCore:
+    [core] = make_cores(1)
+    core.link_up("L", 1_200_000, 0.0)
+    core.link_up("X", 1_200_000, 0.0)
+    core.frames_to_send()
+    return core
+
+
+def _hs_frame(core: MeshCore, sender: bytes, payload: bytes, now: float) -> bytes:
+    pkt = Packet(1, MessageType.NOISE_HANDSHAKE, 7, core.wall_ms(now), sender, core.peer_id, (), payload)
+    return encode_packet(pkt)
+
+
+def _handshakes_out(core: MeshCore, link: str | None = None) -> list[bytes]:
+    out = []
+    for lid, data in core.frames_to_send():
+        pkt = decode_packet_untrusted(data, core.limits)
+        if pkt.type == MessageType.NOISE_HANDSHAKE and (link is None or lid == link):
+            out.append(pkt.payload)
+    return out
+
+
+def test_forged_msg2_does_not_end_our_handshake() -> None:
+    core, p = _core(), _ident(8)
+    core.delivery.start_handshake(p.peer_id, 1.0)
+    [msg1] = _handshakes_out(core)[:1]
+    resp = XXHandshake.responder_for(p.noise_private)
+    resp.read_untrusted(msg1)
+    msg2 = resp.write()
+    core.receive_frame("X", _hs_frame(core, p.peer_id, os.urandom(96), 1.1), 1.1)  # forged: random bytes
+    core.frames_to_send()
+    core.receive_frame("L", _hs_frame(core, p.peer_id, msg2, 1.2), 1.2)
+    assert _handshakes_out(core), "the genuine message 2 is answered with message 3"
+    assert core.sessions.session(p.peer_id) is not None
+    assert core.counters.handshake_failed == 1  # the forgery, counted
+
+
+def test_forged_msg3_does_not_end_their_handshake() -> None:
+    core, p = _core(), _ident(9)
+    ini = XXHandshake.initiator_for(p.noise_private)
+    core.receive_frame("L", _hs_frame(core, p.peer_id, ini.write(), 1.0), 1.0)
+    [msg2] = _handshakes_out(core, "L")
+    ini.read_untrusted(msg2)
+    core.receive_frame("X", _hs_frame(core, p.peer_id, os.urandom(64), 1.1), 1.1)  # forged
+    core.receive_frame("L", _hs_frame(core, p.peer_id, ini.write(), 1.2), 1.2)
+    assert core.sessions.session(p.peer_id) is not None
+    assert core.counters.handshake_failed == 1
+
+
+def test_forged_msg1_does_not_replace_their_handshake() -> None:
+    core, v = _core(), _ident(5)
+    ini = XXHandshake.initiator_for(v.noise_private)
+    core.receive_frame("L", _hs_frame(core, v.peer_id, ini.write(), 1.0), 1.0)
+    [msg2] = _handshakes_out(core, "L")
+    ini.read_untrusted(msg2)
+    for i in range(3):  # forged message 1s "from V" between V's message 1 and message 3
+        core.receive_frame("X", _hs_frame(core, v.peer_id, os.urandom(32), 1.2 + i / 10), 1.2 + i / 10)
+    core.frames_to_send()
+    core.receive_frame("L", _hs_frame(core, v.peer_id, ini.write(), 1.6), 1.6)
+    assert core.sessions.session(v.peer_id) is not None
+    assert core.counters.handshake_failed == 0
+    assert core.sessions.bounded_sizes()["responder_handshakes"][0] == 0  # completing ended the other states
+
+
+def test_a_restarted_peer_still_completes_its_latest_handshake() -> None:
+    """Keeping the first responder state must not break a peer that genuinely restarted its handshake."""
+    core, v = _core(), _ident(6)
+    first = XXHandshake.initiator_for(v.noise_private)
+    core.receive_frame("L", _hs_frame(core, v.peer_id, first.write(), 1.0), 1.0)
+    core.frames_to_send()
+    again = XXHandshake.initiator_for(v.noise_private)  # its first attempt was lost on its side: it starts over
+    core.receive_frame("L", _hs_frame(core, v.peer_id, again.write(), 11.0), 11.0)
+    [msg2] = _handshakes_out(core, "L")
+    again.read_untrusted(msg2)
+    core.receive_frame("L", _hs_frame(core, v.peer_id, again.write(), 11.5), 11.5)
+    assert core.sessions.session(v.peer_id) is not None
