@@ -39,7 +39,7 @@ from node.routing.peers import PeerInfo, PeerTable
 from node.routing.pending import PendingMessage, PendingSet
 from node.routing.pins import decode_peer_state_signing_key_untrusted
 from node.routing.ratelimit import OriginLimiter
-from node.routing.sessions import SessionLimits, SessionManager
+from node.routing.sessions import Msg1Tier, SessionLimits, SessionManager
 from node.wire import (
     MalformedFrame,
     MessageType,
@@ -337,11 +337,14 @@ class PrivateDelivery:
             self.start_handshake(p.peer_id, now, flood=True)
 
     # ---------------------------------------------------------------- receiving
-    def on_handshake(self, pkt: Packet, now: float) -> None:
+    def on_handshake(self, pkt: Packet, now: float, *, link_id: str = "", tier: Msg1Tier = Msg1Tier.UNKNOWN) -> None:
+        """A 0x10 packet for us; ``link_id`` it arrived on and ``tier`` (what we know of its sender) decide which
+        message-1 budget it is charged to."""
         peer = pkt.sender_id
         info = self.peers.get(peer)
+        pinned = info.noise_public_key if info else None
         try:
-            step = self.sessions.on_message_untrusted(peer, pkt.payload, now, info.noise_public_key if info else None)
+            step = self.sessions.on_message_untrusted(peer, pkt.payload, now, pinned, link_id=link_id, tier=tier)
         except CryptoError:
             self.counters.handshake_failed += 1
             if not self.sessions.handshaking(peer):

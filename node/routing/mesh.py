@@ -105,7 +105,7 @@ from node.routing.pins import Pin, PinStore
 from node.routing.presence import Presence
 from node.routing.ratelimit import OriginLimiter
 from node.routing.relay import TTL_OFFSET, RelayQueue
-from node.routing.sessions import SessionManager
+from node.routing.sessions import Msg1Tier, SessionManager
 from node.wire import (
     Announce,
     MalformedFrame,
@@ -607,7 +607,15 @@ class MeshCore:
         elif t == MessageType.LEAVE:
             authentic = self._on_leave(pkt, wire)
         elif t == MessageType.NOISE_HANDSHAKE and for_us:
-            self.delivery.on_handshake(pkt, now)
+            sender = pkt.sender_id
+            tier = (
+                Msg1Tier.PINNED
+                if self.pins.get(sender) is not None
+                else Msg1Tier.ANNOUNCED
+                if self.peers.get(sender) is not None
+                else Msg1Tier.UNKNOWN
+            )
+            self.delivery.on_handshake(pkt, now, link_id=link_id, tier=tier)
         elif t == MessageType.NOISE_ENCRYPTED and for_us:
             self.delivery.on_encrypted(pkt, now)
         elif t == MessageType.PING and for_us:

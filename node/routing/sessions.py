@@ -11,6 +11,7 @@ BitChat rules (bitchat/Noise/NoiseSessionManager.swift, BITCHAT.md §3):
 
 from __future__ import annotations
 
+import enum
 import heapq
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -24,7 +25,72 @@ MSG1_BYTES = 32  # → e
 MSG2_BYTES = 96  # ← e, ee, s, es (+16-byte tag of the encrypted static, +16 of the empty payload)
 MSG3_BYTES = 64  # → s, se
 RESPONDER_TIMEOUT_FACTOR = 2.0  # BitChat: responder 20 s vs initiator 10 s
+UNKNOWN_LINK_SHARE = 4  # one link may use at most 1/4 of a tier's message-1 budget (unknown or announced senders)
 RESPONDER_STATES_PER_PEER = 2  # responder handshakes kept per peer: its first message 1 and its latest
+
+
+class Msg1Tier(enum.IntEnum):
+    """What we know of the sender of a message 1, which decides the budget it is charged to."""
+
+    UNKNOWN = 0  # no announce from it: anyone can claim any sender ID, so only the arrival link is charged
+    ANNOUNCED = 1  # a signed announce of it is in the peer table
+    PINNED = 2  # it proved its Noise key in an earlier handshake (node.routing.pins)
+
+
+class Msg1Budget:
+    """How often message 1 may make us answer (a DH and a flooded message 2), in three tiers with separate global
+    buckets, so that senders of one tier never use up the budget of a better-known one:
+
+    * pinned peers: per (peer, arrival link) ``per_peer_per_min``, and ``per_min`` for all pinned peers;
+    * announced peers: per (peer, arrival link) ``per_peer_per_min``, per arrival link ``per_min /
+      UNKNOWN_LINK_SHARE``, and ``per_min`` for all announced peers;
+    * unknown senders: per arrival link ``per_min / UNKNOWN_LINK_SHARE`` (the link is the one thing a sender cannot
+      forge), and ``per_min`` for all unknown senders.
+
+    A forged message 1 "from V" is charged to (V, the forger's link), never to V's bucket on V's own link."""
+
+    def __init__(self, lim: SessionLimits) -> None:
+        def limiter(per_min: float) -> OriginLimiter:
+            return OriginLimiter(
+                per_origin_per_s=per_min / 60.0,
+                burst=per_min,
+                global_per_s=lim.per_min / 60.0,
+                global_burst=float(lim.per_min),
+                max_origins=lim.max_peers,
+            )
+
+        link_per_min = float(max(lim.per_peer_per_min, lim.per_min // UNKNOWN_LINK_SHARE))
+        self.pinned = limiter(float(lim.per_peer_per_min))
+        self.announced = limiter(float(lim.per_peer_per_min))
+        self.announced_links = OriginLimiter(
+            per_origin_per_s=link_per_min / 60.0,
+            burst=link_per_min,
+            global_per_s=1e9,  # (the announced tier's global bucket is in self.announced)
+            global_burst=1e9,
+            max_origins=lim.max_peers,
+        )
+        self.unknown = limiter(link_per_min)
+        self.max_peers = lim.max_peers
+
+    def allow(self, peer: bytes, link_id: str, tier: Msg1Tier, now: float) -> bool:
+        link = link_id.encode()
+        if tier == Msg1Tier.UNKNOWN:
+            return self.unknown.allow(link, now)
+        key = peer + b"@" + link
+        if tier == Msg1Tier.PINNED:
+            return self.pinned.allow(key, now)
+        if not (self.announced.can(key, now) and self.announced_links.can(link, now)):
+            return False
+        return self.announced.allow(key, now) and self.announced_links.allow(link, now)
+
+    def bounded_sizes(self) -> dict[str, tuple[int, int]]:
+        n = self.max_peers
+        return {
+            "handshake_rate_pinned": (len(self.pinned), n),
+            "handshake_rate_announced": (len(self.announced), n),
+            "handshake_rate_announced_links": (len(self.announced_links), n),
+            "handshake_rate_unknown_links": (len(self.unknown), n),
+        }
 
 
 @dataclass
@@ -61,8 +127,8 @@ class SessionManager:
       "from P" — forged or crossed — never replaces our own handshake with P; whichever completes first gives the
       session and ends the other.
     * Responder handshakes are unverified state, cheap to drop: at most ``max_responders`` at once (the oldest
-      goes), and message 1 is accepted at most ``per_peer_per_min`` times a minute per sender and ``per_min`` in
-      all (BitChat: 10 per peer, 30 in all) — beyond, it is ignored (:attr:`HandshakeStep.refused`).
+      goes), and message 1 is answered within :class:`Msg1Budget` (per peer and arrival link, per link, ``per_min``
+      per tier: pinned, announced, unknown) — beyond, it is ignored (:attr:`HandshakeStep.refused`).
     * Sessions unused for ``idle_s`` are dropped, and at most ``max_sessions`` are kept (least recently used goes).
     * Deadlines are a heap (lazy deletion) and idle sessions an LRU order: :meth:`next_deadline` and
       :meth:`expire` never scan the table.
@@ -90,13 +156,7 @@ class SessionManager:
         self._responders: OrderedDict[bytes, list[_Handshake]] = OrderedDict()
         self._deadlines: list[tuple[float, int, bytes]] = []  # (deadline, seq, peer): lazily invalidated
         self._seq = 0
-        self._msg1_rate = OriginLimiter(
-            per_origin_per_s=lim.per_peer_per_min / 60.0,
-            burst=float(lim.per_peer_per_min),
-            global_per_s=lim.per_min / 60.0,
-            global_burst=float(lim.per_min),
-            max_origins=lim.max_peers,
-        )
+        self._msg1_rate = Msg1Budget(lim)
         self.evicted_sessions = 0  # idle or least recently used sessions dropped
         self.evicted_responders = 0  # responder handshakes dropped for a newer one beyond max_responders
 
@@ -158,14 +218,21 @@ class SessionManager:
         return hs.write()
 
     def on_message_untrusted(
-        self, peer: bytes, message: bytes, now: float, pinned_static: bytes | None
+        self,
+        peer: bytes,
+        message: bytes,
+        now: float,
+        pinned_static: bytes | None,
+        *,
+        link_id: str = "",
+        tier: Msg1Tier = Msg1Tier.UNKNOWN,
     ) -> HandshakeStep:
         """Feed a 0x10 payload from ``peer``. Raises HandshakeError (a remote error) when it is invalid. The
         sender field is not authenticated, so a message that does not read (or gives the wrong key) leaves the
         half-done handshake it claims to continue untouched: it is read into a copy, kept only on success, and
         the handshake ends at its deadline otherwise."""
         if len(message) == MSG1_BYTES:
-            return self._on_msg1(peer, message, now)
+            return self._on_msg1(peer, message, now, link_id, tier)
         if len(message) == MSG2_BYTES and peer in self._initiators:
             candidates = [self._initiators[peer]]
         elif len(message) == MSG3_BYTES and peer in self._responders:
@@ -215,10 +282,10 @@ class SessionManager:
             self.evicted_sessions += 1
         return HandshakeStep(reply, True)
 
-    def _on_msg1(self, peer: bytes, message: bytes, now: float) -> HandshakeStep:
+    def _on_msg1(self, peer: bytes, message: bytes, now: float, link_id: str, tier: Msg1Tier) -> HandshakeStep:
         if peer in self._initiators and self._local_hex < peer.hex():
             return HandshakeStep(None, False)  # crossed: we keep the initiator role, they will yield
-        if not self._msg1_rate.allow(peer, now):
+        if not self._msg1_rate.allow(peer, link_id, tier, now):
             return HandshakeStep(None, False, refused=True)
         hs = XXHandshake.responder_for(self._static)
         hs.read_untrusted(message)
@@ -298,5 +365,5 @@ class SessionManager:
             "sessions": (len(self._sessions), lim.max_sessions),
             "responder_handshakes": (len(self._responders), lim.max_responders),  # each <= RESPONDER_STATES_PER_PEER
             "initiator_handshakes": (len(self._initiators), lim.max_peers),
-            "handshake_rate_peers": (len(self._msg1_rate), lim.max_peers),
+            **self._msg1_rate.bounded_sizes(),
         }

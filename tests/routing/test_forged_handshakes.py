@@ -97,3 +97,54 @@ def test_a_restarted_peer_still_completes_its_latest_handshake() -> None:
     again.read_untrusted(msg2)
     core.receive_frame("L", _hs_frame(core, v.peer_id, again.write(), 11.5), 11.5)
     assert core.sessions.session(v.peer_id) is not None
+
+
+def _v_tries(core: MeshCore, v: Identity, link: str, now: float) -> bool:
+    """V sends a genuine message 1 on ``link``: whether it was answered."""
+    msg1 = XXHandshake.initiator_for(v.noise_private).write()
+    core.receive_frame(link, _hs_frame(core, v.peer_id, msg1, now), now)
+    return bool(_handshakes_out(core, link))
+
+
+def test_a_message1_flood_from_fresh_ids_on_one_link_leaves_other_links_served() -> None:
+    core, v = _core(), _ident(5)
+    answered = []
+    for step in range(1200):  # 5 minutes at 4 message 1s a second from random sender IDs on link X
+        now = 1.0 + step * 0.25
+        core.receive_frame("X", _hs_frame(core, os.urandom(8), os.urandom(32), now), now)
+        core.frames_to_send()
+        if step % 40 == 20:  # V, unknown too, on link L every 10 s
+            answered.append(_v_tries(core, v, "L", now))
+    assert core.counters.handshake_refused > 900  # the flood itself is bounded
+    assert all(answered) and len(answered) == 30
+
+
+def test_forged_message1s_from_v_do_not_use_up_vs_budget() -> None:
+    core, v = _core(), _ident(5)
+    answered = []
+    for step in range(150):  # forged message 1 "from V" on X every 4 s for 10 minutes; V tries on L
+        now = 1.0 + step * 4
+        core.receive_frame("X", _hs_frame(core, v.peer_id, os.urandom(32), now), now)
+        core.frames_to_send()
+        if step % 8 == 3:
+            answered.append(_v_tries(core, v, "L", now + 0.1))
+    assert all(answered) and len(answered) == 19
+
+
+def test_announced_peers_are_served_while_unknown_senders_flood_their_link() -> None:
+    from tests.routing.test_hostile_frames import _announce
+
+    core, v = _core(), _ident(5)
+    core.receive_frame("L", _announce(core, v, 0.5), 0.5)
+    core.frames_to_send()
+    answered = []
+    for step in range(1200):  # the flood now shares V's link
+        now = 1.0 + step * 0.25
+        core.receive_frame("L", _hs_frame(core, os.urandom(8), os.urandom(32), now), now)
+        core.frames_to_send()
+        if step % 40 == 20:
+            core.receive_frame("L", _announce(core, v, now - 0.01), now - 0.01)  # V keeps announcing
+            core.frames_to_send()
+            answered.append(_v_tries(core, v, "L", now))
+    assert core.counters.handshake_refused > 900
+    assert all(answered) and len(answered) == 30
