@@ -269,8 +269,9 @@ class MeshSection:
     )
     max_pins: int = setting(
         10_000,
-        "Peer ID -> signing key bindings kept (made durable by a completed Noise handshake); the least recently "
-        "confirmed is forgotten beyond this. Unverified peers never evict them.",
+        "Peer ID -> signing key bindings kept (made durable by a completed Noise handshake, at most 6 new ones a "
+        "minute). A pin is never evicted for a new one: when full, new bindings are refused (counted as "
+        "pins_refused) until pins are forgotten (village peers --forget).",
         min=1,
         max=10_000_000,
     )

@@ -134,17 +134,20 @@ class Presence:
         if session is None:
             return
         pin = Pin(peer_id, session.remote_static, signing_public_key)
-        outcome = self.pins.confirm(pin)
+        outcome = self.pins.confirm(pin, now)
         if outcome == "conflict":
             self.counters.pin_conflict += 1  # pinned to other keys: kept until the user forgets the pin
             return
+        if outcome in ("full", "later"):
+            self.counters.pins_refused += 1  # no room, or over the rate of new pins: the peer stays unpinned
         self.counters.pins_added += outcome == "new"
         info = self.peers.get(peer_id)
         if info is not None and (info.noise_public_key, info.signing_public_key) != (
             pin.noise_public_key,
             pin.signing_public_key,
         ):
-            self.counters.pin_conflict += 1  # someone announced this peer ID with other keys before the proof
+            # Someone announced this peer ID with other keys before the proof: the proven binding wins.
+            self.counters.pin_replaced_unproven += 1
             info.noise_public_key, info.signing_public_key = pin.noise_public_key, pin.signing_public_key
 
     # ---------------------------------------------------------------- announce relaying and peer expiry
