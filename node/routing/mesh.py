@@ -157,7 +157,11 @@ class MeshCore:
         )
         self.paths = PathTable(self.peer_id, path_ttl_s=s.path_ttl_s, max_hops=s.default_ttl, max_entries=s.max_peers)
         self.relays = RelayQueue(s.relay_queue_max, s.relay_queue_max_bytes)
-        self.couriers = CourierStore(s.courier_max_envelopes)
+        self.couriers = CourierStore(
+            s.courier_max_envelopes,
+            max_lifetime_ms=int((s.courier_expiry_s + s.max_clock_skew_s) * 1000),
+            max_copies=s.courier_copies,
+        )
         self.app = AppChannel(self.rng)  # app request/response codec and matching (node.routing.app)
         self._flood = s.routing == "flood"
         self._events: deque[MeshEvent] = deque()
