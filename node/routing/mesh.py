@@ -269,7 +269,7 @@ class MeshCore:
         s, lim = self.settings, self.limits
         r = self.reassembler
         sizes = {
-            "peers": (len(self.peers), s.max_peers),
+            **self.peers.bounded_sizes(),
             "dedupe": (len(self.dedupe), s.dedupe_max_entries),
             "raw_seen": (len(self._raw_seen), s.dedupe_max_entries),
             "paths_origins": (self.paths.origins(), s.max_peers),
@@ -413,6 +413,7 @@ class MeshCore:
 
     def forget_pin(self, peer_id: bytes) -> bool:
         """The user resets a pin (``village peers forget``): the next proven binding is pinned anew."""
+        self.peers.forget_binding(peer_id)
         return self.pins.forget(peer_id)
 
     def path_to(self, peer_id: bytes, now: float) -> tuple[list[str], Route | None]:

@@ -297,6 +297,14 @@ class Presence:
             self.counters.pin_conflict += 1  # a handshake proved other keys for this peer ID (node.routing.pins)
             return None
         known = self.peers.get(pkt.sender_id)
+        if known is None and self.pins.get(pkt.sender_id) is None:
+            gone = self.peers.binding(pkt.sender_id, now)  # a peer the table forgot (flooded out, perhaps)
+            if gone is not None and gone.signing_public_key != ann.signing_public_key:
+                self.counters.key_mismatch += 1  # its first-sight binding still holds until it expires
+                return None
+            if gone is not None and pkt.timestamp_ms < gone.left_ms:
+                self.counters.leave_replayed += 1
+                return None
         if known is not None and (
             known.noise_public_key != ann.noise_public_key or known.signing_public_key != ann.signing_public_key
         ):
