@@ -722,7 +722,7 @@ class MeshCore:
             if frag.original_type == MessageType.FRAGMENT:
                 self.counters.nested_fragment += 1  # fragments never nest: BitChat fragments whole frames
                 return False
-            whole = self.reassembler.add_untrusted(pkt.sender_id, frag, now)
+            whole = self.reassembler.add_untrusted(pkt.sender_id, frag, now, link_id)
         except MalformedFrame:
             self.counters.malformed += 1
             return False
