@@ -661,13 +661,13 @@ class MeshCore:
         """False when the message must not be relayed: a bad signature or bad text. One from a sender we have
         no announce from yet cannot be checked: it is not shown, but relayed (BitChat relays what it cannot
         judge)."""
+        limit = self.settings.max_public_text_chars
+        if len(pkt.payload) > 4 * limit:  # (the decompressed size), from anyone: never relayed
+            self.counters.oversize += 1
+            return False
         info = self._verified(pkt, wire)
         if info is None:
             return self.peers.get(pkt.sender_id) is None
-        limit = self.settings.max_public_text_chars
-        if len(pkt.payload) > 4 * limit:  # (the decoder inflated it already: this is the decompressed size)
-            self.counters.oversize += 1
-            return False
         try:
             text = pkt.payload.decode("utf-8")
         except UnicodeDecodeError:

@@ -1,5 +1,6 @@
-"""Fragments are unsigned: reassembly fairness is accounted by arrival link as well as by the (forgeable) sender ID,
-so neither fragments forging V's sender nor many fresh sender IDs on another link evict V's set (second review)."""
+"""Second security review, unsigned input: fragments are accounted by arrival link as well as by the (forgeable)
+sender ID, so neither fragments forging V's sender nor many fresh sender IDs on another link evict V's set; and a
+public message is never inflated beyond its bound nor relayed oversize, whoever claims to send it."""
 
 from __future__ import annotations
 
@@ -36,3 +37,23 @@ def test_fragments_on_another_link_do_not_evict_a_set_in_progress(attack: str) -
     before = core.counters.fragments_reassembled
     core.receive_frame("L", _frag(core, v, fid, 1, whole[half:], now + 0.1), now + 0.1)  # V's set completes
     assert core.counters.fragments_reassembled == before + 1
+
+
+@pytest.mark.parametrize(("size", "counter"), [(1_000_000, "malformed"), (250_000, "oversize")])
+def test_an_inflated_public_message_from_an_unknown_sender_is_neither_inflated_nor_relayed(
+    size: int, counter: str
+) -> None:
+    """Review: a 1 KB v2 public message that inflates to 1 MB, from a sender with no announce, cost every node it
+    reached ~15 ms and was relayed (the size check applied to verified senders only)."""
+    [core] = make_cores(1)
+    for link in ("A", "B", "X"):
+        core.link_up(link, 1_200_000, 0.0)
+    core.frames_to_send()
+    frame = encode_packet(Packet(2, MessageType.MESSAGE, 6, core.wall_ms(1.0), os.urandom(8), None, (), b"a" * size))
+    assert len(frame) < 2000  # it compresses
+    core.receive_frame("X", frame, 1.0)
+    out = []
+    while (t := core.get_timer()) is not None and t <= 3.0:
+        core.handle_timer(t)
+        out += core.frames_to_send()
+    assert out == [] and getattr(core.counters, counter) == 1
