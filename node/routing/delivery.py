@@ -61,6 +61,10 @@ class DeliveryHost(Protocol):
 
     def hop_route(self, peer_id: bytes, now: float) -> bool: ...
 
+    def routed(self, peer_id: bytes, now: float) -> bool: ...
+
+    def send_on_link(self, link_id: str, msg_type: int, payload: bytes, peer_id: bytes, now: float) -> None: ...
+
     def peer_expiry_for(self, info: PeerInfo) -> float: ...
 
     def seal_for_couriers(self, p: PendingMessage, now: float) -> None: ...
@@ -355,7 +359,18 @@ class PrivateDelivery:
             return
         if step.reply is not None:
             flood = arrived_flooded(pkt) and not self.host.hop_route(peer, now)
-            self.host.send_directed(MessageType.NOISE_HANDSHAKE, step.reply, peer, now, flood=flood)
+            if (
+                link_id
+                and self.flood_limiter is not None
+                and (flood or not self.host.routed(peer, now))
+                and not self.flood_limiter.allow(peer, now)
+            ):
+                # The answer would flood the mesh, and remote input may make us flood only within the flood limits
+                # (a message 1 costs its sender nothing): beyond them, it goes back the way the message came.
+                self.counters.rate_limited += 1
+                self.host.send_on_link(link_id, MessageType.NOISE_HANDSHAKE, step.reply, peer, now)
+            else:
+                self.host.send_directed(MessageType.NOISE_HANDSHAKE, step.reply, peer, now, flood=flood)
         if step.established:
             self.host.session_established(peer, now)
             self.handshake_expiries.pop(peer, None)

@@ -411,6 +411,15 @@ class MeshCore:
     def hop_route(self, peer_id: bytes, now: float) -> bool:
         return self.output.hop_route(peer_id, now)
 
+    def routed(self, peer_id: bytes, now: float) -> bool:
+        """A directed packet to ``peer_id`` would follow a path (not flood)."""
+        return self.output.path_to(peer_id, now)[1] is not None
+
+    def send_on_link(self, link_id: str, msg_type: int, payload: bytes, peer_id: bytes, now: float) -> None:
+        """A directed packet to ``peer_id`` on one link only (the way its request came)."""
+        if link_id in self.links:
+            self.output.emit([link_id], self.output.packet(msg_type, payload, now, peer_id))
+
     def forget_pin(self, peer_id: bytes) -> bool:
         """The user resets a pin (``village peers forget``): the next proven binding is pinned anew."""
         self.peers.forget_binding(peer_id)

@@ -4,6 +4,7 @@ starve P's genuine handshake (each test fails on the code before its fix)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 
@@ -148,3 +149,24 @@ def test_announced_peers_are_served_while_unknown_senders_flood_their_link() -> 
             answered.append(_v_tries(core, v, "L", now))
     assert core.counters.handshake_refused > 900
     assert all(answered) and len(answered) == 30
+
+
+def test_message2_answers_that_would_flood_are_within_the_flood_limits() -> None:
+    """Review: message 2 to a never-announced sender flooded every link, outside the remote-flood limiter."""
+    [core] = make_cores(1)
+    attackers = [f"X{i}" for i in range(4)]
+    for link in ["A", *attackers]:
+        core.link_up(link, 1_200_000, 0.0)
+    core.frames_to_send()
+    answers_back = flooded = 0
+    for step in range(480):  # 60 s: 8 message 1s a second from fresh IDs, spread over four links
+        now = 1.0 + step / 8
+        link = attackers[step % 4]
+        pkt = Packet(1, MessageType.NOISE_HANDSHAKE, 5, core.wall_ms(now), os.urandom(8), core.peer_id, (), b"")
+        core.receive_frame(link, encode_packet(dataclasses.replace(pkt, payload=os.urandom(32))), now)
+        for lid, _ in core.frames_to_send():
+            flooded += lid == "A"  # A sent nothing: only a flood reaches it
+            answers_back += lid == link
+    limiter = core.flood_limiter
+    assert flooded <= limiter.global_burst + limiter.global_per_s * 60  # 20 + 2/s
+    assert answers_back > flooded and core.counters.rate_limited > 0  # the rest went back the way they came
