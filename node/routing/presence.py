@@ -192,7 +192,9 @@ class Presence:
             return "fresh"
         interval = self.announce_relay_interval_s()
         early = self.settings.announce_relay_min_interval_s if self.lossy_neighbourhood() else interval
-        return self.announce_relays.decide(pkt.sender_id, pkt.payload, now, interval_s=interval, early_interval_s=early)
+        return self.announce_relays.decide(
+            pkt.sender_id, pkt.payload, now, interval_s=interval, early_interval_s=early, link_id=link_id
+        )
 
     # ---------------------------------------------------------------- our announces, pings and leave
     def announce_packet(self, now: float) -> Packet:

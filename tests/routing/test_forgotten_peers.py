@@ -8,6 +8,7 @@ import random
 import nacl.signing
 
 from node.identity import Identity
+from node.routing.announcing import FIRST_RELAYS_PER_LINK_PER_S, FIRST_RELAYS_PER_S, AnnounceRelays
 from node.routing.events import PeerLeft
 from node.routing.mesh import MeshCore
 from node.wire import Announce, MessageType, Packet, encode_announce, encode_packet, sign_packet
@@ -81,3 +82,23 @@ def test_a_leave_cannot_be_replayed_after_the_peer_was_flooded_out() -> None:
     assert info is None or not info.left
     assert core.counters.leave_replayed >= 1
     assert core.bounded_sizes()["recent_bindings"][0] >= 1
+
+
+def test_first_relays_of_new_origins_have_a_budget_per_link_and_in_total() -> None:
+    """Review: every announce of a fresh identity was passed on to every link, with no overall limit."""
+    relays = AnnounceRelays(10_000)
+    rng = random.Random(1)
+
+    def burst(link: str, n: int, now: float) -> int:
+        return sum(
+            relays.decide(rng.randbytes(8), b"a", now, interval_s=30.0, early_interval_s=30.0, link_id=link) == "all"
+            for _ in range(n)
+        )
+
+    assert burst("X", 200, 1.0) == 10 * FIRST_RELAYS_PER_LINK_PER_S  # one link: its burst, then phones only
+    assert burst("Y", 200, 1.0) == 10 * FIRST_RELAYS_PER_S - 10 * FIRST_RELAYS_PER_LINK_PER_S  # the total's rest
+    assert burst("Z", 100, 3.0) == 2 * FIRST_RELAYS_PER_S  # refilled at the global rate
+    origin = rng.randbytes(8)  # an origin refused once is not remembered: its next announce gets a chance
+    assert relays.decide(origin, b"a", 3.0, interval_s=30.0, early_interval_s=30.0, link_id="Z") == "phones"
+    assert relays.decide(origin, b"a", 60.0, interval_s=30.0, early_interval_s=30.0, link_id="Z") == "all"
+    assert relays.bounded_sizes()["announce_first_relay_links"][0] == 3
