@@ -4,9 +4,11 @@ of fresh identities, and an announce claiming the peer with another signing key 
 from __future__ import annotations
 
 import random
+import threading
 from pathlib import Path
 
 import nacl.signing
+import pytest
 import trio
 import trio.testing
 
@@ -16,10 +18,12 @@ from node.control.rpc import NoParams
 from node.crypto.session import XXHandshake
 from node.identity import Identity
 from node.node import Node
+from node.pinfile import PinFile
 from node.routing.pins import (
     NEW_PINS_BURST,
     NEW_PINS_PER_MIN,
     Pin,
+    PinChange,
     PinStore,
     decode_peer_state_signing_key_untrusted,
     encode_peer_state,
@@ -118,8 +122,16 @@ def test_peer_state_round_trips_and_is_bitchat_shaped() -> None:
 
 
 async def test_a_node_keeps_its_pins_across_a_restart(
-    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    on_loop_thread: list[bool] = []  # pin writes (an fsync each batch) never run on the event loop's thread
+    apply = PinFile.apply
+
+    def recording_apply(self: PinFile, changes: list[PinChange]) -> None:
+        on_loop_thread.append(threading.current_thread() is threading.main_thread())
+        apply(self, changes)
+
+    monkeypatch.setattr(PinFile, "apply", recording_apply)
     mesh = await start_mesh(nursery, tmp_path, 2)
     mesh.connect(0, 1)
     a, b = mesh.nodes
@@ -155,6 +167,7 @@ async def test_a_node_keeps_its_pins_across_a_restart(
     result = await forget.handler(forget.params(peer=a.identity.peer_id_hex), notify)
     assert result == {"peer_id": a.identity.peer_id_hex, "forgotten": True}
     assert b2.core.pins.get(a.identity.peer_id) is None and b2.pin_file.load() == ()
+    assert on_loop_thread and not any(on_loop_thread)
 
 
 def test_throwaway_keys_that_complete_handshakes_do_not_evict_an_honest_pin() -> None:
