@@ -15,7 +15,6 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from node.config import MeshSection
 from node.errors import CryptoError, MeshError
 from node.identity import Identity
 from node.routing.app import AppChannel
@@ -33,6 +32,7 @@ from node.routing.peers import PeerInfo, PeerTable
 from node.routing.pending import PendingMessage, PendingSet
 from node.routing.relay import RelayQueue
 from node.routing.sessions import SessionManager
+from node.routing.settings import MeshSection
 from node.wire import (
     Announce,
     MalformedFrame,
