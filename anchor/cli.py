@@ -14,8 +14,6 @@ import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import trio
-
 from anchor.gateway.roles import ALL_SCOPES, ROLES
 from anchor.settings import AnchorSection
 from node.cli_support import EXIT_USAGE, CliError, CliRegistry, emit, load_config, ms_to_local, table
@@ -72,6 +70,8 @@ def _stores(args: argparse.Namespace) -> Any:
 
 
 def _run(args: argparse.Namespace, action: Callable[[Any], Any]) -> Any:
+    import trio  # here: `village` builds this group for every command, and most never need trio
+
     async def main() -> Any:
         async with _stores(args) as admin:
             return await action(admin)

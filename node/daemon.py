@@ -21,8 +21,6 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import trio
-
 from node.errors import NodeError
 from node.plugin import ENTRY_POINT_GROUP, Plugin, Service
 
@@ -149,10 +147,14 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 def run_daemon(node: Node, runner: Callable[[], Awaitable[None]] | None = None) -> None:
     """Run ``node`` (or ``runner``, which runs it) until SIGINT/SIGTERM; a second signal stops without draining.
     Errors propagate (NodeError leaves inside an exception group)."""
+    import trio  # here, not at the top: config loading and plugin discovery stay free of it
+
     trio.run(_serve, node, runner or node.run)
 
 
 async def _serve(node: Node, runner: Callable[[], Awaitable[None]]) -> None:
+    import trio
+
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
 

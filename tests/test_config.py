@@ -148,8 +148,9 @@ def test_config_check_refuses_what_a_start_would(tmp_path: Path, toml: str, mess
 
 
 def test_the_settings_loader_stays_light() -> None:
-    """Client commands load the config: the loader and the core's sections pull in no heavy library."""
-    code = "import sys, node.settings as s; s.builtin_sections(); print(' '.join(sorted(sys.modules)))"
+    """Client commands load the config: the loader, the core's sections and the plugins' (discovered, anchor
+    included) pull in no heavy library."""
+    code = "import sys, node.settings as s; s.all_sections(); print(' '.join(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    heavy = {"trio", "libp2p", "multiaddr", "platformdirs", "numpy", "onnxruntime", "anchor", "node.node"}
+    heavy = {"trio", "libp2p", "multiaddr", "platformdirs", "numpy", "onnxruntime", "fastapi", "psycopg", "node.node"}
     assert not heavy & set(out), heavy & set(out)

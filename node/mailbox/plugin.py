@@ -1,5 +1,6 @@
 """The offline-peer mailbox client as a plugin of the composition root: the ``[mailbox]`` section, the
-``mailbox`` service (with ``mailbox.anchors``) and the ``mailbox.*`` control methods.
+``mailbox`` service (:mod:`node.mailbox.node_service`, with ``mailbox.anchors``) and the ``mailbox.*`` control
+methods. Importing this module is cheap (no trio, no libp2p).
 
 The serving side (``mailbox.serve``) belongs to the anchor, which registers a ``mailbox-server`` service through its
 own plugin; ``mailbox.status`` shows it through :class:`~node.mailbox.control.MailboxServing`.
@@ -9,11 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import trio
-
-from node.errors import StartupError
 from node.mailbox.settings import MailboxSection
-from node.plugin import Plugin
+from node.plugin import Plugin, Service
 
 if TYPE_CHECKING:
     from node.control.rpc import Registry
@@ -26,41 +24,21 @@ SERVICE_NAME = "mailbox"
 SERVER_SERVICE_NAME = "mailbox-server"  # the anchor's (anchor.mailbox), found by name
 
 
-class MailboxClientService:
-    """Deposits sealed envelopes for unreachable peers at the anchors and fetches this node's own
-    (:class:`~node.mailbox.client.MailboxClient`); it starts exchanging once the node (BetaNet) is up."""
-
-    name = SERVICE_NAME
-
-    def __init__(self, settings: MailboxSection) -> None:
-        self.settings = settings
-        self.client: MailboxClient | None = None
-
-    async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        from node.mailbox.client import MailboxClient
-        from node.transports.betanet.transport import BetanetTransport
-
-        betanet = next((t for t in node.transports if isinstance(t, BetanetTransport)), None)
-        if betanet is None:
-            raise StartupError("mailbox.anchors needs BetaNet (betanet.enabled = true)")
-        client = MailboxClient(node.identity, self.settings, betanet, node.deliver_mailbox_envelope)
-        node.on_envelope_sealed(client.on_sealed)
-        node.on_link_up(client.on_link_up)
-        self.client = client
-        task_status.started()
-        await node.wait_ready()
-        await client.run()
-
-
 def mailbox_client(node: Node) -> MailboxClient | None:
     """The running mailbox client of ``node`` (None: no mailbox.anchors, or not started yet)."""
+    from node.mailbox.node_service import MailboxClientService
+
     service = node.service(SERVICE_NAME)
     return service.client if isinstance(service, MailboxClientService) else None
 
 
-def _services(cfg: Config) -> list[MailboxClientService]:
+def _services(cfg: Config) -> list[Service]:
     settings = cfg.section(MailboxSection)
-    return [MailboxClientService(settings)] if settings.anchors else []
+    if not settings.anchors:
+        return []
+    from node.mailbox.node_service import MailboxClientService
+
+    return [MailboxClientService(settings)]
 
 
 def _rpc(node: Node, reg: Registry) -> None:

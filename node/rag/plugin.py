@@ -1,17 +1,15 @@
-"""The knowledge base as a plugin of the composition root: the ``[rag]`` section, the ``rag`` service (the
-:class:`~node.rag.service.RagService` and the responder to peers' federated queries), the ``rag.*`` control methods
-and ``village rag``.
+"""The knowledge base as a plugin of the composition root: the ``[rag]`` section, the ``rag`` service
+(:mod:`node.rag.node_service`: the :class:`~node.rag.service.RagService` and the responder to peers' federated
+queries), the ``rag.*`` control methods and ``village rag``.
 
-Importing this module is cheap: the service's heavy modules (onnxruntime, hnswlib) load when a node builds it.
+Importing this module is cheap (no trio, no onnxruntime): the service's modules load when a node builds it.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import trio
-
-from node.plugin import Plugin
+from node.plugin import Plugin, Service
 from node.rag.settings import RagSection
 
 if TYPE_CHECKING:
@@ -24,38 +22,21 @@ if TYPE_CHECKING:
 SERVICE_NAME = "rag"
 
 
-class RagNodeService:
-    """The node's knowledge base: opened on first use, closed when the node stops. It answers peers' federated
-    queries from shared documents only (:mod:`node.rag.federated`)."""
-
-    name = SERVICE_NAME
-
-    def __init__(self, settings: RagSection) -> None:
-        self.settings = settings
-        self.rag: RagService | None = None
-
-    async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        from node.rag import federated
-        from node.rag.service import RagService
-
-        self.rag = RagService(
-            self.settings,
-            node.config.data_dir / "rag" if node.persistent else None,
-            wall_s=lambda: node.clock.wall_ms() / 1000.0,
-        )
-        federated.serve(node, self.rag)
-        await self.rag.run(task_status=task_status)
-
-
 def rag_service(node: Node) -> RagService | None:
     """The running knowledge base of ``node`` (None: rag.enabled = false, or not started yet)."""
+    from node.rag.node_service import RagNodeService
+
     service = node.service(SERVICE_NAME)
     return service.rag if isinstance(service, RagNodeService) else None
 
 
-def _services(cfg: Config) -> list[RagNodeService]:
+def _services(cfg: Config) -> list[Service]:
     settings = cfg.section(RagSection)
-    return [RagNodeService(settings)] if settings.enabled else []
+    if not settings.enabled:
+        return []
+    from node.rag.node_service import RagNodeService
+
+    return [RagNodeService(settings)]
 
 
 def _rpc(node: Node, reg: Registry) -> None:
