@@ -674,7 +674,7 @@ async def serve_mailbox(node: Node, *, task_status: trio.TaskStatus[MailboxServi
     dsn = postgres_dsn(cfg)
     async with PostgresStore(dsn, timeout_s=anchor.store_timeout_s) as store:
         service = MailboxService(
-            MailboxCore(node.identity.signing_public, MailboxLimits.from_config(cfg.mailbox)),
+            MailboxCore(node.identity.signing_public, MailboxLimits.from_config(cfg.section(MailboxSection))),
             PostgresMailboxStorage(store),
             node.clock.wall_ms,
         )

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from anchor.settings import AnchorSection
 from node.errors import StartupError
+from node.mailbox.settings import MailboxSection
 from node.plugin import Plugin, Service
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 def _services(cfg: Config) -> list[Service]:
     services: list[Service] = []
     try:
-        if cfg.mailbox.serve:  # before the gateway: it answers GET /v1/mailbox from this one
+        if cfg.section(MailboxSection).serve:  # before the gateway: it answers GET /v1/mailbox from this one
             from anchor.mailbox import MailboxServerService
 
             services.append(MailboxServerService())

@@ -35,8 +35,6 @@ from node.schema import check_utf8_bytes, parse_host_port, setting
 
 if TYPE_CHECKING:
     from node.control.settings import ControlSection
-    from node.mailbox.settings import MailboxSection
-    from node.rag.settings import RagSection
     from node.routing.settings import MeshSection
     from node.transports.betanet.settings import BetanetSection
     from node.transports.ble.settings import BleSection
@@ -195,7 +193,7 @@ class Config:
     def socket_path(self) -> Path:
         return Path(self.control.socket_path) if self.control.socket_path else self.data_dir / "control.sock"
 
-    # The core's sections (plugins' sections: cfg.section(cls)).
+    # The core's sections (a plugin's, rag and mailbox included: cfg.section(cls)).
     @property
     def node(self) -> NodeSection:
         return self._named("node")  # type: ignore[no-any-return]
@@ -219,18 +217,6 @@ class Config:
     @property
     def ble(self) -> BleSection:
         return self._named("ble")  # type: ignore[no-any-return]
-
-    @property
-    def mailbox(self) -> MailboxSection:
-        from node.mailbox.settings import MailboxSection
-
-        return self.section(MailboxSection)
-
-    @property
-    def rag(self) -> RagSection:
-        from node.rag.settings import RagSection
-
-        return self.section(RagSection)
 
 
 # ---------------------------------------------------------------- loading
