@@ -34,6 +34,7 @@ test-slow: $(STAMP_DEV)
 lint: $(STAMP_DEV)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 types: $(STAMP_DEV)
 	$(BIN)/mypy

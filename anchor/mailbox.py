@@ -21,25 +21,26 @@ its inbox is unique by (sender, message ID), so the message lands exactly once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
-import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import nacl.bindings
 import nacl.utils
 import trio
 
-from node.config import Config, MailboxSection
+from anchor.settings import AnchorSection
 from node.errors import CryptoError, NodeError, StartupError
 from node.mailbox import protocol as p
 from node.mailbox.protocol import Challenge, MailboxError, Proof, StoredEnvelope
+from node.mailbox.settings import MailboxSection
 from node.mailbox.stream import ByteStream, FramedStream, StreamClosed
 from node.routing.courier import Envelope, decode_envelope_untrusted, encode_envelope
+from node.settings import Config
 from node.wire import MalformedFrame
 
 if TYPE_CHECKING:
@@ -627,23 +628,35 @@ def _hex(params: Mapping[str, Any], key: str, size: int) -> bytes:
 
 
 def postgres_dsn(config: Config) -> str:
-    """The PostgreSQL the anchor's stores use: the settings file ``scripts/services up`` writes, found as
-    :func:`anchor.run.services_settings_path` does (``anchor.services_settings`` → ``$VILLAGE_SERVICES_SETTINGS``
-    → ``<data dir>/services.json`` → the checkout's ``.services/settings.json``)."""
-    from anchor.services import DEFAULT_DIR, SETTINGS_FILE, ServicesError, load_settings
+    """The PostgreSQL the anchor's stores use (the settings file :func:`anchor.services_settings.settings_path`
+    finds)."""
+    from anchor.services_settings import ServicesError, load_settings, settings_path
 
-    if config.anchor.services_settings:
-        path = Path(config.anchor.services_settings).expanduser()
-    elif os.environ.get("VILLAGE_SERVICES_SETTINGS"):
-        path = Path(os.environ["VILLAGE_SERVICES_SETTINGS"])
-    elif (config.data_dir / "services.json").exists():
-        path = config.data_dir / "services.json"
-    else:
-        path = DEFAULT_DIR / SETTINGS_FILE
+    path = settings_path(config.section(AnchorSection).services_settings, config.data_dir)
     try:
         return load_settings(path).postgres.dsn
     except ServicesError as exc:
         raise StartupError(f"mailbox.serve needs PostgreSQL: {exc}") from exc
+
+
+class MailboxServerService:
+    """The node's service (``mailbox-server``, with ``mailbox.serve``): keeps envelopes for offline peers in
+    PostgreSQL and serves ``/aivillage/mailbox/1.0.0`` on BetaNet (registered before the transports start). Once
+    started, :attr:`service` is the :class:`MailboxService` (the gateway's :class:`MailboxPort`)."""
+
+    name = "mailbox-server"
+
+    def __init__(self) -> None:
+        self.service: MailboxService | None = None
+
+    def serving_counters(self) -> dict[str, int]:
+        """What ``mailbox.status`` shows under ``serving`` (:class:`node.mailbox.control.MailboxServing`)."""
+        return dataclasses.asdict(self.service.core.counters) if self.service is not None else {}
+
+    async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self.service = await nursery.start(serve_mailbox, node)
+            task_status.started()
 
 
 async def serve_mailbox(node: Node, *, task_status: trio.TaskStatus[MailboxService] = trio.TASK_STATUS_IGNORED) -> None:
@@ -654,13 +667,14 @@ async def serve_mailbox(node: Node, *, task_status: trio.TaskStatus[MailboxServi
     from node.transports.betanet.transport import BetanetTransport
 
     cfg = node.config
+    anchor = cfg.section(AnchorSection)
     betanet = next((t for t in node.transports if isinstance(t, BetanetTransport)), None)
     if betanet is None:
         raise StartupError("mailbox.serve needs BetaNet (betanet.enabled = true)")
     dsn = postgres_dsn(cfg)
-    async with PostgresStore(dsn, timeout_s=cfg.anchor.store_timeout_s) as store:
+    async with PostgresStore(dsn, timeout_s=anchor.store_timeout_s) as store:
         service = MailboxService(
-            MailboxCore(node.identity.signing_public, MailboxLimits.from_config(cfg.mailbox)),
+            MailboxCore(node.identity.signing_public, MailboxLimits.from_config(cfg.section(MailboxSection))),
             PostgresMailboxStorage(store),
             node.clock.wall_ms,
         )

@@ -29,15 +29,16 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from anchor.mailbox import MailboxCore, MailboxLimits, MailboxService, PostgresMailboxStorage, envelope_digest
-from anchor.services import DEFAULT_DIR, SETTINGS_FILE, load_settings
+from anchor.services_settings import SETTINGS_FILE, load_settings
 from anchor.stores.postgres import PostgresStore
 from node.clock import Clock
-from node.config import BetanetSection
 from node.identity import Identity
 from node.mailbox import protocol as p
 from node.mailbox.stream import FramedStream
 from node.routing.courier import Envelope, decode_envelope_untrusted, encode_envelope
+from node.transports.betanet.settings import BetanetSection
 from node.transports.betanet.transport import BetanetTransport
+from tools.services import DEFAULT_DIR
 
 LOOPBACK = BetanetSection(listen=("/ip4/127.0.0.1/tcp/0",), mdns=False, dht=False, relay="off")
 SEALED_BYTES = 232  # Noise_X around a private message of 120 characters (32 + 48 + 16 + payload)

@@ -11,11 +11,10 @@ bad configuration.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +34,9 @@ from node.cli_support import (
 from node.cli_support import load_config as config_for
 from node.control.client import ControlClient
 from node.control.errors import ClientError
-from node.daemon import build_node, load_plugins, run_daemon
+from node.daemon import load_plugins, run_command
 from node.errors import ConfigError, IdentityError, NodeError, StartupError
-from node.identity import create_identity, ensure_private_dir, identity_exists, load_identity
+from node.identity import create_identity, identity_exists, load_identity
 from node.plugin import Plugin
 from node.settings import check_config, config_as_dict, example_toml
 
@@ -98,37 +97,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = config_for(args)
-    level = (args.log_level or cfg.node.log_level).upper()
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ensure_private_dir(cfg.data_dir)
-    ident = load_identity(cfg.data_dir)  # refuses loose permissions with a how-to-fix message
-    node = build_node(cfg, ident)  # the daemon's heavy imports (libp2p, ...) happen here only
-    runner: Callable[[], Awaitable[None]] = node.run
-    if cfg.anchor.enabled or getattr(args, "anchor", False):  # `village anchor run` or [anchor] enabled = true
-        try:
-            from anchor.run import run_anchor
-        except ImportError as missing:
-            raise CliError(f"the anchor needs the anchor extra ({missing}): pip install 'aivillage[anchor]'") from None
-        runner = functools.partial(run_anchor, node)
-    code = EXIT_OK
-    try:
-        run_daemon(node, runner)
-    except* NodeError as group:
-        for exc in _leaves(group):
-            log.error("node failed: %s", exc)
-            print(f"village: {exc}", file=sys.stderr)
-        code = EXIT_FAIL
-    if code == EXIT_OK:
-        log.info("node stopped cleanly")
-    return code
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    """The real errors inside (possibly nested) exception groups."""
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
-    return [exc]
+    return run_command(args)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -417,9 +386,6 @@ def build_parser(plugins: Sequence[Plugin] | None = None) -> argparse.ArgumentPa
     p = add("rpc", cmd_rpc, "Call any control method (see `village rpc rpc.methods`).")
     p.add_argument("method", help="JSON-RPC method name")
     p.add_argument("params", nargs="?", help="params as a JSON object")
-    from anchor.cli import add_commands as add_anchor_commands
-
-    add_anchor_commands(sub, common, cmd_run)
     registry = CliRegistry(sub, common)
     for plugin in load_plugins() if plugins is None else plugins:
         if plugin.cli is not None:

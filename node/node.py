@@ -23,16 +23,13 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from node.clock import Clock
-from node.config import Config
 from node.control.methods import build_registry
 from node.control.server import ControlServer
-from node.errors import MeshError, NodeError, StartupError
+from node.errors import MeshError, NodeError
 from node.identity import Identity, fingerprint_from_noise_key
 from node.inbox import Inbox, InboxMessage
 from node.outbox import Outbox, OutboxError
 from node.pinfile import PinFile, PinFileError
-from node.rag import federated
-from node.rag.service import RagService
 from node.routing.app import AppRemoteError, AppRequestReceived, AppResponseReceived, AppTimeout
 from node.routing.mesh import (
     DeliveryAcked,
@@ -44,11 +41,11 @@ from node.routing.mesh import (
     PeerLeft,
     PrivateFailed,
 )
+from node.settings import Config
 from node.systemd import sd_notify
 from node.transports.base import FrameSizeError, Link, LinkClosed, Transport
 
 if TYPE_CHECKING:
-    from node.mailbox.client import MailboxClient
     from node.plugin import Plugin, Service
 
 log = logging.getLogger("village.node")
@@ -136,20 +133,13 @@ class Node:
         self._stop_requested = trio.Event()
         self.started_at: float | None = None
         self.control_server: ControlServer | None = None
-        self.mailbox: MailboxClient | None = None  # with mailbox.anchors
-        self.mailbox_service: Any = None  # anchor.mailbox.MailboxService with mailbox.serve (the gateway's port)
+        self._ready = trio.Event()
+        # Hooks services register (the mailbox client): called on every link up / every envelope the core seals.
+        self._link_up_listeners: list[Callable[[str], None]] = []
+        self._sealed_listeners: list[Callable[[bytes], None]] = []
         self._app_handlers: dict[str, AppHandler] = {}
         self._app_waiters: dict[bytes, _AppWaiter] = {}
         self._app_running: dict[bytes, int] = {}  # peer -> app requests of it being served
-        # The local knowledge base (node/rag): opened on first use, closed when run() ends.
-        self.rag: RagService | None = None
-        if config.rag.enabled:
-            self.rag = RagService(
-                config.rag,
-                config.data_dir / "rag" if persistent_inbox else None,
-                wall_s=lambda: self.clock.wall_ms() / 1000.0,
-            )
-        federated.serve(self)  # answer peers' `rag query --mesh` from shared documents only (node.rag.federated)
 
     # ------------------------------------------------------------ lifecycle
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -163,11 +153,9 @@ class Node:
             nickname=self.nickname,
             wall_offset_ms=self.clock.wall_ms() - now * 1000.0,
             rng=self._rng,
-            seal_for_mailbox=bool(cfg.mailbox.anchors),
+            seal_for_mailbox=bool(self._sealed_listeners),
             initial_pins=self.pin_file.load(),  # identity bindings proven by handshakes (node.routing.pins)
         )
-        if cfg.mailbox.anchors:
-            self.mailbox = self._make_mailbox_client()
         state_db = cfg.data_dir / "state.db" if self._persistent_inbox else None
         self.inbox = Inbox(state_db, max_messages=cfg.mesh.inbox_max_messages)
         self.outbox = Outbox(state_db)
@@ -175,8 +163,6 @@ class Node:
             self._restore_outbox()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                if self.rag is not None:
-                    await nursery.start(self.rag.run)
                 if self._control_enabled:
                     self.control_server = ControlServer(
                         cfg.socket_path,
@@ -187,16 +173,10 @@ class Node:
                     await nursery.start(self.control_server.run)
                 link_send, link_recv = trio.open_memory_channel[Link](NEW_LINK_QUEUE)
                 nursery.start_soon(self._accept_links, link_recv)
-                for service in self.services:
+                for service in self.services:  # e.g. a BetaNet protocol handler is registered before transports run
                     await nursery.start(service.run, self)
-                if cfg.mailbox.serve:  # the anchor's side: registers its BetaNet protocol before transports start
-                    from anchor.mailbox import serve_mailbox
-
-                    self.mailbox_service = await nursery.start(serve_mailbox, self)
                 for transport in self.transports:
                     await nursery.start(transport.run, link_send)
-                if self.mailbox is not None:
-                    await nursery.start(self.mailbox.run)
                 nursery.start_soon(self._timer_task)
                 self.started_at = self.clock.now()
                 log.info(
@@ -207,6 +187,7 @@ class Node:
                     cfg.socket_path if self._control_enabled else "off",
                 )
                 sd_notify("READY=1")
+                self._ready.set()
                 task_status.started()
                 await self._stop_requested.wait()
                 await self._drain()
@@ -218,14 +199,26 @@ class Node:
             self.outbox.close()
             self.pin_file.close()
 
-    def _make_mailbox_client(self) -> MailboxClient:
-        from node.mailbox.client import MailboxClient
-        from node.transports.betanet.transport import BetanetTransport
+    # ------------------------------------------------------------ hooks for services
+    @property
+    def persistent(self) -> bool:
+        """Whether this node keeps its state on disk (False: in-memory inbox, outbox and knowledge base; tests)."""
+        return self._persistent_inbox
 
-        betanet = next((t for t in self.transports if isinstance(t, BetanetTransport)), None)
-        if betanet is None:
-            raise StartupError("mailbox.anchors needs BetaNet (betanet.enabled = true)")
-        return MailboxClient(self.identity, self.config.mailbox, betanet, self.deliver_mailbox_envelope)
+    def on_link_up(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(remote_address)`` whenever a link comes up."""
+        self._link_up_listeners.append(listener)
+
+    def on_envelope_sealed(self, listener: Callable[[bytes], None]) -> None:
+        """Hand ``listener`` every courier envelope the mesh core seals for a peer nobody can reach (for a mailbox
+        anchor); registering one makes the core seal held messages even with ``mesh.courier_copies = 0``."""
+        self._sealed_listeners.append(listener)
+        if self.core is not None:
+            self.core.seal_for_mailbox = True
+
+    async def wait_ready(self) -> None:
+        """Return once the node is up (transports started, readiness reported)."""
+        await self._ready.wait()
 
     def deliver_mailbox_envelope(self, envelope: bytes) -> bool:
         """An envelope fetched from an anchor: opened into the inbox (stored on return). False if unopenable."""
@@ -309,8 +302,8 @@ class Node:
                 nursery.start_soon(self._link_writer, link, recv_q, nursery.cancel_scope)
                 core.link_up(link_id, link.mtu, self.clock.now(), link.authenticated_signing_key)
                 self._flush()
-                if self.mailbox is not None:
-                    self.mailbox.on_link_up(link.remote_address)
+                for listener in self._link_up_listeners:
+                    listener(link.remote_address)
                 while True:
                     try:
                         frame = await link.receive()
@@ -449,8 +442,8 @@ class Node:
             self._settle(event.message_id, "delivered")
             log.info("private message %s delivered to %s", event.message_id, event.peer_id.hex())
         elif isinstance(event, EnvelopeSealed):
-            if self.mailbox is not None:
-                self.mailbox.on_sealed(event.envelope)
+            for sealed_listener in self._sealed_listeners:
+                sealed_listener(event.envelope)
         elif isinstance(event, PrivateFailed):
             self._set_outgoing(event.message_id, "failed", event.reason)
             self._settle(event.message_id, "failed", event.reason)

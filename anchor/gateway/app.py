@@ -54,8 +54,8 @@ from anchor.gateway.errors import (
 from anchor.gateway.ports import ApiKeyInfo, GatewayStores, MailboxPort
 from anchor.gateway.rag_route import add_rag_routes
 from anchor.queue import MessageQueue, QueuedMessage, new_message_id
+from anchor.settings import AnchorSection
 from anchor.stores.errors import StoreError, StoreUnavailable
-from node.config import AnchorSection
 from node.errors import MeshError
 from node.mailbox import protocol as mailbox_protocol
 

@@ -24,23 +24,21 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import multiaddr
 import trio
+from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from node.config import MailboxSection
 from node.errors import MeshError, NodeError, StartupError
 from node.identity import Identity
 from node.mailbox import protocol as p
 from node.mailbox.protocol import MailboxError
-from node.mailbox.stream import FramedStream
+from node.mailbox.settings import MailboxSection
+from node.mailbox.stream import ByteStream, FramedStream
 from node.transports.betanet.transport import signing_key_of
 from node.wire import MalformedFrame
-
-if TYPE_CHECKING:
-    from node.transports.betanet.transport import BetanetTransport
 
 log = logging.getLogger("village.mailbox")
 
@@ -48,6 +46,13 @@ RETRY_INITIAL_S = 1.0  # first wait after a failed exchange with an anchor; doub
 RETRY_MAX_S = 60.0
 FETCH_BATCH = 64  # envelopes asked for per FETCH
 MAX_FETCH_ROUNDS = 64  # FETCH rounds per exchange (64 x 64 envelopes), so one anchor cannot keep us busy forever
+
+
+class StreamOpener(Protocol):
+    """What the client needs of BetaNet (:class:`~node.transports.betanet.transport.BetanetTransport`): a new stream
+    on a protocol to the peer at a multiaddr ending in /p2p/<id>."""
+
+    async def open_stream(self, addr: str, protocol: TProtocol) -> ByteStream: ...
 
 
 @dataclass(slots=True)
@@ -93,7 +98,7 @@ class MailboxClient:
         self,
         identity: Identity,
         settings: MailboxSection,
-        transport: BetanetTransport,
+        transport: StreamOpener,
         deliver: Callable[[bytes], bool],
     ) -> None:
         self.identity = identity

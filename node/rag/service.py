@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import trio
 
-from node.config import RagSection
 from node.rag import fusion, ingest
 from node.rag.embed import Embedder, EmbedderSettings, Vectors, from_blob, to_blob
 from node.rag.errors import NotFound, RagError
 from node.rag.extract import Extracted
 from node.rag.index import DenseIndex, IndexSettings
+from node.rag.settings import RagSection
 from node.rag.store import DB_NAME, INDEX_STALE_KEY, Store, fts_query
 
 log = logging.getLogger(__name__)

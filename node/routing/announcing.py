@@ -15,7 +15,7 @@ import hashlib
 import random
 from collections import OrderedDict
 
-from node.config import MeshSection
+from node.routing.settings import MeshSection
 from node.routing.meshbase import (
     ANNOUNCE_ANSWER_GAP_S,
     ANNOUNCE_CHANGE_GAP_S,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 
-from node.config import MeshSection
+from node.routing.settings import MeshSection
 from node.errors import CryptoError
 from node.identity import Identity
 from node.routing.courier import CourierStore, Envelope, decode_envelope_untrusted, encode_envelope, open_untrusted

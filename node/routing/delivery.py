@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from typing import Protocol
 
-from node.config import MeshSection
+from node.routing.settings import MeshSection
 from node.crypto.errors import ReplayError
 from node.errors import CryptoError, MeshError
 from node.routing.app import AppChannel

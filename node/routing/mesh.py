@@ -65,7 +65,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from node.config import MeshSection
+from node.routing.settings import MeshSection
 from node.errors import MeshError
 from node.identity import Identity
 from node.routing.announcing import AnnounceRelays, AnnounceSchedule

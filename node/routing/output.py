@@ -14,7 +14,7 @@ import dataclasses
 import random
 from dataclasses import dataclass
 
-from node.config import MeshSection
+from node.routing.settings import MeshSection
 from node.routing.dedupe import dedupe_key
 from node.routing.events import MeshCounters
 from node.routing.hoparq import HOP_ACK_CAPABILITY, HopArqTable, HopEntry, ack_digest, acks_expected

@@ -14,7 +14,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 
-from node.config import MeshSection
+from node.routing.settings import MeshSection
 from node.identity import Identity, peer_id_from_noise_key
 from node.routing.announcing import AnnounceRelays, AnnounceSchedule
 from node.routing.courier import CourierStore

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 
 import nacl.signing
 
-from node.config import MeshSection
 from node.errors import MeshError
 from node.identity import Identity
 from node.routing.mesh import (
@@ -43,6 +42,7 @@ from node.routing.mesh import (
     PeerAnnounced,
     PrivateFailed,
 )
+from node.routing.settings import MeshSection
 from node.sim.errors import SimError
 from node.sim.links import Direction, LinkModel, LinkStats
 from node.sim.metrics import BroadcastRecord, SimReport, UnicastRecord, build_report

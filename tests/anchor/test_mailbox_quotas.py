@@ -10,11 +10,11 @@ import trio.testing
 
 from anchor.mailbox import MailboxCore, MailboxLimits, MailboxService, MemoryMailboxStorage, PostgresMailboxStorage
 from anchor.stores.postgres import PostgresStore
-from node.config import MailboxSection
 from node.identity import Identity
 from node.mailbox import protocol as p
 from node.mailbox.client import MailboxClient
 from node.mailbox.protocol import MailboxError
+from node.mailbox.settings import MailboxSection
 from node.mailbox.stream import FramedStream
 from node.transports.betanet.transport import BetanetTransport
 from tests.anchor.test_mailbox_core import Clock, TrioAdapter, sealed_for

@@ -8,7 +8,7 @@ from collections import deque
 
 import nacl.signing
 
-from node.config import MeshSection
+from node.routing.settings import MeshSection
 from node.identity import Identity
 from node.routing.announcing import AnnounceRelays, AnnounceSchedule
 from node.routing.app import AppChannel

@@ -47,7 +47,6 @@ from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
-from node.config import BetanetSection
 from node.errors import StartupError, TransportError
 from node.identity import Identity
 from node.transports.base import Link, LinkCapabilities, LinkClosed, LinkSink, Transport, check_frame_size
@@ -56,6 +55,7 @@ from node.transports.betanet.dht import PeerRouting
 from node.transports.betanet.quic import QUIC_ATTEMPT_S, close_quic, dial_order, host_transports, is_quic
 from node.transports.betanet.quic_transport import QuicTransport
 from node.transports.betanet.relay import Relay, is_circuit, without_peer_suffix
+from node.transports.betanet.settings import BetanetSection
 
 log = logging.getLogger("village.betanet")
 

@@ -13,16 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from anchor import services as services_module
-from anchor.services import (
-    PG_APP_USER,
-    PORT_HIGH,
-    Services,
-    ServicesError,
-    ServiceSettings,
-    _check_private_dir,
-    _write_private,
-)
+from anchor.services_settings import ServicesError, ServiceSettings
+from tools import services as services_module
+from tools.services import PG_APP_USER, PORT_HIGH, Services, _check_private_dir, _write_private
 
 SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "services"
 Start = Callable[..., Services]
