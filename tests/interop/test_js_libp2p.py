@@ -1,0 +1,84 @@
+"""BetaNet against an independent libp2p: js-libp2p (from the npm registry) dials the node over TCP (Noise,
+yamux) and QUIC, pings, identifies, opens the mesh protocol both ways and enters the node's DHT routing table;
+the node dials it back over both. Skipped (with npm's reason) only when the npm registry cannot be reached."""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+from libp2p.peer.id import ID
+
+from node.transports.betanet.counters import BetanetCounters
+from node.transports.betanet.transport import MESH_PROTOCOL, BetanetLink
+from tests.interop.jspeer import js_peer
+from tests.transports.test_betanet import LOOPBACK, start_transport
+
+BOTH = dataclasses.replace(LOOPBACK, listen=("/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"))
+WAIT_S = 30.0
+
+
+def identified_at_least(n: int) -> Callable[[BetanetCounters], bool]:
+    return lambda c: c.identified >= n
+
+
+def framed(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+async def test_js_libp2p_dials_the_node_over_tcp_and_quic(nursery: trio.Nursery, tmp_path: Path) -> None:
+    node, links = await start_transport(nursery, settings=BOTH)
+    tcp = next(a for a in node.listen_addresses() if "/tcp/" in a)
+    quic = next(a for a in node.listen_addresses() if "/quic-v1" in a)
+    async with js_peer(tmp_path / "js.log") as js:
+        for n, addr in enumerate((tcp, quic), start=1):
+            with trio.fail_after(WAIT_S):
+                conn = await js.call("dial", addr=addr)
+                assert conn["remote"] == node.peer_id
+                await js.call("ping", cid=conn["cid"])
+                ident = await js.call("identify", cid=conn["cid"])
+                assert ident["peer"] == node.peer_id
+                assert {MESH_PROTOCOL, "/ipfs/kad/1.0.0", "/ipfs/ping/1.0.0"} <= set(ident["protocols"])
+                # Our host identified the js peer once on this connection (js-libp2p accepts one inbound
+                # identify stream per connection: a second one used to abort ours), and routes to it.
+                await node.wait_counters(identified_at_least(n))
+                (opened,) = (await js.call("open", cid=conn["cid"]))["streams"]
+                link = await links.receive()
+                assert isinstance(link, BetanetLink)
+                assert link.remote_address.endswith(f"/p2p/{js.peer_id}")
+                assert ("/quic-v1/" in link.remote_address) == (addr == quic)
+                await link.send(b"from the node")
+                got = await js.call("read_frame", sid=opened["sid"])
+                assert bytes.fromhex(got["hex"]) == b"from the node"
+                await js.call("write", sid=opened["sid"], hex=framed(b"from js").hex())
+                assert await link.receive() == b"from js"
+                await js.call("hangup", cid=conn["cid"])
+                await link.wait_closed()
+        assert node.routing is not None
+        assert node.routing.dht.routing_table.peer_in_table(ID.from_base58(js.peer_id))
+        assert node.counters.dht_routing_added >= 1 and node.counters.identify_skipped == 0
+
+
+async def test_the_node_dials_js_libp2p_over_tcp_and_quic(nursery: trio.Nursery, tmp_path: Path) -> None:
+    node, _ = await start_transport(nursery, settings=BOTH)
+    async with js_peer(tmp_path / "js.log") as js:
+        for addr in (js.tcp_addr(), js.quic_addr()):
+            with trio.fail_after(WAIT_S):
+                link = await node.dial(addr)
+                stream = await js.wait_event("stream")
+                assert stream["remote"] == node.peer_id
+                assert ("/quic-v1" in stream["addr"]) == ("/quic-v1" in addr)
+                await link.send(b"ping from the node")
+                got = await js.call("read_frame", sid=stream["sid"])
+                assert bytes.fromhex(got["hex"]) == b"ping from the node"
+                await js.call("write", sid=stream["sid"], hex=framed(b"pong from js").hex())
+                assert await link.receive() == b"pong from js"
+                await node.wait_counters(lambda c: c.dht_routing_added >= 1)
+                await link.aclose()
+                assert node.host is not None
+                await node.host.disconnect(ID.from_base58(js.peer_id))
+        assert node.routing is not None
+        assert node.routing.dht.routing_table.peer_in_table(ID.from_base58(js.peer_id))
