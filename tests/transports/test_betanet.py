@@ -13,9 +13,12 @@ import pytest
 import trio
 from libp2p import create_yamux_muxer_option, new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
 
 from node.clock import Clock
 from node.config import BetanetSection, Config, NodeSection
@@ -208,3 +211,28 @@ async def test_stalled_peer_is_closed_and_counted(nursery: trio.Nursery) -> None
         assert ours.counters.stalled >= 2
         await stream.reset()
         await stream2.reset()
+
+
+async def test_dialling_a_peer_without_the_mesh_protocol_reports_its_refusal_and_hangs_up(
+    nursery: trio.Nursery,
+) -> None:
+    """A libp2p host that speaks Noise and yamux but not /aivillage/mesh/1.0.0: the error says the peer refused
+    the protocol (not "failed to open a stream"), and the connection the dial made is closed again."""
+    ours, _ = await start_transport(nursery)
+    kp = create_new_key_pair()
+    other = new_host(
+        key_pair=kp,
+        sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(kp, noise_privkey=create_x25519_key_pair().private_key)},
+        muxer_opt=create_yamux_muxer_option(),
+    )
+    async with other.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        addr = f"{other.get_addrs()[0]}"
+        addr = addr if "/p2p/" in addr else f"{addr}/p2p/{other.get_id()}"
+        with (
+            trio.fail_after(WAIT_S),
+            pytest.raises(DialError, match=r"refused /aivillage/mesh/1\.0\.0: protocol not supported"),
+        ):
+            await ours.dial(addr)
+        assert ours.host is not None
+        assert not ours.host.get_network().get_connections(other.get_id())
+    assert ours.counters.dial_failures == 1 and ours.counters.links_opened == 0

@@ -44,6 +44,7 @@ from libp2p.network.stream.exceptions import StreamError
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.protocol_muxer.exceptions import MultiselectClientError
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
@@ -187,6 +188,12 @@ class BetanetLink(Link):
     @property
     def transport_name(self) -> str:
         return "betanet"
+
+    @property
+    def peer(self) -> ID:
+        """The libp2p peer at the other end (authenticated by the connection's handshake)."""
+        peer: ID = self._stream.muxed_conn.peer_id
+        return peer
 
     @property
     def authenticated_signing_key(self) -> bytes | None:
@@ -554,26 +561,40 @@ class BetanetTransport(Transport):
             raise DialError(f"{addr!r} is not a multiaddr ending in /p2p/<peer id>: {exc}") from None
         if info.peer_id == host.get_id():
             raise DialError(f"{addr} is this node itself")
+        connected = False  # whether this dial made the connection (then a failure closes it again)
         try:
             with trio.fail_after(self.settings.dial_timeout_s):
                 if not host.get_network().get_connections(info.peer_id):
                     await self._connect(host, maddr, info)
+                    connected = True
             if reserve and self.relay is not None:
                 await self.relay.reserve(info.peer_id)  # bounded by betanet.dial_timeout_s itself
             with trio.fail_after(self.settings.dial_timeout_s):
                 stream = await host.new_stream(info.peer_id, [MESH_PROTOCOL])
         except trio.TooSlowError:
-            self._count_dial_failure()
+            await self._dial_failed(host, info.peer_id, connected)
             raise DialError(f"dialling {addr} timed out after {self.settings.dial_timeout_s:g} s") from None
         except DialError:
-            self._count_dial_failure()
+            await self._dial_failed(host, info.peer_id, connected)
             raise
         except Exception as exc:  # libp2p surfaces many error types for unreachable/refusing peers
-            self._count_dial_failure()
-            raise DialError(f"dialling {addr} failed: {exc or type(exc).__name__}") from exc
+            await self._dial_failed(host, info.peer_id, connected)
+            refused = _refusal(exc)
+            if refused is not None:
+                raise DialError(f"{addr} refused {MESH_PROTOCOL}: {refused} (not an AIVillage node?)") from exc
+            raise DialError(f"dialling {addr} failed: {_with_causes(exc)}") from exc
         link = self._new_link(stream, "out")
         nursery.start_soon(self._serve, link)
         return link
+
+    async def _dial_failed(self, host: IHost, peer_id: ID, connected: bool) -> None:
+        """Count a failed dial; a connection this dial made that carries no link of ours is closed again (a peer
+        without the mesh protocol would otherwise stay connected with nothing on it)."""
+        self._count_dial_failure()
+        if not connected or any(link.peer == peer_id for link in self._links.values()):
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(2), contextlib.suppress(Exception):
+            await host.disconnect(peer_id)  # best effort: libp2p raises assorted errors for half-closed peers
 
     async def _connect(self, host: IHost, maddr: multiaddr.Multiaddr, info: PeerInfo) -> None:
         if is_circuit(maddr):
@@ -714,6 +735,19 @@ def _with_causes(exc: BaseException) -> str:
         parts.append(str(cause) or type(cause).__name__)
         cause = cause.__cause__
     return ": ".join(parts)
+
+
+def _refusal(exc: BaseException) -> str | None:
+    """The peer's refusal, when a stream failed because the peer does not serve the protocol (py-libp2p wraps
+    multistream-select's "na" in a StreamFailure whose message does not say so)."""
+    cause: BaseException | None = exc
+    for _ in range(8):
+        if cause is None:
+            return None
+        if isinstance(cause, MultiselectClientError) and "not supported" in str(cause):
+            return "protocol not supported"
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _one_per_relay(circuits: list[str]) -> list[str]:
