@@ -236,3 +236,34 @@ async def test_dialling_a_peer_without_the_mesh_protocol_reports_its_refusal_and
         assert ours.host is not None
         assert not ours.host.get_network().get_connections(other.get_id())
     assert ours.counters.dial_failures == 1 and ours.counters.links_opened == 0
+
+
+async def test_mesh_streams_beyond_the_per_connection_limit_are_reset_and_counted(nursery: trio.Nursery) -> None:
+    """betanet.max_mesh_streams_per_connection = 2: a peer opening five mesh streams on one connection gets two
+    links; the other three streams are reset and counted, and the two links keep working."""
+    ours, links = await start_transport(
+        nursery, settings=dataclasses.replace(LOOPBACK, max_mesh_streams_per_connection=2)
+    )
+    kp = create_new_key_pair()
+    other = new_host(
+        key_pair=kp,
+        sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(kp, noise_privkey=create_x25519_key_pair().private_key)},
+        muxer_opt=create_yamux_muxer_option(),
+    )
+    async with other.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        info = info_from_p2p_addr(multiaddr.Multiaddr(ours.listen_addresses()[0]))
+        with trio.fail_after(WAIT_S):
+            await other.connect(info)
+            opened = []
+            for _ in range(5):
+                try:
+                    opened.append(await other.new_stream(info.peer_id, [MESH_PROTOCOL]))
+                except Exception:
+                    continue
+            await ours.wait_counters(lambda c: c.mesh_streams_refused == 3)
+            assert ours.counters.links_opened == 2
+            first, second = await links.receive(), await links.receive()
+            for n, stream in enumerate(opened[:2]):
+                await stream.write(struct.pack(">I", 6) + b"hello%d" % n)
+            assert {await first.receive(), await second.receive()} == {b"hello0", b"hello1"}
+    assert ours.counters.mesh_streams_refused == 3

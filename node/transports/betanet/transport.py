@@ -55,7 +55,7 @@ from node.transports.base import Link, LinkCapabilities, LinkClosed, LinkSink, T
 from node.transports.betanet.counters import BetanetCounters
 from node.transports.betanet.dht import PeerRouting
 from node.transports.betanet.quic import QUIC_ATTEMPT_S, close_quic, dial_order, host_transports, is_quic
-from node.transports.betanet.quic_transport import QuicTransport
+from node.transports.betanet.quic_transport import Limits, QuicTransport
 from node.transports.betanet.relay import Relay, is_circuit, without_peer_suffix
 
 log = logging.getLogger("village.betanet")
@@ -188,6 +188,12 @@ class BetanetLink(Link):
     @property
     def transport_name(self) -> str:
         return "betanet"
+
+    @property
+    def muxed_conn(self) -> object:
+        """The libp2p connection this link's stream runs on."""
+        conn: object = self._stream.muxed_conn
+        return conn
 
     @property
     def peer(self) -> ID:
@@ -343,7 +349,13 @@ class BetanetTransport(Transport):
     def _make_host(self, listen: list[multiaddr.Multiaddr]) -> IHost:
         # Exactly one security transport: Noise. libp2p's default set also offers plaintext.
         noise = NoiseTransport(self._key_pair, noise_privkey=create_x25519_key_pair().private_key)
-        transports, self._quic = host_transports(self._key_pair)
+        limits = Limits(
+            stream_window_bytes=self.settings.quic_stream_window_bytes,
+            max_handshakes=self.settings.quic_max_handshakes,
+            max_handshakes_per_ip=self.settings.quic_max_handshakes_per_ip,
+            max_connections=self.settings.quic_max_connections,
+        )
+        transports, self._quic = host_transports(self._key_pair, limits, self.counters, self._notify)
         host = new_host(
             addrs_factory=expand_unspecified,  # advertise real interface addresses, never 0.0.0.0
             enable_mDNS=self.settings.mdns,
@@ -507,6 +519,22 @@ class BetanetTransport(Transport):
 
     async def _on_inbound(self, stream: INetStream) -> None:
         # The handler task is the stream's reader for as long as the link lives.
+        conn = stream.muxed_conn
+        limit = self.settings.max_mesh_streams_per_connection
+        if sum(1 for link in self._links.values() if link.muxed_conn is conn) >= limit:
+            self.counters.mesh_streams_refused += 1
+            if self.counters.mesh_streams_refused == 1 or self.counters.mesh_streams_refused % 1000 == 0:
+                log.warning(
+                    "peer %s opened more than %d mesh streams on one connection "
+                    "(betanet.max_mesh_streams_per_connection); resetting the extra ones (%d so far)",
+                    conn.peer_id,
+                    limit,
+                    self.counters.mesh_streams_refused,
+                )
+            self._notify()
+            with trio.CancelScope(shield=True), trio.move_on_after(2), contextlib.suppress(Exception):
+                await stream.reset()  # best effort: the muxer raises assorted errors for half-closed streams
+            return
         await self._serve(self._new_link(stream, "in"))
 
     def add_stream_handler(self, protocol: TProtocol, handler: StreamHandler) -> None:
