@@ -82,3 +82,34 @@ async def test_the_node_dials_js_libp2p_over_tcp_and_quic(nursery: trio.Nursery,
                 await node.host.disconnect(ID.from_base58(js.peer_id))
         assert node.routing is not None
         assert node.routing.dht.routing_table.peer_in_table(ID.from_base58(js.peer_id))
+
+
+async def test_a_fast_js_sender_over_quic_is_slowed_down_not_reset(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """js-libp2p (quinn) sends 12 MB of frames over QUIC while the node does not read: flow-control credit is
+    granted only as the node reads, so the sender waits at the window (256 KiB here) instead of the stream being
+    reset at a buffer bound; when the node reads, every frame arrives and the stream is still open."""
+    window = 256 * 1024
+    node, links = await start_transport(nursery, settings=dataclasses.replace(BOTH, quic_stream_window_bytes=window))
+    quic = next(a for a in node.listen_addresses() if "/quic-v1" in a)
+    frame_bytes, count = 60_000, 200
+    async with js_peer(tmp_path / "js.log") as js:
+        with trio.fail_after(WAIT_S):
+            conn = await js.call("dial", addr=quic)
+            (opened,) = (await js.call("open", cid=conn["cid"]))["streams"]
+            link = await links.receive()  # ...not read yet
+            assert node._quic is not None
+            (qconn,) = node._quic._listeners[0]._conns.values()
+            done: list[dict[str, object]] = []
+
+            async def bulk() -> None:
+                done.append(await js.call("bulk", sid=opened["sid"], size=frame_bytes, count=count, timeout_s=WAIT_S))
+
+            nursery.start_soon(bulk)
+            await qconn.wait_until(lambda: qconn.unread_bytes >= window // 2)
+            assert qconn.unread_high_water <= window  # (js-libp2p buffers writes: its bulk call may be done)
+        with trio.fail_after(WAIT_S * 2):
+            for _ in range(count):
+                assert len(await link.receive()) == frame_bytes
+            await qconn.wait_until(lambda: bool(done))
+    assert done[0]["status"] == "open" and qconn.unread_high_water <= window
+    assert qconn.streams_over_limit == 0 and node.counters.quic_streams_over_limit == 0
