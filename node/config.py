@@ -51,7 +51,7 @@ class NodeSection:
     shutdown_deadline_s: float = setting(
         10.0, "Seconds allowed for a clean drain after SIGINT/SIGTERM before tasks are cancelled.", min=0.1, max=600
     )
-    link_send_queue_bytes: int = _f(
+    link_send_queue_bytes: int = setting(
         4 * 1_048_576,
         "Bytes of frames queued for one link (besides at most 256 frames); a link whose peer does not keep up has "
         "further frames dropped and counted (status: link_queue_dropped). One frame always fits an empty queue.",
@@ -281,34 +281,34 @@ class BetanetSection:
         min=1,
         max=86_400,
     )
-    max_mesh_streams_per_connection: int = _f(
+    max_mesh_streams_per_connection: int = setting(
         4,
         "Most /aivillage/mesh/1.0.0 streams (links) one libp2p connection may carry at once; a peer opening more "
         "has them reset and counted (status: mesh_streams_refused). One suffices; a few allow redial races.",
         min=1,
         max=1024,
     )
-    quic_stream_window_bytes: int = _f(
+    quic_stream_window_bytes: int = setting(
         1_048_576,
         "QUIC flow-control window per stream: the most bytes a peer may send on a stream beyond what this node "
         "has read. Credit is granted as the node reads, so a fast sender is slowed down, never reset.",
         min=65_536,
         max=64 * 1_048_576,
     )
-    quic_max_handshakes: int = _f(
+    quic_max_handshakes: int = setting(
         256,
         "Most QUIC connections whose handshake is not complete (peer address not yet validated) per listen "
         "socket; further Initials are dropped (and counted) until some complete or time out.",
         min=1,
         max=100_000,
     )
-    quic_max_handshakes_per_ip: int = _f(
+    quic_max_handshakes_per_ip: int = setting(
         16,
         "Most QUIC connections in handshake from one IP address (one source cannot take every handshake slot).",
         min=1,
         max=100_000,
     )
-    quic_max_connections: int = _f(
+    quic_max_connections: int = setting(
         1024,
         "Most QUIC connections (established or in handshake) per listen socket.",
         min=1,
