@@ -16,6 +16,9 @@
   signed with any other key.
 * Framing: one stream per link on ``/aivillage/mesh/1.0.0``; each frame is ``length u32 BE ‖ bytes``, at most
   ``betanet.max_frame_bytes``. A larger length ends the link (the peer is broken or hostile) and is counted.
+  One connection carries at most ``betanet.max_mesh_streams_per_connection`` mesh streams; more are reset
+  and counted. A dial whose peer refuses the mesh protocol says so and closes the connection it made.
+  Every bound: ``docs/bounds-betanet.md``.
 * One reader task per stream pumps frames into a bounded channel, so ``receive`` is cancel-safe and a slow
   consumer applies back-pressure through yamux's flow control.
 """
