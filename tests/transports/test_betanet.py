@@ -28,6 +28,7 @@ from node.node import Node
 from node.transports.base import Link, LinkClosed
 from node.transports.betanet.transport import MESH_PROTOCOL, BetanetLink, BetanetTransport, DialError
 from node.wire import Announce, MessageType, Packet, encode_announce, encode_packet, sign_packet
+from tests.test_cli import VILLAGE
 from tests.transports.conformance import LinkConformance
 
 # mDNS off: tests multicast only inside network namespaces they create (tests/test_netns.py).
@@ -267,3 +268,33 @@ async def test_mesh_streams_beyond_the_per_connection_limit_are_reset_and_counte
                 await stream.write(struct.pack(">I", 6) + b"hello%d" % n)
             assert {await first.receive(), await second.receive()} == {b"hello0", b"hello1"}
     assert ours.counters.mesh_streams_refused == 3
+
+
+async def test_village_connect_reports_the_refusal(nursery: trio.Nursery) -> None:
+    """`village connect` (a real CLI process, through the control socket) to a libp2p peer without the mesh
+    protocol exits 1 naming the refusal, and the node keeps no connection to that peer."""
+    d = Path(tempfile.mkdtemp(prefix="vlg-", dir="/tmp"))
+    transport = BetanetTransport(Identity.generate(), LOOPBACK)
+    node = Node(Config(data_dir=d, betanet=LOOPBACK), Identity.generate(), transports=[transport])
+    await nursery.start(node.run)
+    kp = create_new_key_pair()
+    other = new_host(
+        key_pair=kp,
+        sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(kp, noise_privkey=create_x25519_key_pair().private_key)},
+        muxer_opt=create_yamux_muxer_option(),
+    )
+    async with other.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        addr = f"{other.get_addrs()[0]}"
+        addr = addr if "/p2p/" in addr else f"{addr}/p2p/{other.get_id()}"
+        with trio.fail_after(WAIT_S):
+            r = await trio.run_process(
+                [*VILLAGE, "connect", addr, "--socket", str(node.config.socket_path)],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+        assert r.returncode == 1
+        assert b"refused /aivillage/mesh/1.0.0: protocol not supported" in r.stderr, r.stderr
+        assert b"failed to open a stream" not in r.stderr
+        assert transport.host is not None and not transport.host.get_network().get_connections(other.get_id())
+    nursery.cancel_scope.cancel()
