@@ -16,6 +16,7 @@ from node.transports.betanet.counters import BetanetCounters
 from node.transports.betanet.transport import MESH_PROTOCOL, BetanetLink
 from tests.interop.jspeer import js_peer
 from tests.transports.test_betanet import LOOPBACK, start_transport
+from tests.transports.test_betanet_quic import spoofed_initials
 
 BOTH = dataclasses.replace(LOOPBACK, listen=("/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"))
 WAIT_S = 30.0
@@ -113,3 +114,23 @@ async def test_a_fast_js_sender_over_quic_is_slowed_down_not_reset(nursery: trio
             await qconn.wait_until(lambda: bool(done))
     assert done[0]["status"] == "open" and qconn.unread_high_water <= window
     assert qconn.streams_over_limit == 0 and node.counters.quic_streams_over_limit == 0
+
+
+async def test_js_libp2p_answers_a_quic_retry(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """Under handshake pressure (spoofed Initials hold half of betanet.quic_max_handshakes) the node answers a
+    new address with a stateless Retry; js-libp2p's QUIC (quinn) comes back with the token and connects."""
+    node, _ = await start_transport(
+        nursery, settings=dataclasses.replace(BOTH, quic_max_handshakes=8, quic_max_handshakes_per_ip=8)
+    )
+    quic = next(a for a in node.listen_addresses() if "/quic-v1" in a)
+    port = int(quic.split("/udp/")[1].split("/")[0])
+    socks = spoofed_initials(("127.0.0.1", port), "127.0.0.2", 4)
+    try:
+        async with js_peer(tmp_path / "js.log") as js:
+            with trio.fail_after(WAIT_S):
+                conn = await js.call("dial", addr=quic)
+                await js.call("ping", cid=conn["cid"])
+        assert node.counters.quic_retries == 1
+    finally:
+        for s in socks:
+            s.close()

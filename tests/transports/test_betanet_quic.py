@@ -353,7 +353,7 @@ async def test_a_reader_that_stops_slows_the_sender_down_instead_of_resetting_it
     assert (conn.streams_over_limit, b.counters.quic_streams_over_limit) == (0, 0)
 
 
-def _spoofed_initials(target: tuple[str, int], source_ip: str, n: int) -> list[socket.socket]:
+def spoofed_initials(target: tuple[str, int], source_ip: str, n: int) -> list[socket.socket]:
     """``n`` genuine QUIC v1 client Initials (aioquic's), each from its own UDP port on ``source_ip``, never
     followed up: what an attacker spoofing source addresses sends."""
     config = QuicConfiguration(is_client=True, alpn_protocols=["libp2p"])
@@ -369,16 +369,15 @@ def _spoofed_initials(target: tuple[str, int], source_ip: str, n: int) -> list[s
     return socks
 
 
-async def test_spoofed_initials_hold_a_bounded_number_of_handshakes(nursery: trio.Nursery) -> None:
-    """Initials from three (spoofed) addresses: at most betanet.quic_max_handshakes_per_ip handshakes per IP and
-    betanet.quic_max_handshakes in all are kept; the rest are dropped and counted. A peer from another address
-    still connects while one address's slots are full."""
-    settings = dataclasses.replace(QUIC, quic_max_handshakes=20, quic_max_handshakes_per_ip=8)
+async def testspoofed_initials_from_one_address_hold_at_most_its_share(nursery: trio.Nursery) -> None:
+    """Initials from one (spoofed) address: at most betanet.quic_max_handshakes_per_ip handshakes are kept for
+    it, the rest are dropped and counted, and a peer from another address still connects."""
+    settings = dataclasses.replace(QUIC, quic_max_handshakes=100, quic_max_handshakes_per_ip=8)
     b, b_links = await start_transport(nursery, settings=settings)
     a, _ = await start_transport(nursery, settings=QUIC)
     assert b._quic is not None
     port = int(quic_address(b).split("/udp/")[1].split("/")[0])
-    socks = _spoofed_initials(("127.0.0.1", port), "127.0.0.2", 12)
+    socks = spoofed_initials(("127.0.0.1", port), "127.0.0.2", 12)
     try:
         with trio.fail_after(WAIT_S):
             await b.wait_counters(lambda c: c.quic_initials_dropped >= 4)
@@ -388,12 +387,34 @@ async def test_spoofed_initials_hold_a_bounded_number_of_handshakes(nursery: tri
             assert await inbound.receive() == b"served"
         (listener,) = b._quic._listeners
         assert listener._handshaking == {"127.0.0.2": 8}
-        socks += _spoofed_initials(("127.0.0.1", port), "127.0.0.3", 10)
-        socks += _spoofed_initials(("127.0.0.1", port), "127.0.0.4", 10)
+        assert (b.counters.quic_initials_dropped, b.counters.quic_retries) == (4, 0)
+    finally:
+        for s in socks:
+            s.close()
+
+
+async def test_under_pressure_new_addresses_get_a_retry_and_no_state(nursery: trio.Nursery) -> None:
+    """Once half of betanet.quic_max_handshakes are in progress, an Initial from a new address is answered with
+    a stateless Retry: spoofed sources never come back, so they cost no state; a real peer answers the Retry
+    with its token and connects."""
+    settings = dataclasses.replace(QUIC, quic_max_handshakes=8, quic_max_handshakes_per_ip=8)
+    b, b_links = await start_transport(nursery, settings=settings)
+    a, _ = await start_transport(nursery, settings=QUIC)
+    assert b._quic is not None
+    port = int(quic_address(b).split("/udp/")[1].split("/")[0])
+    socks = spoofed_initials(("127.0.0.1", port), "127.0.0.2", 4)  # half the table: pressure from now on
+    try:
+        socks += spoofed_initials(("127.0.0.1", port), "127.0.0.3", 30)
         with trio.fail_after(WAIT_S):
-            await b.wait_counters(lambda c: c.quic_initials_dropped >= 4 + 2 + 6)
-        assert listener._handshaking == {"127.0.0.2": 8, "127.0.0.3": 8, "127.0.0.4": 4}
-        assert listener.handshaking == 20 and b.counters.quic_initials_dropped == 12
+            await b.wait_counters(lambda c: c.quic_retries >= 30)
+        (listener,) = b._quic._listeners
+        assert listener._handshaking == {"127.0.0.2": 4} and b.counters.quic_initials_dropped == 0
+        with trio.fail_after(WAIT_S):
+            link = await a.dial(quic_address(b))  # gets a Retry too, and comes back with the token
+            inbound = await b_links.receive()
+            await link.send(b"validated")
+            assert await inbound.receive() == b"validated"
+        assert b.counters.quic_retries == 31
     finally:
         for s in socks:
             s.close()

@@ -14,17 +14,20 @@ address (no connection migration). Each dial uses its own ephemeral socket.
 
 Spoofed Initials. A QUIC Initial costs its sender one datagram and can carry any source address, and each one
 makes a connection (a TLS handshake in flight) here. Until its handshake completes a connection's address is
-unvalidated; the listener holds at most :attr:`Limits.max_handshakes` such connections, at most
-:attr:`Limits.max_handshakes_per_ip` from one IP address, and :attr:`Limits.max_connections` in all; an
-Initial beyond them is dropped and counted (``quic_initials_dropped``), as is one in a datagram shorter than
-the 1200 bytes RFC 9000 requires of a client's Initial. A handshake that does not complete within
-:data:`HANDSHAKE_TIMEOUT_S` frees its slot. (Stateless Retry, which would validate the address before any
-state is kept, is not implemented.)
+unvalidated. Once half of :attr:`Limits.max_handshakes` are in progress, a new address gets a stateless Retry
+(RFC 9000 8.1.2: a token bound to its address, counted in ``quic_retries``) and no state until it comes back
+with the token, which a spoofed source cannot. Besides, the listener holds at most
+:attr:`Limits.max_handshakes` unvalidated handshakes, at most :attr:`Limits.max_handshakes_per_ip` from one IP
+address, and :attr:`Limits.max_connections` connections in all; an Initial beyond them is dropped and counted
+(``quic_initials_dropped``), as is one in a datagram shorter than the 1200 bytes RFC 9000 requires of a
+client's Initial, or one with a token that does not check out. A handshake that does not complete within
+:data:`HANDSHAKE_TIMEOUT_S` frees its slot.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -34,7 +37,8 @@ import multiaddr
 import trio
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]  # re-exported from aioquic._buffer
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.packet import QuicPacketType, QuicProtocolVersion, pull_quic_header
+from aioquic.quic.packet import QuicHeader, QuicPacketType, QuicProtocolVersion, encode_quic_retry, pull_quic_header
+from aioquic.quic.retry import QuicRetryTokenHandler
 from libp2p.abc import IListener, IRawConnection, ITransport
 from libp2p.crypto.keys import PrivateKey
 from libp2p.peer.id import ID
@@ -223,6 +227,7 @@ class QuicListener(IListener):
         self._addr: multiaddr.Multiaddr | None = None
         self._conns: dict[Address, QuicConn] = {}
         self._handshaking: dict[str, int] = {}  # connections whose handshake is not complete, by source IP
+        self._retry = QuicRetryTokenHandler()  # a fresh key per listener: tokens live 30 s (aioquic's rule)
         self.handshaking = 0  # ... in all
         self._scope = trio.CancelScope()
         self.background_nursery: trio.Nursery | None = None  # set by py-libp2p's swarm before listen()
@@ -268,16 +273,32 @@ class QuicListener(IListener):
         if header.packet_type != QuicPacketType.INITIAL or header.version != QuicProtocolVersion.VERSION_1:
             return None
         limits = self._transport.limits
+        original_cid, retry_cid = header.destination_cid, None
         if len(data) < MIN_INITIAL_DATAGRAM_BYTES:
             why = f"an Initial in a {len(data)}-byte datagram (RFC 9000: at least {MIN_INITIAL_DATAGRAM_BYTES})"
+        elif header.token:
+            try:  # the client's answer to our Retry: its address is validated
+                original_cid = self._retry.validate_token(
+                    address=addr, destination_cid=header.destination_cid, token=header.token, now=trio.current_time()
+                )
+                retry_cid = header.destination_cid
+                why = ""
+            except ValueError as exc:
+                why = f"a Retry token that does not check out ({exc})"
+        elif self.handshaking >= limits.max_handshakes // 2:
+            # Under pressure: no state for an unvalidated address; a Retry makes the client prove it owns it.
+            self._send_retry(header, addr, udp)
+            return None
+        else:
+            why = ""
+        if why:
+            pass
         elif len(self._conns) >= limits.max_connections:
             why = f"{len(self._conns)} connections (betanet.quic_max_connections)"
-        elif self.handshaking >= limits.max_handshakes:
+        elif retry_cid is None and self.handshaking >= limits.max_handshakes:
             why = f"{self.handshaking} handshakes in progress (betanet.quic_max_handshakes)"
         elif self._handshaking.get(addr[0], 0) >= limits.max_handshakes_per_ip:
             why = f"{self._handshaking[addr[0]]} handshakes in progress from it (betanet.quic_max_handshakes_per_ip)"
-        else:
-            why = ""
         if why:
             counters = self._transport.counters
             counters.quic_initials_dropped += 1
@@ -291,7 +312,9 @@ class QuicListener(IListener):
                     counters.quic_initials_dropped,
                 )
             return None
-        quic = ServerReadCredit(configuration=config, original_destination_connection_id=header.destination_cid)
+        quic = ServerReadCredit(
+            configuration=config, original_destination_connection_id=original_cid, retry_source_connection_id=retry_cid
+        )
         quic.set_windows(limits.stream_window_bytes)
         conn = QuicConn(
             quic,
@@ -308,6 +331,27 @@ class QuicListener(IListener):
         self.handshaking += 1
         nursery.start_soon(self._run_inbound, conn)
         return conn
+
+    def _send_retry(self, header: QuicHeader, addr: Address, udp: UdpSocket) -> None:
+        """Answer an Initial with a Retry carrying a token bound to the client's address (RFC 9000 8.1.2): a
+        client that really sends from ``addr`` comes back with it; a spoofed source never does."""
+        retry_cid = os.urandom(self._transport._server_config.connection_id_length)
+        token = self._retry.create_token(
+            address=addr,
+            original_destination_connection_id=header.destination_cid,
+            retry_source_connection_id=retry_cid,
+            now=trio.current_time(),
+        )
+        packet = encode_quic_retry(
+            version=QuicProtocolVersion.VERSION_1,  # the only version accepted (checked in _accept)
+            source_cid=retry_cid,
+            destination_cid=header.source_cid,
+            original_destination_cid=header.destination_cid,
+            retry_token=token,
+        )
+        udp.send_now([(packet, addr)])
+        self._transport.counters.quic_retries += 1
+        self._transport.notify()
 
     def _handshake_over(self, conn: QuicConn) -> None:
         """The connection's address is validated (handshake complete) or it ended first: free its slot."""
