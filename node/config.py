@@ -298,7 +298,8 @@ class BetanetSection:
     quic_max_handshakes: int = setting(
         256,
         "Most QUIC connections whose handshake is not complete (peer address not yet validated) per listen "
-        "socket; further Initials are dropped (and counted) until some complete or time out.",
+        "socket; from half of this on, a new address gets a stateless Retry (it must prove its address first), "
+        "and beyond it Initials are dropped (and counted) until some complete or time out.",
         min=1,
         max=100_000,
     )
