@@ -44,13 +44,14 @@ from node.routing.mesh import (
 from node.settings import Config
 from node.systemd import sd_notify
 from node.transports.base import FrameSizeError, Link, LinkClosed, Transport
+from node.transports.sendqueue import LinkSendQueue
 
 if TYPE_CHECKING:
     from node.plugin import Plugin, Service
 
 log = logging.getLogger("village.node")
 
-LINK_SEND_QUEUE_FRAMES = 256  # frames queued per link before new ones are dropped (and counted)
+LINK_SEND_QUEUE_FRAMES = 256  # frames queued per link before new ones are dropped (and counted); bytes: config
 NEW_LINK_QUEUE = 64  # links handed over by transports, waiting for a reader task
 SENT_MESSAGES_KEPT = 1000  # outgoing messages whose state (pending/delivered/failed) stays queryable
 APP_MAX_RUNNING_HANDLERS = 16  # app requests served at once; more are answered "busy"
@@ -120,7 +121,7 @@ class Node:
         self.inbox: Inbox | None = None
         self.outbox: Outbox | None = None
         self.links: dict[str, Link] = {}
-        self._queues: dict[str, trio.MemorySendChannel[bytes]] = {}
+        self._queues: dict[str, LinkSendQueue] = {}
         self._followers: list[trio.MemorySendChannel[InboxMessage]] = []
         # Each subscription's send end by its receive end, so unsubscribing drops it at once.
         self._follower_sends: dict[trio.MemoryReceiveChannel[InboxMessage], trio.MemorySendChannel[InboxMessage]] = {}
@@ -293,13 +294,13 @@ class Node:
     async def _serve_link(self, link: Link) -> None:
         core = self._require_core()
         link_id = link.link_id
-        send_q, recv_q = trio.open_memory_channel[bytes](LINK_SEND_QUEUE_FRAMES)
+        queue = LinkSendQueue(LINK_SEND_QUEUE_FRAMES, self.config.node.link_send_queue_bytes)
         self.links[link_id] = link
-        self._queues[link_id] = send_q
+        self._queues[link_id] = queue
         log.info("link up: %s to %s (mtu %d)", link_id, link.remote_address, link.mtu)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._link_writer, link, recv_q, nursery.cancel_scope)
+                nursery.start_soon(self._link_writer, link, queue, nursery.cancel_scope)
                 core.link_up(link_id, link.mtu, self.clock.now(), link.authenticated_signing_key)
                 self._flush()
                 for listener in self._link_up_listeners:
@@ -322,9 +323,7 @@ class Node:
                 await link.aclose()
             log.info("link down: %s", link_id)
 
-    async def _link_writer(
-        self, link: Link, frames: trio.MemoryReceiveChannel[bytes], link_scope: trio.CancelScope
-    ) -> None:
+    async def _link_writer(self, link: Link, frames: LinkSendQueue, link_scope: trio.CancelScope) -> None:
         try:
             async for frame in frames:
                 try:
@@ -357,9 +356,11 @@ class Node:
                 if link_id not in self._overflowing:
                     self._overflowing.add(link_id)
                     log.warning(
-                        "link %s is not keeping up: its send queue (%d frames) is full, dropping frames",
+                        "link %s is not keeping up: its send queue (%d frames, %d bytes; node.link_send_queue_bytes) "
+                        "is full, dropping frames",
                         link_id,
-                        LINK_SEND_QUEUE_FRAMES,
+                        q.queued_frames,
+                        q.queued_bytes,
                     )
         while (event := core.next_event()) is not None:
             self._on_event(event)

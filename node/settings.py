@@ -87,6 +87,13 @@ class NodeSection:
     shutdown_deadline_s: float = setting(
         10.0, "Seconds allowed for a clean drain after SIGINT/SIGTERM before tasks are cancelled.", min=0.1, max=600
     )
+    link_send_queue_bytes: int = setting(
+        4 * 1_048_576,
+        "Bytes of frames queued for one link (besides at most 256 frames); a link whose peer does not keep up has "
+        "further frames dropped and counted (status: link_queue_dropped). One frame always fits an empty queue.",
+        min=65_536,
+        max=1_073_741_824,
+    )
 
     def __post_init__(self) -> None:
         check_utf8_bytes("node.nickname", self.nickname, 255)

@@ -15,7 +15,6 @@ import hashlib
 import random
 from collections import OrderedDict
 
-from node.routing.settings import MeshSection
 from node.routing.meshbase import (
     ANNOUNCE_ANSWER_GAP_S,
     ANNOUNCE_CHANGE_GAP_S,
@@ -23,6 +22,7 @@ from node.routing.meshbase import (
     LOSSY_EARLY_RELAYS,
     SETTLE_ANNOUNCE_S,
 )
+from node.routing.settings import MeshSection
 
 
 class AnnounceSchedule:

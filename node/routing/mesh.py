@@ -65,7 +65,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from node.routing.settings import MeshSection
 from node.errors import MeshError
 from node.identity import Identity
 from node.routing.announcing import AnnounceRelays, AnnounceSchedule
@@ -106,6 +105,7 @@ from node.routing.presence import Presence
 from node.routing.ratelimit import OriginLimiter
 from node.routing.relay import TTL_OFFSET, RelayQueue
 from node.routing.sessions import SessionManager
+from node.routing.settings import MeshSection
 from node.wire import (
     Announce,
     MalformedFrame,

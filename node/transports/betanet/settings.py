@@ -70,6 +70,40 @@ class BetanetSection:
         min=1,
         max=86_400,
     )
+    max_mesh_streams_per_connection: int = setting(
+        4,
+        "Most /aivillage/mesh/1.0.0 streams (links) one libp2p connection may carry at once; a peer opening more "
+        "has them reset and counted (status: mesh_streams_refused). One suffices; a few allow redial races.",
+        min=1,
+        max=1024,
+    )
+    quic_stream_window_bytes: int = setting(
+        1_048_576,
+        "QUIC flow-control window per stream: the most bytes a peer may send on a stream beyond what this node "
+        "has read. Credit is granted as the node reads, so a fast sender is slowed down, never reset.",
+        min=65_536,
+        max=64 * 1_048_576,
+    )
+    quic_max_handshakes: int = setting(
+        256,
+        "Most QUIC connections whose handshake is not complete (peer address not yet validated) per listen "
+        "socket; from half of this on, a new address gets a stateless Retry (it must prove its address first), "
+        "and beyond it Initials are dropped (and counted) until some complete or time out.",
+        min=1,
+        max=100_000,
+    )
+    quic_max_handshakes_per_ip: int = setting(
+        16,
+        "Most QUIC connections in handshake from one IP address (one source cannot take every handshake slot).",
+        min=1,
+        max=100_000,
+    )
+    quic_max_connections: int = setting(
+        1024,
+        "Most QUIC connections (established or in handshake) per listen socket.",
+        min=1,
+        max=1_000_000,
+    )
 
     def __post_init__(self) -> None:
         import multiaddr  # only when addresses are configured: client commands stay fast
