@@ -53,8 +53,10 @@ class Result:
     ks_full: int = 0
     learn_s: float = 0.0
     learn_msgs: int = 0
-    update_s: float = 0.0
+    update_s: float = 0.0  # every learning update: counts, and the neural steps
     updates: int = 0
+    neural_s: float = 0.0  # the neural steps alone (the expensive update)
+    neural_updates: int = 0
     size_bytes: int = 0
     latencies: list[float] = field(default_factory=list)
 
@@ -70,6 +72,8 @@ class Result:
             "learn_msgs",
             "update_s",
             "updates",
+            "neural_s",
+            "neural_updates",
         ):
             setattr(self, name, getattr(self, name) + getattr(o, name))
         self.latencies.extend(o.latencies)
@@ -96,10 +100,12 @@ def _learn(lm: TwinLM, text: str, gate: SurpriseGate | None, cfg: Config, r: Res
         return
     lm.learn_counts(ids)
     t1 = time.perf_counter()
+    r.updates += len(ids)
     if lm.neural is not None and gate is not None:
         weights = [gate.sample(b) if cfg.sampled else (1.0 if gate.check(b) else 0.0) for b in bits]
-        r.updates += lm.adapt_neural(ids, weights)
-        r.update_s += time.perf_counter() - t1
+        r.neural_updates += lm.adapt_neural(ids, weights)
+        r.neural_s += time.perf_counter() - t1
+    r.update_s += time.perf_counter() - t0
 
 
 @dataclass(frozen=True)
@@ -180,6 +186,42 @@ def _packaged_neural() -> bytes | None:
         return None
 
 
+def _gate_lines_neural(configs: list[Config], pooled: dict[str, Result]) -> None:
+    """Two views of gating: all learning (counts always, neural steps gated) against no learning at all, and
+    the neural steps alone against a frozen neural tier."""
+    a, static, frozen = pooled["neural_always"], pooled["static"], pooled["neural_frozen"]
+    gain_all = static.bits - a.bits
+    gain_nn = frozen.bits - a.bits
+    print(
+        f"twin.gate.always: learning gains {gain_all / a.tokens:.4f} bits/token over no learning "
+        f"({gain_nn / a.tokens:.4f} of it from the neural steps); update time {a.update_s:.2f} s "
+        f"(neural steps {a.neural_s:.2f} s, {a.neural_updates} of them)"
+    )
+    for c in configs:
+        if c.gate_fraction is None or c.gate_fraction >= 1.0 or not c.neural:
+            continue
+        g = pooled[c.name]
+        print(
+            f"twin.gate.{c.name}: keeps {pct(static.bits - g.bits, gain_all)} of the always-update gain at "
+            f"{pct(g.update_s, a.update_s)} of its update time; neural steps alone: "
+            f"{pct(frozen.bits - g.bits, gain_nn)} of their gain at {pct(g.neural_updates, a.neural_updates)} "
+            f"of the steps ({pct(g.neural_s, a.neural_s)} of their time); {g.bits / g.tokens:.3f} bits/token"
+        )
+
+
+def _gate_lines_counts(configs: list[Config], pooled: dict[str, Result]) -> None:
+    base, a = pooled["prior"], pooled["twin"]
+    gain = base.bits - a.bits
+    for c in configs:
+        if c.gate_fraction is None or not c.gate_counts:
+            continue
+        g = pooled[c.name]
+        print(
+            f"twin.gate.{c.name}: keeps {pct(base.bits - g.bits, gain)} of the always-update gain at "
+            f"{pct(g.updates, a.updates)} of its count updates; {g.bits / g.tokens:.3f} bits/token"
+        )
+
+
 def pct(a: float, b: float) -> str:
     return f"{100 * a / b:.1f} %" if b else "n/a"
 
@@ -228,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     if nn_data is not None:
         configs += [
             Config("twin", neural=True, gate_fraction=args.gate, extras=True),
+            Config("static", fixed_lambda=0.0, neural=True, gate_fraction=None, topk=False),
             Config("neural_frozen", neural=True, gate_fraction=None, topk=False),
             Config("neural_always", neural=True, gate_fraction=1.0, topk=False),
         ]
@@ -290,24 +333,10 @@ def main(argv: list[str] | None = None) -> int:
         f"twin.learn_cost: {1e6 * m.learn_s / m.learn_msgs:.0f} µs per message (predict every token + learn), "
         f"{m.learn_msgs} messages"
     )
-    ref, always = ("neural_frozen", "neural_always") if nn_data else ("prior", "ngram")
-    if ref in pooled and always in pooled:
-        a = pooled[always]
-        gain_always = pooled[ref].bits - a.bits
-        print(
-            f"twin.gate.always ({always}): gain {gain_always / a.tokens:.4f} bits/token over {ref}, "
-            f"{a.updates} expensive updates, {a.update_s:.2f} s"
-        )
-        for c in configs:
-            if c.gate_fraction is None or c.gate_fraction >= 1.0:
-                continue
-            g = pooled[c.name]
-            gain = pooled[ref].bits - g.bits
-            print(
-                f"twin.gate.{c.name}: keeps {pct(gain, gain_always)} of the always-update gain at "
-                f"{pct(g.updates, a.updates)} of its updates ({pct(g.update_s, a.update_s)} of its update time); "
-                f"{g.bits / g.tokens:.3f} bits/token"
-            )
+    if nn_data is None:
+        _gate_lines_counts(configs, pooled)
+    elif {"static", "neural_frozen", "neural_always"} <= set(pooled):
+        _gate_lines_neural(configs, pooled)
     print(f"twin.bench_time: {time.perf_counter() - t_start:.0f} s")
     return 0
 
