@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--senders", default="report", help="report | dev | comma list of UUID prefixes")
     ap.add_argument("--limit", type=int, default=0, help="only the first N senders")
     ap.add_argument("--ks-words", type=int, default=300)
-    ap.add_argument("--fractions", type=float, nargs="*", default=[0.1, 0.2, 0.3, 0.5])
+    ap.add_argument("--fractions", type=float, nargs="*", default=[0.1, 0.3])
     ap.add_argument("--prior", type=Path, default=None, help="a prior file (default: the packaged one)")
     ap.add_argument("--per-user", action="store_true")
     ap.add_argument("--modes", default="", help="comma list of configurations to run (default: all)")
@@ -276,8 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         configs += [Config(f"neural_gate_{f:g}", neural=True, gate_fraction=f, topk=False) for f in args.fractions]
         configs += [
-            Config(f"neural_hard_gate_{f:g}", neural=True, gate_fraction=f, sampled=False, topk=False)
-            for f in args.fractions
+            Config(f"neural_hard_gate_{args.gate:g}", neural=True, gate_fraction=args.gate, sampled=False, topk=False)
         ]
     else:
         configs[2] = Config("twin", gate_counts=True, extras=True)

@@ -42,10 +42,10 @@ def examples(msgs: list[list[int]], vn: int, unk: int, bos: int) -> tuple[np.nda
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dim", type=int, default=64)
-    ap.add_argument("--vocab", type=int, default=8192)
-    ap.add_argument("--epochs", type=float, default=2.0)
+    ap.add_argument("--vocab", type=int, default=4096)
+    ap.add_argument("--epochs", type=float, default=0.35)
     ap.add_argument("--batch", type=int, default=512)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=4e-3)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=ROOT / "node" / "twin" / "data" / neural.NEURAL_FILE)
     args = ap.parse_args(argv)

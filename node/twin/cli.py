@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from node.control.client import ControlClient
-
-
-def _client(args: argparse.Namespace) -> ControlClient:
-    from node.cli import _socket
-
-    return ControlClient(_socket(args), timeout_s=120.0)
-
-
-def _emit(args: argparse.Namespace, data: Any, human: Any) -> None:
-    from node.cli import _emit as emit
-
-    emit(args, data, human)
+from node.cli_support import EXIT_OK, EXIT_USAGE, CliError, CliRegistry, call, emit
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        st = client.call("twin.status")
+    st = call(args, "twin.status")
 
     def human(d: dict[str, Any]) -> str:
         nn = d.get("neural")
@@ -49,63 +37,52 @@ def cmd_status(args: argparse.Namespace) -> int:
             lines.append(f"note: {d['actions_note']}")
         return "\n".join(lines)
 
-    _emit(args, st, human)
-    return 0
+    emit(args, st, human)
+    return EXIT_OK
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        out = client.call("twin.suggest", text=args.text, k=args.k)
-    _emit(args, out, lambda rows: "\n".join(f"{r['token']}\t{r['p']:.3f}" for r in rows) or "(no suggestion)")
-    return 0
+    out = call(args, "twin.suggest", text=args.text, k=args.k)
+    emit(args, out, lambda rows: "\n".join(f"{r['token']}\t{r['p']:.3f}" for r in rows) or "(no suggestion)")
+    return EXIT_OK
 
 
 def cmd_actions(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        out = client.call("twin.actions", k=args.k)
-    _emit(args, out, lambda rows: "\n".join(f"{r['action']}\t{r['p']:.3f}" for r in rows) or "(nothing learned yet)")
-    return 0
+    out = call(args, "twin.actions", k=args.k)
+    emit(args, out, lambda rows: "\n".join(f"{r['action']}\t{r['p']:.3f}" for r in rows) or "(nothing learned yet)")
+    return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        out = client.call("twin.export")
+    out = call(args, "twin.export")
     text = json.dumps(out, ensure_ascii=False, indent=1)
     if args.output:
-        path = Path(args.output)
-        fd_path = path.expanduser()
-        fd_path.touch(mode=0o600, exist_ok=True)
-        fd_path.chmod(0o600)
-        fd_path.write_text(text + "\n", encoding="utf-8")
-        print(f"exported to {fd_path} (0600)")
+        path = Path(args.output).expanduser()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                os.fchmod(f.fileno(), 0o600)
+                f.write(text + "\n")
+        except OSError as exc:
+            raise CliError(f"cannot write {path}: {exc}") from None
+        print(f"exported to {path} (0600)")
     else:
         print(text)
-    return 0
+    return EXIT_OK
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
     if not args.yes:
-        print("this deletes everything the twin learned; run again with --yes")
-        return 2
-    with _client(args) as client:
-        out = client.call("twin.forget")
-    _emit(args, out, lambda d: f"erased {d['erased_bytes']} bytes under {d['path']}")
-    return 0
+        raise CliError("this deletes everything the twin learned; run again with --yes", EXIT_USAGE)
+    out = call(args, "twin.forget")
+    emit(args, out, lambda d: f"erased {d['erased_bytes']} bytes under {d['path']}")
+    return EXIT_OK
 
 
-def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Add ``village twin ...`` to the top-level subparsers ``sub``."""
-    help_text = "The twin, your personal on-device model: status, suggestions, export, forget."
-    twin = sub.add_parser("twin", help=help_text, description=help_text)
-    tsub = twin.add_subparsers(
-        dest="twin_command", metavar="TWIN_COMMAND", required=True, help="status, suggest, actions, export, forget"
-    )
-
-    def add(name: str, func: Any, help: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = tsub.add_parser(name, parents=[common], help=help, description=help)
-        p.set_defaults(func=func)
-        return p
-
+def add_commands(cli: CliRegistry) -> None:
+    """Add ``village twin ...`` (the twin plugin's ``cli`` hook)."""
+    twin = cli.group("twin", "The twin, your personal on-device model: status, suggestions, export, forget.")
+    add = twin.command
     add("status", cmd_status, "What the twin learned, its sizes on disk, and whether learning is paused and why.")
     p = add("suggest", cmd_suggest, "Next words (or completions of the word being typed) for a partial text.")
     p.add_argument("text", help="the partial text (end it with a space for next words)")

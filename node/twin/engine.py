@@ -7,7 +7,9 @@ Synchronous and clock-free (the service passes ``at_ms`` and runs every call in 
 * ``document`` — a document the user added: its title joins the recent topics (not the language model:
   documents are other people's prose);
 * every event with an ``action`` (the control method or tool the user called) trains the next-action head,
-  whose context is the MiniLM embedding of the previous event's text and the previous action.
+  whose context is the previous action and the MiniLM embedding of the previous event's text when it was a
+  query or a document title (:data:`EMBEDDED_KINDS`: the knowledge base loads that model for them anyway;
+  a sent message or a bare command contributes a zero vector, so sending a message never loads the model).
 
 Messages received from others never reach the engine (the service only sees the user's own calls).
 """
@@ -30,6 +32,7 @@ from node.twin.neural import NeuralLM
 from node.twin.prior import GlobalPrior
 
 TEXT_KINDS = ("message", "query")
+EMBEDDED_KINDS = ("query", "document")
 KINDS = ("message", "query", "document", "command")
 MAX_EVENT_TEXT_CHARS = 4000  # longer texts are learned from their start
 RECENT_EVENTS = 50  # surprisal log kept for status
@@ -107,10 +110,14 @@ class TwinEngine:
         if ev.contact and len(self.contacts) < 10_000:
             self.contacts[ev.contact[:MAX_CONTACT_CHARS]] += 1
         action_bits = None
-        if ev.action and self.embed is not None:
-            vec = self.prev_vec if self.prev_vec is not None else np.zeros(self.actions.dim, dtype=np.float32)
+        if ev.action:
+            zero = np.zeros(self.actions.dim, dtype=np.float32)
+            vec = self.prev_vec if self.prev_vec is not None else zero
             action_bits = self.actions.learn(vec, self.prev_action, ev.action)
-            self.prev_vec = np.asarray(self.embed([text or ev.action])[0], dtype=np.float32)
+            if self.embed is not None and ev.kind in EMBEDDED_KINDS and text.strip():
+                self.prev_vec = np.asarray(self.embed([text])[0], dtype=np.float32)
+            else:
+                self.prev_vec = zero
         if ev.action:
             self.prev_action = ev.action
         self.events += 1

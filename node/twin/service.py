@@ -84,11 +84,11 @@ class TwinService:
         self.ready = trio.Event()
         self.idle = trio.Event()  # set whenever the learner has nothing queued (tests wait on it)
         self._learned_changed = trio.Event()
+        self._load_lock = trio.Lock()
 
     # ------------------------------------------------------------ lifecycle
     async def run(self, node: Any = None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         send, recv = trio.open_memory_channel[Event](EVENT_CHANNEL)
-        self.engine = await trio.to_thread.run_sync(self._load, limiter=self._limiter)
         self._send = send
         try:
             async with trio.open_nursery() as nursery:
@@ -102,6 +102,13 @@ class TwinService:
             self._send = None
             with trio.CancelScope(shield=True):
                 await self._save()
+
+    async def _ensure_engine(self) -> TwinEngine:
+        """The engine, loaded on first use (a node that never sees its user's activity never pays for it)."""
+        async with self._load_lock:
+            if self.engine is None:
+                self.engine = await trio.to_thread.run_sync(self._load, limiter=self._limiter)
+        return self.engine
 
     def _load(self) -> TwinEngine:
         prior = GlobalPrior.load_packaged()
@@ -177,8 +184,7 @@ class TwinService:
         await self._learn(ev)
 
     async def _learn(self, ev: Event) -> None:
-        engine = self.engine
-        assert engine is not None
+        engine = await self._ensure_engine()
 
         def work() -> float:
             t0 = time.thread_time()
@@ -242,22 +248,17 @@ class TwinService:
             log.warning("twin: could not save %s: %s", self.path, exc)
 
     # ------------------------------------------------------------ queries (control methods)
-    def _engine(self) -> TwinEngine:
-        if self.engine is None:
-            raise TwinError("the twin is still loading")
-        return self.engine
-
     async def suggest(self, text: str, k: int = 3) -> list[dict[str, Any]]:
-        engine = self._engine()
+        engine = await self._ensure_engine()
         k = max(1, min(k, MAX_SUGGEST))
         return await trio.to_thread.run_sync(engine.suggest, text, k, limiter=self._limiter)
 
     async def next_actions(self, k: int = 3) -> list[dict[str, Any]]:
-        engine = self._engine()
+        engine = await self._ensure_engine()
         return await trio.to_thread.run_sync(engine.next_actions, max(1, min(k, MAX_SUGGEST)), limiter=self._limiter)
 
     async def status(self) -> dict[str, Any]:
-        engine = self._engine()
+        engine = await self._ensure_engine()
         st = await trio.to_thread.run_sync(engine.status, limiter=self._limiter)
         now = trio.current_time()
         decision = self.governor.decide(now)
@@ -284,7 +285,7 @@ class TwinService:
         return st
 
     async def export(self) -> dict[str, Any]:
-        engine = self._engine()
+        engine = await self._ensure_engine()
         return await trio.to_thread.run_sync(engine.export, limiter=self._limiter)
 
     async def wait_learned(self, count: int) -> None:
@@ -299,7 +300,7 @@ class TwinService:
 
     async def forget(self) -> dict[str, Any]:
         """Delete every learned byte: the files under <data dir>/twin and the in-memory state."""
-        engine = self._engine()
+        engine = await self._ensure_engine()
 
         def wipe() -> int:
             engine.forget()

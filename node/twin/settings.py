@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from node.errors import ConfigError
-
-
-def _setting(default: Any, help: str, *, min: float | None = None, max: float | None = None) -> Any:
-    meta: dict[str, Any] = {"help": help}
-    if min is not None:
-        meta["min"] = min
-    if max is not None:
-        meta["max"] = max
-    return dataclasses.field(default=default, metadata=meta)
+from node.schema import setting as _setting
 
 
 @dataclass(frozen=True, slots=True)
