@@ -89,6 +89,9 @@ class TwinService:
     # ------------------------------------------------------------ lifecycle
     async def run(self, node: Any = None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         send, recv = trio.open_memory_channel[Event](EVENT_CHANNEL)
+        rag = getattr(node, "rag", None)
+        if self._embed is None and self.settings.actions and rag is not None:
+            self._embed = rag.embedder.embed  # share the knowledge base's model (thread-safe, loaded once)
         self._send = send
         try:
             async with trio.open_nursery() as nursery:
