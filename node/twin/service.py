@@ -79,6 +79,7 @@ class TwinService:
         self._send: trio.MemorySendChannel[Event] | None = None
         self._dirty = False
         self._learned_events = 0
+        self.learn_errors = 0
         self._dropped_unstarted = 0
         self._last_reason = "starting"
         self.ready = trio.Event()
@@ -200,6 +201,11 @@ class TwinService:
             engine.embed = None
             self.actions_note = f"next-action head off: {exc}"
             cpu_s = 0.0
+        except Exception:  # one event's failure ends that event's learning, never the node (counted, logged)
+            self.learn_errors += 1
+            self._dirty = True  # what was learned before the failure is kept
+            log.exception("twin: learning from a %s event failed", ev.kind)
+            return
         self.governor.charge(cpu_s, trio.current_time())
         self._learned_events += 1
         self._dirty = True
@@ -278,6 +284,7 @@ class TwinService:
                 "deferred_events": len(self.deferred),
                 "deferred_bytes": self.deferred.bytes,
                 "deferred_dropped": self.deferred.dropped,
+                "learn_errors": self.learn_errors,
                 "state_path": str(self.path),
                 "state_bytes": self.path.stat().st_size if self.path.exists() else 0,
                 "max_disk_bytes": self.settings.max_disk_bytes,

@@ -155,3 +155,20 @@ def test_every_twin_method_is_documented(tmp_path: Path) -> None:
     names = [n for n in reg.methods if n.startswith("twin.")]
     assert set(names) == {"twin.status", "twin.suggest", "twin.actions", "twin.observe", "twin.export", "twin.forget"}
     assert all(reg.methods[n].doc for n in names)
+
+
+async def test_a_failing_event_is_counted_not_fatal(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    def broken_embed(texts: Sequence[str]) -> np.ndarray[Any, Any]:
+        return np.zeros((len(texts), 7), dtype=np.float32)  # wrong dimension: the action head refuses it
+
+    settings = TwinSettings(neural=False, save_interval_s=3600)
+    svc = TwinService(settings, tmp_path, battery_reader=lambda: None, thermal_reader=lambda: None, embed=broken_embed)
+    async with trio.open_nursery() as n:
+        await n.start(svc.run, None)
+        svc.record("query", "first question", action="rag.query")
+        svc.record("query", "second question", action="rag.query")  # the head now sees a 7-d vector
+        svc.record("message", "still learning messages", action="messages.send")
+        await svc.idle.wait()
+        st = await svc.status()
+        assert st["learn_errors"] >= 1 and st["messages_learned"] >= 2
+        n.cancel_scope.cancel()
