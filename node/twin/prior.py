@@ -52,7 +52,6 @@ class _Order:
     ctx_gamma: np.ndarray[Any, np.dtype[np.float32]]
     d: tuple[float, float, float]
     num: F64  # discounted count / context total, per key (computed at load)
-    # For each key, the start/end of its context's run of keys (computed at load, for candidate proposals).
 
 
 def _pad(ids: Sequence[int], order: int, bos: int) -> list[int]:
