@@ -46,9 +46,11 @@ class Entity:
     entity_type: str
     observations: list[str]
     lowered: list[str] = field(default_factory=list)  # name, type, observations, lower-cased (for search)
+    haystack: str = ""  # the lowered fields joined by NUL: one substring test for queries without a NUL
 
     def relower(self) -> None:
         self.lowered = [self.name.lower(), self.entity_type.lower(), *(o.lower() for o in self.observations)]
+        self.haystack = "\0".join(self.lowered)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "entityType": self.entity_type, "observations": list(self.observations)}
@@ -241,7 +243,10 @@ class KnowledgeGraph:
 
     def search_nodes(self, query: str) -> dict[str, Any]:
         q = query.lower()
-        hits = [e for e in self.entities if any(q in s for s in e.lowered)]
+        if "\0" in q:  # could match across the joints of the haystack: test field by field
+            hits = [e for e in self.entities if any(q in s for s in e.lowered)]
+        else:
+            hits = [e for e in self.entities if q in e.haystack]
         return self._subgraph(hits)
 
     def open_nodes(self, names: list[str]) -> dict[str, Any]:

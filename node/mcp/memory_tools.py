@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from node.mcp.graph import GraphStore
-from node.mcp.registry import Caller, Outcome, Tool
+from node.mcp.registry import Caller, Outcome, Resource, Tool
 from node.mcp.working import WorkingMemory
 
 READ, WRITE, SCRATCH = "memory:read", "memory:write", "memory:scratch"
@@ -341,3 +341,19 @@ def scratch_tools(working: WorkingMemory, now: Callable[[], float]) -> list[Tool
             idempotent=True,
         ),
     ]
+
+
+def memory_resource(graph: GraphStore) -> Resource:
+    """``memory://knowledge-graph``: the whole graph as JSON, as the reference server serves it."""
+
+    async def read(_: Caller) -> str:
+        return _json(await graph.run("read_graph"))
+
+    return Resource(
+        "memory://knowledge-graph",
+        "knowledge-graph",
+        "Knowledge Graph",
+        "The full knowledge graph with all entities and relations",
+        READ,
+        read,
+    )

@@ -17,7 +17,7 @@ import trio
 
 from node.mcp.audit import AuditLog
 from node.mcp.graph import GraphStore
-from node.mcp.memory_tools import memory_tools, scratch_tools
+from node.mcp.memory_tools import memory_resource, memory_tools, scratch_tools
 from node.mcp.node_tools import node_tools
 from node.mcp.registry import Caller, Registry, Resource
 from node.mcp.settings import McpSettings
@@ -86,10 +86,6 @@ class McpService:
         reg.extend(node_tools(self._invoke, rag_roots=s.rag_roots))
         reg.extend(memory_tools(self.graph))
         reg.extend(scratch_tools(self.working, node.clock.now))
-        graph = self.graph
-
-        async def read_graph(_: Caller) -> str:
-            return json.dumps(await graph.run("read_graph"), indent=2, ensure_ascii=False)
 
         def via(method: str, **params: Any) -> Any:
             async def read(_: Caller) -> str:
@@ -97,16 +93,7 @@ class McpService:
 
             return read
 
-        reg.add_resource(
-            Resource(
-                "memory://knowledge-graph",
-                "knowledge-graph",
-                "Knowledge Graph",
-                "The full knowledge graph with all entities and relations",
-                "memory:read",
-                read_graph,
-            )
-        )
+        reg.add_resource(memory_resource(self.graph))
         reg.add_resource(
             Resource(
                 "node://status",

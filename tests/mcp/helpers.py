@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx2
 import trio
-from mcp import Client
+from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import TextContent
 

@@ -90,3 +90,12 @@ def test_bounds_in_entries_and_bytes_refuse_without_changing_anything(tmp_path: 
     g.delete_entities(["e0", "e1"])
     assert g.stats()["entities"] == 8
     assert g.bytes == sum(len(f"e{i}") + len("person") for i in range(2, 10))
+
+
+def test_a_query_never_matches_across_two_fields(tmp_path: Path) -> None:
+    g = KnowledgeGraph(None, mcp_settings())
+    g.create_entities([ent("a", "b", "c")])
+    assert g.search_nodes("a\0b")["entities"] == []
+    assert g.search_nodes("b\0c")["entities"] == []
+    g.create_entities([ent("x\0y", "t")])
+    assert [e["name"] for e in g.search_nodes("X\0Y")["entities"]] == ["x\0y"]
