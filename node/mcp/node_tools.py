@@ -101,6 +101,8 @@ def node_tools(invoke: Invoke, *, rag_roots: Sequence[str]) -> list[Tool]:
         return await invoke("rag.add", {"paths": confine(p.paths, rag_roots), "shared": p.shared})
 
     async def rag_query(p: RagQueryArgs, caller: Caller) -> Any:
+        if p.mesh and caller.transport == "gateway":
+            raise NotAllowed("mesh queries are not open to remote (gateway) clients; ask without mesh")
         return await invoke("rag.query", p.model_dump(exclude_none=True))
 
     async def rag_feedback(p: RagFeedbackArgs, caller: Caller) -> Any:

@@ -126,6 +126,7 @@ def test_memory_matches_the_reference_server(steps: list[tuple[str, dict[str, An
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~1.2 s per sequence (a fresh reference process each)
 @settings(max_examples=250, deadline=None, suppress_health_check=HEALTH)
 @given(sequences)
 def test_memory_matches_the_reference_server_at_length(steps: list[tuple[str, dict[str, Any]]]) -> None:
