@@ -30,6 +30,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("village.mcp")
 
 INBOX_RESOURCE_LIMIT = 50  # newest messages shown by node://inbox
+# Key in the ASGI scope where a front end that authenticates requests itself (the anchor gateway's /mcp mount)
+# puts the request's Caller; a request without one gets no scopes (every tool refused).
+ASGI_CALLER_KEY = "aivillage.mcp.caller"
+
+
+def _asgi_caller(ctx: Any) -> Caller:
+    request = getattr(ctx, "request", None)
+    caller = request.scope.get(ASGI_CALLER_KEY) if request is not None else None
+    return caller if isinstance(caller, Caller) else Caller("gateway", "unauthenticated", frozenset())
 
 
 class McpService:
@@ -44,6 +53,8 @@ class McpService:
         self.working: WorkingMemory | None = None
         self.audit: AuditLog | None = None
         self.http_url: str | None = None
+        # The Streamable HTTP app a gateway mounts (its session manager runs in this service's nursery).
+        self.mounted_app: Any = None
         self._control: ControlRegistry | None = None
         self._ready = trio.Event()
 
@@ -129,6 +140,7 @@ class McpService:
 
                     token = ensure_token(token_path(node.config.data_dir))
                     self.http_url = await nursery.start(serve_http, reg, self.settings, token)
+                await nursery.start(self._serve_mounted, reg)
                 self._ready.set()
                 task_status.started()
                 await trio.sleep_forever()
@@ -138,6 +150,26 @@ class McpService:
             if self.graph is not None:
                 with trio.CancelScope(shield=True):
                     await self.graph.aclose()
+
+    async def _serve_mounted(
+        self, reg: Registry, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Keep an ASGI app for a front end that authenticates callers itself (the anchor gateway's ``/mcp``):
+        callers come from the ASGI scope (``ASGI_CALLER_KEY``), so nothing is allowed without one."""
+        from node.mcp.server import LocalBackend, build_server
+
+        server = build_server(LocalBackend(reg, _asgi_caller), name="aivillage-gateway")
+        # Not a loopback host: the front end's own auth guards it, and its clients come from anywhere.
+        app = server.streamable_http_app(
+            streamable_http_path="/", max_sessions=self.settings.http_max_sessions, host="0.0.0.0"
+        )
+        async with server.session_manager.run():
+            self.mounted_app = app
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self.mounted_app = None
 
     async def wait_ready(self) -> None:
         await self._ready.wait()

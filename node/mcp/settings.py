@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from node.errors import ConfigError
+from node.schema import setting
 
 TRANSPORTS = ("stdio", "http", "local", "gateway")
 
 
-def _s(default: Any, help: str, *, min: float | None = None, max: float | None = None) -> Any:
-    meta: dict[str, Any] = {"help": help}
-    if min is not None:
-        meta["min"], meta["max"] = min, max
-    return dataclasses.field(default=default, metadata=meta)
+_s = setting
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

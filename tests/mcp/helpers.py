@@ -26,11 +26,14 @@ def mcp_settings(**overrides: Any) -> McpSettings:
 async def start_node(
     nursery: trio.Nursery, data_dir: Path, settings: McpSettings | None = None, *, control: bool = False
 ) -> tuple[Node, McpService]:
+    """A node running the MCP service as the composition root starts it (a service of the node, its control
+    methods registered through the plugin)."""
+    from node.mcp.plugin import PLUGIN
+
     cfg = Config(data_dir=data_dir, rag=RagSection(mode="bm25"))
-    node = Node(cfg, create_identity(data_dir), control=control)
-    await nursery.start(node.run)
     service = McpService(settings or mcp_settings())
-    await nursery.start(service.run, node)
+    node = Node(cfg, create_identity(data_dir), control=control, services=[service], plugins=[PLUGIN])
+    await nursery.start(node.run)
     return node, service
 
 
