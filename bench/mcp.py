@@ -24,11 +24,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx2
-import trio
-from mcp.client.client import Client
-from mcp.client.stdio import StdioServerParameters
-from mcp.client.streamable_http import streamable_http_client
+# This file is named like the SDK's package: run as a script, its folder comes first on sys.path and would shadow
+# the real `mcp`. Drop it before importing the SDK.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import httpx2  # noqa: E402
+import trio  # noqa: E402
+from mcp.client.client import Client  # noqa: E402
+from mcp.client.stdio import StdioServerParameters  # noqa: E402
+from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = '[betanet]\nlisten = ["/ip4/127.0.0.1/tcp/0"]\nmdns = false\n\n[mcp]\nhttp_listen = "127.0.0.1:0"\n'
