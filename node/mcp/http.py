@@ -21,6 +21,7 @@ from typing import Any, cast
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
+from mcp.server.subscriptions import SubscriptionBus
 
 from node.mcp.registry import Caller, Registry
 from node.mcp.server import LocalBackend, build_server
@@ -100,11 +101,12 @@ async def serve_http(
     settings: McpSettings,
     token: str,
     *,
+    bus: SubscriptionBus | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until cancelled; ``task_status.started(url)`` with the bound URL (port 0 picks one)."""
     host, port = settings.host_port()
-    server = build_server(LocalBackend(registry, _caller))
+    server = build_server(LocalBackend(registry, _caller), bus=bus)
     app = server.streamable_http_app(streamable_http_path="/mcp", max_sessions=settings.http_max_sessions, host=host)
     config = HypercornConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]

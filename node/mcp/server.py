@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import mcp_types as types
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
+from mcp.server.subscriptions import ListenHandler, SubscriptionBus
 from mcp.shared.exceptions import MCPError
 
 from node import __version__
@@ -88,7 +89,9 @@ def _tool(d: dict[str, Any]) -> types.Tool:
     )
 
 
-def build_server(backend: Backend, *, name: str = "aivillage-node") -> Server[Any]:
+def build_server(backend: Backend, *, name: str = "aivillage-node", bus: SubscriptionBus | None = None) -> Server[Any]:
+    """The MCP server for ``backend``; with ``bus``, 2026-07-28 clients may ``subscriptions/listen`` to the events
+    published on it (``node://inbox`` updates)."""
     schemas: dict[str, dict[str, Any]] = {}  # input schema by tool name, from the last listing
 
     async def list_tools(
@@ -144,4 +147,5 @@ def build_server(backend: Backend, *, name: str = "aivillage-node") -> Server[An
         on_call_tool=call_tool,
         on_list_resources=list_resources,
         on_read_resource=read_resource,
+        on_subscriptions_listen=ListenHandler(bus) if bus is not None else None,
     )

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
+from mcp.server.subscriptions import InMemorySubscriptionBus
+from mcp.shared.subscriptions import ResourceUpdated
 
 from node.mcp.audit import AuditLog
 from node.mcp.graph import GraphStore
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("village.mcp")
 
+INBOX_URI = "node://inbox"
 INBOX_RESOURCE_LIMIT = 50  # newest messages shown by node://inbox
 # Key in the ASGI scope where a front end that authenticates requests itself (the anchor gateway's /mcp mount)
 # puts the request's Caller; a request without one gets no scopes (every tool refused).
@@ -55,6 +59,8 @@ class McpService:
         self.http_url: str | None = None
         # The Streamable HTTP app a gateway mounts (its session manager runs in this service's nursery).
         self.mounted_app: Any = None
+        # Events for `subscriptions/listen` (2026-07-28 clients of the loopback HTTP endpoint).
+        self.bus = InMemorySubscriptionBus()
         self._control: ControlRegistry | None = None
         self._ready = trio.Event()
 
@@ -120,7 +126,7 @@ class McpService:
         )
         reg.add_resource(
             Resource(
-                "node://inbox",
+                INBOX_URI,
                 "inbox",
                 "Inbox",
                 f"The {INBOX_RESOURCE_LIMIT} newest received messages.",
@@ -139,8 +145,10 @@ class McpService:
                     from node.mcp.http import ensure_token, serve_http, token_path
 
                     token = ensure_token(token_path(node.config.data_dir))
-                    self.http_url = await nursery.start(serve_http, reg, self.settings, token)
+                    serve = partial(serve_http, reg, self.settings, token, bus=self.bus)
+                    self.http_url = await nursery.start(serve)
                 await nursery.start(self._serve_mounted, reg)
+                nursery.start_soon(self._publish_inbox, node)
                 self._ready.set()
                 task_status.started()
                 await trio.sleep_forever()
@@ -150,6 +158,15 @@ class McpService:
             if self.graph is not None:
                 with trio.CancelScope(shield=True):
                     await self.graph.aclose()
+
+    async def _publish_inbox(self, node: Node) -> None:
+        """Tell listening clients that ``node://inbox`` changed, once per received message."""
+        recv = node.subscribe_inbox()
+        try:
+            async for _ in recv:
+                await self.bus.publish(ResourceUpdated(uri=INBOX_URI))
+        finally:
+            node.unsubscribe_inbox(recv)
 
     async def _serve_mounted(
         self, reg: Registry, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -65,3 +65,46 @@ async def test_state_changing_tools_can_be_denied_over_http(nursery: trio.Nurser
         assert "create_entities" not in names and "messages_send" not in names and "read_graph" in names
         refused = await client.call_tool("create_entities", {"entities": []})
         assert refused.is_error and "not allowed over http" in text_of(refused)
+
+
+async def test_a_listening_client_hears_of_each_new_inbox_message(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """Two nodes linked in memory; a 2026-07-28 client listening to node://inbox on alice's HTTP endpoint is
+    told when bob's broadcast lands in alice's inbox, and reads it with inbox_list."""
+    from node.config import Config
+    from node.identity import Identity
+    from node.mcp.plugin import PLUGIN
+    from node.mcp.service import McpService
+    from node.node import Node
+    from node.transports.memory import MemoryNetwork
+
+    net = MemoryNetwork(seed=3)
+    await nursery.start(net.run)
+    service = McpService(mcp_settings(http_listen="127.0.0.1:0"))
+    ta, tb = net.transport("alice"), net.transport("bob")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    alice = Node(
+        Config(data_dir=tmp_path / "a"),
+        Identity.generate(),
+        transports=[ta],
+        control=False,
+        services=[service],
+        plugins=[PLUGIN],
+    )
+    bob = Node(Config(data_dir=tmp_path / "b"), Identity.generate(), transports=[tb], control=False)
+    await nursery.start(alice.run)
+    await nursery.start(bob.run)
+    net.connect(ta, tb)
+    assert service.http_url is not None
+    with trio.fail_after(30):
+        await alice.wait_until(
+            lambda: alice.core is not None and alice.core.peers.get(bob.identity.peer_id) is not None
+        )
+        async with http_client(service.http_url, token_path(tmp_path / "a").read_text().strip()) as client:
+            async with client.listen(resource_subscriptions=["node://inbox"]) as sub:
+                bob.broadcast("hello from bob")
+                async for event in sub:
+                    assert getattr(event, "uri", None) == "node://inbox"
+                    break
+            listed = await client.call_tool("inbox_list", {})
+            assert [m["text"] for m in (listed.structured_content or {})["messages"]] == ["hello from bob"]
