@@ -11,11 +11,8 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import os
-import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
-from pathlib import Path
 from typing import Any, cast
 
 import trio
@@ -33,29 +30,6 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-TOKEN_BYTES = 32  # 256 bits of randomness
-
-
-def token_path(data_dir: Path) -> Path:
-    return data_dir / "mcp" / "http.token"
-
-
-def ensure_token(path: Path) -> str:
-    """The bearer token in ``path`` (created 0600 with a fresh random token if missing)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        os.chmod(path, 0o600)
-        token = path.read_text().strip()
-        if token:
-            return token
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC, 0o600)
-    token = secrets.token_urlsafe(TOKEN_BYTES)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    return token
 
 
 class BearerAuth:

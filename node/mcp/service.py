@@ -142,7 +142,8 @@ class McpService:
         try:
             async with trio.open_nursery() as nursery:
                 if self.settings.http_listen:
-                    from node.mcp.http import ensure_token, serve_http, token_path
+                    from node.mcp.http import serve_http
+                    from node.mcp.token import ensure_token, token_path
 
                     token = ensure_token(token_path(node.config.data_dir))
                     serve = partial(serve_http, reg, self.settings, token, bus=self.bus)

@@ -11,7 +11,7 @@ import httpx2
 import pytest
 import trio
 
-from node.mcp.http import token_path
+from node.mcp.token import token_path
 from tests.mcp.helpers import http_client, mcp_settings, start_node, text_of
 
 
