@@ -28,7 +28,7 @@ from anchor.gateway.auth import Principal
 from anchor.gateway.errors import Forbidden, GatewayError, NodeUnavailable
 from anchor.stores.errors import StoreUnavailable
 from node.mcp.registry import Caller
-from node.mcp.service import ASGI_CALLER_KEY
+from node.mcp.service import ASGI_CALLER_KEY, McpService
 
 if TYPE_CHECKING:
     from anchor.gateway.app import GatewayContext
@@ -72,7 +72,7 @@ class McpMount:
                     "rag:query)"
                 )
             service: Any = self.ctx.node.service("mcp")
-            inner = getattr(service, "mounted_app", None)
+            inner = await service.mounted() if isinstance(service, McpService) else None
             if inner is None:
                 raise NodeUnavailable("MCP is not running on this node (mcp.enabled = false, or starting)")
         except GatewayError as exc:

@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
-from mcp.server.subscriptions import InMemorySubscriptionBus
-from mcp.shared.subscriptions import ResourceUpdated
 
 from node.mcp.audit import AuditLog
 from node.mcp.graph import GraphStore
@@ -59,8 +57,10 @@ class McpService:
         self.http_url: str | None = None
         # The Streamable HTTP app a gateway mounts (its session manager runs in this service's nursery).
         self.mounted_app: Any = None
-        # Events for `subscriptions/listen` (2026-07-28 clients of the loopback HTTP endpoint).
-        self.bus = InMemorySubscriptionBus()
+        # Events for `subscriptions/listen` (2026-07-28 clients of the loopback HTTP endpoint), with http_listen.
+        self.bus: Any = None
+        self._nursery: trio.Nursery | None = None
+        self._mount_lock = trio.Lock()
         self._control: ControlRegistry | None = None
         self._ready = trio.Event()
 
@@ -138,30 +138,46 @@ class McpService:
         return reg
 
     async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # The SDK (a second or two of imports on a small machine) is loaded only for what is configured: the
+        # loopback HTTP endpoint here, the gateway's mount on its first request; `village mcp` needs neither.
         reg = self.build(node)
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 if self.settings.http_listen:
+                    from mcp.server.subscriptions import InMemorySubscriptionBus
+
                     from node.mcp.http import serve_http
                     from node.mcp.token import ensure_token, token_path
 
+                    self.bus = InMemorySubscriptionBus()
                     token = ensure_token(token_path(node.config.data_dir))
                     serve = partial(serve_http, reg, self.settings, token, bus=self.bus)
                     self.http_url = await nursery.start(serve)
-                await nursery.start(self._serve_mounted, reg)
-                nursery.start_soon(self._publish_inbox, node)
+                    nursery.start_soon(self._publish_inbox, node)
                 self._ready.set()
                 task_status.started()
                 await trio.sleep_forever()
         finally:
+            self._nursery = None
             if self.audit is not None:
                 self.audit.close()
             if self.graph is not None:
                 with trio.CancelScope(shield=True):
                     await self.graph.aclose()
 
+    async def mounted(self) -> Any:
+        """The ASGI app a front end that authenticates callers itself mounts (the anchor gateway's ``/mcp``),
+        started on first use; None when the service is not running."""
+        async with self._mount_lock:
+            if self.mounted_app is None and self._nursery is not None and self.registry is not None:
+                await self._nursery.start(self._serve_mounted, self.registry)
+        return self.mounted_app
+
     async def _publish_inbox(self, node: Node) -> None:
         """Tell listening clients that ``node://inbox`` changed, once per received message."""
+        from mcp.shared.subscriptions import ResourceUpdated
+
         recv = node.subscribe_inbox()
         try:
             async for _ in recv:
