@@ -19,7 +19,7 @@ changes are rate limited and audited by the node's tool registry, as for every t
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -27,8 +27,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from anchor.gateway.auth import Principal
 from anchor.gateway.errors import Forbidden, GatewayError, NodeUnavailable
 from anchor.stores.errors import StoreUnavailable
+from node.mcp.plugin import running_service
 from node.mcp.registry import Caller
-from node.mcp.service import ASGI_CALLER_KEY, McpService
+from node.mcp.service import ASGI_CALLER_KEY
 
 if TYPE_CHECKING:
     from anchor.gateway.app import GatewayContext
@@ -71,8 +72,8 @@ class McpMount:
                     "this token has no scope that opens an MCP tool (node:read, messages:send, events:read or "
                     "rag:query)"
                 )
-            service: Any = self.ctx.node.service("mcp")
-            inner = await service.mounted() if isinstance(service, McpService) else None
+            service = await running_service(self.ctx.node)
+            inner = await service.mounted() if service is not None else None
             if inner is None:
                 raise NodeUnavailable("MCP is not running on this node (mcp.enabled = false, or starting)")
         except GatewayError as exc:

@@ -7,7 +7,7 @@ JSON-RPC error: only a broken request is one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,11 +41,11 @@ class ReadParams:
     transport: str = param("stdio", doc="Transport the read came over.")
 
 
-def register(reg: ControlRegistry, get_service: Callable[[], McpService | None]) -> None:
+def register(reg: ControlRegistry, get_service: Callable[[], Awaitable[McpService | None]]) -> None:
     import json
 
-    def svc() -> McpService:
-        s = get_service()
+    async def svc() -> McpService:
+        s = await get_service()
         if s is None or s.registry is None:
             raise RpcError(APP_ERROR, "MCP is disabled on this node (mcp.enabled = false)")
         return s
@@ -56,12 +56,12 @@ def register(reg: ControlRegistry, get_service: Callable[[], McpService | None])
         return Caller(transport, client[:MAX_CLIENT_ID_CHARS])
 
     async def tools(p: ToolsParams, notify: Notify) -> Any:
-        registry = svc().registry
+        registry = (await svc()).registry
         assert registry is not None
         return [t.describe() for t in registry.listed(caller(p.transport, "list"))]
 
     async def call(p: CallParams, notify: Notify) -> Any:
-        registry = svc().registry
+        registry = (await svc()).registry
         assert registry is not None
         try:
             args = json.loads(p.arguments)
@@ -74,12 +74,12 @@ def register(reg: ControlRegistry, get_service: Callable[[], McpService | None])
         return {"is_error": False, "text": out.text, "structured": out.structured}
 
     async def resources(p: ToolsParams, notify: Notify) -> Any:
-        registry = svc().registry
+        registry = (await svc()).registry
         assert registry is not None
         return [r.describe() for r in registry.listed_resources(caller(p.transport, "list"))]
 
     async def read(p: ReadParams, notify: Notify) -> Any:
-        registry = svc().registry
+        registry = (await svc()).registry
         assert registry is not None
         res = registry.resources.get(p.uri)
         try:
@@ -89,7 +89,7 @@ def register(reg: ControlRegistry, get_service: Callable[[], McpService | None])
         return {"uri": p.uri, "text": text, "mimeType": res.mime_type if res else "application/json"}
 
     async def status(_: NoParams, notify: Notify) -> Any:
-        s = svc()
+        s = await svc()
         registry = s.registry
         assert registry is not None and s.audit is not None and s.graph is not None
         return {
@@ -102,10 +102,10 @@ def register(reg: ControlRegistry, get_service: Callable[[], McpService | None])
         }
 
     async def export(_: NoParams, notify: Notify) -> Any:
-        return await svc().export()
+        return await (await svc()).export()
 
     async def forget(_: NoParams, notify: Notify) -> Any:
-        return await svc().forget()
+        return await (await svc()).forget()
 
     reg.add("mcp.tools", ToolsParams, "The MCP tools a transport may call: name, schemas, scope, changesState.", tools)
     reg.add(
