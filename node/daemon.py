@@ -33,7 +33,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("village.daemon")
 
 # Subsystems shipped with the node, as "module:attribute" (imported lazily, in this order).
-BUILTIN_PLUGINS: tuple[str, ...] = ("node.rag.plugin:PLUGIN", "node.mailbox.plugin:PLUGIN", "node.twin.plugin:PLUGIN")
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "node.rag.plugin:PLUGIN",
+    "node.mailbox.plugin:PLUGIN",
+    "node.twin.plugin:PLUGIN",
+    "node.mcp.plugin:PLUGIN",
+)
 
 
 def _load(spec: str) -> Plugin:

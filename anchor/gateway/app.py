@@ -51,6 +51,7 @@ from anchor.gateway.errors import (
     RateLimited,
     Unauthenticated,
 )
+from anchor.gateway.mcp_route import McpMount
 from anchor.gateway.ports import ApiKeyInfo, GatewayStores, MailboxPort
 from anchor.gateway.rag_route import add_rag_routes
 from anchor.queue import MessageQueue, QueuedMessage, new_message_id
@@ -586,7 +587,12 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
                 ctx.stream_wakeups.pop(principal.key_id, None)
             ctx.node.unsubscribe_inbox(inbox)
 
-    return BodyLimit(app, settings.max_body_bytes)
+    async def authenticate_request(request: Request) -> Principal:
+        await limit_ip(request)
+        return await authenticate(request.headers.get("authorization"))
+
+    # /mcp: the node's MCP tools for remote clients, behind the same auth (anchor.gateway.mcp_route).
+    return BodyLimit(McpMount(app, ctx, authenticate_request), settings.max_body_bytes)
 
 
 async def _pump_events(
