@@ -6,6 +6,7 @@ NodeError (node.errors)
     ├── LlmError                language model missing, misconfigured or failed
     │   └── LlmUnavailable      the backend is ``off`` or its package/model is not installed
     ├── ToolDenied              an agent asked for a tool outside its least-privilege list
+    ├── ToolUnavailable         the tool is known but this node cannot run it (no RAG, not built yet)
     └── GovernanceError         local misuse of the governance core (bad electorate, unknown proposal, ...)
         └── InvalidCertificate  a certificate does not verify against its epoch's electorate
 MalformedFrame (node.wire.errors)  untrusted vote/certificate/evidence/proposal bytes did not parse
@@ -42,3 +43,7 @@ class GovernanceError(AgentError):
 
 class InvalidCertificate(GovernanceError):
     """A certificate's signatures or power do not verify against the electorate of its epoch."""
+
+
+class ToolUnavailable(AgentError):
+    """The tool exists in the roster's vocabulary but this node cannot run it (no RAG, no radio, not built yet)."""

@@ -1,0 +1,208 @@
+"""The agents service of a node: roster, King, tools, traces, the language model and local governance.
+
+Started by the composition root (``Service.run(node, task_status=...)``); blocking work (embeddings, SQLite,
+generation) runs in worker threads behind bounded limiters. The router is built lazily on the first request
+(it embeds the roster's missions and examples once, ~1-2 s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import nacl.signing
+import trio
+
+from node.agents.errors import AgentError
+from node.agents.governance import Electorate, Governance
+from node.agents.govstore import GovStore
+from node.agents.king import King
+from node.agents.llm import LanguageModel, LlmSettings, Message, OffLlm, build_llm
+from node.agents.roles import policy_check
+from node.agents.roster import Roster, load_roster
+from node.agents.router import Router
+from node.agents.tools import Tools, node_tools
+from node.agents.trace import TraceStore
+from node.errors import ConfigError
+
+if TYPE_CHECKING:
+    from node.node import Node
+
+LOCAL_NAMESPACE = "local"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentsSettings:
+    SECTION: ClassVar[str] = "agents"
+    enabled: bool = True
+    roster_path: str = ""  # a roster TOML file; empty = the shipped roster
+    max_concurrent_requests: int = 4
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ConfigError("agents.enabled must be true or false")
+        if self.roster_path and not self.roster_path.endswith(".toml"):
+            raise ConfigError(f"agents.roster_path must name a .toml file, not {self.roster_path!r}")
+        if not 1 <= self.max_concurrent_requests <= 64:
+            raise ConfigError("agents.max_concurrent_requests must be from 1 to 64")
+
+
+class AgentsService:
+    name = "agents"
+
+    def __init__(
+        self,
+        settings: AgentsSettings,
+        llm_settings: LlmSettings,
+        data_dir: Path | None,
+        *,
+        roster: Roster | None = None,
+    ) -> None:
+        self.settings = settings
+        self.roster = roster or load_roster(Path(settings.roster_path) if settings.roster_path else None)
+        self.llm: LanguageModel = build_llm(llm_settings) if llm_settings.backend != "off" else OffLlm()
+        self.data_dir = data_dir
+        self.db_limiter = trio.CapacityLimiter(1)
+        self.embed_limiter = trio.CapacityLimiter(1)
+        self.requests = trio.Semaphore(settings.max_concurrent_requests)
+        self.traces: TraceStore | None = None
+        self.gov: Governance | None = None
+        self.gov_store: GovStore | None = None
+        self.king: King | None = None
+        self.tools: Tools | None = None
+        self._node: Node | None = None
+
+    async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._node = node
+        root = self.data_dir
+        self.traces = await trio.to_thread.run_sync(TraceStore, root / "agents" / "traces.sqlite" if root else None)
+        if root is not None:
+            self.gov_store = await trio.to_thread.run_sync(GovStore, root / "agents" / "governance.sqlite")
+            self.gov = await trio.to_thread.run_sync(self._open_governance, node)
+        else:
+            self.gov = Governance(LOCAL_NAMESPACE, self._genesis(node))
+        self.tools = self._build_tools(node)
+        task_status.started()
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._close, limiter=self.db_limiter)
+
+    def _genesis(self, node: Node) -> Electorate:
+        return Electorate.of(0, {node.identity.signing_public: 1})
+
+    def _open_governance(self, node: Node) -> Governance:
+        assert self.gov_store is not None
+        self.gov_store.init(LOCAL_NAMESPACE, self._genesis(node))
+        return self.gov_store.load()
+
+    def _close(self) -> None:
+        if self.traces is not None:
+            self.traces.close()
+        if self.gov_store is not None:
+            self.gov_store.close()
+
+    def _build_tools(self, node: Node) -> Tools:
+        t = node_tools(node)
+        traces = self.traces
+        assert traces is not None
+
+        async def agents_list(_: Mapping[str, Any]) -> Any:
+            return [a.to_json() for a in self.roster]
+
+        async def audit_read(args: Mapping[str, Any]) -> Any:
+            kind = args.get("kind")
+            limit = args.get("limit", 100)
+            return await trio.to_thread.run_sync(
+                lambda: traces.audit(kind=kind if isinstance(kind, str) else None, limit=int(limit)),
+                limiter=self.db_limiter,
+            )
+
+        async def agents_trace(args: Mapping[str, Any]) -> Any:
+            rid = args.get("id")
+            if isinstance(rid, str):
+                return await trio.to_thread.run_sync(traces.get, rid, limiter=self.db_limiter)
+            return await trio.to_thread.run_sync(traces.recent, 20, limiter=self.db_limiter)
+
+        async def compact(_: Mapping[str, Any]) -> Any:
+            n = await trio.to_thread.run_sync(traces.vacuum, limiter=self.db_limiter)
+            if self.gov_store is not None:
+                await trio.to_thread.run_sync(self.gov_store.db.execute, "VACUUM", limiter=self.db_limiter)
+            return {"traces_kept": n}
+
+        async def policy(args: Mapping[str, Any]) -> Any:
+            return policy_check(str(args.get("text", "")))
+
+        async def gov_status(_: Mapping[str, Any]) -> Any:
+            g = self.gov
+            assert g is not None
+            return {
+                "epoch": g.epoch,
+                "electorate": [[k.hex(), p] for k, p in g.electorate.members],
+                "proposals": [{"hash": p.hash.hex(), **p.action.to_json()} for p in g.all_proposals()],
+                "certificates": [c.to_json() for c in g.certificates.values()],
+                "state": g.state(),
+            }
+
+        async def gov_evidence(_: Mapping[str, Any]) -> Any:
+            assert self.gov is not None
+            return [e.to_json() for e in self.gov.evidence.values()]
+
+        async def llm_complete(args: Mapping[str, Any]) -> Any:
+            c = await self.llm.complete([Message("user", str(args.get("prompt", "")))])
+            return {"text": c.text, "tokens": c.tokens}
+
+        for name, fn in (
+            ("agents.list", agents_list),
+            ("audit.read", audit_read),
+            ("agents.trace", agents_trace),
+            ("store.compact", compact),
+            ("policy.check", policy),
+            ("gov.status", gov_status),
+            ("gov.evidence", gov_evidence),
+            ("llm.complete", llm_complete),
+        ):
+            t.add(name, fn)
+        return t
+
+    async def _king(self) -> King:
+        if self.king is None:
+            if self.tools is None or self.traces is None or self._node is None:
+                raise AgentError("the agents service is not running")
+            embedder = self._node.rag.embedder if self._node.rag is not None else None
+            if embedder is None:
+                from node.rag.embed import Embedder
+
+                embedder = Embedder()
+            router = await trio.to_thread.run_sync(Router, self.roster, embedder.embed, limiter=self.embed_limiter)
+            clock = self._node.clock
+            self.king = King(
+                self.roster,
+                router,
+                self.tools,
+                llm=self.llm,
+                traces=self.traces,
+                embed_limiter=self.embed_limiter,
+                db_limiter=self.db_limiter,
+                wall_ms=clock.wall_ms,
+            )
+        return self.king
+
+    async def ask(self, request: str, *, agent: str | None = None) -> dict[str, Any]:
+        async with self.requests:
+            king = await self._king()
+            return await king.ask(request, agent=agent)
+
+    async def feedback(self, request_id: str, agent: str) -> dict[str, Any]:
+        return await (await self._king()).feedback(request_id, agent)
+
+    async def trace(self, request_id: str) -> dict[str, Any] | None:
+        assert self.traces is not None
+        return await trio.to_thread.run_sync(self.traces.get, request_id, limiter=self.db_limiter)
+
+
+def signing_key(node: Node) -> nacl.signing.SigningKey:
+    return node.identity.signing_key
