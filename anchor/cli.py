@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 from anchor.gateway.roles import ALL_SCOPES, ROLES
+from node.cli_support import EXIT_USAGE, CliError, emit, load_config, ms_to_local, table
 
 
 def add_commands(
@@ -68,9 +69,8 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def _stores(args: argparse.Namespace) -> Any:
     from anchor.run import open_key_admin
-    from node.cli import _config
 
-    return open_key_admin(_config(args))
+    return open_key_admin(load_config(args))
 
 
 def _run(args: argparse.Namespace, action: Callable[[Any], Any]) -> Any:
@@ -85,7 +85,6 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     from anchor.gateway.app import key_out
     from anchor.gateway.auth import check_role_scopes
     from anchor.gateway.errors import GatewayError
-    from node.cli import EXIT_USAGE, CliError, _emit
 
     try:
         scopes = check_role_scopes(args.role, args.scope)
@@ -93,7 +92,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         raise CliError(str(exc), EXIT_USAGE) from None
     info, secret = _run(args, lambda admin: admin.create(args.name, args.role, scopes))
     data = {**key_out(info), "secret": secret}
-    _emit(
+    emit(
         args,
         data,
         lambda d: (
@@ -106,7 +105,6 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
     from anchor.gateway.app import key_out
-    from node.cli import _emit, _ms_to_local, _table
 
     keys = _run(args, lambda admin: admin.list())
     data = [key_out(k) for k in keys]
@@ -114,14 +112,14 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     def human(rows: list[dict[str, Any]]) -> str:
         if not rows:
             return "no API keys yet (create one with `village anchor keys create NAME`)"
-        return _table(
+        return table(
             [
                 [
                     r["key_id"],
                     r["name"],
                     r["role"],
                     " ".join(r["scopes"]),
-                    _ms_to_local(r["created_at_ms"]),
+                    ms_to_local(r["created_at_ms"]),
                     "revoked" if r["revoked"] else "active",
                 ]
                 for r in rows
@@ -129,15 +127,14 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
             ["KEY ID", "NAME", "ROLE", "SCOPES", "CREATED", "STATE"],
         )
 
-    _emit(args, data, human)
+    emit(args, data, human)
     return 0
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    from node.cli import CliError, _emit
 
     revoked = _run(args, lambda admin: admin.revoke(args.key_id))
     if not revoked:
         raise CliError(f"no active API key {args.key_id!r}")
-    _emit(args, {"key_id": args.key_id, "revoked": True}, lambda d: f"revoked {d['key_id']}")
+    emit(args, {"key_id": args.key_id, "revoked": True}, lambda d: f"revoked {d['key_id']}")
     return 0

@@ -14,76 +14,39 @@ import argparse
 import functools
 import json
 import logging
-import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import trio
+from typing import Any
 
 from node import __version__
-from node.config import Config, config_as_dict, example_toml, load_config
+from node.cli_support import (
+    EXIT_FAIL,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    CliRegistry,
+    call,
+    emit,
+    ms_to_local,
+    socket_path,
+    table,
+)
+from node.cli_support import load_config as config_for
 from node.control.client import ControlClient
 from node.control.errors import ClientError
+from node.daemon import build_node, load_plugins, run_daemon
 from node.errors import ConfigError, IdentityError, NodeError, StartupError
 from node.identity import create_identity, ensure_private_dir, identity_exists, load_identity
-from node.rag import cli as rag_cli
-from node.transports.base import Transport
-
-if TYPE_CHECKING:
-    from node.node import Node
+from node.plugin import Plugin
+from node.settings import check_config, config_as_dict, example_toml
 
 log = logging.getLogger("village")
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-
-
-class CliError(Exception):
-    def __init__(self, message: str, code: int = EXIT_FAIL) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _emit(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> None:
-    if getattr(args, "json", False):
-        print(json.dumps(data, indent=2, ensure_ascii=False))
-    else:
-        text = human(data)
-        if text:
-            print(text)
-
-
-def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in [headers, *rows]]
-    return "\n".join(lines)
-
-
-def _ms_to_local(ms: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
-
-
-def _config(args: argparse.Namespace) -> Config:
-    try:
-        return load_config(args.config, data_dir=args.data_dir)
-    except ConfigError as exc:
-        raise CliError(f"configuration error: {exc}", EXIT_USAGE) from None
-
-
-def _socket(args: argparse.Namespace) -> Path:
-    return args.socket if args.socket else _config(args).socket_path
-
-
-def _call(args: argparse.Namespace, method: str, **params: Any) -> Any:
-    with ControlClient(_socket(args)) as client:
-        return client.call(method, **params)
 
 
 # ---------------------------------------------------------------- commands
 def cmd_init(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = config_for(args)
     if identity_exists(cfg.data_dir) and args.exist_ok:
         ident = load_identity(cfg.data_dir)
         created = False
@@ -96,7 +59,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         "data_dir": str(cfg.data_dir),
         "created": created,
     }
-    _emit(
+    emit(
         args,
         data,
         lambda d: (
@@ -108,7 +71,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_id(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = config_for(args)
     ident = load_identity(cfg.data_dir)
     data = {
         "peer_id": ident.peer_id_hex,
@@ -116,7 +79,7 @@ def cmd_id(args: argparse.Namespace) -> int:
         "signing_public_key": ident.signing_public.hex(),
         "noise_public_key": ident.noise_public.hex(),
     }
-    _emit(args, data, lambda d: f"peer ID      {d['peer_id']}\nfingerprint  {d['fingerprint']}")
+    emit(args, data, lambda d: f"peer ID      {d['peer_id']}\nfingerprint  {d['fingerprint']}")
     return EXIT_OK
 
 
@@ -124,9 +87,10 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.action == "example":
         print(example_toml(), end="")
         return EXIT_OK
-    cfg = _config(args)
+    cfg = config_for(args)
     data = config_as_dict(cfg)
     if args.action == "check":
+        check_config(cfg)
         print(f"configuration OK ({cfg.source or 'built-in defaults'})")
         return EXIT_OK
     print(json.dumps(data, indent=2))
@@ -134,23 +98,12 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = config_for(args)
     level = (args.log_level or cfg.node.log_level).upper()
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ensure_private_dir(cfg.data_dir)
     ident = load_identity(cfg.data_dir)  # refuses loose permissions with a how-to-fix message
-    # The daemon's heavy imports (libp2p, ...) happen here only: client commands stay fast.
-    from node.node import Node
-    from node.transports.betanet.transport import BetanetTransport
-    from node.transports.ble.factory import ble_transport
-
-    transports: list[Transport] = []
-    if cfg.betanet.enabled:
-        transports.append(BetanetTransport(ident, cfg.betanet))
-    ble = ble_transport(cfg, cfg.node.nickname or f"village-{ident.peer_id_hex[:4]}")  # None: BLE off
-    if ble is not None:
-        transports.append(ble)
-    node = Node(cfg, ident, transports=transports)
+    node = build_node(cfg, ident)  # the daemon's heavy imports (libp2p, ...) happen here only
     runner: Callable[[], Awaitable[None]] = node.run
     if cfg.anchor.enabled or getattr(args, "anchor", False):  # `village anchor run` or [anchor] enabled = true
         try:
@@ -160,7 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         runner = functools.partial(run_anchor, node)
     code = EXIT_OK
     try:
-        trio.run(_serve, node, runner)
+        run_daemon(node, runner)
     except* NodeError as group:
         for exc in _leaves(group):
             log.error("node failed: %s", exc)
@@ -176,24 +129,6 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
     return [exc]
-
-
-async def _serve(node: Node, runner: Callable[[], Awaitable[None]]) -> None:
-    async with trio.open_nursery() as nursery:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-
-            async def watch_signals() -> None:
-                async for signum in signals:
-                    if not node.stop_requested:
-                        log.info("received %s: stopping (again to stop at once)", signal.Signals(signum).name)
-                        node.request_stop()
-                    else:
-                        log.warning("second signal: stopping now without draining")
-                        nursery.cancel_scope.cancel()
-
-            nursery.start_soon(watch_signals)
-            await runner()
-            nursery.cancel_scope.cancel()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -213,15 +148,15 @@ def cmd_status(args: argparse.Namespace) -> int:
             ]
         )
 
-    _emit(args, _call(args, "node.status"), human)
+    emit(args, call(args, "node.status"), human)
     return EXIT_OK
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
     if args.wait:
-        with ControlClient(_socket(args), timeout_s=args.timeout + 10) as client:
+        with ControlClient(socket_path(args), timeout_s=args.timeout + 10) as client:
             info = client.call("peers.wait", peer=args.wait, timeout_s=args.timeout, direct=args.direct)
-        _emit(args, info, lambda p: f"{p['peer_id']} ({p['nickname']}) is reachable via {p['transport']}")
+        emit(args, info, lambda p: f"{p['peer_id']} ({p['nickname']}) is reachable via {p['transport']}")
         return EXIT_OK
 
     def human(peers: list[dict[str, Any]]) -> str:
@@ -240,32 +175,32 @@ def cmd_peers(args: argparse.Namespace) -> int:
             ]
             for p in peers
         ]
-        return _table(rows, ["PEER", "NICKNAME", "REACHABLE", "TRANSPORT", "ADDRESS", "LAST SEEN", "SESSION", "RTT"])
+        return table(rows, ["PEER", "NICKNAME", "REACHABLE", "TRANSPORT", "ADDRESS", "LAST SEEN", "SESSION", "RTT"])
 
-    _emit(args, _call(args, "peers.list"), human)
+    emit(args, call(args, "peers.list"), human)
     return EXIT_OK
 
 
 def cmd_send(args: argparse.Namespace) -> int:
     if args.wait is None:
-        _emit(args, _call(args, "messages.send", peer=args.peer, text=args.text), lambda d: d["id"])
+        emit(args, call(args, "messages.send", peer=args.peer, text=args.text), lambda d: d["id"])
         return EXIT_OK
-    with ControlClient(_socket(args), timeout_s=args.wait + 10) as client:
+    with ControlClient(socket_path(args), timeout_s=args.wait + 10) as client:
         sent = client.call("messages.send", peer=args.peer, text=args.text)
         state = client.call("messages.wait", id=sent["id"], timeout_s=args.wait)
-    _emit(args, state, lambda d: f"{d['id']}  {d['state']}{'  ' + d['detail'] if d['detail'] else ''}")
+    emit(args, state, lambda d: f"{d['id']}  {d['state']}{'  ' + d['detail'] if d['detail'] else ''}")
     return EXIT_OK if state["state"] == "delivered" else EXIT_FAIL
 
 
 def cmd_broadcast(args: argparse.Namespace) -> int:
-    _emit(args, _call(args, "messages.broadcast", text=args.text), lambda d: d["id"])
+    emit(args, call(args, "messages.broadcast", text=args.text), lambda d: d["id"])
     return EXIT_OK
 
 
 def cmd_message(args: argparse.Namespace) -> int:
-    _emit(
+    emit(
         args,
-        _call(args, "messages.status", id=args.id),
+        call(args, "messages.status", id=args.id),
         lambda d: f"{d['id']}  {d['state']}{'  ' + d['detail'] if d['detail'] else ''}",
     )
     return EXIT_OK
@@ -273,15 +208,15 @@ def cmd_message(args: argparse.Namespace) -> int:
 
 def _inbox_line(m: dict[str, Any]) -> str:
     kind = "private" if m["private"] else "public "
-    return f"[{_ms_to_local(m['received_at_ms'])}] {kind} {m['nickname']} ({m['from'][:8]}): {m['text']}"
+    return f"[{ms_to_local(m['received_at_ms'])}] {kind} {m['nickname']} ({m['from'][:8]}): {m['text']}"
 
 
 def cmd_inbox(args: argparse.Namespace) -> int:
     if not args.follow:
-        msgs = _call(args, "inbox.list", limit=args.limit)
-        _emit(args, msgs, lambda ms: "\n".join(_inbox_line(m) for m in ms) or "inbox is empty")
+        msgs = call(args, "inbox.list", limit=args.limit)
+        emit(args, msgs, lambda ms: "\n".join(_inbox_line(m) for m in ms) or "inbox is empty")
         return EXIT_OK
-    with ControlClient(_socket(args), timeout_s=None) as client:
+    with ControlClient(socket_path(args), timeout_s=None) as client:
         recent = client.call("inbox.list", limit=args.limit)
         last = recent[-1]["seq"] if recent else 0
         for m in recent:
@@ -301,23 +236,23 @@ def cmd_outbox(args: argparse.Namespace) -> int:
         if not msgs:
             return "outbox is empty"
         rows = [
-            [m["id"], m["to"], m["state"], _ms_to_local(m["created_at_ms"]), m["text"][:40], m["detail"] or "-"]
+            [m["id"], m["to"], m["state"], ms_to_local(m["created_at_ms"]), m["text"][:40], m["detail"] or "-"]
             for m in msgs
         ]
-        return _table(rows, ["ID", "TO", "STATE", "ACCEPTED", "TEXT", "DETAIL"])
+        return table(rows, ["ID", "TO", "STATE", "ACCEPTED", "TEXT", "DETAIL"])
 
-    _emit(args, _call(args, "outbox.list", state=args.state, limit=args.limit), human)
+    emit(args, call(args, "outbox.list", state=args.state, limit=args.limit), human)
     return EXIT_OK
 
 
 def cmd_mailbox(args: argparse.Namespace) -> int:
     if args.wait_deposited or args.wait_acked:
-        with ControlClient(_socket(args), timeout_s=args.timeout + 10) as client:
+        with ControlClient(socket_path(args), timeout_s=args.timeout + 10) as client:
             data = client.call(
                 "mailbox.wait", deposited=args.wait_deposited, acked=args.wait_acked, timeout_s=args.timeout
             )
     else:
-        data = _call(args, "mailbox.status")
+        data = call(args, "mailbox.status")
 
     def human(d: dict[str, Any]) -> str:
         lines = [f"anchor {a['addr']}: {a['pending_deposits']} envelope(s) to deposit" for a in d["anchors"]]
@@ -326,7 +261,7 @@ def cmd_mailbox(args: argparse.Namespace) -> int:
                 lines.append(f"{part}: " + ", ".join(f"{k} {v}" for k, v in d[part].items()))
         return "\n".join(lines) or "no mailbox anchors configured and not serving a mailbox"
 
-    _emit(args, data, human)
+    emit(args, data, human)
     return EXIT_OK
 
 
@@ -348,29 +283,29 @@ def cmd_route(args: argparse.Namespace) -> int:
             ]
             for r in routes
         ]
-        return _table(
+        return table(
             rows, ["DESTINATION", "NICKNAME", "HOPS", "NEXT HOP", "TRANSPORT", "COST", "LEARNED", "VIA", "TTL"]
         )
 
-    _emit(args, _call(args, "routes.list"), human)
+    emit(args, call(args, "routes.list"), human)
     return EXIT_OK
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
-    _emit(args, _call(args, "peers.connect", addr=args.addr), lambda d: f"connected: {d['link_id']} to {d['remote']}")
+    emit(args, call(args, "peers.connect", addr=args.addr), lambda d: f"connected: {d['link_id']} to {d['remote']}")
     return EXIT_OK
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    _emit(args, _call(args, "node.stop"), lambda d: f"stopping (drain deadline {d['deadline_s']:g} s)")
+    emit(args, call(args, "node.stop"), lambda d: f"stopping (drain deadline {d['deadline_s']:g} s)")
     return EXIT_OK
 
 
 def cmd_ble(args: argparse.Namespace) -> int:
     from node.transports.ble.doctor import diagnose
 
-    diagnosis = diagnose(_config(args).ble)  # action "doctor", the only one
-    _emit(args, diagnosis.to_json(), lambda _d: diagnosis.report())
+    diagnosis = diagnose(config_for(args).ble)  # action "doctor", the only one
+    emit(args, diagnosis.to_json(), lambda _d: diagnosis.report())
     return EXIT_OK if diagnosis.usable else EXIT_FAIL
 
 
@@ -381,12 +316,13 @@ def cmd_rpc(args: argparse.Namespace) -> int:
         raise CliError(f"PARAMS must be a JSON object: {exc}", EXIT_USAGE) from None
     if not isinstance(params, dict):
         raise CliError("PARAMS must be a JSON object", EXIT_USAGE)
-    print(json.dumps(_call(args, args.method, **params), indent=2, ensure_ascii=False))
+    print(json.dumps(call(args, args.method, **params), indent=2, ensure_ascii=False))
     return EXIT_OK
 
 
 # ---------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugins: Sequence[Plugin] | None = None) -> argparse.ArgumentParser:
+    """The `village` parser: the core's commands, then each plugin's (``plugins``: those of the daemon)."""
     parser = argparse.ArgumentParser(
         prog="village", description="AIVillage node: a peer-to-peer daemon that speaks the BitChat mesh protocol."
     )
@@ -465,7 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     from anchor.cli import add_commands as add_anchor_commands
 
     add_anchor_commands(sub, common, cmd_run)
-    rag_cli.add_commands(sub, common)
+    registry = CliRegistry(sub, common)
+    for plugin in load_plugins() if plugins is None else plugins:
+        if plugin.cli is not None:
+            plugin.cli(registry)
     return parser
 
 

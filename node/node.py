@@ -48,6 +48,7 @@ from node.transports.base import FrameSizeError, Link, LinkClosed, Transport
 
 if TYPE_CHECKING:
     from node.mailbox.client import MailboxClient
+    from node.plugin import Plugin, Service
 
 log = logging.getLogger("village.node")
 
@@ -103,10 +104,15 @@ class Node:
         control: bool = True,
         persistent_inbox: bool = True,
         rng: random.Random | None = None,
+        services: Sequence[Service] = (),
+        plugins: Sequence[Plugin] = (),
     ) -> None:
         self.config = config
         self.identity = identity
         self.transports = list(transports)
+        # Started in this order in the root nursery, after the control socket and before the transports.
+        self.services: list[Service] = list(services)
+        self.plugins = tuple(plugins)  # their `rpc` hooks add control methods (node.control.methods)
         self.clock = clock or Clock()
         self.nickname = config.node.nickname or f"village-{identity.peer_id.hex()[:4]}"
         self._rng = rng or random.Random()
@@ -178,6 +184,8 @@ class Node:
                     await nursery.start(self.control_server.run)
                 link_send, link_recv = trio.open_memory_channel[Link](NEW_LINK_QUEUE)
                 nursery.start_soon(self._accept_links, link_recv)
+                for service in self.services:
+                    await nursery.start(service.run, self)
                 if cfg.mailbox.serve:  # the anchor's side: registers its BetaNet protocol before transports start
                     from anchor.mailbox import serve_mailbox
 
@@ -247,6 +255,10 @@ class Node:
     def request_stop(self) -> None:
         """Begin a graceful stop: :meth:`run` drains and returns."""
         self._stop_requested.set()
+
+    def service(self, name: str) -> Service | None:
+        """The service named ``name`` (a plugin's), if this node runs one."""
+        return next((s for s in self.services if s.name == name), None)
 
     async def wait_stop_requested(self) -> None:
         """Return once a stop was requested (front ends such as the anchor's gateway stop taking work then)."""

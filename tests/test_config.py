@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from node.config import SECTIONS, Config, config_from_mapping, example_toml, load_config
 from node.errors import ConfigError
+from node.settings import Config, all_sections, config_from_mapping, example_toml, load_config, section_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,8 @@ def test_example_file_is_the_generated_one_and_parses_to_defaults() -> None:
     assert text == example_toml(), "regenerate with: village config example > configs/node.example.toml"
     cfg = config_from_mapping(tomllib.loads(text), data_dir=Path("/x"))
     assert cfg == Config(data_dir=Path("/x"))
-    for name, cls in SECTIONS.items():
+    for cls in all_sections():
+        name = section_name(cls)
         for f in dataclasses.fields(cls):
             assert f"\n{f.name} = " in text.split(f"[{name}]")[1], f"{name}.{f.name} undocumented"
 

@@ -253,4 +253,7 @@ def build_registry(node: Node) -> Registry:
 
     register_mailbox(reg, node)
     register_rag(reg, lambda: node.rag, lambda: node)
+    for plugin in node.plugins:
+        if plugin.rpc is not None:
+            plugin.rpc(node, reg)
     return reg

@@ -11,22 +11,15 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from node.cli_support import CliRegistry, client, emit
 from node.control.client import ControlClient
 
 BAR_WIDTH = 30
 
 
 def _client(args: argparse.Namespace) -> ControlClient:
-    from node.cli import _socket
-
     # Ingesting a large folder or loading the model the first time can take long: no read timeout.
-    return ControlClient(_socket(args), timeout_s=None)
-
-
-def _emit(args: argparse.Namespace, data: Any, human: Any) -> None:
-    from node.cli import _emit as emit
-
-    emit(args, data, human)
+    return client(args, timeout_s=None)
 
 
 class ProgressBar:
@@ -79,7 +72,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         )
         return "\n".join(lines)
 
-    _emit(args, result, human)
+    emit(args, result, human)
     return 1 if result["failed"] or result["errors"] else 0
 
 
@@ -107,7 +100,7 @@ def cmd_query(args: argparse.Namespace) -> int:
             out.append(f"peer {peer['peer_id']} ({peer['nickname']}): {peer['status']}, {peer['hits']} hits")
         return "\n".join(out)
 
-    _emit(args, result, human)
+    emit(args, result, human)
     return 0
 
 
@@ -120,7 +113,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
         params = {"source": str(Path(target).expanduser().resolve()) if "://" not in target else target}
     with _client(args) as client:
         result = client.call("rag.remove", **params)
-    _emit(args, result, lambda d: f"removed {d['documents']} documents ({d['chunks']} chunks)")
+    emit(args, result, lambda d: f"removed {d['documents']} documents ({d['chunks']} chunks)")
     return 0
 
 
@@ -135,14 +128,14 @@ def cmd_share(args: argparse.Namespace) -> int:
     with _client(args) as client:
         result = client.call(method, **_target_params(args.target))
     word = "shared" if result["shared"] else "unshared"
-    _emit(args, result, lambda d: f"{d['documents']} documents now {word} ({d['changed']} changed)")
+    emit(args, result, lambda d: f"{d['documents']} documents now {word} ({d['changed']} changed)")
     return 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
     with _client(args) as client:
         result = client.call("rag.stats")
-    _emit(args, result, lambda d: "\n".join(f"{k:18} {v}" for k, v in d.items()))
+    emit(args, result, lambda d: "\n".join(f"{k:18} {v}" for k, v in d.items()))
     return 0
 
 
@@ -157,14 +150,14 @@ def cmd_feedback(args: argparse.Namespace) -> int:
             f"result {d['id']}: trust {c['trust']:.3f}, uncertainty {c['uncertainty']:.3f}"
         )
 
-    _emit(args, result, human)
+    emit(args, result, human)
     return 0
 
 
 def cmd_documents(args: argparse.Namespace) -> int:
     with _client(args) as client:
         result = client.call("rag.documents", limit=args.limit, offset=args.offset)
-    _emit(
+    emit(
         args,
         result,
         lambda docs: (
@@ -177,21 +170,10 @@ def cmd_documents(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Add ``village rag ...`` to the top-level subparsers ``sub``."""
-    help_text = "The local knowledge base: add files, query, remove, stats, feedback."
-    rag = sub.add_parser("rag", help=help_text, description=help_text)
-    rsub = rag.add_subparsers(
-        dest="rag_command",
-        metavar="RAG_COMMAND",
-        required=True,
-        help="add, query, remove, share, unshare, stats, feedback, documents",
-    )
-
-    def add(name: str, func: Any, help: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = rsub.add_parser(name, parents=[common], help=help, description=help)
-        p.set_defaults(func=func)
-        return p
+def add_commands(cli: CliRegistry) -> None:
+    """Add ``village rag ...`` (the rag plugin's ``cli`` hook)."""
+    rag = cli.group("rag", "The local knowledge base: add files, query, remove, stats, feedback.")
+    add = rag.command
 
     p = add("add", cmd_add, "Ingest files and folders (text, Markdown, HTML, PDF); shows progress on a terminal.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (folders recursively)")

@@ -1,0 +1,129 @@
+"""The composition root: plugins in, a running daemon out.
+
+:func:`load_plugins` finds the plugins (the built-in ones listed in :data:`BUILTIN_PLUGINS`, then the
+``aivillage.plugins`` entry points, e.g. the anchor); :func:`build_node` builds the transports the config asks for,
+the :class:`~node.node.Node` and the plugins' services; :func:`run_daemon` runs it until SIGINT/SIGTERM. The CLI
+(``village run``) and the plugins' own commands (``village anchor run``) call these; nothing else assembles a node.
+
+The core never imports a plugin's package by name: built-in plugins are import strings resolved here on first use,
+external ones come from package metadata.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.metadata
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
+
+import trio
+
+from node.plugin import ENTRY_POINT_GROUP, Plugin, Service
+
+if TYPE_CHECKING:
+    from node.identity import Identity
+    from node.node import Node
+    from node.settings import Config
+    from node.transports.base import Transport
+
+log = logging.getLogger("village.daemon")
+
+# Subsystems shipped with the node, as "module:attribute" (imported lazily, in this order).
+BUILTIN_PLUGINS: tuple[str, ...] = ("node.rag.plugin:PLUGIN", "node.mailbox.plugin:PLUGIN")
+
+
+def _load(spec: str) -> Plugin:
+    module, _, attr = spec.partition(":")
+    plugin = getattr(importlib.import_module(module), attr)
+    if not isinstance(plugin, Plugin):
+        raise TypeError(f"{spec} is not a node.plugin.Plugin")
+    return plugin
+
+
+@functools.cache
+def load_plugins() -> tuple[Plugin, ...]:
+    """The built-in plugins, then those registered in the ``aivillage.plugins`` entry-point group. An entry point
+    that fails to load is logged and skipped (a broken extra must not take the CLI down)."""
+    plugins = [_load(spec) for spec in BUILTIN_PLUGINS]
+    names = {p.name for p in plugins}
+    for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # a third-party package's import error: report it, keep the node usable
+            log.warning("plugin %s (%s) could not be loaded: %s", ep.name, ep.value, exc)
+            continue
+        if not isinstance(plugin, Plugin):
+            log.warning("plugin %s (%s) is not a node.plugin.Plugin; ignored", ep.name, ep.value)
+            continue
+        if plugin.name in names:
+            continue  # the same distribution seen twice on sys.path (an editable install and a checkout)
+        names.add(plugin.name)
+        plugins.append(plugin)
+    return tuple(plugins)
+
+
+def build_transports(cfg: Config, ident: Identity) -> list[Transport]:
+    """BetaNet (``betanet.enabled``) and BLE (``ble.enabled``, if an adapter is found), as configured."""
+    from node.transports.betanet.transport import BetanetTransport
+    from node.transports.ble.factory import ble_transport
+
+    transports: list[Transport] = []
+    if cfg.betanet.enabled:
+        transports.append(BetanetTransport(ident, cfg.betanet))
+    ble = ble_transport(cfg, cfg.node.nickname or f"village-{ident.peer_id_hex[:4]}")  # None: BLE off
+    if ble is not None:
+        transports.append(ble)
+    return transports
+
+
+def build_services(cfg: Config, plugins: Sequence[Plugin]) -> list[Service]:
+    """Every plugin's services for ``cfg``, in plugin order."""
+    services: list[Service] = []
+    for plugin in plugins:
+        if plugin.services is not None:
+            services.extend(plugin.services(cfg))
+    return services
+
+
+def build_node(
+    cfg: Config,
+    ident: Identity,
+    *,
+    plugins: Sequence[Plugin] | None = None,
+    transports: Sequence[Transport] | None = None,
+    extra_services: Sequence[Service] = (),
+) -> Node:
+    """The daemon's Node: transports (built from ``cfg`` unless given), the plugins' services, their RPC methods."""
+    from node.node import Node
+
+    plugins = load_plugins() if plugins is None else plugins
+    services = [*build_services(cfg, plugins), *extra_services]
+    transports = build_transports(cfg, ident) if transports is None else transports
+    return Node(cfg, ident, transports=transports, services=services, plugins=plugins)
+
+
+def run_daemon(node: Node, runner: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Run ``node`` (or ``runner``, which runs it) until SIGINT/SIGTERM; a second signal stops without draining.
+    Errors propagate (NodeError leaves inside an exception group)."""
+    trio.run(_serve, node, runner or node.run)
+
+
+async def _serve(node: Node, runner: Callable[[], Awaitable[None]]) -> None:
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    if not node.stop_requested:
+                        log.info("received %s: stopping (again to stop at once)", signal.Signals(signum).name)
+                        node.request_stop()
+                    else:
+                        log.warning("second signal: stopping now without draining")
+                        nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch_signals)
+            await runner()
+            nursery.cancel_scope.cancel()
