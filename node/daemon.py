@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("village.daemon")
 
 # Subsystems shipped with the node, as "module:attribute" (imported lazily, in this order).
-BUILTIN_PLUGINS: tuple[str, ...] = ("node.rag.plugin:PLUGIN", "node.mailbox.plugin:PLUGIN")
+BUILTIN_PLUGINS: tuple[str, ...] = ("node.rag.plugin:PLUGIN", "node.mailbox.plugin:PLUGIN", "node.agents.plugin:PLUGIN")
 
 
 def _load(spec: str) -> Plugin:

