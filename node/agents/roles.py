@@ -63,8 +63,8 @@ def _cite(hits: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"source": h["source"], "title": h.get("title", ""), "chunk_id": h.get("id")} for h in hits]
 
 
-async def _rag_answer(ctx: AgentContext, request: str, *, k: int = 3, domain: str = "") -> Answer:
-    hits = await ctx.tools.call("rag.query", {"query": f"{domain} {request}".strip(), "k": k})
+async def _rag_answer(ctx: AgentContext, request: str, *, k: int = 3) -> Answer:
+    hits = await ctx.tools.call("rag.query", {"query": request, "k": k})
     name = ctx.spec.name
     if not hits:
         return Answer(name, "I found nothing about this in the knowledge base, so I will not guess.", ok=False)
@@ -216,7 +216,7 @@ async def sage(ctx: AgentContext, request: str) -> Answer:
 
 
 async def medic(ctx: AgentContext, request: str) -> Answer:
-    a = await _rag_answer(ctx, request, domain="first aid")
+    a = await _rag_answer(ctx, request, k=2)
     if not a.ok:
         a.text = (
             "I have no first-aid source about this in the knowledge base, so I will not advise. "
@@ -228,7 +228,10 @@ async def medic(ctx: AgentContext, request: str) -> Answer:
 
 
 async def horticulturist(ctx: AgentContext, request: str) -> Answer:
-    return await _rag_answer(ctx, request, domain="crops soil garden")
+    a = await _rag_answer(ctx, request)
+    if a.ok:
+        a.text = "From the growing guides in the knowledge base:\n" + a.text.split("\n", 1)[1]
+    return a
 
 
 async def curator(ctx: AgentContext, request: str) -> Answer:
@@ -252,16 +255,23 @@ async def shaman(ctx: AgentContext, request: str) -> Answer:
     return Answer("Shaman", text, data={"status": st, "evidence": ev})
 
 
+_BODY = re.compile(r"\b(?:saying|that|:)\s*(.+)$", re.IGNORECASE)
+
+
 async def coordinator(ctx: AgentContext, request: str) -> Answer:
-    m = re.search(r"\b(?:to|tell|message|notify|inform)\s+(\w+)\s*(?:that|saying|:)?\s*(.*)", request, re.IGNORECASE)
-    if re.search(r"\b(everyone|everybody|all|village|broadcast|announce)\b", request.lower()):
-        r = await ctx.tools.call("mesh.broadcast", {"text": request})
-        return Answer("Coordinator", "Broadcast to the village.", data=r)
-    if m is None:
-        return Answer("Coordinator", "Whom should I send it to? Say 'tell <name> that ...'.", ok=False)
-    peer, body = m.group(1), (m.group(2) or request).strip() or request
-    r = await ctx.tools.call("mesh.send", {"peer": peer, "text": body})
-    return Answer("Coordinator", f"Sent to {peer}: {body!r} (message {r['id']}).", data=r)
+    m = _BODY.search(request)
+    body = m.group(1).strip() if m else request
+    if re.search(r"\b(everyone|everybody|whole village|all|broadcast|announce)\b", request.lower()):
+        r = await ctx.tools.call("mesh.broadcast", {"text": body})
+        return Answer("Coordinator", f"Broadcast to the village: {body!r}.", data=r)
+    peers = await ctx.tools.call("mesh.peers", {})
+    words = set(re.findall(r"\w+", request.lower()))
+    named = [p for p in peers if p["nickname"] and p["nickname"].lower() in words]
+    if len(named) != 1:
+        known = ", ".join(sorted(p["nickname"] or p["peer_id"][:8] for p in peers)) or "none"
+        return Answer("Coordinator", f"Whom should I send it to? Known peers: {known}.", ok=False)
+    r = await ctx.tools.call("mesh.send", {"peer": named[0]["peer_id"], "text": body})
+    return Answer("Coordinator", f"Sent to {named[0]['nickname']}: {body!r} (message {r['id']}).", data=r)
 
 
 async def polyglot(ctx: AgentContext, request: str) -> Answer:
@@ -311,7 +321,10 @@ async def magi(ctx: AgentContext, request: str) -> Answer:
 
 
 async def maker(ctx: AgentContext, request: str) -> Answer:
-    return await _rag_answer(ctx, request, domain="repair build")
+    a = await _rag_answer(ctx, request, k=2)
+    if a.ok:
+        a.text = "Repair notes from the knowledge base (check power is off first):\n" + a.text.split("\n", 1)[1]
+    return a
 
 
 HANDLERS: dict[str, Handler] = {
