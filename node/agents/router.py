@@ -97,19 +97,20 @@ class Router:
             xs.append(all_vecs)
             ys += [i] * len(all_vecs)
             docs.append(Counter(w for t in [*texts, *self._fb_texts[i]] for w in words(t)))
-        x = np.vstack(xs)
+        x = np.vstack(xs).astype(np.float64)
         y = np.array(ys)
         n_cls = len(self.names)
         warm = self._w is not None
         w = self._w if self._w is not None else np.zeros((n_cls, x.shape[1]), dtype=np.float64)
         b = self._b
         for _ in range(s.refit_steps if warm else s.fit_steps):
-            z = (x @ w.T + b) * s.temperature
+            # einsum's own loops, not BLAS: for matrices this small, BLAS threads only contend on a busy machine
+            z = (np.einsum("nd,cd->nc", x, w) + b) * s.temperature
             z -= z.max(axis=1, keepdims=True)
             p = np.exp(z)
             p /= p.sum(axis=1, keepdims=True)
             p[np.arange(len(y)), y] -= 1.0
-            w -= s.fit_rate * (p.T @ x / len(y) + s.l2 * w)
+            w -= s.fit_rate * (np.einsum("nc,nd->cd", p, x) / len(y) + s.l2 * w)
             b -= s.fit_rate * p.mean(axis=0)
         self._w, self._b = w, b
         df = Counter(word for d in docs for word in d)

@@ -290,12 +290,17 @@ class Vote:
     value: Value
     voter: bytes
     signature: bytes
+    # The sign-bytes as received (parsing re-derives every field from them, so they are canonical); saves
+    # rebuilding them for the signature check. Not part of equality.
+    raw: bytes = field(default=b"", compare=False, repr=False)
 
     @property
     def slot(self) -> tuple[int, int, VoteType]:
         return (self.epoch, self.round, self.vote_type)
 
     def message(self) -> bytes:
+        if self.raw:
+            return self.raw
         return sign_bytes(self.namespace, self.epoch, self.proposal_hash, self.round, self.vote_type, self.value)
 
     def encode(self) -> bytes:
@@ -360,7 +365,7 @@ def vote_from_bytes_untrusted(data: bytes) -> Vote:
     ns, epoch, h, round_, vtype, value, pos = _parse_sign_bytes(data, 1 + KEY_BYTES)
     if len(data) != pos + SIG_BYTES:
         raise MalformedFrame("vote length mismatch")
-    return Vote(ns, epoch, h, round_, vtype, value, voter, data[pos:])
+    return Vote(ns, epoch, h, round_, vtype, value, voter, data[pos:], data[1 + KEY_BYTES : pos])
 
 
 def verify_vote(vote: Vote, electorate: Electorate) -> bool:
