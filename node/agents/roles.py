@@ -307,6 +307,14 @@ def _not_yet(reason: str) -> Handler:
     return handle
 
 
+async def sword(ctx: AgentContext, request: str) -> Answer:
+    results = await ctx.tools.call("sim.adversarial", {})
+    failed = [r["attack"] for r in results if not r["held"]]
+    text = f"{len(results) - len(failed)} of {len(results)} defences held"
+    text += f"; FAILED: {', '.join(failed)}" if failed else "."
+    return Answer("Sword", text, data=results, ok=not failed)
+
+
 async def magi(ctx: AgentContext, request: str) -> Answer:
     if ctx.llm is None:
         return Answer("Magi", "Writing code needs the language model, which is off on this node.", ok=False)
@@ -345,7 +353,7 @@ HANDLERS: dict[str, Handler] = {
     "Tutor": tutor,
     "Magi": magi,
     "Maker": maker,
-    "Sword": _not_yet("the adversarial simulator tool (sim.adversarial) is not built"),
+    "Sword": sword,
     "Banker": _not_yet("there is no savings-group ledger (ledger.read) on this node"),
     "Merchant": _not_yet("there is no marketplace (market.offers) on this node"),
     "Oracle": _not_yet("forecasting needs a history of measurements, which the node does not keep yet"),

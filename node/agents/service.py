@@ -156,7 +156,13 @@ class AgentsService:
             c = await self.llm.complete([Message("user", str(args.get("prompt", "")))])
             return {"text": c.text, "tokens": c.tokens}
 
+        async def selftest(_: Mapping[str, Any]) -> Any:
+            from node.agents.selftest import run_selftest
+
+            return await trio.to_thread.run_sync(run_selftest)
+
         for name, fn in (
+            ("sim.adversarial", selftest),
             ("agents.list", agents_list),
             ("audit.read", audit_read),
             ("agents.trace", agents_trace),

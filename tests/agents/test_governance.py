@@ -305,3 +305,11 @@ def test_mutated_votes_never_crash_the_core(noise: bytes, at: int) -> None:
     assert r.status in (ACCEPTED, REJECTED)
     if r.status == ACCEPTED:
         assert data == good
+
+
+def test_swords_adversarial_selftest_finds_every_defence_holding() -> None:
+    from node.agents.selftest import run_selftest
+
+    results = run_selftest(seed=3, flood=100)
+    assert len(results) == 10
+    assert [r["attack"] for r in results if not r["held"]] == []
