@@ -138,19 +138,14 @@ class AgentsService:
             return policy_check(str(args.get("text", "")))
 
         async def gov_status(_: Mapping[str, Any]) -> Any:
-            g = self.gov
-            assert g is not None
-            return {
-                "epoch": g.epoch,
-                "electorate": [[k.hex(), p] for k, p in g.electorate.members],
-                "proposals": [{"hash": p.hash.hex(), **p.action.to_json()} for p in g.all_proposals()],
-                "certificates": [c.to_json() for c in g.certificates.values()],
-                "state": g.state(),
-            }
+            return self.gov_status()
 
         async def gov_evidence(_: Mapping[str, Any]) -> Any:
             assert self.gov is not None
             return [e.to_json() for e in self.gov.evidence.values()]
+
+        async def gov_propose(args: Mapping[str, Any]) -> Any:
+            return await self.propose(str(args.get("kind", "")), str(args.get("key", "")), args.get("value"))
 
         async def llm_complete(args: Mapping[str, Any]) -> Any:
             c = await self.llm.complete([Message("user", str(args.get("prompt", "")))])
@@ -170,6 +165,7 @@ class AgentsService:
             ("policy.check", policy),
             ("gov.status", gov_status),
             ("gov.evidence", gov_evidence),
+            ("gov.propose", gov_propose),
             ("llm.complete", llm_complete),
         ):
             t.add(name, fn)
@@ -205,6 +201,85 @@ class AgentsService:
 
     async def feedback(self, request_id: str, agent: str) -> dict[str, Any]:
         return await (await self._king()).feedback(request_id, agent)
+
+    # ------------------------------------------------------------------------------------ governance
+
+    def _propose_sync(self, kind: str, key: str, value: Any, ttl_s: float, now_ms: int) -> dict[str, Any]:
+        """Propose in the next free round of the current epoch and vote as this node (persisted before use).
+        With this node as the whole electorate (the default local electorate) the certificate forms at once;
+        with others, their votes decide (gossip over the mesh is not wired yet)."""
+        from node.agents.governance import MEMBERSHIP_ROUND, Action, ActionKind, Voter, make_proposal
+
+        g, store, node = self.gov, self.gov_store, self._node
+        assert g is not None and node is not None
+        try:
+            action = Action(ActionKind(kind), key, value)
+        except ValueError as exc:
+            raise AgentError(f"kind must be one of config, policy, admit, remove, not {kind!r}") from exc
+        if action.kind in (ActionKind.ADMIT, ActionKind.REMOVE):
+            round_ = MEMBERSHIP_ROUND
+        else:
+            used = {r for (e, r) in g.certificates if e == g.epoch} | {
+                p.round for p in g.all_proposals() if p.epoch == g.epoch
+            }
+            round_ = next(r for r in range(len(used) + 1) if r not in used)
+        me = node.identity.signing_key
+        p = make_proposal(
+            g.namespace,
+            g.epoch,
+            round_,
+            action,
+            expires_at_ms=now_ms + int(ttl_s * 1000),
+            proposer=bytes(me.verify_key),
+        )
+        if not g.add_proposal(p, now_ms):
+            raise AgentError("the proposal was refused (slot taken, or this node is not a member)")
+        voter = Voter(me, g, store.signed() if store is not None else None)
+        if store is not None:
+            store.save_proposal(p)
+        for step in ("prevote", "precommit"):
+            vote = (
+                voter.on_proposal(p, now_ms) if step == "prevote" else voter.maybe_precommit(p.epoch, p.round, now_ms)
+            )
+            if vote is None:
+                break
+            if store is not None:
+                store.save_signed(vote)
+                store.save_vote(vote)
+            r = g.receive_vote(vote, now_ms)
+            if r.certificate is not None and store is not None:
+                store.save_certificate(r.certificate)
+        executed = g.execute_ready()
+        cert = g.certificates.get((p.epoch, p.round))
+        return {
+            "proposal": p.hash.hex(),
+            "epoch": p.epoch,
+            "round": p.round,
+            "certificate": cert.to_json() if cert else None,
+            "executed": [{"epoch": x.epoch, "round": x.round, "value": x.value.name.lower()} for x in executed],
+            "state": g.state(),
+        }
+
+    def gov_status(self) -> dict[str, Any]:
+        g = self.gov
+        if g is None:
+            raise AgentError("the agents service is not running")
+        return {
+            "namespace": g.namespace,
+            "epoch": g.epoch,
+            "electorate": [[k.hex(), p] for k, p in g.electorate.members],
+            "proposals": [{"hash": p.hash.hex(), "round": p.round, **p.action.to_json()} for p in g.all_proposals()],
+            "certificates": [c.to_json() for c in g.certificates.values()],
+            "evidence": len(g.evidence),
+            "state": g.state(),
+        }
+
+    async def propose(self, kind: str, key: str, value: Any, *, ttl_s: float = 3600.0) -> dict[str, Any]:
+        assert self._node is not None
+        now_ms = self._node.clock.wall_ms()
+        return await trio.to_thread.run_sync(
+            self._propose_sync, kind, key, value, ttl_s, now_ms, limiter=self.db_limiter
+        )
 
     async def trace(self, request_id: str) -> dict[str, Any] | None:
         assert self.traces is not None
