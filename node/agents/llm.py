@@ -184,6 +184,9 @@ class LocalLlm:
     def _complete_sync(self, chat: list[dict[str, str]], max_tokens: int, stop: list[str]) -> Completion:
         with self._lock:
             model = self._load()
+            # Forget the previous prompt (llama-cpp-python would reuse a matching cached prefix). Even so, a
+            # reused context is not bit-identical to a fresh one: late tokens of a greedy answer can differ.
+            model.reset()
             try:
                 out = model.create_chat_completion(
                     messages=chat,
