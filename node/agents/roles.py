@@ -318,9 +318,12 @@ async def sword(ctx: AgentContext, request: str) -> Answer:
 async def magi(ctx: AgentContext, request: str) -> Answer:
     if ctx.llm is None:
         return Answer("Magi", "Writing code needs the language model, which is off on this node.", ok=False)
+    # Think first (hidden: the notes go to this node's trace only, never into the answer or to a peer).
+    notes = await ctx.think(f"List the steps to solve this programming task, briefly: {request}")
     c = await ctx.llm.complete(
         [
             Message("system", "You are a careful programmer. Answer with short code and one line of explanation."),
+            *([Message("assistant", f"Plan: {notes}")] if notes else []),
             Message("user", request),
         ],
         max_tokens=160,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import http.server
+import json
 import subprocess
 import sys
 import threading
@@ -172,3 +173,26 @@ async def test_king_routes_a_translation_to_polyglot_which_uses_the_model() -> N
     out = await king.ask("Translate from English to French: Good morning")
     assert out["steps"][0]["agent"] == "Polyglot"
     assert "bonjour" in out["answer"].lower()
+
+
+@pytest.mark.slow
+@needs_llama
+async def test_magi_thinks_in_a_hidden_scratchpad_kept_in_the_trace_only() -> None:
+    from node.agents.king import King
+    from node.agents.roster import load_roster
+    from node.agents.router import Router
+    from node.agents.tools import Tools
+    from node.agents.trace import TraceStore
+    from node.rag.embed import Embedder
+
+    roster = load_roster()
+    router = await trio.to_thread.run_sync(Router, roster, Embedder().embed)
+    traces = TraceStore(None)
+    king = King(roster, router, Tools(), llm=LocalLlm(GREEDY), traces=traces)
+    out = await king.ask("write a python function that adds two numbers", agent="Magi")
+    trace = traces.get(out["id"])
+    assert trace is not None
+    thoughts = [s["detail"] for s in trace["steps"] if s["kind"] == "thought"]
+    assert len(thoughts) == 1 and thoughts[0]
+    assert thoughts[0] not in out["answer"]  # the answer (what may leave the node) carries no thought
+    assert all("thought" not in json.dumps(step) for step in out["steps"])
