@@ -100,13 +100,21 @@ def governance(votes: int) -> list[str]:
         f"(the minimum > 2/3), {len(full.encode())} bytes with all {len(full.signers)}"
     )
     n = max(5, votes // 400)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        verify_certificate(quorum, e, NS)
-    cert_rate = n / (time.perf_counter() - t0)
+    sample = bare[:67]
+    cert_rate = base_rate = 0.0
+    for _ in range(3):  # interleaved best of 3, like the votes
+        t0 = time.perf_counter()
+        for _ in range(n):
+            verify_certificate(quorum, e, NS)
+        cert_rate = max(cert_rate, n / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        for _ in range(n):
+            for vk, m, s in sample:
+                vk.verify(m, s)
+        base_rate = max(base_rate, n / (time.perf_counter() - t0))
     lines.append(
         f"governance.certificates_verified_per_s: {cert_rate:,.1f} certs/s (ratio vs 67 bare verifies "
-        f"{cert_rate * 67 / bare_rate:.2f})"
+        f"{cert_rate / base_rate:.2f})"
     )
     return lines
 
