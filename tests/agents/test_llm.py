@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import http.server
 import json
-import os
 import subprocess
 import sys
 import threading
