@@ -38,6 +38,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "node.mailbox.plugin:PLUGIN",
     "node.twin.plugin:PLUGIN",
     "node.mcp.plugin:PLUGIN",
+    "node.agents.plugin:PLUGIN",
 )
 
 

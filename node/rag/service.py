@@ -466,6 +466,30 @@ class RagService:
             st["db_bytes"] = self._store.path.stat().st_size
         return st
 
+    async def compact(self) -> dict[str, Any]:
+        """Housekeeping (the Gardener agent): merge the FTS5 segments, VACUUM, rebuild the dense index from the
+        stored vectors and save it. Returns the database size before and after."""
+        await self._open()
+        return dict(await self._run_db(self._compact_sync))
+
+    def _compact_sync(self) -> dict[str, Any]:
+        assert self._store is not None and self._index is not None
+        path = self._store.path
+
+        def size() -> int | None:
+            return path.stat().st_size if path is not None and path.exists() else None
+
+        before = size()
+        for table in ("chunks_fts", "shared_fts"):
+            self._store.conn.execute(f"INSERT INTO {table}({table}) VALUES('optimize')")
+        if path is not None:
+            self._store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._store.conn.execute("VACUUM")
+        vectors = self._index.rebuild(self._store)
+        self._save_index()
+        self.counters["compactions"] = self.counters.get("compactions", 0) + 1
+        return {"db_bytes_before": before, "db_bytes_after": size(), "vectors_reindexed": vectors}
+
     async def documents(self, *, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         store = await self._open()
         docs = await trio.to_thread.run_sync(lambda: store.documents(limit=limit, offset=offset), limiter=self._db)
