@@ -43,6 +43,7 @@ from node.routing.mesh import (
     PeerLeft,
     PrivateFailed,
 )
+from node.routing.names import describe
 from node.systemd import sd_notify
 from node.transports.base import FrameSizeError, Link, LinkClosed, Transport
 
@@ -560,8 +561,7 @@ class Node:
                 "(a full 16-hex-digit peer ID is accepted for a peer not heard from yet)"
             )
         if len(matches) > 1:
-            names = ", ".join(f"{p.peer_id.hex()} ({p.nickname})" for p in matches)
-            raise MeshError(f"{ref!r} matches several peers: {names}; use a full peer ID")
+            raise MeshError(f"{ref!r} matches several peers: {describe(matches)}; use a full peer ID")
         return matches[0].peer_id
 
     async def connect(self, addr: str) -> Link:

@@ -168,7 +168,11 @@ class Adversary(RuleBasedStateMachine):
         core = self.wire.cores[src]
         if len(core.pending) >= min(core.settings.max_pending_per_peer, 8):
             return
-        message_id = self.wire.send_private(src, dst, "m" * size)
+        # As the daemon sends (Node.send_private): by full peer ID, known or not — an announce flood may have pushed
+        # the peer out of the sender's table; the message must still get there.
+        message_id = core.new_message_id()
+        core.queue_private(message_id, self.wire.cores[dst].peer_id, "m" * size, self.now)
+        self.wire._drain(src)
         self.expected[message_id] = dst
 
     @rule()
