@@ -13,7 +13,8 @@ amplification), then ``--honest`` private messages from A to V, pumped over H un
 Figures (one line each):
 
 * ``hostile.rss_mib`` — resident set size after each tenth of the attack and at the end: the plateau;
-* ``hostile.tracemalloc_mib`` — Python heap traced by tracemalloc at the same points (``--tracemalloc``; slower);
+* ``hostile.tracemalloc_mib`` — Python heap allocated by the core's code (``node/routing``, ``node/wire``,
+  ``node/crypto``; the attacker's own identity cache is not counted) at the same points (``--tracemalloc``; slower);
 * ``hostile.frames_per_s`` — hostile frames V takes per wall-clock second;
 * ``hostile.amplification`` — frames V sends per hostile frame;
 * ``hostile.honest_ratio`` — honest messages per second of pumping under attack / in a quiet run of the same
@@ -64,6 +65,15 @@ def make_core(seed: int, nickname: str) -> MeshCore:
 def rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+CORE_FILES = [tracemalloc.Filter(True, f"*/node/{pkg}/*") for pkg in ("routing", "wire", "crypto")]
+
+
+def core_heap_mib() -> float:
+    """Python heap allocated by the node core's own code (the attacker's identity cache and frames excluded)."""
+    snap = tracemalloc.take_snapshot().filter_traces(CORE_FILES)
+    return sum(stat.size for stat in snap.statistics("filename")) / 2**20
 
 
 @dataclass
@@ -231,7 +241,7 @@ def run(frames: int, identities: int, rounds: int, honest: int, seed: int, *, tr
         if r in checkpoints:
             res.rss.append(rss_mib())
             if traced:
-                res.traced.append(tracemalloc.get_traced_memory()[0] / 2**20)
+                res.traced.append(core_heap_mib())
     if traced:
         tracemalloc.stop()
     res.dropped_out = pair.dropped_out
