@@ -2,6 +2,7 @@
 neighbours (:mod:`node.sim.adversary`).
 
     python bench/hostile_mesh.py [--n 200] [--hostile 0.1] [--loss 0.1] [--messages 200] [--seed 1]
+                                [--kinds flooder,replayer,handshaker,liar] [--no-baseline]
 
 A random geometric mesh of ``--n`` nodes (mean degree 8, as ``bench/mesh_sim.py``), ``--loss`` per frame; a
 ``--hostile`` share of the nodes (chosen at random) attack from ``ATTACK_START_S``, kinds in turn. After the warm-up,
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from node.config import MeshSection
 from node.sim import LinkModel, Simulation, random_geometric
-from node.sim.adversary import attach
+from node.sim.adversary import KINDS, attach
 
 WARMUP_S = 45.0
 SEND_SPACING_S = 0.5
@@ -39,13 +40,21 @@ def send(sim: Simulation, src: int, dst: int) -> None:
     sim.send_private(src, dst, f"m{src}>{dst}")
 
 
-def run(n: int, hostile: float, loss: float, messages: int, seed: int, budget_s: float = 900.0) -> str:
+def run(
+    n: int,
+    hostile: float,
+    loss: float,
+    messages: int,
+    seed: int,
+    budget_s: float = 900.0,
+    kinds: tuple[str, ...] = KINDS,
+) -> str:
     topo = random_geometric(n, seed=seed, mean_degree=MEAN_DEGREE)
     rng = random.Random(seed)
     bad = sorted(rng.sample(range(n), round(n * hostile))) if hostile else []
     honest = [i for i in range(n) if i not in set(bad)]
     sim = Simulation(topo, LinkModel(loss=loss), MeshSection(), seed=seed)
-    kinds = attach(sim, bad, seed=seed, start_s=ATTACK_START_S)
+    used = attach(sim, bad, seed=seed, start_s=ATTACK_START_S, kinds_used=kinds)
     for k in range(messages):
         src = rng.choice(honest)
         ds = topo.hop_distances(src)
@@ -59,7 +68,7 @@ def run(n: int, hostile: float, loss: float, messages: int, seed: int, budget_s:
     r = sim.report()
     delivered = sum(1 for u in sim.unicasts if u.delivered_s is not None)
     sent = len(sim.unicasts)
-    count = {k: sum(1 for v in kinds.values() if v == k) for k in sorted(set(kinds.values()))}
+    count = {k: sum(1 for v in used.values() if v == k) for k in sorted(set(used.values()))}
     cut = "" if sim.now >= end else f" [INCOMPLETE: wall budget hit at {sim.now:.0f} of {end:.0f} sim s]"
     return (
         f"hostile_mesh.unicast.n{n}.hostile{round(hostile * 100)}.loss{round(loss * 100)}: delivery "
@@ -78,8 +87,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--budget-s", type=float, default=900.0, help="wall-clock seconds per run before it stops")
     ap.add_argument("--no-baseline", action="store_true", help="skip the run without hostile nodes")
+    ap.add_argument("--kinds", default=",".join(KINDS), help="hostile kinds, comma-separated (in turn)")
     args = ap.parse_args()
-    print(run(args.n, args.hostile, args.loss, args.messages, args.seed, args.budget_s), flush=True)
+    kinds = tuple(args.kinds.split(","))
+    print(run(args.n, args.hostile, args.loss, args.messages, args.seed, args.budget_s, kinds), flush=True)
     if not args.no_baseline:
         print(run(args.n, 0.0, args.loss, args.messages, args.seed, args.budget_s), flush=True)
 

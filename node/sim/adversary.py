@@ -30,14 +30,21 @@ BURST_FRAMES = 5  # frames per burst (one hostile frame per second per node)
 REPLAY_MEMORY = 256  # frames a replayer keeps
 
 
-def attach(sim: Simulation, hostile_nodes: list[int], *, seed: int = 0, start_s: float = 5.0) -> dict[int, str]:
-    """Make ``hostile_nodes`` hostile (kinds in turn); returns node -> kind."""
+def attach(
+    sim: Simulation,
+    hostile_nodes: list[int],
+    *,
+    seed: int = 0,
+    start_s: float = 5.0,
+    kinds_used: tuple[str, ...] = KINDS,
+) -> dict[int, str]:
+    """Make ``hostile_nodes`` hostile (``kinds_used`` in turn); returns node -> kind."""
     rng = random.Random(seed ^ 0x5EED)
     hostile = set(hostile_nodes)
     honest_ids = [pid for i, pid in enumerate(sim.peer_ids) if i not in hostile]
     kinds: dict[int, str] = {}
     for k, i in enumerate(sorted(hostile)):
-        kind = KINDS[k % len(KINDS)]
+        kind = kinds_used[k % len(kinds_used)]
         kinds[i] = kind
         forger = Forger(sim.peer_ids[i], random.Random(rng.getrandbits(64)), seed * 1000 + i)
         if kind == "liar":
