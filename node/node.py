@@ -346,9 +346,10 @@ class Node:
         sender's resend is delivered (and acked) again."""
         core = self._require_core()
         frames = core.frames_to_send()
-        stored = True
+        failed_before = self.inbox_store_failed  # (a counter: a flush nested in an event's handling counts too)
         while (event := core.next_event()) is not None:
-            stored = self._on_event(event) and stored
+            self._on_event(event)
+        stored = self.inbox_store_failed == failed_before
         if not stored:
             core.hoparq.forget_frames(frames)  # nor by a hop retransmission
             frames = []
