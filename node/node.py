@@ -27,7 +27,7 @@ from node.control.methods import build_registry
 from node.control.server import ControlServer
 from node.errors import MeshError, NodeError
 from node.identity import Identity, fingerprint_from_noise_key
-from node.inbox import Inbox, InboxMessage
+from node.inbox import Inbox, InboxError, InboxMessage
 from node.outbox import Outbox, OutboxError
 from node.pinfile import PinFile, PinFileError
 from node.routing.app import AppRemoteError, AppRequestReceived, AppResponseReceived, AppTimeout
@@ -41,6 +41,7 @@ from node.routing.mesh import (
     PeerLeft,
     PrivateFailed,
 )
+from node.routing.names import describe
 from node.settings import Config
 from node.systemd import sd_notify
 from node.transports.base import FrameSizeError, Link, LinkClosed, Transport
@@ -127,6 +128,7 @@ class Node:
         self._follower_sends: dict[trio.MemoryReceiveChannel[InboxMessage], trio.MemorySendChannel[InboxMessage]] = {}
         self.outgoing: OrderedDict[str, OutgoingMessage] = OrderedDict()
         self.dropped_link_frames = 0
+        self.inbox_store_failed = 0  # messages the inbox could not store (their acks withheld)
         self._overflowing: set[str] = set()  # links already warned about a full send queue
         self._nursery: trio.Nursery | None = None
         self._rearm = trio.Event()
@@ -222,9 +224,11 @@ class Node:
         await self._ready.wait()
 
     def deliver_mailbox_envelope(self, envelope: bytes) -> bool:
-        """An envelope fetched from an anchor: opened into the inbox (stored on return). False if unopenable."""
+        """An envelope fetched from an anchor: opened into the inbox (committed on return). False if unopenable;
+        :class:`InboxError` if it could not be stored (then the anchor must keep it: no mailbox ack)."""
         opened = self._require_core().receive_mailbox_envelope(envelope, self.clock.now())
-        self._flush()
+        if not self._flush():
+            raise InboxError("a mailbox envelope could not be stored in the inbox; it stays at the anchor")
         return opened
 
     def _restore_outbox(self) -> None:
@@ -343,9 +347,21 @@ class Node:
             raise MeshError("the node is not running")
         return self.core
 
-    def _flush(self) -> None:
+    def _flush(self) -> bool:
+        """Hand the core's events and frames on. Durable receipt: the events go first, so a delivered message's inbox
+        row is committed before the frames of the same step (its delivery ack among them) leave; if a row could
+        not be stored, none of them leave (returns False) and the core forgets it delivered the message, so the
+        sender's resend is delivered (and acked) again."""
         core = self._require_core()
-        for link_id, frame in core.frames_to_send():
+        frames = core.frames_to_send()
+        failed_before = self.inbox_store_failed  # (a counter: a flush nested in an event's handling counts too)
+        while (event := core.next_event()) is not None:
+            self._on_event(event)
+        stored = self.inbox_store_failed == failed_before
+        if not stored:
+            core.output.hoparq.forget_frames(frames)  # nor by a hop retransmission
+            frames = []
+        for link_id, frame in frames:
             q = self._queues.get(link_id)
             if q is None:
                 continue
@@ -362,8 +378,6 @@ class Node:
                         q.queued_frames,
                         q.queued_bytes,
                     )
-        while (event := core.next_event()) is not None:
-            self._on_event(event)
         if changes := core.pins.take_changes():
             try:
                 self.pin_file.apply(changes)
@@ -371,6 +385,7 @@ class Node:
                 log.warning("%s", exc)
         self._rearm.set()
         self._notify_changed()
+        return stored
 
     def _notify_changed(self) -> None:
         self._changed.set()
@@ -396,22 +411,29 @@ class Node:
                 core.handle_timer(now)
                 self._flush()
 
-    def _on_event(self, event: MeshEvent) -> None:
+    def _on_event(self, event: MeshEvent) -> bool:
+        """Act on one core event; False when a received message could not be stored."""
         if isinstance(event, MessageReceived):
             inbox = self.inbox
             assert inbox is not None
-            stored = inbox.add(
-                id=event.message_id,
-                sender=event.sender_id.hex(),
-                nickname=event.sender_nickname,
-                text=event.text,
-                private=event.private,
-                received_at_ms=self.clock.wall_ms(),
-                sent_at_ms=event.timestamp_ms,
-                hops=event.hops,
-            )
+            try:
+                stored = inbox.add(
+                    id=event.message_id,
+                    sender=event.sender_id.hex(),
+                    nickname=event.sender_nickname,
+                    text=event.text,
+                    private=event.private,
+                    received_at_ms=self.clock.wall_ms(),
+                    sent_at_ms=event.timestamp_ms,
+                    hops=event.hops,
+                )
+            except InboxError as exc:
+                self.inbox_store_failed += 1
+                self._forget_received(event)
+                log.error("%s; no delivery ack is sent, the sender will resend", exc)
+                return False
             if stored is None:
-                return
+                return True
             log.info(
                 "%s message %s from %s (%s)",
                 "private" if event.private else "public",
@@ -456,6 +478,13 @@ class Node:
             if waiter is not None:
                 waiter.answer = event
                 waiter.done.set()
+        return True
+
+    def _forget_received(self, event: MessageReceived) -> None:
+        """The core must not take a resend of an unstored private message for a duplicate (it would ack it)."""
+        if not event.private:
+            return
+        self._require_core().forget_received(event.sender_id, event.message_id)
 
     # ------------------------------------------------------------ app channel (node.routing.app)
     def register_app_handler(self, service: str, handler: AppHandler) -> None:
@@ -575,8 +604,7 @@ class Node:
                 "(a full 16-hex-digit peer ID is accepted for a peer not heard from yet)"
             )
         if len(matches) > 1:
-            names = ", ".join(f"{p.peer_id.hex()} ({p.nickname})" for p in matches)
-            raise MeshError(f"{ref!r} matches several peers: {names}; use a full peer ID")
+            raise MeshError(f"{ref!r} matches several peers: {describe(matches)}; use a full peer ID")
         return matches[0].peer_id
 
     async def connect(self, addr: str) -> Link:
@@ -697,7 +725,11 @@ class Node:
             "outbox": self._require_outbox().counts(),
             "routes": len(core.paths.all_routes(now)),
             "data_dir": str(self.config.data_dir),
-            "counters": {**_as_dict(core.counters), "link_queue_dropped": self.dropped_link_frames},
+            "counters": {
+                **_as_dict(core.counters),
+                "link_queue_dropped": self.dropped_link_frames,
+                "inbox_store_failed": self.inbox_store_failed,
+            },
             "app_counters": _as_dict(core.app.counters),
             "contained": dict(core.containment.by_cause),  # frames/timer tasks a failure ended, by cause
             "transport_counters": {t.name: _as_dict(t.counters) for t in self.transports if hasattr(t, "counters")},

@@ -258,6 +258,11 @@ class MeshCore:
     def pending(self) -> PendingSet:
         return self.delivery.pending
 
+    def forget_received(self, sender: bytes, message_id: str) -> None:
+        """The node could not store a received private message: a resend of it is a new delivery (acked again once
+        stored), not a duplicate."""
+        self.delivery.seen_private.pop(f"{sender.hex()}:{message_id}", None)
+
     def bounded_sizes(self) -> dict[str, tuple[int, int]]:
         """Every structure remote input can grow: name -> (current size, bound). Entries unless the name ends in
         ``_bytes``. For invariant checks (the adversarial tests) and diagnostics; each bound is a config key or a

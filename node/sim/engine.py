@@ -329,6 +329,14 @@ class Simulation:
         self._drain(i)
         return rec
 
+    def inject(self, i: int, frame: bytes) -> None:
+        """Put ``frame`` on every up link of node ``i``, past its core: a hostile node's radio
+        (:mod:`node.sim.adversary`)."""
+        self._check_node(i)
+        for d in self._out[i].values():
+            if d.up:
+                self._transmit(d, frame)
+
     # ------------------------------------------------------------ the loop
     def run_until(self, t_end: float) -> None:
         """Process every event due at or before simulated time ``t_end``; then ``now == t_end``.
