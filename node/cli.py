@@ -30,6 +30,7 @@ from node.control.errors import ClientError
 from node.errors import ConfigError, IdentityError, NodeError, StartupError
 from node.identity import create_identity, ensure_private_dir, identity_exists, load_identity
 from node.rag import cli as rag_cli
+from node.textsafe import safe_json, safe_text
 from node.transports.base import Transport
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ class CliError(Exception):
 
 def _emit(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> None:
     if getattr(args, "json", False):
-        print(json.dumps(data, indent=2, ensure_ascii=False))
+        print(safe_json(json.dumps(data, indent=2, ensure_ascii=False)))
     else:
         text = human(data)
         if text:
@@ -56,6 +57,7 @@ def _emit(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> N
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
+    rows = [[safe_text(c) for c in row] for row in rows]  # cells hold peers' nicknames, IDs and texts
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in [headers, *rows]]
     return "\n".join(lines)
@@ -221,7 +223,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
     if args.wait:
         with ControlClient(_socket(args), timeout_s=args.timeout + 10) as client:
             info = client.call("peers.wait", peer=args.wait, timeout_s=args.timeout, direct=args.direct)
-        _emit(args, info, lambda p: f"{p['peer_id']} ({p['nickname']}) is reachable via {p['transport']}")
+        _emit(args, info, lambda p: f"{p['peer_id']} ({safe_text(p['nickname'])}) is reachable via {p['transport']}")
         return EXIT_OK
 
     def human(peers: list[dict[str, Any]]) -> str:
@@ -253,7 +255,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     with ControlClient(_socket(args), timeout_s=args.wait + 10) as client:
         sent = client.call("messages.send", peer=args.peer, text=args.text)
         state = client.call("messages.wait", id=sent["id"], timeout_s=args.wait)
-    _emit(args, state, lambda d: f"{d['id']}  {d['state']}{'  ' + d['detail'] if d['detail'] else ''}")
+    _emit(args, state, lambda d: f"{d['id']}  {d['state']}{'  ' + safe_text(d['detail']) if d['detail'] else ''}")
     return EXIT_OK if state["state"] == "delivered" else EXIT_FAIL
 
 
@@ -266,14 +268,15 @@ def cmd_message(args: argparse.Namespace) -> int:
     _emit(
         args,
         _call(args, "messages.status", id=args.id),
-        lambda d: f"{d['id']}  {d['state']}{'  ' + d['detail'] if d['detail'] else ''}",
+        lambda d: f"{d['id']}  {d['state']}{'  ' + safe_text(d['detail']) if d['detail'] else ''}",
     )
     return EXIT_OK
 
 
 def _inbox_line(m: dict[str, Any]) -> str:
     kind = "private" if m["private"] else "public "
-    return f"[{_ms_to_local(m['received_at_ms'])}] {kind} {m['nickname']} ({m['from'][:8]}): {m['text']}"
+    nickname, sender, text = safe_text(m["nickname"]), safe_text(m["from"][:8]), safe_text(m["text"])
+    return f"[{_ms_to_local(m['received_at_ms'])}] {kind} {nickname} ({sender}): {text}"
 
 
 def cmd_inbox(args: argparse.Namespace) -> int:
@@ -293,7 +296,7 @@ def cmd_inbox(args: argparse.Namespace) -> int:
 
 
 def _print_inbox(args: argparse.Namespace, m: dict[str, Any]) -> None:
-    print(json.dumps(m, ensure_ascii=False) if args.json else _inbox_line(m), flush=True)
+    print(safe_json(json.dumps(m, ensure_ascii=False)) if args.json else _inbox_line(m), flush=True)
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
@@ -381,7 +384,7 @@ def cmd_rpc(args: argparse.Namespace) -> int:
         raise CliError(f"PARAMS must be a JSON object: {exc}", EXIT_USAGE) from None
     if not isinstance(params, dict):
         raise CliError("PARAMS must be a JSON object", EXIT_USAGE)
-    print(json.dumps(_call(args, args.method, **params), indent=2, ensure_ascii=False))
+    print(safe_json(json.dumps(_call(args, args.method, **params), indent=2, ensure_ascii=False)))
     return EXIT_OK
 
 
@@ -478,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"village: {exc}", file=sys.stderr)
         return exc.code
     except (ClientError, IdentityError, StartupError) as exc:
-        print(f"village: {exc}", file=sys.stderr)
+        print(f"village: {safe_text(exc)}", file=sys.stderr)  # may name peers (their nicknames)
         return EXIT_FAIL
     except ConfigError as exc:
         print(f"village: configuration error: {exc}", file=sys.stderr)
