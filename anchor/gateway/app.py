@@ -39,6 +39,7 @@ from anchor.gateway.auth import (
     basic_credentials,
     bearer_token,
     check_role_scopes,
+    ip_bucket,
     narrow_scopes,
 )
 from anchor.gateway.errors import (
@@ -340,7 +341,7 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
 
     async def limit_ip(request: Request) -> str:
         ip = request.client.host if request.client else "unknown"
-        await limit(f"ip:{ip}", settings.ip_rate_per_s, settings.ip_burst)
+        await limit(f"ip:{ip_bucket(ip)}", settings.ip_rate_per_s, settings.ip_burst)
         return ip
 
     async def authenticate(authorization: str | None) -> Principal:
@@ -558,7 +559,7 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
             auth = "Bearer " + websocket.query_params["access_token"]
         try:
             ip = websocket.client.host if websocket.client else "unknown"
-            await limit(f"ip:{ip}", settings.ip_rate_per_s, settings.ip_burst)
+            await limit(f"ip:{ip_bucket(ip)}", settings.ip_rate_per_s, settings.ip_burst)
             principal = await authenticate(auth)
             principal.require(SCOPE_EVENTS_READ)
             if ctx.event_streams >= settings.max_event_streams:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 import secrets
 from collections.abc import Iterable
@@ -117,6 +118,26 @@ def narrow_scopes(granted: frozenset[str], requested: str | None) -> frozenset[s
     if extra:
         raise Forbidden(f"the key does not hold scope(s) {' '.join(sorted(extra))}", code="invalid_scope")
     return wanted
+
+
+# The per-IP rate limit counts an IPv6 client by its /64: one subscriber (or one cloud VM) gets a whole /64 and can
+# pick any of its 2^64 addresses per request, so keying on the full address would give it 2^64 buckets.
+IPV6_BUCKET_PREFIX = 64
+
+
+def ip_bucket(host: str) -> str:
+    """The per-IP rate-limit bucket of a client address: IPv4 by its address (/32), IPv6 by its /64, an
+    IPv4-mapped IPv6 address (``::ffff:192.0.2.7``) as the IPv4 address. Anything else (``unknown``, a Unix
+    socket path) is its own bucket."""
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])  # without a zone index (fe80::1%eth0)
+    except ValueError:
+        return host
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, IPV6_BUCKET_PREFIX), strict=False))
+    return str(addr)
 
 
 def load_or_create_secret(data_dir: Path) -> bytes:
