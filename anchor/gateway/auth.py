@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import ipaddress
+import logging
 import os
 import secrets
 from collections.abc import Iterable
@@ -42,8 +44,11 @@ from anchor.gateway.roles import (
 from node.errors import StartupError
 from node.identity import ensure_private_dir
 
+log = logging.getLogger("village.anchor.gateway")
+
 ALGORITHM = "HS256"
 SECRET_BYTES = 32  # 256-bit HMAC key, the size RFC 7518 asks for HS256
+SECRET_FILE = "jwt.secret"
 CLOCK_SKEW_S = 5.0  # tokens whose iat lies this far in the future are refused
 
 
@@ -141,28 +146,69 @@ def ip_bucket(host: str) -> str:
 
 
 def load_or_create_secret(data_dir: Path) -> bytes:
-    """The HS256 key in ``<data_dir>/anchor/jwt.secret``, created (0600) if missing; refused if loose."""
+    """The HS256 key in ``<data_dir>/anchor/jwt.secret``, created (0600) if missing; refused if loose.
+
+    Creation is atomic: the secret is written to a fresh temporary file (0600, O_EXCL|O_NOFOLLOW) in the same
+    directory, fsynced, then hard-linked into place (which fails if another start got there first: its secret is
+    used) and the directory fsynced. A start interrupted at any point leaves either no ``jwt.secret`` or a whole
+    one, never an empty file; its temporary file is removed at the next start. An existing **empty** file (what an
+    interrupted start of an older version left) has signed nothing, so it is replaced by a new secret, with a log
+    line. A non-empty file shorter than 32 bytes is refused with how to fix it: it may be a damaged secret or the
+    wrong file, and replacing it silently would invalidate tokens or destroy data."""
     directory = data_dir / "anchor"
     ensure_private_dir(directory)
-    path = directory / "jwt.secret"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        st = path.stat()
-        if st.st_mode & 0o077:
-            raise StartupError(f"{path} is readable by group or others; run: chmod 600 {path}") from None
-        secret = path.read_bytes()
+    path = directory / SECRET_FILE
+    for stale in directory.glob(f".{SECRET_FILE}.*.tmp"):  # left by a start that was interrupted
+        stale.unlink(missing_ok=True)
+    for _ in range(2):  # a second pass only after replacing an empty file
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            _create_secret(path, replace=False)
+            continue
+        except OSError as exc:
+            raise StartupError(f"{path} cannot be read: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as f:
+            if os.fstat(f.fileno()).st_mode & 0o077:
+                raise StartupError(f"{path} is readable by group or others; run: chmod 600 {path}")
+            secret = f.read(SECRET_BYTES * 64)
+        if not secret:
+            log.warning("%s is empty (an interrupted first start): making a new secret", path)
+            _create_secret(path, replace=True)
+            continue
         if len(secret) < SECRET_BYTES:
-            raise StartupError(f"{path} is shorter than {SECRET_BYTES} bytes; delete it to make a new one") from None
+            raise StartupError(
+                f"{path} holds {len(secret)} bytes, fewer than the {SECRET_BYTES} of a secret: it is damaged or not "
+                f"this anchor's; move it away (every token it signed stops working) and start again to make a new one"
+            )
         return secret
-    secret = secrets.token_bytes(SECRET_BYTES)
+    raise StartupError(f"{path} could not be created")  # only if it vanished between our write and our read
+
+
+def _create_secret(path: Path, *, replace: bool) -> None:
+    """Write a new secret to ``path`` atomically (see :func:`load_or_create_secret`); without ``replace``, a file
+    another process put there first is kept."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, secret)
-        os.fsync(fd)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, secrets.token_bytes(SECRET_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            with contextlib.suppress(FileExistsError):  # another start won: both use its secret
+                os.link(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)  # the new name survives a power cut
+        finally:
+            os.close(dir_fd)
     finally:
-        os.close(fd)
-    return secret
+        tmp.unlink(missing_ok=True)
 
 
 class TokenIssuer:

@@ -141,3 +141,38 @@ def test_secret_file_is_created_0600_reused_and_refused_when_loose(tmp_path: Pat
     os.chmod(path, 0o644)
     with pytest.raises(StartupError, match="chmod 600"):
         load_or_create_secret(tmp_path)
+
+
+def test_an_interrupted_secret_creation_leaves_no_file_and_an_empty_one_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start killed while writing jwt.secret must not block the next start (it used to leave an empty file that
+    every later start refused)."""
+    path = tmp_path / "anchor" / "jwt.secret"
+    real_write = os.write
+
+    def crash(fd: int, data: bytes) -> int:  # the process dies before the secret's bytes reach the file
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "write", crash)
+    with pytest.raises(KeyboardInterrupt):
+        load_or_create_secret(tmp_path)
+    monkeypatch.setattr(os, "write", real_write)
+    assert not path.exists()  # either no secret or a whole one
+    assert list((tmp_path / "anchor").iterdir()) == []  # and no temporary file left behind
+    # What an interrupted start of the old code left: an empty jwt.secret. It signed nothing: replaced.
+    path.touch(mode=0o600)
+    secret = load_or_create_secret(tmp_path)
+    assert len(secret) == 32 and path.read_bytes() == secret
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_secret(tmp_path) == secret
+    # A short, non-empty file may be a damaged secret or the wrong file: refused, saying what to do, left alone.
+    path.write_bytes(b"short")
+    with pytest.raises(StartupError, match="move it away"):
+        load_or_create_secret(tmp_path)
+    assert path.read_bytes() == b"short"
+    # A temporary file of a start that died after writing it is cleared at the next start.
+    path.unlink()
+    (tmp_path / "anchor" / ".jwt.secret.0123456789abcdef.tmp").write_bytes(b"x" * 32)
+    fresh = load_or_create_secret(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "anchor").iterdir()) == ["jwt.secret"] and path.read_bytes() == fresh
