@@ -447,7 +447,27 @@ class MailboxSection:
     )
     max_envelope_bytes: int = _f(4096, "With serve: largest envelope accepted, in bytes.", min=256, max=1_048_576)
     max_envelopes_per_recipient: int = _f(
-        256, "With serve: envelopes kept for one recipient; more deposits are refused.", min=1, max=1_000_000
+        256,
+        "With serve: envelopes kept for one recipient. Depositors share them fairly (each one's share shrinks as "
+        "more deposit for that recipient); a full mailbox evicts the newest envelope of whoever holds the most, "
+        "else refuses the deposit.",
+        min=1,
+        max=1_000_000,
+    )
+    max_bytes_per_recipient: int = _f(
+        524_288, "With serve: envelope bytes kept for one recipient (shared like the envelopes).", min=4096, max=1 << 30
+    )
+    unverified_share: float = _f(
+        0.75,
+        "With serve: the part of each recipient's envelopes and bytes that depositors not in trusted_depositors "
+        "may use together (their keys cost nothing to make); the rest is kept for trusted ones.",
+        min=0.05,
+        max=1.0,
+    )
+    trusted_depositors: tuple[str, ...] = _f(
+        (),
+        "With serve: BetaNet keys of known peers (Ed25519 signing keys, 64 hex digits, as `village id --json` shows "
+        "signing_public_key) whose deposits are verified: they may use the whole mailbox and evict unverified ones.",
     )
     max_envelopes_total: int = _f(
         100_000, "With serve: envelopes kept for all recipients; more deposits are refused.", min=1, max=100_000_000
@@ -615,6 +635,10 @@ def _build_section(name: str, raw: Any) -> Any:
         raise ConfigError(f"rag.chunk_overlap_chars: expected less than rag.chunk_chars ({section.chunk_chars})")
     if name == "ble":
         _check_ble(section)
+    if name == "mailbox":
+        for key in section.trusted_depositors:
+            if len(key) != 64 or any(c not in "0123456789abcdefABCDEF" for c in key):
+                raise ConfigError(f"mailbox.trusted_depositors: expected 64 hex digits (an Ed25519 key), got {key!r}")
     return section
 
 
