@@ -375,14 +375,9 @@ class AnchorSection:
     )
     key_burst: int = _f(100, "Requests an API key may make at once above its sustained rate.", min=1, max=1_000_000)
     ip_rate_per_s: float = _f(
-        100.0,
-        "Requests per second from one client IP address (an IPv6 client: its whole /64), sustained.",
-        min=0.01,
-        max=1_000_000,
+        100.0, "Requests per second from one client IP address, sustained.", min=0.01, max=1_000_000
     )
-    ip_burst: int = _f(
-        200, "Requests one client IP address (IPv6: /64) may make at once above its rate.", min=1, max=1_000_000
-    )
+    ip_burst: int = _f(200, "Requests one client IP address may make at once above its rate.", min=1, max=1_000_000)
     max_body_bytes: int = _f(
         65_536, "Largest request body the gateway accepts, in bytes.", min=1024, max=64 * 1_048_576
     )

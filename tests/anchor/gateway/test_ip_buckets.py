@@ -9,6 +9,7 @@ import dataclasses
 import json
 import secrets
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -17,8 +18,7 @@ import trio
 from anchor.gateway.app import GatewayContext, build_app
 from anchor.gateway.auth import TokenIssuer, ip_bucket
 from anchor.run import open_stores
-from anchor.services import ServiceSettings
-from node.config import AnchorSection, Config
+from node.config import config_from_mapping
 from node.identity import Identity
 from node.node import Node
 
@@ -40,12 +40,13 @@ def test_ip_bucket(host: str, bucket: str) -> None:
     assert ip_bucket(host) == bucket
 
 
-async def test_rotating_ipv6_addresses_in_one_64_share_one_bucket(services: ServiceSettings, tmp_path: Path) -> None:
+async def test_rotating_ipv6_addresses_in_one_64_share_one_bucket(services: Any, tmp_path: Path) -> None:
     settings_file = tmp_path / "services.json"
-    settings_file.write_text(json.dumps(dataclasses.asdict(services)))
+    settings_file.write_text(json.dumps(dataclasses.asdict(services)))  # the shared servers' ServiceSettings
     settings_file.chmod(0o600)
-    section = AnchorSection(services_settings=str(settings_file), ip_rate_per_s=0.01, ip_burst=3, health_cache_s=60)
-    cfg = Config(data_dir=tmp_path, anchor=section)
+    anchor = {"services_settings": str(settings_file), "ip_rate_per_s": 0.01, "ip_burst": 3, "health_cache_s": 60}
+    cfg = config_from_mapping({"anchor": anchor}, data_dir=tmp_path)
+    section = cfg.anchor
     node = Node(cfg, Identity.generate(), transports=[], control=False)
     # A fresh random /48 (documentation prefix 2001:db8::/32) and IPv4 loopback net per run: Redis keeps buckets.
     net = f"2001:db8:{secrets.randbelow(0xFFFF):x}"
