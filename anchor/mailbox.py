@@ -442,7 +442,8 @@ class MailboxService:
             ) from None
         if evicted:
             self.core.counters.evicted += evicted
-            log.info("mailbox: %d envelope(s) for %s evicted by the quota policy", evicted, env.recipient_id.hex())
+            # Counted (village mailbox: serving.evicted); a flood evicts on every deposit, so not logged above debug.
+            log.debug("mailbox: %d envelope(s) for %s evicted by the quota policy", evicted, env.recipient_id.hex())
         if new:
             self.core.counters.deposited += 1
             self._total += 1 - evicted
