@@ -9,6 +9,7 @@ overwrites what was printed before it, and a right-to-left override (U+202E) mak
   (U+0080-U+009F, which include the 8-bit CSI U+009B) → ``\\xNN``;
 * bidi overrides, embeddings and isolates (U+202A-U+202E, U+2066-U+2069), the marks U+200E/U+200F/U+061C, and
   the line/paragraph separators U+2028/U+2029 → ``\\uNNNN``;
+* lone surrogates (U+D800-U+DFFF, which no UTF-8 output can carry) → ``\\uNNNN``;
 * a backslash → ``\\\\`` (so an escape in the output always means the peer sent that character, never the text).
 
 An ESC sequence is thus printed as text (``\\x1b[2J``), never interpreted. Everything else (letters of every script,
@@ -23,9 +24,10 @@ import re
 # Bidi embeddings/overrides (LRE RLE PDF LRO RLO), isolates (LRI RLI FSI PDI), marks (LRM RLM ALM) and the line and
 # paragraph separators (which some terminals treat as new lines).
 _BIDI = "\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c\u2028\u2029"
-_UNSAFE = re.compile(f"[\\\\\x00-\x1f\x7f-\x9f{_BIDI}]")
+_SURROGATES = "\ud800-\udfff"
+_UNSAFE = re.compile(f"[\\\\\x00-\x1f\x7f-\x9f{_BIDI}{_SURROGATES}]")
 # In JSON text, C0 controls, backslashes and quotes are already escaped; the rest of the unsafe set is not.
-_UNSAFE_IN_JSON = re.compile(f"[\x7f-\x9f{_BIDI}]")
+_UNSAFE_IN_JSON = re.compile(f"[\x7f-\x9f{_BIDI}{_SURROGATES}]")
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -44,3 +46,23 @@ def safe_text(value: object) -> str:
 def safe_json(text: str) -> str:
     """JSON text (from ``json.dumps(..., ensure_ascii=False)``) with DEL, C1 and bidi controls as ``\\uNNNN``."""
     return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def has_lone_surrogate(value: object) -> bool:
+    """Whether a value decoded from JSON holds a lone surrogate (``"\\ud800"`` parses, but no UTF-8 can carry it) in
+    any string, key or nested item."""
+    stack: list[object] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE_RE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+_SURROGATE_RE = re.compile(f"[{_SURROGATES}]")

@@ -45,19 +45,22 @@ def assert_terminal_safe(text: str) -> None:
         ("\u2066x\u2069\u200f\u2028", "\\u2066x\\u2069\\u200f\\u2028"),
         ("a\\x1b", "a\\\\x1b"),  # a literal backslash cannot pass for an escape
         ("Zoë 日本 🙂 ĳ", "Zoë 日本 🙂 ĳ"),  # every script and emoji pass
+        ("x\ud800y\udfff", "x\\ud800y\\udfff"),  # lone surrogates: UTF-8 cannot carry them
     ],
 )
 def test_safe_text_escapes_controls_visibly(raw: str, shown: str) -> None:
     assert safe_text(raw) == shown
+    safe_text(raw).encode()  # always UTF-8 encodable
     assert_terminal_safe(safe_text(raw))
 
 
 def test_safe_json_keeps_the_values_and_escapes_what_json_leaves_raw() -> None:
-    value = {"nick": EVIL_NICK, "text": EVIL_TEXT + "\u2029", "plain": "Zoë"}
+    value = {"nick": EVIL_NICK, "text": EVIL_TEXT + "\u2029\ud800", "plain": "Zoë"}
     raw = json.dumps(value, ensure_ascii=False)
     assert RLO in raw and "\x9b" in raw  # json.dumps alone lets these through
     safe = safe_json(raw)
     assert json.loads(safe) == value
+    safe.encode()  # a lone surrogate is a \\u escape, not an unencodable character
     assert_terminal_safe(safe)
     assert "Zoë" in safe
 
