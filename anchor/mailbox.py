@@ -5,8 +5,8 @@ proved its identity, has fetched and acknowledged them.
   per depositor, challenges (fresh, single use, expiring, bounded in number), proofs
   (:func:`node.mailbox.protocol.check_proof`) and grants (short-lived, one recipient each, bounded in number).
 * :mod:`anchor.mailbox_quota` (sans-IO): how much each depositor may keep for one recipient when depositor keys
-  are free (fair shares that shrink as depositors grow, a byte bound, room kept for trusted depositors, eviction
-  of the newest envelope of whoever holds the most); the storage applies it atomically with the insert.
+  are free (fair shares that shrink as depositors grow, a byte bound, room kept for trusted depositors, no
+  eviction of stored mail); the storage applies it atomically with the insert.
 * :class:`MailboxService` (trio): the core over a :class:`MailboxStorage` — PostgreSQL in an anchor
   (:class:`PostgresMailboxStorage`, the ``mailbox`` table of :mod:`anchor.stores`), or :class:`MemoryMailboxStorage`
   for in-process tests. It serves the BetaNet protocol (:meth:`MailboxService.serve_stream`; bounded per-envelope,
@@ -17,7 +17,7 @@ proved its identity, has fetched and acknowledged them.
 What the anchor stores per envelope is what the courier format carries in the clear — recipient peer ID, expiry,
 and the Noise_X ciphertext — plus a digest for dedupe and the deposit time. Never a message text: only the
 recipient's Noise private key opens the envelope. Deletion: on the recipient's ACK (after it stored the message),
-on expiry, or by the quota policy's eviction (:mod:`anchor.mailbox_quota`) when a fairer deposit needs the room.
+or on expiry; never to make room for another deposit (:mod:`anchor.mailbox_quota` refuses what does not fit).
 A recipient that fetched but crashed before acknowledging gets the same envelopes again next time; its inbox is
 unique by (sender, message ID), so the message lands exactly once.
 """
@@ -127,8 +127,8 @@ class MailboxStorage(Protocol):
     ) -> tuple[int, bool, int]:
         """Store (or find, by ``digest``) an envelope; (its ID, True if newly stored, envelopes evicted for it).
         A new one is admitted by :func:`~anchor.mailbox_quota.decide_deposit` over the recipient's unexpired
-        envelopes (which may evict some, or raise :class:`QuotaFull`); the decision, the evictions and the insert
-        are atomic."""
+        envelopes (or raises :class:`QuotaFull`; the policy names envelopes to evict, which it never does now); the
+        decision, any evictions and the insert are atomic."""
         ...
 
     async def count(self, recipient: bytes | None, now_ms: int) -> int:

@@ -444,8 +444,8 @@ class MailboxSection:
     max_envelopes_per_recipient: int = _f(
         256,
         "With serve: envelopes kept for one recipient. Depositors share them fairly (each one's share shrinks as "
-        "more deposit for that recipient); a full mailbox evicts the newest envelope of whoever holds the most, "
-        "else refuses the deposit.",
+        "more deposit for that recipient); a deposit that does not fit is refused (E_FULL, retried by the sender), "
+        "never made room for by dropping stored mail.",
         min=1,
         max=1_000_000,
     )
@@ -462,7 +462,8 @@ class MailboxSection:
     trusted_depositors: tuple[str, ...] = _f(
         (),
         "With serve: BetaNet keys of known peers (Ed25519 signing keys, 64 hex digits, as `village id --json` shows "
-        "signing_public_key) whose deposits are verified: they may use the whole mailbox and evict unverified ones.",
+        "signing_public_key) whose deposits are verified: they may use the whole mailbox, including the part kept "
+        "from unverified ones.",
     )
     max_envelopes_total: int = _f(
         100_000, "With serve: envelopes kept for all recipients; more deposits are refused.", min=1, max=100_000_000

@@ -17,10 +17,10 @@ the body is ``type u8 ‖ fields``)::
     ACKED      0x84  deleted u16
     ERROR      0xFF  code u8 ‖ UTF-8 reason
 
-**Deposits and quotas.** DEPOSITED means the anchor keeps the envelope until the recipient acknowledges it, it
-expires, or the anchor's quota policy evicts it for a fairer deposit. Depositor keys cost nothing, so an anchor
-shares each recipient's mailbox fairly among depositors (a share that shrinks as more deposit for it, a byte bound,
-room kept for depositors it pinned) and, when full, evicts the newest envelope of whoever holds the most. ERROR
+**Deposits and quotas.** DEPOSITED means the anchor keeps the envelope until the recipient acknowledges it or it
+expires (never evicted for another deposit: the depositor drops its copy on this answer). Depositor keys cost
+nothing, so an anchor shares each recipient's mailbox fairly among depositors (a share that shrinks as more deposit
+for it, a byte bound, room kept for depositors it pinned) and refuses what does not fit. ERROR
 ``E_FULL`` means this depositor's share, or the recipient's mailbox, is full: the depositor keeps the envelope and
 retries later; ``E_BUSY``: its deposit rate is used up. (The wire is the same as before this policy.)
 

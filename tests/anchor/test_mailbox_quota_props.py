@@ -1,8 +1,7 @@
 """The mailbox quota policy under any mix of deposits (hypothesis): flooders with many free keys, honest unpinned
 senders, pinned senders, envelopes of every size. After every deposit: the recipient's envelopes and bytes are within
-bounds, unpinned depositors stay within their part, only :class:`QuotaFull` ever refuses, evictions only hit
-depositors holding more than the one depositing (unpinned) or unpinned ones first (pinned), and a pinned depositor
-and a new unpinned sender are never locked out."""
+bounds, unpinned depositors stay within their part, only :class:`QuotaFull` ever refuses, nothing stored is ever
+evicted, and a pinned depositor is never locked out by unpinned ones."""
 
 from __future__ import annotations
 
@@ -40,36 +39,26 @@ def test_any_sequence_of_deposits_keeps_the_bounds_and_the_fairness_rules(
 ) -> None:
     held: list[Held] = []
     for t, (who, size) in enumerate(deposits):
-        counts = {d: sum(1 for h in held if h.depositor == d) for d in {h.depositor for h in held}}
         try:
             evict = decide_deposit(policy, held, who, size)
         except QuotaFull:
             continue
-        gone = [h for h in held if h.id in evict]
-        assert len(gone) == len(evict) == len(set(evict))
-        for victim in gone:
-            if policy.verified(who):
-                assert not policy.verified(victim.depositor) or counts[victim.depositor] > counts.get(who, 0)
-            else:  # an unpinned deposit only takes from an unpinned depositor holding more than it does
-                assert not policy.verified(victim.depositor) and counts[victim.depositor] > counts.get(who, 0)
-        held = [h for h in held if h.id not in evict] + [Held(t, who, size, t)]
+        assert evict == []  # mail answered DEPOSITED is never dropped for another deposit
+        held = [*held, Held(t, who, size, t)]
         check_bounds(policy, held)
 
 
 @settings(max_examples=60, deadline=None)
 @given(policy=policies, flood=st.lists(deposit, min_size=50, max_size=300))
-def test_after_any_flood_a_new_sender_and_a_pinned_one_still_get_in(
-    policy: QuotaPolicy, flood: list[tuple[bytes, int]]
-) -> None:
+def test_after_any_flood_a_pinned_sender_still_gets_in(policy: QuotaPolicy, flood: list[tuple[bytes, int]]) -> None:
     held: list[Held] = []
     unpinned_flood = [(who, size) for who, size in flood if not policy.verified(who)]
     for t, (who, size) in enumerate(unpinned_flood):
         try:
-            evict = decide_deposit(policy, held, who, size)
+            decide_deposit(policy, held, who, size)
         except QuotaFull:
             continue
-        held = [h for h in held if h.id not in evict] + [Held(t, who, size, t)]
-    # A pinned depositor holding nothing gets a small envelope in whatever the flood did.
-    assert isinstance(decide_deposit(policy, held, PINNED[0], 100), list)
-    # So does a fresh unpinned sender: every flooder holds more than it (nothing), so it may take their room.
-    assert isinstance(decide_deposit(policy, held, b"\xee" * 32, 100), list)
+        held = [*held, Held(t, who, size, t)]
+    # A pinned depositor holding nothing gets a small envelope into the room kept for it, whatever the flood did.
+    if policy.unverified_share < 1.0:
+        assert decide_deposit(policy, held, PINNED[0], 100) == []
