@@ -394,7 +394,10 @@ class MailboxCore:
 
 
 def envelope_digest(env: Envelope) -> bytes:
-    return hashlib.sha256(env.sealed).digest()
+    """What dedupe matches on: the ciphertext *and* its expiry (bound into the Noise prologue, so a copy with another
+    expiry cannot be opened). On the ciphertext alone, whoever holds a copy could deposit it first with a one-minute
+    expiry and make the sender's own deposit a "duplicate" that vanishes a minute later."""
+    return hashlib.sha256(env.expires_at_ms.to_bytes(8, "big") + env.sealed).digest()
 
 
 class MailboxService:

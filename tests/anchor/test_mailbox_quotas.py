@@ -30,7 +30,7 @@ from node.mailbox import protocol as p
 from node.mailbox.client import MailboxClient
 from node.mailbox.protocol import MailboxError, make_proof
 from node.mailbox.stream import FramedStream
-from node.routing.courier import decode_envelope_untrusted, open_untrusted
+from node.routing.courier import Envelope, decode_envelope_untrusted, encode_envelope, open_untrusted
 from node.transports.betanet.transport import BetanetTransport
 from tests.anchor.test_mailbox_core import Clock, TrioAdapter, sealed_for
 from tests.transports.test_betanet import LOOPBACK
@@ -164,6 +164,36 @@ async def test_a_flood_of_free_keys_never_drops_mail_already_deposited(
             await service.ack(grant.token, [i.id for i in items])
         assert answered <= set(got)
         assert {b"friend %d" % i for i in range(10)} <= set(got)
+
+
+@pytest.mark.parametrize("storage_kind", ["memory", "postgres"])
+async def test_a_copy_with_a_shorter_expiry_does_not_preempt_the_senders_deposit(
+    storage_kind: str, request: pytest.FixtureRequest
+) -> None:
+    """Security review: dedupe ignored the expiry, so a courier holding a copy deposited it first with a 61-second
+    expiry; the sender's own deposit was then a "duplicate" (dropped from its queue) and the mail vanished a minute
+    later (and the short copy cannot even be opened: the expiry is bound into the Noise prologue)."""
+    anchor, alice, bob = (Identity.generate() for _ in range(3))
+    async with contextlib.AsyncExitStack() as stack:
+        if storage_kind == "postgres":
+            store = await stack.enter_async_context(PostgresStore(request.getfixturevalue("pg_dsn")))
+            storage: MailboxStorage = PostgresMailboxStorage(store)
+        else:
+            storage = MemoryMailboxStorage()
+        clock = Clock()
+        service = MailboxService(MailboxCore(anchor.signing_public, MailboxLimits()), storage, clock)
+        honest = sealed_for(alice, bob, b"meet at 6", clock() + 7 * 86_400_000)
+        env = decode_envelope_untrusted(honest)
+        forged = encode_envelope(Envelope(env.recipient_id, clock() + 61_000, 1, env.sealed))
+        assert (await service.deposit(forged, os.urandom(32)))[1] is True
+        _, new = await service.deposit(honest, alice.signing_public)
+        assert new  # its own envelope, not the courier's copy
+        assert (await service.deposit(honest, alice.signing_public))[1] is False  # a retry still dedupes
+        clock.ms += 62_000
+        _, items = await service.fetch(make_proof(bob, anchor.signing_public, service.challenge()), 64)
+        assert [open_untrusted(decode_envelope_untrusted(i.envelope), bob.noise_private)[1] for i in items] == [
+            b"meet at 6"
+        ]
 
 
 async def test_shares_shrink_as_depositors_grow_and_nothing_is_evicted() -> None:
