@@ -30,7 +30,7 @@ from node.control.errors import ClientError
 from node.errors import ConfigError, IdentityError, NodeError, StartupError
 from node.identity import create_identity, ensure_private_dir, identity_exists, load_identity
 from node.rag import cli as rag_cli
-from node.textsafe import safe_json, safe_text
+from node.textsafe import install_log_handler, safe_json, safe_text
 from node.transports.base import Transport
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     level = (args.log_level or cfg.node.log_level).upper()
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_handler(level, sys.stderr)  # peers' text in log lines shown escaped (node/textsafe.py)
     ensure_private_dir(cfg.data_dir)
     ident = load_identity(cfg.data_dir)  # refuses loose permissions with a how-to-fix message
     # The daemon's heavy imports (libp2p, ...) happen here only: client commands stay fast.

@@ -14,12 +14,15 @@ overwrites what was printed before it, and a right-to-left override (U+202E) mak
 
 An ESC sequence is thus printed as text (``\\x1b[2J``), never interpreted. Everything else (letters of every script,
 emoji) passes through. :func:`safe_json` makes JSON text from ``json.dumps(..., ensure_ascii=False)`` safe the same
-way while keeping it valid JSON with the same values (``\\u`` escapes).
+way while keeping it valid JSON with the same values (``\\u`` escapes). :class:`SafeFormatter` does it to every
+log line ``village run`` writes (a peer's nickname, a reason an anchor sent, a URL path a client asked for).
 """
 
 from __future__ import annotations
 
+import logging
 import re
+from typing import IO
 
 # Bidi embeddings/overrides (LRE RLE PDF LRO RLO), isolates (LRI RLI FSI PDI), marks (LRM RLM ALM) and the line and
 # paragraph separators (which some terminals treat as new lines).
@@ -66,3 +69,30 @@ def has_lone_surrogate(value: object) -> bool:
 
 
 _SURROGATE_RE = re.compile(f"[{_SURROGATES}]")
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class SafeFormatter(logging.Formatter):
+    """A log line with :func:`safe_text` over it: whatever a peer got into the message (or an exception's text) is
+    shown escaped, never acted on by the terminal. A traceback keeps its own line breaks."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return safe_text(super().formatMessage(record))
+
+    def formatException(self, ei: object) -> str:
+        return "\n".join(safe_text(line) for line in super().formatException(ei).split("\n"))  # type: ignore[arg-type]
+
+    def formatStack(self, stack_info: str) -> str:
+        return "\n".join(safe_text(line) for line in super().formatStack(stack_info).split("\n"))
+
+
+def install_log_handler(level: str | int, stream: IO[str]) -> logging.Handler:
+    """``village run``'s logging: a handler on the root logger writing :class:`SafeFormatter` lines to ``stream``."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(SafeFormatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler

@@ -5,7 +5,9 @@ and U+202E (right-to-left override) is shown with visible escapes by `village pe
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from node.config import Config, NodeSection
 from node.identity import Identity
 from node.node import Node
 from node.rag import cli as rag_cli
-from node.textsafe import safe_json, safe_text
+from node.textsafe import install_log_handler, safe_json, safe_text
 from node.transports.memory import MemoryNetwork
 
 CLEAR = "\x1b[2J"
@@ -69,7 +71,25 @@ async def test_cli_prints_a_hostile_peers_announce_and_message_escaped(
     nursery: trio.Nursery, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A real announce and a real private message over an in-memory link, read through `village peers` and
-    `village inbox` (the CLI's own code, against the node's real control socket)."""
+    `village inbox` (the CLI's own code, against the node's real control socket), and the log `village run` writes
+    (its own handler: the node logs a new peer's nickname)."""
+    log_out = io.StringIO()
+    root = logging.getLogger()
+    level_before = root.level
+    handler = install_log_handler("INFO", log_out)
+    try:
+        await _hostile_peer_through_the_cli(nursery, tmp_path, capsys)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level_before)
+    logged = log_out.getvalue()
+    assert "new peer" in logged and "(mallory\\x1b[2J\\u202egnp.exe)" in logged
+    assert_terminal_safe(logged)
+
+
+async def _hostile_peer_through_the_cli(
+    nursery: trio.Nursery, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     net = MemoryNetwork(seed=5)
     await nursery.start(net.run)
     base = Path(tmp_path)
