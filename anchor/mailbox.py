@@ -72,6 +72,11 @@ class MailboxLimits:
     unverified_share: float = 0.75  # of a recipient's envelopes and bytes, what unpinned depositors may use together
     trusted_depositors: frozenset[bytes] = frozenset()  # pinned BetaNet keys (Ed25519): verified depositors
     max_total: int = 100_000
+    # Fairness at the anchor-wide level (free keys filling max_total with junk for invented recipients): with
+    # trusted depositors, unverified ones may fill only unverified_share of max_total; one unverified key holds at
+    # most this many envelopes across all recipients; an unverified deposit is kept at most keep_unverified_s.
+    max_per_depositor_total: int = 1000
+    keep_unverified_s: float = 7 * 86_400.0
     max_expiry_s: float = 30 * 86_400.0  # deposits expiring further out are refused
     challenge_ttl_s: float = 30.0
     grant_ttl_s: float = 60.0
@@ -94,6 +99,8 @@ class MailboxLimits:
             unverified_share=m.unverified_share,
             trusted_depositors=frozenset(bytes.fromhex(k) for k in m.trusted_depositors),
             max_total=m.max_envelopes_total,
+            max_per_depositor_total=m.max_envelopes_per_depositor_total,
+            keep_unverified_s=m.keep_unverified_s,
             max_expiry_s=m.max_expiry_s,
             challenge_ttl_s=m.challenge_ttl_s,
             stream_timeout_s=m.request_timeout_s,
@@ -133,6 +140,10 @@ class MailboxStorage(Protocol):
 
     async def count(self, recipient: bytes | None, now_ms: int) -> int:
         """Unexpired envelopes for ``recipient`` (all recipients if None)."""
+        ...
+
+    async def count_by_depositor(self, depositor: bytes, now_ms: int) -> int:
+        """Unexpired envelopes ``depositor`` holds for all recipients."""
         ...
 
     async def list_for(self, recipient: bytes, now_ms: int, limit: int) -> list[StoredEnvelope]: ...
@@ -191,6 +202,10 @@ class MemoryMailboxStorage:
     async def count(self, recipient: bytes | None, now_ms: int) -> int:
         await trio.lowlevel.checkpoint()
         return sum(1 for r in self.rows.values() if r.expires_at_ms > now_ms and recipient in (None, r.recipient))
+
+    async def count_by_depositor(self, depositor: bytes, now_ms: int) -> int:
+        await trio.lowlevel.checkpoint()
+        return sum(1 for r in self.rows.values() if r.expires_at_ms > now_ms and r.depositor == depositor)
 
     async def list_for(self, recipient: bytes, now_ms: int, limit: int) -> list[StoredEnvelope]:
         await trio.lowlevel.checkpoint()
@@ -252,6 +267,9 @@ class PostgresMailboxStorage:
 
     async def count(self, recipient: bytes | None, now_ms: int) -> int:
         return await self.store.mailbox_count(recipient, now_ms)
+
+    async def count_by_depositor(self, depositor: bytes, now_ms: int) -> int:
+        return await self.store.mailbox_count_by_depositor(depositor, now_ms)
 
     async def list_for(self, recipient: bytes, now_ms: int, limit: int) -> list[StoredEnvelope]:
         return [StoredEnvelope(r.id, r.envelope) for r in await self.store.mailbox_list(recipient, now_ms, limit)]
@@ -424,15 +442,27 @@ class MailboxService:
         if self._total_counted_at_ms is None or now - self._total_counted_at_ms >= TOTAL_RECOUNT_MS:
             self._total = await self.storage.count(None, now)  # a table scan: at most once a second
             self._total_counted_at_ms = now
-        if self._total >= self.limits.max_total:
+        verified = depositor is not None and depositor in self.limits.trusted_depositors
+        if self._total >= self.limits.max_total or (not verified and self._total >= self._unverified_total_cap()):
             self.core.counters.deposits_refused += 1
             raise MailboxError(p.E_FULL, "this anchor's mailbox is full")
+        keep_until_ms = env.expires_at_ms
+        if not verified:
+            # A free key cannot take the anchor-wide room by spreading junk over invented recipients: bounded per
+            # key across recipients, and kept for a shorter time than a trusted depositor's mail.
+            held = await self.storage.count_by_depositor(depositor or b"", now)
+            if held >= self.limits.max_per_depositor_total:
+                self.core.counters.deposits_refused += 1
+                raise MailboxError(
+                    p.E_FULL, f"this depositor holds {held} envelopes at this anchor (the most it may); retry later"
+                )
+            keep_until_ms = min(keep_until_ms, now + int(self.limits.keep_unverified_s * 1000))
         try:
             env_id, new, evicted = await self.storage.put(
                 env.recipient_id,
                 envelope_digest(env),
                 encode_envelope(env),
-                env.expires_at_ms,
+                keep_until_ms,
                 now,
                 depositor=depositor or b"",
                 policy=self.limits.quota,
@@ -453,6 +483,12 @@ class MailboxService:
         else:
             self.core.counters.deposit_duplicates += 1
         return env_id, new
+
+    def _unverified_total_cap(self) -> int:
+        """How much of ``max_total`` unverified depositors may fill together: all of it when nobody is trusted."""
+        if not self.limits.trusted_depositors:
+            return self.limits.max_total
+        return max(1, int(self.limits.max_total * self.limits.unverified_share))
 
     def challenge(self) -> Challenge:
         return self.core.issue_challenge(self.wall_ms())

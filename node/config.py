@@ -468,6 +468,22 @@ class MailboxSection:
     max_envelopes_total: int = _f(
         100_000, "With serve: envelopes kept for all recipients; more deposits are refused.", min=1, max=100_000_000
     )
+    max_envelopes_per_depositor_total: int = _f(
+        1000,
+        "With serve: envelopes one depositor not in trusted_depositors may have kept for all recipients together "
+        "(its key costs nothing, so it must not fill max_envelopes_total with junk for invented recipients); with "
+        "trusted_depositors set, unverified deposits together also fill at most unverified_share of "
+        "max_envelopes_total.",
+        min=1,
+        max=100_000_000,
+    )
+    keep_unverified_s: float = _f(
+        7 * 86_400.0,
+        "With serve: the longest an envelope from a depositor not in trusted_depositors is kept (a shorter expiry "
+        "than max_expiry_s, so junk from free keys leaves sooner): its recipient must fetch it within this time.",
+        min=3600,
+        max=365 * 86_400,
+    )
     max_expiry_s: float = _f(
         30 * 86_400.0, "With serve: deposits expiring further out than this are refused.", min=60, max=365 * 86_400
     )

@@ -461,6 +461,15 @@ class PostgresStore:
         row = await self._call(lambda conn: conn.execute(sql, params).fetchone())
         return int(row[0]) if row else 0
 
+    async def mailbox_count_by_depositor(self, depositor: bytes, now_ms: int) -> int:
+        """Unexpired envelopes ``depositor`` holds for all recipients."""
+        row = await self._call(
+            lambda conn: conn.execute(
+                "SELECT count(*) FROM mailbox WHERE depositor = %s AND expires_at_ms > %s", (depositor, now_ms)
+            ).fetchone()
+        )
+        return int(row[0]) if row else 0
+
     async def mailbox_list(self, recipient: bytes, now_ms: int, limit: int) -> list[MailboxEnvelope]:
         """Unexpired envelopes for ``recipient``, oldest first, at most ``limit``."""
         rows = await self._call(

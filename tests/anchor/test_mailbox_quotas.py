@@ -196,6 +196,62 @@ async def test_a_copy_with_a_shorter_expiry_does_not_preempt_the_senders_deposit
         ]
 
 
+@pytest.mark.parametrize("storage_kind", ["memory", "postgres"])
+async def test_free_keys_cannot_take_the_anchor_wide_room(storage_kind: str, request: pytest.FixtureRequest) -> None:
+    """Security review: max_envelopes_total was a plain refusal, so fresh keys depositing junk for invented
+    recipients filled it and every honest deposit for every recipient was refused for up to 30 days. Now one key
+    holds a bounded number across recipients, unverified keys together leave the trusted part free, and their
+    envelopes are kept a shorter time."""
+    anchor, a, b, friend = (Identity.generate() for _ in range(4))
+    limits = MailboxLimits(
+        max_total=40,
+        max_per_depositor_total=10,
+        unverified_share=0.75,
+        trusted_depositors=frozenset({friend.signing_public}),
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        if storage_kind == "postgres":
+            store = await stack.enter_async_context(PostgresStore(request.getfixturevalue("pg_dsn")))
+            storage: MailboxStorage = PostgresMailboxStorage(store)
+        else:
+            storage = MemoryMailboxStorage()
+        clock = Clock()
+        service = MailboxService(MailboxCore(anchor.signing_public, limits), storage, clock)
+        expiry = clock() + 30 * 86_400_000 - 60_000
+
+        def junk() -> bytes:  # for an invented recipient, junk "sealed" bytes
+            return encode_envelope(Envelope(os.urandom(8), expiry, 1, os.urandom(200)))
+
+        key = os.urandom(32)
+        for _ in range(10):
+            await service.deposit(junk(), key)
+        with pytest.raises(MailboxError, match="this depositor holds 10") as one_key:
+            await service.deposit(junk(), key)
+        assert one_key.value.code == p.E_FULL
+        stored = 10
+        while True:  # more fresh keys: together they fill the unverified part (30 of 40), no more
+            k = os.urandom(32)
+            clock.ms += 1000  # the anchor recounts its total at most once a second
+            try:
+                for _ in range(10):
+                    await service.deposit(junk(), k)
+                    stored += 1
+            except MailboxError as exc:
+                assert exc.code == p.E_FULL and "anchor's mailbox is full" in str(exc)
+                break
+        assert 30 <= stored <= 30 + 10  # the anchor's count is refreshed once a second: it may lag one key's 10
+        clock.ms += 1000
+        with pytest.raises(MailboxError, match="anchor's mailbox is full"):
+            await service.deposit(sealed_for(a, b, b"hi"), a.signing_public)
+        # The trusted friend still deposits (the part kept for it).
+        _, new = await service.deposit(sealed_for(friend, b, b"from a friend", expiry), friend.signing_public)
+        assert new
+        # Unverified envelopes are kept at most keep_unverified_s (7 days), the friend's until its own expiry.
+        clock.ms += int(limits.keep_unverified_s * 1000)
+        assert await storage.count(None, clock()) == 1
+        assert await storage.count_by_depositor(key, clock()) == 0
+
+
 async def test_shares_shrink_as_depositors_grow_and_nothing_is_evicted() -> None:
     policy = QuotaPolicy(max_envelopes=40, max_bytes=1 << 20, unverified_share=0.75, max_per_depositor=32)
 
