@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
+import errno
+import fcntl
 import ipaddress
 import logging
 import os
@@ -49,6 +50,7 @@ log = logging.getLogger("village.anchor.gateway")
 ALGORITHM = "HS256"
 SECRET_BYTES = 32  # 256-bit HMAC key, the size RFC 7518 asks for HS256
 SECRET_FILE = "jwt.secret"
+LOCK_FILE = ".jwt.secret.lock"  # flock-ed for the whole load-or-create (two starts never race)
 CLOCK_SKEW_S = 5.0  # tokens whose iat lies this far in the future are refused
 
 
@@ -148,60 +150,78 @@ def ip_bucket(host: str) -> str:
 def load_or_create_secret(data_dir: Path) -> bytes:
     """The HS256 key in ``<data_dir>/anchor/jwt.secret``, created (0600) if missing; refused if loose.
 
-    Creation is atomic: the secret is written to a fresh temporary file (0600, O_EXCL|O_NOFOLLOW) in the same
-    directory, fsynced, then hard-linked into place (which fails if another start got there first: its secret is
-    used) and the directory fsynced. A start interrupted at any point leaves either no ``jwt.secret`` or a whole
-    one, never an empty file; its temporary file is removed at the next start. An existing **empty** file (what an
-    interrupted start of an older version left) has signed nothing, so it is replaced by a new secret, with a log
-    line. A non-empty file shorter than 32 bytes is refused with how to fix it: it may be a damaged secret or the
-    wrong file, and replacing it silently would invalidate tokens or destroy data."""
+    The whole load-or-create runs under an exclusive ``flock`` on ``anchor/.jwt.secret.lock``, so two starts on one
+    data directory never race: the second waits and reads the first one's secret. Creation writes a fresh temporary
+    file (0600, O_EXCL|O_NOFOLLOW) in the same directory, fsyncs it, renames it into place (``os.replace``: no hard
+    links, which Android's SELinux denies) and fsyncs the directory. A start interrupted at any point leaves either
+    no ``jwt.secret`` or a whole one, never an empty file; its temporary file is removed, under the lock, at the
+    next start. An existing **empty** file (what an interrupted start of an older version left) has signed nothing,
+    so it is replaced by a new secret, with a log line. A non-empty file shorter than 32 bytes is refused with how to
+    fix it: it may be a damaged secret or the wrong file, and replacing it silently would invalidate tokens or
+    destroy data. Every failure is a :class:`StartupError` naming the file."""
     directory = data_dir / "anchor"
     ensure_private_dir(directory)
     path = directory / SECRET_FILE
-    for stale in directory.glob(f".{SECRET_FILE}.*.tmp"):  # left by a start that was interrupted
-        stale.unlink(missing_ok=True)
-    for _ in range(2):  # a second pass only after replacing an empty file
+    lock_path = directory / LOCK_FILE
+    try:
+        lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StartupError(f"{lock_path} cannot be opened: {exc.strerror}") from None
+    try:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            _create_secret(path, replace=False)
-            continue
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
         except OSError as exc:
-            raise StartupError(f"{path} cannot be read: {exc.strerror}") from None
-        with os.fdopen(fd, "rb") as f:
-            if os.fstat(f.fileno()).st_mode & 0o077:
-                raise StartupError(f"{path} is readable by group or others; run: chmod 600 {path}")
-            secret = f.read(SECRET_BYTES * 64)
-        if not secret:
-            log.warning("%s is empty (an interrupted first start): making a new secret", path)
-            _create_secret(path, replace=True)
-            continue
-        if len(secret) < SECRET_BYTES:
-            raise StartupError(
-                f"{path} holds {len(secret)} bytes, fewer than the {SECRET_BYTES} of a secret: it is damaged or not "
-                f"this anchor's; move it away (every token it signed stops working) and start again to make a new one"
-            )
-        return secret
-    raise StartupError(f"{path} could not be created")  # only if it vanished between our write and our read
+            raise StartupError(f"{lock_path} cannot be locked: {exc.strerror}") from None
+        try:
+            for stale in directory.glob(f".{SECRET_FILE}.*.tmp"):  # left by an interrupted start (none runs now)
+                stale.unlink(missing_ok=True)
+            secret = _read_secret(path)
+            if secret is None:
+                return _create_secret(path)
+            if not secret:
+                log.warning("%s is empty (an interrupted first start): making a new secret", path)
+                return _create_secret(path)
+            if len(secret) < SECRET_BYTES:
+                raise StartupError(
+                    f"{path} holds {len(secret)} bytes, fewer than the {SECRET_BYTES} of a secret: it is damaged or "
+                    f"not this anchor's; move it away (every token it signed stops working) and start again to make "
+                    f"a new one"
+                )
+            return secret
+        except OSError as exc:
+            raise StartupError(f"{path} cannot be created: {exc.strerror}") from None
+    finally:
+        os.close(lock_fd)  # releases the lock
 
 
-def _create_secret(path: Path, *, replace: bool) -> None:
-    """Write a new secret to ``path`` atomically (see :func:`load_or_create_secret`); without ``replace``, a file
-    another process put there first is kept."""
+def _read_secret(path: Path) -> bytes | None:
+    """The file's bytes (None if it does not exist), refused if loose."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StartupError(f"{path} cannot be read: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        if os.fstat(f.fileno()).st_mode & 0o077:
+            raise StartupError(f"{path} is readable by group or others; run: chmod 600 {path}")
+        return f.read(SECRET_BYTES * 64)
+
+
+def _create_secret(path: Path) -> bytes:
+    """Write a new secret to ``path`` atomically (the caller holds the lock); the secret."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    secret = secrets.token_bytes(SECRET_BYTES)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         try:
             os.fchmod(fd, 0o600)
-            os.write(fd, secrets.token_bytes(SECRET_BYTES))
+            if os.write(fd, secret) != len(secret):
+                raise OSError(errno.EIO, "short write")
             os.fsync(fd)
         finally:
             os.close(fd)
-        if replace:
-            os.replace(tmp, path)
-        else:
-            with contextlib.suppress(FileExistsError):  # another start won: both use its secret
-                os.link(tmp, path)
+        os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dir_fd)  # the new name survives a power cut
@@ -209,6 +229,7 @@ def _create_secret(path: Path, *, replace: bool) -> None:
             os.close(dir_fd)
     finally:
         tmp.unlink(missing_ok=True)
+    return secret
 
 
 class TokenIssuer:

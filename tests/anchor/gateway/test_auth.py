@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import multiprocessing
 import os
 import stat
+import threading
 from pathlib import Path
 
 import jwt
@@ -159,7 +161,7 @@ def test_an_interrupted_secret_creation_leaves_no_file_and_an_empty_one_is_repla
         load_or_create_secret(tmp_path)
     monkeypatch.setattr(os, "write", real_write)
     assert not path.exists()  # either no secret or a whole one
-    assert list((tmp_path / "anchor").iterdir()) == []  # and no temporary file left behind
+    assert [p.name for p in (tmp_path / "anchor").iterdir()] == [".jwt.secret.lock"]  # no temporary file left
     # What an interrupted start of the old code left: an empty jwt.secret. It signed nothing: replaced.
     path.touch(mode=0o600)
     secret = load_or_create_secret(tmp_path)
@@ -175,4 +177,56 @@ def test_an_interrupted_secret_creation_leaves_no_file_and_an_empty_one_is_repla
     path.unlink()
     (tmp_path / "anchor" / ".jwt.secret.0123456789abcdef.tmp").write_bytes(b"x" * 32)
     fresh = load_or_create_secret(tmp_path)
-    assert sorted(p.name for p in (tmp_path / "anchor").iterdir()) == ["jwt.secret"] and path.read_bytes() == fresh
+    assert sorted(p.name for p in (tmp_path / "anchor").iterdir()) == [".jwt.secret.lock", "jwt.secret"]
+    assert path.read_bytes() == fresh
+
+
+def test_a_second_start_during_the_first_ones_creation_waits_and_uses_its_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Security review: a second start's stale-temp cleanup deleted the first one's temporary file mid-creation
+    (the first then died in os.link, which Android's SELinux denies anyway). Now the second start, begun while the
+    first is writing, waits on the lock and reads the same secret."""
+    real_fsync = os.fsync
+    second: list[bytes | BaseException] = []
+    threads: list[threading.Thread] = []
+
+    def second_start() -> None:
+        try:
+            second.append(load_or_create_secret(tmp_path))
+        except BaseException as exc:  # reported below
+            second.append(exc)
+
+    def fsync_then_start_another(fd: int) -> None:
+        real_fsync(fd)
+        if not threads:
+            threads.append(threading.Thread(target=second_start))
+            threads[0].start()
+
+    monkeypatch.setattr(os, "fsync", fsync_then_start_another)
+    first = load_or_create_secret(tmp_path)
+    threads[0].join(timeout=30)
+    assert second == [first]
+    monkeypatch.setattr(os, "link", None)  # a build without os.link (and SELinux denying it) still works
+    (tmp_path / "anchor" / "jwt.secret").unlink()
+    assert len(load_or_create_secret(tmp_path)) == 32
+
+
+def _start_in_child(data_dir: str, out: multiprocessing.Queue[bytes | str]) -> None:
+    try:
+        out.put(load_or_create_secret(Path(data_dir)))
+    except BaseException as exc:  # reported to the parent
+        out.put(repr(exc))
+
+
+def test_concurrent_starts_in_separate_processes_agree_on_one_secret(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    out: multiprocessing.Queue[bytes | str] = ctx.Queue()
+    procs = [ctx.Process(target=_start_in_child, args=(str(tmp_path), out)) for _ in range(6)]
+    for proc in procs:
+        proc.start()
+    got = [out.get(timeout=60) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+    assert all(isinstance(g, bytes) for g in got), got
+    assert len(set(got)) == 1 and (tmp_path / "anchor" / "jwt.secret").read_bytes() == got[0]
