@@ -25,6 +25,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +162,11 @@ def load_or_create_secret(data_dir: Path) -> bytes:
     destroy data. Every failure is a :class:`StartupError` naming the file."""
     directory = data_dir / "anchor"
     ensure_private_dir(directory)
+    st = directory.stat()
+    if st.st_uid != os.geteuid():
+        raise StartupError(f"{directory} belongs to another user (uid {st.st_uid}): the anchor's secret cannot be kept")
+    if st.st_mode & 0o022:
+        raise StartupError(f"{directory} is writable by group or others; run: chmod 700 {directory}")
     path = directory / SECRET_FILE
     lock_path = directory / LOCK_FILE
     try:
@@ -195,15 +201,23 @@ def load_or_create_secret(data_dir: Path) -> bytes:
 
 
 def _read_secret(path: Path) -> bytes | None:
-    """The file's bytes (None if it does not exist), refused if loose."""
+    """The file's bytes (None if it does not exist); refused unless a regular file of this user's, 0600 or tighter.
+    Opened without following a symlink and without blocking (a FIFO planted there cannot hang the start)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StartupError(f"{path} is a symbolic link; the secret must be a regular file") from None
         raise StartupError(f"{path} cannot be read: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as f:
-        if os.fstat(f.fileno()).st_mode & 0o077:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise StartupError(f"{path} is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise StartupError(f"{path} belongs to another user (uid {st.st_uid}); it is not this anchor's secret")
+        if st.st_mode & 0o077:
             raise StartupError(f"{path} is readable by group or others; run: chmod 600 {path}")
         return f.read(SECRET_BYTES * 64)
 

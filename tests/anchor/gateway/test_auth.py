@@ -145,6 +145,33 @@ def test_secret_file_is_created_0600_reused_and_refused_when_loose(tmp_path: Pat
         load_or_create_secret(tmp_path)
 
 
+def test_the_secret_is_not_read_through_a_symlink_a_fifo_or_a_loose_directory(tmp_path: Path) -> None:
+    anchor_dir = tmp_path / "anchor"
+    anchor_dir.mkdir(mode=0o700)
+    path = anchor_dir / "jwt.secret"
+    elsewhere = tmp_path / "other-secret"
+    elsewhere.write_bytes(b"k" * 32)
+    elsewhere.chmod(0o600)
+    path.symlink_to(elsewhere)  # e.g. planted to make the anchor sign with a key someone else knows
+    with pytest.raises(StartupError, match="symbolic link"):
+        load_or_create_secret(tmp_path)
+    path.unlink()
+    os.mkfifo(path, 0o600)  # would block a plain open() forever
+    with pytest.raises(StartupError, match="not a regular file"):
+        load_or_create_secret(tmp_path)
+    path.unlink()
+    secret = load_or_create_secret(tmp_path)
+    assert load_or_create_secret(tmp_path) == secret
+    if os.geteuid() == 0:  # files of another user: only root can make them here
+        os.chown(path, 65534, -1)
+        with pytest.raises(StartupError, match="belongs to another user"):
+            load_or_create_secret(tmp_path)
+        os.chown(path, 0, -1)
+        os.chown(anchor_dir, 65534, -1)
+        with pytest.raises(StartupError, match="belongs to another user"):
+            load_or_create_secret(tmp_path)
+
+
 def test_an_interrupted_secret_creation_leaves_no_file_and_an_empty_one_is_replaced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
