@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from anchor.gateway.app import GatewayContext, build_app
-from anchor.gateway.auth import TokenIssuer, ip_bucket
+from anchor.gateway.auth import TokenIssuer, ip_bucket, ip_buckets
 from anchor.run import open_stores
 from node.config import config_from_mapping
 from node.identity import Identity
@@ -32,12 +32,21 @@ from node.node import Node
         ("fe80::1%eth0", "fe80::/64"),
         ("::1", "::/64"),
         ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("2002:cb00:7107:1234::1", "203.0.113.7"),  # 6to4: one IPv4 address, not 65,536 /64s
+        ("64:ff9b::203.0.113.7", "203.0.113.7"),  # NAT64
         ("192.0.2.7", "192.0.2.7"),
         ("unknown", "unknown"),
     ],
 )
 def test_ip_bucket(host: str, bucket: str) -> None:
     assert ip_bucket(host) == bucket
+
+
+def test_a_native_ipv6_client_also_counts_against_its_48() -> None:
+    assert ip_buckets("2001:db8:1:2::1") == [("2001:db8:1:2::/64", 1), ("2001:db8:1::/48", 16)]
+    assert ip_buckets("2002:cb00:7107:1::1") == [("203.0.113.7", 1)]
+    # The reviewer's figure: one /48 was 65,536 separate buckets; now they all share one site bucket.
+    assert len({ip_buckets(f"2001:db8:1:{i:x}::1")[1] for i in range(65536)}) == 1
 
 
 async def test_rotating_ipv6_addresses_in_one_64_share_one_bucket(services: Any, tmp_path: Path) -> None:
@@ -76,3 +85,7 @@ async def test_rotating_ipv6_addresses_in_one_64_share_one_bucket(services: Any,
             assert await status_from(f"{v4}.9") == 200
         assert await status_from(f"::ffff:{v4}.9") == 200  # its third
         assert await status_from(f"{v4}.9") == 429
+        # Fresh /64s of one /48 (a tunnel broker's free /48): its site bucket, 16 times the burst, runs out.
+        site = f"2001:db8:{(int(net.rsplit(':', 1)[1], 16) + 1 + secrets.randbelow(0xFFF0)) % 0xFFFF:x}"  # not net
+        got = [await status_from(f"{site}:{n:x}::1") for n in range(17 * 3)]
+        assert got[: 16 * 3] == [200] * (16 * 3) and 429 in got[16 * 3 :]
