@@ -112,7 +112,8 @@ class MailboxLimits:
         return QuotaPolicy(
             max_envelopes=self.max_per_recipient,
             max_bytes=self.max_bytes_per_recipient,
-            unverified_share=self.unverified_share,
+            # Without trusted depositors there is nobody to keep room for: unverified ones may use all of it.
+            unverified_share=self.unverified_share if self.trusted_depositors else 1.0,
             max_per_depositor=self.max_per_depositor,
             trusted=self.trusted_depositors,
         )
@@ -469,6 +470,10 @@ class MailboxService:
             )
         except QuotaFull as exc:
             self.core.counters.deposits_refused += 1
+            if exc.which == "envelope":  # never fits, however long the sender retries: not E_FULL
+                raise MailboxError(
+                    p.E_REFUSED, f"the envelope is larger than this anchor keeps for one recipient ({exc.limit} bytes)"
+                ) from None
             whose = "" if exc.which == "recipient" else "this depositor's share of "
             raise MailboxError(
                 p.E_FULL, f"{whose}the mailbox of {env.recipient_id.hex()} is full ({exc.limit}); retry later"

@@ -31,7 +31,8 @@ from node.errors import NodeError
 
 
 class QuotaFull(NodeError):
-    """A deposit was refused: ``which`` ("recipient" or "depositor") quota of ``limit`` envelopes is reached."""
+    """A deposit was refused: ``which`` ("recipient" or "depositor") quota of ``limit`` envelopes is reached, or
+    (``which`` = "envelope") the envelope is larger than the ``limit`` bytes its depositor's class may ever hold."""
 
     def __init__(self, which: str, limit: int) -> None:
         super().__init__(f"mailbox quota per {which} ({limit}) reached")
@@ -75,6 +76,8 @@ def decide_deposit(policy: QuotaPolicy, held: Sequence[Held], depositor: bytes, 
         cap_b = max(1, int(policy.max_bytes * policy.unverified_share))
     n = len({h.depositor for h in same_class} | {depositor})
     share_n = min(policy.max_per_depositor, max(1, cap_n // n))
+    if size_bytes > cap_b:  # would never fit, however long the sender retried
+        raise QuotaFull("envelope", cap_b)
     if mine and (len(mine) + 1 > share_n or _bytes(mine) + size_bytes > cap_b // n):
         raise QuotaFull("depositor", share_n)
     if len(held) + 1 > policy.max_envelopes or _bytes(held) + size_bytes > policy.max_bytes:

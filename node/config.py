@@ -455,7 +455,8 @@ class MailboxSection:
     unverified_share: float = _f(
         0.75,
         "With serve: the part of each recipient's envelopes and bytes that depositors not in trusted_depositors "
-        "may use together (their keys cost nothing to make); the rest is kept for trusted ones.",
+        "may use together (their keys cost nothing to make); the rest is kept for trusted ones. Without "
+        "trusted_depositors, unverified ones may use all of it.",
         min=0.05,
         max=1.0,
     )
@@ -651,6 +652,12 @@ def _build_section(name: str, raw: Any) -> Any:
         for key in section.trusted_depositors:
             if len(key) != 64 or any(c not in "0123456789abcdefABCDEF" for c in key):
                 raise ConfigError(f"mailbox.trusted_depositors: expected 64 hex digits (an Ed25519 key), got {key!r}")
+        share = section.unverified_share if section.trusted_depositors else 1.0  # nothing to keep room for
+        if int(section.max_bytes_per_recipient * share) < section.max_envelope_bytes:
+            raise ConfigError(
+                f"mailbox.max_bytes_per_recipient: {section.max_bytes_per_recipient} x mailbox.unverified_share "
+                f"({share:g}) must hold at least one mailbox.max_envelope_bytes ({section.max_envelope_bytes}) envelope"
+            )
     return section
 
 

@@ -56,7 +56,11 @@ async def test_concurrent_deposits_never_overshoot_the_recipient_bound(pg_dsn: s
     anchor, c = Identity.generate(), Identity.generate()
     depositors = [Identity.generate() for _ in range(12)]
     async with PostgresStore(pg_dsn, max_connections=6) as store:
-        limits = MailboxLimits(max_per_recipient=4, deposits_per_peer_per_min=1000)  # 3 for unpinned depositors
+        limits = MailboxLimits(  # 3 of 4 for unpinned depositors (room kept for a pinned one)
+            max_per_recipient=4,
+            deposits_per_peer_per_min=1000,
+            trusted_depositors=frozenset({Identity.generate().signing_public}),
+        )
         service = MailboxService(MailboxCore(anchor.signing_public, limits), PostgresMailboxStorage(store), Clock())
         await service.deposit(sealed_for(depositors[0], Identity.generate(), b"warm"))  # migrations run once
         outcomes: list[str] = []
@@ -288,10 +292,33 @@ async def test_pinned_depositors_have_room_kept_and_bytes_are_bounded() -> None:
     # Full: the friend is refused too (nothing is evicted for it).
     with pytest.raises(QuotaFull, match="recipient"):
         decide_deposit(policy, [*unpinned_full, *(Held(4 + i, friend, 1000, 4 + i) for i in range(4))], friend, 1000)
-    # The unpinned part (half of 8000 bytes) bounds their bytes too.
-    with pytest.raises(QuotaFull, match="recipient"):
+    # The unpinned part (half of 8000 bytes) bounds their bytes too; an envelope larger than it never fits (so the
+    # service answers E_REFUSED, not E_FULL that the sender would retry forever).
+    with pytest.raises(QuotaFull, match="envelope") as never:
         decide_deposit(policy, [], b"c" * 32, 4001)
+    assert never.value.which == "envelope"
     assert decide_deposit(policy, [], b"c" * 32, 4000) == []
+
+
+async def test_without_trusted_depositors_the_whole_mailbox_is_usable_and_too_large_is_refused() -> None:
+    anchor, a, c = (Identity.generate() for _ in range(3))
+    limits = MailboxLimits(max_per_recipient=4, max_per_depositor=4)  # nobody pinned: no room kept for anybody
+    service = MailboxService(MailboxCore(anchor.signing_public, limits), MemoryMailboxStorage(), Clock())
+    for i in range(4):
+        await service.deposit(sealed_for(a, c, b"%d" % i), a.signing_public)  # all 4, not 3
+    # An envelope larger than a recipient's byte bound is refused for good (E_REFUSED), not E_FULL.
+    small = MailboxLimits(max_bytes_per_recipient=300)
+    tiny = MailboxService(MailboxCore(anchor.signing_public, small), MemoryMailboxStorage(), Clock())
+    with pytest.raises(MailboxError) as refused:
+        await tiny.deposit(sealed_for(a, c, b"x" * 200), a.signing_public)
+    assert refused.value.code == p.E_REFUSED
+
+
+def test_the_config_refuses_a_byte_bound_no_envelope_fits() -> None:
+    bounds = {"max_bytes_per_recipient": 4096, "max_envelope_bytes": 4096}
+    with pytest.raises(ConfigError, match=r"mailbox\.max_bytes_per_recipient"):
+        config_from_mapping({"mailbox": {**bounds, "trusted_depositors": ["ab" * 32]}})  # 3/4 of 4096 < 4096
+    config_from_mapping({"mailbox": bounds})  # nobody pinned: all 4096 bytes
 
 
 def test_trusted_depositors_are_read_from_the_config() -> None:
