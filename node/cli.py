@@ -39,6 +39,7 @@ from node.errors import ConfigError, IdentityError, NodeError, StartupError
 from node.identity import create_identity, identity_exists, load_identity
 from node.plugin import Plugin
 from node.settings import check_config, config_as_dict, example_toml
+from node.textsafe import safe_json, safe_text
 
 log = logging.getLogger("village")
 
@@ -141,7 +142,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
     if args.wait:
         with ControlClient(socket_path(args), timeout_s=args.timeout + 10) as client:
             info = client.call("peers.wait", peer=args.wait, timeout_s=args.timeout, direct=args.direct)
-        emit(args, info, lambda p: f"{p['peer_id']} ({p['nickname']}) is reachable via {p['transport']}")
+        emit(args, info, lambda p: f"{p['peer_id']} ({safe_text(p['nickname'])}) is reachable via {p['transport']}")
         return EXIT_OK
 
     def human(peers: list[dict[str, Any]]) -> str:
@@ -173,7 +174,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     with ControlClient(socket_path(args), timeout_s=args.wait + 10) as client:
         sent = client.call("messages.send", peer=args.peer, text=args.text)
         state = client.call("messages.wait", id=sent["id"], timeout_s=args.wait)
-    emit(args, state, lambda d: f"{d['id']}  {d['state']}{'  ' + d['detail'] if d['detail'] else ''}")
+    emit(args, state, lambda d: f"{d['id']}  {d['state']}{'  ' + safe_text(d['detail']) if d['detail'] else ''}")
     return EXIT_OK if state["state"] == "delivered" else EXIT_FAIL
 
 
@@ -186,14 +187,15 @@ def cmd_message(args: argparse.Namespace) -> int:
     emit(
         args,
         call(args, "messages.status", id=args.id),
-        lambda d: f"{d['id']}  {d['state']}{'  ' + d['detail'] if d['detail'] else ''}",
+        lambda d: f"{d['id']}  {d['state']}{'  ' + safe_text(d['detail']) if d['detail'] else ''}",
     )
     return EXIT_OK
 
 
 def _inbox_line(m: dict[str, Any]) -> str:
     kind = "private" if m["private"] else "public "
-    return f"[{ms_to_local(m['received_at_ms'])}] {kind} {m['nickname']} ({m['from'][:8]}): {m['text']}"
+    nickname, sender, text = safe_text(m["nickname"]), safe_text(m["from"][:8]), safe_text(m["text"])
+    return f"[{ms_to_local(m['received_at_ms'])}] {kind} {nickname} ({sender}): {text}"
 
 
 def cmd_inbox(args: argparse.Namespace) -> int:
@@ -213,7 +215,7 @@ def cmd_inbox(args: argparse.Namespace) -> int:
 
 
 def _print_inbox(args: argparse.Namespace, m: dict[str, Any]) -> None:
-    print(json.dumps(m, ensure_ascii=False) if args.json else _inbox_line(m), flush=True)
+    print(safe_json(json.dumps(m, ensure_ascii=False)) if args.json else _inbox_line(m), flush=True)
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
@@ -301,7 +303,7 @@ def cmd_rpc(args: argparse.Namespace) -> int:
         raise CliError(f"PARAMS must be a JSON object: {exc}", EXIT_USAGE) from None
     if not isinstance(params, dict):
         raise CliError("PARAMS must be a JSON object", EXIT_USAGE)
-    print(json.dumps(call(args, args.method, **params), indent=2, ensure_ascii=False))
+    print(safe_json(json.dumps(call(args, args.method, **params), indent=2, ensure_ascii=False)))
     return EXIT_OK
 
 
@@ -402,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"village: {exc}", file=sys.stderr)
         return exc.code
     except (ClientError, IdentityError, StartupError) as exc:
-        print(f"village: {exc}", file=sys.stderr)
+        print(f"village: {safe_text(exc)}", file=sys.stderr)  # may name peers (their nicknames)
         return EXIT_FAIL
     except ConfigError as exc:
         print(f"village: configuration error: {exc}", file=sys.stderr)

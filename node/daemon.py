@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from node.errors import NodeError
 from node.plugin import ENTRY_POINT_GROUP, Plugin, Service
+from node.textsafe import install_log_handler
 
 if TYPE_CHECKING:
     from node.identity import Identity
@@ -126,7 +127,7 @@ def run_command(args: argparse.Namespace, *, configure: Callable[[Config], Confi
     if configure is not None:
         cfg = configure(cfg)
     level = (getattr(args, "log_level", None) or cfg.node.log_level).upper()
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_handler(level, sys.stderr)  # peers' text in log lines shown escaped (node/textsafe.py)
     ensure_private_dir(cfg.data_dir)
     ident = load_identity(cfg.data_dir)  # refuses loose permissions with a how-to-fix message
     node = build_node(cfg, ident)  # the daemon's heavy imports (libp2p, ...) happen here only

@@ -217,7 +217,7 @@ class Node:
         anchor); registering one makes the core seal held messages even with ``mesh.courier_copies = 0``."""
         self._sealed_listeners.append(listener)
         if self.core is not None:
-            self.core.seal_for_mailbox = True
+            self.core.seal_held_for_mailbox()
 
     async def wait_ready(self) -> None:
         """Return once the node is up (transports started, readiness reported)."""

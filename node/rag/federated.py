@@ -46,6 +46,7 @@ from node.errors import MeshError, NodeError
 from node.rag.errors import RagError
 from node.rag.trust import ChunkTrust, Opinion, TrustStore, claim_hash, peer_source_key
 from node.routing.app import APP_MAX_BODY_BYTES, AppError, AppRemoteError, AppTimeout
+from node.textsafe import has_lone_surrogate
 
 if TYPE_CHECKING:
     from node.clock import Clock
@@ -160,6 +161,9 @@ class FederatedResponder:
         except (ValueError, RecursionError):  # bad UTF-8 or JSON, a huge number, deep nesting
             self.counters.bad_requests += 1
             raise RagError("malformed federated query (not UTF-8 JSON)") from None
+        if has_lone_surrogate(req):  # "\\ud800" parses, but could never be answered or printed as UTF-8
+            self.counters.bad_requests += 1
+            raise RagError("malformed federated query (a lone surrogate)")
         if not isinstance(req, dict) or req.get("v") != PROTOCOL_VERSION:
             self.counters.bad_requests += 1
             raise RagError(f"federated query version must be {PROTOCOL_VERSION}")
@@ -204,6 +208,8 @@ def decode_answer_untrusted(body: bytes, k: int) -> list[PeerHit]:
         ans = json.loads(body.decode("utf-8"))
     except (ValueError, RecursionError):  # bad UTF-8 or JSON, a huge number, deep nesting
         raise RagError("the peer's answer is not UTF-8 JSON") from None
+    if has_lone_surrogate(ans):  # "\\ud800" parses, but no UTF-8 output (the control socket's) can carry it
+        raise RagError("the peer's answer holds a lone surrogate (not UTF-8 text)")
     if not isinstance(ans, dict) or ans.get("v") != PROTOCOL_VERSION or not isinstance(ans.get("hits"), list):
         raise RagError("the peer's answer is not a version-1 hit list")
     out: list[PeerHit] = []

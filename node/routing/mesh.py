@@ -258,6 +258,11 @@ class MeshCore:
     def pending(self) -> PendingSet:
         return self.delivery.pending
 
+    def seal_held_for_mailbox(self) -> None:
+        """From now on seal held messages for a mailbox anchor (EnvelopeSealed events) even with
+        ``courier_copies = 0``; a mailbox client registers after the core is built."""
+        self.seal_for_mailbox = self.delivery.seal_for_mailbox = self.courier_desk.seal_for_mailbox = True
+
     def forget_received(self, sender: bytes, message_id: str) -> None:
         """The node could not store a received private message: a resend of it is a new delivery (acked again once
         stored), not a duplicate."""

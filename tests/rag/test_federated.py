@@ -243,6 +243,11 @@ async def test_peer_answers_are_bounded_in_hits_and_bytes() -> None:
         b'"snippet": "", "claim": ""}]}',
         b'{"v": 1, "hits": [{"doc": 1, "chunk": 1, "score": NaN, "title": "", "source": "", "snippet": "", '
         b'"claim": ""}]}',
+        # lone surrogates parse as JSON but no UTF-8 output (the control socket's answer) can carry them
+        b'{"v": 1, "hits": [{"doc": 1, "chunk": 1, "score": 1, "title": "", "source": "", "snippet": "\\ud800", '
+        b'"claim": ""}]}',
+        b'{"v": 1, "hits": [{"doc": 1, "chunk": 1, "score": 1, "title": "", "source": "", "snippet": "", '
+        b'"claim": "", "x\\udc1b": 1}]}',
     ],
 )
 def test_malformed_answers_are_refused(body: bytes) -> None:
@@ -350,7 +355,11 @@ async def test_mesh_query_without_peers_returns_the_local_results(
     assert out["results"][0]["trust"] == pytest.approx(7 / 12)  # one local file of reputation 1/2
 
 
-HOSTILE = [b"[" * 40_000 + b"]" * 40_000, b'{"v": 1, "hits": [' + b"9" * 5000 + b"]}"]
+HOSTILE = [
+    b"[" * 40_000 + b"]" * 40_000,
+    b'{"v": 1, "hits": [' + b"9" * 5000 + b"]}",
+    b'{"v": 1, "q": "glucose \\udfff", "k": 3, "hits": []}',  # a lone surrogate in a query (and an answer)
+]
 
 
 @pytest.mark.parametrize("body", HOSTILE)
