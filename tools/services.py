@@ -46,7 +46,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,10 +146,17 @@ def _wait(cond: Any, timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def _run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+def _run(cmd: list[str], *, redact: Sequence[str] = (), **kw: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd``; a ServicesError with its output if it fails. ``redact`` (passwords the command was given
+    through its environment or stdin, never its argv, which every local user can read in /proc) are replaced by
+    ``***`` in the error, since a failing tool may echo them (psql prints the statement it failed on)."""
     res = subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)
     if res.returncode != 0:
-        raise ServicesError(f"`{' '.join(cmd)}` failed ({res.returncode}): {res.stderr.strip() or res.stdout.strip()}")
+        message = f"`{' '.join(cmd)}` failed ({res.returncode}): {res.stderr.strip() or res.stdout.strip()}"
+        for secret in redact:
+            if secret:
+                message = message.replace(secret, "***")
+        raise ServicesError(message)
     return res
 
 
@@ -473,11 +480,18 @@ class Services:
         admin_password = entry.get("admin_password") or entry["password"]
         app_password = entry["password"] if entry.get("user") == PG_APP_USER else secrets.token_urlsafe(24)
         port = int(entry["port"])
+        # Passwords never go in psql's argv (any local user reads /proc/PID/cmdline): the superuser's travels in
+        # PGPASSWORD, the statements (one sets the app role's password) on stdin, and both are masked in errors.
         env = dict(os.environ, PGPASSWORD=admin_password)
         psql = [str(_pg_bindir() / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, "-v", "ON_ERROR_STOP=1"]
 
         def sql(db: str, statement: str) -> str:
-            return _run([*psql, "-d", db, "-tAc", statement], env=env).stdout.strip()
+            return _run(
+                [*psql, "-d", db, "-tAq", "-f", "-"],
+                input=statement,
+                env=env,
+                redact=(app_password, admin_password),
+            ).stdout.strip()
 
         # Passwords are token_urlsafe ([A-Za-z0-9_-]): safe inside a quoted literal.
         role = "LOGIN NOSUPERUSER CREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
