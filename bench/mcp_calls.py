@@ -1,7 +1,7 @@
 """MCP tool-call round trips: a real daemon's tools (via `village mcp` over stdio, and Streamable HTTP on
 loopback) against a bare SDK ``MCPServer`` echo tool served the same two ways, measured in the same run.
 
-    python bench/mcp.py [--calls N] [--entities N]
+    python bench/mcp_calls.py [--calls N] [--entities N]
 
 Figures (one line each): p50/p99 of ``peers_list`` over stdio and HTTP with the ratio of p50s to the bare echo
 (goal: within 1.5x), and ``search_nodes`` on a graph of ``--entities`` entities over HTTP (goal: p50 <= 20 ms),
@@ -24,15 +24,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-# This file is named like the SDK's package: run as a script, its folder comes first on sys.path and would shadow
-# the real `mcp`. Drop it before importing the SDK.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import httpx2  # noqa: E402
-import trio  # noqa: E402
-from mcp.client.client import Client  # noqa: E402
-from mcp.client.stdio import StdioServerParameters  # noqa: E402
-from mcp.client.streamable_http import streamable_http_client  # noqa: E402
+import httpx2
+import trio
+from mcp.client.client import Client
+from mcp.client.stdio import StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = '[betanet]\nlisten = ["/ip4/127.0.0.1/tcp/0"]\nmdns = false\n\n[mcp]\nhttp_listen = "127.0.0.1:0"\n'
