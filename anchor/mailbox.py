@@ -4,6 +4,9 @@ proved its identity, has fetched and acknowledged them.
 * :class:`MailboxCore` (sans-IO, time injected as wall-clock ms): deposit checks (size, expiry) and a token bucket
   per depositor, challenges (fresh, single use, expiring, bounded in number), proofs
   (:func:`node.mailbox.protocol.check_proof`) and grants (short-lived, one recipient each, bounded in number).
+* :mod:`anchor.mailbox_quota` (sans-IO): how much each depositor may keep for one recipient when depositor keys
+  are free (fair shares that shrink as depositors grow, a byte bound, room kept for trusted depositors, no
+  eviction of stored mail); the storage applies it atomically with the insert.
 * :class:`MailboxService` (trio): the core over a :class:`MailboxStorage` — PostgreSQL in an anchor
   (:class:`PostgresMailboxStorage`, the ``mailbox`` table of :mod:`anchor.stores`), or :class:`MemoryMailboxStorage`
   for in-process tests. It serves the BetaNet protocol (:meth:`MailboxService.serve_stream`; bounded per-envelope,
@@ -14,38 +17,41 @@ proved its identity, has fetched and acknowledged them.
 What the anchor stores per envelope is what the courier format carries in the clear — recipient peer ID, expiry,
 and the Noise_X ciphertext — plus a digest for dedupe and the deposit time. Never a message text: only the
 recipient's Noise private key opens the envelope. Deletion: on the recipient's ACK (after it stored the message),
-or on expiry. A recipient that fetched but crashed before acknowledging gets the same envelopes again next time;
-its inbox is unique by (sender, message ID), so the message lands exactly once.
+or on expiry; never to make room for another deposit (:mod:`anchor.mailbox_quota` refuses what does not fit).
+A recipient that fetched but crashed before acknowledging gets the same envelopes again next time; its inbox is
+unique by (sender, message ID), so the message lands exactly once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
-import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import nacl.bindings
 import nacl.utils
 import trio
 
-from node.config import Config, MailboxSection
+from anchor.mailbox_quota import Held, QuotaFull, QuotaPolicy, decide_deposit
+from anchor.settings import AnchorSection
 from node.errors import CryptoError, NodeError, StartupError
 from node.mailbox import protocol as p
 from node.mailbox.protocol import Challenge, MailboxError, Proof, StoredEnvelope
+from node.mailbox.settings import MailboxSection
 from node.mailbox.stream import ByteStream, FramedStream, StreamClosed
 from node.routing.courier import Envelope, decode_envelope_untrusted, encode_envelope
+from node.settings import Config
 from node.wire import MalformedFrame
 
 if TYPE_CHECKING:
     from libp2p.abc import INetStream
 
-    from anchor.stores.postgres import PostgresStore
+    from anchor.stores.postgres import MailboxHeld, PostgresStore
     from node.node import Node
 
 log = logging.getLogger("village.mailbox")
@@ -60,9 +66,18 @@ TOTAL_RECOUNT_MS = 1000  # the all-recipients count is refreshed this often (in 
 class MailboxLimits:
     max_envelope_bytes: int = 4096  # courier envelopes are at most ~2 KB (node.routing.courier.MAX_SEALED_BYTES)
     max_per_recipient: int = 256
-    # Envelopes one depositor (BetaNet key) may hold for one recipient, so one peer cannot fill its 256 slots.
+    max_bytes_per_recipient: int = 524_288  # envelope bytes kept for one recipient
+    # The most envelopes one depositor (BetaNet key) may hold for one recipient; its share shrinks below this as
+    # more depositors hold envelopes for that recipient (anchor.mailbox_quota).
     max_per_depositor: int = 32
+    unverified_share: float = 0.75  # of a recipient's envelopes and bytes, what unpinned depositors may use together
+    trusted_depositors: frozenset[bytes] = frozenset()  # pinned BetaNet keys (Ed25519): verified depositors
     max_total: int = 100_000
+    # Fairness at the anchor-wide level (free keys filling max_total with junk for invented recipients): with
+    # trusted depositors, unverified ones may fill only unverified_share of max_total; one unverified key holds at
+    # most this many envelopes across all recipients; an unverified deposit is kept at most keep_unverified_s.
+    max_per_depositor_total: int = 1000
+    keep_unverified_s: float = 7 * 86_400.0
     max_expiry_s: float = 30 * 86_400.0  # deposits expiring further out are refused
     challenge_ttl_s: float = 30.0
     grant_ttl_s: float = 60.0
@@ -81,21 +96,28 @@ class MailboxLimits:
         return cls(
             max_envelope_bytes=m.max_envelope_bytes,
             max_per_recipient=m.max_envelopes_per_recipient,
+            max_bytes_per_recipient=m.max_bytes_per_recipient,
+            unverified_share=m.unverified_share,
+            trusted_depositors=frozenset(bytes.fromhex(k) for k in m.trusted_depositors),
             max_total=m.max_envelopes_total,
+            max_per_depositor_total=m.max_envelopes_per_depositor_total,
+            keep_unverified_s=m.keep_unverified_s,
             max_expiry_s=m.max_expiry_s,
             challenge_ttl_s=m.challenge_ttl_s,
             stream_timeout_s=m.request_timeout_s,
             deposits_per_peer_per_min=m.deposits_per_peer_per_min,
         )
 
-
-class QuotaFull(NodeError):
-    """A storage refused a new envelope: ``which`` ("recipient" or "depositor") quota of ``limit`` is reached."""
-
-    def __init__(self, which: str, limit: int) -> None:
-        super().__init__(f"mailbox quota per {which} ({limit}) reached")
-        self.which = which
-        self.limit = limit
+    @property
+    def quota(self) -> QuotaPolicy:
+        return QuotaPolicy(
+            max_envelopes=self.max_per_recipient,
+            max_bytes=self.max_bytes_per_recipient,
+            # Without trusted depositors there is nobody to keep room for: unverified ones may use all of it.
+            unverified_share=self.unverified_share if self.trusted_depositors else 1.0,
+            max_per_depositor=self.max_per_depositor,
+            trusted=self.trusted_depositors,
+        )
 
 
 class MailboxStorage(Protocol):
@@ -110,16 +132,20 @@ class MailboxStorage(Protocol):
         now_ms: int,
         *,
         depositor: bytes,
-        max_per_recipient: int,
-        max_per_depositor: int,
-    ) -> tuple[int, bool]:
-        """Store (or find, by ``digest``) an envelope; (its ID, True if newly stored). A new one over a quota
-        (unexpired envelopes per recipient, per (recipient, depositor)) raises :class:`QuotaFull`; the check
-        and the insert are atomic."""
+        policy: QuotaPolicy,
+    ) -> tuple[int, bool, int]:
+        """Store (or find, by ``digest``) an envelope; (its ID, True if newly stored, envelopes evicted for it).
+        A new one is admitted by :func:`~anchor.mailbox_quota.decide_deposit` over the recipient's unexpired
+        envelopes (or raises :class:`QuotaFull`; the policy names envelopes to evict, which it never does now); the
+        decision, any evictions and the insert are atomic."""
         ...
 
     async def count(self, recipient: bytes | None, now_ms: int) -> int:
         """Unexpired envelopes for ``recipient`` (all recipients if None)."""
+        ...
+
+    async def count_by_depositor(self, depositor: bytes, now_ms: int) -> int:
+        """Unexpired envelopes ``depositor`` holds for all recipients."""
         ...
 
     async def list_for(self, recipient: bytes, now_ms: int, limit: int) -> list[StoredEnvelope]: ...
@@ -157,25 +183,31 @@ class MemoryMailboxStorage:
         now_ms: int,
         *,
         depositor: bytes,
-        max_per_recipient: int,
-        max_per_depositor: int,
-    ) -> tuple[int, bool]:
+        policy: QuotaPolicy,
+    ) -> tuple[int, bool, int]:
         await trio.lowlevel.checkpoint()  # no checkpoint below: the quota check and the insert are atomic
         for rid, row in self.rows.items():
             if row.recipient == recipient and row.digest == digest:
-                return rid, False
-        held = [r for r in self.rows.values() if r.recipient == recipient and r.expires_at_ms > now_ms]
-        if len(held) >= max_per_recipient:
-            raise QuotaFull("recipient", max_per_recipient)
-        if sum(1 for r in held if r.depositor == depositor) >= max_per_depositor:
-            raise QuotaFull("depositor", max_per_depositor)
+                return rid, False, 0
+        held = [
+            Held(i, r.depositor, len(r.envelope), r.deposited_at_ms)
+            for i, r in self.rows.items()
+            if r.recipient == recipient and r.expires_at_ms > now_ms
+        ]
+        evict = decide_deposit(policy, held, depositor, len(envelope))
+        for i in evict:
+            del self.rows[i]
         rid, self._next = self._next, self._next + 1
         self.rows[rid] = _MemoryRow(recipient, digest, envelope, expires_at_ms, now_ms, depositor)
-        return rid, True
+        return rid, True, len(evict)
 
     async def count(self, recipient: bytes | None, now_ms: int) -> int:
         await trio.lowlevel.checkpoint()
         return sum(1 for r in self.rows.values() if r.expires_at_ms > now_ms and recipient in (None, r.recipient))
+
+    async def count_by_depositor(self, depositor: bytes, now_ms: int) -> int:
+        await trio.lowlevel.checkpoint()
+        return sum(1 for r in self.rows.values() if r.expires_at_ms > now_ms and r.depositor == depositor)
 
     async def list_for(self, recipient: bytes, now_ms: int, limit: int) -> list[StoredEnvelope]:
         await trio.lowlevel.checkpoint()
@@ -217,27 +249,29 @@ class PostgresMailboxStorage:
         now_ms: int,
         *,
         depositor: bytes,
-        max_per_recipient: int,
-        max_per_depositor: int,
-    ) -> tuple[int, bool]:
-        from anchor.stores.errors import MailboxQuotaExceeded
+        policy: QuotaPolicy,
+    ) -> tuple[int, bool, int]:
+        evicted: list[int] = []
 
-        try:
-            return await self.store.mailbox_deposit(
-                recipient,
-                digest,
-                envelope,
-                expires_at_ms,
-                now_ms,
-                depositor=depositor,
-                max_per_recipient=max_per_recipient,
-                max_per_depositor=max_per_depositor,
+        def decide(held: list[MailboxHeld]) -> list[int]:  # in the store's transaction, under its recipient lock
+            evicted[:] = decide_deposit(
+                policy,
+                [Held(h.id, h.depositor, h.size_bytes, h.deposited_at_ms) for h in held],
+                depositor,
+                len(envelope),
             )
-        except MailboxQuotaExceeded as exc:
-            raise QuotaFull(exc.which, exc.limit) from exc
+            return evicted
+
+        env_id, new = await self.store.mailbox_deposit(
+            recipient, digest, envelope, expires_at_ms, now_ms, depositor=depositor, decide=decide
+        )
+        return env_id, new, len(evicted) if new else 0
 
     async def count(self, recipient: bytes | None, now_ms: int) -> int:
         return await self.store.mailbox_count(recipient, now_ms)
+
+    async def count_by_depositor(self, depositor: bytes, now_ms: int) -> int:
+        return await self.store.mailbox_count_by_depositor(depositor, now_ms)
 
     async def list_for(self, recipient: bytes, now_ms: int, limit: int) -> list[StoredEnvelope]:
         return [StoredEnvelope(r.id, r.envelope) for r in await self.store.mailbox_list(recipient, now_ms, limit)]
@@ -272,6 +306,7 @@ class MailboxCounters:
     fetched: int = 0
     acked: int = 0
     malformed: int = 0
+    evicted: int = 0  # envelopes dropped by the quota policy to make room for a fairer deposit
 
 
 @dataclass
@@ -379,7 +414,10 @@ class MailboxCore:
 
 
 def envelope_digest(env: Envelope) -> bytes:
-    return hashlib.sha256(env.sealed).digest()
+    """What dedupe matches on: the ciphertext *and* its expiry (bound into the Noise prologue, so a copy with another
+    expiry cannot be opened). On the ciphertext alone, whoever holds a copy could deposit it first with a one-minute
+    expiry and make the sender's own deposit a "duplicate" that vanishes a minute later."""
+    return hashlib.sha256(env.expires_at_ms.to_bytes(8, "big") + env.sealed).digest()
 
 
 class MailboxService:
@@ -406,32 +444,57 @@ class MailboxService:
         if self._total_counted_at_ms is None or now - self._total_counted_at_ms >= TOTAL_RECOUNT_MS:
             self._total = await self.storage.count(None, now)  # a table scan: at most once a second
             self._total_counted_at_ms = now
-        if self._total >= self.limits.max_total:
+        verified = depositor is not None and depositor in self.limits.trusted_depositors
+        if self._total >= self.limits.max_total or (not verified and self._total >= self._unverified_total_cap()):
             self.core.counters.deposits_refused += 1
             raise MailboxError(p.E_FULL, "this anchor's mailbox is full")
+        keep_until_ms = env.expires_at_ms
+        if not verified:
+            # A free key cannot take the anchor-wide room by spreading junk over invented recipients: bounded per
+            # key across recipients, and kept for a shorter time than a trusted depositor's mail.
+            held = await self.storage.count_by_depositor(depositor or b"", now)
+            if held >= self.limits.max_per_depositor_total:
+                self.core.counters.deposits_refused += 1
+                raise MailboxError(
+                    p.E_FULL, f"this depositor holds {held} envelopes at this anchor (the most it may); retry later"
+                )
+            keep_until_ms = min(keep_until_ms, now + int(self.limits.keep_unverified_s * 1000))
         try:
-            env_id, new = await self.storage.put(
+            env_id, new, evicted = await self.storage.put(
                 env.recipient_id,
                 envelope_digest(env),
                 encode_envelope(env),
-                env.expires_at_ms,
+                keep_until_ms,
                 now,
                 depositor=depositor or b"",
-                max_per_recipient=self.limits.max_per_recipient,
-                max_per_depositor=self.limits.max_per_depositor,
+                policy=self.limits.quota,
             )
         except QuotaFull as exc:
             self.core.counters.deposits_refused += 1
+            if exc.which == "envelope":  # never fits, however long the sender retries: not E_FULL
+                raise MailboxError(
+                    p.E_REFUSED, f"the envelope is larger than this anchor keeps for one recipient ({exc.limit} bytes)"
+                ) from None
             whose = "" if exc.which == "recipient" else "this depositor's share of "
             raise MailboxError(
                 p.E_FULL, f"{whose}the mailbox of {env.recipient_id.hex()} is full ({exc.limit}); retry later"
             ) from None
+        if evicted:
+            self.core.counters.evicted += evicted
+            # Counted (village mailbox: serving.evicted); a flood evicts on every deposit, so not logged above debug.
+            log.debug("mailbox: %d envelope(s) for %s evicted by the quota policy", evicted, env.recipient_id.hex())
         if new:
             self.core.counters.deposited += 1
-            self._total += 1
+            self._total += 1 - evicted
         else:
             self.core.counters.deposit_duplicates += 1
         return env_id, new
+
+    def _unverified_total_cap(self) -> int:
+        """How much of ``max_total`` unverified depositors may fill together: all of it when nobody is trusted."""
+        if not self.limits.trusted_depositors:
+            return self.limits.max_total
+        return max(1, int(self.limits.max_total * self.limits.unverified_share))
 
     def challenge(self) -> Challenge:
         return self.core.issue_challenge(self.wall_ms())
@@ -627,23 +690,35 @@ def _hex(params: Mapping[str, Any], key: str, size: int) -> bytes:
 
 
 def postgres_dsn(config: Config) -> str:
-    """The PostgreSQL the anchor's stores use: the settings file ``scripts/services up`` writes, found as
-    :func:`anchor.run.services_settings_path` does (``anchor.services_settings`` → ``$VILLAGE_SERVICES_SETTINGS``
-    → ``<data dir>/services.json`` → the checkout's ``.services/settings.json``)."""
-    from anchor.services import DEFAULT_DIR, SETTINGS_FILE, ServicesError, load_settings
+    """The PostgreSQL the anchor's stores use (the settings file :func:`anchor.services_settings.settings_path`
+    finds)."""
+    from anchor.services_settings import ServicesError, load_settings, settings_path
 
-    if config.anchor.services_settings:
-        path = Path(config.anchor.services_settings).expanduser()
-    elif os.environ.get("VILLAGE_SERVICES_SETTINGS"):
-        path = Path(os.environ["VILLAGE_SERVICES_SETTINGS"])
-    elif (config.data_dir / "services.json").exists():
-        path = config.data_dir / "services.json"
-    else:
-        path = DEFAULT_DIR / SETTINGS_FILE
+    path = settings_path(config.section(AnchorSection).services_settings, config.data_dir)
     try:
         return load_settings(path).postgres.dsn
     except ServicesError as exc:
         raise StartupError(f"mailbox.serve needs PostgreSQL: {exc}") from exc
+
+
+class MailboxServerService:
+    """The node's service (``mailbox-server``, with ``mailbox.serve``): keeps envelopes for offline peers in
+    PostgreSQL and serves ``/aivillage/mailbox/1.0.0`` on BetaNet (registered before the transports start). Once
+    started, :attr:`service` is the :class:`MailboxService` (the gateway's :class:`MailboxPort`)."""
+
+    name = "mailbox-server"
+
+    def __init__(self) -> None:
+        self.service: MailboxService | None = None
+
+    def serving_counters(self) -> dict[str, int]:
+        """What ``mailbox.status`` shows under ``serving`` (:class:`node.mailbox.control.MailboxServing`)."""
+        return dataclasses.asdict(self.service.core.counters) if self.service is not None else {}
+
+    async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self.service = await nursery.start(serve_mailbox, node)
+            task_status.started()
 
 
 async def serve_mailbox(node: Node, *, task_status: trio.TaskStatus[MailboxService] = trio.TASK_STATUS_IGNORED) -> None:
@@ -654,13 +729,14 @@ async def serve_mailbox(node: Node, *, task_status: trio.TaskStatus[MailboxServi
     from node.transports.betanet.transport import BetanetTransport
 
     cfg = node.config
+    anchor = cfg.section(AnchorSection)
     betanet = next((t for t in node.transports if isinstance(t, BetanetTransport)), None)
     if betanet is None:
         raise StartupError("mailbox.serve needs BetaNet (betanet.enabled = true)")
     dsn = postgres_dsn(cfg)
-    async with PostgresStore(dsn, timeout_s=cfg.anchor.store_timeout_s) as store:
+    async with PostgresStore(dsn, timeout_s=anchor.store_timeout_s) as store:
         service = MailboxService(
-            MailboxCore(node.identity.signing_public, MailboxLimits.from_config(cfg.mailbox)),
+            MailboxCore(node.identity.signing_public, MailboxLimits.from_config(cfg.section(MailboxSection))),
             PostgresMailboxStorage(store),
             node.clock.wall_ms,
         )

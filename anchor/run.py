@@ -1,10 +1,9 @@
-"""An anchor in one nursery: the node, the stores and the HTTP gateway.
+"""The anchor's gateway as a service of the node: the stores and the HTTP gateway (:class:`GatewayService`).
 
-``village anchor run`` (and ``village run`` with ``[anchor] enabled = true``) call :func:`run_anchor` in place
-of ``Node.run``: the stores open (PostgreSQL migrations applied; a server that is down does not stop the start —
-requests that need it answer 503 until it is back), the node starts, then the gateway listens on
-``[anchor] gateway_listen``. When the node stops (signal, ``village stop``), the gateway stops taking requests,
-lets open ones finish, and the stores close.
+``village anchor run`` (and ``village run`` with ``[anchor] enabled = true``) add it through the anchor plugin
+(:mod:`anchor.plugin`); :func:`run_anchor` runs a given node with it (tests, benchmarks). When the node stops
+(signal, ``village stop``), the gateway stops taking requests, lets open ones finish while the node drains, and the
+stores close.
 
 The graph store is opened too (its state shows in ``GET /v1/health``; no gateway route needs it yet).
 The stores' connection settings come from the JSON file ``scripts/services up`` writes (see
@@ -15,11 +14,10 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
@@ -29,33 +27,25 @@ from anchor.gateway.ports import ApiKeyInfo, MailboxPort
 from anchor.gateway.server import serve_http, tls_files
 from anchor.gateway.stores_adapter import StoresAdapter
 from anchor.queue import MessageQueue
-from anchor.services import DEFAULT_DIR, SETTINGS_FILE, ServicesError, ServiceSettings, load_settings
+from anchor.services_settings import ServicesError, ServiceSettings, load_settings, settings_path
+from anchor.settings import AnchorSection
 from anchor.stores.graph import GraphStore
 from anchor.stores.postgres import PostgresStore
 from anchor.stores.redis_store import RedisStore
-from node.config import Config
 from node.errors import StartupError
+from node.settings import Config
 
 if TYPE_CHECKING:
     from node.node import Node
 
 log = logging.getLogger("village.anchor")
 
-SETTINGS_ENV = "VILLAGE_SERVICES_SETTINGS"
+T = TypeVar("T")
 
 
 def services_settings_path(cfg: Config, env: Mapping[str, str] | None = None) -> Path:
-    """``[anchor] services_settings`` → ``$VILLAGE_SERVICES_SETTINGS`` → ``<data dir>/services.json`` → the
-    development checkout's ``.services/settings.json`` (what ``scripts/services up`` writes)."""
-    env = os.environ if env is None else env
-    if cfg.anchor.services_settings:
-        return Path(cfg.anchor.services_settings).expanduser()
-    if env.get(SETTINGS_ENV):
-        return Path(env[SETTINGS_ENV])
-    in_data_dir = cfg.data_dir / "services.json"
-    if in_data_dir.exists():
-        return in_data_dir
-    return DEFAULT_DIR / SETTINGS_FILE
+    """Where the stores' connection settings are read from (:func:`anchor.services_settings.settings_path`)."""
+    return settings_path(cfg.section(AnchorSection).services_settings, cfg.data_dir, env)
 
 
 def load_services(cfg: Config) -> ServiceSettings:
@@ -71,14 +61,15 @@ async def open_stores(cfg: Config) -> AsyncIterator[StoresAdapter]:
     """PostgreSQL, Redis and the Bolt graph server, closed on exit. A server that is down is reported, not fatal
     (the graph opens lazily: its driver connects on first use)."""
     settings = load_services(cfg)
-    timeout_s = cfg.anchor.store_timeout_s
+    anchor = cfg.section(AnchorSection)
+    timeout_s = anchor.store_timeout_s
     graph = settings.graph
     async with (
         PostgresStore(settings.postgres.dsn, timeout_s=timeout_s) as postgres,
         RedisStore(settings.redis.url, timeout_s=timeout_s) as redis,
         GraphStore(graph.bolt_url, user=graph.user, password=graph.password, timeout_s=timeout_s) as graph_store,
     ):
-        yield StoresAdapter(postgres, redis, graph_store, key_cache_ttl_s=cfg.anchor.key_cache_ttl_s)
+        yield StoresAdapter(postgres, redis, graph_store, key_cache_ttl_s=anchor.key_cache_ttl_s)
 
 
 class KeyAdmin:
@@ -106,6 +97,94 @@ async def open_key_admin(cfg: Config, actor: str = "cli") -> AsyncIterator[KeyAd
         yield KeyAdmin(stores, actor)
 
 
+class GatewayService:
+    """The anchor's front door, a service of the node (``anchor-gateway``): opens the stores (PostgreSQL migrations
+    applied; a server that is down does not stop the start — requests that need it answer 503 until it is back),
+    listens on ``[anchor] gateway_listen`` and hands the messages queued in Redis to the node. It starts before the
+    transports, so the node's readiness (log line, ``READY=1``) means the whole anchor is up, and a port in use
+    fails the start. When a stop is requested the gateway stops taking requests (open ones get hypercorn's graceful
+    timeout) and the queue's consumer stops; what it has not acknowledged stays in Redis for the next start.
+
+    ``mailbox`` answers ``GET /v1/mailbox`` (default: the node's ``mailbox-server`` service, with ``mailbox.serve``);
+    ``consume_queue`` False leaves queued messages in Redis (tests stop an anchor between a 202 and its
+    consumption). :attr:`urls` are the gateway's once started."""
+
+    name = "anchor-gateway"
+
+    def __init__(self, *, mailbox: MailboxPort | None = None, consume_queue: bool = True) -> None:
+        self.mailbox = mailbox
+        self.consume_queue = consume_queue
+        self.urls: list[str] = []
+
+    async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = node.config
+        anchor = cfg.section(AnchorSection)
+        tls = tls_files(anchor)  # before anything starts: a public plaintext gateway is refused
+        secret = load_or_create_secret(cfg.data_dir)
+        issuer = TokenIssuer(secret, issuer=f"aivillage-anchor:{node.identity.peer_id_hex}", ttl_s=anchor.token_ttl_s)
+        async with _closed_even_if_cancelled(open_stores(cfg)) as stores, trio.open_nursery() as nursery:
+            ctx = GatewayContext(
+                node=node,
+                stores=stores,
+                issuer=issuer,
+                settings=anchor,
+                wall_s=lambda: node.clock.wall_ms() / 1000.0,
+                mailbox=self.mailbox if self.mailbox is not None else _mailbox_server(node),
+                queue=MessageQueue(
+                    stores.redis,
+                    node,
+                    max_backlog=anchor.queue_max,
+                    block_ms=int(min(2000.0, anchor.store_timeout_s * 500)),
+                ),
+            )
+            stop = trio.Event()
+            try:
+                self.urls = await nursery.start(
+                    functools.partial(serve_http, tls=tls), build_app(ctx), anchor.gateway_listen, stop
+                )
+            except* OSError as group:  # hypercorn binds inside its own nursery: the error comes in a group
+                reason = "; ".join(str(getattr(e, "strerror", None) or e) for e in _leaves(group))
+                raise StartupError(f"the gateway cannot listen on {anchor.gateway_listen}: {reason}") from None
+            consumer = trio.CancelScope()
+            if self.consume_queue and ctx.queue is not None:
+                queue = ctx.queue
+
+                async def consume() -> None:
+                    with consumer:
+                        await queue.run()
+
+                nursery.start_soon(consume)
+            log.info("anchor ready: gateway on %s", ", ".join(self.urls))
+            task_status.started()
+            await node.wait_stop_requested()
+            consumer.cancel()
+            stop.set()
+
+
+@asynccontextmanager
+async def _closed_even_if_cancelled(cm: AbstractAsyncContextManager[T]) -> AsyncIterator[T]:
+    """``cm``, whose exit runs shielded: the node cancels its services after its drain, and the stores' pools
+    must still close (each close is bounded by the stores' own timeouts)."""
+    value = await cm.__aenter__()
+    try:
+        yield value
+    except BaseException as exc:
+        with trio.CancelScope(shield=True):
+            if not await cm.__aexit__(type(exc), exc, exc.__traceback__):
+                raise
+    else:
+        with trio.CancelScope(shield=True):
+            await cm.__aexit__(None, None, None)
+
+
+def _mailbox_server(node: Node) -> MailboxPort | None:
+    """The node's ``mailbox-server`` service's :class:`MailboxService` (with ``mailbox.serve``), if it runs one."""
+    from anchor.mailbox import MailboxServerService
+
+    server = node.service(MailboxServerService.name)
+    return server.service if isinstance(server, MailboxServerService) else None
+
+
 async def run_anchor(
     node: Node,
     *,
@@ -113,79 +192,15 @@ async def run_anchor(
     consume_queue: bool = True,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run ``node`` with the stores and the gateway until the node stops; reports the gateway's URLs.
+    """Run ``node`` with a :class:`GatewayService` added until the node stops; reports the gateway's URLs (tests
+    and benchmarks run an anchor in-process this way; the daemon adds the service through the anchor plugin)."""
+    tls_files(node.config.section(AnchorSection))  # a public plaintext gateway is refused before anything starts
+    gateway = GatewayService(mailbox=mailbox, consume_queue=consume_queue)
+    node.services.append(gateway)
 
-    ``consume_queue`` False leaves the messages the gateway queues in Redis for a later start (tests use it to
-    stop an anchor between accepting a message and handing it to the node)."""
-    cfg = node.config
-    tls = tls_files(cfg.anchor)  # before anything starts: a public plaintext gateway is refused
-    secret = load_or_create_secret(cfg.data_dir)
-    issuer = TokenIssuer(secret, issuer=f"aivillage-anchor:{node.identity.peer_id_hex}", ttl_s=cfg.anchor.token_ttl_s)
-    node_stopped = trio.Event()
-
-    async def run_node(task_status: trio.TaskStatus[None]) -> None:
-        try:
-            await node.run(task_status=task_status)
-        finally:
-            node_stopped.set()
-
-    async with open_stores(cfg) as stores, trio.open_nursery() as nursery:
-        ctx = GatewayContext(
-            node=node,
-            stores=stores,
-            issuer=issuer,
-            settings=cfg.anchor,
-            wall_s=lambda: node.clock.wall_ms() / 1000.0,
-            mailbox=mailbox,
-            queue=MessageQueue(
-                stores.redis,
-                node,
-                max_backlog=cfg.anchor.queue_max,
-                block_ms=int(min(2000.0, cfg.anchor.store_timeout_s * 500)),
-            ),
-        )
-        # The gateway listens before the node starts, so the node's readiness (log line, READY=1 to systemd)
-        # means the whole anchor is up, and a port in use fails the start before it. Requests that need the
-        # node answer 503 until it runs.
-        stop = trio.Event()
-        urls: list[str] = []
-        try:
-            urls = await nursery.start(
-                functools.partial(serve_http, tls=tls), build_app(ctx), cfg.anchor.gateway_listen, stop
-            )
-        except* OSError as group:  # hypercorn binds inside its own nursery: the error comes in a group
-            reason = "; ".join(str(getattr(e, "strerror", None) or e) for e in _leaves(group))
-            raise StartupError(f"the gateway cannot listen on {cfg.anchor.gateway_listen}: {reason}") from None
-        await nursery.start(run_node)
-        # The queue's consumer hands messages to the node while it runs; it stops before the node drains, and
-        # what it has not acknowledged by then stays in Redis for the next start.
-        consumer = trio.CancelScope()
-        if consume_queue and ctx.queue is not None:
-            queue = ctx.queue
-
-            async def consume() -> None:
-                with consumer:
-                    await queue.run()
-
-            nursery.start_soon(consume)
-        if ctx.mailbox is None:  # the node's MailboxService (with [mailbox] serve = true) answers GET /v1/mailbox
-            ctx.mailbox = node.mailbox_service
-        log.info("anchor ready: gateway on %s", ", ".join(urls))
-        task_status.started(urls)
-        # The gateway stops taking requests as soon as a stop is requested (open ones get hypercorn's graceful
-        # timeout) while the node drains; if the node ends otherwise, the gateway stops then.
-        watch = trio.CancelScope()
-
-        async def stop_gateway() -> None:
-            with watch:
-                await node.wait_stop_requested()
-            consumer.cancel()
-            stop.set()
-
-        nursery.start_soon(stop_gateway)
-        await node_stopped.wait()
-        consumer.cancel()
-        watch.cancel()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        task_status.started(gateway.urls)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

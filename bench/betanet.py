@@ -179,7 +179,7 @@ QUIC_LISTEN = "/ip4/127.0.0.1/udp/0/quic-v1"
 
 
 def betanet_settings(listen: str = "/ip4/127.0.0.1/tcp/0") -> Any:
-    from node.config import BetanetSection
+    from node.transports.betanet.settings import BetanetSection
 
     return BetanetSection(listen=(listen,), mdns=False, max_frame_bytes=1 << 20, dht=False, relay="off")
 

@@ -35,9 +35,9 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from node.config import Config, NodeSection
 from node.identity import Identity
 from node.node import Node
+from node.settings import Config, NodeSection
 from node.transports.base import Link, Transport
 from node.transports.ble.bumble_adapter import BumbleAdapter, BumbleWorld, open_bumble_world
 from node.transports.ble.core import BleSettings

@@ -37,7 +37,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from anchor.services import DEFAULT_DIR, SETTINGS_FILE, load_settings
+from anchor.services_settings import SETTINGS_FILE, load_settings
+from tools.services import DEFAULT_DIR
 
 BODY = json.dumps({"text": "benchmark broadcast"}).encode()
 NO_LIMITS: dict[str, Any] = {"ip_rate_per_s": 1e6, "ip_burst": 1_000_000, "key_rate_per_s": 1e6, "key_burst": 1_000_000}
@@ -71,10 +72,11 @@ async def _bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 async def serve(settings_path: str) -> None:
     from anchor.gateway.server import serve_http
     from anchor.run import run_anchor
+    from anchor.settings import AnchorSection
     from anchor.stores.postgres import PostgresStore
-    from node.config import AnchorSection, Config
     from node.identity import create_identity
     from node.node import Node
+    from node.settings import Config
 
     data_dir = Path(tempfile.mkdtemp(prefix="bench-gw-"))
     section = AnchorSection(

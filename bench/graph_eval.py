@@ -34,9 +34,9 @@ from pathlib import Path
 import scifact_data
 import trio
 
-from node.config import RagSection
 from node.rag import graph
 from node.rag.service import RagService
+from node.rag.settings import RagSection
 from node.rag.store import NewChunk, Store
 
 DEFAULTS = graph.ExpandParams()

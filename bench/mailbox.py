@@ -4,8 +4,10 @@ the same run.
     python bench/mailbox.py [--seconds S]        (needs `scripts/services up`; uses a scratch database)
 
 Figures (one summary line each):
-* deposit/s through :class:`anchor.mailbox.MailboxService` (checks, two count queries, INSERT), vs bare
-  ``PostgresStore.mailbox_deposit`` INSERTs of the same envelopes;
+* deposit/s through :class:`anchor.mailbox.MailboxService` (checks, the recipient's envelopes read for the quota,
+  INSERT), vs bare ``PostgresStore.mailbox_deposit`` INSERTs of the same envelopes;
+* deposit/s into a full mailbox (256 envelopes from 256 keys; each deposit from a fresh key is refused: nothing
+  stored is evicted), vs the service's deposit into an empty one;
 * fetch rounds/s of one envelope each (challenge, proof made by the recipient, proof checked, list, ACK/DELETE), vs
   bare ``mailbox_list`` + ``mailbox_delete`` of one row;
 * envelopes/s fetched in batches of 64 (one proof per batch), same baseline per envelope;
@@ -29,15 +31,16 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from anchor.mailbox import MailboxCore, MailboxLimits, MailboxService, PostgresMailboxStorage, envelope_digest
-from anchor.services import DEFAULT_DIR, SETTINGS_FILE, load_settings
+from anchor.services_settings import SETTINGS_FILE, load_settings
 from anchor.stores.postgres import PostgresStore
 from node.clock import Clock
-from node.config import BetanetSection
 from node.identity import Identity
 from node.mailbox import protocol as p
 from node.mailbox.stream import FramedStream
 from node.routing.courier import Envelope, decode_envelope_untrusted, encode_envelope
+from node.transports.betanet.settings import BetanetSection
 from node.transports.betanet.transport import BetanetTransport
+from tools.services import DEFAULT_DIR
 
 LOOPBACK = BetanetSection(listen=("/ip4/127.0.0.1/tcp/0",), mdns=False, dht=False, relay="off")
 SEALED_BYTES = 232  # Noise_X around a private message of 120 characters (32 + 48 + 16 + payload)
@@ -121,6 +124,32 @@ async def _measure(dsn: str, seconds: float) -> list[str]:
         lines.append(
             f"mailbox deposit (service, PostgreSQL): {deposit:,.0f}/s vs bare INSERT {base:,.0f}/s"
             f" = {deposit / base:.2f}x"
+        )
+
+        # ---- the quota at its worst: the recipient already holds 256 envelopes from 256 keys, and every deposit
+        # comes from a fresh key, so each one reads the 256, decides and is refused (anchor.mailbox_quota)
+        quota = MailboxService(
+            MailboxCore(anchor.signing_public, MailboxLimits(unverified_share=1.0, deposits_per_peer_per_min=1e12)),
+            PostgresMailboxStorage(store),
+            clock.wall_ms,
+        )
+        for_one = envelope_maker(recipients[:1], clock.wall_ms())
+        await clear()
+        for _ in range(quota.limits.max_per_recipient):
+            await quota.deposit(for_one(), secrets.token_bytes(32))
+
+        async def refused_deposit() -> int:
+            try:
+                await quota.deposit(for_one(), secrets.token_bytes(32))
+            except p.MailboxError as exc:
+                assert exc.code == p.E_FULL
+            return 1
+
+        full = await timed(refused_deposit, seconds)
+        assert quota.core.counters.deposits_refused > 0 and quota.core.counters.evicted == 0
+        lines.append(
+            f"mailbox deposit into a full mailbox (256 held, each deposit refused): {full:,.0f}/s vs the service "
+            f"into an empty one {deposit:,.0f}/s = {full / deposit:.2f}x"
         )
 
         # ---- fetch one envelope per round, and batches

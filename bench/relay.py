@@ -22,9 +22,9 @@ import nacl.signing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from node.config import MeshSection
 from node.identity import Identity
 from node.routing.mesh import MeshCore
+from node.routing.settings import MeshSection
 from node.wire import (
     DEFAULT_LIMITS,
     MessageType,

@@ -100,9 +100,9 @@ class Daemon:
 
 def baseline_embed_rate(sf: scifact_data.SciFact, n_docs: int) -> float:
     """Documents/s of the embedding model alone on the first n_docs documents (same chunking as the node)."""
-    from node.config import RagSection
     from node.rag.chunking import chunk_text
     from node.rag.embed import Embedder, EmbedderSettings
+    from node.rag.settings import RagSection
 
     cfg = RagSection()
     emb = Embedder(EmbedderSettings(intra_op_threads=cfg.embed_threads, batch_size=cfg.embed_batch))

@@ -32,10 +32,11 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from anchor.services import DEFAULT_DIR, SETTINGS_FILE, ServiceSettings, load_settings
+from anchor.services_settings import SETTINGS_FILE, ServiceSettings, load_settings
 from anchor.stores import GraphStore, PostgresStore, RedisStore
 from anchor.stores.postgres import hash_secret
 from anchor.stores.redis_store import _TOKEN_BUCKET_LUA
+from tools.services import DEFAULT_DIR
 
 
 def rate(fn: Callable[[], int], seconds: float) -> float:

@@ -11,11 +11,10 @@ bad configuration.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +34,12 @@ from node.cli_support import (
 from node.cli_support import load_config as config_for
 from node.control.client import ControlClient
 from node.control.errors import ClientError
-from node.daemon import build_node, load_plugins, run_daemon
+from node.daemon import load_plugins, run_command
 from node.errors import ConfigError, IdentityError, NodeError, StartupError
-from node.identity import create_identity, ensure_private_dir, identity_exists, load_identity
+from node.identity import create_identity, identity_exists, load_identity
 from node.plugin import Plugin
 from node.settings import check_config, config_as_dict, example_toml
+from node.textsafe import safe_json, safe_text
 
 log = logging.getLogger("village")
 
@@ -98,37 +98,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = config_for(args)
-    level = (args.log_level or cfg.node.log_level).upper()
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ensure_private_dir(cfg.data_dir)
-    ident = load_identity(cfg.data_dir)  # refuses loose permissions with a how-to-fix message
-    node = build_node(cfg, ident)  # the daemon's heavy imports (libp2p, ...) happen here only
-    runner: Callable[[], Awaitable[None]] = node.run
-    if cfg.anchor.enabled or getattr(args, "anchor", False):  # `village anchor run` or [anchor] enabled = true
-        try:
-            from anchor.run import run_anchor
-        except ImportError as missing:
-            raise CliError(f"the anchor needs the anchor extra ({missing}): pip install 'aivillage[anchor]'") from None
-        runner = functools.partial(run_anchor, node)
-    code = EXIT_OK
-    try:
-        run_daemon(node, runner)
-    except* NodeError as group:
-        for exc in _leaves(group):
-            log.error("node failed: %s", exc)
-            print(f"village: {exc}", file=sys.stderr)
-        code = EXIT_FAIL
-    if code == EXIT_OK:
-        log.info("node stopped cleanly")
-    return code
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    """The real errors inside (possibly nested) exception groups."""
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
-    return [exc]
+    return run_command(args)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -172,7 +142,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
     if args.wait:
         with ControlClient(socket_path(args), timeout_s=args.timeout + 10) as client:
             info = client.call("peers.wait", peer=args.wait, timeout_s=args.timeout, direct=args.direct)
-        emit(args, info, lambda p: f"{p['peer_id']} ({p['nickname']}) is reachable via {p['transport']}")
+        emit(args, info, lambda p: f"{p['peer_id']} ({safe_text(p['nickname'])}) is reachable via {p['transport']}")
         return EXIT_OK
 
     def human(peers: list[dict[str, Any]]) -> str:
@@ -204,7 +174,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     with ControlClient(socket_path(args), timeout_s=args.wait + 10) as client:
         sent = client.call("messages.send", peer=args.peer, text=args.text)
         state = client.call("messages.wait", id=sent["id"], timeout_s=args.wait)
-    emit(args, state, lambda d: f"{d['id']}  {d['state']}{'  ' + d['detail'] if d['detail'] else ''}")
+    emit(args, state, lambda d: f"{d['id']}  {d['state']}{'  ' + safe_text(d['detail']) if d['detail'] else ''}")
     return EXIT_OK if state["state"] == "delivered" else EXIT_FAIL
 
 
@@ -217,14 +187,15 @@ def cmd_message(args: argparse.Namespace) -> int:
     emit(
         args,
         call(args, "messages.status", id=args.id),
-        lambda d: f"{d['id']}  {d['state']}{'  ' + d['detail'] if d['detail'] else ''}",
+        lambda d: f"{d['id']}  {d['state']}{'  ' + safe_text(d['detail']) if d['detail'] else ''}",
     )
     return EXIT_OK
 
 
 def _inbox_line(m: dict[str, Any]) -> str:
     kind = "private" if m["private"] else "public "
-    return f"[{ms_to_local(m['received_at_ms'])}] {kind} {m['nickname']} ({m['from'][:8]}): {m['text']}"
+    nickname, sender, text = safe_text(m["nickname"]), safe_text(m["from"][:8]), safe_text(m["text"])
+    return f"[{ms_to_local(m['received_at_ms'])}] {kind} {nickname} ({sender}): {text}"
 
 
 def cmd_inbox(args: argparse.Namespace) -> int:
@@ -244,7 +215,7 @@ def cmd_inbox(args: argparse.Namespace) -> int:
 
 
 def _print_inbox(args: argparse.Namespace, m: dict[str, Any]) -> None:
-    print(json.dumps(m, ensure_ascii=False) if args.json else _inbox_line(m), flush=True)
+    print(safe_json(json.dumps(m, ensure_ascii=False)) if args.json else _inbox_line(m), flush=True)
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
@@ -332,7 +303,7 @@ def cmd_rpc(args: argparse.Namespace) -> int:
         raise CliError(f"PARAMS must be a JSON object: {exc}", EXIT_USAGE) from None
     if not isinstance(params, dict):
         raise CliError("PARAMS must be a JSON object", EXIT_USAGE)
-    print(json.dumps(call(args, args.method, **params), indent=2, ensure_ascii=False))
+    print(safe_json(json.dumps(call(args, args.method, **params), indent=2, ensure_ascii=False)))
     return EXIT_OK
 
 
@@ -417,9 +388,6 @@ def build_parser(plugins: Sequence[Plugin] | None = None) -> argparse.ArgumentPa
     p = add("rpc", cmd_rpc, "Call any control method (see `village rpc rpc.methods`).")
     p.add_argument("method", help="JSON-RPC method name")
     p.add_argument("params", nargs="?", help="params as a JSON object")
-    from anchor.cli import add_commands as add_anchor_commands
-
-    add_anchor_commands(sub, common, cmd_run)
     registry = CliRegistry(sub, common)
     for plugin in load_plugins() if plugins is None else plugins:
         if plugin.cli is not None:
@@ -436,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"village: {exc}", file=sys.stderr)
         return exc.code
     except (ClientError, IdentityError, StartupError) as exc:
-        print(f"village: {exc}", file=sys.stderr)
+        print(f"village: {safe_text(exc)}", file=sys.stderr)  # may name peers (their nicknames)
         return EXIT_FAIL
     except ConfigError as exc:
         print(f"village: configuration error: {exc}", file=sys.stderr)

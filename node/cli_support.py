@@ -29,6 +29,7 @@ from node.control.client import ControlClient
 from node.errors import ConfigError
 from node.settings import Config
 from node.settings import load_config as load_settings
+from node.textsafe import safe_json, safe_text
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -126,7 +127,7 @@ def call(args: argparse.Namespace, method: str, **params: Any) -> Any:
 def emit(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> None:
     """Print ``data`` as JSON with ``--json``, else ``human(data)`` (nothing if it is empty)."""
     if getattr(args, "json", False):
-        print(json.dumps(data, indent=2, ensure_ascii=False))
+        print(safe_json(json.dumps(data, indent=2, ensure_ascii=False)))  # same values, controls escaped
     else:
         text = human(data)
         if text:
@@ -134,7 +135,9 @@ def emit(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> No
 
 
 def table(rows: list[list[str]], headers: list[str]) -> str:
-    """Columns padded to their widest cell, a header line first."""
+    """Columns padded to their widest cell, a header line first. Cells hold peers' nicknames, IDs and texts: shown
+    with visible escapes (node/textsafe.py)."""
+    rows = [[safe_text(c) for c in row] for row in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in [headers, *rows]]
     return "\n".join(lines)

@@ -11,17 +11,19 @@ external ones come from package metadata.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import importlib
 import importlib.metadata
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import trio
-
+from node.errors import NodeError
 from node.plugin import ENTRY_POINT_GROUP, Plugin, Service
+from node.textsafe import install_log_handler
 
 if TYPE_CHECKING:
     from node.identity import Identity
@@ -32,7 +34,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("village.daemon")
 
 # Subsystems shipped with the node, as "module:attribute" (imported lazily, in this order).
-BUILTIN_PLUGINS: tuple[str, ...] = ("node.rag.plugin:PLUGIN", "node.mailbox.plugin:PLUGIN")
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "node.rag.plugin:PLUGIN",
+    "node.mailbox.plugin:PLUGIN",
+    "node.twin.plugin:PLUGIN",
+    "node.mcp.plugin:PLUGIN",
+    "node.agents.plugin:PLUGIN",
+)
 
 
 def _load(spec: str) -> Plugin:
@@ -95,23 +103,65 @@ def build_node(
     plugins: Sequence[Plugin] | None = None,
     transports: Sequence[Transport] | None = None,
     extra_services: Sequence[Service] = (),
+    **node_options: Any,
 ) -> Node:
-    """The daemon's Node: transports (built from ``cfg`` unless given), the plugins' services, their RPC methods."""
+    """The daemon's Node: transports (built from ``cfg`` unless given), the plugins' services, their RPC methods.
+    ``node_options`` go to :class:`~node.node.Node` (``control``, ``persistent_inbox``, ``clock``, ``rng``)."""
     from node.node import Node
 
     plugins = load_plugins() if plugins is None else plugins
     services = [*build_services(cfg, plugins), *extra_services]
     transports = build_transports(cfg, ident) if transports is None else transports
-    return Node(cfg, ident, transports=transports, services=services, plugins=plugins)
+    return Node(cfg, ident, transports=transports, services=services, plugins=plugins, **node_options)
+
+
+def run_command(args: argparse.Namespace, *, configure: Callable[[Config], Config] | None = None) -> int:
+    """``village run`` (and a plugin's own, ``village anchor run``, whose ``configure`` adjusts the config): log
+    setup, the identity (refused with loose permissions), :func:`build_node`, then :func:`run_daemon`. Returns the
+    exit code; a start that fails prints why."""
+    from node.cli_support import EXIT_FAIL, EXIT_OK
+    from node.cli_support import load_config as config_for
+    from node.identity import ensure_private_dir, load_identity
+
+    cfg = config_for(args)
+    if configure is not None:
+        cfg = configure(cfg)
+    level = (getattr(args, "log_level", None) or cfg.node.log_level).upper()
+    install_log_handler(level, sys.stderr)  # peers' text in log lines shown escaped (node/textsafe.py)
+    ensure_private_dir(cfg.data_dir)
+    ident = load_identity(cfg.data_dir)  # refuses loose permissions with a how-to-fix message
+    node = build_node(cfg, ident)  # the daemon's heavy imports (libp2p, ...) happen here only
+    code = EXIT_OK
+    try:
+        run_daemon(node)
+    except* NodeError as group:
+        for exc in _leaves(group):
+            log.error("node failed: %s", exc)
+            print(f"village: {exc}", file=sys.stderr)
+        code = EXIT_FAIL
+    if code == EXIT_OK:
+        log.info("node stopped cleanly")
+    return code
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The real errors inside (possibly nested) exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
 
 
 def run_daemon(node: Node, runner: Callable[[], Awaitable[None]] | None = None) -> None:
     """Run ``node`` (or ``runner``, which runs it) until SIGINT/SIGTERM; a second signal stops without draining.
     Errors propagate (NodeError leaves inside an exception group)."""
+    import trio  # here, not at the top: config loading and plugin discovery stay free of it
+
     trio.run(_serve, node, runner or node.run)
 
 
 async def _serve(node: Node, runner: Callable[[], Awaitable[None]]) -> None:
+    import trio
+
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
 

@@ -3,7 +3,7 @@
 Each package has its own ``errors.py`` whose classes derive from the ones here::
 
     NodeError
-    ├── ConfigError                 bad or unknown config key (node.config)
+    ├── ConfigError                 bad or unknown config key (node.settings)
     ├── IdentityError               missing/corrupt key files (node.identity)
     │   └── KeyPermissionError      key file readable by group/others
     ├── StartupError                the daemon could not start (port in use, socket busy, ...)

@@ -2,11 +2,16 @@
 
 Each row is unique by (sender, message ID): a retransmitted private message is stored once. The table is
 pruned to ``mesh.inbox_max_messages`` rows (oldest first). Writes are single small statements on a local
-file, done inline on the event loop; they take tens of microseconds.
+file, done inline on the event loop.
+
+Durable receipt (issue 13): the database runs with ``synchronous=FULL``, so a row is on disk when :meth:`Inbox.add`
+returns; the node lets a private message's delivery ack (and a mailbox ack) leave only after that. A failed insert
+(disk full, I/O error) raises :class:`InboxError` instead of a bare ``sqlite3`` error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,8 +19,14 @@ from typing import Any
 
 import sqlite_utils
 
+from node.errors import NodeError
+
 SCHEMA_VERSION = 1
 PRUNE_EVERY = 100  # inserts between prune passes
+
+
+class InboxError(NodeError):
+    """A message could not be stored (the disk is full, or failing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +54,7 @@ class Inbox:
         self.db = sqlite_utils.Database(conn)
         if path is not None:
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA synchronous=FULL")  # a committed row survives a power cut
         self.max_messages = max_messages
         self._inserts = 0
         self.db.execute("""
@@ -77,17 +88,21 @@ class Inbox:
         hops: int,
     ) -> InboxMessage | None:
         """Store a message; returns it, or None if (sender, id) is already there."""
-        cur = self.db.execute(
-            "INSERT OR IGNORE INTO inbox (id, sender, nickname, text, private, received_at_ms, sent_at_ms, hops)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [id, sender, nickname, text, int(private), received_at_ms, sent_at_ms, hops],
-        )
+        try:
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO inbox (id, sender, nickname, text, private, received_at_ms, sent_at_ms, hops)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [id, sender, nickname, text, int(private), received_at_ms, sent_at_ms, hops],
+            )
+        except sqlite3.Error as exc:
+            raise InboxError(f"could not store message {id!r} from {sender}: {exc}") from exc
         if cur.rowcount == 0:
             return None
         seq = int(cur.lastrowid or 0)
         self._inserts += 1
         if self._inserts % PRUNE_EVERY == 0:
-            self.prune()
+            with contextlib.suppress(sqlite3.Error):  # the row is stored; pruning is retried PRUNE_EVERY inserts later
+                self.prune()
         return InboxMessage(seq, id, sender, nickname, text, private, received_at_ms, sent_at_ms, hops)
 
     def prune(self) -> None:

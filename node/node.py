@@ -23,16 +23,13 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from node.clock import Clock
-from node.config import Config
 from node.control.methods import build_registry
 from node.control.server import ControlServer
-from node.errors import MeshError, NodeError, StartupError
+from node.errors import MeshError, NodeError
 from node.identity import Identity, fingerprint_from_noise_key
-from node.inbox import Inbox, InboxMessage
+from node.inbox import Inbox, InboxError, InboxMessage
 from node.outbox import Outbox, OutboxError
 from node.pinfile import PinFile, PinFileError
-from node.rag import federated
-from node.rag.service import RagService
 from node.routing.app import AppRemoteError, AppRequestReceived, AppResponseReceived, AppTimeout
 from node.routing.mesh import (
     DeliveryAcked,
@@ -45,16 +42,18 @@ from node.routing.mesh import (
     PrivateFailed,
 )
 from node.routing.pins import PinChange
+from node.routing.names import describe
+from node.settings import Config
 from node.systemd import sd_notify
 from node.transports.base import FrameSizeError, Link, LinkClosed, Transport
+from node.transports.sendqueue import LinkSendQueue
 
 if TYPE_CHECKING:
-    from node.mailbox.client import MailboxClient
     from node.plugin import Plugin, Service
 
 log = logging.getLogger("village.node")
 
-LINK_SEND_QUEUE_FRAMES = 256  # frames queued per link before new ones are dropped (and counted)
+LINK_SEND_QUEUE_FRAMES = 256  # frames queued per link before new ones are dropped (and counted); bytes: config
 NEW_LINK_QUEUE = 64  # links handed over by transports, waiting for a reader task
 SENT_MESSAGES_KEPT = 1000  # outgoing messages whose state (pending/delivered/failed) stays queryable
 APP_MAX_RUNNING_HANDLERS = 16  # app requests served at once; more are answered "busy"
@@ -124,12 +123,13 @@ class Node:
         self.inbox: Inbox | None = None
         self.outbox: Outbox | None = None
         self.links: dict[str, Link] = {}
-        self._queues: dict[str, trio.MemorySendChannel[bytes]] = {}
+        self._queues: dict[str, LinkSendQueue] = {}
         self._followers: list[trio.MemorySendChannel[InboxMessage]] = []
         # Each subscription's send end by its receive end, so unsubscribing drops it at once.
         self._follower_sends: dict[trio.MemoryReceiveChannel[InboxMessage], trio.MemorySendChannel[InboxMessage]] = {}
         self.outgoing: OrderedDict[str, OutgoingMessage] = OrderedDict()
         self.dropped_link_frames = 0
+        self.inbox_store_failed = 0  # messages the inbox could not store (their acks withheld)
         self._overflowing: set[str] = set()  # links already warned about a full send queue
         self._nursery: trio.Nursery | None = None
         self._rearm = trio.Event()
@@ -141,20 +141,13 @@ class Node:
         self._stop_requested = trio.Event()
         self.started_at: float | None = None
         self.control_server: ControlServer | None = None
-        self.mailbox: MailboxClient | None = None  # with mailbox.anchors
-        self.mailbox_service: Any = None  # anchor.mailbox.MailboxService with mailbox.serve (the gateway's port)
+        self._ready = trio.Event()
+        # Hooks services register (the mailbox client): called on every link up / every envelope the core seals.
+        self._link_up_listeners: list[Callable[[str], None]] = []
+        self._sealed_listeners: list[Callable[[bytes], None]] = []
         self._app_handlers: dict[str, AppHandler] = {}
         self._app_waiters: dict[bytes, _AppWaiter] = {}
         self._app_running: dict[bytes, int] = {}  # peer -> app requests of it being served
-        # The local knowledge base (node/rag): opened on first use, closed when run() ends.
-        self.rag: RagService | None = None
-        if config.rag.enabled:
-            self.rag = RagService(
-                config.rag,
-                config.data_dir / "rag" if persistent_inbox else None,
-                wall_s=lambda: self.clock.wall_ms() / 1000.0,
-            )
-        federated.serve(self)  # answer peers' `rag query --mesh` from shared documents only (node.rag.federated)
 
     # ------------------------------------------------------------ lifecycle
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -168,11 +161,9 @@ class Node:
             nickname=self.nickname,
             wall_offset_ms=self.clock.wall_ms() - now * 1000.0,
             rng=self._rng,
-            seal_for_mailbox=bool(cfg.mailbox.anchors),
+            seal_for_mailbox=bool(self._sealed_listeners),
             initial_pins=self.pin_file.load(),  # identity bindings proven by handshakes (node.routing.pins)
         )
-        if cfg.mailbox.anchors:
-            self.mailbox = self._make_mailbox_client()
         state_db = cfg.data_dir / "state.db" if self._persistent_inbox else None
         self.inbox = Inbox(state_db, max_messages=cfg.mesh.inbox_max_messages)
         self.outbox = Outbox(state_db)
@@ -180,8 +171,6 @@ class Node:
             self._restore_outbox()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                if self.rag is not None:
-                    await nursery.start(self.rag.run)
                 if self._control_enabled:
                     self.control_server = ControlServer(
                         cfg.socket_path,
@@ -192,16 +181,10 @@ class Node:
                     await nursery.start(self.control_server.run)
                 link_send, link_recv = trio.open_memory_channel[Link](NEW_LINK_QUEUE)
                 nursery.start_soon(self._accept_links, link_recv)
-                for service in self.services:
+                for service in self.services:  # e.g. a BetaNet protocol handler is registered before transports run
                     await nursery.start(service.run, self)
-                if cfg.mailbox.serve:  # the anchor's side: registers its BetaNet protocol before transports start
-                    from anchor.mailbox import serve_mailbox
-
-                    self.mailbox_service = await nursery.start(serve_mailbox, self)
                 for transport in self.transports:
                     await nursery.start(transport.run, link_send)
-                if self.mailbox is not None:
-                    await nursery.start(self.mailbox.run)
                 nursery.start_soon(self._timer_task)
                 nursery.start_soon(self._pin_writer)
                 self.started_at = self.clock.now()
@@ -213,6 +196,7 @@ class Node:
                     cfg.socket_path if self._control_enabled else "off",
                 )
                 sd_notify("READY=1")
+                self._ready.set()
                 task_status.started()
                 await self._stop_requested.wait()
                 await self._drain()
@@ -225,19 +209,33 @@ class Node:
             self._write_pins(self._take_pin_backlog())  # what the writer had not written yet
             self.pin_file.close()
 
-    def _make_mailbox_client(self) -> MailboxClient:
-        from node.mailbox.client import MailboxClient
-        from node.transports.betanet.transport import BetanetTransport
+    # ------------------------------------------------------------ hooks for services
+    @property
+    def persistent(self) -> bool:
+        """Whether this node keeps its state on disk (False: in-memory inbox, outbox and knowledge base; tests)."""
+        return self._persistent_inbox
 
-        betanet = next((t for t in self.transports if isinstance(t, BetanetTransport)), None)
-        if betanet is None:
-            raise StartupError("mailbox.anchors needs BetaNet (betanet.enabled = true)")
-        return MailboxClient(self.identity, self.config.mailbox, betanet, self.deliver_mailbox_envelope)
+    def on_link_up(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(remote_address)`` whenever a link comes up."""
+        self._link_up_listeners.append(listener)
+
+    def on_envelope_sealed(self, listener: Callable[[bytes], None]) -> None:
+        """Hand ``listener`` every courier envelope the mesh core seals for a peer nobody can reach (for a mailbox
+        anchor); registering one makes the core seal held messages even with ``mesh.courier_copies = 0``."""
+        self._sealed_listeners.append(listener)
+        if self.core is not None:
+            self.core.seal_held_for_mailbox()
+
+    async def wait_ready(self) -> None:
+        """Return once the node is up (transports started, readiness reported)."""
+        await self._ready.wait()
 
     def deliver_mailbox_envelope(self, envelope: bytes) -> bool:
-        """An envelope fetched from an anchor: opened into the inbox (stored on return). False if unopenable."""
+        """An envelope fetched from an anchor: opened into the inbox (committed on return). False if unopenable;
+        :class:`InboxError` if it could not be stored (then the anchor must keep it: no mailbox ack)."""
         opened = self._require_core().receive_mailbox_envelope(envelope, self.clock.now())
-        self._flush()
+        if not self._flush():
+            raise InboxError("a mailbox envelope could not be stored in the inbox; it stays at the anchor")
         return opened
 
     def _restore_outbox(self) -> None:
@@ -307,17 +305,17 @@ class Node:
     async def _serve_link(self, link: Link) -> None:
         core = self._require_core()
         link_id = link.link_id
-        send_q, recv_q = trio.open_memory_channel[bytes](LINK_SEND_QUEUE_FRAMES)
+        queue = LinkSendQueue(LINK_SEND_QUEUE_FRAMES, self.config.node.link_send_queue_bytes)
         self.links[link_id] = link
-        self._queues[link_id] = send_q
+        self._queues[link_id] = queue
         log.info("link up: %s to %s (mtu %d)", link_id, link.remote_address, link.mtu)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._link_writer, link, recv_q, nursery.cancel_scope)
+                nursery.start_soon(self._link_writer, link, queue, nursery.cancel_scope)
                 core.link_up(link_id, link.mtu, self.clock.now(), link.authenticated_signing_key)
                 self._flush()
-                if self.mailbox is not None:
-                    self.mailbox.on_link_up(link.remote_address)
+                for listener in self._link_up_listeners:
+                    listener(link.remote_address)
                 while True:
                     try:
                         frame = await link.receive()
@@ -336,9 +334,7 @@ class Node:
                 await link.aclose()
             log.info("link down: %s", link_id)
 
-    async def _link_writer(
-        self, link: Link, frames: trio.MemoryReceiveChannel[bytes], link_scope: trio.CancelScope
-    ) -> None:
+    async def _link_writer(self, link: Link, frames: LinkSendQueue, link_scope: trio.CancelScope) -> None:
         try:
             async for frame in frames:
                 try:
@@ -358,9 +354,21 @@ class Node:
             raise MeshError("the node is not running")
         return self.core
 
-    def _flush(self) -> None:
+    def _flush(self) -> bool:
+        """Hand the core's events and frames on. Durable receipt: the events go first, so a delivered message's inbox
+        row is committed before the frames of the same step (its delivery ack among them) leave; if a row could
+        not be stored, none of them leave (returns False) and the core forgets it delivered the message, so the
+        sender's resend is delivered (and acked) again."""
         core = self._require_core()
-        for link_id, frame in core.frames_to_send():
+        frames = core.frames_to_send()
+        failed_before = self.inbox_store_failed  # (a counter: a flush nested in an event's handling counts too)
+        while (event := core.next_event()) is not None:
+            self._on_event(event)
+        stored = self.inbox_store_failed == failed_before
+        if not stored:
+            core.output.hoparq.forget_frames(frames)  # nor by a hop retransmission
+            frames = []
+        for link_id, frame in frames:
             q = self._queues.get(link_id)
             if q is None:
                 continue
@@ -371,17 +379,18 @@ class Node:
                 if link_id not in self._overflowing:
                     self._overflowing.add(link_id)
                     log.warning(
-                        "link %s is not keeping up: its send queue (%d frames) is full, dropping frames",
+                        "link %s is not keeping up: its send queue (%d frames, %d bytes; node.link_send_queue_bytes) "
+                        "is full, dropping frames",
                         link_id,
-                        LINK_SEND_QUEUE_FRAMES,
+                        q.queued_frames,
+                        q.queued_bytes,
                     )
-        while (event := core.next_event()) is not None:
-            self._on_event(event)
         if changes := core.pins.take_changes():
             self._pin_backlog.extend(changes)
             self._pins_dirty.set()
         self._rearm.set()
         self._notify_changed()
+        return stored
 
     def _notify_changed(self) -> None:
         self._changed.set()
@@ -434,22 +443,29 @@ class Node:
                 core.handle_timer(now)
                 self._flush()
 
-    def _on_event(self, event: MeshEvent) -> None:
+    def _on_event(self, event: MeshEvent) -> bool:
+        """Act on one core event; False when a received message could not be stored."""
         if isinstance(event, MessageReceived):
             inbox = self.inbox
             assert inbox is not None
-            stored = inbox.add(
-                id=event.message_id,
-                sender=event.sender_id.hex(),
-                nickname=event.sender_nickname,
-                text=event.text,
-                private=event.private,
-                received_at_ms=self.clock.wall_ms(),
-                sent_at_ms=event.timestamp_ms,
-                hops=event.hops,
-            )
+            try:
+                stored = inbox.add(
+                    id=event.message_id,
+                    sender=event.sender_id.hex(),
+                    nickname=event.sender_nickname,
+                    text=event.text,
+                    private=event.private,
+                    received_at_ms=self.clock.wall_ms(),
+                    sent_at_ms=event.timestamp_ms,
+                    hops=event.hops,
+                )
+            except InboxError as exc:
+                self.inbox_store_failed += 1
+                self._forget_received(event)
+                log.error("%s; no delivery ack is sent, the sender will resend", exc)
+                return False
             if stored is None:
-                return
+                return True
             log.info(
                 "%s message %s from %s (%s)",
                 "private" if event.private else "public",
@@ -481,8 +497,8 @@ class Node:
             self._settle(event.message_id, "delivered")
             log.info("private message %s delivered to %s", event.message_id, event.peer_id.hex())
         elif isinstance(event, EnvelopeSealed):
-            if self.mailbox is not None:
-                self.mailbox.on_sealed(event.envelope)
+            for sealed_listener in self._sealed_listeners:
+                sealed_listener(event.envelope)
         elif isinstance(event, PrivateFailed):
             self._set_outgoing(event.message_id, "failed", event.reason)
             self._settle(event.message_id, "failed", event.reason)
@@ -494,6 +510,13 @@ class Node:
             if waiter is not None:
                 waiter.answer = event
                 waiter.done.set()
+        return True
+
+    def _forget_received(self, event: MessageReceived) -> None:
+        """The core must not take a resend of an unstored private message for a duplicate (it would ack it)."""
+        if not event.private:
+            return
+        self._require_core().forget_received(event.sender_id, event.message_id)
 
     # ------------------------------------------------------------ app channel (node.routing.app)
     def register_app_handler(self, service: str, handler: AppHandler) -> None:
@@ -613,8 +636,7 @@ class Node:
                 "(a full 16-hex-digit peer ID is accepted for a peer not heard from yet)"
             )
         if len(matches) > 1:
-            names = ", ".join(f"{p.peer_id.hex()} ({p.nickname})" for p in matches)
-            raise MeshError(f"{ref!r} matches several peers: {names}; use a full peer ID")
+            raise MeshError(f"{ref!r} matches several peers: {describe(matches)}; use a full peer ID")
         return matches[0].peer_id
 
     async def connect(self, addr: str) -> Link:
@@ -735,7 +757,11 @@ class Node:
             "outbox": self._require_outbox().counts(),
             "routes": len(core.paths.all_routes(now)),
             "data_dir": str(self.config.data_dir),
-            "counters": {**_as_dict(core.counters), "link_queue_dropped": self.dropped_link_frames},
+            "counters": {
+                **_as_dict(core.counters),
+                "link_queue_dropped": self.dropped_link_frames,
+                "inbox_store_failed": self.inbox_store_failed,
+            },
             "app_counters": _as_dict(core.app.counters),
             "contained": dict(core.containment.by_cause),  # frames/timer tasks a failure ended, by cause
             "transport_counters": {t.name: _as_dict(t.counters) for t in self.transports if hasattr(t, "counters")},

@@ -26,23 +26,18 @@ import os
 import tomllib
 import typing
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from node.errors import ConfigError
-from node.schema import parse_host_port, setting
+from node.schema import check_utf8_bytes, parse_host_port, setting
 
 if TYPE_CHECKING:
-    from node.config import (
-        AnchorSection,
-        BetanetSection,
-        BleSection,
-        ControlSection,
-        MailboxSection,
-        MeshSection,
-        NodeSection,
-        RagSection,
-    )
+    from node.control.settings import ControlSection
+    from node.routing.settings import MeshSection
+    from node.transports.betanet.settings import BetanetSection
+    from node.transports.ble.settings import BleSection
     from node.wire.limits import WireLimits
 
 __all__ = [
@@ -59,19 +54,49 @@ __all__ = [
 ]
 
 APP_NAME = "aivillage"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 # The core's own sections ("module:Class"), imported on first use; plugins add theirs (Plugin.sections).
 BUILTIN_SECTIONS: tuple[str, ...] = (
-    "node.config:NodeSection",
-    "node.config:ControlSection",
-    "node.config:MeshSection",
+    "node.settings:NodeSection",
+    "node.control.settings:ControlSection",
+    "node.routing.settings:MeshSection",
     "node.wire.limits:WireLimits",
-    "node.config:BetanetSection",
-    "node.config:AnchorSection",
-    "node.config:BleSection",
+    "node.transports.betanet.settings:BetanetSection",
+    "node.transports.ble.settings:BleSection",
 )
 
 S = TypeVar("S")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSection:
+    SECTION: ClassVar[str] = "node"
+
+    nickname: str = setting(
+        "",
+        "Name shown to peers in announces (<= 255 UTF-8 bytes). Empty: 'village-' + "
+        "the first 4 hex digits of the peer ID.",
+    )
+    data_dir: str = setting(
+        "",
+        "Where keys, state and the control socket live. Empty: --data-dir, "
+        "$VILLAGE_DATA_DIR, or the platform's user data dir.",
+    )
+    log_level: str = setting("info", "Log verbosity.", choices=LOG_LEVELS)
+    shutdown_deadline_s: float = setting(
+        10.0, "Seconds allowed for a clean drain after SIGINT/SIGTERM before tasks are cancelled.", min=0.1, max=600
+    )
+    link_send_queue_bytes: int = setting(
+        4 * 1_048_576,
+        "Bytes of frames queued for one link (besides at most 256 frames); a link whose peer does not keep up has "
+        "further frames dropped and counted (status: link_queue_dropped). One frame always fits an empty queue.",
+        min=65_536,
+        max=1_073_741_824,
+    )
+
+    def __post_init__(self) -> None:
+        check_utf8_bytes("node.nickname", self.nickname, 255)
 
 
 def _import(spec: str) -> Any:
@@ -140,6 +165,11 @@ class Config:
             raise TypeError(f"[{name}] holds a {type(value).__qualname__}, not a {cls.__qualname__}")
         return value
 
+    def with_sections(self, *sections: Any) -> Config:
+        """A copy with ``sections`` (section instances) in place of the ones of their names."""
+        merged = {**self._sections, **{section_name(type(v)): v for v in sections}}
+        return Config(data_dir=self.data_dir, source=self.source, **merged)
+
     def _named(self, name: str) -> Any:
         value = self._sections.get(name)
         if value is not None:
@@ -170,7 +200,7 @@ class Config:
     def socket_path(self) -> Path:
         return Path(self.control.socket_path) if self.control.socket_path else self.data_dir / "control.sock"
 
-    # The core's sections (plugins' sections: cfg.section(cls)).
+    # The core's sections (a plugin's, rag and mailbox included: cfg.section(cls)).
     @property
     def node(self) -> NodeSection:
         return self._named("node")  # type: ignore[no-any-return]
@@ -194,22 +224,6 @@ class Config:
     @property
     def ble(self) -> BleSection:
         return self._named("ble")  # type: ignore[no-any-return]
-
-    @property
-    def anchor(self) -> AnchorSection:
-        return self._named("anchor")  # type: ignore[no-any-return]
-
-    @property
-    def mailbox(self) -> MailboxSection:
-        from node.config import MailboxSection
-
-        return self.section(MailboxSection)
-
-    @property
-    def rag(self) -> RagSection:
-        from node.config import RagSection
-
-        return self.section(RagSection)
 
 
 # ---------------------------------------------------------------- loading

@@ -23,3 +23,21 @@ def test_mesh_sim_bench_runs_both_modes() -> None:
     line = mesh_sim.unicast_line(path, flood)
     assert line.startswith("mesh_sim.unicast.n30.loss10:") and path.finished and flood.finished
     assert path.report.unicast_sent == 4
+
+
+def test_hostile_bench_runs() -> None:
+    import hostile
+
+    attacked = hostile.run(300, 50, 2, 3, 1)
+    quiet = hostile.run(0, 50, 2, 3, 1)
+    lines = hostile.report(attacked, quiet, 50)
+    assert [line.split(":")[0] for line in lines] == [
+        "hostile.rss_mib",
+        "hostile.frames_per_s",
+        "hostile.amplification",
+        "hostile.honest_ratio",
+        "hostile.bounds",
+        "hostile.escaped",
+    ]
+    assert attacked.frames == 300 and attacked.honest_acked == attacked.honest_sent == 6
+    assert "hostile.escaped: 0" in lines[-1]

@@ -19,10 +19,10 @@ import pytest
 import trio
 
 from node.cli import build_parser, main
-from node.config import Config
 from node.control.rpc import NoParams
 from node.identity import Identity
 from node.node import Node
+from node.settings import Config
 from node.transports.memory import MemoryNetwork
 
 BIN = Path(sys.executable).parent

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -12,6 +15,8 @@ from node.errors import ConfigError
 from node.settings import Config, all_sections, config_from_mapping, example_toml, load_config, section_name
 
 REPO = Path(__file__).resolve().parents[1]
+PEER = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"  # a well-formed libp2p peer ID
+RELAYED = f"/ip4/192.0.2.7/tcp/4001/p2p/{PEER}/p2p-circuit/p2p/{PEER}"
 
 
 def test_defaults_without_a_file(tmp_path: Path) -> None:
@@ -99,3 +104,53 @@ def test_config_is_frozen() -> None:
     cfg = Config(data_dir=Path("/x"))
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.mesh.default_ttl = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[betanet]\nlisten = ["/ip4/127.0.0.1/tcp/nope"]\n', "betanet.listen: not a valid multiaddr list"),
+        ('[betanet]\nbootstrap = ["/ip4/127.0.0.1/tcp/4001"]\n', "betanet.bootstrap: '/ip4/127.0.0.1/tcp/4001' is not"),
+        ('[betanet]\nbootstrap = ["/dns9/x/p2p/Qm"]\n', "betanet.bootstrap: '/dns9/x/p2p/Qm' is not a multiaddr"),
+        (
+            f'[betanet]\nrelay = "off"\nbootstrap = ["{RELAYED}"]\n',
+            "betanet.bootstrap: .* is a relayed address but betanet.relay is off",
+        ),
+        ('[mailbox]\nanchors = ["/ip4/10.0.0.1/udp/4001/quic-v1"]\n', "mailbox.anchors: .* is not a multiaddr"),
+        ('[ble]\nadapter = "bumble"\n', 'ble.bumble_transport: adapter = "bumble" needs'),
+        ("[rag]\nchunk_chars = 300\nchunk_overlap_chars = 300\n", r"rag.chunk_overlap_chars: expected less than"),
+        ('[anchor]\ngateway_listen = "8000"\n', "anchor.gateway_listen: expected HOST:PORT"),
+    ],
+)
+def test_config_check_refuses_what_a_start_would(tmp_path: Path, toml: str, message: str) -> None:
+    """`village config check` (the real CLI) validates every section a start builds, multiaddrs included."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(toml)
+    r = subprocess.run(
+        [sys.executable, "-m", "node.cli", "config", "check", "--config", str(bad), "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 2, r.stdout
+    assert re.search(message, r.stderr), r.stderr
+    good = tmp_path / "good.toml"
+    good.write_text(f'[betanet]\nlisten = ["/ip4/127.0.0.1/udp/0/quic-v1"]\nbootstrap = ["{RELAYED}"]\n')
+    r = subprocess.run(
+        [sys.executable, "-m", "node.cli", "config", "check", "--config", str(good), "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 0 and "configuration OK" in r.stdout, r.stderr
+
+
+def test_the_settings_loader_stays_light() -> None:
+    """Client commands load the config: the loader, the core's sections and the plugins' (discovered, anchor
+    included) pull in no heavy library."""
+    code = "import sys, node.settings as s; s.all_sections(); print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    heavy = {"trio", "libp2p", "multiaddr", "platformdirs", "numpy", "onnxruntime", "fastapi", "psycopg", "node.node"}
+    assert not heavy & set(out), heavy & set(out)

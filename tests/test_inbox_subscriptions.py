@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from node.config import Config
 from node.identity import create_identity
 from node.node import Node
+from node.settings import Config
 
 
 def test_unsubscribing_releases_the_subscription_at_once(tmp_path: Path) -> None:

@@ -18,7 +18,6 @@ import trio
 
 from node.cli import build_parser
 from node.cli_support import CliRegistry, call, emit
-from node.config import NodeSection
 from node.control.methods import build_registry
 from node.control.rpc import NoParams, Notify, Registry
 from node.daemon import build_node, load_plugins
@@ -27,7 +26,7 @@ from node.identity import Identity
 from node.node import Node
 from node.plugin import Plugin
 from node.schema import setting
-from node.settings import Config, all_sections, config_as_dict, example_toml, load_config
+from node.settings import Config, NodeSection, all_sections, config_as_dict, example_toml, load_config
 from node.transports.base import Link, Transport
 
 REPO = Path(__file__).resolve().parents[1]

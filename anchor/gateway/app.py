@@ -39,6 +39,7 @@ from anchor.gateway.auth import (
     basic_credentials,
     bearer_token,
     check_role_scopes,
+    ip_buckets,
     narrow_scopes,
 )
 from anchor.gateway.errors import (
@@ -51,11 +52,12 @@ from anchor.gateway.errors import (
     RateLimited,
     Unauthenticated,
 )
+from anchor.gateway.mcp_route import McpMount
 from anchor.gateway.ports import ApiKeyInfo, GatewayStores, MailboxPort
 from anchor.gateway.rag_route import add_rag_routes
 from anchor.queue import MessageQueue, QueuedMessage, new_message_id
+from anchor.settings import AnchorSection
 from anchor.stores.errors import StoreError, StoreUnavailable
-from node.config import AnchorSection
 from node.errors import MeshError
 from node.mailbox import protocol as mailbox_protocol
 
@@ -340,8 +342,12 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
 
     async def limit_ip(request: Request) -> str:
         ip = request.client.host if request.client else "unknown"
-        await limit(f"ip:{ip}", settings.ip_rate_per_s, settings.ip_burst)
+        await limit_host(ip)
         return ip
+
+    async def limit_host(ip: str) -> None:
+        for bucket, factor in ip_buckets(ip):  # an IPv6 client's /64, then its /48 (a larger bucket)
+            await limit(f"ip:{bucket}", settings.ip_rate_per_s * factor, settings.ip_burst * factor)
 
     async def authenticate(authorization: str | None) -> Principal:
         principal = ctx.issuer.verify(bearer_token(authorization), now_s=ctx.wall_s())
@@ -558,7 +564,7 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
             auth = "Bearer " + websocket.query_params["access_token"]
         try:
             ip = websocket.client.host if websocket.client else "unknown"
-            await limit(f"ip:{ip}", settings.ip_rate_per_s, settings.ip_burst)
+            await limit_host(ip)
             principal = await authenticate(auth)
             principal.require(SCOPE_EVENTS_READ)
             if ctx.event_streams >= settings.max_event_streams:
@@ -586,7 +592,12 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
                 ctx.stream_wakeups.pop(principal.key_id, None)
             ctx.node.unsubscribe_inbox(inbox)
 
-    return BodyLimit(app, settings.max_body_bytes)
+    async def authenticate_request(request: Request) -> Principal:
+        await limit_ip(request)
+        return await authenticate(request.headers.get("authorization"))
+
+    # /mcp: the node's MCP tools for remote clients, behind the same auth (anchor.gateway.mcp_route).
+    return BodyLimit(McpMount(app, ctx, authenticate_request), settings.max_body_bytes)
 
 
 async def _pump_events(

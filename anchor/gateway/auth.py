@@ -19,8 +19,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
+import fcntl
+import ipaddress
+import logging
 import os
 import secrets
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +46,12 @@ from anchor.gateway.roles import (
 from node.errors import StartupError
 from node.identity import ensure_private_dir
 
+log = logging.getLogger("village.anchor.gateway")
+
 ALGORITHM = "HS256"
 SECRET_BYTES = 32  # 256-bit HMAC key, the size RFC 7518 asks for HS256
+SECRET_FILE = "jwt.secret"
+LOCK_FILE = ".jwt.secret.lock"  # flock-ed for the whole load-or-create (two starts never race)
 CLOCK_SKEW_S = 5.0  # tokens whose iat lies this far in the future are refused
 
 
@@ -119,28 +128,139 @@ def narrow_scopes(granted: frozenset[str], requested: str | None) -> frozenset[s
     return wanted
 
 
+# The per-IP rate limit counts an IPv6 client by its /64: one subscriber (or one cloud VM) gets a whole /64 and can
+# pick any of its 2^64 addresses per request, so keying on the full address would give it 2^64 buckets.
+IPV6_BUCKET_PREFIX = 64
+# And by its /48 too, in a second bucket IPV6_SITE_FACTOR times larger: a free tunnel-broker /48 (or a /56 home
+# delegation) holds 65,536 (256) /64s, each of which would otherwise be a fresh bucket.
+IPV6_SITE_PREFIX = 48
+IPV6_SITE_FACTOR = 16
+_SIXTOFOUR = ipaddress.IPv6Network("2002::/16")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052's well-known prefix: the IPv4 client in the low 32 bits
+
+
+def ip_bucket(host: str) -> str:
+    """The per-IP rate-limit bucket of a client address: IPv4 by its address (/32), IPv6 by its /64, an IPv6
+    address that embeds an IPv4 one (IPv4-mapped ``::ffff:192.0.2.7``, 6to4 ``2002:c000:0207::/48``, NAT64
+    ``64:ff9b::192.0.2.7``) as that IPv4 address. Anything else (``unknown``, a Unix socket path) is its own bucket."""
+    return ip_buckets(host)[0][0]
+
+
+def ip_buckets(host: str) -> list[tuple[str, int]]:
+    """Every rate-limit bucket a request from ``host`` takes a token from, each with how many times the per-IP
+    rate and burst it gets: :func:`ip_bucket`'s, and for native IPv6 also its /48 (``IPV6_SITE_FACTOR`` times)."""
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])  # without a zone index (fe80::1%eth0)
+    except ValueError:
+        return [(host, 1)]
+    if isinstance(addr, ipaddress.IPv6Address):
+        embedded = addr.ipv4_mapped or addr.sixtofour
+        if embedded is None and addr in _NAT64:
+            embedded = ipaddress.IPv4Address(int(addr) & 0xFFFF_FFFF)
+        if embedded is not None:
+            return [(str(embedded), 1)]
+        return [
+            (str(ipaddress.IPv6Network((addr, IPV6_BUCKET_PREFIX), strict=False)), 1),
+            (str(ipaddress.IPv6Network((addr, IPV6_SITE_PREFIX), strict=False)), IPV6_SITE_FACTOR),
+        ]
+    return [(str(addr), 1)]
+
+
 def load_or_create_secret(data_dir: Path) -> bytes:
-    """The HS256 key in ``<data_dir>/anchor/jwt.secret``, created (0600) if missing; refused if loose."""
+    """The HS256 key in ``<data_dir>/anchor/jwt.secret``, created (0600) if missing; refused if loose.
+
+    The whole load-or-create runs under an exclusive ``flock`` on ``anchor/.jwt.secret.lock``, so two starts on one
+    data directory never race: the second waits and reads the first one's secret. Creation writes a fresh temporary
+    file (0600, O_EXCL|O_NOFOLLOW) in the same directory, fsyncs it, renames it into place (``os.replace``: no hard
+    links, which Android's SELinux denies) and fsyncs the directory. A start interrupted at any point leaves either
+    no ``jwt.secret`` or a whole one, never an empty file; its temporary file is removed, under the lock, at the
+    next start. An existing **empty** file (what an interrupted start of an older version left) has signed nothing,
+    so it is replaced by a new secret, with a log line. A non-empty file shorter than 32 bytes is refused with how to
+    fix it: it may be a damaged secret or the wrong file, and replacing it silently would invalidate tokens or
+    destroy data. Every failure is a :class:`StartupError` naming the file."""
     directory = data_dir / "anchor"
     ensure_private_dir(directory)
-    path = directory / "jwt.secret"
+    st = directory.stat()
+    if st.st_uid != os.geteuid():
+        raise StartupError(f"{directory} belongs to another user (uid {st.st_uid}): the anchor's secret cannot be kept")
+    if st.st_mode & 0o022:
+        raise StartupError(f"{directory} is writable by group or others; run: chmod 700 {directory}")
+    path = directory / SECRET_FILE
+    lock_path = directory / LOCK_FILE
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        st = path.stat()
-        if st.st_mode & 0o077:
-            raise StartupError(f"{path} is readable by group or others; run: chmod 600 {path}") from None
-        secret = path.read_bytes()
-        if len(secret) < SECRET_BYTES:
-            raise StartupError(f"{path} is shorter than {SECRET_BYTES} bytes; delete it to make a new one") from None
-        return secret
-    secret = secrets.token_bytes(SECRET_BYTES)
+        lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StartupError(f"{lock_path} cannot be opened: {exc.strerror}") from None
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, secret)
-        os.fsync(fd)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise StartupError(f"{lock_path} cannot be locked: {exc.strerror}") from None
+        try:
+            for stale in directory.glob(f".{SECRET_FILE}.*.tmp"):  # left by an interrupted start (none runs now)
+                stale.unlink(missing_ok=True)
+            secret = _read_secret(path)
+            if secret is None:
+                return _create_secret(path)
+            if not secret:
+                log.warning("%s is empty (an interrupted first start): making a new secret", path)
+                return _create_secret(path)
+            if len(secret) < SECRET_BYTES:
+                raise StartupError(
+                    f"{path} holds {len(secret)} bytes, fewer than the {SECRET_BYTES} of a secret: it is damaged or "
+                    f"not this anchor's; move it away (every token it signed stops working) and start again to make "
+                    f"a new one"
+                )
+            return secret
+        except OSError as exc:
+            raise StartupError(f"{path} cannot be created: {exc.strerror}") from None
     finally:
-        os.close(fd)
+        os.close(lock_fd)  # releases the lock
+
+
+def _read_secret(path: Path) -> bytes | None:
+    """The file's bytes (None if it does not exist); refused unless a regular file of this user's, 0600 or tighter.
+    Opened without following a symlink and without blocking (a FIFO planted there cannot hang the start)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StartupError(f"{path} is a symbolic link; the secret must be a regular file") from None
+        raise StartupError(f"{path} cannot be read: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise StartupError(f"{path} is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise StartupError(f"{path} belongs to another user (uid {st.st_uid}); it is not this anchor's secret")
+        if st.st_mode & 0o077:
+            raise StartupError(f"{path} is readable by group or others; run: chmod 600 {path}")
+        return f.read(SECRET_BYTES * 64)
+
+
+def _create_secret(path: Path) -> bytes:
+    """Write a new secret to ``path`` atomically (the caller holds the lock); the secret."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    secret = secrets.token_bytes(SECRET_BYTES)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            if os.write(fd, secret) != len(secret):
+                raise OSError(errno.EIO, "short write")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)  # the new name survives a power cut
+        finally:
+            os.close(dir_fd)
+    finally:
+        tmp.unlink(missing_ok=True)
     return secret
 
 

@@ -1,10 +1,10 @@
 """``POST /v1/rag/query``: the node's local knowledge base over HTTP.
 
-The same search and the same result fields as the ``rag.query`` control method (``node.rag``), for keys with the
-``rag:query`` scope (roles user and admin). No ``mesh`` option: a gateway client does not fan queries out to the
-node's peers. A node without a knowledge base (``rag.enabled = false``) or without its embedding model (not
-installed) answers 503 with a message saying which; a query the knowledge base refuses (empty, ``k`` over
-``rag.max_results``, a mode this node cannot serve) answers 400. A query is a read: no audit row.
+The same search and the same result fields as the ``rag.query`` control method (the node's ``rag`` service), for
+keys with the ``rag:query`` scope (roles user and admin). No ``mesh`` option: a gateway client does not fan
+queries out to the node's peers. A node without a knowledge base (``rag.enabled = false``) or without its
+embedding model (not installed) answers 503 with a message saying which; a query the knowledge base refuses
+(empty, ``k`` over ``rag.max_results``, a mode this node cannot serve) answers 400. A query is a read: no audit row.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route's annotations at run time.
@@ -18,6 +18,7 @@ from anchor.gateway.auth import Principal
 from anchor.gateway.errors import GatewayError, NodeUnavailable, RagUnavailable
 from anchor.gateway.roles import SCOPE_RAG_QUERY
 from node.rag.errors import ModelMissing, RagError
+from node.rag.plugin import rag_service
 from node.rag.service import MAX_QUERY_CHARS
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def add_rag_routes(
         """Search the anchor node's knowledge base (BM25 + embeddings, fused); the fields of ``rag.query``."""
         if ctx.node.core is None:
             raise NodeUnavailable("the node is not running")
-        service = ctx.node.rag
+        service = rag_service(ctx.node)
         if service is None:
             raise RagUnavailable("the knowledge base is disabled on this node (rag.enabled = false)")
         try:

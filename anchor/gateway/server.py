@@ -17,8 +17,9 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from hypercorn.typing import Framework
 
-from node.config import AnchorSection, parse_host_port
+from anchor.settings import AnchorSection
 from node.errors import StartupError
+from node.schema import parse_host_port
 
 log = logging.getLogger("village.anchor.http")
 

@@ -4,9 +4,10 @@ NodeError (node.errors)
 └── StoreError                  a store was misused or holds unexpected data (a bug: reported, not retried)
     ├── StoreUnavailable        the server is down, unreachable or too slow; the gateway answers 503.
     │                           The store recovers by itself: the next call reconnects.
-    ├── MigrationError          the numbered SQL migrations are inconsistent (gap, duplicate, bad name)
-    └── MailboxQuotaExceeded    a deposit was refused: the recipient's mailbox, or this depositor's share of it,
-                                is full (not a bug: the depositor retries later)
+    └── MigrationError          the numbered SQL migrations are inconsistent (gap, duplicate, bad name)
+
+A mailbox deposit over its quota is refused by the quota decision the caller passes in
+(:class:`anchor.mailbox_quota.QuotaFull`), not by the store.
 """
 
 from __future__ import annotations
@@ -28,12 +29,3 @@ class StoreUnavailable(StoreError):
 
 class MigrationError(StoreError):
     """The migration files are not a gap-free numbered sequence, or one failed to apply."""
-
-
-class MailboxQuotaExceeded(StoreError):
-    """``which`` is "recipient" (its mailbox is full) or "depositor" (this depositor's share of it is)."""
-
-    def __init__(self, which: str, limit: int) -> None:
-        super().__init__(f"mailbox quota per {which} ({limit}) reached")
-        self.which = which
-        self.limit = limit

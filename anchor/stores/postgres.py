@@ -30,7 +30,7 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
 from anchor.stores._runner import BlockingRunner
-from anchor.stores.errors import MailboxQuotaExceeded, MigrationError, StoreError, StoreUnavailable
+from anchor.stores.errors import MigrationError, StoreError, StoreUnavailable
 
 T = TypeVar("T")
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -77,6 +77,16 @@ class MailboxEnvelope:
     dedupe_id: bytes
     envelope: bytes
     expires_at_ms: int
+    deposited_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxHeld:
+    """One unexpired envelope of a recipient, as a deposit's quota decision sees it."""
+
+    id: int
+    depositor: bytes
+    size_bytes: int
     deposited_at_ms: int
 
 
@@ -401,14 +411,14 @@ class PostgresStore:
         now_ms: int,
         *,
         depositor: bytes = b"",
-        max_per_recipient: int | None = None,
-        max_per_depositor: int | None = None,
+        decide: Callable[[list[MailboxHeld]], Sequence[int]] | None = None,
     ) -> tuple[int, bool]:
         """Store a sealed envelope for ``recipient``; (its row ID, True if new). The same (recipient, dedupe_id)
-        deposited again returns the first row's ID and False. With quotas, a new envelope is refused
-        (:class:`MailboxQuotaExceeded`) when ``recipient`` holds ``max_per_recipient`` unexpired envelopes, or
-        ``max_per_depositor`` from ``depositor``. Count and insert are atomic: deposits for one recipient take a
-        transaction-scoped advisory lock on it, so concurrent deposits cannot overshoot a quota."""
+        deposited again returns the first row's ID and False. ``decide`` (the quota) is given the recipient's
+        unexpired envelopes and returns the IDs to delete to make room, or raises to refuse the deposit (nothing
+        changes then). Decision, deletions and insert are one transaction under a transaction-scoped advisory lock
+        on the recipient, so concurrent deposits cannot overshoot a quota. ``decide`` runs in the store's worker
+        thread: it must not block."""
 
         def work(conn: psycopg.Connection[TupleRow]) -> tuple[int, bool]:
             # Two-int advisory keys live apart from the migrator's one-bigint key.
@@ -421,17 +431,15 @@ class PostgresStore:
             ).fetchone()
             if old is not None:
                 return int(old[0]), False
-            if max_per_recipient is not None or max_per_depositor is not None:
-                row = conn.execute(
-                    "SELECT count(*), count(*) FILTER (WHERE depositor = %s) FROM mailbox "
+            if decide is not None:
+                rows = conn.execute(
+                    "SELECT id, depositor, octet_length(envelope), deposited_at_ms FROM mailbox "
                     "WHERE recipient = %s AND expires_at_ms > %s",
-                    (depositor, recipient, now_ms),
-                ).fetchone()
-                for_recipient, from_depositor = (int(row[0]), int(row[1])) if row else (0, 0)
-                if max_per_recipient is not None and for_recipient >= max_per_recipient:
-                    raise MailboxQuotaExceeded("recipient", max_per_recipient)
-                if max_per_depositor is not None and from_depositor >= max_per_depositor:
-                    raise MailboxQuotaExceeded("depositor", max_per_depositor)
+                    (recipient, now_ms),
+                ).fetchall()
+                evict = list(decide([MailboxHeld(int(r[0]), bytes(r[1]), int(r[2]), int(r[3])) for r in rows]))
+                if evict:
+                    conn.execute("DELETE FROM mailbox WHERE recipient = %s AND id = ANY(%s)", (recipient, evict))
             row = conn.execute(
                 "INSERT INTO mailbox (recipient, dedupe_id, envelope, expires_at_ms, deposited_at_ms, depositor) "
                 "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
@@ -451,6 +459,15 @@ class PostgresStore:
             sql = "SELECT count(*) FROM mailbox WHERE recipient = %s AND expires_at_ms > %s"
             params = (recipient, now_ms)
         row = await self._call(lambda conn: conn.execute(sql, params).fetchone())
+        return int(row[0]) if row else 0
+
+    async def mailbox_count_by_depositor(self, depositor: bytes, now_ms: int) -> int:
+        """Unexpired envelopes ``depositor`` holds for all recipients."""
+        row = await self._call(
+            lambda conn: conn.execute(
+                "SELECT count(*) FROM mailbox WHERE depositor = %s AND expires_at_ms > %s", (depositor, now_ms)
+            ).fetchone()
+        )
         return int(row[0]) if row else 0
 
     async def mailbox_list(self, recipient: bytes, now_ms: int, limit: int) -> list[MailboxEnvelope]:

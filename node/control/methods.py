@@ -10,7 +10,6 @@ import trio
 from node.control.rpc import APP_ERROR, NoParams, Notify, Registry, RpcError, param
 from node.identity import fingerprint_from_noise_key
 from node.outbox import STATES
-from node.rag.rpc import register as register_rag
 
 if TYPE_CHECKING:
     from node.node import Node
@@ -302,10 +301,6 @@ def build_registry(node: Node) -> Registry:
         inbox_follow,
         streaming=True,
     )
-    from node.mailbox.control import register as register_mailbox
-
-    register_mailbox(reg, node)
-    register_rag(reg, lambda: node.rag, lambda: node)
     for plugin in node.plugins:
         if plugin.rpc is not None:
             plugin.rpc(node, reg)

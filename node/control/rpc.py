@@ -175,6 +175,8 @@ def parse_request_untrusted(line: bytes) -> Request:
         obj = json.loads(line)
     except (UnicodeDecodeError, ValueError) as exc:
         raise RpcError(PARSE_ERROR, f"request is not valid JSON: {exc}") from None
+    except RecursionError:  # deep nesting ("[[[[..."): json's recursion, not a ValueError
+        raise RpcError(PARSE_ERROR, "request is not valid JSON: nested too deeply") from None
     if not isinstance(obj, dict) or obj.get("jsonrpc") != "2.0" or not isinstance(obj.get("method"), str):
         raise RpcError(INVALID_REQUEST, 'expected an object with jsonrpc "2.0" and a string method')
     req_id = obj.get("id")

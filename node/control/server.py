@@ -178,18 +178,28 @@ class ControlServer:
 
             result = await method.handler(params, notify)
         except RpcError as exc:
-            return None if is_notification else response_line(req_id, error=exc)
+            return None if is_notification else self._reply(req_id, error=exc)
         except NodeError as exc:
             if is_notification:
                 return None
-            return response_line(req_id, error=RpcError(APP_ERROR, str(exc), {"type": type(exc).__name__}))
+            return self._reply(req_id, error=RpcError(APP_ERROR, str(exc), {"type": type(exc).__name__}))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise
         except Exception:  # supervised boundary: one bad call must not take the daemon down
             log.exception("control method failed: %s", line[:200].decode(errors="replace"))
             if is_notification:
                 return None
-            return response_line(req_id, error=RpcError(INTERNAL_ERROR, "internal error; see the node log"))
+            return self._reply(req_id, error=RpcError(INTERNAL_ERROR, "internal error; see the node log"))
         if is_notification:
             return None
-        return response_line(req_id, result=result)
+        return self._reply(req_id, result=result)
+
+    @staticmethod
+    def _reply(req_id: int | str | None, *, result: Any = None, error: RpcError | None = None) -> bytes:
+        """The response line; a result or message JSON cannot carry as UTF-8 (a lone surrogate, an object that is
+        not JSON) answers an internal error instead of escaping into the server's nursery."""
+        try:
+            return response_line(req_id, result=result, error=error)
+        except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+            log.exception("control response for request %r could not be encoded", req_id)
+            return response_line(req_id, error=RpcError(INTERNAL_ERROR, "internal error; see the node log"))

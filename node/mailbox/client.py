@@ -24,23 +24,22 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import multiaddr
 import trio
+from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from node.config import MailboxSection
 from node.errors import MeshError, NodeError, StartupError
 from node.identity import Identity
+from node.inbox import InboxError
 from node.mailbox import protocol as p
 from node.mailbox.protocol import MailboxError
-from node.mailbox.stream import FramedStream
+from node.mailbox.settings import MailboxSection
+from node.mailbox.stream import ByteStream, FramedStream
 from node.transports.betanet.transport import signing_key_of
 from node.wire import MalformedFrame
-
-if TYPE_CHECKING:
-    from node.transports.betanet.transport import BetanetTransport
 
 log = logging.getLogger("village.mailbox")
 
@@ -48,6 +47,13 @@ RETRY_INITIAL_S = 1.0  # first wait after a failed exchange with an anchor; doub
 RETRY_MAX_S = 60.0
 FETCH_BATCH = 64  # envelopes asked for per FETCH
 MAX_FETCH_ROUNDS = 64  # FETCH rounds per exchange (64 x 64 envelopes), so one anchor cannot keep us busy forever
+
+
+class StreamOpener(Protocol):
+    """What the client needs of BetaNet (:class:`~node.transports.betanet.transport.BetanetTransport`): a new stream
+    on a protocol to the peer at a multiaddr ending in /p2p/<id>."""
+
+    async def open_stream(self, addr: str, protocol: TProtocol) -> ByteStream: ...
 
 
 @dataclass(slots=True)
@@ -61,6 +67,7 @@ class MailboxClientCounters:
     fetched: int = 0
     delivered: int = 0  # opened (a copy already in the inbox is not stored again)
     acked: int = 0
+    store_failed: int = 0  # fetched but not stored in the inbox (disk full): not acked, fetched again later
     exchange_failures: int = 0
 
 
@@ -86,14 +93,15 @@ def parse_anchor(addr: str) -> tuple[str, bytes]:
 
 
 class MailboxClient:
-    """``deliver(envelope) -> bool`` hands a fetched envelope to the node (True: new to the inbox); it must have
+    """``deliver(envelope) -> bool`` hands a fetched envelope to the node (True: new to the inbox; raises
+    :class:`~node.inbox.InboxError` when it could not be stored, and the envelope is then not acked); it must have
     stored the message durably when it returns."""
 
     def __init__(
         self,
         identity: Identity,
         settings: MailboxSection,
-        transport: BetanetTransport,
+        transport: StreamOpener,
         deliver: Callable[[bytes], bool],
     ) -> None:
         self.identity = identity
@@ -221,11 +229,18 @@ class MailboxClient:
             if not items:
                 return
             self.counters.fetched += len(items)
+            done = []
             for item in items:
-                if self.deliver(item.envelope):  # stored in the inbox (or refused for good) before the ack
-                    self.counters.delivered += 1
-            acked = p.decode_acked_untrusted(await framed.request(p.encode_ack(grant, [i.id for i in items])))
-            self.counters.acked += acked
+                try:
+                    if self.deliver(item.envelope):  # committed to the inbox (or refused for good) before the ack
+                        self.counters.delivered += 1
+                except InboxError as exc:  # not stored (disk full): not acked, so the anchor keeps it
+                    self.counters.store_failed += 1
+                    log.error("mailbox: %s", exc)
+                    continue
+                done.append(item.id)
+            if done:
+                self.counters.acked += p.decode_acked_untrusted(await framed.request(p.encode_ack(grant, done)))
             log.info("mailbox: %d envelope(s) fetched from %s", len(items), target.addr)
-            if len(items) < FETCH_BATCH:
+            if len(items) < FETCH_BATCH or len(done) < len(items):  # (a failing inbox: try again later)
                 return

@@ -1,18 +1,26 @@
-"""Control methods of the mailbox: ``mailbox.status`` and ``mailbox.wait`` (registered by
-:func:`node.control.methods.build_registry`)."""
+"""Control methods of the mailbox: ``mailbox.status`` and ``mailbox.wait`` (the mailbox plugin's ``rpc`` hook,
+:mod:`node.mailbox.plugin`). They see the client and, on an anchor, the mailbox it serves, through small Protocols."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import trio
 
 from node.control.rpc import APP_ERROR, NoParams, Notify, Registry, RpcError, param
 
 if TYPE_CHECKING:
-    from node.node import Node
+    from node.mailbox.client import MailboxClient
+
+
+@runtime_checkable
+class MailboxServing(Protocol):
+    """A mailbox this node serves for offline peers (an anchor's service, registered by its plugin)."""
+
+    def serving_counters(self) -> dict[str, int]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,29 +30,31 @@ class MailboxWaitParams:
     timeout_s: float = param(30.0, doc="Give up after this many seconds.")
 
 
-def mailbox_status(node: Node) -> dict[str, Any]:
+def mailbox_status(client: MailboxClient | None, serving: MailboxServing | None) -> dict[str, Any]:
     out: dict[str, Any] = {"anchors": [], "client": None, "serving": None}
-    client = node.mailbox
     if client is not None:
         out["anchors"] = [{"addr": t.addr, "pending_deposits": len(t.pending)} for t in client.anchors]
         out["client"] = dataclasses.asdict(client.counters)
-    service = node.mailbox_service
-    if service is not None:
-        out["serving"] = dataclasses.asdict(service.core.counters)
+    if serving is not None:
+        out["serving"] = serving.serving_counters()
     return out
 
 
-def register(reg: Registry, node: Node) -> None:
+def register(
+    reg: Registry,
+    get_client: Callable[[], MailboxClient | None],
+    get_serving: Callable[[], MailboxServing | None],
+) -> None:
     async def status(_: NoParams, notify: Notify) -> Any:
-        return mailbox_status(node)
+        return mailbox_status(get_client(), get_serving())
 
     async def wait(p: MailboxWaitParams, notify: Notify) -> Any:
-        client = node.mailbox
+        client = get_client()
         if client is None:
             raise RpcError(APP_ERROR, "this node uses no mailbox anchors (mailbox.anchors is empty)")
         with trio.move_on_after(p.timeout_s):
             await client.wait_counters(lambda c: c.deposited >= p.deposited and c.acked >= p.acked)
-            return mailbox_status(node)
+            return mailbox_status(client, get_serving())
         raise RpcError(
             APP_ERROR,
             f"within {p.timeout_s:g} s: {client.counters.deposited} deposited (waited for {p.deposited}), "

@@ -17,6 +17,13 @@ the body is ``type u8 ‖ fields``)::
     ACKED      0x84  deleted u16
     ERROR      0xFF  code u8 ‖ UTF-8 reason
 
+**Deposits and quotas.** DEPOSITED means the anchor keeps the envelope until the recipient acknowledges it or it
+expires (never evicted for another deposit: the depositor drops its copy on this answer). Depositor keys cost
+nothing, so an anchor shares each recipient's mailbox fairly among depositors (a share that shrinks as more deposit
+for it, a byte bound, room kept for depositors it pinned) and refuses what does not fit. ERROR
+``E_FULL`` means this depositor's share, or the recipient's mailbox, is full: the depositor keeps the envelope and
+retries later; ``E_BUSY``: its deposit rate is used up. (The wire is the same as before this policy.)
+
 **Identity proof** (FETCH). A peer ID is SHA-256(Noise static public)[0:8] (:mod:`node.identity`), so only the
 holder of the Noise private key *is* that peer. The proof binds both of the peer's keys to one fresh challenge:
 

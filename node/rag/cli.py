@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 from node.cli_support import CliRegistry, client, emit
 from node.control.client import ControlClient
+from node.textsafe import safe_text
 
 BAR_WIDTH = 30
 
@@ -32,7 +33,7 @@ class ProgressBar:
             return
         done, total = int(event.get("done", 0)), max(1, int(event.get("total", 1)))
         filled = BAR_WIDTH * done // total
-        name = Path(str(event.get("source", ""))).name[-30:]
+        name = safe_text(Path(str(event.get("source", ""))).name)[-30:]
         line = f"\r[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{total} {event.get('status', ''):9} {name}"
         self.out.write(line.ljust(BAR_WIDTH + 60)[: BAR_WIDTH + 60])
         self.out.flush()
@@ -59,11 +60,11 @@ def cmd_add(args: argparse.Namespace) -> int:
 
     def human(d: dict[str, Any]) -> str:
         lines = [
-            f"{o['status']:9} {o['source']}" + (f"  ({o['detail']})" if o.get("detail") else "")
+            f"{o['status']:9} {safe_text(o['source'])}" + (f"  ({safe_text(o['detail'])})" if o.get("detail") else "")
             for o in d["outcomes"]
             if o["status"] != "unchanged" or args.verbose
         ]
-        lines += [f"error     {e['path']}: {e['error']}" for e in d["errors"]]
+        lines += [f"error     {safe_text(e['path'])}: {safe_text(e['error'])}" for e in d["errors"]]
         lines.append(
             f"{d['files']} files: {d['added']} added, {d['replaced']} replaced, {d['unchanged']} unchanged, "
             f"{d['duplicate']} duplicate, {d['shared']} shared, {d['unshared']} unshared, {d['empty']} empty, "
@@ -93,11 +94,14 @@ def cmd_query(args: argparse.Namespace) -> int:
         out = []
         for n, r in enumerate(d["results"], 1):
             trust = "-" if r["trust"] is None else f"{r['trust']:.2f}±{r['uncertainty']:.2f}"
-            origin = f"  from peer {r['origin_peer']}" if r.get("origin_peer") else ""
-            out.append(f"{n:2}. [{r.get('ref', r['id'])}] {r['source']}  score {r['score']:.3f}  trust {trust}{origin}")
-            out.append("    " + " ".join(r["snippet"].split()))
+            # Sources, snippets, refs and peers' names come from peers (--mesh): escaped for the terminal.
+            origin = f"  from peer {safe_text(r['origin_peer'])}" if r.get("origin_peer") else ""
+            ref, source = safe_text(r.get("ref", r["id"])), safe_text(r["source"])
+            out.append(f"{n:2}. [{ref}] {source}  score {r['score']:.3f}  trust {trust}{origin}")
+            out.append("    " + safe_text(" ".join(r["snippet"].split())))
         for peer in d.get("peers", []):  # --mesh: one line per peer asked
-            out.append(f"peer {peer['peer_id']} ({peer['nickname']}): {peer['status']}, {peer['hits']} hits")
+            who = f"{safe_text(peer['peer_id'])} ({safe_text(peer['nickname'])})"
+            out.append(f"peer {who}: {safe_text(peer['status'])}, {peer['hits']} hits")
         return "\n".join(out)
 
     emit(args, result, human)
@@ -146,7 +150,8 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     def human(d: dict[str, Any]) -> str:
         s, c = d["source"], d["chunk"]
         return (
-            f"{s['source']}: reputation {s['reputation']:.3f} (alpha {s['alpha']:.2f}, beta {s['beta']:.2f})\n"
+            f"{safe_text(s['source'])}: reputation {s['reputation']:.3f} "
+            f"(alpha {s['alpha']:.2f}, beta {s['beta']:.2f})\n"
             f"result {d['id']}: trust {c['trust']:.3f}, uncertainty {c['uncertainty']:.3f}"
         )
 
@@ -162,7 +167,8 @@ def cmd_documents(args: argparse.Namespace) -> int:
         result,
         lambda docs: (
             "\n".join(
-                f"{d['id']:6}  {d['n_chunks']:4} chunks  {'shared ' if d['shared'] else ''}{d['source']}" for d in docs
+                f"{d['id']:6}  {d['n_chunks']:4} chunks  {'shared ' if d['shared'] else ''}{safe_text(d['source'])}"
+                for d in docs
             )
             or "no documents"
         ),

@@ -38,7 +38,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -46,6 +46,12 @@ from node.errors import MeshError, NodeError
 from node.rag.errors import RagError
 from node.rag.trust import ChunkTrust, Opinion, TrustStore, claim_hash, peer_source_key
 from node.routing.app import APP_MAX_BODY_BYTES, AppError, AppRemoteError, AppTimeout
+from node.textsafe import has_lone_surrogate
+
+if TYPE_CHECKING:
+    from node.clock import Clock
+    from node.rag.service import RagService
+    from node.routing.mesh import MeshCore
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +161,9 @@ class FederatedResponder:
         except (ValueError, RecursionError):  # bad UTF-8 or JSON, a huge number, deep nesting
             self.counters.bad_requests += 1
             raise RagError("malformed federated query (not UTF-8 JSON)") from None
+        if has_lone_surrogate(req):  # "\\ud800" parses, but could never be answered or printed as UTF-8
+            self.counters.bad_requests += 1
+            raise RagError("malformed federated query (a lone surrogate)")
         if not isinstance(req, dict) or req.get("v") != PROTOCOL_VERSION:
             self.counters.bad_requests += 1
             raise RagError(f"federated query version must be {PROTOCOL_VERSION}")
@@ -199,6 +208,8 @@ def decode_answer_untrusted(body: bytes, k: int) -> list[PeerHit]:
         ans = json.loads(body.decode("utf-8"))
     except (ValueError, RecursionError):  # bad UTF-8 or JSON, a huge number, deep nesting
         raise RagError("the peer's answer is not UTF-8 JSON") from None
+    if has_lone_surrogate(ans):  # "\\ud800" parses, but no UTF-8 output (the control socket's) can carry it
+        raise RagError("the peer's answer holds a lone surrogate (not UTF-8 text)")
     if not isinstance(ans, dict) or ans.get("v") != PROTOCOL_VERSION or not isinstance(ans.get("hits"), list):
         raise RagError("the peer's answer is not a version-1 hit list")
     out: list[PeerHit] = []
@@ -316,9 +327,29 @@ class StoreClaimTrust:
 
 
 class AppRequester(Protocol):
-    """The part of :class:`node.node.Node` a federated query uses (an in-process Node in tests and daemons)."""
+    """The part of :class:`node.node.Node` that asks peers (an in-process Node in tests and daemons)."""
 
     async def app_request(self, peer_ref: str | bytes, service: str, body: bytes, *, timeout_s: float) -> bytes: ...
+
+
+class AppHost(Protocol):
+    """The part of :class:`node.node.Node` that serves peers' app requests."""
+
+    def register_app_handler(self, service: str, handler: Callable[[bytes, bytes], Awaitable[bytes]]) -> None: ...
+
+
+class MeshView(AppRequester, Protocol):
+    """The part of :class:`node.node.Node` a federated query reads: its mesh core (reachable peers), clock and
+    nickname, and the app channel to ask peers."""
+
+    @property
+    def core(self) -> MeshCore | None: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def nickname(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,7 +358,7 @@ class PeerRef:
     nickname: str
 
 
-def reachable_peers(node: Any, max_peers: int = DEFAULT_MAX_PEERS) -> list[PeerRef]:
+def reachable_peers(node: MeshView, max_peers: int = DEFAULT_MAX_PEERS) -> list[PeerRef]:
     """The peers a federated query asks: reachable now, nearest (fewest hops) first."""
     core = node.core
     if core is None:
@@ -427,7 +458,7 @@ async def merge(
 
 
 async def federated_query(
-    node: Any,
+    node: MeshView,
     text: str,
     *,
     k: int = 10,
@@ -437,7 +468,7 @@ async def federated_query(
     local: Sequence[FederatedHit] = (),
 ) -> FederatedResult:
     """Ask the node's reachable peers (their shared documents only) and merge with ``local`` hits by trust.
-    ``node`` is a running :class:`node.node.Node`."""
+    ``node`` is a running node."""
     if not 1 <= k <= MAX_PEER_HITS:
         raise RagError(f"k must be from 1 to {MAX_PEER_HITS} for a federated query")
     if timeout_s <= 0:
@@ -456,7 +487,7 @@ class RagServiceSearch:
     SEAM (RAG-pipeline): the two store reads go through ``RagService._run_db`` / ``_store`` (its single DB worker
     thread); a public ``RagService`` method for them would replace these two private accesses."""
 
-    def __init__(self, service: Any) -> None:
+    def __init__(self, service: RagService) -> None:
         self.service = service
 
     async def search_shared(self, text: str, k: int) -> list[SharedHit]:
@@ -473,10 +504,16 @@ class RagServiceSearch:
         return out
 
     def _texts_sync(self, chunk_ids: list[int]) -> dict[int, str]:
-        return {cid: row.text for cid, row in self.service._store.chunks(chunk_ids).items()}
+        return {cid: row.text for cid, row in self._opened_store().chunks(chunk_ids).items()}
 
     def _shared_sync(self, doc_ids: list[int]) -> set[int]:
-        return shared_doc_ids(self.service._store.conn, doc_ids)
+        return shared_doc_ids(self._opened_store().conn, doc_ids)
+
+    def _opened_store(self) -> Any:
+        store = self.service._store  # opened by the query that came before (on the same DB thread)
+        if store is None:
+            raise RagError("the knowledge base is not open")
+        return store
 
 
 def shared_doc_ids(conn: Any, doc_ids: Sequence[int]) -> set[int]:
@@ -492,15 +529,15 @@ def shared_doc_ids(conn: Any, doc_ids: Sequence[int]) -> set[int]:
     return out
 
 
-def serve(node: Any) -> FederatedResponder | None:
-    """Answer peers' federated queries from ``node.rag`` (the node's RagService; shared documents only). Call once
-    the node is constructed; None when the node has no knowledge base (rag.enabled = false)."""
-    service = getattr(node, "rag", None)
-    return None if service is None else register(node, RagServiceSearch(service))
+def serve(node: AppHost, service: RagService) -> FederatedResponder:
+    """Answer peers' federated queries on ``node`` from ``service`` (the node's knowledge base; shared documents
+    only). Call before the node's transports start."""
+    return register(node, RagServiceSearch(service))
 
 
 async def mesh_query(
-    node: Any,
+    node: MeshView,
+    service: RagService,
     text: str,
     *,
     k: int = 10,
@@ -509,21 +546,18 @@ async def mesh_query(
     mode: str | None = None,
     graph: bool | None = None,
 ) -> dict[str, Any]:
-    """``rag.query`` with ``mesh = true``: the local results (``node.rag``) and the reachable peers' (their shared
+    """``rag.query`` with ``mesh = true``: the local results (``service``) and the reachable peers' (their shared
     documents), merged by trust; JSON for the control method, each result naming its origin (``local`` or a peer
     ID, with nickname) and every peer that returned the same claim, plus one status line per peer asked.
 
     SEAM (RAG-pipeline): reads claim keys and the trust store through ``RagService._run_db`` / ``_trust`` / ``_db``
     (the service's single DB thread); a public RagService accessor would replace them."""
-    service = node.rag
-    if service is None:
-        raise RagError("the knowledge base is disabled on this node (rag.enabled = false)")
     k = max(1, min(k, MAX_PEER_HITS))
     hits = await service.query(text, k=k, mode=mode, graph=graph)
     claims: dict[int, str] = await service._run_db(
         lambda: {h.chunk_id: service._trust.chunk_claim(h.chunk_id) for h in hits}
     )
-    nickname = str(getattr(node, "nickname", ""))
+    nickname = node.nickname
     local = [
         FederatedHit(
             origin="local",
@@ -547,8 +581,8 @@ async def mesh_query(
     return {"query": text, "mesh": True, **result.to_json()}
 
 
-def register(node: Any, search: SharedSearch, **kwargs: Any) -> FederatedResponder:
-    """Serve federated queries from peers on ``node`` (a running or starting :class:`node.node.Node`)."""
+def register(node: AppHost, search: SharedSearch, **kwargs: Any) -> FederatedResponder:
+    """Serve federated queries from peers on ``node`` (a running or starting node)."""
     responder = FederatedResponder(search, **kwargs)
     handler: Callable[[bytes, bytes], Awaitable[bytes]] = responder.handle
     node.register_app_handler(SERVICE, handler)

@@ -1,14 +1,48 @@
-"""The knowledge base as a plugin of the composition root: the ``[rag]`` section and ``village rag``."""
+"""The knowledge base as a plugin of the composition root: the ``[rag]`` section, the ``rag`` service
+(:mod:`node.rag.node_service`: the :class:`~node.rag.service.RagService` and the responder to peers' federated
+queries), the ``rag.*`` control methods and ``village rag``.
+
+Importing this module is cheap (no trio, no onnxruntime): the service's modules load when a node builds it.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from node.config import RagSection
-from node.plugin import Plugin
+from node.plugin import Plugin, Service
+from node.rag.settings import RagSection
 
 if TYPE_CHECKING:
     from node.cli_support import CliRegistry
+    from node.control.rpc import Registry
+    from node.node import Node
+    from node.rag.service import RagService
+    from node.settings import Config
+
+SERVICE_NAME = "rag"
+
+
+def rag_service(node: Node) -> RagService | None:
+    """The running knowledge base of ``node`` (None: rag.enabled = false, or not started yet)."""
+    from node.rag.node_service import RagNodeService
+
+    service = node.service(SERVICE_NAME)
+    return service.rag if isinstance(service, RagNodeService) else None
+
+
+def _services(cfg: Config) -> list[Service]:
+    settings = cfg.section(RagSection)
+    if not settings.enabled:
+        return []
+    from node.rag.node_service import RagNodeService
+
+    return [RagNodeService(settings)]
+
+
+def _rpc(node: Node, reg: Registry) -> None:
+    from node.rag.rpc import register
+
+    register(reg, lambda: rag_service(node), lambda: node)
 
 
 def _cli(cli: CliRegistry) -> None:
@@ -17,4 +51,4 @@ def _cli(cli: CliRegistry) -> None:
     add_commands(cli)
 
 
-PLUGIN = Plugin(name="rag", sections=(RagSection,), cli=_cli)
+PLUGIN = Plugin(name="rag", sections=(RagSection,), services=_services, rpc=_rpc, cli=_cli)

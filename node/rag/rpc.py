@@ -1,7 +1,7 @@
 """The knowledge base's control methods: rag.add, rag.query, rag.remove, rag.stats, rag.feedback, rag.documents,
 rag.share, rag.unshare.
 
-:func:`register` adds them to a node's registry (``node.control.methods.build_registry`` calls it). Each is a
+:func:`register` adds them to a node's registry (the rag plugin's ``rpc`` hook, :mod:`node.rag.plugin`). Each is a
 thin call into the node's :class:`~node.rag.service.RagService`; its errors (``RagError``) reach the client as
 JSON-RPC application errors.
 """
@@ -66,7 +66,9 @@ class DocumentsParams:
 
 
 def register(
-    reg: Registry, get_service: Callable[[], RagService | None], get_node: Callable[[], Any] | None = None
+    reg: Registry,
+    get_service: Callable[[], RagService | None],
+    get_node: Callable[[], federated.MeshView] | None = None,
 ) -> None:
     """Add the rag.* methods; ``get_service`` returns the node's service (None when rag.enabled is false)."""
 
@@ -87,10 +89,10 @@ def register(
 
     async def query(p: QueryParams, notify: Notify) -> Any:
         if p.mesh:  # federated query (node.rag.federated, RAG-graph)
-            svc()
+            service = svc()
             if get_node is None:
                 raise RpcError(APP_ERROR, "mesh queries need a running node")
-            return await federated.mesh_query(get_node(), p.text, k=p.k, mode=p.mode, graph=p.graph)
+            return await federated.mesh_query(get_node(), service, p.text, k=p.k, mode=p.mode, graph=p.graph)
         hits = await svc().query(p.text, k=p.k, mode=p.mode, graph=p.graph, per_doc=p.per_doc)
         return {"query": p.text, "results": [h.to_json() for h in hits]}
 

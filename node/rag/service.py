@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import trio
 
-from node.config import RagSection
 from node.rag import fusion, ingest
 from node.rag.embed import Embedder, EmbedderSettings, Vectors, from_blob, to_blob
 from node.rag.errors import NotFound, RagError
 from node.rag.extract import Extracted
 from node.rag.index import DenseIndex, IndexSettings
+from node.rag.settings import RagSection
 from node.rag.store import DB_NAME, INDEX_STALE_KEY, Store, fts_query
 
 log = logging.getLogger(__name__)
@@ -465,6 +465,30 @@ class RagService:
         if self._store.path is not None and self._store.path.exists():
             st["db_bytes"] = self._store.path.stat().st_size
         return st
+
+    async def compact(self) -> dict[str, Any]:
+        """Housekeeping (the Gardener agent): merge the FTS5 segments, VACUUM, rebuild the dense index from the
+        stored vectors and save it. Returns the database size before and after."""
+        await self._open()
+        return dict(await self._run_db(self._compact_sync))
+
+    def _compact_sync(self) -> dict[str, Any]:
+        assert self._store is not None and self._index is not None
+        path = self._store.path
+
+        def size() -> int | None:
+            return path.stat().st_size if path is not None and path.exists() else None
+
+        before = size()
+        for table in ("chunks_fts", "shared_fts"):
+            self._store.conn.execute(f"INSERT INTO {table}({table}) VALUES('optimize')")
+        if path is not None:
+            self._store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._store.conn.execute("VACUUM")
+        vectors = self._index.rebuild(self._store)
+        self._save_index()
+        self.counters["compactions"] = self.counters.get("compactions", 0) + 1
+        return {"db_bytes_before": before, "db_bytes_after": size(), "vectors_reindexed": vectors}
 
     async def documents(self, *, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         store = await self._open()

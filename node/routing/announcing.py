@@ -15,7 +15,6 @@ import hashlib
 import random
 from collections import OrderedDict
 
-from node.config import MeshSection
 from node.routing.meshbase import (
     ANNOUNCE_ANSWER_GAP_S,
     ANNOUNCE_CHANGE_GAP_S,
@@ -24,6 +23,7 @@ from node.routing.meshbase import (
     SETTLE_ANNOUNCE_S,
 )
 from node.routing.ratelimit import OriginLimiter
+from node.routing.settings import MeshSection
 
 
 class AnnounceSchedule:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 
-from node.config import MeshSection
 from node.errors import CryptoError
 from node.identity import Identity
 from node.routing.courier import CourierStore, Envelope, decode_envelope_untrusted, encode_envelope, open_untrusted
@@ -19,6 +18,7 @@ from node.routing.output import LinkOutput
 from node.routing.paths import PathTable
 from node.routing.peers import PeerTable
 from node.routing.pending import PendingMessage
+from node.routing.settings import MeshSection
 from node.wire import (
     MalformedFrame,
     MessageType,

@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from typing import Protocol
 
-from node.config import MeshSection
 from node.crypto.errors import ReplayError
 from node.errors import CryptoError, MeshError
 from node.routing.app import AppChannel
@@ -40,6 +39,7 @@ from node.routing.pending import PendingMessage, PendingSet
 from node.routing.pins import decode_peer_state_signing_key_untrusted
 from node.routing.ratelimit import OriginLimiter
 from node.routing.sessions import Msg1Tier, SessionLimits, SessionManager
+from node.routing.settings import MeshSection
 from node.wire import (
     MalformedFrame,
     MessageType,

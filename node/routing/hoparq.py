@@ -154,6 +154,15 @@ class HopArqTable:
         if self._entries.pop((entry.link_id, entry.digest), None) is not None:
             self._bytes -= len(entry.frame)
 
+    def forget_frames(self, frames: list[tuple[str, bytes]]) -> int:
+        """Never resend these (link, frame) pairs: the adapter withheld them (a delivery ack whose message could not
+        be stored must not leave by a retransmission either). Returns how many were tracked."""
+        withheld = set(frames)
+        gone = [e for e in self._entries.values() if (e.link_id, e.frame) in withheld]
+        for e in gone:
+            self.give_up(e)
+        return len(gone)
+
     def drop_link(self, link_id: str) -> list[HopEntry]:
         """The link went down: forget (and return) its entries and its RTT."""
         gone = [e for (lid, _), e in self._entries.items() if lid == link_id]

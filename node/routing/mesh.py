@@ -65,7 +65,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from node.config import MeshSection
 from node.errors import MeshError
 from node.identity import Identity
 from node.routing.announcing import AnnounceRelays, AnnounceSchedule
@@ -106,6 +105,7 @@ from node.routing.presence import Presence
 from node.routing.ratelimit import OriginLimiter
 from node.routing.relay import TTL_OFFSET, RelayQueue
 from node.routing.sessions import Msg1Tier, SessionManager
+from node.routing.settings import MeshSection
 from node.wire import (
     Announce,
     MalformedFrame,
@@ -261,6 +261,16 @@ class MeshCore:
     @property
     def pending(self) -> PendingSet:
         return self.delivery.pending
+
+    def seal_held_for_mailbox(self) -> None:
+        """From now on seal held messages for a mailbox anchor (EnvelopeSealed events) even with
+        ``courier_copies = 0``; a mailbox client registers after the core is built."""
+        self.seal_for_mailbox = self.delivery.seal_for_mailbox = self.courier_desk.seal_for_mailbox = True
+
+    def forget_received(self, sender: bytes, message_id: str) -> None:
+        """The node could not store a received private message: a resend of it is a new delivery (acked again once
+        stored), not a duplicate."""
+        self.delivery.seen_private.pop(f"{sender.hex()}:{message_id}", None)
 
     def bounded_sizes(self) -> dict[str, tuple[int, int]]:
         """Every structure remote input can grow: name -> (current size, bound). Entries unless the name ends in

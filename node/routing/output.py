@@ -14,13 +14,13 @@ import dataclasses
 import random
 from dataclasses import dataclass
 
-from node.config import MeshSection
 from node.routing.dedupe import dedupe_key
 from node.routing.events import MeshCounters
 from node.routing.hoparq import HOP_ACK_CAPABILITY, HopArqTable, HopEntry, ack_digest, acks_expected
 from node.routing.meshbase import PADDED_TYPES
 from node.routing.paths import PathTable, Route
 from node.routing.peers import PeerTable
+from node.routing.settings import MeshSection
 from node.wire import (
     EncodeError,
     MalformedFrame,

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from node.identity import fingerprint_from_noise_key
+from node.routing.names import resolve_peer_ref
 
 
 @dataclass
@@ -114,18 +114,5 @@ class PeerTable:
                 info.link_id = None
 
     def resolve(self, ref: str) -> list[PeerInfo]:
-        """Peers matching a user's reference: peer ID hex, fingerprint hex, a hex prefix, or a nickname."""
-        ref_l = ref.lower()
-        exact = [p for p in self._peers.values() if p.peer_id.hex() == ref_l]
-        if exact:
-            return exact
-        by_name = [p for p in self._peers.values() if p.nickname == ref]
-        if by_name:
-            return by_name
-        if len(ref_l) >= 4 and all(c in "0123456789abcdef" for c in ref_l):
-            return [
-                p
-                for p in self._peers.values()
-                if p.peer_id.hex().startswith(ref_l) or fingerprint_from_noise_key(p.noise_public_key).startswith(ref_l)
-            ]
-        return []
+        """Peers matching a user's reference, in an order nobody can shadow (:mod:`node.routing.names`)."""
+        return resolve_peer_ref(ref, self._peers.values())

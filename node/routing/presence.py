@@ -14,7 +14,6 @@ import random
 from collections import deque
 from collections.abc import Callable
 
-from node.config import MeshSection
 from node.identity import Identity, peer_id_from_noise_key
 from node.routing.announcing import AnnounceRelays, AnnounceSchedule
 from node.routing.courier import CourierStore
@@ -38,6 +37,7 @@ from node.routing.pinging import PingTracker
 from node.routing.pins import Pin, PinStore, encode_peer_state
 from node.routing.ratelimit import OriginLimiter
 from node.routing.sessions import SessionManager
+from node.routing.settings import MeshSection
 from node.wire import (
     Announce,
     MalformedFrame,

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 
 import nacl.signing
 
-from node.config import MeshSection
 from node.errors import MeshError
 from node.identity import Identity
 from node.routing.mesh import (
@@ -43,6 +42,7 @@ from node.routing.mesh import (
     PeerAnnounced,
     PrivateFailed,
 )
+from node.routing.settings import MeshSection
 from node.sim.errors import SimError
 from node.sim.links import Direction, LinkModel, LinkStats
 from node.sim.metrics import BroadcastRecord, SimReport, UnicastRecord, build_report
@@ -328,6 +328,14 @@ class Simulation:
         self._broadcast_by_id[message_id] = rec
         self._drain(i)
         return rec
+
+    def inject(self, i: int, frame: bytes) -> None:
+        """Put ``frame`` on every up link of node ``i``, past its core: a hostile node's radio
+        (:mod:`node.sim.adversary`)."""
+        self._check_node(i)
+        for d in self._out[i].values():
+            if d.up:
+                self._transmit(d, frame)
 
     # ------------------------------------------------------------ the loop
     def run_until(self, t_end: float) -> None:

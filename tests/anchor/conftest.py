@@ -23,7 +23,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from anchor.services import DEFAULT_DIR, SERVICES, Services, ServicesError, ServiceSettings
+from anchor.services_settings import ServicesError, ServiceSettings
+from tools.services import DEFAULT_DIR, SERVICES, Services
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from anchor.services import ServiceSettings
+from anchor.services_settings import ServiceSettings
 
 SCANNED_TYPES = ("text", "character varying", "character", "bytea", "json", "jsonb")
 

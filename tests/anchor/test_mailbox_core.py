@@ -64,7 +64,10 @@ def clock() -> Clock:
 
 @pytest.fixture
 def service(anchor: Identity, clock: Clock) -> MailboxService:
-    limits = MailboxLimits(max_per_recipient=3, max_envelope_bytes=4096, challenge_ttl_s=30, grant_ttl_s=60)
+    # unverified_share=1: one unpinned depositor may fill the 3 slots (shares: tests/anchor/test_mailbox_quotas.py)
+    limits = MailboxLimits(
+        max_per_recipient=3, unverified_share=1.0, max_envelope_bytes=4096, challenge_ttl_s=30, grant_ttl_s=60
+    )
     return MailboxService(MailboxCore(anchor.signing_public, limits), MemoryMailboxStorage(), clock)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from anchor.services import ServiceSettings
+from anchor.services_settings import ServiceSettings
 from tests.anchor.mailbox_db import find_text_anywhere, settings_for_database
 from tests.test_cli import WAIT_S
 from tests.test_multiprocess import Daemon, free_port, root  # noqa: F401 - root is a fixture

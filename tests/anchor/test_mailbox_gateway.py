@@ -12,15 +12,18 @@ import psycopg
 import trio
 
 from anchor.gateway.auth import check_role_scopes
+from anchor.mailbox import MailboxServerService
 from anchor.run import run_anchor
-from anchor.services import ServiceSettings
+from anchor.services_settings import ServiceSettings
+from anchor.settings import AnchorSection
 from anchor.stores.postgres import PostgresStore
 from node.clock import Clock
-from node.config import AnchorSection, Config, MailboxSection
+from node.daemon import build_node
 from node.identity import Identity, create_identity
 from node.mailbox import protocol as p
-from node.node import Node
+from node.mailbox.settings import MailboxSection
 from node.routing.courier import decode_envelope_untrusted, open_untrusted
+from node.settings import Config
 from node.transports.betanet.transport import BetanetTransport
 from node.wire import decode_noise_payload_untrusted, decode_private_message_untrusted
 from tests.anchor.mailbox_db import settings_for_database
@@ -42,12 +45,13 @@ async def test_an_offline_peer_fetches_over_http_after_proving_its_identity(
         betanet=LOOPBACK,
     )
     ident = create_identity(data)
-    node = Node(cfg, ident, transports=[BetanetTransport(ident, LOOPBACK)], control=False, persistent_inbox=False)
+    node = build_node(cfg, ident, transports=[BetanetTransport(ident, LOOPBACK)], control=False, persistent_inbox=False)
     with trio.fail_after(WAIT_S):
         urls: list[str] = await nursery.start(run_anchor, node)
-    assert node.mailbox_service is not None
+    server = node.service(MailboxServerService.name)
+    assert isinstance(server, MailboxServerService) and server.service is not None
     a, c = Identity.generate(), Identity.generate()
-    env_id, _ = await node.mailbox_service.deposit(envelope_for(a, c, "MSG-H", "by the old oak", Clock().wall_ms()))
+    env_id, _ = await server.service.deposit(envelope_for(a, c, "MSG-H", "by the old oak", Clock().wall_ms()))
 
     async with PostgresStore(pg_dsn) as pg, httpx.AsyncClient(base_url=urls[0], timeout=10.0) as http:
         _, node_secret = await pg.create_api_key("peer-c", "node", check_role_scopes("node", None))

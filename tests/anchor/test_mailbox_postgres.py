@@ -11,7 +11,6 @@ import pytest
 import trio
 
 from anchor.mailbox import MailboxCore, MailboxLimits, MailboxService, PostgresMailboxStorage
-from anchor.services import Services
 from anchor.stores.postgres import PostgresStore
 from node.identity import Identity
 from node.mailbox import protocol as p
@@ -20,6 +19,7 @@ from node.routing.courier import Envelope, encode_envelope
 from node.wire import NoisePayloadType, encode_noise_payload, encode_private_message
 from tests.anchor.mailbox_db import find_text_anywhere
 from tests.anchor.test_mailbox_core import NOW_MS, Clock, sealed_for
+from tools.services import Services
 
 
 async def test_deposit_fetch_ack_and_no_plaintext_in_the_database(pg_dsn: str) -> None:

@@ -17,7 +17,16 @@ import trio
 
 from node.control.client import ControlClient
 from node.control.errors import NotRunning, RemoteCallError
-from node.control.rpc import INVALID_PARAMS, METHOD_NOT_FOUND, PARSE_ERROR, NoParams, Notify, Registry, param
+from node.control.rpc import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    NoParams,
+    Notify,
+    Registry,
+    param,
+)
 from node.control.server import ControlServer
 from node.errors import MeshError, StartupError
 
@@ -48,7 +57,16 @@ def make_registry() -> Registry:
     reg.add("echo", EchoParams, "Echo text.", echo)
     reg.add("fail", NoParams, "Raise a user-facing error.", fail)
     reg.add("crash", NoParams, "Raise a bug.", crash)
+
+    async def lone_surrogate(_: NoParams, notify: Notify) -> object:
+        return {"snippet": "\ud800 from a peer"}  # not encodable as UTF-8
+
+    async def bad_message(_: NoParams, notify: Notify) -> object:
+        raise MeshError("peer said \udc1b")
+
     reg.add("count", EchoParams, "Stream ticks.", count, streaming=True)
+    reg.add("surrogate", NoParams, "Return a lone surrogate.", lone_surrogate)
+    reg.add("bad_message", NoParams, "Raise an error whose message has a lone surrogate.", bad_message)
     return reg
 
 
@@ -102,6 +120,19 @@ async def test_rpc_errors(nursery: trio.Nursery, sock_dir: Path) -> None:
         await call(path, "fail")
     with pytest.raises(RemoteCallError, match="internal error"):
         await call(path, "crash")
+    assert await call(path, "echo", text="still alive") == {"echo": "still alive"}
+
+
+async def test_unencodable_result_answers_internal_error(nursery: trio.Nursery, sock_dir: Path) -> None:
+    # A lone surrogate (say, from a peer's answer) cannot be encoded as UTF-8: the call gets an internal error and
+    # the server (and the nursery the daemon runs it in) keeps running.
+    path = sock_dir / "control.sock"
+    await start_server(nursery, path)
+    with pytest.raises(RemoteCallError, match="internal error") as e:
+        await call(path, "surrogate")
+    assert e.value.code == INTERNAL_ERROR
+    with pytest.raises(RemoteCallError, match="internal error"):
+        await call(path, "bad_message")
     assert await call(path, "echo", text="still alive") == {"echo": "still alive"}
 
 

@@ -13,13 +13,16 @@ from libp2p.abc import INetStream
 
 from anchor.mailbox import MailboxCore, MailboxService, MemoryMailboxStorage
 from node.clock import Clock
-from node.config import Config, MailboxSection, NodeSection
-from node.errors import StartupError
+from node.daemon import build_node
+from node.errors import ConfigError
 from node.identity import Identity
 from node.mailbox import protocol as p
 from node.mailbox.client import MailboxClient
+from node.mailbox.plugin import mailbox_client
+from node.mailbox.settings import MailboxSection
 from node.node import Node
 from node.routing.courier import Envelope, encode_envelope, seal
+from node.settings import Config, NodeSection
 from node.transports.betanet.transport import BetanetTransport
 from node.wire import NoisePayloadType, encode_noise_payload, encode_private_message
 from tests.transports.test_betanet import LOOPBACK, WAIT_S, start_transport
@@ -77,7 +80,7 @@ def node_using(anchor_addr: str, ident: Identity) -> Node:
         betanet=LOOPBACK,
         mailbox=MailboxSection(anchors=(anchor_addr,)),
     )
-    return Node(cfg, ident, transports=[BetanetTransport(ident, LOOPBACK)], clock=Clock(), control=False)
+    return build_node(cfg, ident, transports=[BetanetTransport(ident, LOOPBACK)], clock=Clock(), control=False)
 
 
 async def test_fetched_envelopes_land_once_even_when_the_ack_is_lost(nursery: trio.Nursery) -> None:
@@ -88,10 +91,11 @@ async def test_fetched_envelopes_land_once_even_when_the_ack_is_lost(nursery: tr
     await service.deposit(envelope_for(a, Identity.generate(), "MSG-2", "not for c", wall))
     node = node_using(anchor_addr, c)
     await nursery.start(node.run)
-    assert node.mailbox is not None and node.inbox is not None
+    mailbox = mailbox_client(node)
+    assert mailbox is not None and node.inbox is not None
     with trio.fail_after(WAIT_S):
-        await node.mailbox.wait_counters(lambda k: k.acked >= 1)
-    counters = node.mailbox.counters
+        await mailbox.wait_counters(lambda k: k.acked >= 1)
+    counters = mailbox.counters
     assert isinstance(service, LosesFirstAck) and service.acks_lost == 1
     assert (counters.fetched, counters.delivered, counters.exchange_failures) == (2, 2, 1)  # fetched twice
     msgs = node.inbox.list()
@@ -115,20 +119,22 @@ async def test_an_unopenable_envelope_is_acknowledged_and_dropped(nursery: trio.
     await service.deposit(good)
     node = node_using(anchor_addr, c)
     await nursery.start(node.run)
-    assert node.mailbox is not None and node.inbox is not None and node.core is not None
+    mailbox = mailbox_client(node)
+    assert mailbox is not None and node.inbox is not None and node.core is not None
     with trio.fail_after(WAIT_S):
-        await node.mailbox.wait_counters(lambda k: k.acked >= 2)
-    assert node.mailbox.counters.delivered == 1
+        await mailbox.wait_counters(lambda k: k.acked >= 2)
+    assert mailbox.counters.delivered == 1
     assert node.core.counters.courier_refused == 1
     assert [m.text for m in node.inbox.list()] == ["the real one"]
     node.request_stop()
 
 
-async def test_an_anchor_address_without_a_peer_id_is_refused_at_start() -> None:
+async def test_an_anchor_address_without_a_peer_id_is_refused_by_the_config() -> None:
     ident = Identity.generate()
-    node = node_using("/ip4/127.0.0.1/tcp/4001", ident)
-    with pytest.raises(StartupError, match=r"mailbox\.anchors"):
-        await node.run()
+    with pytest.raises(
+        ConfigError, match=r"mailbox\.anchors: '/ip4/127.0.0.1/tcp/4001' is not a multiaddr ending in /p2p/"
+    ):
+        node_using("/ip4/127.0.0.1/tcp/4001", ident)
 
 
 async def test_a_link_to_the_anchor_coming_up_fetches_again(nursery: trio.Nursery) -> None:
@@ -136,14 +142,15 @@ async def test_a_link_to_the_anchor_coming_up_fetches_again(nursery: trio.Nurser
     a, c = Identity.generate(), Identity.generate()
     node = node_using(anchor_addr, c)
     await nursery.start(node.run)
-    assert node.mailbox is not None and node.inbox is not None
+    mailbox = mailbox_client(node)
+    assert mailbox is not None and node.inbox is not None
     with trio.fail_after(WAIT_S):
-        await node.mailbox.wait_counters(lambda k: k.fetches >= 1)  # the fetch at start: nothing there yet
+        await mailbox.wait_counters(lambda k: k.fetches >= 1)  # the fetch at start: nothing there yet
     await service.deposit(envelope_for(a, c, "MSG-5", "arrived while you were connected", Clock().wall_ms()))
     with trio.fail_after(WAIT_S):
         await node.connect(anchor_addr)  # a mesh link to the anchor comes up (as a bootstrap redial would)
-        await node.mailbox.wait_counters(lambda k: k.acked >= 1)
-    assert node.mailbox.counters.fetches == 2
+        await mailbox.wait_counters(lambda k: k.acked >= 1)
+    assert mailbox.counters.fetches == 2
     assert [m.text for m in node.inbox.list()] == ["arrived while you were connected"]
     node.request_stop()
 

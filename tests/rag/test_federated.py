@@ -15,7 +15,6 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.config import RagSection
 from node.control.rpc import Registry
 from node.node import Node
 from node.rag import federated
@@ -34,6 +33,7 @@ from node.rag.federated import (
     merge,
 )
 from node.rag.service import RagService
+from node.rag.settings import RagSection
 from node.rag.store import Store
 from node.rag.trust import ChunkTrust, Opinion, TrustStore, claim_hash, discount, fuse_all
 from node.transports.memory import Faults
@@ -243,6 +243,11 @@ async def test_peer_answers_are_bounded_in_hits_and_bytes() -> None:
         b'"snippet": "", "claim": ""}]}',
         b'{"v": 1, "hits": [{"doc": 1, "chunk": 1, "score": NaN, "title": "", "source": "", "snippet": "", '
         b'"claim": ""}]}',
+        # lone surrogates parse as JSON but no UTF-8 output (the control socket's answer) can carry them
+        b'{"v": 1, "hits": [{"doc": 1, "chunk": 1, "score": 1, "title": "", "source": "", "snippet": "\\ud800", '
+        b'"claim": ""}]}',
+        b'{"v": 1, "hits": [{"doc": 1, "chunk": 1, "score": 1, "title": "", "source": "", "snippet": "", '
+        b'"claim": "", "x\\udc1b": 1}]}',
     ],
 )
 def test_malformed_answers_are_refused(body: bytes) -> None:
@@ -298,11 +303,11 @@ async def test_mesh_query_merges_local_results_with_the_peers(
 ) -> None:
     mesh = await _star(nursery, tmp_path, 2)
     n0, n1 = mesh.nodes
-    n0.rag = await _service(nursery, [("/mine.txt", COMMON, False), ("/other.txt", "Insulin.", False)])
-    n1.rag = await _service(nursery, [("/theirs.txt", COMMON, True), ("/x.txt", "Metformin dose.", True)])
-    assert federated.serve(n1) is not None
+    rag0 = await _service(nursery, [("/mine.txt", COMMON, False), ("/other.txt", "Insulin.", False)])
+    rag1 = await _service(nursery, [("/theirs.txt", COMMON, True), ("/x.txt", "Metformin dose.", True)])
+    assert federated.serve(n1, rag1) is not None
     with trio.fail_after(SIM_TIMEOUT_S):
-        out = await federated.mesh_query(n0, "metformin glucose", k=5, timeout_s=5.0)
+        out = await federated.mesh_query(n0, rag0, "metformin glucose", k=5, timeout_s=5.0)
     json.dumps(out)
     assert out["mesh"] is True and [p["status"] for p in out["peers"]] == ["ok"]
     by_source = {h["source"]: h for h in out["results"]}
@@ -317,7 +322,7 @@ async def test_mesh_query_merges_local_results_with_the_peers(
     # Feedback on the peer's result (its `ref`, through the rag.feedback method) rates peer:<hex> and records the
     # user's stance on the claim; no local chunk or file source is touched.
     reg = Registry()
-    rag_rpc.register(reg, lambda: n0.rag)
+    rag_rpc.register(reg, lambda: rag0)
     method = reg.lookup("rag.feedback")
 
     async def no_notify(name: str, params: Any) -> None:
@@ -328,14 +333,14 @@ async def test_mesh_query_merges_local_results_with_the_peers(
     peer_key = f"peer:{n1.identity.peer_id_hex}"
     assert fb["source"]["source"] == peer_key and fb["source"]["beta"] > fb["source"]["alpha"]
     assert "user" in " ".join(fb["chunk"]["contradicting"]) and fb["chunk"]["trust"] < x["trust"]
-    ts = n0.rag._trust
+    ts = rag0._trust
     assert [r.source_key for r in ts.sources(1_700_000_000.0)] == [peer_key]
     with trio.fail_after(SIM_TIMEOUT_S):
-        again = await federated.mesh_query(n0, "metformin glucose", k=5, timeout_s=5.0)
+        again = await federated.mesh_query(n0, rag0, "metformin glucose", k=5, timeout_s=5.0)
     x2 = next(h for h in again["results"] if h["source"] == "x.txt")
     assert x2["trust"] < x["trust"]
     with pytest.raises(RagError):
-        await n0.rag.feedback_peer("zz", x["claim"], True)
+        await rag0.feedback_peer("zz", x["claim"], True)
 
 
 async def test_mesh_query_without_peers_returns_the_local_results(
@@ -343,14 +348,18 @@ async def test_mesh_query_without_peers_returns_the_local_results(
 ) -> None:
     mesh = await start_mesh(nursery, tmp_path, 1)
     (n0,) = mesh.nodes
-    n0.rag = await _service(nursery, [("/mine.txt", COMMON, False)])
+    rag0 = await _service(nursery, [("/mine.txt", COMMON, False)])
     with trio.fail_after(SIM_TIMEOUT_S):
-        out = await federated.mesh_query(n0, "metformin", k=3)
+        out = await federated.mesh_query(n0, rag0, "metformin", k=3)
     assert out["peers"] == [] and [r["source"] for r in out["results"]] == ["/mine.txt"]
     assert out["results"][0]["trust"] == pytest.approx(7 / 12)  # one local file of reputation 1/2
 
 
-HOSTILE = [b"[" * 40_000 + b"]" * 40_000, b'{"v": 1, "hits": [' + b"9" * 5000 + b"]}"]
+HOSTILE = [
+    b"[" * 40_000 + b"]" * 40_000,
+    b'{"v": 1, "hits": [' + b"9" * 5000 + b"]}",
+    b'{"v": 1, "q": "glucose \\udfff", "k": 3, "hits": []}',  # a lone surrogate in a query (and an answer)
+]
 
 
 @pytest.mark.parametrize("body", HOSTILE)

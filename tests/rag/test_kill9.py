@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from node.config import RagSection
 from node.rag.service import RagService
+from node.rag.settings import RagSection
 from node.rag.store import Store
 
 N_DOCS = 150
@@ -18,7 +18,7 @@ KILL_AFTER = 20  # documents written before the kill
 CHILD = """
 import sys, trio
 from pathlib import Path
-from node.config import RagSection
+from node.rag.settings import RagSection
 from node.rag.service import RagService
 
 async def main() -> None:

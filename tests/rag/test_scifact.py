@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from node.config import RagSection
 from node.rag.service import RagService
+from node.rag.settings import RagSection
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import scifact_data

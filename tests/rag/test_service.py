@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from node.config import RagSection
 from node.rag import embed
 from node.rag.embed import Vectors, from_blob
 from node.rag.errors import ModelMissing, NotFound, RagError
 from node.rag.service import RagService
+from node.rag.settings import RagSection
 from node.rag.store import DB_NAME
 
 from .helpers import HashEmbedder, NoEmbedder, make_pdf

@@ -12,9 +12,10 @@ import nacl.signing
 import trio
 
 from node.clock import Clock
-from node.config import Config, MeshSection, NodeSection
 from node.identity import Identity
 from node.node import Node
+from node.routing.settings import MeshSection
+from node.settings import Config, NodeSection
 from node.transports.memory import Faults, MemoryLink, MemoryNetwork, MemoryTransport
 
 EPOCH_MS = 1_700_000_000_000.0  # every node's wall clock reads the same simulated time

@@ -8,7 +8,6 @@ from collections import deque
 
 import nacl.signing
 
-from node.config import MeshSection
 from node.identity import Identity
 from node.routing.announcing import AnnounceRelays, AnnounceSchedule
 from node.routing.app import AppChannel
@@ -20,6 +19,7 @@ from node.routing.paths import PathTable
 from node.routing.peers import PeerInfo, PeerTable
 from node.routing.pending import PendingMessage
 from node.routing.pinging import PingTracker
+from node.routing.settings import MeshSection
 from node.wire import DEFAULT_LIMITS, MessageType, Packet, decode_fragment_untrusted, decode_packet_untrusted
 
 SETTINGS = MeshSection()

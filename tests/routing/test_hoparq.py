@@ -22,7 +22,6 @@ import pytest
 import trio
 import trio.testing
 
-from node.config import MeshSection
 from node.identity import Identity
 from node.routing.dedupe import dedupe_key
 from node.routing.hoparq import (
@@ -36,6 +35,7 @@ from node.routing.hoparq import (
 )
 from node.routing.mesh import MeshCore, MessageReceived
 from node.routing.meshbase import SETTLED_ANNOUNCE_CAPABILITY
+from node.routing.settings import MeshSection
 from node.sim import LinkModel, Simulation, line
 from node.transports.memory import Faults
 from node.wire import (

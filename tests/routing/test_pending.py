@@ -7,10 +7,10 @@ import random
 
 import nacl.signing
 
-from node.config import MeshSection
 from node.identity import Identity
 from node.routing.mesh import MeshCore
 from node.routing.pending import PendingMessage, PendingSet
+from node.routing.settings import MeshSection
 from node.wire import DEFAULT_LIMITS
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from node.config import MeshSection
 from node.routing.mesh import MeshCore
+from node.routing.settings import MeshSection
 from node.sim import LinkModel, Simulation, Topology, line
 from node.wire import MessageType, decode_packet_untrusted, encode_packet
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from node.config import MeshSection
+from node.routing.settings import MeshSection
 from node.sim import LinkModel, Simulation, line
 from node.transports.memory import Faults
 from tests.routing.harness import start_mesh

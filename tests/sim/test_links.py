@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from node.config import MeshSection
+from node.routing.settings import MeshSection
 from node.sim import LinkModel, Partition, Simulation, line
 from node.wire import MessageType
 

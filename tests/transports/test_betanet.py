@@ -13,18 +13,23 @@ import pytest
 import trio
 from libp2p import create_yamux_muxer_option, new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
 
 from node.clock import Clock
-from node.config import BetanetSection, Config, NodeSection
-from node.errors import StartupError
+from node.errors import ConfigError
 from node.identity import Identity
 from node.node import Node
+from node.settings import Config, NodeSection
 from node.transports.base import Link, LinkClosed
+from node.transports.betanet.settings import BetanetSection
 from node.transports.betanet.transport import MESH_PROTOCOL, BetanetLink, BetanetTransport, DialError
 from node.wire import Announce, MessageType, Packet, encode_announce, encode_packet, sign_packet
+from tests.test_cli import VILLAGE
 from tests.transports.conformance import LinkConformance
 
 # mDNS off: tests multicast only inside network namespaces they create (tests/test_netns.py).
@@ -155,19 +160,13 @@ async def test_mismatched_binding_is_rejected(nursery: trio.Nursery, listen: str
     node.request_stop()
 
 
-async def test_bad_listen_addresses_are_clear_errors() -> None:
-    for listen, message in [
-        (("not a multiaddr",), "betanet.listen: not a valid multiaddr"),
-    ]:
-        t = BetanetTransport(Identity.generate(), dataclasses.replace(LOOPBACK, listen=listen))
-        send, _ = trio.open_memory_channel[Link](1)
-        with pytest.raises(StartupError, match=message):
-            await t.run(send)
+def test_bad_listen_addresses_are_clear_errors() -> None:
+    """Refused by the [betanet] section itself, so `village config check` finds them before a start."""
+    with pytest.raises(ConfigError, match=r"betanet\.listen: not a valid multiaddr"):
+        dataclasses.replace(LOOPBACK, listen=("not a multiaddr",))
     for bootstrap in ("/ip4/127.0.0.1/tcp/4001", "nonsense"):  # no /p2p/<id>, not a multiaddr
-        t = BetanetTransport(Identity.generate(), dataclasses.replace(LOOPBACK, bootstrap=(bootstrap,)))
-        send, _ = trio.open_memory_channel[Link](1)
-        with pytest.raises(StartupError, match=r"betanet\.bootstrap: .* is not a multiaddr ending in /p2p/"):
-            await t.run(send)
+        with pytest.raises(ConfigError, match=r"betanet\.bootstrap: .* is not a multiaddr ending in /p2p/"):
+            dataclasses.replace(LOOPBACK, bootstrap=(bootstrap,))
 
 
 async def test_unreachable_bootstrap_is_logged_counted_and_retried(
@@ -208,3 +207,89 @@ async def test_stalled_peer_is_closed_and_counted(nursery: trio.Nursery) -> None
         assert ours.counters.stalled >= 2
         await stream.reset()
         await stream2.reset()
+
+
+async def test_dialling_a_peer_without_the_mesh_protocol_reports_its_refusal_and_hangs_up(
+    nursery: trio.Nursery,
+) -> None:
+    """A libp2p host that speaks Noise and yamux but not /aivillage/mesh/1.0.0: the error says the peer refused
+    the protocol (not "failed to open a stream"), and the connection the dial made is closed again."""
+    ours, _ = await start_transport(nursery)
+    kp = create_new_key_pair()
+    other = new_host(
+        key_pair=kp,
+        sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(kp, noise_privkey=create_x25519_key_pair().private_key)},
+        muxer_opt=create_yamux_muxer_option(),
+    )
+    async with other.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        addr = f"{other.get_addrs()[0]}"
+        addr = addr if "/p2p/" in addr else f"{addr}/p2p/{other.get_id()}"
+        with (
+            trio.fail_after(WAIT_S),
+            pytest.raises(DialError, match=r"refused /aivillage/mesh/1\.0\.0: protocol not supported"),
+        ):
+            await ours.dial(addr)
+        assert ours.host is not None
+        assert not ours.host.get_network().get_connections(other.get_id())
+    assert ours.counters.dial_failures == 1 and ours.counters.links_opened == 0
+
+
+async def test_mesh_streams_beyond_the_per_connection_limit_are_reset_and_counted(nursery: trio.Nursery) -> None:
+    """betanet.max_mesh_streams_per_connection = 2: a peer opening five mesh streams on one connection gets two
+    links; the other three streams are reset and counted, and the two links keep working."""
+    ours, links = await start_transport(
+        nursery, settings=dataclasses.replace(LOOPBACK, max_mesh_streams_per_connection=2)
+    )
+    kp = create_new_key_pair()
+    other = new_host(
+        key_pair=kp,
+        sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(kp, noise_privkey=create_x25519_key_pair().private_key)},
+        muxer_opt=create_yamux_muxer_option(),
+    )
+    async with other.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        info = info_from_p2p_addr(multiaddr.Multiaddr(ours.listen_addresses()[0]))
+        with trio.fail_after(WAIT_S):
+            await other.connect(info)
+            opened = []
+            for _ in range(5):
+                try:
+                    opened.append(await other.new_stream(info.peer_id, [MESH_PROTOCOL]))
+                except Exception:
+                    continue
+            await ours.wait_counters(lambda c: c.mesh_streams_refused == 3)
+            assert ours.counters.links_opened == 2
+            first, second = await links.receive(), await links.receive()
+            for n, stream in enumerate(opened[:2]):
+                await stream.write(struct.pack(">I", 6) + b"hello%d" % n)
+            assert {await first.receive(), await second.receive()} == {b"hello0", b"hello1"}
+    assert ours.counters.mesh_streams_refused == 3
+
+
+async def test_village_connect_reports_the_refusal(nursery: trio.Nursery) -> None:
+    """`village connect` (a real CLI process, through the control socket) to a libp2p peer without the mesh
+    protocol exits 1 naming the refusal, and the node keeps no connection to that peer."""
+    d = Path(tempfile.mkdtemp(prefix="vlg-", dir="/tmp"))
+    transport = BetanetTransport(Identity.generate(), LOOPBACK)
+    node = Node(Config(data_dir=d, betanet=LOOPBACK), Identity.generate(), transports=[transport])
+    await nursery.start(node.run)
+    kp = create_new_key_pair()
+    other = new_host(
+        key_pair=kp,
+        sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(kp, noise_privkey=create_x25519_key_pair().private_key)},
+        muxer_opt=create_yamux_muxer_option(),
+    )
+    async with other.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        addr = f"{other.get_addrs()[0]}"
+        addr = addr if "/p2p/" in addr else f"{addr}/p2p/{other.get_id()}"
+        with trio.fail_after(WAIT_S):
+            r = await trio.run_process(
+                [*VILLAGE, "connect", addr, "--socket", str(node.config.socket_path)],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+        assert r.returncode == 1
+        assert b"refused /aivillage/mesh/1.0.0: protocol not supported" in r.stderr, r.stderr
+        assert b"failed to open a stream" not in r.stderr
+        assert transport.host is not None and not transport.host.get_network().get_connections(other.get_id())
+    nursery.cancel_scope.cancel()

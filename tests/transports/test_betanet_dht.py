@@ -13,9 +13,9 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 
 from node.clock import Clock
-from node.config import Config, NodeSection
 from node.identity import Identity
 from node.node import Node
+from node.settings import Config, NodeSection
 from node.transports.base import Link
 from node.transports.betanet.transport import BetanetTransport, DialError
 from tests.transports.test_betanet import LOOPBACK, WAIT_S, start_transport

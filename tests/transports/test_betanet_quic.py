@@ -28,7 +28,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from node.identity import Identity
 from node.transports.base import Link, LinkClosed
-from node.transports.betanet import quic_conn, quic_transport
+from node.transports.betanet import quic_transport
 from node.transports.betanet.quic import dial_order, is_quic, tcp_twin
 from node.transports.betanet.quic_transport import parse_quic
 from node.transports.betanet.transport import MESH_PROTOCOL, BetanetLink, BetanetTransport, DialError
@@ -320,19 +320,118 @@ async def test_keepalive_holds_a_quiet_link_and_a_vanished_peer_ends_it(
         await link.receive()
 
 
-async def test_a_stream_whose_reader_stops_is_reset_at_its_receive_bound(
-    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+async def test_a_reader_that_stops_slows_the_sender_down_instead_of_resetting_its_stream(
+    nursery: trio.Nursery,
 ) -> None:
-    """aioquic grants flow-control credit as data arrives, so a sender can outrun a reader that stopped: the
-    stream's unread bytes are bounded (here 256 KB); past the bound the stream is reset, the sender's writes
-    fail, and it is logged."""
-    monkeypatch.setattr(quic_conn, "STREAM_RECEIVE_LIMIT_BYTES", 256 * 1024)
-    a, _ = await start_transport(nursery, settings=QUIC)
-    b, b_links = await start_transport(nursery, settings=QUIC)
+    """Flow-control credit is granted as the node reads (quic_conn.ReadCredit), not as data arrives: when the
+    receiving node stops reading, the sender is held at the window (here 256 KiB unread at most) instead of
+    filling our buffers until the stream is reset; once the node reads again every frame arrives."""
+    settings = dataclasses.replace(QUIC, quic_stream_window_bytes=256 * 1024)
+    a, _ = await start_transport(nursery, settings=settings)
+    b, b_links = await start_transport(nursery, settings=settings)
+    frame, count = b"f" * 60_000, 200  # 12 MB: far more than every buffer on the way holds
+    sent = 0
+
+    async def sender() -> None:
+        nonlocal sent
+        for _ in range(count):
+            await link.send(frame)
+            sent += 1
+
     with trio.fail_after(WAIT_S):
         link = await a.dial(quic_address(b))
-        await b_links.receive()  # ...and never read: its queue fills, then the stream's buffer
-        with pytest.raises(LinkClosed):
-            for _ in range(2000):  # 120 MB if nothing stopped it
-                await link.send(b"f" * 60_000)
-    assert any("unread bytes" in r.getMessage() and "resetting it" in r.getMessage() for r in caplog.records)
+        inbound = await b_links.receive()  # ...not read yet: its queue fills, then the stream's window
+        assert b._quic is not None
+        (conn,) = b._quic._listeners[0]._conns.values()
+        nursery.start_soon(sender)
+        await conn.wait_until(lambda: conn.unread_bytes >= 128 * 1024)
+        assert sent < count and conn.unread_high_water <= 256 * 1024
+        for _ in range(count):
+            assert await inbound.receive() == frame
+    assert sent == count
+    assert conn.unread_high_water <= 256 * 1024
+    assert (conn.streams_over_limit, b.counters.quic_streams_over_limit) == (0, 0)
+
+
+def spoofed_initials(target: tuple[str, int], source_ip: str, n: int) -> list[socket.socket]:
+    """``n`` genuine QUIC v1 client Initials (aioquic's), each from its own UDP port on ``source_ip``, never
+    followed up: what an attacker spoofing source addresses sends."""
+    config = QuicConfiguration(is_client=True, alpn_protocols=["libp2p"])
+    socks = []
+    for _ in range(n):
+        client = QuicConnection(configuration=config)
+        client.connect(target, now=0.0)
+        (datagram, _addr), *_ = client.datagrams_to_send(now=0.0)
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((source_ip, 0))
+        s.sendto(datagram, target)
+        socks.append(s)
+    return socks
+
+
+async def testspoofed_initials_from_one_address_hold_at_most_its_share(nursery: trio.Nursery) -> None:
+    """Initials from one (spoofed) address: at most betanet.quic_max_handshakes_per_ip handshakes are kept for
+    it, the rest are dropped and counted, and a peer from another address still connects."""
+    settings = dataclasses.replace(QUIC, quic_max_handshakes=100, quic_max_handshakes_per_ip=8)
+    b, b_links = await start_transport(nursery, settings=settings)
+    a, _ = await start_transport(nursery, settings=QUIC)
+    assert b._quic is not None
+    port = int(quic_address(b).split("/udp/")[1].split("/")[0])
+    socks = spoofed_initials(("127.0.0.1", port), "127.0.0.2", 12)
+    try:
+        with trio.fail_after(WAIT_S):
+            await b.wait_counters(lambda c: c.quic_initials_dropped >= 4)
+            link = await a.dial(quic_address(b))  # from 127.0.0.1: its own slots
+            inbound = await b_links.receive()
+            await link.send(b"served")
+            assert await inbound.receive() == b"served"
+        (listener,) = b._quic._listeners
+        assert listener._handshaking == {"127.0.0.2": 8}
+        assert (b.counters.quic_initials_dropped, b.counters.quic_retries) == (4, 0)
+    finally:
+        for s in socks:
+            s.close()
+
+
+async def test_under_pressure_new_addresses_get_a_retry_and_no_state(nursery: trio.Nursery) -> None:
+    """Once half of betanet.quic_max_handshakes are in progress, an Initial from a new address is answered with
+    a stateless Retry: spoofed sources never come back, so they cost no state; a real peer answers the Retry
+    with its token and connects."""
+    settings = dataclasses.replace(QUIC, quic_max_handshakes=8, quic_max_handshakes_per_ip=8)
+    b, b_links = await start_transport(nursery, settings=settings)
+    a, _ = await start_transport(nursery, settings=QUIC)
+    assert b._quic is not None
+    port = int(quic_address(b).split("/udp/")[1].split("/")[0])
+    socks = spoofed_initials(("127.0.0.1", port), "127.0.0.2", 4)  # half the table: pressure from now on
+    try:
+        socks += spoofed_initials(("127.0.0.1", port), "127.0.0.3", 30)
+        with trio.fail_after(WAIT_S):
+            await b.wait_counters(lambda c: c.quic_retries >= 30)
+        (listener,) = b._quic._listeners
+        assert listener._handshaking == {"127.0.0.2": 4} and b.counters.quic_initials_dropped == 0
+        with trio.fail_after(WAIT_S):
+            link = await a.dial(quic_address(b))  # gets a Retry too, and comes back with the token
+            inbound = await b_links.receive()
+            await link.send(b"validated")
+            assert await inbound.receive() == b"validated"
+        assert b.counters.quic_retries == 31
+    finally:
+        for s in socks:
+            s.close()
+
+
+async def test_an_initial_in_a_short_datagram_is_dropped(nursery: trio.Nursery) -> None:
+    """RFC 9000 14.1: a client's Initial datagram is at least 1200 bytes; a shorter one (cheap to send, and an
+    amplification lever) makes no connection."""
+    b, _ = await start_transport(nursery, settings=QUIC)
+    assert b._quic is not None
+    port = int(quic_address(b).split("/udp/")[1].split("/")[0])
+    client = QuicConnection(configuration=QuicConfiguration(is_client=True, alpn_protocols=["libp2p"]))
+    client.connect(("127.0.0.1", port), now=0.0)
+    (datagram, _addr), *_ = client.datagrams_to_send(now=0.0)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.sendto(datagram[:1100], ("127.0.0.1", port))
+        with trio.fail_after(WAIT_S):
+            await b.wait_counters(lambda c: c.quic_initials_dropped == 1)
+    assert not b._quic._listeners[0]._conns

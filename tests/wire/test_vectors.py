@@ -26,7 +26,7 @@ from node.wire import (
     unpad,
     verify_wire_signature,
 )
-from tests.wire.vectors import all_vector_names, needs_vectors, vector
+from tests.wire.vectors import all_vector_names, vector
 
 
 def packet_from(inp: dict[str, Any]) -> Packet:
@@ -60,12 +60,10 @@ PLAIN = [
 ]
 
 
-@needs_vectors
 def test_we_cover_every_vector() -> None:
     assert set(all_vector_names()) == {*PLAIN, "fragment_payload_index1_of2", "announce_tlv_signed"}
 
 
-@needs_vectors
 def test_plain_vectors_encode_and_decode() -> None:
     for name in PLAIN:
         v = vector(name)
@@ -76,7 +74,6 @@ def test_plain_vectors_encode_and_decode() -> None:
         assert decode_packet_untrusted(wire) == pkt, name
 
 
-@needs_vectors
 def test_signature_preimage_vector() -> None:
     v = vector("v1_with_signature_placeholder")
     pkt = packet_from(v["in"])
@@ -84,7 +81,6 @@ def test_signature_preimage_vector() -> None:
     assert signing_preimage_from_wire_untrusted(bytes.fromhex(v["expected_hex"])).hex() == v["signing_preimage_hex"]
 
 
-@needs_vectors
 def test_padded_on_air_form_decodes_to_the_same_packet() -> None:
     v = vector("v2_directed_two_hop_route")
     padded = bytes.fromhex(v["padded_on_air_hex"])
@@ -94,7 +90,6 @@ def test_padded_on_air_form_decodes_to_the_same_packet() -> None:
     assert unpad(padded).hex() == v["expected_hex"]
 
 
-@needs_vectors
 def test_fragment_pair_reassembles_the_padded_original() -> None:
     whole = bytes.fromhex(vector("padding_100_byte_frame")["expected_hex"])
     v = vector("fragment_payload_index1_of2")
@@ -113,7 +108,6 @@ def test_fragment_pair_reassembles_the_padded_original() -> None:
     assert decode_packet_untrusted(whole).payload == bytes(range(70))
 
 
-@needs_vectors
 def test_signed_announce_from_fixed_keys() -> None:
     v = vector("announce_tlv_signed")
     inp = v["in"]

@@ -1,4 +1,4 @@
-"""Loads BitChat's packet vectors from ../shared (absent in a user's clone: tests then skip)."""
+"""Loads BitChat's packet vectors from tests/data/ (source and licence in tests/data/README.md)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "bitchat" / "packet_vectors.json"
-needs_vectors = pytest.mark.skipif(not VECTORS.exists(), reason="../shared/ is absent (a user's clone has none)")
+VECTORS = Path(__file__).resolve().parents[1] / "data" / "bitchat" / "packet_vectors.json"
 
 
 def vector(name: str) -> dict[str, Any]:
@@ -20,6 +17,4 @@ def vector(name: str) -> dict[str, Any]:
 
 
 def all_vector_names() -> list[str]:
-    if not VECTORS.exists():
-        return []
     return [v["name"] for v in json.loads(VECTORS.read_text())["vectors"]]

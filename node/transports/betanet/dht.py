@@ -1,78 +1,70 @@
-"""Kademlia peer routing for BetaNet: py-libp2p's own ``KadDHT`` on our host, fed by identify.
+"""Kademlia peer routing for BetaNet: py-libp2p's own ``KadDHT`` on our host, fed by the host's identify.
 
 libp2p's DHT only knows the peers someone adds to its routing table. We dial with ``Swarm.dial_addr`` (not
-``host.connect``), and a hub never dials its inbound peers, so on every new connection, in either direction,
-we run identify ourselves (``/ipfs/id/1.0.0``): the peer's listen addresses and protocols go into the
-peerstore, and the peer goes into the routing table if it serves the DHT. A lookup
-(:meth:`PeerRouting.find`) then asks the connected peers closest to the target, as Kademlia does.
+``host.connect``), and a hub never dials its inbound peers, so the routing table is fed from identify: py-libp2p
+0.8's host runs identify (``/ipfs/id/1.0.0``) once on every new connection, in either direction
+(``_IdentifyNotifee`` in ``host/basic_host.py``), and puts the peer's listen addresses and protocols in the
+peerstore. We reuse that result instead of opening a second identify stream: a js-libp2p peer accepts one
+inbound identify stream per connection by default and aborted our second one, so it never entered the table.
+A lookup (:meth:`PeerRouting.find`) then asks the connected peers closest to the target, as Kademlia does.
 
-py-libp2p 0.8's host also starts an identify of its own on each connection (``_IdentifyNotifee`` in
-``host/basic_host.py``), as a system task with no completion signal; ours runs in this node's nursery, is
-bounded, and tells us when the routing table may be fed.
+The host's identify is a system task with no completion signal; :func:`_watch_identify` wraps this host
+instance's ``_identify_peer`` (and ``_schedule_identify``, which skips peers whose protocols are already
+cached) so that each finished identify queues the peer for the routing table. libp2p is pinned below 0.9.
 
-Bounds: connections waiting to be identified (:data:`IDENTIFY_QUEUE`), identifies at once
-(:data:`IDENTIFY_CONCURRENCY`), identify message size (:data:`MAX_IDENTIFY_BYTES`), one timeout per identify
-and per lookup. The DHT speaks ``/ipfs/kad/1.0.0`` whatever prefix is asked for (0.8 ignores
-``protocol_prefix``); its routing table holds at most 256 buckets of 20 peers.
+Bounds: peers waiting to be added to the routing table (:data:`IDENTIFY_QUEUE`; beyond it they are skipped
+and counted), one timeout per addition and per lookup. The DHT speaks ``/ipfs/kad/1.0.0`` whatever prefix is
+asked for (0.8 ignores ``protocol_prefix``); its routing table holds at most 256 buckets of 20 peers.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import multiaddr
 import trio
-from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
-from libp2p.identity.identify.identify import ID as IDENTIFY_PROTOCOL
-from libp2p.identity.identify.pb.identify_pb2 import Identify
-from libp2p.identity.update import update_peerstore_from_identify
+from libp2p.abc import IHost
 from libp2p.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
 from libp2p.tools.anyio_service import background_trio_service
-from libp2p.utils.varint import read_length_prefixed_protobuf
 
 from node.transports.betanet.counters import BetanetCounters
 
 log = logging.getLogger("village.betanet.dht")
 
-IDENTIFY_QUEUE = 256  # new connections waiting for our identify; beyond this they are skipped (and counted)
-IDENTIFY_CONCURRENCY = 8  # identifies running at once
-MAX_IDENTIFY_BYTES = 64 * 1024  # largest identify message read from a peer (listen addrs, protocols, record)
+IDENTIFY_QUEUE = 256  # identified peers waiting to be added to the routing table; beyond this they are skipped
 
 
-class _ConnectionWatch(INotifee):
-    """Swarm notifee: queue each new connection's peer for identify. Never blocks the swarm."""
+def _watch_identify(host: IHost, on_done: Callable[[ID], None]) -> Callable[[], None]:
+    """Call ``on_done(peer)`` whenever the host's own identify of ``peer`` has finished (successfully or not),
+    or was skipped because the peer's protocols were already known. Returns the function that undoes it."""
+    identify_peer: Callable[..., Awaitable[None]] | None = getattr(host, "_identify_peer", None)
+    schedule: Callable[..., None] | None = getattr(host, "_schedule_identify", None)
+    inflight: set[ID] | None = getattr(host, "_identify_inflight", None)
+    if identify_peer is None or schedule is None or inflight is None:
+        raise RuntimeError("this py-libp2p host has no automatic identify to follow (libp2p is pinned below 0.9)")
 
-    def __init__(self, queue: trio.MemorySendChannel[ID], counters: BetanetCounters) -> None:
-        self._queue = queue
-        self._counters = counters
-
-    async def connected(self, network: INetwork, conn: INetConn) -> None:
-        peer_id = getattr(conn.muxed_conn, "peer_id", None)
-        if peer_id is None:
-            return
+    async def identify_then_report(peer_id: ID, **kwargs: Any) -> None:
         try:
-            self._queue.send_nowait(peer_id)
-        except trio.WouldBlock:
-            self._counters.identify_skipped += 1
-        except trio.ClosedResourceError:
-            pass
+            await identify_peer(peer_id, **kwargs)
+        finally:
+            on_done(peer_id)
 
-    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
-        return None
+    def schedule_or_report(peer_id: ID, **kwargs: Any) -> None:
+        schedule(peer_id, **kwargs)
+        if peer_id not in inflight:  # skipped (already identified, or no live connection): report it now
+            on_done(peer_id)
 
-    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
+    host._identify_peer = identify_then_report  # type: ignore[attr-defined]  # instance override, see docstring
+    host._schedule_identify = schedule_or_report  # type: ignore[attr-defined]
 
-    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
+    def undo() -> None:
+        host._identify_peer = identify_peer  # type: ignore[attr-defined]
+        host._schedule_identify = schedule  # type: ignore[attr-defined]
 
-    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
-        return None
-
-    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
-        return None
+    return undo
 
 
 class PeerRouting:
@@ -87,49 +79,47 @@ class PeerRouting:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         send, recv = trio.open_memory_channel[ID](IDENTIFY_QUEUE)
-        watch = _ConnectionWatch(send, self._counters)
-        network = self._host.get_network()
-        network.register_notifee(watch)
+
+        def identified(peer_id: ID) -> None:  # called synchronously from the host's identify task
+            try:
+                send.send_nowait(peer_id)
+            except trio.WouldBlock:
+                self._counters.identify_skipped += 1
+            except trio.ClosedResourceError:
+                pass
+
+        undo = _watch_identify(self._host, identified)
         try:
-            async with background_trio_service(self.dht), trio.open_nursery() as nursery:
-                limiter = trio.CapacityLimiter(IDENTIFY_CONCURRENCY)
-                for peer_id in network.get_connections_map():  # connections made before we started watching
-                    send.send_nowait(peer_id)
+            async with background_trio_service(self.dht):
+                for peer_id in self._host.get_network().get_connections_map():  # connected before we watched
+                    identified(peer_id)
                 task_status.started()
                 async for peer_id in recv:
-                    token = object()  # one borrower per identify (a peer may reconnect while one runs)
-                    await limiter.acquire_on_behalf_of(token)
-                    nursery.start_soon(self._identify_and_route, peer_id, limiter, token)
+                    await self._route(peer_id)
         finally:
-            network.remove_notifee(watch)
+            undo()
             send.close()
 
-    async def _identify_and_route(self, peer_id: ID, limiter: trio.CapacityLimiter, token: object) -> None:
+    async def _route(self, peer_id: ID) -> None:
+        """Add an identified peer to the routing table if it serves the DHT (the peerstore, filled by the
+        host's identify, says which protocols it speaks)."""
+        if not self._host.get_network().get_connections(peer_id):
+            return  # gone already, or identify never ran (no connection)
         try:
-            with trio.move_on_after(self._timeout_s) as scope:
-                await self._identify(peer_id)
-                added = await self.dht.add_peer(peer_id)
-            if scope.cancelled_caught:
-                log.debug("identify of %s timed out after %.0f s (betanet.dial_timeout_s)", peer_id, self._timeout_s)
-                return
-            self._counters.identified += 1
-            if added:
-                self._counters.dht_routing_added += 1
-            self._notify()
-        except Exception as exc:  # libp2p raises assorted errors for closed/refusing/garbled peers; ends here
-            log.debug("identify of %s failed: %s", peer_id, exc or type(exc).__name__)
-        finally:
-            limiter.release_on_behalf_of(token)
-
-    async def _identify(self, peer_id: ID) -> None:
-        stream = await self._host.new_stream(peer_id, [IDENTIFY_PROTOCOL])
+            known = bool(self._host.get_peerstore().get_protocols(peer_id))
+        except Exception:  # PeerStoreError: the peer is not in the peerstore at all
+            known = False
+        if not known:
+            log.debug("identify of %s did not complete; not routing to it", peer_id)
+            return
+        self._counters.identified += 1
         try:
-            data = await read_length_prefixed_protobuf(stream, True, MAX_IDENTIFY_BYTES)
-        finally:
-            await stream.close()
-        msg = Identify()
-        msg.ParseFromString(data)
-        await update_peerstore_from_identify(self._host.get_peerstore(), peer_id, msg)
+            with trio.move_on_after(self._timeout_s):
+                if await self.dht.add_peer(peer_id):
+                    self._counters.dht_routing_added += 1
+        except Exception as exc:  # the routing table queries the peerstore; a vanished peer raises there
+            log.debug("adding %s to the DHT routing table failed: %s", peer_id, exc or type(exc).__name__)
+        self._notify()
 
     async def find(self, peer_id: ID) -> list[multiaddr.Multiaddr]:
         """Look ``peer_id`` up through the DHT; its known addresses (empty when nobody knows it)."""

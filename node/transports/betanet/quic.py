@@ -16,13 +16,16 @@ it at once); if it does not connect, the same host's TCP address on the same por
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import multiaddr
 import trio
 from libp2p.abc import ITransport
 from libp2p.crypto.keys import KeyPair
 from libp2p.transport.tcp.tcp import TCP
 
-from node.transports.betanet.quic_transport import QuicTransport
+from node.transports.betanet.counters import BetanetCounters
+from node.transports.betanet.quic_transport import DEFAULT_LIMITS, Limits, QuicTransport
 
 QUIC_ATTEMPT_S = 3.0  # a QUIC dial that has not connected by then gives way to TCP (UDP may be blocked)
 
@@ -32,10 +35,15 @@ def is_quic(addr: multiaddr.Multiaddr | str) -> bool:
     return "/quic-v1" in text or text.endswith("/quic") or "/quic/" in text
 
 
-def host_transports(key_pair: KeyPair) -> tuple[list[ITransport], QuicTransport]:
+def host_transports(
+    key_pair: KeyPair,
+    limits: Limits = DEFAULT_LIMITS,
+    counters: BetanetCounters | None = None,
+    notify: Callable[[], None] = lambda: None,
+) -> tuple[list[ITransport], QuicTransport]:
     """TCP and our QUIC (:mod:`.quic_transport`), always both: a node listening on one can still dial the
     other. The QUIC transport is also returned so that the caller can close it (:func:`close_quic`)."""
-    quic = QuicTransport(key_pair.private_key)
+    quic = QuicTransport(key_pair.private_key, limits=limits, counters=counters, notify=notify)
     return [TCP(), quic], quic
 
 

@@ -17,9 +17,10 @@ reader) in one nursery; it is started in the swarm's background nursery (dial) o
 ``finally`` ends the connection synchronously: a CONNECTION_CLOSE is sent best-effort, streams and waiters
 are woken, a dialled connection's socket is closed.
 
-Bounds: un-acknowledged bytes per stream (writers wait), unread bytes per stream (aioquic grants flow-control
-credit on receipt, not when the application reads, so a stream whose reader stops is reset at
-:data:`STREAM_RECEIVE_LIMIT_BYTES`), and inbound streams waiting to be accepted.
+Bounds: un-acknowledged bytes per stream (writers wait); unread bytes per stream and per connection, by QUIC
+flow control with credit granted as the node *reads* (:class:`ReadCredit`: aioquic alone grants credit when
+data arrives, so a fast sender filled our buffers until the stream was reset); and inbound streams waiting
+to be accepted.
 """
 
 from __future__ import annotations
@@ -38,20 +39,24 @@ from libp2p.abc import IMuxedConn, IMuxedStream, IRawConnection
 from libp2p.connection_types import ConnectionType
 from libp2p.peer.id import ID
 from libp2p.stream_muxer.exceptions import MuxedConnUnavailable, MuxedStreamClosed, MuxedStreamEOF, MuxedStreamReset
+from libp2p.transport.quic.listener import ServerQuicConnection
 from multiaddr import Multiaddr
+
+from node.transports.betanet.counters import BetanetCounters
 
 log = logging.getLogger("village.betanet.quic")
 
 SEND_HIGH_WATER_BYTES = 1 << 20  # un-acknowledged bytes on a stream before write() waits (py-libp2p's value)
 SEND_LOW_WATER_BYTES = 256 * 1024  # ... and the level at which it resumes (py-libp2p's value)
 WRITE_CHUNK_BYTES = 64 * 1024  # a large write is queued in chunks so the watermark is checked between them
-STREAM_RECEIVE_LIMIT_BYTES = 16 << 20  # unread bytes one stream may hold before it is reset
+DEFAULT_STREAM_WINDOW_BYTES = 1 << 20  # flow-control window per stream (betanet.quic_stream_window_bytes)
+CONNECTION_WINDOW_STREAMS = 4  # the connection's window is this many stream windows
 ACCEPT_QUEUE_STREAMS = 64  # inbound streams not yet accepted by the swarm; more are reset
 DATAGRAMS_PER_WAKEUP = 64  # datagrams taken from the socket before the core's output is flushed
 DATAGRAM_BYTES = 65_536  # recvfrom buffer
 ERROR_NO_ERROR = 0x0  # QUIC application error codes we send
 ERROR_STREAM_RESET = 0x1  # a stream reset by us (libp2p's STREAM_RESET_ERROR_CODE)
-ERROR_OVER_LIMIT = 0x2  # a stream whose unread bytes passed STREAM_RECEIVE_LIMIT_BYTES, or too many streams
+ERROR_OVER_LIMIT = 0x2  # a stream whose peer sent beyond its flow-control credit, or too many streams
 
 Address = tuple[str, int]
 
@@ -131,6 +136,66 @@ def quic_multiaddr(addr: Address) -> Multiaddr:
     return Multiaddr(f"/{'ip6' if ':' in ip else 'ip4'}/{ip}/udp/{addr[1]}/quic-v1")
 
 
+class ReadCredit(QuicConnection):
+    """aioquic's ``QuicConnection`` with flow-control credit granted as the application reads.
+
+    aioquic raises a stream's MAX_STREAM_DATA (doubling it) once half the window has *arrived*, and MAX_DATA
+    likewise, whether or not anyone read the data, so a fast sender is never slowed down and the receiver's
+    buffers grow without bound. Here the peer may send at most ``stream_window`` bytes beyond what the
+    application has read on a stream (``connection_window`` on the whole connection); credit is announced once
+    a quarter of a window has been read. A peer that sends beyond its credit is closed by aioquic itself
+    (FLOW_CONTROL_ERROR). The application tells how much it holds unread with :attr:`unread_of` and
+    :attr:`unread_total` (:class:`QuicConn` sets them).
+
+    The two overrides set the limits, then let aioquic write the frames with its doubling rule kept from firing
+    (it looks at the arrived bytes; they are shown to it as at most half of the new limit while it runs)."""
+
+    stream_window = DEFAULT_STREAM_WINDOW_BYTES
+    connection_window = DEFAULT_STREAM_WINDOW_BYTES * CONNECTION_WINDOW_STREAMS
+    unread_of: Callable[[int], int] = staticmethod(lambda stream_id: 0)
+    unread_total: Callable[[], int] = staticmethod(lambda: 0)
+
+    def set_windows(self, stream_window: int) -> None:
+        self.stream_window = stream_window
+        self.connection_window = stream_window * CONNECTION_WINDOW_STREAMS
+
+    def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
+        if not stream.max_stream_data_local:  # a stream of ours that receives nothing (unidirectional)
+            super()._write_stream_limits(builder, space, stream)
+            return
+        receiver = stream.receiver
+        consumed = receiver._buffer_start - self.unread_of(stream.stream_id)  # delivered, minus still unread
+        target = consumed + self.stream_window
+        if target - stream.max_stream_data_local >= self.stream_window // 4:
+            stream.max_stream_data_local = target
+        arrived = receiver.highest_offset
+        receiver.highest_offset = min(arrived, stream.max_stream_data_local // 2)
+        try:
+            super()._write_stream_limits(builder, space, stream)
+        finally:
+            receiver.highest_offset = arrived
+
+    def _write_connection_limits(self, builder: Any, space: Any) -> None:
+        limit = self._local_max_data
+        target = limit.used - self.unread_total() + self.connection_window
+        if target - limit.value >= self.connection_window // 4:
+            limit.value = target
+        used = limit.used
+        limit.used = min(used, limit.value // 2)
+        try:
+            super()._write_connection_limits(builder, space)
+        finally:
+            limit.used = used
+
+
+class ClientQuicConnection(ReadCredit):
+    """The dialling side."""
+
+
+class ServerReadCredit(ReadCredit, ServerQuicConnection):
+    """The listening side (py-libp2p's server connection, which asks for the client's certificate)."""
+
+
 class QuicStream(IMuxedStream):
     """One bidirectional QUIC stream. ``read`` sleeps until the connection hands this stream data."""
 
@@ -143,27 +208,32 @@ class QuicStream(IMuxedStream):
         self._reset = False  # reset by either side, or the connection ended
         self._write_closed = False
         self._readable = trio.Event()
+        self._read_since_credit = 0  # bytes read since flow-control credit was last announced
 
     # -- called by the connection (synchronously, from flush)
     def _on_data(self, data: bytes, end_stream: bool) -> None:
         if self._reset:
             return
         self._buf += data
+        self._conn.unread_bytes += len(data)
         self._eof = self._eof or end_stream
-        if len(self._buf) > STREAM_RECEIVE_LIMIT_BYTES:
+        window = self._conn.quic.stream_window
+        if len(self._buf) > 2 * window:  # cannot happen with flow control kept (aioquic enforces it); a guard
             log.warning(
-                "QUIC stream %d from %s: %d unread bytes (limit %d); resetting it",
+                "QUIC stream %d from %s: %d unread bytes (window %d); resetting it",
                 self.stream_id,
                 self._conn.peer_id,
                 len(self._buf),
-                STREAM_RECEIVE_LIMIT_BYTES,
+                window,
             )
-            self._conn.streams_over_limit += 1
+            self._conn.over_limit()
             self._reset_locally(ERROR_OVER_LIMIT)
+        self._conn.unread_high_water = max(self._conn.unread_high_water, len(self._buf))
         self._readable.set()
 
     def _on_reset(self) -> None:
         self._reset = True
+        self._conn.unread_bytes -= len(self._buf)
         self._buf.clear()
         self._readable.set()
         self._conn._forget(self)
@@ -192,8 +262,13 @@ class QuicStream(IMuxedStream):
         else:
             data = bytes(self._buf[:n])
             del self._buf[:n]
+        self._conn.unread_bytes -= len(data)
         if self._eof and not self._buf and self._write_closed:
             self._conn._forget(self)
+        self._read_since_credit += len(data)
+        if self._read_since_credit >= self._conn.quic.stream_window // 4 and not self._conn.terminated.is_set():
+            self._read_since_credit = 0
+            await self._conn.flush()  # announces the new credit (ReadCredit) so the sender may go on
         return data
 
     async def write(self, data: bytes) -> None:
@@ -244,7 +319,7 @@ class QuicConn(IRawConnection, IMuxedConn):
 
     def __init__(
         self,
-        quic: QuicConnection,
+        quic: ReadCredit,
         udp: UdpSocket,
         remote: Address,
         *,
@@ -252,7 +327,9 @@ class QuicConn(IRawConnection, IMuxedConn):
         owns_socket: bool,
         keepalive_s: float = math.inf,
         on_ended: Callable[[QuicConn], None] | None = None,
+        counters: BetanetCounters | None = None,
     ) -> None:
+        self.counters = counters
         self.quic = quic
         self._keepalive_s = keepalive_s
         self._next_ping = math.inf  # armed once the handshake completes
@@ -267,11 +344,16 @@ class QuicConn(IRawConnection, IMuxedConn):
         self.terminated = trio.Event()
         self.error: str | None = None
         self.streams_over_limit = 0
+        self.unread_bytes = 0  # received on this connection's streams, not yet read by the application
+        self.unread_high_water = 0  # the most unread bytes one stream has held (tests and diagnostics)
         self._streams: dict[int, QuicStream] = {}
+        quic.unread_of = self._unread_of
+        quic.unread_total = lambda: self.unread_bytes
         self._accept_in, self._accept_out = trio.open_memory_channel[QuicStream](ACCEPT_QUEUE_STREAMS)
         self._timer = trio.CancelScope()  # replaced by the live one in _timer_loop
         self._flushed = trio.Event()  # set (and replaced) by each flush while writers wait for acknowledgements
         self._send_waiters = 0
+        self._activity = trio.Event()  # set (and replaced) by each flush: see wait_until
         self.on_close: Callable[[], Awaitable[Any]] | None = None  # set by py-libp2p's SwarmConn
 
     # -- driving the core
@@ -345,6 +427,13 @@ class QuicConn(IRawConnection, IMuxedConn):
         if self._send_waiters:
             self._flushed.set()
             self._flushed = trio.Event()
+        self._activity.set()
+        self._activity = trio.Event()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` holds, re-checked after each flush (input handled, output sent)."""
+        while not predicate() and not self.terminated.is_set():
+            await self._activity.wait()
 
     def _handle(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.StreamDataReceived):
@@ -376,7 +465,7 @@ class QuicConn(IRawConnection, IMuxedConn):
         try:
             self._accept_in.send_nowait(stream)
         except trio.WouldBlock:
-            self.streams_over_limit += 1
+            self.over_limit()
             log.warning(
                 "QUIC %s: more than %d streams waiting to be accepted; resetting one", self, ACCEPT_QUEUE_STREAMS
             )
@@ -385,6 +474,15 @@ class QuicConn(IRawConnection, IMuxedConn):
             return None
         self._streams[stream_id] = stream
         return stream
+
+    def over_limit(self) -> None:
+        self.streams_over_limit += 1
+        if self.counters is not None:
+            self.counters.quic_streams_over_limit += 1
+
+    def _unread_of(self, stream_id: int) -> int:
+        stream = self._streams.get(stream_id)
+        return len(stream._buf) if stream is not None else 0
 
     def _forget(self, stream: QuicStream) -> None:
         self._streams.pop(stream.stream_id, None)

@@ -11,29 +11,50 @@ that check passes the swarm never sees the connection.
 
 Demultiplexing: one UDP socket per listen address; datagrams are routed to connections by the sender's
 address (no connection migration). Each dial uses its own ephemeral socket.
+
+Spoofed Initials. A QUIC Initial costs its sender one datagram and can carry any source address, and each one
+makes a connection (a TLS handshake in flight) here. Until its handshake completes a connection's address is
+unvalidated. Once half of :attr:`Limits.max_handshakes` are in progress, a new address gets a stateless Retry
+(RFC 9000 8.1.2: a token bound to its address, counted in ``quic_retries``) and no state until it comes back
+with the token, which a spoofed source cannot. Besides, the listener holds at most
+:attr:`Limits.max_handshakes` unvalidated handshakes, at most :attr:`Limits.max_handshakes_per_ip` from one IP
+address, and :attr:`Limits.max_connections` connections in all; an Initial beyond them is dropped and counted
+(``quic_initials_dropped``), as is one in a datagram shorter than the 1200 bytes RFC 9000 requires of a
+client's Initial, or one with a token that does not check out. A handshake that does not complete within
+:data:`HANDSHAKE_TIMEOUT_S` frees its slot.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import multiaddr
 import trio
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]  # re-exported from aioquic._buffer
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
-from aioquic.quic.packet import QuicPacketType, QuicProtocolVersion, pull_quic_header
+from aioquic.quic.packet import QuicHeader, QuicPacketType, QuicProtocolVersion, encode_quic_retry, pull_quic_header
+from aioquic.quic.retry import QuicRetryTokenHandler
 from libp2p.abc import IListener, IRawConnection, ITransport
 from libp2p.crypto.keys import PrivateKey
 from libp2p.peer.id import ID
 from libp2p.transport.exceptions import OpenConnectionError
-from libp2p.transport.quic.listener import ServerQuicConnection
 from libp2p.transport.quic.security import QUICTLSConfigManager, create_quic_security_transport
 
-from node.transports.betanet.quic_conn import Address, QuicConn, UdpSocket
+from node.transports.betanet.counters import BetanetCounters
+from node.transports.betanet.quic_conn import (
+    CONNECTION_WINDOW_STREAMS,
+    DEFAULT_STREAM_WINDOW_BYTES,
+    Address,
+    ClientQuicConnection,
+    QuicConn,
+    ServerReadCredit,
+    UdpSocket,
+)
 
 log = logging.getLogger("village.betanet.quic")
 
@@ -41,9 +62,21 @@ ALPN = "libp2p"  # the libp2p QUIC spec's ALPN
 HANDSHAKE_TIMEOUT_S = 10.0  # a handshake (dial or inbound) not complete by then is abandoned
 IDLE_TIMEOUT_S = 30.0  # QUIC idle timeout (go-libp2p's): a vanished peer's connection ends within this
 KEEPALIVE_FRACTION = 0.5  # a PING after this fraction of the idle timeout keeps a quiet connection (go-libp2p: 15 s)
-MAX_CONNECTIONS_PER_LISTENER = 1024  # connections (established or handshaking) one listen socket serves
-FLOW_WINDOW_BYTES = 1 << 20  # initial per-stream window; aioquic doubles it as data arrives
-CONNECTION_WINDOW_BYTES = 3 << 19  # initial connection window (py-libp2p's 1.5 MB)
+MIN_INITIAL_DATAGRAM_BYTES = 1200  # RFC 9000 14.1: a client's Initial datagram is padded to at least this
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """BetaNet's QUIC bounds (``betanet.quic_*``)."""
+
+    stream_window_bytes: int = DEFAULT_STREAM_WINDOW_BYTES
+    max_handshakes: int = 256
+    max_handshakes_per_ip: int = 16
+    max_connections: int = 1024
+
+
+DEFAULT_LIMITS = Limits()
+
 
 ConnHandler = Callable[[QuicConn], Awaitable[None]]
 
@@ -65,27 +98,41 @@ def parse_quic(maddr: multiaddr.Multiaddr) -> tuple[socket.AddressFamily, Addres
 class QuicTransport(ITransport):
     provides_native_muxing: bool = True
 
-    def __init__(self, private_key: PrivateKey, idle_timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        private_key: PrivateKey,
+        idle_timeout_s: float | None = None,
+        limits: Limits | None = None,
+        counters: BetanetCounters | None = None,
+        notify: Callable[[], None] = lambda: None,
+    ) -> None:
+        """``counters`` get the QUIC drops; ``notify`` is called after each change to them."""
+        self.notify = notify
         idle_timeout_s = IDLE_TIMEOUT_S if idle_timeout_s is None else idle_timeout_s
+        self.limits = limits if limits is not None else DEFAULT_LIMITS
+        self.counters = counters if counters is not None else BetanetCounters()
         self.keepalive_s = idle_timeout_s * KEEPALIVE_FRACTION
         self._peer_id = ID.from_pubkey(private_key.get_public_key())
         self._security: QUICTLSConfigManager = create_quic_security_transport(private_key, self._peer_id)
         tls = self._security.create_server_config()
-        self._server_config = self._configuration(False, tls.certificate, tls.private_key, idle_timeout_s)
+        window = self.limits.stream_window_bytes
+        self._server_config = self._configuration(False, tls.certificate, tls.private_key, idle_timeout_s, window)
         tls = self._security.create_client_config()
-        self._client_config = self._configuration(True, tls.certificate, tls.private_key, idle_timeout_s)
+        self._client_config = self._configuration(True, tls.certificate, tls.private_key, idle_timeout_s, window)
         self._background: trio.Nursery | None = None
         self._listeners: list[QuicListener] = []
 
     @staticmethod
-    def _configuration(is_client: bool, cert: object, key: object, idle_timeout_s: float) -> QuicConfiguration:
+    def _configuration(
+        is_client: bool, cert: object, key: object, idle_timeout_s: float, window: int
+    ) -> QuicConfiguration:
         config = QuicConfiguration(
             is_client=is_client,
             alpn_protocols=[ALPN],
             verify_mode=ssl.CERT_NONE,  # certificates are self-signed; the libp2p extension is checked instead
             idle_timeout=idle_timeout_s,
-            max_data=CONNECTION_WINDOW_BYTES,
-            max_stream_data=FLOW_WINDOW_BYTES,
+            max_data=window * CONNECTION_WINDOW_STREAMS,  # then granted as we read (quic_conn.ReadCredit)
+            max_stream_data=window,
             supported_versions=[QuicProtocolVersion.VERSION_1],
         )
         config.certificate = cert
@@ -122,13 +169,16 @@ class QuicTransport(ITransport):
             udp = UdpSocket(family, ("::" if family == socket.AF_INET6 else "0.0.0.0", 0), remote)
         except OSError as exc:
             raise OpenConnectionError(f"{maddr}: cannot open a UDP socket: {exc}") from exc
+        quic = ClientQuicConnection(configuration=self._client_config)
+        quic.set_windows(self.limits.stream_window_bytes)
         conn = QuicConn(
-            QuicConnection(configuration=self._client_config),
+            quic,
             udp,
             remote,
             initiator=True,
             owns_socket=True,
             keepalive_s=self.keepalive_s,
+            counters=self.counters,
         )
         try:
             conn.quic.connect(remote, trio.current_time())  # before the timer task: it arms get_timer()
@@ -176,6 +226,9 @@ class QuicListener(IListener):
         self._udp: UdpSocket | None = None
         self._addr: multiaddr.Multiaddr | None = None
         self._conns: dict[Address, QuicConn] = {}
+        self._handshaking: dict[str, int] = {}  # connections whose handshake is not complete, by source IP
+        self._retry = QuicRetryTokenHandler()  # a fresh key per listener: tokens live 30 s (aioquic's rule)
+        self.handshaking = 0  # ... in all
         self._scope = trio.CancelScope()
         self.background_nursery: trio.Nursery | None = None  # set by py-libp2p's swarm before listen()
 
@@ -219,10 +272,50 @@ class QuicListener(IListener):
             return None  # not QUIC
         if header.packet_type != QuicPacketType.INITIAL or header.version != QuicProtocolVersion.VERSION_1:
             return None
-        if len(self._conns) >= MAX_CONNECTIONS_PER_LISTENER:
-            log.warning("QUIC %s: %d connections; refusing one from %s", self._addr, len(self._conns), addr)
+        limits = self._transport.limits
+        original_cid, retry_cid = header.destination_cid, None
+        if len(data) < MIN_INITIAL_DATAGRAM_BYTES:
+            why = f"an Initial in a {len(data)}-byte datagram (RFC 9000: at least {MIN_INITIAL_DATAGRAM_BYTES})"
+        elif header.token:
+            try:  # the client's answer to our Retry: its address is validated
+                original_cid = self._retry.validate_token(
+                    address=addr, destination_cid=header.destination_cid, token=header.token, now=trio.current_time()
+                )
+                retry_cid = header.destination_cid
+                why = ""
+            except ValueError as exc:
+                why = f"a Retry token that does not check out ({exc})"
+        elif self.handshaking >= limits.max_handshakes // 2:
+            # Under pressure: no state for an unvalidated address; a Retry makes the client prove it owns it.
+            self._send_retry(header, addr, udp)
             return None
-        quic = ServerQuicConnection(configuration=config, original_destination_connection_id=header.destination_cid)
+        else:
+            why = ""
+        if why:
+            pass
+        elif len(self._conns) >= limits.max_connections:
+            why = f"{len(self._conns)} connections (betanet.quic_max_connections)"
+        elif retry_cid is None and self.handshaking >= limits.max_handshakes:
+            why = f"{self.handshaking} handshakes in progress (betanet.quic_max_handshakes)"
+        elif self._handshaking.get(addr[0], 0) >= limits.max_handshakes_per_ip:
+            why = f"{self._handshaking[addr[0]]} handshakes in progress from it (betanet.quic_max_handshakes_per_ip)"
+        if why:
+            counters = self._transport.counters
+            counters.quic_initials_dropped += 1
+            self._transport.notify()
+            if counters.quic_initials_dropped == 1 or counters.quic_initials_dropped % 1000 == 0:
+                log.warning(
+                    "QUIC %s: dropped an Initial from %s: %s (%d dropped so far)",
+                    self._addr,
+                    addr[0],
+                    why,
+                    counters.quic_initials_dropped,
+                )
+            return None
+        quic = ServerReadCredit(
+            configuration=config, original_destination_connection_id=original_cid, retry_source_connection_id=retry_cid
+        )
+        quic.set_windows(limits.stream_window_bytes)
         conn = QuicConn(
             quic,
             udp,
@@ -231,10 +324,44 @@ class QuicListener(IListener):
             owns_socket=False,
             keepalive_s=self._transport.keepalive_s,
             on_ended=self._ended,
+            counters=self._transport.counters,
         )
         self._conns[addr] = conn
+        self._handshaking[addr[0]] = self._handshaking.get(addr[0], 0) + 1
+        self.handshaking += 1
         nursery.start_soon(self._run_inbound, conn)
         return conn
+
+    def _send_retry(self, header: QuicHeader, addr: Address, udp: UdpSocket) -> None:
+        """Answer an Initial with a Retry carrying a token bound to the client's address (RFC 9000 8.1.2): a
+        client that really sends from ``addr`` comes back with it; a spoofed source never does."""
+        retry_cid = os.urandom(self._transport._server_config.connection_id_length)
+        token = self._retry.create_token(
+            address=addr,
+            original_destination_connection_id=header.destination_cid,
+            retry_source_connection_id=retry_cid,
+            now=trio.current_time(),
+        )
+        packet = encode_quic_retry(
+            version=QuicProtocolVersion.VERSION_1,  # the only version accepted (checked in _accept)
+            source_cid=retry_cid,
+            destination_cid=header.source_cid,
+            original_destination_cid=header.destination_cid,
+            retry_token=token,
+        )
+        udp.send_now([(packet, addr)])
+        self._transport.counters.quic_retries += 1
+        self._transport.notify()
+
+    def _handshake_over(self, conn: QuicConn) -> None:
+        """The connection's address is validated (handshake complete) or it ended first: free its slot."""
+        ip = conn.remote[0]
+        self.handshaking -= 1
+        left = self._handshaking.get(ip, 1) - 1
+        if left:
+            self._handshaking[ip] = left
+        else:
+            self._handshaking.pop(ip, None)
 
     def _ended(self, conn: QuicConn) -> None:
         if self._conns.get(conn.remote) is conn:
@@ -245,9 +372,12 @@ class QuicListener(IListener):
         hand it to the swarm. py-libp2p's handler then waits for the swarm's end, so it is cancelled when the
         connection ends (one task per live connection, not per connection ever accepted)."""
         async with trio.open_nursery() as nursery:
-            await nursery.start(conn.run)
-            with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
-                await conn.handshake_done.wait()
+            try:
+                await nursery.start(conn.run)
+                with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
+                    await conn.handshake_done.wait()
+            finally:
+                self._handshake_over(conn)
             try:
                 if not conn.is_established:
                     raise OpenConnectionError(f"handshake failed: {conn.error or 'timed out'}")

@@ -31,8 +31,8 @@ from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.tools.anyio_service import background_trio_service
 from multiaddr.protocols import P_P2P
 
-from node.config import BetanetSection
 from node.transports.betanet.counters import BetanetCounters
+from node.transports.betanet.settings import BetanetSection
 
 log = logging.getLogger("village.betanet.relay")
 

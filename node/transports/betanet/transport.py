@@ -16,6 +16,9 @@
   signed with any other key.
 * Framing: one stream per link on ``/aivillage/mesh/1.0.0``; each frame is ``length u32 BE ‖ bytes``, at most
   ``betanet.max_frame_bytes``. A larger length ends the link (the peer is broken or hostile) and is counted.
+  One connection carries at most ``betanet.max_mesh_streams_per_connection`` mesh streams; more are reset
+  and counted. A dial whose peer refuses the mesh protocol says so and closes the connection it made.
+  Every bound: ``docs/bounds-betanet.md``.
 * One reader task per stream pumps frames into a bounded channel, so ``receive`` is cancel-safe and a slow
   consumer applies back-pressure through yamux's flow control.
 """
@@ -44,18 +47,19 @@ from libp2p.network.stream.exceptions import StreamError
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.protocol_muxer.exceptions import MultiselectClientError
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
-from node.config import BetanetSection
 from node.errors import StartupError, TransportError
 from node.identity import Identity
 from node.transports.base import Link, LinkCapabilities, LinkClosed, LinkSink, Transport, check_frame_size
 from node.transports.betanet.counters import BetanetCounters
 from node.transports.betanet.dht import PeerRouting
 from node.transports.betanet.quic import QUIC_ATTEMPT_S, close_quic, dial_order, host_transports, is_quic
-from node.transports.betanet.quic_transport import QuicTransport
+from node.transports.betanet.quic_transport import Limits, QuicTransport
 from node.transports.betanet.relay import Relay, is_circuit, without_peer_suffix
+from node.transports.betanet.settings import BetanetSection
 
 log = logging.getLogger("village.betanet")
 
@@ -187,6 +191,18 @@ class BetanetLink(Link):
     @property
     def transport_name(self) -> str:
         return "betanet"
+
+    @property
+    def muxed_conn(self) -> object:
+        """The libp2p connection this link's stream runs on."""
+        conn: object = self._stream.muxed_conn
+        return conn
+
+    @property
+    def peer(self) -> ID:
+        """The libp2p peer at the other end (authenticated by the connection's handshake)."""
+        peer: ID = self._stream.muxed_conn.peer_id
+        return peer
 
     @property
     def authenticated_signing_key(self) -> bytes | None:
@@ -336,7 +352,13 @@ class BetanetTransport(Transport):
     def _make_host(self, listen: list[multiaddr.Multiaddr]) -> IHost:
         # Exactly one security transport: Noise. libp2p's default set also offers plaintext.
         noise = NoiseTransport(self._key_pair, noise_privkey=create_x25519_key_pair().private_key)
-        transports, self._quic = host_transports(self._key_pair)
+        limits = Limits(
+            stream_window_bytes=self.settings.quic_stream_window_bytes,
+            max_handshakes=self.settings.quic_max_handshakes,
+            max_handshakes_per_ip=self.settings.quic_max_handshakes_per_ip,
+            max_connections=self.settings.quic_max_connections,
+        )
+        transports, self._quic = host_transports(self._key_pair, limits, self.counters, self._notify)
         host = new_host(
             addrs_factory=expand_unspecified,  # advertise real interface addresses, never 0.0.0.0
             enable_mDNS=self.settings.mdns,
@@ -500,6 +522,22 @@ class BetanetTransport(Transport):
 
     async def _on_inbound(self, stream: INetStream) -> None:
         # The handler task is the stream's reader for as long as the link lives.
+        conn = stream.muxed_conn
+        limit = self.settings.max_mesh_streams_per_connection
+        if sum(1 for link in self._links.values() if link.muxed_conn is conn) >= limit:
+            self.counters.mesh_streams_refused += 1
+            if self.counters.mesh_streams_refused == 1 or self.counters.mesh_streams_refused % 1000 == 0:
+                log.warning(
+                    "peer %s opened more than %d mesh streams on one connection "
+                    "(betanet.max_mesh_streams_per_connection); resetting the extra ones (%d so far)",
+                    conn.peer_id,
+                    limit,
+                    self.counters.mesh_streams_refused,
+                )
+            self._notify()
+            with trio.CancelScope(shield=True), trio.move_on_after(2), contextlib.suppress(Exception):
+                await stream.reset()  # best effort: the muxer raises assorted errors for half-closed streams
+            return
         await self._serve(self._new_link(stream, "in"))
 
     def add_stream_handler(self, protocol: TProtocol, handler: StreamHandler) -> None:
@@ -554,26 +592,40 @@ class BetanetTransport(Transport):
             raise DialError(f"{addr!r} is not a multiaddr ending in /p2p/<peer id>: {exc}") from None
         if info.peer_id == host.get_id():
             raise DialError(f"{addr} is this node itself")
+        connected = False  # whether this dial made the connection (then a failure closes it again)
         try:
             with trio.fail_after(self.settings.dial_timeout_s):
                 if not host.get_network().get_connections(info.peer_id):
                     await self._connect(host, maddr, info)
+                    connected = True
             if reserve and self.relay is not None:
                 await self.relay.reserve(info.peer_id)  # bounded by betanet.dial_timeout_s itself
             with trio.fail_after(self.settings.dial_timeout_s):
                 stream = await host.new_stream(info.peer_id, [MESH_PROTOCOL])
         except trio.TooSlowError:
-            self._count_dial_failure()
+            await self._dial_failed(host, info.peer_id, connected)
             raise DialError(f"dialling {addr} timed out after {self.settings.dial_timeout_s:g} s") from None
         except DialError:
-            self._count_dial_failure()
+            await self._dial_failed(host, info.peer_id, connected)
             raise
         except Exception as exc:  # libp2p surfaces many error types for unreachable/refusing peers
-            self._count_dial_failure()
-            raise DialError(f"dialling {addr} failed: {exc or type(exc).__name__}") from exc
+            await self._dial_failed(host, info.peer_id, connected)
+            refused = _refusal(exc)
+            if refused is not None:
+                raise DialError(f"{addr} refused {MESH_PROTOCOL}: {refused} (not an AIVillage node?)") from exc
+            raise DialError(f"dialling {addr} failed: {_with_causes(exc)}") from exc
         link = self._new_link(stream, "out")
         nursery.start_soon(self._serve, link)
         return link
+
+    async def _dial_failed(self, host: IHost, peer_id: ID, connected: bool) -> None:
+        """Count a failed dial; a connection this dial made that carries no link of ours is closed again (a peer
+        without the mesh protocol would otherwise stay connected with nothing on it)."""
+        self._count_dial_failure()
+        if not connected or any(link.peer == peer_id for link in self._links.values()):
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(2), contextlib.suppress(Exception):
+            await host.disconnect(peer_id)  # best effort: libp2p raises assorted errors for half-closed peers
 
     async def _connect(self, host: IHost, maddr: multiaddr.Multiaddr, info: PeerInfo) -> None:
         if is_circuit(maddr):
@@ -714,6 +766,19 @@ def _with_causes(exc: BaseException) -> str:
         parts.append(str(cause) or type(cause).__name__)
         cause = cause.__cause__
     return ": ".join(parts)
+
+
+def _refusal(exc: BaseException) -> str | None:
+    """The peer's refusal, when a stream failed because the peer does not serve the protocol (py-libp2p wraps
+    multistream-select's "na" in a StreamFailure whose message does not say so)."""
+    cause: BaseException | None = exc
+    for _ in range(8):
+        if cause is None:
+            return None
+        if isinstance(cause, MultiselectClientError) and "not supported" in str(cause):
+            return "protocol not supported"
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _one_per_relay(circuits: list[str]) -> list[str]:

@@ -46,13 +46,38 @@ Error tree (under :class:`node.errors.TransportError`)::
 
 from __future__ import annotations
 
-import enum
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
 import trio
 
 from node.errors import TransportError
+from node.transports.ble.events import (
+    Connected,
+    ConnectFailed,
+    DataReceived,
+    DeviceDiscovered,
+    Disconnected,
+    MtuChanged,
+    RadioEvent,
+    Role,
+)
+
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "ConnectFailed",
+    "Connected",
+    "DataReceived",
+    "DeviceDiscovered",
+    "Disconnected",
+    "MtuChanged",
+    "RadioAdapter",
+    "RadioConnectionLost",
+    "RadioError",
+    "RadioEvent",
+    "RadioEventSink",
+    "RadioUnavailable",
+    "Role",
+]
 
 CONNECT_TIMEOUT_S = 8.0  # BitChat's connect timeout (BITCHAT.md §4); both adapters use it
 
@@ -69,60 +94,6 @@ class RadioConnectionLost(RadioError):
     """The connection the call named is gone."""
 
 
-class Role(enum.Enum):
-    CENTRAL = "central"  # we connected out; we write, the peer notifies us
-    PERIPHERAL = "peripheral"  # the peer connected to our GATT server; it writes, we notify
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceDiscovered:
-    """An advertisement carrying BitChat's service UUID (adapters filter out all others)."""
-
-    address: str
-    rssi_dbm: int
-    # Android puts its 8-byte peer ID in scan-response service data; None when absent.
-    peer_id_hint: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Connected:
-    """A connection is ready to carry frames in both directions (see the rules above)."""
-
-    conn_id: str
-    address: str
-    role: Role
-    att_mtu: int
-
-
-@dataclass(frozen=True, slots=True)
-class MtuChanged:
-    conn_id: str
-    att_mtu: int
-
-
-@dataclass(frozen=True, slots=True)
-class DataReceived:
-    """Raw bytes of one GATT write (role PERIPHERAL) or one notification (role CENTRAL)."""
-
-    conn_id: str
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Disconnected:
-    conn_id: str
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectFailed:
-    """A :meth:`RadioAdapter.connect` started by the core did not produce a connection."""
-
-    address: str
-    reason: str = ""
-
-
-RadioEvent = DeviceDiscovered | Connected | MtuChanged | DataReceived | Disconnected | ConnectFailed
 RadioEventSink = trio.MemorySendChannel[RadioEvent]
 
 

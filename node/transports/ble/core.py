@@ -34,7 +34,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from node.transports.ble import gatt
-from node.transports.ble.base import (
+from node.transports.ble.events import (
     Connected,
     ConnectFailed,
     DataReceived,

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node.config import BleSection
 from node.transports.ble.power import BatteryState, choose_mode, describe, plan_for, read_battery
+from node.transports.ble.settings import BleSection
 
 AF_BLUETOOTH = 31  # <sys/socket.h>; Python builds without Bluetooth headers lack socket.AF_BLUETOOTH
 BTPROTO_HCI = 1

@@ -24,8 +24,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from node.config import BleSection, Config
 from node.errors import StartupError
+from node.settings import Config
 from node.transports.base import LinkSink, Transport
 from node.transports.ble.base import RadioAdapter, RadioUnavailable
 from node.transports.ble.core import BleCounters, BleSettings
@@ -38,6 +38,7 @@ from node.transports.ble.power import (
     describe,
     read_battery,
 )
+from node.transports.ble.settings import BleSection
 from node.transports.ble.transport import BleTransport
 
 log = logging.getLogger("village.ble")

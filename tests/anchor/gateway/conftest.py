@@ -18,11 +18,14 @@ import trio
 
 from anchor.gateway.ports import MailboxPort
 from anchor.run import run_anchor
-from anchor.services import ServiceSettings
+from anchor.services_settings import ServiceSettings
+from anchor.settings import AnchorSection
 from anchor.stores.postgres import AuditEntry, PostgresStore
-from node.config import AnchorSection, Config, RagSection
+from node.daemon import build_node
 from node.identity import create_identity, identity_exists, load_identity
 from node.node import Node
+from node.rag.settings import RagSection
+from node.settings import Config
 from node.transports.base import Transport
 from tests.anchor.gateway.proxy import TcpProxy
 
@@ -126,7 +129,7 @@ async def start_gateway(
         )
         cfg = Config(data_dir=data_dir, anchor=section, rag=rag or RagSection())
         identity = load_identity(data_dir) if identity_exists(data_dir) else create_identity(data_dir)
-        node = Node(cfg, identity, transports=transports, control=False, persistent_inbox=persistent)
+        node = build_node(cfg, identity, transports=transports, control=False, persistent_inbox=persistent)
         stopped = trio.Event()
 
         async def run(task_status: trio.TaskStatus[list[str]]) -> None:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import trio
 
-from anchor.services import ServiceSettings
+from anchor.services_settings import ServiceSettings
 from anchor.stores.postgres import PostgresStore
 from node.cli import build_parser, main
 from tests.anchor.gateway.conftest import RELAXED

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import multiprocessing
 import os
 import stat
+import threading
 from pathlib import Path
 
 import jwt
@@ -141,3 +143,117 @@ def test_secret_file_is_created_0600_reused_and_refused_when_loose(tmp_path: Pat
     os.chmod(path, 0o644)
     with pytest.raises(StartupError, match="chmod 600"):
         load_or_create_secret(tmp_path)
+
+
+def test_the_secret_is_not_read_through_a_symlink_a_fifo_or_a_loose_directory(tmp_path: Path) -> None:
+    anchor_dir = tmp_path / "anchor"
+    anchor_dir.mkdir(mode=0o700)
+    path = anchor_dir / "jwt.secret"
+    elsewhere = tmp_path / "other-secret"
+    elsewhere.write_bytes(b"k" * 32)
+    elsewhere.chmod(0o600)
+    path.symlink_to(elsewhere)  # e.g. planted to make the anchor sign with a key someone else knows
+    with pytest.raises(StartupError, match="symbolic link"):
+        load_or_create_secret(tmp_path)
+    path.unlink()
+    os.mkfifo(path, 0o600)  # would block a plain open() forever
+    with pytest.raises(StartupError, match="not a regular file"):
+        load_or_create_secret(tmp_path)
+    path.unlink()
+    secret = load_or_create_secret(tmp_path)
+    assert load_or_create_secret(tmp_path) == secret
+    if os.geteuid() == 0:  # files of another user: only root can make them here
+        os.chown(path, 65534, -1)
+        with pytest.raises(StartupError, match="belongs to another user"):
+            load_or_create_secret(tmp_path)
+        os.chown(path, 0, -1)
+        os.chown(anchor_dir, 65534, -1)
+        with pytest.raises(StartupError, match="belongs to another user"):
+            load_or_create_secret(tmp_path)
+
+
+def test_an_interrupted_secret_creation_leaves_no_file_and_an_empty_one_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start killed while writing jwt.secret must not block the next start (it used to leave an empty file that
+    every later start refused)."""
+    path = tmp_path / "anchor" / "jwt.secret"
+    real_write = os.write
+
+    def crash(fd: int, data: bytes) -> int:  # the process dies before the secret's bytes reach the file
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "write", crash)
+    with pytest.raises(KeyboardInterrupt):
+        load_or_create_secret(tmp_path)
+    monkeypatch.setattr(os, "write", real_write)
+    assert not path.exists()  # either no secret or a whole one
+    assert [p.name for p in (tmp_path / "anchor").iterdir()] == [".jwt.secret.lock"]  # no temporary file left
+    # What an interrupted start of the old code left: an empty jwt.secret. It signed nothing: replaced.
+    path.touch(mode=0o600)
+    secret = load_or_create_secret(tmp_path)
+    assert len(secret) == 32 and path.read_bytes() == secret
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_secret(tmp_path) == secret
+    # A short, non-empty file may be a damaged secret or the wrong file: refused, saying what to do, left alone.
+    path.write_bytes(b"short")
+    with pytest.raises(StartupError, match="move it away"):
+        load_or_create_secret(tmp_path)
+    assert path.read_bytes() == b"short"
+    # A temporary file of a start that died after writing it is cleared at the next start.
+    path.unlink()
+    (tmp_path / "anchor" / ".jwt.secret.0123456789abcdef.tmp").write_bytes(b"x" * 32)
+    fresh = load_or_create_secret(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "anchor").iterdir()) == [".jwt.secret.lock", "jwt.secret"]
+    assert path.read_bytes() == fresh
+
+
+def test_a_second_start_during_the_first_ones_creation_waits_and_uses_its_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Security review: a second start's stale-temp cleanup deleted the first one's temporary file mid-creation
+    (the first then died in os.link, which Android's SELinux denies anyway). Now the second start, begun while the
+    first is writing, waits on the lock and reads the same secret."""
+    real_fsync = os.fsync
+    second: list[bytes | BaseException] = []
+    threads: list[threading.Thread] = []
+
+    def second_start() -> None:
+        try:
+            second.append(load_or_create_secret(tmp_path))
+        except BaseException as exc:  # reported below
+            second.append(exc)
+
+    def fsync_then_start_another(fd: int) -> None:
+        real_fsync(fd)
+        if not threads:
+            threads.append(threading.Thread(target=second_start))
+            threads[0].start()
+
+    monkeypatch.setattr(os, "fsync", fsync_then_start_another)
+    first = load_or_create_secret(tmp_path)
+    threads[0].join(timeout=30)
+    assert second == [first]
+    monkeypatch.setattr(os, "link", None)  # a build without os.link (and SELinux denying it) still works
+    (tmp_path / "anchor" / "jwt.secret").unlink()
+    assert len(load_or_create_secret(tmp_path)) == 32
+
+
+def _start_in_child(data_dir: str, out: multiprocessing.Queue[bytes | str]) -> None:
+    try:
+        out.put(load_or_create_secret(Path(data_dir)))
+    except BaseException as exc:  # reported to the parent
+        out.put(repr(exc))
+
+
+def test_concurrent_starts_in_separate_processes_agree_on_one_secret(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    out: multiprocessing.Queue[bytes | str] = ctx.Queue()
+    procs = [ctx.Process(target=_start_in_child, args=(str(tmp_path), out)) for _ in range(6)]
+    for proc in procs:
+        proc.start()
+    got = [out.get(timeout=60) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+    assert all(isinstance(g, bytes) for g in got), got
+    assert len(set(got)) == 1 and (tmp_path / "anchor" / "jwt.secret").read_bytes() == got[0]

@@ -7,14 +7,17 @@ from pathlib import Path
 import pytest
 
 from anchor.run import services_settings_path
-from anchor.services import DEFAULT_DIR, SETTINGS_FILE
-from node.config import config_from_mapping, parse_host_port
+from anchor.services_settings import SETTINGS_FILE
+from anchor.settings import AnchorSection
 from node.errors import ConfigError
+from node.schema import parse_host_port
+from node.settings import config_from_mapping
+from tools.services import DEFAULT_DIR
 
 
 def test_defaults_and_bad_values_name_the_key() -> None:
     cfg = config_from_mapping({})
-    assert cfg.anchor.enabled is False and cfg.anchor.gateway_listen == "127.0.0.1:8000"
+    assert cfg.section(AnchorSection).enabled is False and cfg.section(AnchorSection).gateway_listen == "127.0.0.1:8000"
     assert parse_host_port("k", "[::1]:0") == ("::1", 0)
     for raw, message in [
         ({"gateway_listen": "8000"}, "anchor.gateway_listen: expected HOST:PORT"),

@@ -19,9 +19,10 @@ from anchor.gateway.app import GatewayContext, build_app
 from anchor.gateway.auth import ROLE_SCOPES, TokenIssuer, load_or_create_secret
 from anchor.gateway.server import serve_http
 from anchor.run import open_stores
-from node.config import Config
+from anchor.settings import AnchorSection
 from node.identity import create_identity
 from node.node import Node
+from node.settings import Config
 from node.transports.memory import MemoryNetwork
 from tests.anchor.gateway.conftest import Gateway, StartGateway
 
@@ -53,7 +54,9 @@ async def test_tokens_by_api_key_client_credentials_and_basic(gateway: Gateway, 
     for r in (r1, r2, r3):
         assert r.status_code == 200, r.text
         body = r.json()
-        assert body["token_type"] == "Bearer" and body["expires_in"] == int(gateway.cfg.anchor.token_ttl_s)
+        assert body["token_type"] == "Bearer" and body["expires_in"] == int(
+            gateway.cfg.section(AnchorSection).token_ttl_s
+        )
         assert set(body["scope"].split()) == ROLE_SCOPES["user"]
     narrowed = await client.post("/v1/auth/token", headers={"X-API-Key": secret}, data={"scope": "node:read"})
     assert narrowed.json()["scope"] == "node:read"
@@ -389,7 +392,7 @@ async def test_routes_that_need_the_node_answer_503_until_it_runs(
             node=idle,
             stores=stores,
             issuer=TokenIssuer(b"s" * 32, issuer="idle", ttl_s=60),
-            settings=gateway.cfg.anchor,
+            settings=gateway.cfg.section(AnchorSection),
             wall_s=time.time,
         )
         stop = trio.Event()

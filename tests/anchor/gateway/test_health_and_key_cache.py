@@ -6,7 +6,7 @@ import httpx
 import trio
 
 from anchor.gateway.auth import ROLE_SCOPES
-from anchor.services import ServiceSettings
+from anchor.services_settings import ServiceSettings
 from anchor.stores.redis_store import RedisStore
 from tests.anchor.gateway.conftest import StartGateway
 

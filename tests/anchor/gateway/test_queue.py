@@ -9,12 +9,12 @@ import httpx
 import trio
 
 from anchor.queue import CONSUMER, GROUP, MessageQueue, QueuedMessage, new_message_id
-from anchor.services import ServiceSettings
+from anchor.services_settings import ServiceSettings
 from anchor.stores.redis_store import RedisStore
-from node.config import Config
 from node.identity import create_identity
 from node.inbox import InboxMessage
 from node.node import Node
+from node.settings import Config
 from node.transports.memory import MemoryNetwork
 from tests.anchor.gateway.conftest import Gateway, StartGateway
 from tests.anchor.gateway.test_gateway import FULL_PEER_ID, until_settled

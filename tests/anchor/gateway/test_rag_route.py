@@ -5,8 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from node.config import RagSection
 from node.rag import embed
+from node.rag.plugin import rag_service
+from node.rag.settings import RagSection
 from tests.anchor.gateway.conftest import StartGateway
 
 HIT_FIELDS = {
@@ -28,9 +29,10 @@ HIT_FIELDS = {
 
 async def test_rag_query_returns_the_knowledge_base_results(start_gateway: StartGateway) -> None:
     gateway = await start_gateway(rag=RagSection(mode="bm25"))  # FTS5 only: no model needed
-    assert gateway.node.rag is not None
-    await gateway.node.rag.add_text("note:shoes", "Running shoes for marathon training", title="shoes")
-    await gateway.node.rag.add_text("note:bread", "Sourdough bread needs a starter", title="bread")
+    rag = rag_service(gateway.node)
+    assert rag is not None
+    await rag.add_text("note:shoes", "Running shoes for marathon training", title="shoes")
+    await rag.add_text("note:bread", "Sourdough bread needs a starter", title="bread")
     async with httpx.AsyncClient(base_url=gateway.url) as client:
         key_id, secret = await gateway.key("user")
         auth = {"Authorization": f"Bearer {await gateway.token(client, secret)}"}
@@ -40,7 +42,7 @@ async def test_rag_query_returns_the_knowledge_base_results(start_gateway: Start
         assert body["query"] == "marathons"
         assert [h["source"] for h in body["results"]] == ["note:shoes"]
         assert set(body["results"][0]) == HIT_FIELDS  # the fields of the rag.query control method
-        direct = await gateway.node.rag.query("marathons", k=5)
+        direct = await rag.query("marathons", k=5)
         assert [h.to_json() for h in direct] == body["results"]
 
         for bad in ({"text": ""}, {"text": "x" * 10_001}, {"text": "x", "k": 0}, {"text": "x", "mode": "magic"}):

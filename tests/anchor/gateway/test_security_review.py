@@ -22,11 +22,12 @@ from anchor.gateway.server import serve_http, tls_files
 from anchor.gateway.stores_adapter import StoresAdapter
 from anchor.mailbox import MailboxCore, MailboxLimits, MailboxService, PostgresMailboxStorage
 from anchor.run import open_stores, run_anchor
-from node.config import AnchorSection, Config
+from anchor.settings import AnchorSection
 from node.errors import StartupError
 from node.identity import Identity, create_identity
 from node.mailbox.protocol import Challenge, make_proof
 from node.node import Node
+from node.settings import Config
 from tests.anchor.gateway.conftest import Gateway, StartGateway
 from tests.anchor.gateway.test_gateway import _ws_rejection
 from tests.certs import self_signed
@@ -233,7 +234,7 @@ async def test_health_asks_the_stores_at_most_once_per_window_even_while_redis_i
             node=gateway.node,
             stores=stores,
             issuer=TokenIssuer(b"s" * 32, issuer="health", ttl_s=60),
-            settings=dataclasses.replace(gateway.cfg.anchor, health_cache_s=3600.0),
+            settings=dataclasses.replace(gateway.cfg.section(AnchorSection), health_cache_s=3600.0),
             wall_s=time.time,
         )
         stop = trio.Event()

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import trio
 
-from anchor.services import Services, ServiceSettings, load_settings
+from anchor.services_settings import ServiceSettings, load_settings
 from anchor.stores import GraphStore, PostgresStore, RedisStore, StoreUnavailable
+from tools.services import Services
 
 Start = Callable[..., Services]
 TIMEOUT_S = 1.0  # the stores' call timeout here: a dead server is reported within about this

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from anchor.services import ServiceSettings
+from anchor.services_settings import ServiceSettings
 from anchor.stores import EntityRef, GraphStore, StoreError, Trust
 
 NOW_MS = 1_800_000_000_000

@@ -8,7 +8,7 @@ import pytest
 import redis
 import trio
 
-from anchor.services import ServiceSettings
+from anchor.services_settings import ServiceSettings
 from anchor.stores import RedisStore, StoreError
 
 

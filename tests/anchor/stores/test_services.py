@@ -10,19 +10,13 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from anchor import services as services_module
-from anchor.services import (
-    PG_APP_USER,
-    PORT_HIGH,
-    Services,
-    ServicesError,
-    ServiceSettings,
-    _check_private_dir,
-    _write_private,
-)
+from anchor.services_settings import ServicesError, ServiceSettings
+from tools import services as services_module
+from tools.services import PG_APP_USER, PORT_HIGH, Services, _check_private_dir, _write_private
 
 SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "services"
 Start = Callable[..., Services]
@@ -259,3 +253,46 @@ def test_compose_passwords_are_escaped_in_the_connection_strings(tmp_path: Path)
     )
     url = redis.connection.parse_url(settings.redis.url)  # type: ignore[no-untyped-call]  # the parser redis-py uses
     assert (url["password"], url["host"], url["port"]) == (awkward, "127.0.0.1", 26379)
+
+
+def test_postgres_passwords_never_reach_psqls_argv_or_an_error(
+    services: ServiceSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any local user can read a process's argv (/proc/PID/cmdline, ps): the app role's password used to be in
+    psql's ``-c "ALTER ROLE ... PASSWORD '...'"`` and, when psql failed, in the ServicesError that quoted the
+    command. Real psql against the shared server; the role keeps its password (the settings' own)."""
+    raw = json.loads(Services().settings_path.read_text())["postgres"]
+    app_password, admin_password = raw["password"], raw["admin_password"]
+    calls: list[tuple[list[str], dict[str, str], str | None]] = []
+    real_run = subprocess.run
+
+    def spy(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        calls.append((list(cmd), dict(kw.get("env") or {}), kw.get("input")))
+        result: subprocess.CompletedProcess[str] = real_run(cmd, **kw)
+        return result
+
+    monkeypatch.setattr(subprocess, "run", spy)
+    entry = Services()._secure_postgres(raw)
+    psql = [c for c in calls if Path(c[0][0]).name == "psql"]
+    assert psql and entry["password"] == app_password
+    for argv, env, _stdin in psql:
+        assert not any(app_password in a or admin_password in a for a in argv), argv
+        assert env["PGPASSWORD"] == admin_password  # the superuser's, through the environment
+    assert any(stdin and app_password in stdin for _argv, _env, stdin in psql)  # the statement, on stdin
+    import psycopg
+
+    psycopg.connect(services.postgres.dsn, connect_timeout=5).close()  # the password still works
+
+    # A psql that fails echoes the statement it failed on (LINE 1: ALTER ROLE ... PASSWORD '...'): masked.
+    def failing(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        statement = str(kw.get("input")) + " ".join(cmd)
+        if "PASSWORD" not in statement:
+            return spy(cmd, **kw)
+        echoed = f"ERROR:  something\nLINE 1: {statement}\nFATAL: password {admin_password} refused"
+        return subprocess.CompletedProcess(cmd, 3, "", echoed)
+
+    monkeypatch.setattr(subprocess, "run", failing)
+    with pytest.raises(ServicesError) as failed:
+        Services()._secure_postgres(raw)
+    assert "***" in str(failed.value)
+    assert app_password not in str(failed.value) and admin_password not in str(failed.value)

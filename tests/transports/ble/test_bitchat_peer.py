@@ -13,10 +13,10 @@ from pathlib import Path
 import nacl.signing
 import trio
 
-from node.config import Config, NodeSection
 from node.identity import Identity
 from node.node import Node
 from node.routing.mesh import MeshCore
+from node.settings import Config, NodeSection
 from node.transports.ble.bumble_adapter import BumbleAdapter, open_bumble_world
 from node.transports.ble.core import BleSettings
 from node.transports.ble.transport import BleTransport

@@ -16,7 +16,7 @@ from tests.transports.ble.bitchat_peer import (
     sign_frame,
     verifier_preimage,
 )
-from tests.wire.vectors import needs_vectors, vector
+from tests.wire.vectors import vector
 
 TS = 1_700_000_000_000
 
@@ -28,7 +28,6 @@ def ids(v: dict[str, object]) -> tuple[bytes, bytes | None]:
     return bytes.fromhex(inp["sender_id"]), bytes.fromhex(rec) if rec else None
 
 
-@needs_vectors
 def test_plain_directed_and_signed_frames() -> None:
     v = vector("v1_broadcast_unsigned_message")
     sender, _ = ids(v)
@@ -44,7 +43,6 @@ def test_plain_directed_and_signed_frames() -> None:
     assert verifier_preimage(parse(frame)).hex() == v["signing_preimage_hex"]
 
 
-@needs_vectors
 def test_routed_compressed_and_padded_frames_parse() -> None:
     v = vector("v2_directed_two_hop_route")
     p = parse(bytes.fromhex(v["expected_hex"]))
@@ -59,7 +57,6 @@ def test_routed_compressed_and_padded_frames_parse() -> None:
     assert frame.hex() == v["expected_hex"]
 
 
-@needs_vectors
 def test_fragment_pair_reassembles_to_the_padded_frame() -> None:
     v = vector("fragment_payload_index1_of2")
     first, second = parse(bytes.fromhex(v["fragment_index0_hex"])), parse(bytes.fromhex(v["expected_hex"]))
@@ -69,7 +66,6 @@ def test_fragment_pair_reassembles_to_the_padded_frame() -> None:
     assert whole.hex() == vector("padding_100_byte_frame")["expected_hex"]
 
 
-@needs_vectors
 def test_signed_announce_from_fixed_keys() -> None:
     v = vector("announce_tlv_signed")
     inp = v["in"]

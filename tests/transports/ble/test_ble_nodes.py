@@ -12,10 +12,11 @@ from pathlib import Path
 import nacl.signing
 import trio
 
-from node.config import BetanetSection, Config, NodeSection
 from node.identity import Identity
 from node.node import Node
+from node.settings import Config, NodeSection
 from node.transports.base import Transport
+from node.transports.betanet.settings import BetanetSection
 from node.transports.betanet.transport import BetanetTransport
 from node.transports.ble.bumble_adapter import BumbleAdapter, BumbleWorld, open_bumble_world
 from node.transports.ble.core import BleSettings

@@ -14,7 +14,6 @@ import trio
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 
-from node.config import BleSection
 from node.transports.base import Link
 from node.transports.ble import gatt
 from node.transports.ble.aio_bridge import open_asyncio_loop
@@ -32,6 +31,7 @@ from node.transports.ble.base import (
 from node.transports.ble.bluez import SERVER_ATT_MTU, SERVER_CONN_ID, BluezAdapter
 from node.transports.ble.core import BleSettings
 from node.transports.ble.doctor import dbus_system_socket, diagnose
+from node.transports.ble.settings import BleSection
 from node.transports.ble.transport import BleTransport
 from tests.transports.ble.harness import TIMEOUT_S, bridge_threads
 from tests.transports.conformance import LinkConformance

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from node.config import BleSection, config_as_dict, load_config
 from node.errors import ConfigError
+from node.settings import config_as_dict, load_config
+from node.transports.ble.settings import BleSection
 
 
 def _load(tmp_path: Path, toml: str) -> BleSection:

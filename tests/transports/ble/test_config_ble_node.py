@@ -17,8 +17,8 @@ import pytest
 import trio
 import trio.testing
 
-from node.config import BleSection, Config
 from node.errors import StartupError
+from node.settings import Config
 from node.transports.base import Link
 from node.transports.ble.bluez import BluezAdapter
 from node.transports.ble.bumble_adapter import BumbleAdapter, open_bumble_world
@@ -26,6 +26,7 @@ from node.transports.ble.core import BleSettings
 from node.transports.ble.doctor import Check, Diagnosis, hci_socket_error
 from node.transports.ble.factory import ManagedBleTransport, ble_transport, follow_battery
 from node.transports.ble.power import BatteryState, PowerGovernor, PowerMode, RadioPlan, plan_for
+from node.transports.ble.settings import BleSection
 from node.transports.ble.transport import BleTransport
 from tests.test_cli import LOOPBACK_CONFIG, VILLAGE, WAIT_S, _notify_socket, village
 from tests.transports.ble.harness import TIMEOUT_S

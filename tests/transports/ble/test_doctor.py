@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from node.config import BleSection
 from node.transports.ble.doctor import (
     CAP_NET_ADMIN,
     CAP_NET_RAW,
@@ -31,6 +30,7 @@ from node.transports.ble.doctor import (
     gather_facts,
     hci_socket_error,
 )
+from node.transports.ble.settings import BleSection
 from tests.test_cli import village
 
 BLUEZ = BleSection()

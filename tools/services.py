@@ -24,7 +24,8 @@ subdirectory, nothing else). The anchor connects as ``aivillage_app``, a role wi
 ``up --fast`` runs PostgreSQL without fsync (the test suite's choice); FalkorDB that cannot be confined (not root)
 starts only with ``--allow-unconfined-graph``.
 
-Stdlib only: it runs before the venv exists (``make test`` calls it first).
+Development tooling, not part of the installed packages. Stdlib only (with :mod:`anchor.services_settings`, which
+the runtime reads the settings file with): it runs before the venv exists (``make test`` calls it first).
 """
 
 from __future__ import annotations
@@ -45,15 +46,24 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+
+from anchor.services_settings import (
+    SETTINGS_FILE,
+    GraphSettings,
+    PostgresSettings,
+    RedisSettings,
+    ServicesError,
+    ServiceSettings,
+    known_fields,
+    load_settings,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = REPO_ROOT / ".services"
 SERVICES = ("postgres", "redis", "graph")
-SETTINGS_FILE = "settings.json"
 ENV_FILE = "settings.env"
 # Ports are probed in [PORT_LOW, PORT_HIGH): below the Linux ephemeral range (32768..60999), above the usual
 # well-known development ports, so an outgoing connection never steals a port we picked.
@@ -65,84 +75,6 @@ PG_USER = "aivillage"  # the bootstrap superuser (initdb -U): administration onl
 PG_APP_USER = "aivillage_app"  # what the anchor connects as: no superuser, owns the aivillage database
 PG_DB = "aivillage"
 ALLOW_UNCONFINED_ENV = "AIVILLAGE_ALLOW_UNCONFINED_GRAPH"
-
-
-class ServicesError(Exception):
-    """A server could not be installed, started or stopped; the message says which and why."""
-
-
-@dataclasses.dataclass(frozen=True)
-class PostgresSettings:
-    host: str
-    port: int
-    user: str
-    password: str
-    dbname: str
-    socket_dir: str
-
-    @property
-    def dsn(self) -> str:
-        """A libpq connection URI for the default database."""
-        return self.dsn_for(self.dbname)
-
-    def dsn_for(self, dbname: str) -> str:
-        user, password = quote(self.user, safe=""), quote(self.password, safe="")  # compose passwords may hold @:/
-        return f"postgresql://{user}:{password}@{self.host}:{self.port}/{quote(dbname, safe='')}"
-
-
-@dataclasses.dataclass(frozen=True)
-class RedisSettings:
-    host: str
-    port: int
-    password: str
-    socket_path: str
-
-    @property
-    def url(self) -> str:
-        return f"redis://:{quote(self.password, safe='')}@{self.host}:{self.port}/0"
-
-
-@dataclasses.dataclass(frozen=True)
-class GraphSettings:
-    """A Bolt server: FalkorDB here (no auth: ``user`` empty), Neo4j 5 in compose (``user`` = neo4j)."""
-
-    kind: str  # "falkordb" or "neo4j"
-    host: str
-    bolt_port: int
-    user: str
-    password: str
-    redis_port: int  # FalkorDB's own Redis port (0 for Neo4j)
-
-    @property
-    def bolt_url(self) -> str:
-        return f"bolt://{self.host}:{self.bolt_port}"
-
-
-@dataclasses.dataclass(frozen=True)
-class ServiceSettings:
-    postgres: PostgresSettings
-    redis: RedisSettings
-    graph: GraphSettings
-
-
-def load_settings(path: Path) -> ServiceSettings:
-    """Read a settings.json written by ``up`` (raises ServicesError naming the file when absent or incomplete)."""
-    try:
-        raw = json.loads(path.read_text())
-        return ServiceSettings(
-            postgres=PostgresSettings(**_fields(PostgresSettings, raw["postgres"])),
-            redis=RedisSettings(**_fields(RedisSettings, raw["redis"])),
-            graph=GraphSettings(**_fields(GraphSettings, raw["graph"])),
-        )
-    except FileNotFoundError as exc:
-        raise ServicesError(f"{path} does not exist; run `scripts/services up`") from exc
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ServicesError(f"{path} is incomplete or corrupt ({exc!r}); run `scripts/services up`") from exc
-
-
-def _fields(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in raw.items() if k in names}
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -214,10 +146,17 @@ def _wait(cond: Any, timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def _run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+def _run(cmd: list[str], *, redact: Sequence[str] = (), **kw: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd``; a ServicesError with its output if it fails. ``redact`` (passwords the command was given
+    through its environment or stdin, never its argv, which every local user can read in /proc) are replaced by
+    ``***`` in the error, since a failing tool may echo them (psql prints the statement it failed on)."""
     res = subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)
     if res.returncode != 0:
-        raise ServicesError(f"`{' '.join(cmd)}` failed ({res.returncode}): {res.stderr.strip() or res.stdout.strip()}")
+        message = f"`{' '.join(cmd)}` failed ({res.returncode}): {res.stderr.strip() or res.stdout.strip()}"
+        for secret in redact:
+            if secret:
+                message = message.replace(secret, "***")
+        raise ServicesError(message)
     return res
 
 
@@ -369,15 +308,15 @@ class Services:
         # The components are what load_settings reads; dsn/url are there for people and other tools.
         lines = []
         if "postgres" in raw:
-            pg = PostgresSettings(**_fields(PostgresSettings, raw["postgres"]))
+            pg = PostgresSettings(**known_fields(PostgresSettings, raw["postgres"]))
             raw["postgres"]["dsn"] = pg.dsn
             lines.append(f"AIVILLAGE_PG_DSN={pg.dsn}")
         if "redis" in raw:
-            rs = RedisSettings(**_fields(RedisSettings, raw["redis"]))
+            rs = RedisSettings(**known_fields(RedisSettings, raw["redis"]))
             raw["redis"]["url"] = rs.url
             lines.append(f"AIVILLAGE_REDIS_URL={rs.url}")
         if "graph" in raw:
-            gs = GraphSettings(**_fields(GraphSettings, raw["graph"]))
+            gs = GraphSettings(**known_fields(GraphSettings, raw["graph"]))
             raw["graph"]["bolt_url"] = gs.bolt_url
             lines += [
                 f"AIVILLAGE_BOLT_URL={gs.bolt_url}",
@@ -541,11 +480,18 @@ class Services:
         admin_password = entry.get("admin_password") or entry["password"]
         app_password = entry["password"] if entry.get("user") == PG_APP_USER else secrets.token_urlsafe(24)
         port = int(entry["port"])
+        # Passwords never go in psql's argv (any local user reads /proc/PID/cmdline): the superuser's travels in
+        # PGPASSWORD, the statements (one sets the app role's password) on stdin, and both are masked in errors.
         env = dict(os.environ, PGPASSWORD=admin_password)
         psql = [str(_pg_bindir() / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, "-v", "ON_ERROR_STOP=1"]
 
         def sql(db: str, statement: str) -> str:
-            return _run([*psql, "-d", db, "-tAc", statement], env=env).stdout.strip()
+            return _run(
+                [*psql, "-d", db, "-tAq", "-f", "-"],
+                input=statement,
+                env=env,
+                redact=(app_password, admin_password),
+            ).stdout.strip()
 
         # Passwords are token_urlsafe ([A-Za-z0-9_-]): safe inside a quoted literal.
         role = "LOGIN NOSUPERUSER CREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
@@ -575,6 +521,7 @@ class Services:
         extra: list[str],
         what: str,
         prefix: tuple[str, ...] = (),
+        persistence: tuple[str, ...] = ("appendonly no",),
     ) -> None:
         root.mkdir(mode=0o700, exist_ok=True)
         pidfile = root / "redis.pid"
@@ -592,7 +539,7 @@ class Services:
             f"logfile {root / 'redis.log'}",
             f"dir {root}",
             "save ''",
-            "appendonly no",
+            *persistence,
             "protected-mode yes",
         ]
         _write_private(conf, "\n".join(lines) + "\n")
@@ -608,7 +555,10 @@ class Services:
         root = self.base / "redis"
         password = prev.get("password") or secrets.token_urlsafe(24)
         port = self._reuse_port(prev.get("port"), set())
-        self._start_redis_like(server, root, port, password, [], "Redis")
+        # The gateway's message queue lives here: an accepted message (202) must survive a Redis restart, so
+        # every write goes to the append-only file, fsynced once a second (at most a second lost in a power cut).
+        aof = ("appendonly yes", "appendfsync everysec")
+        self._start_redis_like(server, root, port, password, [], "Redis", persistence=aof)
         return dataclasses.asdict(RedisSettings("127.0.0.1", port, password, str(root / "redis.sock")))
 
     def _start_graph(self, prev: dict[str, Any]) -> dict[str, Any]:

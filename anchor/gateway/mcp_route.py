@@ -1,0 +1,92 @@
+"""``/mcp`` on the gateway: the node's MCP tools (Streamable HTTP, both protocol eras) for remote clients, with the
+gateway's auth. A request needs a bearer token (401 without a valid one; the per-IP and per-key rate limits
+apply) that holds at least one scope opening a tool (403 otherwise); each tool then requires its own scope,
+mapped from the gateway's:
+
+==================  ==========================================================
+gateway scope       tools it opens
+==================  ==========================================================
+``node:read``       node_status, peers_list, routes_list (+ node://status, node://peers)
+``messages:send``   messages_send, messages_broadcast, messages_status
+``events:read``     inbox_list, messages_status (+ node://inbox)
+``rag:query``       rag_query (local documents only: no ``mesh``), rag_stats
+==================  ==========================================================
+
+No gateway scope opens memory, scratch, rag writes or BetaNet dialing: those stay with the node's owner. State
+changes are rate limited and audited by the node's tool registry, as for every transport.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from anchor.gateway.auth import Principal
+from anchor.gateway.errors import Forbidden, GatewayError, NodeUnavailable
+from anchor.stores.errors import StoreUnavailable
+from node.mcp.plugin_service import running_service
+from node.mcp.registry import Caller
+from node.mcp.service import ASGI_CALLER_KEY
+
+if TYPE_CHECKING:
+    from anchor.gateway.app import GatewayContext
+
+MOUNT = "/mcp"
+SCOPE_MAP: dict[str, frozenset[str]] = {
+    "node:read": frozenset({"node:read", "peers:read"}),
+    "messages:send": frozenset({"messages:send", "messages:read"}),
+    "events:read": frozenset({"messages:read"}),
+    "rag:query": frozenset({"rag:read"}),
+}
+
+
+def tool_scopes(gateway_scopes: frozenset[str]) -> frozenset[str]:
+    return frozenset().union(*(SCOPE_MAP.get(s, frozenset()) for s in gateway_scopes))
+
+
+class McpMount:
+    """ASGI wrapper: ``/mcp`` (and below) goes to the node's MCP app after auth; everything else to ``app``."""
+
+    def __init__(
+        self, app: ASGIApp, ctx: GatewayContext, authenticate: Callable[[Request], Awaitable[Principal]]
+    ) -> None:
+        self.app = app
+        self.ctx = ctx
+        self.authenticate = authenticate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not (path == MOUNT or path.startswith(MOUNT + "/")):
+            await self.app(scope, receive, send)
+            return
+        from anchor.gateway.app import error_response, unavailable_response
+
+        try:
+            principal = await self.authenticate(Request(scope, receive))
+            scopes = tool_scopes(principal.scopes)
+            if not scopes:
+                raise Forbidden(
+                    "this token has no scope that opens an MCP tool (node:read, messages:send, events:read or "
+                    "rag:query)"
+                )
+            service = await running_service(self.ctx.node)
+            inner = await service.mounted() if service is not None else None
+            if inner is None:
+                raise NodeUnavailable("MCP is not running on this node (mcp.enabled = false, or starting)")
+        except GatewayError as exc:
+            self.ctx.count(str(exc.status))
+            await error_response(exc)(scope, receive, send)
+            return
+        except StoreUnavailable as exc:
+            self.ctx.count("503")
+            await unavailable_response(exc)(scope, receive, send)
+            return
+        child = dict(scope)
+        child["path"] = "/"
+        child["raw_path"] = b"/"
+        child["root_path"] = scope.get("root_path", "") + MOUNT
+        child[ASGI_CALLER_KEY] = Caller("gateway", f"key:{principal.key_id}", scopes)
+        await inner(child, receive, send)

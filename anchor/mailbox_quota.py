@@ -1,0 +1,93 @@
+"""Who may keep how much in one recipient's mailbox, when depositor identities are free (sans-IO).
+
+A BetaNet key costs nothing to make, so a quota per depositor key alone lets one attacker with a handful of keys fill
+a recipient's mailbox for the envelopes' whole lifetime (up to 30 days). The policy here makes such a flood cost the
+flooder its own share, never the recipient's mail from senders the anchor knows:
+
+* **Two classes of depositor.** *Verified*: a BetaNet link key the operator pinned (``mailbox.trusted_depositors``:
+  the peers' Ed25519 signing keys, as ``village id --json`` shows them). *Unverified*: every other key (the link
+  is authenticated, but the key is free), and deposits without a link key (all of those count as one depositor).
+* **Bounds per recipient**: at most ``max_envelopes`` envelopes and ``max_bytes`` bytes, of which unverified
+  depositors together may use ``unverified_share`` (the rest stays free for verified ones).
+* **Fair split with a shrinking cap**: within its class, a depositor may hold at most
+  ``min(max_per_depositor, capacity // n)`` envelopes and ``byte capacity // n`` bytes, where ``n`` is the number of
+  distinct depositors of that class holding envelopes for the recipient (itself included). Its first envelope is
+  always within its share, so a new sender is never refused by the per-depositor cap.
+* **No eviction**: an envelope the anchor answered ``DEPOSITED`` for stays until the recipient acknowledges it or
+  it expires (the sender's node dropped its copy on that answer). A deposit that does not fit is refused
+  (``E_FULL``; the sender's node keeps the envelope and retries later). Mail that was waiting before a flood
+  survives it; a flood of free keys fills at most the unverified part, never the room kept for verified depositors.
+
+So ``k`` free keys hold at most ``k`` of ``n`` shares of the unverified part, never the verified part, and never take
+an envelope already stored from anybody.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from node.errors import NodeError
+
+
+class QuotaFull(NodeError):
+    """A deposit was refused: ``which`` ("recipient" or "depositor") quota of ``limit`` envelopes is reached, or
+    (``which`` = "envelope") the envelope is larger than the ``limit`` bytes its depositor's class may ever hold."""
+
+    def __init__(self, which: str, limit: int) -> None:
+        super().__init__(f"mailbox quota per {which} ({limit}) reached")
+        self.which = which
+        self.limit = limit
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """One unexpired envelope a recipient holds, as the quota sees it."""
+
+    id: int
+    depositor: bytes
+    size_bytes: int
+    deposited_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaPolicy:
+    max_envelopes: int = 256  # per recipient
+    max_bytes: int = 524_288  # per recipient: 256 courier envelopes of ~2 KB
+    unverified_share: float = 0.75  # of both, what unverified depositors may use together
+    max_per_depositor: int = 32  # the ceiling of one depositor's share (envelopes)
+    trusted: frozenset[bytes] = frozenset()  # verified depositors' link keys
+
+    def verified(self, depositor: bytes) -> bool:
+        return depositor in self.trusted
+
+
+def decide_deposit(policy: QuotaPolicy, held: Sequence[Held], depositor: bytes, size_bytes: int) -> list[int]:
+    """Admit a new envelope of ``size_bytes`` from ``depositor`` or raise :class:`QuotaFull`. ``held``: the
+    recipient's unexpired envelopes. Returns the IDs to evict for it, which is always none: mail the anchor answered
+    DEPOSITED for is never dropped to make room (the storage interface keeps the list)."""
+    verified = policy.verified(depositor)
+    same_class = [h for h in held if policy.verified(h.depositor) == verified]
+    mine = [h for h in same_class if h.depositor == depositor]
+    if verified:
+        cap_n, cap_b = policy.max_envelopes, policy.max_bytes
+    else:
+        cap_n = max(1, int(policy.max_envelopes * policy.unverified_share))
+        cap_b = max(1, int(policy.max_bytes * policy.unverified_share))
+    n = len({h.depositor for h in same_class} | {depositor})
+    share_n = min(policy.max_per_depositor, max(1, cap_n // n))
+    if size_bytes > cap_b:  # would never fit, however long the sender retried
+        raise QuotaFull("envelope", cap_b)
+    if mine and (len(mine) + 1 > share_n or _bytes(mine) + size_bytes > cap_b // n):
+        raise QuotaFull("depositor", share_n)
+    if len(held) + 1 > policy.max_envelopes or _bytes(held) + size_bytes > policy.max_bytes:
+        raise QuotaFull("recipient", policy.max_envelopes)
+    if not verified:
+        unverified = [h for h in held if not policy.verified(h.depositor)]
+        if len(unverified) + 1 > cap_n or _bytes(unverified) + size_bytes > cap_b:
+            raise QuotaFull("recipient", policy.max_envelopes)
+    return []
+
+
+def _bytes(items: Sequence[Held]) -> int:
+    return sum(h.size_bytes for h in items)

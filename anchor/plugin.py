@@ -1,0 +1,47 @@
+"""The anchor as a plugin of the node's composition root, registered through the ``aivillage.plugins`` entry point
+(pyproject.toml): the ``[anchor]`` section, ``village anchor ...`` and the services
+
+* ``mailbox-server`` (with ``mailbox.serve``): :class:`anchor.mailbox.MailboxServerService`;
+* ``anchor-gateway`` (with ``anchor.enabled``, or ``village anchor run``): :class:`anchor.run.GatewayService`.
+
+The node never imports this package; importing this module is cheap (the gateway's and stores' libraries load when
+a node builds the services).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from anchor.settings import AnchorSection
+from node.errors import StartupError
+from node.mailbox.settings import MailboxSection
+from node.plugin import Plugin, Service
+
+if TYPE_CHECKING:
+    from node.cli_support import CliRegistry
+    from node.settings import Config
+
+
+def _services(cfg: Config) -> list[Service]:
+    services: list[Service] = []
+    try:
+        if cfg.section(MailboxSection).serve:  # before the gateway: it answers GET /v1/mailbox from this one
+            from anchor.mailbox import MailboxServerService
+
+            services.append(MailboxServerService())
+        if cfg.section(AnchorSection).enabled:
+            from anchor.run import GatewayService
+
+            services.append(GatewayService())
+    except ImportError as missing:
+        raise StartupError(f"the anchor needs the anchor extra ({missing}): pip install 'aivillage[anchor]'") from None
+    return services
+
+
+def _cli(cli: CliRegistry) -> None:
+    from anchor.cli import add_commands
+
+    add_commands(cli)
+
+
+PLUGIN = Plugin(name="anchor", sections=(AnchorSection,), services=_services, cli=_cli)

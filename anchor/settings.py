@@ -1,0 +1,81 @@
+"""The ``[anchor]`` section: the HTTP gateway and the shared stores (registered by the anchor plugin)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from node.schema import parse_host_port, setting
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorSection:
+    SECTION: ClassVar[str] = "anchor"
+
+    enabled: bool = setting(
+        False,
+        "Also run the anchor (HTTP gateway + shared stores) inside `village run`; `village anchor run` does so "
+        "regardless.",
+    )
+    gateway_listen: str = setting("127.0.0.1:8000", "HOST:PORT the HTTP gateway listens on (port 0 picks a free port).")
+    services_settings: str = setting(
+        "",
+        "JSON file with the stores' connection settings (written by `scripts/services up`). Empty: "
+        "$VILLAGE_SERVICES_SETTINGS, else <data dir>/services.json if it exists, else the checkout's "
+        ".services/settings.json.",
+    )
+    token_ttl_s: float = setting(
+        900.0, "Lifetime of the access tokens (JWT) POST /v1/auth/token issues.", min=10, max=86_400
+    )
+    key_rate_per_s: float = setting(
+        50.0, "Requests per second each API key (or OAuth2 client) may make, sustained.", min=0.01, max=1_000_000
+    )
+    key_burst: int = setting(
+        100, "Requests an API key may make at once above its sustained rate.", min=1, max=1_000_000
+    )
+    ip_rate_per_s: float = setting(
+        100.0, "Requests per second from one client IP address, sustained.", min=0.01, max=1_000_000
+    )
+    ip_burst: int = setting(
+        200, "Requests one client IP address may make at once above its rate.", min=1, max=1_000_000
+    )
+    max_body_bytes: int = setting(
+        65_536, "Largest request body the gateway accepts, in bytes.", min=1024, max=64 * 1_048_576
+    )
+    max_event_streams: int = setting(64, "Concurrent WS /v1/events connections; more are refused.", min=1, max=100_000)
+    store_timeout_s: float = setting(
+        5.0, "Seconds a store call may take before the request fails with 503.", min=0.1, max=600
+    )
+    queue_max: int = setting(
+        10_000,
+        "Messages POST /v1/messages may hold in the Redis queue for the node; more are refused with 503.",
+        min=1,
+        max=10_000_000,
+    )
+    key_cache_ttl_s: float = setting(
+        10.0,
+        "Seconds Redis caches an API key's verified state (role, scopes, revoked) so requests skip PostgreSQL; "
+        "a revocation through this anchor clears it at once, one made straight in PostgreSQL takes up to this "
+        "long. 0: no cache.",
+        min=0,
+        max=3600,
+    )
+    health_cache_s: float = setting(
+        1.0,
+        "GET /v1/health asks the stores at most this often (seconds); in between it answers the last result.",
+        min=0,
+        max=60,
+    )
+    tls_cert: str = setting(
+        "",
+        "PEM certificate (chain) the gateway serves HTTPS with, together with tls_key. Empty: plain HTTP, which "
+        "is refused on a non-loopback gateway_listen unless allow_plaintext_public.",
+    )
+    tls_key: str = setting("", "PEM private key of tls_cert (keep it 0600).")
+    allow_plaintext_public: bool = setting(
+        False,
+        "Serve plain HTTP on a non-loopback gateway_listen: only behind a reverse proxy that terminates TLS.",
+    )
+
+    def __post_init__(self) -> None:
+        parse_host_port("anchor.gateway_listen", self.gateway_listen)

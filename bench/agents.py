@@ -1,0 +1,179 @@
+"""Agents: governance throughput and certificate size, and the King's routing accuracy.
+
+    python bench/agents.py [--votes N] [--skip-routing]
+
+Figures (one summary line each):
+* ``governance.votes_verified_per_s``: distinct signed votes fed as wire bytes to a :class:`Governance` of 100
+  voters (parse, membership, one-vote rule, Ed25519 verify, tally, certificate), vs a bare pynacl verify of
+  the same sign-bytes with a prebuilt key (goal: ratio >= 0.8);
+* ``governance.certificate_bytes_100_voters``: a certificate with the minimum quorum (67 of 100 equal
+  voters) and with all 100, encoded;
+* ``governance.certificates_verified_per_s``: offline verification of the 67-signer certificate, vs 67 bare
+  verifies;
+* ``routing.top1`` / ``routing.top3``: on the held-out test split of ``tests/data/agent_requests.txt``, first
+  with the roster alone, then after online feedback on the train split (the test split is never fed back).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import nacl.signing
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from node.agents.governance import (
+    Action,
+    ActionKind,
+    Certificate,
+    Electorate,
+    Governance,
+    Value,
+    VoteType,
+    make_proposal,
+    sign_vote,
+    verify_certificate,
+)
+
+NS = "bench"
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data" / "agent_requests.txt"
+
+
+def governance(votes: int) -> list[str]:
+    keys = [nacl.signing.SigningKey(i.to_bytes(2, "big") * 16) for i in range(100)]
+    e = Electorate.of(0, {bytes(k.verify_key): 1 for k in keys})
+    rounds = max(1, votes // 200)  # 100 prevotes + 100 precommits per round
+    props = [
+        make_proposal(
+            NS, 0, r, Action(ActionKind.CONFIG, "k", r), expires_at_ms=10**12, proposer=bytes(keys[0].verify_key)
+        )
+        for r in range(rounds)
+    ]
+    wire = [
+        sign_vote(k, NS, 0, p.hash, p.round, t, Value.YES).encode()
+        for p in props
+        for t in (VoteType.PREVOTE, VoteType.PRECOMMIT)
+        for k in keys
+    ]
+    msgs = [
+        (e.verify_key(e.index(bytes(k.verify_key)) or 0), sign_vote(k, NS, 0, p.hash, p.round, t, Value.YES))
+        for p in props[:1]
+        for t in (VoteType.PREVOTE, VoteType.PRECOMMIT)
+        for k in keys
+    ]
+    bare = [(vk, v.message(), v.signature) for vk, v in msgs] * rounds
+    # Interleaved best of 3 (the machine is shared: a ratio from one noisy pass can mislead).
+    bare_rate = gov_rate = 0.0
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for vk, m, s in bare:
+            vk.verify(m, s)
+        bare_rate = max(bare_rate, len(bare) / (time.perf_counter() - t0))
+        gov = Governance(NS, e)
+        for p in props:
+            gov.add_proposal(p, 0)
+        gov.electorate.verify_key(0)  # the key cache is built once per epoch, not per vote
+        t0 = time.perf_counter()
+        accepted = 0
+        for w in wire:
+            accepted += gov.receive_vote_untrusted(w, 0).status == "accepted"
+        gov_rate = max(gov_rate, len(wire) / (time.perf_counter() - t0))
+    assert accepted == len(wire) and len(gov.certificates) == rounds
+    lines = [
+        f"governance.votes_verified_per_s: {gov_rate:,.0f} votes/s (ratio vs bare Ed25519 verify "
+        f"{gov_rate / bare_rate:.2f}; bare {bare_rate:,.0f}/s; {len(wire)} votes, 100 voters)"
+    ]
+    cert = gov.certificates[(0, 0)]
+    quorum = Certificate(NS, 0, 0, cert.proposal_hash, cert.value, cert.signers[:67], cert.signatures[:67])
+    verify_certificate(quorum, e, NS)
+    pre = {e.index(v.voter) or 0: v for v in gov.votes(0, 0) if v.vote_type is VoteType.PRECOMMIT}
+    full = Certificate(
+        NS, 0, 0, cert.proposal_hash, cert.value, tuple(sorted(pre)), tuple(pre[i].signature for i in sorted(pre))
+    )
+    verify_certificate(full, e, NS)
+    lines.append(
+        f"governance.certificate_bytes_100_voters: {len(quorum.encode())} bytes with 67 signers "
+        f"(the minimum > 2/3), {len(full.encode())} bytes with all {len(full.signers)}"
+    )
+    n = max(5, votes // 400)
+    sample = bare[:67]
+    cert_rate = base_rate = 0.0
+    for _ in range(3):  # interleaved best of 3, like the votes
+        t0 = time.perf_counter()
+        for _ in range(n):
+            verify_certificate(quorum, e, NS)
+        cert_rate = max(cert_rate, n / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        for _ in range(n):
+            for vk, m, s in sample:
+                vk.verify(m, s)
+        base_rate = max(base_rate, n / (time.perf_counter() - t0))
+    lines.append(
+        f"governance.certificates_verified_per_s: {cert_rate:,.1f} certs/s (ratio vs 67 bare verifies "
+        f"{cert_rate / base_rate:.2f})"
+    )
+    return lines
+
+
+def load_requests(path: Path = DATA) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    by: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            agent, text = line.split(" | ", 1)
+            by.setdefault(agent.strip(), []).append(text.strip())
+    train = [(a, t) for a, ts in by.items() for t in ts[:8]]
+    test = [(a, t) for a, ts in by.items() for t in ts[8:]]
+    return train, test
+
+
+def routing() -> list[str]:
+    from node.agents.roster import load_roster
+    from node.agents.router import Router
+    from node.rag.embed import Embedder
+
+    train, test = load_requests()
+    emb = Embedder()
+    router = Router(load_roster(), emb.embed)
+    test_vecs = emb.embed([t for _, t in test])
+
+    def accuracy() -> tuple[float, float]:
+        top1 = top3 = 0
+        for (agent, text), v in zip(test, test_vecs, strict=True):
+            got = [c.agent for c in router.scores(text, v)[:3]]
+            top1 += got[0] == agent
+            top3 += agent in got
+        return top1 / len(test), top3 / len(test)
+
+    before = accuracy()
+    t0 = time.perf_counter()
+    for (agent, text), v in zip(train, emb.embed([t for _, t in train]), strict=True):
+        router.scores(text, v)  # route, then the user confirms or corrects
+        router.feedback(text, v, agent)
+    per_feedback_ms = (time.perf_counter() - t0) / len(train) * 1000
+    after = accuracy()
+    return [
+        f"routing.top1: {after[0]:.1%} on {len(test)} held-out requests after online feedback on {len(train)} "
+        f"(roster alone {before[0]:.1%}; goal 90 %)",
+        f"routing.top3: {after[1]:.1%} (roster alone {before[1]:.1%}); "
+        f"{per_feedback_ms:.0f} ms per routed+learned request",
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--votes", type=int, default=4000)
+    ap.add_argument("--skip-routing", action="store_true")
+    args = ap.parse_args()
+    for line in governance(args.votes):
+        print(line, flush=True)
+    if not args.skip_routing:
+        for line in routing():
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

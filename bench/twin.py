@@ -1,0 +1,350 @@
+"""The twin's language model on chitchat-dataset: personal KN + shipped prior, against the prior alone.
+
+Split (bench/twin_data.py): per sender, messages in time order, first 80 % learned, last 20 % evaluated
+online (each test message is predicted token by token, then learned, as on a device). ``--senders report``
+(default) = the c-f senders with >= 2,000 words, never used for the prior or for tuning; ``dev`` = the 0-2
+senders with >= 2,000 words used for tuning (also left out of the prior); or a comma list of UUID prefixes.
+Tokenization: node/twin/tokens.py (lowercased words, punctuation runs, ``</s>`` ends every message and is a
+target like any word).
+
+Figures (one line each; the baseline is the prior alone, in the same run):
+* top-1 / top-3 next-token accuracy, pooled over all test tokens and per user; mean surprisal (bits/token);
+* keystroke savings (first ``--ks-words`` test words per user; 3 suggestions shown; a word costs the letters
+  typed before it shows up + 1 tap, or all its letters + space);
+* model size on disk (the user's state file) and the shipped prior's size;
+* suggestion latency p50 / p99 (``TwinLM.suggest`` on partial test messages, in-process);
+* learning cost per message (predict every token + learn it);
+* the gated-vs-always-update curve: personal counts learned only from tokens the surprise gate passes, at
+  several target fractions; gain = bits saved over the prior alone, compute = time in count updates.
+
+    python bench/twin.py [--senders report|dev|PREFIXES] [--limit N] [--fractions 0.1 0.2 0.3 0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import twin_data
+
+from node.twin import store
+from node.twin.gate import SurpriseGate
+from node.twin.model import TwinLM
+from node.twin.neural import NEURAL_FILE, NeuralLM
+from node.twin.prior import GlobalPrior
+from node.twin.tokens import is_word, message_tokens, tokenize
+
+
+@dataclass
+class Result:
+    tokens: int = 0
+    top1: int = 0
+    top3: int = 0
+    bits: float = 0.0
+    ks_typed: int = 0
+    ks_full: int = 0
+    learn_s: float = 0.0
+    learn_msgs: int = 0
+    update_s: float = 0.0  # every learning update: counts, and the neural steps
+    updates: int = 0
+    neural_s: float = 0.0  # the neural steps alone (the expensive update)
+    neural_updates: int = 0
+    size_bytes: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+    def add(self, o: Result) -> None:
+        for name in (
+            "tokens",
+            "top1",
+            "top3",
+            "bits",
+            "ks_typed",
+            "ks_full",
+            "learn_s",
+            "learn_msgs",
+            "update_s",
+            "updates",
+            "neural_s",
+            "neural_updates",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(o, name))
+        self.latencies.extend(o.latencies)
+
+
+def keystrokes(lm: TwinLM, hist: list[int], word: str) -> int:
+    for j in range(len(word)):
+        if word in (lm.token_str(i) for i, _ in lm.top(hist, 3, prefix=word[:j])):
+            return j + 1
+    return len(word) + 1
+
+
+def _learn(lm: TwinLM, text: str, gate: SurpriseGate | None, cfg: Config, r: Result) -> None:
+    """What the device does per message: predict each token (surprisal), update the cheap statistics, and run
+    the expensive update (neural adaptation, or the counts when ``gate_counts``) on the tokens the gate passes."""
+    tokens = message_tokens(text)
+    ids = lm.ids(tokens, add=True)
+    bits = [lm.learn_weights(ids[:i], t) for i, t in enumerate(ids)]
+    t0 = time.perf_counter()
+    if cfg.gate_counts:
+        mask = [gate.check(b) for b in bits] if gate is not None else [True] * len(ids)
+        r.updates += lm.learn_counts_gated(ids, mask)
+        r.update_s += time.perf_counter() - t0
+        return
+    lm.learn_counts(ids)
+    t1 = time.perf_counter()
+    r.updates += len(ids)
+    if lm.neural is not None and gate is not None:
+        weights = [gate.sample(b) if cfg.sampled else (1.0 if gate.check(b) else 0.0) for b in bits]
+        r.neural_updates += lm.adapt_neural(ids, weights)
+        r.neural_s += time.perf_counter() - t1
+    r.update_s += time.perf_counter() - t0
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    fixed_lambda: float | None = None  # 0: prior only; 1: personal only; None: learned
+    neural: bool = False
+    gate_fraction: float | None = None  # neural adaptation gated at this fraction (1.0: always; None: frozen)
+    gate_counts: bool = False  # gate the personal counts instead (no neural tier)
+    sampled: bool = True  # neural gate: importance-sampled (the shipped one) or a hard threshold
+    topk: bool = True
+    extras: bool = False  # keystrokes and latency
+
+
+def run_sender(
+    prior: GlobalPrior,
+    neural_data: bytes | None,
+    sender: twin_data.Sender,
+    cfg: Config,
+    *,
+    ks_words: int = 0,
+    latency_samples: int = 0,
+) -> Result:
+    nn = NeuralLM(neural_data, prior.p1, prior.unk, prior.bos) if cfg.neural and neural_data else None
+    lm = TwinLM(prior, fixed_lambda=cfg.fixed_lambda, neural=nn)
+    if _NEURAL_LR:
+        lm.neural_lr = _NEURAL_LR[0]
+    gate = SurpriseGate(cfg.gate_fraction) if cfg.gate_fraction is not None else None
+    r = Result()
+    train, test = sender.split()
+    t0 = time.perf_counter()
+    for msg in train:
+        _learn(lm, msg, gate, cfg, r)
+    r.learn_s = time.perf_counter() - t0
+    r.learn_msgs = len(train)
+    ks_left = ks_words if cfg.extras else 0
+    for msg in test:
+        ids = lm.ids(message_tokens(msg))
+        for i, t in enumerate(ids):
+            hist = ids[:i]
+            if cfg.topk:
+                top = [x for x, _ in lm.top(hist, 3)]
+                r.top1 += bool(top) and top[0] == t
+                r.top3 += t in top
+            r.bits += lm.surprisal_bits(hist, t)
+            r.tokens += 1
+            word = lm.token_str(t)
+            if ks_left > 0 and t != prior.unk and is_word(word):
+                r.ks_typed += keystrokes(lm, hist, word)
+                r.ks_full += len(word) + 1
+                ks_left -= 1
+        if cfg.extras and len(r.latencies) < latency_samples and len(msg) > 4:
+            partial = msg[: len(msg) * 2 // 3]
+            t1 = time.perf_counter()
+            lm.suggest(partial)
+            r.latencies.append(time.perf_counter() - t1)
+        _learn(lm, msg, gate, cfg, r)
+    extra = nn.state() if nn is not None else None
+    r.size_bytes = len(store.encode(lm, extra))
+    return r
+
+
+def _job(prior_path: Path | None, nn_data: bytes | None, s: twin_data.Sender, c: Config, ks_words: int) -> Result:
+    prior = _PRIORS.get(prior_path)
+    if prior is None:
+        prior = _PRIORS[prior_path] = GlobalPrior.load_file(prior_path) if prior_path else GlobalPrior.load_packaged()
+    return run_sender(prior, nn_data, s, c, ks_words=ks_words, latency_samples=50)
+
+
+_PRIORS: dict[Path | None, GlobalPrior] = {}
+_NEURAL_LR: list[float] = []
+
+
+def _packaged_neural() -> bytes | None:
+    try:
+        return resources.files("node.twin.data").joinpath(NEURAL_FILE).read_bytes()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def _gate_lines_neural(configs: list[Config], pooled: dict[str, Result]) -> None:
+    """Two views of gating: all learning (counts always, neural steps gated) against no learning at all, and
+    the neural steps alone against a frozen neural tier."""
+    if not {"static", "neural_frozen", "neural_always"} <= set(pooled):
+        return
+    a, static, frozen = pooled["neural_always"], pooled["static"], pooled["neural_frozen"]
+    gain_all = static.bits - a.bits
+    gain_nn = frozen.bits - a.bits
+    print(
+        f"twin.gate.always: learning gains {gain_all / a.tokens:.4f} bits/token over no learning "
+        f"({gain_nn / a.tokens:.4f} of it from the neural steps); update time {a.update_s:.2f} s "
+        f"(neural steps {a.neural_s:.2f} s, {a.neural_updates} of them)"
+    )
+    for c in configs:
+        if c.gate_fraction is None or c.gate_fraction >= 1.0 or not c.neural:
+            continue
+        g = pooled[c.name]
+        print(
+            f"twin.gate.{c.name}: keeps {pct(static.bits - g.bits, gain_all)} of the always-update gain at "
+            f"{pct(g.update_s, a.update_s)} of its update time; neural steps alone: "
+            f"{pct(frozen.bits - g.bits, gain_nn)} of their gain at {pct(g.neural_updates, a.neural_updates)} "
+            f"of the steps ({pct(g.neural_s, a.neural_s)} of their time); {g.bits / g.tokens:.3f} bits/token"
+        )
+
+
+def _gate_lines_counts(configs: list[Config], pooled: dict[str, Result]) -> None:
+    base, a = pooled["prior"], pooled["twin"]
+    gain = base.bits - a.bits
+    for c in configs:
+        if c.gate_fraction is None or not c.gate_counts:
+            continue
+        g = pooled[c.name]
+        print(
+            f"twin.gate.{c.name}: keeps {pct(base.bits - g.bits, gain)} of the always-update gain at "
+            f"{pct(g.updates, a.updates)} of its count updates; {g.bits / g.tokens:.3f} bits/token"
+        )
+
+
+def pct(a: float, b: float) -> str:
+    return f"{100 * a / b:.1f} %" if b else "n/a"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--senders", default="report", help="report | dev | comma list of UUID prefixes")
+    ap.add_argument("--limit", type=int, default=0, help="only the first N senders")
+    ap.add_argument("--ks-words", type=int, default=300)
+    ap.add_argument("--fractions", type=float, nargs="*", default=[0.1, 0.3])
+    ap.add_argument("--prior", type=Path, default=None, help="a prior file (default: the packaged one)")
+    ap.add_argument("--per-user", action="store_true")
+    ap.add_argument("--modes", default="", help="comma list of configurations to run (default: all)")
+    ap.add_argument("--neural", type=Path, default=None, help="a neural model file (default: the packaged one)")
+    ap.add_argument("--gate", type=float, default=0.3, help="the shipped gate fraction (twin.gate_fraction)")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--neural-lr", type=float, default=None, help="override the neural tier's adaptation step")
+    args = ap.parse_args(argv)
+    prior = GlobalPrior.load_file(args.prior) if args.prior else GlobalPrior.load_packaged()
+    senders = twin_data.load_senders()
+    if args.senders == "report":
+        chosen = twin_data.report_senders(senders)
+    elif args.senders == "dev":
+        chosen = twin_data.dev_senders(senders)
+    else:
+        prefixes = tuple(p.strip() for p in args.senders.split(",") if p.strip())
+        chosen = [s for u, s in sorted(senders.items()) if u.startswith(prefixes) and s.words >= twin_data.MIN_WORDS]
+    if args.limit:
+        chosen = chosen[: args.limit]
+    in_prior = {s.uuid for s in twin_data.prior_senders(senders)}
+    assert not any(s.uuid in in_prior for s in chosen), "an evaluated sender is in the prior"
+    words = sum(s.words for s in chosen)
+    print(
+        f"twin.setup: {len(chosen)} senders ({args.senders}), {words} words; prior {prior.size_bytes} bytes, "
+        f"order {prior.order}, vocab {prior.v}; tokens: {tokenize('Hello, you... OK?')} + </s>"
+    )
+    t_start = time.perf_counter()
+    if args.neural_lr:
+        _NEURAL_LR.append(args.neural_lr)
+    nn_data = args.neural.read_bytes() if args.neural else _packaged_neural()
+    configs = [
+        Config("prior", fixed_lambda=0.0),
+        Config("personal", fixed_lambda=1.0),
+        Config("ngram", gate_counts=True, gate_fraction=None, topk=True),
+    ]
+    if nn_data is not None:
+        configs += [
+            Config("twin", neural=True, gate_fraction=args.gate, extras=True),
+            Config("static", fixed_lambda=0.0, neural=True, gate_fraction=None, topk=False),
+            Config("neural_frozen", neural=True, gate_fraction=None, topk=False),
+            Config("neural_always", neural=True, gate_fraction=1.0, topk=False),
+        ]
+        configs += [Config(f"neural_gate_{f:g}", neural=True, gate_fraction=f, topk=False) for f in args.fractions]
+        configs += [
+            Config(f"neural_hard_gate_{args.gate:g}", neural=True, gate_fraction=args.gate, sampled=False, topk=False)
+        ]
+    else:
+        configs[2] = Config("twin", gate_counts=True, extras=True)
+        configs += [Config(f"counts_gate_{f:g}", gate_counts=True, gate_fraction=f, topk=False) for f in args.fractions]
+    wanted = set(args.modes.split(",")) if args.modes else None
+    configs = [c for c in configs if wanted is None or c.name in wanted]
+    jobs = [(c, s) for c in configs for s in chosen]
+    with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
+        results = pool.starmap(_job, [(args.prior, nn_data, s, c, args.ks_words) for c, s in jobs])
+    pooled: dict[str, Result] = {c.name: Result() for c in configs}
+    per_user: dict[str, list[tuple[str, Result]]] = {c.name: [] for c in configs}
+    for (c, s), r in zip(jobs, results, strict=True):
+        pooled[c.name].add(r)
+        per_user[c.name].append((s.uuid, r))
+    base = pooled.get("prior") or next(iter(pooled.values()))
+    for c in configs:
+        r = pooled[c.name]
+        acc = f"top-1 {pct(r.top1, r.tokens)}, top-3 {pct(r.top3, r.tokens)}, " if c.topk else ""
+        print(
+            f"twin.accuracy.{c.name}: {acc}{r.bits / r.tokens:.3f} bits/token over {r.tokens} test tokens "
+            f"(ratio of bits vs prior alone {r.bits / base.bits:.3f})"
+        )
+    main_name = "twin"
+    if main_name not in pooled:
+        _gate_lines_neural(configs, pooled)
+        print(f"twin.bench_time: {time.perf_counter() - t_start:.0f} s")
+        return 0
+    m = pooled[main_name]
+    users = per_user[main_name]
+    if args.per_user:
+        for uuid, r in users:
+            print(
+                f"twin.user {uuid[:8]}: top-1 {pct(r.top1, r.tokens)} top-3 {pct(r.top3, r.tokens)} "
+                f"{r.bits / r.tokens:.2f} bits, {r.tokens} tokens, state {r.size_bytes} B"
+            )
+    users_top1 = [r.top1 / r.tokens for _, r in users if r.tokens]
+    print(
+        f"twin.per_user.{main_name}: top-1 median {100 * statistics.median(users_top1):.1f} %, "
+        f"min {100 * min(users_top1):.1f} %, max {100 * max(users_top1):.1f} % over {len(users_top1)} users"
+    )
+    print(
+        f"twin.keystroke_savings: {pct(m.ks_full - m.ks_typed, m.ks_full)} of {m.ks_full} keystrokes "
+        "(3 suggestions shown)"
+    )
+    sizes = [r.size_bytes for _, r in users]
+    nn_size = len(nn_data) if nn_data else 0
+    print(
+        f"twin.disk: user state mean {statistics.mean(sizes) / 1024:.0f} KiB, max {max(sizes) / 1024:.0f} KiB; "
+        f"shipped prior {prior.size_bytes / 1024:.0f} KiB + neural {nn_size / 1024:.0f} KiB"
+    )
+    lat = sorted(m.latencies)
+    print(
+        f"twin.suggest_latency: p50 {1000 * lat[len(lat) // 2]:.2f} ms, p99 "
+        f"{1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))]:.2f} ms over {len(lat)} calls"
+    )
+    print(
+        f"twin.learn_cost: {1e6 * m.learn_s / m.learn_msgs:.0f} µs per message (predict every token + learn), "
+        f"{m.learn_msgs} messages"
+    )
+    if nn_data is None:
+        _gate_lines_counts(configs, pooled)
+    elif {"static", "neural_frozen", "neural_always"} <= set(pooled):
+        _gate_lines_neural(configs, pooled)
+    print(f"twin.bench_time: {time.perf_counter() - t_start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""SQLite persistence for governance (blocking; the service calls it through ``trio.to_thread``).
+
+What is stored is exactly the wire bytes the core accepted (proposals, votes, certificates, evidence) plus the
+votes this node signed, written *before* they are sent, so a restarted node never signs a second, different vote
+for a slot. :meth:`GovStore.load` rebuilds a :class:`Governance` by feeding the stored bytes back through the
+core (signatures are checked again; nothing is trusted because it came from disk).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+from node.agents.errors import GovernanceError
+from node.agents.governance import (
+    Certificate,
+    Electorate,
+    Evidence,
+    Governance,
+    Proposal,
+    Vote,
+    VoteType,
+    proposal_from_bytes_untrusted,
+    vote_from_bytes_untrusted,
+)
+from node.wire.errors import MalformedFrame
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS proposals (hash BLOB PRIMARY KEY, epoch INTEGER, round INTEGER, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS votes (
+    voter BLOB, epoch INTEGER, round INTEGER, type INTEGER, data BLOB NOT NULL,
+    PRIMARY KEY (voter, epoch, round, type));
+CREATE TABLE IF NOT EXISTS certificates (epoch INTEGER, round INTEGER, data BLOB NOT NULL, PRIMARY KEY (epoch, round));
+CREATE TABLE IF NOT EXISTS evidence (
+    voter BLOB, epoch INTEGER, round INTEGER, type INTEGER, data BLOB NOT NULL,
+    PRIMARY KEY (voter, epoch, round, type));
+CREATE TABLE IF NOT EXISTS signed (epoch INTEGER, round INTEGER, type INTEGER, data BLOB NOT NULL,
+    PRIMARY KEY (epoch, round, type));
+"""
+
+
+class GovStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        new = not path.exists()
+        if new:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+        os.chmod(path, 0o600)
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(SCHEMA)
+        version = self._meta("schema_version")
+        if version is None:
+            self._set_meta("schema_version", str(SCHEMA_VERSION))
+        elif int(version) != SCHEMA_VERSION:
+            raise GovernanceError(f"{path}: governance schema {version}, this node reads {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def init(self, namespace: str, genesis: Electorate) -> None:
+        """Record the namespace and the genesis electorate (once; a different one is refused)."""
+        have = self._meta("genesis")
+        body = json.dumps({"namespace": namespace, "electorate": genesis.to_json()}, sort_keys=True)
+        if have is None:
+            self._set_meta("genesis", body)
+        elif have != body:
+            raise GovernanceError(f"{self.path} holds another namespace or genesis electorate")
+
+    def save_proposal(self, p: Proposal) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO proposals VALUES (?, ?, ?, ?)", (p.hash, p.epoch, p.round, p.canonical())
+        )
+
+    def save_vote(self, v: Vote) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO votes VALUES (?, ?, ?, ?, ?)", (v.voter, v.epoch, v.round, v.vote_type, v.encode())
+        )
+
+    def save_signed(self, v: Vote) -> None:
+        """Our own vote: call before sending it."""
+        self.db.execute("INSERT INTO signed VALUES (?, ?, ?, ?)", (v.epoch, v.round, v.vote_type, v.encode()))
+
+    def save_certificate(self, c: Certificate) -> None:
+        self.db.execute("INSERT OR IGNORE INTO certificates VALUES (?, ?, ?)", (c.epoch, c.round, c.encode()))
+
+    def save_evidence(self, ev: Evidence) -> None:
+        f = ev.first
+        self.db.execute(
+            "INSERT OR IGNORE INTO evidence VALUES (?, ?, ?, ?, ?)",
+            (f.voter, f.epoch, f.round, f.vote_type, ev.encode()),
+        )
+
+    def signed(self) -> dict[tuple[int, int, VoteType], Vote]:
+        out: dict[tuple[int, int, VoteType], Vote] = {}
+        for (data,) in self.db.execute("SELECT data FROM signed"):
+            v = vote_from_bytes_untrusted(bytes(data))
+            out[v.slot] = v
+        return out
+
+    def load(self) -> Governance:
+        """Rebuild the core from what was stored. Stored proposals and votes had been accepted before they
+        expired, so they are fed back at time 0; membership certificates are applied as their epochs appear."""
+        raw = self._meta("genesis")
+        if raw is None:
+            raise GovernanceError(f"{self.path} has no genesis electorate (run init first)")
+        meta = json.loads(raw)
+        gov = Governance(meta["namespace"], Electorate.from_json(meta["electorate"]))
+        try:
+            proposals = [
+                proposal_from_bytes_untrusted(bytes(b)) for (b,) in self.db.execute("SELECT body FROM proposals")
+            ]
+        except MalformedFrame as exc:
+            raise GovernanceError(f"{self.path}: a stored proposal does not parse: {exc}") from exc
+        certs = [bytes(d) for (d,) in self.db.execute("SELECT data FROM certificates ORDER BY epoch, round")]
+        while True:
+            epoch = gov.epoch
+            for p in proposals:
+                if p.epoch in gov.electorates and p.hash not in {x.hash for x in gov.proposals(p.epoch, p.round)}:
+                    gov.add_proposal(p, 0)
+            for c in certs:
+                gov.receive_certificate_untrusted(c)
+            gov.execute_ready()
+            if gov.epoch == epoch:
+                break
+        for (data,) in self.db.execute("SELECT data FROM votes ORDER BY epoch, round, type"):
+            gov.receive_vote_untrusted(bytes(data), 0)
+        for (data,) in self.db.execute("SELECT data FROM evidence"):
+            gov.receive_evidence_untrusted(bytes(data))
+        return gov

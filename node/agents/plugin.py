@@ -1,0 +1,210 @@
+"""The agents as a built-in plugin: the ``[agents]`` and ``[llm]`` sections, the service, control methods
+(``agents.ask``, ``agents.list``, ``agents.trace``, ``agents.feedback``) and ``village ask`` / ``village agents``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from node.agents.settings import AgentsSettings, LlmSettings
+from node.control.rpc import NoParams, param
+from node.plugin import Plugin, Service
+
+if TYPE_CHECKING:
+    from node.cli_support import CliRegistry
+    from node.control.rpc import Notify, Registry
+    from node.node import Node
+    from node.settings import Config
+
+
+def _services(cfg: Config) -> Sequence[Service]:
+    settings = cfg.section(AgentsSettings)
+    if not settings.enabled:
+        return []
+    from node.agents.service import AgentsService
+
+    return [AgentsService(settings, cfg.section(LlmSettings), cfg.data_dir)]
+
+
+@dataclass(frozen=True, slots=True)
+class AskParams:
+    text: str = param(doc="The request, in plain words; 'then' separates sequential steps, ';' independent ones.")
+    agent: str | None = param(None, doc="Send it to this agent instead of letting the King route it.")
+
+
+@dataclass(frozen=True, slots=True)
+class TraceParams:
+    id: str | None = param(None, doc="A request id from agents.ask; without it, the recent requests.")
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackParams:
+    id: str = param(doc="A request id from agents.ask.")
+    agent: str = param(doc="The agent that was right for it (a confirmation or a correction); learned online.")
+
+
+@dataclass(frozen=True, slots=True)
+class ProposeParams:
+    kind: str = param(doc="config, policy, admit or remove.")
+    key: str = param(doc="The config/policy key, or the member's Ed25519 public key in hex.")
+    value: str | None = param(
+        None, doc="The new value as JSON text (a bare word is taken as a string); the power for admit."
+    )
+    ttl_s: float = param(3600.0, doc="Seconds until the proposal expires (votes after it are refused).")
+
+
+def _json_value(text: str | None) -> Any:
+    import json
+
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _rpc(node: Node, reg: Registry) -> None:
+    from node.agents.errors import AgentError
+    from node.agents.service import AgentsService
+    from node.control.rpc import APP_ERROR, RpcError
+
+    def service() -> AgentsService:
+        s = node.service("agents")
+        if not isinstance(s, AgentsService):
+            raise RpcError(APP_ERROR, "the agents are disabled on this node ([agents] enabled = false)")
+        return s
+
+    async def ask(p: AskParams, notify: Notify) -> Any:
+        try:
+            return await service().ask(p.text, agent=p.agent)
+        except AgentError as exc:
+            raise RpcError(APP_ERROR, str(exc)) from exc
+
+    async def agents_list(_: NoParams, notify: Notify) -> Any:
+        return [a.to_json() for a in service().roster]
+
+    async def trace(p: TraceParams, notify: Notify) -> Any:
+        s = service()
+        if p.id is None:
+            assert s.traces is not None
+            return s.traces.recent(20)
+        got = await s.trace(p.id)
+        if got is None:
+            raise RpcError(APP_ERROR, f"no trace {p.id!r}")
+        return got
+
+    async def feedback(p: FeedbackParams, notify: Notify) -> Any:
+        try:
+            return await service().feedback(p.id, p.agent)
+        except AgentError as exc:
+            raise RpcError(APP_ERROR, str(exc)) from exc
+
+    async def vote_status(_: NoParams, notify: Notify) -> Any:
+        return service().gov_status()
+
+    async def vote_evidence(_: NoParams, notify: Notify) -> Any:
+        g = service().gov
+        return [e.to_json() for e in g.evidence.values()] if g is not None else []
+
+    async def vote_propose(p: ProposeParams, notify: Notify) -> Any:
+        if not 1 <= p.ttl_s <= 30 * 86400:
+            raise RpcError(APP_ERROR, "ttl_s must be from 1 s to 30 days")
+        try:
+            return await service().propose(p.kind, p.key, _json_value(p.value), ttl_s=p.ttl_s)
+        except AgentError as exc:
+            raise RpcError(APP_ERROR, str(exc)) from exc
+
+    reg.add(
+        "vote.status", NoParams, "Governance: epoch, electorate, proposals, certificates, adopted state.", vote_status
+    )
+    reg.add("vote.evidence", NoParams, "Equivocation evidence: pairs of conflicting signed votes.", vote_evidence)
+    reg.add("vote.propose", ProposeParams, "Propose a typed change and vote for it as this node.", vote_propose)
+    reg.add("agents.ask", AskParams, "Ask the agents: the King routes, plans and answers (with a trace id).", ask)
+    reg.add("agents.list", NoParams, "The roster: each agent's mission, tools, LLM need and voting power.", agents_list)
+    reg.add("agents.trace", TraceParams, "Every step, tool call and result of one request (or the recent ones).", trace)
+    reg.add("agents.feedback", FeedbackParams, "Tell the King which agent was right for a request.", feedback)
+
+
+def _cli(cli: CliRegistry) -> None:
+    from node.cli_support import EXIT_OK, call, emit, table
+
+    def cmd_ask(args: argparse.Namespace) -> int:
+        out = call(args, "agents.ask", text=" ".join(args.text), agent=args.agent)
+        emit(args, out, lambda d: f"{d['answer']}\n(trace: village agents trace {d['id']})")
+        return EXIT_OK
+
+    def cmd_list(args: argparse.Namespace) -> int:
+        rows = call(args, "agents.list")
+        emit(
+            args,
+            rows,
+            lambda d: table(
+                [
+                    [a["name"], str(a["voting_power"]), "yes" if a["needs_llm"] else "", ", ".join(a["tools"])]
+                    for a in d
+                ],
+                ["agent", "power", "llm", "tools"],
+            ),
+        )
+        return EXIT_OK
+
+    def cmd_trace(args: argparse.Namespace) -> int:
+        out = call(args, "agents.trace", id=args.id)
+
+        def human(d: Any) -> str:
+            if isinstance(d, list):
+                return "\n".join(f"{r['id']}  {r['request']}" for r in d) or "no requests yet"
+            return "\n".join(
+                f"{s['seq']:3} {s['agent']:<14} {s['kind']:<7} {s['tool']:<18} {s['detail'][:200]}" for s in d["steps"]
+            )
+
+        emit(args, out, human)
+        return EXIT_OK
+
+    def cmd_vote_status(args: argparse.Namespace) -> int:
+        emit(
+            args,
+            call(args, "vote.status"),
+            lambda d: (
+                f"epoch {d['epoch']}, {len(d['electorate'])} voter(s), {len(d['certificates'])} certificate(s)\n"
+                f"config: {d['state']['config']}\npolicy: {d['state']['policy']}"
+            ),
+        )
+        return EXIT_OK
+
+    def cmd_vote_evidence(args: argparse.Namespace) -> int:
+        emit(args, call(args, "vote.evidence"), lambda d: "\n".join(e["voter"] for e in d) or "no evidence")
+        return EXIT_OK
+
+    def cmd_vote_propose(args: argparse.Namespace) -> int:
+        out = call(args, "vote.propose", kind=args.kind, key=args.key, value=args.value)
+        emit(
+            args,
+            out,
+            lambda d: (
+                f"proposal {d['proposal'][:16]} round {d['round']}: "
+                + ("certified and adopted" if d["certificate"] else "waiting for votes")
+            ),
+        )
+        return EXIT_OK
+
+    v = cli.group("vote", "Governance: proposals, certificates (> 2/3 of the power), evidence.")
+    v.command("status", cmd_vote_status, "Show the epoch, electorate, certificates and adopted state.")
+    v.command("evidence", cmd_vote_evidence, "List equivocation evidence.")
+    pp = v.command("propose", cmd_vote_propose, "Propose a config/policy change or a member; vote for it.")
+    pp.add_argument("kind", choices=("config", "policy", "admit", "remove"))
+    pp.add_argument("key", help="config/policy key, or the member's public key (hex)")
+    pp.add_argument("value", nargs="?", help="the value (JSON), or the power for admit")
+    p = cli.command("ask", cmd_ask, "Ask the village agents (the King routes your request).")
+    p.add_argument("text", nargs="+", help="the request")
+    p.add_argument("--agent", help="send it to this agent")
+    g = cli.group("agents", "The agents: roster and traces.")
+    g.command("list", cmd_list, "List the agents: mission, tools, LLM, voting power.")
+    t = g.command("trace", cmd_trace, "Show every step of a request (or list the recent requests).")
+    t.add_argument("id", nargs="?", help="a request id printed by `village ask`")
+
+
+PLUGIN = Plugin(name="agents", sections=(AgentsSettings, LlmSettings), services=_services, cli=_cli, rpc=_rpc)

@@ -1,0 +1,365 @@
+"""What each agent does with a request, using only the tools its roster entry lists (through ScopedTools).
+
+Every handler is its own policy over its own tools; none is "the LLM with another name". Agents marked
+``needs_llm`` use it where generation is the job (Polyglot translates, Tutor writes quiz questions from a
+retrieved passage); knowledge answers (Sage, Medic, Horticulturist) come from the knowledge base with the
+sources cited, never from the model's memory. Agents whose tools this node does not have yet (Banker's
+ledger, Merchant's market, Sword's simulator) answer so, honestly, naming the missing tool.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from node.agents.errors import LlmError, ToolUnavailable
+from node.agents.llm import LanguageModel, Message
+from node.agents.roster import AgentSpec, Roster
+from node.agents.tools import ToolCaller
+from node.agents.trace import Trace
+
+_LONG_WORD = re.compile(r"\w{6,}")
+MAX_THOUGHT_CHARS = 2000  # hidden scratchpad kept in the trace (never sent to a peer)
+
+
+@dataclass
+class Answer:
+    agent: str
+    text: str
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    data: Any = None
+    ok: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"agent": self.agent, "text": self.text, "sources": self.sources, "data": self.data, "ok": self.ok}
+
+
+@dataclass
+class AgentContext:
+    spec: AgentSpec
+    tools: ToolCaller
+    llm: LanguageModel | None
+    trace: Trace
+    roster: Roster
+
+    async def think(self, prompt: str) -> str:
+        """A hidden scratchpad: the model's notes stay in this node's trace and never reach a peer."""
+        if self.llm is None:
+            return ""
+        try:
+            c = await self.llm.complete([Message("user", prompt)], max_tokens=96)
+        except LlmError:
+            return ""
+        self.trace.step(self.spec.name, "thought", detail=c.text[:MAX_THOUGHT_CHARS])
+        return c.text
+
+
+Handler = Callable[[AgentContext, str], Awaitable[Answer]]
+
+
+def _cite(hits: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"source": h["source"], "title": h.get("title", ""), "chunk_id": h.get("id")} for h in hits]
+
+
+async def _rag_answer(ctx: AgentContext, request: str, *, k: int = 3) -> Answer:
+    hits = await ctx.tools.call("rag.query", {"query": request, "k": k})
+    name = ctx.spec.name
+    if not hits:
+        return Answer(name, "I found nothing about this in the knowledge base, so I will not guess.", ok=False)
+    lines = [f"[{i + 1}] {h['snippet']} ({h['source']})" for i, h in enumerate(hits)]
+    return Answer(name, "From the knowledge base:\n" + "\n".join(lines), sources=_cite(hits), data=hits)
+
+
+# ------------------------------------------------------------------------------------------------ handlers
+
+
+async def king(ctx: AgentContext, request: str) -> Answer:
+    rows = [f"{a.name}: {a.mission}" for a in ctx.roster]
+    return Answer("King", "\n".join(rows), data=[a.to_json() for a in ctx.roster])
+
+
+async def navigator(ctx: AgentContext, request: str) -> Answer:
+    peers = await ctx.tools.call("mesh.peers", {})
+    routes = await ctx.tools.call("mesh.routes", {})
+    by_dest = {r["destination"]: r for r in routes}
+    words = set(re.findall(r"[a-z0-9]+", request.lower()))
+    named = [
+        p
+        for p in peers
+        if (p["nickname"] or "").lower() in words or any(p["peer_id"].startswith(w) for w in words if len(w) >= 4)
+    ]
+    lines = []
+    for p in named or peers:
+        r = by_dest.get(p["peer_id"])
+        who = p["nickname"] or p["peer_id"][:8]
+        if not p["reachable"]:
+            lines.append(f"{who} is not reachable: last heard {p['last_seen_s_ago']:.0f} s ago, no live route")
+        elif r is None:
+            lines.append(f"{who} is reachable directly over {p['transport'] or 'a link'}")
+        else:
+            hop = "directly" if r["hops"] <= 1 else f"in {r['hops']} hops via next hop {str(r['next_hop'])[:8]}"
+            lines.append(f"{who} is reachable {hop} over {r['transport'] or 'a link'} (cost {r['cost']})")
+    if not lines:
+        lines = ["No peers are known yet: no link is up and no announce has arrived."]
+    return Answer("Navigator", "\n".join(lines), data={"peers": named or peers, "routes": routes})
+
+
+HOSTILE_COUNTERS = ("malformed", "bad_signature", "rejected", "dropped", "rate_limited", "unverified", "invalid")
+
+
+async def shield(ctx: AgentContext, request: str) -> Answer:
+    status = await ctx.tools.call("mesh.status", {})
+    peers = await ctx.tools.call("mesh.peers", {})
+    groups = {"mesh": status.get("counters", {}), "app": status.get("app_counters", {})}
+    for name, c in status.get("transport_counters", {}).items():
+        groups[name] = c
+    hostile = {
+        f"{g}.{k}": v for g, c in groups.items() for k, v in c.items() if v and any(h in k for h in HOSTILE_COUNTERS)
+    }
+    unpinned = [p["nickname"] or p["peer_id"][:8] for p in peers if not p.get("session")]
+    if hostile:
+        worst = sorted(hostile.items(), key=lambda kv: -kv[1])[:5]
+        text = "Hostile or rejected traffic seen: " + ", ".join(f"{k} = {v}" for k, v in worst)
+    else:
+        text = "No hostile traffic counted: no malformed, forged or rejected frames."
+    text += f" {len(peers)} known peer(s), {len(peers) - len(unpinned)} with an authenticated session (pinned key)."
+    return Answer("Shield", text, data={"hostile": hostile, "without_session": unpinned})
+
+
+async def auditor(ctx: AgentContext, request: str) -> Answer:
+    kind = "denied" if re.search(r"\b(denied|refused|blocked|rejected)\b", request.lower()) else None
+    rows = await ctx.tools.call("audit.read", {"kind": kind, "limit": 50})
+    if not rows:
+        return Answer("Auditor", "The audit log has no matching entries.", data=[])
+    lines = [f"{r['agent']} {r['kind']} {r['tool']} (request {r['request']})" for r in rows[:20]]
+    return Answer("Auditor", f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}:\n" + "\n".join(lines), data=rows)
+
+
+async def sustainer(ctx: AgentContext, request: str) -> Answer:
+    battery = await ctx.tools.call("power.battery", {})
+    plan = await ctx.tools.call("power.plan", {})
+    if not battery.get("known"):
+        state = "The battery state is unknown (no power supply information on this device)"
+    else:
+        pct = battery.get("percent")
+        src = "on external power" if battery.get("external_power") else "on battery"
+        state = f"Battery {pct if pct is not None else '?'} %, {src}"
+    advice = ""
+    if battery.get("known") and not battery.get("external_power") and (battery.get("percent") or 100) < 30:
+        advice = ' To save energy set ble.power_mode = "saver" (or keep "auto", which switches below 20 %).'
+    return Answer("Sustainer", f"{state}. Radio: {plan['plan']}.{advice}", data={"battery": battery, "plan": plan})
+
+
+async def gardener(ctx: AgentContext, request: str) -> Answer:
+    out: dict[str, Any] = {}
+    try:
+        out["rag"] = await ctx.tools.call("rag.rebuild_index", {})
+    except ToolUnavailable as exc:
+        out["rag"] = {"skipped": str(exc)}
+    out["agents"] = await ctx.tools.call("store.compact", {})
+    r = out["rag"]
+    text = "Compacted the agent stores."
+    if "db_bytes_before" in r:
+        text += (
+            f" Knowledge base: {r['db_bytes_before']} -> {r['db_bytes_after']} bytes, "
+            f"{r['vectors_reindexed']} vectors re-indexed."
+        )
+    return Answer("Gardener", text, data=out)
+
+
+PRIVATE_HINTS = re.compile(r"\b(diary|health|medical|password|address|location|contacts?|bank|salary|private)\b")
+
+
+async def legal(ctx: AgentContext, request: str) -> Answer:
+    verdict = await ctx.tools.call("policy.check", {"text": request})
+    docs = await ctx.tools.call("rag.documents", {})
+    words = set(re.findall(r"[a-z0-9]+", request.lower()))
+    named = [
+        d
+        for d in docs
+        if words
+        & set(re.findall(r"[a-z0-9]+", (d.get("title") or d["source"]).lower())) - {"the", "a", "txt", "md", "pdf"}
+    ]
+    unshared = [d for d in named if not d.get("shared")]
+    if unshared:
+        names = ", ".join(d.get("title") or d["source"] for d in unshared)
+        return Answer(
+            "Legal",
+            f"Not allowed: {names} is not shared, so it must not leave this device.",
+            data={"unshared": unshared},
+            ok=False,
+        )
+    if not verdict["allowed"]:
+        return Answer("Legal", f"Not allowed: {verdict['reason']}", data=verdict, ok=False)
+    return Answer(
+        "Legal",
+        "Allowed: nothing unshared or personal is involved." + (" " + verdict["reason"] if verdict["reason"] else ""),
+        data=verdict,
+    )
+
+
+def policy_check(text: str) -> dict[str, Any]:
+    """The privacy rule Legal applies to free text: personal categories are refused unless the user shares them."""
+    m = PRIVATE_HINTS.search(text.lower())
+    if m:
+        return {
+            "allowed": False,
+            "reason": f"it involves personal data ({m.group(1)}), which never leaves the device unless you share it",
+        }
+    return {"allowed": True, "reason": ""}
+
+
+async def sage(ctx: AgentContext, request: str) -> Answer:
+    return await _rag_answer(ctx, request)
+
+
+async def medic(ctx: AgentContext, request: str) -> Answer:
+    a = await _rag_answer(ctx, request, k=2)
+    if not a.ok:
+        a.text = (
+            "I have no first-aid source about this in the knowledge base, so I will not advise. "
+            "If someone is in danger, get a trained person or emergency help now."
+        )
+    else:
+        a.text = "Only from the first-aid sources in the knowledge base (not a diagnosis):\n" + a.text.split("\n", 1)[1]
+    return a
+
+
+async def horticulturist(ctx: AgentContext, request: str) -> Answer:
+    a = await _rag_answer(ctx, request)
+    if a.ok:
+        a.text = "From the growing guides in the knowledge base:\n" + a.text.split("\n", 1)[1]
+    return a
+
+
+async def curator(ctx: AgentContext, request: str) -> Answer:
+    docs = await ctx.tools.call("rag.documents", {})
+    seen: dict[str, list[str]] = {}
+    for d in docs:
+        seen.setdefault(str(d.get("content_hash") or d.get("hash") or d["source"]), []).append(d["source"])
+    dupes = [v for v in seen.values() if len(v) > 1]
+    text = f"{len(docs)} document(s) in the knowledge base"
+    text += f"; {len(dupes)} set(s) of duplicates." if dupes else "; no duplicates."
+    return Answer("Curator", text, data={"documents": docs, "duplicates": dupes})
+
+
+async def shaman(ctx: AgentContext, request: str) -> Answer:
+    st = await ctx.tools.call("gov.status", {})
+    ev = await ctx.tools.call("gov.evidence", {})
+    text = (
+        f"Epoch {st['epoch']}, {len(st['electorate'])} voter(s), {len(st['proposals'])} proposal(s), "
+        f"{len(st['certificates'])} certificate(s); {len(ev)} piece(s) of equivocation evidence."
+    )
+    return Answer("Shaman", text, data={"status": st, "evidence": ev})
+
+
+_BODY = re.compile(r"\b(?:saying|that|:)\s*(.+)$", re.IGNORECASE)
+
+
+async def coordinator(ctx: AgentContext, request: str) -> Answer:
+    m = _BODY.search(request)
+    body = m.group(1).strip() if m else request
+    if re.search(r"\b(everyone|everybody|whole village|all|broadcast|announce)\b", request.lower()):
+        r = await ctx.tools.call("mesh.broadcast", {"text": body})
+        return Answer("Coordinator", f"Broadcast to the village: {body!r}.", data=r)
+    peers = await ctx.tools.call("mesh.peers", {})
+    words = set(re.findall(r"\w+", request.lower()))
+    named = [p for p in peers if p["nickname"] and p["nickname"].lower() in words]
+    if len(named) != 1:
+        known = ", ".join(sorted(p["nickname"] or p["peer_id"][:8] for p in peers)) or "none"
+        return Answer("Coordinator", f"Whom should I send it to? Known peers: {known}.", ok=False)
+    r = await ctx.tools.call("mesh.send", {"peer": named[0]["peer_id"], "text": body})
+    return Answer("Coordinator", f"Sent to {named[0]['nickname']}: {body!r} (message {r['id']}).", data=r)
+
+
+async def polyglot(ctx: AgentContext, request: str) -> Answer:
+    if ctx.llm is None:
+        return Answer("Polyglot", "Translation needs the language model, which is off on this node.", ok=False)
+    c = await ctx.llm.complete(
+        [Message("system", "You are a translator. Reply with the translation only."), Message("user", request)],
+        max_tokens=96,
+    )
+    return Answer("Polyglot", c.text, data={"tokens": c.tokens})
+
+
+async def tutor(ctx: AgentContext, request: str) -> Answer:
+    hits = await ctx.tools.call("rag.query", {"query": request, "k": 1})
+    if not hits:
+        return Answer("Tutor", "I need a document in the knowledge base to quiz you from.", ok=False)
+    passage = hits[0]["snippet"]
+    if ctx.llm is None:
+        question = "Fill in the gap: " + _LONG_WORD.sub("____", passage, count=1)
+    else:
+        c = await ctx.llm.complete(
+            [Message("user", f"Write one short quiz question about this text.\n\nText: {passage}\n\nQuestion:")],
+            max_tokens=48,
+        )
+        question = c.text
+    return Answer("Tutor", question, sources=_cite(hits), data={"passage": passage})
+
+
+def _not_yet(reason: str) -> Handler:
+    async def handle(ctx: AgentContext, request: str) -> Answer:
+        return Answer(ctx.spec.name, f"{ctx.spec.name} cannot act on this node yet: {reason}.", ok=False)
+
+    return handle
+
+
+async def sword(ctx: AgentContext, request: str) -> Answer:
+    results = await ctx.tools.call("sim.adversarial", {})
+    failed = [r["attack"] for r in results if not r["held"]]
+    text = f"{len(results) - len(failed)} of {len(results)} defences held"
+    text += f"; FAILED: {', '.join(failed)}" if failed else "."
+    return Answer("Sword", text, data=results, ok=not failed)
+
+
+async def magi(ctx: AgentContext, request: str) -> Answer:
+    if ctx.llm is None:
+        return Answer("Magi", "Writing code needs the language model, which is off on this node.", ok=False)
+    # Think first (hidden: the notes go to this node's trace only, never into the answer or to a peer).
+    notes = await ctx.think(f"List the steps to solve this programming task, briefly: {request}")
+    c = await ctx.llm.complete(
+        [
+            Message("system", "You are a careful programmer. Answer with short code and one line of explanation."),
+            *([Message("assistant", f"Plan: {notes}")] if notes else []),
+            Message("user", request),
+        ],
+        max_tokens=160,
+    )
+    return Answer("Magi", c.text, data={"tokens": c.tokens})
+
+
+async def maker(ctx: AgentContext, request: str) -> Answer:
+    a = await _rag_answer(ctx, request, k=2)
+    if a.ok:
+        a.text = "Repair notes from the knowledge base (check power is off first):\n" + a.text.split("\n", 1)[1]
+    return a
+
+
+HANDLERS: dict[str, Handler] = {
+    "King": king,
+    "Navigator": navigator,
+    "Shield": shield,
+    "Auditor": auditor,
+    "Sustainer": sustainer,
+    "Gardener": gardener,
+    "Legal": legal,
+    "Sage": sage,
+    "Medic": medic,
+    "Horticulturist": horticulturist,
+    "Curator": curator,
+    "Shaman": shaman,
+    "Coordinator": coordinator,
+    "Polyglot": polyglot,
+    "Tutor": tutor,
+    "Magi": magi,
+    "Maker": maker,
+    "Sword": sword,
+    "Banker": _not_yet("there is no savings-group ledger (ledger.read) on this node"),
+    "Merchant": _not_yet("there is no marketplace (market.offers) on this node"),
+    "Oracle": _not_yet("forecasting needs a history of measurements, which the node does not keep yet"),
+    "Strategist": _not_yet("planning with the language model is not written yet"),
+    "Ensemble": _not_yet("asking several agents at once is not written yet"),
+}

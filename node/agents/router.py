@@ -1,0 +1,155 @@
+"""The King's router: which agents a request goes to, by capability.
+
+Each agent is represented by its roster mission and example requests, plus the requests users confirmed or
+corrected for it (feedback learned online). A request's score for an agent adds three parts:
+
+* ``prototype``: the best cosine between the request's MiniLM embedding (``node.rag.embed``) and the agent's
+  mission, examples and confirmed requests;
+* ``classifier``: the agent's probability under a softmax regression over the same embeddings, refitted
+  (full batch, a few hundred steps on at most a few thousand vectors) after feedback changes the memory;
+* ``lexical``: a TF-IDF overlap of the request's words with the agent's texts (``lexical_weight``).
+
+Weights were chosen by cross-validation inside the train split of ``tests/data/agent_requests.txt``; the
+test split is never used for tuning or feedback (``bench/agents.py`` reports both). The router is pure numpy
+(no I/O); ``embed`` is blocking, so the King calls :meth:`Router.route` in a worker thread. Memory is bounded
+per agent (:data:`MAX_FEEDBACK_PER_AGENT`, oldest replaced).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from node.agents.errors import AgentError
+from node.agents.roster import Roster
+
+Vectors = npt.NDArray[np.float32]
+Embed = Callable[[Sequence[str]], Vectors]
+MAX_FEEDBACK_PER_AGENT = 256
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSettings:
+    prototype_weight: float = 1.0
+    classifier_weight: float = 1.0
+    lexical_weight: float = 0.3
+    temperature: float = 10.0  # logits scale of the softmax regression over unit vectors
+    l2: float = 1e-3
+    fit_steps: int = 300  # from zero, at start
+    refit_steps: int = 40  # warm-started from the previous weights, after feedback
+    fit_rate: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    agent: str
+    score: float
+
+
+class Router:
+    def __init__(self, roster: Roster, embed: Embed, settings: RouterSettings | None = None) -> None:
+        self.settings = settings or RouterSettings()
+        self.embed = embed
+        self.names = roster.names
+        base_texts = [[a.mission, *a.examples] for a in roster]
+        flat = [t for ts in base_texts for t in ts]
+        vecs = embed(flat)
+        self._base: list[tuple[list[str], Vectors]] = []
+        at = 0
+        for ts in base_texts:
+            self._base.append((ts, vecs[at : at + len(ts)]))
+            at += len(ts)
+        self._fb_texts: list[list[str]] = [[] for _ in self.names]
+        self._fb_vecs: list[list[Vectors]] = [[] for _ in self.names]
+        self.feedback_count = 0
+        self._dirty = True
+        self._w: npt.NDArray[np.float64] | None = None
+        self._b = np.zeros(len(self.names))
+        self._refit()
+
+    def _index(self, agent: str) -> int:
+        for i, n in enumerate(self.names):
+            if n.lower() == agent.lower():
+                return i
+        raise AgentError(f"no agent named {agent!r}")
+
+    def _refit(self) -> None:
+        s = self.settings
+        xs: list[Vectors] = []
+        ys: list[int] = []
+        self._protos: list[Vectors] = []
+        docs: list[Counter[str]] = []
+        for i, (texts, vecs) in enumerate(self._base):
+            fb = np.stack(self._fb_vecs[i]) if self._fb_vecs[i] else np.zeros((0, vecs.shape[1]), np.float32)
+            all_vecs = np.vstack([vecs, fb]).astype(np.float32)
+            self._protos.append(all_vecs)
+            xs.append(all_vecs)
+            ys += [i] * len(all_vecs)
+            docs.append(Counter(w for t in [*texts, *self._fb_texts[i]] for w in words(t)))
+        x = np.vstack(xs).astype(np.float64)
+        y = np.array(ys)
+        n_cls = len(self.names)
+        warm = self._w is not None
+        w = self._w if self._w is not None else np.zeros((n_cls, x.shape[1]), dtype=np.float64)
+        b = self._b
+        for _ in range(s.refit_steps if warm else s.fit_steps):
+            # einsum's own loops, not BLAS: for matrices this small, BLAS threads only contend on a busy machine
+            z = (np.einsum("nd,cd->nc", x, w) + b) * s.temperature
+            z -= z.max(axis=1, keepdims=True)
+            p = np.exp(z)
+            p /= p.sum(axis=1, keepdims=True)
+            p[np.arange(len(y)), y] -= 1.0
+            w -= s.fit_rate * (np.einsum("nc,nd->cd", p, x) / len(y) + s.l2 * w)
+            b -= s.fit_rate * p.mean(axis=0)
+        self._w, self._b = w, b
+        df = Counter(word for d in docs for word in d)
+        self._idf = {word: math.log(1 + len(docs) / c) for word, c in df.items()}
+        self._docs = docs
+        self._dirty = False
+
+    def _lexical(self, text: str) -> npt.NDArray[np.float64]:
+        q = set(words(text))
+        out = np.zeros(len(self._docs))
+        for i, d in enumerate(self._docs):
+            out[i] = sum(self._idf[t] * (1 + math.log(d[t])) for t in q if t in d)
+        norm = float(np.linalg.norm(out))
+        return out / norm if norm else out
+
+    def scores(self, text: str, q: Vectors) -> list[Choice]:
+        s = self.settings
+        if self._dirty:
+            self._refit()
+        assert self._w is not None
+        proto = np.array([float((p @ q).max()) for p in self._protos])
+        z = (self._w @ q + self._b) * s.temperature
+        z = np.exp(z - z.max())
+        total = s.prototype_weight * proto + s.classifier_weight * z / z.sum() + s.lexical_weight * self._lexical(text)
+        order = np.argsort(-total, kind="stable")
+        return [Choice(self.names[i], float(total[i])) for i in order]
+
+    def route(self, text: str, k: int = 3) -> list[Choice]:
+        """The ``k`` best agents for ``text``. Blocking (embeds the text)."""
+        return self.scores(text, self.embed([text])[0])[:k]
+
+    def feedback(self, text: str, q: Vectors, agent: str) -> None:
+        """Learn online that ``agent`` was the right one for this request (a confirmation or a correction).
+        The classifier is refitted (warm) before the next routing."""
+        i = self._index(agent)
+        if len(self._fb_vecs[i]) >= MAX_FEEDBACK_PER_AGENT:
+            self._fb_vecs[i].pop(0)
+            self._fb_texts[i].pop(0)
+        self._fb_vecs[i].append(np.asarray(q, dtype=np.float32))
+        self._fb_texts[i].append(text)
+        self.feedback_count += 1
+        self._dirty = True

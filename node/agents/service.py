@@ -1,0 +1,275 @@
+"""The agents service of a node: roster, King, tools, traces, the language model and local governance.
+
+Started by the composition root (``Service.run(node, task_status=...)``); blocking work (embeddings, SQLite,
+generation) runs in worker threads behind bounded limiters. The router is built lazily on the first request
+(it embeds the roster's missions and examples once, ~1-2 s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import nacl.signing
+import trio
+
+from node.agents.errors import AgentError
+from node.agents.governance import Electorate, Governance
+from node.agents.govstore import GovStore
+from node.agents.king import King
+from node.agents.llm import LanguageModel, Message, OffLlm, build_llm
+from node.agents.roles import policy_check
+from node.agents.roster import Roster, load_roster
+from node.agents.router import Router
+from node.agents.settings import AgentsSettings, LlmSettings
+from node.agents.tools import Tools, node_tools
+from node.agents.trace import TraceStore
+
+if TYPE_CHECKING:
+    from node.node import Node
+
+LOCAL_NAMESPACE = "local"
+
+
+class AgentsService:
+    name = "agents"
+
+    def __init__(
+        self,
+        settings: AgentsSettings,
+        llm_settings: LlmSettings,
+        data_dir: Path | None,
+        *,
+        roster: Roster | None = None,
+    ) -> None:
+        self.settings = settings
+        self.roster = roster or load_roster(Path(settings.roster_path) if settings.roster_path else None)
+        self.llm: LanguageModel = build_llm(llm_settings) if llm_settings.backend != "off" else OffLlm()
+        self.data_dir = data_dir
+        self.db_limiter = trio.CapacityLimiter(1)
+        self.embed_limiter = trio.CapacityLimiter(1)
+        self.requests = trio.Semaphore(settings.max_concurrent_requests)
+        self.traces: TraceStore | None = None
+        self.gov: Governance | None = None
+        self.gov_store: GovStore | None = None
+        self.king: King | None = None
+        self.tools: Tools | None = None
+        self._node: Node | None = None
+
+    async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._node = node
+        root = self.data_dir
+        self.traces = await trio.to_thread.run_sync(TraceStore, root / "agents" / "traces.sqlite" if root else None)
+        if root is not None:
+            self.gov_store = await trio.to_thread.run_sync(GovStore, root / "agents" / "governance.sqlite")
+            self.gov = await trio.to_thread.run_sync(self._open_governance, node)
+        else:
+            self.gov = Governance(LOCAL_NAMESPACE, self._genesis(node))
+        self.tools = self._build_tools(node)
+        task_status.started()
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._close, limiter=self.db_limiter)
+
+    def _genesis(self, node: Node) -> Electorate:
+        return Electorate.of(0, {node.identity.signing_public: 1})
+
+    def _open_governance(self, node: Node) -> Governance:
+        assert self.gov_store is not None
+        self.gov_store.init(LOCAL_NAMESPACE, self._genesis(node))
+        return self.gov_store.load()
+
+    def _close(self) -> None:
+        if self.traces is not None:
+            self.traces.close()
+        if self.gov_store is not None:
+            self.gov_store.close()
+
+    def _build_tools(self, node: Node) -> Tools:
+        t = node_tools(node)
+        traces = self.traces
+        assert traces is not None
+
+        async def agents_list(_: Mapping[str, Any]) -> Any:
+            return [a.to_json() for a in self.roster]
+
+        async def audit_read(args: Mapping[str, Any]) -> Any:
+            kind = args.get("kind")
+            limit = args.get("limit", 100)
+            return await trio.to_thread.run_sync(
+                lambda: traces.audit(kind=kind if isinstance(kind, str) else None, limit=int(limit)),
+                limiter=self.db_limiter,
+            )
+
+        async def agents_trace(args: Mapping[str, Any]) -> Any:
+            rid = args.get("id")
+            if isinstance(rid, str):
+                return await trio.to_thread.run_sync(traces.get, rid, limiter=self.db_limiter)
+            return await trio.to_thread.run_sync(traces.recent, 20, limiter=self.db_limiter)
+
+        async def compact(_: Mapping[str, Any]) -> Any:
+            n = await trio.to_thread.run_sync(traces.vacuum, limiter=self.db_limiter)
+            if self.gov_store is not None:
+                await trio.to_thread.run_sync(self.gov_store.db.execute, "VACUUM", limiter=self.db_limiter)
+            return {"traces_kept": n}
+
+        async def policy(args: Mapping[str, Any]) -> Any:
+            return policy_check(str(args.get("text", "")))
+
+        async def gov_status(_: Mapping[str, Any]) -> Any:
+            return self.gov_status()
+
+        async def gov_evidence(_: Mapping[str, Any]) -> Any:
+            assert self.gov is not None
+            return [e.to_json() for e in self.gov.evidence.values()]
+
+        async def gov_propose(args: Mapping[str, Any]) -> Any:
+            return await self.propose(str(args.get("kind", "")), str(args.get("key", "")), args.get("value"))
+
+        async def llm_complete(args: Mapping[str, Any]) -> Any:
+            c = await self.llm.complete([Message("user", str(args.get("prompt", "")))])
+            return {"text": c.text, "tokens": c.tokens}
+
+        async def selftest(_: Mapping[str, Any]) -> Any:
+            from node.agents.selftest import run_selftest
+
+            return await trio.to_thread.run_sync(run_selftest)
+
+        for name, fn in (
+            ("sim.adversarial", selftest),
+            ("agents.list", agents_list),
+            ("audit.read", audit_read),
+            ("agents.trace", agents_trace),
+            ("store.compact", compact),
+            ("policy.check", policy),
+            ("gov.status", gov_status),
+            ("gov.evidence", gov_evidence),
+            ("gov.propose", gov_propose),
+            ("llm.complete", llm_complete),
+        ):
+            t.add(name, fn)
+        return t
+
+    async def _king(self) -> King:
+        if self.king is None:
+            if self.tools is None or self.traces is None or self._node is None:
+                raise AgentError("the agents service is not running")
+            from node.rag.plugin import rag_service
+
+            rag = rag_service(self._node)
+            embedder = rag.embedder if rag is not None else None
+            if embedder is None:
+                from node.rag.embed import Embedder
+
+                embedder = Embedder()
+            router = await trio.to_thread.run_sync(Router, self.roster, embedder.embed, limiter=self.embed_limiter)
+            clock = self._node.clock
+            self.king = King(
+                self.roster,
+                router,
+                self.tools,
+                llm=self.llm,
+                traces=self.traces,
+                embed_limiter=self.embed_limiter,
+                db_limiter=self.db_limiter,
+                wall_ms=clock.wall_ms,
+            )
+        return self.king
+
+    async def ask(self, request: str, *, agent: str | None = None) -> dict[str, Any]:
+        async with self.requests:
+            king = await self._king()
+            return await king.ask(request, agent=agent)
+
+    async def feedback(self, request_id: str, agent: str) -> dict[str, Any]:
+        return await (await self._king()).feedback(request_id, agent)
+
+    # ------------------------------------------------------------------------------------ governance
+
+    def _propose_sync(self, kind: str, key: str, value: Any, ttl_s: float, now_ms: int) -> dict[str, Any]:
+        """Propose in the next free round of the current epoch and vote as this node (persisted before use).
+        With this node as the whole electorate (the default local electorate) the certificate forms at once;
+        with others, their votes decide (gossip over the mesh is not wired yet)."""
+        from node.agents.governance import MEMBERSHIP_ROUND, Action, ActionKind, Voter, make_proposal
+
+        g, store, node = self.gov, self.gov_store, self._node
+        assert g is not None and node is not None
+        try:
+            action = Action(ActionKind(kind), key, value)
+        except ValueError as exc:
+            raise AgentError(f"kind must be one of config, policy, admit, remove, not {kind!r}") from exc
+        if action.kind in (ActionKind.ADMIT, ActionKind.REMOVE):
+            round_ = MEMBERSHIP_ROUND
+        else:
+            used = {r for (e, r) in g.certificates if e == g.epoch} | {
+                p.round for p in g.all_proposals() if p.epoch == g.epoch
+            }
+            round_ = next(r for r in range(len(used) + 1) if r not in used)
+        me = node.identity.signing_key
+        p = make_proposal(
+            g.namespace,
+            g.epoch,
+            round_,
+            action,
+            expires_at_ms=now_ms + int(ttl_s * 1000),
+            proposer=bytes(me.verify_key),
+        )
+        if not g.add_proposal(p, now_ms):
+            raise AgentError("the proposal was refused (slot taken, or this node is not a member)")
+        voter = Voter(me, g, store.signed() if store is not None else None)
+        if store is not None:
+            store.save_proposal(p)
+        for step in ("prevote", "precommit"):
+            vote = (
+                voter.on_proposal(p, now_ms) if step == "prevote" else voter.maybe_precommit(p.epoch, p.round, now_ms)
+            )
+            if vote is None:
+                break
+            if store is not None:
+                store.save_signed(vote)
+                store.save_vote(vote)
+            r = g.receive_vote(vote, now_ms)
+            if r.certificate is not None and store is not None:
+                store.save_certificate(r.certificate)
+        executed = g.execute_ready()
+        cert = g.certificates.get((p.epoch, p.round))
+        return {
+            "proposal": p.hash.hex(),
+            "epoch": p.epoch,
+            "round": p.round,
+            "certificate": cert.to_json() if cert else None,
+            "executed": [{"epoch": x.epoch, "round": x.round, "value": x.value.name.lower()} for x in executed],
+            "state": g.state(),
+        }
+
+    def gov_status(self) -> dict[str, Any]:
+        g = self.gov
+        if g is None:
+            raise AgentError("the agents service is not running")
+        return {
+            "namespace": g.namespace,
+            "epoch": g.epoch,
+            "electorate": [[k.hex(), p] for k, p in g.electorate.members],
+            "proposals": [{"hash": p.hash.hex(), "round": p.round, **p.action.to_json()} for p in g.all_proposals()],
+            "certificates": [c.to_json() for c in g.certificates.values()],
+            "evidence": len(g.evidence),
+            "state": g.state(),
+        }
+
+    async def propose(self, kind: str, key: str, value: Any, *, ttl_s: float = 3600.0) -> dict[str, Any]:
+        assert self._node is not None
+        now_ms = self._node.clock.wall_ms()
+        return await trio.to_thread.run_sync(
+            self._propose_sync, kind, key, value, ttl_s, now_ms, limiter=self.db_limiter
+        )
+
+    async def trace(self, request_id: str) -> dict[str, Any] | None:
+        assert self.traces is not None
+        return await trio.to_thread.run_sync(self.traces.get, request_id, limiter=self.db_limiter)
+
+
+def signing_key(node: Node) -> nacl.signing.SigningKey:
+    return node.identity.signing_key

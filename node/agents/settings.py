@@ -1,0 +1,74 @@
+"""The agents' settings sections, ``[agents]`` and ``[llm]`` (stdlib only, so loading settings stays light)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from node.errors import ConfigError
+from node.schema import setting
+
+BACKENDS = ("local", "openai", "off")
+
+
+@dataclass(frozen=True, slots=True)
+class LlmSettings:
+    SECTION: ClassVar[str] = "llm"
+    backend: str = setting(
+        "local",
+        "Language model for the agents: local (llama-cpp-python + a GGUF; `make llm`), openai (an OpenAI-compatible "
+        "server) or off. The node and every non-generative agent work without it.",
+        choices=BACKENDS,
+    )
+    model_path: str = setting("", "A GGUF file for the local backend; empty = the shipped SmolLM2-135M-Instruct.")
+    context_tokens: int = setting(2048, "Context window of the local model, in tokens.", min=128, max=131_072)
+    threads: int = setting(2, "CPU threads for local generation.", min=1, max=256)
+    max_answer_tokens: int = setting(256, "Longest generated answer, in tokens.", min=1, max=8192)
+    temperature: float = setting(0.0, "Sampling temperature; 0 = greedy (reproducible).", min=0.0, max=2.0)
+    seed: int = setting(0, "Sampling seed.", min=0, max=2**31 - 1)
+    max_concurrent: int = setting(1, "Generations at once (each holds the model's context).", min=1, max=64)
+    openai_base_url: str = setting(
+        "http://127.0.0.1:8080/v1", "Base URL of the OpenAI-compatible server (llama.cpp server, Ollama, vLLM)."
+    )
+    openai_model: str = setting("local", "Model name sent to the OpenAI-compatible server.")
+    openai_api_key_env: str = setting(
+        "", "Name of an environment variable holding the server's API key (never the key itself); empty = none."
+    )
+    openai_timeout_s: float = setting(120.0, "Timeout of one request to the server, in seconds.", min=0.1, max=3600.0)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"llm.backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        for name, lo, hi in (
+            ("context_tokens", 128, 131_072),
+            ("threads", 1, 256),
+            ("max_answer_tokens", 1, 8192),
+            ("max_concurrent", 1, 64),
+        ):
+            v = getattr(self, name)
+            if not isinstance(v, int) or not lo <= v <= hi:
+                raise ConfigError(f"llm.{name} must be an integer from {lo} to {hi}, not {v!r}")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise ConfigError(f"llm.temperature must be from 0 to 2, not {self.temperature!r}")
+        if not self.openai_base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"llm.openai_base_url must be an http(s) URL, not {self.openai_base_url!r}")
+        if not 0 < self.openai_timeout_s <= 3600:
+            raise ConfigError("llm.openai_timeout_s must be in (0, 3600]")
+        if self.model_path and not self.model_path.endswith(".gguf"):
+            raise ConfigError(f"llm.model_path must name a .gguf file, not {self.model_path!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentsSettings:
+    SECTION: ClassVar[str] = "agents"
+    enabled: bool = setting(True, "Run the agents (village ask, agents.* control methods).")
+    roster_path: str = setting("", "A roster TOML file (see node/agents/roster.toml); empty = the shipped roster.")
+    max_concurrent_requests: int = setting(4, "Requests handled at once; more wait.", min=1, max=64)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ConfigError("agents.enabled must be true or false")
+        if self.roster_path and not self.roster_path.endswith(".toml"):
+            raise ConfigError(f"agents.roster_path must name a .toml file, not {self.roster_path!r}")
+        if not 1 <= self.max_concurrent_requests <= 64:
+            raise ConfigError("agents.max_concurrent_requests must be from 1 to 64")

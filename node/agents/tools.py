@@ -1,0 +1,214 @@
+"""The tools agents may call, behind one small interface until the MCP tool registry (``node/mcp``) lands.
+
+:class:`ToolCaller` is all an agent sees: ``await tools.call(name, args)``. :class:`ScopedTools` enforces the
+roster's least-privilege list (a call outside it raises :class:`ToolDenied`, and is traced as denied) and
+records every call and result in the trace. :class:`NodeTools` implements the calls over a running
+:class:`node.node.Node`; switching to the registry means passing the registry (which has the same ``call``)
+where a ``NodeTools`` is passed today.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+
+from node.agents.errors import AgentError, ToolDenied, ToolUnavailable
+
+if TYPE_CHECKING:
+    from node.agents.trace import Trace
+    from node.node import Node
+
+# name -> what it does. The roster may only name these.
+KNOWN_TOOLS: dict[str, str] = {
+    "agents.list": "the roster: agents, missions, tools",
+    "agents.dispatch": "ask other agents (the King routes)",
+    "agents.trace": "read agent traces",
+    "audit.read": "read the audit log (agent tool calls, allowed and denied)",
+    "mesh.status": "node status and hostile-traffic counters",
+    "mesh.peers": "known peers, reachability, fingerprints",
+    "mesh.routes": "the path table",
+    "mesh.send": "send a private message to a peer",
+    "mesh.broadcast": "send a public message to the village",
+    "mesh.message_status": "delivery state of a sent message",
+    "rag.query": "search the knowledge base (hits with sources)",
+    "rag.add": "add a text to the knowledge base",
+    "rag.documents": "list documents and whether they are shared",
+    "rag.feedback": "mark a result good or bad (source trust)",
+    "rag.stats": "knowledge base statistics",
+    "rag.rebuild_index": "compact the knowledge base and rebuild its index",
+    "store.compact": "compact the agent and governance databases",
+    "power.battery": "battery and power supply",
+    "power.plan": "the radio power mode the governor picks",
+    "policy.check": "would this content leave the device against the privacy policy",
+    "gov.status": "governance: epoch, electorate, proposals, certificates",
+    "gov.evidence": "equivocation evidence",
+    "gov.propose": "propose a configuration or policy change",
+    "llm.complete": "generate text with the language model",
+    "sim.adversarial": "run the adversarial self-test",
+    "ledger.read": "the savings group ledger",
+    "market.offers": "marketplace offers",
+}
+
+MAX_RESULT_CHARS = 16_000  # a tool result as kept in the trace
+
+
+class ToolCaller(Protocol):
+    async def call(self, tool: str, args: Mapping[str, Any]) -> Any: ...
+
+
+Handler = Callable[[Mapping[str, Any]], Awaitable[Any]]
+
+
+def _clip(value: Any) -> str:
+    text = json.dumps(value, default=str, sort_keys=True)
+    return text if len(text) <= MAX_RESULT_CHARS else text[:MAX_RESULT_CHARS] + "…"
+
+
+class ScopedTools:
+    """One agent's view of the tools: only those its roster entry lists; every call traced."""
+
+    def __init__(self, inner: ToolCaller, agent: str, allowed: tuple[str, ...], trace: Trace | None) -> None:
+        self.inner = inner
+        self.agent = agent
+        self.allowed = frozenset(allowed)
+        self.trace = trace
+
+    async def call(self, tool: str, args: Mapping[str, Any]) -> Any:
+        if tool not in self.allowed:
+            if self.trace is not None:
+                self.trace.step(self.agent, "denied", tool=tool, detail=_clip(dict(args)))
+            raise ToolDenied(f"agent {self.agent} may not call {tool}")
+        if self.trace is not None:
+            self.trace.step(self.agent, "call", tool=tool, detail=_clip(dict(args)))
+        try:
+            result = await self.inner.call(tool, args)
+        except AgentError as exc:
+            if self.trace is not None:
+                self.trace.step(self.agent, "error", tool=tool, detail=str(exc))
+            raise
+        if self.trace is not None:
+            self.trace.step(self.agent, "result", tool=tool, detail=_clip(result))
+        return result
+
+
+class Tools:
+    """A table of tool handlers (what :class:`NodeTools` and tests fill)."""
+
+    def __init__(self, handlers: Mapping[str, Handler] | None = None) -> None:
+        self.handlers: dict[str, Handler] = dict(handlers or {})
+
+    def add(self, name: str, handler: Handler) -> None:
+        if name not in KNOWN_TOOLS:
+            raise AgentError(f"unknown tool {name!r}")
+        self.handlers[name] = handler
+
+    async def call(self, tool: str, args: Mapping[str, Any]) -> Any:
+        handler = self.handlers.get(tool)
+        if handler is None:
+            raise ToolUnavailable(f"{tool} is not available on this node")
+        return await handler(args)
+
+
+def _str(args: Mapping[str, Any], key: str, *, max_chars: int = 4000) -> str:
+    v = args.get(key)
+    if not isinstance(v, str) or not v.strip() or len(v) > max_chars:
+        raise AgentError(f"{key} must be a non-empty string of at most {max_chars} characters")
+    return v
+
+
+def node_tools(node: Node, *, battery_root: Path | None = None) -> Tools:
+    """The tools a running node offers by itself (the agents service adds agents.*, gov.*, llm.*)."""
+    from node.transports.ble import power
+
+    t = Tools()
+
+    async def status(_: Mapping[str, Any]) -> Any:
+        return node.status()
+
+    async def peers(_: Mapping[str, Any]) -> Any:
+        return node.peers_view()
+
+    async def routes(_: Mapping[str, Any]) -> Any:
+        return node.routes_view()
+
+    async def send(args: Mapping[str, Any]) -> Any:
+        mid = node.send_private(_str(args, "peer", max_chars=64), _str(args, "text"))
+        return {"id": mid, "to": node.outgoing[mid].to}
+
+    async def broadcast(args: Mapping[str, Any]) -> Any:
+        return {"id": node.broadcast(_str(args, "text"))}
+
+    async def message_status(args: Mapping[str, Any]) -> Any:
+        msg = node.outgoing.get(_str(args, "id", max_chars=64))
+        if msg is None:
+            raise AgentError("no such outgoing message")
+        return msg.to_json()
+
+    async def battery(_: Mapping[str, Any]) -> Any:
+        root = battery_root or power.SYSFS_POWER_SUPPLY
+        state = await trio.to_thread.run_sync(power.battery_from_sysfs, root)
+        if state is None:
+            return {"known": False}
+        return {"known": True, "percent": state.percent, "external_power": state.external_power}
+
+    async def plan(args: Mapping[str, Any]) -> Any:
+        root = battery_root or power.SYSFS_POWER_SUPPLY
+        state = await trio.to_thread.run_sync(power.battery_from_sysfs, root)
+        configured = node.config.ble.power_mode
+        p = power.plan_for(power.choose_mode(configured, state), node.config.ble.max_central_links)
+        return {"configured": configured, "mode": str(p.mode), "plan": power.describe(p)}
+
+    for name, fn in (
+        ("mesh.status", status),
+        ("mesh.peers", peers),
+        ("mesh.routes", routes),
+        ("mesh.send", send),
+        ("mesh.broadcast", broadcast),
+        ("mesh.message_status", message_status),
+        ("power.battery", battery),
+        ("power.plan", plan),
+    ):
+        t.add(name, fn)
+
+    from node.rag.plugin import rag_service
+
+    rag = rag_service(node)
+    if rag is not None:
+
+        async def query(args: Mapping[str, Any]) -> Any:
+            k = args.get("k", 5)
+            hits = await rag.query(_str(args, "query"), k=k if isinstance(k, int) else 5)
+            return [h.to_json() for h in hits]
+
+        async def add(args: Mapping[str, Any]) -> Any:
+            return await rag.add_text(_str(args, "source", max_chars=500), _str(args, "text", max_chars=1_000_000))
+
+        async def documents(_: Mapping[str, Any]) -> Any:
+            return await rag.documents(limit=100)
+
+        async def feedback(args: Mapping[str, Any]) -> Any:
+            cid = args.get("chunk_id")
+            if type(cid) is not int:
+                raise AgentError("chunk_id must be an integer")
+            return await rag.feedback(cid, bool(args.get("good")))
+
+        async def stats(_: Mapping[str, Any]) -> Any:
+            return await rag.stats()
+
+        async def compact(_: Mapping[str, Any]) -> Any:
+            return await rag.compact()
+
+        for name, fn in (
+            ("rag.query", query),
+            ("rag.add", add),
+            ("rag.documents", documents),
+            ("rag.feedback", feedback),
+            ("rag.stats", stats),
+            ("rag.rebuild_index", compact),
+        ):
+            t.add(name, fn)
+    return t

@@ -1,0 +1,96 @@
+"""`village mcp [serve|token|status]` and `village memory export|forget`: thin clients of the daemon.
+
+``village mcp`` (``serve``) is what an MCP client launches: an MCP server on stdin/stdout that forwards to the
+running daemon (node.mcp.stdio). Its stdout carries the protocol only; messages go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from node.cli_support import EXIT_OK, EXIT_USAGE, CliError, CliRegistry, call, emit, load_config, socket_path
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    if args.action == "token":
+        from node.mcp.token import ensure_token, token_path
+
+        path = token_path(load_config(args).data_dir)
+        token = ensure_token(path)
+        emit(args, {"token": token, "path": str(path)}, lambda d: str(d["token"]))
+        return EXIT_OK
+    if args.action == "status":
+        emit(args, call(args, "mcp.status"), _status_text)
+        return EXIT_OK
+    import trio
+
+    from node.mcp.errors import ToolError
+    from node.mcp.stdio import serve_stdio
+
+    try:
+        trio.run(serve_stdio, socket_path(args))
+    except ToolError as exc:
+        raise CliError(str(exc)) from None
+    return EXIT_OK
+
+
+def _status_text(d: dict[str, Any]) -> str:
+    mem = d.get("memory") or {}
+    return "\n".join(
+        [
+            f"tools        {d['tools']}",
+            f"calls        {d['calls']} ({sum(d['failures'].values())} failed)",
+            f"http         {d['http_url'] or 'off (set mcp.http_listen)'}",
+            f"memory       {mem.get('entities', 0)} entities, {mem.get('relations', 0)} relations, "
+            f"{mem.get('bytes', 0)} bytes",
+        ]
+    )
+
+
+def cmd_memory_export(args: argparse.Namespace) -> int:
+    data = call(args, "memory.export")
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    if args.output:
+        import os
+
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+        graph = data["knowledge_graph"]
+        print(f"wrote {len(graph['entities'])} entities and {len(graph['relations'])} relations to {args.output}")
+    else:
+        sys.stdout.write(text + "\n")
+    return EXIT_OK
+
+
+def cmd_memory_forget(args: argparse.Namespace) -> int:
+    if not args.yes:
+        raise CliError("this erases the node's persistent and working memory; add --yes to confirm", EXIT_USAGE)
+    data = call(args, "memory.forget")
+    emit(
+        args,
+        data,
+        lambda d: (
+            f"erased {d['knowledge_graph']['entities']} entities, {d['knowledge_graph']['relations']} "
+            f"relations and {d['working_memory']['entries']} scratch entries"
+        ),
+    )
+    return EXIT_OK
+
+
+def add_commands(cli: CliRegistry) -> None:
+    p = cli.command(
+        "mcp",
+        cmd_mcp,
+        "MCP: `village mcp` serves the running node's tools on stdin/stdout (for an MCP client to launch); "
+        "`village mcp token` prints the bearer token of the HTTP endpoint; `village mcp status`.",
+    )
+    p.add_argument("action", nargs="?", choices=["serve", "token", "status"], default="serve", help="default: serve")
+    memory = cli.group("memory", "The node's MCP memory (knowledge graph and scratch): export or erase it.")
+    p = memory.command("export", cmd_memory_export, "Print (or write 0600 to --output) all memory as JSON.")
+    p.add_argument("--output", "-o", help="write to this file (created 0600) instead of stdout")
+    p = memory.command("forget", cmd_memory_forget, "Erase the knowledge graph and every client's scratch.")
+    p.add_argument("--yes", action="store_true", help="confirm the erasure")

@@ -1,0 +1,299 @@
+"""Persistent memory: a knowledge graph of entities (name, type, observations) and relations (from, to, type),
+with the observable behaviour of the reference MCP memory server (``@modelcontextprotocol/server-memory``):
+
+- ``create_entities`` skips entities whose name already exists (checked against the graph as it was before the
+  call, so two entities of one name in one call are both added); ``create_relations`` likewise for identical
+  (from, to, type) triples; relations may name entities that do not exist.
+- ``add_observations`` fails as a whole ("Entity with name X not found") when any entity is missing; otherwise
+  each entity (the first of that name) gets the contents it does not have yet.
+- ``delete_entities`` removes every entity of those names and every relation from or to them.
+- ``delete_observations`` and ``delete_relations`` ignore what does not exist.
+- ``search_nodes`` matches the query, case-insensitively, as a substring of an entity's name, type or any
+  observation; ``search_nodes`` and ``open_nodes`` return the relations with at least one end in the result.
+- Order is insertion order everywhere.
+
+Stored in SQLite (``<data dir>/mcp/memory.sqlite3``, 0600) and mirrored in memory for reads; bounded in entities,
+relations and bytes (``[mcp] memory_max_*``). :class:`GraphStore` serialises the operations; changes (SQLite
+transactions) run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from node.mcp.errors import MemoryFull, ToolError
+from node.mcp.settings import McpSettings
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entities (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, entity_type TEXT NOT NULL, observations TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS relations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, src TEXT NOT NULL, dst TEXT NOT NULL, relation_type TEXT NOT NULL);
+"""
+
+
+@dataclass(slots=True)
+class Entity:
+    id: int
+    name: str
+    entity_type: str
+    observations: list[str]
+    lowered: list[str] = field(default_factory=list)  # name, type, observations, lower-cased (for search)
+    haystack: str = ""  # the lowered fields joined by NUL: one substring test for queries without a NUL
+
+    def relower(self) -> None:
+        self.lowered = [self.name.lower(), self.entity_type.lower(), *(o.lower() for o in self.observations)]
+        self.haystack = "\0".join(self.lowered)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "entityType": self.entity_type, "observations": list(self.observations)}
+
+
+@dataclass(frozen=True, slots=True)
+class Relation:
+    id: int
+    src: str
+    dst: str
+    relation_type: str
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.src, self.dst, self.relation_type)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"from": self.src, "to": self.dst, "relationType": self.relation_type}
+
+
+def _nbytes(s: str) -> int:
+    return len(s.encode("utf-8", "surrogatepass"))
+
+
+class KnowledgeGraph:
+    """The graph and its SQLite file; synchronous (call through :class:`GraphStore`)."""
+
+    def __init__(self, path: Path | None, settings: McpSettings) -> None:
+        self.settings = settings
+        self.path = path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            os.chmod(path, 0o600)
+        self.db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        self.entities: list[Entity] = []
+        self.relations: list[Relation] = []
+        self.bytes = 0
+        for row in self.db.execute("SELECT id, name, entity_type, observations FROM entities ORDER BY id"):
+            e = Entity(row[0], row[1], row[2], json.loads(row[3]))
+            e.relower()
+            self.entities.append(e)
+            self.bytes += self._entity_bytes(e)
+        for row in self.db.execute("SELECT id, src, dst, relation_type FROM relations ORDER BY id"):
+            r = Relation(*row)
+            self.relations.append(r)
+            self.bytes += _nbytes(r.src) + _nbytes(r.dst) + _nbytes(r.relation_type)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @staticmethod
+    def _entity_bytes(e: Entity) -> int:
+        return _nbytes(e.name) + _nbytes(e.entity_type) + sum(_nbytes(o) for o in e.observations)
+
+    def _check_strings(self, strings: list[str]) -> int:
+        total = 0
+        for s in strings:
+            n = _nbytes(s)
+            if n > self.settings.memory_max_string_bytes:
+                raise MemoryFull(f"a string of {n} bytes is over mcp.memory_max_string_bytes")
+            total += n
+        return total
+
+    def _check_room(self, add_bytes: int, add_entities: int = 0, add_relations: int = 0) -> None:
+        s = self.settings
+        if len(self.entities) + add_entities > s.memory_max_entities:
+            raise MemoryFull(f"memory is full: at most {s.memory_max_entities} entities (mcp.memory_max_entities)")
+        if len(self.relations) + add_relations > s.memory_max_relations:
+            raise MemoryFull(f"memory is full: at most {s.memory_max_relations} relations (mcp.memory_max_relations)")
+        if self.bytes + add_bytes > s.memory_max_bytes:
+            raise MemoryFull(f"memory is full: at most {s.memory_max_bytes} bytes (mcp.memory_max_bytes)")
+
+    def _first(self, name: str) -> Entity | None:
+        for e in self.entities:
+            if e.name == name:
+                return e
+        return None
+
+    # ------------------------------------------------------------ the nine operations
+    def create_entities(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        existing = {e.name for e in self.entities}
+        new = [it for it in items if it["name"] not in existing]
+        add = sum(self._check_strings([it["name"], it["entityType"], *it["observations"]]) for it in new)
+        self._check_room(add, add_entities=len(new))
+        with self.db:
+            for it in new:
+                cur = self.db.execute(
+                    "INSERT INTO entities (name, entity_type, observations) VALUES (?, ?, ?)",
+                    (it["name"], it["entityType"], json.dumps(it["observations"])),
+                )
+                assert cur.lastrowid is not None
+                e = Entity(cur.lastrowid, it["name"], it["entityType"], list(it["observations"]))
+                e.relower()
+                self.entities.append(e)
+        self.bytes += add
+        return [{"name": it["name"], "entityType": it["entityType"], "observations": it["observations"]} for it in new]
+
+    def create_relations(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        existing = {r.key for r in self.relations}
+        new = [it for it in items if (it["from"], it["to"], it["relationType"]) not in existing]
+        add = sum(self._check_strings([it["from"], it["to"], it["relationType"]]) for it in new)
+        self._check_room(add, add_relations=len(new))
+        with self.db:
+            for it in new:
+                cur = self.db.execute(
+                    "INSERT INTO relations (src, dst, relation_type) VALUES (?, ?, ?)",
+                    (it["from"], it["to"], it["relationType"]),
+                )
+                assert cur.lastrowid is not None
+                self.relations.append(Relation(cur.lastrowid, it["from"], it["to"], it["relationType"]))
+        self.bytes += add
+        return [{"from": it["from"], "to": it["to"], "relationType": it["relationType"]} for it in new]
+
+    def add_observations(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        planned: dict[int, list[str]] = {}  # entity id -> its observations after the call
+        targets: dict[int, Entity] = {}
+        results = []
+        add = 0
+        for it in items:
+            e = self._first(it["entityName"])
+            if e is None:
+                raise ToolError(f"Entity with name {it['entityName']} not found")
+            current = planned.get(e.id, e.observations)
+            new = [c for c in it["contents"] if c not in current]
+            add += self._check_strings(new)
+            planned[e.id] = [*current, *new]
+            targets[e.id] = e
+            results.append({"entityName": it["entityName"], "addedObservations": new})
+        self._check_room(add)
+        with self.db:
+            for eid, obs in planned.items():
+                self.db.execute("UPDATE entities SET observations = ? WHERE id = ?", (json.dumps(obs), eid))
+        for eid, obs in planned.items():
+            targets[eid].observations = obs
+            targets[eid].relower()
+        self.bytes += add
+        return results
+
+    def delete_entities(self, names: list[str]) -> None:
+        gone = set(names)
+        dead_e = [e for e in self.entities if e.name in gone]
+        dead_r = [r for r in self.relations if r.src in gone or r.dst in gone]
+        if not dead_e and not dead_r:
+            return
+        with self.db:
+            self.db.executemany("DELETE FROM entities WHERE id = ?", [(e.id,) for e in dead_e])
+            self.db.executemany("DELETE FROM relations WHERE id = ?", [(r.id,) for r in dead_r])
+        self.entities = [e for e in self.entities if e.name not in gone]
+        self.relations = [r for r in self.relations if r.src not in gone and r.dst not in gone]
+        self.bytes -= sum(self._entity_bytes(e) for e in dead_e)
+        self.bytes -= sum(_nbytes(r.src) + _nbytes(r.dst) + _nbytes(r.relation_type) for r in dead_r)
+
+    def delete_observations(self, items: list[dict[str, Any]]) -> None:
+        changed: dict[int, Entity] = {}
+        for it in items:
+            e = self._first(it["entityName"])
+            if e is None:
+                continue
+            drop = set(it["observations"])
+            kept = [o for o in e.observations if o not in drop]
+            if len(kept) != len(e.observations):
+                self.bytes -= sum(_nbytes(o) for o in e.observations if o in drop)
+                e.observations = kept
+                e.relower()
+                changed[e.id] = e
+        if changed:
+            with self.db:
+                self.db.executemany(
+                    "UPDATE entities SET observations = ? WHERE id = ?",
+                    [(json.dumps(e.observations), e.id) for e in changed.values()],
+                )
+
+    def delete_relations(self, items: list[dict[str, Any]]) -> None:
+        drop = {(it["from"], it["to"], it["relationType"]) for it in items}
+        dead = [r for r in self.relations if r.key in drop]
+        if not dead:
+            return
+        with self.db:
+            self.db.executemany("DELETE FROM relations WHERE id = ?", [(r.id,) for r in dead])
+        self.relations = [r for r in self.relations if r.key not in drop]
+        self.bytes -= sum(_nbytes(r.src) + _nbytes(r.dst) + _nbytes(r.relation_type) for r in dead)
+
+    def read_graph(self) -> dict[str, Any]:
+        return {"entities": [e.to_json() for e in self.entities], "relations": [r.to_json() for r in self.relations]}
+
+    def search_nodes(self, query: str) -> dict[str, Any]:
+        q = query.lower()
+        if "\0" in q:  # could match across the joints of the haystack: test field by field
+            hits = [e for e in self.entities if any(q in s for s in e.lowered)]
+        else:
+            hits = [e for e in self.entities if q in e.haystack]
+        return self._subgraph(hits)
+
+    def open_nodes(self, names: list[str]) -> dict[str, Any]:
+        wanted = set(names)
+        return self._subgraph([e for e in self.entities if e.name in wanted])
+
+    def _subgraph(self, hits: list[Entity]) -> dict[str, Any]:
+        names = {e.name for e in hits}
+        rels = [r for r in self.relations if r.src in names or r.dst in names]
+        return {"entities": [e.to_json() for e in hits], "relations": [r.to_json() for r in rels]}
+
+    def forget(self) -> dict[str, int]:
+        counts = {"entities": len(self.entities), "relations": len(self.relations)}
+        with self.db:
+            self.db.execute("DELETE FROM entities")
+            self.db.execute("DELETE FROM relations")
+        self.entities, self.relations, self.bytes = [], [], 0
+        return counts
+
+    def stats(self) -> dict[str, Any]:
+        return {"entities": len(self.entities), "relations": len(self.relations), "bytes": self.bytes}
+
+
+class GraphStore:
+    """Async face of :class:`KnowledgeGraph`, one operation at a time: a change (a SQLite transaction) runs in a
+    worker thread; a read of the in-memory mirror (a few ms of CPU at most) runs in place, saving a thread hop."""
+
+    READS = frozenset({"read_graph", "search_nodes", "open_nodes", "stats"})
+
+    def __init__(self, path: Path | None, settings: McpSettings) -> None:
+        self._path = path
+        self._settings = settings
+        self._graph: KnowledgeGraph | None = None
+        self._lock = trio.Lock()
+        self._limiter = trio.CapacityLimiter(1)
+
+    async def run(self, name: str, *args: Any) -> Any:
+        async with self._lock:
+            if self._graph is None:
+                self._graph = await trio.to_thread.run_sync(KnowledgeGraph, self._path, self._settings)
+            op = getattr(self._graph, name)
+            if name in self.READS:
+                return op(*args)
+            return await trio.to_thread.run_sync(op, *args, limiter=self._limiter)
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            graph, self._graph = self._graph, None
+            if graph is not None:
+                await trio.to_thread.run_sync(graph.close, limiter=self._limiter)

@@ -1,0 +1,93 @@
+"""Streamable HTTP MCP on loopback, served by the daemon (``[mcp] http_listen``): the SDK's Starlette app behind a
+bearer-token check, served by hypercorn's trio worker inside the service's nursery.
+
+The token lives in ``<data dir>/mcp/http.token`` (0600, created on first use; `village mcp token` prints it).
+Requests without ``Authorization: Bearer <token>`` get 401. Working memory is per ``Mcp-Session-Id`` (2025-11-25
+sessions); stateless 2026-07-28 clients share the ``http`` client's scratch.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from functools import partial
+from typing import Any, cast
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from mcp.server.subscriptions import SubscriptionBus
+
+from node.mcp.registry import Caller, Registry
+from node.mcp.server import LocalBackend, build_server
+from node.mcp.settings import McpSettings
+
+log = logging.getLogger("village.mcp.http")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class BearerAuth:
+    """ASGI middleware: HTTP requests need ``Authorization: Bearer <token>``; lifespan events pass through."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self._expected = f"Bearer {token}".encode()
+        self.rejected = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self._expected):
+                self.rejected += 1
+                body = json.dumps({"error": "unauthorized: send Authorization: Bearer <village mcp token>"}).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"www-authenticate", b'Bearer realm="aivillage-mcp"'),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def _caller(ctx: Any) -> Caller:
+    session = None
+    request = getattr(ctx, "request", None)
+    if request is not None:
+        session = request.headers.get("mcp-session-id")
+    return Caller("http", f"session:{session}" if session else "http")
+
+
+async def serve_http(
+    registry: Registry,
+    settings: McpSettings,
+    token: str,
+    *,
+    bus: SubscriptionBus | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until cancelled; ``task_status.started(url)`` with the bound URL (port 0 picks one)."""
+    host, port = settings.host_port()
+    server = build_server(LocalBackend(registry, _caller), bus=bus)
+    app = server.streamable_http_app(streamable_http_path="/mcp", max_sessions=settings.http_max_sessions, host=host)
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = log
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(partial(serve, cast(Any, BearerAuth(app, token)), config, mode="asgi"))
+        url = binds[0] + "/mcp"
+        log.info("MCP over Streamable HTTP at %s (bearer token in the data dir)", url)
+        task_status.started(url)

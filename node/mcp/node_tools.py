@@ -1,0 +1,241 @@
+"""The node's own tools, each a thin call of one control method (``node/control/methods.py``,
+``node/rag/rpc.py``): the same code path as the CLI, so a tool and its `village` command cannot disagree.
+
+``rag_add`` is confined to ``[mcp] rag_roots``: a path (after resolving symlinks and ``..``) outside every root is
+refused, and with no roots configured the tool is refused altogether.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from node.mcp.errors import NotAllowed
+from node.mcp.registry import Caller, Tool
+
+# Calls one control method in-process: (method name, params) -> result; its errors are NodeErrors.
+Invoke = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NoArgs(_Args):
+    pass
+
+
+class SendArgs(_Args):
+    peer: str = Field(description="Recipient: peer ID (16 hex), fingerprint or unique prefix, or nickname.")
+    text: str = Field(description="Message text, 1 to 255 UTF-8 bytes.")
+
+
+class BroadcastArgs(_Args):
+    text: str = Field(description="Public message text for every node of the mesh.")
+
+
+class InboxArgs(_Args):
+    limit: int = Field(50, ge=1, le=10_000, description="Most messages to return (newest; listed oldest first).")
+    after_seq: int = Field(0, ge=0, description="Only messages with a sequence number above this.")
+
+
+class MessageIdArgs(_Args):
+    id: str = Field(description="A message ID returned by messages_send or messages_broadcast.")
+
+
+class ConnectArgs(_Args):
+    addr: str = Field(description="Multiaddr of the peer, ending in /p2p/<libp2p peer id>.")
+
+
+class RagQueryArgs(_Args):
+    text: str = Field(description="The question or keywords.")
+    k: int = Field(10, ge=1, le=10_000, description="How many results.")
+    mode: Literal["hybrid", "bm25", "dense"] | None = Field(None, description="Retrieval mode (default: rag.mode).")
+    mesh: bool = Field(False, description="Also ask reachable peers (their shared documents), merged by trust.")
+
+
+class RagAddArgs(_Args):
+    paths: list[str] = Field(min_length=1, description="Files and folders to ingest, inside the configured roots.")
+    shared: bool = Field(False, description="Mark the documents shared: peers may find them with a mesh query.")
+
+
+class RagDocArgs(_Args):
+    id: int | None = Field(None, description="Document id (doc_id in rag_query results).")
+    source: str | None = Field(None, description="Source path or URI; a folder means every document under it.")
+
+
+class RagFeedbackArgs(_Args):
+    verdict: Literal["good", "bad"] = Field(description="good or bad: updates the trust of the result's source.")
+    ref: str = Field(description="A result's ref (local result id, or <peer hex>:<claim> for a peer's result).")
+
+
+def confine(paths: Sequence[str], roots: Sequence[str]) -> list[str]:
+    """The resolved paths, each inside one of ``roots``; raises NotAllowed otherwise."""
+    if not roots:
+        raise NotAllowed("rag_add is off: no folders are open to it (set mcp.rag_roots)")
+    resolved_roots = [Path(r).expanduser().resolve() for r in roots]
+    out = []
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if not p.is_absolute():
+            raise NotAllowed(f"{raw!r}: give an absolute path inside {', '.join(map(str, resolved_roots))}")
+        real = p.resolve()
+        if not any(real == root or real.is_relative_to(root) for root in resolved_roots):
+            raise NotAllowed(f"{raw!r} is outside the folders open to rag_add ({', '.join(map(str, resolved_roots))})")
+        out.append(str(real))
+    return out
+
+
+def node_tools(invoke: Invoke, *, rag_roots: Sequence[str]) -> list[Tool]:
+    def passthrough(method: str, wrap: str | None = None) -> Callable[[Any, Caller], Awaitable[Any]]:
+        async def handler(p: BaseModel, caller: Caller) -> Any:
+            result = await invoke(method, p.model_dump(exclude_none=True))
+            return {wrap: result} if wrap else result
+
+        return handler
+
+    async def rag_add(p: RagAddArgs, caller: Caller) -> Any:
+        return await invoke("rag.add", {"paths": confine(p.paths, rag_roots), "shared": p.shared})
+
+    async def rag_query(p: RagQueryArgs, caller: Caller) -> Any:
+        if p.mesh and caller.transport == "gateway":
+            raise NotAllowed("mesh queries are not open to remote (gateway) clients; ask without mesh")
+        return await invoke("rag.query", p.model_dump(exclude_none=True))
+
+    async def rag_feedback(p: RagFeedbackArgs, caller: Caller) -> Any:
+        return await invoke("rag.feedback", {"verdict": p.verdict, "ref": p.ref})
+
+    def t(
+        name: str,
+        desc: str,
+        args: type[BaseModel],
+        scope: str,
+        handler: Any,
+        *,
+        write: bool = False,
+        destructive: bool = False,
+    ) -> Tool:
+        return Tool(name, desc, args, scope, write, handler, destructive=destructive)
+
+    return [
+        t(
+            "node_status",
+            "This node: peer ID, nickname, uptime, transports, listen addresses, peers, counters.",
+            NoArgs,
+            "node:read",
+            passthrough("node.status"),
+        ),
+        t(
+            "peers_list",
+            "Peers this node knows: ID, nickname, fingerprint, reachable, transport, address, session.",
+            NoArgs,
+            "peers:read",
+            passthrough("peers.list", "peers"),
+        ),
+        t(
+            "routes_list",
+            "The path table: destination, next hop, transport, hops, cost, how learned, expiry.",
+            NoArgs,
+            "peers:read",
+            passthrough("routes.list", "routes"),
+        ),
+        t(
+            "betanet_connect",
+            "Dial a peer over BetaNet (libp2p) and keep the link.",
+            ConnectArgs,
+            "peers:connect",
+            passthrough("peers.connect"),
+            write=True,
+        ),
+        t(
+            "messages_send",
+            "Send an end-to-end encrypted private message to a peer; returns its ID (state pending "
+            "until the delivery ack: see messages_status).",
+            SendArgs,
+            "messages:send",
+            passthrough("messages.send"),
+            write=True,
+        ),
+        t(
+            "messages_broadcast",
+            "Send a signed public message to the whole mesh; returns its ID.",
+            BroadcastArgs,
+            "messages:send",
+            passthrough("messages.broadcast"),
+            write=True,
+        ),
+        t(
+            "messages_status",
+            "Delivery state of a message this node sent: pending, delivered or failed.",
+            MessageIdArgs,
+            "messages:read",
+            passthrough("messages.status"),
+        ),
+        t(
+            "inbox_list",
+            "Messages this node received: id, from, nickname, text, private, received_at_ms, hops.",
+            InboxArgs,
+            "messages:read",
+            passthrough("inbox.list", "messages"),
+        ),
+        t(
+            "rag_query",
+            "Search the local knowledge base (BM25 + embeddings); with mesh, also peers' shared "
+            "documents. Each result: ref, source, title, score, trust, snippet.",
+            RagQueryArgs,
+            "rag:read",
+            rag_query,
+        ),
+        t(
+            "rag_add",
+            "Ingest files or folders (text, Markdown, HTML, PDF) into the knowledge base; only inside the "
+            "folders the node's owner opened (mcp.rag_roots).",
+            RagAddArgs,
+            "rag:write",
+            rag_add,
+            write=True,
+        ),
+        t(
+            "rag_remove",
+            "Remove a document (by id) or every document from a source.",
+            RagDocArgs,
+            "rag:write",
+            passthrough("rag.remove"),
+            write=True,
+            destructive=True,
+        ),
+        t(
+            "rag_share",
+            "Share a document (by id or source) with peers' mesh queries.",
+            RagDocArgs,
+            "rag:write",
+            passthrough("rag.share"),
+            write=True,
+        ),
+        t(
+            "rag_unshare",
+            "Stop sharing a document (by id or source) with peers.",
+            RagDocArgs,
+            "rag:write",
+            passthrough("rag.unshare"),
+            write=True,
+        ),
+        t(
+            "rag_feedback",
+            "Mark a result good or bad; the trust of its source changes.",
+            RagFeedbackArgs,
+            "rag:write",
+            rag_feedback,
+            write=True,
+        ),
+        t(
+            "rag_stats",
+            "Documents, chunks, vectors and model state of the knowledge base.",
+            NoArgs,
+            "rag:read",
+            passthrough("rag.stats"),
+        ),
+    ]

@@ -1,0 +1,317 @@
+"""One registry of the node's tools, used by the MCP server, the twin and the agents alike.
+
+Each tool is declared once (:class:`Tool`): a name, a description, a pydantic input model (its JSON Schema is
+what MCP clients see, and arguments are validated against it), an optional output model, the scope a caller
+needs and whether it changes state. :meth:`Registry.call` is the only way in::
+
+    outcome = await registry.call("peers_list", {}, caller=Caller("local", "twin"))
+
+It checks the caller's scopes, the ``[mcp] allow``/``deny`` policy and the rate limit of state-changing tools,
+validates the arguments, runs the handler, and writes one audit record per call (allowed or not). Every failure
+reaches the caller as a :class:`~node.mcp.errors.ToolError` whose message it can act on; never a traceback.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from node.errors import NodeError
+from node.mcp.audit import AuditLog
+from node.mcp.errors import InvalidArguments, NotAllowed, RateLimited, ToolError, UnknownTool
+from node.mcp.settings import McpSettings
+
+log = logging.getLogger("village.mcp")
+
+MAX_RATE_BUCKETS = 4096  # clients whose rate-limit state is kept (the idlest is dropped first)
+ALL_SCOPES = frozenset({"*"})
+
+Handler = Callable[[Any, "Caller"], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who calls a tool: the transport (stdio, http, local, gateway), a client id (working memory and rate limits
+    are per client) and the scopes granted (``*`` everything, ``rag:*`` every rag scope, ``rag:read`` one)."""
+
+    transport: str
+    client_id: str
+    scopes: frozenset[str] = ALL_SCOPES
+
+    def has_scope(self, scope: str) -> bool:
+        area = scope.partition(":")[0]
+        return "*" in self.scopes or scope in self.scopes or f"{area}:*" in self.scopes
+
+
+def json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON Schema as MCP clients expect it: references inlined, no generated titles."""
+    raw = model.model_json_schema(by_alias=True)
+    defs = raw.pop("$defs", {})
+
+    def clean(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                target = defs[node["$ref"].rsplit("/", 1)[-1]]
+                merged = {**clean(target), **{k: clean(v) for k, v in node.items() if k != "$ref"}}
+                return merged
+            return {k: clean(v) for k, v in node.items() if k != "title"}
+        if isinstance(node, list):
+            return [clean(v) for v in node]
+        return node
+
+    out = clean(raw)
+    assert isinstance(out, dict)
+    return out
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    input_model: type[BaseModel]
+    scope: str
+    changes_state: bool
+    handler: Handler
+    output_model: type[BaseModel] | None = None
+    title: str | None = None
+    destructive: bool = False
+    idempotent: bool = False
+    input_schema: dict[str, Any] = field(init=False, repr=False, compare=False)
+    output_schema: dict[str, Any] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_schema", json_schema(self.input_model))
+        out = json_schema(self.output_model) if self.output_model is not None else None
+        object.__setattr__(self, "output_schema", out)
+
+    def annotations(self) -> dict[str, bool]:
+        return {
+            "readOnlyHint": not self.changes_state,
+            "destructiveHint": self.destructive,
+            "idempotentHint": self.idempotent or not self.changes_state,
+            "openWorldHint": False,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "description": self.description,
+            "inputSchema": self.input_schema,
+            "outputSchema": self.output_schema,
+            "annotations": self.annotations(),
+            "scope": self.scope,
+            "changesState": self.changes_state,
+        }
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A readable resource: ``read(caller)`` returns its text (JSON unless ``mime_type`` says otherwise)."""
+
+    uri: str
+    name: str
+    title: str
+    description: str
+    scope: str
+    read: Callable[[Caller], Awaitable[str]]
+    mime_type: str = "application/json"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "uri": self.uri,
+            "name": self.name,
+            "title": self.title,
+            "description": self.description,
+            "mimeType": self.mime_type,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A tool's result: ``structured`` (a JSON object, MCP structuredContent) and ``text`` (its JSON text)."""
+
+    structured: dict[str, Any]
+    text: str
+
+
+class _Buckets:
+    """Token buckets per client for state-changing calls (rate per second, burst), bounded in clients."""
+
+    def __init__(self, per_s: float, burst: int) -> None:
+        self.per_s, self.burst = per_s, float(burst)
+        self._state: OrderedDict[str, tuple[float, float]] = OrderedDict()  # client -> (tokens, at)
+
+    def take(self, client: str, now: float) -> float:
+        """Take one token; returns 0.0, or the seconds until one is available (nothing taken)."""
+        tokens, at = self._state.pop(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.per_s)
+        wait = 0.0
+        if tokens >= 1.0:
+            tokens -= 1.0
+        else:
+            wait = (1.0 - tokens) / self.per_s
+        self._state[client] = (tokens, now)
+        while len(self._state) > MAX_RATE_BUCKETS:
+            self._state.popitem(last=False)
+        return wait
+
+
+class Registry:
+    """The tools of one node. Instances, not module state: ten nodes can share a process."""
+
+    def __init__(self, settings: McpSettings, *, now: Callable[[], float], audit: AuditLog | None = None) -> None:
+        self.settings = settings
+        self._now = now
+        self.audit = audit
+        self.tools: dict[str, Tool] = {}
+        self.resources: dict[str, Resource] = {}
+        self._buckets = _Buckets(settings.state_calls_per_min / 60.0, settings.state_calls_burst)
+        self.calls = 0
+        self.failures: dict[str, int] = {}  # by error class name
+
+    def add(self, tool: Tool) -> None:
+        if tool.name in self.tools:
+            raise ValueError(f"tool {tool.name} registered twice")
+        if not tool.description.strip():
+            raise ValueError(f"tool {tool.name} has no description")
+        self.tools[tool.name] = tool
+
+    def extend(self, tools: Iterable[Tool]) -> None:
+        for t in tools:
+            self.add(t)
+
+    def add_resource(self, resource: Resource) -> None:
+        if resource.uri in self.resources:
+            raise ValueError(f"resource {resource.uri} registered twice")
+        self.resources[resource.uri] = resource
+
+    def listed_resources(self, caller: Caller) -> list[Resource]:
+        return [r for r in self.resources.values() if caller.has_scope(r.scope)]
+
+    async def read(self, uri: str, *, caller: Caller) -> str:
+        """Read a resource (scope-checked and audited like a tool call, as ``resources/read <uri>``)."""
+        started = self._now()
+        error: ToolError | None = None
+        try:
+            res = self.resources.get(uri)
+            if res is None:
+                raise UnknownTool(f"unknown resource {uri!r}; resources/list names them")
+            if not caller.has_scope(res.scope):
+                raise NotAllowed(f"{uri} needs the {res.scope!r} scope, which this client was not granted")
+            try:
+                return await res.read(caller)
+            except ToolError:
+                raise
+            except NodeError as exc:
+                raise ToolError(str(exc) or type(exc).__name__) from None
+        except ToolError as exc:
+            error = exc
+            raise
+        finally:
+            if self.audit is not None:
+                self.audit.record(
+                    tool=f"resources/read {uri}",
+                    caller=caller,
+                    changes_state=False,
+                    args=None,
+                    error=error,
+                    duration_s=self._now() - started,
+                )
+
+    def listed(self, caller: Caller) -> list[Tool]:
+        """The tools this caller may call (scope and transport policy)."""
+        return [t for t in self.tools.values() if caller.has_scope(t.scope) and self.permitted(t, caller.transport)]
+
+    def permitted(self, tool: Tool, transport: str) -> bool:
+        if not tool.changes_state:
+            return True
+        return _matches(self.settings.allow, transport, tool.name) and not _matches(
+            self.settings.deny, transport, tool.name
+        )
+
+    async def call(self, name: str, args: dict[str, Any] | None, *, caller: Caller) -> Outcome:
+        started = self._now()
+        tool = self.tools.get(name)
+        error: ToolError | None = None
+        try:
+            return await self._call(tool, name, args or {}, caller)
+        except ToolError as exc:
+            error = exc
+            raise
+        finally:
+            self.calls += 1
+            if error is not None:
+                key = type(error).__name__
+                self.failures[key] = self.failures.get(key, 0) + 1
+            if self.audit is not None:
+                self.audit.record(
+                    tool=name,
+                    caller=caller,
+                    changes_state=tool.changes_state if tool is not None else None,
+                    args=args,
+                    error=error,
+                    duration_s=self._now() - started,
+                )
+
+    async def _call(self, tool: Tool | None, name: str, args: dict[str, Any], caller: Caller) -> Outcome:
+        if tool is None:
+            raise UnknownTool(f"unknown tool {name!r}; tools/list names the tools this node offers")
+        if not caller.has_scope(tool.scope):
+            raise NotAllowed(f"{name} needs the {tool.scope!r} scope, which this client was not granted")
+        if not isinstance(args, dict):
+            raise InvalidArguments(f"{name}: arguments must be an object")
+        if tool.changes_state:
+            if not self.permitted(tool, caller.transport):
+                raise NotAllowed(f"{name} changes state and is not allowed over {caller.transport} ([mcp] allow/deny)")
+            wait = self._buckets.take(f"{caller.transport}:{caller.client_id}", self._now())
+            if wait > 0:
+                raise RateLimited(f"too many state-changing calls; retry in {wait:.1f} s")
+        try:
+            params = tool.input_model.model_validate(args)
+        except ValidationError as exc:
+            raise InvalidArguments(f"invalid arguments for {name}: {_describe_validation(exc)}") from None
+        try:
+            value = await tool.handler(params, caller)
+            if isinstance(value, Outcome):
+                return value
+        except ToolError:
+            raise
+        except NodeError as exc:  # the node's own errors (RpcError, RagError, MeshError...) carry a usable message
+            raise ToolError(str(exc) or type(exc).__name__) from None
+        except Exception:
+            log.exception("tool %s failed unexpectedly (caller %s:%s)", name, caller.transport, caller.client_id)
+            raise ToolError(f"internal error in {name}; the node's log has the details") from None
+        if isinstance(value, BaseModel):
+            structured = value.model_dump(mode="json", by_alias=True)
+        elif isinstance(value, dict):
+            structured = value
+        else:
+            structured = {"result": value}
+        return Outcome(structured, json.dumps(structured, indent=2, ensure_ascii=False))
+
+
+def _matches(patterns: Iterable[str], transport: str, tool: str) -> bool:
+    for pattern in patterns:
+        t_pat, sep, n_pat = pattern.partition(":")
+        if not sep:
+            t_pat, n_pat = "*", pattern
+        if fnmatch.fnmatchcase(transport, t_pat) and fnmatch.fnmatchcase(tool, n_pat):
+            return True
+    return False
+
+
+def _describe_validation(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "arguments"
+        parts.append(f"{where}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")

@@ -1,0 +1,126 @@
+"""The control methods of the MCP layer: ``mcp.tools``, ``mcp.call``, ``mcp.resources``, ``mcp.read`` (how
+`village mcp` reaches the daemon's registry), ``mcp.status``, ``memory.export`` and ``memory.forget``.
+
+``mcp.call`` answers a failed tool call as a result with ``is_error`` (the message for the MCP client), not as a
+JSON-RPC error: only a broken request is one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from node.control.rpc import APP_ERROR, NoParams, Notify, RpcError, param
+from node.control.rpc import Registry as ControlRegistry
+from node.mcp.errors import ToolError
+from node.mcp.registry import Caller
+from node.mcp.service import McpService
+from node.mcp.settings import TRANSPORTS
+
+MAX_CLIENT_ID_CHARS = 128
+
+
+@dataclass(frozen=True, slots=True)
+class ToolsParams:
+    transport: str = param("stdio", doc="Transport the tools are listed for (stdio, http, local).")
+
+
+@dataclass(frozen=True, slots=True)
+class CallParams:
+    tool: str = param(doc="Tool name (see mcp.tools).")
+    arguments: str = param("{}", doc="The tool's arguments as a JSON object (text).")
+    client: str = param("cli", doc="Client id (working memory and rate limits are per client).")
+    transport: str = param("stdio", doc="Transport the call came over (stdio, http, local).")
+
+
+@dataclass(frozen=True, slots=True)
+class ReadParams:
+    uri: str = param(doc="Resource URI (see mcp.resources).")
+    client: str = param("cli", doc="Client id.")
+    transport: str = param("stdio", doc="Transport the read came over.")
+
+
+def register(reg: ControlRegistry, get_service: Callable[[], Awaitable[McpService | None]]) -> None:
+    import json
+
+    async def svc() -> McpService:
+        s = await get_service()
+        if s is None or s.registry is None:
+            raise RpcError(APP_ERROR, "MCP is disabled on this node (mcp.enabled = false)")
+        return s
+
+    def caller(transport: str, client: str) -> Caller:
+        if transport not in TRANSPORTS or transport == "gateway":
+            raise RpcError(APP_ERROR, f"transport must be stdio, http or local, not {transport!r}")
+        return Caller(transport, client[:MAX_CLIENT_ID_CHARS])
+
+    async def tools(p: ToolsParams, notify: Notify) -> Any:
+        registry = (await svc()).registry
+        assert registry is not None
+        return [t.describe() for t in registry.listed(caller(p.transport, "list"))]
+
+    async def call(p: CallParams, notify: Notify) -> Any:
+        registry = (await svc()).registry
+        assert registry is not None
+        try:
+            args = json.loads(p.arguments)
+        except ValueError as exc:
+            return {"is_error": True, "text": f"arguments are not valid JSON: {exc}", "structured": None}
+        try:
+            out = await registry.call(p.tool, args, caller=caller(p.transport, p.client))
+        except ToolError as exc:
+            return {"is_error": True, "text": str(exc), "structured": None}
+        return {"is_error": False, "text": out.text, "structured": out.structured}
+
+    async def resources(p: ToolsParams, notify: Notify) -> Any:
+        registry = (await svc()).registry
+        assert registry is not None
+        return [r.describe() for r in registry.listed_resources(caller(p.transport, "list"))]
+
+    async def read(p: ReadParams, notify: Notify) -> Any:
+        registry = (await svc()).registry
+        assert registry is not None
+        res = registry.resources.get(p.uri)
+        try:
+            text = await registry.read(p.uri, caller=caller(p.transport, p.client))
+        except ToolError as exc:
+            raise RpcError(APP_ERROR, str(exc)) from None
+        return {"uri": p.uri, "text": text, "mimeType": res.mime_type if res else "application/json"}
+
+    async def status(_: NoParams, notify: Notify) -> Any:
+        s = await svc()
+        registry = s.registry
+        assert registry is not None and s.audit is not None and s.graph is not None
+        return {
+            "tools": len(registry.tools),
+            "calls": registry.calls,
+            "failures": registry.failures,
+            "audit_records": s.audit.records,
+            "http_url": s.http_url,
+            "memory": await s.graph.run("stats"),
+        }
+
+    async def export(_: NoParams, notify: Notify) -> Any:
+        return await (await svc()).export()
+
+    async def forget(_: NoParams, notify: Notify) -> Any:
+        return await (await svc()).forget()
+
+    reg.add("mcp.tools", ToolsParams, "The MCP tools a transport may call: name, schemas, scope, changesState.", tools)
+    reg.add(
+        "mcp.call",
+        CallParams,
+        "Call an MCP tool (scope, allow/deny, rate limit, audit as for any MCP client); returns is_error, text, "
+        "structured.",
+        call,
+    )
+    reg.add("mcp.resources", ToolsParams, "The MCP resources (uri, name, title, description, mimeType).", resources)
+    reg.add("mcp.read", ReadParams, "Read an MCP resource; returns uri, text, mimeType.", read)
+    reg.add(
+        "mcp.status", NoParams, "MCP layer: tools, calls, failures by cause, audit records, HTTP URL, memory.", status
+    )
+    reg.add(
+        "memory.export", NoParams, "Everything in persistent (knowledge graph) and working memory, as JSON.", export
+    )
+    reg.add("memory.forget", NoParams, "Erase persistent and working memory; returns what was erased.", forget)

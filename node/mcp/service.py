@@ -1,0 +1,220 @@
+"""The MCP service of a node: builds the tool registry (node tools, memory, scratch), opens persistent memory,
+and serves Streamable HTTP on loopback when ``[mcp] http_listen`` is set.
+
+Started in the node's root nursery (``await nursery.start(service.run, node)``). The twin and agents call
+``service.registry.call(name, args, caller=Caller("local", ...))``; `village mcp` reaches the same registry
+through the ``mcp.*`` control methods (node.mcp.rpc).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from node.mcp.audit import AuditLog
+from node.mcp.graph import GraphStore
+from node.mcp.memory_tools import memory_resource, memory_tools, scratch_tools
+from node.mcp.node_tools import node_tools
+from node.mcp.registry import Caller, Registry, Resource
+from node.mcp.settings import McpSettings
+from node.mcp.working import WorkingMemory
+
+if TYPE_CHECKING:
+    from node.control.rpc import Registry as ControlRegistry
+    from node.node import Node
+
+log = logging.getLogger("village.mcp")
+
+INBOX_URI = "node://inbox"
+INBOX_RESOURCE_LIMIT = 50  # newest messages shown by node://inbox
+# Key in the ASGI scope where a front end that authenticates requests itself (the anchor gateway's /mcp mount)
+# puts the request's Caller; a request without one gets no scopes (every tool refused).
+ASGI_CALLER_KEY = "aivillage.mcp.caller"
+
+
+def _asgi_caller(ctx: Any) -> Caller:
+    request = getattr(ctx, "request", None)
+    caller = request.scope.get(ASGI_CALLER_KEY) if request is not None else None
+    return caller if isinstance(caller, Caller) else Caller("gateway", "unauthenticated", frozenset())
+
+
+class McpService:
+    name = "mcp"
+
+    def __init__(self, settings: McpSettings, *, persistent: bool = True) -> None:
+        self.settings = settings
+        self.persistent = persistent
+        self.node: Node | None = None
+        self.registry: Registry | None = None
+        self.graph: GraphStore | None = None
+        self.working: WorkingMemory | None = None
+        self.audit: AuditLog | None = None
+        self.http_url: str | None = None
+        # The Streamable HTTP app a gateway mounts (its session manager runs in this service's nursery).
+        self.mounted_app: Any = None
+        # Events for `subscriptions/listen` (2026-07-28 clients of the loopback HTTP endpoint), with http_listen.
+        self.bus: Any = None
+        self._nursery: trio.Nursery | None = None
+        self._mount_lock = trio.Lock()
+        self._control: ControlRegistry | None = None
+        self._ready = trio.Event()
+
+    def data_dir(self) -> Path:
+        assert self.node is not None
+        return self.node.config.data_dir / "mcp"
+
+    async def _invoke(self, method: str, params: dict[str, Any]) -> Any:
+        """Call one of the node's control methods in-process (same validation as over the socket)."""
+        node = self.node
+        assert node is not None
+        if self._control is None:
+            if node.control_server is not None:
+                self._control = node.control_server.registry
+            else:
+                from node.control.methods import build_registry
+
+                self._control = build_registry(node)
+        reg = self._control
+        m = reg.lookup(method)
+
+        async def no_notify(_method: str, _params: Any) -> None:
+            return None
+
+        return await m.handler(reg.bind_params(m, params), no_notify)
+
+    def build(self, node: Node) -> Registry:
+        """Build the registry and stores for ``node`` (run() does this; tests may call it directly)."""
+        self.node = node
+        s = self.settings
+        d = self.data_dir() if self.persistent else None
+        self.audit = AuditLog(d / "audit.jsonl" if d else None, max_bytes=s.audit_max_bytes, wall_ms=node.clock.wall_ms)
+        self.graph = GraphStore(d / "memory.sqlite3" if d else None, s)
+        self.working = WorkingMemory(
+            max_bytes_per_client=s.working_max_bytes_per_client,
+            max_clients=s.working_max_clients,
+            max_ttl_s=s.working_max_ttl_s,
+        )
+        reg = Registry(s, now=node.clock.now, audit=self.audit)
+        reg.extend(node_tools(self._invoke, rag_roots=s.rag_roots))
+        reg.extend(memory_tools(self.graph))
+        reg.extend(scratch_tools(self.working, node.clock.now))
+
+        def via(method: str, **params: Any) -> Any:
+            async def read(_: Caller) -> str:
+                return json.dumps(await self._invoke(method, params), indent=2, ensure_ascii=False)
+
+            return read
+
+        reg.add_resource(memory_resource(self.graph))
+        reg.add_resource(
+            Resource(
+                "node://status",
+                "status",
+                "Node status",
+                "This node's identity, uptime, transports and peers.",
+                "node:read",
+                via("node.status"),
+            )
+        )
+        reg.add_resource(
+            Resource("node://peers", "peers", "Peers", "The peers this node knows.", "peers:read", via("peers.list"))
+        )
+        reg.add_resource(
+            Resource(
+                INBOX_URI,
+                "inbox",
+                "Inbox",
+                f"The {INBOX_RESOURCE_LIMIT} newest received messages.",
+                "messages:read",
+                via("inbox.list", limit=INBOX_RESOURCE_LIMIT),
+            )
+        )
+        self.registry = reg
+        return reg
+
+    async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # The SDK (a second or two of imports on a small machine) is loaded only for what is configured: the
+        # loopback HTTP endpoint here, the gateway's mount on its first request; `village mcp` needs neither.
+        reg = self.build(node)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self.settings.http_listen:
+                    from mcp.server.subscriptions import InMemorySubscriptionBus
+
+                    from node.mcp.http import serve_http
+                    from node.mcp.token import ensure_token, token_path
+
+                    self.bus = InMemorySubscriptionBus()
+                    token = ensure_token(token_path(node.config.data_dir))
+                    serve = partial(serve_http, reg, self.settings, token, bus=self.bus)
+                    self.http_url = await nursery.start(serve)
+                    nursery.start_soon(self._publish_inbox, node)
+                self._ready.set()
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            if self.audit is not None:
+                self.audit.close()
+            if self.graph is not None:
+                with trio.CancelScope(shield=True):
+                    await self.graph.aclose()
+
+    async def mounted(self) -> Any:
+        """The ASGI app a front end that authenticates callers itself mounts (the anchor gateway's ``/mcp``),
+        started on first use; None when the service is not running."""
+        async with self._mount_lock:
+            if self.mounted_app is None and self._nursery is not None and self.registry is not None:
+                await self._nursery.start(self._serve_mounted, self.registry)
+        return self.mounted_app
+
+    async def _publish_inbox(self, node: Node) -> None:
+        """Tell listening clients that ``node://inbox`` changed, once per received message."""
+        from mcp.shared.subscriptions import ResourceUpdated
+
+        recv = node.subscribe_inbox()
+        try:
+            async for _ in recv:
+                await self.bus.publish(ResourceUpdated(uri=INBOX_URI))
+        finally:
+            node.unsubscribe_inbox(recv)
+
+    async def _serve_mounted(
+        self, reg: Registry, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Keep an ASGI app for a front end that authenticates callers itself (the anchor gateway's ``/mcp``):
+        callers come from the ASGI scope (``ASGI_CALLER_KEY``), so nothing is allowed without one."""
+        from node.mcp.server import LocalBackend, build_server
+
+        server = build_server(LocalBackend(reg, _asgi_caller), name="aivillage-gateway")
+        # Not a loopback host: the front end's own auth guards it, and its clients come from anywhere.
+        app = server.streamable_http_app(
+            streamable_http_path="/", max_sessions=self.settings.http_max_sessions, host="0.0.0.0"
+        )
+        async with server.session_manager.run():
+            self.mounted_app = app
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self.mounted_app = None
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    async def export(self) -> dict[str, Any]:
+        assert self.graph is not None and self.working is not None and self.node is not None
+        return {
+            "knowledge_graph": await self.graph.run("read_graph"),
+            "working_memory": self.working.export(self.node.clock.now()),
+        }
+
+    async def forget(self) -> dict[str, Any]:
+        assert self.graph is not None and self.working is not None
+        return {"knowledge_graph": await self.graph.run("forget"), "working_memory": self.working.forget()}

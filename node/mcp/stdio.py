@@ -1,0 +1,126 @@
+"""`village mcp`: an MCP server on stdin/stdout (launched by an MCP client) that forwards every list, call and
+read to the running daemon over its control socket (``mcp.*`` methods). No daemon: a clear error, exit 1.
+
+The stdio framing runs on the SDK's anyio streams under trio; each request takes one of a few control-socket
+connections (a connection serves one request at a time).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import trio
+from mcp.server.context import ServerRequestContext
+from mcp.server.stdio import stdio_server
+
+from node.mcp.errors import NodeUnavailable, ToolError
+from node.mcp.server import CallResult, build_server
+
+MAX_CONNECTIONS = 4  # control-socket connections one `village mcp` keeps for concurrent requests
+MAX_LINE_BYTES = 64 * 1024 * 1024
+
+
+class _Conn:
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buf = bytearray()
+        self.ids = itertools.count(1)
+
+    async def call(self, method: str, params: dict[str, Any]) -> Any:
+        req_id = next(self.ids)
+        line = json.dumps({"jsonrpc": "2.0", "id": req_id, "method": method, "params": params}) + "\n"
+        await self.stream.send_all(line.encode())
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl >= 0:
+                msg = json.loads(bytes(self.buf[:nl]))
+                del self.buf[: nl + 1]
+                if isinstance(msg, dict) and msg.get("id") in (req_id, None) and ("result" in msg or "error" in msg):
+                    if "error" in msg:
+                        raise ToolError(str(msg["error"].get("message", "the node refused the call")))
+                    return msg["result"]
+                continue
+            if len(self.buf) > MAX_LINE_BYTES:
+                raise NodeUnavailable("the node sent an oversized reply")
+            chunk = await self.stream.receive_some(65_536)
+            if not chunk:
+                raise NodeUnavailable("the node closed the control connection (stopping?)")
+            self.buf += chunk
+
+
+class ControlPool:
+    """A few async connections to the control socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._idle: list[_Conn] = []
+        self._slots = trio.Semaphore(MAX_CONNECTIONS)
+
+    async def _open(self) -> _Conn:
+        try:
+            return _Conn(await trio.open_unix_socket(str(self.path)))
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise NodeUnavailable(f"no node is running on {self.path} (start one with `village run`)") from None
+        except PermissionError:
+            raise NodeUnavailable(f"permission denied on {self.path}: the control socket serves its owner") from None
+
+    async def call(self, method: str, **params: Any) -> Any:
+        async with self._slots:
+            conn = self._idle.pop() if self._idle else await self._open()
+            try:
+                result = await conn.call(method, params)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ValueError, NodeUnavailable) as exc:
+                await conn.stream.aclose()
+                if isinstance(exc, NodeUnavailable):
+                    raise
+                raise NodeUnavailable(f"lost the node on {self.path}: {exc}") from None
+            except BaseException:
+                await conn.stream.aclose()
+                raise
+            self._idle.append(conn)
+            return result
+
+    async def aclose(self) -> None:
+        for conn in self._idle:
+            await conn.stream.aclose()
+        self._idle.clear()
+
+
+class RemoteBackend:
+    def __init__(self, pool: ControlPool, client_id: str) -> None:
+        self.pool = pool
+        self.client_id = client_id
+
+    async def tools(self, ctx: ServerRequestContext[Any]) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self.pool.call("mcp.tools", transport="stdio")
+        return result
+
+    async def call(self, ctx: ServerRequestContext[Any], name: str, args: dict[str, Any]) -> CallResult:
+        r = await self.pool.call(
+            "mcp.call", tool=name, arguments=json.dumps(args), client=self.client_id, transport="stdio"
+        )
+        return CallResult(r.get("structured"), str(r.get("text", "")), bool(r.get("is_error")))
+
+    async def resources(self, ctx: ServerRequestContext[Any]) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self.pool.call("mcp.resources", transport="stdio")
+        return result
+
+    async def read(self, ctx: ServerRequestContext[Any], uri: str) -> tuple[str, str]:
+        r = await self.pool.call("mcp.read", uri=uri, client=self.client_id, transport="stdio")
+        return str(r["text"]), str(r.get("mimeType") or "application/json")
+
+
+async def serve_stdio(socket_path: Path) -> None:
+    """Check the daemon answers, then serve MCP on stdin/stdout until the client closes stdin."""
+    pool = ControlPool(socket_path)
+    try:
+        await pool.call("mcp.tools", transport="stdio")  # raises NodeUnavailable / ToolError (MCP disabled)
+        server = build_server(RemoteBackend(pool, f"stdio-{os.getpid()}"))
+        async with stdio_server() as (read_stream, write_stream):
+            await server.run(read_stream, write_stream, server.create_initialization_options())
+    finally:
+        await pool.aclose()

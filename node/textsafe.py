@@ -1,0 +1,98 @@
+"""Remote-controlled text made safe for a terminal.
+
+Nicknames, peer IDs, message texts and document names come from other peers. Printed raw, an ``ESC [ 2 J`` clears
+the user's screen, an OSC sequence retitles the window or plants a hyperlink, a carriage return or a backspace
+overwrites what was printed before it, and a right-to-left override (U+202E) makes ``gnp.exe`` read as ``exe.png``.
+:func:`safe_text` turns every such character into a visible escape, so what the user sees is what the peer sent:
+
+* C0 controls (U+0000-U+001F, including TAB, CR and LF: one value stays on one line), DEL and the C1 controls
+  (U+0080-U+009F, which include the 8-bit CSI U+009B) → ``\\xNN``;
+* bidi overrides, embeddings and isolates (U+202A-U+202E, U+2066-U+2069), the marks U+200E/U+200F/U+061C, and
+  the line/paragraph separators U+2028/U+2029 → ``\\uNNNN``;
+* lone surrogates (U+D800-U+DFFF, which no UTF-8 output can carry) → ``\\uNNNN``;
+* a backslash → ``\\\\`` (so an escape in the output always means the peer sent that character, never the text).
+
+An ESC sequence is thus printed as text (``\\x1b[2J``), never interpreted. Everything else (letters of every script,
+emoji) passes through. :func:`safe_json` makes JSON text from ``json.dumps(..., ensure_ascii=False)`` safe the same
+way while keeping it valid JSON with the same values (``\\u`` escapes). :class:`SafeFormatter` does it to every
+log line ``village run`` writes (a peer's nickname, a reason an anchor sent, a URL path a client asked for).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import IO
+
+# Bidi embeddings/overrides (LRE RLE PDF LRO RLO), isolates (LRI RLI FSI PDI), marks (LRM RLM ALM) and the line and
+# paragraph separators (which some terminals treat as new lines).
+_BIDI = "\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c\u2028\u2029"
+_SURROGATES = "\ud800-\udfff"
+_UNSAFE = re.compile(f"[\\\\\x00-\x1f\x7f-\x9f{_BIDI}{_SURROGATES}]")
+# In JSON text, C0 controls, backslashes and quotes are already escaped; the rest of the unsafe set is not.
+_UNSAFE_IN_JSON = re.compile(f"[\x7f-\x9f{_BIDI}{_SURROGATES}]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    ch = match.group()
+    if ch == "\\":
+        return "\\\\"
+    code = ord(ch)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def safe_text(value: object) -> str:
+    """``str(value)`` with control characters, escape sequences and bidi controls shown as visible escapes."""
+    return _UNSAFE.sub(_escape, str(value))
+
+
+def safe_json(text: str) -> str:
+    """JSON text (from ``json.dumps(..., ensure_ascii=False)``) with DEL, C1 and bidi controls as ``\\uNNNN``."""
+    return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def has_lone_surrogate(value: object) -> bool:
+    """Whether a value decoded from JSON holds a lone surrogate (``"\\ud800"`` parses, but no UTF-8 can carry it) in
+    any string, key or nested item."""
+    stack: list[object] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE_RE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+_SURROGATE_RE = re.compile(f"[{_SURROGATES}]")
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class SafeFormatter(logging.Formatter):
+    """A log line with :func:`safe_text` over it: whatever a peer got into the message (or an exception's text) is
+    shown escaped, never acted on by the terminal. A traceback keeps its own line breaks."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return safe_text(super().formatMessage(record))
+
+    def formatException(self, ei: object) -> str:
+        return "\n".join(safe_text(line) for line in super().formatException(ei).split("\n"))  # type: ignore[arg-type]
+
+    def formatStack(self, stack_info: str) -> str:
+        return "\n".join(safe_text(line) for line in super().formatStack(stack_info).split("\n"))
+
+
+def install_log_handler(level: str | int, stream: IO[str]) -> logging.Handler:
+    """``village run``'s logging: a handler on the root logger writing :class:`SafeFormatter` lines to ``stream``."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(SafeFormatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler

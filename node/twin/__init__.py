@@ -1,0 +1,1 @@
+"""The twin: a small personal model that learns on the device."""

@@ -1,0 +1,104 @@
+"""The next-action head: which command or tool the user is likely to use next.
+
+An online multinomial logistic regression over ``[MiniLM embedding of the last event's text ; one-hot of the
+last action]``, learned by SGD after each prediction (so every event first yields a surprisal in bits). The
+embedding comes from the node's own model (:mod:`node.rag.embed`, 384 dimensions); the head only sees
+vectors, so it is pure numpy. Bounded: at most ``max_actions`` distinct actions (later new ones are not
+learned), weights ``max_actions x (dim + max_actions)`` float32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from node.twin.errors import TwinStoreError
+
+LEARNING_RATE = 0.5
+MAX_ACTION_CHARS = 64
+
+
+class ActionHead:
+    def __init__(self, dim: int = 384, max_actions: int = 128) -> None:
+        self.dim = dim
+        self.max_actions = max_actions
+        self.actions: list[str] = []
+        self.index: dict[str, int] = {}
+        self.w = np.zeros((max_actions, dim + max_actions), dtype=np.float32)
+        self.bias = np.zeros(max_actions, dtype=np.float32)
+        self.events = 0
+
+    def _features(self, vec: np.ndarray[Any, Any], prev: str | None) -> np.ndarray[Any, Any]:
+        x = np.zeros(self.dim + self.max_actions, dtype=np.float32)
+        v = np.asarray(vec, dtype=np.float32).reshape(-1)
+        if v.shape != (self.dim,):
+            raise TwinStoreError(f"action head expects {self.dim}-dimensional vectors")
+        x[: self.dim] = v
+        if prev is not None and prev in self.index:
+            x[self.dim + self.index[prev]] = 1.0
+        return x
+
+    def _probs(self, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        n = len(self.actions)
+        z = self.w[:n] @ x + self.bias[:n]
+        z = z - z.max()
+        p: np.ndarray[Any, Any] = np.exp(z)
+        p /= p.sum()
+        return p
+
+    def predict(self, vec: np.ndarray[Any, Any], prev: str | None, k: int = 3) -> list[tuple[str, float]]:
+        if not self.actions:
+            return []
+        p = self._probs(self._features(vec, prev))
+        order = np.argsort(-p, kind="stable")[:k]
+        return [(self.actions[i], float(p[i])) for i in order]
+
+    def learn(self, vec: np.ndarray[Any, Any], prev: str | None, action: str) -> float | None:
+        """Predict ``action``, then take one SGD step towards it; returns the surprisal (bits) before it.
+
+        None when the action is new (a new action has no prediction) or the table is full."""
+        action = action[:MAX_ACTION_CHARS]
+        x = self._features(vec, prev)
+        new = action not in self.index
+        if new:
+            if len(self.actions) >= self.max_actions:
+                return None
+            self.index[action] = len(self.actions)
+            self.actions.append(action)
+        p = self._probs(x)
+        t = self.index[action]
+        bits = None if new else -math.log2(max(float(p[t]), 1e-12))
+        g = p.copy()
+        g[t] -= 1.0
+        n = len(self.actions)
+        self.w[:n] -= LEARNING_RATE * np.outer(g, x).astype(np.float32)
+        self.bias[:n] -= LEARNING_RATE * g.astype(np.float32)
+        self.events += 1
+        return bits
+
+    def state(self) -> dict[str, np.ndarray[Any, Any]]:
+        n = len(self.actions)
+        return {
+            "act_names": np.frombuffer("\n".join(self.actions).encode("utf-8"), dtype=np.uint8),
+            "act_w": self.w[:n, : self.dim + n].copy(),
+            "act_b": self.bias[:n].copy(),
+            "act_events": np.asarray([self.events], dtype=np.int64),
+        }
+
+    def load_state(self, arrays: dict[str, np.ndarray[Any, Any]]) -> None:
+        if "act_names" not in arrays:
+            return
+        names = bytes(arrays["act_names"]).decode("utf-8").split("\n") if len(arrays["act_names"]) else []
+        n = len(names)
+        w, b = arrays["act_w"], arrays["act_b"]
+        if n > self.max_actions or w.shape != (n, self.dim + n) or b.shape != (n,):
+            raise TwinStoreError("action head state does not fit this node's settings")
+        self.actions = names
+        self.index = {a: i for i, a in enumerate(names)}
+        self.w[:] = 0
+        self.w[:n, : self.dim + n] = w
+        self.bias[:] = 0
+        self.bias[:n] = b
+        self.events = int(arrays["act_events"][0]) if len(arrays.get("act_events", [])) else 0

@@ -1,0 +1,85 @@
+"""A small versioned container for numpy arrays: magic, format version, a JSON header, LZMA-compressed data.
+
+Used for the shipped prior and for the twin's own state. Reading is strict (``*_untrusted`` style): a wrong
+magic or version, a header that does not describe the payload, or a payload over ``max_bytes`` raises
+:class:`~node.twin.errors.TwinStoreError`; nothing is unpickled (``allow_pickle`` is never on).
+"""
+
+from __future__ import annotations
+
+import json
+import lzma
+import struct
+from typing import Any
+
+import numpy as np
+
+from node.twin.errors import TwinStoreError
+
+_HEADER = struct.Struct(">4sHI")  # magic, version, header length
+_ALLOWED_DTYPES = {"int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "float16", "float32", "float64"}
+MAX_HEADER_BYTES = 1 << 20
+
+
+def pack(magic: bytes, version: int, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> bytes:
+    """Serialise ``arrays`` (1-D or 2-D, plain dtypes) and a JSON-able ``meta`` dict."""
+    index = []
+    chunks = []
+    for name, arr in arrays.items():
+        a = np.ascontiguousarray(arr)
+        if a.dtype.name not in _ALLOWED_DTYPES:
+            raise TwinStoreError(f"array {name!r} has unsupported dtype {a.dtype}")
+        index.append({"name": name, "dtype": a.dtype.name, "shape": list(a.shape)})
+        chunks.append(a.tobytes())
+    header = json.dumps({"arrays": index, "meta": meta}, separators=(",", ":")).encode()
+    body = lzma.compress(b"".join(chunks), preset=9 | lzma.PRESET_EXTREME)
+    return _HEADER.pack(magic, version, len(header)) + header + body
+
+
+def unpack_untrusted(
+    data: bytes, magic: bytes, version: int, *, max_bytes: int
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The arrays and meta of a :func:`pack` blob; raises TwinStoreError on anything unexpected."""
+    if len(data) < _HEADER.size:
+        raise TwinStoreError("file too short")
+    got_magic, got_version, header_len = _HEADER.unpack_from(data)
+    if got_magic != magic:
+        raise TwinStoreError(f"not a {magic.decode()} file")
+    if got_version != version:
+        raise TwinStoreError(f"format version {got_version}, this node reads version {version}")
+    if header_len > MAX_HEADER_BYTES or _HEADER.size + header_len > len(data):
+        raise TwinStoreError("header length out of range")
+    try:
+        header = json.loads(data[_HEADER.size : _HEADER.size + header_len])
+        index = header["arrays"]
+        meta = header["meta"]
+        decomp = lzma.LZMADecompressor()
+        raw = decomp.decompress(data[_HEADER.size + header_len :], max_length=max_bytes + 1)
+    except (ValueError, KeyError, TypeError, lzma.LZMAError) as exc:
+        raise TwinStoreError(f"corrupt file: {exc}") from exc
+    if len(raw) > max_bytes:
+        raise TwinStoreError(f"payload over {max_bytes} bytes")
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    try:
+        for entry in index:
+            dtype = np.dtype(str(entry["dtype"]))
+            if dtype.name not in _ALLOWED_DTYPES:
+                raise TwinStoreError(f"unsupported dtype {dtype}")
+            shape = tuple(int(x) for x in entry["shape"])
+            if any(x < 0 for x in shape):
+                raise TwinStoreError("negative shape")
+            n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if offset + n > len(raw):
+                raise TwinStoreError("payload shorter than its header says")
+            arrays[str(entry["name"])] = np.frombuffer(
+                raw, dtype=dtype, count=n // dtype.itemsize, offset=offset
+            ).reshape(shape)
+            offset += n
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TwinStoreError(f"corrupt header: {exc}") from exc
+    if offset != len(raw):
+        raise TwinStoreError("payload longer than its header says")
+    if not isinstance(meta, dict):
+        raise TwinStoreError("meta is not an object")
+    return arrays, meta

@@ -1,0 +1,220 @@
+"""The twin's engine: one user's language model, neural tier, next-action head and surprise log, in one object.
+
+Synchronous and clock-free (the service passes ``at_ms`` and runs every call in a worker thread). Events:
+
+* ``message`` / ``query`` — text the user wrote (a message they sent, a knowledge-base question): predicted
+  token by token (surprisal in bits), then learned by the language model;
+* ``document`` — a document the user added: its title joins the recent topics (not the language model:
+  documents are other people's prose);
+* every event with an ``action`` (the control method or tool the user called) trains the next-action head,
+  whose context is the previous action and the MiniLM embedding of the previous event's text when it was a
+  query or a document title (:data:`EMBEDDED_KINDS`: the knowledge base loads that model for them anyway;
+  a sent message or a bare command contributes a zero vector, so sending a message never loads the model).
+
+Messages received from others never reach the engine (the service only sees the user's own calls).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from node.twin import store
+from node.twin.actions import ActionHead
+from node.twin.gate import SurpriseGate
+from node.twin.model import TwinLM
+from node.twin.neural import NeuralLM
+from node.twin.prior import GlobalPrior
+
+TEXT_KINDS = ("message", "query")
+EMBEDDED_KINDS = ("query", "document")
+KINDS = ("message", "query", "document", "command")
+MAX_EVENT_TEXT_CHARS = 4000  # longer texts are learned from their start
+RECENT_EVENTS = 50  # surprisal log kept for status
+RECENT_TOPICS = 20
+MAX_CONTACT_CHARS = 64
+
+Embed = Callable[[Sequence[str]], np.ndarray[Any, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: str
+    text: str
+    action: str | None
+    at_ms: int
+    contact: str | None = None  # the recipient of a sent message (frequent contacts are personal context)
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.text.encode("utf-8", "replace")) + 64
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    kind: str
+    at_ms: int
+    tokens: int
+    bits_per_token: float | None
+    action_bits: float | None
+    neural_updates: int
+
+
+class TwinEngine:
+    def __init__(
+        self,
+        prior: GlobalPrior,
+        *,
+        neural: NeuralLM | None = None,
+        embed: Embed | None = None,
+        gate_fraction: float = 0.3,
+        max_personal_words: int = 50_000,
+    ) -> None:
+        self.prior, self.neural = prior, neural
+        self.embed = embed
+        self.gate_fraction = gate_fraction
+        self.max_personal_words = max_personal_words
+        self._reset()
+
+    def _reset(self) -> None:
+        if self.neural is not None:
+            self.neural.reset()
+        self.lm = TwinLM(self.prior, neural=self.neural, max_personal_words=self.max_personal_words)
+        self.gate = SurpriseGate(self.gate_fraction)
+        self.actions = ActionHead()
+        self.prev_action: str | None = None
+        self.prev_vec: np.ndarray[Any, Any] | None = None
+        self.recent: deque[Observed] = deque(maxlen=RECENT_EVENTS)
+        self.topics: deque[str] = deque(maxlen=RECENT_TOPICS)
+        self.contacts: Counter[str] = Counter()
+        self.events = 0
+        self.neural_updates = 0
+
+    def observe(self, ev: Event) -> Observed:
+        text = ev.text[:MAX_EVENT_TEXT_CHARS]
+        tokens, bits_tok, n_updates = 0, None, 0
+        if ev.kind in TEXT_KINDS and text.strip():
+            before = self.lm.neural.updates if self.lm.neural is not None else 0
+            bits = self.lm.observe(text, gate=self.gate)
+            tokens = len(bits)
+            bits_tok = sum(bits) / len(bits)
+            n_updates = (self.lm.neural.updates if self.lm.neural is not None else 0) - before
+            self.neural_updates += n_updates
+        if ev.kind == "document" and text.strip():
+            self.topics.append(text[:200])
+        if ev.contact and len(self.contacts) < 10_000:
+            self.contacts[ev.contact[:MAX_CONTACT_CHARS]] += 1
+        action_bits = None
+        if ev.action:
+            zero = np.zeros(self.actions.dim, dtype=np.float32)
+            vec = self.prev_vec if self.prev_vec is not None else zero
+            action_bits = self.actions.learn(vec, self.prev_action, ev.action)
+            if self.embed is not None and ev.kind in EMBEDDED_KINDS and text.strip():
+                self.prev_vec = np.asarray(self.embed([text])[0], dtype=np.float32)
+            else:
+                self.prev_vec = zero
+        if ev.action:
+            self.prev_action = ev.action
+        self.events += 1
+        obs = Observed(ev.kind, ev.at_ms, tokens, bits_tok, action_bits, n_updates)
+        self.recent.append(obs)
+        return obs
+
+    def suggest(self, text: str, k: int = 3) -> list[dict[str, Any]]:
+        return [{"token": s.token, "p": round(s.p, 6)} for s in self.lm.suggest(text, k)]
+
+    def next_actions(self, k: int = 3) -> list[dict[str, Any]]:
+        if self.prev_vec is None:
+            return []
+        return [{"action": a, "p": round(p, 6)} for a, p in self.actions.predict(self.prev_vec, self.prev_action, k)]
+
+    def context(self) -> dict[str, Any]:
+        """Personal context for `ask` (all local): frequent contacts, recent topics, frequent words."""
+        words = sorted(self.lm.personal.f1.items(), key=lambda kv: -kv[1])[:20]
+        return {
+            "contacts": [c for c, _ in self.contacts.most_common(5)],
+            "recent_topics": list(self.topics)[-5:],
+            "frequent_words": [self.lm.token_str(w) for w, _ in words if self.lm.token_str(w).isalpha()][:10],
+        }
+
+    def status(self) -> dict[str, Any]:
+        recent_bits = [o.bits_per_token for o in self.recent if o.bits_per_token is not None]
+        neural = self.lm.neural
+        return {
+            "events": self.events,
+            "messages_learned": self.lm.messages,
+            "tokens_learned": self.lm.personal.tokens,
+            "personal_trigrams": self.lm.personal.trigrams,
+            "personal_words": len(self.lm.words),
+            "mixture_personal_weights": [round(x, 3) for x in self.lm.lam],
+            "neural": None
+            if neural is None
+            else {
+                "params": neural.params,
+                "weight": round(self.lm.mu, 3),
+                "updates": self.neural_updates,
+                "gate_threshold_bits": round(self.gate.threshold_bits, 2),
+                "gate_pass_rate": round(self.gate.pass_rate, 3),
+            },
+            "actions_known": len(self.actions.actions),
+            "recent_bits_per_token": round(statistics.mean(recent_bits), 3) if recent_bits else None,
+            "prior_bytes": self.lm.prior.size_bytes,
+        }
+
+    # ------------------------------------------------------------ state
+    def encode(self, max_bytes: int) -> bytes:
+        extra = dict(self.actions.state())
+        if self.lm.neural is not None:
+            extra.update(self.lm.neural.state())
+        meta = {
+            "events": self.events,
+            "mu": self.lm.mu,
+            "mu_n": self.lm.mu_n,
+            "neural_updates": self.neural_updates,
+            "gate_threshold_bits": self.gate.threshold_bits,
+            "topics": list(self.topics),
+            "contacts": dict(self.contacts.most_common(100)),
+        }
+        return store.encode_bounded(self.lm, max_bytes, extra, meta)
+
+    def decode(self, data: bytes, max_bytes: int) -> None:
+        extra, meta = store.decode_into(self.lm, data, max_bytes)
+        self.actions.load_state(extra)
+        if self.lm.neural is not None:
+            self.lm.neural.load_state(extra)
+        self.events = int(meta.get("events", 0))
+        self.lm.mu = min(0.9, max(0.02, float(meta.get("mu", self.lm.mu))))
+        self.lm.mu_n = int(meta.get("mu_n", 0))
+        self.neural_updates = int(meta.get("neural_updates", 0))
+        self.gate.threshold_bits = float(meta.get("gate_threshold_bits", self.gate.threshold_bits))
+        self.topics.extend(str(t)[:200] for t in meta.get("topics", [])[:RECENT_TOPICS])
+        contacts = meta.get("contacts", {})
+        if isinstance(contacts, dict):
+            self.contacts.update({str(k)[:MAX_CONTACT_CHARS]: int(v) for k, v in list(contacts.items())[:100]})
+
+    def export(self) -> dict[str, Any]:
+        """Everything learned, readable (for `village twin export`)."""
+        lm = self.lm
+        tri = [
+            {"ngram": [lm.token_str(u), lm.token_str(v), lm.token_str(w)], "count": c}
+            for (u, v), fol in lm.personal.f3.items()
+            for w, c in fol.items()
+        ]
+        return {
+            "format": "aivillage-twin-export/1",
+            "status": self.status(),
+            "personal_words": list(lm.words),
+            "trigram_counts": tri,
+            "mixture_personal_weights": lm.lam,
+            "actions": list(self.actions.actions),
+            "context": self.context(),
+        }
+
+    def forget(self) -> None:
+        """Drop everything learned in memory (the service deletes the files)."""
+        self._reset()

@@ -1,0 +1,267 @@
+"""TwinLM: the personal KN tier mixed with the shipped global prior by weights learned online.
+
+``p(w | h) = lam_b * p_personal(w | h) + (1 - lam_b) * p_prior(w | h)``, where ``b`` is a bucket of how often
+the user has typed the context ``h`` (the personal trigram context count, or its bigram context when the
+trigram context is new). Each ``lam_b`` is learned online: after every token the posterior responsibility of
+the personal tier ``r = lam p_p / p`` moves ``lam_b`` towards it (a running average with step
+``max(1 / (n_b + 20), LAMBDA_MIN_STEP)``, i.e. online EM).
+
+Words the prior does not know get ids after the prior's (``V + i``, at most ``max_personal_words``); the prior
+gives such a word ``p(<unk> | h) / UNK_TYPES``. Surprisal is ``-log2 p`` in bits.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from node.twin.gate import SurpriseGate
+from node.twin.neural import NeuralLM
+from node.twin.personal import PersonalKN
+from node.twin.prior import GlobalPrior
+from node.twin.tokens import BOS, EOS, UNK, is_word, message_tokens
+
+UNK_TYPES = 20_000  # the prior's <unk> mass is spread over this many unseen word types
+BUCKET_EDGES = (0, 1, 3, 10, 30)  # personal trigram-context counts: 0 | 1-2 | 3-9 | 10-29 | 30+
+LAMBDA_INIT = 0.3
+MU_INIT = 0.2
+NEURAL_LR = 0.02  # SGD step of the on-device neural adaptation
+LAMBDA_MIN_STEP = 0.002
+MIN_P = 1e-12
+PREFIX_CANDIDATES = 64  # prior words scored for a typed prefix (the likeliest under the unigram)
+
+
+@dataclass(frozen=True, slots=True)
+class Suggestion:
+    token: str
+    p: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Mix:
+    p: np.ndarray[Any, Any]  # the final mixture
+    p_ngram: np.ndarray[Any, Any]  # personal + prior
+    pp: np.ndarray[Any, Any]  # personal tier
+    pn: np.ndarray[Any, Any] | None  # neural tier
+    bucket: int
+    lam: float
+
+
+def _bucket(c3: int, c2: int) -> int:
+    if c3 == 0:
+        return 0 if c2 == 0 else 1
+    for i, edge in enumerate(BUCKET_EDGES[2:], start=2):
+        if c3 < edge:
+            return i
+    return len(BUCKET_EDGES)
+
+
+N_BUCKETS = len(BUCKET_EDGES) + 1
+
+
+class TwinLM:
+    def __init__(
+        self,
+        prior: GlobalPrior,
+        *,
+        max_personal_words: int = 50_000,
+        fixed_lambda: float | None = None,
+        neural: NeuralLM | None = None,
+        neural_lr: float = NEURAL_LR,
+    ) -> None:
+        self.prior = prior
+        self.neural = neural
+        self.neural_lr = neural_lr
+        self.mu = MU_INIT  # weight of the neural tier, learned online like lam
+        self.mu_n = 0
+        self.fixed_lambda = fixed_lambda  # benchmarks: 0 = prior only, 1 = personal only; None = learned
+        self.max_personal_words = max_personal_words
+        self.words: list[str] = []  # the user's words the prior does not know; id = prior.v + index
+        self.word_index: dict[str, int] = {}
+        self.personal = PersonalKN(prior.bos)
+        self.lam = [LAMBDA_INIT] * N_BUCKETS
+        self.lam_n = [0] * N_BUCKETS
+        self.messages = 0
+        order = sorted(range(3, prior.v), key=prior.vocab.__getitem__)
+        self._sorted_words = [prior.vocab[i] for i in order]
+        self._sorted_ids = np.asarray(order, dtype=np.int64)
+
+    # ------------------------------------------------------------ ids
+    @property
+    def vocab_size(self) -> int:
+        return self.prior.v + len(self.words)
+
+    def token_id(self, token: str, *, add: bool) -> int:
+        i = self.prior.index.get(token)
+        if i is not None:
+            return i
+        j = self.word_index.get(token)
+        if j is not None:
+            return j
+        if add and len(self.words) < self.max_personal_words:
+            j = self.prior.v + len(self.words)
+            self.words.append(token)
+            self.word_index[token] = j
+            return j
+        return self.prior.unk
+
+    def token_str(self, i: int) -> str:
+        return self.prior.vocab[i] if i < self.prior.v else self.words[i - self.prior.v]
+
+    def ids(self, tokens: Sequence[str], *, add: bool = False) -> list[int]:
+        return [self.token_id(t, add=add) for t in tokens]
+
+    # ------------------------------------------------------------ probabilities
+    def _history(self, history: Sequence[int]) -> tuple[int, int, list[int]]:
+        h = [self.prior.bos, self.prior.bos, *history[-3:]]
+        prior_h = [t if t < self.prior.v else self.prior.unk for t in h]
+        return h[-2], h[-1], prior_h
+
+    def _mix(self, history: Sequence[int], cand: np.ndarray[Any, Any]) -> _Mix:
+        u, v, prior_h = self._history(history)
+        known = cand < self.prior.v
+        pc = np.where(known, cand, self.prior.unk)
+        pg = self.prior.probs(prior_h, pc)
+        pg = np.where(known, pg, pg / UNK_TYPES)
+        pp = np.asarray(self.personal.probs(u, v, cand.tolist(), self.vocab_size + 1), dtype=np.float64)
+        b = _bucket(*self.personal.context_count(u, v))
+        lam = self.lam[b] if self.fixed_lambda is None else self.fixed_lambda
+        p_ngram = lam * pp + (1 - lam) * pg
+        if self.neural is None:
+            return _Mix(p_ngram, p_ngram, pp, None, b, lam)
+        pn = self.neural.probs(prior_h, pc)
+        pn = np.where(known, pn, pn / UNK_TYPES)
+        return _Mix(self.mu * pn + (1 - self.mu) * p_ngram, p_ngram, pp, pn, b, lam)
+
+    def prob(self, history: Sequence[int], token_id: int) -> float:
+        m = self._mix(history, np.asarray([token_id], dtype=np.int64))
+        return max(float(m.p[0]), MIN_P)
+
+    def surprisal_bits(self, history: Sequence[int], token_id: int) -> float:
+        return -math.log2(self.prob(history, token_id))
+
+    def candidates(self, history: Sequence[int]) -> np.ndarray[Any, Any]:
+        u, v, prior_h = self._history(history)
+        g = self.prior.candidates(prior_h)
+        pers = self.personal.candidates(u, v)
+        cand = np.unique(np.concatenate([g, np.asarray(pers, dtype=np.int64)])) if pers else g
+        out: np.ndarray[Any, Any] = cand[(cand != self.prior.bos) & (cand != self.prior.unk)]
+        return out
+
+    def _prefix_candidates(self, history: Sequence[int], prefix: str) -> np.ndarray[Any, Any]:
+        """Context candidates with ``prefix``, the prior's likeliest words with it, and the user's own words."""
+        found = [c for c in self.candidates(history).tolist() if self.token_str(c).startswith(prefix)]
+        lo = bisect.bisect_left(self._sorted_words, prefix)
+        hi = bisect.bisect_left(self._sorted_words, prefix + "\U0010ffff")
+        ids = self._sorted_ids[lo:hi]
+        if len(ids) > PREFIX_CANDIDATES:
+            ids = ids[np.argpartition(-self.prior.p1[ids], PREFIX_CANDIDATES)[:PREFIX_CANDIDATES]]
+        found.extend(ids.tolist())
+        found.extend(self.word_index[w] for w in self.words if w.startswith(prefix))
+        return np.unique(np.asarray(found, dtype=np.int64))
+
+    def top(self, history: Sequence[int], k: int, *, prefix: str = "") -> list[tuple[int, float]]:
+        """The k most likely next token ids (restricted to those starting with ``prefix``)."""
+        cand = self._prefix_candidates(history, prefix) if prefix else self.candidates(history)
+        if len(cand) == 0:
+            return []
+        p = self._mix(history, cand).p
+        order = np.argsort(-p, kind="stable")[:k]
+        return [(int(cand[i]), float(p[i])) for i in order]
+
+    # ------------------------------------------------------------ learning
+    def learn_weights(self, history: Sequence[int], token_id: int) -> float:
+        """Update the mixture weights from one observed token (online EM); returns its surprisal in bits."""
+        m = self._mix(history, np.asarray([token_id], dtype=np.int64))
+        pm = max(float(m.p[0]), MIN_P)
+        if m.pn is not None:
+            rn = self.mu * float(m.pn[0]) / pm
+            self.mu_n += 1
+            step_n = max(1.0 / (self.mu_n + 20), LAMBDA_MIN_STEP)
+            self.mu = min(0.9, max(0.02, self.mu + step_n * (rn - self.mu)))
+        if self.fixed_lambda is None:
+            r = m.lam * float(m.pp[0]) / max(float(m.p_ngram[0]), MIN_P)
+            b = m.bucket
+            self.lam_n[b] += 1
+            step = max(1.0 / (self.lam_n[b] + 20), LAMBDA_MIN_STEP)
+            self.lam[b] = min(0.98, max(0.02, self.lam[b] + step * (r - self.lam[b])))
+        return -math.log2(pm)
+
+    def learn_counts(self, ids: Sequence[int]) -> None:
+        self.personal.add_message(ids)
+        self.messages += 1
+
+    def observe(
+        self, text: str, *, learn: bool = True, gate: SurpriseGate | None = None, gate_counts: bool = False
+    ) -> list[float]:
+        """Predict every token of one message (surprisal in bits each), then learn it. The main entry point.
+
+        Cheap statistics (personal counts, mixture weights) learn every token; the neural tier adapts on the
+        tokens the ``gate`` passes (every token without a gate). ``gate_counts`` (benchmarks) gates the counts
+        too.
+        """
+        tokens = message_tokens(text)
+        ids = self.ids(tokens, add=learn)
+        bits = []
+        for i, t in enumerate(ids):
+            if learn:
+                bits.append(self.learn_weights(ids[:i], t))
+            else:
+                bits.append(self.surprisal_bits(ids[:i], t))
+        if not learn:
+            return bits
+        if gate_counts:
+            self.learn_counts_gated(ids, [gate.check(b) for b in bits] if gate is not None else [True] * len(ids))
+            return bits
+        self.learn_counts(ids)
+        if self.neural is not None:
+            self.adapt_neural(ids, [gate.sample(b) for b in bits] if gate is not None else [1.0] * len(ids))
+        return bits
+
+    def adapt_neural(self, ids: Sequence[int], weights: Sequence[float]) -> int:
+        """The expensive update: one SGD step of the neural tier per token with a non-zero weight (the step
+        is scaled by it); returns how many steps ran."""
+        if self.neural is None:
+            return 0
+        n = 0
+        for i, wgt in enumerate(weights):
+            if wgt > 0:
+                _, _, prior_h = self._history(ids[:i])
+                t = ids[i] if ids[i] < self.prior.v else self.prior.unk
+                self.neural.adapt(prior_h, t, self.neural_lr * wgt)
+                n += 1
+        return n
+
+    def learn_counts_gated(self, ids: Sequence[int], mask: Sequence[bool]) -> int:
+        """Learn only the tokens whose mask is set; returns how many were learned."""
+        h = [self.prior.bos, self.prior.bos, *ids]
+        n = 0
+        for i, on in enumerate(mask):
+            if on:
+                self.personal.add(h[i], h[i + 1], h[i + 2])
+                n += 1
+        self.personal.tick(n)
+        self.messages += 1
+        return n
+
+    # ------------------------------------------------------------ suggestions
+    def suggest(self, text: str, k: int = 3) -> list[Suggestion]:
+        """Completions of the text being typed: if it ends inside a word, words with that prefix."""
+        from node.twin.tokens import tokenize
+
+        toks = tokenize(text)
+        prefix = ""
+        if toks and text and not text[-1].isspace() and is_word(toks[-1]):
+            prefix = toks.pop()
+        hist = self.ids(toks)
+        out = []
+        for i, p in self.top(hist, k, prefix=prefix):
+            s = self.token_str(i)
+            if s not in (BOS, UNK):
+                out.append(Suggestion(s if s != EOS else EOS, p))
+        return out

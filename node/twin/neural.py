@@ -1,0 +1,149 @@
+"""The neural tier: a small feed-forward neural LM (Bengio et al. 2003, tied embeddings), int8 on disk.
+
+``h = tanh([E[w-3]; E[w-2]; E[w-1]] W + b)``, ``p(w | h) = softmax(h E^T + c)`` over the prior's
+:data:`~node.twin.prior` ids below ``V_n`` (the most frequent tokens); rarer tokens share the ``<unk>`` class and
+get ``p(<unk>) * p1(w) / Z`` (their share of the prior's unigram mass outside the neural vocabulary).
+
+Pretrained globally at build time with numpy (``scripts/train_twin_neural.py``, same corpus as the prior) and
+shipped as ``node/twin/data/neural.bin``: ``E`` and ``W`` int8 with one float32 scale per row (per-row absmax),
+``b`` and ``c`` float32. At run time the weights are dequantized once to float32 (numpy has no fast int8
+matmul; the int8 file is what keeps the package and memory-mapped size small).
+
+On-device adaptation (:meth:`NeuralLM.adapt`) is one SGD step on ``c``, ``W`` and ``b`` (not the embeddings,
+which stay global) against ``-log p(target)``; the adapted tensors are the user's state. It is the expensive
+update the surprise gate protects.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from node.twin import blob
+from node.twin.errors import PriorMissing, TwinStoreError
+
+MAGIC = b"AVTN"
+FORMAT_VERSION = 1
+NEURAL_FILE = "neural.bin"
+CONTEXT = 3
+MAX_RAW_BYTES = 64 << 20
+
+F32 = np.ndarray[Any, np.dtype[np.float32]]
+
+
+def quantize_rows(m: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], F32]:
+    scale = np.maximum(np.abs(m).max(axis=1), 1e-8) / 127.0
+    q = np.clip(np.rint(m / scale[:, None]), -127, 127).astype(np.int8)
+    return q, scale.astype(np.float32)
+
+
+def pack(
+    e: np.ndarray[Any, Any],
+    w: np.ndarray[Any, Any],
+    b: np.ndarray[Any, Any],
+    c: np.ndarray[Any, Any],
+    meta: dict[str, Any],
+) -> bytes:
+    eq, es = quantize_rows(e)
+    wq, ws = quantize_rows(w)
+    arrays = {"e": eq, "e_scale": es, "w": wq, "w_scale": ws, "b": b.astype(np.float32), "c": c.astype(np.float32)}
+    return blob.pack(MAGIC, FORMAT_VERSION, arrays, meta)
+
+
+class NeuralLM:
+    def __init__(self, data: bytes, prior_p1: np.ndarray[Any, Any], unk: int, bos: int) -> None:
+        arrays, meta = blob.unpack_untrusted(data, MAGIC, FORMAT_VERSION, max_bytes=MAX_RAW_BYTES)
+        try:
+            self.e: F32 = arrays["e"].astype(np.float32) * arrays["e_scale"][:, None]
+            self.w0: F32 = arrays["w"].astype(np.float32) * arrays["w_scale"][:, None]
+            self.b0: F32 = arrays["b"].astype(np.float32)
+            self.c0: F32 = arrays["c"].astype(np.float32)
+            self.params = int(meta.get("params", 0))
+        except (KeyError, ValueError) as exc:
+            raise TwinStoreError(f"corrupt neural model: {exc}") from exc
+        self.vn, self.d = self.e.shape
+        if self.w0.shape != (CONTEXT * self.d, self.d) or self.b0.shape != (self.d,) or self.c0.shape != (self.vn,):
+            raise TwinStoreError("neural model shapes disagree")
+        self.unk, self.bos = unk, bos
+        p1 = np.asarray(prior_p1, dtype=np.float64)
+        out = p1[self.vn :].sum()
+        self.rare_share = np.zeros(len(p1), dtype=np.float64)
+        self.rare_share[self.vn :] = p1[self.vn :] / max(out, 1e-12)
+        self.size_bytes = len(data)
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the global weights (forget the user's adaptation)."""
+        self.w = self.w0.copy()
+        self.b = self.b0.copy()
+        self.c = self.c0.copy()
+        self.updates = 0
+
+    @classmethod
+    def load_packaged(cls, prior_p1: np.ndarray[Any, Any], unk: int, bos: int) -> NeuralLM:
+        try:
+            data = resources.files("node.twin.data").joinpath(NEURAL_FILE).read_bytes()
+        except (FileNotFoundError, ModuleNotFoundError, OSError) as exc:
+            raise PriorMissing(f"the twin's neural model ({NEURAL_FILE}) is not installed") from exc
+        return cls(data, prior_p1, unk, bos)
+
+    @classmethod
+    def load_file(cls, path: Path, prior_p1: np.ndarray[Any, Any], unk: int, bos: int) -> NeuralLM:
+        return cls(path.read_bytes(), prior_p1, unk, bos)
+
+    def _x(self, history: Sequence[int]) -> F32:
+        h = [self.bos] * CONTEXT + [t if t < self.vn else self.unk for t in history[-CONTEXT:]]
+        return self.e[h[-CONTEXT:]].reshape(-1)
+
+    def _forward(self, history: Sequence[int]) -> tuple[F32, F32, F32]:
+        x = self._x(history)
+        h = np.tanh(x @ self.w + self.b)
+        z = self.e @ h + self.c
+        z[self.bos] = -np.inf  # BOS is context, never a prediction
+        z = z - z.max()
+        p = np.exp(z)
+        p /= p.sum()
+        return x, h, p
+
+    def probs(self, history: Sequence[int], cand: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """p(w | history) for prior ids ``cand`` (ids >= the prior's V are the caller's business)."""
+        _, _, p = self._forward(history)
+        inside = cand < self.vn
+        pc = p[np.where(inside, cand, self.unk)].astype(np.float64)
+        share = self.rare_share[np.minimum(cand, len(self.rare_share) - 1)]
+        return np.where(inside, pc, pc * share)
+
+    def adapt(self, history: Sequence[int], target: int, lr: float) -> float:
+        """One SGD step on (c, W, b) towards ``target``; returns the surprisal (bits) before the step."""
+        x, h, p = self._forward(history)
+        t = target if target < self.vn else self.unk
+        bits = -math.log2(max(float(p[t]), 1e-12))
+        dz = p
+        dz[t] -= 1.0
+        dh = dz @ self.e
+        da = dh * (1.0 - h * h)
+        self.c -= lr * dz
+        self.w -= lr * np.outer(x, da)
+        self.b -= lr * da
+        self.updates += 1
+        return bits
+
+    def state(self) -> dict[str, F32]:
+        """The user's adaptation, as deltas from the global weights."""
+        return {"nn_c": self.c - self.c0, "nn_w": self.w - self.w0, "nn_b": self.b - self.b0}
+
+    def load_state(self, arrays: dict[str, np.ndarray[Any, Any]]) -> None:
+        try:
+            c, w, b = arrays["nn_c"], arrays["nn_w"], arrays["nn_b"]
+        except KeyError:
+            return
+        if c.shape != self.c0.shape or w.shape != self.w0.shape or b.shape != self.b0.shape:
+            raise TwinStoreError("neural adaptation does not match the shipped model")
+        self.c = (self.c0 + c).astype(np.float32)
+        self.w = (self.w0 + w).astype(np.float32)
+        self.b = (self.b0 + b).astype(np.float32)

@@ -1,0 +1,184 @@
+"""The personal tier: an online interpolated modified Kneser-Ney trigram model over the user's own text.
+
+Counts change one n-gram at a time (:meth:`PersonalKN.add`), and everything the estimate needs is kept
+incrementally: per-context totals and the number of followers seen once, twice and three or more times, the
+continuation counts of the lower orders, and each order's count-of-counts (for the discounts). Only the
+trigram counts are the state: :meth:`to_arrays` writes them, :meth:`from_arrays` replays them.
+
+Ids are ints shared with :class:`~node.twin.model.TwinLM` (the prior's ids, then the user's own new words).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from node.twin import kn
+
+ORDER = 3
+CANDIDATES_PER_CONTEXT = 12
+DISCOUNT_EVERY = 200  # tokens learned between re-estimates of the discounts
+_Stats = list[int]  # [total, n1, n2, n3+]
+
+
+def _bump(stats: _Stats, old: int) -> None:
+    """A follower's count went from ``old`` to ``old + 1``: update the context's total and N1/N2/N3+."""
+    stats[0] += 1
+    if old == 1:
+        stats[1] -= 1
+    elif old == 2:
+        stats[2] -= 1
+    new = old + 1
+    if new == 1:
+        stats[1] += 1
+    elif new == 2:
+        stats[2] += 1
+    elif new == 3:
+        stats[3] += 1
+
+
+class PersonalKN:
+    def __init__(self, bos: int) -> None:
+        self.bos = bos
+        self.f3: dict[tuple[int, int], dict[int, int]] = {}
+        self.s3: dict[tuple[int, int], _Stats] = {}
+        self.f2: dict[int, dict[int, int]] = {}
+        self.s2: dict[int, _Stats] = {}
+        self.f1: dict[int, int] = {}
+        self.s1: _Stats = [0, 0, 0, 0]
+        self.coc = {k: [0, 0, 0, 0, 0] for k in (1, 2, 3)}  # count-of-counts n1..n4 per order
+        self.d: dict[int, tuple[float, float, float]] = {k: kn.DEFAULT_DISCOUNTS for k in (1, 2, 3)}
+        self.trigrams = 0
+        self.tokens = 0
+        self._top1: list[int] = []
+        self._top1_stale = True
+        self._since_discounts = 0
+
+    def _coc(self, k: int, old: int) -> None:
+        c = self.coc[k]
+        if 1 <= old <= 4:
+            c[old] -= 1
+        if old + 1 <= 4:
+            c[old + 1] += 1
+
+    def add(self, u: int, v: int, w: int) -> None:
+        """One more occurrence of the trigram (u, v, w)."""
+        self.tokens += 1
+        fol = self.f3.get((u, v))
+        if fol is None:
+            fol = self.f3[(u, v)] = {}
+            self.s3[(u, v)] = [0, 0, 0, 0]
+        old = fol.get(w, 0)
+        fol[w] = old + 1
+        _bump(self.s3[(u, v)], old)
+        self._coc(3, old)
+        if old:
+            return
+        self.trigrams += 1
+        # A new trigram type: (v, w) gained a distinct left context.
+        fol2 = self.f2.get(v)
+        if fol2 is None:
+            fol2 = self.f2[v] = {}
+            self.s2[v] = [0, 0, 0, 0]
+        old2 = fol2.get(w, 0)
+        fol2[w] = old2 + 1
+        _bump(self.s2[v], old2)
+        self._coc(2, old2)
+        if old2:
+            return
+        old1 = self.f1.get(w, 0)
+        self.f1[w] = old1 + 1
+        _bump(self.s1, old1)
+        self._coc(1, old1)
+        self._top1_stale = True
+
+    def add_message(self, ids: Sequence[int]) -> None:
+        h = [self.bos, self.bos, *ids]
+        for i in range(2, len(h)):
+            self.add(h[i - 2], h[i - 1], h[i])
+        self.tick(len(ids))
+
+    def tick(self, learned: int) -> None:
+        """``learned`` tokens were added: re-estimate the discounts every DISCOUNT_EVERY tokens."""
+        self._since_discounts += learned
+        if self._since_discounts >= DISCOUNT_EVERY:
+            self.refresh_discounts()
+
+    def refresh_discounts(self) -> None:
+        self._since_discounts = 0
+        for k in (1, 2, 3):
+            c = self.coc[k]
+            self.d[k] = kn.discounts(c[1], c[2], c[3], c[4])
+
+    def context_count(self, u: int, v: int) -> tuple[int, int]:
+        """How often the user's text had the trigram context (u, v), and the bigram context v (types)."""
+        s3 = self.s3.get((u, v))
+        s2 = self.s2.get(v)
+        return (s3[0] if s3 else 0, s2[0] if s2 else 0)
+
+    def probs(self, u: int, v: int, cand: Iterable[int], vocab_size: int) -> list[float]:
+        s1 = self.s1
+        uniform = 1.0 / vocab_size
+        d1, d2, d3 = self.d[1], self.d[2], self.d[3]
+        if s1[0]:
+            g1 = (d1[0] * s1[1] + d1[1] * s1[2] + d1[2] * s1[3]) / s1[0]
+            inv1 = 1.0 / s1[0]
+        fol2 = self.f2.get(v)
+        if fol2 is not None:
+            s2 = self.s2[v]
+            g2 = (d2[0] * s2[1] + d2[1] * s2[2] + d2[2] * s2[3]) / s2[0]
+            inv2 = 1.0 / s2[0]
+        fol3 = self.f3.get((u, v))
+        if fol3 is not None:
+            s3 = self.s3[(u, v)]
+            g3 = (d3[0] * s3[1] + d3[1] * s3[2] + d3[2] * s3[3]) / s3[0]
+            inv3 = 1.0 / s3[0]
+        out = []
+        f1 = self.f1
+        for w in cand:
+            if s1[0]:
+                c = f1.get(w, 0)
+                p = (c - kn.discount_for(c, d1)) * inv1 + g1 * uniform if c else g1 * uniform
+            else:
+                p = uniform
+            if fol2 is not None:
+                c = fol2.get(w, 0)
+                p = (c - kn.discount_for(c, d2)) * inv2 + g2 * p if c else g2 * p
+            if fol3 is not None:
+                c = fol3.get(w, 0)
+                p = (c - kn.discount_for(c, d3)) * inv3 + g3 * p if c else g3 * p
+            out.append(p)
+        return out
+
+    def candidates(self, u: int, v: int) -> list[int]:
+        out: list[int] = []
+        fol3 = self.f3.get((u, v))
+        if fol3:
+            out.extend(heapq.nlargest(CANDIDATES_PER_CONTEXT, fol3, key=fol3.__getitem__))
+        fol2 = self.f2.get(v)
+        if fol2:
+            out.extend(heapq.nlargest(CANDIDATES_PER_CONTEXT, fol2, key=fol2.__getitem__))
+        if self._top1_stale:
+            self._top1 = heapq.nlargest(CANDIDATES_PER_CONTEXT, self.f1, key=self.f1.__getitem__)
+            self._top1_stale = False
+        out.extend(self._top1)
+        return out
+
+    # ------------------------------------------------------------ state
+    def to_arrays(self) -> dict[str, np.ndarray[Any, Any]]:
+        rows = [(u, v, w, c) for (u, v), fol in self.f3.items() for w, c in fol.items()]
+        a = np.asarray(rows, dtype=np.int64).reshape(-1, 4)
+        return {"tri": a[:, :3].astype(np.int32), "tri_counts": np.minimum(a[:, 3], 2**31 - 1).astype(np.int32)}
+
+    @classmethod
+    def from_arrays(cls, bos: int, tri: np.ndarray[Any, Any], counts: np.ndarray[Any, Any]) -> PersonalKN:
+        m = cls(bos)
+        for (u, v, w), c in zip(tri.tolist(), counts.tolist(), strict=True):
+            for _ in range(min(int(c), 1_000_000)):
+                m.add(u, v, w)
+        m.tokens = int(counts.sum())
+        m.refresh_discounts()
+        return m

@@ -1,0 +1,45 @@
+"""The twin as a plugin of the composition root: the ``[twin]`` section, its service, ``village twin`` and the
+``twin.*`` control methods (plus the observer that turns the user's own control calls into twin events)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from node.plugin import Plugin, Service
+from node.twin.settings import TwinSettings
+
+if TYPE_CHECKING:
+    from node.cli_support import CliRegistry
+    from node.control.rpc import Registry
+    from node.node import Node
+    from node.settings import Config
+
+
+def _services(cfg: Config) -> Sequence[Service]:
+    settings = cfg.section(TwinSettings)
+    if not settings.enabled:
+        return []
+    from node.twin.service import TwinService
+
+    return [TwinService(settings, cfg.data_dir)]
+
+
+def _rpc(node: Node, reg: Registry) -> None:
+    from node.twin import rpc
+    from node.twin.service import TwinService
+
+    svc = node.service("twin")
+    if not isinstance(svc, TwinService):
+        return
+    rpc.observe_calls(reg, svc)  # the methods registered so far: the core's and the knowledge base's
+    rpc.register(reg, svc)
+
+
+def _cli(cli: CliRegistry) -> None:
+    from node.twin.cli import add_commands
+
+    add_commands(cli)
+
+
+PLUGIN = Plugin(name="twin", sections=(TwinSettings,), services=_services, cli=_cli, rpc=_rpc)

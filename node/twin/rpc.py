@@ -1,0 +1,132 @@
+"""The twin's control methods, and the observer that feeds it the user's own actions.
+
+Methods: ``twin.status``, ``twin.suggest``, ``twin.actions`` (likely next commands), ``twin.observe`` (a local
+client — a keyboard, the UI — hands over text the user typed), ``twin.export``, ``twin.forget``.
+
+:func:`observe_calls` wraps the node's other control methods so that each successful call becomes a twin
+event: the method name is the action; ``messages.send`` / ``messages.broadcast`` give their text (the user's
+own messages; messages received from peers never pass through here), ``rag.query`` its question, ``rag.add``
+the titles of the files added. Only calls on the node's own control socket (0600, the user) are seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Any
+
+from node.control.rpc import APP_ERROR, NoParams, Notify, Registry, RpcError, param
+from node.twin.errors import TwinError
+from node.twin.service import TwinService
+
+MAX_OBSERVE_CHARS = 4000
+NOT_OBSERVED = ("rpc.methods",)  # introspection is not the user's activity
+MAX_TITLES = 20  # file titles taken from one rag.add
+
+
+@dataclass(frozen=True, slots=True)
+class SuggestParams:
+    text: str = param(doc="The text being typed; if it ends inside a word, completions of that word.")
+    k: int = param(3, doc="How many suggestions (1 to 10).")
+
+
+@dataclass(frozen=True, slots=True)
+class ActionsParams:
+    k: int = param(3, doc="How many likely next actions (1 to 10).")
+
+
+@dataclass(frozen=True, slots=True)
+class ObserveParams:
+    text: str = param(doc="Text the user wrote (learned by the personal language model).")
+    kind: str = param("message", doc="message or query.")
+
+
+def _titles(paths: Any) -> str:
+    if not isinstance(paths, list):
+        return ""
+    names = [PurePath(str(p)).stem.replace("_", " ").replace("-", " ") for p in paths[:MAX_TITLES]]
+    return "; ".join(n for n in names if n)
+
+
+def event_of(method: str, params: Any) -> tuple[str, str, str | None]:
+    """(kind, text, contact) of a control call made by the user."""
+    if method in ("messages.send", "messages.broadcast"):
+        return "message", str(getattr(params, "text", "")), getattr(params, "peer", None)
+    if method == "rag.query":
+        return "query", str(getattr(params, "text", "")), None
+    if method == "rag.add":
+        return "document", _titles(getattr(params, "paths", None)), None
+    return "command", "", None
+
+
+def observe_calls(registry: Registry, twin: TwinService) -> None:
+    """Wrap every method registered so far (not the twin's own) so successful calls reach the twin."""
+    for name, method in list(registry.methods.items()):
+        if name.startswith("twin.") or name in NOT_OBSERVED:
+            continue
+
+        def wrap(handler: Callable[[Any, Notify], Any], method_name: str) -> Callable[[Any, Notify], Any]:
+            async def observed(p: Any, notify: Notify) -> Any:
+                result = await handler(p, notify)
+                kind, text, contact = event_of(method_name, p)
+                twin.record(kind, text, action=method_name, contact=contact)
+                return result
+
+            return observed
+
+        registry.methods[name] = dataclasses.replace(method, handler=wrap(method.handler, name))
+
+
+def register(registry: Registry, twin: TwinService) -> None:
+    async def status(_: NoParams, notify: Notify) -> Any:
+        return await _call(twin.status())
+
+    async def suggest(p: SuggestParams, notify: Notify) -> Any:
+        if not 1 <= p.k <= 10:
+            raise RpcError(APP_ERROR, "k must be from 1 to 10")
+        return await _call(twin.suggest(p.text[:MAX_OBSERVE_CHARS], p.k))
+
+    async def actions(p: ActionsParams, notify: Notify) -> Any:
+        if not 1 <= p.k <= 10:
+            raise RpcError(APP_ERROR, "k must be from 1 to 10")
+        return await _call(twin.next_actions(p.k))
+
+    async def observe(p: ObserveParams, notify: Notify) -> Any:
+        if p.kind not in ("message", "query"):
+            raise RpcError(APP_ERROR, "kind must be message or query")
+        if len(p.text) > MAX_OBSERVE_CHARS:
+            raise RpcError(APP_ERROR, f"text longer than {MAX_OBSERVE_CHARS} characters")
+        return {"queued": twin.record(p.kind, p.text, action=None)}
+
+    async def export(_: NoParams, notify: Notify) -> Any:
+        return await _call(twin.export())
+
+    async def forget(_: NoParams, notify: Notify) -> Any:
+        return await _call(twin.forget())
+
+    registry.add(
+        "twin.status",
+        NoParams,
+        "The twin: what it learned, its sizes, and whether learning is paused "
+        "(and why: battery, temperature, CPU budget).",
+        status,
+    )
+    registry.add(
+        "twin.suggest",
+        SuggestParams,
+        "Next-word suggestions / completions for the text being typed, from the personal model.",
+        suggest,
+    )
+    registry.add("twin.actions", ActionsParams, "The user's likely next commands (next-action head).", actions)
+    registry.add("twin.observe", ObserveParams, "Hand the twin text the user wrote (a local keyboard or UI).", observe)
+    registry.add("twin.export", NoParams, "Everything the twin learned, as JSON (stays on this device).", export)
+    registry.add("twin.forget", NoParams, "Delete every byte the twin learned (files and memory).", forget)
+
+
+async def _call(coro: Any) -> Any:
+    try:
+        return await coro
+    except TwinError as exc:
+        raise RpcError(APP_ERROR, str(exc), {"type": type(exc).__name__}) from exc

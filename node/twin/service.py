@@ -1,0 +1,323 @@
+"""TwinService: the twin as trio sees it — a service of the composition root.
+
+It owns one :class:`~node.twin.engine.TwinEngine`. Events (what the user does on this node: messages they
+send, knowledge-base queries, documents they add, commands) arrive through :meth:`TwinService.record`
+(non-blocking, bounded channel) and are learned by one learner task, in a worker thread behind a
+``CapacityLimiter(1)`` (the engine is single-threaded; suggestions and status go through the same limiter).
+
+The :class:`~node.twin.governor.Governor` decides before each event: when learning is paused (battery, heat,
+CPU budget) the event waits in a bounded :class:`~node.twin.governor.DeferredQueue`; a poller reads battery
+and temperature every ``twin.poll_interval_s`` and drains the queue once learning is allowed again. The CPU
+seconds each learning step takes (``time.thread_time`` in the worker) are charged to the hourly budget.
+
+State is written to ``<data dir>/twin/state.bin`` (0600, atomic, at most ``twin.max_disk_bytes``) every
+``twin.save_interval_s`` when something changed, and at shutdown. Nothing here talks to the network: the twin
+is never served to peers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from node.rag.errors import RagError
+from node.transports.ble.power import BatteryState, read_battery
+from node.twin import store
+from node.twin.engine import KINDS, Embed, Event, TwinEngine
+from node.twin.errors import PriorMissing, TwinError, TwinStoreError
+from node.twin.governor import DeferredQueue, Governor, GovernorLimits, Readings, read_temperature_c
+from node.twin.neural import NeuralLM
+from node.twin.prior import GlobalPrior
+from node.twin.settings import TwinSettings
+
+log = logging.getLogger(__name__)
+
+EVENT_CHANNEL = 256  # events between record() and the learner; beyond this they go to the deferred queue
+TWIN_DIR = "twin"
+MAX_SUGGEST = 10
+
+BatteryReader = Callable[[], BatteryState | None]
+ThermalReader = Callable[[], float | None]
+
+
+class TwinService:
+    name = "twin"
+
+    def __init__(
+        self,
+        settings: TwinSettings,
+        data_dir: Path,
+        *,
+        battery_reader: BatteryReader = read_battery,
+        thermal_reader: ThermalReader = read_temperature_c,
+        embed: Embed | None = None,
+    ) -> None:
+        self.settings = settings
+        self.dir = data_dir / TWIN_DIR
+        self.path = self.dir / store.STATE_FILE
+        self._battery_reader = battery_reader
+        self._thermal_reader = thermal_reader
+        self._embed = embed
+        self.governor = Governor(
+            GovernorLimits(
+                min_battery_percent=settings.min_battery_percent,
+                require_charging=settings.require_charging,
+                max_temp_c=settings.max_temp_c,
+                cpu_budget_s_per_hour=settings.cpu_budget_s_per_hour,
+            )
+        )
+        self.deferred: DeferredQueue[Event] = DeferredQueue(settings.max_deferred_events, settings.max_deferred_bytes)
+        self.engine: TwinEngine | None = None
+        self.load_error: str | None = None
+        self.actions_note: str | None = None
+        self._limiter = trio.CapacityLimiter(1)
+        self._send: trio.MemorySendChannel[Event] | None = None
+        self._dirty = False
+        self._learned_events = 0
+        self.learn_errors = 0
+        self._dropped_unstarted = 0
+        self._last_reason = "starting"
+        self.ready = trio.Event()
+        self.idle = trio.Event()  # set whenever the learner has nothing queued (tests wait on it)
+        self._learned_changed = trio.Event()
+        self._load_lock = trio.Lock()
+
+    # ------------------------------------------------------------ lifecycle
+    async def run(self, node: Any = None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        send, recv = trio.open_memory_channel[Event](EVENT_CHANNEL)
+        rag = getattr(node, "rag", None)
+        if self._embed is None and self.settings.actions and rag is not None:
+            self._embed = rag.embedder.embed  # share the knowledge base's model (thread-safe, loaded once)
+        self._send = send
+        try:
+            async with trio.open_nursery() as nursery:
+                await self._poll_once()
+                nursery.start_soon(self._poller)
+                nursery.start_soon(self._learner, recv)
+                nursery.start_soon(self._saver)
+                self.ready.set()
+                task_status.started()
+        finally:
+            self._send = None
+            with trio.CancelScope(shield=True):
+                await self._save()
+
+    async def _ensure_engine(self) -> TwinEngine:
+        """The engine, loaded on first use (a node that never sees its user's activity never pays for it)."""
+        async with self._load_lock:
+            if self.engine is None:
+                self.engine = await trio.to_thread.run_sync(self._load, limiter=self._limiter)
+        return self.engine
+
+    def _load(self) -> TwinEngine:
+        prior = GlobalPrior.load_packaged()
+        neural = None
+        if self.settings.neural:
+            try:
+                neural = NeuralLM.load_packaged(prior.p1, prior.unk, prior.bos)
+            except PriorMissing:
+                neural = None
+        embed = self._embed
+        if embed is None and self.settings.actions:
+            from node.rag.embed import Embedder  # the node's MiniLM; loads on the first command event
+
+            embed = Embedder().embed
+        engine = TwinEngine(
+            prior,
+            neural=neural,
+            embed=embed,
+            gate_fraction=self.settings.gate_fraction,
+            max_personal_words=self.settings.max_personal_words,
+        )
+        if self.path.exists():
+            try:
+                engine.decode(self.path.read_bytes(), self.settings.max_disk_bytes)
+            except TwinStoreError as exc:
+                # Keep the unreadable file for the user to look at; start from the prior.
+                self.load_error = f"{self.path}: {exc}; starting fresh (the old file is kept as state.bin.bad)"
+                self.path.replace(self.path.with_name(self.path.name + ".bad"))
+                log.warning("twin: %s", self.load_error)
+                engine = TwinEngine(
+                    prior,
+                    neural=neural,
+                    embed=embed,
+                    gate_fraction=self.settings.gate_fraction,
+                    max_personal_words=self.settings.max_personal_words,
+                )
+        return engine
+
+    # ------------------------------------------------------------ events
+    def record(
+        self, kind: str, text: str = "", *, action: str | None = None, at_ms: int = 0, contact: str | None = None
+    ) -> bool:
+        """Queue one event of the user's (never block). False when it could not be queued."""
+        if kind not in KINDS:
+            raise TwinError(f"unknown twin event kind {kind!r}")
+        ev = Event(kind, text, action, at_ms, contact)
+        if self._send is None:
+            self._dropped_unstarted += 1
+            return False
+        self.idle = trio.Event() if self.idle.is_set() else self.idle
+        try:
+            self._send.send_nowait(ev)
+        except trio.WouldBlock:
+            self.deferred.push(ev, ev.size_bytes)
+        return True
+
+    async def _learner(self, recv: trio.MemoryReceiveChannel[Event]) -> None:
+        while True:
+            try:
+                ev = recv.receive_nowait()
+            except trio.WouldBlock:
+                self.idle.set()
+                ev = await recv.receive()
+            await self._learn_or_defer(ev)
+
+    async def _learn_or_defer(self, ev: Event) -> None:
+        decision = self.governor.decide(trio.current_time())
+        self._last_reason = decision.reason
+        if not decision.allowed:
+            self.deferred.push(ev, ev.size_bytes)
+            return
+        await self._drain()
+        await self._learn(ev)
+
+    async def _learn(self, ev: Event) -> None:
+        engine = await self._ensure_engine()
+
+        def work() -> float:
+            t0 = time.thread_time()
+            engine.observe(ev)
+            return time.thread_time() - t0
+
+        try:
+            cpu_s = await trio.to_thread.run_sync(work, limiter=self._limiter)
+        except RagError as exc:  # the MiniLM model is missing: the action head is off, the LM still learned
+            engine.embed = None
+            self.actions_note = f"next-action head off: {exc}"
+            cpu_s = 0.0
+        except Exception:  # one event's failure ends that event's learning, never the node (counted, logged)
+            self.learn_errors += 1
+            self._dirty = True  # what was learned before the failure is kept
+            log.exception("twin: learning from a %s event failed", ev.kind)
+            return
+        self.governor.charge(cpu_s, trio.current_time())
+        self._learned_events += 1
+        self._dirty = True
+        self._learned_changed.set()
+        self._learned_changed = trio.Event()
+
+    async def _drain(self) -> None:
+        while len(self.deferred):
+            decision = self.governor.decide(trio.current_time())
+            self._last_reason = decision.reason
+            if not decision.allowed:
+                return
+            ev = self.deferred.pop()
+            if ev is not None:
+                await self._learn(ev)
+
+    async def _poll_once(self) -> None:
+        def read() -> Readings:
+            return Readings(self._battery_reader(), self._thermal_reader())
+
+        readings = await trio.to_thread.run_sync(read, limiter=self._limiter)
+        self.governor.update(readings)
+        self._last_reason = self.governor.decide(trio.current_time()).reason
+
+    async def _poller(self) -> None:
+        while True:
+            await trio.sleep(self.settings.poll_interval_s)
+            await self._poll_once()
+            await self._drain()
+
+    async def _saver(self) -> None:
+        while True:
+            await trio.sleep(self.settings.save_interval_s)
+            await self._save()
+
+    async def _save(self) -> None:
+        engine = self.engine
+        if engine is None or not self._dirty:
+            return
+        self._dirty = False
+
+        def write() -> None:
+            store.write_private(self.path, engine.encode(self.settings.max_disk_bytes))
+
+        try:
+            await trio.to_thread.run_sync(write, limiter=self._limiter)
+        except (OSError, TwinStoreError) as exc:
+            self._dirty = True
+            log.warning("twin: could not save %s: %s", self.path, exc)
+
+    # ------------------------------------------------------------ queries (control methods)
+    async def suggest(self, text: str, k: int = 3) -> list[dict[str, Any]]:
+        engine = await self._ensure_engine()
+        k = max(1, min(k, MAX_SUGGEST))
+        return await trio.to_thread.run_sync(engine.suggest, text, k, limiter=self._limiter)
+
+    async def next_actions(self, k: int = 3) -> list[dict[str, Any]]:
+        engine = await self._ensure_engine()
+        return await trio.to_thread.run_sync(engine.next_actions, max(1, min(k, MAX_SUGGEST)), limiter=self._limiter)
+
+    async def status(self) -> dict[str, Any]:
+        engine = await self._ensure_engine()
+        st = await trio.to_thread.run_sync(engine.status, limiter=self._limiter)
+        now = trio.current_time()
+        decision = self.governor.decide(now)
+        r = self.governor.readings
+        st.update(
+            {
+                "learning": "allowed" if decision.allowed else "paused",
+                "reason": decision.reason,
+                "battery_percent": r.battery.percent if r.battery else None,
+                "external_power": r.battery.external_power if r.battery else None,
+                "temp_c": r.temp_c,
+                "cpu_used_s_this_hour": round(self.governor.cpu_used_s(now), 3),
+                "cpu_budget_s_per_hour": self.settings.cpu_budget_s_per_hour,
+                "deferred_events": len(self.deferred),
+                "deferred_bytes": self.deferred.bytes,
+                "deferred_dropped": self.deferred.dropped,
+                "learn_errors": self.learn_errors,
+                "state_path": str(self.path),
+                "state_bytes": self.path.stat().st_size if self.path.exists() else 0,
+                "max_disk_bytes": self.settings.max_disk_bytes,
+                "load_error": self.load_error,
+                "actions_note": self.actions_note,
+            }
+        )
+        return st
+
+    async def export(self) -> dict[str, Any]:
+        engine = await self._ensure_engine()
+        return await trio.to_thread.run_sync(engine.export, limiter=self._limiter)
+
+    async def wait_learned(self, count: int) -> None:
+        """Return once ``count`` events have been learned since the service started."""
+        while self._learned_events < count:
+            await self._learned_changed.wait()
+
+    async def save_now(self) -> int:
+        self._dirty = True
+        await self._save()
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    async def forget(self) -> dict[str, Any]:
+        """Delete every learned byte: the files under <data dir>/twin and the in-memory state."""
+        engine = await self._ensure_engine()
+
+        def wipe() -> int:
+            engine.forget()
+            return store.forget(self.dir)
+
+        erased = await trio.to_thread.run_sync(wipe, limiter=self._limiter)
+        while self.deferred.pop() is not None:
+            pass
+        self._dirty = False
+        return {"erased_bytes": erased, "path": str(self.dir)}

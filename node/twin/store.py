@@ -1,0 +1,122 @@
+"""The twin's state on disk: one versioned file in the data dir, written 0600 and atomically, bounded in bytes.
+
+``twin/state.bin`` holds the language model's learned part (personal trigram counts, the user's own words,
+the mixture weights) and the next-action head; the shipped prior is not copied. Writing goes to a temporary
+file (0600 from creation) then ``os.replace``. A state over ``max_bytes`` is shrunk before writing by dropping
+the personal trigrams seen once, then twice, ... (the counts that matter least), so the file never exceeds its
+bound. :func:`forget` deletes every file the twin wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from node.twin import blob
+from node.twin.errors import TwinStoreError
+from node.twin.model import N_BUCKETS, TwinLM
+from node.twin.personal import PersonalKN
+
+MAGIC = b"AVTS"
+FORMAT_VERSION = 1
+STATE_FILE = "state.bin"
+MAX_RAW_FACTOR = 64  # a state decompresses to at most this many times its bound
+
+
+def prior_id(lm: TwinLM) -> str:
+    return hashlib.sha256("\n".join(lm.prior.vocab).encode()).hexdigest()[:16]
+
+
+def encode(
+    lm: TwinLM,
+    extra: dict[str, np.ndarray[Any, Any]] | None = None,
+    meta: dict[str, Any] | None = None,
+    *,
+    min_count: int = 1,
+) -> bytes:
+    arrays = lm.personal.to_arrays()
+    if min_count > 1:
+        keep = arrays["tri_counts"] >= min_count
+        arrays = {"tri": arrays["tri"][keep], "tri_counts": arrays["tri_counts"][keep]}
+    arrays["words"] = np.frombuffer("\n".join(lm.words).encode("utf-8"), dtype=np.uint8)
+    arrays["lam"] = np.asarray(lm.lam, dtype=np.float64)
+    arrays["lam_n"] = np.asarray(lm.lam_n, dtype=np.int64)
+    for name, arr in (extra or {}).items():
+        arrays[f"x_{name}"] = arr
+    m = {"prior": prior_id(lm), "messages": lm.messages, "min_count": min_count, **(meta or {})}
+    return blob.pack(MAGIC, FORMAT_VERSION, arrays, m)
+
+
+def encode_bounded(
+    lm: TwinLM, max_bytes: int, extra: dict[str, np.ndarray[Any, Any]] | None = None, meta: dict[str, Any] | None = None
+) -> bytes:
+    """:func:`encode`, dropping the rarest personal trigrams until the result fits in ``max_bytes``."""
+    for min_count in (1, 2, 3, 5, 8, 13, 21, 34, 55, 89):
+        data = encode(lm, extra, meta, min_count=min_count)
+        if len(data) <= max_bytes:
+            return data
+    raise TwinStoreError(f"twin state does not fit in {max_bytes} bytes (twin.max_disk_bytes)")
+
+
+def decode_into(lm: TwinLM, data: bytes, max_bytes: int) -> tuple[dict[str, np.ndarray[Any, Any]], dict[str, Any]]:
+    """Load a state written by :func:`encode` into a fresh ``lm``; returns the extra arrays and the meta."""
+    arrays, meta = blob.unpack_untrusted(data, MAGIC, FORMAT_VERSION, max_bytes=max_bytes * MAX_RAW_FACTOR)
+    if meta.get("prior") != prior_id(lm):
+        raise TwinStoreError("twin state was learned over a different prior; run `village twin forget`")
+    try:
+        words = bytes(arrays["words"]).decode("utf-8").split("\n") if len(arrays["words"]) else []
+        tri = arrays["tri"].reshape(-1, 3)
+        counts = arrays["tri_counts"]
+        lam = arrays["lam"].tolist()
+        lam_n = arrays["lam_n"].tolist()
+    except (KeyError, ValueError, UnicodeDecodeError) as exc:
+        raise TwinStoreError(f"corrupt twin state: {exc}") from exc
+    if len(words) > lm.max_personal_words or len(lam) != N_BUCKETS or len(lam_n) != N_BUCKETS:
+        raise TwinStoreError("twin state out of bounds")
+    top = lm.prior.v + len(words)
+    if len(tri) and (int(tri.min()) < 0 or int(tri.max()) >= top or len(counts) != len(tri) or int(counts.min()) < 1):
+        raise TwinStoreError("twin state has ids out of range")
+    lm.words = words
+    lm.word_index = {w: lm.prior.v + i for i, w in enumerate(words)}
+    lm.personal = PersonalKN.from_arrays(lm.prior.bos, tri, counts)
+    lm.lam = [min(0.98, max(0.02, float(x))) for x in lam]
+    lm.lam_n = [max(0, int(x)) for x in lam_n]
+    lm.messages = int(meta.get("messages", 0))
+    extra = {k[2:]: v for k, v in arrays.items() if k.startswith("x_")}
+    return extra, meta
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically with mode 0600 (the directory is made 0700)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def forget(directory: Path) -> int:
+    """Delete every file under the twin's directory; returns the number of bytes erased."""
+    erased = 0
+    if not directory.exists():
+        return 0
+    for p in sorted(directory.rglob("*"), reverse=True):
+        if p.is_file() or p.is_symlink():
+            erased += p.lstat().st_size
+            p.unlink()
+        elif p.is_dir():
+            p.rmdir()
+    directory.rmdir()
+    return erased

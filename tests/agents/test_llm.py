@@ -1,0 +1,201 @@
+"""The language model backends: settings, off, the real local model (SmolLM2 GGUF, greedy), and the OpenAI-compatible
+backend against llama-cpp-python's own OpenAI-compatible server (a real one, on loopback)."""
+
+from __future__ import annotations
+
+import dataclasses
+import http.server
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import trio
+
+from node.agents.errors import LlmError, LlmUnavailable
+from node.agents.llm import LocalLlm, Message, OffLlm, OpenAiLlm, build_llm, llama_available, shipped_gguf
+from node.agents.settings import LlmSettings
+from node.errors import ConfigError
+
+NO_LLAMA = llama_available()
+needs_llama = pytest.mark.skipif(NO_LLAMA is not None, reason=f"local LLM not installed: {NO_LLAMA}")
+
+
+def test_settings_name_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"llm\.backend"):
+        LlmSettings(backend="gpt")
+    with pytest.raises(ConfigError, match=r"llm\.model_path"):
+        LlmSettings(model_path="/tmp/model.bin")
+    with pytest.raises(ConfigError, match=r"llm\.openai_base_url"):
+        LlmSettings(openai_base_url="ftp://x")
+
+
+async def test_off_backend_refuses() -> None:
+    llm = build_llm(LlmSettings(backend="off"))
+    assert isinstance(llm, OffLlm)
+    with pytest.raises(LlmUnavailable, match="off"):
+        await llm.complete([Message("user", "hi")])
+
+
+async def test_missing_model_file_is_reported(tmp_path: Any) -> None:
+    llm = LocalLlm(LlmSettings(model_path=str(tmp_path / "none.gguf")))
+    with pytest.raises(LlmUnavailable):
+        await llm.complete([Message("user", "hi")])
+
+
+GREEDY = LlmSettings(max_answer_tokens=24, threads=2, context_tokens=512)
+
+
+@pytest.mark.slow
+@needs_llama
+async def test_local_model_generates_deterministically() -> None:
+    prompt = [Message("user", "Name three colours.")]
+    a = await LocalLlm(GREEDY).complete(prompt)
+    b = await LocalLlm(GREEDY).complete(prompt)
+    assert a.text and a.tokens > 0 and a.backend == "local"
+    # greedy, fixed seed: a freshly loaded model gives the same answer (a reused context may differ in late
+    # tokens: llama.cpp's evaluation is not bit-identical across calls on one context)
+    assert a.text == b.text
+
+
+@pytest.mark.slow
+@needs_llama
+async def test_polyglot_translates_with_the_local_model() -> None:
+    llm = LocalLlm(dataclasses.replace(GREEDY, max_answer_tokens=16))
+    c = await llm.complete(
+        [
+            Message("system", "You are a translator. Reply with the translation only."),
+            Message("user", "Translate from English to French: Good morning"),
+        ]
+    )
+    # SmolLM2-135M is weak (it renders this "Je suis bonjour."); the greeting itself it gets right.
+    assert "bonjour" in c.text.lower()
+
+
+@pytest.fixture
+def llama_server() -> Iterator[str]:
+    """llama-cpp-python's OpenAI-compatible server (``llama_cpp.server``) on a loopback port the OS picks."""
+    if NO_LLAMA is not None:
+        pytest.skip(f"local LLM not installed: {NO_LLAMA}")
+    try:
+        import llama_cpp.server.app  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"llama-cpp-python[server] extras missing: {exc}")
+    script = f"""
+import socket, sys, uvicorn
+from llama_cpp.server.app import create_app
+from llama_cpp.server.settings import ModelSettings, ServerSettings
+sock = socket.socket(); sock.bind(("127.0.0.1", 0)); sock.listen(16)
+print(sock.getsockname()[1], flush=True)
+app = create_app(server_settings=ServerSettings(host="127.0.0.1", port=0),
+                 model_settings=[ModelSettings(model={str(shipped_gguf())!r}, model_alias="smol", n_ctx=512,
+                                               n_threads=2, verbose=False)])
+uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+async def test_openai_backend_against_llama_cpp_server(llama_server: str) -> None:
+    llm = OpenAiLlm(dataclasses.replace(GREEDY, backend="openai", openai_base_url=llama_server, openai_model="smol"))
+    c: Any = None
+    with trio.fail_after(120):
+        while c is None:  # the server accepts on the socket at once but loads the model first
+            try:
+                c = await llm.complete([Message("user", "Name three colours.")])
+            except LlmUnavailable:
+                await trio.sleep(0.5)
+    assert c.text and c.backend == "openai"
+    local = await LocalLlm(GREEDY).complete([Message("user", "Name three colours.")])
+    # The same model, greedy, through both backends: the same opening (late tokens can differ: the server
+    # evaluates with its own batch settings, and llama.cpp is not bit-identical across them).
+    assert c.text[:12] == local.text[:12]
+
+
+class _Broken(http.server.BaseHTTPRequestHandler):
+    body = b""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("body", "message"), [(b"not json", "not a chat completion"), (b"x" * 1_000_001, "more than")])
+async def test_openai_backend_refuses_what_is_not_a_completion(body: bytes, message: str) -> None:
+    """Error paths a real server does not produce on demand: a tiny loopback server answering garbage."""
+    handler = type("H", (_Broken,), {"body": body})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=server.serve_forever)
+    t.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        llm = OpenAiLlm(LlmSettings(backend="openai", openai_base_url=url))
+        with pytest.raises(LlmError, match=message):
+            await llm.complete([Message("user", "hi")])
+    finally:
+        server.shutdown()
+        t.join()
+        server.server_close()
+
+
+async def test_openai_backend_unreachable_is_unavailable() -> None:
+    llm = OpenAiLlm(LlmSettings(backend="openai", openai_base_url="http://127.0.0.1:9/v1", openai_timeout_s=5))
+    with pytest.raises(LlmUnavailable, match="cannot reach"):
+        await llm.complete([Message("user", "hi")])
+
+
+@pytest.mark.slow
+@needs_llama
+async def test_king_routes_a_translation_to_polyglot_which_uses_the_model() -> None:
+    from node.agents.king import King
+    from node.agents.roster import load_roster
+    from node.agents.router import Router
+    from node.agents.tools import Tools
+    from node.agents.trace import TraceStore
+    from node.rag.embed import Embedder
+
+    roster = load_roster()
+    router = await trio.to_thread.run_sync(Router, roster, Embedder().embed)
+    king = King(roster, router, Tools(), llm=LocalLlm(GREEDY), traces=TraceStore(None))
+    out = await king.ask("Translate from English to French: Good morning")
+    assert out["steps"][0]["agent"] == "Polyglot"
+    assert "bonjour" in out["answer"].lower()
+
+
+@pytest.mark.slow
+@needs_llama
+async def test_magi_thinks_in_a_hidden_scratchpad_kept_in_the_trace_only() -> None:
+    from node.agents.king import King
+    from node.agents.roster import load_roster
+    from node.agents.router import Router
+    from node.agents.tools import Tools
+    from node.agents.trace import TraceStore
+    from node.rag.embed import Embedder
+
+    roster = load_roster()
+    router = await trio.to_thread.run_sync(Router, roster, Embedder().embed)
+    traces = TraceStore(None)
+    king = King(roster, router, Tools(), llm=LocalLlm(GREEDY), traces=traces)
+    out = await king.ask("write a python function that adds two numbers", agent="Magi")
+    trace = traces.get(out["id"])
+    assert trace is not None
+    thoughts = [s["detail"] for s in trace["steps"] if s["kind"] == "thought"]
+    assert len(thoughts) == 1 and thoughts[0]
+    assert thoughts[0] not in out["answer"]  # the answer (what may leave the node) carries no thought
+    assert all("thought" not in json.dumps(step) for step in out["steps"])

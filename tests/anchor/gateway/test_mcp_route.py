@@ -1,0 +1,49 @@
+"""/mcp on the anchor gateway: the node's MCP tools for remote clients behind the gateway's auth (401 without a
+token, 403 without any scope opening a tool, each tool behind its own scope), over mcp.Client in both eras."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import trio
+
+from node.mcp.service import McpService
+from tests.anchor.gateway.conftest import Gateway, StartGateway
+from tests.mcp.helpers import http_client, mcp_settings, text_of
+
+
+async def with_mcp(start_gateway: StartGateway, nursery: trio.Nursery) -> Gateway:
+    gateway = await start_gateway()
+    service = McpService(mcp_settings(), persistent=False)
+    await nursery.start(service.run, gateway.node)
+    gateway.node.services.append(service)  # what the composition root does for a configured node
+    return gateway
+
+
+async def test_mcp_needs_a_token_with_a_tool_scope(start_gateway: StartGateway, nursery: trio.Nursery) -> None:
+    gateway = await with_mcp(start_gateway, nursery)
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        r = await client.post("/mcp", json=body)
+        assert r.status_code == 401
+        _, secret = await gateway.key("admin", frozenset({"mailbox:read"}))
+        token = await gateway.token(client, secret)
+        r = await client.post("/mcp", json=body, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 403 and "no scope that opens an MCP tool" in r.text
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_each_tool_requires_its_scope(start_gateway: StartGateway, nursery: trio.Nursery, mode: str) -> None:
+    gateway = await with_mcp(start_gateway, nursery)
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        _, secret = await gateway.key("user", frozenset({"node:read"}))
+        token = await gateway.token(client, secret)
+    async with http_client(gateway.url + "/mcp", token, mode=mode) as mcp:
+        names = {t.name for t in (await mcp.list_tools()).tools}
+        assert names == {"node_status", "peers_list", "routes_list"}
+        peers = await mcp.call_tool("peers_list", {})
+        assert not peers.is_error and peers.structured_content == {"peers": []}
+        refused = await mcp.call_tool("messages_send", {"peer": "x", "text": "hi"})
+        assert refused.is_error and "messages:send" in text_of(refused)
+        memory = await mcp.call_tool("read_graph", {})
+        assert memory.is_error and "memory:read" in text_of(memory)

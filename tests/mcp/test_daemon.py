@@ -1,0 +1,190 @@
+"""MCP against a real daemon (`village run` in a subprocess): `village mcp` over stdio and Streamable HTTP on
+loopback through the SDK's mcp.Client in both protocol eras, the MCP Inspector CLI, `village mcp token|status`,
+`village memory export|forget`, memory surviving a restart, and the clear error when no daemon runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp.client.client import Client
+from mcp.client.stdio import StdioServerParameters
+
+from tests.mcp.helpers import http_client, text_of
+from tests.mcp.reference import inspector_cli_script
+
+ROOT = Path(__file__).resolve().parents[2]
+VILLAGE = [sys.executable, "-m", "node.cli"]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+CONFIG = '[betanet]\nlisten = ["/ip4/127.0.0.1/tcp/0"]\nmdns = false\n\n[mcp]\nhttp_listen = "127.0.0.1:0"\n'
+WAIT_S = 60.0
+
+
+def village(*args: str, timeout: float = WAIT_S) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*VILLAGE, *args], capture_output=True, text=True, timeout=timeout, env=ENV, check=False)
+
+
+class Daemon:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.dd = ["--data-dir", str(data_dir)]
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        notify_path = self.data_dir.parent / "notify.sock"
+        notify_path.unlink(missing_ok=True)
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(str(notify_path))
+        notify.settimeout(WAIT_S)
+        env = {**ENV, "NOTIFY_SOCKET": str(notify_path), "VILLAGE_DATA_DIR": str(self.data_dir)}
+        self.proc = subprocess.Popen(
+            [*VILLAGE, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            assert notify.recv(64) == b"READY=1"  # the daemon's own readiness signal
+        finally:
+            notify.close()
+
+    def stop(self) -> str:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        _, err = self.proc.communicate(timeout=WAIT_S)
+        assert self.proc.returncode == 0, err
+        return err
+
+    def stdio(self, mode: str = "auto") -> Client:
+        return Client(
+            StdioServerParameters(command=VILLAGE[0], args=[*VILLAGE[1:], "mcp", *self.dd], env=ENV), mode=mode
+        )
+
+    def http(self, mode: str = "auto") -> Client:
+        status = json.loads(village("mcp", "status", "--json", *self.dd).stdout)
+        token = village("mcp", "token", *self.dd).stdout.strip()
+        return http_client(status["http_url"], token, mode=mode)
+
+
+@pytest.fixture
+def daemon() -> Iterator[Daemon]:
+    tmp = Path(tempfile.mkdtemp(prefix="vlg-", dir="/tmp"))  # short: Unix socket paths are limited
+    data = tmp / "data"
+    data.mkdir(mode=0o700)
+    (data / "config.toml").write_text(CONFIG)
+    assert village("init", "--data-dir", str(data)).returncode == 0
+    d = Daemon(data)
+    d.start()
+    try:
+        yield d
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def structured(result: Any) -> Any:
+    assert not result.is_error, text_of(result)
+    return result.structured_content
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_stdio_and_http_clients_use_the_daemons_tools(daemon: Daemon, mode: str) -> None:
+    peer_id = json.loads(village("id", "--json", *daemon.dd).stdout)["peer_id"]
+    async with daemon.stdio(mode) as stdio, daemon.http(mode) as http:
+        assert stdio.protocol_version == http.protocol_version == ("2025-11-25" if mode == "legacy" else "2026-07-28")
+        for client in (stdio, http):
+            names = {t.name for t in (await client.list_tools()).tools}
+            assert {"peers_list", "routes_list", "messages_send", "rag_query", "search_nodes", "scratch_get"} <= names
+            assert structured(await client.call_tool("node_status", {}))["peer_id"] == peer_id
+            assert structured(await client.call_tool("peers_list", {})) == {"peers": []}
+        ent = {"name": "Ada", "entityType": "person", "observations": ["wrote notes on the engine"]}
+        assert structured(await stdio.call_tool("create_entities", {"entities": [ent]})) == {"entities": [ent]}
+        assert structured(await http.call_tool("search_nodes", {"query": "ENGINE"}))["entities"] == [ent]  # one memory
+        sent = structured(await stdio.call_tool("messages_broadcast", {"text": "hello mesh"}))
+        assert len(sent["id"]) == 32
+        # Scratch is per client: the HTTP client does not see what the stdio client keeps.
+        structured(await stdio.call_tool("scratch_set", {"key": "plan", "value": {"step": 1}}))
+        assert structured(await stdio.call_tool("scratch_get", {"key": "plan"}))["value"] == {"step": 1}
+        assert structured(await http.call_tool("scratch_get", {"key": "plan"}))["found"] is False
+        bad = await stdio.call_tool("messages_send", {"peer": "nobody", "text": "hi"})
+        assert bad.is_error and "no known peer matches 'nobody'" in text_of(bad)
+        unknown = await stdio.call_tool("no_such_tool", {})
+        assert unknown.is_error and "Traceback" not in text_of(unknown)
+        res = await stdio.read_resource("node://status")
+        assert json.loads(res.contents[0].text)["peer_id"] == peer_id  # type: ignore[union-attr]
+    audit = (daemon.data_dir / "mcp" / "audit.jsonl").read_text().splitlines()
+    tools = [json.loads(line)["tool"] for line in audit]
+    assert {"create_entities", "search_nodes", "messages_broadcast", "no_such_tool"} <= set(tools)
+    assert oct((daemon.data_dir / "mcp" / "audit.jsonl").stat().st_mode & 0o777) == "0o600"
+
+
+async def test_memory_survives_a_restart_and_the_user_can_export_and_erase_it(daemon: Daemon) -> None:
+    ent = {"name": "Bob", "entityType": "cat", "observations": ["sleeps"]}
+    async with daemon.stdio() as client:
+        structured(await client.call_tool("create_entities", {"entities": [ent]}))
+    daemon.stop()
+    daemon.start()
+    async with daemon.stdio() as client:
+        assert structured(await client.call_tool("read_graph", {})) == {"entities": [ent], "relations": []}
+    exported = json.loads(village("memory", "export", *daemon.dd).stdout)
+    assert exported["knowledge_graph"]["entities"] == [ent]
+    r = village("memory", "forget", *daemon.dd)
+    assert r.returncode == 2 and "--yes" in r.stderr
+    r = village("memory", "forget", "--yes", *daemon.dd)
+    assert r.returncode == 0 and "erased 1 entities" in r.stdout
+    assert json.loads(village("memory", "export", *daemon.dd).stdout)["knowledge_graph"]["entities"] == []
+
+
+def test_village_mcp_says_clearly_when_no_node_runs(tmp_path: Path) -> None:
+    r = village("mcp", "--data-dir", str(tmp_path))
+    assert r.returncode == 1
+    assert "no node is running" in r.stderr and "village run" in r.stderr
+    assert r.stdout == ""  # stdout is the protocol channel: nothing else is written there
+
+
+def test_the_mcp_inspector_cli_lists_and_calls_a_tool(daemon: Daemon) -> None:
+    cli = inspector_cli_script()
+    # The server command is the target; its own options come after `--` (the Inspector would take them).
+    target = [VILLAGE[0], "--", *VILLAGE[1:], "mcp", *daemon.dd]
+    node = shutil.which("node") or "node"
+    listed = subprocess.run(
+        [node, str(cli), *target[:1], "--method", "tools/list", *target[1:]],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        env=ENV,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "search_nodes" in {t["name"] for t in json.loads(listed.stdout)["tools"]}
+    called = subprocess.run(
+        [
+            node,
+            str(cli),
+            *target[:1],
+            "--method",
+            "tools/call",
+            "--tool-name",
+            "scratch_set",
+            "--tool-arg",
+            "key=k",
+            "--tool-arg",
+            "value=v",
+            *target[1:],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        env=ENV,
+    )
+    assert called.returncode == 0, called.stderr
+    out = json.loads(called.stdout)
+    assert out.get("isError") in (None, False) and out["structuredContent"]["key"] == "k"

@@ -1,0 +1,175 @@
+"""The tool registry: schemas from type hints, scopes, allow/deny per transport, rate limits, audit, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, Field
+
+from node.errors import MeshError
+from node.mcp.audit import AuditLog
+from node.mcp.errors import InvalidArguments, NotAllowed, RateLimited, ToolError, UnknownTool
+from node.mcp.node_tools import confine
+from node.mcp.registry import Caller, Registry, Tool
+from node.mcp.working import WorkingMemory
+from tests.mcp.helpers import mcp_settings
+
+
+class EchoArgs(BaseModel):
+    text: str = Field(description="What to say back.")
+    times: int = Field(1, ge=1, le=3)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make(tmp_path: Path, **settings: Any) -> tuple[Registry, Clock, AuditLog]:
+    clock = Clock()
+    audit = AuditLog(tmp_path / "audit.jsonl", max_bytes=4096, wall_ms=lambda: 1)
+    reg = Registry(mcp_settings(**settings), now=clock, audit=audit)
+
+    async def echo(p: EchoArgs, caller: Caller) -> dict[str, Any]:
+        return {"said": p.text * p.times, "by": caller.client_id}
+
+    async def post(p: EchoArgs, caller: Caller) -> dict[str, Any]:
+        return {"posted": p.text}
+
+    async def broken(p: EchoArgs, caller: Caller) -> Any:
+        raise KeyError("a bug")
+
+    async def refused(p: EchoArgs, caller: Caller) -> Any:
+        raise MeshError("peer 'zed' is unknown")
+
+    reg.add(Tool("echo", "Say it back.", EchoArgs, "demo:read", False, echo))
+    reg.add(Tool("post", "Change something.", EchoArgs, "demo:write", True, post))
+    reg.add(Tool("broken", "Always fails.", EchoArgs, "demo:read", False, broken))
+    reg.add(Tool("refused", "A node error.", EchoArgs, "demo:read", False, refused))
+    return reg, clock, audit
+
+
+async def test_schema_validation_and_results(tmp_path: Path) -> None:
+    reg, _, _ = make(tmp_path)
+    schema = reg.tools["echo"].input_schema
+    assert schema["properties"]["text"] == {"type": "string", "description": "What to say back."}
+    assert schema["required"] == ["text"]
+    out = await reg.call("echo", {"text": "hi", "times": 2}, caller=Caller("local", "twin"))
+    assert out.structured == {"said": "hihi", "by": "twin"}
+    assert json.loads(out.text) == out.structured
+    with pytest.raises(InvalidArguments, match="times"):
+        await reg.call("echo", {"text": "hi", "times": 9}, caller=Caller("local", "twin"))
+    with pytest.raises(UnknownTool):
+        await reg.call("nope", {}, caller=Caller("local", "twin"))
+
+
+async def test_errors_reach_the_caller_as_messages_never_tracebacks(tmp_path: Path) -> None:
+    reg, _, _ = make(tmp_path)
+    with pytest.raises(ToolError) as info:
+        await reg.call("broken", {"text": "x"}, caller=Caller("stdio", "c"))
+    assert str(info.value) == "internal error in broken; the node's log has the details"
+    with pytest.raises(ToolError, match="peer 'zed' is unknown"):
+        await reg.call("refused", {"text": "x"}, caller=Caller("stdio", "c"))
+    assert reg.failures == {"ToolError": 2}
+
+
+async def test_scopes(tmp_path: Path) -> None:
+    reg, _, _ = make(tmp_path)
+    reader = Caller("gateway", "k1", frozenset({"demo:read"}))
+    assert (await reg.call("echo", {"text": "a"}, caller=reader)).structured["said"] == "a"
+    with pytest.raises(NotAllowed, match="demo:write"):
+        await reg.call("post", {"text": "a"}, caller=reader)
+    assert {t.name for t in reg.listed(reader)} == {"echo", "broken", "refused"}
+    everything = Caller("gateway", "k2", frozenset({"demo:*"}))
+    assert (await reg.call("post", {"text": "a"}, caller=everything)).structured == {"posted": "a"}
+
+
+async def test_allow_and_deny_per_transport_govern_state_changing_tools_only(tmp_path: Path) -> None:
+    reg, _, _ = make(tmp_path, allow=("stdio:*", "local:*"), deny=("stdio:po*",))
+    for transport in ("stdio", "http"):
+        with pytest.raises(NotAllowed, match=f"not allowed over {transport}"):
+            await reg.call("post", {"text": "a"}, caller=Caller(transport, "c"))
+        assert (await reg.call("echo", {"text": "a"}, caller=Caller(transport, "c"))).structured["said"] == "a"
+        assert "post" not in {t.name for t in reg.listed(Caller(transport, "c"))}
+    assert (await reg.call("post", {"text": "a"}, caller=Caller("local", "twin"))).structured == {"posted": "a"}
+
+
+async def test_state_changing_calls_are_rate_limited_per_client(tmp_path: Path) -> None:
+    reg, clock, _ = make(tmp_path, state_calls_per_min=60.0, state_calls_burst=3)
+    me, other = Caller("stdio", "me"), Caller("stdio", "other")
+    for _ in range(3):
+        await reg.call("post", {"text": "a"}, caller=me)
+    with pytest.raises(RateLimited, match=r"retry in 1\.0 s"):
+        await reg.call("post", {"text": "a"}, caller=me)
+    for _ in range(10):  # reads are not limited
+        await reg.call("echo", {"text": "a"}, caller=me)
+    await reg.call("post", {"text": "a"}, caller=other)  # another client has its own bucket
+    clock.t += 1.0
+    await reg.call("post", {"text": "a"}, caller=me)
+
+
+async def test_every_call_is_audited_without_its_arguments_in_a_private_file(tmp_path: Path) -> None:
+    reg, _, audit = make(tmp_path, allow=("local:*",))
+    await reg.call("echo", {"text": "secret words"}, caller=Caller("local", "twin"))
+    with pytest.raises(NotAllowed):
+        await reg.call("post", {"text": "x"}, caller=Caller("http", "session:1"))
+    audit.close()
+    path = tmp_path / "audit.jsonl"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    text = path.read_text()
+    assert "secret words" not in text
+    first, second = (json.loads(line) for line in text.splitlines())
+    assert first["tool"] == "echo" and first["ok"] and first["transport"] == "local" and first["client"] == "twin"
+    assert not first["changes_state"] and len(first["args_sha256"]) == 64
+    assert second["tool"] == "post" and not second["ok"] and second["error"] == "NotAllowed"
+    assert second["changes_state"] is True
+
+
+def test_the_audit_log_rotates_at_its_bound(tmp_path: Path) -> None:
+    audit = AuditLog(tmp_path / "a.jsonl", max_bytes=4096, wall_ms=lambda: 1)
+    for _ in range(40):
+        audit.record(tool="t", caller=Caller("local", "x"), changes_state=False, args={}, error=None, duration_s=0)
+    audit.close()
+    assert (tmp_path / "a.jsonl").stat().st_size <= 4096
+    assert (tmp_path / "a.jsonl.1").stat().st_size <= 4096
+    lines = (tmp_path / "a.jsonl").read_text().count("\n") + (tmp_path / "a.jsonl.1").read_text().count("\n")
+    assert 20 < lines <= 40
+
+
+def test_rag_add_paths_are_confined_to_the_configured_roots(tmp_path: Path) -> None:
+    root = tmp_path / "docs"
+    (root / "sub").mkdir(parents=True)
+    (tmp_path / "secret").mkdir()
+    (root / "escape").symlink_to(tmp_path / "secret")
+    assert confine([str(root / "sub")], [str(root)]) == [str((root / "sub").resolve())]
+    for bad in (str(tmp_path / "secret"), str(root / ".." / "secret"), str(root / "escape"), "docs/sub"):
+        with pytest.raises(NotAllowed):
+            confine([bad], [str(root)])
+    with pytest.raises(NotAllowed, match=r"mcp\.rag_roots"):
+        confine([str(root)], [])
+
+
+def test_working_memory_ttl_bytes_and_clients() -> None:
+    wm = WorkingMemory(max_bytes_per_client=100, max_clients=2, max_ttl_s=60)
+    wm.set("a", "k", "v" * 10, 5, now=0)
+    assert wm.get("a", "k", now=4.9)["value"] == "v" * 10
+    assert wm.get("b", "k", now=1)["found"] is False  # per client
+    assert wm.get("a", "k", now=5.0)["found"] is False  # expired
+    wm.set("a", "k", "x", 10_000, now=10)
+    assert wm.list("a", now=10)["keys"][0]["expires_in_s"] == 60  # capped at the max TTL
+    with pytest.raises(ToolError, match="working memory is full"):
+        wm.set("a", "big", "y" * 200, None, now=10)
+    wm.set("b", "k", 1, None, now=10)
+    wm.set("c", "k", 2, None, now=10)  # a third client evicts the least recently used (a)
+    assert wm.get("a", "k", now=11)["found"] is False and wm.evicted_clients == 1
+    assert wm.export(now=11) == {"b": {"k": 1}, "c": {"k": 2}}
+    assert wm.clear("b", None, now=11) == {"cleared": 1}
+    assert wm.forget() == {"entries": 1}

@@ -1,0 +1,174 @@
+"""TwinService under trio: learning, the governor pausing and resuming it, persistence, forget, the observer."""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trio
+import trio.testing
+
+from node.control.rpc import NoParams, Notify, Registry, param
+from node.transports.ble.power import BatteryState
+from node.twin import rpc as twin_rpc
+from node.twin.service import TwinService
+from node.twin.settings import TwinSettings
+
+
+def fake_embed(texts: Sequence[str]) -> np.ndarray[Any, Any]:
+    out = np.zeros((len(texts), 384), dtype=np.float32)
+    for i, t in enumerate(texts):
+        seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:4], "big")
+        v = np.random.default_rng(seed).standard_normal(384)
+        out[i] = v / np.linalg.norm(v)
+    return out
+
+
+class Power:
+    def __init__(self, percent: int, external: bool) -> None:
+        self.state = BatteryState(percent, external, "sysfs")
+
+    def __call__(self) -> BatteryState | None:
+        return self.state
+
+
+def make(tmp_path: Path, power: Power, **kw: Any) -> TwinService:
+    settings = TwinSettings(neural=False, poll_interval_s=60, save_interval_s=3600, **kw)
+    return TwinService(settings, tmp_path, battery_reader=power, thermal_reader=lambda: 35.0, embed=fake_embed)
+
+
+async def learned(svc: TwinService) -> int:
+    await svc.idle.wait()
+    return int((await svc.status())["messages_learned"])
+
+
+async def test_learns_persists_0600_and_reloads(tmp_path: Path) -> None:
+    power = Power(80, False)
+    svc = make(tmp_path, power)
+    async with trio.open_nursery() as n:
+        await n.start(svc.run, None)
+        for _ in range(4):
+            svc.record("message", "see you at the vorpal lounge", action="messages.send")
+        assert await learned(svc) == 4
+        assert (await svc.suggest("see you at the "))[0]["token"] == "vorpal"
+        n.cancel_scope.cancel()
+    assert stat.S_IMODE(svc.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(svc.dir.stat().st_mode) == 0o700
+    again = make(tmp_path, power)
+    async with trio.open_nursery() as n:
+        await n.start(again.run, None)
+        st = await again.status()
+        assert st["messages_learned"] == 4 and st["state_bytes"] > 0
+        assert (await again.suggest("see you at the "))[0]["token"] == "vorpal"
+        n.cancel_scope.cancel()
+
+
+async def test_paused_on_low_battery_then_drained_when_charging(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    power = Power(10, False)
+    svc = make(tmp_path, power, min_battery_percent=30)
+    async with trio.open_nursery() as n:
+        await n.start(svc.run, None)
+        svc.record("message", "hello from a tired phone", action="messages.send")
+        svc.record("query", "battery saving tips", action="rag.query")
+        await svc.idle.wait()
+        st = await svc.status()
+        assert st["learning"] == "paused" and "battery 10 %" in st["reason"]
+        assert st["deferred_events"] == 2 and st["messages_learned"] == 0
+        power.state = BatteryState(10, True, "sysfs")  # plugged in
+        # The next poll is 60 s later (MockClock: instant). No fail_after here: the autojump clock also jumps
+        # while a learning thread runs, so a deadline would fire spuriously; pytest's timeout catches a hang.
+        await svc.wait_learned(2)
+        st = await svc.status()
+        assert st["learning"] == "allowed" and st["deferred_events"] == 0 and st["messages_learned"] == 2
+        n.cancel_scope.cancel()
+
+
+async def test_forget_erases_every_learned_byte(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    svc = make(tmp_path, Power(90, True))
+    async with trio.open_nursery() as n:
+        await n.start(svc.run, None)
+        svc.record("message", "my canary plumtree-4711", action="messages.send")
+        await learned(svc)
+        assert await svc.save_now() > 0
+        out = await svc.forget()
+        assert out["erased_bytes"] > 0 and not svc.dir.exists()
+        st = await svc.status()
+        assert st["messages_learned"] == 0 and st["personal_words"] == 0
+        exported = await svc.export()
+        assert "plumtree" not in repr(exported)
+        n.cancel_scope.cancel()
+    assert not svc.path.exists()  # nothing learned since: nothing written at shutdown
+
+
+@dataclass(frozen=True, slots=True)
+class _SendParams:
+    peer: str = param(doc="peer")
+    text: str = param(doc="text")
+
+
+async def test_observer_feeds_the_users_calls_only(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    svc = make(tmp_path, Power(90, True))
+    reg = Registry()
+    received: list[str] = []
+
+    async def send(p: _SendParams, notify: Notify) -> Any:
+        return {"id": "x"}
+
+    async def inbox(_: NoParams, notify: Notify) -> Any:
+        received.append("a message from someone else: secret-from-peer")
+        return received
+
+    reg.add("messages.send", _SendParams, "send", send)
+    reg.add("inbox.list", NoParams, "inbox", inbox)
+    twin_rpc.observe_calls(reg, svc)
+    twin_rpc.register(reg, svc)
+    async with trio.open_nursery() as n:
+        await n.start(svc.run, None)
+        for _ in range(3):
+            await reg.lookup("messages.send").handler(_SendParams("alice", "lunch at the quokka bar"), _no_notify)
+            await reg.lookup("inbox.list").handler(NoParams(), _no_notify)
+        await svc.idle.wait()
+        exported = await reg.lookup("twin.export").handler(NoParams(), _no_notify)
+        words = exported["personal_words"]
+        assert "quokka" in words and not any("secret" in w for w in words)
+        assert set(exported["actions"]) == {"messages.send", "inbox.list"}
+        assert exported["context"]["contacts"] == ["alice"]
+        nxt = await reg.lookup("twin.actions").handler(twin_rpc.ActionsParams(1), _no_notify)
+        assert nxt[0]["action"] == "messages.send"  # after inbox.list the user sent a message, every time
+        n.cancel_scope.cancel()
+
+
+async def _no_notify(name: str, payload: Any) -> None:
+    raise AssertionError("no notifications expected")
+
+
+def test_every_twin_method_is_documented(tmp_path: Path) -> None:
+    reg = Registry()
+    twin_rpc.register(reg, make(tmp_path, Power(90, True)))
+    names = [n for n in reg.methods if n.startswith("twin.")]
+    assert set(names) == {"twin.status", "twin.suggest", "twin.actions", "twin.observe", "twin.export", "twin.forget"}
+    assert all(reg.methods[n].doc for n in names)
+
+
+async def test_a_failing_event_is_counted_not_fatal(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    def broken_embed(texts: Sequence[str]) -> np.ndarray[Any, Any]:
+        return np.zeros((len(texts), 7), dtype=np.float32)  # wrong dimension: the action head refuses it
+
+    settings = TwinSettings(neural=False, save_interval_s=3600)
+    svc = TwinService(settings, tmp_path, battery_reader=lambda: None, thermal_reader=lambda: None, embed=broken_embed)
+    async with trio.open_nursery() as n:
+        await n.start(svc.run, None)
+        svc.record("query", "first question", action="rag.query")
+        svc.record("query", "second question", action="rag.query")  # the head now sees a 7-d vector
+        svc.record("message", "still learning messages", action="messages.send")
+        await svc.idle.wait()
+        st = await svc.status()
+        assert st["learn_errors"] >= 1 and st["messages_learned"] >= 2
+        n.cancel_scope.cancel()

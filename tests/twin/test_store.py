@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from node.twin import store
+from node.twin.engine import Event, TwinEngine
+from node.twin.errors import TwinStoreError
+from node.twin.model import TwinLM
+from node.twin.prior import GlobalPrior
+
+TEXTS = [f"message number {i} about the grobnik {i % 7} project" for i in range(200)]
+
+
+@pytest.fixture(scope="module")
+def prior() -> GlobalPrior:
+    return GlobalPrior.load_packaged()
+
+
+def test_round_trip_gives_the_same_model(prior: GlobalPrior, tmp_path: Path) -> None:
+    lm = TwinLM(prior)
+    for t in TEXTS[:50]:
+        lm.observe(t)
+    path = tmp_path / "twin" / "state.bin"
+    store.write_private(path, store.encode(lm))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    back = TwinLM(prior)
+    store.decode_into(back, path.read_bytes(), 10_000_000)
+    hist = lm.ids(["the", "grobnik"])
+    cand = lm.candidates(hist)
+    assert back.words == lm.words and back.lam == lm.lam
+    np.testing.assert_allclose(back._mix(hist, cand).p, lm._mix(hist, cand).p, rtol=1e-9)
+
+
+def test_bounded_encoding_drops_rare_ngrams(prior: GlobalPrior) -> None:
+    lm = TwinLM(prior)
+    for t in TEXTS:
+        lm.observe(t)
+    full = store.encode(lm)
+    bound = len(full) * 2 // 3
+    small = store.encode_bounded(lm, bound)
+    assert len(small) <= bound < len(full)
+    back = TwinLM(prior)
+    store.decode_into(back, small, bound)
+    assert 0 < back.personal.trigrams < lm.personal.trigrams
+    with pytest.raises(TwinStoreError):
+        store.encode_bounded(lm, 100)
+
+
+def test_corrupt_or_foreign_state_is_refused(prior: GlobalPrior) -> None:
+    lm = TwinLM(prior)
+    lm.observe("hello")
+    data = store.encode(lm)
+    for bad in (data[:20], b"AVTS" + data[4:30] + b"\x00" * 50, data.replace(b"AVTS", b"AVTX", 1)):
+        with pytest.raises(TwinStoreError):
+            store.decode_into(TwinLM(prior), bad, 10_000_000)
+
+
+def test_forget_deletes_every_file(prior: GlobalPrior, tmp_path: Path) -> None:
+    d = tmp_path / "twin"
+    eng = TwinEngine(prior)
+    eng.observe(Event("message", "my secret plan", None, 0))
+    store.write_private(d / "state.bin", eng.encode(10_000_000))
+    (d / "state.bin.bad").write_bytes(b"x")
+    erased = store.forget(d)
+    assert erased > 0 and not d.exists()
+    eng.forget()
+    assert eng.lm.personal.tokens == 0 and eng.lm.words == []

@@ -1,0 +1,85 @@
+"""`village twin ...` against a real `village run` daemon: the user's messages are learned through the real
+control socket, suggestions come back, the state file is 0600 in the data dir, and forget erases it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node.control.client import ControlClient
+from tests.test_cli import LOOPBACK_CONFIG, VILLAGE, WAIT_S, village
+
+
+@pytest.fixture
+def daemon() -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    d = Path(tempfile.mkdtemp(prefix="vtwin-", dir="/tmp"))
+    data = d / "data"
+    data.mkdir(mode=0o700)
+    (data / "config.toml").write_text(LOOPBACK_CONFIG + "[twin]\nactions = false\n")
+    assert village("init", "--data-dir", str(data)).returncode == 0
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(d / "notify.sock"))
+    notify.settimeout(WAIT_S)
+    env = {**os.environ, "NOTIFY_SOCKET": str(d / "notify.sock"), "VILLAGE_DATA_DIR": str(data)}
+    proc = subprocess.Popen([*VILLAGE, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert notify.recv(64) == b"READY=1"
+        yield data, proc
+        if proc.poll() is None:
+            proc.terminate()
+        _out, err = proc.communicate(timeout=WAIT_S)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        notify.close()
+        subprocess.run(["rm", "-rf", str(d)], check=False)
+
+
+def twin(data: Path, *args: str) -> tuple[int, Any]:
+    r = village("twin", *args, "--json", "--data-dir", str(data), timeout=120)
+    return r.returncode, (json.loads(r.stdout) if r.stdout.strip() else r.stderr)
+
+
+def test_twin_cli_against_a_running_node(daemon: tuple[Path, subprocess.Popen[str]]) -> None:
+    daemon_dir, proc = daemon
+    with ControlClient(daemon_dir / "control.sock", timeout_s=60) as c:
+        for _ in range(3):
+            c.call("messages.broadcast", text="the snorkel club meets at dawn")
+        c.call("node.status")
+    code, st = twin(daemon_dir, "status")
+    assert code == 0 and st["learning"] == "allowed", st
+    assert st["messages_learned"] == 3 and st["prior_bytes"] > 0
+    code, sug = twin(daemon_dir, "suggest", "the snorkel ")
+    assert code == 0 and sug[0]["token"] == "club"
+    code, exported = twin(daemon_dir, "export")
+    assert "snorkel" in exported["personal_words"] or "snorkel" in json.dumps(exported["trigram_counts"])
+    # Persisted at shutdown / on demand: stop the node and look at the file.
+    with ControlClient(daemon_dir / "control.sock", timeout_s=60) as c:
+        c.call("node.stop")
+    assert proc.wait(timeout=WAIT_S) == 0
+    state = daemon_dir / "twin" / "state.bin"
+    assert state.exists() and stat.S_IMODE(state.stat().st_mode) == 0o600
+
+
+def test_twin_forget_needs_yes_and_erases(daemon: tuple[Path, subprocess.Popen[str]]) -> None:
+    daemon_dir, _proc = daemon
+    with ControlClient(daemon_dir / "control.sock", timeout_s=60) as c:
+        c.call("messages.broadcast", text="remember the walrus-canary")
+        c.call("twin.status")
+    r = village("twin", "forget", "--data-dir", str(daemon_dir))
+    assert r.returncode == 2 and "--yes" in r.stderr
+    code, out = twin(daemon_dir, "forget", "--yes")
+    assert code == 0 and out["path"].endswith("twin")
+    code, exported = twin(daemon_dir, "export")
+    assert "walrus" not in json.dumps(exported)
+    assert not (daemon_dir / "twin").exists()
