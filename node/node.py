@@ -41,8 +41,8 @@ from node.routing.mesh import (
     PeerLeft,
     PrivateFailed,
 )
-from node.routing.pins import PinChange
 from node.routing.names import describe
+from node.routing.pins import PinChange
 from node.settings import Config
 from node.systemd import sd_notify
 from node.transports.base import FrameSizeError, Link, LinkClosed, Transport
