@@ -42,6 +42,7 @@ from node.routing.mesh import (
     PrivateFailed,
 )
 from node.routing.names import describe
+from node.routing.pins import PinChange
 from node.settings import Config
 from node.systemd import sd_notify
 from node.transports.base import FrameSizeError, Link, LinkClosed, Transport
@@ -133,6 +134,10 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self._rearm = trio.Event()
         self._changed = trio.Event()
+        # Pin changes the core reported, written to state.db off the event loop by _pin_writer (one transaction).
+        self._pin_backlog: list[PinChange] = []
+        self._pins_dirty = trio.Event()
+        self._pin_limiter = trio.CapacityLimiter(1)  # one writer at a time (sqlite connection, in order)
         self._stop_requested = trio.Event()
         self.started_at: float | None = None
         self.control_server: ControlServer | None = None
@@ -181,6 +186,7 @@ class Node:
                 for transport in self.transports:
                     await nursery.start(transport.run, link_send)
                 nursery.start_soon(self._timer_task)
+                nursery.start_soon(self._pin_writer)
                 self.started_at = self.clock.now()
                 log.info(
                     "node ready: peer %s (%s), transports: %s, control socket: %s",
@@ -200,6 +206,7 @@ class Node:
                 ch.close()
             self.inbox.close()
             self.outbox.close()
+            self._write_pins(self._take_pin_backlog())  # what the writer had not written yet
             self.pin_file.close()
 
     # ------------------------------------------------------------ hooks for services
@@ -379,10 +386,8 @@ class Node:
                         q.queued_bytes,
                     )
         if changes := core.pins.take_changes():
-            try:
-                self.pin_file.apply(changes)
-            except PinFileError as exc:  # the pins stay in memory for this run; the next proof pins them again
-                log.warning("%s", exc)
+            self._pin_backlog.extend(changes)
+            self._pins_dirty.set()
         self._rearm.set()
         self._notify_changed()
         return stored
@@ -390,6 +395,33 @@ class Node:
     def _notify_changed(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+
+    def _take_pin_backlog(self) -> list[PinChange]:
+        batch, self._pin_backlog = self._pin_backlog, []
+        return batch
+
+    def _write_pins(self, batch: list[PinChange]) -> None:
+        if not batch:
+            return
+        try:
+            self.pin_file.apply(batch)
+        except PinFileError as exc:  # the pins stay in memory for this run; the next proof pins them again
+            log.warning("%s", exc)
+
+    async def persist_pins(self) -> None:
+        """Write every pin change so far (in order, after what the writer already took) and return when it is on
+        disk. Raises PinFileError."""
+        core = self._require_core()
+        self._pin_backlog.extend(core.pins.take_changes())
+        await trio.to_thread.run_sync(self.pin_file.apply, self._take_pin_backlog(), limiter=self._pin_limiter)
+
+    async def _pin_writer(self) -> None:
+        """Persist pin changes in batches (one transaction each) on a worker thread: an fsync never stalls the
+        event loop, however fast remote peers make the core pin."""
+        while True:
+            await self._pins_dirty.wait()
+            self._pins_dirty = trio.Event()
+            await trio.to_thread.run_sync(self._write_pins, self._take_pin_backlog(), limiter=self._pin_limiter)
 
     async def _wait_changed(self) -> None:
         await self._changed.wait()

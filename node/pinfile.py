@@ -1,8 +1,7 @@
 """Identity pins on disk: the ``pins`` table of the node's ``state.db`` (see :mod:`node.routing.pins`).
 
 The mesh core keeps pins in memory and reports changes; the node loads the table when it builds the core and
-applies the changes after each batch of core work. Writes are rare (one per newly proven peer), small and
-synchronous (``synchronous=FULL``), like the outbox's.
+hands the changes to a worker thread, which applies each batch in one transaction (``synchronous=FULL``).
 """
 
 from __future__ import annotations
@@ -44,13 +43,19 @@ class PinFile:
     def apply(self, changes: list[PinChange]) -> None:
         try:
             with self._lock:
-                for ch in changes:
-                    if ch.pin is None:
-                        self._conn.execute("DELETE FROM pins WHERE peer = ?", [ch.peer_id])
-                    else:
-                        self._conn.execute(
-                            "INSERT OR REPLACE INTO pins (peer, noise_key, signing_key) VALUES (?, ?, ?)",
-                            [ch.peer_id, ch.pin.noise_public_key, ch.pin.signing_public_key],
-                        )
+                self._conn.execute("BEGIN")  # one transaction (one fsync) per batch
+                try:
+                    for ch in changes:
+                        if ch.pin is None:
+                            self._conn.execute("DELETE FROM pins WHERE peer = ?", [ch.peer_id])
+                        else:
+                            self._conn.execute(
+                                "INSERT OR REPLACE INTO pins (peer, noise_key, signing_key) VALUES (?, ?, ?)",
+                                [ch.peer_id, ch.pin.noise_public_key, ch.pin.signing_public_key],
+                            )
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise PinFileError(f"identity pins could not be written: {exc}") from exc

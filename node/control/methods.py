@@ -125,7 +125,7 @@ def build_registry(node: Node) -> Registry:
             raise RpcError(APP_ERROR, f"{p.peer!r} is not a full peer ID (16 hex digits)")
         core = _core()
         forgotten = core.forget_pin(peer)
-        node.pin_file.apply(core.pins.take_changes())  # on disk before we answer
+        await node.persist_pins()  # on disk before we answer
         return {"peer_id": peer.hex(), "forgotten": forgotten}
 
     async def send(p: SendParams, notify: Notify) -> Any:

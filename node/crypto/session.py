@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import copy
 import struct
 
 from node.crypto.errors import DecryptError, HandshakeError, NonceExhausted, ReplayError
@@ -128,6 +129,11 @@ class XXHandshake:
     @property
     def remote_static(self) -> bytes | None:
         return self._hs.remote_static_public_key
+
+    def copy(self) -> XXHandshake:
+        """An independent copy: read a message from an unauthenticated sender into the copy, and keep it only if
+        the read (and what follows it) succeeds — a forged message then leaves the original untouched."""
+        return copy.deepcopy(self)
 
     def write(self) -> bytes:
         msg = self._hs.write_message(b"")

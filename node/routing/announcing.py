@@ -22,6 +22,7 @@ from node.routing.meshbase import (
     LOSSY_EARLY_RELAYS,
     SETTLE_ANNOUNCE_S,
 )
+from node.routing.ratelimit import OriginLimiter
 from node.routing.settings import MeshSection
 
 
@@ -94,6 +95,11 @@ class AnnounceSchedule:
         return {"announce_answers": (len(self.answers), max_links), "announced_at": (len(self.announced_at), max_links)}
 
 
+FIRST_RELAYS_PER_LINK_PER_S = 5.0  # announces of origins new to us passed on to every link, per arrival link
+FIRST_RELAYS_PER_S = 10.0  # ... and in all (bursts of 10 s worth); beyond, to phones only until a later announce
+MAX_FIRST_RELAY_LINKS = 256  # arrival links whose first-relay budget is remembered
+
+
 class AnnounceRelays:
     """Announce relay suppression (see :meth:`decide`), bounded by ``max_entries`` origins."""
 
@@ -101,17 +107,37 @@ class AnnounceRelays:
         self.max_entries = max_entries
         # origin -> (when we last relayed its announce, SHA-256 of that announce's payload, relays so far)
         self._last: OrderedDict[bytes, tuple[float, bytes, int]] = OrderedDict()
+        # Identities are free: every new one's announce would be a mesh-wide flood. Budget per arrival link and
+        # in total for announces of origins we have not relayed before.
+        self.first_relays = OriginLimiter(
+            per_origin_per_s=FIRST_RELAYS_PER_LINK_PER_S,
+            burst=10 * FIRST_RELAYS_PER_LINK_PER_S,
+            global_per_s=FIRST_RELAYS_PER_S,
+            global_burst=10 * FIRST_RELAYS_PER_S,
+            max_origins=MAX_FIRST_RELAY_LINKS,
+        )
 
     def __len__(self) -> int:
         return len(self._last)
 
-    def decide(self, origin: bytes, payload: bytes, now: float, *, interval_s: float, early_interval_s: float) -> str:
+    def decide(
+        self,
+        origin: bytes,
+        payload: bytes,
+        now: float,
+        *,
+        interval_s: float,
+        early_interval_s: float,
+        link_id: str = "",
+    ) -> str:
         """``"all"`` (pass the announce on to every link) or ``"phones"`` (only to BitChat phones).
 
         Pass on an origin's announce if it is the first we see, if it changed (at most every
         ANNOUNCE_CHANGE_GAP_S) or if the relay interval has passed since we last passed one on. ``interval_s`` is
         the relay interval; ``early_interval_s`` the one for an origin's first LOSSY_EARLY_RELAYS relays (shorter
-        in a lossy neighbourhood, so nodes near the TTL horizon get several chances to learn it)."""
+        in a lossy neighbourhood, so nodes near the TTL horizon get several chances to learn it). An origin's first
+        relay is within the first-relay budget of its arrival link ``link_id`` and in total: beyond, ``"phones"``
+        and nothing remembered (its next announce gets another chance)."""
         digest = hashlib.sha256(payload).digest()  # 32 bytes per origin, however large the payload
         last = self._last.get(origin)
         relays = 1
@@ -126,6 +152,8 @@ class AnnounceRelays:
                     return "phones"
             elif age < ANNOUNCE_CHANGE_GAP_S:
                 return "phones"
+        elif not self.first_relays.allow(link_id.encode(), now):
+            return "phones"
         self._last[origin] = (now, digest, relays)
         self._last.move_to_end(origin)
         while len(self._last) > self.max_entries:
@@ -136,4 +164,7 @@ class AnnounceRelays:
         return None  # nothing here expires on a timer: entries are replaced or evicted
 
     def bounded_sizes(self) -> dict[str, tuple[int, int]]:
-        return {"announce_relays": (len(self._last), self.max_entries)}
+        return {
+            "announce_relays": (len(self._last), self.max_entries),
+            **self.first_relays.bounded_sizes("announce_first_relay_links"),
+        }

@@ -14,8 +14,9 @@ hands it over, even if the sender is long gone.
 * **Spray and wait** (binary): a holder of ``c > 1`` copies that meets a new direct neighbour gives it
   ``c // 2`` copies and keeps the rest; a holder of one copy waits for the recipient itself. Whoever meets the
   recipient directly hands the envelope over (at up to three meetings, in case a frame is lost), then forgets it.
-* **Bounds**: ``mesh.courier_copies`` per message, ``mesh.courier_expiry_s`` lifetime, ``mesh.courier_max_envelopes``
-  carried at once (the envelope nearest its expiry is dropped first).
+* **Bounds**: ``mesh.courier_copies`` per message (also the most copies a carrier keeps of anyone's envelope),
+  ``mesh.courier_expiry_s`` lifetime (envelopes expiring later than that, plus the clock skew, are refused),
+  ``mesh.courier_max_envelopes`` carried at once (full: the link holding the most loses its latest-expiring one).
 """
 
 from __future__ import annotations
@@ -99,15 +100,23 @@ RECIPIENT_HANDOVERS = 3  # times a holder hands an envelope to its recipient (on
 class Carried:
     envelope: Envelope
     copies: int
+    source: str = ""  # the link it came on ("": sealed here); a carrier cannot check envelopes, so links share room
     given_to: set[bytes] = field(default_factory=set)  # peers already handed copies (never twice)
     handovers: int = 0  # to the recipient; a lost frame on the way is covered by the next meeting
 
 
 class CourierStore:
-    """Envelopes this node carries (its own included), bounded and expiring."""
+    """Envelopes this node carries (its own included), bounded and expiring.
 
-    def __init__(self, max_envelopes: int) -> None:
+    Carriers cannot open envelopes, so junk costs its sender nothing: an envelope whose expiry lies more than
+    ``max_lifetime_ms`` ahead is refused, copies are capped at ``max_copies``, and when the store is full the
+    envelope dropped is the one expiring last from the source (arrival link) holding the most — a flood from one
+    link displaces its own envelopes, never another link's."""
+
+    def __init__(self, max_envelopes: int, *, max_lifetime_ms: int | None = None, max_copies: int = MAX_COPIES) -> None:
         self.max_envelopes = max_envelopes
+        self.max_lifetime_ms = max_lifetime_ms
+        self.max_copies = max(1, min(MAX_COPIES, max_copies))
         self._carried: dict[bytes, Carried] = {}
         self._done: dict[bytes, int] = {}  # keys handed to their recipient -> expiry (refuse them again)
 
@@ -117,20 +126,33 @@ class CourierStore:
     def __iter__(self) -> Iterator[Carried]:
         return iter(list(self._carried.values()))
 
-    def add(self, env: Envelope, now_ms: int) -> bool:
-        """Carry ``env`` (copies merge if we hold it already). False if refused (expired, done or full)."""
+    def add(self, env: Envelope, now_ms: int, source: str = "") -> bool:
+        """Carry ``env`` (copies merge if we hold it already). False if refused (expired, too far in the future,
+        done, or the store is full and ``source`` holds the most)."""
         self.expire(now_ms)
         key = env.key
         if env.expires_at_ms <= now_ms or key in self._done:
             return False
+        if self.max_lifetime_ms is not None and env.expires_at_ms > now_ms + self.max_lifetime_ms:
+            return False
         held = self._carried.get(key)
         if held is not None:
-            held.copies = min(MAX_COPIES, held.copies + env.copies)  # the copy count travels in one byte
+            held.copies = min(self.max_copies, held.copies + env.copies)  # the copy count travels in one byte
             return True
+        new = Carried(env, min(self.max_copies, env.copies), source)
         if len(self._carried) >= self.max_envelopes:
-            victim = min(self._carried, key=lambda k: self._carried[k].envelope.expires_at_ms)
+            counts: dict[str, int] = {source: 1}
+            for c in self._carried.values():
+                counts[c.source] = counts.get(c.source, 0) + 1
+            heavy = max(counts, key=lambda src: (counts[src], src != ""))  # on a tie, our own envelopes stay
+            pool = [(k, c) for k, c in self._carried.items() if c.source == heavy]
+            if source == heavy:
+                pool.append((key, new))
+            victim, _ = max(pool, key=lambda kc: kc[1].envelope.expires_at_ms)
+            if victim == key:
+                return False
             del self._carried[victim]
-        self._carried[key] = Carried(env, min(MAX_COPIES, env.copies))
+        self._carried[key] = new
         return True
 
     def handed_to_recipient(self, key: bytes) -> None:

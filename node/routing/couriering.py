@@ -99,7 +99,7 @@ class CourierDesk:
             self.counters.courier_refused += 1
             return False
         if env.recipient_id != self.output.peer_id:
-            if not self.couriers.add(env, self.output.wall_ms(now)):
+            if not self.couriers.add(env, self.output.wall_ms(now), source=link_id):
                 self.counters.courier_refused += 1
                 return False
             self.counters.courier_carried += 1

@@ -38,7 +38,7 @@ from node.routing.peers import PeerInfo, PeerTable
 from node.routing.pending import PendingMessage, PendingSet
 from node.routing.pins import decode_peer_state_signing_key_untrusted
 from node.routing.ratelimit import OriginLimiter
-from node.routing.sessions import SessionLimits, SessionManager
+from node.routing.sessions import Msg1Tier, SessionLimits, SessionManager
 from node.routing.settings import MeshSection
 from node.wire import (
     MalformedFrame,
@@ -60,6 +60,10 @@ class DeliveryHost(Protocol):
     ) -> list[str]: ...
 
     def hop_route(self, peer_id: bytes, now: float) -> bool: ...
+
+    def routed(self, peer_id: bytes, now: float) -> bool: ...
+
+    def send_on_link(self, link_id: str, msg_type: int, payload: bytes, peer_id: bytes, now: float) -> None: ...
 
     def peer_expiry_for(self, info: PeerInfo) -> float: ...
 
@@ -337,21 +341,36 @@ class PrivateDelivery:
             self.start_handshake(p.peer_id, now, flood=True)
 
     # ---------------------------------------------------------------- receiving
-    def on_handshake(self, pkt: Packet, now: float) -> None:
+    def on_handshake(self, pkt: Packet, now: float, *, link_id: str = "", tier: Msg1Tier = Msg1Tier.UNKNOWN) -> None:
+        """A 0x10 packet for us; ``link_id`` it arrived on and ``tier`` (what we know of its sender) decide which
+        message-1 budget it is charged to."""
         peer = pkt.sender_id
         info = self.peers.get(peer)
+        pinned = info.noise_public_key if info else None
         try:
-            step = self.sessions.on_message_untrusted(peer, pkt.payload, now, info.noise_public_key if info else None)
+            step = self.sessions.on_message_untrusted(peer, pkt.payload, now, pinned, link_id=link_id, tier=tier)
         except CryptoError:
             self.counters.handshake_failed += 1
-            self.early.pop(peer, None)  # the handshake is gone: so is what waited for it
+            if not self.sessions.handshaking(peer):
+                self.early.pop(peer, None)  # no handshake is left: neither is what waited for it
             return
         if step.refused:
             self.counters.handshake_refused += 1
             return
         if step.reply is not None:
             flood = arrived_flooded(pkt) and not self.host.hop_route(peer, now)
-            self.host.send_directed(MessageType.NOISE_HANDSHAKE, step.reply, peer, now, flood=flood)
+            if (
+                link_id
+                and self.flood_limiter is not None
+                and (flood or not self.host.routed(peer, now))
+                and not self.flood_limiter.allow(peer, now)
+            ):
+                # The answer would flood the mesh, and remote input may make us flood only within the flood limits
+                # (a message 1 costs its sender nothing): beyond them, it goes back the way the message came.
+                self.counters.rate_limited += 1
+                self.host.send_on_link(link_id, MessageType.NOISE_HANDSHAKE, step.reply, peer, now)
+            else:
+                self.host.send_directed(MessageType.NOISE_HANDSHAKE, step.reply, peer, now, flood=flood)
         if step.established:
             self.host.session_established(peer, now)
             self.handshake_expiries.pop(peer, None)

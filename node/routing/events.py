@@ -112,3 +112,5 @@ class MeshCounters:
     leave_replayed: int = 0  # signed leaves refused: not newer than the peer's last announce or accepted leave
     pin_conflict: int = 0  # announces refused: their keys conflict with a pinned (handshake-proven) binding
     pins_added: int = 0  # peer ID -> signing key bindings made durable by a completed Noise handshake
+    pins_refused: int = 0  # proven bindings not pinned: the pin store is full, or over the rate of new pins
+    pin_replaced_unproven: int = 0  # a proven binding replaced another (unproven) one in the peer table

@@ -104,7 +104,7 @@ from node.routing.pins import Pin, PinStore
 from node.routing.presence import Presence
 from node.routing.ratelimit import OriginLimiter
 from node.routing.relay import TTL_OFFSET, RelayQueue
-from node.routing.sessions import SessionManager
+from node.routing.sessions import Msg1Tier, SessionManager
 from node.routing.settings import MeshSection
 from node.wire import (
     Announce,
@@ -157,7 +157,11 @@ class MeshCore:
         )
         self.paths = PathTable(self.peer_id, path_ttl_s=s.path_ttl_s, max_hops=s.default_ttl, max_entries=s.max_peers)
         self.relays = RelayQueue(s.relay_queue_max, s.relay_queue_max_bytes)
-        self.couriers = CourierStore(s.courier_max_envelopes)
+        self.couriers = CourierStore(
+            s.courier_max_envelopes,
+            max_lifetime_ms=int((s.courier_expiry_s + s.max_clock_skew_s) * 1000),
+            max_copies=s.courier_copies,
+        )
         self.app = AppChannel(self.rng)  # app request/response codec and matching (node.routing.app)
         self._flood = s.routing == "flood"
         self._events: deque[MeshEvent] = deque()
@@ -275,7 +279,7 @@ class MeshCore:
         s, lim = self.settings, self.limits
         r = self.reassembler
         sizes = {
-            "peers": (len(self.peers), s.max_peers),
+            **self.peers.bounded_sizes(),
             "dedupe": (len(self.dedupe), s.dedupe_max_entries),
             "raw_seen": (len(self._raw_seen), s.dedupe_max_entries),
             "paths_origins": (self.paths.origins(), s.max_peers),
@@ -417,8 +421,18 @@ class MeshCore:
     def hop_route(self, peer_id: bytes, now: float) -> bool:
         return self.output.hop_route(peer_id, now)
 
+    def routed(self, peer_id: bytes, now: float) -> bool:
+        """A directed packet to ``peer_id`` would follow a path (not flood)."""
+        return self.output.path_to(peer_id, now)[1] is not None
+
+    def send_on_link(self, link_id: str, msg_type: int, payload: bytes, peer_id: bytes, now: float) -> None:
+        """A directed packet to ``peer_id`` on one link only (the way its request came)."""
+        if link_id in self.links:
+            self.output.emit([link_id], self.output.packet(msg_type, payload, now, peer_id))
+
     def forget_pin(self, peer_id: bytes) -> bool:
         """The user resets a pin (``village peers forget``): the next proven binding is pinned anew."""
+        self.peers.forget_binding(peer_id)
         return self.pins.forget(peer_id)
 
     def path_to(self, peer_id: bytes, now: float) -> tuple[list[str], Route | None]:
@@ -617,7 +631,15 @@ class MeshCore:
         elif t == MessageType.LEAVE:
             authentic = self._on_leave(pkt, wire)
         elif t == MessageType.NOISE_HANDSHAKE and for_us:
-            self.delivery.on_handshake(pkt, now)
+            sender = pkt.sender_id
+            tier = (
+                Msg1Tier.PINNED
+                if self.pins.get(sender) is not None
+                else Msg1Tier.ANNOUNCED
+                if self.peers.get(sender) is not None
+                else Msg1Tier.UNKNOWN
+            )
+            self.delivery.on_handshake(pkt, now, link_id=link_id, tier=tier)
         elif t == MessageType.NOISE_ENCRYPTED and for_us:
             self.delivery.on_encrypted(pkt, now)
         elif t == MessageType.PING and for_us:
@@ -658,13 +680,13 @@ class MeshCore:
         """False when the message must not be relayed: a bad signature or bad text. One from a sender we have
         no announce from yet cannot be checked: it is not shown, but relayed (BitChat relays what it cannot
         judge)."""
+        limit = self.settings.max_public_text_chars
+        if len(pkt.payload) > 4 * limit:  # (the decompressed size), from anyone: never relayed
+            self.counters.oversize += 1
+            return False
         info = self._verified(pkt, wire)
         if info is None:
             return self.peers.get(pkt.sender_id) is None
-        limit = self.settings.max_public_text_chars
-        if len(pkt.payload) > 4 * limit:  # (the decoder inflated it already: this is the decompressed size)
-            self.counters.oversize += 1
-            return False
         try:
             text = pkt.payload.decode("utf-8")
         except UnicodeDecodeError:
@@ -719,7 +741,7 @@ class MeshCore:
             if frag.original_type == MessageType.FRAGMENT:
                 self.counters.nested_fragment += 1  # fragments never nest: BitChat fragments whole frames
                 return False
-            whole = self.reassembler.add_untrusted(pkt.sender_id, frag, now)
+            whole = self.reassembler.add_untrusted(pkt.sender_id, frag, now, link_id)
         except MalformedFrame:
             self.counters.malformed += 1
             return False

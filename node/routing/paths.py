@@ -20,6 +20,7 @@ up directly and never force a recompute.
 from __future__ import annotations
 
 import heapq
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -76,7 +77,9 @@ class PathTable:
         self.links: dict[str, LinkStats] = {}
         self._direct: dict[bytes, dict[str, float]] = {}  # peer -> {link id: expires_at}
         self._link_peer: dict[str, bytes] = {}  # link id -> the peer bound to it
-        self._adjacency: dict[bytes, _Adjacency] = {}
+        # origin -> its announced neighbours; least recently refreshed first (the first to expire while path_ttl_s
+        # holds still), so evicting at a full table is O(1), not a scan of max_entries per hostile announce.
+        self._adjacency: OrderedDict[bytes, _Adjacency] = OrderedDict()
         self._reverse: dict[bytes, _Reverse] = {}
         self._routes: dict[bytes, Route] | None = None  # None: must recompute before the next lookup
         self._stale = False  # topology news: recompute when MIN_RECOMPUTE_S has passed
@@ -188,13 +191,14 @@ class PathTable:
         if adj is None and len(self._adjacency) >= self.max_entries:
             self._evict()
         self._adjacency[origin] = _Adjacency(nset, expires)
+        self._adjacency.move_to_end(origin)
         rev = self._reverse.get(origin)
         if link_id in self.links and (rev is None or timestamp_ms > rev.timestamp_ms or rev.expires_at <= now):
             self._reverse[origin] = _Reverse(link_id, hops, timestamp_ms, expires)
         self._next_expiry = min(self._next_expiry, expires)
 
     def _evict(self) -> None:
-        oldest = min(self._adjacency, key=lambda p: self._adjacency[p].expires_at)
+        oldest = next(iter(self._adjacency))  # the least recently refreshed
         self._neighbours_changed(oldest, self._adjacency.pop(oldest).neighbours, frozenset())
         self._reverse.pop(oldest, None)
 

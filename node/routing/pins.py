@@ -73,13 +73,22 @@ def decode_peer_state_signing_key_untrusted(body: bytes) -> bytes | None:
     return key
 
 
+NEW_PINS_PER_MIN = 6.0  # pins made at most this often (a burst of NEW_PINS_BURST): pinning costs an attacker time
+NEW_PINS_BURST = 60.0
+
+
 class PinStore:
-    """Pins, bounded by ``max_pins`` (the least recently confirmed is forgotten beyond; never by peer churn)."""
+    """Pins, bounded by ``max_pins``. A pin is never evicted to make room for another: anyone can make a key and
+    complete a handshake with it, so "least recently confirmed goes" would let throwaway keys push honest pins out
+    and reopen the hijack pins exist to close. When the store is full a new binding is refused (``"full"``, the
+    peer works unpinned as before; the user frees room with ``village peers --forget``), and new pins are made at
+    most ``NEW_PINS_PER_MIN`` a minute (``"later"``: the peer's next handshake tries again)."""
 
     def __init__(self, max_pins: int, pins: tuple[Pin, ...] | list[Pin] = ()) -> None:
         self.max_pins = max_pins
         self._pins: OrderedDict[bytes, Pin] = OrderedDict()
         self._changes: list[PinChange] = []
+        self._tokens, self._tokens_at = NEW_PINS_BURST, 0.0
         for pin in pins:
             self._pins[pin.peer_id] = pin
         while len(self._pins) > max_pins:
@@ -101,20 +110,22 @@ class PinStore:
             signing_public_key,
         )
 
-    def confirm(self, pin: Pin) -> str:
-        """Pin (or re-confirm) a binding proven by a handshake: ``"new"``, ``"same"``, or ``"conflict"`` (another
-        binding is pinned for that peer ID; kept until the user forgets it)."""
+    def confirm(self, pin: Pin, now: float = 0.0) -> str:
+        """Pin (or re-confirm) a binding proven by a handshake: ``"new"``, ``"same"``, ``"conflict"`` (another
+        binding is pinned for that peer ID; kept until the user forgets it), ``"full"`` (no room: refused) or
+        ``"later"`` (over the rate of new pins: refused for now)."""
         old = self._pins.get(pin.peer_id)
-        if old is not None and old != pin:
-            return "conflict"
-        self._pins[pin.peer_id] = pin
-        self._pins.move_to_end(pin.peer_id)
         if old is not None:
-            return "same"
+            return "same" if old == pin else "conflict"
+        if len(self._pins) >= self.max_pins:
+            return "full"
+        self._tokens = min(NEW_PINS_BURST, self._tokens + max(0.0, now - self._tokens_at) * NEW_PINS_PER_MIN / 60.0)
+        self._tokens_at = max(self._tokens_at, now)
+        if self._tokens < 1.0:
+            return "later"
+        self._tokens -= 1.0
+        self._pins[pin.peer_id] = pin
         self._change(PinChange(pin.peer_id, pin))
-        while len(self._pins) > self.max_pins:
-            gone, _ = self._pins.popitem(last=False)
-            self._change(PinChange(gone, None))
         return "new"
 
     def forget(self, peer_id: bytes) -> bool:

@@ -134,17 +134,20 @@ class Presence:
         if session is None:
             return
         pin = Pin(peer_id, session.remote_static, signing_public_key)
-        outcome = self.pins.confirm(pin)
+        outcome = self.pins.confirm(pin, now)
         if outcome == "conflict":
             self.counters.pin_conflict += 1  # pinned to other keys: kept until the user forgets the pin
             return
+        if outcome in ("full", "later"):
+            self.counters.pins_refused += 1  # no room, or over the rate of new pins: the peer stays unpinned
         self.counters.pins_added += outcome == "new"
         info = self.peers.get(peer_id)
         if info is not None and (info.noise_public_key, info.signing_public_key) != (
             pin.noise_public_key,
             pin.signing_public_key,
         ):
-            self.counters.pin_conflict += 1  # someone announced this peer ID with other keys before the proof
+            # Someone announced this peer ID with other keys before the proof: the proven binding wins.
+            self.counters.pin_replaced_unproven += 1
             info.noise_public_key, info.signing_public_key = pin.noise_public_key, pin.signing_public_key
 
     # ---------------------------------------------------------------- announce relaying and peer expiry
@@ -189,7 +192,9 @@ class Presence:
             return "fresh"
         interval = self.announce_relay_interval_s()
         early = self.settings.announce_relay_min_interval_s if self.lossy_neighbourhood() else interval
-        return self.announce_relays.decide(pkt.sender_id, pkt.payload, now, interval_s=interval, early_interval_s=early)
+        return self.announce_relays.decide(
+            pkt.sender_id, pkt.payload, now, interval_s=interval, early_interval_s=early, link_id=link_id
+        )
 
     # ---------------------------------------------------------------- our announces, pings and leave
     def announce_packet(self, now: float) -> Packet:
@@ -294,6 +299,14 @@ class Presence:
             self.counters.pin_conflict += 1  # a handshake proved other keys for this peer ID (node.routing.pins)
             return None
         known = self.peers.get(pkt.sender_id)
+        if known is None and self.pins.get(pkt.sender_id) is None:
+            gone = self.peers.binding(pkt.sender_id, now)  # a peer the table forgot (flooded out, perhaps)
+            if gone is not None and gone.signing_public_key != ann.signing_public_key:
+                self.counters.key_mismatch += 1  # its first-sight binding still holds until it expires
+                return None
+            if gone is not None and pkt.timestamp_ms < gone.left_ms:
+                self.counters.leave_replayed += 1
+                return None
         if known is not None and (
             known.noise_public_key != ann.noise_public_key or known.signing_public_key != ann.signing_public_key
         ):

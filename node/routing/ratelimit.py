@@ -35,6 +35,12 @@ class OriginLimiter:
         tokens, at = state
         return min(burst, tokens + max(0.0, now - at) * rate)
 
+    def can(self, origin: bytes, now: float) -> bool:
+        """Whether :meth:`allow` would let ``origin`` through now (nothing is taken)."""
+        mine = self._refill(self._origins.get(origin), now, self.per_origin_per_s, self.burst)
+        total = self._refill(self._global, now, self.global_per_s, self.global_burst)
+        return mine >= 1.0 and total >= 1.0
+
     def allow(self, origin: bytes, now: float) -> bool:
         """Take one token from ``origin``'s bucket and the global one; False (nothing taken) if either is empty."""
         mine = self._refill(self._origins.get(origin), now, self.per_origin_per_s, self.burst)

@@ -11,6 +11,7 @@ BitChat rules (bitchat/Noise/NoiseSessionManager.swift, BITCHAT.md §3):
 
 from __future__ import annotations
 
+import enum
 import heapq
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -24,6 +25,72 @@ MSG1_BYTES = 32  # → e
 MSG2_BYTES = 96  # ← e, ee, s, es (+16-byte tag of the encrypted static, +16 of the empty payload)
 MSG3_BYTES = 64  # → s, se
 RESPONDER_TIMEOUT_FACTOR = 2.0  # BitChat: responder 20 s vs initiator 10 s
+UNKNOWN_LINK_SHARE = 4  # one link may use at most 1/4 of a tier's message-1 budget (unknown or announced senders)
+RESPONDER_STATES_PER_PEER = 2  # responder handshakes kept per peer: its first message 1 and its latest
+
+
+class Msg1Tier(enum.IntEnum):
+    """What we know of the sender of a message 1, which decides the budget it is charged to."""
+
+    UNKNOWN = 0  # no announce from it: anyone can claim any sender ID, so only the arrival link is charged
+    ANNOUNCED = 1  # a signed announce of it is in the peer table
+    PINNED = 2  # it proved its Noise key in an earlier handshake (node.routing.pins)
+
+
+class Msg1Budget:
+    """How often message 1 may make us answer (a DH and a flooded message 2), in three tiers with separate global
+    buckets, so that senders of one tier never use up the budget of a better-known one:
+
+    * pinned peers: per (peer, arrival link) ``per_peer_per_min``, and ``per_min`` for all pinned peers;
+    * announced peers: per (peer, arrival link) ``per_peer_per_min``, per arrival link ``per_min /
+      UNKNOWN_LINK_SHARE``, and ``per_min`` for all announced peers;
+    * unknown senders: per arrival link ``per_min / UNKNOWN_LINK_SHARE`` (the link is the one thing a sender cannot
+      forge), and ``per_min`` for all unknown senders.
+
+    A forged message 1 "from V" is charged to (V, the forger's link), never to V's bucket on V's own link."""
+
+    def __init__(self, lim: SessionLimits) -> None:
+        def limiter(per_min: float) -> OriginLimiter:
+            return OriginLimiter(
+                per_origin_per_s=per_min / 60.0,
+                burst=per_min,
+                global_per_s=lim.per_min / 60.0,
+                global_burst=float(lim.per_min),
+                max_origins=lim.max_peers,
+            )
+
+        link_per_min = float(max(lim.per_peer_per_min, lim.per_min // UNKNOWN_LINK_SHARE))
+        self.pinned = limiter(float(lim.per_peer_per_min))
+        self.announced = limiter(float(lim.per_peer_per_min))
+        self.announced_links = OriginLimiter(
+            per_origin_per_s=link_per_min / 60.0,
+            burst=link_per_min,
+            global_per_s=1e9,  # (the announced tier's global bucket is in self.announced)
+            global_burst=1e9,
+            max_origins=lim.max_peers,
+        )
+        self.unknown = limiter(link_per_min)
+        self.max_peers = lim.max_peers
+
+    def allow(self, peer: bytes, link_id: str, tier: Msg1Tier, now: float) -> bool:
+        link = link_id.encode()
+        if tier == Msg1Tier.UNKNOWN:
+            return self.unknown.allow(link, now)
+        key = peer + b"@" + link
+        if tier == Msg1Tier.PINNED:
+            return self.pinned.allow(key, now)
+        if not (self.announced.can(key, now) and self.announced_links.can(link, now)):
+            return False
+        return self.announced.allow(key, now) and self.announced_links.allow(link, now)
+
+    def bounded_sizes(self) -> dict[str, tuple[int, int]]:
+        n = self.max_peers
+        return {
+            "handshake_rate_pinned": (len(self.pinned), n),
+            "handshake_rate_announced": (len(self.announced), n),
+            "handshake_rate_announced_links": (len(self.announced_links), n),
+            "handshake_rate_unknown_links": (len(self.unknown), n),
+        }
 
 
 @dataclass
@@ -60,8 +127,8 @@ class SessionManager:
       "from P" — forged or crossed — never replaces our own handshake with P; whichever completes first gives the
       session and ends the other.
     * Responder handshakes are unverified state, cheap to drop: at most ``max_responders`` at once (the oldest
-      goes), and message 1 is accepted at most ``per_peer_per_min`` times a minute per sender and ``per_min`` in
-      all (BitChat: 10 per peer, 30 in all) — beyond, it is ignored (:attr:`HandshakeStep.refused`).
+      goes), and message 1 is answered within :class:`Msg1Budget` (per peer and arrival link, per link, ``per_min``
+      per tier: pinned, announced, unknown) — beyond, it is ignored (:attr:`HandshakeStep.refused`).
     * Sessions unused for ``idle_s`` are dropped, and at most ``max_sessions`` are kept (least recently used goes).
     * Deadlines are a heap (lazy deletion) and idle sessions an LRU order: :meth:`next_deadline` and
       :meth:`expire` never scan the table.
@@ -85,16 +152,11 @@ class SessionManager:
         # before it switched (an ack in flight) still open, instead of setting off yet another handshake.
         self._previous: dict[bytes, NoiseTransportSession] = {}
         self._initiators: dict[bytes, _Handshake] = {}
-        self._responders: OrderedDict[bytes, _Handshake] = OrderedDict()  # oldest first
+        # Per peer its responder handshakes (oldest first, at most RESPONDER_STATES_PER_PEER); peers oldest first.
+        self._responders: OrderedDict[bytes, list[_Handshake]] = OrderedDict()
         self._deadlines: list[tuple[float, int, bytes]] = []  # (deadline, seq, peer): lazily invalidated
         self._seq = 0
-        self._msg1_rate = OriginLimiter(
-            per_origin_per_s=lim.per_peer_per_min / 60.0,
-            burst=float(lim.per_peer_per_min),
-            global_per_s=lim.per_min / 60.0,
-            global_burst=float(lim.per_min),
-            max_origins=lim.max_peers,
-        )
+        self._msg1_rate = Msg1Budget(lim)
         self.evicted_sessions = 0  # idle or least recently used sessions dropped
         self.evicted_responders = 0  # responder handshakes dropped for a newer one beyond max_responders
 
@@ -156,29 +218,56 @@ class SessionManager:
         return hs.write()
 
     def on_message_untrusted(
-        self, peer: bytes, message: bytes, now: float, pinned_static: bytes | None
+        self,
+        peer: bytes,
+        message: bytes,
+        now: float,
+        pinned_static: bytes | None,
+        *,
+        link_id: str = "",
+        tier: Msg1Tier = Msg1Tier.UNKNOWN,
     ) -> HandshakeStep:
-        """Feed a 0x10 payload from ``peer``. Raises HandshakeError (a remote error) when it is invalid;
-        the half-done handshake it was for is then discarded."""
+        """Feed a 0x10 payload from ``peer``. Raises HandshakeError (a remote error) when it is invalid. The
+        sender field is not authenticated, so a message that does not read (or gives the wrong key) leaves the
+        half-done handshake it claims to continue untouched: it is read into a copy, kept only on success, and
+        the handshake ends at its deadline otherwise."""
         if len(message) == MSG1_BYTES:
-            return self._on_msg1(peer, message, now)
+            return self._on_msg1(peer, message, now, link_id, tier)
         if len(message) == MSG2_BYTES and peer in self._initiators:
-            pending, table = self._initiators[peer], self._initiators
+            candidates = [self._initiators[peer]]
         elif len(message) == MSG3_BYTES and peer in self._responders:
-            pending, table = self._responders[peer], self._responders
+            candidates = list(reversed(self._responders[peer]))  # the newest message 1 first
         else:
             raise HandshakeError(f"handshake message of {len(message)} bytes with no handshake expecting it")
-        del table[peer]  # done either way: completed, or broken by a message that does not read
-        reply: bytes | None = None
-        pending.hs.read_untrusted(message)
-        if pending.initiator:
-            reply = pending.hs.write()
-        session = pending.hs.finish()
+        failure: HandshakeError | None = None
+        for pending in candidates:
+            try:
+                session, reply = self._complete(peer, pending, message, pinned_static)
+            except HandshakeError as exc:
+                failure = exc
+                continue
+            return self._established(peer, session, reply, now)
+        assert failure is not None
+        raise failure
+
+    @staticmethod
+    def _complete(
+        peer: bytes, pending: _Handshake, message: bytes, pinned_static: bytes | None
+    ) -> tuple[NoiseTransportSession, bytes | None]:
+        hs = pending.hs.copy()  # the pending state stays as it was unless all of this succeeds
+        hs.read_untrusted(message)
+        reply = hs.write() if pending.initiator else None
+        session = hs.finish()
         remote = session.remote_static
         if peer_id_from_noise_key(remote) != peer:
             raise HandshakeError("the peer's static key does not hash to its peer ID")
         if pinned_static is not None and remote != pinned_static:
             raise HandshakeError("the peer's static key differs from the key pinned from its announce")
+        return session, reply
+
+    def _established(
+        self, peer: bytes, session: NoiseTransportSession, reply: bytes | None, now: float
+    ) -> HandshakeStep:
         self._initiators.pop(peer, None)  # the other handshake, if both were under way, is moot
         self._responders.pop(peer, None)
         old = self._sessions.get(peer)
@@ -193,19 +282,20 @@ class SessionManager:
             self.evicted_sessions += 1
         return HandshakeStep(reply, True)
 
-    def _on_msg1(self, peer: bytes, message: bytes, now: float) -> HandshakeStep:
+    def _on_msg1(self, peer: bytes, message: bytes, now: float, link_id: str, tier: Msg1Tier) -> HandshakeStep:
         if peer in self._initiators and self._local_hex < peer.hex():
             return HandshakeStep(None, False)  # crossed: we keep the initiator role, they will yield
-        if not self._msg1_rate.allow(peer, now):
+        if not self._msg1_rate.allow(peer, link_id, tier, now):
             return HandshakeStep(None, False, refused=True)
         hs = XXHandshake.responder_for(self._static)
         hs.read_untrusted(message)
         msg2 = hs.write()
-        # A new message 1 replaces a responder handshake with the same peer (it restarted), never our initiator one.
-        self._responders.pop(peer, None)
-        self._responders[peer] = self._schedule(
-            peer, _Handshake(hs, False, now + self._timeout_s * RESPONDER_TIMEOUT_FACTOR)
-        )
+        # A new message 1 never replaces our initiator handshake with the peer. Nor does it replace the oldest
+        # responder handshake with it (a forged message 1 "from P" would otherwise end P's genuine one): up to
+        # RESPONDER_STATES_PER_PEER are kept, the oldest and the newest, and the message 3 that reads wins.
+        h = self._schedule(peer, _Handshake(hs, False, now + self._timeout_s * RESPONDER_TIMEOUT_FACTOR))
+        states = self._responders.pop(peer, [])
+        self._responders[peer] = [*states[: RESPONDER_STATES_PER_PEER - 1], h]
         while len(self._responders) > self.limits.max_responders:
             self._responders.popitem(last=False)
             self.evicted_responders += 1
@@ -221,13 +311,14 @@ class SessionManager:
         return h
 
     def _live(self) -> list[tuple[bytes, _Handshake]]:
-        return [*self._initiators.items(), *self._responders.items()]
+        return [*self._initiators.items(), *((p, h) for p, hs in self._responders.items() for h in hs)]
 
-    def _due(self, peer: bytes, deadline: float) -> list[dict[bytes, _Handshake]]:
-        """The tables whose handshake with ``peer`` has exactly this deadline (the heap entry is not stale)."""
-        return [
-            t for t in (self._initiators, self._responders) if (h := t.get(peer)) is not None and h.deadline == deadline
-        ]
+    def _due(self, peer: bytes, deadline: float) -> bool:
+        """A handshake with ``peer`` has exactly this deadline (the heap entry is not stale)."""
+        h = self._initiators.get(peer)
+        return (h is not None and h.deadline == deadline) or any(
+            r.deadline == deadline for r in self._responders.get(peer, ())
+        )
 
     def expire(self, now: float) -> list[bytes]:
         """Abandon handshakes past their deadline (returns the peers left with no handshake under way) and drop
@@ -236,10 +327,17 @@ class SessionManager:
         heap = self._deadlines
         while heap and heap[0][0] <= now:
             deadline, _, peer = heapq.heappop(heap)
-            tables = self._due(peer, deadline)
-            for t in tables:
-                del t[peer]
-            if tables and not self.handshaking(peer) and peer not in gone:
+            if not self._due(peer, deadline):
+                continue
+            h = self._initiators.get(peer)
+            if h is not None and h.deadline <= now:
+                del self._initiators[peer]
+            states = self._responders.get(peer)
+            if states is not None:
+                states[:] = [r for r in states if r.deadline > now]
+                if not states:
+                    del self._responders[peer]
+            if not self.handshaking(peer) and peer not in gone:
                 gone.append(peer)
         idle = self.limits.idle_s
         while self._sessions:
@@ -265,7 +363,7 @@ class SessionManager:
         lim = self.limits
         return {
             "sessions": (len(self._sessions), lim.max_sessions),
-            "responder_handshakes": (len(self._responders), lim.max_responders),
+            "responder_handshakes": (len(self._responders), lim.max_responders),  # each <= RESPONDER_STATES_PER_PEER
             "initiator_handshakes": (len(self._initiators), lim.max_peers),
-            "handshake_rate_peers": (len(self._msg1_rate), lim.max_peers),
+            **self._msg1_rate.bounded_sizes(),
         }

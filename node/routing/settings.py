@@ -142,7 +142,11 @@ class MeshSection:
         86_400.0, "Lifetime of a courier envelope; carriers drop it afterwards.", min=60, max=30 * 86_400
     )
     courier_max_envelopes: int = setting(
-        256, "Envelopes this node carries for others at once (the one nearest expiry goes first).", min=1, max=1_000_000
+        256,
+        "Envelopes this node carries for others at once (when full, the link holding the most loses its envelope "
+        "expiring last).",
+        min=1,
+        max=1_000_000,
     )
     inbox_max_messages: int = setting(
         10_000, "Messages kept in the inbox; the oldest are pruned beyond this.", min=1, max=100_000_000
@@ -204,8 +208,9 @@ class MeshSection:
     )
     max_pins: int = setting(
         10_000,
-        "Peer ID -> signing key bindings kept (made durable by a completed Noise handshake); the least recently "
-        "confirmed is forgotten beyond this. Unverified peers never evict them.",
+        "Peer ID -> signing key bindings kept (made durable by a completed Noise handshake, at most 6 new ones a "
+        "minute). A pin is never evicted for a new one: when full, new bindings are refused (counted as "
+        "pins_refused) until pins are forgotten (village peers --forget).",
         min=1,
         max=10_000_000,
     )

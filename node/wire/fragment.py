@@ -119,11 +119,15 @@ class ReassemblyCounters:
     rejected: int = 0
 
 
+_Unit = tuple[str, bytes]  # (arrival link of a set's first fragment, sender ID): what fairness is accounted by
+
+
 @dataclass
 class _Assembly:
     total: int
     original_type: int
     deadline: float
+    unit: _Unit
     size: int = 0
     chunks: dict[int, bytes] = field(default_factory=dict)
 
@@ -132,10 +136,12 @@ class Reassembler:
     """Reassembly of fragment sets, keyed by (sender, fragment ID), bounded per sender and in total.
 
     Bounds: ``limits.fragment_max_assemblies`` sets and ``max_bytes`` bytes in total; ``max_per_peer`` sets and
-    ``max_bytes_per_peer`` bytes per sender (None: no per-sender bound). Eviction is fair: a sender over its own
-    bound loses its own oldest set; over a global bound, the sender holding the most loses its oldest — one sender
-    cannot evict everyone else's. Sets expire in creation order (deadlines are creation + a fixed lifetime), so
-    :meth:`expire` and :meth:`next_expiry` never scan the table."""
+    ``max_bytes_per_peer`` bytes per sender (None: no per-sender bound). Fragments are unsigned, so the sender ID
+    is free to forge; the arrival link is not: a set is accounted to (link of its first fragment, sender). Eviction
+    is fair: a (link, sender) over its own bound loses its own oldest set; over a global bound, the link holding the
+    most loses a set of its sender holding the most — neither a forged sender ID nor many fresh ones on one link
+    can evict the sets that came on another. Sets expire in creation order (deadlines are creation + a fixed
+    lifetime), so :meth:`expire` and :meth:`next_expiry` never scan the table."""
 
     def __init__(
         self,
@@ -151,8 +157,8 @@ class Reassembler:
         self.max_bytes = max_bytes
         self.counters = ReassemblyCounters()
         self._assemblies: OrderedDict[tuple[bytes, bytes], _Assembly] = OrderedDict()  # oldest first
-        self._by_peer: dict[bytes, OrderedDict[bytes, None]] = {}  # sender -> its fragment IDs, oldest first
-        self._peer_bytes: dict[bytes, int] = {}
+        self._by_peer: dict[_Unit, OrderedDict[bytes, None]] = {}  # (link, sender) -> fragment IDs, oldest first
+        self._peer_bytes: dict[_Unit, int] = {}
         self.bytes = 0
 
     def __len__(self) -> int:
@@ -160,34 +166,41 @@ class Reassembler:
 
     def _drop(self, key: tuple[bytes, bytes]) -> None:
         asm = self._assemblies.pop(key)
-        sender, fid = key
-        mine = self._by_peer[sender]
-        del mine[fid]
+        unit = asm.unit
+        mine = self._by_peer[unit]
+        del mine[key[1]]
         self.bytes -= asm.size
-        left = self._peer_bytes[sender] - asm.size
+        left = self._peer_bytes[unit] - asm.size
         if mine:
-            self._peer_bytes[sender] = left
+            self._peer_bytes[unit] = left
         else:
-            del self._by_peer[sender], self._peer_bytes[sender]
+            del self._by_peer[unit], self._peer_bytes[unit]
 
-    def _evict_oldest_of(self, sender: bytes, keep: bytes | None = None) -> bool:
-        for fid in self._by_peer.get(sender, ()):
+    def _evict_oldest_of(self, unit: _Unit, keep: bytes | None = None) -> bool:
+        for fid in self._by_peer.get(unit, ()):
             if fid != keep:
-                self._drop((sender, fid))
+                self._drop((unit[1], fid))
                 self.counters.evicted += 1
                 return True
         return False
 
     def _evict_fairly(self, by_bytes: bool, keep: tuple[bytes, bytes]) -> bool:
-        """Over a global bound: the sender holding the most (sets, or bytes) loses its oldest set."""
-        table = self._peer_bytes if by_bytes else {p: len(f) for p, f in self._by_peer.items()}
-        for sender in sorted(table, key=lambda p: table[p], reverse=True):
-            if self._evict_oldest_of(sender, keep[1] if sender == keep[0] else None):
+        """Over a global bound: the link holding the most (sets, or bytes) loses the oldest set of its sender
+        holding the most."""
+        table = self._peer_bytes if by_bytes else {u: len(f) for u, f in self._by_peer.items()}
+        per_link: dict[str, int] = {}
+        for (link, _), n in table.items():
+            per_link[link] = per_link.get(link, 0) + n
+        keep_asm = self._assemblies.get(keep)
+        keep_unit = keep_asm.unit if keep_asm is not None else None
+        for unit in sorted(table, key=lambda u: (per_link[u[0]], table[u]), reverse=True):
+            if self._evict_oldest_of(unit, keep[1] if unit == keep_unit else None):
                 return True
         return False
 
-    def add_untrusted(self, sender_id: bytes, frag: FragmentPayload, now: float) -> bytes | None:
-        """Add one fragment; returns the whole original frame when its last fragment arrives."""
+    def add_untrusted(self, sender_id: bytes, frag: FragmentPayload, now: float, link_id: str = "") -> bytes | None:
+        """Add one fragment that arrived on ``link_id``; returns the whole original frame when its last fragment
+        arrives."""
         lim = self.limits
         self.expire(now)
         if not 0 < frag.total <= lim.fragment_max_total or frag.index >= frag.total:
@@ -197,16 +210,17 @@ class Reassembler:
         key = (sender, frag.fragment_id)
         asm = self._assemblies.get(key)
         if asm is None:
-            mine = self._by_peer.get(sender)
+            unit = (link_id, sender)
+            mine = self._by_peer.get(unit)
             while mine and self.max_per_peer is not None and len(mine) >= self.max_per_peer:
-                self._evict_oldest_of(sender)
-                mine = self._by_peer.get(sender)
+                self._evict_oldest_of(unit)
+                mine = self._by_peer.get(unit)
             while len(self._assemblies) >= lim.fragment_max_assemblies and self._evict_fairly(False, key):
                 pass
-            asm = _Assembly(frag.total, frag.original_type, now + lim.fragment_lifetime_s)
+            asm = _Assembly(frag.total, frag.original_type, now + lim.fragment_lifetime_s, unit)
             self._assemblies[key] = asm
-            self._by_peer.setdefault(sender, OrderedDict())[frag.fragment_id] = None
-            self._peer_bytes.setdefault(sender, 0)
+            self._by_peer.setdefault(unit, OrderedDict())[frag.fragment_id] = None
+            self._peer_bytes.setdefault(unit, 0)
         elif asm.total != frag.total or asm.original_type != frag.original_type:
             self.counters.rejected += 1
             return None
@@ -223,8 +237,9 @@ class Reassembler:
             self._drop(key)
             self.counters.rejected += 1
             return None
-        while self.max_bytes_per_peer is not None and self._peer_bytes[sender] + size > self.max_bytes_per_peer:
-            self._evict_oldest_of(sender, keep=frag.fragment_id)  # its own older sets make room (asm alone fits)
+        unit = asm.unit
+        while self.max_bytes_per_peer is not None and self._peer_bytes[unit] + size > self.max_bytes_per_peer:
+            self._evict_oldest_of(unit, keep=frag.fragment_id)  # its own older sets make room (asm alone fits)
         while self.max_bytes is not None and self.bytes + size > self.max_bytes:
             if not self._evict_fairly(True, key):
                 self._drop(key)
@@ -232,7 +247,7 @@ class Reassembler:
                 return None
         asm.chunks[frag.index] = frag.chunk
         asm.size += size
-        self._peer_bytes[sender] += size
+        self._peer_bytes[unit] += size
         self.bytes += size
         self.counters.accepted += 1
         if len(asm.chunks) < asm.total:

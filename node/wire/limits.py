@@ -36,3 +36,10 @@ class WireLimits:
     fragment_max_assembly_bytes_large: int = setting(
         1_179_760, "Bytes one reassembly of a noiseEncrypted/fileTransfer frame may hold.", min=1024, max=1 << 30
     )
+    # A public message is text: inflating a tiny frame to max_payload_bytes costs every node the flood reaches.
+    max_message_payload_bytes: int = setting(
+        262_144,
+        "Largest payload of a public message (0x02) accepted, after decompression (decompression stops there).",
+        min=1024,
+        max=1 << 30,
+    )

@@ -234,7 +234,11 @@ def _parse(data: bytes, limits: WireLimits) -> _Layout:
         route = tuple(take(ID_BYTES, "route hop") for _ in range(hops))
     body = take(payload_len, "payload")
     payload_end = pos
-    payload = _inflate(body, 2 if version == 1 else 4, limits) if flags & FLAG_IS_COMPRESSED else body
+    # Public messages have a smaller bound: checked on the declared size, before any inflating.
+    cap = limits.max_message_payload_bytes if msg_type == MessageType.MESSAGE else limits.max_payload_bytes
+    if len(body) > cap:
+        raise MalformedFrame(f"payload of {len(body)} bytes exceeds {cap} for type {msg_type:#04x}")
+    payload = _inflate(body, 2 if version == 1 else 4, limits, cap) if flags & FLAG_IS_COMPRESSED else body
     signature = take(SIGNATURE_BYTES, "signature") if flags & FLAG_HAS_SIGNATURE else None
     packet = Packet(
         version=version,
@@ -251,13 +255,13 @@ def _parse(data: bytes, limits: WireLimits) -> _Layout:
     return _Layout(packet, payload_end)
 
 
-def _inflate(body: bytes, width: int, limits: WireLimits) -> bytes:
+def _inflate(body: bytes, width: int, limits: WireLimits, cap: int) -> bytes:
     if len(body) <= width:
         raise MalformedFrame("compressed payload has no deflate data")
     original = int.from_bytes(body[:width], "big")
     deflated = body[width:]
-    if original > limits.max_payload_bytes:
-        raise MalformedFrame(f"original size {original} exceeds {limits.max_payload_bytes}")
+    if original > cap:
+        raise MalformedFrame(f"original size {original} exceeds {cap}")
     if original / len(deflated) > limits.max_decompression_ratio:
         raise MalformedFrame("compression ratio exceeds the configured maximum")
     try:

@@ -147,6 +147,12 @@ class _Host:
     def hop_route(self, peer_id: bytes, now: float) -> bool:
         return False
 
+    def routed(self, peer_id: bytes, now: float) -> bool:
+        return True
+
+    def send_on_link(self, link_id: str, msg_type: int, payload: bytes, peer_id: bytes, now: float) -> None:
+        self.sent.append((msg_type, payload, peer_id, False))
+
     def peer_expiry_for(self, info: PeerInfo) -> float:
         return 60.0
 

@@ -3,6 +3,7 @@ and handed over when the carrier meets the recipient — after the sender itself
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -12,9 +13,11 @@ import trio.testing
 
 from node.crypto.noise import x25519_public
 from node.errors import CryptoError
-from node.routing.courier import CourierStore, Envelope, open_untrusted, seal
-from node.wire import MessageType
+from node.routing.courier import CourierStore, Envelope, encode_envelope, open_untrusted, seal
+from node.routing.mesh import MeshCore
+from node.wire import MessageType, Packet, encode_packet
 from tests.routing.harness import start_mesh
+from tests.routing.test_hoparq import make_cores
 from tests.routing.test_multihop import core, pid
 from tests.routing.test_neighbours import SIM_TIMEOUT_S, inbox_texts
 
@@ -76,3 +79,34 @@ def test_envelopes_open_only_for_their_recipient_and_copies_halve() -> None:
     assert [e.copies for e in store.meet(b"carrier2", now_ms=3)] == [2]
     assert [e.copies for e in store.meet(rid, now_ms=4)] == [2]  # the recipient gets what is left
     assert not store.add(env, now_ms=20_000)  # expired
+
+
+def _env_frame(node: MeshCore, env: Envelope, now: float) -> bytes:
+    pkt = Packet(1, MessageType.COURIER_ENVELOPE, 1, node.wall_ms(now), os.urandom(8), node.peer_id, (), b"")
+    return encode_packet(dataclasses.replace(pkt, payload=encode_envelope(env)))
+
+
+def _held(node: MeshCore, recipient: bytes) -> bool:
+    return any(c.envelope.recipient_id == recipient for c in node.couriers)
+
+
+def test_junk_envelopes_cannot_push_out_an_honest_one() -> None:
+    """Review: far-future junk was never evicted and pushed honest envelopes out (nearest expiry went first)."""
+    [node] = make_cores(1)
+    for link in ("X", "H"):
+        node.link_up(link, 1_200_000, 0.0)
+    node.frames_to_send()
+    now = 1.0
+    century = node.wall_ms(now) + 100 * 365 * 86_400_000
+    node.receive_frame("X", _env_frame(node, Envelope(os.urandom(8), century, 255, os.urandom(2048)), now), now)
+    assert len(node.couriers) == 0 and node.counters.courier_refused == 1  # beyond courier_expiry_s: refused
+    soon = node.wall_ms(now) + 23 * 3_600_000  # within the lifetime: carried, but the link shares the room
+    for _ in range(node.couriers.max_envelopes):
+        node.receive_frame("X", _env_frame(node, Envelope(os.urandom(8), soon, 255, os.urandom(2048)), now), now)
+    assert len(node.couriers) == node.couriers.max_envelopes
+    assert max(c.copies for c in node.couriers) == node.settings.courier_copies  # copies capped
+    honest = os.urandom(8)
+    node.receive_frame("H", _env_frame(node, Envelope(honest, soon - 3_600_000, 4, os.urandom(300)), now), now)
+    for _ in range(50):
+        node.receive_frame("X", _env_frame(node, Envelope(os.urandom(8), soon, 255, os.urandom(2048)), now), now)
+    assert _held(node, honest) and len(node.couriers) == node.couriers.max_envelopes

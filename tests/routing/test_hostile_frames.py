@@ -125,7 +125,7 @@ def test_received_public_messages_over_the_send_limit_are_dropped_and_not_relaye
     core.frames_to_send()
     while core.next_event() is not None:
         pass
-    text = b"A" * 1_000_000  # compresses to ~1 KB on the wire; inflates to 1 MB
+    text = b"A" * 200_000  # compresses to ~200 B on the wire; inflates to 200 KB (< [wire] max_message_payload_bytes)
     pkt = sign_packet(
         Packet(2, MessageType.MESSAGE, 5, core.wall_ms(now), sender.peer_id, None, (), text), sender.signing_key
     )

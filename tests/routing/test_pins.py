@@ -4,19 +4,41 @@ of fresh identities, and an announce claiming the peer with another signing key 
 from __future__ import annotations
 
 import random
+import threading
 from pathlib import Path
 
 import nacl.signing
+import pytest
 import trio
 import trio.testing
 
 from node.clock import Clock
 from node.control.methods import build_registry
 from node.control.rpc import NoParams
+from node.crypto.session import XXHandshake
 from node.identity import Identity
 from node.node import Node
-from node.routing.pins import Pin, PinStore, decode_peer_state_signing_key_untrusted, encode_peer_state
-from node.wire import Announce, MessageType, Packet, encode_announce, encode_packet, sign_packet
+from node.pinfile import PinFile
+from node.routing.pins import (
+    NEW_PINS_BURST,
+    NEW_PINS_PER_MIN,
+    Pin,
+    PinChange,
+    PinStore,
+    decode_peer_state_signing_key_untrusted,
+    encode_peer_state,
+)
+from node.wire import (
+    Announce,
+    MessageType,
+    NoisePayloadType,
+    Packet,
+    decode_packet_untrusted,
+    encode_announce,
+    encode_noise_payload,
+    encode_packet,
+    sign_packet,
+)
 from tests.routing.harness import EPOCH_MS, start_mesh
 from tests.routing.test_hoparq import Wire, make_cores
 
@@ -78,14 +100,19 @@ def test_pins_are_accepted_at_construction_reported_and_bounded() -> None:
     assert pins.take_changes() == []  # what the node gave us is not a change
     assert pins.confirm(Pin(b"a" * 8, b"n" * 32, b"x" * 32)) == "conflict"
     assert pins.confirm(Pin(b"b" * 8, b"n" * 32, b"s" * 32)) == "new"
-    assert pins.confirm(Pin(b"c" * 8, b"n" * 32, b"s" * 32)) == "new"
-    assert len(pins) == 2 and pins.get(b"a" * 8) is None
-    assert [(ch.peer_id, ch.pin is None) for ch in pins.take_changes()] == [
-        (b"b" * 8, False),
-        (b"c" * 8, False),
-        (b"a" * 8, True),
-    ]
+    assert pins.confirm(Pin(b"c" * 8, b"n" * 32, b"s" * 32)) == "full"  # never evicts a pin for a new one
+    assert len(pins) == 2 and pins.get(b"a" * 8) is not None and pins.get(b"c" * 8) is None
+    assert [(ch.peer_id, ch.pin is None) for ch in pins.take_changes()] == [(b"b" * 8, False)]
     assert pins.forget(b"b" * 8) and not pins.forget(b"b" * 8)
+    assert pins.confirm(Pin(b"c" * 8, b"n" * 32, b"s" * 32)) == "new"  # the user made room
+
+
+def test_new_pins_are_rate_limited() -> None:
+    pins = PinStore(10_000)
+    made = [pins.confirm(Pin(i.to_bytes(8, "big"), b"n" * 32, b"s" * 32), i * 0.5) for i in range(300)]
+    refill = NEW_PINS_PER_MIN * 299 * 0.5 / 60  # over 150 s: a burst, then 6 a minute
+    assert NEW_PINS_BURST + refill - 1 <= made.count("new") <= NEW_PINS_BURST + refill
+    assert set(made) == {"new", "later"}
 
 
 def test_peer_state_round_trips_and_is_bitchat_shaped() -> None:
@@ -95,8 +122,16 @@ def test_peer_state_round_trips_and_is_bitchat_shaped() -> None:
 
 
 async def test_a_node_keeps_its_pins_across_a_restart(
-    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    on_loop_thread: list[bool] = []  # pin writes (an fsync each batch) never run on the event loop's thread
+    apply = PinFile.apply
+
+    def recording_apply(self: PinFile, changes: list[PinChange]) -> None:
+        on_loop_thread.append(threading.current_thread() is threading.main_thread())
+        apply(self, changes)
+
+    monkeypatch.setattr(PinFile, "apply", recording_apply)
     mesh = await start_mesh(nursery, tmp_path, 2)
     mesh.connect(0, 1)
     a, b = mesh.nodes
@@ -132,3 +167,47 @@ async def test_a_node_keeps_its_pins_across_a_restart(
     result = await forget.handler(forget.params(peer=a.identity.peer_id_hex), notify)
     assert result == {"peer_id": a.identity.peer_id_hex, "forgotten": True}
     assert b2.core.pins.get(a.identity.peer_id) is None and b2.pin_file.load() == ()
+    assert on_loop_thread and not any(on_loop_thread)
+
+
+def test_throwaway_keys_that_complete_handshakes_do_not_evict_an_honest_pin() -> None:
+    """Review: each throwaway Noise key that completes XX and sends 0x21 got a durable pin, and past max_pins the
+    least recently confirmed (an honest one) was forgotten, reopening the hijack."""
+    [core] = make_cores(1, max_pins=50)
+    core.link_up("L", 1_200_000, 0.0)
+    core.link_up("X", 1_200_000, 0.0)
+    core.frames_to_send()
+    rng = random.Random(7)
+
+    def new() -> Identity:
+        return Identity(nacl.signing.SigningKey(rng.randbytes(32)), rng.randbytes(32))
+
+    def frame(sender: bytes, t: int, payload: bytes, now: float) -> bytes:
+        return encode_packet(Packet(1, t, 7, core.wall_ms(now), sender, core.peer_id, (), payload))
+
+    def handshake_and_pin(ident: Identity, signing_pub: bytes, now: float, link: str) -> None:
+        hs = XXHandshake.initiator_for(ident.noise_private)
+        core.receive_frame(link, frame(ident.peer_id, MessageType.NOISE_HANDSHAKE, hs.write(), now), now)
+        out = [decode_packet_untrusted(d, core.limits) for _, d in core.frames_to_send()]
+        msg2 = next(p.payload for p in out if p.type == MessageType.NOISE_HANDSHAKE)
+        hs.read_untrusted(msg2)
+        core.receive_frame(link, frame(ident.peer_id, MessageType.NOISE_HANDSHAKE, hs.write(), now), now)
+        session = hs.finish()
+        body = encode_noise_payload(NoisePayloadType.AUTHENTICATED_PEER_STATE, encode_peer_state(signing_pub, 0))
+        core.receive_frame(link, frame(ident.peer_id, MessageType.NOISE_ENCRYPTED, session.encrypt(body), now), now)
+        core.frames_to_send()
+
+    v = new()
+    handshake_and_pin(v, v.signing_public, 1.0, "L")
+    assert core.pins.get(v.peer_id) is not None
+    now = 1.0
+    for _ in range(60):
+        now += 10.0
+        handshake_and_pin(new(), rng.randbytes(32), now, "X")
+    assert core.pins.get(v.peer_id) is not None and len(core.pins) == 50
+    assert core.counters.pins_refused == 11
+    assert not any(ch.pin is None for ch in core.pins.take_changes())  # nothing deleted on disk
+    attacker = nacl.signing.SigningKey(rng.randbytes(32))
+    core.receive_frame("X", _claim(core.wall_ms(now + 1), v.peer_id, v.noise_public, attacker), now + 1)
+    info = core.peers.get(v.peer_id)
+    assert info is None or info.signing_public_key == v.signing_public  # the hijack stays closed

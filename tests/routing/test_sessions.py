@@ -9,7 +9,7 @@ import pytest
 from node.crypto.errors import DecryptError, HandshakeError
 from node.crypto.session import XXHandshake
 from node.identity import Identity
-from node.routing.sessions import SessionLimits, SessionManager
+from node.routing.sessions import Msg1Tier, SessionLimits, SessionManager
 
 
 def pair() -> tuple[SessionManager, SessionManager, Identity, Identity]:
@@ -96,17 +96,24 @@ def test_a_forged_message_1_does_not_replace_our_handshake_in_flight() -> None:
 def test_responder_handshakes_are_bounded_and_rate_limited() -> None:
     a, _, _, _, lim = _ordered_pair()
     refused = 0
-    for _ in range(100):  # message 1 from 100 throwaway identities at once
-        step = a.on_message_untrusted(os.urandom(8), XXHandshake.initiator_for(os.urandom(32)).write(), 0.0, None)
-        refused += step.refused
+    for i in range(100):  # message 1 from 100 throwaway identities at once, each on a link of its own
+        msg1 = XXHandshake.initiator_for(os.urandom(32)).write()
+        refused += a.on_message_untrusted(os.urandom(8), msg1, 0.0, None, link_id=f"l{i}").refused
     assert a.bounded_sizes()["responder_handshakes"] == (lim.max_responders, lim.max_responders)
-    assert refused == 100 - lim.per_min  # the global rate: 30 a minute
+    assert refused == 100 - lim.per_min  # the global rate of unknown senders: 30 a minute
+    one_link = sum(  # unknown senders on one link share that link's bucket (a burst of 10: max(10, 30 / 4))
+        not a.on_message_untrusted(os.urandom(8), XXHandshake.initiator_for(b"k" * 32).write(), 120.0, None).refused
+        for _ in range(20)
+    )
+    assert one_link == 10
     peer = os.urandom(8)
     answered = sum(
-        not a.on_message_untrusted(peer, XXHandshake.initiator_for(os.urandom(32)).write(), 120.0 + i, None).refused
+        not a.on_message_untrusted(
+            peer, XXHandshake.initiator_for(os.urandom(32)).write(), 240.0 + i, None, tier=Msg1Tier.ANNOUNCED
+        ).refused
         for i in range(30)
     )
-    assert answered == lim.per_peer_per_min + 4  # one sender: a burst of 10, then one per 6 s (29 s: +4)
+    assert answered == lim.per_peer_per_min + 4  # one announced sender: a burst of 10, then one per 6 s (29 s: +4)
 
 
 def test_sessions_are_bounded_lru_and_idle_ones_expire_on_the_timer() -> None:

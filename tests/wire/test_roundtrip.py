@@ -118,9 +118,14 @@ def test_decode_limits_are_configurable() -> None:
     assert decode_packet_untrusted(wire).payload == big.payload
     with pytest.raises(MalformedFrame, match="exceeds 1024"):
         decode_packet_untrusted(wire, WireLimits(max_payload_bytes=1024))
-    bomb = Packet(version=2, type=2, ttl=7, timestamp_ms=1, sender_id=bytes(8), payload=bytes(1_000_000))
+    bomb = Packet(version=2, type=0x30, ttl=7, timestamp_ms=1, sender_id=bytes(8), payload=bytes(1_000_000))
     with pytest.raises(MalformedFrame, match="ratio"):
         decode_packet_untrusted(encode_packet(bomb), WireLimits(max_decompression_ratio=100))
+    # A public message has its own, smaller bound, checked on the declared size before anything is inflated.
+    text_bomb = encode_packet(replace(bomb, type=2))
+    with pytest.raises(MalformedFrame, match="exceeds 262144"):
+        decode_packet_untrusted(text_bomb)
+    assert len(decode_packet_untrusted(text_bomb, WireLimits(max_message_payload_bytes=1 << 20)).payload) == 1_000_000
 
 
 def test_compressed_v1_vector_like_payload_shrinks() -> None:
