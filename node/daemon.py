@@ -60,7 +60,7 @@ def load_plugins() -> tuple[Plugin, ...]:
     for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         try:
             plugin = ep.load()
-        except Exception as exc:  # a third-party package's import error: report it, keep the node usable
+        except Exception as exc:  # noqa: BLE001 - a third-party package's import error: report it, keep the node usable
             log.warning("plugin %s (%s) could not be loaded: %s", ep.name, ep.value, exc)
             continue
         if not isinstance(plugin, Plugin):

@@ -409,7 +409,7 @@ class BumbleAdapter(RadioAdapter):
             connection = await asyncio.wait_for(
                 device.connect(peer_address, timeout=self._connect_timeout_s), self._connect_timeout_s + 2.0
             )
-        except Exception as exc:  # timeout, controller refusal: the core backs off this address
+        except Exception as exc:  # noqa: BLE001 - timeout, controller refusal: the core backs off this address
             self._emit(ConnectFailed(address, f"connect: {exc!r}"))
             return
         finally:
@@ -444,7 +444,7 @@ class BumbleAdapter(RadioAdapter):
             # Bounded like the connect itself: a peer that never answers GATT (or, on the virtual link, a
             # connection the peripheral never saw because it stopped advertising that instant) is given up on.
             characteristic = await asyncio.wait_for(gatt_setup(), self._gatt_timeout_s)
-        except Exception as exc:  # GATT setup failed: drop the connection, the core backs off
+        except Exception as exc:  # noqa: BLE001 - GATT setup failed: drop the connection, the core backs off
             self._conns.pop(state.conn_id, None)
             self._emit(ConnectFailed(address, f"GATT setup: {exc!r}"))
             try:
