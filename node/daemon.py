@@ -127,6 +127,8 @@ def run_command(args: argparse.Namespace, *, configure: Callable[[Config], Confi
     if configure is not None:
         cfg = configure(cfg)
     level = (getattr(args, "log_level", None) or cfg.node.log_level).upper()
+    import libp2p  # noqa: F401 - its import configures its loggers; install_log_handler rewires them to ours
+
     install_log_handler(level, sys.stderr)  # peers' text in log lines shown escaped (node/textsafe.py)
     ensure_private_dir(cfg.data_dir)
     ident = load_identity(cfg.data_dir)  # refuses loose permissions with a how-to-fix message

@@ -34,7 +34,7 @@ from node.rag.index import DenseIndex, IndexSettings
 from node.rag.settings import RagSection
 from node.rag.store import DB_NAME, INDEX_STALE_KEY, Store, fts_query
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("village.rag")
 _HEX = re.compile(r"[0-9a-f]+")
 
 Progress = Callable[[dict[str, Any]], Awaitable[None]]

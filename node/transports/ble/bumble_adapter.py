@@ -48,7 +48,7 @@ from node.transports.ble.base import (
     Role,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("village.ble")
 
 VIRTUAL_GATT_TIMEOUT_S = 2.0  # GATT setup on a virtual link (normally ~10 ms)
 ADVERTISING_INTERVAL_MS = 100.0  # virtual radios: how often a scanner hears us
