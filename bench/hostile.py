@@ -43,9 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import nacl.signing
 
-from node.config import MeshSection
 from node.identity import Identity
 from node.routing.mesh import DeliveryAcked, MeshCore
+from node.routing.settings import MeshSection
 from node.sim.hostile import Forger
 from node.wire import DEFAULT_LIMITS
 
