@@ -286,7 +286,7 @@ class Registry:
             raise
         except NodeError as exc:  # the node's own errors (RpcError, RagError, MeshError...) carry a usable message
             raise ToolError(str(exc) or type(exc).__name__) from None
-        except Exception:
+        except Exception:  # supervised boundary: a tool's bug becomes a generic ToolError for the caller (logged)
             log.exception("tool %s failed unexpectedly (caller %s:%s)", name, caller.transport, caller.client_id)
             raise ToolError(f"internal error in {name}; the node's log has the details") from None
         if isinstance(value, BaseModel):

@@ -282,7 +282,7 @@ class BumbleAdapter(RadioAdapter):
         for stop in (device.stop_scanning, device.stop_advertising):
             try:
                 await asyncio.wait_for(stop(), SHUTDOWN_STEP_S)
-            except Exception:
+            except Exception:  # best effort while shutting down: any stack error is logged, the shutdown goes on
                 log.debug("stopping radio activity during shutdown failed", exc_info=True)
         if self._controller is not None:
             with contextlib.suppress(KeyError):
@@ -449,7 +449,7 @@ class BumbleAdapter(RadioAdapter):
             self._emit(ConnectFailed(address, f"GATT setup: {exc!r}"))
             try:
                 await asyncio.wait_for(connection.disconnect(), SHUTDOWN_STEP_S)
-            except Exception:
+            except Exception:  # best effort: the connection is dropped either way (logged)
                 log.debug("disconnect after failed GATT setup failed", exc_info=True)
             return
         state.characteristic = characteristic
