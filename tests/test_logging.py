@@ -56,14 +56,17 @@ def test_the_namespace_check_refuses_module_and_foreign_names() -> None:
 
 
 @pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """Put the root logger and the libp2p loggers back as they were (other tests share the process)."""
-    import libp2p  # noqa: F401 - its import configures its loggers, as in the daemon
+def restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """py-libp2p's loggers as its import leaves them (LIBP2P_DEBUG unset), whatever earlier tests did; afterwards the
+    root logger and the libp2p loggers put back as they were (other tests share the process)."""
+    from libp2p.utils.logging import setup_logging  # what ``import libp2p`` runs
 
     root = logging.getLogger()
     names = ["libp2p", *(n for n in logging.Logger.manager.loggerDict if n.startswith("libp2p."))]
     saved = {n: (logging.getLogger(n).propagate, list(logging.getLogger(n).handlers)) for n in names}
     root_state = (root.level, list(root.handlers))
+    monkeypatch.delenv("LIBP2P_DEBUG", raising=False)
+    setup_logging()
     try:
         yield
     finally:
