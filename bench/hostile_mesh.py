@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from node.config import MeshSection
+from node.routing.settings import MeshSection
 from node.sim import LinkModel, Simulation, random_geometric
 from node.sim.adversary import KINDS, attach
 

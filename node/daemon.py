@@ -60,7 +60,7 @@ def load_plugins() -> tuple[Plugin, ...]:
     for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         try:
             plugin = ep.load()
-        except Exception as exc:  # a third-party package's import error: report it, keep the node usable
+        except Exception as exc:  # noqa: BLE001 - a third-party package's import error: report it, keep the node usable
             log.warning("plugin %s (%s) could not be loaded: %s", ep.name, ep.value, exc)
             continue
         if not isinstance(plugin, Plugin):
@@ -127,6 +127,8 @@ def run_command(args: argparse.Namespace, *, configure: Callable[[Config], Confi
     if configure is not None:
         cfg = configure(cfg)
     level = (getattr(args, "log_level", None) or cfg.node.log_level).upper()
+    import libp2p  # noqa: F401 - its import configures its loggers; install_log_handler rewires them to ours
+
     install_log_handler(level, sys.stderr)  # peers' text in log lines shown escaped (node/textsafe.py)
     ensure_private_dir(cfg.data_dir)
     ident = load_identity(cfg.data_dir)  # refuses loose permissions with a how-to-fix message

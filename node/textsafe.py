@@ -88,11 +88,34 @@ class SafeFormatter(logging.Formatter):
         return "\n".join(safe_text(line) for line in super().formatStack(stack_info).split("\n"))
 
 
-def install_log_handler(level: str | int, stream: IO[str]) -> logging.Handler:
-    """``village run``'s logging: a handler on the root logger writing :class:`SafeFormatter` lines to ``stream``."""
+# Libraries whose loggers are rewired to ours. py-libp2p's import (libp2p/utils/logging.py ``setup_logging``)
+# sets ``propagate = False`` on "libp2p" with no handler (so its records reached only logging.lastResort: bare
+# text, no time or subsystem), or, with LIBP2P_DEBUG, its own handlers and format on "libp2p" and "libp2p.<mod>".
+LIBRARY_LOGGERS = ("libp2p",)
+
+
+def adopt_library_loggers(names: tuple[str, ...] = LIBRARY_LOGGERS) -> None:
+    """Route the loggers ``names`` (and their existing descendants) through the root handler, in our format: their
+    own handlers are removed and they propagate again. Their levels are kept (py-libp2p: WARNING unless
+    LIBP2P_DEBUG says otherwise). Call it after the library is imported: its import configures its loggers."""
+    prefixes = tuple(f"{name}." for name in names)
+    for name in (*names, *(n for n in list(logging.Logger.manager.loggerDict) if n.startswith(prefixes))):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
+
+
+def install_log_handler(
+    level: str | int, stream: IO[str], *, adopt: tuple[str, ...] = LIBRARY_LOGGERS
+) -> logging.Handler:
+    """``village run``'s logging: a handler on the root logger writing :class:`SafeFormatter` lines to ``stream``
+    (time, level, subsystem: the logger's name, ``village.<subsystem>`` for ours), the loggers ``adopt`` of
+    libraries imported already included (:func:`adopt_library_loggers`)."""
     handler = logging.StreamHandler(stream)
     handler.setFormatter(SafeFormatter(LOG_FORMAT))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)
+    adopt_library_loggers(adopt)
     return handler

@@ -14,10 +14,10 @@ import pytest
 import trio
 
 from node.cli import main
-from node.config import Config, NodeSection
 from node.identity import Identity
 from node.node import Node
 from node.rag import cli as rag_cli
+from node.settings import Config, NodeSection
 from node.textsafe import install_log_handler, safe_json, safe_text
 from node.transports.memory import MemoryNetwork
 

@@ -9,7 +9,8 @@ NodeError (node.errors)
     ├── ToolUnavailable         the tool is known but this node cannot run it (no RAG, not built yet)
     └── GovernanceError         local misuse of the governance core (bad electorate, unknown proposal, ...)
         └── InvalidCertificate  a certificate does not verify against its epoch's electorate
-MalformedFrame (node.wire.errors)  untrusted vote/certificate/evidence/proposal bytes did not parse
+
+Untrusted vote/certificate/evidence/proposal bytes that do not parse raise ``MalformedFrame`` (node.wire.errors).
 """
 
 from __future__ import annotations

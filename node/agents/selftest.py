@@ -77,7 +77,7 @@ def run_selftest(seed: int = 0, flood: int = 200) -> list[dict[str, Any]]:
             gov.receive_certificate_untrusted(data)
             gov.receive_evidence_untrusted(data)
             gov.receive_proposal_untrusted(data, 1)
-        except Exception:  # the defence under test: nothing may escape the untrusted parsers
+        except Exception:  # noqa: BLE001 - the defence under test: nothing may escape the untrusted parsers
             crashes += 1
     check(f"flood of {flood} random frames", crashes == 0, f"{crashes} escaped")
     # two byzantine members (2 of 7 < 1/3) sign both values; honest ones split 3 for p and 2 for q

@@ -3,8 +3,8 @@
 ControlError (node.errors)
 ├── RpcError            (node.control.rpc) an error object to send back to a client
 └── ClientError         the CLI could not talk to the node
-    └── NotRunning      nothing listens on the control socket
-RemoteCallError         the node answered a call with a JSON-RPC error (subclass of ClientError)
+    ├── NotRunning      nothing listens on the control socket
+    └── RemoteCallError the node answered a call with a JSON-RPC error
 """
 
 from __future__ import annotations

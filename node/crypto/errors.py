@@ -5,7 +5,8 @@ CryptoError (node.errors)
 │   └── LowOrderKey     remote: a DH result was all zeros (a low-order or all-zero public key)
 ├── DecryptError        remote: a transport frame failed authentication or is malformed
 ├── ReplayError         remote: a transport frame's nonce was already seen or is older than the window
-└── NonceExhausted      local: this cipher may not encrypt again (rekey or a new handshake is needed)
+├── NonceExhausted      local: this cipher may not encrypt again (rekey or a new handshake is needed)
+└── MailboxError        (node.mailbox.protocol) the anchor refused a mailbox request, or its answer made no sense
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ class AnchorTarget:
 def parse_anchor(addr: str) -> tuple[str, bytes]:
     try:
         info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
-    except Exception as exc:  # multiaddr/libp2p raise several error types for bad input
+    except Exception as exc:  # noqa: BLE001 - multiaddr/libp2p raise several error types for bad input
         raise StartupError(f"mailbox.anchors: {addr!r} is not a multiaddr ending in /p2p/<peer id> ({exc})") from None
     key = signing_key_of(info.peer_id)
     if key is None:

@@ -5,9 +5,9 @@
         ├── UnknownTool         no tool of that name
         ├── InvalidArguments    the arguments do not match the tool's input schema
         ├── NotAllowed          the caller lacks the tool's scope, or [mcp] allow/deny refuses it
-        ├── RateLimited         too many state-changing calls; retry later
+        ├── ToolRateLimited     too many state-changing calls; retry later
         ├── MemoryFull          a memory bound (entries or bytes) would be exceeded
-        └── NodeUnavailable     the stdio front end cannot reach the daemon's control socket
+        └── ToolNodeUnavailable the stdio front end cannot reach the daemon's control socket
 
 A ToolError's message is written for the caller (often a language model): it says what was wrong and, where it
 can, what to do. Nothing else reaches a caller: unexpected exceptions become a generic "internal error" and are
@@ -35,7 +35,7 @@ class NotAllowed(ToolError):
     pass
 
 
-class RateLimited(ToolError):
+class ToolRateLimited(ToolError):
     pass
 
 
@@ -43,5 +43,5 @@ class MemoryFull(ToolError):
     pass
 
 
-class NodeUnavailable(ToolError):
+class ToolNodeUnavailable(ToolError):
     pass

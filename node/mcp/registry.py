@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from node.errors import NodeError
 from node.mcp.audit import AuditLog
-from node.mcp.errors import InvalidArguments, NotAllowed, RateLimited, ToolError, UnknownTool
+from node.mcp.errors import InvalidArguments, NotAllowed, ToolError, ToolRateLimited, UnknownTool
 from node.mcp.settings import McpSettings
 
 log = logging.getLogger("village.mcp")
@@ -273,7 +273,7 @@ class Registry:
                 raise NotAllowed(f"{name} changes state and is not allowed over {caller.transport} ([mcp] allow/deny)")
             wait = self._buckets.take(f"{caller.transport}:{caller.client_id}", self._now())
             if wait > 0:
-                raise RateLimited(f"too many state-changing calls; retry in {wait:.1f} s")
+                raise ToolRateLimited(f"too many state-changing calls; retry in {wait:.1f} s")
         try:
             params = tool.input_model.model_validate(args)
         except ValidationError as exc:
@@ -286,7 +286,7 @@ class Registry:
             raise
         except NodeError as exc:  # the node's own errors (RpcError, RagError, MeshError...) carry a usable message
             raise ToolError(str(exc) or type(exc).__name__) from None
-        except Exception:
+        except Exception:  # supervised boundary: a tool's bug becomes a generic ToolError for the caller (logged)
             log.exception("tool %s failed unexpectedly (caller %s:%s)", name, caller.transport, caller.client_id)
             raise ToolError(f"internal error in {name}; the node's log has the details") from None
         if isinstance(value, BaseModel):

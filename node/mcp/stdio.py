@@ -17,7 +17,7 @@ import trio
 from mcp.server.context import ServerRequestContext
 from mcp.server.stdio import stdio_server
 
-from node.mcp.errors import NodeUnavailable, ToolError
+from node.mcp.errors import ToolError, ToolNodeUnavailable
 from node.mcp.server import CallResult, build_server
 
 MAX_CONNECTIONS = 4  # control-socket connections one `village mcp` keeps for concurrent requests
@@ -45,10 +45,10 @@ class _Conn:
                     return msg["result"]
                 continue
             if len(self.buf) > MAX_LINE_BYTES:
-                raise NodeUnavailable("the node sent an oversized reply")
+                raise ToolNodeUnavailable("the node sent an oversized reply")
             chunk = await self.stream.receive_some(65_536)
             if not chunk:
-                raise NodeUnavailable("the node closed the control connection (stopping?)")
+                raise ToolNodeUnavailable("the node closed the control connection (stopping?)")
             self.buf += chunk
 
 
@@ -64,20 +64,28 @@ class ControlPool:
         try:
             return _Conn(await trio.open_unix_socket(str(self.path)))
         except (FileNotFoundError, ConnectionRefusedError):
-            raise NodeUnavailable(f"no node is running on {self.path} (start one with `village run`)") from None
+            raise ToolNodeUnavailable(f"no node is running on {self.path} (start one with `village run`)") from None
         except PermissionError:
-            raise NodeUnavailable(f"permission denied on {self.path}: the control socket serves its owner") from None
+            raise ToolNodeUnavailable(
+                f"permission denied on {self.path}: the control socket serves its owner"
+            ) from None
 
     async def call(self, method: str, **params: Any) -> Any:
         async with self._slots:
             conn = self._idle.pop() if self._idle else await self._open()
             try:
                 result = await conn.call(method, params)
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ValueError, NodeUnavailable) as exc:
+            except (
+                OSError,
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+                ValueError,
+                ToolNodeUnavailable,
+            ) as exc:
                 await conn.stream.aclose()
-                if isinstance(exc, NodeUnavailable):
+                if isinstance(exc, ToolNodeUnavailable):
                     raise
-                raise NodeUnavailable(f"lost the node on {self.path}: {exc}") from None
+                raise ToolNodeUnavailable(f"lost the node on {self.path}: {exc}") from None
             except BaseException:
                 await conn.stream.aclose()
                 raise
@@ -118,7 +126,7 @@ async def serve_stdio(socket_path: Path) -> None:
     """Check the daemon answers, then serve MCP on stdin/stdout until the client closes stdin."""
     pool = ControlPool(socket_path)
     try:
-        await pool.call("mcp.tools", transport="stdio")  # raises NodeUnavailable / ToolError (MCP disabled)
+        await pool.call("mcp.tools", transport="stdio")  # raises ToolNodeUnavailable / ToolError (MCP disabled)
         server = build_server(RemoteBackend(pool, f"stdio-{os.getpid()}"))
         async with stdio_server() as (read_stream, write_stream):
             await server.run(read_stream, write_stream, server.create_initialization_options())

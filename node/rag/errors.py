@@ -4,8 +4,9 @@ NodeError (node.errors)
 └── RagError                 anything the knowledge base refuses or cannot do
     ├── ModelMissing         the embedding model or tokenizer package is not installed (says how to install)
     ├── ExtractError         a file could not be read or its format is not supported
-    ├── StoreError           the SQLite store is unusable (wrong schema version, disk error)
-    └── NotFound             no document / chunk with that id or source
+    ├── RagStoreError        the SQLite store is unusable (wrong schema version, disk error)
+    ├── DocumentNotFound     no document / chunk with that id or source
+    └── TrustError           (node.rag.trust) a trust value or key is out of range
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ class ExtractError(RagError):
     """A file could not be read, or its format is not supported."""
 
 
-class StoreError(RagError):
+class RagStoreError(RagError):
     """The SQLite store cannot be used."""
 
 
-class NotFound(RagError):
+class DocumentNotFound(RagError):
     """No document or chunk matches."""

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from node.rag.service import RagService
     from node.routing.mesh import MeshCore
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("village.rag.federated")
 
 SERVICE = "rag.query"
 PROTOCOL_VERSION = 1

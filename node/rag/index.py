@@ -26,7 +26,7 @@ import numpy as np
 from node.rag.embed import DIM, Vectors, from_blob
 from node.rag.store import Store
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("village.rag")
 
 INDEX_NAME = "rag.hnsw"
 

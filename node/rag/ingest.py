@@ -27,7 +27,7 @@ from node.rag.errors import ExtractError
 from node.rag.extract import SUPPORTED_SUFFIXES, Extracted, extract_file
 from node.rag.store import NewChunk, Store
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("village.rag")
 
 GraphIndexFn = Callable[[Any, Sequence[tuple[int, str]]], None]
 GraphRemoveFn = Callable[[Any, Sequence[int]], None]

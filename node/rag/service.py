@@ -28,13 +28,13 @@ import trio
 
 from node.rag import fusion, ingest
 from node.rag.embed import Embedder, EmbedderSettings, Vectors, from_blob, to_blob
-from node.rag.errors import NotFound, RagError
+from node.rag.errors import DocumentNotFound, RagError
 from node.rag.extract import Extracted
 from node.rag.index import DenseIndex, IndexSettings
 from node.rag.settings import RagSection
 from node.rag.store import DB_NAME, INDEX_STALE_KEY, Store, fts_query
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("village.rag")
 _HEX = re.compile(r"[0-9a-f]+")
 
 Progress = Callable[[dict[str, Any]], Awaitable[None]]
@@ -401,7 +401,7 @@ class RagService:
             assert source is not None
             docs = [store.document(i) for i in self._doc_ids_for_source(store, source)]
             if not docs:
-                raise NotFound(f"no document with source {source!r}")
+                raise DocumentNotFound(f"no document with source {source!r}")
         changed = [d.id for d in docs if d.shared != shared]
         with store.transaction() as conn:
             for i in changed:
@@ -417,7 +417,7 @@ class RagService:
             assert source is not None
             ids = self._doc_ids_for_source(store, source)
             if not ids:
-                raise NotFound(f"no document with source {source!r}")
+                raise DocumentNotFound(f"no document with source {source!r}")
         removed: list[int] = []
         with store.transaction() as conn:
             for d in ids:
@@ -523,7 +523,7 @@ class RagService:
     def _feedback_sync(self, chunk_id: int, good: bool, now: float) -> dict[str, Any]:
         assert self._store is not None
         if not self._store.chunks([chunk_id]):
-            raise NotFound(f"no result with id {chunk_id} (use an `id` from rag.query)")
+            raise DocumentNotFound(f"no result with id {chunk_id} (use an `id` from rag.query)")
         with self._store.transaction():
             rep = self._trust.feedback_chunk(chunk_id, good, now)
         ct = self._trust.opinion_for_chunk(chunk_id, now)

@@ -36,7 +36,7 @@ from typing import Any
 
 import sqlite_utils
 
-from node.rag.errors import NotFound, StoreError
+from node.rag.errors import DocumentNotFound, RagStoreError
 
 SCHEMA_VERSION = 2
 INDEX_STALE_KEY = "index_stale"  # rag_meta: "1" when the hnswlib file cannot be trusted by id (rebuild it)
@@ -197,7 +197,7 @@ def migrate(conn: sqlite3.Connection) -> None:
     """Create or upgrade the schema to :data:`SCHEMA_VERSION`."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
-        raise StoreError(f"rag store schema version {version} is newer than this program ({SCHEMA_VERSION})")
+        raise RagStoreError(f"rag store schema version {version} is newer than this program ({SCHEMA_VERSION})")
     if version < SCHEMA_VERSION:
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -231,7 +231,7 @@ class Store:
             conn.execute("PRAGMA foreign_keys=ON")
             migrate(conn)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the rag store {path}: {exc}") from exc
+            raise RagStoreError(f"cannot open the rag store {path}: {exc}") from exc
         self.conn = conn
         self.db = sqlite_utils.Database(conn)
         self.path = path
@@ -279,7 +279,7 @@ class Store:
     def document(self, doc_id: int) -> Document:
         row = self.conn.execute(f"SELECT {_DOC_COLUMNS} FROM documents WHERE id = ?", (doc_id,)).fetchone()
         if row is None:
-            raise NotFound(f"no document with id {doc_id}")
+            raise DocumentNotFound(f"no document with id {doc_id}")
         return self._doc(row)
 
     def document_by_source(self, source: str, origin_peer: str | None = None) -> Document | None:
@@ -354,7 +354,7 @@ class Store:
     def set_shared(self, doc_id: int, shared: bool) -> None:
         with self.transaction() as conn:
             if conn.execute("UPDATE documents SET shared = ? WHERE id = ?", (int(shared), doc_id)).rowcount == 0:
-                raise NotFound(f"no document with id {doc_id}")
+                raise DocumentNotFound(f"no document with id {doc_id}")
 
     # -- chunks and search
 

@@ -51,7 +51,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from node.rag.errors import NotFound, RagError
+from node.rag.errors import DocumentNotFound, RagError
 
 W = 2.0  # the non-informative prior weight of subjective logic's evidence mapping
 PRIOR_ALPHA = 1.0  # Beta prior α0 (uniform)
@@ -314,7 +314,7 @@ class TrustStore:
             return str(row[0])
         text = self.conn.execute("SELECT text FROM chunks WHERE id = ?", (chunk_id,)).fetchone()
         if text is None:
-            raise NotFound(f"no chunk with id {chunk_id}")
+            raise DocumentNotFound(f"no chunk with id {chunk_id}")
         return claim_hash(str(text[0]))
 
     def chunk_source(self, chunk_id: int) -> str:
@@ -323,7 +323,7 @@ class TrustStore:
             (chunk_id,),
         ).fetchone()
         if row is None:
-            raise NotFound(f"no chunk with id {chunk_id}")
+            raise DocumentNotFound(f"no chunk with id {chunk_id}")
         return source_key_for(str(row[0]), row[1])
 
     def claim_sources(self, claim: str) -> list[str]:

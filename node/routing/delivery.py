@@ -159,7 +159,7 @@ class PrivateDelivery:
         for p in self.pending.pop_due(now):
             try:
                 self.attempt(p, now)
-            except Exception as exc:  # broad: one message's failure must not strand the others (re-raised)
+            except Exception as exc:  # noqa: BLE001 - broad: one message's failure must not strand the others (re-raised)
                 if self.pending.remove(p.message_id) is not None:
                     self.events.append(PrivateFailed(p.message_id, p.peer_id, f"internal error: {exc}"))
                 failed = failed or exc

@@ -331,7 +331,7 @@ class MeshCore:
         ):
             try:
                 task(now)
-            except Exception as exc:  # broad: a timer task's failure must end that task only (counted, logged)
+            except Exception as exc:  # noqa: BLE001 - broad: a timer task's failure must end that task only (counted, logged)
                 self.containment.contain(exc, f"timer task {getattr(task, '__name__', task)}", None)
 
     def _expire_pings(self, now: float) -> None:
@@ -361,7 +361,7 @@ class MeshCore:
                     continue
                 for link_id in job.link_ids:
                     self.output.emit_frame(link_id, job.frame)
-            except Exception as exc:  # broad: this relay is dropped, the others still go (re-raised: counted)
+            except Exception as exc:  # noqa: BLE001 - broad: this relay is dropped, the others still go (re-raised: counted)
                 failed = failed or exc
         if failed is not None:
             raise failed
@@ -371,7 +371,7 @@ class MeshCore:
         for entry in self.output.on_timer(now):
             try:
                 self._hop_timeout(entry, now)
-            except Exception as exc:  # broad: this entry is given up, the others still go (re-raised: counted)
+            except Exception as exc:  # noqa: BLE001 - broad: this entry is given up, the others still go (re-raised: counted)
                 self.output.hoparq.give_up(entry)
                 failed = failed or exc
         if failed is not None:
@@ -553,7 +553,7 @@ class MeshCore:
         self.counters.frames_in += 1
         try:
             return self._receive_frame(link_id, data, now)
-        except Exception as exc:  # broad: one frame's failure must end that frame only (counted, logged once)
+        except Exception as exc:  # noqa: BLE001 - broad: one frame's failure must end that frame only (counted, logged once)
             at = 14 if data[:1] == b"\x01" else 16  # the sender ID's offset in a v1 / v2 header
             self.containment.contain(exc, f"a frame on link {link_id}", bytes(data[at : at + 8]) or None)
             return True

@@ -35,7 +35,7 @@ from node.twin.neural import NeuralLM
 from node.twin.prior import GlobalPrior
 from node.twin.settings import TwinSettings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("village.twin")
 
 EVENT_CHANNEL = 256  # events between record() and the learner; beyond this they go to the deferred queue
 TWIN_DIR = "twin"

@@ -20,12 +20,12 @@ from node.agents.settings import AgentsSettings, LlmSettings
 from node.agents.tools import ScopedTools, Tools
 from node.agents.trace import Trace
 from node.clock import Clock
-from node.config import NodeSection, RagSection
 from node.identity import Identity
 from node.node import Node
 from node.rag.plugin import PLUGIN as RAG_PLUGIN
 from node.rag.plugin import rag_service
-from node.settings import Config
+from node.rag.settings import RagSection
+from node.settings import Config, NodeSection
 from node.transports.memory import MemoryNetwork
 
 EPOCH_MS = 1_700_000_000_000.0

@@ -12,11 +12,12 @@ from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import TextContent
 
-from node.config import Config, RagSection
 from node.identity import create_identity
 from node.mcp.service import McpService
 from node.mcp.settings import McpSettings
 from node.node import Node
+from node.rag.settings import RagSection
+from node.settings import Config
 
 
 def mcp_settings(**overrides: Any) -> McpSettings:

@@ -70,11 +70,11 @@ async def test_state_changing_tools_can_be_denied_over_http(nursery: trio.Nurser
 async def test_a_listening_client_hears_of_each_new_inbox_message(nursery: trio.Nursery, tmp_path: Path) -> None:
     """Two nodes linked in memory; a 2026-07-28 client listening to node://inbox on alice's HTTP endpoint is
     told when bob's broadcast lands in alice's inbox, and reads it with inbox_list."""
-    from node.config import Config
     from node.identity import Identity
     from node.mcp.plugin import PLUGIN
     from node.mcp.service import McpService
     from node.node import Node
+    from node.settings import Config
     from node.transports.memory import MemoryNetwork
 
     net = MemoryNetwork(seed=3)

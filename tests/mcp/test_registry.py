@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from node.errors import MeshError
 from node.mcp.audit import AuditLog
-from node.mcp.errors import InvalidArguments, NotAllowed, RateLimited, ToolError, UnknownTool
+from node.mcp.errors import InvalidArguments, NotAllowed, ToolError, ToolRateLimited, UnknownTool
 from node.mcp.node_tools import confine
 from node.mcp.registry import Caller, Registry, Tool
 from node.mcp.working import WorkingMemory
@@ -107,7 +107,7 @@ async def test_state_changing_calls_are_rate_limited_per_client(tmp_path: Path) 
     me, other = Caller("stdio", "me"), Caller("stdio", "other")
     for _ in range(3):
         await reg.call("post", {"text": "a"}, caller=me)
-    with pytest.raises(RateLimited, match=r"retry in 1\.0 s"):
+    with pytest.raises(ToolRateLimited, match=r"retry in 1\.0 s"):
         await reg.call("post", {"text": "a"}, caller=me)
     for _ in range(10):  # reads are not limited
         await reg.call("echo", {"text": "a"}, caller=me)

@@ -484,11 +484,11 @@ async def test_a_peer_repeating_a_claim_gets_no_extra_weight() -> None:
 
 
 async def test_a_failing_search_answers_a_generic_error_without_details() -> None:
-    from node.rag.errors import StoreError
+    from node.rag.errors import RagStoreError
 
     class _Broken:
         async def search_shared(self, text: str, k: int) -> list[SharedHit]:
-            raise StoreError("cannot read /home/alice/private/rag.sqlite3: disk I/O error")
+            raise RagStoreError("cannot read /home/alice/private/rag.sqlite3: disk I/O error")
 
         async def shared_doc_ids(self, doc_ids: Sequence[int]) -> set[int]:
             return set()

@@ -14,7 +14,7 @@ import pytest
 
 from node.rag import embed
 from node.rag.embed import Vectors, from_blob
-from node.rag.errors import ModelMissing, NotFound, RagError
+from node.rag.errors import DocumentNotFound, ModelMissing, RagError
 from node.rag.service import RagService
 from node.rag.settings import RagSection
 from node.rag.store import DB_NAME
@@ -66,7 +66,7 @@ async def test_ingest_formats_dedupe_replace_and_remove(tmp_path: Path) -> None:
     pdf_id = hits[0].doc_id
     assert (await svc.remove(doc_id=pdf_id))["documents"] == 1
     assert not await svc.query("basalt")
-    with pytest.raises(NotFound):
+    with pytest.raises(DocumentNotFound):
         await svc.remove(doc_id=pdf_id)
     gone = await svc.remove(source=str(docs))  # a folder: everything under it
     assert gone["documents"] == 3
@@ -166,7 +166,7 @@ async def test_re_adding_with_another_shared_flag_changes_it_and_share_unshare_w
         "volcano.pdf",
         "plants.html",
     }
-    with pytest.raises(NotFound):
+    with pytest.raises(DocumentNotFound):
         await svc.set_shared(True, source=str(docs / "nothing-here"))
     with pytest.raises(RagError):
         await svc.set_shared(True)

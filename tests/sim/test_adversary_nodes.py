@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from functools import partial
 
-from node.config import MeshSection
+from node.routing.settings import MeshSection
 from node.sim import LinkModel, Simulation, grid
 from node.sim.adversary import KINDS, attach
 from node.wire import MessageType, decode_announce_untrusted

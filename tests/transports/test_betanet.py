@@ -254,7 +254,7 @@ async def test_mesh_streams_beyond_the_per_connection_limit_are_reset_and_counte
             for _ in range(5):
                 try:
                     opened.append(await other.new_stream(info.peer_id, [MESH_PROTOCOL]))
-                except Exception:
+                except Exception:  # noqa: BLE001 - libp2p raises assorted errors for a refused stream; refusals are counted below
                     continue
             await ours.wait_counters(lambda c: c.mesh_streams_refused == 3)
             assert ours.counters.links_opened == 2

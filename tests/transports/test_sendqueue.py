@@ -10,9 +10,9 @@ import pytest
 import trio
 
 from node.clock import Clock
-from node.config import Config, NodeSection
 from node.identity import Identity
 from node.node import LINK_SEND_QUEUE_FRAMES, Node
+from node.settings import Config, NodeSection
 from node.transports.base import Link, LinkCapabilities, LinkSink, Transport
 from node.transports.sendqueue import LinkSendQueue
 

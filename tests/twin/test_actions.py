@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from node.rag.errors import ModelMissing
 from node.twin.actions import ActionHead
 
 
@@ -43,7 +44,7 @@ def test_engine_next_action_over_the_real_minilm_embeddings() -> None:
 
     try:
         model_files()
-    except Exception:  # the model package is part of the node's dependencies; absent only in odd installs
+    except ModelMissing:  # the model package is part of the node's dependencies; absent only in odd installs
         pytest.skip("MiniLM model not installed")
     eng = TwinEngine(GlobalPrior.load_packaged(), embed=Embedder().embed)
     # This user adds a document after every question about cooking, and sends a message after any other.

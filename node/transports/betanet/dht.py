@@ -28,6 +28,7 @@ import trio
 from libp2p.abc import IHost
 from libp2p.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
+from libp2p.peer.peerstore import PeerStoreError
 from libp2p.tools.anyio_service import background_trio_service
 
 from node.transports.betanet.counters import BetanetCounters
@@ -107,7 +108,7 @@ class PeerRouting:
             return  # gone already, or identify never ran (no connection)
         try:
             known = bool(self._host.get_peerstore().get_protocols(peer_id))
-        except Exception:  # PeerStoreError: the peer is not in the peerstore at all
+        except PeerStoreError:  # the peer is not in the peerstore at all
             known = False
         if not known:
             log.debug("identify of %s did not complete; not routing to it", peer_id)
@@ -117,7 +118,7 @@ class PeerRouting:
             with trio.move_on_after(self._timeout_s):
                 if await self.dht.add_peer(peer_id):
                     self._counters.dht_routing_added += 1
-        except Exception as exc:  # the routing table queries the peerstore; a vanished peer raises there
+        except Exception as exc:  # noqa: BLE001 - the routing table queries the peerstore; a vanished peer raises there
             log.debug("adding %s to the DHT routing table failed: %s", peer_id, exc or type(exc).__name__)
         self._notify()
 

@@ -23,6 +23,7 @@ import trio
 from libp2p.abc import IHost
 from libp2p.identity.identify_push.identify_push import push_identify_to_peer
 from libp2p.peer.id import ID
+from libp2p.peer.peerstore import PeerStoreError
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL
 from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
@@ -109,7 +110,7 @@ class Relay:
         with trio.move_on_after(self._timeout_s):
             try:
                 stream = await self._host.new_stream(relay_id, [HOP_PROTOCOL])
-            except Exception as exc:  # libp2p: protocol refused (not a relay), connection gone, ...
+            except Exception as exc:  # noqa: BLE001 - libp2p: protocol refused (not a relay), connection gone, ...
                 log.info("%s offers no circuit relay (its betanet.relay is not hop): %s", relay_id, exc)
                 return False
             try:
@@ -141,7 +142,7 @@ class Relay:
         for relay_id in self._reserved:
             try:
                 known = store.addrs(relay_id)
-            except Exception:  # libp2p's PeerStoreError: the relay was evicted from the peerstore
+            except PeerStoreError:  # the relay was evicted from the peerstore (or expired)
                 continue
             seen: set[str] = set()
             for addr in known:
@@ -183,9 +184,6 @@ class Relay:
         store = self._host.get_peerstore()
         out = []
         for peer_id in self._host.get_connected_peers():
-            try:
-                if store.supports_protocols(peer_id, [str(HOP_PROTOCOL)]):
-                    out.append(peer_id)
-            except Exception:  # libp2p's PeerStoreError: not identified yet
-                continue
+            if store.supports_protocols(peer_id, [str(HOP_PROTOCOL)]):  # [] for a peer not identified yet
+                out.append(peer_id)
         return out

@@ -119,7 +119,7 @@ class BetanetSection:
 def _multiaddr(multiaddr: Any, key: str, addr: str, what: str) -> Any:
     try:
         return multiaddr.Multiaddr(addr)
-    except Exception as exc:  # multiaddr raises several error types (ValueError, its own, binascii) for bad input
+    except Exception as exc:  # noqa: BLE001 - multiaddr raises several error types (ValueError, its own, binascii) for bad input
         raise ConfigError(f"{key}: {what}: {exc}") from None
 
 

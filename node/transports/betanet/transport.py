@@ -130,7 +130,7 @@ def remote_address_of(stream: INetStream, me: ID) -> str:
     peer = muxed.peer_id
     try:
         addrs = muxed.get_transport_addresses()
-    except Exception:  # a muxer without transport addresses: fall back to the peer ID alone
+    except Exception:  # noqa: BLE001 - a muxer without transport addresses: fall back to the peer ID alone
         addrs = []
     for addr in addrs:
         text = str(without_peer_suffix(addr))
@@ -150,7 +150,7 @@ def signing_key_of(peer_id: ID) -> bytes | None:
     """The raw Ed25519 public key inside an identity-multihash peer ID (None for other key types)."""
     try:
         key = peer_id.extract_public_key()
-    except Exception:  # libp2p raises assorted errors for non-identity multihashes
+    except Exception:  # noqa: BLE001 - libp2p raises assorted errors for non-identity multihashes
         return None
     if key is None:
         return None
@@ -412,14 +412,14 @@ class BetanetTransport(Transport):
     ) -> None:
         try:
             listen = [multiaddr.Multiaddr(a) for a in self.settings.listen]
-        except Exception as exc:  # multiaddr raises several error types for bad input
+        except Exception as exc:  # noqa: BLE001 - multiaddr raises several error types for bad input
             raise StartupError(
                 f"betanet.listen: not a valid multiaddr list {list(self.settings.listen)}: {exc}"
             ) from None
         for addr in self.settings.bootstrap:
             try:
                 info_from_p2p_addr(multiaddr.Multiaddr(addr))
-            except Exception as exc:  # multiaddr/libp2p raise several error types for bad input
+            except Exception as exc:  # noqa: BLE001 - multiaddr/libp2p raise several error types for bad input
                 raise StartupError(
                     f"betanet.bootstrap: {addr!r} is not a multiaddr ending in /p2p/<peer id> ({exc})"
                 ) from None
@@ -556,7 +556,7 @@ class BetanetTransport(Transport):
         try:
             maddr = multiaddr.Multiaddr(addr)
             info = info_from_p2p_addr(maddr)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - multiaddr/libp2p raise several error types for bad input
             raise DialError(f"{addr!r} is not a multiaddr ending in /p2p/<peer id>: {exc}") from None
         try:
             with trio.fail_after(self.settings.dial_timeout_s):
@@ -588,7 +588,7 @@ class BetanetTransport(Transport):
         try:
             maddr = multiaddr.Multiaddr(addr)
             info = info_from_p2p_addr(maddr)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - multiaddr/libp2p raise several error types for bad input
             raise DialError(f"{addr!r} is not a multiaddr ending in /p2p/<peer id>: {exc}") from None
         if info.peer_id == host.get_id():
             raise DialError(f"{addr} is this node itself")
@@ -801,7 +801,7 @@ async def _first_that_connects(
             try:
                 await dial_one(addr)
                 return True
-            except Exception as exc:  # libp2p surfaces many error types for unreachable/refusing peers
+            except Exception as exc:  # noqa: BLE001 - libp2p surfaces many error types for unreachable/refusing peers
                 errors.append(f"{addr}: {exc or type(exc).__name__}")
         if scope.cancelled_caught:
             errors.append(f"{addr}: no answer within {attempt_s:g} s")

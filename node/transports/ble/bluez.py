@@ -69,7 +69,7 @@ from node.transports.ble.base import (
     Role,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("village.ble")
 
 SERVER_CONN_ID = "bluez:server"  # the one peripheral-role connection (see the module docstring)
 MTU_WAIT_S = 2.0  # longest wait for BlueZ's MTU exchange after connecting

@@ -48,7 +48,7 @@ from node.transports.ble.base import (
     Role,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("village.ble")
 
 VIRTUAL_GATT_TIMEOUT_S = 2.0  # GATT setup on a virtual link (normally ~10 ms)
 ADVERTISING_INTERVAL_MS = 100.0  # virtual radios: how often a scanner hears us
@@ -282,7 +282,7 @@ class BumbleAdapter(RadioAdapter):
         for stop in (device.stop_scanning, device.stop_advertising):
             try:
                 await asyncio.wait_for(stop(), SHUTDOWN_STEP_S)
-            except Exception:
+            except Exception:  # best effort while shutting down: any stack error is logged, the shutdown goes on
                 log.debug("stopping radio activity during shutdown failed", exc_info=True)
         if self._controller is not None:
             with contextlib.suppress(KeyError):
@@ -409,7 +409,7 @@ class BumbleAdapter(RadioAdapter):
             connection = await asyncio.wait_for(
                 device.connect(peer_address, timeout=self._connect_timeout_s), self._connect_timeout_s + 2.0
             )
-        except Exception as exc:  # timeout, controller refusal: the core backs off this address
+        except Exception as exc:  # noqa: BLE001 - timeout, controller refusal: the core backs off this address
             self._emit(ConnectFailed(address, f"connect: {exc!r}"))
             return
         finally:
@@ -444,12 +444,12 @@ class BumbleAdapter(RadioAdapter):
             # Bounded like the connect itself: a peer that never answers GATT (or, on the virtual link, a
             # connection the peripheral never saw because it stopped advertising that instant) is given up on.
             characteristic = await asyncio.wait_for(gatt_setup(), self._gatt_timeout_s)
-        except Exception as exc:  # GATT setup failed: drop the connection, the core backs off
+        except Exception as exc:  # noqa: BLE001 - GATT setup failed: drop the connection, the core backs off
             self._conns.pop(state.conn_id, None)
             self._emit(ConnectFailed(address, f"GATT setup: {exc!r}"))
             try:
                 await asyncio.wait_for(connection.disconnect(), SHUTDOWN_STEP_S)
-            except Exception:
+            except Exception:  # best effort: the connection is dropped either way (logged)
                 log.debug("disconnect after failed GATT setup failed", exc_info=True)
             return
         state.characteristic = characteristic

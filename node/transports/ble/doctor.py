@@ -176,7 +176,7 @@ def bluetoothd_version(path: str) -> str | None:
 def _import_error(module: str) -> str | None:
     try:
         importlib.import_module(module)
-    except Exception as exc:  # any failure to import means the library cannot be used; report it as found
+    except Exception as exc:  # noqa: BLE001 - any failure to import means the library cannot be used; report it as found
         return f"{type(exc).__name__}: {exc}"
     return None
 

@@ -42,7 +42,7 @@ from node.transports.ble.core import (
 )
 from node.transports.ble.power import RadioPlan
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("village.ble")
 
 RADIO_EVENT_QUEUE = 1024  # radio events waiting for the driver (adapters count what overflows)
 LINK_RECEIVE_QUEUE = 256  # frames waiting for the Node's reader task, per link

@@ -221,7 +221,7 @@ def test_a_second_start_during_the_first_ones_creation_waits_and_uses_its_secret
     def second_start() -> None:
         try:
             second.append(load_or_create_secret(tmp_path))
-        except BaseException as exc:  # reported below
+        except BaseException as exc:  # noqa: BLE001 - reported below
             second.append(exc)
 
     def fsync_then_start_another(fd: int) -> None:
@@ -242,7 +242,7 @@ def test_a_second_start_during_the_first_ones_creation_waits_and_uses_its_secret
 def _start_in_child(data_dir: str, out: multiprocessing.Queue[bytes | str]) -> None:
     try:
         out.put(load_or_create_secret(Path(data_dir)))
-    except BaseException as exc:  # reported to the parent
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
         out.put(repr(exc))
 
 
