@@ -171,7 +171,7 @@ def node_tools(invoke: Invoke, *, rag_roots: Sequence[str]) -> list[Tool]:
             "messages_status",
             "Delivery state of a message this node sent: pending, delivered or failed.",
             MessageIdArgs,
-            "messages:read",
+            "messages:status",
             passthrough("messages.status"),
         ),
         t(
