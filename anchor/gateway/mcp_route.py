@@ -9,7 +9,8 @@ gateway scope       tools it opens
 ``node:read``       node_status, peers_list, routes_list (+ node://status, node://peers)
 ``messages:send``   messages_send, messages_broadcast, messages_status (never the inbox)
 ``events:read``     inbox_list, messages_status (+ node://inbox)
-``rag:query``       rag_query (local documents only: no ``mesh``), rag_stats
+``rag:query``       rag_query (local shared documents only: no ``mesh``), rag_stats
+``rag:private``     with rag:query, rag_query also over unshared documents
 ==================  ==========================================================
 
 No gateway scope opens memory, scratch, rag writes or BetaNet dialing: those stay with the node's owner. State
@@ -42,6 +43,7 @@ SCOPE_MAP: dict[str, frozenset[str]] = {
     "messages:send": frozenset({"messages:send", "messages:status"}),
     "events:read": frozenset({"messages:read", "messages:status"}),
     "rag:query": frozenset({"rag:read"}),
+    "rag:private": frozenset({"rag:private"}),  # rag_query also over unshared documents (shared only without it)
 }
 
 

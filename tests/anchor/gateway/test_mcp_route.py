@@ -8,6 +8,8 @@ import pytest
 import trio
 
 from node.mcp.service import McpService
+from node.rag.plugin import rag_service
+from node.rag.settings import RagSection
 from tests.anchor.gateway.conftest import Gateway, StartGateway
 from tests.mcp.helpers import http_client, mcp_settings, text_of
 
@@ -72,3 +74,28 @@ async def test_node_role_never_reads_the_inbox(start_gateway: StartGateway, nurs
     async with http_client(gateway.url + "/mcp", user_token, mode="legacy") as mcp:  # events:read opens it
         inbox = await mcp.call_tool("inbox_list", {})
         assert not inbox.is_error and inbox.structured_content == {"messages": []}
+
+
+async def test_rag_query_over_mcp_is_shared_only_without_rag_private(
+    start_gateway: StartGateway, nursery: trio.Nursery
+) -> None:
+    gateway = await start_gateway(rag=RagSection(mode="bm25"))
+    service = McpService(mcp_settings(), persistent=False)
+    await nursery.start(service.run, gateway.node)
+    gateway.node.services.append(service)
+    rag = rag_service(gateway.node)
+    assert rag is not None
+    await rag.add_text("note:garden", "My garden diary: tomatoes planted", title="garden", shared=True)
+    await rag.add_text("note:diary", "My private diary: the door code is 4921", title="diary")
+    for role, scopes, want in (
+        ("user", None, ["note:garden"]),
+        ("admin", frozenset({"rag:query", "rag:private"}), ["note:diary", "note:garden"]),
+    ):
+        async with httpx.AsyncClient(base_url=gateway.url) as client:
+            _, secret = await gateway.key(role, scopes)
+            token = await gateway.token(client, secret)
+        async with http_client(gateway.url + "/mcp", token, mode="legacy") as mcp:
+            out = await mcp.call_tool("rag_query", {"text": "diary", "k": 5})
+            assert not out.is_error, text_of(out)
+            assert out.structured_content is not None
+            assert sorted(h["source"] for h in out.structured_content["results"]) == want, role
