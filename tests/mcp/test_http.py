@@ -126,3 +126,32 @@ async def test_a_foreign_host_or_origin_is_refused_on_every_loopback_address(
             assert r.status_code in (403, 421), (bad, r.status_code, r.text)
     async with http_client(service.http_url, token, mode="legacy") as client:  # its own address still works
         assert (await client.list_tools()).tools
+
+
+def test_the_token_file_is_never_taken_from_a_symlink_or_a_loose_file(tmp_path: Path) -> None:
+    from node.errors import StartupError
+    from node.mcp.token import ensure_token
+
+    path = token_path(tmp_path)
+    token = ensure_token(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and ensure_token(path) == token
+    planted = tmp_path / "planted"
+    planted.write_text("attacker-known-token\n")
+    planted.chmod(0o600)
+    path.unlink()
+    path.symlink_to(planted)
+    with pytest.raises(StartupError, match="symbolic link"):
+        ensure_token(path)
+    path.unlink()
+    path.write_text("loose-token\n")
+    path.chmod(0o644)
+    with pytest.raises(StartupError, match="chmod 600"):
+        ensure_token(path)
+    path.unlink()
+    os.mkfifo(path, 0o600)  # would block a plain open
+    with pytest.raises(StartupError, match="not a regular file"):
+        ensure_token(path)
+    path.unlink()
+    path.parent.chmod(0o777)
+    with pytest.raises(StartupError, match="chmod 700"):
+        ensure_token(path)
