@@ -110,3 +110,43 @@ def test_one_member_cannot_freeze_an_epoch() -> None:
     assert g.add_proposal(remove, NOW)
     certify([g], KEYS[:3], 0, MEMBERSHIP_ROUND, Action(ActionKind.REMOVE, pub(mallory).hex()))
     assert g.epoch == 1 and g.electorate.index(pub(mallory)) is None
+
+
+def test_state_of_dropped_epochs_is_pruned_and_pending_certificates_are_bounded() -> None:
+    from node.agents.governance.core import MAX_PENDING_CERTS, PENDING_EPOCHS_AHEAD
+    from node.agents.governance.formats import KEEP_EPOCHS
+
+    g = Governance(NS, Electorate.of(0, {pub(KEYS[0]): 1}))
+    certify([g], [KEYS[0]], 0, 3, Action(ActionKind.CONFIG, "early", 1))
+    assert (0, 3) in g.certificates
+    for i in range(KEEP_EPOCHS + 1):  # admit and remove a second member, one epoch at a time
+        kind = ActionKind.ADMIT if i % 2 == 0 else ActionKind.REMOVE
+        signers = [KEYS[0]] if kind is ActionKind.ADMIT else [KEYS[0], KEYS[1]]
+        action = Action(kind, pub(KEYS[1]).hex(), 1) if kind is ActionKind.ADMIT else Action(kind, pub(KEYS[1]).hex())
+        certify([g], signers, g.epoch, MEMBERSHIP_ROUND, action)
+    assert g.epoch == KEEP_EPOCHS + 1 and min(g.electorates) > 0
+    assert not [k for k in (*g.certificates, *g.executed) if k[0] < min(g.electorates)]
+    assert g.state()["config"] == {"early": 1}  # what was decided stays decided
+
+    junk = Certificate(NS, g.epoch + 50, 0, b"\x00" * 32, Value.YES, (0,), (b"\x00" * 64,))
+    assert g.receive_certificate(junk) is None and not g._pending_certs  # too far ahead
+    for r in range(MAX_PENDING_CERTS + 10):
+        far = Certificate(NS, g.epoch + PENDING_EPOCHS_AHEAD, r, b"\x00" * 32, Value.YES, (0,), (b"\x00" * 64,))
+        g.receive_certificate(far)
+    near = Certificate(NS, g.epoch + 1, MEMBERSHIP_ROUND, b"\x01" * 32, Value.YES, (0,), (b"\x00" * 64,))
+    g.receive_certificate(near)
+    assert len(g._pending_certs) == MAX_PENDING_CERTS and near.slot in g._pending_certs  # nearest epoch first
+
+
+def test_evidence_is_bounded_per_voter() -> None:
+    from node.agents.governance.core import EVIDENCE_PER_VOTER
+
+    g = Governance(NS, Electorate.of(0, {pub(k): 1 for k in KEYS[:4]}))
+    liar = KEYS[3]
+    for r in range(EVIDENCE_PER_VOTER + 5):
+        p = make_proposal(NS, 0, r, Action(ActionKind.CONFIG, "k", r), expires_at_ms=10**12, proposer=pub(KEYS[r % 3]))
+        assert g.add_proposal(p, NOW)
+        g.receive_vote(sign_vote(liar, NS, 0, p.hash, r, VoteType.PREVOTE, Value.YES), NOW)
+        g.receive_vote(sign_vote(liar, NS, 0, p.hash, r, VoteType.PREVOTE, Value.NO), NOW)
+    assert len(g.evidence) == EVIDENCE_PER_VOTER and g.counters["evidence_voter_full"] == 5
+    assert g.equivocators() == {pub(liar)}

@@ -55,6 +55,8 @@ from node.wire.errors import MalformedFrame
 PROPOSALS_PER_SLOT = 4  # different proposals kept for one slot (an equivocating proposer cannot grow us)
 PROPOSALS_PER_PROPOSER = 16  # config/policy proposals one member may open per epoch (plus one membership change)
 MAX_PENDING_CERTS = 64  # certificates of epochs whose electorate we do not know yet
+PENDING_EPOCHS_AHEAD = 2  # how many epochs ahead a certificate may wait for its electorate
+EVIDENCE_PER_VOTER = 4  # pieces of equivocation evidence kept per member (one proves the equivocation)
 MAX_CONFLICTS = 16  # conflicting certificates kept as proof of a > 1/3 fault
 
 ACCEPTED = "accepted"
@@ -102,7 +104,8 @@ class Governance:
         self.executed: dict[tuple[int, int], Executed] = {}
         self.config: dict[str, tuple[tuple[int, int], Any]] = {}  # key -> ((epoch, round), value), LWW
         self.policy: dict[str, tuple[tuple[int, int], Any]] = {}
-        self._pending_certs: list[Certificate] = []
+        self._pending_certs: dict[tuple[int, int], Certificate] = {}  # slot -> unverified, of a coming epoch
+        self._evidence_of: Counter[bytes] = Counter()  # voter -> pieces of evidence kept
         self._proposed: Counter[tuple[int, bytes, bool]] = Counter()  # (epoch, proposer, membership) -> kept
         self.counters: Counter[str] = Counter()
 
@@ -280,10 +283,14 @@ class Governance:
         key = (ev.first.voter, *ev.first.slot)
         if key in self.evidence:
             return None
+        if self._evidence_of[ev.first.voter] >= EVIDENCE_PER_VOTER:  # one piece proves it; a few suffice
+            self.counters["evidence_voter_full"] += 1
+            return None
         if len(self.evidence) >= MAX_EVIDENCE:
             self.counters["evidence_full"] += 1
             return None
         self.evidence[key] = ev
+        self._evidence_of[ev.first.voter] += 1
         self.counters["evidence"] += 1
         return ev
 
@@ -327,9 +334,8 @@ class Governance:
             return None
         e = self.electorates.get(cert.epoch)
         if e is None:
-            if cert.epoch > self.epoch and len(self._pending_certs) < MAX_PENDING_CERTS:
-                self._pending_certs.append(cert)  # verified once its electorate is known
-                self.counters["certificate_pending"] += 1
+            if self._keep_pending(cert):
+                self.counters["certificate_pending"] += 1  # verified once its electorate is known
             else:
                 self.counters["certificate_unknown_epoch"] += 1
             return None
@@ -398,11 +404,40 @@ class Governance:
         self.epoch = new.epoch
         for old in sorted(self.electorates)[:-KEEP_EPOCHS]:
             del self.electorates[old]
+        self._prune()
         self.counters["epoch_advanced"] += 1
 
+    def _prune(self) -> None:
+        """Forget the per-epoch state of epochs whose electorate is no longer kept (nothing can verify it)."""
+        oldest = min(self.electorates)
+        for table in (self._slots, self.certificates, self.executed):
+            for key in [k for k in table if k[0] < oldest]:
+                del table[key]
+        for pkey in [k for k in self._proposed if k[0] < oldest]:
+            del self._proposed[pkey]
+        for ekey in [k for k in self.evidence if k[1] < oldest]:
+            ev = self.evidence.pop(ekey)
+            self._evidence_of[ev.first.voter] -= 1
+        self._evidence_of = +self._evidence_of  # drop zero counts
+
+    def _keep_pending(self, cert: Certificate) -> bool:
+        """Hold an unverifiable certificate of one of the next epochs: one per slot, the nearest epochs first (a
+        flood of junk for far epochs cannot crowd out the next epoch's; junk for it is dropped on adoption)."""
+        if not self.epoch < cert.epoch <= self.epoch + PENDING_EPOCHS_AHEAD:
+            return False
+        if cert.slot in self._pending_certs or len(self._pending_certs) < MAX_PENDING_CERTS:
+            self._pending_certs.setdefault(cert.slot, cert)
+            return True
+        worst = max(self._pending_certs)
+        if cert.slot < worst:
+            del self._pending_certs[worst]
+            self._pending_certs[cert.slot] = cert
+            return True
+        return False
+
     def _adopt_pending(self) -> None:
-        pending, self._pending_certs = self._pending_certs, []
-        for cert in pending:
+        pending, self._pending_certs = self._pending_certs, {}
+        for _, cert in sorted(pending.items()):
             self.receive_certificate(cert)
 
     def state(self) -> dict[str, Any]:
