@@ -44,7 +44,7 @@ def add_commands(cli: CliRegistry) -> None:
         "--scope",
         action="append",
         choices=ALL_SCOPES,
-        help="limit the key to this scope (repeat for several; default: every scope of the role)",
+        help="limit the key to this scope (repeat for several; default: every scope of the role but rag:private)",
     )
     keys.command("list", cmd_keys_list, "List the API keys (never the keys themselves).")
     p = keys.command(

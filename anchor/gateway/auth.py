@@ -35,6 +35,7 @@ import jwt
 from anchor.gateway.errors import Forbidden, GatewayError, Unauthenticated
 from anchor.gateway.roles import (
     ALL_SCOPES,
+    ROLE_DEFAULT_SCOPES,
     ROLE_SCOPES,
     ROLES,
     SCOPE_EVENTS_READ,
@@ -58,6 +59,7 @@ CLOCK_SKEW_S = 5.0  # tokens whose iat lies this far in the future are refused
 __all__ = [  # the roles and scopes are re-exported: routes and tests import them from here
     "ALL_SCOPES",
     "ROLES",
+    "ROLE_DEFAULT_SCOPES",
     "ROLE_SCOPES",
     "SCOPE_EVENTS_READ",
     "SCOPE_KEYS_ADMIN",
@@ -104,7 +106,7 @@ def check_role_scopes(role: str, scopes: Iterable[str] | None) -> frozenset[str]
         raise GatewayError(f"unknown role {role!r} (roles: {', '.join(ROLES)})", code="bad_role")
     allowed = ROLE_SCOPES[role]
     if scopes is None:
-        return allowed
+        return ROLE_DEFAULT_SCOPES[role]
     wanted = frozenset(scopes)
     unknown = wanted - frozenset(ALL_SCOPES)
     if unknown:

@@ -7,9 +7,10 @@ mapped from the gateway's:
 gateway scope       tools it opens
 ==================  ==========================================================
 ``node:read``       node_status, peers_list, routes_list (+ node://status, node://peers)
-``messages:send``   messages_send, messages_broadcast, messages_status
+``messages:send``   messages_send, messages_broadcast, messages_status (never the inbox)
 ``events:read``     inbox_list, messages_status (+ node://inbox)
-``rag:query``       rag_query (local documents only: no ``mesh``), rag_stats
+``rag:query``       rag_query (local shared documents only: no ``mesh``), rag_stats
+``rag:private``     with rag:query, rag_query also over unshared documents
 ==================  ==========================================================
 
 No gateway scope opens memory, scratch, rag writes or BetaNet dialing: those stay with the node's owner. State
@@ -37,9 +38,12 @@ if TYPE_CHECKING:
 MOUNT = "/mcp"
 SCOPE_MAP: dict[str, frozenset[str]] = {
     "node:read": frozenset({"node:read", "peers:read"}),
-    "messages:send": frozenset({"messages:send", "messages:read"}),
-    "events:read": frozenset({"messages:read"}),
+    # Sending opens only sending and the delivery state of a message ID; the inbox (received messages, private
+    # ones included) stays behind events:read, as over REST.
+    "messages:send": frozenset({"messages:send", "messages:status"}),
+    "events:read": frozenset({"messages:read", "messages:status"}),
     "rag:query": frozenset({"rag:read"}),
+    "rag:private": frozenset({"rag:private"}),  # rag_query also over unshared documents (shared only without it)
 }
 
 

@@ -1,7 +1,8 @@
 """``POST /v1/rag/query``: the node's local knowledge base over HTTP.
 
 The same search and the same result fields as the ``rag.query`` control method (the node's ``rag`` service), for
-keys with the ``rag:query`` scope (roles user and admin). No ``mesh`` option: a gateway client does not fan
+keys with the ``rag:query`` scope (roles user and admin): only documents shared with peers, unless the key also
+holds ``rag:private`` (admin keys, only when asked for at creation). No ``mesh`` option: a gateway client does not fan
 queries out to the node's peers. A node without a knowledge base (``rag.enabled = false``) or without its
 embedding model (not installed) answers 503 with a message saying which; a query the knowledge base refuses
 (empty, ``k`` over ``rag.max_results``, a mode this node cannot serve) answers 400. A query is a read: no audit row.
@@ -16,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from anchor.gateway.auth import Principal
 from anchor.gateway.errors import GatewayError, NodeUnavailable, RagUnavailable
-from anchor.gateway.roles import SCOPE_RAG_QUERY
+from anchor.gateway.roles import SCOPE_RAG_PRIVATE, SCOPE_RAG_QUERY
 from node.rag.errors import ModelMissing, RagError
 from node.rag.plugin import rag_service
 from node.rag.service import MAX_QUERY_CHARS
@@ -75,7 +76,14 @@ def add_rag_routes(
         if service is None:
             raise RagUnavailable("the knowledge base is disabled on this node (rag.enabled = false)")
         try:
-            hits = await service.query(body.text, k=body.k, mode=body.mode, graph=body.graph, per_doc=body.per_doc)
+            hits = await service.query(
+                body.text,
+                k=body.k,
+                mode=body.mode,
+                graph=body.graph,
+                per_doc=body.per_doc,
+                shared_only=SCOPE_RAG_PRIVATE not in principal.scopes,
+            )
         except ModelMissing as exc:
             raise RagUnavailable(f"the knowledge base cannot embed the query: {exc}") from exc
         except RagError as exc:

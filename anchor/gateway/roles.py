@@ -8,7 +8,8 @@ SCOPE_MESSAGES_SEND = "messages:send"  # POST /v1/messages
 SCOPE_EVENTS_READ = "events:read"  # WS /v1/events (the node's inbox)
 SCOPE_MAILBOX_READ = "mailbox:read"  # GET /v1/mailbox
 SCOPE_KEYS_ADMIN = "keys:admin"  # /v1/keys: create, list, revoke API keys
-SCOPE_RAG_QUERY = "rag:query"  # POST /v1/rag/query
+SCOPE_RAG_QUERY = "rag:query"  # POST /v1/rag/query (shared documents only)
+SCOPE_RAG_PRIVATE = "rag:private"  # with rag:query, also unshared documents (granted only explicitly, to admin keys)
 
 ALL_SCOPES = (
     SCOPE_NODE_READ,
@@ -17,6 +18,7 @@ ALL_SCOPES = (
     SCOPE_MAILBOX_READ,
     SCOPE_KEYS_ADMIN,
     SCOPE_RAG_QUERY,
+    SCOPE_RAG_PRIVATE,
 )
 
 # What each role may be granted; a key may be narrowed to a subset at creation, a token at issue.
@@ -24,5 +26,9 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
     "admin": frozenset(ALL_SCOPES),
     "user": frozenset({SCOPE_NODE_READ, SCOPE_MESSAGES_SEND, SCOPE_EVENTS_READ, SCOPE_RAG_QUERY}),
     "node": frozenset({SCOPE_NODE_READ, SCOPE_MESSAGES_SEND, SCOPE_MAILBOX_READ}),
+}
+# What a key of each role gets when its scopes are not named: never rag:private (it must be asked for).
+ROLE_DEFAULT_SCOPES: dict[str, frozenset[str]] = {
+    role: scopes - {SCOPE_RAG_PRIVATE} for role, scopes in ROLE_SCOPES.items()
 }
 ROLES = tuple(ROLE_SCOPES)

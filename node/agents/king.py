@@ -69,7 +69,7 @@ class King:
         self.wall_ms = wall_ms or (lambda: 0)
         self._last: dict[str, tuple[str, Any]] = {}  # request id -> (text, vector) for feedback (bounded)
 
-    async def ask(self, request: str, *, agent: str | None = None) -> dict[str, Any]:
+    async def ask(self, request: str, *, agent: str | None = None, confirm: bool = False) -> dict[str, Any]:
         request = request.strip()
         if not request or len(request) > MAX_REQUEST_CHARS:
             raise AgentError(f"a request is 1 to {MAX_REQUEST_CHARS} characters")
@@ -82,7 +82,7 @@ class King:
             out: list[StepResult | None] = [None] * len(stage)
 
             async def run(i: int, step: str, out: list[StepResult | None] = out) -> None:
-                out[i] = await self._step(trace, step, agent)
+                out[i] = await self._step(trace, step, agent, confirm)
 
             async with trio.open_nursery() as nursery:
                 for i, step in enumerate(stage):
@@ -105,7 +105,7 @@ class King:
             ],
         }
 
-    async def _step(self, trace: Trace, step: str, agent: str | None) -> StepResult:
+    async def _step(self, trace: Trace, step: str, agent: str | None, confirm: bool = False) -> StepResult:
         if agent is not None:
             spec = self.roster.get(agent)
             routed = [Choice(spec.name, 1.0)]
@@ -124,6 +124,7 @@ class King:
             llm=self.llm if spec.needs_llm else None,
             trace=trace,
             roster=self.roster,
+            confirmed=confirm,
         )
         try:
             answer = await HANDLERS[spec.name](ctx, step)

@@ -32,6 +32,7 @@ def _services(cfg: Config) -> Sequence[Service]:
 class AskParams:
     text: str = param(doc="The request, in plain words; 'then' separates sequential steps, ';' independent ones.")
     agent: str | None = param(None, doc="Send it to this agent instead of letting the King route it.")
+    confirm: bool = param(False, doc="Confirm a public broadcast (or a message the privacy check flags).")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +80,7 @@ def _rpc(node: Node, reg: Registry) -> None:
 
     async def ask(p: AskParams, notify: Notify) -> Any:
         try:
-            return await service().ask(p.text, agent=p.agent)
+            return await service().ask(p.text, agent=p.agent, confirm=p.confirm)
         except AgentError as exc:
             raise RpcError(APP_ERROR, str(exc)) from exc
 
@@ -132,7 +133,7 @@ def _cli(cli: CliRegistry) -> None:
     from node.cli_support import EXIT_OK, call, emit, table
 
     def cmd_ask(args: argparse.Namespace) -> int:
-        out = call(args, "agents.ask", text=" ".join(args.text), agent=args.agent)
+        out = call(args, "agents.ask", text=" ".join(args.text), agent=args.agent, confirm=args.confirm)
         emit(args, out, lambda d: f"{d['answer']}\n(trace: village agents trace {d['id']})")
         return EXIT_OK
 
@@ -201,6 +202,7 @@ def _cli(cli: CliRegistry) -> None:
     p = cli.command("ask", cmd_ask, "Ask the village agents (the King routes your request).")
     p.add_argument("text", nargs="+", help="the request")
     p.add_argument("--agent", help="send it to this agent")
+    p.add_argument("--confirm", action="store_true", help="confirm a public broadcast (or a flagged message)")
     g = cli.group("agents", "The agents: roster and traces.")
     g.command("list", cmd_list, "List the agents: mission, tools, LLM, voting power.")
     t = g.command("trace", cmd_trace, "Show every step of a request (or list the recent requests).")

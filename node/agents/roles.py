@@ -14,11 +14,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from node.agents.errors import LlmError, ToolUnavailable
+from node.agents.errors import AgentError, LlmError, ToolUnavailable
 from node.agents.llm import LanguageModel, Message
 from node.agents.roster import AgentSpec, Roster
 from node.agents.tools import ToolCaller
 from node.agents.trace import Trace
+from node.routing.names import PEER_ID_HEX, hex_like, resolve_peer_view
 
 _LONG_WORD = re.compile(r"\w{6,}")
 MAX_THOUGHT_CHARS = 2000  # hidden scratchpad kept in the trace (never sent to a peer)
@@ -43,6 +44,7 @@ class AgentContext:
     llm: LanguageModel | None
     trace: Trace
     roster: Roster
+    confirmed: bool = False  # the user confirmed a public or flagged action (``village ask --confirm``)
 
     async def think(self, prompt: str) -> str:
         """A hidden scratchpad: the model's notes stay in this node's trace and never reach a peer."""
@@ -255,23 +257,94 @@ async def shaman(ctx: AgentContext, request: str) -> Answer:
     return Answer("Shaman", text, data={"status": st, "evidence": ev})
 
 
-_BODY = re.compile(r"\b(?:saying|that|:)\s*(.+)$", re.IGNORECASE)
+_VILLAGE = r"(?:everyone|everybody|all|the\s+(?:whole\s+)?village|the\s+whole\s+mesh)"
+_SEP = r"(?:\s*:\s*|\s+(?:that|saying)\s+|\s+)"
+# Broadcast only on an explicit leading form, decided before the body: words inside the body never count.
+_BROADCAST = re.compile(
+    rf"^(?:please\s+)?(?:broadcast|announce|(?:tell|message|notify)\s+{_VILLAGE}|let\s+{_VILLAGE}\s+know)"
+    r"(?:\s*:\s*|\s+(?:that|saying)\s+|\s+)(?P<body>\S.*)$",
+    re.IGNORECASE | re.DOTALL,
+)
+_NOTE = r"(?:a\s+)?(?:message|note|text|word)"
+_TO = r"(?P<to>[^\s:,]+)"
+# A private send: "<verb> <recipient> [that|saying|:] <body>"; the recipient is one token in addressee position.
+_PRIVATE = (
+    re.compile(rf"^(?:please\s+)?(?:tell|message|notify|inform|text)\s+{_TO}{_SEP}(?P<body>\S.*)$", re.I | re.S),
+    re.compile(
+        rf"^(?:please\s+)?send\s+{_NOTE}\s+to\s+{_TO}(?:\s*:\s*|\s+(?:that|saying)\s+)(?P<body>\S.*)$", re.I | re.S
+    ),
+    re.compile(
+        rf"^(?:please\s+)?send\s+{_TO}(?:\s+{_NOTE})?(?:\s*:\s*|\s+(?:that|saying)\s+)(?P<body>\S.*)$", re.I | re.S
+    ),
+    re.compile(rf"^(?:please\s+)?let\s+{_TO}\s+know{_SEP}(?P<body>\S.*)$", re.I | re.S),
+)
+_VILLAGE_WORDS = frozenset({"everyone", "everybody", "all", "the", "village"})
+
+
+def parse_delivery(request: str) -> tuple[str, str | None, str] | None:
+    """``("broadcast", None, body)``, ``("send", recipient, body)`` or None when the request has neither form."""
+    text = request.strip()
+    m = _BROADCAST.match(text)
+    if m:
+        return ("broadcast", None, m.group("body").strip())
+    for pattern in _PRIVATE:
+        m = pattern.match(text)
+        if m and m.group("to").lower() not in _VILLAGE_WORDS:
+            return ("send", m.group("to"), m.group("body").strip())
+    return None
 
 
 async def coordinator(ctx: AgentContext, request: str) -> Answer:
-    m = _BODY.search(request)
-    body = m.group(1).strip() if m else request
-    if re.search(r"\b(everyone|everybody|whole village|all|broadcast|announce)\b", request.lower()):
+    parsed = parse_delivery(request)
+    if parsed is None:
+        return Answer(
+            "Coordinator",
+            "Say 'tell <peer> that <message>' for a private message, or 'broadcast <message>' (with confirmation) "
+            "for the whole village.",
+            ok=False,
+        )
+    kind, ref, body = parsed
+    verdict = await ctx.tools.call("policy.check", {"text": body})
+    if kind == "broadcast":
+        if not verdict["allowed"]:
+            return Answer("Coordinator", f"Not broadcast: {verdict['reason']}.", data=verdict, ok=False)
+        if not ctx.confirmed:
+            return Answer(
+                "Coordinator",
+                f"A broadcast is public and signed, for the whole village: {body!r}. Ask again with confirmation "
+                "(village ask --confirm) to send it.",
+                data={"needs_confirmation": True, "text": body},
+                ok=False,
+            )
         r = await ctx.tools.call("mesh.broadcast", {"text": body})
         return Answer("Coordinator", f"Broadcast to the village: {body!r}.", data=r)
+    if ref is None:  # parse_delivery gives a recipient for every send
+        raise AgentError("no recipient")
     peers = await ctx.tools.call("mesh.peers", {})
-    words = set(re.findall(r"\w+", request.lower()))
-    named = [p for p in peers if p["nickname"] and p["nickname"].lower() in words]
-    if len(named) != 1:
-        known = ", ".join(sorted(p["nickname"] or p["peer_id"][:8] for p in peers)) or "none"
-        return Answer("Coordinator", f"Whom should I send it to? Known peers: {known}.", ok=False)
-    r = await ctx.tools.call("mesh.send", {"peer": named[0]["peer_id"], "text": body})
-    return Answer("Coordinator", f"Sent to {named[0]['nickname']}: {body!r} (message {r['id']}).", data=r)
+    named = resolve_peer_view(ref, peers)
+    if len(named) > 1:
+        text = f"{ref!r} matches several peers: {describe_views(named)}; use a peer ID."
+        return Answer("Coordinator", text, ok=False)
+    if named:
+        peer_id, label = str(named[0]["peer_id"]), str(named[0]["nickname"] or named[0]["peer_id"])
+    elif hex_like(ref) and len(ref) == PEER_ID_HEX:
+        peer_id, label = ref.lower(), ref.lower()  # a full peer ID not heard from yet: delivered when it appears
+    else:
+        known = ", ".join(sorted(str(p["nickname"] or p["peer_id"][:8]) for p in peers)) or "none"
+        return Answer("Coordinator", f"No known peer is {ref!r}. Known peers: {known}.", ok=False)
+    if not verdict["allowed"] and not ctx.confirmed:
+        return Answer(
+            "Coordinator",
+            f"Not sent to {label}: {verdict['reason']}. Ask again with confirmation to send it anyway.",
+            data={"needs_confirmation": True, **verdict},
+            ok=False,
+        )
+    r = await ctx.tools.call("mesh.send", {"peer": peer_id, "text": body})
+    return Answer("Coordinator", f"Sent to {label}: {body!r} (message {r['id']}).", data=r)
+
+
+def describe_views(peers: Sequence[Any]) -> str:
+    return ", ".join(f"{p['peer_id']} ({p['nickname']!r})" for p in peers)
 
 
 async def polyglot(ctx: AgentContext, request: str) -> Answer:

@@ -179,10 +179,10 @@ class AgentsService:
             )
         return self.king
 
-    async def ask(self, request: str, *, agent: str | None = None) -> dict[str, Any]:
+    async def ask(self, request: str, *, agent: str | None = None, confirm: bool = False) -> dict[str, Any]:
         async with self.requests:
             king = await self._king()
-            return await king.ask(request, agent=agent)
+            return await king.ask(request, agent=agent, confirm=confirm)
 
     async def feedback(self, request_id: str, agent: str) -> dict[str, Any]:
         return await (await self._king()).feedback(request_id, agent)

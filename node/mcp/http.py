@@ -62,6 +62,19 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
+def rebinding_protection(host: str) -> Any:
+    """Host/Origin checks (DNS rebinding) for the address we listen on. The SDK turns them on by itself only for
+    127.0.0.1, localhost and ::1; any other loopback address (127.0.0.2, ...) is named here explicitly."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    names = {"127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host}
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=sorted(f"{n}:*" for n in names),
+        allowed_origins=sorted(f"http://{n}:*" for n in names),
+    )
+
+
 def _caller(ctx: Any) -> Caller:
     session = None
     request = getattr(ctx, "request", None)
@@ -81,7 +94,12 @@ async def serve_http(
     """Serve until cancelled; ``task_status.started(url)`` with the bound URL (port 0 picks one)."""
     host, port = settings.host_port()
     server = build_server(LocalBackend(registry, _caller), bus=bus)
-    app = server.streamable_http_app(streamable_http_path="/mcp", max_sessions=settings.http_max_sessions, host=host)
+    app = server.streamable_http_app(
+        streamable_http_path="/mcp",
+        max_sessions=settings.http_max_sessions,
+        host=host,
+        transport_security=rebinding_protection(host),
+    )
     config = HypercornConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None

@@ -50,6 +50,9 @@ class ConnectArgs(_Args):
     addr: str = Field(description="Multiaddr of the peer, ending in /p2p/<libp2p peer id>.")
 
 
+RAG_PRIVATE_SCOPE = "rag:private"  # a remote (gateway) caller with it also sees unshared documents
+
+
 class RagQueryArgs(_Args):
     text: str = Field(description="The question or keywords.")
     k: int = Field(10, ge=1, le=10_000, description="How many results.")
@@ -101,9 +104,13 @@ def node_tools(invoke: Invoke, *, rag_roots: Sequence[str]) -> list[Tool]:
         return await invoke("rag.add", {"paths": confine(p.paths, rag_roots), "shared": p.shared})
 
     async def rag_query(p: RagQueryArgs, caller: Caller) -> Any:
-        if p.mesh and caller.transport == "gateway":
-            raise NotAllowed("mesh queries are not open to remote (gateway) clients; ask without mesh")
-        return await invoke("rag.query", p.model_dump(exclude_none=True))
+        args = p.model_dump(exclude_none=True)
+        if caller.transport == "gateway":
+            if p.mesh:
+                raise NotAllowed("mesh queries are not open to remote (gateway) clients; ask without mesh")
+            # A remote client sees only shared documents unless its key explicitly holds rag:private.
+            args["shared_only"] = not caller.has_scope(RAG_PRIVATE_SCOPE)
+        return await invoke("rag.query", args)
 
     async def rag_feedback(p: RagFeedbackArgs, caller: Caller) -> Any:
         return await invoke("rag.feedback", {"verdict": p.verdict, "ref": p.ref})
@@ -171,7 +178,7 @@ def node_tools(invoke: Invoke, *, rag_roots: Sequence[str]) -> list[Tool]:
             "messages_status",
             "Delivery state of a message this node sent: pending, delivered or failed.",
             MessageIdArgs,
-            "messages:read",
+            "messages:status",
             passthrough("messages.status"),
         ),
         t(

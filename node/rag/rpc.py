@@ -34,6 +34,7 @@ class QueryParams:
     graph: bool | None = param(None, doc="Expand through the knowledge graph (default: rag.graph).")
     per_doc: bool = param(True, doc="At most one result (the best chunk) per document.")
     mesh: bool = param(False, doc="Also ask reachable peers (their shared documents); merged by trust, with origin.")
+    shared_only: bool = param(False, doc="Only documents shared with peers (what a remote client may see).")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +94,9 @@ def register(
             if get_node is None:
                 raise RpcError(APP_ERROR, "mesh queries need a running node")
             return await federated.mesh_query(get_node(), service, p.text, k=p.k, mode=p.mode, graph=p.graph)
-        hits = await svc().query(p.text, k=p.k, mode=p.mode, graph=p.graph, per_doc=p.per_doc)
+        hits = await svc().query(
+            p.text, k=p.k, mode=p.mode, graph=p.graph, per_doc=p.per_doc, shared_only=p.shared_only
+        )
         return {"query": p.text, "results": [h.to_json() for h in hits]}
 
     async def remove(p: RemoveParams, notify: Notify) -> Any:

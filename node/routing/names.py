@@ -15,8 +15,8 @@ every candidate (and refuses, listing them); nothing falls through to a weaker l
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from node.identity import fingerprint_from_noise_key
 
@@ -37,19 +37,35 @@ def hex_like(ref: str) -> bool:
 def resolve_peer_ref(ref: str, peers: Iterable[PeerInfo]) -> list[PeerInfo]:
     """The peers ``ref`` names: [] for none, one for a match, several when it is ambiguous."""
     known = list(peers)
+    keyed = [(p.peer_id.hex(), fingerprint_from_noise_key(p.noise_public_key), p.nickname) for p in known]
+    return [known[i] for i in resolve_ref(ref, keyed)]
+
+
+def resolve_peer_view(ref: str, peers: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The same rules over rows of ``Node.peers_view()`` (``peer_id``, ``fingerprint``, ``nickname``): what the
+    agents see through their ``mesh.peers`` tool."""
+    keyed = [(str(p["peer_id"]), str(p.get("fingerprint") or ""), str(p.get("nickname") or "")) for p in peers]
+    return [peers[i] for i in resolve_ref(ref, keyed)]
+
+
+def resolve_ref(ref: str, peers: Sequence[tuple[str, str, str]]) -> list[int]:
+    """Indexes of the ``(peer_id_hex, fingerprint_hex, nickname)`` entries ``ref`` names, by the rules above."""
     ref_l = ref.strip().lower()
     if hex_like(ref_l):
         if len(ref_l) == PEER_ID_HEX:
-            exact = [p for p in known if p.peer_id.hex() == ref_l]
+            exact = [i for i, (pid, _, _) in enumerate(peers) if pid.lower() == ref_l]
             if exact:
                 return exact
-        fingerprints = [(p, fingerprint_from_noise_key(p.noise_public_key)) for p in known]
         if len(ref_l) == FINGERPRINT_HEX:
-            exact = [p for p, fp in fingerprints if fp == ref_l]
+            exact = [i for i, (_, fp, _) in enumerate(peers) if fp.lower() == ref_l]
             if exact:
                 return exact
-        return [p for p, fp in fingerprints if fp.startswith(ref_l) or p.peer_id.hex().startswith(ref_l)]
-    return [p for p in known if p.nickname == ref]
+        return [
+            i
+            for i, (pid, fp, _) in enumerate(peers)
+            if (fp and fp.lower().startswith(ref_l)) or pid.lower().startswith(ref_l)
+        ]
+    return [i for i, (_, _, nick) in enumerate(peers) if nick and nick == ref]
 
 
 def describe(peers: Iterable[PeerInfo]) -> str:

