@@ -118,6 +118,55 @@ async def test_forget_erases_every_learned_byte(tmp_path: Path, autojump_clock: 
     assert not svc.path.exists()  # nothing learned since: nothing written at shutdown
 
 
+async def test_forget_drops_events_still_queued(tmp_path: Path) -> None:
+    """Events recorded just before `twin forget` (still in the learner's channel) are not learned after the wipe,
+    and nothing is written back to disk (the review's race: they were learned and saved again)."""
+    svc = make(tmp_path, Power(90, True))
+    async with trio.open_nursery() as n:
+        await n.start(svc.run, None)
+        svc.record("message", "warmup", action="messages.send")
+        assert await learned(svc) == 1
+        for i in range(20):
+            svc.record("message", f"my secret diagnosis is zorblax {i}", action="messages.send")
+        await svc.forget()
+        await svc.idle.wait()
+        st = await svc.status()
+        assert st["messages_learned"] == 0 and st["events"] == 0 and st["deferred_events"] == 0
+        assert "zorblax" not in json.dumps(await svc.export())
+        n.cancel_scope.cancel()  # the shutdown save: nothing learned since the forget, nothing written
+    assert not svc.dir.exists()
+
+
+async def test_forget_drops_an_event_waiting_for_the_worker(tmp_path: Path) -> None:
+    """An event the learner already took, waiting for the worker thread when forget comes, is not learned, and
+    learning goes on after the forget (the generation check drops only what came before)."""
+    svc = make(tmp_path, Power(90, True))
+    async with trio.open_nursery() as n:
+        await n.start(svc.run, None)
+        svc.record("message", "warmup", action="messages.send")
+        assert await learned(svc) == 1
+        forgotten = trio.Event()
+
+        async def forget() -> None:
+            await svc.forget()
+            forgotten.set()
+
+        async with svc._limiter:  # the worker is busy (say, a suggestion being computed)
+            svc.record("message", "my secret diagnosis is zorblax", action="messages.send")
+            await trio.testing.wait_all_tasks_blocked()  # the learner holds the event, waiting for the worker
+            n.start_soon(forget)
+            await trio.testing.wait_all_tasks_blocked()
+        await forgotten.wait()
+        await svc.idle.wait()
+        st = await svc.status()
+        assert st["messages_learned"] == 0 and st["events"] == 0
+        assert "zorblax" not in json.dumps(await svc.export())
+        svc.record("message", "after the forget", action="messages.send")
+        assert await learned(svc) == 1  # learning goes on
+        n.cancel_scope.cancel()
+    assert svc.path.exists()
+
+
 @dataclass(frozen=True, slots=True)
 class _SendParams:
     peer: str = param(doc="peer")
