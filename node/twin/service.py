@@ -140,21 +140,25 @@ class TwinService:
             gate_fraction=self.settings.gate_fraction,
             max_personal_words=self.settings.max_personal_words,
         )
-        if self.path.exists():
+        try:
+            data = store.read_state(self.path, self.settings.max_disk_bytes)
+            if data is not None:
+                engine.decode(data, self.settings.max_disk_bytes)
+        except (TwinStoreError, OSError) as exc:
+            # Keep the unusable file for the user to look at; start from the prior.
+            self.load_error = f"{self.path}: {exc}; starting fresh (the old file is kept as state.bin.bad)"
             try:
-                engine.decode(self.path.read_bytes(), self.settings.max_disk_bytes)
-            except TwinStoreError as exc:
-                # Keep the unreadable file for the user to look at; start from the prior.
-                self.load_error = f"{self.path}: {exc}; starting fresh (the old file is kept as state.bin.bad)"
                 self.path.replace(self.path.with_name(self.path.name + ".bad"))
-                log.warning("twin: %s", self.load_error)
-                engine = TwinEngine(
-                    prior,
-                    neural=neural,
-                    embed=embed,
-                    gate_fraction=self.settings.gate_fraction,
-                    max_personal_words=self.settings.max_personal_words,
-                )
+            except OSError as move_exc:
+                self.load_error += f" (could not move it aside: {move_exc.strerror})"
+            log.warning("twin: %s", self.load_error)
+            engine = TwinEngine(  # a fresh one: the failed load may have filled part of the first
+                prior,
+                neural=neural,
+                embed=embed,
+                gate_fraction=self.settings.gate_fraction,
+                max_personal_words=self.settings.max_personal_words,
+            )
         return engine
 
     # ------------------------------------------------------------ events
@@ -198,9 +202,8 @@ class TwinService:
         gen, ev = item
         if gen != self._generation:
             return  # recorded before a forget
-        engine = await self._ensure_engine()
 
-        def work() -> float | None:
+        def work(engine: TwinEngine) -> float | None:
             if gen != self._generation:  # checked under the limiter: forget()'s wipe holds it too
                 return None
             t0 = time.thread_time()
@@ -208,7 +211,13 @@ class TwinService:
             return time.thread_time() - t0
 
         try:
-            cpu_s = await trio.to_thread.run_sync(work, limiter=self._limiter)
+            engine = await self._ensure_engine()
+        except Exception:  # a bug or an unreadable prior: this event is not learned, the node goes on (logged)
+            self.learn_errors += 1
+            log.exception("twin: loading the model failed")
+            return
+        try:
+            cpu_s = await trio.to_thread.run_sync(work, engine, limiter=self._limiter)
         except RagError as exc:  # the MiniLM model is missing: the action head is off, the LM still learned
             engine.embed = None
             self.actions_note = f"next-action head off: {exc}"
