@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import importlib
 import os
+import stat
 import tomllib
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -319,12 +320,7 @@ def load_config(
         if not candidate.exists():
             return Config(data_dir=(data_dir or default_data_dir()).expanduser())
         config_path = candidate
-    try:
-        text = config_path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file {config_path} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"config file {config_path} cannot be read: {exc.strerror}") from exc
+    text = read_config_file(config_path)
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -335,6 +331,86 @@ def load_config(
         )
     except ConfigError as exc:
         raise ConfigError(f"{config_path}: {exc}") from None
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KB; a larger one is not ours
+
+
+def read_config_file(path: Path) -> str:
+    """The text of a config file, which decides security-relevant settings (what listens where, plaintext, the
+    files MCP may read), so it is refused unless only this user (or root) can change it: a regular file owned by
+    this user or root, not writable by group or others, in directories no one else can write to. Group write is
+    allowed for a user private group (the user's own group with no other member, as umask 002 systems use)."""
+    for d in dict.fromkeys((path.parent, Path(os.path.realpath(path)).parent)):
+        _check_config_dir(path, d)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # O_NONBLOCK: a FIFO must not hang us
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"config file {path} is not a regular file; point --config or $VILLAGE_CONFIG at one")
+        if st.st_uid not in (os.geteuid(), 0):
+            raise ConfigError(
+                f"config file {path} belongs to another user (uid {st.st_uid}), who could change this node's "
+                "settings; use a config file you own"
+            )
+        if _writable_by_others(st):
+            raise ConfigError(
+                f"config file {path} can be changed by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+                f"fix it with: chmod go-w {path}"
+            )
+        try:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from exc
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is over {MAX_CONFIG_BYTES} bytes; it is not a node config")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text: {exc}") from None
+
+
+def _check_config_dir(path: Path, directory: Path) -> None:
+    try:
+        st = directory.stat()
+    except OSError:
+        return  # the file's own open reports what is wrong
+    if st.st_uid not in (os.geteuid(), 0):
+        raise ConfigError(
+            f"config file {path} is in {directory}, which belongs to another user (uid {st.st_uid}) who could "
+            "replace it; keep the config in a directory you own"
+        )
+    if _writable_by_others(st) and not st.st_mode & stat.S_ISVTX:  # sticky (/tmp): others cannot replace it
+        raise ConfigError(
+            f"config file {path} is in {directory}, which group or others can write "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}), so they could replace it; fix it with: chmod go-w {directory}"
+        )
+
+
+def _writable_by_others(st: os.stat_result) -> bool:
+    if st.st_mode & stat.S_IWOTH:
+        return True
+    return bool(st.st_mode & stat.S_IWGRP) and not _user_private_group(st.st_gid)
+
+
+def _user_private_group(gid: int) -> bool:
+    """``gid`` is this user's own group (named after the user) that no other account has or belongs to."""
+    import grp
+    import pwd
+
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        group = grp.getgrgid(gid)
+    except KeyError:
+        return False
+    if group.gr_name != user or any(m != user for m in group.gr_mem):
+        return False
+    return all(p.pw_name == user for p in pwd.getpwall() if p.pw_gid == gid)
 
 
 def check_config(cfg: Config, sections: Iterable[type] | None = None) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import subprocess
 import sys
+import threading
 import tomllib
 from pathlib import Path
 
@@ -154,3 +156,78 @@ def test_the_settings_loader_stays_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     heavy = {"trio", "libp2p", "multiaddr", "platformdirs", "numpy", "onnxruntime", "fastapi", "psycopg", "node.node"}
     assert not heavy & set(out), heavy & set(out)
+
+
+def _config_in(d: Path, mode: int = 0o600) -> Path:
+    path = d / "config.toml"
+    path.write_text('[node]\nnickname = "planted"\n')
+    path.chmod(mode)
+    return path
+
+
+def test_a_config_others_can_change_is_refused_naming_the_fix(tmp_path: Path) -> None:
+    """The config decides what listens where and what MCP may read: only this user (or root) may change it."""
+    path = _config_in(tmp_path, 0o666)
+    with pytest.raises(ConfigError, match=rf"can be changed by group or others \(mode 0666\).*chmod go-w {path}"):
+        load_config(data_dir=tmp_path, env={})
+    path.chmod(0o644)
+    assert load_config(data_dir=tmp_path, env={}).node.nickname == "planted"
+
+
+def test_a_config_in_a_directory_others_can_write_is_refused(tmp_path: Path) -> None:
+    """The review's case: a world-writable data dir (anyone could replace config.toml)."""
+    d = tmp_path / "data"
+    d.mkdir()
+    _config_in(d)
+    d.chmod(0o777)
+    with pytest.raises(ConfigError, match=rf"in {d}, which group or others can write .*chmod go-w {d}"):
+        load_config(data_dir=d, env={})
+    with pytest.raises(ConfigError, match="chmod go-w"):
+        load_config(d / "config.toml", env={})
+    d.chmod(0o1777)  # sticky, like /tmp: others cannot replace a file they do not own
+    assert load_config(data_dir=d, env={}).node.nickname == "planted"
+    d.chmod(0o700)
+
+
+def test_a_config_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "config.toml", 0o600)  # reading it would block `village run` for ever
+    result: list[BaseException | str] = []
+
+    def load() -> None:
+        try:
+            load_config(data_dir=tmp_path, env={})
+            result.append("loaded")
+        except BaseException as exc:
+            result.append(exc)
+
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    t.join(30)
+    assert result, "load_config blocked on a FIFO"
+    assert isinstance(result[0], ConfigError) and "is not a regular file" in str(result[0])
+    r = subprocess.run(
+        [sys.executable, "-m", "node.cli", "config", "check", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 2 and "is not a regular file" in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a file another user's needs root")
+def test_a_config_of_another_user_or_group_is_refused(tmp_path: Path) -> None:
+    path = _config_in(tmp_path, 0o644)
+    os.chown(path, 65534, -1)  # nobody
+    with pytest.raises(ConfigError, match=r"belongs to another user \(uid 65534\)"):
+        load_config(data_dir=tmp_path, env={})
+    os.chown(path, 0, 65534)  # a shared group that may write it
+    path.chmod(0o664)
+    with pytest.raises(ConfigError, match="can be changed by group or others"):
+        load_config(data_dir=tmp_path, env={})
+    os.chown(tmp_path, 65534, -1)
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match=rf"in {tmp_path}, which belongs to another user \(uid 65534\)"):
+        load_config(data_dir=tmp_path, env={})
+    os.chown(tmp_path, 0, -1)
+    assert load_config(data_dir=tmp_path, env={}).node.nickname == "planted"

@@ -61,6 +61,8 @@ class NoParams:
 P = TypeVar("P")
 Notify = Callable[[str, Any], Awaitable[None]]
 Handler = Callable[[Any, Notify], Awaitable[Any]]
+# (method name, bound params) of a call that succeeded on the control socket (see Registry.socket_observers).
+CallObserver = Callable[[str, Any], None]
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,11 @@ class Registry:
 
     def __init__(self) -> None:
         self.methods: dict[str, Method[Any]] = {}
+        # Called by the control server, and only by it, after each call that arrived on the socket (the node's
+        # own uid or root, SO_PEERCRED) and succeeded. In-process callers of ``Method.handler`` (MCP tools
+        # used by gateway, HTTP and stdio clients, agents) are never seen: that is the point (the twin learns
+        # the user's own activity through this, node.twin.rpc).
+        self.socket_observers: list[CallObserver] = []
 
     def add(
         self,

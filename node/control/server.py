@@ -177,6 +177,7 @@ class ControlServer:
                 await stream.send_all(notification_line(name, payload))
 
             result = await method.handler(params, notify)
+            self._observed(req.method, params)
         except RpcError as exc:
             return None if is_notification else self._reply(req_id, error=exc)
         except NodeError as exc:
@@ -193,6 +194,13 @@ class ControlServer:
         if is_notification:
             return None
         return self._reply(req_id, result=result)
+
+    def _observed(self, name: str, params: Any) -> None:
+        for observer in self.registry.socket_observers:
+            try:
+                observer(name, params)
+            except Exception:  # supervised boundary: an observer's bug must not fail the user's call
+                log.exception("control call observer failed for %s", name)
 
     @staticmethod
     def _reply(req_id: int | str | None, *, result: Any = None, error: RpcError | None = None) -> bytes:

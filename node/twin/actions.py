@@ -93,7 +93,7 @@ class ActionHead:
         names = bytes(arrays["act_names"]).decode("utf-8").split("\n") if len(arrays["act_names"]) else []
         n = len(names)
         w, b = arrays["act_w"], arrays["act_b"]
-        if n > self.max_actions or w.shape != (n, self.dim + n) or b.shape != (n,):
+        if n > self.max_actions or w.shape != (n, self.dim + n) or b.shape != (n,) or len(set(names)) != n:
             raise TwinStoreError("action head state does not fit this node's settings")
         self.actions = names
         self.index = {a: i for i, a in enumerate(names)}

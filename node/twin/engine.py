@@ -26,6 +26,7 @@ import numpy as np
 
 from node.twin import store
 from node.twin.actions import ActionHead
+from node.twin.errors import TwinStoreError
 from node.twin.gate import SurpriseGate
 from node.twin.model import TwinLM
 from node.twin.neural import NeuralLM
@@ -183,19 +184,34 @@ class TwinEngine:
         return store.encode_bounded(self.lm, max_bytes, extra, meta)
 
     def decode(self, data: bytes, max_bytes: int) -> None:
+        """Load a state written by :meth:`encode` into this fresh engine. Raises TwinStoreError, and only that,
+        on an unusable file (the service then keeps it aside and starts fresh)."""
+        try:
+            self._decode(data, max_bytes)
+        except (ValueError, TypeError, OverflowError, KeyError, IndexError) as exc:  # a check missed below
+            raise TwinStoreError(f"corrupt twin state: {type(exc).__name__}: {exc}") from exc
+
+    def _decode(self, data: bytes, max_bytes: int) -> None:
         extra, meta = store.decode_into(self.lm, data, max_bytes)
+        for name in ("act_w", "act_b", "nn_c", "nn_w", "nn_b"):
+            if name in extra:
+                store.finite_array(extra, name)
+        if "act_events" in extra:
+            store.int_array(extra, "act_events")
         self.actions.load_state(extra)
         if self.lm.neural is not None:
             self.lm.neural.load_state(extra)
-        self.events = int(meta.get("events", 0))
-        self.lm.mu = min(0.9, max(0.02, float(meta.get("mu", self.lm.mu))))
-        self.lm.mu_n = int(meta.get("mu_n", 0))
-        self.neural_updates = int(meta.get("neural_updates", 0))
-        self.gate.threshold_bits = float(meta.get("gate_threshold_bits", self.gate.threshold_bits))
-        self.topics.extend(str(t)[:200] for t in meta.get("topics", [])[:RECENT_TOPICS])
-        contacts = meta.get("contacts", {})
-        if isinstance(contacts, dict):
-            self.contacts.update({str(k)[:MAX_CONTACT_CHARS]: int(v) for k, v in list(contacts.items())[:100]})
+        self.events = store.meta_int(meta, "events")
+        self.lm.mu = min(0.9, max(0.02, store.meta_float(meta, "mu", self.lm.mu)))
+        self.lm.mu_n = store.meta_int(meta, "mu_n")
+        self.neural_updates = store.meta_int(meta, "neural_updates")
+        self.gate.threshold_bits = store.meta_float(meta, "gate_threshold_bits", self.gate.threshold_bits)
+        topics, contacts = meta.get("topics", []), meta.get("contacts", {})
+        if not isinstance(topics, list) or not isinstance(contacts, dict):
+            raise TwinStoreError("twin state header: topics is not a list or contacts not an object")
+        self.topics.extend(str(t)[:200] for t in topics[:RECENT_TOPICS])
+        for k, _ in list(contacts.items())[:100]:
+            self.contacts[str(k)[:MAX_CONTACT_CHARS]] = store.meta_int(contacts, k)
 
     def export(self) -> dict[str, Any]:
         """Everything learned, readable (for `village twin export`)."""

@@ -3,7 +3,7 @@
 Counts change one n-gram at a time (:meth:`PersonalKN.add`), and everything the estimate needs is kept
 incrementally: per-context totals and the number of followers seen once, twice and three or more times, the
 continuation counts of the lower orders, and each order's count-of-counts (for the discounts). Only the
-trigram counts are the state: :meth:`to_arrays` writes them, :meth:`from_arrays` replays them.
+trigram counts are the state: :meth:`to_arrays` writes them, :meth:`from_arrays` rebuilds the rest from them.
 
 Ids are ints shared with :class:`~node.twin.model.TwinLM` (the prior's ids, then the user's own new words).
 """
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from node.twin import kn
+from node.twin.errors import TwinStoreError
 
 ORDER = 3
 CANDIDATES_PER_CONTEXT = 12
@@ -175,10 +176,41 @@ class PersonalKN:
 
     @classmethod
     def from_arrays(cls, bos: int, tri: np.ndarray[Any, Any], counts: np.ndarray[Any, Any]) -> PersonalKN:
+        """The model whose trigram counts are ``counts``: the same state as replaying each trigram ``count``
+        times through :meth:`add`, built in one pass over the n-grams (the counts are set, not replayed, so a
+        huge count costs nothing). Raises TwinStoreError on a shape mismatch or a trigram listed twice."""
+        if tri.ndim != 2 or tri.shape[1:] != (ORDER,) or counts.shape != (len(tri),):
+            raise TwinStoreError("trigram arrays do not match")
+        if not (np.issubdtype(tri.dtype, np.integer) and np.issubdtype(counts.dtype, np.integer)):
+            raise TwinStoreError("trigrams and their counts must be integers")
         m = cls(bos)
         for (u, v, w), c in zip(tri.tolist(), counts.tolist(), strict=True):
-            for _ in range(min(int(c), 1_000_000)):
-                m.add(u, v, w)
-        m.tokens = int(counts.sum())
+            fol = m.f3.setdefault((u, v), {})
+            if w in fol or c < 1:
+                raise TwinStoreError("a trigram is listed twice or has a count below 1")
+            fol[w] = c
+            m.tokens += c
+        m.trigrams = len(tri)
+        for (_u, v), fol in m.f3.items():
+            m.s3[(_u, v)] = _stats_of(fol.values(), m.coc[3])
+            fol2 = m.f2.setdefault(v, {})
+            for w in fol:  # each trigram type gives (v, w) one more distinct left context
+                fol2[w] = fol2.get(w, 0) + 1
+        for v, fol2 in m.f2.items():
+            m.s2[v] = _stats_of(fol2.values(), m.coc[2])
+            for w in fol2:  # each bigram type gives w one more distinct left context
+                m.f1[w] = m.f1.get(w, 0) + 1
+        m.s1 = _stats_of(m.f1.values(), m.coc[1])
         m.refresh_discounts()
         return m
+
+
+def _stats_of(counts: Iterable[int], coc: list[int]) -> _Stats:
+    """[total, n1, n2, n3+] of a context's follower counts; adds them to the order's count-of-counts."""
+    stats = [0, 0, 0, 0]
+    for c in counts:
+        stats[0] += c
+        stats[min(c, 3)] += 1
+        if c <= 4:
+            coc[c] += 1
+    return stats

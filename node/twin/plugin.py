@@ -1,5 +1,5 @@
 """The twin as a plugin of the composition root: the ``[twin]`` section, its service, ``village twin`` and the
-``twin.*`` control methods (plus the observer that turns the user's own control calls into twin events)."""
+``twin.*`` control methods (plus the observer that turns the user's own control-socket calls into twin events)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def _rpc(node: Node, reg: Registry) -> None:
     svc = node.service("twin")
     if not isinstance(svc, TwinService):
         return
-    rpc.observe_calls(reg, svc)  # the methods registered so far: the core's and the knowledge base's
+    rpc.observe_socket_calls(reg, svc)  # calls on the control socket only: the user's, never MCP clients'
     rpc.register(reg, svc)
 
 

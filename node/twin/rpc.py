@@ -3,16 +3,19 @@
 Methods: ``twin.status``, ``twin.suggest``, ``twin.actions`` (likely next commands), ``twin.observe`` (a local
 client — a keyboard, the UI — hands over text the user typed), ``twin.export``, ``twin.forget``.
 
-:func:`observe_calls` wraps the node's other control methods so that each successful call becomes a twin
-event: the method name is the action; ``messages.send`` / ``messages.broadcast`` give their text (the user's
-own messages; messages received from peers never pass through here), ``rag.query`` its question, ``rag.add``
-the titles of the files added. Only calls on the node's own control socket (0600, the user) are seen.
+:func:`observe_socket_calls` makes each successful call on the node's control socket (0600, the user's uid,
+checked by SO_PEERCRED: the CLI and the user's own local clients) a twin event: the method name is the action;
+``messages.send`` / ``messages.broadcast`` give their text (the user's own messages; messages received from
+peers never pass through here), ``rag.query`` its question, ``rag.add`` the titles of the files added.
+
+Calls made in-process are not the user's and are never seen: the MCP tools (used by remote gateway clients,
+HTTP and stdio MCP clients and agents) call the control methods' handlers directly, not through the socket.
+The ``mcp.*`` methods are how MCP clients (the stdio bridge) reach the node over the socket, so they are not
+observed either. Besides socket calls, only ``twin.observe`` hands the twin text.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
@@ -23,6 +26,7 @@ from node.twin.service import TwinService
 
 MAX_OBSERVE_CHARS = 4000
 NOT_OBSERVED = ("rpc.methods",)  # introspection is not the user's activity
+NOT_OBSERVED_PREFIXES = ("twin.", "mcp.")  # the twin's own; MCP clients' (agents'), not the user's
 MAX_TITLES = 20  # file titles taken from one rag.add
 
 
@@ -61,22 +65,16 @@ def event_of(method: str, params: Any) -> tuple[str, str, str | None]:
     return "command", "", None
 
 
-def observe_calls(registry: Registry, twin: TwinService) -> None:
-    """Wrap every method registered so far (not the twin's own) so successful calls reach the twin."""
-    for name, method in list(registry.methods.items()):
-        if name.startswith("twin.") or name in NOT_OBSERVED:
-            continue
+def observe_socket_calls(registry: Registry, twin: TwinService) -> None:
+    """Feed the twin each successful control-socket call (see the module docstring for what is not seen)."""
 
-        def wrap(handler: Callable[[Any, Notify], Any], method_name: str) -> Callable[[Any, Notify], Any]:
-            async def observed(p: Any, notify: Notify) -> Any:
-                result = await handler(p, notify)
-                kind, text, contact = event_of(method_name, p)
-                twin.record(kind, text, action=method_name, contact=contact)
-                return result
+    def observed(method_name: str, params: Any) -> None:
+        if method_name in NOT_OBSERVED or method_name.startswith(NOT_OBSERVED_PREFIXES):
+            return
+        kind, text, contact = event_of(method_name, params)
+        twin.record(kind, text, action=method_name, contact=contact)
 
-            return observed
-
-        registry.methods[name] = dataclasses.replace(method, handler=wrap(method.handler, name))
+    registry.socket_observers.append(observed)
 
 
 def register(registry: Registry, twin: TwinService) -> None:

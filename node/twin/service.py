@@ -38,6 +38,10 @@ from node.twin.settings import TwinSettings
 log = logging.getLogger("village.twin")
 
 EVENT_CHANNEL = 256  # events between record() and the learner; beyond this they go to the deferred queue
+
+# An event with the forget generation it was recorded in: forget() starts a new generation, and an event of an
+# older one is dropped wherever it waits (channel, deferred queue, the worker's limiter), never learned.
+Queued = tuple[int, Event]
 TWIN_DIR = "twin"
 MAX_SUGGEST = 10
 
@@ -71,12 +75,14 @@ class TwinService:
                 cpu_budget_s_per_hour=settings.cpu_budget_s_per_hour,
             )
         )
-        self.deferred: DeferredQueue[Event] = DeferredQueue(settings.max_deferred_events, settings.max_deferred_bytes)
+        self.deferred: DeferredQueue[Queued] = DeferredQueue(settings.max_deferred_events, settings.max_deferred_bytes)
         self.engine: TwinEngine | None = None
         self.load_error: str | None = None
         self.actions_note: str | None = None
         self._limiter = trio.CapacityLimiter(1)
-        self._send: trio.MemorySendChannel[Event] | None = None
+        self._send: trio.MemorySendChannel[Queued] | None = None
+        self._recv: trio.MemoryReceiveChannel[Queued] | None = None
+        self._generation = 0  # bumped by forget(); see Queued
         self._dirty = False
         self._learned_events = 0
         self.learn_errors = 0
@@ -89,11 +95,11 @@ class TwinService:
 
     # ------------------------------------------------------------ lifecycle
     async def run(self, node: Any = None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        send, recv = trio.open_memory_channel[Event](EVENT_CHANNEL)
+        send, recv = trio.open_memory_channel[Queued](EVENT_CHANNEL)
         rag = getattr(node, "rag", None)
         if self._embed is None and self.settings.actions and rag is not None:
             self._embed = rag.embedder.embed  # share the knowledge base's model (thread-safe, loaded once)
-        self._send = send
+        self._send, self._recv = send, recv
         try:
             async with trio.open_nursery() as nursery:
                 await self._poll_once()
@@ -103,7 +109,7 @@ class TwinService:
                 self.ready.set()
                 task_status.started()
         finally:
-            self._send = None
+            self._send = self._recv = None
             with trio.CancelScope(shield=True):
                 await self._save()
 
@@ -134,21 +140,25 @@ class TwinService:
             gate_fraction=self.settings.gate_fraction,
             max_personal_words=self.settings.max_personal_words,
         )
-        if self.path.exists():
+        try:
+            data = store.read_state(self.path, self.settings.max_disk_bytes)
+            if data is not None:
+                engine.decode(data, self.settings.max_disk_bytes)
+        except (TwinStoreError, OSError) as exc:
+            # Keep the unusable file for the user to look at; start from the prior.
+            self.load_error = f"{self.path}: {exc}; starting fresh (the old file is kept as state.bin.bad)"
             try:
-                engine.decode(self.path.read_bytes(), self.settings.max_disk_bytes)
-            except TwinStoreError as exc:
-                # Keep the unreadable file for the user to look at; start from the prior.
-                self.load_error = f"{self.path}: {exc}; starting fresh (the old file is kept as state.bin.bad)"
                 self.path.replace(self.path.with_name(self.path.name + ".bad"))
-                log.warning("twin: %s", self.load_error)
-                engine = TwinEngine(
-                    prior,
-                    neural=neural,
-                    embed=embed,
-                    gate_fraction=self.settings.gate_fraction,
-                    max_personal_words=self.settings.max_personal_words,
-                )
+            except OSError as move_exc:
+                self.load_error += f" (could not move it aside: {move_exc.strerror})"
+            log.warning("twin: %s", self.load_error)
+            engine = TwinEngine(  # a fresh one: the failed load may have filled part of the first
+                prior,
+                neural=neural,
+                embed=embed,
+                gate_fraction=self.settings.gate_fraction,
+                max_personal_words=self.settings.max_personal_words,
+            )
         return engine
 
     # ------------------------------------------------------------ events
@@ -163,13 +173,14 @@ class TwinService:
             self._dropped_unstarted += 1
             return False
         self.idle = trio.Event() if self.idle.is_set() else self.idle
+        item = (self._generation, ev)
         try:
-            self._send.send_nowait(ev)
+            self._send.send_nowait(item)
         except trio.WouldBlock:
-            self.deferred.push(ev, ev.size_bytes)
+            self.deferred.push(item, ev.size_bytes)
         return True
 
-    async def _learner(self, recv: trio.MemoryReceiveChannel[Event]) -> None:
+    async def _learner(self, recv: trio.MemoryReceiveChannel[Queued]) -> None:
         while True:
             try:
                 ev = recv.receive_nowait()
@@ -178,25 +189,35 @@ class TwinService:
                 ev = await recv.receive()
             await self._learn_or_defer(ev)
 
-    async def _learn_or_defer(self, ev: Event) -> None:
+    async def _learn_or_defer(self, item: Queued) -> None:
         decision = self.governor.decide(trio.current_time())
         self._last_reason = decision.reason
         if not decision.allowed:
-            self.deferred.push(ev, ev.size_bytes)
+            self.deferred.push(item, item[1].size_bytes)
             return
         await self._drain()
-        await self._learn(ev)
+        await self._learn(item)
 
-    async def _learn(self, ev: Event) -> None:
-        engine = await self._ensure_engine()
+    async def _learn(self, item: Queued) -> None:
+        gen, ev = item
+        if gen != self._generation:
+            return  # recorded before a forget
 
-        def work() -> float:
+        def work(engine: TwinEngine) -> float | None:
+            if gen != self._generation:  # checked under the limiter: forget()'s wipe holds it too
+                return None
             t0 = time.thread_time()
             engine.observe(ev)
             return time.thread_time() - t0
 
         try:
-            cpu_s = await trio.to_thread.run_sync(work, limiter=self._limiter)
+            engine = await self._ensure_engine()
+        except Exception:  # a bug or an unreadable prior: this event is not learned, the node goes on (logged)
+            self.learn_errors += 1
+            log.exception("twin: loading the model failed")
+            return
+        try:
+            cpu_s = await trio.to_thread.run_sync(work, engine, limiter=self._limiter)
         except RagError as exc:  # the MiniLM model is missing: the action head is off, the LM still learned
             engine.embed = None
             self.actions_note = f"next-action head off: {exc}"
@@ -206,6 +227,8 @@ class TwinService:
             self._dirty = True  # what was learned before the failure is kept
             log.exception("twin: learning from a %s event failed", ev.kind)
             return
+        if cpu_s is None or gen != self._generation:
+            return  # forgotten: before it was learned, or wiped right after
         self.governor.charge(cpu_s, trio.current_time())
         self._learned_events += 1
         self._dirty = True
@@ -218,9 +241,9 @@ class TwinService:
             self._last_reason = decision.reason
             if not decision.allowed:
                 return
-            ev = self.deferred.pop()
-            if ev is not None:
-                await self._learn(ev)
+            item = self.deferred.pop()
+            if item is not None:
+                await self._learn(item)
 
     async def _poll_once(self) -> None:
         def read() -> Readings:
@@ -246,8 +269,11 @@ class TwinService:
         if engine is None or not self._dirty:
             return
         self._dirty = False
+        gen = self._generation
 
         def write() -> None:
+            if gen != self._generation:  # a forget came first: nothing of what was dirty remains
+                return
             store.write_private(self.path, engine.encode(self.settings.max_disk_bytes))
 
         try:
@@ -309,7 +335,14 @@ class TwinService:
         return self.path.stat().st_size if self.path.exists() else 0
 
     async def forget(self) -> dict[str, Any]:
-        """Delete every learned byte: the files under <data dir>/twin and the in-memory state."""
+        """Delete every learned byte: the files under <data dir>/twin and the in-memory state.
+
+        Events recorded before the call are dropped wherever they wait (the channel, the deferred queue, or a
+        learner waiting for the worker): a new generation starts first, and learning checks it under the same
+        limiter the wipe holds, so nothing from before is learned or saved after the wipe."""
+        self._generation += 1
+        self._discard_queued()
+        self._dirty = False  # what is dirty now is erased below; only what is learned after marks it again
         engine = await self._ensure_engine()
 
         def wipe() -> int:
@@ -317,7 +350,14 @@ class TwinService:
             return store.forget(self.dir)
 
         erased = await trio.to_thread.run_sync(wipe, limiter=self._limiter)
+        return {"erased_bytes": erased, "path": str(self.dir)}
+
+    def _discard_queued(self) -> None:
+        """Drop every queued event (all of an older generation: record() has not run since the bump)."""
         while self.deferred.pop() is not None:
             pass
-        self._dirty = False
-        return {"erased_bytes": erased, "path": str(self.dir)}
+        while self._recv is not None:
+            try:
+                self._recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break

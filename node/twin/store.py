@@ -9,8 +9,11 @@ bound. :func:`forget` deletes every file the twin wrote.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import math
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ MAGIC = b"AVTS"
 FORMAT_VERSION = 1
 STATE_FILE = "state.bin"
 MAX_RAW_FACTOR = 64  # a state decompresses to at most this many times its bound
+MAX_META_INT = 2**62  # a counter in the header (events, messages, ...) above this is not a real one
 
 
 def prior_id(lm: TwinLM) -> str:
@@ -62,32 +66,91 @@ def encode_bounded(
     raise TwinStoreError(f"twin state does not fit in {max_bytes} bytes (twin.max_disk_bytes)")
 
 
+def meta_int(meta: dict[str, Any], key: str, default: int = 0) -> int:
+    """An integer counter of the header, from 0 to MAX_META_INT; raises TwinStoreError otherwise."""
+    v = meta.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_META_INT:
+        raise TwinStoreError(f"twin state header: {key} is not a counter")
+    return v
+
+
+def meta_float(meta: dict[str, Any], key: str, default: float) -> float:
+    """A finite number of the header; raises TwinStoreError otherwise."""
+    v = meta.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise TwinStoreError(f"twin state header: {key} is not a finite number")
+    return float(v)
+
+
+def int_array(arrays: dict[str, np.ndarray[Any, Any]], name: str) -> np.ndarray[Any, Any]:
+    a = arrays[name]
+    if not np.issubdtype(a.dtype, np.integer):
+        raise TwinStoreError(f"twin state: {name} is not an integer array")
+    return a
+
+
+def finite_array(arrays: dict[str, np.ndarray[Any, Any]], name: str) -> np.ndarray[Any, Any]:
+    a = arrays[name]
+    if not np.issubdtype(a.dtype, np.number) or not np.isfinite(a).all():
+        raise TwinStoreError(f"twin state: {name} is not an array of finite numbers")
+    return a
+
+
 def decode_into(lm: TwinLM, data: bytes, max_bytes: int) -> tuple[dict[str, np.ndarray[Any, Any]], dict[str, Any]]:
-    """Load a state written by :func:`encode` into a fresh ``lm``; returns the extra arrays and the meta."""
+    """Load a state written by :func:`encode` into a fresh ``lm``; returns the extra arrays and the meta.
+
+    Everything is checked (types, ranges, sizes): any unusable file raises TwinStoreError and nothing else, and
+    the work is linear in the file's n-grams (at most ``max_bytes`` of them), whatever their counts."""
     arrays, meta = blob.unpack_untrusted(data, MAGIC, FORMAT_VERSION, max_bytes=max_bytes * MAX_RAW_FACTOR)
     if meta.get("prior") != prior_id(lm):
         raise TwinStoreError("twin state was learned over a different prior; run `village twin forget`")
     try:
         words = bytes(arrays["words"]).decode("utf-8").split("\n") if len(arrays["words"]) else []
-        tri = arrays["tri"].reshape(-1, 3)
-        counts = arrays["tri_counts"]
-        lam = arrays["lam"].tolist()
-        lam_n = arrays["lam_n"].tolist()
-    except (KeyError, ValueError, UnicodeDecodeError) as exc:
+        tri = int_array(arrays, "tri").reshape(-1, 3)
+        counts = int_array(arrays, "tri_counts").reshape(-1)
+        lam = finite_array(arrays, "lam").tolist()
+        lam_n = int_array(arrays, "lam_n").tolist()
+    except (KeyError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         raise TwinStoreError(f"corrupt twin state: {exc}") from exc
     if len(words) > lm.max_personal_words or len(lam) != N_BUCKETS or len(lam_n) != N_BUCKETS:
         raise TwinStoreError("twin state out of bounds")
+    if len(set(words)) != len(words) or len(tri) > max_bytes:
+        raise TwinStoreError("twin state out of bounds (a word listed twice, or more n-grams than bytes)")
     top = lm.prior.v + len(words)
     if len(tri) and (int(tri.min()) < 0 or int(tri.max()) >= top or len(counts) != len(tri) or int(counts.min()) < 1):
         raise TwinStoreError("twin state has ids out of range")
+    messages = meta_int(meta, "messages")
     lm.words = words
     lm.word_index = {w: lm.prior.v + i for i, w in enumerate(words)}
     lm.personal = PersonalKN.from_arrays(lm.prior.bos, tri, counts)
     lm.lam = [min(0.98, max(0.02, float(x))) for x in lam]
-    lm.lam_n = [max(0, int(x)) for x in lam_n]
-    lm.messages = int(meta.get("messages", 0))
+    lm.lam_n = [min(MAX_META_INT, max(0, int(x))) for x in lam_n]
+    lm.messages = messages
     extra = {k[2:]: v for k, v in arrays.items() if k.startswith("x_")}
     return extra, meta
+
+
+def read_state(path: Path, max_bytes: int) -> bytes | None:
+    """The state file's bytes, or None when there is none. Refuses (TwinStoreError) a symlink, anything but a
+    regular file (a FIFO would block) and a file over ``max_bytes``; OSError when it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise TwinStoreError("the state file is a symlink") from exc
+        raise
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise TwinStoreError("the state file is not a regular file")
+        if st.st_size > max_bytes:
+            raise TwinStoreError(f"{st.st_size} bytes, over its bound of {max_bytes} (twin.max_disk_bytes)")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise TwinStoreError(f"over its bound of {max_bytes} bytes (twin.max_disk_bytes)")
+    return data
 
 
 def write_private(path: Path, data: bytes) -> None:

@@ -123,6 +123,28 @@ async def test_rpc_errors(nursery: trio.Nursery, sock_dir: Path) -> None:
     assert await call(path, "echo", text="still alive") == {"echo": "still alive"}
 
 
+async def test_socket_observers_see_successful_socket_calls_only(nursery: trio.Nursery, sock_dir: Path) -> None:
+    path = sock_dir / "control.sock"
+    server = await start_server(nursery, path)
+    seen: list[tuple[str, object]] = []
+    server.registry.socket_observers.append(lambda name, p: seen.append((name, p)))
+
+    def broken(name: str, p: object) -> None:
+        raise RuntimeError("observer bug")
+
+    server.registry.socket_observers.append(broken)
+    assert await call(path, "echo", text="ab") == {"echo": "ab"}  # a failing observer does not fail the call
+    with pytest.raises(RemoteCallError):
+        await call(path, "fail")
+    m = server.registry.lookup("echo")
+    assert await m.handler(EchoParams("in-process"), _no_notify) == {"echo": "in-process"}
+    assert seen == [("echo", EchoParams("ab"))]  # not the failed call, not the in-process one
+
+
+async def _no_notify(name: str, payload: object) -> None:
+    return None
+
+
 async def test_unencodable_result_answers_internal_error(nursery: trio.Nursery, sock_dir: Path) -> None:
     # A lone surrogate (say, from a peer's answer) cannot be encoded as UTF-8: the call gets an internal error and
     # the server (and the nursery the daemon runs it in) keeps running.

@@ -144,6 +144,21 @@ async def test_memory_survives_a_restart_and_the_user_can_export_and_erase_it(da
     assert json.loads(village("memory", "export", *daemon.dd).stdout)["knowledge_graph"]["entities"] == []
 
 
+async def test_the_twin_learns_the_users_cli_messages_not_mcp_clients(daemon: Daemon) -> None:
+    """MCP clients (stdio, HTTP; the gateway uses the same tools) reach the node's methods in-process or through
+    mcp.call: what they send is not the user's text, so the twin must not learn it; `village broadcast` is."""
+    async with daemon.stdio() as stdio, daemon.http() as http:
+        for client in (stdio, http):
+            assert len(structured(await client.call_tool("messages_broadcast", {"text": "the zorbling escrow"}))["id"])
+    assert village("broadcast", "the quokkafied lunch", *daemon.dd).returncode == 0
+    # The learner took the event before this new process could ask: the twin's worker serves requests in order.
+    r = village("twin", "export", "--json", *daemon.dd, timeout=120)
+    assert r.returncode == 0, r.stderr
+    exported = json.loads(r.stdout)
+    assert exported["status"]["messages_learned"] == 1
+    assert "quokkafied" in exported["personal_words"] and "zorbling" not in json.dumps(exported)
+
+
 def test_village_mcp_says_clearly_when_no_node_runs(tmp_path: Path) -> None:
     r = village("mcp", "--data-dir", str(tmp_path))
     assert r.returncode == 1

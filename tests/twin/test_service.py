@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 import stat
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pytest
 import trio
 import trio.testing
 
 from node.control.rpc import NoParams, Notify, Registry, param
+from node.control.server import ControlServer
+from node.mcp.node_tools import node_tools
+from node.mcp.registry import Caller
+from node.mcp.registry import Registry as ToolRegistry
+from node.mcp.service import McpService
+from node.mcp.settings import McpSettings
 from node.transports.ble.power import BatteryState
 from node.twin import rpc as twin_rpc
 from node.twin.service import TwinService
@@ -107,14 +118,85 @@ async def test_forget_erases_every_learned_byte(tmp_path: Path, autojump_clock: 
     assert not svc.path.exists()  # nothing learned since: nothing written at shutdown
 
 
+async def test_forget_drops_events_still_queued(tmp_path: Path) -> None:
+    """Events recorded just before `twin forget` (still in the learner's channel) are not learned after the wipe,
+    and nothing is written back to disk (the review's race: they were learned and saved again)."""
+    svc = make(tmp_path, Power(90, True))
+    async with trio.open_nursery() as n:
+        await n.start(svc.run, None)
+        svc.record("message", "warmup", action="messages.send")
+        assert await learned(svc) == 1
+        for i in range(20):
+            svc.record("message", f"my secret diagnosis is zorblax {i}", action="messages.send")
+        await svc.forget()
+        await svc.idle.wait()
+        st = await svc.status()
+        assert st["messages_learned"] == 0 and st["events"] == 0 and st["deferred_events"] == 0
+        assert "zorblax" not in json.dumps(await svc.export())
+        n.cancel_scope.cancel()  # the shutdown save: nothing learned since the forget, nothing written
+    assert not svc.dir.exists()
+
+
+async def test_forget_drops_an_event_waiting_for_the_worker(tmp_path: Path) -> None:
+    """An event the learner already took, waiting for the worker thread when forget comes, is not learned, and
+    learning goes on after the forget (the generation check drops only what came before)."""
+    svc = make(tmp_path, Power(90, True))
+    async with trio.open_nursery() as n:
+        await n.start(svc.run, None)
+        svc.record("message", "warmup", action="messages.send")
+        assert await learned(svc) == 1
+        forgotten = trio.Event()
+
+        async def forget() -> None:
+            await svc.forget()
+            forgotten.set()
+
+        async with svc._limiter:  # the worker is busy (say, a suggestion being computed)
+            svc.record("message", "my secret diagnosis is zorblax", action="messages.send")
+            await trio.testing.wait_all_tasks_blocked()  # the learner holds the event, waiting for the worker
+            n.start_soon(forget)
+            await trio.testing.wait_all_tasks_blocked()
+        await forgotten.wait()
+        await svc.idle.wait()
+        st = await svc.status()
+        assert st["messages_learned"] == 0 and st["events"] == 0
+        assert "zorblax" not in json.dumps(await svc.export())
+        svc.record("message", "after the forget", action="messages.send")
+        assert await learned(svc) == 1  # learning goes on
+        n.cancel_scope.cancel()
+    assert svc.path.exists()
+
+
 @dataclass(frozen=True, slots=True)
 class _SendParams:
     peer: str = param(doc="peer")
     text: str = param(doc="text")
 
 
-async def test_observer_feeds_the_users_calls_only(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
-    svc = make(tmp_path, Power(90, True))
+async def _socket_call(path: Path, method: str, **params: Any) -> Any:
+    """One JSON-RPC call on a real control socket (what `village` does)."""
+    stream = await trio.open_unix_socket(str(path))
+    async with stream:
+        req = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+        await stream.send_all(json.dumps(req).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = await stream.receive_some(65536)
+            assert chunk, "control server closed the connection"
+            buf += chunk
+    reply = json.loads(buf)
+    assert "error" not in reply, reply
+    return reply["result"]
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="vtw-", dir="/tmp"))  # Unix socket paths are limited to 107 bytes
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _registry(svc: TwinService) -> tuple[Registry, list[str]]:
     reg = Registry()
     received: list[str] = []
 
@@ -127,26 +209,61 @@ async def test_observer_feeds_the_users_calls_only(tmp_path: Path, autojump_cloc
 
     reg.add("messages.send", _SendParams, "send", send)
     reg.add("inbox.list", NoParams, "inbox", inbox)
-    twin_rpc.observe_calls(reg, svc)
+    twin_rpc.observe_socket_calls(reg, svc)
     twin_rpc.register(reg, svc)
+    return reg, received
+
+
+async def test_observer_feeds_the_users_calls_only(tmp_path: Path, sock_dir: Path) -> None:
+    svc = make(tmp_path, Power(90, True))
+    reg, _ = _registry(svc)
+    server = ControlServer(sock_dir / "c.sock", reg, max_request_bytes=65536, max_connections=4)
     async with trio.open_nursery() as n:
         await n.start(svc.run, None)
+        await n.start(server.run)
         for _ in range(3):
-            await reg.lookup("messages.send").handler(_SendParams("alice", "lunch at the quokka bar"), _no_notify)
-            await reg.lookup("inbox.list").handler(NoParams(), _no_notify)
+            await _socket_call(server.path, "messages.send", peer="alice", text="lunch at the quokka bar")
+            await _socket_call(server.path, "inbox.list")
         await svc.idle.wait()
-        exported = await reg.lookup("twin.export").handler(NoParams(), _no_notify)
+        exported = await _socket_call(server.path, "twin.export")
         words = exported["personal_words"]
         assert "quokka" in words and not any("secret" in w for w in words)
         assert set(exported["actions"]) == {"messages.send", "inbox.list"}
         assert exported["context"]["contacts"] == ["alice"]
-        nxt = await reg.lookup("twin.actions").handler(twin_rpc.ActionsParams(1), _no_notify)
+        nxt = await _socket_call(server.path, "twin.actions", k=1)
         assert nxt[0]["action"] == "messages.send"  # after inbox.list the user sent a message, every time
         n.cancel_scope.cancel()
 
 
-async def _no_notify(name: str, payload: Any) -> None:
-    raise AssertionError("no notifications expected")
+async def test_mcp_clients_calls_are_not_learned(tmp_path: Path, sock_dir: Path) -> None:
+    """MCP tools (remote gateway clients, HTTP/stdio MCP clients, agents) call the control methods in-process:
+    their text is not the user's, so the twin learns none of it; the user's own socket call still is."""
+    svc = make(tmp_path, Power(90, True))
+    reg, _ = _registry(svc)
+    server = ControlServer(sock_dir / "c.sock", reg, max_request_bytes=65536, max_connections=4)
+    mcp = McpService(McpSettings(), persistent=False)
+    mcp.node = SimpleNamespace(control_server=server)  # type: ignore[assignment]  # what _invoke reads
+    tools = ToolRegistry(McpSettings(), now=trio.current_time)
+    tools.extend(node_tools(mcp._invoke, rag_roots=()))
+    async with trio.open_nursery() as n:
+        await n.start(svc.run, None)
+        await n.start(server.run)
+        for transport in ("gateway", "http", "stdio", "local"):
+            out = await tools.call(
+                "messages_send",
+                {"peer": "mallory", "text": "wire the xylophonic escrow today"},
+                caller=Caller(transport, "remote-api-key-17"),
+            )
+            assert out.structured == {"id": "x"}  # the call reached the handler and succeeded
+        await svc.idle.wait()
+        st = await svc.status()
+        assert st["messages_learned"] == 0 and st["events"] == 0
+        await _socket_call(server.path, "messages.send", peer="alice", text="the quokka bar at noon")
+        await svc.idle.wait()
+        exported = await svc.export()
+        assert exported["status"]["messages_learned"] == 1 and "quokka" in exported["personal_words"]
+        assert "xylophonic" not in json.dumps(exported) and exported["context"]["contacts"] == ["alice"]
+        n.cancel_scope.cancel()
 
 
 def test_every_twin_method_is_documented(tmp_path: Path) -> None:
