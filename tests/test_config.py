@@ -197,7 +197,7 @@ def test_a_config_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
         try:
             load_config(data_dir=tmp_path, env={})
             result.append("loaded")
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - the thread hands whatever ended it to the test
             result.append(exc)
 
     t = threading.Thread(target=load, daemon=True)

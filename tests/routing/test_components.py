@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections import deque
+from typing import Any
 
 import nacl.signing
 
@@ -84,7 +85,7 @@ def test_announce_schedule_settles_at_most_once_per_interval() -> None:
 
 def test_announce_relays_suppress_unchanged_announces_and_stay_bounded() -> None:
     relays = AnnounceRelays(max_entries=3)
-    kw = {"interval_s": 60.0, "early_interval_s": 60.0}
+    kw: dict[str, Any] = {"interval_s": 60.0, "early_interval_s": 60.0}
     assert relays.decide(b"o1", b"payload", 0.0, **kw) == "all"
     assert relays.decide(b"o1", b"payload", 10.0, **kw) == "phones"  # unchanged, within the interval
     assert relays.decide(b"o1", b"changed", 20.0, **kw) == "phones"  # changed, but within 30 s
