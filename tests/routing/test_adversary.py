@@ -34,6 +34,7 @@ Pending today (rule / input withheld -> what escapes today's core):
 from __future__ import annotations
 
 import heapq
+import os
 import random
 from collections import deque
 
@@ -353,11 +354,16 @@ def test_adversary_finds_no_way_in() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(7200)
+@pytest.mark.timeout(3600)
 def test_adversary_long_run() -> None:
-    """>= 100,000 rule steps (each followed by every invariant), and many more hostile frames, in all."""
+    """A long deterministic run in the slow suite (same examples every time, so CI cannot flake): 100 examples of up
+    to 100 rule steps, each followed by every invariant (~7,000 rule steps, 2-3 min on 2 cores).
+
+    To hunt for new ways in, run it randomized and longer: ``VILLAGE_ADVERSARY_STEPS=100000 pytest -m slow -k
+    adversary_long`` loops over fresh random examples until that many rule steps ran (~25 min on 2 cores)."""
+    target = int(os.environ.get("VILLAGE_ADVERSARY_STEPS", "0"))
     start = STEPS["rules"]
-    while STEPS["rules"] - start < 100_000:
+    while True:
         run_state_machine_as_test(
             Adversary,
             settings=settings(
@@ -365,11 +371,13 @@ def test_adversary_long_run() -> None:
                 stateful_step_count=100,
                 deadline=None,
                 database=None,
-                derandomize=False,
+                derandomize=not target,
                 suppress_health_check=list(HealthCheck),
             ),
         )
-    assert STEPS["rules"] - start >= 100_000
+        if STEPS["rules"] - start >= target:
+            break
+    assert STEPS["rules"] - start >= min(target or 5_000, 5_000)
 
 
 # ---------------------------------------------------------------- known defects (pending on meshcore's fixes)
