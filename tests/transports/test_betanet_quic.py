@@ -30,6 +30,7 @@ from node.identity import Identity
 from node.transports.base import Link, LinkClosed
 from node.transports.betanet import quic_transport
 from node.transports.betanet.quic import dial_order, is_quic, tcp_twin
+from node.transports.betanet.quic_conn import QuicConn
 from node.transports.betanet.quic_transport import parse_quic
 from node.transports.betanet.transport import MESH_PROTOCOL, BetanetLink, BetanetTransport, DialError
 from tests.certs import self_signed
@@ -435,3 +436,78 @@ async def test_an_initial_in_a_short_datagram_is_dropped(nursery: trio.Nursery) 
         with trio.fail_after(WAIT_S):
             await b.wait_counters(lambda c: c.quic_initials_dropped == 1)
     assert not b._quic._listeners[0]._conns
+
+
+def quic_conns(a_link: Link, b: BetanetTransport) -> tuple[QuicConn, QuicConn]:
+    """The dialling side's QuicConn (under ``a_link``) and the listener's (``b`` has one connection)."""
+    assert isinstance(a_link, BetanetLink) and b._quic is not None
+    client = a_link._stream.muxed_conn
+    (server,) = b._quic._listeners[0]._conns.values()
+    assert isinstance(client, QuicConn)
+    return client, server
+
+
+def gapped(conn: QuicConn, stream_id: int, size: int) -> None:
+    """Queue ``size`` bytes on a new stream whose byte 0 is never sent: the rest arrives out of order and the
+    receiver's aioquic buffers it with no event for the application."""
+    conn.quic.send_stream_data(stream_id, b"x" * size)
+    conn.quic._streams[stream_id].sender._pending.subtract(0, 1)
+
+
+async def test_out_of_order_data_counts_against_the_connection_window(nursery: trio.Nursery) -> None:
+    """A peer that never sends byte 0 of its streams (the review's quic_gap_memory): aioquic buffers the rest
+    undelivered. That data counts as held, so the connection's credit (MAX_DATA) is not raised and what the node
+    holds stays within the connection window, instead of ~a stream window per stream (40 MB here; 128 MiB with
+    aioquic's 128 streams). The peer also has at most quic_max_streams_per_connection streams open."""
+    a, _ = await start_transport(nursery, settings=QUIC)
+    b, b_links = await start_transport(nursery, settings=dataclasses.replace(QUIC, quic_max_streams_per_connection=8))
+    with trio.fail_after(WAIT_S):
+        link = await a.dial(quic_address(b))
+        await b_links.receive()
+    client, server = quic_conns(link, b)
+    window = server.quic.connection_window
+    initial_max_data = server.quic._local_max_data.value
+    for _ in range(40):
+        gapped(client, client.quic.get_next_available_stream_id(), 1_000_000)
+    await client.flush()
+
+    def held() -> int:  # undelivered in aioquic (out of order, or a gap) plus delivered and unread
+        streams = server.quic._streams.values()
+        return sum(s.receiver.highest_offset - s.receiver._buffer_start for s in streams) + server.unread_bytes
+
+    def peer_streams() -> int:
+        return sum(1 for sid in server.quic._streams if sid % 4 == 0)  # client-initiated bidirectional
+
+    def settled() -> bool:  # the client used all its credit and the server has all it sent (or the bound broke)
+        sent = client.quic._remote_max_data_used
+        return held() > window or (sent >= client.quic._remote_max_data and server.quic._local_max_data.used == sent)
+
+    with trio.fail_after(WAIT_S):
+        await server.wait_until(settled)
+    assert window == 4 * 1_048_576 and held() <= window
+    assert sum(len(s.receiver._buffer) for s in server.quic._streams.values()) <= window
+    assert server.quic._local_max_data.value == initial_max_data  # nothing was read: no new credit
+    assert peer_streams() <= 8 and client.quic._streams_blocked_bidi  # the rest wait for a stream slot
+
+
+async def test_streams_reset_by_the_peer_free_their_slots(nursery: trio.Nursery) -> None:
+    """The stream bound limits streams open at once, not in all: 40 streams, each reset by the peer on its
+    sending side only (RESET_STREAM without STOP_SENDING), open one after another with a bound of 4 (the node
+    resets its side too, so aioquic discards each stream and lets the peer open another)."""
+    a, _ = await start_transport(nursery, settings=QUIC)
+    b, b_links = await start_transport(nursery, settings=dataclasses.replace(QUIC, quic_max_streams_per_connection=4))
+    with trio.fail_after(WAIT_S):
+        link = await a.dial(quic_address(b))
+        inbound = await b_links.receive()
+    client, server = quic_conns(link, b)
+    with trio.fail_after(WAIT_S):
+        for _ in range(40):
+            stream = await client.open_stream()
+            await stream.write(b"x")
+            await client.wait_until(lambda: not client.quic._streams_blocked_bidi)  # a slot: the stream is sent
+            client.quic.reset_stream(stream.stream_id, 1)
+            client._forget(stream)
+            await client.flush()
+        await link.send(b"still up")
+        assert await inbound.receive() == b"still up"
+    assert sum(1 for sid in server.quic._streams if sid % 4 == 0) <= 4

@@ -48,6 +48,7 @@ from libp2p.transport.quic.security import QUICTLSConfigManager, create_quic_sec
 from node.transports.betanet.counters import BetanetCounters
 from node.transports.betanet.quic_conn import (
     CONNECTION_WINDOW_STREAMS,
+    DEFAULT_MAX_STREAMS,
     DEFAULT_STREAM_WINDOW_BYTES,
     Address,
     ClientQuicConnection,
@@ -70,6 +71,7 @@ class Limits:
     """BetaNet's QUIC bounds (``betanet.quic_*``)."""
 
     stream_window_bytes: int = DEFAULT_STREAM_WINDOW_BYTES
+    max_streams_per_connection: int = DEFAULT_MAX_STREAMS
     max_handshakes: int = 256
     max_handshakes_per_ip: int = 16
     max_connections: int = 1024
@@ -170,7 +172,7 @@ class QuicTransport(ITransport):
         except OSError as exc:
             raise OpenConnectionError(f"{maddr}: cannot open a UDP socket: {exc}") from exc
         quic = ClientQuicConnection(configuration=self._client_config)
-        quic.set_windows(self.limits.stream_window_bytes)
+        quic.set_windows(self.limits.stream_window_bytes, self.limits.max_streams_per_connection)
         conn = QuicConn(
             quic,
             udp,
@@ -315,7 +317,7 @@ class QuicListener(IListener):
         quic = ServerReadCredit(
             configuration=config, original_destination_connection_id=original_cid, retry_source_connection_id=retry_cid
         )
-        quic.set_windows(limits.stream_window_bytes)
+        quic.set_windows(limits.stream_window_bytes, limits.max_streams_per_connection)
         conn = QuicConn(
             quic,
             udp,

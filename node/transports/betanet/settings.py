@@ -84,6 +84,14 @@ class BetanetSection:
         min=65_536,
         max=64 * 1_048_576,
     )
+    quic_max_streams_per_connection: int = setting(
+        16,
+        "Most QUIC streams a peer may have open at once on one connection (it may open another as one ends; "
+        "a peer that opens more breaks QUIC's stream limit and is closed). With the connection's window, this "
+        "bounds what one connection can make the node hold.",
+        min=4,
+        max=1024,
+    )
     quic_max_handshakes: int = setting(
         256,
         "Most QUIC connections whose handshake is not complete (peer address not yet validated) per listen "

@@ -354,6 +354,7 @@ class BetanetTransport(Transport):
         noise = NoiseTransport(self._key_pair, noise_privkey=create_x25519_key_pair().private_key)
         limits = Limits(
             stream_window_bytes=self.settings.quic_stream_window_bytes,
+            max_streams_per_connection=self.settings.quic_max_streams_per_connection,
             max_handshakes=self.settings.quic_max_handshakes,
             max_handshakes_per_ip=self.settings.quic_max_handshakes_per_ip,
             max_connections=self.settings.quic_max_connections,
