@@ -30,7 +30,7 @@ from node.identity import Identity
 from node.transports.base import Link, LinkClosed
 from node.transports.betanet import quic_transport
 from node.transports.betanet.quic import dial_order, is_quic, tcp_twin
-from node.transports.betanet.quic_conn import QuicConn
+from node.transports.betanet.quic_conn import QuicConn, UdpSocket
 from node.transports.betanet.quic_transport import parse_quic
 from node.transports.betanet.transport import MESH_PROTOCOL, BetanetLink, BetanetTransport, DialError
 from tests.certs import self_signed
@@ -372,7 +372,8 @@ def spoofed_initials(target: tuple[str, int], source_ip: str, n: int) -> list[so
 
 async def testspoofed_initials_from_one_address_hold_at_most_its_share(nursery: trio.Nursery) -> None:
     """Initials from one (spoofed) address: at most betanet.quic_max_handshakes_per_ip handshakes are kept for
-    it, the rest are dropped and counted, and a peer from another address still connects."""
+    it, the rest get a stateless Retry (no state: a spoofer never answers, a real client of that address would),
+    and a peer from another address still connects."""
     settings = dataclasses.replace(QUIC, quic_max_handshakes=100, quic_max_handshakes_per_ip=8)
     b, b_links = await start_transport(nursery, settings=settings)
     a, _ = await start_transport(nursery, settings=QUIC)
@@ -381,14 +382,14 @@ async def testspoofed_initials_from_one_address_hold_at_most_its_share(nursery: 
     socks = spoofed_initials(("127.0.0.1", port), "127.0.0.2", 12)
     try:
         with trio.fail_after(WAIT_S):
-            await b.wait_counters(lambda c: c.quic_initials_dropped >= 4)
+            await b.wait_counters(lambda c: c.quic_retries >= 4)
             link = await a.dial(quic_address(b))  # from 127.0.0.1: its own slots
             inbound = await b_links.receive()
             await link.send(b"served")
             assert await inbound.receive() == b"served"
         (listener,) = b._quic._listeners
-        assert listener._handshaking == {"127.0.0.2": 8}
-        assert (b.counters.quic_initials_dropped, b.counters.quic_retries) == (4, 0)
+        assert listener.admission.unvalidated == {"127.0.0.2": 8}
+        assert (b.counters.quic_initials_dropped, b.counters.quic_retries) == (0, 4)
     finally:
         for s in socks:
             s.close()
@@ -409,7 +410,7 @@ async def test_under_pressure_new_addresses_get_a_retry_and_no_state(nursery: tr
         with trio.fail_after(WAIT_S):
             await b.wait_counters(lambda c: c.quic_retries >= 30)
         (listener,) = b._quic._listeners
-        assert listener._handshaking == {"127.0.0.2": 4} and b.counters.quic_initials_dropped == 0
+        assert listener.admission.unvalidated == {"127.0.0.2": 4} and b.counters.quic_initials_dropped == 0
         with trio.fail_after(WAIT_S):
             link = await a.dial(quic_address(b))  # gets a Retry too, and comes back with the token
             inbound = await b_links.receive()
@@ -511,3 +512,37 @@ async def test_streams_reset_by_the_peer_free_their_slots(nursery: trio.Nursery)
         await link.send(b"still up")
         assert await inbound.receive() == b"still up"
     assert sum(1 for sid in server.quic._streams if sid % 4 == 0) <= 4
+
+
+async def test_one_address_holds_at_most_its_share_of_connections(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review's conn_exhaust: peers with fresh identities from one address complete handshakes one after
+    another. Only betanet.quic_max_connections_per_ip of them are kept (the next dial fails, its Initial dropped
+    and counted), so a peer from another address still finds room in the table (quic_max_connections = 6)."""
+    settings = dataclasses.replace(QUIC, quic_max_connections=6, quic_max_connections_per_ip=2)
+    b, b_links = await start_transport(nursery, settings=settings)
+    addr = quic_address(b)
+    for _ in range(2):
+        a, _ = await start_transport(nursery, settings=QUIC)
+        with trio.fail_after(WAIT_S):
+            await a.dial(addr)
+            await b_links.receive()
+    for _ in range(4):  # the rest of the table, from the same address: refused
+        a, _ = await start_transport(nursery, settings=dataclasses.replace(QUIC, dial_timeout_s=1.0))
+        with trio.fail_after(WAIT_S), pytest.raises(DialError):
+            await a.dial(addr)
+    assert b._quic is not None
+    (listener,) = b._quic._listeners
+    assert len(listener._conns) == 2 and listener.admission.validated == {"127.0.0.1": 2}
+    assert b.counters.quic_initials_dropped >= 4
+    honest, _ = await start_transport(nursery, settings=QUIC)
+    monkeypatch.setattr(  # the honest peer dials from 127.0.0.2
+        quic_transport, "UdpSocket", lambda family, bind, peer: UdpSocket(family, ("127.0.0.2", 0), peer)
+    )
+    with trio.fail_after(WAIT_S):
+        link = await honest.dial(addr)
+        inbound = await b_links.receive()
+        await link.send(b"room for me")
+        assert await inbound.receive() == b"room for me"
+    assert listener.admission.validated == {"127.0.0.1": 2, "127.0.0.2": 1}
