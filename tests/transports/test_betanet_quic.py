@@ -546,3 +546,30 @@ async def test_one_address_holds_at_most_its_share_of_connections(
         await link.send(b"room for me")
         assert await inbound.receive() == b"room for me"
     assert listener.admission.validated == {"127.0.0.1": 2, "127.0.0.2": 1}
+
+
+async def test_a_handshake_completing_over_its_share_is_closed(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Handshakes from unvalidated addresses are counted apart from validated connections, so another client of
+    the same address may take the last share while one is in handshake: that one is closed when it completes,
+    counted, and never reaches the swarm."""
+    caplog.set_level(logging.INFO, "village.betanet.quic")
+    b, b_links = await start_transport(nursery, settings=dataclasses.replace(QUIC, quic_max_connections_per_ip=1))
+    assert b._quic is not None
+    (listener,) = b._quic._listeners
+    admission = listener.admission
+    opened = admission.opened
+
+    def and_another_validates(key: object, host: str, *, validated: bool) -> None:
+        opened(key, host, validated=validated)
+        opened("another client", host, validated=True)  # ...validated while this one is in handshake
+
+    admission.opened = and_another_validates  # type: ignore[method-assign]
+    a, _ = await start_transport(nursery, settings=dataclasses.replace(QUIC, dial_timeout_s=2.0))
+    with trio.fail_after(WAIT_S), pytest.raises(DialError):
+        await a.dial(quic_address(b))
+    assert b.counters.quic_connections_refused >= 1 and b.counters.links_opened == 0
+    assert any("quic_max_connections_per_ip" in r.getMessage() for r in caplog.records)
+    with pytest.raises(trio.WouldBlock):
+        b_links.receive_nowait()
