@@ -21,7 +21,6 @@ import base64
 import binascii
 import errno
 import fcntl
-import ipaddress
 import logging
 import os
 import secrets
@@ -46,6 +45,7 @@ from anchor.gateway.roles import (
 )
 from node.errors import StartupError
 from node.identity import ensure_private_dir
+from node.ipprefix import source_prefixes
 
 log = logging.getLogger("village.anchor.gateway")
 
@@ -130,42 +130,25 @@ def narrow_scopes(granted: frozenset[str], requested: str | None) -> frozenset[s
     return wanted
 
 
-# The per-IP rate limit counts an IPv6 client by its /64: one subscriber (or one cloud VM) gets a whole /64 and can
-# pick any of its 2^64 addresses per request, so keying on the full address would give it 2^64 buckets.
-IPV6_BUCKET_PREFIX = 64
-# And by its /48 too, in a second bucket IPV6_SITE_FACTOR times larger: a free tunnel-broker /48 (or a /56 home
-# delegation) holds 65,536 (256) /64s, each of which would otherwise be a fresh bucket.
-IPV6_SITE_PREFIX = 48
+# The per-IP rate limit counts an IPv6 client by its /64 (one subscriber, or one cloud VM, gets a whole /64 and can
+# pick any of its 2^64 addresses per request) and by its /48 too, in a second bucket IPV6_SITE_FACTOR times larger: a
+# free tunnel-broker /48 (or a /56 home delegation) holds 65,536 (256) /64s. The prefixes are node.ipprefix's, which
+# the QUIC listener's per-source bounds use as well.
 IPV6_SITE_FACTOR = 16
-_SIXTOFOUR = ipaddress.IPv6Network("2002::/16")
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052's well-known prefix: the IPv4 client in the low 32 bits
 
 
 def ip_bucket(host: str) -> str:
     """The per-IP rate-limit bucket of a client address: IPv4 by its address (/32), IPv6 by its /64, an IPv6
     address that embeds an IPv4 one (IPv4-mapped ``::ffff:192.0.2.7``, 6to4 ``2002:c000:0207::/48``, NAT64
     ``64:ff9b::192.0.2.7``) as that IPv4 address. Anything else (``unknown``, a Unix socket path) is its own bucket."""
-    return ip_buckets(host)[0][0]
+    return source_prefixes(host)[0]
 
 
 def ip_buckets(host: str) -> list[tuple[str, int]]:
     """Every rate-limit bucket a request from ``host`` takes a token from, each with how many times the per-IP
     rate and burst it gets: :func:`ip_bucket`'s, and for native IPv6 also its /48 (``IPV6_SITE_FACTOR`` times)."""
-    try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0])  # without a zone index (fe80::1%eth0)
-    except ValueError:
-        return [(host, 1)]
-    if isinstance(addr, ipaddress.IPv6Address):
-        embedded = addr.ipv4_mapped or addr.sixtofour
-        if embedded is None and addr in _NAT64:
-            embedded = ipaddress.IPv4Address(int(addr) & 0xFFFF_FFFF)
-        if embedded is not None:
-            return [(str(embedded), 1)]
-        return [
-            (str(ipaddress.IPv6Network((addr, IPV6_BUCKET_PREFIX), strict=False)), 1),
-            (str(ipaddress.IPv6Network((addr, IPV6_SITE_PREFIX), strict=False)), IPV6_SITE_FACTOR),
-        ]
-    return [(str(addr), 1)]
+    prefix, site = source_prefixes(host)
+    return [(prefix, 1)] if site is None else [(prefix, 1), (site, IPV6_SITE_FACTOR)]
 
 
 def load_or_create_secret(data_dir: Path) -> bytes:

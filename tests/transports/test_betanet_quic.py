@@ -30,6 +30,7 @@ from node.identity import Identity
 from node.transports.base import Link, LinkClosed
 from node.transports.betanet import quic_transport
 from node.transports.betanet.quic import dial_order, is_quic, tcp_twin
+from node.transports.betanet.quic_conn import QuicConn, UdpSocket
 from node.transports.betanet.quic_transport import parse_quic
 from node.transports.betanet.transport import MESH_PROTOCOL, BetanetLink, BetanetTransport, DialError
 from tests.certs import self_signed
@@ -371,7 +372,8 @@ def spoofed_initials(target: tuple[str, int], source_ip: str, n: int) -> list[so
 
 async def testspoofed_initials_from_one_address_hold_at_most_its_share(nursery: trio.Nursery) -> None:
     """Initials from one (spoofed) address: at most betanet.quic_max_handshakes_per_ip handshakes are kept for
-    it, the rest are dropped and counted, and a peer from another address still connects."""
+    it, the rest get a stateless Retry (no state: a spoofer never answers, a real client of that address would),
+    and a peer from another address still connects."""
     settings = dataclasses.replace(QUIC, quic_max_handshakes=100, quic_max_handshakes_per_ip=8)
     b, b_links = await start_transport(nursery, settings=settings)
     a, _ = await start_transport(nursery, settings=QUIC)
@@ -380,14 +382,14 @@ async def testspoofed_initials_from_one_address_hold_at_most_its_share(nursery: 
     socks = spoofed_initials(("127.0.0.1", port), "127.0.0.2", 12)
     try:
         with trio.fail_after(WAIT_S):
-            await b.wait_counters(lambda c: c.quic_initials_dropped >= 4)
+            await b.wait_counters(lambda c: c.quic_retries >= 4)
             link = await a.dial(quic_address(b))  # from 127.0.0.1: its own slots
             inbound = await b_links.receive()
             await link.send(b"served")
             assert await inbound.receive() == b"served"
         (listener,) = b._quic._listeners
-        assert listener._handshaking == {"127.0.0.2": 8}
-        assert (b.counters.quic_initials_dropped, b.counters.quic_retries) == (4, 0)
+        assert listener.admission.unvalidated == {"127.0.0.2": 8}
+        assert (b.counters.quic_initials_dropped, b.counters.quic_retries) == (0, 4)
     finally:
         for s in socks:
             s.close()
@@ -408,7 +410,7 @@ async def test_under_pressure_new_addresses_get_a_retry_and_no_state(nursery: tr
         with trio.fail_after(WAIT_S):
             await b.wait_counters(lambda c: c.quic_retries >= 30)
         (listener,) = b._quic._listeners
-        assert listener._handshaking == {"127.0.0.2": 4} and b.counters.quic_initials_dropped == 0
+        assert listener.admission.unvalidated == {"127.0.0.2": 4} and b.counters.quic_initials_dropped == 0
         with trio.fail_after(WAIT_S):
             link = await a.dial(quic_address(b))  # gets a Retry too, and comes back with the token
             inbound = await b_links.receive()
@@ -435,3 +437,139 @@ async def test_an_initial_in_a_short_datagram_is_dropped(nursery: trio.Nursery) 
         with trio.fail_after(WAIT_S):
             await b.wait_counters(lambda c: c.quic_initials_dropped == 1)
     assert not b._quic._listeners[0]._conns
+
+
+def quic_conns(a_link: Link, b: BetanetTransport) -> tuple[QuicConn, QuicConn]:
+    """The dialling side's QuicConn (under ``a_link``) and the listener's (``b`` has one connection)."""
+    assert isinstance(a_link, BetanetLink) and b._quic is not None
+    client = a_link._stream.muxed_conn
+    (server,) = b._quic._listeners[0]._conns.values()
+    assert isinstance(client, QuicConn)
+    return client, server
+
+
+def gapped(conn: QuicConn, stream_id: int, size: int) -> None:
+    """Queue ``size`` bytes on a new stream whose byte 0 is never sent: the rest arrives out of order and the
+    receiver's aioquic buffers it with no event for the application."""
+    conn.quic.send_stream_data(stream_id, b"x" * size)
+    conn.quic._streams[stream_id].sender._pending.subtract(0, 1)
+
+
+async def test_out_of_order_data_counts_against_the_connection_window(nursery: trio.Nursery) -> None:
+    """A peer that never sends byte 0 of its streams (the review's quic_gap_memory): aioquic buffers the rest
+    undelivered. That data counts as held, so the connection's credit (MAX_DATA) is not raised and what the node
+    holds stays within the connection window, instead of ~a stream window per stream (40 MB here; 128 MiB with
+    aioquic's 128 streams). The peer also has at most quic_max_streams_per_connection streams open."""
+    a, _ = await start_transport(nursery, settings=QUIC)
+    b, b_links = await start_transport(nursery, settings=dataclasses.replace(QUIC, quic_max_streams_per_connection=8))
+    with trio.fail_after(WAIT_S):
+        link = await a.dial(quic_address(b))
+        await b_links.receive()
+    client, server = quic_conns(link, b)
+    window = server.quic.connection_window
+    initial_max_data = server.quic._local_max_data.value
+    for _ in range(40):
+        gapped(client, client.quic.get_next_available_stream_id(), 1_000_000)
+    await client.flush()
+
+    def held() -> int:  # undelivered in aioquic (out of order, or a gap) plus delivered and unread
+        streams = server.quic._streams.values()
+        return sum(s.receiver.highest_offset - s.receiver._buffer_start for s in streams) + server.unread_bytes
+
+    def peer_streams() -> int:
+        return sum(1 for sid in server.quic._streams if sid % 4 == 0)  # client-initiated bidirectional
+
+    def settled() -> bool:  # the client used all its credit and the server has all it sent (or the bound broke)
+        sent = client.quic._remote_max_data_used
+        return held() > window or (sent >= client.quic._remote_max_data and server.quic._local_max_data.used == sent)
+
+    with trio.fail_after(WAIT_S):
+        await server.wait_until(settled)
+    assert window == 4 * 1_048_576 and held() <= window
+    assert sum(len(s.receiver._buffer) for s in server.quic._streams.values()) <= window
+    assert server.quic._local_max_data.value == initial_max_data  # nothing was read: no new credit
+    assert peer_streams() <= 8 and client.quic._streams_blocked_bidi  # the rest wait for a stream slot
+
+
+async def test_streams_reset_by_the_peer_free_their_slots(nursery: trio.Nursery) -> None:
+    """The stream bound limits streams open at once, not in all: 40 streams, each reset by the peer on its
+    sending side only (RESET_STREAM without STOP_SENDING), open one after another with a bound of 4 (the node
+    resets its side too, so aioquic discards each stream and lets the peer open another)."""
+    a, _ = await start_transport(nursery, settings=QUIC)
+    b, b_links = await start_transport(nursery, settings=dataclasses.replace(QUIC, quic_max_streams_per_connection=4))
+    with trio.fail_after(WAIT_S):
+        link = await a.dial(quic_address(b))
+        inbound = await b_links.receive()
+    client, server = quic_conns(link, b)
+    with trio.fail_after(WAIT_S):
+        for _ in range(40):
+            stream = await client.open_stream()
+            await stream.write(b"x")
+            await client.wait_until(lambda: not client.quic._streams_blocked_bidi)  # a slot: the stream is sent
+            client.quic.reset_stream(stream.stream_id, 1)
+            client._forget(stream)
+            await client.flush()
+        await link.send(b"still up")
+        assert await inbound.receive() == b"still up"
+    assert sum(1 for sid in server.quic._streams if sid % 4 == 0) <= 4
+
+
+async def test_one_address_holds_at_most_its_share_of_connections(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review's conn_exhaust: peers with fresh identities from one address complete handshakes one after
+    another. Only betanet.quic_max_connections_per_ip of them are kept (the next dial fails, its Initial dropped
+    and counted), so a peer from another address still finds room in the table (quic_max_connections = 6)."""
+    settings = dataclasses.replace(QUIC, quic_max_connections=6, quic_max_connections_per_ip=2)
+    b, b_links = await start_transport(nursery, settings=settings)
+    addr = quic_address(b)
+    for _ in range(2):
+        a, _ = await start_transport(nursery, settings=QUIC)
+        with trio.fail_after(WAIT_S):
+            await a.dial(addr)
+            await b_links.receive()
+    for _ in range(4):  # the rest of the table, from the same address: refused
+        a, _ = await start_transport(nursery, settings=dataclasses.replace(QUIC, dial_timeout_s=1.0))
+        with trio.fail_after(WAIT_S), pytest.raises(DialError):
+            await a.dial(addr)
+    assert b._quic is not None
+    (listener,) = b._quic._listeners
+    assert len(listener._conns) == 2 and listener.admission.validated == {"127.0.0.1": 2}
+    assert b.counters.quic_initials_dropped >= 4
+    honest, _ = await start_transport(nursery, settings=QUIC)
+    monkeypatch.setattr(  # the honest peer dials from 127.0.0.2
+        quic_transport, "UdpSocket", lambda family, bind, peer: UdpSocket(family, ("127.0.0.2", 0), peer)
+    )
+    with trio.fail_after(WAIT_S):
+        link = await honest.dial(addr)
+        inbound = await b_links.receive()
+        await link.send(b"room for me")
+        assert await inbound.receive() == b"room for me"
+    assert listener.admission.validated == {"127.0.0.1": 2, "127.0.0.2": 1}
+
+
+async def test_a_handshake_completing_over_its_share_is_closed(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Handshakes from unvalidated addresses are counted apart from validated connections, so another client of
+    the same address may take the last share while one is in handshake: that one is closed when it completes,
+    counted, and never reaches the swarm."""
+    caplog.set_level(logging.INFO, "village.betanet.quic")
+    b, b_links = await start_transport(nursery, settings=dataclasses.replace(QUIC, quic_max_connections_per_ip=1))
+    assert b._quic is not None
+    (listener,) = b._quic._listeners
+    admission = listener.admission
+    opened = admission.opened
+
+    def and_another_validates(key: object, host: str, *, validated: bool) -> None:
+        opened(key, host, validated=validated)
+        opened("another client", host, validated=True)  # ...validated while this one is in handshake
+
+    admission.opened = and_another_validates  # type: ignore[method-assign]
+    a, _ = await start_transport(nursery, settings=dataclasses.replace(QUIC, dial_timeout_s=2.0))
+    with trio.fail_after(WAIT_S), pytest.raises(DialError):
+        await a.dial(quic_address(b))
+    assert b.counters.quic_connections_refused >= 1 and b.counters.links_opened == 0
+    assert any("quic_max_connections_per_ip" in r.getMessage() for r in caplog.records)
+    with pytest.raises(trio.WouldBlock):
+        b_links.receive_nowait()

@@ -22,5 +22,6 @@ class BetanetCounters:
     dial_fallbacks: int = 0  # dials that connected on a later address (QUIC unreachable, TCP answered)
     mesh_streams_refused: int = 0  # mesh streams reset: beyond betanet.max_mesh_streams_per_connection
     quic_initials_dropped: int = 0  # QUIC Initials dropped: handshake/connection bounds (betanet.quic_max_*)
+    quic_connections_refused: int = 0  # QUIC handshakes completed from a prefix that holds its share: closed
     quic_retries: int = 0  # QUIC Retry packets sent (handshakes under pressure: the client must prove its address)
     quic_streams_over_limit: int = 0  # QUIC streams reset: a peer ignored flow control, or too many waiting

@@ -25,7 +25,8 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.transport.tcp.tcp import TCP
 
 from node.transports.betanet.counters import BetanetCounters
-from node.transports.betanet.quic_transport import DEFAULT_LIMITS, Limits, QuicTransport
+from node.transports.betanet.quic_admission import DEFAULT_LIMITS, Limits
+from node.transports.betanet.quic_transport import QuicTransport
 
 QUIC_ATTEMPT_S = 3.0  # a QUIC dial that has not connected by then gives way to TCP (UDP may be blocked)
 

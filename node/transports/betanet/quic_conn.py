@@ -51,6 +51,7 @@ SEND_LOW_WATER_BYTES = 256 * 1024  # ... and the level at which it resumes (py-l
 WRITE_CHUNK_BYTES = 64 * 1024  # a large write is queued in chunks so the watermark is checked between them
 DEFAULT_STREAM_WINDOW_BYTES = 1 << 20  # flow-control window per stream (betanet.quic_stream_window_bytes)
 CONNECTION_WINDOW_STREAMS = 4  # the connection's window is this many stream windows
+DEFAULT_MAX_STREAMS = 16  # concurrent streams a peer may open on a connection (betanet.quic_max_streams_per_connection)
 ACCEPT_QUEUE_STREAMS = 64  # inbound streams not yet accepted by the swarm; more are reset
 DATAGRAMS_PER_WAKEUP = 64  # datagrams taken from the socket before the core's output is flushed
 DATAGRAM_BYTES = 65_536  # recvfrom buffer
@@ -142,10 +143,17 @@ class ReadCredit(QuicConnection):
     aioquic raises a stream's MAX_STREAM_DATA (doubling it) once half the window has *arrived*, and MAX_DATA
     likewise, whether or not anyone read the data, so a fast sender is never slowed down and the receiver's
     buffers grow without bound. Here the peer may send at most ``stream_window`` bytes beyond what the
-    application has read on a stream (``connection_window`` on the whole connection); credit is announced once
-    a quarter of a window has been read. A peer that sends beyond its credit is closed by aioquic itself
-    (FLOW_CONTROL_ERROR). The application tells how much it holds unread with :attr:`unread_of` and
-    :attr:`unread_total` (:class:`QuicConn` sets them).
+    application has read on a stream, and ``connection_window`` bytes beyond what it has read on the whole
+    connection; credit is announced once a quarter of a window has been read. A peer that sends beyond its
+    credit is closed by aioquic itself (FLOW_CONTROL_ERROR). The application tells how much it holds unread
+    with :attr:`unread_of` and :attr:`unread_total` (:class:`QuicConn` sets them).
+
+    The connection's credit counts as held everything not yet *read*: the application's unread bytes, and what
+    aioquic holds undelivered on a live stream (data beyond a gap: a peer that never sends byte 0 of a stream
+    makes aioquic buffer the rest, and no event reaches us). Bytes of a stream aioquic has discarded are no
+    longer held. So the bytes this connection holds never exceed ``connection_window``. The peer may also have
+    at most ``max_streams`` bidirectional streams open at once (aioquic lets it open one more as each one is
+    discarded) and no unidirectional stream (libp2p uses none).
 
     The two overrides set the limits, then let aioquic write the frames with its doubling rule kept from firing
     (it looks at the arrived bytes; they are shown to it as at most half of the new limit while it runs)."""
@@ -155,9 +163,20 @@ class ReadCredit(QuicConnection):
     unread_of: Callable[[int], int] = staticmethod(lambda stream_id: 0)
     unread_total: Callable[[], int] = staticmethod(lambda: 0)
 
-    def set_windows(self, stream_window: int) -> None:
+    def set_windows(self, stream_window: int, max_streams: int = DEFAULT_MAX_STREAMS) -> None:
+        """Before the handshake (the stream limits go out in the transport parameters)."""
         self.stream_window = stream_window
         self.connection_window = stream_window * CONNECTION_WINDOW_STREAMS
+        for limit, value in ((self._local_max_streams_bidi, max_streams), (self._local_max_streams_uni, 0)):
+            limit.value = limit.sent = value
+
+    def undelivered_bytes(self) -> int:
+        """Bytes the peer has sent (or skipped) on live streams that aioquic has not handed to us yet."""
+        held = 0
+        for stream in self._streams.values():
+            receiver = stream.receiver
+            held += max(0, receiver.highest_offset - receiver._buffer_start)
+        return held
 
     def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
         if not stream.max_stream_data_local:  # a stream of ours that receives nothing (unidirectional)
@@ -177,7 +196,8 @@ class ReadCredit(QuicConnection):
 
     def _write_connection_limits(self, builder: Any, space: Any) -> None:
         limit = self._local_max_data
-        target = limit.used - self.unread_total() + self.connection_window
+        consumed = limit.used - self.undelivered_bytes() - self.unread_total()  # arrived, and no longer held
+        target = consumed + self.connection_window
         if target - limit.value >= self.connection_window // 4:
             limit.value = target
         used = limit.used
@@ -237,6 +257,14 @@ class QuicStream(IMuxedStream):
         self._buf.clear()
         self._readable.set()
         self._conn._forget(self)
+
+    def _on_remote_reset(self) -> None:
+        """The peer reset its sending side. A libp2p reset aborts the stream both ways, so ours is reset too:
+        otherwise aioquic keeps the stream (and its slot among the peer's ``max_streams``) until we finish."""
+        if not self._write_closed:
+            self._write_closed = True
+            self._conn.quic.reset_stream(self.stream_id, ERROR_STREAM_RESET)
+        self._on_reset()
 
     def _reset_locally(self, code: int) -> None:
         quic = self._conn.quic
@@ -448,7 +476,7 @@ class QuicConn(IRawConnection, IMuxedConn):
             self.handshake_done.set()
         elif isinstance(event, events.StreamReset):
             if (stream := self._streams.get(event.stream_id)) is not None:
-                stream._on_reset()
+                stream._on_remote_reset()
         elif isinstance(event, events.StopSendingReceived):
             if (stream := self._streams.get(event.stream_id)) is not None:
                 stream._reset_locally(ERROR_STREAM_RESET)

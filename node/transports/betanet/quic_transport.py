@@ -14,13 +14,15 @@ address (no connection migration). Each dial uses its own ephemeral socket.
 
 Spoofed Initials. A QUIC Initial costs its sender one datagram and can carry any source address, and each one
 makes a connection (a TLS handshake in flight) here. Until its handshake completes a connection's address is
-unvalidated. Once half of :attr:`Limits.max_handshakes` are in progress, a new address gets a stateless Retry
-(RFC 9000 8.1.2: a token bound to its address, counted in ``quic_retries``) and no state until it comes back
-with the token, which a spoofed source cannot. Besides, the listener holds at most
-:attr:`Limits.max_handshakes` unvalidated handshakes, at most :attr:`Limits.max_handshakes_per_ip` from one IP
-address, and :attr:`Limits.max_connections` connections in all; an Initial beyond them is dropped and counted
-(``quic_initials_dropped``), as is one in a datagram shorter than the 1200 bytes RFC 9000 requires of a
-client's Initial, or one with a token that does not check out. A handshake that does not complete within
+unvalidated. Once half of :attr:`Limits.max_handshakes` are in progress, or :attr:`Limits.max_handshakes_per_ip`
+from the address's /32 or /64, a new address gets a stateless Retry (RFC 9000 8.1.2: a token bound to its
+address, counted in ``quic_retries``) and no state until it comes back with the token, which a spoofed source
+cannot. Besides, the listener holds at most :attr:`Limits.max_handshakes` handshakes (validated or not),
+:attr:`Limits.max_connections` connections in all, and from one source prefix (an IPv4 address, an IPv6 /64, an
+IPv6 /48) at most its share of validated connections (:mod:`.quic_admission`). An Initial beyond them is dropped
+and counted (``quic_initials_dropped``), as is one in a datagram shorter than the 1200 bytes RFC 9000 requires of a
+client's Initial, or one with a token that does not check out; a handshake that completes when its prefix holds
+its share is closed (``quic_connections_refused``). A handshake that does not complete within
 :data:`HANDSHAKE_TIMEOUT_S` frees its slot.
 """
 
@@ -31,7 +33,6 @@ import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import multiaddr
 import trio
@@ -46,9 +47,9 @@ from libp2p.transport.exceptions import OpenConnectionError
 from libp2p.transport.quic.security import QUICTLSConfigManager, create_quic_security_transport
 
 from node.transports.betanet.counters import BetanetCounters
+from node.transports.betanet.quic_admission import DEFAULT_LIMITS, Admission, Limits, Verdict
 from node.transports.betanet.quic_conn import (
     CONNECTION_WINDOW_STREAMS,
-    DEFAULT_STREAM_WINDOW_BYTES,
     Address,
     ClientQuicConnection,
     QuicConn,
@@ -63,19 +64,6 @@ HANDSHAKE_TIMEOUT_S = 10.0  # a handshake (dial or inbound) not complete by then
 IDLE_TIMEOUT_S = 30.0  # QUIC idle timeout (go-libp2p's): a vanished peer's connection ends within this
 KEEPALIVE_FRACTION = 0.5  # a PING after this fraction of the idle timeout keeps a quiet connection (go-libp2p: 15 s)
 MIN_INITIAL_DATAGRAM_BYTES = 1200  # RFC 9000 14.1: a client's Initial datagram is padded to at least this
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """BetaNet's QUIC bounds (``betanet.quic_*``)."""
-
-    stream_window_bytes: int = DEFAULT_STREAM_WINDOW_BYTES
-    max_handshakes: int = 256
-    max_handshakes_per_ip: int = 16
-    max_connections: int = 1024
-
-
-DEFAULT_LIMITS = Limits()
 
 
 ConnHandler = Callable[[QuicConn], Awaitable[None]]
@@ -170,7 +158,7 @@ class QuicTransport(ITransport):
         except OSError as exc:
             raise OpenConnectionError(f"{maddr}: cannot open a UDP socket: {exc}") from exc
         quic = ClientQuicConnection(configuration=self._client_config)
-        quic.set_windows(self.limits.stream_window_bytes)
+        quic.set_windows(self.limits.stream_window_bytes, self.limits.max_streams_per_connection)
         conn = QuicConn(
             quic,
             udp,
@@ -226,9 +214,8 @@ class QuicListener(IListener):
         self._udp: UdpSocket | None = None
         self._addr: multiaddr.Multiaddr | None = None
         self._conns: dict[Address, QuicConn] = {}
-        self._handshaking: dict[str, int] = {}  # connections whose handshake is not complete, by source IP
+        self.admission = Admission(transport.limits)  # counts of _conns by source prefix (quic_admission)
         self._retry = QuicRetryTokenHandler()  # a fresh key per listener: tokens live 30 s (aioquic's rule)
-        self.handshaking = 0  # ... in all
         self._scope = trio.CancelScope()
         self.background_nursery: trio.Nursery | None = None  # set by py-libp2p's swarm before listen()
 
@@ -285,37 +272,22 @@ class QuicListener(IListener):
                 why = ""
             except ValueError as exc:
                 why = f"a Retry token that does not check out ({exc})"
-        elif self.handshaking >= limits.max_handshakes // 2:
-            # Under pressure: no state for an unvalidated address; a Retry makes the client prove it owns it.
-            self._send_retry(header, addr, udp)
-            return None
         else:
             why = ""
+        if not why:
+            verdict, why = self.admission.check(addr[0], validated=retry_cid is not None)
+            if verdict is Verdict.RETRY:  # no state for an unvalidated address: it must prove it owns it
+                self._send_retry(header, addr, udp)
+                return None
+            if verdict is Verdict.ACCEPT:
+                why = ""
         if why:
-            pass
-        elif len(self._conns) >= limits.max_connections:
-            why = f"{len(self._conns)} connections (betanet.quic_max_connections)"
-        elif retry_cid is None and self.handshaking >= limits.max_handshakes:
-            why = f"{self.handshaking} handshakes in progress (betanet.quic_max_handshakes)"
-        elif self._handshaking.get(addr[0], 0) >= limits.max_handshakes_per_ip:
-            why = f"{self._handshaking[addr[0]]} handshakes in progress from it (betanet.quic_max_handshakes_per_ip)"
-        if why:
-            counters = self._transport.counters
-            counters.quic_initials_dropped += 1
-            self._transport.notify()
-            if counters.quic_initials_dropped == 1 or counters.quic_initials_dropped % 1000 == 0:
-                log.warning(
-                    "QUIC %s: dropped an Initial from %s: %s (%d dropped so far)",
-                    self._addr,
-                    addr[0],
-                    why,
-                    counters.quic_initials_dropped,
-                )
+            self._dropped(addr, why)
             return None
         quic = ServerReadCredit(
             configuration=config, original_destination_connection_id=original_cid, retry_source_connection_id=retry_cid
         )
-        quic.set_windows(limits.stream_window_bytes)
+        quic.set_windows(limits.stream_window_bytes, limits.max_streams_per_connection)
         conn = QuicConn(
             quic,
             udp,
@@ -327,8 +299,7 @@ class QuicListener(IListener):
             counters=self._transport.counters,
         )
         self._conns[addr] = conn
-        self._handshaking[addr[0]] = self._handshaking.get(addr[0], 0) + 1
-        self.handshaking += 1
+        self.admission.opened(conn, addr[0], validated=retry_cid is not None)
         nursery.start_soon(self._run_inbound, conn)
         return conn
 
@@ -353,17 +324,21 @@ class QuicListener(IListener):
         self._transport.counters.quic_retries += 1
         self._transport.notify()
 
-    def _handshake_over(self, conn: QuicConn) -> None:
-        """The connection's address is validated (handshake complete) or it ended first: free its slot."""
-        ip = conn.remote[0]
-        self.handshaking -= 1
-        left = self._handshaking.get(ip, 1) - 1
-        if left:
-            self._handshaking[ip] = left
-        else:
-            self._handshaking.pop(ip, None)
+    def _dropped(self, addr: Address, why: str) -> None:
+        counters = self._transport.counters
+        counters.quic_initials_dropped += 1
+        self._transport.notify()
+        if counters.quic_initials_dropped == 1 or counters.quic_initials_dropped % 1000 == 0:
+            log.warning(
+                "QUIC %s: dropped an Initial from %s: %s (%d dropped so far)",
+                self._addr,
+                addr[0],
+                why,
+                counters.quic_initials_dropped,
+            )
 
     def _ended(self, conn: QuicConn) -> None:
+        self.admission.ended(conn)
         if self._conns.get(conn.remote) is conn:
             del self._conns[conn.remote]
 
@@ -377,7 +352,13 @@ class QuicListener(IListener):
                 with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
                     await conn.handshake_done.wait()
             finally:
-                self._handshake_over(conn)
+                over_share = self.admission.handshake_over(conn, completed=conn.is_established)
+            if over_share:
+                self._transport.counters.quic_connections_refused += 1
+                self._transport.notify()
+                log.info("QUIC %s: refused a connection from %s:%d: %s", self._addr, *conn.remote, over_share)
+                conn._end("too many connections from your network")
+                return
             try:
                 if not conn.is_established:
                     raise OpenConnectionError(f"handshake failed: {conn.error or 'timed out'}")

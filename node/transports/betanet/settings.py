@@ -84,6 +84,14 @@ class BetanetSection:
         min=65_536,
         max=64 * 1_048_576,
     )
+    quic_max_streams_per_connection: int = setting(
+        16,
+        "Most QUIC streams a peer may have open at once on one connection (it may open another as one ends; "
+        "a peer that opens more breaks QUIC's stream limit and is closed). With the connection's window, this "
+        "bounds what one connection can make the node hold.",
+        min=4,
+        max=1024,
+    )
     quic_max_handshakes: int = setting(
         256,
         "Most QUIC connections whose handshake is not complete (peer address not yet validated) per listen "
@@ -94,13 +102,28 @@ class BetanetSection:
     )
     quic_max_handshakes_per_ip: int = setting(
         16,
-        "Most QUIC connections in handshake from one IP address (one source cannot take every handshake slot).",
+        "Most QUIC handshakes from unvalidated addresses (no Retry token yet) in one IPv4 address or IPv6 /64; "
+        "beyond it the address gets a stateless Retry, so a spoofer cannot lock a real client of it out.",
         min=1,
         max=100_000,
     )
     quic_max_connections: int = setting(
         1024,
         "Most QUIC connections (established or in handshake) per listen socket.",
+        min=1,
+        max=1_000_000,
+    )
+    quic_max_connections_per_ip: int = setting(
+        16,
+        "Most QUIC connections from one IPv4 address or one IPv6 /64 whose address is validated (established, "
+        "or in handshake after a Retry): one source cannot take the whole table. IPv4-mapped, 6to4 and NAT64 "
+        "addresses count as their IPv4 address.",
+        min=1,
+        max=1_000_000,
+    )
+    quic_max_connections_per_ipv6_48: int = setting(
+        64,
+        "Most validated QUIC connections from one IPv6 /48 (a site or tunnel-broker allocation holds 65,536 /64s).",
         min=1,
         max=1_000_000,
     )

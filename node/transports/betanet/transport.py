@@ -57,7 +57,8 @@ from node.transports.base import Link, LinkCapabilities, LinkClosed, LinkSink, T
 from node.transports.betanet.counters import BetanetCounters
 from node.transports.betanet.dht import PeerRouting
 from node.transports.betanet.quic import QUIC_ATTEMPT_S, close_quic, dial_order, host_transports, is_quic
-from node.transports.betanet.quic_transport import Limits, QuicTransport
+from node.transports.betanet.quic_admission import Limits
+from node.transports.betanet.quic_transport import QuicTransport
 from node.transports.betanet.relay import Relay, is_circuit, without_peer_suffix
 from node.transports.betanet.settings import BetanetSection
 
@@ -354,9 +355,12 @@ class BetanetTransport(Transport):
         noise = NoiseTransport(self._key_pair, noise_privkey=create_x25519_key_pair().private_key)
         limits = Limits(
             stream_window_bytes=self.settings.quic_stream_window_bytes,
+            max_streams_per_connection=self.settings.quic_max_streams_per_connection,
             max_handshakes=self.settings.quic_max_handshakes,
             max_handshakes_per_ip=self.settings.quic_max_handshakes_per_ip,
             max_connections=self.settings.quic_max_connections,
+            max_connections_per_ip=self.settings.quic_max_connections_per_ip,
+            max_connections_per_ipv6_48=self.settings.quic_max_connections_per_ipv6_48,
         )
         transports, self._quic = host_transports(self._key_pair, limits, self.counters, self._notify)
         host = new_host(
