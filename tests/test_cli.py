@@ -4,6 +4,7 @@ driven through its socket, signals and exit codes, and messaging between nodes t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -56,6 +57,34 @@ def village(
         env={**os.environ, **(env or {})},
         check=False,
     )
+
+
+@contextlib.contextmanager
+def running_daemon(extra_config: str, prefix: str) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    """A real `village run` on loopback with ``extra_config`` appended to its config, started and ready (READY=1);
+    yields its data dir and process, and checks it stops cleanly (unless the test stopped it already)."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    data = d / "data"
+    data.mkdir(mode=0o700)
+    (data / "config.toml").write_text(LOOPBACK_CONFIG + extra_config)
+    assert village("init", "--data-dir", str(data)).returncode == 0
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(d / "notify.sock"))
+    notify.settimeout(WAIT_S)
+    env = {**os.environ, "NOTIFY_SOCKET": str(d / "notify.sock"), "VILLAGE_DATA_DIR": str(data)}
+    proc = subprocess.Popen([*VILLAGE, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert notify.recv(64) == b"READY=1"
+        yield data, proc
+        if proc.poll() is None:
+            proc.terminate()
+        _out, err = proc.communicate(timeout=WAIT_S)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        notify.close()
+        subprocess.run(["rm", "-rf", str(d)], check=False)
 
 
 # ---------------------------------------------------------------- documentation

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import socket
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +12,7 @@ import pytest
 
 from node.control.client import ControlClient
 from node.rag.cli import ProgressBar
-from tests.test_cli import LOOPBACK_CONFIG, VILLAGE, WAIT_S, village
+from tests.test_cli import running_daemon, village
 
 from .helpers import make_pdf
 
@@ -24,27 +20,8 @@ from .helpers import make_pdf
 @pytest.fixture
 def daemon() -> Iterator[Path]:
     """A running `village run` (hybrid retrieval, the real model); yields its data dir."""
-    d = Path(tempfile.mkdtemp(prefix="vrag-", dir="/tmp"))
-    data = d / "data"
-    data.mkdir(mode=0o700)
-    (data / "config.toml").write_text(LOOPBACK_CONFIG + "[rag]\nchunk_chars = 400\nchunk_overlap_chars = 50\n")
-    assert village("init", "--data-dir", str(data)).returncode == 0
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(d / "notify.sock"))
-    notify.settimeout(WAIT_S)
-    env = {**os.environ, "NOTIFY_SOCKET": str(d / "notify.sock"), "VILLAGE_DATA_DIR": str(data)}
-    proc = subprocess.Popen([*VILLAGE, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert notify.recv(64) == b"READY=1"
+    with running_daemon("[rag]\nchunk_chars = 400\nchunk_overlap_chars = 50\n", "vrag-") as (data, _proc):
         yield data
-        proc.terminate()
-        _out, err = proc.communicate(timeout=WAIT_S)
-        assert proc.returncode == 0, err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        notify.close()
-        subprocess.run(["rm", "-rf", str(d)], check=False)
 
 
 def rag(data: Path, *args: str) -> tuple[int, Any]:

@@ -4,11 +4,8 @@ control socket, suggestions come back, the state file is 0600 in the data dir, a
 from __future__ import annotations
 
 import json
-import os
-import socket
 import stat
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,33 +13,13 @@ from typing import Any
 import pytest
 
 from node.control.client import ControlClient
-from tests.test_cli import LOOPBACK_CONFIG, VILLAGE, WAIT_S, village
+from tests.test_cli import WAIT_S, running_daemon, village
 
 
 @pytest.fixture
 def daemon() -> Iterator[tuple[Path, subprocess.Popen[str]]]:
-    d = Path(tempfile.mkdtemp(prefix="vtwin-", dir="/tmp"))
-    data = d / "data"
-    data.mkdir(mode=0o700)
-    (data / "config.toml").write_text(LOOPBACK_CONFIG + "[twin]\nactions = false\n")
-    assert village("init", "--data-dir", str(data)).returncode == 0
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(d / "notify.sock"))
-    notify.settimeout(WAIT_S)
-    env = {**os.environ, "NOTIFY_SOCKET": str(d / "notify.sock"), "VILLAGE_DATA_DIR": str(data)}
-    proc = subprocess.Popen([*VILLAGE, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert notify.recv(64) == b"READY=1"
-        yield data, proc
-        if proc.poll() is None:
-            proc.terminate()
-        _out, err = proc.communicate(timeout=WAIT_S)
-        assert proc.returncode == 0, err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        notify.close()
-        subprocess.run(["rm", "-rf", str(d)], check=False)
+    with running_daemon("[twin]\nactions = false\n", "vtwin-") as running:
+        yield running
 
 
 def twin(data: Path, *args: str) -> tuple[int, Any]:
