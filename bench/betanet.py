@@ -187,7 +187,7 @@ def betanet_settings(listen: str = "/ip4/127.0.0.1/tcp/0") -> Any:
 def quic_link(stream: Any, direction: str) -> Any:
     """Our BetanetLink (framing, bounded receive queue) over a py-libp2p QUIC stream."""
     from node.transports.betanet.counters import BetanetCounters
-    from node.transports.betanet.transport import BetanetLink
+    from node.transports.betanet.link import BetanetLink
 
     settings = betanet_settings()
     return BetanetLink(

@@ -13,7 +13,8 @@ import trio
 from libp2p.peer.id import ID
 
 from node.transports.betanet.counters import BetanetCounters
-from node.transports.betanet.transport import MESH_PROTOCOL, BetanetLink
+from node.transports.betanet.link import BetanetLink
+from node.transports.betanet.transport import MESH_PROTOCOL
 from tests.interop.jspeer import js_peer
 from tests.transports.test_betanet import LOOPBACK, start_transport
 from tests.transports.test_betanet_quic import spoofed_initials

@@ -26,8 +26,9 @@ from node.identity import Identity
 from node.node import Node
 from node.settings import Config, NodeSection
 from node.transports.base import Link, LinkClosed
+from node.transports.betanet.link import BetanetLink
 from node.transports.betanet.settings import BetanetSection
-from node.transports.betanet.transport import MESH_PROTOCOL, BetanetLink, BetanetTransport, DialError
+from node.transports.betanet.transport import MESH_PROTOCOL, BetanetTransport, DialError
 from node.wire import Announce, MessageType, Packet, encode_announce, encode_packet, sign_packet
 from tests.test_cli import VILLAGE
 from tests.transports.conformance import LinkConformance

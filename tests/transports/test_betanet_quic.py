@@ -29,10 +29,11 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from node.identity import Identity
 from node.transports.base import Link, LinkClosed
 from node.transports.betanet import quic_transport
+from node.transports.betanet.link import BetanetLink
 from node.transports.betanet.quic import dial_order, is_quic, tcp_twin
 from node.transports.betanet.quic_conn import QuicConn, UdpSocket
 from node.transports.betanet.quic_transport import parse_quic
-from node.transports.betanet.transport import MESH_PROTOCOL, BetanetLink, BetanetTransport, DialError
+from node.transports.betanet.transport import MESH_PROTOCOL, BetanetTransport, DialError
 from tests.certs import self_signed
 from tests.transports.conformance import LinkConformance
 from tests.transports.test_betanet import LOOPBACK, WAIT_S, start_transport
