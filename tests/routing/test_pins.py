@@ -132,6 +132,9 @@ async def test_a_node_keeps_its_pins_across_a_restart(
         apply(self, changes)
 
     monkeypatch.setattr(PinFile, "apply", recording_apply)
+    # Pin writes run on worker threads, which the autojump clock cannot see: jump only after 20 ms of real idleness,
+    # so a write in progress is not mistaken for a quiet mesh (that skipped whole timeouts under load).
+    autojump_clock.autojump_threshold = 0.02
     mesh = await start_mesh(nursery, tmp_path, 2)
     mesh.connect(0, 1)
     a, b = mesh.nodes
