@@ -40,6 +40,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "node.twin.plugin:PLUGIN",
     "node.mcp.plugin:PLUGIN",
     "node.agents.plugin:PLUGIN",
+    "node.metrics.plugin:PLUGIN",
 )
 
 
