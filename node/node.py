@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -45,7 +46,7 @@ from node.routing.mesh import (
 from node.routing.names import describe
 from node.routing.pins import PinChange
 from node.settings import Config
-from node.systemd import sd_notify
+from node.systemd import sd_notify, watchdog_interval_s, watchdog_pings
 from node.transports.base import FrameSizeError, Link, LinkClosed, Transport
 from node.transports.sendqueue import LinkSendQueue
 
@@ -197,6 +198,8 @@ class Node:
                     cfg.socket_path if self._control_enabled else "off",
                 )
                 sd_notify("READY=1")
+                if (watchdog_s := watchdog_interval_s(os.environ, os.getpid())) is not None:
+                    nursery.start_soon(watchdog_pings, watchdog_s)  # WatchdogSec= in the unit (node/systemd.py)
                 self._ready.set()
                 task_status.started()
                 await self._stop_requested.wait()
