@@ -15,11 +15,11 @@ bad configuration.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # not typing's: `village status` must not import typing (node/control/quick.py)
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Sequence
 
     from node.plugin import Plugin
 

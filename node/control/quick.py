@@ -8,10 +8,12 @@ loader, every plugin's commands) costs more than the call itself. :func:`fast_ma
 Finding the socket cheaply, first match wins: ``--socket``; else, when no config file applies (no ``--config``,
 no ``$VILLAGE_CONFIG``, no ``<data dir>/config.toml``), ``<data dir>/control.sock`` with the data dir from
 ``--data-dir``, ``$VILLAGE_DATA_DIR`` or the platform's user data dir; else a config file that this user alone can
-change (the loader's rule, checked here with one ``stat``) is read with :mod:`tomllib` for ``control.socket_path``
-and ``node.data_dir``. Anything else (a doubtful config file, an option this module does not know) falls back.
+change (the loader's rule, checked here with one ``stat``) is read for ``control.socket_path`` and ``node.data_dir``
+(with :mod:`tomllib` only when the text names either key). Anything else (a doubtful config file, an option this
+module does not know) falls back. The file is not validated here: ``village config check`` and ``village run`` do.
 
-Imports: the standard library (json, socket, os, tomllib on demand) and :mod:`node.control.client`.
+Imports: the standard library (json, socket, os; tomllib and platformdirs on demand, never typing) and
+:mod:`node.control.client`.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ import json
 import os
 import stat
 import sys
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from node.control.client import ControlClient
 from node.control.errors import ClientError
+
+TYPE_CHECKING = False  # not typing's: importing typing would cost this path more than the call itself
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
 
 FAST_COMMANDS = ("status",)
 _VALUE_OPTIONS = ("--socket", "--data-dir", "--config")
@@ -109,11 +114,19 @@ def find_socket(opts: Mapping[str, str], env: Mapping[str, str]) -> Path | None:
         return (data_dir or _default_data_dir()) / "control.sock"
     if not _private_file(config_path):
         return None
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return None
+    if not any(word in text for word in ("socket_path", "data_dir", "\\u", "\\U")):
+        # Neither key is set (a TOML key is spelt out, or escaped in a quoted key): no need to parse (tomllib costs
+        # more than the call).
+        return (data_dir or _default_data_dir()) / "control.sock"
     import tomllib
 
     try:
-        raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        raw = tomllib.loads(text)
+    except ValueError:
         return None
     control, node = raw.get("control", {}), raw.get("node", {})
     if not isinstance(control, dict) or not isinstance(node, dict):

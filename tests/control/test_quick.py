@@ -17,6 +17,9 @@ from tests.test_cli import running_daemon, village
 # Modules the fast path must not import (each costs tens of milliseconds, or is the daemon's).
 HEAVY = (
     "trio",
+    "typing",
+    "tomllib",  # the test daemon's config.toml names neither key, so it is not parsed
+    "platformdirs",  # the data dir is given
     "node.settings",
     "node.cli_commands",
     "node.cli_support",
@@ -117,6 +120,8 @@ def test_socket_found_as_the_loader_would(tmp_path: Path) -> None:
         '[control]\nsocket_path = "/run/v/c.sock"\n',
         f'[node]\ndata_dir = "{tmp_path / "other"}"\n',
         "[mesh]\n",
+        '[control]\n"socket\\u005fpath" = "/run/v/escaped.sock"\n',  # a quoted key with an escape: parsed
+        "# data_dir is only mentioned in a comment\n[mesh]\n",
     ]
     for text in cases:
         cfg.write_text(text)
