@@ -53,6 +53,7 @@ from anchor.gateway.errors import (
     Unauthenticated,
 )
 from anchor.gateway.mcp_route import McpMount
+from anchor.gateway.metrics_route import add_metrics_route
 from anchor.gateway.ports import ApiKeyInfo, GatewayStores, MailboxPort
 from anchor.gateway.rag_route import add_rag_routes
 from anchor.queue import MessageQueue, QueuedMessage, new_message_id
@@ -488,6 +489,7 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
         return Query(min_length=2 * size, max_length=2 * size, pattern=f"^[0-9a-fA-F]{{{2 * size}}}$", description=doc)
 
     add_rag_routes(app, ctx, scoped, {400: {"model": ErrorBody}, **ERRORS})
+    add_metrics_route(app, ctx, scoped, ERRORS)
 
     @app.get("/v1/mailbox", responses={404: {"model": ErrorBody}, **ERRORS})
     async def mailbox(

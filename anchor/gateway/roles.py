@@ -9,6 +9,7 @@ SCOPE_EVENTS_READ = "events:read"  # WS /v1/events (the node's inbox)
 SCOPE_MAILBOX_READ = "mailbox:read"  # GET /v1/mailbox
 SCOPE_KEYS_ADMIN = "keys:admin"  # /v1/keys: create, list, revoke API keys
 SCOPE_RAG_QUERY = "rag:query"  # POST /v1/rag/query (shared documents only)
+SCOPE_METRICS_READ = "metrics:read"  # GET /metrics (Prometheus text: the node's and the gateway's counters)
 SCOPE_RAG_PRIVATE = "rag:private"  # with rag:query, also unshared documents (granted only explicitly, to admin keys)
 
 ALL_SCOPES = (
@@ -19,6 +20,7 @@ ALL_SCOPES = (
     SCOPE_KEYS_ADMIN,
     SCOPE_RAG_QUERY,
     SCOPE_RAG_PRIVATE,
+    SCOPE_METRICS_READ,
 )
 
 # What each role may be granted; a key may be narrowed to a subset at creation, a token at issue.

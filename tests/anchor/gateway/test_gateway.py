@@ -286,6 +286,7 @@ async def test_body_limit_and_openapi(start_gateway: StartGateway) -> None:
         "/v1/mailbox",
         "/v1/keys",
         "/v1/keys/{key_id}",
+        "/metrics",
     }
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     for path, ops in doc["paths"].items():
