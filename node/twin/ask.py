@@ -137,6 +137,10 @@ async def ask(
 
     agents = node.service("agents")
     if isinstance(agents, AgentsService):
+        if "recipient" in applied and agent is None:
+            # The twin made it an explicit private send: the agent for that is the Coordinator (which still runs
+            # the privacy check), not whichever the body's words are about.
+            agent = "Coordinator"
         try:
             out = await agents.ask(
                 request,

@@ -69,7 +69,15 @@ def test_topic_only_for_an_underspecified_question() -> None:
 
 # ------------------------------------------------------------------ on real nodes
 async def start_node(
-    nursery: trio.Nursery, net: MemoryNetwork, tmp: Path, name: str, nickname: str, seed: int, *, twin: bool = False
+    nursery: trio.Nursery,
+    net: MemoryNetwork,
+    tmp: Path,
+    name: str,
+    nickname: str,
+    seed: int,
+    *,
+    twin: bool = False,
+    extra: list[Any] | None = None,
 ) -> Node:
     cfg = Config(
         data_dir=tmp / name, node=NodeSection(nickname=nickname), rag=dataclasses.replace(RagSection(), mode="bm25")
@@ -89,6 +97,7 @@ async def start_node(
                 thermal_reader=lambda: 35.0,
             ),
             McpService(McpSettings(), persistent=False),
+            *(extra or []),
         ]
     node = Node(
         cfg,
@@ -171,4 +180,54 @@ async def test_personal_context_changes_the_outcome_for_the_owner_only(tmp_path:
 
             # In-process asks are not the user's socket calls: the twin learned nothing from them.
             assert (await twin.status())["events"] == 3
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(300)
+async def test_through_the_agents_context_for_the_owner_and_scopes_for_a_gateway_caller(tmp_path: Path) -> None:
+    from node.agents.service import AgentsService
+    from node.agents.settings import AgentsSettings, LlmSettings
+
+    with trio.fail_after(280):
+        async with trio.open_nursery() as nursery:
+            net = MemoryNetwork(seed=4, queue_frames=4096)
+            await nursery.start(net.run)
+            agents = AgentsService(AgentsSettings(), LlmSettings(backend="off"), tmp_path / "alice-agents")
+            alice = await start_node(nursery, net, tmp_path, "alice", "alice", 1, twin=True, extra=[agents])
+            carol = await start_node(nursery, net, tmp_path, "carol", "carol", 2)
+            impostor = await start_node(nursery, net, tmp_path, "impostor", "carol", 3)
+            for other in (carol, impostor):
+                net.connect(alice.transports[0], other.transports[0])  # type: ignore[arg-type]
+            await alice.wait_until(lambda: sum(p["reachable"] for p in alice.peers_view()) == 2)
+            twin = alice.service("twin")
+            assert isinstance(twin, TwinService)
+            reg = build_registry(alice)
+            send = reg.lookup("messages.send")
+            reg.socket_observers[0](
+                "messages.send", reg.bind_params(send, {"peer": carol.identity.peer_id_hex, "text": "hello"})
+            )
+            await twin.wait_learned(1)
+            rag = rag_service(alice)
+            assert rag is not None
+            await rag.add_text("file:///home/me/diary.txt", "Diary: the spare key is under the blue flowerpot.")
+            await rag.add_text(
+                "file:///shared/well.txt", "The village well: the spare pump is in the shed.", shared=True
+            )
+
+            inbox_c = carol.subscribe_inbox()
+            r = await ask(alice, "tell carol that the seeds came", access=Access(OWNER))
+            assert r["via"] == "agents" and r["steps"][0]["agent"] == "Coordinator", r
+            assert r["personal_context"]["recipient"]["peer_id"] == carol.identity.peer_id_hex
+            with trio.fail_after(30):
+                assert (await inbox_c.receive()).text == "the seeds came"
+
+            # A gateway caller: Sage sees shared documents only, and the traces (the user's requests) are closed.
+            r = await ask(alice, "where is the spare key", access=Access(GATEWAY_USER), agent="Sage")
+            assert "flowerpot" not in str(r) and "personal_context" not in r
+            r = await ask(alice, "where is the spare pump", access=Access(GATEWAY_USER), agent="Sage")
+            assert "shed" in r["answer"]
+            r = await ask(alice, "where is the spare key", access=Access(OWNER), agent="Sage")
+            assert "flowerpot" in r["answer"]
+            r = await ask(alice, "show the audit log", access=Access(GATEWAY_USER), agent="Auditor")
+            assert not r["steps"][0]["ok"] and "owner only" in r["answer"]
             nursery.cancel_scope.cancel()
