@@ -142,6 +142,8 @@ async def ask(
             # the privacy check), not whichever the body's words are about.
             agent = "Coordinator"
         try:
+            if agent is not None:
+                agent = agents.roster.get(agent).name  # an unknown name is refused here, before the King starts
             out = await agents.ask(
                 request,
                 agent=agent,
