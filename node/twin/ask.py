@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from node.agents.errors import AgentError, ToolDenied
 from node.agents.roles import parse_delivery, policy_check
-from node.errors import NodeError
 from node.mcp.registry import ALL_SCOPES, Caller
+from node.twin.errors import AskError
 from node.twin.personal_context import expand_query, personalize
 
 if TYPE_CHECKING:
@@ -43,10 +43,6 @@ OWNER = Caller("local", "owner", ALL_SCOPES)
 
 _PEERS = re.compile(r"\b(reach|reachable|peers?|routes?|neighbou?rs?|who is (?:around|online))\b", re.I)
 _STATUS = re.compile(r"\b(status|uptime|my node|this node)\b", re.I)
-
-
-class AskError(NodeError):
-    """A request ask cannot take (empty, too long, nothing running to answer it)."""
 
 
 @dataclass(frozen=True, slots=True)

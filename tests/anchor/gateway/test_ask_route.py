@@ -9,8 +9,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import httpx2
 import pytest
 import trio
+from mcp.client import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from node.rag.plugin import rag_service
 from node.rag.settings import RagSection
@@ -90,11 +93,9 @@ async def test_ask_and_suggest_scopes_audit_and_privacy(start_gateway: StartGate
 
 @asynccontextmanager
 async def _mcp(gateway: Gateway, token: str) -> AsyncIterator[Any]:
-    from mcp.client import Client
-    from mcp.client.streamable_http import streamable_http_client
-
-    http = httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=120.0)
-    async with http, Client(streamable_http_client(gateway.url + "/mcp", http_client=http)) as client:
+    # A long read timeout: the first ask builds the King's router (MiniLM over the roster), seconds on a busy machine.
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=120.0)
+    async with Client(streamable_http_client(gateway.url + "/mcp", http_client=http)) as client:
         yield client
 
 

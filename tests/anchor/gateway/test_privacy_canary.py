@@ -33,9 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx2
 import nacl.signing
 import pytest
 import trio
+from mcp.client import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from node.control.methods import build_registry
 from node.identity import Identity, create_identity
@@ -244,9 +247,7 @@ async def _scenario(start_gateway: StartGateway, nursery: trio.Nursery, tmp: Pat
         a = gateway.node
         b = await start_peer(peers, tmp, "b", mem_b, peer_identity(2), "The east well water is clean and cold.")
         c = await start_peer(peers, tmp, "c", betanet_c, c_id, "The west well water tastes of iron.")
-        d = await start_peer(
-            peers, tmp, "d", ble(world, 3.0), peer_identity(4), "The north well water needs boiling."
-        )
+        d = await start_peer(peers, tmp, "d", ble(world, 3.0), peer_identity(4), "The north well water needs boiling.")
         net.connect(mem_a, mem_b)
         c_addr = betanet_c.listen_addresses()[0]
         c_port = int(c_addr.split("/tcp/")[1].split("/")[0])
@@ -338,11 +339,8 @@ async def _scenario(start_gateway: StartGateway, nursery: trio.Nursery, tmp: Pat
             await keep(await client.post("/v1/twin/suggest", headers=user, json={"text": "my secret word is "}))
             await keep(await client.get("/v1/peers", headers=user))
             await keep(await client.get("/v1/node", headers=user))
-            from mcp.client import Client
-            from mcp.client.streamable_http import streamable_http_client
-
-            http = httpx.AsyncClient(headers=user, timeout=120.0, event_hooks={"response": [_read_and_keep(cap)]})
-            async with http, Client(streamable_http_client(gateway.url + "/mcp", http_client=http)) as mcp_client:
+            http = httpx2.AsyncClient(headers=user, timeout=120.0)
+            async with Client(streamable_http_client(gateway.url + "/mcp", http_client=http)) as mcp_client:
                 listed = await mcp_client.list_tools()
                 cap.http.append(listed.model_dump_json().encode())
                 for tool, args in (
@@ -357,22 +355,12 @@ async def _scenario(start_gateway: StartGateway, nursery: trio.Nursery, tmp: Pat
 
             _k, owner_secret = await gateway.key("admin", frozenset({"rag:query", "rag:private", "twin:owner"}))
             owner = {"Authorization": f"Bearer {await gateway.token(client, owner_secret)}"}
-            r = await client.post("/v1/rag/query", headers=owner, json={"text": "safe combination diary"})
-            assert CANARY_DOC in r.text  # control: the owner's key does see it (so the capture above could)
-            r = await client.post("/v1/twin/suggest", headers=owner, json={"text": "my secret word is "})
-            assert CANARY_TWIN in r.text
+            resp = await client.post("/v1/rag/query", headers=owner, json={"text": "safe combination diary"})
+            assert CANARY_DOC in resp.text  # control: the owner's key does see it (so the capture above could)
+            resp = await client.post("/v1/twin/suggest", headers=owner, json={"text": "my secret word is "})
+            assert CANARY_TWIN in resp.text
         # Stop every node on the virtual radios before the radios go (the peers' nursery then ends).
         for n in (a, b, c, d):
             n.request_stop()
         with trio.fail_after(WAIT_S):
             await gateway.stopped.wait()
-
-
-def _read_and_keep(cap: Capture) -> Any:
-    async def hook(resp: httpx.Response) -> None:
-        if "text/event-stream" in resp.headers.get("content-type", ""):
-            return  # read by the SDK as a stream; its events carry the same JSON-RPC results, kept below
-        await resp.aread()
-        cap.http.append(resp.content + json.dumps(dict(resp.headers)).encode())
-
-    return hook
