@@ -28,9 +28,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from node.agents.errors import AgentError, ToolDenied
+from node.agents.errors import AgentError, ToolDenied, ToolUnavailable
 from node.agents.roles import parse_delivery, policy_check
+from node.errors import NodeError
 from node.mcp.registry import ALL_SCOPES, Caller
+from node.rag.errors import RagError
 from node.twin.errors import AskError
 from node.twin.personal_context import expand_query, personalize
 
@@ -108,7 +110,10 @@ class RemoteTools:
             q = args.get("query")
             if not isinstance(q, str) or not q.strip():
                 raise AgentError("query must be a non-empty string")
-            hits = await rag.query(q, k=k if isinstance(k, int) else 5, shared_only=True)
+            try:
+                hits = await rag.query(q, k=k if isinstance(k, int) else 5, shared_only=True)
+            except RagError as exc:  # the agent reports it (an AgentError ends that step, not the request)
+                raise ToolUnavailable(f"rag.query: {exc}") from exc
             return [h.to_json() for h in hits]
         result = await self.inner.call(tool, args)
         if tool == "rag.documents" and not private and isinstance(result, list):
@@ -148,6 +153,8 @@ async def ask(
             )
         except AgentError as exc:
             raise AskError(str(exc)) from exc
+        except ExceptionGroup as group:  # a step's own error (the King runs steps in a nursery)
+            raise AskError(_first_error(group)) from group
         out = {**out, "via": "agents"}
     else:
         if agent is not None:
@@ -156,6 +163,17 @@ async def ask(
     if access.personal:
         out["personal_context"] = applied
     return out
+
+
+def _first_error(group: ExceptionGroup[Exception]) -> str:
+    """The message of the first NodeError in ``group``; anything else (a bug) is raised as it is."""
+    match, rest = group.split(NodeError)
+    if match is None or rest is not None:
+        raise group
+    leaf: BaseException = match
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return str(leaf) or type(leaf).__name__
 
 
 async def _context(node: Node) -> dict[str, Any]:

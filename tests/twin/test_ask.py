@@ -231,3 +231,14 @@ async def test_through_the_agents_context_for_the_owner_and_scopes_for_a_gateway
             r = await ask(alice, "show the audit log", access=Access(GATEWAY_USER), agent="Auditor")
             assert not r["steps"][0]["ok"] and "owner only" in r["answer"]
             nursery.cancel_scope.cancel()
+
+
+def test_a_steps_node_error_becomes_the_asks_error_and_a_bug_stays_a_bug() -> None:
+    from node.errors import MeshError
+    from node.twin.ask import _first_error
+
+    assert _first_error(ExceptionGroup("steps", [ExceptionGroup("inner", [MeshError("no route to carol")])])) == (
+        "no route to carol"
+    )
+    with pytest.raises(ExceptionGroup):
+        _first_error(ExceptionGroup("steps", [ValueError("a bug")]))
