@@ -178,7 +178,7 @@ async def start_peer(
         ident,
         transports=[transport],
         control=False,
-        rng=random.Random(hash(name) & 0xFFFF),
+        rng=random.Random(ord(name[0])),
         services=list(RAG_PLUGIN.services(cfg)),
     )
     await nursery.start(node.run)
