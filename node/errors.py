@@ -49,7 +49,8 @@ branch; this drawing covers every package (the module follows a class defined el
     ├── TwinError                   (node.twin.errors) the personal model refuses or cannot do it
     │   ├── PriorMissing            (node.twin.errors) the shipped global prior is absent
     │   ├── TwinStoreError          (node.twin.errors) the twin's state file is unusable
-    │   └── LearningPaused          (node.twin.errors) the governor does not allow learning now
+    │   ├── LearningPaused          (node.twin.errors) the governor does not allow learning now
+    │   └── AskError                (node.twin.errors) ask cannot take the request
     ├── AgentError                  (node.agents.errors) the agent layer refuses or cannot do it
     │   ├── RosterError             (node.agents.errors) roster file invalid
     │   ├── LlmError                (node.agents.errors) language model missing, misconfigured or failed

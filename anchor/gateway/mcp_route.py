@@ -11,6 +11,8 @@ gateway scope       tools it opens
 ``events:read``     inbox_list, messages_status (+ node://inbox)
 ``rag:query``       rag_query (local shared documents only: no ``mesh``), rag_stats
 ``rag:private``     with rag:query, rag_query also over unshared documents
+``agents:ask``      ask (agents narrowed to the key's scopes, no personal context), agents_list
+``twin:owner``      twin_suggest, twin_status, agents_trace, and the personal context in ask
 ==================  ==========================================================
 
 No gateway scope opens memory, scratch, rag writes or BetaNet dialing: those stay with the node's owner. State
@@ -44,6 +46,9 @@ SCOPE_MAP: dict[str, frozenset[str]] = {
     "events:read": frozenset({"messages:read", "messages:status"}),
     "rag:query": frozenset({"rag:read"}),
     "rag:private": frozenset({"rag:private"}),  # rag_query also over unshared documents (shared only without it)
+    "agents:ask": frozenset({"agents:ask", "agents:read"}),
+    # The owner's: the twin's tools, the traces (the user's requests) and the personal context of an ask.
+    "twin:owner": frozenset({"twin:read", "twin:personal", "agents:trace"}),
 }
 
 
@@ -73,8 +78,8 @@ class McpMount:
             scopes = tool_scopes(principal.scopes)
             if not scopes:
                 raise Forbidden(
-                    "this token has no scope that opens an MCP tool (node:read, messages:send, events:read or "
-                    "rag:query)"
+                    "this token has no scope that opens an MCP tool (node:read, messages:send, events:read, "
+                    "rag:query, agents:ask or twin:owner)"
                 )
             service = await running_service(self.ctx.node)
             inner = await service.mounted() if service is not None else None

@@ -133,8 +133,14 @@ def _cli(cli: CliRegistry) -> None:
     from node.cli_support import EXIT_OK, call, emit, table
 
     def cmd_ask(args: argparse.Namespace) -> int:
-        out = call(args, "agents.ask", text=" ".join(args.text), agent=args.agent, confirm=args.confirm)
-        emit(args, out, lambda d: f"{d['answer']}\n(trace: village agents trace {d['id']})")
+        # `ask` (node.twin.ask): the twin adds personal context, then the agents (or the matching tool) answer.
+        out = call(args, "ask", text=" ".join(args.text), agent=args.agent, confirm=args.confirm)
+
+        def human(d: Any) -> str:
+            trace = f"\n(trace: village agents trace {d['id']})" if d.get("id") else ""
+            return f"{d['answer']}{trace}"
+
+        emit(args, out, human)
         return EXIT_OK
 
     def cmd_list(args: argparse.Namespace) -> int:
@@ -199,7 +205,9 @@ def _cli(cli: CliRegistry) -> None:
     pp.add_argument("kind", choices=("config", "policy", "admit", "remove"))
     pp.add_argument("key", help="config/policy key, or the member's public key (hex)")
     pp.add_argument("value", nargs="?", help="the value (JSON), or the power for admit")
-    p = cli.command("ask", cmd_ask, "Ask the village agents (the King routes your request).")
+    p = cli.command(
+        "ask", cmd_ask, "Ask your node: the twin adds your personal context, the agents (or a tool) answer."
+    )
     p.add_argument("text", nargs="+", help="the request")
     p.add_argument("--agent", help="send it to this agent")
     p.add_argument("--confirm", action="store_true", help="confirm a public broadcast (or a flagged message)")

@@ -7,7 +7,7 @@ generation) runs in worker threads behind bounded limiters. The router is built 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ from node.agents.roles import policy_check
 from node.agents.roster import Roster, load_roster
 from node.agents.router import Router
 from node.agents.settings import AgentsSettings, LlmSettings
-from node.agents.tools import Tools, node_tools
+from node.agents.tools import ToolCaller, Tools, node_tools
 from node.agents.trace import TraceStore
 
 if TYPE_CHECKING:
@@ -179,9 +179,29 @@ class AgentsService:
             )
         return self.king
 
-    async def ask(self, request: str, *, agent: str | None = None, confirm: bool = False) -> dict[str, Any]:
+    async def ask(
+        self,
+        request: str,
+        *,
+        agent: str | None = None,
+        confirm: bool = False,
+        tools: Callable[[ToolCaller], ToolCaller] | None = None,
+    ) -> dict[str, Any]:
+        """Ask the King. ``tools`` narrows the agents' tools for this request (a remote caller's scopes, see
+        node.twin.ask.RemoteTools): a King sharing the router runs it over the wrapped tools."""
         async with self.requests:
             king = await self._king()
+            if tools is not None:
+                king = King(
+                    king.roster,
+                    king.router,
+                    tools(king.tools),
+                    llm=king.llm,
+                    traces=king.traces,
+                    embed_limiter=king.embed_limiter,
+                    db_limiter=king.db_limiter,
+                    wall_ms=king.wall_ms,
+                )
             return await king.ask(request, agent=agent, confirm=confirm)
 
     async def feedback(self, request_id: str, agent: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from node.mcp.ask_tools import ask_tools
 from node.mcp.audit import AuditLog
 from node.mcp.graph import GraphStore
 from node.mcp.memory_tools import memory_resource, memory_tools, scratch_tools
@@ -103,6 +104,7 @@ class McpService:
         reg.extend(node_tools(self._invoke, rag_roots=s.rag_roots))
         reg.extend(memory_tools(self.graph))
         reg.extend(scratch_tools(self.working, node.clock.now))
+        reg.extend(ask_tools(self._invoke, node))  # ask, twin_*, agents_* (node.mcp.ask_tools)
 
         def via(method: str, **params: Any) -> Any:
             async def read(_: Caller) -> str:
