@@ -20,7 +20,7 @@ from node.agents.llm import LanguageModel
 from node.agents.roles import HANDLERS, AgentContext, Answer
 from node.agents.roster import Roster
 from node.agents.router import Choice, Router
-from node.agents.tools import ScopedTools, ToolCaller
+from node.agents.tools import ScopedTools, ToolRunner
 from node.agents.trace import Trace, TraceStore
 
 MAX_REQUEST_CHARS = 4000
@@ -51,7 +51,7 @@ class King:
         self,
         roster: Roster,
         router: Router,
-        tools: ToolCaller,
+        tools: ToolRunner,
         *,
         llm: LanguageModel | None,
         traces: TraceStore,

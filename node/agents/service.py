@@ -23,8 +23,11 @@ from node.agents.roles import policy_check
 from node.agents.roster import Roster, load_roster
 from node.agents.router import Router
 from node.agents.settings import AgentsSettings, LlmSettings
+from node.agents.toolbridge import RegistryTools, register_agent_tools
 from node.agents.tools import Tools, node_tools
 from node.agents.trace import TraceStore
+from node.mcp.audit import AuditLog
+from node.mcp.registry import Registry
 
 if TYPE_CHECKING:
     from node.node import Node
@@ -55,6 +58,9 @@ class AgentsService:
         self.gov_store: GovStore | None = None
         self.king: King | None = None
         self.tools: Tools | None = None
+        self.registry: Registry | None = None  # the node's MCP registry the agents' tool calls go through
+        self._own_audit: AuditLog | None = None
+        self._king_lock = trio.Lock()
         self._node: Node | None = None
 
     async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -83,6 +89,8 @@ class AgentsService:
         return self.gov_store.load()
 
     def _close(self) -> None:
+        if self._own_audit is not None:
+            self._own_audit.close()
         if self.traces is not None:
             self.traces.close()
         if self.gov_store is not None:
@@ -153,10 +161,36 @@ class AgentsService:
             t.add(name, fn)
         return t
 
+    async def _registry(self, node: Node) -> Registry:
+        """The node's one MCP registry (the MCP service's), with the agent tools added; when MCP is off on this
+        node, a registry of the same kind kept by the agents (audited to ``<data dir>/agents/audit.jsonl``)."""
+        if self.registry is None:
+            from node.mcp.plugin_service import running_service
+
+            mcp = await running_service(node)
+            if mcp is not None and mcp.registry is not None:
+                reg = mcp.registry
+            else:
+                from node.mcp.settings import McpSettings
+
+                path = self.data_dir / "agents" / "audit.jsonl" if self.data_dir is not None else None
+                s = McpSettings()
+                self._own_audit = AuditLog(path, max_bytes=s.audit_max_bytes, wall_ms=node.clock.wall_ms)
+                reg = Registry(s, now=node.clock.now, audit=self._own_audit)
+            assert self.tools is not None
+            register_agent_tools(reg, self.tools)
+            self.registry = reg
+        return self.registry
+
     async def _king(self) -> King:
+        async with self._king_lock:
+            return await self._build_king()
+
+    async def _build_king(self) -> King:
         if self.king is None:
             if self.tools is None or self.traces is None or self._node is None:
                 raise AgentError("the agents service is not running")
+            registry = await self._registry(self._node)
             from node.rag.plugin import rag_service
 
             rag = rag_service(self._node)
@@ -170,7 +204,7 @@ class AgentsService:
             self.king = King(
                 self.roster,
                 router,
-                self.tools,
+                RegistryTools(registry),
                 llm=self.llm,
                 traces=self.traces,
                 embed_limiter=self.embed_limiter,

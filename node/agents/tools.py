@@ -1,10 +1,13 @@
-"""The tools agents may call, behind one small interface until the MCP tool registry (``node/mcp``) lands.
+"""The tools agents may call, and the one door they go through.
 
-:class:`ToolCaller` is all an agent sees: ``await tools.call(name, args)``. :class:`ScopedTools` enforces the
-roster's least-privilege list (a call outside it raises :class:`ToolDenied`, and is traced as denied) and
-records every call and result in the trace. :class:`NodeTools` implements the calls over a running
-:class:`node.node.Node`; switching to the registry means passing the registry (which has the same ``call``)
-where a ``NodeTools`` is passed today.
+:class:`ToolCaller` is all an agent sees: ``await tools.call(name, args)``. It is a :class:`ScopedTools`: one
+agent's view, which records every call, result and refusal in the request's trace and hands the call to a
+:class:`ToolRunner` *as that agent*. On a node the runner is :class:`node.agents.toolbridge.RegistryTools`: every
+agent tool is a tool of the node's one MCP registry (``node/mcp/registry.py``), visible only over the ``agents``
+transport, and each call is made as ``Caller("agents", <agent name>, tools=<its roster tools>)`` — so the registry
+enforces least privilege, the ``[mcp] allow/deny`` policy and the rate limits, and audits every call (allowed or
+refused). :class:`Tools` (a plain table of handlers, which also refuses tools outside the agent's list) is what the
+node's tools are built as, and what unit tests run agents over.
 """
 
 from __future__ import annotations
@@ -60,6 +63,12 @@ class ToolCaller(Protocol):
     async def call(self, tool: str, args: Mapping[str, Any]) -> Any: ...
 
 
+class ToolRunner(Protocol):
+    async def call_as(self, agent: str, allowed: frozenset[str], tool: str, args: Mapping[str, Any]) -> Any:
+        """Run ``tool`` for ``agent``, which holds only ``allowed``; raises ToolDenied outside them."""
+        ...
+
+
 Handler = Callable[[Mapping[str, Any]], Awaitable[Any]]
 
 
@@ -71,28 +80,31 @@ def _clip(value: Any) -> str:
 class ScopedTools:
     """One agent's view of the tools: only those its roster entry lists; every call traced."""
 
-    def __init__(self, inner: ToolCaller, agent: str, allowed: tuple[str, ...], trace: Trace | None) -> None:
+    def __init__(self, inner: ToolRunner, agent: str, allowed: tuple[str, ...], trace: Trace | None) -> None:
         self.inner = inner
         self.agent = agent
         self.allowed = frozenset(allowed)
         self.trace = trace
 
     async def call(self, tool: str, args: Mapping[str, Any]) -> Any:
-        if tool not in self.allowed:
-            if self.trace is not None:
-                self.trace.step(self.agent, "denied", tool=tool, detail=_clip(dict(args)))
-            raise ToolDenied(f"agent {self.agent} may not call {tool}")
-        if self.trace is not None:
-            self.trace.step(self.agent, "call", tool=tool, detail=_clip(dict(args)))
+        # No check here: the runner (the registry on a node) decides, so the rule cannot be skipped by convention.
+        # A refused call is traced as "denied" only (never as a "call": the Auditor lists calls made).
         try:
-            result = await self.inner.call(tool, args)
-        except AgentError as exc:
-            if self.trace is not None:
-                self.trace.step(self.agent, "error", tool=tool, detail=str(exc))
+            result = await self.inner.call_as(self.agent, self.allowed, tool, args)
+        except ToolDenied as exc:
+            self._step("denied", tool, f"{exc}; args {_clip(dict(args))}")
             raise
-        if self.trace is not None:
-            self.trace.step(self.agent, "result", tool=tool, detail=_clip(result))
+        except AgentError as exc:
+            self._step("call", tool, _clip(dict(args)))
+            self._step("error", tool, str(exc))
+            raise
+        self._step("call", tool, _clip(dict(args)))
+        self._step("result", tool, _clip(result))
         return result
+
+    def _step(self, kind: str, tool: str, detail: str) -> None:
+        if self.trace is not None:
+            self.trace.step(self.agent, kind, tool=tool, detail=detail)
 
 
 class Tools:
@@ -111,6 +123,11 @@ class Tools:
         if handler is None:
             raise ToolUnavailable(f"{tool} is not available on this node")
         return await handler(args)
+
+    async def call_as(self, agent: str, allowed: frozenset[str], tool: str, args: Mapping[str, Any]) -> Any:
+        if tool not in allowed:
+            raise ToolDenied(f"agent {agent} may not call {tool}")
+        return await self.call(tool, args)
 
 
 def _str(args: Mapping[str, Any], key: str, *, max_chars: int = 4000) -> str:
