@@ -17,11 +17,12 @@ import trio
 
 from node.agents.errors import AgentError, LlmError
 from node.agents.llm import LanguageModel
-from node.agents.roles import HANDLERS, AgentContext, Answer
+from node.agents.roles import AgentContext, Answer
 from node.agents.roster import Roster
 from node.agents.router import Choice, Router
 from node.agents.tools import ScopedTools, ToolRunner
 from node.agents.trace import Trace, TraceStore
+from node.agents.workers import ALL_HANDLERS
 
 MAX_REQUEST_CHARS = 4000
 MAX_STEPS = 8  # per request
@@ -127,12 +128,20 @@ class King:
             confirmed=confirm,
         )
         try:
-            answer = await HANDLERS[spec.name](ctx, step)
+            answer = await ALL_HANDLERS[spec.name](ctx, step)
         except (AgentError, LlmError) as exc:
             trace.step(spec.name, "error", detail=str(exc))
             answer = Answer(spec.name, f"{spec.name} could not do it: {exc}", ok=False)
         trace.step(spec.name, "answer", detail=answer.text)
         return StepResult(step, routed, answer)
+
+    async def route(self, text: str, k: int = 5) -> list[Choice]:
+        """The ``k`` best agents for ``text`` (the router, in a worker thread)."""
+        vec = (
+            await trio.to_thread.run_sync(self.router.embed, [text[:MAX_REQUEST_CHARS]], limiter=self.embed_limiter)
+        )[0]
+        got = await trio.to_thread.run_sync(self.router.scores, text, vec, limiter=self.embed_limiter)
+        return got[:k]
 
     async def feedback(self, request_id: str, agent: str) -> dict[str, Any]:
         """The user says which agent was right for a request (confirmation or correction): learned online."""

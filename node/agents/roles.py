@@ -3,8 +3,8 @@
 Every handler is its own policy over its own tools; none is "the LLM with another name". Agents marked
 ``needs_llm`` use it where generation is the job (Polyglot translates, Tutor writes quiz questions from a
 retrieved passage); knowledge answers (Sage, Medic, Horticulturist) come from the knowledge base with the
-sources cited, never from the model's memory. Agents whose tools this node does not have yet (Banker's
-ledger, Merchant's market, Sword's simulator) answer so, honestly, naming the missing tool.
+sources cited, never from the model's memory. Oracle, Banker, Merchant, Strategist and Ensemble are in
+``workers.py``; :data:`node.agents.workers.ALL_HANDLERS` is the full table the King uses.
 """
 
 from __future__ import annotations
@@ -373,13 +373,6 @@ async def tutor(ctx: AgentContext, request: str) -> Answer:
     return Answer("Tutor", question, sources=_cite(hits), data={"passage": passage})
 
 
-def _not_yet(reason: str) -> Handler:
-    async def handle(ctx: AgentContext, request: str) -> Answer:
-        return Answer(ctx.spec.name, f"{ctx.spec.name} cannot act on this node yet: {reason}.", ok=False)
-
-    return handle
-
-
 async def sword(ctx: AgentContext, request: str) -> Answer:
     results = await ctx.tools.call("sim.adversarial", {})
     failed = [r["attack"] for r in results if not r["held"]]
@@ -430,9 +423,4 @@ HANDLERS: dict[str, Handler] = {
     "Magi": magi,
     "Maker": maker,
     "Sword": sword,
-    "Banker": _not_yet("there is no savings-group ledger (ledger.read) on this node"),
-    "Merchant": _not_yet("there is no marketplace (market.offers) on this node"),
-    "Oracle": _not_yet("forecasting needs a history of measurements, which the node does not keep yet"),
-    "Strategist": _not_yet("planning with the language model is not written yet"),
-    "Ensemble": _not_yet("asking several agents at once is not written yet"),
 }

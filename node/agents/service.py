@@ -18,7 +18,9 @@ from node.agents.errors import AgentError
 from node.agents.governance import Electorate, Governance
 from node.agents.govstore import GovStore
 from node.agents.king import King
+from node.agents.ledger import Budgets
 from node.agents.llm import LanguageModel, Message, OffLlm, build_llm
+from node.agents.market import OfferBook
 from node.agents.roles import policy_check
 from node.agents.roster import Roster, load_roster
 from node.agents.router import Router
@@ -26,6 +28,7 @@ from node.agents.settings import AgentsSettings, LlmSettings
 from node.agents.toolbridge import RegistryTools, register_agent_tools
 from node.agents.tools import Tools, node_tools
 from node.agents.trace import TraceStore
+from node.agents.worktools import NodeMetrics, OfferFile, add_work_tools, sample_forever
 from node.mcp.audit import AuditLog
 from node.mcp.registry import Registry
 
@@ -61,6 +64,10 @@ class AgentsService:
         self.registry: Registry | None = None  # the node's MCP registry the agents' tool calls go through
         self._own_audit: AuditLog | None = None
         self._king_lock = trio.Lock()
+        self.metrics = NodeMetrics()
+        self.offers = OfferBook()
+        self.offer_file = OfferFile(data_dir / "agents" / "offers.json" if data_dir is not None else None)
+        self.budgets = Budgets(settings.budget_stored_bytes_per_peer, settings.budget_queued_per_peer)
         self._node: Node | None = None
 
     async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -72,10 +79,13 @@ class AgentsService:
             self.gov = await trio.to_thread.run_sync(self._open_governance, node)
         else:
             self.gov = Governance(LOCAL_NAMESPACE, self._genesis(node))
+        await trio.to_thread.run_sync(self.offer_file.load, self.offers, node.clock.wall_ms(), limiter=self.db_limiter)
         self.tools = self._build_tools(node)
-        task_status.started()
         try:
-            await trio.sleep_forever()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sample_forever, node, self.metrics, self.settings.metrics_interval_s)
+                task_status.started()
+                await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._close, limiter=self.db_limiter)
@@ -146,6 +156,18 @@ class AgentsService:
 
             return await trio.to_thread.run_sync(run_selftest)
 
+        add_work_tools(
+            t,
+            node,
+            metrics=self.metrics,
+            interval_s=self.settings.metrics_interval_s,
+            budgets=self.budgets,
+            book=self.offers,
+            offers=self.offer_file,
+            king=self._king,
+            available=lambda: sorted(t.handlers),
+            db_limiter=self.db_limiter,
+        )
         for name, fn in (
             ("sim.adversarial", selftest),
             ("agents.list", agents_list),

@@ -52,8 +52,13 @@ KNOWN_TOOLS: dict[str, str] = {
     "gov.propose": "propose a configuration or policy change",
     "llm.complete": "generate text with the language model",
     "sim.adversarial": "run the adversarial self-test",
-    "ledger.read": "the savings group ledger",
-    "market.offers": "marketplace offers",
+    "ledger.read": "the per-peer ledger of this node's resources (storage, queued messages) against the budgets",
+    "market.offers": "the signed resource-exchange offers kept on this node",
+    "market.offer": "make and sign an offer exchanging two of this node's resources",
+    "market.accept": "accept (counter-sign) an offer from another node",
+    "metrics.series": "the node's own time series (queue depth, peers, routes, battery) and delivery outcomes",
+    "agents.route": "the King's routing of a text: the best agents with their scores",
+    "tools.available": "the tools agents can call on this node",
 }
 
 MAX_RESULT_CHARS = 16_000  # a tool result as kept in the trace
