@@ -247,7 +247,40 @@ async def curator(ctx: AgentContext, request: str) -> Answer:
     return Answer("Curator", text, data={"documents": docs, "duplicates": dupes})
 
 
+# "propose setting mesh.max_hops to 5" / "propose the policy share_health = false": one typed action, the
+# key and value exactly as written (the governance core and the vote decide; Shaman never edits them).
+_PROPOSE = re.compile(
+    r"\bpropose\b(?:\s+(?:setting|changing|that|to\s+set|to\s+change))?\s+(?:the\s+)?(?:(?P<kind>config|policy)\s+)?"
+    r"(?P<key>[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)+|[a-z][a-z0-9_]*_[a-z0-9_]+)\s*(?:to|=|be)\s*(?P<value>[^\s]+)\s*$",
+    re.IGNORECASE,
+)
+
+
+def _value(text: str) -> Any:
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 async def shaman(ctx: AgentContext, request: str) -> Answer:
+    m = _PROPOSE.search(request.strip())
+    if m:
+        kind = (m.group("kind") or ("config" if "." in m.group("key") else "policy")).lower()
+        r = await ctx.tools.call(
+            "gov.propose", {"kind": kind, "key": m.group("key"), "value": _value(m.group("value"))}
+        )
+        cert = r.get("certificate")
+        what = f"{kind} {m.group('key')} = {m.group('value')}"
+        text = f"Proposed {what} (proposal {r['proposal'][:16]}, round {r['round']}): "
+        text += (
+            f"certified by {cert['signers']} signer(s) with more than 2/3 of the power."
+            if cert
+            else "waiting for votes from the electorate."
+        )
+        return Answer("Shaman", text, data=r)
     st = await ctx.tools.call("gov.status", {})
     ev = await ctx.tools.call("gov.evidence", {})
     text = (

@@ -227,7 +227,7 @@ class AgentsService:
                 self.roster,
                 router,
                 RegistryTools(registry),
-                llm=self.llm,
+                llm=None if isinstance(self.llm, OffLlm) else self.llm,
                 traces=self.traces,
                 embed_limiter=self.embed_limiter,
                 db_limiter=self.db_limiter,
