@@ -70,12 +70,24 @@ class King:
         self.wall_ms = wall_ms or (lambda: 0)
         self._last: dict[str, tuple[str, Any]] = {}  # request id -> (text, vector) for feedback (bounded)
 
-    async def ask(self, request: str, *, agent: str | None = None, confirm: bool = False) -> dict[str, Any]:
+    async def ask(
+        self,
+        request: str,
+        *,
+        agent: str | None = None,
+        confirm: bool = False,
+        runner: ToolRunner | None = None,
+        remote_caller: str | None = None,
+    ) -> dict[str, Any]:
+        """``runner`` replaces the node's tool runner (a remote caller's agents get :class:`RemoteTools`);
+        ``remote_caller`` (a peer ID) is traced."""
         request = request.strip()
         if not request or len(request) > MAX_REQUEST_CHARS:
             raise AgentError(f"a request is 1 to {MAX_REQUEST_CHARS} characters")
         rid = secrets.token_hex(8)
         trace = Trace(rid, request, int(self.wall_ms()))
+        if remote_caller is not None:
+            trace.step("King", "remote", detail=f"asked by peer {remote_caller} for {agent}")
         stages = [[request]] if agent else plan(request)
         trace.step("King", "plan", detail=repr(stages))
         results: list[StepResult] = []
@@ -83,7 +95,7 @@ class King:
             out: list[StepResult | None] = [None] * len(stage)
 
             async def run(i: int, step: str, out: list[StepResult | None] = out) -> None:
-                out[i] = await self._step(trace, step, agent, confirm)
+                out[i] = await self._step(trace, step, agent, confirm, runner)
 
             async with trio.open_nursery() as nursery:
                 for i, step in enumerate(stage):
@@ -106,7 +118,9 @@ class King:
             ],
         }
 
-    async def _step(self, trace: Trace, step: str, agent: str | None, confirm: bool = False) -> StepResult:
+    async def _step(
+        self, trace: Trace, step: str, agent: str | None, confirm: bool = False, runner: ToolRunner | None = None
+    ) -> StepResult:
         if agent is not None:
             spec = self.roster.get(agent)
             routed = [Choice(spec.name, 1.0)]
@@ -121,7 +135,7 @@ class King:
         trace.step("King", "route", detail=", ".join(f"{c.agent} {c.score:.3f}" for c in routed))
         ctx = AgentContext(
             spec=spec,
-            tools=ScopedTools(self.tools, spec.name, spec.tools, trace),
+            tools=ScopedTools(runner or self.tools, spec.name, spec.tools, trace),
             llm=self.llm if spec.needs_llm else None,
             trace=trace,
             roster=self.roster,

@@ -21,6 +21,8 @@ from node.agents.king import King
 from node.agents.ledger import Budgets
 from node.agents.llm import LanguageModel, Message, OffLlm, build_llm
 from node.agents.market import OfferBook
+from node.agents.remote import split_target
+from node.agents.remote_service import RemoteAgents
 from node.agents.roles import policy_check
 from node.agents.roster import Roster, load_roster
 from node.agents.router import Router
@@ -64,6 +66,7 @@ class AgentsService:
         self.registry: Registry | None = None  # the node's MCP registry the agents' tool calls go through
         self._own_audit: AuditLog | None = None
         self._king_lock = trio.Lock()
+        self.remote: RemoteAgents | None = None
         self.metrics = NodeMetrics()
         self.offers = OfferBook()
         self.offer_file = OfferFile(data_dir / "agents" / "offers.json" if data_dir is not None else None)
@@ -81,6 +84,16 @@ class AgentsService:
             self.gov = Governance(LOCAL_NAMESPACE, self._genesis(node))
         await trio.to_thread.run_sync(self.offer_file.load, self.offers, node.clock.wall_ms(), limiter=self.db_limiter)
         self.tools = self._build_tools(node)
+        self.remote = RemoteAgents(
+            node,
+            self.roster,
+            self.settings,
+            king=self._king,
+            runner=self._runner,
+            traces=self.traces,
+            db_limiter=self.db_limiter,
+        )
+        self.remote.register()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(sample_forever, node, self.metrics, self.settings.metrics_interval_s)
@@ -204,6 +217,11 @@ class AgentsService:
             self.registry = reg
         return self.registry
 
+    async def _runner(self) -> RegistryTools:
+        if self._node is None:
+            raise AgentError("the agents service is not running")
+        return RegistryTools(await self._registry(self._node))
+
     async def _king(self) -> King:
         async with self._king_lock:
             return await self._build_king()
@@ -236,6 +254,13 @@ class AgentsService:
         return self.king
 
     async def ask(self, request: str, *, agent: str | None = None, confirm: bool = False) -> dict[str, Any]:
+        """``agent`` may name another node's agent as ``AGENT@PEER`` (remote dispatch)."""
+        name, peer = split_target(agent) if agent else (None, None)
+        if peer is not None and name is not None:
+            if self.remote is None:
+                raise AgentError("the agents service is not running")
+            async with self.requests:
+                return await self.remote.ask(name, peer, request)
         async with self.requests:
             king = await self._king()
             return await king.ask(request, agent=agent, confirm=confirm)

@@ -70,6 +70,16 @@ class AgentsSettings:
     budget_stored_bytes_per_peer: int = setting(
         1_000_000, "The Banker's budget: bytes of one peer's messages this node stores.", min=1, max=1 << 40
     )
+    remote_agents: tuple[str, ...] = setting(
+        ("Sage", "Horticulturist", "Medic", "Maker"),
+        "Agents this node serves to other nodes' Kings (read-only tools, shared documents only); empty: none.",
+    )
+    remote_max_concurrent: int = setting(
+        2, "Remote agent requests served at once (more are answered busy); also the outgoing limit.", min=1, max=64
+    )
+    remote_timeout_s: float = setting(
+        30.0, "How long the King waits for another node's agent, in seconds.", min=1, max=600
+    )
     budget_queued_per_peer: int = setting(
         64, "The Banker's budget: our messages queued for one peer.", min=1, max=1_000_000
     )
@@ -81,6 +91,12 @@ class AgentsSettings:
             raise ConfigError(f"agents.roster_path must name a .toml file, not {self.roster_path!r}")
         if not 1 <= self.max_concurrent_requests <= 64:
             raise ConfigError("agents.max_concurrent_requests must be from 1 to 64")
+        if not isinstance(self.remote_agents, tuple) or not all(isinstance(a, str) for a in self.remote_agents):
+            raise ConfigError("agents.remote_agents must be a list of agent names")
+        if not 1 <= self.remote_max_concurrent <= 64:
+            raise ConfigError("agents.remote_max_concurrent must be from 1 to 64")
+        if not 1 <= self.remote_timeout_s <= 600:
+            raise ConfigError("agents.remote_timeout_s must be from 1 to 600")
         if not 1 <= self.metrics_interval_s <= 3600:
             raise ConfigError("agents.metrics_interval_s must be from 1 to 3600")
         if not 1 <= self.budget_stored_bytes_per_peer <= 1 << 40:

@@ -203,7 +203,8 @@ def node_tools(node: Node, *, battery_root: Path | None = None) -> Tools:
 
         async def query(args: Mapping[str, Any]) -> Any:
             k = args.get("k", 5)
-            hits = await rag.query(_str(args, "query"), k=k if isinstance(k, int) else 5)
+            shared_only = args.get("shared_only", False) is True  # remote callers' agents: shared documents only
+            hits = await rag.query(_str(args, "query"), k=k if isinstance(k, int) else 5, shared_only=shared_only)
             return [h.to_json() for h in hits]
 
         async def add(args: Mapping[str, Any]) -> Any:
