@@ -20,7 +20,7 @@ from node.agents.llm import LanguageModel
 from node.agents.roles import AgentContext, Answer
 from node.agents.roster import Roster
 from node.agents.router import Choice, Router
-from node.agents.tools import ScopedTools, ToolRunner
+from node.agents.tools import ScopedTools, ToolLlm, ToolRunner
 from node.agents.trace import Trace, TraceStore
 from node.agents.workers import ALL_HANDLERS
 
@@ -133,10 +133,12 @@ class King:
             self._last[trace.request_id] = (step, vec)
             spec = self.roster.get(routed[0].agent)
         trace.step("King", "route", detail=", ".join(f"{c.agent} {c.score:.3f}" for c in routed))
+        scoped = ScopedTools(runner or self.tools, spec.name, spec.tools, trace)
         ctx = AgentContext(
             spec=spec,
-            tools=ScopedTools(runner or self.tools, spec.name, spec.tools, trace),
-            llm=self.llm if spec.needs_llm else None,
+            tools=scoped,
+            # Generation goes through the llm.complete tool (allowlisted and audited like any tool).
+            llm=ToolLlm(scoped) if spec.needs_llm and self.llm is not None else None,
             trace=trace,
             roster=self.roster,
             confirmed=confirm,

@@ -19,7 +19,7 @@ from node.agents.governance import Electorate, Governance
 from node.agents.govstore import GovStore
 from node.agents.king import King
 from node.agents.ledger import Budgets
-from node.agents.llm import LanguageModel, Message, OffLlm, build_llm
+from node.agents.llm import LanguageModel, OffLlm, build_llm
 from node.agents.market import OfferBook
 from node.agents.remote import split_target
 from node.agents.remote_service import RemoteAgents
@@ -28,7 +28,7 @@ from node.agents.roster import Roster, load_roster
 from node.agents.router import Router
 from node.agents.settings import AgentsSettings, LlmSettings
 from node.agents.toolbridge import RegistryTools, register_agent_tools
-from node.agents.tools import Tools, node_tools
+from node.agents.tools import Tools, llm_tool, node_tools
 from node.agents.trace import TraceStore
 from node.agents.worktools import NodeMetrics, OfferFile, add_work_tools, sample_forever
 from node.mcp.audit import AuditLog
@@ -160,9 +160,7 @@ class AgentsService:
         async def gov_propose(args: Mapping[str, Any]) -> Any:
             return await self.propose(str(args.get("kind", "")), str(args.get("key", "")), args.get("value"))
 
-        async def llm_complete(args: Mapping[str, Any]) -> Any:
-            c = await self.llm.complete([Message("user", str(args.get("prompt", "")))])
-            return {"text": c.text, "tokens": c.tokens}
+        llm_complete = llm_tool(self.llm)
 
         async def selftest(_: Mapping[str, Any]) -> Any:
             from node.agents.selftest import run_selftest

@@ -13,13 +13,14 @@ node's tools are built as, and what unit tests run agents over.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from node.agents.errors import AgentError, ToolDenied, ToolUnavailable
+from node.agents.llm import Completion, LanguageModel, Message
 
 if TYPE_CHECKING:
     from node.agents.trace import Trace
@@ -110,6 +111,42 @@ class ScopedTools:
     def _step(self, kind: str, tool: str, detail: str) -> None:
         if self.trace is not None:
             self.trace.step(self.agent, kind, tool=tool, detail=detail)
+
+
+class ToolLlm:
+    """The language model as an agent sees it: every generation is the ``llm.complete`` tool call, so it goes
+    through the same door as every other tool (the roster must list it; the registry audits it)."""
+
+    name = "tool"
+
+    def __init__(self, tools: ToolCaller) -> None:
+        self.tools = tools
+
+    async def complete(
+        self, messages: Sequence[Message], *, max_tokens: int | None = None, stop: Sequence[str] = ()
+    ) -> Completion:
+        args: dict[str, Any] = {"messages": [{"role": m.role, "content": m.content} for m in messages]}
+        if max_tokens is not None:
+            args["max_tokens"] = max_tokens
+        r = await self.tools.call("llm.complete", args)
+        return Completion(str(r["text"]), int(r["tokens"]), str(r.get("finish_reason", "")), str(r.get("backend", "")))
+
+
+def llm_tool(llm: LanguageModel) -> Handler:
+    """The ``llm.complete`` tool over a model: ``{"messages": [{role, content}...], "max_tokens"?}`` or
+    ``{"prompt": text}``."""
+
+    async def complete(args: Mapping[str, Any]) -> Any:
+        raw = args.get("messages")
+        if isinstance(raw, list) and raw:
+            msgs = [Message(str(m.get("role", "")), str(m.get("content", ""))) for m in raw if isinstance(m, dict)]
+        else:
+            msgs = [Message("user", str(args.get("prompt", "")))]
+        limit = args.get("max_tokens")
+        c = await llm.complete(msgs, max_tokens=limit if type(limit) is int and limit > 0 else None)
+        return {"text": c.text, "tokens": c.tokens, "finish_reason": c.finish_reason, "backend": c.backend}
+
+    return complete
 
 
 class Tools:
