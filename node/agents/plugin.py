@@ -31,7 +31,9 @@ def _services(cfg: Config) -> Sequence[Service]:
 @dataclass(frozen=True, slots=True)
 class AskParams:
     text: str = param(doc="The request, in plain words; 'then' separates sequential steps, ';' independent ones.")
-    agent: str | None = param(None, doc="Send it to this agent instead of letting the King route it.")
+    agent: str | None = param(
+        None, doc="Send it to this agent instead of letting the King route it; AGENT@PEER asks another node's agent."
+    )
     confirm: bool = param(False, doc="Confirm a public broadcast (or a message the privacy check flags).")
 
 
@@ -209,7 +211,7 @@ def _cli(cli: CliRegistry) -> None:
         "ask", cmd_ask, "Ask your node: the twin adds your personal context, the agents (or a tool) answer."
     )
     p.add_argument("text", nargs="+", help="the request")
-    p.add_argument("--agent", help="send it to this agent")
+    p.add_argument("--agent", help="send it to this agent (AGENT@PEER: an agent on another node)")
     p.add_argument("--confirm", action="store_true", help="confirm a public broadcast (or a flagged message)")
     g = cli.group("agents", "The agents: roster and traces.")
     g.command("list", cmd_list, "List the agents: mission, tools, LLM, voting power.")

@@ -44,6 +44,8 @@ class Caller:
     transport: str
     client_id: str
     scopes: frozenset[str] = ALL_SCOPES
+    # When set, the only tools this caller may call or see (least privilege: an agent holds its roster's tools).
+    tools: frozenset[str] | None = None
 
     def has_scope(self, scope: str) -> bool:
         area = scope.partition(":")[0]
@@ -83,6 +85,8 @@ class Tool:
     title: str | None = None
     destructive: bool = False
     idempotent: bool = False
+    # When set, the only transports that may see or call this tool (the agents' internal tools: {"agents"}).
+    transports: frozenset[str] | None = None
     input_schema: dict[str, Any] = field(init=False, repr=False, compare=False)
     output_schema: dict[str, Any] | None = field(init=False, repr=False, compare=False)
 
@@ -228,9 +232,15 @@ class Registry:
 
     def listed(self, caller: Caller) -> list[Tool]:
         """The tools this caller may call (scope and transport policy)."""
-        return [t for t in self.tools.values() if caller.has_scope(t.scope) and self.permitted(t, caller.transport)]
+        return [
+            t
+            for t in self.tools.values()
+            if caller.has_scope(t.scope) and self.permitted(t, caller.transport) and _reachable(t, caller)
+        ]
 
     def permitted(self, tool: Tool, transport: str) -> bool:
+        if tool.transports is not None and transport not in tool.transports:
+            return False
         if not tool.changes_state:
             return True
         return _matches(self.settings.allow, transport, tool.name) and not _matches(
@@ -262,7 +272,9 @@ class Registry:
                 )
 
     async def _call(self, tool: Tool | None, name: str, args: dict[str, Any], caller: Caller) -> Outcome:
-        if tool is None:
+        if caller.tools is not None and name not in caller.tools:
+            raise NotAllowed(f"{caller.client_id} may not call {name}: it is not among the tools granted to it")
+        if tool is None or (tool.transports is not None and caller.transport not in tool.transports):
             raise UnknownTool(f"unknown tool {name!r}; tools/list names the tools this node offers")
         if not caller.has_scope(tool.scope):
             raise NotAllowed(f"{name} needs the {tool.scope!r} scope, which this client was not granted")
@@ -296,6 +308,12 @@ class Registry:
         else:
             structured = {"result": value}
         return Outcome(structured, json.dumps(structured, indent=2, ensure_ascii=False))
+
+
+def _reachable(tool: Tool, caller: Caller) -> bool:
+    return (caller.tools is None or tool.name in caller.tools) and (
+        tool.transports is None or caller.transport in tool.transports
+    )
 
 
 def _matches(patterns: Iterable[str], transport: str, tool: str) -> bool:

@@ -51,7 +51,7 @@ def register(reg: ControlRegistry, get_service: Callable[[], Awaitable[McpServic
         return s
 
     def caller(transport: str, client: str) -> Caller:
-        if transport not in TRANSPORTS or transport == "gateway":
+        if transport not in TRANSPORTS or transport in ("gateway", "agents"):
             raise RpcError(APP_ERROR, f"transport must be stdio, http or local, not {transport!r}")
         return Caller(transport, client[:MAX_CLIENT_ID_CHARS])
 

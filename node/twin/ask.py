@@ -86,14 +86,17 @@ REMOTE_TOOL_SCOPES: dict[str, str | None] = {
 
 
 class RemoteTools:
-    """The agents' tools as a restricted caller may use them (wraps the agents' own ``ToolCaller``)."""
+    """The agents' tools as a restricted caller may use them (wraps the agents' own ``ToolRunner``: each call still
+    goes through the registry as the agent, within its roster's tools, and is narrowed here to the caller's scopes)."""
 
     def __init__(self, inner: Any, caller: Caller, node: Node) -> None:
         self.inner = inner
         self.caller = caller
         self.node = node
 
-    async def call(self, tool: str, args: Mapping[str, Any]) -> Any:
+    async def call_as(self, agent: str, allowed: frozenset[str], tool: str, args: Mapping[str, Any]) -> Any:
+        if tool not in allowed:
+            raise ToolDenied(f"{agent} may not call {tool}")
         if tool not in REMOTE_TOOL_SCOPES:
             raise ToolDenied(f"{tool} is for the node's owner only")
         scope = REMOTE_TOOL_SCOPES[tool]
@@ -115,7 +118,7 @@ class RemoteTools:
             except RagError as exc:  # the agent reports it (an AgentError ends that step, not the request)
                 raise ToolUnavailable(f"rag.query: {exc}") from exc
             return [h.to_json() for h in hits]
-        result = await self.inner.call(tool, args)
+        result = await self.inner.call_as(agent, allowed, tool, args)
         if tool == "rag.documents" and not private and isinstance(result, list):
             return [d for d in result if isinstance(d, Mapping) and d.get("shared")]
         return result

@@ -42,13 +42,13 @@ from mcp.client.streamable_http import streamable_http_client
 
 from node.control.methods import build_registry
 from node.identity import Identity, create_identity
+from node.logs import install_log_handler
 from node.node import Node
 from node.rag import federated
 from node.rag.plugin import PLUGIN as RAG_PLUGIN
 from node.rag.plugin import rag_service
 from node.rag.settings import RagSection
 from node.settings import Config, NodeSection
-from node.textsafe import install_log_handler
 from node.transports.betanet.link import BetanetLink
 from node.transports.betanet.settings import BetanetSection
 from node.transports.betanet.transport import BetanetTransport
