@@ -63,6 +63,19 @@ class McpService:
         self._mount_lock = trio.Lock()
         self._control: ControlRegistry | None = None
         self._ready = trio.Event()
+        self.listeners = 0  # open mcp.listen control calls (`village mcp` processes with a listening client)
+        self._listeners_changed = trio.Event()
+
+    def listener_count(self, delta: int) -> int:
+        """Count an mcp.listen call starting (+1) or ending (-1); returns the new count."""
+        self.listeners += delta
+        self._listeners_changed.set()
+        self._listeners_changed = trio.Event()
+        return self.listeners
+
+    async def wait_listeners(self, n: int) -> None:
+        while self.listeners != n:
+            await self._listeners_changed.wait()
 
     def data_dir(self) -> Path:
         assert self.node is not None
