@@ -12,8 +12,8 @@ import pytest
 from pydantic import BaseModel, Field
 
 from node.errors import MeshError
-from node.mcp.audit import AuditLog
-from node.mcp.errors import InvalidArguments, NotAllowed, ToolError, ToolRateLimited, UnknownTool
+from node.mcp.audit import AuditLog, args_digest
+from node.mcp.errors import AuditUnavailable, InvalidArguments, NotAllowed, ToolError, ToolRateLimited, UnknownTool
 from node.mcp.node_tools import confine
 from node.mcp.registry import Caller, Registry, Tool
 from node.mcp.working import WorkingMemory
@@ -173,3 +173,24 @@ def test_working_memory_ttl_bytes_and_clients() -> None:
     assert wm.export(now=11) == {"b": {"k": 1}, "c": {"k": 2}}
     assert wm.clear("b", None, now=11) == {"cleared": 1}
     assert wm.forget() == {"entries": 1}
+
+
+async def test_a_callers_pre_audit_gates_state_changing_calls(tmp_path: Path) -> None:
+    reg, _, _ = make(tmp_path)
+    written: list[tuple[str, str, int]] = []
+    fail = False
+
+    async def pre_audit(tool: str, digest: str, size: int) -> None:
+        if fail:
+            raise MeshError("postgres unavailable: connection refused")
+        written.append((tool, digest, size))
+
+    caller = Caller("gateway", "key:k1", frozenset({"demo:*"}), pre_audit=pre_audit)
+    assert (await reg.call("post", {"text": "hi"}, caller=caller)).structured == {"posted": "hi"}
+    assert (await reg.call("echo", {"text": "hi"}, caller=caller)).structured["said"] == "hi"  # a read: no row
+    assert written == [("post", *args_digest({"text": "hi"}))]
+    fail = True
+    with pytest.raises(AuditUnavailable, match="post was not run") as e:
+        await reg.call("post", {"text": "again"}, caller=caller)
+    assert "connection refused" not in str(e.value)  # the store's details stay in the node's log
+    assert reg.failures == {"AuditUnavailable": 1}

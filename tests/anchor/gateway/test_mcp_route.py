@@ -3,10 +3,13 @@ token, 403 without any scope opening a tool, each tool behind its own scope), ov
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 import trio
 
+from node.mcp.audit import args_digest
 from node.mcp.service import McpService
 from node.rag.plugin import rag_service
 from node.rag.settings import RagSection
@@ -99,3 +102,37 @@ async def test_rag_query_over_mcp_is_shared_only_without_rag_private(
             assert not out.is_error, text_of(out)
             assert out.structured_content is not None
             assert sorted(h["source"] for h in out.structured_content["results"]) == want, role
+
+
+async def test_state_changing_calls_are_audited_in_postgresql_before_they_run(
+    start_gateway: StartGateway, nursery: trio.Nursery
+) -> None:
+    """A state-changing tool through /mcp writes its row (actor key:<id>, action mcp.<tool>, arguments hashed)
+    before it runs; a read writes none (as over REST). With PostgreSQL cut off the tool does not run."""
+    gateway = await with_mcp(start_gateway, nursery)
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        key_id, secret = await gateway.key("user", frozenset({"messages:send", "node:read"}))
+        token = await gateway.token(client, secret)
+    args = {"text": "the audited broadcast"}
+    async with http_client(gateway.url + "/mcp", token, mode="legacy") as mcp:
+        sent = await mcp.call_tool("messages_broadcast", args)
+        assert not sent.is_error, text_of(sent)
+        assert not (await mcp.call_tool("peers_list", {})).is_error
+        rows = [r for r in await gateway.audit_of(key_id) if r.action.startswith("mcp.")]
+        assert [(r.action, r.target) for r in rows] == [("mcp.messages_broadcast", "mcp")]
+        digest, size = args_digest(args)
+        assert rows[0].detail == {"args_sha256": digest, "args_bytes": size}
+        assert "audited broadcast" not in json.dumps(rows[0].detail)
+        assert [m.text for m in gateway.node.outgoing.values()] == ["the audited broadcast"]
+
+        gateway.pg_proxy.down()
+        try:
+            refused = await mcp.call_tool("messages_broadcast", {"text": "never sent"})
+            assert refused.is_error and "was not run" in text_of(refused) and "audit" in text_of(refused)
+            assert not (await mcp.call_tool("peers_list", {})).is_error  # reads need no audit row
+        finally:
+            await gateway.pg_proxy.up()
+        assert [m.text for m in gateway.node.outgoing.values()] == ["the audited broadcast"]
+        assert [r.action for r in await gateway.audit_of(key_id) if r.action.startswith("mcp.")] == [
+            "mcp.messages_broadcast"
+        ]
