@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from node.mcp.audit import AuditLog
+from node.mcp.errors import NotAllowed
 from node.mcp.graph import GraphStore
 from node.mcp.memory_tools import memory_resource, memory_tools, scratch_tools
 from node.mcp.node_tools import node_tools
@@ -113,7 +114,18 @@ class McpService:
             max_ttl_s=s.working_max_ttl_s,
         )
         reg = Registry(s, now=node.clock.now, audit=self.audit)
-        reg.extend(node_tools(self._invoke, rag_roots=s.rag_roots))
+        from node.rag.settings import RagSection
+
+        async def add_text(source: str, text: str, title: str, mime: str, shared: bool) -> dict[str, Any]:
+            from node.rag.plugin import rag_service
+
+            rag = rag_service(node)
+            if rag is None:
+                raise NotAllowed("this node runs no knowledge base (rag.enabled = false, or it is starting)")
+            return await rag.add_text(source, text, title=title, shared=shared, mime=mime)
+
+        max_file_bytes = node.config.section(RagSection).max_file_bytes
+        reg.extend(node_tools(self._invoke, rag_roots=s.rag_roots, add_text=add_text, max_file_bytes=max_file_bytes))
         reg.extend(memory_tools(self.graph))
         reg.extend(scratch_tools(self.working, node.clock.now))
 
