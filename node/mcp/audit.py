@@ -83,6 +83,8 @@ class AuditLog:
             "args_bytes": size,
             "duration_ms": round(duration_s * 1000.0, 3),
         }
+        if caller.session is not None:
+            entry["session"] = caller.session[:128]
         if error is not None:
             entry["error"] = type(error).__name__
             entry["message"] = str(error)[:500]

@@ -32,6 +32,7 @@ log = logging.getLogger("village.mcp")
 
 MAX_RATE_BUCKETS = 4096  # clients whose rate-limit state is kept (the idlest is dropped first)
 ALL_SCOPES = frozenset({"*"})
+MAX_SESSION_ID_CHARS = 128  # of a transport's session id kept in a namespace
 
 Handler = Callable[[Any, "Caller"], Awaitable[Any]]
 # Writes a caller's own audit record of a state-changing call before it runs: (tool, args SHA-256, args bytes).
@@ -44,12 +45,23 @@ class Caller:
     """Who calls a tool: the transport (stdio, http, local, gateway), a client id (working memory and rate limits
     are per client) and the scopes granted (``*`` everything, ``rag:*`` every rag scope, ``rag:read`` one).
     ``pre_audit``, when set, records each state-changing call in the caller's own audit log (the anchor gateway's
-    PostgreSQL) before it runs; if it fails the call is not run."""
+    PostgreSQL) before it runs; if it fails the call is not run. ``session`` (a transport's session, e.g. HTTP's
+    ``Mcp-Session-Id``) narrows per-client state such as working memory within the authenticated client: see
+    :attr:`namespace`; rate limits stay per client."""
 
     transport: str
     client_id: str
     scopes: frozenset[str] = ALL_SCOPES
     pre_audit: PreAudit | None = field(default=None, compare=False, repr=False)
+    session: str | None = None
+
+    @property
+    def namespace(self) -> str:
+        """Whose per-client state this is: the authenticated client id, plus the session when there is one (a
+        session id alone never names it, so one client cannot reach another's state by presenting its session)."""
+        if self.session is None:
+            return self.client_id
+        return f"{self.client_id}/session:{self.session[:MAX_SESSION_ID_CHARS]}"
 
     def has_scope(self, scope: str) -> bool:
         area = scope.partition(":")[0]

@@ -8,6 +8,7 @@ through the ``mcp.*`` control methods (node.mcp.rpc).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from functools import partial
@@ -41,7 +42,10 @@ ASGI_CALLER_KEY = "aivillage.mcp.caller"
 def _asgi_caller(ctx: Any) -> Caller:
     request = getattr(ctx, "request", None)
     caller = request.scope.get(ASGI_CALLER_KEY) if request is not None else None
-    return caller if isinstance(caller, Caller) else Caller("gateway", "unauthenticated", frozenset())
+    if not isinstance(caller, Caller):
+        return Caller("gateway", "unauthenticated", frozenset())
+    session = request.headers.get("mcp-session-id") if request is not None else None
+    return dataclasses.replace(caller, session=session) if session else caller
 
 
 class McpService:

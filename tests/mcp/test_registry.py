@@ -292,3 +292,19 @@ async def test_a_callers_pre_audit_gates_state_changing_calls(tmp_path: Path) ->
         await reg.call("post", {"text": "again"}, caller=caller)
     assert "connection refused" not in str(e.value)  # the store's details stay in the node's log
     assert reg.failures == {"AuditUnavailable": 1}
+
+
+async def test_scratch_is_keyed_by_the_authenticated_client_and_its_session(tmp_path: Path) -> None:
+    from node.mcp.memory_tools import scratch_tools
+
+    reg, clock, _ = make(tmp_path)
+    reg.extend(scratch_tools(WorkingMemory(max_bytes_per_client=4096, max_clients=8, max_ttl_s=60.0), clock))
+    alice = Caller("http", "token:aaaa", session="s1")
+    await reg.call("scratch_set", {"key": "k", "value": 1}, caller=alice)
+    assert (await reg.call("scratch_get", {"key": "k"}, caller=alice)).structured["value"] == 1
+    for other in (
+        Caller("http", "token:bbbb", session="s1"),  # another client presenting alice's session id
+        Caller("http", "token:aaaa", session="s2"),  # alice's other session
+        Caller("http", "token:aaaa"),  # alice without a session (a stateless client)
+    ):
+        assert (await reg.call("scratch_get", {"key": "k"}, caller=other)).structured["found"] is False

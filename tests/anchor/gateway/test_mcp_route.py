@@ -4,11 +4,13 @@ token, 403 without any scope opening a tool, each tool behind its own scope), ov
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 import pytest
 import trio
 
+from anchor.gateway.mcp_route import SCOPE_MAP
 from node.mcp.audit import args_digest
 from node.mcp.service import McpService
 from node.rag.plugin import rag_service
@@ -136,3 +138,60 @@ async def test_state_changing_calls_are_audited_in_postgresql_before_they_run(
         assert [r.action for r in await gateway.audit_of(key_id) if r.action.startswith("mcp.")] == [
             "mcp.messages_broadcast"
         ]
+
+
+async def _rpc(http: httpx.AsyncClient, token: str, sid: str | None, method: str, params: dict[str, Any]) -> Any:
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2025-11-25",
+    }
+    if sid is not None:
+        headers["Mcp-Session-Id"] = sid
+    body: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "params": params}
+    if not method.startswith("notifications/"):
+        body["id"] = 1
+    r = await http.post("/mcp", json=body, headers=headers)
+    assert r.status_code in (200, 202), r.text
+    if method == "initialize":
+        return r.headers["mcp-session-id"]
+    if r.status_code == 202:
+        return None
+    data = [line[5:] for line in r.text.splitlines() if line.startswith("data:")]
+    return json.loads(data[-1] if data else r.text)["result"]
+
+
+async def _session(http: httpx.AsyncClient, token: str) -> str:
+    init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+    sid: str = await _rpc(http, token, None, "initialize", init)
+    await _rpc(http, token, sid, "notifications/initialized", {})
+    return sid
+
+
+async def test_scratch_is_per_key_and_session_even_when_a_session_id_is_presented_by_another_key(
+    start_gateway: StartGateway, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Working memory is keyed by the authenticated key plus the session: key B presenting key A's session id
+    reaches B's own (empty) scratch, and A's second session does not see its first. (No gateway scope opens
+    scratch today; this test opens it with node:read to check the namespace a future scope would get.)"""
+    monkeypatch.setitem(SCOPE_MAP, "node:read", SCOPE_MAP["node:read"] | {"memory:scratch"})
+    gateway = await with_mcp(start_gateway, nursery)
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30.0) as http:
+        tokens = []
+        for _ in range(2):
+            _, secret = await gateway.key("user", frozenset({"node:read"}))
+            tokens.append(await gateway.token(http, secret))
+        a, b = tokens
+        sid_a = await _session(http, a)
+
+        async def call(token: str, sid: str, tool: str, args: dict[str, Any]) -> Any:
+            result = await _rpc(http, token, sid, "tools/call", {"name": tool, "arguments": args})
+            assert not result.get("isError"), result
+            return result["structuredContent"]
+
+        await call(a, sid_a, "scratch_set", {"key": "plan", "value": "A's secret plan"})
+        assert (await call(a, sid_a, "scratch_get", {"key": "plan"}))["value"] == "A's secret plan"
+        assert (await call(b, sid_a, "scratch_get", {"key": "plan"}))["found"] is False  # B with A's session id
+        assert (await call(b, sid_a, "scratch_list", {}))["keys"] == []
+        sid_a2 = await _session(http, a)
+        assert (await call(a, sid_a2, "scratch_get", {"key": "plan"}))["found"] is False  # A's other session
