@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ import trio
 
 from node.mcp.audit import AuditLog
 from node.mcp.errors import NotAllowed
-from node.mcp.graph import GraphStore
+from node.mcp.graph import GraphStore, Storage
 from node.mcp.memory_tools import memory_resource, memory_tools, scratch_tools
 from node.mcp.node_tools import node_tools
 from node.mcp.registry import Caller, Registry, Resource
@@ -111,7 +112,7 @@ class McpService:
         s = self.settings
         d = self.data_dir() if self.persistent else None
         self.audit = AuditLog(d / "audit.jsonl" if d else None, max_bytes=s.audit_max_bytes, wall_ms=node.clock.wall_ms)
-        self.graph = GraphStore(d / "memory.sqlite3" if d else None, s)
+        self.graph = GraphStore(d / "memory.sqlite3" if d else None, s, storage=self._memory_storage(node))
         self.working = WorkingMemory(
             max_bytes_per_client=s.working_max_bytes_per_client,
             max_clients=s.working_max_clients,
@@ -165,6 +166,20 @@ class McpService:
         )
         self.registry = reg
         return reg
+
+    def _memory_storage(self, node: Node) -> Callable[[], Storage] | None:
+        """Persistent memory in a store a service of the node offers (``mcp_memory_storage(node)``: the anchor's
+        Bolt graph store), else None (the SQLite file). Not for a non-persistent service (tests, simulations)."""
+        if not self.persistent:
+            return None
+        for service in node.services:
+            offer = getattr(service, "mcp_memory_storage", None)
+            if callable(offer):
+                factory: Callable[[], Storage] | None = offer(node)
+                if factory is not None:
+                    log.info("MCP memory lives in %s's store", getattr(service, "name", "a service"))
+                    return factory
+        return None
 
     async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         # The SDK (a second or two of imports on a small machine) is loaded only for what is configured: the

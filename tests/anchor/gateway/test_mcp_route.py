@@ -11,7 +11,11 @@ import pytest
 import trio
 
 from anchor.gateway.mcp_route import SCOPE_MAP
+from anchor.mcp_memory import BoltMemoryStorage
+from anchor.services_settings import ServiceSettings
 from node.mcp.audit import args_digest
+from node.mcp.graph import KnowledgeGraph
+from node.mcp.registry import Caller
 from node.mcp.service import McpService
 from node.rag.plugin import rag_service
 from node.rag.settings import RagSection
@@ -195,3 +199,39 @@ async def test_scratch_is_per_key_and_session_even_when_a_session_id_is_presente
         assert (await call(b, sid_a, "scratch_list", {}))["keys"] == []
         sid_a2 = await _session(http, a)
         assert (await call(a, sid_a2, "scratch_get", {"key": "plan"}))["found"] is False  # A's other session
+
+
+def _ent(name: str, etype: str = "person", *obs: str) -> dict[str, object]:
+    return {"name": name, "entityType": etype, "observations": list(obs)}
+
+
+def _rel(a: str, b: str, t: str = "knows") -> dict[str, str]:
+    return {"from": a, "to": b, "relationType": t}
+
+
+async def test_an_anchors_mcp_memory_lives_in_the_graph_store(
+    start_gateway: StartGateway, nursery: trio.Nursery, services: ServiceSettings
+) -> None:
+    gateway = await start_gateway()
+    service = McpService(mcp_settings())  # persistent: the node's own data dir
+    await nursery.start(service.run, gateway.node)
+    assert service.registry is not None and service.graph is not None
+    me = Caller("local", "test")
+    await service.registry.call("create_entities", {"entities": [_ent("Ada", "person", "x")]}, caller=me)
+    await service.registry.call("create_relations", {"relations": [_rel("Ada", "Bob")]}, caller=me)
+    assert (await service.graph.run("stats"))["backend"] == "bolt"
+    assert not (gateway.cfg.data_dir / "mcp" / "memory.sqlite3").exists()  # nothing in the local file
+    ns = f"mcp:{gateway.node.identity.peer_id_hex}"
+
+    def load(ns: str) -> KnowledgeGraph:  # what a fresh load of the server holds
+        return KnowledgeGraph(BoltMemoryStorage(services.graph.bolt_url, namespace=ns), mcp_settings())
+
+    on_server = await trio.to_thread.run_sync(lambda: load(ns))
+    assert on_server.read_graph() == {"entities": [_ent("Ada", "person", "x")], "relations": [_rel("Ada", "Bob")]}
+    exported = await service.export()  # what `village memory export` returns (memory.export)
+    assert exported["knowledge_graph"] == on_server.read_graph()
+    assert (await service.forget())["knowledge_graph"] == {"entities": 1, "relations": 1}  # `village memory forget`
+    reloaded = await trio.to_thread.run_sync(lambda: load(ns))
+    assert reloaded.read_graph() == {"entities": [], "relations": []}
+    on_server.close()
+    reloaded.close()
