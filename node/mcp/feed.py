@@ -140,8 +140,3 @@ class ChangeFeed:
                 del self._legacy[key]
                 self._poke()
         return types.EmptyResult()
-
-    def forget_session(self, session: Any) -> None:
-        """A session ended: drop its subscriptions."""
-        if self._legacy.pop(id(session), None) is not None:
-            self._poke()

@@ -183,10 +183,10 @@ class Relay:
             del conn.buf[: nl + 1]
             if not isinstance(msg, dict):
                 continue
-            if "error" in msg:
-                raise ToolNodeUnavailable(str((msg["error"] or {}).get("message", "mcp.listen refused")))
-            if "result" in msg:
-                raise ToolNodeUnavailable(str((msg["result"] or {}).get("ended", "the subscription ended")))
+            if "error" in msg or "result" in msg:
+                body = msg.get("error") or msg.get("result")
+                said = body.get("message") or body.get("ended") if isinstance(body, dict) else None
+                raise ToolNodeUnavailable(str(said or "the node ended the subscription"))
             params = msg.get("params")
             if msg.get("method") == "mcp.resource_updated" and isinstance(params, dict):
                 uri = params.get("uri")
