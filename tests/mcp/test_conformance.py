@@ -96,6 +96,8 @@ async def compare(
     script: Path, steps: list[tuple[str, dict[str, Any]]], storage: Callable[[], Storage] | None = None
 ) -> None:
     graph = GraphStore(None, mcp_settings(), storage=storage)
+    # A second connection to the same store: after every step, what it holds is loaded afresh through it.
+    checker = await trio.to_thread.run_sync(storage) if storage is not None else None
     registry = Registry(mcp_settings(state_calls_per_min=1_000_000.0, state_calls_burst=100_000), now=trio.current_time)
     registry.extend(memory_tools(graph))
     registry.add_resource(memory_resource(graph))
@@ -112,18 +114,18 @@ async def compare(
                 assert observed(got) == observed(want), f"step {i}: {tool} {args}"
                 g_got, g_want = await mine.call_tool("read_graph", {}), await ref.call_tool("read_graph", {})
                 assert g_got.structured_content == g_want.structured_content, f"graph after step {i}: {tool} {args}"
-                if storage is not None:  # what the store holds, loaded afresh
-                    fresh = await trio.to_thread.run_sync(lambda: KnowledgeGraph(storage(), mcp_settings()))
+                if checker is not None:  # what the store holds, loaded afresh
+                    fresh = await trio.to_thread.run_sync(lambda: KnowledgeGraph(checker, mcp_settings()))
                     stored = fresh.read_graph()
-                    fresh.close()
                     assert stored == g_want.structured_content, f"stored graph after step {i}: {tool} {args}"
             want_res = (await ref.read_resource("memory://knowledge-graph")).contents[0]
             got_res = (await mine.read_resource("memory://knowledge-graph")).contents[0]
             assert isinstance(want_res, TextResourceContents) and isinstance(got_res, TextResourceContents)
             assert json.loads(got_res.text) == json.loads(want_res.text)
             assert got_res.mime_type == want_res.mime_type == "application/json"
-    if storage is not None:
+    if checker is not None:
         await graph.run("forget")
+        checker.close()
     await graph.aclose()
 
 
