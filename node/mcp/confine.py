@@ -50,6 +50,8 @@ def _roots(roots: list[str]) -> list[tuple[Path, Path]]:
 def _split(raw: str, roots: list[tuple[Path, Path]]) -> tuple[Path, tuple[str, ...]]:
     """(the resolved root, the components below it) for an absolute path lexically inside a root."""
     shown = ", ".join(str(r[1]) for r in roots)
+    if "\0" in raw:
+        raise NotAllowed("a rag_add path cannot contain a NUL character")
     p = Path(raw).expanduser()
     if not p.is_absolute():
         raise NotAllowed(f"{raw!r}: give an absolute path inside {shown}")

@@ -173,6 +173,7 @@ def test_rag_add_reads_only_what_it_checked_and_never_follows_a_symlink(tmp_path
         str(tmp_path / "secret" / "keys.txt"),
         str(root / ".." / "secret" / "keys.txt"),
         "docs/sub/note.md",
+        str(root / "sub" / "note.md\0x"),
     ):
         with pytest.raises(NotAllowed):
             read(bad)
