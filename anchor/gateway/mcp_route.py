@@ -16,7 +16,11 @@ gateway scope       tools it opens
 ==================  ==========================================================
 
 No gateway scope opens memory, scratch, rag writes or BetaNet dialing: those stay with the node's owner. State
-changes are rate limited and audited by the node's tool registry, as for every transport.
+changes are rate limited and audited by the node's tool registry, as for every transport, and, as every state
+change through the gateway, written to the anchor's audit log (PostgreSQL) before they take effect: actor
+``key:<API key id>``, action ``mcp.<tool>``, target ``mcp``, detail the SHA-256 and size of the arguments (never
+the arguments). If that row cannot be written the tool does not run (an MCP tool error). Reads (tools that do not
+change state, resources) are not written there, as over REST; the node's local audit log has them.
 """
 
 from __future__ import annotations
@@ -97,5 +101,15 @@ class McpMount:
         child["path"] = "/"
         child["raw_path"] = b"/"
         child["root_path"] = scope.get("root_path", "") + MOUNT
-        child[ASGI_CALLER_KEY] = Caller("gateway", f"key:{principal.key_id}", scopes)
+        audit = self._auditor(principal)
+        child[ASGI_CALLER_KEY] = Caller("gateway", f"key:{principal.key_id}", scopes, pre_audit=audit)
         await inner(child, receive, send)
+
+    def _auditor(self, principal: Principal) -> Callable[[str, str, int], Awaitable[None]]:
+        stores = self.ctx.stores
+        actor = f"key:{principal.key_id}"
+
+        async def pre_audit(tool: str, args_sha256: str, args_bytes: int) -> None:
+            await stores.audit(actor, f"mcp.{tool}", "mcp", {"args_sha256": args_sha256, "args_bytes": args_bytes})
+
+        return pre_audit
