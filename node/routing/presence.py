@@ -127,14 +127,14 @@ class Presence:
             plaintext = encode_noise_payload(NoisePayloadType.AUTHENTICATED_PEER_STATE, body)
             self.delivery.send_encrypted(peer_id, plaintext, now, queue=False)
 
-    def peer_state(self, peer_id: bytes, signing_public_key: bytes, now: float) -> None:
-        """``peer_id`` told us its signing key inside a Noise session: its Noise key is proven, so the binding is
-        pinned durably; an unproven binding in the peer table is replaced by it."""
+    def peer_state(self, peer_id: bytes, signing_public_key: bytes, now: float, link_id: str = "") -> None:
+        """``peer_id`` told us its signing key inside a Noise session (the frame came on ``link_id``): its Noise key
+        is proven, so the binding is pinned durably; an unproven binding in the peer table is replaced by it."""
         session = self.sessions.session(peer_id)
         if session is None:
             return
         pin = Pin(peer_id, session.remote_static, signing_public_key)
-        outcome = self.pins.confirm(pin, now)
+        outcome = self.pins.confirm(pin, now, link_id)
         if outcome == "conflict":
             self.counters.pin_conflict += 1  # pinned to other keys: kept until the user forgets the pin
             return
