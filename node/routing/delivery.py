@@ -25,6 +25,7 @@ from node.routing.meshbase import (
     EARLY_CIPHERTEXTS,
     EARLY_PEERS,
     HOLD_AFTER_EXPIRIES,
+    MAX_TTL,
     PENDING_SESSION_FRAMES,
     PRIVATE_TEXT_MAX_BYTES,
     REHANDSHAKE_AFTER_ATTEMPTS,
@@ -248,6 +249,27 @@ class PrivateDelivery:
             return
         self.start_handshake(peer_id, now, flood=True, beside_responder=True)
 
+    def challenge(self, peer_id: bytes, link_id: str, now: float) -> None:
+        """An announce of ``peer_id`` arrived on ``link_id`` with keys that conflict with the unproven (first-sight)
+        binding we hold: one of the two announcers does not hold the Noise key the peer ID is derived from. Ask for
+        proof — a handshake, sent the way the path table knows and on that link: the holder of the key completes it
+        and tells us its signing key inside the session (0x21), which pins the binding and replaces a liar's
+        (node.routing.pins). Without it, an attacker who claimed the ID first (after flooding the table and its
+        memory of forgotten bindings) would have the genuine peer's announces refused, and our answers sent its way,
+        for as long as it kept announcing. Remote-triggered: within the flood limits, one handshake at a time (and a
+        liar's conflicting announce of an honest peer only makes us complete a handshake with that peer)."""
+        if self.sessions.session(peer_id) is not None or self.sessions.initiating(peer_id):
+            return  # proven already (a pin follows the session's 0x21), or a handshake is under way
+        if self.flood_limiter is not None and not self.flood_limiter.allow(peer_id, now):
+            self.counters.rate_limited += 1
+            return
+        msg1 = self.sessions.initiate(peer_id, now, beside_responder=True)
+        if msg1 is not None:
+            self.counters.binding_challenges += 1
+            links = self.host.send_directed(MessageType.NOISE_HANDSHAKE, msg1, peer_id, now)
+            if link_id not in links:
+                self.host.send_on_link(link_id, MessageType.NOISE_HANDSHAKE, msg1, peer_id, now)
+
     def check_private(self, peer_id: bytes, text: str) -> None:
         """Raise :class:`MeshError` unless :meth:`queue_private` would accept this message now."""
         size = len(text.encode())
@@ -373,7 +395,11 @@ class PrivateDelivery:
                 self.counters.rate_limited += 1
                 self.host.send_on_link(link_id, MessageType.NOISE_HANDSHAKE, step.reply, peer, now)
             else:
-                self.host.send_directed(MessageType.NOISE_HANDSHAKE, step.reply, peer, now, flood=flood)
+                links = self.host.send_directed(MessageType.NOISE_HANDSHAKE, step.reply, peer, now, flood=flood)
+                if link_id and pkt.ttl >= MAX_TTL and link_id not in links:
+                    # It came straight from the peer (not relayed): answer on that link too. The path table's way
+                    # may be stale, or learned from a liar's announce of this peer ID (it goes with the proof).
+                    self.host.send_on_link(link_id, MessageType.NOISE_HANDSHAKE, step.reply, peer, now)
         if step.established:
             self.host.session_established(peer, now)
             self.handshake_expiries.pop(peer, None)

@@ -146,9 +146,11 @@ class Presence:
             pin.noise_public_key,
             pin.signing_public_key,
         ):
-            # Someone announced this peer ID with other keys before the proof: the proven binding wins.
+            # Someone announced this peer ID with other keys before the proof: the proven binding wins, and the paths
+            # learned from the liar's announces go (the peer's next announce, accepted now, brings its own).
             self.counters.pin_replaced_unproven += 1
             info.noise_public_key, info.signing_public_key = pin.noise_public_key, pin.signing_public_key
+            self.paths.forget_peer(peer_id)
 
     # ---------------------------------------------------------------- announce relaying and peer expiry
     def announce_relay_interval_s(self) -> float:
@@ -303,6 +305,7 @@ class Presence:
             gone = self.peers.binding(pkt.sender_id, now)  # a peer the table forgot (flooded out, perhaps)
             if gone is not None and gone.signing_public_key != ann.signing_public_key:
                 self.counters.key_mismatch += 1  # its first-sight binding still holds until it expires
+                self.delivery.challenge(pkt.sender_id, link_id, now)
                 return None
             if gone is not None and pkt.timestamp_ms < gone.left_ms:
                 self.counters.leave_replayed += 1
@@ -312,6 +315,7 @@ class Presence:
         ):
             if self.pins.get(pkt.sender_id) is None:
                 self.counters.key_mismatch += 1  # unproven keys are pinned at first sight, as BitChat does
+                self.delivery.challenge(pkt.sender_id, link_id, now)
                 return None
             # The table held an unproven binding and this announce carries the proven (pinned) keys: they win.
             known.noise_public_key, known.signing_public_key = ann.noise_public_key, ann.signing_public_key
