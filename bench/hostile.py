@@ -23,8 +23,7 @@ Figures (one line each):
   honest traffic (goal >= 0.5);
 * ``hostile.bounds`` — every bounded structure's size and bound at the end (``MeshCore.bounded_sizes()`` when the
   core has it);
-* ``hostile.escaped`` — exceptions that escaped V (must be 0; the kinds that crash today's core are left out until
-  ``MeshCore.bounded_sizes`` exists, i.e. meshcore's fixes are in).
+* ``hostile.escaped`` — exceptions that escaped V (must be 0).
 """
 
 from __future__ import annotations
@@ -54,7 +53,6 @@ EPOCH_MS = 1_700_000_000_000.0
 ROUND_S = 10.0  # simulated seconds per round
 WARM_S = 20.0  # A and V know each other before the attack
 MTU = 512
-FIXED = hasattr(MeshCore, "bounded_sizes")  # meshcore's fixes merged: the kinds that crash today are fed too
 
 
 def make_core(seed: int, nickname: str) -> MeshCore:
@@ -151,13 +149,11 @@ class Attack:
             lambda i, ts: self.forger.unknown_type(self.ident(i).peer_id, ts, 60),
             lambda i, ts: self.forger.garbage(64),
             lambda i, ts: self.forger.msg1(self.honest[i % len(self.honest)], ts),  # forged in an honest name
+            # what crashed or bloated the core before issue 13's fixes
+            lambda i, ts: self.forger.nested_fragments(self.ident(i).peer_id, ts, 600),
+            lambda i, ts: self.forger.ping(self.ident(i).peer_id, ts, 70_000),
+            lambda i, ts: self.forger.public(self.ident(i), ts, 1_000_000),
         ]
-        if FIXED:  # inputs that crash today's core (issue 13), fed once meshcore's fixes are merged
-            self.kinds += [
-                lambda i, ts: self.forger.nested_fragments(self.ident(i).peer_id, ts, 600),
-                lambda i, ts: self.forger.ping(self.ident(i).peer_id, ts, 70_000),
-                lambda i, ts: self.forger.public(self.ident(i), ts, 1_000_000),
-            ]
 
     def ident(self, i: int) -> Identity:
         return self.forger.identity(i % self.identities)
