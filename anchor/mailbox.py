@@ -37,7 +37,7 @@ import nacl.bindings
 import nacl.utils
 import trio
 
-from anchor.mailbox_quota import Held, QuotaFull, QuotaPolicy, decide_deposit
+from anchor.mailbox_quota import Held, ProvenRecipients, QuotaFull, QuotaPolicy, decide_deposit
 from anchor.settings import AnchorSection
 from node.errors import CryptoError, NodeError, StartupError
 from node.mailbox import protocol as p
@@ -78,6 +78,15 @@ class MailboxLimits:
     # most this many envelopes across all recipients; an unverified deposit is kept at most keep_unverified_s.
     max_per_depositor_total: int = 1000
     keep_unverified_s: float = 7 * 86_400.0
+    # Room beyond max_total for recipients that proved their key here (a FETCH): free keys depositing junk for
+    # invented recipients can fill max_total (nobody fetches junk for an invented recipient), but a recipient that
+    # fetches keeps room for this many envelopes from anyone, so a new honest depositor is not locked out of it.
+    # Proven recipients are remembered for proven_recipient_s after their last proof, at most max_proven_recipients
+    # (when full, a newly proven recipient is not remembered: a flood of proofs never pushes out a known one), so
+    # the anchor holds at most max_total + reserved_per_proven_recipient x max_proven_recipients envelopes.
+    reserved_per_proven_recipient: int = 4
+    max_proven_recipients: int = 4096
+    proven_recipient_s: float = 30 * 86_400.0
     max_expiry_s: float = 30 * 86_400.0  # deposits expiring further out are refused
     challenge_ttl_s: float = 30.0
     grant_ttl_s: float = 60.0
@@ -307,6 +316,7 @@ class MailboxCounters:
     acked: int = 0
     malformed: int = 0
     evicted: int = 0  # envelopes dropped by the quota policy to make room for a fairer deposit
+    reserved: int = 0  # deposits taken into a proven recipient's reserve while the anchor was full
 
 
 @dataclass
@@ -323,6 +333,7 @@ class MailboxCore:
         self._challenges: OrderedDict[bytes, _Issued] = OrderedDict()
         self._grants: OrderedDict[bytes, Grant] = OrderedDict()
         self._buckets: OrderedDict[bytes, tuple[float, int]] = OrderedDict()  # depositor -> (tokens, at ms)
+        self.proven = ProvenRecipients(self.limits.max_proven_recipients, int(self.limits.proven_recipient_s * 1000))
 
     def take_deposit_token(self, depositor: bytes, now_ms: int) -> None:
         """Count one deposit against ``depositor``'s rate, or :class:`MailboxError` (E_BUSY) when it is used up."""
@@ -386,6 +397,7 @@ class MailboxCore:
             self.counters.proofs_refused += 1
             raise MailboxError(p.E_AUTH, str(exc)) from None
         self._forget_expired(now_ms)
+        self.proven.note(proof.recipient_id, now_ms)
         grant = Grant(
             self.random_bytes(p.GRANT_BYTES), proof.recipient_id, now_ms + int(self.limits.grant_ttl_s * 1000)
         )
@@ -446,8 +458,16 @@ class MailboxService:
             self._total_counted_at_ms = now
         verified = depositor is not None and depositor in self.limits.trusted_depositors
         if self._total >= self.limits.max_total or (not verified and self._total >= self._unverified_total_cap()):
-            self.core.counters.deposits_refused += 1
-            raise MailboxError(p.E_FULL, "this anchor's mailbox is full")
+            # Full (free keys may have filled it with junk for invented recipients): a recipient that proved its key
+            # here still takes a few envelopes from anyone, beyond the total (bounded: see MailboxLimits).
+            reserve = self.limits.reserved_per_proven_recipient
+            if not (
+                self.core.proven.knows(env.recipient_id, now)
+                and await self.storage.count(env.recipient_id, now) < reserve
+            ):
+                self.core.counters.deposits_refused += 1
+                raise MailboxError(p.E_FULL, "this anchor's mailbox is full")
+            self.core.counters.reserved += 1
         keep_until_ms = env.expires_at_ms
         if not verified:
             # A free key cannot take the anchor-wide room by spreading junk over invented recipients: bounded per

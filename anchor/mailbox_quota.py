@@ -20,10 +20,17 @@ flooder its own share, never the recipient's mail from senders the anchor knows:
 
 So ``k`` free keys hold at most ``k`` of ``n`` shares of the unverified part, never the verified part, and never take
 an envelope already stored from anybody.
+
+Anchor-wide (``mailbox.max_envelopes_total``), free keys depositing junk for invented recipients can fill the total:
+nobody fetches that junk, so it stays until it expires. A recipient that proves its key to the anchor (a FETCH) is
+remembered (:class:`ProvenRecipients`) and keeps a small reserve beyond the total for deposits from anyone, so a
+flood of fresh keys cannot lock a new honest depositor out of an anchor's regular recipients (junk sent to them
+goes at their next fetch).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -91,3 +98,31 @@ def decide_deposit(policy: QuotaPolicy, held: Sequence[Held], depositor: bytes, 
 
 def _bytes(items: Sequence[Held]) -> int:
     return sum(h.size_bytes for h in items)
+
+
+class ProvenRecipients:
+    """Recipients that proved their key to this anchor, each for ``keep_ms`` after its last proof; at most
+    ``max_recipients``. When full, a newly proven recipient is not remembered: a flood of proofs from free keys
+    never pushes out a recipient that is already known (it refreshes its entry at every fetch)."""
+
+    def __init__(self, max_recipients: int, keep_ms: int) -> None:
+        self.max_recipients = max_recipients
+        self.keep_ms = keep_ms
+        self._last: OrderedDict[bytes, int] = OrderedDict()  # recipient -> its last proof (ms), oldest first
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def note(self, recipient_id: bytes, now_ms: int) -> bool:
+        """``recipient_id`` proved its key now. False if it could not be remembered (full of live entries)."""
+        while self._last and next(iter(self._last.values())) + self.keep_ms <= now_ms:
+            self._last.popitem(last=False)
+        if recipient_id not in self._last and len(self._last) >= self.max_recipients:
+            return False
+        self._last.pop(recipient_id, None)
+        self._last[recipient_id] = now_ms
+        return True
+
+    def knows(self, recipient_id: bytes, now_ms: int) -> bool:
+        at = self._last.get(recipient_id)
+        return at is not None and at + self.keep_ms > now_ms

@@ -25,6 +25,7 @@ from node.routing.meshbase import (
     EARLY_CIPHERTEXTS,
     EARLY_PEERS,
     HOLD_AFTER_EXPIRIES,
+    MAX_TTL,
     PENDING_SESSION_FRAMES,
     PRIVATE_TEXT_MAX_BYTES,
     REHANDSHAKE_AFTER_ATTEMPTS,
@@ -71,7 +72,7 @@ class DeliveryHost(Protocol):
 
     def session_established(self, peer_id: bytes, now: float) -> None: ...
 
-    def peer_state(self, peer_id: bytes, signing_public_key: bytes, now: float) -> None: ...
+    def peer_state(self, peer_id: bytes, signing_public_key: bytes, now: float, link_id: str = "") -> None: ...
 
 
 class PrivateDelivery:
@@ -123,7 +124,7 @@ class PrivateDelivery:
         self.session_queue: dict[bytes, deque[bytes]] = {}
         self.handshake_expiries: OrderedDict[bytes, int] = OrderedDict()  # peer -> handshakes that timed out
         # Ciphertexts that overtook the message 3 of their handshake (resent on some hop): opened once it completes.
-        self.early: OrderedDict[bytes, deque[Packet]] = OrderedDict()
+        self.early: OrderedDict[bytes, deque[tuple[Packet, str]]] = OrderedDict()  # (packet, arrival link)
         # Links the last encrypted frame to each peer left on (bounded by the peer table's size).
         self.last_links: OrderedDict[bytes, list[str]] = OrderedDict()
 
@@ -230,20 +231,44 @@ class PrivateDelivery:
         while len(self.last_links) > self.settings.max_peers:
             self.last_links.popitem(last=False)
 
-    def start_handshake(self, peer_id: bytes, now: float, *, flood: bool = False) -> None:
-        msg1 = self.sessions.initiate(peer_id, now)
+    def start_handshake(
+        self, peer_id: bytes, now: float, *, flood: bool = False, beside_responder: bool = False
+    ) -> None:
+        msg1 = self.sessions.initiate(peer_id, now, beside_responder=beside_responder)
         if msg1 is not None:
             self.host.send_directed(MessageType.NOISE_HANDSHAKE, msg1, peer_id, now, flood=flood)
 
     def recovery_handshake(self, peer_id: bytes, now: float) -> None:
-        """A flooded handshake because of what ``peer_id``'s frame showed (the last attempt's path lost
-        something) — remote-triggered, so within the flood limits."""
-        if self.sessions.handshaking(peer_id):
+        """A flooded handshake because of what ``peer_id``'s frame showed (ciphertext we cannot open: the peer
+        restarted, or finished a handshake whose message 3 we lost) — remote-triggered, so within the flood limits.
+        A handshake in which we are the responder is kept beside it (the frame may be forged)."""
+        if self.sessions.initiating(peer_id):
             return  # one at a time: nothing would be sent
         if self.flood_limiter is not None and not self.flood_limiter.allow(peer_id, now):
             self.counters.rate_limited += 1
             return
-        self.start_handshake(peer_id, now, flood=True)
+        self.start_handshake(peer_id, now, flood=True, beside_responder=True)
+
+    def challenge(self, peer_id: bytes, link_id: str, now: float) -> None:
+        """An announce of ``peer_id`` arrived on ``link_id`` with keys that conflict with the unproven (first-sight)
+        binding we hold: one of the two announcers does not hold the Noise key the peer ID is derived from. Ask for
+        proof — a handshake, sent the way the path table knows and on that link: the holder of the key completes it
+        and tells us its signing key inside the session (0x21), which pins the binding and replaces a liar's
+        (node.routing.pins). Without it, an attacker who claimed the ID first (after flooding the table and its
+        memory of forgotten bindings) would have the genuine peer's announces refused, and our answers sent its way,
+        for as long as it kept announcing. Remote-triggered: within the flood limits, one handshake at a time (and a
+        liar's conflicting announce of an honest peer only makes us complete a handshake with that peer)."""
+        if self.sessions.session(peer_id) is not None or self.sessions.initiating(peer_id):
+            return  # proven already (a pin follows the session's 0x21), or a handshake is under way
+        if self.flood_limiter is not None and not self.flood_limiter.allow(peer_id, now):
+            self.counters.rate_limited += 1
+            return
+        msg1 = self.sessions.initiate(peer_id, now, beside_responder=True)
+        if msg1 is not None:
+            self.counters.binding_challenges += 1
+            links = self.host.send_directed(MessageType.NOISE_HANDSHAKE, msg1, peer_id, now)
+            if link_id not in links:
+                self.host.send_on_link(link_id, MessageType.NOISE_HANDSHAKE, msg1, peer_id, now)
 
     def check_private(self, peer_id: bytes, text: str) -> None:
         """Raise :class:`MeshError` unless :meth:`queue_private` would accept this message now."""
@@ -370,19 +395,23 @@ class PrivateDelivery:
                 self.counters.rate_limited += 1
                 self.host.send_on_link(link_id, MessageType.NOISE_HANDSHAKE, step.reply, peer, now)
             else:
-                self.host.send_directed(MessageType.NOISE_HANDSHAKE, step.reply, peer, now, flood=flood)
+                links = self.host.send_directed(MessageType.NOISE_HANDSHAKE, step.reply, peer, now, flood=flood)
+                if link_id and pkt.ttl >= MAX_TTL and link_id not in links:
+                    # It came straight from the peer (not relayed): answer on that link too. The path table's way
+                    # may be stale, or learned from a liar's announce of this peer ID (it goes with the proof).
+                    self.host.send_on_link(link_id, MessageType.NOISE_HANDSHAKE, step.reply, peer, now)
         if step.established:
             self.host.session_established(peer, now)
             self.handshake_expiries.pop(peer, None)
-            for early in self.early.pop(peer, ()):
-                self.on_encrypted(early, now)
+            for early, early_link in self.early.pop(peer, ()):
+                self.on_encrypted(early, now, early_link)
             for plaintext in self.session_queue.pop(peer, deque()):
                 self.send_encrypted(peer, plaintext, now, queue=True)
             for p in self.pending.for_peer(peer):  # don't wait for the retry timer; this send is on the house
                 self.pending.reschedule(p, now)
                 p.free_send = True
 
-    def hold_early(self, pkt: Packet) -> bool:
+    def hold_early(self, pkt: Packet, link_id: str) -> bool:
         """With hop acks a resent handshake message 3 can arrive after the ciphertexts that followed it: while we
         are the responder of a handshake with the sender, hold its ciphertext until the handshake completes (or
         times out, which then starts a new one) instead of abandoning the handshake at once."""
@@ -390,22 +419,22 @@ class PrivateDelivery:
         if not self.hop_arq or not self.sessions.responding(peer) or len(pkt.payload) > EARLY_CIPHERTEXT_MAX_BYTES:
             return False
         held = self.early.setdefault(peer, deque(maxlen=EARLY_CIPHERTEXTS))
-        held.append(pkt)
+        held.append((pkt, link_id))
         self.early.move_to_end(peer)
         while len(self.early) > EARLY_PEERS:  # bounded: EARLY_PEERS x EARLY_CIPHERTEXTS x 4 KiB
             self.early.popitem(last=False)
         self.counters.early_ciphertext += 1
         return True
 
-    def on_encrypted(self, pkt: Packet, now: float) -> None:
+    def on_encrypted(self, pkt: Packet, now: float, link_id: str = "") -> None:
+        """A 0x11 packet for us, arrived on ``link_id``."""
         peer = pkt.sender_id
         if self.sessions.session(peer) is None:
-            if self.hold_early(pkt):
+            if self.hold_early(pkt, link_id):
                 return
             self.counters.decrypt_failed += 1
-            # As BitChat: ciphertext without a session starts one. If we were the responder of a handshake,
-            # the peer has finished it and our message 3 never arrived: start over as initiator now.
-            self.sessions.abandon_responder(peer)
+            # As BitChat: ciphertext without a session starts one. If we are the responder of a handshake, the
+            # peer may have finished it and its message 3 never arrived: a handshake as initiator starts beside it.
             self.recovery_handshake(peer, now)
             return
         try:
@@ -416,20 +445,21 @@ class PrivateDelivery:
         except CryptoError:
             # The peer encrypts under keys we do not hold (it restarted, or finished a handshake whose last
             # message we lost). Start over; one handshake per peer at a time bounds what a forger can cause.
-            if self.hold_early(pkt):
+            if self.hold_early(pkt, link_id):
                 return
             self.counters.decrypt_failed += 1
-            self.sessions.abandon_responder(peer)
             self.recovery_handshake(peer, now)
             return
         self.sessions.touch(peer, now)
         try:
             ptype, body = decode_noise_payload_untrusted(plaintext)
-            self.on_noise_payload(peer, ptype, body, pkt, now)
+            self.on_noise_payload(peer, ptype, body, pkt, now, link_id)
         except MalformedFrame:
             self.counters.malformed += 1
 
-    def on_noise_payload(self, peer: bytes, ptype: int, body: bytes, pkt: Packet, now: float) -> None:
+    def on_noise_payload(
+        self, peer: bytes, ptype: int, body: bytes, pkt: Packet, now: float, link_id: str = ""
+    ) -> None:
         self.peers.touch(peer, now)
         if ptype == NoisePayloadType.PRIVATE_MESSAGE:
             message_id, text = decode_private_message_untrusted(body)
@@ -476,7 +506,7 @@ class PrivateDelivery:
         elif ptype == NoisePayloadType.AUTHENTICATED_PEER_STATE and self.sessions.session(peer) is not None:
             signing_key = decode_peer_state_signing_key_untrusted(body)  # (in a session: the Noise key is proven)
             if signing_key is not None:
-                self.host.peer_state(peer, signing_key, now)
+                self.host.peer_state(peer, signing_key, now, link_id)
         # read receipts and optional types are accepted and ignored
 
     def bounded_sizes(self) -> dict[str, tuple[int, int]]:

@@ -114,3 +114,4 @@ class MeshCounters:
     pins_added: int = 0  # peer ID -> signing key bindings made durable by a completed Noise handshake
     pins_refused: int = 0  # proven bindings not pinned: the pin store is full, or over the rate of new pins
     pin_replaced_unproven: int = 0  # a proven binding replaced another (unproven) one in the peer table
+    binding_challenges: int = 0  # handshakes started to make a peer prove its Noise key (its announce conflicted)

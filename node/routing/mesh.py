@@ -442,8 +442,8 @@ class MeshCore:
     def session_established(self, peer_id: bytes, now: float) -> None:
         self.presence.session_established(peer_id, now)
 
-    def peer_state(self, peer_id: bytes, signing_public_key: bytes, now: float) -> None:
-        self.presence.peer_state(peer_id, signing_public_key, now)
+    def peer_state(self, peer_id: bytes, signing_public_key: bytes, now: float, link_id: str = "") -> None:
+        self.presence.peer_state(peer_id, signing_public_key, now, link_id)
 
     def announce_relay_interval_s(self) -> float:
         return self.presence.announce_relay_interval_s()
@@ -641,7 +641,7 @@ class MeshCore:
             )
             self.delivery.on_handshake(pkt, now, link_id=link_id, tier=tier)
         elif t == MessageType.NOISE_ENCRYPTED and for_us:
-            self.delivery.on_encrypted(pkt, now)
+            self.delivery.on_encrypted(pkt, now, link_id)
         elif t == MessageType.PING and for_us:
             self.presence.on_ping(link_id, pkt, now)
         elif t == MessageType.PONG and for_us:

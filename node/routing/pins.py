@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from node.routing.ratelimit import OriginLimiter
 from node.wire import MalformedFrame
 
 PEER_STATE_VERSION = 1
@@ -75,6 +76,11 @@ def decode_peer_state_signing_key_untrusted(body: bytes) -> bytes | None:
 
 NEW_PINS_PER_MIN = 6.0  # pins made at most this often (a burst of NEW_PINS_BURST): pinning costs an attacker time
 NEW_PINS_BURST = 60.0
+# ... and per arrival link (the link the proof came on, which a sender cannot forge) at most half the rate and a third
+# of the burst, so one link cannot use up the budget of the others.
+NEW_PINS_PER_LINK_PER_MIN = 3.0
+NEW_PINS_PER_LINK_BURST = 20.0
+PIN_RATE_LINKS = 256  # links whose pin budget is remembered (least recently used forgotten; the global one holds)
 
 
 class PinStore:
@@ -82,13 +88,20 @@ class PinStore:
     complete a handshake with it, so "least recently confirmed goes" would let throwaway keys push honest pins out
     and reopen the hijack pins exist to close. When the store is full a new binding is refused (``"full"``, the
     peer works unpinned as before; the user frees room with ``village peers --forget``), and new pins are made at
-    most ``NEW_PINS_PER_MIN`` a minute (``"later"``: the peer's next handshake tries again)."""
+    most ``NEW_PINS_PER_MIN`` a minute, and ``NEW_PINS_PER_LINK_PER_MIN`` per arrival link (``"later"``: the peer's
+    next handshake tries again)."""
 
     def __init__(self, max_pins: int, pins: tuple[Pin, ...] | list[Pin] = ()) -> None:
         self.max_pins = max_pins
         self._pins: OrderedDict[bytes, Pin] = OrderedDict()
         self._changes: list[PinChange] = []
-        self._tokens, self._tokens_at = NEW_PINS_BURST, 0.0
+        self._rate = OriginLimiter(
+            per_origin_per_s=NEW_PINS_PER_LINK_PER_MIN / 60.0,
+            burst=NEW_PINS_PER_LINK_BURST,
+            global_per_s=NEW_PINS_PER_MIN / 60.0,
+            global_burst=NEW_PINS_BURST,
+            max_origins=PIN_RATE_LINKS,
+        )
         for pin in pins:
             self._pins[pin.peer_id] = pin
         while len(self._pins) > max_pins:
@@ -110,20 +123,18 @@ class PinStore:
             signing_public_key,
         )
 
-    def confirm(self, pin: Pin, now: float = 0.0) -> str:
-        """Pin (or re-confirm) a binding proven by a handshake: ``"new"``, ``"same"``, ``"conflict"`` (another
-        binding is pinned for that peer ID; kept until the user forgets it), ``"full"`` (no room: refused) or
-        ``"later"`` (over the rate of new pins: refused for now)."""
+    def confirm(self, pin: Pin, now: float = 0.0, link_id: str = "") -> str:
+        """Pin (or re-confirm) a binding proven by a handshake, whose proof arrived on ``link_id``: ``"new"``,
+        ``"same"``, ``"conflict"`` (another binding is pinned for that peer ID; kept until the user forgets it),
+        ``"full"`` (no room: refused) or ``"later"`` (over the rate of new pins, on that link or in all: refused
+        for now)."""
         old = self._pins.get(pin.peer_id)
         if old is not None:
             return "same" if old == pin else "conflict"
         if len(self._pins) >= self.max_pins:
             return "full"
-        self._tokens = min(NEW_PINS_BURST, self._tokens + max(0.0, now - self._tokens_at) * NEW_PINS_PER_MIN / 60.0)
-        self._tokens_at = max(self._tokens_at, now)
-        if self._tokens < 1.0:
+        if not self._rate.allow(link_id.encode(), now):
             return "later"
-        self._tokens -= 1.0
         self._pins[pin.peer_id] = pin
         self._change(PinChange(pin.peer_id, pin))
         return "new"
@@ -145,4 +156,8 @@ class PinStore:
         return out
 
     def bounded_sizes(self) -> dict[str, tuple[int, int]]:
-        return {"pins": (len(self._pins), self.max_pins), "pin_changes": (len(self._changes), 2 * self.max_pins)}
+        return {
+            "pins": (len(self._pins), self.max_pins),
+            "pin_changes": (len(self._changes), 2 * self.max_pins),
+            **self._rate.bounded_sizes("pin_rate_links"),
+        }

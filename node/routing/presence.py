@@ -127,14 +127,14 @@ class Presence:
             plaintext = encode_noise_payload(NoisePayloadType.AUTHENTICATED_PEER_STATE, body)
             self.delivery.send_encrypted(peer_id, plaintext, now, queue=False)
 
-    def peer_state(self, peer_id: bytes, signing_public_key: bytes, now: float) -> None:
-        """``peer_id`` told us its signing key inside a Noise session: its Noise key is proven, so the binding is
-        pinned durably; an unproven binding in the peer table is replaced by it."""
+    def peer_state(self, peer_id: bytes, signing_public_key: bytes, now: float, link_id: str = "") -> None:
+        """``peer_id`` told us its signing key inside a Noise session (the frame came on ``link_id``): its Noise key
+        is proven, so the binding is pinned durably; an unproven binding in the peer table is replaced by it."""
         session = self.sessions.session(peer_id)
         if session is None:
             return
         pin = Pin(peer_id, session.remote_static, signing_public_key)
-        outcome = self.pins.confirm(pin, now)
+        outcome = self.pins.confirm(pin, now, link_id)
         if outcome == "conflict":
             self.counters.pin_conflict += 1  # pinned to other keys: kept until the user forgets the pin
             return
@@ -146,9 +146,11 @@ class Presence:
             pin.noise_public_key,
             pin.signing_public_key,
         ):
-            # Someone announced this peer ID with other keys before the proof: the proven binding wins.
+            # Someone announced this peer ID with other keys before the proof: the proven binding wins, and the paths
+            # learned from the liar's announces go (the peer's next announce, accepted now, brings its own).
             self.counters.pin_replaced_unproven += 1
             info.noise_public_key, info.signing_public_key = pin.noise_public_key, pin.signing_public_key
+            self.paths.forget_peer(peer_id)
 
     # ---------------------------------------------------------------- announce relaying and peer expiry
     def announce_relay_interval_s(self) -> float:
@@ -303,6 +305,7 @@ class Presence:
             gone = self.peers.binding(pkt.sender_id, now)  # a peer the table forgot (flooded out, perhaps)
             if gone is not None and gone.signing_public_key != ann.signing_public_key:
                 self.counters.key_mismatch += 1  # its first-sight binding still holds until it expires
+                self.delivery.challenge(pkt.sender_id, link_id, now)
                 return None
             if gone is not None and pkt.timestamp_ms < gone.left_ms:
                 self.counters.leave_replayed += 1
@@ -312,6 +315,7 @@ class Presence:
         ):
             if self.pins.get(pkt.sender_id) is None:
                 self.counters.key_mismatch += 1  # unproven keys are pinned at first sight, as BitChat does
+                self.delivery.challenge(pkt.sender_id, link_id, now)
                 return None
             # The table held an unproven binding and this announce carries the proven (pinned) keys: they win.
             known.noise_public_key, known.signing_public_key = ann.noise_public_key, ann.signing_public_key

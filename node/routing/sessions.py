@@ -186,10 +186,9 @@ class SessionManager:
         self._initiators.pop(peer, None)
         self._responders.pop(peer, None)
 
-    def abandon_responder(self, peer: bytes) -> bool:
-        """Drop a half-done handshake in which we are the responder. Called when the peer sends ciphertext we
-        cannot open: it considers the handshake finished, so our message 3 was lost and waiting is futile."""
-        return self._responders.pop(peer, None) is not None
+    def initiating(self, peer: bytes) -> bool:
+        """A handshake with ``peer`` that we started is under way."""
+        return peer in self._initiators
 
     def decrypt_untrusted(self, peer: bytes, frame: bytes) -> bytes:
         """Decrypt with the current session, else the one it replaced. Raises CryptoError (DecryptError when
@@ -209,9 +208,14 @@ class SessionManager:
             except (DecryptError, ReplayError):
                 raise first from None
 
-    def initiate(self, peer: bytes, now: float) -> bytes | None:
-        """Message 1 of a new handshake, or None if one is already under way."""
-        if self.handshaking(peer) or len(self._initiators) >= self.limits.max_peers:
+    def initiate(self, peer: bytes, now: float, *, beside_responder: bool = False) -> bytes | None:
+        """Message 1 of a new handshake, or None if one is already under way. ``beside_responder``: start it even
+        while we are the responder of a handshake with ``peer`` — the recovery when the peer sends ciphertext we
+        cannot open (it may have finished that handshake, its message 3 lost on the way to us). Ciphertext
+        is unauthenticated, so the half-done handshake is kept, not abandoned: whichever completes first gives the
+        session and ends the other, and a forged frame costs the genuine handshake nothing."""
+        busy = self.initiating(peer) if beside_responder else self.handshaking(peer)
+        if busy or len(self._initiators) >= self.limits.max_peers:
             return None
         hs = XXHandshake.initiator_for(self._static)
         self._initiators[peer] = self._schedule(peer, _Handshake(hs, True, now + self._timeout_s))

@@ -33,7 +33,11 @@ from node.wire import (
     encode_packet,
     sign_packet,
 )
+from node.wire.packet import FLAG_HAS_SIGNATURE, pad
 
+PUBLIC_TEMPLATES = 16  # public-message (and nested-fragment) frames kept built, by text size (depth)
+NESTED_SENDER = bytes.fromhex("a5c3e1f00f1e3c5a")  # placeholders in nested-fragment templates (replaced; no other
+NESTED_TS = 0x5A5AC3C3E1E1F0F0  # 8 bytes of such a frame match them)
 IDENTITY_CACHE = 4096  # identities kept built (an Ed25519 + X25519 key pair costs ~0.1 ms to derive)
 NOISE_MSG1_BYTES = 32  # XX message 1: a bare ephemeral key
 
@@ -48,6 +52,8 @@ class Forger:
 
     def __post_init__(self) -> None:
         self._idents: OrderedDict[int, Identity] = OrderedDict()
+        self._publics: OrderedDict[int, bytes] = OrderedDict()  # text size -> unsigned frame with zero time/sender
+        self._nested: OrderedDict[int, bytes] = OrderedDict()  # depth -> frame with the placeholders below
 
     # ---------------------------------------------------------------- identities
     def identity(self, i: int) -> Identity:
@@ -102,23 +108,41 @@ class Forger:
         return encode_packet(sign_packet(pkt, ident.signing_key))
 
     def public(self, ident: Identity, ts_ms: int, text_bytes: int, *, signed: bool = True) -> bytes:
-        """A public message of ``text_bytes`` repetitive bytes (compresses to almost nothing)."""
-        pkt = Packet(2, MessageType.MESSAGE, 7, ts_ms, ident.peer_id, None, (), b"A" * max(1, text_bytes))
-        if signed:
-            pkt = sign_packet(pkt, ident.signing_key)
-        return encode_packet(pkt)
+        """A public message of ``text_bytes`` repetitive bytes (compresses to almost nothing): the bytes
+        ``encode_packet`` and ``sign_packet`` make, built from a per-size template (deflating a megabyte for every
+        bomb would cost the attacker more than the target)."""
+        size = max(1, text_bytes)
+        template = self._publics.get(size)
+        if template is None:
+            template = encode_packet(Packet(2, MessageType.MESSAGE, 7, 0, bytes(8), None, (), b"A" * size))
+            self._publics[size] = template
+            if len(self._publics) > PUBLIC_TEMPLATES:
+                self._publics.popitem(last=False)
+        # v2 header: version, type, TTL, timestamp (3..10), flags (11), payload length (12..15), sender (16..23)
+        frame = template[:3] + ts_ms.to_bytes(8, "big") + template[11:16] + ident.peer_id + template[24:]
+        if not signed:
+            return frame
+        # the signing preimage (BitChat: TTL 0, padded) of an unsigned, unpadded frame, as the verifier rebuilds it
+        signature = ident.signing_key.sign(pad(frame[:2] + b"\0" + frame[3:])).signature
+        return frame[:11] + bytes([frame[11] | FLAG_HAS_SIGNATURE]) + frame[12:] + signature
 
     # ---------------------------------------------------------------- fragments
     def nested_fragments(self, sender: bytes, ts_ms: int, depth: int) -> bytes:
-        """A fragment (total 1) whose chunk is a fragment whose chunk is ... ``depth`` levels, around a ping."""
-        frame = encode_packet(Packet(1, MessageType.PING, 7, ts_ms, sender, self.target, (), b"\0" * 9))
-        for _ in range(depth):
-            frag = FragmentPayload(self.rng.randbytes(8), 0, 1, MessageType.FRAGMENT, frame)
-            frame = encode_packet(
-                Packet(2, MessageType.FRAGMENT, 7, ts_ms, sender, self.target, (), encode_fragment(frag)),
-                compress=False,
-            )
-        return frame
+        """A fragment (total 1) whose chunk is a fragment whose chunk is ... ``depth`` levels, around a ping. Built
+        once per depth with placeholder sender and timestamp, which are then replaced (encoding 600 levels, each
+        copying the levels inside it, costs milliseconds; the fragment IDs repeat, the senders do not)."""
+        template = self._nested.get(depth)
+        if template is None:
+            frame = encode_packet(Packet(1, MessageType.PING, 7, NESTED_TS, NESTED_SENDER, self.target, (), bytes(9)))
+            for level in range(depth):
+                fid = hashlib.sha256(b"nested %d %d" % (self.seed, level)).digest()[:8]
+                chunk = encode_fragment(FragmentPayload(fid, 0, 1, MessageType.FRAGMENT, frame))
+                pkt = Packet(2, MessageType.FRAGMENT, 7, NESTED_TS, NESTED_SENDER, self.target, (), chunk)
+                frame = encode_packet(pkt, compress=False)
+            template = self._nested[depth] = frame
+            if len(self._nested) > PUBLIC_TEMPLATES:
+                self._nested.popitem(last=False)
+        return template.replace(NESTED_SENDER, sender).replace(NESTED_TS.to_bytes(8, "big"), ts_ms.to_bytes(8, "big"))
 
     def partial_fragment(
         self, sender: bytes, ts_ms: int, *, total: int = 10_000, chunk_bytes: int = 400, broadcast: bool = False

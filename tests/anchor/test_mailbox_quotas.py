@@ -329,3 +329,36 @@ def test_trusted_depositors_are_read_from_the_config() -> None:
     assert limits.quota.verified(key) and limits.max_bytes_per_recipient == 65536
     with pytest.raises(ConfigError, match=r"mailbox\.trusted_depositors"):
         config_from_mapping({"mailbox": {"trusted_depositors": ["12D3KooWnot-hex"]}})
+
+
+async def test_a_flood_of_free_keys_does_not_lock_a_new_depositor_out_of_a_proven_recipient() -> None:
+    """With no trusted depositors (the default), fresh keys depositing junk for invented recipients filled
+    max_envelopes_total and every new unverified sender was refused until the junk expired (up to 7 days). A
+    recipient that fetched from the anchor (proved its key) now keeps a reserve beyond the total, for anyone."""
+    anchor, a, c, d = (Identity.generate() for _ in range(4))
+    limits = MailboxLimits(max_total=20, max_per_depositor_total=5, reserved_per_proven_recipient=2)
+    clock = Clock()
+    service = MailboxService(MailboxCore(anchor.signing_public, limits), MemoryMailboxStorage(), clock)
+    await service.fetch(make_proof(c, anchor.signing_public, service.challenge()), 10)  # c fetches: proven
+    expiry = clock() + 86_400_000
+    junk_stored = 0
+    for _ in range(10):  # fresh keys, 5 envelopes each for invented recipients, until the anchor is full
+        key = os.urandom(32)
+        clock.ms += 1000  # (the anchor recounts its total at most once a second)
+        with contextlib.suppress(MailboxError):
+            for _ in range(5):
+                await service.deposit(encode_envelope(Envelope(os.urandom(8), expiry, 1, os.urandom(200))), key)
+                junk_stored += 1
+    assert junk_stored >= limits.max_total
+    clock.ms += 1000
+    with pytest.raises(MailboxError, match="anchor's mailbox is full"):  # d never fetched here: no reserve
+        await service.deposit(sealed_for(a, d, b"hi d"), a.signing_public)
+    for i in range(2):  # a new depositor still reaches c (its reserve), and c gets the mail
+        _, new = await service.deposit(sealed_for(a, c, b"hi c %d" % i), a.signing_public)
+        assert new
+    with pytest.raises(MailboxError, match="anchor's mailbox is full"):  # the reserve is bounded
+        await service.deposit(sealed_for(a, c, b"one too many"), a.signing_public)
+    assert service.core.counters.reserved == 2
+    _, items = await service.fetch(make_proof(c, anchor.signing_public, service.challenge()), 10)
+    texts = sorted(open_untrusted(decode_envelope_untrusted(i.envelope), c.noise_private)[1] for i in items)
+    assert texts == [b"hi c 0", b"hi c 1"]

@@ -7,28 +7,13 @@ envelopes, pings, msg1 floods, handshake junk, ciphertext from nobody, replays o
 random bytes, attacker links with tiny and huge MTUs.
 
 After every step: no exception escaped (hypothesis fails the run if one does), every bounded structure is within
-its bound (``MeshCore.bounded_sizes()`` when the core has it, else the bounds this file knows), the
-``contained_bugs`` counter (when the core has it) is zero; and honest private messages between A, V and B are all
-delivered once the air has settled.
+its bound (``MeshCore.bounded_sizes()``), the ``contained_bugs`` counter is zero, no public message over the send
+limit was delivered; and honest private messages between A, V and B are all delivered once the air has settled.
 
-Known defects (issue 13's review) that meshcore's branch fixes are **pending**: while ``MeshCore`` has no
-``bounded_sizes`` the rules do not draw the inputs that trigger them (``PENDING_MESHCORE``), and each has an
-``xfail(strict=True)`` reproduction below. Merging the fixes flips both: the rules start drawing them and the
-xfail tests XPASS, which fails them, until their marker is removed.
-
-Pending today (rule / input withheld -> what escapes today's core):
-
-| rule | withheld input | today |
-|---|---|---|
-| nested_fragments | depth > 3 (up to 700) | RecursionError in receive_frame |
-| courier | the same envelope twice with copies 255 | struct.error at the next meeting (copies > 255) |
-| new_attack_link | MTU 20 / 23 / 30 / 64 | EncodeError "MTU leaves no room for a fragment chunk" (link_up, relays) |
-| directed_elsewhere | frames of 2 KB..60 KB | EncodeError "> 256 fragments" relayed onto a small MTU (timer) |
-| ping | 60 KB (flooded pong onto MTU 185) and 70 KB (v1 pong) payloads | EncodeError in receive_frame |
-| compressed_public_bomb | a 1,000,000-byte compressed public message | invariant: text > max_public_text_chars |
-| forged_msg1_from_honest | msg1 in A's or B's name | replaces the in-flight handshake (honest-delivery invariant) |
-| evict_and_hijack | max_peers + 1 announces, then A's Noise key, our signing key | identity hijack (delivery) |
-| within_bounds | (sessions have no bound today) | a msg1 flood grows the responder table without limit |
+The victim and its neighbours run with small bounds (:data:`MESH`: 64 peers, 32 courier envelopes, ...), so the
+floods each rule draws (up to about twice a bound) push every table past its bound while each step stays cheap; the
+bounds' logic is the same at any size (node/routing/BOUNDS.md). The tests at the end reproduce the defects issue 13's
+review found (each failed on the code of that time) and the ones this adversary found since.
 """
 
 from __future__ import annotations
@@ -51,20 +36,28 @@ from hypothesis.stateful import (
 )
 
 from node.routing.mesh import MeshCore, MessageReceived
+from node.routing.peers import RECENT_BINDINGS_PER_PEER
 from node.sim.hostile import Forger, with_ttl
 from node.wire import MessageType
 from tests.routing.test_hoparq import LATENCY_S, Wire, make_cores
 
-# meshcore's branch (issue 13's routing-core fixes) adds MeshCore.bounded_sizes(); until it is merged the inputs
-# that crash today's core are not drawn (each is reproduced by an xfail test below).
-PENDING_MESHCORE = not hasattr(MeshCore, "bounded_sizes")
-
 WARM_S = 40.0  # A - V - B know each other
 SETTLE_S = 120.0  # honest private messages are delivered within this of simulated quiet time
 RECORDED = 256  # frames kept for replays
-SAFE_MTUS = (185, 247, 512, 4096, 65_535)
-HOSTILE_MTUS = (20, 23, 30, 64)  # pending: too small to fragment onto (EncodeError today)
-BIG_FRAME_BYTES = 60_000  # pending: relayed onto a small-MTU link it needs > 256 fragments (EncodeError today)
+MTUS = (20, 23, 30, 64, 185, 247, 512, 4096, 65_535)  # the first four: too small to fragment most frames onto
+BIG_FRAME_BYTES = 60_000  # relayed onto a small-MTU link it needs > 256 fragments
+# Small bounds (the defaults are 10-40x larger): a flood of ~2x a bound exercises its eviction at a fraction of the
+# cost, so the long run can afford 100,000 steps.
+MESH = {
+    "max_peers": 64,
+    "courier_max_envelopes": 32,
+    "max_sessions": 64,
+    "max_responder_handshakes": 16,
+    "dedupe_max_entries": 256,
+    "relay_queue_max": 512,
+    "max_pins": 256,
+}
+FLOOD = 2 * MESH["max_peers"]  # most frames one flood rule injects
 
 STEPS = {"n": 0, "rules": 0}  # hostile frames injected and rule steps run in this process (the slow test counts)
 
@@ -104,7 +97,7 @@ class Adversary(RuleBasedStateMachine):
 
     @initialize(seed=st.integers(0, 2**16))
     def start(self, seed: int) -> None:
-        cores = make_cores(3, seed=1 + seed % 7)
+        cores = make_cores(3, seed=1 + seed % 7, **MESH)
         self.wire = HostileWire(cores)
         self.wire.connect(0, 1)
         self.wire.connect(0, 2)
@@ -114,6 +107,7 @@ class Adversary(RuleBasedStateMachine):
         self.expected: dict[str, int] = {}  # message ID -> receiving core
         self.n_links = 0
         self.attack_link(512)
+        self.started = True
 
     # ---------------------------------------------------------------- plumbing
     @property
@@ -141,7 +135,7 @@ class Adversary(RuleBasedStateMachine):
         self.wire._drain(0)
 
     # ---------------------------------------------------------------- links and time
-    @rule(mtu=st.sampled_from(SAFE_MTUS + (() if PENDING_MESHCORE else HOSTILE_MTUS)))
+    @rule(mtu=st.sampled_from(MTUS))
     def new_attack_link(self, mtu: int) -> None:
         self.attack_link(mtu)
 
@@ -160,7 +154,7 @@ class Adversary(RuleBasedStateMachine):
         self.wire.run_until(self.now + dt)
 
     # ---------------------------------------------------------------- honest traffic
-    @rule(pair=st.sampled_from([(1, 2), (2, 1), (1, 0), (0, 2), (2, 0)]), size=st.integers(1, 255))
+    @rule(pair=st.sampled_from([(1, 2), (2, 1), (1, 0), (0, 1), (0, 2), (2, 0)]), size=st.integers(1, 255))
     def honest_private(self, pair: tuple[int, int], size: int) -> None:
         assert self.wire is not None
         src, dst = pair
@@ -194,17 +188,17 @@ class Adversary(RuleBasedStateMachine):
         )
         self.inject(frame)
 
-    @rule(first=st.integers(0, 10**6), count=st.integers(1, 300))
+    @rule(first=st.integers(0, 10**6), count=st.integers(1, FLOOD))
     def announce_flood(self, first: int, count: int) -> None:
         for i in range(first, first + count):
             self.inject(self.forger.announce(self.forger.identity(i), self.ts()))
 
-    @rule(depth=st.integers(1, 3 if PENDING_MESHCORE else 700))
+    @rule(depth=st.integers(1, 700))
     def nested_fragments(self, depth: int) -> None:
-        # depth > 1 is ok today only while it stays shallow; 600 levels raise RecursionError (pending)
+        # 600 levels raised RecursionError before fragments stopped nesting
         self.inject(self.forger.nested_fragments(self.forger.random_id(), self.ts(), depth))
 
-    @rule(count=st.integers(1, 200), total=st.integers(1, 10_000), chunk=st.integers(0, 1200), broadcast=st.booleans())
+    @rule(count=st.integers(1, 32), total=st.integers(1, 10_000), chunk=st.integers(0, 1200), broadcast=st.booleans())
     def partial_fragments(self, count: int, total: int, chunk: int, broadcast: bool) -> None:
         sender = self.forger.random_id()
         for _ in range(count):
@@ -218,26 +212,25 @@ class Adversary(RuleBasedStateMachine):
         recipient = self.wire.cores[2].peer_id if to_honest else self.forger.random_id()
         sealed = self.forger.rng.randbytes(96)
         sender = self.forger.random_id()
-        repeats = 2 if twice and (not PENDING_MESHCORE or copies <= 127) else 1  # 2 x 255 overflow: pending
+        repeats = 2 if twice else 1  # 2 x 255 copies once overflowed the copy byte
         for _ in range(repeats):
             self.inject(self.forger.courier(sender, self.ts(), recipient=recipient, copies=copies, sealed=sealed))
 
-    # pending: a 70 KB echo does not fit a v1 pong; a 60 KB one needs > 256 fragments on a small-MTU link
-    PING_SIZES = (0, 8, 9, 10, 1000) + (() if PENDING_MESHCORE else (60_000, 70_000))
+    # a 70 KB echo does not fit a v1 pong; a 60 KB one needs > 256 fragments on a small-MTU link
+    PING_SIZES = (0, 8, 9, 10, 1000, 60_000, 70_000)
 
     @rule(size=st.sampled_from(PING_SIZES), ttl=st.integers(0, 9))
     def ping(self, size: int, ttl: int) -> None:
         self.inject(self.forger.ping(self.forger.random_id(), self.ts(), size, ttl=ttl))
 
-    @rule(count=st.integers(1, 300))
+    @rule(count=st.integers(1, FLOOD))
     def msg1_flood(self, count: int) -> None:
         for _ in range(count):
             self.inject(self.forger.msg1(self.forger.random_id(), self.ts()))
 
-    @precondition(lambda self: not PENDING_MESHCORE)
     @rule(victim=st.sampled_from((1, 2)))
     def forged_msg1_from_honest(self, victim: int) -> None:
-        # pending: a forged msg1 "from A" replaces our in-flight handshake with A
+        # a forged msg1 "from A" once replaced our in-flight handshake with A
         assert self.wire is not None
         self.inject(self.forger.msg1(self.wire.cores[victim].peer_id, self.ts()))
 
@@ -251,7 +244,7 @@ class Adversary(RuleBasedStateMachine):
         for _ in range(n):
             self.inject(self.forger.ciphertext(self.forger.random_id(), self.ts(), size))
 
-    @rule(size=st.integers(0, 2000 if PENDING_MESHCORE else BIG_FRAME_BYTES))
+    @rule(size=st.integers(0, BIG_FRAME_BYTES))
     def directed_elsewhere(self, size: int) -> None:
         self.inject(self.forger.directed_elsewhere(self.forger.random_id(), self.ts(), size))
 
@@ -284,11 +277,10 @@ class Adversary(RuleBasedStateMachine):
         for _ in range(times):
             self.inject(frame if ttl is None else with_ttl(frame, ttl))
 
-    @precondition(lambda self: not PENDING_MESHCORE)
     @rule(victim=st.sampled_from((1, 2)), first=st.integers(0, 10**6))
     def evict_and_hijack(self, victim: int, first: int) -> None:
-        # pending: max_peers announces evict an honest peer; an announce with its Noise key and our signing key
-        # then pins it to the attacker
+        # max_peers announces evict an honest peer; an announce with its Noise key and our signing key then pinned it
+        # to the attacker (before pins needed a completed handshake)
         assert self.wire is not None
         for i in range(first, first + self.v.settings.max_peers + 1):
             self.inject(self.forger.announce(self.forger.identity(i), self.ts()))
@@ -299,10 +291,9 @@ class Adversary(RuleBasedStateMachine):
             )
         )
 
-    @precondition(lambda self: not PENDING_MESHCORE)
     @rule()
     def compressed_public_bomb(self) -> None:
-        # pending: a 1.2 KB frame becomes a 1.16 MB public message (no size check on receipt)
+        # a 1.2 KB frame became a 1.16 MB public message (before the size check on receipt)
         ident = self.forger.identity(7)
         self.inject(self.forger.announce(ident, self.ts()))
         self.inject(self.forger.public(ident, self.ts(), 1_000_000))
@@ -310,9 +301,12 @@ class Adversary(RuleBasedStateMachine):
     # ---------------------------------------------------------------- invariants
     @invariant()
     def within_bounds(self) -> None:
-        STEPS["rules"] += 1  # (invariants run after every step)
         if self.wire is None:
             return
+        if self.started:
+            self.started = False  # (invariants run after start too: that is not a rule step)
+        else:
+            STEPS["rules"] += 1  # invariants run after every rule step
         over = {name: cb for name, cb in bounds(self.v).items() if cb[0] > cb[1]}
         assert not over, f"structures past their bound: {over}"
 
@@ -324,7 +318,7 @@ class Adversary(RuleBasedStateMachine):
 
     @invariant()
     def public_messages_within_the_send_limit(self) -> None:
-        if self.wire is None or PENDING_MESHCORE:
+        if self.wire is None:
             return
         limit = self.v.settings.max_public_text_chars
         big = [ev for _, ev in self.wire.received if not ev.private and len(ev.text) > limit]
@@ -353,34 +347,41 @@ def test_adversary_finds_no_way_in() -> None:
     _run(max_examples=10, steps=20)
 
 
+LONG_RUN_STEPS = 100_000  # rule steps of the slow test (issue 13: >= 100,000), each followed by every invariant
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_adversary_long_run() -> None:
-    """A long deterministic run in the slow suite (same examples every time, so CI cannot flake): 100 examples of up
-    to 100 rule steps, each followed by every invariant (~7,000 rule steps, 2-3 min on 2 cores).
-
-    To hunt for new ways in, run it randomized and longer: ``VILLAGE_ADVERSARY_STEPS=100000 pytest -m slow -k
-    adversary_long`` loops over fresh random examples until that many rule steps ran (~25 min on 2 cores)."""
-    target = int(os.environ.get("VILLAGE_ADVERSARY_STEPS", "0"))
-    start = STEPS["rules"]
-    while True:
+    """The long run in the slow suite: at least LONG_RUN_STEPS rule steps (counted, and the count asserted), in
+    examples of up to 100 steps, deterministic so that CI cannot flake (~5 CPU-minutes; bench/README.md has the
+    rate). ``VILLAGE_ADVERSARY_STEPS=n`` changes the target; ``VILLAGE_ADVERSARY_RANDOM=1`` draws fresh random
+    examples instead, to hunt for new ways in (it prints a reproducible blob when it finds one)."""
+    target = int(os.environ.get("VILLAGE_ADVERSARY_STEPS", LONG_RUN_STEPS))
+    randomized = bool(os.environ.get("VILLAGE_ADVERSARY_RANDOM"))
+    start, frames = STEPS["rules"], STEPS["n"]
+    for extra in range(100):  # (each pass draws other examples: the step count is part of what they are drawn from)
+        done = STEPS["rules"] - start
+        if done >= target:
+            break
         run_state_machine_as_test(
             Adversary,
             settings=settings(
-                max_examples=100,
-                stateful_step_count=100,
+                max_examples=max(10, (target - done) // 90),  # ~94 steps per example on average
+                stateful_step_count=100 + extra,
                 deadline=None,
                 database=None,
-                derandomize=not target,
+                derandomize=not randomized,
                 suppress_health_check=list(HealthCheck),
+                print_blob=True,
             ),
         )
-        if STEPS["rules"] - start >= target:
-            break
-    assert STEPS["rules"] - start >= min(target or 5_000, 5_000)
+    steps = STEPS["rules"] - start
+    print(f"adversary long run: {steps} rule steps, {STEPS['n'] - frames} hostile frames injected")
+    assert steps >= target
 
 
-# ---------------------------------------------------------------- known defects (pending on meshcore's fixes)
+# ---------------------------------------------------------------- defects found by issue 13's review (regressions)
 def _victim(mtu: int = 512) -> tuple[MeshCore, Forger]:
     [core] = make_cores(1)
     core.link_up("X", mtu, 0.0)
@@ -394,16 +395,11 @@ def _timers(core: MeshCore, until: float) -> None:
         core.frames_to_send()
 
 
-pending = pytest.mark.xfail(PENDING_MESHCORE, strict=True, reason="fixed on meshcore's branch (issue 13)")
-
-
-@pending
 def test_600_nested_fragments_are_dropped_not_recursed() -> None:
     core, forger = _victim()
     core.receive_frame("X", forger.nested_fragments(forger.random_id(), core.wall_ms(1.0), 600), 1.0)  # RecursionError
 
 
-@pending
 def test_courier_copies_that_overflow_a_byte_do_not_crash_the_handover() -> None:
     cores = make_cores(3)
     wire = HostileWire(cores)
@@ -419,14 +415,12 @@ def test_courier_copies_that_overflow_a_byte_do_not_crash_the_handover() -> None
     wire.run_until(40.0)  # struct.error: meeting the recipient packs 510 copies into one byte
 
 
-@pending
 def test_a_ping_whose_echo_cannot_be_encoded_is_dropped() -> None:
     core, forger = _victim(65_535)
     core.receive_frame("X", forger.ping(forger.random_id(), core.wall_ms(1.0), 70_000), 1.0)  # EncodeError (v1 pong)
     assert not [f for _, f in core.frames_to_send() if len(f) > 65_535]
 
 
-@pending
 def test_a_big_ping_echoed_onto_a_small_mtu_link_does_not_crash() -> None:
     # found by the adversary's long run: a 60 KB ping with TTL 0 (not a neighbour's probe) is answered by a
     # directed pong that floods onto every link, and at MTU 185 it needs 423 fragments (EncodeError)
@@ -437,7 +431,6 @@ def test_a_big_ping_echoed_onto_a_small_mtu_link_does_not_crash() -> None:
     _timers(core, 5.0)
 
 
-@pending
 def test_relaying_a_big_frame_onto_a_tiny_mtu_link_does_not_crash_the_timer() -> None:
     core, forger = _victim(65_535)
     core.link_up("T", 30, 0.5)
@@ -445,7 +438,6 @@ def test_relaying_a_big_frame_onto_a_tiny_mtu_link_does_not_crash_the_timer() ->
     _timers(core, 5.0)  # EncodeError inside handle_timer
 
 
-@pending
 def test_received_public_messages_are_held_to_the_send_limit() -> None:
     core, forger = _victim()
     ident = forger.identity(1)
@@ -455,13 +447,32 @@ def test_received_public_messages_are_held_to_the_send_limit() -> None:
     assert all(len(t) <= core.settings.max_public_text_chars for t in texts)
 
 
-@pending
 def test_a_msg1_flood_keeps_the_session_table_bounded() -> None:
     core, forger = _victim()
     for _ in range(5_000):
         core.receive_frame("X", forger.msg1(forger.random_id(), core.wall_ms(1.0)), 1.0)
     assert all(cur <= bound for cur, bound in bounds(core).values())
     assert any(word in name for name in bounds(core) for word in ("session", "handshake", "responder"))
+
+
+def test_a_hijack_after_flushing_the_forgotten_bindings_does_not_cut_off_an_honest_peer() -> None:
+    """Found by a randomized run (a courier flood, evict_and_hijack, compressed-public bombs; the message A -> V was
+    never delivered), here in its minimal form: RECENT_BINDINGS_PER_PEER + 1 evictions flush A out of V's memory
+    of forgotten bindings, so the hijack announce (A's Noise key, the attacker's signing key) is taken. V then
+    refused A's genuine announces (key mismatch) and its only way to A was the attacker's link, where it answered
+    A's handshakes. Fixed by challenging the conflicting binding with a handshake (the proof pins A and replaces
+    the liar's) and by answering a neighbour's handshake on its own link."""
+    m = Adversary()
+    m.start(0)
+    for k in range(RECENT_BINDINGS_PER_PEER + 1):
+        m.evict_and_hijack(victim=1, first=100_000 * (k + 1))
+    for _ in range(5):
+        m.advance(40.0)  # past A's own way at V (path_ttl_s)
+    m.honest_private((1, 0), 10)
+    m.honest_private((0, 1), 10)
+    m.settle_and_check_delivery()
+    a = m.wire.cores[1] if m.wire else None
+    assert a is not None and m.v.pins.get(a.peer_id) is not None  # A proved itself
 
 
 def test_no_frame_type_escapes_the_recorded_wire() -> None:

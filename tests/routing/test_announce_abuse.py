@@ -83,7 +83,7 @@ def test_a_failed_handshake_leaves_no_held_ciphertext_and_big_ones_are_never_hel
         core.receive_frame("L", frame(MessageType.NOISE_HANDSHAKE, stranger, os.urandom(32)), now)  # message 1
         core.receive_frame("L", frame(MessageType.NOISE_ENCRYPTED, stranger, os.urandom(100)), now)  # held early
         core.receive_frame("L", frame(MessageType.NOISE_ENCRYPTED, stranger, os.urandom(100_000)), now)  # too big
-        assert [len(p.payload) for p in core.delivery.early[stranger]] == [100]
+        assert [len(p.payload) for p, _ in core.delivery.early[stranger]] == [100]
         core.receive_frame("L", frame(MessageType.NOISE_HANDSHAKE, stranger, os.urandom(64)), now)  # bogus msg 3
         # A message 3 that does not read may be forged (the sender field is not authenticated): what waits for a
         # handshake stays while one is under way (until its deadline), and goes with the last of them.

@@ -170,3 +170,45 @@ def test_message2_answers_that_would_flood_are_within_the_flood_limits() -> None
     limiter = core.flood_limiter
     assert flooded <= limiter.global_burst + limiter.global_per_s * 60  # 20 + 2/s
     assert answers_back > flooded and core.counters.rate_limited > 0  # the rest went back the way they came
+
+
+def _enc_frame(core: MeshCore, sender: bytes, payload: bytes, now: float) -> bytes:
+    pkt = Packet(1, MessageType.NOISE_ENCRYPTED, 7, core.wall_ms(now), sender, core.peer_id, (), payload)
+    return encode_packet(pkt)
+
+
+def test_forged_ciphertext_does_not_end_their_half_done_handshake() -> None:
+    """Ciphertext "from P" while we are P's responder once ended the handshake (as if P had finished it and lost our
+    message 3 — the recovery path). It is unauthenticated: P's message 3 must still complete the handshake. (Too big
+    to be held as an early ciphertext, and from a second link.)"""
+    core, p = _core(), _ident(11)
+    ini = XXHandshake.initiator_for(p.noise_private)
+    core.receive_frame("L", _hs_frame(core, p.peer_id, ini.write(), 1.0), 1.0)
+    [msg2] = _handshakes_out(core, "L")
+    ini.read_untrusted(msg2)
+    for i, size in enumerate((5000, 80, 5000)):  # forged: random bytes, too big to hold and small
+        now = 1.1 + i / 10
+        core.receive_frame("X", _enc_frame(core, p.peer_id, os.urandom(size), now), now)
+    core.frames_to_send()
+    core.receive_frame("L", _hs_frame(core, p.peer_id, ini.write(), 1.6), 1.6)
+    theirs = ini.finish()
+    assert core.sessions.decrypt_untrusted(p.peer_id, theirs.encrypt(b"hello")) == b"hello"
+    assert core.counters.handshake_failed == 0
+
+
+def test_forged_ciphertext_does_not_end_a_rehandshake_beside_a_session() -> None:
+    """The same with a session already in place (P renews it): a forged frame that does not decrypt under the old
+    session leaves the new handshake to complete."""
+    core, p = _core(), _ident(12)
+    for t in (1.0, 30.0):  # a first handshake, then P renews the session
+        ini = XXHandshake.initiator_for(p.noise_private)
+        core.receive_frame("L", _hs_frame(core, p.peer_id, ini.write(), t), t)
+        [msg2] = _handshakes_out(core, "L")
+        ini.read_untrusted(msg2)
+        if t > 1.0:
+            core.receive_frame("X", _enc_frame(core, p.peer_id, os.urandom(5000), t + 0.1), t + 0.1)
+            core.frames_to_send()
+        core.receive_frame("L", _hs_frame(core, p.peer_id, ini.write(), t + 0.2), t + 0.2)
+        theirs = ini.finish()  # the handshake P just finished, not an older one
+        assert core.sessions.session(p.peer_id) is not None
+        assert core.sessions.decrypt_untrusted(p.peer_id, theirs.encrypt(b"%d" % t)) == b"%d" % t

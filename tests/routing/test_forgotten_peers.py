@@ -7,18 +7,31 @@ import random
 
 import nacl.signing
 
+from node.crypto.session import XXHandshake
 from node.identity import Identity
 from node.routing.announcing import FIRST_RELAYS_PER_LINK_PER_S, FIRST_RELAYS_PER_S, AnnounceRelays
 from node.routing.events import PeerLeft
 from node.routing.mesh import MeshCore
-from node.wire import Announce, MessageType, Packet, encode_announce, encode_packet, sign_packet
+from node.routing.peers import RECENT_BINDINGS_PER_PEER
+from node.routing.pins import Pin, encode_peer_state
+from node.wire import (
+    Announce,
+    MessageType,
+    NoisePayloadType,
+    Packet,
+    decode_packet_untrusted,
+    encode_announce,
+    encode_noise_payload,
+    encode_packet,
+    sign_packet,
+)
 from tests.routing.test_hoparq import make_cores
 
 
-def _announce(ts_ms: int, peer_id: bytes, noise: bytes, signer: nacl.signing.SigningKey) -> bytes:
+def _announce(ts_ms: int, peer_id: bytes, noise: bytes, signer: nacl.signing.SigningKey, ttl: int = 5) -> bytes:
     ann = Announce("x", noise, bytes(signer.verify_key), (), None, None)
     return encode_packet(
-        sign_packet(Packet(1, MessageType.ANNOUNCE, 5, ts_ms, peer_id, None, (), encode_announce(ann)), signer)
+        sign_packet(Packet(1, MessageType.ANNOUNCE, ttl, ts_ms, peer_id, None, (), encode_announce(ann)), signer)
     )
 
 
@@ -102,3 +115,79 @@ def test_first_relays_of_new_origins_have_a_budget_per_link_and_in_total() -> No
     assert relays.decide(origin, b"a", 3.0, interval_s=30.0, early_interval_s=30.0, link_id="Z") == "phones"
     assert relays.decide(origin, b"a", 60.0, interval_s=30.0, early_interval_s=30.0, link_id="Z") == "all"
     assert relays.bounded_sizes()["announce_first_relay_links"][0] == 3
+
+
+# ---------------------------------------------------------------- once the memory of forgotten bindings is flushed
+T = 200.0  # when the tests below start: A's own way on L (path_ttl_s after its announce) has expired
+
+
+def _hijacked(rng: random.Random) -> tuple[MeshCore, Identity]:
+    """V heard A on L, then RECENT_BINDINGS_PER_PEER + 1 table-fulls of fresh identities flushed A out of the table
+    and out of the memory of forgotten bindings, and an attacker on X claimed A's ID (A's Noise key) with its own
+    signing key: accepted (A was never proven, so nothing is left to refuse it with)."""
+    [core] = make_cores(1, max_peers=16)
+    core.link_up("L", 1_200_000, 0.0)
+    core.link_up("X", 1_200_000, 0.0)
+    core.frames_to_send()
+    a = Identity(nacl.signing.SigningKey(rng.randbytes(32)), rng.randbytes(32))
+    core.receive_frame("L", _announce(core.wall_ms(1.0), a.peer_id, a.noise_public, a.signing_key, ttl=7), 1.0)
+    for _ in range(RECENT_BINDINGS_PER_PEER + 1):
+        _flood_out(core, rng, 2.0)
+    assert core.peers.get(a.peer_id) is None and core.peers.binding(a.peer_id, 2.0) is None
+    attacker = nacl.signing.SigningKey(rng.randbytes(32))
+    for now in (3.0, T):  # ... and keeps announcing it (A's way on L, learned from its announce at 1 s, is stale)
+        core.receive_frame("X", _announce(core.wall_ms(now), a.peer_id, a.noise_public, attacker, ttl=7), now)
+    core.frames_to_send()
+    info = core.peers.get(a.peer_id)
+    assert info is not None and info.signing_public_key == bytes(attacker.verify_key)
+    return core, a
+
+
+def _handshakes(core: MeshCore) -> list[tuple[str, bytes]]:
+    return [
+        (link, pkt.payload)
+        for link, data in core.frames_to_send()
+        if (pkt := decode_packet_untrusted(data, core.limits)).type == MessageType.NOISE_HANDSHAKE
+    ]
+
+
+def test_a_handshake_from_a_neighbour_is_answered_on_its_link_whatever_the_path_table_says() -> None:
+    """Found by the randomized adversary: after the hijack, V's only path to A was the one learned from the liar's
+    announce (its link X), and V answered A's own handshake into it — A could never start a session with V."""
+    core, a = _hijacked(random.Random(21))
+    assert core.path_to(a.peer_id, T + 1)[0] == ["X"]  # the liar's way
+    ini = XXHandshake.initiator_for(a.noise_private)
+    msg1 = Packet(1, MessageType.NOISE_HANDSHAKE, 7, core.wall_ms(T + 1), a.peer_id, core.peer_id, (), ini.write())
+    core.receive_frame("L", encode_packet(msg1), T + 1)  # straight from A (TTL 7) on L
+    answers = _handshakes(core)
+    assert ("L", answers[0][1]) in answers  # message 2 goes back on L (and the routed copy on X as before)
+    ini.read_untrusted(answers[0][1])
+
+
+def test_an_announce_conflicting_with_an_unproven_binding_is_answered_with_a_challenge() -> None:
+    """Found by the randomized adversary: after the hijack, A's genuine announces were refused (key mismatch) for as
+    long as the attacker kept announcing, so V never woke its messages for A. Now the conflict starts a handshake
+    on the announce's link; A completes it and proves its signing key (0x21), which pins A and replaces the liar's
+    binding, and A's announces are taken again while the attacker's are refused."""
+    core, a = _hijacked(random.Random(22))
+    core.receive_frame("L", _announce(core.wall_ms(T + 5.0), a.peer_id, a.noise_public, a.signing_key, ttl=7), T + 5.0)
+    assert core.counters.key_mismatch == 1 and core.counters.binding_challenges == 1
+    [msg1] = [payload for link, payload in _handshakes(core) if link == "L"]
+    resp = XXHandshake.responder_for(a.noise_private)
+    resp.read_untrusted(msg1)
+    msg2 = Packet(1, MessageType.NOISE_HANDSHAKE, 7, core.wall_ms(T + 5.1), a.peer_id, core.peer_id, (), resp.write())
+    core.receive_frame("L", encode_packet(msg2), T + 5.1)
+    [msg3] = [payload for link, payload in _handshakes(core) if link == "L"]
+    resp.read_untrusted(msg3)
+    theirs = resp.finish()
+    state = encode_noise_payload(NoisePayloadType.AUTHENTICATED_PEER_STATE, encode_peer_state(a.signing_public, 0))
+    sealed = theirs.encrypt(state)
+    enc = Packet(1, MessageType.NOISE_ENCRYPTED, 7, core.wall_ms(T + 5.2), a.peer_id, core.peer_id, (), sealed)
+    core.receive_frame("L", encode_packet(enc), T + 5.2)
+    assert core.pins.get(a.peer_id) == Pin(a.peer_id, a.noise_public, a.signing_public)
+    info = core.peers.get(a.peer_id)
+    assert info is not None and info.signing_public_key == a.signing_public
+    assert core.counters.pin_replaced_unproven == 1
+    attacker = nacl.signing.SigningKey(random.Random(0).randbytes(32))
+    core.receive_frame("X", _announce(core.wall_ms(T + 6.0), a.peer_id, a.noise_public, attacker, ttl=7), T + 6.0)
+    assert core.counters.pin_conflict == 1

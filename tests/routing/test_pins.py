@@ -19,9 +19,13 @@ from node.crypto.session import XXHandshake
 from node.identity import Identity
 from node.node import Node
 from node.pinfile import PinFile
+from node.routing.mesh import MeshCore
 from node.routing.pins import (
     NEW_PINS_BURST,
+    NEW_PINS_PER_LINK_BURST,
+    NEW_PINS_PER_LINK_PER_MIN,
     NEW_PINS_PER_MIN,
+    PIN_RATE_LINKS,
     Pin,
     PinChange,
     PinStore,
@@ -107,12 +111,28 @@ def test_pins_are_accepted_at_construction_reported_and_bounded() -> None:
     assert pins.confirm(Pin(b"c" * 8, b"n" * 32, b"s" * 32)) == "new"  # the user made room
 
 
+def _pin(i: int) -> Pin:
+    return Pin(i.to_bytes(8, "big"), b"n" * 32, b"s" * 32)
+
+
 def test_new_pins_are_rate_limited() -> None:
     pins = PinStore(10_000)
-    made = [pins.confirm(Pin(i.to_bytes(8, "big"), b"n" * 32, b"s" * 32), i * 0.5) for i in range(300)]
+    made = [pins.confirm(_pin(i), i * 0.5, f"L{i % 8}") for i in range(300)]  # proofs spread over 8 links
     refill = NEW_PINS_PER_MIN * 299 * 0.5 / 60  # over 150 s: a burst, then 6 a minute
     assert NEW_PINS_BURST + refill - 1 <= made.count("new") <= NEW_PINS_BURST + refill
     assert set(made) == {"new", "later"}
+
+
+def test_one_link_cannot_use_up_the_pin_budget_of_the_others() -> None:
+    """Throwaway keys completing handshakes over one link got every new pin the node would make (the budget was
+    global only): now that link gets its own share, and a peer on another link is still pinned."""
+    pins = PinStore(10_000)
+    flood = [pins.confirm(_pin(i), i * 0.5, "X") for i in range(300)]  # 150 s of proofs from one link
+    per_link = NEW_PINS_PER_LINK_BURST + NEW_PINS_PER_LINK_PER_MIN * 299 * 0.5 / 60
+    assert per_link - 1 <= flood.count("new") <= per_link < NEW_PINS_BURST / 2
+    honest = [pins.confirm(_pin(10_000 + i), 150.0 + i, f"L{i}") for i in range(20)]  # 20 peers on their own links
+    assert honest == ["new"] * 20
+    assert pins.bounded_sizes()["pin_rate_links"] == (21, PIN_RATE_LINKS)
 
 
 def test_peer_state_round_trips_and_is_bitchat_shaped() -> None:
@@ -173,44 +193,66 @@ async def test_a_node_keeps_its_pins_across_a_restart(
     assert on_loop_thread and not any(on_loop_thread)
 
 
+def _frame(core: MeshCore, sender: bytes, t: int, payload: bytes, now: float) -> bytes:
+    return encode_packet(Packet(1, t, 7, core.wall_ms(now), sender, core.peer_id, (), payload))
+
+
+def _handshake_and_pin(core: MeshCore, ident: Identity, signing_pub: bytes, now: float, link: str) -> None:
+    """``ident`` completes a Noise handshake with ``core`` over ``link`` and tells it ``signing_pub`` (0x21)."""
+    hs = XXHandshake.initiator_for(ident.noise_private)
+    core.receive_frame(link, _frame(core, ident.peer_id, MessageType.NOISE_HANDSHAKE, hs.write(), now), now)
+    out = [decode_packet_untrusted(d, core.limits) for _, d in core.frames_to_send()]
+    msg2 = next(p.payload for p in out if p.type == MessageType.NOISE_HANDSHAKE)
+    hs.read_untrusted(msg2)
+    core.receive_frame(link, _frame(core, ident.peer_id, MessageType.NOISE_HANDSHAKE, hs.write(), now), now)
+    session = hs.finish()
+    body = encode_noise_payload(NoisePayloadType.AUTHENTICATED_PEER_STATE, encode_peer_state(signing_pub, 0))
+    core.receive_frame(link, _frame(core, ident.peer_id, MessageType.NOISE_ENCRYPTED, session.encrypt(body), now), now)
+    core.frames_to_send()
+
+
+def _new(rng: random.Random) -> Identity:
+    return Identity(nacl.signing.SigningKey(rng.randbytes(32)), rng.randbytes(32))
+
+
 def test_throwaway_keys_that_complete_handshakes_do_not_evict_an_honest_pin() -> None:
     """Review: each throwaway Noise key that completes XX and sends 0x21 got a durable pin, and past max_pins the
     least recently confirmed (an honest one) was forgotten, reopening the hijack."""
     [core] = make_cores(1, max_pins=50)
-    core.link_up("L", 1_200_000, 0.0)
-    core.link_up("X", 1_200_000, 0.0)
+    attack_links = [f"X{i}" for i in range(6)]  # (spread over links: one link alone gets its share of new pins)
+    for link in ["L", *attack_links]:
+        core.link_up(link, 1_200_000, 0.0)
     core.frames_to_send()
     rng = random.Random(7)
-
-    def new() -> Identity:
-        return Identity(nacl.signing.SigningKey(rng.randbytes(32)), rng.randbytes(32))
-
-    def frame(sender: bytes, t: int, payload: bytes, now: float) -> bytes:
-        return encode_packet(Packet(1, t, 7, core.wall_ms(now), sender, core.peer_id, (), payload))
-
-    def handshake_and_pin(ident: Identity, signing_pub: bytes, now: float, link: str) -> None:
-        hs = XXHandshake.initiator_for(ident.noise_private)
-        core.receive_frame(link, frame(ident.peer_id, MessageType.NOISE_HANDSHAKE, hs.write(), now), now)
-        out = [decode_packet_untrusted(d, core.limits) for _, d in core.frames_to_send()]
-        msg2 = next(p.payload for p in out if p.type == MessageType.NOISE_HANDSHAKE)
-        hs.read_untrusted(msg2)
-        core.receive_frame(link, frame(ident.peer_id, MessageType.NOISE_HANDSHAKE, hs.write(), now), now)
-        session = hs.finish()
-        body = encode_noise_payload(NoisePayloadType.AUTHENTICATED_PEER_STATE, encode_peer_state(signing_pub, 0))
-        core.receive_frame(link, frame(ident.peer_id, MessageType.NOISE_ENCRYPTED, session.encrypt(body), now), now)
-        core.frames_to_send()
-
-    v = new()
-    handshake_and_pin(v, v.signing_public, 1.0, "L")
+    v = _new(rng)
+    _handshake_and_pin(core, v, v.signing_public, 1.0, "L")
     assert core.pins.get(v.peer_id) is not None
     now = 1.0
-    for _ in range(60):
+    for i in range(60):
         now += 10.0
-        handshake_and_pin(new(), rng.randbytes(32), now, "X")
+        _handshake_and_pin(core, _new(rng), rng.randbytes(32), now, attack_links[i % 6])
     assert core.pins.get(v.peer_id) is not None and len(core.pins) == 50
     assert core.counters.pins_refused == 11
     assert not any(ch.pin is None for ch in core.pins.take_changes())  # nothing deleted on disk
     attacker = nacl.signing.SigningKey(rng.randbytes(32))
-    core.receive_frame("X", _claim(core.wall_ms(now + 1), v.peer_id, v.noise_public, attacker), now + 1)
+    core.receive_frame("X0", _claim(core.wall_ms(now + 1), v.peer_id, v.noise_public, attacker), now + 1)
     info = core.peers.get(v.peer_id)
     assert info is None or info.signing_public_key == v.signing_public  # the hijack stays closed
+
+
+def test_throwaway_keys_on_one_link_leave_new_pins_for_peers_on_other_links() -> None:
+    """Pins were rate-limited only globally: throwaway keys proving themselves over one link (one every 2 s, within
+    the handshake budget) took the whole budget, and an honest peer's handshake on another link right after was not
+    pinned (``later``) while the flood went on."""
+    [core] = make_cores(1)
+    for link in ("L", "X"):
+        core.link_up(link, 1_200_000, 0.0)
+    core.frames_to_send()
+    rng = random.Random(8)
+    v = _new(rng)
+    for i in range(100):
+        _handshake_and_pin(core, _new(rng), rng.randbytes(32), 1.0 + 2 * i, "X")
+        if i == 90:  # the honest peer, while the flood goes on
+            _handshake_and_pin(core, v, v.signing_public, 2.0 + 2 * i, "L")
+    assert len(core.pins) <= 1 + NEW_PINS_PER_LINK_BURST + NEW_PINS_PER_LINK_PER_MIN * 200 / 60  # X's share, and v
+    assert core.pins.get(v.peer_id) == Pin(v.peer_id, v.noise_public, v.signing_public)

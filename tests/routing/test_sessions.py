@@ -55,17 +55,29 @@ def test_no_session_is_a_handshake_error() -> None:
         a.decrypt_untrusted(ib.peer_id, bytes(40))
 
 
-def test_abandon_responder_only_drops_a_responder_handshake() -> None:
-    a, b, ia, ib = pair()
-    msg1 = a.initiate(ib.peer_id, 0.0)
-    assert msg1 is not None
-    b.on_message_untrusted(ia.peer_id, msg1, 0.0, None)
-    assert b.handshaking(ia.peer_id)
-    assert not a.abandon_responder(ib.peer_id)  # a is the initiator: kept
-    assert a.handshaking(ib.peer_id)
-    assert b.abandon_responder(ia.peer_id)
-    assert not b.handshaking(ia.peer_id)
-    assert b.initiate(ia.peer_id, 1.0) is not None  # free to start over as initiator
+def test_a_recovery_handshake_starts_beside_a_responder_handshake_and_either_completes() -> None:
+    """Ciphertext we cannot open while we are a's responder starts a handshake as initiator beside the half-done
+    one (the frame may be forged, so that one is kept): a's message 3 still completes it, and so does the new one."""
+    for finish_old in (True, False):
+        a, b, ia, ib = pair()
+        msg1 = a.initiate(ib.peer_id, 0.0)
+        assert msg1 is not None
+        msg2 = b.on_message_untrusted(ia.peer_id, msg1, 0.0, None).reply
+        assert b.responding(ia.peer_id) and b.initiate(ia.peer_id, 0.1) is None  # not an ordinary second one
+        recovery = b.initiate(ia.peer_id, 0.1, beside_responder=True)
+        assert recovery is not None and b.initiating(ia.peer_id) and b.responding(ia.peer_id)
+        assert b.initiate(ia.peer_id, 0.2, beside_responder=True) is None  # one at a time
+        step3 = a.on_message_untrusted(ib.peer_id, msg2 or b"", 0.3, ib.noise_public)
+        if finish_old:  # a's message 3 arrives after all
+            assert b.on_message_untrusted(ia.peer_id, step3.reply or b"", 0.4, ia.noise_public).established
+        else:  # it was lost: a answers the recovery (it holds a session, and yields to a message 1 as responder)
+            answer = a.on_message_untrusted(ib.peer_id, recovery, 0.4, ib.noise_public).reply
+            step = b.on_message_untrusted(ia.peer_id, answer or b"", 0.5, ia.noise_public)
+            assert step.established
+            assert a.on_message_untrusted(ib.peer_id, step.reply or b"", 0.6, ib.noise_public).established
+        assert not b.handshaking(ia.peer_id)  # whichever completed ended the other
+        frame = a.session(ib.peer_id).encrypt(b"hi")  # type: ignore[union-attr]
+        assert b.decrypt_untrusted(ia.peer_id, frame) == b"hi"
 
 
 def _ordered_pair() -> tuple[SessionManager, SessionManager, Identity, Identity, SessionLimits]:
