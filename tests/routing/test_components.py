@@ -163,7 +163,7 @@ class _Host:
     def session_established(self, peer_id: bytes, now: float) -> None:
         pass
 
-    def peer_state(self, peer_id: bytes, signing_public_key: bytes, now: float) -> None:
+    def peer_state(self, peer_id: bytes, signing_public_key: bytes, now: float, link_id: str = "") -> None:
         pass
 
 
