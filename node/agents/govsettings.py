@@ -10,10 +10,8 @@ from node.schema import setting
 
 # Keys a village certificate may change on a running node (each validated by its section's schema first).
 DEFAULT_VOTABLE_KEYS = (
-    "agents.max_concurrent_requests",
-    "governance.gossip_items_per_s",
-    "governance.catch_up_interval_s",
-    "mesh.max_hops",
+    "ble.power_mode",  # read by the power governor's plan at each use
+    "ble.max_central_links",
 )
 
 

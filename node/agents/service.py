@@ -16,6 +16,7 @@ import trio
 
 from node.agents.errors import AgentError
 from node.agents.governance import Electorate, Governance
+from node.agents.govsettings import GovernanceSettings
 from node.agents.govstore import GovStore
 from node.agents.king import King
 from node.agents.llm import LanguageModel, Message, OffLlm, build_llm
@@ -25,6 +26,7 @@ from node.agents.router import Router
 from node.agents.settings import AgentsSettings, LlmSettings
 from node.agents.tools import Tools, node_tools
 from node.agents.trace import TraceStore
+from node.agents.village import VillageGovernance
 
 if TYPE_CHECKING:
     from node.node import Node
@@ -42,8 +44,10 @@ class AgentsService:
         data_dir: Path | None,
         *,
         roster: Roster | None = None,
+        gov_settings: GovernanceSettings | None = None,
     ) -> None:
         self.settings = settings
+        self.gov_settings = gov_settings or GovernanceSettings()
         self.roster = roster or load_roster(Path(settings.roster_path) if settings.roster_path else None)
         self.llm: LanguageModel = build_llm(llm_settings) if llm_settings.backend != "off" else OffLlm()
         self.data_dir = data_dir
@@ -56,6 +60,7 @@ class AgentsService:
         self.king: King | None = None
         self.tools: Tools | None = None
         self._node: Node | None = None
+        self.village: VillageGovernance | None = None  # the village's governance over the mesh, when configured
 
     async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._node = node
@@ -67,9 +72,14 @@ class AgentsService:
         else:
             self.gov = Governance(LOCAL_NAMESPACE, self._genesis(node))
         self.tools = self._build_tools(node)
-        task_status.started()
         try:
-            await trio.sleep_forever()
+            async with trio.open_nursery() as nursery:
+                if self.gov_settings.village_members:
+                    village = VillageGovernance(node, self.gov_settings, root, self.db_limiter)
+                    await nursery.start(village.run)
+                    self.village = village
+                task_status.started()
+                await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._close, limiter=self.db_limiter)
@@ -117,7 +127,14 @@ class AgentsService:
             return {"traces_kept": n}
 
         async def policy(args: Mapping[str, Any]) -> Any:
-            return policy_check(str(args.get("text", "")))
+            text = str(args.get("text", ""))
+            verdict = policy_check(text)
+            if verdict["allowed"] and self.village is not None:  # the village's certified shared policy
+                low = text.lower()
+                hit = next((t for t in self.village.blocked_terms() if t.lower() in low), None)
+                if hit is not None:
+                    verdict = {"allowed": False, "reason": f"the village's shared policy blocks {hit!r}"}
+            return verdict
 
         async def gov_status(_: Mapping[str, Any]) -> Any:
             return self.gov_status()
