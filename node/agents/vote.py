@@ -25,9 +25,19 @@ NAMESPACES = ("village", "local")
 MIN_PREFIX_CHARS = 8  # a proposal may be named by a unique prefix of its hash, at least this long
 
 
+MAX_WAIT_S = 600.0
+
+
 @dataclass(frozen=True, slots=True)
 class NamespaceParams:
     namespace: str | None = param(None, doc="village or local; default: village when configured, else local.")
+
+
+@dataclass(frozen=True, slots=True)
+class StatusParams:
+    namespace: str | None = param(None, doc="village or local; default: village when configured, else local.")
+    certified: str | None = param(None, doc="Wait until this village proposal (hash or prefix) has a certificate.")
+    wait_s: float = param(30.0, doc="How long to wait for `certified`, in seconds (at most 600).")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +55,7 @@ class ProposeParams:
 class CastParams:
     proposal: str = param(doc="The proposal's hash in hex (or a unique prefix of at least 8 characters).")
     value: str = param(doc="yes or no.")
+    wait_s: float = param(0.0, doc="Wait up to this many seconds for the proposal to arrive from peers (max 600).")
 
 
 def json_value(text: str | None) -> Any:
@@ -70,13 +81,30 @@ def _village_or_local(svc: AgentsService, namespace: str | None) -> VillageGover
     return svc.village
 
 
+async def wait_until(village: VillageGovernance, pred: Any, wait_s: float) -> bool:
+    """Wait (event-driven, on the village's ``changed`` event) until ``pred()`` holds or ``wait_s`` passes."""
+    import trio
+
+    mesh = village.mesh
+    assert mesh is not None
+    with trio.move_on_after(max(0.0, min(wait_s, MAX_WAIT_S))):
+        while not pred():
+            await mesh.changed.wait()
+    return bool(pred())
+
+
+def _matches(village: VillageGovernance, ref: str) -> list[bytes]:
+    ref = ref.lower()
+    return [p.hash for p in village.gov.all_proposals() if p.hash.hex().startswith(ref)]
+
+
 def find_proposal(village: VillageGovernance, ref: str) -> bytes:
     from node.agents.errors import GovernanceError
 
     ref = ref.lower()
     if len(ref) < MIN_PREFIX_CHARS or any(c not in "0123456789abcdef" for c in ref):
         raise GovernanceError(f"name a proposal by its hash in hex (at least {MIN_PREFIX_CHARS} characters)")
-    hits = [p.hash for p in village.gov.all_proposals() if p.hash.hex().startswith(ref)]
+    hits = _matches(village, ref)
     if len(hits) != 1:
         raise GovernanceError(f"{len(hits)} proposals match {ref!r} (pull from peers, or give more characters)")
     return hits[0]
@@ -114,6 +142,8 @@ async def village_cast(village: VillageGovernance, p: CastParams) -> dict[str, A
         raise GovernanceError(f"value must be yes or no, not {p.value!r}")
     mesh = village.mesh
     assert mesh is not None
+    if p.wait_s > 0:
+        await wait_until(village, lambda: len(_matches(village, p.proposal)) == 1, p.wait_s)
     h = find_proposal(village, p.proposal)
     prop = mesh.gov.proposal(h)
     assert prop is not None
@@ -137,10 +167,20 @@ def add_rpc(node: Node, reg: Registry, service: Any) -> None:
     from node.agents.errors import AgentError
     from node.control.rpc import APP_ERROR, RpcError
 
-    async def status(p: NamespaceParams, notify: Notify) -> Any:
+    async def status(p: StatusParams, notify: Notify) -> Any:
+        from node.agents.errors import GovernanceError
+
         try:
             s = service()
-            v = _village_or_local(s, p.namespace)
+            v = _village_or_local(s, "village" if p.certified else p.namespace)
+            if v is not None and p.certified:
+
+                def certified() -> bool:
+                    hits = _matches(v, p.certified or "")
+                    return len(hits) == 1 and any(c.proposal_hash == hits[0] for c in v.gov.certificates.values())
+
+                if not await wait_until(v, certified, p.wait_s):
+                    raise GovernanceError(f"no certificate for {p.certified} within {p.wait_s:g} s")
             return v.status() if v is not None else {**s.gov_status(), "namespace": "local"}
         except AgentError as exc:
             raise RpcError(APP_ERROR, str(exc)) from exc
@@ -174,14 +214,14 @@ def add_rpc(node: Node, reg: Registry, service: Any) -> None:
         except AgentError as exc:
             raise RpcError(APP_ERROR, str(exc)) from exc
 
-    reg.add("vote.status", NamespaceParams, "Governance: epoch, electorate, proposals, certificates, state.", status)
+    reg.add("vote.status", StatusParams, "Governance: epoch, electorate, proposals, certificates, state.", status)
     reg.add("vote.evidence", NamespaceParams, "Equivocation evidence: pairs of conflicting signed votes.", evidence)
     reg.add("vote.propose", ProposeParams, "Propose a typed change and vote yes for it as this node.", propose)
     reg.add("vote.cast", CastParams, "Vote yes or no on a village proposal as this node (once per proposal).", cast)
 
 
 def add_cli(cli: CliRegistry) -> None:
-    from node.cli_support import EXIT_OK, call, emit
+    from node.cli_support import EXIT_OK, call, client, emit
 
     def ns(args: argparse.Namespace) -> dict[str, Any]:
         return {"namespace": args.namespace} if args.namespace else {}
@@ -200,7 +240,12 @@ def add_cli(cli: CliRegistry) -> None:
             ]
             return "\n".join(lines)
 
-        emit(args, call(args, "vote.status", **ns(args)), human)
+        if args.certified:
+            with client(args, timeout_s=args.wait + 15) as c:
+                out = c.call("vote.status", certified=args.certified, wait_s=args.wait)
+        else:
+            out = call(args, "vote.status", **ns(args))
+        emit(args, out, human)
         return EXIT_OK
 
     def cmd_evidence(args: argparse.Namespace) -> int:
@@ -220,7 +265,8 @@ def add_cli(cli: CliRegistry) -> None:
         return EXIT_OK
 
     def cmd_cast(args: argparse.Namespace) -> int:
-        out = call(args, "vote.cast", proposal=args.proposal, value=args.value)
+        with client(args, timeout_s=args.wait + 15) as c:
+            out = c.call("vote.cast", proposal=args.proposal, value=args.value, wait_s=args.wait)
         emit(
             args,
             out,
@@ -241,5 +287,8 @@ def add_cli(cli: CliRegistry) -> None:
     cp = v.command("cast", cmd_cast, "Vote yes or no on a village proposal as this node.")
     cp.add_argument("proposal", help="the proposal hash (or a unique prefix of 8+ hex characters)")
     cp.add_argument("value", choices=("yes", "no"), help="the vote")
+    cp.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the proposal to arrive from peers")
+    st.add_argument("--certified", metavar="PROPOSAL", help="wait until this village proposal is certified")
+    st.add_argument("--wait", type=float, default=30.0, help="seconds to wait for --certified (default 30)")
     for p in (st, ev, pp):
         p.add_argument("--namespace", choices=NAMESPACES, help="village or local (default: village when configured)")
