@@ -22,6 +22,7 @@ from node.mcp.memory_tools import memory_resource, memory_tools, scratch_tools
 from node.mcp.node_tools import node_tools
 from node.mcp.registry import Caller, Registry, Resource
 from node.mcp.settings import McpSettings
+from node.mcp.vote_tools import vote_tools
 from node.mcp.working import WorkingMemory
 
 if TYPE_CHECKING:
@@ -101,6 +102,7 @@ class McpService:
         )
         reg = Registry(s, now=node.clock.now, audit=self.audit)
         reg.extend(node_tools(self._invoke, rag_roots=s.rag_roots))
+        reg.extend(vote_tools(self._invoke))
         reg.extend(memory_tools(self.graph))
         reg.extend(scratch_tools(self.working, node.clock.now))
 
