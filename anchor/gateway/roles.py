@@ -10,6 +10,9 @@ SCOPE_MAILBOX_READ = "mailbox:read"  # GET /v1/mailbox
 SCOPE_KEYS_ADMIN = "keys:admin"  # /v1/keys: create, list, revoke API keys
 SCOPE_RAG_QUERY = "rag:query"  # POST /v1/rag/query (shared documents only)
 SCOPE_RAG_PRIVATE = "rag:private"  # with rag:query, also unshared documents (granted only explicitly, to admin keys)
+SCOPE_VOTE_READ = "vote:read"  # GET /v1/proposals[/{id}]
+SCOPE_VOTE_PROPOSE = "vote:propose"  # POST /v1/proposals
+SCOPE_VOTE_CAST = "vote:cast"  # POST /v1/proposals/{id}/votes (votes as the anchor's node)
 
 ALL_SCOPES = (
     SCOPE_NODE_READ,
@@ -19,12 +22,15 @@ ALL_SCOPES = (
     SCOPE_KEYS_ADMIN,
     SCOPE_RAG_QUERY,
     SCOPE_RAG_PRIVATE,
+    SCOPE_VOTE_READ,
+    SCOPE_VOTE_PROPOSE,
+    SCOPE_VOTE_CAST,
 )
 
 # What each role may be granted; a key may be narrowed to a subset at creation, a token at issue.
 ROLE_SCOPES: dict[str, frozenset[str]] = {
     "admin": frozenset(ALL_SCOPES),
-    "user": frozenset({SCOPE_NODE_READ, SCOPE_MESSAGES_SEND, SCOPE_EVENTS_READ, SCOPE_RAG_QUERY}),
+    "user": frozenset({SCOPE_NODE_READ, SCOPE_MESSAGES_SEND, SCOPE_EVENTS_READ, SCOPE_RAG_QUERY, SCOPE_VOTE_READ}),
     "node": frozenset({SCOPE_NODE_READ, SCOPE_MESSAGES_SEND, SCOPE_MAILBOX_READ}),
 }
 # What a key of each role gets when its scopes are not named: never rag:private (it must be asked for).

@@ -49,6 +49,7 @@ class ProposeParams:
     )
     ttl_s: float = param(3600.0, doc="Seconds until the proposal expires (votes after it are refused).")
     namespace: str | None = param(None, doc="village or local; default: village when configured, else local.")
+    vote: bool = param(True, doc="Also vote yes as this node (village; a local proposal is always voted).")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +122,7 @@ async def village_propose(village: VillageGovernance, p: ProposeParams) -> dict[
     mesh = village.mesh
     assert mesh is not None
     prop = await mesh.propose(p.kind, p.key, value, ttl_s=p.ttl_s)
-    if prop.epoch in mesh.gov.electorates and mesh.gov.electorate.index(mesh.voter.public) is not None:
+    if p.vote and mesh.gov.electorate.index(mesh.voter.public) is not None:
         await mesh.cast(prop.hash, Value.YES)
     cert = mesh.gov.certificates.get((prop.epoch, prop.round))
     return {
