@@ -56,7 +56,7 @@ from node.agents.governance.gossip import (
     vote_item,
 )
 from node.agents.govsettings import GovernanceSettings
-from node.agents.govstore import GovStore
+from node.agents.govstore import GovernanceStore
 from node.errors import MeshError
 from node.routing.app import APP_MAX_BODY_BYTES
 from node.wire.errors import MalformedFrame
@@ -78,7 +78,7 @@ class GovMesh:
         self,
         node: Node,
         gov: Governance,
-        store: GovStore | None,
+        store: GovernanceStore | None,
         key: nacl.signing.SigningKey,
         settings: GovernanceSettings,
         *,

@@ -10,6 +10,9 @@ executes nothing else, see :meth:`node.agents.governance.Governance.execute_read
   the same state (the certificates are verified again on load).
 * **admit/remove** — the core moves to the next epoch with the changed electorate.
 * **policy** — kept in the shared state; the Legal agent's ``policy.check`` reads ``privacy.blocked_terms``.
+
+The store is ``<data dir>/agents/village.sqlite``, unless a plugin provides a ``governance-store`` service (the
+anchor's PostgreSQL store, :class:`node.agents.govstore.GovernanceStoreProvider`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from node.agents.errors import GovernanceError
 from node.agents.governance import ActionKind, Electorate, Executed, Governance, Value
 from node.agents.govmesh import GovMesh
 from node.agents.govsettings import GovernanceSettings
-from node.agents.govstore import GovStore
+from node.agents.govstore import PROVIDER_SERVICE, GovernanceStore, GovStore
 from node.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -42,7 +45,7 @@ class VillageGovernance:
         self, node: Node, settings: GovernanceSettings, data_dir: Path | None, db_limiter: trio.CapacityLimiter
     ) -> None:
         self.node, self.settings, self.data_dir, self.db_limiter = node, settings, data_dir, db_limiter
-        self.store: GovStore | None = None
+        self.store: GovernanceStore | None = None
         self.mesh: GovMesh | None = None
         self.applied: dict[str, Any] = {}  # config key -> value in effect by certificate
         self.refused: list[dict[str, Any]] = []  # certified config changes that could not apply, with why
@@ -58,9 +61,15 @@ class VillageGovernance:
 
     def _open(self) -> Governance:
         ns = self.settings.village_namespace
-        if self.data_dir is None:
+        provider = self.node.service(PROVIDER_SERVICE)  # e.g. the anchor's PostgreSQL (a plugin's service)
+        store: GovernanceStore
+        if provider is not None and hasattr(provider, "open_store"):
+            store = provider.open_store(ns, self.node.identity.signing_public)
+        elif self.data_dir is None:
             return Governance(ns, self.genesis())
-        store = self.store = GovStore(self.data_dir / "agents" / "village.sqlite")
+        else:
+            store = GovStore(self.data_dir / "agents" / "village.sqlite")
+        self.store = store
         try:
             store.init(ns, self.genesis())
         except GovernanceError as exc:
