@@ -104,6 +104,14 @@ class GovStore:
             (f.voter, f.epoch, f.round, f.vote_type, ev.encode()),
         )
 
+    def votes_by(self) -> dict[bytes, dict[tuple[int, int, VoteType], Vote]]:
+        """Every stored vote by voter (the node's own agents read back what they signed before a restart)."""
+        out: dict[bytes, dict[tuple[int, int, VoteType], Vote]] = {}
+        for (data,) in self.db.execute("SELECT data FROM votes"):
+            v = vote_from_bytes_untrusted(bytes(data))
+            out.setdefault(v.voter, {})[v.slot] = v
+        return out
+
     def signed(self) -> dict[tuple[int, int, VoteType], Vote]:
         out: dict[tuple[int, int, VoteType], Vote] = {}
         for (data,) in self.db.execute("SELECT data FROM signed"):
