@@ -136,10 +136,11 @@ class GovMesh:
         accepted = await self._receive(peer, req.items)
         return encode_ack(accepted)
 
-    async def _receive(self, peer: bytes, items: Sequence[Item], *, pulled: bool = False) -> int:
+    async def _receive(self, peer: bytes, items: Sequence[Item]) -> int:
         async with self._lock:
             now_ms = self.node.clock.wall_ms()
-            got = self.gossip.receive_items(None if pulled else peer, items, now_ms)
+            # pull answers go through the same bucket: a peer answering with junk costs us no more than pushes
+            got = self.gossip.receive_items(peer, items, now_ms)
             await self._persist(got)
             for it in got.forward:
                 self._enqueue(it, peer)
@@ -275,7 +276,7 @@ class GovMesh:
                 self.gossip.counters["pulls_failed"] += 1
                 return new
             self.gossip.counters["pulls_sent"] += 1
-            new += await self._receive(peer, items, pulled=True)
+            new += await self._receive(peer, items)
             if not more or not items:
                 break
             skip = 0 if self.gov.epoch != epoch else skip + len(items)

@@ -23,7 +23,7 @@ from node.agents.governance import (
     sign_vote,
     verify_certificate,
 )
-from node.agents.governance.gossip import SERVICE, Item, ItemKind, encode_pull, encode_push
+from node.agents.governance.gossip import SERVICE, Item, ItemKind, encode_batch, encode_pull, encode_push
 from node.agents.govmesh import GovMesh
 from node.agents.govsettings import GovernanceSettings
 from node.agents.govstore import GovStore
@@ -83,7 +83,7 @@ async def _village(nursery: trio.Nursery, tmp_path: Path, n: int = 4, **kw: Any)
                     await mesh.wait_until_known(i, j)
     genesis = Electorate.of(0, {nd.identity.signing_public: 1 for nd in mesh.nodes})
     govs = [await _gov(nursery, nd, genesis, tmp_path / f"gov{i}.sqlite", **kw) for i, nd in enumerate(mesh.nodes)]
-    return Village(mesh, govs, [g.store for g in govs if g.store is not None])
+    return Village(mesh, govs, [g.store for g in govs if isinstance(g.store, GovStore)])
 
 
 async def _until(gm: GovMesh, pred: Callable[[], bool]) -> None:
@@ -220,3 +220,29 @@ async def test_hostile_pushes_are_dropped_and_counted_and_bounded(
             await n0.app_request(peer1, SERVICE, encode_pull("elsewhere", 0, 0), timeout_s=30)
     assert g1.gossip.counters["requests_malformed"] == 1
     assert n1.status()["contained"] == {}
+
+
+async def test_a_lying_catch_up_answer_is_bounded_and_counted(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    v = await _village(nursery, tmp_path, 2, gossip_burst_items=100, gossip_items_per_s=1.0)
+    g0, n1 = v.govs[0], v.nodes[1]
+    stranger = nacl.signing.SigningKey(b"\x07" * 32)
+    junk = [
+        Item(ItemKind.VOTE, sign_vote(stranger, NS, 0, bytes([i]) * 32, 0, VoteType.PREVOTE, Value.YES).encode())
+        for i in range(256)
+    ]
+    answers = [b"not a batch", encode_batch(junk, True)]
+
+    async def liar(peer: bytes, body: bytes) -> bytes:
+        return answers.pop(0) if answers else encode_batch(junk, True)
+
+    n1.register_app_handler(SERVICE, liar)
+    with trio.fail_after(SIM_TIMEOUT_S):
+        assert await g0.pull_from(n1.identity.peer_id) == 0
+        assert g0.gossip.counters["pull_answers_malformed"] == 1
+        assert await g0.pull_from(n1.identity.peer_id) == 0  # pages of junk: at most the bucket is examined
+    c = g0.gossip.counters
+    assert c["items_received"] <= 100 + 64  # the burst, plus a token a second of simulated time at most
+    assert c["items_rate_limited"] > 256
+    assert g0.gov.votes(0, 0) == []

@@ -15,6 +15,7 @@ import trio.testing
 from node.agents.errors import GovernanceError
 from node.agents.governance import Value
 from node.agents.govsettings import GovernanceSettings
+from node.agents.govstore import GovStore
 from node.agents.village import VillageGovernance
 from node.agents.vote import CastParams, ProposeParams, village_cast, village_propose
 from node.transports.ble.settings import BleSection
@@ -88,7 +89,7 @@ async def test_a_certified_config_change_applies_to_every_running_node_and_survi
     node.config = node.config.with_sections(BleSection())
     again = VillageGovernance(node, vs[1].settings, node.config.data_dir / "restart-copy", trio.CapacityLimiter(1))
     (node.config.data_dir / "restart-copy" / "agents").mkdir(parents=True)
-    assert vs[1].store is not None
+    assert isinstance(vs[1].store, GovStore)
     vs[1].store.db.execute("VACUUM INTO ?", (str(node.config.data_dir / "restart-copy" / "agents" / "village.sqlite"),))
     await nursery.start(again.run)
     assert node.config.section(BleSection).power_mode == "saver"
