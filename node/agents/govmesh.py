@@ -64,7 +64,7 @@ from node.wire.errors import MalformedFrame
 if TYPE_CHECKING:
     from node.node import Node
 
-log = logging.getLogger("node.agents.govmesh")
+log = logging.getLogger("village.governance")
 
 PUSH_MAX_BYTES = APP_MAX_BODY_BYTES - 512  # one push body, with room for the header
 MAX_PULL_PAGES = 64  # pages one catch-up reads from one peer

@@ -34,7 +34,7 @@ from node.errors import ConfigError
 if TYPE_CHECKING:
     from node.node import Node
 
-log = logging.getLogger("node.agents.village")
+log = logging.getLogger("village.governance")
 
 BLOCKED_TERMS_POLICY = "privacy.blocked_terms"  # shared policy: terms no request may send to peers
 MAX_REFUSALS_KEPT = 64
