@@ -31,6 +31,7 @@ def add_commands(cli: CliRegistry) -> None:
         "Run node + gateway + stores in the foreground until SIGINT/SIGTERM (needs `scripts/services up`).",
     )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override node.log_level")
+    p.add_argument("--log-format", choices=["text", "json"], help="override node.log_format")
 
     keys = anchor.group("keys", "Create, list or revoke the API keys clients trade for access tokens.")
     p = keys.command(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -26,6 +26,8 @@ from anchor.gateway.auth import TokenIssuer, load_or_create_secret
 from anchor.gateway.ports import ApiKeyInfo, MailboxPort
 from anchor.gateway.server import serve_http, tls_files
 from anchor.gateway.stores_adapter import StoresAdapter
+from anchor.mcp_memory import BoltMemoryStorage
+from anchor.mcp_memory import storage_factory as memory_storage_factory
 from anchor.queue import MessageQueue
 from anchor.services_settings import ServicesError, ServiceSettings, load_settings, settings_path
 from anchor.settings import AnchorSection
@@ -115,6 +117,21 @@ class GatewayService:
         self.mailbox = mailbox
         self.consume_queue = consume_queue
         self.urls: list[str] = []
+
+    def mcp_memory_storage(self, node: Node) -> Callable[[], BoltMemoryStorage] | None:
+        """The node's MCP memory on the Bolt graph store (``[anchor] mcp_memory = "graph"``), namespaced by the
+        node's peer ID; offered to the MCP service (node.mcp.service), which calls it when it builds."""
+        anchor = node.config.section(AnchorSection)
+        if anchor.mcp_memory != "graph":
+            return None
+        graph = load_services(node.config).graph
+        return memory_storage_factory(
+            graph.bolt_url,
+            namespace=f"mcp:{node.identity.peer_id_hex}",
+            user=graph.user,
+            password=graph.password,
+            timeout_s=anchor.store_timeout_s,
+        )
 
     async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = node.config

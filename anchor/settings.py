@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from node.errors import ConfigError
 from node.schema import parse_host_port, setting
+
+MCP_MEMORY_STORES = ("graph", "local")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,15 @@ class AnchorSection:
         False,
         "Serve plain HTTP on a non-loopback gateway_listen: only behind a reverse proxy that terminates TLS.",
     )
+    mcp_memory: str = setting(
+        "graph",
+        "Where the node's MCP knowledge-graph memory lives while the anchor runs: graph (the Bolt graph store) or "
+        "local (the node's SQLite file).",
+    )
 
     def __post_init__(self) -> None:
         parse_host_port("anchor.gateway_listen", self.gateway_listen)
+        if self.mcp_memory not in MCP_MEMORY_STORES:
+            raise ConfigError(
+                f"anchor.mcp_memory: expected one of {', '.join(MCP_MEMORY_STORES)}, got {self.mcp_memory!r}"
+            )

@@ -23,13 +23,14 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from node.control.client import ControlClient
 from node.errors import ConfigError
-from node.settings import Config
-from node.settings import load_config as load_settings
 from node.textsafe import safe_json, safe_text
+
+if TYPE_CHECKING:
+    from node.settings import Config
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -101,6 +102,8 @@ class CliRegistry:
 # ---------------------------------------------------------------- helpers for commands
 def load_config(args: argparse.Namespace) -> Config:
     """The configuration ``--config``/``--data-dir`` (or the environment) point at; exit 2 if it is invalid."""
+    from node.settings import load_config as load_settings  # on first use: commands that need no config stay light
+
     try:
         return load_settings(getattr(args, "config", None), data_dir=getattr(args, "data_dir", None))
     except ConfigError as exc:

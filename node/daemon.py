@@ -22,8 +22,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from node.errors import NodeError
+from node.logs import install_log_handler
 from node.plugin import ENTRY_POINT_GROUP, Plugin, Service
-from node.textsafe import install_log_handler
 
 if TYPE_CHECKING:
     from node.identity import Identity
@@ -40,6 +40,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "node.twin.plugin:PLUGIN",
     "node.mcp.plugin:PLUGIN",
     "node.agents.plugin:PLUGIN",
+    "node.metrics.plugin:PLUGIN",
 )
 
 
@@ -129,7 +130,8 @@ def run_command(args: argparse.Namespace, *, configure: Callable[[Config], Confi
     level = (getattr(args, "log_level", None) or cfg.node.log_level).upper()
     import libp2p  # noqa: F401 - its import configures its loggers; install_log_handler rewires them to ours
 
-    install_log_handler(level, sys.stderr)  # peers' text in log lines shown escaped (node/textsafe.py)
+    fmt = getattr(args, "log_format", None) or cfg.node.log_format
+    install_log_handler(level, sys.stderr, fmt=fmt)  # peers' text in log lines shown escaped (node/textsafe.py)
     ensure_private_dir(cfg.data_dir)
     ident = load_identity(cfg.data_dir)  # refuses loose permissions with a how-to-fix message
     node = build_node(cfg, ident)  # the daemon's heavy imports (libp2p, ...) happen here only

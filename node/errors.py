@@ -49,7 +49,8 @@ branch; this drawing covers every package (the module follows a class defined el
     ├── TwinError                   (node.twin.errors) the personal model refuses or cannot do it
     │   ├── PriorMissing            (node.twin.errors) the shipped global prior is absent
     │   ├── TwinStoreError          (node.twin.errors) the twin's state file is unusable
-    │   └── LearningPaused          (node.twin.errors) the governor does not allow learning now
+    │   ├── LearningPaused          (node.twin.errors) the governor does not allow learning now
+    │   └── AskError                (node.twin.errors) ask cannot take the request
     ├── AgentError                  (node.agents.errors) the agent layer refuses or cannot do it
     │   ├── RosterError             (node.agents.errors) roster file invalid
     │   ├── LlmError                (node.agents.errors) language model missing, misconfigured or failed
@@ -64,6 +65,7 @@ branch; this drawing covers every package (the module follows a class defined el
     │   ├── NotAllowed              (node.mcp.errors) the caller lacks the scope, or allow/deny refuses
     │   ├── ToolRateLimited         (node.mcp.errors) too many state-changing calls
     │   ├── MemoryFull              (node.mcp.errors) a memory bound would be exceeded
+    │   ├── AuditUnavailable        (node.mcp.errors) the caller's audit record could not be written: not run
     │   └── ToolNodeUnavailable     (node.mcp.errors) the stdio front end cannot reach the daemon
     ├── StoreError                  (anchor.stores.errors) an anchor store was misused or holds bad data
     │   ├── StoreUnavailable        (anchor.stores.errors) the server is down or too slow (503)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import nacl.public
 import nacl.signing
 
 from node.errors import IdentityError, KeyPermissionError
+from node.privatefile import LOOSE_MODE, PrivateFileRefused, read_private_file
 
 KEY_BYTES = 32  # Ed25519 seed and X25519 scalar are both 32 bytes
 PEER_ID_BYTES = 8  # BitChat peer IDs are the first 8 bytes of the fingerprint
@@ -118,19 +118,18 @@ def create_identity(data_dir: Path) -> Identity:
 
 def _read_secret(path: Path) -> bytes:
     try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise IdentityError(f"key file {path} is missing; run `village init` to create an identity") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise IdentityError(f"key file {path} is not a regular file")
-    if st.st_mode & 0o077:
-        raise KeyPermissionError(
-            f"key file {path} can be read by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
-            f"fix it with: chmod 600 {path}"
-        )
-    data = path.read_bytes()
+        data = read_private_file(path, KEY_BYTES + 1)
+    except PrivateFileRefused as exc:
+        if exc.reason == LOOSE_MODE:
+            raise KeyPermissionError(f"key {exc}; fix it with: chmod 600 {path}") from None
+        raise IdentityError(f"key {exc}") from None
+    except OSError as exc:
+        raise IdentityError(f"key file {path} cannot be read: {exc.strerror}") from None
+    if data is None:
+        raise IdentityError(f"key file {path} is missing; run `village init` to create an identity")
     if len(data) != KEY_BYTES:
-        raise IdentityError(f"key file {path} is corrupt: expected {KEY_BYTES} bytes, found {len(data)}")
+        found = len(data) if len(data) < KEY_BYTES else "more"
+        raise IdentityError(f"key file {path} is corrupt: expected {KEY_BYTES} bytes, found {found}")
     return data
 
 

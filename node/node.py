@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,6 +29,7 @@ from node.control.server import ControlServer
 from node.errors import MeshError, NodeError
 from node.identity import Identity, fingerprint_from_noise_key
 from node.inbox import Inbox, InboxError, InboxMessage
+from node.logs import LOG_LINK
 from node.outbox import Outbox, OutboxError
 from node.pinfile import PinFile, PinFileError
 from node.routing.app import AppRemoteError, AppRequestReceived, AppResponseReceived, AppTimeout
@@ -44,7 +46,7 @@ from node.routing.mesh import (
 from node.routing.names import describe
 from node.routing.pins import PinChange
 from node.settings import Config
-from node.systemd import sd_notify
+from node.systemd import sd_notify, watchdog_interval_s, watchdog_pings
 from node.transports.base import FrameSizeError, Link, LinkClosed, Transport
 from node.transports.sendqueue import LinkSendQueue
 
@@ -196,6 +198,8 @@ class Node:
                     cfg.socket_path if self._control_enabled else "off",
                 )
                 sd_notify("READY=1")
+                if (watchdog_s := watchdog_interval_s(os.environ, os.getpid())) is not None:
+                    nursery.start_soon(watchdog_pings, watchdog_s)  # WatchdogSec= in the unit (node/systemd.py)
                 self._ready.set()
                 task_status.started()
                 await self._stop_requested.wait()
@@ -308,6 +312,7 @@ class Node:
         queue = LinkSendQueue(LINK_SEND_QUEUE_FRAMES, self.config.node.link_send_queue_bytes)
         self.links[link_id] = link
         self._queues[link_id] = queue
+        LOG_LINK.set(link_id)  # this task's log lines (and its children's) name the link (node/logs.py)
         log.info("link up: %s to %s (mtu %d)", link_id, link.remote_address, link.mtu)
         try:
             async with trio.open_nursery() as nursery:
@@ -472,6 +477,7 @@ class Node:
                 event.message_id,
                 event.sender_nickname,
                 event.sender_id.hex(),
+                extra={"peer": event.sender_id.hex()},
             )
             for ch in list(self._followers):
                 try:
@@ -489,20 +495,32 @@ class Node:
                     event.peer_id.hex(),
                     event.nickname,
                     f" on {event.link_id}" if event.link_id else "",
+                    extra={"peer": event.peer_id.hex()},
                 )
         elif isinstance(event, PeerLeft):
-            log.info("peer %s (%s) left", event.peer_id.hex(), event.nickname)
+            log.info("peer %s (%s) left", event.peer_id.hex(), event.nickname, extra={"peer": event.peer_id.hex()})
         elif isinstance(event, DeliveryAcked):
             self._set_outgoing(event.message_id, "delivered")
             self._settle(event.message_id, "delivered")
-            log.info("private message %s delivered to %s", event.message_id, event.peer_id.hex())
+            log.info(
+                "private message %s delivered to %s",
+                event.message_id,
+                event.peer_id.hex(),
+                extra={"peer": event.peer_id.hex()},
+            )
         elif isinstance(event, EnvelopeSealed):
             for sealed_listener in self._sealed_listeners:
                 sealed_listener(event.envelope)
         elif isinstance(event, PrivateFailed):
             self._set_outgoing(event.message_id, "failed", event.reason)
             self._settle(event.message_id, "failed", event.reason)
-            log.warning("private message %s to %s failed: %s", event.message_id, event.peer_id.hex(), event.reason)
+            log.warning(
+                "private message %s to %s failed: %s",
+                event.message_id,
+                event.peer_id.hex(),
+                event.reason,
+                extra={"peer": event.peer_id.hex()},
+            )
         elif isinstance(event, AppRequestReceived):
             self._on_app_request(event)
         elif isinstance(event, AppResponseReceived):

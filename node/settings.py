@@ -56,6 +56,7 @@ __all__ = [
 
 APP_NAME = "aivillage"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")  # node.logs
 
 # The core's own sections ("module:Class"), imported on first use; plugins add theirs (Plugin.sections).
 BUILTIN_SECTIONS: tuple[str, ...] = (
@@ -85,6 +86,12 @@ class NodeSection:
         "$VILLAGE_DATA_DIR, or the platform's user data dir.",
     )
     log_level: str = setting("info", "Log verbosity.", choices=LOG_LEVELS)
+    log_format: str = setting(
+        "text",
+        "Log lines on stderr: text (time level subsystem: message) or json (one object per line with time, level, "
+        "subsystem, message and peer/link where known; for journald/Loki).",
+        choices=LOG_FORMATS,
+    )
     shutdown_deadline_s: float = setting(
         10.0, "Seconds allowed for a clean drain after SIGINT/SIGTERM before tasks are cancelled.", min=0.1, max=600
     )

@@ -14,15 +14,15 @@ overwrites what was printed before it, and a right-to-left override (U+202E) mak
 
 An ESC sequence is thus printed as text (``\\x1b[2J``), never interpreted. Everything else (letters of every script,
 emoji) passes through. :func:`safe_json` makes JSON text from ``json.dumps(..., ensure_ascii=False)`` safe the same
-way while keeping it valid JSON with the same values (``\\u`` escapes). :class:`SafeFormatter` does it to every
-log line ``village run`` writes (a peer's nickname, a reason an anchor sent, a URL path a client asked for).
+way while keeping it valid JSON with the same values (``\\u`` escapes). :mod:`node.logs` does it to every log line
+``village run`` writes (a peer's nickname, a reason an anchor sent, a URL path a client asked for).
+
+Imports: ``re`` only (the CLI's fast path prints through it).
 """
 
 from __future__ import annotations
 
-import logging
 import re
-from typing import IO
 
 # Bidi embeddings/overrides (LRE RLE PDF LRO RLO), isolates (LRI RLI FSI PDI), marks (LRM RLM ALM) and the line and
 # paragraph separators (which some terminals treat as new lines).
@@ -69,53 +69,3 @@ def has_lone_surrogate(value: object) -> bool:
 
 
 _SURROGATE_RE = re.compile(f"[{_SURROGATES}]")
-
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-class SafeFormatter(logging.Formatter):
-    """A log line with :func:`safe_text` over it: whatever a peer got into the message (or an exception's text) is
-    shown escaped, never acted on by the terminal. A traceback keeps its own line breaks."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        return safe_text(super().formatMessage(record))
-
-    def formatException(self, ei: object) -> str:
-        return "\n".join(safe_text(line) for line in super().formatException(ei).split("\n"))  # type: ignore[arg-type]
-
-    def formatStack(self, stack_info: str) -> str:
-        return "\n".join(safe_text(line) for line in super().formatStack(stack_info).split("\n"))
-
-
-# Libraries whose loggers are rewired to ours. py-libp2p's import (libp2p/utils/logging.py ``setup_logging``)
-# sets ``propagate = False`` on "libp2p" with no handler (so its records reached only logging.lastResort: bare
-# text, no time or subsystem), or, with LIBP2P_DEBUG, its own handlers and format on "libp2p" and "libp2p.<mod>".
-LIBRARY_LOGGERS = ("libp2p",)
-
-
-def adopt_library_loggers(names: tuple[str, ...] = LIBRARY_LOGGERS) -> None:
-    """Route the loggers ``names`` (and their existing descendants) through the root handler, in our format: their
-    own handlers are removed and they propagate again. Their levels are kept (py-libp2p: WARNING unless
-    LIBP2P_DEBUG says otherwise). Call it after the library is imported: its import configures its loggers."""
-    prefixes = tuple(f"{name}." for name in names)
-    for name in (*names, *(n for n in list(logging.Logger.manager.loggerDict) if n.startswith(prefixes))):
-        logger = logging.getLogger(name)
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-        logger.propagate = True
-
-
-def install_log_handler(
-    level: str | int, stream: IO[str], *, adopt: tuple[str, ...] = LIBRARY_LOGGERS
-) -> logging.Handler:
-    """``village run``'s logging: a handler on the root logger writing :class:`SafeFormatter` lines to ``stream``
-    (time, level, subsystem: the logger's name, ``village.<subsystem>`` for ours), the loggers ``adopt`` of
-    libraries imported already included (:func:`adopt_library_loggers`)."""
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(SafeFormatter(LOG_FORMAT))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(level)
-    adopt_library_loggers(adopt)
-    return handler

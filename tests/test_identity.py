@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import stat
 from pathlib import Path
 
@@ -58,4 +59,31 @@ def test_missing_and_corrupt_keys(tmp_path: Path) -> None:
     create_identity(tmp_path)
     (identity_dir(tmp_path) / SIGNING_KEY_FILE).write_bytes(b"short")
     with pytest.raises(IdentityError, match="corrupt: expected 32 bytes, found 5"):
+        load_identity(tmp_path)
+
+
+def test_key_file_swapped_for_a_symlink_or_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    """Someone who can write the identity directory cannot point the node at another key: a symlink is never
+    followed, and a FIFO in the key's place is refused at once instead of hanging the start."""
+    create_identity(tmp_path)
+    key = identity_dir(tmp_path) / NOISE_KEY_FILE
+    elsewhere = tmp_path / "elsewhere.key"
+    elsewhere.write_bytes(key.read_bytes())
+    elsewhere.chmod(0o600)
+    key.unlink()
+    key.symlink_to(elsewhere)
+    with pytest.raises(IdentityError, match="symbolic link"):
+        load_identity(tmp_path)
+    key.unlink()
+    os.mkfifo(key, 0o600)
+    with pytest.raises(IdentityError, match="not a regular file"):
+        load_identity(tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a file another user's needs root")
+def test_key_file_of_another_user_is_refused(tmp_path: Path) -> None:
+    create_identity(tmp_path)
+    key = identity_dir(tmp_path) / SIGNING_KEY_FILE
+    os.chown(key, 65534, 65534)
+    with pytest.raises(IdentityError, match=r"belongs to another user \(uid 65534\)"):
         load_identity(tmp_path)

@@ -5,20 +5,27 @@ from __future__ import annotations
 
 import ast
 import io
+import json
 import logging
+import os
 import re
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from node.textsafe import install_log_handler
+from node.logs import LOG_LINK, install_log_handler
+from tests.test_textsafe import assert_terminal_safe
 
 ROOT = Path(__file__).resolve().parent.parent
 # getLogger calls that are not a logger of ours, and why.
 NOT_OURS = {
-    ("node/textsafe.py", "root"): "the root logger, where the handler goes",
-    ("node/textsafe.py", "name"): "adopt_library_loggers rewires the libraries' loggers",
+    ("node/logs.py", "root"): "the root logger, where the handler goes",
+    ("node/logs.py", "name"): "adopt_library_loggers rewires the libraries' loggers",
     ("anchor/stores/postgres.py", "'psycopg.pool'"): "quietens a library's logger (setLevel only)",
 }
 OUR_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) (?P<name>[\w.]+): (?P<message>.*)$")
@@ -113,3 +120,70 @@ def test_libp2p_keeps_its_level(restore_logging: None) -> None:
     logging.getLogger("libp2p.network.swarm").info("chatter")
     logging.getLogger("libp2p.network.swarm").error("real trouble")
     assert [m["message"] for m in map(OUR_LINE.match, out.getvalue().splitlines()) if m] == ["real trouble"]
+
+
+def test_json_lines_carry_time_level_subsystem_peer_and_link(restore_logging: None) -> None:
+    """``--log-format json``: one object per line, ours and py-libp2p's alike, peers' text escaped, the peer a line is
+    about (``extra``) and the link being served (the task's LOG_LINK) where known."""
+    out = io.StringIO()
+    install_log_handler("INFO", out, fmt="json")
+    logging.getLogger("libp2p.transport.tcp").warning("dial to %s failed", "mallory\x1b[2J\u202e\n")
+    logging.getLogger("village.node").info("new peer %s", "ab" * 8, extra={"peer": "ab" * 8})
+    token = LOG_LINK.set("betanet:3")
+    try:
+        logging.getLogger("village.routing").warning("frame dropped")
+    finally:
+        LOG_LINK.reset(token)
+    try:
+        raise ValueError("boom\x1b[2J")
+    except ValueError:
+        logging.getLogger("village.daemon").exception("failed")
+
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4  # a newline in a message or a traceback stays inside its line
+    records = [json.loads(line) for line in lines]
+    for r in records:
+        assert datetime.fromisoformat(r["time"]).utcoffset() == timedelta(0)
+        assert_terminal_safe("\n".join(lines))
+    assert [(r["level"], r["subsystem"], r["message"]) for r in records] == [
+        ("WARNING", "libp2p.transport.tcp", "dial to mallory\x1b[2J\u202e\n failed"),  # the same text, JSON-escaped
+        ("INFO", "village.node", "new peer " + "ab" * 8),
+        ("WARNING", "village.routing", "frame dropped"),
+        ("ERROR", "village.daemon", "failed"),
+    ]
+    assert records[1]["peer"] == "ab" * 8 and "peer" not in records[0] and "peer" not in records[2]
+    assert records[2]["link"] == "betanet:3" and "link" not in records[1] and "link" not in records[3]
+    assert "ValueError: boom" in records[3]["exception"] and "Traceback" in records[3]["exception"]
+
+
+def test_village_run_logs_json(tmp_path: Path) -> None:
+    """A real ``village run --log-format json``: every line it writes, py-libp2p's included, is one JSON object."""
+    from tests.test_cli import LOOPBACK_CONFIG, village
+
+    data = tmp_path / "d"
+    data.mkdir(mode=0o700)
+    (data / "config.toml").write_text(LOOPBACK_CONFIG + '\n[node]\nnickname = "evil\\u001b[2J"\n')
+    assert village("init", "--data-dir", str(data)).returncode == 0
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "n.sock"))
+    notify.settimeout(30)
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "n.sock"), "VILLAGE_DATA_DIR": str(data)}
+    cmd = [sys.executable, "-m", "node.cli", "run", "--log-format", "json"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert notify.recv(64) == b"READY=1"
+        proc.terminate()
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        notify.close()
+    assert proc.returncode == 0, err
+    records = [json.loads(line) for line in err.splitlines()]
+    assert len(records) >= 3
+    assert all({"time", "level", "subsystem", "message"} <= set(r) for r in records)
+    subsystems = {r["subsystem"] for r in records}
+    assert {"village.node", "village.daemon"} <= subsystems
+    assert any(s.startswith("libp2p.") for s in subsystems), subsystems  # py-libp2p's lines come through ours
+    assert_terminal_safe(err)
+    assert any("evil\\u001b[2J" in line for line in err.splitlines())  # the nickname, escaped as JSON

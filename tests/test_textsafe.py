@@ -15,10 +15,11 @@ import trio
 
 from node.cli import main
 from node.identity import Identity
+from node.logs import install_log_handler
 from node.node import Node
 from node.rag import cli as rag_cli
 from node.settings import Config, NodeSection
-from node.textsafe import install_log_handler, safe_json, safe_text
+from node.textsafe import safe_json, safe_text
 from node.transports.memory import MemoryNetwork
 
 CLEAR = "\x1b[2J"

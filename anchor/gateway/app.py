@@ -9,7 +9,8 @@ record does not happen: a store that is down gives 503 with a JSON body naming i
 Routes: ``GET /v1/health``, ``POST /v1/auth/token``, ``GET /v1/node``, ``GET /v1/peers``,
 ``POST /v1/messages`` (queued in a Redis Stream for the node: see :mod:`anchor.queue`), ``GET /v1/messages/{id}``,
 ``GET /v1/mailbox``, ``GET|POST /v1/keys``, ``DELETE /v1/keys/{key_id}``, ``WS /v1/events``; the OpenAPI
-document at ``/openapi.json``; ``POST /v1/rag/query`` (:mod:`anchor.gateway.rag_route`).
+document at ``/openapi.json``; ``POST /v1/rag/query`` (:mod:`anchor.gateway.rag_route`); ``POST /v1/ask`` and
+``POST /v1/twin/suggest`` (:mod:`anchor.gateway.ask_route`).
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the routes' annotations at run time, and
@@ -28,6 +29,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from anchor.gateway.ask_route import add_ask_routes
 from anchor.gateway.auth import (
     SCOPE_EVENTS_READ,
     SCOPE_KEYS_ADMIN,
@@ -53,6 +55,7 @@ from anchor.gateway.errors import (
     Unauthenticated,
 )
 from anchor.gateway.mcp_route import McpMount
+from anchor.gateway.metrics_route import add_metrics_route
 from anchor.gateway.ports import ApiKeyInfo, GatewayStores, MailboxPort
 from anchor.gateway.rag_route import add_rag_routes
 from anchor.gateway.vote_route import add_vote_routes
@@ -489,6 +492,8 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
         return Query(min_length=2 * size, max_length=2 * size, pattern=f"^[0-9a-fA-F]{{{2 * size}}}$", description=doc)
 
     add_rag_routes(app, ctx, scoped, {400: {"model": ErrorBody}, **ERRORS})
+    add_metrics_route(app, ctx, scoped, ERRORS)
+    add_ask_routes(app, ctx, scoped, audit, {400: {"model": ErrorBody}, **ERRORS})
     add_vote_routes(app, ctx, scoped, audit, {400: {"model": ErrorBody}, **ERRORS})
 
     @app.get("/v1/mailbox", responses={404: {"model": ErrorBody}, **ERRORS})

@@ -24,7 +24,6 @@ import fcntl
 import logging
 import os
 import secrets
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +45,7 @@ from anchor.gateway.roles import (
 from node.errors import StartupError
 from node.identity import ensure_private_dir
 from node.ipprefix import source_prefixes
+from node.privatefile import LOOSE_MODE, OTHER_OWNER, SYMLINK, PrivateFileRefused, read_private_file
 
 log = logging.getLogger("village.anchor.gateway")
 
@@ -204,25 +204,19 @@ def load_or_create_secret(data_dir: Path) -> bytes:
 
 
 def _read_secret(path: Path) -> bytes | None:
-    """The file's bytes (None if it does not exist); refused unless a regular file of this user's, 0600 or tighter.
-    Opened without following a symlink and without blocking (a FIFO planted there cannot hang the start)."""
+    """The file's bytes (None if it does not exist); refused unless a regular file of this user's, 0600 or tighter
+    (:func:`node.privatefile.read_private_file`: no symlink followed, no FIFO blocking the start)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
+        return read_private_file(path, SECRET_BYTES * 64)
+    except PrivateFileRefused as exc:
+        advice = {
+            SYMLINK: "the secret must be a regular file",
+            OTHER_OWNER: "it is not this anchor's secret",
+            LOOSE_MODE: f"run: chmod 600 {path}",
+        }.get(exc.reason)
+        raise StartupError(f"{exc}; {advice}" if advice else str(exc)) from None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise StartupError(f"{path} is a symbolic link; the secret must be a regular file") from None
         raise StartupError(f"{path} cannot be read: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise StartupError(f"{path} is not a regular file")
-        if st.st_uid != os.geteuid():
-            raise StartupError(f"{path} belongs to another user (uid {st.st_uid}); it is not this anchor's secret")
-        if st.st_mode & 0o077:
-            raise StartupError(f"{path} is readable by group or others; run: chmod 600 {path}")
-        return f.read(SECRET_BYTES * 64)
 
 
 def _create_secret(path: Path) -> bytes:

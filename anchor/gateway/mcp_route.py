@@ -11,10 +11,16 @@ gateway scope       tools it opens
 ``events:read``     inbox_list, messages_status (+ node://inbox)
 ``rag:query``       rag_query (local shared documents only: no ``mesh``), rag_stats
 ``rag:private``     with rag:query, rag_query also over unshared documents
+``agents:ask``      ask (agents narrowed to the key's scopes, no personal context), agents_list
+``twin:owner``      twin_suggest, twin_status, agents_trace, and the personal context in ask
 ==================  ==========================================================
 
 No gateway scope opens memory, scratch, rag writes or BetaNet dialing: those stay with the node's owner. State
-changes are rate limited and audited by the node's tool registry, as for every transport.
+changes are rate limited and audited by the node's tool registry, as for every transport, and, as every state
+change through the gateway, written to the anchor's audit log (PostgreSQL) before they take effect: actor
+``key:<API key id>``, action ``mcp.<tool>``, target ``mcp``, detail the SHA-256 and size of the arguments (never
+the arguments). If that row cannot be written the tool does not run (an MCP tool error). Reads (tools that do not
+change state, resources) are not written there, as over REST; the node's local audit log has them.
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ SCOPE_MAP: dict[str, frozenset[str]] = {
     "events:read": frozenset({"messages:read", "messages:status"}),
     "rag:query": frozenset({"rag:read"}),
     "rag:private": frozenset({"rag:private"}),  # rag_query also over unshared documents (shared only without it)
+    "agents:ask": frozenset({"agents:ask", "agents:read"}),
+    # The owner's: the twin's tools, the traces (the user's requests) and the personal context of an ask.
+    "twin:owner": frozenset({"twin:read", "twin:personal", "agents:trace"}),
 }
 
 
@@ -73,8 +82,8 @@ class McpMount:
             scopes = tool_scopes(principal.scopes)
             if not scopes:
                 raise Forbidden(
-                    "this token has no scope that opens an MCP tool (node:read, messages:send, events:read or "
-                    "rag:query)"
+                    "this token has no scope that opens an MCP tool (node:read, messages:send, events:read, "
+                    "rag:query, agents:ask or twin:owner)"
                 )
             service = await running_service(self.ctx.node)
             inner = await service.mounted() if service is not None else None
@@ -92,5 +101,15 @@ class McpMount:
         child["path"] = "/"
         child["raw_path"] = b"/"
         child["root_path"] = scope.get("root_path", "") + MOUNT
-        child[ASGI_CALLER_KEY] = Caller("gateway", f"key:{principal.key_id}", scopes)
+        audit = self._auditor(principal)
+        child[ASGI_CALLER_KEY] = Caller("gateway", f"key:{principal.key_id}", scopes, pre_audit=audit)
         await inner(child, receive, send)
+
+    def _auditor(self, principal: Principal) -> Callable[[str, str, int], Awaitable[None]]:
+        stores = self.ctx.stores
+        actor = f"key:{principal.key_id}"
+
+        async def pre_audit(tool: str, args_sha256: str, args_bytes: int) -> None:
+            await stores.audit(actor, f"mcp.{tool}", "mcp", {"args_sha256": args_sha256, "args_bytes": args_bytes})
+
+        return pre_audit

@@ -17,11 +17,12 @@ import trio
 
 from node.agents.errors import AgentError, LlmError
 from node.agents.llm import LanguageModel
-from node.agents.roles import HANDLERS, AgentContext, Answer
+from node.agents.roles import AgentContext, Answer
 from node.agents.roster import Roster
 from node.agents.router import Choice, Router
-from node.agents.tools import ScopedTools, ToolCaller
+from node.agents.tools import ScopedTools, ToolLlm, ToolRunner
 from node.agents.trace import Trace, TraceStore
+from node.agents.workers import ALL_HANDLERS
 
 MAX_REQUEST_CHARS = 4000
 MAX_STEPS = 8  # per request
@@ -51,7 +52,7 @@ class King:
         self,
         roster: Roster,
         router: Router,
-        tools: ToolCaller,
+        tools: ToolRunner,
         *,
         llm: LanguageModel | None,
         traces: TraceStore,
@@ -69,12 +70,24 @@ class King:
         self.wall_ms = wall_ms or (lambda: 0)
         self._last: dict[str, tuple[str, Any]] = {}  # request id -> (text, vector) for feedback (bounded)
 
-    async def ask(self, request: str, *, agent: str | None = None, confirm: bool = False) -> dict[str, Any]:
+    async def ask(
+        self,
+        request: str,
+        *,
+        agent: str | None = None,
+        confirm: bool = False,
+        runner: ToolRunner | None = None,
+        remote_caller: str | None = None,
+    ) -> dict[str, Any]:
+        """``runner`` replaces the node's tool runner (a remote caller's agents get :class:`RemoteTools`);
+        ``remote_caller`` (a peer ID) is traced."""
         request = request.strip()
         if not request or len(request) > MAX_REQUEST_CHARS:
             raise AgentError(f"a request is 1 to {MAX_REQUEST_CHARS} characters")
         rid = secrets.token_hex(8)
         trace = Trace(rid, request, int(self.wall_ms()))
+        if remote_caller is not None:
+            trace.step("King", "remote", detail=f"asked by peer {remote_caller} for {agent}")
         stages = [[request]] if agent else plan(request)
         trace.step("King", "plan", detail=repr(stages))
         results: list[StepResult] = []
@@ -82,7 +95,7 @@ class King:
             out: list[StepResult | None] = [None] * len(stage)
 
             async def run(i: int, step: str, out: list[StepResult | None] = out) -> None:
-                out[i] = await self._step(trace, step, agent, confirm)
+                out[i] = await self._step(trace, step, agent, confirm, runner)
 
             async with trio.open_nursery() as nursery:
                 for i, step in enumerate(stage):
@@ -105,7 +118,9 @@ class King:
             ],
         }
 
-    async def _step(self, trace: Trace, step: str, agent: str | None, confirm: bool = False) -> StepResult:
+    async def _step(
+        self, trace: Trace, step: str, agent: str | None, confirm: bool = False, runner: ToolRunner | None = None
+    ) -> StepResult:
         if agent is not None:
             spec = self.roster.get(agent)
             routed = [Choice(spec.name, 1.0)]
@@ -118,21 +133,31 @@ class King:
             self._last[trace.request_id] = (step, vec)
             spec = self.roster.get(routed[0].agent)
         trace.step("King", "route", detail=", ".join(f"{c.agent} {c.score:.3f}" for c in routed))
+        scoped = ScopedTools(runner or self.tools, spec.name, spec.tools, trace)
         ctx = AgentContext(
             spec=spec,
-            tools=ScopedTools(self.tools, spec.name, spec.tools, trace),
-            llm=self.llm if spec.needs_llm else None,
+            tools=scoped,
+            # Generation goes through the llm.complete tool (allowlisted and audited like any tool).
+            llm=ToolLlm(scoped) if spec.needs_llm and self.llm is not None else None,
             trace=trace,
             roster=self.roster,
             confirmed=confirm,
         )
         try:
-            answer = await HANDLERS[spec.name](ctx, step)
+            answer = await ALL_HANDLERS[spec.name](ctx, step)
         except (AgentError, LlmError) as exc:
             trace.step(spec.name, "error", detail=str(exc))
             answer = Answer(spec.name, f"{spec.name} could not do it: {exc}", ok=False)
         trace.step(spec.name, "answer", detail=answer.text)
         return StepResult(step, routed, answer)
+
+    async def route(self, text: str, k: int = 5) -> list[Choice]:
+        """The ``k`` best agents for ``text`` (the router, in a worker thread)."""
+        vec = (
+            await trio.to_thread.run_sync(self.router.embed, [text[:MAX_REQUEST_CHARS]], limiter=self.embed_limiter)
+        )[0]
+        got = await trio.to_thread.run_sync(self.router.scores, text, vec, limiter=self.embed_limiter)
+        return got[:k]
 
     async def feedback(self, request_id: str, agent: str) -> dict[str, Any]:
         """The user says which agent was right for a request (confirmation or correction): learned online."""

@@ -34,7 +34,9 @@ def _services(cfg: Config) -> Sequence[Service]:
 @dataclass(frozen=True, slots=True)
 class AskParams:
     text: str = param(doc="The request, in plain words; 'then' separates sequential steps, ';' independent ones.")
-    agent: str | None = param(None, doc="Send it to this agent instead of letting the King route it.")
+    agent: str | None = param(
+        None, doc="Send it to this agent instead of letting the King route it; AGENT@PEER asks another node's agent."
+    )
     confirm: bool = param(False, doc="Confirm a public broadcast (or a message the privacy check flags).")
 
 
@@ -98,8 +100,14 @@ def _cli(cli: CliRegistry) -> None:
     from node.cli_support import EXIT_OK, call, emit, table
 
     def cmd_ask(args: argparse.Namespace) -> int:
-        out = call(args, "agents.ask", text=" ".join(args.text), agent=args.agent, confirm=args.confirm)
-        emit(args, out, lambda d: f"{d['answer']}\n(trace: village agents trace {d['id']})")
+        # `ask` (node.twin.ask): the twin adds personal context, then the agents (or the matching tool) answer.
+        out = call(args, "ask", text=" ".join(args.text), agent=args.agent, confirm=args.confirm)
+
+        def human(d: Any) -> str:
+            trace = f"\n(trace: village agents trace {d['id']})" if d.get("id") else ""
+            return f"{d['answer']}{trace}"
+
+        emit(args, out, human)
         return EXIT_OK
 
     def cmd_list(args: argparse.Namespace) -> int:
@@ -131,9 +139,11 @@ def _cli(cli: CliRegistry) -> None:
         return EXIT_OK
 
     add_vote_cli(cli)
-    p = cli.command("ask", cmd_ask, "Ask the village agents (the King routes your request).")
+    p = cli.command(
+        "ask", cmd_ask, "Ask your node: the twin adds your personal context, the agents (or a tool) answer."
+    )
     p.add_argument("text", nargs="+", help="the request")
-    p.add_argument("--agent", help="send it to this agent")
+    p.add_argument("--agent", help="send it to this agent (AGENT@PEER: an agent on another node)")
     p.add_argument("--confirm", action="store_true", help="confirm a public broadcast (or a flagged message)")
     g = cli.group("agents", "The agents: roster and traces.")
     g.command("list", cmd_list, "List the agents: mission, tools, LLM, voting power.")

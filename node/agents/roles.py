@@ -3,8 +3,8 @@
 Every handler is its own policy over its own tools; none is "the LLM with another name". Agents marked
 ``needs_llm`` use it where generation is the job (Polyglot translates, Tutor writes quiz questions from a
 retrieved passage); knowledge answers (Sage, Medic, Horticulturist) come from the knowledge base with the
-sources cited, never from the model's memory. Agents whose tools this node does not have yet (Banker's
-ledger, Merchant's market, Sword's simulator) answer so, honestly, naming the missing tool.
+sources cited, never from the model's memory. Oracle, Banker, Merchant, Strategist and Ensemble are in
+``workers.py``; :data:`node.agents.workers.ALL_HANDLERS` is the full table the King uses.
 """
 
 from __future__ import annotations
@@ -247,7 +247,40 @@ async def curator(ctx: AgentContext, request: str) -> Answer:
     return Answer("Curator", text, data={"documents": docs, "duplicates": dupes})
 
 
+# "propose setting mesh.max_hops to 5" / "propose the policy share_health = false": one typed action, the
+# key and value exactly as written (the governance core and the vote decide; Shaman never edits them).
+_PROPOSE = re.compile(
+    r"\bpropose\b(?:\s+(?:setting|changing|that|to\s+set|to\s+change))?\s+(?:the\s+)?(?:(?P<kind>config|policy)\s+)?"
+    r"(?P<key>[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)+|[a-z][a-z0-9_]*_[a-z0-9_]+)\s*(?:to|=|be)\s*(?P<value>[^\s]+)\s*$",
+    re.IGNORECASE,
+)
+
+
+def _value(text: str) -> Any:
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 async def shaman(ctx: AgentContext, request: str) -> Answer:
+    m = _PROPOSE.search(request.strip())
+    if m:
+        kind = (m.group("kind") or ("config" if "." in m.group("key") else "policy")).lower()
+        r = await ctx.tools.call(
+            "gov.propose", {"kind": kind, "key": m.group("key"), "value": _value(m.group("value"))}
+        )
+        cert = r.get("certificate")
+        what = f"{kind} {m.group('key')} = {m.group('value')}"
+        text = f"Proposed {what} (proposal {r['proposal'][:16]}, round {r['round']}): "
+        text += (
+            f"certified by {cert['signers']} signer(s) with more than 2/3 of the power."
+            if cert
+            else "waiting for votes from the electorate."
+        )
+        return Answer("Shaman", text, data=r)
     st = await ctx.tools.call("gov.status", {})
     ev = await ctx.tools.call("gov.evidence", {})
     text = (
@@ -373,13 +406,6 @@ async def tutor(ctx: AgentContext, request: str) -> Answer:
     return Answer("Tutor", question, sources=_cite(hits), data={"passage": passage})
 
 
-def _not_yet(reason: str) -> Handler:
-    async def handle(ctx: AgentContext, request: str) -> Answer:
-        return Answer(ctx.spec.name, f"{ctx.spec.name} cannot act on this node yet: {reason}.", ok=False)
-
-    return handle
-
-
 async def sword(ctx: AgentContext, request: str) -> Answer:
     results = await ctx.tools.call("sim.adversarial", {})
     failed = [r["attack"] for r in results if not r["held"]]
@@ -430,9 +456,4 @@ HANDLERS: dict[str, Handler] = {
     "Magi": magi,
     "Maker": maker,
     "Sword": sword,
-    "Banker": _not_yet("there is no savings-group ledger (ledger.read) on this node"),
-    "Merchant": _not_yet("there is no marketplace (market.offers) on this node"),
-    "Oracle": _not_yet("forecasting needs a history of measurements, which the node does not keep yet"),
-    "Strategist": _not_yet("planning with the language model is not written yet"),
-    "Ensemble": _not_yet("asking several agents at once is not written yet"),
 }

@@ -7,7 +7,7 @@ generation) runs in worker threads behind bounded limiters. The router is built 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,15 +19,23 @@ from node.agents.governance import Electorate, Governance
 from node.agents.govsettings import GovernanceSettings
 from node.agents.govstore import GovStore
 from node.agents.king import King
-from node.agents.llm import LanguageModel, Message, OffLlm, build_llm
+from node.agents.ledger import Budgets
+from node.agents.llm import LanguageModel, OffLlm, build_llm
 from node.agents.localgov import agent_keys, agents_vote, local_genesis
+from node.agents.market import OfferBook
+from node.agents.remote import split_target
+from node.agents.remote_service import RemoteAgents
 from node.agents.roles import policy_check
 from node.agents.roster import Roster, load_roster
 from node.agents.router import Router
 from node.agents.settings import AgentsSettings, LlmSettings
-from node.agents.tools import Tools, node_tools
+from node.agents.toolbridge import RegistryTools, register_agent_tools
+from node.agents.tools import ToolRunner, Tools, llm_tool, node_tools
 from node.agents.trace import TraceStore
 from node.agents.village import VillageGovernance
+from node.agents.worktools import NodeMetrics, OfferFile, add_work_tools, sample_forever
+from node.mcp.audit import AuditLog
+from node.mcp.registry import Registry
 
 if TYPE_CHECKING:
     from node.node import Node
@@ -60,6 +68,14 @@ class AgentsService:
         self.gov_store: GovStore | None = None
         self.king: King | None = None
         self.tools: Tools | None = None
+        self.registry: Registry | None = None  # the node's MCP registry the agents' tool calls go through
+        self._own_audit: AuditLog | None = None
+        self._king_lock = trio.Lock()
+        self.remote: RemoteAgents | None = None
+        self.metrics = NodeMetrics()
+        self.offers = OfferBook()
+        self.offer_file = OfferFile(data_dir / "agents" / "offers.json" if data_dir is not None else None)
+        self.budgets = Budgets(settings.budget_stored_bytes_per_peer, settings.budget_queued_per_peer)
         self._node: Node | None = None
         self._keys: dict[str, nacl.signing.SigningKey] | None = None
         self.village: VillageGovernance | None = None  # the village's governance over the mesh, when configured
@@ -74,9 +90,21 @@ class AgentsService:
             self.gov = await trio.to_thread.run_sync(self._open_governance, node)
         else:
             self.gov = Governance(LOCAL_NAMESPACE, self._genesis(node))
+        await trio.to_thread.run_sync(self.offer_file.load, self.offers, node.clock.wall_ms(), limiter=self.db_limiter)
         self.tools = self._build_tools(node)
+        self.remote = RemoteAgents(
+            node,
+            self.roster,
+            self.settings,
+            king=self._king,
+            runner=self._runner,
+            traces=self.traces,
+            db_limiter=self.db_limiter,
+        )
+        self.remote.register()
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(sample_forever, node, self.metrics, self.settings.metrics_interval_s)
                 if self.gov_settings.village_members:
                     village = VillageGovernance(node, self.gov_settings, root, self.db_limiter)
                     await nursery.start(village.run)
@@ -102,6 +130,8 @@ class AgentsService:
         return self.gov_store.load()
 
     def _close(self) -> None:
+        if self._own_audit is not None:
+            self._own_audit.close()
         if self.traces is not None:
             self.traces.close()
         if self.gov_store is not None:
@@ -155,15 +185,25 @@ class AgentsService:
         async def gov_propose(args: Mapping[str, Any]) -> Any:
             return await self.propose(str(args.get("kind", "")), str(args.get("key", "")), args.get("value"))
 
-        async def llm_complete(args: Mapping[str, Any]) -> Any:
-            c = await self.llm.complete([Message("user", str(args.get("prompt", "")))])
-            return {"text": c.text, "tokens": c.tokens}
+        llm_complete = llm_tool(self.llm)
 
         async def selftest(_: Mapping[str, Any]) -> Any:
             from node.agents.selftest import run_selftest
 
             return await trio.to_thread.run_sync(run_selftest)
 
+        add_work_tools(
+            t,
+            node,
+            metrics=self.metrics,
+            interval_s=self.settings.metrics_interval_s,
+            budgets=self.budgets,
+            book=self.offers,
+            offers=self.offer_file,
+            king=self._king,
+            available=lambda: sorted(t.handlers),
+            db_limiter=self.db_limiter,
+        )
         for name, fn in (
             ("sim.adversarial", selftest),
             ("agents.list", agents_list),
@@ -179,10 +219,41 @@ class AgentsService:
             t.add(name, fn)
         return t
 
+    async def _registry(self, node: Node) -> Registry:
+        """The node's one MCP registry (the MCP service's), with the agent tools added; when MCP is off on this
+        node, a registry of the same kind kept by the agents (audited to ``<data dir>/agents/audit.jsonl``)."""
+        if self.registry is None:
+            from node.mcp.plugin_service import running_service
+
+            mcp = await running_service(node)
+            if mcp is not None and mcp.registry is not None:
+                reg = mcp.registry
+            else:
+                from node.mcp.settings import McpSettings
+
+                path = self.data_dir / "agents" / "audit.jsonl" if self.data_dir is not None else None
+                s = McpSettings()
+                self._own_audit = AuditLog(path, max_bytes=s.audit_max_bytes, wall_ms=node.clock.wall_ms)
+                reg = Registry(s, now=node.clock.now, audit=self._own_audit)
+            assert self.tools is not None
+            register_agent_tools(reg, self.tools)
+            self.registry = reg
+        return self.registry
+
+    async def _runner(self) -> RegistryTools:
+        if self._node is None:
+            raise AgentError("the agents service is not running")
+        return RegistryTools(await self._registry(self._node))
+
     async def _king(self) -> King:
+        async with self._king_lock:
+            return await self._build_king()
+
+    async def _build_king(self) -> King:
         if self.king is None:
             if self.tools is None or self.traces is None or self._node is None:
                 raise AgentError("the agents service is not running")
+            registry = await self._registry(self._node)
             from node.rag.plugin import rag_service
 
             rag = rag_service(self._node)
@@ -196,8 +267,8 @@ class AgentsService:
             self.king = King(
                 self.roster,
                 router,
-                self.tools,
-                llm=self.llm,
+                RegistryTools(registry),
+                llm=None if isinstance(self.llm, OffLlm) else self.llm,
                 traces=self.traces,
                 embed_limiter=self.embed_limiter,
                 db_limiter=self.db_limiter,
@@ -205,9 +276,39 @@ class AgentsService:
             )
         return self.king
 
-    async def ask(self, request: str, *, agent: str | None = None, confirm: bool = False) -> dict[str, Any]:
+    async def ask(
+        self,
+        request: str,
+        *,
+        agent: str | None = None,
+        confirm: bool = False,
+        tools: Callable[[ToolRunner], ToolRunner] | None = None,
+    ) -> dict[str, Any]:
+        """Ask the King. ``tools`` narrows the agents' tools for this request (a remote caller's scopes, see
+        node.twin.ask.RemoteTools): a King sharing the router runs it over the wrapped tools. ``agent`` may name
+        another node's agent as ``AGENT@PEER`` (remote dispatch) — the node's owner's only: a caller whose tools
+        are narrowed cannot make this node speak for it to other nodes."""
+        name, peer = split_target(agent) if agent else (None, None)
+        if peer is not None and name is not None:
+            if tools is not None:
+                raise AgentError("asking another node's agent is for this node's owner only")
+            if self.remote is None:
+                raise AgentError("the agents service is not running")
+            async with self.requests:
+                return await self.remote.ask(name, peer, request)
         async with self.requests:
             king = await self._king()
+            if tools is not None:
+                king = King(
+                    king.roster,
+                    king.router,
+                    tools(king.tools),
+                    llm=king.llm,
+                    traces=king.traces,
+                    embed_limiter=king.embed_limiter,
+                    db_limiter=king.db_limiter,
+                    wall_ms=king.wall_ms,
+                )
             return await king.ask(request, agent=agent, confirm=confirm)
 
     async def feedback(self, request_id: str, agent: str) -> dict[str, Any]:

@@ -64,6 +64,25 @@ class AgentsSettings:
     enabled: bool = setting(True, "Run the agents (village ask, agents.* control methods).")
     roster_path: str = setting("", "A roster TOML file (see node/agents/roster.toml); empty = the shipped roster.")
     max_concurrent_requests: int = setting(4, "Requests handled at once; more wait.", min=1, max=64)
+    metrics_interval_s: float = setting(
+        30.0, "How often the node's own metrics are sampled for the Oracle's forecasts, in seconds.", min=1, max=3600
+    )
+    budget_stored_bytes_per_peer: int = setting(
+        1_000_000, "The Banker's budget: bytes of one peer's messages this node stores.", min=1, max=1 << 40
+    )
+    remote_agents: tuple[str, ...] = setting(
+        ("Sage", "Horticulturist", "Medic", "Maker"),
+        "Agents this node serves to other nodes' Kings (read-only tools, shared documents only); empty: none.",
+    )
+    remote_max_concurrent: int = setting(
+        2, "Remote agent requests served at once (more are answered busy); also the outgoing limit.", min=1, max=64
+    )
+    remote_timeout_s: float = setting(
+        30.0, "How long the King waits for another node's agent, in seconds.", min=1, max=600
+    )
+    budget_queued_per_peer: int = setting(
+        64, "The Banker's budget: our messages queued for one peer.", min=1, max=1_000_000
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -72,3 +91,15 @@ class AgentsSettings:
             raise ConfigError(f"agents.roster_path must name a .toml file, not {self.roster_path!r}")
         if not 1 <= self.max_concurrent_requests <= 64:
             raise ConfigError("agents.max_concurrent_requests must be from 1 to 64")
+        if not isinstance(self.remote_agents, tuple) or not all(isinstance(a, str) for a in self.remote_agents):
+            raise ConfigError("agents.remote_agents must be a list of agent names")
+        if not 1 <= self.remote_max_concurrent <= 64:
+            raise ConfigError("agents.remote_max_concurrent must be from 1 to 64")
+        if not 1 <= self.remote_timeout_s <= 600:
+            raise ConfigError("agents.remote_timeout_s must be from 1 to 600")
+        if not 1 <= self.metrics_interval_s <= 3600:
+            raise ConfigError("agents.metrics_interval_s must be from 1 to 3600")
+        if not 1 <= self.budget_stored_bytes_per_peer <= 1 << 40:
+            raise ConfigError("agents.budget_stored_bytes_per_peer must be from 1 to 2**40")
+        if not 1 <= self.budget_queued_per_peer <= 1_000_000:
+            raise ConfigError("agents.budget_queued_per_peer must be from 1 to 1000000")

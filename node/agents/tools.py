@@ -1,22 +1,26 @@
-"""The tools agents may call, behind one small interface until the MCP tool registry (``node/mcp``) lands.
+"""The tools agents may call, and the one door they go through.
 
-:class:`ToolCaller` is all an agent sees: ``await tools.call(name, args)``. :class:`ScopedTools` enforces the
-roster's least-privilege list (a call outside it raises :class:`ToolDenied`, and is traced as denied) and
-records every call and result in the trace. :class:`NodeTools` implements the calls over a running
-:class:`node.node.Node`; switching to the registry means passing the registry (which has the same ``call``)
-where a ``NodeTools`` is passed today.
+:class:`ToolCaller` is all an agent sees: ``await tools.call(name, args)``. It is a :class:`ScopedTools`: one
+agent's view, which records every call, result and refusal in the request's trace and hands the call to a
+:class:`ToolRunner` *as that agent*. On a node the runner is :class:`node.agents.toolbridge.RegistryTools`: every
+agent tool is a tool of the node's one MCP registry (``node/mcp/registry.py``), visible only over the ``agents``
+transport, and each call is made as ``Caller("agents", <agent name>, tools=<its roster tools>)`` — so the registry
+enforces least privilege, the ``[mcp] allow/deny`` policy and the rate limits, and audits every call (allowed or
+refused). :class:`Tools` (a plain table of handlers, which also refuses tools outside the agent's list) is what the
+node's tools are built as, and what unit tests run agents over.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from node.agents.errors import AgentError, ToolDenied, ToolUnavailable
+from node.agents.llm import Completion, LanguageModel, Message
 
 if TYPE_CHECKING:
     from node.agents.trace import Trace
@@ -49,8 +53,13 @@ KNOWN_TOOLS: dict[str, str] = {
     "gov.propose": "propose a configuration or policy change",
     "llm.complete": "generate text with the language model",
     "sim.adversarial": "run the adversarial self-test",
-    "ledger.read": "the savings group ledger",
-    "market.offers": "marketplace offers",
+    "ledger.read": "the per-peer ledger of this node's resources (storage, queued messages) against the budgets",
+    "market.offers": "the signed resource-exchange offers kept on this node",
+    "market.offer": "make and sign an offer exchanging two of this node's resources",
+    "market.accept": "accept (counter-sign) an offer from another node",
+    "metrics.series": "the node's own time series (queue depth, peers, routes, battery) and delivery outcomes",
+    "agents.route": "the King's routing of a text: the best agents with their scores",
+    "tools.available": "the tools agents can call on this node",
 }
 
 MAX_RESULT_CHARS = 16_000  # a tool result as kept in the trace
@@ -58,6 +67,12 @@ MAX_RESULT_CHARS = 16_000  # a tool result as kept in the trace
 
 class ToolCaller(Protocol):
     async def call(self, tool: str, args: Mapping[str, Any]) -> Any: ...
+
+
+class ToolRunner(Protocol):
+    async def call_as(self, agent: str, allowed: frozenset[str], tool: str, args: Mapping[str, Any]) -> Any:
+        """Run ``tool`` for ``agent``, which holds only ``allowed``; raises ToolDenied outside them."""
+        ...
 
 
 Handler = Callable[[Mapping[str, Any]], Awaitable[Any]]
@@ -71,28 +86,67 @@ def _clip(value: Any) -> str:
 class ScopedTools:
     """One agent's view of the tools: only those its roster entry lists; every call traced."""
 
-    def __init__(self, inner: ToolCaller, agent: str, allowed: tuple[str, ...], trace: Trace | None) -> None:
+    def __init__(self, inner: ToolRunner, agent: str, allowed: tuple[str, ...], trace: Trace | None) -> None:
         self.inner = inner
         self.agent = agent
         self.allowed = frozenset(allowed)
         self.trace = trace
 
     async def call(self, tool: str, args: Mapping[str, Any]) -> Any:
-        if tool not in self.allowed:
-            if self.trace is not None:
-                self.trace.step(self.agent, "denied", tool=tool, detail=_clip(dict(args)))
-            raise ToolDenied(f"agent {self.agent} may not call {tool}")
-        if self.trace is not None:
-            self.trace.step(self.agent, "call", tool=tool, detail=_clip(dict(args)))
+        # No check here: the runner (the registry on a node) decides, so the rule cannot be skipped by convention.
+        # A refused call is traced as "denied" only (never as a "call": the Auditor lists calls made).
         try:
-            result = await self.inner.call(tool, args)
-        except AgentError as exc:
-            if self.trace is not None:
-                self.trace.step(self.agent, "error", tool=tool, detail=str(exc))
+            result = await self.inner.call_as(self.agent, self.allowed, tool, args)
+        except ToolDenied as exc:
+            self._step("denied", tool, f"{exc}; args {_clip(dict(args))}")
             raise
-        if self.trace is not None:
-            self.trace.step(self.agent, "result", tool=tool, detail=_clip(result))
+        except AgentError as exc:
+            self._step("call", tool, _clip(dict(args)))
+            self._step("error", tool, str(exc))
+            raise
+        self._step("call", tool, _clip(dict(args)))
+        self._step("result", tool, _clip(result))
         return result
+
+    def _step(self, kind: str, tool: str, detail: str) -> None:
+        if self.trace is not None:
+            self.trace.step(self.agent, kind, tool=tool, detail=detail)
+
+
+class ToolLlm:
+    """The language model as an agent sees it: every generation is the ``llm.complete`` tool call, so it goes
+    through the same door as every other tool (the roster must list it; the registry audits it)."""
+
+    name = "tool"
+
+    def __init__(self, tools: ToolCaller) -> None:
+        self.tools = tools
+
+    async def complete(
+        self, messages: Sequence[Message], *, max_tokens: int | None = None, stop: Sequence[str] = ()
+    ) -> Completion:
+        args: dict[str, Any] = {"messages": [{"role": m.role, "content": m.content} for m in messages]}
+        if max_tokens is not None:
+            args["max_tokens"] = max_tokens
+        r = await self.tools.call("llm.complete", args)
+        return Completion(str(r["text"]), int(r["tokens"]), str(r.get("finish_reason", "")), str(r.get("backend", "")))
+
+
+def llm_tool(llm: LanguageModel) -> Handler:
+    """The ``llm.complete`` tool over a model: ``{"messages": [{role, content}...], "max_tokens"?}`` or
+    ``{"prompt": text}``."""
+
+    async def complete(args: Mapping[str, Any]) -> Any:
+        raw = args.get("messages")
+        if isinstance(raw, list) and raw:
+            msgs = [Message(str(m.get("role", "")), str(m.get("content", ""))) for m in raw if isinstance(m, dict)]
+        else:
+            msgs = [Message("user", str(args.get("prompt", "")))]
+        limit = args.get("max_tokens")
+        c = await llm.complete(msgs, max_tokens=limit if type(limit) is int and limit > 0 else None)
+        return {"text": c.text, "tokens": c.tokens, "finish_reason": c.finish_reason, "backend": c.backend}
+
+    return complete
 
 
 class Tools:
@@ -111,6 +165,11 @@ class Tools:
         if handler is None:
             raise ToolUnavailable(f"{tool} is not available on this node")
         return await handler(args)
+
+    async def call_as(self, agent: str, allowed: frozenset[str], tool: str, args: Mapping[str, Any]) -> Any:
+        if tool not in allowed:
+            raise ToolDenied(f"agent {agent} may not call {tool}")
+        return await self.call(tool, args)
 
 
 def _str(args: Mapping[str, Any], key: str, *, max_chars: int = 4000) -> str:
@@ -181,7 +240,8 @@ def node_tools(node: Node, *, battery_root: Path | None = None) -> Tools:
 
         async def query(args: Mapping[str, Any]) -> Any:
             k = args.get("k", 5)
-            hits = await rag.query(_str(args, "query"), k=k if isinstance(k, int) else 5)
+            shared_only = args.get("shared_only", False) is True  # remote callers' agents: shared documents only
+            hits = await rag.query(_str(args, "query"), k=k if isinstance(k, int) else 5, shared_only=shared_only)
             return [h.to_json() for h in hits]
 
         async def add(args: Mapping[str, Any]) -> Any:

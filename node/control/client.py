@@ -5,11 +5,14 @@ from __future__ import annotations
 import itertools
 import json
 import socket
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
 
 from node.control.errors import ClientError, NotRunning, RemoteCallError
+
+TYPE_CHECKING = False  # not typing's: `village status` must not import typing (node/control/quick.py)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+    from typing import Any
 
 MAX_LINE_BYTES = 64 * 1024 * 1024  # a response larger than this is treated as a broken node
 

@@ -9,9 +9,11 @@ ControlError (node.errors)
 
 from __future__ import annotations
 
-from typing import Any
-
 from node.errors import ControlError
+
+TYPE_CHECKING = False  # not typing's: `village status` must not import typing (node/control/quick.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class ClientError(ControlError):

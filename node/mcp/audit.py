@@ -26,6 +26,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("village.mcp.audit")
 
 
+def args_digest(args: Any) -> tuple[str, int]:
+    """(SHA-256 hex, size in bytes) of the arguments' canonical JSON: what audit records keep instead of them."""
+    try:
+        raw = json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    except (TypeError, ValueError):
+        raw = repr(args).encode()
+    return hashlib.sha256(raw).hexdigest(), len(raw)
+
+
 class AuditLog:
     def __init__(self, path: Path | None, *, max_bytes: int, wall_ms: Callable[[], int]) -> None:
         """``path`` None: keep the records in memory only (tests, in-process simulations)."""
@@ -62,10 +71,7 @@ class AuditLog:
         error: ToolError | None,
         duration_s: float,
     ) -> None:
-        try:
-            raw = json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
-        except (TypeError, ValueError):
-            raw = repr(args).encode()
+        digest, size = args_digest(args)
         entry: dict[str, Any] = {
             "at_ms": self._wall_ms(),
             "transport": caller.transport,
@@ -73,10 +79,12 @@ class AuditLog:
             "tool": tool,
             "changes_state": changes_state,
             "ok": error is None,
-            "args_sha256": hashlib.sha256(raw).hexdigest(),
-            "args_bytes": len(raw),
+            "args_sha256": digest,
+            "args_bytes": size,
             "duration_ms": round(duration_s * 1000.0, 3),
         }
+        if caller.session is not None:
+            entry["session"] = caller.session[:128]
         if error is not None:
             entry["error"] = type(error).__name__
             entry["message"] = str(error)[:500]

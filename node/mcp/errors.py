@@ -7,6 +7,8 @@
         ├── NotAllowed          the caller lacks the tool's scope, or [mcp] allow/deny refuses it
         ├── ToolRateLimited     too many state-changing calls; retry later
         ├── MemoryFull          a memory bound (entries or bytes) would be exceeded
+        ├── AuditUnavailable    the caller's audit record (e.g. the anchor's PostgreSQL) could not be written
+        │                       before a state-changing call, so the call was not run
         └── ToolNodeUnavailable the stdio front end cannot reach the daemon's control socket
 
 A ToolError's message is written for the caller (often a language model): it says what was wrong and, where it
@@ -40,6 +42,10 @@ class ToolRateLimited(ToolError):
 
 
 class MemoryFull(ToolError):
+    pass
+
+
+class AuditUnavailable(ToolError):
     pass
 
 

@@ -12,9 +12,12 @@ with the observable behaviour of the reference MCP memory server (``@modelcontex
   observation; ``search_nodes`` and ``open_nodes`` return the relations with at least one end in the result.
 - Order is insertion order everywhere.
 
-Stored in SQLite (``<data dir>/mcp/memory.sqlite3``, 0600) and mirrored in memory for reads; bounded in entities,
-relations and bytes (``[mcp] memory_max_*``). :class:`GraphStore` serialises the operations; changes (SQLite
-transactions) run in a worker thread.
+Kept in a :class:`Storage` and mirrored in memory for reads: SQLite by default (:class:`SqliteStorage`,
+``<data dir>/mcp/memory.sqlite3``, 0600), or another store a plugin provides (the anchor's Bolt graph store:
+``anchor.mcp_memory``). Each operation checks its bounds and computes its :class:`Changes` without touching the
+mirror, writes them to the storage in one transaction, and only then updates the mirror: a write that fails
+changes nothing. Bounded in entities, relations and bytes (``[mcp] memory_max_*``). :class:`GraphStore`
+serialises the operations; changes run in a worker thread.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -75,12 +79,52 @@ def _nbytes(s: str) -> int:
     return len(s.encode("utf-8", "surrogatepass"))
 
 
-class KnowledgeGraph:
-    """The graph and its SQLite file; synchronous (call through :class:`GraphStore`)."""
+@dataclass(slots=True)
+class Changes:
+    """What one operation changes, written by a :class:`Storage` in one transaction."""
 
-    def __init__(self, path: Path | None, settings: McpSettings) -> None:
-        self.settings = settings
-        self.path = path
+    add_entities: list[Entity] = field(default_factory=list)
+    add_relations: list[Relation] = field(default_factory=list)
+    set_observations: list[tuple[Entity, list[str]]] = field(default_factory=list)  # (entity, new observations)
+    drop_entities: list[int] = field(default_factory=list)
+    drop_relations: list[int] = field(default_factory=list)
+    wipe: bool = False  # everything first
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.wipe
+            or self.add_entities
+            or self.add_relations
+            or self.set_observations
+            or self.drop_entities
+            or self.drop_relations
+        )
+
+
+EntityRow = tuple[int, str, str, list[str]]  # id, name, type, observations
+RelationRow = tuple[int, str, str, str]  # id, from, to, type
+
+
+class Storage(Protocol):
+    """Where the graph persists. Synchronous (called in a worker thread); a failure raises a NodeError."""
+
+    name: str
+
+    def load(self) -> tuple[list[EntityRow], list[RelationRow]]:
+        """Every entity and relation, each list in id order."""
+        ...
+
+    def apply(self, changes: Changes) -> None:
+        """Write ``changes`` atomically (all or nothing)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SqliteStorage:
+    name = "sqlite"
+
+    def __init__(self, path: Path | None) -> None:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -90,21 +134,71 @@ class KnowledgeGraph:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
-        self.entities: list[Entity] = []
-        self.relations: list[Relation] = []
-        self.bytes = 0
-        for row in self.db.execute("SELECT id, name, entity_type, observations FROM entities ORDER BY id"):
-            e = Entity(row[0], row[1], row[2], json.loads(row[3]))
-            e.relower()
-            self.entities.append(e)
-            self.bytes += self._entity_bytes(e)
-        for row in self.db.execute("SELECT id, src, dst, relation_type FROM relations ORDER BY id"):
-            r = Relation(*row)
-            self.relations.append(r)
-            self.bytes += _nbytes(r.src) + _nbytes(r.dst) + _nbytes(r.relation_type)
+
+    def load(self) -> tuple[list[EntityRow], list[RelationRow]]:
+        ents = [
+            (row[0], row[1], row[2], json.loads(row[3]))
+            for row in self.db.execute("SELECT id, name, entity_type, observations FROM entities ORDER BY id")
+        ]
+        rels = [
+            (row[0], row[1], row[2], row[3])
+            for row in self.db.execute("SELECT id, src, dst, relation_type FROM relations ORDER BY id")
+        ]
+        return ents, rels
+
+    def apply(self, ch: Changes) -> None:
+        with self.db:
+            if ch.wipe:
+                self.db.execute("DELETE FROM entities")
+                self.db.execute("DELETE FROM relations")
+            self.db.executemany("DELETE FROM entities WHERE id = ?", [(i,) for i in ch.drop_entities])
+            self.db.executemany("DELETE FROM relations WHERE id = ?", [(i,) for i in ch.drop_relations])
+            self.db.executemany(
+                "INSERT INTO entities (id, name, entity_type, observations) VALUES (?, ?, ?, ?)",
+                [(e.id, e.name, e.entity_type, json.dumps(e.observations)) for e in ch.add_entities],
+            )
+            self.db.executemany(
+                "INSERT INTO relations (id, src, dst, relation_type) VALUES (?, ?, ?, ?)",
+                [(r.id, r.src, r.dst, r.relation_type) for r in ch.add_relations],
+            )
+            self.db.executemany(
+                "UPDATE entities SET observations = ? WHERE id = ?",
+                [(json.dumps(obs), e.id) for e, obs in ch.set_observations],
+            )
 
     def close(self) -> None:
         self.db.close()
+
+
+class KnowledgeGraph:
+    """The graph mirrored from its storage; synchronous (call through :class:`GraphStore`). ``where`` is a SQLite
+    path (None: in memory) or a :class:`Storage`."""
+
+    def __init__(self, where: Path | Storage | None, settings: McpSettings) -> None:
+        self.settings = settings
+        self.storage: Storage = SqliteStorage(where) if where is None or isinstance(where, Path) else where
+        self.entities: list[Entity] = []
+        self.relations: list[Relation] = []
+        self.bytes = 0
+        ents, rels = self.storage.load()
+        for eid, name, etype, obs in ents:
+            e = Entity(eid, name, etype, list(obs))
+            e.relower()
+            self.entities.append(e)
+            self.bytes += self._entity_bytes(e)
+        for rid, src, dst, rtype in rels:
+            r = Relation(rid, src, dst, rtype)
+            self.relations.append(r)
+            self.bytes += _nbytes(r.src) + _nbytes(r.dst) + _nbytes(r.relation_type)
+        self._next_id = 1 + max([e.id for e in self.entities] + [r.id for r in self.relations] + [0])
+
+    def _ids(self, n: int) -> list[int]:
+        first = self._next_id
+        self._next_id += n
+        return list(range(first, first + n))
+
+    def close(self) -> None:
+        self.storage.close()
 
     @staticmethod
     def _entity_bytes(e: Entity) -> int:
@@ -140,16 +234,15 @@ class KnowledgeGraph:
         new = [it for it in items if it["name"] not in existing]
         add = sum(self._check_strings([it["name"], it["entityType"], *it["observations"]]) for it in new)
         self._check_room(add, add_entities=len(new))
-        with self.db:
-            for it in new:
-                cur = self.db.execute(
-                    "INSERT INTO entities (name, entity_type, observations) VALUES (?, ?, ?)",
-                    (it["name"], it["entityType"], json.dumps(it["observations"])),
-                )
-                assert cur.lastrowid is not None
-                e = Entity(cur.lastrowid, it["name"], it["entityType"], list(it["observations"]))
-                e.relower()
-                self.entities.append(e)
+        ents = [
+            Entity(eid, it["name"], it["entityType"], list(it["observations"]))
+            for eid, it in zip(self._ids(len(new)), new, strict=True)
+        ]
+        if ents:
+            self.storage.apply(Changes(add_entities=ents))
+        for e in ents:
+            e.relower()
+            self.entities.append(e)
         self.bytes += add
         return [{"name": it["name"], "entityType": it["entityType"], "observations": it["observations"]} for it in new]
 
@@ -158,14 +251,13 @@ class KnowledgeGraph:
         new = [it for it in items if (it["from"], it["to"], it["relationType"]) not in existing]
         add = sum(self._check_strings([it["from"], it["to"], it["relationType"]]) for it in new)
         self._check_room(add, add_relations=len(new))
-        with self.db:
-            for it in new:
-                cur = self.db.execute(
-                    "INSERT INTO relations (src, dst, relation_type) VALUES (?, ?, ?)",
-                    (it["from"], it["to"], it["relationType"]),
-                )
-                assert cur.lastrowid is not None
-                self.relations.append(Relation(cur.lastrowid, it["from"], it["to"], it["relationType"]))
+        rels = [
+            Relation(rid, it["from"], it["to"], it["relationType"])
+            for rid, it in zip(self._ids(len(new)), new, strict=True)
+        ]
+        if rels:
+            self.storage.apply(Changes(add_relations=rels))
+        self.relations.extend(rels)
         self.bytes += add
         return [{"from": it["from"], "to": it["to"], "relationType": it["relationType"]} for it in new]
 
@@ -185,12 +277,12 @@ class KnowledgeGraph:
             targets[e.id] = e
             results.append({"entityName": it["entityName"], "addedObservations": new})
         self._check_room(add)
-        with self.db:
-            for eid, obs in planned.items():
-                self.db.execute("UPDATE entities SET observations = ? WHERE id = ?", (json.dumps(obs), eid))
-        for eid, obs in planned.items():
-            targets[eid].observations = obs
-            targets[eid].relower()
+        changed = [(targets[eid], obs) for eid, obs in planned.items() if len(obs) != len(targets[eid].observations)]
+        if changed:
+            self.storage.apply(Changes(set_observations=changed))
+        for e, obs in changed:
+            e.observations = obs
+            e.relower()
         self.bytes += add
         return results
 
@@ -200,41 +292,40 @@ class KnowledgeGraph:
         dead_r = [r for r in self.relations if r.src in gone or r.dst in gone]
         if not dead_e and not dead_r:
             return
-        with self.db:
-            self.db.executemany("DELETE FROM entities WHERE id = ?", [(e.id,) for e in dead_e])
-            self.db.executemany("DELETE FROM relations WHERE id = ?", [(r.id,) for r in dead_r])
+        self.storage.apply(Changes(drop_entities=[e.id for e in dead_e], drop_relations=[r.id for r in dead_r]))
         self.entities = [e for e in self.entities if e.name not in gone]
         self.relations = [r for r in self.relations if r.src not in gone and r.dst not in gone]
         self.bytes -= sum(self._entity_bytes(e) for e in dead_e)
         self.bytes -= sum(_nbytes(r.src) + _nbytes(r.dst) + _nbytes(r.relation_type) for r in dead_r)
 
     def delete_observations(self, items: list[dict[str, Any]]) -> None:
-        changed: dict[int, Entity] = {}
+        planned: dict[int, list[str]] = {}  # entity id -> its observations after the call
+        targets: dict[int, Entity] = {}
         for it in items:
             e = self._first(it["entityName"])
             if e is None:
                 continue
             drop = set(it["observations"])
-            kept = [o for o in e.observations if o not in drop]
-            if len(kept) != len(e.observations):
-                self.bytes -= sum(_nbytes(o) for o in e.observations if o in drop)
-                e.observations = kept
-                e.relower()
-                changed[e.id] = e
-        if changed:
-            with self.db:
-                self.db.executemany(
-                    "UPDATE entities SET observations = ? WHERE id = ?",
-                    [(json.dumps(e.observations), e.id) for e in changed.values()],
-                )
+            current = planned.get(e.id, e.observations)
+            kept = [o for o in current if o not in drop]
+            if len(kept) != len(current):
+                planned[e.id] = kept
+                targets[e.id] = e
+        if not planned:
+            return
+        self.storage.apply(Changes(set_observations=[(targets[eid], kept) for eid, kept in planned.items()]))
+        for eid, kept in planned.items():
+            e = targets[eid]
+            self.bytes -= sum(_nbytes(o) for o in e.observations) - sum(_nbytes(o) for o in kept)
+            e.observations = kept
+            e.relower()
 
     def delete_relations(self, items: list[dict[str, Any]]) -> None:
         drop = {(it["from"], it["to"], it["relationType"]) for it in items}
         dead = [r for r in self.relations if r.key in drop]
         if not dead:
             return
-        with self.db:
-            self.db.executemany("DELETE FROM relations WHERE id = ?", [(r.id,) for r in dead])
+        self.storage.apply(Changes(drop_relations=[r.id for r in dead]))
         self.relations = [r for r in self.relations if r.key not in drop]
         self.bytes -= sum(_nbytes(r.src) + _nbytes(r.dst) + _nbytes(r.relation_type) for r in dead)
 
@@ -260,24 +351,32 @@ class KnowledgeGraph:
 
     def forget(self) -> dict[str, int]:
         counts = {"entities": len(self.entities), "relations": len(self.relations)}
-        with self.db:
-            self.db.execute("DELETE FROM entities")
-            self.db.execute("DELETE FROM relations")
+        self.storage.apply(Changes(wipe=True))
         self.entities, self.relations, self.bytes = [], [], 0
         return counts
 
     def stats(self) -> dict[str, Any]:
-        return {"entities": len(self.entities), "relations": len(self.relations), "bytes": self.bytes}
+        return {
+            "entities": len(self.entities),
+            "relations": len(self.relations),
+            "bytes": self.bytes,
+            "backend": self.storage.name,
+        }
 
 
 class GraphStore:
-    """Async face of :class:`KnowledgeGraph`, one operation at a time: a change (a SQLite transaction) runs in a
-    worker thread; a read of the in-memory mirror (a few ms of CPU at most) runs in place, saving a thread hop."""
+    """Async face of :class:`KnowledgeGraph`, one operation at a time: a change (a storage transaction) runs in a
+    worker thread; a read of the in-memory mirror (a few ms of CPU at most) runs in place, saving a thread hop.
+    ``storage`` (a factory, called in the worker thread on first use) replaces the SQLite file at ``path``; if
+    opening or loading fails, the next operation tries again."""
 
     READS = frozenset({"read_graph", "search_nodes", "open_nodes", "stats"})
 
-    def __init__(self, path: Path | None, settings: McpSettings) -> None:
+    def __init__(
+        self, path: Path | None, settings: McpSettings, *, storage: Callable[[], Storage] | None = None
+    ) -> None:
         self._path = path
+        self._storage = storage
         self._settings = settings
         self._graph: KnowledgeGraph | None = None
         self._lock = trio.Lock()
@@ -286,11 +385,21 @@ class GraphStore:
     async def run(self, name: str, *args: Any) -> Any:
         async with self._lock:
             if self._graph is None:
-                self._graph = await trio.to_thread.run_sync(KnowledgeGraph, self._path, self._settings)
+                self._graph = await trio.to_thread.run_sync(self._open, limiter=self._limiter)
             op = getattr(self._graph, name)
             if name in self.READS:
                 return op(*args)
             return await trio.to_thread.run_sync(op, *args, limiter=self._limiter)
+
+    def _open(self) -> KnowledgeGraph:
+        if self._storage is None:
+            return KnowledgeGraph(self._path, self._settings)
+        storage = self._storage()
+        try:
+            return KnowledgeGraph(storage, self._settings)
+        except BaseException:
+            storage.close()
+            raise
 
     async def aclose(self) -> None:
         async with self._lock:

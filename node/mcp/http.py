@@ -2,12 +2,13 @@
 bearer-token check, served by hypercorn's trio worker inside the service's nursery.
 
 The token lives in ``<data dir>/mcp/http.token`` (0600, created on first use; `village mcp token` prints it).
-Requests without ``Authorization: Bearer <token>`` get 401. Working memory is per ``Mcp-Session-Id`` (2025-11-25
-sessions); stateless 2026-07-28 clients share the ``http`` client's scratch.
+Requests without ``Authorization: Bearer <token>`` get 401. Working memory is per authenticated client (the token)
+and ``Mcp-Session-Id`` (2025-11-25 sessions); stateless 2026-07-28 clients holding the token share its scratch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -75,12 +76,22 @@ def rebinding_protection(host: str) -> Any:
     )
 
 
-def _caller(ctx: Any) -> Caller:
-    session = None
-    request = getattr(ctx, "request", None)
-    if request is not None:
-        session = request.headers.get("mcp-session-id")
-    return Caller("http", f"session:{session}" if session else "http")
+def token_id(token: str) -> str:
+    """A name for the bearer token (audit records, rate limits, working memory): not the token itself."""
+    return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+def caller_for(token: str) -> Callable[[Any], Caller]:
+    """Callers of the loopback endpoint: the authenticated client (the bearer token it presented; the middleware
+    refused any other) and its ``Mcp-Session-Id`` if it has one (2025-11-25 sessions)."""
+    client = token_id(token)
+
+    def caller(ctx: Any) -> Caller:
+        request = getattr(ctx, "request", None)
+        session = request.headers.get("mcp-session-id") if request is not None else None
+        return Caller("http", client, session=session or None)
+
+    return caller
 
 
 async def serve_http(
@@ -93,7 +104,7 @@ async def serve_http(
 ) -> None:
     """Serve until cancelled; ``task_status.started(url)`` with the bound URL (port 0 picks one)."""
     host, port = settings.host_port()
-    server = build_server(LocalBackend(registry, _caller), bus=bus)
+    server = build_server(LocalBackend(registry, caller_for(token)), bus=bus)
     app = server.streamable_http_app(
         streamable_http_path="/mcp",
         max_sessions=settings.http_max_sessions,

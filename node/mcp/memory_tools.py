@@ -290,16 +290,16 @@ def memory_tools(graph: GraphStore) -> list[Tool]:
 
 def scratch_tools(working: WorkingMemory, now: Callable[[], float]) -> list[Tool]:
     async def scratch_set(p: ScratchSetArgs, caller: Caller) -> dict[str, Any]:
-        return working.set(caller.client_id, p.key, p.value, p.ttl_s, now())
+        return working.set(caller.namespace, p.key, p.value, p.ttl_s, now())
 
     async def scratch_get(p: ScratchKeyArgs, caller: Caller) -> dict[str, Any]:
-        return working.get(caller.client_id, p.key, now())
+        return working.get(caller.namespace, p.key, now())
 
     async def scratch_list(p: ScratchListArgs, caller: Caller) -> dict[str, Any]:
-        return working.list(caller.client_id, now())
+        return working.list(caller.namespace, now())
 
     async def scratch_clear(p: ScratchClearArgs, caller: Caller) -> dict[str, Any]:
-        return working.clear(caller.client_id, p.key, now())
+        return working.clear(caller.namespace, p.key, now())
 
     return [
         Tool(

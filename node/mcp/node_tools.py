@@ -1,16 +1,17 @@
 """The node's own tools, each a thin call of one control method (``node/control/methods.py``,
 ``node/rag/rpc.py``): the same code path as the CLI, so a tool and its `village` command cannot disagree.
 
-``rag_add`` is confined to ``[mcp] rag_roots``: a path (after resolving symlinks and ``..``) outside every root is
-refused, and with no roots configured the tool is refused altogether.
+``rag_add`` is confined to ``[mcp] rag_roots`` and reads what it checked: files are opened under an opened root
+with ``O_NOFOLLOW`` at every step (node.mcp.confine), so no symlink is followed and no path is reopened; their
+text goes to the knowledge base (``add_text``). With no roots configured the tool is refused altogether.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
+import trio
 from pydantic import BaseModel, ConfigDict, Field
 
 from node.mcp.errors import NotAllowed
@@ -75,24 +76,56 @@ class RagFeedbackArgs(_Args):
     ref: str = Field(description="A result's ref (local result id, or <peer hex>:<claim> for a peer's result).")
 
 
-def confine(paths: Sequence[str], roots: Sequence[str]) -> list[str]:
-    """The resolved paths, each inside one of ``roots``; raises NotAllowed otherwise."""
-    if not roots:
-        raise NotAllowed("rag_add is off: no folders are open to it (set mcp.rag_roots)")
-    resolved_roots = [Path(r).expanduser().resolve() for r in roots]
-    out = []
-    for raw in paths:
-        p = Path(raw).expanduser()
-        if not p.is_absolute():
-            raise NotAllowed(f"{raw!r}: give an absolute path inside {', '.join(map(str, resolved_roots))}")
-        real = p.resolve()
-        if not any(real == root or real.is_relative_to(root) for root in resolved_roots):
-            raise NotAllowed(f"{raw!r} is outside the folders open to rag_add ({', '.join(map(str, resolved_roots))})")
-        out.append(str(real))
-    return out
+# Ingests one text into the knowledge base: (source, text, title, mime, shared) -> the outcome (rag add_text).
+AddText = Callable[[str, str, str, str, bool], Awaitable[dict[str, Any]]]
 
 
-def node_tools(invoke: Invoke, *, rag_roots: Sequence[str]) -> list[Tool]:
+async def rag_add_confined(
+    p: RagAddArgs,
+    *,
+    rag_roots: Sequence[str],
+    add_text: AddText | None,
+    max_file_bytes: int,
+    limiter: trio.CapacityLimiter,
+) -> dict[str, Any]:
+    """rag_add: read the files through descriptors opened under the roots (node.mcp.confine), extract their text
+    and ingest it; the same counts as ``rag.add``."""
+    from node.mcp.confine import read_confined
+    from node.rag.errors import ExtractError
+    from node.rag.extract import SUPPORTED_SUFFIXES, extract_bytes
+
+    if add_text is None:
+        raise NotAllowed("this node runs no knowledge base (rag.enabled = false)")
+    found = await trio.to_thread.run_sync(
+        lambda: read_confined(
+            list(p.paths), list(rag_roots), suffixes=SUPPORTED_SUFFIXES, max_file_bytes=max_file_bytes
+        ),
+        limiter=limiter,
+    )
+    counts: dict[str, int] = {}
+    outcomes: list[dict[str, Any]] = []
+    errors = list(found.errors)
+    for source, data in found.files:
+        try:
+            extracted = await trio.to_thread.run_sync(extract_bytes, data, source, limiter=limiter)
+        except ExtractError as exc:
+            outcome: dict[str, Any] = {"source": source, "status": "failed", "detail": str(exc)}
+        else:
+            outcome = await add_text(source, extracted.text, extracted.title, extracted.mime, p.shared)
+        status = str(outcome.get("status", "failed"))
+        counts[status] = counts.get(status, 0) + 1
+        if len(outcomes) < 100:
+            outcomes.append(outcome)
+    return {"files": len(found.files), "bytes": found.total_bytes, **counts, "outcomes": outcomes, "errors": errors}
+
+
+def node_tools(
+    invoke: Invoke,
+    *,
+    rag_roots: Sequence[str],
+    add_text: AddText | None = None,
+    max_file_bytes: int = 50 * 1024 * 1024,
+) -> list[Tool]:
     def passthrough(method: str, wrap: str | None = None) -> Callable[[Any, Caller], Awaitable[Any]]:
         async def handler(p: BaseModel, caller: Caller) -> Any:
             result = await invoke(method, p.model_dump(exclude_none=True))
@@ -100,8 +133,12 @@ def node_tools(invoke: Invoke, *, rag_roots: Sequence[str]) -> list[Tool]:
 
         return handler
 
+    read_limiter = trio.CapacityLimiter(1)  # rag_add reads and extracts files in one worker thread at a time
+
     async def rag_add(p: RagAddArgs, caller: Caller) -> Any:
-        return await invoke("rag.add", {"paths": confine(p.paths, rag_roots), "shared": p.shared})
+        return await rag_add_confined(
+            p, rag_roots=rag_roots, add_text=add_text, max_file_bytes=max_file_bytes, limiter=read_limiter
+        )
 
     async def rag_query(p: RagQueryArgs, caller: Caller) -> Any:
         args = p.model_dump(exclude_none=True)

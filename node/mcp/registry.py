@@ -24,26 +24,46 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from node.errors import NodeError
-from node.mcp.audit import AuditLog
-from node.mcp.errors import InvalidArguments, NotAllowed, ToolError, ToolRateLimited, UnknownTool
+from node.mcp.audit import AuditLog, args_digest
+from node.mcp.errors import AuditUnavailable, InvalidArguments, NotAllowed, ToolError, ToolRateLimited, UnknownTool
 from node.mcp.settings import McpSettings
 
 log = logging.getLogger("village.mcp")
 
 MAX_RATE_BUCKETS = 4096  # clients whose rate-limit state is kept (the idlest is dropped first)
 ALL_SCOPES = frozenset({"*"})
+MAX_SESSION_ID_CHARS = 128  # of a transport's session id kept in a namespace
 
 Handler = Callable[[Any, "Caller"], Awaitable[Any]]
+# Writes a caller's own audit record of a state-changing call before it runs: (tool, args SHA-256, args bytes).
+# Raising a NodeError (e.g. the anchor's StoreUnavailable) refuses the call.
+PreAudit = Callable[[str, str, int], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
     """Who calls a tool: the transport (stdio, http, local, gateway), a client id (working memory and rate limits
-    are per client) and the scopes granted (``*`` everything, ``rag:*`` every rag scope, ``rag:read`` one)."""
+    are per client) and the scopes granted (``*`` everything, ``rag:*`` every rag scope, ``rag:read`` one).
+    ``pre_audit``, when set, records each state-changing call in the caller's own audit log (the anchor gateway's
+    PostgreSQL) before it runs; if it fails the call is not run. ``session`` (a transport's session, e.g. HTTP's
+    ``Mcp-Session-Id``) narrows per-client state such as working memory within the authenticated client: see
+    :attr:`namespace`; rate limits stay per client."""
 
     transport: str
     client_id: str
     scopes: frozenset[str] = ALL_SCOPES
+    # When set, the only tools this caller may call or see (least privilege: an agent holds its roster's tools).
+    tools: frozenset[str] | None = None
+    pre_audit: PreAudit | None = field(default=None, compare=False, repr=False)
+    session: str | None = None
+
+    @property
+    def namespace(self) -> str:
+        """Whose per-client state this is: the authenticated client id, plus the session when there is one (a
+        session id alone never names it, so one client cannot reach another's state by presenting its session)."""
+        if self.session is None:
+            return self.client_id
+        return f"{self.client_id}/session:{self.session[:MAX_SESSION_ID_CHARS]}"
 
     def has_scope(self, scope: str) -> bool:
         area = scope.partition(":")[0]
@@ -83,6 +103,8 @@ class Tool:
     title: str | None = None
     destructive: bool = False
     idempotent: bool = False
+    # When set, the only transports that may see or call this tool (the agents' internal tools: {"agents"}).
+    transports: frozenset[str] | None = None
     input_schema: dict[str, Any] = field(init=False, repr=False, compare=False)
     output_schema: dict[str, Any] | None = field(init=False, repr=False, compare=False)
 
@@ -228,9 +250,15 @@ class Registry:
 
     def listed(self, caller: Caller) -> list[Tool]:
         """The tools this caller may call (scope and transport policy)."""
-        return [t for t in self.tools.values() if caller.has_scope(t.scope) and self.permitted(t, caller.transport)]
+        return [
+            t
+            for t in self.tools.values()
+            if caller.has_scope(t.scope) and self.permitted(t, caller.transport) and _reachable(t, caller)
+        ]
 
     def permitted(self, tool: Tool, transport: str) -> bool:
+        if tool.transports is not None and transport not in tool.transports:
+            return False
         if not tool.changes_state:
             return True
         return _matches(self.settings.allow, transport, tool.name) and not _matches(
@@ -262,7 +290,9 @@ class Registry:
                 )
 
     async def _call(self, tool: Tool | None, name: str, args: dict[str, Any], caller: Caller) -> Outcome:
-        if tool is None:
+        if caller.tools is not None and name not in caller.tools:
+            raise NotAllowed(f"{caller.client_id} may not call {name}: it is not among the tools granted to it")
+        if tool is None or (tool.transports is not None and caller.transport not in tool.transports):
             raise UnknownTool(f"unknown tool {name!r}; tools/list names the tools this node offers")
         if not caller.has_scope(tool.scope):
             raise NotAllowed(f"{name} needs the {tool.scope!r} scope, which this client was not granted")
@@ -278,6 +308,16 @@ class Registry:
             params = tool.input_model.model_validate(args)
         except ValidationError as exc:
             raise InvalidArguments(f"invalid arguments for {name}: {_describe_validation(exc)}") from None
+        if tool.changes_state and caller.pre_audit is not None:
+            digest, size = args_digest(args)
+            try:
+                await caller.pre_audit(name, digest, size)
+            except NodeError as exc:
+                log.warning("%s refused for %s: audit write failed: %s", name, caller.client_id, exc)
+                raise AuditUnavailable(
+                    f"{name} was not run: its audit record could not be written (the audit log is unavailable); "
+                    "retry later"
+                ) from None
         try:
             value = await tool.handler(params, caller)
             if isinstance(value, Outcome):
@@ -296,6 +336,12 @@ class Registry:
         else:
             structured = {"result": value}
         return Outcome(structured, json.dumps(structured, indent=2, ensure_ascii=False))
+
+
+def _reachable(tool: Tool, caller: Caller) -> bool:
+    return (caller.tools is None or tool.name in caller.tools) and (
+        tool.transports is None or caller.transport in tool.transports
+    )
 
 
 def _matches(patterns: Iterable[str], transport: str, tool: str) -> bool:

@@ -19,6 +19,8 @@ from node.mcp.service import McpService
 from node.mcp.settings import TRANSPORTS
 
 MAX_CLIENT_ID_CHARS = 128
+MAX_LISTENERS = 16  # `mcp.listen` subscriptions held at once (each is one `village mcp` with a listening client)
+LISTEN_KEEPALIVE_S = 10.0  # idle time after which mcp.listen writes a keepalive: a departed client is noticed
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,13 @@ class ReadParams:
     transport: str = param("stdio", doc="Transport the read came over.")
 
 
+@dataclass(frozen=True, slots=True)
+class ListenParams:
+    keepalive_s: float = param(
+        LISTEN_KEEPALIVE_S, doc="Seconds of quiet after which an mcp.keepalive notification is sent (1 to 60)."
+    )
+
+
 def register(reg: ControlRegistry, get_service: Callable[[], Awaitable[McpService | None]]) -> None:
     import json
 
@@ -51,7 +60,7 @@ def register(reg: ControlRegistry, get_service: Callable[[], Awaitable[McpServic
         return s
 
     def caller(transport: str, client: str) -> Caller:
-        if transport not in TRANSPORTS or transport == "gateway":
+        if transport not in TRANSPORTS or transport in ("gateway", "agents"):
             raise RpcError(APP_ERROR, f"transport must be stdio, http or local, not {transport!r}")
         return Caller(transport, client[:MAX_CLIENT_ID_CHARS])
 
@@ -88,6 +97,35 @@ def register(reg: ControlRegistry, get_service: Callable[[], Awaitable[McpServic
             raise RpcError(APP_ERROR, str(exc)) from None
         return {"uri": p.uri, "text": text, "mimeType": res.mime_type if res else "application/json"}
 
+    async def listen(p: ListenParams, notify: Notify) -> Any:
+        import trio
+
+        from node.mcp.service import INBOX_URI
+
+        s = await svc()
+        if not 1.0 <= p.keepalive_s <= 60.0:
+            raise RpcError(APP_ERROR, "keepalive_s must be from 1 to 60")
+        if s.listeners >= MAX_LISTENERS:
+            raise RpcError(APP_ERROR, f"too many MCP listeners (at most {MAX_LISTENERS}); try again later")
+        node = s.node
+        assert node is not None
+        s.listener_count(+1)
+        recv = node.subscribe_inbox()  # bounded queue; a follower that falls behind is dropped (channel closed)
+        try:
+            await notify("mcp.listening", {"uris": [INBOX_URI]})
+            while True:
+                with trio.move_on_after(p.keepalive_s):
+                    try:
+                        await recv.receive()
+                    except (trio.EndOfChannel, trio.ClosedResourceError):
+                        return {"ended": "the node closed the subscription (stopping, or this client was too slow)"}
+                    await notify("mcp.resource_updated", {"uri": INBOX_URI})
+                    continue
+                await notify("mcp.keepalive", {})  # fails once the client has gone, which ends this call
+        finally:
+            s.listener_count(-1)
+            node.unsubscribe_inbox(recv)
+
     async def status(_: NoParams, notify: Notify) -> Any:
         s = await svc()
         registry = s.registry
@@ -98,6 +136,7 @@ def register(reg: ControlRegistry, get_service: Callable[[], Awaitable[McpServic
             "failures": registry.failures,
             "audit_records": s.audit.records,
             "http_url": s.http_url,
+            "listeners": s.listeners,
             "memory": await s.graph.run("stats"),
         }
 
@@ -117,6 +156,13 @@ def register(reg: ControlRegistry, get_service: Callable[[], Awaitable[McpServic
     )
     reg.add("mcp.resources", ToolsParams, "The MCP resources (uri, name, title, description, mimeType).", resources)
     reg.add("mcp.read", ReadParams, "Read an MCP resource; returns uri, text, mimeType.", read)
+    reg.add(
+        "mcp.listen",
+        ListenParams,
+        "Stream change notifications for MCP clients of `village mcp`: mcp.listening, then mcp.resource_updated "
+        "{uri} per new inbox message (node://inbox) and mcp.keepalive when quiet; runs until the client goes.",
+        listen,
+    )
     reg.add(
         "mcp.status", NoParams, "MCP layer: tools, calls, failures by cause, audit records, HTTP URL, memory.", status
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import mcp_types as types
 from mcp.server import Server
@@ -22,6 +22,9 @@ from mcp.shared.exceptions import MCPError
 from node import __version__
 from node.mcp.errors import ToolError
 from node.mcp.registry import Registry
+
+if TYPE_CHECKING:
+    from node.mcp.feed import ChangeFeed
 
 log = logging.getLogger("village.mcp")
 
@@ -89,9 +92,16 @@ def _tool(d: dict[str, Any]) -> types.Tool:
     )
 
 
-def build_server(backend: Backend, *, name: str = "aivillage-node", bus: SubscriptionBus | None = None) -> Server[Any]:
+def build_server(
+    backend: Backend,
+    *,
+    name: str = "aivillage-node",
+    bus: SubscriptionBus | None = None,
+    feed: ChangeFeed | None = None,
+) -> Server[Any]:
     """The MCP server for ``backend``; with ``bus``, 2026-07-28 clients may ``subscriptions/listen`` to the events
-    published on it (``node://inbox`` updates)."""
+    published on it (``node://inbox`` updates); with ``feed`` (instead), they may, and 2025-11-25 clients may
+    ``resources/subscribe`` too (node.mcp.feed)."""
     schemas: dict[str, dict[str, Any]] = {}  # input schema by tool name, from the last listing
 
     async def list_tools(
@@ -138,6 +148,7 @@ def build_server(backend: Backend, *, name: str = "aivillage-node", bus: Subscri
             raise MCPError(code=types.INVALID_PARAMS, message=str(exc)) from None
         return types.ReadResourceResult(contents=[types.TextResourceContents(uri=uri, mime_type=mime, text=text)])
 
+    listen = feed.listen_handler if feed is not None else ListenHandler(bus) if bus is not None else None
     return Server(
         name,
         version=__version__,
@@ -147,5 +158,7 @@ def build_server(backend: Backend, *, name: str = "aivillage-node", bus: Subscri
         on_call_tool=call_tool,
         on_list_resources=list_resources,
         on_read_resource=read_resource,
-        on_subscriptions_listen=ListenHandler(bus) if bus is not None else None,
+        on_subscriptions_listen=listen,
+        on_subscribe_resource=feed.on_subscribe if feed is not None else None,
+        on_unsubscribe_resource=feed.on_unsubscribe if feed is not None else None,
     )

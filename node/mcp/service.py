@@ -8,16 +8,20 @@ through the ``mcp.*`` control methods (node.mcp.rpc).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from node.mcp.ask_tools import ask_tools
 from node.mcp.audit import AuditLog
-from node.mcp.graph import GraphStore
+from node.mcp.errors import NotAllowed
+from node.mcp.graph import GraphStore, Storage
 from node.mcp.memory_tools import memory_resource, memory_tools, scratch_tools
 from node.mcp.node_tools import node_tools
 from node.mcp.registry import Caller, Registry, Resource
@@ -41,7 +45,10 @@ ASGI_CALLER_KEY = "aivillage.mcp.caller"
 def _asgi_caller(ctx: Any) -> Caller:
     request = getattr(ctx, "request", None)
     caller = request.scope.get(ASGI_CALLER_KEY) if request is not None else None
-    return caller if isinstance(caller, Caller) else Caller("gateway", "unauthenticated", frozenset())
+    if not isinstance(caller, Caller):
+        return Caller("gateway", "unauthenticated", frozenset())
+    session = request.headers.get("mcp-session-id") if request is not None else None
+    return dataclasses.replace(caller, session=session) if session else caller
 
 
 class McpService:
@@ -64,6 +71,19 @@ class McpService:
         self._mount_lock = trio.Lock()
         self._control: ControlRegistry | None = None
         self._ready = trio.Event()
+        self.listeners = 0  # open mcp.listen control calls (`village mcp` processes with a listening client)
+        self._listeners_changed = trio.Event()
+
+    def listener_count(self, delta: int) -> int:
+        """Count an mcp.listen call starting (+1) or ending (-1); returns the new count."""
+        self.listeners += delta
+        self._listeners_changed.set()
+        self._listeners_changed = trio.Event()
+        return self.listeners
+
+    async def wait_listeners(self, n: int) -> None:
+        while self.listeners != n:
+            await self._listeners_changed.wait()
 
     def data_dir(self) -> Path:
         assert self.node is not None
@@ -94,17 +114,29 @@ class McpService:
         s = self.settings
         d = self.data_dir() if self.persistent else None
         self.audit = AuditLog(d / "audit.jsonl" if d else None, max_bytes=s.audit_max_bytes, wall_ms=node.clock.wall_ms)
-        self.graph = GraphStore(d / "memory.sqlite3" if d else None, s)
+        self.graph = GraphStore(d / "memory.sqlite3" if d else None, s, storage=self._memory_storage(node))
         self.working = WorkingMemory(
             max_bytes_per_client=s.working_max_bytes_per_client,
             max_clients=s.working_max_clients,
             max_ttl_s=s.working_max_ttl_s,
         )
         reg = Registry(s, now=node.clock.now, audit=self.audit)
-        reg.extend(node_tools(self._invoke, rag_roots=s.rag_roots))
+        from node.rag.settings import RagSection
+
+        async def add_text(source: str, text: str, title: str, mime: str, shared: bool) -> dict[str, Any]:
+            from node.rag.plugin import rag_service
+
+            rag = rag_service(node)
+            if rag is None:
+                raise NotAllowed("this node runs no knowledge base (rag.enabled = false, or it is starting)")
+            return await rag.add_text(source, text, title=title, shared=shared, mime=mime)
+
+        max_file_bytes = node.config.section(RagSection).max_file_bytes
+        reg.extend(node_tools(self._invoke, rag_roots=s.rag_roots, add_text=add_text, max_file_bytes=max_file_bytes))
         reg.extend(vote_tools(self._invoke))
         reg.extend(memory_tools(self.graph))
         reg.extend(scratch_tools(self.working, node.clock.now))
+        reg.extend(ask_tools(self._invoke, node))  # ask, twin_*, agents_* (node.mcp.ask_tools)
 
         def via(method: str, **params: Any) -> Any:
             async def read(_: Caller) -> str:
@@ -138,6 +170,20 @@ class McpService:
         )
         self.registry = reg
         return reg
+
+    def _memory_storage(self, node: Node) -> Callable[[], Storage] | None:
+        """Persistent memory in a store a service of the node offers (``mcp_memory_storage(node)``: the anchor's
+        Bolt graph store), else None (the SQLite file). Not for a non-persistent service (tests, simulations)."""
+        if not self.persistent:
+            return None
+        for service in node.services:
+            offer = getattr(service, "mcp_memory_storage", None)
+            if callable(offer):
+                factory: Callable[[], Storage] | None = offer(node)
+                if factory is not None:
+                    log.info("MCP memory lives in %s's store", getattr(service, "name", "a service"))
+                    return factory
+        return None
 
     async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         # The SDK (a second or two of imports on a small machine) is loaded only for what is configured: the

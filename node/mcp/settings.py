@@ -4,7 +4,8 @@ and the bounds of persistent and working memory.
 Patterns in ``allow``/``deny`` are ``TRANSPORT:TOOL`` (shell wildcards on both sides; a bare ``TOOL`` means every
 transport). They apply to state-changing tools only (read-only tools are governed by scopes alone): such a tool
 may be called over a transport when some ``allow`` pattern matches and no ``deny`` pattern does.
-Transports: ``stdio`` (`village mcp`), ``http`` (Streamable HTTP on loopback), ``local`` (the twin and agents).
+Transports: ``stdio`` (`village mcp`), ``http`` (Streamable HTTP on loopback), ``local`` (the twin), ``agents``
+(the node's agents, one client per agent: ``agents:Coordinator``), ``gateway`` (the anchor's ``/mcp``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import ClassVar
 from node.errors import ConfigError
 from node.schema import setting
 
-TRANSPORTS = ("stdio", "http", "local", "gateway")
+TRANSPORTS = ("stdio", "http", "local", "gateway", "agents")
 
 
 _s = setting

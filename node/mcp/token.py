@@ -7,13 +7,13 @@ this user's that no one else may write to (someone who could would choose the to
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
 import stat
 from pathlib import Path
 
 from node.errors import StartupError
+from node.privatefile import LOOSE_MODE, OTHER_OWNER, SYMLINK, PrivateFileRefused, read_private_file
 
 TOKEN_BYTES = 32  # 256 bits of randomness
 MAX_TOKEN_FILE_BYTES = 4096
@@ -53,17 +53,16 @@ def _check_directory(directory: Path) -> None:
 
 def _read_token(path: Path) -> str:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        data = read_private_file(path, MAX_TOKEN_FILE_BYTES)
+    except PrivateFileRefused as exc:
+        advice = {
+            SYMLINK: "the MCP token must be a regular file",
+            OTHER_OWNER: "it is not this node's MCP token",
+            LOOSE_MODE: f"run: chmod 600 {path}",
+        }.get(exc.reason)
+        raise StartupError(f"{exc}; {advice}" if advice else str(exc)) from None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise StartupError(f"{path} is a symbolic link; the MCP token must be a regular file") from None
         raise StartupError(f"{path} cannot be read: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise StartupError(f"{path} is not a regular file")
-        if st.st_uid != os.geteuid():
-            raise StartupError(f"{path} belongs to another user (uid {st.st_uid}); it is not this node's MCP token")
-        if st.st_mode & 0o077:
-            raise StartupError(f"{path} is readable or writable by group or others; run: chmod 600 {path}")
-        return f.read(MAX_TOKEN_FILE_BYTES).decode("utf-8", "replace").strip()
+    if data is None:
+        raise StartupError(f"{path} disappeared while it was being read")
+    return data.decode("utf-8", "replace").strip()

@@ -4,7 +4,8 @@ NodeError (node.errors)
 └── TwinError                anything the personal model refuses or cannot do
     ├── PriorMissing         the shipped global prior file is absent or unreadable (reinstall the package)
     ├── TwinStoreError       the twin's state file is unusable (wrong version, corrupt, over its bound)
-    └── LearningPaused       the governor does not allow learning now (the reason is in the message)
+    ├── LearningPaused       the governor does not allow learning now (the reason is in the message)
+    └── AskError             ``ask`` cannot take the request (empty, too long, an agent named with the agents off)
 """
 
 from __future__ import annotations
@@ -26,3 +27,7 @@ class TwinStoreError(TwinError):
 
 class LearningPaused(TwinError):
     """Learning is not allowed now (battery, heat or CPU budget)."""
+
+
+class AskError(TwinError):
+    """``ask`` (node.twin.ask) cannot take this request."""

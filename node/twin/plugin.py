@@ -1,5 +1,6 @@
-"""The twin as a plugin of the composition root: the ``[twin]`` section, its service, ``village twin`` and the
-``twin.*`` control methods (plus the observer that turns the user's own control-socket calls into twin events)."""
+"""The twin as a plugin of the composition root: the ``[twin]`` section, its service, ``village twin``, the
+``twin.*`` control methods, the ``ask`` entry point (node.twin.ask) and the observer that turns the user's own
+control-socket calls into twin events."""
 
 from __future__ import annotations
 
@@ -29,10 +30,11 @@ def _rpc(node: Node, reg: Registry) -> None:
     from node.twin import rpc
     from node.twin.service import TwinService
 
+    rpc.register_ask(reg, node)  # the entry point: with the twin off, the request goes on without personal context
     svc = node.service("twin")
     if not isinstance(svc, TwinService):
         return
-    rpc.observe_socket_calls(reg, svc)  # calls on the control socket only: the user's, never MCP clients'
+    rpc.observe_socket_calls(reg, svc, node)  # calls on the control socket only: the user's, never MCP clients'
     rpc.register(reg, svc)
 
 

@@ -1,12 +1,15 @@
 """The twin's control methods, and the observer that feeds it the user's own actions.
 
 Methods: ``twin.status``, ``twin.suggest``, ``twin.actions`` (likely next commands), ``twin.observe`` (a local
-client — a keyboard, the UI — hands over text the user typed), ``twin.export``, ``twin.forget``.
+client — a keyboard, the UI — hands over text the user typed), ``twin.export``, ``twin.forget``, and ``ask`` (the
+node's entry point for a request in plain words, :mod:`node.twin.ask`; registered even when the twin is off).
 
 :func:`observe_socket_calls` makes each successful call on the node's control socket (0600, the user's uid,
 checked by SO_PEERCRED: the CLI and the user's own local clients) a twin event: the method name is the action;
 ``messages.send`` / ``messages.broadcast`` give their text (the user's own messages; messages received from
-peers never pass through here), ``rag.query`` its question, ``rag.add`` the titles of the files added.
+peers never pass through here), ``rag.query`` and ``ask`` their question, ``rag.add`` the titles of the files
+added. The recipient of a sent message is kept as the peer ID it resolved to (frequent contacts; a reference
+that named no single peer is not kept).
 
 Calls made in-process are not the user's and are never seen: the MCP tools (used by remote gateway clients,
 HTTP and stdio MCP clients and agents) call the control methods' handlers directly, not through the socket.
@@ -18,11 +21,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from node.control.rpc import APP_ERROR, NoParams, Notify, Registry, RpcError, param
+from node.errors import MeshError, NodeError
 from node.twin.errors import TwinError
 from node.twin.service import TwinService
+
+if TYPE_CHECKING:
+    from node.node import Node
 
 MAX_OBSERVE_CHARS = 4000
 NOT_OBSERVED = ("rpc.methods",)  # introspection is not the user's activity
@@ -58,23 +65,61 @@ def event_of(method: str, params: Any) -> tuple[str, str, str | None]:
     """(kind, text, contact) of a control call made by the user."""
     if method in ("messages.send", "messages.broadcast"):
         return "message", str(getattr(params, "text", "")), getattr(params, "peer", None)
-    if method == "rag.query":
+    if method in ("rag.query", "ask"):
         return "query", str(getattr(params, "text", "")), None
     if method == "rag.add":
         return "document", _titles(getattr(params, "paths", None)), None
     return "command", "", None
 
 
-def observe_socket_calls(registry: Registry, twin: TwinService) -> None:
+def observe_socket_calls(registry: Registry, twin: TwinService, node: Node | None = None) -> None:
     """Feed the twin each successful control-socket call (see the module docstring for what is not seen)."""
 
     def observed(method_name: str, params: Any) -> None:
         if method_name in NOT_OBSERVED or method_name.startswith(NOT_OBSERVED_PREFIXES):
             return
         kind, text, contact = event_of(method_name, params)
+        if contact is not None:
+            contact = _contact_id(node, contact)
         twin.record(kind, text, action=method_name, contact=contact)
 
     registry.socket_observers.append(observed)
+
+
+def _contact_id(node: Node | None, ref: str) -> str | None:
+    """The peer ID (hex) a sent message's recipient reference named, or None when it named no single peer."""
+    if node is None:
+        return ref
+    try:
+        return node.resolve_peer(ref, allow_unknown=True).hex()
+    except MeshError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class AskParams:
+    text: str = param(doc="The request in plain words; the twin adds your personal context and hands it on.")
+    agent: str | None = param(None, doc="Send it to this agent instead of letting the King route it.")
+    confirm: bool = param(False, doc="Confirm a public broadcast (or a message the privacy check flags).")
+
+
+def register_ask(registry: Registry, node: Node) -> None:
+    """``ask``: the node's entry point (the caller of the control socket is the device's owner)."""
+    from node.twin.ask import OWNER, Access, ask
+
+    async def handler(p: AskParams, notify: Notify) -> Any:
+        try:
+            return await ask(node, p.text, access=Access(OWNER), agent=p.agent, confirm=p.confirm)
+        except NodeError as exc:
+            raise RpcError(APP_ERROR, str(exc)) from exc
+
+    registry.add(
+        "ask",
+        AskParams,
+        "Ask the node: the twin adds your personal context (frequent contacts; all local) and hands the request to "
+        "the agents (the King), or with the agents off to the matching tool.",
+        handler,
+    )
 
 
 def register(registry: Registry, twin: TwinService) -> None:

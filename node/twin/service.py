@@ -320,6 +320,11 @@ class TwinService:
         )
         return st
 
+    async def context(self) -> dict[str, Any]:
+        """The personal context ``ask`` uses on this node (frequent contacts, recent topics, frequent words)."""
+        engine = await self._ensure_engine()
+        return await trio.to_thread.run_sync(engine.context, limiter=self._limiter)
+
     async def export(self) -> dict[str, Any]:
         engine = await self._ensure_engine()
         return await trio.to_thread.run_sync(engine.export, limiter=self._limiter)

@@ -34,6 +34,10 @@ class FakeMesh:
         self.sent.append((tool, dict(args)))
         return {"id": "m1"}
 
+    async def call_as(self, agent: str, allowed: frozenset[str], tool: str, args: Mapping[str, Any]) -> Any:
+        assert tool in allowed, (agent, tool)
+        return await self.call(tool, args)
+
 
 async def run(request: str, peers: list[dict[str, Any]], *, confirmed: bool = False) -> tuple[Answer, FakeMesh]:
     roster = load_roster(None)

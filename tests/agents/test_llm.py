@@ -166,13 +166,14 @@ async def test_king_routes_a_translation_to_polyglot_which_uses_the_model() -> N
     from node.agents.king import King
     from node.agents.roster import load_roster
     from node.agents.router import Router
-    from node.agents.tools import Tools
+    from node.agents.tools import Tools, llm_tool
     from node.agents.trace import TraceStore
     from node.rag.embed import Embedder
 
     roster = load_roster()
     router = await trio.to_thread.run_sync(Router, roster, Embedder().embed)
-    king = King(roster, router, Tools(), llm=LocalLlm(GREEDY), traces=TraceStore(None))
+    llm = LocalLlm(GREEDY)
+    king = King(roster, router, Tools({"llm.complete": llm_tool(llm)}), llm=llm, traces=TraceStore(None))
     out = await king.ask("Translate from English to French: Good morning")
     assert out["steps"][0]["agent"] == "Polyglot"
     assert "bonjour" in out["answer"].lower()
@@ -184,14 +185,15 @@ async def test_magi_thinks_in_a_hidden_scratchpad_kept_in_the_trace_only() -> No
     from node.agents.king import King
     from node.agents.roster import load_roster
     from node.agents.router import Router
-    from node.agents.tools import Tools
+    from node.agents.tools import Tools, llm_tool
     from node.agents.trace import TraceStore
     from node.rag.embed import Embedder
 
     roster = load_roster()
     router = await trio.to_thread.run_sync(Router, roster, Embedder().embed)
     traces = TraceStore(None)
-    king = King(roster, router, Tools(), llm=LocalLlm(GREEDY), traces=traces)
+    llm = LocalLlm(GREEDY)
+    king = King(roster, router, Tools({"llm.complete": llm_tool(llm)}), llm=llm, traces=traces)
     out = await king.ask("write a python function that adds two numbers", agent="Magi")
     trace = traces.get(out["id"])
     assert trace is not None

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from node.agents.errors import RosterError
-from node.agents.roles import HANDLERS
 from node.agents.roster import ROSTER_NAMES, load_roster, parse_roster
 from node.agents.tools import KNOWN_TOOLS
+from node.agents.workers import ALL_HANDLERS as HANDLERS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 

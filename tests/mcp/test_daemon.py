@@ -4,6 +4,7 @@ loopback through the SDK's mcp.Client in both protocol eras, the MCP Inspector C
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -12,11 +13,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import mcp_types
 import pytest
+import trio
 from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters
 
@@ -62,9 +66,11 @@ class Daemon:
         assert self.proc.returncode == 0, err
         return err
 
-    def stdio(self, mode: str = "auto") -> Client:
+    def stdio(self, mode: str = "auto", message_handler: Any = None) -> Client:
         return Client(
-            StdioServerParameters(command=VILLAGE[0], args=[*VILLAGE[1:], "mcp", *self.dd], env=ENV), mode=mode
+            StdioServerParameters(command=VILLAGE[0], args=[*VILLAGE[1:], "mcp", *self.dd], env=ENV),
+            mode=mode,
+            message_handler=message_handler,
         )
 
     def http(self, mode: str = "auto") -> Client:
@@ -73,12 +79,12 @@ class Daemon:
         return http_client(status["http_url"], token, mode=mode)
 
 
-@pytest.fixture
-def daemon() -> Iterator[Daemon]:
+@contextlib.contextmanager
+def running(config: str) -> Iterator[Daemon]:
     tmp = Path(tempfile.mkdtemp(prefix="vlg-", dir="/tmp"))  # short: Unix socket paths are limited
     data = tmp / "data"
     data.mkdir(mode=0o700)
-    (data / "config.toml").write_text(CONFIG)
+    (data / "config.toml").write_text(config)
     assert village("init", "--data-dir", str(data)).returncode == 0
     d = Daemon(data)
     d.start()
@@ -89,6 +95,12 @@ def daemon() -> Iterator[Daemon]:
             d.proc.kill()
             d.proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon() -> Iterator[Daemon]:
+    with running(CONFIG) as d:
+        yield d
 
 
 def structured(result: Any) -> Any:
@@ -125,6 +137,48 @@ async def test_stdio_and_http_clients_use_the_daemons_tools(daemon: Daemon, mode
     tools = [json.loads(line)["tool"] for line in audit]
     assert {"create_entities", "search_nodes", "messages_broadcast", "no_such_tool"} <= set(tools)
     assert oct((daemon.data_dir / "mcp" / "audit.jsonl").stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_a_stdio_client_hears_of_each_message_the_daemon_receives(daemon: Daemon, mode: str) -> None:
+    """bob's daemon dials alice's over BetaNet; a client of alice's `village mcp` (2026-07-28:
+    subscriptions/listen; 2025-11-25: resources/subscribe) is told node://inbox changed when bob's broadcast
+    arrives, and reads it with inbox_list."""
+    status = json.loads(village("status", "--json", *daemon.dd).stdout)
+    boot = '[node]\nnickname = "bob"\n[betanet]\nlisten = ["/ip4/127.0.0.1/tcp/0"]\nmdns = false\n'
+    boot += f'bootstrap = ["{status["listen_addrs"][0]}"]\n'
+    with running(boot) as bob:
+        r = village("peers", "--wait", status["peer_id"], "--timeout", str(WAIT_S), *bob.dd, timeout=WAIT_S + 15)
+        assert r.returncode == 0, r.stderr
+        send, heard = trio.open_memory_channel[str](16)
+
+        async def on_message(message: Any) -> None:
+            if isinstance(message, mcp_types.ResourceUpdatedNotification):
+                await send.send(message.params.uri)
+
+        async with daemon.stdio(mode, message_handler=on_message) as client:
+
+            async def broadcast(text: str) -> None:
+                r = await trio.to_thread.run_sync(lambda: village("broadcast", text, *bob.dd))
+                assert r.returncode == 0, r.stderr
+
+            with trio.fail_after(WAIT_S):
+                if mode == "legacy":
+                    assert client.server_capabilities.resources is not None
+                    assert client.server_capabilities.resources.subscribe is True
+                    with warnings.catch_warnings():  # the SDK warns that 2026-07-28 removed it; this is 2025-11-25
+                        warnings.simplefilter("ignore")
+                        await client.session.subscribe_resource("node://inbox")
+                    await broadcast("hello over stdio")
+                    assert await heard.receive() == "node://inbox"
+                else:
+                    async with client.listen(resource_subscriptions=["node://inbox"]) as sub:
+                        await broadcast("hello over stdio")
+                        async for event in sub:
+                            assert getattr(event, "uri", None) == "node://inbox"
+                            break
+            listed = structured(await client.call_tool("inbox_list", {}))
+            assert [m["text"] for m in listed["messages"]] == ["hello over stdio"]
 
 
 async def test_memory_survives_a_restart_and_the_user_can_export_and_erase_it(daemon: Daemon) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from node.errors import NodeError
 from node.mcp.errors import MemoryFull, ToolError
-from node.mcp.graph import KnowledgeGraph
+from node.mcp.graph import Changes, KnowledgeGraph, SqliteStorage
 from tests.mcp.helpers import mcp_settings
 
 
@@ -99,3 +101,43 @@ def test_a_query_never_matches_across_two_fields(tmp_path: Path) -> None:
     assert g.search_nodes("b\0c")["entities"] == []
     g.create_entities([ent("x\0y", "t")])
     assert [e["name"] for e in g.search_nodes("X\0Y")["entities"]] == ["x\0y"]
+
+
+class FailingStorage(SqliteStorage):
+    """The real SQLite storage, whose writes can be made to fail (a full disk, a store that went away)."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.fail = False
+
+    def apply(self, changes: Changes) -> None:
+        if self.fail:
+            raise NodeError("the store refused the write")
+        super().apply(changes)
+
+
+def test_a_failed_write_changes_nothing_in_memory_either() -> None:
+    storage = FailingStorage()
+    g = KnowledgeGraph(storage, mcp_settings())
+    g.create_entities([ent("A", "t", "x"), ent("B")])
+    g.create_relations([rel("A", "B")])
+    before, size = g.read_graph(), g.bytes
+    storage.fail = True
+    ops: list[tuple[Any, Any]] = [
+        (g.create_entities, [ent("C")]),
+        (g.create_relations, [rel("B", "A")]),
+        (g.add_observations, [{"entityName": "A", "contents": ["y"]}]),
+        (g.delete_observations, [{"entityName": "A", "observations": ["x"]}]),
+        (g.delete_relations, [rel("A", "B")]),
+        (g.delete_entities, ["A"]),
+    ]
+    for op, arg in ops:
+        with pytest.raises(NodeError):
+            op(arg)
+        assert g.read_graph() == before and g.bytes == size, op
+    with pytest.raises(NodeError):
+        g.forget()
+    assert g.read_graph() == before
+    storage.fail = False
+    g.add_observations([{"entityName": "A", "contents": ["y"]}])
+    assert KnowledgeGraph(storage, mcp_settings()).read_graph()["entities"][0] == ent("A", "t", "x", "y")

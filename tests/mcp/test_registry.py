@@ -9,14 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from pydantic import BaseModel, Field
 
 from node.errors import MeshError
-from node.mcp.audit import AuditLog
-from node.mcp.errors import InvalidArguments, NotAllowed, ToolError, ToolRateLimited, UnknownTool
-from node.mcp.node_tools import confine
+from node.mcp.audit import AuditLog, args_digest
+from node.mcp.confine import read_confined
+from node.mcp.errors import AuditUnavailable, InvalidArguments, NotAllowed, ToolError, ToolRateLimited, UnknownTool
 from node.mcp.registry import Caller, Registry, Tool
 from node.mcp.working import WorkingMemory
+from node.rag.extract import SUPPORTED_SUFFIXES
 from tests.mcp.helpers import mcp_settings
 
 
@@ -144,17 +146,114 @@ def test_the_audit_log_rotates_at_its_bound(tmp_path: Path) -> None:
     assert 20 < lines <= 40
 
 
-def test_rag_add_paths_are_confined_to_the_configured_roots(tmp_path: Path) -> None:
+def test_rag_add_reads_only_what_it_checked_and_never_follows_a_symlink(tmp_path: Path) -> None:
     root = tmp_path / "docs"
     (root / "sub").mkdir(parents=True)
+    (root / "sub" / "note.md").write_text("# Note\ninside the root")
+    (root / "sub" / "skip.bin").write_bytes(b"\0")  # unsupported suffix: not read when walking
     (tmp_path / "secret").mkdir()
-    (root / "escape").symlink_to(tmp_path / "secret")
-    assert confine([str(root / "sub")], [str(root)]) == [str((root / "sub").resolve())]
-    for bad in (str(tmp_path / "secret"), str(root / ".." / "secret"), str(root / "escape"), "docs/sub"):
+    (tmp_path / "secret" / "keys.txt").write_text("the door code is 4921")
+    (root / "escape").symlink_to(tmp_path / "secret")  # a folder symlink under the root, pointing outside
+    (root / "sub" / "leak.txt").symlink_to(tmp_path / "secret" / "keys.txt")  # a file symlink pointing outside
+    (root / "sub" / "alias.md").symlink_to(root / "sub" / "note.md")  # pointing inside: not followed either
+
+    def read(*paths: str, roots: tuple[str, ...] = (str(root),)) -> Any:
+        return read_confined(list(paths), list(roots), suffixes=SUPPORTED_SUFFIXES, max_file_bytes=1 << 20)
+
+    note = str((root / "sub" / "note.md").resolve())
+    assert read(str(root / "sub" / "note.md")).files == [(note, b"# Note\ninside the root")]
+    walked = read(str(root))
+    assert walked.files == [(note, b"# Note\ninside the root")]
+    assert sorted(e["path"].rsplit("/", 1)[1] for e in walked.errors) == ["alias.md", "escape", "leak.txt"]
+    assert all("symlink" in e["error"] for e in walked.errors)
+    for bad in (
+        str(root / "escape" / "keys.txt"),  # a symlink component under the root
+        str(root / "escape"),
+        str(root / "sub" / "leak.txt"),
+        str(tmp_path / "secret" / "keys.txt"),
+        str(root / ".." / "secret" / "keys.txt"),
+        "docs/sub/note.md",
+        str(root / "sub" / "note.md\0x"),
+    ):
         with pytest.raises(NotAllowed):
-            confine([bad], [str(root)])
+            read(bad)
     with pytest.raises(NotAllowed, match=r"mcp\.rag_roots"):
-        confine([str(root)], [])
+        read(str(root), roots=())
+    big = root / "big.txt"
+    big.write_bytes(b"x" * 2048)
+    out = read_confined([str(big)], [str(root)], suffixes=SUPPORTED_SUFFIXES, max_file_bytes=1024)
+    assert out.files == [] and "larger than rag.max_file_bytes" in out.errors[0]["error"]
+
+
+def test_a_folder_swapped_for_a_symlink_during_rag_add_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race made deterministic: right after the root is opened (the check has passed: the path is under the
+    root), an attacker replaces ``sub`` with a symlink to a secret folder. The next open (relative to the root's
+    descriptor, O_NOFOLLOW) refuses it; a path-based reopen would have read the secret."""
+    root = tmp_path / "docs"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "keys.txt").write_text("harmless")
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "keys.txt").write_text("the door code is 4921")
+    real_open = os.open
+    swapped: list[bool] = []
+
+    def open_and_swap(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        fd = real_open(path, flags, *args, **kwargs)
+        if not swapped:
+            swapped.append(True)
+            (root / "sub").rename(root / "sub.old")
+            (root / "sub").symlink_to(tmp_path / "secret")
+        return fd
+
+    monkeypatch.setattr(os, "open", open_and_swap)  # the module calls os.open
+    with pytest.raises(NotAllowed, match="does not follow symlinks"):
+        read_confined(
+            [str(root / "sub" / "keys.txt")], [str(root)], suffixes=SUPPORTED_SUFFIXES, max_file_bytes=1 << 20
+        )
+    assert swapped
+
+
+async def test_rag_add_ingests_through_the_registry_and_not_the_symlinked_secret(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    from node.identity import create_identity
+    from node.mcp.plugin import PLUGIN as MCP_PLUGIN
+    from node.mcp.service import McpService
+    from node.node import Node
+    from node.plugin import Service
+    from node.rag.node_service import RagNodeService
+    from node.rag.plugin import PLUGIN as RAG_PLUGIN
+    from node.rag.plugin import rag_service
+    from node.rag.settings import RagSection
+    from node.settings import Config
+
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "garden.md").write_text("# Garden\ntomatoes planted in May")
+    (tmp_path / "keys.txt").write_text("the door code is 4921")
+    (root / "keys.txt").symlink_to(tmp_path / "keys.txt")
+    data = tmp_path / "data"
+    data.mkdir()
+    rag_settings = RagSection(mode="bm25")
+    cfg = Config(data_dir=data, rag=rag_settings)
+    service = McpService(mcp_settings(rag_roots=(str(root),)))
+    services: list[Service] = [RagNodeService(rag_settings), service]
+    node = Node(cfg, create_identity(data), control=False, services=services, plugins=[MCP_PLUGIN, RAG_PLUGIN])
+    await nursery.start(node.run)
+    await service.wait_ready()
+    assert service.registry is not None
+    with trio.fail_after(60):
+        out = await service.registry.call("rag_add", {"paths": [str(root)]}, caller=Caller("local", "t"))
+    assert out.structured["files"] == 1 and out.structured["added"] == 1, out.structured
+    assert [e["path"] for e in out.structured["errors"]] == [str(root.resolve() / "keys.txt")]
+    rag = rag_service(node)
+    assert rag is not None
+    found = await rag.query("door code", k=5)
+    assert "4921" not in json.dumps(found, default=str)
+    hits = await rag.query("tomatoes", k=5)
+    assert "garden.md" in json.dumps(hits, default=str)
 
 
 def test_working_memory_ttl_bytes_and_clients() -> None:
@@ -173,3 +272,40 @@ def test_working_memory_ttl_bytes_and_clients() -> None:
     assert wm.export(now=11) == {"b": {"k": 1}, "c": {"k": 2}}
     assert wm.clear("b", None, now=11) == {"cleared": 1}
     assert wm.forget() == {"entries": 1}
+
+
+async def test_a_callers_pre_audit_gates_state_changing_calls(tmp_path: Path) -> None:
+    reg, _, _ = make(tmp_path)
+    written: list[tuple[str, str, int]] = []
+    fail = False
+
+    async def pre_audit(tool: str, digest: str, size: int) -> None:
+        if fail:
+            raise MeshError("postgres unavailable: connection refused")
+        written.append((tool, digest, size))
+
+    caller = Caller("gateway", "key:k1", frozenset({"demo:*"}), pre_audit=pre_audit)
+    assert (await reg.call("post", {"text": "hi"}, caller=caller)).structured == {"posted": "hi"}
+    assert (await reg.call("echo", {"text": "hi"}, caller=caller)).structured["said"] == "hi"  # a read: no row
+    assert written == [("post", *args_digest({"text": "hi"}))]
+    fail = True
+    with pytest.raises(AuditUnavailable, match="post was not run") as e:
+        await reg.call("post", {"text": "again"}, caller=caller)
+    assert "connection refused" not in str(e.value)  # the store's details stay in the node's log
+    assert reg.failures == {"AuditUnavailable": 1}
+
+
+async def test_scratch_is_keyed_by_the_authenticated_client_and_its_session(tmp_path: Path) -> None:
+    from node.mcp.memory_tools import scratch_tools
+
+    reg, clock, _ = make(tmp_path)
+    reg.extend(scratch_tools(WorkingMemory(max_bytes_per_client=4096, max_clients=8, max_ttl_s=60.0), clock))
+    alice = Caller("http", "token:aaaa", session="s1")
+    await reg.call("scratch_set", {"key": "k", "value": 1}, caller=alice)
+    assert (await reg.call("scratch_get", {"key": "k"}, caller=alice)).structured["value"] == 1
+    for other in (
+        Caller("http", "token:bbbb", session="s1"),  # another client presenting alice's session id
+        Caller("http", "token:aaaa", session="s2"),  # alice's other session
+        Caller("http", "token:aaaa"),  # alice without a session (a stateless client)
+    ):
+        assert (await reg.call("scratch_get", {"key": "k"}, caller=other)).structured["found"] is False

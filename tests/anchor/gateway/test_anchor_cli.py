@@ -157,3 +157,59 @@ def test_a_taken_gateway_port_fails_the_start_with_a_reason(anchor_dir: Path) ->
         r = village("anchor", "run", data_dir=anchor_dir)
     assert r.returncode == 1
     assert f"village: the gateway cannot listen on 127.0.0.1:{port}: Address already in use" in r.stderr
+
+
+async def test_an_anchors_mcp_memory_is_in_the_graph_store_and_village_memory_exports_and_erases_it(
+    anchor_dir: Path, services: ServiceSettings
+) -> None:
+    """`village anchor run` keeps the node's MCP memory on the Bolt graph server: what a `village mcp` client
+    creates is there (not in the local SQLite file), `village memory export` shows it, `village memory forget`
+    erases it from the server."""
+    from mcp.client.client import Client
+    from mcp.client.stdio import StdioServerParameters
+
+    from anchor.mcp_memory import BoltMemoryStorage
+    from node.mcp.graph import KnowledgeGraph
+    from tests.mcp.helpers import mcp_settings
+
+    argv = [*VILLAGE, "anchor", "run", "--data-dir", str(anchor_dir)]
+    proc = await trio.lowlevel.open_process(argv, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    log = b""
+    ent = {"name": "Ada", "entityType": "person", "observations": ["kept on the anchor"]}
+    ns = "mcp:" + json.loads(village("id", "--json", data_dir=anchor_dir).stdout)["peer_id"]
+
+    def on_server() -> dict[str, object]:
+        g = KnowledgeGraph(BoltMemoryStorage(services.graph.bolt_url, namespace=ns), mcp_settings())
+        try:
+            return g.read_graph()
+        finally:
+            g.close()
+
+    try:
+        assert proc.stderr is not None
+        with trio.fail_after(WAIT_S):
+            while b"anchor ready" not in log:
+                chunk = await proc.stderr.receive_some(4096)
+                assert chunk, log.decode()
+                log += chunk
+        params = StdioServerParameters(command=VILLAGE[0], args=[*VILLAGE[1:], "mcp", "--data-dir", str(anchor_dir)])
+        async with Client(params) as client:
+            created = await client.call_tool("create_entities", {"entities": [ent]})
+            assert not created.is_error, created
+        assert await trio.to_thread.run_sync(on_server) == {"entities": [ent], "relations": []}
+        assert not (anchor_dir / "mcp" / "memory.sqlite3").exists()
+        exported = await trio.to_thread.run_sync(lambda: village("memory", "export", data_dir=anchor_dir))
+        assert exported.returncode == 0, exported.stderr
+        assert json.loads(exported.stdout)["knowledge_graph"]["entities"] == [ent]
+        erased = await trio.to_thread.run_sync(lambda: village("memory", "forget", "--yes", data_dir=anchor_dir))
+        assert erased.returncode == 0 and "erased 1 entities" in erased.stdout, erased.stderr
+        assert await trio.to_thread.run_sync(on_server) == {"entities": [], "relations": []}
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(WAIT_S):
+            while chunk := await proc.stderr.receive_some(4096):
+                log += chunk
+            code = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert code == 0, log.decode()

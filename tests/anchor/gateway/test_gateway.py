@@ -283,12 +283,15 @@ async def test_body_limit_and_openapi(start_gateway: StartGateway) -> None:
         "/v1/messages",
         "/v1/messages/{message_id}",
         "/v1/rag/query",
+        "/v1/ask",
+        "/v1/twin/suggest",
         "/v1/proposals",
         "/v1/proposals/{proposal}",
         "/v1/proposals/{proposal}/votes",
         "/v1/mailbox",
         "/v1/keys",
         "/v1/keys/{key_id}",
+        "/metrics",
     }
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     for path, ops in doc["paths"].items():

@@ -1,0 +1,183 @@
+"""Remote dispatch: the King asks an agent on another node, over the node's encrypted app channel.
+
+Two app services (``node.register_app_handler`` / ``node.app_request``; Noise-encrypted end to end):
+
+* ``agents.caps``: a node's **capabilities**, the agents it serves to remote callers (``[agents] remote_agents``)
+  with a short mission, as a document signed by the node's Ed25519 key. A caller verifies it against the signing
+  key the peer's announces pinned, checks it names that peer and has not expired, and keeps it (bounded:
+  :data:`MAX_CAPS_PEERS` peers, :data:`MAX_CAPS_BYTES` each).
+* ``agents.ask``: ``{"v": 1, "agent": NAME, "request": TEXT}``. The serving node answers only for an agent it
+  advertises, at most ``remote_max_concurrent`` at once (more: "busy"), and runs it with :class:`RemoteTools`: read-
+  only tools only, knowledge-base searches restricted to *shared* documents, every call through the registry as
+  ``agents:<Agent>@<caller peer>`` (audited). The answer is cut to :data:`MAX_ANSWER_CHARS` and
+  :data:`MAX_SOURCES` sources.
+
+The calling side never sends personal data: the request goes through the privacy rule (``policy_check``) first and
+is refused locally if it names a personal category; nothing from the twin or the local knowledge base is added.
+Both sides trace the exchange (kind ``remote``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import nacl.exceptions
+import nacl.signing
+
+from node.agents.errors import AgentError, ToolDenied
+from node.agents.roster import AgentSpec
+from node.agents.tools import ToolRunner
+from node.wire.errors import MalformedFrame
+
+CAPS_SERVICE = "agents.caps"
+ASK_SERVICE = "agents.ask"
+CAPS_NAMESPACE = b"aivillage/agents/caps/v1\x00"
+MAX_CAPS_BYTES = 8_000
+MAX_CAPS_PEERS = 64
+MAX_CAPS_AGENTS = 32
+MAX_MISSION_CHARS = 200
+MAX_REQUEST_BYTES = 4_000
+MAX_REMOTE_REQUEST_CHARS = 1_000
+MAX_ANSWER_CHARS = 4_000
+MAX_SOURCES = 5
+CAPS_TTL_MS = 3_600_000
+# What a remote caller's agent may use: read-only, and rag.query only over shared documents.
+REMOTE_SAFE_TOOLS = frozenset({"rag.query"})
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    peer: str  # peer ID hex of the serving node
+    agents: tuple[tuple[str, str], ...]  # (name, mission)
+    issued_ms: int
+    expires_ms: int
+
+    def names(self) -> list[str]:
+        return [n for n, _ in self.agents]
+
+
+def _canonical(doc: Mapping[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def sign_caps(key: nacl.signing.SigningKey, peer_hex: str, specs: list[AgentSpec], now_ms: int) -> bytes:
+    doc = {
+        "peer": peer_hex,
+        "agents": [[s.name, s.mission[:MAX_MISSION_CHARS]] for s in specs[:MAX_CAPS_AGENTS]],
+        "issued_ms": now_ms,
+        "expires_ms": now_ms + CAPS_TTL_MS,
+    }
+    sig = key.sign(CAPS_NAMESPACE + _canonical(doc)).signature
+    return _canonical({"v": 1, "doc": doc, "sig": sig.hex()})
+
+
+def caps_from_untrusted(body: bytes, signing_public: bytes, peer_hex: str, now_ms: int) -> Capabilities:
+    """Parse and verify a peer's capabilities; raises MalformedFrame on anything wrong."""
+    if len(body) > MAX_CAPS_BYTES:
+        raise MalformedFrame("capabilities too large")
+    try:
+        outer = json.loads(body)
+        doc, sig = outer["doc"], bytes.fromhex(outer["sig"])
+        if outer.get("v") != 1 or not isinstance(doc, dict):
+            raise MalformedFrame("unknown capabilities version")
+        nacl.signing.VerifyKey(signing_public).verify(CAPS_NAMESPACE + _canonical(doc), sig)
+        agents = tuple((str(n), str(m)[:MAX_MISSION_CHARS]) for n, m in doc["agents"][:MAX_CAPS_AGENTS])
+        caps = Capabilities(str(doc["peer"]), agents, int(doc["issued_ms"]), int(doc["expires_ms"]))
+    except (ValueError, KeyError, TypeError, nacl.exceptions.BadSignatureError) as exc:
+        raise MalformedFrame(f"bad capabilities: {type(exc).__name__}") from None
+    if caps.peer != peer_hex:
+        raise MalformedFrame("capabilities signed for another peer")
+    if not caps.issued_ms - 300_000 <= now_ms < caps.expires_ms:
+        raise MalformedFrame("capabilities expired or from the future")
+    return caps
+
+
+class CapsCache:
+    def __init__(self, max_peers: int = MAX_CAPS_PEERS) -> None:
+        self.max_peers = max_peers
+        self._caps: OrderedDict[str, Capabilities] = OrderedDict()
+
+    def get(self, peer_hex: str, now_ms: int) -> Capabilities | None:
+        c = self._caps.get(peer_hex)
+        if c is None or now_ms >= c.expires_ms:
+            return None
+        self._caps.move_to_end(peer_hex)
+        return c
+
+    def put(self, caps: Capabilities) -> None:
+        self._caps[caps.peer] = caps
+        self._caps.move_to_end(caps.peer)
+        while len(self._caps) > self.max_peers:
+            self._caps.popitem(last=False)
+
+
+def encode_request(agent: str, request: str) -> bytes:
+    return json.dumps({"v": 1, "agent": agent, "request": request}).encode()
+
+
+def request_from_untrusted(body: bytes) -> tuple[str, str]:
+    if len(body) > MAX_REQUEST_BYTES:
+        raise MalformedFrame("remote agent request too large")
+    try:
+        d = json.loads(body)
+        agent, request = d["agent"], d["request"]
+    except (ValueError, KeyError, TypeError):
+        raise MalformedFrame("bad remote agent request") from None
+    if d.get("v") != 1 or not isinstance(agent, str) or not isinstance(request, str):
+        raise MalformedFrame("bad remote agent request")
+    if not request.strip() or len(request) > MAX_REMOTE_REQUEST_CHARS:
+        raise MalformedFrame(f"a remote request is 1 to {MAX_REMOTE_REQUEST_CHARS} characters")
+    return agent, request
+
+
+def encode_answer(agent: str, text: str, ok: bool, sources: list[dict[str, Any]]) -> bytes:
+    cut = [{"source": str(s.get("source", ""))[:512], "title": str(s.get("title", ""))[:200]} for s in sources]
+    return json.dumps(
+        {"v": 1, "agent": agent, "text": text[:MAX_ANSWER_CHARS], "ok": ok, "sources": cut[:MAX_SOURCES]}
+    ).encode()
+
+
+def answer_from_untrusted(body: bytes) -> dict[str, Any]:
+    try:
+        d = json.loads(body)
+        out = {
+            "agent": str(d["agent"])[:64],
+            "text": str(d["text"])[:MAX_ANSWER_CHARS],
+            "ok": bool(d["ok"]),
+            "sources": [
+                {"source": str(s["source"])[:512], "title": str(s.get("title", ""))[:200]}
+                for s in d["sources"][:MAX_SOURCES]
+            ],
+        }
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise MalformedFrame("bad remote agent answer") from None
+    return out
+
+
+class RemoteTools:
+    """The tool runner of an agent serving a remote caller: read-only tools, shared documents only, audited as
+    ``<Agent>@<caller peer>`` by the registry."""
+
+    def __init__(self, inner: ToolRunner, caller_hex: str) -> None:
+        self.inner = inner
+        self.caller_hex = caller_hex
+
+    async def call_as(self, agent: str, allowed: frozenset[str], tool: str, args: Mapping[str, Any]) -> Any:
+        if tool not in REMOTE_SAFE_TOOLS:
+            raise ToolDenied(f"{tool} is not open to remote callers")
+        safe = dict(args)
+        if tool == "rag.query":
+            safe["shared_only"] = True
+        return await self.inner.call_as(f"{agent}@{self.caller_hex[:16]}", allowed & REMOTE_SAFE_TOOLS, tool, safe)
+
+
+def split_target(agent: str) -> tuple[str, str | None]:
+    """``"Sage@bob"`` -> ("Sage", "bob"); ``"Sage"`` -> ("Sage", None)."""
+    name, sep, peer = agent.partition("@")
+    if sep and (not name or not peer):
+        raise AgentError(f"{agent!r}: use AGENT@PEER")
+    return name, (peer if sep else None)

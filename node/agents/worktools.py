@@ -1,0 +1,209 @@
+"""The tools behind Oracle, Banker, Merchant, Strategist and Ensemble, over a running node.
+
+* ``metrics.series``: :class:`NodeMetrics`, the node's own time series, sampled every ``agents.metrics_interval_s``
+  by the agents service (and once more when read): queued private messages, reachable peers, routes, the relay
+  total, the battery; delivery outcomes and latencies from the outbox.
+* ``ledger.read``: :func:`node.agents.ledger.build_ledger` over the inbox and outbox stores and the budgets.
+* ``market.offers`` / ``market.offer`` / ``market.accept``: :class:`node.agents.market.OfferBook`, signed with the
+  node's Ed25519 key, kept in ``<data dir>/agents/offers.json`` (0600).
+* ``agents.route`` / ``agents.dispatch`` / ``tools.available``: the King's router, running one agent (never
+  Ensemble itself: no recursion), and the tools this node's agents can call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from node.agents.errors import AgentError
+from node.agents.forecast import Series
+from node.agents.ledger import Budgets, build_ledger
+from node.agents.market import OfferBook, accept, make_offer, offer_from_json
+from node.agents.tools import Tools
+
+if TYPE_CHECKING:
+    from node.agents.king import King
+    from node.node import Node
+
+METRICS = ("outbox_pending", "peers", "routes", "relayed_total", "battery_percent")
+MAX_LEDGER_ROWS = 10_000  # inbox/outbox rows the ledger reads at most
+MAX_LATENCIES = 500
+NOT_DISPATCHABLE = frozenset({"Ensemble"})
+
+
+class NodeMetrics:
+    def __init__(self) -> None:
+        self.series: dict[str, Series] = {m: Series() for m in METRICS}
+
+    def sample(self, node: Node, battery_percent: float | None) -> None:
+        now = node.clock.now()
+        st = node.status()
+        self.series["outbox_pending"].add(now, st["outbox"].get("pending", 0))
+        self.series["peers"].add(now, st["peers"])
+        self.series["routes"].add(now, st["routes"])
+        self.series["relayed_total"].add(now, st["counters"].get("relayed", 0))
+        if battery_percent is not None:
+            self.series["battery_percent"].add(now, battery_percent)
+
+    def view(self, node: Node, interval_s: float) -> dict[str, Any]:
+        outbox = node.outbox
+        counts = outbox.counts() if outbox is not None else {}
+        delivered = outbox.list(state="delivered", limit=MAX_LATENCIES) if outbox is not None else []
+        return {
+            "interval_s": interval_s,
+            "series": {m: [[round(t, 3), v] for t, v in s.samples] for m, s in self.series.items()},
+            "delivery": {k: counts.get(k, 0) for k in ("delivered", "failed", "pending")},
+            "latencies_s": [max(0.0, (e.updated_at_ms - e.created_at_ms) / 1000) for e in delivered],
+        }
+
+
+async def read_battery(node: Node) -> float | None:
+    from node.transports.ble import power
+
+    state = await trio.to_thread.run_sync(power.battery_from_sysfs, power.SYSFS_POWER_SUPPLY)
+    return None if state is None or state.percent is None else float(state.percent)
+
+
+async def sample_forever(node: Node, metrics: NodeMetrics, interval_s: float) -> None:
+    while True:
+        metrics.sample(node, await read_battery(node))
+        await trio.sleep(interval_s)
+
+
+class OfferFile:
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def load(self, book: OfferBook, now_ms: int) -> None:
+        if self.path is None or not self.path.exists():
+            return
+        try:
+            rows = json.loads(self.path.read_text())
+        except (OSError, ValueError) as exc:
+            raise AgentError(f"cannot read {self.path}: {exc}") from exc
+        for row in rows if isinstance(rows, list) else []:
+            book.add(offer_from_json(row), now_ms)
+
+    def save(self, book: OfferBook) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump([o.to_json() for o in book.all()], f)
+        os.replace(tmp, self.path)
+
+
+def add_work_tools(
+    t: Tools,
+    node: Node,
+    *,
+    metrics: NodeMetrics,
+    interval_s: float,
+    budgets: Budgets,
+    book: OfferBook,
+    offers: OfferFile,
+    king: Callable[[], Awaitable[King]],
+    available: Callable[[], list[str]],
+    db_limiter: trio.CapacityLimiter,
+) -> None:
+    key = node.identity.signing_key
+    me = bytes(key.verify_key).hex()
+
+    async def series(_: Mapping[str, Any]) -> Any:
+        metrics.sample(node, await read_battery(node))
+        return metrics.view(node, interval_s)
+
+    async def ledger(_: Mapping[str, Any]) -> Any:
+        inbox = node.inbox.list(limit=MAX_LEDGER_ROWS) if node.inbox is not None else []
+        outbox = node.outbox.list(limit=MAX_LEDGER_ROWS) if node.outbox is not None else []
+        names = {p["peer_id"]: p["nickname"] or "" for p in node.peers_view()}
+        accounts = build_ledger(
+            [m.to_json() | {"sender": m.sender} for m in inbox], [e.to_json() for e in outbox], budgets, names
+        )
+        return {
+            "accounts": [a.to_json() for a in accounts],
+            "budgets": {
+                "stored_bytes_per_peer": budgets.stored_bytes_per_peer,
+                "queued_per_peer": budgets.queued_per_peer,
+            },
+            "relayed_total": node.status()["counters"].get("relayed", 0),
+        }
+
+    async def offers_list(_: Mapping[str, Any]) -> Any:
+        from node.agents.market import verify
+
+        names = {p["peer_id"]: p["nickname"] or "" for p in node.peers_view()}
+        return {"me": me, "names": names, "offers": [o.to_json() | {"valid": verify(o)} for o in book.all()]}
+
+    async def offer(args: Mapping[str, Any]) -> Any:
+        peer = args.get("peer")
+        to = b""
+        if isinstance(peer, str) and peer:
+            to = node.resolve_peer(peer, allow_unknown=True)
+        o = make_offer(
+            key,
+            give=str(args.get("give")),
+            give_amount=_int(args, "give_amount"),
+            want=str(args.get("want")),
+            want_amount=_int(args, "want_amount"),
+            now_ms=node.clock.wall_ms(),
+            ttl_s=float(args.get("ttl_s", 86_400.0)),
+            to=to,
+        )
+        book.add(o, node.clock.wall_ms())
+        await trio.to_thread.run_sync(offers.save, book, limiter=db_limiter)
+        return o.to_json()
+
+    async def take(args: Mapping[str, Any]) -> Any:
+        o = book.get(str(args.get("id", "")))
+        taken = accept(o, key, node.identity.peer_id, node.clock.wall_ms())
+        book.offers[o.id] = taken
+        await trio.to_thread.run_sync(offers.save, book, limiter=db_limiter)
+        return taken.to_json()
+
+    async def route(args: Mapping[str, Any]) -> Any:
+        text = args.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise AgentError("text must be a non-empty string")
+        return [[c.agent, round(c.score, 4)] for c in await (await king()).route(text)]
+
+    async def dispatch(args: Mapping[str, Any]) -> Any:
+        agent, request = args.get("agent"), args.get("request")
+        if not isinstance(agent, str) or not isinstance(request, str):
+            raise AgentError("agent and request must be strings")
+        k = await king()
+        spec = k.roster.get(agent)
+        if spec.name in NOT_DISPATCHABLE:
+            raise AgentError(f"{spec.name} cannot be dispatched to by another agent")
+        r = await k.ask(request, agent=spec.name)
+        step = r["steps"][0]
+        return {"agent": spec.name, "text": step["text"], "ok": step["ok"], "sources": step["sources"], "id": r["id"]}
+
+    async def tools_available(_: Mapping[str, Any]) -> Any:
+        return available()
+
+    for name, fn in (
+        ("metrics.series", series),
+        ("ledger.read", ledger),
+        ("market.offers", offers_list),
+        ("market.offer", offer),
+        ("market.accept", take),
+        ("agents.route", route),
+        ("agents.dispatch", dispatch),
+        ("tools.available", tools_available),
+    ):
+        t.add(name, fn)
+
+
+def _int(args: Mapping[str, Any], key: str) -> int:
+    v = args.get(key)
+    if type(v) is not int:
+        raise AgentError(f"{key} must be an integer")
+    return v

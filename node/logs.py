@@ -1,0 +1,102 @@
+"""``village run``'s logging: one handler on the root logger, as text or as JSON lines, and py-libp2p's records
+routed through it.
+
+Every line carries the time, the level, the subsystem (the logger's name: ``village.<subsystem>`` for ours,
+``libp2p.<module>`` for py-libp2p's) and the message; peers' text in it is shown escaped (:mod:`node.textsafe`):
+
+* ``text`` (the default): ``2026-12-06 03:11:33,409 INFO village.betanet: betanet listening on ...``
+* ``json`` (``village run --log-format json``, for journald/Loki): one JSON object per line with ``time`` (RFC 3339,
+  UTC, milliseconds), ``level``, ``subsystem``, ``message``, then ``peer`` (the mesh peer ID a line is about, given
+  as ``extra={"peer": ...}``) and ``link`` (the link whose frame was being handled: :data:`LOG_LINK`) where known,
+  and ``exception``/``stack`` when there is one. Control characters are JSON escapes (a record is always one line),
+  and DEL, C1 and bidi controls are ``\\uNNNN`` (:func:`~node.textsafe.safe_json`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from node.textsafe import safe_json, safe_text
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMATS = ("text", "json")
+# The link (its link ID) a task is serving; node.Node sets it in each link's task, whose children inherit it.
+LOG_LINK: ContextVar[str | None] = ContextVar("village_log_link", default=None)
+
+
+class SafeFormatter(logging.Formatter):
+    """A log line with :func:`safe_text` over it: whatever a peer got into the message (or an exception's text) is
+    shown escaped, never acted on by the terminal. A traceback keeps its own line breaks."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return safe_text(super().formatMessage(record))
+
+    def formatException(self, ei: object) -> str:
+        return "\n".join(safe_text(line) for line in super().formatException(ei).split("\n"))  # type: ignore[arg-type]
+
+    def formatStack(self, stack_info: str) -> str:
+        return "\n".join(safe_text(line) for line in super().formatStack(stack_info).split("\n"))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record (see the module docstring for its keys)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "subsystem": record.name,
+            "message": record.getMessage(),
+        }
+        peer = getattr(record, "peer", None)
+        if peer is not None:
+            out["peer"] = str(peer)
+        link = LOG_LINK.get()
+        if link is not None:
+            out["link"] = link
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exception"] = record.exc_text
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        return safe_json(json.dumps(out, ensure_ascii=False))
+
+
+# Libraries whose loggers are rewired to ours. py-libp2p's import (libp2p/utils/logging.py ``setup_logging``)
+# sets ``propagate = False`` on "libp2p" with no handler (so its records reached only logging.lastResort: bare
+# text, no time or subsystem), or, with LIBP2P_DEBUG, its own handlers and format on "libp2p" and "libp2p.<mod>".
+LIBRARY_LOGGERS = ("libp2p",)
+
+
+def adopt_library_loggers(names: tuple[str, ...] = LIBRARY_LOGGERS) -> None:
+    """Route the loggers ``names`` (and their existing descendants) through the root handler, in our format: their
+    own handlers are removed and they propagate again. Their levels are kept (py-libp2p: WARNING unless
+    LIBP2P_DEBUG says otherwise). Call it after the library is imported: its import configures its loggers."""
+    prefixes = tuple(f"{name}." for name in names)
+    for name in (*names, *(n for n in list(logging.Logger.manager.loggerDict) if n.startswith(prefixes))):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
+
+
+def install_log_handler(
+    level: str | int, stream: IO[str], *, fmt: str = "text", adopt: tuple[str, ...] = LIBRARY_LOGGERS
+) -> logging.Handler:
+    """``village run``'s logging: a handler on the root logger writing :class:`SafeFormatter` lines (``fmt="text"``)
+    or :class:`JsonFormatter` objects (``fmt="json"``) to ``stream``, the loggers ``adopt`` of libraries imported
+    already included (:func:`adopt_library_loggers`)."""
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, got {fmt!r}")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else SafeFormatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+    adopt_library_loggers(adopt)
+    return handler

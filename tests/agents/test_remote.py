@@ -1,0 +1,153 @@
+"""Remote dispatch: the King asks an agent on another node over the encrypted app channel — capabilities signed
+by the node, only advertised agents served, read-only tools over shared documents only, personal data held
+back, bounded, traced and audited — on an in-process mesh of three real nodes."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+
+import nacl.signing
+import pytest
+import trio
+
+from node.agents.errors import AgentError
+from node.agents.remote import (
+    ASK_SERVICE,
+    caps_from_untrusted,
+    encode_request,
+    request_from_untrusted,
+    sign_caps,
+)
+from node.agents.roster import load_roster
+from node.agents.service import AgentsService
+from node.agents.settings import AgentsSettings, LlmSettings
+from node.rag.plugin import rag_service
+from node.routing.app import AppRemoteError
+from node.transports.memory import MemoryNetwork
+from node.wire.errors import MalformedFrame
+from tests.agents.test_king import start_node
+
+CANARY = "CANARY-7731"
+
+
+def test_capabilities_are_signed_for_one_peer_and_expire() -> None:
+    key = nacl.signing.SigningKey(b"k" * 32)
+    pub = bytes(key.verify_key)
+    specs = [load_roster().get("Sage")]
+    body = sign_caps(key, "aa" * 8, specs, 1_000_000)
+    caps = caps_from_untrusted(body, pub, "aa" * 8, 1_000_000)
+    assert caps.names() == ["Sage"]
+    doc = json.loads(body)
+    doc["doc"]["agents"].append(["Coordinator", "sends messages"])  # a relay adding an agent
+    with pytest.raises(MalformedFrame, match="BadSignatureError"):
+        caps_from_untrusted(json.dumps(doc).encode(), pub, "aa" * 8, 1_000_000)
+    with pytest.raises(MalformedFrame, match="another peer"):
+        caps_from_untrusted(body, pub, "bb" * 8, 1_000_000)
+    with pytest.raises(MalformedFrame, match="expired"):
+        caps_from_untrusted(body, pub, "aa" * 8, 1_000_000 + 3_600_000)
+    other = bytes(nacl.signing.SigningKey(b"o" * 32).verify_key)
+    with pytest.raises(MalformedFrame):
+        caps_from_untrusted(body, other, "aa" * 8, 1_000_000)
+    with pytest.raises(MalformedFrame, match="too large"):
+        caps_from_untrusted(b" " * 9000, pub, "aa" * 8, 0)
+
+
+def test_requests_are_bounded() -> None:
+    assert request_from_untrusted(encode_request("Sage", "hello")) == ("Sage", "hello")
+    for bad in (b"x" * 5000, b"{}", b"[1]", encode_request("Sage", ""), encode_request("Sage", "x" * 1001)):
+        with pytest.raises(MalformedFrame):
+            request_from_untrusted(bad)
+
+
+@pytest.mark.timeout(300)
+async def test_the_king_dispatches_to_an_agent_on_another_node(tmp_path: Path) -> None:
+    with trio.fail_after(280):
+        async with trio.open_nursery() as nursery:
+            net = MemoryNetwork(seed=11, queue_frames=4096)
+            await nursery.start(net.run)
+            off = LlmSettings(backend="off")
+            a_svc = AgentsService(AgentsSettings(), off, tmp_path / "alice")
+            b_svc = AgentsService(AgentsSettings(remote_max_concurrent=1), off, tmp_path / "bob")
+            c_svc = AgentsService(dataclasses.replace(AgentsSettings(), remote_agents=()), off, tmp_path / "carol")
+            alice = await start_node(nursery, net, tmp_path, "alice", 1, services=[a_svc])
+            bob = await start_node(nursery, net, tmp_path, "bob", 2, services=[b_svc])
+            carol = await start_node(nursery, net, tmp_path, "carol", 3, services=[c_svc])
+            net.connect(alice.transports[0], bob.transports[0])  # type: ignore[arg-type]
+            net.connect(alice.transports[0], carol.transports[0])  # type: ignore[arg-type]
+            for who in ("bob", "carol"):
+                await alice.wait_until(
+                    functools.partial(
+                        lambda w: any(p["nickname"] == w and p["reachable"] for p in alice.peers_view()), who
+                    )
+                )
+            rag = rag_service(bob)
+            assert rag is not None
+            await rag.add_text(
+                "file:///docs/pump.txt", "Pump guide: replace the pump washer every spring.", title="Pump", shared=True
+            )
+            await rag.add_text(
+                "file:///docs/pump-notes.txt",
+                f"My private pump notes {CANARY}: the pump washer cost me a lot, spring washer pump.",
+                title="notes",
+            )
+
+            # Sage on bob answers alice's King from bob's shared documents only.
+            r = await a_svc.ask("what does the pump guide say about the washer", agent="Sage@bob")
+            step = r["steps"][0]
+            assert step["agent"] == "Sage@bob" and step["ok"] and step["remote"] == bob.identity.peer_id_hex
+            assert [s["source"] for s in step["sources"]] == ["file:///docs/pump.txt"]
+            assert CANARY not in json.dumps(r)
+            # Traced on both sides; audited on bob's registry as the remote caller's agent.
+            mine = await a_svc.trace(r["id"])
+            assert mine is not None and any(s["kind"] == "remote" for s in mine["steps"])
+            assert b_svc.traces is not None
+            theirs = await b_svc.trace(b_svc.traces.recent(1)[0]["id"])
+            assert theirs is not None
+            assert any(s["kind"] == "remote" and alice.identity.peer_id_hex in s["detail"] for s in theirs["steps"])
+            assert b_svc.registry is not None and b_svc.registry.audit is not None
+            last = b_svc.registry.audit.last
+            assert last is not None and last["client"] == f"Sage@{alice.identity.peer_id_hex}" and last["ok"]
+            assert b_svc.remote is not None and b_svc.remote.counters["served"] == 1
+
+            # Only advertised agents: refused by alice's King from bob's signed capabilities, and by bob itself.
+            with pytest.raises(AgentError, match="does not offer Coordinator"):
+                await a_svc.ask("tell carol hello", agent="Coordinator@bob")
+            with pytest.raises(AppRemoteError, match="not offered"):
+                await alice.app_request(
+                    bob.identity.peer_id, ASK_SERVICE, encode_request("Coordinator", "tell carol hi"), timeout_s=30
+                )
+            assert not bob.outgoing and b_svc.remote.counters["refused"] == 1
+            with pytest.raises(AgentError, match="offers no agents"):
+                await a_svc.ask("what is compost", agent="Sage@carol")
+
+            # Personal data never leaves: held back before any request is made.
+            assert a_svc.remote is not None
+            asked = a_svc.remote.counters["asked"]
+            with pytest.raises(AgentError, match="not sent to bob: it involves personal data"):
+                await a_svc.ask("what does my diary say about my health", agent="Sage@bob")
+            assert a_svc.remote.counters["asked"] == asked and b_svc.remote.counters["served"] == 1
+
+            # Hostile input costs the sender: oversize or malformed bodies are refused and counted.
+            with pytest.raises(AppRemoteError):
+                await alice.app_request(bob.identity.peer_id, ASK_SERVICE, b"{" * 4500, timeout_s=30)
+            assert b_svc.remote.counters["malformed"] == 1
+            # Bounded concurrency: with bob's one remote slot taken, the next request is answered busy.
+            b_svc.remote.running = 1
+            with pytest.raises(AgentError, match="busy"):
+                await a_svc.ask("what does the pump guide say", agent="Sage@bob")
+            b_svc.remote.running = 0
+            assert b_svc.remote.counters["busy"] == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_caller_with_narrowed_tools_cannot_dispatch_to_another_node(tmp_path: Path) -> None:
+    """A gateway caller's ask reaches the agents with its tools narrowed (node.twin.ask.RemoteTools); it must not be
+    able to make this node ask another node's agent on its behalf — remote dispatch is the owner's."""
+    svc = AgentsService(AgentsSettings(), LlmSettings(backend="off"), tmp_path)
+    with pytest.raises(AgentError, match="owner only"):
+        await svc.ask("what is the weather", agent="Sage@bob", tools=lambda inner: inner)
+    with pytest.raises(AgentError, match="not running"):  # the owner gets past the check (and the service is not up)
+        await svc.ask("what is the weather", agent="Sage@bob")

@@ -1,0 +1,45 @@
+"""A handful of the scripted end-to-end tasks (tests/data/agent_tasks.toml; all of them: bench/agent_tasks.py) on
+a real three-node in-process village: each checks what really happened (inbox, citation, certificate, signature)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import agent_tasks
+
+FAST = (
+    "coord-send-bob",
+    "sage-nitrate",
+    "shaman-propose-policy",
+    "garden-compact",
+    "merchant-offer",
+    "plan-then-send",
+    "banker-over",
+    "coord-private-data-held",
+)
+
+
+def test_task_file_has_fifty_checkable_tasks() -> None:
+    documents, tasks = agent_tasks.load_tasks()
+    ids = [t["id"] for t in tasks]
+    assert len(ids) == len(set(ids)) and len(documents) >= 5
+    plain = [t for t in tasks if not t.get("llm")]
+    assert len(plain) >= 50
+    checks = {"delivered", "public", "cites", "certified", "signed_offer", "compacted", "nothing_sent", "contains"}
+    assert all(checks & set(t) or "ok" in t or "steps" in t for t in tasks)
+    assert set(FAST) <= set(ids)
+
+
+@pytest.mark.timeout(300)
+async def test_a_handful_of_tasks_succeed_end_to_end(tmp_path: Path) -> None:
+    _, tasks = agent_tasks.load_tasks()
+    chosen = [t for t in tasks if t["id"] in FAST]
+    results = await agent_tasks.run_tasks(tmp_path, chosen)
+    failed = {r.id: r.failures for r in results if not r.ok}
+    assert not failed
+    assert len(results) == len(FAST)

@@ -1,0 +1,180 @@
+"""Prometheus metrics (node/metrics): every counter the node keeps is exported, read at scrape time from two real
+nodes talking over an in-memory link; a real `village run` serves them on a loopback listener, refuses other Hosts
+and paths, and every metric the Grafana dashboard (configs/grafana-dashboard.json) plots exists in its scrape."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+from prometheus_client.parser import text_string_to_metric_families
+
+from node.errors import ConfigError
+from node.identity import Identity
+from node.metrics.collect import DROP_CAUSES, render, take_snapshot
+from node.metrics.service import Scraper
+from node.metrics.settings import MetricsSection
+from node.node import Node
+from node.settings import Config, config_from_mapping
+from node.transports.memory import MemoryNetwork
+from tests.test_cli import running_daemon, village
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = ROOT / "configs" / "grafana-dashboard.json"
+METRIC = re.compile(r"\bvillage_[a-z0-9_]+")
+
+
+def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Sample name -> [(labels, value)], parsed by prometheus_client's own parser (which rejects malformed text)."""
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
+    return out
+
+
+def families(text: str) -> list[str]:
+    return [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+
+
+def value(found: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
+    [(_l, v)] = [(lab, v) for lab, v in found[name] if all(lab.get(k) == x for k, x in labels.items())]
+    return v
+
+
+async def two_nodes(nursery: trio.Nursery, tmp_path: Path) -> tuple[Node, Node]:
+    net = MemoryNetwork(seed=3)
+    await nursery.start(net.run)
+    ta, tb = net.transport("a"), net.transport("b")
+    alice = Node(Config(data_dir=tmp_path / "a"), Identity.generate(), transports=[ta], control=False)
+    bob = Node(Config(data_dir=tmp_path / "b"), Identity.generate(), transports=[tb], control=False)
+    for node in (alice, bob):
+        node.config.data_dir.mkdir(mode=0o700)
+        await nursery.start(node.run)
+    net.connect(ta, tb)
+    with trio.fail_after(30):
+        core = alice.core
+        assert core is not None
+        await alice.wait_until(lambda: core.peers.get(bob.identity.peer_id) is not None)
+        message_id = alice.send_private(bob.identity.peer_id_hex, "hello")
+        await alice.wait_until(lambda: alice.outgoing[message_id].state == "delivered")
+    return alice, bob
+
+
+async def test_every_counter_the_node_keeps_is_exported_at_scrape_time(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    alice, _bob = await two_nodes(nursery, tmp_path)
+    text = render(await take_snapshot(alice)).decode()
+    found = samples(text)
+    assert len(families(text)) == len(set(families(text)))  # no family twice
+    status = alice.status()
+    assert value(found, "village_links") == 1 == status["links"]
+    assert value(found, "village_peers_reachable") == 1
+    assert value(found, "village_outbox_messages", state="delivered") == 1
+    assert value(found, "village_frames_out_total") == status["counters"]["frames_out"] > 0
+    assert value(found, "village_frames_in_total") == status["counters"]["frames_in"] > 0
+    assert value(found, "village_node_info", peer_id=alice.identity.peer_id_hex) == 1
+    # Every mesh counter, by name: a drop cause, frames in/out, or its own family; app and transport counters too.
+    for key, n in status["counters"].items():
+        if key in DROP_CAUSES:
+            assert value(found, "village_frames_dropped_total", cause=key) == n, key
+        elif key not in ("frames_in", "frames_out"):
+            assert value(found, f"village_mesh_{key}_total") == n, key
+    for key, n in status["app_counters"].items():
+        assert value(found, f"village_app_{key}_total") == n, key
+    for transport, counters in status["transport_counters"].items():
+        for key, n in counters.items():
+            assert value(found, f"village_transport_{key}_total", transport=transport) == n, key
+    assert alice.core is not None
+    for structure, (size, bound) in alice.core.bounded_sizes().items():
+        assert value(found, "village_bounded_size", structure=structure) == size
+        assert value(found, "village_bounded_limit", structure=structure) == bound
+    assert value(found, "village_process_resident_memory_bytes") > 0
+    # Read at scrape time: the next scrape sees what happened since.
+    before = value(found, "village_frames_out_total")
+    alice.broadcast("again")
+    after = samples(render(await take_snapshot(alice)).decode())
+    assert value(after, "village_frames_out_total") > before
+
+
+async def test_a_flood_of_scrapes_reads_the_node_once_per_interval(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    alice, _bob = await two_nodes(nursery, tmp_path)
+    scraper = Scraper(alice, reuse_s=1.0)
+    texts: list[bytes] = []
+
+    async def scrape() -> None:
+        texts.append(await scraper.text())
+
+    async with trio.open_nursery() as n:
+        for _ in range(50):
+            n.start_soon(scrape)
+    assert scraper.scrapes == 1 and len(set(texts)) == 1 and len(texts) == 50
+    await trio.sleep(1.0)
+    await scraper.text()
+    assert scraper.scrapes == 2
+
+
+def test_the_listener_is_loopback_only_unless_allowed() -> None:
+    assert MetricsSection().listen == ""  # off by default
+    for ok in ("127.0.0.1:9464", "[::1]:0", "localhost:9464", "127.0.0.2:1"):
+        MetricsSection(listen=ok)
+    with pytest.raises(ConfigError, match=r"^metrics\.listen: '0\.0\.0\.0' is not a loopback address"):
+        config_from_mapping({"metrics": {"listen": "0.0.0.0:9464"}})
+    with pytest.raises(ConfigError, match=r"^metrics\.listen: expected HOST:PORT"):
+        config_from_mapping({"metrics": {"listen": "9464"}})
+    cfg = config_from_mapping({"metrics": {"listen": "192.0.2.1:9464", "allow_non_loopback": True}})
+    assert cfg.section(MetricsSection).host_port() == ("192.0.2.1", 9464)
+
+
+def get(url: str, *, method: str = "GET", host: str | None = None) -> tuple[int, str, str]:
+    req = urllib.request.Request(url, method=method, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.headers["content-type"], r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["content-type"], exc.read().decode()
+
+
+def dashboard_metrics() -> set[str]:
+    dash = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    assert len(dash["panels"]) >= 10 and all(p["title"] and p["targets"] for p in dash["panels"])
+    return {m for e in exprs for m in METRIC.findall(e)}
+
+
+def test_a_real_daemon_serves_what_the_dashboard_plots() -> None:
+    with running_daemon('\n[metrics]\nlisten = "127.0.0.1:0"\n', "vm-") as (data, _proc):
+        env = {"VILLAGE_DATA_DIR": str(data)}
+        answer = json.loads(village("rpc", "metrics.scrape", env=env).stdout)
+        url = answer["url"]
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/metrics", url), url
+        status, ctype, text = get(url)
+        assert status == 200 and ctype.startswith("text/plain; version=0.0.4")
+        found = samples(text)
+        declared = set(families(text)) | set(found)
+        missing = sorted(m for m in dashboard_metrics() if m not in declared)
+        assert not missing, f"dashboard panels plot metrics the node does not export: {missing}"
+        for subsystem in ("rag", "twin", "mcp", "mailbox", "governance"):  # the plugins' status read too
+            assert value(found, f"village_{subsystem}_up") == 1, subsystem
+        assert value(found, "village_mesh_contained_bugs_total") == 0
+        # The same families over the control socket.
+        assert set(families(answer["text"])) == set(families(text))
+        # Only GET/HEAD /metrics, and only for a loopback Host (DNS rebinding).
+        assert get(url, host="attacker.example")[0] == 421
+        assert get(url.removesuffix("metrics") + "other")[0] == 404
+        assert get(url, method="POST")[0] == 405
+        assert get(url, host="localhost")[0] == 200
+
+
+def test_the_dashboard_names_only_village_metrics() -> None:
+    names = dashboard_metrics()
+    assert {"village_frames_dropped_total", "village_bounded_size", "village_links"} <= names

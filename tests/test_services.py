@@ -1,0 +1,160 @@
+"""Running the node as a service: the Termux service (termux/sv/aivillage) under Debian's runit, the systemd unit
+checked by `systemd-analyze verify`, and the systemd watchdog fed through a fake notify socket."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from node.settings import load_config
+from node.systemd import watchdog_interval_s
+from tests.test_cli import LOOPBACK_CONFIG, VILLAGE, village
+
+ROOT = Path(__file__).resolve().parents[1]
+TERMUX_SERVICE = ROOT / "termux" / "sv" / "aivillage"
+UNIT = ROOT / "systemd" / "aivillage.service"
+WAIT_S = 60.0  # real seconds for a daemon to start or stop under load; a passing run takes a few
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="vsv-", dir="/tmp"))  # Unix socket paths are limited to 107 bytes
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def notify_socket(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(WAIT_S)
+    return sock
+
+
+@pytest.mark.skipif(shutil.which("runsv") is None, reason="runit is not installed (apt-get install runit)")
+def test_termux_service_runs_under_runit(short_tmp: Path) -> None:
+    service = short_tmp / "sv" / "aivillage"
+    shutil.copytree(TERMUX_SERVICE, service)
+    # The shipped battery-aware config, on loopback for the test (it is copied into the data dir on first start).
+    shipped = (service / "config.toml").read_text()
+    assert "[betanet]\n" in shipped
+    (service / "config.toml").write_text(shipped.replace("[betanet]\n", "[betanet]\n" + LOOPBACK_CONFIG[10:], 1))
+    data, prefix, fake_bin = short_tmp / "data", short_tmp / "prefix", short_tmp / "bin"
+    fake_bin.mkdir()
+    wakelock = short_tmp / "wakelock"
+    for name, word in (("termux-wake-lock", "lock"), ("termux-wake-unlock", "unlock")):  # Termux:API stand-ins
+        tool = fake_bin / name
+        tool.write_text(f"#!/bin/sh\necho {word} >> {wakelock}\n")
+        tool.chmod(0o755)
+    (service / "conf").write_text(f"VILLAGE={VILLAGE[0]}\nVILLAGE_DATA_DIR={data}\nexport PYTHONPATH={ROOT}\n")
+    notify = notify_socket(short_tmp / "notify.sock")
+    env = {
+        **os.environ,
+        "PATH": f"{fake_bin}:{os.environ['PATH']}",
+        "PREFIX": str(prefix),
+        "NOTIFY_SOCKET": str(short_tmp / "notify.sock"),
+    }
+    env.pop("VILLAGE_DATA_DIR", None)
+    runsv = subprocess.Popen(["runsv", str(service)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert notify.recv(64) == b"READY=1"
+        status = village("status", "--json", env={"VILLAGE_DATA_DIR": str(data)})
+        assert status.returncode == 0 and '"peer_id"' in status.stdout, status.stderr
+        assert wakelock.read_text() == "lock\n"
+        installed = data / "config.toml"
+        assert 'mode = "bm25"' in installed.read_text() and stat.S_IMODE(installed.stat().st_mode) == 0o600
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        sv = subprocess.run(["sv", "-w", str(int(WAIT_S)), "down", str(service)], capture_output=True, text=True)
+        assert sv.returncode == 0 and sv.stdout.startswith("ok: down:"), sv.stdout + sv.stderr
+        assert subprocess.run(["sv", "exit", str(service)], capture_output=True).returncode == 0
+        assert runsv.wait(timeout=WAIT_S) == 0
+    finally:
+        if runsv.poll() is None:
+            runsv.kill()
+        notify.close()
+    log = (prefix / "var" / "log" / "sv" / "aivillage" / "current").read_text()
+    assert "node ready" in log and "node stopped cleanly" in log, log
+    assert wakelock.read_text() == "lock\nunlock\n"  # ./finish released the wake lock
+
+
+def test_termux_battery_config_is_valid() -> None:
+    cfg = load_config(TERMUX_SERVICE / "config.toml", data_dir=Path("/nonexistent"), env={})
+    assert cfg.betanet.dht is False and cfg.ble.power_mode == "auto"
+    done = village("config", "check", "--config", str(TERMUX_SERVICE / "config.toml"), "--data-dir", "/nonexistent")
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed (systemd)")
+def test_systemd_unit_verifies(short_tmp: Path) -> None:
+    text = UNIT.read_text()
+    assert "Type=notify" in text and "WatchdogSec=" in text
+    # The unit names the installed path; verify it against this machine's real `village` executable instead.
+    unit = short_tmp / "aivillage.service"
+    unit.write_text(text.replace("/opt/aivillage/.venv/bin/village", VILLAGE[0]))
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+    # The check has teeth: a misspelt key is reported.
+    unit.write_text(
+        text.replace("WatchdogSec=", "WatchdogSecs=").replace("/opt/aivillage/.venv/bin/village", VILLAGE[0])
+    )
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert "Unknown key" in done.stderr
+
+
+def test_watchdog_interval_follows_systemd() -> None:
+    base = {"NOTIFY_SOCKET": "/run/systemd/notify", "WATCHDOG_USEC": "60000000"}
+    assert watchdog_interval_s(base, 42) == 30.0
+    assert watchdog_interval_s({**base, "WATCHDOG_PID": "42"}, 42) == 30.0
+    assert watchdog_interval_s({**base, "WATCHDOG_PID": "7"}, 42) is None  # meant for another process
+    assert watchdog_interval_s({**base, "WATCHDOG_USEC": "0"}, 42) is None
+    assert watchdog_interval_s({**base, "WATCHDOG_USEC": "soon"}, 42) is None
+    assert watchdog_interval_s({"WATCHDOG_USEC": "60000000"}, 42) is None  # nowhere to send pings
+
+
+def test_a_real_node_feeds_the_watchdog(short_tmp: Path) -> None:
+    """`village run` under a fake systemd: READY=1, then WATCHDOG=1 every WATCHDOG_USEC/2, then STOPPING=1."""
+    data = short_tmp / "data"
+    data.mkdir(mode=0o700)
+    (data / "config.toml").write_text(LOOPBACK_CONFIG)
+    assert village("init", "--data-dir", str(data)).returncode == 0
+    notify = notify_socket(short_tmp / "notify.sock")
+    env = {
+        **os.environ,
+        "NOTIFY_SOCKET": str(short_tmp / "notify.sock"),
+        "VILLAGE_DATA_DIR": str(data),
+        "WATCHDOG_USEC": "200000",  # 0.2 s: a ping every 0.1 s
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "node.cli", "run"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert notify.recv(64) == b"READY=1"
+        assert [notify.recv(64) for _ in range(5)] == [b"WATCHDOG=1"] * 5
+        proc.terminate()
+        while (msg := notify.recv(64)) == b"WATCHDOG=1":
+            pass
+        assert msg == b"STOPPING=1"
+        _out, err = proc.communicate(timeout=WAIT_S)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        notify.close()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_anchor_is_one_command_for_servers_identity_and_anchor() -> None:
+    """`make anchor` (dry run: the real one installs into .venv): the servers, an identity, then the anchor in the
+    foreground pointed at the servers' settings."""
+    done = subprocess.run(["make", "-n", "anchor"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()[-3:]
+    assert lines[0] == "scripts/services up"
+    assert lines[1].endswith("/village init --exist-ok")
+    assert lines[2] == f'VILLAGE_SERVICES_SETTINGS="{ROOT}/.services/settings.json" .venv/bin/village anchor run'
