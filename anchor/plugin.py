@@ -2,6 +2,8 @@
 (pyproject.toml): the ``[anchor]`` section, ``village anchor ...`` and the services
 
 * ``mailbox-server`` (with ``mailbox.serve``): :class:`anchor.mailbox.MailboxServerService`;
+* ``governance-store`` (with ``anchor.enabled``): the village governance's PostgreSQL store
+  (:class:`anchor.stores.govstore_pg.GovStoreService`);
 * ``anchor-gateway`` (with ``anchor.enabled``, or ``village anchor run``): :class:`anchor.run.GatewayService`.
 
 The node never imports this package; importing this module is cheap (the gateway's and stores' libraries load when
@@ -29,9 +31,13 @@ def _services(cfg: Config) -> list[Service]:
             from anchor.mailbox import MailboxServerService
 
             services.append(MailboxServerService())
-        if cfg.section(AnchorSection).enabled:
-            from anchor.run import GatewayService
+        anchor = cfg.section(AnchorSection)
+        if anchor.enabled:
+            from anchor.run import GatewayService, load_services
+            from anchor.stores.govstore_pg import GovStoreService
 
+            # the village's governance persists in PostgreSQL here (node.agents.village looks this service up)
+            services.append(GovStoreService(lambda: load_services(cfg).postgres.dsn, timeout_s=anchor.store_timeout_s))
             services.append(GatewayService())
     except ImportError as missing:
         raise StartupError(f"the anchor needs the anchor extra ({missing}): pip install 'aivillage[anchor]'") from None

@@ -58,6 +58,7 @@ from anchor.gateway.mcp_route import McpMount
 from anchor.gateway.metrics_route import add_metrics_route
 from anchor.gateway.ports import ApiKeyInfo, GatewayStores, MailboxPort
 from anchor.gateway.rag_route import add_rag_routes
+from anchor.gateway.vote_route import add_vote_routes
 from anchor.queue import MessageQueue, QueuedMessage, new_message_id
 from anchor.settings import AnchorSection
 from anchor.stores.errors import StoreError, StoreUnavailable
@@ -493,6 +494,7 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
     add_rag_routes(app, ctx, scoped, {400: {"model": ErrorBody}, **ERRORS})
     add_metrics_route(app, ctx, scoped, ERRORS)
     add_ask_routes(app, ctx, scoped, audit, {400: {"model": ErrorBody}, **ERRORS})
+    add_vote_routes(app, ctx, scoped, audit, {400: {"model": ErrorBody}, **ERRORS})
 
     @app.get("/v1/mailbox", responses={404: {"model": ErrorBody}, **ERRORS})
     async def mailbox(

@@ -15,6 +15,9 @@ SCOPE_ASK = "agents:ask"  # POST /v1/ask (the agents' tools narrowed to the key'
 # The device's owner: POST /v1/twin/suggest, the personal context in /v1/ask, the twin's and the agents' traces over
 # /mcp. Granted only explicitly, to admin keys.
 SCOPE_TWIN_OWNER = "twin:owner"
+SCOPE_VOTE_READ = "vote:read"  # GET /v1/proposals[/{id}]
+SCOPE_VOTE_PROPOSE = "vote:propose"  # POST /v1/proposals
+SCOPE_VOTE_CAST = "vote:cast"  # POST /v1/proposals/{id}/votes (votes as the anchor's node)
 
 ALL_SCOPES = (
     SCOPE_NODE_READ,
@@ -27,12 +30,17 @@ ALL_SCOPES = (
     SCOPE_METRICS_READ,
     SCOPE_ASK,
     SCOPE_TWIN_OWNER,
+    SCOPE_VOTE_READ,
+    SCOPE_VOTE_PROPOSE,
+    SCOPE_VOTE_CAST,
 )
 
 # What each role may be granted; a key may be narrowed to a subset at creation, a token at issue.
 ROLE_SCOPES: dict[str, frozenset[str]] = {
     "admin": frozenset(ALL_SCOPES),
-    "user": frozenset({SCOPE_NODE_READ, SCOPE_MESSAGES_SEND, SCOPE_EVENTS_READ, SCOPE_RAG_QUERY, SCOPE_ASK}),
+    "user": frozenset(
+        {SCOPE_NODE_READ, SCOPE_MESSAGES_SEND, SCOPE_EVENTS_READ, SCOPE_RAG_QUERY, SCOPE_ASK, SCOPE_VOTE_READ}
+    ),
     "node": frozenset({SCOPE_NODE_READ, SCOPE_MESSAGES_SEND, SCOPE_MAILBOX_READ}),
 }
 # What a key of each role gets when its scopes are not named: never rag:private or twin:owner (asked for only).

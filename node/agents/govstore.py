@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 from pathlib import Path
+from typing import Protocol
 
 from node.agents.errors import GovernanceError
 from node.agents.governance import (
@@ -73,7 +74,7 @@ class GovStore:
     def init(self, namespace: str, genesis: Electorate) -> None:
         """Record the namespace and the genesis electorate (once; a different one is refused)."""
         have = self._meta("genesis")
-        body = json.dumps({"namespace": namespace, "electorate": genesis.to_json()}, sort_keys=True)
+        body = genesis_meta(namespace, genesis)
         if have is None:
             self._set_meta("genesis", body)
         elif have != body:
@@ -103,6 +104,14 @@ class GovStore:
             (f.voter, f.epoch, f.round, f.vote_type, ev.encode()),
         )
 
+    def votes_by(self) -> dict[bytes, dict[tuple[int, int, VoteType], Vote]]:
+        """Every stored vote by voter (the node's own agents read back what they signed before a restart)."""
+        out: dict[bytes, dict[tuple[int, int, VoteType], Vote]] = {}
+        for (data,) in self.db.execute("SELECT data FROM votes"):
+            v = vote_from_bytes_untrusted(bytes(data))
+            out.setdefault(v.voter, {})[v.slot] = v
+        return out
+
     def signed(self) -> dict[tuple[int, int, VoteType], Vote]:
         out: dict[tuple[int, int, VoteType], Vote] = {}
         for (data,) in self.db.execute("SELECT data FROM signed"):
@@ -111,32 +120,82 @@ class GovStore:
         return out
 
     def load(self) -> Governance:
-        """Rebuild the core from what was stored. Stored proposals and votes had been accepted before they
-        expired, so they are fed back at time 0; membership certificates are applied as their epochs appear."""
+        """Rebuild the core from what was stored (see :func:`rebuild`)."""
         raw = self._meta("genesis")
         if raw is None:
             raise GovernanceError(f"{self.path} has no genesis electorate (run init first)")
-        meta = json.loads(raw)
-        gov = Governance(meta["namespace"], Electorate.from_json(meta["electorate"]))
-        try:
-            proposals = [
-                proposal_from_bytes_untrusted(bytes(b)) for (b,) in self.db.execute("SELECT body FROM proposals")
-            ]
-        except MalformedFrame as exc:
-            raise GovernanceError(f"{self.path}: a stored proposal does not parse: {exc}") from exc
-        certs = [bytes(d) for (d,) in self.db.execute("SELECT data FROM certificates ORDER BY epoch, round")]
-        while True:
-            epoch = gov.epoch
-            for p in proposals:
-                if p.epoch in gov.electorates and p.hash not in {x.hash for x in gov.proposals(p.epoch, p.round)}:
-                    gov.add_proposal(p, 0)
-            for c in certs:
-                gov.receive_certificate_untrusted(c)
-            gov.execute_ready()
-            if gov.epoch == epoch:
-                break
-        for (data,) in self.db.execute("SELECT data FROM votes ORDER BY epoch, round, type"):
-            gov.receive_vote_untrusted(bytes(data), 0)
-        for (data,) in self.db.execute("SELECT data FROM evidence"):
-            gov.receive_evidence_untrusted(bytes(data))
-        return gov
+        return rebuild(
+            raw,
+            [bytes(b) for (b,) in self.db.execute("SELECT body FROM proposals")],
+            [bytes(d) for (d,) in self.db.execute("SELECT data FROM certificates ORDER BY epoch, round")],
+            [bytes(d) for (d,) in self.db.execute("SELECT data FROM votes ORDER BY epoch, round, type")],
+            [bytes(d) for (d,) in self.db.execute("SELECT data FROM evidence")],
+            where=str(self.path),
+        )
+
+
+class GovernanceStore(Protocol):
+    """What governance persists (SQLite here; PostgreSQL on anchors: ``anchor.stores.govstore_pg``). Blocking:
+    callers run it through ``trio.to_thread`` behind one limiter."""
+
+    def init(self, namespace: str, genesis: Electorate) -> None: ...
+    def save_proposal(self, p: Proposal) -> None: ...
+    def save_vote(self, v: Vote) -> None: ...
+    def save_signed(self, v: Vote) -> None: ...
+    def save_certificate(self, c: Certificate) -> None: ...
+    def save_evidence(self, ev: Evidence) -> None: ...
+    def signed(self) -> dict[tuple[int, int, VoteType], Vote]: ...
+    def load(self) -> Governance: ...
+    def close(self) -> None: ...
+
+
+class GovernanceStoreProvider(Protocol):
+    """A service (named :data:`PROVIDER_SERVICE`) a plugin adds to give governance another store (the anchor's
+    PostgreSQL). ``open_store`` is blocking."""
+
+    name: str
+
+    def open_store(self, namespace: str, signer: bytes) -> GovernanceStore: ...
+
+
+PROVIDER_SERVICE = "governance-store"
+
+
+def rebuild(
+    genesis_meta: str,
+    proposals: list[bytes],
+    certificates: list[bytes],
+    votes: list[bytes],
+    evidence: list[bytes],
+    *,
+    where: str,
+) -> Governance:
+    """Feed stored wire bytes back through the core (signatures checked again; nothing is trusted because it came
+    from disk). Stored proposals and votes had been accepted before they expired, so they are fed at time 0;
+    membership certificates are applied as their epochs appear."""
+    meta = json.loads(genesis_meta)
+    gov = Governance(meta["namespace"], Electorate.from_json(meta["electorate"]))
+    try:
+        parsed = [proposal_from_bytes_untrusted(b) for b in proposals]
+    except MalformedFrame as exc:
+        raise GovernanceError(f"{where}: a stored proposal does not parse: {exc}") from exc
+    while True:
+        epoch = gov.epoch
+        for p in parsed:
+            if p.epoch in gov.electorates and p.hash not in {x.hash for x in gov.proposals(p.epoch, p.round)}:
+                gov.add_proposal(p, 0)
+        for c in certificates:
+            gov.receive_certificate_untrusted(c)
+        gov.execute_ready()
+        if gov.epoch == epoch:
+            break
+    for data in votes:
+        gov.receive_vote_untrusted(data, 0)
+    for data in evidence:
+        gov.receive_evidence_untrusted(data)
+    return gov
+
+
+def genesis_meta(namespace: str, genesis: Electorate) -> str:
+    """The canonical record of a governance's namespace and genesis electorate (stores compare it on init)."""
+    return json.dumps({"namespace": namespace, "electorate": genesis.to_json()}, sort_keys=True)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from node.agents.govsettings import GovernanceSettings
 from node.agents.settings import AgentsSettings, LlmSettings
 from node.control.rpc import NoParams, param
 from node.plugin import Plugin, Service
@@ -25,7 +26,9 @@ def _services(cfg: Config) -> Sequence[Service]:
         return []
     from node.agents.service import AgentsService
 
-    return [AgentsService(settings, cfg.section(LlmSettings), cfg.data_dir)]
+    return [
+        AgentsService(settings, cfg.section(LlmSettings), cfg.data_dir, gov_settings=cfg.section(GovernanceSettings))
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,30 +51,10 @@ class FeedbackParams:
     agent: str = param(doc="The agent that was right for it (a confirmation or a correction); learned online.")
 
 
-@dataclass(frozen=True, slots=True)
-class ProposeParams:
-    kind: str = param(doc="config, policy, admit or remove.")
-    key: str = param(doc="The config/policy key, or the member's Ed25519 public key in hex.")
-    value: str | None = param(
-        None, doc="The new value as JSON text (a bare word is taken as a string); the power for admit."
-    )
-    ttl_s: float = param(3600.0, doc="Seconds until the proposal expires (votes after it are refused).")
-
-
-def _json_value(text: str | None) -> Any:
-    import json
-
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 def _rpc(node: Node, reg: Registry) -> None:
     from node.agents.errors import AgentError
     from node.agents.service import AgentsService
+    from node.agents.vote import add_rpc as add_vote_rpc
     from node.control.rpc import APP_ERROR, RpcError
 
     def service() -> AgentsService:
@@ -105,26 +88,7 @@ def _rpc(node: Node, reg: Registry) -> None:
         except AgentError as exc:
             raise RpcError(APP_ERROR, str(exc)) from exc
 
-    async def vote_status(_: NoParams, notify: Notify) -> Any:
-        return service().gov_status()
-
-    async def vote_evidence(_: NoParams, notify: Notify) -> Any:
-        g = service().gov
-        return [e.to_json() for e in g.evidence.values()] if g is not None else []
-
-    async def vote_propose(p: ProposeParams, notify: Notify) -> Any:
-        if not 1 <= p.ttl_s <= 30 * 86400:
-            raise RpcError(APP_ERROR, "ttl_s must be from 1 s to 30 days")
-        try:
-            return await service().propose(p.kind, p.key, _json_value(p.value), ttl_s=p.ttl_s)
-        except AgentError as exc:
-            raise RpcError(APP_ERROR, str(exc)) from exc
-
-    reg.add(
-        "vote.status", NoParams, "Governance: epoch, electorate, proposals, certificates, adopted state.", vote_status
-    )
-    reg.add("vote.evidence", NoParams, "Equivocation evidence: pairs of conflicting signed votes.", vote_evidence)
-    reg.add("vote.propose", ProposeParams, "Propose a typed change and vote for it as this node.", vote_propose)
+    add_vote_rpc(node, reg, service)
     reg.add("agents.ask", AskParams, "Ask the agents: the King routes, plans and answers (with a trace id).", ask)
     reg.add("agents.list", NoParams, "The roster: each agent's mission, tools, LLM need and voting power.", agents_list)
     reg.add("agents.trace", TraceParams, "Every step, tool call and result of one request (or the recent ones).", trace)
@@ -132,6 +96,7 @@ def _rpc(node: Node, reg: Registry) -> None:
 
 
 def _cli(cli: CliRegistry) -> None:
+    from node.agents.vote import add_cli as add_vote_cli
     from node.cli_support import EXIT_OK, call, emit, table
 
     def cmd_ask(args: argparse.Namespace) -> int:
@@ -173,40 +138,7 @@ def _cli(cli: CliRegistry) -> None:
         emit(args, out, human)
         return EXIT_OK
 
-    def cmd_vote_status(args: argparse.Namespace) -> int:
-        emit(
-            args,
-            call(args, "vote.status"),
-            lambda d: (
-                f"epoch {d['epoch']}, {len(d['electorate'])} voter(s), {len(d['certificates'])} certificate(s)\n"
-                f"config: {d['state']['config']}\npolicy: {d['state']['policy']}"
-            ),
-        )
-        return EXIT_OK
-
-    def cmd_vote_evidence(args: argparse.Namespace) -> int:
-        emit(args, call(args, "vote.evidence"), lambda d: "\n".join(e["voter"] for e in d) or "no evidence")
-        return EXIT_OK
-
-    def cmd_vote_propose(args: argparse.Namespace) -> int:
-        out = call(args, "vote.propose", kind=args.kind, key=args.key, value=args.value)
-        emit(
-            args,
-            out,
-            lambda d: (
-                f"proposal {d['proposal'][:16]} round {d['round']}: "
-                + ("certified and adopted" if d["certificate"] else "waiting for votes")
-            ),
-        )
-        return EXIT_OK
-
-    v = cli.group("vote", "Governance: proposals, certificates (> 2/3 of the power), evidence.")
-    v.command("status", cmd_vote_status, "Show the epoch, electorate, certificates and adopted state.")
-    v.command("evidence", cmd_vote_evidence, "List equivocation evidence.")
-    pp = v.command("propose", cmd_vote_propose, "Propose a config/policy change or a member; vote for it.")
-    pp.add_argument("kind", choices=("config", "policy", "admit", "remove"))
-    pp.add_argument("key", help="config/policy key, or the member's public key (hex)")
-    pp.add_argument("value", nargs="?", help="the value (JSON), or the power for admit")
+    add_vote_cli(cli)
     p = cli.command(
         "ask", cmd_ask, "Ask your node: the twin adds your personal context, the agents (or a tool) answer."
     )
@@ -219,4 +151,6 @@ def _cli(cli: CliRegistry) -> None:
     t.add_argument("id", nargs="?", help="a request id printed by `village ask`")
 
 
-PLUGIN = Plugin(name="agents", sections=(AgentsSettings, LlmSettings), services=_services, cli=_cli, rpc=_rpc)
+PLUGIN = Plugin(
+    name="agents", sections=(AgentsSettings, LlmSettings, GovernanceSettings), services=_services, cli=_cli, rpc=_rpc
+)

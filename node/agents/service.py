@@ -16,10 +16,12 @@ import trio
 
 from node.agents.errors import AgentError
 from node.agents.governance import Electorate, Governance
+from node.agents.govsettings import GovernanceSettings
 from node.agents.govstore import GovStore
 from node.agents.king import King
 from node.agents.ledger import Budgets
 from node.agents.llm import LanguageModel, OffLlm, build_llm
+from node.agents.localgov import agent_keys, agents_vote, local_genesis
 from node.agents.market import OfferBook
 from node.agents.remote import split_target
 from node.agents.remote_service import RemoteAgents
@@ -30,6 +32,7 @@ from node.agents.settings import AgentsSettings, LlmSettings
 from node.agents.toolbridge import RegistryTools, register_agent_tools
 from node.agents.tools import ToolRunner, Tools, llm_tool, node_tools
 from node.agents.trace import TraceStore
+from node.agents.village import VillageGovernance
 from node.agents.worktools import NodeMetrics, OfferFile, add_work_tools, sample_forever
 from node.mcp.audit import AuditLog
 from node.mcp.registry import Registry
@@ -50,8 +53,10 @@ class AgentsService:
         data_dir: Path | None,
         *,
         roster: Roster | None = None,
+        gov_settings: GovernanceSettings | None = None,
     ) -> None:
         self.settings = settings
+        self.gov_settings = gov_settings or GovernanceSettings()
         self.roster = roster or load_roster(Path(settings.roster_path) if settings.roster_path else None)
         self.llm: LanguageModel = build_llm(llm_settings) if llm_settings.backend != "off" else OffLlm()
         self.data_dir = data_dir
@@ -72,13 +77,16 @@ class AgentsService:
         self.offer_file = OfferFile(data_dir / "agents" / "offers.json" if data_dir is not None else None)
         self.budgets = Budgets(settings.budget_stored_bytes_per_peer, settings.budget_queued_per_peer)
         self._node: Node | None = None
+        self._keys: dict[str, nacl.signing.SigningKey] | None = None
+        self.village: VillageGovernance | None = None  # the village's governance over the mesh, when configured
 
     async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._node = node
         root = self.data_dir
         self.traces = await trio.to_thread.run_sync(TraceStore, root / "agents" / "traces.sqlite" if root else None)
         if root is not None:
-            self.gov_store = await trio.to_thread.run_sync(GovStore, root / "agents" / "governance.sqlite")
+            # local.sqlite: the agents' electorate (governance.sqlite of earlier versions had the node's key alone)
+            self.gov_store = await trio.to_thread.run_sync(GovStore, root / "agents" / "local.sqlite")
             self.gov = await trio.to_thread.run_sync(self._open_governance, node)
         else:
             self.gov = Governance(LOCAL_NAMESPACE, self._genesis(node))
@@ -97,6 +105,10 @@ class AgentsService:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(sample_forever, node, self.metrics, self.settings.metrics_interval_s)
+                if self.gov_settings.village_members:
+                    village = VillageGovernance(node, self.gov_settings, root, self.db_limiter)
+                    await nursery.start(village.run)
+                    self.village = village
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -104,7 +116,13 @@ class AgentsService:
                 await trio.to_thread.run_sync(self._close, limiter=self.db_limiter)
 
     def _genesis(self, node: Node) -> Electorate:
-        return Electorate.of(0, {node.identity.signing_public: 1})
+        """The local electorate: the roster's agents, each with a key derived from the node's (node.agents.localgov)."""
+        return local_genesis(self._agent_keys(node), self.roster)
+
+    def _agent_keys(self, node: Node) -> dict[str, nacl.signing.SigningKey]:
+        if self._keys is None:
+            self._keys = agent_keys(node.identity.signing_key, self.roster)
+        return self._keys
 
     def _open_governance(self, node: Node) -> Governance:
         assert self.gov_store is not None
@@ -148,7 +166,14 @@ class AgentsService:
             return {"traces_kept": n}
 
         async def policy(args: Mapping[str, Any]) -> Any:
-            return policy_check(str(args.get("text", "")))
+            text = str(args.get("text", ""))
+            verdict = policy_check(text)
+            if verdict["allowed"] and self.village is not None:  # the village's certified shared policy
+                low = text.lower()
+                hit = next((t for t in self.village.blocked_terms() if t.lower() in low), None)
+                if hit is not None:
+                    verdict = {"allowed": False, "reason": f"the village's shared policy blocks {hit!r}"}
+            return verdict
 
         async def gov_status(_: Mapping[str, Any]) -> Any:
             return self.gov_status()
@@ -295,7 +320,7 @@ class AgentsService:
         """Propose in the next free round of the current epoch and vote as this node (persisted before use).
         With this node as the whole electorate (the default local electorate) the certificate forms at once;
         with others, their votes decide (gossip over the mesh is not wired yet)."""
-        from node.agents.governance import MEMBERSHIP_ROUND, Action, ActionKind, Voter, make_proposal
+        from node.agents.governance import MEMBERSHIP_ROUND, Action, ActionKind, make_proposal
 
         g, store, node = self.gov, self.gov_store, self._node
         assert g is not None and node is not None
@@ -310,32 +335,31 @@ class AgentsService:
                 p.round for p in g.all_proposals() if p.epoch == g.epoch
             }
             round_ = next(r for r in range(len(used) + 1) if r not in used)
-        me = node.identity.signing_key
+        keys = self._agent_keys(node)
+        # The King proposes membership changes; other proposals rotate over the agents (16 per member and epoch).
+        names = sorted(keys)
+        proposer = keys["King"] if round_ == MEMBERSHIP_ROUND and "King" in keys else keys[names[round_ % len(names)]]
         p = make_proposal(
             g.namespace,
             g.epoch,
             round_,
             action,
             expires_at_ms=now_ms + int(ttl_s * 1000),
-            proposer=bytes(me.verify_key),
+            proposer=bytes(proposer.verify_key),
         )
         if not g.add_proposal(p, now_ms):
-            raise AgentError("the proposal was refused (slot taken, or this node is not a member)")
-        voter = Voter(me, g, store.signed() if store is not None else None)
+            raise AgentError("the proposal was refused (slot taken, or its proposer is not a member)")
+        already = store.votes_by() if store is not None else {}
         if store is not None:
             store.save_proposal(p)
-        for step in ("prevote", "precommit"):
-            vote = (
-                voter.on_proposal(p, now_ms) if step == "prevote" else voter.maybe_precommit(p.epoch, p.round, now_ms)
-            )
-            if vote is None:
-                break
+        made = agents_vote(g, keys, p, already, now_ms)  # local votes never leave the node: count, then save
+        for vote in made:
             if store is not None:
-                store.save_signed(vote)
                 store.save_vote(vote)
-            r = g.receive_vote(vote, now_ms)
-            if r.certificate is not None and store is not None:
-                store.save_certificate(r.certificate)
+        by_key = {bytes(k.verify_key): name for name, k in keys.items()}
+        cert = g.certificates.get((p.epoch, p.round))
+        if cert is not None and store is not None:
+            store.save_certificate(cert)
         executed = g.execute_ready()
         cert = g.certificates.get((p.epoch, p.round))
         return {
@@ -344,6 +368,14 @@ class AgentsService:
             "round": p.round,
             "certificate": cert.to_json() if cert else None,
             "executed": [{"epoch": x.epoch, "round": x.round, "value": x.value.name.lower()} for x in executed],
+            "votes": [
+                {
+                    "agent": by_key.get(v.voter, v.voter.hex()),
+                    "type": v.vote_type.name.lower(),
+                    "value": v.value.name.lower(),
+                }
+                for v in made
+            ],
             "state": g.state(),
         }
 

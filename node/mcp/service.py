@@ -26,6 +26,7 @@ from node.mcp.memory_tools import memory_resource, memory_tools, scratch_tools
 from node.mcp.node_tools import node_tools
 from node.mcp.registry import Caller, Registry, Resource
 from node.mcp.settings import McpSettings
+from node.mcp.vote_tools import vote_tools
 from node.mcp.working import WorkingMemory
 
 if TYPE_CHECKING:
@@ -132,6 +133,7 @@ class McpService:
 
         max_file_bytes = node.config.section(RagSection).max_file_bytes
         reg.extend(node_tools(self._invoke, rag_roots=s.rag_roots, add_text=add_text, max_file_bytes=max_file_bytes))
+        reg.extend(vote_tools(self._invoke))
         reg.extend(memory_tools(self.graph))
         reg.extend(scratch_tools(self.working, node.clock.now))
         reg.extend(ask_tools(self._invoke, node))  # ask, twin_*, agents_* (node.mcp.ask_tools)

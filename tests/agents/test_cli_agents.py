@@ -48,7 +48,9 @@ def test_ask_trace_and_vote_against_a_real_daemon(data_dir: Path) -> None:
         assert [s["tool"] for s in trace["steps"] if s["kind"] == "call"] == ["mesh.peers", "mesh.routes"]
         r = village("vote", "propose", "config", "rag.candidates", "40", "--json", *dd)
         assert r.returncode == 0, r.stderr
-        assert json.loads(r.stdout)["certificate"]["signers"] == 1  # this node is the whole local electorate
+        out = json.loads(r.stdout)
+        assert out["certificate"]["value"] == "yes"  # the node's 23 agents are the local electorate: all voted
+        assert {v["agent"] for v in out["votes"]} == {a["name"] for a in roster}
         r = village("vote", "propose", "admit", "00" * 32, "1", "--json", *dd)
         assert json.loads(r.stdout)["state"]["epoch"] == 1
     finally:
@@ -57,7 +59,7 @@ def test_ask_trace_and_vote_against_a_real_daemon(data_dir: Path) -> None:
     try:
         st = json.loads(village("vote", "status", "--json", *dd).stdout)
         assert st["state"]["config"] == {"rag.candidates": 40}
-        assert st["epoch"] == 1 and len(st["electorate"]) == 2
+        assert st["epoch"] == 1 and len(st["electorate"]) == 24
         assert json.loads(village("vote", "evidence", "--json", *dd).stdout) == []
     finally:
         stop(proc, notify)

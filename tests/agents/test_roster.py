@@ -80,4 +80,5 @@ def test_governance_bench_runs() -> None:
 
     lines = bench_agents.governance(400)
     assert lines[0].startswith("governance.votes_verified_per_s:")
-    assert "4361 bytes with 67 signers" in lines[1]
+    assert lines[1].startswith("governance.gossip_votes_per_s:")
+    assert "4361 bytes with 67 signers" in lines[2]

@@ -89,6 +89,7 @@ class Electorate:
     members: tuple[tuple[bytes, int], ...]  # (Ed25519 public key, power), sorted by key
     _index: dict[bytes, int] = field(default_factory=dict, init=False, repr=False, compare=False)
     _keys: list[nacl.signing.VerifyKey] = field(default_factory=list, init=False, repr=False, compare=False)
+    _total: int = field(default=0, init=False, repr=False, compare=False)  # computed once: read on every vote
 
     def __post_init__(self) -> None:
         if not 0 <= self.epoch < 2**63:
@@ -104,6 +105,7 @@ class Electorate:
             if not 1 <= power <= MAX_POWER:
                 raise GovernanceError(f"member {key.hex()[:16]} power {power} not in 1..{MAX_POWER}")
         self._index.update({k: i for i, k in enumerate(keys)})
+        object.__setattr__(self, "_total", sum(p for _, p in self.members))
 
     @classmethod
     def of(cls, epoch: int, powers: Mapping[bytes, int]) -> Electorate:
@@ -111,7 +113,7 @@ class Electorate:
 
     @property
     def total_power(self) -> int:
-        return sum(p for _, p in self.members)
+        return self._total
 
     def index(self, key: bytes) -> int | None:
         return self._index.get(key)
@@ -119,6 +121,9 @@ class Electorate:
     def power(self, key: bytes) -> int:
         i = self._index.get(key)
         return 0 if i is None else self.members[i][1]
+
+    def key_bytes(self, i: int) -> bytes:
+        return self.members[i][0]
 
     def verify_key(self, i: int) -> nacl.signing.VerifyKey:
         if not self._keys:

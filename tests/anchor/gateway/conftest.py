@@ -98,10 +98,11 @@ async def start_gateway(
         persistent: bool = False,
         consume_queue: bool = True,
         rag: RagSection | None = None,
+        sections: Sequence[Any] = (),
         **anchor: Any,
     ) -> Gateway:
         """A gateway; ``data_dir`` reuses an earlier one's (same identity: a restart), ``persistent`` keeps the
-        node's inbox and outbox on disk."""
+        node's inbox and outbox on disk; ``sections`` are more settings sections for the node."""
         pg_proxy = TcpProxy(services.postgres.host, services.postgres.port)
         redis_proxy = TcpProxy(services.redis.host, services.redis.port)
         await nursery.start(pg_proxy.run)
@@ -127,7 +128,7 @@ async def start_gateway(
             store_timeout_s=2.0,
             **{"gateway_listen": "127.0.0.1:0", **RELAXED, **anchor},
         )
-        cfg = Config(data_dir=data_dir, anchor=section, rag=rag or RagSection())
+        cfg = Config(data_dir=data_dir, anchor=section, rag=rag or RagSection()).with_sections(*sections)
         identity = load_identity(data_dir) if identity_exists(data_dir) else create_identity(data_dir)
         node = build_node(cfg, identity, transports=transports, control=False, persistent_inbox=persistent)
         stopped = trio.Event()
