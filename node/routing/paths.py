@@ -8,11 +8,9 @@ Three sources feed it, all from verified announces:
   node holds a graph of who hears whom; a shortest path (Dijkstra, our first hop weighted by the link's cost,
   every further hop 1) gives a v2 **source route** (the intermediate hops). An edge counts only when **both**
   ends name each other, each in its own signed announce: a node naming peers it has no link to (a liar, or a
-  stale list) adds no edge, and one announce names at most ``MAX_NEIGHBOURS`` (more are ignored). The one
-  exception is a peer whose announce never reached us (at high loss, many): named by two origins that confirm
-  each other, it is an intermediate hop at a higher cost towards heard peers no confirmed path reaches, never
-  one on a single claim. A peer whose announces name nobody (a
-  phone that leaves TLV 0x04 out) is still reached as our direct neighbour, or farther away by its reverse path;
+  stale list) adds no edge, and one announce names at most ``MAX_NEIGHBOURS`` (more are ignored). A peer whose
+  announces name nobody (a phone that leaves TLV 0x04 out) is still reached as our direct neighbour, or
+  farther away by its reverse path;
 * **reverse paths** — the first copy of each new announce from a peer arrives over the fastest path, so the
   link it came in on is a good next hop back towards that peer, even when the peer is beyond the topology we
   know (neighbour lists are truncated to 10).
@@ -35,7 +33,6 @@ from node.wire.payloads import MAX_NEIGHBOURS
 RTT_UNIT_S = 0.1  # a link's cost grows by one unit per 100 ms of round-trip time
 MIN_DELIVERY = 0.05  # floor of the delivery estimate, so a very lossy link has a large but finite cost
 MIN_RECOMPUTE_S = 1.0  # topology news waits at most this long before the shortest paths are recomputed
-UNCONFIRMED_HOP_COST = 2.5  # a hop to or from a peer we never heard from (see _compute): dearer than two confirmed
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,54 +271,21 @@ class PathTable:
         expiries += [exp for links in self._direct.values() for exp in links.values()]
         self._next_expiry = min(expiries, default=float("inf"))
 
-        # Edges both ends confirm: A-B only when A's announce names B and B's own signed announce names A. A claim
-        # the other end's announce contradicts is never an edge (a liar naming honest nodes it has no link to would
-        # pull routes into links that do not exist). Each direction is added while visiting its own origin; an
-        # edge lasts as long as both claims. A peer whose announce never reached us (lost, or beyond the TTL of
-        # what we hear: common at high loss) cannot confirm or contradict: it is a hop only when corroborated
-        # (below; one liar alone cannot make it one), at UNCONFIRMED_HOP_COST, and only on the way to a peer no
-        # confirmed path reaches.
+        # Edges both ends confirm: A-B only when A's announce names B and B's own signed announce names A. One
+        # node's claim is never an edge (a liar naming honest nodes it has no link to would pull routes into
+        # links that do not exist). Each direction is added while visiting its own origin; an edge lasts as long
+        # as both claims.
         adjacency = self._adjacency
-        graph: dict[bytes, list[tuple[bytes, float, float]]] = {}
-        unheard: dict[bytes, list[tuple[bytes, float]]] = {}  # peer never heard -> (origin naming it, until)
-        extra: dict[bytes, list[tuple[bytes, float, float]]] = {}  # corroborated edges to and from unheard peers
+        graph: dict[bytes, list[tuple[bytes, float]]] = {}
         for origin, adj in adjacency.items():
-            edges = graph.setdefault(origin, [])
-            for n in adj.neighbours:
-                if n == origin or n == self.local_id:
-                    continue
-                other = adjacency.get(n)
-                if other is None:
-                    unheard.setdefault(n, []).append((origin, adj.expires_at))
-                elif origin in other.neighbours:
-                    edges.append((n, min(adj.expires_at, other.expires_at), 1.0))
-        for peer, namers in unheard.items():
-            if len(namers) < 2:
-                continue
-            # Corroborated: two origins name it and confirm each other as neighbours (a triangle; a radio mesh is
-            # full of them). Liars scattered through the mesh seldom neighbour each other; a liar next to an
-            # honest namer saves no hop, since an unconfirmed hop costs more than the two confirmed ones around.
-            vouched: set[bytes] = set()
-            for k, (a, _) in enumerate(namers):
-                for b, _ in namers[k + 1 :]:
-                    if b in adjacency[a].neighbours and a in adjacency[b].neighbours:
-                        vouched.update((a, b))
-            back = extra.setdefault(peer, [])
-            for origin, until in namers:
-                if origin in vouched:
-                    extra.setdefault(origin, []).append((peer, until, UNCONFIRMED_HOP_COST))
-                    back.append((origin, until, UNCONFIRMED_HOP_COST))
+            edges = [
+                (n, min(adj.expires_at, other.expires_at))
+                for n in adj.neighbours
+                if n != origin and (other := adjacency.get(n)) is not None and origin in other.neighbours
+            ]
+            if edges:
+                graph[origin] = edges
 
-        routes = self._shortest(graph, now)
-        if extra:  # only towards heard peers no confirmed path reaches: a claim never displaces a confirmed route
-            for peer, edges in extra.items():
-                graph.setdefault(peer, []).extend(edges)
-            for dest, route in self._shortest(graph, now).items():
-                if dest in adjacency:
-                    routes.setdefault(dest, route)
-        return routes
-
-    def _shortest(self, graph: Mapping[bytes, list[tuple[bytes, float, float]]], now: float) -> dict[bytes, Route]:
         routes: dict[bytes, Route] = {}
         # Dijkstra from us. Entry: (cost, hops, tiebreak, peer, first link, path of peers after us).
         heap: list[tuple[float, int, bytes, str, tuple[bytes, ...], float]] = []
@@ -348,7 +312,7 @@ class PathTable:
             )
             if hops >= self.max_hops:
                 continue
-            for n, edge_expiry, weight in graph.get(peer, ()):
+            for n, edge_expiry in graph.get(peer, ()):
                 if n not in done:
-                    heapq.heappush(heap, (cost + weight, hops + 1, n, lid, (*path, n), min(expires, edge_expiry)))
+                    heapq.heappush(heap, (cost + 1.0, hops + 1, n, lid, (*path, n), min(expires, edge_expiry)))
         return routes

@@ -67,24 +67,3 @@ def test_an_announce_names_at_most_ten_neighbours() -> None:
     many = tuple(bytes([0x80, i]) * 4 for i in range(31))  # the TLV's length byte allows 31 IDs
     table.on_announce(LIAR, many, "la", 2, TS, 0.0)
     assert len(table.neighbours_of(LIAR)) == 10
-
-
-def test_a_peer_never_heard_is_a_hop_only_when_neighbouring_origins_vouch_for_it() -> None:
-    """At high loss many announces never arrive: a peer we never heard from, named by two origins that confirm each
-    other (on both sides of it), still carries a path to a heard peer no confirmed path reaches — at a higher
-    cost. Named by origins that are not neighbours of each other (liars far apart), it carries nothing."""
-    y, e, f, g, h = (bytes([0x40 + i]) * 8 for i in range(5))
-    table = _table()
-    table.on_announce(A, (ME, B, y), "la", 1, TS, 0.0)
-    table.on_announce(B, (A, y), "la", 2, TS, 0.0)
-    table.on_announce(D, (y, e), "la", 4, TS, 0.0)
-    table.on_announce(e, (D, y), "la", 4, TS, 0.0)
-    route = table.route(D, 1.0)
-    assert route is not None and route.source == "topology" and route.via == (A, y) and route.cost > 1 + 2 * 2
-    assert table.route(y, 1.0) is None  # never a destination on claims alone
-    # Two liars, not neighbours of each other, both naming the unheard g next to the heard h: no path to h.
-    table.on_announce(f, (A, g), "la", 3, TS, 0.0)
-    table.on_announce(C, (A, g), "la", 3, TS, 0.0)
-    table.on_announce(h, (g,), "la", 5, TS, 0.0)
-    table.link_cost_changed()
-    assert table.route(h, 3.0) is not None and table.route(h, 3.0).source == "reverse"  # type: ignore[union-attr]
