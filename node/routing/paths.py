@@ -10,7 +10,10 @@ Three sources feed it, all from verified announces:
   ends name each other, each in its own signed announce: a node naming peers it has no link to (a liar, or a
   stale list) adds no edge, and one announce names at most ``MAX_NEIGHBOURS`` (more are ignored). A peer whose
   announces name nobody (a phone that leaves TLV 0x04 out) is still reached as our direct neighbour, or
-  farther away by its reverse path;
+  farther away by its reverse path. What a liar keeps: two colluding liars can name each other (an edge that
+  exists only if they tunnel between them), a liar's own identities can name each other (routes to them only),
+  and a liar on a real path can drop what it relays, as any relay can. At high loss, edges whose other end we
+  never heard are missing too (see bench/README.md, "Two-way neighbour claims");
 * **reverse paths** — the first copy of each new announce from a peer arrives over the fastest path, so the
   link it came in on is a good next hop back towards that peer, even when the peer is beyond the topology we
   know (neighbour lists are truncated to 10).
