@@ -18,9 +18,10 @@ def _table() -> PathTable:
 
 def test_a_one_sided_neighbour_claim_makes_no_route() -> None:
     table = _table()
-    table.on_announce(A, (ME, B), "la", 1, TS, 0.0)  # A names B; B has not named A (yet)
-    assert table.route(B, 1.0) is None
-    table.on_announce(B, (A,), "la", 2, TS, 1.0)  # now B's own announce names A: the edge A-B is confirmed
+    table.on_announce(A, (ME, B), "la", 1, TS, 0.0)  # A names B ...
+    table.on_announce(B, (C,), "la", 2, TS, 0.0)  # ... and B's own announce does not name A
+    assert B not in table.routes(1.0)  # (B's reverse path is all there is)
+    table.on_announce(B, (A,), "la", 2, TS + 1, 1.0)  # now B's own announce names A: the edge A-B is confirmed
     route = table.route(B, 2.0)
     assert route is not None and route.via == (A,) and route.source == "topology" and route.hops == 2
 
@@ -67,3 +68,17 @@ def test_an_announce_names_at_most_ten_neighbours() -> None:
     many = tuple(bytes([0x80, i]) * 4 for i in range(31))  # the TLV's length byte allows 31 IDs
     table.on_announce(LIAR, many, "la", 2, TS, 0.0)
     assert len(table.neighbours_of(LIAR)) == 10
+
+
+def test_a_peer_never_heard_is_a_last_hop_on_its_neighbours_word_never_a_way_through() -> None:
+    """At high loss many announces never arrive: a peer we never heard from cannot confirm or contradict a claim,
+    so it is reached through the cheapest origin naming it — and nothing is reached through it."""
+    table = _table()
+    table.on_announce(A, (ME, B), "la", 1, TS, 0.0)  # B never heard
+    route = table.route(B, 1.0)
+    assert route is not None and route.source == "topology" and route.via == (A,) and route.hops == 2
+    table.on_announce(D, (B,), "la", 4, TS, 1.0)  # D heard, naming only the unheard B
+    table.link_cost_changed()
+    assert D not in table.routes(2.0)
+    table.on_announce(B, (C,), "la", 3, TS, 2.0)  # B heard at last, not naming A: the claim is contradicted
+    assert B not in table.routes(3.0)
