@@ -2,6 +2,7 @@
 
     python bench/mesh_sim.py [--quick] [--seed S] [--sizes 100,500,1000] [--losses 0,10,30]
                              [--messages M] [--broadcasts B] [--budget-s W] [--speed-budget-s W]
+    python bench/mesh_sim.py --scale [--scale-sizes 100,1000,10000] [--scale-messages M] [--scale-budget-s W]
 
 For each N (random geometric graph, BLE-like range, mean degree 8) and each loss (per frame, per direction):
 
@@ -20,6 +21,13 @@ by packet type; and the speed factor (simulated s per wall-clock s) at N=1000.
 
 A run that exceeds its wall-clock budget (``--budget-s``) stops where it is and says so: at some sizes the
 traffic of the routing under test makes the simulation slower than real time, and that is itself a figure.
+
+``--scale`` (issue 17): the path routing alone at 10 % loss for each N of ``--scale-sizes`` (random geometric,
+mean degree 8; up to 10,000 nodes), each within ``--scale-budget-s`` of wall time (a shorter workload:
+``--scale-messages`` private messages, ``SCALE_DRAIN_S`` drain). One line per N: unicast delivery, frames put on
+links per node per simulated second (warm-up and after), the simulator's wall cost per node per simulated second,
+and the speed against real time; then one line comparing the per-node frame rate at the two largest N (goal:
+flat, <= 1.5x from 1,000 to 10,000) and the largest N's speed (goal >= 1x real time).
 """
 
 from __future__ import annotations
@@ -47,6 +55,8 @@ TTL_HORIZON = 7  # hops a BitChat packet can travel
 MEAN_DEGREE = 8.0  # BLE: Android keeps up to 8 links, iOS 6 outbound
 STEP_S = 1.0  # simulated seconds between wall-clock budget checks
 SPEED_PROBE_N = 1000
+SCALE_LOSS = 0.1
+SCALE_DRAIN_S = 60.0  # the scale runs' drain (a message's first retries are 3, 6, 12, 24 s after it)
 
 
 @dataclass
@@ -64,6 +74,24 @@ class Run:
     warmup_speed: float | None
     steady_speed: float | None
     warmup_end_s: float  # where the warm-up window ended (WARMUP_S unless the wall budget cut it short)
+
+
+def _hops(adj: list[list[int]], source: int) -> list[int | None]:
+    """Breadth-first hop counts from ``source`` over a prebuilt adjacency (Topology.hop_distances rebuilds it
+    per call: too slow for hundreds of calls at 10,000 nodes)."""
+    dist: list[int | None] = [None] * len(adj)
+    dist[source] = 0
+    frontier, d = [source], 0
+    while frontier:
+        d += 1
+        nxt = []
+        for u in frontier:
+            for v in adj[u]:
+                if dist[v] is None:
+                    dist[v] = d
+                    nxt.append(v)
+        frontier = nxt
+    return dist
 
 
 def routing_available() -> bool:
@@ -100,11 +128,15 @@ def run_one(
     broadcasts: int,
     budget_s: float,
     drain_s: float = DRAIN_S,
+    on_built: Callable[[], None] | None = None,
 ) -> Run:
     topo = random_geometric(n, seed=seed, mean_degree=MEAN_DEGREE)
     sim = Simulation(topo, LinkModel(loss=loss), settings_for(mode), seed=seed)
+    if on_built is not None:
+        on_built()
     rng = random.Random(seed)
-    dist = [topo.hop_distances(i) for i in rng.sample(range(n), min(n, 50))]
+    adj = topo.neighbours()
+    dist = [_hops(adj, i) for i in rng.sample(range(n), min(n, 50))]
     horizon = statistics.fmean(sum(1 for d in ds if d is not None and 0 < d <= TTL_HORIZON) / (n - 1) for ds in dist)
 
     # The workload is fixed before the run so that path and flood runs get the same one.
@@ -112,7 +144,7 @@ def run_one(
     every = max(1, messages // max(1, broadcasts)) if broadcasts else 0
     for k in range(messages):
         src = rng.randrange(n)
-        near = [j for j, d in enumerate(topo.hop_distances(src)) if d is not None and 0 < d <= TTL_HORIZON]
+        near = [j for j, d in enumerate(_hops(adj, src)) if d is not None and 0 < d <= TTL_HORIZON]
         plan.append((WARMUP_S + k * SEND_SPACING_S, "private", src, rng.choice(near)))
         if every and k % every == 0 and sum(1 for p in plan if p[1] == "broadcast") < broadcasts:
             plan.append((WARMUP_S + (k + 0.5) * SEND_SPACING_S, "broadcast", rng.randrange(n), -1))
@@ -144,7 +176,7 @@ def run_one(
 
     in_horizon = []
     for b in sim.broadcasts:
-        ds = topo.hop_distances(b.src)
+        ds = _hops(adj, b.src)
         within = {j for j, d in enumerate(ds) if d is not None and 0 < d <= TTL_HORIZON}
         if within:
             in_horizon.append(len(within & set(b.reached)) / len(within))
@@ -248,6 +280,81 @@ def speed_line(run: Run) -> str:
     )
 
 
+@dataclass
+class ScaleRun:
+    run: Run
+    build_s: float  # wall seconds to make the topology and the N cores (not simulated time)
+
+
+def _per_node(rates: dict[str, float], n: int) -> float | None:
+    return sum(rates.values()) / n if rates else None
+
+
+def _cost_us(wall_s: float, n: int, sim_s: float) -> float | None:
+    return 1e6 * wall_s / (n * sim_s) if sim_s > 0 else None
+
+
+def scale_line(s: ScaleRun) -> str:
+    run, r = s.run, s.run.report
+    warm_sim = run.warmup_end_s
+    warm_wall = warm_sim / run.warmup_speed if run.warmup_speed else None
+    after_sim = r.sim_time_s - warm_sim
+    after_wall = after_sim / run.steady_speed if run.steady_speed else None
+    cost_warm = _cost_us(warm_wall, run.n, warm_sim) if warm_wall is not None else None
+    cost_after = _cost_us(after_wall, run.n, after_sim) if after_wall is not None else None
+    return (
+        f"mesh_sim.scale.n{run.n}.loss{round(run.loss * 100)}: delivery {_pct(r.unicast_delivery_ratio)} "
+        f"({r.unicast_delivered}/{r.unicast_sent} sent, still retrying at the end {r.unicast_retrying}), "
+        f"frames/node/sim s {_num(_per_node(run.warmup_rates, run.n))} in the warm-up, "
+        f"{_num(_per_node(run.steady_rates, run.n))} after | wall cost per node per sim s "
+        f"{_num(cost_warm)} us in the warm-up, {_num(cost_after)} us after | speed {_speed(r.speed_factor)} real time "
+        f"(warm-up {_speed(run.warmup_speed)}, after {_speed(run.steady_speed)}) | {r.events:,} events, "
+        f"{r.sim_time_s:.0f} sim s in {r.wall_s:.0f} wall s, built in {s.build_s:.0f} s{_state(run)}"
+    )
+
+
+def flatness_line(runs: list[ScaleRun]) -> str:
+    if len(runs) < 2:
+        return "mesh_sim.scale.flatness: needs two sizes"
+    a, b = runs[-2].run, runs[-1].run
+
+    def ratio(x: float | None, y: float | None) -> str:
+        return "n/a" if x is None or not y else f"{x / y:.2f}"
+
+    after = ratio(_per_node(b.steady_rates, b.n), _per_node(a.steady_rates, a.n))
+    warm = ratio(_per_node(b.warmup_rates, b.n), _per_node(a.warmup_rates, a.n))
+    return (
+        f"mesh_sim.scale.flatness: frames/node/sim s n{b.n}/n{a.n} = {after} after the warm-up, {warm} in it "
+        f"(goal <= 1.5) | n{b.n} speed {_speed(b.report.speed_factor)} real time (goal >= 1x){_state(b)}"
+    )
+
+
+def run_scale(sizes: list[int], *, seed: int, messages: int, budget_s: float) -> list[ScaleRun]:
+    out = []
+    for n in sizes:
+        start = time.perf_counter()
+        built: list[float] = []
+
+        def on_built(t0: float = start, built: list[float] = built) -> None:
+            built.append(time.perf_counter() - t0)
+
+        run = run_one(
+            n,
+            SCALE_LOSS,
+            "path",
+            seed=seed,
+            messages=messages,
+            broadcasts=0,
+            budget_s=budget_s,
+            drain_s=SCALE_DRAIN_S,
+            on_built=on_built,
+        )
+        out.append(ScaleRun(run, built[0] if built else 0.0))
+        print(scale_line(out[-1]), flush=True)
+    print(flatness_line(out), flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="N=100 only, and a shorter 1,000-node speed probe")
@@ -261,7 +368,15 @@ def main() -> None:
         "--drain-s", type=float, default=DRAIN_S, help=f"simulated seconds after the last send (default {DRAIN_S:g})"
     )
     ap.add_argument("--speed-budget-s", type=float, default=300.0, help="wall-clock budget of the N=1000 probe")
+    ap.add_argument("--scale", action="store_true", help="the scaling runs (issue 17) instead of the figures above")
+    ap.add_argument("--scale-sizes", default="100,1000,10000", help="comma-separated N for --scale")
+    ap.add_argument("--scale-messages", type=int, default=50, help="private messages per --scale run")
+    ap.add_argument("--scale-budget-s", type=float, default=900.0, help="wall-clock seconds per --scale run")
     args = ap.parse_args()
+    if args.scale:
+        sizes = [int(x) for x in args.scale_sizes.split(",")]
+        run_scale(sizes, seed=args.seed, messages=args.scale_messages, budget_s=args.scale_budget_s)
+        return
     sizes = [100] if args.quick else [int(x) for x in args.sizes.split(",")]
     losses = [float(x) / 100 for x in args.losses.split(",")]
     speed_budget = min(args.speed_budget_s, 120.0) if args.quick else args.speed_budget_s

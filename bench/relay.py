@@ -6,7 +6,8 @@ A relay's work per packet is decode + dedupe + signature verify (the sender is k
 the TTL rewrite onto its other links. One MeshCore with three links is fed N distinct signed 200-byte public
 messages from a known sender on one link; its relay queue is flushed onto the other two. The baseline is a bare
 pynacl verify of the same N messages' signing preimages. The ratio says how close relaying gets to the cost of
-the one signature check it cannot avoid (goal >= 0.5). Best of R repeats (these machines are noisy).
+the one signature check it cannot avoid (goal >= 0.7). Relaying and the baseline alternate in chunks of CHUNK
+packets and the ratio is over the sums of R repeats, so a machine shared with other work slows both alike.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from node.wire import (
 )
 
 EPOCH_MS = 1_700_000_000_000.0
+CHUNK = 250  # packets relayed, then the same packets verified bare, in turn
+CHUNK_SPACING_S = 1.0  # simulated time between chunks (20 chunks stay well within the 120 s clock window)
 
 
 def _identity(rng: random.Random) -> Identity:
@@ -68,30 +71,34 @@ def run(packets: int, repeat: int) -> list[str]:
     sigs = [f[-64:] for f in frames]
     verify_key = nacl.signing.VerifyKey(sender.signing_public)
 
-    best_relay = best_verify = 0.0
+    # Relaying and the bare verify alternate chunk by chunk, so both see the same machine (other processes on a
+    # shared machine swing the verify rate by 3x within a minute); the ratio is over the sums.
+    relay_s = verify_s = 0.0
     relayed_frames = 0
+    chunks = [range(k, min(k + CHUNK, packets)) for k in range(0, packets, CHUNK)]
     for _ in range(repeat):
         core = fresh_relay()
-        start = time.perf_counter()
-        for f in frames:
-            core.receive_frame("in", f, 0.001)
-            while core.next_event() is not None:
-                pass
-        core.handle_timer(10.0)  # every relay's jitter has passed
-        out = core.frames_to_send()
-        elapsed = time.perf_counter() - start
-        relayed_frames = len(out)
-        assert core.counters.relayed == packets + 1, core.counters  # + the announce
-        best_relay = max(best_relay, packets / elapsed)
+        for c, chunk in enumerate(chunks):
+            now = 0.001 + c * CHUNK_SPACING_S
+            start = time.perf_counter()
+            for k in chunk:
+                core.receive_frame("in", frames[k], now)
+                while core.next_event() is not None:
+                    pass
+            core.handle_timer(now + CHUNK_SPACING_S / 2)  # every relay's jitter has passed
+            relayed_frames += len(core.frames_to_send())
+            relay_s += time.perf_counter() - start
 
-        start = time.perf_counter()
-        for pre, sig in zip(preimages, sigs, strict=True):
-            verify_key.verify(pre, sig)
-        best_verify = max(best_verify, packets / (time.perf_counter() - start))
+            start = time.perf_counter()
+            for k in chunk:
+                verify_key.verify(preimages[k], sigs[k])
+            verify_s += time.perf_counter() - start
+        assert core.counters.relayed == packets + 1, core.counters  # + the announce
+    relay_rate, verify_rate = repeat * packets / relay_s, repeat * packets / verify_s
     return [
-        f"relay.packets_per_s: {best_relay:,.0f} packets/s relayed "
-        f"(ratio vs bare Ed25519 verify {best_relay / best_verify:.2f}; verify {best_verify:,.0f}/s; "
-        f"{relayed_frames / packets:.0f} frames out per packet)"
+        f"relay.packets_per_s: {relay_rate:,.0f} packets/s relayed "
+        f"(ratio vs bare Ed25519 verify {relay_rate / verify_rate:.2f}; verify {verify_rate:,.0f}/s; "
+        f"{relayed_frames / packets / repeat:.0f} frames out per packet; goal >= 0.7)"
     ]
 
 

@@ -6,7 +6,15 @@ Three sources feed it, all from verified announces:
   several links at once (BLE and BetaNet), each with its own cost;
 * **topology** — every announce carries up to 10 of its sender's direct neighbours (BitChat TLV 0x04), so the
   node holds a graph of who hears whom; a shortest path (Dijkstra, our first hop weighted by the link's cost,
-  every further hop 1) gives a v2 **source route** (the intermediate hops);
+  every further hop 1) gives a v2 **source route** (the intermediate hops). An edge counts only when **both**
+  ends name each other, each in its own signed announce: a node naming peers it has no link to (a liar, or a
+  stale list) adds no edge, and one announce names at most ``MAX_NEIGHBOURS`` (more are ignored). A peer whose
+  announce never reached us (it cannot confirm or contradict) is reached as a last hop from the cheapest origin
+  naming it, never through it. A peer whose announces name nobody (a phone that leaves TLV 0x04 out) is still
+  reached as our direct neighbour, or farther away by its reverse path. What a liar keeps: naming a peer the
+  node never heard (a last hop through the liar, if it is the cheapest namer), two colluding liars naming each
+  other (an edge that exists only if they tunnel), its own identities naming each other (routes to them only),
+  and dropping what it relays on a real path, as any relay can (see bench/README.md, "Two-way neighbour claims");
 * **reverse paths** — the first copy of each new announce from a peer arrives over the fastest path, so the
   link it came in on is a good next hop back towards that peer, even when the peer is beyond the topology we
   know (neighbour lists are truncated to 10).
@@ -24,9 +32,12 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from node.wire.payloads import MAX_NEIGHBOURS
+
 RTT_UNIT_S = 0.1  # a link's cost grows by one unit per 100 ms of round-trip time
 MIN_DELIVERY = 0.05  # floor of the delivery estimate, so a very lossy link has a large but finite cost
 MIN_RECOMPUTE_S = 1.0  # topology news waits at most this long before the shortest paths are recomputed
+UNHEARD_HOP_COST = 2.5  # the last hop to a peer we never heard from, on its neighbours' word (see _compute)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +195,7 @@ class PathTable:
         """The first copy of a verified announce from ``origin`` arrived on ``link_id`` after ``hops`` hops."""
         expires = now + self.path_ttl_s
         adj = self._adjacency.get(origin)
-        nset = frozenset(neighbours)
+        nset = frozenset(neighbours[:MAX_NEIGHBOURS])  # BitChat names at most ten; a longer list buys nothing
         if adj is None or adj.neighbours != nset:
             self._stale = True
             self._neighbours_changed(origin, adj.neighbours if adj is not None else frozenset(), nset)
@@ -265,14 +276,28 @@ class PathTable:
         expiries += [exp for links in self._direct.values() for exp in links.values()]
         self._next_expiry = min(expiries, default=float("inf"))
 
-        # Undirected graph: an announce's neighbour list gives edges both ways.
-        graph: dict[bytes, set[bytes]] = {}
-        for origin, adj in self._adjacency.items():
+        # Edges both ends confirm: A-B only when A's announce names B and B's own signed announce names A. One
+        # node's claim is never an edge (a liar naming honest nodes it has no link to would pull routes into
+        # links that do not exist). Each direction is added while visiting its own origin; an edge lasts as long
+        # as both claims.
+        adjacency = self._adjacency
+        graph: dict[bytes, list[tuple[bytes, float]]] = {}
+        for origin, adj in adjacency.items():
+            edges = [
+                (n, min(adj.expires_at, other.expires_at))
+                for n in adj.neighbours
+                if n != origin and (other := adjacency.get(n)) is not None and origin in other.neighbours
+            ]
+            if edges:
+                graph[origin] = edges
+        # A peer whose announce never reached us (many at high loss, at the edge of what we hear) can neither
+        # confirm nor contradict a claim: it is reached as a last hop from the cheapest origin naming it, never
+        # through it, and a claim never displaces a route to a peer we heard.
+        unheard: dict[bytes, list[tuple[bytes, float]]] = {}
+        for origin, adj in adjacency.items():
             for n in adj.neighbours:
-                if n == origin:
-                    continue
-                graph.setdefault(origin, set()).add(n)
-                graph.setdefault(n, set()).add(origin)
+                if n != origin and n != self.local_id and n not in adjacency:
+                    unheard.setdefault(n, []).append((origin, adj.expires_at))
 
         routes: dict[bytes, Route] = {}
         # Dijkstra from us. Entry: (cost, hops, tiebreak, peer, first link, path of peers after us).
@@ -300,9 +325,27 @@ class PathTable:
             )
             if hops >= self.max_hops:
                 continue
-            known = self._adjacency.get(peer)
-            edge_expiry = min(expires, known.expires_at) if known is not None else expires
-            for n in graph.get(peer, ()):
+            for n, edge_expiry in graph.get(peer, ()):
                 if n not in done:
-                    heapq.heappush(heap, (cost + 1.0, hops + 1, n, lid, (*path, n), edge_expiry))
+                    heapq.heappush(heap, (cost + 1.0, hops + 1, n, lid, (*path, n), min(expires, edge_expiry)))
+        for dest, namers in unheard.items():
+            if dest in routes:
+                continue
+            pick: tuple[Route, float, bytes] | None = None
+            for origin, until in namers:
+                r = routes.get(origin)
+                if r is not None and r.hops < self.max_hops and (pick is None or r.cost < pick[0].cost):
+                    pick = (r, until, origin)
+            if pick is not None:
+                via_route, until, origin = pick
+                routes[dest] = Route(
+                    destination=dest,
+                    next_hop=via_route.next_hop,
+                    link_id=via_route.link_id,
+                    hops=via_route.hops + 1,
+                    cost=via_route.cost + UNHEARD_HOP_COST,
+                    expires_at=min(via_route.expires_at, until),
+                    via=(*via_route.via, origin),
+                    source="topology",
+                )
         return routes

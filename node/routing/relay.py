@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from node.wire import MessageType
 
@@ -83,16 +83,16 @@ def with_ttl(frame: bytes, ttl: int) -> bytes:
     return frame[:TTL_OFFSET] + bytes([ttl]) + frame[TTL_OFFSET + 1 :]
 
 
-@dataclass(order=True)
+@dataclass(slots=True)
 class PendingRelay:
     due: float
     seq: int
-    key: str = field(compare=False)
-    frame: bytes = field(compare=False)
-    link_ids: list[str] = field(compare=False)
-    cancelled: bool = field(compare=False, default=False)
-    prunable: bool = field(compare=False, default=False)  # an announce: copies heard strike their senders' neighbours
-    track: bool = field(compare=False, default=False)  # kept until the next hop acknowledges it (hop ARQ)
+    key: str
+    frame: bytes
+    link_ids: list[str]
+    cancelled: bool = False
+    prunable: bool = False  # an announce: copies heard strike their senders' neighbours
+    track: bool = False  # kept until the next hop acknowledges it (hop ARQ)
 
 
 class RelayQueue:
@@ -103,7 +103,8 @@ class RelayQueue:
     def __init__(self, max_entries: int, max_bytes: int) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
-        self._heap: list[PendingRelay] = []
+        # (due, sequence, relay): tuples compare in C, a heap of dataclasses through a generated __lt__
+        self._heap: list[tuple[float, int, PendingRelay]] = []
         self._by_key: dict[str, PendingRelay] = {}
         self._seq = 0
         self._bytes = 0
@@ -123,7 +124,7 @@ class RelayQueue:
             return False
         self._seq += 1
         item = PendingRelay(due, self._seq, key, frame, list(link_ids), prunable=prunable, track=track)
-        heapq.heappush(self._heap, item)
+        heapq.heappush(self._heap, (due, self._seq, item))
         self._by_key[key] = item
         self._bytes += len(frame)
         return True
@@ -152,14 +153,16 @@ class RelayQueue:
         return True
 
     def next_due(self) -> float | None:
-        while self._heap and self._heap[0].cancelled:
-            heapq.heappop(self._heap)
-        return self._heap[0].due if self._heap else None
+        heap = self._heap
+        while heap and heap[0][2].cancelled:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     def pop_due(self, now: float) -> list[PendingRelay]:
         out = []
-        while self._heap and self._heap[0].due <= now:
-            item = heapq.heappop(self._heap)
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            item = heapq.heappop(heap)[2]
             if item.cancelled:
                 continue
             if self._by_key.get(item.key) is item:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections import Counter
 from functools import partial
+from itertools import pairwise
 
 from node.routing.settings import MeshSection
-from node.sim import LinkModel, Simulation, grid
+from node.sim import LinkModel, Simulation, grid, random_geometric
 from node.sim.adversary import KINDS, attach
 from node.wire import MessageType, decode_announce_untrusted
 
@@ -48,3 +49,31 @@ def test_hostile_kinds_attack_and_honest_unicast_still_delivers() -> None:
     ann = decode_announce_untrusted(sim.cores[liar].announce_packet(sim.now).payload)
     real = {sim.peer_ids[j] for j in sim.topology.neighbours()[liar]}
     assert set(ann.neighbours) - real  # lies
+
+
+def test_liars_bend_no_source_route_and_honest_unicast_holds() -> None:
+    """A third of a small lossy mesh names honest nodes it has no link to as neighbours: every route an honest node
+    computes to a peer it heard still runs along links that exist (an edge needs both ends' announces; a peer never
+    heard is only a last hop on its neighbours' word), and every message between honest nodes arrives."""
+    topo = random_geometric(30, seed=4, mean_degree=5.0)
+    sim = Simulation(topo, LinkModel(loss=0.1), MeshSection(), seed=4)
+    liars = list(range(0, 30, 3))
+    attach(sim, liars, seed=4, start_s=0.0, kinds_used=("liar",))
+    sim.run_until(40.0)
+    real = {frozenset((sim.peer_ids[i], sim.peer_ids[j])) for i, j in topo.edges}
+    honest = [i for i in range(30) if i not in liars]
+    routed = 0
+    for i in honest:
+        for dest, route in sim.cores[i].paths.routes(sim.now).items():
+            if sim.cores[i].peers.get(dest) is None:
+                continue  # never heard: a last hop on its neighbours' word (a liar among them may bend it)
+            hops = (sim.peer_ids[i], *route.via, dest)
+            assert all(frozenset(pair) in real for pair in pairwise(hops)), (i, route)
+            routed += bool(route.via)
+    assert routed > 50  # the topology is used, not only direct neighbours
+    pairs = [(a, b) for a, b in zip(honest, reversed(honest), strict=False) if a != b]
+    for k, (a, b) in enumerate(pairs):
+        sim.schedule(40.0 + k, partial(send, sim, a, b))
+    sim.run_until(40.0 + len(pairs) + 120.0)
+    assert [u for u in sim.unicasts if u.delivered_s is None] == []
+    assert len(sim.unicasts) == len(pairs)
