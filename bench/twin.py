@@ -17,6 +17,10 @@ Figures (one line each; the baseline is the prior alone, in the same run):
 * the gated-vs-always-update curve: personal counts learned only from tokens the surprise gate passes, at
   several target fractions; gain = bits saved over the prior alone, compute = time in count updates.
 
+Tuning switches (measured on dev senders only): ``--recency-decay``, ``--no-recency`` (no recency cache tier),
+``--no-bias-always`` (the neural output bias behind the gate too), ``--gate-neural`` (gate on the neural tier's
+own surprisal instead of the mixture's).
+
     python bench/twin.py [--senders report|dev|PREFIXES] [--limit N] [--fractions 0.1 0.2 0.3 0.5]
 """
 
