@@ -17,6 +17,10 @@ Figures (one line each; the baseline is the prior alone, in the same run):
 * the gated-vs-always-update curve: personal counts learned only from tokens the surprise gate passes, at
   several target fractions; gain = bits saved over the prior alone, compute = time in count updates.
 
+Tuning switches (measured on dev senders only): ``--recency-decay``, ``--no-recency`` (no recency cache tier),
+``--no-bias-always`` (the neural output bias behind the gate too), ``--gate-neural`` (gate on the neural tier's
+own surprisal instead of the mixture's).
+
     python bench/twin.py [--senders report|dev|PREFIXES] [--limit N] [--fractions 0.1 0.2 0.3 0.5]
 """
 
@@ -91,7 +95,11 @@ def _learn(lm: TwinLM, text: str, gate: SurpriseGate | None, cfg: Config, r: Res
     the expensive update (neural adaptation, or the counts when ``gate_counts``) on the tokens the gate passes."""
     tokens = message_tokens(text)
     ids = lm.ids(tokens, add=True)
-    bits = [lm.learn_weights(ids[:i], t) for i, t in enumerate(ids)]
+    bits = []
+    for i, t in enumerate(ids):
+        b = lm.learn_weights(ids[:i], t)
+        nb = lm.last_neural_bits
+        bits.append(b if _OPTS.get("gate_score") is None or nb is None else nb)
     t0 = time.perf_counter()
     if cfg.gate_counts:
         mask = [gate.check(b) for b in bits] if gate is not None else [True] * len(ids)
@@ -118,6 +126,7 @@ class Config:
     sampled: bool = True  # neural gate: importance-sampled (the shipped one) or a hard threshold
     topk: bool = True
     extras: bool = False  # keystrokes and latency
+    recency: bool = True  # the recency cache tier (learned always, like the counts)
 
 
 def run_sender(
@@ -130,7 +139,14 @@ def run_sender(
     latency_samples: int = 0,
 ) -> Result:
     nn = NeuralLM(neural_data, prior.p1, prior.unk, prior.bos) if cfg.neural and neural_data else None
-    lm = TwinLM(prior, fixed_lambda=cfg.fixed_lambda, neural=nn)
+    lm = TwinLM(
+        prior,
+        fixed_lambda=cfg.fixed_lambda,
+        neural=nn,
+        recency=cfg.recency and not _OPTS.get("no_recency"),
+        recency_decay=_OPTS.get("recency_decay"),
+        bias_always=not _OPTS.get("no_bias_always"),
+    )
     if _NEURAL_LR:
         lm.neural_lr = _NEURAL_LR[0]
     gate = SurpriseGate(cfg.gate_fraction) if cfg.gate_fraction is not None else None
@@ -177,6 +193,7 @@ def _job(prior_path: Path | None, nn_data: bytes | None, s: twin_data.Sender, c:
 
 _PRIORS: dict[Path | None, GlobalPrior] = {}
 _NEURAL_LR: list[float] = []
+_OPTS: dict[str, float | None] = {}
 
 
 def _packaged_neural() -> bytes | None:
@@ -241,7 +258,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gate", type=float, default=0.3, help="the shipped gate fraction (twin.gate_fraction)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--neural-lr", type=float, default=None, help="override the neural tier's adaptation step")
+    ap.add_argument("--recency-decay", type=float, default=None, help="the recency cache's decay per token")
+    ap.add_argument("--gate-neural", action="store_true", help="gate on the neural tier's own surprisal")
+    ap.add_argument("--no-bias-always", action="store_true", help="neural output bias behind the gate too")
+    ap.add_argument("--no-recency", action="store_true", help="no recency cache tier")
     args = ap.parse_args(argv)
+    _OPTS["recency_decay"] = args.recency_decay
+    _OPTS["no_bias_always"] = 1.0 if args.no_bias_always else None
+    _OPTS["gate_score"] = 1.0 if args.gate_neural else None
+    _OPTS["no_recency"] = 1.0 if args.no_recency else None
     prior = GlobalPrior.load_file(args.prior) if args.prior else GlobalPrior.load_packaged()
     senders = twin_data.load_senders()
     if args.senders == "report":
@@ -265,14 +290,14 @@ def main(argv: list[str] | None = None) -> int:
         _NEURAL_LR.append(args.neural_lr)
     nn_data = args.neural.read_bytes() if args.neural else _packaged_neural()
     configs = [
-        Config("prior", fixed_lambda=0.0),
-        Config("personal", fixed_lambda=1.0),
-        Config("ngram", gate_counts=True, gate_fraction=None, topk=True),
+        Config("prior", fixed_lambda=0.0, recency=False),
+        Config("personal", fixed_lambda=1.0, recency=False),
+        Config("ngram", gate_counts=True, gate_fraction=None, topk=True, recency=False),
     ]
     if nn_data is not None:
         configs += [
             Config("twin", neural=True, gate_fraction=args.gate, extras=True),
-            Config("static", fixed_lambda=0.0, neural=True, gate_fraction=None, topk=False),
+            Config("static", fixed_lambda=0.0, neural=True, gate_fraction=None, topk=False, recency=False),
             Config("neural_frozen", neural=True, gate_fraction=None, topk=False),
             Config("neural_always", neural=True, gate_fraction=1.0, topk=False),
         ]

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from node.twin.cache import RecencyCache
 from node.twin.gate import SurpriseGate
 from node.twin.neural import NeuralLM
 from node.twin.personal import PersonalKN
@@ -33,7 +34,11 @@ MU_INIT = 0.2
 NEURAL_LR = 0.02  # SGD step of the on-device neural adaptation
 LAMBDA_MIN_STEP = 0.002
 MIN_P = 1e-12
+KAPPA_INIT = 0.1
+CACHE_EDGES = (0.05, 1.0, 3.0)  # recency-cache context counts (decayed): < 0.05 | < 1 | < 3 | 3+
+HISTORY = 8  # previous tokens handed to the prior and the neural tier (each uses its own tail of them)
 PREFIX_CANDIDATES = 64  # prior words scored for a typed prefix (the likeliest under the unigram)
+MAX_SEEN = 128  # neural distributions kept per message for the bias step (later tokens skip it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +55,10 @@ class _Mix:
     pn: np.ndarray[Any, Any] | None  # neural tier
     bucket: int
     lam: float
+    pc: np.ndarray[Any, Any] | None = None  # recency cache
+    p_base: np.ndarray[Any, Any] | None = None  # everything but the cache
+    cache_bucket: int = 0
+    kappa: float = 0.0
 
 
 def _bucket(c3: int, c2: int) -> int:
@@ -62,6 +71,11 @@ def _bucket(c3: int, c2: int) -> int:
 
 
 N_BUCKETS = len(BUCKET_EDGES) + 1
+N_CACHE_BUCKETS = len(CACHE_EDGES) + 1
+
+
+def _cache_bucket(c: float) -> int:
+    return bisect.bisect_right(CACHE_EDGES, c)
 
 
 class TwinLM:
@@ -73,6 +87,9 @@ class TwinLM:
         fixed_lambda: float | None = None,
         neural: NeuralLM | None = None,
         neural_lr: float = NEURAL_LR,
+        recency: bool = True,
+        recency_decay: float | None = None,
+        bias_always: bool = True,
     ) -> None:
         self.prior = prior
         self.neural = neural
@@ -86,6 +103,18 @@ class TwinLM:
         self.personal = PersonalKN(prior.bos)
         self.lam = [LAMBDA_INIT] * N_BUCKETS
         self.lam_n = [0] * N_BUCKETS
+        self.recency = (
+            None
+            if not recency
+            else RecencyCache(prior.bos)
+            if recency_decay is None
+            else RecencyCache(prior.bos, decay=recency_decay)
+        )
+        self.kappa = [KAPPA_INIT] * N_CACHE_BUCKETS
+        self.kappa_n = [0] * N_CACHE_BUCKETS
+        self.bias_always = bias_always
+        self._seen: list[tuple[np.ndarray[Any, Any], int]] = []  # this message's neural distributions
+        self.last_neural_bits: float | None = None  # the neural tier's surprisal of the last learned token
         self.messages = 0
         order = sorted(range(3, prior.v), key=prior.vocab.__getitem__)
         self._sorted_words = [prior.vocab[i] for i in order]
@@ -118,7 +147,7 @@ class TwinLM:
 
     # ------------------------------------------------------------ probabilities
     def _history(self, history: Sequence[int]) -> tuple[int, int, list[int]]:
-        h = [self.prior.bos, self.prior.bos, *history[-3:]]
+        h = [self.prior.bos, self.prior.bos, *history[-HISTORY:]]
         prior_h = [t if t < self.prior.v else self.prior.unk for t in h]
         return h[-2], h[-1], prior_h
 
@@ -132,11 +161,18 @@ class TwinLM:
         b = _bucket(*self.personal.context_count(u, v))
         lam = self.lam[b] if self.fixed_lambda is None else self.fixed_lambda
         p_ngram = lam * pp + (1 - lam) * pg
-        if self.neural is None:
-            return _Mix(p_ngram, p_ngram, pp, None, b, lam)
-        pn = self.neural.probs(prior_h, pc)
-        pn = np.where(known, pn, pn / UNK_TYPES)
-        return _Mix(self.mu * pn + (1 - self.mu) * p_ngram, p_ngram, pp, pn, b, lam)
+        pn = None
+        p_base = p_ngram
+        if self.neural is not None:
+            pn = self.neural.probs(prior_h, pc)
+            pn = np.where(known, pn, pn / UNK_TYPES)
+            p_base = self.mu * pn + (1 - self.mu) * p_ngram
+        if self.recency is None:
+            return _Mix(p_base, p_ngram, pp, pn, b, lam)
+        pr = np.asarray(self.recency.probs(v, cand.tolist()), dtype=np.float64)
+        cb = _cache_bucket(self.recency.context_count(v))
+        kappa = self.kappa[cb]
+        return _Mix(kappa * pr + (1 - kappa) * p_base, p_ngram, pp, pn, b, lam, pr, p_base, cb, kappa)
 
     def prob(self, history: Sequence[int], token_id: int) -> float:
         m = self._mix(history, np.asarray([token_id], dtype=np.int64))
@@ -149,6 +185,8 @@ class TwinLM:
         u, v, prior_h = self._history(history)
         g = self.prior.candidates(prior_h)
         pers = self.personal.candidates(u, v)
+        if self.recency is not None:
+            pers = pers + self.recency.candidates(v)
         cand = np.unique(np.concatenate([g, np.asarray(pers, dtype=np.int64)])) if pers else g
         out: np.ndarray[Any, Any] = cand[(cand != self.prior.bos) & (cand != self.prior.unk)]
         return out
@@ -179,8 +217,22 @@ class TwinLM:
         """Update the mixture weights from one observed token (online EM); returns its surprisal in bits."""
         m = self._mix(history, np.asarray([token_id], dtype=np.int64))
         pm = max(float(m.p[0]), MIN_P)
+        self.last_neural_bits = -math.log2(max(float(m.pn[0]), MIN_P)) if m.pn is not None else None
+        if not history:
+            self._seen.clear()
+        nn = self.neural
+        if self.bias_always and nn is not None and nn.last_p is not None and len(self._seen) < MAX_SEEN:
+            self._seen.append((nn.last_p, token_id if token_id < self.prior.v else self.prior.unk))
+        pbase = pm
+        if m.pc is not None and m.p_base is not None:
+            pbase = max(float(m.p_base[0]), MIN_P)
+            rc = m.kappa * float(m.pc[0]) / pm
+            cb = m.cache_bucket
+            self.kappa_n[cb] += 1
+            step_c = max(1.0 / (self.kappa_n[cb] + 20), LAMBDA_MIN_STEP)
+            self.kappa[cb] = min(0.9, max(0.01, self.kappa[cb] + step_c * (rc - self.kappa[cb])))
         if m.pn is not None:
-            rn = self.mu * float(m.pn[0]) / pm
+            rn = self.mu * float(m.pn[0]) / pbase
             self.mu_n += 1
             step_n = max(1.0 / (self.mu_n + 20), LAMBDA_MIN_STEP)
             self.mu = min(0.9, max(0.02, self.mu + step_n * (rn - self.mu)))
@@ -194,6 +246,8 @@ class TwinLM:
 
     def learn_counts(self, ids: Sequence[int]) -> None:
         self.personal.add_message(ids)
+        if self.recency is not None:
+            self.recency.add_message(ids)
         self.messages += 1
 
     def observe(
@@ -228,12 +282,16 @@ class TwinLM:
         is scaled by it); returns how many steps ran."""
         if self.neural is None:
             return 0
+        bias = not self.bias_always
+        if self.bias_always:
+            self.neural.adapt_bias(self._seen, self.neural_lr)
+            self._seen.clear()
         n = 0
         for i, wgt in enumerate(weights):
             if wgt > 0:
                 _, _, prior_h = self._history(ids[:i])
                 t = ids[i] if ids[i] < self.prior.v else self.prior.unk
-                self.neural.adapt(prior_h, t, self.neural_lr * wgt)
+                self.neural.adapt(prior_h, t, self.neural_lr * wgt, bias=bias)
                 n += 1
         return n
 
@@ -244,6 +302,8 @@ class TwinLM:
         for i, on in enumerate(mask):
             if on:
                 self.personal.add(h[i], h[i + 1], h[i + 2])
+                if self.recency is not None:
+                    self.recency.add(h[i + 1], h[i + 2])
                 n += 1
         self.personal.tick(n)
         self.messages += 1

@@ -1,6 +1,7 @@
 """The neural tier: a small feed-forward neural LM (Bengio et al. 2003, tied embeddings), int8 on disk.
 
-``h = tanh([E[w-3]; E[w-2]; E[w-1]] W + b)``, ``p(w | h) = softmax(h E^T + c)`` over the prior's
+``h = tanh([E[w-n]; ...; E[w-1]] W + b)`` (``n`` previous tokens, stored in the file),
+``p(w | h) = softmax(h E^T + c)`` over the prior's
 :data:`~node.twin.prior` ids below ``V_n`` (the most frequent tokens); rarer tokens share the ``<unk>`` class and
 get ``p(<unk>) * p1(w) / Z`` (their share of the prior's unigram mass outside the neural vocabulary).
 
@@ -11,7 +12,8 @@ matmul; the int8 file is what keeps the package and memory-mapped size small).
 
 On-device adaptation (:meth:`NeuralLM.adapt`) is one SGD step on ``c``, ``W`` and ``b`` (not the embeddings,
 which stay global) against ``-log p(target)``; the adapted tensors are the user's state. It is the expensive
-update the surprise gate protects.
+update the surprise gate protects. The output bias alone can also learn from every token cheaply
+(:meth:`NeuralLM.adapt_bias`: the prediction already computed ``p``, so its step is one vector add).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from node.twin.errors import PriorMissing, TwinStoreError
 MAGIC = b"AVTN"
 FORMAT_VERSION = 1
 NEURAL_FILE = "neural.bin"
-CONTEXT = 3
+CONTEXT = 3  # previous tokens seen by a model file without a "context" entry
+MAX_CONTEXT = 8
 MAX_RAW_BYTES = 64 << 20
 
 F32 = np.ndarray[Any, np.dtype[np.float32]]
@@ -67,7 +70,11 @@ class NeuralLM:
         except (KeyError, ValueError) as exc:
             raise TwinStoreError(f"corrupt neural model: {exc}") from exc
         self.vn, self.d = self.e.shape
-        if self.w0.shape != (CONTEXT * self.d, self.d) or self.b0.shape != (self.d,) or self.c0.shape != (self.vn,):
+        ctx = meta.get("context", CONTEXT)
+        if isinstance(ctx, bool) or not isinstance(ctx, int) or not 1 <= ctx <= MAX_CONTEXT:
+            raise TwinStoreError("neural model: bad context length")
+        self.context = ctx
+        if self.w0.shape != (ctx * self.d, self.d) or self.b0.shape != (self.d,) or self.c0.shape != (self.vn,):
             raise TwinStoreError("neural model shapes disagree")
         self.unk, self.bos = unk, bos
         p1 = np.asarray(prior_p1, dtype=np.float64)
@@ -83,6 +90,7 @@ class NeuralLM:
         self.b = self.b0.copy()
         self.c = self.c0.copy()
         self.updates = 0
+        self.last_p: F32 | None = None  # the distribution of the last forward pass
 
     @classmethod
     def load_packaged(cls, prior_p1: np.ndarray[Any, Any], unk: int, bos: int) -> NeuralLM:
@@ -97,8 +105,9 @@ class NeuralLM:
         return cls(path.read_bytes(), prior_p1, unk, bos)
 
     def _x(self, history: Sequence[int]) -> F32:
-        h = [self.bos] * CONTEXT + [t if t < self.vn else self.unk for t in history[-CONTEXT:]]
-        return self.e[h[-CONTEXT:]].reshape(-1)
+        n = self.context
+        h = [self.bos] * n + [t if t < self.vn else self.unk for t in history[-n:]]
+        return self.e[h[-n:]].reshape(-1)
 
     def _forward(self, history: Sequence[int]) -> tuple[F32, F32, F32]:
         x = self._x(history)
@@ -108,6 +117,7 @@ class NeuralLM:
         z = z - z.max()
         p = np.exp(z)
         p /= p.sum()
+        self.last_p = p
         return x, h, p
 
     def probs(self, history: Sequence[int], cand: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -118,8 +128,18 @@ class NeuralLM:
         share = self.rare_share[np.minimum(cand, len(self.rare_share) - 1)]
         return np.where(inside, pc, pc * share)
 
-    def adapt(self, history: Sequence[int], target: int, lr: float) -> float:
-        """One SGD step on (c, W, b) towards ``target``; returns the surprisal (bits) before the step."""
+    def adapt_bias(self, seen: Sequence[tuple[F32, int]], lr: float) -> None:
+        """The cheap update: one SGD step on the output bias ``c`` alone per (distribution, target) pair, from
+        the distributions the predictions already computed (no forward pass; a vector add per token)."""
+        g = np.zeros_like(self.c)
+        for p, target in seen:
+            g += p
+            g[target if target < self.vn else self.unk] -= 1.0
+        self.c -= lr * g
+
+    def adapt(self, history: Sequence[int], target: int, lr: float, *, bias: bool = True) -> float:
+        """One SGD step on (c, W, b) towards ``target`` (W and b only when not ``bias``); returns the
+        surprisal (bits) before the step."""
         x, h, p = self._forward(history)
         t = target if target < self.vn else self.unk
         bits = -math.log2(max(float(p[t]), 1e-12))
@@ -127,7 +147,8 @@ class NeuralLM:
         dz[t] -= 1.0
         dh = dz @ self.e
         da = dh * (1.0 - h * h)
-        self.c -= lr * dz
+        if bias:
+            self.c -= lr * dz
         self.w -= lr * np.outer(x, da)
         self.b -= lr * da
         self.updates += 1

@@ -1,10 +1,10 @@
 """The twin's state on disk: one versioned file in the data dir, written 0600 and atomically, bounded in bytes.
 
 ``twin/state.bin`` holds the language model's learned part (personal trigram counts, the user's own words,
-the mixture weights) and the next-action head; the shipped prior is not copied. Writing goes to a temporary
-file (0600 from creation) then ``os.replace``. A state over ``max_bytes`` is shrunk before writing by dropping
-the personal trigrams seen once, then twice, ... (the counts that matter least), so the file never exceeds its
-bound. :func:`forget` deletes every file the twin wrote.
+the mixture weights, the recency cache) and the next-action head; the shipped prior is not copied. Writing goes
+to a temporary file (0600 from creation) then ``os.replace``. A state over ``max_bytes`` is shrunk before
+writing by dropping the recency cache, then the personal trigrams seen once, then twice, ... (the counts that
+matter least), so the file never exceeds its bound. :func:`forget` deletes every file the twin wrote.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 
 from node.twin import blob
 from node.twin.errors import TwinStoreError
-from node.twin.model import N_BUCKETS, TwinLM
+from node.twin.model import N_BUCKETS, N_CACHE_BUCKETS, TwinLM
 from node.twin.personal import PersonalKN
 
 MAGIC = b"AVTS"
@@ -49,6 +49,11 @@ def encode(
     arrays["words"] = np.frombuffer("\n".join(lm.words).encode("utf-8"), dtype=np.uint8)
     arrays["lam"] = np.asarray(lm.lam, dtype=np.float64)
     arrays["lam_n"] = np.asarray(lm.lam_n, dtype=np.int64)
+    if lm.recency is not None:
+        arrays["kappa"] = np.asarray(lm.kappa, dtype=np.float64)
+        arrays["kappa_n"] = np.asarray(lm.kappa_n, dtype=np.int64)
+        if min_count == 1:  # a state over its bound drops the cache first (it refills within a few messages)
+            arrays.update(lm.recency.to_arrays())
     for name, arr in (extra or {}).items():
         arrays[f"x_{name}"] = arr
     m = {"prior": prior_id(lm), "messages": lm.messages, "min_count": min_count, **(meta or {})}
@@ -126,6 +131,14 @@ def decode_into(lm: TwinLM, data: bytes, max_bytes: int) -> tuple[dict[str, np.n
     lm.lam = [min(0.98, max(0.02, float(x))) for x in lam]
     lm.lam_n = [min(MAX_META_INT, max(0, int(x))) for x in lam_n]
     lm.messages = messages
+    if lm.recency is not None and "kappa" in arrays:
+        kappa = finite_array(arrays, "kappa").reshape(-1).tolist()
+        kappa_n = int_array(arrays, "kappa_n").reshape(-1).tolist()
+        if len(kappa) != N_CACHE_BUCKETS or len(kappa_n) != N_CACHE_BUCKETS:
+            raise TwinStoreError("twin state: recency weights out of bounds")
+        lm.kappa = [min(0.9, max(0.01, float(x))) for x in kappa]
+        lm.kappa_n = [min(MAX_META_INT, max(0, int(x))) for x in kappa_n]
+        lm.recency.load_arrays(arrays, top)
     extra = {k[2:]: v for k, v in arrays.items() if k.startswith("x_")}
     return extra, meta
 

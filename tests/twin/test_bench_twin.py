@@ -29,7 +29,7 @@ def test_run_sender_measures_a_tiny_user() -> None:
         ks_words=20,
         latency_samples=5,
     )
-    base = twin.run_sender(prior, nn, sender, twin.Config("prior", fixed_lambda=0.0))
+    base = twin.run_sender(prior, nn, sender, twin.Config("prior", fixed_lambda=0.0, recency=False))
     assert r.tokens == base.tokens > 0
     assert r.top1 > base.top1 and r.bits < base.bits  # the user's repeated phrase is learned
     assert r.ks_full > r.ks_typed > 0 and len(r.latencies) == 5 and r.size_bytes > 0
