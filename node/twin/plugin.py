@@ -26,10 +26,12 @@ def _services(cfg: Config) -> Sequence[Service]:
 
 
 def _rpc(node: Node, reg: Registry) -> None:
+    svc = node.service("twin")
+    if svc is None:
+        return  # twin.enabled = false: its modules (numpy) are never imported
     from node.twin import rpc
     from node.twin.service import TwinService
 
-    svc = node.service("twin")
     if not isinstance(svc, TwinService):
         return
     rpc.observe_socket_calls(reg, svc)  # calls on the control socket only: the user's, never MCP clients'

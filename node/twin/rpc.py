@@ -18,11 +18,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from node.control.rpc import APP_ERROR, NoParams, Notify, Registry, RpcError, param
 from node.twin.errors import TwinError
-from node.twin.service import TwinService
+
+if TYPE_CHECKING:  # the service (numpy) loads only when the twin runs
+    from node.twin.service import TwinService
 
 MAX_OBSERVE_CHARS = 4000
 NOT_OBSERVED = ("rpc.methods",)  # introspection is not the user's activity
