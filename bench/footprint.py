@@ -75,6 +75,40 @@ def import_rss_kib(statement: str) -> int | None:
     return int(r.stdout.split()[-1]) if r.returncode == 0 else None
 
 
+EMBED = """
+import sys, time
+import onnxruntime as ort
+from bench.footprint import vm_rss_kib
+from bench.scifact_data import load
+from node.rag.embed import Embedder, EmbedderSettings
+if sys.argv[1] == "optimised":  # onnxruntime's default graph optimisation, the baseline
+    class Options(ort.SessionOptions):
+        def __setattr__(self, name, value):
+            if name != "graph_optimization_level":
+                super().__setattr__(name, value)
+    ort.SessionOptions = Options
+texts = [t[:1000] for t in list(load().docs.values())[: int(sys.argv[2])]]
+e = Embedder(EmbedderSettings(intra_op_threads=2, batch_size=8))
+e.load()
+loaded = vm_rss_kib()
+t0 = time.perf_counter()
+e.embed(texts)
+dt = time.perf_counter() - t0
+hwm = [int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM:")][0]
+print(loaded, hwm, len(texts) / dt)
+"""
+
+
+def embedder_figures(mode: str, texts: int) -> tuple[int, int, float]:
+    """The knowledge base's embedder in a child: RSS once loaded, peak RSS (KiB) and texts/s over SciFact texts."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'bench'}"}
+    r = subprocess.run([sys.executable, "-c", EMBED, mode, str(texts)], env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"the embedder figure needs SciFact ($VILLAGE_SHARED_DIR/data/scifact):\n{r.stderr}")
+    loaded, hwm, rate = r.stdout.split()
+    return int(loaded), int(hwm), float(rate)
+
+
 def idle_node(extra_config: str, settle_s: float) -> tuple[int, set[str]]:
     """A real `village run`: its VmRSS (KiB) once ready and settled, and the modules it had imported."""
     tmp = Path(tempfile.mkdtemp(prefix="vfoot-", dir="/tmp"))
@@ -107,6 +141,7 @@ def idle_node(extra_config: str, settle_s: float) -> tuple[int, set[str]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--settle-s", type=float, default=3.0, help="idle seconds before reading RSS (default 3)")
+    ap.add_argument("--embed-texts", type=int, default=120, help="SciFact texts for the embedder figure (0: skip)")
     args = ap.parse_args()
     floor = import_rss_kib("pass")
     print(f"floor: python + import trio                         {_mb(floor or 0):6.1f} MB")
@@ -114,6 +149,15 @@ def main() -> None:
         rss, mods = idle_node(plugins, args.settle_s)
         heavy = ", ".join(m for m in HEAVY if m in mods) or "none"
         print(f"idle village run, BetaNet on, {label:16s}     {_mb(rss):6.1f} MB (goal <= 90; heavy libs: {heavy})")
+    if args.embed_texts:
+        runs = [(embedder_figures("ours", n), embedder_figures("optimised", n)) for n in [args.embed_texts] * 2]
+        ours = (runs[0][0][0], runs[0][0][1], max(r[0][2] for r in runs))  # alternated; best rate of each
+        base = (runs[0][1][0], runs[0][1][1], max(r[1][2] for r in runs))
+        print(
+            f"RAG embedder, {args.embed_texts} SciFact texts, batch 8: loaded {_mb(ours[0]):.0f} MB (graph-optimised "
+            f"{_mb(base[0]):.0f}), peak {_mb(ours[1]):.0f} MB (graph-optimised {_mb(base[1]):.0f}), speed "
+            f"{ours[2]:.1f} texts/s = {ours[2] / base[2]:.2f}x graph-optimised"
+        )
     for label, statement in SUBSYSTEMS.items():
         kib = import_rss_kib(statement)
         figure = "not installed" if kib is None or floor is None else f"+{_mb(kib - floor):5.1f} MB"
