@@ -17,9 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from node.errors import NodeError
+from node.sqlitedb import Database
 
 SCHEMA_VERSION = 1
 PRUNE_EVERY = 100  # inserts between prune passes
@@ -51,7 +50,7 @@ class Inbox:
     def __init__(self, path: Path | None, *, max_messages: int) -> None:
         """``path`` None keeps the inbox in memory (simulations)."""
         conn = sqlite3.connect(str(path) if path else ":memory:", isolation_level=None)
-        self.db = sqlite_utils.Database(conn)
+        self.db = Database(conn)
         if path is not None:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")  # a committed row survives a power cut

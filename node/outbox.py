@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from node.errors import NodeError
+from node.sqlitedb import Database
 
 STATES = ("pending", "delivered", "failed")
 FINISHED_KEPT = 1000  # delivered/failed rows kept for `village message` / `village outbox`; older ones go
@@ -59,7 +58,7 @@ class Outbox:
     def __init__(self, path: Path | None) -> None:
         """``path`` None keeps the outbox in memory (simulations and tests of other parts)."""
         conn = sqlite3.connect(str(path) if path else ":memory:", isolation_level=None, check_same_thread=False)
-        self.db = sqlite_utils.Database(conn)
+        self.db = Database(conn)
         self._lock = threading.Lock()
         if path is not None:
             self.db.execute("PRAGMA journal_mode=WAL")

@@ -14,6 +14,7 @@ from node.control.rpc import NoParams, param
 from node.plugin import Plugin, Service
 
 if TYPE_CHECKING:
+    from node.agents.service import AgentsService
     from node.cli_support import CliRegistry
     from node.control.rpc import Notify, Registry
     from node.node import Node
@@ -53,12 +54,15 @@ class FeedbackParams:
 
 def _rpc(node: Node, reg: Registry) -> None:
     from node.agents.errors import AgentError
-    from node.agents.service import AgentsService
     from node.agents.vote import add_rpc as add_vote_rpc
     from node.control.rpc import APP_ERROR, RpcError
 
     def service() -> AgentsService:
         s = node.service("agents")
+        if s is None:  # agents.enabled = false: the service's modules (numpy, the LLM) are never imported
+            raise RpcError(APP_ERROR, "the agents are disabled on this node ([agents] enabled = false)")
+        from node.agents.service import AgentsService
+
         if not isinstance(s, AgentsService):
             raise RpcError(APP_ERROR, "the agents are disabled on this node ([agents] enabled = false)")
         return s

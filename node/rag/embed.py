@@ -101,6 +101,9 @@ class Embedder:
             opts.intra_op_num_threads = self.settings.intra_op_threads
             opts.inter_op_num_threads = 1
             opts.log_severity_level = 3
+            # No graph optimisation: on this int8 model it changes no output (max |diff| 1.5e-7) and no speed, but
+            # the optimised graph holds ~120 MB more at load and ~140 MB more at peak (bench/footprint.py).
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
             self._tokenizer = tok
             self._session = session

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from node.control.rpc import APP_ERROR, NoParams, Notify, Registry, RpcError, param
 from node.rag import federated
-from node.rag.service import RagService
+
+if TYPE_CHECKING:  # the service (onnxruntime, hnswlib) loads only when the knowledge base runs
+    from node.rag.service import RagService
 
 PROGRESS_NOTIFICATION = "rag.progress"
 

@@ -34,9 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from node.rag.errors import DocumentNotFound, RagStoreError
+from node.sqlitedb import Database
 
 SCHEMA_VERSION = 2
 INDEX_STALE_KEY = "index_stale"  # rag_meta: "1" when the hnswlib file cannot be trusted by id (rebuild it)
@@ -233,7 +232,7 @@ class Store:
         except sqlite3.Error as exc:
             raise RagStoreError(f"cannot open the rag store {path}: {exc}") from exc
         self.conn = conn
-        self.db = sqlite_utils.Database(conn)
+        self.db = Database(conn)
         self.path = path
 
     def close(self) -> None:

@@ -28,10 +28,13 @@ def _services(cfg: Config) -> Sequence[Service]:
 
 def _rpc(node: Node, reg: Registry) -> None:
     from node.twin import rpc
-    from node.twin.service import TwinService
 
     rpc.register_ask(reg, node)  # the entry point: with the twin off, the request goes on without personal context
     svc = node.service("twin")
+    if svc is None:
+        return  # twin.enabled = false: its modules (numpy) are never imported
+    from node.twin.service import TwinService
+
     if not isinstance(svc, TwinService):
         return
     rpc.observe_socket_calls(reg, svc, node)  # calls on the control socket only: the user's, never MCP clients'

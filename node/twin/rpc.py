@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 from node.control.rpc import APP_ERROR, NoParams, Notify, Registry, RpcError, param
 from node.errors import MeshError, NodeError
 from node.twin.errors import TwinError
-from node.twin.service import TwinService
+
+if TYPE_CHECKING:  # the service (numpy) loads only when the twin runs
+    from node.twin.service import TwinService
 
 if TYPE_CHECKING:
     from node.node import Node

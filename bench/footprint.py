@@ -1,0 +1,168 @@
+"""What a node costs in memory: idle RSS of a real `village run`, and what each subsystem adds on import.
+
+    python bench/footprint.py [--settle-s S]
+
+Every figure is measured in a fresh child process, so one measurement never pays for another's imports:
+
+* **idle node**: a real `village run` on loopback with BetaNet on (TCP + QUIC listeners), started and ready
+  (READY=1), left alone ``--settle-s`` seconds, then its resident set (``VmRSS``) read from ``/proc``; once with the
+  default plugins (knowledge base, twin, agents, MCP, metrics) and once with BetaNet alone (the optional plugins
+  off). The daemon stops on SIGTERM and writes the modules it had imported; the script says which heavy libraries
+  were loaded.
+* **import cost**: ``VmRSS`` after importing one subsystem's libraries, minus the floor (``import trio``, which
+  every node pays). The libraries are those the subsystem uses when it runs: py-libp2p (the whole package, as
+  ``import libp2p`` loads it), QUIC (aioquic), DHT (py-libp2p's Kademlia), relay (circuit v2), mDNS (zeroconf), the
+  RAG model (onnxruntime + tokenizers), hnswlib + numpy, the anchor's servers (hypercorn, psycopg, redis) and the
+  LLM (llama_cpp).
+
+One line per figure, in MB (10^6 bytes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LISTEN = '[betanet]\nlisten = ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"]\nmdns = false\n'
+PLUGINS_OFF = "[rag]\nenabled = false\n[twin]\nenabled = false\n[agents]\nenabled = false\n[mcp]\nenabled = false\n"
+# Runs `village run` in this process and writes the imported modules' names when the daemon exits.
+RUN_AND_LIST = (
+    "import atexit, sys\n"
+    "atexit.register(lambda: open(sys.argv[1], 'w').write('\\n'.join(sorted(sys.modules))))\n"
+    "from node.cli import main\n"
+    "sys.exit(main(['run']))\n"
+)
+HEAVY = ("onnxruntime", "hnswlib", "numpy", "llama_cpp", "tokenizers", "zeroconf", "aioquic", "hypercorn", "psycopg")
+SUBSYSTEMS: dict[str, str] = {
+    "py-libp2p (import libp2p)": "import libp2p",
+    "BetaNet transport (node.transports.betanet)": "import node.transports.betanet.transport",
+    "QUIC (aioquic)": "import aioquic.quic.connection, aioquic.tls",
+    "DHT (libp2p.kad_dht)": "import libp2p.kad_dht.kad_dht",
+    "relay (libp2p.relay.circuit_v2)": "import libp2p.relay.circuit_v2.transport",
+    "mDNS (zeroconf)": "import zeroconf",
+    "cryptography (Ed25519/X25519)": "import cryptography.hazmat.primitives.asymmetric.ed25519",
+    "RAG model (onnxruntime + tokenizers)": "import onnxruntime, tokenizers",
+    "hnswlib + numpy": "import hnswlib, numpy",
+    "anchor servers (hypercorn, psycopg, redis)": "import hypercorn.trio, psycopg, redis.asyncio",
+    "LLM (llama_cpp)": "import llama_cpp",
+}
+
+
+def _mb(kib: int) -> float:
+    return kib * 1024 / 1e6
+
+
+def vm_rss_kib(pid: int | str = "self") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc")
+
+
+def import_rss_kib(statement: str) -> int | None:
+    """VmRSS (KiB) of a fresh interpreter after ``import trio`` and ``statement``; None if an import fails."""
+    code = f"import trio\n{statement}\nimport bench.footprint as f\nprint(f.vm_rss_kib())"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    return int(r.stdout.split()[-1]) if r.returncode == 0 else None
+
+
+EMBED = """
+import sys, time
+import onnxruntime as ort
+from bench.footprint import vm_rss_kib
+from bench.scifact_data import load
+from node.rag.embed import Embedder, EmbedderSettings
+if sys.argv[1] == "optimised":  # onnxruntime's default graph optimisation, the baseline
+    class Options(ort.SessionOptions):
+        def __setattr__(self, name, value):
+            if name != "graph_optimization_level":
+                super().__setattr__(name, value)
+    ort.SessionOptions = Options
+texts = [t[:1000] for t in list(load().docs.values())[: int(sys.argv[2])]]
+e = Embedder(EmbedderSettings(intra_op_threads=2, batch_size=8))
+e.load()
+loaded = vm_rss_kib()
+t0 = time.perf_counter()
+e.embed(texts)
+dt = time.perf_counter() - t0
+hwm = [int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM:")][0]
+print(loaded, hwm, len(texts) / dt)
+"""
+
+
+def embedder_figures(mode: str, texts: int) -> tuple[int, int, float]:
+    """The knowledge base's embedder in a child: RSS once loaded, peak RSS (KiB) and texts/s over SciFact texts."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'bench'}"}
+    r = subprocess.run([sys.executable, "-c", EMBED, mode, str(texts)], env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"the embedder figure needs SciFact ($VILLAGE_SHARED_DIR/data/scifact):\n{r.stderr}")
+    loaded, hwm, rate = r.stdout.split()
+    return int(loaded), int(hwm), float(rate)
+
+
+def idle_node(extra_config: str, settle_s: float) -> tuple[int, set[str]]:
+    """A real `village run`: its VmRSS (KiB) once ready and settled, and the modules it had imported."""
+    tmp = Path(tempfile.mkdtemp(prefix="vfoot-", dir="/tmp"))
+    data = tmp / "data"
+    data.mkdir(mode=0o700)
+    (data / "config.toml").write_text(LISTEN + extra_config)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "VILLAGE_DATA_DIR": str(data)}
+    subprocess.run([sys.executable, "-m", "node.cli", "init"], env=env, stdout=subprocess.DEVNULL, check=True)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp / "notify.sock"))
+    notify.settimeout(120)
+    mods = tmp / "modules.txt"
+    cmd = [sys.executable, "-c", RUN_AND_LIST, str(mods)]
+    proc = subprocess.Popen(cmd, env={**env, "NOTIFY_SOCKET": str(tmp / "notify.sock")}, stderr=subprocess.DEVNULL)
+    try:
+        if notify.recv(64) != b"READY=1":
+            raise SystemExit("the daemon did not report READY=1")
+        time.sleep(settle_s)  # a benchmark's idle period, not a wait for an event
+        rss = vm_rss_kib(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        return rss, set(mods.read_text().split())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        notify.close()
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--settle-s", type=float, default=3.0, help="idle seconds before reading RSS (default 3)")
+    ap.add_argument("--embed-texts", type=int, default=120, help="SciFact texts for the embedder figure (0: skip)")
+    args = ap.parse_args()
+    floor = import_rss_kib("pass")
+    print(f"floor: python + import trio                         {_mb(floor or 0):6.1f} MB")
+    for label, plugins in (("default plugins", ""), ("BetaNet only", PLUGINS_OFF)):
+        rss, mods = idle_node(plugins, args.settle_s)
+        heavy = ", ".join(m for m in HEAVY if m in mods) or "none"
+        print(f"idle village run, BetaNet on, {label:16s}     {_mb(rss):6.1f} MB (goal <= 90; heavy libs: {heavy})")
+    if args.embed_texts:
+        runs = [(embedder_figures("ours", n), embedder_figures("optimised", n)) for n in [args.embed_texts] * 2]
+        ours = (runs[0][0][0], runs[0][0][1], max(r[0][2] for r in runs))  # alternated; best rate of each
+        base = (runs[0][1][0], runs[0][1][1], max(r[1][2] for r in runs))
+        print(
+            f"RAG embedder, {args.embed_texts} SciFact texts, batch 8: loaded {_mb(ours[0]):.0f} MB (graph-optimised "
+            f"{_mb(base[0]):.0f}), peak {_mb(ours[1]):.0f} MB (graph-optimised {_mb(base[1]):.0f}), speed "
+            f"{ours[2]:.1f} texts/s = {ours[2] / base[2]:.2f}x graph-optimised"
+        )
+    for label, statement in SUBSYSTEMS.items():
+        kib = import_rss_kib(statement)
+        figure = "not installed" if kib is None or floor is None else f"+{_mb(kib - floor):5.1f} MB"
+        print(f"import cost over the floor: {label:44s} {figure}")
+
+
+if __name__ == "__main__":
+    main()
