@@ -26,8 +26,10 @@ from node.agents.workers import ALL_HANDLERS
 
 MAX_REQUEST_CHARS = 4000
 MAX_STEPS = 8  # per request
-_SEQ = re.compile(r"\s*(?:,?\s+and then\s+|,?\s+then\s+|\.\s+then\s+)", re.IGNORECASE)
-_PAR = re.compile(r"\s*(?:;\s*|\s+and also\s+)", re.IGNORECASE)
+# Request text is untrusted: a whitespace run is matched only from its start ((?<!\s)), never from each of its
+# positions, and no pattern puts \s* next to \s+ (that pair backtracks cubically on a long run of spaces).
+_SEQ = re.compile(r"(?:,?(?<!\s)\s+and then\s+|,?(?<!\s)\s+then\s+|\.\s+then\s+)", re.IGNORECASE)
+_PAR = re.compile(r"(?:;\s*|(?<!\s)\s+and also\s+)", re.IGNORECASE)
 
 
 def plan(request: str) -> list[list[str]]:
