@@ -87,7 +87,7 @@ class King:
         if not request or len(request) > MAX_REQUEST_CHARS:
             raise AgentError(f"a request is 1 to {MAX_REQUEST_CHARS} characters")
         rid = secrets.token_hex(8)
-        trace = Trace(rid, request, int(self.wall_ms()))
+        trace = Trace(rid, request, int(self.wall_ms()), caller=remote_caller or "")
         if remote_caller is not None:
             trace.step("King", "remote", detail=f"asked by peer {remote_caller} for {agent}")
         stages = [[request]] if agent else plan(request)
