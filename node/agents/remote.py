@@ -45,6 +45,7 @@ MAX_MISSION_CHARS = 200
 MAX_REQUEST_BYTES = 4_000
 MAX_REMOTE_REQUEST_CHARS = 1_000
 MAX_ANSWER_CHARS = 4_000
+MAX_ANSWER_BYTES = 64_000  # an encoded answer: 4,000 characters and 5 sources, JSON-escaped
 MAX_SOURCES = 5
 CAPS_TTL_MS = 3_600_000
 # One peer's share of the serving side: requests refill at this rate up to a burst, and run this many at once.
@@ -67,6 +68,24 @@ class Capabilities:
         return [n for n, _ in self.agents]
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_untrusted(body: bytes, what: str) -> Any:
+    """``json.loads`` for a peer's bytes: NaN/Infinity refused, deep nesting (RecursionError) a MalformedFrame."""
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise MalformedFrame(f"bad {what}") from None
+
+
+def _ms(value: Any) -> int:
+    if type(value) is not int:  # not bool, not float (no Infinity, no 1e400)
+        raise TypeError("a time in ms is an integer")
+    return value
+
+
 def _canonical(doc: Mapping[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
@@ -87,13 +106,15 @@ def caps_from_untrusted(body: bytes, signing_public: bytes, peer_hex: str, now_m
     if len(body) > MAX_CAPS_BYTES:
         raise MalformedFrame("capabilities too large")
     try:
-        outer = json.loads(body)
+        outer = _json_untrusted(body, "capabilities")
         doc, sig = outer["doc"], bytes.fromhex(outer["sig"])
         if outer.get("v") != 1 or not isinstance(doc, dict):
             raise MalformedFrame("unknown capabilities version")
         nacl.signing.VerifyKey(signing_public).verify(CAPS_NAMESPACE + _canonical(doc), sig)
         agents = tuple((str(n), str(m)[:MAX_MISSION_CHARS]) for n, m in doc["agents"][:MAX_CAPS_AGENTS])
-        caps = Capabilities(str(doc["peer"]), agents, int(doc["issued_ms"]), int(doc["expires_ms"]))
+        # Kept at most CAPS_TTL_MS from now, whatever expiry the peer signed.
+        expires_ms = min(_ms(doc["expires_ms"]), now_ms + CAPS_TTL_MS)
+        caps = Capabilities(str(doc["peer"]), agents, _ms(doc["issued_ms"]), expires_ms)
     except (ValueError, KeyError, TypeError, nacl.exceptions.BadSignatureError) as exc:
         raise MalformedFrame(f"bad capabilities: {type(exc).__name__}") from None
     if caps.peer != peer_hex:
@@ -158,8 +179,8 @@ def encode_request(agent: str, request: str) -> bytes:
 def request_from_untrusted(body: bytes) -> tuple[str, str]:
     if len(body) > MAX_REQUEST_BYTES:
         raise MalformedFrame("remote agent request too large")
+    d = _json_untrusted(body, "remote agent request")
     try:
-        d = json.loads(body)
         agent, request = d["agent"], d["request"]
     except (ValueError, KeyError, TypeError):
         raise MalformedFrame("bad remote agent request") from None
@@ -178,8 +199,10 @@ def encode_answer(agent: str, text: str, ok: bool, sources: list[dict[str, Any]]
 
 
 def answer_from_untrusted(body: bytes) -> dict[str, Any]:
+    if len(body) > MAX_ANSWER_BYTES:
+        raise MalformedFrame("remote agent answer too large")
+    d = _json_untrusted(body, "remote agent answer")
     try:
-        d = json.loads(body)
         out = {
             "agent": str(d["agent"])[:64],
             "text": str(d["text"])[:MAX_ANSWER_CHARS],

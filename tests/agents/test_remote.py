@@ -16,7 +16,12 @@ import trio
 from node.agents.errors import AgentError
 from node.agents.remote import (
     ASK_SERVICE,
+    CAPS_NAMESPACE,
+    CAPS_TTL_MS,
+    CapsCache,
     PeerBuckets,
+    _canonical,
+    answer_from_untrusted,
     caps_from_untrusted,
     encode_request,
     request_from_untrusted,
@@ -194,3 +199,36 @@ def test_remote_served_traces_never_evict_the_owners() -> None:
     ids = [r["id"] for r in store.recent(100)]
     assert "own1" not in ids and {"own3", "own4", "own5"} <= set(ids)  # the owner's own bound: 3
     assert store.get("peer-a-2") is not None and store.get("peer-a-2")["caller"] == "aa" * 8  # type: ignore[index]
+
+
+def _signed_caps(key: nacl.signing.SigningKey, doc: dict[str, object]) -> bytes:
+    sig = key.sign(CAPS_NAMESPACE + _canonical(doc)).signature
+    return _canonical({"v": 1, "doc": doc, "sig": sig.hex()})
+
+
+def test_hostile_json_is_a_malformed_frame() -> None:
+    deep = b"[" * 1999 + b"]" * 1999  # RecursionError inside json.loads
+    for parse in (request_from_untrusted, answer_from_untrusted):
+        with pytest.raises(MalformedFrame):
+            parse(deep)
+        with pytest.raises(MalformedFrame):
+            parse(b'{"v": 1, "agent": "Sage", "request": "hi", "text": "x", "ok": NaN, "sources": []}')
+    with pytest.raises(MalformedFrame):
+        answer_from_untrusted(b" " * 70_000)
+    key = nacl.signing.SigningKey(b"m" * 32)
+    pub = bytes(key.verify_key)
+    with pytest.raises(MalformedFrame):
+        caps_from_untrusted(deep, pub, "aa" * 8, 1000)
+    for expires in (float("inf"), 1e30, True, "9999999999999"):
+        body = _signed_caps(
+            key, {"peer": "aa" * 8, "agents": [["Sage", "x"]], "issued_ms": 1000, "expires_ms": expires}
+        )
+        with pytest.raises(MalformedFrame):
+            caps_from_untrusted(body, pub, "aa" * 8, 1000)
+    # A validly signed expiry far in the future is kept only CAPS_TTL_MS from now.
+    body = _signed_caps(key, {"peer": "aa" * 8, "agents": [["Sage", "x"]], "issued_ms": 1000, "expires_ms": 10**15})
+    caps = caps_from_untrusted(body, pub, "aa" * 8, 1000)
+    assert caps.expires_ms == 1000 + CAPS_TTL_MS
+    cache = CapsCache()
+    cache.put(caps)
+    assert cache.get("aa" * 8, 1000 + CAPS_TTL_MS) is None
