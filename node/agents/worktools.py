@@ -76,18 +76,28 @@ async def sample_forever(node: Node, metrics: NodeMetrics, interval_s: float) ->
 
 
 class OfferFile:
+    """``offers.json``: read leniently (a bad row is skipped and counted; an unreadable file is moved aside to
+    ``offers.json.bad``, so the node still starts), written atomically (temp file and directory fsynced)."""
+
     def __init__(self, path: Path | None) -> None:
         self.path = path
+        self.skipped = 0
 
     def load(self, book: OfferBook, now_ms: int) -> None:
         if self.path is None or not self.path.exists():
             return
         try:
             rows = json.loads(self.path.read_text())
-        except (OSError, ValueError) as exc:
-            raise AgentError(f"cannot read {self.path}: {exc}") from exc
+        except (OSError, ValueError, RecursionError):
+            self.skipped += 1
+            os.replace(self.path, self.path.with_name(self.path.name + ".bad"))
+            return
         for row in rows if isinstance(rows, list) else []:
-            book.add(offer_from_json(row), now_ms)
+            try:
+                if not isinstance(row, dict) or not book.add(offer_from_json(row), now_ms):
+                    self.skipped += 1
+            except AgentError:
+                self.skipped += 1
 
     def save(self, book: OfferBook) -> None:
         if self.path is None:
@@ -97,7 +107,14 @@ class OfferFile:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump([o.to_json() for o in book.all()], f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.path)
+        dfd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
 
 def add_work_tools(
