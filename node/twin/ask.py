@@ -130,7 +130,15 @@ async def ask(
     text = text.strip()
     if not text or len(text) > MAX_ASK_CHARS:
         raise AskError(f"a request is 1 to {MAX_ASK_CHARS} characters")
-    context = await _context(node) if access.personal else {}
+    from node.agents.remote import split_target
+
+    try:
+        remote_peer = split_target(agent)[1] if agent is not None else None
+    except AgentError as exc:
+        raise AskError(str(exc)) from exc
+    # A request to another node's agent (AGENT@PEER) goes as the owner typed it: personalize() could add a frequent
+    # contact's peer ID or a resolved pronoun, and nothing personal leaves the device.
+    context = await _context(node) if access.personal and remote_peer is None else {}
     handed = personalize(text, context, node.peers_view()) if context else None
     request = handed.text if handed is not None else text
     applied: dict[str, Any] = {}
@@ -146,8 +154,9 @@ async def ask(
             # the privacy check), not whichever the body's words are about.
             agent = "Coordinator"
         try:
-            if agent is not None:
-                agent = agents.roster.get(agent).name  # an unknown name is refused here, before the King starts
+            if agent is not None:  # an unknown name is refused here, before the King starts
+                name = agents.roster.get(split_target(agent)[0]).name
+                agent = name if remote_peer is None else f"{name}@{remote_peer}"
             out = await agents.ask(
                 request,
                 agent=agent,

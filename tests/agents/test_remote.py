@@ -34,6 +34,9 @@ from node.agents.trace import Trace, TraceStore
 from node.rag.plugin import rag_service
 from node.routing.app import AppRemoteError
 from node.transports.memory import MemoryNetwork
+from node.twin.ask import OWNER, Access
+from node.twin.ask import ask as twin_ask
+from node.twin.errors import AskError
 from node.wire.errors import MalformedFrame
 from tests.agents.test_king import start_node
 
@@ -119,6 +122,13 @@ async def test_the_king_dispatches_to_an_agent_on_another_node(tmp_path: Path) -
             assert last is not None and last["client"] == f"Sage@{alice.identity.peer_id_hex}" and last["ok"]
             assert b_svc.remote is not None and b_svc.remote.counters["served"] == 1
 
+            # `village ask --agent Sage@bob` (the twin's entry point) routes to the same remote dispatch, as typed.
+            r2 = await twin_ask(alice, "what does the pump guide say", access=Access(OWNER), agent="sage@bob")
+            assert r2["via"] == "agents" and r2["steps"][0]["agent"] == "Sage@bob" and r2["steps"][0]["ok"]
+            assert b_svc.traces.recent(1)[0]["request"] == "what does the pump guide say"
+            with pytest.raises(AskError, match="AGENT@PEER"):
+                await twin_ask(alice, "hi", access=Access(OWNER), agent="Sage@")
+
             # Only advertised agents: refused by alice's King from bob's signed capabilities, and by bob itself.
             with pytest.raises(AgentError, match="does not offer Coordinator"):
                 await a_svc.ask("tell carol hello", agent="Coordinator@bob")
@@ -135,7 +145,7 @@ async def test_the_king_dispatches_to_an_agent_on_another_node(tmp_path: Path) -
             asked = a_svc.remote.counters["asked"]
             with pytest.raises(AgentError, match="not sent to bob: it involves personal data"):
                 await a_svc.ask("what does my diary say about my health", agent="Sage@bob")
-            assert a_svc.remote.counters["asked"] == asked and b_svc.remote.counters["served"] == 1
+            assert a_svc.remote.counters["asked"] == asked and b_svc.remote.counters["served"] == 2
 
             # Hostile input costs the sender: oversize or malformed bodies are refused and counted.
             with pytest.raises(AppRemoteError):
@@ -155,7 +165,7 @@ async def test_the_king_dispatches_to_an_agent_on_another_node(tmp_path: Path) -
             b_svc.remote.buckets = PeerBuckets(rate_per_s=0.0, burst=0)
             with pytest.raises(AgentError, match="rate limited"):
                 await a_svc.ask("what does the pump guide say", agent="Sage@bob")
-            assert b_svc.remote.counters["rate_limited"] == 1 and b_svc.remote.counters["served"] == 1
+            assert b_svc.remote.counters["rate_limited"] == 1 and b_svc.remote.counters["served"] == 2
             nursery.cancel_scope.cancel()
 
 

@@ -242,3 +242,28 @@ def test_a_steps_node_error_becomes_the_asks_error_and_a_bug_stays_a_bug() -> No
     )
     with pytest.raises(ExceptionGroup):
         _first_error(ExceptionGroup("steps", [ValueError("a bug")]))
+
+
+async def test_an_ask_for_another_nodes_agent_skips_the_personal_context() -> None:
+    """AGENT@PEER goes as typed: the twin is not even consulted (its context could name a contact's peer ID)."""
+    from node.agents.service import AgentsService
+    from node.agents.settings import AgentsSettings, LlmSettings
+    from node.twin.ask import OWNER, Access, ask
+    from node.twin.errors import AskError
+
+    agents = AgentsService(AgentsSettings(), LlmSettings(backend="off"), None)
+    asked: list[str] = []
+
+    class Node:  # only what ask() reads before the agents service takes over
+        def service(self, name: str) -> object:
+            asked.append(name)
+            return agents if name == "agents" else None
+
+        def peers_view(self) -> list[dict[str, object]]:
+            return []
+
+    with pytest.raises(AskError, match="not running"):  # reached the remote dispatch (not "unknown agent")
+        await ask(Node(), "send it to him", access=Access(OWNER), agent="Sage@bob")  # type: ignore[arg-type]
+    assert asked == ["agents"]
+    with pytest.raises(AskError, match="no agent named"):
+        await ask(Node(), "hello", access=Access(OWNER), agent="Nobody@bob")  # type: ignore[arg-type]
