@@ -226,6 +226,16 @@ async def test_through_the_agents_context_for_the_owner_and_scopes_for_a_gateway
             assert "flowerpot" not in str(r) and "personal_context" not in r
             r = await ask(alice, "where is the spare pump", access=Access(GATEWAY_USER), agent="Sage")
             assert "shed" in r["answer"]
+            # ...searched through the registry (audited, rate-limited) as the agent working for that key
+            assert agents.registry is not None and agents.registry.audit is not None
+            last = agents.registry.audit.last
+            assert last is not None and last["tool"] == "rag.query" and last["client"] == "Sage@key:k1" and last["ok"]
+            # The document list is filtered too: the Curator, asked by the key, sees no unshared document.
+            r = await ask(alice, "list the documents", access=Access(GATEWAY_USER), agent="Curator")
+            assert r["steps"][0]["ok"] and "1 document(s)" in r["answer"], r["answer"]
+            assert "diary" not in str(r) and "well.txt" in str(r)
+            r = await ask(alice, "list the documents", access=Access(OWNER), agent="Curator")
+            assert "2 document(s)" in r["answer"] and "diary" in str(r)
             r = await ask(alice, "where is the spare key", access=Access(OWNER), agent="Sage")
             assert "flowerpot" in r["answer"]
             r = await ask(alice, "show the audit log", access=Access(GATEWAY_USER), agent="Auditor")
