@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,16 @@ from node.agents.router import Choice, Router
 from node.agents.tools import ScopedTools, ToolLlm, ToolRunner
 from node.agents.trace import Trace, TraceStore
 from node.agents.workers import ALL_HANDLERS
+
+# The tool runner of the request being run (per trio task context, so per request, never shared between nodes):
+# ``agents.dispatch`` runs sub-agents with it, so a narrowed caller's sub-agents stay narrowed.
+_ACTIVE_RUNNER: ContextVar[ToolRunner | None] = ContextVar("aivillage_agents_runner", default=None)
+
+
+def active_runner() -> ToolRunner | None:
+    """The runner of the request whose step is calling (None outside a King's request)."""
+    return _ACTIVE_RUNNER.get()
+
 
 MAX_REQUEST_CHARS = 4000
 MAX_STEPS = 8  # per request
@@ -93,16 +104,11 @@ class King:
         stages = [[request]] if agent else plan(request)
         trace.step("King", "plan", detail=repr(stages))
         results: list[StepResult] = []
-        for stage in stages:
-            out: list[StepResult | None] = [None] * len(stage)
-
-            async def run(i: int, step: str, out: list[StepResult | None] = out) -> None:
-                out[i] = await self._step(trace, step, agent, confirm, runner)
-
-            async with trio.open_nursery() as nursery:
-                for i, step in enumerate(stage):
-                    nursery.start_soon(run, i, step)
-            results += [r for r in out if r is not None]
+        token = _ACTIVE_RUNNER.set(runner or self.tools)
+        try:
+            await self._run_stages(trace, stages, agent, confirm, runner, results)
+        finally:
+            _ACTIVE_RUNNER.reset(token)
         answer = "\n\n".join(f"[{r.answer.agent}] {r.answer.text}" for r in results)
         trace.step("King", "answer", detail=answer)
         await trio.to_thread.run_sync(self.traces.save, trace, limiter=self.db_limiter)
@@ -119,6 +125,26 @@ class King:
                 for r in results
             ],
         }
+
+    async def _run_stages(
+        self,
+        trace: Trace,
+        stages: list[list[str]],
+        agent: str | None,
+        confirm: bool,
+        runner: ToolRunner | None,
+        results: list[StepResult],
+    ) -> None:
+        for stage in stages:
+            out: list[StepResult | None] = [None] * len(stage)
+
+            async def run(i: int, step: str, out: list[StepResult | None] = out) -> None:
+                out[i] = await self._step(trace, step, agent, confirm, runner)
+
+            async with trio.open_nursery() as nursery:
+                for i, step in enumerate(stage):
+                    nursery.start_soon(run, i, step)
+            results += [r for r in out if r is not None]
 
     async def _step(
         self, trace: Trace, step: str, agent: str | None, confirm: bool = False, runner: ToolRunner | None = None

@@ -22,6 +22,7 @@ import trio
 
 from node.agents.errors import AgentError
 from node.agents.forecast import Series
+from node.agents.king import active_runner
 from node.agents.ledger import Budgets, build_ledger
 from node.agents.market import OfferBook, accept, make_offer, offer_from_json
 from node.agents.tools import Tools
@@ -199,7 +200,9 @@ def add_work_tools(
         spec = k.roster.get(agent)
         if spec.name in NOT_DISPATCHABLE:
             raise AgentError(f"{spec.name} cannot be dispatched to by another agent")
-        r = await k.ask(request, agent=spec.name)
+        # The sub-agent runs with the calling request's runner (a narrowed caller's stays narrowed), never the
+        # King's full one.
+        r = await k.ask(request, agent=spec.name, runner=active_runner())
         step = r["steps"][0]
         return {"agent": spec.name, "text": step["text"], "ok": step["ok"], "sources": step["sources"], "id": r["id"]}
 

@@ -238,9 +238,27 @@ async def test_through_the_agents_context_for_the_owner_and_scopes_for_a_gateway
             assert "2 document(s)" in r["answer"] and "diary" in str(r)
             r = await ask(alice, "where is the spare key", access=Access(OWNER), agent="Sage")
             assert "flowerpot" in r["answer"]
+            # agents.dispatch runs the Ensemble's sub-agents with the caller's narrowed runner, not the King's full one.
+            q = "find the document about the spare key"  # routed to Curator, Sage, Tutor: all read documents
+            r = await agents.ask(q, agent="Ensemble", tools=SharedOnly)
+            assert len(r["steps"][0]["data"]["answers"]) == 3 and "flowerpot" not in str(r) and "diary" not in str(r)
+            r = await agents.ask(q, agent="Ensemble")
+            assert "flowerpot" in str(r) and "diary" in str(r)
             r = await ask(alice, "show the audit log", access=Access(GATEWAY_USER), agent="Auditor")
             assert not r["steps"][0]["ok"] and "owner only" in r["answer"]
             nursery.cancel_scope.cancel()
+
+
+class SharedOnly:
+    """A narrowed runner (as a restricted caller's): shared documents only."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def call_as(self, agent: str, allowed: frozenset[str], tool: str, args: Any) -> Any:
+        return await self.inner.call_as(
+            agent, allowed, tool, {**args, "shared_only": True} if tool == "rag.query" else args
+        )
 
 
 def test_a_steps_node_error_becomes_the_asks_error_and_a_bug_stays_a_bug() -> None:
