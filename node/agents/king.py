@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +25,22 @@ from node.agents.tools import ScopedTools, ToolLlm, ToolRunner
 from node.agents.trace import Trace, TraceStore
 from node.agents.workers import ALL_HANDLERS
 
+# The tool runner of the request being run (per trio task context, so per request, never shared between nodes):
+# ``agents.dispatch`` runs sub-agents with it, so a narrowed caller's sub-agents stay narrowed.
+_ACTIVE_RUNNER: ContextVar[ToolRunner | None] = ContextVar("aivillage_agents_runner", default=None)
+
+
+def active_runner() -> ToolRunner | None:
+    """The runner of the request whose step is calling (None outside a King's request)."""
+    return _ACTIVE_RUNNER.get()
+
+
 MAX_REQUEST_CHARS = 4000
 MAX_STEPS = 8  # per request
-_SEQ = re.compile(r"\s*(?:,?\s+and then\s+|,?\s+then\s+|\.\s+then\s+)", re.IGNORECASE)
-_PAR = re.compile(r"\s*(?:;\s*|\s+and also\s+)", re.IGNORECASE)
+# Request text is untrusted: a whitespace run is matched only from its start ((?<!\s)), never from each of its
+# positions, and no pattern puts \s* next to \s+ (that pair backtracks cubically on a long run of spaces).
+_SEQ = re.compile(r"(?:,?(?<!\s)\s+and then\s+|,?(?<!\s)\s+then\s+|\.\s+then\s+)", re.IGNORECASE)
+_PAR = re.compile(r"(?:;\s*|(?<!\s)\s+and also\s+)", re.IGNORECASE)
 
 
 def plan(request: str) -> list[list[str]]:
@@ -85,22 +98,17 @@ class King:
         if not request or len(request) > MAX_REQUEST_CHARS:
             raise AgentError(f"a request is 1 to {MAX_REQUEST_CHARS} characters")
         rid = secrets.token_hex(8)
-        trace = Trace(rid, request, int(self.wall_ms()))
+        trace = Trace(rid, request, int(self.wall_ms()), caller=remote_caller or "")
         if remote_caller is not None:
             trace.step("King", "remote", detail=f"asked by peer {remote_caller} for {agent}")
         stages = [[request]] if agent else plan(request)
         trace.step("King", "plan", detail=repr(stages))
         results: list[StepResult] = []
-        for stage in stages:
-            out: list[StepResult | None] = [None] * len(stage)
-
-            async def run(i: int, step: str, out: list[StepResult | None] = out) -> None:
-                out[i] = await self._step(trace, step, agent, confirm, runner)
-
-            async with trio.open_nursery() as nursery:
-                for i, step in enumerate(stage):
-                    nursery.start_soon(run, i, step)
-            results += [r for r in out if r is not None]
+        token = _ACTIVE_RUNNER.set(runner or self.tools)
+        try:
+            await self._run_stages(trace, stages, agent, confirm, runner, results)
+        finally:
+            _ACTIVE_RUNNER.reset(token)
         answer = "\n\n".join(f"[{r.answer.agent}] {r.answer.text}" for r in results)
         trace.step("King", "answer", detail=answer)
         await trio.to_thread.run_sync(self.traces.save, trace, limiter=self.db_limiter)
@@ -117,6 +125,26 @@ class King:
                 for r in results
             ],
         }
+
+    async def _run_stages(
+        self,
+        trace: Trace,
+        stages: list[list[str]],
+        agent: str | None,
+        confirm: bool,
+        runner: ToolRunner | None,
+        results: list[StepResult],
+    ) -> None:
+        for stage in stages:
+            out: list[StepResult | None] = [None] * len(stage)
+
+            async def run(i: int, step: str, out: list[StepResult | None] = out) -> None:
+                out[i] = await self._step(trace, step, agent, confirm, runner)
+
+            async with trio.open_nursery() as nursery:
+                for i, step in enumerate(stage):
+                    nursery.start_soon(run, i, step)
+            results += [r for r in out if r is not None]
 
     async def _step(
         self, trace: Trace, step: str, agent: str | None, confirm: bool = False, runner: ToolRunner | None = None

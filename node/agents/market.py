@@ -30,6 +30,7 @@ RESOURCES = {
 MAX_OFFERS = 256
 MAX_AMOUNT = 10**12
 MAX_NOTE_CHARS = 200
+MAX_MS = 2**63 - 1  # times are packed as unsigned 64-bit integers in the sign-bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,9 +129,10 @@ def accept(o: Offer, key: nacl.signing.SigningKey, peer_id: bytes, now_ms: int) 
 
 
 def offer_from_json(d: dict[str, Any]) -> Offer:
-    """An offer as :meth:`Offer.to_json` wrote it (a file this node keeps); raises AgentError if malformed."""
+    """An offer as :meth:`Offer.to_json` wrote it (a file this node keeps); raises AgentError if malformed or out
+    of range (so that signing bytes can always be built from it)."""
     try:
-        return Offer(
+        o = Offer(
             bytes.fromhex(d["maker"]),
             bytes.fromhex(d["to"] or ""),
             str(d["give"]),
@@ -146,6 +148,18 @@ def offer_from_json(d: dict[str, Any]) -> Offer:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise AgentError(f"malformed offer record: {exc}") from exc
+    if (
+        o.give not in RESOURCES
+        or o.want not in RESOURCES
+        or not all(0 < a <= MAX_AMOUNT for a in (o.give_amount, o.want_amount))
+        or not all(0 <= t <= MAX_MS for t in (o.created_ms, o.expires_at_ms))
+        or len(o.maker) != 32
+        or len(o.to) not in (0, 8)
+        or len(o.taker) not in (0, 32)
+        or len(o.note) > MAX_NOTE_CHARS
+    ):
+        raise AgentError("offer record out of range (resource, amount, time, key or note)")
+    return o
 
 
 class OfferBook:
@@ -158,6 +172,9 @@ class OfferBook:
         if not verify(o):
             self.refused += 1
             return False
+        held = self.offers.get(o.id)
+        if held is not None and held.taker:  # an accepted record is final: never replaced (nor re-opened)
+            return held == o
         self.offers[o.id] = o
         self.offers.move_to_end(o.id)
         while len(self.offers) > self.max_offers:

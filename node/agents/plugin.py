@@ -99,6 +99,30 @@ def _rpc(node: Node, reg: Registry) -> None:
     reg.add("agents.feedback", FeedbackParams, "Tell the King which agent was right for a request.", feedback)
 
 
+def _lines(text: object) -> str:
+    """Remote-controlled text (answers, requests and tool details from peers) made safe line by line."""
+    from node.textsafe import safe_text
+
+    return "\n".join(safe_text(line) for line in str(text).split("\n"))
+
+
+def ask_human(d: Any) -> str:
+    trace = f"\n(trace: village agents trace {_lines(d['id'])})" if d.get("id") else ""
+    return f"{_lines(d['answer'])}{trace}"
+
+
+def trace_human(d: Any) -> str:
+    from node.textsafe import safe_text
+
+    if isinstance(d, list):
+        return "\n".join(f"{safe_text(r['id'])}  {safe_text(r['request'])}" for r in d) or "no requests yet"
+    return "\n".join(
+        f"{s['seq']:3} {safe_text(s['agent']):<14} {safe_text(s['kind']):<7} {safe_text(s['tool']):<18} "
+        f"{safe_text(s['detail'][:200])}"
+        for s in d["steps"]
+    )
+
+
 def _cli(cli: CliRegistry) -> None:
     from node.agents.vote import add_cli as add_vote_cli
     from node.cli_support import EXIT_OK, call, emit, table
@@ -106,12 +130,7 @@ def _cli(cli: CliRegistry) -> None:
     def cmd_ask(args: argparse.Namespace) -> int:
         # `ask` (node.twin.ask): the twin adds personal context, then the agents (or the matching tool) answer.
         out = call(args, "ask", text=" ".join(args.text), agent=args.agent, confirm=args.confirm)
-
-        def human(d: Any) -> str:
-            trace = f"\n(trace: village agents trace {d['id']})" if d.get("id") else ""
-            return f"{d['answer']}{trace}"
-
-        emit(args, out, human)
+        emit(args, out, ask_human)
         return EXIT_OK
 
     def cmd_list(args: argparse.Namespace) -> int:
@@ -131,15 +150,7 @@ def _cli(cli: CliRegistry) -> None:
 
     def cmd_trace(args: argparse.Namespace) -> int:
         out = call(args, "agents.trace", id=args.id)
-
-        def human(d: Any) -> str:
-            if isinstance(d, list):
-                return "\n".join(f"{r['id']}  {r['request']}" for r in d) or "no requests yet"
-            return "\n".join(
-                f"{s['seq']:3} {s['agent']:<14} {s['kind']:<7} {s['tool']:<18} {s['detail'][:200]}" for s in d["steps"]
-            )
-
-        emit(args, out, human)
+        emit(args, out, trace_human)
         return EXIT_OK
 
     add_vote_cli(cli)

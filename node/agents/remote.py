@@ -7,8 +7,10 @@ Two app services (``node.register_app_handler`` / ``node.app_request``; Noise-en
   key the peer's announces pinned, checks it names that peer and has not expired, and keeps it (bounded:
   :data:`MAX_CAPS_PEERS` peers, :data:`MAX_CAPS_BYTES` each).
 * ``agents.ask``: ``{"v": 1, "agent": NAME, "request": TEXT}``. The serving node answers only for an agent it
-  advertises, at most ``remote_max_concurrent`` at once (more: "busy"), and runs it with :class:`RemoteTools`: read-
-  only tools only, knowledge-base searches restricted to *shared* documents, every call through the registry as
+  advertises, at most ``remote_max_concurrent`` at once and :data:`PEER_MAX_CONCURRENT` per peer (more: "busy"),
+  within a per-peer token bucket (:data:`PEER_RATE_PER_S`, :data:`PEER_BURST`; more: "rate limited"), and runs
+  it with :class:`RemoteTools`: read-only tools only, knowledge-base searches restricted to *shared* documents,
+  every call through the registry as
   ``agents:<Agent>@<caller peer>`` (audited). The answer is cut to :data:`MAX_ANSWER_CHARS` and
   :data:`MAX_SOURCES` sources.
 
@@ -43,8 +45,14 @@ MAX_MISSION_CHARS = 200
 MAX_REQUEST_BYTES = 4_000
 MAX_REMOTE_REQUEST_CHARS = 1_000
 MAX_ANSWER_CHARS = 4_000
+MAX_ANSWER_BYTES = 64_000  # an encoded answer: 4,000 characters and 5 sources, JSON-escaped
 MAX_SOURCES = 5
 CAPS_TTL_MS = 3_600_000
+# One peer's share of the serving side: requests refill at this rate up to a burst, and run this many at once.
+PEER_RATE_PER_S = 0.2  # one request every 5 s on average from one peer
+PEER_BURST = 5
+PEER_MAX_CONCURRENT = 1
+MAX_RATE_PEERS = 1_024  # buckets kept; the fullest (most idle) peer's bucket is forgotten first
 # What a remote caller's agent may use: read-only, and rag.query only over shared documents.
 REMOTE_SAFE_TOOLS = frozenset({"rag.query"})
 
@@ -58,6 +66,24 @@ class Capabilities:
 
     def names(self) -> list[str]:
         return [n for n, _ in self.agents]
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_untrusted(body: bytes, what: str) -> Any:
+    """``json.loads`` for a peer's bytes: NaN/Infinity refused, deep nesting (RecursionError) a MalformedFrame."""
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise MalformedFrame(f"bad {what}") from None
+
+
+def _ms(value: Any) -> int:
+    if type(value) is not int:  # not bool, not float (no Infinity, no 1e400)
+        raise TypeError("a time in ms is an integer")
+    return value
 
 
 def _canonical(doc: Mapping[str, Any]) -> bytes:
@@ -80,13 +106,15 @@ def caps_from_untrusted(body: bytes, signing_public: bytes, peer_hex: str, now_m
     if len(body) > MAX_CAPS_BYTES:
         raise MalformedFrame("capabilities too large")
     try:
-        outer = json.loads(body)
+        outer = _json_untrusted(body, "capabilities")
         doc, sig = outer["doc"], bytes.fromhex(outer["sig"])
         if outer.get("v") != 1 or not isinstance(doc, dict):
             raise MalformedFrame("unknown capabilities version")
         nacl.signing.VerifyKey(signing_public).verify(CAPS_NAMESPACE + _canonical(doc), sig)
         agents = tuple((str(n), str(m)[:MAX_MISSION_CHARS]) for n, m in doc["agents"][:MAX_CAPS_AGENTS])
-        caps = Capabilities(str(doc["peer"]), agents, int(doc["issued_ms"]), int(doc["expires_ms"]))
+        # Kept at most CAPS_TTL_MS from now, whatever expiry the peer signed.
+        expires_ms = min(_ms(doc["expires_ms"]), now_ms + CAPS_TTL_MS)
+        caps = Capabilities(str(doc["peer"]), agents, _ms(doc["issued_ms"]), expires_ms)
     except (ValueError, KeyError, TypeError, nacl.exceptions.BadSignatureError) as exc:
         raise MalformedFrame(f"bad capabilities: {type(exc).__name__}") from None
     if caps.peer != peer_hex:
@@ -94,6 +122,35 @@ def caps_from_untrusted(body: bytes, signing_public: bytes, peer_hex: str, now_m
     if not caps.issued_ms - 300_000 <= now_ms < caps.expires_ms:
         raise MalformedFrame("capabilities expired or from the future")
     return caps
+
+
+class PeerBuckets:
+    """Per-peer token buckets (sans-IO: the caller passes ``now`` in seconds); bounded to ``max_peers`` buckets."""
+
+    def __init__(self, rate_per_s: float, burst: int, max_peers: int = MAX_RATE_PEERS) -> None:
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.max_peers = max_peers
+        self._buckets: dict[bytes, tuple[float, float]] = {}  # peer -> (tokens, last refill time)
+
+    def take(self, peer: bytes, now: float) -> bool:
+        tokens, last = self._buckets.get(peer, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + max(0.0, now - last) * self.rate_per_s)
+        if peer not in self._buckets and len(self._buckets) >= self.max_peers:
+            idle = max(self._buckets, key=lambda p: self._level(p, now))
+            del self._buckets[idle]
+        if tokens < 1.0:
+            self._buckets[peer] = (tokens, now)
+            return False
+        self._buckets[peer] = (tokens - 1.0, now)
+        return True
+
+    def _level(self, peer: bytes, now: float) -> float:
+        tokens, last = self._buckets[peer]
+        return tokens + max(0.0, now - last) * self.rate_per_s
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
 
 class CapsCache:
@@ -122,8 +179,8 @@ def encode_request(agent: str, request: str) -> bytes:
 def request_from_untrusted(body: bytes) -> tuple[str, str]:
     if len(body) > MAX_REQUEST_BYTES:
         raise MalformedFrame("remote agent request too large")
+    d = _json_untrusted(body, "remote agent request")
     try:
-        d = json.loads(body)
         agent, request = d["agent"], d["request"]
     except (ValueError, KeyError, TypeError):
         raise MalformedFrame("bad remote agent request") from None
@@ -142,8 +199,10 @@ def encode_answer(agent: str, text: str, ok: bool, sources: list[dict[str, Any]]
 
 
 def answer_from_untrusted(body: bytes) -> dict[str, Any]:
+    if len(body) > MAX_ANSWER_BYTES:
+        raise MalformedFrame("remote agent answer too large")
+    d = _json_untrusted(body, "remote agent answer")
     try:
-        d = json.loads(body)
         out = {
             "agent": str(d["agent"])[:64],
             "text": str(d["text"])[:MAX_ANSWER_CHARS],

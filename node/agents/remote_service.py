@@ -14,7 +14,11 @@ from node.agents.remote import (
     ASK_SERVICE,
     CAPS_SERVICE,
     MAX_REMOTE_REQUEST_CHARS,
+    PEER_BURST,
+    PEER_MAX_CONCURRENT,
+    PEER_RATE_PER_S,
     CapsCache,
+    PeerBuckets,
     RemoteTools,
     answer_from_untrusted,
     caps_from_untrusted,
@@ -60,7 +64,17 @@ class RemoteAgents:
         self.caps = CapsCache()
         self.outgoing = trio.Semaphore(settings.remote_max_concurrent)
         self.running = 0
-        self.counters = {"served": 0, "refused": 0, "busy": 0, "malformed": 0, "asked": 0, "held_back": 0}
+        self.running_per_peer: dict[bytes, int] = {}  # at most remote_max_concurrent entries
+        self.buckets = PeerBuckets(PEER_RATE_PER_S, PEER_BURST)
+        self.counters = {
+            "served": 0,
+            "refused": 0,
+            "busy": 0,
+            "rate_limited": 0,
+            "malformed": 0,
+            "asked": 0,
+            "held_back": 0,
+        }
 
     def register(self) -> None:
         self.node.register_app_handler(CAPS_SERVICE, self.serve_caps)
@@ -82,16 +96,24 @@ class RemoteAgents:
         if spec is None:
             self.counters["refused"] += 1
             raise AgentError(f"agent {name[:64]!r} is not offered to remote callers here")
-        if self.running >= self.settings.remote_max_concurrent:
+        mine = self.running_per_peer.get(peer, 0)
+        if self.running >= self.settings.remote_max_concurrent or mine >= PEER_MAX_CONCURRENT:
             self.counters["busy"] += 1
             raise AgentError("busy: too many remote agent requests at once")
+        if not self.buckets.take(peer, self.node.clock.now()):
+            self.counters["rate_limited"] += 1
+            raise AgentError("rate limited: too many remote agent requests from this peer")
         self.running += 1
+        self.running_per_peer[peer] = mine + 1
         try:
             king = await self._king()
             runner = RemoteTools(await self._runner(), peer.hex())
             out = await king.ask(request, agent=spec.name, runner=runner, remote_caller=peer.hex())
         finally:
             self.running -= 1
+            left = self.running_per_peer.pop(peer) - 1
+            if left:
+                self.running_per_peer[peer] = left
         self.counters["served"] += 1
         step = out["steps"][0]
         return encode_answer(spec.name, step["text"], step["ok"], step["sources"])

@@ -251,7 +251,7 @@ async def curator(ctx: AgentContext, request: str) -> Answer:
 # key and value exactly as written (the governance core and the vote decide; Shaman never edits them).
 _PROPOSE = re.compile(
     r"\bpropose\b(?:\s+(?:setting|changing|that|to\s+set|to\s+change))?\s+(?:the\s+)?(?:(?P<kind>config|policy)\s+)?"
-    r"(?P<key>[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)+|[a-z][a-z0-9_]*_[a-z0-9_]+)\s*(?:to|=|be)\s*(?P<value>[^\s]+)\s*$",
+    r"(?P<key>[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)+|[a-z][a-z0-9]*_[a-z0-9_]+)\s*(?:to|=|be)\s*(?P<value>[^\s]+)\s*$",
     re.IGNORECASE,
 )
 

@@ -3,7 +3,10 @@ its request id, kept on this node only (``village agents trace ID``). The Audito
 audit log of agent actions.
 
 A :class:`Trace` collects steps in memory while a request runs (no I/O on the hot path); :class:`TraceStore`
-persists finished traces in SQLite (0600), bounded to :data:`MAX_TRACES` requests, oldest dropped first.
+persists finished traces in SQLite (0600), bounded to :data:`MAX_TRACES` of the owner's requests, oldest dropped
+first. Requests served to other nodes (``caller`` = the peer ID) are bounded apart: :data:`MAX_REMOTE_TRACES_PER_PEER`
+per peer and :data:`MAX_REMOTE_TRACES` in all, so no peer can evict the owner's audit trail (nor much of another
+peer's).
 Blocking: the service calls it through ``trio.to_thread`` behind one limiter.
 """
 
@@ -18,7 +21,9 @@ from typing import Any
 
 MAX_STEPS = 512  # per request; later steps are counted, not kept
 MAX_DETAIL_CHARS = 16_000
-MAX_TRACES = 10_000
+MAX_TRACES = 10_000  # the owner's own requests
+MAX_REMOTE_TRACES_PER_PEER = 50  # requests served to one remote peer
+MAX_REMOTE_TRACES = 2_000  # requests served to all remote peers together
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +45,7 @@ class Trace:
     started_ms: int
     steps: list[Step] = field(default_factory=list)
     dropped: int = 0
+    caller: str = ""  # the remote peer ID this request was served to; "" for the owner's own
 
     def step(self, agent: str, kind: str, *, tool: str = "", detail: str = "") -> None:
         if len(self.steps) >= MAX_STEPS:
@@ -54,11 +60,22 @@ class Trace:
             "started_ms": self.started_ms,
             "steps": [s.to_json() for s in self.steps],
             "dropped_steps": self.dropped,
+            **({"caller": self.caller} if self.caller else {}),
         }
 
 
 class TraceStore:
-    def __init__(self, path: Path | None) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        max_traces: int = MAX_TRACES,
+        max_remote_per_peer: int = MAX_REMOTE_TRACES_PER_PEER,
+        max_remote: int = MAX_REMOTE_TRACES,
+    ) -> None:
+        self.max_traces = max_traces
+        self.max_remote_per_peer = max_remote_per_peer
+        self.max_remote = max_remote
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             if not path.exists():
@@ -74,6 +91,10 @@ class TraceStore:
                  tool TEXT NOT NULL, PRIMARY KEY (id, seq));
                CREATE INDEX IF NOT EXISTS steps_kind ON steps (kind, tool);"""
         )
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(traces)")}
+        if "caller" not in columns:  # a store written before remote traces were kept apart
+            self.db.execute("ALTER TABLE traces ADD COLUMN caller TEXT NOT NULL DEFAULT ''")
+        self.db.execute("CREATE INDEX IF NOT EXISTS traces_caller ON traces (caller, n)")
 
     def close(self) -> None:
         self.db.close()
@@ -82,18 +103,27 @@ class TraceStore:
         with self.db:
             self.db.execute("BEGIN")
             self.db.execute(
-                "INSERT OR REPLACE INTO traces (id, started_ms, request, body) VALUES (?, ?, ?, ?)",
-                (trace.request_id, trace.started_ms, trace.request, json.dumps(trace.to_json())),
+                "INSERT OR REPLACE INTO traces (id, started_ms, request, body, caller) VALUES (?, ?, ?, ?, ?)",
+                (trace.request_id, trace.started_ms, trace.request, json.dumps(trace.to_json()), trace.caller),
             )
             self.db.executemany(
                 "INSERT OR REPLACE INTO steps VALUES (?, ?, ?, ?, ?)",
                 [(trace.request_id, s.seq, s.agent, s.kind, s.tool) for s in trace.steps],
             )
-            (n,) = self.db.execute("SELECT COUNT(*) FROM traces").fetchone()
-            if n > MAX_TRACES:
-                old = [r[0] for r in self.db.execute("SELECT id FROM traces ORDER BY n LIMIT ?", (n - MAX_TRACES,))]
-                self.db.executemany("DELETE FROM traces WHERE id = ?", [(i,) for i in old])
-                self.db.executemany("DELETE FROM steps WHERE id = ?", [(i,) for i in old])
+            if not trace.caller:
+                self._trim("caller = ''", (), self.max_traces)
+            else:
+                self._trim("caller = ?", (trace.caller,), self.max_remote_per_peer)
+                self._trim("caller != ''", (), self.max_remote)
+
+    def _trim(self, where: str, params: tuple[Any, ...], keep: int) -> None:
+        """Drop the oldest traces matching ``where`` beyond ``keep`` (inside the caller's transaction)."""
+        (n,) = self.db.execute(f"SELECT COUNT(*) FROM traces WHERE {where}", params).fetchone()
+        if n > keep:
+            q = f"SELECT id FROM traces WHERE {where} ORDER BY n LIMIT ?"
+            old = [r[0] for r in self.db.execute(q, (*params, n - keep))]
+            self.db.executemany("DELETE FROM traces WHERE id = ?", [(i,) for i in old])
+            self.db.executemany("DELETE FROM steps WHERE id = ?", [(i,) for i in old])
 
     def get(self, request_id: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT body FROM traces WHERE id = ?", (request_id,)).fetchone()

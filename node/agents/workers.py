@@ -166,12 +166,14 @@ async def banker(ctx: AgentContext, request: str) -> Answer:
 # --------------------------------------------------------------------------------------------------- Merchant
 
 _UNITS = {"gb": 10**9, "mb": 10**6, "kb": 10**3, "b": 1, "byte": 1, "bytes": 1}
+# (?<![\d.]): a number is tried only from its first digit (else a digit run costs quadratic time).
 _AMOUNT = re.compile(
-    r"(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>gb|mb|kb|bytes?|b\b|relay\s+(?:frames?|credits?)|frames?|credits?|"
+    r"(?<![\d.])(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>gb|mb|kb|bytes?|b\b|relay\s+(?:frames?|credits?)|frames?|credits?|"
     r"mailbox\s+(?:slots?|messages?)|messages?|slots?)",
     re.IGNORECASE,
 )
-_ACCEPT = re.compile(r"\baccept\b.*?\b([0-9a-f]{4,16})\b", re.IGNORECASE)
+_ACCEPT = re.compile(r"\baccept\b", re.IGNORECASE)
+_OFFER_ID = re.compile(r"\b([0-9a-f]{4,16})\b", re.IGNORECASE)
 _TO = re.compile(r"\b(?:to|with|for)\s+(?!\d)(?P<who>[a-z0-9_-]{2,32})\b(?!\s*(?:gb|mb|kb|bytes?|frames?))", re.I)
 
 
@@ -196,7 +198,9 @@ def _describe_offer(o: dict[str, Any], me: str, names: dict[str, str]) -> str:
 
 async def merchant(ctx: AgentContext, request: str) -> Answer:
     low = request.lower()
-    m = _ACCEPT.search(low)
+    # The first "accept", then the first id after it (one ".*?" per "accept" would be quadratic).
+    a = _ACCEPT.search(low)
+    m = _OFFER_ID.search(low, a.end()) if a else None
     if m:
         o = await ctx.tools.call("market.accept", {"id": m.group(1)})
         return Answer("Merchant", f"Accepted and counter-signed offer {o['id']}.", data=o)
@@ -247,13 +251,16 @@ async def merchant(ctx: AgentContext, request: str) -> Answer:
 
 # ------------------------------------------------------------------------------------------------- Strategist
 
-_CLAUSES = re.compile(r"\s*(?:,?\s+and then\s+|,?\s+then\s+|;\s*|,\s*and\s+|\s+and\s+|,\s+|\.\s+)", re.IGNORECASE)
+# Split on whitespace-collapsed text (a single space between words): no \s* beside \s+, so linear time.
+_CLAUSES = re.compile(r"(?:,? and then |,? then |; ?|, ?and | and |, |\. )", re.IGNORECASE)
+_SPACES = re.compile(r"\s+")
+MAX_GOAL_CHARS = 1000  # the Strategist plans from at most this much of the request
 _LEAD = re.compile(r"^(?:please\s+)?(?:make|draw up|give me|help me (?:make|draw up))\s+a\s+(?:plan|roadmap)\s+to\s+")
 MIN_TOUCH_SCORE = 0.6  # a one-clause goal involves the specialists scoring at least this (router score scale)
 
 
 async def strategist(ctx: AgentContext, request: str) -> Answer:
-    goal = _LEAD.sub("", request.strip(), count=1)
+    goal = _LEAD.sub("", _SPACES.sub(" ", request).strip()[:MAX_GOAL_CHARS], count=1)
     clauses = [c.strip() for c in _CLAUSES.split(goal) if len(c.strip()) > 2][:8]
     roster = {a["name"]: a for a in await ctx.tools.call("agents.list", {})}
     available = set(await ctx.tools.call("tools.available", {}))

@@ -22,6 +22,7 @@ import trio
 
 from node.agents.errors import AgentError
 from node.agents.forecast import Series
+from node.agents.king import active_runner
 from node.agents.ledger import Budgets, build_ledger
 from node.agents.market import OfferBook, accept, make_offer, offer_from_json
 from node.agents.tools import Tools
@@ -76,18 +77,28 @@ async def sample_forever(node: Node, metrics: NodeMetrics, interval_s: float) ->
 
 
 class OfferFile:
+    """``offers.json``: read leniently (a bad row is skipped and counted; an unreadable file is moved aside to
+    ``offers.json.bad``, so the node still starts), written atomically (temp file and directory fsynced)."""
+
     def __init__(self, path: Path | None) -> None:
         self.path = path
+        self.skipped = 0
 
     def load(self, book: OfferBook, now_ms: int) -> None:
         if self.path is None or not self.path.exists():
             return
         try:
             rows = json.loads(self.path.read_text())
-        except (OSError, ValueError) as exc:
-            raise AgentError(f"cannot read {self.path}: {exc}") from exc
+        except (OSError, ValueError, RecursionError):
+            self.skipped += 1
+            os.replace(self.path, self.path.with_name(self.path.name + ".bad"))
+            return
         for row in rows if isinstance(rows, list) else []:
-            book.add(offer_from_json(row), now_ms)
+            try:
+                if not isinstance(row, dict) or not book.add(offer_from_json(row), now_ms):
+                    self.skipped += 1
+            except AgentError:
+                self.skipped += 1
 
     def save(self, book: OfferBook) -> None:
         if self.path is None:
@@ -97,7 +108,14 @@ class OfferFile:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump([o.to_json() for o in book.all()], f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.path)
+        dfd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
 
 def add_work_tools(
@@ -182,7 +200,9 @@ def add_work_tools(
         spec = k.roster.get(agent)
         if spec.name in NOT_DISPATCHABLE:
             raise AgentError(f"{spec.name} cannot be dispatched to by another agent")
-        r = await k.ask(request, agent=spec.name)
+        # The sub-agent runs with the calling request's runner (a narrowed caller's stays narrowed), never the
+        # King's full one.
+        r = await k.ask(request, agent=spec.name, runner=active_runner())
         step = r["steps"][0]
         return {"agent": spec.name, "text": step["text"], "ok": step["ok"], "sources": step["sources"], "id": r["id"]}
 

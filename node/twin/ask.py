@@ -28,11 +28,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from node.agents.errors import AgentError, ToolDenied, ToolUnavailable
+from node.agents.errors import AgentError, ToolDenied
 from node.agents.roles import parse_delivery, policy_check
 from node.errors import NodeError
 from node.mcp.registry import ALL_SCOPES, Caller
-from node.rag.errors import RagError
 from node.twin.errors import AskError
 from node.twin.personal_context import expand_query, personalize
 
@@ -103,22 +102,10 @@ class RemoteTools:
         if scope is not None and not self.caller.has_scope(scope):
             raise ToolDenied(f"{tool} needs the {scope!r} scope, which this caller was not granted")
         private = self.caller.has_scope("rag:private")
-        if tool == "rag.query" and not private:
-            from node.rag.plugin import rag_service
-
-            rag = rag_service(self.node)
-            if rag is None:
-                raise ToolDenied("the knowledge base is off on this node")
-            k = args.get("k", 5)
-            q = args.get("query")
-            if not isinstance(q, str) or not q.strip():
-                raise AgentError("query must be a non-empty string")
-            try:
-                hits = await rag.query(q, k=k if isinstance(k, int) else 5, shared_only=True)
-            except RagError as exc:  # the agent reports it (an AgentError ends that step, not the request)
-                raise ToolUnavailable(f"rag.query: {exc}") from exc
-            return [h.to_json() for h in hits]
-        result = await self.inner.call_as(agent, allowed, tool, args)
+        # Through the registry like every agent call (audited, rate-limited), as "<Agent>@<the caller's client id>"
+        # (e.g. "Sage@key:3f2a"): the audit shows who the agent worked for.
+        safe = {**args, "shared_only": True} if tool == "rag.query" and not private else dict(args)
+        result = await self.inner.call_as(f"{agent}@{self.caller.client_id}", allowed, tool, safe)
         if tool == "rag.documents" and not private and isinstance(result, list):
             return [d for d in result if isinstance(d, Mapping) and d.get("shared")]
         return result
@@ -130,7 +117,15 @@ async def ask(
     text = text.strip()
     if not text or len(text) > MAX_ASK_CHARS:
         raise AskError(f"a request is 1 to {MAX_ASK_CHARS} characters")
-    context = await _context(node) if access.personal else {}
+    from node.agents.remote import split_target
+
+    try:
+        remote_peer = split_target(agent)[1] if agent is not None else None
+    except AgentError as exc:
+        raise AskError(str(exc)) from exc
+    # A request to another node's agent (AGENT@PEER) goes as the owner typed it: personalize() could add a frequent
+    # contact's peer ID or a resolved pronoun, and nothing personal leaves the device.
+    context = await _context(node) if access.personal and remote_peer is None else {}
     handed = personalize(text, context, node.peers_view()) if context else None
     request = handed.text if handed is not None else text
     applied: dict[str, Any] = {}
@@ -146,8 +141,9 @@ async def ask(
             # the privacy check), not whichever the body's words are about.
             agent = "Coordinator"
         try:
-            if agent is not None:
-                agent = agents.roster.get(agent).name  # an unknown name is refused here, before the King starts
+            if agent is not None:  # an unknown name is refused here, before the King starts
+                name = agents.roster.get(split_target(agent)[0]).name
+                agent = name if remote_peer is None else f"{name}@{remote_peer}"
             out = await agents.ask(
                 request,
                 agent=agent,

@@ -25,7 +25,7 @@ from node.agents.roles import parse_delivery
 from node.routing.names import PEER_ID_HEX, resolve_peer_view
 
 # The twin's own short form of a private send: "send <body> to <recipient>" (one token, at the very end).
-_SEND_TO = re.compile(r"^(?:please\s+)?send\s+(?P<body>\S.*?)\s+to\s+(?P<to>[^\s:,]+?)[.!]?$", re.I | re.S)
+_SEND_TO = re.compile(r"^(?:please\s+)?send\s+(?P<body>\S.*?)(?<!\s)\s+to\s+(?P<to>[^\s:,]+?)[.!]?$", re.I | re.S)
 _PRONOUN = re.compile(r"\b(it|this|that|these|those|them|they)\b", re.I)
 MAX_VAGUE_WORDS = 8  # a question this short with a pronoun is "underspecified"
 _HEX = frozenset("0123456789abcdef")

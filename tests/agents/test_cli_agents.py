@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from node.agents.plugin import ask_human, trace_human
 from tests.test_cli import VILLAGE, WAIT_S, _notify_socket, data_dir, village
 
 __all__ = ["data_dir"]
@@ -63,3 +64,20 @@ def test_ask_trace_and_vote_against_a_real_daemon(data_dir: Path) -> None:
         assert json.loads(village("vote", "evidence", "--json", *dd).stdout) == []
     finally:
         stop(proc, notify)
+
+
+def test_answers_and_traces_from_peers_are_printed_with_visible_escapes() -> None:
+    hostile = "\x1b]0;pwned\x07\x1b[2J\x1b[31mFAKE: node compromised\u202e"
+    out = ask_human({"id": "ab12", "answer": f"[Sage@bob] line one\n{hostile}"})
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    assert out.split("\n") == [
+        "[Sage@bob] line one",
+        "\\x1b]0;pwned\\x07\\x1b[2J\\x1b[31mFAKE: node compromised\\u202e",
+        "(trace: village agents trace ab12)",
+    ]
+    listed = trace_human([{"id": "ab12", "request": f"what\n{hostile}"}])
+    assert "\x1b" not in listed and "\n" not in listed and "\\x0a" in listed
+    steps = trace_human(
+        {"steps": [{"seq": 0, "agent": "King", "kind": "remote", "tool": "", "detail": f"asked {hostile}"}]}
+    )
+    assert "\x1b" not in steps and "\\x1b[2J" in steps

@@ -16,6 +16,12 @@ import trio
 from node.agents.errors import AgentError
 from node.agents.remote import (
     ASK_SERVICE,
+    CAPS_NAMESPACE,
+    CAPS_TTL_MS,
+    CapsCache,
+    PeerBuckets,
+    _canonical,
+    answer_from_untrusted,
     caps_from_untrusted,
     encode_request,
     request_from_untrusted,
@@ -24,9 +30,13 @@ from node.agents.remote import (
 from node.agents.roster import load_roster
 from node.agents.service import AgentsService
 from node.agents.settings import AgentsSettings, LlmSettings
+from node.agents.trace import Trace, TraceStore
 from node.rag.plugin import rag_service
 from node.routing.app import AppRemoteError
 from node.transports.memory import MemoryNetwork
+from node.twin.ask import OWNER, Access
+from node.twin.ask import ask as twin_ask
+from node.twin.errors import AskError
 from node.wire.errors import MalformedFrame
 from tests.agents.test_king import start_node
 
@@ -105,12 +115,19 @@ async def test_the_king_dispatches_to_an_agent_on_another_node(tmp_path: Path) -
             assert mine is not None and any(s["kind"] == "remote" for s in mine["steps"])
             assert b_svc.traces is not None
             theirs = await b_svc.trace(b_svc.traces.recent(1)[0]["id"])
-            assert theirs is not None
+            assert theirs is not None and theirs["caller"] == alice.identity.peer_id_hex
             assert any(s["kind"] == "remote" and alice.identity.peer_id_hex in s["detail"] for s in theirs["steps"])
             assert b_svc.registry is not None and b_svc.registry.audit is not None
             last = b_svc.registry.audit.last
             assert last is not None and last["client"] == f"Sage@{alice.identity.peer_id_hex}" and last["ok"]
             assert b_svc.remote is not None and b_svc.remote.counters["served"] == 1
+
+            # `village ask --agent Sage@bob` (the twin's entry point) routes to the same remote dispatch, as typed.
+            r2 = await twin_ask(alice, "what does the pump guide say", access=Access(OWNER), agent="sage@bob")
+            assert r2["via"] == "agents" and r2["steps"][0]["agent"] == "Sage@bob" and r2["steps"][0]["ok"]
+            assert b_svc.traces.recent(1)[0]["request"] == "what does the pump guide say"
+            with pytest.raises(AskError, match="AGENT@PEER"):
+                await twin_ask(alice, "hi", access=Access(OWNER), agent="Sage@")
 
             # Only advertised agents: refused by alice's King from bob's signed capabilities, and by bob itself.
             with pytest.raises(AgentError, match="does not offer Coordinator"):
@@ -128,7 +145,7 @@ async def test_the_king_dispatches_to_an_agent_on_another_node(tmp_path: Path) -
             asked = a_svc.remote.counters["asked"]
             with pytest.raises(AgentError, match="not sent to bob: it involves personal data"):
                 await a_svc.ask("what does my diary say about my health", agent="Sage@bob")
-            assert a_svc.remote.counters["asked"] == asked and b_svc.remote.counters["served"] == 1
+            assert a_svc.remote.counters["asked"] == asked and b_svc.remote.counters["served"] == 2
 
             # Hostile input costs the sender: oversize or malformed bodies are refused and counted.
             with pytest.raises(AppRemoteError):
@@ -140,6 +157,15 @@ async def test_the_king_dispatches_to_an_agent_on_another_node(tmp_path: Path) -
                 await a_svc.ask("what does the pump guide say", agent="Sage@bob")
             b_svc.remote.running = 0
             assert b_svc.remote.counters["busy"] == 1
+            # One peer's share: one request at a time, and a token bucket (here emptied).
+            b_svc.remote.running_per_peer[alice.identity.peer_id] = 1
+            with pytest.raises(AgentError, match="busy"):
+                await a_svc.ask("what does the pump guide say", agent="Sage@bob")
+            del b_svc.remote.running_per_peer[alice.identity.peer_id]
+            b_svc.remote.buckets = PeerBuckets(rate_per_s=0.0, burst=0)
+            with pytest.raises(AgentError, match="rate limited"):
+                await a_svc.ask("what does the pump guide say", agent="Sage@bob")
+            assert b_svc.remote.counters["rate_limited"] == 1 and b_svc.remote.counters["served"] == 2
             nursery.cancel_scope.cancel()
 
 
@@ -151,3 +177,68 @@ async def test_a_caller_with_narrowed_tools_cannot_dispatch_to_another_node(tmp_
         await svc.ask("what is the weather", agent="Sage@bob", tools=lambda inner: inner)
     with pytest.raises(AgentError, match="not running"):  # the owner gets past the check (and the service is not up)
         await svc.ask("what is the weather", agent="Sage@bob")
+
+
+def test_one_peer_has_a_bounded_share_of_the_serving_side() -> None:
+    b = PeerBuckets(rate_per_s=0.5, burst=3, max_peers=4)
+    mallory, bob = b"\x01" * 8, b"\x02" * 8
+    assert [b.take(mallory, 0.0) for _ in range(4)] == [True, True, True, False]  # the burst, then refused
+    assert b.take(bob, 0.0)  # another peer keeps its own bucket
+    assert not b.take(mallory, 1.0) and b.take(mallory, 3.0)  # refills at 0.5/s
+    for i in range(10):  # free identities cannot grow the table
+        b.take(bytes([9, i]) * 4, 3.0)
+    assert len(b) == 4
+
+
+def test_remote_served_traces_never_evict_the_owners() -> None:
+    store = TraceStore(None, max_traces=3, max_remote_per_peer=2, max_remote=5)
+    store.save(Trace("own1", "owner: what did I ask yesterday", 1))
+    for i in range(40):  # a peer (with many identities) flooding agents.ask
+        store.save(Trace(f"r{i}", f"remote {i}", 2 + i, caller=f"{i % 8:016x}"))
+    rows = store.recent(100)
+    assert "own1" in [r["id"] for r in rows]
+    assert len(rows) == 1 + 5  # the owner's one, and at most max_remote served ones
+    mine = [r for r in rows if r["id"] != "own1"]
+    assert [r["id"] for r in mine] == [f"r{i}" for i in range(39, 34, -1)]
+    for i in range(3):
+        store.save(Trace(f"peer-a-{i}", "x", 100 + i, caller="aa" * 8))
+    assert {r["id"] for r in store.recent(100)} >= {"own1", "peer-a-1", "peer-a-2"}
+    assert store.get("peer-a-0") is None  # per-peer bound: 2
+    for i in range(4):
+        store.save(Trace(f"own{i + 2}", "mine", 200 + i))
+    ids = [r["id"] for r in store.recent(100)]
+    assert "own1" not in ids and {"own3", "own4", "own5"} <= set(ids)  # the owner's own bound: 3
+    assert store.get("peer-a-2") is not None and store.get("peer-a-2")["caller"] == "aa" * 8  # type: ignore[index]
+
+
+def _signed_caps(key: nacl.signing.SigningKey, doc: dict[str, object]) -> bytes:
+    sig = key.sign(CAPS_NAMESPACE + _canonical(doc)).signature
+    return _canonical({"v": 1, "doc": doc, "sig": sig.hex()})
+
+
+def test_hostile_json_is_a_malformed_frame() -> None:
+    deep = b"[" * 1999 + b"]" * 1999  # RecursionError inside json.loads
+    for parse in (request_from_untrusted, answer_from_untrusted):
+        with pytest.raises(MalformedFrame):
+            parse(deep)
+        with pytest.raises(MalformedFrame):
+            parse(b'{"v": 1, "agent": "Sage", "request": "hi", "text": "x", "ok": NaN, "sources": []}')
+    with pytest.raises(MalformedFrame):
+        answer_from_untrusted(b" " * 70_000)
+    key = nacl.signing.SigningKey(b"m" * 32)
+    pub = bytes(key.verify_key)
+    with pytest.raises(MalformedFrame):
+        caps_from_untrusted(deep, pub, "aa" * 8, 1000)
+    for expires in (float("inf"), 1e30, True, "9999999999999"):
+        body = _signed_caps(
+            key, {"peer": "aa" * 8, "agents": [["Sage", "x"]], "issued_ms": 1000, "expires_ms": expires}
+        )
+        with pytest.raises(MalformedFrame):
+            caps_from_untrusted(body, pub, "aa" * 8, 1000)
+    # A validly signed expiry far in the future is kept only CAPS_TTL_MS from now.
+    body = _signed_caps(key, {"peer": "aa" * 8, "agents": [["Sage", "x"]], "issued_ms": 1000, "expires_ms": 10**15})
+    caps = caps_from_untrusted(body, pub, "aa" * 8, 1000)
+    assert caps.expires_ms == 1000 + CAPS_TTL_MS
+    cache = CapsCache()
+    cache.put(caps)
+    assert cache.get("aa" * 8, 1000 + CAPS_TTL_MS) is None

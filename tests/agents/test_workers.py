@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from node.agents.ledger import Budgets, build_ledger
 from node.agents.market import OfferBook, accept, make_offer, offer_from_json, verify
 from node.agents.service import AgentsService
 from node.agents.settings import AgentsSettings, LlmSettings
+from node.agents.worktools import OfferFile
 from node.rag.plugin import rag_service
 from node.transports.memory import MemoryNetwork
 from tests.agents.test_king import start_node
@@ -107,6 +109,44 @@ def test_offers_are_signed_verified_accepted_and_bounded() -> None:
             0,
         )
     assert len(book.offers) == 3 and [x.give_amount for x in book.all()] == [3, 4, 5]
+
+
+def test_an_accepted_offer_is_final_and_a_bad_offers_file_does_not_stop_the_node(tmp_path: Path) -> None:
+    maker = nacl.signing.SigningKey(b"m" * 32)
+    taker = nacl.signing.SigningKey(b"t" * 32)
+    o = make_offer(maker, give="storage_bytes", give_amount=10, want="relay_frames", want_amount=5, now_ms=0, ttl_s=9)
+    book = OfferBook()
+    book.add(o, 0)
+    done = accept(o, taker, b"\x01" * 8, 1)
+    book.offers[o.id] = done
+    assert not book.add(o, 2)  # the open offer again (a reload, a replay): the accepted record stays
+    assert book.get(o.id).taker == bytes(taker.verify_key)
+    with pytest.raises(AgentError, match="already accepted"):
+        accept(book.get(o.id), taker, b"\x01" * 8, 3)
+    # Rows out of range are refused on load (a negative amount or time would not even pack into sign-bytes).
+    for bad in ({"give_amount": -1}, {"want_amount": 10**13}, {"created_ms": -5}, {"give": "gold"}, {"maker": "00"}):
+        with pytest.raises(AgentError):
+            offer_from_json(o.to_json() | bad)
+    # A file with bad rows: they are skipped and counted, the good ones load; the accepted record survives saving.
+    path = tmp_path / "agents" / "offers.json"
+    f = OfferFile(path)
+    f.save(book)
+    assert oct(path.stat().st_mode & 0o777) == "0o600" and not path.with_suffix(".tmp").exists()
+    rows = json.loads(path.read_text())
+    rows += [o.to_json() | {"give_amount": -1}, "junk", o.to_json()]
+    path.write_text(json.dumps(rows))
+    again, f2 = OfferBook(), OfferFile(path)
+    f2.load(again, 4)
+    assert f2.skipped == 3 and again.get(o.id) == done
+    path.write_text("[" * 5000)  # unreadable: moved aside, the node starts with no offers
+    empty, f3 = OfferBook(), OfferFile(path)
+    f3.load(empty, 4)
+    assert (
+        f3.skipped == 1
+        and not empty.offers
+        and not path.exists()
+        and (tmp_path / "agents" / "offers.json.bad").exists()
+    )
 
 
 @pytest.mark.timeout(300)

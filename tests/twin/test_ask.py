@@ -226,11 +226,39 @@ async def test_through_the_agents_context_for_the_owner_and_scopes_for_a_gateway
             assert "flowerpot" not in str(r) and "personal_context" not in r
             r = await ask(alice, "where is the spare pump", access=Access(GATEWAY_USER), agent="Sage")
             assert "shed" in r["answer"]
+            # ...searched through the registry (audited, rate-limited) as the agent working for that key
+            assert agents.registry is not None and agents.registry.audit is not None
+            last = agents.registry.audit.last
+            assert last is not None and last["tool"] == "rag.query" and last["client"] == "Sage@key:k1" and last["ok"]
+            # The document list is filtered too: the Curator, asked by the key, sees no unshared document.
+            r = await ask(alice, "list the documents", access=Access(GATEWAY_USER), agent="Curator")
+            assert r["steps"][0]["ok"] and "1 document(s)" in r["answer"], r["answer"]
+            assert "diary" not in str(r) and "well.txt" in str(r)
+            r = await ask(alice, "list the documents", access=Access(OWNER), agent="Curator")
+            assert "2 document(s)" in r["answer"] and "diary" in str(r)
             r = await ask(alice, "where is the spare key", access=Access(OWNER), agent="Sage")
             assert "flowerpot" in r["answer"]
+            # agents.dispatch runs the Ensemble's sub-agents with the caller's narrowed runner, not the King's full one.
+            q = "find the document about the spare key"  # routed to Curator, Sage, Tutor: all read documents
+            r = await agents.ask(q, agent="Ensemble", tools=SharedOnly)
+            assert len(r["steps"][0]["data"]["answers"]) == 3 and "flowerpot" not in str(r) and "diary" not in str(r)
+            r = await agents.ask(q, agent="Ensemble")
+            assert "flowerpot" in str(r) and "diary" in str(r)
             r = await ask(alice, "show the audit log", access=Access(GATEWAY_USER), agent="Auditor")
             assert not r["steps"][0]["ok"] and "owner only" in r["answer"]
             nursery.cancel_scope.cancel()
+
+
+class SharedOnly:
+    """A narrowed runner (as a restricted caller's): shared documents only."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def call_as(self, agent: str, allowed: frozenset[str], tool: str, args: Any) -> Any:
+        return await self.inner.call_as(
+            agent, allowed, tool, {**args, "shared_only": True} if tool == "rag.query" else args
+        )
 
 
 def test_a_steps_node_error_becomes_the_asks_error_and_a_bug_stays_a_bug() -> None:
@@ -242,3 +270,28 @@ def test_a_steps_node_error_becomes_the_asks_error_and_a_bug_stays_a_bug() -> No
     )
     with pytest.raises(ExceptionGroup):
         _first_error(ExceptionGroup("steps", [ValueError("a bug")]))
+
+
+async def test_an_ask_for_another_nodes_agent_skips_the_personal_context() -> None:
+    """AGENT@PEER goes as typed: the twin is not even consulted (its context could name a contact's peer ID)."""
+    from node.agents.service import AgentsService
+    from node.agents.settings import AgentsSettings, LlmSettings
+    from node.twin.ask import OWNER, Access, ask
+    from node.twin.errors import AskError
+
+    agents = AgentsService(AgentsSettings(), LlmSettings(backend="off"), None)
+    asked: list[str] = []
+
+    class Node:  # only what ask() reads before the agents service takes over
+        def service(self, name: str) -> object:
+            asked.append(name)
+            return agents if name == "agents" else None
+
+        def peers_view(self) -> list[dict[str, object]]:
+            return []
+
+    with pytest.raises(AskError, match="not running"):  # reached the remote dispatch (not "unknown agent")
+        await ask(Node(), "send it to him", access=Access(OWNER), agent="Sage@bob")  # type: ignore[arg-type]
+    assert asked == ["agents"]
+    with pytest.raises(AskError, match="no agent named"):
+        await ask(Node(), "hello", access=Access(OWNER), agent="Nobody@bob")  # type: ignore[arg-type]
