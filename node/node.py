@@ -317,7 +317,9 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._link_writer, link, queue, nursery.cancel_scope)
-                core.link_up(link_id, link.mtu, self.clock.now(), link.authenticated_signing_key)
+                core.link_up(
+                    link_id, link.mtu, self.clock.now(), link.authenticated_signing_key, rate_key=link.rate_key
+                )
                 self._flush()
                 for listener in self._link_up_listeners:
                     listener(link.remote_address)

@@ -32,6 +32,7 @@ from node.routing.pins import (
     decode_peer_state_signing_key_untrusted,
     encode_peer_state,
 )
+from node.transports.betanet.link import rate_key_of
 from node.wire import (
     Announce,
     MessageType,
@@ -256,3 +257,33 @@ def test_throwaway_keys_on_one_link_leave_new_pins_for_peers_on_other_links() ->
             _handshake_and_pin(core, v, v.signing_public, 2.0 + 2 * i, "L")
     assert len(core.pins) <= 1 + NEW_PINS_PER_LINK_BURST + NEW_PINS_PER_LINK_PER_MIN * 200 / 60  # X's share, and v
     assert core.pins.get(v.peer_id) == Pin(v.peer_id, v.noise_public, v.signing_public)
+
+
+def test_reconnecting_does_not_renew_a_sources_pin_budget() -> None:
+    """Link ids are per connection (``betanet:{n}{dir}``, ``ble:{conn}``), and the per-link pin budget was keyed by
+    them: an attacker reconnecting got a fresh budget each time. It is keyed by the link's ``rate_key`` now (the
+    remote's address or prefix), which a reconnect keeps."""
+    [core] = make_cores(1)
+    core.link_up("L", 1_200_000, 0.0)
+    core.frames_to_send()
+    rng = random.Random(9)
+    v = _new(rng)
+    for i in range(100):
+        link = f"betanet:{i // 10}in"  # a new connection every 10 keys, from the same /64
+        if i % 10 == 0:
+            if i:
+                core.link_down(f"betanet:{i // 10 - 1}in", 1.0 + 2 * i)
+            core.link_up(link, 1_200_000, 1.0 + 2 * i, rate_key=rate_key_of(f"/ip6/2001:db8:1:2::{i}/udp/1/quic-v1"))
+            core.frames_to_send()
+        _handshake_and_pin(core, _new(rng), rng.randbytes(32), 1.0 + 2 * i, link)
+    _handshake_and_pin(core, v, v.signing_public, 300.0, "L")
+    assert len(core.pins) <= 1 + NEW_PINS_PER_LINK_BURST + NEW_PINS_PER_LINK_PER_MIN * 300 / 60  # one source's share
+    assert core.pins.get(v.peer_id) == Pin(v.peer_id, v.noise_public, v.signing_public)
+
+
+def test_a_betanet_links_rate_key_is_its_remotes_address_or_prefix() -> None:
+    assert rate_key_of("/ip4/198.51.100.7/tcp/4001/p2p/12D3KooWA") == "betanet:198.51.100.7"
+    assert rate_key_of("/ip6/2001:db8:1:2::9/udp/4001/quic-v1/p2p/12D3KooWA") == "betanet:2001:db8:1:2::/64"
+    assert rate_key_of("/ip6/::ffff:198.51.100.7/tcp/1/p2p/12D3KooWA") == "betanet:198.51.100.7"
+    assert rate_key_of("/p2p/12D3KooWR/p2p-circuit/p2p/12D3KooWA") == "betanet:/p2p/12D3KooWR"  # its relay
+    assert rate_key_of("/p2p/12D3KooWA") is None  # no address: the link id
