@@ -133,6 +133,9 @@ class PrivateDelivery:
         self.early: OrderedDict[bytes, deque[tuple[Packet, str]]] = OrderedDict()  # (packet, arrival link)
         # Links the last encrypted frame to each peer left on (bounded by the peer table's size).
         self.last_links: OrderedDict[bytes, list[str]] = OrderedDict()
+        # The signing key each peer told us (0x21) inside the session it came in (kept only while that session is
+        # the current one: compared by identity), for a binding challenge while the session lives.
+        self.told_signing: OrderedDict[bytes, tuple[object, bytes]] = OrderedDict()
         # Binding challenges sent without flooding, per arrival link (keyed by link id; the table is bounded, and the
         # global bucket is the sum of max_peers links' rates, so it only bounds a churn of links).
         self.challenge_links = OriginLimiter(
@@ -278,8 +281,18 @@ class PrivateDelivery:
         budget is spent — a flood of forged ciphertext from throwaway IDs drains it) it goes the known way and/or on
         the announce's arrival link only, charged to that link's challenge budget: the link cannot be forged, so a
         flooder elsewhere cannot keep the challenge from going out."""
-        if self.sessions.session(peer_id) is not None or self.sessions.initiating(peer_id):
-            return  # proven already (a pin follows the session's 0x21), or a handshake is under way
+        session = self.sessions.session(peer_id)
+        if session is not None:
+            # Proven already: a pin follows the session's 0x21 — unless it could not be made (pins full, or over
+            # their rate) and the binding was taken over while the session lived. The signing key the peer told us
+            # inside this session is the proof: it replaces the liar's binding, no handshake needed.
+            told = self.told_signing.get(peer_id)
+            info = self.peers.get(peer_id)
+            if told is not None and told[0] is session and info is not None and info.signing_public_key != told[1]:
+                self.host.peer_state(peer_id, told[1], now, link_id)
+            return
+        if self.sessions.initiating(peer_id):
+            return  # a handshake is under way
         routed = self.host.routed(peer_id, now)
         if not routed and (self.flood_limiter is None or self.flood_limiter.allow(peer_id, now)):
             link_only = False  # floods: every link, the arrival link among them
@@ -532,6 +545,10 @@ class PrivateDelivery:
         elif ptype == NoisePayloadType.AUTHENTICATED_PEER_STATE and self.sessions.session(peer) is not None:
             signing_key = decode_peer_state_signing_key_untrusted(body)  # (in a session: the Noise key is proven)
             if signing_key is not None:
+                self.told_signing[peer] = (self.sessions.session(peer), signing_key)
+                self.told_signing.move_to_end(peer)
+                while len(self.told_signing) > self.settings.max_sessions:
+                    self.told_signing.popitem(last=False)
                 self.host.peer_state(peer, signing_key, now, link_id)
         # read receipts and optional types are accepted and ignored
 
@@ -546,4 +563,5 @@ class PrivateDelivery:
             **self.sessions.bounded_sizes(),
             "last_links": (len(self.last_links), s.max_peers),
             **self.challenge_links.bounded_sizes("challenge_links"),
+            "told_signing": (len(self.told_signing), s.max_sessions),
         }

@@ -287,3 +287,29 @@ def test_a_betanet_links_rate_key_is_its_remotes_address_or_prefix() -> None:
     assert rate_key_of("/ip6/::ffff:198.51.100.7/tcp/1/p2p/12D3KooWA") == "betanet:198.51.100.7"
     assert rate_key_of("/p2p/12D3KooWR/p2p-circuit/p2p/12D3KooWA") == "betanet:/p2p/12D3KooWR"  # its relay
     assert rate_key_of("/p2p/12D3KooWA") is None  # no address: the link id
+
+
+def test_a_binding_taken_over_while_a_session_lives_is_answered_from_the_sessions_proof() -> None:
+    """A binding challenge returned whenever a session with the peer existed: with A unpinned (no room for its pin)
+    and a session with A alive, an attacker's first-sight announce of A's ID with its own signing key held, and A's
+    genuine announces were refused until the session idled out (3,600 s). The signing key A told us inside the
+    session is the proof: it replaces the liar's binding at A's next announce."""
+    [core] = make_cores(1, max_pins=1)
+    for link in ("L", "X"):
+        core.link_up(link, 1_200_000, 0.0)
+    core.frames_to_send()
+    rng = random.Random(12)
+    other, a = _new(rng), _new(rng)
+    _handshake_and_pin(core, other, other.signing_public, 1.0, "L")  # takes the only pin
+    _handshake_and_pin(core, a, a.signing_public, 2.0, "L")  # a session with A; A's pin refused (full)
+    assert core.pins.get(a.peer_id) is None and core.delivery.sessions.session(a.peer_id) is not None
+    attacker = nacl.signing.SigningKey(rng.randbytes(32))
+    core.receive_frame("X", _claim(core.wall_ms(3.0), a.peer_id, a.noise_public, attacker, ttl=7), 3.0)
+    info = core.peers.get(a.peer_id)
+    assert info is not None and info.signing_public_key == bytes(attacker.verify_key)  # taken over
+    core.receive_frame("L", _claim(core.wall_ms(4.0), a.peer_id, a.noise_public, a.signing_key, ttl=7), 4.0)
+    info = core.peers.get(a.peer_id)
+    assert info is not None and info.signing_public_key == a.signing_public
+    assert core.counters.pin_replaced_unproven == 1
+    core.receive_frame("L", _claim(core.wall_ms(5.0), a.peer_id, a.noise_public, a.signing_key, ttl=7), 5.0)
+    assert core.counters.key_mismatch == 1  # A's announces are taken again
