@@ -167,6 +167,7 @@ async def test_a_node_keeps_its_pins_across_a_restart(
         await b.wait_until(lambda: b.core is not None and b.core.pins.get(a.identity.peer_id) is not None)
         b.request_stop()
         await a.wait_until(lambda: not a.links)
+        await b.stopped.wait()  # (its last pin writes done: a restart before that raced them and lost the pin)
         b2 = Node(
             b.config,
             b.identity,
