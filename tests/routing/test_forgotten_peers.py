@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 import nacl.signing
+import pytest
 
 from node.crypto.session import XXHandshake
 from node.identity import Identity
@@ -203,13 +204,16 @@ def test_an_announce_conflicting_with_an_unproven_binding_is_answered_with_a_cha
     assert core.counters.pin_conflict == 1
 
 
-def test_forged_ciphertext_from_throwaway_ids_cannot_silence_the_binding_challenge() -> None:
+@pytest.mark.parametrize("start", [T + 1.0, T + 90.0])  # the liar's way via X still known / expired
+def test_forged_ciphertext_from_throwaway_ids_cannot_silence_the_binding_challenge(start: float) -> None:
     """Found by review: forged 0x11 frames from fresh sender IDs (each a recovery handshake charged to the global
     flood budget) kept that budget empty, so the challenge never went out and the hijack stayed. A challenge that
-    does not flood is charged to its arrival link's budget, which a flooder on another link cannot touch."""
+    does not flood is charged to its arrival link's budget, which a flooder on another link cannot touch; one that
+    would flood, with the flood budget spent, goes on the announce's link only."""
     core, a = _hijacked(random.Random(22))
     rng = random.Random(5)
-    now = T + 1.0
+    routed = core.path_to(a.peer_id, start + 31.0)[0] == ["X"]
+    now = start
     for step in range(30):  # 30 s of forged ciphertext on X: a burst, then 3 a second
         for k in range(25 if step == 0 else 3):
             t = now + k / 100
@@ -222,7 +226,9 @@ def test_forged_ciphertext_from_throwaway_ids_cannot_silence_the_binding_challen
     assert not core.flood_limiter.can(rng.randbytes(8), now)  # the global flood budget is spent
     core.receive_frame("L", _announce(core.wall_ms(now), a.peer_id, a.noise_public, a.signing_key, ttl=7), now)
     assert core.counters.key_mismatch == 1 and core.counters.binding_challenges == 1
-    [msg1] = [payload for link, payload in _handshakes(core) if link == "L"]
+    sent = _handshakes(core)
+    assert sorted(link for link, _ in sent) == (["L", "X"] if routed else ["L"])  # never a flood
+    [msg1] = [payload for link, payload in sent if link == "L"]
     _prove(core, a, msg1, now + 0.1)
     info = core.peers.get(a.peer_id)
     assert info is not None and info.signing_public_key == a.signing_public  # A is bound to its own key again
