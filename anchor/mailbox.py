@@ -83,10 +83,13 @@ class MailboxLimits:
     # fetches keeps room for this many envelopes from anyone, so a new honest depositor is not locked out of it.
     # Proven recipients are remembered for proven_recipient_s after their last proof, at most max_proven_recipients
     # (when full, a newly proven recipient is not remembered: a flood of proofs never pushes out a known one), so
-    # the anchor holds at most max_total + reserved_per_proven_recipient x max_proven_recipients envelopes.
+    # the anchor holds at most max_total + reserved_per_proven_recipient x max_proven_recipients envelopes (one per
+    # depositor in a reserve). Proven = fetched mail that waited; new ones rate-limited (anchor.mailbox_quota).
     reserved_per_proven_recipient: int = 4
     max_proven_recipients: int = 4096
     proven_recipient_s: float = 30 * 86_400.0
+    new_proven_per_hour: float = 64.0
+    new_proven_per_key_per_hour: float = 1.0
     max_expiry_s: float = 30 * 86_400.0  # deposits expiring further out are refused
     challenge_ttl_s: float = 30.0
     grant_ttl_s: float = 60.0
@@ -333,7 +336,9 @@ class MailboxCore:
         self._challenges: OrderedDict[bytes, _Issued] = OrderedDict()
         self._grants: OrderedDict[bytes, Grant] = OrderedDict()
         self._buckets: OrderedDict[bytes, tuple[float, int]] = OrderedDict()  # depositor -> (tokens, at ms)
-        self.proven = ProvenRecipients(self.limits.max_proven_recipients, int(self.limits.proven_recipient_s * 1000))
+        lim = self.limits
+        rates = {"new_per_hour": lim.new_proven_per_hour, "new_per_key_per_hour": lim.new_proven_per_key_per_hour}
+        self.proven = ProvenRecipients(lim.max_proven_recipients, int(lim.proven_recipient_s * 1000), **rates)
 
     def take_deposit_token(self, depositor: bytes, now_ms: int) -> None:
         """Count one deposit against ``depositor``'s rate, or :class:`MailboxError` (E_BUSY) when it is used up."""
@@ -397,7 +402,6 @@ class MailboxCore:
             self.counters.proofs_refused += 1
             raise MailboxError(p.E_AUTH, str(exc)) from None
         self._forget_expired(now_ms)
-        self.proven.note(proof.recipient_id, now_ms)
         grant = Grant(
             self.random_bytes(p.GRANT_BYTES), proof.recipient_id, now_ms + int(self.limits.grant_ttl_s * 1000)
         )
@@ -457,6 +461,7 @@ class MailboxService:
             self._total = await self.storage.count(None, now)  # a table scan: at most once a second
             self._total_counted_at_ms = now
         verified = depositor is not None and depositor in self.limits.trusted_depositors
+        reserved = False
         if self._total >= self.limits.max_total or (not verified and self._total >= self._unverified_total_cap()):
             # Full (free keys may have filled it with junk for invented recipients): a recipient that proved its key
             # here still takes a few envelopes from anyone, beyond the total (bounded: see MailboxLimits).
@@ -467,7 +472,7 @@ class MailboxService:
             ):
                 self.core.counters.deposits_refused += 1
                 raise MailboxError(p.E_FULL, "this anchor's mailbox is full")
-            self.core.counters.reserved += 1
+            reserved = True
         keep_until_ms = env.expires_at_ms
         if not verified:
             # A free key cannot take the anchor-wide room by spreading junk over invented recipients: bounded per
@@ -487,7 +492,8 @@ class MailboxService:
                 keep_until_ms,
                 now,
                 depositor=depositor or b"",
-                policy=self.limits.quota,
+                # Into the reserve: one envelope per depositor for this recipient (the policy refuses a second).
+                policy=dataclasses.replace(self.limits.quota, max_per_depositor=1) if reserved else self.limits.quota,
             )
         except QuotaFull as exc:
             self.core.counters.deposits_refused += 1
@@ -504,6 +510,7 @@ class MailboxService:
             # Counted (village mailbox: serving.evicted); a flood evicts on every deposit, so not logged above debug.
             log.debug("mailbox: %d envelope(s) for %s evicted by the quota policy", evicted, env.recipient_id.hex())
         if new:
+            self.core.counters.reserved += reserved
             self.core.counters.deposited += 1
             self._total += 1 - evicted
         else:
@@ -526,6 +533,10 @@ class MailboxService:
         grant = self.core.redeem(proof, now, link_key)
         limit = max(1, min(max_envelopes, self.limits.max_fetch))
         items = await self.storage.list_for(grant.recipient_id, now, limit)
+        if items or self.core.proven.knows(grant.recipient_id, now):
+            # Proven (and given a reserve) only by fetching mail that waited for it: a fetch costs nothing, mail
+            # for a throwaway recipient costs a deposit. Rate-limited per link key and in total.
+            self.core.proven.note(grant.recipient_id, now, link_key or b"")
         self.core.counters.fetched += len(items)
         return grant, items
 

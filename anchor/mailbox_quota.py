@@ -22,10 +22,11 @@ So ``k`` free keys hold at most ``k`` of ``n`` shares of the unverified part, ne
 an envelope already stored from anybody.
 
 Anchor-wide (``mailbox.max_envelopes_total``), free keys depositing junk for invented recipients can fill the total:
-nobody fetches that junk, so it stays until it expires. A recipient that proves its key to the anchor (a FETCH) is
-remembered (:class:`ProvenRecipients`) and keeps a small reserve beyond the total for deposits from anyone, so a
-flood of fresh keys cannot lock a new honest depositor out of an anchor's regular recipients (junk sent to them
-goes at their next fetch).
+nobody fetches that junk, so it stays until it expires. A recipient that proves its key to the anchor by fetching
+mail that waited for it is remembered (:class:`ProvenRecipients`, new entries rate-limited) and keeps a small
+reserve beyond the total for deposits from anyone, at most one envelope per depositor, so a flood of fresh keys
+cannot lock a new honest depositor out of an anchor's regular recipients (junk sent to them goes at their next
+fetch). As many free keys as the reserve holds, aimed at one recipient, still use it up until that fetch.
 """
 
 from __future__ import annotations
@@ -101,24 +102,45 @@ def _bytes(items: Sequence[Held]) -> int:
 
 
 class ProvenRecipients:
-    """Recipients that proved their key to this anchor, each for ``keep_ms`` after its last proof; at most
-    ``max_recipients``. When full, a newly proven recipient is not remembered: a flood of proofs from free keys
-    never pushes out a recipient that is already known (it refreshes its entry at every fetch)."""
+    """Recipients that proved their key to this anchor by fetching mail that waited for them, each for ``keep_ms``
+    after its last proof; at most ``max_recipients``. When full, a newly proven recipient is not remembered: a flood
+    of proofs from free keys never pushes out a recipient that is already known (it refreshes its entry at every
+    fetch). New entries are rate-limited, in total (``new_per_hour``, bursts of ``max(4, max_recipients // 16)``) and
+    per link key when there is one (``new_per_key_per_hour``, bursts of 4; the table of keys is bounded), so free
+    recipient keys cannot fill the table in one go and hold it for ``keep_ms``."""
 
-    def __init__(self, max_recipients: int, keep_ms: int) -> None:
+    def __init__(
+        self, max_recipients: int, keep_ms: int, *, new_per_hour: float = 64.0, new_per_key_per_hour: float = 1.0
+    ) -> None:
         self.max_recipients = max_recipients
         self.keep_ms = keep_ms
         self._last: OrderedDict[bytes, int] = OrderedDict()  # recipient -> its last proof (ms), oldest first
+        self._global = _Bucket(new_per_hour, max(4.0, max_recipients // 16))
+        self._per_key: OrderedDict[bytes, _Bucket] = OrderedDict()  # link key -> its bucket, least recent first
+        self._new_per_key_per_hour = new_per_key_per_hour
 
     def __len__(self) -> int:
         return len(self._last)
 
-    def note(self, recipient_id: bytes, now_ms: int) -> bool:
-        """``recipient_id`` proved its key now. False if it could not be remembered (full of live entries)."""
+    def note(self, recipient_id: bytes, now_ms: int, link_key: bytes = b"") -> bool:
+        """``recipient_id`` proved its key now (over a link authenticated as ``link_key``; b"": none). False if it
+        could not be remembered (full of live entries, or over the rate of new entries)."""
         while self._last and next(iter(self._last.values())) + self.keep_ms <= now_ms:
             self._last.popitem(last=False)
-        if recipient_id not in self._last and len(self._last) >= self.max_recipients:
-            return False
+        if recipient_id not in self._last:
+            if len(self._last) >= self.max_recipients:
+                return False
+            bucket = None
+            if link_key:  # (the gateway's fetches have none: its clients are authenticated by it, and rate-limited)
+                bucket = self._per_key.pop(link_key, None) or _Bucket(self._new_per_key_per_hour, 4.0)
+                self._per_key[link_key] = bucket
+                while len(self._per_key) > self.max_recipients:
+                    self._per_key.popitem(last=False)
+            if not ((bucket is None or bucket.can(now_ms)) and self._global.can(now_ms)):
+                return False
+            if bucket is not None:
+                bucket.take(now_ms)
+            self._global.take(now_ms)
         self._last.pop(recipient_id, None)
         self._last[recipient_id] = now_ms
         return True
@@ -126,3 +148,25 @@ class ProvenRecipients:
     def knows(self, recipient_id: bytes, now_ms: int) -> bool:
         at = self._last.get(recipient_id)
         return at is not None and at + self.keep_ms > now_ms
+
+
+class _Bucket:
+    """A token bucket refilled at ``per_hour``, holding at most ``burst`` (starts full)."""
+
+    __slots__ = ("_at_ms", "_burst", "_per_ms", "_tokens")
+
+    def __init__(self, per_hour: float, burst: float) -> None:
+        self._per_ms = per_hour / 3_600_000
+        self._burst = burst
+        self._tokens = burst
+        self._at_ms: int | None = None
+
+    def can(self, now_ms: int) -> bool:
+        if self._at_ms is not None:
+            self._tokens = min(self._burst, self._tokens + max(0, now_ms - self._at_ms) * self._per_ms)
+        self._at_ms = now_ms
+        return self._tokens >= 1.0 - 1e-9  # (a whole token after exactly 1 / per_hour hours)
+
+    def take(self, now_ms: int) -> None:
+        self.can(now_ms)
+        self._tokens -= 1.0

@@ -136,6 +136,7 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self._rearm = trio.Event()
         self._changed = trio.Event()
+        self.stopped = trio.Event()  # set once run() has closed its stores (state.db, the inbox) on the way out
         # Pin changes the core reported, written to state.db off the event loop by _pin_writer (one transaction).
         self._pin_backlog: list[PinChange] = []
         self._pins_dirty = trio.Event()
@@ -212,6 +213,7 @@ class Node:
             self.outbox.close()
             self._write_pins(self._take_pin_backlog())  # what the writer had not written yet
             self.pin_file.close()
+            self.stopped.set()
 
     # ------------------------------------------------------------ hooks for services
     @property
@@ -317,7 +319,9 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._link_writer, link, queue, nursery.cancel_scope)
-                core.link_up(link_id, link.mtu, self.clock.now(), link.authenticated_signing_key)
+                core.link_up(
+                    link_id, link.mtu, self.clock.now(), link.authenticated_signing_key, rate_key=link.rate_key
+                )
                 self._flush()
                 for listener in self._link_up_listeners:
                     listener(link.remote_address)

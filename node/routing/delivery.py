@@ -52,6 +52,12 @@ from node.wire import (
     encode_private_message,
 )
 
+# Binding challenges that would not flood (a path to the peer is known, or only the announce's link is used) are
+# charged to the link the conflicting announce came on, not to the global flood budget that anyone's forged
+# ciphertext draws from: a link cannot be forged, so a flooder elsewhere cannot silence the challenge.
+CHALLENGE_LINK_PER_S = 0.2  # one challenge per link every 5 s ...
+CHALLENGE_LINK_BURST = 3.0  # ... after a burst of 3
+
 
 class DeliveryHost(Protocol):
     """What private delivery needs from the core around it."""
@@ -127,6 +133,18 @@ class PrivateDelivery:
         self.early: OrderedDict[bytes, deque[tuple[Packet, str]]] = OrderedDict()  # (packet, arrival link)
         # Links the last encrypted frame to each peer left on (bounded by the peer table's size).
         self.last_links: OrderedDict[bytes, list[str]] = OrderedDict()
+        # The signing key each peer told us (0x21) inside the session it came in (kept only while that session is
+        # the current one: compared by identity), for a binding challenge while the session lives.
+        self.told_signing: OrderedDict[bytes, tuple[object, bytes]] = OrderedDict()
+        # Binding challenges sent without flooding, per arrival link (keyed by link id; the table is bounded, and the
+        # global bucket is the sum of max_peers links' rates, so it only bounds a churn of links).
+        self.challenge_links = OriginLimiter(
+            per_origin_per_s=CHALLENGE_LINK_PER_S,
+            burst=CHALLENGE_LINK_BURST,
+            global_per_s=CHALLENGE_LINK_PER_S * settings.max_peers,
+            global_burst=CHALLENGE_LINK_BURST * settings.max_peers,
+            max_origins=settings.max_peers,
+        )
 
     # ---------------------------------------------------------------- timers
     def next_deadline(self) -> float | None:
@@ -257,18 +275,39 @@ class PrivateDelivery:
         (node.routing.pins). Without it, an attacker who claimed the ID first (after flooding the table and its
         memory of forgotten bindings) would have the genuine peer's announces refused, and our answers sent its way,
         for as long as it kept announcing. Remote-triggered: within the flood limits, one handshake at a time (and a
-        liar's conflicting announce of an honest peer only makes us complete a handshake with that peer)."""
-        if self.sessions.session(peer_id) is not None or self.sessions.initiating(peer_id):
-            return  # proven already (a pin follows the session's 0x21), or a handshake is under way
-        if self.flood_limiter is not None and not self.flood_limiter.allow(peer_id, now):
+        liar's conflicting announce of an honest peer only makes us complete a handshake with that peer).
+
+        Message 1 floods only when no path is known, within the flood limits. Otherwise (a path is known, or the flood
+        budget is spent — a flood of forged ciphertext from throwaway IDs drains it) it goes the known way and/or on
+        the announce's arrival link only, charged to that link's challenge budget: the link cannot be forged, so a
+        flooder elsewhere cannot keep the challenge from going out."""
+        session = self.sessions.session(peer_id)
+        if session is not None:
+            # Proven already: a pin follows the session's 0x21 — unless it could not be made (pins full, or over
+            # their rate) and the binding was taken over while the session lived. The signing key the peer told us
+            # inside this session is the proof: it replaces the liar's binding, no handshake needed.
+            told = self.told_signing.get(peer_id)
+            info = self.peers.get(peer_id)
+            if told is not None and told[0] is session and info is not None and info.signing_public_key != told[1]:
+                self.host.peer_state(peer_id, told[1], now, link_id)
+            return
+        if self.sessions.initiating(peer_id):
+            return  # a handshake is under way
+        routed = self.host.routed(peer_id, now)
+        if not routed and (self.flood_limiter is None or self.flood_limiter.allow(peer_id, now)):
+            link_only = False  # floods: every link, the arrival link among them
+        elif link_id and self.challenge_links.allow(link_id.encode(), now):
+            link_only = not routed
+        else:
             self.counters.rate_limited += 1
             return
         msg1 = self.sessions.initiate(peer_id, now, beside_responder=True)
-        if msg1 is not None:
-            self.counters.binding_challenges += 1
-            links = self.host.send_directed(MessageType.NOISE_HANDSHAKE, msg1, peer_id, now)
-            if link_id not in links:
-                self.host.send_on_link(link_id, MessageType.NOISE_HANDSHAKE, msg1, peer_id, now)
+        if msg1 is None:
+            return
+        self.counters.binding_challenges += 1
+        links = [] if link_only else self.host.send_directed(MessageType.NOISE_HANDSHAKE, msg1, peer_id, now)
+        if link_id and link_id not in links:
+            self.host.send_on_link(link_id, MessageType.NOISE_HANDSHAKE, msg1, peer_id, now)
 
     def check_private(self, peer_id: bytes, text: str) -> None:
         """Raise :class:`MeshError` unless :meth:`queue_private` would accept this message now."""
@@ -506,6 +545,10 @@ class PrivateDelivery:
         elif ptype == NoisePayloadType.AUTHENTICATED_PEER_STATE and self.sessions.session(peer) is not None:
             signing_key = decode_peer_state_signing_key_untrusted(body)  # (in a session: the Noise key is proven)
             if signing_key is not None:
+                self.told_signing[peer] = (self.sessions.session(peer), signing_key)
+                self.told_signing.move_to_end(peer)
+                while len(self.told_signing) > self.settings.max_sessions:
+                    self.told_signing.popitem(last=False)
                 self.host.peer_state(peer, signing_key, now, link_id)
         # read receipts and optional types are accepted and ignored
 
@@ -519,4 +562,6 @@ class PrivateDelivery:
             "handshake_expiries": (len(self.handshake_expiries), s.max_peers),
             **self.sessions.bounded_sizes(),
             "last_links": (len(self.last_links), s.max_peers),
+            **self.challenge_links.bounded_sizes("challenge_links"),
+            "told_signing": (len(self.told_signing), s.max_sessions),
         }

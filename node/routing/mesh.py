@@ -476,9 +476,12 @@ class MeshCore:
         authenticated_signing_key: bytes | None = None,
         *,
         cost_weight: float = 1.0,
+        rate_key: str | None = None,
     ) -> None:
-        """A link came up. ``cost_weight`` is the transport's preference in path costs (lower is preferred)."""
-        self.output.link_up(link_id, mtu, now, authenticated_signing_key)
+        """A link came up. ``cost_weight`` is the transport's preference in path costs (lower is preferred);
+        ``rate_key`` what per-source budgets (new pins) count this link's input under: the remote's address or
+        prefix, stable across reconnects (None: the link id)."""
+        self.output.link_up(link_id, mtu, now, authenticated_signing_key, rate_key)
         self.paths.link_up(link_id, cost_weight)
         self.presence.send_announce([link_id], now)  # (a settled announce follows once its announce binds the link)
         if self.schedule.next_announce is None:

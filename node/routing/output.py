@@ -38,6 +38,9 @@ class LinkState:
     mtu: int
     up_since: float
     bound_key: bytes | None = None  # the peer's Ed25519 key as the transport authenticated it
+    # What per-source budgets (new pins) are keyed by: the remote's address or prefix, which outlives the link
+    # (link ids are per connection); None: the link id (a medium without a stable address).
+    rate_key: str | None = None
 
 
 class LinkOutput:
@@ -82,8 +85,13 @@ class LinkOutput:
         return self.hoparq.pop_due(now)
 
     # ---------------------------------------------------------------- links
-    def link_up(self, link_id: str, mtu: int, now: float, bound_key: bytes | None) -> None:
-        self.links[link_id] = LinkState(mtu=mtu, up_since=now, bound_key=bound_key)
+    def link_up(self, link_id: str, mtu: int, now: float, bound_key: bytes | None, rate_key: str | None = None) -> None:
+        self.links[link_id] = LinkState(mtu=mtu, up_since=now, bound_key=bound_key, rate_key=rate_key)
+
+    def rate_key(self, link_id: str) -> str:
+        """The key of ``link_id``'s per-source budgets (its remote's address or prefix; else the link id)."""
+        state = self.links.get(link_id)
+        return state.rate_key if state is not None and state.rate_key is not None else link_id
 
     def link_down(self, link_id: str) -> None:
         self.links.pop(link_id, None)

@@ -77,7 +77,8 @@ def decode_peer_state_signing_key_untrusted(body: bytes) -> bytes | None:
 NEW_PINS_PER_MIN = 6.0  # pins made at most this often (a burst of NEW_PINS_BURST): pinning costs an attacker time
 NEW_PINS_BURST = 60.0
 # ... and per arrival link (the link the proof came on, which a sender cannot forge) at most half the rate and a third
-# of the burst, so one link cannot use up the budget of the others.
+# of the burst, so one link cannot use up the budget of the others. The caller keys it by the link's source (its
+# ``rate_key``: remote address or prefix, which outlives a reconnect; node.routing.output), not by the link id.
 NEW_PINS_PER_LINK_PER_MIN = 3.0
 NEW_PINS_PER_LINK_BURST = 20.0
 PIN_RATE_LINKS = 256  # links whose pin budget is remembered (least recently used forgotten; the global one holds)
@@ -88,8 +89,8 @@ class PinStore:
     complete a handshake with it, so "least recently confirmed goes" would let throwaway keys push honest pins out
     and reopen the hijack pins exist to close. When the store is full a new binding is refused (``"full"``, the
     peer works unpinned as before; the user frees room with ``village peers --forget``), and new pins are made at
-    most ``NEW_PINS_PER_MIN`` a minute, and ``NEW_PINS_PER_LINK_PER_MIN`` per arrival link (``"later"``: the peer's
-    next handshake tries again)."""
+    most ``NEW_PINS_PER_MIN`` a minute, and ``NEW_PINS_PER_LINK_PER_MIN`` per source of the arrival link (its
+    remote address or prefix, so reconnecting does not renew it; ``"later"``: the peer's next handshake tries again)."""
 
     def __init__(self, max_pins: int, pins: tuple[Pin, ...] | list[Pin] = ()) -> None:
         self.max_pins = max_pins
@@ -124,7 +125,8 @@ class PinStore:
         )
 
     def confirm(self, pin: Pin, now: float = 0.0, link_id: str = "") -> str:
-        """Pin (or re-confirm) a binding proven by a handshake, whose proof arrived on ``link_id``: ``"new"``,
+        """Pin (or re-confirm) a binding proven by a handshake, whose proof arrived on ``link_id`` (the arrival link's
+        ``rate_key`` where it has one: the per-link budget is keyed by it): ``"new"``,
         ``"same"``, ``"conflict"`` (another binding is pinned for that peer ID; kept until the user forgets it),
         ``"full"`` (no room: refused) or ``"later"`` (over the rate of new pins, on that link or in all: refused
         for now)."""

@@ -134,7 +134,7 @@ class Presence:
         if session is None:
             return
         pin = Pin(peer_id, session.remote_static, signing_public_key)
-        outcome = self.pins.confirm(pin, now, link_id)
+        outcome = self.pins.confirm(pin, now, self.output.rate_key(link_id) if link_id else "")
         if outcome == "conflict":
             self.counters.pin_conflict += 1  # pinned to other keys: kept until the user forgets the pin
             return

@@ -81,6 +81,12 @@ class Link(ABC):
         this link signed with another key."""
         return None
 
+    @property
+    def rate_key(self) -> str | None:
+        """What per-source budgets in the mesh (new identity pins) count this link under: the remote's address, or
+        its network prefix, which a reconnect does not change (link ids are per connection). None: the link id."""
+        return None
+
     @abstractmethod
     async def send(self, frame: bytes) -> None:
         """Queue ``frame`` for the peer. Raises :class:`FrameSizeError` for an empty or oversize frame and

@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 from anchor.mailbox import MailboxCore, MailboxLimits, MailboxService, MemoryMailboxStorage
 from anchor.mailbox_quota import Held, QuotaFull, QuotaPolicy, decide_deposit
 from node.identity import Identity
-from node.mailbox.protocol import MailboxError, make_proof
+from node.mailbox.protocol import MailboxError
 from node.routing.courier import Envelope, encode_envelope
 from tests.anchor.test_mailbox_core import Clock, sealed_for
+from tests.anchor.test_mailbox_reserve import prove_by_mail
 
 PINNED = [bytes([0xF0 + i]) * 32 for i in range(2)]
 KEYS = [bytes([i]) * 32 for i in range(40)] + PINNED
@@ -95,7 +96,7 @@ def test_no_flood_of_free_keys_locks_a_new_depositor_out_of_a_proven_recipient(
     """Whatever fresh keys deposit for invented recipients, and however many other recipients prove their keys, a
     new depositor's envelope for a recipient that proved its key first is taken while that recipient holds fewer
     than its reserve; and the anchor never holds more than max_total + reserve x max_proven envelopes."""
-    anchor, honest, recipient = (Identity.generate() for _ in range(3))
+    anchor, recipient = (Identity.generate() for _ in range(2))
     limits = MailboxLimits(
         max_total=max_total,
         max_per_depositor_total=4,  # (the honest depositor's own envelopes fit: reserve <= 4)
@@ -106,7 +107,7 @@ def test_no_flood_of_free_keys_locks_a_new_depositor_out_of_a_proven_recipient(
     async def main() -> None:
         clock, storage = Clock(), MemoryMailboxStorage()
         service = MailboxService(MailboxCore(anchor.signing_public, limits), storage, clock)
-        await service.fetch(make_proof(recipient, anchor.signing_public, service.challenge()), 10)
+        assert await prove_by_mail(service, recipient) == 1
         expiry = clock() + 86_400_000
         for kind, n in steps:
             if kind == "junk":
@@ -114,14 +115,14 @@ def test_no_flood_of_free_keys_locks_a_new_depositor_out_of_a_proven_recipient(
                 with contextlib.suppress(MailboxError):
                     await service.deposit(env, os.urandom(32))
             elif kind == "prove":
-                other = Identity.generate()
-                await service.fetch(make_proof(other, anchor.signing_public, service.challenge()), 10)
+                await prove_by_mail(service, Identity.generate())  # (with mail waiting, if it fits)
             else:
                 clock.ms += n * 1000
             assert await storage.count(None, clock()) <= max_total + reserve * max_proven
         held = await storage.count(recipient.peer_id, clock())
         assert held == 0  # nobody in the flood wrote to it
-        for i in range(reserve):
+        for i in range(reserve):  # (one envelope in a reserve per depositor)
+            honest = Identity.generate()
             _, new = await service.deposit(sealed_for(honest, recipient, b"%d" % i, expiry), honest.signing_public)
             assert new
 

@@ -34,6 +34,7 @@ from node.routing.courier import Envelope, decode_envelope_untrusted, encode_env
 from node.settings import config_from_mapping
 from node.transports.betanet.transport import BetanetTransport
 from tests.anchor.test_mailbox_core import Clock, TrioAdapter, sealed_for
+from tests.anchor.test_mailbox_reserve import prove_by_mail
 from tests.transports.test_betanet import LOOPBACK
 
 
@@ -335,11 +336,11 @@ async def test_a_flood_of_free_keys_does_not_lock_a_new_depositor_out_of_a_prove
     """With no trusted depositors (the default), fresh keys depositing junk for invented recipients filled
     max_envelopes_total and every new unverified sender was refused until the junk expired (up to 7 days). A
     recipient that fetched from the anchor (proved its key) now keeps a reserve beyond the total, for anyone."""
-    anchor, a, c, d = (Identity.generate() for _ in range(4))
+    anchor, a, c, d, e = (Identity.generate() for _ in range(5))
     limits = MailboxLimits(max_total=20, max_per_depositor_total=5, reserved_per_proven_recipient=2)
     clock = Clock()
     service = MailboxService(MailboxCore(anchor.signing_public, limits), MemoryMailboxStorage(), clock)
-    await service.fetch(make_proof(c, anchor.signing_public, service.challenge()), 10)  # c fetches: proven
+    assert await prove_by_mail(service, c) == 1  # c fetches mail waiting for it: proven
     expiry = clock() + 86_400_000
     junk_stored = 0
     for _ in range(10):  # fresh keys, 5 envelopes each for invented recipients, until the anchor is full
@@ -353,11 +354,11 @@ async def test_a_flood_of_free_keys_does_not_lock_a_new_depositor_out_of_a_prove
     clock.ms += 1000
     with pytest.raises(MailboxError, match="anchor's mailbox is full"):  # d never fetched here: no reserve
         await service.deposit(sealed_for(a, d, b"hi d"), a.signing_public)
-    for i in range(2):  # a new depositor still reaches c (its reserve), and c gets the mail
-        _, new = await service.deposit(sealed_for(a, c, b"hi c %d" % i), a.signing_public)
+    for i, who in enumerate((a, d)):  # new depositors still reach c (its reserve: one each), and c gets the mail
+        _, new = await service.deposit(sealed_for(who, c, b"hi c %d" % i), who.signing_public)
         assert new
     with pytest.raises(MailboxError, match="anchor's mailbox is full"):  # the reserve is bounded
-        await service.deposit(sealed_for(a, c, b"one too many"), a.signing_public)
+        await service.deposit(sealed_for(e, c, b"one too many"), e.signing_public)
     assert service.core.counters.reserved == 2
     _, items = await service.fetch(make_proof(c, anchor.signing_public, service.challenge()), 10)
     texts = sorted(open_untrusted(decode_envelope_untrusted(i.envelope), c.noise_private)[1] for i in items)

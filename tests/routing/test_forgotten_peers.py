@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 import nacl.signing
+import pytest
 
 from node.crypto.session import XXHandshake
 from node.identity import Identity
@@ -25,6 +26,7 @@ from node.wire import (
     encode_packet,
     sign_packet,
 )
+from tests.routing.test_forged_handshakes import _enc_frame
 from tests.routing.test_hoparq import make_cores
 
 
@@ -164,30 +166,70 @@ def test_a_handshake_from_a_neighbour_is_answered_on_its_link_whatever_the_path_
     ini.read_untrusted(answers[0][1])
 
 
-def test_an_announce_conflicting_with_an_unproven_binding_is_answered_with_a_challenge() -> None:
-    """Found by the randomized adversary: after the hijack, A's genuine announces were refused (key mismatch) for as
-    long as the attacker kept announcing, so V never woke its messages for A. Now the conflict starts a handshake
-    on the announce's link; A completes it and proves its signing key (0x21), which pins A and replaces the liar's
-    binding, and A's announces are taken again while the attacker's are refused."""
-    core, a = _hijacked(random.Random(22))
-    core.receive_frame("L", _announce(core.wall_ms(T + 5.0), a.peer_id, a.noise_public, a.signing_key, ttl=7), T + 5.0)
-    assert core.counters.key_mismatch == 1 and core.counters.binding_challenges == 1
-    [msg1] = [payload for link, payload in _handshakes(core) if link == "L"]
+def _prove(core: MeshCore, a: Identity, msg1: bytes, now: float) -> None:
+    """A, straight on L, completes the handshake that ``msg1`` started and tells its signing key inside (0x21)."""
     resp = XXHandshake.responder_for(a.noise_private)
     resp.read_untrusted(msg1)
-    msg2 = Packet(1, MessageType.NOISE_HANDSHAKE, 7, core.wall_ms(T + 5.1), a.peer_id, core.peer_id, (), resp.write())
-    core.receive_frame("L", encode_packet(msg2), T + 5.1)
+    msg2 = Packet(1, MessageType.NOISE_HANDSHAKE, 7, core.wall_ms(now), a.peer_id, core.peer_id, (), resp.write())
+    core.receive_frame("L", encode_packet(msg2), now)
     [msg3] = [payload for link, payload in _handshakes(core) if link == "L"]
     resp.read_untrusted(msg3)
     theirs = resp.finish()
     state = encode_noise_payload(NoisePayloadType.AUTHENTICATED_PEER_STATE, encode_peer_state(a.signing_public, 0))
     sealed = theirs.encrypt(state)
-    enc = Packet(1, MessageType.NOISE_ENCRYPTED, 7, core.wall_ms(T + 5.2), a.peer_id, core.peer_id, (), sealed)
-    core.receive_frame("L", encode_packet(enc), T + 5.2)
+    enc = Packet(1, MessageType.NOISE_ENCRYPTED, 7, core.wall_ms(now + 0.1), a.peer_id, core.peer_id, (), sealed)
+    core.receive_frame("L", encode_packet(enc), now + 0.1)
+
+
+def test_an_announce_conflicting_with_an_unproven_binding_is_answered_with_a_challenge() -> None:
+    """Found by the randomized adversary: after the hijack, A's genuine announces were refused (key mismatch) for as
+    long as the attacker kept announcing, so V never woke its messages for A. Now the conflict starts a handshake
+    on the announce's link; A completes it and proves its signing key (0x21), which pins A and replaces the liar's
+    binding (and forgets the paths learned from the liar's announces), and A's announces are taken again while the
+    attacker's are refused."""
+    core, a = _hijacked(random.Random(22))
+    assert core.path_to(a.peer_id, T + 5.0)[0] == ["X"]  # the liar's way
+    core.receive_frame("L", _announce(core.wall_ms(T + 5.0), a.peer_id, a.noise_public, a.signing_key, ttl=7), T + 5.0)
+    assert core.counters.key_mismatch == 1 and core.counters.binding_challenges == 1
+    [msg1] = [payload for link, payload in _handshakes(core) if link == "L"]
+    _prove(core, a, msg1, T + 5.1)
     assert core.pins.get(a.peer_id) == Pin(a.peer_id, a.noise_public, a.signing_public)
     info = core.peers.get(a.peer_id)
     assert info is not None and info.signing_public_key == a.signing_public
     assert core.counters.pin_replaced_unproven == 1
+    assert core.paths.route(a.peer_id, T + 5.3) is None  # the way via X, learned from the liar, is gone
+    assert core.path_to(a.peer_id, T + 5.3)[0] != ["X"]
     attacker = nacl.signing.SigningKey(random.Random(0).randbytes(32))
     core.receive_frame("X", _announce(core.wall_ms(T + 6.0), a.peer_id, a.noise_public, attacker, ttl=7), T + 6.0)
     assert core.counters.pin_conflict == 1
+
+
+@pytest.mark.parametrize("start", [T + 1.0, T + 90.0])  # the liar's way via X still known / expired
+def test_forged_ciphertext_from_throwaway_ids_cannot_silence_the_binding_challenge(start: float) -> None:
+    """Found by review: forged 0x11 frames from fresh sender IDs (each a recovery handshake charged to the global
+    flood budget) kept that budget empty, so the challenge never went out and the hijack stayed. A challenge that
+    does not flood is charged to its arrival link's budget, which a flooder on another link cannot touch; one that
+    would flood, with the flood budget spent, goes on the announce's link only."""
+    core, a = _hijacked(random.Random(22))
+    rng = random.Random(5)
+    routed = core.path_to(a.peer_id, start + 31.0)[0] == ["X"]
+    now = start
+    for step in range(30):  # 30 s of forged ciphertext on X: a burst, then 3 a second
+        for k in range(25 if step == 0 else 3):
+            t = now + k / 100
+            frame = _enc_frame(core, rng.randbytes(8), rng.randbytes(64), t)
+            core.receive_frame("X", frame, t)
+        core.handle_timer(now + 0.99)  # (their handshakes time out)
+        core.frames_to_send()
+        now += 1.0
+    now -= 0.95  # (just after the last forged frames)
+    assert not core.flood_limiter.can(rng.randbytes(8), now)  # the global flood budget is spent
+    core.receive_frame("L", _announce(core.wall_ms(now), a.peer_id, a.noise_public, a.signing_key, ttl=7), now)
+    assert core.counters.key_mismatch == 1 and core.counters.binding_challenges == 1
+    sent = _handshakes(core)
+    assert sorted(link for link, _ in sent) == (["L", "X"] if routed else ["L"])  # never a flood
+    [msg1] = [payload for link, payload in sent if link == "L"]
+    _prove(core, a, msg1, now + 0.1)
+    info = core.peers.get(a.peer_id)
+    assert info is not None and info.signing_public_key == a.signing_public  # A is bound to its own key again
+    assert core.pins.get(a.peer_id) == Pin(a.peer_id, a.noise_public, a.signing_public)

@@ -32,6 +32,7 @@ from node.routing.pins import (
     decode_peer_state_signing_key_untrusted,
     encode_peer_state,
 )
+from node.transports.betanet.link import rate_key_of
 from node.wire import (
     Announce,
     MessageType,
@@ -166,6 +167,7 @@ async def test_a_node_keeps_its_pins_across_a_restart(
         await b.wait_until(lambda: b.core is not None and b.core.pins.get(a.identity.peer_id) is not None)
         b.request_stop()
         await a.wait_until(lambda: not a.links)
+        await b.stopped.wait()  # (its last pin writes done: a restart before that raced them and lost the pin)
         b2 = Node(
             b.config,
             b.identity,
@@ -256,3 +258,59 @@ def test_throwaway_keys_on_one_link_leave_new_pins_for_peers_on_other_links() ->
             _handshake_and_pin(core, v, v.signing_public, 2.0 + 2 * i, "L")
     assert len(core.pins) <= 1 + NEW_PINS_PER_LINK_BURST + NEW_PINS_PER_LINK_PER_MIN * 200 / 60  # X's share, and v
     assert core.pins.get(v.peer_id) == Pin(v.peer_id, v.noise_public, v.signing_public)
+
+
+def test_reconnecting_does_not_renew_a_sources_pin_budget() -> None:
+    """Link ids are per connection (``betanet:{n}{dir}``, ``ble:{conn}``), and the per-link pin budget was keyed by
+    them: an attacker reconnecting got a fresh budget each time. It is keyed by the link's ``rate_key`` now (the
+    remote's address or prefix), which a reconnect keeps."""
+    [core] = make_cores(1)
+    core.link_up("L", 1_200_000, 0.0)
+    core.frames_to_send()
+    rng = random.Random(9)
+    v = _new(rng)
+    for i in range(100):
+        link = f"betanet:{i // 10}in"  # a new connection every 10 keys, from the same /64
+        if i % 10 == 0:
+            if i:
+                core.link_down(f"betanet:{i // 10 - 1}in", 1.0 + 2 * i)
+            core.link_up(link, 1_200_000, 1.0 + 2 * i, rate_key=rate_key_of(f"/ip6/2001:db8:1:2::{i}/udp/1/quic-v1"))
+            core.frames_to_send()
+        _handshake_and_pin(core, _new(rng), rng.randbytes(32), 1.0 + 2 * i, link)
+    _handshake_and_pin(core, v, v.signing_public, 300.0, "L")
+    assert len(core.pins) <= 1 + NEW_PINS_PER_LINK_BURST + NEW_PINS_PER_LINK_PER_MIN * 300 / 60  # one source's share
+    assert core.pins.get(v.peer_id) == Pin(v.peer_id, v.noise_public, v.signing_public)
+
+
+def test_a_betanet_links_rate_key_is_its_remotes_address_or_prefix() -> None:
+    assert rate_key_of("/ip4/198.51.100.7/tcp/4001/p2p/12D3KooWA") == "betanet:198.51.100.7"
+    assert rate_key_of("/ip6/2001:db8:1:2::9/udp/4001/quic-v1/p2p/12D3KooWA") == "betanet:2001:db8:1:2::/64"
+    assert rate_key_of("/ip6/::ffff:198.51.100.7/tcp/1/p2p/12D3KooWA") == "betanet:198.51.100.7"
+    assert rate_key_of("/p2p/12D3KooWR/p2p-circuit/p2p/12D3KooWA") == "betanet:/p2p/12D3KooWR"  # its relay
+    assert rate_key_of("/p2p/12D3KooWA") is None  # no address: the link id
+
+
+def test_a_binding_taken_over_while_a_session_lives_is_answered_from_the_sessions_proof() -> None:
+    """A binding challenge returned whenever a session with the peer existed: with A unpinned (no room for its pin)
+    and a session with A alive, an attacker's first-sight announce of A's ID with its own signing key held, and A's
+    genuine announces were refused until the session idled out (3,600 s). The signing key A told us inside the
+    session is the proof: it replaces the liar's binding at A's next announce."""
+    [core] = make_cores(1, max_pins=1)
+    for link in ("L", "X"):
+        core.link_up(link, 1_200_000, 0.0)
+    core.frames_to_send()
+    rng = random.Random(12)
+    other, a = _new(rng), _new(rng)
+    _handshake_and_pin(core, other, other.signing_public, 1.0, "L")  # takes the only pin
+    _handshake_and_pin(core, a, a.signing_public, 2.0, "L")  # a session with A; A's pin refused (full)
+    assert core.pins.get(a.peer_id) is None and core.delivery.sessions.session(a.peer_id) is not None
+    attacker = nacl.signing.SigningKey(rng.randbytes(32))
+    core.receive_frame("X", _claim(core.wall_ms(3.0), a.peer_id, a.noise_public, attacker, ttl=7), 3.0)
+    info = core.peers.get(a.peer_id)
+    assert info is not None and info.signing_public_key == bytes(attacker.verify_key)  # taken over
+    core.receive_frame("L", _claim(core.wall_ms(4.0), a.peer_id, a.noise_public, a.signing_key, ttl=7), 4.0)
+    info = core.peers.get(a.peer_id)
+    assert info is not None and info.signing_public_key == a.signing_public
+    assert core.counters.pin_replaced_unproven == 1
+    core.receive_frame("L", _claim(core.wall_ms(5.0), a.peer_id, a.noise_public, a.signing_key, ttl=7), 5.0)
+    assert core.counters.key_mismatch == 1  # A's announces are taken again

@@ -15,6 +15,7 @@ from libp2p.abc import INetStream
 from libp2p.network.stream.exceptions import StreamError
 from libp2p.peer.id import ID
 
+from node.ipprefix import source_prefixes
 from node.transports.base import Link, LinkCapabilities, LinkClosed, check_frame_size
 from node.transports.betanet.counters import BetanetCounters
 
@@ -23,6 +24,18 @@ log = logging.getLogger("village.betanet")
 LENGTH = struct.Struct(">I")  # frame length prefix
 RECEIVE_QUEUE_FRAMES = 64  # frames buffered per link before the reader stops reading (back-pressure)
 READ_CHUNK = 65_536  # bytes asked of the stream per read
+
+
+def rate_key_of(remote: str) -> str | None:
+    """The mesh's per-source budget key for a connection to ``remote`` (a multiaddr as
+    :func:`~node.transports.betanet.transport.remote_address_of` gives it): the IPv4 address or IPv6 /64
+    (:mod:`node.ipprefix`), or the relay of a relayed connection; None (the link id) with no address at all."""
+    parts = remote.split("/")
+    if len(parts) > 2 and parts[1] in ("ip4", "ip6"):
+        return "betanet:" + source_prefixes(parts[2])[0]
+    if "/p2p-circuit" in remote:
+        return "betanet:" + remote.split("/p2p-circuit", 1)[0]
+    return None
 
 
 class BetanetLink(Link):
@@ -86,6 +99,10 @@ class BetanetLink(Link):
     @property
     def remote_address(self) -> str:
         return self._remote
+
+    @property
+    def rate_key(self) -> str | None:
+        return rate_key_of(self._remote)
 
     async def send(self, frame: bytes) -> None:
         if self._closed:

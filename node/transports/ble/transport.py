@@ -95,6 +95,10 @@ class BleLink(Link):
     def remote_address(self) -> str:
         return f"{self._address} ({self.role.value})"
 
+    @property
+    def rate_key(self) -> str | None:
+        return f"ble:{self._address}"  # the peer's address, the same on every connection (unless it rotates it)
+
     # driver side
     def _deliver(self, frame: bytes) -> None:
         try:

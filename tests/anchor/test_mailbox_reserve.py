@@ -1,0 +1,104 @@
+"""A proven recipient's reserve beyond a full anchor (review of the adversary work): free keys can neither use up
+one recipient's reserve with one key, nor fill the table of proven recipients with throwaway recipients."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+
+from anchor.mailbox import MailboxCore, MailboxLimits, MailboxService, MemoryMailboxStorage
+from anchor.mailbox_quota import ProvenRecipients
+from node.identity import Identity
+from node.mailbox.protocol import MailboxError, make_proof
+from node.routing.courier import Envelope, encode_envelope
+from tests.anchor.test_mailbox_core import Clock, sealed_for
+
+
+async def prove_by_mail(service: MailboxService, recipient: Identity, link_key: bytes | None = None) -> int:
+    """``recipient`` gets one envelope from a fresh sender, fetches it (a proof with mail waiting) and acks it.
+    Returns how many envelopes the fetch gave."""
+    sender = Identity.generate()
+    with contextlib.suppress(MailboxError):
+        await service.deposit(sealed_for(sender, recipient, b"hello"), sender.signing_public)
+    proof = make_proof(recipient, service.core.anchor_key, service.challenge())
+    grant, items = await service.fetch(proof, 10, link_key)
+    await service.ack(grant.token, [i.id for i in items])
+    return len(items)
+
+
+async def _fill_with_junk(service: MailboxService, clock: Clock, expiry: int) -> None:
+    for _ in range(10):  # fresh keys, 5 envelopes each for invented recipients, until the anchor is full
+        key = os.urandom(32)
+        clock.ms += 1000  # (the anchor recounts its total at most once a second)
+        with contextlib.suppress(MailboxError):
+            for _ in range(5):
+                await service.deposit(encode_envelope(Envelope(os.urandom(8), expiry, 1, os.urandom(200))), key)
+    clock.ms += 1000
+
+
+async def test_one_free_key_cannot_use_up_a_proven_recipients_reserve() -> None:
+    """A throwaway key's junk for C took C's whole reserve (every envelope for C counted, whoever sent it), and C's
+    honest correspondent was refused. Now one depositor holds at most one envelope in a recipient's reserve."""
+    anchor, a, c = (Identity.generate() for _ in range(3))
+    limits = MailboxLimits(max_total=20, max_per_depositor_total=5, reserved_per_proven_recipient=2)
+    clock = Clock()
+    service = MailboxService(MailboxCore(anchor.signing_public, limits), MemoryMailboxStorage(), clock)
+    assert await prove_by_mail(service, c) == 1
+    expiry = clock() + 86_400_000
+    await _fill_with_junk(service, clock, expiry)
+    junk_key = os.urandom(32)
+    await service.deposit(encode_envelope(Envelope(c.peer_id, expiry, 1, os.urandom(200))), junk_key)
+    with pytest.raises(MailboxError, match="full"):  # its second junk envelope for C: not into the reserve
+        await service.deposit(encode_envelope(Envelope(c.peer_id, expiry, 1, os.urandom(200))), junk_key)
+    _, new = await service.deposit(sealed_for(a, c, b"hi c"), a.signing_public)
+    assert new
+    with pytest.raises(MailboxError, match="full"):  # the reserve stays bounded
+        await service.deposit(sealed_for(Identity.generate(), c, b"one too many"), os.urandom(32))
+    assert service.core.counters.reserved == 2
+
+
+async def test_throwaway_recipients_cannot_fill_the_table_of_proven_recipients() -> None:
+    """4,096 fetches by throwaway recipients filled the proven table for 30 days, and an honest recipient proving
+    itself afterwards got no reserve. Now only a fetch with mail waiting proves a recipient, and new proven
+    recipients are rate-limited per link key and in total."""
+    anchor, a, e = (Identity.generate() for _ in range(3))
+    limits = MailboxLimits(
+        max_total=20, max_per_depositor_total=5, reserved_per_proven_recipient=2, max_proven_recipients=8
+    )
+    clock = Clock()
+    service = MailboxService(MailboxCore(anchor.signing_public, limits), MemoryMailboxStorage(), clock)
+    for _ in range(8):  # throwaway recipients fetch (nothing waits for them)
+        throwaway = Identity.generate()
+        await service.fetch(make_proof(throwaway, anchor.signing_public, service.challenge()), 10)
+    assert len(service.core.proven) == 0
+    for _ in range(8):  # ... and with junk waiting for each (each fetching over its own free link key)
+        clock.ms += 1000
+        throwaway = Identity.generate()
+        await service.deposit(
+            encode_envelope(Envelope(throwaway.peer_id, clock() + 3_600_000, 1, os.urandom(200))), os.urandom(32)
+        )
+        proof = make_proof(throwaway, anchor.signing_public, service.challenge())
+        _, items = await service.fetch(proof, 10, throwaway.signing_public)
+        assert items
+    assert len(service.core.proven) == 4  # the burst of new proven recipients; then 64 an hour
+    clock.ms += 120_000
+    assert await prove_by_mail(service, e) == 1  # the honest recipient proves itself afterwards
+    assert service.core.proven.knows(e.peer_id, clock())
+    expiry = clock() + 86_400_000
+    await _fill_with_junk(service, clock, expiry)
+    _, new = await service.deposit(sealed_for(a, e, b"hi e"), a.signing_public)
+    assert new
+
+
+def test_new_proven_recipients_are_rate_limited_per_link_key_and_in_total() -> None:
+    table = ProvenRecipients(1000, 86_400_000, new_per_hour=10.0, new_per_key_per_hour=1.0)
+    key = b"k" * 32
+    assert [table.note(os.urandom(8), 0, key) for _ in range(6)] == [True] * 4 + [False] * 2  # burst of 4 per key
+    assert table.note(os.urandom(8), 3_600_000, key)  # one an hour after that
+    known = os.urandom(8)
+    others = [table.note(os.urandom(8) if i else known, 3_600_000, os.urandom(32)) for i in range(200)]
+    assert sum(others) < 200 and others[0]  # the global burst (max(4, 1000 // 16) = 62) runs out
+    assert table.note(known, 3_600_001, key)  # refreshing a known recipient is never limited
+    assert len(table) <= 4 + 1 + 62 + 1
