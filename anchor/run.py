@@ -24,8 +24,9 @@ import trio
 from anchor.gateway.app import GatewayContext, build_app
 from anchor.gateway.auth import TokenIssuer, load_or_create_secret
 from anchor.gateway.ports import ApiKeyInfo, MailboxPort
-from anchor.gateway.server import serve_http, tls_files
+from anchor.gateway.server import is_loopback, serve_http, tls_files
 from anchor.gateway.stores_adapter import StoresAdapter
+from anchor.mcp_memory import KEY_FILE as MEMORY_KEY_FILE
 from anchor.mcp_memory import BoltMemoryStorage
 from anchor.mcp_memory import storage_factory as memory_storage_factory
 from anchor.queue import MessageQueue
@@ -35,6 +36,7 @@ from anchor.stores.graph import GraphStore
 from anchor.stores.postgres import PostgresStore
 from anchor.stores.redis_store import RedisStore
 from node.errors import StartupError
+from node.mcp.settings import McpSettings
 from node.settings import Config
 
 if TYPE_CHECKING:
@@ -119,18 +121,29 @@ class GatewayService:
         self.urls: list[str] = []
 
     def mcp_memory_storage(self, node: Node) -> Callable[[], BoltMemoryStorage] | None:
-        """The node's MCP memory on the Bolt graph store (``[anchor] mcp_memory = "graph"``), namespaced by the
-        node's peer ID; offered to the MCP service (node.mcp.service), which calls it when it builds."""
+        """The node's MCP memory on the Bolt graph store (``[anchor] mcp_memory = "graph"``; default ``local``),
+        namespaced by the node's peer ID and sealed with the node's memory key (``<data dir>/anchor/mcp-memory.key``,
+        0600): the server holds only ciphertext. Plaintext Bolt to a server that is not on loopback is refused.
+        Offered to the MCP service (node.mcp.service), which calls it when it builds."""
         anchor = node.config.section(AnchorSection)
         if anchor.mcp_memory != "graph":
             return None
         graph = load_services(node.config).graph
+        if not is_loopback(graph.host):
+            raise StartupError(
+                f"anchor.mcp_memory = graph: the graph server {graph.host} is not on loopback and Bolt to it would "
+                f"be plaintext (bolt://, no bolt+s://); use mcp_memory = local"
+            )
+        mcp = node.config.section(McpSettings)
         return memory_storage_factory(
             graph.bolt_url,
             namespace=f"mcp:{node.identity.peer_id_hex}",
+            key=load_or_create_secret(node.config.data_dir, MEMORY_KEY_FILE),
             user=graph.user,
             password=graph.password,
             timeout_s=anchor.store_timeout_s,
+            max_entities=mcp.memory_max_entities,
+            max_relations=mcp.memory_max_relations,
         )
 
     async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

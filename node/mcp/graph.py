@@ -180,16 +180,26 @@ class KnowledgeGraph:
         self.entities: list[Entity] = []
         self.relations: list[Relation] = []
         self.bytes = 0
+        self.refused = 0  # stored rows not loaded: over the bounds, or refused by the storage (``refused``)
         ents, rels = self.storage.load()
         for eid, name, etype, obs in ents:
             e = Entity(eid, name, etype, list(obs))
+            eb = self._entity_bytes(e)
+            if len(self.entities) >= settings.memory_max_entities or self.bytes + eb > settings.memory_max_bytes:
+                self.refused += 1
+                continue
             e.relower()
             self.entities.append(e)
-            self.bytes += self._entity_bytes(e)
+            self.bytes += eb
         for rid, src, dst, rtype in rels:
             r = Relation(rid, src, dst, rtype)
+            rb = _nbytes(r.src) + _nbytes(r.dst) + _nbytes(r.relation_type)
+            if len(self.relations) >= settings.memory_max_relations or self.bytes + rb > settings.memory_max_bytes:
+                self.refused += 1
+                continue
             self.relations.append(r)
-            self.bytes += _nbytes(r.src) + _nbytes(r.dst) + _nbytes(r.relation_type)
+            self.bytes += rb
+        self.refused += int(getattr(self.storage, "refused", 0))
         self._next_id = 1 + max([e.id for e in self.entities] + [r.id for r in self.relations] + [0])
 
     def _ids(self, n: int) -> list[int]:
@@ -361,6 +371,7 @@ class KnowledgeGraph:
             "relations": len(self.relations),
             "bytes": self.bytes,
             "backend": self.storage.name,
+            "refused": self.refused,
         }
 
 

@@ -212,7 +212,7 @@ def _rel(a: str, b: str, t: str = "knows") -> dict[str, str]:
 async def test_an_anchors_mcp_memory_lives_in_the_graph_store(
     start_gateway: StartGateway, nursery: trio.Nursery, services: ServiceSettings
 ) -> None:
-    gateway = await start_gateway()
+    gateway = await start_gateway(mcp_memory="graph")
     service = McpService(mcp_settings())  # persistent: the node's own data dir
     await nursery.start(service.run, gateway.node)
     assert service.registry is not None and service.graph is not None
@@ -224,7 +224,8 @@ async def test_an_anchors_mcp_memory_lives_in_the_graph_store(
     ns = f"mcp:{gateway.node.identity.peer_id_hex}"
 
     def load(ns: str) -> KnowledgeGraph:  # what a fresh load of the server holds
-        return KnowledgeGraph(BoltMemoryStorage(services.graph.bolt_url, namespace=ns), mcp_settings())
+        key = (gateway.cfg.data_dir / "anchor" / "mcp-memory.key").read_bytes()
+        return KnowledgeGraph(BoltMemoryStorage(services.graph.bolt_url, namespace=ns, key=key), mcp_settings())
 
     on_server = await trio.to_thread.run_sync(lambda: load(ns))
     assert on_server.read_graph() == {"entities": [_ent("Ada", "person", "x")], "relations": [_rel("Ada", "Bob")]}
