@@ -43,6 +43,7 @@ from nacl.bindings import (
 )
 from nacl.exceptions import CryptoError
 
+from anchor.stores._runner import BlockingRunner
 from anchor.stores.errors import StoreError, StoreUnavailable
 from anchor.stores.graph import CONNECT_ATTEMPTS
 
@@ -240,6 +241,25 @@ class BoltMemoryStorage:
         return int(rows[0]["n"])
 
 
+class BoltMemoryFactory:
+    """What the anchor offers the MCP service: a factory of :class:`BoltMemoryStorage` (called in a worker thread)
+    and ``run_blocking``, the runner of its blocking calls: an :class:`~anchor.stores._runner.BlockingRunner` with a
+    deadline of twice ``timeout_s`` that abandons a thread stuck on a server that stopped answering (at most
+    ``max_threads`` such threads) and answers :class:`StoreUnavailable`."""
+
+    def __init__(self, url: str, *, timeout_s: float = 5.0, max_threads: int = 2, **kwargs: Any) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self.kwargs = kwargs
+        self.runner = BlockingRunner("graph", max_threads, (), deadline_s=2 * timeout_s)
+
+    def __call__(self) -> BoltMemoryStorage:
+        return BoltMemoryStorage(self.url, timeout_s=self.timeout_s, **self.kwargs)
+
+    async def run_blocking(self, fn: Callable[[], Any]) -> Any:
+        return await self.runner.run(fn)
+
+
 def storage_factory(
     url: str,
     *,
@@ -250,8 +270,8 @@ def storage_factory(
     timeout_s: float = 5.0,
     max_entities: int = 100_000,
     max_relations: int = 200_000,
-) -> Callable[[], BoltMemoryStorage]:
-    return lambda: BoltMemoryStorage(
+) -> BoltMemoryFactory:
+    return BoltMemoryFactory(
         url,
         namespace=namespace,
         key=key,

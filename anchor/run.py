@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -27,7 +27,7 @@ from anchor.gateway.ports import ApiKeyInfo, MailboxPort
 from anchor.gateway.server import is_loopback, serve_http, tls_files
 from anchor.gateway.stores_adapter import StoresAdapter
 from anchor.mcp_memory import KEY_FILE as MEMORY_KEY_FILE
-from anchor.mcp_memory import BoltMemoryStorage
+from anchor.mcp_memory import BoltMemoryFactory
 from anchor.mcp_memory import storage_factory as memory_storage_factory
 from anchor.queue import MessageQueue
 from anchor.services_settings import ServicesError, ServiceSettings, load_settings, settings_path
@@ -120,7 +120,7 @@ class GatewayService:
         self.consume_queue = consume_queue
         self.urls: list[str] = []
 
-    def mcp_memory_storage(self, node: Node) -> Callable[[], BoltMemoryStorage] | None:
+    def mcp_memory_storage(self, node: Node) -> BoltMemoryFactory | None:
         """The node's MCP memory on the Bolt graph store (``[anchor] mcp_memory = "graph"``; default ``local``),
         namespaced by the node's peer ID and sealed with the node's memory key (``<data dir>/anchor/mcp-memory.key``,
         0600): the server holds only ciphertext. Plaintext Bolt to a server that is not on loopback is refused.

@@ -113,7 +113,13 @@ class McpService:
         s = self.settings
         d = self.data_dir() if self.persistent else None
         self.audit = AuditLog(d / "audit.jsonl" if d else None, max_bytes=s.audit_max_bytes, wall_ms=node.clock.wall_ms)
-        self.graph = GraphStore(d / "memory.sqlite3" if d else None, s, storage=self._memory_storage(node))
+        storage = self._memory_storage(node)
+        self.graph = GraphStore(
+            d / "memory.sqlite3" if d else None,
+            s,
+            storage=storage,
+            run_blocking=getattr(storage, "run_blocking", None),  # a networked store's deadline-bound runner
+        )
         self.working = WorkingMemory(
             max_bytes_per_client=s.working_max_bytes_per_client,
             max_clients=s.working_max_clients,
