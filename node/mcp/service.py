@@ -137,7 +137,15 @@ class McpService:
             return await rag.add_text(source, text, title=title, shared=shared, mime=mime)
 
         max_file_bytes = node.config.section(RagSection).max_file_bytes
-        reg.extend(node_tools(self._invoke, rag_roots=s.rag_roots, add_text=add_text, max_file_bytes=max_file_bytes))
+        reg.extend(
+            node_tools(
+                self._invoke,
+                rag_roots=s.rag_roots,
+                add_text=add_text,
+                max_file_bytes=max_file_bytes,
+                max_held_bytes=s.rag_add_max_held_bytes,
+            )
+        )
         reg.extend(memory_tools(self.graph))
         reg.extend(scratch_tools(self.working, node.clock.now))
         reg.extend(ask_tools(self._invoke, node))  # ask, twin_*, agents_* (node.mcp.ask_tools)
