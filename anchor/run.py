@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -37,6 +38,7 @@ from anchor.stores.postgres import PostgresStore
 from anchor.stores.redis_store import RedisStore
 from node.errors import StartupError
 from node.mcp.settings import McpSettings
+from node.privatefile import PrivateFileRefused, read_private_file
 from node.settings import Config
 
 if TYPE_CHECKING:
@@ -125,9 +127,24 @@ class GatewayService:
         namespaced by the node's peer ID and sealed with the node's memory key (``<data dir>/anchor/mcp-memory.key``,
         0600): the server holds only ciphertext. Plaintext Bolt to a server that is not on loopback is refused.
         Offered to the MCP service (node.mcp.service), which calls it when it builds."""
-        anchor = node.config.section(AnchorSection)
-        if anchor.mcp_memory != "graph":
+        if node.config.section(AnchorSection).mcp_memory != "graph":
             return None
+        return self._memory_graph(node, load_or_create_secret(node.config.data_dir, MEMORY_KEY_FILE))
+
+    def mcp_memory_graph(self, node: Node) -> BoltMemoryFactory | None:
+        """This node's namespace on the graph store whatever ``mcp_memory`` says: the MCP service looks there for
+        a copy an earlier setting left (warned about at start, erased by ``village memory forget``). No key is
+        created for it (erasing and counting rows need none)."""
+        if node.config.section(AnchorSection).mcp_memory == "graph":
+            return None  # it is the active store
+        try:
+            key = read_private_file(node.config.data_dir / "anchor" / MEMORY_KEY_FILE, 64)
+        except (PrivateFileRefused, OSError):
+            key = None
+        return self._memory_graph(node, key[:32] if key and len(key) >= 32 else secrets.token_bytes(32))
+
+    def _memory_graph(self, node: Node, key: bytes) -> BoltMemoryFactory:
+        anchor = node.config.section(AnchorSection)
         graph = load_services(node.config).graph
         if not is_loopback(graph.host):
             raise StartupError(
@@ -138,7 +155,7 @@ class GatewayService:
         return memory_storage_factory(
             graph.bolt_url,
             namespace=f"mcp:{node.identity.peer_id_hex}",
-            key=load_or_create_secret(node.config.data_dir, MEMORY_KEY_FILE),
+            key=key,
             user=graph.user,
             password=graph.password,
             timeout_s=anchor.store_timeout_s,

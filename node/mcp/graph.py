@@ -168,6 +168,11 @@ class SqliteStorage:
                 [(json.dumps(obs), e.id) for e, obs in ch.set_observations],
             )
 
+    def count(self) -> int:
+        """Stored entities and relations (rows)."""
+        row = self.db.execute("SELECT (SELECT count(*) FROM entities) + (SELECT count(*) FROM relations)").fetchone()
+        return int(row[0])
+
     def close(self) -> None:
         self.db.close()
 
