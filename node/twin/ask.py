@@ -118,7 +118,10 @@ class RemoteTools:
             except RagError as exc:  # the agent reports it (an AgentError ends that step, not the request)
                 raise ToolUnavailable(f"rag.query: {exc}") from exc
             return [h.to_json() for h in hits]
-        result = await self.inner.call_as(agent, allowed, tool, args)
+        if self.caller.pre_audit is not None:  # the gateway key's audit row, before a state change runs
+            result = await self.inner.call_as(agent, allowed, tool, args, pre_audit=self.caller.pre_audit)
+        else:
+            result = await self.inner.call_as(agent, allowed, tool, args)
         if tool == "rag.documents" and not private and isinstance(result, list):
             return [d for d in result if isinstance(d, Mapping) and d.get("shared")]
         return result
