@@ -244,14 +244,15 @@ class BoltMemoryStorage:
 class BoltMemoryFactory:
     """What the anchor offers the MCP service: a factory of :class:`BoltMemoryStorage` (called in a worker thread)
     and ``run_blocking``, the runner of its blocking calls: an :class:`~anchor.stores._runner.BlockingRunner` with a
-    deadline of twice ``timeout_s`` that abandons a thread stuck on a server that stopped answering (at most
+    deadline of four times ``timeout_s`` (an open is up to three transactions: two index creations and the load)
+    that abandons a thread stuck on a server that stopped answering (at most
     ``max_threads`` such threads) and answers :class:`StoreUnavailable`."""
 
     def __init__(self, url: str, *, timeout_s: float = 5.0, max_threads: int = 2, **kwargs: Any) -> None:
         self.url = url
         self.timeout_s = timeout_s
         self.kwargs = kwargs
-        self.runner = BlockingRunner("graph", max_threads, (), deadline_s=2 * timeout_s)
+        self.runner = BlockingRunner("graph", max_threads, (), deadline_s=4 * timeout_s)
 
     def __call__(self) -> BoltMemoryStorage:
         return BoltMemoryStorage(self.url, timeout_s=self.timeout_s, **self.kwargs)

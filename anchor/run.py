@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -129,7 +129,7 @@ class GatewayService:
         Offered to the MCP service (node.mcp.service), which calls it when it builds."""
         if node.config.section(AnchorSection).mcp_memory != "graph":
             return None
-        return self._memory_graph(node, load_or_create_secret(node.config.data_dir, MEMORY_KEY_FILE))
+        return self._memory_graph(node, lambda: load_or_create_secret(node.config.data_dir, MEMORY_KEY_FILE))
 
     def mcp_memory_graph(self, node: Node) -> BoltMemoryFactory | None:
         """This node's namespace on the graph store whatever ``mcp_memory`` says: the MCP service looks there for
@@ -137,13 +137,17 @@ class GatewayService:
         created for it (erasing and counting rows need none)."""
         if node.config.section(AnchorSection).mcp_memory == "graph":
             return None  # it is the active store
-        try:
-            key = read_private_file(node.config.data_dir / "anchor" / MEMORY_KEY_FILE, 64)
-        except (PrivateFileRefused, OSError):
-            key = None
-        return self._memory_graph(node, key[:32] if key and len(key) >= 32 else secrets.token_bytes(32))
 
-    def _memory_graph(self, node: Node, key: bytes) -> BoltMemoryFactory:
+        def key() -> bytes:
+            try:
+                found = read_private_file(node.config.data_dir / "anchor" / MEMORY_KEY_FILE, 64)
+            except (PrivateFileRefused, OSError):
+                found = None
+            return found[:32] if found and len(found) >= 32 else secrets.token_bytes(32)
+
+        return self._memory_graph(node, key)
+
+    def _memory_graph(self, node: Node, key: Callable[[], bytes]) -> BoltMemoryFactory:
         anchor = node.config.section(AnchorSection)
         graph = load_services(node.config).graph
         if not is_loopback(graph.host):
@@ -155,7 +159,7 @@ class GatewayService:
         return memory_storage_factory(
             graph.bolt_url,
             namespace=f"mcp:{node.identity.peer_id_hex}",
-            key=key,
+            key=key(),  # after the checks: a refused start makes no key
             user=graph.user,
             password=graph.password,
             timeout_s=anchor.store_timeout_s,

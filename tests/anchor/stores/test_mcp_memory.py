@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import neo4j
 import pytest
@@ -149,3 +153,32 @@ async def test_a_write_the_server_cannot_take_changes_nothing(
     await trio.to_thread.run_sync(fresh.forget)
     g.close()
     fresh.close()
+
+
+def test_the_memory_is_local_by_default_and_never_sent_over_plaintext_bolt_off_the_machine(
+    services: ServiceSettings, tmp_path: Path
+) -> None:
+    """``[anchor] mcp_memory`` defaults to local (no graph storage offered); graph with a Bolt server that is not
+    on loopback (plain bolt://) is refused at start with the key named, before anything connects."""
+    from anchor.run import GatewayService
+    from anchor.settings import AnchorSection
+    from node.errors import StartupError
+    from node.identity import create_identity
+    from node.settings import Config
+
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    remote = dataclasses.replace(services, graph=dataclasses.replace(services.graph, host="192.0.2.1"))
+    (data / "services.json").write_text(json.dumps(dataclasses.asdict(remote)))
+    (data / "services.json").chmod(0o600)
+    ident = create_identity(data)
+    gw = GatewayService()
+
+    def node(section: AnchorSection) -> Any:
+        return SimpleNamespace(config=Config(data_dir=data, anchor=section), identity=ident)
+
+    assert AnchorSection().mcp_memory == "local"
+    assert gw.mcp_memory_storage(node(AnchorSection())) is None
+    with pytest.raises(StartupError, match=r"anchor\.mcp_memory.*not on loopback"):
+        gw.mcp_memory_storage(node(AnchorSection(mcp_memory="graph")))
+    assert not (data / "anchor" / "mcp-memory.key").exists()  # refused before a key was made
