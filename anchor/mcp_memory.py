@@ -1,21 +1,26 @@
 """The node's MCP persistent memory (the knowledge graph of :mod:`node.mcp.graph`) on the anchor's Bolt graph
-server (FalkorDB here, Neo4j elsewhere), instead of the node's SQLite file.
+server (FalkorDB here, Neo4j elsewhere), instead of the node's SQLite file (``[anchor] mcp_memory = "graph"``; the
+default is ``local``, the SQLite file).
 
 The anchor's :class:`~anchor.run.GatewayService` offers it (``mcp_memory_storage``); the MCP service picks it up
 when it builds the registry (the node never imports this package). The graph logic, its bounds and its reference
 semantics stay in :class:`node.mcp.graph.KnowledgeGraph`; this is its :class:`~node.mcp.graph.Storage`::
 
-    (:McpEntity {ns, id, name, entityType, data})         data: base64 JSON [name, entityType, observations]
-    (:McpRelation {ns, id, from, to, relationType, data}) data: base64 JSON [from, to, relationType]
+    (:McpEntity {ns, id, data})     data: base64(nonce || XChaCha20-Poly1305(UTF-8 JSON [name, type, observations]))
+    (:McpRelation {ns, id, data})   data: base64(nonce || XChaCha20-Poly1305(UTF-8 JSON [from, to, relationType]))
+
+The graph server is shared and (FalkorDB here) has no authentication: ``ns`` (the node's peer ID) is only a
+property, so anyone who reaches the server can read and write any namespace. Every row's ``data`` is therefore
+sealed with the node's memory key (32 random bytes, ``<data dir>/anchor/mcp-memory.key``, 0600) with
+``ns``, the label and the ``id`` as associated data: the server holds only ciphertext, and a row planted under this
+node's namespace (or moved from another id) does not open and is skipped and counted (``refused``), never loaded.
+What the key cannot stop: a writer on the server can delete rows or put back an older sealed row of the same id.
 
 Relations are nodes, not edges: the reference server keeps relations whose ends do not exist and entities that
-share a name, which edges between entity nodes cannot express. ``name``/``entityType``/``from``/``to``/
-``relationType`` are there for other readers of the graph (Cypher); ``data`` is what is loaded back, exactly
-(FalkorDB cuts strings at NUL and reads backslash escapes in them, so the JSON is base64-encoded); a row whose
-data does not decode fails the load with a StoreError. ``ns`` is the node's peer ID (FalkorDB's Bolt has one
-graph per server, so tenants are kept apart by property). Each operation's changes are one explicit transaction.
-Errors: :class:`StoreUnavailable` when the server cannot be reached, :class:`StoreError` otherwise (the tool call
-fails with that message; the mirror is unchanged).
+share a name, which edges between entity nodes cannot express. Loading reads at most ``max_entities`` entities and
+``max_relations`` relations (``LIMIT`` in Cypher) and skips a ``data`` longer than ``max_data_chars``. Each
+operation's changes are one explicit transaction. Errors: :class:`StoreUnavailable` when the server cannot be
+reached, :class:`StoreError` otherwise (the tool call fails with that message; the mirror is unchanged).
 """
 
 from __future__ import annotations
@@ -24,12 +29,21 @@ import base64
 import binascii
 import contextlib
 import json
+import logging
+import secrets
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import neo4j
 import neo4j.exceptions
+from nacl.bindings import (
+    crypto_aead_xchacha20poly1305_ietf_decrypt,
+    crypto_aead_xchacha20poly1305_ietf_encrypt,
+    crypto_aead_xchacha20poly1305_ietf_NPUBBYTES,
+)
+from nacl.exceptions import CryptoError
 
+from anchor.stores._runner import BlockingRunner
 from anchor.stores.errors import StoreError, StoreUnavailable
 from anchor.stores.graph import CONNECT_ATTEMPTS
 
@@ -41,23 +55,64 @@ _UNAVAILABLE = (neo4j.exceptions.ServiceUnavailable, neo4j.exceptions.SessionExp
 _ERRORS = (neo4j.exceptions.Neo4jError, neo4j.exceptions.DriverError)
 
 
-def _dump(value: Any) -> str:
-    """Base64 of the JSON: FalkorDB's Bolt cuts strings at NUL and turns the two characters ``\\n`` into a
-    newline, so anything with a backslash or NUL would not come back as written."""
-    raw = json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode("ascii")
-    return base64.b64encode(raw).decode("ascii")
+KEY_FILE = "mcp-memory.key"  # in <data dir>/anchor (anchor.gateway.auth.load_or_create_secret)
+KEY_BYTES = 32
+_NONCE = crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+log = logging.getLogger("village.anchor.mcp_memory")
 
 
-def _load(data: Any) -> Any:
-    return json.loads(base64.b64decode(str(data), validate=True))
+def _aad(ns: str, label: str, row_id: int) -> bytes:
+    return f"{ns}\0{label}\0{row_id}".encode()
+
+
+def seal(key: bytes, ns: str, label: str, row_id: int, value: Any) -> str:
+    """The row's ``data``: base64 of nonce || ciphertext of the UTF-8 JSON (base64 because FalkorDB's Bolt cuts
+    strings at NUL and reads backslash escapes)."""
+    raw = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+    nonce = secrets.token_bytes(_NONCE)
+    ct = crypto_aead_xchacha20poly1305_ietf_encrypt(raw, _aad(ns, label, row_id), nonce, key)
+    return base64.b64encode(nonce + ct).decode("ascii")
+
+
+def open_sealed(key: bytes, ns: str, label: str, row_id: int, data: Any) -> Any:
+    """The value :func:`seal` sealed; ValueError if ``data`` was not sealed by ``key`` for this ns/label/id."""
+    if not isinstance(data, str):
+        raise ValueError("data is not a string")
+    try:
+        blob = base64.b64decode(data, validate=True)
+        if len(blob) < _NONCE:
+            raise ValueError("data too short")
+        raw = crypto_aead_xchacha20poly1305_ietf_decrypt(blob[_NONCE:], _aad(ns, label, row_id), blob[:_NONCE], key)
+    except (binascii.Error, CryptoError) as exc:
+        raise ValueError(f"data does not open: {type(exc).__name__}") from None
+    return json.loads(raw.decode("utf-8", "surrogatepass"))
 
 
 class BoltMemoryStorage:
     name = "bolt"
 
-    def __init__(self, url: str, *, namespace: str, user: str = "", password: str = "", timeout_s: float = 5.0):
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str,
+        key: bytes,
+        user: str = "",
+        password: str = "",
+        timeout_s: float = 5.0,
+        max_entities: int = 100_000,
+        max_relations: int = 200_000,
+        max_data_chars: int = 8 << 20,
+    ):
+        if len(key) != KEY_BYTES:
+            raise ValueError(f"the MCP memory key must be {KEY_BYTES} bytes")
         self.ns = namespace
         self.timeout_s = timeout_s
+        self._key = key
+        self.max_entities = max_entities
+        self.max_relations = max_relations
+        self.max_data_chars = max_data_chars
+        self.refused = 0  # rows of this namespace the last load skipped: not sealed by this node's key, or too big
         self._driver = neo4j.GraphDatabase.driver(
             url,
             auth=(user, password) if user else None,
@@ -92,27 +147,51 @@ class BoltMemoryStorage:
             raise StoreError(f"graph: {type(exc).__name__}: {str(exc)[:200]}") from exc
 
     def load(self) -> tuple[list[EntityRow], list[RelationRow]]:
-        try:
-            return self._load_all()
-        except (binascii.Error, ValueError, TypeError) as exc:
-            raise StoreError(f"graph: MCP memory of {self.ns} holds a row that does not decode: {exc}") from exc
-
-    def _load_all(self) -> tuple[list[EntityRow], list[RelationRow]]:
         ents, rels = self._run(
             [
-                ("MATCH (e:McpEntity {ns: $ns}) RETURN e.id AS id, e.data AS data ORDER BY e.id", {}),
-                ("MATCH (r:McpRelation {ns: $ns}) RETURN r.id AS id, r.data AS data ORDER BY r.id", {}),
+                (
+                    "MATCH (e:McpEntity {ns: $ns}) RETURN e.id AS id, e.data AS data ORDER BY e.id LIMIT $limit",
+                    {"limit": self.max_entities},
+                ),
+                (
+                    "MATCH (r:McpRelation {ns: $ns}) RETURN r.id AS id, r.data AS data ORDER BY r.id LIMIT $limit",
+                    {"limit": self.max_relations},
+                ),
             ]
         )
+        self.refused = 0
         entities: list[EntityRow] = []
-        for row in ents:
-            name, etype, obs = _load(row["data"])
-            entities.append((int(row["id"]), str(name), str(etype), [str(o) for o in obs]))
+        for row_id, (name, etype, obs) in self._open_rows(ents, "McpEntity", 3):
+            entities.append((row_id, str(name), str(etype), [str(o) for o in obs]))
         relations: list[RelationRow] = []
-        for row in rels:
-            src, dst, rtype = _load(row["data"])
-            relations.append((int(row["id"]), str(src), str(dst), str(rtype)))
+        for row_id, (src, dst, rtype) in self._open_rows(rels, "McpRelation", 3):
+            relations.append((row_id, str(src), str(dst), str(rtype)))
+        if self.refused:
+            log.warning(
+                "MCP memory of %s: %d rows on the graph server refused (not sealed by this node)", self.ns, self.refused
+            )
         return entities, relations
+
+    def _open_rows(self, rows: list[dict[str, Any]], label: str, width: int) -> list[tuple[int, list[Any]]]:
+        out: list[tuple[int, list[Any]]] = []
+        seen: set[int] = set()
+        for row in rows:
+            try:
+                row_id = row["id"]
+                data = row["data"]
+                if not isinstance(row_id, int) or row_id in seen:
+                    raise ValueError("bad or repeated id")
+                if not isinstance(data, str) or len(data) > self.max_data_chars:
+                    raise ValueError("data missing or too big")
+                value = open_sealed(self._key, self.ns, label, row_id, data)
+                if not isinstance(value, list) or len(value) != width or not isinstance(value[-1], (list, str)):
+                    raise ValueError("not a row")
+            except (KeyError, ValueError, TypeError):
+                self.refused += 1
+                continue
+            seen.add(row_id)
+            out.append((row_id, value))
+        return out
 
     def apply(self, ch: Changes) -> None:
         statements: list[tuple[str, dict[str, Any]]] = []
@@ -126,35 +205,27 @@ class BoltMemoryStorage:
             statements.append((q, {"ids": ch.drop_relations}))
         if ch.add_entities:
             rows = [
-                {
-                    "id": e.id,
-                    "name": e.name,
-                    "type": e.entity_type,
-                    "data": _dump([e.name, e.entity_type, e.observations]),
-                }
+                {"id": e.id, "data": self._seal("McpEntity", e.id, [e.name, e.entity_type, e.observations])}
                 for e in ch.add_entities
             ]
-            q = (
-                "UNWIND $rows AS r CREATE (:McpEntity {ns: $ns, id: r.id, name: r.name, entityType: r.type, "
-                "data: r.data})"
-            )
+            q = "UNWIND $rows AS r CREATE (:McpEntity {ns: $ns, id: r.id, data: r.data})"
             statements.append((q, {"rows": rows}))
         if ch.add_relations:
-            rows = [
-                {"id": r.id, "src": r.src, "dst": r.dst, "type": r.relation_type, "data": _dump(list(r.key))}
-                for r in ch.add_relations
-            ]
-            q = (
-                "UNWIND $rows AS r CREATE (:McpRelation {ns: $ns, id: r.id, from: r.src, to: r.dst, "
-                "relationType: r.type, data: r.data})"
-            )
+            rows = [{"id": r.id, "data": self._seal("McpRelation", r.id, list(r.key))} for r in ch.add_relations]
+            q = "UNWIND $rows AS r CREATE (:McpRelation {ns: $ns, id: r.id, data: r.data})"
             statements.append((q, {"rows": rows}))
         if ch.set_observations:
-            rows = [{"id": e.id, "data": _dump([e.name, e.entity_type, obs])} for e, obs in ch.set_observations]
+            rows = [
+                {"id": e.id, "data": self._seal("McpEntity", e.id, [e.name, e.entity_type, obs])}
+                for e, obs in ch.set_observations
+            ]
             q = "UNWIND $rows AS r MATCH (e:McpEntity {ns: $ns}) WHERE e.id = r.id SET e.data = r.data"
             statements.append((q, {"rows": rows}))
         if statements:
             self._run(statements)
+
+    def _seal(self, label: str, row_id: int, value: Any) -> str:
+        return seal(self._key, self.ns, label, row_id, value)
 
     def close(self) -> None:
         try:
@@ -170,7 +241,44 @@ class BoltMemoryStorage:
         return int(rows[0]["n"])
 
 
+class BoltMemoryFactory:
+    """What the anchor offers the MCP service: a factory of :class:`BoltMemoryStorage` (called in a worker thread)
+    and ``run_blocking``, the runner of its blocking calls: an :class:`~anchor.stores._runner.BlockingRunner` with a
+    deadline of four times ``timeout_s`` (an open is up to three transactions: two index creations and the load)
+    that abandons a thread stuck on a server that stopped answering (at most
+    ``max_threads`` such threads) and answers :class:`StoreUnavailable`."""
+
+    def __init__(self, url: str, *, timeout_s: float = 5.0, max_threads: int = 2, **kwargs: Any) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self.kwargs = kwargs
+        self.runner = BlockingRunner("graph", max_threads, (), deadline_s=4 * timeout_s)
+
+    def __call__(self) -> BoltMemoryStorage:
+        return BoltMemoryStorage(self.url, timeout_s=self.timeout_s, **self.kwargs)
+
+    async def run_blocking(self, fn: Callable[[], Any]) -> Any:
+        return await self.runner.run(fn)
+
+
 def storage_factory(
-    url: str, *, namespace: str, user: str = "", password: str = "", timeout_s: float = 5.0
-) -> Callable[[], BoltMemoryStorage]:
-    return lambda: BoltMemoryStorage(url, namespace=namespace, user=user, password=password, timeout_s=timeout_s)
+    url: str,
+    *,
+    namespace: str,
+    key: bytes,
+    user: str = "",
+    password: str = "",
+    timeout_s: float = 5.0,
+    max_entities: int = 100_000,
+    max_relations: int = 200_000,
+) -> BoltMemoryFactory:
+    return BoltMemoryFactory(
+        url,
+        namespace=namespace,
+        key=key,
+        user=user,
+        password=password,
+        timeout_s=timeout_s,
+        max_entities=max_entities,
+        max_relations=max_relations,
+    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -24,9 +25,10 @@ import trio
 from anchor.gateway.app import GatewayContext, build_app
 from anchor.gateway.auth import TokenIssuer, load_or_create_secret
 from anchor.gateway.ports import ApiKeyInfo, MailboxPort
-from anchor.gateway.server import serve_http, tls_files
+from anchor.gateway.server import is_loopback, serve_http, tls_files
 from anchor.gateway.stores_adapter import StoresAdapter
-from anchor.mcp_memory import BoltMemoryStorage
+from anchor.mcp_memory import KEY_FILE as MEMORY_KEY_FILE
+from anchor.mcp_memory import BoltMemoryFactory
 from anchor.mcp_memory import storage_factory as memory_storage_factory
 from anchor.queue import MessageQueue
 from anchor.services_settings import ServicesError, ServiceSettings, load_settings, settings_path
@@ -35,6 +37,8 @@ from anchor.stores.graph import GraphStore
 from anchor.stores.postgres import PostgresStore
 from anchor.stores.redis_store import RedisStore
 from node.errors import StartupError
+from node.mcp.settings import McpSettings
+from node.privatefile import PrivateFileRefused, read_private_file
 from node.settings import Config
 
 if TYPE_CHECKING:
@@ -118,19 +122,49 @@ class GatewayService:
         self.consume_queue = consume_queue
         self.urls: list[str] = []
 
-    def mcp_memory_storage(self, node: Node) -> Callable[[], BoltMemoryStorage] | None:
-        """The node's MCP memory on the Bolt graph store (``[anchor] mcp_memory = "graph"``), namespaced by the
-        node's peer ID; offered to the MCP service (node.mcp.service), which calls it when it builds."""
-        anchor = node.config.section(AnchorSection)
-        if anchor.mcp_memory != "graph":
+    def mcp_memory_storage(self, node: Node) -> BoltMemoryFactory | None:
+        """The node's MCP memory on the Bolt graph store (``[anchor] mcp_memory = "graph"``; default ``local``),
+        namespaced by the node's peer ID and sealed with the node's memory key (``<data dir>/anchor/mcp-memory.key``,
+        0600): the server holds only ciphertext. Plaintext Bolt to a server that is not on loopback is refused.
+        Offered to the MCP service (node.mcp.service), which calls it when it builds."""
+        if node.config.section(AnchorSection).mcp_memory != "graph":
             return None
+        return self._memory_graph(node, lambda: load_or_create_secret(node.config.data_dir, MEMORY_KEY_FILE))
+
+    def mcp_memory_graph(self, node: Node) -> BoltMemoryFactory | None:
+        """This node's namespace on the graph store whatever ``mcp_memory`` says: the MCP service looks there for
+        a copy an earlier setting left (warned about at start, erased by ``village memory forget``). No key is
+        created for it (erasing and counting rows need none)."""
+        if node.config.section(AnchorSection).mcp_memory == "graph":
+            return None  # it is the active store
+
+        def key() -> bytes:
+            try:
+                found = read_private_file(node.config.data_dir / "anchor" / MEMORY_KEY_FILE, 64)
+            except (PrivateFileRefused, OSError):
+                found = None
+            return found[:32] if found and len(found) >= 32 else secrets.token_bytes(32)
+
+        return self._memory_graph(node, key)
+
+    def _memory_graph(self, node: Node, key: Callable[[], bytes]) -> BoltMemoryFactory:
+        anchor = node.config.section(AnchorSection)
         graph = load_services(node.config).graph
+        if not is_loopback(graph.host):
+            raise StartupError(
+                f"anchor.mcp_memory = graph: the graph server {graph.host} is not on loopback and Bolt to it would "
+                f"be plaintext (bolt://, no bolt+s://); use mcp_memory = local"
+            )
+        mcp = node.config.section(McpSettings)
         return memory_storage_factory(
             graph.bolt_url,
             namespace=f"mcp:{node.identity.peer_id_hex}",
+            key=key(),  # after the checks: a refused start makes no key
             user=graph.user,
             password=graph.password,
             timeout_s=anchor.store_timeout_s,
+            max_entities=mcp.memory_max_entities,
+            max_relations=mcp.memory_max_relations,
         )
 
     async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

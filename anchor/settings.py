@@ -80,9 +80,9 @@ class AnchorSection:
         "Serve plain HTTP on a non-loopback gateway_listen: only behind a reverse proxy that terminates TLS.",
     )
     mcp_memory: str = setting(
-        "graph",
-        "Where the node's MCP knowledge-graph memory lives while the anchor runs: graph (the Bolt graph store) or "
-        "local (the node's SQLite file).",
+        "local",
+        "Where the node's MCP knowledge-graph memory lives while the anchor runs: local (the node's SQLite file) "
+        "or graph (the Bolt graph store, rows sealed with the node's key; refused unless the server is on loopback).",
     )
 
     def __post_init__(self) -> None:

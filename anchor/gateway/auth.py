@@ -151,8 +151,9 @@ def ip_buckets(host: str) -> list[tuple[str, int]]:
     return [(prefix, 1)] if site is None else [(prefix, 1), (site, IPV6_SITE_FACTOR)]
 
 
-def load_or_create_secret(data_dir: Path) -> bytes:
-    """The HS256 key in ``<data_dir>/anchor/jwt.secret``, created (0600) if missing; refused if loose.
+def load_or_create_secret(data_dir: Path, name: str = SECRET_FILE) -> bytes:
+    """The HS256 key in ``<data_dir>/anchor/jwt.secret`` (or another 32-byte key of the anchor's: ``name``, e.g. the
+    MCP memory's sealing key), created (0600) if missing; refused if loose.
 
     The whole load-or-create runs under an exclusive ``flock`` on ``anchor/.jwt.secret.lock``, so two starts on one
     data directory never race: the second waits and reads the first one's secret. Creation writes a fresh temporary
@@ -170,8 +171,8 @@ def load_or_create_secret(data_dir: Path) -> bytes:
         raise StartupError(f"{directory} belongs to another user (uid {st.st_uid}): the anchor's secret cannot be kept")
     if st.st_mode & 0o022:
         raise StartupError(f"{directory} is writable by group or others; run: chmod 700 {directory}")
-    path = directory / SECRET_FILE
-    lock_path = directory / LOCK_FILE
+    path = directory / name
+    lock_path = directory / (LOCK_FILE if name == SECRET_FILE else f".{name}.lock")
     try:
         lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
@@ -182,7 +183,7 @@ def load_or_create_secret(data_dir: Path) -> bytes:
         except OSError as exc:
             raise StartupError(f"{lock_path} cannot be locked: {exc.strerror}") from None
         try:
-            for stale in directory.glob(f".{SECRET_FILE}.*.tmp"):  # left by an interrupted start (none runs now)
+            for stale in directory.glob(f".{name}.*.tmp"):  # left by an interrupted start (none runs now)
                 stale.unlink(missing_ok=True)
             secret = _read_secret(path)
             if secret is None:

@@ -19,7 +19,9 @@ No gateway scope opens memory, scratch, rag writes or BetaNet dialing: those sta
 changes are rate limited and audited by the node's tool registry, as for every transport, and, as every state
 change through the gateway, written to the anchor's audit log (PostgreSQL) before they take effect: actor
 ``key:<API key id>``, action ``mcp.<tool>``, target ``mcp``, detail the SHA-256 and size of the arguments (never
-the arguments). If that row cannot be written the tool does not run (an MCP tool error). Reads (tools that do not
+the arguments). The state changes the agents make during the key's ``ask`` are written the same way (action
+``mcp.<agent tool>``, e.g. ``mcp.mesh.broadcast``: node.twin.ask.RemoteTools passes the key's audit to the agents'
+registry caller). If that row cannot be written the tool does not run (an MCP tool error). Reads (tools that do not
 change state, resources) are not written there, as over REST; the node's local audit log has them.
 """
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from node.agents.errors import AgentError, ToolDenied, ToolUnavailable
 from node.agents.tools import KNOWN_TOOLS, Tools
 from node.mcp.errors import NotAllowed, ToolError, UnknownTool
-from node.mcp.registry import Caller, Registry, Tool
+from node.mcp.registry import Caller, PreAudit, Registry, Tool
 
 AGENTS_TRANSPORT = "agents"
 AGENT_SCOPE = "agents:tools"
@@ -75,8 +75,18 @@ class RegistryTools:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
 
-    async def call_as(self, agent: str, allowed: frozenset[str], tool: str, args: Mapping[str, Any]) -> Any:
-        caller = Caller(AGENTS_TRANSPORT, agent, frozenset({AGENT_SCOPE}), tools=allowed)
+    async def call_as(
+        self,
+        agent: str,
+        allowed: frozenset[str],
+        tool: str,
+        args: Mapping[str, Any],
+        *,
+        pre_audit: PreAudit | None = None,
+    ) -> Any:
+        """``pre_audit``: the audit of whoever the agent acts for (a gateway key's PostgreSQL row, written before a
+        state-changing call runs; node.twin.ask.RemoteTools passes it)."""
+        caller = Caller(AGENTS_TRANSPORT, agent, frozenset({AGENT_SCOPE}), tools=allowed, pre_audit=pre_audit)
         try:
             out = await self.registry.call(tool, dict(args), caller=caller)
         except NotAllowed as exc:

@@ -60,10 +60,21 @@ def cmd_memory_export(args: argparse.Namespace) -> int:
         with os.fdopen(fd, "w") as f:
             f.write(text + "\n")
         graph = data["knowledge_graph"]
-        print(f"wrote {len(graph['entities'])} entities and {len(graph['relations'])} relations to {args.output}")
+        print(
+            f"wrote {len(graph['entities'])} entities and {len(graph['relations'])} relations "
+            f"(from the {data.get('store', '?')} store) to {args.output}"
+        )
     else:
         sys.stdout.write(text + "\n")
     return EXIT_OK
+
+
+def _other_line(other: dict[str, Any] | None) -> str:
+    if not other:
+        return ""
+    if "error" in other:
+        return f"; the other store could not be reached, its copy (if any) is still there: {other['error']}"
+    return f"; and {other['rows']} rows of an earlier copy in the {other['store']} store"
 
 
 def cmd_memory_forget(args: argparse.Namespace) -> int:
@@ -75,7 +86,7 @@ def cmd_memory_forget(args: argparse.Namespace) -> int:
         data,
         lambda d: (
             f"erased {d['knowledge_graph']['entities']} entities, {d['knowledge_graph']['relations']} "
-            f"relations and {d['working_memory']['entries']} scratch entries"
+            f"relations and {d['working_memory']['entries']} scratch entries" + _other_line(d.get("other"))
         ),
     )
     return EXIT_OK

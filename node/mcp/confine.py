@@ -4,10 +4,17 @@ A path is checked against ``[mcp] rag_roots`` and read through the same open fil
 directory, then each component below it is opened relative to its parent's descriptor with ``O_NOFOLLOW``, so a
 symlink anywhere under the root (planted before the call or swapped in during it) is refused rather than followed,
 and what is read is the file that was checked. Folders are walked the same way (``scandir`` on the open
-directory; each entry opened relative to it, never by path). Bounded: files per call, bytes per file (the
-knowledge base's ``rag.max_file_bytes``), total bytes per call, folder depth.
+directory; each entry opened relative to it, never by path). A regular file with more than one hard link is
+refused too (a link inside a root to a file outside it cannot be told apart from the path).
 
-Synchronous and blocking: the MCP layer runs :func:`read_confined` in a worker thread.
+Streaming: :class:`ConfinedWalk` yields one open file at a time (:class:`Found`: its descriptor and size) and the
+caller reads it (:func:`read_found`), uses the bytes and drops them before asking for the next, so a call holds one
+file's bytes at a time (the MCP layer adds a node-wide budget shared by concurrent calls). A file reached twice
+(named twice, or through two named folders) is read once (``st_dev``/``st_ino``). Bounded: files per call, bytes
+per file (the knowledge base's ``rag.max_file_bytes``), bytes read per call, folder entries looked at per call,
+folder depth, error entries kept (the rest counted); ``cancel`` stops a walk at its next entry.
+
+Synchronous and blocking: the MCP layer advances the walk and reads in a worker thread.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +31,10 @@ from typing import Any
 from node.mcp.errors import NotAllowed
 
 MAX_FILES = 10_000  # files one rag_add call may read
-MAX_TOTAL_BYTES = 512 * 1024 * 1024  # bytes one rag_add call may read
+MAX_TOTAL_BYTES = 512 * 1024 * 1024  # bytes one rag_add call may read (one file at a time)
 MAX_DEPTH = 64  # folder levels below a named folder
+MAX_ENTRIES = 100_000  # folder entries one rag_add call may look at
+MAX_ERRORS = 100  # error entries kept per call; the rest are counted
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a FIFO must not hang us
@@ -36,6 +47,16 @@ class Confined:
     files: list[tuple[str, bytes]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     total_bytes: int = 0
+    errors_more: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A file to read: valid until the walk is advanced (the walk closes ``fd`` then)."""
+
+    shown: str
+    fd: int
+    size: int
 
 
 def _roots(roots: list[str]) -> list[tuple[Path, Path]]:
@@ -71,99 +92,168 @@ def _refusal(raw: str, exc: OSError) -> NotAllowed:
     return NotAllowed(f"{raw!r}: cannot open ({exc.strerror})")
 
 
-class _Reader:
-    def __init__(self, out: Confined, *, suffixes: frozenset[str], max_file_bytes: int) -> None:
-        self.out = out
+class ConfinedWalk:
+    """The files named by ``paths`` and the supported files (``suffixes``) under the named folders, inside
+    ``roots``, one at a time (iterate). An explicitly named path outside every root, through a symlink, or missing
+    refuses the whole call at construction (:class:`NotAllowed`); problems found later are in ``errors``."""
+
+    def __init__(
+        self,
+        paths: list[str],
+        roots: list[str],
+        *,
+        suffixes: frozenset[str],
+        max_file_bytes: int,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        if not roots:
+            raise NotAllowed("rag_add is off: no folders are open to it (set mcp.rag_roots)")
+        resolved = _roots(roots)
+        self.named = [_split(raw, resolved) for raw in paths]
+        for (root, parts), raw in zip(self.named, paths, strict=True):  # every named path is there, no symlink
+            for fd in self._open_chain(root, parts, raw):
+                os.close(fd)
         self.suffixes = suffixes
         self.max_file_bytes = max_file_bytes
+        self.cancel = cancel or threading.Event()
+        self.errors: list[dict[str, Any]] = []
+        self.errors_more = 0
+        self.files = 0
+        self.total_bytes = 0
+        self.entries = 0
+        self._seen: set[tuple[int, int]] = set()
+
+    @staticmethod
+    def _open_chain(root: Path, parts: tuple[str, ...], raw: str) -> list[int]:
+        fds: list[int] = []
+        try:
+            fds.append(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+            for i, part in enumerate(parts):
+                last = i == len(parts) - 1
+                fds.append(os.open(part, _FILE_FLAGS if last else _DIR_FLAGS, dir_fd=fds[-1]))
+        except OSError as exc:
+            for f in fds:
+                os.close(f)
+            raise _refusal(raw, exc) from None
+        return fds
+
+    def error(self, path: str, message: str) -> None:
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append({"path": path, "error": message})
+        else:
+            self.errors_more += 1
 
     def full(self) -> bool:
-        return len(self.out.files) >= MAX_FILES or self.out.total_bytes >= MAX_TOTAL_BYTES
+        return self.files >= MAX_FILES or self.total_bytes >= MAX_TOTAL_BYTES
 
-    def read_file(self, fd: int, shown: str) -> None:
+    def __iter__(self) -> Iterator[Found]:
+        for (root, parts), raw in zip(
+            self.named, [str(root.joinpath(*parts)) for root, parts in self.named], strict=True
+        ):
+            if self.cancel.is_set():
+                return
+            try:
+                fds = self._open_chain(root, parts, raw)
+            except NotAllowed as exc:  # changed since the check
+                self.error(raw, str(exc))
+                continue
+            try:
+                fd = fds[-1]
+                if stat.S_ISDIR(os.fstat(fd).st_mode):
+                    yield from self._walk(fd, raw, 0)
+                else:
+                    yield from self._file(fd, raw)
+            finally:
+                for f in fds:
+                    os.close(f)
+
+    def _file(self, fd: int, shown: str) -> Iterator[Found]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            self.out.errors.append({"path": shown, "error": "not a regular file"})
+            self.error(shown, "not a regular file")
+            return
+        if st.st_nlink > 1:
+            self.error(shown, "a file with several hard links; rag_add does not read those")
+            return
+        if (st.st_dev, st.st_ino) in self._seen:
             return
         if st.st_size > self.max_file_bytes:
-            self.out.errors.append({"path": shown, "error": f"{st.st_size} bytes is larger than rag.max_file_bytes"})
+            self.error(shown, f"{st.st_size} bytes is larger than rag.max_file_bytes")
             return
-        if self.out.total_bytes + st.st_size > MAX_TOTAL_BYTES:
-            self.out.errors.append({"path": shown, "error": f"over {MAX_TOTAL_BYTES} bytes in one call"})
+        if self.total_bytes + st.st_size > MAX_TOTAL_BYTES:
+            self.error(shown, f"over {MAX_TOTAL_BYTES} bytes in one call")
             return
-        chunks = []
-        got = 0
-        while got <= self.max_file_bytes:
-            chunk = os.read(fd, min(1 << 20, self.max_file_bytes + 1 - got))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            got += len(chunk)
-        if got > self.max_file_bytes:  # it grew while we read
-            self.out.errors.append({"path": shown, "error": "larger than rag.max_file_bytes"})
-            return
-        self.out.files.append((shown, b"".join(chunks)))
-        self.out.total_bytes += got
+        if len(self._seen) < MAX_FILES:
+            self._seen.add((st.st_dev, st.st_ino))
+        self.files += 1
+        self.total_bytes += st.st_size
+        yield Found(shown, fd, st.st_size)
 
-    def walk(self, dir_fd: int, shown: str, depth: int) -> None:
+    def _walk(self, dir_fd: int, shown: str, depth: int) -> Iterator[Found]:
         if depth > MAX_DEPTH:
-            self.out.errors.append({"path": shown, "error": f"more than {MAX_DEPTH} folder levels; skipped"})
+            self.error(shown, f"more than {MAX_DEPTH} folder levels; skipped")
             return
+        listed: list[tuple[str, bool, bool]] = []
         with os.scandir(dir_fd) as it:
-            entries = sorted((e.name, e.is_dir(follow_symlinks=False), e.is_symlink()) for e in it)
-        for name, is_dir, is_link in entries:
+            for e in it:
+                if self.entries >= MAX_ENTRIES or self.cancel.is_set():
+                    break
+                self.entries += 1
+                listed.append((e.name, e.is_dir(follow_symlinks=False), e.is_symlink()))
+        if self.entries >= MAX_ENTRIES:
+            self.error(shown, f"more than {MAX_ENTRIES} folder entries in one call; the rest skipped")
+        for name, is_dir, is_link in sorted(listed):
+            if self.cancel.is_set():
+                return
             if self.full():
-                self.out.errors.append({"path": shown, "error": f"more than {MAX_FILES} files or the byte bound"})
+                self.error(shown, f"more than {MAX_FILES} files or the byte bound")
                 return
             child = f"{shown}/{name}"
             if name.startswith("."):
                 continue
             if is_link:
-                self.out.errors.append({"path": child, "error": "a symlink; rag_add does not follow symlinks"})
+                self.error(child, "a symlink; rag_add does not follow symlinks")
                 continue
             if not is_dir and Path(name).suffix.lower() not in self.suffixes:
                 continue
             try:
                 fd = os.open(name, _DIR_FLAGS if is_dir else _FILE_FLAGS, dir_fd=dir_fd)
             except OSError as exc:  # swapped for a symlink (ELOOP) or removed since the listing
-                self.out.errors.append({"path": child, "error": str(_refusal(child, exc))})
+                self.error(child, str(_refusal(child, exc)))
                 continue
             try:
                 if is_dir:
-                    self.walk(fd, child, depth + 1)
+                    yield from self._walk(fd, child, depth + 1)
                 else:
-                    self.read_file(fd, child)
+                    yield from self._file(fd, child)
             finally:
                 os.close(fd)
 
 
+def read_found(found: Found) -> bytes | None:
+    """The file's bytes, at most its size when it was found; None if it grew since (the caller reserved that
+    size)."""
+    chunks = []
+    got = 0
+    while got <= found.size:
+        chunk = os.read(found.fd, min(1 << 20, found.size + 1 - got))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return None if got > found.size else b"".join(chunks)
+
+
 def read_confined(paths: list[str], roots: list[str], *, suffixes: frozenset[str], max_file_bytes: int) -> Confined:
-    """Read the named files, and the supported files (``suffixes``) under the named folders, inside ``roots``.
-    An explicitly named path outside every root, through a symlink, or missing refuses the whole call
-    (:class:`NotAllowed`); problems found while walking a folder are listed in ``errors``."""
-    if not roots:
-        raise NotAllowed("rag_add is off: no folders are open to it (set mcp.rag_roots)")
-    resolved = _roots(roots)
+    """Every file of a :class:`ConfinedWalk`, read and kept (small inputs and tests; rag_add streams instead)."""
+    walk = ConfinedWalk(paths, roots, suffixes=suffixes, max_file_bytes=max_file_bytes)
     out = Confined()
-    reader = _Reader(out, suffixes=suffixes, max_file_bytes=max_file_bytes)
-    for raw in paths:
-        root, parts = _split(raw, resolved)
-        shown = str(root.joinpath(*parts))
-        fds: list[int] = []
-        try:
-            try:
-                fds.append(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
-                for i, part in enumerate(parts):
-                    last = i == len(parts) - 1
-                    fds.append(os.open(part, _FILE_FLAGS if last else _DIR_FLAGS, dir_fd=fds[-1]))
-            except OSError as exc:
-                raise _refusal(raw, exc) from None
-            fd = fds[-1]
-            if stat.S_ISDIR(os.fstat(fd).st_mode):
-                reader.walk(fd, shown, 0)
-            else:
-                reader.read_file(fd, shown)
-        finally:
-            for f in fds:
-                os.close(f)
+    for found in walk:
+        data = read_found(found)
+        if data is None:
+            walk.error(found.shown, "larger than rag.max_file_bytes")  # it grew while we read
+            continue
+        out.files.append((found.shown, data))
+        out.total_bytes += len(data)
+    out.errors, out.errors_more = walk.errors, walk.errors_more
     return out

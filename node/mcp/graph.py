@@ -22,10 +22,12 @@ serialises the operations; changes run in a worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Callable
+import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -166,6 +168,11 @@ class SqliteStorage:
                 [(json.dumps(obs), e.id) for e, obs in ch.set_observations],
             )
 
+    def count(self) -> int:
+        """Stored entities and relations (rows)."""
+        row = self.db.execute("SELECT (SELECT count(*) FROM entities) + (SELECT count(*) FROM relations)").fetchone()
+        return int(row[0])
+
     def close(self) -> None:
         self.db.close()
 
@@ -180,16 +187,26 @@ class KnowledgeGraph:
         self.entities: list[Entity] = []
         self.relations: list[Relation] = []
         self.bytes = 0
+        self.refused = 0  # stored rows not loaded: over the bounds, or refused by the storage (``refused``)
         ents, rels = self.storage.load()
         for eid, name, etype, obs in ents:
             e = Entity(eid, name, etype, list(obs))
+            eb = self._entity_bytes(e)
+            if len(self.entities) >= settings.memory_max_entities or self.bytes + eb > settings.memory_max_bytes:
+                self.refused += 1
+                continue
             e.relower()
             self.entities.append(e)
-            self.bytes += self._entity_bytes(e)
+            self.bytes += eb
         for rid, src, dst, rtype in rels:
             r = Relation(rid, src, dst, rtype)
+            rb = _nbytes(r.src) + _nbytes(r.dst) + _nbytes(r.relation_type)
+            if len(self.relations) >= settings.memory_max_relations or self.bytes + rb > settings.memory_max_bytes:
+                self.refused += 1
+                continue
             self.relations.append(r)
-            self.bytes += _nbytes(r.src) + _nbytes(r.dst) + _nbytes(r.relation_type)
+            self.bytes += rb
+        self.refused += int(getattr(self.storage, "refused", 0))
         self._next_id = 1 + max([e.id for e in self.entities] + [r.id for r in self.relations] + [0])
 
     def _ids(self, n: int) -> list[int]:
@@ -361,19 +378,30 @@ class KnowledgeGraph:
             "relations": len(self.relations),
             "bytes": self.bytes,
             "backend": self.storage.name,
+            "refused": self.refused,
         }
+
+
+BlockingCall = Callable[[Callable[[], Any]], Awaitable[Any]]
 
 
 class GraphStore:
     """Async face of :class:`KnowledgeGraph`, one operation at a time: a change (a storage transaction) runs in a
     worker thread; a read of the in-memory mirror (a few ms of CPU at most) runs in place, saving a thread hop.
     ``storage`` (a factory, called in the worker thread on first use) replaces the SQLite file at ``path``; if
-    opening or loading fails, the next operation tries again."""
+    opening or loading fails, the next operation tries again. ``run_blocking`` runs each blocking call (default: a
+    worker thread); a networked storage passes one with a deadline that abandons a hung thread (the anchor's
+    BlockingRunner), so a server that stops answering costs a call its deadline, never the lock or the shutdown."""
 
     READS = frozenset({"read_graph", "search_nodes", "open_nodes", "stats"})
 
     def __init__(
-        self, path: Path | None, settings: McpSettings, *, storage: Callable[[], Storage] | None = None
+        self,
+        path: Path | None,
+        settings: McpSettings,
+        *,
+        storage: Callable[[], Storage] | None = None,
+        run_blocking: BlockingCall | None = None,
     ) -> None:
         self._path = path
         self._storage = storage
@@ -381,15 +409,52 @@ class GraphStore:
         self._graph: KnowledgeGraph | None = None
         self._lock = trio.Lock()
         self._limiter = trio.CapacityLimiter(1)
+        self._run_blocking: BlockingCall = run_blocking or self._in_thread
+
+    async def _in_thread(self, fn: Callable[[], Any]) -> Any:
+        return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+
+    async def _call(self, fn: Callable[[], Any], owner: KnowledgeGraph | None = None) -> Any:
+        """``fn()`` through the blocking runner. A runner may give up on a call whose thread goes on (a deadline, a
+        cancellation: the thread is abandoned); if ``fn`` had not finished then, the mirror may no longer match
+        the storage (the write may still commit), so it is dropped and the next operation loads it again; the
+        abandoned thread closes the dropped graph (``owner``, or the one ``fn`` opened) when it returns. No
+        abandoned thread ever touches the graph the next operation uses."""
+        state = {"finished": False, "abandoned": False}
+        guard = threading.Lock()
+
+        def job() -> Any:
+            result: Any = None
+            try:
+                result = fn()
+                return result
+            finally:
+                with guard:
+                    state["finished"] = True
+                    late = state["abandoned"]
+                target = owner if owner is not None else result
+                if late and isinstance(target, KnowledgeGraph):
+                    with contextlib.suppress(Exception):
+                        target.close()
+
+        try:
+            return await self._run_blocking(job)
+        except BaseException:
+            with guard:
+                state["abandoned"] = not state["finished"]
+            if state["abandoned"]:
+                self._graph = None
+            raise
 
     async def run(self, name: str, *args: Any) -> Any:
         async with self._lock:
             if self._graph is None:
-                self._graph = await trio.to_thread.run_sync(self._open, limiter=self._limiter)
-            op = getattr(self._graph, name)
+                self._graph = await self._call(self._open)
+            graph = self._graph
+            op = getattr(graph, name)
             if name in self.READS:
                 return op(*args)
-            return await trio.to_thread.run_sync(op, *args, limiter=self._limiter)
+            return await self._call(lambda: op(*args), graph)
 
     def _open(self) -> KnowledgeGraph:
         if self._storage is None:
@@ -405,4 +470,4 @@ class GraphStore:
         async with self._lock:
             graph, self._graph = self._graph, None
             if graph is not None:
-                await trio.to_thread.run_sync(graph.close, limiter=self._limiter)
+                await self._call(graph.close)  # abandoned: nothing else to close it

@@ -8,7 +8,8 @@ text goes to the knowledge base (``add_text``). With no roots configured the too
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 import trio
@@ -80,6 +81,31 @@ class RagFeedbackArgs(_Args):
 AddText = Callable[[str, str, str, str, bool], Awaitable[dict[str, Any]]]
 
 
+class ByteBudget:
+    """Bytes of files rag_add holds at once, node-wide (``[mcp] rag_add_max_held_bytes``): each call reserves a
+    file's size before reading it and releases it once the file is ingested; a call waits while the others hold the
+    budget. ``held`` and ``peak`` are what is reserved now and the most ever."""
+
+    def __init__(self, total_bytes: int) -> None:
+        self.total_bytes = total_bytes
+        self.held = 0
+        self.peak = 0
+        self._freed = trio.Event()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, n: int) -> AsyncIterator[None]:
+        while self.held + n > self.total_bytes:
+            await self._freed.wait()
+        self.held += n
+        self.peak = max(self.peak, self.held)
+        try:
+            yield
+        finally:
+            self.held -= n
+            self._freed.set()
+            self._freed = trio.Event()
+
+
 async def rag_add_confined(
     p: RagAddArgs,
     *,
@@ -87,36 +113,63 @@ async def rag_add_confined(
     add_text: AddText | None,
     max_file_bytes: int,
     limiter: trio.CapacityLimiter,
+    budget: ByteBudget,
 ) -> dict[str, Any]:
-    """rag_add: read the files through descriptors opened under the roots (node.mcp.confine), extract their text
-    and ingest it; the same counts as ``rag.add``."""
-    from node.mcp.confine import read_confined
+    """rag_add: walk the files through descriptors opened under the roots (node.mcp.confine) and ingest them one
+    at a time: reserve its size in ``budget``, read, extract, drop the bytes, add the text, release; the same
+    counts as ``rag.add``."""
+    from node.mcp.confine import ConfinedWalk, read_found
     from node.rag.errors import ExtractError
     from node.rag.extract import SUPPORTED_SUFFIXES, extract_bytes
 
     if add_text is None:
         raise NotAllowed("this node runs no knowledge base (rag.enabled = false)")
-    found = await trio.to_thread.run_sync(
-        lambda: read_confined(
+    walk = await trio.to_thread.run_sync(
+        lambda: ConfinedWalk(
             list(p.paths), list(rag_roots), suffixes=SUPPORTED_SUFFIXES, max_file_bytes=max_file_bytes
         ),
         limiter=limiter,
     )
     counts: dict[str, int] = {}
     outcomes: list[dict[str, Any]] = []
-    errors = list(found.errors)
-    for source, data in found.files:
-        try:
-            extracted = await trio.to_thread.run_sync(extract_bytes, data, source, limiter=limiter)
-        except ExtractError as exc:
-            outcome: dict[str, Any] = {"source": source, "status": "failed", "detail": str(exc)}
-        else:
-            outcome = await add_text(source, extracted.text, extracted.title, extracted.mime, p.shared)
-        status = str(outcome.get("status", "failed"))
-        counts[status] = counts.get(status, 0) + 1
-        if len(outcomes) < 100:
-            outcomes.append(outcome)
-    return {"files": len(found.files), "bytes": found.total_bytes, **counts, "outcomes": outcomes, "errors": errors}
+    files = total = 0
+    it = iter(walk)
+    try:
+        while True:
+            found = await trio.to_thread.run_sync(next, it, None, limiter=limiter, abandon_on_cancel=True)
+            if found is None:
+                break
+            if found.size > budget.total_bytes:
+                walk.error(found.shown, f"{found.size} bytes is over mcp.rag_add_max_held_bytes")
+                continue
+            async with budget.hold(found.size):
+                data = await trio.to_thread.run_sync(read_found, found, limiter=limiter)
+                if data is None:
+                    walk.error(found.shown, "larger than rag.max_file_bytes")  # it grew while we read
+                    continue
+                files += 1
+                total += len(data)
+                try:
+                    extracted = await trio.to_thread.run_sync(extract_bytes, data, found.shown, limiter=limiter)
+                except ExtractError as exc:
+                    data = None
+                    outcome: dict[str, Any] = {"source": found.shown, "status": "failed", "detail": str(exc)}
+                else:
+                    data = None  # the text stays under this file's reservation until it is added
+                    outcome = await add_text(found.shown, extracted.text, extracted.title, extracted.mime, p.shared)
+                    del extracted
+            status = str(outcome.get("status", "failed"))
+            counts[status] = counts.get(status, 0) + 1
+            if len(outcomes) < 100:
+                outcomes.append(outcome)
+    finally:
+        walk.cancel.set()  # a walk abandoned in its worker thread stops at its next entry
+        with contextlib.suppress(ValueError):  # "generator already executing": it closes when that thread ends
+            it.close()  # type: ignore[attr-defined]
+    out = {"files": files, "bytes": total, **counts, "outcomes": outcomes, "errors": walk.errors}
+    if walk.errors_more:
+        out["errors_more"] = walk.errors_more
+    return out
 
 
 def node_tools(
@@ -125,6 +178,7 @@ def node_tools(
     rag_roots: Sequence[str],
     add_text: AddText | None = None,
     max_file_bytes: int = 50 * 1024 * 1024,
+    max_held_bytes: int = 64 * 1024 * 1024,
 ) -> list[Tool]:
     def passthrough(method: str, wrap: str | None = None) -> Callable[[Any, Caller], Awaitable[Any]]:
         async def handler(p: BaseModel, caller: Caller) -> Any:
@@ -134,10 +188,16 @@ def node_tools(
         return handler
 
     read_limiter = trio.CapacityLimiter(1)  # rag_add reads and extracts files in one worker thread at a time
+    budget = ByteBudget(max_held_bytes)  # file bytes all rag_add calls hold at once
 
     async def rag_add(p: RagAddArgs, caller: Caller) -> Any:
         return await rag_add_confined(
-            p, rag_roots=rag_roots, add_text=add_text, max_file_bytes=max_file_bytes, limiter=read_limiter
+            p,
+            rag_roots=rag_roots,
+            add_text=add_text,
+            max_file_bytes=max_file_bytes,
+            limiter=read_limiter,
+            budget=budget,
         )
 
     async def rag_query(p: RagQueryArgs, caller: Caller) -> Any:

@@ -20,6 +20,7 @@ from node.mcp.settings import TRANSPORTS
 
 MAX_CLIENT_ID_CHARS = 128
 MAX_LISTENERS = 16  # `mcp.listen` subscriptions held at once (each is one `village mcp` with a listening client)
+LISTEN_NOTIFY_TIMEOUT_S = 10.0  # a listening client that takes no notification for this long is dropped
 LISTEN_KEEPALIVE_S = 10.0  # idle time after which mcp.listen writes a keepalive: a departed client is noticed
 
 
@@ -111,17 +112,30 @@ def register(reg: ControlRegistry, get_service: Callable[[], Awaitable[McpServic
         assert node is not None
         s.listener_count(+1)
         recv = node.subscribe_inbox()  # bounded queue; a follower that falls behind is dropped (channel closed)
+
+        async def send(name: str, payload: dict[str, Any]) -> None:
+            """One notification, never cut by the keepalive timer (a write cancelled halfway would corrupt the
+            stream's framing); a client that does not take it within LISTEN_NOTIFY_TIMEOUT_S ends the call and
+            its connection (BrokenResourceError: the control server drops the connection), freeing its slot."""
+            with trio.move_on_after(LISTEN_NOTIFY_TIMEOUT_S) as scope:
+                await notify(name, payload)
+            if scope.cancelled_caught:
+                raise trio.BrokenResourceError(f"the listener took no notification for {LISTEN_NOTIFY_TIMEOUT_S:g} s")
+
         try:
-            await notify("mcp.listening", {"uris": [INBOX_URI]})
+            await send("mcp.listening", {"uris": [INBOX_URI]})
             while True:
-                with trio.move_on_after(p.keepalive_s):
+                changed = False
+                with trio.move_on_after(p.keepalive_s):  # the timer covers the wait only, never a write
                     try:
                         await recv.receive()
                     except (trio.EndOfChannel, trio.ClosedResourceError):
                         return {"ended": "the node closed the subscription (stopping, or this client was too slow)"}
-                    await notify("mcp.resource_updated", {"uri": INBOX_URI})
-                    continue
-                await notify("mcp.keepalive", {})  # fails once the client has gone, which ends this call
+                    changed = True
+                if changed:
+                    await send("mcp.resource_updated", {"uri": INBOX_URI})
+                else:
+                    await send("mcp.keepalive", {})  # fails once the client has gone, which ends this call
         finally:
             s.listener_count(-1)
             node.unsubscribe_inbox(recv)

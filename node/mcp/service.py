@@ -8,6 +8,7 @@ through the ``mcp.*`` control methods (node.mcp.rpc).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -18,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from node.errors import NodeError
 from node.mcp.ask_tools import ask_tools
 from node.mcp.audit import AuditLog
 from node.mcp.errors import NotAllowed
-from node.mcp.graph import GraphStore, Storage
+from node.mcp.graph import Changes, GraphStore, SqliteStorage, Storage
 from node.mcp.memory_tools import memory_resource, memory_tools, scratch_tools
 from node.mcp.node_tools import node_tools
 from node.mcp.registry import Caller, Registry, Resource
@@ -60,6 +62,8 @@ class McpService:
         self.node: Node | None = None
         self.registry: Registry | None = None
         self.graph: GraphStore | None = None
+        self._other_memory: Callable[[], Any] | None = None  # the store the memory is not in (forget wipes it too)
+        self.stale_checked = trio.Event()  # set once the start-up look at the other store is done
         self.working: WorkingMemory | None = None
         self.audit: AuditLog | None = None
         self.http_url: str | None = None
@@ -114,7 +118,14 @@ class McpService:
         s = self.settings
         d = self.data_dir() if self.persistent else None
         self.audit = AuditLog(d / "audit.jsonl" if d else None, max_bytes=s.audit_max_bytes, wall_ms=node.clock.wall_ms)
-        self.graph = GraphStore(d / "memory.sqlite3" if d else None, s, storage=self._memory_storage(node))
+        storage = self._memory_storage(node)
+        self._other_memory = self._other_memory_storage(node, d, active_is_local=storage is None)
+        self.graph = GraphStore(
+            d / "memory.sqlite3" if d else None,
+            s,
+            storage=storage,
+            run_blocking=getattr(storage, "run_blocking", None),  # a networked store's deadline-bound runner
+        )
         self.working = WorkingMemory(
             max_bytes_per_client=s.working_max_bytes_per_client,
             max_clients=s.working_max_clients,
@@ -132,7 +143,15 @@ class McpService:
             return await rag.add_text(source, text, title=title, shared=shared, mime=mime)
 
         max_file_bytes = node.config.section(RagSection).max_file_bytes
-        reg.extend(node_tools(self._invoke, rag_roots=s.rag_roots, add_text=add_text, max_file_bytes=max_file_bytes))
+        reg.extend(
+            node_tools(
+                self._invoke,
+                rag_roots=s.rag_roots,
+                add_text=add_text,
+                max_file_bytes=max_file_bytes,
+                max_held_bytes=s.rag_add_max_held_bytes,
+            )
+        )
         reg.extend(vote_tools(self._invoke))
         reg.extend(memory_tools(self.graph))
         reg.extend(scratch_tools(self.working, node.clock.now))
@@ -185,6 +204,60 @@ class McpService:
                     return factory
         return None
 
+    def _other_memory_storage(self, node: Node, d: Path | None, *, active_is_local: bool) -> Callable[[], Any] | None:
+        """The store the memory is *not* in (a copy an earlier setting left): the SQLite file when the memory is on
+        a service's store, else that store (``mcp_memory_graph(node)``: the anchor's graph namespace), or None."""
+        if not self.persistent or d is None:
+            return None
+        if not active_is_local:
+            path = d / "memory.sqlite3"
+            return (lambda: SqliteStorage(path)) if path.exists() else None
+        for service in node.services:
+            offer = getattr(service, "mcp_memory_graph", None)
+            if callable(offer):
+                with contextlib.suppress(NodeError):  # not configured or refused: nothing to look at
+                    factory: Callable[[], Any] | None = offer(node)
+                    if factory is not None:
+                        return factory
+        return None
+
+    async def _on_other(self, fn: Callable[[Any], Any]) -> Any:
+        """``fn(storage)`` on the other store, in a worker thread (through its runner when it has one)."""
+        factory = self._other_memory
+        assert factory is not None
+
+        def job() -> Any:
+            storage = factory()
+            try:
+                return fn(storage)
+            finally:
+                storage.close()
+
+        runner = getattr(factory, "run_blocking", None)
+        if runner is not None:
+            return await runner(job)
+        return await trio.to_thread.run_sync(job)
+
+    async def _warn_stale_copy(self) -> None:
+        """One warning at start when the other store still holds this node's memory (``village memory forget``
+        erases both)."""
+        try:
+            if self._other_memory is None:
+                return
+            rows = await self._on_other(lambda st: (st.name, st.count()))
+        except NodeError as exc:
+            log.info("MCP memory: the other store could not be checked for a stale copy: %s", exc)
+            return
+        finally:
+            self.stale_checked.set()
+        if rows[1]:
+            log.warning(
+                "MCP memory: the %s store still holds %d rows of this node's memory from an earlier "
+                "[anchor] mcp_memory setting; they are not used. `village memory forget` erases both stores.",
+                rows[0],
+                rows[1],
+            )
+
     async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         # The SDK (a second or two of imports on a small machine) is loaded only for what is configured: the
         # loopback HTTP endpoint here, the gateway's mount on its first request; `village mcp` needs neither.
@@ -205,6 +278,7 @@ class McpService:
                     nursery.start_soon(self._publish_inbox, node)
                 self._ready.set()
                 task_status.started()
+                await self._warn_stale_copy()
                 await trio.sleep_forever()
         finally:
             self._nursery = None
@@ -259,10 +333,29 @@ class McpService:
     async def export(self) -> dict[str, Any]:
         assert self.graph is not None and self.working is not None and self.node is not None
         return {
+            "store": (await self.graph.run("stats"))["backend"],  # the active store; the other is not exported
             "knowledge_graph": await self.graph.run("read_graph"),
             "working_memory": self.working.export(self.node.clock.now()),
         }
 
     async def forget(self) -> dict[str, Any]:
+        """Erase the active store, working memory and the other store's copy (``other``: its name and the rows
+        erased, or why it could not be reached: the active store is erased all the same)."""
         assert self.graph is not None and self.working is not None
-        return {"knowledge_graph": await self.graph.run("forget"), "working_memory": self.working.forget()}
+        out: dict[str, Any] = {
+            "knowledge_graph": await self.graph.run("forget"),
+            "working_memory": self.working.forget(),
+        }
+        if self._other_memory is not None:
+
+            def wipe(st: Any) -> dict[str, Any]:
+                rows = int(st.count())
+                if rows:
+                    st.apply(Changes(wipe=True))
+                return {"store": st.name, "rows": rows}
+
+            try:
+                out["other"] = await self._on_other(wipe)
+            except NodeError as exc:
+                out["other"] = {"error": str(exc)}
+        return out

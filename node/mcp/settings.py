@@ -40,6 +40,12 @@ class McpSettings:
     rag_roots: tuple[str, ...] = _s(
         (), "Folders whose files the rag_add tool may ingest (absolute paths); empty: rag_add is refused."
     )
+    rag_add_max_held_bytes: int = _s(
+        64 * 1024 * 1024,
+        "File bytes all rag_add calls together hold at once (one file at a time each; a larger file is skipped).",
+        min=1024 * 1024,
+        max=1 << 30,
+    )
     state_calls_per_min: float = _s(
         120.0, "State-changing tool calls one client may make per minute on average.", min=1, max=1_000_000
     )

@@ -103,9 +103,14 @@ class RemoteTools:
             raise ToolDenied(f"{tool} needs the {scope!r} scope, which this caller was not granted")
         private = self.caller.has_scope("rag:private")
         # Through the registry like every agent call (audited, rate-limited), as "<Agent>@<the caller's client id>"
-        # (e.g. "Sage@key:3f2a"): the audit shows who the agent worked for.
+        # (e.g. "Sage@key:3f2a"): the audit shows who the agent worked for; a state change is first written to the
+        # gateway key's audit (PostgreSQL), and does not run if that row cannot be written.
         safe = {**args, "shared_only": True} if tool == "rag.query" and not private else dict(args)
-        result = await self.inner.call_as(f"{agent}@{self.caller.client_id}", allowed, tool, safe)
+        who = f"{agent}@{self.caller.client_id}"
+        if self.caller.pre_audit is not None:
+            result = await self.inner.call_as(who, allowed, tool, safe, pre_audit=self.caller.pre_audit)
+        else:
+            result = await self.inner.call_as(who, allowed, tool, safe)
         if tool == "rag.documents" and not private and isinstance(result, list):
             return [d for d in result if isinstance(d, Mapping) and d.get("shared")]
         return result

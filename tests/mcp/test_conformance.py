@@ -150,14 +150,15 @@ def bolt() -> Callable[[], Callable[[], Storage]]:
         pytest.skip(f"no Bolt server: scripts/services up failed: {exc}")
     assert settings is not None
     url = settings.graph.bolt_url
+    key = secrets.token_bytes(32)
     try:
-        BoltMemoryStorage(url, namespace="probe", timeout_s=5.0).load()
+        BoltMemoryStorage(url, namespace="probe", key=key, timeout_s=5.0).load()
     except StoreError as exc:
         pytest.skip(f"no Bolt server at {url}: {exc}")
 
     def fresh_namespace() -> Callable[[], Storage]:
         ns = "conformance:" + secrets.token_hex(6)
-        return lambda: BoltMemoryStorage(url, namespace=ns, timeout_s=5.0)
+        return lambda: BoltMemoryStorage(url, namespace=ns, key=key, timeout_s=5.0)
 
     return fresh_namespace
 

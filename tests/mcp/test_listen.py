@@ -87,3 +87,28 @@ async def test_the_stdio_relay_subscribes_only_while_a_client_listens(
         await service.wait_listeners(1)
     assert relay.connections == 2
     off()
+
+
+async def test_a_listener_that_stops_reading_loses_its_slot(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A client that stops reading blocks the call's writes: each notification has LISTEN_NOTIFY_TIMEOUT_S, then
+    the call ends (and the control server drops its connection), so it does not hold a listener slot forever."""
+    from node.mcp.rpc import LISTEN_NOTIFY_TIMEOUT_S
+
+    node, service = await start_node(nursery, tmp_path, control=True)
+    await service.wait_ready()
+    assert node.control_server is not None
+    reg = node.control_server.registry
+    method = reg.lookup("mcp.listen")
+    sent: list[str] = []
+
+    async def stuck(name: str, payload: object) -> None:  # the client's socket buffer is full
+        sent.append(name)
+        if name != "mcp.listening":
+            await trio.sleep_forever()
+
+    with trio.fail_after(LISTEN_NOTIFY_TIMEOUT_S * 3):
+        with pytest.raises(trio.BrokenResourceError, match="took no notification"):
+            await method.handler(reg.bind_params(method, {"keepalive_s": 1.0}), stuck)
+    assert sent == ["mcp.listening", "mcp.keepalive"] and service.listeners == 0

@@ -172,6 +172,8 @@ async def test_an_anchors_mcp_memory_is_in_the_graph_store_and_village_memory_ex
     from node.mcp.graph import KnowledgeGraph
     from tests.mcp.helpers import mcp_settings
 
+    config = anchor_dir / "config.toml"
+    config.write_text(config.read_text().replace("[anchor]\n", '[anchor]\nmcp_memory = "graph"\n'))
     argv = [*VILLAGE, "anchor", "run", "--data-dir", str(anchor_dir)]
     proc = await trio.lowlevel.open_process(argv, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     log = b""
@@ -179,7 +181,8 @@ async def test_an_anchors_mcp_memory_is_in_the_graph_store_and_village_memory_ex
     ns = "mcp:" + json.loads(village("id", "--json", data_dir=anchor_dir).stdout)["peer_id"]
 
     def on_server() -> dict[str, object]:
-        g = KnowledgeGraph(BoltMemoryStorage(services.graph.bolt_url, namespace=ns), mcp_settings())
+        key = (anchor_dir / "anchor" / "mcp-memory.key").read_bytes()
+        g = KnowledgeGraph(BoltMemoryStorage(services.graph.bolt_url, namespace=ns, key=key), mcp_settings())
         try:
             return g.read_graph()
         finally:

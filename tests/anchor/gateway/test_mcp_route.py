@@ -4,6 +4,7 @@ token, 403 without any scope opening a tool, each tool behind its own scope), ov
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import httpx
@@ -212,7 +213,7 @@ def _rel(a: str, b: str, t: str = "knows") -> dict[str, str]:
 async def test_an_anchors_mcp_memory_lives_in_the_graph_store(
     start_gateway: StartGateway, nursery: trio.Nursery, services: ServiceSettings
 ) -> None:
-    gateway = await start_gateway()
+    gateway = await start_gateway(mcp_memory="graph")
     service = McpService(mcp_settings())  # persistent: the node's own data dir
     await nursery.start(service.run, gateway.node)
     assert service.registry is not None and service.graph is not None
@@ -224,7 +225,8 @@ async def test_an_anchors_mcp_memory_lives_in_the_graph_store(
     ns = f"mcp:{gateway.node.identity.peer_id_hex}"
 
     def load(ns: str) -> KnowledgeGraph:  # what a fresh load of the server holds
-        return KnowledgeGraph(BoltMemoryStorage(services.graph.bolt_url, namespace=ns), mcp_settings())
+        key = (gateway.cfg.data_dir / "anchor" / "mcp-memory.key").read_bytes()
+        return KnowledgeGraph(BoltMemoryStorage(services.graph.bolt_url, namespace=ns, key=key), mcp_settings())
 
     on_server = await trio.to_thread.run_sync(lambda: load(ns))
     assert on_server.read_graph() == {"entities": [_ent("Ada", "person", "x")], "relations": [_rel("Ada", "Bob")]}
@@ -235,3 +237,30 @@ async def test_an_anchors_mcp_memory_lives_in_the_graph_store(
     assert reloaded.read_graph() == {"entities": [], "relations": []}
     on_server.close()
     reloaded.close()
+
+
+async def test_forget_erases_the_copy_in_the_other_store_and_a_stale_copy_is_warned_about(
+    start_gateway: StartGateway, nursery: trio.Nursery, services: ServiceSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the memory local (the default), rows of this node's namespace left on the graph server by an earlier
+    ``mcp_memory = "graph"`` are warned about at start and erased by `village memory forget` with the local file;
+    export names the store it exported."""
+    gateway = await start_gateway()
+    ns = f"mcp:{gateway.node.identity.peer_id_hex}"
+    stale = BoltMemoryStorage(services.graph.bolt_url, namespace=ns, key=bytes(32))
+    await trio.to_thread.run_sync(KnowledgeGraph(stale, mcp_settings()).create_entities, [_ent("Old", "x", "left")])
+    service = McpService(mcp_settings())
+    with caplog.at_level(logging.WARNING, logger="village.mcp"):
+        await nursery.start(service.run, gateway.node)
+        assert service.registry is not None and service.graph is not None
+        with trio.fail_after(20):
+            await service.stale_checked.wait()
+    assert "the bolt store still holds 1 rows" in caplog.text
+    await service.registry.call("create_entities", {"entities": [_ent("Ada")]}, caller=Caller("local", "t"))
+    exported = await service.export()
+    assert exported["store"] == "sqlite" and exported["knowledge_graph"]["entities"] == [_ent("Ada")]
+    erased = await service.forget()
+    assert erased["knowledge_graph"] == {"entities": 1, "relations": 0}
+    assert erased["other"] == {"store": "bolt", "rows": 1}
+    assert await trio.to_thread.run_sync(stale.count) == 0
+    stale.close()
