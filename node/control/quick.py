@@ -86,8 +86,8 @@ def parse_args(argv: Sequence[str]) -> tuple[str, dict[str, str], bool] | None:
             if not rest:
                 return None
             value = rest.pop(0)
-        if not value:
-            return None
+        if not value or value.startswith("-"):
+            return None  # `--socket --json`: an option where a value belongs; the full parser decides
         opts[name] = value
     return argv[0], opts, as_json
 
