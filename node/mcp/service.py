@@ -150,7 +150,7 @@ class McpService:
                     from mcp.server.subscriptions import InMemorySubscriptionBus
 
                     from node.mcp.http import serve_http
-                    from node.mcp.token import ensure_token, token_path
+                    from node.tokenfile import ensure_token, token_path
 
                     self.bus = InMemorySubscriptionBus()
                     token = ensure_token(token_path(node.config.data_dir))

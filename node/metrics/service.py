@@ -3,13 +3,16 @@ trio worker inside the service's nursery.
 
 Every scrape reads the node's counters at that moment (:mod:`node.metrics.collect`); scrapes closer together than
 ``metrics.scrape_reuse_s`` share one reading, and one reading runs at a time, so a flood of requests costs the node
-no more than one scrape per interval. On a loopback listen, a request whose ``Host`` names another host is refused
-(DNS rebinding: a web page must not read the metrics through the user's browser). The control method lives in
-:mod:`node.metrics.rpc`.
+no more than one scrape per interval. Every request needs ``Authorization: Bearer <token>``, the token in
+``<data dir>/metrics/token`` (0600, created on first start; `village metrics token` prints it; Prometheus reads it
+with ``authorization: {credentials_file: ...}``): other local users and processes must not read the node's figures.
+On a loopback listen, a request whose ``Host`` names another host is refused (DNS rebinding: a web page must not
+read the metrics through the user's browser). The control method lives in :mod:`node.metrics.rpc`.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
@@ -53,9 +56,11 @@ class Scraper:
 class MetricsApp:
     """The ASGI app: ``GET /metrics`` only."""
 
-    def __init__(self, scraper: Scraper, allowed_hosts: frozenset[str] | None) -> None:
+    def __init__(self, scraper: Scraper, allowed_hosts: frozenset[str] | None, token: str) -> None:
         self.scraper = scraper
         self.allowed_hosts = allowed_hosts  # None: any Host (a non-loopback listen)
+        self._expected = f"Bearer {token}".encode()
+        self.unauthorised = 0  # requests refused for a missing or wrong token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # nothing to set up or tear down
@@ -65,10 +70,19 @@ class MetricsApp:
             return
         if scope["type"] != "http":
             return
-        host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+        headers = dict(scope.get("headers") or [])
+        host = headers.get(b"host", b"").decode("latin-1")
         name = host.rpartition(":")[0] if host.rpartition(":")[2].isdigit() else host
         if self.allowed_hosts is not None and name.lower() not in self.allowed_hosts:
             await _respond(send, 421, b"misdirected request: unexpected Host\n")
+        elif not hmac.compare_digest(headers.get(b"authorization", b""), self._expected):
+            self.unauthorised += 1
+            await _respond(
+                send,
+                401,
+                b"unauthorized: send Authorization: Bearer <village metrics token>\n",
+                [(b"www-authenticate", b'Bearer realm="aivillage-metrics"')],
+            )
         elif scope["path"] != "/metrics":
             await _respond(send, 404, b"not found: the metrics are at /metrics\n")
         elif scope["method"] not in ("GET", "HEAD"):
@@ -109,6 +123,9 @@ class MetricsService:
         from hypercorn.config import Config as HypercornConfig
         from hypercorn.trio import serve
 
+        from node.tokenfile import ensure_token, metrics_token_path
+
+        token = ensure_token(metrics_token_path(node.config.data_dir), "metrics token")
         host, port = self.settings.host_port()
         self.scraper = Scraper(node, self.settings.scrape_reuse_s)
         allowed = (
@@ -120,7 +137,7 @@ class MetricsService:
         config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
         config.accesslog = None
         config.errorlog = log
-        app = MetricsApp(self.scraper, allowed)
+        app = MetricsApp(self.scraper, allowed, token)
         async with trio.open_nursery() as nursery:
             binds: list[str] = await nursery.start(partial(serve, cast(Any, app), config, mode="asgi"))
             self.url = binds[0] + "/metrics"

@@ -25,8 +25,9 @@ class MetricsSection:
 
     listen: str = setting(
         "",
-        "Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464); empty: off. Plain HTTP, so "
-        "loopback only unless allow_non_loopback is set.",
+        "Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464); empty: off. Requests need the "
+        "bearer token `village metrics token` prints (<data dir>/metrics/token). Plain HTTP, so loopback only unless "
+        "allow_non_loopback is set.",
     )
     allow_non_loopback: bool = setting(
         False,

@@ -11,7 +11,7 @@ import httpx2
 import pytest
 import trio
 
-from node.mcp.token import token_path
+from node.tokenfile import token_path
 from tests.mcp.helpers import http_client, mcp_settings, start_node, text_of
 
 
@@ -130,7 +130,7 @@ async def test_a_foreign_host_or_origin_is_refused_on_every_loopback_address(
 
 def test_the_token_file_is_never_taken_from_a_symlink_or_a_loose_file(tmp_path: Path) -> None:
     from node.errors import StartupError
-    from node.mcp.token import ensure_token
+    from node.tokenfile import ensure_token
 
     path = token_path(tmp_path)
     token = ensure_token(path)
