@@ -12,6 +12,7 @@ those answers also describe what the user does); the anchor's route leaves out t
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -79,6 +80,8 @@ SOURCES: tuple[tuple[str, str, Mapping[str, bool]], ...] = (
 )
 # Subsystems whose figures describe the device's user: never exported through a listener that may be remote.
 PERSONAL_SUBSYSTEMS = frozenset({"twin"})
+log = logging.getLogger("village.metrics")
+
 # The classic text format, which every Prometheus server reads; our names need none of 1.0.0's UTF-8 escaping.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
@@ -121,14 +124,23 @@ async def take_snapshot(
             sources[subsystem] = await m.handler(registry.bind_params(m, {}), no_notify)
         except NodeError:  # e.g. rag.stats while the knowledge base is off: its metrics are absent, `up` says so
             failed.append(subsystem)
+        except Exception:  # a failing subsystem costs its own figures, never the scrape (`<subsystem>_up 0`)
+            log.exception("metrics: reading %s failed", method)
+            failed.append(subsystem)
     core = node.core
-    return Snapshot(
-        status=status,
-        sources=sources,
-        failed=tuple(failed),
-        bounds=core.bounded_sizes() if core is not None else {},
-        governance_events=_governance_counters(node),
-    )
+    bounds: Mapping[str, tuple[int, int]] = {}
+    try:
+        bounds = core.bounded_sizes() if core is not None else {}
+    except Exception:
+        log.exception("metrics: reading the mesh's bounded structures failed")
+        failed.append("bounds")
+    events: Mapping[str, int] = {}
+    try:
+        events = _governance_counters(node)
+    except Exception:
+        log.exception("metrics: reading the governance counters failed")
+        failed.append("governance_events")
+    return Snapshot(status=status, sources=sources, failed=tuple(failed), bounds=bounds, governance_events=events)
 
 
 def _governance_counters(node: Node) -> dict[str, int]:
@@ -182,6 +194,12 @@ class NodeCollector:
             elif subsystem in self.snapshot.failed:
                 up.add_metric([], 0.0)
                 yield up
+        for source in sorted(set(self.snapshot.failed) - {subsystem for _m, subsystem, _f in SOURCES}):
+            up = GaugeMetricFamily(
+                _name("village", source, "up"), f"Whether the {source} could be read (1) or not (0)."
+            )
+            up.add_metric([], 0.0)
+            yield up
         if self.snapshot.governance_events:
             yield _labelled(
                 "village_governance_events",

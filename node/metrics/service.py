@@ -12,9 +12,10 @@ read the metrics through the user's browser). The control method lives in :mod:`
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
@@ -35,11 +36,22 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 class Scraper:
-    """One reading at a time, reused for ``reuse_s`` (trio clock)."""
+    """One reading at a time, reused for ``reuse_s`` (trio clock). ``exclude``: subsystems left out (the anchor's
+    route: :data:`~node.metrics.collect.PERSONAL_SUBSYSTEMS`); ``extra``: labelled counter families a front end adds
+    (read with the node's, cached with them)."""
 
-    def __init__(self, node: Node, reuse_s: float) -> None:
+    def __init__(
+        self,
+        node: Node,
+        reuse_s: float,
+        *,
+        exclude: frozenset[str] = frozenset(),
+        extra: Callable[[], Mapping[str, tuple[str, str, Mapping[str, int]]]] | None = None,
+    ) -> None:
         self.node = node
         self.reuse_s = reuse_s
+        self.exclude = exclude
+        self.extra = extra
         self.scrapes = 0  # readings taken (not requests answered)
         self._lock = trio.Lock()
         self._last: tuple[float, bytes] | None = None
@@ -49,7 +61,10 @@ class Scraper:
             now = trio.current_time()
             if self._last is None or now - self._last[0] >= self.reuse_s or self.reuse_s == 0:
                 self.scrapes += 1
-                self._last = (now, render(await take_snapshot(self.node)))
+                snapshot = await take_snapshot(self.node, exclude=self.exclude)
+                if self.extra is not None:
+                    snapshot = dataclasses.replace(snapshot, labelled_counters=self.extra())
+                self._last = (now, render(snapshot))
             return self._last[1]
 
 

@@ -233,3 +233,34 @@ def test_personal_and_behavioural_figures_are_never_exported() -> None:
 def test_the_dashboard_names_only_village_metrics() -> None:
     names = dashboard_metrics()
     assert {"village_frames_dropped_total", "village_bounded_size", "village_links"} <= names
+
+
+async def test_one_failing_subsystem_costs_its_own_figures_not_the_scrape(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from node.control.methods import build_registry
+    from node.control.rpc import NoParams, Notify
+
+    alice, _bob = await two_nodes(nursery, tmp_path)
+    registry = build_registry(alice)
+
+    async def broken(_: NoParams, notify: Notify) -> object:
+        raise RuntimeError("the knowledge base's database is gone")
+
+    async def fine(_: NoParams, notify: Notify) -> object:
+        return {"tools": 3, "calls": 4}
+
+    registry.methods.pop("rag.stats", None)
+    registry.methods.pop("mcp.status", None)
+    registry.add("rag.stats", NoParams, "broken", broken)
+    registry.add("mcp.status", NoParams, "fine", fine)
+    assert alice.core is not None
+
+    def no_bounds() -> object:
+        raise ValueError("a bug in a bound")
+
+    monkeypatch.setattr(alice.core, "bounded_sizes", no_bounds)
+    found = samples(render(await take_snapshot(alice, registry)).decode())
+    assert value(found, "village_rag_up") == 0 and value(found, "village_bounds_up") == 0
+    assert value(found, "village_mcp_up") == 1 and value(found, "village_mcp_calls_total") == 4
+    assert value(found, "village_frames_out_total") > 0 and value(found, "village_links") == 1
