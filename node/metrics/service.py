@@ -6,8 +6,9 @@ Every scrape reads the node's counters at that moment (:mod:`node.metrics.collec
 no more than one scrape per interval. Every request needs ``Authorization: Bearer <token>``, the token in
 ``<data dir>/metrics/token`` (0600, created on first start; `village metrics token` prints it; Prometheus reads it
 with ``authorization: {credentials_file: ...}``): other local users and processes must not read the node's figures.
-On a loopback listen, a request whose ``Host`` names another host is refused (DNS rebinding: a web page must not
-read the metrics through the user's browser). The control method lives in :mod:`node.metrics.rpc`.
+A request whose ``Host`` is neither an IP literal, ``localhost`` nor one of ``metrics.allowed_hosts`` is refused,
+whatever the listen address (DNS rebinding: a web page must not read the metrics through a browser that can reach
+the listener). The control method lives in :mod:`node.metrics.rpc`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import trio
 
 from node.metrics.collect import CONTENT_TYPE, render, take_snapshot
 from node.metrics.rpc import SERVICE_NAME
-from node.metrics.settings import MetricsSection, is_loopback
+from node.metrics.settings import MetricsSection, is_ip_literal
 
 if TYPE_CHECKING:
     from node.node import Node
@@ -71,9 +72,9 @@ class Scraper:
 class MetricsApp:
     """The ASGI app: ``GET /metrics`` only."""
 
-    def __init__(self, scraper: Scraper, allowed_hosts: frozenset[str] | None, token: str) -> None:
+    def __init__(self, scraper: Scraper, allowed_hosts: frozenset[str], token: str) -> None:
         self.scraper = scraper
-        self.allowed_hosts = allowed_hosts  # None: any Host (a non-loopback listen)
+        self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts) | {"localhost"}  # and every IP literal
         self._expected = f"Bearer {token}".encode()
         self.unauthorised = 0  # requests refused for a missing or wrong token
 
@@ -88,7 +89,7 @@ class MetricsApp:
         headers = dict(scope.get("headers") or [])
         host = headers.get(b"host", b"").decode("latin-1")
         name = host.rpartition(":")[0] if host.rpartition(":")[2].isdigit() else host
-        if self.allowed_hosts is not None and name.lower() not in self.allowed_hosts:
+        if not is_ip_literal(name) and name.lower() not in self.allowed_hosts:
             await _respond(send, 421, b"misdirected request: unexpected Host\n")
         elif not hmac.compare_digest(headers.get(b"authorization", b""), self._expected):
             self.unauthorised += 1
@@ -143,11 +144,7 @@ class MetricsService:
         token = ensure_token(metrics_token_path(node.config.data_dir), "metrics token")
         host, port = self.settings.host_port()
         self.scraper = Scraper(node, self.settings.scrape_reuse_s)
-        allowed = (
-            frozenset({"localhost", "127.0.0.1", "[::1]", f"[{host}]" if ":" in host else host})
-            if is_loopback(host)
-            else None
-        )
+        allowed = frozenset(self.settings.allowed_hosts)
         config = HypercornConfig()
         config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
         config.accesslog = None

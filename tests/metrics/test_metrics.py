@@ -8,6 +8,7 @@ import json
 import re
 import urllib.error
 import urllib.request
+from collections.abc import MutableMapping
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from node.errors import ConfigError
 from node.identity import Identity
 from node.metrics.collect import DROP_CAUSES, Snapshot, render, take_snapshot
-from node.metrics.service import Scraper
+from node.metrics.service import MetricsApp, Scraper
 from node.metrics.settings import MetricsSection
 from node.node import Node
 from node.settings import Config, config_from_mapping
@@ -264,3 +265,45 @@ async def test_one_failing_subsystem_costs_its_own_figures_not_the_scrape(
     assert value(found, "village_rag_up") == 0 and value(found, "village_bounds_up") == 0
     assert value(found, "village_mcp_up") == 1 and value(found, "village_mcp_calls_total") == 4
     assert value(found, "village_frames_out_total") > 0 and value(found, "village_links") == 1
+
+
+class FixedScraper(Scraper):
+    def __init__(self) -> None:  # no node: the app's checks are under test
+        self.scrapes = 0
+
+    async def text(self) -> bytes:
+        self.scrapes += 1
+        return b"village_up 1\n"
+
+
+async def asgi_get(app: MetricsApp, host: str, token: str | None = "t0ken") -> int:
+    headers = [(b"host", host.encode())]
+    if token is not None:
+        headers.append((b"authorization", f"Bearer {token}".encode()))
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, object]) -> None:
+        sent.append(dict(message))
+
+    scope = {"type": "http", "method": "GET", "path": "/metrics", "headers": headers}
+    await app(scope, receive, send)
+    status = sent[0]["status"]
+    assert isinstance(status, int)
+    return status
+
+
+async def test_the_host_is_checked_whatever_the_listen_address() -> None:
+    """DNS rebinding: only IP literals, localhost and metrics.allowed_hosts, also for a non-loopback listen."""
+    app = MetricsApp(FixedScraper(), frozenset({"Prom.Internal"}), "t0ken")
+    for host in ("192.0.2.1:9464", "127.0.0.1", "[2001:db8::1]:9464", "[::1]", "localhost:9464", "prom.internal:1"):
+        assert await asgi_get(app, host) == 200, host
+    for host in ("attacker.example:9464", "192.0.2.1.nip.io", "", "prom.internal.attacker.example"):
+        assert await asgi_get(app, host) == 421, host
+    assert await asgi_get(app, "192.0.2.1", token=None) == 401
+    cfg = config_from_mapping({"metrics": {"allowed_hosts": ["prom.lan"]}})
+    assert cfg.section(MetricsSection).allowed_hosts == ("prom.lan",)
+    with pytest.raises(ConfigError, match=r"^metrics\.allowed_hosts: 'a b' is not a host name"):
+        config_from_mapping({"metrics": {"allowed_hosts": ["a b"]}})
