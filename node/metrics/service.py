@@ -18,7 +18,7 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -27,6 +27,7 @@ from node.metrics.rpc import SERVICE_NAME
 from node.metrics.settings import MetricsSection, is_ip_literal
 
 if TYPE_CHECKING:
+    from node.httpserve import ConnectionCap
     from node.node import Node
 
 log = logging.getLogger("village.metrics")
@@ -134,11 +135,12 @@ class MetricsService:
         self.settings = settings
         self.url: str | None = None
         self.scraper: Scraper | None = None
+        self.connections: ConnectionCap | None = None
 
     async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from hypercorn.config import Config as HypercornConfig
-        from hypercorn.trio import serve
 
+        from node.httpserve import ConnectionCap, serve_capped, short_timeouts
         from node.tokenfile import ensure_token, metrics_token_path
 
         token = ensure_token(metrics_token_path(node.config.data_dir), "metrics token")
@@ -149,9 +151,11 @@ class MetricsService:
         config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
         config.accesslog = None
         config.errorlog = log
+        short_timeouts(config)
         app = MetricsApp(self.scraper, allowed, token)
+        self.connections = ConnectionCap(self.settings.max_connections)
         async with trio.open_nursery() as nursery:
-            binds: list[str] = await nursery.start(partial(serve, cast(Any, app), config, mode="asgi"))
+            binds: list[str] = await nursery.start(partial(serve_capped, app, config, self.connections))
             self.url = binds[0] + "/metrics"
             log.info("Prometheus metrics at %s", self.url)
             task_status.started()

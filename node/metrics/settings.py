@@ -51,6 +51,13 @@ class MetricsSection:
         "Host names a request may name in its Host header besides IP literals and localhost (e.g. the name Prometheus "
         "uses for a non-loopback listen). Any other Host is refused (DNS rebinding).",
     )
+    max_connections: int = setting(
+        16,
+        "Concurrent connections to the listener; more wait in the kernel's backlog (bounds the descriptors a flood "
+        "of connections can take).",
+        min=1,
+        max=1024,
+    )
     scrape_reuse_s: float = setting(
         1.0,
         "A scrape within this many seconds of the previous one is answered from it (bounds the work a flood of "

@@ -155,3 +155,18 @@ def test_the_token_file_is_never_taken_from_a_symlink_or_a_loose_file(tmp_path: 
     path.parent.chmod(0o777)
     with pytest.raises(StartupError, match="chmod 700"):
         ensure_token(path)
+
+
+async def test_a_flood_of_connections_holds_at_most_the_cap(nursery: trio.Nursery, tmp_path: Path) -> None:
+    from tests.test_httpserve import flood, http_status
+
+    settings = mcp_settings(http_listen="127.0.0.1:0", http_max_connections=3)
+    _, service = await start_node(nursery, tmp_path, settings)
+    assert service.http_url is not None and service.http_connections is not None
+    cap = service.http_connections
+    streams = await flood(service.http_url, cap, 9)
+    assert cap.active == 3 and cap.peak == 3 and cap.accepted == 3  # 6 wait in the kernel's backlog
+    for stream in streams:
+        await stream.aclose()
+    assert await http_status(service.http_url) == 401  # served again once they are gone
+    assert cap.peak == 3
