@@ -27,7 +27,10 @@ def _check_server(sock: socket.socket, path: Path) -> None:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         uid = struct.unpack("3i", creds)[1]
     else:  # no peer credentials here: the socket file's owner is the next best witness
-        uid = os.stat(path).st_uid
+        try:
+            uid = os.stat(path).st_uid
+        except OSError as exc:
+            raise ClientError(f"cannot check who serves {path}: {exc.strerror}") from None
     if uid not in (me, 0):
         raise ClientError(f"refusing the control socket {path}: it is served by uid {uid}, not by this user ({me})")
 
