@@ -50,11 +50,15 @@ def test_termux_service_runs_under_runit(short_tmp: Path) -> None:
     data, prefix, fake_bin = short_tmp / "data", short_tmp / "prefix", short_tmp / "bin"
     fake_bin.mkdir()
     wakelock = short_tmp / "wakelock"
-    for name, word in (("termux-wake-lock", "lock"), ("termux-wake-unlock", "unlock")):  # Termux:API stand-ins
+    for name, word in (("termux-wake-lock", "lock"), ("termux-wake-unlock", "unlock")):  # termux-tools stand-ins
         tool = fake_bin / name
         tool.write_text(f"#!/bin/sh\necho {word} >> {wakelock}\n")
         tool.chmod(0o755)
-    (service / "conf").write_text(f"VILLAGE={VILLAGE[0]}\nVILLAGE_DATA_DIR={data}\nexport PYTHONPATH={ROOT}\n")
+    # The data dir named in VILLAGE_ARGS (not VILLAGE_DATA_DIR) is the one init, the config copy and run all use.
+    unused = short_tmp / "unused"
+    (service / "conf").write_text(
+        f"VILLAGE={VILLAGE[0]}\nVILLAGE_DATA_DIR={unused}\nVILLAGE_ARGS='--data-dir {data}'\nexport PYTHONPATH={ROOT}\n"
+    )
     notify = notify_socket(short_tmp / "notify.sock")
     env = {
         **os.environ,
@@ -80,7 +84,10 @@ def test_termux_service_runs_under_runit(short_tmp: Path) -> None:
         if runsv.poll() is None:
             runsv.kill()
         notify.close()
-    log = (prefix / "var" / "log" / "sv" / "aivillage" / "current").read_text()
+    assert not unused.exists()
+    log_dir = prefix / "var" / "log" / "sv" / "aivillage"
+    assert stat.S_IMODE(log_dir.stat().st_mode) == 0o700  # log/run's umask 077: the log is this user's only
+    log = (log_dir / "current").read_text()
     assert "node ready" in log and "node stopped cleanly" in log, log
     assert wakelock.read_text() == "lock\nunlock\n"  # ./finish released the wake lock
 

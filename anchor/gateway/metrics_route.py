@@ -2,11 +2,12 @@
 ``metrics:read`` scope (admin keys; a key narrowed to that scope alone is what a Prometheus server should hold,
 sent as ``authorization: Bearer <access token>``). The same families as the node's own listener
 (:mod:`node.metrics`), plus the gateway's refusals by HTTP status; each scrape reads the counters then. A read: no audit
-row; the per-IP and per-key limits apply as on every route.
+row; the per-IP and per-key limits apply as on every route; scrapes share the node listener's cache
+(:class:`~node.metrics.service.Scraper`, ``metrics.scrape_reuse_s``). The twin's figures are never sent from here (a
+scrape of an anchor leaves the machine): :data:`~node.metrics.collect.PERSONAL_SUBSYSTEMS`.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route's annotations at run time.
-import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -15,7 +16,9 @@ from fastapi.responses import Response
 
 from anchor.gateway.auth import Principal
 from anchor.gateway.roles import SCOPE_METRICS_READ
-from node.metrics.collect import CONTENT_TYPE, render, take_snapshot
+from node.metrics.collect import CONTENT_TYPE, PERSONAL_SUBSYSTEMS
+from node.metrics.service import Scraper
+from node.metrics.settings import MetricsSection
 
 if TYPE_CHECKING:
     from anchor.gateway.app import GatewayContext
@@ -29,6 +32,14 @@ def add_metrics_route(
     scoped: Callable[[str], Callable[..., Awaitable[Principal]]],
     errors: dict[int | str, dict[str, Any]],
 ) -> None:
+    def refusals() -> dict[str, tuple[str, str, dict[str, int]]]:
+        help_text = "Requests the gateway answered with an error, by HTTP status (401, 403 scope, 429 rate limit, ...)."
+        return {GATEWAY_REFUSALS: (help_text, "status", dict(ctx.counters))}
+
+    # The node listener's cache: scrapes within metrics.scrape_reuse_s share one reading, one reading at a time.
+    reuse_s = ctx.node.config.section(MetricsSection).scrape_reuse_s
+    scraper = Scraper(ctx.node, reuse_s, exclude=PERSONAL_SUBSYSTEMS, extra=refusals)
+
     @app.get(
         "/metrics",
         response_class=Response,
@@ -36,11 +47,4 @@ def add_metrics_route(
     )
     async def metrics(principal: Annotated[Principal, Depends(scoped(SCOPE_METRICS_READ))]) -> Response:
         """Every counter of the anchor's node and of this gateway, in the Prometheus text exposition format."""
-        snapshot = await take_snapshot(ctx.node)
-        refusals = (
-            "Requests the gateway answered with an error, by HTTP status (401, 403 scope, 429 rate limit, ...).",
-            "status",
-            dict(ctx.counters),
-        )
-        body = render(dataclasses.replace(snapshot, labelled_counters={GATEWAY_REFUSALS: refusals}))
-        return Response(content=body, media_type=CONTENT_TYPE)
+        return Response(content=await scraper.text(), media_type=CONTENT_TYPE)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import socket
+import struct
 
 from node.control.errors import ClientError, NotRunning, RemoteCallError
 
@@ -15,6 +17,22 @@ if TYPE_CHECKING:
     from typing import Any
 
 MAX_LINE_BYTES = 64 * 1024 * 1024  # a response larger than this is treated as a broken node
+
+
+def _check_server(sock: socket.socket, path: Path) -> None:
+    """Refuse a server that is neither this user nor root: anyone who can create the socket's path (a shared or
+    world-writable directory, a stale path after the node stopped) could otherwise answer the CLI's calls."""
+    me = os.geteuid()
+    if hasattr(socket, "SO_PEERCRED"):  # Linux and Android: the credentials of the process that listens
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        uid = struct.unpack("3i", creds)[1]
+    else:  # no peer credentials here: the socket file's owner is the next best witness
+        try:
+            uid = os.stat(path).st_uid
+        except OSError as exc:
+            raise ClientError(f"cannot check who serves {path}: {exc.strerror}") from None
+    if uid not in (me, 0):
+        raise ClientError(f"refusing the control socket {path}: it is served by uid {uid}, not by this user ({me})")
 
 
 class ControlClient:
@@ -31,6 +49,11 @@ class ControlClient:
         except PermissionError:
             self._sock.close()
             raise ClientError(f"permission denied on {path}: the control socket serves its owner only") from None
+        try:
+            _check_server(self._sock, path)
+        except BaseException:
+            self._sock.close()
+            raise
         self._buf = bytearray()
 
     def __enter__(self) -> ControlClient:
@@ -48,7 +71,10 @@ class ControlClient:
             if nl >= 0:
                 line = bytes(self._buf[:nl])
                 del self._buf[: nl + 1]
-                msg = json.loads(line)
+                try:
+                    msg = json.loads(line)
+                except ValueError:  # not JSON, or not UTF-8
+                    raise ClientError("the node sent a malformed reply") from None
                 if not isinstance(msg, dict):
                     raise ClientError("the node sent a malformed reply")
                 return msg
@@ -71,8 +97,12 @@ class ControlClient:
     @staticmethod
     def _result(msg: dict[str, Any]) -> Any:
         if "error" in msg:
-            err = msg["error"]
-            raise RemoteCallError(int(err.get("code", 0)), str(err.get("message", "error")), err.get("data"))
+            try:
+                err = msg["error"]
+                code, message, data = int(err.get("code", 0)), str(err.get("message", "error")), err.get("data")
+            except (ValueError, TypeError, AttributeError, KeyError, OverflowError):
+                raise ClientError("the node sent a malformed reply") from None
+            raise RemoteCallError(code, message, data)
         return msg.get("result")
 
     def call(self, method: str, **params: Any) -> Any:

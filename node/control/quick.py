@@ -38,21 +38,31 @@ MAX_CONFIG_BYTES = 1 << 20  # as node.settings: a larger file is not a node conf
 
 
 def status_text(d: Mapping[str, Any]) -> str:
-    """``village status`` for people (shared with the full CLI)."""
-    from node.textsafe import safe_text  # our own nickname, shown escaped like any other
+    """``village status`` for people (shared with the full CLI). Every field is escaped: the reply comes from
+    whatever serves the socket, and a nickname or address could carry terminal escapes."""
+    from node.textsafe import safe_text
 
+    try:
+        uptime = f"{float(d['uptime_s']):.0f}"
+        transports = ", ".join(safe_text(t) for t in d["transports"]) or "none"
+        listening = ", ".join(safe_text(a) for a in d["listen_addrs"]) or "-"
+        fields = [safe_text(d[k]) for k in ("peer_id", "fingerprint", "nickname", "peers", "links", "pending_private")]
+        data_dir = safe_text(d["data_dir"])
+    except (ValueError, TypeError, AttributeError, KeyError, OverflowError):
+        raise ClientError("the node sent a malformed reply") from None
+    peer_id, fingerprint, nickname, peers, links, pending = fields
     return "\n".join(
         [
-            f"peer ID      {d['peer_id']}",
-            f"fingerprint  {d['fingerprint']}",
-            f"nickname     {safe_text(d['nickname'])}",
-            f"uptime       {d['uptime_s']:.0f} s",
-            f"transports   {', '.join(d['transports']) or 'none'}",
-            f"listening    {', '.join(d['listen_addrs']) or '-'}",
-            f"peers        {d['peers']}",
-            f"links        {d['links']}",
-            f"pending      {d['pending_private']} private message(s)",
-            f"data dir     {d['data_dir']}",
+            f"peer ID      {peer_id}",
+            f"fingerprint  {fingerprint}",
+            f"nickname     {nickname}",
+            f"uptime       {safe_text(uptime)} s",
+            f"transports   {transports}",
+            f"listening    {listening}",
+            f"peers        {peers}",
+            f"links        {links}",
+            f"pending      {pending} private message(s)",
+            f"data dir     {data_dir}",
         ]
     )
 
@@ -76,8 +86,8 @@ def parse_args(argv: Sequence[str]) -> tuple[str, dict[str, str], bool] | None:
             if not rest:
                 return None
             value = rest.pop(0)
-        if not value:
-            return None
+        if not value or value.startswith("-"):
+            return None  # `--socket --json`: an option where a value belongs; the full parser decides
         opts[name] = value
     return argv[0], opts, as_json
 
@@ -135,7 +145,7 @@ def find_socket(opts: Mapping[str, str], env: Mapping[str, str]) -> Path | None:
     if not isinstance(sock, str) or not isinstance(node_dir, str):
         return None
     if sock:
-        return Path(sock)
+        return Path(sock) if sock.startswith("/") else None  # relative: the full loader names the key
     if data_dir is None:
         data_dir = Path(node_dir).expanduser() if node_dir else _default_data_dir()
     return data_dir / "control.sock"
@@ -153,15 +163,18 @@ def fast_main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int 
     try:
         with ControlClient(path) as client:
             data = client.call("node.status")
+        if as_json:
+            from node.textsafe import safe_json
+
+            text = safe_json(json.dumps(data, indent=2, ensure_ascii=False))
+        else:
+            text = status_text(data)
     except ClientError as exc:
         from node.textsafe import safe_text
 
         print(f"village: {safe_text(exc)}", file=sys.stderr)
         return 1
-    if as_json:
-        from node.textsafe import safe_json
-
-        print(safe_json(json.dumps(data, indent=2, ensure_ascii=False)))
-    else:
-        print(status_text(data))
+    except KeyboardInterrupt:
+        return 130
+    print(text)
     return 0

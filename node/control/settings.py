@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from node.errors import ConfigError
 from node.schema import setting
 
 
@@ -23,3 +24,9 @@ class ControlSection:
         min=1,
         max=1_000_000,
     )
+
+    def __post_init__(self) -> None:
+        # A relative path would follow the working directory of whoever starts the CLI, which then may reach another
+        # user's socket (the client refuses a server that is not this user or root, but it should not look there).
+        if self.socket_path and not self.socket_path.startswith("/"):
+            raise ConfigError(f"control.socket_path must be an absolute path, not {self.socket_path!r}")

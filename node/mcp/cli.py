@@ -16,7 +16,7 @@ from node.cli_support import EXIT_OK, EXIT_USAGE, CliError, CliRegistry, call, e
 
 def cmd_mcp(args: argparse.Namespace) -> int:
     if args.action == "token":
-        from node.mcp.token import ensure_token, token_path
+        from node.tokenfile import ensure_token, token_path
 
         path = token_path(load_config(args).data_dir)
         token = ensure_token(path)

@@ -14,13 +14,13 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 from mcp.server.subscriptions import SubscriptionBus
 
+from node.httpserve import ConnectionCap, serve_capped, short_timeouts
 from node.mcp.registry import Caller, Registry
 from node.mcp.server import LocalBackend, build_server
 from node.mcp.settings import McpSettings
@@ -100,9 +100,11 @@ async def serve_http(
     token: str,
     *,
     bus: SubscriptionBus | None = None,
+    connections: ConnectionCap | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until cancelled; ``task_status.started(url)`` with the bound URL (port 0 picks one)."""
+    """Serve until cancelled; ``task_status.started(url)`` with the bound URL (port 0 picks one). At most
+    ``mcp.http_max_connections`` connections at once (``connections``: the cap to use, default a new one)."""
     host, port = settings.host_port()
     server = build_server(LocalBackend(registry, caller_for(token)), bus=bus)
     app = server.streamable_http_app(
@@ -115,8 +117,10 @@ async def serve_http(
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = log
+    short_timeouts(config)
+    cap = connections if connections is not None else ConnectionCap(settings.http_max_connections)
     async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(partial(serve, cast(Any, BearerAuth(app, token)), config, mode="asgi"))
+        binds: list[str] = await nursery.start(partial(serve_capped, BearerAuth(app, token), config, cap))
         url = binds[0] + "/mcp"
         log.info("MCP over Streamable HTTP at %s (bearer token in the data dir)", url)
         task_status.started(url)

@@ -67,6 +67,7 @@ class McpService:
         self.working: WorkingMemory | None = None
         self.audit: AuditLog | None = None
         self.http_url: str | None = None
+        self.http_connections: Any = None  # node.httpserve.ConnectionCap of the HTTP listener, once it runs
         # The Streamable HTTP app a gateway mounts (its session manager runs in this service's nursery).
         self.mounted_app: Any = None
         # Events for `subscriptions/listen` (2026-07-28 clients of the loopback HTTP endpoint), with http_listen.
@@ -269,11 +270,16 @@ class McpService:
                     from mcp.server.subscriptions import InMemorySubscriptionBus
 
                     from node.mcp.http import serve_http
-                    from node.mcp.token import ensure_token, token_path
+                    from node.tokenfile import ensure_token, token_path
 
                     self.bus = InMemorySubscriptionBus()
                     token = ensure_token(token_path(node.config.data_dir))
-                    serve = partial(serve_http, reg, self.settings, token, bus=self.bus)
+                    from node.httpserve import ConnectionCap
+
+                    self.http_connections = ConnectionCap(self.settings.http_max_connections)
+                    serve = partial(
+                        serve_http, reg, self.settings, token, bus=self.bus, connections=self.http_connections
+                    )
                     self.http_url = await nursery.start(serve)
                     nursery.start_soon(self._publish_inbox, node)
                 self._ready.set()

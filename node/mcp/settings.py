@@ -74,6 +74,13 @@ class McpSettings:
         max=1 << 34,
     )
     http_max_sessions: int = _s(64, "Streamable HTTP sessions kept at once.", min=1, max=100_000)
+    http_max_connections: int = _s(
+        32,
+        "Concurrent connections to the Streamable HTTP listener; more wait in the kernel's backlog (bounds the "
+        "descriptors a flood of connections can take).",
+        min=1,
+        max=4096,
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

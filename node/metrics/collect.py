@@ -5,12 +5,14 @@ socket serves (``node.status``, ``rag.stats``, ``twin.status``, ``mcp.status``, 
 ``vote.status``) plus the mesh core's bounded structures and the governance core's counters; :class:`NodeCollector`
 (a ``prometheus_client`` custom collector) turns one snapshot into families; :func:`render` writes the text
 exposition. Names: ``village_<subsystem>_<what>``, counters end in ``_total``, units in the name (``_bytes``,
-``_seconds``). What no table below names is still exported (as a gauge), so a counter added to a subsystem
-appears without a change here.
+``_seconds``). Of the subsystems' status answers only the figures :data:`SOURCES` names are exported (an allowlist:
+those answers also describe what the user does); the anchor's route leaves out the twin altogether
+(:data:`PERSONAL_SUBSYSTEMS`).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -55,18 +57,31 @@ DROP_CAUSES = frozenset(
         "courier_refused",
     }
 )
-# (status method, subsystem, keys that are counters). Every other number of the answer is a gauge.
-SOURCES: tuple[tuple[str, str, frozenset[str]], ...] = (
-    ("rag.stats", "rag", frozenset({"queries", "adds", "index_rebuilds"})),
+# (status method, subsystem, {key: is a counter}): the only figures of each answer that are exported. An explicit
+# allowlist, never "every number": these answers also carry what the user does (how much the twin learned, battery,
+# temperature, bits per token, how many private documents the knowledge base holds), and a scrape can leave the
+# device (a remote Prometheus, the anchor's /metrics). Exported: health, errors, bounds and what is already public.
+SOURCES: tuple[tuple[str, str, Mapping[str, bool]], ...] = (
+    # RAG: documents shared with the mesh only (peers can count them anyway), the model and index state.
+    ("rag.stats", "rag", {"shared_documents": False, "model_loaded": False, "index_rebuilds": True}),
+    # Twin: its errors and its disk use against the bound, nothing it learned, nor the battery/temperature readings.
     (
         "twin.status",
         "twin",
-        frozenset({"messages_learned", "tokens_learned", "learn_errors", "deferred_dropped", "neural_updates"}),
+        {"learn_errors": True, "deferred_dropped": True, "state_bytes": False, "max_disk_bytes": False},
     ),
-    ("mcp.status", "mcp", frozenset({"calls", "audit_records"})),
-    ("mailbox.status", "mailbox", frozenset()),  # its client/serving counters: see _mailbox
-    ("vote.status", "governance", frozenset()),
+    ("mcp.status", "mcp", {"tools": False, "calls": True, "audit_records": True}),  # not the memory graph's size
+    ("mailbox.status", "mailbox", {}),  # its client/serving counters: see _mailbox
+    (
+        "vote.status",
+        "governance",
+        {"epoch": False, "evidence": False, "proposals": False, "certificates": False, "electorate_members": False},
+    ),
 )
+# Subsystems whose figures describe the device's user: never exported through a listener that may be remote.
+PERSONAL_SUBSYSTEMS = frozenset({"twin"})
+log = logging.getLogger("village.metrics")
+
 # The classic text format, which every Prometheus server reads; our names need none of 1.0.0's UTF-8 escaping.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
@@ -85,9 +100,11 @@ class Snapshot:
     # ^ extra families from a front end: name -> (help, label name, {label value: count}), e.g. the gateway's
 
 
-async def take_snapshot(node: Node, registry: MethodRegistry | None = None) -> Snapshot:
+async def take_snapshot(
+    node: Node, registry: MethodRegistry | None = None, *, exclude: frozenset[str] = frozenset()
+) -> Snapshot:
     """Read every counter ``node`` keeps, now, through ``registry`` (default: the control socket's, or one built for
-    this node). A subsystem whose status fails is named in ``failed``."""
+    this node), leaving out the subsystems in ``exclude``. A subsystem whose status fails is named in ``failed``."""
     if registry is None:
         from node.control.methods import build_registry
 
@@ -99,22 +116,31 @@ async def take_snapshot(node: Node, registry: MethodRegistry | None = None) -> S
     status = node.status()
     sources: dict[str, Any] = {}
     failed: list[str] = []
-    for method, subsystem, _counters in SOURCES:
-        if method not in registry.methods:
+    for method, subsystem, _figures in SOURCES:
+        if method not in registry.methods or subsystem in exclude:
             continue
         m = registry.lookup(method)
         try:
             sources[subsystem] = await m.handler(registry.bind_params(m, {}), no_notify)
         except NodeError:  # e.g. rag.stats while the knowledge base is off: its metrics are absent, `up` says so
             failed.append(subsystem)
+        except Exception:  # a failing subsystem costs its own figures, never the scrape (`<subsystem>_up 0`)
+            log.exception("metrics: reading %s failed", method)
+            failed.append(subsystem)
     core = node.core
-    return Snapshot(
-        status=status,
-        sources=sources,
-        failed=tuple(failed),
-        bounds=core.bounded_sizes() if core is not None else {},
-        governance_events=_governance_counters(node),
-    )
+    bounds: Mapping[str, tuple[int, int]] = {}
+    try:
+        bounds = core.bounded_sizes() if core is not None else {}
+    except Exception:
+        log.exception("metrics: reading the mesh's bounded structures failed")
+        failed.append("bounds")
+    events: Mapping[str, int] = {}
+    try:
+        events = _governance_counters(node)
+    except Exception:
+        log.exception("metrics: reading the governance counters failed")
+        failed.append("governance_events")
+    return Snapshot(status=status, sources=sources, failed=tuple(failed), bounds=bounds, governance_events=events)
 
 
 def _governance_counters(node: Node) -> dict[str, int]:
@@ -157,17 +183,23 @@ class NodeCollector:
     def collect(self) -> Iterable[Metric]:
         yield from self._core()
         yield from self._bounds()
-        for _method, subsystem, counters in SOURCES:
+        for _method, subsystem, figures in SOURCES:
             up = GaugeMetricFamily(
                 _name("village", subsystem, "up"), f"Whether the {subsystem} status could be read (1) or not (0)."
             )
             if subsystem in self.snapshot.sources:
                 up.add_metric([], 1.0)
                 yield up
-                yield from self._source(subsystem, self.snapshot.sources[subsystem], counters)
+                yield from self._source(subsystem, self.snapshot.sources[subsystem], figures)
             elif subsystem in self.snapshot.failed:
                 up.add_metric([], 0.0)
                 yield up
+        for source in sorted(set(self.snapshot.failed) - {subsystem for _m, subsystem, _f in SOURCES}):
+            up = GaugeMetricFamily(
+                _name("village", source, "up"), f"Whether the {source} could be read (1) or not (0)."
+            )
+            up.add_metric([], 0.0)
+            yield up
         if self.snapshot.governance_events:
             yield _labelled(
                 "village_governance_events",
@@ -250,14 +282,13 @@ class NodeCollector:
         yield size
         yield limit
 
-    def _source(self, subsystem: str, answer: Any, counters: frozenset[str]) -> Iterator[Metric]:
+    def _source(self, subsystem: str, answer: Any, figures: Mapping[str, bool]) -> Iterator[Metric]:
         if subsystem == "mailbox":
             yield from _mailbox(answer)
             return
         if subsystem == "mcp" and isinstance(answer, Mapping):
             failures = answer.get("failures", {})
             yield _labelled("village_mcp_failures", "MCP tool calls that failed, by cause.", "cause", failures)
-            answer = {k: v for k, v in answer.items() if k != "failures"}
         if subsystem == "governance" and isinstance(answer, Mapping):
             answer = {
                 "epoch": answer.get("epoch", 0),
@@ -266,9 +297,13 @@ class NodeCollector:
                 "certificates": len(answer.get("certificates", ())),
                 "electorate_members": len(answer.get("electorate", ())),
             }
-        for path, value in _leaves(answer):
-            key = "_".join(path)
-            if key in counters:
+        if not isinstance(answer, Mapping):
+            return
+        for key, is_counter in figures.items():
+            value = _number(answer.get(key))
+            if value is None:
+                continue
+            if is_counter:
                 c = CounterMetricFamily(_name("village", subsystem, key), f"{subsystem}: {key} (counter).")
                 c.add_metric([], value)
                 yield c

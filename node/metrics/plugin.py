@@ -12,6 +12,7 @@ from node.metrics.settings import MetricsSection
 from node.plugin import Plugin, Service
 
 if TYPE_CHECKING:
+    from node.cli_support import CliRegistry
     from node.control.rpc import Registry
     from node.node import Node
     from node.settings import Config
@@ -26,10 +27,16 @@ def _services(cfg: Config) -> list[Service]:
     return [MetricsService(settings)]
 
 
+def _cli(cli: CliRegistry) -> None:
+    from node.metrics.cli import add_commands
+
+    add_commands(cli)
+
+
 def _rpc(node: Node, reg: Registry) -> None:
     from node.metrics.rpc import register
 
     register(reg, node)
 
 
-PLUGIN = Plugin(name="metrics", sections=(MetricsSection,), services=_services, rpc=_rpc)
+PLUGIN = Plugin(name="metrics", sections=(MetricsSection,), services=_services, rpc=_rpc, cli=_cli)

@@ -101,6 +101,9 @@ def test_only_known_options_take_the_fast_path() -> None:
         ["status", "--socket"],  # a missing value: the full parser's usage error
         ["status", "--socket", "/a", "--socket", "/b"],
         ["status", "--socket="],
+        ["status", "--socket", "--json"],  # the next option is not a value: the full parser's usage error
+        ["status", "--data-dir", "-x"],
+        ["status", "--config=-"],
         ["status", "--jsn"],
         ["status", "extra"],
     ):

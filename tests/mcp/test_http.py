@@ -11,7 +11,7 @@ import httpx2
 import pytest
 import trio
 
-from node.mcp.token import token_path
+from node.tokenfile import token_path
 from tests.mcp.helpers import http_client, mcp_settings, start_node, text_of
 
 
@@ -130,7 +130,7 @@ async def test_a_foreign_host_or_origin_is_refused_on_every_loopback_address(
 
 def test_the_token_file_is_never_taken_from_a_symlink_or_a_loose_file(tmp_path: Path) -> None:
     from node.errors import StartupError
-    from node.mcp.token import ensure_token
+    from node.tokenfile import ensure_token
 
     path = token_path(tmp_path)
     token = ensure_token(path)
@@ -155,3 +155,18 @@ def test_the_token_file_is_never_taken_from_a_symlink_or_a_loose_file(tmp_path: 
     path.parent.chmod(0o777)
     with pytest.raises(StartupError, match="chmod 700"):
         ensure_token(path)
+
+
+async def test_a_flood_of_connections_holds_at_most_the_cap(nursery: trio.Nursery, tmp_path: Path) -> None:
+    from tests.test_httpserve import flood, http_status
+
+    settings = mcp_settings(http_listen="127.0.0.1:0", http_max_connections=3)
+    _, service = await start_node(nursery, tmp_path, settings)
+    assert service.http_url is not None and service.http_connections is not None
+    cap = service.http_connections
+    streams = await flood(service.http_url, cap, 9)
+    assert cap.active == 3 and cap.peak == 3 and cap.accepted == 3  # 6 wait in the kernel's backlog
+    for stream in streams:
+        await stream.aclose()
+    assert await http_status(service.http_url) == 401  # served again once they are gone
+    assert cap.peak == 3

@@ -8,6 +8,7 @@ import json
 import re
 import urllib.error
 import urllib.request
+from collections.abc import MutableMapping
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from node.errors import ConfigError
 from node.identity import Identity
-from node.metrics.collect import DROP_CAUSES, render, take_snapshot
-from node.metrics.service import Scraper
+from node.metrics.collect import DROP_CAUSES, Snapshot, render, take_snapshot
+from node.metrics.service import MetricsApp, Scraper
 from node.metrics.settings import MetricsSection
 from node.node import Node
 from node.settings import Config, config_from_mapping
@@ -135,8 +136,11 @@ def test_the_listener_is_loopback_only_unless_allowed() -> None:
     assert cfg.section(MetricsSection).host_port() == ("192.0.2.1", 9464)
 
 
-def get(url: str, *, method: str = "GET", host: str | None = None) -> tuple[int, str, str]:
-    req = urllib.request.Request(url, method=method, headers={"Host": host} if host else {})
+def get(url: str, *, method: str = "GET", host: str | None = None, token: str | None = None) -> tuple[int, str, str]:
+    headers = {"Host": host} if host else {}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, r.headers["content-type"], r.read().decode()
@@ -157,7 +161,15 @@ def test_a_real_daemon_serves_what_the_dashboard_plots() -> None:
         answer = json.loads(village("rpc", "metrics.scrape", env=env).stdout)
         url = answer["url"]
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+/metrics", url), url
-        status, ctype, text = get(url)
+        # A bearer token, 0600 in the data dir, printed by `village metrics token`: other local users and processes
+        # cannot read the node's figures.
+        token_file = data / "metrics" / "token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        token = village("metrics", "token", env=env).stdout.strip()
+        assert token == token_file.read_text().strip() and len(token) >= 40
+        assert json.loads(village("metrics", "token", "--json", env=env).stdout)["path"] == str(token_file)
+        assert get(url)[0] == 401 and get(url, token="wrong")[0] == 401
+        status, ctype, text = get(url, token=token)
         assert status == 200 and ctype.startswith("text/plain; version=0.0.4")
         found = samples(text)
         declared = set(families(text)) | set(found)
@@ -169,12 +181,129 @@ def test_a_real_daemon_serves_what_the_dashboard_plots() -> None:
         # The same families over the control socket.
         assert set(families(answer["text"])) == set(families(text))
         # Only GET/HEAD /metrics, and only for a loopback Host (DNS rebinding).
-        assert get(url, host="attacker.example")[0] == 421
-        assert get(url.removesuffix("metrics") + "other")[0] == 404
-        assert get(url, method="POST")[0] == 405
-        assert get(url, host="localhost")[0] == 200
+        assert get(url, host="attacker.example", token=token)[0] == 421
+        assert get(url.removesuffix("metrics") + "other", token=token)[0] == 404
+        assert get(url, method="POST", token=token)[0] == 405
+        assert get(url, host="localhost", token=token)[0] == 200
+        # Only the allowlisted twin and RAG figures (the twin's health, the RAG's shared count), none of the user's.
+        exported = {f for f in families(text) if f.startswith(("village_twin_", "village_rag_"))}
+        assert exported == ALLOWED_PERSONAL_FAMILIES, exported
+
+
+ALLOWED_PERSONAL_FAMILIES = {
+    "village_twin_up",
+    "village_twin_learn_errors_total",
+    "village_twin_deferred_dropped_total",
+    "village_twin_state_bytes",
+    "village_twin_max_disk_bytes",
+    "village_rag_up",
+    "village_rag_shared_documents",
+    "village_rag_model_loaded",
+    "village_rag_index_rebuilds_total",
+}
+
+
+def test_personal_and_behavioural_figures_are_never_exported() -> None:
+    """What the twin learned, the battery, the temperature, bits per token, the private document count: none of it
+    is in a scrape, whatever the subsystems answer (an allowlist, not "every number")."""
+    status = {"peer_id": "p", "uptime_s": 1, "links": 0, "peers": 0, "routes": 0, "pending_private": 0}
+    twin = {
+        "events": 41,
+        "messages_learned": 42,
+        "tokens_learned": 43,
+        "personal_words": 44,
+        "neural": {"updates": 45},
+        "recent_bits_per_token": 4.6,
+        "battery_percent": 47,
+        "temp_c": 48.5,
+        "cpu_used_s_this_hour": 49.5,
+        "deferred_events": 50,
+        "learn_errors": 3,
+        "state_bytes": 1000,
+    }
+    rag = {"documents": 61, "chunks": 62, "shared_documents": 5, "queries": 63, "source_bytes": 64, "db_bytes": 65}
+    mcp = {"tools": 7, "calls": 8, "memory": {"entities": 71, "relations": 72, "bytes": 73}, "failures": {}}
+    snapshot = Snapshot(status=status, sources={"twin": twin, "rag": rag, "mcp": mcp})
+    found = samples(render(snapshot, process=False).decode())
+    values = {v for series in found.values() for _labels, v in series}
+    assert not values & {41, 42, 43, 44, 45, 4.6, 47, 48.5, 49.5, 50, 61, 62, 63, 64, 65, 71, 72, 73}
+    assert value(found, "village_twin_learn_errors_total") == 3 and value(found, "village_twin_state_bytes") == 1000
+    assert value(found, "village_rag_shared_documents") == 5 and value(found, "village_mcp_calls_total") == 8
 
 
 def test_the_dashboard_names_only_village_metrics() -> None:
     names = dashboard_metrics()
     assert {"village_frames_dropped_total", "village_bounded_size", "village_links"} <= names
+
+
+async def test_one_failing_subsystem_costs_its_own_figures_not_the_scrape(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from node.control.methods import build_registry
+    from node.control.rpc import NoParams, Notify
+
+    alice, _bob = await two_nodes(nursery, tmp_path)
+    registry = build_registry(alice)
+
+    async def broken(_: NoParams, notify: Notify) -> object:
+        raise RuntimeError("the knowledge base's database is gone")
+
+    async def fine(_: NoParams, notify: Notify) -> object:
+        return {"tools": 3, "calls": 4}
+
+    registry.methods.pop("rag.stats", None)
+    registry.methods.pop("mcp.status", None)
+    registry.add("rag.stats", NoParams, "broken", broken)
+    registry.add("mcp.status", NoParams, "fine", fine)
+    assert alice.core is not None
+
+    def no_bounds() -> object:
+        raise ValueError("a bug in a bound")
+
+    monkeypatch.setattr(alice.core, "bounded_sizes", no_bounds)
+    found = samples(render(await take_snapshot(alice, registry)).decode())
+    assert value(found, "village_rag_up") == 0 and value(found, "village_bounds_up") == 0
+    assert value(found, "village_mcp_up") == 1 and value(found, "village_mcp_calls_total") == 4
+    assert value(found, "village_frames_out_total") > 0 and value(found, "village_links") == 1
+
+
+class FixedScraper(Scraper):
+    def __init__(self) -> None:  # no node: the app's checks are under test
+        self.scrapes = 0
+
+    async def text(self) -> bytes:
+        self.scrapes += 1
+        return b"village_up 1\n"
+
+
+async def asgi_get(app: MetricsApp, host: str, token: str | None = "t0ken") -> int:
+    headers = [(b"host", host.encode())]
+    if token is not None:
+        headers.append((b"authorization", f"Bearer {token}".encode()))
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, object]) -> None:
+        sent.append(dict(message))
+
+    scope = {"type": "http", "method": "GET", "path": "/metrics", "headers": headers}
+    await app(scope, receive, send)
+    status = sent[0]["status"]
+    assert isinstance(status, int)
+    return status
+
+
+async def test_the_host_is_checked_whatever_the_listen_address() -> None:
+    """DNS rebinding: only IP literals, localhost and metrics.allowed_hosts, also for a non-loopback listen."""
+    app = MetricsApp(FixedScraper(), frozenset({"Prom.Internal"}), "t0ken")
+    for host in ("192.0.2.1:9464", "127.0.0.1", "[2001:db8::1]:9464", "[::1]", "localhost:9464", "prom.internal:1"):
+        assert await asgi_get(app, host) == 200, host
+    for host in ("attacker.example:9464", "192.0.2.1.nip.io", "", "prom.internal.attacker.example"):
+        assert await asgi_get(app, host) == 421, host
+    assert await asgi_get(app, "192.0.2.1", token=None) == 401
+    cfg = config_from_mapping({"metrics": {"allowed_hosts": ["prom.lan"]}})
+    assert cfg.section(MetricsSection).allowed_hosts == ("prom.lan",)
+    with pytest.raises(ConfigError, match=r"^metrics\.allowed_hosts: 'a b' is not a host name"):
+        config_from_mapping({"metrics": {"allowed_hosts": ["a b"]}})

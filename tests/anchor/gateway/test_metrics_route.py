@@ -35,6 +35,9 @@ async def test_metrics_need_the_metrics_scope_and_carry_node_and_gateway_counter
     found = {s.name: s for s in samples(r.text)}
     assert found["village_node_info"].labels["peer_id"] == gateway.node.identity.peer_id_hex
     assert "village_frames_in_total" in found and "village_bounded_size" in found
+    # A scrape of an anchor leaves the machine: never a twin figure, and only RAG figures that are not personal.
+    assert "village_rag_up" in found and not [name for name in found if name.startswith("village_twin")]
+    assert "village_rag_documents" not in found and "village_rag_chunks" not in found
     refusals = {s.labels["status"]: s.value for s in samples(r.text) if s.name == "village_gateway_refusals_total"}
     assert refusals["401"] >= 2 and refusals["403"] >= 1
     assert [a.action for a in await gateway.audit_of(key_id)] == ["auth.token"]  # a scrape is a read
