@@ -80,7 +80,7 @@ class PgGovStore:
     def save_proposal(self, p: Proposal) -> None:
         self.db.execute(
             "INSERT INTO gov_proposals VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (self.namespace, p.hash, p.epoch, p.round, p.canonical()),
+            (self.namespace, p.hash, p.epoch, p.round, p.encode()),
         )
 
     def save_vote(self, v: Vote) -> None:

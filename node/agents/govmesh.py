@@ -315,7 +315,7 @@ class GovMesh:
                 MEMBERSHIP_ROUND if membership else self._next_round(),
                 action,
                 expires_at_ms=now_ms + int(ttl_s * 1000),
-                proposer=bytes(self.key.verify_key),
+                signer=self.key,
             )
             if not g.add_proposal(p, now_ms):
                 raise GovernanceError("the proposal was refused (slot taken, budget spent, or not a member)")

@@ -345,7 +345,7 @@ class AgentsService:
             round_,
             action,
             expires_at_ms=now_ms + int(ttl_s * 1000),
-            proposer=bytes(proposer.verify_key),
+            signer=proposer,
         )
         if not g.add_proposal(p, now_ms):
             raise AgentError("the proposal was refused (slot taken, or its proposer is not a member)")

@@ -49,6 +49,7 @@ from node.agents.governance.formats import (
     sign_vote,
     verify_certificate,
     verify_evidence,
+    verify_proposal,
     vote_from_bytes_untrusted,
 )
 from node.wire.errors import MalformedFrame
@@ -59,6 +60,7 @@ MAX_PENDING_CERTS = 64  # certificates of epochs whose electorate we do not know
 PENDING_EPOCHS_AHEAD = 2  # how many epochs ahead a certificate may wait for its electorate
 EVIDENCE_PER_VOTER = 4  # pieces of equivocation evidence kept per member (one proves the equivocation)
 MAX_CONFLICTS = 16  # conflicting certificates kept as proof of a > 1/3 fault
+MAX_PROPOSAL_TTL_MS = 30 * 24 * 3600 * 1000  # a received proposal expiring later than this is refused (30 days)
 
 ACCEPTED = "accepted"
 DUPLICATE = "duplicate"
@@ -117,15 +119,21 @@ class Governance:
     # ----------------------------------------------------------------------------------------- proposals
 
     def receive_proposal_untrusted(self, data: bytes, now_ms: int) -> Proposal | None:
+        """A proposal a peer sent: parsed, refused when it expires more than :data:`MAX_PROPOSAL_TTL_MS` after
+        ``now_ms`` (it would hold its slot and its proposer's budget for ever), then :meth:`add_proposal`."""
         try:
             proposal = proposal_from_bytes_untrusted(data)
         except MalformedFrame:
             self.counters["proposal_malformed"] += 1
             return None
+        if proposal.expires_at_ms > now_ms + MAX_PROPOSAL_TTL_MS:
+            self.counters["proposal_expiry_too_far"] += 1
+            return None
         return proposal if self.add_proposal(proposal, now_ms) else None
 
     def add_proposal(self, proposal: Proposal, now_ms: int) -> bool:
-        """Keep a proposal if it is for our namespace, the current epoch, from a member, and not expired.
+        """Keep a proposal if it is for our namespace, the current epoch, signed by its proposer (a member), and
+        not expired. The signature is checked before the proposer's budget is charged: nobody else can spend it.
 
         A proposal of an older epoch is kept only when a certificate we hold decides it (history: it is never
         executed, see :meth:`execute_ready`); an older electorate cannot start anything new."""
@@ -141,6 +149,16 @@ class Governance:
         if e.index(proposal.proposer) is None:
             self.counters["proposal_not_member"] += 1
             return False
+        have = self._slots.get((proposal.epoch, proposal.round))
+        if have is not None and proposal.hash in have.proposals:
+            self.counters["proposal_duplicate"] += 1
+            return False
+        if now_ms >= proposal.expires_at_ms and not certified:  # a certificate proves it was voted in time
+            self.counters["proposal_expired"] += 1
+            return False
+        if not verify_proposal(proposal):
+            self.counters["proposal_bad_signature"] += 1
+            return False
         membership = proposal.round == MEMBERSHIP_ROUND
         budget_key = (proposal.epoch, proposal.proposer, membership)
         budget = 1 if membership else PROPOSALS_PER_PROPOSER
@@ -149,12 +167,6 @@ class Governance:
             return False
         slot = self._slot(proposal.epoch, proposal.round)
         if slot is None:
-            return False
-        if proposal.hash in slot.proposals:
-            self.counters["proposal_duplicate"] += 1
-            return False
-        if now_ms >= proposal.expires_at_ms and not certified:  # a certificate proves it was voted in time
-            self.counters["proposal_expired"] += 1
             return False
         if len(slot.proposals) >= PROPOSALS_PER_SLOT and not certified and not membership:
             self.counters["proposal_slot_full"] += 1  # the membership slot is bounded by one per member instead

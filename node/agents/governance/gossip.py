@@ -63,7 +63,7 @@ class Item:
 
 
 def proposal_item(p: Proposal) -> Item:
-    return Item(ItemKind.PROPOSAL, p.canonical())
+    return Item(ItemKind.PROPOSAL, p.encode())
 
 
 def vote_item(v: Vote) -> Item:

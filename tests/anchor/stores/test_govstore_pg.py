@@ -53,9 +53,9 @@ def test_restart_restores_state_evidence_and_own_signatures(pg_dsn: str) -> None
         MEMBERSHIP_ROUND,
         Action(ActionKind.ADMIT, bytes(newcomer.verify_key).hex(), 1),
         expires_at_ms=10_000,
-        proposer=me,
+        signer=ks[0],
     )
-    cfg = make_proposal(NS, 0, 0, Action(ActionKind.CONFIG, "x", 1), expires_at_ms=10_000, proposer=me)
+    cfg = make_proposal(NS, 0, 0, Action(ActionKind.CONFIG, "x", 1), expires_at_ms=10_000, signer=ks[0])
     for p in (admit, cfg):
         assert gov.add_proposal(p, 0)
         store.save_proposal(p)
