@@ -28,6 +28,7 @@ from node.agents.governance import (
     MEMBERSHIP_ROUND,
     Action,
     ActionKind,
+    Certificate,
     Executed,
     Governance,
     Proposal,
@@ -69,6 +70,7 @@ log = logging.getLogger("village.governance")
 PUSH_MAX_BYTES = APP_MAX_BODY_BYTES - 512  # one push body, with room for the header
 MAX_PULL_PAGES = 64  # pages one catch-up reads from one peer
 PULL_PEERS = 2  # peers one anti-entropy round asks
+UNSAVED_BATCHES = 64  # batches kept for a retry after the store failed (older ones: catch-up from peers repairs)
 
 Executor = Callable[[list[Executed]], Awaitable[None]]
 
@@ -103,6 +105,7 @@ class GovMesh:
         self._queue: deque[tuple[Item, bytes | None]] = deque()  # (item, the peer it came from)
         self._wake = trio.Event()
         self._pull_now = trio.Event()
+        self._unsaved: list[tuple[list[Proposal], list[Vote], list[Certificate]]] = []  # failed writes
         self._lock = trio.Lock()  # one batch at a time through core + store (keeps store order = core order)
         self.changed = trio.Event()  # set (and replaced) whenever something new was accepted: tests wait on it
 
@@ -137,33 +140,51 @@ class GovMesh:
         return encode_ack(accepted)
 
     async def _receive(self, peer: bytes, items: Sequence[Item]) -> int:
-        async with self._lock:
-            now_ms = self.node.clock.wall_ms()
-            # pull answers go through the same bucket: a peer answering with junk costs us no more than pushes
-            got = self.gossip.receive_items(peer, items, now_ms)
-            await self._persist(got)
-            for it in got.forward:
-                self._enqueue(it, peer)
-            await self._after_change(got, now_ms)
-            return len(got.forward)
+        async with self._lock:  # a cancel while waiting here changes nothing
+            # Shielded from here: once the core took the items, they are stored, forwarded and executed even if
+            # the handler's deadline (APP_HANDLER_TIMEOUT_S) or a pull's cancel strikes meanwhile; otherwise they
+            # would live in memory only, and dedupe would make every re-send useless.
+            with trio.CancelScope(shield=True):
+                now_ms = self.node.clock.wall_ms()
+                # pull answers go through the same bucket: a peer answering with junk costs us no more than pushes
+                got = self.gossip.receive_items(peer, items, now_ms)
+                await self._persist(got.new_proposals, got.new_votes, got.certificates, bool(got.forward))
+                for it in got.forward:
+                    self._enqueue(it, peer)
+                await self._after_change(got, now_ms)
+        return len(got.forward)
 
-    async def _persist(self, got: Received) -> None:
+    async def _persist(
+        self, proposals: Sequence[Proposal], votes: Sequence[Vote], certificates: Sequence[Certificate], new: bool
+    ) -> None:
+        """Write what the core accepted (and whatever an earlier failed write left unsaved). A database error is
+        counted and logged; the batch is kept (bounded) and written with the next one."""
         store = self.store
-        if store is None or not got.forward:
+        if store is None or not (new or self._unsaved):
             return
+        batch = (list(proposals), list(votes), list(certificates))
+        pending = [*self._unsaved, batch]
         evidence = [self.gov.evidence[k] for k in self.gov.evidence]  # INSERT OR IGNORE: cheap to repeat
 
         def write() -> None:
-            for p in got.new_proposals:
-                store.save_proposal(p)
-            for v in got.new_votes:
-                store.save_vote(v)
-            for c in got.certificates:
-                store.save_certificate(c)
+            for ps, vs, cs in pending:
+                for p in ps:
+                    store.save_proposal(p)
+                for v in vs:
+                    store.save_vote(v)
+                for c in cs:
+                    store.save_certificate(c)
             for e in evidence:
                 store.save_evidence(e)
 
-        await trio.to_thread.run_sync(write, limiter=self.db_limiter)
+        try:
+            await trio.to_thread.run_sync(write, limiter=self.db_limiter)
+        except Exception:  # sqlite3/psycopg errors of the store: the items stay in the core and are forwarded
+            self.gossip.counters["persist_failed"] += 1
+            log.exception("governance store write failed; retried with the next batch")
+            self._unsaved = pending[-UNSAVED_BATCHES:]
+            return
+        self._unsaved = []
 
     async def _after_change(self, got: Received, now_ms: int) -> None:
         """Precommit polkas (auto_precommit), execute what is certified, wake waiters."""
@@ -174,6 +195,11 @@ class GovMesh:
                 if vote is not None:
                     await self._send_own(vote, now_ms)
         executed = self.gov.execute_ready()
+        adopted = self.gov.take_adopted()  # certificates of the new epoch that waited for its electorate
+        if adopted:
+            await self._persist((), (), adopted, True)
+            for c in adopted:
+                self._enqueue(certificate_item(c), None)
         if executed and self.on_executed is not None:
             await self.on_executed(executed)
         if got.forward or executed:
@@ -319,11 +345,11 @@ class GovMesh:
             )
             if not g.add_proposal(p, now_ms):
                 raise GovernanceError("the proposal was refused (slot taken, budget spent, or not a member)")
-            if self.store is not None:
-                await trio.to_thread.run_sync(self.store.save_proposal, p, limiter=self.db_limiter)
-            self._enqueue(proposal_item(p), None)
-            self.changed.set()
-            self.changed = trio.Event()
+            with trio.CancelScope(shield=True):  # in the core now: stored and gossiped even if we are cancelled
+                await self._persist([p], (), (), True)
+                self._enqueue(proposal_item(p), None)
+                self.changed.set()
+                self.changed = trio.Event()
             return p
 
     async def cast(self, proposal_hash: bytes, value: Value) -> Vote:
@@ -347,10 +373,11 @@ class GovMesh:
             if slot in self.voter.signed:
                 raise GovernanceError("this node already prevoted in this slot (a second vote would equivocate)")
             vote = sign_vote(self.key, g.namespace, p.epoch, p.hash, p.round, VoteType.PREVOTE, value)
-            self.voter.signed[slot] = vote
-            await self._send_own(vote, now_ms)
-            got = Received([], [vote], [], [])
-            await self._after_change(got, now_ms)
+            with trio.CancelScope(shield=True):  # signed: stored, counted and gossiped even if we are cancelled
+                self.voter.signed[slot] = vote
+                await self._send_own(vote, now_ms)
+                got = Received([], [vote], [], [])
+                await self._after_change(got, now_ms)
             return vote
 
     def status(self) -> dict[str, Any]:

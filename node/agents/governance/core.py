@@ -18,7 +18,7 @@ of an older epoch (its electorate is kept to verify it) is history, never execut
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +110,9 @@ class Governance:
         self._pending_certs: dict[tuple[int, int], Certificate] = {}  # slot -> unverified, of a coming epoch
         self._evidence_of: Counter[bytes] = Counter()  # voter -> pieces of evidence kept
         self._proposed: Counter[tuple[int, bytes, bool]] = Counter()  # (epoch, proposer, membership) -> kept
+        # certificates adopted from the pending queue when their epoch began: the adapter persists and forwards
+        # them (take_adopted); bounded like the queue they came from
+        self._adopted: deque[Certificate] = deque(maxlen=MAX_PENDING_CERTS)
         self.counters: Counter[str] = Counter()
 
     @property
@@ -451,7 +454,15 @@ class Governance:
     def _adopt_pending(self) -> None:
         pending, self._pending_certs = self._pending_certs, {}
         for _, cert in sorted(pending.items()):
-            self.receive_certificate(cert)
+            if self.receive_certificate(cert) is not None:
+                self._adopted.append(cert)
+
+    def take_adopted(self) -> list[Certificate]:
+        """The certificates verified out of the pending queue since the last call (an adapter stores and
+        gossips them like the ones it received: they arrived before their electorate did)."""
+        adopted = list(self._adopted)
+        self._adopted.clear()
+        return adopted
 
     def state(self) -> dict[str, Any]:
         """The shared state certificates produced (what every honest participant must agree on)."""
