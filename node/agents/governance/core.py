@@ -114,6 +114,7 @@ class Governance:
         # them (take_adopted); bounded like the queue they came from
         self._adopted: deque[Certificate] = deque(maxlen=MAX_PENDING_CERTS)
         self.counters: Counter[str] = Counter()
+        self.changes = 0  # bumped whenever the shared items (proposals, votes, certificates, evidence) change
 
     @property
     def electorate(self) -> Electorate:
@@ -176,6 +177,7 @@ class Governance:
             return False
         slot.proposals[proposal.hash] = proposal
         self._proposed[budget_key] += 1
+        self.changes += 1
         return True
 
     def proposals(self, epoch: int, round_: int) -> list[Proposal]:
@@ -243,6 +245,7 @@ class Governance:
         key = (vote.vote_type, vote.proposal_hash, vote.value)
         slot.tally[key] += e.members[i][1]
         self.counters["vote_accepted"] += 1
+        self.changes += 1
         cert = None
         if (
             vote.vote_type is VoteType.PRECOMMIT
@@ -307,6 +310,7 @@ class Governance:
             return None
         self.evidence[key] = ev
         self._evidence_of[ev.first.voter] += 1
+        self.changes += 1
         self.counters["evidence"] += 1
         return ev
 
@@ -367,6 +371,7 @@ class Governance:
             return None
         self.certificates[cert.slot] = cert
         self.counters["certificate_received"] += 1
+        self.changes += 1
         return cert
 
     # ---------------------------------------------------------------------------------------- execution
@@ -426,6 +431,7 @@ class Governance:
     def _prune(self) -> None:
         """Forget the per-epoch state of epochs whose electorate is no longer kept (nothing can verify it)."""
         oldest = min(self.electorates)
+        self.changes += 1
         for table in (self._slots, self.certificates, self.executed):
             for key in [k for k in table if k[0] < oldest]:
                 del table[key]
