@@ -1,8 +1,9 @@
 """Governance surface: control methods ``vote.propose|cast|status|evidence`` and ``village vote ...``.
 
 Two namespaces: ``village`` (the village's nodes vote, gossiped over the mesh; needs
-``governance.village_members``) and ``local`` (this node's own decisions: its key is the whole electorate, so
-a local proposal certifies at once). Without ``namespace`` a call goes to the village when one is configured.
+``governance.village_members``) and ``local`` (this node's own decisions, voted by its agents: each agent's key
+is a member, and a local proposal certifies once more than 2/3 of their power voted for it; it never leaves the
+node). Without ``namespace`` a call goes to the village when one is configured.
 """
 
 from __future__ import annotations
