@@ -70,6 +70,7 @@ log = logging.getLogger("village.governance")
 PUSH_MAX_BYTES = APP_MAX_BODY_BYTES - 512  # one push body, with room for the header
 MAX_PULL_PAGES = 64  # pages one catch-up reads from one peer
 PULL_PEERS = 2  # peers one anti-entropy round asks
+MAX_PEER_QUEUES = 64  # peers with pushes pending at once (each a queue of <= gossip_queue_items and one task)
 UNSAVED_BATCHES = 64  # batches kept for a retry after the store failed (older ones: catch-up from peers repairs)
 
 Executor = Callable[[list[Executed]], Awaitable[None]]
@@ -104,6 +105,7 @@ class GovMesh:
         self._rng = rng or random.Random()
         self._queue: deque[tuple[Item, bytes | None]] = deque()  # (item, the peer it came from)
         self._wake = trio.Event()
+        self._peer_queues: dict[bytes, deque[Item]] = {}  # per-peer push queues, each drained by its own task
         self._pull_now = trio.Event()
         self._unsaved: list[tuple[list[Proposal], list[Vote], list[Certificate]]] = []  # failed writes
         self._lock = trio.Lock()  # one batch at a time through core + store (keeps store order = core order)
@@ -117,7 +119,7 @@ class GovMesh:
         self.node.register_app_handler(SERVICE, self._handle)
         self.node.on_link_up(lambda _addr: self._pull_now.set())
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._pusher)
+            nursery.start_soon(self._pusher, nursery)
             nursery.start_soon(self._anti_entropy)
             task_status.started()
 
@@ -240,27 +242,45 @@ class GovMesh:
         peers = sorted((p for p in core.peers if core.is_reachable(p, now)), key=lambda p: (p.hops, p.peer_id))
         return [p.peer_id for p in peers[: self.settings.gossip_max_peers]]
 
-    async def _pusher(self) -> None:
+    async def _pusher(self, nursery: trio.Nursery) -> None:
+        """Fan queued items out to each reachable peer's own queue, drained by that peer's own sender task: a slow
+        or silent peer delays only its own pushes (its queue is bounded; catch-up repairs what it drops)."""
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
-            while self._queue:
-                batch: list[tuple[Item, bytes | None]] = []
-                size = 0
-                while (
-                    self._queue and len(batch) < MAX_ITEMS and size + 3 + len(self._queue[0][0].data) <= PUSH_MAX_BYTES
-                ):
-                    it = self._queue.popleft()
-                    batch.append(it)
-                    size += 3 + len(it[0].data)
-                if not batch:  # an item larger than one push (never built here): drop it
-                    self._queue.popleft()
+            batch, self._queue = list(self._queue), deque()
+            for peer in self._reachable():
+                items = [it for it, origin in batch if origin != peer]
+                if not items:
                     continue
-                async with trio.open_nursery() as nursery:
-                    for peer in self._reachable():
-                        items = [it for it, origin in batch if origin != peer]
-                        if items:
-                            nursery.start_soon(self._push_one, peer, items)
+                q = self._peer_queues.get(peer)
+                if q is None:
+                    if len(self._peer_queues) >= MAX_PEER_QUEUES:
+                        self.gossip.counters["push_peer_dropped"] += len(items)
+                        continue
+                    q = self._peer_queues[peer] = deque()
+                    nursery.start_soon(self._sender, peer, q)
+                q.extend(items)
+                while len(q) > self.settings.gossip_queue_items:
+                    q.popleft()
+                    self.gossip.counters["push_queue_dropped"] += 1
+
+    async def _sender(self, peer: bytes, q: deque[Item]) -> None:
+        """Push ``peer``'s queue in batches, one request at a time, until it is empty."""
+        try:
+            while q:
+                items: list[Item] = []
+                size = 0
+                while q and len(items) < MAX_ITEMS and size + 3 + len(q[0].data) <= PUSH_MAX_BYTES:
+                    it = q.popleft()
+                    items.append(it)
+                    size += 3 + len(it.data)
+                if not items:  # an item larger than one push (never built here): drop it
+                    q.popleft()
+                    continue
+                await self._push_one(peer, items)
+        finally:
+            del self._peer_queues[peer]
 
     async def _push_one(self, peer: bytes, items: list[Item]) -> None:
         try:

@@ -116,3 +116,44 @@ def test_certificates_adopted_when_their_epoch_begins_are_stored_and_forwarded(t
     store.close()
     again = GovStore(tmp_path / "v.sqlite").load()
     assert again.epoch == 1 and again.state()["config"] == {"x": "y"}
+
+
+def test_a_silent_peer_does_not_stall_pushes_to_the_others(tmp_path: Path) -> None:
+    """Each peer has its own push queue and sender: while one peer never answers (each push waits out
+    gossip_timeout_s), the others get every batch at once (review finding 10)."""
+    slow, fast = b"s" * 32, b"f" * 32
+    got: dict[bytes, list[float]] = {slow: [], fast: []}
+
+    async def app_request(peer: bytes, _service: str, _body: bytes, *, timeout_s: float) -> bytes:
+        if peer == slow:
+            await trio.sleep(timeout_s)  # the node's app_request would raise AppTimeout here; a timeout is enough
+        got[peer].append(trio.current_time())
+        return b""
+
+    peers = [types.SimpleNamespace(peer_id=p, hops=1) for p in (slow, fast)]
+    node = _node()
+    node.core = types.SimpleNamespace(peers=peers, is_reachable=lambda _p, _now: True)
+    node.app_request = app_request
+    store = GovStore(tmp_path / "v.sqlite")
+    store.init(NS, E0)
+    mesh = GovMesh(node, store.load(), store, KEYS[0], GovernanceSettings(gossip_timeout_s=10.0))  # type: ignore[arg-type]
+    items = [
+        proposal_item(
+            make_proposal(NS, 0, r, Action(ActionKind.CONFIG, "x", r), expires_at_ms=10**9, signer=KEYS[r % 4])
+        )
+        for r in range(3)
+    ]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(mesh._pusher, nursery)
+            t0 = trio.current_time()
+            for it in items:  # three batches, one after the other
+                mesh._enqueue(it, None)
+                await trio.sleep(1)
+            await trio.sleep(3 * 10 + 1)
+            assert [t - t0 for t in got[fast]] == [0, 1, 2]  # never waited for the silent peer
+            assert len(got[slow]) >= 2  # the silent one still gets its pushes, one after another
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0.02))
