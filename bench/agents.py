@@ -73,7 +73,7 @@ def governance(votes: int) -> list[str]:
             r,
             Action(ActionKind.CONFIG, "k", r),
             expires_at_ms=10**12,
-            proposer=bytes(keys[r % len(keys)].verify_key),  # one member may open 16 per epoch
+            signer=keys[r % len(keys)],  # one member may open 16 per epoch
         )
         for r in range(rounds)
     ]

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from node.node import Node
     from node.settings import Config
     from node.transports.base import Transport
+    from node.transports.ble.factory import ManagedBleTransport
 
 log = logging.getLogger("village.daemon")
 
@@ -109,11 +110,20 @@ def build_node(
     """The daemon's Node: transports (built from ``cfg`` unless given), the plugins' services, their RPC methods.
     ``node_options`` go to :class:`~node.node.Node` (``control``, ``persistent_inbox``, ``clock``, ``rng``)."""
     from node.node import Node
+    from node.transports.ble.factory import ManagedBleTransport
 
     plugins = load_plugins() if plugins is None else plugins
     services = [*build_services(cfg, plugins), *extra_services]
     transports = build_transports(cfg, ident) if transports is None else transports
-    return Node(cfg, ident, transports=transports, services=services, plugins=plugins, **node_options)
+    node = Node(cfg, ident, transports=transports, services=services, plugins=plugins, **node_options)
+    for t in transports:
+        if isinstance(t, ManagedBleTransport):  # certified ble.power_mode / max_central_links reach the radio
+            node.on_config_change(_ble_follower(t))
+    return node
+
+
+def _ble_follower(t: ManagedBleTransport) -> Callable[[Config], None]:
+    return lambda c: t.reconfigure(c.ble)
 
 
 def run_command(args: argparse.Namespace, *, configure: Callable[[Config], Config] | None = None) -> int:

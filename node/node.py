@@ -147,6 +147,7 @@ class Node:
         self._ready = trio.Event()
         # Hooks services register (the mailbox client): called on every link up / every envelope the core seals.
         self._link_up_listeners: list[Callable[[str], None]] = []
+        self._config_listeners: list[Callable[[Config], None]] = []
         self._sealed_listeners: list[Callable[[bytes], None]] = []
         self._app_handlers: dict[str, AppHandler] = {}
         self._app_waiters: dict[bytes, _AppWaiter] = {}
@@ -220,6 +221,16 @@ class Node:
     def persistent(self) -> bool:
         """Whether this node keeps its state on disk (False: in-memory inbox, outbox and knowledge base; tests)."""
         return self._persistent_inbox
+
+    def on_config_change(self, listener: Callable[[Config], None]) -> None:
+        """Call ``listener(new_config)`` whenever :meth:`set_config` changes the running configuration."""
+        self._config_listeners.append(listener)
+
+    def set_config(self, config: Config) -> None:
+        """Replace the running configuration (a certified change) and tell the parts that read it only at start."""
+        self.config = config
+        for listener in self._config_listeners:
+            listener(config)
 
     def on_link_up(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(remote_address)`` whenever a link comes up."""

@@ -13,6 +13,9 @@ gateway scope       tools it opens
 ``rag:private``     with rag:query, rag_query also over unshared documents
 ``agents:ask``      ask (agents narrowed to the key's scopes, no personal context), agents_list
 ``twin:owner``      twin_suggest, twin_status, agents_trace, and the personal context in ask
+``vote:read``       vote_status, vote_evidence
+``vote:propose``    vote_propose
+``vote:cast``       vote_cast (the full proposal hash)
 ==================  ==========================================================
 
 No gateway scope opens memory, scratch, rag writes or BetaNet dialing: those stay with the node's owner. State
@@ -55,6 +58,10 @@ SCOPE_MAP: dict[str, frozenset[str]] = {
     "agents:ask": frozenset({"agents:ask", "agents:read"}),
     # The owner's: the twin's tools, the traces (the user's requests) and the personal context of an ask.
     "twin:owner": frozenset({"twin:read", "twin:personal", "agents:trace"}),
+    # Governance: reading, and (explicit admin grants) proposing and voting as this node.
+    "vote:read": frozenset({"vote:read"}),
+    "vote:propose": frozenset({"vote:propose"}),
+    "vote:cast": frozenset({"vote:cast"}),
 }
 
 
@@ -85,7 +92,7 @@ class McpMount:
             if not scopes:
                 raise Forbidden(
                     "this token has no scope that opens an MCP tool (node:read, messages:send, events:read, "
-                    "rag:query, agents:ask or twin:owner)"
+                    "rag:query, agents:ask, twin:owner or vote:*)"
                 )
             service = await running_service(self.ctx.node)
             inner = await service.mounted() if service is not None else None

@@ -16,8 +16,8 @@ SCOPE_ASK = "agents:ask"  # POST /v1/ask (the agents' tools narrowed to the key'
 # /mcp. Granted only explicitly, to admin keys.
 SCOPE_TWIN_OWNER = "twin:owner"
 SCOPE_VOTE_READ = "vote:read"  # GET /v1/proposals[/{id}]
-SCOPE_VOTE_PROPOSE = "vote:propose"  # POST /v1/proposals
-SCOPE_VOTE_CAST = "vote:cast"  # POST /v1/proposals/{id}/votes (votes as the anchor's node)
+SCOPE_VOTE_PROPOSE = "vote:propose"  # POST /v1/proposals (granted only explicitly, to admin keys)
+SCOPE_VOTE_CAST = "vote:cast"  # POST /v1/proposals/{id}/votes (votes as the anchor's node; only explicitly)
 
 ALL_SCOPES = (
     SCOPE_NODE_READ,
@@ -43,8 +43,11 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
     ),
     "node": frozenset({SCOPE_NODE_READ, SCOPE_MESSAGES_SEND, SCOPE_MAILBOX_READ}),
 }
-# What a key of each role gets when its scopes are not named: never rag:private or twin:owner (asked for only).
+# Granted only when asked for by name (to admin keys): unshared documents, the owner's personal data, and
+# proposing/voting as this node in the village's governance.
+EXPLICIT_SCOPES = frozenset({SCOPE_RAG_PRIVATE, SCOPE_TWIN_OWNER, SCOPE_VOTE_PROPOSE, SCOPE_VOTE_CAST})
+# What a key of each role gets when its scopes are not named: never an explicit-only scope.
 ROLE_DEFAULT_SCOPES: dict[str, frozenset[str]] = {
-    role: scopes - {SCOPE_RAG_PRIVATE, SCOPE_TWIN_OWNER} for role, scopes in ROLE_SCOPES.items()
+    role: scopes - EXPLICIT_SCOPES for role, scopes in ROLE_SCOPES.items()
 }
 ROLES = tuple(ROLE_SCOPES)

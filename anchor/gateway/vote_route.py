@@ -9,6 +9,7 @@ namespace is the village's when the node has one (``governance.village_members``
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route's annotations at run time.
+import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -65,6 +66,22 @@ class VoteResultOut(BaseModel):
     state: dict[str, Any]
 
 
+AUDIT_VALUE_CHARS = 256  # a longer value is audited by its SHA-256 and length only
+
+
+def audit_detail(params: dict[str, Any]) -> dict[str, Any]:
+    """The audit row's detail: every parameter, the value included (its SHA-256 always, the text when short)."""
+    detail = {k: v for k, v in params.items() if k != "value"}
+    value = params.get("value")
+    text = "" if value is None else str(value)
+    detail["value_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    if value is None or len(text) <= AUDIT_VALUE_CHARS:
+        detail["value"] = value
+    else:
+        detail["value_chars"] = len(text)
+    return detail
+
+
 def add_vote_routes(
     app: FastAPI,
     ctx: "GatewayContext",
@@ -114,7 +131,7 @@ def add_vote_routes(
         ]
 
     async def act(principal: Principal, action: str, target: str, method: str, params: dict[str, Any]) -> Any:
-        await audit(principal, action, target, {k: v for k, v in params.items() if k != "value"})
+        await audit(principal, action, target, audit_detail(params))
         try:
             return await invoke(method, params)
         except RpcError as exc:

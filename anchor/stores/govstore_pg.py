@@ -10,11 +10,12 @@ too. Each write is its own transaction (autocommit): ``save_signed`` has committ
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import psycopg_pool
 import trio
+from psycopg.rows import TupleRow
 
 from anchor.stores.errors import StoreUnavailable
 from node.agents.errors import GovernanceError
@@ -50,68 +51,98 @@ def migrate(dsn: str, timeout_s: float) -> None:
 
 
 class PgGovStore:
+    """One governance namespace in PostgreSQL, over a one-connection psycopg_pool pool (checked before use,
+    remade after an outage). Every statement is idempotent and retried once on a connection failure; a second
+    failure (or no connection within ``timeout_s``) raises :class:`StoreUnavailable`."""
+
     def __init__(self, dsn: str, namespace: str, signer: bytes, *, timeout_s: float = 5.0) -> None:
         self.namespace, self.signer = namespace, signer
+        self._timeout_s = timeout_s
         try:
             migrate(dsn, timeout_s)
-            self.db = psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, int(timeout_s)))
+            self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[TupleRow]] = psycopg_pool.ConnectionPool(
+                dsn,
+                min_size=1,
+                max_size=1,  # the village writes through one DB limiter: one connection is enough
+                kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout_s))},
+                check=psycopg_pool.ConnectionPool.check_connection,
+                timeout=timeout_s,
+                open=False,
+            )
+            self._pool.open(wait=True, timeout=timeout_s)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             raise StoreUnavailable("postgres", str(exc)) from exc
 
     def close(self) -> None:
-        self.db.close()
+        self._pool.close(timeout=self._timeout_s)
+
+    def _exec(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        """Run one statement (its own transaction) and return its rows; one retry after a connection failure."""
+        for attempt in (1, 2):
+            try:
+                with self._pool.connection(timeout=self._timeout_s) as conn:
+                    cur = conn.execute(sql, params)
+                    return list(cur.fetchall()) if cur.description is not None else []
+            except psycopg.OperationalError as exc:
+                if attempt == 2:
+                    raise StoreUnavailable("postgres", str(exc)) from exc
+            except psycopg_pool.PoolTimeout as exc:
+                raise StoreUnavailable("postgres", str(exc)) from exc
+        raise AssertionError("unreachable")
 
     def _meta(self, key: str) -> str | None:
-        row = self.db.execute(
-            "SELECT value FROM gov_meta WHERE namespace = %s AND key = %s", (self.namespace, key)
-        ).fetchone()
-        return None if row is None else str(row[0])
+        rows = self._exec("SELECT value FROM gov_meta WHERE namespace = %s AND key = %s", (self.namespace, key))
+        return None if not rows else str(rows[0][0])
 
     def init(self, namespace: str, genesis: Electorate) -> None:
         if namespace != self.namespace:
             raise GovernanceError(f"this store is for {self.namespace!r}, not {namespace!r}")
         body = genesis_meta(namespace, genesis)
-        self.db.execute(
-            "INSERT INTO gov_meta VALUES (%s, 'genesis', %s) ON CONFLICT DO NOTHING", (self.namespace, body)
-        )
+        self._exec("INSERT INTO gov_meta VALUES (%s, 'genesis', %s) ON CONFLICT DO NOTHING", (self.namespace, body))
         if self._meta("genesis") != body:
             raise GovernanceError(f"PostgreSQL holds another genesis electorate for {namespace!r}")
 
     def save_proposal(self, p: Proposal) -> None:
-        self.db.execute(
+        self._exec(
             "INSERT INTO gov_proposals VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (self.namespace, p.hash, p.epoch, p.round, p.canonical()),
+            (self.namespace, p.hash, p.epoch, p.round, p.encode()),
         )
 
     def save_vote(self, v: Vote) -> None:
-        self.db.execute(
+        self._exec(
             "INSERT INTO gov_votes VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
             (self.namespace, v.voter, v.epoch, v.round, int(v.vote_type), v.encode()),
         )
 
     def save_signed(self, v: Vote) -> None:
-        """Our own vote: call before sending it (a second vote for a slot raises, never overwrites)."""
-        self.db.execute(
-            "INSERT INTO gov_signed VALUES (%s, %s, %s, %s, %s, %s)",
-            (self.namespace, self.signer, v.epoch, v.round, int(v.vote_type), v.encode()),
+        """Our own vote: call before sending it. A different vote already stored for the slot raises
+        :class:`GovernanceError` (never overwritten); the same vote again (a retried write) is fine."""
+        key = (self.namespace, self.signer, v.epoch, v.round, int(v.vote_type))
+        self._exec("INSERT INTO gov_signed VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", (*key, v.encode()))
+        rows = self._exec(
+            "SELECT data FROM gov_signed WHERE namespace = %s AND signer = %s AND epoch = %s AND round = %s "
+            "AND type = %s",
+            key,
         )
+        if not rows or bytes(rows[0][0]) != v.encode():
+            raise GovernanceError(f"this node already signed another vote for slot {v.slot} (never overwritten)")
 
     def save_certificate(self, c: Certificate) -> None:
-        self.db.execute(
+        self._exec(
             "INSERT INTO gov_certificates VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
             (self.namespace, c.epoch, c.round, c.encode()),
         )
 
     def save_evidence(self, ev: Evidence) -> None:
         f = ev.first
-        self.db.execute(
+        self._exec(
             "INSERT INTO gov_evidence VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
             (self.namespace, f.voter, f.epoch, f.round, int(f.vote_type), ev.encode()),
         )
 
     def signed(self) -> dict[tuple[int, int, VoteType], Vote]:
         out: dict[tuple[int, int, VoteType], Vote] = {}
-        rows = self.db.execute(
+        rows = self._exec(
             "SELECT data FROM gov_signed WHERE namespace = %s AND signer = %s", (self.namespace, self.signer)
         )
         for (data,) in rows:
@@ -120,7 +151,7 @@ class PgGovStore:
         return out
 
     def _blobs(self, sql: str) -> list[bytes]:
-        return [bytes(r[0]) for r in self.db.execute(sql, (self.namespace,))]
+        return [bytes(r[0]) for r in self._exec(sql, (self.namespace,))]
 
     def load(self) -> Governance:
         raw = self._meta("genesis")

@@ -28,6 +28,7 @@ from node.agents.governance import (
     MEMBERSHIP_ROUND,
     Action,
     ActionKind,
+    Certificate,
     Executed,
     Governance,
     Proposal,
@@ -69,6 +70,8 @@ log = logging.getLogger("village.governance")
 PUSH_MAX_BYTES = APP_MAX_BODY_BYTES - 512  # one push body, with room for the header
 MAX_PULL_PAGES = 64  # pages one catch-up reads from one peer
 PULL_PEERS = 2  # peers one anti-entropy round asks
+MAX_PEER_QUEUES = 64  # peers with pushes pending at once (each a queue of <= gossip_queue_items and one task)
+UNSAVED_BATCHES = 64  # batches kept for a retry after the store failed (older ones: catch-up from peers repairs)
 
 Executor = Callable[[list[Executed]], Awaitable[None]]
 
@@ -102,7 +105,9 @@ class GovMesh:
         self._rng = rng or random.Random()
         self._queue: deque[tuple[Item, bytes | None]] = deque()  # (item, the peer it came from)
         self._wake = trio.Event()
+        self._peer_queues: dict[bytes, deque[Item]] = {}  # per-peer push queues, each drained by its own task
         self._pull_now = trio.Event()
+        self._unsaved: list[tuple[list[Proposal], list[Vote], list[Certificate]]] = []  # failed writes
         self._lock = trio.Lock()  # one batch at a time through core + store (keeps store order = core order)
         self.changed = trio.Event()  # set (and replaced) whenever something new was accepted: tests wait on it
 
@@ -114,7 +119,7 @@ class GovMesh:
         self.node.register_app_handler(SERVICE, self._handle)
         self.node.on_link_up(lambda _addr: self._pull_now.set())
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._pusher)
+            nursery.start_soon(self._pusher, nursery)
             nursery.start_soon(self._anti_entropy)
             task_status.started()
 
@@ -137,33 +142,51 @@ class GovMesh:
         return encode_ack(accepted)
 
     async def _receive(self, peer: bytes, items: Sequence[Item]) -> int:
-        async with self._lock:
-            now_ms = self.node.clock.wall_ms()
-            # pull answers go through the same bucket: a peer answering with junk costs us no more than pushes
-            got = self.gossip.receive_items(peer, items, now_ms)
-            await self._persist(got)
-            for it in got.forward:
-                self._enqueue(it, peer)
-            await self._after_change(got, now_ms)
-            return len(got.forward)
+        async with self._lock:  # a cancel while waiting here changes nothing
+            # Shielded from here: once the core took the items, they are stored, forwarded and executed even if
+            # the handler's deadline (APP_HANDLER_TIMEOUT_S) or a pull's cancel strikes meanwhile; otherwise they
+            # would live in memory only, and dedupe would make every re-send useless.
+            with trio.CancelScope(shield=True):
+                now_ms = self.node.clock.wall_ms()
+                # pull answers go through the same bucket: a peer answering with junk costs us no more than pushes
+                got = self.gossip.receive_items(peer, items, now_ms)
+                await self._persist(got.new_proposals, got.new_votes, got.certificates, bool(got.forward))
+                for it in got.forward:
+                    self._enqueue(it, peer)
+                await self._after_change(got, now_ms)
+        return len(got.forward)
 
-    async def _persist(self, got: Received) -> None:
+    async def _persist(
+        self, proposals: Sequence[Proposal], votes: Sequence[Vote], certificates: Sequence[Certificate], new: bool
+    ) -> None:
+        """Write what the core accepted (and whatever an earlier failed write left unsaved). A database error is
+        counted and logged; the batch is kept (bounded) and written with the next one."""
         store = self.store
-        if store is None or not got.forward:
+        if store is None or not (new or self._unsaved):
             return
+        batch = (list(proposals), list(votes), list(certificates))
+        pending = [*self._unsaved, batch]
         evidence = [self.gov.evidence[k] for k in self.gov.evidence]  # INSERT OR IGNORE: cheap to repeat
 
         def write() -> None:
-            for p in got.new_proposals:
-                store.save_proposal(p)
-            for v in got.new_votes:
-                store.save_vote(v)
-            for c in got.certificates:
-                store.save_certificate(c)
+            for ps, vs, cs in pending:
+                for p in ps:
+                    store.save_proposal(p)
+                for v in vs:
+                    store.save_vote(v)
+                for c in cs:
+                    store.save_certificate(c)
             for e in evidence:
                 store.save_evidence(e)
 
-        await trio.to_thread.run_sync(write, limiter=self.db_limiter)
+        try:
+            await trio.to_thread.run_sync(write, limiter=self.db_limiter)
+        except Exception:  # sqlite3/psycopg errors of the store: the items stay in the core and are forwarded
+            self.gossip.counters["persist_failed"] += 1
+            log.exception("governance store write failed; retried with the next batch")
+            self._unsaved = pending[-UNSAVED_BATCHES:]
+            return
+        self._unsaved = []
 
     async def _after_change(self, got: Received, now_ms: int) -> None:
         """Precommit polkas (auto_precommit), execute what is certified, wake waiters."""
@@ -174,6 +197,11 @@ class GovMesh:
                 if vote is not None:
                     await self._send_own(vote, now_ms)
         executed = self.gov.execute_ready()
+        adopted = self.gov.take_adopted()  # certificates of the new epoch that waited for its electorate
+        if adopted:
+            await self._persist((), (), adopted, True)
+            for c in adopted:
+                self._enqueue(certificate_item(c), None)
         if executed and self.on_executed is not None:
             await self.on_executed(executed)
         if got.forward or executed:
@@ -214,27 +242,45 @@ class GovMesh:
         peers = sorted((p for p in core.peers if core.is_reachable(p, now)), key=lambda p: (p.hops, p.peer_id))
         return [p.peer_id for p in peers[: self.settings.gossip_max_peers]]
 
-    async def _pusher(self) -> None:
+    async def _pusher(self, nursery: trio.Nursery) -> None:
+        """Fan queued items out to each reachable peer's own queue, drained by that peer's own sender task: a slow
+        or silent peer delays only its own pushes (its queue is bounded; catch-up repairs what it drops)."""
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
-            while self._queue:
-                batch: list[tuple[Item, bytes | None]] = []
-                size = 0
-                while (
-                    self._queue and len(batch) < MAX_ITEMS and size + 3 + len(self._queue[0][0].data) <= PUSH_MAX_BYTES
-                ):
-                    it = self._queue.popleft()
-                    batch.append(it)
-                    size += 3 + len(it[0].data)
-                if not batch:  # an item larger than one push (never built here): drop it
-                    self._queue.popleft()
+            batch, self._queue = list(self._queue), deque()
+            for peer in self._reachable():
+                items = [it for it, origin in batch if origin != peer]
+                if not items:
                     continue
-                async with trio.open_nursery() as nursery:
-                    for peer in self._reachable():
-                        items = [it for it, origin in batch if origin != peer]
-                        if items:
-                            nursery.start_soon(self._push_one, peer, items)
+                q = self._peer_queues.get(peer)
+                if q is None:
+                    if len(self._peer_queues) >= MAX_PEER_QUEUES:
+                        self.gossip.counters["push_peer_dropped"] += len(items)
+                        continue
+                    q = self._peer_queues[peer] = deque()
+                    nursery.start_soon(self._sender, peer, q)
+                q.extend(items)
+                while len(q) > self.settings.gossip_queue_items:
+                    q.popleft()
+                    self.gossip.counters["push_queue_dropped"] += 1
+
+    async def _sender(self, peer: bytes, q: deque[Item]) -> None:
+        """Push ``peer``'s queue in batches, one request at a time, until it is empty."""
+        try:
+            while q:
+                items: list[Item] = []
+                size = 0
+                while q and len(items) < MAX_ITEMS and size + 3 + len(q[0].data) <= PUSH_MAX_BYTES:
+                    it = q.popleft()
+                    items.append(it)
+                    size += 3 + len(it.data)
+                if not items:  # an item larger than one push (never built here): drop it
+                    q.popleft()
+                    continue
+                await self._push_one(peer, items)
+        finally:
+            del self._peer_queues[peer]
 
     async def _push_one(self, peer: bytes, items: list[Item]) -> None:
         try:
@@ -315,15 +361,15 @@ class GovMesh:
                 MEMBERSHIP_ROUND if membership else self._next_round(),
                 action,
                 expires_at_ms=now_ms + int(ttl_s * 1000),
-                proposer=bytes(self.key.verify_key),
+                signer=self.key,
             )
             if not g.add_proposal(p, now_ms):
                 raise GovernanceError("the proposal was refused (slot taken, budget spent, or not a member)")
-            if self.store is not None:
-                await trio.to_thread.run_sync(self.store.save_proposal, p, limiter=self.db_limiter)
-            self._enqueue(proposal_item(p), None)
-            self.changed.set()
-            self.changed = trio.Event()
+            with trio.CancelScope(shield=True):  # in the core now: stored and gossiped even if we are cancelled
+                await self._persist([p], (), (), True)
+                self._enqueue(proposal_item(p), None)
+                self.changed.set()
+                self.changed = trio.Event()
             return p
 
     async def cast(self, proposal_hash: bytes, value: Value) -> Vote:
@@ -347,10 +393,11 @@ class GovMesh:
             if slot in self.voter.signed:
                 raise GovernanceError("this node already prevoted in this slot (a second vote would equivocate)")
             vote = sign_vote(self.key, g.namespace, p.epoch, p.hash, p.round, VoteType.PREVOTE, value)
-            self.voter.signed[slot] = vote
-            await self._send_own(vote, now_ms)
-            got = Received([], [vote], [], [])
-            await self._after_change(got, now_ms)
+            with trio.CancelScope(shield=True):  # signed: stored, counted and gossiped even if we are cancelled
+                self.voter.signed[slot] = vote
+                await self._send_own(vote, now_ms)
+                got = Received([], [vote], [], [])
+                await self._after_change(got, now_ms)
             return vote
 
     def status(self) -> dict[str, Any]:

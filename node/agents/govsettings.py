@@ -10,8 +10,8 @@ from node.schema import setting
 
 # Keys a village certificate may change on a running node (each validated by its section's schema first).
 DEFAULT_VOTABLE_KEYS = (
-    "ble.power_mode",  # read by the power governor's plan at each use
-    "ble.max_central_links",
+    "ble.power_mode",  # Node.set_config re-plans the running BLE transport (ManagedBleTransport.reconfigure)
+    "ble.max_central_links",  # lowers the cap at once; raising it above the start value takes a restart
 )
 
 

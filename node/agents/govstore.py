@@ -81,9 +81,7 @@ class GovStore:
             raise GovernanceError(f"{self.path} holds another namespace or genesis electorate")
 
     def save_proposal(self, p: Proposal) -> None:
-        self.db.execute(
-            "INSERT OR IGNORE INTO proposals VALUES (?, ?, ?, ?)", (p.hash, p.epoch, p.round, p.canonical())
-        )
+        self.db.execute("INSERT OR IGNORE INTO proposals VALUES (?, ?, ?, ?)", (p.hash, p.epoch, p.round, p.encode()))
 
     def save_vote(self, v: Vote) -> None:
         self.db.execute(
@@ -175,10 +173,12 @@ def rebuild(
     membership certificates are applied as their epochs appear."""
     meta = json.loads(genesis_meta)
     gov = Governance(meta["namespace"], Electorate.from_json(meta["electorate"]))
-    try:
-        parsed = [proposal_from_bytes_untrusted(b) for b in proposals]
-    except MalformedFrame as exc:
-        raise GovernanceError(f"{where}: a stored proposal does not parse: {exc}") from exc
+    parsed = []
+    for b in proposals:
+        try:
+            parsed.append(proposal_from_bytes_untrusted(b))
+        except MalformedFrame:  # e.g. an unsigned proposal stored before proposals were signed: pulled again
+            gov.counters["stored_proposal_unparsable"] += 1
     while True:
         epoch = gov.epoch
         for p in parsed:

@@ -38,12 +38,8 @@ def run_selftest(seed: int = 0, flood: int = 200) -> list[dict[str, Any]]:
     outsider = nacl.signing.SigningKey(rng.randbytes(32))
     e = Electorate.of(0, {bytes(k.verify_key): 1 for k in keys})
     gov = Governance(NS, e)
-    p = make_proposal(
-        NS, 0, 0, Action(ActionKind.CONFIG, "x", 1), expires_at_ms=1000, proposer=bytes(keys[0].verify_key)
-    )
-    q = make_proposal(
-        NS, 0, 0, Action(ActionKind.CONFIG, "x", 2), expires_at_ms=1000, proposer=bytes(keys[1].verify_key)
-    )
+    p = make_proposal(NS, 0, 0, Action(ActionKind.CONFIG, "x", 1), expires_at_ms=1000, signer=keys[0])
+    q = make_proposal(NS, 0, 0, Action(ActionKind.CONFIG, "x", 2), expires_at_ms=1000, signer=keys[1])
     gov.add_proposal(p, 0)
     gov.add_proposal(q, 0)
     results: list[dict[str, Any]] = []

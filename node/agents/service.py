@@ -317,9 +317,9 @@ class AgentsService:
     # ------------------------------------------------------------------------------------ governance
 
     def _propose_sync(self, kind: str, key: str, value: Any, ttl_s: float, now_ms: int) -> dict[str, Any]:
-        """Propose in the next free round of the current epoch and vote as this node (persisted before use).
-        With this node as the whole electorate (the default local electorate) the certificate forms at once;
-        with others, their votes decide (gossip over the mesh is not wired yet)."""
+        """Propose in the next free round of the current epoch of the local governance and let the node's agents
+        vote (each signs with its own key; votes persisted before use). Local decisions never leave the node;
+        village proposals go through :mod:`node.agents.govmesh` instead."""
         from node.agents.governance import MEMBERSHIP_ROUND, Action, ActionKind, make_proposal
 
         g, store, node = self.gov, self.gov_store, self._node
@@ -345,7 +345,7 @@ class AgentsService:
             round_,
             action,
             expires_at_ms=now_ms + int(ttl_s * 1000),
-            proposer=bytes(proposer.verify_key),
+            signer=proposer,
         )
         if not g.add_proposal(p, now_ms):
             raise AgentError("the proposal was refused (slot taken, or its proposer is not a member)")

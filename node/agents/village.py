@@ -117,7 +117,7 @@ class VillageGovernance:
         assert cls is not None
         current: Any = self.node.config.section(cls)
         new = _rebuilt(cls, current, name, value)
-        self.node.config = self.node.config.with_sections(new)
+        self.node.set_config(self.node.config.with_sections(new))
         self.applied[key] = value
         log.info("certified config change applied: %s = %r", key, value)
 

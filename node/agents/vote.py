@@ -1,8 +1,9 @@
 """Governance surface: control methods ``vote.propose|cast|status|evidence`` and ``village vote ...``.
 
 Two namespaces: ``village`` (the village's nodes vote, gossiped over the mesh; needs
-``governance.village_members``) and ``local`` (this node's own decisions: its key is the whole electorate, so
-a local proposal certifies at once). Without ``namespace`` a call goes to the village when one is configured.
+``governance.village_members``) and ``local`` (this node's own decisions, voted by its agents: each agent's key
+is a member, and a local proposal certifies once more than 2/3 of their power voted for it; it never leaves the
+node). Without ``namespace`` a call goes to the village when one is configured.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ if TYPE_CHECKING:
     from node.node import Node
 
 NAMESPACES = ("village", "local")
-MIN_PREFIX_CHARS = 8  # a proposal may be named by a unique prefix of its hash, at least this long
+# A proposal may be named by a unique prefix of its hash at least this long (64 bits: grinding a proposal whose
+# hash shares it costs ~2^64 hashes); casting after waiting for the proposal to arrive needs the full hash.
+MIN_PREFIX_CHARS = 16
+HASH_CHARS = 64
 
 
 MAX_WAIT_S = 600.0
@@ -54,7 +58,9 @@ class ProposeParams:
 
 @dataclass(frozen=True, slots=True)
 class CastParams:
-    proposal: str = param(doc="The proposal's hash in hex (or a unique prefix of at least 8 characters).")
+    proposal: str = param(
+        doc="The proposal's hash in hex (64 characters; without wait_s a unique prefix of at least 16 will do)."
+    )
     value: str = param(doc="yes or no.")
     wait_s: float = param(0.0, doc="Wait up to this many seconds for the proposal to arrive from peers (max 600).")
 
@@ -144,6 +150,9 @@ async def village_cast(village: VillageGovernance, p: CastParams) -> dict[str, A
     mesh = village.mesh
     assert mesh is not None
     if p.wait_s > 0:
+        # waiting for a proposal to arrive lets anyone race one with a matching prefix in: the full hash only
+        if len(p.proposal) != HASH_CHARS:
+            raise GovernanceError(f"waiting for a proposal needs its full hash ({HASH_CHARS} hex characters)")
         await wait_until(village, lambda: len(_matches(village, p.proposal)) == 1, p.wait_s)
     h = find_proposal(village, p.proposal)
     prop = mesh.gov.proposal(h)
@@ -286,7 +295,7 @@ def add_cli(cli: CliRegistry) -> None:
     pp.add_argument("key", help="SECTION.KEY, a policy key, or the member's public key (hex)")
     pp.add_argument("value", nargs="?", help="the value (JSON), or the power for admit")
     cp = v.command("cast", cmd_cast, "Vote yes or no on a village proposal as this node.")
-    cp.add_argument("proposal", help="the proposal hash (or a unique prefix of 8+ hex characters)")
+    cp.add_argument("proposal", help="the proposal hash (without --wait, a unique prefix of 16+ hex characters)")
     cp.add_argument("value", choices=("yes", "no"), help="the vote")
     cp.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the proposal to arrive from peers")
     st.add_argument("--certified", metavar="PROPOSAL", help="wait until this village proposal is certified")

@@ -37,7 +37,9 @@ class VoteProposeArgs(_Args):
 
 
 class VoteCastArgs(_Args):
-    proposal: str = Field(min_length=8, max_length=64, description="The proposal hash in hex, or a unique prefix.")
+    proposal: str = Field(
+        pattern="^[0-9a-f]{64}$", description="The proposal's full hash (64 hex): a prefix could be ground."
+    )
     value: Literal["yes", "no"] = Field(description="The vote.")
 
 

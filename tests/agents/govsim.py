@@ -113,9 +113,9 @@ class Sim:
             round_,
             action,
             expires_at_ms=self.now + ttl_ms,
-            proposer=bytes(node.key.verify_key),
+            signer=node.key,
         )
-        self.broadcast(proposer, "proposal", p.canonical())
+        self.broadcast(proposer, "proposal", p.encode())
         return p
 
     def propose_twice(self, proposer: int, round_: int, a: Action, b: Action) -> None:
@@ -123,10 +123,8 @@ class Sim:
         node = self.nodes[proposer]
         for n in self.nodes:
             action = a if n.index % 2 == 0 else b
-            p = make_proposal(
-                NS, node.gov.epoch, round_, action, expires_at_ms=self.now + 20_000, proposer=bytes(node.key.verify_key)
-            )
-            self.send(proposer, n.index, "proposal", p.canonical())
+            p = make_proposal(NS, node.gov.epoch, round_, action, expires_at_ms=self.now + 20_000, signer=node.key)
+            self.send(proposer, n.index, "proposal", p.encode())
 
     def deliver(self, dst: int, kind: str, data: bytes) -> None:
         node = self.nodes[dst]
@@ -181,7 +179,7 @@ class Sim:
         for node in self.nodes:
             g = node.gov
             items = [("cert", c.encode()) for c in g.certificates.values()]
-            items += [("proposal", p.canonical()) for p in g.all_proposals()]
+            items += [("proposal", p.encode()) for p in g.all_proposals()]
             items += [("vote", v.encode()) for v in g.all_votes()]
             items += [("evidence", e.encode()) for e in g.evidence.values()]
             reachable = [

@@ -60,7 +60,7 @@ def config_proposal(ks: list[nacl.signing.SigningKey], round_: int = 0, value: o
         round_,
         Action(ActionKind.CONFIG, "rag.candidates", value),
         expires_at_ms=EXPIRES,
-        proposer=bytes(ks[0].verify_key),
+        signer=ks[0],
     )
 
 
@@ -230,7 +230,7 @@ def test_admit_and_remove_members_change_the_epoch() -> None:
         MEMBERSHIP_ROUND,
         Action(ActionKind.ADMIT, bytes(newcomer.verify_key).hex(), 2),
         expires_at_ms=EXPIRES,
-        proposer=bytes(ks[0].verify_key),
+        signer=ks[0],
     )
     gov.add_proposal(admit, 0)
     for k in ks[:3]:
@@ -248,7 +248,7 @@ def test_admit_and_remove_members_change_the_epoch() -> None:
         MEMBERSHIP_ROUND,
         Action(ActionKind.REMOVE, bytes(ks[3].verify_key).hex()),
         expires_at_ms=EXPIRES,
-        proposer=bytes(ks[0].verify_key),
+        signer=ks[0],
     )
     gov.add_proposal(remove, 0)
     for k in [*ks[:3], newcomer]:  # 5 of 6
@@ -260,9 +260,7 @@ def test_admit_and_remove_members_change_the_epoch() -> None:
 def test_membership_only_in_the_membership_round() -> None:
     ks = keys(2)
     with pytest.raises(GovernanceError):
-        make_proposal(
-            NS, 0, 3, Action(ActionKind.ADMIT, "00" * 32, 1), expires_at_ms=EXPIRES, proposer=bytes(ks[0].verify_key)
-        )
+        make_proposal(NS, 0, 3, Action(ActionKind.ADMIT, "00" * 32, 1), expires_at_ms=EXPIRES, signer=ks[0])
     with pytest.raises(GovernanceError):
         make_proposal(
             NS,
@@ -270,7 +268,7 @@ def test_membership_only_in_the_membership_round() -> None:
             MEMBERSHIP_ROUND,
             Action(ActionKind.CONFIG, "x", 1),
             expires_at_ms=EXPIRES,
-            proposer=bytes(ks[0].verify_key),
+            signer=ks[0],
         )
 
 

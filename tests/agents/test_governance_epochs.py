@@ -23,7 +23,7 @@ def pub(k: nacl.signing.SigningKey) -> bytes:
 def certify(
     govs: list[Governance], signers: list[nacl.signing.SigningKey], epoch: int, rnd: int, action: Action
 ) -> None:
-    p = make_proposal(NS, epoch, rnd, action, expires_at_ms=10**12, proposer=pub(signers[0]))
+    p = make_proposal(NS, epoch, rnd, action, expires_at_ms=10**12, signer=signers[0])
     for g in govs:
         g.add_proposal(p, NOW)
     for vt in (VoteType.PREVOTE, VoteType.PRECOMMIT):
@@ -94,10 +94,10 @@ def test_one_member_cannot_freeze_an_epoch() -> None:
     mallory = KEYS[3]
     accepted = 0
     for r in range(1000, 1000 + MAX_OPEN_ROUNDS):
-        p = make_proposal(NS, 0, r, Action(ActionKind.CONFIG, "junk", r), expires_at_ms=10**12, proposer=pub(mallory))
+        p = make_proposal(NS, 0, r, Action(ActionKind.CONFIG, "junk", r), expires_at_ms=10**12, signer=mallory)
         accepted += g.add_proposal(p, NOW)
     assert accepted < MAX_OPEN_ROUNDS // 4 and g.counters["proposal_proposer_full"] > 0
-    honest = make_proposal(NS, 0, 5, Action(ActionKind.CONFIG, "x", 1), expires_at_ms=10**12, proposer=pub(KEYS[1]))
+    honest = make_proposal(NS, 0, 5, Action(ActionKind.CONFIG, "x", 1), expires_at_ms=10**12, signer=KEYS[1])
     assert g.add_proposal(honest, NOW)
     remove = make_proposal(
         NS,
@@ -105,7 +105,7 @@ def test_one_member_cannot_freeze_an_epoch() -> None:
         MEMBERSHIP_ROUND,
         Action(ActionKind.REMOVE, pub(mallory).hex()),
         expires_at_ms=10**12,
-        proposer=pub(KEYS[0]),
+        signer=KEYS[0],
     )
     assert g.add_proposal(remove, NOW)
     certify([g], KEYS[:3], 0, MEMBERSHIP_ROUND, Action(ActionKind.REMOVE, pub(mallory).hex()))
@@ -144,7 +144,7 @@ def test_evidence_is_bounded_per_voter() -> None:
     g = Governance(NS, Electorate.of(0, {pub(k): 1 for k in KEYS[:4]}))
     liar = KEYS[3]
     for r in range(EVIDENCE_PER_VOTER + 5):
-        p = make_proposal(NS, 0, r, Action(ActionKind.CONFIG, "k", r), expires_at_ms=10**12, proposer=pub(KEYS[r % 3]))
+        p = make_proposal(NS, 0, r, Action(ActionKind.CONFIG, "k", r), expires_at_ms=10**12, signer=KEYS[r % 3])
         assert g.add_proposal(p, NOW)
         g.receive_vote(sign_vote(liar, NS, 0, p.hash, r, VoteType.PREVOTE, Value.YES), NOW)
         g.receive_vote(sign_vote(liar, NS, 0, p.hash, r, VoteType.PREVOTE, Value.NO), NOW)

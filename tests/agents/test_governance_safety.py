@@ -67,10 +67,7 @@ def test_no_conflicting_certificates_below_one_third(
     e = Electorate.of(0, {bytes(k.verify_key): p for k, p in zip(ks, powers, strict=True)})
     # Two competing proposals for one slot (an equivocating proposer), every honest member an observer too.
     props = [
-        make_proposal(
-            NS, 0, 0, Action(ActionKind.CONFIG, "k", v), expires_at_ms=10**9, proposer=bytes(ks[0].verify_key)
-        )
-        for v in (1, 2)
+        make_proposal(NS, 0, 0, Action(ActionKind.CONFIG, "k", v), expires_at_ms=10**9, signer=ks[0]) for v in (1, 2)
     ]
     govs = [Governance(NS, e) for _ in ks]
     for g in govs:
@@ -115,10 +112,7 @@ def test_the_bound_is_tight_one_third_byzantine_can_fork() -> None:
     above is not vacuous."""
     ks = [nacl.signing.SigningKey(bytes([i + 1]) * 32) for i in range(3)]
     e = Electorate.of(0, {bytes(k.verify_key): 1 for k in ks})
-    a, b = (
-        make_proposal(NS, 0, 0, Action(ActionKind.CONFIG, "k", v), expires_at_ms=10, proposer=bytes(ks[0].verify_key))
-        for v in (1, 2)
-    )
+    a, b = (make_proposal(NS, 0, 0, Action(ActionKind.CONFIG, "k", v), expires_at_ms=10, signer=ks[0]) for v in (1, 2))
     # voter 0 is byzantine (1/3) and signs both; honest 1 signs a, honest 2 signs b
     votes = [sign_vote(ks[0], NS, 0, p.hash, 0, VoteType.PRECOMMIT, Value.YES) for p in (a, b)]
     votes.append(sign_vote(ks[1], NS, 0, a.hash, 0, VoteType.PRECOMMIT, Value.YES))

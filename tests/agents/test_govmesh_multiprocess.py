@@ -42,7 +42,7 @@ def test_propose_cast_and_certificate_on_three_daemons(root: Path) -> None:
         h = out["proposal"]
         assert out["namespace"] == "village" and out["certificate"] is None  # alice's yes alone: 1 of 3
         for d in (bob, carol):
-            r = json.loads(d.cli("vote", "cast", h[:16], "yes", "--wait", WAIT, "--json").stdout)
+            r = json.loads(d.cli("vote", "cast", h, "yes", "--wait", WAIT, "--json").stdout)
             assert r["vote"]["voter"] == keys[daemons.index(d)] and r["vote"]["value"] == "yes"
         for d, key in zip(daemons, keys, strict=True):
             st = json.loads(d.cli("vote", "status", "--certified", h, "--wait", WAIT, "--json").stdout)
@@ -62,7 +62,7 @@ def test_propose_cast_and_certificate_on_three_daemons(root: Path) -> None:
             bob.cli("vote", "propose", "policy", "privacy.blocked_terms", '["project-x"]', "--json").stdout
         )
         for d in (alice, carol):
-            d.cli("vote", "cast", out["proposal"][:16], "yes", "--wait", WAIT)
+            d.cli("vote", "cast", out["proposal"], "yes", "--wait", WAIT)
         carol.cli("vote", "status", "--certified", out["proposal"], "--wait", WAIT)
         ask = json.loads(
             carol.cli("ask", "--agent", "Legal", "may", "I", "send", "the", "project-x", "plan", "--json").stdout

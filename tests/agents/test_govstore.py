@@ -38,11 +38,9 @@ def test_restart_restores_state_votes_evidence_and_own_signatures(tmp_path: Path
         MEMBERSHIP_ROUND,
         Action(ActionKind.ADMIT, bytes(newcomer.verify_key).hex(), 1),
         expires_at_ms=10_000,
-        proposer=bytes(ks[0].verify_key),
+        signer=ks[0],
     )
-    cfg = make_proposal(
-        NS, 0, 0, Action(ActionKind.CONFIG, "x", 1), expires_at_ms=10_000, proposer=bytes(ks[1].verify_key)
-    )
+    cfg = make_proposal(NS, 0, 0, Action(ActionKind.CONFIG, "x", 1), expires_at_ms=10_000, signer=ks[1])
     for p in (admit, cfg):
         assert gov.add_proposal(p, 0)
         store.save_proposal(p)

@@ -42,10 +42,10 @@ def test_agent_keys_are_derived_per_node_and_carry_the_roster_powers() -> None:
 
 def test_the_agents_certify_a_change_and_legal_votes_its_own_way() -> None:
     gov, keys = _setup()
-    king = bytes(keys["King"].verify_key)
-    ok = make_proposal(NS, 0, 0, Action(ActionKind.CONFIG, "quiet.hours", 22), expires_at_ms=10_000, proposer=king)
+    king = keys["King"]
+    ok = make_proposal(NS, 0, 0, Action(ActionKind.CONFIG, "quiet.hours", 22), expires_at_ms=10_000, signer=king)
     personal = make_proposal(
-        NS, 0, 1, Action(ActionKind.POLICY, "share.health", "with-peers"), expires_at_ms=10_000, proposer=king
+        NS, 0, 1, Action(ActionKind.POLICY, "share.health", "with-peers"), expires_at_ms=10_000, signer=keys["King"]
     )
     already: dict[bytes, dict[tuple[int, int, VoteType], Vote]] = {}
     for p in (ok, personal):
@@ -75,7 +75,7 @@ def test_an_inapplicable_action_is_voted_down() -> None:
         0xFFFFFFFF,
         Action(ActionKind.REMOVE, bytes(stranger.verify_key).hex()),
         expires_at_ms=10_000,
-        proposer=bytes(keys["King"].verify_key),
+        signer=keys["King"],
     )
     assert gov.add_proposal(p, 0)
     agents_vote(gov, keys, p, {}, 1)

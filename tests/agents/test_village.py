@@ -71,7 +71,7 @@ async def _decide(vs: list[VillageGovernance], kind: str, key: str, value: str) 
     h = out["proposal"]
     await _everywhere(vs, lambda v: any(p.hash.hex() == h for p in v.gov.all_proposals()))
     for v in vs[1:]:
-        await village_cast(v, CastParams(proposal=h[:12], value="yes"))
+        await village_cast(v, CastParams(proposal=h[:16], value="yes"))
     return str(h)
 
 
@@ -135,6 +135,11 @@ async def test_refusals_not_votable_invalid_value_no_quorum_and_a_certificate_fo
         assert "votable_keys" in v.refused[0]["reason"]
     with pytest.raises(GovernanceError, match="proposals match"):
         await village_cast(vs[1], CastParams(proposal="ab" * 8, value="no"))
+    # a short prefix could be ground; waiting for a proposal by a prefix would let a racer's proposal in
+    with pytest.raises(GovernanceError, match="at least 16"):
+        await village_cast(vs[1], CastParams(proposal=p.hash.hex()[:15], value="no"))
+    with pytest.raises(GovernanceError, match="full hash"):
+        await village_cast(vs[1], CastParams(proposal=p.hash.hex()[:16], value="no", wait_s=5))
 
 
 async def test_shared_policy_is_certified_and_read_back(

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from node.mcp.errors import NotAllowed
+from node.mcp.errors import InvalidArguments, NotAllowed
 from node.mcp.registry import Caller, Registry
 from node.mcp.settings import McpSettings
 from node.mcp.vote_tools import vote_tools
@@ -61,5 +61,10 @@ async def test_vote_tools_need_their_scopes() -> None:
         await reg.call("vote_cast", {"proposal": "ab" * 8, "value": "yes"}, caller=reader)
     with pytest.raises(NotAllowed, match="vote:propose"):
         await reg.call("vote_propose", {"kind": "policy", "key": "k"}, caller=reader)
-    assert calls == ["vote.status"]
+    caster = Caller("gateway", "k2", frozenset({"vote:cast"}))
+    for ref in ("ab" * 8, "ab" * 31, "AB" * 32):  # a prefix (grindable) or not lower-case hex: refused
+        with pytest.raises(InvalidArguments):
+            await reg.call("vote_cast", {"proposal": ref, "value": "yes"}, caller=caster)
+    await reg.call("vote_cast", {"proposal": "ab" * 32, "value": "yes"}, caller=caster)
+    assert calls == ["vote.status", "vote.cast"]
     assert {t.name for t in reg.tools.values() if t.changes_state} == {"vote_propose", "vote_cast"}

@@ -36,6 +36,7 @@ from node.agents.governance.formats import (
     sign_vote,
     verify_certificate,
     verify_evidence,
+    verify_proposal,
     verify_vote,
     vote_from_bytes_untrusted,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "sign_vote",
     "verify_certificate",
     "verify_evidence",
+    "verify_proposal",
     "verify_vote",
     "vote_from_bytes_untrusted",
 ]

@@ -18,7 +18,7 @@ of an older epoch (its electorate is kept to verify it) is history, never execut
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +49,7 @@ from node.agents.governance.formats import (
     sign_vote,
     verify_certificate,
     verify_evidence,
+    verify_proposal,
     vote_from_bytes_untrusted,
 )
 from node.wire.errors import MalformedFrame
@@ -59,6 +60,7 @@ MAX_PENDING_CERTS = 64  # certificates of epochs whose electorate we do not know
 PENDING_EPOCHS_AHEAD = 2  # how many epochs ahead a certificate may wait for its electorate
 EVIDENCE_PER_VOTER = 4  # pieces of equivocation evidence kept per member (one proves the equivocation)
 MAX_CONFLICTS = 16  # conflicting certificates kept as proof of a > 1/3 fault
+MAX_PROPOSAL_TTL_MS = 30 * 24 * 3600 * 1000  # a received proposal expiring later than this is refused (30 days)
 
 ACCEPTED = "accepted"
 DUPLICATE = "duplicate"
@@ -108,7 +110,11 @@ class Governance:
         self._pending_certs: dict[tuple[int, int], Certificate] = {}  # slot -> unverified, of a coming epoch
         self._evidence_of: Counter[bytes] = Counter()  # voter -> pieces of evidence kept
         self._proposed: Counter[tuple[int, bytes, bool]] = Counter()  # (epoch, proposer, membership) -> kept
+        # certificates adopted from the pending queue when their epoch began: the adapter persists and forwards
+        # them (take_adopted); bounded like the queue they came from
+        self._adopted: deque[Certificate] = deque(maxlen=MAX_PENDING_CERTS)
         self.counters: Counter[str] = Counter()
+        self.changes = 0  # bumped whenever the shared items (proposals, votes, certificates, evidence) change
 
     @property
     def electorate(self) -> Electorate:
@@ -117,15 +123,21 @@ class Governance:
     # ----------------------------------------------------------------------------------------- proposals
 
     def receive_proposal_untrusted(self, data: bytes, now_ms: int) -> Proposal | None:
+        """A proposal a peer sent: parsed, refused when it expires more than :data:`MAX_PROPOSAL_TTL_MS` after
+        ``now_ms`` (it would hold its slot and its proposer's budget for ever), then :meth:`add_proposal`."""
         try:
             proposal = proposal_from_bytes_untrusted(data)
         except MalformedFrame:
             self.counters["proposal_malformed"] += 1
             return None
+        if proposal.expires_at_ms > now_ms + MAX_PROPOSAL_TTL_MS:
+            self.counters["proposal_expiry_too_far"] += 1
+            return None
         return proposal if self.add_proposal(proposal, now_ms) else None
 
     def add_proposal(self, proposal: Proposal, now_ms: int) -> bool:
-        """Keep a proposal if it is for our namespace, the current epoch, from a member, and not expired.
+        """Keep a proposal if it is for our namespace, the current epoch, signed by its proposer (a member), and
+        not expired. The signature is checked before the proposer's budget is charged: nobody else can spend it.
 
         A proposal of an older epoch is kept only when a certificate we hold decides it (history: it is never
         executed, see :meth:`execute_ready`); an older electorate cannot start anything new."""
@@ -141,6 +153,16 @@ class Governance:
         if e.index(proposal.proposer) is None:
             self.counters["proposal_not_member"] += 1
             return False
+        have = self._slots.get((proposal.epoch, proposal.round))
+        if have is not None and proposal.hash in have.proposals:
+            self.counters["proposal_duplicate"] += 1
+            return False
+        if now_ms >= proposal.expires_at_ms and not certified:  # a certificate proves it was voted in time
+            self.counters["proposal_expired"] += 1
+            return False
+        if not verify_proposal(proposal):
+            self.counters["proposal_bad_signature"] += 1
+            return False
         membership = proposal.round == MEMBERSHIP_ROUND
         budget_key = (proposal.epoch, proposal.proposer, membership)
         budget = 1 if membership else PROPOSALS_PER_PROPOSER
@@ -150,17 +172,12 @@ class Governance:
         slot = self._slot(proposal.epoch, proposal.round)
         if slot is None:
             return False
-        if proposal.hash in slot.proposals:
-            self.counters["proposal_duplicate"] += 1
-            return False
-        if now_ms >= proposal.expires_at_ms and not certified:  # a certificate proves it was voted in time
-            self.counters["proposal_expired"] += 1
-            return False
         if len(slot.proposals) >= PROPOSALS_PER_SLOT and not certified and not membership:
             self.counters["proposal_slot_full"] += 1  # the membership slot is bounded by one per member instead
             return False
         slot.proposals[proposal.hash] = proposal
         self._proposed[budget_key] += 1
+        self.changes += 1
         return True
 
     def proposals(self, epoch: int, round_: int) -> list[Proposal]:
@@ -228,6 +245,7 @@ class Governance:
         key = (vote.vote_type, vote.proposal_hash, vote.value)
         slot.tally[key] += e.members[i][1]
         self.counters["vote_accepted"] += 1
+        self.changes += 1
         cert = None
         if (
             vote.vote_type is VoteType.PRECOMMIT
@@ -292,6 +310,7 @@ class Governance:
             return None
         self.evidence[key] = ev
         self._evidence_of[ev.first.voter] += 1
+        self.changes += 1
         self.counters["evidence"] += 1
         return ev
 
@@ -352,6 +371,7 @@ class Governance:
             return None
         self.certificates[cert.slot] = cert
         self.counters["certificate_received"] += 1
+        self.changes += 1
         return cert
 
     # ---------------------------------------------------------------------------------------- execution
@@ -411,6 +431,7 @@ class Governance:
     def _prune(self) -> None:
         """Forget the per-epoch state of epochs whose electorate is no longer kept (nothing can verify it)."""
         oldest = min(self.electorates)
+        self.changes += 1
         for table in (self._slots, self.certificates, self.executed):
             for key in [k for k in table if k[0] < oldest]:
                 del table[key]
@@ -439,7 +460,15 @@ class Governance:
     def _adopt_pending(self) -> None:
         pending, self._pending_certs = self._pending_certs, {}
         for _, cert in sorted(pending.items()):
-            self.receive_certificate(cert)
+            if self.receive_certificate(cert) is not None:
+                self._adopted.append(cert)
+
+    def take_adopted(self) -> list[Certificate]:
+        """The certificates verified out of the pending queue since the last call (an adapter stores and
+        gossips them like the ones it received: they arrived before their electorate did)."""
+        adopted = list(self._adopted)
+        self._adopted.clear()
+        return adopted
 
     def state(self) -> dict[str, Any]:
         """The shared state certificates produced (what every honest participant must agree on)."""

@@ -15,6 +15,8 @@ Model
   strictly greater than 2/3 of the epoch's **total** power (``3 * power > 2 * total``, integers). Anyone holding
   the electorate verifies it offline. Two certificates for different values in one slot need > 1/3 of the power to
   have signed both, so they cannot exist while byzantine power is below 1/3. Nobody has an override.
+* A proposal is signed by its proposer (a member of its epoch) over its own domain tag and its hash; a proposal
+  whose signature does not verify is refused before anything is charged to the proposer's budgets.
 * A proposal carries ``expires_at_ms``: votes arriving (``now_ms`` is injected) after it are refused, honest
   voters do not vote after it. Votes are bound to namespace and epoch, so they cannot be replayed into another
   village or epoch; an identical vote seen again is recognised before any signature check; a certificate executes
@@ -39,6 +41,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
@@ -47,6 +50,7 @@ from node.wire.errors import MalformedFrame
 
 SIGN_MAGIC = b"AIVG\x01"  # domain separation for vote sign-bytes, version 1
 PROPOSAL_MAGIC = b"AIVGP1"  # domain separation for the proposal hash
+PROPOSAL_SIGN_MAGIC = b"AIVGPS1"  # domain separation for the proposer's signature over the proposal hash
 VOTE_TAG = 0x56  # 'V'
 CERT_TAG = 0x43  # 'C'
 EVIDENCE_TAG = 0x45  # 'E'
@@ -171,9 +175,11 @@ class Proposal:
     round: int
     action: Action
     expires_at_ms: int
-    proposer: bytes  # Ed25519 public key (informational; the certificate is what counts)
+    proposer: bytes  # Ed25519 public key; it signs the proposal (budgets are charged to it)
+    signature: bytes = field(default=b"", compare=False, repr=False)  # over proposal_sign_bytes(hash)
 
     def canonical(self) -> bytes:
+        """The signed body (canonical JSON); the proposal hash is taken over it."""
         body = {
             "ns": self.namespace,
             "epoch": self.epoch,
@@ -188,16 +194,48 @@ class Proposal:
     def hash(self) -> bytes:
         return hashlib.sha256(PROPOSAL_MAGIC + self.canonical()).digest()
 
+    def encode(self) -> bytes:
+        """Wire and storage form: the canonical body followed by the proposer's 64-byte signature."""
+        return self.canonical() + self.signature
+
+
+def proposal_sign_bytes(proposal_hash: bytes) -> bytes:
+    """What a proposer signs: its own domain tag and the proposal hash (never valid as vote sign-bytes)."""
+    return PROPOSAL_SIGN_MAGIC + proposal_hash
+
+
+def verify_proposal(proposal: Proposal) -> bool:
+    """True when the proposal carries a valid signature of its ``proposer`` key."""
+    if len(proposal.signature) != SIG_BYTES:
+        return False
+    try:
+        nacl.bindings.crypto_sign_open(proposal.signature + proposal_sign_bytes(proposal.hash), proposal.proposer)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError):
+        return False
+    return True
+
 
 def make_proposal(
-    namespace: str, epoch: int, round_: int, action: Action, *, expires_at_ms: int, proposer: bytes
+    namespace: str,
+    epoch: int,
+    round_: int,
+    action: Action,
+    *,
+    expires_at_ms: int,
+    signer: nacl.signing.SigningKey,
 ) -> Proposal:
-    """A proposal, checked like an untrusted one (so what we send, peers accept)."""
-    p = Proposal(namespace, epoch, round_, action, expires_at_ms, proposer)
+    """A proposal signed by ``signer`` (its proposer), checked like an untrusted one (so what we send, peers
+    accept)."""
+    p = Proposal(namespace, epoch, round_, action, expires_at_ms, bytes(signer.verify_key))
+    sig = signer.sign(proposal_sign_bytes(p.hash)).signature
     try:
-        return proposal_from_bytes_untrusted(p.canonical())
+        return proposal_from_bytes_untrusted(p.canonical() + sig)
     except MalformedFrame as exc:
         raise GovernanceError(f"invalid proposal: {exc}") from exc
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _check_action(kind: str, key: Any, value: Any) -> Action:
@@ -221,17 +259,21 @@ def _check_action(kind: str, key: Any, value: Any) -> Action:
     else:
         if not 1 <= len(key) <= MAX_KEY_CHARS or not all(c.isalnum() or c in "._-" for c in key):
             raise MalformedFrame(f"{k.value} key must be 1-{MAX_KEY_CHARS} characters of [A-Za-z0-9._-]")
-        if len(json.dumps(value)) > MAX_VALUE_CHARS:
+        if len(json.dumps(value, allow_nan=False)) > MAX_VALUE_CHARS:  # NaN/Infinity are not JSON
             raise MalformedFrame(f"{k.value} value longer than {MAX_VALUE_CHARS} characters")
     return Action(k, key, value)
 
 
 def proposal_from_bytes_untrusted(data: bytes) -> Proposal:
-    """Parse a proposal's canonical JSON; the bytes must be exactly canonical (one hash per proposal)."""
-    if len(data) > MAX_PROPOSAL_BYTES:
+    """Parse (not verify) a proposal: its canonical JSON, which must be exactly canonical (one hash per
+    proposal), then the proposer's signature."""
+    if len(data) > MAX_PROPOSAL_BYTES + SIG_BYTES:
         raise MalformedFrame(f"proposal longer than {MAX_PROPOSAL_BYTES} bytes")
+    if len(data) <= SIG_BYTES:
+        raise MalformedFrame("proposal too short")
+    data, signature = data[:-SIG_BYTES], data[-SIG_BYTES:]
     try:
-        body = json.loads(data)
+        body = json.loads(data, parse_constant=_no_constant)
         act = body["action"]
         proposal = Proposal(
             namespace=body["ns"],
@@ -240,6 +282,7 @@ def proposal_from_bytes_untrusted(data: bytes) -> Proposal:
             action=_check_action(act["kind"], act["key"], act["value"]),
             expires_at_ms=body["expires_at_ms"],
             proposer=bytes.fromhex(body["proposer"]),
+            signature=signature,
         )
         if set(body) != {"ns", "epoch", "round", "action", "expires_at_ms", "proposer"} or set(act) != {
             "kind",

@@ -46,6 +46,7 @@ BATCH_TAG = 0x42
 ACK_TAG = 0x4B
 MAX_ITEMS = 512  # items in one push or batch
 MAX_ITEM_BYTES = 0xFFFF  # one length field (a 100-voter certificate is ~4.4 kB; 1024 voters ~66 kB do not fit)
+GLOBAL_PEERS = 8  # the all-peers buckets allow this many peers' worth of items and pulls at once
 MAX_PEERS_TRACKED = 1024  # token buckets kept (least recently used dropped: a fresh bucket starts full)
 
 
@@ -63,7 +64,7 @@ class Item:
 
 
 def proposal_item(p: Proposal) -> Item:
-    return Item(ItemKind.PROPOSAL, p.canonical())
+    return Item(ItemKind.PROPOSAL, p.encode())
 
 
 def vote_item(v: Vote) -> Item:
@@ -242,6 +243,11 @@ class Gossip:
         self.gov = gov
         self.items = TokenBuckets(items_per_s, burst_items)
         self.pulls = TokenBuckets(pulls_per_s, burst_pulls)
+        # one shared bucket each over all peers: free identities cannot multiply the per-peer allowance
+        self.all_items = TokenBuckets(items_per_s * GLOBAL_PEERS, burst_items * GLOBAL_PEERS)
+        self.all_pulls = TokenBuckets(pulls_per_s * GLOBAL_PEERS, burst_pulls * GLOBAL_PEERS)
+        self._cache: dict[int, list[Item]] = {}  # epoch asked -> sorted items (catch-up answers)
+        self._cache_version = -1
         self.max_answer_bytes = max_answer_bytes
         self.counters: Counter[str] = Counter()
 
@@ -249,6 +255,7 @@ class Gossip:
         """Apply items from ``peer`` (None: our own pull answer, already rate-limited by our asking)."""
         if peer is not None:
             granted = self.items.take(peer, len(items), now_ms)
+            granted = self.all_items.take(b"", granted, now_ms) if granted else 0
             if granted < len(items):
                 self.counters["items_rate_limited"] += len(items) - granted
                 items = items[:granted]
@@ -290,22 +297,18 @@ class Gossip:
         return out
 
     def catch_up(self, peer: bytes, epoch: int, skip: int, now_ms: int) -> bytes:
-        """A pull answer: items of ``epoch`` onwards from ``skip``, at most ``max_answer_bytes``."""
-        if self.pulls.take(peer, 1, now_ms) < 1:
+        """A pull answer: items of ``epoch`` onwards from the cursor ``skip``, at most ``max_answer_bytes``.
+
+        The sorted, encoded item list is built once per (epoch asked, state version) and cached; a page is a
+        slice of it, so a pull costs O(page) until the state changes."""
+        if self.pulls.take(peer, 1, now_ms) < 1 or self.all_pulls.take(b"", 1, now_ms) < 1:
             self.counters["pulls_rate_limited"] += 1
             return encode_batch([], True)  # "ask again later": the asker stops at its page bound
         self.counters["pulls_served"] += 1
-        g = self.gov
-        items: list[Item] = []
-        proposals = [p for p in g.all_proposals() if p.epoch >= epoch]
-        items += [proposal_item(p) for p in sorted(proposals, key=lambda p: (p.epoch, p.round, p.hash))]
-        items += [certificate_item(c) for slot, c in sorted(g.certificates.items()) if slot[0] >= epoch]
-        items += [evidence_item(e) for _, e in sorted(g.evidence.items()) if e.first.epoch >= epoch]
-        votes = [v for v in g.all_votes() if v.epoch >= epoch]
-        items += [vote_item(v) for v in sorted(votes, key=lambda v: (v.epoch, v.round, v.vote_type, v.voter))]
+        items = self._answer_items(epoch)
         page: list[Item] = []
         size = 4
-        i = skip
+        i = max(0, skip)
         while i < len(items) and len(page) < MAX_ITEMS:
             n = 3 + len(items[i].data)
             if size + n > self.max_answer_bytes and page:
@@ -314,3 +317,24 @@ class Gossip:
             size += n
             i += 1
         return encode_batch(page, i < len(items))
+
+    def _answer_items(self, epoch: int) -> list[Item]:
+        g = self.gov
+        # asking for an epoch before the oldest we keep is asking for everything; after the current: nothing
+        epoch = min(max(epoch, min(g.electorates)), g.epoch + 1)
+        if self._cache_version != g.changes:
+            self._cache.clear()
+            self._cache_version = g.changes
+        cached = self._cache.get(epoch)
+        if cached is not None:
+            return cached
+        items: list[Item] = []
+        proposals = [p for p in g.all_proposals() if p.epoch >= epoch]
+        items += [proposal_item(p) for p in sorted(proposals, key=lambda p: (p.epoch, p.round, p.hash))]
+        items += [certificate_item(c) for slot, c in sorted(g.certificates.items()) if slot[0] >= epoch]
+        items += [evidence_item(e) for _, e in sorted(g.evidence.items()) if e.first.epoch >= epoch]
+        votes = [v for v in g.all_votes() if v.epoch >= epoch]
+        items += [vote_item(v) for v in sorted(votes, key=lambda v: (v.epoch, v.round, v.vote_type, v.voter))]
+        self._cache[epoch] = items  # at most KEEP_EPOCHS + 1 lists, dropped on change
+        self.counters["answer_rebuilds"] += 1
+        return items

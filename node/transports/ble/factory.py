@@ -36,6 +36,7 @@ from node.transports.ble.power import (
     PowerGovernor,
     RadioPlan,
     describe,
+    plan_for,
     read_battery,
 )
 from node.transports.ble.settings import BleSection
@@ -135,6 +136,8 @@ class ManagedBleTransport(Transport):
         self.off_reason = ""  # why BLE is off after a failed start under enabled = auto
         self._read = read
         self._poll_s = poll_s
+        self._nursery: trio.Nursery | None = None
+        self._follower: trio.CancelScope | None = None
 
     @property
     def name(self) -> str:
@@ -150,6 +153,7 @@ class ManagedBleTransport(Transport):
     async def run(self, link_sink: LinkSink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         failure: RadioUnavailable | None = None
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             try:
                 await nursery.start(self.inner.run, link_sink)
             except (RadioUnavailable, BaseExceptionGroup) as raised:
@@ -165,13 +169,9 @@ class ManagedBleTransport(Transport):
                     self.inner.adapter.local_address or "?",
                     describe(plan) if plan else "continuous",
                 )
-                if self.governor.follows_battery:
-                    nursery.start_soon(
-                        lambda: follow_battery(
-                            self.governor, self.inner.set_plan, threaded_reader(self._read), poll_s=self._poll_s
-                        )
-                    )
+                self._start_follower()
                 task_status.started()
+        self._nursery = None
         # Only a failed start gets here before cancellation (the nursery had no task left to wait for); raising
         # outside the nursery keeps the error unwrapped for the Node and `village run`.
         if failure is not None:
@@ -180,6 +180,42 @@ class ManagedBleTransport(Transport):
             self.off_reason = str(failure)
             log.info("BLE off: %s (ble.enabled = auto; %s)", failure, DOCTOR_HINT)
             task_status.started()
+
+    def _start_follower(self) -> None:
+        """(Re)start the battery follower for the current governor (stopping the previous one)."""
+        if self._follower is not None:
+            self._follower.cancel()
+            self._follower = None
+        if self._nursery is None or not self.governor.follows_battery:
+            return
+        scope = self._follower = trio.CancelScope()
+        governor = self.governor
+
+        async def follow() -> None:
+            with scope:
+                await follow_battery(governor, self.inner.set_plan, threaded_reader(self._read), poll_s=self._poll_s)
+
+        self._nursery.start_soon(follow)
+
+    def reconfigure(self, ble: BleSection) -> None:
+        """Adopt a changed ``ble.power_mode`` / ``ble.max_central_links`` (a certified config change) at once.
+
+        Under ``auto`` the current mode is kept until the follower's next battery reading (no blocking read
+        here). ``max_central_links`` can only lower the cap the transport started with (``0`` at start means no
+        scanning): raising it above that takes a restart."""
+        g = self.governor
+        if (ble.power_mode, ble.max_central_links) == (g.configured, g.max_central_links):
+            return
+        new = PowerGovernor(ble.power_mode, ble.max_central_links)
+        if new.follows_battery and g.plan is not None:
+            new.plan = plan_for(g.plan.mode, ble.max_central_links)
+        else:
+            new.update(None)
+        self.governor = new
+        if self.running and new.plan is not None:
+            log.info("BLE power (reconfigured): %s", describe(new.plan))
+            self.inner.set_plan(new.plan)
+        self._start_follower()
 
 
 def ble_transport(

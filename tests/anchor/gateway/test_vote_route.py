@@ -23,15 +23,20 @@ async def test_proposals_votes_scopes_and_audit(start_gateway: StartGateway, sho
     gov = GovernanceSettings(village_members=(f"{me}:3", f"{other}:1"))
     gateway = await start_gateway(data_dir=data_dir, sections=(gov, LlmSettings(backend="off")))
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30.0) as client:
-        admin_id, admin = await gateway.key("admin")
+        # proposing and voting as this node are explicit grants, never an admin key's defaults
+        admin_id, admin = await gateway.key("admin", frozenset({"vote:read", "vote:propose", "vote:cast"}))
+        _plain_id, plain = await gateway.key("admin")
         _user_id, user = await gateway.key("user")
         a = {"Authorization": f"Bearer {await gateway.token(client, admin)}"}
+        plain_admin = {"Authorization": f"Bearer {await gateway.token(client, plain)}"}
         u = {"Authorization": f"Bearer {await gateway.token(client, user)}"}
         body = {"kind": "config", "key": "ble.power_mode", "value": "saver", "vote": False}
 
         assert (await client.post("/v1/proposals", json=body)).status_code == 401
         assert (await client.get("/v1/proposals")).status_code == 401
         assert (await client.post("/v1/proposals", headers=u, json=body)).status_code == 403  # user: read only
+        assert (await client.post("/v1/proposals", headers=plain_admin, json=body)).status_code == 403
+        assert (await client.get("/v1/proposals", headers=plain_admin)).status_code == 200
         r = await client.post("/v1/proposals", headers=a, json=body)
         assert r.status_code == 201, r.text
         out = r.json()
@@ -64,7 +69,15 @@ async def test_proposals_votes_scopes_and_audit(start_gateway: StartGateway, sho
         r = await client.post("/v1/proposals", headers=a, json=bad)
         assert r.status_code == 400 and "votable_keys" in r.json()["detail"]
         assert (await client.post("/v1/proposals", headers=a, json={"kind": "veto", "key": "x"})).status_code == 422
-    actions = [r.action for r in await gateway.audit_of(admin_id)]
+    rows = await gateway.audit_of(admin_id)
+    actions = [r.action for r in rows]
+    # what was proposed and voted is in the audit row, not only that something was
+    assert [r.detail.get("value") for r in rows if r.action in ("vote.propose", "vote.cast")] == [
+        '"saver"',
+        "yes",
+        "no",
+        "3",
+    ]
     assert actions == [
         "auth.token",
         "vote.propose",

@@ -53,9 +53,9 @@ def test_restart_restores_state_evidence_and_own_signatures(pg_dsn: str) -> None
         MEMBERSHIP_ROUND,
         Action(ActionKind.ADMIT, bytes(newcomer.verify_key).hex(), 1),
         expires_at_ms=10_000,
-        proposer=me,
+        signer=ks[0],
     )
-    cfg = make_proposal(NS, 0, 0, Action(ActionKind.CONFIG, "x", 1), expires_at_ms=10_000, proposer=me)
+    cfg = make_proposal(NS, 0, 0, Action(ActionKind.CONFIG, "x", 1), expires_at_ms=10_000, signer=ks[0])
     for p in (admit, cfg):
         assert gov.add_proposal(p, 0)
         store.save_proposal(p)
@@ -75,8 +75,9 @@ def test_restart_restores_state_evidence_and_own_signatures(pg_dsn: str) -> None
     store.save_evidence(ev)
     gov.execute_ready()
     assert gov.epoch == 1 and gov.config["x"][1] == 1
-    with pytest.raises(psycopg.errors.UniqueViolation):  # a second signature for a slot never overwrites the first
+    with pytest.raises(GovernanceError, match="already signed"):  # a second signature never overwrites the first
         store.save_signed(bad)
+    store.save_signed(next(iter(store.signed().values())))  # the same vote again (a retried write) is fine
     store.close()
 
     again = PgGovStore(pg_dsn, NS, me)
@@ -97,6 +98,22 @@ def test_restart_restores_state_evidence_and_own_signatures(pg_dsn: str) -> None
     assert names[-1] == "governance"
     again.close()
     other.close()
+
+
+def test_the_store_reconnects_after_the_server_drops_its_connection(pg_dsn: str) -> None:
+    k = nacl.signing.SigningKey(b"\x44" * 32)
+    genesis = Electorate.of(0, {bytes(k.verify_key): 1})
+    store = PgGovStore(pg_dsn, "village-reconnect", bytes(k.verify_key))
+    store.init("village-reconnect", genesis)
+    [(pid,)] = store._exec("SELECT pg_backend_pid()", ())
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+    p = make_proposal("village-reconnect", 0, 0, Action(ActionKind.CONFIG, "x", 1), expires_at_ms=10_000, signer=k)
+    store.save_proposal(p)  # the pool's check (or the one retry) replaces the dead connection
+    [(pid2,)] = store._exec("SELECT pg_backend_pid()", ())
+    assert pid2 != pid
+    assert store.load().proposal(p.hash) == p
+    store.close()
 
 
 @pytest.fixture

@@ -188,6 +188,30 @@ async def test_managed_transport_links_up_and_follows_the_battery() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_a_certified_power_change_reaches_the_running_radio() -> None:
+    """Node.set_config (what a certified ble.* change calls) re-plans the running transport: the mode and a lower
+    central-link cap take effect at once, and switching to auto starts the battery follower (review finding 5)."""
+    async with open_bumble_world() as world:
+        gov = PowerGovernor("balanced", 6)
+        inner = _RecordingTransport(BumbleAdapter(world), BleSettings(advertise=False, plan=gov.update(None)))
+        t = ManagedBleTransport(inner, gov, required=True, read=lambda: BatteryState(10, False, "sysfs"), poll_s=0.05)
+        send, _recv = trio.open_memory_channel[Link](4)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(t.run, send)
+            assert t.running and inner.plans == []
+            t.reconfigure(_cfg(power_mode="saver", max_central_links=2).ble)
+            assert [p.mode if p else None for p in inner.plans] == [PowerMode.SAVER]
+            assert inner._core is not None and inner._core.max_central_links == 2
+            t.reconfigure(_cfg(power_mode="saver", max_central_links=2).ble)  # unchanged: nothing applied
+            assert len(inner.plans) == 1
+            inner.plan_changed = trio.Event()
+            t.reconfigure(_cfg(power_mode="auto", max_central_links=6).ble)  # keeps saver until the battery says
+            assert [p.mode if p else None for p in inner.plans] == [PowerMode.SAVER, PowerMode.SAVER]
+            t.reconfigure(_cfg(power_mode="performance", max_central_links=6).ble)
+            assert inner.plans[-1] is not None and inner.plans[-1].mode is PowerMode.PERFORMANCE
+            nursery.cancel_scope.cancel()
+
+
 async def test_follow_battery_applies_only_changes_on_its_period(autojump_clock: trio.testing.MockClock) -> None:
     applied: list[tuple[float, PowerMode]] = []
     readings = iter(
@@ -279,3 +303,14 @@ def test_village_run_with_false_says_nothing_about_ble(data_dir: Path) -> None:
             proc.kill()
         notify.close()
     assert proc.returncode == 0 and "BLE" not in err, err
+
+
+def test_the_daemon_wires_config_changes_to_the_ble_transport(tmp_path: Path) -> None:
+    from node.daemon import build_node
+    from node.identity import Identity
+
+    t = _bumble_to(1, required=False)  # never started: the governor is what a start would plan with
+    node = build_node(_cfg(), Identity.generate(), plugins=(), transports=[t], control=False, persistent_inbox=False)
+    node.set_config(node.config.with_sections(BleSection(power_mode="saver", max_central_links=3)))
+    assert (t.governor.configured, t.governor.max_central_links) == ("saver", 3)
+    assert t.governor.plan is not None and t.governor.plan.mode is PowerMode.SAVER
