@@ -60,8 +60,8 @@ def test_forged_proposals_cannot_spend_a_members_budget() -> None:
     remove = make_proposal(
         NS, 0, MEMBERSHIP_ROUND, Action(ActionKind.REMOVE, PUBS[3].hex()), expires_at_ms=NOW + 9, signer=KEYS[0]
     )
-    cfg = make_proposal(NS, 0, 200, Action(ActionKind.CONFIG, "x", 4), expires_at_ms=NOW + 9, signer=KEYS[0])
-    assert gov.add_proposal(remove, NOW) and gov.add_proposal(cfg, NOW)
+    own = make_proposal(NS, 0, 200, Action(ActionKind.CONFIG, "x", 4), expires_at_ms=NOW + 9, signer=KEYS[0])
+    assert gov.add_proposal(remove, NOW) and gov.add_proposal(own, NOW)
 
 
 def test_unsigned_and_resigned_proposals_are_refused() -> None:
