@@ -141,15 +141,15 @@ class GovMesh:
         accepted = await self._receive(peer, req.items)
         return encode_ack(accepted)
 
-    async def _receive(self, peer: bytes, items: Sequence[Item]) -> int:
+    async def _receive(self, peer: bytes, items: Sequence[Item], *, pull_answer: bool = False) -> int:
         async with self._lock:  # a cancel while waiting here changes nothing
             # Shielded from here: once the core took the items, they are stored, forwarded and executed even if
             # the handler's deadline (APP_HANDLER_TIMEOUT_S) or a pull's cancel strikes meanwhile; otherwise they
             # would live in memory only, and dedupe would make every re-send useless.
             with trio.CancelScope(shield=True):
                 now_ms = self.node.clock.wall_ms()
-                # pull answers go through the same bucket: a peer answering with junk costs us no more than pushes
-                got = self.gossip.receive_items(peer, items, now_ms)
+                # answers to our pulls: a per-peer budget of their own (a lying answerer costs no more than pushes)
+                got = self.gossip.receive_items(peer, items, now_ms, pull_answer=pull_answer)
                 await self._persist(got.new_proposals, got.new_votes, got.certificates, bool(got.forward))
                 for it in got.forward:
                     self._enqueue(it, peer)
@@ -322,7 +322,7 @@ class GovMesh:
                 self.gossip.counters["pulls_failed"] += 1
                 return new
             self.gossip.counters["pulls_sent"] += 1
-            new += await self._receive(peer, items)
+            new += await self._receive(peer, items, pull_answer=True)
             if not more or not items:
                 break
             skip = 0 if self.gov.epoch != epoch else skip + len(items)
