@@ -50,6 +50,21 @@ def migrate(dsn: str, timeout_s: float) -> None:
         store._pool.close(timeout=timeout_s)
 
 
+def connection_kwargs(timeout_s: float) -> dict[str, Any]:
+    """Connection settings so a stuck server or a lost peer fails a call instead of hanging it: the server ends
+    a statement (or a lock wait) after ``timeout_s``, and TCP keepalives notice a silent connection."""
+    ms = max(1, int(timeout_s * 1000))
+    return {
+        "autocommit": True,
+        "connect_timeout": max(1, int(timeout_s)),
+        "options": f"-c statement_timeout={ms} -c lock_timeout={ms}",
+        "keepalives": 1,
+        "keepalives_idle": max(1, int(timeout_s)),
+        "keepalives_interval": max(1, int(timeout_s) // 3),
+        "keepalives_count": 3,
+    }
+
+
 class PgGovStore:
     """One governance namespace in PostgreSQL, over a one-connection psycopg_pool pool (checked before use,
     remade after an outage). Every statement is idempotent and retried once on a connection failure; a second
@@ -64,7 +79,7 @@ class PgGovStore:
                 dsn,
                 min_size=1,
                 max_size=1,  # the village writes through one DB limiter: one connection is enough
-                kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout_s))},
+                kwargs=connection_kwargs(timeout_s),
                 check=psycopg_pool.ConnectionPool.check_connection,
                 timeout=timeout_s,
                 open=False,

@@ -141,15 +141,15 @@ class GovMesh:
         accepted = await self._receive(peer, req.items)
         return encode_ack(accepted)
 
-    async def _receive(self, peer: bytes, items: Sequence[Item]) -> int:
+    async def _receive(self, peer: bytes, items: Sequence[Item], *, pull_answer: bool = False) -> int:
         async with self._lock:  # a cancel while waiting here changes nothing
             # Shielded from here: once the core took the items, they are stored, forwarded and executed even if
             # the handler's deadline (APP_HANDLER_TIMEOUT_S) or a pull's cancel strikes meanwhile; otherwise they
             # would live in memory only, and dedupe would make every re-send useless.
             with trio.CancelScope(shield=True):
                 now_ms = self.node.clock.wall_ms()
-                # pull answers go through the same bucket: a peer answering with junk costs us no more than pushes
-                got = self.gossip.receive_items(peer, items, now_ms)
+                # answers to our pulls: a per-peer budget of their own (a lying answerer costs no more than pushes)
+                got = self.gossip.receive_items(peer, items, now_ms, pull_answer=pull_answer)
                 await self._persist(got.new_proposals, got.new_votes, got.certificates, bool(got.forward))
                 for it in got.forward:
                     self._enqueue(it, peer)
@@ -180,13 +180,23 @@ class GovMesh:
                 store.save_evidence(e)
 
         try:
-            await trio.to_thread.run_sync(write, limiter=self.db_limiter)
-        except Exception:  # sqlite3/psycopg errors of the store: the items stay in the core and are forwarded
+            await self._db(write)
+        except Exception:  # sqlite3/psycopg errors of the store, or a hung write: the items stay in the core
             self.gossip.counters["persist_failed"] += 1
             log.exception("governance store write failed; retried with the next batch")
             self._unsaved = pending[-UNSAVED_BATCHES:]
             return
         self._unsaved = []
+
+    async def _db(self, fn: Callable[[], None]) -> None:
+        """Run a blocking store write in a thread, at most ``store_timeout_s`` (even in a shielded section). A hung
+        write is abandoned (its thread keeps the DB limiter until it returns, so later writes stay in order) and
+        raises :class:`GovernanceError`: the caller's lock is released instead of held forever."""
+        with trio.move_on_after(self.settings.store_timeout_s) as scope:
+            await trio.to_thread.run_sync(fn, limiter=self.db_limiter, abandon_on_cancel=True)
+        if scope.cancelled_caught:
+            self.gossip.counters["store_timeouts"] += 1
+            raise GovernanceError(f"the governance store did not answer within {self.settings.store_timeout_s} s")
 
     async def _after_change(self, got: Received, now_ms: int) -> None:
         """Precommit polkas (auto_precommit), execute what is certified, wake waiters."""
@@ -195,7 +205,11 @@ class GovMesh:
             for epoch, round_ in sorted(slots):
                 vote = self.voter.maybe_precommit(epoch, round_, now_ms)
                 if vote is not None:
-                    await self._send_own(vote, now_ms)
+                    try:
+                        await self._send_own(vote, now_ms)
+                    except GovernanceError:  # the store timed out: the precommit stays signed, unsent
+                        self.gossip.counters["precommit_failed"] += 1
+                        log.warning("our precommit for epoch %d round %d was not stored in time", epoch, round_)
         executed = self.gov.execute_ready()
         adopted = self.gov.take_adopted()  # certificates of the new epoch that waited for its electorate
         if adopted:
@@ -217,12 +231,12 @@ class GovMesh:
                 store.save_signed(vote)
                 store.save_vote(vote)
 
-            await trio.to_thread.run_sync(write, limiter=self.db_limiter)
+            await self._db(write)  # not stored in time: the vote is neither counted nor sent (GovernanceError)
         r = self.gov.receive_vote(vote, now_ms)
         self._enqueue(vote_item(vote), None)
         if r.certificate is not None:
             if store is not None:
-                await trio.to_thread.run_sync(store.save_certificate, r.certificate, limiter=self.db_limiter)
+                await self._persist((), (), [r.certificate], True)  # a failed write: kept in _unsaved for a retry
             self._enqueue(certificate_item(r.certificate), None)
 
     # ---------------------------------------------------------------------------------------- pushing
@@ -322,7 +336,7 @@ class GovMesh:
                 self.gossip.counters["pulls_failed"] += 1
                 return new
             self.gossip.counters["pulls_sent"] += 1
-            new += await self._receive(peer, items)
+            new += await self._receive(peer, items, pull_answer=True)
             if not more or not items:
                 break
             skip = 0 if self.gov.epoch != epoch else skip + len(items)

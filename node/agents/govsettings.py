@@ -48,6 +48,12 @@ class GovernanceSettings:
     gossip_pulls_per_s: float = setting(1.0, "Catch-up requests a peer may make per second.", min=0.01, max=1000)
     gossip_burst_pulls: int = setting(64, "Catch-up requests a peer may make at once.", min=1, max=10_000)
     gossip_timeout_s: float = setting(10.0, "Timeout of one push or pull to a peer, in seconds.", min=0.1, max=600)
+    store_timeout_s: float = setting(
+        30.0,
+        "Seconds one governance store write may take before it counts as failed (retried later).",
+        min=0.1,
+        max=3600,
+    )
     gossip_queue_items: int = setting(4096, "Items waiting to be pushed (oldest dropped).", min=16, max=1_000_000)
     catch_up_interval_s: float = setting(
         30.0, "Seconds between catch-up pulls from a peer (anti-entropy).", min=0.1, max=86_400

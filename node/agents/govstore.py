@@ -8,7 +8,9 @@ core (signatures are checked again; nothing is trusted because it came from disk
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import sqlite3
 from pathlib import Path
@@ -26,7 +28,10 @@ from node.agents.governance import (
     proposal_from_bytes_untrusted,
     vote_from_bytes_untrusted,
 )
+from node.agents.governance.formats import SIG_BYTES
 from node.wire.errors import MalformedFrame
+
+log = logging.getLogger("village.governance")
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -174,11 +179,16 @@ def rebuild(
     meta = json.loads(genesis_meta)
     gov = Governance(meta["namespace"], Electorate.from_json(meta["electorate"]))
     parsed = []
+    unsigned = []  # stored before proposals were signed: kept only when a stored certificate decides them
     for b in proposals:
         try:
             parsed.append(proposal_from_bytes_untrusted(b))
-        except MalformedFrame:  # e.g. an unsigned proposal stored before proposals were signed: pulled again
-            gov.counters["stored_proposal_unparsable"] += 1
+        except MalformedFrame:
+            p = _unsigned_proposal(b)
+            if p is None:
+                gov.counters["stored_proposal_unparsable"] += 1
+            else:
+                unsigned.append(p)
     while True:
         epoch = gov.epoch
         for p in parsed:
@@ -186,14 +196,36 @@ def rebuild(
                 gov.add_proposal(p, 0)
         for c in certificates:
             gov.receive_certificate_untrusted(c)
+        for p in unsigned:
+            if p.epoch in gov.electorates and p.hash not in {x.hash for x in gov.proposals(p.epoch, p.round)}:
+                gov.add_proposal(p, 0, unsigned_if_certified=True)
         gov.execute_ready()
         if gov.epoch == epoch:
             break
+    skipped = [p for p in unsigned if gov.proposal(p.hash) is None]
+    if skipped:
+        gov.counters["stored_proposal_unsigned_skipped"] += len(skipped)
+        log.warning(
+            "%s: %d unsigned proposal(s) stored before proposals were signed and not certified were skipped "
+            "(their votes no longer count; re-propose them): %s",
+            where,
+            len(skipped),
+            ", ".join(p.hash.hex()[:16] for p in skipped[:8]),
+        )
     for data in votes:
         gov.receive_vote_untrusted(data, 0)
     for data in evidence:
         gov.receive_evidence_untrusted(data)
     return gov
+
+
+def _unsigned_proposal(data: bytes) -> Proposal | None:
+    """A proposal stored before proposals were signed (its canonical body alone), without a signature."""
+    try:
+        p = proposal_from_bytes_untrusted(data + bytes(SIG_BYTES))
+    except MalformedFrame:
+        return None
+    return dataclasses.replace(p, signature=b"")
 
 
 def genesis_meta(namespace: str, genesis: Electorate) -> str:

@@ -95,8 +95,12 @@ class VillageGovernance:
                 task_status.started()
         finally:
             if self.store is not None:
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(self.store.close, limiter=self.db_limiter)
+                with trio.CancelScope(shield=True), trio.move_on_after(self.settings.store_timeout_s) as scope:
+                    await trio.to_thread.run_sync(self.store.close, limiter=self.db_limiter, abandon_on_cancel=True)
+                if scope.cancelled_caught:
+                    log.warning(
+                        "the governance store did not close within %s s; left behind", self.settings.store_timeout_s
+                    )
 
     async def _executed(self, executed: list[Executed]) -> None:
         for ex in executed:

@@ -18,6 +18,8 @@ from node.agents.governance import (
 from node.agents.governance.gossip import (
     GLOBAL_PEERS,
     Gossip,
+    Item,
+    ItemKind,
     batch_from_bytes_untrusted,
     proposal_item,
     vote_item,
@@ -81,3 +83,31 @@ def test_items_are_limited_over_all_peers() -> None:
         g.receive_items(i.to_bytes(4, "big"), junk * 2, 0)
     assert g.counters["items_received"] == 2 * GLOBAL_PEERS
     assert g.counters["items_rate_limited"] == 2 * GLOBAL_PEERS * 2
+
+
+def test_free_identities_cannot_starve_members_or_our_pull_answers() -> None:
+    """Review of govfix, finding 1: the shared buckets hold only non-members; members and answers to our own
+    pulls are charged to budgets of their own, and a peer refused by the shared bucket keeps its own tokens."""
+    member = KEYS[0]
+    gov = Governance(NS, Electorate.of(0, {bytes(member.verify_key): 1}))
+    g = Gossip(gov, items_per_s=200.0, burst_items=2048, pulls_per_s=1.0, burst_pulls=64, max_answer_bytes=60_000)
+    now = 1_000_000
+    junk = [Item(ItemKind.PROPOSAL, b"x" * 80)] * 2048
+    for i in range(GLOBAL_PEERS):  # enough free identities to empty both shared buckets
+        g.receive_items(bytes([i]) * 32, junk, now)
+        for _ in range(64):
+            g.catch_up(bytes([i]) * 32, 0, 0, now)
+    assert g.counters["items_received"] == 2048 * GLOBAL_PEERS  # the shared bucket is now empty
+    late = bytes([200]) * 32
+    assert g.receive_items(late, junk[:5], now).forward == [] and g.counters["items_rate_limited"] == 5
+    assert g.items.take(late, 2048, now) == 2048  # the refused tokens went back to the late peer's own bucket
+    p = make_proposal(
+        NS, 0, 0, Action(ActionKind.CONFIG, "ble.power_mode", "saver"), expires_at_ms=now + 60_000, signer=member
+    )
+    got = g.receive_items(bytes(member.verify_key), [proposal_item(p)], now)
+    assert got.new_proposals == [p]  # the member's push is taken
+    items, _ = batch_from_bytes_untrusted(g.catch_up(bytes(member.verify_key), 0, 0, now))
+    assert [it.data for it in items] == [proposal_item(p).data]  # and its pull is answered
+    vote = sign_vote(member, NS, 0, p.hash, 0, VoteType.PREVOTE, Value.YES)
+    got = g.receive_items(bytes([201]) * 32, [vote_item(vote)], now, pull_answer=True)
+    assert got.new_votes == [vote]  # an answer to our own pull has a budget of its own

@@ -135,9 +135,11 @@ class Governance:
             return None
         return proposal if self.add_proposal(proposal, now_ms) else None
 
-    def add_proposal(self, proposal: Proposal, now_ms: int) -> bool:
+    def add_proposal(self, proposal: Proposal, now_ms: int, *, unsigned_if_certified: bool = False) -> bool:
         """Keep a proposal if it is for our namespace, the current epoch, signed by its proposer (a member), and
         not expired. The signature is checked before the proposer's budget is charged: nobody else can spend it.
+        ``unsigned_if_certified`` (stores only: proposals kept before proposals were signed) accepts a proposal
+        without a valid signature when a certificate we hold decides it: the quorum signed its hash.
 
         A proposal of an older epoch is kept only when a certificate we hold decides it (history: it is never
         executed, see :meth:`execute_ready`); an older electorate cannot start anything new."""
@@ -160,7 +162,7 @@ class Governance:
         if now_ms >= proposal.expires_at_ms and not certified:  # a certificate proves it was voted in time
             self.counters["proposal_expired"] += 1
             return False
-        if not verify_proposal(proposal):
+        if not verify_proposal(proposal) and not (unsigned_if_certified and certified):
             self.counters["proposal_bad_signature"] += 1
             return False
         membership = proposal.round == MEMBERSHIP_ROUND

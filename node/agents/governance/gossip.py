@@ -213,6 +213,12 @@ class TokenBuckets:
             self._buckets.popitem(last=False)
         return granted
 
+    def give_back(self, peer: bytes, n: int) -> None:
+        """Return ``n`` tokens taken but not used (capped at the burst)."""
+        b = self._buckets.get(peer)
+        if b is not None and n > 0:
+            b.tokens = min(self.burst, b.tokens + n)
+
 
 # ------------------------------------------------------------------------------------------------ gossip
 
@@ -243,6 +249,7 @@ class Gossip:
         self.gov = gov
         self.items = TokenBuckets(items_per_s, burst_items)
         self.pulls = TokenBuckets(pulls_per_s, burst_pulls)
+        self.answers = TokenBuckets(items_per_s, burst_items)  # items in answers to our pulls, per answering peer
         # one shared bucket each over all peers: free identities cannot multiply the per-peer allowance
         self.all_items = TokenBuckets(items_per_s * GLOBAL_PEERS, burst_items * GLOBAL_PEERS)
         self.all_pulls = TokenBuckets(pulls_per_s * GLOBAL_PEERS, burst_pulls * GLOBAL_PEERS)
@@ -251,11 +258,30 @@ class Gossip:
         self.max_answer_bytes = max_answer_bytes
         self.counters: Counter[str] = Counter()
 
-    def receive_items(self, peer: bytes | None, items: Sequence[Item], now_ms: int) -> Received:
-        """Apply items from ``peer`` (None: our own pull answer, already rate-limited by our asking)."""
+    def is_member(self, peer: bytes) -> bool:
+        """Whether ``peer`` is in the current or a kept electorate (at most KEEP_EPOCHS * MAX_MEMBERS keys)."""
+        return any(e.index(peer) is not None for e in self.gov.electorates.values())
+
+    def _take(self, per_peer: TokenBuckets, shared: TokenBuckets, peer: bytes, n: int, now_ms: int) -> int:
+        """Tokens for ``n`` units from ``peer``: its own bucket, and for non-members also the shared one (only
+        what the own bucket granted is asked of it; what the shared bucket refuses goes back to the peer's)."""
+        granted = per_peer.take(peer, n, now_ms)
+        if granted == 0 or self.is_member(peer):
+            return granted  # members are bounded by their own buckets and the electorate size
+        shared_granted = shared.take(b"", granted, now_ms)
+        per_peer.give_back(peer, granted - shared_granted)
+        return shared_granted
+
+    def receive_items(
+        self, peer: bytes | None, items: Sequence[Item], now_ms: int, *, pull_answer: bool = False
+    ) -> Received:
+        """Apply items from ``peer`` (None: our own items). Answers to our own pulls (``pull_answer``) are charged
+        to a per-peer budget of their own, so pushes from free identities cannot starve our catch-up."""
         if peer is not None:
-            granted = self.items.take(peer, len(items), now_ms)
-            granted = self.all_items.take(b"", granted, now_ms) if granted else 0
+            if pull_answer:
+                granted = self.answers.take(peer, len(items), now_ms)
+            else:
+                granted = self._take(self.items, self.all_items, peer, len(items), now_ms)
             if granted < len(items):
                 self.counters["items_rate_limited"] += len(items) - granted
                 items = items[:granted]
@@ -301,7 +327,7 @@ class Gossip:
 
         The sorted, encoded item list is built once per (epoch asked, state version) and cached; a page is a
         slice of it, so a pull costs O(page) until the state changes."""
-        if self.pulls.take(peer, 1, now_ms) < 1 or self.all_pulls.take(b"", 1, now_ms) < 1:
+        if self._take(self.pulls, self.all_pulls, peer, 1, now_ms) < 1:
             self.counters["pulls_rate_limited"] += 1
             return encode_batch([], True)  # "ask again later": the asker stops at its page bound
         self.counters["pulls_served"] += 1

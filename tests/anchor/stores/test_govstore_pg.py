@@ -147,3 +147,15 @@ async def test_a_node_with_the_anchor_store_keeps_village_governance_in_postgres
     again = VillageGovernance(node, settings, node.config.data_dir, trio.CapacityLimiter(1))
     await nursery.start(again.run)  # a restart: state rebuilt from PostgreSQL
     assert node.config.section(BleSection).power_mode == "saver"
+
+
+def test_pooled_connections_carry_statement_and_lock_timeouts(pg_dsn: str) -> None:
+    """A stuck server fails a call after timeout_s instead of hanging governance (review of govfix, finding 2)."""
+    store = PgGovStore(pg_dsn, NS, b"\x01" * 32, timeout_s=2.5)
+    try:
+        assert store._exec("SHOW statement_timeout", ()) == [("2500ms",)]
+        assert store._exec("SHOW lock_timeout", ()) == [("2500ms",)]
+        with store._pool.connection() as conn:
+            assert conn.info.get_parameters().get("keepalives") == "1"  # TCP keepalives notice a lost server
+    finally:
+        store.close()
