@@ -3,7 +3,7 @@ peers it has no link to cannot pull routes into links that do not exist."""
 
 from __future__ import annotations
 
-from node.routing.paths import PathTable
+from node.routing.paths import MAX_CLAIMS, PathTable
 
 ME, A, B, C, D, LIAR = (bytes([i]) * 8 for i in range(1, 7))
 TS = 1_700_000_000_000
@@ -48,9 +48,26 @@ def test_an_edge_lasts_only_as_long_as_both_claims() -> None:
     table.on_announce(B, (A,), "la", 2, TS, 30.0)
     route = table.route(B, 31.0)
     assert route is not None and route.expires_at == 60.0  # A's claim expires first
-    table.on_announce(B, (), "la", 2, TS + 1, 32.0)  # B's next announce no longer names A
+    table.on_announce(B, (), "la", 2, TS + 1, 32.0)  # B's next announce leaves A out (its list flapped) ...
     table.link_cost_changed()
-    assert table.route(B, 40.0) is not None and table.route(B, 40.0).source == "reverse"  # type: ignore[union-attr]
+    route = table.route(B, 40.0)
+    assert route is not None and route.source == "topology" and route.via == (A,)  # ... its recent claim still counts
+    assert table.bind(A, "la", 50.0)
+    table.on_announce(A, (ME,), "la", 1, TS + 1, 50.0)  # A leaves B out too; its claim ends at 60
+    route = table.route(B, 61.0)
+    assert route is not None and route.source == "reverse"  # no claim of A's left: no edge
+
+
+def test_claims_remembered_per_origin_are_bounded_and_still_need_both_ends() -> None:
+    table = _table()
+    for i in range(40):  # a liar naming new peers in every announce
+        table.on_announce(LIAR, tuple(bytes([0x90, i, j]) + bytes(5) for j in range(10)), "la", 2, TS + i, float(i))
+    adj = table._adjacency[LIAR]
+    assert len(adj.claims) == MAX_CLAIMS and adj.neighbours <= adj.claims.keys()
+    table.on_announce(A, (ME, LIAR, C), "la", 1, TS, 40.0)
+    table.on_announce(C, (A,), "la", 2, TS, 40.0)
+    routes = table.routes(41.0)
+    assert routes[C].via == (A,) and not any(LIAR in r.via for r in routes.values())
 
 
 def test_a_phone_naming_nobody_is_still_reached_directly_and_by_its_reverse_path() -> None:
