@@ -43,7 +43,7 @@ UNHEARD_HOP_COST = 2.5  # the last hop to a peer we never heard from, on its nei
 # A neighbour claim stays valid this many path_ttl_s after the last announce that made it, even when a later announce
 # of the same origin leaves the neighbour out: at high loss a node's list flaps (a neighbour whose announces were
 # lost drops out of it for a while), and loss, not lying, is the usual reason. Still needs both ends.
-CLAIM_GRACE = 1.0
+CLAIM_GRACE = 2.0
 MAX_CLAIMS = 2 * MAX_NEIGHBOURS  # claims remembered per origin (the latest announce's always kept)
 
 
@@ -315,13 +315,23 @@ class PathTable:
             if edges:
                 graph[origin] = edges
         # A peer whose announce never reached us (many at high loss, at the edge of what we hear) can neither
-        # confirm nor contradict a claim: it is reached as a last hop from the cheapest origin naming it, never
-        # through it, and a claim never displaces a route to a peer we heard.
+        # confirm nor contradict a claim (nor can a full list, below): it is reached as a last hop from the
+        # cheapest origin naming it, never through it, and a claim never displaces a route to a peer we heard.
         unheard: dict[bytes, list[tuple[bytes, float]]] = {}
         for origin, adj in adjacency.items():
             for n, until in adj.claims.items():
-                if n != origin and n != self.local_id and n not in adjacency:
+                if n == origin or n == self.local_id:
+                    continue
+                other = adjacency.get(n)
+                if other is None:
                     unheard.setdefault(n, []).append((origin, until))
+                elif origin not in other.claims and len(other.neighbours) >= MAX_NEIGHBOURS:
+                    # A full list (ten names, maybe more neighbours) is silent, not a contradiction: either end of
+                    # a one-sided claim where the other end's list is full is a last hop from the other, never a
+                    # way through (a liar naming a busy node gains a route to itself, or a last hop to it when
+                    # nothing confirmed reaches it).
+                    unheard.setdefault(n, []).append((origin, until))
+                    unheard.setdefault(origin, []).append((n, min(until, other.expires_at)))
 
         routes: dict[bytes, Route] = {}
         # Dijkstra from us. Entry: (cost, hops, tiebreak, peer, first link, path of peers after us).
