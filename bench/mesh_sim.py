@@ -367,6 +367,7 @@ def main() -> None:
     ap.add_argument(
         "--drain-s", type=float, default=DRAIN_S, help=f"simulated seconds after the last send (default {DRAIN_S:g})"
     )
+    ap.add_argument("--no-flood", action="store_true", help="skip the flooding baseline (path routing only)")
     ap.add_argument("--speed-budget-s", type=float, default=300.0, help="wall-clock budget of the N=1000 probe")
     ap.add_argument("--scale", action="store_true", help="the scaling runs (issue 17) instead of the figures above")
     ap.add_argument("--scale-sizes", default="100,1000,10000", help="comma-separated N for --scale")
@@ -380,8 +381,8 @@ def main() -> None:
     sizes = [100] if args.quick else [int(x) for x in args.sizes.split(",")]
     losses = [float(x) / 100 for x in args.losses.split(",")]
     speed_budget = min(args.speed_budget_s, 120.0) if args.quick else args.speed_budget_s
-    flood_ok = routing_available()
-    if not flood_ok:
+    flood_ok = routing_available() and not args.no_flood
+    if not routing_available():
         print("mesh_sim: MeshSection has no `routing` field: the flooding baseline is unavailable", flush=True)
 
     common = {"seed": args.seed, "messages": args.messages, "broadcasts": args.broadcasts, "drain_s": args.drain_s}

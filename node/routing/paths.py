@@ -8,7 +8,9 @@ Three sources feed it, all from verified announces:
   node holds a graph of who hears whom; a shortest path (Dijkstra, our first hop weighted by the link's cost,
   every further hop 1) gives a v2 **source route** (the intermediate hops). An edge counts only when **both**
   ends name each other, each in its own signed announce: a node naming peers it has no link to (a liar, or a
-  stale list) adds no edge, and one announce names at most ``MAX_NEIGHBOURS`` (more are ignored). A peer whose
+  stale list) adds no edge, and one announce names at most ``MAX_NEIGHBOURS`` (more are ignored). A claim counts
+  for ``CLAIM_GRACE`` path TTLs after the last announce making it, even if a later one of the same origin leaves
+  the neighbour out (at high loss lists flap; ``MAX_CLAIMS`` remembered per origin). A peer whose
   announce never reached us (it cannot confirm or contradict) is reached as a last hop from the cheapest origin
   naming it, never through it. A peer whose announces name nobody (a phone that leaves TLV 0x04 out) is still
   reached as our direct neighbour, or farther away by its reverse path. What a liar keeps: naming a peer the
@@ -38,6 +40,11 @@ RTT_UNIT_S = 0.1  # a link's cost grows by one unit per 100 ms of round-trip tim
 MIN_DELIVERY = 0.05  # floor of the delivery estimate, so a very lossy link has a large but finite cost
 MIN_RECOMPUTE_S = 1.0  # topology news waits at most this long before the shortest paths are recomputed
 UNHEARD_HOP_COST = 2.5  # the last hop to a peer we never heard from, on its neighbours' word (see _compute)
+# A neighbour claim stays valid this many path_ttl_s after the last announce that made it, even when a later announce
+# of the same origin leaves the neighbour out: at high loss a node's list flaps (a neighbour whose announces were
+# lost drops out of it for a while), and loss, not lying, is the usual reason. Still needs both ends.
+CLAIM_GRACE = 2.0
+MAX_CLAIMS = 2 * MAX_NEIGHBOURS  # claims remembered per origin (the latest announce's always kept)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +74,9 @@ class LinkStats:
 
 @dataclass(slots=True)
 class _Adjacency:
-    neighbours: frozenset[bytes]
+    neighbours: frozenset[bytes]  # named in the origin's latest announce
     expires_at: float
+    claims: dict[bytes, float]  # neighbour -> until when a claim (latest or recent announce) counts for an edge
 
 
 @dataclass(slots=True)
@@ -201,7 +209,16 @@ class PathTable:
             self._neighbours_changed(origin, adj.neighbours if adj is not None else frozenset(), nset)
         if adj is None and len(self._adjacency) >= self.max_entries:
             self._evict()
-        self._adjacency[origin] = _Adjacency(nset, expires)
+        claim_until = now + CLAIM_GRACE * self.path_ttl_s
+        claims = {n: t for n, t in adj.claims.items() if t > now} if adj is not None else {}
+        for n in nset:
+            claims[n] = claim_until
+        if len(claims) > MAX_CLAIMS:  # keep the latest announce's and the most recently made of the rest
+            kept = sorted(claims.items(), key=lambda item: item[1], reverse=True)[:MAX_CLAIMS]
+            claims = dict(kept)
+        if adj is not None and not self._stale and claims.keys() != adj.claims.keys():
+            self._stale = True
+        self._adjacency[origin] = _Adjacency(nset, max(expires, claim_until), claims)
         self._adjacency.move_to_end(origin)
         rev = self._reverse.get(origin)
         if link_id in self.links and (rev is None or timestamp_ms > rev.timestamp_ms or rev.expires_at <= now):
@@ -273,31 +290,48 @@ class PathTable:
         for origin in [o for o, r in self._reverse.items() if r.expires_at <= now or r.link_id not in self.links]:
             del self._reverse[origin]
         expiries = [a.expires_at for a in self._adjacency.values()]
+        for adj in self._adjacency.values():
+            for n in [n for n, t in adj.claims.items() if t <= now]:
+                del adj.claims[n]
+            expiries.extend(adj.claims.values())
         expiries += [exp for links in self._direct.values() for exp in links.values()]
         self._next_expiry = min(expiries, default=float("inf"))
 
         # Edges both ends confirm: A-B only when A's announce names B and B's own signed announce names A. One
         # node's claim is never an edge (a liar naming honest nodes it has no link to would pull routes into
         # links that do not exist). Each direction is added while visiting its own origin; an edge lasts as long
-        # as both claims.
+        # as both claims, and a claim as long as CLAIM_GRACE path TTLs after the last announce making it (a list
+        # that flaps at high loss does not break the edge).
         adjacency = self._adjacency
         graph: dict[bytes, list[tuple[bytes, float]]] = {}
         for origin, adj in adjacency.items():
             edges = [
-                (n, min(adj.expires_at, other.expires_at))
-                for n in adj.neighbours
-                if n != origin and (other := adjacency.get(n)) is not None and origin in other.neighbours
+                (n, min(until, back))
+                for n, until in adj.claims.items()
+                if n != origin
+                and (other := adjacency.get(n)) is not None
+                and (back := other.claims.get(origin)) is not None
             ]
             if edges:
                 graph[origin] = edges
         # A peer whose announce never reached us (many at high loss, at the edge of what we hear) can neither
-        # confirm nor contradict a claim: it is reached as a last hop from the cheapest origin naming it, never
-        # through it, and a claim never displaces a route to a peer we heard.
+        # confirm nor contradict a claim (nor can a full list, below): it is reached as a last hop from the
+        # cheapest origin naming it, never through it, and a claim never displaces a route to a peer we heard.
         unheard: dict[bytes, list[tuple[bytes, float]]] = {}
         for origin, adj in adjacency.items():
-            for n in adj.neighbours:
-                if n != origin and n != self.local_id and n not in adjacency:
-                    unheard.setdefault(n, []).append((origin, adj.expires_at))
+            for n, until in adj.claims.items():
+                if n == origin or n == self.local_id:
+                    continue
+                other = adjacency.get(n)
+                if other is None:
+                    unheard.setdefault(n, []).append((origin, until))
+                elif origin not in other.claims and len(other.neighbours) >= MAX_NEIGHBOURS:
+                    # A full list (ten names, maybe more neighbours) is silent, not a contradiction: either end of
+                    # a one-sided claim where the other end's list is full is a last hop from the other, never a
+                    # way through (a liar naming a busy node gains a route to itself, or a last hop to it when
+                    # nothing confirmed reaches it).
+                    unheard.setdefault(n, []).append((origin, until))
+                    unheard.setdefault(origin, []).append((n, min(until, other.expires_at)))
 
         routes: dict[bytes, Route] = {}
         # Dijkstra from us. Entry: (cost, hops, tiebreak, peer, first link, path of peers after us).

@@ -3,7 +3,7 @@ peers it has no link to cannot pull routes into links that do not exist."""
 
 from __future__ import annotations
 
-from node.routing.paths import PathTable
+from node.routing.paths import CLAIM_GRACE, MAX_CLAIMS, PathTable
 
 ME, A, B, C, D, LIAR = (bytes([i]) * 8 for i in range(1, 7))
 TS = 1_700_000_000_000
@@ -44,13 +44,32 @@ def test_a_liar_naming_honest_nodes_gets_no_edge_to_them() -> None:
 
 def test_an_edge_lasts_only_as_long_as_both_claims() -> None:
     table = _table()
+    end = 60.0 * CLAIM_GRACE  # a claim counts this long after the announce making it
     table.on_announce(A, (ME, B), "la", 1, TS, 0.0)
     table.on_announce(B, (A,), "la", 2, TS, 30.0)
     route = table.route(B, 31.0)
-    assert route is not None and route.expires_at == 60.0  # A's claim expires first
-    table.on_announce(B, (), "la", 2, TS + 1, 32.0)  # B's next announce no longer names A
+    assert route is not None and route.expires_at == min(60.0, end)  # A's claim (and binding) expire first
+    table.on_announce(B, (), "la", 2, TS + 1, 32.0)  # B's next announce leaves A out (its list flapped) ...
     table.link_cost_changed()
-    assert table.route(B, 40.0) is not None and table.route(B, 40.0).source == "reverse"  # type: ignore[union-attr]
+    route = table.route(B, 40.0)
+    assert route is not None and route.source == "topology" and route.via == (A,)  # ... its recent claim still counts
+    assert table.bind(A, "la", end - 10.0)
+    table.on_announce(A, (ME,), "la", 1, TS + 1, end - 10.0)  # A leaves B out too; its claim ends at `end`
+    table.on_announce(B, (), "la", 2, TS + 2, end - 10.0)
+    route = table.route(B, end + 1.0)
+    assert route is not None and route.source == "reverse"  # no claim of A's left: no edge
+
+
+def test_claims_remembered_per_origin_are_bounded_and_still_need_both_ends() -> None:
+    table = _table()
+    for i in range(40):  # a liar naming new peers in every announce
+        table.on_announce(LIAR, tuple(bytes([0x90, i, j]) + bytes(5) for j in range(10)), "la", 2, TS + i, float(i))
+    adj = table._adjacency[LIAR]
+    assert len(adj.claims) == MAX_CLAIMS and adj.neighbours <= adj.claims.keys()
+    table.on_announce(A, (ME, LIAR, C), "la", 1, TS, 40.0)
+    table.on_announce(C, (A,), "la", 2, TS, 40.0)
+    routes = table.routes(41.0)
+    assert routes[C].via == (A,) and not any(LIAR in r.via for r in routes.values())
 
 
 def test_a_phone_naming_nobody_is_still_reached_directly_and_by_its_reverse_path() -> None:
@@ -81,4 +100,20 @@ def test_a_peer_never_heard_is_a_last_hop_on_its_neighbours_word_never_a_way_thr
     table.link_cost_changed()
     assert D not in table.routes(2.0)
     table.on_announce(B, (C,), "la", 3, TS, 2.0)  # B heard at last, not naming A: the claim is contradicted
+    assert B not in table.routes(3.0)
+
+
+def test_a_full_list_is_silence_not_contradiction_so_a_last_hop_never_a_way_through() -> None:
+    """A node with more than ten neighbours names only ten: its silence about a peer naming it does not contradict
+    the claim, so that peer is reached as a last hop from it — and nothing is reached through that peer."""
+    table = _table()
+    busy = (ME, *(bytes([0xA0, i]) * 4 for i in range(9)))  # A names ten, B is not among them
+    table.on_announce(A, busy, "la", 1, TS, 0.0)
+    table.on_announce(B, (A, C), "la", 2, TS, 0.0)  # B names A
+    table.on_announce(C, (B,), "la", 3, TS, 0.0)  # C and B confirm each other
+    route = table.route(B, 1.0)
+    assert route is not None and route.source == "topology" and route.via == (A,) and route.hops == 2
+    assert C not in table.routes(1.0)  # not through B
+    table.on_announce(A, (ME,), "la", 1, TS + 1, 2.0)  # A's list no longer full: its silence now contradicts
+    table.link_cost_changed()
     assert B not in table.routes(3.0)
