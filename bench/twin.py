@@ -127,6 +127,8 @@ class Config:
     topk: bool = True
     extras: bool = False  # keystrokes and latency
     recency: bool = True  # the recency cache tier (learned always, like the counts)
+    gate_start_bits: float | None = None  # the gate's starting threshold (None: SurpriseGate's default)
+    gate_step_bits: float | None = None  # the gate's adaptation step (None: SurpriseGate's default)
 
 
 def run_sender(
@@ -149,7 +151,13 @@ def run_sender(
     )
     if _NEURAL_LR:
         lm.neural_lr = _NEURAL_LR[0]
-    gate = SurpriseGate(cfg.gate_fraction) if cfg.gate_fraction is not None else None
+    gate = None
+    if cfg.gate_fraction is not None:
+        gate = SurpriseGate(cfg.gate_fraction)
+        if cfg.gate_start_bits is not None:
+            gate.threshold_bits = cfg.gate_start_bits
+        if cfg.gate_step_bits is not None:
+            gate.step_bits = cfg.gate_step_bits
     r = Result()
     train, test = sender.split()
     t0 = time.perf_counter()
@@ -262,6 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gate-neural", action="store_true", help="gate on the neural tier's own surprisal")
     ap.add_argument("--no-bias-always", action="store_true", help="neural output bias behind the gate too")
     ap.add_argument("--no-recency", action="store_true", help="no recency cache tier")
+    ap.add_argument(
+        "--gate-variant",
+        action="append",
+        default=[],
+        metavar="F:START:STEP",
+        help="an extra gated configuration: fraction, starting threshold (bits), adaptation step (bits)",
+    )
     args = ap.parse_args(argv)
     _OPTS["recency_decay"] = args.recency_decay
     _OPTS["no_bias_always"] = 1.0 if args.no_bias_always else None
@@ -305,12 +320,24 @@ def main(argv: list[str] | None = None) -> int:
         configs += [
             Config(f"neural_hard_gate_{args.gate:g}", neural=True, gate_fraction=args.gate, sampled=False, topk=False)
         ]
+        for v in args.gate_variant:
+            f, start, step = (float(x) for x in v.split(":"))
+            configs.append(
+                Config(
+                    f"neural_gate_{f:g}_{start:g}_{step:g}",
+                    neural=True,
+                    gate_fraction=f,
+                    topk=False,
+                    gate_start_bits=start,
+                    gate_step_bits=step,
+                )
+            )
     else:
         configs[2] = Config("twin", gate_counts=True, extras=True)
         configs += [Config(f"counts_gate_{f:g}", gate_counts=True, gate_fraction=f, topk=False) for f in args.fractions]
     wanted = set(args.modes.split(",")) if args.modes else None
     configs = [c for c in configs if wanted is None or c.name in wanted]
-    jobs = [(c, s) for c in configs for s in chosen]
+    jobs = [(c, s) for s in chosen for c in configs]  # sender-major: every configuration sees the same load
     with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
         results = pool.starmap(_job, [(args.prior, nn_data, s, c, args.ks_words) for c, s in jobs])
     pooled: dict[str, Result] = {c.name: Result() for c in configs}
