@@ -27,6 +27,8 @@ own surprisal instead of the mixture's).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import multiprocessing
 import statistics
 import sys
@@ -199,6 +201,10 @@ def _job(prior_path: Path | None, nn_data: bytes | None, s: twin_data.Sender, c:
     return run_sender(prior, nn_data, s, c, ks_words=ks_words, latency_samples=50)
 
 
+def _star_job(a: tuple[Path | None, bytes | None, twin_data.Sender, Config, int]) -> Result:
+    return _job(*a)
+
+
 _PRIORS: dict[Path | None, GlobalPrior] = {}
 _NEURAL_LR: list[float] = []
 _OPTS: dict[str, float | None] = {}
@@ -270,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gate-neural", action="store_true", help="gate on the neural tier's own surprisal")
     ap.add_argument("--no-bias-always", action="store_true", help="neural output bias behind the gate too")
     ap.add_argument("--no-recency", action="store_true", help="no recency cache tier")
+    ap.add_argument("--job-lines", action="store_true", help="print each (configuration, sender) result as it ends")
     ap.add_argument(
         "--gate-variant",
         action="append",
@@ -338,8 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     wanted = set(args.modes.split(",")) if args.modes else None
     configs = [c for c in configs if wanted is None or c.name in wanted]
     jobs = [(c, s) for s in chosen for c in configs]  # sender-major: every configuration sees the same load
+    results: list[Result] = []
     with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
-        results = pool.starmap(_job, [(args.prior, nn_data, s, c, args.ks_words) for c, s in jobs])
+        work = [(args.prior, nn_data, s, c, args.ks_words) for c, s in jobs]
+        for (c, s), r in zip(jobs, pool.imap(_star_job, work), strict=True):
+            results.append(r)
+            if args.job_lines:  # partial results survive a run stopped early (a loaded machine)
+                print(f"twin.job {c.name} {s.uuid[:8]} {json.dumps(dataclasses.asdict(r))}", flush=True)
     pooled: dict[str, Result] = {c.name: Result() for c in configs}
     per_user: dict[str, list[tuple[str, Result]]] = {c.name: [] for c in configs}
     for (c, s), r in zip(jobs, results, strict=True):
