@@ -19,7 +19,9 @@ Figures (one line each; the baseline is the prior alone, in the same run):
 
 Tuning switches (measured on dev senders only): ``--recency-decay``, ``--no-recency`` (no recency cache tier),
 ``--no-bias-always`` (the neural output bias behind the gate too), ``--gate-neural`` (gate on the neural tier's
-own surprisal instead of the mixture's).
+own surprisal instead of the mixture's), ``--gate-variant F:START:STEP`` (an extra gated configuration with its
+own starting threshold and adaptation step); ``--job-lines`` prints every (configuration, sender) result as it
+ends. One BLAS thread per worker (set before numpy loads).
 
     python bench/twin.py [--senders report|dev|PREFIXES] [--limit N] [--fractions 0.1 0.2 0.3 0.5]
 """
