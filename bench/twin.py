@@ -19,14 +19,27 @@ Figures (one line each; the baseline is the prior alone, in the same run):
 
 Tuning switches (measured on dev senders only): ``--recency-decay``, ``--no-recency`` (no recency cache tier),
 ``--no-bias-always`` (the neural output bias behind the gate too), ``--gate-neural`` (gate on the neural tier's
-own surprisal instead of the mixture's).
+own surprisal instead of the mixture's), ``--gate-variant F:START:STEP`` (an extra gated configuration with its
+own starting threshold and adaptation step); ``--job-lines`` prints every (configuration, sender) result as it
+ends. One BLAS thread per worker (set before numpy loads).
 
     python bench/twin.py [--senders report|dev|PREFIXES] [--limit N] [--fractions 0.1 0.2 0.3 0.5]
 """
 
 from __future__ import annotations
 
+# ruff: noqa: E402  (the BLAS thread count must be set before numpy is imported)
+import os
+
+# One BLAS thread per worker: the neural tier's matrices are small enough that OpenBLAS's helper threads only
+# wait for each other, and on a loaded machine that wait made every step ~20x slower (measured: a 60-message
+# user took 10.6 CPU-s with the default threads, 0.49 CPU-s with one).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 import argparse
+import dataclasses
+import json
 import multiprocessing
 import statistics
 import sys
@@ -127,6 +140,8 @@ class Config:
     topk: bool = True
     extras: bool = False  # keystrokes and latency
     recency: bool = True  # the recency cache tier (learned always, like the counts)
+    gate_start_bits: float | None = None  # the gate's starting threshold (None: SurpriseGate's default)
+    gate_step_bits: float | None = None  # the gate's adaptation step (None: SurpriseGate's default)
 
 
 def run_sender(
@@ -149,7 +164,13 @@ def run_sender(
     )
     if _NEURAL_LR:
         lm.neural_lr = _NEURAL_LR[0]
-    gate = SurpriseGate(cfg.gate_fraction) if cfg.gate_fraction is not None else None
+    gate = None
+    if cfg.gate_fraction is not None:
+        gate = SurpriseGate(cfg.gate_fraction)
+        if cfg.gate_start_bits is not None:
+            gate.threshold_bits = cfg.gate_start_bits
+        if cfg.gate_step_bits is not None:
+            gate.step_bits = cfg.gate_step_bits
     r = Result()
     train, test = sender.split()
     t0 = time.perf_counter()
@@ -189,6 +210,10 @@ def _job(prior_path: Path | None, nn_data: bytes | None, s: twin_data.Sender, c:
     if prior is None:
         prior = _PRIORS[prior_path] = GlobalPrior.load_file(prior_path) if prior_path else GlobalPrior.load_packaged()
     return run_sender(prior, nn_data, s, c, ks_words=ks_words, latency_samples=50)
+
+
+def _star_job(a: tuple[Path | None, bytes | None, twin_data.Sender, Config, int]) -> Result:
+    return _job(*a)
 
 
 _PRIORS: dict[Path | None, GlobalPrior] = {}
@@ -262,6 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gate-neural", action="store_true", help="gate on the neural tier's own surprisal")
     ap.add_argument("--no-bias-always", action="store_true", help="neural output bias behind the gate too")
     ap.add_argument("--no-recency", action="store_true", help="no recency cache tier")
+    ap.add_argument("--job-lines", action="store_true", help="print each (configuration, sender) result as it ends")
+    ap.add_argument(
+        "--gate-variant",
+        action="append",
+        default=[],
+        metavar="F:START:STEP",
+        help="an extra gated configuration: fraction, starting threshold (bits), adaptation step (bits)",
+    )
     args = ap.parse_args(argv)
     _OPTS["recency_decay"] = args.recency_decay
     _OPTS["no_bias_always"] = 1.0 if args.no_bias_always else None
@@ -305,14 +338,31 @@ def main(argv: list[str] | None = None) -> int:
         configs += [
             Config(f"neural_hard_gate_{args.gate:g}", neural=True, gate_fraction=args.gate, sampled=False, topk=False)
         ]
+        for v in args.gate_variant:
+            f, start, step = (float(x) for x in v.split(":"))
+            configs.append(
+                Config(
+                    f"neural_gate_{f:g}_{start:g}_{step:g}",
+                    neural=True,
+                    gate_fraction=f,
+                    topk=False,
+                    gate_start_bits=start,
+                    gate_step_bits=step,
+                )
+            )
     else:
         configs[2] = Config("twin", gate_counts=True, extras=True)
         configs += [Config(f"counts_gate_{f:g}", gate_counts=True, gate_fraction=f, topk=False) for f in args.fractions]
     wanted = set(args.modes.split(",")) if args.modes else None
     configs = [c for c in configs if wanted is None or c.name in wanted]
-    jobs = [(c, s) for c in configs for s in chosen]
+    jobs = [(c, s) for s in chosen for c in configs]  # sender-major: every configuration sees the same load
+    results: list[Result] = []
     with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
-        results = pool.starmap(_job, [(args.prior, nn_data, s, c, args.ks_words) for c, s in jobs])
+        work = [(args.prior, nn_data, s, c, args.ks_words) for c, s in jobs]
+        for (c, s), r in zip(jobs, pool.imap(_star_job, work), strict=True):
+            results.append(r)
+            if args.job_lines:  # partial results survive a run stopped early (a loaded machine)
+                print(f"twin.job {c.name} {s.uuid[:8]} {json.dumps(dataclasses.asdict(r))}", flush=True)
     pooled: dict[str, Result] = {c.name: Result() for c in configs}
     per_user: dict[str, list[tuple[str, Result]]] = {c.name: [] for c in configs}
     for (c, s), r in zip(jobs, results, strict=True):
