@@ -159,7 +159,11 @@ def test_a_real_node_feeds_the_watchdog(short_tmp: Path) -> None:
 def test_make_anchor_is_one_command_for_servers_identity_and_anchor() -> None:
     """`make anchor` (dry run: the real one installs into .venv): the servers, an identity, then the anchor in the
     foreground pointed at the servers' settings."""
-    done = subprocess.run(["make", "-n", "anchor"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # Under `make test` this is a sub-make: without the parent's MAKEFLAGS/MAKELEVEL it prints no "Entering directory".
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
+    done = subprocess.run(
+        ["make", "--no-print-directory", "-n", "anchor"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()[-3:]
     assert lines[0] == "scripts/services up"

@@ -12,7 +12,7 @@ from node.cli_support import EXIT_OK, EXIT_USAGE, CliError, CliRegistry, call, e
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    st = call(args, "twin.status")
+    st = call(args, "twin.status", wait_s=args.wait)
 
     def human(d: dict[str, Any]) -> str:
         nn = d.get("neural")
@@ -27,7 +27,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             else "neural tier: off",
             f"battery: {d['battery_percent']} % external power {d['external_power']}; temperature {d['temp_c']} °C; "
             f"CPU {d['cpu_used_s_this_hour']} s of {d['cpu_budget_s_per_hour']} s this hour",
-            f"deferred: {d['deferred_events']} events ({d['deferred_bytes']} bytes, {d['deferred_dropped']} dropped)",
+            f"queued: {d['queued_events']} events; deferred: {d['deferred_events']} events "
+            f"({d['deferred_bytes']} bytes, {d['deferred_dropped']} dropped)",
             f"stored: {d['state_path']} {d['state_bytes']} bytes (bound {d['max_disk_bytes']}); shipped prior "
             f"{d['prior_bytes']} bytes",
         ]
@@ -83,7 +84,14 @@ def add_commands(cli: CliRegistry) -> None:
     """Add ``village twin ...`` (the twin plugin's ``cli`` hook)."""
     twin = cli.group("twin", "The twin, your personal on-device model: status, suggestions, export, forget.")
     add = twin.command
-    add("status", cmd_status, "What the twin learned, its sizes on disk, and whether learning is paused and why.")
+    p = add("status", cmd_status, "What the twin learned, its sizes on disk, and whether learning is paused and why.")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="first wait up to S seconds (0-25) for messages already sent to be learned (default: answer at once)",
+    )
     p = add("suggest", cmd_suggest, "Next words (or completions of the word being typed) for a partial text.")
     p.add_argument("text", help="the partial text (end it with a space for next words)")
     p.add_argument("-k", type=int, default=3, help="how many (1-10, default 3)")

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from node.node import Node
 
 MAX_OBSERVE_CHARS = 4000
+MAX_STATUS_WAIT_S = 25.0  # below the control client's 30 s timeout
 NOT_OBSERVED = ("rpc.methods",)  # introspection is not the user's activity
 NOT_OBSERVED_PREFIXES = ("twin.", "mcp.")  # the twin's own; MCP clients' (agents'), not the user's
 MAX_TITLES = 20  # file titles taken from one rag.add
@@ -43,6 +44,13 @@ MAX_TITLES = 20  # file titles taken from one rag.add
 class SuggestParams:
     text: str = param(doc="The text being typed; if it ends inside a word, completions of that word.")
     k: int = param(3, doc="How many suggestions (1 to 10).")
+
+
+@dataclass(frozen=True, slots=True)
+class StatusParams:
+    wait_s: float = param(
+        0.0, doc="Wait up to this many seconds (0 to 25) for events already queued to be learned before answering."
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +133,10 @@ def register_ask(registry: Registry, node: Node) -> None:
 
 
 def register(registry: Registry, twin: TwinService) -> None:
-    async def status(_: NoParams, notify: Notify) -> Any:
-        return await _call(twin.status())
+    async def status(p: StatusParams, notify: Notify) -> Any:
+        if not 0.0 <= p.wait_s <= MAX_STATUS_WAIT_S:
+            raise RpcError(APP_ERROR, f"wait_s must be from 0 to {MAX_STATUS_WAIT_S:g}")
+        return await _call(twin.status(wait_s=p.wait_s))
 
     async def suggest(p: SuggestParams, notify: Notify) -> Any:
         if not 1 <= p.k <= 10:
@@ -153,7 +163,7 @@ def register(registry: Registry, twin: TwinService) -> None:
 
     registry.add(
         "twin.status",
-        NoParams,
+        StatusParams,
         "The twin: what it learned, its sizes, and whether learning is paused "
         "(and why: battery, temperature, CPU budget).",
         status,

@@ -292,7 +292,12 @@ class TwinService:
         engine = await self._ensure_engine()
         return await trio.to_thread.run_sync(engine.next_actions, max(1, min(k, MAX_SUGGEST)), limiter=self._limiter)
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self, *, wait_s: float = 0.0) -> dict[str, Any]:
+        """What the twin learned. With ``wait_s``, first wait (that long at most) until the learner has nothing
+        queued, so events recorded just before the call are counted; ``queued_events`` says what is still waiting."""
+        if wait_s > 0:
+            with trio.move_on_after(wait_s):
+                await self.idle.wait()
         engine = await self._ensure_engine()
         st = await trio.to_thread.run_sync(engine.status, limiter=self._limiter)
         now = trio.current_time()
@@ -307,6 +312,7 @@ class TwinService:
                 "temp_c": r.temp_c,
                 "cpu_used_s_this_hour": round(self.governor.cpu_used_s(now), 3),
                 "cpu_budget_s_per_hour": self.settings.cpu_budget_s_per_hour,
+                "queued_events": self._queued(),
                 "deferred_events": len(self.deferred),
                 "deferred_bytes": self.deferred.bytes,
                 "deferred_dropped": self.deferred.dropped,
@@ -356,6 +362,11 @@ class TwinService:
 
         erased = await trio.to_thread.run_sync(wipe, limiter=self._limiter)
         return {"erased_bytes": erased, "path": str(self.dir)}
+
+    def _queued(self) -> int:
+        """Events in the channel, not yet taken by the learner (deferred ones are counted apart)."""
+        recv = self._recv
+        return 0 if recv is None else recv.statistics().current_buffer_used
 
     def _discard_queued(self) -> None:
         """Drop every queued event (all of an older generation: record() has not run since the bump)."""

@@ -79,6 +79,22 @@ async def test_learns_persists_0600_and_reloads(tmp_path: Path) -> None:
         n.cancel_scope.cancel()
 
 
+async def test_status_wait_counts_events_recorded_just_before(tmp_path: Path) -> None:
+    """`twin status --wait`: events recorded right before the call are learned before it answers; without the wait
+    the answer may come while they are still queued (and says how many)."""
+    svc = make(tmp_path, Power(80, False))
+    async with trio.open_nursery() as n:
+        await n.start(svc.run, None)
+        await svc.status()  # the engine is loaded: what follows measures the queue only
+        for _ in range(20):
+            svc.record("message", "the snorkel club meets at dawn")
+        st = await svc.status()
+        assert st["messages_learned"] + st["queued_events"] <= 20 and st["queued_events"] >= 1
+        st = await svc.status(wait_s=10)
+        assert st["messages_learned"] == 20 and st["queued_events"] == 0
+        n.cancel_scope.cancel()
+
+
 async def test_paused_on_low_battery_then_drained_when_charging(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:

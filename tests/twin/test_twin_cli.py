@@ -32,8 +32,7 @@ def test_twin_cli_against_a_running_node(daemon: tuple[Path, subprocess.Popen[st
     with ControlClient(daemon_dir / "control.sock", timeout_s=60) as c:
         for _ in range(3):
             c.call("messages.broadcast", text="the snorkel club meets at dawn")
-        c.call("node.status")
-    code, st = twin(daemon_dir, "status")
+    code, st = twin(daemon_dir, "status", "--wait", "25")  # learning is asynchronous: wait for the queue
     assert code == 0 and st["learning"] == "allowed", st
     assert st["messages_learned"] == 3 and st["prior_bytes"] > 0
     code, sug = twin(daemon_dir, "suggest", "the snorkel ")
@@ -52,7 +51,7 @@ def test_twin_forget_needs_yes_and_erases(daemon: tuple[Path, subprocess.Popen[s
     daemon_dir, _proc = daemon
     with ControlClient(daemon_dir / "control.sock", timeout_s=60) as c:
         c.call("messages.broadcast", text="remember the walrus-canary")
-        c.call("twin.status")
+        c.call("twin.status", wait_s=25)
     r = village("twin", "forget", "--data-dir", str(daemon_dir))
     assert r.returncode == 2 and "--yes" in r.stderr
     code, out = twin(daemon_dir, "forget", "--yes")
