@@ -194,7 +194,13 @@ def main() -> None:
     ap.add_argument("--serve", metavar="SETTINGS", help=argparse.SUPPRESS)  # the server process
     args = ap.parse_args()
     if args.serve:
-        trio.run(serve, args.serve)
+        profile = os.environ.get("BENCH_GATEWAY_PROFILE")  # a file: the server's main thread under cProfile
+        if profile:
+            import cProfile
+
+            cProfile.runctx("trio.run(serve, args.serve)", globals(), {"args": args, "trio": trio}, profile)
+        else:
+            trio.run(serve, args.serve)
         return
 
     settings = load_settings(DEFAULT_DIR / SETTINGS_FILE)
