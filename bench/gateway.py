@@ -185,12 +185,104 @@ async def measure(urls: dict[str, str], seconds: float, connections: int, rounds
     ]
 
 
+async def breakdown(settings_path: str, n: int) -> list[str]:
+    """Each piece of a gateway request alone, sequentially (``--breakdown``): what one request costs where.
+    Stores are reached directly (no gateway); Redis and PostgreSQL from ``scripts/services up``."""
+    from anchor.audit_drain import audit_stream
+    from anchor.gateway.auth import TokenIssuer
+    from anchor.stores.postgres import PostgresStore
+    from anchor.stores.redis_store import AuditRecord, RedisStore
+    from node.identity import create_identity
+    from node.node import Node
+    from node.settings import Config
+
+    services = load_settings(Path(settings_path))
+    issuer = TokenIssuer(secrets.token_bytes(32), issuer="bench", ttl_s=900)
+    tok = issuer.issue(key_id="k_bench", role="user", scopes=frozenset({"messages:send"}), now_s=time.time())
+    lines: list[str] = []
+
+    def line(what: str, seconds: float, per: int = n) -> None:
+        lines.append(f"breakdown: {what}: {1e6 * seconds / per:,.0f} us per request")
+
+    t0 = time.perf_counter()
+    for _ in range(n):
+        issuer.verify(tok.access_token, now_s=time.time())
+    line("JWT (HS256) check", time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        data = json.loads(BODY)
+        json.dumps({"id": secrets.token_hex(16), "to": None, "state": "queued", "n": len(data["text"])}).encode()
+    line("body parse + answer encode (json)", time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await trio.to_thread.run_sync(lambda: None)
+    line("a bare worker-thread hop (trio.to_thread)", time.perf_counter() - t0)
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-gw-bd-"))
+    node = Node(Config(data_dir=data_dir), create_identity(data_dir), control=False, persistent_inbox=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            node.broadcast("benchmark broadcast")
+        line("node.broadcast (the queue consumer's Ed25519 signature and mesh work)", time.perf_counter() - t0)
+        node.request_stop()
+    async with RedisStore(services.redis.url) as redis, PostgresStore(services.postgres.dsn) as pg:
+        stream = audit_stream("bench_breakdown_" + secrets.token_hex(4))
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await redis.take_token("bench:bd", 1e6, 1_000_000)
+        line("one token-bucket EVAL (old: two per request)", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await redis.session_get("bench-bd")
+        line("one key-cache GET (old: one per request)", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for i in range(n):
+            await pg.audit("key:bench", "bench.breakdown", "*", {"bytes": 19, "id": str(i)})
+        line("one audit INSERT, committed (old: one per request)", time.perf_counter() - t0)
+        await redis.session_set("apikey:k_bench", {"revoked": False}, 60)
+        t0 = time.perf_counter()
+        for i in range(n):
+            record = AuditRecord(f"bd:{i}:{secrets.token_hex(4)}", "key:bench", "bench.breakdown", "*", "{}")
+            await redis.send_audited(
+                audit_stream=stream,
+                stream="bench-bd",
+                status_key=f"bench-bd:{i}",
+                status={"state": "queued"},
+                payload=BODY,
+                record=record,
+                max_audit_backlog=10 * n,
+                max_backlog=10 * n,
+                ttl_s=60,
+                key_cache="apikey:k_bench",
+                ip_buckets=(("ip:bench-bd", 1e6, 1_000_000),),
+                key_bucket=("key:bench-bd", 1e6, 1_000_000),
+            )
+        line(
+            "the one-step EVAL (key cache, both buckets, audit record, enqueue: new, one per request)",
+            time.perf_counter() - t0,
+        )
+        from anchor.audit_drain import AuditDrain
+
+        drain = AuditDrain(redis, pg, "bench", batch=256)
+        await redis.audit_ensure_group(stream, "audit-drain")
+        drain.stream = stream
+        t0 = time.perf_counter()
+        while await drain.drain_once():
+            pass
+        line("the audit drain, per record (batches of 256: read, INSERT, XACK+XDEL)", time.perf_counter() - t0)
+        await redis._call(lambda: redis._client.delete("aiv:q:bench-bd", f"aiv:{stream}"))
+        await pg._call(lambda conn: conn.execute("DELETE FROM audit_log WHERE action = 'bench.breakdown'"))
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=5.0, help="seconds per measured run (default 5)")
     ap.add_argument("--connections", type=int, default=16, help="concurrent keep-alive connections (default 16)")
     ap.add_argument("--rounds", type=int, default=2, help="alternating bare/gateway rounds; best of each (default 2)")
     ap.add_argument("--no-mailbox", action="store_true", help="skip bench/mailbox.py's figures")
+    ap.add_argument("--breakdown", type=int, metavar="N", help="only the per-request cost of each piece, N times")
     ap.add_argument("--serve", metavar="SETTINGS", help=argparse.SUPPRESS)  # the server process
     args = ap.parse_args()
     if args.serve:
@@ -203,6 +295,10 @@ def main() -> None:
             trio.run(serve, args.serve)
         return
 
+    if args.breakdown:
+        for line in trio.run(breakdown, str(DEFAULT_DIR / SETTINGS_FILE), args.breakdown):
+            print(line, flush=True)
+        return
     settings = load_settings(DEFAULT_DIR / SETTINGS_FILE)
     db = "bench_gateway_" + secrets.token_hex(4)
     admin = settings.postgres.dsn_for("postgres")
