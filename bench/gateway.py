@@ -163,25 +163,50 @@ async def token(url: str, secret: str) -> str:
         return str(r.json()["access_token"])
 
 
-async def measure(urls: dict[str, str], seconds: float, connections: int, rounds: int) -> list[str]:
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(
+    urls: dict[str, str], seconds: float, connections: int, rounds: int, pids: dict[str, int] | None = None
+) -> list[str]:
     auth = [("Authorization", f"Bearer {await token(urls['gateway'], urls['secret'])}")]
     await load(urls["bare"], [], 0.5, connections)  # warm-up: connections, caches, pools
     await load(urls["gateway"], auth, 0.5, connections)
     best: dict[str, Result] = {}
+    # CPU per request of the server process and of Redis, summed over every round: unlike req/s it hardly depends
+    # on what else runs on the machine (the server's background work, the queue consumer and the audit drain,
+    # counts while it happens inside the measured window).
+    cpu: dict[tuple[str, str], float] = {}
+    served: dict[str, int] = {}
     for _ in range(rounds):
         for name, headers in (("bare", []), ("gateway", auth)):
+            before = {proc: cpu_s(pid) for proc, pid in (pids or {}).items()}
             r = await load(urls[name], headers, seconds, connections)
+            for proc, pid in (pids or {}).items():
+                cpu[name, proc] = cpu.get((name, proc), 0.0) + cpu_s(pid) - before[proc]
+            served[name] = served.get(name, 0) + r.requests
             if set(r.statuses) != {202}:
                 raise SystemExit(f"{name}: unexpected statuses {r.statuses}")
             if name not in best or r.rate > best[name].rate:
                 best[name] = r
     g, b = best["gateway"], best["bare"]
+    cpu_lines = []
+    for proc in pids or {}:
+        per = {name: 1e6 * cpu[name, proc] / max(1, served[name]) for name in ("gateway", "bare")}
+        cpu_lines.append(
+            f"{proc} CPU per request: gateway {per['gateway']:,.0f} us, bare {per['bare']:,.0f} us"
+            + (f" (bare/gateway {per['bare'] / per['gateway']:.2f}x)" if proc == "server" and per["gateway"] else "")
+        )
     return [
         f"gateway POST /v1/messages (authenticated, audited, {connections} connections): {g.rate:,.0f} req/s, "
         f"p50 {g.pct_ms(0.5):.1f} ms, p99 {g.pct_ms(0.99):.1f} ms",
         f"bare hypercorn route (same body, same server process): {b.rate:,.0f} req/s, "
         f"p50 {b.pct_ms(0.5):.1f} ms, p99 {b.pct_ms(0.99):.1f} ms",
         f"gateway vs bare: throughput {g.rate / b.rate:.2f}x, p99 latency {g.pct_ms(0.99) / b.pct_ms(0.99):.1f}x",
+        *cpu_lines,
     ]
 
 
@@ -320,7 +345,11 @@ def main() -> None:
         try:
             assert server.stdout is not None and server.stdin is not None
             urls = json.loads(server.stdout.readline())
-            lines = trio.run(measure, urls, args.seconds, args.connections, args.rounds)
+            pids = {"server": server.pid}
+            redis_pid = DEFAULT_DIR / "redis" / "redis.pid"
+            if redis_pid.exists():
+                pids["redis"] = int(redis_pid.read_text().split()[0])
+            lines = trio.run(measure, urls, args.seconds, args.connections, args.rounds, pids)
         finally:
             if server.stdin:
                 server.stdin.close()
