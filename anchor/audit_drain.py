@@ -34,6 +34,7 @@ GROUP = "audit-drain"
 BATCH = 256  # records per transaction
 RETRY_S = 1.0
 BLOCK_MS = 1000
+PRUNE_IDLE_MS = 24 * 3600 * 1000  # consumers (past drain runs) idle this long and holding nothing are forgotten
 LINGER_S = 0.05  # after a part batch, wait this long for more (fewer, larger transactions under load)
 
 
@@ -117,6 +118,7 @@ class AuditDrain:
         while True:
             try:
                 await self.redis.audit_ensure_group(self.stream, GROUP)
+                await self.redis.audit_prune_consumers(self.stream, GROUP, idle_ms=PRUNE_IDLE_MS, keep=self.consumer)
                 if not warned:
                     warned = True
                     if await self.redis.append_only() is False:

@@ -119,7 +119,9 @@ class FastSend:
                 authorization = value
             elif name == b"content-type":
                 content_type = value
-        if authorization is None or content_type is None or not content_type.startswith(b"application/json"):
+        if authorization is None or content_type is None:
+            return False
+        if content_type.split(b";", 1)[0].strip().lower() != b"application/json":
             return False
         try:
             principal = ctx.issuer.verify(bearer_token(authorization.decode("latin-1")), now_s=ctx.wall_s())
@@ -129,7 +131,7 @@ class FastSend:
             return False
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # the route answers it as it always has
             return False
         if type(data) is not dict:
             return False

@@ -489,6 +489,25 @@ class RedisStore:
 
         await self._call(work)
 
+    async def audit_prune_consumers(self, stream: str, group: str, *, idle_ms: int, keep: str) -> int:
+        """Forget the group's consumers (other than ``keep``) that hold nothing and have been idle ``idle_ms``:
+        each drain run has its own name, so without this the group would list every past run. How many went."""
+        key = f"{KEY_PREFIX}{stream}"
+
+        def work() -> int:
+            gone = 0
+            consumers: Any = self._client.xinfo_consumers(key, group)
+            for consumer in consumers:
+                name = _text(consumer["name"])
+                if name != keep and int(consumer["pending"]) == 0 and int(consumer["idle"]) >= idle_ms:
+                    # DELCONSUMER would drop a consumer's pending entries too: only empty ones go, and only after
+                    # an idle time far beyond a live drain's (it reads at least every block_ms), so none is alive.
+                    self._client.xgroup_delconsumer(key, group, name)
+                    gone += 1
+            return gone
+
+        return await self._call(work)
+
     async def audit_ack(self, stream: str, group: str, ids: Sequence[str]) -> None:
         """Acknowledge drained audit entries and delete them (one transaction)."""
         if not ids:

@@ -87,6 +87,8 @@ async def test_audit_records_precede_messages_and_reach_postgresql_after_a_dead_
             [(first["eid"], int(first["at_ms"]), first["actor"], first["action"], first["target"], first["detail"])]
         )
         assert await redis_store.audit_backlog(dead.stream) == 3  # still waiting, pending on the dead consumer
+        # Pruning past drains' names never forgets one that holds records.
+        assert await redis_store.audit_prune_consumers(dead.stream, GROUP, idle_ms=0, keep="other-drain") == 0
 
         # Another gateway's drain takes the dead one's records over once they are idle long enough and inserts
         # them; the one already there is not duplicated.
@@ -98,6 +100,8 @@ async def test_audit_records_precede_messages_and_reach_postgresql_after_a_dead_
                 await trio.sleep(0.05)
         assert other.counters == {"drained": 2, "duplicates": 1, "malformed": 0, "batches": 1}
         assert await redis_store.audit_backlog(dead.stream) == 0
+        # The dead drain holds nothing now: its name can go (the live one stays).
+        assert await redis_store.audit_prune_consumers(dead.stream, GROUP, idle_ms=0, keep="other-drain") == 1
     await redis_store.aclose()
     audited = await _actions(gateway.pg, key_id)
     assert audited == [
