@@ -1,12 +1,13 @@
 """The queue between the gateway and the node: a Redis Stream per node, read by one consumer group.
 
-``POST /v1/messages`` checks the message (the node's own rules: peer, length, queue limits), writes the audit
-row, then :meth:`MessageQueue.put` appends it to the stream together with a status record (one atomic Redis
-script) under an ID made at the gateway, and answers 202 with that ID. :meth:`MessageQueue.run` (a task in
-``run_anchor``'s nursery) reads the stream as consumer ``node`` of group ``node`` and hands each entry to the
-node — ``Node.send_private(..., message_id=ID)`` (so the client's ID is the mesh message ID, and the outbox,
-on disk before the call returns, refuses a second copy) or ``Node.broadcast`` — and only then updates the
-status record, acknowledges and deletes the entry (again one atomic script).
+``POST /v1/messages`` checks the message (the node's own rules: peer, length, queue limits), then
+:meth:`MessageQueue.put_audited` writes its audit record to the audit stream (:mod:`anchor.audit_drain`) and appends
+the message to the stream together with a status record (one atomic Redis script, which on the common path also
+takes the rate-limit tokens) under an ID made at the gateway, and answers 202 with that ID. :meth:`MessageQueue.run`
+(a task in ``run_anchor``'s nursery) reads the stream as consumer ``node`` of group ``node`` and hands each entry to
+the node — ``Node.send_private(..., message_id=ID)`` (so the client's ID is the mesh message ID, and the outbox, on
+disk before the call returns, refuses a second copy) or ``Node.broadcast`` — and only then updates the status
+record, acknowledges and deletes the entry (again one atomic script).
 
 Crash safety: an entry read but not acknowledged stays in the group's pending list; at every (re)start and after
 every store error the consumer first re-reads its pending entries. A private message found there is in the

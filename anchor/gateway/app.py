@@ -4,7 +4,9 @@ Every route but ``GET /v1/health`` and ``POST /v1/auth/token`` wants a bearer to
 every request but health passes the per-IP token bucket first and, once authenticated, the per-key bucket
 (Redis; 429 + ``Retry-After`` when empty). Every state change (token issued, message sent, key created or
 revoked, mailbox fetched) is written to the audit log before it takes effect, so a change the log cannot
-record does not happen: a store that is down gives 503 with a JSON body naming it.
+record does not happen: a store that is down gives 503 with a JSON body naming it. A message's audit record is
+written to Redis in the same atomic step that queues it and drained to PostgreSQL afterwards
+(:mod:`anchor.audit_drain`); the other records go to PostgreSQL directly.
 
 Routes: ``GET /v1/health``, ``POST /v1/auth/token``, ``GET /v1/node``, ``GET /v1/peers``,
 ``POST /v1/messages`` (audited and queued in one atomic Redis step, the audit record drained to PostgreSQL by
