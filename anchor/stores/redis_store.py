@@ -117,7 +117,8 @@ return 1
 #   5 message backlog bound, 6 status TTL ms, 7 payload, 8 audit event ID, 9 actor, 10 action, 11 target,
 #   12 detail (JSON), 13 how many status field/value items, then those items, then rate/burst of each bucket.
 # In the order the gateway has always checked: the key's cached state (not cached or not active: 'miss', nothing
-# spent, and the caller takes the slow path, which asks PostgreSQL), the per-IP buckets ('ip', wait), the per-key
+# spent, and the caller takes the slow path, which asks PostgreSQL), the per-IP buckets one after the other as the
+# route's dependency takes them (an IPv6 client's /64, then its /48; 'ip', wait), the per-key
 # bucket ('key', wait; the IP's tokens stay spent), the audit backlog ('audit_full'), then the audit record is
 # appended to the audit stream (drained to PostgreSQL by anchor.audit_drain) and only then the message and its
 # status record ('queue_full' when the message backlog is full: audited, not queued, as before). Redis runs a script
@@ -135,8 +136,8 @@ if ARGV[1] == '1' then
 end
 local n_status = tonumber(ARGV[13])
 local argi = 14 + n_status
-if n_ip > 0 then
-  local wait = take_buckets(5, n_ip, argi, 1)
+for i = 0, n_ip - 1 do
+  local wait = take_buckets(5 + i, 1, argi + 2 * i, 1)
   if wait > 0 then return {'ip', string.format('%.6f', wait)} end
 end
 if n_key > 0 then

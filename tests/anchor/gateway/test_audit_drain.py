@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import secrets
 from typing import Any
 
 import httpx
@@ -16,7 +17,7 @@ from anchor.audit_drain import GROUP, AuditDrain
 from anchor.services_settings import ServiceSettings
 from anchor.stores.errors import StoreUnavailable
 from anchor.stores.postgres import PostgresStore
-from anchor.stores.redis_store import KEY_PREFIX, RedisStore
+from anchor.stores.redis_store import KEY_PREFIX, AuditRecord, RedisStore
 from tests.anchor.gateway.conftest import Gateway, StartGateway
 
 FULL_PEER_ID = "0123456789abcdef"  # a peer not heard from yet: accepted and held in the outbox
@@ -189,3 +190,64 @@ async def test_one_step_sends_keep_limits_revocation_and_refusals(start_gateway:
 async def _actions_after_drain(gateway: Gateway, key_id: str) -> list[tuple[str, Any]]:
     await gateway.audit_drained()
     return await _actions(gateway.pg, key_id)
+
+
+async def test_the_one_step_script_spends_tokens_as_the_route_would(services: ServiceSettings) -> None:
+    """Store level: a key not cached as active spends nothing; the per-IP buckets are taken one after the other
+    (an IPv6 client's /64 token stays spent when its /48 refuses, as the route's dependency does it); a per-key
+    refusal leaves the IP's tokens spent; only an accepted send writes an audit record and a message."""
+    run = secrets.token_hex(4)
+    redis_store = RedisStore(services.redis.url, timeout_s=5.0)
+    audit, queue = f"audit:t_{run}", f"t-{run}"
+
+    async def send(n: int) -> str:
+        record = AuditRecord(f"t:{run}:{n}", "key:t", "messages.broadcast", "*", "{}")
+        outcome = await redis_store.send_audited(
+            audit_stream=audit,
+            stream=queue,
+            status_key=f"t:{run}:{n}",
+            status={"state": "queued"},
+            payload=b"{}",
+            record=record,
+            max_audit_backlog=100,
+            max_backlog=100,
+            ttl_s=60,
+            key_cache=f"apikey:t_{run}",
+            ip_buckets=((f"ip:{run}:64", 0.01, 5), (f"ip:{run}:48", 0.01, 1)),
+            key_bucket=(f"key:{run}", 0.01, 1),
+        )
+        return outcome.result
+
+    try:
+        assert await send(0) == "miss"  # not cached: nothing spent (the route asks PostgreSQL)
+        await redis_store.session_set(f"apikey:t_{run}", {"revoked": True}, 60)
+        assert await send(1) == "miss"  # cached as revoked: the route answers 401
+        await redis_store.session_set(f"apikey:t_{run}", {"revoked": False}, 60)
+        assert await send(2) == "ok"  # /64 4 left, /48 0, key 0
+        assert await send(3) == "ip"  # /64 spent (3 left), /48 refuses
+        assert (await redis_store.take_token(f"ip:{run}:64", 0.01, 5, cost=3)).allowed  # exactly 3 were left
+        assert not (await redis_store.take_token(f"ip:{run}:64", 0.01, 5)).allowed
+        assert await redis_store.audit_backlog(audit) == 1 and await redis_store.stream_length(queue) == 1
+        # A per-key refusal after the IP buckets allowed: the IP's tokens stay spent, nothing is written.
+        ip_only = ((f"ip:{run}:v4", 0.01, 2),)
+        record = AuditRecord(f"t:{run}:k", "key:t", "messages.broadcast", "*", "{}")
+        args: dict[str, Any] = {
+            "audit_stream": audit,
+            "stream": queue,
+            "status_key": f"t:{run}:k",
+            "status": {"state": "queued"},
+            "payload": b"{}",
+            "record": record,
+            "max_audit_backlog": 100,
+            "max_backlog": 100,
+            "ttl_s": 60,
+            "key_cache": f"apikey:t_{run}",
+            "ip_buckets": ip_only,
+            "key_bucket": (f"key:{run}", 0.01, 1),
+        }
+        assert (await redis_store.send_audited(**args)).result == "key"
+        assert (await redis_store.send_audited(**args)).result == "key"
+        assert (await redis_store.send_audited(**args)).result == "ip"  # the 2 IP tokens went to the refusals
+        assert await redis_store.audit_backlog(audit) == 1 and await redis_store.stream_length(queue) == 1
+    finally:
+        await redis_store.aclose()
