@@ -1,12 +1,13 @@
 """The queue between the gateway and the node: a Redis Stream per node, read by one consumer group.
 
-``POST /v1/messages`` checks the message (the node's own rules: peer, length, queue limits), writes the audit
-row, then :meth:`MessageQueue.put` appends it to the stream together with a status record (one atomic Redis
-script) under an ID made at the gateway, and answers 202 with that ID. :meth:`MessageQueue.run` (a task in
-``run_anchor``'s nursery) reads the stream as consumer ``node`` of group ``node`` and hands each entry to the
-node — ``Node.send_private(..., message_id=ID)`` (so the client's ID is the mesh message ID, and the outbox,
-on disk before the call returns, refuses a second copy) or ``Node.broadcast`` — and only then updates the
-status record, acknowledges and deletes the entry (again one atomic script).
+``POST /v1/messages`` checks the message (the node's own rules: peer, length, queue limits), then
+:meth:`MessageQueue.put_audited` writes its audit record to the audit stream (:mod:`anchor.audit_drain`) and appends
+the message to the stream together with a status record (one atomic Redis script, which on the common path also
+takes the rate-limit tokens) under an ID made at the gateway, and answers 202 with that ID. :meth:`MessageQueue.run`
+(a task in ``run_anchor``'s nursery) reads the stream as consumer ``node`` of group ``node`` and hands each entry to
+the node — ``Node.send_private(..., message_id=ID)`` (so the client's ID is the mesh message ID, and the outbox, on
+disk before the call returns, refuses a second copy) or ``Node.broadcast`` — and only then updates the status
+record, acknowledges and deletes the entry (again one atomic script).
 
 Crash safety: an entry read but not acknowledged stays in the group's pending list; at every (re)start and after
 every store error the consumer first re-reads its pending entries. A private message found there is in the
@@ -29,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from anchor.gateway.errors import QueueFull
+from anchor.gateway.errors import AuditBacklogFull, QueueFull
 from anchor.stores.errors import StoreError, StoreUnavailable
-from anchor.stores.redis_store import RedisStore, StreamEntry
+from anchor.stores.redis_store import AuditRecord, RedisStore, SendOutcome, StreamEntry
 from node.errors import MeshError
 from node.outbox import OutboxError
 
@@ -80,10 +81,21 @@ def new_message_id() -> str:
 
 
 class MessageQueue:
-    def __init__(self, redis: RedisStore, node: Node, *, max_backlog: int, block_ms: int) -> None:
+    def __init__(
+        self,
+        redis: RedisStore,
+        node: Node,
+        *,
+        max_backlog: int,
+        block_ms: int,
+        max_audit_backlog: int = 100_000,
+        audit_stream: str = "audit:",
+    ) -> None:
         self.redis = redis
         self.node = node
         self.max_backlog = max_backlog
+        self.max_audit_backlog = max_audit_backlog
+        self.audit_stream = audit_stream  # anchor.audit_drain.audit_stream(<the PostgreSQL database>)
         self.block_ms = block_ms
         self.stream = f"messages:{node.identity.peer_id_hex}"
         self.counters: dict[str, int] = {"accepted": 0, "failed": 0, "duplicates": 0, "malformed": 0}
@@ -105,6 +117,44 @@ class MessageQueue:
         )
         if entry is None:
             raise QueueFull(f"{self.max_backlog} messages already wait for the node (anchor.queue_max); retry later")
+
+    async def put_audited(
+        self,
+        message: QueuedMessage,
+        record: AuditRecord,
+        *,
+        key_cache: str | None = None,
+        ip_buckets: tuple[tuple[str, float, int], ...] = (),
+        key_bucket: tuple[str, float, int] | None = None,
+    ) -> SendOutcome:
+        """Audit and queue a checked message in one atomic Redis step (:meth:`RedisStore.send_audited`): the
+        audit record goes to the audit stream (drained to PostgreSQL by :mod:`anchor.audit_drain`) before the
+        message exists. With ``key_cache`` / the buckets the same step checks the key's cached state and takes the
+        rate-limit tokens; the outcome says if it did not (``miss``, ``ip``, ``key``). QueueFull when the backlog
+        is full (audited, not queued), AuditBacklogFull when too many audit records wait for PostgreSQL (nothing
+        written), StoreUnavailable when Redis is down."""
+        status = {"state": "queued", "to": message.to or "", "key": message.key_id, "detail": "", "mesh_id": ""}
+        outcome = await self.redis.send_audited(
+            audit_stream=self.audit_stream,
+            stream=self.stream,
+            status_key=self._status_key(message.id),
+            status=status,
+            payload=message.payload(),
+            record=record,
+            max_audit_backlog=self.max_audit_backlog,
+            max_backlog=self.max_backlog,
+            ttl_s=STATUS_TTL_S,
+            key_cache=key_cache,
+            ip_buckets=ip_buckets,
+            key_bucket=key_bucket,
+        )
+        if outcome.result == "queue_full":
+            raise QueueFull(f"{self.max_backlog} messages already wait for the node (anchor.queue_max); retry later")
+        if outcome.result == "audit_full":
+            raise AuditBacklogFull(
+                f"{self.max_audit_backlog} audit records wait for PostgreSQL (anchor.audit_backlog_max); retry later"
+            )
+        return outcome
 
     async def status(self, message_id: str) -> dict[str, Any] | None:
         """What became of a message: queued, pending (in the outbox, awaiting the recipient's receipt),
@@ -151,7 +201,7 @@ class MessageQueue:
                         self.stream, GROUP, CONSUMER, count=READ_COUNT, block_ms=self.block_ms
                     )
                     for entry in entries:
-                        await self._handle(entry)
+                        await self._handle(entry, recovered=False)
             except (StoreError, OutboxError, _NodeNotRunning) as exc:
                 if not isinstance(exc, StoreUnavailable):  # that one the store logs, once per outage
                     log.warning("message queue: %s; retrying in %g s", exc or "the node is not running", RETRY_S)
@@ -166,10 +216,13 @@ class MessageQueue:
             if not entries:
                 return
             for entry in entries:
-                await self._handle(entry)
+                await self._handle(entry, recovered=True)
                 after = entry.id
 
-    async def _handle(self, entry: StreamEntry) -> None:
+    async def _handle(self, entry: StreamEntry, *, recovered: bool) -> None:
+        """Hand one entry to the node and settle it. Only a ``recovered`` entry (from the pending list: read
+        before a crash or a store error) can have been handled already, so only its status record is read first;
+        a new one (read with ``>``) is delivered to this group for the first time."""
         if self.node.core is None:
             raise _NodeNotRunning()
         try:
@@ -180,7 +233,7 @@ class MessageQueue:
             await self.redis.stream_ack_delete(self.stream, GROUP, [entry.id])
             return
         key = self._status_key(message.id)
-        record = await self.redis.status_get(key)
+        record = await self.redis.status_get(key) if recovered else None
         if record is not None and record.get("state") not in (None, "queued"):
             self.counters["duplicates"] += 1  # handled before a crash, not acknowledged: just acknowledge now
             await self.redis.queue_settle(

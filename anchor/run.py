@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
+from anchor.audit_drain import AuditDrain, audit_stream, consumer_name
 from anchor.gateway.app import GatewayContext, build_app
 from anchor.gateway.auth import TokenIssuer, load_or_create_secret
 from anchor.gateway.ports import ApiKeyInfo, MailboxPort
@@ -113,13 +114,21 @@ class GatewayService:
 
     ``mailbox`` answers ``GET /v1/mailbox`` (default: the node's ``mailbox-server`` service, with ``mailbox.serve``);
     ``consume_queue`` False leaves queued messages in Redis (tests stop an anchor between a 202 and its
-    consumption). :attr:`urls` are the gateway's once started."""
+    consumption); ``drain_audit`` False leaves the audit records of sent messages in Redis (tests show they reach
+    PostgreSQL later, through another drain). :attr:`urls` are the gateway's once started.
+
+    The audit drain (:mod:`anchor.audit_drain`) runs while the gateway does; at stop it gets one last bounded pass
+    (whatever it leaves, the next start or another gateway's drain inserts)."""
 
     name = "anchor-gateway"
 
-    def __init__(self, *, mailbox: MailboxPort | None = None, consume_queue: bool = True) -> None:
+    def __init__(
+        self, *, mailbox: MailboxPort | None = None, consume_queue: bool = True, drain_audit: bool = True
+    ) -> None:
         self.mailbox = mailbox
         self.consume_queue = consume_queue
+        self.drain_audit = drain_audit
+        self.audit_drain: AuditDrain | None = None
         self.urls: list[str] = []
 
     def mcp_memory_storage(self, node: Node) -> BoltMemoryFactory | None:
@@ -186,7 +195,16 @@ class GatewayService:
                     node,
                     max_backlog=anchor.queue_max,
                     block_ms=int(min(2000.0, anchor.store_timeout_s * 500)),
+                    max_audit_backlog=anchor.audit_backlog_max,
+                    audit_stream=audit_stream(stores.postgres.database),
                 ),
+            )
+            drain = self.audit_drain = AuditDrain(
+                stores.redis,
+                stores.postgres,
+                consumer_name(node.identity.peer_id_hex),
+                claim_idle_s=anchor.audit_claim_idle_s,
+                block_ms=int(min(1000.0, anchor.store_timeout_s * 500)),
             )
             stop = trio.Event()
             try:
@@ -205,11 +223,23 @@ class GatewayService:
                         await queue.run()
 
                 nursery.start_soon(consume)
+            draining = trio.CancelScope()
+            if self.drain_audit:
+
+                async def drain_audit() -> None:
+                    with draining:
+                        await drain.run()
+
+                nursery.start_soon(drain_audit)
             log.info("anchor ready: gateway on %s", ", ".join(self.urls))
             task_status.started()
             await node.wait_stop_requested()
             consumer.cancel()
             stop.set()
+            if self.drain_audit:
+                draining.cancel()
+                with trio.CancelScope(shield=True):  # the node cancels its services after its drain
+                    await drain.flush(timeout_s=2 * anchor.store_timeout_s)
 
 
 @asynccontextmanager
@@ -241,12 +271,13 @@ async def run_anchor(
     *,
     mailbox: MailboxPort | None = None,
     consume_queue: bool = True,
+    drain_audit: bool = True,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``node`` with a :class:`GatewayService` added until the node stops; reports the gateway's URLs (tests
     and benchmarks run an anchor in-process this way; the daemon adds the service through the anchor plugin)."""
     tls_files(node.config.section(AnchorSection))  # a public plaintext gateway is refused before anything starts
-    gateway = GatewayService(mailbox=mailbox, consume_queue=consume_queue)
+    gateway = GatewayService(mailbox=mailbox, consume_queue=consume_queue, drain_audit=drain_audit)
     node.services.append(gateway)
 
     async with trio.open_nursery() as nursery:

@@ -55,6 +55,20 @@ class AnchorSection:
         min=1,
         max=10_000_000,
     )
+    audit_backlog_max: int = setting(
+        100_000,
+        "Audit records of POST /v1/messages that may wait in Redis for the drain to PostgreSQL (while it is down "
+        "or slow); beyond it the route answers 503.",
+        min=1,
+        max=10_000_000,
+    )
+    audit_claim_idle_s: float = setting(
+        30.0,
+        "Seconds after which a gateway's audit drain takes over records another gateway's drain read and did not "
+        "finish (it died): they reach PostgreSQL once (the insert is idempotent).",
+        min=0.1,
+        max=86_400,
+    )
     key_cache_ttl_s: float = setting(
         10.0,
         "Seconds Redis caches an API key's verified state (role, scopes, revoked) so requests skip PostgreSQL; "

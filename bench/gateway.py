@@ -163,26 +163,155 @@ async def token(url: str, secret: str) -> str:
         return str(r.json()["access_token"])
 
 
-async def measure(urls: dict[str, str], seconds: float, connections: int, rounds: int) -> list[str]:
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(
+    urls: dict[str, str], seconds: float, connections: int, rounds: int, pids: dict[str, int] | None = None
+) -> list[str]:
     auth = [("Authorization", f"Bearer {await token(urls['gateway'], urls['secret'])}")]
     await load(urls["bare"], [], 0.5, connections)  # warm-up: connections, caches, pools
     await load(urls["gateway"], auth, 0.5, connections)
     best: dict[str, Result] = {}
+    # CPU per request of the server process and of Redis, summed over every round: unlike req/s it hardly depends
+    # on what else runs on the machine (the server's background work, the queue consumer and the audit drain,
+    # counts while it happens inside the measured window).
+    cpu: dict[tuple[str, str], float] = {}
+    served: dict[str, int] = {}
     for _ in range(rounds):
         for name, headers in (("bare", []), ("gateway", auth)):
+            before = {proc: cpu_s(pid) for proc, pid in (pids or {}).items()}
             r = await load(urls[name], headers, seconds, connections)
+            for proc, pid in (pids or {}).items():
+                cpu[name, proc] = cpu.get((name, proc), 0.0) + cpu_s(pid) - before[proc]
+            served[name] = served.get(name, 0) + r.requests
             if set(r.statuses) != {202}:
                 raise SystemExit(f"{name}: unexpected statuses {r.statuses}")
             if name not in best or r.rate > best[name].rate:
                 best[name] = r
     g, b = best["gateway"], best["bare"]
+    cpu_lines = []
+    for proc in pids or {}:
+        per = {name: 1e6 * cpu[name, proc] / max(1, served[name]) for name in ("gateway", "bare")}
+        cpu_lines.append(
+            f"{proc} CPU per request: gateway {per['gateway']:,.0f} us, bare {per['bare']:,.0f} us"
+            + (f" (bare/gateway {per['bare'] / per['gateway']:.2f}x)" if proc == "server" and per["gateway"] else "")
+        )
     return [
         f"gateway POST /v1/messages (authenticated, audited, {connections} connections): {g.rate:,.0f} req/s, "
         f"p50 {g.pct_ms(0.5):.1f} ms, p99 {g.pct_ms(0.99):.1f} ms",
         f"bare hypercorn route (same body, same server process): {b.rate:,.0f} req/s, "
         f"p50 {b.pct_ms(0.5):.1f} ms, p99 {b.pct_ms(0.99):.1f} ms",
         f"gateway vs bare: throughput {g.rate / b.rate:.2f}x, p99 latency {g.pct_ms(0.99) / b.pct_ms(0.99):.1f}x",
+        *cpu_lines,
     ]
+
+
+async def breakdown(settings_path: str, n: int) -> list[str]:
+    """Each piece of a gateway request alone, sequentially (``--breakdown``): what one request costs where.
+    Stores are reached directly (no gateway); Redis and PostgreSQL from ``scripts/services up``."""
+    from anchor.audit_drain import audit_stream
+    from anchor.gateway.auth import TokenIssuer
+    from anchor.stores.postgres import PostgresStore
+    from anchor.stores.redis_store import AuditRecord, RedisStore
+    from node.identity import create_identity
+    from node.node import Node
+    from node.settings import Config
+
+    services = load_settings(Path(settings_path))
+    issuer = TokenIssuer(secrets.token_bytes(32), issuer="bench", ttl_s=900)
+    lines: list[str] = []
+
+    def line(what: str, seconds: float, per: int = n) -> None:
+        us = 1e6 * seconds / per
+        lines.append(
+            f"breakdown: {what}: {us:,.1f} us per request"
+            if us < 10
+            else f"breakdown: {what}: {us:,.0f} us per request"
+        )
+
+    now = time.time()
+    tokens = [
+        issuer.issue(key_id=f"k_{i}", role="user", scopes=frozenset({"messages:send"}), now_s=now).access_token
+        for i in range(n)
+    ]
+    t0 = time.perf_counter()
+    for t in tokens:
+        issuer.verify(t, now_s=time.time())
+    line("JWT (HS256) check, first time (old: every request)", time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for t in tokens:
+        issuer.verify(t, now_s=time.time())
+    line("JWT check of a remembered token (new)", time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        data = json.loads(BODY)
+        json.dumps({"id": secrets.token_hex(16), "to": None, "state": "queued", "n": len(data["text"])}).encode()
+    line("body parse + answer encode (json)", time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await trio.to_thread.run_sync(lambda: None)
+    line("a bare worker-thread hop (trio.to_thread)", time.perf_counter() - t0)
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-gw-bd-"))
+    node = Node(Config(data_dir=data_dir), create_identity(data_dir), control=False, persistent_inbox=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            node.broadcast("benchmark broadcast")
+        line("node.broadcast (the queue consumer's Ed25519 signature and mesh work)", time.perf_counter() - t0)
+        node.request_stop()
+    async with RedisStore(services.redis.url) as redis, PostgresStore(services.postgres.dsn) as pg:
+        stream = audit_stream("bench_breakdown_" + secrets.token_hex(4))
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await redis.take_token("bench:bd", 1e6, 1_000_000)
+        line("one token-bucket EVAL (old: two per request)", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await redis.session_get("bench-bd")
+        line("one key-cache GET (old: one per request)", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for i in range(n):
+            await pg.audit("key:bench", "bench.breakdown", "*", {"bytes": 19, "id": str(i)})
+        line("one audit INSERT, committed (old: one per request)", time.perf_counter() - t0)
+        await redis.session_set("apikey:k_bench", {"revoked": False}, 60)
+        t0 = time.perf_counter()
+        for i in range(n):
+            record = AuditRecord(f"bd:{i}:{secrets.token_hex(4)}", "key:bench", "bench.breakdown", "*", "{}")
+            await redis.send_audited(
+                audit_stream=stream,
+                stream="bench-bd",
+                status_key=f"bench-bd:{i}",
+                status={"state": "queued"},
+                payload=BODY,
+                record=record,
+                max_audit_backlog=10 * n,
+                max_backlog=10 * n,
+                ttl_s=60,
+                key_cache="apikey:k_bench",
+                ip_buckets=(("ip:bench-bd", 1e6, 1_000_000),),
+                key_bucket=("key:bench-bd", 1e6, 1_000_000),
+            )
+        line(
+            "the one-step EVAL (key cache, both buckets, audit record, enqueue: new, one per request)",
+            time.perf_counter() - t0,
+        )
+        from anchor.audit_drain import AuditDrain
+
+        drain = AuditDrain(redis, pg, "bench", batch=256)
+        await redis.audit_ensure_group(stream, "audit-drain")
+        drain.stream = stream
+        t0 = time.perf_counter()
+        while await drain.drain_once():
+            pass
+        line("the audit drain, per record (batches of 256: read, INSERT, XACK+XDEL)", time.perf_counter() - t0)
+        await redis._call(lambda: redis._client.delete("aiv:q:bench-bd", f"aiv:{stream}"))
+        await pg._call(lambda conn: conn.execute("DELETE FROM audit_log WHERE action = 'bench.breakdown'"))
+    return lines
 
 
 def main() -> None:
@@ -191,12 +320,23 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=16, help="concurrent keep-alive connections (default 16)")
     ap.add_argument("--rounds", type=int, default=2, help="alternating bare/gateway rounds; best of each (default 2)")
     ap.add_argument("--no-mailbox", action="store_true", help="skip bench/mailbox.py's figures")
+    ap.add_argument("--breakdown", type=int, metavar="N", help="only the per-request cost of each piece, N times")
     ap.add_argument("--serve", metavar="SETTINGS", help=argparse.SUPPRESS)  # the server process
     args = ap.parse_args()
     if args.serve:
-        trio.run(serve, args.serve)
+        profile = os.environ.get("BENCH_GATEWAY_PROFILE")  # a file: the server's main thread under cProfile
+        if profile:
+            import cProfile
+
+            cProfile.runctx("trio.run(serve, args.serve)", globals(), {"args": args, "trio": trio}, profile)
+        else:
+            trio.run(serve, args.serve)
         return
 
+    if args.breakdown:
+        for line in trio.run(breakdown, str(DEFAULT_DIR / SETTINGS_FILE), args.breakdown):
+            print(line, flush=True)
+        return
     settings = load_settings(DEFAULT_DIR / SETTINGS_FILE)
     db = "bench_gateway_" + secrets.token_hex(4)
     admin = settings.postgres.dsn_for("postgres")
@@ -218,7 +358,11 @@ def main() -> None:
         try:
             assert server.stdout is not None and server.stdin is not None
             urls = json.loads(server.stdout.readline())
-            lines = trio.run(measure, urls, args.seconds, args.connections, args.rounds)
+            pids = {"server": server.pid}
+            redis_pid = DEFAULT_DIR / "redis" / "redis.pid"
+            if redis_pid.exists():
+                pids["redis"] = int(redis_pid.read_text().split()[0])
+            lines = trio.run(measure, urls, args.seconds, args.connections, args.rounds, pids)
         finally:
             if server.stdin:
                 server.stdin.close()

@@ -9,6 +9,7 @@
         ├── BodyTooLarge             413
         ├── NodeUnavailable          503: the node is not running (starting or stopped)
         ├── QueueFull                503: too many messages wait for the node already
+        ├── AuditBacklogFull         503: too many audit records wait in Redis for PostgreSQL (is it down?)
         └── RagUnavailable           503: no knowledge base on the node, or its model is not installed
 
 A store that is down raises ``anchor.stores.errors.StoreUnavailable``; the app turns it into 503.
@@ -68,6 +69,14 @@ class QueueFull(GatewayError):
 
     status = 503
     code = "queue_full"
+
+
+class AuditBacklogFull(GatewayError):
+    """503: ``anchor.audit_backlog_max`` audit records wait in Redis for the drain to PostgreSQL: nothing more is
+    accepted that would need one."""
+
+    status = 503
+    code = "audit_backlog_full"
 
 
 class RagUnavailable(GatewayError):

@@ -290,6 +290,11 @@ class PostgresStore:
         return [(int(r[0]), str(r[1])) for r in rows]
 
     @property
+    def database(self) -> str:
+        """The database's name (from the DSN)."""
+        return str(psycopg.conninfo.conninfo_to_dict(self._dsn).get("dbname") or "")
+
+    @property
     def down_reason(self) -> str | None:
         """Why the last call failed, or None if it reached the server."""
         return self._runner.down_reason
@@ -389,12 +394,38 @@ class PostgresStore:
 
         return await self._call(work)
 
+    async def audit_drained(self, entries: Sequence[tuple[str, int, str, str, str, str]]) -> int:
+        """Insert audit records drained from Redis: (event_id, at_ms, actor, action, target, detail as JSON) each,
+        in one transaction; a record whose event ID is there already is skipped (at-least-once delivery made
+        idempotent). How many were new."""
+        rows: list[tuple[str, float, str, str, str, str]] = []
+        for event_id, at_ms, actor, action, target, detail in entries:
+            for what, value in (("event_id", event_id), ("actor", actor), ("action", action), ("target", target)):
+                _check_text(what, value)
+            rows.append((event_id, at_ms / 1000.0, actor, action, target, detail))
+        if not rows:
+            return 0
+
+        def work(conn: psycopg.Connection[TupleRow]) -> int:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute(
+                    "INSERT INTO audit_log (event_id, at, actor, action, target, detail) "
+                    "SELECT e, to_timestamp(t), a, ac, tg, d::jsonb FROM unnest(%s::text[], %s::float8[], %s::text[], "
+                    "%s::text[], %s::text[], %s::text[]) AS u(e, t, a, ac, tg, d) "
+                    "ON CONFLICT (event_id) WHERE event_id IS NOT NULL DO NOTHING",
+                    [list(col) for col in zip(*rows, strict=True)],
+                )
+                return cur.rowcount
+
+        return await self._call(work)
+
     async def recent_audit(self, limit: int = 100, action: str | None = None) -> list[AuditEntry]:
-        """The newest entries first (optionally only one action)."""
+        """The newest entries first (by when they were recorded; optionally only one action). Records drained
+        from Redis keep the time the gateway recorded them, so they sort where they happened."""
         sql = (
             "SELECT id, (extract(epoch FROM at) * 1000)::bigint, actor, action, target, detail FROM audit_log "
             + ("WHERE action = %s " if action is not None else "")
-            + "ORDER BY id DESC LIMIT %s"
+            + "ORDER BY at DESC, id DESC LIMIT %s"
         )
         params: tuple[Any, ...] = (action, limit) if action is not None else (limit,)
         rows = await self._call(lambda conn: conn.execute(sql, params).fetchall())

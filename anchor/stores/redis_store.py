@@ -34,43 +34,59 @@ DEFAULT_STREAM_MAXLEN = 100_000  # entries kept per stream (approximate trimming
 # KEYS: the buckets; ARGV: cost, then rate per second and burst of each bucket. All-or-nothing: the cost is taken
 # from every bucket if each holds it, else from none. Returns {allowed (0/1), retry_after_s as a string} (Lua
 # numbers returned to Redis are truncated to integers, hence the string); retry_after_s is the longest wait.
-_TOKEN_BUCKET_LUA = """
-local cost = tonumber(ARGV[1])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local levels = {}
-local retry = 0
-for i, key in ipairs(KEYS) do
-  local rate = tonumber(ARGV[2 * i])
-  local burst = tonumber(ARGV[2 * i + 1])
-  local state = redis.call('HMGET', key, 'tokens', 'ts')
-  local tokens = tonumber(state[1])
-  local ts = tonumber(state[2])
-  if tokens == nil or ts == nil then
-    tokens = burst
-    ts = now
+# A Lua function (prepended to the scripts that limit) taking ``cost`` from the buckets KEYS[first..first+n-1],
+# whose rate and burst are ARGV[argi], ARGV[argi+1], ... All-or-nothing: the cost is taken from every bucket if each
+# holds it, else from none. Returns the longest wait in seconds (0: taken). It uses the server's clock (TIME).
+_BUCKETS_LUA = """
+local function take_buckets(first, n, argi, cost)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  local levels = {}
+  local retry = 0
+  for i = 0, n - 1 do
+    local key = KEYS[first + i]
+    local rate = tonumber(ARGV[argi + 2 * i])
+    local burst = tonumber(ARGV[argi + 2 * i + 1])
+    local state = redis.call('HMGET', key, 'tokens', 'ts')
+    local tokens = tonumber(state[1])
+    local ts = tonumber(state[2])
+    if tokens == nil or ts == nil then
+      tokens = burst
+      ts = now
+    end
+    local elapsed = now - ts
+    if elapsed < 0 then elapsed = 0 end
+    tokens = math.min(burst, tokens + elapsed * rate)
+    levels[i] = tokens
+    if tokens < cost then
+      local wait = (cost - tokens) / rate
+      if wait > retry then retry = wait end
+    end
   end
-  local elapsed = now - ts
-  if elapsed < 0 then elapsed = 0 end
-  tokens = math.min(burst, tokens + elapsed * rate)
-  levels[i] = tokens
-  if tokens < cost then
-    local wait = (cost - tokens) / rate
-    if wait > retry then retry = wait end
+  for i = 0, n - 1 do
+    local key = KEYS[first + i]
+    local rate = tonumber(ARGV[argi + 2 * i])
+    local burst = tonumber(ARGV[argi + 2 * i + 1])
+    local tokens = levels[i]
+    if retry == 0 then tokens = tokens - cost end
+    redis.call('HSET', key, 'tokens', string.format('%.6f', tokens), 'ts', string.format('%.6f', now))
+    redis.call('PEXPIRE', key, math.ceil(burst / rate * 1000) + 1000)
   end
+  return retry
 end
+"""
+
+# KEYS: the buckets; ARGV: cost, then rate per second and burst of each bucket. Returns {allowed (0/1),
+# retry_after_s as a string} (Lua numbers returned to Redis are truncated to integers, hence the string).
+_TOKEN_BUCKET_LUA = (
+    _BUCKETS_LUA
+    + """
+local retry = take_buckets(1, #KEYS, 2, tonumber(ARGV[1]))
 local allowed = 0
 if retry == 0 then allowed = 1 end
-for i, key in ipairs(KEYS) do
-  local rate = tonumber(ARGV[2 * i])
-  local burst = tonumber(ARGV[2 * i + 1])
-  local tokens = levels[i]
-  if allowed == 1 then tokens = tokens - cost end
-  redis.call('HSET', key, 'tokens', string.format('%.6f', tokens), 'ts', string.format('%.6f', now))
-  redis.call('PEXPIRE', key, math.ceil(burst / rate * 1000) + 1000)
-end
 return {allowed, string.format('%.6f', retry)}
 """
+)
 
 
 # The gateway's message queue (anchor.queue): an entry and its status record change together, atomically.
@@ -92,6 +108,77 @@ redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 return 1
 """
+
+
+# POST /v1/messages in one atomic step and one round trip (anchor.queue.MessageQueue.put_audited):
+# KEYS: 1 audit stream, 2 message stream, 3 status hash, 4 the API key's cache entry, 5.. the per-IP buckets, then
+#   the per-key bucket (or none).
+# ARGV: 1 check the key cache (0/1), 2 how many per-IP buckets, 3 per-key bucket (0/1), 4 audit backlog bound,
+#   5 message backlog bound, 6 status TTL ms, 7 payload, 8 audit event ID, 9 actor, 10 action, 11 target,
+#   12 detail (JSON), 13 how many status field/value items, then those items, then rate/burst of each bucket.
+# In the order the gateway has always checked: the key's cached state (not cached or not active: 'miss', nothing
+# spent, and the caller takes the slow path, which asks PostgreSQL), the per-IP buckets one after the other as the
+# route's dependency takes them (an IPv6 client's /64, then its /48; 'ip', wait), the per-key
+# bucket ('key', wait; the IP's tokens stay spent), the audit backlog ('audit_full'), then the audit record is
+# appended to the audit stream (drained to PostgreSQL by anchor.audit_drain) and only then the message and its
+# status record ('queue_full' when the message backlog is full: audited, not queued, as before). Redis runs a script
+# as one unit and its AOF records the script's writes together, so no message exists without its audit record.
+_SEND_LUA = (
+    _BUCKETS_LUA
+    + """
+local n_ip = tonumber(ARGV[2])
+local n_key = tonumber(ARGV[3])
+if ARGV[1] == '1' then
+  local cached = redis.call('GET', KEYS[4])
+  if not cached then return {'miss'} end
+  local ok, state = pcall(cjson.decode, cached)
+  if not ok or type(state) ~= 'table' or state['revoked'] ~= false then return {'miss'} end
+end
+local n_status = tonumber(ARGV[13])
+local argi = 14 + n_status
+for i = 0, n_ip - 1 do
+  local wait = take_buckets(5 + i, 1, argi + 2 * i, 1)
+  if wait > 0 then return {'ip', string.format('%.6f', wait)} end
+end
+if n_key > 0 then
+  local wait = take_buckets(5 + n_ip, 1, argi + 2 * n_ip, 1)
+  if wait > 0 then return {'key', string.format('%.6f', wait)} end
+end
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[4]) then return {'audit_full'} end
+local t = redis.call('TIME')
+local at_ms = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+redis.call('XADD', KEYS[1], '*', 'eid', ARGV[8], 'at_ms', at_ms, 'actor', ARGV[9],
+  'action', ARGV[10], 'target', ARGV[11], 'detail', ARGV[12])
+if redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[5]) then return {'queue_full'} end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'm', ARGV[7])
+redis.call('HSET', KEYS[3], unpack(ARGV, 14, 13 + n_status))
+redis.call('PEXPIRE', KEYS[3], ARGV[6])
+return {'ok', id}
+"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One audit record for :meth:`RedisStore.send_audited` (the audit stream's entry; its ``event_id`` makes the
+    drain's insert into PostgreSQL idempotent)."""
+
+    event_id: str
+    actor: str
+    action: str
+    target: str
+    detail_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    """What :meth:`RedisStore.send_audited` did: ``ok`` (audited and queued; ``entry_id``), ``miss`` (the key's
+    state is not cached as active: nothing written), ``ip`` / ``key`` (rate limited; ``retry_after_s``),
+    ``audit_full`` (nothing written) or ``queue_full`` (audited, not queued)."""
+
+    result: str
+    entry_id: str = ""
+    retry_after_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +208,7 @@ class RedisStore:
         self._bucket = self._client.register_script(_TOKEN_BUCKET_LUA)
         self._enqueue = self._client.register_script(_ENQUEUE_LUA)
         self._settle = self._client.register_script(_SETTLE_LUA)
+        self._send = self._client.register_script(_SEND_LUA)
         self._runner = BlockingRunner(
             "redis",
             max_connections,
@@ -301,6 +389,157 @@ class RedisStore:
         """A status record written by :meth:`queue_put` / :meth:`queue_settle`; None if unknown or expired."""
         raw: Any = await self._call(lambda: self._client.hgetall(f"{KEY_PREFIX}st:{status_key}"))
         return {_text(k): _text(v) for k, v in raw.items()} or None
+
+    # ------------------------------------------------------------------------------ audited sends, audit stream
+
+    async def send_audited(
+        self,
+        *,
+        audit_stream: str,
+        stream: str,
+        status_key: str,
+        status: Mapping[str, str],
+        payload: bytes,
+        record: AuditRecord,
+        max_audit_backlog: int,
+        max_backlog: int,
+        ttl_s: float,
+        key_cache: str | None = None,
+        ip_buckets: Sequence[tuple[str, float, int]] = (),
+        key_bucket: tuple[str, float, int] | None = None,
+    ) -> SendOutcome:
+        """Check the key's cached state (``key_cache``: a session ID; None: not checked), take a token from the
+        per-IP buckets then from the per-key bucket, append the audit record to ``audit_stream``, then the message
+        to ``stream`` with its status record: one atomic script, one round trip (see ``_SEND_LUA``)."""
+        buckets = [*ip_buckets, *([key_bucket] if key_bucket is not None else [])]
+        keys = [
+            f"{KEY_PREFIX}{audit_stream}",
+            f"{KEY_PREFIX}q:{stream}",
+            f"{KEY_PREFIX}st:{status_key}",
+            f"{KEY_PREFIX}sess:{key_cache or '-'}",
+        ]
+        items = _pairs(status)
+        args: list[Any] = [
+            1 if key_cache is not None else 0,
+            len(ip_buckets),
+            1 if key_bucket is not None else 0,
+            max_audit_backlog,
+            max_backlog,
+            max(1, int(ttl_s * 1000)),
+            payload,
+            record.event_id,
+            record.actor,
+            record.action,
+            record.target,
+            record.detail_json,
+            len(items),
+            *items,
+        ]
+        for name, rate_per_s, burst in buckets:
+            if not (rate_per_s > 0 and math.isfinite(rate_per_s)) or burst < 1:
+                raise StoreError(f"bucket {name!r}: rate_per_s > 0 and burst >= 1 required")
+            keys.append(f"{KEY_PREFIX}rl:{name}")
+            args += [repr(float(rate_per_s)), burst]
+        raw: Any = await self._call(lambda: self._send(keys=keys, args=args))
+        result = _text(raw[0])
+        if result == "ok":
+            return SendOutcome("ok", entry_id=_text(raw[1]))
+        if result in ("ip", "key"):
+            return SendOutcome(result, retry_after_s=float(_text(raw[1])))
+        return SendOutcome(result)
+
+    async def audit_entries(
+        self, stream: str, group: str, consumer: str, *, count: int, block_ms: int = 0, claim_idle_ms: int = 0
+    ) -> list[StreamEntry]:
+        """For the audit drain: up to ``count`` entries of ``stream`` for ``consumer`` of ``group``. With
+        ``claim_idle_ms`` the entries other consumers were given and left unacknowledged that long (a drain that
+        died) are claimed first; then this consumer's own pending ones (read before a failure); then new ones
+        (waiting up to ``block_ms``)."""
+        key = f"{KEY_PREFIX}{stream}"
+
+        def work() -> Any:
+            if claim_idle_ms > 0:
+                claimed: Any = self._client.xautoclaim(key, group, consumer, claim_idle_ms, "0-0", count=count)
+                if claimed[1]:
+                    return [(key, claimed[1])]
+            mine: Any = self._client.xreadgroup(group, consumer, {key: "0"}, count=count)
+            if mine and mine[0][1]:
+                return mine
+            return self._client.xreadgroup(group, consumer, {key: ">"}, count=count, block=block_ms or None)
+
+        if block_ms * 1.25 >= self._timeout_s * 1000:
+            raise StoreError(f"audit_entries: block_ms must stay well below the store timeout ({self._timeout_s} s)")
+        raw: Any = await self._call(work)
+        entries: list[StreamEntry] = []
+        for _name, items in raw or []:
+            for entry_id, fields in items:
+                if fields is None:
+                    continue
+                entries.append(StreamEntry(_text(entry_id), {_text(k): bytes(v) for k, v in fields.items()}))
+        return entries
+
+    async def audit_ensure_group(self, stream: str, group: str) -> None:
+        key = f"{KEY_PREFIX}{stream}"
+
+        def work() -> None:
+            try:
+                self._client.xgroup_create(key, group, id="0", mkstream=True)
+            except redis.exceptions.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise StoreError(f"stream {stream!r}: {exc}") from exc
+
+        await self._call(work)
+
+    async def audit_prune_consumers(self, stream: str, group: str, *, idle_ms: int, keep: str) -> int:
+        """Forget the group's consumers (other than ``keep``) that hold nothing and have been idle ``idle_ms``:
+        each drain run has its own name, so without this the group would list every past run. How many went."""
+        key = f"{KEY_PREFIX}{stream}"
+
+        def work() -> int:
+            gone = 0
+            consumers: Any = self._client.xinfo_consumers(key, group)
+            for consumer in consumers:
+                name = _text(consumer["name"])
+                if name != keep and int(consumer["pending"]) == 0 and int(consumer["idle"]) >= idle_ms:
+                    # DELCONSUMER would drop a consumer's pending entries too: only empty ones go, and only after
+                    # an idle time far beyond a live drain's (it reads at least every block_ms), so none is alive.
+                    self._client.xgroup_delconsumer(key, group, name)
+                    gone += 1
+            return gone
+
+        return await self._call(work)
+
+    async def audit_ack(self, stream: str, group: str, ids: Sequence[str]) -> None:
+        """Acknowledge drained audit entries and delete them (one transaction)."""
+        if not ids:
+            return
+        key = f"{KEY_PREFIX}{stream}"
+
+        def work() -> None:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.xack(key, group, *ids)
+                pipe.xdel(key, *ids)
+                pipe.execute()
+
+        await self._call(work)
+
+    async def audit_backlog(self, stream: str) -> int:
+        """Audit records not yet in PostgreSQL (read or not)."""
+        return int(await self._call(lambda: self._client.xlen(f"{KEY_PREFIX}{stream}")))
+
+    async def append_only(self) -> bool | None:
+        """Whether the server writes an append-only file (``appendonly yes``); None if it will not say (CONFIG
+        disabled, as some hosted Redis do)."""
+
+        def work() -> bool | None:
+            try:
+                got: Any = self._client.config_get("appendonly")
+            except redis.exceptions.ResponseError:
+                return None
+            value = got.get("appendonly") or got.get(b"appendonly")
+            return None if value is None else _text(value) == "yes"
+
+        return await self._call(work)
 
 
 def _pairs(fields: Mapping[str, str]) -> list[str]:

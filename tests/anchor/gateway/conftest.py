@@ -16,11 +16,13 @@ import httpx
 import pytest
 import trio
 
+from anchor.audit_drain import audit_stream
 from anchor.gateway.ports import MailboxPort
 from anchor.run import run_anchor
 from anchor.services_settings import ServiceSettings
 from anchor.settings import AnchorSection
 from anchor.stores.postgres import AuditEntry, PostgresStore
+from anchor.stores.redis_store import RedisStore
 from node.daemon import build_node
 from node.identity import create_identity, identity_exists, load_identity
 from node.node import Node
@@ -49,6 +51,7 @@ class Gateway:
     redis_proxy: TcpProxy
     graph_proxy: TcpProxy
     stopped: trio.Event  # set when run_anchor has returned (the node stopped, the stores closed)
+    redis: RedisStore  # direct, not through the proxy
 
     async def key(self, role: str = "user", scopes: frozenset[str] | None = None) -> tuple[str, str]:
         from anchor.gateway.auth import check_role_scopes
@@ -63,8 +66,22 @@ class Gateway:
         tok: str = r.json()["access_token"]
         return tok
 
+    @property
+    def audit_stream(self) -> str:
+        return audit_stream(self.pg.database)
+
+    async def audit_drained(self, timeout_s: float = 10.0) -> None:
+        """Wait until the audit records waiting in Redis (POST /v1/messages) are in PostgreSQL: the drain deletes
+        each from the stream after its insert committed (polled, bounded)."""
+        with trio.fail_after(timeout_s):
+            while True:  # a store's state changed by another task: polled, bounded
+                if not await self.redis.audit_backlog(self.audit_stream):
+                    return
+                await trio.sleep(0.02)
+
     async def audit_of(self, key_id: str) -> list[AuditEntry]:
-        """This key's audit rows, oldest first."""
+        """This key's audit rows, oldest first (once the drain has moved what waits in Redis)."""
+        await self.audit_drained()
         rows = await self.pg.recent_audit(limit=1000)
         return [r for r in reversed(rows) if r.actor == f"key:{key_id}"]
 
@@ -88,6 +105,7 @@ async def start_gateway(
     """``await start_gateway(**anchor_settings)``: a running gateway on a fresh database; stopped at the end."""
     pg_direct = PostgresStore(pg_dsn, timeout_s=5.0)
     await pg_direct.start()
+    redis_direct = RedisStore(services.redis.url, timeout_s=5.0)
     nodes: list[Node] = []
 
     async def start(
@@ -97,6 +115,7 @@ async def start_gateway(
         data_dir: Path | None = None,
         persistent: bool = False,
         consume_queue: bool = True,
+        drain_audit: bool = True,
         rag: RagSection | None = None,
         sections: Sequence[Any] = (),
         **anchor: Any,
@@ -135,13 +154,19 @@ async def start_gateway(
 
         async def run(task_status: trio.TaskStatus[list[str]]) -> None:
             try:
-                await run_anchor(node, mailbox=mailbox, consume_queue=consume_queue, task_status=task_status)
+                await run_anchor(
+                    node,
+                    mailbox=mailbox,
+                    consume_queue=consume_queue,
+                    drain_audit=drain_audit,
+                    task_status=task_status,
+                )
             finally:
                 stopped.set()
 
         urls: list[str] = await nursery.start(run)
         nodes.append(node)
-        return Gateway(urls[0], node, cfg, pg_direct, pg_proxy, redis_proxy, graph_proxy, stopped)
+        return Gateway(urls[0], node, cfg, pg_direct, pg_proxy, redis_proxy, graph_proxy, stopped, redis_direct)
 
     try:
         yield start
@@ -149,6 +174,7 @@ async def start_gateway(
         for node in nodes:
             node.request_stop()
         await pg_direct.aclose()
+        await redis_direct.aclose()
 
 
 @pytest.fixture

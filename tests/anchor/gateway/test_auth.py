@@ -18,6 +18,7 @@ from anchor.gateway.auth import (
     SCOPE_KEYS_ADMIN,
     SCOPE_MESSAGES_SEND,
     SCOPE_NODE_READ,
+    VERIFIED_CACHE_MAX,
     TokenIssuer,
     basic_credentials,
     bearer_token,
@@ -51,6 +52,26 @@ def test_expired_token_is_refused_at_its_exp() -> None:
     with pytest.raises(Unauthenticated) as e:
         issuer().verify(tok, now_s=NOW + 60)
     assert e.value.code == "token_expired"
+
+
+def test_a_verified_token_is_remembered_but_still_expires_and_the_memory_is_bounded() -> None:
+    iss = issuer()
+    tok = iss.issue(key_id="k1", role="user", scopes=ROLE_SCOPES["user"], now_s=NOW).access_token
+    first = iss.verify(tok, now_s=NOW + 1)
+    assert iss.verify(tok, now_s=NOW + 2) is first  # remembered: not decoded again
+    with pytest.raises(Unauthenticated) as e:
+        iss.verify(tok, now_s=NOW + 60)  # remembered, and expired all the same
+    assert e.value.code == "token_expired"
+    body, sig = tok.rsplit(".", 1)
+    forged = f"{body}.{sig[:10]}{'B' if sig[10] == 'A' else 'A'}{sig[11:]}"  # one whole signature byte changed
+    with pytest.raises(Unauthenticated):  # a forged token is checked (and refused), never remembered
+        iss.verify(forged, now_s=NOW + 1)
+    assert forged not in iss._verified
+    for i in range(VERIFIED_CACHE_MAX + 10):
+        other = iss.issue(key_id=f"k{i}", role="user", scopes=ROLE_SCOPES["user"], now_s=NOW).access_token
+        iss.verify(other, now_s=NOW + 1)
+    assert len(iss._verified) == VERIFIED_CACHE_MAX and tok not in iss._verified
+    assert iss.verify(tok, now_s=NOW + 3).key_id == "k1"  # dropped from memory: checked again
 
 
 def _tamper_claims(token: str, **changes: object) -> str:

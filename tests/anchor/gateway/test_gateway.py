@@ -227,13 +227,23 @@ async def test_store_down_gives_503_and_the_gateway_recovers(
     caplog.set_level(logging.INFO, logger="village.anchor.stores")
     key_id, secret = await gateway.key("user")
     auth = {"Authorization": f"Bearer {await gateway.token(client, secret)}"}
+    admin_id, admin_secret = await gateway.key("admin")
+    admin = {"Authorization": f"Bearer {await gateway.token(client, admin_secret)}"}
     for proxy, store in [(gateway.redis_proxy, "redis"), (gateway.pg_proxy, "postgres")]:
         proxy.down()
         for _ in range(2):
-            r = await client.post("/v1/messages", headers=auth, json={"text": f"while {store} is down"})
+            if store == "postgres":  # a state change PostgreSQL must record first: a new key
+                r = await client.post("/v1/keys", headers=admin, json={"name": "while down", "role": "user"})
+            else:
+                r = await client.post("/v1/messages", headers=auth, json={"text": f"while {store} is down"})
             assert r.status_code == 503, r.text
             assert r.json()["error"] == "store_unavailable" and r.json()["store"] == store
             assert "Retry-After" in r.headers
+        if store == "postgres":
+            # A message needs no PostgreSQL: its audit record waits in Redis (same atomic step as the enqueue)
+            # and reaches PostgreSQL once it is back (below).
+            r = await client.post("/v1/messages", headers=auth, json={"text": "while postgres is down"})
+            assert r.status_code == 202, r.text
         health = await client.get("/v1/health")
         assert health.status_code == 503 and health.json()["stores"][store] == "down"
         assert health.json()["status"] == "down"
@@ -252,12 +262,14 @@ async def test_store_down_gives_503_and_the_gateway_recovers(
         assert any(f"{store} store available again" in m for m in caplog.messages)
     assert (await client.get("/v1/health")).status_code == 200
     texts = [m.text for m in gateway.node.outgoing.values()]
-    assert texts == ["after redis came back", "after postgres came back"]  # nothing sent while unaudited
+    assert texts == ["after redis came back", "while postgres is down", "after postgres came back"]
     assert [r.action for r in await gateway.audit_of(key_id)] == [
         "auth.token",
         "messages.broadcast",
         "messages.broadcast",
+        "messages.broadcast",
     ]
+    assert [r.action for r in await gateway.audit_of(admin_id)] == ["auth.token"]  # no key made while it was down
 
 
 async def test_body_limit_and_openapi(start_gateway: StartGateway) -> None:

@@ -69,12 +69,17 @@ async def test_api_key_state_is_cached_in_redis_and_revocation_is_instant(
         assert (await client.get("/v1/node", headers=b_auth)).status_code == 200
         assert await gateway.pg.revoke_api_key(b_id)
         assert (await client.get("/v1/node", headers=b_auth)).status_code == 200
-        # ... and authenticated reads keep working while PostgreSQL is cut off (state changes do not: no audit).
-        _c_id, c_auth = tokens["c"]
+        # ... and authenticated reads keep working while PostgreSQL is cut off, and so do messages: their audit
+        # record waits in Redis (in the enqueue's atomic step) and reaches PostgreSQL once it is back. State
+        # changes PostgreSQL records itself do not (no audit row, no change).
+        c_id, c_auth = tokens["c"]
         assert (await client.get("/v1/node", headers=c_auth)).status_code == 200
         gateway.pg_proxy.down()
         assert (await client.get("/v1/peers", headers=c_auth)).status_code == 200
-        r = await client.post("/v1/messages", headers=c_auth, json={"text": "no audit, no send"})
+        r = await client.post("/v1/messages", headers=c_auth, json={"text": "audited in redis"})
+        assert r.status_code == 202, r.text
+        r = await client.post("/v1/keys", headers=admin, json={"name": "no audit, no key", "role": "user"})
         assert (r.status_code, r.json()["store"]) == (503, "postgres")
         await gateway.pg_proxy.up()
+        assert [a.action for a in await gateway.audit_of(c_id)][-1] == "messages.broadcast"
     await redis.aclose()

@@ -95,7 +95,7 @@ def test_restart_restores_state_evidence_and_own_signatures(pg_dsn: str) -> None
     assert other.load().certificates == {} and other.signed() == {}
     with psycopg.connect(pg_dsn) as conn:
         names = [r[0] for r in conn.execute("SELECT name FROM schema_migrations ORDER BY version")]
-    assert names[-1] == "governance"
+    assert "governance" in names  # (later migrations follow it)
     again.close()
     other.close()
 
