@@ -31,7 +31,8 @@ async def _auth(gateway: Gateway, client: httpx.AsyncClient, scope: str | None =
 def _entries(services: ServiceSettings, key: str) -> list[dict[str, str]]:
     client = redis_sync.Redis.from_url(services.redis.url)
     try:
-        return [{k.decode(): v.decode() for k, v in fields.items()} for _id, fields in client.xrange(key)]
+        rows: Any = client.xrange(key)  # redis-py's sync stubs type this loosely; entries are (id, {bytes: bytes})
+        return [{k.decode(): v.decode() for k, v in fields.items()} for _id, fields in rows]
     finally:
         client.close()
 
