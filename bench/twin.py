@@ -14,8 +14,12 @@ Figures (one line each; the baseline is the prior alone, in the same run):
 * model size on disk (the user's state file) and the shipped prior's size;
 * suggestion latency p50 / p99 (``TwinLM.suggest`` on partial test messages, in-process);
 * learning cost per message (predict every token + learn it);
-* the gated-vs-always-update curve: personal counts learned only from tokens the surprise gate passes, at
-  several target fractions; gain = bits saved over the prior alone, compute = time in count updates.
+* the gated-vs-always-update curve (with the neural tier): counts, recency cache and output bias always; the
+  neural tier's W/b step on the tokens the surprise gate passes. Baseline ``neural_always``: the session-3
+  update, one SGD step per token with its own forward pass; ``neural_gate_F`` gates that update;
+  ``batch_always`` / ``batch_gate_F`` use the shipped update (one sparse mini-batch per message from the
+  predictions' forward passes). Gain = bits saved over no learning at all (``static``), compute = time in
+  updates.
 
 Tuning switches (measured on dev senders only): ``--recency-decay``, ``--no-recency`` (no recency cache tier),
 ``--no-bias-always`` (the neural output bias behind the gate too), ``--gate-neural`` (gate on the neural tier's
@@ -52,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import twin_data
 
+from node.twin import neural as neural_mod
 from node.twin import store
 from node.twin.gate import SurpriseGate
 from node.twin.model import TwinLM
@@ -142,6 +147,7 @@ class Config:
     recency: bool = True  # the recency cache tier (learned always, like the counts)
     gate_start_bits: float | None = None  # the gate's starting threshold (None: SurpriseGate's default)
     gate_step_bits: float | None = None  # the gate's adaptation step (None: SurpriseGate's default)
+    batched: bool = True  # neural steps as one mini-batch per message from the predictions' forward passes
 
 
 def run_sender(
@@ -161,6 +167,12 @@ def run_sender(
         recency=cfg.recency and not _OPTS.get("no_recency"),
         recency_decay=_OPTS.get("recency_decay"),
         bias_always=not _OPTS.get("no_bias_always"),
+        batched_steps=cfg.batched,
+        **(
+            {}
+            if _OPTS.get("neural_candidates") is None
+            else {"neural_candidates": int(_OPTS["neural_candidates"] or 0)}
+        ),
     )
     if _NEURAL_LR:
         lm.neural_lr = _NEURAL_LR[0]
@@ -242,7 +254,7 @@ def _gate_lines_neural(configs: list[Config], pooled: dict[str, Result]) -> None
         f"(neural steps {a.neural_s:.2f} s, {a.neural_updates} of them)"
     )
     for c in configs:
-        if c.gate_fraction is None or c.gate_fraction >= 1.0 or not c.neural:
+        if c.gate_fraction is None or not c.neural or c.name in ("neural_always", "twin") or c.name not in pooled:
             continue
         g = pooled[c.name]
         print(
@@ -251,6 +263,17 @@ def _gate_lines_neural(configs: list[Config], pooled: dict[str, Result]) -> None
             f"{pct(frozen.bits - g.bits, gain_nn)} of their gain at {pct(g.neural_updates, a.neural_updates)} "
             f"of the steps ({pct(g.neural_s, a.neural_s)} of their time); {g.bits / g.tokens:.3f} bits/token"
         )
+    ba = pooled.get("batch_always")
+    if ba is None:
+        return
+    gain_b = static.bits - ba.bits
+    for c in configs:
+        if c.name.startswith("batch_gate_") and c.name in pooled:
+            g = pooled[c.name]
+            print(
+                f"twin.gate_within_batched.{c.name}: keeps {pct(static.bits - g.bits, gain_b)} of batch_always's "
+                f"gain at {pct(g.update_s, ba.update_s)} of its update time (the gate's own selection)"
+            )
 
 
 def _gate_lines_counts(configs: list[Config], pooled: dict[str, Result]) -> None:
@@ -276,16 +299,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="only the first N senders")
     ap.add_argument("--ks-words", type=int, default=300)
     ap.add_argument("--fractions", type=float, nargs="*", default=[0.1, 0.3])
+    ap.add_argument(
+        "--batch-fractions", type=float, nargs="*", default=[0.5, 0.8], help="gate fractions of the batched update"
+    )
     ap.add_argument("--prior", type=Path, default=None, help="a prior file (default: the packaged one)")
     ap.add_argument("--per-user", action="store_true")
     ap.add_argument("--modes", default="", help="comma list of configurations to run (default: all)")
     ap.add_argument("--neural", type=Path, default=None, help="a neural model file (default: the packaged one)")
-    ap.add_argument("--gate", type=float, default=0.3, help="the shipped gate fraction (twin.gate_fraction)")
+    ap.add_argument("--gate", type=float, default=0.8, help="the shipped gate fraction (twin.gate_fraction)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--neural-lr", type=float, default=None, help="override the neural tier's adaptation step")
     ap.add_argument("--recency-decay", type=float, default=None, help="the recency cache's decay per token")
     ap.add_argument("--gate-neural", action="store_true", help="gate on the neural tier's own surprisal")
     ap.add_argument("--no-bias-always", action="store_true", help="neural output bias behind the gate too")
+    ap.add_argument("--neural-candidates", type=int, default=None, help="the neural tier's top-k in the candidates")
+    ap.add_argument("--sparse-min-p", type=float, default=None, help="the batched step's output-row cut")
     ap.add_argument("--no-recency", action="store_true", help="no recency cache tier")
     ap.add_argument("--job-lines", action="store_true", help="print each (configuration, sender) result as it ends")
     ap.add_argument(
@@ -297,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     _OPTS["recency_decay"] = args.recency_decay
+    _OPTS["neural_candidates"] = args.neural_candidates
+    if args.sparse_min_p is not None:
+        neural_mod.SPARSE_MIN_P = args.sparse_min_p  # read by adapt_batch at call time (the workers fork after)
     _OPTS["no_bias_always"] = 1.0 if args.no_bias_always else None
     _OPTS["gate_score"] = 1.0 if args.gate_neural else None
     _OPTS["no_recency"] = 1.0 if args.no_recency else None
@@ -328,16 +359,28 @@ def main(argv: list[str] | None = None) -> int:
         Config("ngram", gate_counts=True, gate_fraction=None, topk=True, recency=False),
     ]
     if nn_data is not None:
+        old = {"batched": False}  # the session-3 update: one SGD step per token with its own forward pass
         configs += [
             Config("twin", neural=True, gate_fraction=args.gate, extras=True),
             Config("static", fixed_lambda=0.0, neural=True, gate_fraction=None, topk=False, recency=False),
             Config("neural_frozen", neural=True, gate_fraction=None, topk=False),
-            Config("neural_always", neural=True, gate_fraction=1.0, topk=False),
+            Config("neural_always", neural=True, gate_fraction=1.0, topk=False, **old),
         ]
-        configs += [Config(f"neural_gate_{f:g}", neural=True, gate_fraction=f, topk=False) for f in args.fractions]
         configs += [
-            Config(f"neural_hard_gate_{args.gate:g}", neural=True, gate_fraction=args.gate, sampled=False, topk=False)
+            Config(f"neural_gate_{f:g}", neural=True, gate_fraction=f, topk=False, **old) for f in args.fractions
         ]
+        configs += [
+            Config(
+                f"neural_hard_gate_{args.gate:g}",
+                neural=True,
+                gate_fraction=args.gate,
+                sampled=False,
+                topk=False,
+                **old,
+            )
+        ]
+        configs += [Config("batch_always", neural=True, gate_fraction=1.0, topk=False)]
+        configs += [Config(f"batch_gate_{f:g}", neural=True, gate_fraction=f, topk=False) for f in args.batch_fractions]
         for v in args.gate_variant:
             f, start, step = (float(x) for x in v.split(":"))
             configs.append(

@@ -27,7 +27,7 @@ import numpy as np
 from node.twin import store
 from node.twin.actions import ActionHead
 from node.twin.errors import TwinStoreError
-from node.twin.gate import SurpriseGate
+from node.twin.gate import MAX_THRESHOLD_BITS, MIN_THRESHOLD_BITS, SurpriseGate
 from node.twin.model import TwinLM
 from node.twin.neural import NeuralLM
 from node.twin.prior import GlobalPrior
@@ -73,7 +73,7 @@ class TwinEngine:
         *,
         neural: NeuralLM | None = None,
         embed: Embed | None = None,
-        gate_fraction: float = 0.3,
+        gate_fraction: float = 0.8,
         max_personal_words: int = 50_000,
     ) -> None:
         self.prior, self.neural = prior, neural
@@ -205,7 +205,9 @@ class TwinEngine:
         self.lm.mu = min(0.9, max(0.02, store.meta_float(meta, "mu", self.lm.mu)))
         self.lm.mu_n = store.meta_int(meta, "mu_n")
         self.neural_updates = store.meta_int(meta, "neural_updates")
-        self.gate.threshold_bits = store.meta_float(meta, "gate_threshold_bits", self.gate.threshold_bits)
+        self.gate.threshold_bits = store.meta_float(
+            meta, "gate_threshold_bits", self.gate.threshold_bits, lo=MIN_THRESHOLD_BITS, hi=MAX_THRESHOLD_BITS
+        )
         topics, contacts = meta.get("topics", []), meta.get("contacts", {})
         if not isinstance(topics, list) or not isinstance(contacts, dict):
             raise TwinStoreError("twin state header: topics is not a list or contacts not an object")

@@ -16,6 +16,12 @@ the neural tier *worse* than not adapting at all). ``sample`` keeps every event 
 and keeps one below it with probability ``s / threshold``, weighted ``threshold / s`` (capped at
 :data:`MAX_WEIGHT`): surprising events are always learned, and the expected update equals the always-update
 one (importance sampling, with the gradient's size roughly growing with surprisal).
+
+Measured (bench/README.md, session 4): sampling by surprisal keeps about the share of the neural tier's gain
+that it keeps of its steps (it acts like random subsampling, not like picking the useful updates), so what
+makes the gated learning cheap is the update itself: the neural step runs as one sparse mini-batch per message
+from the forward passes the predictions already computed (``NeuralLM.adapt_batch``), and the shipped fraction
+is 0.8 (``[twin] gate_fraction``).
 """
 
 from __future__ import annotations
@@ -24,6 +30,11 @@ import random
 from dataclasses import dataclass, field
 
 MAX_WEIGHT = 4.0  # the largest importance weight of a sampled low-surprise update (bounds one step's size)
+# The range a threshold can reach: surprisals are at most -log2(1e-12) ~ 40 bits, and the threshold moves by a
+# fraction of a bit per event. A stored threshold outside it is refused on load (it would pin the gate open or
+# shut: 0 passes every event, a huge one only the importance-sampled ones).
+MIN_THRESHOLD_BITS = 0.0
+MAX_THRESHOLD_BITS = 64.0
 
 
 @dataclass(slots=True)

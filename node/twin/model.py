@@ -39,6 +39,7 @@ CACHE_EDGES = (0.05, 1.0, 3.0)  # recency-cache context counts (decayed): < 0.05
 HISTORY = 8  # previous tokens handed to the prior and the neural tier (each uses its own tail of them)
 PREFIX_CANDIDATES = 64  # prior words scored for a typed prefix (the likeliest under the unigram)
 MAX_SEEN = 128  # neural distributions kept per message for the bias step (later tokens skip it)
+NEURAL_CANDIDATES = 8  # the neural tier's likeliest next words added to the n-gram tiers' candidates
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,8 @@ class TwinLM:
         recency: bool = True,
         recency_decay: float | None = None,
         bias_always: bool = True,
+        batched_steps: bool = True,
+        neural_candidates: int = NEURAL_CANDIDATES,
     ) -> None:
         self.prior = prior
         self.neural = neural
@@ -113,7 +116,10 @@ class TwinLM:
         self.kappa = [KAPPA_INIT] * N_CACHE_BUCKETS
         self.kappa_n = [0] * N_CACHE_BUCKETS
         self.bias_always = bias_always
+        self.neural_candidates = neural_candidates  # the neural tier's top-k join the ranked candidates
+        self.batched_steps = batched_steps  # the neural step from the predictions' forward passes (adapt_batch)
         self._seen: list[tuple[np.ndarray[Any, Any], int]] = []  # this message's neural distributions
+        self._fwd: list[tuple[Any, Any, Any, int]] = []  # this message's forward passes (x, h, p, target)
         self.last_neural_bits: float | None = None  # the neural tier's surprisal of the last learned token
         self.messages = 0
         order = sorted(range(3, prior.v), key=prior.vocab.__getitem__)
@@ -187,6 +193,8 @@ class TwinLM:
         pers = self.personal.candidates(u, v)
         if self.recency is not None:
             pers = pers + self.recency.candidates(v)
+        if self.neural is not None and self.neural_candidates > 0:
+            g = np.concatenate([g, self.neural.top_ids(prior_h, self.neural_candidates)])
         cand = np.unique(np.concatenate([g, np.asarray(pers, dtype=np.int64)])) if pers else g
         out: np.ndarray[Any, Any] = cand[(cand != self.prior.bos) & (cand != self.prior.unk)]
         return out
@@ -220,9 +228,20 @@ class TwinLM:
         self.last_neural_bits = -math.log2(max(float(m.pn[0]), MIN_P)) if m.pn is not None else None
         if not history:
             self._seen.clear()
+            self._fwd.clear()
         nn = self.neural
+        target = token_id if token_id < self.prior.v else self.prior.unk
         if self.bias_always and nn is not None and nn.last_p is not None and len(self._seen) < MAX_SEEN:
-            self._seen.append((nn.last_p, token_id if token_id < self.prior.v else self.prior.unk))
+            self._seen.append((nn.last_p, target))
+        if (
+            self.batched_steps
+            and nn is not None
+            and nn.last_p is not None
+            and nn.last_x is not None
+            and nn.last_h is not None
+            and len(self._fwd) == len(history) < MAX_SEEN
+        ):
+            self._fwd.append((nn.last_x, nn.last_h, nn.last_p, target))
         pbase = pm
         if m.pc is not None and m.p_base is not None:
             pbase = max(float(m.p_base[0]), MIN_P)
@@ -278,8 +297,12 @@ class TwinLM:
         return bits
 
     def adapt_neural(self, ids: Sequence[int], weights: Sequence[float]) -> int:
-        """The expensive update: one SGD step of the neural tier per token with a non-zero weight (the step
-        is scaled by it); returns how many steps ran."""
+        """The expensive update: the neural tier learns from every token with a non-zero weight (its step is
+        scaled by it); returns how many tokens it learned from.
+
+        With ``batched_steps`` (the default) the tokens whose forward pass the prediction kept (the message's
+        first :data:`MAX_SEEN`) are learned in one mini-batch step (:meth:`NeuralLM.adapt_batch`); the others,
+        and every token without ``batched_steps``, by one SGD step each with its own forward pass."""
         if self.neural is None:
             return 0
         bias = not self.bias_always
@@ -287,7 +310,14 @@ class TwinLM:
             self.neural.adapt_bias(self._seen, self.neural_lr)
             self._seen.clear()
         n = 0
+        fwd = self._fwd if self.batched_steps and len(self._fwd) <= len(ids) else []
+        if fwd:
+            batch = [(x, h, p, t, w) for (x, h, p, t), w in zip(fwd, weights, strict=False) if w > 0]
+            n += self.neural.adapt_batch(batch, self.neural_lr, bias=bias)
+        self._fwd = []
         for i, wgt in enumerate(weights):
+            if i < len(fwd):
+                continue
             if wgt > 0:
                 _, _, prior_h = self._history(ids[:i])
                 t = ids[i] if ids[i] < self.prior.v else self.prior.unk

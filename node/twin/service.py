@@ -34,6 +34,7 @@ from node.twin.governor import DeferredQueue, Governor, GovernorLimits, Readings
 from node.twin.neural import NeuralLM
 from node.twin.prior import GlobalPrior
 from node.twin.settings import TwinSettings
+from node.twin.threads import limit_blas_threads
 
 log = logging.getLogger("village.twin")
 
@@ -79,6 +80,7 @@ class TwinService:
         self.engine: TwinEngine | None = None
         self.load_error: str | None = None
         self.actions_note: str | None = None
+        self.blas_threads: int | None = None  # the BLAS pool cap set when the engine loaded (None: left alone)
         self._limiter = trio.CapacityLimiter(1)
         self._send: trio.MemorySendChannel[Queued] | None = None
         self._recv: trio.MemoryReceiveChannel[Queued] | None = None
@@ -121,6 +123,7 @@ class TwinService:
         return self.engine
 
     def _load(self) -> TwinEngine:
+        self.blas_threads = limit_blas_threads(self.settings.blas_threads)
         prior = GlobalPrior.load_packaged()
         neural = None
         if self.settings.neural:
@@ -322,6 +325,7 @@ class TwinService:
                 "max_disk_bytes": self.settings.max_disk_bytes,
                 "load_error": self.load_error,
                 "actions_note": self.actions_note,
+                "blas_threads": self.blas_threads,
             }
         )
         return st

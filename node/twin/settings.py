@@ -27,10 +27,18 @@ class TwinSettings:
     )
     neural: bool = _setting(True, "Use the neural tier when its model file is installed.")
     gate_fraction: float = _setting(
-        0.3,
-        "Surprise gate: about this fraction of tokens (the most surprising) adapt the neural tier.",
+        0.8,
+        "Surprise gate: about this fraction of tokens adapt the neural tier (every token above the adaptive "
+        "threshold, the others sampled by surprisal; 0.8 chosen on tuning senders, see bench/README.md).",
         min=0.01,
         max=1.0,
+    )
+    blas_threads: int = _setting(
+        1,
+        "Threads of numpy's BLAS pool, set when the twin loads (the whole process has one pool; the twin's "
+        "small matrices are fastest on one thread, most of all on a busy device); 0 leaves it as it is.",
+        min=0,
+        max=64,
     )
     actions: bool = _setting(True, "Learn the next-action head (needs the MiniLM model of the knowledge base).")
     min_battery_percent: int = _setting(

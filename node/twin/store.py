@@ -79,11 +79,13 @@ def meta_int(meta: dict[str, Any], key: str, default: int = 0) -> int:
     return v
 
 
-def meta_float(meta: dict[str, Any], key: str, default: float) -> float:
-    """A finite number of the header; raises TwinStoreError otherwise."""
+def meta_float(meta: dict[str, Any], key: str, default: float, *, lo: float = -math.inf, hi: float = math.inf) -> float:
+    """A finite number of the header within ``[lo, hi]``; raises TwinStoreError (naming the key) otherwise."""
     v = meta.get(key, default)
     if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
         raise TwinStoreError(f"twin state header: {key} is not a finite number")
+    if not lo <= v <= hi:
+        raise TwinStoreError(f"twin state header: {key} = {v} is outside [{lo}, {hi}]")
     return float(v)
 
 

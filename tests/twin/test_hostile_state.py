@@ -94,6 +94,8 @@ HOSTILE: dict[str, Mutate] = {
     "topics is an object": _set_meta("topics", {"a": 1}),
     "events is infinite": _set_meta("events", 1e400),
     "mu is NaN": _set_meta("mu", float("nan")),
+    "gate threshold is negative (gate pinned open)": _set_meta("gate_threshold_bits", -5.0),
+    "gate threshold is huge (gate pinned shut)": _set_meta("gate_threshold_bits", 1e9),
     "contacts count is text": _set_meta("contacts", {"alice": "many"}),
     "trigram counts are NaN floats": _set_array("tri_counts", lambda a: np.full(len(a["tri_counts"]), np.nan)),
     "lam is NaN": _set_array("lam", lambda a: np.full(len(a["lam"]), np.nan)),
@@ -165,3 +167,24 @@ def test_decode_raises_only_twin_store_errors(tmp_path: Path) -> None:
         b[i] = int(rng.integers(32, 127))
         with contextlib.suppress(TwinStoreError):  # anything else fails the test
             TwinEngine(prior).decode(bytes(b), 10_000_000)
+
+
+@pytest.mark.parametrize("value", [-0.5, 64.5, 1e300])
+def test_an_out_of_range_gate_threshold_is_refused_naming_the_key(value: float) -> None:
+    prior = GlobalPrior.load_packaged()
+    eng = TwinEngine(prior)
+    eng.observe(Event("message", "hello there friend", "messages.send", 0))
+    eng.gate.threshold_bits = value
+    with pytest.raises(TwinStoreError, match="gate_threshold_bits"):
+        TwinEngine(prior).decode(eng.encode(10_000_000), 10_000_000)
+
+
+@pytest.mark.parametrize("value", [0.0, 3.25, 64.0])
+def test_a_gate_threshold_in_range_is_restored(value: float) -> None:
+    prior = GlobalPrior.load_packaged()
+    eng = TwinEngine(prior)
+    eng.observe(Event("message", "hello there friend", "messages.send", 0))
+    eng.gate.threshold_bits = value
+    back = TwinEngine(prior)
+    back.decode(eng.encode(10_000_000), 10_000_000)
+    assert back.gate.threshold_bits == value

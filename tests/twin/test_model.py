@@ -61,3 +61,53 @@ def test_gated_count_learning_learns_less(prior: GlobalPrior) -> None:
         gated.observe(m, gate=gate, gate_counts=True)
     assert gated.personal.tokens < always.personal.tokens
     assert gated.personal.tokens > 0
+
+
+@pytest.fixture(scope="module")
+def neural_bytes() -> bytes:
+    from importlib import resources
+
+    return resources.files("node.twin.data").joinpath("neural.bin").read_bytes()
+
+
+def _with_neural(prior: GlobalPrior, data: bytes, **kw: object) -> TwinLM:
+    from node.twin.neural import NeuralLM
+
+    return TwinLM(prior, neural=NeuralLM(data, prior.p1, prior.unk, prior.bos), **kw)  # type: ignore[arg-type]
+
+
+def test_the_batched_neural_step_learns_like_the_per_token_one(prior: GlobalPrior, neural_bytes: bytes) -> None:
+    """The shipped update (one mini-batch per message from the predictions' forward passes) adapts the neural
+    tier about as much as one SGD step per token with its own forward pass, and lowers the phrase's surprisal."""
+    msgs = ["see you at the gym tonight bro", "gym later ? bro", "at the gym now bro"] * 4
+    batched, per_token = _with_neural(prior, neural_bytes), _with_neural(prior, neural_bytes, batched_steps=False)
+    assert batched.neural is not None and per_token.neural is not None
+    probe = batched.ids(["at", "the"])
+    gym = batched.token_id("gym", add=False)
+    before = batched.neural.probs(probe, np.asarray([gym]))[0]
+    for m in msgs:
+        batched.observe(m)
+        per_token.observe(m)
+    assert batched.neural.updates == per_token.neural.updates == sum(len(m.split()) + 1 for m in msgs)
+    d_batch = batched.neural.w - batched.neural.w0
+    d_tok = per_token.neural.w - per_token.neural.w0
+    cos = float((d_batch * d_tok).sum() / np.linalg.norm(d_batch) / np.linalg.norm(d_tok))
+    assert cos > 0.9
+    assert 0.5 < float(np.linalg.norm(d_batch) / np.linalg.norm(d_tok)) < 2.0
+    assert batched.neural.probs(probe, np.asarray([gym]))[0] > 1.5 * before
+
+
+def test_the_neural_tiers_favourites_can_be_suggested(prior: GlobalPrior, neural_bytes: bytes) -> None:
+    """A word only the neural tier ranks high is among the ranked candidates (it could never be suggested
+    before, whatever its probability)."""
+    lm = _with_neural(prior, neural_bytes)
+    off = _with_neural(prior, neural_bytes, neural_candidates=0)
+    assert lm.neural is not None
+    found = 0
+    for text in ["how are you", "i am going to the", "what do you", "thanks for the", "see you"]:
+        hist = lm.ids(text.split())
+        top_nn = set(lm.neural.top_ids(lm._history(hist)[2], 8).tolist())
+        with_nn, without = set(lm.candidates(hist).tolist()), set(off.candidates(hist).tolist())
+        assert top_nn <= with_nn
+        found += len(top_nn - without)
+    assert found > 0  # some of them were missing from the n-gram tiers' candidates

@@ -305,3 +305,29 @@ async def test_a_failing_event_is_counted_not_fatal(tmp_path: Path, autojump_clo
         st = await svc.status()
         assert st["learn_errors"] >= 1 and st["messages_learned"] >= 2
         n.cancel_scope.cancel()
+
+
+async def test_loading_the_engine_caps_the_blas_pool(tmp_path: Path) -> None:
+    """``[twin] blas_threads`` caps numpy's BLAS pool when the engine loads (and 0 leaves it alone)."""
+    from threadpoolctl import threadpool_limits
+
+    from node.twin.threads import blas_threads
+
+    before = blas_threads()
+    threadpool_limits(limits=2, user_api="blas")
+    try:
+        loose = make(tmp_path / "a", Power(90, True), blas_threads=0)
+        async with trio.open_nursery() as n:
+            await n.start(loose.run, None)
+            assert (await loose.status())["blas_threads"] is None
+            n.cancel_scope.cancel()
+        two = blas_threads()
+        assert two and all(t == two[0] for t in two)
+        pinned = make(tmp_path / "b", Power(90, True), blas_threads=1)
+        async with trio.open_nursery() as n:
+            await n.start(pinned.run, None)
+            assert (await pinned.status())["blas_threads"] == 1
+            n.cancel_scope.cancel()
+        assert blas_threads() == [1] * len(two)
+    finally:
+        threadpool_limits(limits=max(before or [1]), user_api="blas")
