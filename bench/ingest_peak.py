@@ -38,11 +38,11 @@ def status_kib(pid: int, key: str) -> int:
     return 0
 
 
-def ingest(tree: Path, corpus: Path, work: Path) -> tuple[float, int, int, int, int]:
+def ingest(tree: Path, corpus: Path, work: Path, extra: str = "") -> tuple[float, int, int, int, int]:
     """(seconds, docs added, idle VmRSS, VmHWM, VmRSS after) of one fresh node from ``tree``, KiB."""
     data = Path(tempfile.mkdtemp(prefix="node-", dir=work))
     data.chmod(0o700)
-    (data / "config.toml").write_text(CONFIG)
+    (data / "config.toml").write_text(CONFIG + extra)
     env = {**os.environ, "PYTHONPATH": str(tree), "VILLAGE_DATA_DIR": str(data)}
     cli = [sys.executable, "-m", "node.cli"]
     subprocess.run([*cli, "init"], env=env, check=True, capture_output=True)
@@ -73,6 +73,7 @@ def main() -> int:
     ap.add_argument("--docs", type=int, default=0, help="first N SciFact abstracts (default: all)")
     ap.add_argument("--baseline-tree", type=Path, help="another checkout to measure in the same run")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--embed-batch", type=int, default=0, help="[rag] embed_batch for both variants (default: theirs)")
     args = ap.parse_args()
     sf = scifact_data.load()
     docs = list(sf.docs.items())[: args.docs or None]
@@ -90,7 +91,8 @@ def main() -> int:
         best: dict[str, tuple[float, int]] = {}
         for r in range(args.rounds):
             for name, tree in variants:
-                secs, added, idle, hwm, rss = ingest(tree, corpus, work)
+                extra = f"[rag]\nembed_batch = {args.embed_batch}\n" if args.embed_batch else ""
+                secs, added, idle, hwm, rss = ingest(tree, corpus, work, extra)
                 rate = added / secs
                 print(
                     f"round {r + 1} {name:8}: {added} docs in {secs:.0f} s = {rate:.2f} docs/s; idle {idle / 1024:.0f} "
