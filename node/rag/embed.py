@@ -102,7 +102,7 @@ class Embedder:
                     f"the embedding model needs onnxruntime and tokenizers ({exc}): pip install onnxruntime "
                     f"tokenizers; {install_hint()}"
                 ) from exc
-            model_path = self._prepared(model_path)
+            shipped, model_path = model_path, self._prepared(model_path)
             tok = Tokenizer.from_file(str(tok_path))
             tok.enable_truncation(max_length=self.settings.max_tokens)
             tok.enable_padding(pad_id=0, pad_token="[PAD]")
@@ -116,7 +116,16 @@ class Embedder:
             # Every call has another shape (batch x length), so a memory pattern planned for one is never reused;
             # planning it still reserves one block per shape seen (~+100 MB at batch 8 on SciFact).
             opts.enable_mem_pattern = False
-            session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+            try:
+                session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # onnxruntime raises its own types; a bad rewrite must not disable the model
+                if model_path == shipped:
+                    raise
+                log.warning(
+                    "rag: the prepared model %s does not load (%s); removed, using the shipped file", model_path, exc
+                )
+                model_path.unlink(missing_ok=True)
+                session = ort.InferenceSession(str(shipped), sess_options=opts, providers=["CPUExecutionProvider"])
             self._tokenizer = tok
             self._session = session
 

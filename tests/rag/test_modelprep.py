@@ -99,3 +99,13 @@ def test_a_graph_without_a_dequantized_lookup_is_refused(tmp_path: Path) -> None
     with pytest.raises(ValueError, match="no dequantized embedding lookup"):
         modelprep.prepare(src, tmp_path / "out.onnx")
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_prepared_file_that_does_not_load_is_removed_and_the_shipped_model_used(tmp_path: Path) -> None:
+    cache = tmp_path / "model"
+    cache.mkdir(mode=0o700)
+    bad = cache / modelprep.cached_name(embed.model_files()[0])
+    bad.write_bytes(b"not an onnx model")
+    vecs = _embedder(4, cache).embed(TEXTS[:2])
+    assert not bad.exists()
+    assert np.array_equal(vecs, _embedder(4, None).embed(TEXTS[:2]))
