@@ -13,6 +13,9 @@ through ``trio.to_thread.run_sync`` behind a ``CapacityLimiter``.
 from __future__ import annotations
 
 import importlib.util
+import logging
+import subprocess
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +26,8 @@ import numpy as np
 import numpy.typing as npt
 
 from node.rag.errors import ModelMissing
+
+log = logging.getLogger("village.rag")
 
 DIM = 384
 MODEL_ID = "all-MiniLM-L6-v2-onnx-int8"
@@ -65,6 +70,9 @@ class EmbedderSettings:
     intra_op_threads: int = 1
     batch_size: int = 32
     max_tokens: int = MAX_TOKENS
+    # Where the model rewritten by node.rag.modelprep is kept (None: use the shipped file as it is).
+    cache_dir: Path | None = None
+    prepare_timeout_s: float = 300.0
 
 
 class Embedder:
@@ -94,6 +102,7 @@ class Embedder:
                     f"the embedding model needs onnxruntime and tokenizers ({exc}): pip install onnxruntime "
                     f"tokenizers; {install_hint()}"
                 ) from exc
+            shipped, model_path = model_path, self._prepared(model_path)
             tok = Tokenizer.from_file(str(tok_path))
             tok.enable_truncation(max_length=self.settings.max_tokens)
             tok.enable_padding(pad_id=0, pad_token="[PAD]")
@@ -104,9 +113,51 @@ class Embedder:
             # No graph optimisation: on this int8 model it changes no output (max |diff| 1.5e-7) and no speed, but
             # the optimised graph holds ~120 MB more at load and ~140 MB more at peak (bench/footprint.py).
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+            # Every call has another shape (batch x length), so a memory pattern planned for one is never reused;
+            # planning it still reserves one block per shape seen (~+100 MB at batch 8 on SciFact).
+            opts.enable_mem_pattern = False
+            try:
+                session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # onnxruntime raises its own types; a bad rewrite must not disable the model
+                if model_path == shipped:
+                    raise
+                log.warning(
+                    "rag: the prepared model %s does not load (%s); removed, using the shipped file", model_path, exc
+                )
+                model_path.unlink(missing_ok=True)
+                session = ort.InferenceSession(str(shipped), sess_options=opts, providers=["CPUExecutionProvider"])
             self._tokenizer = tok
             self._session = session
+
+    def _prepared(self, model_path: Path) -> Path:
+        """The model with row-wise embedding lookups (``node.rag.modelprep``), made once in a child process and
+        kept in ``cache_dir``; the shipped file if there is no cache dir or the rewrite fails."""
+        cache = self.settings.cache_dir
+        if cache is None:
+            return model_path
+        from node.rag import modelprep
+
+        dst = cache / modelprep.cached_name(model_path)
+        if dst.is_file():
+            return dst
+        try:
+            cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+            r = subprocess.run(
+                # The module as a script (stdlib + onnx only), -P: its folder is not put on sys.path.
+                [sys.executable, "-P", modelprep.__file__, str(model_path), str(dst)],
+                capture_output=True,
+                text=True,
+                timeout=self.settings.prepare_timeout_s,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning("rag: could not prepare the embedding model (%s); using the shipped file", exc)
+            return model_path
+        if r.returncode != 0 or not dst.is_file():
+            tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            log.warning("rag: could not prepare the embedding model (%s); using the shipped file", tail[:300])
+            return model_path
+        return dst
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         """L2-normalised float32 vectors, shape (len(texts), 384). Blocking."""

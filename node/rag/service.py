@@ -138,7 +138,11 @@ class RagService:
         self.root = root
         self.wall_s = wall_s
         self.embedder = embedder or Embedder(
-            EmbedderSettings(intra_op_threads=settings.embed_threads, batch_size=settings.embed_batch)
+            EmbedderSettings(
+                intra_op_threads=settings.embed_threads,
+                batch_size=settings.embed_batch,
+                cache_dir=None if root is None else root / "model",
+            )
         )
         self._db = trio.CapacityLimiter(1)
         self._embed_limiter = trio.CapacityLimiter(1)

@@ -253,6 +253,48 @@ async def test_ingest_embeds_in_slices_and_extracts_keyphrases_outside_the_trans
     await svc.aclose()
 
 
+async def test_a_folder_is_ingested_as_a_stream_of_small_groups(tmp_path: Path) -> None:
+    """Memory stays bounded by a group, not by the folder: no more than one group of chunks (plus one document) is
+    ever embedded and not yet written, each model call gets at most ``embed_batch`` texts, every chunk is embedded
+    exactly once and its vector lives once in the dense index."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(60):
+        body = " ".join(f"Document {i} sentence {j} about sediment {i * 7 + j} in the delta." for j in range(9))
+        (docs / f"d{i:02}.txt").write_text(body)
+    settings = dataclasses.replace(RagSection(), mode="hybrid", chunk_chars=200, chunk_overlap_chars=0)
+    embedded = written = most_pending = 0
+    calls: list[int] = []
+
+    class Spy(HashEmbedder):
+        def embed(self, texts: Sequence[str]) -> Vectors:
+            nonlocal embedded, most_pending
+            calls.append(len(texts))
+            embedded += len(texts)
+            most_pending = max(most_pending, embedded - written)
+            return super().embed(texts)
+
+    svc = RagService(settings, tmp_path / "rag", embedder=Spy())
+    write = svc._write_sync
+
+    def counting_write(prep: Any, *args: Any) -> Any:
+        nonlocal written
+        out = write(prep, *args)
+        written += len(prep.chunks)
+        return out
+
+    svc._write_sync = counting_write  # type: ignore[method-assign,assignment]
+    r = await svc.add([str(docs)])
+    stats = await svc.stats()
+    await svc.aclose()
+    assert r["added"] == 60 and r["chunks"] > 150  # several groups' worth
+    per_doc = r["chunks"] // 60 + 1
+    group = max(settings.embed_batch * 4, 64)
+    assert most_pending <= group + per_doc < r["chunks"]
+    assert max(calls) <= settings.embed_batch and embedded == written == r["chunks"]
+    assert stats["dense_index_size"] == stats["embedded_chunks"] == r["chunks"]
+
+
 async def test_adding_a_folder_skips_symlinks_pointing_outside_it(tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()

@@ -1,0 +1,119 @@
+"""Peak memory and speed of a RAG ingest through a real node, against another source tree in the same run.
+
+    python bench/ingest_peak.py [--docs N] [--baseline-tree /path/to/other/checkout] [--rounds R]
+
+Writes the first ``--docs`` SciFact abstracts (all 5,183 by default; ``$VILLAGE_SHARED_DIR/data/scifact``) as files,
+then for each variant starts a real ``village run`` (``python -m node.cli``, PYTHONPATH set to the variant's tree,
+BetaNet on loopback, default ``[rag]``) on a fresh data dir and ingests the folder with one ``rag.add`` over the
+control socket. Per variant: docs/s of the ``rag.add`` call, the node's idle ``VmRSS`` before it, and its ``VmHWM``
+(peak) and ``VmRSS`` after it, from ``/proc``. With ``--baseline-tree`` (e.g. a worktree of main before a change)
+the two variants alternate, baseline first, ``--rounds`` times, and the last lines give ours/baseline.
+One line per figure, MiB = 2^20 bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import scifact_data
+
+from node.control.client import ControlClient
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = '[betanet]\nlisten = ["/ip4/127.0.0.1/tcp/0"]\nmdns = false\n'
+
+
+def status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def ingest(tree: Path, corpus: Path, work: Path, extra: str = "") -> tuple[float, int, int, int, int]:
+    """(seconds, docs added, idle VmRSS, VmHWM, VmRSS after) of one fresh node from ``tree``, KiB."""
+    data = Path(tempfile.mkdtemp(prefix="node-", dir=work))
+    data.chmod(0o700)
+    (data / "config.toml").write_text(CONFIG + extra)
+    env = {**os.environ, "PYTHONPATH": str(tree), "VILLAGE_DATA_DIR": str(data)}
+    cli = [sys.executable, "-m", "node.cli"]
+    subprocess.run([*cli, "init"], env=env, check=True, capture_output=True)
+    notify_path = work / "notify.sock"
+    notify_path.unlink(missing_ok=True)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(180)
+    proc = subprocess.Popen([*cli, "run"], env={**env, "NOTIFY_SOCKET": str(notify_path)}, stderr=subprocess.DEVNULL)
+    try:
+        if notify.recv(64) != b"READY=1":
+            raise SystemExit("the node did not report READY=1")
+        idle = status_kib(proc.pid, "VmRSS")
+        with ControlClient(data / "control.sock", timeout_s=None) as c:
+            start = time.perf_counter()
+            res = c.call("rag.add", paths=[str(corpus)])
+            secs = time.perf_counter() - start
+        return secs, int(res["added"]), idle, status_kib(proc.pid, "VmHWM"), status_kib(proc.pid, "VmRSS")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)
+        notify.close()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--docs", type=int, default=0, help="first N SciFact abstracts (default: all)")
+    ap.add_argument("--baseline-tree", type=Path, help="another checkout to measure in the same run")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--embed-batch", type=int, default=0, help="[rag] embed_batch for both variants (default: theirs)")
+    args = ap.parse_args()
+    sf = scifact_data.load()
+    docs = list(sf.docs.items())[: args.docs or None]
+    work = Path(tempfile.mkdtemp(prefix="ingest-peak-", dir="/tmp"))
+    try:
+        corpus = work / "corpus"
+        corpus.mkdir()
+        for doc_id, text in docs:
+            (corpus / f"{doc_id}.txt").write_text(text)
+        variants = [("ours", ROOT)]
+        if args.baseline_tree:
+            variants.insert(0, ("baseline", args.baseline_tree.resolve()))
+        load = os.getloadavg()
+        print(f"{len(docs)} SciFact docs, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}", flush=True)
+        best: dict[str, tuple[float, int]] = {}
+        for r in range(args.rounds):
+            for name, tree in variants:
+                extra = f"[rag]\nembed_batch = {args.embed_batch}\n" if args.embed_batch else ""
+                secs, added, idle, hwm, rss = ingest(tree, corpus, work, extra)
+                rate = added / secs
+                print(
+                    f"round {r + 1} {name:8}: {added} docs in {secs:.0f} s = {rate:.2f} docs/s; idle {idle / 1024:.0f} "
+                    f"MiB, peak {hwm / 1024:.0f} MiB, after {rss / 1024:.0f} MiB ({tree})",
+                    flush=True,
+                )
+                rate0, hwm0 = best.get(name, (0.0, 0))
+                best[name] = (max(rate0, rate), max(hwm0, hwm))
+        if "baseline" in best:
+            (br, bh), (orate, oh) = best["baseline"], best["ours"]
+            print(
+                f"ingest speed ours/baseline (best of {args.rounds}): {orate / br:.2f}x "
+                f"({orate:.2f} vs {br:.2f} docs/s)"
+            )
+            print(f"peak RSS ours/baseline: {oh / bh:.2f}x ({oh / 1024:.0f} vs {bh / 1024:.0f} MiB)")
+        load = os.getloadavg()
+        print(f"load average at the end {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
