@@ -304,17 +304,23 @@ class MeshCore:
         return self.output.wall_ms(now)
 
     def get_timer(self) -> float | None:
-        best: float | None = None
-        for t in (
-            self.schedule.next_deadline(),
-            self.pings.next_deadline(),
-            self.delivery.next_deadline(),
-            self.reassembler.next_expiry(),
-            self.relays.next_due(),
-            self.output.next_deadline(),
-        ):
-            if t is not None and (best is None or t < best):
-                best = t
+        # (Read after every input by the adapter: no tuple or generator, the components asked in turn.)
+        best = self.schedule.next_deadline()
+        t = self.pings.next_deadline()
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.delivery.next_deadline()
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.reassembler.next_expiry()
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.relays.next_due()
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.output.next_deadline()
+        if t is not None and (best is None or t < best):
+            best = t
         return best
 
     def handle_timer(self, now: float) -> None:
