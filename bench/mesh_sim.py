@@ -23,7 +23,8 @@ A run that exceeds its wall-clock budget (``--budget-s``) stops where it is and 
 traffic of the routing under test makes the simulation slower than real time, and that is itself a figure.
 
 ``--scale`` (issue 17): the path routing alone at 10 % loss for each N of ``--scale-sizes`` (random geometric,
-mean degree 8; up to 10,000 nodes), each within ``--scale-budget-s`` of wall time (a shorter workload:
+mean degree 8; up to 10,000 nodes), each within ``--scale-budget-s`` of wall time; speed and cost are counted in
+this process's CPU seconds unless ``--scale-clock wall`` (a shorter workload:
 ``--scale-messages`` private messages, ``SCALE_DRAIN_S`` drain). One line per N: unicast delivery, frames put on
 links per node per simulated second (warm-up and after), the simulator's wall cost per node per simulated second,
 and the speed against real time; then one line comparing the per-node frame rate at the two largest N (goal:
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import random
 import statistics
 import sys
@@ -74,6 +76,8 @@ class Run:
     warmup_speed: float | None
     steady_speed: float | None
     warmup_end_s: float  # where the warm-up window ended (WARMUP_S unless the wall budget cut it short)
+    verify_per_s: float | None = None  # signature checks asked for by all cores per simulated s after the warm-up
+    verify_saved_s: float | None = None  # clock s the shared memo saved after the warm-up (hits x mean real check)
 
 
 def _hops(adj: list[list[int]], source: int) -> list[int | None]:
@@ -129,9 +133,11 @@ def run_one(
     budget_s: float,
     drain_s: float = DRAIN_S,
     on_built: Callable[[], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+    warmup_s: float = WARMUP_S,
 ) -> Run:
     topo = random_geometric(n, seed=seed, mean_degree=MEAN_DEGREE)
-    sim = Simulation(topo, LinkModel(loss=loss), settings_for(mode), seed=seed)
+    sim = Simulation(topo, LinkModel(loss=loss), settings_for(mode), seed=seed, wall_clock=clock)
     if on_built is not None:
         on_built()
     rng = random.Random(seed)
@@ -145,23 +151,25 @@ def run_one(
     for k in range(messages):
         src = rng.randrange(n)
         near = [j for j, d in enumerate(_hops(adj, src)) if d is not None and 0 < d <= TTL_HORIZON]
-        plan.append((WARMUP_S + k * SEND_SPACING_S, "private", src, rng.choice(near)))
+        plan.append((warmup_s + k * SEND_SPACING_S, "private", src, rng.choice(near)))
         if every and k % every == 0 and sum(1 for p in plan if p[1] == "broadcast") < broadcasts:
-            plan.append((WARMUP_S + (k + 0.5) * SEND_SPACING_S, "broadcast", rng.randrange(n), -1))
+            plan.append((warmup_s + (k + 0.5) * SEND_SPACING_S, "broadcast", rng.randrange(n), -1))
     for at, kind, src, dst in plan:
         sim.schedule(at, _action(sim, kind, src, dst))
-    end_s = max(at for at, *_ in plan) + drain_s if plan else WARMUP_S + drain_s
+    end_s = max(at for at, *_ in plan) + drain_s if plan else warmup_s + drain_s
 
     deadline = time.perf_counter() + budget_s
     finished = True
     marks: list[tuple[float, float, dict[int, int]]] = [(0.0, 0.0, {})]  # (sim s, wall s spent, frames)
-    for target in (WARMUP_S, end_s):
+    verifies: list[tuple[int, int, float]] = [(0, 0, 0.0)]  # signature checks asked for, memo hits, s in misses
+    for target in (warmup_s, end_s):
         while sim.now < target:
             if time.perf_counter() > deadline:
                 finished = False
                 break
             sim.run_until(min(target, sim.now + STEP_S))
         marks.append((sim.now, sim.report().wall_s, sim.frames_by_type()))
+        verifies.append((sim.verify.calls, sim.verify.hits, sim.verify.miss_s))
         if not finished:
             break
     report = sim.report()
@@ -173,6 +181,13 @@ def run_one(
         t2, w2, f2 = marks[2]
         steady_rates = _rates(f1, f2, t2 - t1)
         steady_speed = (t2 - t1) / (w2 - w1) if w2 > w1 else None
+    verify_rate = shared_cost = None
+    if len(marks) > 2 and marks[-1][0] > t1:
+        (c1, h1, _), (c2, h2, _) = verifies[1], verifies[-1]
+        calls, hits, miss_s = verifies[-1]
+        verify_rate = (c2 - c1) / (marks[-1][0] - t1)
+        # What the memo saved after the warm-up: its hits there, at the mean cost of a real check in this run.
+        shared_cost = (h2 - h1) * miss_s / (calls - hits) if calls > hits else None
 
     in_horizon = []
     for b in sim.broadcasts:
@@ -194,6 +209,8 @@ def run_one(
         warmup_speed,
         steady_speed,
         t1,
+        verify_rate,
+        shared_cost,
     )
 
 
@@ -284,6 +301,8 @@ def speed_line(run: Run) -> str:
 class ScaleRun:
     run: Run
     build_s: float  # wall seconds to make the topology and the N cores (not simulated time)
+    clock: str = "wall"  # what the speed and cost figures count: "wall" seconds or this process's "cpu" seconds
+    load: float = 0.0  # 1-minute load average when the run ended
 
 
 def _per_node(rates: dict[str, float], n: int) -> float | None:
@@ -302,14 +321,22 @@ def scale_line(s: ScaleRun) -> str:
     after_wall = after_sim / run.steady_speed if run.steady_speed else None
     cost_warm = _cost_us(warm_wall, run.n, warm_sim) if warm_wall is not None else None
     cost_after = _cost_us(after_wall, run.n, after_sim) if after_wall is not None else None
+    own_after = own_speed = None
+    if after_wall is not None and run.verify_saved_s is not None:
+        own_after = _cost_us(after_wall + run.verify_saved_s, run.n, after_sim)
+        own_speed = after_sim / (after_wall + run.verify_saved_s)
     return (
         f"mesh_sim.scale.n{run.n}.loss{round(run.loss * 100)}: delivery {_pct(r.unicast_delivery_ratio)} "
         f"({r.unicast_delivered}/{r.unicast_sent} sent, still retrying at the end {r.unicast_retrying}), "
         f"frames/node/sim s {_num(_per_node(run.warmup_rates, run.n))} in the warm-up, "
-        f"{_num(_per_node(run.steady_rates, run.n))} after | wall cost per node per sim s "
+        f"{_num(_per_node(run.steady_rates, run.n))} after | {s.clock} cost per node per sim s "
         f"{_num(cost_warm)} us in the warm-up, {_num(cost_after)} us after | speed {_speed(r.speed_factor)} real time "
-        f"(warm-up {_speed(run.warmup_speed)}, after {_speed(run.steady_speed)}) | {r.events:,} events, "
-        f"{r.sim_time_s:.0f} sim s in {r.wall_s:.0f} wall s, built in {s.build_s:.0f} s{_state(run)}"
+        f"(warm-up {_speed(run.warmup_speed)}, after {_speed(run.steady_speed)}; {s.clock} time) | signature checks "
+        f"asked for per node per sim s after the warm-up {_num(run.verify_per_s / run.n if run.verify_per_s else None)}"
+        f" (the simulator answers repeats of the same bytes and key from one shared memo; each real node checks "
+        f"its own: with every check paid, {_num(own_after)} us per node per sim s after the warm-up, speed "
+        f"{_speed(own_speed)}) | {r.events:,} events, {r.sim_time_s:.0f} sim s in {r.wall_s:.0f} {s.clock} s, built in "
+        f"{s.build_s:.0f} s, load {s.load:.1f}{_state(run)}"
     )
 
 
@@ -329,7 +356,16 @@ def flatness_line(runs: list[ScaleRun]) -> str:
     )
 
 
-def run_scale(sizes: list[int], *, seed: int, messages: int, budget_s: float) -> list[ScaleRun]:
+def run_scale(
+    sizes: list[int],
+    *,
+    seed: int,
+    messages: int,
+    budget_s: float,
+    clock: str = "cpu",
+    warmup_s: float = WARMUP_S,
+    drain_s: float = SCALE_DRAIN_S,
+) -> list[ScaleRun]:
     out = []
     for n in sizes:
         start = time.perf_counter()
@@ -346,10 +382,12 @@ def run_scale(sizes: list[int], *, seed: int, messages: int, budget_s: float) ->
             messages=messages,
             broadcasts=0,
             budget_s=budget_s,
-            drain_s=SCALE_DRAIN_S,
+            drain_s=drain_s,
+            warmup_s=warmup_s,
             on_built=on_built,
+            clock=time.process_time if clock == "cpu" else time.perf_counter,
         )
-        out.append(ScaleRun(run, built[0] if built else 0.0))
+        out.append(ScaleRun(run, built[0] if built else 0.0, clock, os.getloadavg()[0]))
         print(scale_line(out[-1]), flush=True)
     print(flatness_line(out), flush=True)
     return out
@@ -373,10 +411,27 @@ def main() -> None:
     ap.add_argument("--scale-sizes", default="100,1000,10000", help="comma-separated N for --scale")
     ap.add_argument("--scale-messages", type=int, default=50, help="private messages per --scale run")
     ap.add_argument("--scale-budget-s", type=float, default=900.0, help="wall-clock seconds per --scale run")
+    ap.add_argument("--scale-warmup-s", type=float, default=WARMUP_S, help="simulated warm-up of a --scale run")
+    ap.add_argument("--scale-drain-s", type=float, default=SCALE_DRAIN_S, help="simulated drain of a --scale run")
+    ap.add_argument(
+        "--scale-clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="count the simulator's cost in this process's CPU seconds (default: a shared machine's load does not "
+        "show as simulator cost) or in wall-clock seconds",
+    )
     args = ap.parse_args()
     if args.scale:
         sizes = [int(x) for x in args.scale_sizes.split(",")]
-        run_scale(sizes, seed=args.seed, messages=args.scale_messages, budget_s=args.scale_budget_s)
+        run_scale(
+            sizes,
+            seed=args.seed,
+            messages=args.scale_messages,
+            budget_s=args.scale_budget_s,
+            clock=args.scale_clock,
+            warmup_s=args.scale_warmup_s,
+            drain_s=args.scale_drain_s,
+        )
         return
     sizes = [100] if args.quick else [int(x) for x in args.sizes.split(",")]
     losses = [float(x) / 100 for x in args.losses.split(",")]

@@ -41,3 +41,18 @@ def test_hostile_bench_runs() -> None:
     ]
     assert attacked.frames == 300 and attacked.honest_acked == attacked.honest_sent == 6
     assert "hostile.escaped: 0" in lines[-1]
+
+
+def test_mesh_sim_scale_runs(capsys: object) -> None:
+    runs = mesh_sim.run_scale([20, 40], seed=1, messages=2, budget_s=120.0, clock="cpu", warmup_s=20.0, drain_s=10.0)
+    out = capsys.readouterr().out.splitlines()  # type: ignore[attr-defined]
+    assert [line.split(":")[0] for line in out] == [
+        "mesh_sim.scale.n20.loss10",
+        "mesh_sim.scale.n40.loss10",
+        "mesh_sim.scale.flatness",
+    ]
+    for s, line in zip(runs, out[:2], strict=True):
+        assert s.run.finished and s.clock == "cpu" and "cpu cost per node per sim s" in line
+    # The warm-up and drain asked for, not the defaults: 20 s, then 2 sends 0.5 s apart, then 10 s.
+    assert runs[0].run.warmup_end_s == 20.0 and runs[0].run.report.sim_time_s == 30.5
+    assert runs[1].run.verify_per_s is not None and runs[1].run.verify_per_s > 0

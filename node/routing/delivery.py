@@ -148,8 +148,8 @@ class PrivateDelivery:
 
     # ---------------------------------------------------------------- timers
     def next_deadline(self) -> float | None:
-        times = [t for t in (self.sessions.next_deadline(), self.pending.next_due()) if t is not None]
-        return min(times) if times else None
+        a, b = self.sessions.next_deadline(), self.pending.next_due()
+        return b if a is None else a if b is None or a <= b else b
 
     def on_timer(self, now: float) -> None:
         self.expire_handshakes(now)

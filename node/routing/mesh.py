@@ -304,17 +304,23 @@ class MeshCore:
         return self.output.wall_ms(now)
 
     def get_timer(self) -> float | None:
-        best: float | None = None
-        for t in (
-            self.schedule.next_deadline(),
-            self.pings.next_deadline(),
-            self.delivery.next_deadline(),
-            self.reassembler.next_expiry(),
-            self.relays.next_due(),
-            self.output.next_deadline(),
-        ):
-            if t is not None and (best is None or t < best):
-                best = t
+        # (Read after every input by the adapter: no tuple or generator, the components asked in turn.)
+        best = self.schedule.next_deadline()
+        t = self.pings.next_deadline()
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.delivery.next_deadline()
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.reassembler.next_expiry()
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.relays.next_due()
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.output.next_deadline()
+        if t is not None and (best is None or t < best):
+            best = t
         return best
 
     def handle_timer(self, now: float) -> None:
@@ -579,32 +585,34 @@ class MeshCore:
             return False
         key = self._handle_packet(link_id, pkt, data, now)
         # (A copy of a directed packet still takes the full path when hop acks are on: it must be acked again.)
-        if key is not None and (not self.hop_arq or is_broadcast(pkt)):
-            self._raw_seen[raw] = key
-            if len(self._raw_seen) > self.dedupe.max_entries:
-                del self._raw_seen[next(iter(self._raw_seen))]
+        if key is not None and (not self.output.hop_arq or is_broadcast(pkt)):
+            raw_seen = self._raw_seen
+            raw_seen[raw] = key
+            if len(raw_seen) > self.dedupe.max_entries:
+                del raw_seen[next(iter(raw_seen))]
         return True
 
     def _handle_packet(self, link_id: str, pkt: Packet, wire: bytes, now: float, *, relay: bool = True) -> str | None:
         """Process a decoded packet; its dedupe key if it was new and accepted (None otherwise)."""
+        t = pkt.type
         if pkt.sender_id == self.peer_id:
             self.counters.own_echo += 1
             return None
-        if not pkt.is_rsr and abs(pkt.timestamp_ms - self.wall_ms(now)) > self.settings.max_clock_skew_s * 1000:
+        output = self.output
+        if not pkt.is_rsr and abs(pkt.timestamp_ms - output.wall_ms(now)) > self.settings.max_clock_skew_s * 1000:
             self.counters.stale += 1
             return None
-        if pkt.type == MessageType.HOP_ACK:
+        if t == MessageType.HOP_ACK:
             self._on_hop_ack(link_id, pkt, now)  # never deduplicated, processed further or relayed
             return None
-        key = dedupe_key(pkt.sender_id, pkt.timestamp_ms, pkt.type, pkt.payload)
-        if relay and self.hop_arq and not is_broadcast(pkt):
-            self.output.send_hop_ack(link_id, pkt, key, now)  # every copy: a resend means our last ack was lost
+        key = dedupe_key(pkt.sender_id, pkt.timestamp_ms, t, pkt.payload)
+        broadcast = is_broadcast(pkt)
+        if relay and output.hop_arq and not broadcast:
+            output.send_hop_ack(link_id, pkt, key, now)  # every copy: a resend means our last ack was lost
         if not self.dedupe.check_and_add(key, now):
             self.forwarder.on_duplicate(key, link_id)
             return None
-        broadcast = is_broadcast(pkt)
         for_us = pkt.recipient_id == self.peer_id
-        t = pkt.type
         authentic = True  # False: failed authentication or parsing, never relayed
         phones_only, prune_by_sender = False, True  # (announces: see below)
         if t == MessageType.FRAGMENT:

@@ -194,66 +194,65 @@ _pad = pad  # encode_packet's keyword shadows the function name
 
 
 # ---------------------------------------------------------------- decoding
-@dataclass(frozen=True, slots=True)
-class _Layout:
-    packet: Packet
-    payload_end: int  # offset just past the payload (where the signature, if any, starts)
-
-
-def _parse(data: bytes, limits: WireLimits) -> _Layout:
+def _parse(data: bytes, limits: WireLimits) -> tuple[Packet, int]:
+    """(the packet, the offset just past its payload — where the signature, if any, starts). Every relayed frame
+    comes through here once: written flat (no per-call closure or layout object)."""
     n = len(data)
     if n < V1_MIN_FRAME:
         raise MalformedFrame(f"frame of {n} bytes is shorter than the {V1_MIN_FRAME}-byte minimum")
     version = data[0]
-    if version not in (1, 2):
-        raise MalformedFrame(f"unknown version {version}")
-    if version == 2 and n < V2_MIN_FRAME:
-        raise MalformedFrame(f"v2 frame of {n} bytes is shorter than {V2_MIN_FRAME}")
-    msg_type, ttl, timestamp, flags = data[1], data[2], int.from_bytes(data[3:11], "big"), data[11]
     if version == 1:
-        payload_len, pos = int.from_bytes(data[12:14], "big"), V1_HEADER_BYTES
-    else:
+        payload_len, pos = (data[12] << 8) | data[13], V1_HEADER_BYTES
+    elif version == 2:
+        if n < V2_MIN_FRAME:
+            raise MalformedFrame(f"v2 frame of {n} bytes is shorter than {V2_MIN_FRAME}")
         payload_len, pos = int.from_bytes(data[12:16], "big"), V2_HEADER_BYTES
+    else:
+        raise MalformedFrame(f"unknown version {version}")
+    msg_type, ttl, timestamp, flags = data[1], data[2], int.from_bytes(data[3:11], "big"), data[11]
     if payload_len > limits.max_payload_bytes:
         raise MalformedFrame(f"payload length {payload_len} exceeds {limits.max_payload_bytes}")
-
-    def take(count: int, what: str) -> bytes:
-        nonlocal pos
-        if pos + count > n:
-            raise MalformedFrame(f"{what} runs past the end of the frame")
-        chunk = data[pos : pos + count]
-        pos += count
-        return chunk
-
-    sender = take(ID_BYTES, "sender ID")
-    recipient = take(ID_BYTES, "recipient ID") if flags & FLAG_HAS_RECIPIENT else None
+    end = pos + ID_BYTES
+    if end > n:
+        raise MalformedFrame("sender ID runs past the end of the frame")
+    sender, pos = data[pos:end], end
+    recipient = None
+    if flags & FLAG_HAS_RECIPIENT:
+        end = pos + ID_BYTES
+        if end > n:
+            raise MalformedFrame("recipient ID runs past the end of the frame")
+        recipient, pos = data[pos:end], end
     route: tuple[bytes, ...] = ()
     if version >= 2 and flags & FLAG_HAS_ROUTE:
-        hops = take(1, "route count")[0]
+        if pos + 1 > n:
+            raise MalformedFrame("route count runs past the end of the frame")
+        hops = data[pos]
+        pos += 1
         if hops > limits.max_route_hops:
             raise MalformedFrame(f"route of {hops} hops exceeds {limits.max_route_hops}")
-        route = tuple(take(ID_BYTES, "route hop") for _ in range(hops))
-    body = take(payload_len, "payload")
-    payload_end = pos
+        if pos + hops * ID_BYTES > n:
+            raise MalformedFrame("route hop runs past the end of the frame")
+        route = tuple(data[pos + k * ID_BYTES : pos + (k + 1) * ID_BYTES] for k in range(hops))
+        pos += hops * ID_BYTES
+    end = pos + payload_len
+    if end > n:
+        raise MalformedFrame("payload runs past the end of the frame")
+    body, payload_end = data[pos:end], end
     # Public messages have a smaller bound: checked on the declared size, before any inflating.
     cap = limits.max_message_payload_bytes if msg_type == MessageType.MESSAGE else limits.max_payload_bytes
-    if len(body) > cap:
-        raise MalformedFrame(f"payload of {len(body)} bytes exceeds {cap} for type {msg_type:#04x}")
+    if payload_len > cap:
+        raise MalformedFrame(f"payload of {payload_len} bytes exceeds {cap} for type {msg_type:#04x}")
     payload = _inflate(body, 2 if version == 1 else 4, limits, cap) if flags & FLAG_IS_COMPRESSED else body
-    signature = take(SIGNATURE_BYTES, "signature") if flags & FLAG_HAS_SIGNATURE else None
+    signature = None
+    if flags & FLAG_HAS_SIGNATURE:
+        end = payload_end + SIGNATURE_BYTES
+        if end > n:
+            raise MalformedFrame("signature runs past the end of the frame")
+        signature = data[payload_end:end]
     packet = Packet(
-        version=version,
-        type=msg_type,
-        ttl=ttl,
-        timestamp_ms=timestamp,
-        sender_id=sender,
-        recipient_id=recipient,
-        route=route,
-        payload=payload,
-        signature=signature,
-        is_rsr=bool(flags & FLAG_IS_RSR),
+        version, msg_type, ttl, timestamp, sender, recipient, route, payload, signature, bool(flags & FLAG_IS_RSR)
     )
-    return _Layout(packet, payload_end)
+    return packet, payload_end
 
 
 def _inflate(body: bytes, width: int, limits: WireLimits, cap: int) -> bytes:
@@ -274,7 +273,7 @@ def _inflate(body: bytes, width: int, limits: WireLimits, cap: int) -> bytes:
     return out
 
 
-def _parse_maybe_padded(data: bytes, limits: WireLimits) -> _Layout:
+def _parse_maybe_padded(data: bytes, limits: WireLimits) -> tuple[Packet, int]:
     try:
         return _parse(data, limits)
     except MalformedFrame:
@@ -286,7 +285,7 @@ def _parse_maybe_padded(data: bytes, limits: WireLimits) -> _Layout:
 
 def decode_packet_untrusted(data: bytes, limits: WireLimits = DEFAULT_LIMITS) -> Packet:
     """Decode a frame from the network. Raises :class:`MalformedFrame` and nothing else."""
-    return _parse_maybe_padded(bytes(data), limits).packet
+    return _parse_maybe_padded(bytes(data), limits)[0]
 
 
 # ---------------------------------------------------------------- signatures
@@ -353,8 +352,7 @@ def _preimage_from_wire(frame: bytes, payload_end: int) -> bytes:
 def signing_preimage_from_wire_untrusted(frame: bytes, limits: WireLimits = DEFAULT_LIMITS) -> bytes:
     """The preimage rebuilt from received bytes: cut at the end of the payload, TTL 0, flags without
     HAS_SIGNATURE and IS_RSR, padded — the sender's deflate bytes are kept as they are."""
-    layout = _parse_maybe_padded(bytes(frame), limits)
-    return _preimage_from_wire(frame, layout.payload_end)
+    return _preimage_from_wire(frame, _parse_maybe_padded(bytes(frame), limits)[1])
 
 
 def sign_packet(packet: Packet, signing_key: nacl.signing.SigningKey) -> Packet:
