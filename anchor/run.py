@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, TypeVar
 import trio
 
 from anchor.gateway.app import GatewayContext, build_app
-from anchor.gateway.auth import TokenIssuer, load_or_create_secret
+from anchor.gateway.auth import TokenIssuer, load_or_create_secret, load_shared_secret
 from anchor.gateway.ports import ApiKeyInfo, MailboxPort
 from anchor.gateway.server import is_loopback, serve_http, tls_files
 from anchor.gateway.stores_adapter import StoresAdapter
@@ -171,8 +171,14 @@ class GatewayService:
         cfg = node.config
         anchor = cfg.section(AnchorSection)
         tls = tls_files(anchor)  # before anything starts: a public plaintext gateway is refused
-        secret = load_or_create_secret(cfg.data_dir)
-        issuer = TokenIssuer(secret, issuer=f"aivillage-anchor:{node.identity.peer_id_hex}", ttl_s=anchor.token_ttl_s)
+        # Replicas of one anchor (`cluster`) sign with one shared secret under the cluster's name, so a token one
+        # issued works at every other (a load balancer spreads a client's requests over them).
+        if anchor.jwt_secret_file:
+            secret = load_shared_secret(Path(anchor.jwt_secret_file).expanduser())
+        else:
+            secret = load_or_create_secret(cfg.data_dir)
+        issuer_name = anchor.cluster or node.identity.peer_id_hex
+        issuer = TokenIssuer(secret, issuer=f"aivillage-anchor:{issuer_name}", ttl_s=anchor.token_ttl_s)
         async with _closed_even_if_cancelled(open_stores(cfg)) as stores, trio.open_nursery() as nursery:
             ctx = GatewayContext(
                 node=node,
@@ -186,6 +192,8 @@ class GatewayService:
                     node,
                     max_backlog=anchor.queue_max,
                     block_ms=int(min(2000.0, anchor.store_timeout_s * 500)),
+                    cluster=anchor.cluster,
+                    claim_idle_s=anchor.claim_idle_s,
                 ),
             )
             stop = trio.Event()
