@@ -24,6 +24,7 @@ import trio
 
 from anchor.gateway.app import GatewayContext, build_app
 from anchor.gateway.auth import TokenIssuer, load_or_create_secret, load_shared_secret
+from anchor.gateway.forwarded import TrustedProxies
 from anchor.gateway.ports import ApiKeyInfo, MailboxPort
 from anchor.gateway.server import is_loopback, serve_http, tls_files
 from anchor.gateway.stores_adapter import StoresAdapter
@@ -32,7 +33,7 @@ from anchor.mcp_memory import BoltMemoryFactory
 from anchor.mcp_memory import storage_factory as memory_storage_factory
 from anchor.queue import MessageQueue
 from anchor.services_settings import ServicesError, ServiceSettings, load_settings, settings_path
-from anchor.settings import AnchorSection
+from anchor.settings import AnchorSection, parse_networks
 from anchor.stores.graph import GraphStore
 from anchor.stores.postgres import PostgresStore
 from anchor.stores.redis_store import RedisStore
@@ -198,8 +199,11 @@ class GatewayService:
             )
             stop = trio.Event()
             try:
+                app = build_app(ctx)
+                if anchor.trusted_proxies:  # behind a load balancer: rate limit the client, not the proxy
+                    app = TrustedProxies(app, parse_networks("anchor.trusted_proxies", anchor.trusted_proxies))
                 self.urls = await nursery.start(
-                    functools.partial(serve_http, tls=tls), build_app(ctx), anchor.gateway_listen, stop
+                    functools.partial(serve_http, tls=tls), app, anchor.gateway_listen, stop
                 )
             except* OSError as group:  # hypercorn binds inside its own nursery: the error comes in a group
                 reason = "; ".join(str(getattr(e, "strerror", None) or e) for e in _leaves(group))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -10,7 +12,19 @@ from node.errors import ConfigError
 from node.schema import parse_host_port, setting
 
 MCP_MEMORY_STORES = ("graph", "local")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 CLUSTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def parse_networks(key: str, values: Sequence[str]) -> tuple[Network, ...]:
+    """Addresses or CIDR networks; a ConfigError naming ``key`` for anything else."""
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(f"{key}: expected IP addresses or networks such as 10.0.0.0/8, got {value!r}") from None
+    return tuple(networks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +121,16 @@ class AnchorSection:
         max=86_400,
     )
 
+    trusted_proxies: tuple[str, ...] = setting(
+        (),
+        'Addresses or networks of the load balancers in front of the gateway (e.g. ["10.0.0.0/8"]): a request '
+        "from one of them is rate limited by the last X-Forwarded-For address (the one the proxy appended) "
+        "instead of the proxy's. Empty: X-Forwarded-For is ignored.",
+    )
+
     def __post_init__(self) -> None:
         parse_host_port("anchor.gateway_listen", self.gateway_listen)
+        parse_networks("anchor.trusted_proxies", self.trusted_proxies)
         if self.cluster and not CLUSTER_NAME.fullmatch(self.cluster):
             raise ConfigError(
                 f"anchor.cluster: 1 to 64 letters, digits, '_', '.' or '-' (starting with a letter or digit), "

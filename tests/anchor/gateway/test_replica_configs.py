@@ -74,6 +74,9 @@ def test_compose_runs_two_replicas_of_one_anchor_on_shared_servers() -> None:
     assert lb["environment"]["ANCHOR_GATEWAY_2"] == f"gateway-2:{port}"
     assert any(v.startswith("../haproxy.cfg:") for v in lb["volumes"])
     assert all(p.startswith("127.0.0.1:") for p in lb["ports"])
+    # The replicas take X-Forwarded-For from HAProxy's fixed address only (their per-IP limit counts clients).
+    assert anchor.trusted_proxies == (lb["networks"]["default"]["ipv4_address"],)
+    assert "option forwardfor" in HAPROXY_CFG.read_text()
 
 
 def test_haproxy_config_health_checks_the_gateways_and_keeps_mailbox_sessions_on_one_replica() -> None:
