@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,6 +35,7 @@ from anchor.stores.redis_store import RedisStore
 from tests.anchor.gateway.test_anchor_cli import VILLAGE, WAIT_S, village
 from tests.anchor.gateway.test_gateway import FULL_PEER_ID
 
+HAPROXY_CFG = Path(__file__).resolve().parents[3] / "configs" / "haproxy.cfg"
 KEY_BURST = 30  # one API key's burst; its sustained rate is 0.01/s, so nothing refills during the test
 
 
@@ -120,6 +122,42 @@ async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0) -
             await trio.sleep(0.02)
 
 
+@pytest.fixture
+async def haproxy(short_tmp: Path) -> AsyncIterator[Callable[[Replica, Replica], Any]]:
+    """configs/haproxy.cfg in front of two replicas, listening on a Unix socket (HAProxy cannot bind port 0); an
+    HTTP client through it, or None when Debian's haproxy is not installed."""
+    procs: list[trio.Process] = []
+
+    async def start_lb(a: Replica, b: Replica) -> httpx.AsyncClient | None:
+        if shutil.which("haproxy") is None:
+            return None
+        sock = short_tmp / "lb.sock"
+        env = {
+            **os.environ,
+            "ANCHOR_GATEWAY_1": a.url.removeprefix("http://"),
+            "ANCHOR_GATEWAY_2": b.url.removeprefix("http://"),
+            "ANCHOR_LB_BIND": f"unix@{sock}",
+        }
+        argv = ["haproxy", "-db", "-f", str(HAPROXY_CFG)]
+        procs.append(
+            await trio.lowlevel.open_process(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
+
+        async def listening() -> bool:
+            return sock.exists()
+
+        await until(listening, 20)
+        return httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(sock)), base_url="http://lb", timeout=10.0)
+
+    yield start_lb
+    for proc in procs:
+        proc.terminate()
+        with trio.move_on_after(10):
+            await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+
+
 def outbox_ids(replica: Replica) -> list[str]:
     listed = village("outbox", "--json", "--limit", "1000", data_dir=replica.data)
     assert listed.returncode == 0, listed.stderr
@@ -130,12 +168,23 @@ def outbox_ids(replica: Replica) -> list[str]:
 async def test_two_gateway_replicas_share_rate_limits_and_the_queue_and_take_each_message_once(
     cluster_dirs: tuple[str, list[Replica]],
     start: Callable[[Replica], Any],
+    haproxy: Callable[[Replica, Replica], Any],
     services: ServiceSettings,
     pg_dsn: str,
 ) -> None:
     cluster, (a, b) = cluster_dirs
     await start(a)
     await start(b)
+    lb: httpx.AsyncClient | None = await haproxy(a, b)
+
+    async def peers_behind_lb(n: int) -> list[str]:  # who answers GET /v1/health through HAProxy, n times
+        assert lb is not None
+        answers = [await lb.get("/v1/health") for _ in range(n)]
+        assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
+        return [r.json()["peer_id"] for r in answers]
+
+    if lb is not None:  # round robin over both replicas
+        assert sorted(set(await peers_behind_lb(4))) == sorted([a.peer_id, b.peer_id])
     keys = [
         json.loads(village("anchor", "keys", "create", name, "--role", "user", "--json", data_dir=a.data).stdout)
         for name in ("k1", "k2")
@@ -213,6 +262,9 @@ async def test_two_gateway_replicas_share_rate_limits_and_the_queue_and_take_eac
         stranded_message = accepted[-1]
         a.proc.send_signal(signal.SIGKILL)
         await a.proc.wait()
+        if lb is not None:  # requests a refuses are redispatched to b at once; its health check takes a out
+            assert await peers_behind_lb(4) == [b.peer_id] * 4
+            await lb.aclose()
         for i in range(2):
             assert (await post(b, auth2, f"after {i}")).status_code == 202
 
