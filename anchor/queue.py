@@ -198,6 +198,31 @@ class MessageQueue:
                     log.warning("message queue: %s; retrying in %g s", exc or "the node is not running", RETRY_S)
             await trio.sleep(RETRY_S)
 
+    async def drain_backlog(self) -> int:
+        """Hand over whatever waits in this stream (pending or new) and return how many entries were handled: what
+        a lone anchor left in its own stream (``messages:<peer ID>``) when it joined a cluster, whose replicas read
+        the cluster's stream only. Nothing is written when the stream is empty or absent."""
+        if await self.redis.stream_length(self.stream) == 0:
+            return 0
+        await self.redis.stream_ensure_group(self.stream, GROUP)
+        handled = 0
+        pending = True
+        while True:
+            entries = await self.redis.stream_read(
+                self.stream, GROUP, self.consumer, count=READ_COUNT, pending=pending, after="0"
+            )
+            if not entries:
+                if not pending:
+                    return handled
+                pending = False
+                continue
+            for entry in entries:
+                try:
+                    await self._handle(entry)
+                except _NodeNotRunning:
+                    return handled  # the node stopped: the rest waits for its next start
+                handled += 1
+
     async def _drain_pending(self) -> None:
         after = "0"
         while True:

@@ -34,11 +34,13 @@ from anchor.mcp_memory import storage_factory as memory_storage_factory
 from anchor.queue import MessageQueue
 from anchor.services_settings import ServicesError, ServiceSettings, load_settings, settings_path
 from anchor.settings import AnchorSection, parse_networks
+from anchor.stores.errors import StoreError
 from anchor.stores.graph import GraphStore
 from anchor.stores.postgres import PostgresStore
 from anchor.stores.redis_store import RedisStore
 from node.errors import StartupError
 from node.mcp.settings import McpSettings
+from node.outbox import OutboxError
 from node.privatefile import PrivateFileRefused, read_private_file
 from node.settings import Config
 
@@ -214,6 +216,8 @@ class GatewayService:
 
                 async def consume() -> None:
                     with consumer:
+                        if anchor.cluster:  # what this node queued for itself before it joined the cluster
+                            await _drain_own_stream(queue)
                         await queue.run()
 
                 nursery.start_soon(consume)
@@ -222,6 +226,21 @@ class GatewayService:
             await node.wait_stop_requested()
             consumer.cancel()
             stop.set()
+
+
+async def _drain_own_stream(cluster_queue: MessageQueue) -> None:
+    """Hand over the messages left in this node's own stream from before ``[anchor] cluster`` was set (replicas
+    read the cluster's stream only). A store error is logged; the next start tries again."""
+    own = MessageQueue(
+        cluster_queue.redis, cluster_queue.node, max_backlog=cluster_queue.max_backlog, block_ms=0, cluster=""
+    )
+    try:
+        handled = await own.drain_backlog()
+    except (StoreError, OutboxError) as exc:
+        log.warning("message queue: messages queued before this node joined its cluster wait for a restart: %s", exc)
+        return
+    if handled:
+        log.info("message queue: handed over %d messages queued before this node joined its cluster", handled)
 
 
 @asynccontextmanager

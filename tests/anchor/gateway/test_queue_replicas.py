@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
@@ -18,6 +19,7 @@ from anchor.stores.redis_store import RedisStore
 from node.identity import create_identity
 from node.node import Node
 from node.settings import Config
+from tests.anchor.gateway.conftest import StartGateway
 from tests.anchor.gateway.test_gateway import FULL_PEER_ID
 
 CLAIM_IDLE_S = 0.3  # short, so a stopped replica's entries are claimed within the test
@@ -150,3 +152,30 @@ async def test_a_slow_replica_does_not_send_what_another_claimed(replicas: tuple
     await qb._handle(claimed[0])  # b's consumer carries on ("again": it began it)
     assert b.outbox_ids() == [message_id] and (await qb.status(message_id) or {})["state"] == "pending"
     assert await qa.redis.stream_pending_count(qa.stream, GROUP) == 0
+
+
+async def test_joining_a_cluster_hands_over_what_the_lone_anchor_had_queued(
+    start_gateway: StartGateway, short_tmp: Path
+) -> None:
+    lone = await start_gateway(persistent=True, consume_queue=False)  # accepts, never hands over (then stops)
+    async with httpx.AsyncClient(base_url=lone.url) as client:
+        _key, secret = await lone.key()
+        auth = {"Authorization": f"Bearer {await lone.token(client, secret)}"}
+        ids = []
+        for text in ("one", "two"):
+            r = await client.post("/v1/messages", headers=auth, json={"to": FULL_PEER_ID, "text": text})
+            assert r.status_code == 202
+            ids.append(r.json()["id"])
+    lone.node.request_stop()
+    with trio.fail_after(20):
+        await lone.stopped.wait()
+    jwt = short_tmp / "jwt.secret"
+    jwt.write_bytes(secrets.token_bytes(32))
+    jwt.chmod(0o600)
+    replica = await start_gateway(
+        data_dir=lone.cfg.data_dir, persistent=True, cluster="t" + secrets.token_hex(6), jwt_secret_file=str(jwt)
+    )
+    assert replica.node.outbox is not None
+    with trio.fail_after(20):
+        await replica.node.wait_until(lambda: len(replica.node.outgoing) == 2)
+    assert sorted(e.id for e in replica.node.outbox.list(limit=10)) == sorted(ids)
