@@ -24,7 +24,8 @@ import trio
 
 from anchor.audit_drain import AuditDrain, audit_stream, consumer_name
 from anchor.gateway.app import GatewayContext, build_app
-from anchor.gateway.auth import TokenIssuer, load_or_create_secret
+from anchor.gateway.auth import TokenIssuer, load_or_create_secret, load_shared_secret
+from anchor.gateway.forwarded import TrustedProxies
 from anchor.gateway.ports import ApiKeyInfo, MailboxPort
 from anchor.gateway.server import is_loopback, serve_http, tls_files
 from anchor.gateway.stores_adapter import StoresAdapter
@@ -33,12 +34,14 @@ from anchor.mcp_memory import BoltMemoryFactory
 from anchor.mcp_memory import storage_factory as memory_storage_factory
 from anchor.queue import MessageQueue
 from anchor.services_settings import ServicesError, ServiceSettings, load_settings, settings_path
-from anchor.settings import AnchorSection
+from anchor.settings import AnchorSection, parse_networks
+from anchor.stores.errors import StoreError
 from anchor.stores.graph import GraphStore
 from anchor.stores.postgres import PostgresStore
 from anchor.stores.redis_store import RedisStore
 from node.errors import StartupError
 from node.mcp.settings import McpSettings
+from node.outbox import OutboxError
 from node.privatefile import PrivateFileRefused, read_private_file
 from node.settings import Config
 
@@ -180,8 +183,14 @@ class GatewayService:
         cfg = node.config
         anchor = cfg.section(AnchorSection)
         tls = tls_files(anchor)  # before anything starts: a public plaintext gateway is refused
-        secret = load_or_create_secret(cfg.data_dir)
-        issuer = TokenIssuer(secret, issuer=f"aivillage-anchor:{node.identity.peer_id_hex}", ttl_s=anchor.token_ttl_s)
+        # Replicas of one anchor (`cluster`) sign with one shared secret under the cluster's name, so a token one
+        # issued works at every other (a load balancer spreads a client's requests over them).
+        if anchor.jwt_secret_file:
+            secret = load_shared_secret(Path(anchor.jwt_secret_file).expanduser())
+        else:
+            secret = load_or_create_secret(cfg.data_dir)
+        issuer_name = anchor.cluster or node.identity.peer_id_hex
+        issuer = TokenIssuer(secret, issuer=f"aivillage-anchor:{issuer_name}", ttl_s=anchor.token_ttl_s)
         async with _closed_even_if_cancelled(open_stores(cfg)) as stores, trio.open_nursery() as nursery:
             ctx = GatewayContext(
                 node=node,
@@ -197,6 +206,8 @@ class GatewayService:
                     block_ms=int(min(2000.0, anchor.store_timeout_s * 500)),
                     max_audit_backlog=anchor.audit_backlog_max,
                     audit_stream=audit_stream(stores.postgres.database),
+                    cluster=anchor.cluster,
+                    claim_idle_s=anchor.claim_idle_s,
                 ),
             )
             drain = self.audit_drain = AuditDrain(
@@ -208,8 +219,11 @@ class GatewayService:
             )
             stop = trio.Event()
             try:
+                app = build_app(ctx)
+                if anchor.trusted_proxies:  # behind a load balancer: rate limit the client, not the proxy
+                    app = TrustedProxies(app, parse_networks("anchor.trusted_proxies", anchor.trusted_proxies))
                 self.urls = await nursery.start(
-                    functools.partial(serve_http, tls=tls), build_app(ctx), anchor.gateway_listen, stop
+                    functools.partial(serve_http, tls=tls), app, anchor.gateway_listen, stop
                 )
             except* OSError as group:  # hypercorn binds inside its own nursery: the error comes in a group
                 reason = "; ".join(str(getattr(e, "strerror", None) or e) for e in _leaves(group))
@@ -220,6 +234,8 @@ class GatewayService:
 
                 async def consume() -> None:
                     with consumer:
+                        if anchor.cluster:  # what this node queued for itself before it joined the cluster
+                            await _drain_own_stream(queue)
                         await queue.run()
 
                 nursery.start_soon(consume)
@@ -240,6 +256,21 @@ class GatewayService:
                 draining.cancel()
                 with trio.CancelScope(shield=True):  # the node cancels its services after its drain
                     await drain.flush(timeout_s=2 * anchor.store_timeout_s)
+
+
+async def _drain_own_stream(cluster_queue: MessageQueue) -> None:
+    """Hand over the messages left in this node's own stream from before ``[anchor] cluster`` was set (replicas
+    read the cluster's stream only). A store error is logged; the next start tries again."""
+    own = MessageQueue(
+        cluster_queue.redis, cluster_queue.node, max_backlog=cluster_queue.max_backlog, block_ms=0, cluster=""
+    )
+    try:
+        handled = await own.drain_backlog()
+    except (StoreError, OutboxError) as exc:
+        log.warning("message queue: messages queued before this node joined its cluster wait for a restart: %s", exc)
+        return
+    if handled:
+        log.info("message queue: handed over %d messages queued before this node joined its cluster", handled)
 
 
 @asynccontextmanager

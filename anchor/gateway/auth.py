@@ -74,6 +74,7 @@ __all__ = [  # the roles and scopes are re-exported: routes and tests import the
     "bearer_token",
     "check_role_scopes",
     "load_or_create_secret",
+    "load_shared_secret",
     "narrow_scopes",
 ]
 
@@ -203,6 +204,22 @@ def load_or_create_secret(data_dir: Path, name: str = SECRET_FILE) -> bytes:
             raise StartupError(f"{path} cannot be created: {exc.strerror}") from None
     finally:
         os.close(lock_fd)  # releases the lock
+
+
+def load_shared_secret(path: Path) -> bytes:
+    """The HS256 key the gateway replicas of one anchor share (``[anchor] jwt_secret_file``): a regular file of this
+    user's, 0600 or tighter, of at least 32 bytes. Never created here: every replica must read the same bytes, so
+    the operator makes it once (``head -c 32 /dev/urandom > FILE; chmod 600 FILE``) and gives it to each one.
+    Every failure is a :class:`StartupError` naming the file."""
+    secret = _read_secret(path)
+    if secret is None:
+        raise StartupError(
+            f"anchor.jwt_secret_file {path} does not exist; make it once and give every replica the same file: "
+            f"head -c 32 /dev/urandom > {path}; chmod 600 {path}"
+        )
+    if len(secret) < SECRET_BYTES:
+        raise StartupError(f"anchor.jwt_secret_file {path} holds {len(secret)} bytes; at least {SECRET_BYTES} needed")
+    return secret
 
 
 def _read_secret(path: Path) -> bytes | None:
