@@ -28,14 +28,18 @@ async def prove_by_mail(service: MailboxService, recipient: Identity, link_key: 
     return len(items)
 
 
-async def _fill_with_junk(service: MailboxService, clock: Clock, expiry: int) -> None:
-    for _ in range(10):  # fresh keys, 5 envelopes each for invented recipients, until the anchor is full
+async def fill_with_junk(service: MailboxService, clock: Clock, expiry: int) -> int:
+    """Fresh keys deposit 5 envelopes each for invented recipients until the anchor is full; how many it stored."""
+    stored = 0
+    for _ in range(10):
         key = os.urandom(32)
         clock.ms += 1000  # (the anchor recounts its total at most once a second)
         with contextlib.suppress(MailboxError):
             for _ in range(5):
                 await service.deposit(encode_envelope(Envelope(os.urandom(8), expiry, 1, os.urandom(200))), key)
+                stored += 1
     clock.ms += 1000
+    return stored
 
 
 async def test_one_free_key_cannot_use_up_a_proven_recipients_reserve() -> None:
@@ -47,7 +51,7 @@ async def test_one_free_key_cannot_use_up_a_proven_recipients_reserve() -> None:
     service = MailboxService(MailboxCore(anchor.signing_public, limits), MemoryMailboxStorage(), clock)
     assert await prove_by_mail(service, c) == 1
     expiry = clock() + 86_400_000
-    await _fill_with_junk(service, clock, expiry)
+    await fill_with_junk(service, clock, expiry)
     junk_key = os.urandom(32)
     await service.deposit(encode_envelope(Envelope(c.peer_id, expiry, 1, os.urandom(200))), junk_key)
     with pytest.raises(MailboxError, match="full"):  # its second junk envelope for C: not into the reserve
@@ -87,7 +91,7 @@ async def test_throwaway_recipients_cannot_fill_the_table_of_proven_recipients()
     assert await prove_by_mail(service, e) == 1  # the honest recipient proves itself afterwards
     assert service.core.proven.knows(e.peer_id, clock())
     expiry = clock() + 86_400_000
-    await _fill_with_junk(service, clock, expiry)
+    await fill_with_junk(service, clock, expiry)
     _, new = await service.deposit(sealed_for(a, e, b"hi e"), a.signing_public)
     assert new
 
