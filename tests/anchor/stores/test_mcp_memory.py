@@ -203,7 +203,7 @@ def test_the_memory_is_local_by_default_and_never_sent_over_plaintext_bolt_off_t
     assert not (data / "anchor" / "mcp-memory.key").exists()  # refused before a key was made
 
 
-def _plant_legacy(services: ServiceSettings, ns: str) -> None:
+def plant_legacy_rows(services: ServiceSettings, ns: str) -> None:
     """Rows as the unreleased plaintext version wrote them (name/type in the clear, unsealed base64 JSON data),
     one reusing the id a sealed entity has now."""
 
@@ -233,7 +233,7 @@ def test_legacy_plaintext_rows_are_never_served_and_purge_legacy_deletes_only_th
     g.create_entities([ent("Ada", "person", "x")])
     g.create_relations([rel("Ada", "Bob")])
     sealed = g.read_graph()
-    _plant_legacy(services, graph_ns)
+    plant_legacy_rows(services, graph_ns)
     factory = storage_factory(services.graph.bolt_url, namespace=graph_ns, key=KEY, timeout_s=2.0)
     with caplog.at_level(logging.WARNING, logger="village.anchor.mcp_memory"):
         first = KnowledgeGraph(factory(), mcp_settings())
