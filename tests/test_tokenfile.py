@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import multiprocessing
 import os
 import secrets
 import stat
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from node.tokenfile import ensure_token, metrics_token_path, token_path
+from tests.concurrent_starts import start_in_processes
 
 
 def test_a_second_start_during_the_first_ones_creation_waits_and_uses_its_token(
@@ -55,23 +55,13 @@ def test_a_second_start_during_the_first_ones_creation_waits_and_uses_its_token(
     assert path.read_text() == first + "\n" and stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-def _start_in_child(path: str, out: multiprocessing.Queue[str]) -> None:
-    try:
-        out.put(ensure_token(Path(path)))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent
-        out.put(repr(exc))
+def _ensure(path: str) -> str:
+    return ensure_token(Path(path))
 
 
 def test_concurrent_starts_in_separate_processes_agree_on_one_token(tmp_path: Path) -> None:
     path = token_path(tmp_path)
-    ctx = multiprocessing.get_context("fork")
-    out: multiprocessing.Queue[str] = ctx.Queue()
-    procs = [ctx.Process(target=_start_in_child, args=(str(path), out)) for _ in range(6)]
-    for proc in procs:
-        proc.start()
-    got = [out.get(timeout=60) for _ in procs]
-    for proc in procs:
-        proc.join(timeout=60)
+    got = start_in_processes(_ensure, str(path))
     assert len(set(got)) == 1 and path.read_text() == got[0] + "\n", got
 
 
