@@ -29,6 +29,7 @@ from anchor.gateway.forwarded import TrustedProxies
 from anchor.gateway.ports import ApiKeyInfo, MailboxPort
 from anchor.gateway.server import is_loopback, serve_http, tls_files
 from anchor.gateway.stores_adapter import StoresAdapter
+from anchor.mcp_memory import KEY_BYTES as MEMORY_KEY_BYTES
 from anchor.mcp_memory import KEY_FILE as MEMORY_KEY_FILE
 from anchor.mcp_memory import BoltMemoryFactory
 from anchor.mcp_memory import storage_factory as memory_storage_factory
@@ -141,7 +142,19 @@ class GatewayService:
         Offered to the MCP service (node.mcp.service), which calls it when it builds."""
         if node.config.section(AnchorSection).mcp_memory != "graph":
             return None
-        return self._memory_graph(node, lambda: load_or_create_secret(node.config.data_dir, MEMORY_KEY_FILE))
+
+        def key() -> bytes:
+            found = load_or_create_secret(node.config.data_dir, MEMORY_KEY_FILE)  # refused if shorter than 32
+            if len(found) != MEMORY_KEY_BYTES:
+                path = node.config.data_dir / "anchor" / MEMORY_KEY_FILE
+                raise StartupError(
+                    f"anchor.mcp_memory = graph: the memory key {path} holds {len(found)} bytes, not "
+                    f"{MEMORY_KEY_BYTES}: it is not a key this node made; put the node's 32-byte key back, or move "
+                    f"it away to start with a new key (rows sealed with the old one then stay unread)"
+                )
+            return found
+
+        return self._memory_graph(node, key)
 
     def mcp_memory_graph(self, node: Node) -> BoltMemoryFactory | None:
         """This node's namespace on the graph store whatever ``mcp_memory`` says: the MCP service looks there for
@@ -155,7 +168,7 @@ class GatewayService:
                 found = read_private_file(node.config.data_dir / "anchor" / MEMORY_KEY_FILE, 64)
             except (PrivateFileRefused, OSError):
                 found = None
-            return found[:32] if found and len(found) >= 32 else secrets.token_bytes(32)
+            return found if found and len(found) == MEMORY_KEY_BYTES else secrets.token_bytes(MEMORY_KEY_BYTES)
 
         return self._memory_graph(node, key)
 

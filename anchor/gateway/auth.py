@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
 import fcntl
 import logging
 import os
@@ -45,7 +44,15 @@ from anchor.gateway.roles import (
 from node.errors import StartupError
 from node.identity import ensure_private_dir
 from node.ipprefix import source_prefixes
-from node.privatefile import LOOSE_MODE, OTHER_OWNER, SYMLINK, PrivateFileRefused, read_private_file
+from node.privatefile import (
+    LOOSE_MODE,
+    OTHER_OWNER,
+    SYMLINK,
+    PrivateFileRefused,
+    read_private_file,
+    remove_stale_temporaries,
+    write_private_file_atomically,
+)
 
 log = logging.getLogger("village.anchor.gateway")
 
@@ -185,8 +192,7 @@ def load_or_create_secret(data_dir: Path, name: str = SECRET_FILE) -> bytes:
         except OSError as exc:
             raise StartupError(f"{lock_path} cannot be locked: {exc.strerror}") from None
         try:
-            for stale in directory.glob(f".{name}.*.tmp"):  # left by an interrupted start (none runs now)
-                stale.unlink(missing_ok=True)
+            remove_stale_temporaries(path)  # left by an interrupted start (none runs now)
             secret = _read_secret(path)
             if secret is None:
                 return _create_secret(path)
@@ -240,25 +246,8 @@ def _read_secret(path: Path) -> bytes | None:
 
 def _create_secret(path: Path) -> bytes:
     """Write a new secret to ``path`` atomically (the caller holds the lock); the secret."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     secret = secrets.token_bytes(SECRET_BYTES)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            if os.write(fd, secret) != len(secret):
-                raise OSError(errno.EIO, "short write")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)  # the new name survives a power cut
-        finally:
-            os.close(dir_fd)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_private_file_atomically(path, secret)
     return secret
 
 

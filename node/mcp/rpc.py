@@ -1,5 +1,6 @@
 """The control methods of the MCP layer: ``mcp.tools``, ``mcp.call``, ``mcp.resources``, ``mcp.read`` (how
-`village mcp` reaches the daemon's registry), ``mcp.status``, ``memory.export`` and ``memory.forget``.
+`village mcp` reaches the daemon's registry), ``mcp.status``, ``memory.export``, ``memory.forget`` and
+``memory.purge_legacy``.
 
 ``mcp.call`` answers a failed tool call as a result with ``is_error`` (the message for the MCP client), not as a
 JSON-RPC error: only a broken request is one.
@@ -160,6 +161,9 @@ def register(reg: ControlRegistry, get_service: Callable[[], Awaitable[McpServic
     async def forget(_: NoParams, notify: Notify) -> Any:
         return await (await svc()).forget()
 
+    async def purge_legacy(_: NoParams, notify: Notify) -> Any:
+        return await (await svc()).purge_legacy()
+
     reg.add("mcp.tools", ToolsParams, "The MCP tools a transport may call: name, schemas, scope, changesState.", tools)
     reg.add(
         "mcp.call",
@@ -181,6 +185,17 @@ def register(reg: ControlRegistry, get_service: Callable[[], Awaitable[McpServic
         "mcp.status", NoParams, "MCP layer: tools, calls, failures by cause, audit records, HTTP URL, memory.", status
     )
     reg.add(
-        "memory.export", NoParams, "Everything in persistent (knowledge graph) and working memory, as JSON.", export
+        "memory.export",
+        NoParams,
+        "Everything in persistent (knowledge graph) and working memory, as JSON; under `other` the copy an earlier "
+        "[anchor] mcp_memory setting left in the other store.",
+        export,
     )
     reg.add("memory.forget", NoParams, "Erase persistent and working memory; returns what was erased.", forget)
+    reg.add(
+        "memory.purge_legacy",
+        NoParams,
+        "Delete rows of an old format a store refuses to serve (the anchor graph store's plaintext rows); returns "
+        "the entities and relations deleted per store.",
+        purge_legacy,
+    )
