@@ -70,6 +70,7 @@ class Result:
     latency_s: float
     agent: str
     failures: list[str] = field(default_factory=list)
+    answer: str = ""
 
 
 @dataclass
@@ -198,15 +199,15 @@ async def run_task(v: Village, task: dict[str, Any]) -> Result:
             fail.append(f"{d['peer']} did not receive {d['text']!r}")
     if "public" in task and not await _received(v, "bob", task["public"], private=False):
         fail.append(f"bob did not receive the public {task['public']!r}")
-    return Result(task["id"], not fail, latency, first["agent"], fail)
+    return Result(task["id"], not fail, latency, first["agent"], fail, first["text"])
 
 
 def python_function(text: str) -> bool:
-    """The answer holds a Python function that parses: the first fenced block (or the text) from its first ``def``
-    to the first line back at that indentation that is not part of it (usage examples after it are not judged)."""
+    """The answer holds a Python function that parses: the first fenced block with a ``def`` (or the text) from
+    that ``def`` to the first line back at its indentation (usage examples after it are not judged)."""
     if "```" in text:
-        block = text.split("```")[1]
-        text = block.split("\n", 1)[1] if "\n" in block else block
+        blocks = text.split("```")[1:]  # an unclosed (truncated) or oddly fenced block counts too
+        text = next((b.split("\n", 1)[-1] for b in blocks if "def " in b), "")
     lines = text.splitlines()
     start = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith("def ")), None)
     if start is None:
@@ -272,7 +273,7 @@ def main() -> None:
         llm_results = trio.run(partial(run_tasks, Path(tmp) / "llm", with_llm, llm=BENCH_LLM))
     for r in llm_results:
         if not r.ok:
-            print(f"  FAILED {r.id} ({r.agent}): {'; '.join(r.failures)}", flush=True)
+            print(f"  FAILED {r.id} ({r.agent}): {'; '.join(r.failures)} -- answered {r.answer[:80]!r}", flush=True)
     print(summary("tasks.success_with_llm", llm_results), flush=True)
     lat = [r.latency_s * 1000 for r in llm_results]
     print(f"tasks.llm_latency: p50 {statistics.median(lat):.0f} ms, max {max(lat):.0f} ms", flush=True)
