@@ -6,9 +6,11 @@ on a real three-node in-process village.
 alice (knowledge base, MCP registry, agents), bob and carol run as real :class:`node.node.Node` objects over
 in-memory links; each task is one ``ask`` to alice's King (routed, unless the task names the agent), then the
 task's checks on what really happened (a message in the right peer's inbox, the cited document, a certificate,
-a verified offer signature, ...). Latency is the ``ask`` call, wall clock. ``--llm N`` runs the first N tasks
-marked ``llm`` with the local language model (SmolLM2-135M via llama-cpp-python; skipped with a reason if
-absent). ``run_tasks`` is what ``tests/agents/test_tasks.py`` calls on a handful of tasks.
+a verified offer signature, a Python function that parses, ...). Latency is the ``ask`` call, wall clock.
+``--llm N`` runs the first N tasks marked ``llm`` (default: all) with the local language model (SmolLM2-135M via
+llama-cpp-python, :data:`BENCH_LLM`; skipped with a reason if absent), then the same requests with the model off
+(the latency without it, in the same run); the load average is printed at the start and the end.
+``run_tasks`` is what ``tests/agents/test_tasks.py`` calls on a handful of tasks.
 """
 
 from __future__ import annotations
