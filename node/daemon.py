@@ -138,7 +138,9 @@ def run_command(args: argparse.Namespace, *, configure: Callable[[Config], Confi
     if configure is not None:
         cfg = configure(cfg)
     level = (getattr(args, "log_level", None) or cfg.node.log_level).upper()
-    import libp2p  # noqa: F401 - its import configures its loggers; install_log_handler rewires them to ours
+    from node.libp2p_slim import install as slim_libp2p
+
+    slim_libp2p()  # configures py-libp2p's loggers (as `import libp2p` did); install_log_handler rewires them to ours
 
     fmt = getattr(args, "log_format", None) or cfg.node.log_format
     install_log_handler(level, sys.stderr, fmt=fmt)  # peers' text in log lines shown escaped (node/textsafe.py)
