@@ -99,6 +99,9 @@ def _run_body(module: ModuleType) -> None:
             logging_mod.setup_logging = lambda: None  # type: ignore[attr-defined]  # ran once at install()
         try:
             exec(code, module.__dict__)  # the package's own __init__.py, run as its import would have
+        except BaseException:
+            module.__dict__["_slim_body_ran"] = False  # the next request runs it again (and fails the same way)
+            raise
         finally:
             if logging_mod is not None and saved is not None:
                 logging_mod.setup_logging = saved  # type: ignore[attr-defined]
@@ -182,6 +185,9 @@ def _load_real(name: str) -> ModuleType:
                 sys.modules.pop(name, None)
             raise
         _real[name] = module
+        parent, _, child = name.rpartition(".")
+        if parent in sys.modules:
+            setattr(sys.modules[parent], child, module)  # `package.module` now names the real module too
         return module
 
 
