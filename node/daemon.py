@@ -140,7 +140,8 @@ def run_command(args: argparse.Namespace, *, configure: Callable[[Config], Confi
     level = (getattr(args, "log_level", None) or cfg.node.log_level).upper()
     from node.libp2p_slim import install as slim_libp2p
 
-    slim_libp2p()  # configures py-libp2p's loggers (as `import libp2p` did); install_log_handler rewires them to ours
+    slim_libp2p()  # only the parts of py-libp2p BetaNet uses will load (node/libp2p_slim.py)
+    import libp2p  # noqa: F401 - the bare package: configures py-libp2p's loggers; install_log_handler rewires them
 
     fmt = getattr(args, "log_format", None) or cfg.node.log_format
     install_log_handler(level, sys.stderr, fmt=fmt)  # peers' text in log lines shown escaped (node/textsafe.py)

@@ -10,8 +10,8 @@ named list of modules runs, never *what* it does:
 * **Deferred package bodies** (:data:`DEFERRED_PACKAGES`): the package is created with its ``__path__`` (so its
   submodules import as usual) but its ``__init__.py`` body runs only when something asks the package for a name
   the body defines (``from libp2p import new_host`` still works: the body runs then, in the package's namespace).
-  ``libp2p``'s body also calls ``setup_logging()``; :func:`install` calls it at once so the ``libp2p`` loggers are
-  configured as before (and it is not called a second time when the body runs later: :func:`_run_body`).
+  ``libp2p``'s body also calls ``setup_logging()``; creating the bare ``libp2p`` package calls it, so the ``libp2p``
+  loggers are configured at the first import as before (and not a second time when the body runs later).
 * **Deferred modules** (:data:`DEFERRED_MODULES`): modules imported by libp2p only for an optional feature. The
   importer gets a stand-in whose names are :class:`Deferred` handles; the first call (or attribute access) of any
   of them imports the real module and forwards to it, so the feature still works when it is configured (mDNS,
@@ -48,6 +48,7 @@ DEFERRED_PACKAGES: dict[str, str] = {
     "libp2p.transport": "re-exports the TransportManager with TCP, WebSocket and, through it, py-libp2p's QUIC",
     "libp2p.security": "re-exports TLS, SECIO and plaintext: BetaNet offers Noise only",
     "libp2p.discovery.mdns": "re-exports the mDNS discovery (zeroconf), used only with betanet.mdns on",
+    "libp2p.utils": "re-exports varint and address helpers (libp2p.abc, trio, aioquic): setup_logging needs none",
 }
 # Module -> the option that uses it. basic_host imports each at module level.
 DEFERRED_MODULES: dict[str, str] = {
@@ -96,7 +97,7 @@ def _run_body(module: ModuleType) -> None:
         logging_mod = sys.modules.get("libp2p.utils.logging")
         saved = getattr(logging_mod, "setup_logging", None)
         if logging_mod is not None and spec.name == "libp2p":
-            logging_mod.setup_logging = lambda: None  # type: ignore[attr-defined]  # ran once at install()
+            logging_mod.setup_logging = lambda: None  # type: ignore[attr-defined]  # ran at the first import
         try:
             exec(code, module.__dict__)  # the package's own __init__.py, run as its import would have
         except BaseException:
@@ -129,6 +130,22 @@ class _BarePackageLoader(importlib.machinery.SourceFileLoader):
 
     def exec_module(self, module: ModuleType) -> None:
         module.__getattr__ = _package_getattr(module)  # type: ignore[method-assign]
+        if module.__name__ == "libp2p":
+            _first_libp2p_import()
+
+
+def _first_libp2p_import() -> None:
+    """What ``import libp2p`` did besides importing: its loggers configured by ``setup_logging()`` (LIBP2P_DEBUG,
+    else "libp2p" at WARNING and not propagating; node/logs.py rewires them). And, before multiaddr's resolver
+    imports dnspython, dnspython's DNS-over-HTTPS clients turned off (:data:`DNS_FEATURES_OFF`)."""
+    if "dns.query" not in sys.modules:
+        import dns._features
+
+        for feature in DNS_FEATURES_OFF:
+            dns._features.force(feature, False)
+    from libp2p.utils.logging import setup_logging
+
+    setup_logging()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -238,21 +255,13 @@ _FINDER = _Finder()
 
 
 def install() -> None:
-    """Put the finder first on ``sys.meta_path`` (once) and configure py-libp2p's loggers as its import would.
-    A package or module already imported in full is left as it is."""
+    """Put the finder first on ``sys.meta_path`` (once). It imports nothing: the settings loader installs it through
+    ``node.transports.betanet`` and ``node.mailbox``. A package or module already imported in full is left as it
+    is; the first ``import libp2p`` afterwards configures py-libp2p's loggers as before
+    (:func:`_first_libp2p_import`)."""
     with _lock:
-        if _FINDER in sys.meta_path:
-            return
-        sys.meta_path.insert(0, _FINDER)
-    if "dns.query" not in sys.modules:
-        import dns._features
-
-        for feature in DNS_FEATURES_OFF:
-            dns._features.force(feature, False)
-    if "libp2p.utils.logging" not in sys.modules:
-        from libp2p.utils.logging import setup_logging
-
-        setup_logging()  # what `import libp2p` did first thing (LIBP2P_DEBUG, else "libp2p" at WARNING)
+        if _FINDER not in sys.meta_path:
+            sys.meta_path.insert(0, _FINDER)
 
 
 def installed() -> bool:
