@@ -93,7 +93,6 @@ NEVER_LOADED = (
     "miniupnpc",  # UPnP
     "trio_websocket",  # WebSocket transport
     "libp2p.transport.websocket",
-    "libp2p.transport.quic.transport",  # py-libp2p's QUIC transport (ours is node/transports/betanet/quic_*.py)
     "libp2p.security.secio",
     "libp2p.security.insecure",  # plaintext
     "libp2p.peer.persistent",
