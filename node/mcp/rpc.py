@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from node.control.rpc import APP_ERROR, NoParams, Notify, RpcError, param
 from node.control.rpc import Registry as ControlRegistry
 from node.mcp.errors import ToolError
-from node.mcp.registry import Caller
-from node.mcp.service import McpService
 from node.mcp.settings import TRANSPORTS
+
+if TYPE_CHECKING:  # the registry (pydantic) and the service load with the first MCP call, not with the daemon
+    from node.mcp.registry import Caller
+    from node.mcp.service import McpService
 
 MAX_CLIENT_ID_CHARS = 128
 MAX_LISTENERS = 16  # `mcp.listen` subscriptions held at once (each is one `village mcp` with a listening client)
@@ -62,6 +64,8 @@ def register(reg: ControlRegistry, get_service: Callable[[], Awaitable[McpServic
         return s
 
     def caller(transport: str, client: str) -> Caller:
+        from node.mcp.registry import Caller
+
         if transport not in TRANSPORTS or transport in ("gateway", "agents"):
             raise RpcError(APP_ERROR, f"transport must be stdio, http or local, not {transport!r}")
         return Caller(transport, client[:MAX_CLIENT_ID_CHARS])
