@@ -62,6 +62,7 @@ DEFERRED_MODULES: dict[str, str] = {
 # features when they are installed: DNS over HTTPS loads httpx2, httpcore2 and h2 (~3 MB) although libp2p resolves
 # /dns* addresses over plain DNS only. dnspython's own switch (dns._features.force) turns them off in this process.
 DNS_FEATURES_OFF = ("doh",)
+BODY_DUNDERS = frozenset({"__version__", "__all__"})  # dunders a deferred body defines: asking for one runs it
 
 _lock = threading.RLock()  # a deferred body or module is run once even if two threads ask at the same time
 
@@ -110,6 +111,12 @@ def _run_body(module: ModuleType) -> None:
 
 def _package_getattr(module: ModuleType) -> Any:
     def __getattr__(name: str) -> Any:  # PEP 562
+        if name in BODY_DUNDERS:  # set by the body itself (e.g. libp2p.__version__): run it
+            _run_body(module)
+            try:
+                return module.__dict__[name]
+            except KeyError:
+                raise AttributeError(name) from None
         if _is_dunder(name):
             raise AttributeError(name)
         full = f"{module.__name__}.{name}"
@@ -139,10 +146,13 @@ def _first_libp2p_import() -> None:
     else "libp2p" at WARNING and not propagating; node/logs.py rewires them). And, before multiaddr's resolver
     imports dnspython, dnspython's DNS-over-HTTPS clients turned off (:data:`DNS_FEATURES_OFF`)."""
     if "dns.query" not in sys.modules:
-        import dns._features
+        try:  # dnspython's private switch (2.x): if a release renames it, DoH merely stays importable
+            import dns._features
 
-        for feature in DNS_FEATURES_OFF:
-            dns._features.force(feature, False)
+            for feature in DNS_FEATURES_OFF:
+                dns._features.force(feature, False)
+        except (ImportError, AttributeError, TypeError) as exc:
+            logging.getLogger(__name__).info("dnspython's DNS-over-HTTPS clients left on: %s", exc)
     from libp2p.utils.logging import setup_logging
 
     setup_logging()

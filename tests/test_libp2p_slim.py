@@ -124,3 +124,13 @@ def test_a_deferred_name_loads_its_module_when_used_and_libp2p_top_level_names_s
     out = _run(DEFERRED)
     assert "stand-in <deferred libp2p.discovery.mdns.mdns.create_mdns_discovery>" in out
     assert out.rstrip().endswith("ok")
+
+
+def test_a_deferred_package_still_answers_its_version() -> None:
+    """``libp2p.__version__`` (set by the package body) is there before anything else asked for the body."""
+    code = (
+        "import node.libp2p_slim as s; s.install(); import libp2p; "
+        "v = libp2p.__version__; import importlib.metadata as m; assert v == m.version('libp2p'), v; print('ok')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

@@ -128,7 +128,10 @@ def test_edges_reach_each_other_only_through_the_relay(
         sent = json.loads(ok(cli(d1, "send", "e2", "through the relay", "--wait", WAIT, "--json"), root))
         assert sent["state"] == "delivered", sent
         [received] = [m for m in json.loads(ok(cli(d2, "inbox", "--json"), root)) if m["text"] == "through the relay"]
-        assert received["private"] and received["hops"] == 1  # over the E1-E2 link, not forwarded by R's mesh
+        # Over the E1-E2 circuit link (1 hop) unless its round trip is ~100 ms worse than E1-R's, when the path table
+        # rightly prefers R's mesh (2 hops; link cost 1 + rtt/0.1 s): which one depends on this machine's load, so
+        # the circuit itself is proven by the connect above, the peer's address below and the relay counters.
+        assert received["private"] and received["hops"] in (1, 2), received
         view = {p["nickname"]: p for p in json.loads(ok(cli(d1, "peers", "--json"), root))}
         assert view["e2"]["address"] == f"/p2p/{relay_p2p}/p2p-circuit/p2p/{e2_p2p}"
 

@@ -55,7 +55,6 @@ from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.transport.manager import TransportManager
-from libp2p.transport.quic import transport as _libp2p_quic  # noqa: F401 - see below
 from libp2p.transport.upgrader import TransportUpgrader
 
 from node.errors import StartupError, TransportError
@@ -230,9 +229,6 @@ class BetanetTransport(Transport):
         # Muxers: yamux first, mplex as a fallback (libp2p.create_yamux_muxer_option). One dial attempt per
         # address: bootstrap peers are redialled with our own backoff and addresses found through the DHT are
         # raced; libp2p's default 3 retries per unreachable address only delayed the fallback to a relay.
-        # py-libp2p's own QUIC transport module is imported although ours replaces it: without its import (which
-        # `import libp2p` did), a message over a relayed E1-E2 link went through the relay's mesh instead
-        # (tests/test_relay_netns.py, hops 2); which of its import-time effects matters is not yet found.
         resources = new_resource_manager()  # new_host's default connection/stream limits
         peer_id = ID.from_pubkey(self._key_pair.public_key)
         peerstore = PeerStore()
