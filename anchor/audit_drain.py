@@ -1,8 +1,9 @@
 """Audit records kept in Redis, drained to PostgreSQL's ``audit_log`` in batches; messages handed to the node only
 after their audit row committed.
 
-``POST /v1/messages`` writes its audit record to the Redis stream ``aiv:audit:<database>`` (one per PostgreSQL
-database name: the gateways of one anchor share it, anchors that share a Redis but not a database do not) in the
+``POST /v1/messages`` writes its audit record to the Redis stream ``aiv:audit:<server>:<database>`` (one per
+PostgreSQL database, the server named by its system identifier: the gateways of one anchor share it, anchors that
+share a Redis but not a database do not) in the
 same atomic script that takes its rate-limit tokens and writes the message's status record
 (:meth:`anchor.stores.redis_store.RedisStore.send_audited`); the record carries the message. This task moves the
 records to PostgreSQL and, once a batch's transaction committed, appends the messages they carry to the node's
@@ -21,8 +22,8 @@ are one step). A drain's unacknowledged records are claimed by any other drain a
 
 Hostile or broken entries (anyone with access to Redis can write one) cost nothing but themselves: every field is
 checked before the insert, a batch PostgreSQL refuses is retried record by record, and what is still refused goes
-to the bounded dead-letter stream ``aiv:audit:<database>:dead`` (logged, counted; its message is never sent). No
-error ends the drain.
+to the bounded dead-letter stream ``aiv:audit:<server>:<database>:dead`` (logged, counted; its message is never
+sent). No error ends the drain.
 
 While PostgreSQL is down the records — and the messages they carry — wait in Redis (bounded by ``[anchor]
 audit_backlog_max`` and ``queue_max``; beyond them ``POST /v1/messages`` answers 503) and the drain retries every
@@ -54,9 +55,17 @@ PRUNE_IDLE_MS = 24 * 3600 * 1000  # consumers (past drain runs) idle this long a
 LINGER_S = 0.05  # after a part batch, wait this long for more (fewer, larger transactions under load)
 
 
-def audit_stream(database: str) -> str:
-    """The audit stream's name for a PostgreSQL database (the Redis key is ``aiv:audit:<database>``)."""
-    return f"audit:{database}"
+def audit_stream(system_identifier: str, database: str) -> str:
+    """The audit stream's name for a PostgreSQL database: the Redis key is ``aiv:audit:<server>:<database>``, the
+    server named by its system identifier (:meth:`PostgresStore.system_identifier`), so the gateways of one anchor
+    (one database) share it and anchors on different servers sharing one Redis never mix their records, even with
+    the same database name."""
+    return f"audit:{system_identifier}:{database}"
+
+
+async def audit_stream_of(postgres: PostgresStore) -> str:
+    """:func:`audit_stream` of the database behind ``postgres`` (StoreUnavailable while it is down)."""
+    return audit_stream(await postgres.system_identifier(), postgres.database)
 
 
 def consumer_name(peer_id_hex: str) -> str:
@@ -146,10 +155,11 @@ class AuditDrain:
         batch: int = BATCH,
         linger_s: float = LINGER_S,
         dead_max: int = DEAD_MAX,
+        stream: str = "",
     ) -> None:
         self.redis = redis
         self.postgres = postgres
-        self.stream = audit_stream(postgres.database)
+        self.stream = stream  # audit_stream_of(postgres); "": named once PostgreSQL answers
         self.consumer = consumer
         self.claim_idle_ms = max(1, int(claim_idle_s * 1000))
         self.block_ms = block_ms
@@ -171,6 +181,8 @@ class AuditDrain:
         the node's streams and acknowledge them in one atomic Redis step; how many were read (0: nothing
         waiting). A record PostgreSQL refuses (or not written by a gateway) goes to the dead-letter stream
         ``<stream>:dead``, its message to no one. StoreUnavailable propagates (nothing acknowledged then)."""
+        if not self.stream:
+            self.stream = await audit_stream_of(self.postgres)
         entries = await self.redis.audit_entries(
             self.stream, GROUP, self.consumer, count=self.batch, block_ms=block_ms, claim_idle_ms=self.claim_idle_ms
         )
@@ -225,6 +237,8 @@ class AuditDrain:
         warned = False
         while True:
             try:
+                if not self.stream:
+                    self.stream = await audit_stream_of(self.postgres)
                 await self.redis.audit_ensure_group(self.stream, GROUP)
                 await self.redis.audit_prune_consumers(self.stream, GROUP, idle_ms=PRUNE_IDLE_MS, keep=self.consumer)
                 if not warned:

@@ -91,13 +91,13 @@ class MessageQueue:
         max_backlog: int,
         block_ms: int,
         max_audit_backlog: int = 100_000,
-        audit_stream: str = "audit:",
+        audit_stream: str = "",
     ) -> None:
         self.redis = redis
         self.node = node
         self.max_backlog = max_backlog
         self.max_audit_backlog = max_audit_backlog
-        self.audit_stream = audit_stream  # anchor.audit_drain.audit_stream(<the PostgreSQL database>)
+        self.audit_stream = audit_stream  # anchor.audit_drain.audit_stream_of(<PostgreSQL>); "": not known yet
         self.block_ms = block_ms
         self.stream = f"messages:{node.identity.peer_id_hex}"
         self.counters: dict[str, int] = {"accepted": 0, "failed": 0, "duplicates": 0, "malformed": 0}
@@ -136,6 +136,8 @@ class MessageQueue:
         (``miss``, ``ip``, ``key``). QueueFull when the backlog is full (messages waiting for their audit row or
         for the node; audited, not queued), AuditBacklogFull when too many audit records wait for PostgreSQL (the
         tokens are spent, nothing written), StoreUnavailable when Redis is down."""
+        if not self.audit_stream:  # named after the PostgreSQL server, which has not answered since the start
+            raise StoreUnavailable("postgres", "not reached since the gateway started")
         status = {"state": "queued", "to": message.to or "", "key": message.key_id, "detail": "", "mesh_id": ""}
         outcome = await self.redis.send_audited(
             audit_stream=self.audit_stream,

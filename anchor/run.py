@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
-from anchor.audit_drain import AuditDrain, audit_stream, consumer_name
+from anchor.audit_drain import RETRY_S, AuditDrain, audit_stream_of, consumer_name
 from anchor.gateway.app import GatewayContext, build_app
 from anchor.gateway.auth import TokenIssuer, load_or_create_secret
 from anchor.gateway.ports import ApiKeyInfo, MailboxPort
@@ -34,6 +34,7 @@ from anchor.mcp_memory import storage_factory as memory_storage_factory
 from anchor.queue import MessageQueue
 from anchor.services_settings import ServicesError, ServiceSettings, load_settings, settings_path
 from anchor.settings import AnchorSection
+from anchor.stores.errors import StoreUnavailable
 from anchor.stores.graph import GraphStore
 from anchor.stores.postgres import PostgresStore
 from anchor.stores.redis_store import RedisStore
@@ -196,7 +197,7 @@ class GatewayService:
                     max_backlog=anchor.queue_max,
                     block_ms=int(min(2000.0, anchor.store_timeout_s * 500)),
                     max_audit_backlog=anchor.audit_backlog_max,
-                    audit_stream=audit_stream(stores.postgres.database),
+                    audit_stream=await _audit_stream_or_empty(stores.postgres),
                 ),
             )
             drain = self.audit_drain = AuditDrain(
@@ -206,6 +207,8 @@ class GatewayService:
                 claim_idle_s=anchor.audit_claim_idle_s,
                 block_ms=int(min(1000.0, anchor.store_timeout_s * 500)),
             )
+            if ctx.queue is not None and not ctx.queue.audit_stream:  # PostgreSQL down at start: named when it is up
+                nursery.start_soon(_name_audit_stream, ctx.queue, stores.postgres)
             stop = trio.Event()
             try:
                 self.urls = await nursery.start(
@@ -240,6 +243,23 @@ class GatewayService:
                 draining.cancel()
                 with trio.CancelScope(shield=True):  # the node cancels its services after its drain
                     await drain.flush(timeout_s=2 * anchor.store_timeout_s)
+
+
+async def _audit_stream_or_empty(postgres: PostgresStore) -> str:
+    try:
+        return await audit_stream_of(postgres)
+    except StoreUnavailable:
+        return ""
+
+
+async def _name_audit_stream(queue: MessageQueue, postgres: PostgresStore) -> None:
+    """Until PostgreSQL first answers, POST /v1/messages answers 503 (the audit stream is named after its server)."""
+    while True:
+        name = await _audit_stream_or_empty(postgres)
+        if name:
+            queue.audit_stream = name
+            return
+        await trio.sleep(RETRY_S)  # PostgreSQL is down: retried as the drain retries
 
 
 @asynccontextmanager

@@ -76,7 +76,7 @@ async def test_audit_records_precede_messages_and_reach_postgresql_after_a_dead_
     proxied = psycopg.conninfo.make_conninfo(pg_dsn, host="127.0.0.1", port=gateway.pg_proxy.port)
     redis_store = RedisStore(services.redis.url, timeout_s=5.0)
     async with PostgresStore(proxied, timeout_s=2.0) as pg_dead, PostgresStore(pg_dsn, timeout_s=5.0) as pg_live:
-        dead = AuditDrain(redis_store, pg_dead, "dead-drain", claim_idle_s=3600)
+        dead = AuditDrain(redis_store, pg_dead, "dead-drain", claim_idle_s=3600, stream=gateway.audit_stream)
         await redis_store.audit_ensure_group(dead.stream, GROUP)
         gateway.pg_proxy.down()
         try:
@@ -98,7 +98,7 @@ async def test_audit_records_precede_messages_and_reach_postgresql_after_a_dead_
 
         # Another gateway's drain takes the dead one's records over once they are idle long enough and inserts
         # them; the one already there is not duplicated.
-        other = AuditDrain(redis_store, pg_live, "other-drain", claim_idle_s=0.1)
+        other = AuditDrain(redis_store, pg_live, "other-drain", claim_idle_s=0.1, stream=gateway.audit_stream)
         with trio.fail_after(10):
             while True:  # polled until the records have been idle for 0.1 s (the server's clock)
                 if await other.drain_once():

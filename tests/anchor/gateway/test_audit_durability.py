@@ -1,5 +1,6 @@
-"""A message reaches the node only once its audit row is durable in PostgreSQL, and no audit-stream entry —
-hostile, broken, or refused by PostgreSQL — stops the drain, the gateway or the node (review of gwperf, 1 and 2)."""
+"""A message reaches the node only once its audit row is durable in PostgreSQL, no audit-stream entry — hostile,
+broken, or refused by PostgreSQL — stops the drain, the gateway or the node, and the audit stream is named after
+the PostgreSQL server and database (review of gwperf, 1, 2 and 6)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,21 @@ import json
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import redis as redis_sync
 import trio
 
-from anchor.audit_drain import _record
+from anchor.audit_drain import _record, audit_stream
+from anchor.gateway.fast_send import audit_record
+from anchor.queue import MessageQueue, QueuedMessage, new_message_id
+from anchor.run import _name_audit_stream
 from anchor.services_settings import ServiceSettings
+from anchor.stores.errors import StoreUnavailable
+from anchor.stores.postgres import PostgresStore
 from anchor.stores.redis_store import KEY_PREFIX, StreamEntry
 from tests.anchor.gateway.conftest import Gateway, StartGateway
+from tests.anchor.gateway.proxy import TcpProxy
 from tests.anchor.gateway.test_gateway import FULL_PEER_ID, until_settled
 
 
@@ -180,3 +188,37 @@ async def test_poisoned_audit_entries_cost_only_themselves(
         r = await client.post("/v1/messages", headers=auth, json={"text": "after the poison"})
         assert r.status_code == 202
         assert (await until_settled(client, auth, r.json()["id"]))["state"] == "sent"
+
+
+async def test_the_audit_stream_is_named_after_the_postgresql_server_and_database(
+    start_gateway: StartGateway, services: ServiceSettings, pg_dsn: str, nursery: trio.Nursery
+) -> None:
+    gateway = await start_gateway(drain_audit=False)
+    with psycopg.connect(services.postgres.dsn_for("postgres")) as conn:  # asked independently of the store
+        row = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
+    assert row is not None
+    expected = f"aiv:audit:{row[0]}:{pg_dsn.rsplit('/', 1)[1]}"
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        _key, auth = await _auth(gateway, client)
+        assert (await client.post("/v1/messages", headers=auth, json={"text": "x"})).status_code == 202
+    assert KEY_PREFIX + gateway.audit_stream == expected
+    assert await gateway.redis.audit_backlog(gateway.audit_stream) == 1
+    # Another server with a database of the same name would name another stream.
+    assert audit_stream("another-server", gateway.pg.database) != gateway.audit_stream
+
+    # A gateway whose PostgreSQL was down at its start accepts no message until the server answered once.
+    proxy = TcpProxy(services.postgres.host, services.postgres.port)
+    await nursery.start(proxy.run)
+    proxy.down()
+    proxied = psycopg.conninfo.make_conninfo(pg_dsn, host="127.0.0.1", port=proxy.port)
+    async with PostgresStore(proxied, timeout_s=1.0) as pg:
+        queue = MessageQueue(gateway.redis, gateway.node, max_backlog=10, block_ms=0)
+        message = QueuedMessage(new_message_id(), None, "x", "k_test")
+        record = audit_record("k_test", message.id, None, 1)
+        with pytest.raises(StoreUnavailable):
+            await queue.put_audited(message, record)
+        with trio.fail_after(30):
+            async with trio.open_nursery() as inner:  # returns once the name is known
+                inner.start_soon(_name_audit_stream, queue, pg)
+                await proxy.up()
+        assert KEY_PREFIX + queue.audit_stream == expected
