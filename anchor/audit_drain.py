@@ -21,9 +21,10 @@ inserts again without a duplicate row, and hands its message over once (the hand
 are one step). A drain's unacknowledged records are claimed by any other drain after ``claim_idle_s``.
 
 Hostile or broken entries (anyone with access to Redis can write one) cost nothing but themselves: every field is
-checked before the insert, a batch PostgreSQL refuses is retried record by record, and what is still refused goes
-to the bounded dead-letter stream ``aiv:audit:<server>:<database>:dead`` (logged, counted; its message is never
-sent). No error ends the drain.
+checked before the insert, a batch PostgreSQL refuses is retried record by record, and a record still refused for
+what it holds (a data or constraint error) goes to the bounded dead-letter stream
+``aiv:audit:<server>:<database>:dead`` (logged, counted; its message is never sent). A refusal for the server's own
+state (a missing table, a permission) moves nothing: the records wait and are retried. No error ends the drain.
 
 While PostgreSQL is down the records — and the messages they carry — wait in Redis (bounded by ``[anchor]
 audit_backlog_max`` and ``queue_max``; beyond them ``POST /v1/messages`` answers 503) and the drain retries every
@@ -39,6 +40,7 @@ import logging
 import os
 import secrets
 
+import psycopg
 import trio
 
 from anchor.stores.errors import StoreError, StoreUnavailable
@@ -132,6 +134,13 @@ def _record(entry: StreamEntry) -> Row | None:
     return (eid, at_ms, actor, action, target, detail)
 
 
+def _refused_for_good(exc: StoreError) -> bool:
+    """Whether PostgreSQL refused a row for what it holds (a data or constraint error, or the store's own check),
+    rather than for its own state (a missing table, permissions, ...): only such a row is dead-lettered."""
+    cause = exc.__cause__
+    return cause is None or isinstance(cause, (psycopg.DataError, psycopg.IntegrityError))
+
+
 def _handover(entry: StreamEntry) -> tuple[str, bytes] | None:
     """The message an audit entry carries for the node (its stream's name, its payload), if any."""
     target, payload = entry.fields.get("q"), entry.fields.get("m")
@@ -213,6 +222,8 @@ class AuditDrain:
                 except StoreUnavailable:
                     raise
                 except StoreError as one:
+                    if not _refused_for_good(one):  # the server's trouble, not the row's: retried later, kept
+                        raise
                     self.counters["refused"] += 1
                     log.warning(
                         "audit drain: PostgreSQL refused entry %s (%s); moved to %s:dead", entry.id, one, self.stream

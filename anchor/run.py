@@ -115,8 +115,9 @@ class GatewayService:
 
     ``mailbox`` answers ``GET /v1/mailbox`` (default: the node's ``mailbox-server`` service, with ``mailbox.serve``);
     ``consume_queue`` False leaves queued messages in Redis (tests stop an anchor between a 202 and its
-    consumption); ``drain_audit`` False leaves the audit records of sent messages in Redis (tests show they reach
-    PostgreSQL later, through another drain). :attr:`urls` are the gateway's once started.
+    consumption); ``drain_audit`` False leaves the audit records of sent messages in Redis, and so the messages
+    undelivered (tests show they reach PostgreSQL, and then the node, later, through another drain). :attr:`urls`
+    are the gateway's once started.
 
     The audit drain (:mod:`anchor.audit_drain`) runs while the gateway does; at stop it gets one last bounded pass
     (whatever it leaves, the next start or another gateway's drain inserts)."""

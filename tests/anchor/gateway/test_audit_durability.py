@@ -13,12 +13,12 @@ import pytest
 import redis as redis_sync
 import trio
 
-from anchor.audit_drain import _record, audit_stream
+from anchor.audit_drain import GROUP, AuditDrain, _record, audit_stream
 from anchor.gateway.fast_send import audit_record
 from anchor.queue import MessageQueue, QueuedMessage, new_message_id
 from anchor.run import _name_audit_stream
 from anchor.services_settings import ServiceSettings
-from anchor.stores.errors import StoreUnavailable
+from anchor.stores.errors import StoreError, StoreUnavailable
 from anchor.stores.postgres import PostgresStore
 from anchor.stores.redis_store import KEY_PREFIX, StreamEntry
 from tests.anchor.gateway.conftest import Gateway, StartGateway
@@ -222,3 +222,27 @@ async def test_the_audit_stream_is_named_after_the_postgresql_server_and_databas
                 inner.start_soon(_name_audit_stream, queue, pg)
                 await proxy.up()
         assert KEY_PREFIX + queue.audit_stream == expected
+
+
+async def test_a_server_side_failure_dead_letters_nothing(
+    start_gateway: StartGateway, services: ServiceSettings, pg_dsn: str
+) -> None:
+    """When PostgreSQL refuses the insert for its own state (here: no permission on audit_log), not for a row's
+    content, nothing is moved to the dead-letter stream: the records wait, and drain once the server is fixed."""
+    gateway = await start_gateway(drain_audit=False)
+    key = KEY_PREFIX + gateway.audit_stream
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # the application's role owns the table
+        conn.execute("REVOKE INSERT ON audit_log FROM CURRENT_USER")
+    try:
+        await trio.to_thread.run_sync(_xadd_all, services, key, [_good("msg:waits-1"), _good("msg:waits-2")])
+        drain = AuditDrain(gateway.redis, gateway.pg, "test-drain", stream=gateway.audit_stream)
+        await gateway.redis.audit_ensure_group(drain.stream, GROUP)
+        with pytest.raises(StoreError, match="permission denied"):
+            await drain.drain_once()
+        assert drain.counters["refused"] == 0 and await trio.to_thread.run_sync(_dead, services, key) == []
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("GRANT INSERT ON audit_log TO CURRENT_USER")
+    assert await drain.drain_once() == 2
+    rows = await gateway.pg.recent_audit(limit=1000)
+    assert {r.detail.get("id") for r in rows if r.actor == "key:review"} == {"msg:waits-1", "msg:waits-2"}
