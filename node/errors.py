@@ -78,6 +78,7 @@ branch; this drawing covers every package (the module follows a class defined el
     │   ├── BodyTooLarge            (anchor.gateway.errors) 413
     │   ├── NodeUnavailable         (anchor.gateway.errors) 503: the node is not running
     │   ├── QueueFull               (anchor.gateway.errors) 503: too many messages wait already
+    │   ├── AuditBacklogFull        (anchor.gateway.errors) 503: too many audit records wait for PostgreSQL
     │   └── RagUnavailable          (anchor.gateway.errors) 503: no knowledge base on the node
     ├── QuotaFull                   (anchor.mailbox_quota) a mailbox deposit over its quota
     └── ServicesError               (anchor.services_settings) the services settings file is unusable
