@@ -86,6 +86,12 @@ class MailboxLimits:
     # the anchor holds at most max_total + reserved_per_proven_recipient x max_proven_recipients envelopes (one per
     # depositor in a reserve). Proven = fetched mail that waited; new ones rate-limited (anchor.mailbox_quota).
     reserved_per_proven_recipient: int = 4
+    # With trusted depositors configured, unverified (free) keys together may hold at most this share of a proven
+    # recipient's envelopes while the anchor is full (floor, at least 1): 2 of the 4 by default, the rest is kept for
+    # trusted depositors. One envelope per depositor in the reserve either way. With no trusted depositors
+    # everyone is unverified and the whole reserve is open to anyone (so as many free keys as the reserve can fill
+    # it until the recipient's next fetch: nothing DEPOSITED is ever evicted).
+    reserved_unverified_share: float = 0.5
     max_proven_recipients: int = 4096
     proven_recipient_s: float = 30 * 86_400.0
     new_proven_per_hour: float = 64.0
@@ -492,8 +498,7 @@ class MailboxService:
                 keep_until_ms,
                 now,
                 depositor=depositor or b"",
-                # Into the reserve: one envelope per depositor for this recipient (the policy refuses a second).
-                policy=dataclasses.replace(self.limits.quota, max_per_depositor=1) if reserved else self.limits.quota,
+                policy=self._reserve_policy() if reserved else self.limits.quota,
             )
         except QuotaFull as exc:
             self.core.counters.deposits_refused += 1
@@ -516,6 +521,17 @@ class MailboxService:
         else:
             self.core.counters.deposit_duplicates += 1
         return env_id, new
+
+    def _reserve_policy(self) -> QuotaPolicy:
+        """A deposit into a proven recipient's reserve: one envelope per depositor, at most the reserve in all, and
+        (with trusted depositors) unverified keys together at most ``reserved_unverified_share`` of it."""
+        limits = self.limits
+        return dataclasses.replace(
+            limits.quota,
+            max_envelopes=limits.reserved_per_proven_recipient,
+            max_per_depositor=1,
+            unverified_share=limits.reserved_unverified_share if limits.trusted_depositors else 1.0,
+        )
 
     def _unverified_total_cap(self) -> int:
         """How much of ``max_total`` unverified depositors may fill together: all of it when nobody is trusted."""

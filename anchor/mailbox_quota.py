@@ -26,7 +26,11 @@ nobody fetches that junk, so it stays until it expires. A recipient that proves 
 mail that waited for it is remembered (:class:`ProvenRecipients`, new entries rate-limited) and keeps a small
 reserve beyond the total for deposits from anyone, at most one envelope per depositor, so a flood of fresh keys
 cannot lock a new honest depositor out of an anchor's regular recipients (junk sent to them goes at their next
-fetch). As many free keys as the reserve holds, aimed at one recipient, still use it up until that fetch.
+fetch). The reserve is shared fairly by class like the rest: one envelope per depositor, and with trusted
+depositors configured, free keys together hold at most ``reserved_unverified_share`` of it (2 of 4 by default), so a
+flood of fresh keys leaves the rest of a proven recipient's reserve to its trusted depositors. With no trusted
+depositors every key is free: as many free keys as the reserve holds, aimed at one recipient, can still use it up
+until that fetch (no identity is costly to make, and mail answered DEPOSITED is never evicted).
 """
 
 from __future__ import annotations

@@ -16,6 +16,14 @@ sealed with the node's memory key (32 random bytes, ``<data dir>/anchor/mcp-memo
 node's namespace (or moved from another id) does not open and is skipped and counted (``refused``), never loaded.
 What the key cannot stop: a writer on the server can delete rows or put back an older sealed row of the same id.
 
+**Legacy rows.** A version on main for about an hour (never released) wrote rows in the clear (``name``,
+``entityType`` / ``from``, ``to``, ``relationType`` beside an unsealed ``data``). They are never loaded nor served:
+a load skips and counts every row that carries one of those plaintext properties (``legacy``, also in
+``refused``), and the factory logs them once. They are not migrated in place (a migration over Bolt hung the
+server); ``village memory purge-legacy --yes`` deletes them (:meth:`BoltMemoryStorage.purge_legacy`: one
+``MATCH ... WHERE <plaintext property> IS NOT NULL DELETE`` per label, this namespace only), and ``village memory
+forget`` erases them with everything else.
+
 Relations are nodes, not edges: the reference server keeps relations whose ends do not exist and entities that
 share a name, which edges between entity nodes cannot express. Loading reads at most ``max_entities`` entities and
 ``max_relations`` relations (``LIMIT`` in Cypher) and skips a ``data`` longer than ``max_data_chars``. Each
@@ -57,6 +65,9 @@ _ERRORS = (neo4j.exceptions.Neo4jError, neo4j.exceptions.DriverError)
 
 KEY_FILE = "mcp-memory.key"  # in <data dir>/anchor (anchor.gateway.auth.load_or_create_secret)
 KEY_BYTES = 32
+# Properties only the legacy plaintext format (never released) wrote: a row carrying one is legacy.
+_LEGACY_ENTITY = "e.name IS NOT NULL OR e.entityType IS NOT NULL"
+_LEGACY_RELATION = "r.relationType IS NOT NULL OR r.`from` IS NOT NULL OR r.to IS NOT NULL"  # `from`: a keyword
 _NONCE = crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
 log = logging.getLogger("village.anchor.mcp_memory")
 
@@ -103,8 +114,9 @@ class BoltMemoryStorage:
         max_entities: int = 100_000,
         max_relations: int = 200_000,
         max_data_chars: int = 8 << 20,
+        on_legacy: Callable[[str, int], None] | None = None,
     ):
-        if len(key) != KEY_BYTES:
+        if len(key) != KEY_BYTES:  # the anchor checks the key file at start (BoltMemoryFactory): never reached there
             raise ValueError(f"the MCP memory key must be {KEY_BYTES} bytes")
         self.ns = namespace
         self.timeout_s = timeout_s
@@ -113,6 +125,8 @@ class BoltMemoryStorage:
         self.max_relations = max_relations
         self.max_data_chars = max_data_chars
         self.refused = 0  # rows of this namespace the last load skipped: not sealed by this node's key, or too big
+        self.legacy = 0  # of which rows in the legacy plaintext format (never served; `village memory purge-legacy`)
+        self._on_legacy = on_legacy
         self._driver = neo4j.GraphDatabase.driver(
             url,
             auth=(user, password) if user else None,
@@ -150,25 +164,31 @@ class BoltMemoryStorage:
         ents, rels = self._run(
             [
                 (
-                    "MATCH (e:McpEntity {ns: $ns}) RETURN e.id AS id, e.data AS data ORDER BY e.id LIMIT $limit",
+                    f"MATCH (e:McpEntity {{ns: $ns}}) RETURN e.id AS id, e.data AS data, ({_LEGACY_ENTITY}) AS "
+                    f"legacy ORDER BY e.id LIMIT $limit",
                     {"limit": self.max_entities},
                 ),
                 (
-                    "MATCH (r:McpRelation {ns: $ns}) RETURN r.id AS id, r.data AS data ORDER BY r.id LIMIT $limit",
+                    f"MATCH (r:McpRelation {{ns: $ns}}) RETURN r.id AS id, r.data AS data, ({_LEGACY_RELATION}) AS "
+                    f"legacy ORDER BY r.id LIMIT $limit",
                     {"limit": self.max_relations},
                 ),
             ]
         )
-        self.refused = 0
+        self.refused = self.legacy = 0
         entities: list[EntityRow] = []
         for row_id, (name, etype, obs) in self._open_rows(ents, "McpEntity", 3):
             entities.append((row_id, str(name), str(etype), [str(o) for o in obs]))
         relations: list[RelationRow] = []
         for row_id, (src, dst, rtype) in self._open_rows(rels, "McpRelation", 3):
             relations.append((row_id, str(src), str(dst), str(rtype)))
-        if self.refused:
+        if self.legacy and self._on_legacy is not None:
+            self._on_legacy(self.ns, self.legacy)
+        if self.refused > self.legacy:
             log.warning(
-                "MCP memory of %s: %d rows on the graph server refused (not sealed by this node)", self.ns, self.refused
+                "MCP memory of %s: %d rows on the graph server refused (not sealed by this node)",
+                self.ns,
+                self.refused - self.legacy,
             )
         return entities, relations
 
@@ -176,6 +196,10 @@ class BoltMemoryStorage:
         out: list[tuple[int, list[Any]]] = []
         seen: set[int] = set()
         for row in rows:
+            if row.get("legacy"):  # plaintext on the server: never loaded, whatever its data holds
+                self.refused += 1
+                self.legacy += 1
+                continue
             try:
                 row_id = row["id"]
                 data = row["data"]
@@ -233,6 +257,17 @@ class BoltMemoryStorage:
         except _UNAVAILABLE + _ERRORS:
             pass
 
+    def purge_legacy(self) -> dict[str, int]:
+        """Delete this namespace's rows in the legacy plaintext format (one simple query per label, one
+        transaction; no row is rewritten); the number deleted of each."""
+        ents, rels = self._run(
+            [
+                (f"MATCH (e:McpEntity {{ns: $ns}}) WHERE {_LEGACY_ENTITY} DELETE e RETURN count(e) AS n", {}),
+                (f"MATCH (r:McpRelation {{ns: $ns}}) WHERE {_LEGACY_RELATION} DELETE r RETURN count(r) AS n", {}),
+            ]
+        )
+        return {"entities": int(ents[0]["n"]) if ents else 0, "relations": int(rels[0]["n"]) if rels else 0}
+
     def count(self) -> int:
         """Nodes of this namespace on the server (tests)."""
         rows = self._run([("MATCH (n) WHERE (n:McpEntity OR n:McpRelation) AND n.ns = $ns RETURN count(n) AS n", {})])[
@@ -246,16 +281,28 @@ class BoltMemoryFactory:
     and ``run_blocking``, the runner of its blocking calls: an :class:`~anchor.stores._runner.BlockingRunner` with a
     deadline of four times ``timeout_s`` (an open is up to three transactions: two index creations and the load)
     that abandons a thread stuck on a server that stopped answering (at most
-    ``max_threads`` such threads) and answers :class:`StoreUnavailable`."""
+    ``max_threads`` such threads) and answers :class:`StoreUnavailable`. Legacy plaintext rows a load skipped are
+    logged once per number found (not at every reload)."""
 
     def __init__(self, url: str, *, timeout_s: float = 5.0, max_threads: int = 2, **kwargs: Any) -> None:
         self.url = url
         self.timeout_s = timeout_s
         self.kwargs = kwargs
         self.runner = BlockingRunner("graph", max_threads, (), deadline_s=4 * timeout_s)
+        self.legacy_logged = 0  # the legacy row count last logged
 
     def __call__(self) -> BoltMemoryStorage:
-        return BoltMemoryStorage(self.url, timeout_s=self.timeout_s, **self.kwargs)
+        return BoltMemoryStorage(self.url, timeout_s=self.timeout_s, on_legacy=self._legacy, **self.kwargs)
+
+    def _legacy(self, ns: str, rows: int) -> None:
+        if rows != self.legacy_logged:
+            self.legacy_logged = rows
+            log.warning(
+                "MCP memory of %s: %d rows on the graph server are in the old plaintext format; they are not served. "
+                "Delete them with `village memory purge-legacy --yes`",
+                ns,
+                rows,
+            )
 
     async def run_blocking(self, fn: Callable[[], Any]) -> Any:
         return await self.runner.run(fn)

@@ -17,6 +17,16 @@ outbox already or not at all, so it is accepted exactly once. A broadcast has no
 whether it went out, and only a crash between ``broadcast`` and the status update (microseconds, no I/O in
 between but the Redis call) could send it twice.
 
+Replicas (``[anchor] cluster``): several gateways of one anchor, each its own node with its own identity and data
+dir, share one stream (``messages:{<cluster>}``; the braces are a Redis Cluster hash tag, so a stream and its
+status records live on one shard) and one consumer group in which each replica is a consumer named by its peer ID
+(stable across its restarts). Before a replica hands an entry to its node it sets the status record from
+``queued`` to ``handing`` by itself (a compare-and-set): of two replicas holding the same entry, one hands it over.
+A replica that stops or hangs keeps what it read in its pending list; after ``anchor.claim_idle_s`` another
+replica claims (XCLAIM) those entries whose record still says ``queued``. An entry whose record says ``handing``
+by the stopped replica is in doubt (its node may hold it in its outbox on its disk) and is left to it: it resolves
+it when it starts again with its data dir, exactly as a lone anchor does after a crash.
+
 A message the node refuses when it reads it (its rules changed meanwhile, e.g. a full pending queue) is settled
 as ``failed`` with the reason; ``GET /v1/messages/{id}`` shows it. The backlog is bounded (``anchor.queue_max``):
 more is refused with 503 + Retry-After.
@@ -44,7 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("village.anchor.queue")
 
 GROUP = "node"
-CONSUMER = "node"  # one consumer: the node of this anchor (stable across restarts, so its pending list is ours)
+CONSUMER = "node"  # a lone anchor's consumer (stable across restarts, so its pending list is ours); replicas: peer ID
 STATUS_TTL_S = 7 * 24 * 3600.0  # how long GET /v1/messages/{id} can find a message
 RETRY_S = 1.0  # pause after a store error before the consumer tries again
 READ_COUNT = 16
@@ -92,6 +102,8 @@ class MessageQueue:
         block_ms: int,
         max_audit_backlog: int = 100_000,
         audit_stream: str = "",
+        cluster: str = "",
+        claim_idle_s: float = 30.0,
     ) -> None:
         self.redis = redis
         self.node = node
@@ -99,11 +111,23 @@ class MessageQueue:
         self.max_audit_backlog = max_audit_backlog
         self.audit_stream = audit_stream  # anchor.audit_drain.audit_stream_of(<PostgreSQL>); "": not known yet
         self.block_ms = block_ms
-        self.stream = f"messages:{node.identity.peer_id_hex}"
-        self.counters: dict[str, int] = {"accepted": 0, "failed": 0, "duplicates": 0, "malformed": 0}
+        self.cluster = cluster
+        self.claim_idle_ms = max(1, int(claim_idle_s * 1000))
+        scope = f"{{{cluster}}}" if cluster else node.identity.peer_id_hex
+        self.stream = f"messages:{scope}"
+        self._status_prefix = f"msg:{scope}:"
+        self.consumer = node.identity.peer_id_hex if cluster else CONSUMER
+        self.counters: dict[str, int] = {
+            "accepted": 0,
+            "failed": 0,
+            "duplicates": 0,
+            "malformed": 0,
+            "claimed": 0,  # entries taken over from a replica that stopped or hung
+            "in_doubt": 0,  # entries another replica began to hand over (left to it)
+        }
 
     def _status_key(self, message_id: str) -> str:
-        return f"msg:{self.node.identity.peer_id_hex}:{message_id}"
+        return self._status_prefix + message_id
 
     # ------------------------------------------------------------------------------------------ gateway side
     async def put(self, message: QueuedMessage) -> None:
@@ -169,7 +193,13 @@ class MessageQueue:
             return None
         state, detail = record.get("state", "queued"), record.get("detail", "")
         to = record.get("to") or None
-        if state == "accepted":
+        by = record.get("by", "")
+        if state == "handing":  # being handed to a node right now
+            state = "queued"
+        elif state == "accepted" and to is not None and by not in ("", self.consumer):
+            # Another replica's node holds it: its receipt is known there only.
+            state, detail = "pending", f"accepted by anchor replica {by}; its delivery receipt is known there"
+        elif state == "accepted":
             state = "sent" if to is None else self._private_state(message_id)
             if state == "failed":
                 msg = self.node.outgoing.get(message_id)
@@ -201,9 +231,13 @@ class MessageQueue:
             try:
                 await self.redis.stream_ensure_group(self.stream, GROUP)
                 await self._drain_pending()
+                next_claim = trio.current_time()
                 while True:
+                    if self.cluster and trio.current_time() >= next_claim:
+                        await self._claim_stale()
+                        next_claim = trio.current_time() + self.claim_idle_ms / 2000.0
                     entries = await self.redis.stream_read(
-                        self.stream, GROUP, CONSUMER, count=READ_COUNT, block_ms=self.block_ms
+                        self.stream, GROUP, self.consumer, count=READ_COUNT, block_ms=self.block_ms
                     )
                     for entry in entries:
                         await self._handle(entry, recovered=False)
@@ -212,11 +246,36 @@ class MessageQueue:
                     log.warning("message queue: %s; retrying in %g s", exc or "the node is not running", RETRY_S)
             await trio.sleep(RETRY_S)
 
+    async def drain_backlog(self) -> int:
+        """Hand over whatever waits in this stream (pending or new) and return how many entries were handled: what
+        a lone anchor left in its own stream (``messages:<peer ID>``) when it joined a cluster, whose replicas read
+        the cluster's stream only. Nothing is written when the stream is empty or absent."""
+        if await self.redis.stream_length(self.stream) == 0:
+            return 0
+        await self.redis.stream_ensure_group(self.stream, GROUP)
+        handled = 0
+        pending = True
+        while True:
+            entries = await self.redis.stream_read(
+                self.stream, GROUP, self.consumer, count=READ_COUNT, pending=pending, after="0"
+            )
+            if not entries:
+                if not pending:
+                    return handled
+                pending = False
+                continue
+            for entry in entries:
+                try:
+                    await self._handle(entry)
+                except _NodeNotRunning:
+                    return handled  # the node stopped: the rest waits for its next start
+                handled += 1
+
     async def _drain_pending(self) -> None:
         after = "0"
         while True:
             entries = await self.redis.stream_read(
-                self.stream, GROUP, CONSUMER, count=READ_COUNT, pending=True, after=after
+                self.stream, GROUP, self.consumer, count=READ_COUNT, pending=True, after=after
             )
             if not entries:
                 return
@@ -224,10 +283,44 @@ class MessageQueue:
                 await self._handle(entry, recovered=True)
                 after = entry.id
 
-    async def _handle(self, entry: StreamEntry, *, recovered: bool) -> None:
-        """Hand one entry to the node and settle it. Only a ``recovered`` entry (from the pending list: read
-        before a crash or a store error) can have been handled already, so only its status record is read first;
-        a new one (read with ``>``) is delivered to this group for the first time."""
+    async def _claim_stale(self) -> None:
+        """Take over the entries other replicas read and left unacknowledged for ``claim_idle_s``, unless their
+        hand-over began (in doubt: left to the replica that began it), and hand them to this node."""
+        after = "-"
+        while True:
+            stale = await self.redis.stream_pending_idle(
+                self.stream, GROUP, min_idle_ms=self.claim_idle_ms, after=after, count=4 * READ_COUNT
+            )
+            wanted: list[str] = []
+            for pending in stale:
+                if pending.consumer != self.consumer and await self._claimable(pending.id):
+                    wanted.append(pending.id)
+            for entry in await self.redis.stream_claim(
+                self.stream, GROUP, self.consumer, wanted, min_idle_ms=self.claim_idle_ms
+            ):
+                self.counters["claimed"] += 1
+                log.info("message queue: claimed entry %s from a replica that stopped or hangs", entry.id)
+                await self._handle(entry)
+            if len(stale) < 4 * READ_COUNT:
+                return
+            after = stale[-1].id
+
+    async def _claimable(self, entry_id: str) -> bool:
+        entry = await self.redis.stream_entry(self.stream, entry_id)
+        if entry is None:
+            return True  # gone from the stream: claiming it just clears the pending list (_handle skips nothing)
+        try:
+            message = QueuedMessage.from_payload(entry.fields.get("m", b""))
+        except ValueError:
+            return True  # _handle drops it
+        record = await self.redis.status_get(self._status_key(message.id))
+        return record is None or record.get("state") != "handing"
+
+    async def _handle(self, entry: StreamEntry, *, recovered: bool = True) -> None:
+        """Hand one entry to the node and settle it. A lone anchor (no ``cluster``) reading a new entry (with
+        ``>``: delivered to this group for the first time) skips the status step; a ``recovered`` entry (from a
+        pending list: read before a crash, a store error or by another replica) and every entry of a cluster go
+        through the atomic status switch first (see ``RedisStore.queue_begin``)."""
         if self.node.core is None:
             raise _NodeNotRunning()
         try:
@@ -238,13 +331,25 @@ class MessageQueue:
             await self.redis.stream_ack_delete(self.stream, GROUP, [entry.id])
             return
         key = self._status_key(message.id)
-        record = await self.redis.status_get(key) if recovered else None
-        if record is not None and record.get("state") not in (None, "queued"):
+        if recovered or self.cluster:
+            verdict, detail = await self.redis.queue_begin(key, self.consumer, ttl_s=STATUS_TTL_S)
+        else:
+            verdict, detail = "mine", ""
+        if verdict == "settled":
             self.counters["duplicates"] += 1  # handled before a crash, not acknowledged: just acknowledge now
-            await self.redis.queue_settle(
-                self.stream, GROUP, entry.id, key, {"state": record["state"]}, ttl_s=STATUS_TTL_S
-            )
+            await self.redis.queue_settle(self.stream, GROUP, entry.id, key, {"state": detail}, ttl_s=STATUS_TTL_S)
             return
+        if verdict == "other":
+            # Another replica began handing this entry over (it claimed it from us while we were slow, or we
+            # claimed it just as it began): not ours to send or acknowledge. It goes back to that replica's pending
+            # list, which the replica settles (alive) or resolves when it starts again (stopped).
+            self.counters["in_doubt"] += 1
+            log.info("message queue: entry %s is being handed over by replica %s; left to it", entry.id, detail)
+            if detail:
+                await self.redis.stream_claim(self.stream, GROUP, detail, [entry.id], min_idle_ms=0)
+            return
+        # "mine", or "again": this consumer began it before a crash — a private message is then in the outbox or
+        # not at all (send_private accepts an ID once), a broadcast may go out twice.
         status: dict[str, str]
         try:
             if message.to is None:

@@ -24,22 +24,25 @@ import trio
 
 from anchor.audit_drain import RETRY_S, AuditDrain, audit_stream_of, consumer_name
 from anchor.gateway.app import GatewayContext, build_app
-from anchor.gateway.auth import TokenIssuer, load_or_create_secret
+from anchor.gateway.auth import TokenIssuer, load_or_create_secret, load_shared_secret
+from anchor.gateway.forwarded import TrustedProxies
 from anchor.gateway.ports import ApiKeyInfo, MailboxPort
 from anchor.gateway.server import is_loopback, serve_http, tls_files
 from anchor.gateway.stores_adapter import StoresAdapter
+from anchor.mcp_memory import KEY_BYTES as MEMORY_KEY_BYTES
 from anchor.mcp_memory import KEY_FILE as MEMORY_KEY_FILE
 from anchor.mcp_memory import BoltMemoryFactory
 from anchor.mcp_memory import storage_factory as memory_storage_factory
 from anchor.queue import MessageQueue
 from anchor.services_settings import ServicesError, ServiceSettings, load_settings, settings_path
-from anchor.settings import AnchorSection
-from anchor.stores.errors import StoreUnavailable
+from anchor.settings import AnchorSection, parse_networks
+from anchor.stores.errors import StoreError, StoreUnavailable
 from anchor.stores.graph import GraphStore
 from anchor.stores.postgres import PostgresStore
 from anchor.stores.redis_store import RedisStore
 from node.errors import StartupError
 from node.mcp.settings import McpSettings
+from node.outbox import OutboxError
 from node.privatefile import PrivateFileRefused, read_private_file
 from node.settings import Config
 
@@ -140,7 +143,19 @@ class GatewayService:
         Offered to the MCP service (node.mcp.service), which calls it when it builds."""
         if node.config.section(AnchorSection).mcp_memory != "graph":
             return None
-        return self._memory_graph(node, lambda: load_or_create_secret(node.config.data_dir, MEMORY_KEY_FILE))
+
+        def key() -> bytes:
+            found = load_or_create_secret(node.config.data_dir, MEMORY_KEY_FILE)  # refused if shorter than 32
+            if len(found) != MEMORY_KEY_BYTES:
+                path = node.config.data_dir / "anchor" / MEMORY_KEY_FILE
+                raise StartupError(
+                    f"anchor.mcp_memory = graph: the memory key {path} holds {len(found)} bytes, not "
+                    f"{MEMORY_KEY_BYTES}: it is not a key this node made; put the node's 32-byte key back, or move "
+                    f"it away to start with a new key (rows sealed with the old one then stay unread)"
+                )
+            return found
+
+        return self._memory_graph(node, key)
 
     def mcp_memory_graph(self, node: Node) -> BoltMemoryFactory | None:
         """This node's namespace on the graph store whatever ``mcp_memory`` says: the MCP service looks there for
@@ -154,7 +169,7 @@ class GatewayService:
                 found = read_private_file(node.config.data_dir / "anchor" / MEMORY_KEY_FILE, 64)
             except (PrivateFileRefused, OSError):
                 found = None
-            return found[:32] if found and len(found) >= 32 else secrets.token_bytes(32)
+            return found if found and len(found) == MEMORY_KEY_BYTES else secrets.token_bytes(MEMORY_KEY_BYTES)
 
         return self._memory_graph(node, key)
 
@@ -182,8 +197,14 @@ class GatewayService:
         cfg = node.config
         anchor = cfg.section(AnchorSection)
         tls = tls_files(anchor)  # before anything starts: a public plaintext gateway is refused
-        secret = load_or_create_secret(cfg.data_dir)
-        issuer = TokenIssuer(secret, issuer=f"aivillage-anchor:{node.identity.peer_id_hex}", ttl_s=anchor.token_ttl_s)
+        # Replicas of one anchor (`cluster`) sign with one shared secret under the cluster's name, so a token one
+        # issued works at every other (a load balancer spreads a client's requests over them).
+        if anchor.jwt_secret_file:
+            secret = load_shared_secret(Path(anchor.jwt_secret_file).expanduser())
+        else:
+            secret = load_or_create_secret(cfg.data_dir)
+        issuer_name = anchor.cluster or node.identity.peer_id_hex
+        issuer = TokenIssuer(secret, issuer=f"aivillage-anchor:{issuer_name}", ttl_s=anchor.token_ttl_s)
         async with _closed_even_if_cancelled(open_stores(cfg)) as stores, trio.open_nursery() as nursery:
             ctx = GatewayContext(
                 node=node,
@@ -199,6 +220,8 @@ class GatewayService:
                     block_ms=int(min(2000.0, anchor.store_timeout_s * 500)),
                     max_audit_backlog=anchor.audit_backlog_max,
                     audit_stream=await _audit_stream_or_empty(stores.postgres),
+                    cluster=anchor.cluster,
+                    claim_idle_s=anchor.claim_idle_s,
                 ),
             )
             drain = self.audit_drain = AuditDrain(
@@ -212,8 +235,11 @@ class GatewayService:
                 nursery.start_soon(_name_audit_stream, ctx.queue, stores.postgres)
             stop = trio.Event()
             try:
+                app = build_app(ctx)
+                if anchor.trusted_proxies:  # behind a load balancer: rate limit the client, not the proxy
+                    app = TrustedProxies(app, parse_networks("anchor.trusted_proxies", anchor.trusted_proxies))
                 self.urls = await nursery.start(
-                    functools.partial(serve_http, tls=tls), build_app(ctx), anchor.gateway_listen, stop
+                    functools.partial(serve_http, tls=tls), app, anchor.gateway_listen, stop
                 )
             except* OSError as group:  # hypercorn binds inside its own nursery: the error comes in a group
                 reason = "; ".join(str(getattr(e, "strerror", None) or e) for e in _leaves(group))
@@ -224,6 +250,8 @@ class GatewayService:
 
                 async def consume() -> None:
                     with consumer:
+                        if anchor.cluster:  # what this node queued for itself before it joined the cluster
+                            await _drain_own_stream(queue)
                         await queue.run()
 
                 nursery.start_soon(consume)
@@ -261,6 +289,21 @@ async def _name_audit_stream(queue: MessageQueue, postgres: PostgresStore) -> No
             queue.audit_stream = name
             return
         await trio.sleep(RETRY_S)  # PostgreSQL is down: retried as the drain retries
+
+
+async def _drain_own_stream(cluster_queue: MessageQueue) -> None:
+    """Hand over the messages left in this node's own stream from before ``[anchor] cluster`` was set (replicas
+    read the cluster's stream only). A store error is logged; the next start tries again."""
+    own = MessageQueue(
+        cluster_queue.redis, cluster_queue.node, max_backlog=cluster_queue.max_backlog, block_ms=0, cluster=""
+    )
+    try:
+        handled = await own.drain_backlog()
+    except (StoreError, OutboxError) as exc:
+        log.warning("message queue: messages queued before this node joined its cluster wait for a restart: %s", exc)
+        return
+    if handled:
+        log.info("message queue: handed over %d messages queued before this node joined its cluster", handled)
 
 
 @asynccontextmanager

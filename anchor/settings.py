@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -9,6 +12,19 @@ from node.errors import ConfigError
 from node.schema import parse_host_port, setting
 
 MCP_MEMORY_STORES = ("graph", "local")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+CLUSTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def parse_networks(key: str, values: Sequence[str]) -> tuple[Network, ...]:
+    """Addresses or CIDR networks; a ConfigError naming ``key`` for anything else."""
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(f"{key}: expected IP addresses or networks such as 10.0.0.0/8, got {value!r}") from None
+    return tuple(networks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +115,46 @@ class AnchorSection:
         "or graph (the Bolt graph store, rows sealed with the node's key; refused unless the server is on loopback).",
     )
 
+    cluster: str = setting(
+        "",
+        "Name shared by the gateway replicas of one anchor (several `village anchor run` processes, each with its "
+        "own data dir and identity, on the same PostgreSQL and Redis): they share one message queue (one Redis "
+        "consumer group, each replica a consumer) and accept each other's access tokens (jwt_secret_file). "
+        "Empty: this gateway alone.",
+    )
+    jwt_secret_file: str = setting(
+        "",
+        "File (0600, at least 32 random bytes) holding the key access tokens are signed with; required with "
+        "cluster: every replica reads the same one. Empty: <data dir>/anchor/jwt.secret, made on first start.",
+    )
+    claim_idle_s: float = setting(
+        30.0,
+        "With cluster: a queued message another replica read but has not handed to its node for this many "
+        "seconds (it stopped or hangs) is claimed by this one.",
+        min=1,
+        max=86_400,
+    )
+
+    trusted_proxies: tuple[str, ...] = setting(
+        (),
+        'Addresses or networks of the load balancers in front of the gateway (e.g. ["10.0.0.0/8"]): a request '
+        "from one of them is rate limited by the last X-Forwarded-For address (the one the proxy appended) "
+        "instead of the proxy's. Empty: X-Forwarded-For is ignored.",
+    )
+
     def __post_init__(self) -> None:
         parse_host_port("anchor.gateway_listen", self.gateway_listen)
+        parse_networks("anchor.trusted_proxies", self.trusted_proxies)
+        if self.cluster and not CLUSTER_NAME.fullmatch(self.cluster):
+            raise ConfigError(
+                f"anchor.cluster: 1 to 64 letters, digits, '_', '.' or '-' (starting with a letter or digit), "
+                f"got {self.cluster!r}"
+            )
+        if self.cluster and not self.jwt_secret_file:
+            raise ConfigError(
+                "anchor.jwt_secret_file: required with anchor.cluster (every replica must verify the tokens the "
+                "others issue, so they read one shared secret file)"
+            )
         if self.mcp_memory not in MCP_MEMORY_STORES:
             raise ConfigError(
                 f"anchor.mcp_memory: expected one of {', '.join(MCP_MEMORY_STORES)}, got {self.mcp_memory!r}"

@@ -6,15 +6,19 @@ on a real three-node in-process village.
 alice (knowledge base, MCP registry, agents), bob and carol run as real :class:`node.node.Node` objects over
 in-memory links; each task is one ``ask`` to alice's King (routed, unless the task names the agent), then the
 task's checks on what really happened (a message in the right peer's inbox, the cited document, a certificate,
-a verified offer signature, ...). Latency is the ``ask`` call, wall clock. ``--llm N`` runs the first N tasks
-marked ``llm`` with the local language model (SmolLM2-135M via llama-cpp-python; skipped with a reason if
-absent). ``run_tasks`` is what ``tests/agents/test_tasks.py`` calls on a handful of tasks.
+a verified offer signature, a Python function that parses, ...). Latency is the ``ask`` call, wall clock.
+``--llm N`` runs the first N tasks marked ``llm`` (default: all) with the local language model (SmolLM2-135M via
+llama-cpp-python, :data:`BENCH_LLM`; skipped with a reason if absent), then the same requests with the model off
+(the latency without it, in the same run); the load average is printed at the start and the end.
+``run_tasks`` is what ``tests/agents/test_tasks.py`` calls on a handful of tasks.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import os
 import random
 import statistics
 import sys
@@ -51,6 +55,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TASKS = ROOT / "tests" / "data" / "agent_tasks.toml"
 EPOCH_MS = 1_700_000_000_000.0
 DELIVERY_WAIT_S = 20.0  # a message to a directly linked peer arrives in milliseconds; this is a failure bound
+# The bench's local model: a small context and capped answers keep a run short on a shared machine (Magi's hidden
+# notes take 96 tokens and its answer up to 160; Polyglot 48; Tutor 48).
+BENCH_LLM = LlmSettings(context_tokens=1024, max_answer_tokens=160)
 
 
 def load_tasks(path: Path = TASKS) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -65,6 +72,7 @@ class Result:
     latency_s: float
     agent: str
     failures: list[str] = field(default_factory=list)
+    answer: str = ""
 
 
 @dataclass
@@ -181,6 +189,10 @@ async def run_task(v: Village, task: dict[str, Any]) -> Result:
         d = first["data"] or {}
         if not (d.get("rag", {}).get("db_bytes_after", 0) > 0 and d.get("agents", {}).get("traces_kept", 0) > 0):
             fail.append("not compacted")
+    if task.get("python_def") and not python_function(first["text"]):
+        fail.append("no Python function that parses")
+    if task.get("question") and "?" not in first["text"]:
+        fail.append("no question asked")
     if task.get("nothing_sent") and set(v.alice.outgoing) - sent_before:
         fail.append("a message was sent")
     if "delivered" in task:
@@ -189,7 +201,30 @@ async def run_task(v: Village, task: dict[str, Any]) -> Result:
             fail.append(f"{d['peer']} did not receive {d['text']!r}")
     if "public" in task and not await _received(v, "bob", task["public"], private=False):
         fail.append(f"bob did not receive the public {task['public']!r}")
-    return Result(task["id"], not fail, latency, first["agent"], fail)
+    return Result(task["id"], not fail, latency, first["agent"], fail, first["text"])
+
+
+def python_function(text: str) -> bool:
+    """The answer holds a Python function that parses: the first fenced block with a ``def`` (or the text) from
+    that ``def`` to the first line back at its indentation (usage examples after it are not judged)."""
+    if "```" in text:
+        blocks = text.split("```")[1:]  # an unclosed (truncated) or oddly fenced block counts too
+        text = next((b.split("\n", 1)[-1] for b in blocks if "def " in b), "")
+    lines = text.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith("def ")), None)
+    if start is None:
+        return False
+    indent = len(lines[start]) - len(lines[start].lstrip())
+    body = [lines[start][indent:]]
+    for ln in lines[start + 1 :]:
+        if ln.strip() and len(ln) - len(ln.lstrip()) <= indent:
+            break
+        body.append(ln[indent:])
+    try:
+        tree = ast.parse("\n".join(body))
+    except SyntaxError:
+        return False
+    return any(isinstance(n, ast.FunctionDef) for n in tree.body)
 
 
 async def run_tasks(tmp: Path, tasks: list[dict[str, Any]], *, llm: LlmSettings | None = None) -> list[Result]:
@@ -215,8 +250,9 @@ def summary(name: str, results: list[Result]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", nargs="*", help="task ids to run")
-    ap.add_argument("--llm", type=int, default=4, help="tasks marked llm to run with the local model (0: none)")
+    ap.add_argument("--llm", type=int, default=100, help="tasks marked llm to run with the local model (0: none)")
     args = ap.parse_args()
+    print(f"tasks.load_average: {' '.join(f'{x:.1f}' for x in os.getloadavg())} at the start (2 cores)", flush=True)
     _, tasks = load_tasks()
     chosen = [t for t in tasks if not args.only or t["id"] in args.only]
     plain = [t for t in chosen if not t.get("llm")]
@@ -236,11 +272,19 @@ def main() -> None:
         print(f"tasks.success_with_llm: skipped ({why})", flush=True)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        llm_results = trio.run(partial(run_tasks, Path(tmp) / "llm", with_llm, llm=LlmSettings()))
+        llm_results = trio.run(partial(run_tasks, Path(tmp) / "llm", with_llm, llm=BENCH_LLM))
     for r in llm_results:
         if not r.ok:
-            print(f"  FAILED {r.id} ({r.agent}): {'; '.join(r.failures)}", flush=True)
+            print(f"  FAILED {r.id} ({r.agent}): {'; '.join(r.failures)} -- answered {r.answer[:80]!r}", flush=True)
     print(summary("tasks.success_with_llm", llm_results), flush=True)
+    lat = [r.latency_s * 1000 for r in llm_results]
+    print(f"tasks.llm_latency: p50 {statistics.median(lat):.0f} ms, max {max(lat):.0f} ms", flush=True)
+    # The same requests without the model, in the same run: what the LLM costs per ask (answers fall back or
+    # refuse, so success here is not the point).
+    with tempfile.TemporaryDirectory() as tmp:
+        off = trio.run(run_tasks, Path(tmp) / "off", with_llm)
+    print(summary("tasks.same_requests_without_llm", off).replace("(goal 85 %)", "(fallbacks)"), flush=True)
+    print(f"tasks.load_average: {' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end", flush=True)
 
 
 if __name__ == "__main__":

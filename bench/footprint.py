@@ -7,13 +7,16 @@ Every figure is measured in a fresh child process, so one measurement never pays
 * **idle node**: a real `village run` on loopback with BetaNet on (TCP + QUIC listeners), started and ready
   (READY=1), left alone ``--settle-s`` seconds, then its resident set (``VmRSS``) read from ``/proc``; once with the
   default plugins (knowledge base, twin, agents, MCP, metrics) and once with BetaNet alone (the optional plugins
-  off). The daemon stops on SIGTERM and writes the modules it had imported; the script says which heavy libraries
-  were loaded.
+  off), and BetaNet alone again with ``MALLOC_ARENA_MAX=2``. Each is also given as a ratio to ``python -c pass``
+  measured in the same run, with its anonymous / file-backed / private-dirty split, threads and module count. The
+  daemon stops on SIGTERM and writes the modules it had imported; the script says which heavy libraries were
+  loaded.
 * **import cost**: ``VmRSS`` after importing one subsystem's libraries, minus the floor (``import trio``, which
   every node pays). The libraries are those the subsystem uses when it runs: py-libp2p (the whole package, as
-  ``import libp2p`` loads it), QUIC (aioquic), DHT (py-libp2p's Kademlia), relay (circuit v2), mDNS (zeroconf), the
-  RAG model (onnxruntime + tokenizers), hnswlib + numpy, the anchor's servers (hypercorn, psycopg, redis) and the
-  LLM (llama_cpp).
+  ``import libp2p`` loads it, and as BetaNet loads it through node/libp2p_slim.py), QUIC (aioquic), DHT
+  (py-libp2p's Kademlia) and relay (circuit v2), both over the slim import, mDNS (zeroconf), the RAG model
+  (onnxruntime + tokenizers), hnswlib + numpy, the anchor's servers (hypercorn, psycopg, redis) and the LLM
+  (llama_cpp).
 
 One line per figure, in MB (10^6 bytes).
 """
@@ -41,12 +44,16 @@ RUN_AND_LIST = (
     "sys.exit(main(['run']))\n"
 )
 HEAVY = ("onnxruntime", "hnswlib", "numpy", "llama_cpp", "tokenizers", "zeroconf", "aioquic", "hypercorn", "psycopg")
+SLIM = "import node.libp2p_slim as s; s.install(); "  # py-libp2p loaded the way BetaNet loads it
 SUBSYSTEMS: dict[str, str] = {
     "py-libp2p (import libp2p)": "import libp2p",
     "BetaNet transport (node.transports.betanet)": "import node.transports.betanet.transport",
+    "py-libp2p as BetaNet loads it (libp2p_slim)": f"{SLIM}import libp2p.host.basic_host, libp2p.network.swarm, "
+    "libp2p.security.noise.transport, libp2p.stream_muxer.yamux.yamux, libp2p.transport.tcp.tcp, "
+    "libp2p.transport.quic.security, libp2p.kad_dht.kad_dht, libp2p.relay.circuit_v2.transport",
     "QUIC (aioquic)": "import aioquic.quic.connection, aioquic.tls",
-    "DHT (libp2p.kad_dht)": "import libp2p.kad_dht.kad_dht",
-    "relay (libp2p.relay.circuit_v2)": "import libp2p.relay.circuit_v2.transport",
+    "DHT (libp2p.kad_dht, slim import)": f"{SLIM}import libp2p.kad_dht.kad_dht",
+    "relay (libp2p.relay.circuit_v2, slim import)": f"{SLIM}import libp2p.relay.circuit_v2.transport",
     "mDNS (zeroconf)": "import zeroconf",
     "cryptography (Ed25519/X25519)": "import cryptography.hazmat.primitives.asymmetric.ed25519",
     "RAG model (onnxruntime + tokenizers)": "import onnxruntime, tokenizers",
@@ -73,6 +80,12 @@ def import_rss_kib(statement: str) -> int | None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     return int(r.stdout.split()[-1]) if r.returncode == 0 else None
+
+
+def python_rss_kib() -> int:
+    """VmRSS (KiB) of a fresh ``python -c pass`` (read by the child itself, so nothing but the interpreter)."""
+    code = "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS:')][0])"
+    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout)
 
 
 EMBED = """
@@ -109,13 +122,34 @@ def embedder_figures(mode: str, texts: int) -> tuple[int, int, float]:
     return int(loaded), int(hwm), float(rate)
 
 
-def idle_node(extra_config: str, settle_s: float) -> tuple[int, set[str]]:
+def proc_figures(pid: int | str = "self") -> dict[str, int]:
+    """Anonymous and file-backed resident KiB (/proc/PID/status), threads, and private dirty KiB (smaps_rollup)."""
+    out: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile", "Threads"):
+            out[key] = int(value.split()[0])
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Private_Dirty:"):
+            out["Private_Dirty"] = int(line.split()[1])
+    return out
+
+
+def idle_node(extra_config: str, settle_s: float, extra_env: dict[str, str] | None = None) -> tuple[int, set[str]]:
     """A real `village run`: its VmRSS (KiB) once ready and settled, and the modules it had imported."""
+    figures, mods = idle_node_figures(extra_config, settle_s, extra_env)
+    return figures["VmRSS"], mods
+
+
+def idle_node_figures(
+    extra_config: str, settle_s: float, extra_env: dict[str, str] | None = None
+) -> tuple[dict[str, int], set[str]]:
+    """A real `village run`: :func:`proc_figures` once ready and settled, and the modules it had imported."""
     tmp = Path(tempfile.mkdtemp(prefix="vfoot-", dir="/tmp"))
     data = tmp / "data"
     data.mkdir(mode=0o700)
     (data / "config.toml").write_text(LISTEN + extra_config)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "VILLAGE_DATA_DIR": str(data)}
+    env = {**os.environ, **(extra_env or {}), "PYTHONPATH": str(ROOT), "VILLAGE_DATA_DIR": str(data)}
     subprocess.run([sys.executable, "-m", "node.cli", "init"], env=env, stdout=subprocess.DEVNULL, check=True)
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp / "notify.sock"))
@@ -127,10 +161,10 @@ def idle_node(extra_config: str, settle_s: float) -> tuple[int, set[str]]:
         if notify.recv(64) != b"READY=1":
             raise SystemExit("the daemon did not report READY=1")
         time.sleep(settle_s)  # a benchmark's idle period, not a wait for an event
-        rss = vm_rss_kib(proc.pid)
+        figures = proc_figures(proc.pid)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-        return rss, set(mods.read_text().split())
+        return figures, set(mods.read_text().split())
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -143,12 +177,24 @@ def main() -> None:
     ap.add_argument("--settle-s", type=float, default=3.0, help="idle seconds before reading RSS (default 3)")
     ap.add_argument("--embed-texts", type=int, default=120, help="SciFact texts for the embedder figure (0: skip)")
     args = ap.parse_args()
+    bare = python_rss_kib()
     floor = import_rss_kib("pass")
+    print(f"floor: python -c pass                               {_mb(bare):6.1f} MB")
     print(f"floor: python + import trio                         {_mb(floor or 0):6.1f} MB")
-    for label, plugins in (("default plugins", ""), ("BetaNet only", PLUGINS_OFF)):
-        rss, mods = idle_node(plugins, args.settle_s)
+    nodes: tuple[tuple[str, str, dict[str, str]], ...] = (
+        ("default plugins", "", {}),
+        ("BetaNet only", PLUGINS_OFF, {}),
+        ("BetaNet only, MALLOC_ARENA_MAX=2", PLUGINS_OFF, {"MALLOC_ARENA_MAX": "2"}),
+    )
+    for label, plugins, env in nodes:
+        fig, mods = idle_node_figures(plugins, args.settle_s, env)
         heavy = ", ".join(m for m in HEAVY if m in mods) or "none"
-        print(f"idle village run, BetaNet on, {label:16s}     {_mb(rss):6.1f} MB (goal <= 90; heavy libs: {heavy})")
+        print(
+            f"idle village run, BetaNet on, {label:16s}     {_mb(fig['VmRSS']):6.1f} MB = {fig['VmRSS'] / bare:.2f}x "
+            f"python -c pass (goal <= 90 MB; anon {_mb(fig['RssAnon']):.1f}, file {_mb(fig['RssFile']):.1f}, "
+            f"private dirty {_mb(fig['Private_Dirty']):.1f} MB; {fig['Threads']} threads; {len(mods)} modules; "
+            f"heavy libs: {heavy})"
+        )
     if args.embed_texts:
         runs = [(embedder_figures("ours", n), embedder_figures("optimised", n)) for n in [args.embed_texts] * 2]
         ours = (runs[0][0][0], runs[0][0][1], max(r[0][2] for r in runs))  # alternated; best rate of each

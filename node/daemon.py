@@ -138,7 +138,10 @@ def run_command(args: argparse.Namespace, *, configure: Callable[[Config], Confi
     if configure is not None:
         cfg = configure(cfg)
     level = (getattr(args, "log_level", None) or cfg.node.log_level).upper()
-    import libp2p  # noqa: F401 - its import configures its loggers; install_log_handler rewires them to ours
+    from node.libp2p_slim import install as slim_libp2p
+
+    slim_libp2p()  # only the parts of py-libp2p BetaNet uses will load (node/libp2p_slim.py)
+    import libp2p  # noqa: F401 - the bare package: configures py-libp2p's loggers; install_log_handler rewires them
 
     fmt = getattr(args, "log_format", None) or cfg.node.log_format
     install_log_handler(level, sys.stderr, fmt=fmt)  # peers' text in log lines shown escaped (node/textsafe.py)

@@ -17,6 +17,8 @@ from typing import Any
 
 import trio
 
+from node.errors import StartupError
+
 log = logging.getLogger("village.http")
 # accept() failing for lack of resources: wait and retry, as trio.serve_listeners does.
 _RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
@@ -58,11 +60,72 @@ def short_timeouts(config: Any) -> None:
     config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT_S
 
 
+# What serve_capped uses of hypercorn beyond its public API (hypercorn 0.17/0.18; pyproject pins <0.19): each name,
+# the parameters its call passes (in order), or the attributes it needs. hypercorn_internals_problem() checks them.
+HYPERCORN_INTERNALS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("hypercorn.trio.tcp_server", "TCPServer", ("app", "config", "context", "state", "stream")),
+    ("hypercorn.trio.lifespan", "Lifespan", ("app", "config", "state")),
+    ("hypercorn.trio.worker_context", "WorkerContext", ("max_requests",)),
+    ("hypercorn.typing", "ConnectionState", ()),
+    ("hypercorn.utils", "wrap_app", ("app", "wsgi_max_body_size", "mode")),
+    ("hypercorn.utils", "repr_socket_addr", ("family", "address")),
+)
+HYPERCORN_METHODS = (("Lifespan", "handle_lifespan"), ("Lifespan", "wait_for_startup"), ("TCPServer", "__await__"))
+HYPERCORN_CONFIG_ATTRS = ("wsgi_max_body_size", "backlog", "create_sockets", "read_timeout", "keep_alive_timeout")
+
+
+def hypercorn_internals_problem() -> str | None:
+    """None when the installed hypercorn has every internal :func:`serve_capped` uses, else a message naming what is
+    missing or changed and the installed version (the start refuses with it; tests/test_httpserve.py checks it)."""
+    import importlib
+    import importlib.metadata
+    import inspect
+
+    try:
+        version = importlib.metadata.version("hypercorn")
+    except importlib.metadata.PackageNotFoundError:
+        version = "?"
+    missing: list[str] = []
+    found: dict[str, Any] = {}
+    for module_name, name, params in HYPERCORN_INTERNALS:
+        try:
+            obj = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError):
+            missing.append(f"{module_name}.{name}")
+            continue
+        found[name] = obj
+        if params:
+            target = obj.__init__ if inspect.isclass(obj) else obj
+            got = [p for p in inspect.signature(target).parameters if p != "self"]
+            if got[: len(params)] != list(params):
+                missing.append(f"{module_name}.{name}({', '.join(params)}) (now: {', '.join(got)})")
+    for cls, method in HYPERCORN_METHODS:
+        if cls in found and not hasattr(found[cls], method):
+            missing.append(f"{cls}.{method}")
+    try:
+        from hypercorn.config import Config
+
+        config = Config()
+        missing += [f"Config.{a}" for a in HYPERCORN_CONFIG_ATTRS if not hasattr(config, a)]
+    except ImportError:
+        missing.append("hypercorn.config.Config")
+    if not missing:
+        return None
+    return (
+        f"hypercorn {version} lacks internals node/httpserve.py relies on: {'; '.join(missing)}. Install the "
+        f"version pyproject.toml pins (hypercorn>=0.17,<0.19) or port serve_capped to this one"
+    )
+
+
 async def serve_capped(
     app: Any, config: Any, cap: ConnectionCap, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Serve the ASGI ``app`` on ``config.bind`` (plain HTTP) until cancelled; ``task_status.started`` with the bound
-    URLs (``http://HOST:PORT``)."""
+    URLs (``http://HOST:PORT``). :class:`~node.errors.StartupError` if the installed hypercorn lacks an internal
+    this relies on (:func:`hypercorn_internals_problem`)."""
+    problem = hypercorn_internals_problem()
+    if problem is not None:
+        raise StartupError(problem)
     from hypercorn.trio.lifespan import Lifespan
     from hypercorn.trio.tcp_server import TCPServer
     from hypercorn.trio.worker_context import WorkerContext

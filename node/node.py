@@ -17,7 +17,7 @@ import math
 import os
 import random
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,13 +26,14 @@ import trio
 from node.clock import Clock
 from node.control.methods import build_registry
 from node.control.server import ControlServer
-from node.errors import MeshError, NodeError
+from node.errors import MeshError
 from node.identity import Identity, fingerprint_from_noise_key
 from node.inbox import Inbox, InboxError, InboxMessage
 from node.logs import LOG_LINK
+from node.node_app import AppHandler, AppRequests, ConfigListeners
 from node.outbox import Outbox, OutboxError
 from node.pinfile import PinFile, PinFileError
-from node.routing.app import AppRemoteError, AppRequestReceived, AppResponseReceived, AppTimeout
+from node.routing.app import AppRequestReceived, AppResponseReceived
 from node.routing.mesh import (
     DeliveryAcked,
     EnvelopeSealed,
@@ -58,20 +59,6 @@ log = logging.getLogger("village.node")
 LINK_SEND_QUEUE_FRAMES = 256  # frames queued per link before new ones are dropped (and counted); bytes: config
 NEW_LINK_QUEUE = 64  # links handed over by transports, waiting for a reader task
 SENT_MESSAGES_KEPT = 1000  # outgoing messages whose state (pending/delivered/failed) stays queryable
-APP_MAX_RUNNING_HANDLERS = 16  # app requests served at once; more are answered "busy"
-APP_MAX_RUNNING_PER_PEER = 4  # ... and at most this many for one peer, so one peer cannot take every slot
-APP_HANDLER_TIMEOUT_S = 30.0  # an app handler running longer is cancelled and its request answered an error
-APP_RESEND_INTERVAL_S = 1.0  # an unanswered app request is sent again this often until its timeout
-
-# An app-channel handler: (the requesting peer's ID, request body) -> response body. A NodeError it raises is
-# answered to the peer as an error with its message; anything else as "internal error" (and logged).
-AppHandler = Callable[[bytes, bytes], Awaitable[bytes]]
-
-
-@dataclass
-class _AppWaiter:
-    done: trio.Event
-    answer: AppResponseReceived | None = None
 
 
 @dataclass
@@ -147,11 +134,11 @@ class Node:
         self._ready = trio.Event()
         # Hooks services register (the mailbox client): called on every link up / every envelope the core seals.
         self._link_up_listeners: list[Callable[[str], None]] = []
-        self._config_listeners: list[Callable[[Config], None]] = []
+        self._config_listeners = ConfigListeners()
         self._sealed_listeners: list[Callable[[bytes], None]] = []
-        self._app_handlers: dict[str, AppHandler] = {}
-        self._app_waiters: dict[bytes, _AppWaiter] = {}
-        self._app_running: dict[bytes, int] = {}  # peer -> app requests of it being served
+        self._apps = AppRequests(
+            core=self._require_core, flush=self._flush, now=lambda: self.clock.now(), nursery=lambda: self._nursery
+        )
 
     # ------------------------------------------------------------ lifecycle
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -224,13 +211,12 @@ class Node:
 
     def on_config_change(self, listener: Callable[[Config], None]) -> None:
         """Call ``listener(new_config)`` whenever :meth:`set_config` changes the running configuration."""
-        self._config_listeners.append(listener)
+        self._config_listeners.add(listener)
 
     def set_config(self, config: Config) -> None:
         """Replace the running configuration (a certified change) and tell the parts that read it only at start."""
         self.config = config
-        for listener in self._config_listeners:
-            listener(config)
+        self._config_listeners.changed(config)
 
     def on_link_up(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(remote_address)`` whenever a link comes up."""
@@ -537,12 +523,9 @@ class Node:
                 extra={"peer": event.peer_id.hex()},
             )
         elif isinstance(event, AppRequestReceived):
-            self._on_app_request(event)
+            self._apps.on_request(event)
         elif isinstance(event, AppResponseReceived):
-            waiter = self._app_waiters.get(event.request_id)
-            if waiter is not None:
-                waiter.answer = event
-                waiter.done.set()
+            self._apps.on_response(event)
         return True
 
     def _forget_received(self, event: MessageReceived) -> None:
@@ -554,86 +537,15 @@ class Node:
     # ------------------------------------------------------------ app channel (node.routing.app)
     def register_app_handler(self, service: str, handler: AppHandler) -> None:
         """Serve app requests for ``service`` from peers (one handler per service; a new one replaces it)."""
-        self._app_handlers[service] = handler
+        self._apps.register(service, handler)
 
     async def app_request(self, peer_ref: str | bytes, service: str, body: bytes, *, timeout_s: float) -> bytes:
         """Ask a peer's ``service`` handler and return its answer. Raises :class:`AppTimeout` after ``timeout_s``,
         :class:`AppRemoteError` if the peer answered an error, :class:`AppError`/:class:`MeshError` if the request
         cannot be made (unknown peer, oversize body)."""
-        core = self._require_core()
+        self._require_core()
         peer = peer_ref if isinstance(peer_ref, bytes) else self.resolve_peer(peer_ref)
-        request_id, plaintext = core.app.request(peer, service, body)
-        waiter = _AppWaiter(trio.Event())
-        self._app_waiters[request_id] = waiter
-        timed_out = False  # only a wait that ran out counts as a timeout (not an error or a cancelled caller)
-        try:
-            with trio.move_on_after(timeout_s) as deadline:
-                while True:
-                    core.send_app(peer, plaintext, self.clock.now())
-                    self._flush()
-                    with trio.move_on_after(APP_RESEND_INTERVAL_S):
-                        await waiter.done.wait()
-                    if waiter.done.is_set():
-                        break
-                    core.app.resend(request_id)
-            timed_out = deadline.cancelled_caught
-        finally:
-            del self._app_waiters[request_id]
-            core.app.forget(request_id, timed_out=timed_out)
-        if waiter.answer is None:
-            raise AppTimeout(f"peer {peer.hex()} did not answer {service!r} within {timeout_s:g} s")
-        if waiter.answer.error is not None:
-            raise AppRemoteError(f"peer {peer.hex()} answered {service!r} with an error: {waiter.answer.error}")
-        return waiter.answer.body
-
-    def _on_app_request(self, event: AppRequestReceived) -> None:
-        core = self._require_core()
-        handler = self._app_handlers.get(event.service)
-        if handler is None:
-            core.app.counters.no_handler += 1
-            self._app_answer(
-                event, core.app.error(event.peer_id, event.request_id, f"no handler for service {event.service!r}")
-            )
-        elif (
-            sum(self._app_running.values()) >= APP_MAX_RUNNING_HANDLERS
-            or self._app_running.get(event.peer_id, 0) >= APP_MAX_RUNNING_PER_PEER
-            or self._nursery is None
-        ):
-            core.app.counters.busy += 1
-            self._app_answer(event, core.app.error(event.peer_id, event.request_id, "busy: too many requests at once"))
-        else:
-            self._app_running[event.peer_id] = self._app_running.get(event.peer_id, 0) + 1
-            self._nursery.start_soon(self._serve_app_request, handler, event)
-
-    async def _serve_app_request(self, handler: AppHandler, event: AppRequestReceived) -> None:
-        core = self._require_core()
-        try:
-            reply: bytes | None = None
-            with trio.move_on_after(APP_HANDLER_TIMEOUT_S):
-                try:
-                    reply = core.app.response(event.peer_id, event.request_id, await handler(event.peer_id, event.body))
-                except NodeError as exc:
-                    reply = core.app.error(event.peer_id, event.request_id, str(exc))
-                except Exception:  # a supervised task ends here: log it, answer the peer, keep the node up
-                    log.exception("app handler for %r failed (request from %s)", event.service, event.peer_id.hex())
-                    reply = core.app.error(event.peer_id, event.request_id, "internal error")
-            if reply is None:
-                reply = core.app.error(
-                    event.peer_id, event.request_id, f"handler took longer than {APP_HANDLER_TIMEOUT_S:g} s"
-                )
-            self._app_answer(event, reply)
-        finally:
-            left = self._app_running.pop(event.peer_id) - 1
-            if left:
-                self._app_running[event.peer_id] = left
-
-    def _app_answer(self, event: AppRequestReceived, plaintext: bytes) -> None:
-        try:
-            self._require_core().send_app(event.peer_id, plaintext, self.clock.now())
-        except MeshError as exc:
-            log.warning("app answer to %s not sent: %s", event.peer_id.hex(), exc)
-            return
-        self._flush()
+        return await self._apps.request(peer, service, body, timeout_s=timeout_s)
 
     def _settle(self, message_id: str, state: str, detail: str = "") -> None:
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -52,3 +53,37 @@ def read_private_file(path: Path, max_bytes: int) -> bytes | None:
                 f"{path} can be read or written by group or others (mode {stat.S_IMODE(st.st_mode):04o})",
             )
         return f.read(max_bytes)
+
+
+def write_private_file_atomically(path: Path, data: bytes) -> None:
+    """Put ``data`` at ``path`` (0600) so a reader sees either no file or the whole of it, never a partial one.
+
+    Writes a fresh temporary file (``.<name>.<random>.tmp``, O_EXCL|O_NOFOLLOW, 0600) in the same directory,
+    fsyncs it, renames it into place (``os.replace``: no hard links, which Android's SELinux denies) and fsyncs the
+    directory. The temporary file is removed if anything fails. The caller serialises creators (an ``flock``): a
+    rename replaces whatever another creator put there. OSError on failure."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.EIO, "short write")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)  # the new name survives a power cut
+        finally:
+            os.close(dir_fd)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files :func:`write_private_file_atomically` left for ``path`` when a process died
+    mid-write. Call it only while holding the lock that serialises the creators (none is writing then)."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)

@@ -8,13 +8,22 @@ this user's that no one else may write to (someone who could would choose the to
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import stat
 from pathlib import Path
 
 from node.errors import StartupError
-from node.privatefile import LOOSE_MODE, OTHER_OWNER, SYMLINK, PrivateFileRefused, read_private_file
+from node.privatefile import (
+    LOOSE_MODE,
+    OTHER_OWNER,
+    SYMLINK,
+    PrivateFileRefused,
+    read_private_file,
+    remove_stale_temporaries,
+    write_private_file_atomically,
+)
 
 TOKEN_BYTES = 32  # 256 bits of randomness
 MAX_TOKEN_FILE_BYTES = 4096
@@ -31,21 +40,37 @@ def metrics_token_path(data_dir: Path) -> Path:
 
 
 def ensure_token(path: Path, what: str = "MCP token") -> str:
-    """The bearer token in ``path`` (created 0600 with a fresh random token if missing); ``what`` names it in errors."""
+    """The bearer token in ``path`` (created 0600 with a fresh random token if missing); ``what`` names it in errors.
+
+    The whole load-or-create runs under an exclusive ``flock`` on ``.<name>.lock`` beside the token, and a new token
+    is written to a temporary file renamed into place (:func:`node.privatefile.write_private_file_atomically`), the
+    scheme of the anchor's JWT secret: two first starts at once (the daemon and ``village mcp token``, say) agree
+    on one token, and no reader ever sees a partial file. An **empty** token file (what an interrupted start of an
+    older version left) authorised nothing and is replaced."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     _check_directory(path.parent, what)
-    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    lock_path = path.with_name(f".{path.name}.lock")
     try:
-        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+        lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StartupError(f"{lock_path} cannot be opened: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise StartupError(f"{lock_path} cannot be locked: {exc.strerror}") from None
+        remove_stale_temporaries(path)  # left by a start that died mid-write (none is writing now)
         token = _read_token(path, what)
         if token:
             return token
-        fd = os.open(path, flags | os.O_TRUNC)  # an empty file of ours (checked above): fill it
-    token = secrets.token_urlsafe(TOKEN_BYTES)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    return token
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        try:
+            write_private_file_atomically(path, (token + "\n").encode())
+        except OSError as exc:
+            raise StartupError(f"{path} cannot be created: {exc.strerror}") from None
+        return token
+    finally:
+        os.close(lock_fd)  # releases the lock
 
 
 def _check_directory(directory: Path, what: str) -> None:
@@ -71,5 +96,5 @@ def _read_token(path: Path, what: str) -> str:
     except OSError as exc:
         raise StartupError(f"{path} cannot be read: {exc.strerror}") from None
     if data is None:
-        raise StartupError(f"{path} disappeared while it was being read")
+        return ""  # not there yet: the caller (holding the lock) creates it
     return data.decode("utf-8", "replace").strip()

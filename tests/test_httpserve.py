@@ -59,3 +59,46 @@ async def test_a_flood_of_connections_holds_at_most_the_cap(nursery: trio.Nurser
     # Served again once they are gone (each closed connection keeps its slot for hypercorn's keep-alive timeout).
     assert await http_status(service.url) == 401
     assert cap.peak == 4
+
+
+def test_the_installed_hypercorn_has_every_internal_serve_capped_uses() -> None:
+    """serve_capped drives hypercorn's TCPServer/Lifespan/WorkerContext itself (not its public ``serve``): a hypercorn
+    that moved one of them must fail here with the list of what changed, not as an obscure error in a daemon."""
+    from node.httpserve import hypercorn_internals_problem
+
+    problem = hypercorn_internals_problem()
+    assert problem is None, problem
+
+
+def test_pyproject_pins_hypercorn_below_the_next_minor_and_the_installed_one_fits() -> None:
+    import importlib.metadata
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    meta = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    reqs = [*meta["dependencies"], *(r for extra in meta["optional-dependencies"].values() for r in extra)]
+    pins = [Requirement(r).specifier for r in reqs if Requirement(r).name == "hypercorn"]
+    assert len(pins) >= 1
+    installed = importlib.metadata.version("hypercorn")
+    for spec in pins:
+        assert "0.19.0" not in spec and "1.0" not in spec, f"hypercorn must stay below 0.19 (internals): {spec}"
+        assert installed in spec, f"installed hypercorn {installed} is outside {spec}"
+
+
+async def test_a_hypercorn_without_an_internal_is_refused_at_start_naming_it(monkeypatch: Any) -> None:
+    import hypercorn.config
+    from hypercorn.trio.lifespan import Lifespan
+
+    from node.errors import StartupError
+    from node.httpserve import hypercorn_internals_problem, serve_capped
+
+    monkeypatch.delattr(Lifespan, "wait_for_startup")
+    problem = hypercorn_internals_problem()
+    assert problem is not None and "Lifespan.wait_for_startup" in problem and "<0.19" in problem
+    try:
+        await serve_capped(object(), hypercorn.config.Config(), ConnectionCap(1))
+    except StartupError as exc:
+        assert "Lifespan.wait_for_startup" in str(exc)
+    else:
+        raise AssertionError("serve_capped started on a hypercorn without the internals it uses")

@@ -1,6 +1,8 @@
 """Footprint (issue 17 item 3): a real `village run` with the knowledge base, the twin, the agents (LLM) and MCP
 off, and no anchor, never imports their heavy libraries (onnxruntime, hnswlib, numpy, llama_cpp, the anchor's
-servers). The daemon writes its ``sys.modules`` when it exits cleanly; ``bench/footprint.py`` measures the RSS."""
+servers, pydantic through the MCP registry), and with BetaNet on (TCP + QUIC) none of the py-libp2p parts that
+node/libp2p_slim.py defers. The daemon writes its ``sys.modules`` when it exits cleanly; ``bench/footprint.py``
+measures the RSS."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.test_libp2p_slim import NEVER_LOADED
 
 WAIT_S = 60.0  # real seconds; a passing start takes a few
 CONFIG = (
@@ -38,6 +42,9 @@ HEAVY = (
     "anchor.gateway.app",
     "anchor.stores",
     "anchor.mailbox",
+    "pydantic",  # the MCP registry, loaded by the first mcp.* or ask call
+    "node.mcp.service",
+    "node.twin.ask",
 )  # anchor.plugin and its settings load (the entry point): the anchor's servers do not
 
 
@@ -87,3 +94,14 @@ def test_a_node_with_the_twin_on_does_import_numpy(data_dir: Path) -> None:
     """The check above can see an import: the same run with the twin on loads numpy."""
     modules = _modules_of_a_run(data_dir, CONFIG.replace("[twin]\nenabled = false\n", ""))
     assert _loaded(modules, "numpy")
+
+
+def test_a_node_with_betanet_on_loads_none_of_the_libp2p_parts_it_defers(data_dir: Path) -> None:
+    """TCP and QUIC listeners, mDNS off: AutoTLS (httpx, requests), WebSocket, UPnP, SECIO, plaintext, py-libp2p's
+    own QUIC transport and DNS over HTTPS are never imported (node/libp2p_slim.py); Noise and aioquic are."""
+    quic = CONFIG.replace(
+        'listen = ["/ip4/127.0.0.1/tcp/0"]', 'listen = ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"]'
+    )
+    modules = _modules_of_a_run(data_dir, quic)
+    assert "libp2p.security.noise.transport" in modules and "aioquic.quic.connection" in modules  # BetaNet ran
+    assert [m for m in NEVER_LOADED if _loaded(modules, m)] == []

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
 import fcntl
 import logging
 import os
@@ -45,7 +44,15 @@ from anchor.gateway.roles import (
 from node.errors import StartupError
 from node.identity import ensure_private_dir
 from node.ipprefix import source_prefixes
-from node.privatefile import LOOSE_MODE, OTHER_OWNER, SYMLINK, PrivateFileRefused, read_private_file
+from node.privatefile import (
+    LOOSE_MODE,
+    OTHER_OWNER,
+    SYMLINK,
+    PrivateFileRefused,
+    read_private_file,
+    remove_stale_temporaries,
+    write_private_file_atomically,
+)
 
 log = logging.getLogger("village.anchor.gateway")
 
@@ -74,6 +81,7 @@ __all__ = [  # the roles and scopes are re-exported: routes and tests import the
     "bearer_token",
     "check_role_scopes",
     "load_or_create_secret",
+    "load_shared_secret",
     "narrow_scopes",
 ]
 
@@ -184,8 +192,7 @@ def load_or_create_secret(data_dir: Path, name: str = SECRET_FILE) -> bytes:
         except OSError as exc:
             raise StartupError(f"{lock_path} cannot be locked: {exc.strerror}") from None
         try:
-            for stale in directory.glob(f".{name}.*.tmp"):  # left by an interrupted start (none runs now)
-                stale.unlink(missing_ok=True)
+            remove_stale_temporaries(path)  # left by an interrupted start (none runs now)
             secret = _read_secret(path)
             if secret is None:
                 return _create_secret(path)
@@ -203,6 +210,22 @@ def load_or_create_secret(data_dir: Path, name: str = SECRET_FILE) -> bytes:
             raise StartupError(f"{path} cannot be created: {exc.strerror}") from None
     finally:
         os.close(lock_fd)  # releases the lock
+
+
+def load_shared_secret(path: Path) -> bytes:
+    """The HS256 key the gateway replicas of one anchor share (``[anchor] jwt_secret_file``): a regular file of this
+    user's, 0600 or tighter, of at least 32 bytes. Never created here: every replica must read the same bytes, so
+    the operator makes it once (``head -c 32 /dev/urandom > FILE; chmod 600 FILE``) and gives it to each one.
+    Every failure is a :class:`StartupError` naming the file."""
+    secret = _read_secret(path)
+    if secret is None:
+        raise StartupError(
+            f"anchor.jwt_secret_file {path} does not exist; make it once and give every replica the same file: "
+            f"head -c 32 /dev/urandom > {path}; chmod 600 {path}"
+        )
+    if len(secret) < SECRET_BYTES:
+        raise StartupError(f"anchor.jwt_secret_file {path} holds {len(secret)} bytes; at least {SECRET_BYTES} needed")
+    return secret
 
 
 def _read_secret(path: Path) -> bytes | None:
@@ -223,25 +246,8 @@ def _read_secret(path: Path) -> bytes | None:
 
 def _create_secret(path: Path) -> bytes:
     """Write a new secret to ``path`` atomically (the caller holds the lock); the secret."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     secret = secrets.token_bytes(SECRET_BYTES)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            if os.write(fd, secret) != len(secret):
-                raise OSError(errno.EIO, "short write")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)  # the new name survives a power cut
-        finally:
-            os.close(dir_fd)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_private_file_atomically(path, secret)
     return secret
 
 

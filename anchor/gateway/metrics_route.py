@@ -1,10 +1,11 @@
 """``GET /metrics``: the anchor's node and gateway counters in the Prometheus text format, for keys holding the
 ``metrics:read`` scope (admin keys; a key narrowed to that scope alone is what a Prometheus server should hold,
 sent as ``authorization: Bearer <access token>``). The same families as the node's own listener
-(:mod:`node.metrics`), plus the gateway's refusals by HTTP status; each scrape reads the counters then. A read: no audit
-row; the per-IP and per-key limits apply as on every route; scrapes share the node listener's cache
-(:class:`~node.metrics.service.Scraper`, ``metrics.scrape_reuse_s``). The twin's figures are never sent from here (a
-scrape of an anchor leaves the machine): :data:`~node.metrics.collect.PERSONAL_SUBSYSTEMS`.
+(:mod:`node.metrics`), plus the gateway's refusals by HTTP status and its queue consumer's outcomes; each scrape
+reads the counters then. A read: no audit row; the per-IP and per-key limits apply as on every route; scrapes
+share the node listener's cache (:class:`~node.metrics.service.Scraper`, ``metrics.scrape_reuse_s``). The twin's
+figures are never sent from here (a scrape of an anchor leaves the machine):
+:data:`~node.metrics.collect.PERSONAL_SUBSYSTEMS`.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route's annotations at run time.
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from anchor.gateway.app import GatewayContext
 
 GATEWAY_REFUSALS = "village_gateway_refusals"
+GATEWAY_QUEUE = "village_gateway_queue"
 
 
 def add_metrics_route(
@@ -34,7 +36,14 @@ def add_metrics_route(
 ) -> None:
     def refusals() -> dict[str, tuple[str, str, dict[str, int]]]:
         help_text = "Requests the gateway answered with an error, by HTTP status (401, 403 scope, 429 rate limit, ...)."
-        return {GATEWAY_REFUSALS: (help_text, "status", dict(ctx.counters))}
+        families = {GATEWAY_REFUSALS: (help_text, "status", dict(ctx.counters))}
+        if ctx.queue is not None:
+            queue_help = (
+                "Queued messages this gateway's consumer handled, by outcome (accepted, failed, duplicates, malformed; "
+                "with replicas: claimed from a stopped replica, in_doubt left to the replica handing it over)."
+            )
+            families[GATEWAY_QUEUE] = (queue_help, "outcome", dict(ctx.queue.counters))
+        return families
 
     # The node listener's cache: scrapes within metrics.scrape_reuse_s share one reading, one reading at a time.
     reuse_s = ctx.node.config.section(MetricsSection).scrape_reuse_s

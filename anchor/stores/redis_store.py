@@ -109,6 +109,26 @@ redis.call('XDEL', KEYS[1], ARGV[2])
 return 1
 """
 
+# Begin a hand-over to a node (gateway replicas sharing one consumer group) — KEYS: status hash; ARGV: consumer,
+# status TTL ms. A compare-and-set on the record: "queued" (or no record) becomes "handing" by this consumer, so of
+# two replicas holding the same entry (one claimed it from the other, which was only slow) one hands it over.
+# Returns {verdict, detail}: mine (begun now), again (this consumer began it before: a restart), other (another
+# consumer's hand-over; detail names it), settled (detail: the final state).
+_BEGIN_LUA = """
+local st = redis.call('HMGET', KEYS[1], 'state', 'by')
+local state, by = st[1], st[2]
+if state == false or state == 'queued' then
+  redis.call('HSET', KEYS[1], 'state', 'handing', 'by', ARGV[1])
+  if state == false then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+  return {'mine', ''}
+end
+if state == 'handing' then
+  if by == ARGV[1] then return {'again', ''} end
+  return {'other', by or ''}
+end
+return {'settled', state}
+"""
+
 
 # POST /v1/messages in one atomic step and one round trip (anchor.queue.MessageQueue.put_audited):
 # KEYS: 1 audit stream, 2 message stream, 3 status hash, 4 the API key's cache entry, 5.. the per-IP buckets, then
@@ -221,6 +241,13 @@ class StreamEntry:
     fields: dict[str, bytes]
 
 
+@dataclass(frozen=True, slots=True)
+class PendingEntry:
+    id: str
+    consumer: str  # the group's consumer it was delivered to and that has not acknowledged it
+    idle_ms: int
+
+
 class RedisStore:
     def __init__(self, url: str, *, timeout_s: float = 5.0, max_connections: int = 16) -> None:
         self._timeout_s = timeout_s
@@ -238,6 +265,7 @@ class RedisStore:
         self._settle = self._client.register_script(_SETTLE_LUA)
         self._send = self._client.register_script(_SEND_LUA)
         self._handover = self._client.register_script(_HANDOVER_LUA)
+        self._begin = self._client.register_script(_BEGIN_LUA)
         self._runner = BlockingRunner(
             "redis",
             max_connections,
@@ -599,6 +627,49 @@ class RedisStore:
             return None if value is None else _text(value) == "yes"
 
         return await self._call(work)
+
+    # ----------------------------------------------------------------------- several consumers (replicas)
+
+    async def queue_begin(self, status_key: str, consumer: str, *, ttl_s: float) -> tuple[str, str]:
+        """Compare-and-set the status record before ``consumer`` hands its entry to a node (see ``_BEGIN_LUA``):
+        (verdict, detail) with verdict ``mine``, ``again``, ``other`` or ``settled``."""
+        key = f"{KEY_PREFIX}st:{status_key}"
+        raw: Any = await self._call(lambda: self._begin(keys=[key], args=[consumer, max(1, int(ttl_s * 1000))]))
+        return _text(raw[0]), _text(raw[1])
+
+    async def stream_pending_idle(
+        self, stream: str, group: str, *, min_idle_ms: int, after: str = "-", count: int = 64
+    ) -> list[PendingEntry]:
+        """Up to ``count`` entries of the group's pending list (any consumer's) unacknowledged for at least
+        ``min_idle_ms``, with IDs above ``after`` (``-``: from the start), oldest first."""
+        key = f"{KEY_PREFIX}q:{stream}"
+        start = after if after == "-" else f"({after}"
+        raw: Any = await self._call(
+            lambda: self._client.xpending_range(key, group, min=start, max="+", count=count, idle=min_idle_ms)
+        )
+        return [PendingEntry(_text(r["message_id"]), _text(r["consumer"]), int(r["time_since_delivered"])) for r in raw]
+
+    async def stream_entry(self, stream: str, entry_id: str) -> StreamEntry | None:
+        """One entry by ID; None if it was deleted (settled meanwhile) or trimmed."""
+        raw: Any = await self._call(lambda: self._client.xrange(f"{KEY_PREFIX}q:{stream}", entry_id, entry_id))
+        for found_id, fields in raw or []:
+            return StreamEntry(_text(found_id), {_text(k): bytes(v) for k, v in fields.items()})
+        return None
+
+    async def stream_claim(
+        self, stream: str, group: str, consumer: str, ids: Sequence[str], *, min_idle_ms: int
+    ) -> list[StreamEntry]:
+        """XCLAIM: move ``ids`` to ``consumer``'s pending list, each only if still unacknowledged for at least
+        ``min_idle_ms`` (so of two replicas claiming the same entry, one gets it); the entries it got."""
+        if not ids:
+            return []
+        key = f"{KEY_PREFIX}q:{stream}"
+        raw: Any = await self._call(lambda: self._client.xclaim(key, group, consumer, min_idle_ms, list(ids)))
+        return [
+            StreamEntry(_text(entry_id), {_text(k): bytes(v) for k, v in fields.items()})
+            for entry_id, fields in raw or []
+            if fields is not None
+        ]
 
 
 def _pairs(fields: Mapping[str, str]) -> list[str]:

@@ -6,6 +6,10 @@ Two app services (``node.register_app_handler`` / ``node.app_request``; Noise-en
   with a short mission, as a document signed by the node's Ed25519 key. A caller verifies it against the signing
   key the peer's announces pinned, checks it names that peer and has not expired, and keeps it (bounded:
   :data:`MAX_CAPS_PEERS` peers, :data:`MAX_CAPS_BYTES` each).
+* ``agents.caps_push``: the same signed document, pushed by a node that serves agents to each peer it can reach
+  when a link comes up (and again before the copy expires), so a caller usually has it before it asks. Accepted
+  only as the capabilities of the session's own peer, verified like a pulled copy, within a per-peer bucket
+  (:data:`PUSH_RATE_PER_S`, :data:`PUSH_BURST`), into the same bounded cache.
 * ``agents.ask``: ``{"v": 1, "agent": NAME, "request": TEXT}``. The serving node answers only for an agent it
   advertises, at most ``remote_max_concurrent`` at once and :data:`PEER_MAX_CONCURRENT` per peer (more: "busy"),
   within a per-peer token bucket (:data:`PEER_RATE_PER_S`, :data:`PEER_BURST`; more: "rate limited"), and runs
@@ -36,6 +40,7 @@ from node.agents.tools import ToolRunner
 from node.wire.errors import MalformedFrame
 
 CAPS_SERVICE = "agents.caps"
+CAPS_PUSH_SERVICE = "agents.caps_push"
 ASK_SERVICE = "agents.ask"
 CAPS_NAMESPACE = b"aivillage/agents/caps/v1\x00"
 MAX_CAPS_BYTES = 8_000
@@ -53,6 +58,13 @@ PEER_RATE_PER_S = 0.2  # one request every 5 s on average from one peer
 PEER_BURST = 5
 PEER_MAX_CONCURRENT = 1
 MAX_RATE_PEERS = 1_024  # buckets kept; the fullest (most idle) peer's bucket is forgotten first
+# Pushed capabilities: a peer may push a few at once (a flapping link), then one a minute.
+PUSH_RATE_PER_S = 1 / 60
+PUSH_BURST = 3
+PUSH_FAST_S = 2.0  # after a link comes up, look for newly reachable peers this often ...
+PUSH_FAST_WINDOW_S = 30.0  # ... for this long (the peer announces itself after the link is up)
+PUSH_IDLE_S = 60.0  # otherwise this often (peers reached over several hops, copies about to expire)
+PUSH_TIMEOUT_S = 10.0
 # What a remote caller's agent may use: read-only, and rag.query only over shared documents.
 REMOTE_SAFE_TOOLS = frozenset({"rag.query"})
 

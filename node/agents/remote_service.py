@@ -1,9 +1,12 @@
 """The trio side of remote dispatch (see :mod:`node.agents.remote` for the protocol and its rules): serving
-``agents.caps`` / ``agents.ask`` to peers, and asking a peer's agent for the local King."""
+``agents.caps`` / ``agents.ask`` to peers, pushing this node's capabilities to peers as they become reachable
+(``agents.caps_push``), and asking a peer's agent for the local King."""
 
 from __future__ import annotations
 
+import math
 import secrets
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -12,11 +15,20 @@ import trio
 from node.agents.errors import AgentError
 from node.agents.remote import (
     ASK_SERVICE,
+    CAPS_PUSH_SERVICE,
     CAPS_SERVICE,
+    CAPS_TTL_MS,
+    MAX_CAPS_PEERS,
     MAX_REMOTE_REQUEST_CHARS,
     PEER_BURST,
     PEER_MAX_CONCURRENT,
     PEER_RATE_PER_S,
+    PUSH_BURST,
+    PUSH_FAST_S,
+    PUSH_FAST_WINDOW_S,
+    PUSH_IDLE_S,
+    PUSH_RATE_PER_S,
+    PUSH_TIMEOUT_S,
     CapsCache,
     PeerBuckets,
     RemoteTools,
@@ -66,7 +78,14 @@ class RemoteAgents:
         self.running = 0
         self.running_per_peer: dict[bytes, int] = {}  # at most remote_max_concurrent entries
         self.buckets = PeerBuckets(PEER_RATE_PER_S, PEER_BURST)
+        self.push_buckets = PeerBuckets(PUSH_RATE_PER_S, PUSH_BURST)
+        self.pushed: OrderedDict[bytes, int] = OrderedDict()  # peer -> wall ms of our last push (bounded)
+        self._link_up = trio.Event()
         self.counters = {
+            "caps_pushed": 0,
+            "caps_push_failed": 0,
+            "caps_push_received": 0,
+            "caps_push_refused": 0,
             "served": 0,
             "refused": 0,
             "busy": 0,
@@ -79,12 +98,75 @@ class RemoteAgents:
     def register(self) -> None:
         self.node.register_app_handler(CAPS_SERVICE, self.serve_caps)
         self.node.register_app_handler(ASK_SERVICE, self.serve_ask)
+        self.node.register_app_handler(CAPS_PUSH_SERVICE, self.serve_caps_push)
+        self.node.on_link_up(lambda _addr: self._link_up.set())
 
     # ---------------------------------------------------------------------------------------- serving peers
 
     async def serve_caps(self, peer: bytes, body: bytes) -> bytes:
         n = self.node
         return sign_caps(n.identity.signing_key, n.identity.peer_id_hex, self.offered, n.clock.wall_ms())
+
+    async def serve_caps_push(self, peer: bytes, body: bytes) -> bytes:
+        """A peer's own capabilities, pushed: verified against the key its announces pinned, kept like a pulled
+        copy. The session authenticates ``peer``; the signature must be that peer's and name it."""
+        n = self.node
+        if not self.push_buckets.take(peer, n.clock.now()):
+            self.counters["caps_push_refused"] += 1
+            raise AgentError("rate limited: capabilities pushed too often")
+        core = n.core
+        info = core.peers.get(peer) if core is not None else None
+        if info is None:
+            self.counters["caps_push_refused"] += 1
+            raise AgentError("capabilities from a peer that has not announced itself")
+        try:
+            caps = caps_from_untrusted(body, info.signing_public_key, peer.hex(), n.clock.wall_ms())
+        except MalformedFrame as exc:
+            self.counters["caps_push_refused"] += 1
+            raise AgentError(str(exc)) from None
+        self.caps.put(caps)
+        self.counters["caps_push_received"] += 1
+        return b"{}"
+
+    async def push_forever(self) -> None:
+        """Push this node's capabilities to every reachable peer that has no fresh copy from us: soon after a link
+        comes up, then every :data:`PUSH_IDLE_S`. Nothing to push when no agent is offered."""
+        if not self.offered:
+            return
+        fast_until = -math.inf
+        while True:
+            wait = PUSH_FAST_S if self.node.clock.now() < fast_until else PUSH_IDLE_S
+            with trio.move_on_after(wait):
+                await self._link_up.wait()
+            if self._link_up.is_set():
+                self._link_up = trio.Event()
+                fast_until = self.node.clock.now() + PUSH_FAST_WINDOW_S
+            await self.push_caps()
+
+    async def push_caps(self) -> int:
+        """One pass: push to the reachable peers whose copy from us is older than half its lifetime."""
+        n = self.node
+        core = n.core
+        if core is None or not self.offered:
+            return 0
+        now, wall = n.clock.now(), n.clock.wall_ms()
+        stale = [p for p in core.peers if wall - self.pushed.get(p.peer_id, -CAPS_TTL_MS) >= CAPS_TTL_MS // 2]
+        due = [p.peer_id for p in stale if core.is_reachable(p, now)][:MAX_CAPS_PEERS]
+        sent = 0
+        for peer in due:
+            body = sign_caps(n.identity.signing_key, n.identity.peer_id_hex, self.offered, n.clock.wall_ms())
+            self.pushed[peer] = n.clock.wall_ms()  # tried: not again before the copy would be half-way to expiry
+            self.pushed.move_to_end(peer)
+            while len(self.pushed) > MAX_CAPS_PEERS:
+                self.pushed.popitem(last=False)
+            try:
+                await n.app_request(peer, CAPS_PUSH_SERVICE, body, timeout_s=PUSH_TIMEOUT_S)
+            except NodeError:  # an older node without the service, a timeout, a refusal: it can still pull
+                self.counters["caps_push_failed"] += 1
+                continue
+            self.counters["caps_pushed"] += 1
+            sent += 1
+        return sent
 
     async def serve_ask(self, peer: bytes, body: bytes) -> bytes:
         try:

@@ -380,14 +380,78 @@ def describe_views(peers: Sequence[Any]) -> str:
     return ", ".join(f"{p['peer_id']} ({p['nickname']!r})" for p in peers)
 
 
+LANGUAGES = frozenset(
+    {
+        "afrikaans",
+        "amharic",
+        "arabic",
+        "chinese",
+        "dutch",
+        "english",
+        "french",
+        "german",
+        "hausa",
+        "hindi",
+        "igbo",
+        "italian",
+        "japanese",
+        "kinyarwanda",
+        "kiswahili",
+        "portuguese",
+        "russian",
+        "shona",
+        "somali",
+        "spanish",
+        "swahili",
+        "turkish",
+        "xhosa",
+        "yoruba",
+        "zulu",
+    }
+)
+_TO_LANGUAGE = re.compile(r"\b(?:in|into|to)\s+([a-z]+)\b")
+_ASKING = re.compile(r"^\s*(?:please\s+)?(?:translate|how\s+do\s+(?:you|i)\s+say|what\s+is|what's|say)\s+")
+# Two worked exchanges before the request: the small local model answers in the asked language and stops, instead
+# of rambling (chosen on a handful of phrases that are not in the task set).
+_SHOTS = (("good morning", "Spanish", "Buenos días"), ("thank you very much", "German", "Vielen Dank"))
+
+
+def translation_request(request: str) -> tuple[str, str] | None:
+    """(phrase, target language) of "translate X into L", "how do you say X in L", "translate to L: X"."""
+    low = request.lower()
+    target = None
+    for m in _TO_LANGUAGE.finditer(low):
+        if m.group(1) in LANGUAGES:
+            target = m
+    if target is None:
+        return None
+    head, colon, tail = request.partition(":")
+    if colon and tail.strip() and len(head) >= target.end():
+        phrase = tail
+    else:
+        phrase = request[: target.start()] + request[target.end() :]
+        phrase = phrase[_m.end() :] if (_m := _ASKING.match(phrase.lower())) else phrase
+    phrase = phrase.strip().strip("?!.:").strip().strip("\"'").strip()
+    return (phrase, target.group(1).capitalize()) if phrase else None
+
+
 async def polyglot(ctx: AgentContext, request: str) -> Answer:
     if ctx.llm is None:
         return Answer("Polyglot", "Translation needs the language model, which is off on this node.", ok=False)
-    c = await ctx.llm.complete(
-        [Message("system", "You are a translator. Reply with the translation only."), Message("user", request)],
-        max_tokens=96,
-    )
-    return Answer("Polyglot", c.text, data={"tokens": c.tokens})
+    parsed = translation_request(request)
+    if parsed is None:
+        c = await ctx.llm.complete(
+            [Message("system", "You are a translator. Reply with the translation only."), Message("user", request)],
+            max_tokens=96,
+        )
+        return Answer("Polyglot", c.text, data={"tokens": c.tokens})
+    phrase, language = parsed
+    chat = [Message("system", "You translate short phrases. Reply with the translation only.")]
+    for text, lang, answer in _SHOTS:
+        chat += [Message("user", f"Translate into {lang}: {text}"), Message("assistant", answer)]
+    chat.append(Message("user", f"Translate into {language}: {phrase}"))
+    c = await ctx.llm.complete(chat, max_tokens=48, stop=["\n"])
+    return Answer("Polyglot", c.text, data={"tokens": c.tokens, "phrase": phrase, "language": language})
 
 
 async def tutor(ctx: AgentContext, request: str) -> Answer:

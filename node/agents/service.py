@@ -7,6 +7,7 @@ generation) runs in worker threads behind bounded limiters. The router is built 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from node.node import Node
 
 LOCAL_NAMESPACE = "local"
+log = logging.getLogger("village.agents")
 
 
 class AgentsService:
@@ -72,7 +74,7 @@ class AgentsService:
         self._own_audit: AuditLog | None = None
         self._king_lock = trio.Lock()
         self.remote: RemoteAgents | None = None
-        self.metrics = NodeMetrics()
+        self.metrics = NodeMetrics(data_dir / "agents" / "series.json" if data_dir is not None else None)
         self.offers = OfferBook()
         self.offer_file = OfferFile(data_dir / "agents" / "offers.json" if data_dir is not None else None)
         self.budgets = Budgets(settings.budget_stored_bytes_per_peer, settings.budget_queued_per_peer)
@@ -91,6 +93,7 @@ class AgentsService:
         else:
             self.gov = Governance(LOCAL_NAMESPACE, self._genesis(node))
         await trio.to_thread.run_sync(self.offer_file.load, self.offers, node.clock.wall_ms(), limiter=self.db_limiter)
+        await trio.to_thread.run_sync(self.metrics.load, node.clock.wall_ms() / 1000, limiter=self.db_limiter)
         self.tools = self._build_tools(node)
         self.remote = RemoteAgents(
             node,
@@ -104,7 +107,10 @@ class AgentsService:
         self.remote.register()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(sample_forever, node, self.metrics, self.settings.metrics_interval_s)
+                nursery.start_soon(
+                    sample_forever, node, self.metrics, self.settings.metrics_interval_s, self.db_limiter
+                )
+                nursery.start_soon(self.remote.push_forever)
                 if self.gov_settings.village_members:
                     village = VillageGovernance(node, self.gov_settings, root, self.db_limiter)
                     await nursery.start(village.run)
@@ -130,6 +136,10 @@ class AgentsService:
         return self.gov_store.load()
 
     def _close(self) -> None:
+        try:
+            self.metrics.save()
+        except OSError as exc:
+            log.warning("could not save the metric series: %s", exc)
         if self._own_audit is not None:
             self._own_audit.close()
         if self.traces is not None:

@@ -2,7 +2,9 @@
 
 * ``metrics.series``: :class:`NodeMetrics`, the node's own time series, sampled every ``agents.metrics_interval_s``
   by the agents service (and once more when read): queued private messages, reachable peers, routes, the relay
-  total, the battery; delivery outcomes and latencies from the outbox.
+  total, the battery; delivery outcomes and latencies from the outbox. Times are wall-clock seconds, so the series
+  survive a restart: kept in ``<data dir>/agents/series.json`` (0600, written atomically every
+  :data:`SAVE_EVERY_SAMPLES` samples and at stop; read leniently and bounded at start).
 * ``ledger.read``: :func:`node.agents.ledger.build_ledger` over the inbox and outbox stores and the budgets.
 * ``market.offers`` / ``market.offer`` / ``market.accept``: :class:`node.agents.market.OfferBook`, signed with the
   node's Ed25519 key, kept in ``<data dir>/agents/offers.json`` (0600).
@@ -13,6 +15,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -21,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from node.agents.errors import AgentError
-from node.agents.forecast import Series
+from node.agents.forecast import MAX_SAMPLES, Series
 from node.agents.king import active_runner
 from node.agents.ledger import Budgets, build_ledger
 from node.agents.market import OfferBook, accept, make_offer, offer_from_json
@@ -31,18 +35,86 @@ if TYPE_CHECKING:
     from node.agents.king import King
     from node.node import Node
 
+log = logging.getLogger("village.agents")
 METRICS = ("outbox_pending", "peers", "routes", "relayed_total", "battery_percent")
 MAX_LEDGER_ROWS = 10_000  # inbox/outbox rows the ledger reads at most
 MAX_LATENCIES = 500
 NOT_DISPATCHABLE = frozenset({"Ensemble"})
+SAVE_EVERY_SAMPLES = 10  # five minutes at the default interval: at most that much is lost by a crash
+MAX_SERIES_FILE_BYTES = 2_000_000  # 5 metrics x 2,880 samples take ~0.4 MB; a larger file is not ours
+FUTURE_SLACK_S = 300.0  # samples stamped later than now + this (a clock set back) are dropped at load
+
+
+def _write_private(path: Path, data: Any) -> None:
+    """Atomic 0600 write: temp file fsynced, renamed, directory fsynced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 class NodeMetrics:
-    def __init__(self) -> None:
+    def __init__(self, path: Path | None = None) -> None:
         self.series: dict[str, Series] = {m: Series() for m in METRICS}
+        self.path = path
+        self.skipped = 0  # samples (or a whole file) dropped at load
+        self.unsaved = 0
+
+    def load(self, now_s: float) -> None:
+        """The series saved by the previous run. Never fails: an unreadable or oversized file is moved aside to
+        ``series.json.bad``; unknown metrics, non-finite values, samples out of order or in the future are skipped
+        and counted; at most :data:`MAX_SAMPLES` per metric are kept (the newest)."""
+        if self.path is None or not self.path.exists():
+            return
+        try:
+            if self.path.stat().st_size > MAX_SERIES_FILE_BYTES:
+                raise ValueError("too large")
+            data = json.loads(self.path.read_text())
+            rows = data["series"]
+            if not isinstance(rows, dict):
+                raise ValueError("series is not a mapping")
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            self.skipped += 1
+            os.replace(self.path, self.path.with_name(self.path.name + ".bad"))
+            return
+        for m, samples in rows.items():
+            if m not in self.series or not isinstance(samples, list):
+                self.skipped += 1
+                continue
+            s = self.series[m]
+            for row in samples[-MAX_SAMPLES:]:
+                ok = (
+                    isinstance(row, list)
+                    and len(row) == 2
+                    and all(isinstance(x, int | float) and not isinstance(x, bool) for x in row)
+                    and all(math.isfinite(x) for x in row)
+                    and row[0] <= now_s + FUTURE_SLACK_S
+                    and (not s.samples or row[0] >= s.samples[-1][0])
+                )
+                if ok:
+                    s.add(float(row[0]), float(row[1]))
+                else:
+                    self.skipped += 1
+
+    def save(self) -> None:
+        """Blocking (file I/O): call in a worker thread."""
+        if self.path is None:
+            return
+        self.unsaved = 0
+        rows = {m: [list(x) for x in s.samples] for m, s in self.series.items()}
+        _write_private(self.path, {"version": 1, "series": rows})
 
     def sample(self, node: Node, battery_percent: float | None) -> None:
-        now = node.clock.now()
+        now = node.clock.wall_ms() / 1000
         st = node.status()
         self.series["outbox_pending"].add(now, st["outbox"].get("pending", 0))
         self.series["peers"].add(now, st["peers"])
@@ -50,6 +122,7 @@ class NodeMetrics:
         self.series["relayed_total"].add(now, st["counters"].get("relayed", 0))
         if battery_percent is not None:
             self.series["battery_percent"].add(now, battery_percent)
+        self.unsaved += 1
 
     def view(self, node: Node, interval_s: float) -> dict[str, Any]:
         outbox = node.outbox
@@ -70,9 +143,14 @@ async def read_battery(node: Node) -> float | None:
     return None if state is None or state.percent is None else float(state.percent)
 
 
-async def sample_forever(node: Node, metrics: NodeMetrics, interval_s: float) -> None:
+async def sample_forever(node: Node, metrics: NodeMetrics, interval_s: float, limiter: trio.CapacityLimiter) -> None:
     while True:
         metrics.sample(node, await read_battery(node))
+        if metrics.unsaved >= SAVE_EVERY_SAMPLES:
+            try:
+                await trio.to_thread.run_sync(metrics.save, limiter=limiter)
+            except OSError as exc:  # a full disk must not stop the sampling
+                log.warning("could not save the metric series: %s", exc)
         await trio.sleep(interval_s)
 
 
@@ -101,21 +179,8 @@ class OfferFile:
                 self.skipped += 1
 
     def save(self, book: OfferBook) -> None:
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump([o.to_json() for o in book.all()], f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        if self.path is not None:
+            _write_private(self.path, [o.to_json() for o in book.all()])
 
 
 def add_work_tools(

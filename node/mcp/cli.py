@@ -1,4 +1,4 @@
-"""`village mcp [serve|token|status]` and `village memory export|forget`: thin clients of the daemon.
+"""`village mcp [serve|token|status]` and `village memory export|forget|purge-legacy`: thin clients of the daemon.
 
 ``village mcp`` (``serve``) is what an MCP client launches: an MCP server on stdin/stdout that forwards to the
 running daemon (node.mcp.stdio). Its stdout carries the protocol only; messages go to stderr.
@@ -60,9 +60,19 @@ def cmd_memory_export(args: argparse.Namespace) -> int:
         with os.fdopen(fd, "w") as f:
             f.write(text + "\n")
         graph = data["knowledge_graph"]
+        other = data.get("other")
+        also = ""
+        if other and "error" in other:
+            also = f"; the other store could not be read: {other['error']}"
+        elif other:
+            og = other["knowledge_graph"]
+            also = (
+                f'; and, under "other", {len(og["entities"])} entities and {len(og["relations"])} relations of an '
+                f"earlier copy in the {other['store']} store ({other['refused']} rows there not readable)"
+            )
         print(
             f"wrote {len(graph['entities'])} entities and {len(graph['relations'])} relations "
-            f"(from the {data.get('store', '?')} store) to {args.output}"
+            f"(from the {data.get('store', '?')} store{also}) to {args.output}"
         )
     else:
         sys.stdout.write(text + "\n")
@@ -92,6 +102,27 @@ def cmd_memory_forget(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_memory_purge_legacy(args: argparse.Namespace) -> int:
+    if not args.yes:
+        raise CliError("this deletes the graph store's old plaintext memory rows; add --yes to confirm", EXIT_USAGE)
+    data = call(args, "memory.purge_legacy")
+
+    def text(d: dict[str, Any]) -> str:
+        parts = []
+        for which in ("active", "other"):
+            got = d.get(which)
+            if got is None:
+                continue
+            if "error" in got:
+                parts.append(f"{which} store not reached: {got['error']}")
+            else:
+                parts.append(f"{which} store: {got['entities']} entities and {got['relations']} relations deleted")
+        return "; ".join(parts)
+
+    emit(args, data, text)
+    return EXIT_OK
+
+
 def add_commands(cli: CliRegistry) -> None:
     p = cli.command(
         "mcp",
@@ -101,7 +132,19 @@ def add_commands(cli: CliRegistry) -> None:
     )
     p.add_argument("action", nargs="?", choices=["serve", "token", "status"], default="serve", help="default: serve")
     memory = cli.group("memory", "The node's MCP memory (knowledge graph and scratch): export or erase it.")
-    p = memory.command("export", cmd_memory_export, "Print (or write 0600 to --output) all memory as JSON.")
+    p = memory.command(
+        "export",
+        cmd_memory_export,
+        "Print (or write 0600 to --output) all memory as JSON: the active store's, and under `other` a copy an "
+        "earlier [anchor] mcp_memory setting left in the other store.",
+    )
     p.add_argument("--output", "-o", help="write to this file (created 0600) instead of stdout")
     p = memory.command("forget", cmd_memory_forget, "Erase the knowledge graph and every client's scratch.")
     p.add_argument("--yes", action="store_true", help="confirm the erasure")
+    p = memory.command(
+        "purge-legacy",
+        cmd_memory_purge_legacy,
+        "Delete the MCP memory rows an unreleased version wrote to the anchor's graph store in plaintext (never "
+        "served: skipped and counted at load); sealed rows are kept.",
+    )
+    p.add_argument("--yes", action="store_true", help="confirm the deletion")

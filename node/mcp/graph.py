@@ -372,6 +372,16 @@ class KnowledgeGraph:
         self.entities, self.relations, self.bytes = [], [], 0
         return counts
 
+    def purge_legacy(self) -> dict[str, int]:
+        """Delete the rows of an old format the storage refuses to load (``purge_legacy`` of the anchor's Bolt
+        storage: its plaintext rows); nothing loaded changes. Zero counts for a storage with no such format."""
+        purge = getattr(self.storage, "purge_legacy", None)
+        if purge is None:
+            return {"entities": 0, "relations": 0}
+        deleted: dict[str, int] = purge()
+        self.refused = max(0, self.refused - sum(deleted.values()))
+        return deleted
+
     def stats(self) -> dict[str, Any]:
         return {
             "entities": len(self.entities),

@@ -1,5 +1,6 @@
 """The control methods of the MCP layer: ``mcp.tools``, ``mcp.call``, ``mcp.resources``, ``mcp.read`` (how
-`village mcp` reaches the daemon's registry), ``mcp.status``, ``memory.export`` and ``memory.forget``.
+`village mcp` reaches the daemon's registry), ``mcp.status``, ``memory.export``, ``memory.forget`` and
+``memory.purge_legacy``.
 
 ``mcp.call`` answers a failed tool call as a result with ``is_error`` (the message for the MCP client), not as a
 JSON-RPC error: only a broken request is one.
@@ -9,14 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from node.control.rpc import APP_ERROR, NoParams, Notify, RpcError, param
 from node.control.rpc import Registry as ControlRegistry
 from node.mcp.errors import ToolError
-from node.mcp.registry import Caller
-from node.mcp.service import McpService
 from node.mcp.settings import TRANSPORTS
+
+if TYPE_CHECKING:  # the registry (pydantic) and the service load with the first MCP call, not with the daemon
+    from node.mcp.registry import Caller
+    from node.mcp.service import McpService
 
 MAX_CLIENT_ID_CHARS = 128
 MAX_LISTENERS = 16  # `mcp.listen` subscriptions held at once (each is one `village mcp` with a listening client)
@@ -61,6 +64,8 @@ def register(reg: ControlRegistry, get_service: Callable[[], Awaitable[McpServic
         return s
 
     def caller(transport: str, client: str) -> Caller:
+        from node.mcp.registry import Caller
+
         if transport not in TRANSPORTS or transport in ("gateway", "agents"):
             raise RpcError(APP_ERROR, f"transport must be stdio, http or local, not {transport!r}")
         return Caller(transport, client[:MAX_CLIENT_ID_CHARS])
@@ -160,6 +165,9 @@ def register(reg: ControlRegistry, get_service: Callable[[], Awaitable[McpServic
     async def forget(_: NoParams, notify: Notify) -> Any:
         return await (await svc()).forget()
 
+    async def purge_legacy(_: NoParams, notify: Notify) -> Any:
+        return await (await svc()).purge_legacy()
+
     reg.add("mcp.tools", ToolsParams, "The MCP tools a transport may call: name, schemas, scope, changesState.", tools)
     reg.add(
         "mcp.call",
@@ -181,6 +189,17 @@ def register(reg: ControlRegistry, get_service: Callable[[], Awaitable[McpServic
         "mcp.status", NoParams, "MCP layer: tools, calls, failures by cause, audit records, HTTP URL, memory.", status
     )
     reg.add(
-        "memory.export", NoParams, "Everything in persistent (knowledge graph) and working memory, as JSON.", export
+        "memory.export",
+        NoParams,
+        "Everything in persistent (knowledge graph) and working memory, as JSON; under `other` the copy an earlier "
+        "[anchor] mcp_memory setting left in the other store.",
+        export,
     )
     reg.add("memory.forget", NoParams, "Erase persistent and working memory; returns what was erased.", forget)
+    reg.add(
+        "memory.purge_legacy",
+        NoParams,
+        "Delete rows of an old format a store refuses to serve (the anchor graph store's plaintext rows); returns "
+        "the entities and relations deleted per store.",
+        purge_legacy,
+    )

@@ -23,7 +23,7 @@ from node.errors import NodeError
 from node.mcp.ask_tools import ask_tools
 from node.mcp.audit import AuditLog
 from node.mcp.errors import NotAllowed
-from node.mcp.graph import Changes, GraphStore, SqliteStorage, Storage
+from node.mcp.graph import Changes, GraphStore, KnowledgeGraph, SqliteStorage, Storage
 from node.mcp.memory_tools import memory_resource, memory_tools, scratch_tools
 from node.mcp.node_tools import node_tools
 from node.mcp.registry import Caller, Registry, Resource
@@ -337,12 +337,45 @@ class McpService:
         await self._ready.wait()
 
     async def export(self) -> dict[str, Any]:
+        """The active store's knowledge graph, working memory, and under ``other`` the copy an earlier ``[anchor]
+        mcp_memory`` setting left in the other store (its store name, knowledge graph and the rows it refused to
+        load, e.g. rows sealed by a key this node no longer has; or why it could not be read); no ``other`` when
+        there is no other store."""
         assert self.graph is not None and self.working is not None and self.node is not None
-        return {
-            "store": (await self.graph.run("stats"))["backend"],  # the active store; the other is not exported
+        out: dict[str, Any] = {
+            "store": (await self.graph.run("stats"))["backend"],
             "knowledge_graph": await self.graph.run("read_graph"),
             "working_memory": self.working.export(self.node.clock.now()),
         }
+        if self._other_memory is not None:
+            settings = self.settings
+
+            def read(st: Any) -> dict[str, Any]:
+                kg = KnowledgeGraph(st, settings)
+                return {"store": st.name, "knowledge_graph": kg.read_graph(), "refused": kg.refused}
+
+            try:
+                out["other"] = await self._on_other(read)
+            except NodeError as exc:
+                out["other"] = {"error": str(exc)}
+        return out
+
+    async def purge_legacy(self) -> dict[str, Any]:
+        """Delete rows of an old format a store refuses to serve (the anchor graph's plaintext rows) from the active
+        store and the other one; per store, the entities and relations deleted (or why it could not be reached)."""
+        assert self.graph is not None
+        out: dict[str, Any] = {"active": await self.graph.run("purge_legacy")}
+        if self._other_memory is not None:
+
+            def purge(st: Any) -> dict[str, int]:
+                fn = getattr(st, "purge_legacy", None)
+                return fn() if fn is not None else {"entities": 0, "relations": 0}
+
+            try:
+                out["other"] = await self._on_other(purge)
+            except NodeError as exc:
+                out["other"] = {"error": str(exc)}
+        return out
 
     async def forget(self) -> dict[str, Any]:
         """Erase the active store, working memory and the other store's copy (``other``: its name and the rows

@@ -115,9 +115,10 @@ class AskParams:
 
 def register_ask(registry: Registry, node: Node) -> None:
     """``ask``: the node's entry point (the caller of the control socket is the device's owner)."""
-    from node.twin.ask import OWNER, Access, ask
 
     async def handler(p: AskParams, notify: Notify) -> Any:
+        from node.twin.ask import OWNER, Access, ask  # here: it loads the MCP registry (pydantic) and the agents' roles
+
         try:
             return await ask(node, p.text, access=Access(OWNER), agent=p.agent, confirm=p.confirm)
         except NodeError as exc:

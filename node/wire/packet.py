@@ -255,6 +255,11 @@ def _parse(data: bytes, limits: WireLimits) -> tuple[Packet, int]:
     return packet, payload_end
 
 
+class _InflateFailed(MalformedFrame):
+    """The frame's header parsed but its compressed payload did not: shortening the frame (unpadding) cannot help,
+    so the padded retry is skipped (it would inflate a second time, at the sender's request)."""
+
+
 def _inflate(body: bytes, width: int, limits: WireLimits, cap: int) -> bytes:
     if len(body) <= width:
         raise MalformedFrame("compressed payload has no deflate data")
@@ -267,15 +272,17 @@ def _inflate(body: bytes, width: int, limits: WireLimits, cap: int) -> bytes:
     try:
         out = zlib.decompressobj(-15).decompress(deflated, original + 1)
     except zlib.error as exc:
-        raise MalformedFrame(f"invalid deflate data: {exc}") from None
+        raise _InflateFailed(f"invalid deflate data: {exc}") from None
     if len(out) != original:
-        raise MalformedFrame(f"inflated {len(out)} bytes, header says {original}")
+        raise _InflateFailed(f"inflated {len(out)} bytes, header says {original}")
     return out
 
 
 def _parse_maybe_padded(data: bytes, limits: WireLimits) -> tuple[Packet, int]:
     try:
         return _parse(data, limits)
+    except _InflateFailed:
+        raise
     except MalformedFrame:
         stripped = unpad(data)
         if len(stripped) == len(data):

@@ -10,12 +10,10 @@ import pytest
 
 from node.agents.errors import GovernanceError
 from node.agents.governance import (
-    MEMBERSHIP_ROUND,
     Action,
     ActionKind,
     Certificate,
     Electorate,
-    Governance,
     Value,
     Voter,
     VoteType,
@@ -23,41 +21,16 @@ from node.agents.governance import (
     sign_vote,
 )
 from node.agents.govstore import GovStore
+from tests.agents.govstore_scenario import certify_admit_and_config
 
 NS = "village-store"
 
 
 def test_restart_restores_state_votes_evidence_and_own_signatures(tmp_path: Path) -> None:
-    ks = [nacl.signing.SigningKey(bytes([i + 1]) * 32) for i in range(4)]
-    genesis = Electorate.of(0, {bytes(k.verify_key): 1 for k in ks})
     path = tmp_path / "gov.sqlite"
     store = GovStore(path)
-    store.init(NS, genesis)
-    gov = Governance(NS, genesis)
-    voters = [Voter(k, gov) for k in ks]
-    newcomer = nacl.signing.SigningKey(b"\x33" * 32)
-    admit = make_proposal(
-        NS,
-        0,
-        MEMBERSHIP_ROUND,
-        Action(ActionKind.ADMIT, bytes(newcomer.verify_key).hex(), 1),
-        expires_at_ms=10_000,
-        signer=ks[0],
-    )
-    cfg = make_proposal(NS, 0, 0, Action(ActionKind.CONFIG, "x", 1), expires_at_ms=10_000, signer=ks[1])
-    for p in (admit, cfg):
-        assert gov.add_proposal(p, 0)
-        store.save_proposal(p)
-        for step in ("pre", "commit"):
-            for v in voters:
-                vote = v.on_proposal(p, 1) if step == "pre" else v.maybe_precommit(p.epoch, p.round, 1)
-                assert vote is not None
-                if v is voters[0]:
-                    store.save_signed(vote)
-                r = gov.receive_vote(vote, 1)
-                store.save_vote(vote)
-                if r.certificate:
-                    store.save_certificate(r.certificate)
+    run = certify_admit_and_config(store, NS)
+    ks, genesis, gov, cfg = run.keys, run.genesis, run.gov, run.cfg
     gov.execute_ready()
     assert gov.epoch == 1 and gov.config["x"][1] == 1
     store.close()

@@ -4,12 +4,9 @@ The language model is off here (its tests are in test_llm.py): every agent below
 
 from __future__ import annotations
 
-import dataclasses
-import random
 from pathlib import Path
 from typing import Any
 
-import nacl.signing
 import pytest
 import trio
 
@@ -19,16 +16,9 @@ from node.agents.service import AgentsService
 from node.agents.settings import AgentsSettings, LlmSettings
 from node.agents.tools import ScopedTools, Tools
 from node.agents.trace import Trace
-from node.clock import Clock
-from node.identity import Identity
-from node.node import Node
-from node.rag.plugin import PLUGIN as RAG_PLUGIN
 from node.rag.plugin import rag_service
-from node.rag.settings import RagSection
-from node.settings import Config, NodeSection
 from node.transports.memory import MemoryNetwork
-
-EPOCH_MS = 1_700_000_000_000.0
+from tests.agents.nodes import start_node
 
 
 def test_plan_splits_sequential_and_independent_steps() -> None:
@@ -54,28 +44,6 @@ async def test_scoped_tools_enforce_least_privilege_and_trace() -> None:
         ("result", "rag.query"),
         ("denied", "mesh.send"),
     ]
-
-
-async def start_node(nursery: trio.Nursery, net: MemoryNetwork, tmp: Path, name: str, seed: int, **kw: Any) -> Node:
-    cfg = Config(
-        data_dir=tmp / name, node=NodeSection(nickname=name), rag=dataclasses.replace(RagSection(), mode="bm25")
-    )
-    cfg.data_dir.mkdir(parents=True)
-    rng = random.Random(seed)
-    ident = Identity(nacl.signing.SigningKey(rng.randbytes(32)), rng.randbytes(32))
-    assert RAG_PLUGIN.services is not None
-    services = [*RAG_PLUGIN.services(cfg), *kw.pop("services", [])]  # the knowledge base, as the daemon builds it
-    node = Node(
-        cfg,
-        ident,
-        transports=[net.transport(name)],
-        clock=Clock(epoch_offset_ms=EPOCH_MS),
-        rng=rng,
-        services=services,
-        **kw,
-    )
-    await nursery.start(node.run)
-    return node
 
 
 @pytest.mark.timeout(300)

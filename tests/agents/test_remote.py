@@ -17,7 +17,9 @@ from node.agents.errors import AgentError
 from node.agents.remote import (
     ASK_SERVICE,
     CAPS_NAMESPACE,
+    CAPS_PUSH_SERVICE,
     CAPS_TTL_MS,
+    PUSH_BURST,
     CapsCache,
     PeerBuckets,
     _canonical,
@@ -38,7 +40,7 @@ from node.twin.ask import OWNER, Access
 from node.twin.ask import ask as twin_ask
 from node.twin.errors import AskError
 from node.wire.errors import MalformedFrame
-from tests.agents.test_king import start_node
+from tests.agents.nodes import start_node
 
 CANARY = "CANARY-7731"
 
@@ -242,3 +244,59 @@ def test_hostile_json_is_a_malformed_frame() -> None:
     cache = CapsCache()
     cache.put(caps)
     assert cache.get("aa" * 8, 1000 + CAPS_TTL_MS) is None
+
+
+@pytest.mark.timeout(300)
+async def test_capabilities_are_pushed_when_a_link_comes_up_and_forgeries_are_refused(tmp_path: Path) -> None:
+    with trio.fail_after(280):
+        async with trio.open_nursery() as nursery:
+            net = MemoryNetwork(seed=12, queue_frames=4096)
+            await nursery.start(net.run)
+            off = LlmSettings(backend="off")
+            none = dataclasses.replace(AgentsSettings(), remote_agents=())
+            a_svc = AgentsService(AgentsSettings(), off, tmp_path / "alice")  # serves Sage, Medic, ...
+            b_svc = AgentsService(none, off, tmp_path / "bob")
+            c_svc = AgentsService(none, off, tmp_path / "carol")
+            alice = await start_node(nursery, net, tmp_path, "alice", 1, services=[a_svc])
+            bob = await start_node(nursery, net, tmp_path, "bob", 2, services=[b_svc])
+            carol = await start_node(nursery, net, tmp_path, "carol", 3, services=[c_svc])
+            assert a_svc.remote is not None and b_svc.remote is not None and c_svc.remote is not None
+            a_hex = alice.identity.peer_id_hex
+
+            # bob never asks: alice's signed capabilities arrive once the link is up and alice can reach bob.
+            net.connect(alice.transports[0], bob.transports[0])  # type: ignore[arg-type]
+            await bob.wait_until(lambda: b_svc.remote.caps.get(a_hex, bob.clock.wall_ms()) is not None)  # type: ignore[union-attr]
+            caps = b_svc.remote.caps.get(a_hex, bob.clock.wall_ms())
+            assert caps is not None and "Sage" in caps.names() and "Coordinator" not in caps.names()
+            await alice.wait_until(lambda: a_svc.remote.counters["caps_pushed"] >= 1)  # type: ignore[union-attr]
+            assert b_svc.remote.counters["caps_push_received"] == 1
+            assert b_svc.remote.counters["caps_push_refused"] == 0
+            assert c_svc.remote.counters["caps_pushed"] == 0  # offers nothing, pushes nothing
+            # a second pass does not push again while bob's copy is fresh
+            assert await a_svc.remote.push_caps() == 0
+
+            # carol replays alice's signed capabilities to bob as her own: refused (signed for another peer).
+            net.connect(bob.transports[0], carol.transports[0])  # type: ignore[arg-type]
+            await carol.wait_until(lambda: any(p["nickname"] == "bob" and p["reachable"] for p in carol.peers_view()))
+            stolen = sign_caps(alice.identity.signing_key, a_hex, [load_roster().get("Sage")], alice.clock.wall_ms())
+            with pytest.raises(AppRemoteError, match="BadSignature"):
+                await carol.app_request(bob.identity.peer_id, CAPS_PUSH_SERVICE, stolen, timeout_s=30)
+            assert b_svc.remote.caps.get(carol.identity.peer_id_hex, bob.clock.wall_ms()) is None
+            # her own key but a forged agent list edited after signing, and junk: refused; then rate limited.
+            mine = json.loads(
+                sign_caps(carol.identity.signing_key, carol.identity.peer_id_hex, [], carol.clock.wall_ms())
+            )
+            mine["doc"]["agents"] = [["Coordinator", "sends messages"]]
+            with pytest.raises(AppRemoteError, match="BadSignature"):
+                await carol.app_request(
+                    bob.identity.peer_id, CAPS_PUSH_SERVICE, json.dumps(mine).encode(), timeout_s=30
+                )
+            assert PUSH_BURST == 3
+            with pytest.raises(AppRemoteError, match="too large"):
+                await carol.app_request(bob.identity.peer_id, CAPS_PUSH_SERVICE, b"[" * 9000, timeout_s=30)
+            with pytest.raises(AppRemoteError, match="rate limited"):
+                await carol.app_request(bob.identity.peer_id, CAPS_PUSH_SERVICE, stolen, timeout_s=30)
+            assert b_svc.remote.counters["caps_push_refused"] == 4
+            assert b_svc.remote.caps.get(carol.identity.peer_id_hex, bob.clock.wall_ms()) is None
+            assert b_svc.remote.caps.get(a_hex, bob.clock.wall_ms()) is not None  # alice's copy untouched
+            nursery.cancel_scope.cancel()

@@ -82,3 +82,12 @@ def test_governance_bench_runs() -> None:
     assert lines[0].startswith("governance.votes_verified_per_s:")
     assert lines[1].startswith("governance.gossip_votes_per_s:")
     assert "4361 bytes with 67 signers" in lines[2]
+
+
+def test_new_held_out_set_covers_every_agent() -> None:
+    import agents as bench_agents
+
+    held = bench_agents.load_labelled(bench_agents.HELDOUT)
+    assert len(held) >= 150
+    assert {a for a, _ in held} == set(ROSTER_NAMES)
+    assert len({t for _, t in held}) == len(held)

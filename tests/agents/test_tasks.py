@@ -31,6 +31,7 @@ def test_task_file_has_fifty_checkable_tasks() -> None:
     plain = [t for t in tasks if not t.get("llm")]
     assert len(plain) >= 50
     checks = {"delivered", "public", "cites", "certified", "signed_offer", "compacted", "nothing_sent", "contains"}
+    checks |= {"python_def", "question"}
     assert all(checks & set(t) or "ok" in t or "steps" in t for t in tasks)
     assert set(FAST) <= set(ids)
 
@@ -43,3 +44,22 @@ async def test_a_handful_of_tasks_succeed_end_to_end(tmp_path: Path) -> None:
     failed = {r.id: r.failures for r in results if not r.ok}
     assert not failed
     assert len(results) == len(FAST)
+
+
+def test_llm_task_set_has_twenty_checkable_tasks() -> None:
+    _, tasks = agent_tasks.load_tasks()
+    llm = [t for t in tasks if t.get("llm")]
+    assert len(llm) >= 20
+    assert {t["agent"] for t in llm} == {"Magi", "Tutor", "Polyglot"}
+    assert all({"python_def", "question", "contains", "cites"} & set(t) for t in llm)
+
+
+def test_python_function_check_judges_the_function_not_the_usage() -> None:
+    good = "```python\ndef rev(xs):\n    return xs[::-1]\n\n# Example usage:\nprint(rev([1, 2, 3]))  # Out"
+    assert agent_tasks.python_function(good)
+    assert agent_tasks.python_function("Here:\ndef f(a):\n    return a\nThis returns a.")
+    assert not agent_tasks.python_function("def f(:\n    pass")
+    assert not agent_tasks.python_function("x = 1  # no function")
+    assert not agent_tasks.python_function("```python\nprint('hi')\n```")
+    # an empty fence before the code (SmolLM2 does this) does not hide the function
+    assert agent_tasks.python_function("```\n\n```python\ndef largest(xs):\n    return max(xs)\n\n# Example u")

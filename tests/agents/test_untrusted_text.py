@@ -102,3 +102,16 @@ def test_every_handler_pattern_survives_hostile_text(text: str) -> None:
         rx.findall(text)
     with contextlib.suppress(AgentError):
         plan(text)  # at most MAX_STEPS steps: the King refuses longer plans, never hangs
+
+
+@pytest.mark.timeout(10)
+def test_translation_request_is_parsed_and_linear() -> None:
+    t = roles.translation_request
+    assert t("translate good morning into french") == ("good morning", "French")
+    assert t("how do you say goodbye in spanish?") == ("goodbye", "Spanish")
+    assert t('what is "friend" in spanish') == ("friend", "Spanish")
+    assert t("translate this to french: the market is closed") == ("the market is closed", "French")
+    assert t("what does gracias mean") is None  # no target language: the plain prompt
+    assert t("go to school in town") is None  # "to"/"in" followed by no language
+    for text in (SPACES, " into" * 1000, "to french" * 440, "translate " * 400):
+        t(text)

@@ -34,7 +34,7 @@ from node.routing.courier import Envelope, decode_envelope_untrusted, encode_env
 from node.settings import config_from_mapping
 from node.transports.betanet.transport import BetanetTransport
 from tests.anchor.test_mailbox_core import Clock, TrioAdapter, sealed_for
-from tests.anchor.test_mailbox_reserve import prove_by_mail
+from tests.anchor.test_mailbox_reserve import fill_with_junk, prove_by_mail
 from tests.transports.test_betanet import LOOPBACK
 
 
@@ -342,16 +342,7 @@ async def test_a_flood_of_free_keys_does_not_lock_a_new_depositor_out_of_a_prove
     service = MailboxService(MailboxCore(anchor.signing_public, limits), MemoryMailboxStorage(), clock)
     assert await prove_by_mail(service, c) == 1  # c fetches mail waiting for it: proven
     expiry = clock() + 86_400_000
-    junk_stored = 0
-    for _ in range(10):  # fresh keys, 5 envelopes each for invented recipients, until the anchor is full
-        key = os.urandom(32)
-        clock.ms += 1000  # (the anchor recounts its total at most once a second)
-        with contextlib.suppress(MailboxError):
-            for _ in range(5):
-                await service.deposit(encode_envelope(Envelope(os.urandom(8), expiry, 1, os.urandom(200))), key)
-                junk_stored += 1
-    assert junk_stored >= limits.max_total
-    clock.ms += 1000
+    assert await fill_with_junk(service, clock, expiry) >= limits.max_total
     with pytest.raises(MailboxError, match="anchor's mailbox is full"):  # d never fetched here: no reserve
         await service.deposit(sealed_for(a, d, b"hi d"), a.signing_public)
     for i, who in enumerate((a, d)):  # new depositors still reach c (its reserve: one each), and c gets the mail

@@ -28,14 +28,18 @@ async def prove_by_mail(service: MailboxService, recipient: Identity, link_key: 
     return len(items)
 
 
-async def _fill_with_junk(service: MailboxService, clock: Clock, expiry: int) -> None:
-    for _ in range(10):  # fresh keys, 5 envelopes each for invented recipients, until the anchor is full
+async def fill_with_junk(service: MailboxService, clock: Clock, expiry: int) -> int:
+    """Fresh keys deposit 5 envelopes each for invented recipients until the anchor is full; how many it stored."""
+    stored = 0
+    for _ in range(10):
         key = os.urandom(32)
         clock.ms += 1000  # (the anchor recounts its total at most once a second)
         with contextlib.suppress(MailboxError):
             for _ in range(5):
                 await service.deposit(encode_envelope(Envelope(os.urandom(8), expiry, 1, os.urandom(200))), key)
+                stored += 1
     clock.ms += 1000
+    return stored
 
 
 async def test_one_free_key_cannot_use_up_a_proven_recipients_reserve() -> None:
@@ -47,7 +51,7 @@ async def test_one_free_key_cannot_use_up_a_proven_recipients_reserve() -> None:
     service = MailboxService(MailboxCore(anchor.signing_public, limits), MemoryMailboxStorage(), clock)
     assert await prove_by_mail(service, c) == 1
     expiry = clock() + 86_400_000
-    await _fill_with_junk(service, clock, expiry)
+    await fill_with_junk(service, clock, expiry)
     junk_key = os.urandom(32)
     await service.deposit(encode_envelope(Envelope(c.peer_id, expiry, 1, os.urandom(200))), junk_key)
     with pytest.raises(MailboxError, match="full"):  # its second junk envelope for C: not into the reserve
@@ -87,7 +91,7 @@ async def test_throwaway_recipients_cannot_fill_the_table_of_proven_recipients()
     assert await prove_by_mail(service, e) == 1  # the honest recipient proves itself afterwards
     assert service.core.proven.knows(e.peer_id, clock())
     expiry = clock() + 86_400_000
-    await _fill_with_junk(service, clock, expiry)
+    await fill_with_junk(service, clock, expiry)
     _, new = await service.deposit(sealed_for(a, e, b"hi e"), a.signing_public)
     assert new
 
@@ -102,3 +106,35 @@ def test_new_proven_recipients_are_rate_limited_per_link_key_and_in_total() -> N
     assert sum(others) < 200 and others[0]  # the global burst (max(4, 1000 // 16) = 62) runs out
     assert table.note(known, 3_600_001, key)  # refreshing a known recipient is never limited
     assert len(table) <= 4 + 1 + 62 + 1
+
+
+async def test_free_keys_hold_at_most_their_share_of_a_proven_recipients_reserve() -> None:
+    """Review leftover: as many fresh keys as the reserve (4) took all of a proven recipient's reserve, and its
+    trusted correspondent was refused while the anchor was full. Now, with trusted depositors set, free keys
+    together hold at most ``reserved_unverified_share`` of it (2 of 4) and the rest stays open to trusted ones."""
+    anchor, c, t = (Identity.generate() for _ in range(3))
+    limits = MailboxLimits(
+        max_total=20,
+        max_per_depositor_total=5,
+        reserved_per_proven_recipient=4,
+        trusted_depositors=frozenset({t.signing_public}),
+    )
+    clock = Clock()
+    service = MailboxService(MailboxCore(anchor.signing_public, limits), MemoryMailboxStorage(), clock)
+    assert await prove_by_mail(service, c) == 1
+    expiry = clock() + 86_400_000
+    assert await fill_with_junk(service, clock, expiry) == 15  # free keys: 3/4 of the total
+    for _ in range(5):  # the trusted sender's own traffic for others fills the rest of the total
+        clock.ms += 1000
+        await service.deposit(encode_envelope(Envelope(os.urandom(8), expiry, 1, os.urandom(200))), t.signing_public)
+    clock.ms += 1000
+    with pytest.raises(MailboxError, match="anchor's mailbox is full"):
+        await service.deposit(sealed_for(t, Identity.generate(), b"x"), t.signing_public)  # not proven: no reserve
+    free = [Identity.generate() for _ in range(3)]
+    for who in free[:2]:
+        _, new = await service.deposit(sealed_for(who, c, b"junk"), who.signing_public)
+        assert new
+    with pytest.raises(MailboxError, match="full"):  # a third free key: the free share of c's reserve is used up
+        await service.deposit(sealed_for(free[2], c, b"junk"), free[2].signing_public)
+    _, new = await service.deposit(sealed_for(t, c, b"hi c"), t.signing_public)  # the trusted sender still gets in
+    assert new and service.core.counters.reserved == 3

@@ -4,34 +4,28 @@ control socket. Real in-process nodes over memory links, a real knowledge base (
 
 from __future__ import annotations
 
-import dataclasses
-import random
 from pathlib import Path
 from typing import Any
 
-import nacl.signing
 import pytest
 import trio
 
-from node.clock import Clock
 from node.control.methods import build_registry
-from node.identity import Identity
 from node.mcp.registry import Caller
 from node.mcp.service import McpService
 from node.mcp.settings import McpSettings
 from node.node import Node
 from node.rag.plugin import PLUGIN as RAG_PLUGIN
 from node.rag.plugin import rag_service
-from node.rag.settings import RagSection
-from node.settings import Config, NodeSection
+from node.settings import Config
 from node.transports.memory import MemoryNetwork
 from node.twin.ask import OWNER, Access, ask, pick_tool
 from node.twin.personal_context import expand_query, personalize
 from node.twin.plugin import PLUGIN as TWIN_PLUGIN
 from node.twin.service import TwinService
 from node.twin.settings import TwinSettings
+from tests.agents.nodes import start_node as start_shared_node
 
-EPOCH_MS = 1_700_000_000_000.0
 CAROL = {"peer_id": "c" * 16, "fingerprint": "c" * 64, "nickname": "carol"}
 IMPOSTOR = {"peer_id": "d" * 16, "fingerprint": "d" * 64, "nickname": "carol"}  # announces the same nickname
 GATEWAY_USER = Caller("gateway", "key:k1", frozenset({"agents:ask", "messages:send", "rag:read", "peers:read"}))
@@ -79,37 +73,28 @@ async def start_node(
     twin: bool = False,
     extra: list[Any] | None = None,
 ) -> Node:
-    cfg = Config(
-        data_dir=tmp / name, node=NodeSection(nickname=nickname), rag=dataclasses.replace(RagSection(), mode="bm25")
-    )
-    cfg.data_dir.mkdir(parents=True)
-    rng = random.Random(seed)
-    ident = Identity(nacl.signing.SigningKey(rng.randbytes(32)), rng.randbytes(32))
-    services: list[Any] = []
-    if twin:
-        assert RAG_PLUGIN.services is not None
-        services = [
-            *RAG_PLUGIN.services(cfg),
-            TwinService(
-                TwinSettings(neural=False, actions=False, save_interval_s=3600),
-                cfg.data_dir,
-                battery_reader=lambda: None,
-                thermal_reader=lambda: 35.0,
-            ),
-            McpService(McpSettings(), persistent=False),
-            *(extra or []),
-        ]
-    node = Node(
-        cfg,
-        ident,
-        transports=[net.transport(name)],
-        clock=Clock(epoch_offset_ms=EPOCH_MS),
-        rng=rng,
-        services=services,
+    """A node of tests.agents.nodes; with ``twin``, its knowledge base, the twin and MCP (and ``extra``)."""
+
+    def services(cfg: Config) -> list[Any]:
+        twin_service = TwinService(
+            TwinSettings(neural=False, actions=False, save_interval_s=3600),
+            cfg.data_dir,
+            battery_reader=lambda: None,
+            thermal_reader=lambda: 35.0,
+        )
+        return [twin_service, McpService(McpSettings(), persistent=False), *(extra or [])]
+
+    return await start_shared_node(
+        nursery,
+        net,
+        tmp,
+        name,
+        seed,
+        nickname=nickname,
+        rag=twin,
+        services=services if twin else (),
         plugins=(RAG_PLUGIN, TWIN_PLUGIN) if twin else (),
     )
-    await nursery.start(node.run)
-    return node
 
 
 @pytest.mark.timeout(200)

@@ -246,3 +246,29 @@ def test_fragmenter_refuses_too_many_pieces() -> None:
         fragment_frame(pkt, encode_packet(pkt), 512, bytes(8), WireLimits(fragment_max_send_count=8))
     with pytest.raises(EncodeError, match="no room"):
         fragment_frame(pkt, encode_packet(pkt), 30, bytes(8))
+
+
+def test_a_frame_whose_payload_does_not_inflate_is_inflated_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unpadding shortens a frame, so it cannot mend compressed data that did not inflate: a bad compressed frame
+    with a padding-like tail costs one inflate, not two (the retry used to run the whole inflate again)."""
+    from node.wire import packet as packet_mod
+
+    pkt = Packet(version=2, type=2, ttl=7, timestamp_ms=1, sender_id=bytes(8), payload=b"ab" * 20_000)
+    wire = bytearray(encode_packet(pkt))
+    assert wire[11] & 0x04  # compressed
+    wire[-1] ^= 0xFF  # the deflate stream's last byte: it no longer inflates to the declared size
+    calls = []
+    real = packet_mod._inflate
+
+    def counting(*args: object, **kw: object) -> bytes:
+        calls.append(1)
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(packet_mod, "_inflate", counting)
+    with pytest.raises(MalformedFrame):
+        decode_packet_untrusted(bytes(wire) + b"\x01")
+    assert len(calls) == 1
+    # A good padded frame still decodes (on the first try: trailing bytes are ignored).
+    calls.clear()
+    assert decode_packet_untrusted(encode_packet(pkt) + b"\x01").payload == pkt.payload
+    assert len(calls) == 1

@@ -36,19 +36,27 @@ from collections.abc import Awaitable, Callable
 
 import multiaddr
 import trio
-from libp2p import create_yamux_muxer_option, new_host
 from libp2p.abc import IHost, INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.discovery.events.peerDiscovery import peerDiscovery
+from libp2p.host.basic_host import BasicHost
 from libp2p.network.config import RetryConfig
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.peer.peerstore import PeerStore
 from libp2p.protocol_muxer.exceptions import MultiselectClientError
+from libp2p.rcmgr import new_resource_manager
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.transport.manager import TransportManager
+from libp2p.transport.quic import transport as _libp2p_quic  # noqa: F401 - see below
+from libp2p.transport.upgrader import TransportUpgrader
 
 from node.errors import StartupError, TransportError
 from node.identity import Identity
@@ -217,21 +225,37 @@ class BetanetTransport(Transport):
             max_connections_per_ipv6_48=self.settings.quic_max_connections_per_ipv6_48,
         )
         transports, self._quic = host_transports(self._key_pair, limits, self.counters, self._notify)
-        host = new_host(
-            addrs_factory=expand_unspecified,  # advertise real interface addresses, never 0.0.0.0
-            enable_mDNS=self.settings.mdns,
-            key_pair=self._key_pair,
-            listen_addrs=listen,  # libp2p picks its transports (TCP, QUIC) from these
-            sec_opt={NOISE_PROTOCOL_ID: noise},
-            muxer_opt=create_yamux_muxer_option(),
-            transports=transports,
+        # What libp2p.new_host(key_pair, sec_opt, muxer_opt, transports, ...) builds, built from the modules that
+        # define it (new_host lives in libp2p/__init__.py, whose import loads every transport: node/libp2p_slim.py).
+        # Muxers: yamux first, mplex as a fallback (libp2p.create_yamux_muxer_option). One dial attempt per
+        # address: bootstrap peers are redialled with our own backoff and addresses found through the DHT are
+        # raced; libp2p's default 3 retries per unreachable address only delayed the fallback to a relay.
+        # py-libp2p's own QUIC transport module is imported although ours replaces it: without its import (which
+        # `import libp2p` did), a message over a relayed E1-E2 link went through the relay's mesh instead
+        # (tests/test_relay_netns.py, hops 2); which of its import-time effects matters is not yet found.
+        resources = new_resource_manager()  # new_host's default connection/stream limits
+        peer_id = ID.from_pubkey(self._key_pair.public_key)
+        peerstore = PeerStore()
+        peerstore.add_key_pair(peer_id, self._key_pair)
+        upgrader = TransportUpgrader(
+            secure_transports_by_protocol={NOISE_PROTOCOL_ID: noise},
+            muxer_transports_by_protocol={TProtocol(YAMUX_PROTOCOL_ID): Yamux, TProtocol(MPLEX_PROTOCOL_ID): Mplex},
         )
-        network = host.get_network()
-        if isinstance(network, Swarm):
-            # One attempt per address: bootstrap peers are redialled with our own backoff, and addresses found
-            # through the DHT are raced; libp2p's default 3 retries (0.1 + 0.2 + 0.4 s) per unreachable
-            # address only delayed the fallback to a relay. (new_host has no retry_config parameter in 0.8.)
-            network.retry_config = RetryConfig(max_retries=0)
+        swarm = Swarm(
+            peer_id,
+            peerstore,
+            upgrader,
+            transports=transports,
+            retry_config=RetryConfig(max_retries=0),
+            transport_manager=TransportManager(port_demuxers={}),
+        )
+        swarm.set_resource_manager(resources)
+        host = BasicHost(
+            network=swarm,
+            enable_mDNS=self.settings.mdns,
+            resource_manager=resources,
+            addrs_factory=expand_unspecified,  # advertise real interface addresses, never 0.0.0.0
+        )
         return host
 
     @staticmethod

@@ -163,13 +163,15 @@ async def test_an_anchors_mcp_memory_is_in_the_graph_store_and_village_memory_ex
     anchor_dir: Path, services: ServiceSettings
 ) -> None:
     """`village anchor run` keeps the node's MCP memory on the Bolt graph server: what a `village mcp` client
-    creates is there (not in the local SQLite file), `village memory export` shows it, `village memory forget`
-    erases it from the server."""
+    creates is there (not in the local SQLite file), `village memory export` shows it, `village memory
+    purge-legacy --yes` deletes only rows in the old plaintext format, `village memory forget` erases it from the
+    server."""
     from mcp.client.client import Client
     from mcp.client.stdio import StdioServerParameters
 
     from anchor.mcp_memory import BoltMemoryStorage
     from node.mcp.graph import KnowledgeGraph
+    from tests.anchor.stores.test_mcp_memory import plant_legacy_rows
     from tests.mcp.helpers import mcp_settings
 
     config = anchor_dir / "config.toml"
@@ -204,6 +206,14 @@ async def test_an_anchors_mcp_memory_is_in_the_graph_store_and_village_memory_ex
         exported = await trio.to_thread.run_sync(lambda: village("memory", "export", data_dir=anchor_dir))
         assert exported.returncode == 0, exported.stderr
         assert json.loads(exported.stdout)["knowledge_graph"]["entities"] == [ent]
+        # Rows an unreleased version wrote in the clear: `village memory purge-legacy --yes` deletes only them.
+        await trio.to_thread.run_sync(plant_legacy_rows, services, ns)
+        refused = await trio.to_thread.run_sync(lambda: village("memory", "purge-legacy", data_dir=anchor_dir))
+        assert refused.returncode != 0 and "--yes" in refused.stderr
+        purged = await trio.to_thread.run_sync(lambda: village("memory", "purge-legacy", "--yes", data_dir=anchor_dir))
+        assert purged.returncode == 0, purged.stderr
+        assert "active store: 1 entities and 1 relations deleted" in purged.stdout, purged.stdout
+        assert await trio.to_thread.run_sync(on_server) == {"entities": [ent], "relations": []}
         erased = await trio.to_thread.run_sync(lambda: village("memory", "forget", "--yes", data_dir=anchor_dir))
         assert erased.returncode == 0 and "erased 1 entities" in erased.stdout, erased.stderr
         assert await trio.to_thread.run_sync(on_server) == {"entities": [], "relations": []}

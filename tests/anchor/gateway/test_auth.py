@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import multiprocessing
 import os
 import stat
 import threading
@@ -28,6 +27,7 @@ from anchor.gateway.auth import (
 )
 from anchor.gateway.errors import Forbidden, GatewayError, Unauthenticated
 from node.errors import StartupError
+from tests.concurrent_starts import start_in_processes
 
 NOW = 1_800_000_000.0
 SECRET = b"k" * 32
@@ -260,21 +260,11 @@ def test_a_second_start_during_the_first_ones_creation_waits_and_uses_its_secret
     assert len(load_or_create_secret(tmp_path)) == 32
 
 
-def _start_in_child(data_dir: str, out: multiprocessing.Queue[bytes | str]) -> None:
-    try:
-        out.put(load_or_create_secret(Path(data_dir)))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent
-        out.put(repr(exc))
+def _start(data_dir: str) -> bytes:
+    return load_or_create_secret(Path(data_dir))
 
 
 def test_concurrent_starts_in_separate_processes_agree_on_one_secret(tmp_path: Path) -> None:
-    ctx = multiprocessing.get_context("fork")
-    out: multiprocessing.Queue[bytes | str] = ctx.Queue()
-    procs = [ctx.Process(target=_start_in_child, args=(str(tmp_path), out)) for _ in range(6)]
-    for proc in procs:
-        proc.start()
-    got = [out.get(timeout=60) for _ in procs]
-    for proc in procs:
-        proc.join(timeout=60)
+    got = start_in_processes(_start, str(tmp_path))
     assert all(isinstance(g, bytes) for g in got), got
     assert len(set(got)) == 1 and (tmp_path / "anchor" / "jwt.secret").read_bytes() == got[0]

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from anchor.gateway.auth import load_shared_secret
 from anchor.run import services_settings_path
 from anchor.services_settings import SETTINGS_FILE
 from anchor.settings import AnchorSection
-from node.errors import ConfigError
+from node.errors import ConfigError, StartupError
 from node.schema import parse_host_port
 from node.settings import config_from_mapping
 from tools.services import DEFAULT_DIR
@@ -27,6 +28,10 @@ def test_defaults_and_bad_values_name_the_key() -> None:
         ({"key_burst": 0}, "anchor.key_burst"),
         ({"enabled": "yes"}, "anchor.enabled: expected true or false"),
         ({"tokens": 1}, "anchor.tokens: unknown key"),
+        ({"cluster": "eu-1"}, "anchor.jwt_secret_file: required with anchor.cluster"),
+        ({"cluster": "a b", "jwt_secret_file": "/s"}, "anchor.cluster: 1 to 64 letters"),
+        ({"cluster": "{x}", "jwt_secret_file": "/s"}, "anchor.cluster: 1 to 64 letters"),
+        ({"claim_idle_s": 0.5}, "anchor.claim_idle_s"),
     ]:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
             config_from_mapping({"anchor": raw})
@@ -40,3 +45,20 @@ def test_services_settings_are_found_in_order(tmp_path: Path) -> None:
     assert services_settings_path(cfg, env={"VILLAGE_SERVICES_SETTINGS": "/e.json"}) == Path("/e.json")
     explicit = config_from_mapping({"anchor": {"services_settings": "/x.json"}}, data_dir=tmp_path)
     assert services_settings_path(explicit, env={"VILLAGE_SERVICES_SETTINGS": "/e.json"}) == Path("/x.json")
+
+
+def test_the_shared_token_secret_is_read_never_made_and_must_be_private(tmp_path: Path) -> None:
+    path = tmp_path / "jwt.secret"
+    with pytest.raises(StartupError, match="does not exist; make it once"):
+        load_shared_secret(path)
+    assert not path.exists()  # each replica making its own would split the tokens
+    path.write_bytes(b"x" * 31)
+    path.chmod(0o600)
+    with pytest.raises(StartupError, match="holds 31 bytes; at least 32"):
+        load_shared_secret(path)
+    path.write_bytes(b"k" * 32)
+    path.chmod(0o644)
+    with pytest.raises(StartupError, match="chmod 600"):
+        load_shared_secret(path)
+    path.chmod(0o600)
+    assert load_shared_secret(path) == b"k" * 32

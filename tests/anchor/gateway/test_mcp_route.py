@@ -244,10 +244,14 @@ async def test_forget_erases_the_copy_in_the_other_store_and_a_stale_copy_is_war
 ) -> None:
     """With the memory local (the default), rows of this node's namespace left on the graph server by an earlier
     ``mcp_memory = "graph"`` are warned about at start and erased by `village memory forget` with the local file;
-    export names the store it exported."""
+    export names the store it exported and carries the other store's copy under ``other``."""
     gateway = await start_gateway()
     ns = f"mcp:{gateway.node.identity.peer_id_hex}"
-    stale = BoltMemoryStorage(services.graph.bolt_url, namespace=ns, key=bytes(32))
+    key = bytes(range(1, 33))
+    key_file = gateway.cfg.data_dir / "anchor" / "mcp-memory.key"  # the key the earlier setting made
+    key_file.write_bytes(key)
+    key_file.chmod(0o600)
+    stale = BoltMemoryStorage(services.graph.bolt_url, namespace=ns, key=key)
     await trio.to_thread.run_sync(KnowledgeGraph(stale, mcp_settings()).create_entities, [_ent("Old", "x", "left")])
     service = McpService(mcp_settings())
     with caplog.at_level(logging.WARNING, logger="village.mcp"):
@@ -259,6 +263,11 @@ async def test_forget_erases_the_copy_in_the_other_store_and_a_stale_copy_is_war
     await service.registry.call("create_entities", {"entities": [_ent("Ada")]}, caller=Caller("local", "t"))
     exported = await service.export()
     assert exported["store"] == "sqlite" and exported["knowledge_graph"]["entities"] == [_ent("Ada")]
+    assert exported["other"] == {  # review leftover: export covers the other store too
+        "store": "bolt",
+        "knowledge_graph": {"entities": [_ent("Old", "x", "left")], "relations": []},
+        "refused": 0,
+    }
     erased = await service.forget()
     assert erased["knowledge_graph"] == {"entities": 1, "relations": 0}
     assert erased["other"] == {"store": "bolt", "rows": 1}

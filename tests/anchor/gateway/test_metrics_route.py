@@ -40,4 +40,6 @@ async def test_metrics_need_the_metrics_scope_and_carry_node_and_gateway_counter
     assert "village_rag_documents" not in found and "village_rag_chunks" not in found
     refusals = {s.labels["status"]: s.value for s in samples(r.text) if s.name == "village_gateway_refusals_total"}
     assert refusals["401"] >= 2 and refusals["403"] >= 1
+    queue = {s.labels["outcome"] for s in samples(r.text) if s.name == "village_gateway_queue_total"}
+    assert {"accepted", "claimed", "in_doubt"} <= queue  # the consumer's outcomes (replicas: claims)
     assert [a.action for a in await gateway.audit_of(key_id)] == ["auth.token"]  # a scrape is a read

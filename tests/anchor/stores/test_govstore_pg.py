@@ -17,12 +17,10 @@ import trio.testing
 from anchor.stores.govstore_pg import GovStoreService, PgGovStore
 from node.agents.errors import GovernanceError
 from node.agents.governance import (
-    MEMBERSHIP_ROUND,
     Action,
     ActionKind,
     Electorate,
     Evidence,
-    Governance,
     Value,
     Voter,
     VoteType,
@@ -33,42 +31,18 @@ from node.agents.govsettings import GovernanceSettings
 from node.agents.village import VillageGovernance
 from node.agents.vote import ProposeParams, village_propose
 from node.transports.ble.settings import BleSection
+from tests.agents.govstore_scenario import certify_admit_and_config
 from tests.routing.harness import start_mesh
 
 NS = "village-pg"
 
 
 def test_restart_restores_state_evidence_and_own_signatures(pg_dsn: str) -> None:
-    ks = [nacl.signing.SigningKey(bytes([i + 1]) * 32) for i in range(4)]
-    genesis = Electorate.of(0, {bytes(k.verify_key): 1 for k in ks})
-    me = bytes(ks[0].verify_key)
+    me = bytes(nacl.signing.SigningKey(bytes([1]) * 32).verify_key)  # member 0 of the scenario
     store = PgGovStore(pg_dsn, NS, me)
-    store.init(NS, genesis)
-    gov = Governance(NS, genesis)
-    voters = [Voter(k, gov) for k in ks]
-    newcomer = nacl.signing.SigningKey(b"\x33" * 32)
-    admit = make_proposal(
-        NS,
-        0,
-        MEMBERSHIP_ROUND,
-        Action(ActionKind.ADMIT, bytes(newcomer.verify_key).hex(), 1),
-        expires_at_ms=10_000,
-        signer=ks[0],
-    )
-    cfg = make_proposal(NS, 0, 0, Action(ActionKind.CONFIG, "x", 1), expires_at_ms=10_000, signer=ks[0])
-    for p in (admit, cfg):
-        assert gov.add_proposal(p, 0)
-        store.save_proposal(p)
-        for step in ("pre", "commit"):
-            for v in voters:
-                vote = v.on_proposal(p, 1) if step == "pre" else v.maybe_precommit(p.epoch, p.round, 1)
-                assert vote is not None
-                if v is voters[0]:
-                    store.save_signed(vote)
-                r = gov.receive_vote(vote, 1)
-                store.save_vote(vote)
-                if r.certificate:
-                    store.save_certificate(r.certificate)
+    run = certify_admit_and_config(store, NS)
+    ks, genesis, gov, cfg = run.keys, run.genesis, run.gov, run.cfg
+    assert me == bytes(ks[0].verify_key)
     bad = sign_vote(ks[3], NS, 0, cfg.hash, cfg.round, VoteType.PREVOTE, Value.NO)
     ev = gov.receive_vote(bad, 1).evidence
     assert isinstance(ev, Evidence)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,9 +17,10 @@ import neo4j
 import pytest
 import trio
 
-from anchor.mcp_memory import BoltMemoryStorage
+from anchor.mcp_memory import BoltMemoryStorage, storage_factory
 from anchor.services_settings import ServiceSettings
 from anchor.stores.errors import StoreUnavailable
+from anchor.stores.graph import CONNECT_ATTEMPTS
 from node.mcp.graph import Changes, Entity, KnowledgeGraph
 from tests.anchor.gateway.proxy import TcpProxy
 from tests.mcp.helpers import mcp_settings
@@ -39,11 +41,28 @@ def storage(services: ServiceSettings, ns: str, url: str | None = None, key: byt
     return BoltMemoryStorage(url or services.graph.bolt_url, namespace=ns, key=key, timeout_s=2.0)
 
 
+def cypher(services: ServiceSettings, query: str, params: dict[str, object]) -> list[dict[str, object]]:
+    """One statement over a fresh connection, as another client of the server would run it. FalkorDB stalls the
+    first new connection after any connection closed: a short connect timeout and a retry, as the storage does."""
+    for attempt in range(CONNECT_ATTEMPTS):
+        try:
+            with (
+                neo4j.GraphDatabase.driver(
+                    services.graph.bolt_url, auth=None, connection_timeout=1.0, connection_acquisition_timeout=2.0
+                ) as driver,
+                driver.session() as session,
+            ):
+                return [dict(r) for r in session.run(query, params)]
+        except neo4j.exceptions.ServiceUnavailable:
+            if attempt == CONNECT_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def raw_rows(services: ServiceSettings, ns: str) -> list[dict[str, object]]:
     """Every property of this namespace's nodes as the server holds them (what anyone who reaches it reads)."""
-    with neo4j.GraphDatabase.driver(services.graph.bolt_url, auth=None) as driver, driver.session() as session:
-        q = "MATCH (n) WHERE (n:McpEntity OR n:McpRelation) AND n.ns = $ns RETURN properties(n) AS p"
-        return [dict(r["p"]) for r in session.run(q, {"ns": ns})]
+    q = "MATCH (n) WHERE (n:McpEntity OR n:McpRelation) AND n.ns = $ns RETURN properties(n) AS p"
+    return [dict(r["p"]) for r in cypher(services, q, {"ns": ns})]  # type: ignore[call-overload]
 
 
 def test_the_server_holds_only_ciphertext_and_planted_rows_are_not_loaded(
@@ -182,3 +201,81 @@ def test_the_memory_is_local_by_default_and_never_sent_over_plaintext_bolt_off_t
     with pytest.raises(StartupError, match=r"anchor\.mcp_memory.*not on loopback"):
         gw.mcp_memory_storage(node(AnchorSection(mcp_memory="graph")))
     assert not (data / "anchor" / "mcp-memory.key").exists()  # refused before a key was made
+
+
+def plant_legacy_rows(services: ServiceSettings, ns: str) -> None:
+    """Rows as the unreleased plaintext version wrote them (name/type in the clear, unsealed base64 JSON data),
+    one reusing the id a sealed entity has now."""
+
+    def b64(value: object) -> str:
+        return base64.b64encode(json.dumps(value).encode()).decode()
+
+    cypher(
+        services,
+        "CREATE (:McpEntity {ns: $ns, id: 1, name: 'Old', entityType: 'diary', data: $d})",
+        {"ns": ns, "d": b64(["Old", "diary", ["my old PIN 1234"]])},
+    )
+    cypher(
+        services,
+        "CREATE (:McpRelation {ns: $ns, id: 9, `from`: 'Old', to: 'Ada', relationType: 'owes', data: $d})",
+        {"ns": ns, "d": b64(["Old", "Ada", "owes"])},
+    )
+
+
+def test_legacy_plaintext_rows_are_never_served_and_purge_legacy_deletes_only_them(
+    services: ServiceSettings, graph_ns: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review leftover: rows an unreleased version wrote in the clear stay on the server. They are skipped and
+    counted at every load (never served, even where a new row reuses their id), logged once by the anchor's
+    factory, not migrated in place, and `village memory purge-legacy` deletes them with one query per label,
+    keeping every sealed row."""
+    g = KnowledgeGraph(storage(services, graph_ns), mcp_settings())
+    g.create_entities([ent("Ada", "person", "x")])
+    g.create_relations([rel("Ada", "Bob")])
+    sealed = g.read_graph()
+    plant_legacy_rows(services, graph_ns)
+    factory = storage_factory(services.graph.bolt_url, namespace=graph_ns, key=KEY, timeout_s=2.0)
+    with caplog.at_level(logging.WARNING, logger="village.anchor.mcp_memory"):
+        first = KnowledgeGraph(factory(), mcp_settings())
+        second = KnowledgeGraph(factory(), mcp_settings())  # a reload (e.g. after an abandoned call)
+    for kg in (first, second):
+        assert kg.read_graph() == sealed and kg.search_nodes("PIN") == {"entities": [], "relations": []}
+        assert kg.stats()["refused"] == 2
+        assert isinstance(kg.storage, BoltMemoryStorage) and kg.storage.legacy == 2
+    assert caplog.text.count("old plaintext format") == 1 and "purge-legacy" in caplog.text
+    assert first.purge_legacy() == {"entities": 1, "relations": 1}
+    rows = raw_rows(services, graph_ns)
+    assert len(rows) == 2 and all(set(r) == {"ns", "id", "data"} for r in rows)  # the sealed rows, untouched
+    assert first.purge_legacy() == {"entities": 0, "relations": 0}
+    fresh = KnowledgeGraph(storage(services, graph_ns), mcp_settings())
+    assert fresh.read_graph() == sealed and fresh.stats()["refused"] == 0
+    fresh.forget()
+    for kg in (g, first, second, fresh):  # closed last: FalkorDB stalls the next new connection after a close
+        kg.close()
+
+
+def test_a_memory_key_of_the_wrong_length_stops_the_start_naming_the_file(
+    services: ServiceSettings, tmp_path: Path
+) -> None:
+    """Review leftover: a key file longer than 32 bytes was accepted at start and then failed every memory call;
+    now the start is refused with the file named (a shorter one was refused already)."""
+    from anchor.run import GatewayService
+    from anchor.settings import AnchorSection
+    from node.errors import StartupError
+    from node.identity import create_identity
+    from node.settings import Config
+
+    data = tmp_path / "data"
+    (data / "anchor").mkdir(mode=0o700, parents=True)
+    (data / "services.json").write_text(json.dumps(dataclasses.asdict(services)))
+    (data / "services.json").chmod(0o600)
+    key_file = data / "anchor" / "mcp-memory.key"
+    key_file.write_bytes(bytes(40))
+    key_file.chmod(0o600)
+    ident = create_identity(data)
+    node = SimpleNamespace(config=Config(data_dir=data, anchor=AnchorSection(mcp_memory="graph")), identity=ident)
+    with pytest.raises(StartupError, match=r"anchor\.mcp_memory.*mcp-memory\.key holds 40 bytes, not 32"):
+        GatewayService().mcp_memory_storage(node)  # type: ignore[arg-type]
+    key_file.write_bytes(bytes(range(32)))
+    factory = GatewayService().mcp_memory_storage(node)  # type: ignore[arg-type]
+    assert factory is not None and factory.kwargs["key"] == bytes(range(32))

@@ -1,0 +1,59 @@
+"""The Oracle's series survive a restart: saved 0600 and atomically, read back leniently and bounded."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from node.agents.forecast import MAX_SAMPLES, trend
+from node.agents.worktools import MAX_SERIES_FILE_BYTES, NodeMetrics
+
+NOW_S = 1_700_000_000.0
+
+
+def test_series_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "agents" / "series.json"
+    before = NodeMetrics(path)
+    for i in range(10):
+        before.series["outbox_pending"].add(NOW_S + 30 * i, 20 - 2 * i)
+    before.save()
+    assert path.stat().st_mode & 0o777 == 0o600
+    after = NodeMetrics(path)
+    after.load(NOW_S + 400)
+    assert list(after.series["outbox_pending"].samples) == list(before.series["outbox_pending"].samples)
+    assert after.skipped == 0
+    # the Oracle's method sees the old samples: the queue drains 2 per 30 s
+    t = trend(after.series["outbox_pending"].last(120))
+    assert t is not None and math.isclose(t.slope_per_s, -2 / 30, rel_tol=1e-6)
+
+
+def test_hostile_or_broken_rows_are_skipped_and_counted(tmp_path: Path) -> None:
+    path = tmp_path / "series.json"
+    rows = [[NOW_S, 1], [NOW_S + 30, "x"], [NOW_S + 60, 3, 4], [NOW_S + 90, 1e400], [NOW_S - 10, 5], [True, 1]]
+    rows += [[NOW_S + 120, 7], [NOW_S + 10**6, 9]]  # the last one lies in the future
+    path.write_text(json.dumps({"version": 1, "series": {"peers": rows, "secret_metric": [[NOW_S, 1]], "routes": 3}}))
+    m = NodeMetrics(path)
+    m.load(NOW_S + 200)
+    assert list(m.series["peers"].samples) == [(NOW_S, 1.0), (NOW_S + 120, 7.0)]
+    assert m.skipped == 6 + 1 + 1  # six bad rows, one unknown metric, one series that is not a list
+
+
+def test_each_series_keeps_the_newest_bound(tmp_path: Path) -> None:
+    path = tmp_path / "series.json"
+    rows = [[NOW_S + i, i] for i in range(MAX_SAMPLES + 500)]
+    path.write_text(json.dumps({"version": 1, "series": {"routes": rows}}))
+    m = NodeMetrics(path)
+    m.load(NOW_S + MAX_SAMPLES + 500)
+    s = list(m.series["routes"].samples)
+    assert len(s) == MAX_SAMPLES and s[-1] == (NOW_S + MAX_SAMPLES + 499, MAX_SAMPLES + 499.0)
+
+
+def test_unreadable_or_oversized_file_is_moved_aside(tmp_path: Path) -> None:
+    for body in (b"{not json", b"[1, 2]", b" " * (MAX_SERIES_FILE_BYTES + 1)):
+        path = tmp_path / "series.json"
+        path.write_bytes(body)
+        m = NodeMetrics(path)
+        m.load(NOW_S)  # never raises: the node still starts
+        assert not path.exists() and (tmp_path / "series.json.bad").read_bytes() == body
+        assert m.skipped == 1 and all(not s.samples for s in m.series.values())
