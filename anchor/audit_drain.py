@@ -1,18 +1,36 @@
-"""Audit records kept in Redis, drained to PostgreSQL's ``audit_log`` in batches.
+"""Audit records kept in Redis, drained to PostgreSQL's ``audit_log`` in batches; messages handed to the node only
+after their audit row committed.
 
-``POST /v1/messages`` writes its audit record to the Redis stream ``aiv:audit:<database>`` (one per PostgreSQL
-database name: the gateways of one anchor share it, anchors that share a Redis but not a database do not) in the
-same atomic script that takes its rate-limit tokens and queues the message
-(:meth:`anchor.stores.redis_store.RedisStore.send_audited`): the record exists, in Redis's append-only file, before
-the message can reach the node, and no message exists without it. This task moves the records to PostgreSQL: every
-gateway sharing the Redis runs one, as a consumer of the one group ``audit-drain``, so each record is inserted by
-one of them. Delivery is at least once: a record is acknowledged (and deleted from the stream) only after the
-transaction that inserted it committed, and the insert is idempotent by the record's event ID (made at the gateway),
-so a drain that dies between the two leaves a record another drain (or its own next start) inserts again without a
-duplicate row. A drain's unacknowledged records are claimed by any other drain after ``claim_idle_s``.
+``POST /v1/messages`` writes its audit record to the Redis stream ``aiv:audit:<server>:<database>`` (one per
+PostgreSQL database, the server named by its system identifier: the gateways of one anchor share it, anchors that
+share a Redis but not a database do not) in the
+same atomic script that takes its rate-limit tokens and writes the message's status record
+(:meth:`anchor.stores.redis_store.RedisStore.send_audited`); the record carries the message. This task moves the
+records to PostgreSQL and, once a batch's transaction committed, appends the messages they carry to the node's
+stream and acknowledges the records in one atomic Redis step (:meth:`RedisStore.audit_handover`). So a message
+takes effect only after its audit row is durable in PostgreSQL, whatever Redis's durability (``appendfsync
+everysec``, no append-only file, an asynchronous replica promoted): losing Redis's last second can lose an
+accepted message (its status then unknown), never an audit row of a message the node sent. The 202 stays fast;
+delivery waits for the drain (a batch every few milliseconds under load).
 
-While PostgreSQL is down the records wait in Redis (bounded by ``[anchor] audit_backlog_max``; beyond it
-``POST /v1/messages`` answers 503) and the drain retries every ``RETRY_S``.
+Every gateway sharing the Redis runs one drain, as a consumer of the one group ``audit-drain``, so each record is
+inserted by one of them. Delivery is at least once: a record is acknowledged (and deleted from the stream) only
+after the transaction that inserted it committed, and the insert is idempotent by the record's event ID (made at
+the gateway), so a drain that dies between the two leaves a record another drain (or its own next start)
+inserts again without a duplicate row, and hands its message over once (the hand-over and the acknowledgement
+are one step). A drain's unacknowledged records are claimed by any other drain after ``claim_idle_s``.
+
+Hostile or broken entries (anyone with access to Redis can write one) cost nothing but themselves: every field is
+checked before the insert, a batch PostgreSQL refuses is retried record by record, and a record still refused for
+what it holds (a data or constraint error) goes to the bounded dead-letter stream
+``aiv:audit:<server>:<database>:dead`` (logged, counted; its message is never sent). A refusal for the server's own
+state (a missing table, a permission) moves nothing: the records wait and are retried. No error ends the drain.
+
+While PostgreSQL is down the records — and the messages they carry — wait in Redis (bounded by ``[anchor]
+audit_backlog_max`` and ``queue_max``; beyond them ``POST /v1/messages`` answers 503) and the drain retries every
+``RETRY_S``. Requests are accepted during an outage only while the sending key's state is cached in Redis (``[anchor]
+key_cache_ttl_s``, 10 s by default, not refreshed while PostgreSQL is down): after that they answer 503
+``store_unavailable`` until PostgreSQL is back.
 """
 
 from __future__ import annotations
@@ -22,10 +40,11 @@ import logging
 import os
 import secrets
 
+import psycopg
 import trio
 
 from anchor.stores.errors import StoreError, StoreUnavailable
-from anchor.stores.postgres import PostgresStore
+from anchor.stores.postgres import MAX_TEXT, PostgresStore
 from anchor.stores.redis_store import RedisStore, StreamEntry
 
 log = logging.getLogger("village.anchor.audit")
@@ -38,9 +57,17 @@ PRUNE_IDLE_MS = 24 * 3600 * 1000  # consumers (past drain runs) idle this long a
 LINGER_S = 0.05  # after a part batch, wait this long for more (fewer, larger transactions under load)
 
 
-def audit_stream(database: str) -> str:
-    """The audit stream's name for a PostgreSQL database (the Redis key is ``aiv:audit:<database>``)."""
-    return f"audit:{database}"
+def audit_stream(system_identifier: str, database: str) -> str:
+    """The audit stream's name for a PostgreSQL database: the Redis key is ``aiv:audit:<server>:<database>``, the
+    server named by its system identifier (:meth:`PostgresStore.system_identifier`), so the gateways of one anchor
+    (one database) share it and anchors on different servers sharing one Redis never mix their records, even with
+    the same database name."""
+    return f"audit:{system_identifier}:{database}"
+
+
+async def audit_stream_of(postgres: PostgresStore) -> str:
+    """:func:`audit_stream` of the database behind ``postgres`` (StoreUnavailable while it is down)."""
+    return audit_stream(await postgres.system_identifier(), postgres.database)
 
 
 def consumer_name(peer_id_hex: str) -> str:
@@ -48,22 +75,81 @@ def consumer_name(peer_id_hex: str) -> str:
     return f"{peer_id_hex[:16]}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def _record(entry: StreamEntry) -> tuple[str, int, str, str, str, str] | None:
-    f = entry.fields
-    try:
-        row = (
-            f["eid"].decode(),
-            int(f["at_ms"]),
-            f["actor"].decode(),
-            f["action"].decode(),
-            f["target"].decode(),
-            f["detail"].decode(),
-        )
-        if not isinstance(json.loads(row[5]), dict):
-            return None
-    except (KeyError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+AT_MS_MAX = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: PostgreSQL's timestamps hold it, Python's datetime too
+DETAIL_MAX_BYTES = 65_536
+STREAM_NAME_MAX = 256
+DEAD_MAX = 10_000  # entries kept in the dead-letter stream (approximately: the oldest are trimmed)
+
+Row = tuple[str, int, str, str, str, str]
+
+
+def _text_field(fields: dict[str, bytes], name: str) -> str | None:
+    raw = fields.get(name)
+    if raw is None or not 1 <= len(raw) <= 4 * MAX_TEXT:
         return None
-    return row
+    try:
+        value = raw.decode()
+    except UnicodeDecodeError:
+        return None
+    return value if len(value) <= MAX_TEXT and "\x00" not in value else None
+
+
+def _no_nul(value: object) -> bool:
+    """No NUL in any string of a parsed JSON value (PostgreSQL's jsonb refuses \\u0000)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
+
+
+def _record(entry: StreamEntry) -> Row | None:
+    """The audit row of a stream entry, or None when it is not one a gateway writes: every field checked so that
+    PostgreSQL accepts the row (texts within MAX_TEXT without NUL, a time between 1970 and 9999, a JSON object
+    without NUL as detail)."""
+    f = entry.fields
+    eid, actor, action, target = (_text_field(f, name) for name in ("eid", "actor", "action", "target"))
+    if eid is None or actor is None or action is None or target is None:
+        return None
+    at_raw, detail_raw = f.get("at_ms", b""), f.get("detail", b"")
+    if not (1 <= len(at_raw) <= 16 and at_raw.isdigit()) or len(detail_raw) > DETAIL_MAX_BYTES:
+        return None
+    at_ms = int(at_raw)
+    if at_ms > AT_MS_MAX:
+        return None
+    try:
+        detail = detail_raw.decode()
+        parsed = json.loads(detail)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None
+    if not isinstance(parsed, dict) or not _no_nul(parsed):
+        return None
+    return (eid, at_ms, actor, action, target, detail)
+
+
+def _refused_for_good(exc: StoreError) -> bool:
+    """Whether PostgreSQL refused a row for what it holds (a data or constraint error, or the store's own check),
+    rather than for its own state (a missing table, permissions, ...): only such a row is dead-lettered."""
+    cause = exc.__cause__
+    return cause is None or isinstance(cause, (psycopg.DataError, psycopg.IntegrityError))
+
+
+def _handover(entry: StreamEntry) -> tuple[str, bytes] | None:
+    """The message an audit entry carries for the node (its stream's name, its payload), if any."""
+    target, payload = entry.fields.get("q"), entry.fields.get("m")
+    if target is None or payload is None:
+        return None
+    name = target.decode(errors="replace")
+    if not (name.startswith("messages:") and len(name) <= STREAM_NAME_MAX):
+        return None  # written by no gateway: the record is kept, no message goes anywhere else
+    return name, payload
 
 
 class AuditDrain:
@@ -77,46 +163,93 @@ class AuditDrain:
         block_ms: int = BLOCK_MS,
         batch: int = BATCH,
         linger_s: float = LINGER_S,
+        dead_max: int = DEAD_MAX,
+        stream: str = "",
     ) -> None:
         self.redis = redis
         self.postgres = postgres
-        self.stream = audit_stream(postgres.database)
+        self.stream = stream  # audit_stream_of(postgres); "": named once PostgreSQL answers
         self.consumer = consumer
         self.claim_idle_ms = max(1, int(claim_idle_s * 1000))
         self.block_ms = block_ms
         self.batch = batch
         self.linger_s = linger_s
-        self.counters: dict[str, int] = {"drained": 0, "duplicates": 0, "malformed": 0, "batches": 0}
+        self.dead_max = dead_max
+        self.counters: dict[str, int] = {
+            "drained": 0,
+            "duplicates": 0,
+            "malformed": 0,  # not written by a gateway: moved to the dead-letter stream
+            "refused": 0,  # PostgreSQL refused the row: moved to the dead-letter stream
+            "handed_over": 0,  # messages given to the node's stream once their audit row committed
+            "batches": 0,
+            "errors": 0,  # unexpected failures of a drain step (logged; retried after RETRY_S)
+        }
 
     async def drain_once(self, *, block_ms: int = 0) -> int:
-        """One batch: claim or read up to ``batch`` records, insert them, acknowledge them; how many were read
-        (0: nothing waiting). StoreUnavailable / StoreError propagate (nothing acknowledged then)."""
+        """One batch: claim or read up to ``batch`` records, insert them, then hand the messages they carry to
+        the node's streams and acknowledge them in one atomic Redis step; how many were read (0: nothing
+        waiting). A record PostgreSQL refuses (or not written by a gateway) goes to the dead-letter stream
+        ``<stream>:dead``, its message to no one. StoreUnavailable propagates (nothing acknowledged then)."""
+        if not self.stream:
+            self.stream = await audit_stream_of(self.postgres)
         entries = await self.redis.audit_entries(
             self.stream, GROUP, self.consumer, count=self.batch, block_ms=block_ms, claim_idle_ms=self.claim_idle_ms
         )
         if not entries:
             return 0
-        rows = []
+        good: list[tuple[StreamEntry, Row]] = []
+        dead: list[StreamEntry] = []
         for entry in entries:
             row = _record(entry)
-            if row is None:  # not written by a gateway: kept out of the log, said once in ours
+            if row is None:
                 self.counters["malformed"] += 1
-                log.warning("audit drain: dropped malformed entry %s", entry.id)
+                log.warning(
+                    "audit drain: entry %s is not a gateway's audit record; moved to %s:dead", entry.id, self.stream
+                )
+                dead.append(entry)
             else:
-                rows.append(row)
-        new = await self.postgres.audit_drained(rows)
-        await self.redis.audit_ack(self.stream, GROUP, [e.id for e in entries])
+                good.append((entry, row))
+        try:
+            new = await self.postgres.audit_drained([row for _entry, row in good])
+        except StoreUnavailable:
+            raise
+        except StoreError as exc:  # one row PostgreSQL refuses must not hold back the others: one by one
+            log.warning("audit drain: PostgreSQL refused a batch (%s); inserting its records one by one", exc)
+            new, kept = 0, []
+            for entry, row in good:
+                try:
+                    new += await self.postgres.audit_drained([row])
+                except StoreUnavailable:
+                    raise
+                except StoreError as one:
+                    if not _refused_for_good(one):  # the server's trouble, not the row's: retried later, kept
+                        raise
+                    self.counters["refused"] += 1
+                    log.warning(
+                        "audit drain: PostgreSQL refused entry %s (%s); moved to %s:dead", entry.id, one, self.stream
+                    )
+                    dead.append(entry)
+                else:
+                    kept.append((entry, row))
+            good = kept
+        await self.redis.audit_dead_letter(self.stream, GROUP, dead, maxlen=self.dead_max)
+        handovers = [h for h in (_handover(entry) for entry, _row in good) if h is not None]
+        await self.redis.audit_handover(self.stream, GROUP, [entry.id for entry, _row in good], handovers)
         self.counters["drained"] += new
-        self.counters["duplicates"] += len(rows) - new
+        self.counters["duplicates"] += len(good) - new
+        self.counters["handed_over"] += len(handovers)
         self.counters["batches"] += 1
         return len(entries)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Drain until cancelled; store outages are waited out."""
+        """Drain until cancelled; store outages are waited out, and no error ends it (the gateway's nursery, and
+        so the node, must not stop because of what some entry holds)."""
         task_status.started()
         warned = False
         while True:
             try:
+                if not self.stream:
+                    self.stream = await audit_stream_of(self.postgres)
                 await self.redis.audit_ensure_group(self.stream, GROUP)
                 await self.redis.audit_prune_consumers(self.stream, GROUP, idle_ms=PRUNE_IDLE_MS, keep=self.consumer)
                 if not warned:
@@ -132,6 +265,9 @@ class AuditDrain:
             except StoreError as exc:
                 if not isinstance(exc, StoreUnavailable):  # that one the store logs, once per outage
                     log.warning("audit drain: %s; retrying in %g s", exc, RETRY_S)
+            except Exception:  # a bug, or an entry nobody foresaw: logged, counted, retried; never fatal
+                self.counters["errors"] += 1
+                log.exception("audit drain: unexpected error; retrying in %g s", RETRY_S)
             await trio.sleep(RETRY_S)
 
     async def flush(self, *, timeout_s: float) -> bool:
@@ -142,5 +278,8 @@ class AuditDrain:
                     pass
                 return True
             except StoreError:
+                return False
+            except Exception:  # at stop: what is left waits for the next start
+                log.exception("audit drain: flush stopped")
                 return False
         return False

@@ -1,13 +1,15 @@
 """The queue between the gateway and the node: a Redis Stream per node, read by one consumer group.
 
 ``POST /v1/messages`` checks the message (the node's own rules: peer, length, queue limits), then
-:meth:`MessageQueue.put_audited` writes its audit record to the audit stream (:mod:`anchor.audit_drain`) and appends
-the message to the stream together with a status record (one atomic Redis script, which on the common path also
-takes the rate-limit tokens) under an ID made at the gateway, and answers 202 with that ID. :meth:`MessageQueue.run`
-(a task in ``run_anchor``'s nursery) reads the stream as consumer ``node`` of group ``node`` and hands each entry to
-the node — ``Node.send_private(..., message_id=ID)`` (so the client's ID is the mesh message ID, and the outbox, on
-disk before the call returns, refuses a second copy) or ``Node.broadcast`` — and only then updates the status
-record, acknowledges and deletes the entry (again one atomic script).
+:meth:`MessageQueue.put_audited` writes its audit record, carrying the message, to the audit stream
+(:mod:`anchor.audit_drain`) together with a status record (one atomic Redis script, which on the common path also
+takes the rate-limit tokens) under an ID made at the gateway, and answers 202 with that ID. The audit drain
+appends the message to this stream only after its audit row committed in PostgreSQL, so everything read here is
+audited durably. :meth:`MessageQueue.run` (a task in ``run_anchor``'s nursery) reads the stream as consumer
+``node`` of group ``node`` and hands each entry to the node — ``Node.send_private(..., message_id=ID)`` (so the
+client's ID is the mesh message ID, and the outbox, on disk before the call returns, refuses a second copy) or
+``Node.broadcast`` — and only then updates the status record, acknowledges and deletes the entry (again one
+atomic script).
 
 Crash safety: an entry read but not acknowledged stays in the group's pending list; at every (re)start and after
 every store error the consumer first re-reads its pending entries. A private message found there is in the
@@ -99,7 +101,7 @@ class MessageQueue:
         max_backlog: int,
         block_ms: int,
         max_audit_backlog: int = 100_000,
-        audit_stream: str = "audit:",
+        audit_stream: str = "",
         cluster: str = "",
         claim_idle_s: float = 30.0,
     ) -> None:
@@ -107,7 +109,7 @@ class MessageQueue:
         self.node = node
         self.max_backlog = max_backlog
         self.max_audit_backlog = max_audit_backlog
-        self.audit_stream = audit_stream  # anchor.audit_drain.audit_stream(<the PostgreSQL database>)
+        self.audit_stream = audit_stream  # anchor.audit_drain.audit_stream_of(<PostgreSQL>); "": not known yet
         self.block_ms = block_ms
         self.cluster = cluster
         self.claim_idle_ms = max(1, int(claim_idle_s * 1000))
@@ -152,11 +154,14 @@ class MessageQueue:
         key_bucket: tuple[str, float, int] | None = None,
     ) -> SendOutcome:
         """Audit and queue a checked message in one atomic Redis step (:meth:`RedisStore.send_audited`): the
-        audit record goes to the audit stream (drained to PostgreSQL by :mod:`anchor.audit_drain`) before the
-        message exists. With ``key_cache`` / the buckets the same step checks the key's cached state and takes the
-        rate-limit tokens; the outcome says if it did not (``miss``, ``ip``, ``key``). QueueFull when the backlog
-        is full (audited, not queued), AuditBacklogFull when too many audit records wait for PostgreSQL (nothing
-        written), StoreUnavailable when Redis is down."""
+        audit record, carrying the message, goes to the audit stream; :mod:`anchor.audit_drain` hands the message
+        to this queue's stream once the record committed in PostgreSQL. With ``key_cache`` / the buckets the same
+        step checks the key's cached state and takes the rate-limit tokens; the outcome says if it did not
+        (``miss``, ``ip``, ``key``). QueueFull when the backlog is full (messages waiting for their audit row or
+        for the node; audited, not queued), AuditBacklogFull when too many audit records wait for PostgreSQL (the
+        tokens are spent, nothing written), StoreUnavailable when Redis is down."""
+        if not self.audit_stream:  # named after the PostgreSQL server, which has not answered since the start
+            raise StoreUnavailable("postgres", "not reached since the gateway started")
         status = {"state": "queued", "to": message.to or "", "key": message.key_id, "detail": "", "mesh_id": ""}
         outcome = await self.redis.send_audited(
             audit_stream=self.audit_stream,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
-from anchor.audit_drain import AuditDrain, audit_stream, consumer_name
+from anchor.audit_drain import RETRY_S, AuditDrain, audit_stream_of, consumer_name
 from anchor.gateway.app import GatewayContext, build_app
 from anchor.gateway.auth import TokenIssuer, load_or_create_secret, load_shared_secret
 from anchor.gateway.forwarded import TrustedProxies
@@ -36,7 +36,7 @@ from anchor.mcp_memory import storage_factory as memory_storage_factory
 from anchor.queue import MessageQueue
 from anchor.services_settings import ServicesError, ServiceSettings, load_settings, settings_path
 from anchor.settings import AnchorSection, parse_networks
-from anchor.stores.errors import StoreError
+from anchor.stores.errors import StoreError, StoreUnavailable
 from anchor.stores.graph import GraphStore
 from anchor.stores.postgres import PostgresStore
 from anchor.stores.redis_store import RedisStore
@@ -118,8 +118,9 @@ class GatewayService:
 
     ``mailbox`` answers ``GET /v1/mailbox`` (default: the node's ``mailbox-server`` service, with ``mailbox.serve``);
     ``consume_queue`` False leaves queued messages in Redis (tests stop an anchor between a 202 and its
-    consumption); ``drain_audit`` False leaves the audit records of sent messages in Redis (tests show they reach
-    PostgreSQL later, through another drain). :attr:`urls` are the gateway's once started.
+    consumption); ``drain_audit`` False leaves the audit records of sent messages in Redis, and so the messages
+    undelivered (tests show they reach PostgreSQL, and then the node, later, through another drain). :attr:`urls`
+    are the gateway's once started.
 
     The audit drain (:mod:`anchor.audit_drain`) runs while the gateway does; at stop it gets one last bounded pass
     (whatever it leaves, the next start or another gateway's drain inserts)."""
@@ -218,7 +219,7 @@ class GatewayService:
                     max_backlog=anchor.queue_max,
                     block_ms=int(min(2000.0, anchor.store_timeout_s * 500)),
                     max_audit_backlog=anchor.audit_backlog_max,
-                    audit_stream=audit_stream(stores.postgres.database),
+                    audit_stream=await _audit_stream_or_empty(stores.postgres),
                     cluster=anchor.cluster,
                     claim_idle_s=anchor.claim_idle_s,
                 ),
@@ -230,6 +231,8 @@ class GatewayService:
                 claim_idle_s=anchor.audit_claim_idle_s,
                 block_ms=int(min(1000.0, anchor.store_timeout_s * 500)),
             )
+            if ctx.queue is not None and not ctx.queue.audit_stream:  # PostgreSQL down at start: named when it is up
+                nursery.start_soon(_name_audit_stream, ctx.queue, stores.postgres)
             stop = trio.Event()
             try:
                 app = build_app(ctx)
@@ -269,6 +272,23 @@ class GatewayService:
                 draining.cancel()
                 with trio.CancelScope(shield=True):  # the node cancels its services after its drain
                     await drain.flush(timeout_s=2 * anchor.store_timeout_s)
+
+
+async def _audit_stream_or_empty(postgres: PostgresStore) -> str:
+    try:
+        return await audit_stream_of(postgres)
+    except StoreUnavailable:
+        return ""
+
+
+async def _name_audit_stream(queue: MessageQueue, postgres: PostgresStore) -> None:
+    """Until PostgreSQL first answers, POST /v1/messages answers 503 (the audit stream is named after its server)."""
+    while True:
+        name = await _audit_stream_or_empty(postgres)
+        if name:
+            queue.audit_stream = name
+            return
+        await trio.sleep(RETRY_S)  # PostgreSQL is down: retried as the drain retries
 
 
 async def _drain_own_stream(cluster_queue: MessageQueue) -> None:

@@ -5,8 +5,9 @@ every request but health passes the per-IP token bucket first and, once authenti
 (Redis; 429 + ``Retry-After`` when empty). Every state change (token issued, message sent, key created or
 revoked, mailbox fetched) is written to the audit log before it takes effect, so a change the log cannot
 record does not happen: a store that is down gives 503 with a JSON body naming it. A message's audit record is
-written to Redis in the same atomic step that queues it and drained to PostgreSQL afterwards
-(:mod:`anchor.audit_drain`); the other records go to PostgreSQL directly.
+written to Redis in the same atomic step that accepts it and drained to PostgreSQL afterwards
+(:mod:`anchor.audit_drain`), which hands the message to the node only once the record committed there; the other
+records go to PostgreSQL directly.
 
 Routes: ``GET /v1/health``, ``POST /v1/auth/token``, ``GET /v1/node``, ``GET /v1/peers``,
 ``POST /v1/messages`` (audited and queued in one atomic Redis step, the audit record drained to PostgreSQL by
@@ -48,6 +49,7 @@ from anchor.gateway.auth import (
     narrow_scopes,
 )
 from anchor.gateway.errors import (
+    AuditBacklogFull,
     BodyTooLarge,
     Forbidden,
     GatewayError,
@@ -286,9 +288,18 @@ def error_response(exc: GatewayError) -> JSONResponse:
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
     if isinstance(exc, Unauthenticated):
         headers["WWW-Authenticate"] = 'Bearer realm="aivillage"'
-    if isinstance(exc, (NodeUnavailable, QueueFull)):
+    if isinstance(exc, (NodeUnavailable, QueueFull, AuditBacklogFull)):
         headers["Retry-After"] = "1"
     return JSONResponse({"error": exc.code, "detail": str(exc)}, exc.status, headers=headers)
+
+
+def store_error_response(ctx: GatewayContext, method: str, path: str, exc: StoreError) -> JSONResponse:
+    # The store answered but refused (a bug, or data it did not expect): logged with its reason, never sent.
+    log.error("%s %s: store error: %s", method, path, exc)
+    ctx.count("500")
+    return JSONResponse(
+        {"error": "store_error", "detail": "the anchor's store refused this request; the reason is logged"}, 500
+    )
 
 
 def unavailable_response(exc: StoreUnavailable) -> JSONResponse:
@@ -329,12 +340,7 @@ def build_app(ctx: GatewayContext) -> ASGIApp:
 
     @app.exception_handler(StoreError)
     async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
-        # The store answered but refused (a bug, or data it did not expect): logged with its reason, never sent.
-        log.error("%s %s: store error: %s", request.method, request.url.path, exc)
-        ctx.count("500")
-        return JSONResponse(
-            {"error": "store_error", "detail": "the anchor's store refused this request; the reason is logged"}, 500
-        )
+        return store_error_response(ctx, request.method, request.url.path, exc)
 
     @app.exception_handler(MeshError)
     async def _node_error(request: Request, exc: MeshError) -> JSONResponse:

@@ -8,6 +8,8 @@ the per-IP and per-key tokens, writes the audit record and queues the message in
 missing scope, a body the schema refuses, a message the node refuses, a key whose state is not cached as active —
 goes to the FastAPI route untouched (nothing was spent: the script changes nothing when the key is not cached), so
 refusals keep their order and their answers: per-IP limit, authentication, revocation, per-key limit, scope, body.
+So does a request with a repeated ``Authorization`` or ``Content-Type`` header (the route reads the first one; which
+one counts is its call). Store errors are answered as the route's handlers answer them (503 / 500 with JSON).
 With ``[anchor] key_cache_ttl_s = 0`` (no key cache) every request takes the FastAPI route.
 """
 
@@ -22,7 +24,7 @@ from anchor.gateway.auth import SCOPE_MESSAGES_SEND, bearer_token, ip_buckets
 from anchor.gateway.errors import GatewayError, RateLimited, Unauthenticated
 from anchor.gateway.stores_adapter import KEY_CACHE_PREFIX
 from anchor.queue import QueuedMessage, new_message_id
-from anchor.stores.errors import StoreUnavailable
+from anchor.stores.errors import StoreError, StoreUnavailable
 from anchor.stores.redis_store import AuditRecord
 from node.errors import MeshError
 
@@ -97,6 +99,11 @@ class FastSend:
             self.ctx.count("503")
             await unavailable_response(exc)(scope, receive, send)
             return
+        except StoreError as exc:  # Redis answered but refused (WRONGTYPE, OOM, READONLY): as the route answers it
+            from anchor.gateway.app import store_error_response
+
+            await store_error_response(self.ctx, scope["method"], PATH, exc)(scope, receive, send)
+            return
         if handled:
             return
         replayed = False
@@ -116,8 +123,12 @@ class FastSend:
         authorization = content_type = None
         for name, value in scope["headers"]:
             if name == b"authorization":
+                if authorization is not None:  # repeated: the route decides which counts (the first)
+                    return False
                 authorization = value
             elif name == b"content-type":
+                if content_type is not None:
+                    return False
                 content_type = value
         if authorization is None or content_type is None:
             return False

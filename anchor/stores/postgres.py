@@ -33,6 +33,7 @@ from anchor.stores._runner import BlockingRunner
 from anchor.stores.errors import MigrationError, StoreError, StoreUnavailable
 
 T = TypeVar("T")
+log = logging.getLogger("village.anchor.stores")
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _MAILBOX_LOCK_CLASS = 0x4D42  # pg_advisory_xact_lock(class, recipient prefix): one depositor per recipient at a time
@@ -162,6 +163,7 @@ class PostgresStore:
         logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
         self._migrated = False
         self._opened = False
+        self._system_identifier: str | None = None
 
     def _new_pool(self) -> psycopg_pool.ConnectionPool[psycopg.Connection[TupleRow]]:
         return psycopg_pool.ConnectionPool(
@@ -293,6 +295,26 @@ class PostgresStore:
     def database(self) -> str:
         """The database's name (from the DSN)."""
         return str(psycopg.conninfo.conninfo_to_dict(self._dsn).get("dbname") or "")
+
+    async def system_identifier(self) -> str:
+        """The server's system identifier (``pg_control_system()``: made at ``initdb``, the same on its physical
+        replicas, different on any other server), read once; "unknown" if the server will not say.
+        StoreUnavailable while the server is down."""
+        if self._system_identifier is None:
+
+            def work(conn: psycopg.Connection[TupleRow]) -> str:
+                row = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
+                return str(row[0]) if row else "unknown"
+
+            try:
+                found = await self._call(work)
+            except StoreUnavailable:
+                raise
+            except StoreError as exc:  # a hosted server may refuse the function
+                log.warning("PostgreSQL does not give its system identifier (%s): audit stream named by database", exc)
+                found = "unknown"
+            self._system_identifier = found
+        return self._system_identifier
 
     @property
     def down_reason(self) -> str | None:

@@ -135,14 +135,18 @@ return {'settled', state}
 #   the per-key bucket (or none).
 # ARGV: 1 check the key cache (0/1), 2 how many per-IP buckets, 3 per-key bucket (0/1), 4 audit backlog bound,
 #   5 message backlog bound, 6 status TTL ms, 7 payload, 8 audit event ID, 9 actor, 10 action, 11 target,
-#   12 detail (JSON), 13 how many status field/value items, then those items, then rate/burst of each bucket.
+#   12 detail (JSON), 13 how many status field/value items, then those items, then rate/burst of each bucket,
+#   then (last) the message stream's name (without the key prefix).
 # In the order the gateway has always checked: the key's cached state (not cached or not active: 'miss', nothing
 # spent, and the caller takes the slow path, which asks PostgreSQL), the per-IP buckets one after the other as the
 # route's dependency takes them (an IPv6 client's /64, then its /48; 'ip', wait), the per-key
-# bucket ('key', wait; the IP's tokens stay spent), the audit backlog ('audit_full'), then the audit record is
-# appended to the audit stream (drained to PostgreSQL by anchor.audit_drain) and only then the message and its
-# status record ('queue_full' when the message backlog is full: audited, not queued, as before). Redis runs a script
-# as one unit and its AOF records the script's writes together, so no message exists without its audit record.
+# bucket ('key', wait; the IP's tokens stay spent), the audit backlog ('audit_full': tokens spent, nothing written),
+# then the message backlog — messages waiting for their audit row plus those waiting for the node; 'queue_full':
+# the audit record is written without the message, as before). Otherwise the audit record is appended to the audit
+# stream WITH the message (fields q: its stream, m: its payload) and the status record is written ("queued"). The
+# message is not in the node's stream yet: the audit drain (anchor.audit_drain) appends it there only after the
+# audit row committed in PostgreSQL (``audit_handover``), so no message reaches the node before its audit row is
+# durable, whatever Redis's own durability (appendfsync, replicas).
 _SEND_LUA = (
     _BUCKETS_LUA
     + """
@@ -164,18 +168,41 @@ if n_key > 0 then
   local wait = take_buckets(5 + n_ip, 1, argi + 2 * n_ip, 1)
   if wait > 0 then return {'key', string.format('%.6f', wait)} end
 end
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[4]) then return {'audit_full'} end
+local audit_len = redis.call('XLEN', KEYS[1])
+if audit_len >= tonumber(ARGV[4]) then return {'audit_full'} end
 local t = redis.call('TIME')
 local at_ms = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-redis.call('XADD', KEYS[1], '*', 'eid', ARGV[8], 'at_ms', at_ms, 'actor', ARGV[9],
-  'action', ARGV[10], 'target', ARGV[11], 'detail', ARGV[12])
-if redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[5]) then return {'queue_full'} end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'm', ARGV[7])
+if redis.call('XLEN', KEYS[2]) + audit_len >= tonumber(ARGV[5]) then
+  redis.call('XADD', KEYS[1], '*', 'eid', ARGV[8], 'at_ms', at_ms, 'actor', ARGV[9],
+    'action', ARGV[10], 'target', ARGV[11], 'detail', ARGV[12])
+  return {'queue_full'}
+end
+local id = redis.call('XADD', KEYS[1], '*', 'eid', ARGV[8], 'at_ms', at_ms, 'actor', ARGV[9],
+  'action', ARGV[10], 'target', ARGV[11], 'detail', ARGV[12], 'q', ARGV[#ARGV], 'm', ARGV[7])
 redis.call('HSET', KEYS[3], unpack(ARGV, 14, 13 + n_status))
 redis.call('PEXPIRE', KEYS[3], ARGV[6])
 return {'ok', id}
 """
 )
+
+# After the audit drain committed a batch of audit rows in PostgreSQL: hand the messages they carry to the node's
+# streams and acknowledge + delete the audit entries, as one atomic step (a drain that dies before it redoes the
+# batch: the insert is idempotent, and this step runs once). KEYS: 1 audit stream, 2.. the message streams named
+# by the hand-overs. ARGV: 1 group, 2 how many entry IDs, then the IDs, then (KEYS index, payload) per hand-over.
+# The message streams are not trimmed here: the send script bounded what waits (audit + stream <= queue_max).
+_HANDOVER_LUA = """
+local n = tonumber(ARGV[2])
+local i = 3 + n
+while i < #ARGV do
+  redis.call('XADD', KEYS[tonumber(ARGV[i])], '*', 'm', ARGV[i + 1])
+  i = i + 2
+end
+if n > 0 then
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3, 2 + n))
+  redis.call('XDEL', KEYS[1], unpack(ARGV, 3, 2 + n))
+end
+return n
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,9 +219,10 @@ class AuditRecord:
 
 @dataclass(frozen=True, slots=True)
 class SendOutcome:
-    """What :meth:`RedisStore.send_audited` did: ``ok`` (audited and queued; ``entry_id``), ``miss`` (the key's
-    state is not cached as active: nothing written), ``ip`` / ``key`` (rate limited; ``retry_after_s``),
-    ``audit_full`` (nothing written) or ``queue_full`` (audited, not queued)."""
+    """What :meth:`RedisStore.send_audited` did: ``ok`` (the audit record, carrying the message, is written, and
+    the status record; ``entry_id`` is the audit entry's), ``miss`` (the key's state is not cached as active:
+    nothing written or spent), ``ip`` / ``key`` (rate limited; ``retry_after_s``), ``audit_full`` (the rate-limit
+    tokens are spent, nothing is written) or ``queue_full`` (tokens spent, audited, not queued)."""
 
     result: str
     entry_id: str = ""
@@ -236,6 +264,7 @@ class RedisStore:
         self._enqueue = self._client.register_script(_ENQUEUE_LUA)
         self._settle = self._client.register_script(_SETTLE_LUA)
         self._send = self._client.register_script(_SEND_LUA)
+        self._handover = self._client.register_script(_HANDOVER_LUA)
         self._begin = self._client.register_script(_BEGIN_LUA)
         self._runner = BlockingRunner(
             "redis",
@@ -437,8 +466,9 @@ class RedisStore:
         key_bucket: tuple[str, float, int] | None = None,
     ) -> SendOutcome:
         """Check the key's cached state (``key_cache``: a session ID; None: not checked), take a token from the
-        per-IP buckets then from the per-key bucket, append the audit record to ``audit_stream``, then the message
-        to ``stream`` with its status record: one atomic script, one round trip (see ``_SEND_LUA``)."""
+        per-IP buckets then from the per-key bucket, append the audit record carrying the message (for ``stream``)
+        to ``audit_stream`` and write the status record: one atomic script, one round trip (see ``_SEND_LUA``).
+        The message reaches ``stream`` only through :meth:`audit_handover`, after its audit row committed."""
         buckets = [*ip_buckets, *([key_bucket] if key_bucket is not None else [])]
         keys = [
             f"{KEY_PREFIX}{audit_stream}",
@@ -468,6 +498,7 @@ class RedisStore:
                 raise StoreError(f"bucket {name!r}: rate_per_s > 0 and burst >= 1 required")
             keys.append(f"{KEY_PREFIX}rl:{name}")
             args += [repr(float(rate_per_s)), burst]
+        args.append(stream)
         raw: Any = await self._call(lambda: self._send(keys=keys, args=args))
         result = _text(raw[0])
         if result == "ok":
@@ -503,7 +534,7 @@ class RedisStore:
             for entry_id, fields in items:
                 if fields is None:
                     continue
-                entries.append(StreamEntry(_text(entry_id), {_text(k): bytes(v) for k, v in fields.items()}))
+                entries.append(StreamEntry(_text(entry_id), {_field_name(k): bytes(v) for k, v in fields.items()}))
         return entries
 
     async def audit_ensure_group(self, stream: str, group: str) -> None:
@@ -537,14 +568,42 @@ class RedisStore:
 
         return await self._call(work)
 
-    async def audit_ack(self, stream: str, group: str, ids: Sequence[str]) -> None:
-        """Acknowledge drained audit entries and delete them (one transaction)."""
+    async def audit_handover(
+        self, stream: str, group: str, ids: Sequence[str], handovers: Sequence[tuple[str, bytes]]
+    ) -> None:
+        """After the audit rows of ``ids`` committed: append each (message stream, payload) of ``handovers`` to
+        that stream (for the node), acknowledge and delete the audit entries — one atomic step (``_HANDOVER_LUA``)."""
         if not ids:
             return
+        keys = [f"{KEY_PREFIX}{stream}"]
+        index: dict[str, int] = {}
+        args: list[Any] = [group, len(ids), *ids]
+        for target, payload in handovers:
+            if target not in index:
+                keys.append(f"{KEY_PREFIX}q:{target}")
+                index[target] = len(keys)
+            args += [index[target], payload]
+        await self._call(lambda: self._handover(keys=keys, args=args))
+
+    async def audit_ack(self, stream: str, group: str, ids: Sequence[str]) -> None:
+        """Acknowledge audit entries and delete them, handing nothing over."""
+        await self.audit_handover(stream, group, ids, ())
+
+    async def audit_dead_letter(self, stream: str, group: str, entries: Sequence[StreamEntry], *, maxlen: int) -> None:
+        """Move audit entries PostgreSQL refused (or that no gateway wrote) to ``<stream>:dead`` (kept for an
+        operator, about ``maxlen`` entries: the oldest are trimmed), acknowledge and delete them: one transaction.
+        The messages they carry are not handed to the node."""
+        if not entries:
+            return
         key = f"{KEY_PREFIX}{stream}"
+        ids = [e.id for e in entries]
 
         def work() -> None:
             with self._client.pipeline(transaction=True) as pipe:
+                for entry in entries:
+                    fields: dict[Any, Any] = {k: v for k, v in entry.fields.items() if k != "m"}
+                    fields["entry"] = entry.id
+                    pipe.xadd(key + ":dead", fields, maxlen=maxlen, approximate=True)
                 pipe.xack(key, group, *ids)
                 pipe.xdel(key, *ids)
                 pipe.execute()
@@ -621,3 +680,8 @@ def _pairs(fields: Mapping[str, str]) -> list[str]:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _field_name(value: bytes | str) -> str:
+    """A field name of an entry anyone with access to Redis may have written: never fails."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

@@ -52,6 +52,7 @@ class Gateway:
     graph_proxy: TcpProxy
     stopped: trio.Event  # set when run_anchor has returned (the node stopped, the stores closed)
     redis: RedisStore  # direct, not through the proxy
+    pg_system_identifier: str
 
     async def key(self, role: str = "user", scopes: frozenset[str] | None = None) -> tuple[str, str]:
         from anchor.gateway.auth import check_role_scopes
@@ -68,7 +69,7 @@ class Gateway:
 
     @property
     def audit_stream(self) -> str:
-        return audit_stream(self.pg.database)
+        return audit_stream(self.pg_system_identifier, self.pg.database)
 
     async def audit_drained(self, timeout_s: float = 10.0) -> None:
         """Wait until the audit records waiting in Redis (POST /v1/messages) are in PostgreSQL: the drain deletes
@@ -166,7 +167,10 @@ async def start_gateway(
 
         urls: list[str] = await nursery.start(run)
         nodes.append(node)
-        return Gateway(urls[0], node, cfg, pg_direct, pg_proxy, redis_proxy, graph_proxy, stopped, redis_direct)
+        system_identifier = await pg_direct.system_identifier()
+        return Gateway(
+            urls[0], node, cfg, pg_direct, pg_proxy, redis_proxy, graph_proxy, stopped, redis_direct, system_identifier
+        )
 
     try:
         yield start

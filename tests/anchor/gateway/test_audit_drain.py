@@ -1,5 +1,6 @@
-"""POST /v1/messages in one Redis step: the audit record before the message, drained to PostgreSQL at least once
-and exactly once in the table; the one-step path keeps the rate limits, revocation and the refusals' answers."""
+"""POST /v1/messages in one Redis step: the audit record carrying the message, drained to PostgreSQL at least once
+and exactly once in the table, the message handed to the node only after its row committed; the one-step path
+keeps the rate limits, revocation and the refusals' answers."""
 
 from __future__ import annotations
 
@@ -54,12 +55,14 @@ async def test_audit_records_precede_messages_and_reach_postgresql_after_a_dead_
             r = await client.post("/v1/messages", headers=auth, json=body)
             assert r.status_code == 202, r.text
             ids.append(r.json()["id"])
-    # Accepted: every queued message has its audit record in Redis (written first, in the same atomic step) ...
+    # Accepted: every message waits in its audit record in Redis (one atomic step); none is in the node's stream
+    # before its audit row is in PostgreSQL ...
     audit_key = KEY_PREFIX + gateway.audit_stream
     records = await trio.to_thread.run_sync(_entries, services, audit_key)
     queue_key = f"{KEY_PREFIX}q:messages:{gateway.node.identity.peer_id_hex}"
-    queued = await trio.to_thread.run_sync(_entries, services, queue_key)
-    assert [json.loads(m["m"])["id"] for m in queued] == ids
+    assert await trio.to_thread.run_sync(_entries, services, queue_key) == []
+    assert [json.loads(r["m"])["id"] for r in records] == ids
+    assert {r["q"] for r in records} == {f"messages:{gateway.node.identity.peer_id_hex}"}
     assert [(r["eid"], r["action"], r["target"]) for r in records] == [
         (f"msg:{ids[0]}", "messages.broadcast", "*"),
         (f"msg:{ids[1]}", "messages.send", FULL_PEER_ID),
@@ -73,7 +76,7 @@ async def test_audit_records_precede_messages_and_reach_postgresql_after_a_dead_
     proxied = psycopg.conninfo.make_conninfo(pg_dsn, host="127.0.0.1", port=gateway.pg_proxy.port)
     redis_store = RedisStore(services.redis.url, timeout_s=5.0)
     async with PostgresStore(proxied, timeout_s=2.0) as pg_dead, PostgresStore(pg_dsn, timeout_s=5.0) as pg_live:
-        dead = AuditDrain(redis_store, pg_dead, "dead-drain", claim_idle_s=3600)
+        dead = AuditDrain(redis_store, pg_dead, "dead-drain", claim_idle_s=3600, stream=gateway.audit_stream)
         await redis_store.audit_ensure_group(dead.stream, GROUP)
         gateway.pg_proxy.down()
         try:
@@ -89,19 +92,31 @@ async def test_audit_records_precede_messages_and_reach_postgresql_after_a_dead_
             [(first["eid"], int(first["at_ms"]), first["actor"], first["action"], first["target"], first["detail"])]
         )
         assert await redis_store.audit_backlog(dead.stream) == 3  # still waiting, pending on the dead consumer
+        assert await trio.to_thread.run_sync(_entries, services, queue_key) == []  # nothing handed over
         # Pruning past drains' names never forgets one that holds records.
         assert await redis_store.audit_prune_consumers(dead.stream, GROUP, idle_ms=0, keep="other-drain") == 0
 
         # Another gateway's drain takes the dead one's records over once they are idle long enough and inserts
         # them; the one already there is not duplicated.
-        other = AuditDrain(redis_store, pg_live, "other-drain", claim_idle_s=0.1)
+        other = AuditDrain(redis_store, pg_live, "other-drain", claim_idle_s=0.1, stream=gateway.audit_stream)
         with trio.fail_after(10):
             while True:  # polled until the records have been idle for 0.1 s (the server's clock)
                 if await other.drain_once():
                     break
                 await trio.sleep(0.05)
-        assert other.counters == {"drained": 2, "duplicates": 1, "malformed": 0, "batches": 1}
+        assert other.counters == {
+            "drained": 2,
+            "duplicates": 1,
+            "malformed": 0,
+            "refused": 0,
+            "handed_over": 3,
+            "batches": 1,
+            "errors": 0,
+        }
         assert await redis_store.audit_backlog(dead.stream) == 0
+        # Now, and once each, the messages are in the node's stream.
+        queued = await trio.to_thread.run_sync(_entries, services, queue_key)
+        assert [json.loads(m["m"])["id"] for m in queued] == ids
         # The dead drain holds nothing now: its name can go (the live one stays).
         assert await redis_store.audit_prune_consumers(dead.stream, GROUP, idle_ms=0, keep="other-drain") == 1
     await redis_store.aclose()
@@ -125,7 +140,8 @@ async def test_a_full_audit_backlog_refuses_messages_and_a_stopping_gateway_flus
         r = await client.post("/v1/messages", headers=auth, json={"text": "one audit record too many"})
         assert (r.status_code, r.json()["error"]) == (503, "audit_backlog_full"), r.text
     assert await gateway.redis.audit_backlog(gateway.audit_stream) == 2  # the refused one wrote nothing
-    assert await gateway.redis.stream_length(f"messages:{gateway.node.identity.peer_id_hex}") == 2
+    own_stream = f"messages:{gateway.node.identity.peer_id_hex}"
+    assert await gateway.redis.stream_length(own_stream) == 0  # waiting for their audit rows
 
     # A gateway with its drain, on the same database and Redis, drains them; at stop it flushes what waits.
     drained = await start_gateway(consume_queue=False)
@@ -136,6 +152,7 @@ async def test_a_full_audit_backlog_refuses_messages_and_a_stopping_gateway_flus
     with trio.fail_after(30):
         await drained.stopped.wait()
     assert await gateway.redis.audit_backlog(gateway.audit_stream) == 0
+    assert await gateway.redis.stream_length(own_stream) == 2  # handed over by the other gateway's drain
     assert [a for a, _ in await _actions(gateway.pg, key_id)] == ["auth.token"] + ["messages.broadcast"] * 2
     assert [a for a, _ in await _actions(gateway.pg, other_id)] == ["auth.token", "messages.broadcast"]
 
@@ -228,7 +245,7 @@ async def test_the_one_step_script_spends_tokens_as_the_route_would(services: Se
         assert await send(3) == "ip"  # /64 spent (3 left), /48 refuses
         assert (await redis_store.take_token(f"ip:{run}:64", 0.01, 5, cost=3)).allowed  # exactly 3 were left
         assert not (await redis_store.take_token(f"ip:{run}:64", 0.01, 5)).allowed
-        assert await redis_store.audit_backlog(audit) == 1 and await redis_store.stream_length(queue) == 1
+        assert await redis_store.audit_backlog(audit) == 1 and await redis_store.stream_length(queue) == 0
         # A per-key refusal after the IP buckets allowed: the IP's tokens stay spent, nothing is written.
         ip_only = ((f"ip:{run}:v4", 0.01, 2),)
         record = AuditRecord(f"t:{run}:k", "key:t", "messages.broadcast", "*", "{}")
@@ -249,6 +266,6 @@ async def test_the_one_step_script_spends_tokens_as_the_route_would(services: Se
         assert (await redis_store.send_audited(**args)).result == "key"
         assert (await redis_store.send_audited(**args)).result == "key"
         assert (await redis_store.send_audited(**args)).result == "ip"  # the 2 IP tokens went to the refusals
-        assert await redis_store.audit_backlog(audit) == 1 and await redis_store.stream_length(queue) == 1
+        assert await redis_store.audit_backlog(audit) == 1 and await redis_store.stream_length(queue) == 0
     finally:
         await redis_store.aclose()

@@ -57,6 +57,7 @@ async def test_accepted_messages_survive_a_restart_and_are_sent_exactly_once(
         assert [(await _status(client, auth, i))["state"] for i in ids] == ["queued"] * 3
     # Crash points: "one" was read by the consumer but never reached the outbox; "two" reached the outbox but
     # was not acknowledged; "three" was never read.
+    await first.audit_drained()  # the drain hands each message to the stream once its audit row committed
     redis = RedisStore(services.redis.url, timeout_s=5.0)
     stream = f"messages:{first.node.identity.peer_id_hex}"
     await redis.stream_ensure_group(stream, GROUP)
