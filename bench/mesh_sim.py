@@ -122,6 +122,25 @@ def _action(sim: Simulation, kind: str, src: int, dst: int) -> Callable[[], None
     return act
 
 
+def _diagnose(sim: Simulation, adj: list[list[int]]) -> None:
+    """MESH_SIM_DIAG=1: one line per undelivered private message — what its sender knew of the destination."""
+    now = sim.now
+    for u in sim.unicasts:
+        if u.delivered_s is not None or u.message_id is None:
+            continue
+        core, peer = sim.cores[u.src], sim.peer_ids[u.dst]
+        p = core.delivery.pending.get(u.message_id)
+        _, route = core.path_to(peer, now)
+        print(
+            f"  undelivered n{u.src}>n{u.dst} hops {_hops(adj, u.src)[u.dst]} sent {u.sent_s:.0f}: "
+            f"heard {core.peers.get(peer) is not None}, reachable {core.delivery.reachable(peer, now)}, "
+            f"route {route.source + '/' + str(route.hops) if route else None}, "
+            f"session {core.delivery.sessions.session(peer) is not None}, "
+            f"pending {(p.attempts, p.probes, p.sealed) if p else None}, failed {u.failed}",
+            flush=True,
+        )
+
+
 def run_one(
     n: int,
     loss: float,
@@ -189,6 +208,8 @@ def run_one(
         # What the memo saved after the warm-up: its hits there, at the mean cost of a real check in this run.
         shared_cost = (h2 - h1) * miss_s / (calls - hits) if calls > hits else None
 
+    if os.environ.get("MESH_SIM_DIAG"):
+        _diagnose(sim, adj)
     in_horizon = []
     for b in sim.broadcasts:
         ds = _hops(adj, b.src)
