@@ -585,5 +585,6 @@ class PrivateDelivery:
             **self.sessions.bounded_sizes(),
             "last_links": (len(self.last_links), s.max_peers),
             **self.challenge_links.bounded_sizes("challenge_links"),
+            **self.fallback_limiter.bounded_sizes("fallback_destinations"),
             "told_signing": (len(self.told_signing), s.max_sessions),
         }

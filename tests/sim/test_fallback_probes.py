@@ -4,8 +4,8 @@ never get through; a burst of such sends is refused by that budget, not passed o
 
 from __future__ import annotations
 
-from node.routing.meshbase import FALLBACK_PROBES_PER_MIN, UNKNOWN_PEER_PROBES
 from node.routing.mesh import MeshCore
+from node.routing.meshbase import FALLBACK_PROBES_PER_MIN, UNKNOWN_PEER_PROBES
 from node.routing.settings import MeshSection
 from node.sim import LinkModel, Simulation, line
 from node.wire import MessageType, decode_packet_untrusted
