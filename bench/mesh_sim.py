@@ -22,6 +22,9 @@ by packet type; and the speed factor (simulated s per wall-clock s) at N=1000.
 A run that exceeds its wall-clock budget (``--budget-s``) stops where it is and says so: at some sizes the
 traffic of the routing under test makes the simulation slower than real time, and that is itself a figure.
 
+``MESH_SIM_DIAG=1`` in the environment: after each run, one line per undelivered private message (hop distance,
+whether the sender heard the destination, its route, session and the pending message's attempts and probes).
+
 ``--scale`` (issue 17): the path routing alone at 10 % loss for each N of ``--scale-sizes`` (random geometric,
 mean degree 8; up to 10,000 nodes), each within ``--scale-budget-s`` of wall time; speed and cost are counted in
 this process's CPU seconds unless ``--scale-clock wall`` (a shorter workload:
