@@ -22,6 +22,9 @@ by packet type; and the speed factor (simulated s per wall-clock s) at N=1000.
 A run that exceeds its wall-clock budget (``--budget-s``) stops where it is and says so: at some sizes the
 traffic of the routing under test makes the simulation slower than real time, and that is itself a figure.
 
+``MESH_SIM_DIAG=1`` in the environment: after each run, one line per undelivered private message (hop distance,
+whether the sender heard the destination, its route, session and the pending message's attempts and probes).
+
 ``--scale`` (issue 17): the path routing alone at 10 % loss for each N of ``--scale-sizes`` (random geometric,
 mean degree 8; up to 10,000 nodes), each within ``--scale-budget-s`` of wall time; speed and cost are counted in
 this process's CPU seconds unless ``--scale-clock wall`` (a shorter workload:
@@ -122,6 +125,25 @@ def _action(sim: Simulation, kind: str, src: int, dst: int) -> Callable[[], None
     return act
 
 
+def _diagnose(sim: Simulation, adj: list[list[int]]) -> None:
+    """MESH_SIM_DIAG=1: one line per undelivered private message — what its sender knew of the destination."""
+    now = sim.now
+    for u in sim.unicasts:
+        if u.delivered_s is not None or u.message_id is None:
+            continue
+        core, peer = sim.cores[u.src], sim.peer_ids[u.dst]
+        p = core.delivery.pending.get(u.message_id)
+        _, route = core.path_to(peer, now)
+        print(
+            f"  undelivered n{u.src}>n{u.dst} hops {_hops(adj, u.src)[u.dst]} sent {u.sent_s:.0f}: "
+            f"heard {core.peers.get(peer) is not None}, reachable {core.delivery.reachable(peer, now)}, "
+            f"route {route.source + '/' + str(route.hops) if route else None}, "
+            f"session {core.delivery.sessions.session(peer) is not None}, "
+            f"pending {(p.attempts, p.probes, p.sealed) if p else None}, failed {u.failed}",
+            flush=True,
+        )
+
+
 def run_one(
     n: int,
     loss: float,
@@ -189,6 +211,8 @@ def run_one(
         # What the memo saved after the warm-up: its hits there, at the mean cost of a real check in this run.
         shared_cost = (h2 - h1) * miss_s / (calls - hits) if calls > hits else None
 
+    if os.environ.get("MESH_SIM_DIAG"):
+        _diagnose(sim, adj)
     in_horizon = []
     for b in sim.broadcasts:
         ds = _hops(adj, b.src)

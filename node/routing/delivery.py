@@ -24,6 +24,8 @@ from node.routing.meshbase import (
     EARLY_CIPHERTEXT_MAX_BYTES,
     EARLY_CIPHERTEXTS,
     EARLY_PEERS,
+    FALLBACK_PROBE_INTERVAL_S,
+    FALLBACK_PROBES_PER_MIN,
     HOLD_AFTER_EXPIRIES,
     MAX_TTL,
     PENDING_SESSION_FRAMES,
@@ -112,6 +114,14 @@ class PrivateDelivery:
         # envelope): bounded per origin and in total. None: unlimited (unit tests).
         self.flood_limiter = flood_limiter
         self.routed_tries = ROUTED_TRIES_WITH_HOP_ARQ if hop_arq else 1
+        # Our own budget for fallback probes to peers never heard of (see meshbase.FALLBACK_PROBES_PER_MIN).
+        self.fallback_limiter = OriginLimiter(
+            per_origin_per_s=1.0 / FALLBACK_PROBE_INTERVAL_S,
+            burst=1.0,
+            global_per_s=FALLBACK_PROBES_PER_MIN / 60.0,
+            global_burst=FALLBACK_PROBES_PER_MIN,
+            max_origins=settings.max_peers,
+        )
         self.sessions = SessionManager(
             static_private=noise_private,
             local_peer_id=peer_id,
@@ -365,6 +375,18 @@ class PrivateDelivery:
             wake = now + s.handshake_timeout_s * (1 + p.probes)
             self.pending.reschedule(p, min(wake, p.created + s.private_expiry_s))
             return
+        if not self.reachable(p.peer_id, now) and self.peers.get(p.peer_id) is None:
+            # Probes done and still never heard of (7 hops at high loss: its announces and our probes can all be
+            # lost, and without a two-way neighbour claim no route names it): a fallback probe now and then, within
+            # our own budget, so reachability does not wait on one announce getting through. A liar gains nothing
+            # from it: it floods (or follows the path table as the probes do), it does not follow a one-way claim.
+            if self.fallback_limiter.allow(p.peer_id, now):
+                p.probes += 1
+                self.counters.fallback_probes += 1
+                self.start_handshake(p.peer_id, now, flood=p.probes % 2 == 0)
+                self.pending.reschedule(p, min(now + FALLBACK_PROBE_INTERVAL_S, p.created + s.private_expiry_s))
+                return
+            self.counters.fallback_refused += 1
         if not self.reachable(p.peer_id, now):
             # Store and forward: the peer is unknown (restored from the outbox before it announced itself) or has
             # not been heard from lately (a partition, or it is offline). Sending would only flood the mesh and
@@ -563,5 +585,6 @@ class PrivateDelivery:
             **self.sessions.bounded_sizes(),
             "last_links": (len(self.last_links), s.max_peers),
             **self.challenge_links.bounded_sizes("challenge_links"),
+            **self.fallback_limiter.bounded_sizes("fallback_destinations"),
             "told_signing": (len(self.told_signing), s.max_sessions),
         }

@@ -81,6 +81,8 @@ class MeshCounters:
     relay_cancelled: int = 0  # pending relays made unnecessary: every target link sent us a copy meanwhile
     relay_queue_full: int = 0
     unknown_peer_probes: int = 0  # flooded handshakes for held messages to peers never heard of
+    fallback_probes: int = 0  # probes after UNKNOWN_PEER_PROBES, within the fallback budget
+    fallback_refused: int = 0  # ... and those the budget refused (the message waits for the peer's announce)
     announce_relay_suppressed: int = 0  # announces passed on to phones only, or (link-up ones) not at all
     sent_direct: int = 0  # directed packets we originated, by how they left
     sent_routed: int = 0

@@ -21,6 +21,12 @@ RTT_SMOOTHING = 0.25  # weight of a new RTT or loss sample (exponentially weight
 BUSY_LINKS = 6  # BitChat's threshold for a busy node: longer announce interval, shorter broadcast TTL
 HOLD_AFTER_EXPIRIES = 2  # a private message is held (not sent) for a peer silent this many peer expiries
 UNKNOWN_PEER_PROBES = 6  # probe handshakes (10-35 s apart) for a held message to a peer never heard of
+# After those probes, a message to a peer still never heard of keeps probing (flooded handshakes) every
+# FALLBACK_PROBE_INTERVAL_S while it lives, within this node's own budget: at most FALLBACK_PROBES_PER_MIN in all
+# (burst the same) and one per FALLBACK_PROBE_INTERVAL_S per destination. A burst of sends to unheard or made-up IDs
+# costs the sender's budget (refusals counted), never more floods on the mesh.
+FALLBACK_PROBE_INTERVAL_S = 20.0
+FALLBACK_PROBES_PER_MIN = 6.0
 ANNOUNCE_ANSWER_GAP_S = 0.15  # BitChat forces announces on a link at least this far apart
 ANNOUNCE_CHANGE_GAP_S = 30.0  # a changed announce from one peer is relayed at most this often
 LOSSY_PONG_RATIO = 0.65  # fewer pings answered than this: a lossy neighbourhood (10 % loss per frame: 0.81)
