@@ -105,13 +105,20 @@ class NodeMetrics:
                 else:
                     self.skipped += 1
 
-    def save(self) -> None:
-        """Blocking (file I/O): call in a worker thread."""
-        if self.path is None:
-            return
+    def snapshot(self) -> dict[str, Any]:
+        """The series as plain data, taken on the thread that samples (the trio thread): a worker thread must never
+        iterate the live deques, which the ``metrics.series`` tool may append to meanwhile."""
         self.unsaved = 0
-        rows = {m: [list(x) for x in s.samples] for m, s in self.series.items()}
-        _write_private(self.path, {"version": 1, "series": rows})
+        return {"version": 1, "series": {m: [list(x) for x in s.samples] for m, s in self.series.items()}}
+
+    def write(self, snapshot: Mapping[str, Any]) -> None:
+        """Blocking (file I/O): call in a worker thread with a :meth:`snapshot`."""
+        if self.path is not None:
+            _write_private(self.path, snapshot)
+
+    def save(self) -> None:
+        """Blocking; only where nothing samples concurrently (tests, a stopped service)."""
+        self.write(self.snapshot())
 
     def sample(self, node: Node, battery_percent: float | None) -> None:
         now = node.clock.wall_ms() / 1000
@@ -145,12 +152,12 @@ async def read_battery(node: Node) -> float | None:
 
 async def sample_forever(node: Node, metrics: NodeMetrics, interval_s: float, limiter: trio.CapacityLimiter) -> None:
     while True:
-        metrics.sample(node, await read_battery(node))
-        if metrics.unsaved >= SAVE_EVERY_SAMPLES:
-            try:
-                await trio.to_thread.run_sync(metrics.save, limiter=limiter)
-            except OSError as exc:  # a full disk must not stop the sampling
-                log.warning("could not save the metric series: %s", exc)
+        try:
+            metrics.sample(node, await read_battery(node))
+            if metrics.unsaved >= SAVE_EVERY_SAMPLES:
+                await trio.to_thread.run_sync(metrics.write, metrics.snapshot(), limiter=limiter)
+        except Exception as exc:  # noqa: BLE001 - broad: a full disk, a bug: sampling goes on, the daemon runs
+            log.warning("could not sample or save the metric series: %r", exc)
         await trio.sleep(interval_s)
 
 

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import types
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, ClassVar, cast
 
+import pytest
+import trio
+from trio.testing import MockClock
+
+from node.agents import worktools
 from node.agents.forecast import MAX_SAMPLES, trend
-from node.agents.worktools import MAX_SERIES_FILE_BYTES, NodeMetrics
+from node.agents.worktools import MAX_SERIES_FILE_BYTES, SAVE_EVERY_SAMPLES, NodeMetrics, sample_forever
 
 NOW_S = 1_700_000_000.0
 
@@ -57,3 +67,67 @@ def test_unreadable_or_oversized_file_is_moved_aside(tmp_path: Path) -> None:
         m.load(NOW_S)  # never raises: the node still starts
         assert not path.exists() and (tmp_path / "series.json.bad").read_bytes() == body
         assert m.skipped == 1 and all(not s.samples for s in m.series.values())
+
+
+class _Node:
+    """What :func:`sample_forever` reads of a node: its wall clock and status."""
+
+    def __init__(self) -> None:
+        self.clock = types.SimpleNamespace(wall_ms=lambda: trio.current_time() * 1000 + NOW_S * 1000)
+
+    def status(self) -> dict[str, Any]:
+        return {"outbox": {"pending": 1}, "peers": 2, "routes": 3, "counters": {"relayed": 4}}
+
+
+class _ThreadNotingDeque(deque[tuple[float, float]]):
+    iterated_on: ClassVar[set[int]] = set()
+
+    def __iter__(self) -> Iterator[tuple[float, float]]:
+        self.iterated_on.add(threading.get_ident())
+        return super().__iter__()
+
+
+def _run_until_saved(m: NodeMetrics, monkeypatch: pytest.MonkeyPatch, fail_first: bool = False) -> list[Path]:
+    """Run :func:`sample_forever` (30 s interval, mock clock) until the series file is written once; the first write
+    raises if ``fail_first``. The paths each write was asked for."""
+    real, calls = worktools._write_private, []
+
+    async def main() -> None:
+        saved = trio.Event()
+
+        def write(p: Path, data: Any) -> None:
+            calls.append(p)
+            if fail_first and len(calls) == 1:
+                raise RuntimeError("deque mutated during iteration")
+            real(p, data)
+            trio.from_thread.run_sync(saved.set)
+
+        monkeypatch.setattr(worktools, "_write_private", write)
+        async with trio.open_nursery() as n:
+            n.start_soon(sample_forever, cast(Any, _Node()), m, 30.0, trio.CapacityLimiter(1))
+            with trio.fail_after(3600):
+                await saved.wait()
+            n.cancel_scope.cancel()
+
+    trio.run(main, clock=MockClock(autojump_threshold=0.02))
+    return calls
+
+
+def test_the_saver_thread_never_iterates_the_live_series(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The metrics.series tool samples on the trio thread whenever it is called; a worker thread copying the deques
+    # meanwhile raised "deque mutated during iteration" (review: cleanup_agents 2).
+    path = tmp_path / "series.json"
+    m = NodeMetrics(path)
+    for s in m.series.values():
+        s.samples = _ThreadNotingDeque(maxlen=MAX_SAMPLES)
+    _run_until_saved(m, monkeypatch)
+    assert _ThreadNotingDeque.iterated_on == {threading.get_ident()}
+    assert len(json.loads(path.read_text())["series"]["peers"]) == SAVE_EVERY_SAMPLES
+
+
+def test_sampling_goes_on_after_an_unexpected_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "series.json"
+    m = NodeMetrics(path)
+    calls = _run_until_saved(m, monkeypatch, fail_first=True)
+    assert len(calls) == 2  # the first save failed, the task lived on and saved the next time
+    assert len(json.loads(path.read_text())["series"]["peers"]) == 2 * SAVE_EVERY_SAMPLES
