@@ -22,6 +22,12 @@ from node.agents.worktools import MAX_SERIES_FILE_BYTES, SAVE_EVERY_SAMPLES, Nod
 NOW_S = 1_700_000_000.0
 
 
+def _put(path: Path, body: bytes | str) -> None:
+    """A file as the node leaves it: this user's, 0600."""
+    path.write_bytes(body.encode() if isinstance(body, str) else body)
+    path.chmod(0o600)
+
+
 def test_series_survive_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "agents" / "series.json"
     before = NodeMetrics(path)
@@ -41,18 +47,19 @@ def test_series_survive_a_restart(tmp_path: Path) -> None:
 def test_hostile_or_broken_rows_are_skipped_and_counted(tmp_path: Path) -> None:
     path = tmp_path / "series.json"
     rows = [[NOW_S, 1], [NOW_S + 30, "x"], [NOW_S + 60, 3, 4], [NOW_S + 90, 1e400], [NOW_S - 10, 5], [True, 1]]
+    rows += [[NOW_S + 100, 10**400]]  # beyond a float: math.isfinite raised OverflowError and the node never started
     rows += [[NOW_S + 120, 7], [NOW_S + 10**6, 9]]  # the last one lies in the future
-    path.write_text(json.dumps({"version": 1, "series": {"peers": rows, "secret_metric": [[NOW_S, 1]], "routes": 3}}))
+    _put(path, json.dumps({"version": 1, "series": {"peers": rows, "secret_metric": [[NOW_S, 1]], "routes": 3}}))
     m = NodeMetrics(path)
     m.load(NOW_S + 200)
     assert list(m.series["peers"].samples) == [(NOW_S, 1.0), (NOW_S + 120, 7.0)]
-    assert m.skipped == 6 + 1 + 1  # six bad rows, one unknown metric, one series that is not a list
+    assert m.skipped == 7 + 1 + 1  # seven bad rows, one unknown metric, one series that is not a list
 
 
 def test_each_series_keeps_the_newest_bound(tmp_path: Path) -> None:
     path = tmp_path / "series.json"
     rows = [[NOW_S + i, i] for i in range(MAX_SAMPLES + 500)]
-    path.write_text(json.dumps({"version": 1, "series": {"routes": rows}}))
+    _put(path, json.dumps({"version": 1, "series": {"routes": rows}}))
     m = NodeMetrics(path)
     m.load(NOW_S + MAX_SAMPLES + 500)
     s = list(m.series["routes"].samples)
@@ -62,11 +69,43 @@ def test_each_series_keeps_the_newest_bound(tmp_path: Path) -> None:
 def test_unreadable_or_oversized_file_is_moved_aside(tmp_path: Path) -> None:
     for body in (b"{not json", b"[1, 2]", b" " * (MAX_SERIES_FILE_BYTES + 1)):
         path = tmp_path / "series.json"
-        path.write_bytes(body)
+        _put(path, body)
         m = NodeMetrics(path)
         m.load(NOW_S)  # never raises: the node still starts
         assert not path.exists() and (tmp_path / "series.json.bad").read_bytes() == body
         assert m.skipped == 1 and all(not s.samples for s in m.series.values())
+
+
+def test_a_symlinked_or_shared_file_is_not_read_and_a_planted_temp_file_is_not_written_through(tmp_path: Path) -> None:
+    d = tmp_path / "agents"
+    d.mkdir()
+    path = d / "series.json"
+    elsewhere = tmp_path / "elsewhere.json"
+    _put(elsewhere, json.dumps({"version": 1, "series": {"peers": [[NOW_S, 5]]}}))
+    path.symlink_to(elsewhere)
+    m = NodeMetrics(path)
+    m.load(NOW_S)  # refused, not followed: moved aside (the link itself), the node starts empty
+    assert m.skipped == 1 and not m.series["peers"].samples
+    assert (d / "series.json.bad").is_symlink() and elsewhere.exists()
+    _put(path, json.dumps({"version": 1, "series": {"peers": [[NOW_S, 5]]}}))
+    path.chmod(0o644)  # group and others may read it: not ours to trust
+    m = NodeMetrics(path)
+    m.load(NOW_S)
+    assert m.skipped == 1 and not m.series["peers"].samples and not path.exists()
+    # A temp file planted beside it (0644, or a symlink to a victim) is neither reused nor written through.
+    victim = tmp_path / "victim"
+    victim.write_text("important\n")
+    (d / "series.tmp").symlink_to(victim)
+    m.series["peers"].add(NOW_S, 2.0)
+    m.save()
+    assert victim.read_text() == "important\n"
+    assert not path.is_symlink() and path.stat().st_mode & 0o777 == 0o600
+    (d / "series.tmp").unlink()
+    (d / "series.tmp").write_text("")
+    (d / "series.tmp").chmod(0o644)
+    m.save()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert json.loads(path.read_text())["series"]["peers"] == [[NOW_S, 2.0]]
 
 
 class _Node:
