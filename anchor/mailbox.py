@@ -471,10 +471,12 @@ class MailboxService:
         if self._total >= self.limits.max_total or (not verified and self._total >= self._unverified_total_cap()):
             # Full (free keys may have filled it with junk for invented recipients): a recipient that proved its key
             # here still takes a few envelopes from anyone, beyond the total (bounded: see MailboxLimits).
+            # A trusted depositor is counted against the trusted envelopes the recipient holds only (in the quota
+            # policy): free keys' envelopes, even those deposited before the anchor filled up, never use its room.
             reserve = self.limits.reserved_per_proven_recipient
             if not (
                 self.core.proven.knows(env.recipient_id, now)
-                and await self.storage.count(env.recipient_id, now) < reserve
+                and (verified or await self.storage.count(env.recipient_id, now) < reserve)
             ):
                 self.core.counters.deposits_refused += 1
                 raise MailboxError(p.E_FULL, "this anchor's mailbox is full")
@@ -498,7 +500,7 @@ class MailboxService:
                 keep_until_ms,
                 now,
                 depositor=depositor or b"",
-                policy=self._reserve_policy() if reserved else self.limits.quota,
+                policy=self._reserve_policy(verified) if reserved else self.limits.quota,
             )
         except QuotaFull as exc:
             self.core.counters.deposits_refused += 1
@@ -522,15 +524,20 @@ class MailboxService:
             self.core.counters.deposit_duplicates += 1
         return env_id, new
 
-    def _reserve_policy(self) -> QuotaPolicy:
+    def _reserve_policy(self, verified: bool) -> QuotaPolicy:
         """A deposit into a proven recipient's reserve: one envelope per depositor, at most the reserve in all, and
-        (with trusted depositors) unverified keys together at most ``reserved_unverified_share`` of it."""
+        (with trusted depositors) unverified keys together at most ``reserved_unverified_share`` of it (floor, at
+        least 1); a trusted depositor is counted against the trusted envelopes held only, up to the rest (at least
+        1), so junk free keys deposited for the recipient before the anchor filled up cannot take that room."""
         limits = self.limits
+        reserve = limits.reserved_per_proven_recipient
+        free_part = max(1, int(reserve * limits.reserved_unverified_share))
         return dataclasses.replace(
             limits.quota,
-            max_envelopes=limits.reserved_per_proven_recipient,
+            max_envelopes=reserve,
             max_per_depositor=1,
             unverified_share=limits.reserved_unverified_share if limits.trusted_depositors else 1.0,
+            max_verified_envelopes=max(1, reserve - free_part) if verified and limits.trusted_depositors else None,
         )
 
     def _unverified_total_cap(self) -> int:

@@ -28,7 +28,9 @@ reserve beyond the total for deposits from anyone, at most one envelope per depo
 cannot lock a new honest depositor out of an anchor's regular recipients (junk sent to them goes at their next
 fetch). The reserve is shared fairly by class like the rest: one envelope per depositor, and with trusted
 depositors configured, free keys together hold at most ``reserved_unverified_share`` of it (2 of 4 by default), so a
-flood of fresh keys leaves the rest of a proven recipient's reserve to its trusted depositors. With no trusted
+flood of fresh keys leaves the rest of a proven recipient's reserve to its trusted depositors: a trusted deposit into
+the reserve is counted against the trusted envelopes the recipient holds only (``max_verified_envelopes``), so junk
+that free keys put there before the anchor filled up cannot take it either. With no trusted
 depositors every key is free: as many free keys as the reserve holds, aimed at one recipient, can still use it up
 until that fetch (no identity is costly to make, and mail answered DEPOSITED is never evicted).
 """
@@ -69,6 +71,10 @@ class QuotaPolicy:
     unverified_share: float = 0.75  # of both, what unverified depositors may use together
     max_per_depositor: int = 32  # the ceiling of one depositor's share (envelopes)
     trusted: frozenset[bytes] = frozenset()  # verified depositors' link keys
+    # A proven recipient's reserve (anchor full): a verified depositor is counted against the verified envelopes the
+    # recipient holds only, up to this many, so free keys' envelopes (however they got there) never use up the
+    # room kept for verified ones. None: against all the envelopes held, up to max_envelopes.
+    max_verified_envelopes: int | None = None
 
     def verified(self, depositor: bytes) -> bool:
         return depositor in self.trusted
@@ -92,7 +98,10 @@ def decide_deposit(policy: QuotaPolicy, held: Sequence[Held], depositor: bytes, 
         raise QuotaFull("envelope", cap_b)
     if mine and (len(mine) + 1 > share_n or _bytes(mine) + size_bytes > cap_b // n):
         raise QuotaFull("depositor", share_n)
-    if len(held) + 1 > policy.max_envelopes or _bytes(held) + size_bytes > policy.max_bytes:
+    if verified and policy.max_verified_envelopes is not None:
+        if len(same_class) + 1 > policy.max_verified_envelopes or _bytes(held) + size_bytes > policy.max_bytes:
+            raise QuotaFull("recipient", policy.max_verified_envelopes)
+    elif len(held) + 1 > policy.max_envelopes or _bytes(held) + size_bytes > policy.max_bytes:
         raise QuotaFull("recipient", policy.max_envelopes)
     if not verified:
         unverified = [h for h in held if not policy.verified(h.depositor)]

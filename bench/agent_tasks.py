@@ -40,6 +40,7 @@ from node.agents.market import make_offer, offer_from_json, verify
 from node.agents.service import AgentsService
 from node.agents.settings import AgentsSettings, LlmSettings
 from node.clock import Clock
+from node.daemon import prepare_process_env
 from node.identity import Identity
 from node.inbox import InboxMessage
 from node.mcp.service import McpService
@@ -252,6 +253,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="task ids to run")
     ap.add_argument("--llm", type=int, default=100, help="tasks marked llm to run with the local model (0: none)")
     args = ap.parse_args()
+    prepare_process_env()  # as the daemon does (OMP_WAIT_POLICY for the local model), before any thread starts
     print(f"tasks.load_average: {' '.join(f'{x:.1f}' for x in os.getloadavg())} at the start (2 cores)", flush=True)
     _, tasks = load_tasks()
     chosen = [t for t in tasks if not args.only or t["id"] in args.only]

@@ -116,10 +116,8 @@ class LocalLlm:
             path = self.model_path
             if not path.is_file():
                 raise LlmUnavailable(f"llm.model_path {path} does not exist")
-            # llama.cpp's OpenMP workers spin while they wait: with 2 threads on a loaded machine a generation
-            # ran 6-8x slower (3.6-4.7 tokens/s against ~30 with passive waiting or 1 thread, measured at load 6
-            # on 2 cores). Read once when the OpenMP runtime loads, i.e. on the first import; a user's value wins.
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+            # OMP_WAIT_POLICY=PASSIVE (llama.cpp's OpenMP workers must not spin) is set by the daemon at start, on
+            # the main thread (node.daemon.prepare_process_env): never here, in a worker thread (setenv races).
             try:
                 from llama_cpp import Llama
             except ImportError as exc:

@@ -65,6 +65,7 @@ PUSH_FAST_S = 2.0  # after a link comes up, look for newly reachable peers this 
 PUSH_FAST_WINDOW_S = 30.0  # ... for this long (the peer announces itself after the link is up)
 PUSH_IDLE_S = 60.0  # otherwise this often (peers reached over several hops, copies about to expire)
 PUSH_TIMEOUT_S = 10.0
+PUSH_CONCURRENCY = 8  # pushes in flight at once in one pass
 # What a remote caller's agent may use: read-only, and rag.query only over shared documents.
 REMOTE_SAFE_TOOLS = frozenset({"rag.query"})
 

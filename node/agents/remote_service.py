@@ -24,6 +24,7 @@ from node.agents.remote import (
     PEER_MAX_CONCURRENT,
     PEER_RATE_PER_S,
     PUSH_BURST,
+    PUSH_CONCURRENCY,
     PUSH_FAST_S,
     PUSH_FAST_WINDOW_S,
     PUSH_IDLE_S,
@@ -144,28 +145,45 @@ class RemoteAgents:
             await self.push_caps()
 
     async def push_caps(self) -> int:
-        """One pass: push to the reachable peers whose copy from us is older than half its lifetime."""
+        """One pass: push to the reachable peers whose copy from us is older than half its lifetime, at most
+        :data:`MAX_CAPS_PEERS` per pass, :data:`PUSH_CONCURRENCY` at once (a peer that never answers holds one slot
+        for :data:`PUSH_TIMEOUT_S`, not the whole pass). ``pushed`` remembers the peers of the peer table only (a
+        peer that left it is forgotten), so it is bounded by that table, never cut below it: with more reachable
+        peers than one pass pushes to, each is pushed once per half-lifetime, not every pass."""
         n = self.node
         core = n.core
         if core is None or not self.offered:
             return 0
         now, wall = n.clock.now(), n.clock.wall_ms()
-        stale = [p for p in core.peers if wall - self.pushed.get(p.peer_id, -CAPS_TTL_MS) >= CAPS_TTL_MS // 2]
+        peers = list(core.peers)
+        known = {p.peer_id for p in peers}
+        for gone in [k for k in self.pushed if k not in known]:
+            del self.pushed[gone]
+        stale = [p for p in peers if wall - self.pushed.get(p.peer_id, -CAPS_TTL_MS) >= CAPS_TTL_MS // 2]
         due = [p.peer_id for p in stale if core.is_reachable(p, now)][:MAX_CAPS_PEERS]
-        sent = 0
+        if not due:
+            return 0
+        body = sign_caps(n.identity.signing_key, n.identity.peer_id_hex, self.offered, wall)
         for peer in due:
-            body = sign_caps(n.identity.signing_key, n.identity.peer_id_hex, self.offered, n.clock.wall_ms())
-            self.pushed[peer] = n.clock.wall_ms()  # tried: not again before the copy would be half-way to expiry
+            self.pushed[peer] = wall  # tried: not again before the copy would be half-way to expiry
             self.pushed.move_to_end(peer)
-            while len(self.pushed) > MAX_CAPS_PEERS:
-                self.pushed.popitem(last=False)
-            try:
-                await n.app_request(peer, CAPS_PUSH_SERVICE, body, timeout_s=PUSH_TIMEOUT_S)
-            except NodeError:  # an older node without the service, a timeout, a refusal: it can still pull
-                self.counters["caps_push_failed"] += 1
-                continue
+        sent = 0
+        limiter = trio.CapacityLimiter(PUSH_CONCURRENCY)
+
+        async def push(peer: bytes) -> None:
+            nonlocal sent
+            async with limiter:
+                try:
+                    await n.app_request(peer, CAPS_PUSH_SERVICE, body, timeout_s=PUSH_TIMEOUT_S)
+                except NodeError:  # an older node without the service, a timeout, a refusal: it can still pull
+                    self.counters["caps_push_failed"] += 1
+                    return
             self.counters["caps_pushed"] += 1
             sent += 1
+
+        async with trio.open_nursery() as nursery:
+            for peer in due:
+                nursery.start_soon(push, peer)
         return sent
 
     async def serve_ask(self, peer: bytes, body: bytes) -> bytes:

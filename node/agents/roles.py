@@ -409,8 +409,12 @@ LANGUAGES = frozenset(
         "zulu",
     }
 )
-_TO_LANGUAGE = re.compile(r"\b(?:in|into|to)\s+([a-z]+)\b")
-_ASKING = re.compile(r"^\s*(?:please\s+)?(?:translate|how\s+do\s+(?:you|i)\s+say|what\s+is|what's|say)\s+")
+# Matched case-insensitively on the request itself, never on request.lower(): lowering can change a string's length
+# ("İ" becomes two code points), so positions found in the lowered text would cut the original in the wrong place.
+_TO_LANGUAGE = re.compile(r"\b(?:in|into|to)\s+([a-z]+)\b", re.IGNORECASE)
+_ASKING = re.compile(
+    r"^\s*(?:please\s+)?(?:translate|how\s+do\s+(?:you|i)\s+say|what\s+is|what's|say)\s+", re.IGNORECASE
+)
 # Two worked exchanges before the request: the small local model answers in the asked language and stops, instead
 # of rambling (chosen on a handful of phrases that are not in the task set).
 _SHOTS = (("good morning", "Spanish", "Buenos días"), ("thank you very much", "German", "Vielen Dank"))
@@ -418,10 +422,9 @@ _SHOTS = (("good morning", "Spanish", "Buenos días"), ("thank you very much", "
 
 def translation_request(request: str) -> tuple[str, str] | None:
     """(phrase, target language) of "translate X into L", "how do you say X in L", "translate to L: X"."""
-    low = request.lower()
     target = None
-    for m in _TO_LANGUAGE.finditer(low):
-        if m.group(1) in LANGUAGES:
+    for m in _TO_LANGUAGE.finditer(request):
+        if m.group(1).lower() in LANGUAGES:
             target = m
     if target is None:
         return None
@@ -430,9 +433,9 @@ def translation_request(request: str) -> tuple[str, str] | None:
         phrase = tail
     else:
         phrase = request[: target.start()] + request[target.end() :]
-        phrase = phrase[_m.end() :] if (_m := _ASKING.match(phrase.lower())) else phrase
+        phrase = phrase[_m.end() :] if (_m := _ASKING.match(phrase)) else phrase
     phrase = phrase.strip().strip("?!.:").strip().strip("\"'").strip()
-    return (phrase, target.group(1).capitalize()) if phrase else None
+    return (phrase, target.group(1).lower().capitalize()) if phrase else None
 
 
 async def polyglot(ctx: AgentContext, request: str) -> Answer:

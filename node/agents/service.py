@@ -119,7 +119,7 @@ class AgentsService:
                 await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self._close, limiter=self.db_limiter)
+                await trio.to_thread.run_sync(self._close, self.metrics.snapshot(), limiter=self.db_limiter)
 
     def _genesis(self, node: Node) -> Electorate:
         """The local electorate: the roster's agents, each with a key derived from the node's (node.agents.localgov)."""
@@ -135,11 +135,11 @@ class AgentsService:
         self.gov_store.init(LOCAL_NAMESPACE, self._genesis(node))
         return self.gov_store.load()
 
-    def _close(self) -> None:
+    def _close(self, series: Mapping[str, Any]) -> None:
         try:
-            self.metrics.save()
-        except OSError as exc:
-            log.warning("could not save the metric series: %s", exc)
+            self.metrics.write(series)
+        except Exception as exc:  # noqa: BLE001 - broad: closing the stores below matters more
+            log.warning("could not save the metric series: %r", exc)
         if self._own_audit is not None:
             self._own_audit.close()
         if self.traces is not None:

@@ -30,6 +30,7 @@ from node.agents.king import active_runner
 from node.agents.ledger import Budgets, build_ledger
 from node.agents.market import OfferBook, accept, make_offer, offer_from_json
 from node.agents.tools import Tools
+from node.privatefile import PrivateFileRefused, read_private_file, write_private_file_atomically
 
 if TYPE_CHECKING:
     from node.agents.king import King
@@ -42,24 +43,45 @@ MAX_LATENCIES = 500
 NOT_DISPATCHABLE = frozenset({"Ensemble"})
 SAVE_EVERY_SAMPLES = 10  # five minutes at the default interval: at most that much is lost by a crash
 MAX_SERIES_FILE_BYTES = 2_000_000  # 5 metrics x 2,880 samples take ~0.4 MB; a larger file is not ours
+MAX_OFFERS_FILE_BYTES = 2_000_000  # 256 offers of ~1 kB each; a larger file is not ours
 FUTURE_SLACK_S = 300.0  # samples stamped later than now + this (a clock set back) are dropped at load
 
 
 def _write_private(path: Path, data: Any) -> None:
-    """Atomic 0600 write: temp file fsynced, renamed, directory fsynced."""
+    """Atomic 0600 write (:func:`node.privatefile.write_private_file_atomically`: a fresh O_EXCL|O_NOFOLLOW temp
+    file, so a planted or symlinked temp file is never written through)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
+    write_private_file_atomically(path, json.dumps(data).encode())
+
+
+def _read_private(path: Path, max_bytes: int) -> Any:
+    """The JSON in ``path`` (None if there is none), read without following a symlink and bounded. ValueError for a
+    file that is too large, not ours, not private (:class:`PrivateFileRefused`) or not JSON."""
     try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        body = read_private_file(path, max_bytes + 1)
+    except PrivateFileRefused as exc:
+        raise ValueError(str(exc)) from None
+    if body is None:
+        return None
+    if len(body) > max_bytes:
+        raise ValueError("too large")
+    return json.loads(body)
+
+
+def _move_aside(path: Path) -> None:
+    try:
+        os.replace(path, path.with_name(path.name + ".bad"))
+    except OSError as exc:
+        log.warning("could not move %s aside: %s", path, exc)
+
+
+def _finite(x: object) -> bool:
+    if not isinstance(x, int | float) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer beyond a float's range (10**400)
+        return False
 
 
 class NodeMetrics:
@@ -70,21 +92,22 @@ class NodeMetrics:
         self.unsaved = 0
 
     def load(self, now_s: float) -> None:
-        """The series saved by the previous run. Never fails: an unreadable or oversized file is moved aside to
-        ``series.json.bad``; unknown metrics, non-finite values, samples out of order or in the future are skipped
-        and counted; at most :data:`MAX_SAMPLES` per metric are kept (the newest)."""
-        if self.path is None or not self.path.exists():
+        """The series saved by the previous run. Never fails: an unreadable, oversized, symlinked or non-private
+        (group or others may access it) file is moved aside to ``series.json.bad``; unknown metrics, non-finite
+        values, samples out of order or in the future are skipped and counted; at most :data:`MAX_SAMPLES` per
+        metric are kept (the newest)."""
+        if self.path is None:
             return
         try:
-            if self.path.stat().st_size > MAX_SERIES_FILE_BYTES:
-                raise ValueError("too large")
-            data = json.loads(self.path.read_text())
+            data = _read_private(self.path, MAX_SERIES_FILE_BYTES)
+            if data is None:
+                return
             rows = data["series"]
             if not isinstance(rows, dict):
                 raise ValueError("series is not a mapping")
         except (OSError, ValueError, KeyError, TypeError, RecursionError):
             self.skipped += 1
-            os.replace(self.path, self.path.with_name(self.path.name + ".bad"))
+            _move_aside(self.path)
             return
         for m, samples in rows.items():
             if m not in self.series or not isinstance(samples, list):
@@ -95,8 +118,7 @@ class NodeMetrics:
                 ok = (
                     isinstance(row, list)
                     and len(row) == 2
-                    and all(isinstance(x, int | float) and not isinstance(x, bool) for x in row)
-                    and all(math.isfinite(x) for x in row)
+                    and all(_finite(x) for x in row)
                     and row[0] <= now_s + FUTURE_SLACK_S
                     and (not s.samples or row[0] >= s.samples[-1][0])
                 )
@@ -105,13 +127,20 @@ class NodeMetrics:
                 else:
                     self.skipped += 1
 
-    def save(self) -> None:
-        """Blocking (file I/O): call in a worker thread."""
-        if self.path is None:
-            return
+    def snapshot(self) -> dict[str, Any]:
+        """The series as plain data, taken on the thread that samples (the trio thread): a worker thread must never
+        iterate the live deques, which the ``metrics.series`` tool may append to meanwhile."""
         self.unsaved = 0
-        rows = {m: [list(x) for x in s.samples] for m, s in self.series.items()}
-        _write_private(self.path, {"version": 1, "series": rows})
+        return {"version": 1, "series": {m: [list(x) for x in s.samples] for m, s in self.series.items()}}
+
+    def write(self, snapshot: Mapping[str, Any]) -> None:
+        """Blocking (file I/O): call in a worker thread with a :meth:`snapshot`."""
+        if self.path is not None:
+            _write_private(self.path, snapshot)
+
+    def save(self) -> None:
+        """Blocking; only where nothing samples concurrently (tests, a stopped service)."""
+        self.write(self.snapshot())
 
     def sample(self, node: Node, battery_percent: float | None) -> None:
         now = node.clock.wall_ms() / 1000
@@ -145,37 +174,38 @@ async def read_battery(node: Node) -> float | None:
 
 async def sample_forever(node: Node, metrics: NodeMetrics, interval_s: float, limiter: trio.CapacityLimiter) -> None:
     while True:
-        metrics.sample(node, await read_battery(node))
-        if metrics.unsaved >= SAVE_EVERY_SAMPLES:
-            try:
-                await trio.to_thread.run_sync(metrics.save, limiter=limiter)
-            except OSError as exc:  # a full disk must not stop the sampling
-                log.warning("could not save the metric series: %s", exc)
+        try:
+            metrics.sample(node, await read_battery(node))
+            if metrics.unsaved >= SAVE_EVERY_SAMPLES:
+                await trio.to_thread.run_sync(metrics.write, metrics.snapshot(), limiter=limiter)
+        except Exception as exc:  # noqa: BLE001 - broad: a full disk, a bug: sampling goes on, the daemon runs
+            log.warning("could not sample or save the metric series: %r", exc)
         await trio.sleep(interval_s)
 
 
 class OfferFile:
-    """``offers.json``: read leniently (a bad row is skipped and counted; an unreadable file is moved aside to
-    ``offers.json.bad``, so the node still starts), written atomically (temp file and directory fsynced)."""
+    """``offers.json``: read leniently and bounded (a bad row is skipped and counted; an unreadable, oversized,
+    symlinked or non-private file is moved aside to ``offers.json.bad``, so the node still starts), written
+    atomically (0600, a fresh temp file, temp file and directory fsynced)."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.skipped = 0
 
     def load(self, book: OfferBook, now_ms: int) -> None:
-        if self.path is None or not self.path.exists():
+        if self.path is None:
             return
         try:
-            rows = json.loads(self.path.read_text())
+            rows = _read_private(self.path, MAX_OFFERS_FILE_BYTES)
         except (OSError, ValueError, RecursionError):
             self.skipped += 1
-            os.replace(self.path, self.path.with_name(self.path.name + ".bad"))
+            _move_aside(self.path)
             return
         for row in rows if isinstance(rows, list) else []:
             try:
                 if not isinstance(row, dict) or not book.add(offer_from_json(row), now_ms):
                     self.skipped += 1
-            except AgentError:
+            except (AgentError, OverflowError):
                 self.skipped += 1
 
     def save(self, book: OfferBook) -> None:

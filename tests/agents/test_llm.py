@@ -3,22 +3,28 @@ backend against llama-cpp-python's own OpenAI-compatible server (a real one, on 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import http.server
 import json
+import os
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
+from node import cli_support
 from node.agents.errors import LlmError, LlmUnavailable
 from node.agents.llm import LocalLlm, Message, OffLlm, OpenAiLlm, build_llm, llama_available, shipped_gguf
 from node.agents.settings import LlmSettings
+from node.daemon import prepare_process_env, run_command
 from node.errors import ConfigError
+from node.settings import Config
 
 NO_LLAMA = llama_available()
 needs_llama = pytest.mark.skipif(NO_LLAMA is not None, reason=f"local LLM not installed: {NO_LLAMA}")
@@ -201,3 +207,34 @@ async def test_magi_thinks_in_a_hidden_scratchpad_kept_in_the_trace_only() -> No
     assert len(thoughts) == 1 and thoughts[0]
     assert thoughts[0] not in out["answer"]  # the answer (what may leave the node) carries no thought
     assert all("thought" not in json.dumps(step) for step in out["steps"])
+
+
+@needs_llama
+def test_loading_the_model_never_sets_the_environment_from_a_worker_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review (cleanup_agents 5): _load (run in a worker thread) called os.environ.setdefault: setenv is not
+    thread-safe. The daemon sets OMP_WAIT_POLICY once at start, on the main thread, before anything else."""
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a model" * 100)
+    with pytest.raises(LlmError, match="could not load"):
+        LocalLlm(LlmSettings(model_path=str(junk)))._load()
+    assert "OMP_WAIT_POLICY" not in os.environ
+
+    class Started(Exception):
+        pass
+
+    seen: list[str | None] = []
+
+    def first_step(args: argparse.Namespace) -> Config:
+        seen.append(os.environ.get("OMP_WAIT_POLICY"))
+        raise Started
+
+    monkeypatch.setattr(cli_support, "load_config", first_step)
+    with pytest.raises(Started):
+        run_command(argparse.Namespace())
+    assert seen == ["PASSIVE"]
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a user's value wins
+    prepare_process_env()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

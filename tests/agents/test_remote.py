@@ -7,11 +7,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import types
 from pathlib import Path
+from typing import Any
 
 import nacl.signing
 import pytest
 import trio
+from trio.testing import MockClock
 
 from node.agents.errors import AgentError
 from node.agents.remote import (
@@ -19,7 +22,10 @@ from node.agents.remote import (
     CAPS_NAMESPACE,
     CAPS_PUSH_SERVICE,
     CAPS_TTL_MS,
+    MAX_CAPS_PEERS,
     PUSH_BURST,
+    PUSH_CONCURRENCY,
+    PUSH_TIMEOUT_S,
     CapsCache,
     PeerBuckets,
     _canonical,
@@ -29,12 +35,13 @@ from node.agents.remote import (
     request_from_untrusted,
     sign_caps,
 )
+from node.agents.remote_service import RemoteAgents
 from node.agents.roster import load_roster
 from node.agents.service import AgentsService
 from node.agents.settings import AgentsSettings, LlmSettings
 from node.agents.trace import Trace, TraceStore
 from node.rag.plugin import rag_service
-from node.routing.app import AppRemoteError
+from node.routing.app import AppRemoteError, AppTimeout
 from node.transports.memory import MemoryNetwork
 from node.twin.ask import OWNER, Access
 from node.twin.ask import ask as twin_ask
@@ -300,3 +307,69 @@ async def test_capabilities_are_pushed_when_a_link_comes_up_and_forgeries_are_re
             assert b_svc.remote.caps.get(carol.identity.peer_id_hex, bob.clock.wall_ms()) is None
             assert b_svc.remote.caps.get(a_hex, bob.clock.wall_ms()) is not None  # alice's copy untouched
             nursery.cancel_scope.cancel()
+
+
+class _PushClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def now(self) -> float:
+        return self.t
+
+    def wall_ms(self) -> int:
+        return int(self.t * 1000)
+
+
+def _push_node(n_peers: int, app_request: Any) -> Any:
+    peers = [types.SimpleNamespace(peer_id=i.to_bytes(8, "big")) for i in range(n_peers)]
+    core = types.SimpleNamespace(peers=peers, is_reachable=lambda p, now: True)
+    key = nacl.signing.SigningKey(b"p" * 32)
+    ident = types.SimpleNamespace(signing_key=key, peer_id_hex="ab" * 8)
+    return types.SimpleNamespace(core=core, clock=_PushClock(), app_request=app_request, identity=ident)
+
+
+def test_more_reachable_peers_than_one_pass_are_each_pushed_once_per_half_lifetime() -> None:
+    """Review (cleanup_agents 4): the "already pushed" map was cut to MAX_CAPS_PEERS, so with 100 reachable peers
+    every pass pushed to 36-64 of them again, every minute, forever."""
+    sent: list[bytes] = []
+
+    async def app_request(peer: bytes, service: str, body: bytes, timeout_s: float) -> bytes:
+        sent.append(peer)
+        return b"{}"
+
+    node = _push_node(100, app_request)
+    ra = RemoteAgents(node, load_roster(), AgentsSettings(), king=None, runner=None, traces=None, db_limiter=None)  # type: ignore[arg-type]
+
+    async def main() -> list[int]:
+        per_pass = []
+        for _ in range(10):  # ten passes a minute apart: well within half the copies' lifetime
+            sent.clear()
+            await ra.push_caps()
+            per_pass.append(len(sent))
+            node.clock.t += 60
+        return per_pass
+
+    per_pass = trio.run(main)
+    assert per_pass == [MAX_CAPS_PEERS, 100 - MAX_CAPS_PEERS] + [0] * 8
+    node.core.peers = node.core.peers[:10]  # peers that left the table are forgotten: the map stays bounded by it
+    trio.run(ra.push_caps)
+    assert set(ra.pushed) == {p.peer_id for p in node.core.peers}
+
+
+def test_a_pass_over_peers_that_never_answer_is_not_held_for_each_in_turn() -> None:
+    async def app_request(peer: bytes, service: str, body: bytes, timeout_s: float) -> bytes:
+        await trio.sleep(timeout_s)
+        raise AppTimeout("no answer")
+
+    node = _push_node(MAX_CAPS_PEERS, app_request)
+    ra = RemoteAgents(node, load_roster(), AgentsSettings(), king=None, runner=None, traces=None, db_limiter=None)  # type: ignore[arg-type]
+
+    async def main() -> float:
+        start = trio.current_time()
+        assert await ra.push_caps() == 0
+        return trio.current_time() - start
+
+    took_s = trio.run(main, clock=MockClock(autojump_threshold=0))
+    assert ra.counters["caps_push_failed"] == MAX_CAPS_PEERS
+    # (virtual time) one after another this took MAX_CAPS_PEERS x PUSH_TIMEOUT_S = 640 s
+    assert took_s == MAX_CAPS_PEERS / PUSH_CONCURRENCY * PUSH_TIMEOUT_S

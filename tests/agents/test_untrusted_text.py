@@ -113,5 +113,10 @@ def test_translation_request_is_parsed_and_linear() -> None:
     assert t("translate this to french: the market is closed") == ("the market is closed", "French")
     assert t("what does gracias mean") is None  # no target language: the plain prompt
     assert t("go to school in town") is None  # "to"/"in" followed by no language
+    assert t("Please TRANSLATE Good Morning Into French") == ("Good Morning", "French")
+    # Review (cleanup_agents 6): positions found in request.lower() cut the request: "İ" lowers to two code points,
+    # so this gave ('İİİİİİ translate hello into f', 'French').
+    assert t("İİİİİİ translate hello into french") == ("İİİİİİ translate hello", "French")
+    assert t("translate İstanbul into turkish") == ("İstanbul", "Turkish")
     for text in (SPACES, " into" * 1000, "to french" * 440, "translate " * 400):
         t(text)

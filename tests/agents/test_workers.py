@@ -111,6 +111,32 @@ def test_offers_are_signed_verified_accepted_and_bounded() -> None:
     assert len(book.offers) == 3 and [x.give_amount for x in book.all()] == [3, 4, 5]
 
 
+def test_the_offers_file_is_read_and_written_privately(tmp_path: Path) -> None:
+    maker = nacl.signing.SigningKey(b"m" * 32)
+    o = make_offer(maker, give="storage_bytes", give_amount=10, want="relay_frames", want_amount=5, now_ms=0, ttl_s=9)
+    book = OfferBook()
+    book.add(o, 0)
+    d = tmp_path / "agents"
+    d.mkdir()
+    path, victim = d / "offers.json", tmp_path / "victim"
+    victim.write_text("important\n")
+    (d / "offers.tmp").symlink_to(victim)  # planted: the old fixed temp name was opened through the link
+    OfferFile(path).save(book)
+    assert victim.read_text() == "important\n" and not path.is_symlink() and path.stat().st_mode & 0o777 == 0o600
+    # A row whose time is Infinity (int() raises OverflowError) is skipped, not fatal to the start.
+    path.write_text(json.dumps([o.to_json() | {"created_ms": math.inf}, o.to_json()]))
+    again, f = OfferBook(), OfferFile(path)
+    f.load(again, 1)
+    assert f.skipped == 1 and list(again.offers) == [o.id]
+    # A symlinked offers.json is not followed: moved aside, the target untouched, the node starts with no offers.
+    path.unlink()
+    path.symlink_to(victim)
+    empty, f2 = OfferBook(), OfferFile(path)
+    f2.load(empty, 1)
+    assert f2.skipped == 1 and not empty.offers and (d / "offers.json.bad").is_symlink()
+    assert victim.read_text() == "important\n"
+
+
 def test_an_accepted_offer_is_final_and_a_bad_offers_file_does_not_stop_the_node(tmp_path: Path) -> None:
     maker = nacl.signing.SigningKey(b"m" * 32)
     taker = nacl.signing.SigningKey(b"t" * 32)

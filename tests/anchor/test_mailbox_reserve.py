@@ -138,3 +138,41 @@ async def test_free_keys_hold_at_most_their_share_of_a_proven_recipients_reserve
         await service.deposit(sealed_for(free[2], c, b"junk"), free[2].signing_public)
     _, new = await service.deposit(sealed_for(t, c, b"hi c"), t.signing_public)  # the trusted sender still gets in
     assert new and service.core.counters.reserved == 3
+
+
+async def test_junk_deposited_before_the_anchor_filled_up_does_not_take_the_trusted_part_of_the_reserve() -> None:
+    """Review (cleanup_agents 1): one free key put 4 junk envelopes for proven c through the normal path while the
+    anchor was not full; free keys then filled the anchor; the reserve counted every envelope c held, so the
+    trusted depositor's mail for c was refused E_FULL. Now a trusted deposit counts trusted envelopes only."""
+    anchor, c, t, t2 = (Identity.generate() for _ in range(4))
+    limits = MailboxLimits(
+        max_total=20,
+        max_per_depositor_total=5,
+        reserved_per_proven_recipient=4,
+        trusted_depositors=frozenset({t.signing_public, t2.signing_public}),
+    )
+    clock = Clock()
+    service = MailboxService(MailboxCore(anchor.signing_public, limits), MemoryMailboxStorage(), clock)
+    assert await prove_by_mail(service, c) == 1
+    expiry = clock() + 86_400_000
+    k = Identity.generate()
+    for i in range(4):
+        clock.ms += 1000
+        _, new = await service.deposit(sealed_for(k, c, b"junk%d" % i), k.signing_public)
+        assert new
+    assert await service.storage.count(c.peer_id, clock()) == 4
+    assert await fill_with_junk(service, clock, expiry) == 11  # free keys: 15 of the 20 in all
+    for _ in range(5):  # the trusted sender's own traffic for others fills the rest of the total
+        clock.ms += 1000
+        await service.deposit(encode_envelope(Envelope(os.urandom(8), expiry, 1, os.urandom(200))), t.signing_public)
+    clock.ms += 1000
+    assert await service.storage.count(None, clock()) == 20
+    late = Identity.generate()  # a free key gets no more of c's reserve: the junk already holds the free part
+    with pytest.raises(MailboxError, match="full"):
+        await service.deposit(sealed_for(late, c, b"more junk"), late.signing_public)
+    for who in (t, t2):  # the trusted part of the reserve (4 - 2) is still theirs
+        _, new = await service.deposit(sealed_for(who, c, b"hi c"), who.signing_public)
+        assert new
+    assert service.core.counters.reserved == 2
+    with pytest.raises(MailboxError, match="full"):  # and no more than that
+        await service.deposit(sealed_for(t, c, b"again"), t.signing_public)
