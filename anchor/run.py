@@ -24,7 +24,7 @@ import trio
 
 from anchor.audit_drain import AuditDrain, audit_stream, consumer_name
 from anchor.gateway.app import GatewayContext, build_app
-from anchor.gateway.auth import TokenIssuer, load_or_create_secret, load_shared_secret
+from anchor.gateway.auth import TokenIssuer, issuer_name, load_or_create_secret, load_shared_secret
 from anchor.gateway.forwarded import TrustedProxies
 from anchor.gateway.ports import ApiKeyInfo, MailboxPort
 from anchor.gateway.server import is_loopback, serve_http, tls_files
@@ -202,8 +202,9 @@ class GatewayService:
             secret = load_shared_secret(Path(anchor.jwt_secret_file).expanduser())
         else:
             secret = load_or_create_secret(cfg.data_dir)
-        issuer_name = anchor.cluster or node.identity.peer_id_hex
-        issuer = TokenIssuer(secret, issuer=f"aivillage-anchor:{issuer_name}", ttl_s=anchor.token_ttl_s)
+        issuer = TokenIssuer(
+            secret, issuer=issuer_name(node.identity.peer_id_hex, anchor.cluster), ttl_s=anchor.token_ttl_s
+        )
         async with _closed_even_if_cancelled(open_stores(cfg)) as stores, trio.open_nursery() as nursery:
             ctx = GatewayContext(
                 node=node,
