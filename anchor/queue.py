@@ -23,7 +23,10 @@ status records live on one shard) and one consumer group in which each replica i
 A replica that stops or hangs keeps what it read in its pending list; after ``anchor.claim_idle_s`` another
 replica claims (XCLAIM) those entries whose record still says ``queued``. An entry whose record says ``handing``
 by the stopped replica is in doubt (its node may hold it in its outbox on its disk) and is left to it: it resolves
-it when it starts again with its data dir, exactly as a lone anchor does after a crash.
+it when it starts again with its data dir, exactly as a lone anchor does after a crash. A ``handing`` record has no
+TTL until it is settled; should an entry delivered before have no status record at all (evicted: the anchor refuses
+a Redis whose ``maxmemory-policy`` is not ``noeviction``; or deleted), it is settled as ``failed`` ("status lost;
+not sent again"), never handed over a second time.
 
 A message the node refuses when it reads it (its rules changed meanwhile, e.g. a full pending queue) is settled
 as ``failed`` with the reason; ``GET /v1/messages/{id}`` shows it. The backlog is bounded (``anchor.queue_max``):
@@ -56,6 +59,7 @@ CONSUMER = "node"  # a lone anchor's consumer (stable across restarts, so its pe
 STATUS_TTL_S = 7 * 24 * 3600.0  # how long GET /v1/messages/{id} can find a message
 RETRY_S = 1.0  # pause after a store error before the consumer tries again
 READ_COUNT = 16
+STATUS_LOST = "status lost; not sent again (its hand-over may have begun on a replica that did not come back)"
 
 
 class _NodeNotRunning(Exception):
@@ -327,12 +331,22 @@ class MessageQueue:
             return
         key = self._status_key(message.id)
         if recovered or self.cluster:
-            verdict, detail = await self.redis.queue_begin(key, self.consumer, ttl_s=STATUS_TTL_S)
+            verdict, detail = await self.redis.queue_begin(key, self.consumer, ttl_s=STATUS_TTL_S, delivered=recovered)
         else:
             verdict, detail = "mine", ""
         if verdict == "settled":
             self.counters["duplicates"] += 1  # handled before a crash, not acknowledged: just acknowledge now
             await self.redis.queue_settle(self.stream, GROUP, entry.id, key, {"state": detail}, ttl_s=STATUS_TTL_S)
+            return
+        if verdict == "unknown":
+            # Delivered before and its status record is gone (expired, or evicted): its hand-over may have begun on
+            # a replica that never came back, whose node may have sent it. Not sent again; said so.
+            self.counters["failed"] += 1
+            log.warning(
+                "message queue: entry %s (message %s) lost its status record; not sent again", entry.id, message.id
+            )
+            lost = {"state": "failed", "detail": STATUS_LOST, "to": message.to or "", "key": message.key_id}
+            await self.redis.queue_settle(self.stream, GROUP, entry.id, key, lost, ttl_s=STATUS_TTL_S)
             return
         if verdict == "other":
             # Another replica began handing this entry over (it claimed it from us while we were slow, or we

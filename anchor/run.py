@@ -206,6 +206,7 @@ class GatewayService:
             secret, issuer=issuer_name(node.identity.peer_id_hex, anchor.cluster), ttl_s=anchor.token_ttl_s
         )
         async with _closed_even_if_cancelled(open_stores(cfg)) as stores, trio.open_nursery() as nursery:
+            await check_no_eviction(stores.redis)
             ctx = GatewayContext(
                 node=node,
                 stores=stores,
@@ -270,6 +271,30 @@ class GatewayService:
                 draining.cancel()
                 with trio.CancelScope(shield=True):  # the node cancels its services after its drain
                     await drain.flush(timeout_s=2 * anchor.store_timeout_s)
+
+
+async def check_no_eviction(redis: RedisStore) -> None:
+    """Refuse to start on a Redis that may evict keys when its memory is full (``maxmemory-policy`` other than
+    ``noeviction``): it would drop queued messages, audit records waiting for PostgreSQL and the status records that
+    keep a message from being sent twice. A Redis that will not say (CONFIG disabled, as some hosted Redis do) or
+    cannot be reached now is warned about."""
+    try:
+        policy = await redis.maxmemory_policy()
+    except StoreError as exc:
+        log.warning("Redis maxmemory-policy not checked (%s); it must be noeviction", exc)
+        return
+    if policy is None:
+        log.warning(
+            "Redis does not say its maxmemory-policy (CONFIG GET refused): make sure it is noeviction, or queued "
+            "messages, audit records and message status records may be evicted"
+        )
+    elif policy != "noeviction":
+        raise StartupError(
+            f"Redis maxmemory-policy is {policy}: it may evict queued messages, audit records and the status records "
+            f"that keep a message from being sent twice; set maxmemory-policy noeviction (redis.conf, or "
+            f"CONFIG SET maxmemory-policy noeviction) — when its memory is full Redis then refuses writes and the "
+            f"gateway answers 503"
+        )
 
 
 async def _drain_own_stream(cluster_queue: MessageQueue) -> None:
