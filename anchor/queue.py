@@ -17,7 +17,9 @@ between but the Redis call) could send it twice.
 
 Replicas (``[anchor] cluster``): several gateways of one anchor, each its own node with its own identity and data
 dir, share one stream (``messages:{<cluster>}``; the braces are a Redis Cluster hash tag, so a stream and its
-status records live on one shard) and one consumer group in which each replica is a consumer named by its peer ID
+status records would live on one shard — but Redis Cluster is not supported yet: the script of ``POST
+/v1/messages`` also touches the audit stream, the key cache and the rate-limit buckets, in other slots; Redis
+Sentinel is the path to failover) and one consumer group in which each replica is a consumer named by its peer ID
 (stable across its restarts). Before a replica hands an entry to its node it sets the status record from
 ``queued`` to ``handing`` by itself (a compare-and-set): of two replicas holding the same entry, one hands it over.
 A replica that stops or hangs keeps what it read in its pending list; after ``anchor.claim_idle_s`` another
