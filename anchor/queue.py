@@ -342,7 +342,18 @@ class MessageQueue:
             return
         if verdict == "unknown":
             # Delivered before and its status record is gone (expired, or evicted): its hand-over may have begun on
-            # a replica that never came back, whose node may have sent it. Not sent again; said so.
+            # a replica that never came back, whose node may have sent it. Not sent again; said so — unless this
+            # node's own outbox holds it (this consumer began it before a crash): then it was accepted here.
+            if message.to is not None and self.node.outbox is not None and self.node.outbox.get(message.id):
+                mine = {
+                    "state": "accepted",
+                    "mesh_id": message.id,
+                    "detail": "",
+                    "to": message.to,
+                    "key": message.key_id,
+                }
+                await self.redis.queue_settle(self.stream, GROUP, entry.id, key, mine, ttl_s=STATUS_TTL_S)
+                return
             self.counters["failed"] += 1
             log.warning(
                 "message queue: entry %s (message %s) lost its status record; not sent again", entry.id, message.id

@@ -157,6 +157,25 @@ async def test_an_in_doubt_entry_of_a_replica_gone_for_good_is_never_sent_again(
     assert await qa.redis.stream_length(qa.stream) == 0 and await qa.redis.stream_pending_count(qa.stream, GROUP) == 0
 
 
+async def test_a_lost_status_record_of_what_this_node_took_before_a_crash_reads_from_its_outbox(
+    replicas: tuple[Replica, Replica], nursery: trio.Nursery
+) -> None:
+    a, _b = replicas
+    qa = a.queue()
+    [message_id] = await _put(qa, 1)
+    await qa.redis.stream_ensure_group(qa.stream, GROUP)
+    assert len(await qa.redis.stream_read(qa.stream, GROUP, qa.consumer, count=1)) == 1
+    assert await qa.redis.queue_begin(qa._status_key(message_id), qa.consumer, ttl_s=60) == ("mine", "")
+    assert a.node.send_private(FULL_PEER_ID, "message 0", message_id=message_id) == message_id
+    # a crashes before settling, its record is lost; at its restart its own outbox says the node took it.
+    await trio.to_thread.run_sync(qa.redis._client.delete, f"{KEY_PREFIX}st:{qa._status_key(message_id)}")
+    qa2 = a.queue()
+    await nursery.start(qa2.run)
+    await _until(qa2, [message_id])  # "pending": in a's outbox, awaiting the peer; not "failed", not sent twice
+    assert a.outbox_ids() == [message_id] and qa2.counters["failed"] == 0
+    assert await qa.redis.stream_pending_count(qa.stream, GROUP) == 0
+
+
 async def test_a_slow_replica_does_not_send_what_another_claimed(replicas: tuple[Replica, Replica]) -> None:
     a, b = replicas
     qa, qb = a.queue(), b.queue()
