@@ -19,13 +19,18 @@ between but the Redis call) could send it twice.
 
 Replicas (``[anchor] cluster``): several gateways of one anchor, each its own node with its own identity and data
 dir, share one stream (``messages:{<cluster>}``; the braces are a Redis Cluster hash tag, so a stream and its
-status records live on one shard) and one consumer group in which each replica is a consumer named by its peer ID
+status records would live on one shard — but Redis Cluster is not supported yet: the script of ``POST
+/v1/messages`` also touches the audit stream, the key cache and the rate-limit buckets, in other slots; Redis
+Sentinel is the path to failover) and one consumer group in which each replica is a consumer named by its peer ID
 (stable across its restarts). Before a replica hands an entry to its node it sets the status record from
 ``queued`` to ``handing`` by itself (a compare-and-set): of two replicas holding the same entry, one hands it over.
 A replica that stops or hangs keeps what it read in its pending list; after ``anchor.claim_idle_s`` another
 replica claims (XCLAIM) those entries whose record still says ``queued``. An entry whose record says ``handing``
 by the stopped replica is in doubt (its node may hold it in its outbox on its disk) and is left to it: it resolves
-it when it starts again with its data dir, exactly as a lone anchor does after a crash.
+it when it starts again with its data dir, exactly as a lone anchor does after a crash. A ``handing`` record has no
+TTL until it is settled; should an entry delivered before have no status record at all (evicted: the anchor refuses
+a Redis whose ``maxmemory-policy`` is not ``noeviction``; or deleted), it is settled as ``failed`` ("status lost;
+not sent again"), never handed over a second time.
 
 A message the node refuses when it reads it (its rules changed meanwhile, e.g. a full pending queue) is settled
 as ``failed`` with the reason; ``GET /v1/messages/{id}`` shows it. The backlog is bounded (``anchor.queue_max``):
@@ -58,6 +63,7 @@ CONSUMER = "node"  # a lone anchor's consumer (stable across restarts, so its pe
 STATUS_TTL_S = 7 * 24 * 3600.0  # how long GET /v1/messages/{id} can find a message
 RETRY_S = 1.0  # pause after a store error before the consumer tries again
 READ_COUNT = 16
+STATUS_LOST = "status lost; not sent again (its hand-over may have begun on a replica that did not come back)"
 
 
 class _NodeNotRunning(Exception):
@@ -332,12 +338,33 @@ class MessageQueue:
             return
         key = self._status_key(message.id)
         if recovered or self.cluster:
-            verdict, detail = await self.redis.queue_begin(key, self.consumer, ttl_s=STATUS_TTL_S)
+            verdict, detail = await self.redis.queue_begin(key, self.consumer, ttl_s=STATUS_TTL_S, delivered=recovered)
         else:
             verdict, detail = "mine", ""
         if verdict == "settled":
             self.counters["duplicates"] += 1  # handled before a crash, not acknowledged: just acknowledge now
             await self.redis.queue_settle(self.stream, GROUP, entry.id, key, {"state": detail}, ttl_s=STATUS_TTL_S)
+            return
+        if verdict == "unknown":
+            # Delivered before and its status record is gone (expired, or evicted): its hand-over may have begun on
+            # a replica that never came back, whose node may have sent it. Not sent again; said so — unless this
+            # node's own outbox holds it (this consumer began it before a crash): then it was accepted here.
+            if message.to is not None and self.node.outbox is not None and self.node.outbox.get(message.id):
+                mine = {
+                    "state": "accepted",
+                    "mesh_id": message.id,
+                    "detail": "",
+                    "to": message.to,
+                    "key": message.key_id,
+                }
+                await self.redis.queue_settle(self.stream, GROUP, entry.id, key, mine, ttl_s=STATUS_TTL_S)
+                return
+            self.counters["failed"] += 1
+            log.warning(
+                "message queue: entry %s (message %s) lost its status record; not sent again", entry.id, message.id
+            )
+            lost = {"state": "failed", "detail": STATUS_LOST, "to": message.to or "", "key": message.key_id}
+            await self.redis.queue_settle(self.stream, GROUP, entry.id, key, lost, ttl_s=STATUS_TTL_S)
             return
         if verdict == "other":
             # Another replica began handing this entry over (it claimed it from us while we were slow, or we

@@ -24,7 +24,7 @@ import trio
 
 from anchor.audit_drain import RETRY_S, AuditDrain, audit_stream_of, consumer_name
 from anchor.gateway.app import GatewayContext, build_app
-from anchor.gateway.auth import TokenIssuer, load_or_create_secret, load_shared_secret
+from anchor.gateway.auth import TokenIssuer, issuer_name, load_or_create_secret, load_shared_secret
 from anchor.gateway.forwarded import TrustedProxies
 from anchor.gateway.ports import ApiKeyInfo, MailboxPort
 from anchor.gateway.server import is_loopback, serve_http, tls_files
@@ -203,9 +203,11 @@ class GatewayService:
             secret = load_shared_secret(Path(anchor.jwt_secret_file).expanduser())
         else:
             secret = load_or_create_secret(cfg.data_dir)
-        issuer_name = anchor.cluster or node.identity.peer_id_hex
-        issuer = TokenIssuer(secret, issuer=f"aivillage-anchor:{issuer_name}", ttl_s=anchor.token_ttl_s)
+        issuer = TokenIssuer(
+            secret, issuer=issuer_name(node.identity.peer_id_hex, anchor.cluster), ttl_s=anchor.token_ttl_s
+        )
         async with _closed_even_if_cancelled(open_stores(cfg)) as stores, trio.open_nursery() as nursery:
+            await check_no_eviction(stores.redis)
             ctx = GatewayContext(
                 node=node,
                 stores=stores,
@@ -289,6 +291,30 @@ async def _name_audit_stream(queue: MessageQueue, postgres: PostgresStore) -> No
             queue.audit_stream = name
             return
         await trio.sleep(RETRY_S)  # PostgreSQL is down: retried as the drain retries
+
+
+async def check_no_eviction(redis: RedisStore) -> None:
+    """Refuse to start on a Redis that may evict keys when its memory is full (``maxmemory-policy`` other than
+    ``noeviction``): it would drop queued messages, audit records waiting for PostgreSQL and the status records that
+    keep a message from being sent twice. A Redis that will not say (CONFIG disabled, as some hosted Redis do) or
+    cannot be reached now is warned about."""
+    try:
+        policy = await redis.maxmemory_policy()
+    except StoreError as exc:
+        log.warning("Redis maxmemory-policy not checked (%s); it must be noeviction", exc)
+        return
+    if policy is None:
+        log.warning(
+            "Redis does not say its maxmemory-policy (CONFIG GET refused): make sure it is noeviction, or queued "
+            "messages, audit records and message status records may be evicted"
+        )
+    elif policy != "noeviction":
+        raise StartupError(
+            f"Redis maxmemory-policy is {policy}: it may evict queued messages, audit records and the status records "
+            f"that keep a message from being sent twice; set maxmemory-policy noeviction (redis.conf, or "
+            f"CONFIG SET maxmemory-policy noeviction) — when its memory is full Redis then refuses writes and the "
+            f"gateway answers 503"
+        )
 
 
 async def _drain_own_stream(cluster_queue: MessageQueue) -> None:

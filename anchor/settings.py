@@ -13,17 +13,29 @@ from node.schema import parse_host_port, setting
 
 MCP_MEMORY_STORES = ("graph", "local")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+MIN_PREFIX = {4: 8, 6: 32}  # the widest network trusted_proxies accepts, per IP version
 CLUSTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def parse_networks(key: str, values: Sequence[str]) -> tuple[Network, ...]:
-    """Addresses or CIDR networks; a ConfigError naming ``key`` for anything else."""
+    """Addresses or CIDR networks (no host bits set, e.g. 10.0.0.0/8 not 10.0.0.5/8); a ConfigError naming ``key``
+    for anything else, and for a network wider than /8 (IPv4) or /32 (IPv6): trusting that many addresses as
+    proxies would let most of the Internet choose its own rate-limit bucket."""
     networks = []
     for value in values:
         try:
-            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+            network = ipaddress.ip_network(value.strip(), strict=True)
         except ValueError:
-            raise ConfigError(f"{key}: expected IP addresses or networks such as 10.0.0.0/8, got {value!r}") from None
+            raise ConfigError(
+                f"{key}: expected IP addresses or networks such as 10.0.0.0/8 (no host bits set), got {value!r}"
+            ) from None
+        widest = MIN_PREFIX[network.version]
+        if network.prefixlen < widest:
+            raise ConfigError(
+                f"{key}: {value!r} trusts too many addresses as proxies; name the proxies' addresses or a network "
+                f"of at least /{widest}"
+            )
+        networks.append(network)
     return tuple(networks)
 
 

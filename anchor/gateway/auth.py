@@ -58,6 +58,7 @@ log = logging.getLogger("village.anchor.gateway")
 
 ALGORITHM = "HS256"
 SECRET_BYTES = 32  # 256-bit HMAC key, the size RFC 7518 asks for HS256
+MIN_DISTINCT_BYTES = 16  # a shared secret file with fewer distinct byte values is refused (not random)
 SECRET_FILE = "jwt.secret"
 LOCK_FILE = ".jwt.secret.lock"  # flock-ed for the whole load-or-create (two starts never race)
 CLOCK_SKEW_S = 5.0  # tokens whose iat lies this far in the future are refused
@@ -223,8 +224,18 @@ def load_shared_secret(path: Path) -> bytes:
             f"anchor.jwt_secret_file {path} does not exist; make it once and give every replica the same file: "
             f"head -c 32 /dev/urandom > {path}; chmod 600 {path}"
         )
+    advice = f"make a random one: head -c 32 /dev/urandom > {path}; chmod 600 {path}"
     if len(secret) < SECRET_BYTES:
-        raise StartupError(f"anchor.jwt_secret_file {path} holds {len(secret)} bytes; at least {SECRET_BYTES} needed")
+        raise StartupError(
+            f"anchor.jwt_secret_file {path} holds {len(secret)} bytes; at least {SECRET_BYTES} needed; {advice}"
+        )
+    if len(set(secret)) < MIN_DISTINCT_BYTES:
+        # 32 random bytes hold ~30 distinct values (fewer than 16: about 1 in 10^15); a password or a repeated byte
+        # holds far fewer, and anyone who guesses it can sign tokens for every replica.
+        raise StartupError(
+            f"anchor.jwt_secret_file {path} does not look random ({len(set(secret))} distinct byte values, fewer "
+            f"than {MIN_DISTINCT_BYTES}): a guessable secret lets anyone sign access tokens; {advice}"
+        )
     return secret
 
 
@@ -249,6 +260,13 @@ def _create_secret(path: Path) -> bytes:
     secret = secrets.token_bytes(SECRET_BYTES)
     write_private_file_atomically(path, secret)
     return secret
+
+
+def issuer_name(peer_id_hex: str, cluster: str = "") -> str:
+    """The ``iss`` of this anchor's tokens: ``aivillage-anchor:<peer ID hex>`` for a lone anchor,
+    ``aivillage-anchor:cluster:<name>`` for the replicas of a cluster — never equal, whatever the cluster's name
+    (a name may be 64 hex digits), so a lone anchor's token is not a cluster's nor the reverse."""
+    return f"aivillage-anchor:cluster:{cluster}" if cluster else f"aivillage-anchor:{peer_id_hex}"
 
 
 class TokenIssuer:

@@ -110,16 +110,23 @@ return 1
 """
 
 # Begin a hand-over to a node (gateway replicas sharing one consumer group) — KEYS: status hash; ARGV: consumer,
-# status TTL ms. A compare-and-set on the record: "queued" (or no record) becomes "handing" by this consumer, so of
-# two replicas holding the same entry (one claimed it from the other, which was only slow) one hands it over.
+# status TTL ms, whether the entry was delivered before (1: from a pending list or claimed; 0: read new). A
+# compare-and-set on the record: "queued" becomes "handing" by this consumer, so of two replicas holding the same
+# entry (one claimed it from the other, which was only slow) one hands it over. The "handing" record has no TTL
+# until it is settled (the settle script sets one): a replica gone for good cannot have its in-doubt record expire
+# and the entry handed over again. No record: for a new entry (it waited longer than the TTL) as "queued"; for
+# one delivered before, "unknown" — its hand-over may have begun and the record been lost (expired, or evicted by
+# a Redis not on noeviction), so it must not be sent again.
 # Returns {verdict, detail}: mine (begun now), again (this consumer began it before: a restart), other (another
-# consumer's hand-over; detail names it), settled (detail: the final state).
+# consumer's hand-over; detail names it), unknown (no record of an entry delivered before), settled (detail: the
+# final state).
 _BEGIN_LUA = """
 local st = redis.call('HMGET', KEYS[1], 'state', 'by')
 local state, by = st[1], st[2]
+if state == false and ARGV[3] == '1' then return {'unknown', ''} end
 if state == false or state == 'queued' then
   redis.call('HSET', KEYS[1], 'state', 'handing', 'by', ARGV[1])
-  if state == false then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+  redis.call('PERSIST', KEYS[1])
   return {'mine', ''}
 end
 if state == 'handing' then
@@ -628,13 +635,31 @@ class RedisStore:
 
         return await self._call(work)
 
+    async def maxmemory_policy(self) -> str | None:
+        """The server's ``maxmemory-policy`` (``noeviction`` keeps every key when memory runs out); None if it will
+        not say (CONFIG disabled, as some hosted Redis do)."""
+
+        def work() -> str | None:
+            try:
+                got: Any = self._client.config_get("maxmemory-policy")
+            except redis.exceptions.ResponseError:
+                return None
+            value = got.get("maxmemory-policy") or got.get(b"maxmemory-policy")
+            return None if value is None else _text(value)
+
+        return await self._call(work)
+
     # ----------------------------------------------------------------------- several consumers (replicas)
 
-    async def queue_begin(self, status_key: str, consumer: str, *, ttl_s: float) -> tuple[str, str]:
+    async def queue_begin(
+        self, status_key: str, consumer: str, *, ttl_s: float, delivered: bool = False
+    ) -> tuple[str, str]:
         """Compare-and-set the status record before ``consumer`` hands its entry to a node (see ``_BEGIN_LUA``):
-        (verdict, detail) with verdict ``mine``, ``again``, ``other`` or ``settled``."""
+        (verdict, detail) with verdict ``mine``, ``again``, ``other``, ``unknown`` (no record of an entry
+        ``delivered`` before) or ``settled``. ``ttl_s`` is kept for the callers; a ``handing`` record has none."""
         key = f"{KEY_PREFIX}st:{status_key}"
-        raw: Any = await self._call(lambda: self._begin(keys=[key], args=[consumer, max(1, int(ttl_s * 1000))]))
+        args: list[str | int] = [consumer, max(1, int(ttl_s * 1000)), "1" if delivered else "0"]
+        raw: Any = await self._call(lambda: self._begin(keys=[key], args=args))
         return _text(raw[0]), _text(raw[1])
 
     async def stream_pending_idle(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from anchor.gateway.auth import load_shared_secret
+from anchor.gateway.auth import issuer_name, load_shared_secret
 from anchor.run import services_settings_path
 from anchor.services_settings import SETTINGS_FILE
 from anchor.settings import AnchorSection
@@ -56,9 +56,25 @@ def test_the_shared_token_secret_is_read_never_made_and_must_be_private(tmp_path
     path.chmod(0o600)
     with pytest.raises(StartupError, match="holds 31 bytes; at least 32"):
         load_shared_secret(path)
-    path.write_bytes(b"k" * 32)
+    good = bytes(range(32))  # 32 distinct values (what 32 random bytes nearly always hold: ~30)
+    path.write_bytes(good)
     path.chmod(0o644)
     with pytest.raises(StartupError, match="chmod 600"):
         load_shared_secret(path)
     path.chmod(0o600)
-    assert load_shared_secret(path) == b"k" * 32
+    assert load_shared_secret(path) == good
+    # Guessable secrets (one repeated byte, a repeated password) are refused with the way to make a random one.
+    for weak in (b"k" * 32, b"changeme" * 4, b"0123456789abcde" * 3):
+        path.write_bytes(weak)
+        with pytest.raises(StartupError, match=r"does not look random .* head -c 32 /dev/urandom"):
+            load_shared_secret(path)
+
+
+def test_a_cluster_issuer_never_equals_a_lone_anchors() -> None:
+    peer_hex = "ab" * 32
+    lone = issuer_name(peer_hex)
+    assert lone == f"aivillage-anchor:{peer_hex}"
+    # A cluster may be named like a peer ID (the name's pattern allows 64 hex digits): its issuer still differs.
+    cluster = issuer_name("cd" * 32, peer_hex)
+    assert AnchorSection(cluster=peer_hex, jwt_secret_file="/x").cluster == peer_hex
+    assert cluster == f"aivillage-anchor:cluster:{peer_hex}" and cluster != lone

@@ -72,3 +72,34 @@ async def test_the_forwarded_client_is_rate_limited_not_the_proxy(services: Any,
         # A peer outside the trusted networks cannot pick a bucket: its own address counts.
         outsider = f"192.0.2.{secrets.randbelow(250) + 1}"
         assert [await health(outsider, f"203.0.113.{n}") for n in range(3)] == [200, 200, 429]
+
+
+def test_too_wide_or_host_bits_networks_are_refused_naming_the_key() -> None:
+    for wide in ("0.0.0.0/0", "10.0.0.0/7", "::/0", "2001:db8::/31"):
+        with pytest.raises(ConfigError, match=r"anchor\.trusted_proxies: .* too many addresses"):
+            config_from_mapping({"anchor": {"trusted_proxies": [wide]}})
+    with pytest.raises(ConfigError, match=r"anchor\.trusted_proxies: .*no host bits"):
+        config_from_mapping({"anchor": {"trusted_proxies": ["10.0.0.5/8"]}})
+    assert [str(n) for n in parse_networks("k", ["10.0.0.0/8", "2001:db8::/32"])] == ["10.0.0.0/8", "2001:db8::/32"]
+
+
+async def test_forwarded_entries_with_ports_or_brackets_name_the_client() -> None:
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["client"][0])
+
+    proxies = TrustedProxies(app, parse_networks("k", ["10.0.0.5"]))
+    cases = {
+        b"203.0.113.7:5555": "203.0.113.7",
+        b"[2001:db8::1]:443": "2001:db8::1",
+        b"[2001:db8::2]": "2001:db8::2",
+        b"6.6.6.6, 203.0.113.8 ": "203.0.113.8",
+        b"2001:db8::3": "2001:db8::3",
+        b"203.0.113.9:port": "10.0.0.5",  # unusable: the proxy's own address stays
+        b"[2001:db8::4]x": "10.0.0.5",
+    }
+    for header, client in cases.items():
+        scope = {"type": "http", "client": ("10.0.0.5", 1), "headers": [(b"x-forwarded-for", header)]}
+        await proxies(scope, None, None)  # type: ignore[arg-type]  # never called: the wrapped app only records
+        assert seen[-1] == client, header

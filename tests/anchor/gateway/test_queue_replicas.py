@@ -13,9 +13,9 @@ import httpx
 import pytest
 import trio
 
-from anchor.queue import GROUP, MessageQueue, QueuedMessage, new_message_id
+from anchor.queue import GROUP, STATUS_LOST, MessageQueue, QueuedMessage, new_message_id
 from anchor.services_settings import ServiceSettings
-from anchor.stores.redis_store import RedisStore
+from anchor.stores.redis_store import KEY_PREFIX, RedisStore
 from node.identity import create_identity
 from node.node import Node
 from node.settings import Config
@@ -129,6 +129,51 @@ async def test_a_stopped_replicas_entries_are_claimed_and_its_in_doubt_entry_res
     await _until(qa2, ids[:1])
     assert a.outbox_ids() == ids[:1] and sorted(b.outbox_ids()) == sorted(ids[1:])
     assert await qa.redis.stream_length(qa.stream) == 0 and await qa.redis.stream_pending_count(qa.stream, GROUP) == 0
+
+
+async def test_an_in_doubt_entry_of_a_replica_gone_for_good_is_never_sent_again(
+    replicas: tuple[Replica, Replica], nursery: trio.Nursery
+) -> None:
+    a, b = replicas
+    qa = a.queue()
+    [message_id] = await _put(qa, 1)
+    await qa.redis.stream_ensure_group(qa.stream, GROUP)
+    assert len(await qa.redis.stream_read(qa.stream, GROUP, qa.consumer, count=1)) == 1
+    # a begins handing it over, its node takes it, and a never comes back.
+    assert await qa.redis.queue_begin(qa._status_key(message_id), qa.consumer, ttl_s=60) == ("mine", "")
+    assert a.node.send_private(FULL_PEER_ID, "message 0", message_id=message_id) == message_id
+    record = f"{KEY_PREFIX}st:{qa._status_key(message_id)}"
+    # The in-doubt record does not expire: it names the hand-over until a settles it (TTL -1: none).
+    assert await trio.to_thread.run_sync(qa.redis._client.pttl, record) == -1
+    # Were it lost anyway (evicted by a Redis not on noeviction, deleted by hand), b claims the entry once idle
+    # and settles it as failed, never sends it a second time.
+    await trio.to_thread.run_sync(qa.redis._client.delete, record)
+    qb = b.queue()
+    await nursery.start(qb.run)
+    await _until(qb, [message_id], state="failed")
+    assert b.outbox_ids() == [] and a.outbox_ids() == [message_id]
+    assert qb.counters["claimed"] == 1 and (await qb.status(message_id) or {})["detail"] == STATUS_LOST
+    assert await trio.to_thread.run_sync(qa.redis._client.pttl, record) > 0  # settled: it expires again
+    assert await qa.redis.stream_length(qa.stream) == 0 and await qa.redis.stream_pending_count(qa.stream, GROUP) == 0
+
+
+async def test_a_lost_status_record_of_what_this_node_took_before_a_crash_reads_from_its_outbox(
+    replicas: tuple[Replica, Replica], nursery: trio.Nursery
+) -> None:
+    a, _b = replicas
+    qa = a.queue()
+    [message_id] = await _put(qa, 1)
+    await qa.redis.stream_ensure_group(qa.stream, GROUP)
+    assert len(await qa.redis.stream_read(qa.stream, GROUP, qa.consumer, count=1)) == 1
+    assert await qa.redis.queue_begin(qa._status_key(message_id), qa.consumer, ttl_s=60) == ("mine", "")
+    assert a.node.send_private(FULL_PEER_ID, "message 0", message_id=message_id) == message_id
+    # a crashes before settling, its record is lost; at its restart its own outbox says the node took it.
+    await trio.to_thread.run_sync(qa.redis._client.delete, f"{KEY_PREFIX}st:{qa._status_key(message_id)}")
+    qa2 = a.queue()
+    await nursery.start(qa2.run)
+    await _until(qa2, [message_id])  # "pending": in a's outbox, awaiting the peer; not "failed", not sent twice
+    assert a.outbox_ids() == [message_id] and qa2.counters["failed"] == 0
+    assert await qa.redis.stream_pending_count(qa.stream, GROUP) == 0
 
 
 async def test_a_slow_replica_does_not_send_what_another_claimed(replicas: tuple[Replica, Replica]) -> None:

@@ -65,6 +65,8 @@ def test_compose_runs_two_replicas_of_one_anchor_on_shared_servers() -> None:
     for s in gateways.values():
         assert set(s["depends_on"]) == {"postgres", "redis", "neo4j"}
     assert "--appendonly" in services["redis"]["command"]  # the queue survives a Redis restart
+    policy = services["redis"]["command"].index("--maxmemory-policy")
+    assert services["redis"]["command"][policy + 1] == "noeviction"  # the anchor refuses any other
     for name in ("postgres", "redis", "neo4j", *gateways):
         assert "ports" not in services[name]  # only the load balancer is published
 
@@ -77,6 +79,49 @@ def test_compose_runs_two_replicas_of_one_anchor_on_shared_servers() -> None:
     # The replicas take X-Forwarded-For from HAProxy's fixed address only (their per-IP limit counts clients).
     assert anchor.trusted_proxies == (lb["networks"]["default"]["ipv4_address"],)
     assert "option forwardfor" in HAPROXY_CFG.read_text()
+
+
+PASSWORD_FLAGS = re.compile(r"(^|\s)(-a|-p|--pass\S*|--requirepass|-P)(\s|=|$)")
+
+
+def test_no_password_on_a_command_line_or_in_an_environment() -> None:
+    text = (REPLICAS / "compose.yaml").read_text()
+    compose = _compose()
+    assert "PASSWORD}" not in text and "PASSWORD:?" not in text  # no password interpolated from the environment
+    mounted_at: dict[str, set[str]] = {}
+    for name, service in compose["services"].items():
+        secrets_here = {x["target"] for x in service.get("secrets", [])}
+        mounted_at[name] = secrets_here
+        for x in service.get("secrets", []):
+            assert x["source"] in compose["secrets"]  # a file secret the header tells the operator to make
+        command = service.get("command", [])
+        lines = [" ".join(command) if isinstance(command, list) else command]
+        test = service.get("healthcheck", {}).get("test", [])
+        lines.append(" ".join(test[1:]) if isinstance(test, list) else test)
+        for line in lines:
+            assert not PASSWORD_FLAGS.search(line), (name, line)  # redis-cli -a, cypher-shell -p, --requirepass
+        for key, value in (service.get("environment") or {}).items():
+            if re.search(r"PASSWORD|AUTH", key):
+                assert key.endswith("_FILE") and value in secrets_here, (name, key)  # a path to a mounted secret
+    assert mounted_at["postgres"] == {"/run/secrets/pg_password"}
+    assert "/run/secrets/redis.conf" in compose["services"]["redis"]["command"]
+    assert "REDISCLI_AUTH=" in compose["services"]["redis"]["healthcheck"]["test"][1]
+    assert "NEO4J_PASSWORD=" in compose["services"]["neo4j"]["healthcheck"]["test"][1]
+    # The secret files an operator makes next to the compose file never get into git.
+    ignored = (REPO / ".gitignore").read_text().split()
+    assert "configs/replicas/*.secret" in ignored and "configs/replicas/services.json" in ignored
+
+
+def test_haproxy_listens_on_loopback_unless_told_and_drops_a_clients_forwarded_proto() -> None:
+    text = HAPROXY_CFG.read_text()
+    [bind] = re.findall(r"^\s+bind (.*)$", text, re.M)
+    assert bind == '"${ANCHOR_LB_BIND-127.0.0.1:8080}"'  # plain HTTP beyond loopback only as an opt-in
+    assert "bind :443 ssl crt" in text  # the TLS example the opt-in is documented with
+    drop = text.index("http-request del-header X-Forwarded-Proto")
+    assert drop < text.index("http-request set-header X-Forwarded-Proto")
+    # The README's one-machine recipe keeps it on loopback.
+    recipe = (REPO / "README.md").read_text()
+    assert "ANCHOR_LB_BIND=127.0.0.1:8080 ANCHOR_GATEWAY_1=127.0.0.1:8001" in recipe
 
 
 def test_haproxy_config_health_checks_the_gateways_and_keeps_mailbox_sessions_on_one_replica() -> None:
