@@ -66,7 +66,7 @@ def cluster_dirs(services: ServiceSettings, pg_dsn: str, short_tmp: Path) -> tup
         (data / "config.toml").write_text(
             "[betanet]\nenabled = false\n"
             f'[anchor]\ngateway_listen = "127.0.0.1:0"\ncluster = "{cluster}"\njwt_secret_file = "{secret}"\n'
-            f"claim_idle_s = 1.0\nkey_rate_per_s = 0.01\nkey_burst = {KEY_BURST}\n"
+            f"claim_idle_s = 1.0\naudit_claim_idle_s = 1.0\nkey_rate_per_s = 0.01\nkey_burst = {KEY_BURST}\n"
             "ip_rate_per_s = 1000000.0\nip_burst = 1000000\nhealth_cache_s = 0.0\n"
         )
         assert village("init", data_dir=data).returncode == 0
@@ -246,7 +246,9 @@ async def test_two_gateway_replicas_share_rate_limits_and_the_queue_and_take_eac
             for i in range(4):
                 r = await post(b, auth2, f"during {i}")
                 assert r.status_code == 202
-                with trio.fail_after(10):  # a's pending list holds it, or b took it
+                # a's pending list holds it, or b took it (a frozen replica's audit drain may hold its record until
+                # b's drain claims it: audit_claim_idle_s = 1 s)
+                with trio.fail_after(10):
                     while True:
                         pel = await redis.stream_pending_idle(stream, GROUP, min_idle_ms=0)
                         stranded = [p.id for p in pel if p.consumer == a.peer_id]
