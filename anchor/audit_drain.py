@@ -44,7 +44,7 @@ import psycopg
 import trio
 
 from anchor.stores.errors import StoreError, StoreUnavailable
-from anchor.stores.postgres import MAX_TEXT, PostgresStore
+from anchor.stores.postgres import MAX_TEXT, PostgresStore, refused_for_content
 from anchor.stores.redis_store import RedisStore, StreamEntry
 
 log = logging.getLogger("village.anchor.audit")
@@ -83,15 +83,20 @@ DEAD_MAX = 10_000  # entries kept in the dead-letter stream (approximately: the 
 Row = tuple[str, int, str, str, str, str]
 
 
-def _text_field(fields: dict[str, bytes], name: str) -> str | None:
+EID_MAX_BYTES = 256  # a gateway's event IDs are "msg:" and a UUID (40 bytes)
+
+
+def _text_field(fields: dict[str, bytes], name: str, max_bytes: int = MAX_TEXT) -> str | None:
+    """A text field bounded in UTF-8 BYTES (PostgreSQL's index rows are bounded in bytes: 1024 characters of 4
+    bytes each would pass a bound in characters and be refused by the server for good)."""
     raw = fields.get(name)
-    if raw is None or not 1 <= len(raw) <= 4 * MAX_TEXT:
+    if raw is None or not 1 <= len(raw) <= max_bytes:
         return None
     try:
         value = raw.decode()
     except UnicodeDecodeError:
         return None
-    return value if len(value) <= MAX_TEXT and "\x00" not in value else None
+    return value if "\x00" not in value else None
 
 
 def _no_nul(value: object) -> bool:
@@ -112,10 +117,11 @@ def _no_nul(value: object) -> bool:
 
 def _record(entry: StreamEntry) -> Row | None:
     """The audit row of a stream entry, or None when it is not one a gateway writes: every field checked so that
-    PostgreSQL accepts the row (texts within MAX_TEXT without NUL, a time between 1970 and 9999, a JSON object
-    without NUL as detail)."""
+    PostgreSQL accepts the row (texts within MAX_TEXT bytes, the event ID within EID_MAX_BYTES, without NUL, a
+    time between 1970 and 9999, a JSON object without NUL as detail)."""
     f = entry.fields
-    eid, actor, action, target = (_text_field(f, name) for name in ("eid", "actor", "action", "target"))
+    eid = _text_field(f, "eid", EID_MAX_BYTES)
+    actor, action, target = (_text_field(f, name) for name in ("actor", "action", "target"))
     if eid is None or actor is None or action is None or target is None:
         return None
     at_raw, detail_raw = f.get("at_ms", b""), f.get("detail", b"")
@@ -138,7 +144,7 @@ def _refused_for_good(exc: StoreError) -> bool:
     """Whether PostgreSQL refused a row for what it holds (a data or constraint error, or the store's own check),
     rather than for its own state (a missing table, permissions, ...): only such a row is dead-lettered."""
     cause = exc.__cause__
-    return cause is None or isinstance(cause, (psycopg.DataError, psycopg.IntegrityError))
+    return cause is None or (isinstance(cause, psycopg.Error) and refused_for_content(cause))
 
 
 def _handover(entry: StreamEntry) -> tuple[str, bytes] | None:

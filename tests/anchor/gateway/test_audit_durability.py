@@ -5,6 +5,7 @@ the PostgreSQL server and database (review of gwperf, 1, 2 and 6)."""
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ import pytest
 import redis as redis_sync
 import trio
 
-from anchor.audit_drain import GROUP, AuditDrain, _record, audit_stream
+from anchor.audit_drain import GROUP, AuditDrain, _record, _refused_for_good, audit_stream
 from anchor.gateway.fast_send import audit_record
 from anchor.queue import MessageQueue, QueuedMessage, new_message_id
 from anchor.run import _name_audit_stream
@@ -111,6 +112,9 @@ BAD_ENTRIES: dict[str, dict[Any, Any]] = {
     "detail not an object": {"detail": "[1]"},
     "detail not JSON": {"detail": "{"},
     "no event ID": {"eid": None},
+    # 1024 characters, but 4096 bytes: PostgreSQL's event-ID index refuses the row (an index row is bounded in bytes)
+    "event ID too many bytes": {"eid": "\U00010000" * 1024},
+    "actor too many bytes": {"actor": "\U00010000" * 1024},
 }
 
 
@@ -246,3 +250,17 @@ async def test_a_server_side_failure_dead_letters_nothing(
     assert await drain.drain_once() == 2
     rows = await gateway.pg.recent_audit(limit=1000)
     assert {r.detail.get("id") for r in rows if r.actor == "key:review"} == {"msg:waits-1", "msg:waits-2"}
+
+
+async def test_a_row_too_big_for_an_index_is_refused_not_an_outage(pg_dsn: str) -> None:
+    """PostgreSQL refuses an index row too big with ProgramLimitExceeded (an OperationalError to psycopg): that is
+    the row's fault, not an outage, so the drain dead-letters it instead of re-reading it forever."""
+    rng = random.Random(7)  # incompressible: PostgreSQL compresses a repetitive index row below its limit
+    eid = "msg:" + "".join(chr(rng.randrange(0x10000, 0x10FFFF)) for _ in range(1020))  # 1024 characters, 4084 B
+    async with PostgresStore(pg_dsn, timeout_s=5.0) as pg:
+        with pytest.raises(StoreError) as refused:
+            await pg.audit_drained([(eid, 1, "key:k", "messages.send", "*", "{}")])
+        assert not isinstance(refused.value, StoreUnavailable) and pg.down_reason is None
+        assert isinstance(refused.value.__cause__, psycopg.errors.ProgramLimitExceeded)
+        assert _refused_for_good(refused.value)
+        assert await pg.audit_drained([("msg:fine", 1, "key:k", "messages.send", "*", "{}")]) == 1
