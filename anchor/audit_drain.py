@@ -18,7 +18,10 @@ inserted by one of them. Delivery is at least once: a record is acknowledged (an
 after the transaction that inserted it committed, and the insert is idempotent by the record's event ID (made at
 the gateway), so a drain that dies between the two leaves a record another drain (or its own next start)
 inserts again without a duplicate row, and hands its message over once (the hand-over and the acknowledgement
-are one step). A drain's unacknowledged records are claimed by any other drain after ``claim_idle_s``.
+are one step). A drain's unacknowledged records are claimed by any other drain after ``claim_idle_s``. A message is
+handed over only by the drain whose acknowledgement of its record took effect (a drain that stalled past
+``claim_idle_s`` while another took its records over hands nothing over when it resumes), and at most once per
+event ID (two records of one send, a resent script, deliver it once).
 
 Hostile or broken entries (anyone with access to Redis can write one) cost nothing but themselves: every field is
 checked before the insert, a batch PostgreSQL refuses is retried record by record, and a record still refused for
@@ -43,6 +46,7 @@ import secrets
 import psycopg
 import trio
 
+from anchor.queue import STATUS_TTL_S
 from anchor.stores.errors import StoreError, StoreUnavailable
 from anchor.stores.postgres import MAX_TEXT, PostgresStore, refused_for_content
 from anchor.stores.redis_store import RedisStore, StreamEntry
@@ -171,6 +175,7 @@ class AuditDrain:
         linger_s: float = LINGER_S,
         dead_max: int = DEAD_MAX,
         stream: str = "",
+        handover_dedupe_ttl_s: float = STATUS_TTL_S,
     ) -> None:
         self.redis = redis
         self.postgres = postgres
@@ -181,6 +186,7 @@ class AuditDrain:
         self.batch = batch
         self.linger_s = linger_s
         self.dead_max = dead_max
+        self.handover_dedupe_ttl_s = handover_dedupe_ttl_s  # a message is handed over once per event ID this long
         self.counters: dict[str, int] = {
             "drained": 0,
             "duplicates": 0,
@@ -239,11 +245,15 @@ class AuditDrain:
                     kept.append((entry, row))
             good = kept
         await self.redis.audit_dead_letter(self.stream, GROUP, dead, maxlen=self.dead_max)
-        handovers = [h for h in (_handover(entry) for entry, _row in good) if h is not None]
-        await self.redis.audit_handover(self.stream, GROUP, [entry.id for entry, _row in good], handovers)
+        handed = await self.redis.audit_handover(
+            self.stream,
+            GROUP,
+            [(entry.id, row[0], _handover(entry)) for entry, row in good],
+            dedupe_ttl_s=self.handover_dedupe_ttl_s,
+        )
         self.counters["drained"] += new
         self.counters["duplicates"] += len(good) - new
-        self.counters["handed_over"] += len(handovers)
+        self.counters["handed_over"] += handed
         self.counters["batches"] += 1
         return len(entries)
 
