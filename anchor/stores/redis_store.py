@@ -194,8 +194,8 @@ return {'ok', id}
 # batch: the insert is idempotent, and this step runs once). Each entry is acknowledged on its own and its message
 # handed over only if this XACK acknowledged it (returned 1): a drain that stalled past the claim time while another
 # claimed and handed over the same entries hands nothing over again, and a resent script (redis-py retries once
-# after a timeout) changes nothing. A message is also handed over at most once per event ID (``aiv:ho:<eid>``, SET
-# NX for the status TTL): two audit entries of one send (the send script resent) deliver it once.
+# after a timeout) changes nothing. A message is also handed over at most once per event ID (SET NX of
+# ``aiv:ho:<audit stream>:<eid>`` for the status TTL): two audit entries of one send (a resent script) deliver it once.
 # KEYS: 1 audit stream, 2.. the message streams and dedupe keys named by the entries. ARGV: 1 group, 2 dedupe TTL
 # ms, then per entry: its ID, the KEYS index of its message stream (0: no message), the KEYS index of its dedupe
 # key (0: none), its payload. Returns how many messages were handed over.
@@ -609,7 +609,7 @@ class RedisStore:
                 index[target] = len(keys)
             dedupe = 0
             if event_id:
-                keys.append(f"{KEY_PREFIX}ho:{event_id}")
+                keys.append(f"{KEY_PREFIX}ho:{stream}:{event_id}")  # per audit stream: anchors never mix
                 dedupe = len(keys)
             args += [entry_id, index[target], dedupe, payload]
         return int(await self._call(lambda: self._handover(keys=keys, args=args)))
