@@ -18,7 +18,10 @@ inserted by one of them. Delivery is at least once: a record is acknowledged (an
 after the transaction that inserted it committed, and the insert is idempotent by the record's event ID (made at
 the gateway), so a drain that dies between the two leaves a record another drain (or its own next start)
 inserts again without a duplicate row, and hands its message over once (the hand-over and the acknowledgement
-are one step). A drain's unacknowledged records are claimed by any other drain after ``claim_idle_s``.
+are one step). A drain's unacknowledged records are claimed by any other drain after ``claim_idle_s``. A message is
+handed over only by the drain whose acknowledgement of its record took effect (a drain that stalled past
+``claim_idle_s`` while another took its records over hands nothing over when it resumes), and at most once per
+event ID (two records of one send, a resent script, deliver it once).
 
 Hostile or broken entries (anyone with access to Redis can write one) cost nothing but themselves: every field is
 checked before the insert, a batch PostgreSQL refuses is retried record by record, and a record still refused for
@@ -43,8 +46,9 @@ import secrets
 import psycopg
 import trio
 
+from anchor.queue import STATUS_TTL_S
 from anchor.stores.errors import StoreError, StoreUnavailable
-from anchor.stores.postgres import MAX_TEXT, PostgresStore
+from anchor.stores.postgres import MAX_TEXT, PostgresStore, refused_for_content
 from anchor.stores.redis_store import RedisStore, StreamEntry
 
 log = logging.getLogger("village.anchor.audit")
@@ -83,15 +87,20 @@ DEAD_MAX = 10_000  # entries kept in the dead-letter stream (approximately: the 
 Row = tuple[str, int, str, str, str, str]
 
 
-def _text_field(fields: dict[str, bytes], name: str) -> str | None:
+EID_MAX_BYTES = 256  # a gateway's event IDs are "msg:" and a UUID (40 bytes)
+
+
+def _text_field(fields: dict[str, bytes], name: str, max_bytes: int = MAX_TEXT) -> str | None:
+    """A text field bounded in UTF-8 BYTES (PostgreSQL's index rows are bounded in bytes: 1024 characters of 4
+    bytes each would pass a bound in characters and be refused by the server for good)."""
     raw = fields.get(name)
-    if raw is None or not 1 <= len(raw) <= 4 * MAX_TEXT:
+    if raw is None or not 1 <= len(raw) <= max_bytes:
         return None
     try:
         value = raw.decode()
     except UnicodeDecodeError:
         return None
-    return value if len(value) <= MAX_TEXT and "\x00" not in value else None
+    return value if "\x00" not in value else None
 
 
 def _no_nul(value: object) -> bool:
@@ -112,10 +121,11 @@ def _no_nul(value: object) -> bool:
 
 def _record(entry: StreamEntry) -> Row | None:
     """The audit row of a stream entry, or None when it is not one a gateway writes: every field checked so that
-    PostgreSQL accepts the row (texts within MAX_TEXT without NUL, a time between 1970 and 9999, a JSON object
-    without NUL as detail)."""
+    PostgreSQL accepts the row (texts within MAX_TEXT bytes, the event ID within EID_MAX_BYTES, without NUL, a
+    time between 1970 and 9999, a JSON object without NUL as detail)."""
     f = entry.fields
-    eid, actor, action, target = (_text_field(f, name) for name in ("eid", "actor", "action", "target"))
+    eid = _text_field(f, "eid", EID_MAX_BYTES)
+    actor, action, target = (_text_field(f, name) for name in ("actor", "action", "target"))
     if eid is None or actor is None or action is None or target is None:
         return None
     at_raw, detail_raw = f.get("at_ms", b""), f.get("detail", b"")
@@ -138,7 +148,7 @@ def _refused_for_good(exc: StoreError) -> bool:
     """Whether PostgreSQL refused a row for what it holds (a data or constraint error, or the store's own check),
     rather than for its own state (a missing table, permissions, ...): only such a row is dead-lettered."""
     cause = exc.__cause__
-    return cause is None or isinstance(cause, (psycopg.DataError, psycopg.IntegrityError))
+    return cause is None or (isinstance(cause, psycopg.Error) and refused_for_content(cause))
 
 
 def _handover(entry: StreamEntry) -> tuple[str, bytes] | None:
@@ -165,6 +175,7 @@ class AuditDrain:
         linger_s: float = LINGER_S,
         dead_max: int = DEAD_MAX,
         stream: str = "",
+        handover_dedupe_ttl_s: float = STATUS_TTL_S,
     ) -> None:
         self.redis = redis
         self.postgres = postgres
@@ -175,6 +186,7 @@ class AuditDrain:
         self.batch = batch
         self.linger_s = linger_s
         self.dead_max = dead_max
+        self.handover_dedupe_ttl_s = handover_dedupe_ttl_s  # a message is handed over once per event ID this long
         self.counters: dict[str, int] = {
             "drained": 0,
             "duplicates": 0,
@@ -233,11 +245,15 @@ class AuditDrain:
                     kept.append((entry, row))
             good = kept
         await self.redis.audit_dead_letter(self.stream, GROUP, dead, maxlen=self.dead_max)
-        handovers = [h for h in (_handover(entry) for entry, _row in good) if h is not None]
-        await self.redis.audit_handover(self.stream, GROUP, [entry.id for entry, _row in good], handovers)
+        handed = await self.redis.audit_handover(
+            self.stream,
+            GROUP,
+            [(entry.id, row[0], _handover(entry)) for entry, row in good],
+            dedupe_ttl_s=self.handover_dedupe_ttl_s,
+        )
         self.counters["drained"] += new
         self.counters["duplicates"] += len(good) - new
-        self.counters["handed_over"] += len(handovers)
+        self.counters["handed_over"] += handed
         self.counters["batches"] += 1
         return len(entries)
 

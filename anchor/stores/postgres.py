@@ -127,6 +127,25 @@ def hash_secret(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
+# SQLSTATE classes of a refusal for what a row holds, not for the server's state: 22 data exception, 23 integrity
+# constraint violation, 54 program limit exceeded (an index row too big: psycopg calls it an OperationalError).
+CONTENT_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
+
+
+def refused_for_content(exc: psycopg.Error) -> bool:
+    """Whether PostgreSQL refused a statement for the values it holds (retrying the same values fails again)."""
+    return (exc.sqlstate or "")[:2] in CONTENT_SQLSTATE_CLASSES
+
+
+class _RefusedRow(Exception):
+    """Carries a psycopg error PostgreSQL raised for a row's content past the runner (which would call an
+    OperationalError such as ProgramLimitExceeded an outage)."""
+
+    def __init__(self, error: psycopg.Error) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def _check_text(what: str, value: str) -> None:
     if len(value) > MAX_TEXT:
         raise StoreError(f"{what}: at most {MAX_TEXT} characters")
@@ -429,17 +448,26 @@ class PostgresStore:
             return 0
 
         def work(conn: psycopg.Connection[TupleRow]) -> int:
-            with conn.transaction(), conn.cursor() as cur:
-                cur.execute(
-                    "INSERT INTO audit_log (event_id, at, actor, action, target, detail) "
-                    "SELECT e, to_timestamp(t), a, ac, tg, d::jsonb FROM unnest(%s::text[], %s::float8[], %s::text[], "
-                    "%s::text[], %s::text[], %s::text[]) AS u(e, t, a, ac, tg, d) "
-                    "ON CONFLICT (event_id) WHERE event_id IS NOT NULL DO NOTHING",
-                    [list(col) for col in zip(*rows, strict=True)],
-                )
-                return cur.rowcount
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.execute(
+                        "INSERT INTO audit_log (event_id, at, actor, action, target, detail) "
+                        "SELECT e, to_timestamp(t), a, ac, tg, d::jsonb FROM unnest(%s::text[], %s::float8[], "
+                        "%s::text[], %s::text[], %s::text[], %s::text[]) AS u(e, t, a, ac, tg, d) "
+                        "ON CONFLICT (event_id) WHERE event_id IS NOT NULL DO NOTHING",
+                        [list(col) for col in zip(*rows, strict=True)],
+                    )
+                    return cur.rowcount
+            except psycopg.Error as exc:
+                if refused_for_content(exc):
+                    raise _RefusedRow(exc) from exc
+                raise
 
-        return await self._call(work)
+        try:
+            return await self._call(work)
+        except _RefusedRow as refused:  # the server answered: a StoreError (the drain retries row by row)
+            self._runner.mark_up()
+            raise StoreError(f"postgres: {type(refused.error).__name__}: {refused}"[:300]) from refused.error
 
     async def recent_audit(self, limit: int = 100, action: str | None = None) -> list[AuditEntry]:
         """The newest entries first (by when they were recorded; optionally only one action). Records drained

@@ -154,9 +154,13 @@ return {'settled', state}
 # message is not in the node's stream yet: the audit drain (anchor.audit_drain) appends it there only after the
 # audit row committed in PostgreSQL (``audit_handover``), so no message reaches the node before its audit row is
 # durable, whatever Redis's own durability (appendfsync, replicas).
+# Idempotent per message: a status record already there (its key is the message's, new per request) means this
+# script ran already (redis-py resent it after a socket timeout although the server had run it): 'ok', nothing
+# written or spent again.
 _SEND_LUA = (
     _BUCKETS_LUA
     + """
+if redis.call('EXISTS', KEYS[3]) == 1 then return {'ok', ''} end
 local n_ip = tonumber(ARGV[2])
 local n_key = tonumber(ARGV[3])
 if ARGV[1] == '1' then
@@ -194,21 +198,31 @@ return {'ok', id}
 
 # After the audit drain committed a batch of audit rows in PostgreSQL: hand the messages they carry to the node's
 # streams and acknowledge + delete the audit entries, as one atomic step (a drain that dies before it redoes the
-# batch: the insert is idempotent, and this step runs once). KEYS: 1 audit stream, 2.. the message streams named
-# by the hand-overs. ARGV: 1 group, 2 how many entry IDs, then the IDs, then (KEYS index, payload) per hand-over.
+# batch: the insert is idempotent, and this step runs once). Each entry is acknowledged on its own and its message
+# handed over only if this XACK acknowledged it (returned 1): a drain that stalled past the claim time while another
+# claimed and handed over the same entries hands nothing over again, and a resent script (redis-py retries once
+# after a timeout) changes nothing. A message is also handed over at most once per event ID (SET NX of
+# ``aiv:ho:<audit stream>:<eid>`` for the status TTL): two audit entries of one send (a resent script) deliver it once.
+# KEYS: 1 audit stream, 2.. the message streams and dedupe keys named by the entries. ARGV: 1 group, 2 dedupe TTL
+# ms, then per entry: its ID, the KEYS index of its message stream (0: no message), the KEYS index of its dedupe
+# key (0: none), its payload. Returns how many messages were handed over.
 # The message streams are not trimmed here: the send script bounded what waits (audit + stream <= queue_max).
 _HANDOVER_LUA = """
-local n = tonumber(ARGV[2])
-local i = 3 + n
-while i < #ARGV do
-  redis.call('XADD', KEYS[tonumber(ARGV[i])], '*', 'm', ARGV[i + 1])
-  i = i + 2
+local handed = 0
+local i = 3
+while i + 3 <= #ARGV do
+  local q = tonumber(ARGV[i + 1])
+  local d = tonumber(ARGV[i + 2])
+  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
+    redis.call('XDEL', KEYS[1], ARGV[i])
+    if q > 0 and (d == 0 or redis.call('SET', KEYS[d], '1', 'NX', 'PX', ARGV[2])) then
+      redis.call('XADD', KEYS[q], '*', 'm', ARGV[i + 3])
+      handed = handed + 1
+    end
+  end
+  i = i + 4
 end
-if n > 0 then
-  redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3, 2 + n))
-  redis.call('XDEL', KEYS[1], unpack(ARGV, 3, 2 + n))
-end
-return n
+return handed
 """
 
 
@@ -576,25 +590,40 @@ class RedisStore:
         return await self._call(work)
 
     async def audit_handover(
-        self, stream: str, group: str, ids: Sequence[str], handovers: Sequence[tuple[str, bytes]]
-    ) -> None:
-        """After the audit rows of ``ids`` committed: append each (message stream, payload) of ``handovers`` to
-        that stream (for the node), acknowledge and delete the audit entries — one atomic step (``_HANDOVER_LUA``)."""
-        if not ids:
-            return
+        self,
+        stream: str,
+        group: str,
+        entries: Sequence[tuple[str, str, tuple[str, bytes] | None]],
+        *,
+        dedupe_ttl_s: float,
+    ) -> int:
+        """After the audit rows of ``entries`` ((entry ID, event ID, (message stream, payload) or None) each)
+        committed: acknowledge and delete each audit entry and, if this acknowledged it and no message of its event
+        ID was handed over within ``dedupe_ttl_s``, append its message to its stream (for the node) — one atomic
+        step (``_HANDOVER_LUA``). How many messages were handed over."""
+        if not entries:
+            return 0
         keys = [f"{KEY_PREFIX}{stream}"]
         index: dict[str, int] = {}
-        args: list[Any] = [group, len(ids), *ids]
-        for target, payload in handovers:
+        args: list[Any] = [group, max(1, int(dedupe_ttl_s * 1000))]
+        for entry_id, event_id, handover in entries:
+            if handover is None:
+                args += [entry_id, 0, 0, b""]
+                continue
+            target, payload = handover
             if target not in index:
                 keys.append(f"{KEY_PREFIX}q:{target}")
                 index[target] = len(keys)
-            args += [index[target], payload]
-        await self._call(lambda: self._handover(keys=keys, args=args))
+            dedupe = 0
+            if event_id:
+                keys.append(f"{KEY_PREFIX}ho:{stream}:{event_id}")  # per audit stream: anchors never mix
+                dedupe = len(keys)
+            args += [entry_id, index[target], dedupe, payload]
+        return int(await self._call(lambda: self._handover(keys=keys, args=args)))
 
     async def audit_ack(self, stream: str, group: str, ids: Sequence[str]) -> None:
         """Acknowledge audit entries and delete them, handing nothing over."""
-        await self.audit_handover(stream, group, ids, ())
+        await self.audit_handover(stream, group, [(i, "", None) for i in ids], dedupe_ttl_s=1.0)
 
     async def audit_dead_letter(self, stream: str, group: str, entries: Sequence[StreamEntry], *, maxlen: int) -> None:
         """Move audit entries PostgreSQL refused (or that no gateway wrote) to ``<stream>:dead`` (kept for an

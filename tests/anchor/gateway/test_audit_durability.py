@@ -5,6 +5,8 @@ the PostgreSQL server and database (review of gwperf, 1, 2 and 6)."""
 from __future__ import annotations
 
 import json
+import random
+import secrets
 from typing import Any
 
 import httpx
@@ -13,14 +15,14 @@ import pytest
 import redis as redis_sync
 import trio
 
-from anchor.audit_drain import GROUP, AuditDrain, _record, audit_stream
+from anchor.audit_drain import GROUP, AuditDrain, _record, _refused_for_good, audit_stream
 from anchor.gateway.fast_send import audit_record
 from anchor.queue import MessageQueue, QueuedMessage, new_message_id
 from anchor.run import _name_audit_stream
 from anchor.services_settings import ServiceSettings
 from anchor.stores.errors import StoreError, StoreUnavailable
 from anchor.stores.postgres import PostgresStore
-from anchor.stores.redis_store import KEY_PREFIX, StreamEntry
+from anchor.stores.redis_store import KEY_PREFIX, RedisStore, StreamEntry
 from tests.anchor.gateway.conftest import Gateway, StartGateway
 from tests.anchor.gateway.proxy import TcpProxy
 from tests.anchor.gateway.test_gateway import FULL_PEER_ID, until_settled
@@ -111,6 +113,9 @@ BAD_ENTRIES: dict[str, dict[Any, Any]] = {
     "detail not an object": {"detail": "[1]"},
     "detail not JSON": {"detail": "{"},
     "no event ID": {"eid": None},
+    # 1024 characters, but 4096 bytes: PostgreSQL's event-ID index refuses the row (an index row is bounded in bytes)
+    "event ID too many bytes": {"eid": "\U00010000" * 1024},
+    "actor too many bytes": {"actor": "\U00010000" * 1024},
 }
 
 
@@ -246,3 +251,121 @@ async def test_a_server_side_failure_dead_letters_nothing(
     assert await drain.drain_once() == 2
     rows = await gateway.pg.recent_audit(limit=1000)
     assert {r.detail.get("id") for r in rows if r.actor == "key:review"} == {"msg:waits-1", "msg:waits-2"}
+
+
+async def test_a_row_too_big_for_an_index_is_refused_not_an_outage(pg_dsn: str) -> None:
+    """PostgreSQL refuses an index row too big with ProgramLimitExceeded (an OperationalError to psycopg): that is
+    the row's fault, not an outage, so the drain dead-letters it instead of re-reading it forever."""
+    rng = random.Random(7)  # incompressible: PostgreSQL compresses a repetitive index row below its limit
+    eid = "msg:" + "".join(chr(rng.randrange(0x10000, 0x10FFFF)) for _ in range(1020))  # 1024 characters, 4084 B
+    async with PostgresStore(pg_dsn, timeout_s=5.0) as pg:
+        with pytest.raises(StoreError) as refused:
+            await pg.audit_drained([(eid, 1, "key:k", "messages.send", "*", "{}")])
+        assert not isinstance(refused.value, StoreUnavailable) and pg.down_reason is None
+        assert isinstance(refused.value.__cause__, psycopg.errors.ProgramLimitExceeded)
+        assert _refused_for_good(refused.value)
+        assert await pg.audit_drained([("msg:fine", 1, "key:k", "messages.send", "*", "{}")]) == 1
+
+
+def _stream(services: ServiceSettings, key: str) -> list[dict[bytes, bytes]]:
+    client = redis_sync.Redis.from_url(services.redis.url)
+    try:
+        rows: Any = client.xrange(key)
+        return [dict(fields) for _id, fields in rows]
+    finally:
+        client.close()
+
+
+def _forget(services: ServiceSettings, tag: str) -> None:
+    client = redis_sync.Redis.from_url(services.redis.url)
+    try:
+        for key in client.scan_iter(f"{KEY_PREFIX}*{tag}*"):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+def _send_args(tag: str, message_id: str) -> dict[str, Any]:
+    return {
+        "audit_stream": f"audit:{tag}",
+        "stream": f"messages:{tag}",
+        "status_key": f"msg:{tag}:{message_id}",
+        "status": {"state": "queued"},
+        "payload": json.dumps({"id": message_id, "to": None, "text": "hi", "key": "k"}).encode(),
+        "record": audit_record("k", message_id, None, 2),
+        "max_audit_backlog": 100,
+        "max_backlog": 100,
+        "ttl_s": 60.0,
+    }
+
+
+async def test_a_drain_that_stalled_past_the_claim_time_hands_nothing_over_again(
+    services: ServiceSettings, pg_dsn: str
+) -> None:
+    """Drain A inserts, then stalls before its hand-over longer than the claim time; B claims the record, inserts
+    it (a duplicate, skipped) and hands the message over; A resumes: its hand-over must not deliver it again."""
+    tag = "t" + secrets.token_hex(6)
+    try:
+        async with PostgresStore(pg_dsn, timeout_s=5.0) as pg, RedisStore(services.redis.url) as rs:
+            args = _send_args(tag, new_message_id())
+            await rs.audit_ensure_group(args["audit_stream"], GROUP)
+            assert (await rs.send_audited(**args)).result == "ok"
+            a = AuditDrain(rs, pg, "A", stream=args["audit_stream"], claim_idle_s=0.05, linger_s=0)
+            b = AuditDrain(rs, pg, "B", stream=args["audit_stream"], claim_idle_s=0.05, linger_s=0)
+            stalled, resume = trio.Event(), trio.Event()
+            real = rs.audit_handover
+
+            class Stalling:
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(rs, name)
+
+                async def audit_handover(self, *args: Any, **kwargs: Any) -> int:
+                    stalled.set()
+                    await resume.wait()
+                    return await real(*args, **kwargs)
+
+            a.redis = Stalling()  # type: ignore[assignment]
+            with trio.fail_after(30):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(a.drain_once)
+                    await stalled.wait()
+                    while await b.drain_once(block_ms=20) == 0:  # claimable once idle 50 ms (Redis's clock)
+                        pass
+                    resume.set()
+            node_stream = KEY_PREFIX + "q:" + args["stream"]
+            assert len(await trio.to_thread.run_sync(_stream, services, node_stream)) == 1
+            assert (a.counters["handed_over"], b.counters["handed_over"]) == (0, 1)
+            assert await rs.audit_backlog(args["audit_stream"]) == 0
+    finally:
+        await trio.to_thread.run_sync(_forget, services, tag)
+
+
+async def test_a_resent_send_script_delivers_its_message_once(services: ServiceSettings, pg_dsn: str) -> None:
+    """redis-py resends a script after a socket timeout even when the server ran it: the send script run twice
+    writes one audit record and spends one token, and two records of one event ID (as a resent send wrote before)
+    hand their message over once."""
+    tag = "t" + secrets.token_hex(6)
+    try:
+        async with PostgresStore(pg_dsn, timeout_s=5.0) as pg, RedisStore(services.redis.url) as rs:
+            args = _send_args(tag, new_message_id())
+            await rs.audit_ensure_group(args["audit_stream"], GROUP)
+            bucket = (f"{tag}:key", 0.001, 1)  # one token: a second spend would be refused
+            assert (await rs.send_audited(**args, key_bucket=bucket)).result == "ok"
+            assert (await rs.send_audited(**args, key_bucket=bucket)).result == "ok"  # the resent script
+            assert await rs.audit_backlog(args["audit_stream"]) == 1
+            assert (await rs.send_audited(**_send_args(tag, new_message_id()), key_bucket=bucket)).result == "key"
+
+            # Two audit records of one event ID, each carrying the message: drained, it reaches the node once.
+            audit_key = KEY_PREFIX + args["audit_stream"]
+            entry = await trio.to_thread.run_sync(_stream, services, audit_key)
+            await trio.to_thread.run_sync(_xadd_all, services, audit_key, entry)
+            assert await rs.audit_backlog(args["audit_stream"]) == 2
+            drain = AuditDrain(rs, pg, "D", stream=args["audit_stream"], linger_s=0)
+            with trio.fail_after(30):
+                while await drain.drain_once() > 0:
+                    pass
+            node_stream = KEY_PREFIX + "q:" + args["stream"]
+            assert len(await trio.to_thread.run_sync(_stream, services, node_stream)) == 1
+            assert drain.counters["handed_over"] == 1 and drain.counters["drained"] == 1
+    finally:
+        await trio.to_thread.run_sync(_forget, services, tag)
