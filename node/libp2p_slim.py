@@ -152,7 +152,7 @@ def _first_libp2p_import() -> None:
             for feature in DNS_FEATURES_OFF:
                 dns._features.force(feature, False)
         except (ImportError, AttributeError, TypeError) as exc:
-            logging.getLogger(__name__).info("dnspython's DNS-over-HTTPS clients left on: %s", exc)
+            log.info("dnspython's DNS-over-HTTPS clients left on: %s", exc)
     from libp2p.utils.logging import setup_logging
 
     setup_logging()
