@@ -376,7 +376,10 @@ class RedisStore:
 
     async def stream_ensure_group(self, stream: str, group: str) -> None:
         """Create consumer ``group`` (reading from the stream's start) unless it exists."""
-        key = f"{KEY_PREFIX}q:{stream}"
+        await self._ensure_group(f"{KEY_PREFIX}q:{stream}", stream, group)
+
+    async def _ensure_group(self, key: str, stream: str, group: str) -> None:
+        """XGROUP CREATE ``group`` on ``key`` from its start (and the stream if absent); an existing group is fine."""
 
         def work() -> None:
             try:
@@ -559,16 +562,7 @@ class RedisStore:
         return entries
 
     async def audit_ensure_group(self, stream: str, group: str) -> None:
-        key = f"{KEY_PREFIX}{stream}"
-
-        def work() -> None:
-            try:
-                self._client.xgroup_create(key, group, id="0", mkstream=True)
-            except redis.exceptions.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise StoreError(f"stream {stream!r}: {exc}") from exc
-
-        await self._call(work)
+        await self._ensure_group(f"{KEY_PREFIX}{stream}", stream, group)
 
     async def audit_prune_consumers(self, stream: str, group: str, *, idle_ms: int, keep: str) -> int:
         """Forget the group's consumers (other than ``keep``) that hold nothing and have been idle ``idle_ms``:
