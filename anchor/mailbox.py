@@ -7,6 +7,8 @@ proved its identity, has fetched and acknowledged them.
 * :mod:`anchor.mailbox_quota` (sans-IO): how much each depositor may keep for one recipient when depositor keys
   are free (fair shares that shrink as depositors grow, a byte bound, room kept for trusted depositors, no
   eviction of stored mail); the storage applies it atomically with the insert.
+* :mod:`anchor.mailbox_admission` (sans-IO): :class:`MailboxLimits` and whether a deposit is taken at all when the
+  anchor is full (a proven recipient's reserve), under which quota, and for how long.
 * :class:`MailboxService` (trio): the core over a :class:`MailboxStorage` — PostgreSQL in an anchor
   (:class:`PostgresMailboxStorage`, the ``mailbox`` table of :mod:`anchor.stores`), or :class:`MemoryMailboxStorage`
   for in-process tests. It serves the BetaNet protocol (:meth:`MailboxService.serve_stream`; bounded per-envelope,
@@ -37,6 +39,8 @@ import nacl.bindings
 import nacl.utils
 import trio
 
+from anchor import mailbox_admission as admission
+from anchor.mailbox_admission import MailboxLimits as MailboxLimits  # re-exported: callers build it from here
 from anchor.mailbox_quota import Held, ProvenRecipients, QuotaFull, QuotaPolicy, decide_deposit
 from anchor.settings import AnchorSection
 from node.errors import CryptoError, NodeError, StartupError
@@ -60,82 +64,6 @@ MAX_STREAMS = 256  # mailbox streams served at once; more are closed at once
 EXPIRE_EVERY_S = 60.0  # how often expired envelopes are deleted
 CHALLENGES_PER_STREAM = 4  # unanswered challenges one stream may hold (x MAX_STREAMS < max_challenges)
 TOTAL_RECOUNT_MS = 1000  # the all-recipients count is refreshed this often (in between, deposits are added to it)
-
-
-@dataclass(frozen=True, slots=True)
-class MailboxLimits:
-    max_envelope_bytes: int = 4096  # courier envelopes are at most ~2 KB (node.routing.courier.MAX_SEALED_BYTES)
-    max_per_recipient: int = 256
-    max_bytes_per_recipient: int = 524_288  # envelope bytes kept for one recipient
-    # The most envelopes one depositor (BetaNet key) may hold for one recipient; its share shrinks below this as
-    # more depositors hold envelopes for that recipient (anchor.mailbox_quota).
-    max_per_depositor: int = 32
-    unverified_share: float = 0.75  # of a recipient's envelopes and bytes, what unpinned depositors may use together
-    trusted_depositors: frozenset[bytes] = frozenset()  # pinned BetaNet keys (Ed25519): verified depositors
-    max_total: int = 100_000
-    # Fairness at the anchor-wide level (free keys filling max_total with junk for invented recipients): with
-    # trusted depositors, unverified ones may fill only unverified_share of max_total; one unverified key holds at
-    # most this many envelopes across all recipients; an unverified deposit is kept at most keep_unverified_s.
-    max_per_depositor_total: int = 1000
-    keep_unverified_s: float = 7 * 86_400.0
-    # Room beyond max_total for recipients that proved their key here (a FETCH): free keys depositing junk for
-    # invented recipients can fill max_total (nobody fetches junk for an invented recipient), but a recipient that
-    # fetches keeps room for this many envelopes from anyone, so a new honest depositor is not locked out of it.
-    # Proven recipients are remembered for proven_recipient_s after their last proof, at most max_proven_recipients
-    # (when full, a newly proven recipient is not remembered: a flood of proofs never pushes out a known one), so
-    # the anchor holds at most max_total + reserved_per_proven_recipient x max_proven_recipients envelopes (one per
-    # depositor in a reserve). Proven = fetched mail that waited; new ones rate-limited (anchor.mailbox_quota).
-    reserved_per_proven_recipient: int = 4
-    # With trusted depositors configured, unverified (free) keys together may hold at most this share of a proven
-    # recipient's envelopes while the anchor is full (floor, at least 1): 2 of the 4 by default, the rest is kept for
-    # trusted depositors. One envelope per depositor in the reserve either way. With no trusted depositors
-    # everyone is unverified and the whole reserve is open to anyone (so as many free keys as the reserve can fill
-    # it until the recipient's next fetch: nothing DEPOSITED is ever evicted).
-    reserved_unverified_share: float = 0.5
-    max_proven_recipients: int = 4096
-    proven_recipient_s: float = 30 * 86_400.0
-    new_proven_per_hour: float = 64.0
-    new_proven_per_key_per_hour: float = 1.0
-    max_expiry_s: float = 30 * 86_400.0  # deposits expiring further out are refused
-    challenge_ttl_s: float = 30.0
-    grant_ttl_s: float = 60.0
-    max_challenges: int = 4096  # outstanding; the oldest is forgotten beyond this
-    max_grants: int = 4096
-    max_fetch: int = 64  # envelopes per FETCH answer
-    stream_timeout_s: float = 30.0  # per request (a silent peer is dropped after this)
-    stream_deadline_s: float = 300.0  # whole stream: a peer trickling requests cannot hold one open forever
-    max_streams_per_key: int = 4  # streams one BetaNet key may have open at once
-    max_requests_per_stream: int = 1024
-    deposits_per_peer_per_min: float = 120.0  # token bucket per depositor (its BetaNet key), burst of as many
-    max_depositors: int = 4096  # depositors tracked; the least recent is forgotten (starts with a full bucket)
-
-    @classmethod
-    def from_config(cls, m: MailboxSection) -> MailboxLimits:
-        return cls(
-            max_envelope_bytes=m.max_envelope_bytes,
-            max_per_recipient=m.max_envelopes_per_recipient,
-            max_bytes_per_recipient=m.max_bytes_per_recipient,
-            unverified_share=m.unverified_share,
-            trusted_depositors=frozenset(bytes.fromhex(k) for k in m.trusted_depositors),
-            max_total=m.max_envelopes_total,
-            max_per_depositor_total=m.max_envelopes_per_depositor_total,
-            keep_unverified_s=m.keep_unverified_s,
-            max_expiry_s=m.max_expiry_s,
-            challenge_ttl_s=m.challenge_ttl_s,
-            stream_timeout_s=m.request_timeout_s,
-            deposits_per_peer_per_min=m.deposits_per_peer_per_min,
-        )
-
-    @property
-    def quota(self) -> QuotaPolicy:
-        return QuotaPolicy(
-            max_envelopes=self.max_per_recipient,
-            max_bytes=self.max_bytes_per_recipient,
-            # Without trusted depositors there is nobody to keep room for: unverified ones may use all of it.
-            unverified_share=self.unverified_share if self.trusted_depositors else 1.0,
-            max_per_depositor=self.max_per_depositor,
-            trusted=self.trusted_depositors,
-        )
 
 
 class MailboxStorage(Protocol):
@@ -466,41 +394,33 @@ class MailboxService:
         if self._total_counted_at_ms is None or now - self._total_counted_at_ms >= TOTAL_RECOUNT_MS:
             self._total = await self.storage.count(None, now)  # a table scan: at most once a second
             self._total_counted_at_ms = now
-        verified = depositor is not None and depositor in self.limits.trusted_depositors
-        reserved = False
-        if self._total >= self.limits.max_total or (not verified and self._total >= self._unverified_total_cap()):
-            # Full (free keys may have filled it with junk for invented recipients): a recipient that proved its key
-            # here still takes a few envelopes from anyone, beyond the total (bounded: see MailboxLimits).
-            # A trusted depositor is counted against the trusted envelopes the recipient holds only (in the quota
-            # policy): free keys' envelopes, even those deposited before the anchor filled up, never use its room.
-            reserve = self.limits.reserved_per_proven_recipient
-            if not (
-                self.core.proven.knows(env.recipient_id, now)
-                and (verified or await self.storage.count(env.recipient_id, now) < reserve)
-            ):
+        limits = self.limits
+        verified = depositor is not None and depositor in limits.trusted_depositors
+        reserved = admission.needs_reserve(limits, self._total, verified)
+        if reserved:
+            # Full: a recipient that proved its key here still takes a few envelopes from anyone, beyond the total
+            # (bounded: see MailboxLimits and anchor.mailbox_admission).
+            proven = self.core.proven.knows(env.recipient_id, now)
+            held = await self.storage.count(env.recipient_id, now) if proven and not verified else 0
+            if not admission.reserve_open(limits, proven=proven, verified=verified, held_for_recipient=held):
                 self.core.counters.deposits_refused += 1
                 raise MailboxError(p.E_FULL, "this anchor's mailbox is full")
-            reserved = True
-        keep_until_ms = env.expires_at_ms
         if not verified:
-            # A free key cannot take the anchor-wide room by spreading junk over invented recipients: bounded per
-            # key across recipients, and kept for a shorter time than a trusted depositor's mail.
             held = await self.storage.count_by_depositor(depositor or b"", now)
-            if held >= self.limits.max_per_depositor_total:
+            if admission.depositor_total_full(limits, held):
                 self.core.counters.deposits_refused += 1
                 raise MailboxError(
                     p.E_FULL, f"this depositor holds {held} envelopes at this anchor (the most it may); retry later"
                 )
-            keep_until_ms = min(keep_until_ms, now + int(self.limits.keep_unverified_s * 1000))
         try:
             env_id, new, evicted = await self.storage.put(
                 env.recipient_id,
                 envelope_digest(env),
                 encode_envelope(env),
-                keep_until_ms,
+                admission.keep_until_ms(limits, env.expires_at_ms, now, verified),
                 now,
                 depositor=depositor or b"",
-                policy=self._reserve_policy(verified) if reserved else self.limits.quota,
+                policy=admission.deposit_policy(limits, verified=verified, reserved=reserved),
             )
         except QuotaFull as exc:
             self.core.counters.deposits_refused += 1
@@ -523,28 +443,6 @@ class MailboxService:
         else:
             self.core.counters.deposit_duplicates += 1
         return env_id, new
-
-    def _reserve_policy(self, verified: bool) -> QuotaPolicy:
-        """A deposit into a proven recipient's reserve: one envelope per depositor, at most the reserve in all, and
-        (with trusted depositors) unverified keys together at most ``reserved_unverified_share`` of it (floor, at
-        least 1); a trusted depositor is counted against the trusted envelopes held only, up to the rest (at least
-        1), so junk free keys deposited for the recipient before the anchor filled up cannot take that room."""
-        limits = self.limits
-        reserve = limits.reserved_per_proven_recipient
-        free_part = max(1, int(reserve * limits.reserved_unverified_share))
-        return dataclasses.replace(
-            limits.quota,
-            max_envelopes=reserve,
-            max_per_depositor=1,
-            unverified_share=limits.reserved_unverified_share if limits.trusted_depositors else 1.0,
-            max_verified_envelopes=max(1, reserve - free_part) if verified and limits.trusted_depositors else None,
-        )
-
-    def _unverified_total_cap(self) -> int:
-        """How much of ``max_total`` unverified depositors may fill together: all of it when nobody is trusted."""
-        if not self.limits.trusted_depositors:
-            return self.limits.max_total
-        return max(1, int(self.limits.max_total * self.limits.unverified_share))
 
     def challenge(self) -> Challenge:
         return self.core.issue_challenge(self.wall_ms())

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import ast
-import dataclasses
 import os
-import random
 import statistics
 import sys
 import tempfile
@@ -31,7 +29,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import nacl.signing
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -39,22 +36,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from node.agents.market import make_offer, offer_from_json, verify
 from node.agents.service import AgentsService
 from node.agents.settings import AgentsSettings, LlmSettings
-from node.clock import Clock
 from node.daemon import prepare_process_env
-from node.identity import Identity
 from node.inbox import InboxMessage
 from node.mcp.service import McpService
 from node.mcp.settings import McpSettings
 from node.node import Node
-from node.rag.plugin import PLUGIN as RAG_PLUGIN
 from node.rag.plugin import rag_service
-from node.rag.settings import RagSection
-from node.settings import Config, NodeSection
 from node.transports.memory import MemoryNetwork
+from tools.inprocess import start_node
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ROOT / "tests" / "data" / "agent_tasks.toml"
-EPOCH_MS = 1_700_000_000_000.0
 DELIVERY_WAIT_S = 20.0  # a message to a directly linked peer arrives in milliseconds; this is a failure bound
 # The bench's local model: a small context and capped answers keep a run short on a shared machine (Magi's hidden
 # notes take 96 tokens and its answer up to 160; Polyglot 48; Tutor 48).
@@ -89,23 +81,8 @@ class Village:
 async def _node(
     nursery: trio.Nursery, net: MemoryNetwork, tmp: Path, name: str, seed: int, services: Sequence[Any] = ()
 ) -> Node:
-    cfg = Config(
-        data_dir=tmp / name, node=NodeSection(nickname=name), rag=dataclasses.replace(RagSection(), mode="bm25")
-    )
-    cfg.data_dir.mkdir(parents=True)
-    rng = random.Random(seed)
-    ident = Identity(nacl.signing.SigningKey(rng.randbytes(32)), rng.randbytes(32))
-    rag = RAG_PLUGIN.services(cfg) if RAG_PLUGIN.services is not None and services else []
-    node = Node(
-        cfg,
-        ident,
-        transports=[net.transport(name)],
-        clock=Clock(epoch_offset_ms=EPOCH_MS),
-        rng=rng,
-        services=[*rag, *services],
-    )
-    await nursery.start(node.run)
-    return node
+    """A node of the village (tools.inprocess): the knowledge base only where it runs services (alice)."""
+    return await start_node(nursery, net, tmp, name, seed, rag=bool(services), services=services)
 
 
 async def build_village(nursery: trio.Nursery, tmp: Path, documents: list[dict[str, Any]], llm: LlmSettings) -> Village:

@@ -13,6 +13,12 @@ whatever the bytes, only the parser's one error type may come out (issue 13, ite
 | ``node.control.rpc.parse_request_untrusted`` | RpcError |
 | ``node.rag.federated.decode_answer_untrusted`` | RagError |
 | ``node.transports.ble.core.frame_length_untrusted`` | none (an int or None) |
+| ``node.agents.remote.caps_from_untrusted`` / ``request_from_untrusted`` / ``answer_from_untrusted`` | MalformedFrame |
+| ``node.routing.pins.decode_peer_state_signing_key_untrusted`` | MalformedFrame |
+| ``node.rag.federated.FederatedResponder._parse_request_untrusted`` | RagError |
+| ``node.twin.blob.unpack_untrusted`` (the twin's state files) | TwinStoreError |
+
+Governance's ``*_from_bytes_untrusted`` are fuzzed in tests/agents/test_governance.py and test_gossip.py.
 """
 
 from __future__ import annotations
@@ -21,22 +27,29 @@ import contextlib
 import json
 import random
 import struct
+from typing import Any, cast
 
 import nacl.bindings
+import nacl.signing
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from node.agents import remote
 from node.control.rpc import RpcError, parse_request_untrusted
 from node.crypto.session import XXHandshake
 from node.errors import CryptoError
 from node.mailbox import protocol as mp
 from node.rag.errors import RagError
-from node.rag.federated import decode_answer_untrusted
+from node.rag.federated import FederatedResponder, decode_answer_untrusted
 from node.routing.app import AppChannel
 from node.routing.courier import decode_envelope_untrusted, open_untrusted
+from node.routing.pins import decode_peer_state_signing_key_untrusted, encode_peer_state
 from node.routing.sessions import SessionManager
 from node.transports.ble.core import frame_length_untrusted
+from node.twin import blob
+from node.twin.errors import TwinStoreError
 from node.wire import MalformedFrame
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
@@ -204,3 +217,182 @@ def test_random_keys_never_make_a_session() -> None:
     with pytest.raises(CryptoError):
         sm.on_message_untrusted(b"\x02" * 8, bytes(32), 0.0, None)
     assert nacl.bindings.crypto_scalarmult_base(STATIC)  # (the static key itself is fine)
+
+
+# ---- the parsers the audit of issue 13 found without a fuzzer (session 5): remote agents, the 0x21 peer state, the
+# federated RAG request, the twin's state blob.
+
+AGENT_KEY = nacl.signing.SigningKey(bytes(range(32)))
+PEER_HEX = "00112233aabbccdd"
+
+
+@st.composite
+def signed_caps(draw: st.DrawFn) -> bytes:
+    """Capabilities signed with the peer's real key (so parsing goes past the signature) over any document."""
+    doc = draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "peer": st.one_of(st.just(PEER_HEX), _json_values()),
+                "agents": st.one_of(st.lists(st.tuples(_json_values(), _json_values()), max_size=3), _json_values()),
+                "issued_ms": st.one_of(st.integers(-(2**70), 2**70), _json_values()),
+                "expires_ms": st.one_of(st.integers(-(2**70), 2**70), _json_values()),
+            },
+        )
+    )
+    sig = AGENT_KEY.sign(remote.CAPS_NAMESPACE + remote._canonical(doc)).signature
+    outer = {"v": draw(st.sampled_from([1, 1, 2, "1", None])), "doc": doc, "sig": sig.hex()}
+    return mutate(draw, remote._canonical(outer)) if draw(st.booleans()) else remote._canonical(outer)
+
+
+@settings(FAST)
+@given(st.one_of(st.binary(max_size=300), signed_caps()), st.integers(-(2**40), 2**45))
+def test_remote_agent_capabilities(body: bytes, now_ms: int) -> None:
+    with contextlib.suppress(MalformedFrame):
+        caps = remote.caps_from_untrusted(body, AGENT_KEY.verify_key.encode(), PEER_HEX, now_ms)
+        assert caps.peer == PEER_HEX and caps.issued_ms - 300_000 <= now_ms < caps.expires_ms
+
+
+def _agent_request(agent: object, request: object, v: int) -> bytes:
+    return json.dumps({"v": v, "agent": agent, "request": request}).encode()
+
+
+def _rag_request(q: object, k: object, v: int) -> bytes:
+    return json.dumps({"v": v, "q": q, "k": k}).encode()
+
+
+def _peer_state(rnd: random.Random, key: bytes) -> bytes:
+    return mutate_fixed(encode_peer_state(key, 1), rnd)
+
+
+@settings(FAST)
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        _json_values().map(lambda v: json.dumps(v).encode()),
+        st.builds(
+            lambda a, r, v: json.dumps({"v": v, "agent": a, "request": r}).encode(),
+            _json_values(),
+            _json_values(),
+            st.sampled_from([1, 2]),
+        ),
+    )
+)
+def test_remote_agent_requests_and_answers(body: bytes) -> None:
+    with contextlib.suppress(MalformedFrame):
+        agent, request = remote.request_from_untrusted(body)
+        assert isinstance(agent, str) and request.strip()
+    with contextlib.suppress(MalformedFrame):
+        answer = remote.answer_from_untrusted(body)
+        assert set(answer) == {"agent", "text", "ok", "sources"}
+
+
+@settings(FAST)
+@given(
+    st.one_of(
+        st.binary(max_size=120),
+        st.builds(
+            lambda b, k: mutate_fixed(encode_peer_state(k, 1), b), st.randoms(), st.binary(min_size=32, max_size=32)
+        ),
+    )
+)
+def test_authenticated_peer_state(body: bytes) -> None:
+    with contextlib.suppress(MalformedFrame):
+        key = decode_peer_state_signing_key_untrusted(body)
+        assert key is None or len(key) == 32
+
+
+def mutate_fixed(data: bytes, rnd: random.Random) -> bytes:
+    buf = bytearray(data)
+    for _ in range(rnd.randint(0, 3)):
+        i = rnd.randrange(len(buf)) if buf else 0
+        choice = rnd.random()
+        if choice < 0.4 and buf:
+            buf[i] = rnd.randrange(256)
+        elif choice < 0.7:
+            del buf[i:]
+        else:
+            buf[i:i] = bytes([rnd.randrange(256)])
+    return bytes(buf)
+
+
+@settings(FAST)
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.builds(
+            lambda q, k, v: json.dumps({"v": v, "q": q, "k": k}).encode(),
+            _json_values(),
+            _json_values(),
+            st.sampled_from([1, 2]),
+        ),
+    )
+)
+def test_federated_requests(body: bytes) -> None:
+    responder = FederatedResponder(cast(Any, None))
+    try:
+        text, k = responder._parse_request_untrusted(body)
+    except RagError:
+        assert responder.counters.bad_requests == 1
+        return
+    assert isinstance(text, str) and text.strip() and isinstance(k, int)
+
+
+TWIN_MAGIC = b"TWFZ"
+
+
+@st.composite
+def twin_blobs(draw: st.DrawFn) -> bytes:
+    arrays: dict[str, np.ndarray] = {
+        "a": np.arange(draw(st.integers(0, 8)), dtype=np.float32),
+        "b": np.zeros((2, 3), dtype=np.int16),
+    }
+    good = blob.pack(TWIN_MAGIC, 1, arrays, {"n": draw(st.integers(0, 9))})
+    header = draw(
+        st.one_of(
+            st.just(None),
+            _json_values().map(lambda v: json.dumps({"arrays": v, "meta": {}}).encode()),
+            st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "name": _json_values(),
+                        "dtype": st.sampled_from(["float32", "int16", "object", "float128", "<U3", "x"]),
+                        "shape": st.lists(st.one_of(st.integers(-(2**70), 2**70), st.floats()), max_size=4),
+                    }
+                ),
+                max_size=3,
+            ).map(lambda ix: json.dumps({"arrays": ix, "meta": {}}).encode()),
+            st.integers(1, 3000).map(lambda d: b"[" * d + b"]" * d),
+        )
+    )
+    if header is None:
+        return mutate(draw, good)
+    _, _, header_len = blob._HEADER.unpack_from(good)
+    body = good[blob._HEADER.size + header_len :]
+    return blob._HEADER.pack(TWIN_MAGIC, 1, len(header)) + header + body
+
+
+@settings(FAST)
+@given(st.one_of(st.binary(max_size=200), twin_blobs()))
+def test_twin_state_blobs(data: bytes) -> None:
+    with contextlib.suppress(TwinStoreError):
+        arrays, _meta = blob.unpack_untrusted(data, TWIN_MAGIC, 1, max_bytes=1 << 16)
+        assert all(isinstance(a, np.ndarray) for a in arrays.values())
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"[" * 3000 + b"]" * 3000,  # RecursionError in json.loads
+        b'{"arrays":[{"name":"a","dtype":"float32","shape":[1180591620717411303424]}],"meta":{}}',  # OverflowError
+        b'{"arrays":[{"name":"a","dtype":"float32","shape":[Infinity]}],"meta":{}}',  # int(inf): OverflowError
+    ],
+)
+def test_twin_state_blobs_found_by_the_fuzzer_are_a_store_error(header: bytes) -> None:
+    """What ``test_twin_state_blobs`` found (session 5): these escaped ``unpack_untrusted`` as RecursionError /
+    OverflowError instead of its one error type, so a corrupt state file was not moved aside as a corrupt one."""
+    good = blob.pack(TWIN_MAGIC, 1, {"a": np.zeros(3, dtype=np.float32)}, {})
+    _, _, header_len = blob._HEADER.unpack_from(good)
+    data = blob._HEADER.pack(TWIN_MAGIC, 1, len(header)) + header + good[blob._HEADER.size + header_len :]
+    with pytest.raises(TwinStoreError, match="corrupt"):
+        blob.unpack_untrusted(data, TWIN_MAGIC, 1, max_bytes=1 << 16)

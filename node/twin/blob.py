@@ -55,8 +55,8 @@ def unpack_untrusted(
         meta = header["meta"]
         decomp = lzma.LZMADecompressor()
         raw = decomp.decompress(data[_HEADER.size + header_len :], max_length=max_bytes + 1)
-    except (ValueError, KeyError, TypeError, lzma.LZMAError) as exc:
-        raise TwinStoreError(f"corrupt file: {exc}") from exc
+    except (ValueError, KeyError, TypeError, RecursionError, lzma.LZMAError) as exc:  # RecursionError: deep nesting
+        raise TwinStoreError(f"corrupt file: {type(exc).__name__}: {str(exc)[:200]}") from exc
     if len(raw) > max_bytes:
         raise TwinStoreError(f"payload over {max_bytes} bytes")
     arrays: dict[str, np.ndarray] = {}
@@ -76,8 +76,8 @@ def unpack_untrusted(
                 raw, dtype=dtype, count=n // dtype.itemsize, offset=offset
             ).reshape(shape)
             offset += n
-    except (KeyError, TypeError, ValueError) as exc:
-        raise TwinStoreError(f"corrupt header: {exc}") from exc
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: a shape past int64 or Infinity
+        raise TwinStoreError(f"corrupt header: {type(exc).__name__}: {str(exc)[:200]}") from exc
     if offset != len(raw):
         raise TwinStoreError("payload longer than its header says")
     if not isinstance(meta, dict):

@@ -21,7 +21,7 @@ from node.mcp.service import McpService
 from node.mcp.settings import McpSettings
 from node.rag.plugin import rag_service
 from node.transports.memory import MemoryNetwork
-from tests.agents.nodes import start_node
+from tools.inprocess import start_node
 
 
 def audit_rows(path: Path) -> list[dict[str, object]]:

@@ -18,7 +18,7 @@ from node.agents.tools import ScopedTools, Tools
 from node.agents.trace import Trace
 from node.rag.plugin import rag_service
 from node.transports.memory import MemoryNetwork
-from tests.agents.nodes import start_node
+from tools.inprocess import start_node
 
 
 def test_plan_splits_sequential_and_independent_steps() -> None:

@@ -47,7 +47,7 @@ from node.twin.ask import OWNER, Access
 from node.twin.ask import ask as twin_ask
 from node.twin.errors import AskError
 from node.wire.errors import MalformedFrame
-from tests.agents.nodes import start_node
+from tools.inprocess import start_node
 
 CANARY = "CANARY-7731"
 

@@ -22,7 +22,7 @@ from node.agents.settings import AgentsSettings, LlmSettings
 from node.agents.worktools import OfferFile
 from node.rag.plugin import rag_service
 from node.transports.memory import MemoryNetwork
-from tests.agents.nodes import start_node
+from tools.inprocess import start_node
 
 
 def test_trend_forecast_and_time_to_a_level() -> None:

@@ -103,6 +103,30 @@ def daemon() -> Iterator[Daemon]:
         yield d
 
 
+# Issue 14 item 1: every tool family it names, each declared once in the one registry and served on every transport.
+REFERENCE_MEMORY_TOOLS = {
+    "create_entities",
+    "create_relations",
+    "add_observations",
+    "delete_entities",
+    "delete_observations",
+    "delete_relations",
+    "read_graph",
+    "search_nodes",
+    "open_nodes",
+}
+ISSUE_14_TOOLS = {
+    *("messages_send", "messages_broadcast", "inbox_list", "messages_status"),
+    *("peers_list", "routes_list", "betanet_connect", "node_status"),
+    *("rag_query", "rag_add", "rag_remove", "rag_share", "rag_feedback", "rag_stats"),
+    *REFERENCE_MEMORY_TOOLS,
+    *("scratch_set", "scratch_get", "scratch_list", "scratch_clear"),
+    *("ask", "twin_suggest", "twin_status", "agents_list", "agents_trace"),
+    *("vote_propose", "vote_cast", "vote_status", "vote_evidence"),
+}
+ISSUE_14_RESOURCES = {"node://status", "node://peers", "node://inbox", "memory://knowledge-graph"}
+
+
 def structured(result: Any) -> Any:
     assert not result.is_error, text_of(result)
     return result.structured_content
@@ -114,8 +138,14 @@ async def test_stdio_and_http_clients_use_the_daemons_tools(daemon: Daemon, mode
     async with daemon.stdio(mode) as stdio, daemon.http(mode) as http:
         assert stdio.protocol_version == http.protocol_version == ("2025-11-25" if mode == "legacy" else "2026-07-28")
         for client in (stdio, http):
-            names = {t.name for t in (await client.list_tools()).tools}
-            assert {"peers_list", "routes_list", "messages_send", "rag_query", "search_nodes", "scratch_get"} <= names
+            tools = {t.name: t for t in (await client.list_tools()).tools}
+            assert set(tools) >= ISSUE_14_TOOLS, ISSUE_14_TOOLS - set(tools)
+            for tool in tools.values():  # typed input (JSON Schema from the type hints), described
+                assert tool.description and tool.input_schema["type"] == "object", tool.name
+            assert all(tools[name].output_schema for name in REFERENCE_MEMORY_TOOLS)  # typed output: memory only
+            assert "mesh" in tools["rag_query"].input_schema["properties"]  # `rag query --mesh`
+            uris = {str(r.uri) for r in (await client.list_resources()).resources}
+            assert uris >= ISSUE_14_RESOURCES, ISSUE_14_RESOURCES - uris
             assert structured(await client.call_tool("node_status", {}))["peer_id"] == peer_id
             assert structured(await client.call_tool("peers_list", {})) == {"peers": []}
         ent = {"name": "Ada", "entityType": "person", "observations": ["wrote notes on the engine"]}
@@ -134,8 +164,8 @@ async def test_stdio_and_http_clients_use_the_daemons_tools(daemon: Daemon, mode
         res = await stdio.read_resource("node://status")
         assert json.loads(res.contents[0].text)["peer_id"] == peer_id  # type: ignore[union-attr]
     audit = (daemon.data_dir / "mcp" / "audit.jsonl").read_text().splitlines()
-    tools = [json.loads(line)["tool"] for line in audit]
-    assert {"create_entities", "search_nodes", "messages_broadcast", "no_such_tool"} <= set(tools)
+    audited = [json.loads(line)["tool"] for line in audit]
+    assert {"create_entities", "search_nodes", "messages_broadcast", "no_such_tool"} <= set(audited)
     assert oct((daemon.data_dir / "mcp" / "audit.jsonl").stat().st_mode & 0o777) == "0o600"
 
 

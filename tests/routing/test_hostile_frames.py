@@ -9,18 +9,21 @@ import random
 import nacl.signing
 
 from node.identity import Identity
-from node.routing.courier import CourierStore, Envelope, encode_envelope
+from node.routing.courier import CourierStore, Envelope, encode_envelope, seal
 from node.routing.mesh import MeshCore
 from node.wire import (
     Announce,
     FragmentPayload,
     MessageType,
+    NoisePayloadType,
     Packet,
     Ping,
     encode_announce,
     encode_fragment,
+    encode_noise_payload,
     encode_packet,
     encode_ping,
+    encode_private_message,
     sign_packet,
 )
 from tests.routing.test_hoparq import make_cores
@@ -165,6 +168,31 @@ def test_ciphertexts_from_throwaway_senders_start_a_bounded_number_of_floods() -
     handshakes = [f for _, f in core.frames_to_send() if f[1] == MessageType.NOISE_HANDSHAKE]
     assert len(handshakes) <= 20  # the global burst
     assert core.counters.rate_limited >= 480
+
+
+def test_courier_envelopes_from_throwaway_keys_start_a_bounded_number_of_floods() -> None:
+    """Issue 13 (exhaustion): a courier envelope sealed to us by a throwaway key is opened and delivered, and its
+    delivery ack needs a session, so each used to start a flooded handshake; acks for senders without a session
+    share the remote-flood budget (the messages still arrive)."""
+    core = _core()
+    now = 1.0
+    expires = core.wall_ms(now) + 3_600_000
+    for i in range(300):
+        plaintext = encode_noise_payload(NoisePayloadType.PRIVATE_MESSAGE, encode_private_message(f"m{i}", "hi"))
+        sealed = seal(
+            plaintext,
+            sender_static=os.urandom(32),  # a new identity for each envelope
+            recipient_id=core.peer_id,
+            recipient_static=core.identity.noise_public,
+            expires_at_ms=expires,
+        )
+        payload = encode_envelope(Envelope(core.peer_id, expires, 1, sealed))
+        pkt = Packet(1, MessageType.COURIER_ENVELOPE, 1, core.wall_ms(now), os.urandom(8), core.peer_id, (), payload)
+        core.receive_frame("L", encode_packet(pkt), now)
+    handshakes = [f for _, f in core.frames_to_send() if f[1] == MessageType.NOISE_HANDSHAKE]
+    assert core.counters.courier_opened == 300  # delivered, not dropped
+    assert len(handshakes) <= 20  # the global burst of remote-triggered floods
+    assert core.counters.rate_limited >= 280 and core.counters.contained_bugs == 0
 
 
 def test_far_pings_from_one_origin_get_a_bounded_number_of_pongs() -> None:

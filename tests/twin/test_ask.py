@@ -24,7 +24,7 @@ from node.twin.personal_context import expand_query, personalize
 from node.twin.plugin import PLUGIN as TWIN_PLUGIN
 from node.twin.service import TwinService
 from node.twin.settings import TwinSettings
-from tests.agents.nodes import start_node as start_shared_node
+from tools.inprocess import start_node as start_shared_node
 
 CAROL = {"peer_id": "c" * 16, "fingerprint": "c" * 64, "nickname": "carol"}
 IMPOSTOR = {"peer_id": "d" * 16, "fingerprint": "d" * 64, "nickname": "carol"}  # announces the same nickname
@@ -73,7 +73,7 @@ async def start_node(
     twin: bool = False,
     extra: list[Any] | None = None,
 ) -> Node:
-    """A node of tests.agents.nodes; with ``twin``, its knowledge base, the twin and MCP (and ``extra``)."""
+    """A node of tools.inprocess; with ``twin``, its knowledge base, the twin and MCP (and ``extra``)."""
 
     def services(cfg: Config) -> list[Any]:
         twin_service = TwinService(

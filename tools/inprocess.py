@@ -1,6 +1,7 @@
 """In-process nodes for the agents' and the twin's tests (tests/agents/test_king.py, test_workers.py, test_remote.py,
-test_agent_registry.py, tests/twin/test_ask.py): a node on a :class:`MemoryNetwork` with a seeded identity, BM25 RAG
-(its knowledge base as the daemon builds it, unless ``rag`` is False) and the given services."""
+test_agent_registry.py, tests/twin/test_ask.py) and for bench/agent_tasks.py (a bench does not import tests): a node
+on a :class:`MemoryNetwork` with a seeded identity, BM25 RAG (its knowledge base as the daemon builds it, unless
+``rag`` is False) and the given services. Development tooling: not part of the installed packages."""
 
 from __future__ import annotations
 
