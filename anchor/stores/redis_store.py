@@ -26,6 +26,7 @@ from redis.retry import Retry
 from anchor.stores import redis_scripts as scripts
 from anchor.stores._runner import BlockingRunner
 from anchor.stores.errors import StoreError
+from anchor.stores.redis_native import NativeRedis, Script, native_target
 
 T = TypeVar("T")
 KEY_PREFIX = "aiv:"  # every key this store writes starts with it
@@ -77,7 +78,7 @@ class PendingEntry:
 
 
 class RedisStore:
-    def __init__(self, url: str, *, timeout_s: float = 5.0, max_connections: int = 16) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 5.0, max_connections: int = 16, native: bool = True) -> None:
         self._timeout_s = timeout_s
         # One quick retry: a pooled connection that died with a restarted server is replaced transparently.
         self._client = redis.Redis.from_url(
@@ -101,11 +102,23 @@ class RedisStore:
             2 * timeout_s,
             errors=(redis.exceptions.RedisError,),
         )
+        # The hot calls (POST /v1/messages' script; the queue consumer's reads and settles) on trio sockets, without
+        # a worker thread each; None: a URL that client does not speak (TLS...), redis-py for everything.
+        target = native_target(url) if native else None
+        self._native = (
+            NativeRedis(target, self._runner, timeout_s=timeout_s, max_connections=max_connections)
+            if target is not None
+            else None
+        )
+        self._send_native = Script(scripts.SEND_LUA)
+        self._settle_native = Script(scripts.SETTLE_LUA)
 
     async def _call(self, fn: Callable[[], T]) -> T:
         return await self._runner.run(fn)
 
     async def aclose(self) -> None:
+        if self._native is not None:
+            await self._native.aclose()
         await self._call(self._client.close)
 
     async def __aenter__(self) -> RedisStore:
@@ -292,6 +305,11 @@ class RedisStore:
             keys.append(f"{KEY_PREFIX}st:{status_key}")
             items = _pairs(status)
             args += [entry_id, len(keys), len(items), *items]
+        if self._native is not None:
+            acked = await self._native.evalsha(self._settle_native, keys, args)
+            if not isinstance(acked, int):
+                raise StoreError(f"redis: the settle script answered {type(acked).__name__}, not an integer")
+            return acked
         return int(await self._call(lambda: self._settle(keys=keys, args=args)))
 
     async def status_get(self, status_key: str) -> dict[str, str] | None:
@@ -351,7 +369,11 @@ class RedisStore:
             keys.append(f"{KEY_PREFIX}rl:{name}")
             args += [repr(float(rate_per_s)), burst]
         args.append(stream)
-        raw: Any = await self._call(lambda: self._send(keys=keys, args=args))
+        raw: Any
+        if self._native is not None:
+            raw = await self._native.evalsha(self._send_native, keys, args)
+        else:
+            raw = await self._call(lambda: self._send(keys=keys, args=args))
         result = _text(raw[0])
         if result == "ok":
             return SendOutcome("ok", entry_id=_text(raw[1]))
