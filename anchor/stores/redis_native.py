@@ -8,11 +8,13 @@ falling back to loading the script on ``NOSCRIPT``); everything else stays on re
 
 Connections are pooled (at most ``max_connections``, each used by one call at a time) and authenticated and
 switched to the URL's database when opened. A call that fails on the way (reset, refused, EOF, a reply that is not
-RESP2) closes its connection and is tried once more on a fresh one — as redis-py's client is configured here, so
-only idempotent calls go through it (the scripts are); a call without an answer within ``timeout_s`` closes its
-connection and raises :class:`StoreUnavailable`. The caller's cancellation also closes the connection (its reply
-would be read by the next call otherwise). Only plain ``redis://`` and ``unix://`` URLs are spoken here
-(:func:`native_target` says None for the rest, e.g. TLS, and the store then keeps redis-py for everything).
+RESP2) closes its connection and, if it may run twice (the scripts are idempotent), is tried once more on a fresh
+one, as redis-py's client is configured here; a consumer group's read is not retried (entries delivered in a lost
+reply wait in the consumer's pending list, which the queue re-reads after a store error). A call without an answer
+within ``timeout_s`` closes its connection and raises :class:`StoreUnavailable`. The caller's cancellation also
+closes the connection (its reply would be read by the next call otherwise). Only plain ``redis://`` and
+``unix://`` URLs are spoken here (:func:`native_target` says None for the rest, e.g. TLS, and the store then keeps
+redis-py for everything).
 """
 
 from __future__ import annotations
@@ -131,11 +133,12 @@ class NativeRedis:
             raise
         return conn
 
-    async def call(self, *args: bytes | str | int | float) -> Reply:
+    async def call(self, *args: bytes | str | int | float, retry: bool = True) -> Reply:
         """One command; its reply (an error reply raises StoreError). StoreUnavailable when Redis cannot be reached
-        or does not answer within ``timeout_s``."""
+        or does not answer within ``timeout_s``. ``retry=False`` for a command that must not run twice (a read of a
+        consumer group: entries delivered in a lost reply are left for the caller's recovery, not skipped)."""
         async with self.limiter:
-            reply = await self._call_once_more(args)
+            reply = await self._call_once_more(args, attempts=2 if retry else 1)
         if isinstance(reply, RespError):
             self.runner.mark_up()
             raise StoreError(f"redis: {reply.message[:200]}")
@@ -153,11 +156,11 @@ class NativeRedis:
             raise StoreError(f"redis: {reply.message[:200]}")
         return reply
 
-    async def _call_once_more(self, args: tuple[bytes | str | int | float, ...]) -> Reply:
-        """``args`` on a pooled connection, and once more on a fresh one if that fails on the way."""
+    async def _call_once_more(self, args: tuple[bytes | str | int | float, ...], *, attempts: int = 2) -> Reply:
+        """``args`` on a pooled connection, and (``attempts`` 2) once more on a fresh one if that fails on the way."""
         if self._closed:
             raise StoreError("redis: the store is closed")
-        for attempt in (1, 2):
+        for attempt in range(1, attempts + 1):
             conn: _Connection | None = None
             with trio.move_on_after(self.timeout_s):
                 try:
@@ -166,7 +169,7 @@ class NativeRedis:
                 except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError) as exc:
                     if conn is not None:
                         await trio.aclose_forcefully(conn.stream)
-                    if attempt == 2:
+                    if attempt == attempts:
                         raise self.runner.mark_down(exc) from exc
                     continue
                 except BaseException:  # cancelled: the reply, if it comes, must not be read by another call

@@ -27,6 +27,7 @@ from anchor.stores import redis_scripts as scripts
 from anchor.stores._runner import BlockingRunner
 from anchor.stores.errors import StoreError
 from anchor.stores.redis_native import NativeRedis, Script, native_target
+from anchor.stores.resp import Reply
 
 T = TypeVar("T")
 KEY_PREFIX = "aiv:"  # every key this store writes starts with it
@@ -227,6 +228,12 @@ class RedisStore:
             raise StoreError(f"stream_read: block_ms must stay well below the store timeout ({self._timeout_s} s)")
         key = f"{KEY_PREFIX}q:{stream}"
         start = after if pending else ">"
+        if self._native is not None:
+            block = ("BLOCK", block_ms) if block_ms else ()
+            reply = await self._native.call(
+                "XREADGROUP", "GROUP", group, consumer, "COUNT", count, *block, "STREAMS", key, start, retry=False
+            )
+            return _native_entries(reply)
         raw: Any = await self._call(
             lambda: self._client.xreadgroup(group, consumer, {key: start}, count=count, block=block_ms or None)
         )
@@ -577,6 +584,34 @@ class RedisStore:
             for entry_id, fields in raw or []
             if fields is not None
         ]
+
+
+def _native_entries(reply: Reply) -> list[StreamEntry]:
+    """XREADGROUP's raw reply ([[stream, [[id, [field, value, ...] or nil], ...]]] or nil) as entries. A pending
+    entry deleted meanwhile (nil fields) comes with no fields, as redis-py gives it: the queue acknowledges it as
+    malformed, which clears it from the pending list. StoreError for any other shape."""
+    bad = StoreError("redis: XREADGROUP answered a reply of an unexpected shape")
+    if reply is None:
+        return []
+    if not isinstance(reply, list):
+        raise bad
+    entries: list[StreamEntry] = []
+    for stream_reply in reply:
+        if not (isinstance(stream_reply, list) and len(stream_reply) == 2 and isinstance(stream_reply[1], list)):
+            raise bad
+        for item in stream_reply[1]:
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], bytes)):
+                raise bad
+            fields = [] if item[1] is None else item[1]
+            if not (isinstance(fields, list) and len(fields) % 2 == 0):
+                raise bad
+            values: dict[str, bytes] = {}
+            for name, value in zip(fields[::2], fields[1::2], strict=True):
+                if not (isinstance(name, bytes) and isinstance(value, bytes)):
+                    raise bad
+                values[name.decode(errors="replace")] = value
+            entries.append(StreamEntry(item[0].decode(errors="replace"), values))
+    return entries
 
 
 def _pairs(fields: Mapping[str, str]) -> list[str]:

@@ -144,3 +144,25 @@ async def test_a_cancelled_call_leaves_no_reply_for_the_next(services: ServiceSe
     await trio.sleep(1.2)  # past the BLPOP's server-side timeout: a kept connection would hold its nil now
     assert await native.call("ECHO", "x") == b"x"
     await native.aclose()
+
+
+async def test_stream_reads_match_redis_py_pending_and_deleted_entries_included(services: ServiceSettings) -> None:
+    from anchor.stores.redis_store import RedisStore
+
+    stream = "t-native-" + secrets.token_hex(6)
+    native, plain = RedisStore(services.redis.url), RedisStore(services.redis.url, native=False)
+    assert native._native is not None and plain._native is None
+    await plain.stream_ensure_group(stream, "g")
+    ids = [await plain.stream_add(stream, {"m": f"payload {i}".encode(), "x": b"\x00\xff"}) for i in range(5)]
+    got = await native.stream_read(stream, "g", "c1", count=3)
+    assert [e.id for e in got] == ids[:3] and got[0].fields == {"m": b"payload 0", "x": b"\x00\xff"}
+    assert [e.id for e in await native.stream_read(stream, "g", "c1", count=3)] == ids[3:]
+    assert await native.stream_read(stream, "g", "c2", block_ms=50) == []  # nothing new: BLOCK answered nil
+    await plain.queue_settle_many(stream, "g", [(ids[1], None, None)], ttl_s=1.0)  # acknowledged and deleted
+    await plain._call(lambda: plain._client.xdel(f"aiv:q:{stream}", ids[2]))  # deleted while pending
+    ours = await native.stream_read(stream, "g", "c1", pending=True, count=10)
+    theirs = await plain.stream_read(stream, "g", "c1", pending=True, count=10)
+    assert ours == theirs and [e.id for e in ours] == [ids[0], ids[2], ids[3], ids[4]]
+    assert ours[1].fields == {}  # deleted while pending: no fields (the queue acknowledges it as malformed)
+    await native.aclose()
+    await plain.aclose()
