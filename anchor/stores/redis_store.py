@@ -103,8 +103,9 @@ class RedisStore:
             2 * timeout_s,
             errors=(redis.exceptions.RedisError,),
         )
-        # The hot calls (POST /v1/messages' script; the queue consumer's reads and settles) on trio sockets, without
-        # a worker thread each; None: a URL that client does not speak (TLS...), redis-py for everything.
+        # The hot calls (POST /v1/messages' script; the queue consumer's reads and settles; the audit drain's reads
+        # and hand-over) on trio sockets, without a worker thread each; None: a URL that client does not speak
+        # (TLS...), redis-py for everything.
         target = native_target(url) if native else None
         self._native = (
             NativeRedis(target, self._runner, timeout_s=timeout_s, max_connections=max_connections)
@@ -113,6 +114,7 @@ class RedisStore:
         )
         self._send_native = Script(scripts.SEND_LUA)
         self._settle_native = Script(scripts.SETTLE_LUA)
+        self._handover_native = Script(scripts.HANDOVER_LUA)
 
     async def _call(self, fn: Callable[[], T]) -> T:
         return await self._runner.run(fn)
@@ -409,6 +411,20 @@ class RedisStore:
 
         if block_ms * 1.25 >= self._timeout_s * 1000:
             raise StoreError(f"audit_entries: block_ms must stay well below the store timeout ({self._timeout_s} s)")
+        if self._native is not None:  # the same three steps on trio sockets; reads never retried (see stream_read)
+            native = self._native
+            if claim_idle_ms > 0:
+                claimed = await native.call(
+                    "XAUTOCLAIM", key, group, consumer, claim_idle_ms, "0-0", "COUNT", count, retry=False
+                )
+                if isinstance(claimed, list) and len(claimed) >= 2 and claimed[1]:
+                    return _native_entries([[key.encode(), claimed[1]]])
+            read = ("XREADGROUP", "GROUP", group, consumer, "COUNT", count)
+            mine = _native_entries(await native.call(*read, "STREAMS", key, "0", retry=False))
+            if mine:
+                return mine
+            block = ("BLOCK", block_ms) if block_ms else ()
+            return _native_entries(await native.call(*read, *block, "STREAMS", key, ">", retry=False))
         raw: Any = await self._call(work)
         entries: list[StreamEntry] = []
         for _name, items in raw or []:
@@ -470,6 +486,11 @@ class RedisStore:
                 keys.append(f"{KEY_PREFIX}ho:{stream}:{event_id}")  # per audit stream: anchors never mix
                 dedupe = len(keys)
             args += [entry_id, index[target], dedupe, payload]
+        if self._native is not None:
+            handed = await self._native.evalsha(self._handover_native, keys, args)
+            if not isinstance(handed, int):
+                raise StoreError(f"redis: the hand-over script answered {type(handed).__name__}, not an integer")
+            return handed
         return int(await self._call(lambda: self._handover(keys=keys, args=args)))
 
     async def audit_ack(self, stream: str, group: str, ids: Sequence[str]) -> None:
