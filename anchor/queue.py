@@ -17,7 +17,9 @@ outbox already or not at all, so it is accepted exactly once. A broadcast has no
 whether it went out. When the settle of a batch fails (Redis down, slow, or its answer lost) the process remembers
 what it handed over, and settles those entries when Redis answers again without handing them over a second time
 (a settle that took effect although its answer was lost leaves nothing pending, and nothing is sent again either).
-Only a crash of the process (killed, power lost) between handing a batch to the node and that batch's settle —
+A stop waits for the settle of what the node took (shielded from the cancellation, bounded by the store's
+timeout). Only a crash of the process (killed, power lost) between handing a batch to the node and that batch's
+settle —
 the time of one Redis round trip plus the batch's signatures, a few milliseconds at most — can send a broadcast
 of that batch a second time at the next start (at most ``READ_COUNT`` broadcasts; before batching, one): the
 queue delivers at least once, never loses an accepted message. Private messages are never sent twice.
@@ -391,9 +393,12 @@ class MessageQueue:
                 log.info("message queue: entry %s is being handed over by replica %s; left to it", entry.id, detail)
                 if detail:
                     give_back.append((entry.id, detail))
-        for entry_id, owner in give_back:
-            await self.redis.stream_claim(self.stream, GROUP, owner, [entry_id], min_idle_ms=0)
-        await self.redis.queue_settle_many(self.stream, GROUP, settles, ttl_s=STATUS_TTL_S)
+        # Shielded: a stop (the nursery cancelled) waits for the settle of what the node took — at most the store's
+        # timeout — instead of leaving it to be handed over again at the next start.
+        with trio.CancelScope(shield=True):
+            for entry_id, owner in give_back:
+                await self.redis.stream_claim(self.stream, GROUP, owner, [entry_id], min_idle_ms=0)
+            await self.redis.queue_settle_many(self.stream, GROUP, settles, ttl_s=STATUS_TTL_S)
         for entry_id, _key, _status in settles:
             self._unsettled.pop(entry_id, None)
 

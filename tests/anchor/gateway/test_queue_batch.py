@@ -108,3 +108,53 @@ async def test_a_failed_settle_sends_no_broadcast_twice_and_a_batch_settles_in_o
     node.request_stop()
     await redis.aclose()
     await direct.aclose()
+
+
+class StopAtSettle(RedisStore):
+    """A real store that cancels the consumer (as a stopping gateway's nursery does) just as it settles a batch."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, timeout_s=5.0)
+        self.stop: trio.CancelScope | None = None
+        self.settled: list[int] = []
+
+    async def queue_settle_many(
+        self,
+        stream: str,
+        group: str,
+        settles: Sequence[tuple[str, str | None, Mapping[str, str] | None]],
+        *,
+        ttl_s: float,
+    ) -> int:
+        if self.stop is not None:
+            self.stop.cancel()
+        acked = await super().queue_settle_many(stream, group, settles, ttl_s=ttl_s)
+        self.settled.append(acked)
+        return acked
+
+
+async def test_a_stop_during_the_settle_waits_for_it(
+    services: ServiceSettings, nursery: trio.Nursery, short_tmp: Path
+) -> None:
+    redis = StopAtSettle(services.redis.url)
+    data = short_tmp / "anchor"
+    data.mkdir(mode=0o700)
+    node = Node(Config(data_dir=data), create_identity(data), transports=[], control=False)
+    await nursery.start(node.run)
+    queue = MessageQueue(redis, node, max_backlog=1000, block_ms=200)
+    ids = []
+    for i in range(5):
+        message = QueuedMessage(new_message_id(), None, f"broadcast {i}", "key1")
+        await queue.put(message)
+        ids.append(message.id)
+    with trio.CancelScope() as stop:
+        redis.stop = stop
+        with trio.fail_after(20):
+            await queue.run()
+    # Cancelled at the settle, the consumer still settled what the node took: nothing is left to be broadcast
+    # again at the next start.
+    assert redis.settled == [5]
+    assert [(await queue.status(i) or {}).get("state") for i in ids] == ["sent"] * 5
+    assert await redis.stream_pending_count(queue.stream, GROUP) == 0
+    node.request_stop()
+    await redis.aclose()
