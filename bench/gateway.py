@@ -1,6 +1,10 @@
 """The anchor gateway's authenticated ``POST /v1/messages`` against a bare hypercorn route, in the same run.
 
-    python bench/gateway.py [--seconds S] [--connections C] [--rounds R] [--no-mailbox]
+    python bench/gateway.py [--seconds S] [--connections C] [--rounds R] [--no-mailbox] [--breakdown N]
+
+(``BENCH_GATEWAY_REDIS=redis-py``: the server makes every Redis call through redis-py in worker threads, as before
+the native client, for an A/B of that client alone; ``BENCH_GATEWAY_PROFILE=FILE``: the server's main thread under
+cProfile, in thread CPU time.)
 
 A server process runs both: the real gateway (``anchor.run.run_anchor``: a Node without transports, PostgreSQL
 and Redis from ``scripts/services up`` in a scratch database) and, on another port of the same hypercorn trio
@@ -321,27 +325,28 @@ async def breakdown(settings_path: str, n: int) -> list[str]:
             await pg.audit("key:bench", "bench.breakdown", "*", {"bytes": 19, "id": str(i)})
         line("one audit INSERT, committed (old: one per request)", time.perf_counter() - t0)
         await redis.session_set("apikey:k_bench", {"revoked": False}, 60)
-        t0 = time.perf_counter()
-        for i in range(n):
-            record = AuditRecord(f"bd:{i}:{secrets.token_hex(4)}", "key:bench", "bench.breakdown", "*", "{}")
-            await redis.send_audited(
-                audit_stream=stream,
-                stream="bench-bd",
-                status_key=f"bench-bd:{i}",
-                status={"state": "queued"},
-                payload=BODY,
-                record=record,
-                max_audit_backlog=10 * n,
-                max_backlog=10 * n,
-                ttl_s=60,
-                key_cache="apikey:k_bench",
-                ip_buckets=(("ip:bench-bd", 1e6, 1_000_000),),
-                key_bucket=("key:bench-bd", 1e6, 1_000_000),
-            )
-        line(
-            "the one-step EVAL (key cache, both buckets, audit record, enqueue: new, one per request)",
-            time.perf_counter() - t0,
-        )
+        plain = RedisStore(services.redis.url, native=False)  # redis-py in a worker thread per call (before gwthru)
+        for label, store in (("redis-py, a worker-thread hop per call", plain), ("NativeRedis on trio sockets", redis)):
+            t0, c0 = time.perf_counter(), time.process_time()
+            for i in range(n):
+                record = AuditRecord(f"bd:{i}:{secrets.token_hex(4)}", "key:bench", "bench.breakdown", "*", "{}")
+                await store.send_audited(
+                    audit_stream=stream,
+                    stream="bench-bd",
+                    status_key=f"bench-bd:{label[:5]}:{i}",
+                    status={"state": "queued"},
+                    payload=BODY,
+                    record=record,
+                    max_audit_backlog=10 * n,
+                    max_backlog=10 * n,
+                    ttl_s=60,
+                    key_cache="apikey:k_bench",
+                    ip_buckets=(("ip:bench-bd", 1e6, 1_000_000),),
+                    key_bucket=("key:bench-bd", 1e6, 1_000_000),
+                )
+            line(f"the one-step EVAL of POST /v1/messages ({label}), wall", time.perf_counter() - t0)
+            line(f"the one-step EVAL of POST /v1/messages ({label}), CPU of this process", time.process_time() - c0)
+        await plain.aclose()
         from anchor.audit_drain import AuditDrain
 
         drain = AuditDrain(redis, pg, "bench", batch=256)
@@ -366,6 +371,10 @@ def main() -> None:
     ap.add_argument("--serve", metavar="SETTINGS", help=argparse.SUPPRESS)  # the server process
     args = ap.parse_args()
     if args.serve:
+        if os.environ.get("BENCH_GATEWAY_REDIS") == "redis-py":  # A/B: every Redis call through redis-py in threads
+            import anchor.stores.redis_store
+
+            setattr(anchor.stores.redis_store, "native_target", lambda url: None)  # noqa: B010
         profile = os.environ.get("BENCH_GATEWAY_PROFILE")  # a file: the server's main thread under cProfile
         if profile:
             import cProfile
