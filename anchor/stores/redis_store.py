@@ -1,11 +1,13 @@
-"""The anchor's Redis store (redis-py, sync client in worker threads): session cache with a TTL, an atomic
-token-bucket rate limiter, and Redis Streams as the queue between gateway and node.
+"""The anchor's Redis store (redis-py, sync client in worker threads; the hot calls on trio sockets through
+:mod:`anchor.stores.redis_native`): session cache with a TTL, an atomic token-bucket rate limiter, and Redis Streams
+as the queue between gateway and node. The Lua scripts live in :mod:`anchor.stores.redis_scripts`.
 
 The rate limiter is one Lua script (atomic on the server) using the server's clock (``TIME``), so several
 gateways sharing a Redis share their buckets and no clock skew between them matters. A bucket that has been idle
 for longer than it takes to refill expires by itself.
 
-Every public method is ``async`` and runs the blocking call through a bounded :class:`trio.CapacityLimiter`.
+Every public method is ``async``; a redis-py call runs in a worker thread through a bounded
+:class:`trio.CapacityLimiter`, a native one on at most ``max_connections`` pooled trio connections.
 A server that is down raises :class:`StoreUnavailable` (within ``timeout_s``) and logs one line; redis-py's pool
 reconnects on the next call once the server is back.
 """
