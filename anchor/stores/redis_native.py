@@ -20,7 +20,7 @@ redis-py for everything).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import trio
@@ -38,7 +38,7 @@ class Target:
     port: int = 6379
     path: str = ""  # a Unix socket instead of host/port
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a log line or a traceback's locals
     db: int = 0
 
 
@@ -123,11 +123,13 @@ class NativeRedis:
             stream = await trio.open_tcp_stream(t.host, t.port)
         conn = _Connection(stream)
         try:
+            # A refused AUTH or SELECT makes Redis as unusable as a refused connection (redis-py says so too:
+            # its AuthenticationError is a ConnectionError): StoreUnavailable, one log line per outage.
             if t.password is not None:
                 auth = ("AUTH", t.username, t.password) if t.username else ("AUTH", t.password)
-                _check(await conn.call(*auth))
+                _check_open(await conn.call(*auth), "AUTH")
             if t.db:
-                _check(await conn.call("SELECT", t.db))
+                _check_open(await conn.call("SELECT", t.db), "SELECT")
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
@@ -176,7 +178,7 @@ class NativeRedis:
                     if conn is not None:
                         await trio.aclose_forcefully(conn.stream)
                     raise
-                if conn.parser.buffered:  # bytes beyond the reply: out of step, not reused
+                if conn.parser.buffered or self._closed:  # bytes beyond the reply (out of step), or closed
                     await trio.aclose_forcefully(conn.stream)
                 else:
                     self._idle.append(conn)
@@ -187,6 +189,6 @@ class NativeRedis:
         raise AssertionError("unreachable")
 
 
-def _check(reply: Reply) -> None:
+def _check_open(reply: Reply, step: str) -> None:
     if isinstance(reply, RespError):
-        raise StoreError(f"redis: {reply.message[:200]}")
+        raise ConnectionRefusedError(f"Redis refused {step}: {reply.message[:200]}")
