@@ -253,6 +253,12 @@ async def measure(
         *cpu_lines,
         f"gateway delivery: the last accepted message reached the node {1000 * max(lags):.0f} ms after the load "
         "stopped (worst round; delivery waits for its audit row in PostgreSQL)",
+        "gateway Redis client: "
+        + (
+            "redis-py in worker threads (BENCH_GATEWAY_REDIS=redis-py)"
+            if os.environ.get("BENCH_GATEWAY_REDIS") == "redis-py"
+            else "NativeRedis on trio sockets for the hot calls (the default)"
+        ),
     ]
 
 
