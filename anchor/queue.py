@@ -6,16 +6,23 @@
 takes the rate-limit tokens) under an ID made at the gateway, and answers 202 with that ID. The audit drain
 appends the message to this stream only after its audit row committed in PostgreSQL, so everything read here is
 audited durably. :meth:`MessageQueue.run` (a task in ``run_anchor``'s nursery) reads the stream as consumer
-``node`` of group ``node`` and hands each entry to the node — ``Node.send_private(..., message_id=ID)`` (so the
-client's ID is the mesh message ID, and the outbox, on disk before the call returns, refuses a second copy) or
-``Node.broadcast`` — and only then updates the status record, acknowledges and deletes the entry (again one
-atomic script).
+``node`` of group ``node`` in batches of up to ``READ_COUNT`` and hands each entry to the node —
+``Node.send_private(..., message_id=ID)`` (so the client's ID is the mesh message ID, and the outbox, on disk before
+the call returns, refuses a second copy) or ``Node.broadcast`` — and only then updates the status records,
+acknowledges and deletes the batch's entries (one atomic script per batch, not per message).
 
 Crash safety: an entry read but not acknowledged stays in the group's pending list; at every (re)start and after
 every store error the consumer first re-reads its pending entries. A private message found there is in the
 outbox already or not at all, so it is accepted exactly once. A broadcast has no outbox: its status record says
-whether it went out, and only a crash between ``broadcast`` and the status update (microseconds, no I/O in
-between but the Redis call) could send it twice.
+whether it went out. When the settle of a batch fails (Redis down, slow, or its answer lost) the process remembers
+what it handed over, and settles those entries when Redis answers again without handing them over a second time
+(a settle that took effect although its answer was lost leaves nothing pending, and nothing is sent again either).
+A stop waits for the settle of what the node took (shielded from the cancellation, bounded by the store's
+timeout). Only a crash of the process (killed, power lost) between handing a batch to the node and that batch's
+settle —
+the time of one Redis round trip plus the batch's signatures, a few milliseconds at most — can send a broadcast
+of that batch a second time at the next start (at most ``READ_COUNT`` broadcasts; before batching, one): the
+queue delivers at least once, never loses an accepted message. Private messages are never sent twice.
 
 Replicas (``[anchor] cluster``): several gateways of one anchor, each its own node with its own identity and data
 dir, share one stream (``messages:{<cluster>}``; the braces are a Redis Cluster hash tag, so a stream and its
@@ -42,6 +49,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -62,7 +70,7 @@ GROUP = "node"
 CONSUMER = "node"  # a lone anchor's consumer (stable across restarts, so its pending list is ours); replicas: peer ID
 STATUS_TTL_S = 7 * 24 * 3600.0  # how long GET /v1/messages/{id} can find a message
 RETRY_S = 1.0  # pause after a store error before the consumer tries again
-READ_COUNT = 16
+READ_COUNT = 64  # entries read, handed over and settled per batch (one settle script each, see the note above)
 STATUS_LOST = "status lost; not sent again (its hand-over may have begun on a replica that did not come back)"
 
 
@@ -131,6 +139,9 @@ class MessageQueue:
             "claimed": 0,  # entries taken over from a replica that stopped or hung
             "in_doubt": 0,  # entries another replica began to hand over (left to it)
         }
+        # Entries handed to the node whose settle has not taken effect yet (entry ID -> status key, status): at
+        # most the entries of this consumer's pending list; emptied as their settles succeed.
+        self._unsettled: dict[str, tuple[str, dict[str, str]]] = {}
 
     def _status_key(self, message_id: str) -> str:
         return self._status_prefix + message_id
@@ -245,8 +256,7 @@ class MessageQueue:
                     entries = await self.redis.stream_read(
                         self.stream, GROUP, self.consumer, count=READ_COUNT, block_ms=self.block_ms
                     )
-                    for entry in entries:
-                        await self._handle(entry, recovered=False)
+                    await self._handle_batch(entries, recovered=False)
             except (StoreError, OutboxError, _NodeNotRunning) as exc:
                 if not isinstance(exc, StoreUnavailable):  # that one the store logs, once per outage
                     log.warning("message queue: %s; retrying in %g s", exc or "the node is not running", RETRY_S)
@@ -270,24 +280,26 @@ class MessageQueue:
                     return handled
                 pending = False
                 continue
-            for entry in entries:
-                try:
-                    await self._handle(entry)
-                except _NodeNotRunning:
-                    return handled  # the node stopped: the rest waits for its next start
-                handled += 1
+            try:
+                await self._handle_batch(entries, recovered=True)
+            except _NodeNotRunning:
+                return handled  # the node stopped: the rest waits for its next start
+            handled += len(entries)
 
     async def _drain_pending(self) -> None:
+        """Settle or hand over this consumer's pending entries (read before a crash or a store error)."""
         after = "0"
         while True:
             entries = await self.redis.stream_read(
                 self.stream, GROUP, self.consumer, count=READ_COUNT, pending=True, after=after
             )
             if not entries:
+                # Whatever is still remembered as handed-but-unsettled is no longer pending: a settle whose answer
+                # was lost took effect after all.
+                self._unsettled.clear()
                 return
-            for entry in entries:
-                await self._handle(entry, recovered=True)
-                after = entry.id
+            await self._handle_batch(entries, recovered=True)
+            after = entries[-1].id
 
     async def _claim_stale(self) -> None:
         """Take over the entries other replicas read and left unacknowledged for ``claim_idle_s``, unless their
@@ -301,12 +313,13 @@ class MessageQueue:
             for pending in stale:
                 if pending.consumer != self.consumer and await self._claimable(pending.id):
                     wanted.append(pending.id)
-            for entry in await self.redis.stream_claim(
+            claimed = await self.redis.stream_claim(
                 self.stream, GROUP, self.consumer, wanted, min_idle_ms=self.claim_idle_ms
-            ):
+            )
+            for entry in claimed:
                 self.counters["claimed"] += 1
                 log.info("message queue: claimed entry %s from a replica that stopped or hangs", entry.id)
-                await self._handle(entry)
+            await self._handle_batch(claimed, recovered=True)
             if len(stale) < 4 * READ_COUNT:
                 return
             after = stale[-1].id
@@ -323,70 +336,92 @@ class MessageQueue:
         return record is None or record.get("state") != "handing"
 
     async def _handle(self, entry: StreamEntry, *, recovered: bool = True) -> None:
-        """Hand one entry to the node and settle it. A lone anchor (no ``cluster``) reading a new entry (with
-        ``>``: delivered to this group for the first time) skips the status step; a ``recovered`` entry (from a
-        pending list: read before a crash, a store error or by another replica) and every entry of a cluster go
-        through the atomic status switch first (see ``RedisStore.queue_begin``)."""
+        """One entry: :meth:`_handle_batch` of one."""
+        await self._handle_batch([entry], recovered=recovered)
+
+    async def _handle_batch(self, entries: Sequence[StreamEntry], *, recovered: bool) -> None:
+        """Hand a read batch to the node and settle it in one atomic step. A lone anchor (no ``cluster``) reading
+        new entries (with ``>``: delivered to this group for the first time) skips the status step; ``recovered``
+        entries (from a pending list: read before a crash, a store error or by another replica) and every batch of a
+        cluster go through the atomic status switch first (see ``RedisStore.queue_begin_many``), one script for the
+        batch. Each entry handed to the node is remembered until its settle took effect, so a settle that fails
+        (Redis down or slow) is retried without handing anything to the node a second time."""
+        if not entries:
+            return
         if self.node.core is None:
             raise _NodeNotRunning()
-        try:
-            message = QueuedMessage.from_payload(entry.fields.get("m", b""))
-        except ValueError as exc:
-            self.counters["malformed"] += 1
-            log.warning("message queue: dropped malformed entry %s: %s", entry.id, exc)
-            await self.redis.stream_ack_delete(self.stream, GROUP, [entry.id])
-            return
-        key = self._status_key(message.id)
-        if recovered or self.cluster:
-            verdict, detail = await self.redis.queue_begin(key, self.consumer, ttl_s=STATUS_TTL_S, delivered=recovered)
+        settles: list[tuple[str, str | None, Mapping[str, str] | None]] = []
+        todo: list[tuple[StreamEntry, QueuedMessage]] = []
+        for entry in entries:
+            remembered = self._unsettled.get(entry.id)
+            if remembered is not None:  # handed to the node already; only its settle failed
+                settles.append((entry.id, *remembered))
+                continue
+            try:
+                todo.append((entry, QueuedMessage.from_payload(entry.fields.get("m", b""))))
+            except ValueError as exc:
+                self.counters["malformed"] += 1
+                log.warning("message queue: dropped malformed entry %s: %s", entry.id, exc)
+                settles.append((entry.id, None, None))
+        if todo and (recovered or self.cluster):
+            keys = [self._status_key(message.id) for _entry, message in todo]
+            verdicts = await self.redis.queue_begin_many(keys, self.consumer, ttl_s=STATUS_TTL_S, delivered=recovered)
+            if self.node.core is None:  # stopped meanwhile: "handing" records are resolved at its next start
+                raise _NodeNotRunning()
         else:
-            verdict, detail = "mine", ""
-        if verdict == "settled":
-            self.counters["duplicates"] += 1  # handled before a crash, not acknowledged: just acknowledge now
-            await self.redis.queue_settle(self.stream, GROUP, entry.id, key, {"state": detail}, ttl_s=STATUS_TTL_S)
-            return
-        if verdict == "unknown":
-            # Delivered before and its status record is gone (expired, or evicted): its hand-over may have begun on
-            # a replica that never came back, whose node may have sent it. Not sent again; said so — unless this
-            # node's own outbox holds it (this consumer began it before a crash): then it was accepted here.
-            if message.to is not None and self.node.outbox is not None and self.node.outbox.get(message.id):
-                mine = {
-                    "state": "accepted",
-                    "mesh_id": message.id,
-                    "detail": "",
-                    "to": message.to,
-                    "key": message.key_id,
-                }
-                await self.redis.queue_settle(self.stream, GROUP, entry.id, key, mine, ttl_s=STATUS_TTL_S)
-                return
-            self.counters["failed"] += 1
-            log.warning(
-                "message queue: entry %s (message %s) lost its status record; not sent again", entry.id, message.id
-            )
-            lost = {"state": "failed", "detail": STATUS_LOST, "to": message.to or "", "key": message.key_id}
-            await self.redis.queue_settle(self.stream, GROUP, entry.id, key, lost, ttl_s=STATUS_TTL_S)
-            return
-        if verdict == "other":
-            # Another replica began handing this entry over (it claimed it from us while we were slow, or we
-            # claimed it just as it began): not ours to send or acknowledge. It goes back to that replica's pending
-            # list, which the replica settles (alive) or resolves when it starts again (stopped).
-            self.counters["in_doubt"] += 1
-            log.info("message queue: entry %s is being handed over by replica %s; left to it", entry.id, detail)
-            if detail:
-                await self.redis.stream_claim(self.stream, GROUP, detail, [entry.id], min_idle_ms=0)
-            return
-        # "mine", or "again": this consumer began it before a crash — a private message is then in the outbox or
-        # not at all (send_private accepts an ID once), a broadcast may go out twice.
-        status: dict[str, str]
+            verdicts = [("mine", "")] * len(todo)
+        give_back: list[tuple[str, str]] = []
+        for (entry, message), (verdict, detail) in zip(todo, verdicts, strict=True):
+            key = self._status_key(message.id)
+            if verdict in ("mine", "again"):
+                # "again": this consumer began it before a crash — a private message is then in the outbox or not
+                # at all (send_private accepts an ID once), a broadcast may go out twice (see the module's note).
+                # No await between the hand-over and remembering it.
+                status = self._hand_over(message)
+                self._unsettled[entry.id] = (key, status)
+                settles.append((entry.id, key, status))
+            elif verdict == "settled":
+                self.counters["duplicates"] += 1  # handled before a crash, not acknowledged: just acknowledge now
+                settles.append((entry.id, key, {"state": detail}))
+            elif verdict == "unknown":
+                settles.append((entry.id, key, self._status_lost(entry, message)))
+            else:  # "other"
+                # Another replica began handing this entry over (it claimed it from us while we were slow, or we
+                # claimed it just as it began): not ours to send or acknowledge. It goes back to that replica's
+                # pending list, which the replica settles (alive) or resolves when it starts again (stopped).
+                self.counters["in_doubt"] += 1
+                log.info("message queue: entry %s is being handed over by replica %s; left to it", entry.id, detail)
+                if detail:
+                    give_back.append((entry.id, detail))
+        # Shielded: a stop (the nursery cancelled) waits for the settle of what the node took — at most the store's
+        # timeout — instead of leaving it to be handed over again at the next start.
+        with trio.CancelScope(shield=True):
+            for entry_id, owner in give_back:
+                await self.redis.stream_claim(self.stream, GROUP, owner, [entry_id], min_idle_ms=0)
+            await self.redis.queue_settle_many(self.stream, GROUP, settles, ttl_s=STATUS_TTL_S)
+        for entry_id, _key, _status in settles:
+            self._unsettled.pop(entry_id, None)
+
+    def _hand_over(self, message: QueuedMessage) -> dict[str, str]:
+        """Give one message to the node (synchronously); the status to settle it with."""
         try:
             if message.to is None:
                 mesh_id = self.node.broadcast(message.text)
             else:
                 mesh_id = self.node.send_private(message.to, message.text, message_id=message.id)
-            status = {"state": "accepted", "mesh_id": mesh_id, "detail": ""}
-            self.counters["accepted"] += 1
         except MeshError as exc:
-            status = {"state": "failed", "detail": str(exc)}
             self.counters["failed"] += 1
             log.warning("message queue: message %s refused by the node: %s", message.id, exc)
-        await self.redis.queue_settle(self.stream, GROUP, entry.id, key, status, ttl_s=STATUS_TTL_S)
+            return {"state": "failed", "detail": str(exc)}
+        self.counters["accepted"] += 1
+        return {"state": "accepted", "mesh_id": mesh_id, "detail": ""}
+
+    def _status_lost(self, entry: StreamEntry, message: QueuedMessage) -> dict[str, str]:
+        """The settle of an entry delivered before whose status record is gone (expired, or evicted): its hand-over
+        may have begun on a replica that never came back, whose node may have sent it. Not sent again; said so —
+        unless this node's own outbox holds it (this consumer began it before a crash): then it was accepted here."""
+        if message.to is not None and self.node.outbox is not None and self.node.outbox.get(message.id):
+            return {"state": "accepted", "mesh_id": message.id, "detail": "", "to": message.to, "key": message.key_id}
+        self.counters["failed"] += 1
+        log.warning("message queue: entry %s (message %s) lost its status record; not sent again", entry.id, message.id)
+        return {"state": "failed", "detail": STATUS_LOST, "to": message.to or "", "key": message.key_id}

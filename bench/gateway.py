@@ -1,6 +1,10 @@
 """The anchor gateway's authenticated ``POST /v1/messages`` against a bare hypercorn route, in the same run.
 
-    python bench/gateway.py [--seconds S] [--connections C] [--rounds R] [--no-mailbox]
+    python bench/gateway.py [--seconds S] [--connections C] [--rounds R] [--no-mailbox] [--breakdown N]
+
+(``BENCH_GATEWAY_REDIS=redis-py``: the server makes every Redis call through redis-py in worker threads, as before
+the native client, for an A/B of that client alone; ``BENCH_GATEWAY_PROFILE=FILE``: the server's main thread under
+cProfile, in thread CPU time.)
 
 A server process runs both: the real gateway (``anchor.run.run_anchor``: a Node without transports, PostgreSQL
 and Redis from ``scripts/services up`` in a scratch database) and, on another port of the same hypercorn trio
@@ -173,7 +177,7 @@ async def delivery_lag_s(url: str, auth: list[tuple[str, str]], last_body: bytes
                 r = await client.get(f"/v1/messages/{message_id}")
                 if r.json()["state"] != "queued":
                     return time.perf_counter() - t0
-                await trio.sleep(0.005)
+                await trio.sleep(0.05)  # coarse: each poll is a request the server's CPU figures count
 
 
 async def token(url: str, secret: str) -> str:
@@ -185,9 +189,12 @@ async def token(url: str, secret: str) -> str:
         return str(r.json()["access_token"])
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_s(pid: int, tid: int | None = None) -> float:
+    """User + system CPU seconds of a process (all its threads, ended ones too) so far; with ``tid``, of that one
+    thread (the server's main thread, ``tid == pid``, runs trio: the request path, the queue consumer, the drain's
+    Python; the rest of the process's CPU is its worker threads: the blocking Redis/PostgreSQL calls)."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -198,32 +205,44 @@ async def measure(
     await load(urls["bare"], [], 0.5, connections)  # warm-up: connections, caches, pools
     await load(urls["gateway"], auth, 0.5, connections)
     best: dict[str, Result] = {}
-    # CPU per request of the server process and of Redis, summed over every round: unlike req/s it hardly depends
-    # on what else runs on the machine (the server's background work, the queue consumer and the audit drain,
-    # counts while it happens inside the measured window).
+    # CPU per request of the server process (and of its main thread alone) and of Redis, summed over every round:
+    # unlike req/s it hardly depends on what else runs on the machine. The gateway's background work (the audit
+    # drain, the queue consumer) counts while it happens inside the measured window, and in "until delivered" also
+    # what it still had to do when the load stopped (a consumer slower than the requests leaves a backlog).
     cpu: dict[tuple[str, str], float] = {}
+    owed: dict[str, float] = {}  # CPU after a gateway round until its last accepted message reached the node
     served: dict[str, int] = {}
     lags: list[float] = []
     for _ in range(rounds):
         for name, headers in (("bare", []), ("gateway", auth)):
-            before = {proc: cpu_s(pid) for proc, pid in (pids or {}).items()}
+            probes: dict[str, tuple[int, int | None]] = {proc: (pid, None) for proc, pid in (pids or {}).items()}
+            if "server" in probes:
+                probes["server main thread"] = (probes["server"][0], probes["server"][0])
+            before = {proc: cpu_s(*probe) for proc, probe in probes.items()}
             r = await load(urls[name], headers, seconds, connections)
-            for proc, pid in (pids or {}).items():
-                cpu[name, proc] = cpu.get((name, proc), 0.0) + cpu_s(pid) - before[proc]
+            after = {proc: cpu_s(*probe) for proc, probe in probes.items()}
+            for proc in probes:
+                cpu[name, proc] = cpu.get((name, proc), 0.0) + after[proc] - before[proc]
             served[name] = served.get(name, 0) + r.requests
             if set(r.statuses) != {202}:
                 raise SystemExit(f"{name}: unexpected statuses {r.statuses}")
-            if name == "gateway":  # outside the CPU window: the drain's catching up is not counted twice
+            if name == "gateway":
                 lags.append(await delivery_lag_s(urls["gateway"], headers, r.last_body))
+                # The work still owed when the load stopped (the drain and the consumer catching up, so that every
+                # accepted message reached the node) counts too, in the "until delivered" figure.
+                for proc, probe in probes.items():
+                    owed[proc] = owed.get(proc, 0.0) + cpu_s(*probe) - after[proc]
             if name not in best or r.rate > best[name].rate:
                 best[name] = r
     g, b = best["gateway"], best["bare"]
     cpu_lines = []
-    for proc in pids or {}:
+    for proc in sorted({proc for _name, proc in cpu}, key=lambda p: (p != "server", p)):
         per = {name: 1e6 * cpu[name, proc] / max(1, served[name]) for name in ("gateway", "bare")}
+        until = 1e6 * (cpu["gateway", proc] + owed.get(proc, 0.0)) / max(1, served["gateway"])
         cpu_lines.append(
-            f"{proc} CPU per request: gateway {per['gateway']:,.0f} us, bare {per['bare']:,.0f} us"
-            + (f" (bare/gateway {per['bare'] / per['gateway']:.2f}x)" if proc == "server" and per["gateway"] else "")
+            f"{proc} CPU per request: gateway {per['gateway']:,.0f} us ({until:,.0f} us until delivered), "
+            f"bare {per['bare']:,.0f} us"
+            + (f" (bare/gateway until delivered {per['bare'] / until:.2f}x)" if proc == "server" and until else "")
         )
     return [
         f"gateway POST /v1/messages (authenticated, audited, {connections} connections): {g.rate:,.0f} req/s, "
@@ -234,6 +253,12 @@ async def measure(
         *cpu_lines,
         f"gateway delivery: the last accepted message reached the node {1000 * max(lags):.0f} ms after the load "
         "stopped (worst round; delivery waits for its audit row in PostgreSQL)",
+        "gateway Redis client: "
+        + (
+            "redis-py in worker threads (BENCH_GATEWAY_REDIS=redis-py)"
+            if os.environ.get("BENCH_GATEWAY_REDIS") == "redis-py"
+            else "NativeRedis on trio sockets for the hot calls (the default)"
+        ),
     ]
 
 
@@ -306,27 +331,28 @@ async def breakdown(settings_path: str, n: int) -> list[str]:
             await pg.audit("key:bench", "bench.breakdown", "*", {"bytes": 19, "id": str(i)})
         line("one audit INSERT, committed (old: one per request)", time.perf_counter() - t0)
         await redis.session_set("apikey:k_bench", {"revoked": False}, 60)
-        t0 = time.perf_counter()
-        for i in range(n):
-            record = AuditRecord(f"bd:{i}:{secrets.token_hex(4)}", "key:bench", "bench.breakdown", "*", "{}")
-            await redis.send_audited(
-                audit_stream=stream,
-                stream="bench-bd",
-                status_key=f"bench-bd:{i}",
-                status={"state": "queued"},
-                payload=BODY,
-                record=record,
-                max_audit_backlog=10 * n,
-                max_backlog=10 * n,
-                ttl_s=60,
-                key_cache="apikey:k_bench",
-                ip_buckets=(("ip:bench-bd", 1e6, 1_000_000),),
-                key_bucket=("key:bench-bd", 1e6, 1_000_000),
-            )
-        line(
-            "the one-step EVAL (key cache, both buckets, audit record, enqueue: new, one per request)",
-            time.perf_counter() - t0,
-        )
+        plain = RedisStore(services.redis.url, native=False)  # redis-py in a worker thread per call (before gwthru)
+        for label, store in (("redis-py, a worker-thread hop per call", plain), ("NativeRedis on trio sockets", redis)):
+            t0, c0 = time.perf_counter(), time.process_time()
+            for i in range(n):
+                record = AuditRecord(f"bd:{i}:{secrets.token_hex(4)}", "key:bench", "bench.breakdown", "*", "{}")
+                await store.send_audited(
+                    audit_stream=stream,
+                    stream="bench-bd",
+                    status_key=f"bench-bd:{label[:5]}:{i}",
+                    status={"state": "queued"},
+                    payload=BODY,
+                    record=record,
+                    max_audit_backlog=10 * n,
+                    max_backlog=10 * n,
+                    ttl_s=60,
+                    key_cache="apikey:k_bench",
+                    ip_buckets=(("ip:bench-bd", 1e6, 1_000_000),),
+                    key_bucket=("key:bench-bd", 1e6, 1_000_000),
+                )
+            line(f"the one-step EVAL of POST /v1/messages ({label}), wall", time.perf_counter() - t0)
+            line(f"the one-step EVAL of POST /v1/messages ({label}), CPU of this process", time.process_time() - c0)
+        await plain.aclose()
         from anchor.audit_drain import AuditDrain
 
         drain = AuditDrain(redis, pg, "bench", batch=256)
@@ -351,11 +377,19 @@ def main() -> None:
     ap.add_argument("--serve", metavar="SETTINGS", help=argparse.SUPPRESS)  # the server process
     args = ap.parse_args()
     if args.serve:
+        if os.environ.get("BENCH_GATEWAY_REDIS") == "redis-py":  # A/B: every Redis call through redis-py in threads
+            import anchor.stores.redis_store
+
+            setattr(anchor.stores.redis_store, "native_target", lambda url: None)  # noqa: B010
         profile = os.environ.get("BENCH_GATEWAY_PROFILE")  # a file: the server's main thread under cProfile
         if profile:
             import cProfile
 
-            cProfile.runctx("trio.run(serve, args.serve)", globals(), {"args": args, "trio": trio}, profile)
+            # CPU time of the main thread (not wall time: waits for the worker threads and the socket are not
+            # counted, so the figures are where its CPU goes, whatever else runs on the machine).
+            profiler = cProfile.Profile(time.thread_time)
+            profiler.runctx("trio.run(serve, args.serve)", globals(), {"args": args, "trio": trio})
+            profiler.dump_stats(profile)
         else:
             trio.run(serve, args.serve)
         return

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from anchor.services_settings import SETTINGS_FILE, ServiceSettings, load_settings
 from anchor.stores import GraphStore, PostgresStore, RedisStore
 from anchor.stores.postgres import hash_secret
-from anchor.stores.redis_store import _TOKEN_BUCKET_LUA
+from anchor.stores.redis_scripts import TOKEN_BUCKET_LUA
 from tools.services import DEFAULT_DIR
 
 
@@ -64,7 +64,7 @@ async def measure(settings: ServiceSettings, seconds: float) -> list[str]:
     # Redis: token bucket.
     store = RedisStore(settings.redis.url, max_connections=16)
     raw = redis.Redis.from_url(settings.redis.url)
-    script = raw.register_script(_TOKEN_BUCKET_LUA)
+    script = raw.register_script(TOKEN_BUCKET_LUA)
     key = f"aiv:rl:bench-{tag}"
 
     def bare_take() -> int:

@@ -1,11 +1,13 @@
-"""The anchor's Redis store (redis-py, sync client in worker threads): session cache with a TTL, an atomic
-token-bucket rate limiter, and Redis Streams as the queue between gateway and node.
+"""The anchor's Redis store (redis-py, sync client in worker threads; the hot calls on trio sockets through
+:mod:`anchor.stores.redis_native`): session cache with a TTL, an atomic token-bucket rate limiter, and Redis Streams
+as the queue between gateway and node. The Lua scripts live in :mod:`anchor.stores.redis_scripts`.
 
 The rate limiter is one Lua script (atomic on the server) using the server's clock (``TIME``), so several
 gateways sharing a Redis share their buckets and no clock skew between them matters. A bucket that has been idle
 for longer than it takes to refill expires by itself.
 
-Every public method is ``async`` and runs the blocking call through a bounded :class:`trio.CapacityLimiter`.
+Every public method is ``async``; a redis-py call runs in a worker thread through a bounded
+:class:`trio.CapacityLimiter`, a native one on at most ``max_connections`` pooled trio connections.
 A server that is down raises :class:`StoreUnavailable` (within ``timeout_s``) and logs one line; redis-py's pool
 reconnects on the next call once the server is back.
 """
@@ -23,207 +25,16 @@ import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from anchor.stores import redis_scripts as scripts
 from anchor.stores._runner import BlockingRunner
 from anchor.stores.errors import StoreError
+from anchor.stores.redis_native import NativeRedis, Script, native_target
+from anchor.stores.resp import Reply
 
 T = TypeVar("T")
 KEY_PREFIX = "aiv:"  # every key this store writes starts with it
 MAX_SESSION_BYTES = 65_536
 DEFAULT_STREAM_MAXLEN = 100_000  # entries kept per stream (approximate trimming); the queue is bounded
-
-# KEYS: the buckets; ARGV: cost, then rate per second and burst of each bucket. All-or-nothing: the cost is taken
-# from every bucket if each holds it, else from none. Returns {allowed (0/1), retry_after_s as a string} (Lua
-# numbers returned to Redis are truncated to integers, hence the string); retry_after_s is the longest wait.
-# A Lua function (prepended to the scripts that limit) taking ``cost`` from the buckets KEYS[first..first+n-1],
-# whose rate and burst are ARGV[argi], ARGV[argi+1], ... All-or-nothing: the cost is taken from every bucket if each
-# holds it, else from none. Returns the longest wait in seconds (0: taken). It uses the server's clock (TIME).
-_BUCKETS_LUA = """
-local function take_buckets(first, n, argi, cost)
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-  local levels = {}
-  local retry = 0
-  for i = 0, n - 1 do
-    local key = KEYS[first + i]
-    local rate = tonumber(ARGV[argi + 2 * i])
-    local burst = tonumber(ARGV[argi + 2 * i + 1])
-    local state = redis.call('HMGET', key, 'tokens', 'ts')
-    local tokens = tonumber(state[1])
-    local ts = tonumber(state[2])
-    if tokens == nil or ts == nil then
-      tokens = burst
-      ts = now
-    end
-    local elapsed = now - ts
-    if elapsed < 0 then elapsed = 0 end
-    tokens = math.min(burst, tokens + elapsed * rate)
-    levels[i] = tokens
-    if tokens < cost then
-      local wait = (cost - tokens) / rate
-      if wait > retry then retry = wait end
-    end
-  end
-  for i = 0, n - 1 do
-    local key = KEYS[first + i]
-    local rate = tonumber(ARGV[argi + 2 * i])
-    local burst = tonumber(ARGV[argi + 2 * i + 1])
-    local tokens = levels[i]
-    if retry == 0 then tokens = tokens - cost end
-    redis.call('HSET', key, 'tokens', string.format('%.6f', tokens), 'ts', string.format('%.6f', now))
-    redis.call('PEXPIRE', key, math.ceil(burst / rate * 1000) + 1000)
-  end
-  return retry
-end
-"""
-
-# KEYS: the buckets; ARGV: cost, then rate per second and burst of each bucket. Returns {allowed (0/1),
-# retry_after_s as a string} (Lua numbers returned to Redis are truncated to integers, hence the string).
-_TOKEN_BUCKET_LUA = (
-    _BUCKETS_LUA
-    + """
-local retry = take_buckets(1, #KEYS, 2, tonumber(ARGV[1]))
-local allowed = 0
-if retry == 0 then allowed = 1 end
-return {allowed, string.format('%.6f', retry)}
-"""
-)
-
-
-# The gateway's message queue (anchor.queue): an entry and its status record change together, atomically.
-# Enqueue — KEYS: stream, status hash; ARGV: max backlog, status TTL ms, payload, then status field/value pairs.
-# Refused (nil) when the backlog is full: acknowledged entries are deleted (below), so XLEN is the backlog and the
-# MAXLEN backstop never trims an unread entry.
-_ENQUEUE_LUA = """
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[3])
-redis.call('HSET', KEYS[2], unpack(ARGV, 4))
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return id
-"""
-# Settle — KEYS: stream, status hash; ARGV: group, entry ID, status TTL ms, then status field/value pairs.
-_SETTLE_LUA = """
-redis.call('HSET', KEYS[2], unpack(ARGV, 4))
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-return 1
-"""
-
-# Begin a hand-over to a node (gateway replicas sharing one consumer group) — KEYS: status hash; ARGV: consumer,
-# status TTL ms, whether the entry was delivered before (1: from a pending list or claimed; 0: read new). A
-# compare-and-set on the record: "queued" becomes "handing" by this consumer, so of two replicas holding the same
-# entry (one claimed it from the other, which was only slow) one hands it over. The "handing" record has no TTL
-# until it is settled (the settle script sets one): a replica gone for good cannot have its in-doubt record expire
-# and the entry handed over again. No record: for a new entry (it waited longer than the TTL) as "queued"; for
-# one delivered before, "unknown" — its hand-over may have begun and the record been lost (expired, or evicted by
-# a Redis not on noeviction), so it must not be sent again.
-# Returns {verdict, detail}: mine (begun now), again (this consumer began it before: a restart), other (another
-# consumer's hand-over; detail names it), unknown (no record of an entry delivered before), settled (detail: the
-# final state).
-_BEGIN_LUA = """
-local st = redis.call('HMGET', KEYS[1], 'state', 'by')
-local state, by = st[1], st[2]
-if state == false and ARGV[3] == '1' then return {'unknown', ''} end
-if state == false or state == 'queued' then
-  redis.call('HSET', KEYS[1], 'state', 'handing', 'by', ARGV[1])
-  redis.call('PERSIST', KEYS[1])
-  return {'mine', ''}
-end
-if state == 'handing' then
-  if by == ARGV[1] then return {'again', ''} end
-  return {'other', by or ''}
-end
-return {'settled', state}
-"""
-
-
-# POST /v1/messages in one atomic step and one round trip (anchor.queue.MessageQueue.put_audited):
-# KEYS: 1 audit stream, 2 message stream, 3 status hash, 4 the API key's cache entry, 5.. the per-IP buckets, then
-#   the per-key bucket (or none).
-# ARGV: 1 check the key cache (0/1), 2 how many per-IP buckets, 3 per-key bucket (0/1), 4 audit backlog bound,
-#   5 message backlog bound, 6 status TTL ms, 7 payload, 8 audit event ID, 9 actor, 10 action, 11 target,
-#   12 detail (JSON), 13 how many status field/value items, then those items, then rate/burst of each bucket,
-#   then (last) the message stream's name (without the key prefix).
-# In the order the gateway has always checked: the key's cached state (not cached or not active: 'miss', nothing
-# spent, and the caller takes the slow path, which asks PostgreSQL), the per-IP buckets one after the other as the
-# route's dependency takes them (an IPv6 client's /64, then its /48; 'ip', wait), the per-key
-# bucket ('key', wait; the IP's tokens stay spent), the audit backlog ('audit_full': tokens spent, nothing written),
-# then the message backlog — messages waiting for their audit row plus those waiting for the node; 'queue_full':
-# the audit record is written without the message, as before). Otherwise the audit record is appended to the audit
-# stream WITH the message (fields q: its stream, m: its payload) and the status record is written ("queued"). The
-# message is not in the node's stream yet: the audit drain (anchor.audit_drain) appends it there only after the
-# audit row committed in PostgreSQL (``audit_handover``), so no message reaches the node before its audit row is
-# durable, whatever Redis's own durability (appendfsync, replicas).
-# Idempotent per message: a status record already there (its key is the message's, new per request) means this
-# script ran already (redis-py resent it after a socket timeout although the server had run it): 'ok', nothing
-# written or spent again.
-_SEND_LUA = (
-    _BUCKETS_LUA
-    + """
-if redis.call('EXISTS', KEYS[3]) == 1 then return {'ok', ''} end
-local n_ip = tonumber(ARGV[2])
-local n_key = tonumber(ARGV[3])
-if ARGV[1] == '1' then
-  local cached = redis.call('GET', KEYS[4])
-  if not cached then return {'miss'} end
-  local ok, state = pcall(cjson.decode, cached)
-  if not ok or type(state) ~= 'table' or state['revoked'] ~= false then return {'miss'} end
-end
-local n_status = tonumber(ARGV[13])
-local argi = 14 + n_status
-for i = 0, n_ip - 1 do
-  local wait = take_buckets(5 + i, 1, argi + 2 * i, 1)
-  if wait > 0 then return {'ip', string.format('%.6f', wait)} end
-end
-if n_key > 0 then
-  local wait = take_buckets(5 + n_ip, 1, argi + 2 * n_ip, 1)
-  if wait > 0 then return {'key', string.format('%.6f', wait)} end
-end
-local audit_len = redis.call('XLEN', KEYS[1])
-if audit_len >= tonumber(ARGV[4]) then return {'audit_full'} end
-local t = redis.call('TIME')
-local at_ms = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-if redis.call('XLEN', KEYS[2]) + audit_len >= tonumber(ARGV[5]) then
-  redis.call('XADD', KEYS[1], '*', 'eid', ARGV[8], 'at_ms', at_ms, 'actor', ARGV[9],
-    'action', ARGV[10], 'target', ARGV[11], 'detail', ARGV[12])
-  return {'queue_full'}
-end
-local id = redis.call('XADD', KEYS[1], '*', 'eid', ARGV[8], 'at_ms', at_ms, 'actor', ARGV[9],
-  'action', ARGV[10], 'target', ARGV[11], 'detail', ARGV[12], 'q', ARGV[#ARGV], 'm', ARGV[7])
-redis.call('HSET', KEYS[3], unpack(ARGV, 14, 13 + n_status))
-redis.call('PEXPIRE', KEYS[3], ARGV[6])
-return {'ok', id}
-"""
-)
-
-# After the audit drain committed a batch of audit rows in PostgreSQL: hand the messages they carry to the node's
-# streams and acknowledge + delete the audit entries, as one atomic step (a drain that dies before it redoes the
-# batch: the insert is idempotent, and this step runs once). Each entry is acknowledged on its own and its message
-# handed over only if this XACK acknowledged it (returned 1): a drain that stalled past the claim time while another
-# claimed and handed over the same entries hands nothing over again, and a resent script (redis-py retries once
-# after a timeout) changes nothing. A message is also handed over at most once per event ID (SET NX of
-# ``aiv:ho:<audit stream>:<eid>`` for the status TTL): two audit entries of one send (a resent script) deliver it once.
-# KEYS: 1 audit stream, 2.. the message streams and dedupe keys named by the entries. ARGV: 1 group, 2 dedupe TTL
-# ms, then per entry: its ID, the KEYS index of its message stream (0: no message), the KEYS index of its dedupe
-# key (0: none), its payload. Returns how many messages were handed over.
-# The message streams are not trimmed here: the send script bounded what waits (audit + stream <= queue_max).
-_HANDOVER_LUA = """
-local handed = 0
-local i = 3
-while i + 3 <= #ARGV do
-  local q = tonumber(ARGV[i + 1])
-  local d = tonumber(ARGV[i + 2])
-  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
-    redis.call('XDEL', KEYS[1], ARGV[i])
-    if q > 0 and (d == 0 or redis.call('SET', KEYS[d], '1', 'NX', 'PX', ARGV[2])) then
-      redis.call('XADD', KEYS[q], '*', 'm', ARGV[i + 3])
-      handed = handed + 1
-    end
-  end
-  i = i + 4
-end
-return handed
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +81,7 @@ class PendingEntry:
 
 
 class RedisStore:
-    def __init__(self, url: str, *, timeout_s: float = 5.0, max_connections: int = 16) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 5.0, max_connections: int = 16, native: bool = True) -> None:
         self._timeout_s = timeout_s
         # One quick retry: a pooled connection that died with a restarted server is replaced transparently.
         self._client = redis.Redis.from_url(
@@ -281,12 +92,12 @@ class RedisStore:
             health_check_interval=30,
             retry=Retry(NoBackoff(), 1),
         )
-        self._bucket = self._client.register_script(_TOKEN_BUCKET_LUA)
-        self._enqueue = self._client.register_script(_ENQUEUE_LUA)
-        self._settle = self._client.register_script(_SETTLE_LUA)
-        self._send = self._client.register_script(_SEND_LUA)
-        self._handover = self._client.register_script(_HANDOVER_LUA)
-        self._begin = self._client.register_script(_BEGIN_LUA)
+        self._bucket = self._client.register_script(scripts.TOKEN_BUCKET_LUA)
+        self._enqueue = self._client.register_script(scripts.ENQUEUE_LUA)
+        self._settle = self._client.register_script(scripts.SETTLE_LUA)
+        self._send = self._client.register_script(scripts.SEND_LUA)
+        self._handover = self._client.register_script(scripts.HANDOVER_LUA)
+        self._begin = self._client.register_script(scripts.BEGIN_LUA)
         self._runner = BlockingRunner(
             "redis",
             max_connections,
@@ -294,11 +105,25 @@ class RedisStore:
             2 * timeout_s,
             errors=(redis.exceptions.RedisError,),
         )
+        # The hot calls (POST /v1/messages' script; the queue consumer's reads and settles; the audit drain's reads
+        # and hand-over) on trio sockets, without a worker thread each; None: a URL that client does not speak
+        # (TLS...), redis-py for everything.
+        target = native_target(url) if native else None
+        self._native = (
+            NativeRedis(target, self._runner, timeout_s=timeout_s, max_connections=max_connections)
+            if target is not None
+            else None
+        )
+        self._send_native = Script(scripts.SEND_LUA)
+        self._settle_native = Script(scripts.SETTLE_LUA)
+        self._handover_native = Script(scripts.HANDOVER_LUA)
 
     async def _call(self, fn: Callable[[], T]) -> T:
         return await self._runner.run(fn)
 
     async def aclose(self) -> None:
+        if self._native is not None:
+            await self._native.aclose()
         await self._call(self._client.close)
 
     async def __aenter__(self) -> RedisStore:
@@ -407,6 +232,12 @@ class RedisStore:
             raise StoreError(f"stream_read: block_ms must stay well below the store timeout ({self._timeout_s} s)")
         key = f"{KEY_PREFIX}q:{stream}"
         start = after if pending else ">"
+        if self._native is not None:
+            block = ("BLOCK", block_ms) if block_ms else ()
+            reply = await self._native.call(
+                "XREADGROUP", "GROUP", group, consumer, "COUNT", count, *block, "STREAMS", key, start, retry=False
+            )
+            return _native_entries(reply)
         raw: Any = await self._call(
             lambda: self._client.xreadgroup(group, consumer, {key: start}, count=count, block=block_ms or None)
         )
@@ -462,9 +293,35 @@ class RedisStore:
         self, stream: str, group: str, entry_id: str, status_key: str, status: Mapping[str, str], *, ttl_s: float
     ) -> None:
         """Update the status record, acknowledge and delete the entry, in one atomic step."""
-        keys = [f"{KEY_PREFIX}q:{stream}", f"{KEY_PREFIX}st:{status_key}"]
-        args: list[Any] = [group, entry_id, max(1, int(ttl_s * 1000)), *_pairs(status)]
-        await self._call(lambda: self._settle(keys=keys, args=args))
+        await self.queue_settle_many(stream, group, [(entry_id, status_key, status)], ttl_s=ttl_s)
+
+    async def queue_settle_many(
+        self,
+        stream: str,
+        group: str,
+        settles: Sequence[tuple[str, str | None, Mapping[str, str] | None]],
+        *,
+        ttl_s: float,
+    ) -> int:
+        """Settle a batch ((entry ID, status key or None, status or None) each): update each status record,
+        acknowledge and delete every entry, in one atomic step (all or nothing). How many were pending."""
+        if not settles:
+            return 0
+        keys = [f"{KEY_PREFIX}q:{stream}"]
+        args: list[Any] = [group, max(1, int(ttl_s * 1000))]
+        for entry_id, status_key, status in settles:
+            if status_key is None or not status:
+                args += [entry_id, 0, 0]
+                continue
+            keys.append(f"{KEY_PREFIX}st:{status_key}")
+            items = _pairs(status)
+            args += [entry_id, len(keys), len(items), *items]
+        if self._native is not None:
+            acked = await self._native.evalsha(self._settle_native, keys, args)
+            if not isinstance(acked, int):
+                raise StoreError(f"redis: the settle script answered {type(acked).__name__}, not an integer")
+            return acked
+        return int(await self._call(lambda: self._settle(keys=keys, args=args)))
 
     async def status_get(self, status_key: str) -> dict[str, str] | None:
         """A status record written by :meth:`queue_put` / :meth:`queue_settle`; None if unknown or expired."""
@@ -491,7 +348,7 @@ class RedisStore:
     ) -> SendOutcome:
         """Check the key's cached state (``key_cache``: a session ID; None: not checked), take a token from the
         per-IP buckets then from the per-key bucket, append the audit record carrying the message (for ``stream``)
-        to ``audit_stream`` and write the status record: one atomic script, one round trip (see ``_SEND_LUA``).
+        to ``audit_stream`` and write the status record: one atomic script, one round trip (see ``scripts.SEND_LUA``).
         The message reaches ``stream`` only through :meth:`audit_handover`, after its audit row committed."""
         buckets = [*ip_buckets, *([key_bucket] if key_bucket is not None else [])]
         keys = [
@@ -523,7 +380,11 @@ class RedisStore:
             keys.append(f"{KEY_PREFIX}rl:{name}")
             args += [repr(float(rate_per_s)), burst]
         args.append(stream)
-        raw: Any = await self._call(lambda: self._send(keys=keys, args=args))
+        raw: Any
+        if self._native is not None:
+            raw = await self._native.evalsha(self._send_native, keys, args)
+        else:
+            raw = await self._call(lambda: self._send(keys=keys, args=args))
         result = _text(raw[0])
         if result == "ok":
             return SendOutcome("ok", entry_id=_text(raw[1]))
@@ -552,6 +413,20 @@ class RedisStore:
 
         if block_ms * 1.25 >= self._timeout_s * 1000:
             raise StoreError(f"audit_entries: block_ms must stay well below the store timeout ({self._timeout_s} s)")
+        if self._native is not None:  # the same three steps on trio sockets; reads never retried (see stream_read)
+            native = self._native
+            if claim_idle_ms > 0:
+                claimed = await native.call(
+                    "XAUTOCLAIM", key, group, consumer, claim_idle_ms, "0-0", "COUNT", count, retry=False
+                )
+                if isinstance(claimed, list) and len(claimed) >= 2 and claimed[1]:
+                    return _native_entries([[key.encode(), claimed[1]]])
+            read = ("XREADGROUP", "GROUP", group, consumer, "COUNT", count)
+            mine = _native_entries(await native.call(*read, "STREAMS", key, "0", retry=False))
+            if mine:
+                return mine
+            block = ("BLOCK", block_ms) if block_ms else ()
+            return _native_entries(await native.call(*read, *block, "STREAMS", key, ">", retry=False))
         raw: Any = await self._call(work)
         entries: list[StreamEntry] = []
         for _name, items in raw or []:
@@ -594,7 +469,7 @@ class RedisStore:
         """After the audit rows of ``entries`` ((entry ID, event ID, (message stream, payload) or None) each)
         committed: acknowledge and delete each audit entry and, if this acknowledged it and no message of its event
         ID was handed over within ``dedupe_ttl_s``, append its message to its stream (for the node) — one atomic
-        step (``_HANDOVER_LUA``). How many messages were handed over."""
+        step (``scripts.HANDOVER_LUA``). How many messages were handed over."""
         if not entries:
             return 0
         keys = [f"{KEY_PREFIX}{stream}"]
@@ -613,6 +488,11 @@ class RedisStore:
                 keys.append(f"{KEY_PREFIX}ho:{stream}:{event_id}")  # per audit stream: anchors never mix
                 dedupe = len(keys)
             args += [entry_id, index[target], dedupe, payload]
+        if self._native is not None:
+            handed = await self._native.evalsha(self._handover_native, keys, args)
+            if not isinstance(handed, int):
+                raise StoreError(f"redis: the hand-over script answered {type(handed).__name__}, not an integer")
+            return handed
         return int(await self._call(lambda: self._handover(keys=keys, args=args)))
 
     async def audit_ack(self, stream: str, group: str, ids: Sequence[str]) -> None:
@@ -677,13 +557,22 @@ class RedisStore:
     async def queue_begin(
         self, status_key: str, consumer: str, *, ttl_s: float, delivered: bool = False
     ) -> tuple[str, str]:
-        """Compare-and-set the status record before ``consumer`` hands its entry to a node (see ``_BEGIN_LUA``):
-        (verdict, detail) with verdict ``mine``, ``again``, ``other``, ``unknown`` (no record of an entry
-        ``delivered`` before) or ``settled``. ``ttl_s`` is kept for the callers; a ``handing`` record has none."""
-        key = f"{KEY_PREFIX}st:{status_key}"
+        """Compare-and-set the status record before ``consumer`` hands its entry to a node (see
+        ``scripts.BEGIN_LUA``): (verdict, detail) with verdict ``mine``, ``again``, ``other``, ``unknown`` (no record
+        of an entry ``delivered`` before) or ``settled``. ``ttl_s`` is kept for the callers; a ``handing`` record has
+        none."""
+        return (await self.queue_begin_many([status_key], consumer, ttl_s=ttl_s, delivered=delivered))[0]
+
+    async def queue_begin_many(
+        self, status_keys: Sequence[str], consumer: str, *, ttl_s: float, delivered: bool = False
+    ) -> list[tuple[str, str]]:
+        """:meth:`queue_begin` for a read batch in one atomic step: one (verdict, detail) per key, in order."""
+        if not status_keys:
+            return []
+        keys = [f"{KEY_PREFIX}st:{k}" for k in status_keys]
         args: list[str | int] = [consumer, max(1, int(ttl_s * 1000)), "1" if delivered else "0"]
-        raw: Any = await self._call(lambda: self._begin(keys=[key], args=args))
-        return _text(raw[0]), _text(raw[1])
+        raw: Any = await self._call(lambda: self._begin(keys=keys, args=args))
+        return [(_text(raw[i]), _text(raw[i + 1])) for i in range(0, len(raw), 2)]
 
     async def stream_pending_idle(
         self, stream: str, group: str, *, min_idle_ms: int, after: str = "-", count: int = 64
@@ -718,6 +607,34 @@ class RedisStore:
             for entry_id, fields in raw or []
             if fields is not None
         ]
+
+
+def _native_entries(reply: Reply) -> list[StreamEntry]:
+    """XREADGROUP's raw reply ([[stream, [[id, [field, value, ...] or nil], ...]]] or nil) as entries. A pending
+    entry deleted meanwhile (nil fields) comes with no fields, as redis-py gives it: the queue acknowledges it as
+    malformed, which clears it from the pending list. StoreError for any other shape."""
+    bad = StoreError("redis: XREADGROUP answered a reply of an unexpected shape")
+    if reply is None:
+        return []
+    if not isinstance(reply, list):
+        raise bad
+    entries: list[StreamEntry] = []
+    for stream_reply in reply:
+        if not (isinstance(stream_reply, list) and len(stream_reply) == 2 and isinstance(stream_reply[1], list)):
+            raise bad
+        for item in stream_reply[1]:
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], bytes)):
+                raise bad
+            fields = [] if item[1] is None else item[1]
+            if not (isinstance(fields, list) and len(fields) % 2 == 0):
+                raise bad
+            values: dict[str, bytes] = {}
+            for name, value in zip(fields[::2], fields[1::2], strict=True):
+                if not (isinstance(name, bytes) and isinstance(value, bytes)):
+                    raise bad
+                values[name.decode(errors="replace")] = value
+            entries.append(StreamEntry(item[0].decode(errors="replace"), values))
+    return entries
 
 
 def _pairs(fields: Mapping[str, str]) -> list[str]:

@@ -75,6 +75,20 @@ async def test_redis_down_and_recover(private_services: Start, caplog: pytest.Lo
     await store.aclose()
 
 
+async def test_redis_down_and_recover_on_the_native_path(
+    private_services: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    svc = private_services("redis")
+    store = RedisStore(load_settings_partial(svc).redis.url, timeout_s=TIMEOUT_S)
+    assert store._native is not None  # the queue's settle runs on trio sockets, not redis-py
+
+    async def call() -> None:
+        assert await store.queue_settle_many("s", "g", [("0-1", None, None)], ttl_s=1.0) == 0
+
+    await _outage_and_recovery(caplog, svc, "redis", call)
+    await store.aclose()
+
+
 async def test_graph_down_and_recover(private_services: Start, caplog: pytest.LogCaptureFixture) -> None:
     svc = private_services("graph")
     store = GraphStore(load_settings_partial(svc).graph.bolt_url, timeout_s=TIMEOUT_S)

@@ -1,0 +1,160 @@
+"""The queue's consumer settles a read batch in one atomic step, and a settle that fails sends nothing twice:
+real Redis (reached through a proxy that cuts it off at the moment of the settle), a real node without transports."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from anchor.queue import GROUP, READ_COUNT, MessageQueue, QueuedMessage, new_message_id
+from anchor.services_settings import ServiceSettings
+from anchor.stores.errors import StoreUnavailable
+from anchor.stores.redis_store import RedisStore
+from node.identity import create_identity
+from node.node import Node
+from node.settings import Config
+from tests.anchor.gateway.proxy import TcpProxy
+
+
+class CutAtSettle(RedisStore):
+    """A real store whose path to Redis is cut just as the consumer settles its first batch (after the node took
+    the batch), and restored once that settle failed; every settle's size is recorded."""
+
+    def __init__(self, url: str, proxy: TcpProxy) -> None:
+        super().__init__(url, timeout_s=2.0)
+        self.proxy = proxy
+        self.settles: list[int] = []  # entries per settle call, in order
+        self.failed: list[BaseException] = []
+        self.cut = True
+
+    async def queue_settle_many(
+        self,
+        stream: str,
+        group: str,
+        settles: Sequence[tuple[str, str | None, Mapping[str, str] | None]],
+        *,
+        ttl_s: float,
+    ) -> int:
+        self.settles.append(len(settles))
+        if not self.cut:
+            return await super().queue_settle_many(stream, group, settles, ttl_s=ttl_s)
+        self.cut = False
+        self.proxy.down()
+        try:
+            return await super().queue_settle_many(stream, group, settles, ttl_s=ttl_s)
+        except StoreUnavailable as exc:
+            self.failed.append(exc)
+            raise
+        finally:
+            await self.proxy.up()
+
+
+async def _statuses(queue: MessageQueue, ids: Sequence[str], state: str) -> list[dict[str, Any]]:
+    with trio.fail_after(20):
+        while True:
+            got = [await queue.status(i) for i in ids]
+            if all(s is not None and s["state"] == state for s in got):
+                return [s for s in got if s is not None]
+            await trio.sleep(0.02)  # polls Redis; fail_after bounds the wait
+
+
+async def test_a_failed_settle_sends_no_broadcast_twice_and_a_batch_settles_in_one_step(
+    services: ServiceSettings, nursery: trio.Nursery, short_tmp: Path
+) -> None:
+    proxy = TcpProxy(services.redis.host, services.redis.port)
+    await nursery.start(proxy.run)
+    redis = CutAtSettle(f"redis://:{services.redis.password}@127.0.0.1:{proxy.port}/0", proxy)
+    direct = RedisStore(services.redis.url, timeout_s=5.0)
+
+    data = short_tmp / "anchor"
+    data.mkdir(mode=0o700)
+    node = Node(Config(data_dir=data), create_identity(data), transports=[], control=False)
+    await nursery.start(node.run)
+    # A lone anchor (no cluster): its stream is its node's own, fresh with the new identity.
+    queue = MessageQueue(redis, node, max_backlog=1000, block_ms=200)
+    texts = [f"broadcast {i} {secrets.token_hex(4)}" for i in range(40)]
+    ids = []
+    filler = MessageQueue(direct, node, max_backlog=1000, block_ms=200)
+    for text in texts:  # queued before the consumer starts: it reads them as one batch
+        message = QueuedMessage(new_message_id(), None, text, "key1")
+        await filler.put(message)
+        ids.append(message.id)
+    assert len(texts) <= READ_COUNT
+
+    consumer = trio.CancelScope()
+
+    async def consume() -> None:
+        with consumer:
+            await queue.run()
+
+    nursery.start_soon(consume)
+    statuses = await _statuses(filler, ids, "sent")
+    consumer.cancel()
+
+    # The first settle (all 40 entries, one script) met the cut and failed; the consumer settled the same 40 once
+    # Redis answered again, without handing them to the node a second time: each text was broadcast once.
+    assert redis.failed and redis.settles == [40, 40]
+    sent = [m.text for m in node.outgoing.values() if m.to is None]
+    assert sorted(sent) == sorted(texts)
+    assert queue.counters["accepted"] == 40 and queue.counters["duplicates"] == 0
+    assert {s["mesh_id"] for s in statuses} == {m.id for m in node.outgoing.values() if m.to is None}
+    assert await direct.stream_length(queue.stream) == 0
+    assert await direct.stream_pending_count(queue.stream, GROUP) == 0
+    assert not queue._unsettled
+    node.request_stop()
+    await redis.aclose()
+    await direct.aclose()
+
+
+class StopAtSettle(RedisStore):
+    """A real store that cancels the consumer (as a stopping gateway's nursery does) just as it settles a batch."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, timeout_s=5.0)
+        self.stop: trio.CancelScope | None = None
+        self.settled: list[int] = []
+
+    async def queue_settle_many(
+        self,
+        stream: str,
+        group: str,
+        settles: Sequence[tuple[str, str | None, Mapping[str, str] | None]],
+        *,
+        ttl_s: float,
+    ) -> int:
+        if self.stop is not None:
+            self.stop.cancel()
+        acked = await super().queue_settle_many(stream, group, settles, ttl_s=ttl_s)
+        self.settled.append(acked)
+        return acked
+
+
+async def test_a_stop_during_the_settle_waits_for_it(
+    services: ServiceSettings, nursery: trio.Nursery, short_tmp: Path
+) -> None:
+    redis = StopAtSettle(services.redis.url)
+    data = short_tmp / "anchor"
+    data.mkdir(mode=0o700)
+    node = Node(Config(data_dir=data), create_identity(data), transports=[], control=False)
+    await nursery.start(node.run)
+    queue = MessageQueue(redis, node, max_backlog=1000, block_ms=200)
+    ids = []
+    for i in range(5):
+        message = QueuedMessage(new_message_id(), None, f"broadcast {i}", "key1")
+        await queue.put(message)
+        ids.append(message.id)
+    with trio.CancelScope() as stop:
+        redis.stop = stop
+        with trio.fail_after(20):
+            await queue.run()
+    # Cancelled at the settle, the consumer still settled what the node took: nothing is left to be broadcast
+    # again at the next start.
+    assert redis.settled == [5]
+    assert [(await queue.status(i) or {}).get("state") for i in ids] == ["sent"] * 5
+    assert await redis.stream_pending_count(queue.stream, GROUP) == 0
+    node.request_stop()
+    await redis.aclose()
