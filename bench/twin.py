@@ -15,11 +15,17 @@ Figures (one line each; the baseline is the prior alone, in the same run):
 * suggestion latency p50 / p99 (``TwinLM.suggest`` on partial test messages, in-process);
 * learning cost per message (predict every token + learn it);
 * the gated-vs-always-update curve (with the neural tier): counts, recency cache and output bias always; the
-  neural tier's W/b step on the tokens the surprise gate passes. Baseline ``neural_always``: the session-3
-  update, one SGD step per token with its own forward pass; ``neural_gate_F`` gates that update;
-  ``batch_always`` / ``batch_gate_F`` use the shipped update (one sparse mini-batch per message from the
-  predictions' forward passes). Gain = bits saved over no learning at all (``static``), compute = time in
-  updates.
+  neural tier's W/b step on the tokens the gate passes. Baseline ``neural_always``: the session-3 update, one
+  SGD step per token with its own forward pass; ``neural_gate_F`` gates that update; ``batch_always`` /
+  ``batch_gate_F`` use session 4's update (one sparse mini-batch per message from the predictions' forward
+  passes) with session 4's token gate. Gain = bits saved over no learning at all (``static``), compute = CPU
+  time (``time.process_time``) in the updates.
+* ``--msg-gate SCORE:F:REPLAY[:WEIGHT[:STEP]]`` adds ``msg_SCORE_F_rREPLAY``: the shipped message gate
+  (``node.twin.gate.MessageGate``) with that score at a budget of ``F`` of the tokens, the W/b step once
+  ``REPLAY`` gated tokens wait (1: per message, as shipped); ``random`` is the control (messages subsampled at
+  the same budget) and ``random:1:1:0`` is "output bias only" (the W/b step never runs). ``twin.curve.*``
+  lines read every configuration against ``--baseline`` (default ``batch_always``, the same step on every
+  message).
 
 Tuning switches (measured on dev senders only): ``--recency-decay``, ``--no-recency`` (no recency cache tier),
 ``--no-bias-always`` (the neural output bias behind the gate too), ``--gate-neural`` (gate on the neural tier's
