@@ -15,11 +15,17 @@ Figures (one line each; the baseline is the prior alone, in the same run):
 * suggestion latency p50 / p99 (``TwinLM.suggest`` on partial test messages, in-process);
 * learning cost per message (predict every token + learn it);
 * the gated-vs-always-update curve (with the neural tier): counts, recency cache and output bias always; the
-  neural tier's W/b step on the tokens the surprise gate passes. Baseline ``neural_always``: the session-3
-  update, one SGD step per token with its own forward pass; ``neural_gate_F`` gates that update;
-  ``batch_always`` / ``batch_gate_F`` use the shipped update (one sparse mini-batch per message from the
-  predictions' forward passes). Gain = bits saved over no learning at all (``static``), compute = time in
-  updates.
+  neural tier's W/b step on the tokens the gate passes. Baseline ``neural_always``: the session-3 update, one
+  SGD step per token with its own forward pass; ``neural_gate_F`` gates that update; ``batch_always`` /
+  ``batch_gate_F`` use session 4's update (one sparse mini-batch per message from the predictions' forward
+  passes) with session 4's token gate. Gain = bits saved over no learning at all (``static``), compute = CPU
+  time (``time.process_time``) in the updates.
+* ``--msg-gate SCORE:F:REPLAY[:WEIGHT[:STEP]]`` adds ``msg_SCORE_F_rREPLAY``: the shipped message gate
+  (``node.twin.gate.MessageGate``) with that score at a budget of ``F`` of the tokens, the W/b step once
+  ``REPLAY`` gated tokens wait (1: per message, as shipped); ``random`` is the control (messages subsampled at
+  the same budget) and ``random:1:1:0`` is "output bias only" (the W/b step never runs). ``twin.curve.*``
+  lines read every configuration against ``--baseline`` (default ``batch_always``, the same step on every
+  message).
 
 Tuning switches (measured on dev senders only): ``--recency-decay``, ``--no-recency`` (no recency cache tier),
 ``--no-bias-always`` (the neural output bias behind the gate too), ``--gate-neural`` (gate on the neural tier's
@@ -51,6 +57,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -58,7 +65,7 @@ import twin_data
 
 from node.twin import neural as neural_mod
 from node.twin import store
-from node.twin.gate import SurpriseGate
+from node.twin.gate import MessageGate, SurpriseGate
 from node.twin.model import TwinLM
 from node.twin.neural import NEURAL_FILE, NeuralLM
 from node.twin.prior import GlobalPrior
@@ -108,9 +115,10 @@ def keystrokes(lm: TwinLM, hist: list[int], word: str) -> int:
     return len(word) + 1
 
 
-def _learn(lm: TwinLM, text: str, gate: SurpriseGate | None, cfg: Config, r: Result) -> None:
+def _learn(lm: TwinLM, text: str, gate: SurpriseGate | MessageGate | None, cfg: Config, r: Result) -> None:
     """What the device does per message: predict each token (surprisal), update the cheap statistics, and run
-    the expensive update (neural adaptation, or the counts when ``gate_counts``) on the tokens the gate passes."""
+    the expensive update (neural adaptation, or the counts when ``gate_counts``) on the tokens the gate passes.
+    Update compute is CPU time (``time.process_time``) around the updates, the gate's decision included."""
     tokens = message_tokens(text)
     ids = lm.ids(tokens, add=True)
     bits = []
@@ -118,20 +126,26 @@ def _learn(lm: TwinLM, text: str, gate: SurpriseGate | None, cfg: Config, r: Res
         b = lm.learn_weights(ids[:i], t)
         nb = lm.last_neural_bits
         bits.append(b if _OPTS.get("gate_score") is None or nb is None else nb)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     if cfg.gate_counts:
+        assert not isinstance(gate, MessageGate)
         mask = [gate.check(b) for b in bits] if gate is not None else [True] * len(ids)
         r.updates += lm.learn_counts_gated(ids, mask)
-        r.update_s += time.perf_counter() - t0
+        r.update_s += time.process_time() - t0
         return
     lm.learn_counts(ids)
-    t1 = time.perf_counter()
+    t1 = time.process_time()
     r.updates += len(ids)
     if lm.neural is not None and gate is not None:
-        weights = [gate.sample(b) if cfg.sampled else (1.0 if gate.check(b) else 0.0) for b in bits]
+        if isinstance(gate, MessageGate) or cfg.sampled:
+            weights = lm.gate_weights(gate, bits)
+        else:
+            weights = [1.0 if gate.check(b) else 0.0 for b in bits]
+        if cfg.msg_weight != 1.0:
+            weights = [w * cfg.msg_weight for w in weights]
         r.neural_updates += lm.adapt_neural(ids, weights)
-        r.neural_s += time.perf_counter() - t1
-    r.update_s += time.perf_counter() - t0
+        r.neural_s += time.process_time() - t1
+    r.update_s += time.process_time() - t0
 
 
 @dataclass(frozen=True)
@@ -148,6 +162,10 @@ class Config:
     gate_start_bits: float | None = None  # the gate's starting threshold (None: SurpriseGate's default)
     gate_step_bits: float | None = None  # the gate's adaptation step (None: SurpriseGate's default)
     batched: bool = True  # neural steps as one mini-batch per message from the predictions' forward passes
+    message_gate: str | None = None  # a MessageGate with this score (gate_fraction its token budget)
+    replay: int = 1  # the W/b step runs when this many gated tokens wait (1: once per message)
+    msg_weight: float = 1.0  # the step's weight on every passed token
+    gate_step_msg: float | None = None  # the MessageGate's adaptation step (None: its default)
 
 
 def run_sender(
@@ -168,6 +186,7 @@ def run_sender(
         recency_decay=_OPTS.get("recency_decay"),
         bias_always=not _OPTS.get("no_bias_always"),
         batched_steps=cfg.batched,
+        replay_tokens=cfg.replay,
         **(
             {}
             if _OPTS.get("neural_candidates") is None
@@ -176,8 +195,12 @@ def run_sender(
     )
     if _NEURAL_LR:
         lm.neural_lr = _NEURAL_LR[0]
-    gate = None
-    if cfg.gate_fraction is not None:
+    gate: SurpriseGate | MessageGate | None = None
+    if cfg.gate_fraction is not None and cfg.message_gate is not None:
+        gate = MessageGate(cfg.gate_fraction, score=cfg.message_gate)
+        if cfg.gate_step_msg is not None:
+            gate.step_bits = cfg.gate_step_msg
+    elif cfg.gate_fraction is not None:
         gate = SurpriseGate(cfg.gate_fraction)
         if cfg.gate_start_bits is not None:
             gate.threshold_bits = cfg.gate_start_bits
@@ -276,6 +299,32 @@ def _gate_lines_neural(configs: list[Config], pooled: dict[str, Result]) -> None
             )
 
 
+def _gate_lines_baseline(configs: list[Config], pooled: dict[str, Result], name: str) -> None:
+    """Every neural configuration against one always-update baseline that uses the same step: the share of its
+    learning gain kept (over no learning at all, ``static``) and of its update CPU time."""
+    if name not in pooled or "static" not in pooled:
+        return
+    base, static = pooled[name], pooled["static"]
+    gain = static.bits - base.bits
+    frozen = pooled.get("neural_frozen")
+    print(
+        f"twin.curve.baseline {name}: gains {gain / base.tokens:.4f} bits/token over no learning; update CPU "
+        f"{base.update_s:.2f} s (neural {base.neural_s:.2f} s), {base.neural_updates} neural tokens"
+    )
+    for c in configs:
+        if not c.neural or c.name in ("static", "neural_frozen", "twin", name) or c.name not in pooled:
+            continue
+        g = pooled[c.name]
+        nn = ""
+        if frozen is not None and frozen.bits != base.bits:
+            nn = f"; neural gain {pct(frozen.bits - g.bits, frozen.bits - base.bits)}"
+        print(
+            f"twin.curve.{c.name}: keeps {pct(static.bits - g.bits, gain)} of the gain at "
+            f"{pct(g.update_s, base.update_s)} of the update CPU (neural step {pct(g.neural_s, base.neural_s)}, "
+            f"tokens {pct(g.neural_updates, base.neural_updates)}){nn}; {g.bits / g.tokens:.3f} bits/token"
+        )
+
+
 def _gate_lines_counts(configs: list[Config], pooled: dict[str, Result]) -> None:
     base, a = pooled["prior"], pooled["twin"]
     gain = base.bits - a.bits
@@ -306,7 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-user", action="store_true")
     ap.add_argument("--modes", default="", help="comma list of configurations to run (default: all)")
     ap.add_argument("--neural", type=Path, default=None, help="a neural model file (default: the packaged one)")
-    ap.add_argument("--gate", type=float, default=0.8, help="the shipped gate fraction (twin.gate_fraction)")
+    ap.add_argument("--gate", type=float, default=0.5, help="the shipped gate fraction (twin.gate_fraction)")
+    ap.add_argument(
+        "--gate-score", default="edge", help="the shipped message gate's score ('' = session 4's token gate)"
+    )
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--neural-lr", type=float, default=None, help="override the neural tier's adaptation step")
     ap.add_argument("--recency-decay", type=float, default=None, help="the recency cache's decay per token")
@@ -323,6 +375,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar="F:START:STEP",
         help="an extra gated configuration: fraction, starting threshold (bits), adaptation step (bits)",
     )
+    ap.add_argument(
+        "--msg-gate",
+        action="append",
+        default=[],
+        metavar="SCORE:F:REPLAY[:WEIGHT[:STEP]]",
+        help="an extra message-gated configuration (score useful|mixture|neural|random, token budget, replay size)",
+    )
+    ap.add_argument(
+        "--always-replay", type=int, nargs="*", default=[], help="batch_always with these replay buffer sizes"
+    )
+    ap.add_argument("--baseline", default="batch_always", help="the always-update configuration gates are read against")
     args = ap.parse_args(argv)
     _OPTS["recency_decay"] = args.recency_decay
     _OPTS["neural_candidates"] = args.neural_candidates
@@ -359,9 +422,12 @@ def main(argv: list[str] | None = None) -> int:
         Config("ngram", gate_counts=True, gate_fraction=None, topk=True, recency=False),
     ]
     if nn_data is not None:
-        old = {"batched": False}  # the session-3 update: one SGD step per token with its own forward pass
+        old: dict[str, Any] = {
+            "batched": False
+        }  # the session-3 update: one SGD step per token with its own forward pass
         configs += [
-            Config("twin", neural=True, gate_fraction=args.gate, extras=True),
+            Config("twin", neural=True, gate_fraction=args.gate, extras=True, message_gate=args.gate_score or None),
+            Config("twin_token_gate_0.8", neural=True, gate_fraction=0.8, extras=True),  # session 4's shipped gate
             Config("static", fixed_lambda=0.0, neural=True, gate_fraction=None, topk=False, recency=False),
             Config("neural_frozen", neural=True, gate_fraction=None, topk=False),
             Config("neural_always", neural=True, gate_fraction=1.0, topk=False, **old),
@@ -381,6 +447,29 @@ def main(argv: list[str] | None = None) -> int:
         ]
         configs += [Config("batch_always", neural=True, gate_fraction=1.0, topk=False)]
         configs += [Config(f"batch_gate_{f:g}", neural=True, gate_fraction=f, topk=False) for f in args.batch_fractions]
+        configs += [
+            Config(f"batch_always_r{n}", neural=True, gate_fraction=1.0, topk=False, replay=n)
+            for n in args.always_replay
+        ]
+        for v in args.msg_gate:
+            parts = v.split(":")
+            score, f, rep = parts[0], float(parts[1]), int(parts[2])
+            wgt = float(parts[3]) if len(parts) > 3 else 1.0
+            step = float(parts[4]) if len(parts) > 4 else None
+            configs.append(
+                Config(
+                    f"msg_{score}_{f:g}_r{rep}"
+                    + (f"_w{wgt:g}" if len(parts) > 3 else "")
+                    + (f"_s{step:g}" if step else ""),
+                    neural=True,
+                    gate_fraction=f,
+                    topk=False,
+                    message_gate=score,
+                    replay=rep,
+                    msg_weight=wgt,
+                    gate_step_msg=step,
+                )
+            )
         for v in args.gate_variant:
             f, start, step = (float(x) for x in v.split(":"))
             configs.append(
@@ -419,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
             f"twin.accuracy.{c.name}: {acc}{r.bits / r.tokens:.3f} bits/token over {r.tokens} test tokens "
             f"(ratio of bits vs prior alone {r.bits / base.bits:.3f})"
         )
+    _gate_lines_baseline(configs, pooled, args.baseline)
     main_name = "twin"
     if main_name not in pooled:
         _gate_lines_neural(configs, pooled)

@@ -22,7 +22,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"words, {d['personal_trigrams']} trigrams; {d['actions_known']} actions",
             f"recent surprisal: {d['recent_bits_per_token']} bits/token",
             f"neural tier: {nn['params']} params, weight {nn['weight']}, {nn['updates']} updates, gate "
-            f"{nn['gate_threshold_bits']} bits (pass rate {nn['gate_pass_rate']})"
+            f"threshold {nn['gate_threshold_bits']} bits (message gate, token pass rate {nn['gate_pass_rate']})"
             if nn
             else "neural tier: off",
             f"battery: {d['battery_percent']} % external power {d['external_power']}; temperature {d['temp_c']} °C; "

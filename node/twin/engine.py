@@ -27,7 +27,7 @@ import numpy as np
 from node.twin import store
 from node.twin.actions import ActionHead
 from node.twin.errors import TwinStoreError
-from node.twin.gate import MAX_THRESHOLD_BITS, MIN_THRESHOLD_BITS, SurpriseGate
+from node.twin.gate import MAX_THRESHOLD_BITS, MESSAGE_MIN_THRESHOLD_BITS, SHIPPED_SCORE, MessageGate
 from node.twin.model import TwinLM
 from node.twin.neural import NeuralLM
 from node.twin.prior import GlobalPrior
@@ -73,7 +73,7 @@ class TwinEngine:
         *,
         neural: NeuralLM | None = None,
         embed: Embed | None = None,
-        gate_fraction: float = 0.8,
+        gate_fraction: float = 0.5,
         max_personal_words: int = 50_000,
     ) -> None:
         self.prior, self.neural = prior, neural
@@ -86,7 +86,7 @@ class TwinEngine:
         if self.neural is not None:
             self.neural.reset()
         self.lm = TwinLM(self.prior, neural=self.neural, max_personal_words=self.max_personal_words)
-        self.gate = SurpriseGate(self.gate_fraction)
+        self.gate = MessageGate(self.gate_fraction, score=SHIPPED_SCORE)
         self.actions = ActionHead()
         self.prev_action: str | None = None
         self.prev_vec: np.ndarray[Any, Any] | None = None
@@ -169,6 +169,7 @@ class TwinEngine:
 
     # ------------------------------------------------------------ state
     def encode(self, max_bytes: int) -> bytes:
+        self.lm.flush_neural()  # tokens waiting in the replay buffer are learned, not lost with the process
         extra = dict(self.actions.state())
         if self.lm.neural is not None:
             extra.update(self.lm.neural.state())
@@ -177,6 +178,7 @@ class TwinEngine:
             "mu": self.lm.mu,
             "mu_n": self.lm.mu_n,
             "neural_updates": self.neural_updates,
+            "gate_score": self.gate.score,
             "gate_threshold_bits": self.gate.threshold_bits,
             "topics": list(self.topics),
             "contacts": dict(self.contacts.most_common(100)),
@@ -205,9 +207,13 @@ class TwinEngine:
         self.lm.mu = min(0.9, max(0.02, store.meta_float(meta, "mu", self.lm.mu)))
         self.lm.mu_n = store.meta_int(meta, "mu_n")
         self.neural_updates = store.meta_int(meta, "neural_updates")
-        self.gate.threshold_bits = store.meta_float(
-            meta, "gate_threshold_bits", self.gate.threshold_bits, lo=MIN_THRESHOLD_BITS, hi=MAX_THRESHOLD_BITS
+        threshold = store.meta_float(
+            meta, "gate_threshold_bits", self.gate.threshold_bits, lo=MESSAGE_MIN_THRESHOLD_BITS, hi=MAX_THRESHOLD_BITS
         )
+        if (
+            meta.get("gate_score") == self.gate.score
+        ):  # a state of another gate (session 4's): its threshold is not ours
+            self.gate.threshold_bits = threshold
         topics, contacts = meta.get("topics", []), meta.get("contacts", {})
         if not isinstance(topics, list) or not isinstance(contacts, dict):
             raise TwinStoreError("twin state header: topics is not a list or contacts not an object")

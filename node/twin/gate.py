@@ -26,6 +26,7 @@ is 0.8 (``[twin] gate_fraction``).
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -83,3 +84,87 @@ class SurpriseGate:
     @property
     def pass_rate(self) -> float:
         return self.passed / self.seen if self.seen else 0.0
+
+
+MESSAGE_MIN_THRESHOLD_BITS = -64.0  # a message score (a difference of surprisals) can be negative
+SHIPPED_SCORE = "edge"  # chosen on tuning senders (bench/README.md, session 5)
+SCORES = ("useful", "edge", "mixture", "neural", "random")
+START_BITS = {"useful": 0.5, "edge": -0.5, "mixture": 6.0, "neural": 7.0, "random": 0.0}
+MAX_MESSAGE_WEIGHT_TOKENS = 32  # a long message moves the threshold like this many tokens at most
+
+
+def token_usefulness(neural_bits: float, mixture_bits: float) -> float:
+    """How much the neural tier lags the mixture on one token (bits; > 0: the other tiers knew it better)."""
+    return neural_bits - mixture_bits
+
+
+@dataclass(slots=True)
+class MessageGate:
+    """Decide per message whether the neural tier's W/b step learns it: all of its tokens or none.
+
+    Skipping a whole message skips its share of the step and of the replay buffer's fixed cost, and the
+    decision costs nothing: the score comes from the surprisals the prediction already computed. ``score`` is
+    the message's mean per-token score (:data:`SCORES`: ``useful`` = the neural tier's surprisal minus the
+    mixture's, :func:`token_usefulness`; ``mixture`` / ``neural`` = that tier's surprisal; ``random`` = a
+    uniform draw, the control that shows what the score adds over subsampling).
+
+    The threshold targets a compute budget: about ``target_fraction`` of the *tokens* (the step's cost grows
+    with the tokens it learns) pass. Robbins-Monro, each message weighted by its length (capped at
+    :data:`MAX_MESSAGE_WEIGHT_TOKENS`)::
+
+        threshold += step_bits * n / 10 * (1[score > threshold] - target_fraction)
+
+    bounded to ``[MESSAGE_MIN_THRESHOLD_BITS, MAX_THRESHOLD_BITS]`` (a score can be negative)."""
+
+    target_fraction: float = 0.5
+    score: str = SHIPPED_SCORE
+    threshold_bits: float = math.nan  # nan: START_BITS[score]
+    step_bits: float = 0.1
+    seen_tokens: int = 0
+    passed_tokens: int = 0
+    seed: int = 0
+    _rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.target_fraction <= 1.0:
+            raise ValueError("target_fraction must be in (0, 1]")
+        if self.score not in SCORES:
+            raise ValueError(f"score must be one of {', '.join(SCORES)}")
+        if math.isnan(self.threshold_bits):
+            self.threshold_bits = START_BITS[self.score]
+        self._rng = random.Random(self.seed)
+
+    def message_score(self, mixture_bits: list[float], neural_bits: list[float]) -> float:
+        if self.score == "mixture" or not neural_bits:
+            vals = mixture_bits
+        elif self.score == "neural":
+            vals = neural_bits
+        elif self.score == "edge":
+            vals = [-token_usefulness(n, m) for n, m in zip(neural_bits, mixture_bits, strict=False)]
+        else:
+            vals = [token_usefulness(n, m) for n, m in zip(neural_bits, mixture_bits, strict=False)]
+        return sum(vals) / len(vals) if vals else 0.0
+
+    def decide(self, mixture_bits: list[float], neural_bits: list[float]) -> bool:
+        """True when this message's tokens go to the expensive update (and adapt the threshold)."""
+        n = len(mixture_bits)
+        if n == 0:
+            return False
+        self.seen_tokens += n
+        if self.target_fraction >= 1.0:
+            self.passed_tokens += n
+            return True
+        if self.score == "random":  # the control: plain subsampling at the budget
+            hit = self._rng.random() < self.target_fraction
+        else:
+            hit = self.message_score(mixture_bits, neural_bits) > self.threshold_bits
+        w = min(n, MAX_MESSAGE_WEIGHT_TOKENS) / 10.0
+        t = self.threshold_bits + self.step_bits * w * ((1.0 if hit else 0.0) - self.target_fraction)
+        self.threshold_bits = min(MAX_THRESHOLD_BITS, max(MESSAGE_MIN_THRESHOLD_BITS, t))
+        if hit:
+            self.passed_tokens += n
+        return hit
+
+    @property
+    def pass_rate(self) -> float:
+        return self.passed_tokens / self.seen_tokens if self.seen_tokens else 0.0

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from node.twin.cache import RecencyCache
-from node.twin.gate import SurpriseGate
+from node.twin.gate import MessageGate, SurpriseGate
 from node.twin.neural import NeuralLM
 from node.twin.personal import PersonalKN
 from node.twin.prior import GlobalPrior
@@ -40,6 +40,8 @@ HISTORY = 8  # previous tokens handed to the prior and the neural tier (each use
 PREFIX_CANDIDATES = 64  # prior words scored for a typed prefix (the likeliest under the unigram)
 MAX_SEEN = 128  # neural distributions kept per message for the bias step (later tokens skip it)
 NEURAL_CANDIDATES = 8  # the neural tier's likeliest next words added to the n-gram tiers' candidates
+REPLAY_TOKENS = 1  # the W/b step runs when this many gated tokens wait in the replay buffer
+MAX_REPLAY_TOKENS = 512  # bound on the replay buffer (each entry holds a 4,096-float distribution)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +95,10 @@ class TwinLM:
         bias_always: bool = True,
         batched_steps: bool = True,
         neural_candidates: int = NEURAL_CANDIDATES,
+        replay_tokens: int = REPLAY_TOKENS,
     ) -> None:
+        if not 1 <= replay_tokens <= MAX_REPLAY_TOKENS:
+            raise ValueError(f"replay_tokens must be between 1 and {MAX_REPLAY_TOKENS}")
         self.prior = prior
         self.neural = neural
         self.neural_lr = neural_lr
@@ -121,6 +126,9 @@ class TwinLM:
         self._seen: list[tuple[np.ndarray[Any, Any], int]] = []  # this message's neural distributions
         self._fwd: list[tuple[Any, Any, Any, int]] = []  # this message's forward passes (x, h, p, target)
         self.last_neural_bits: float | None = None  # the neural tier's surprisal of the last learned token
+        self.msg_neural_bits: list[float] = []  # ... of each token of the message being learned
+        self.replay_tokens = replay_tokens
+        self._replay: list[tuple[Any, Any, Any, int, float]] = []  # gated forward passes waiting for the step
         self.messages = 0
         order = sorted(range(3, prior.v), key=prior.vocab.__getitem__)
         self._sorted_words = [prior.vocab[i] for i in order]
@@ -229,6 +237,9 @@ class TwinLM:
         if not history:
             self._seen.clear()
             self._fwd.clear()
+            self.msg_neural_bits = []
+        if self.last_neural_bits is not None and len(self.msg_neural_bits) == len(history):
+            self.msg_neural_bits.append(self.last_neural_bits)
         nn = self.neural
         target = token_id if token_id < self.prior.v else self.prior.unk
         if self.bias_always and nn is not None and nn.last_p is not None and len(self._seen) < MAX_SEEN:
@@ -270,13 +281,19 @@ class TwinLM:
         self.messages += 1
 
     def observe(
-        self, text: str, *, learn: bool = True, gate: SurpriseGate | None = None, gate_counts: bool = False
+        self,
+        text: str,
+        *,
+        learn: bool = True,
+        gate: SurpriseGate | MessageGate | None = None,
+        gate_counts: bool = False,
     ) -> list[float]:
         """Predict every token of one message (surprisal in bits each), then learn it. The main entry point.
 
-        Cheap statistics (personal counts, mixture weights) learn every token; the neural tier adapts on the
-        tokens the ``gate`` passes (every token without a gate). ``gate_counts`` (benchmarks) gates the counts
-        too.
+        Cheap statistics (personal counts, mixture weights, the neural output bias) learn every token; the
+        neural tier's W/b step learns the tokens the ``gate`` passes (every token without a gate): a
+        :class:`MessageGate` passes the whole message or none of it, a :class:`SurpriseGate` samples tokens.
+        ``gate_counts`` (benchmarks) gates the counts too (with a SurpriseGate).
         """
         tokens = message_tokens(text)
         ids = self.ids(tokens, add=learn)
@@ -288,21 +305,32 @@ class TwinLM:
                 bits.append(self.surprisal_bits(ids[:i], t))
         if not learn:
             return bits
-        if gate_counts:
+        if gate_counts and not isinstance(gate, MessageGate):
             self.learn_counts_gated(ids, [gate.check(b) for b in bits] if gate is not None else [True] * len(ids))
             return bits
         self.learn_counts(ids)
         if self.neural is not None:
-            self.adapt_neural(ids, [gate.sample(b) for b in bits] if gate is not None else [1.0] * len(ids))
+            self.adapt_neural(ids, self.gate_weights(gate, bits))
         return bits
+
+    def gate_weights(self, gate: SurpriseGate | MessageGate | None, bits: Sequence[float]) -> list[float]:
+        """The weight of each token of the message just learned in the W/b step (0: skipped)."""
+        if gate is None:
+            return [1.0] * len(bits)
+        if isinstance(gate, MessageGate):
+            nbits = self.msg_neural_bits if len(self.msg_neural_bits) == len(bits) else []
+            return [1.0 if gate.decide(list(bits), nbits) else 0.0] * len(bits)
+        return [gate.sample(b) for b in bits]
 
     def adapt_neural(self, ids: Sequence[int], weights: Sequence[float]) -> int:
         """The expensive update: the neural tier learns from every token with a non-zero weight (its step is
-        scaled by it); returns how many tokens it learned from.
+        scaled by it); returns how many tokens it took (learned now or queued for the next step).
 
         With ``batched_steps`` (the default) the tokens whose forward pass the prediction kept (the message's
-        first :data:`MAX_SEEN`) are learned in one mini-batch step (:meth:`NeuralLM.adapt_batch`); the others,
-        and every token without ``batched_steps``, by one SGD step each with its own forward pass."""
+        first :data:`MAX_SEEN`) join the replay buffer, and one mini-batch step (:meth:`NeuralLM.adapt_batch`)
+        learns the buffer once ``replay_tokens`` wait in it (the step's fixed cost is paid once per batch; every
+        forward pass in the buffer was taken at the current W and b, which only the step changes). The other
+        tokens, and every token without ``batched_steps``, get one SGD step each with its own forward pass."""
         if self.neural is None:
             return 0
         bias = not self.bias_always
@@ -312,8 +340,11 @@ class TwinLM:
         n = 0
         fwd = self._fwd if self.batched_steps and len(self._fwd) <= len(ids) else []
         if fwd:
-            batch = [(x, h, p, t, w) for (x, h, p, t), w in zip(fwd, weights, strict=False) if w > 0]
-            n += self.neural.adapt_batch(batch, self.neural_lr, bias=bias)
+            queued = [(x, h, p, t, w) for (x, h, p, t), w in zip(fwd, weights, strict=False) if w > 0]
+            self._replay.extend(queued)
+            n += len(queued)
+            if len(self._replay) >= self.replay_tokens:
+                self.flush_neural()
         self._fwd = []
         for i, wgt in enumerate(weights):
             if i < len(fwd):
@@ -324,6 +355,14 @@ class TwinLM:
                 self.neural.adapt(prior_h, t, self.neural_lr * wgt, bias=bias)
                 n += 1
         return n
+
+    def flush_neural(self) -> int:
+        """Run the W/b step on the replay buffer now (before the state is saved); returns the tokens learned."""
+        if self.neural is None or not self._replay:
+            self._replay = []
+            return 0
+        batch, self._replay = self._replay, []
+        return self.neural.adapt_batch(batch, self.neural_lr, bias=not self.bias_always)
 
     def learn_counts_gated(self, ids: Sequence[int], mask: Sequence[bool]) -> int:
         """Learn only the tokens whose mask is set; returns how many were learned."""

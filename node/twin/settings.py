@@ -27,9 +27,10 @@ class TwinSettings:
     )
     neural: bool = _setting(True, "Use the neural tier when its model file is installed.")
     gate_fraction: float = _setting(
-        0.8,
-        "Surprise gate: about this fraction of tokens adapt the neural tier (every token above the adaptive "
-        "threshold, the others sampled by surprisal; 0.8 chosen on tuning senders, see bench/README.md).",
+        0.5,
+        "Message gate: about this fraction of the user's tokens adapt the neural tier's hidden layer, whole "
+        "messages, those where the neural tier beat the mixture most (adaptive threshold; 0.5 chosen on tuning "
+        "senders, see bench/README.md).",
         min=0.01,
         max=1.0,
     )

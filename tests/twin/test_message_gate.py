@@ -1,0 +1,117 @@
+"""The message-level gate: whole messages skip the neural tier's W/b step, chosen by where the neural tier beats
+the mixture; its threshold targets a token budget, stays bounded, and is saved and restored with the state."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from node.twin.engine import Event, TwinEngine
+from node.twin.gate import MAX_THRESHOLD_BITS, MESSAGE_MIN_THRESHOLD_BITS, MessageGate
+from node.twin.model import MAX_REPLAY_TOKENS, TwinLM
+from node.twin.neural import NeuralLM
+from node.twin.prior import GlobalPrior
+
+
+@pytest.fixture(scope="module")
+def prior() -> GlobalPrior:
+    return GlobalPrior.load_packaged()
+
+
+def _lm(prior: GlobalPrior, replay_tokens: int = 1) -> TwinLM:
+    nn = NeuralLM.load_packaged(prior.p1, prior.unk, prior.bos)
+    return TwinLM(prior, neural=nn, replay_tokens=replay_tokens)
+
+
+def test_the_edge_score_passes_messages_the_neural_tier_predicts_better() -> None:
+    gate = MessageGate(0.5, score="edge", threshold_bits=0.0, step_bits=0.0)
+    assert gate.decide([6.0, 8.0, 5.0], [4.0, 7.0, 5.0])  # the neural tier beat the mixture: learn it
+    assert not gate.decide([6.0, 8.0, 5.0], [9.0, 12.0, 5.0])  # it lagged (the n-gram tiers know these): skip
+    assert not gate.decide([], [])  # nothing to learn
+    assert gate.seen_tokens == 6 and gate.passed_tokens == 3
+
+
+@pytest.mark.parametrize(("score", "fraction"), [("edge", 0.2), ("edge", 0.5), ("mixture", 0.3), ("random", 0.3)])
+def test_the_threshold_targets_the_token_budget(score: str, fraction: float) -> None:
+    rng = random.Random(7)
+    gate = MessageGate(fraction, score=score)
+    for _ in range(20_000):
+        n = rng.randint(1, 40)
+        mix = [rng.gauss(6.0, 3.0) for _ in range(n)]
+        gate.decide(mix, [m + rng.gauss(0.5, 2.0) for m in mix])
+    assert gate.pass_rate == pytest.approx(fraction, abs=0.04)
+
+
+def test_the_threshold_stays_bounded_under_hostile_scores() -> None:
+    gate = MessageGate(0.1, score="edge")
+    for _ in range(5000):  # every message scores huge: the threshold climbs, but not past the bound
+        gate.decide([0.0] * 32, [-1e9] * 32)
+    assert gate.threshold_bits == MAX_THRESHOLD_BITS
+    for _ in range(5000):
+        gate.decide([0.0] * 32, [1e9] * 32)
+    assert gate.threshold_bits == MESSAGE_MIN_THRESHOLD_BITS
+    for _ in range(100):
+        gate.decide([math.nan] * 5, [math.nan] * 5)  # a NaN score never passes, the threshold stays finite
+    assert math.isfinite(gate.threshold_bits)
+    with pytest.raises(ValueError):
+        MessageGate(0.0)
+    with pytest.raises(ValueError):
+        MessageGate(0.5, score="loudness")
+
+
+def test_a_skipped_message_keeps_w_but_still_learns_the_cheap_statistics(prior: GlobalPrior) -> None:
+    lm = _lm(prior)
+    nn = lm.neural
+    assert nn is not None
+    shut = MessageGate(0.5, threshold_bits=MAX_THRESHOLD_BITS, step_bits=0.0)
+    w0, c0, tokens0 = nn.w.copy(), nn.c.copy(), lm.personal.tokens
+    lm.observe("the zebulon server is down again", gate=shut)
+    assert np.array_equal(nn.w, w0) and nn.updates == 0  # the expensive step was skipped
+    assert not np.array_equal(nn.c, c0) and lm.personal.tokens > tokens0  # the output bias and counts learned
+    opened = MessageGate(0.5, threshold_bits=MESSAGE_MIN_THRESHOLD_BITS, step_bits=0.0)
+    lm.observe("the zebulon server is down again", gate=opened)
+    assert not np.array_equal(nn.w, w0) and nn.updates == 7  # 6 words + </s>
+
+
+def test_the_replay_buffer_learns_in_one_step_once_full_and_is_bounded(prior: GlobalPrior) -> None:
+    lm = _lm(prior, replay_tokens=12)
+    nn = lm.neural
+    assert nn is not None
+    w0 = nn.w.copy()
+    lm.observe("see you at noon")  # 5 tokens wait
+    assert np.array_equal(nn.w, w0) and nn.updates == 0
+    lm.observe("lunch at the usual place then")  # 12 wait: one step learns them all
+    assert not np.array_equal(nn.w, w0) and nn.updates == 12 and not lm._replay
+    lm.observe("ok")
+    assert lm.flush_neural() == 2 and nn.updates == 14
+    with pytest.raises(ValueError):
+        TwinLM(prior, replay_tokens=MAX_REPLAY_TOKENS + 1)
+
+
+def test_the_gate_state_is_saved_and_restored(prior: GlobalPrior) -> None:
+    eng = TwinEngine(prior, neural=NeuralLM.load_packaged(prior.p1, prior.unk, prior.bos))
+    for i in range(30):
+        eng.observe(Event("message", f"message {i} about the grobnik project", "messages.send", 0))
+    assert eng.gate.score == "edge" and eng.gate.seen_tokens > 0
+    eng.gate.threshold_bits = -1.25
+    data = eng.encode(10_000_000)
+    back = TwinEngine(prior, neural=NeuralLM.load_packaged(prior.p1, prior.unk, prior.bos))
+    back.decode(data, 10_000_000)
+    assert back.gate.threshold_bits == -1.25
+    assert back.status()["neural"]["gate_threshold_bits"] == -1.25
+
+
+def test_a_token_gate_threshold_from_an_older_state_is_not_taken_as_the_message_gates(prior: GlobalPrior) -> None:
+    from node.twin import blob, store
+
+    eng = TwinEngine(prior)
+    eng.observe(Event("message", "hello there friend", "messages.send", 0))
+    arrays, meta = blob.unpack_untrusted(eng.encode(10_000_000), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    del meta["gate_score"]  # session 4's state: a SurpriseGate threshold (~8 bits of surprisal)
+    meta["gate_threshold_bits"] = 8.0
+    back = TwinEngine(prior)
+    back.decode(blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta), 10_000_000)
+    assert back.gate.threshold_bits == MessageGate(0.5).threshold_bits
