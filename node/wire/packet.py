@@ -194,28 +194,32 @@ _pad = pad  # encode_packet's keyword shadows the function name
 
 
 # ---------------------------------------------------------------- decoding
+_V1_HEADER = struct.Struct(">BBBQBH")  # version, type, ttl, timestamp, flags, payloadLength
+_V2_HEADER = struct.Struct(">BBBQBI")
+_MESSAGE = int(MessageType.MESSAGE)  # (a plain int: compared on every frame)
+
+
 def _parse(data: bytes, limits: WireLimits) -> tuple[Packet, int]:
     """(the packet, the offset just past its payload — where the signature, if any, starts). Every relayed frame
-    comes through here once: written flat (no per-call closure or layout object)."""
+    comes through here once: written flat (no per-call closure or layout object; the fixed header in one
+    ``struct`` call, the payload sliced or inflated straight from the frame)."""
     n = len(data)
     if n < V1_MIN_FRAME:
         raise MalformedFrame(f"frame of {n} bytes is shorter than the {V1_MIN_FRAME}-byte minimum")
     version = data[0]
     if version == 1:
-        payload_len, pos = (data[12] << 8) | data[13], V1_HEADER_BYTES
+        _, msg_type, ttl, timestamp, flags, payload_len = _V1_HEADER.unpack_from(data)
+        pos, width = V1_HEADER_BYTES + ID_BYTES, 2
     elif version == 2:
         if n < V2_MIN_FRAME:
             raise MalformedFrame(f"v2 frame of {n} bytes is shorter than {V2_MIN_FRAME}")
-        payload_len, pos = int.from_bytes(data[12:16], "big"), V2_HEADER_BYTES
+        _, msg_type, ttl, timestamp, flags, payload_len = _V2_HEADER.unpack_from(data)
+        pos, width = V2_HEADER_BYTES + ID_BYTES, 4
     else:
         raise MalformedFrame(f"unknown version {version}")
-    msg_type, ttl, timestamp, flags = data[1], data[2], int.from_bytes(data[3:11], "big"), data[11]
     if payload_len > limits.max_payload_bytes:
         raise MalformedFrame(f"payload length {payload_len} exceeds {limits.max_payload_bytes}")
-    end = pos + ID_BYTES
-    if end > n:
-        raise MalformedFrame("sender ID runs past the end of the frame")
-    sender, pos = data[pos:end], end
+    sender = data[pos - ID_BYTES : pos]  # (the minimum frame sizes hold the header and the sender)
     recipient = None
     if flags & FLAG_HAS_RECIPIENT:
         end = pos + ID_BYTES
@@ -223,7 +227,7 @@ def _parse(data: bytes, limits: WireLimits) -> tuple[Packet, int]:
             raise MalformedFrame("recipient ID runs past the end of the frame")
         recipient, pos = data[pos:end], end
     route: tuple[bytes, ...] = ()
-    if version >= 2 and flags & FLAG_HAS_ROUTE:
+    if version == 2 and flags & FLAG_HAS_ROUTE:
         if pos + 1 > n:
             raise MalformedFrame("route count runs past the end of the frame")
         hops = data[pos]
@@ -234,15 +238,17 @@ def _parse(data: bytes, limits: WireLimits) -> tuple[Packet, int]:
             raise MalformedFrame("route hop runs past the end of the frame")
         route = tuple(data[pos + k * ID_BYTES : pos + (k + 1) * ID_BYTES] for k in range(hops))
         pos += hops * ID_BYTES
-    end = pos + payload_len
-    if end > n:
+    payload_end = pos + payload_len
+    if payload_end > n:
         raise MalformedFrame("payload runs past the end of the frame")
-    body, payload_end = data[pos:end], end
     # Public messages have a smaller bound: checked on the declared size, before any inflating.
-    cap = limits.max_message_payload_bytes if msg_type == MessageType.MESSAGE else limits.max_payload_bytes
+    cap = limits.max_message_payload_bytes if msg_type == _MESSAGE else limits.max_payload_bytes
     if payload_len > cap:
         raise MalformedFrame(f"payload of {payload_len} bytes exceeds {cap} for type {msg_type:#04x}")
-    payload = _inflate(body, 2 if version == 1 else 4, limits, cap) if flags & FLAG_IS_COMPRESSED else body
+    if flags & FLAG_IS_COMPRESSED:
+        payload = _inflate(data, pos, payload_end, width, limits, cap)
+    else:
+        payload = data[pos:payload_end]
     signature = None
     if flags & FLAG_HAS_SIGNATURE:
         end = payload_end + SIGNATURE_BYTES
@@ -255,17 +261,18 @@ def _parse(data: bytes, limits: WireLimits) -> tuple[Packet, int]:
     return packet, payload_end
 
 
-def _inflate(body: bytes, width: int, limits: WireLimits, cap: int) -> bytes:
-    if len(body) <= width:
+def _inflate(data: bytes, start: int, end: int, width: int, limits: WireLimits, cap: int) -> bytes:
+    """The payload ``data[start:end]`` (originalSize field, then raw DEFLATE) inflated, within ``cap``."""
+    deflated_start = start + width
+    if end <= deflated_start:
         raise MalformedFrame("compressed payload has no deflate data")
-    original = int.from_bytes(body[:width], "big")
-    deflated = body[width:]
+    original = int.from_bytes(data[start:deflated_start], "big")
     if original > cap:
         raise MalformedFrame(f"original size {original} exceeds {cap}")
-    if original / len(deflated) > limits.max_decompression_ratio:
+    if original / (end - deflated_start) > limits.max_decompression_ratio:
         raise MalformedFrame("compression ratio exceeds the configured maximum")
     try:
-        out = zlib.decompressobj(-15).decompress(deflated, original + 1)
+        out = zlib.decompressobj(-15).decompress(data[deflated_start:end], original + 1)
     except zlib.error as exc:
         raise MalformedFrame(f"invalid deflate data: {exc}") from None
     if len(out) != original:
@@ -312,7 +319,7 @@ def _signed_span(data: bytes, limits: WireLimits) -> tuple[int, bytes | None]:
         payload_len, pos = int.from_bytes(data[12:16], "big"), V2_HEADER_BYTES + ID_BYTES
     else:
         raise MalformedFrame(f"unknown version {version}")
-    cap = limits.max_message_payload_bytes if msg_type == MessageType.MESSAGE else limits.max_payload_bytes
+    cap = limits.max_message_payload_bytes if msg_type == _MESSAGE else limits.max_payload_bytes
     if payload_len > min(cap, limits.max_payload_bytes):
         raise MalformedFrame(f"payload length {payload_len} exceeds the limit for type {msg_type:#04x}")
     if flags & FLAG_HAS_RECIPIENT:
@@ -344,17 +351,38 @@ def _signed_span_maybe_padded(data: bytes, limits: WireLimits) -> tuple[int, byt
         return _signed_span(stripped, limits)
 
 
-def _preimage_from_wire(frame: bytes, payload_end: int) -> bytes:
-    head = bytearray(frame[:payload_end])
-    head[2] = 0
-    head[11] &= ~(FLAG_HAS_SIGNATURE | FLAG_IS_RSR) & 0xFF
-    return pad(bytes(head))
+_SIGNED_FLAGS = ~(FLAG_HAS_SIGNATURE | FLAG_IS_RSR) & 0xFF  # the flags a preimage keeps
+
+
+def _padding(n: int) -> bytes:
+    """What :func:`pad` appends to ``n`` bytes."""
+    for block in PAD_BLOCKS:
+        if n + PAD_HEADROOM <= block:
+            k = block - n
+            return bytes((k,)) * k if 1 <= k <= 255 else b""
+    return b""
+
+
+def _signed_message(signature: bytes, frame: bytes, payload_end: int) -> bytes:
+    """``signature`` followed by the preimage rebuilt from the frame (cut at the end of the payload, TTL 0, flags
+    without HAS_SIGNATURE and IS_RSR, padded), assembled in one join — libsodium's signed-message layout."""
+    return b"".join(
+        (
+            signature,
+            frame[:2],
+            b"\x00",
+            frame[3:11],
+            bytes((frame[11] & _SIGNED_FLAGS,)),
+            frame[12:payload_end],
+            _padding(payload_end),
+        )
+    )
 
 
 def signing_preimage_from_wire_untrusted(frame: bytes, limits: WireLimits = DEFAULT_LIMITS) -> bytes:
     """The preimage rebuilt from received bytes: cut at the end of the payload, TTL 0, flags without
     HAS_SIGNATURE and IS_RSR, padded — the sender's deflate bytes are kept as they are."""
-    return _preimage_from_wire(frame, _parse_maybe_padded(bytes(frame), limits)[1])
+    return _signed_message(b"", frame, _parse_maybe_padded(bytes(frame), limits)[1])
 
 
 def sign_packet(packet: Packet, signing_key: nacl.signing.SigningKey) -> Packet:
@@ -373,7 +401,7 @@ def verify_wire_signature(frame: bytes, verify_key: bytes, limits: WireLimits = 
         payload_end, signature = _signed_span_maybe_padded(data, limits)
         if signature is None or len(verify_key) != nacl.bindings.crypto_sign_PUBLICKEYBYTES:
             return False
-        nacl.bindings.crypto_sign_open(signature + _preimage_from_wire(data, payload_end), verify_key)
+        nacl.bindings.crypto_sign_open(_signed_message(signature, data, payload_end), verify_key)
     except (
         MalformedFrame,
         nacl.exceptions.BadSignatureError,
