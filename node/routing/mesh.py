@@ -70,9 +70,7 @@ from node.identity import Identity
 from node.routing.announcing import AnnounceRelays, AnnounceSchedule
 from node.routing.app import AppChannel
 from node.routing.containment import Containment
-from node.routing.courier import (
-    CourierStore,
-)
+from node.routing.courier import CourierStore
 from node.routing.couriering import CourierDesk
 from node.routing.dedupe import DedupeCache, dedupe_key
 from node.routing.delivery import PrivateDelivery
@@ -576,38 +574,35 @@ class MeshCore:
         a failure while handling the frame drops that frame only (:mod:`node.routing.containment`)."""
         self.counters.frames_in += 1
         try:
-            return self._receive_frame(link_id, data, now)
+            # Fast path for the common case in a mesh, a copy of a packet we already took: relays forward the
+            # received bytes with only the TTL byte rewritten, so the frame without its TTL (hashed) identifies it.
+            view = memoryview(data)
+            digest = hashlib.blake2b(view[:TTL_OFFSET], digest_size=16)
+            digest.update(view[TTL_OFFSET + 1 :])
+            raw = digest.digest()
+            key = self._raw_seen.get(raw)
+            if key is not None and self.dedupe.seen(key, now):
+                self.forwarder.on_duplicate(key, link_id)
+                return False
+            try:
+                pkt = decode_packet_untrusted(data, self.limits)
+            except MalformedFrame:
+                self.counters.malformed += 1
+                return False
+            key = self._handle_packet(link_id, pkt, data, now)
+            # (A copy of a directed packet still takes the full path when hop acks are on: it must be acked again.)
+            if key is not None:
+                recipient = pkt.recipient_id
+                if recipient is None or recipient == BROADCAST_ID or not self.output.hop_arq:
+                    raw_seen = self._raw_seen
+                    raw_seen[raw] = key
+                    if len(raw_seen) > self._raw_seen_max:
+                        del raw_seen[next(iter(raw_seen))]
+            return True
         except Exception as exc:  # noqa: BLE001 - broad: one frame's failure must end that frame only (counted, logged once)
             at = 14 if data[:1] == b"\x01" else 16  # the sender ID's offset in a v1 / v2 header
             self.containment.contain(exc, f"a frame on link {link_id}", bytes(data[at : at + 8]) or None)
             return True
-
-    def _receive_frame(self, link_id: str, data: bytes, now: float) -> bool:
-        # Fast path for the common case in a mesh, a copy of a packet we already took: relays forward the received
-        # bytes with only the TTL byte rewritten, so the frame without its TTL (hashed) identifies the copy.
-        view = memoryview(data)
-        digest = hashlib.blake2b(view[:TTL_OFFSET], digest_size=16)
-        digest.update(view[TTL_OFFSET + 1 :])
-        raw = digest.digest()
-        key = self._raw_seen.get(raw)
-        if key is not None and self.dedupe.seen(key, now):
-            self.forwarder.on_duplicate(key, link_id)
-            return False
-        try:
-            pkt = decode_packet_untrusted(data, self.limits)
-        except MalformedFrame:
-            self.counters.malformed += 1
-            return False
-        key = self._handle_packet(link_id, pkt, data, now)
-        # (A copy of a directed packet still takes the full path when hop acks are on: it must be acked again.)
-        if key is not None:
-            recipient = pkt.recipient_id
-            if recipient is None or recipient == BROADCAST_ID or not self.output.hop_arq:
-                raw_seen = self._raw_seen
-                raw_seen[raw] = key
-                if len(raw_seen) > self._raw_seen_max:
-                    del raw_seen[next(iter(raw_seen))]
-        return True
 
     def _handle_packet(self, link_id: str, pkt: Packet, wire: bytes, now: float, *, relay: bool = True) -> str | None:
         """Process a decoded packet; its dedupe key if it was new and accepted (None otherwise)."""

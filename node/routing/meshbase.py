@@ -75,7 +75,8 @@ def hops_travelled(pkt: Packet) -> int:
 
 def public_message_id(pkt: Packet) -> str:
     """BitChat's packet ID (bitchat/Sync/PacketIdUtil.swift): SHA-256(type ‖ sender ‖ ts u64 ‖ payload)[0:16]."""
-    digest = hashlib.sha256(
-        bytes([pkt.type]) + pkt.sender_id + struct.pack(">Q", pkt.timestamp_ms) + pkt.payload
-    ).digest()
-    return digest[:16].hex()
+    digest = hashlib.sha256(b"".join((bytes((pkt.type,)), pkt.sender_id, _TS.pack(pkt.timestamp_ms), pkt.payload)))
+    return digest.digest()[:16].hex()
+
+
+_TS = struct.Struct(">Q")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import struct
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import nacl.bindings
 import nacl.exceptions
@@ -91,6 +91,51 @@ class Packet:
     payload: bytes = b""  # always the uncompressed payload
     signature: bytes | None = None
     is_rsr: bool = False
+
+
+# The decoder builds one Packet per frame. Packet's generated __init__ sets each field through object.__setattr__
+# (it is frozen); the decoder sets its slots through their descriptors instead: the same object at about half the
+# cost. (Packet validates nothing on construction — tests/wire checks it has no __post_init__ to skip.)
+(
+    _SET_VERSION,
+    _SET_TYPE,
+    _SET_TTL,
+    _SET_TIMESTAMP,
+    _SET_SENDER,
+    _SET_RECIPIENT,
+    _SET_ROUTE,
+    _SET_PAYLOAD,
+    _SET_SIGNATURE,
+    _SET_IS_RSR,
+) = (getattr(Packet, f.name).__set__ for f in fields(Packet))
+_new_object = object.__new__
+
+
+def _new_packet(
+    version: int,
+    msg_type: int,
+    ttl: int,
+    timestamp_ms: int,
+    sender_id: bytes,
+    recipient_id: bytes | None,
+    route: tuple[bytes, ...],
+    payload: bytes,
+    signature: bytes | None,
+    is_rsr: bool,
+) -> Packet:
+    """``Packet(version, msg_type, ...)``, built faster (see above; a test checks they are equal)."""
+    packet: Packet = _new_object(Packet)
+    _SET_VERSION(packet, version)
+    _SET_TYPE(packet, msg_type)
+    _SET_TTL(packet, ttl)
+    _SET_TIMESTAMP(packet, timestamp_ms)
+    _SET_SENDER(packet, sender_id)
+    _SET_RECIPIENT(packet, recipient_id)
+    _SET_ROUTE(packet, route)
+    _SET_PAYLOAD(packet, payload)
+    _SET_SIGNATURE(packet, signature)
+    _SET_IS_RSR(packet, is_rsr)
+    return packet
 
 
 def is_broadcast(packet: Packet) -> bool:
@@ -255,7 +300,7 @@ def _parse(data: bytes, limits: WireLimits) -> tuple[Packet, int]:
         if end > n:
             raise MalformedFrame("signature runs past the end of the frame")
         signature = data[payload_end:end]
-    packet = Packet(
+    packet = _new_packet(
         version, msg_type, ttl, timestamp, sender, recipient, route, payload, signature, bool(flags & FLAG_IS_RSR)
     )
     return packet, payload_end
