@@ -576,9 +576,8 @@ class MeshCore:
         try:
             # Fast path for the common case in a mesh, a copy of a packet we already took: relays forward the
             # received bytes with only the TTL byte rewritten, so the frame without its TTL (hashed) identifies it.
-            view = memoryview(data)
-            digest = hashlib.blake2b(view[:TTL_OFFSET], digest_size=16)
-            digest.update(view[TTL_OFFSET + 1 :])
+            digest = hashlib.blake2b(data[:TTL_OFFSET], digest_size=16)
+            digest.update(data[TTL_OFFSET + 1 :])
             raw = digest.digest()
             key = self._raw_seen.get(raw)
             if key is not None and self.dedupe.seen(key, now):

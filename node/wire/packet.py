@@ -325,21 +325,35 @@ def _inflate(data: bytes, start: int, end: int, width: int, limits: WireLimits, 
     return out
 
 
+def _unpadded_for_retry(data: bytes) -> bytes | None:
+    """The frame without its padding, for a second parse after the first failed; None if that cannot help."""
+    if len(data) > 11 and data[11] & FLAG_IS_COMPRESSED:
+        return None  # unpadding only shortens a frame, so it cannot mend one; here it would inflate a second time
+    stripped = unpad(data)
+    return None if len(stripped) == len(data) else stripped
+
+
 def _parse_maybe_padded(data: bytes, limits: WireLimits) -> tuple[Packet, int]:
     try:
         return _parse(data, limits)
     except MalformedFrame:
-        if len(data) > 11 and data[11] & FLAG_IS_COMPRESSED:
-            raise  # unpadding only shortens a frame, so it cannot mend one; here it would inflate a second time
-        stripped = unpad(data)
-        if len(stripped) == len(data):
+        stripped = _unpadded_for_retry(data)
+        if stripped is None:
             raise
         return _parse(stripped, limits)
 
 
 def decode_packet_untrusted(data: bytes, limits: WireLimits = DEFAULT_LIMITS) -> Packet:
-    """Decode a frame from the network. Raises :class:`MalformedFrame` and nothing else."""
-    return _parse_maybe_padded(bytes(data), limits)[0]
+    """Decode a frame from the network. Raises :class:`MalformedFrame` and nothing else. (The body of
+    :func:`_parse_maybe_padded`, spelled out: every frame comes through here.)"""
+    data = bytes(data)
+    try:
+        return _parse(data, limits)[0]
+    except MalformedFrame:
+        stripped = _unpadded_for_retry(data)
+        if stripped is None:
+            raise
+        return _parse(stripped, limits)[0]
 
 
 # ---------------------------------------------------------------- signatures
