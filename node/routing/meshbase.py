@@ -70,7 +70,10 @@ def smoothed(old: float | None, sample: float) -> float:
 
 
 def hops_travelled(pkt: Packet) -> int:
-    return max(1, MAX_TTL - min(pkt.ttl, MAX_TTL) + 1)
+    """Hops a packet sent with TTL 7 has travelled, from the TTL it arrived with (1: from the sender itself; a TTL
+    above 7 counts as 7)."""
+    ttl = pkt.ttl
+    return MAX_TTL + 1 - (ttl if ttl < MAX_TTL else MAX_TTL)
 
 
 def public_message_id(pkt: Packet) -> str:

@@ -36,7 +36,8 @@ MAX_TTL = 7
 
 def relayed_ttl(msg_type: int, ttl: int, *, broadcast: bool, degree: int) -> int:
     """The TTL a relay puts on the packet (0 or 1 after this means the next node will not relay it)."""
-    ttl = min(ttl, MAX_TTL)
+    if ttl > MAX_TTL:
+        ttl = MAX_TTL
     if msg_type == T_FRAGMENT and broadcast:
         return min(ttl, 5 if degree >= 6 else MAX_TTL) - 1
     if not broadcast:
