@@ -11,11 +11,20 @@ from __future__ import annotations
 import random
 
 from node.routing.events import MeshCounters
-from node.routing.meshbase import MAX_TTL, SETTLED_ANNOUNCE_CAPABILITY
+from node.routing.meshbase import (
+    MAX_TTL,
+    SETTLED_ANNOUNCE_CAPABILITY,
+    T_ANNOUNCE,
+    T_FRAGMENT,
+    T_HOP_ACK,
+    T_REQUEST_SYNC,
+)
 from node.routing.output import LinkOutput
 from node.routing.paths import PathTable
 from node.routing.relay import RelayQueue, fanout_subset, relay_jitter_s, relayed_ttl, with_ttl
-from node.wire import MessageType, Packet, is_broadcast
+from node.wire import BROADCAST_ID, Packet
+
+_NEVER_RELAYED = frozenset({T_REQUEST_SYNC, T_HOP_ACK})
 
 
 class Forwarder:
@@ -44,31 +53,35 @@ class Forwarder:
         phones_only: bool = False,
         prune_by_sender: bool = True,
     ) -> None:
-        if pkt.ttl <= 1 or pkt.is_rsr or pkt.type in (MessageType.REQUEST_SYNC, MessageType.HOP_ACK):
+        # (Every relayed packet comes through here: fields read once, types compared as plain ints.)
+        t, ttl_in = pkt.type, pkt.ttl
+        if ttl_in <= 1 or pkt.is_rsr or t in _NEVER_RELAYED:
             return
-        broadcast = is_broadcast(pkt)
-        degree = len(self.output.links)
-        others = [lid for lid in self.output.links if lid != in_link]
+        recipient = pkt.recipient_id
+        broadcast = recipient is None or recipient == BROADCAST_ID
+        links = self.output.links
+        degree = len(links)
+        others = [lid for lid in links if lid != in_link]
         if self.flood:
-            ttl, targets, delay = min(pkt.ttl, MAX_TTL) - 1, others, 0.0
+            ttl, targets, delay = min(ttl_in, MAX_TTL) - 1, others, 0.0
         else:
-            ttl = relayed_ttl(pkt.type, pkt.ttl, broadcast=broadcast, degree=degree)
+            ttl = relayed_ttl(t, ttl_in, broadcast=broadcast, degree=degree)
             if broadcast:
                 targets = others
-                if pkt.type == MessageType.ANNOUNCE:
+                if t == T_ANNOUNCE:
                     if phones_only:
                         targets = self.phone_links(targets)
                     if prune_by_sender:
                         targets = self.not_covered(targets, in_link)
-                elif pkt.type != MessageType.FRAGMENT:
+                elif t != T_FRAGMENT and len(others) > 2:  # (of two links or fewer, the subset is all of them)
                     targets = fanout_subset(key, others)
             else:
                 targets = self.directed_relay_links(pkt, in_link, now)
-            delay = relay_jitter_s(self.rng, pkt.type, broadcast=broadcast, degree=degree)
+            delay = relay_jitter_s(self.rng, t, broadcast=broadcast, degree=degree)
         if ttl < 1 or not targets:
             return
         frame = with_ttl(wire, ttl)
-        prune = pkt.type == MessageType.ANNOUNCE and not self.flood
+        prune = t == T_ANNOUNCE and not self.flood
         track = not broadcast and len(targets) == 1 and self.output.tracks(targets[0], pkt)
         if not self.relays.push(now + delay, key, frame, targets, prunable=prune, track=track):
             self.counters.relay_queue_full += 1

@@ -70,9 +70,7 @@ from node.identity import Identity
 from node.routing.announcing import AnnounceRelays, AnnounceSchedule
 from node.routing.app import AppChannel
 from node.routing.containment import Containment
-from node.routing.courier import (
-    CourierStore,
-)
+from node.routing.courier import CourierStore
 from node.routing.couriering import CourierDesk
 from node.routing.dedupe import DedupeCache, dedupe_key
 from node.routing.delivery import PrivateDelivery
@@ -92,6 +90,16 @@ from node.routing.meshbase import (
     MAX_TTL,
     RTT_SMOOTHING,
     SETTLED_ANNOUNCE_CAPABILITY,
+    T_ANNOUNCE,
+    T_COURIER_ENVELOPE,
+    T_FRAGMENT,
+    T_HOP_ACK,
+    T_LEAVE,
+    T_MESSAGE,
+    T_NOISE_ENCRYPTED,
+    T_NOISE_HANDSHAKE,
+    T_PING,
+    T_PONG,
     hops_travelled,
     public_message_id,
 )
@@ -107,6 +115,7 @@ from node.routing.relay import TTL_OFFSET, RelayQueue
 from node.routing.sessions import Msg1Tier, SessionManager
 from node.routing.settings import MeshSection
 from node.wire import (
+    BROADCAST_ID,
     Announce,
     MalformedFrame,
     MessageType,
@@ -116,7 +125,6 @@ from node.wire import (
     decode_announce_untrusted,
     decode_fragment_untrusted,
     decode_packet_untrusted,
-    is_broadcast,
     sign_packet,
     verify_wire_signature,
 )
@@ -165,8 +173,10 @@ class MeshCore:
         self.app = AppChannel(self.rng)  # app request/response codec and matching (node.routing.app)
         self._flood = s.routing == "flood"
         self._events: deque[MeshEvent] = deque()
+        self._max_skew_ms = s.max_clock_skew_s * 1000
         # A taken packet's frame without its TTL byte -> its dedupe key: copies are recognised without a parse.
         self._raw_seen: dict[bytes, str] = {}
+        self._raw_seen_max = s.dedupe_max_entries  # (the dedupe cache's bound)
         # Components that own their state, bounds and timers.
         self.output = LinkOutput(
             peer_id=self.peer_id,
@@ -358,15 +368,18 @@ class MeshCore:
             self.presence.send_announce([link_id], now)
 
     def _timer_relays(self, now: float) -> None:
+        due = self.relays.pop_due(now)
+        if not due:
+            return
+        self.counters.relayed += len(due)  # (each one counts, whether or not it fails below)
+        output = self.output
         failed: Exception | None = None
-        for job in self.relays.pop_due(now):
-            self.counters.relayed += 1
+        for job in due:
             try:
                 if job.track and len(job.link_ids) == 1:
-                    self.output.emit_tracked(job.link_ids[0], job.frame, None, job.key, now)
+                    output.emit_tracked(job.link_ids[0], job.frame, None, job.key, now)
                     continue
-                for link_id in job.link_ids:
-                    self.output.emit_frame(link_id, job.frame)
+                output.emit_copies(job.link_ids, job.frame)
             except Exception as exc:  # noqa: BLE001 - broad: this relay is dropped, the others still go (re-raised: counted)
                 failed = failed or exc
         if failed is not None:
@@ -561,64 +574,64 @@ class MeshCore:
         a failure while handling the frame drops that frame only (:mod:`node.routing.containment`)."""
         self.counters.frames_in += 1
         try:
-            return self._receive_frame(link_id, data, now)
+            # Fast path for the common case in a mesh, a copy of a packet we already took: relays forward the
+            # received bytes with only the TTL byte rewritten, so the frame without its TTL (hashed) identifies it.
+            digest = hashlib.blake2b(data[:TTL_OFFSET], digest_size=16)
+            digest.update(data[TTL_OFFSET + 1 :])
+            raw = digest.digest()
+            key = self._raw_seen.get(raw)
+            if key is not None and self.dedupe.seen(key, now):
+                self.forwarder.on_duplicate(key, link_id)
+                return False
+            try:
+                pkt = decode_packet_untrusted(data, self.limits)
+            except MalformedFrame:
+                self.counters.malformed += 1
+                return False
+            key = self._handle_packet(link_id, pkt, data, now)
+            # (A copy of a directed packet still takes the full path when hop acks are on: it must be acked again.)
+            if key is not None:
+                recipient = pkt.recipient_id
+                if recipient is None or recipient == BROADCAST_ID or not self.output.hop_arq:
+                    raw_seen = self._raw_seen
+                    raw_seen[raw] = key
+                    if len(raw_seen) > self._raw_seen_max:
+                        del raw_seen[next(iter(raw_seen))]
+            return True
         except Exception as exc:  # noqa: BLE001 - broad: one frame's failure must end that frame only (counted, logged once)
             at = 14 if data[:1] == b"\x01" else 16  # the sender ID's offset in a v1 / v2 header
             self.containment.contain(exc, f"a frame on link {link_id}", bytes(data[at : at + 8]) or None)
             return True
 
-    def _receive_frame(self, link_id: str, data: bytes, now: float) -> bool:
-        # Fast path for the common case in a mesh, a copy of a packet we already took: relays forward the received
-        # bytes with only the TTL byte rewritten, so the frame without its TTL (hashed) identifies the copy.
-        view = memoryview(data)
-        digest = hashlib.blake2b(view[:TTL_OFFSET], digest_size=16)
-        digest.update(view[TTL_OFFSET + 1 :])
-        raw = digest.digest()
-        key = self._raw_seen.get(raw)
-        if key is not None and self.dedupe.seen(key, now):
-            self.forwarder.on_duplicate(key, link_id)
-            return False
-        try:
-            pkt = decode_packet_untrusted(data, self.limits)
-        except MalformedFrame:
-            self.counters.malformed += 1
-            return False
-        key = self._handle_packet(link_id, pkt, data, now)
-        # (A copy of a directed packet still takes the full path when hop acks are on: it must be acked again.)
-        if key is not None and (not self.output.hop_arq or is_broadcast(pkt)):
-            raw_seen = self._raw_seen
-            raw_seen[raw] = key
-            if len(raw_seen) > self.dedupe.max_entries:
-                del raw_seen[next(iter(raw_seen))]
-        return True
-
     def _handle_packet(self, link_id: str, pkt: Packet, wire: bytes, now: float, *, relay: bool = True) -> str | None:
         """Process a decoded packet; its dedupe key if it was new and accepted (None otherwise)."""
-        t = pkt.type
-        if pkt.sender_id == self.peer_id:
+        # (Every new packet comes through here: fields and components are read once, types compared as plain ints.)
+        t, sender, timestamp_ms, recipient = pkt.type, pkt.sender_id, pkt.timestamp_ms, pkt.recipient_id
+        peer_id = self.peer_id
+        if sender == peer_id:
             self.counters.own_echo += 1
             return None
         output = self.output
-        if not pkt.is_rsr and abs(pkt.timestamp_ms - output.wall_ms(now)) > self.settings.max_clock_skew_s * 1000:
+        if not pkt.is_rsr and abs(timestamp_ms - int(output.wall_offset_ms + now * 1000.0)) > self._max_skew_ms:
             self.counters.stale += 1
             return None
-        if t == MessageType.HOP_ACK:
+        if t == T_HOP_ACK:
             self._on_hop_ack(link_id, pkt, now)  # never deduplicated, processed further or relayed
             return None
-        key = dedupe_key(pkt.sender_id, pkt.timestamp_ms, t, pkt.payload)
-        broadcast = is_broadcast(pkt)
-        if relay and output.hop_arq and not broadcast:
+        key = dedupe_key(sender, timestamp_ms, t, pkt.payload)
+        broadcast = recipient is None or recipient == BROADCAST_ID
+        if relay and not broadcast and output.hop_arq:
             output.send_hop_ack(link_id, pkt, key, now)  # every copy: a resend means our last ack was lost
         if not self.dedupe.check_and_add(key, now):
             self.forwarder.on_duplicate(key, link_id)
             return None
-        for_us = pkt.recipient_id == self.peer_id
+        for_us = recipient == peer_id
         authentic = True  # False: failed authentication or parsing, never relayed
         phones_only, prune_by_sender = False, True  # (announces: see below)
-        if t == MessageType.FRAGMENT:
+        if t == T_FRAGMENT:
             if broadcast or for_us:
                 authentic = self._on_fragment(link_id, pkt, now)
-        elif t == MessageType.ANNOUNCE:
+        elif t == T_ANNOUNCE:
             ann = self.presence.on_announce(link_id, pkt, wire, now)
             authentic = ann is not None
             if ann is not None and relay and not self._flood and pkt.ttl > 1:
@@ -637,11 +650,11 @@ class MeshCore:
                 prune_by_sender = pkt.ttl < MAX_TTL or bool((ann.capabilities or 0) & SETTLED_ANNOUNCE_CAPABILITY)
         elif not broadcast and not for_us:
             self.counters.not_for_us += 1  # passed on below
-        elif t == MessageType.MESSAGE:
+        elif t == T_MESSAGE:
             authentic = self._on_public(pkt, wire, now)
-        elif t == MessageType.LEAVE:
+        elif t == T_LEAVE:
             authentic = self._on_leave(pkt, wire)
-        elif t == MessageType.NOISE_HANDSHAKE and for_us:
+        elif t == T_NOISE_HANDSHAKE and for_us:
             sender = pkt.sender_id
             tier = (
                 Msg1Tier.PINNED
@@ -651,13 +664,13 @@ class MeshCore:
                 else Msg1Tier.UNKNOWN
             )
             self.delivery.on_handshake(pkt, now, link_id=link_id, tier=tier)
-        elif t == MessageType.NOISE_ENCRYPTED and for_us:
+        elif t == T_NOISE_ENCRYPTED and for_us:
             self.delivery.on_encrypted(pkt, now, link_id)
-        elif t == MessageType.PING and for_us:
+        elif t == T_PING and for_us:
             self.presence.on_ping(link_id, pkt, now)
-        elif t == MessageType.PONG and for_us:
+        elif t == T_PONG and for_us:
             self.presence.on_pong(pkt, now)
-        elif t == MessageType.COURIER_ENVELOPE and for_us:
+        elif t == T_COURIER_ENVELOPE and for_us:
             authentic = self.courier_desk.on_envelope(link_id, pkt, now)
         else:
             self.counters.unknown_type += 1  # still relayed, as BitChat relays types it does not know
@@ -692,30 +705,27 @@ class MeshCore:
         no announce from yet cannot be checked: it is not shown, but relayed (BitChat relays what it cannot
         judge)."""
         limit = self.settings.max_public_text_chars
-        if len(pkt.payload) > 4 * limit:  # (the decompressed size), from anyone: never relayed
+        payload = pkt.payload
+        if len(payload) > 4 * limit:  # (the decompressed size), from anyone: never relayed
             self.counters.oversize += 1
             return False
         info = self._verified(pkt, wire)
         if info is None:
             return self.peers.get(pkt.sender_id) is None
         try:
-            text = pkt.payload.decode("utf-8")
+            text = payload.decode("utf-8")
         except UnicodeDecodeError:
             self.counters.malformed += 1
             return False
         if not text or len(text) > limit:  # the send limit, applied on receipt: never stored, never relayed
             self.counters.oversize += 1
             return False
-        self.peers.touch(info.peer_id, now)
+        peer_id = info.peer_id
+        self.peers.touch(peer_id, now)
+        # (fields in order: message_id, sender_id, sender_nickname, text, private, hops, timestamp_ms)
         self._events.append(
             MessageReceived(
-                public_message_id(pkt),
-                info.peer_id,
-                info.nickname,
-                text,
-                private=False,
-                hops=hops_travelled(pkt),
-                timestamp_ms=pkt.timestamp_ms,
+                public_message_id(pkt), peer_id, info.nickname, text, False, hops_travelled(pkt), pkt.timestamp_ms
             )
         )
         return True

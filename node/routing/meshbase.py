@@ -38,6 +38,19 @@ SETTLED_ANNOUNCE_CAPABILITY = 1 << 33
 SETTLE_ANNOUNCE_S = (3.0, 4.0)  # after a link comes up, announce on every link within this (neighbours bound)
 FAR_EXPIRY_PER_RELAY_INTERVAL = 2.5  # far peers' paths and reachability last this many relay intervals
 PADDED_TYPES = (MessageType.NOISE_HANDSHAKE, MessageType.NOISE_ENCRYPTED)  # only these are padded on air
+# Message types as plain ints for the per-packet path (receive, dedupe, relay): reading an IntEnum member off its
+# class costs several times a module global on Python 3.11, and that path compares the type a dozen times a packet.
+T_ANNOUNCE = int(MessageType.ANNOUNCE)
+T_MESSAGE = int(MessageType.MESSAGE)
+T_LEAVE = int(MessageType.LEAVE)
+T_COURIER_ENVELOPE = int(MessageType.COURIER_ENVELOPE)
+T_NOISE_HANDSHAKE = int(MessageType.NOISE_HANDSHAKE)
+T_NOISE_ENCRYPTED = int(MessageType.NOISE_ENCRYPTED)
+T_FRAGMENT = int(MessageType.FRAGMENT)
+T_REQUEST_SYNC = int(MessageType.REQUEST_SYNC)
+T_PING = int(MessageType.PING)
+T_PONG = int(MessageType.PONG)
+T_HOP_ACK = int(MessageType.HOP_ACK)
 # Sends (private message attempts, handshake attempts) that follow the path table before resends flood: with hop
 # acks a routed attempt is reliable hop by hop, so one more routed try is cheaper than a flood.
 ROUTED_TRIES_WITH_HOP_ARQ = 2
@@ -57,12 +70,16 @@ def smoothed(old: float | None, sample: float) -> float:
 
 
 def hops_travelled(pkt: Packet) -> int:
-    return max(1, MAX_TTL - min(pkt.ttl, MAX_TTL) + 1)
+    """Hops a packet sent with TTL 7 has travelled, from the TTL it arrived with (1: from the sender itself; a TTL
+    above 7 counts as 7)."""
+    ttl = pkt.ttl
+    return MAX_TTL + 1 - (ttl if ttl < MAX_TTL else MAX_TTL)
 
 
 def public_message_id(pkt: Packet) -> str:
     """BitChat's packet ID (bitchat/Sync/PacketIdUtil.swift): SHA-256(type ‖ sender ‖ ts u64 ‖ payload)[0:16]."""
-    digest = hashlib.sha256(
-        bytes([pkt.type]) + pkt.sender_id + struct.pack(">Q", pkt.timestamp_ms) + pkt.payload
-    ).digest()
-    return digest[:16].hex()
+    digest = hashlib.sha256(b"".join((bytes((pkt.type,)), pkt.sender_id, _TS.pack(pkt.timestamp_ms), pkt.payload)))
+    return digest.digest()[:16].hex()
+
+
+_TS = struct.Struct(">Q")

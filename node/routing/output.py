@@ -140,6 +140,16 @@ class LinkOutput:
         for piece in self.pieces(link_id, frame, packet):
             self.out.append((link_id, piece))
 
+    def emit_copies(self, link_ids: list[str], frame: bytes) -> None:
+        """:meth:`emit_frame` of ``frame`` on each of ``link_ids`` (a relay's copies: most fit their links whole)."""
+        links, out, size = self.links, self.out, len(frame)
+        for link_id in link_ids:
+            state = links.get(link_id)
+            if state is not None and size <= state.mtu:
+                out.append((link_id, frame))
+            else:
+                self.emit_frame(link_id, frame)
+
     def pieces(self, link_id: str, frame: bytes, packet: Packet | None) -> list[bytes]:
         """``frame`` as it goes on the link: whole, or fragments of the link's MTU; nothing if the link is gone or
         the frame needs more fragments than we send (counted)."""

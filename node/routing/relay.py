@@ -28,7 +28,7 @@ import heapq
 import random
 from dataclasses import dataclass
 
-from node.wire import MessageType
+from node.routing.meshbase import T_ANNOUNCE, T_FRAGMENT, T_NOISE_HANDSHAKE
 
 TTL_OFFSET = 2  # byte index of the TTL in every BitChat header (version, type, TTL, ...)
 MAX_TTL = 7
@@ -36,14 +36,15 @@ MAX_TTL = 7
 
 def relayed_ttl(msg_type: int, ttl: int, *, broadcast: bool, degree: int) -> int:
     """The TTL a relay puts on the packet (0 or 1 after this means the next node will not relay it)."""
-    ttl = min(ttl, MAX_TTL)
-    if msg_type == MessageType.FRAGMENT and broadcast:
+    if ttl > MAX_TTL:
+        ttl = MAX_TTL
+    if msg_type == T_FRAGMENT and broadcast:
         return min(ttl, 5 if degree >= 6 else MAX_TTL) - 1
     if not broadcast:
         return ttl - 1
     if degree <= 2:
         return ttl - 1
-    if msg_type == MessageType.ANNOUNCE:
+    if msg_type == T_ANNOUNCE:
         # Deviation from BitChat (which cuts announces to TTL 5 at >= 6 links): announces feed the path table,
         # and cutting them hid peers 6-7 hops away that messages (TTL 7) can still reach.
         return max(2, ttl) - 1
@@ -54,10 +55,10 @@ def relayed_ttl(msg_type: int, ttl: int, *, broadcast: bool, degree: int) -> int
 
 def relay_jitter_s(rng: random.Random, msg_type: int, *, broadcast: bool, degree: int) -> float:
     """Seconds to wait before relaying, so that neighbours who heard the same packet do not collide."""
-    if msg_type == MessageType.FRAGMENT and broadcast:
+    if msg_type == T_FRAGMENT and broadcast:
         lo, hi = 8, 25
     elif not broadcast:
-        lo, hi = (10, 35) if msg_type == MessageType.NOISE_HANDSHAKE else (20, 60)
+        lo, hi = (10, 35) if msg_type == T_NOISE_HANDSHAKE else (20, 60)
     elif degree <= 2:
         lo, hi = 10, 40
     elif degree <= 5:
@@ -66,7 +67,7 @@ def relay_jitter_s(rng: random.Random, msg_type: int, *, broadcast: bool, degree
         lo, hi = 80, 180
     else:
         lo, hi = 100, 220
-    return rng.uniform(lo, hi) / 1000.0
+    return (lo + (hi - lo) * rng.random()) / 1000.0  # rng.uniform(lo, hi), without its Python-level call
 
 
 def fanout_subset(message_key: str, link_ids: list[str]) -> list[str]:
@@ -80,7 +81,9 @@ def fanout_subset(message_key: str, link_ids: list[str]) -> list[str]:
 
 def with_ttl(frame: bytes, ttl: int) -> bytes:
     """The received frame with its TTL byte rewritten (the only byte a relay changes)."""
-    return frame[:TTL_OFFSET] + bytes([ttl]) + frame[TTL_OFFSET + 1 :]
+    out = bytearray(frame)
+    out[TTL_OFFSET] = ttl
+    return bytes(out)
 
 
 @dataclass(slots=True)
@@ -123,7 +126,7 @@ class RelayQueue:
         if len(self._by_key) >= self.max_entries or self._bytes + len(frame) > self.max_bytes:
             return False
         self._seq += 1
-        item = PendingRelay(due, self._seq, key, frame, list(link_ids), prunable=prunable, track=track)
+        item = PendingRelay(due, self._seq, key, frame, list(link_ids), False, prunable, track)
         heapq.heappush(self._heap, (due, self._seq, item))
         self._by_key[key] = item
         self._bytes += len(frame)

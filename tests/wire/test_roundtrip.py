@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import replace
+from dataclasses import FrozenInstanceError, fields, replace
 
 import nacl.signing
 import pytest
@@ -48,6 +48,20 @@ KEY = nacl.signing.SigningKey(bytes(range(32)))
 def test_encode_decode_roundtrip(pkt: Packet, padded: bool) -> None:
     wire = encode_packet(pkt, pad=padded)
     assert decode_packet_untrusted(wire) == pkt
+
+
+@given(packets(), st.booleans())
+def test_a_decoded_packet_is_a_constructed_one(pkt: Packet, padded: bool) -> None:
+    """The decoder fills a packet's slots directly (faster than the frozen dataclass's __init__): what it returns
+    must be indistinguishable from a packet built the ordinary way — equal, same hash and repr, still frozen — and
+    Packet must keep validating nothing on construction (a __post_init__ would be skipped)."""
+    decoded = decode_packet_untrusted(encode_packet(pkt, pad=padded))
+    rebuilt = Packet(*(getattr(decoded, f.name) for f in fields(Packet)))
+    assert type(decoded) is Packet and decoded == rebuilt == pkt
+    assert hash(decoded) == hash(rebuilt) and repr(decoded) == repr(rebuilt)
+    with pytest.raises(FrozenInstanceError):
+        decoded.ttl = 1  # type: ignore[misc]
+    assert not hasattr(Packet, "__post_init__")
 
 
 @given(packets())
