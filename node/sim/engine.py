@@ -141,6 +141,7 @@ class Simulation:
         limits: WireLimits | None = None,
         wall_clock: Callable[[], float] = time.perf_counter,
         link_up_spread_s: float = LINK_UP_SPREAD_S,
+        join_window_s: float = 0.0,
         on_event: Callable[[int, MeshEvent, float], None] | None = None,
     ) -> None:
         self.topology = topology
@@ -191,6 +192,14 @@ class Simulation:
         self._node_edges: list[list[_Edge]] = [[] for _ in range(topology.n)]
         self.edges: list[_Edge] = []
         self._edge_index: dict[tuple[int, int], _Edge] = {}
+        if join_window_s < 0:
+            raise SimError(f"join_window_s must be >= 0, got {join_window_s}")
+        # When each node joins: with a window, at a uniform time in [0, window) from a stream of its own (the link
+        # RNG's sequence is the same with or without one); a link comes up once both ends have joined, plus the
+        # usual spread. A real mesh does not boot all its nodes in one second.
+        join_rng = random.Random(f"join:{seed}")
+        self.join_at_s = [join_rng.uniform(0.0, join_window_s) if join_window_s else 0.0 for _ in range(topology.n)]
+        join_at = self.join_at_s
         for e, (a, b) in enumerate(topology.edges):
             link_id = f"sim:{e}"
             edge = _Edge(
@@ -205,7 +214,8 @@ class Simulation:
             self._out[b][link_id] = edge.backward
             self._node_edges[a].append(edge)
             self._node_edges[b].append(edge)
-            self._schedule_call(self.link_rng.uniform(0.0, link_up_spread_s), self._starter(edge))
+            joined = join_at[a] if join_at[a] > join_at[b] else join_at[b]
+            self._schedule_call(joined + self.link_rng.uniform(0.0, link_up_spread_s), self._starter(edge))
 
     # ------------------------------------------------------------ scheduling
     def _push(self, entry: _Entry) -> None:
