@@ -116,6 +116,23 @@ class AnnounceCache:
         return found
 
 
+class NeighbourSets:
+    """A bounded memo of ``frozenset(neighbours)``: every node hearing one announce keeps the set of its neighbour
+    list in its path table (one per origin); the simulated nodes share one equal set instead of one each."""
+
+    def __init__(self, max_entries: int = VERIFY_CACHE_ENTRIES) -> None:
+        self.max_entries = max_entries
+        self._memo: dict[tuple[bytes, ...], frozenset[bytes]] = {}
+
+    def __call__(self, neighbours: tuple[bytes, ...]) -> frozenset[bytes]:
+        found = self._memo.get(neighbours)
+        if found is None:
+            found = self._memo[neighbours] = frozenset(neighbours)
+            if len(self._memo) > self.max_entries:
+                del self._memo[next(iter(self._memo))]
+        return found
+
+
 @dataclass(slots=True)
 class _Edge:
     a: int
@@ -160,6 +177,7 @@ class Simulation:
         self.link_rng = random.Random(seed * 2 + 1)
         self.verify = VerifyCache(self.limits, clock=wall_clock)
         self.decode_announce = AnnounceCache()
+        self.neighbour_set = NeighbourSets()
         self.stats = LinkStats()
         self._frames_by_type = [0] * 256
         self.unicasts: list[UnicastRecord] = []
@@ -182,6 +200,7 @@ class Simulation:
                     rng=rng,
                     verify=self.verify,
                     decode_announce=self.decode_announce,
+                    neighbour_set=self.neighbour_set,
                 )
             )
         self.peer_ids = [c.peer_id for c in self.cores]
@@ -379,6 +398,8 @@ class Simulation:
         heap = self._heap
         cores = self.cores
         stats = self.stats
+        timer_at = self._timer_at
+        drain = self._drain
         pop = heapq.heappop
         events = 0
         while heap and heap[0][0] <= t_end:
@@ -390,18 +411,20 @@ class Simulation:
                 if arg != d.generation:
                     stats.cut += 1
                     continue
+                size = len(frame)
                 stats.delivered += 1
-                stats.bytes_delivered += len(frame)
+                stats.bytes_delivered += size
                 d.frames_delivered += 1
-                d.bytes_delivered += len(frame)
-                if cores[d.dst].receive_frame(d.link_id, frame, t):
-                    self._drain(d.dst)  # (a duplicate changes nothing there: no output, events or earlier timer)
+                d.bytes_delivered += size
+                dst = d.dst
+                if cores[dst].receive_frame(d.link_id, frame, t):
+                    drain(dst)  # (a duplicate changes nothing there: no output, events or earlier timer)
             elif kind == _TIMER:
-                if self._timer_at[arg] != t:
+                if timer_at[arg] != t:
                     continue  # re-armed since this entry was pushed
-                self._timer_at[arg] = None
+                timer_at[arg] = None
                 cores[arg].handle_timer(t)
-                self._drain(arg)
+                drain(arg)
             else:
                 self._calls.pop(arg)()
         self.now = t_end
@@ -413,17 +436,21 @@ class Simulation:
         frames = core.frames_to_send()
         if frames:
             out = self._out[i]
+            transmit = self._transmit
             for link_id, frame in frames:
                 d = out.get(link_id)
                 if d is None:
                     self.stats.cut += 1  # not a link of ours: a core bug, but counted, not raised
                 else:
-                    self._transmit(d, frame)
-        while (event := core.next_event()) is not None:
+                    transmit(d, frame)
+        event = core.next_event()
+        while event is not None:
             self._on_event(i, event)
+            event = core.next_event()
         t = core.get_timer()
+        timer_at = self._timer_at
         if t is None:
-            self._timer_at[i] = None
+            timer_at[i] = None
             return
         now = self.now
         if t <= now:
@@ -431,10 +458,10 @@ class Simulation:
             self._refires[i] += 1
             if self._refires[i] > MAX_TIMER_REFIRES:
                 raise SimError(f"node {i}'s timer stays at {now}: its core never advances it")
-        else:
+        elif self._refires[i]:
             self._refires[i] = 0
-        if t != self._timer_at[i]:
-            self._timer_at[i] = t
+        if t != timer_at[i]:
+            timer_at[i] = t
             self._seq += 1
             heapq.heappush(self._heap, (t, self._seq, _TIMER, None, b"", i))
 
@@ -459,7 +486,8 @@ class Simulation:
             if len(q) >= model.queue_frames:
                 stats.tail_dropped += 1
                 return
-            finish = max(now, d.busy_until) + size / bandwidth
+            busy = d.busy_until
+            finish = (busy if busy > now else now) + size / bandwidth
             d.busy_until = finish
             q.append(finish)
         if len(self._heap) >= MAX_EVENTS_IN_FLIGHT:
