@@ -159,6 +159,7 @@ def run_one(
     clock: Callable[[], float] = time.perf_counter,
     warmup_s: float = WARMUP_S,
     join_window_s: float = 0.0,
+    progress_every_s: float = 0.0,
 ) -> Run:
     topo = random_geometric(n, seed=seed, mean_degree=MEAN_DEGREE)
     sim = Simulation(
@@ -188,12 +189,24 @@ def run_one(
     finished = True
     marks: list[tuple[float, float, dict[int, int]]] = [(0.0, 0.0, {})]  # (sim s, wall s spent, frames)
     verifies: list[tuple[int, int, float]] = [(0, 0, 0.0)]  # signature checks asked for, memo hits, s in misses
+    last = (0.0, 0.0, 0)  # (sim s, clock s, frames) at the last progress line
     for target in (warmup_s, end_s):
         while sim.now < target:
             if time.perf_counter() > deadline:
                 finished = False
                 break
             sim.run_until(min(target, sim.now + STEP_S))
+            if progress_every_s and sim.now - last[0] >= progress_every_s:
+                spent, frames = sim.report().wall_s, sum(sim.frames_by_type().values())
+                print(
+                    f"  progress n{n}: {sim.now:.0f} sim s, {spent:.0f} clock s, last {sim.now - last[0]:.0f} sim s: "
+                    f"frames/node/sim s {(frames - last[2]) / n / (sim.now - last[0]):.1f}, cost per node per sim s "
+                    f"{1e6 * (spent - last[1]) / n / (sim.now - last[0]):,.0f} us, RSS {_num(_rss_mb())} MB, "
+                    f"load {os.getloadavg()[0]:.1f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                last = (sim.now, spent, frames)
         marks.append((sim.now, sim.report().wall_s, sim.frames_by_type()))
         verifies.append((sim.verify.calls, sim.verify.hits, sim.verify.miss_s))
         if not finished:
@@ -415,6 +428,7 @@ def run_scale(
     warmup_s: float = WARMUP_S,
     drain_s: float = SCALE_DRAIN_S,
     join_per_s: float = SCALE_JOIN_PER_S,
+    progress_every_s: float = 0.0,
 ) -> list[ScaleRun]:
     out = []
     for n in sizes:
@@ -438,6 +452,7 @@ def run_scale(
             drain_s=drain_s,
             warmup_s=window + warmup_s,
             join_window_s=window,
+            progress_every_s=progress_every_s,
             on_built=on_built,
             clock=time.process_time if clock == "cpu" else time.perf_counter,
         )
@@ -469,6 +484,12 @@ def main() -> None:
     ap.add_argument("--scale-warmup-s", type=float, default=WARMUP_S, help="simulated warm-up of a --scale run")
     ap.add_argument("--scale-drain-s", type=float, default=SCALE_DRAIN_S, help="simulated drain of a --scale run")
     ap.add_argument(
+        "--scale-progress-s",
+        type=float,
+        default=10.0,
+        help="a progress line on stderr every this many simulated s of a --scale run (0: none)",
+    )
+    ap.add_argument(
         "--scale-join-per-s",
         type=float,
         default=SCALE_JOIN_PER_S,
@@ -494,6 +515,7 @@ def main() -> None:
             warmup_s=args.scale_warmup_s,
             drain_s=args.scale_drain_s,
             join_per_s=args.scale_join_per_s,
+            progress_every_s=args.scale_progress_s,
         )
         return
     sizes = [100] if args.quick else [int(x) for x in args.sizes.split(",")]
