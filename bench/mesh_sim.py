@@ -27,11 +27,14 @@ whether the sender heard the destination, its route, session and the pending mes
 
 ``--scale`` (issue 17): the path routing alone at 10 % loss for each N of ``--scale-sizes`` (random geometric,
 mean degree 8; up to 10,000 nodes), each within ``--scale-budget-s`` of wall time; speed and cost are counted in
-this process's CPU seconds unless ``--scale-clock wall`` (a shorter workload:
-``--scale-messages`` private messages, ``SCALE_DRAIN_S`` drain). One line per N: unicast delivery, frames put on
-links per node per simulated second (warm-up and after), the simulator's wall cost per node per simulated second,
-and the speed against real time; then one line comparing the per-node frame rate at the two largest N (goal:
-flat, <= 1.5x from 1,000 to 10,000) and the largest N's speed (goal >= 1x real time).
+this process's CPU seconds unless ``--scale-clock wall``. Nodes join over a window (``--scale-join-per-s``, 100 nodes
+per simulated second by default: 10,000 nodes over 100 s; a link comes up once both its ends have joined), then the
+warm-up runs ``--scale-warmup-s`` more; then ``--scale-messages`` private messages and the ``--scale-drain-s`` drain.
+Two lines per N: ``.startup`` (joining and settling: frames and cost per node per simulated second, speed, RSS) and
+``.steady`` (after it: unicast delivery, frames per node per simulated second, cost, speed, signature checks); then
+one line comparing the per-node frame rate at the two largest N (goal: flat, <= 1.5x from 1,000 to 10,000) and the
+largest N's speed (goal >= 1x real time), both judged on the steady state. A progress line goes to stderr every
+``--scale-progress-s`` simulated seconds.
 """
 
 from __future__ import annotations

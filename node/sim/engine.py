@@ -9,6 +9,9 @@ thread without a task per link. Three kinds of event share one heap, ordered by 
 * a core's timer (``get_timer`` re-read after every input; stale heap entries are skipped);
 * a scheduled call: a link or node going down/up (churn, partitions) or a user's action.
 
+Links come up at uniform times within ``link_up_spread_s`` (1 s) of the start, or, with ``join_window_s``, nodes join
+at uniform times within that window and each link comes up within the spread after both its ends have joined.
+
 After every input the core is drained as ``node.node`` drains it: frames go to their links, events are
 turned into metrics (:mod:`node.sim.metrics`), the timer is re-armed. Everything random comes from the
 seed — node keys and each core's ``rng`` from ``(seed, node)``, link faults from one link RNG — so a seed
@@ -16,7 +19,9 @@ reproduces a run event for event.
 
 All nodes verify the same signed bytes, so signature checks go through :class:`VerifyCache`, keyed by the
 frame with its TTL byte zeroed (BitChat signatures exclude the TTL) and the key: the answer is the codec's
-own, computed once per distinct (packet, key).
+own, computed once per distinct (packet, key). Likewise announce payloads are parsed once (:class:`AnnounceCache`)
+and the set of an announce's neighbour list built once (:class:`NeighbourSets`): equal immutable values shared by
+the nodes that hold them, which keeps memory per simulated node down (no behaviour depends on their identity).
 """
 
 from __future__ import annotations
