@@ -44,15 +44,33 @@ def test_hostile_bench_runs() -> None:
 
 
 def test_mesh_sim_scale_runs(capsys: object) -> None:
-    runs = mesh_sim.run_scale([20, 40], seed=1, messages=2, budget_s=120.0, clock="cpu", warmup_s=20.0, drain_s=10.0)
-    out = capsys.readouterr().out.splitlines()  # type: ignore[attr-defined]
+    runs = mesh_sim.run_scale(
+        [20, 40],
+        seed=1,
+        messages=2,
+        budget_s=120.0,
+        clock="cpu",
+        warmup_s=20.0,
+        drain_s=10.0,
+        join_per_s=10.0,
+        progress_every_s=10.0,
+    )
+    captured = capsys.readouterr()  # type: ignore[attr-defined]
+    out = captured.out.splitlines()
     assert [line.split(":")[0] for line in out] == [
-        "mesh_sim.scale.n20.loss10",
-        "mesh_sim.scale.n40.loss10",
+        "mesh_sim.scale.n20.loss10.startup",
+        "mesh_sim.scale.n20.loss10.steady",
+        "mesh_sim.scale.n40.loss10.startup",
+        "mesh_sim.scale.n40.loss10.steady",
         "mesh_sim.scale.flatness",
     ]
-    for s, line in zip(runs, out[:2], strict=True):
+    for s, line in zip(runs, out[1:4:2], strict=True):
         assert s.run.finished and s.clock == "cpu" and "cpu cost per node per sim s" in line
-    # The warm-up and drain asked for, not the defaults: 20 s, then 2 sends 0.5 s apart, then 10 s.
-    assert runs[0].run.warmup_end_s == 20.0 and runs[0].run.report.sim_time_s == 30.5
+    # Nodes join at 10 per simulated s (20 nodes over 2 s, 40 over 4 s); the warm-up runs 20 s past the join window,
+    # then 2 sends 0.5 s apart, then the 10 s drain.
+    assert [s.join_window_s for s in runs] == [2.0, 4.0]
+    assert "nodes joining over 4 s" in out[2] and "0-24 sim s" in out[2] and "24-34 sim s" in out[3]
+    assert runs[0].run.warmup_end_s == 22.0 and runs[0].run.report.sim_time_s == 32.5
     assert runs[1].run.verify_per_s is not None and runs[1].run.verify_per_s > 0
+    progress = [line for line in captured.err.splitlines() if line.startswith("  progress n40:")]
+    assert len(progress) == 3 and "RSS" in progress[0]  # at 10, 20 and 30 simulated s

@@ -145,6 +145,8 @@ class MeshCore:
     verify: Callable[[bytes, bytes, WireLimits], bool] = verify_wire_signature
     # Parses an announce payload (raises MalformedFrame); likewise a simulator may pass a memoising wrapper.
     decode_announce: Callable[[bytes], Announce] = decode_announce_untrusted
+    # Builds the set of an announce's neighbour list (the path table keeps one per origin); likewise memoisable.
+    neighbour_set: Callable[[tuple[bytes, ...]], frozenset[bytes]] = frozenset
     # Seal held messages after courier_after_s even with courier_copies = 0, for a mailbox (EnvelopeSealed events).
     seal_for_mailbox: bool = False
     # Identity pins the node persisted (node.routing.pins): bindings proven by handshakes in earlier runs.
@@ -163,7 +165,13 @@ class MeshCore:
             max_bytes_per_peer=s.fragment_max_bytes_per_peer,
             max_bytes=s.fragment_max_bytes,
         )
-        self.paths = PathTable(self.peer_id, path_ttl_s=s.path_ttl_s, max_hops=s.default_ttl, max_entries=s.max_peers)
+        self.paths = PathTable(
+            self.peer_id,
+            path_ttl_s=s.path_ttl_s,
+            max_hops=s.default_ttl,
+            max_entries=s.max_peers,
+            neighbour_set=self.neighbour_set,
+        )
         self.relays = RelayQueue(s.relay_queue_max, s.relay_queue_max_bytes)
         self.couriers = CourierStore(
             s.courier_max_envelopes,

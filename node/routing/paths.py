@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from node.wire.payloads import MAX_NEIGHBOURS
@@ -88,8 +88,19 @@ class _Reverse:
 
 
 class PathTable:
-    def __init__(self, local_id: bytes, *, path_ttl_s: float, max_hops: int, max_entries: int) -> None:
+    def __init__(
+        self,
+        local_id: bytes,
+        *,
+        path_ttl_s: float,
+        max_hops: int,
+        max_entries: int,
+        neighbour_set: Callable[[tuple[bytes, ...]], frozenset[bytes]] = frozenset,
+    ) -> None:
         self.local_id = local_id
+        # Builds the set of an announce's neighbour list; a simulator of many nodes may pass a memo, so that the nodes
+        # hearing one announce share one (equal) set.
+        self._neighbour_set = neighbour_set
         self.path_ttl_s = path_ttl_s
         self.max_hops = max_hops
         self.max_entries = max_entries
@@ -203,7 +214,7 @@ class PathTable:
         """The first copy of a verified announce from ``origin`` arrived on ``link_id`` after ``hops`` hops."""
         expires = now + self.path_ttl_s
         adj = self._adjacency.get(origin)
-        nset = frozenset(neighbours[:MAX_NEIGHBOURS])  # BitChat names at most ten; a longer list buys nothing
+        nset = self._neighbour_set(neighbours[:MAX_NEIGHBOURS])  # BitChat names at most ten; a longer list buys nothing
         if adj is None or adj.neighbours != nset:
             self._stale = True
             self._neighbours_changed(origin, adj.neighbours if adj is not None else frozenset(), nset)

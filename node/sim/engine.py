@@ -9,6 +9,9 @@ thread without a task per link. Three kinds of event share one heap, ordered by 
 * a core's timer (``get_timer`` re-read after every input; stale heap entries are skipped);
 * a scheduled call: a link or node going down/up (churn, partitions) or a user's action.
 
+Links come up at uniform times within ``link_up_spread_s`` (1 s) of the start, or, with ``join_window_s``, nodes join
+at uniform times within that window and each link comes up within the spread after both its ends have joined.
+
 After every input the core is drained as ``node.node`` drains it: frames go to their links, events are
 turned into metrics (:mod:`node.sim.metrics`), the timer is re-armed. Everything random comes from the
 seed — node keys and each core's ``rng`` from ``(seed, node)``, link faults from one link RNG — so a seed
@@ -16,7 +19,9 @@ reproduces a run event for event.
 
 All nodes verify the same signed bytes, so signature checks go through :class:`VerifyCache`, keyed by the
 frame with its TTL byte zeroed (BitChat signatures exclude the TTL) and the key: the answer is the codec's
-own, computed once per distinct (packet, key).
+own, computed once per distinct (packet, key). Likewise announce payloads are parsed once (:class:`AnnounceCache`)
+and the set of an announce's neighbour list built once (:class:`NeighbourSets`): equal immutable values shared by
+the nodes that hold them, which keeps memory per simulated node down (no behaviour depends on their identity).
 """
 
 from __future__ import annotations
@@ -116,6 +121,23 @@ class AnnounceCache:
         return found
 
 
+class NeighbourSets:
+    """A bounded memo of ``frozenset(neighbours)``: every node hearing one announce keeps the set of its neighbour
+    list in its path table (one per origin); the simulated nodes share one equal set instead of one each."""
+
+    def __init__(self, max_entries: int = VERIFY_CACHE_ENTRIES) -> None:
+        self.max_entries = max_entries
+        self._memo: dict[tuple[bytes, ...], frozenset[bytes]] = {}
+
+    def __call__(self, neighbours: tuple[bytes, ...]) -> frozenset[bytes]:
+        found = self._memo.get(neighbours)
+        if found is None:
+            found = self._memo[neighbours] = frozenset(neighbours)
+            if len(self._memo) > self.max_entries:
+                del self._memo[next(iter(self._memo))]
+        return found
+
+
 @dataclass(slots=True)
 class _Edge:
     a: int
@@ -141,6 +163,7 @@ class Simulation:
         limits: WireLimits | None = None,
         wall_clock: Callable[[], float] = time.perf_counter,
         link_up_spread_s: float = LINK_UP_SPREAD_S,
+        join_window_s: float = 0.0,
         on_event: Callable[[int, MeshEvent, float], None] | None = None,
     ) -> None:
         self.topology = topology
@@ -159,6 +182,7 @@ class Simulation:
         self.link_rng = random.Random(seed * 2 + 1)
         self.verify = VerifyCache(self.limits, clock=wall_clock)
         self.decode_announce = AnnounceCache()
+        self.neighbour_set = NeighbourSets()
         self.stats = LinkStats()
         self._frames_by_type = [0] * 256
         self.unicasts: list[UnicastRecord] = []
@@ -181,6 +205,7 @@ class Simulation:
                     rng=rng,
                     verify=self.verify,
                     decode_announce=self.decode_announce,
+                    neighbour_set=self.neighbour_set,
                 )
             )
         self.peer_ids = [c.peer_id for c in self.cores]
@@ -191,6 +216,14 @@ class Simulation:
         self._node_edges: list[list[_Edge]] = [[] for _ in range(topology.n)]
         self.edges: list[_Edge] = []
         self._edge_index: dict[tuple[int, int], _Edge] = {}
+        if join_window_s < 0:
+            raise SimError(f"join_window_s must be >= 0, got {join_window_s}")
+        # When each node joins: with a window, at a uniform time in [0, window) from a stream of its own (the link
+        # RNG's sequence is the same with or without one); a link comes up once both ends have joined, plus the
+        # usual spread. A real mesh does not boot all its nodes in one second.
+        join_rng = random.Random(f"join:{seed}")
+        self.join_at_s = [join_rng.uniform(0.0, join_window_s) if join_window_s else 0.0 for _ in range(topology.n)]
+        join_at = self.join_at_s
         for e, (a, b) in enumerate(topology.edges):
             link_id = f"sim:{e}"
             edge = _Edge(
@@ -205,7 +238,8 @@ class Simulation:
             self._out[b][link_id] = edge.backward
             self._node_edges[a].append(edge)
             self._node_edges[b].append(edge)
-            self._schedule_call(self.link_rng.uniform(0.0, link_up_spread_s), self._starter(edge))
+            joined = join_at[a] if join_at[a] > join_at[b] else join_at[b]
+            self._schedule_call(joined + self.link_rng.uniform(0.0, link_up_spread_s), self._starter(edge))
 
     # ------------------------------------------------------------ scheduling
     def _push(self, entry: _Entry) -> None:
@@ -369,6 +403,8 @@ class Simulation:
         heap = self._heap
         cores = self.cores
         stats = self.stats
+        timer_at = self._timer_at
+        drain = self._drain
         pop = heapq.heappop
         events = 0
         while heap and heap[0][0] <= t_end:
@@ -380,18 +416,20 @@ class Simulation:
                 if arg != d.generation:
                     stats.cut += 1
                     continue
+                size = len(frame)
                 stats.delivered += 1
-                stats.bytes_delivered += len(frame)
+                stats.bytes_delivered += size
                 d.frames_delivered += 1
-                d.bytes_delivered += len(frame)
-                if cores[d.dst].receive_frame(d.link_id, frame, t):
-                    self._drain(d.dst)  # (a duplicate changes nothing there: no output, events or earlier timer)
+                d.bytes_delivered += size
+                dst = d.dst
+                if cores[dst].receive_frame(d.link_id, frame, t):
+                    drain(dst)  # (a duplicate changes nothing there: no output, events or earlier timer)
             elif kind == _TIMER:
-                if self._timer_at[arg] != t:
+                if timer_at[arg] != t:
                     continue  # re-armed since this entry was pushed
-                self._timer_at[arg] = None
+                timer_at[arg] = None
                 cores[arg].handle_timer(t)
-                self._drain(arg)
+                drain(arg)
             else:
                 self._calls.pop(arg)()
         self.now = t_end
@@ -403,17 +441,21 @@ class Simulation:
         frames = core.frames_to_send()
         if frames:
             out = self._out[i]
+            transmit = self._transmit
             for link_id, frame in frames:
                 d = out.get(link_id)
                 if d is None:
                     self.stats.cut += 1  # not a link of ours: a core bug, but counted, not raised
                 else:
-                    self._transmit(d, frame)
-        while (event := core.next_event()) is not None:
+                    transmit(d, frame)
+        event = core.next_event()
+        while event is not None:
             self._on_event(i, event)
+            event = core.next_event()
         t = core.get_timer()
+        timer_at = self._timer_at
         if t is None:
-            self._timer_at[i] = None
+            timer_at[i] = None
             return
         now = self.now
         if t <= now:
@@ -421,10 +463,10 @@ class Simulation:
             self._refires[i] += 1
             if self._refires[i] > MAX_TIMER_REFIRES:
                 raise SimError(f"node {i}'s timer stays at {now}: its core never advances it")
-        else:
+        elif self._refires[i]:
             self._refires[i] = 0
-        if t != self._timer_at[i]:
-            self._timer_at[i] = t
+        if t != timer_at[i]:
+            timer_at[i] = t
             self._seq += 1
             heapq.heappush(self._heap, (t, self._seq, _TIMER, None, b"", i))
 
@@ -449,7 +491,8 @@ class Simulation:
             if len(q) >= model.queue_frames:
                 stats.tail_dropped += 1
                 return
-            finish = max(now, d.busy_until) + size / bandwidth
+            busy = d.busy_until
+            finish = (busy if busy > now else now) + size / bandwidth
             d.busy_until = finish
             q.append(finish)
         if len(self._heap) >= MAX_EVENTS_IN_FLIGHT:
