@@ -87,3 +87,23 @@ def test_fuzz_fast(data: bytes) -> None:
 @given(inputs)
 def test_fuzz_100k(data: bytes) -> None:
     feed_everything(data, Reassembler())
+
+
+def _outcome(parse: object, data: bytes) -> object:
+    try:
+        return parse(data)  # type: ignore[operator]
+    except MalformedFrame as exc:
+        return ("refused", str(exc))
+
+
+@settings(max_examples=2_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inputs)
+def test_the_decoder_and_the_shared_padded_parser_agree(data: bytes) -> None:
+    """decode_packet_untrusted spells out _parse_maybe_padded's body for speed; the signature path still goes
+    through the shared parser. If one copy were fixed and not the other, the decoder and the signature check
+    could read different bytes: they must agree on every frame (same packet, or the same refusal)."""
+    from node.wire.packet import DEFAULT_LIMITS, _parse_maybe_padded
+
+    ours = _outcome(decode_packet_untrusted, data)
+    shared = _outcome(lambda d: _parse_maybe_padded(d, DEFAULT_LIMITS)[0], data)
+    assert ours == shared
