@@ -41,10 +41,12 @@ def status_kib(pid: int, key: str) -> int:
 
 
 def ingest(
-    tree: Path, slices: list[Path], work: Path, extra: str = "", label: str = ""
+    tree: Path, slices: list[Path], work: Path, extra: str = "", label: str = "", warm: bool = False
 ) -> tuple[float, int, int, int, int]:
     """(seconds, docs added, idle VmRSS, VmHWM, VmRSS after) of one fresh node from ``tree``, KiB; the folders in
-    ``slices`` are added one after the other (a line after each when there are several)."""
+    ``slices`` are added one after the other (a line after each when there are several). ``warm``: first one
+    ``node.status`` call and a ``twin.status`` that waits for the twin to learn from it, so "idle" is a node after
+    its user's first command (the twin, a default plugin, loads its engine and the MiniLM on that command)."""
     data = Path(tempfile.mkdtemp(prefix="node-", dir=work))
     data.chmod(0o700)
     (data / "config.toml").write_text(CONFIG + extra)
@@ -60,9 +62,14 @@ def ingest(
     try:
         if notify.recv(64) != b"READY=1":
             raise SystemExit("the node did not report READY=1")
-        idle = status_kib(proc.pid, "VmRSS")
         secs, added = 0.0, 0
         with ControlClient(data / "control.sock", timeout_s=None) as c:
+            if warm:
+                c.call("node.status")
+                for _ in range(20):  # twin.status waits 25 s at most per call
+                    if c.call("twin.status", wait_s=25.0)["queued_events"] == 0:
+                        break
+            idle = status_kib(proc.pid, "VmRSS")
             for folder in slices:
                 start = time.perf_counter()
                 res = c.call("rag.add", paths=[str(folder)])
@@ -91,6 +98,7 @@ def main() -> int:
     ap.add_argument("--embed-batch", type=int, default=0, help="[rag] embed_batch for both variants (default: theirs)")
     ap.add_argument("--config", default="", help="TOML for both variants' config.toml, \\n for newlines")
     ap.add_argument("--ours-config", default="", help="TOML added to our variant's config.toml only")
+    ap.add_argument("--warm", action="store_true", help="one node.status call first; the twin loads (see ingest)")
     ap.add_argument("--slices", type=int, default=1, help="add the corpus as this many folders, one after the other")
     args = ap.parse_args()
     sf = scifact_data.load()
@@ -116,7 +124,7 @@ def main() -> int:
                 extra += args.config.replace("\\n", "\n") + "\n"
                 if name == "ours":
                     extra += args.ours_config.replace("\\n", "\n") + "\n"
-                secs, added, idle, hwm, rss = ingest(tree, slices, work, extra, name)
+                secs, added, idle, hwm, rss = ingest(tree, slices, work, extra, name, args.warm)
                 rate = added / secs
                 print(
                     f"round {r + 1} {name:8}: {added} docs in {secs:.0f} s = {rate:.2f} docs/s; idle {idle / 1024:.0f} "
