@@ -64,6 +64,7 @@ def test_file_values_override_defaults(tmp_path: Path) -> None:
         ("[node]\nnickname = 5\n", r"node\.nickname: expected a string"),
         ("[control]\nmax_connections = true\n", r"control\.max_connections: expected a whole number"),
         ("[wire]\nmax_route_hops = 300\n", r"wire\.max_route_hops: expected a value from 0 to 255"),
+        ("[rag]\nembed_batch_tokens = 100\n", r"rag\.embed_batch_tokens: expected a value from 256"),
         ("mesh = 3\n", r"\[mesh\]: expected a table"),
         ("[node\n", r"not valid TOML"),
     ],

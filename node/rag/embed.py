@@ -68,7 +68,10 @@ def model_files() -> tuple[Path, Path]:
 @dataclass(frozen=True, slots=True)
 class EmbedderSettings:
     intra_op_threads: int = 1
-    batch_size: int = 32
+    batch_size: int = 32  # most texts per model call
+    # Most padded tokens per model call (texts x the longest one's tokens): onnxruntime's working memory grows with
+    # batch x length^2 (unfused attention), so long texts go fewer at a time (None: batch_size alone decides).
+    batch_tokens: int | None = None
     max_tokens: int = MAX_TOKENS
     # Where the model rewritten by node.rag.modelprep is kept (None: use the shipped file as it is).
     cache_dir: Path | None = None
@@ -159,15 +162,36 @@ class Embedder:
             return model_path
         return dst
 
-    def embed(self, texts: Sequence[str]) -> Vectors:
-        """L2-normalised float32 vectors, shape (len(texts), 384). Blocking."""
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Word pieces per text as the model reads it (truncated at ``max_tokens``, with [CLS] and [SEP])."""
         self.load()
+        return [sum(e.attention_mask) for e in self._tokenizer.encode_batch(list(texts))]
+
+    def plan(
+        self, texts: Sequence[str], *, batch_size: int | None = None, batch_tokens: int | None = None
+    ) -> list[list[int]]:
+        """Indices of ``texts`` grouped into model calls: sorted by token count (a call pads little), at most
+        ``batch_size`` texts and ``batch_tokens`` padded tokens per call (one text alone may exceed it; both default
+        to the settings'). The vectors do not depend on the grouping (tests check them bit for bit). Blocking."""
+        if not texts:
+            return []
+        counts = self.token_counts(texts)
+        order = sorted(range(len(texts)), key=lambda i: counts[i])
+        bs = max(1, batch_size or self.settings.batch_size)
+        budget = batch_tokens or self.settings.batch_tokens
+        batches: list[list[int]] = [[]]
+        for i in order:
+            cur = batches[-1]
+            # Ascending order: the text joining a call is its longest, so the call pads to its count.
+            if cur and (len(cur) >= bs or (budget is not None and (len(cur) + 1) * counts[i] > budget)):
+                batches.append(cur := [])
+            cur.append(i)
+        return batches
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        """L2-normalised float32 vectors, shape (len(texts), 384), in calls grouped by :meth:`plan`. Blocking."""
         out = np.zeros((len(texts), DIM), dtype=np.float32)
-        bs = self.settings.batch_size
-        # Sort by length so each batch pads to similar lengths (much less wasted compute on mixed inputs).
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), bs):
-            idx = order[start : start + bs]
+        for idx in self.plan(texts):
             out[idx] = self._embed_batch([texts[i] for i in idx])
         return out
 

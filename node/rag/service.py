@@ -27,7 +27,7 @@ import numpy as np
 import trio
 
 from node.rag import fusion, ingest
-from node.rag.embed import Embedder, EmbedderSettings, Vectors, from_blob, to_blob
+from node.rag.embed import DIM, Embedder, EmbedderSettings, Vectors, from_blob, to_blob
 from node.rag.errors import DocumentNotFound, RagError
 from node.rag.extract import Extracted
 from node.rag.index import DenseIndex, IndexSettings
@@ -141,6 +141,7 @@ class RagService:
             EmbedderSettings(
                 intra_op_threads=settings.embed_threads,
                 batch_size=settings.embed_batch,
+                batch_tokens=settings.embed_batch_tokens,
                 cache_dir=None if root is None else root / "model",
             )
         )
@@ -232,16 +233,20 @@ class RagService:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._db)
 
     async def _embed(self, texts: Sequence[str]) -> Vectors:
-        """Embed in slices of ``rag.embed_batch``, taking the (fair, FIFO) limiter per slice: a query's embedding
-        waits for one slice of a large document, not for the whole document."""
-        bs = max(1, self.settings.embed_batch)
-        parts: list[Vectors] = []
-        for i in range(0, len(texts), bs):
-            part = list(texts[i : i + bs])
-            parts.append(await trio.to_thread.run_sync(self.embedder.embed, part, limiter=self._embed_limiter))
-        if len(parts) == 1:
-            return parts[0]
-        out: Vectors = np.concatenate(parts) if parts else np.zeros((0, 384), dtype=np.float32)
+        """Embed in the model calls :meth:`Embedder.plan` groups (sorted by length, at most ``rag.embed_batch``
+        texts and ``rag.embed_batch_tokens`` padded tokens each), taking the (fair, FIFO) limiter per call: a
+        query's embedding waits for one call of a large document, not for the whole document."""
+        out: Vectors = np.zeros((len(texts), DIM), dtype=np.float32)
+        if not texts:
+            return out
+        s = self.settings
+        plan = await trio.to_thread.run_sync(
+            lambda: self.embedder.plan(texts, batch_size=s.embed_batch, batch_tokens=s.embed_batch_tokens),
+            limiter=self._embed_limiter,
+        )
+        for idx in plan:
+            part = [texts[i] for i in idx]
+            out[idx] = await trio.to_thread.run_sync(self.embedder.embed, part, limiter=self._embed_limiter)
         return out
 
     @property

@@ -31,11 +31,18 @@ class RagSection:
     )
     embed_threads: int = setting(2, "onnxruntime intra-op threads for the embedding model.", min=1, max=64)
     embed_batch: int = setting(
-        4,
-        "Texts embedded per model call (the vectors do not depend on it; onnxruntime's memory grows with batch x "
-        "length^2: on SciFact the embedder alone peaks near 200 MB at 4, 310 MB at 8, 1.6 GB at 32).",
+        8,
+        "Most texts embedded per model call (the vectors do not depend on it; see embed_batch_tokens).",
         min=1,
         max=1024,
+    )
+    embed_batch_tokens: int = setting(
+        512,
+        "Most padded word pieces per model call (texts x the longest one's; texts are sorted by length so a call "
+        "pads little). onnxruntime's working memory grows with batch x length^2: 512 is two 256-piece chunks, "
+        "~50 MB of working memory (bench/ingest_peak.py); the vectors do not depend on it.",
+        min=256,
+        max=1 << 20,
     )
     candidates: int = setting(100, "Hits taken from each retriever (BM25, dense) before fusion.", min=10, max=10_000)
     fusion: str = setting(

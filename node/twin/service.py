@@ -94,13 +94,12 @@ class TwinService:
         self.idle = trio.Event()  # set whenever the learner has nothing queued (tests wait on it)
         self._learned_changed = trio.Event()
         self._load_lock = trio.Lock()
+        self._node: Any = None
 
     # ------------------------------------------------------------ lifecycle
     async def run(self, node: Any = None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         send, recv = trio.open_memory_channel[Queued](EVENT_CHANNEL)
-        rag = getattr(node, "rag", None)
-        if self._embed is None and self.settings.actions and rag is not None:
-            self._embed = rag.embedder.embed  # share the knowledge base's model (thread-safe, loaded once)
+        self._node = node
         self._send, self._recv = send, recv
         try:
             async with trio.open_nursery() as nursery:
@@ -119,8 +118,20 @@ class TwinService:
         """The engine, loaded on first use (a node that never sees its user's activity never pays for it)."""
         async with self._load_lock:
             if self.engine is None:
+                if self._embed is None and self.settings.actions:
+                    self._embed = self._shared_embed()
                 self.engine = await trio.to_thread.run_sync(self._load, limiter=self._limiter)
         return self.engine
+
+    def _shared_embed(self) -> Any:
+        """The knowledge base's MiniLM (thread-safe, loaded once), so the daemon holds one copy of the model: looked
+        up when the engine loads (the rag service may start after this one). None: no running knowledge base."""
+        if self._node is None:
+            return None
+        from node.rag.plugin import rag_service
+
+        rag = rag_service(self._node)
+        return None if rag is None else rag.embedder.embed
 
     def _load(self) -> TwinEngine:
         self.blas_threads = limit_blas_threads(self.settings.blas_threads)

@@ -47,6 +47,9 @@ class HashEmbedder(Embedder):
     """Deterministic bag-of-words vectors (hashed tokens, L2-normalised): exercises the dense path without the
     model; what the tests check is which vectors are stored and searched, not their quality."""
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        return [min(len(t.split()) + 2, self.settings.max_tokens) for t in texts]
+
     def embed(self, texts: Sequence[str]) -> Vectors:
         out = np.zeros((len(texts), 384), dtype=np.float32)
         for i, t in enumerate(texts):

@@ -334,3 +334,28 @@ async def test_aclose_waits_for_a_running_db_call_before_detaching_the_store(tmp
         await trio.testing.wait_all_tasks_blocked()
         release.set()
     assert seen == [True] and svc._store is None
+
+
+async def test_model_calls_are_bounded_by_texts_and_padded_tokens(tmp_path: Path) -> None:
+    """rag.embed_batch bounds the texts of one model call and rag.embed_batch_tokens its padded word pieces (texts x
+    the longest): short chunks go many to a call, long ones few, and every chunk is embedded once."""
+    calls: list[list[int]] = []
+
+    class Spy(HashEmbedder):
+        def embed(self, texts: Sequence[str]) -> Vectors:
+            calls.append(self.token_counts(texts))
+            return super().embed(texts)
+
+    settings = dataclasses.replace(
+        RagSection(), mode="hybrid", embed_batch=8, embed_batch_tokens=256, chunk_chars=600, chunk_overlap_chars=0
+    )
+    svc = RagService(settings, tmp_path / "rag", embedder=Spy())
+    dense = " ".join(f"s{i}" for i in range(150)) + "."  # ~590 characters: one chunk of 152 pieces
+    text = "\n\n".join(["Tiny note one.", dense, "Tiny note two.", dense.replace("s", "b"), "Tiny note three."])
+    r = await svc.add_text("/mixed.txt", text)
+    await svc.aclose()
+    counts = [c for call in calls for c in call]
+    assert sum(len(c) for c in calls) == r["chunks"] == len(counts) == 5
+    assert all(len(c) <= 8 and len(c) * max(c) <= 256 for c in calls)
+    assert counts == sorted(counts)  # one document's chunks: one group, in ascending length
+    assert [len(c) for c in calls] == [3, 1, 1]  # the short chunks in one call, each long one alone

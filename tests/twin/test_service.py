@@ -331,3 +331,33 @@ async def test_loading_the_engine_caps_the_blas_pool(tmp_path: Path) -> None:
         assert blas_threads() == [1] * len(two)
     finally:
         threadpool_limits(limits=max(before or [1]), user_api="blas")
+
+
+async def test_the_action_head_shares_the_knowledge_bases_model(tmp_path: Path) -> None:
+    """One MiniLM in the daemon: the twin's action head embeds with the running knowledge base's embedder, found
+    when the engine loads (the rag service may start after the twin), not a second model of its own."""
+    from node.rag.node_service import SERVICE_NAME, RagNodeService
+    from node.rag.service import RagService
+    from node.rag.settings import RagSection
+    from tests.rag.helpers import HashEmbedder
+
+    seen: list[str] = []
+
+    class Spy(HashEmbedder):
+        def embed(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
+            seen.extend(texts)
+            return super().embed(texts)
+
+    rag_node = RagNodeService(RagSection())
+    node = SimpleNamespace(service=lambda name: rag_node if name == SERVICE_NAME else None)
+    settings = TwinSettings(neural=False, poll_interval_s=60, save_interval_s=3600)
+    svc = TwinService(settings, tmp_path, battery_reader=Power(80, True), thermal_reader=lambda: 35.0)
+    async with trio.open_nursery() as n:
+        await n.start(svc.run, node)
+        rag_node.rag = RagService(RagSection(), None, embedder=Spy())  # started after the twin
+        svc.record("query", "when does the train to paris leave", action="rag.query")
+        svc.record("query", "how long should sourdough rise", action="rag.query")
+        await svc.idle.wait()
+        assert "when does the train to paris leave" in seen
+        assert svc.actions_note is None
+        n.cancel_scope.cancel()
