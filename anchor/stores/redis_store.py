@@ -34,6 +34,9 @@ from anchor.stores.resp import Reply
 T = TypeVar("T")
 KEY_PREFIX = "aiv:"  # every key this store writes starts with it
 MAX_SESSION_BYTES = 65_536
+# The native client's bound on a stream read's reply, per entry asked for: an audit record (its detail at most
+# audit_drain.DETAIL_MAX_BYTES, 64 KB, plus the message it carries, a few KB) or a queued message, with room.
+ENTRY_REPLY_BYTES = 128 * 1024
 DEFAULT_STREAM_MAXLEN = 100_000  # entries kept per stream (approximate trimming); the queue is bounded
 
 
@@ -235,7 +238,18 @@ class RedisStore:
         if self._native is not None:
             block = ("BLOCK", block_ms) if block_ms else ()
             reply = await self._native.call(
-                "XREADGROUP", "GROUP", group, consumer, "COUNT", count, *block, "STREAMS", key, start, retry=False
+                "XREADGROUP",
+                "GROUP",
+                group,
+                consumer,
+                "COUNT",
+                count,
+                *block,
+                "STREAMS",
+                key,
+                start,
+                retry=False,
+                max_reply_bytes=_read_bound(count),
             )
             return _native_entries(reply)
         raw: Any = await self._call(
@@ -417,16 +431,29 @@ class RedisStore:
             native = self._native
             if claim_idle_ms > 0:
                 claimed = await native.call(
-                    "XAUTOCLAIM", key, group, consumer, claim_idle_ms, "0-0", "COUNT", count, retry=False
+                    "XAUTOCLAIM",
+                    key,
+                    group,
+                    consumer,
+                    claim_idle_ms,
+                    "0-0",
+                    "COUNT",
+                    count,
+                    retry=False,
+                    max_reply_bytes=_read_bound(count),
                 )
                 if isinstance(claimed, list) and len(claimed) >= 2 and claimed[1]:
                     return _native_entries([[key.encode(), claimed[1]]])
             read = ("XREADGROUP", "GROUP", group, consumer, "COUNT", count)
-            mine = _native_entries(await native.call(*read, "STREAMS", key, "0", retry=False))
+            mine = _native_entries(
+                await native.call(*read, "STREAMS", key, "0", retry=False, max_reply_bytes=_read_bound(count))
+            )
             if mine:
                 return mine
             block = ("BLOCK", block_ms) if block_ms else ()
-            return _native_entries(await native.call(*read, *block, "STREAMS", key, ">", retry=False))
+            return _native_entries(
+                await native.call(*read, *block, "STREAMS", key, ">", retry=False, max_reply_bytes=_read_bound(count))
+            )
         raw: Any = await self._call(work)
         entries: list[StreamEntry] = []
         for _name, items in raw or []:
@@ -607,6 +634,10 @@ class RedisStore:
             for entry_id, fields in raw or []
             if fields is not None
         ]
+
+
+def _read_bound(count: int) -> int:
+    return 65_536 + max(1, count) * ENTRY_REPLY_BYTES
 
 
 def _native_entries(reply: Reply) -> list[StreamEntry]:
