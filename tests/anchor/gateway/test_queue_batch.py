@@ -158,3 +158,55 @@ async def test_a_stop_during_the_settle_waits_for_it(
     assert await redis.stream_pending_count(queue.stream, GROUP) == 0
     node.request_stop()
     await redis.aclose()
+
+
+async def test_a_batch_of_private_messages_lets_the_node_run_between_hand_overs(
+    services: ServiceSettings, nursery: trio.Nursery, short_tmp: Path
+) -> None:
+    # Each private message costs the node an fsync of its outbox: a batch of 64 handed over without a checkpoint
+    # stalled the event loop for ~0.5 s. A task that runs at every scheduling round must run between hand-overs.
+    redis = RedisStore(services.redis.url, timeout_s=5.0)
+    data, other = short_tmp / "anchor", short_tmp / "peer"
+    data.mkdir(mode=0o700)
+    other.mkdir(mode=0o700)
+    peer = create_identity(other).peer_id_hex
+    node = Node(Config(data_dir=data), create_identity(data), transports=[], control=False)
+    await nursery.start(node.run)
+    queue = MessageQueue(redis, node, max_backlog=1000, block_ms=200)
+    ids = []
+    for i in range(READ_COUNT):  # queued before the consumer starts: one batch
+        message = QueuedMessage(new_message_id(), peer, f"private {i}", "key1")
+        await queue.put(message)
+        ids.append(message.id)
+
+    rounds = 0
+
+    async def ticker() -> None:
+        nonlocal rounds
+        while True:
+            rounds += 1
+            await trio.lowlevel.checkpoint()
+
+    seen: list[int] = []  # the ticker's rounds at each hand-over
+    send_private = node.send_private
+
+    def recording(peer_ref: str, text: str, *, message_id: str | None = None) -> str:
+        seen.append(rounds)
+        return send_private(peer_ref, text, message_id=message_id)
+
+    node.send_private = recording  # type: ignore[method-assign]
+    nursery.start_soon(ticker)
+    consumer = trio.CancelScope()
+
+    async def consume() -> None:
+        with consumer:
+            await queue.run()
+
+    nursery.start_soon(consume)
+    await _statuses(queue, ids, "pending")
+    consumer.cancel()
+    assert len(seen) == READ_COUNT  # each handed over once, in one batch
+    assert all(later > earlier for earlier, later in zip(seen, seen[2:], strict=False))
+    assert queue.counters["accepted"] == READ_COUNT and not queue._unsettled
+    node.request_stop()
+    await redis.aclose()
