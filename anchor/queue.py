@@ -297,9 +297,14 @@ class MessageQueue:
                 self.stream, GROUP, self.consumer, count=READ_COUNT, pending=True, after=after
             )
             if not entries:
-                # Whatever is still remembered as handed-but-unsettled is no longer pending: a settle whose answer
-                # was lost took effect after all.
-                self._unsettled.clear()
+                # What is remembered as handed-but-unsettled and no longer pending anywhere in the group was
+                # settled: a settle whose answer was lost took effect after all. What another replica holds right
+                # now (it claimed it, found it being handed over by us, and gives it back) stays remembered, so it
+                # is settled, not handed over a second time, when it comes back.
+                if self._unsettled:
+                    still = await self.redis.stream_still_pending(self.stream, GROUP, list(self._unsettled))
+                    for entry_id in [i for i in self._unsettled if i not in still]:
+                        del self._unsettled[entry_id]
                 return
             await self._handle_batch(entries, recovered=True)
             after = entries[-1].id

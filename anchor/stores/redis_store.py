@@ -613,6 +613,21 @@ class RedisStore:
         )
         return [PendingEntry(_text(r["message_id"]), _text(r["consumer"]), int(r["time_since_delivered"])) for r in raw]
 
+    async def stream_still_pending(self, stream: str, group: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are in the group's pending list (any consumer's): delivered and not acknowledged."""
+        if not ids:
+            return set()
+        key = f"{KEY_PREFIX}q:{stream}"
+
+        def work() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for entry_id in ids:
+                pipe.xpending_range(key, group, min=entry_id, max=entry_id, count=1)
+            return pipe.execute()
+
+        raw = await self._call(work)
+        return {_text(r["message_id"]) for rows in raw for r in rows}
+
     async def stream_entry(self, stream: str, entry_id: str) -> StreamEntry | None:
         """One entry by ID; None if it was deleted (settled meanwhile) or trimmed."""
         raw: Any = await self._call(lambda: self._client.xrange(f"{KEY_PREFIX}q:{stream}", entry_id, entry_id))

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from anchor.queue import GROUP, READ_COUNT, MessageQueue, QueuedMessage, new_message_id
@@ -208,5 +209,42 @@ async def test_a_batch_of_private_messages_lets_the_node_run_between_hand_overs(
     assert len(seen) == READ_COUNT  # each handed over once, in one batch
     assert all(later > earlier for earlier, later in zip(seen, seen[2:], strict=False))
     assert queue.counters["accepted"] == READ_COUNT and not queue._unsettled
+    node.request_stop()
+    await redis.aclose()
+
+
+async def test_an_unsettled_entry_another_replica_holds_for_a_moment_is_not_handed_over_twice(
+    services: ServiceSettings, nursery: trio.Nursery, short_tmp: Path
+) -> None:
+    # Replica A hands a broadcast to its node and its settle fails (the path to Redis cut at that moment): A
+    # remembers it. Replica B claims the entry meanwhile (it finds it being handed over by A, so it gives it back).
+    # A's recovery must not forget the entry while B holds it — or, given back, A would broadcast it again.
+    proxy = TcpProxy(services.redis.host, services.redis.port)
+    await nursery.start(proxy.run)
+    redis = CutAtSettle(f"redis://:{services.redis.password}@127.0.0.1:{proxy.port}/0", proxy)
+    data = short_tmp / "a"
+    data.mkdir(mode=0o700)
+    node = Node(Config(data_dir=data), create_identity(data), transports=[], control=False)
+    await nursery.start(node.run)
+    queue = MessageQueue(redis, node, max_backlog=100, block_ms=200, cluster="c" + secrets.token_hex(4))
+    text = f"broadcast {secrets.token_hex(4)}"
+    message = QueuedMessage(new_message_id(), None, text, "key1")
+    await queue.redis.stream_ensure_group(queue.stream, GROUP)
+    await queue.put(message)
+    entries = await redis.stream_read(queue.stream, GROUP, queue.consumer, count=READ_COUNT)
+    assert [e.id for e in entries] and len(entries) == 1
+    with trio.fail_after(20), pytest.raises(StoreUnavailable):
+        await queue._handle_batch(entries, recovered=False)
+    assert redis.failed and list(queue._unsettled) == [entries[0].id]
+
+    await redis.stream_claim(queue.stream, GROUP, "replica-b", [entries[0].id], min_idle_ms=0)  # B holds it
+    await queue._drain_pending()  # A's own pending list is empty now
+    await redis.stream_claim(queue.stream, GROUP, queue.consumer, [entries[0].id], min_idle_ms=0)  # B gives it back
+    await queue._drain_pending()
+
+    assert [m.text for m in node.outgoing.values() if m.to is None] == [text]  # broadcast once
+    assert (await queue.status(message.id) or {}).get("state") == "sent"
+    assert await redis.stream_pending_count(queue.stream, GROUP) == 0
+    assert not queue._unsettled
     node.request_stop()
     await redis.aclose()
