@@ -154,8 +154,7 @@ return out
 # durable, whatever Redis's own durability (appendfsync, replicas).
 # Idempotent per message: a status record already there (its key is the message's, new per request) means this
 # script ran already (the client resent it after a timeout or a lost answer although the server had run it; both
-# the native client and redis-py resend once): 'ok', nothing
-# written or spent again.
+# the native client and redis-py resend once): 'ok', nothing written or spent again.
 SEND_LUA = (
     BUCKETS_LUA
     + """
