@@ -18,11 +18,14 @@ whether it went out. When the settle of a batch fails (Redis down, slow, or its 
 what it handed over, and settles those entries when Redis answers again without handing them over a second time
 (a settle that took effect although its answer was lost leaves nothing pending, and nothing is sent again either).
 A stop waits for the settle of what the node took (shielded from the cancellation, bounded by the store's
-timeout). Only a crash of the process (killed, power lost) between handing a batch to the node and that batch's
-settle —
-the time of one Redis round trip plus the batch's signatures, a few milliseconds at most — can send a broadcast
-of that batch a second time at the next start (at most ``READ_COUNT`` broadcasts; before batching, one): the
-queue delivers at least once, never loses an accepted message. Private messages are never sent twice.
+timeout). That memory is the process's own, so two things can send a broadcast of a batch a second time at the
+next start (at most ``READ_COUNT`` broadcasts; before batching, one): a crash of the process (killed, power lost)
+between handing the batch to the node and that batch's settle, or a stop (a restart, SIGTERM) while Redis cannot
+be reached, whose shielded settle then fails. The crash window is the batch's hand-over plus one Redis round trip:
+a broadcast costs its signature, a private message one fsync of the outbox (milliseconds each; a batch of 64
+private messages took ~0.5 s on the review's disk), and the consumer lets the rest of the node run between two
+hand-overs, so under load the window is longer still. The queue delivers at least once, never loses an accepted
+message. Private messages are never sent twice.
 
 Replicas (``[anchor] cluster``): several gateways of one anchor, each its own node with its own identity and data
 dir, share one stream (``messages:{<cluster>}``; the braces are a Redis Cluster hash tag, so a stream and its
@@ -294,9 +297,14 @@ class MessageQueue:
                 self.stream, GROUP, self.consumer, count=READ_COUNT, pending=True, after=after
             )
             if not entries:
-                # Whatever is still remembered as handed-but-unsettled is no longer pending: a settle whose answer
-                # was lost took effect after all.
-                self._unsettled.clear()
+                # What is remembered as handed-but-unsettled and no longer pending anywhere in the group was
+                # settled: a settle whose answer was lost took effect after all. What another replica holds right
+                # now (it claimed it, found it being handed over by us, and gives it back) stays remembered, so it
+                # is settled, not handed over a second time, when it comes back.
+                if self._unsettled:
+                    still = await self.redis.stream_still_pending(self.stream, GROUP, list(self._unsettled))
+                    for entry_id in [i for i in self._unsettled if i not in still]:
+                        del self._unsettled[entry_id]
                 return
             await self._handle_batch(entries, recovered=True)
             after = entries[-1].id
@@ -371,15 +379,23 @@ class MessageQueue:
         else:
             verdicts = [("mine", "")] * len(todo)
         give_back: list[tuple[str, str]] = []
+        stopped = False
         for (entry, message), (verdict, detail) in zip(todo, verdicts, strict=True):
             key = self._status_key(message.id)
             if verdict in ("mine", "again"):
+                if self.node.core is None:  # stopped while the batch was handed over: the rest waits in the pending
+                    stopped = True  # list for its next start (settled below: what the node took)
+                    break
                 # "again": this consumer began it before a crash — a private message is then in the outbox or not
                 # at all (send_private accepts an ID once), a broadcast may go out twice (see the module's note).
                 # No await between the hand-over and remembering it.
                 status = self._hand_over(message)
                 self._unsettled[entry.id] = (key, status)
                 settles.append((entry.id, key, status))
+                # The rest of the node runs between two hand-overs (a private message costs an fsync of the outbox,
+                # milliseconds: a batch of them must not stall the event loop). This checkpoint cannot raise
+                # Cancelled, so the shielded settle below is reached whatever happens meanwhile.
+                await trio.lowlevel.cancel_shielded_checkpoint()
             elif verdict == "settled":
                 self.counters["duplicates"] += 1  # handled before a crash, not acknowledged: just acknowledge now
                 settles.append((entry.id, key, {"state": detail}))
@@ -401,6 +417,8 @@ class MessageQueue:
             await self.redis.queue_settle_many(self.stream, GROUP, settles, ttl_s=STATUS_TTL_S)
         for entry_id, _key, _status in settles:
             self._unsettled.pop(entry_id, None)
+        if stopped:
+            raise _NodeNotRunning()
 
     def _hand_over(self, message: QueuedMessage) -> dict[str, str]:
         """Give one message to the node (synchronously); the status to settle it with."""

@@ -7,12 +7,16 @@ on trio's own sockets for the few commands the request path and the queue's cons
 falling back to loading the script on ``NOSCRIPT``); everything else stays on redis-py.
 
 Connections are pooled (at most ``max_connections``, each used by one call at a time) and authenticated and
-switched to the URL's database when opened. A call that fails on the way (reset, refused, EOF, a reply that is not
-RESP2) closes its connection and, if it may run twice (the scripts are idempotent), is tried once more on a fresh
-one, as redis-py's client is configured here; a consumer group's read is not retried (entries delivered in a lost
-reply wait in the consumer's pending list, which the queue re-reads after a store error). A call without an answer
-within ``timeout_s`` closes its connection and raises :class:`StoreUnavailable`. The caller's cancellation also
-closes the connection (its reply would be read by the next call otherwise). Only plain ``redis://`` and
+switched to the URL's database when opened. A pooled connection is checked before it is reused (one poll(2): one
+the server closed — a restart, a failover, CLIENT KILL — is dropped quietly, not tried). A call that fails on the
+way (reset, refused, EOF, a reply that is not RESP2 or over the call's size bound) closes its connection and every
+idle one (they most likely share its fate) and, if it may run twice (the scripts are idempotent), is tried once
+more on a freshly opened one, as redis-py's client is configured here; so is a call without an answer within
+``timeout_s`` (its connection closed: its late reply is never read), as redis-py's Retry resent on a socket
+timeout — at most twice ``timeout_s`` in all. A consumer group's read is not retried (entries delivered in a lost
+reply wait in the consumer's pending list, which the queue re-reads after a store error). A call that fails (its
+last attempt) raises :class:`StoreUnavailable`. The caller's cancellation also closes the connection (its reply
+would be read by the next call otherwise). Only plain ``redis://`` and
 ``unix://`` URLs are spoken here (:func:`native_target` says None for the rest, e.g. TLS, and the store then keeps
 redis-py for everything).
 """
@@ -20,6 +24,7 @@ redis-py for everything).
 from __future__ import annotations
 
 import hashlib
+import select
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -30,6 +35,8 @@ from anchor.stores.errors import StoreError
 from anchor.stores.resp import NeedData, ProtocolError, Reply, RespError, RespParser, encode_command
 
 RECEIVE_BYTES = 65_536
+DEFAULT_REPLY_BYTES = 4 * 1024 * 1024  # a call's reply at most, unless the call says (a script's answer: a few KB)
+SCRIPT_REPLY_BYTES = 64 * 1024  # the answer of the gateway's scripts (a status, a count, a short list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,46 +50,61 @@ class Target:
 
 
 def native_target(url: str) -> Target | None:
-    """Where a ``redis://`` or ``unix://`` URL points (user, password, database); None for anything this client
-    does not speak (``rediss://``, query options other than ``db``/``password``)."""
+    """Where a ``redis://`` or ``unix://`` URL points (user, password, database), read as redis-py reads it (the
+    query's ``password``/``username``/``db`` used where the URL itself has none); None for anything this client
+    does not speak (``rediss://``, other query options)."""
     parts = urlsplit(url)
-    query = parse_qs(parts.query)
-    if set(query) - {"db", "password"}:
+    query = parse_qs(parts.query)  # values percent-decoded already
+    if set(query) - {"db", "password", "username"}:
         return None
     try:
         db = int(query["db"][0]) if "db" in query else 0
+        username = (
+            unquote(parts.username) if parts.username else (query["username"][0] if "username" in query else None)
+        )
+        password = (
+            unquote(parts.password) if parts.password else (query["password"][0] if "password" in query else None)
+        )
         if parts.scheme == "redis":
             path = parts.path.lstrip("/")
             db = int(path) if path else db
             return Target(
                 host=parts.hostname or "localhost",
                 port=parts.port or 6379,
-                username=unquote(parts.username) if parts.username else None,
-                password=unquote(parts.password) if parts.password else None,
+                username=username or None,
+                password=password or None,
                 db=db,
             )
         if parts.scheme == "unix" and parts.path:
-            password = parts.password or (query["password"][0] if "password" in query else None)
-            return Target(
-                path=parts.path,
-                username=unquote(parts.username) if parts.username else None,
-                password=unquote(password) if password else None,
-                db=db,
-            )
+            return Target(path=parts.path, username=username or None, password=password or None, db=db)
     except (ValueError, IndexError):
         return None
     return None
 
 
 class _Connection:
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self.parser = RespParser()
 
-    async def call(self, *args: bytes | str | int | float) -> Reply:
+    def server_closed(self) -> bool:
+        """True when the idle connection can be read: the server closed it (EOF or reset: a restart, a failover,
+        CLIENT KILL, its idle timeout) or sent bytes nobody asked for. Either way it must not carry a call. One
+        poll(2) with no wait."""
+        try:
+            fd = self.stream.socket.fileno()
+            if fd < 0:
+                return True
+            poller = select.poll()
+            poller.register(fd, select.POLLIN | select.POLLPRI)
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            return True
+
+    async def call(self, *args: bytes | str | int | float, max_reply_bytes: int) -> Reply:
         await self.stream.send_all(encode_command(*args))
         while True:
-            reply = self.parser.next_reply()
+            reply = self.parser.next_reply(max_reply_bytes)
             if not isinstance(reply, NeedData):
                 return reply
             data = await self.stream.receive_some(RECEIVE_BYTES)
@@ -116,7 +138,7 @@ class NativeRedis:
 
     async def _open(self) -> _Connection:
         t = self.target
-        stream: trio.abc.Stream
+        stream: trio.SocketStream
         if t.path:
             stream = await trio.open_unix_socket(t.path)
         else:
@@ -127,52 +149,88 @@ class NativeRedis:
             # its AuthenticationError is a ConnectionError): StoreUnavailable, one log line per outage.
             if t.password is not None:
                 auth = ("AUTH", t.username, t.password) if t.username else ("AUTH", t.password)
-                _check_open(await conn.call(*auth), "AUTH")
+                _check_open(await conn.call(*auth, max_reply_bytes=SCRIPT_REPLY_BYTES), "AUTH")
             if t.db:
-                _check_open(await conn.call("SELECT", t.db), "SELECT")
+                _check_open(await conn.call("SELECT", t.db, max_reply_bytes=SCRIPT_REPLY_BYTES), "SELECT")
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
         return conn
 
-    async def call(self, *args: bytes | str | int | float, retry: bool = True) -> Reply:
+    async def call(
+        self, *args: bytes | str | int | float, retry: bool = True, max_reply_bytes: int = DEFAULT_REPLY_BYTES
+    ) -> Reply:
         """One command; its reply (an error reply raises StoreError). StoreUnavailable when Redis cannot be reached
-        or does not answer within ``timeout_s``. ``retry=False`` for a command that must not run twice (a read of a
-        consumer group: entries delivered in a lost reply are left for the caller's recovery, not skipped)."""
+        or does not answer within ``timeout_s`` (twice that when the command is sent a second time). ``retry=False``
+        for a command that must not run twice (a read of a consumer group: entries delivered in a lost reply are
+        left for the caller's recovery, not skipped). A reply longer than ``max_reply_bytes`` is a protocol error
+        (the connection is closed; StoreUnavailable)."""
         async with self.limiter:
-            reply = await self._call_once_more(args, attempts=2 if retry else 1)
+            reply = await self._call_once_more(args, attempts=2 if retry else 1, max_reply_bytes=max_reply_bytes)
         if isinstance(reply, RespError):
             self.runner.mark_up()
             raise StoreError(f"redis: {reply.message[:200]}")
         self.runner.mark_up()
         return reply
 
-    async def evalsha(self, script: Script, keys: list[str], args: list[bytes | str | int | float]) -> Reply:
+    async def evalsha(
+        self,
+        script: Script,
+        keys: list[str],
+        args: list[bytes | str | int | float],
+        *,
+        max_reply_bytes: int = SCRIPT_REPLY_BYTES,
+    ) -> Reply:
         """Run ``script`` (atomically on the server); its reply. StoreError for an error it raised."""
         async with self.limiter:
-            reply = await self._call_once_more(("EVALSHA", script.sha, len(keys), *keys, *args))
+            command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+            reply = await self._call_once_more(command, max_reply_bytes=max_reply_bytes)
             if isinstance(reply, RespError) and reply.prefix == "NOSCRIPT":
-                reply = await self._call_once_more(("EVAL", script.source, len(keys), *keys, *args))
+                command = ("EVAL", script.source, len(keys), *keys, *args)
+                reply = await self._call_once_more(command, max_reply_bytes=max_reply_bytes)
         self.runner.mark_up()
         if isinstance(reply, RespError):
             raise StoreError(f"redis: {reply.message[:200]}")
         return reply
 
-    async def _call_once_more(self, args: tuple[bytes | str | int | float, ...], *, attempts: int = 2) -> Reply:
-        """``args`` on a pooled connection, and (``attempts`` 2) once more on a fresh one if that fails on the way."""
+    async def _idle_connection(self) -> _Connection | None:
+        """A pooled connection the server has not closed meanwhile (those it closed are dropped quietly)."""
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.server_closed():
+                return conn
+            await trio.aclose_forcefully(conn.stream)
+        return None
+
+    async def _drop_idle(self) -> None:
+        """After a connection failed on the way: the pooled ones most likely share its fate (a restart, a failover,
+        a cut path); the next calls open fresh ones."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await trio.aclose_forcefully(conn.stream)
+
+    async def _call_once_more(
+        self, args: tuple[bytes | str | int | float, ...], *, max_reply_bytes: int, attempts: int = 2
+    ) -> Reply:
+        """``args`` on a pooled connection, and (``attempts`` 2) once more on a fresh one if that fails on the way
+        or gets no answer within ``timeout_s`` (each attempt has its own ``timeout_s``: at most twice that in all,
+        the runner's deadline, as redis-py's client with one retry)."""
         if self._closed:
             raise StoreError("redis: the store is closed")
+        failure: BaseException | None = None
         for attempt in range(1, attempts + 1):
             conn: _Connection | None = None
             with trio.move_on_after(self.timeout_s):
                 try:
-                    conn = self._idle.pop() if self._idle else await self._open()
-                    reply = await conn.call(*args)
+                    conn = await self._idle_connection() if attempt == 1 else None
+                    if conn is None:
+                        conn = await self._open()
+                    reply = await conn.call(*args, max_reply_bytes=max_reply_bytes)
                 except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError) as exc:
                     if conn is not None:
                         await trio.aclose_forcefully(conn.stream)
-                    if attempt == attempts:
-                        raise self.runner.mark_down(exc) from exc
+                    await self._drop_idle()
+                    failure = exc
                     continue
                 except BaseException:  # cancelled: the reply, if it comes, must not be read by another call
                     if conn is not None:
@@ -183,10 +241,12 @@ class NativeRedis:
                 else:
                     self._idle.append(conn)
                 return reply
+            # No answer within timeout_s: this connection's reply may still come; it is closed, never reused.
             if conn is not None:
                 await trio.aclose_forcefully(conn.stream)
-            raise self.runner.mark_down(TimeoutError(f"no answer within {self.timeout_s:g} s"))
-        raise AssertionError("unreachable")
+            failure = TimeoutError(f"no answer within {self.timeout_s:g} s")
+        assert failure is not None
+        raise self.runner.mark_down(failure) from failure
 
 
 def _check_open(reply: Reply, step: str) -> None:

@@ -153,8 +153,8 @@ return out
 # audit row committed in PostgreSQL (``audit_handover``), so no message reaches the node before its audit row is
 # durable, whatever Redis's own durability (appendfsync, replicas).
 # Idempotent per message: a status record already there (its key is the message's, new per request) means this
-# script ran already (redis-py resent it after a socket timeout although the server had run it): 'ok', nothing
-# written or spent again.
+# script ran already (the client resent it after a timeout or a lost answer although the server had run it; both
+# the native client and redis-py resend once): 'ok', nothing written or spent again.
 SEND_LUA = (
     BUCKETS_LUA
     + """

@@ -34,6 +34,9 @@ from anchor.stores.resp import Reply
 T = TypeVar("T")
 KEY_PREFIX = "aiv:"  # every key this store writes starts with it
 MAX_SESSION_BYTES = 65_536
+# The native client's bound on a stream read's reply, per entry asked for: an audit record (its detail at most
+# audit_drain.DETAIL_MAX_BYTES, 64 KB, plus the message it carries, a few KB) or a queued message, with room.
+ENTRY_REPLY_BYTES = 128 * 1024
 DEFAULT_STREAM_MAXLEN = 100_000  # entries kept per stream (approximate trimming); the queue is bounded
 
 
@@ -235,7 +238,18 @@ class RedisStore:
         if self._native is not None:
             block = ("BLOCK", block_ms) if block_ms else ()
             reply = await self._native.call(
-                "XREADGROUP", "GROUP", group, consumer, "COUNT", count, *block, "STREAMS", key, start, retry=False
+                "XREADGROUP",
+                "GROUP",
+                group,
+                consumer,
+                "COUNT",
+                count,
+                *block,
+                "STREAMS",
+                key,
+                start,
+                retry=False,
+                max_reply_bytes=_read_bound(count),
             )
             return _native_entries(reply)
         raw: Any = await self._call(
@@ -417,16 +431,29 @@ class RedisStore:
             native = self._native
             if claim_idle_ms > 0:
                 claimed = await native.call(
-                    "XAUTOCLAIM", key, group, consumer, claim_idle_ms, "0-0", "COUNT", count, retry=False
+                    "XAUTOCLAIM",
+                    key,
+                    group,
+                    consumer,
+                    claim_idle_ms,
+                    "0-0",
+                    "COUNT",
+                    count,
+                    retry=False,
+                    max_reply_bytes=_read_bound(count),
                 )
                 if isinstance(claimed, list) and len(claimed) >= 2 and claimed[1]:
                     return _native_entries([[key.encode(), claimed[1]]])
             read = ("XREADGROUP", "GROUP", group, consumer, "COUNT", count)
-            mine = _native_entries(await native.call(*read, "STREAMS", key, "0", retry=False))
+            mine = _native_entries(
+                await native.call(*read, "STREAMS", key, "0", retry=False, max_reply_bytes=_read_bound(count))
+            )
             if mine:
                 return mine
             block = ("BLOCK", block_ms) if block_ms else ()
-            return _native_entries(await native.call(*read, *block, "STREAMS", key, ">", retry=False))
+            return _native_entries(
+                await native.call(*read, *block, "STREAMS", key, ">", retry=False, max_reply_bytes=_read_bound(count))
+            )
         raw: Any = await self._call(work)
         entries: list[StreamEntry] = []
         for _name, items in raw or []:
@@ -586,6 +613,21 @@ class RedisStore:
         )
         return [PendingEntry(_text(r["message_id"]), _text(r["consumer"]), int(r["time_since_delivered"])) for r in raw]
 
+    async def stream_still_pending(self, stream: str, group: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are in the group's pending list (any consumer's): delivered and not acknowledged."""
+        if not ids:
+            return set()
+        key = f"{KEY_PREFIX}q:{stream}"
+
+        def work() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for entry_id in ids:
+                pipe.xpending_range(key, group, min=entry_id, max=entry_id, count=1)
+            return pipe.execute()
+
+        raw = await self._call(work)
+        return {_text(r["message_id"]) for rows in raw for r in rows}
+
     async def stream_entry(self, stream: str, entry_id: str) -> StreamEntry | None:
         """One entry by ID; None if it was deleted (settled meanwhile) or trimmed."""
         raw: Any = await self._call(lambda: self._client.xrange(f"{KEY_PREFIX}q:{stream}", entry_id, entry_id))
@@ -607,6 +649,10 @@ class RedisStore:
             for entry_id, fields in raw or []
             if fields is not None
         ]
+
+
+def _read_bound(count: int) -> int:
+    return 65_536 + max(1, count) * ENTRY_REPLY_BYTES
 
 
 def _native_entries(reply: Reply) -> list[StreamEntry]:

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from anchor.queue import GROUP, READ_COUNT, MessageQueue, QueuedMessage, new_message_id
@@ -156,5 +157,94 @@ async def test_a_stop_during_the_settle_waits_for_it(
     assert redis.settled == [5]
     assert [(await queue.status(i) or {}).get("state") for i in ids] == ["sent"] * 5
     assert await redis.stream_pending_count(queue.stream, GROUP) == 0
+    node.request_stop()
+    await redis.aclose()
+
+
+async def test_a_batch_of_private_messages_lets_the_node_run_between_hand_overs(
+    services: ServiceSettings, nursery: trio.Nursery, short_tmp: Path
+) -> None:
+    # Each private message costs the node an fsync of its outbox: a batch of 64 handed over without a checkpoint
+    # stalled the event loop for ~0.5 s. A task that runs at every scheduling round must run between hand-overs.
+    redis = RedisStore(services.redis.url, timeout_s=5.0)
+    data, other = short_tmp / "anchor", short_tmp / "peer"
+    data.mkdir(mode=0o700)
+    other.mkdir(mode=0o700)
+    peer = create_identity(other).peer_id_hex
+    node = Node(Config(data_dir=data), create_identity(data), transports=[], control=False)
+    await nursery.start(node.run)
+    queue = MessageQueue(redis, node, max_backlog=1000, block_ms=200)
+    ids = []
+    for i in range(READ_COUNT):  # queued before the consumer starts: one batch
+        message = QueuedMessage(new_message_id(), peer, f"private {i}", "key1")
+        await queue.put(message)
+        ids.append(message.id)
+
+    rounds = 0
+
+    async def ticker() -> None:
+        nonlocal rounds
+        while True:
+            rounds += 1
+            await trio.lowlevel.checkpoint()
+
+    seen: list[int] = []  # the ticker's rounds at each hand-over
+    send_private = node.send_private
+
+    def recording(peer_ref: str, text: str, *, message_id: str | None = None) -> str:
+        seen.append(rounds)
+        return send_private(peer_ref, text, message_id=message_id)
+
+    node.send_private = recording  # type: ignore[method-assign]
+    nursery.start_soon(ticker)
+    consumer = trio.CancelScope()
+
+    async def consume() -> None:
+        with consumer:
+            await queue.run()
+
+    nursery.start_soon(consume)
+    await _statuses(queue, ids, "pending")
+    consumer.cancel()
+    assert len(seen) == READ_COUNT  # each handed over once, in one batch
+    assert all(later > earlier for earlier, later in zip(seen, seen[2:], strict=False))
+    assert queue.counters["accepted"] == READ_COUNT and not queue._unsettled
+    node.request_stop()
+    await redis.aclose()
+
+
+async def test_an_unsettled_entry_another_replica_holds_for_a_moment_is_not_handed_over_twice(
+    services: ServiceSettings, nursery: trio.Nursery, short_tmp: Path
+) -> None:
+    # Replica A hands a broadcast to its node and its settle fails (the path to Redis cut at that moment): A
+    # remembers it. Replica B claims the entry meanwhile (it finds it being handed over by A, so it gives it back).
+    # A's recovery must not forget the entry while B holds it — or, given back, A would broadcast it again.
+    proxy = TcpProxy(services.redis.host, services.redis.port)
+    await nursery.start(proxy.run)
+    redis = CutAtSettle(f"redis://:{services.redis.password}@127.0.0.1:{proxy.port}/0", proxy)
+    data = short_tmp / "a"
+    data.mkdir(mode=0o700)
+    node = Node(Config(data_dir=data), create_identity(data), transports=[], control=False)
+    await nursery.start(node.run)
+    queue = MessageQueue(redis, node, max_backlog=100, block_ms=200, cluster="c" + secrets.token_hex(4))
+    text = f"broadcast {secrets.token_hex(4)}"
+    message = QueuedMessage(new_message_id(), None, text, "key1")
+    await queue.redis.stream_ensure_group(queue.stream, GROUP)
+    await queue.put(message)
+    entries = await redis.stream_read(queue.stream, GROUP, queue.consumer, count=READ_COUNT)
+    assert [e.id for e in entries] and len(entries) == 1
+    with trio.fail_after(20), pytest.raises(StoreUnavailable):
+        await queue._handle_batch(entries, recovered=False)
+    assert redis.failed and list(queue._unsettled) == [entries[0].id]
+
+    await redis.stream_claim(queue.stream, GROUP, "replica-b", [entries[0].id], min_idle_ms=0)  # B holds it
+    await queue._drain_pending()  # A's own pending list is empty now
+    await redis.stream_claim(queue.stream, GROUP, queue.consumer, [entries[0].id], min_idle_ms=0)  # B gives it back
+    await queue._drain_pending()
+
+    assert [m.text for m in node.outgoing.values() if m.to is None] == [text]  # broadcast once
+    assert (await queue.status(message.id) or {}).get("state") == "sent"
+    assert await redis.stream_pending_count(queue.stream, GROUP) == 0
+    assert not queue._unsettled
     node.request_stop()
     await redis.aclose()

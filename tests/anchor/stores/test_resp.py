@@ -113,3 +113,57 @@ def test_commands_are_encoded_as_redis_py_encodes_them(args: tuple[bytes | str |
 def test_a_bool_is_no_redis_argument() -> None:
     with pytest.raises(TypeError):
         encode_command("SET", "k", True)
+
+
+def test_a_reply_cut_in_many_pieces_is_parsed_once_not_again_per_piece(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 20,000 empty arrays in one reply, fed 100 bytes at a time: a parser that restarts from the reply's first
+    # byte on every piece reads ~40 million lines; a resumable one reads each line once (+ one try per piece).
+    lines = 0
+    real_line = RespParser._line
+
+    def counting(self: RespParser, *args: int) -> object:
+        nonlocal lines
+        lines += 1
+        return real_line(self, *args)
+
+    monkeypatch.setattr(RespParser, "_line", counting)
+    items = 20_000
+    monkeypatch.setattr(resp, "MAX_ARRAY_ITEMS", items)
+    wire = b"*%d\r\n" % items + b"*0\r\n" * items
+    parser = RespParser()
+    pieces = 0
+    reply: Reply | resp.NeedData = NEED_DATA
+    for start in range(0, len(wire), 100):
+        parser.feed(wire[start : start + 100])
+        pieces += 1
+        reply = parser.next_reply()
+        if not isinstance(reply, resp.NeedData):
+            break
+    assert reply == [[]] * items
+    assert lines <= items + 1 + pieces
+
+
+def test_a_reply_over_the_calls_bound_is_refused_at_its_header_not_buffered() -> None:
+    parser = RespParser()
+    parser.feed(b"$%d\r\n" % (4096 + 1))  # announced, not sent: refused before any of it is buffered
+    with pytest.raises(ProtocolError, match="bound"):
+        parser.next_reply(max_reply_bytes=4096)
+    parser = RespParser()
+    parser.feed(b"*3\r\n$2000\r\n" + b"x" * 2000 + b"\r\n$2100\r\n")  # the second bulk would pass the bound
+    with pytest.raises(ProtocolError):
+        parser.next_reply(max_reply_bytes=4096)
+    parser = RespParser()
+    parser.feed(b"*2\r\n$2000\r\n" + b"x" * 2000 + b"\r\n$1000\r\n" + b"y" * 1000 + b"\r\n")
+    assert parser.next_reply(max_reply_bytes=4096) == [b"x" * 2000, b"y" * 1000]
+
+
+def test_arrays_and_values_per_reply_are_bounded() -> None:
+    parser = RespParser()
+    parser.feed(b"*%d\r\n" % 100_000)  # far more items than any reply the gateway asks for
+    with pytest.raises(ProtocolError, match="array"):
+        parser.next_reply()
+    parser = RespParser()
+    wide = b"*4000\r\n" + b"*0\r\n" * 4000
+    parser.feed(b"*%d\r\n" % 20 + wide * 20)  # 80,000 values in small arrays
+    with pytest.raises(ProtocolError, match="values"):
+        parser.next_reply()
