@@ -415,9 +415,18 @@ _TO_LANGUAGE = re.compile(r"\b(?:in|into|to)\s+([a-z]+)\b", re.IGNORECASE)
 _ASKING = re.compile(
     r"^\s*(?:please\s+)?(?:translate|how\s+do\s+(?:you|i)\s+say|what\s+is|what's|say)\s+", re.IGNORECASE
 )
-# Two worked exchanges before the request: the small local model answers in the asked language and stops, instead
-# of rambling (chosen on a handful of phrases that are not in the task set).
-_SHOTS = (("good morning", "Spanish", "Buenos días"), ("thank you very much", "German", "Vielen Dank"))
+# Worked exchanges before the request (the phrase quoted, both languages named): a small model answers in the asked
+# language and stops instead of rambling, and a pretrained one (no chat template) continues the pattern. Chosen on
+# the tuned-on tasks of tests/data/agent_tasks.toml only, never on agent_tasks_heldout.toml.
+_SHOTS = (
+    ("good morning", "Spanish", "Buenos días"),
+    ("thank you very much", "German", "Vielen Dank"),
+    ("where is the market?", "French", "Où est le marché ?"),
+)
+
+
+def _translate_prompt(phrase: str, language: str) -> str:
+    return f'Translate "{phrase}" from English into {language}.'
 
 
 def translation_request(request: str) -> tuple[str, str] | None:
@@ -449,12 +458,23 @@ async def polyglot(ctx: AgentContext, request: str) -> Answer:
         )
         return Answer("Polyglot", c.text, data={"tokens": c.tokens})
     phrase, language = parsed
-    chat = [Message("system", "You translate short phrases. Reply with the translation only.")]
+    chat = [Message("system", "You translate short English phrases. Reply with the translation only.")]
     for text, lang, answer in _SHOTS:
-        chat += [Message("user", f"Translate into {lang}: {text}"), Message("assistant", answer)]
-    chat.append(Message("user", f"Translate into {language}: {phrase}"))
+        chat += [Message("user", _translate_prompt(text, lang)), Message("assistant", answer)]
+    chat.append(Message("user", _translate_prompt(phrase, language)))
     c = await ctx.llm.complete(chat, max_tokens=48, stop=["\n"])
     return Answer("Polyglot", c.text, data={"tokens": c.tokens, "phrase": phrase, "language": language})
+
+
+# One worked quiz question on a passage that is not in any task's knowledge base.
+_QUIZ_SHOT = (
+    "The well pump must be primed with a bucket of water before it is started.",
+    "What must you do before starting the well pump?",
+)
+
+
+def _quiz_prompt(passage: str) -> str:
+    return f'Text: "{passage}"\nWrite one short quiz question about this text.'
 
 
 async def tutor(ctx: AgentContext, request: str) -> Answer:
@@ -466,8 +486,14 @@ async def tutor(ctx: AgentContext, request: str) -> Answer:
         question = "Fill in the gap: " + _LONG_WORD.sub("____", passage, count=1)
     else:
         c = await ctx.llm.complete(
-            [Message("user", f"Write one short quiz question about this text.\n\nText: {passage}\n\nQuestion:")],
+            [
+                Message("system", "You are a teacher. Reply with one quiz question only."),
+                Message("user", _quiz_prompt(_QUIZ_SHOT[0])),
+                Message("assistant", _QUIZ_SHOT[1]),
+                Message("user", _quiz_prompt(passage)),
+            ],
             max_tokens=48,
+            stop=["\n"],
         )
         question = c.text
     return Answer("Tutor", question, sources=_cite(hits), data={"passage": passage})
@@ -481,6 +507,13 @@ async def sword(ctx: AgentContext, request: str) -> Answer:
     return Answer("Sword", text, data=results, ok=not failed)
 
 
+# One worked exchange: the answer's shape (a fenced function, one line of explanation).
+_CODE_SHOT = (
+    "write a python function that doubles a number",
+    "```python\ndef double(x):\n    return 2 * x\n```\nIt returns twice the number.",
+)
+
+
 async def magi(ctx: AgentContext, request: str) -> Answer:
     if ctx.llm is None:
         return Answer("Magi", "Writing code needs the language model, which is off on this node.", ok=False)
@@ -488,7 +521,9 @@ async def magi(ctx: AgentContext, request: str) -> Answer:
     notes = await ctx.think(f"List the steps to solve this programming task, briefly: {request}")
     c = await ctx.llm.complete(
         [
-            Message("system", "You are a careful programmer. Answer with short code and one line of explanation."),
+            Message("system", "You are a careful programmer. Answer with short Python code and one line about it."),
+            Message("user", _CODE_SHOT[0]),
+            Message("assistant", _CODE_SHOT[1]),
             *([Message("assistant", f"Plan: {notes}")] if notes else []),
             Message("user", request),
         ],
