@@ -305,6 +305,7 @@ def main() -> None:
     ap.add_argument("--no-heldout", action="store_true", help="leave out the held-out LLM tasks")
     ap.add_argument("--skip-plain", action="store_true", help="only the LLM tasks")
     ap.add_argument("--skip-off", action="store_true", help="not the LLM tasks again with the model off")
+    ap.add_argument("--answers", type=Path, help="write every LLM task's answer here (JSON lines), to read by eye")
     args = ap.parse_args()
     prepare_process_env()  # as the daemon does (OMP_WAIT_POLICY for the local model), before any thread starts
     print(f"tasks.load_average: {' '.join(f'{x:.1f}' for x in os.getloadavg())} at the start (2 cores)", flush=True)
@@ -336,6 +337,12 @@ def main() -> None:
         for r in llm_results:
             if not r.ok:
                 print(f"  FAILED {r.id} ({r.agent}): {'; '.join(r.failures)} -- answered {r.answer[:80]!r}", flush=True)
+        if args.answers:
+            import json
+
+            with args.answers.open("a") as f:
+                for r in llm_results:
+                    f.write(json.dumps({"model": model, "id": r.id, "ok": r.ok, "answer": r.answer}) + "\n")
         dev = llm_results[: len(with_llm)]
         held = llm_results[len(with_llm) :]
         if dev:
