@@ -77,6 +77,7 @@ def test_a_seeded_fresh_router_routes_what_the_roster_alone_gets_wrong(embedder:
     assert seeded.feedback_count == 0  # seeds are not feedback: the user's own corrections keep their room
 
 
+@pytest.mark.slow  # ~5 s on a quiet machine, 30 s on the shared one: the router-level test above is the fast check
 @pytest.mark.timeout(300)
 async def test_a_fresh_node_routes_the_quiz_to_the_tutor_end_to_end(tmp_path: Path) -> None:
     """The agents service as shipped (no feedback ever given): the request reaches Tutor, which quizzes from
