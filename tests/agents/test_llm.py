@@ -259,7 +259,7 @@ async def test_polyglot_translates_with_gemma_where_smollm2_cannot() -> None:
     king = King(roster, router, Tools({"llm.complete": llm_tool(llm)}), llm=llm, traces=TraceStore(None))
     out = await king.ask("translate house into german", agent="Polyglot")
     assert out["steps"][0]["agent"] == "Polyglot"
-    assert out["answer"].strip().lower().startswith("haus"), out["answer"]
+    assert out["steps"][0]["text"].strip().lower().startswith("haus"), out["steps"][0]["text"]
 
 
 @needs_llama
