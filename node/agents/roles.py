@@ -46,12 +46,14 @@ class AgentContext:
     roster: Roster
     confirmed: bool = False  # the user confirmed a public or flagged action (``village ask --confirm``)
 
-    async def think(self, prompt: str) -> str:
-        """A hidden scratchpad: the model's notes stay in this node's trace and never reach a peer."""
+    async def think(self, prompt: str, shot: tuple[str, str] | None = None) -> str:
+        """A hidden scratchpad: the model's notes stay in this node's trace and never reach a peer. ``shot``: one
+        worked (prompt, notes) exchange first."""
         if self.llm is None:
             return ""
+        first = [Message("user", shot[0]), Message("assistant", shot[1])] if shot else []
         try:
-            c = await self.llm.complete([Message("user", prompt)], max_tokens=96)
+            c = await self.llm.complete([*first, Message("user", prompt)], max_tokens=96, stop=["\n\n"])
         except LlmError:
             return ""
         self.trace.step(self.spec.name, "thought", detail=c.text[:MAX_THOUGHT_CHARS])
@@ -415,9 +417,32 @@ _TO_LANGUAGE = re.compile(r"\b(?:in|into|to)\s+([a-z]+)\b", re.IGNORECASE)
 _ASKING = re.compile(
     r"^\s*(?:please\s+)?(?:translate|how\s+do\s+(?:you|i)\s+say|what\s+is|what's|say)\s+", re.IGNORECASE
 )
-# Two worked exchanges before the request: the small local model answers in the asked language and stops, instead
-# of rambling (chosen on a handful of phrases that are not in the task set).
-_SHOTS = (("good morning", "Spanish", "Buenos días"), ("thank you very much", "German", "Vielen Dank"))
+# Worked exchanges before the request (the phrase quoted, both languages named). Each answer is a two-line parallel
+# text ("English: house" / "German: Haus"; only the translation reaches the user): the model copies the phrase and
+# the language's name, and the translation then follows the name, as in a bilingual text. A small model so answers in
+# the asked language and stops instead of rambling, and a pretrained one (no chat template) continues the pattern.
+# Chosen on the tuned-on tasks of tests/data/agent_tasks.toml only (4 of 6 with Gemma 3 270M; the first shot was
+# "good morning" in Spanish: 3 of 6), never on agent_tasks_heldout.toml.
+_SHOTS = (
+    ("the dog is black", "Spanish", "El perro es negro"),
+    ("thank you very much", "German", "Vielen Dank"),
+    ("where is the market?", "French", "Où est le marché ?"),
+)
+
+
+def _translate_prompt(phrase: str, language: str) -> str:
+    return f'Translate "{phrase}" from English into {language}.'
+
+
+def _translation(answer: str, language: str) -> str:
+    """The translation out of a parallel-text answer: the line labelled with the language, else the answer."""
+    lines = [ln.strip() for ln in answer.strip().splitlines() if ln.strip()]
+    for ln in lines:
+        head, colon, tail = ln.partition(":")
+        if colon and head.strip().lower() == language.lower() and tail.strip():
+            return tail.strip()
+    rest = [ln for ln in lines if not ln.lower().startswith("english:")]
+    return rest[0] if rest else answer.strip()
 
 
 def translation_request(request: str) -> tuple[str, str] | None:
@@ -449,12 +474,27 @@ async def polyglot(ctx: AgentContext, request: str) -> Answer:
         )
         return Answer("Polyglot", c.text, data={"tokens": c.tokens})
     phrase, language = parsed
-    chat = [Message("system", "You translate short phrases. Reply with the translation only.")]
+    chat = [Message("system", "You translate short English phrases. Reply with the translation only.")]
     for text, lang, answer in _SHOTS:
-        chat += [Message("user", f"Translate into {lang}: {text}"), Message("assistant", answer)]
-    chat.append(Message("user", f"Translate into {language}: {phrase}"))
-    c = await ctx.llm.complete(chat, max_tokens=48, stop=["\n"])
-    return Answer("Polyglot", c.text, data={"tokens": c.tokens, "phrase": phrase, "language": language})
+        chat += [
+            Message("user", _translate_prompt(text, lang)),
+            Message("assistant", f"English: {text}\n{lang}: {answer}"),
+        ]
+    chat.append(Message("user", _translate_prompt(phrase, language)))
+    c = await ctx.llm.complete(chat, max_tokens=48, stop=["\n\n"])
+    text = _translation(c.text, language)
+    return Answer("Polyglot", text, data={"tokens": c.tokens, "phrase": phrase, "language": language})
+
+
+# One worked quiz question on a passage that is not in any task's knowledge base.
+_QUIZ_SHOT = (
+    "The well pump must be primed with a bucket of water before it is started.",
+    "What must you do before starting the well pump?",
+)
+
+
+def _quiz_prompt(passage: str) -> str:
+    return f'Text: "{passage}"\nWrite one short quiz question about this text.'
 
 
 async def tutor(ctx: AgentContext, request: str) -> Answer:
@@ -466,8 +506,14 @@ async def tutor(ctx: AgentContext, request: str) -> Answer:
         question = "Fill in the gap: " + _LONG_WORD.sub("____", passage, count=1)
     else:
         c = await ctx.llm.complete(
-            [Message("user", f"Write one short quiz question about this text.\n\nText: {passage}\n\nQuestion:")],
+            [
+                Message("system", "You are a teacher. Reply with one quiz question only."),
+                Message("user", _quiz_prompt(_QUIZ_SHOT[0])),
+                Message("assistant", _QUIZ_SHOT[1]),
+                Message("user", _quiz_prompt(passage)),
+            ],
             max_tokens=48,
+            stop=["\n"],
         )
         question = c.text
     return Answer("Tutor", question, sources=_cite(hits), data={"passage": passage})
@@ -481,15 +527,32 @@ async def sword(ctx: AgentContext, request: str) -> Answer:
     return Answer("Sword", text, data=results, ok=not failed)
 
 
+# One worked exchange: the answer's shape (a fenced function, one line of explanation).
+_CODE_SHOT = (
+    "write a python function that doubles a number",
+    "```python\ndef double(x):\n    return 2 * x\n```\nIt returns twice the number.",
+)
+
+
+_PLAN_SHOT = "1. Take the number x. 2. Return 2 * x."
+
+
+def _plan_prompt(task: str) -> str:
+    return f"List the steps to solve this programming task, briefly: {task}"
+
+
 async def magi(ctx: AgentContext, request: str) -> Answer:
     if ctx.llm is None:
         return Answer("Magi", "Writing code needs the language model, which is off on this node.", ok=False)
     # Think first (hidden: the notes go to this node's trace only, never into the answer or to a peer).
-    notes = await ctx.think(f"List the steps to solve this programming task, briefly: {request}")
+    # The notes stay in the trace and are NOT fed back into the answer's prompt: measured on the tuned-on tasks, the
+    # small models copy the worked plan into the code ("def even(x): return 2 * x"); without them 3 of 4 were right.
+    await ctx.think(_plan_prompt(request), shot=(_plan_prompt(_CODE_SHOT[0]), _PLAN_SHOT))
     c = await ctx.llm.complete(
         [
-            Message("system", "You are a careful programmer. Answer with short code and one line of explanation."),
-            *([Message("assistant", f"Plan: {notes}")] if notes else []),
+            Message("system", "You are a careful programmer. Answer with short Python code and one line about it."),
+            Message("user", _CODE_SHOT[0]),
+            Message("assistant", _CODE_SHOT[1]),
             Message("user", request),
         ],
         max_tokens=160,

