@@ -46,12 +46,10 @@ class BuildSettings:
 @dataclass(slots=True)
 class _Order:
     keys: I64  # sorted n-gram keys
-    counts: np.ndarray[Any, np.dtype[np.uint32]]
     ctx_keys: I64  # sorted unique contexts
-    ctx_tot: np.ndarray[Any, np.dtype[np.float32]]
     ctx_gamma: np.ndarray[Any, np.dtype[np.float32]]
     d: tuple[float, float, float]
-    num: F64  # discounted count / context total, per key (computed at load)
+    num: np.ndarray[Any, np.dtype[np.float32]]  # discounted count / context total, per key (computed at load)
 
 
 def _pad(ids: Sequence[int], order: int, bos: int) -> list[int]:
@@ -151,10 +149,13 @@ class GlobalPrior:
                 gamma = arrays[f"ctx_gamma{k}"]
                 if len(tot) != len(ctx_keys) or len(gamma) != len(ctx_keys) or len(counts) != len(keys):
                     raise TwinStoreError(f"prior order {k} arrays disagree")
-                c = counts.astype(np.float64)
-                dvec = np.where(counts == 1, d[0], np.where(counts == 2, d[1], d[2]))
-                num = (c - dvec) / tot[inv].astype(np.float64)
-                self.orders[k] = _Order(keys, counts, ctx_keys, tot, gamma, (d[0], d[1], d[2]), num)
+                # float32 per key (the prior's RAM is mostly these arrays): counts minus their discount, over
+                # the context's total.
+                num = counts.astype(np.float32)
+                num -= np.where(counts == 1, d[0], np.where(counts == 2, d[1], d[2])).astype(np.float32)
+                num /= tot[inv]
+                del inv, counts
+                self.orders[k] = _Order(keys, ctx_keys, gamma, (d[0], d[1], d[2]), num)
         except (KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
             raise TwinStoreError(f"corrupt prior: {exc}") from exc
         if self.p1.shape != (self.v,):

@@ -45,3 +45,23 @@ def test_split_keeps_evaluated_senders_out_of_the_prior() -> None:
     assert all(u[0] in "cdef" for u in report) and all(u[0] in "0123456789ab" for u in prior | dev)
     assert len(report) >= 30 and len(dev) >= 20
     assert all(senders[u].words >= twin_data.MIN_WORDS for u in report | dev)
+
+
+def test_oracle_counts_candidate_misses() -> None:
+    import twin_oracle
+
+    msgs = tuple(f"ping the zebulon server number {i % 5} please" for i in range(30))
+    st = twin_oracle.run(twin_data.Sender("0c0ffee", msgs))
+    n = st["all.n"]
+    assert n == st["eos.n"] + st["word.n"] + st["punct.n"] > 0 and st["first.n"] == st["eos.n"] == 6
+    assert st["all.top3"] <= st["all.oracle3"] <= n and st["all.top3"] <= st["all.in_cand"]
+    assert st["all.oracle3"] - st["all.top3"] <= n - st["all.in_cand"]  # only a missing candidate can differ
+    assert st["eos.top3"] == 6  # the repeated message's end is learned
+
+
+def test_oracle_refuses_report_senders() -> None:
+    pytest.importorskip("chitchat_dataset")
+    import twin_oracle
+
+    with pytest.raises(SystemExit):
+        twin_oracle.main(["--senders", "c,d,e,f"])

@@ -11,7 +11,8 @@ import pytest
 from node.twin import kn
 from node.twin.errors import TwinStoreError
 from node.twin.personal import PersonalKN
-from node.twin.tokens import BOS, message_tokens
+from node.twin.prior import GlobalPrior
+from node.twin.tokens import BOS, EOS, message_tokens
 
 from .helpers import CORPUS, tiny_prior
 
@@ -109,3 +110,38 @@ def test_corrupt_prior_is_refused() -> None:
         GlobalPrior(b"AVTP\x00\x01garbage")
     with pytest.raises(TwinStoreError):
         GlobalPrior(b"nope")
+
+
+def _key(pr: GlobalPrior, words: list[str]) -> int:
+    key = 0
+    for i in pr.ids(words):
+        key = key * pr.v + i
+    return key
+
+
+def test_pruning_keeps_singleton_trigrams_and_drops_singleton_four_grams() -> None:
+    """The shipped prior's settings (scripts/build_twin_prior.py: min counts 1 1 1 2): every trigram of the corpus
+    keeps its own probability; a 4-gram seen once leaves its mass to the context's back-off weight."""
+    pr = tiny_prior(order=4, min_count=(1, 1, 1, 2))
+    once3 = ["doing", "well", EOS]  # "i am doing well" is the only message with it
+    once4 = ["am", "doing", "well", EOS]
+    thrice4 = [BOS, BOS, "i", "am"]  # three messages start with "i am"
+    assert _key(pr, once3) in set(pr.orders[3].keys.tolist())
+    assert _key(pr, once4) not in set(pr.orders[4].keys.tolist())
+    assert _key(pr, thrice4) in set(pr.orders[4].keys.tolist())
+    pruned_more = tiny_prior(order=4, min_count=(1, 1, 2, 2))
+    assert _key(pruned_more, once3) not in set(pruned_more.orders[3].keys.tolist())
+
+
+def test_loaded_prior_keeps_twelve_bytes_per_ngram() -> None:
+    """RAM: a loaded prior keeps per n-gram only its key (int64) and its probability term (float32), per context
+    its key and back-off weight; the raw counts and context totals are dropped after loading."""
+    pr = tiny_prior(order=4, min_count=(1, 1, 1, 1))
+    for o in pr.orders.values():
+        assert o.num.dtype == np.float32 and len(o.num) == len(o.keys)
+        kept = sum(a.nbytes for a in vars_of(o))
+        assert kept == 12 * len(o.keys) + 12 * len(o.ctx_keys)
+
+
+def vars_of(o: object) -> list[np.ndarray]:
+    return [getattr(o, name) for name in o.__slots__ if isinstance(getattr(o, name), np.ndarray)]  # type: ignore[attr-defined]
