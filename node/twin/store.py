@@ -57,7 +57,7 @@ def encode(
     for name, arr in (extra or {}).items():
         arrays[f"x_{name}"] = arr
     m = {"prior": prior_id(lm), "messages": lm.messages, "min_count": min_count, **(meta or {})}
-    return blob.pack(MAGIC, FORMAT_VERSION, arrays, m)
+    return blob.pack(MAGIC, FORMAT_VERSION, arrays, m, compact=True)
 
 
 def encode_bounded(

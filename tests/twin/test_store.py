@@ -69,3 +69,25 @@ def test_forget_deletes_every_file(prior: GlobalPrior, tmp_path: Path) -> None:
     assert erased > 0 and not d.exists()
     eng.forget()
     assert eng.lm.personal.tokens == 0 and eng.lm.words == []
+
+
+def test_a_saved_state_uses_a_dictionary_sized_to_it(prior: GlobalPrior) -> None:
+    """A twin save must not size LZMA for 64 MiB: preset 9's match finder touched ~65 MiB of RSS per save of a
+    300 KB state (a spike on a running node). The saved state decompresses within a 4 MiB memory limit, which a
+    preset-9 stream (64 MiB dictionary) cannot, and still round-trips."""
+    import lzma
+
+    from node.twin import blob
+
+    lm = TwinLM(prior)
+    for t in TEXTS[:50]:
+        lm.observe(t)
+    data = store.encode(lm)
+    body = data[data.index(b"\xfd7zXZ") :]  # the xz stream after the JSON header
+    assert len(lzma.LZMADecompressor(memlimit=4 << 20).decompress(body)) > 0
+    default = blob.pack(store.MAGIC, store.FORMAT_VERSION, {"a": np.zeros(4)}, {})
+    with pytest.raises(lzma.LZMAError):
+        lzma.LZMADecompressor(memlimit=4 << 20).decompress(default[default.index(b"\xfd7zXZ") :])
+    back = TwinLM(prior)
+    store.decode_into(back, data, 10_000_000)
+    assert back.words == lm.words
