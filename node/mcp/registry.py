@@ -321,6 +321,7 @@ class Registry:
         try:
             value = await tool.handler(params, caller)
             if isinstance(value, Outcome):
+                _check_output(tool, value, caller)
                 return value
         except ToolError:
             raise
@@ -335,7 +336,27 @@ class Registry:
             structured = value
         else:
             structured = {"result": value}
-        return Outcome(structured, json.dumps(structured, indent=2, ensure_ascii=False))
+        outcome = Outcome(structured, json.dumps(structured, indent=2, ensure_ascii=False))
+        _check_output(tool, outcome, caller)
+        return outcome
+
+
+def _check_output(tool: Tool, outcome: Outcome, caller: Caller) -> None:
+    """The answer must match the tool's declared output model (strictly: what passes here passes a client's JSON
+    Schema check of ``outputSchema``); otherwise the caller gets a ToolError and the node's log the details."""
+    if tool.output_model is None:
+        return
+    try:
+        tool.output_model.__pydantic_validator__.validate_python(outcome.structured, strict=True)
+    except ValidationError as exc:
+        log.error(
+            "tool %s answered outside its output schema (caller %s:%s): %s",
+            tool.name,
+            caller.transport,
+            caller.client_id,
+            _describe_validation(exc),
+        )
+        raise ToolError(f"internal error in {tool.name}: its answer did not match its output schema") from None
 
 
 def _reachable(tool: Tool, caller: Caller) -> bool:
