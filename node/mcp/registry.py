@@ -321,7 +321,7 @@ class Registry:
         try:
             value = await tool.handler(params, caller)
             if isinstance(value, Outcome):
-                _check_output(tool, value, caller)
+                _check_output(tool, value, caller, text_is_json=False)
                 return value
         except ToolError:
             raise
@@ -337,17 +337,23 @@ class Registry:
         else:
             structured = {"result": value}
         outcome = Outcome(structured, json.dumps(structured, indent=2, ensure_ascii=False))
-        _check_output(tool, outcome, caller)
+        _check_output(tool, outcome, caller, text_is_json=True)
         return outcome
 
 
-def _check_output(tool: Tool, outcome: Outcome, caller: Caller) -> None:
+def _check_output(tool: Tool, outcome: Outcome, caller: Caller, *, text_is_json: bool) -> None:
     """The answer must match the tool's declared output model (strictly: what passes here passes a client's JSON
-    Schema check of ``outputSchema``); otherwise the caller gets a ToolError and the node's log the details."""
+    Schema check of ``outputSchema``); otherwise the caller gets a ToolError and the node's log the details.
+    When ``outcome.text`` is the JSON of ``structured``, that JSON is validated: it is what the client receives
+    (a tuple in a handler's answer is a JSON array there, as on the wire)."""
     if tool.output_model is None:
         return
+    validator = tool.output_model.__pydantic_validator__
     try:
-        tool.output_model.__pydantic_validator__.validate_python(outcome.structured, strict=True)
+        if text_is_json:
+            validator.validate_json(outcome.text, strict=True)
+        else:
+            validator.validate_python(outcome.structured, strict=True)
     except ValidationError as exc:
         log.error(
             "tool %s answered outside its output schema (caller %s:%s): %s",

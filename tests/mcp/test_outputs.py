@@ -112,3 +112,17 @@ async def test_a_mismatching_answer_reaches_an_mcp_client_as_a_tool_error_not_a_
             assert "Traceback" not in text and "fast" not in text
         ok = await client.call_tool("scratch_list", {})  # a matching answer still flows, schema-checked by the SDK
         assert not ok.is_error and ok.structured_content == {"keys": [], "bytes": 0, "max_bytes": 4096}
+
+
+async def test_tuples_in_an_answer_are_json_arrays_as_on_the_wire() -> None:
+    """A control method answering with tuples (e.g. the electorate's pairs) is valid: the client gets arrays."""
+    state = {"epoch": 0, "config": {}, "policy": {}}
+    answer = {"namespace": "local", "epoch": 0, "electorate": [("ab" * 32, 1)], "proposals": (), "certificates": []}
+    reg = registry_answering({"vote.status": {**answer, "state": state}})
+    out = await reg.call("vote_status", {}, caller=Caller("stdio", "c"))
+    assert out.structured["electorate"] == [("ab" * 32, 1)]
+    server = build_server(LocalBackend(reg, lambda ctx: Caller("stdio", "client")))
+    async with Client(server) as client:
+        got = await client.call_tool("vote_status", {})
+        assert not got.is_error and got.structured_content is not None
+        assert got.structured_content["electorate"] == [["ab" * 32, 1]] and got.structured_content["proposals"] == []
