@@ -1,14 +1,16 @@
 """One registry of the node's tools, used by the MCP server, the twin and the agents alike.
 
 Each tool is declared once (:class:`Tool`): a name, a description, a pydantic input model (its JSON Schema is
-what MCP clients see, and arguments are validated against it), an optional output model, the scope a caller
-needs and whether it changes state. :meth:`Registry.call` is the only way in::
+what MCP clients see, and arguments are validated against it), an output model (its JSON Schema is the tool's
+``outputSchema``; every tool of the node declares one, node.mcp.outputs, and answers are validated against it), the
+scope a caller needs and whether it changes state. :meth:`Registry.call` is the only way in::
 
     outcome = await registry.call("peers_list", {}, caller=Caller("local", "twin"))
 
 It checks the caller's scopes, the ``[mcp] allow``/``deny`` policy and the rate limit of state-changing tools,
-validates the arguments, runs the handler, and writes one audit record per call (allowed or not). Every failure
-reaches the caller as a :class:`~node.mcp.errors.ToolError` whose message it can act on; never a traceback.
+validates the arguments, runs the handler, checks its answer against the output model, and writes one audit
+record per call (allowed or not). Every failure reaches the caller as a :class:`~node.mcp.errors.ToolError` whose
+message it can act on; never a traceback.
 """
 
 from __future__ import annotations
