@@ -292,6 +292,13 @@ async def test_a_stdio_client_hears_of_each_message_the_daemon_receives(daemon: 
                             break
             listed = structured(await client.call_tool("inbox_list", {}))
             assert [m["text"] for m in listed["messages"]] == ["hello over stdio"]
+            # With a real peer and a real message, the answers still match their output schemas (closed models).
+            tools = {t.name: t for t in (await client.list_tools()).tools}
+            conforms(tools["inbox_list"], await client.call_tool("inbox_list", {}))
+            peers = conforms(tools["peers_list"], await client.call_tool("peers_list", {}))["peers"]
+            assert any(p["nickname"] == "bob" and p["reachable"] for p in peers)
+            assert conforms(tools["routes_list"], await client.call_tool("routes_list", {}))["routes"]
+            assert conforms(tools["node_status"], await client.call_tool("node_status", {}))["peers"] >= 1
 
 
 async def test_memory_survives_a_restart_and_the_user_can_export_and_erase_it(daemon: Daemon) -> None:
