@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from node.mcp import outputs as o
 from node.mcp.node_tools import Invoke, NoArgs
 from node.mcp.registry import Caller, Tool
 
@@ -86,6 +87,7 @@ def ask_tools(invoke: Invoke, node: Node) -> list[Tool]:
             SCOPE_ASK,
             True,
             ask_handler,
+            output_model=o.AskOut,
         ),
         Tool(
             "twin_suggest",
@@ -94,6 +96,7 @@ def ask_tools(invoke: Invoke, node: Node) -> list[Tool]:
             SCOPE_TWIN_READ,
             False,
             suggest,
+            output_model=o.SuggestOut,
         ),
         Tool(
             "twin_status",
@@ -102,6 +105,7 @@ def ask_tools(invoke: Invoke, node: Node) -> list[Tool]:
             SCOPE_TWIN_READ,
             False,
             status,
+            output_model=o.TwinStatusOut,
         ),
         Tool(
             "agents_list",
@@ -110,6 +114,7 @@ def ask_tools(invoke: Invoke, node: Node) -> list[Tool]:
             SCOPE_AGENTS_READ,
             False,
             agents_list,
+            output_model=o.AgentsOut,
         ),
         Tool(
             "agents_trace",
@@ -118,5 +123,6 @@ def ask_tools(invoke: Invoke, node: Node) -> list[Tool]:
             SCOPE_AGENTS_TRACE,
             False,
             agents_trace,
+            output_model=o.TraceOut,
         ),
     ]

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from node.mcp import outputs as o
 from node.mcp.graph import GraphStore
 from node.mcp.registry import Caller, Outcome, Resource, Tool
 from node.mcp.working import WorkingMemory
@@ -309,6 +310,7 @@ def scratch_tools(working: WorkingMemory, now: Callable[[], float]) -> list[Tool
             SCRATCH,
             True,
             scratch_set,
+            output_model=o.ScratchSetOut,
             title="Scratch: set",
         ),
         Tool(
@@ -318,6 +320,7 @@ def scratch_tools(working: WorkingMemory, now: Callable[[], float]) -> list[Tool
             SCRATCH,
             False,
             scratch_get,
+            output_model=o.ScratchGetOut,
             title="Scratch: get",
         ),
         Tool(
@@ -327,6 +330,7 @@ def scratch_tools(working: WorkingMemory, now: Callable[[], float]) -> list[Tool
             SCRATCH,
             False,
             scratch_list,
+            output_model=o.ScratchListOut,
             title="Scratch: list",
         ),
         Tool(
@@ -336,6 +340,7 @@ def scratch_tools(working: WorkingMemory, now: Callable[[], float]) -> list[Tool
             SCRATCH,
             True,
             scratch_clear,
+            output_model=o.ScratchClearOut,
             title="Scratch: clear",
             destructive=True,
             idempotent=True,

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import trio
 from pydantic import BaseModel, ConfigDict, Field
 
+from node.mcp import outputs as o
 from node.mcp.errors import NotAllowed
 from node.mcp.registry import Caller, Tool
 
@@ -219,10 +220,11 @@ def node_tools(
         scope: str,
         handler: Any,
         *,
+        out: type[BaseModel],
         write: bool = False,
         destructive: bool = False,
     ) -> Tool:
-        return Tool(name, desc, args, scope, write, handler, destructive=destructive)
+        return Tool(name, desc, args, scope, write, handler, output_model=out, destructive=destructive)
 
     return [
         t(
@@ -231,6 +233,7 @@ def node_tools(
             NoArgs,
             "node:read",
             passthrough("node.status"),
+            out=o.NodeStatusOut,
         ),
         t(
             "peers_list",
@@ -238,6 +241,7 @@ def node_tools(
             NoArgs,
             "peers:read",
             passthrough("peers.list", "peers"),
+            out=o.PeersOut,
         ),
         t(
             "routes_list",
@@ -245,6 +249,7 @@ def node_tools(
             NoArgs,
             "peers:read",
             passthrough("routes.list", "routes"),
+            out=o.RoutesOut,
         ),
         t(
             "betanet_connect",
@@ -252,6 +257,7 @@ def node_tools(
             ConnectArgs,
             "peers:connect",
             passthrough("peers.connect"),
+            out=o.ConnectOut,
             write=True,
         ),
         t(
@@ -261,6 +267,7 @@ def node_tools(
             SendArgs,
             "messages:send",
             passthrough("messages.send"),
+            out=o.SentOut,
             write=True,
         ),
         t(
@@ -269,6 +276,7 @@ def node_tools(
             BroadcastArgs,
             "messages:send",
             passthrough("messages.broadcast"),
+            out=o.BroadcastOut,
             write=True,
         ),
         t(
@@ -277,6 +285,7 @@ def node_tools(
             MessageIdArgs,
             "messages:status",
             passthrough("messages.status"),
+            out=o.MessageStatusOut,
         ),
         t(
             "inbox_list",
@@ -284,6 +293,7 @@ def node_tools(
             InboxArgs,
             "messages:read",
             passthrough("inbox.list", "messages"),
+            out=o.InboxOut,
         ),
         t(
             "rag_query",
@@ -292,6 +302,7 @@ def node_tools(
             RagQueryArgs,
             "rag:read",
             rag_query,
+            out=o.RagQueryOut,
         ),
         t(
             "rag_add",
@@ -300,6 +311,7 @@ def node_tools(
             RagAddArgs,
             "rag:write",
             rag_add,
+            out=o.RagAddOut,
             write=True,
         ),
         t(
@@ -308,6 +320,7 @@ def node_tools(
             RagDocArgs,
             "rag:write",
             passthrough("rag.remove"),
+            out=o.RagRemoveOut,
             write=True,
             destructive=True,
         ),
@@ -317,6 +330,7 @@ def node_tools(
             RagDocArgs,
             "rag:write",
             passthrough("rag.share"),
+            out=o.RagShareOut,
             write=True,
         ),
         t(
@@ -325,6 +339,7 @@ def node_tools(
             RagDocArgs,
             "rag:write",
             passthrough("rag.unshare"),
+            out=o.RagShareOut,
             write=True,
         ),
         t(
@@ -333,6 +348,7 @@ def node_tools(
             RagFeedbackArgs,
             "rag:write",
             rag_feedback,
+            out=o.RagFeedbackOut,
             write=True,
         ),
         t(
@@ -341,5 +357,6 @@ def node_tools(
             NoArgs,
             "rag:read",
             passthrough("rag.stats"),
+            out=o.RagStatsOut,
         ),
     ]

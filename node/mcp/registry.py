@@ -1,14 +1,16 @@
 """One registry of the node's tools, used by the MCP server, the twin and the agents alike.
 
 Each tool is declared once (:class:`Tool`): a name, a description, a pydantic input model (its JSON Schema is
-what MCP clients see, and arguments are validated against it), an optional output model, the scope a caller
-needs and whether it changes state. :meth:`Registry.call` is the only way in::
+what MCP clients see, and arguments are validated against it), an output model (its JSON Schema is the tool's
+``outputSchema``; every tool of the node declares one, node.mcp.outputs, and answers are validated against it), the
+scope a caller needs and whether it changes state. :meth:`Registry.call` is the only way in::
 
     outcome = await registry.call("peers_list", {}, caller=Caller("local", "twin"))
 
 It checks the caller's scopes, the ``[mcp] allow``/``deny`` policy and the rate limit of state-changing tools,
-validates the arguments, runs the handler, and writes one audit record per call (allowed or not). Every failure
-reaches the caller as a :class:`~node.mcp.errors.ToolError` whose message it can act on; never a traceback.
+validates the arguments, runs the handler, checks its answer against the output model, and writes one audit
+record per call (allowed or not). Every failure reaches the caller as a :class:`~node.mcp.errors.ToolError` whose
+message it can act on; never a traceback.
 """
 
 from __future__ import annotations
@@ -321,6 +323,7 @@ class Registry:
         try:
             value = await tool.handler(params, caller)
             if isinstance(value, Outcome):
+                _check_output(tool, value, caller, text_is_json=False)
                 return value
         except ToolError:
             raise
@@ -335,7 +338,33 @@ class Registry:
             structured = value
         else:
             structured = {"result": value}
-        return Outcome(structured, json.dumps(structured, indent=2, ensure_ascii=False))
+        outcome = Outcome(structured, json.dumps(structured, indent=2, ensure_ascii=False))
+        _check_output(tool, outcome, caller, text_is_json=True)
+        return outcome
+
+
+def _check_output(tool: Tool, outcome: Outcome, caller: Caller, *, text_is_json: bool) -> None:
+    """The answer must match the tool's declared output model (strictly: what passes here passes a client's JSON
+    Schema check of ``outputSchema``); otherwise the caller gets a ToolError and the node's log the details.
+    When ``outcome.text`` is the JSON of ``structured``, that JSON is validated: it is what the client receives
+    (a tuple in a handler's answer is a JSON array there, as on the wire)."""
+    if tool.output_model is None:
+        return
+    validator = tool.output_model.__pydantic_validator__
+    try:
+        if text_is_json:
+            validator.validate_json(outcome.text, strict=True)
+        else:
+            validator.validate_python(outcome.structured, strict=True)
+    except ValidationError as exc:
+        log.error(
+            "tool %s answered outside its output schema (caller %s:%s): %s",
+            tool.name,
+            caller.transport,
+            caller.client_id,
+            _describe_validation(exc),
+        )
+        raise ToolError(f"internal error in {tool.name}: its answer did not match its output schema") from None
 
 
 def _reachable(tool: Tool, caller: Caller) -> bool:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from node.mcp import outputs as o
 from node.mcp.node_tools import Invoke
 from node.mcp.registry import Caller, Tool
 
@@ -59,6 +60,7 @@ def vote_tools(invoke: Invoke) -> list[Tool]:
             VOTE_READ_SCOPE,
             False,
             passthrough("vote.status"),
+            output_model=o.VoteStatusOut,
         ),
         Tool(
             "vote_evidence",
@@ -67,6 +69,7 @@ def vote_tools(invoke: Invoke) -> list[Tool]:
             VOTE_READ_SCOPE,
             False,
             passthrough("vote.evidence", "evidence"),
+            output_model=o.VoteEvidenceOut,
         ),
         Tool(
             "vote_propose",
@@ -76,6 +79,7 @@ def vote_tools(invoke: Invoke) -> list[Tool]:
             VOTE_PROPOSE_SCOPE,
             True,
             passthrough("vote.propose"),
+            output_model=o.VoteProposeOut,
         ),
         Tool(
             "vote_cast",
@@ -84,5 +88,6 @@ def vote_tools(invoke: Invoke) -> list[Tool]:
             VOTE_CAST_SCOPE,
             True,
             passthrough("vote.cast"),
+            output_model=o.VoteCastOut,
         ),
     ]

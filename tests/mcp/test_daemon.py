@@ -21,6 +21,7 @@ from typing import Any
 import mcp_types
 import pytest
 import trio
+from jsonschema import Draft202012Validator  # type: ignore[import-untyped]  # no stubs installed
 from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters
 
@@ -142,7 +143,8 @@ async def test_stdio_and_http_clients_use_the_daemons_tools(daemon: Daemon, mode
             assert set(tools) >= ISSUE_14_TOOLS, ISSUE_14_TOOLS - set(tools)
             for tool in tools.values():  # typed input (JSON Schema from the type hints), described
                 assert tool.description and tool.input_schema["type"] == "object", tool.name
-            assert all(tools[name].output_schema for name in REFERENCE_MEMORY_TOOLS)  # typed output: memory only
+            for tool in tools.values():  # typed output too (JSON Schema from the output model's type hints)
+                assert tool.output_schema and tool.output_schema["type"] == "object", tool.name
             assert "mesh" in tools["rag_query"].input_schema["properties"]  # `rag query --mesh`
             uris = {str(r.uri) for r in (await client.list_resources()).resources}
             assert uris >= ISSUE_14_RESOURCES, ISSUE_14_RESOURCES - uris
@@ -167,6 +169,87 @@ async def test_stdio_and_http_clients_use_the_daemons_tools(daemon: Daemon, mode
     audited = [json.loads(line)["tool"] for line in audit]
     assert {"create_entities", "search_nodes", "messages_broadcast", "no_such_tool"} <= set(audited)
     assert oct((daemon.data_dir / "mcp" / "audit.jsonl").stat().st_mode & 0o777) == "0o600"
+
+
+def conforms(tool: mcp_types.Tool, result: Any) -> dict[str, Any]:
+    """The call's structuredContent, checked against the tool's outputSchema by jsonschema (not our pydantic)."""
+    got = structured(result)
+    assert tool.output_schema is not None, tool.name
+    Draft202012Validator.check_schema(tool.output_schema)
+    errors = [e.message for e in Draft202012Validator(tool.output_schema).iter_errors(got)]
+    assert not errors, (tool.name, errors)
+    if tool.name not in REFERENCE_MEMORY_TOOLS:  # those answer in text as the reference server does
+        assert json.loads(text_of(result)) == got  # the text block says the same
+    return dict(got)
+
+
+# Arguments for a real call of each read-only tool (after the setup calls below, so the answers are not empty).
+READ_ONLY_CALLS: dict[str, dict[str, Any]] = {
+    "node_status": {},
+    "peers_list": {},
+    "routes_list": {},
+    "inbox_list": {},
+    "rag_query": {"text": "engine notes"},
+    "rag_stats": {},
+    "read_graph": {},
+    "search_nodes": {"query": "engine"},
+    "open_nodes": {"names": ["Ada"]},
+    "scratch_get": {"key": "plan"},
+    "scratch_list": {},
+    "twin_suggest": {"text": "the eng"},
+    "twin_status": {},
+    "agents_list": {},
+    "agents_trace": {},
+    "vote_status": {},
+    "vote_evidence": {},
+}
+
+
+async def test_every_tool_declares_its_output_and_real_answers_match_it() -> None:
+    """Issue 14 item 1 (typed output): over stdio and HTTP every listed tool has an outputSchema, and real calls of
+    every read-only tool (and of the state-changing ones the setup makes) return structuredContent that a JSON
+    Schema validator accepts."""
+    tmp = Path(tempfile.mkdtemp(prefix="vlg-docs-", dir="/tmp"))
+    try:
+        docs = tmp / "docs"
+        docs.mkdir()
+        (docs / "engine.md").write_text("# Engine\n\nAda wrote notes on the analytical engine and its mill.\n")
+        with running(CONFIG + f'rag_roots = ["{docs}"]\n') as daemon:
+            async with daemon.stdio() as stdio, daemon.http() as http:
+                for client in (stdio, http):
+                    tools = {t.name: t for t in (await client.list_tools()).tools}
+                    assert set(READ_ONLY_CALLS) <= set(tools)
+                    missing = [n for n, t in tools.items() if t.output_schema is None]
+                    assert not missing, missing
+                    read_only = {n for n, t in tools.items() if t.annotations and t.annotations.read_only_hint}
+                    assert read_only <= set(READ_ONLY_CALLS) | {"messages_status"}, read_only - set(READ_ONLY_CALLS)
+
+                    async def call(name: str, args: dict[str, Any], tools: Any = tools, client: Any = client) -> Any:
+                        return conforms(tools[name], await client.call_tool(name, args))
+
+                    added = await call("rag_add", {"paths": [str(docs)], "shared": False})
+                    assert added["files"] == 1 and added["outcomes"][0]["status"] in ("added", "unchanged")
+                    doc_id = added["outcomes"][0]["doc_id"]
+                    assert (await call("rag_share", {"id": doc_id}))["doc_ids"] == [doc_id]
+                    await call(
+                        "create_entities",
+                        {"entities": [{"name": "Ada", "entityType": "person", "observations": ["engine"]}]},
+                    )
+                    sent = await call("messages_broadcast", {"text": "engine notes for everyone"})
+                    assert (await call("messages_status", {"id": sent["id"]}))["state"] == "sent"
+                    await call("scratch_set", {"key": "plan", "value": {"step": 1}})
+                    answers = {name: await call(name, args) for name, args in READ_ONLY_CALLS.items()}
+                    assert answers["rag_query"]["results"][0]["doc_id"] == doc_id
+                    merged = await call("rag_query", {"text": "engine notes", "mesh": True})  # no peers: local only
+                    assert merged["mesh"] is True and merged["results"][0]["ref"] == str(merged["results"][0]["id"])
+                    assert answers["scratch_get"]["value"] == {"step": 1}
+                    assert answers["agents_list"]["agents"] and answers["search_nodes"]["entities"]
+                    hit = answers["rag_query"]["results"][0]["id"]
+                    assert (await call("rag_feedback", {"verdict": "good", "ref": str(hit)}))["good"] is True
+                    assert (await call("scratch_clear", {}))["cleared"] == 1
+                    assert (await call("rag_remove", {"id": doc_id}))["doc_ids"] == [doc_id]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
@@ -209,6 +292,13 @@ async def test_a_stdio_client_hears_of_each_message_the_daemon_receives(daemon: 
                             break
             listed = structured(await client.call_tool("inbox_list", {}))
             assert [m["text"] for m in listed["messages"]] == ["hello over stdio"]
+            # With a real peer and a real message, the answers still match their output schemas (closed models).
+            tools = {t.name: t for t in (await client.list_tools()).tools}
+            conforms(tools["inbox_list"], await client.call_tool("inbox_list", {}))
+            peers = conforms(tools["peers_list"], await client.call_tool("peers_list", {}))["peers"]
+            assert any(p["nickname"] == "bob" and p["reachable"] for p in peers)
+            assert conforms(tools["routes_list"], await client.call_tool("routes_list", {}))["routes"]
+            assert conforms(tools["node_status"], await client.call_tool("node_status", {}))["peers"] >= 1
 
 
 async def test_memory_survives_a_restart_and_the_user_can_export_and_erase_it(daemon: Daemon) -> None:

@@ -48,9 +48,16 @@ async def test_vote_tools_against_a_real_daemon(daemon: Daemon) -> None:
 async def test_vote_tools_need_their_scopes() -> None:
     calls: list[str] = []
 
+    state = {"epoch": 0, "config": {}, "policy": {}}
+    answers = {  # what the vote.* control methods answer (shapes of node/agents/vote.py), minimal
+        "vote.status": {"namespace": "local", "epoch": 0, "electorate": [], "proposals": [], "certificates": []}
+        | {"state": state},
+        "vote.cast": {"namespace": "village", "proposal": "ab" * 32, "vote": {}, "certificate": None, "state": state},
+    }
+
     async def invoke(method: str, params: dict[str, Any]) -> Any:
         calls.append(method)
-        return {}
+        return answers[method]
 
     reg = Registry(McpSettings(), now=lambda: 0.0)
     reg.extend(vote_tools(invoke))

@@ -217,7 +217,7 @@ def _registry(svc: TwinService) -> tuple[Registry, list[str]]:
     received: list[str] = []
 
     async def send(p: _SendParams, notify: Notify) -> Any:
-        return {"id": "x"}
+        return {"id": "x", "to": "00" * 8, "state": "pending"}  # messages.send's answer (node/control/methods.py)
 
     async def inbox(_: NoParams, notify: Notify) -> Any:
         received.append("a message from someone else: secret-from-peer")
@@ -270,7 +270,7 @@ async def test_mcp_clients_calls_are_not_learned(tmp_path: Path, sock_dir: Path)
                 {"peer": "mallory", "text": "wire the xylophonic escrow today"},
                 caller=Caller(transport, "remote-api-key-17"),
             )
-            assert out.structured == {"id": "x"}  # the call reached the handler and succeeded
+            assert out.structured["id"] == "x"  # the call reached the handler and succeeded
         await svc.idle.wait()
         st = await svc.status()
         assert st["messages_learned"] == 0 and st["events"] == 0

@@ -1,0 +1,128 @@
+"""Typed tool outputs (issue 14 item 1): every tool of the node declares an output model, and an answer that does not
+match it reaches the MCP client as a tool error (logged with the details on the node), never as a traceback nor as
+structuredContent that breaks the client's own schema check."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import trio
+from jsonschema import Draft202012Validator  # type: ignore[import-untyped]  # no stubs installed
+from mcp.client.client import Client
+
+from node.mcp.errors import ToolError
+from node.mcp.graph import GraphStore
+from node.mcp.memory_tools import memory_tools, scratch_tools
+from node.mcp.node_tools import node_tools
+from node.mcp.registry import Caller, Outcome, Registry, Tool
+from node.mcp.server import LocalBackend, build_server
+from node.mcp.vote_tools import vote_tools
+from node.mcp.working import WorkingMemory
+from tests.mcp.helpers import mcp_settings, text_of
+
+PEER = {
+    "peer_id": "3f2a9c01aabbccdd",
+    "nickname": "bob",
+    "fingerprint": "ab" * 32,
+    "reachable": True,
+    "last_seen_s_ago": 1.5,
+    "hops": 1,
+    "transport": "betanet",
+    "address": "/ip4/127.0.0.1/tcp/4001",
+    "session": False,
+    "rtt_ms": None,
+}
+
+
+def registry_answering(answers: dict[str, Any]) -> Registry:
+    """The node's own tools over a control layer that answers ``answers[method]`` (what a buggy method might)."""
+
+    async def invoke(method: str, params: dict[str, Any]) -> Any:
+        return answers[method]
+
+    reg = Registry(mcp_settings(), now=trio.current_time)
+    reg.extend(node_tools(invoke, rag_roots=()))
+    reg.extend(vote_tools(invoke))
+    reg.extend(scratch_tools(WorkingMemory(max_bytes_per_client=4096, max_clients=4, max_ttl_s=60.0), lambda: 0.0))
+    return reg
+
+
+def test_every_tool_of_the_node_declares_an_output_schema() -> None:
+    reg = registry_answering({})
+    reg.extend(memory_tools(GraphStore(None, mcp_settings())))
+    for tool in reg.tools.values():
+        assert tool.output_model is not None and tool.output_schema is not None, tool.name
+        Draft202012Validator.check_schema(tool.output_schema)
+        assert tool.output_schema["type"] == "object" and "properties" in tool.output_schema, tool.name
+        assert "$ref" not in str(tool.output_schema), tool.name  # inlined for clients
+
+
+async def test_a_matching_answer_passes_unchanged() -> None:
+    reg = registry_answering({"peers.list": [PEER]})
+    out = await reg.call("peers_list", {}, caller=Caller("stdio", "c"))
+    assert out.structured == {"peers": [PEER]}
+    Draft202012Validator(reg.tools["peers_list"].output_schema or {}).validate(out.structured)
+
+
+@pytest.mark.parametrize(
+    ("tool", "method", "answer"),
+    [
+        ("peers_list", "peers.list", [{**PEER, "hops": "1"}]),  # a string where an integer belongs: not coerced
+        ("peers_list", "peers.list", [{k: v for k, v in PEER.items() if k != "reachable"}]),  # a field missing
+        ("peers_list", "peers.list", [{**PEER, "secret": "x"}]),  # a field a closed model does not declare
+        ("messages_send", "messages.send", {"id": 7, "to": "3f2a9c01aabbccdd", "state": "pending"}),
+        ("node_status", "node.status", {"peer_id": "3f2a9c01aabbccdd"}),  # open model: stable fields still required
+        ("vote_status", "vote.status", ["not", "an", "object"]),
+    ],
+)
+async def test_an_answer_outside_the_model_is_a_tool_error(
+    tool: str, method: str, answer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    reg = registry_answering({method: answer})
+    args = {"peer": "bob", "text": "hi"} if tool == "messages_send" else {}
+    with caplog.at_level(logging.ERROR, logger="village.mcp"), pytest.raises(ToolError) as info:
+        await reg.call(tool, args, caller=Caller("stdio", "c"))
+    assert str(info.value) == f"internal error in {tool}: its answer did not match its output schema"
+    assert f"tool {tool} answered outside its output schema" in caplog.text  # the details stay on the node
+    assert reg.failures == {"ToolError": 1}
+
+
+async def test_a_mismatching_answer_reaches_an_mcp_client_as_a_tool_error_not_a_traceback() -> None:
+    reg = registry_answering({"peers.list": [{**PEER, "rtt_ms": "fast"}], "node.status": {}})
+
+    async def outcome_handler(p: Any, caller: Caller) -> Outcome:  # a handler that builds its Outcome itself
+        return Outcome({"cleared": "all"}, "cleared all")
+
+    scratch = reg.tools["scratch_clear"]
+    reg.tools["scratch_clear"] = Tool(
+        scratch.name, scratch.description, scratch.input_model, scratch.scope, True, outcome_handler,
+        output_model=scratch.output_model,
+    )  # fmt: skip
+    server = build_server(LocalBackend(reg, lambda ctx: Caller("stdio", "client")))
+    async with Client(server) as client:
+        listed = {t.name: t for t in (await client.list_tools()).tools}
+        assert listed["peers_list"].output_schema == reg.tools["peers_list"].output_schema
+        for name in ("peers_list", "node_status", "scratch_clear"):
+            result = await client.call_tool(name, {})
+            assert result.is_error and result.structured_content is None, name
+            text = text_of(result)
+            assert text == f"internal error in {name}: its answer did not match its output schema"
+            assert "Traceback" not in text and "fast" not in text
+        ok = await client.call_tool("scratch_list", {})  # a matching answer still flows, schema-checked by the SDK
+        assert not ok.is_error and ok.structured_content == {"keys": [], "bytes": 0, "max_bytes": 4096}
+
+
+async def test_tuples_in_an_answer_are_json_arrays_as_on_the_wire() -> None:
+    """A control method answering with tuples (e.g. the electorate's pairs) is valid: the client gets arrays."""
+    state = {"epoch": 0, "config": {}, "policy": {}}
+    answer = {"namespace": "local", "epoch": 0, "electorate": [("ab" * 32, 1)], "proposals": (), "certificates": []}
+    reg = registry_answering({"vote.status": {**answer, "state": state}})
+    out = await reg.call("vote_status", {}, caller=Caller("stdio", "c"))
+    assert out.structured["electorate"] == [("ab" * 32, 1)]
+    server = build_server(LocalBackend(reg, lambda ctx: Caller("stdio", "client")))
+    async with Client(server) as client:
+        got = await client.call_tool("vote_status", {})
+        assert not got.is_error and got.structured_content is not None
+        assert got.structured_content["electorate"] == [["ab" * 32, 1]] and got.structured_content["proposals"] == []
