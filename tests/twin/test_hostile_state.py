@@ -5,7 +5,10 @@ loading costs one step per n-gram whatever the counts say."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -115,6 +118,75 @@ async def test_a_hostile_state_file_is_kept_aside_and_the_twin_starts_fresh(tmp_
     await _check_contained(tmp_path, path, planted)
 
 
+def _with_shape(data: bytes, name: str, shape: list[int]) -> bytes:
+    """``data`` (a :func:`blob.pack` blob) with the header's shape of array ``name`` replaced: pack refuses to write
+    such shapes, a hostile writer does not ask it."""
+    header_len = int.from_bytes(data[6:10], "big")
+    header = json.loads(data[10 : 10 + header_len])
+    for entry in header["arrays"]:
+        if entry["name"] == name:
+            entry["shape"] = shape
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    return data[:6] + len(raw).to_bytes(4, "big") + raw + data[10 + header_len :]
+
+
+# Review of session 5: an empty array of any shape passed (np.prod wrapped, no bound on a dimension), then
+# finite_array(...).tolist() built a list per row: [2**40, 0] was a MemoryError nobody caught (the file stayed in
+# place and failed every event), [2**27, 0] 8 GB of empty lists (the daemon OOM-killed, again after each restart).
+HOSTILE_SHAPES = {
+    "lam shaped [2**40, 0]": ("lam", [2**40, 0]),
+    "lam shaped [2**27, 0]": ("lam", [2**27, 0]),
+    "lam shaped [3, 0]": ("lam", [3, 0]),
+    "kappa shaped [2**40, 0]": ("kappa", [2**40, 0]),
+    "lam shaped [2**32, 2**32] (the int64 product wraps to 0)": ("lam", [2**32, 2**32]),
+    "lam with three dimensions": ("lam", [1, 1, 0]),
+    "lam with no dimension": ("lam", []),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_SHAPES))
+async def test_a_state_with_a_hostile_shape_is_kept_aside(tmp_path: Path, case: str) -> None:
+    name, shape = HOSTILE_SHAPES[case]
+    path = await _learn_one(tmp_path)
+    arrays, meta = blob.unpack_untrusted(path.read_bytes(), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    arrays = dict(arrays)
+    arrays[name] = np.zeros(0, dtype=np.float64)
+    planted = _with_shape(blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta), name, shape)
+    with pytest.raises(TwinStoreError):  # refused by the reader itself, before anyone builds lists from it
+        blob.unpack_untrusted(planted, store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    path.write_bytes(planted)
+    await _check_contained(tmp_path, path, planted)
+
+
+@pytest.mark.parametrize("shape", [(2**27, 0), (1, 0), (2, 2, 2)])
+def test_pack_refuses_the_shapes_the_reader_refuses(shape: tuple[int, ...]) -> None:
+    with pytest.raises(TwinStoreError, match="shape"):
+        blob.pack(store.MAGIC, store.FORMAT_VERSION, {"a": np.zeros(shape, dtype=np.float32)}, {})
+
+
+async def test_any_exception_while_loading_keeps_the_file_aside(tmp_path: Path, monkeypatch: Any) -> None:
+    """The backstop: a check the decoder misses (here a MemoryError planted in it) still moves the file aside
+    instead of failing every event and every restart."""
+    path = await _learn_one(tmp_path)
+    planted = path.read_bytes()
+
+    def out_of_memory(*args: Any, **kwargs: Any) -> Any:
+        raise MemoryError
+
+    with monkeypatch.context() as m:
+        m.setattr(store, "decode_into", out_of_memory)
+        svc = make(tmp_path, Power(90, True))
+        async with trio.open_nursery() as n:
+            await n.start(svc.run, None)
+            svc.record("message", "another one", action="messages.send")
+            await svc.idle.wait()
+            st = await svc.status()
+            assert st["load_error"] and "MemoryError" in st["load_error"], st
+            assert st["messages_learned"] == 1 and st["learn_errors"] == 0
+            n.cancel_scope.cancel()
+    assert path.with_name("state.bin.bad").read_bytes() == planted
+
+
 async def test_a_fifo_or_oversized_state_file_is_kept_aside(tmp_path: Path) -> None:
     path = tmp_path / "twin" / "state.bin"
     path.parent.mkdir(mode=0o700)
@@ -188,3 +260,29 @@ def test_a_gate_threshold_in_range_is_restored(value: float) -> None:
     back = TwinEngine(prior)
     back.decode(eng.encode(10_000_000), 10_000_000)
     assert back.gate.threshold_bits == value
+
+
+_LZMA_DICT_BOMB = r"""
+import resource, struct, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+from node.twin import blob
+from node.twin.errors import TwinStoreError
+# an .lzma ("alone") body of 45 bytes declaring a 4 GiB dictionary, size unknown
+body = bytes([0x5D]) + struct.pack("<I", 0xFFFFFFFF) + b"\xff" * 8 + b"\x00" * 32
+header = b'{"arrays":[],"meta":{}}'
+data = blob._HEADER.pack(b"AVTS", 1, len(header)) + header + body
+try:
+    blob.unpack_untrusted(data, b"AVTS", 1, max_bytes=1 << 20)
+except TwinStoreError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_a_body_declaring_a_huge_lzma_dictionary_is_refused_under_a_memory_limit() -> None:
+    """Review of session 5: the decoder had no memlimit, so under ``ulimit -v`` (32-bit Pi OS, Termux) a 70-byte
+    file was a MemoryError, not a store error, and was never moved aside. Run with a 1 GiB address-space limit."""
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run(
+        [sys.executable, "-c", _LZMA_DICT_BOMB], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+    assert out.returncode == 0 and "refused:" in out.stdout and "Memory usage limit" in out.stdout, out
