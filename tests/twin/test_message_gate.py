@@ -11,7 +11,7 @@ import pytest
 
 from node.twin.engine import Event, TwinEngine
 from node.twin.gate import MAX_THRESHOLD_BITS, MESSAGE_MIN_THRESHOLD_BITS, MessageGate
-from node.twin.model import MAX_REPLAY_TOKENS, TwinLM
+from node.twin.model import MAX_REPLAY_TOKENS, MIN_P, TwinLM
 from node.twin.neural import NeuralLM
 from node.twin.prior import GlobalPrior
 
@@ -53,6 +53,19 @@ def test_the_threshold_stays_bounded_under_hostile_scores() -> None:
     for _ in range(5000):
         gate.decide([0.0] * 32, [1e9] * 32)
     assert gate.threshold_bits == MESSAGE_MIN_THRESHOLD_BITS
+
+
+def test_the_threshold_never_leaves_the_range_of_real_scores() -> None:
+    """Review of session 5: the bound was ±64 bits while no score can pass ±39.86 (every surprisal is capped at
+    -log2(MIN_P)), so a threshold out there pinned the gate shut or open for hundreds of messages."""
+    top = -math.log2(MIN_P)
+    assert top <= MAX_THRESHOLD_BITS < top + 1 and MESSAGE_MIN_THRESHOLD_BITS == -MAX_THRESHOLD_BITS
+    gate = MessageGate(0.5, score="edge", threshold_bits=0.0)
+    for _ in range(5000):  # the largest score a message can have (the mixture certain, the neural tier not)
+        gate.decide([0.0] * 32, [top] * 32)
+    assert gate.threshold_bits <= top + 1
+    for _ in range(50):  # and from there the top-scoring messages pass again at once
+        assert gate.decide([top] * 32, [0.0] * 32)
     for _ in range(100):
         gate.decide([math.nan] * 5, [math.nan] * 5)  # a NaN score never passes, the threshold stays finite
     assert math.isfinite(gate.threshold_bits)
