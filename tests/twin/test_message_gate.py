@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from node.twin.gate import MAX_THRESHOLD_BITS, MESSAGE_MIN_THRESHOLD_BITS, Messa
 from node.twin.model import MAX_REPLAY_TOKENS, MIN_P, TwinLM
 from node.twin.neural import NeuralLM
 from node.twin.prior import GlobalPrior
+from node.twin.tokens import message_tokens
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +104,29 @@ def test_the_replay_buffer_learns_in_one_step_once_full_and_is_bounded(prior: Gl
     assert lm.flush_neural() == 2 and nn.updates == 14
     with pytest.raises(ValueError):
         TwinLM(prior, replay_tokens=MAX_REPLAY_TOKENS + 1)
+
+
+def test_the_replay_buffer_never_holds_more_than_its_bound(prior: GlobalPrior, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of session 5: the buffer was extended by a whole message before the check, so it reached
+    replay_tokens - 1 + MAX_SEEN (639) entries in one step. Long messages (~120 tokens each) at the largest
+    replay size: no step ever learns a batch over MAX_REPLAY_TOKENS, and every queued token is learned."""
+    batches: list[int] = []
+    adapt_batch = NeuralLM.adapt_batch
+
+    def spy(self: NeuralLM, batch: Any, *args: Any, **kwargs: Any) -> int:
+        batches.append(len(batch))
+        return adapt_batch(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(NeuralLM, "adapt_batch", spy)
+    lm = _lm(prior, replay_tokens=MAX_REPLAY_TOKENS)
+    queued = 0
+    for i in range(9):
+        text = " ".join(f"word{(i * 7 + j) % 50}" for j in range(119))
+        lm.observe(text)
+        queued += len(message_tokens(text))
+        assert len(lm._replay) <= MAX_REPLAY_TOKENS
+    lm.flush_neural()
+    assert batches and max(batches) <= MAX_REPLAY_TOKENS and sum(batches) == queued, batches
 
 
 def test_the_gate_state_is_saved_and_restored(prior: GlobalPrior) -> None:
