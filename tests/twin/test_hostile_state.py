@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -286,3 +287,44 @@ def test_a_body_declaring_a_huge_lzma_dictionary_is_refused_under_a_memory_limit
         [sys.executable, "-c", _LZMA_DICT_BOMB], capture_output=True, text=True, timeout=60, env=env, check=False
     )
     assert out.returncode == 0 and "refused:" in out.stdout and "Memory usage limit" in out.stdout, out
+
+
+@pytest.mark.parametrize("name", ["words", "x_act_names"])
+def test_a_newline_bomb_is_refused_before_it_is_split(name: str) -> None:
+    """A word list (or action names) of 32 million newlines: 32 MB of payload from a small file, and splitting it
+    would hold a 256 MB list before the count was checked. The count is checked on the bytes: loading costs no
+    more memory than unpacking the file does."""
+    prior = GlobalPrior.load_packaged()
+    eng = TwinEngine(prior)
+    eng.observe(Event("message", "hello there friend", "messages.send", 0))
+    eng.observe(Event("command", "", "messages.send", 0))
+    arrays, meta = blob.unpack_untrusted(eng.encode(10_000_000), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    arrays = dict(arrays)
+    arrays[name] = np.frombuffer(b"\n" * 32_000_000, dtype=np.uint8)
+    data = blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta)
+    tracemalloc.start()
+    try:
+        blob.unpack_untrusted(data, store.MAGIC, store.FORMAT_VERSION, max_bytes=10_000_000 * store.MAX_RAW_FACTOR)
+        unpack_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    fresh = TwinEngine(prior)
+    tracemalloc.start()
+    try:
+        with pytest.raises(TwinStoreError, match=r"out of bounds|does not fit"):
+            fresh.decode(data, 10_000_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < unpack_peak + 32_000_000, (peak, unpack_peak)  # the split alone: 256 MB
+
+
+def test_oversized_mixture_weights_are_refused_by_their_shape() -> None:
+    prior = GlobalPrior.load_packaged()
+    eng = TwinEngine(prior)
+    eng.observe(Event("message", "hello there friend", "messages.send", 0))
+    arrays, meta = blob.unpack_untrusted(eng.encode(10_000_000), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    arrays = dict(arrays)
+    arrays["lam"] = np.zeros(1_000_000)
+    with pytest.raises(TwinStoreError, match="mixture weights"):
+        TwinEngine(prior).decode(blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta), 10_000_000)
