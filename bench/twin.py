@@ -22,14 +22,17 @@ Figures (one line each; the baseline is the prior alone, in the same run):
   time (``time.process_time``) in the updates.
 * ``--msg-gate SCORE:F:REPLAY[:WEIGHT[:STEP]]`` adds ``msg_SCORE_F_rREPLAY``: the shipped message gate
   (``node.twin.gate.MessageGate``) with that score at a budget of ``F`` of the tokens, the W/b step once
-  ``REPLAY`` gated tokens wait (1: per message, as shipped); ``random`` is the control (messages subsampled at
-  the same budget) and ``random:1:1:0`` is "output bias only" (the W/b step never runs). ``twin.curve.*``
+  ``REPLAY`` gated tokens wait (1: per message, as shipped; what waits at a sender's end is learned and timed
+  too, and ``neural tokens`` are tokens learned); ``random`` is the control (messages subsampled at the same
+  budget; ``--random-seeds`` draws, 3 by default, with their spread on a ``twin.curve.spread`` line) and
+  ``random:1:1:0`` is "output bias only" (the W/b step never runs). ``twin.curve.*``
   lines read every configuration against ``--baseline`` (default ``batch_always``, the same step on every
   message).
 
 Tuning switches (measured on dev senders only): ``--recency-decay``, ``--no-recency`` (no recency cache tier),
-``--no-bias-always`` (the neural output bias behind the gate too), ``--gate-neural`` (gate on the neural tier's
-own surprisal instead of the mixture's), ``--gate-variant F:START:STEP`` (an extra gated configuration with its
+``--no-bias-always`` (the neural output bias behind the gate too), ``--gate-neural`` (session 4's token gate on
+the neural tier's own surprisal instead of the mixture's; refused with a message gate, whose edge it would zero),
+``--gate-variant F:START:STEP`` (an extra gated configuration with its
 own starting threshold and adaptation step); ``--job-lines`` prints every (configuration, sender) result as it
 ends. One BLAS thread per worker (set before numpy loads).
 
@@ -143,7 +146,7 @@ def _learn(lm: TwinLM, text: str, gate: SurpriseGate | MessageGate | None, cfg: 
             weights = [1.0 if gate.check(b) else 0.0 for b in bits]
         if cfg.msg_weight != 1.0:
             weights = [w * cfg.msg_weight for w in weights]
-        r.neural_updates += lm.adapt_neural(ids, weights)
+        lm.adapt_neural(ids, weights)  # tokens learned are counted at the end (a replay buffer only queues them)
         r.neural_s += time.process_time() - t1
     r.update_s += time.process_time() - t0
 
@@ -166,6 +169,7 @@ class Config:
     replay: int = 1  # the W/b step runs when this many gated tokens wait (1: once per message)
     msg_weight: float = 1.0  # the step's weight on every passed token
     gate_step_msg: float | None = None  # the MessageGate's adaptation step (None: its default)
+    gate_seed: int = 0  # the MessageGate's random draws (the random control)
 
 
 def run_sender(
@@ -197,7 +201,7 @@ def run_sender(
         lm.neural_lr = _NEURAL_LR[0]
     gate: SurpriseGate | MessageGate | None = None
     if cfg.gate_fraction is not None and cfg.message_gate is not None:
-        gate = MessageGate(cfg.gate_fraction, score=cfg.message_gate)
+        gate = MessageGate(cfg.gate_fraction, score=cfg.message_gate, seed=cfg.gate_seed)
         if cfg.gate_step_msg is not None:
             gate.step_bits = cfg.gate_step_msg
     elif cfg.gate_fraction is not None:
@@ -235,6 +239,12 @@ def run_sender(
             lm.suggest(partial)
             r.latencies.append(time.perf_counter() - t1)
         _learn(lm, msg, gate, cfg, r)
+    if nn is not None:  # what still waits in a replay buffer (replay > 1) is learned, and timed, like the rest
+        t2 = time.process_time()
+        lm.flush_neural()
+        r.neural_s += time.process_time() - t2
+        r.update_s += time.process_time() - t2
+        r.neural_updates = nn.updates  # tokens the W/b step learned (batched or one by one)
     extra = nn.state() if nn is not None else None
     r.size_bytes = len(store.encode(lm, extra))
     return r
@@ -323,6 +333,18 @@ def _gate_lines_baseline(configs: list[Config], pooled: dict[str, Result], name:
             f"{pct(g.update_s, base.update_s)} of the update CPU (neural step {pct(g.neural_s, base.neural_s)}, "
             f"tokens {pct(g.neural_updates, base.neural_updates)}){nn}; {g.bits / g.tokens:.3f} bits/token"
         )
+    seeds: dict[str, list[Result]] = {}  # the random control over several seeds: its spread
+    for c in configs:
+        if c.message_gate == "random" and c.name in pooled:
+            seeds.setdefault(c.name.split("_seed")[0], []).append(pooled[c.name])
+    for group, rs in seeds.items():
+        if len(rs) > 1:
+            kept = [100 * (static.bits - g.bits) / gain if gain else 0.0 for g in rs]
+            cpu = [100 * g.update_s / base.update_s if base.update_s else 0.0 for g in rs]
+            print(
+                f"twin.curve.spread {group} over {len(rs)} seeds: keeps {min(kept):.1f}-{max(kept):.1f} % of the "
+                f"gain at {min(cpu):.1f}-{max(cpu):.1f} % of the update CPU"
+            )
 
 
 def _gate_lines_counts(configs: list[Config], pooled: dict[str, Result]) -> None:
@@ -386,7 +408,17 @@ def main(argv: list[str] | None = None) -> int:
         "--always-replay", type=int, nargs="*", default=[], help="batch_always with these replay buffer sizes"
     )
     ap.add_argument("--baseline", default="batch_always", help="the always-update configuration gates are read against")
+    ap.add_argument(
+        "--random-seeds", type=int, default=3, help="a random --msg-gate (the control) runs with this many seeds"
+    )
     args = ap.parse_args(argv)
+    if args.gate_neural and (
+        args.msg_gate or (args.gate_score and (not args.modes or "twin" in args.modes.split(",")))
+    ):
+        ap.error(
+            "--gate-neural replaces the mixture's bits by the neural tier's own, so a message gate's edge score "
+            "would be 0 for every message: use it with --gate-score '' and no --msg-gate (session 4's token gate)"
+        )
     _OPTS["recency_decay"] = args.recency_decay
     _OPTS["neural_candidates"] = args.neural_candidates
     if args.sparse_min_p is not None:
@@ -456,20 +488,23 @@ def main(argv: list[str] | None = None) -> int:
             score, f, rep = parts[0], float(parts[1]), int(parts[2])
             wgt = float(parts[3]) if len(parts) > 3 else 1.0
             step = float(parts[4]) if len(parts) > 4 else None
-            configs.append(
-                Config(
-                    f"msg_{score}_{f:g}_r{rep}"
-                    + (f"_w{wgt:g}" if len(parts) > 3 else "")
-                    + (f"_s{step:g}" if step else ""),
-                    neural=True,
-                    gate_fraction=f,
-                    topk=False,
-                    message_gate=score,
-                    replay=rep,
-                    msg_weight=wgt,
-                    gate_step_msg=step,
-                )
+            name = (
+                f"msg_{score}_{f:g}_r{rep}" + (f"_w{wgt:g}" if len(parts) > 3 else "") + (f"_s{step:g}" if step else "")
             )
+            for seed in range(max(1, args.random_seeds) if score == "random" else 1):
+                configs.append(
+                    Config(
+                        name + (f"_seed{seed}" if seed else ""),
+                        neural=True,
+                        gate_fraction=f,
+                        topk=False,
+                        message_gate=score,
+                        replay=rep,
+                        msg_weight=wgt,
+                        gate_step_msg=step,
+                        gate_seed=seed,
+                    )
+                )
         for v in args.gate_variant:
             f, start, step = (float(x) for x in v.split(":"))
             configs.append(

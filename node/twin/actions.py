@@ -90,7 +90,10 @@ class ActionHead:
     def load_state(self, arrays: dict[str, np.ndarray[Any, Any]]) -> None:
         if "act_names" not in arrays:
             return
-        names = bytes(arrays["act_names"]).decode("utf-8").split("\n") if len(arrays["act_names"]) else []
+        raw = bytes(arrays["act_names"])
+        if raw.count(b"\n") >= self.max_actions:  # before split: a newline is a list entry
+            raise TwinStoreError("action head state does not fit this node's settings (too many actions)")
+        names = raw.decode("utf-8").split("\n") if raw else []
         n = len(names)
         w, b = arrays["act_w"], arrays["act_b"]
         if n > self.max_actions or w.shape != (n, self.dim + n) or b.shape != (n,) or len(set(names)) != n:

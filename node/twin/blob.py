@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import lzma
+import math
 import struct
 from typing import Any
 
@@ -19,6 +20,21 @@ from node.twin.errors import TwinStoreError
 _HEADER = struct.Struct(">4sHI")  # magic, version, header length
 _ALLOWED_DTYPES = {"int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "float16", "float32", "float64"}
 MAX_HEADER_BYTES = 1 << 20
+# The decoder's memory cap: pack uses preset 9 (a 64 MiB dictionary, ~65 MiB to decode); a body declaring a
+# bigger dictionary is refused as LZMAError instead of allocating it (MemoryError under ulimit -v, 32-bit Pi OS).
+MAX_DECODER_MEMORY_BYTES = 128 << 20
+
+
+def _check_shape(shape: tuple[int, ...], max_bytes: int) -> None:
+    """The shapes :func:`pack` writes, and only those: 1-D or 2-D, each dimension at most ``max_bytes``, and no
+    rows without columns (an empty 2-D array has no rows: ``tolist()`` would build one list per row, ``(2**27, 0)``
+    is 8 GB of empty lists from a few bytes of header)."""
+    if len(shape) not in (1, 2):
+        raise TwinStoreError(f"corrupt header: an array of {len(shape)} dimensions (1 or 2 expected)")
+    if any(x < 0 or x > max_bytes for x in shape):
+        raise TwinStoreError(f"corrupt header: an array dimension out of range 0..{max_bytes}")
+    if len(shape) == 2 and shape[1] == 0 and shape[0] != 0:
+        raise TwinStoreError("corrupt header: a 2-D array with rows but no columns")
 
 
 def pack(
@@ -37,6 +53,8 @@ def pack(
         a = np.ascontiguousarray(arr)
         if a.dtype.name not in _ALLOWED_DTYPES:
             raise TwinStoreError(f"array {name!r} has unsupported dtype {a.dtype}")
+        if len(a.shape) not in (1, 2) or (a.ndim == 2 and a.shape[1] == 0 and a.shape[0] != 0):
+            raise TwinStoreError(f"array {name!r} has shape {a.shape} (1-D, or 2-D with columns, expected)")
         index.append({"name": name, "dtype": a.dtype.name, "shape": list(a.shape)})
         chunks.append(a.tobytes())
     header = json.dumps({"arrays": index, "meta": meta}, separators=(",", ":")).encode()
@@ -67,7 +85,7 @@ def unpack_untrusted(
         header = json.loads(data[_HEADER.size : _HEADER.size + header_len])
         index = header["arrays"]
         meta = header["meta"]
-        decomp = lzma.LZMADecompressor()
+        decomp = lzma.LZMADecompressor(memlimit=MAX_DECODER_MEMORY_BYTES)
         raw = decomp.decompress(data[_HEADER.size + header_len :], max_length=max_bytes + 1)
     except (ValueError, KeyError, TypeError, RecursionError, lzma.LZMAError) as exc:  # RecursionError: deep nesting
         raise TwinStoreError(f"corrupt file: {type(exc).__name__}: {str(exc)[:200]}") from exc
@@ -81,9 +99,8 @@ def unpack_untrusted(
             if dtype.name not in _ALLOWED_DTYPES:
                 raise TwinStoreError(f"unsupported dtype {dtype}")
             shape = tuple(int(x) for x in entry["shape"])
-            if any(x < 0 for x in shape):
-                raise TwinStoreError("negative shape")
-            n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            _check_shape(shape, max_bytes)
+            n = math.prod(shape) * dtype.itemsize  # Python ints: np.prod(dtype=int64) wrapped
             if offset + n > len(raw):
                 raise TwinStoreError("payload shorter than its header says")
             arrays[str(entry["name"])] = np.frombuffer(

@@ -31,11 +31,13 @@ import random
 from dataclasses import dataclass, field
 
 MAX_WEIGHT = 4.0  # the largest importance weight of a sampled low-surprise update (bounds one step's size)
-# The range a threshold can reach: surprisals are at most -log2(1e-12) ~ 40 bits, and the threshold moves by a
-# fraction of a bit per event. A stored threshold outside it is refused on load (it would pin the gate open or
-# shut: 0 passes every event, a huge one only the importance-sampled ones).
+# Every surprisal the model reports is capped: -log2(model.MIN_P = 1e-12) = 39.86 bits, so a message's score lies
+# in [-40, 40] bits (a difference of two surprisals for edge/useful, one for mixture/neural). A threshold outside
+# that range passes every message or none; the gate's threshold is kept inside it at run time and a stored one
+# outside it is refused on load (at ±64 it pinned the gate open or shut for ~600-1,500 messages).
+MAX_SURPRISAL_BITS = 40.0
 MIN_THRESHOLD_BITS = 0.0
-MAX_THRESHOLD_BITS = 64.0
+MAX_THRESHOLD_BITS = MAX_SURPRISAL_BITS
 
 
 @dataclass(slots=True)
@@ -86,7 +88,7 @@ class SurpriseGate:
         return self.passed / self.seen if self.seen else 0.0
 
 
-MESSAGE_MIN_THRESHOLD_BITS = -64.0  # a message score (a difference of surprisals) can be negative
+MESSAGE_MIN_THRESHOLD_BITS = -MAX_SURPRISAL_BITS  # a message score (a difference of surprisals) can be negative
 SHIPPED_SCORE = "edge"  # chosen on tuning senders (bench/README.md, session 5)
 SCORES = ("useful", "edge", "mixture", "neural", "random")
 START_BITS = {"useful": 0.5, "edge": -0.5, "mixture": 6.0, "neural": 7.0, "random": 0.0}

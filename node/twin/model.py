@@ -41,7 +41,8 @@ PREFIX_CANDIDATES = 64  # prior words scored for a typed prefix (the likeliest u
 MAX_SEEN = 128  # neural distributions kept per message for the bias step (later tokens skip it)
 NEURAL_CANDIDATES = 8  # the neural tier's likeliest next words added to the n-gram tiers' candidates
 REPLAY_TOKENS = 1  # the W/b step runs when this many gated tokens wait in the replay buffer
-MAX_REPLAY_TOKENS = 512  # bound on the replay buffer (each entry holds a 4,096-float distribution)
+MAX_REPLAY_TOKENS = 512  # bound on the replay buffer and so on one step's batch (each entry holds a 4,096-float
+# distribution): a message's tokens that would overflow it make what waits learn first
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,8 +330,12 @@ class TwinLM:
         With ``batched_steps`` (the default) the tokens whose forward pass the prediction kept (the message's
         first :data:`MAX_SEEN`) join the replay buffer, and one mini-batch step (:meth:`NeuralLM.adapt_batch`)
         learns the buffer once ``replay_tokens`` wait in it (the step's fixed cost is paid once per batch; every
-        forward pass in the buffer was taken at the current W and b, which only the step changes). The other
-        tokens, and every token without ``batched_steps``, get one SGD step each with its own forward pass."""
+        forward pass in the buffer was taken at the current W and b, which only the step changes, but with
+        ``bias_always`` the output bias c moves after every message: with ``replay_tokens`` > 1 a queued token's
+        distribution was computed at the c of its own message, up to the buffer's age old, and the step uses it
+        as it was). The buffer never holds more than :data:`MAX_REPLAY_TOKENS` entries: the tokens of a message
+        that would overflow it wait until what is queued has been learned. The other tokens, and every token
+        without ``batched_steps``, get one SGD step each with its own forward pass."""
         if self.neural is None:
             return 0
         bias = not self.bias_always
@@ -341,6 +346,8 @@ class TwinLM:
         fwd = self._fwd if self.batched_steps and len(self._fwd) <= len(ids) else []
         if fwd:
             queued = [(x, h, p, t, w) for (x, h, p, t), w in zip(fwd, weights, strict=False) if w > 0]
+            if len(self._replay) + len(queued) > MAX_REPLAY_TOKENS:  # (queued <= MAX_SEEN < MAX_REPLAY_TOKENS)
+                self.flush_neural()
             self._replay.extend(queued)
             n += len(queued)
             if len(self._replay) >= self.replay_tokens:

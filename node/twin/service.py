@@ -158,9 +158,14 @@ class TwinService:
             data = store.read_state(self.path, self.settings.max_disk_bytes)
             if data is not None:
                 engine.decode(data, self.settings.max_disk_bytes)
-        except (TwinStoreError, OSError) as exc:
-            # Keep the unusable file for the user to look at; start from the prior.
-            self.load_error = f"{self.path}: {exc}; starting fresh (the old file is kept as state.bin.bad)"
+        except Exception as exc:  # noqa: BLE001 - TwinStoreError/OSError expected; anything else is a missed check
+            # Keep the unusable file for the user to look at; start from the prior. A backstop on any Exception
+            # (a MemoryError from a check the decoder missed): a file that fails every load must not stay in place
+            # to fail every event and every restart.
+            why = str(exc) if isinstance(exc, (TwinStoreError, OSError)) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, (TwinStoreError, OSError)):
+                log.error("twin: loading %s raised %s (a check missed in the decoder)", self.path, type(exc).__name__)
+            self.load_error = f"{self.path}: {why[:300]}; starting fresh (the old file is kept as state.bin.bad)"
             try:
                 self.path.replace(self.path.with_name(self.path.name + ".bad"))
             except OSError as move_exc:

@@ -112,11 +112,19 @@ def decode_into(lm: TwinLM, data: bytes, max_bytes: int) -> tuple[dict[str, np.n
     if meta.get("prior") != prior_id(lm):
         raise TwinStoreError("twin state was learned over a different prior; run `village twin forget`")
     try:
-        words = bytes(arrays["words"]).decode("utf-8").split("\n") if len(arrays["words"]) else []
+        # Sizes are checked before anything becomes Python objects: one newline is a list entry, one number a
+        # float object (~30 bytes for each byte or 8 bytes of a payload that is itself up to 64x the file).
+        raw_words = bytes(arrays["words"])
+        if raw_words.count(b"\n") >= lm.max_personal_words:
+            raise TwinStoreError("twin state out of bounds (more words than twin.max_personal_words)")
+        lam_a, lam_n_a = finite_array(arrays, "lam"), int_array(arrays, "lam_n")
+        if lam_a.shape != (N_BUCKETS,) or lam_n_a.shape != (N_BUCKETS,):
+            raise TwinStoreError("twin state out of bounds (mixture weights)")
+        words = raw_words.decode("utf-8").split("\n") if raw_words else []
         tri = int_array(arrays, "tri").reshape(-1, 3)
         counts = int_array(arrays, "tri_counts").reshape(-1)
-        lam = finite_array(arrays, "lam").tolist()
-        lam_n = int_array(arrays, "lam_n").tolist()
+        lam = lam_a.tolist()
+        lam_n = lam_n_a.tolist()
     except (KeyError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         raise TwinStoreError(f"corrupt twin state: {exc}") from exc
     if len(words) > lm.max_personal_words or len(lam) != N_BUCKETS or len(lam_n) != N_BUCKETS:
@@ -134,10 +142,11 @@ def decode_into(lm: TwinLM, data: bytes, max_bytes: int) -> tuple[dict[str, np.n
     lm.lam_n = [min(MAX_META_INT, max(0, int(x))) for x in lam_n]
     lm.messages = messages
     if lm.recency is not None and "kappa" in arrays:
-        kappa = finite_array(arrays, "kappa").reshape(-1).tolist()
-        kappa_n = int_array(arrays, "kappa_n").reshape(-1).tolist()
-        if len(kappa) != N_CACHE_BUCKETS or len(kappa_n) != N_CACHE_BUCKETS:
+        kappa_a, kappa_n_a = finite_array(arrays, "kappa"), int_array(arrays, "kappa_n")
+        if kappa_a.size != N_CACHE_BUCKETS or kappa_n_a.size != N_CACHE_BUCKETS:
             raise TwinStoreError("twin state: recency weights out of bounds")
+        kappa = kappa_a.reshape(-1).tolist()
+        kappa_n = kappa_n_a.reshape(-1).tolist()
         lm.kappa = [min(0.9, max(0.01, float(x))) for x in kappa]
         lm.kappa_n = [min(MAX_META_INT, max(0, int(x))) for x in kappa_n]
         lm.recency.load_arrays(arrays, top)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import twin
 import twin_data
 
+from node.twin.neural import NeuralLM
 from node.twin.prior import GlobalPrior
 
 
@@ -65,3 +67,48 @@ def test_oracle_refuses_report_senders() -> None:
 
     with pytest.raises(SystemExit):
         twin_oracle.main(["--senders", "c,d,e,f"])
+
+
+def _sender() -> twin_data.Sender:
+    return twin_data.Sender("c0ffee", tuple(f"ping the zebulon server number {i % 5} please" for i in range(30)))
+
+
+def test_a_replay_buffer_left_at_the_end_is_learned_timed_and_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of session 5: with replay > 1 what waited in the buffer at the sender's end was neither learned nor
+    timed, and neural_updates counted tokens queued, not learned."""
+    learned: list[int] = []
+    adapt_batch = NeuralLM.adapt_batch
+
+    def spy(self: NeuralLM, batch: Any, *args: Any, **kwargs: Any) -> int:
+        learned.append(len(batch))
+        return adapt_batch(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(NeuralLM, "adapt_batch", spy)
+    prior = GlobalPrior.load_packaged()
+    cfg = twin.Config("batch_always_r50", neural=True, gate_fraction=1.0, topk=False, replay=50)
+    r = twin.run_sender(prior, twin._packaged_neural(), _sender(), cfg)
+    assert r.neural_updates == sum(learned) > 0 and r.neural_updates % 50  # the last, partial batch too
+    assert r.neural_s > 0 and r.update_s >= r.neural_s
+
+
+def test_the_random_control_draws_by_its_seed() -> None:
+    prior = GlobalPrior.load_packaged()
+    nn = twin._packaged_neural()
+    runs = [
+        twin.run_sender(
+            prior,
+            nn,
+            _sender(),
+            twin.Config("msg_random", neural=True, gate_fraction=0.5, topk=False, message_gate="random", gate_seed=s),
+        )
+        for s in (0, 1, 0)
+    ]
+    assert runs[0].neural_updates == runs[2].neural_updates != runs[1].neural_updates
+
+
+@pytest.mark.parametrize("extra", [[], ["--msg-gate", "edge:0.5:1", "--gate-score", ""]])
+def test_gate_neural_with_a_message_gate_is_refused(extra: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """--gate-neural puts the neural tier's bits in place of the mixture's: a message gate's edge is then 0."""
+    with pytest.raises(SystemExit) as exc:
+        twin.main(["--gate-neural", "--senders", "no-such-sender", *extra])
+    assert exc.value.code == 2 and "--gate-neural" in capsys.readouterr().err

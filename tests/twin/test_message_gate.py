@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Any
 
 import numpy as np
 import pytest
 
 from node.twin.engine import Event, TwinEngine
 from node.twin.gate import MAX_THRESHOLD_BITS, MESSAGE_MIN_THRESHOLD_BITS, MessageGate
-from node.twin.model import MAX_REPLAY_TOKENS, TwinLM
+from node.twin.model import MAX_REPLAY_TOKENS, MIN_P, TwinLM
 from node.twin.neural import NeuralLM
 from node.twin.prior import GlobalPrior
+from node.twin.tokens import message_tokens
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +55,19 @@ def test_the_threshold_stays_bounded_under_hostile_scores() -> None:
     for _ in range(5000):
         gate.decide([0.0] * 32, [1e9] * 32)
     assert gate.threshold_bits == MESSAGE_MIN_THRESHOLD_BITS
+
+
+def test_the_threshold_never_leaves_the_range_of_real_scores() -> None:
+    """Review of session 5: the bound was ±64 bits while no score can pass ±39.86 (every surprisal is capped at
+    -log2(MIN_P)), so a threshold out there pinned the gate shut or open for hundreds of messages."""
+    top = -math.log2(MIN_P)
+    assert top <= MAX_THRESHOLD_BITS < top + 1 and MESSAGE_MIN_THRESHOLD_BITS == -MAX_THRESHOLD_BITS
+    gate = MessageGate(0.5, score="edge", threshold_bits=0.0)
+    for _ in range(5000):  # the largest score a message can have (the mixture certain, the neural tier not)
+        gate.decide([0.0] * 32, [top] * 32)
+    assert gate.threshold_bits <= top + 1
+    for _ in range(50):  # and from there the top-scoring messages pass again at once
+        assert gate.decide([top] * 32, [0.0] * 32)
     for _ in range(100):
         gate.decide([math.nan] * 5, [math.nan] * 5)  # a NaN score never passes, the threshold stays finite
     assert math.isfinite(gate.threshold_bits)
@@ -89,6 +104,29 @@ def test_the_replay_buffer_learns_in_one_step_once_full_and_is_bounded(prior: Gl
     assert lm.flush_neural() == 2 and nn.updates == 14
     with pytest.raises(ValueError):
         TwinLM(prior, replay_tokens=MAX_REPLAY_TOKENS + 1)
+
+
+def test_the_replay_buffer_never_holds_more_than_its_bound(prior: GlobalPrior, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of session 5: the buffer was extended by a whole message before the check, so it reached
+    replay_tokens - 1 + MAX_SEEN (639) entries in one step. Long messages (~120 tokens each) at the largest
+    replay size: no step ever learns a batch over MAX_REPLAY_TOKENS, and every queued token is learned."""
+    batches: list[int] = []
+    adapt_batch = NeuralLM.adapt_batch
+
+    def spy(self: NeuralLM, batch: Any, *args: Any, **kwargs: Any) -> int:
+        batches.append(len(batch))
+        return adapt_batch(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(NeuralLM, "adapt_batch", spy)
+    lm = _lm(prior, replay_tokens=MAX_REPLAY_TOKENS)
+    queued = 0
+    for i in range(9):
+        text = " ".join(f"word{(i * 7 + j) % 50}" for j in range(119))
+        lm.observe(text)
+        queued += len(message_tokens(text))
+        assert len(lm._replay) <= MAX_REPLAY_TOKENS
+    lm.flush_neural()
+    assert batches and max(batches) <= MAX_REPLAY_TOKENS and sum(batches) == queued, batches
 
 
 def test_the_gate_state_is_saved_and_restored(prior: GlobalPrior) -> None:
