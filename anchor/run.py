@@ -77,7 +77,7 @@ async def open_stores(cfg: Config) -> AsyncIterator[StoresAdapter]:
     graph = settings.graph
     async with (
         PostgresStore(settings.postgres.dsn, timeout_s=timeout_s) as postgres,
-        RedisStore(settings.redis.url, timeout_s=timeout_s) as redis,
+        RedisStore(settings.redis.url, timeout_s=timeout_s, native=anchor.redis_client == "native") as redis,
         GraphStore(graph.bolt_url, user=graph.user, password=graph.password, timeout_s=timeout_s) as graph_store,
     ):
         yield StoresAdapter(postgres, redis, graph_store, key_cache_ttl_s=anchor.key_cache_ttl_s)

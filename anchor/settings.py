@@ -97,6 +97,14 @@ class AnchorSection:
         min=0.1,
         max=86_400,
     )
+    redis_client: str = setting(
+        "threads",
+        "How the gateway's hot Redis calls (the send script, the queue's reads and settles, the audit drain) are "
+        "made: 'threads' (redis-py in worker threads: on 2 cores its calls overlap the event loop and it served "
+        "0.64-1.32x the bare route against 0.37-0.39x for 'native' at load 7, bench/README.md) or 'native' (RESP "
+        "on trio sockets: less CPU per request, but all of it on the event loop's thread).",
+        choices=("threads", "native"),
+    )
     key_cache_ttl_s: float = setting(
         10.0,
         "Seconds Redis caches an API key's verified state (role, scopes, revoked) so requests skip PostgreSQL; "

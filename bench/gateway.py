@@ -2,9 +2,9 @@
 
     python bench/gateway.py [--seconds S] [--connections C] [--rounds R] [--no-mailbox] [--breakdown N]
 
-(``BENCH_GATEWAY_REDIS=redis-py``: the server makes every Redis call through redis-py in worker threads, as before
-the native client, for an A/B of that client alone; ``BENCH_GATEWAY_PROFILE=FILE``: the server's main thread under
-cProfile, in thread CPU time.)
+(``BENCH_GATEWAY_REDIS=native``: the server makes its hot Redis calls on trio sockets (``[anchor] redis_client =
+"native"``) instead of redis-py in worker threads, for an A/B of that client alone; ``BENCH_GATEWAY_PROFILE=FILE``:
+the server's main thread under cProfile, in thread CPU time.)
 
 A server process runs both: the real gateway (``anchor.run.run_anchor``: a Node without transports, PostgreSQL
 and Redis from ``scripts/services up`` in a scratch database) and, on another port of the same hypercorn trio
@@ -74,6 +74,11 @@ async def _bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": out})
 
 
+def redis_client() -> str:
+    """The gateway's Redis client for an A/B run: BENCH_GATEWAY_REDIS=native or threads (the default)."""
+    return "native" if os.environ.get("BENCH_GATEWAY_REDIS") == "native" else "threads"
+
+
 async def serve(settings_path: str) -> None:
     from anchor.gateway.server import serve_http
     from anchor.run import run_anchor
@@ -85,7 +90,11 @@ async def serve(settings_path: str) -> None:
 
     data_dir = Path(tempfile.mkdtemp(prefix="bench-gw-"))
     section = AnchorSection(
-        services_settings=settings_path, gateway_listen="127.0.0.1:0", queue_max=QUEUE_MAX, **NO_LIMITS
+        services_settings=settings_path,
+        gateway_listen="127.0.0.1:0",
+        queue_max=QUEUE_MAX,
+        redis_client=redis_client(),
+        **NO_LIMITS,
     )
     cfg = Config(data_dir=data_dir, anchor=section)
     node = Node(cfg, create_identity(data_dir), control=False, persistent_inbox=False)
@@ -255,9 +264,9 @@ async def measure(
         "stopped (worst round; delivery waits for its audit row in PostgreSQL)",
         "gateway Redis client: "
         + (
-            "redis-py in worker threads (BENCH_GATEWAY_REDIS=redis-py)"
-            if os.environ.get("BENCH_GATEWAY_REDIS") == "redis-py"
-            else "NativeRedis on trio sockets for the hot calls (the default)"
+            "redis-py in worker threads ([anchor] redis_client = 'threads', the default)"
+            if redis_client() == "threads"
+            else "NativeRedis on trio sockets for the hot calls (BENCH_GATEWAY_REDIS=native)"
         ),
     ]
 
@@ -377,10 +386,6 @@ def main() -> None:
     ap.add_argument("--serve", metavar="SETTINGS", help=argparse.SUPPRESS)  # the server process
     args = ap.parse_args()
     if args.serve:
-        if os.environ.get("BENCH_GATEWAY_REDIS") == "redis-py":  # A/B: every Redis call through redis-py in threads
-            import anchor.stores.redis_store
-
-            setattr(anchor.stores.redis_store, "native_target", lambda url: None)  # noqa: B010
         profile = os.environ.get("BENCH_GATEWAY_PROFILE")  # a file: the server's main thread under cProfile
         if profile:
             import cProfile

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import socket
+from pathlib import Path
 
 import pytest
 import redis
@@ -316,3 +317,36 @@ async def test_a_password_in_the_query_is_used_as_redis_py_uses_it(services: Ser
     await store.stream_ensure_group(stream, "g")  # redis-py
     assert await store.queue_settle_many(stream, "g", [("0-1", None, None)], ttl_s=1.0) == 0  # native: not NOAUTH
     await store.aclose()
+
+
+@pytest.mark.parametrize(("choice", "native"), [(None, False), ("threads", False), ("native", True)])
+async def test_the_anchor_config_chooses_the_redis_client(
+    services: ServiceSettings, tmp_path: Path, choice: str | None, native: bool
+) -> None:
+    """`[anchor] redis_client`: redis-py in worker threads by default (it served more requests per second than the
+    native client on this 2-core machine, bench/README.md), the native client when asked; both answer."""
+    import dataclasses
+    import json
+
+    from anchor.run import open_stores
+    from anchor.settings import AnchorSection
+    from node.settings import Config
+
+    settings_file = tmp_path / "services.json"
+    settings_file.write_text(json.dumps(dataclasses.asdict(services)))
+    settings_file.chmod(0o600)
+    section = AnchorSection(services_settings=str(settings_file))
+    if choice is not None:
+        section = dataclasses.replace(section, redis_client=choice)
+    cfg = Config(data_dir=tmp_path, anchor=section)
+    async with open_stores(cfg) as stores:
+        assert (stores.redis._native is not None) is native
+        await stores.redis.ping()
+
+
+def test_an_unknown_redis_client_names_the_key() -> None:
+    from node.errors import ConfigError
+    from node.settings import config_from_mapping
+
+    with pytest.raises(ConfigError, match="redis_client"):
+        config_from_mapping({"anchor": {"redis_client": "fast"}})
