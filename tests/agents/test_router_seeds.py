@@ -3,12 +3,18 @@ right from its first request what the roster alone gets wrong, and the held-out 
 
 from __future__ import annotations
 
+import importlib.resources
+import io
+import json
+import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+import node.agents.router as router_mod
 from node.agents.errors import AgentError
 from node.agents.roster import load_roster
 from node.agents.router import Router, load_seeds, shipped_seed_vectors
@@ -37,7 +43,11 @@ def test_seeds_are_the_labelled_requests_and_never_the_heldout_set() -> None:
     # session 4, before its evaluation; bench/agents.py also reports the set without near-duplicates). Nothing
     # else of it may be among the seeds.
     assert len({t.lower() for _, t in heldout} & {t.lower() for _, t in seeds}) == 3
-    assert not set(heldout) - set(_labelled(DATA / "agent_requests.txt")) & set(seeds)
+    assert [r for r in heldout if r in set(seeds)] == [
+        ("Sage", "what is the boiling point of water at altitude"),
+        ("Ensemble", "I want more than one opinion on this answer"),
+        ("Medic", "first aid for a broken arm"),
+    ]
     assert {a for a, _ in seeds} == set(load_roster().names)
 
 
@@ -49,6 +59,66 @@ def test_a_bad_seed_is_named(tmp_path: Path) -> None:
     bad.write_text("Nobody | quiz me\n")
     with pytest.raises(AgentError, match="Nobody"):
         Router(load_roster(), lambda ts: np.ones((len(ts), 4), np.float32), seeds=load_seeds(bad))
+
+
+def _forged(path: Path, body: bytes) -> None:
+    path.write_bytes(body)
+
+
+def _npy(a: np.ndarray[Any, Any]) -> bytes:
+    b = io.BytesIO()
+    np.save(b, a, allow_pickle=True)
+    return b.getvalue()
+
+
+def _npz(a: np.ndarray[Any, Any]) -> bytes:
+    b = io.BytesIO()
+    np.savez(b, x=a)
+    return b.getvalue()
+
+
+def _huge_header(rows: int) -> bytes:
+    hdr = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + str(rows) + ", 1000000000), }"
+    hdr += " " * (63 - (len(hdr) + 10) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(hdr).to_bytes(2, "little") + hdr.encode()
+
+
+def test_a_damaged_or_forged_seed_vector_file_is_ignored_and_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review llm16 finding 4: strings raised ValueError, an npz AttributeError, a forged header asked for
+    1.17 TiB, NaN and complex values were accepted. Each is now refused (the router embeds the seeds itself)."""
+    seeds = load_seeds()
+    n = len(seeds)
+    monkeypatch.setattr(importlib.resources, "files", lambda pkg: tmp_path)
+    (tmp_path / router_mod.SEED_VECTORS_KEY).write_text(
+        json.dumps({"model": MODEL_ID, "seeds_sha256": router_mod.seeds_digest(seeds), "count": n})
+    )
+    npy = tmp_path / router_mod.SEED_VECTORS
+    _forged(npy, _npy(np.full((n, 384), 0.5, np.float16)))
+    good = shipped_seed_vectors(seeds, MODEL_ID)
+    assert good is not None and good.dtype == np.float32 and good.shape == (n, 384)
+    bad = {
+        "strings": _npy(np.array([["abc"] * 384] * n)),
+        "nan": _npy(np.full((n, 384), np.nan, np.float32)),
+        "complex": _npy(np.ones((n, 384), np.complex64)),
+        "big-endian": _npy(np.ones((n, 384), ">f4")),
+        "wrong width": _npy(np.ones((n, 3), np.float32)),
+        "structured": _npy(np.zeros((n, 384), dtype=[("a", "f4")])),
+        "object": _npy(np.array([object()] * 3, dtype=object)),
+        "npz": _npz(np.ones((n, 384), np.float32)),
+        "huge header": _huge_header(n),
+        "truncated": _npy(np.ones((n, 384), np.float32))[:-8],
+        "garbage": b"\x00" * 100,
+    }
+    for name, body in bad.items():
+        caplog.clear()
+        _forged(npy, body)
+        with caplog.at_level(logging.WARNING, logger="village.agents"):
+            assert shipped_seed_vectors(seeds, MODEL_ID) is None, name
+        assert any(
+            "seed_vectors.npy" in r.getMessage() and "embedding the seeds" in r.getMessage() for r in caplog.records
+        ), name
 
 
 @pytest.fixture(scope="module")

@@ -63,3 +63,12 @@ def test_python_function_check_judges_the_function_not_the_usage() -> None:
     assert not agent_tasks.python_function("```python\nprint('hi')\n```")
     # an empty fence before the code (SmolLM2 does this) does not hide the function
     assert agent_tasks.python_function("```\n\n```python\ndef largest(xs):\n    return max(xs)\n\n# Example u")
+
+
+def test_heldout_tasks_are_scored_only_when_asked_for() -> None:
+    """Review llm16 finding 6: the held-out report set was scored on every LLM run unless --no-heldout (and its
+    file's header named a --heldout that did not exist): it is now opt-in, as that header says."""
+    assert agent_tasks.chosen_heldout(agent_tasks.parser().parse_args([])) == []
+    held = agent_tasks.chosen_heldout(agent_tasks.parser().parse_args(["--heldout"]))
+    assert len(held) == 20 and all(t["id"].startswith("ho-") for t in held)
+    assert "bench/agent_tasks.py --heldout" in agent_tasks.HELDOUT_TASKS.read_text()
