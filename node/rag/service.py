@@ -21,13 +21,13 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import trio
 
 from node.rag import fusion, ingest
-from node.rag.embed import DIM, Embedder, EmbedderSettings, Vectors, from_blob, to_blob
+from node.rag.embed import DIM, PLAN_WINDOW_CALLS, Embedder, EmbedderSettings, Vectors, from_blob, to_blob
 from node.rag.errors import DocumentNotFound, RagError
 from node.rag.extract import Extracted
 from node.rag.index import DenseIndex, IndexSettings
@@ -42,6 +42,7 @@ MAX_FILES_PER_ADD = 1_000_000  # files one rag.add may expand to
 MAX_OUTCOMES_REPORTED = 1000  # per-file outcomes returned by one rag.add (the counts cover all)
 MAX_QUERY_CHARS = 10_000
 MODES = ("hybrid", "bm25", "dense")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,21 +234,39 @@ class RagService:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._db)
 
     async def _embed(self, texts: Sequence[str]) -> Vectors:
-        """Embed in the model calls :meth:`Embedder.plan` groups (sorted by length, at most ``rag.embed_batch``
-        texts and ``rag.embed_batch_tokens`` padded tokens each), taking the (fair, FIFO) limiter per call: a
-        query's embedding waits for one call of a large document, not for the whole document."""
+        """Embed in windows of :data:`PLAN_WINDOW_CALLS` model calls' worth of texts: each window is planned by
+        :meth:`Embedder.plan` (sorted by length, at most ``rag.embed_batch`` texts and ``rag.embed_batch_tokens``
+        padded tokens per call) and its calls made by :meth:`Embedder.embed_group`, every plan and every call
+        taking the (fair, FIFO) limiter on its own: a query's embedding waits for one step of a large document,
+        never for the whole document, and the tokenizer's memory is bounded by a window, not by the document.
+        Each text is tokenised twice (its window's plan, its model call); a lone text once."""
         out: Vectors = np.zeros((len(texts), DIM), dtype=np.float32)
-        if not texts:
-            return out
-        s = self.settings
-        plan = await trio.to_thread.run_sync(
-            lambda: self.embedder.plan(texts, batch_size=s.embed_batch, batch_tokens=s.embed_batch_tokens),
-            limiter=self._embed_limiter,
-        )
-        for idx in plan:
-            part = [texts[i] for i in idx]
-            out[idx] = await trio.to_thread.run_sync(self.embedder.embed, part, limiter=self._embed_limiter)
+        window = max(1, self.settings.embed_batch) * PLAN_WINDOW_CALLS
+        for start in range(0, len(texts), window):
+            part = list(texts[start : start + window])
+            plan = [[0]] if len(part) == 1 else await self._run_model(self._plan, part)
+            for idx in plan:
+                vecs = await self._run_model(self.embedder.embed_group, [part[i] for i in idx])
+                out[[start + i for i in idx]] = vecs
         return out
+
+    def _plan(self, texts: Sequence[str]) -> list[list[int]]:
+        s = self.settings
+        return self.embedder.plan(texts, batch_size=s.embed_batch, batch_tokens=s.embed_batch_tokens)
+
+    async def _run_model(self, fn: Callable[[Sequence[str]], _T], texts: Sequence[str]) -> _T:
+        return await trio.to_thread.run_sync(fn, texts, limiter=self._embed_limiter)
+
+    def embed_from_thread(self, texts: Sequence[str]) -> Vectors:
+        """The knowledge base's vectors for a few ``texts``, for another service's code already running in a trio
+        worker thread (the twin's engine): the model runs in that thread (its CPU is the caller's) while it holds
+        this service's model limiter, so it never runs beside an ingest's model call. Blocks the thread meanwhile."""
+        borrower = object()
+        trio.from_thread.run(self._embed_limiter.acquire_on_behalf_of, borrower)
+        try:
+            return self.embedder.embed(texts)
+        finally:
+            trio.from_thread.run_sync(self._embed_limiter.release_on_behalf_of, borrower)
 
     @property
     def _uses_vectors(self) -> bool:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import heapq
+import math
 import random
 import time
 from collections.abc import Callable
@@ -166,6 +167,10 @@ class Simulation:
         join_window_s: float = 0.0,
         on_event: Callable[[int, MeshEvent, float], None] | None = None,
     ) -> None:
+        # Checked first (before any key is made); NaN fails every comparison, so `< 0` alone would let it through.
+        for name, value in (("join_window_s", join_window_s), ("link_up_spread_s", link_up_spread_s)):
+            if not math.isfinite(value) or value < 0:
+                raise SimError(f"{name} must be a finite number >= 0, got {value}")
         self.topology = topology
         self.link_model = link_model or LinkModel()
         self.settings = settings or MeshSection()
@@ -216,8 +221,6 @@ class Simulation:
         self._node_edges: list[list[_Edge]] = [[] for _ in range(topology.n)]
         self.edges: list[_Edge] = []
         self._edge_index: dict[tuple[int, int], _Edge] = {}
-        if join_window_s < 0:
-            raise SimError(f"join_window_s must be >= 0, got {join_window_s}")
         # When each node joins: with a window, at a uniform time in [0, window) from a stream of its own (the link
         # RNG's sequence is the same with or without one); a link comes up once both ends have joined, plus the
         # usual spread. A real mesh does not boot all its nodes in one second.

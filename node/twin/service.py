@@ -125,13 +125,14 @@ class TwinService:
 
     def _shared_embed(self) -> Any:
         """The knowledge base's MiniLM (thread-safe, loaded once), so the daemon holds one copy of the model: looked
-        up when the engine loads (the rag service may start after this one). None: no running knowledge base."""
+        up when the engine loads (the rag service may start after this one). None: no running knowledge base. Its
+        calls take the knowledge base's model limiter (never beside an ingest's model call)."""
         if self._node is None:
             return None
         from node.rag.plugin import rag_service
 
         rag = rag_service(self._node)
-        return None if rag is None else rag.embedder.embed
+        return None if rag is None else rag.embed_from_thread
 
     def _load(self) -> TwinEngine:
         self.blas_threads = limit_blas_threads(self.settings.blas_threads)

@@ -39,18 +39,25 @@ def make_pdf(text: str, *, title: str = "") -> bytes:
 class NoEmbedder(Embedder):
     """Fails the test if anything asks for a vector (BM25-only mode must never load the model)."""
 
+    def load(self) -> None:
+        raise AssertionError("the embedding model was loaded in bm25 mode")
+
     def embed(self, texts: Sequence[str]) -> Vectors:
+        raise AssertionError(f"the embedder was called in bm25 mode with {len(texts)} texts")
+
+    def embed_group(self, texts: Sequence[str]) -> Vectors:
         raise AssertionError(f"the embedder was called in bm25 mode with {len(texts)} texts")
 
 
 class HashEmbedder(Embedder):
     """Deterministic bag-of-words vectors (hashed tokens, L2-normalised): exercises the dense path without the
-    model; what the tests check is which vectors are stored and searched, not their quality."""
+    model; what the tests check is which vectors are stored and searched, not their quality. ``embed_group`` is
+    one model call: a spy overrides it to see the calls the service makes."""
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         return [min(len(t.split()) + 2, self.settings.max_tokens) for t in texts]
 
-    def embed(self, texts: Sequence[str]) -> Vectors:
+    def embed_group(self, texts: Sequence[str]) -> Vectors:
         out = np.zeros((len(texts), 384), dtype=np.float32)
         for i, t in enumerate(texts):
             for tok in t.lower().split():

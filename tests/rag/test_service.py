@@ -226,9 +226,9 @@ async def test_ingest_embeds_in_slices_and_extracts_keyphrases_outside_the_trans
     calls: list[int] = []
 
     class Spy(HashEmbedder):
-        def embed(self, texts: Sequence[str]) -> Vectors:
+        def embed_group(self, texts: Sequence[str]) -> Vectors:
             calls.append(len(texts))
-            return super().embed(texts)
+            return super().embed_group(texts)
 
     settings = dataclasses.replace(RagSection(), mode="hybrid", embed_batch=4, chunk_chars=200, chunk_overlap_chars=0)
     svc = RagService(settings, tmp_path / "rag", embedder=Spy())
@@ -267,12 +267,12 @@ async def test_a_folder_is_ingested_as_a_stream_of_small_groups(tmp_path: Path) 
     calls: list[int] = []
 
     class Spy(HashEmbedder):
-        def embed(self, texts: Sequence[str]) -> Vectors:
+        def embed_group(self, texts: Sequence[str]) -> Vectors:
             nonlocal embedded, most_pending
             calls.append(len(texts))
             embedded += len(texts)
             most_pending = max(most_pending, embedded - written)
-            return super().embed(texts)
+            return super().embed_group(texts)
 
     svc = RagService(settings, tmp_path / "rag", embedder=Spy())
     write = svc._write_sync
@@ -342,9 +342,9 @@ async def test_model_calls_are_bounded_by_texts_and_padded_tokens(tmp_path: Path
     calls: list[list[int]] = []
 
     class Spy(HashEmbedder):
-        def embed(self, texts: Sequence[str]) -> Vectors:
+        def embed_group(self, texts: Sequence[str]) -> Vectors:
             calls.append(self.token_counts(texts))
-            return super().embed(texts)
+            return super().embed_group(texts)
 
     settings = dataclasses.replace(
         RagSection(), mode="hybrid", embed_batch=8, embed_batch_tokens=256, chunk_chars=600, chunk_overlap_chars=0

@@ -36,9 +36,17 @@ def test_a_link_comes_up_only_once_both_ends_have_joined() -> None:
     assert ups > 0 and all(sim.link_is_up(e.a, e.b) for e in sim.edges)
 
 
-def test_a_negative_join_window_is_refused() -> None:
+@pytest.mark.parametrize("window", [-1.0, float("nan"), float("inf"), float("-inf")])
+def test_a_negative_or_non_finite_join_window_is_refused(window: float) -> None:
+    # NaN once passed `< 0` and put NaN join times in the event heap: no link ever came up.
     with pytest.raises(SimError, match="join_window_s"):
-        Simulation(line(2), seed=1, join_window_s=-1.0)
+        Simulation(line(2), seed=1, join_window_s=window)
+
+
+@pytest.mark.parametrize("spread", [-0.5, float("nan"), float("inf")])
+def test_a_negative_or_non_finite_link_up_spread_is_refused(spread: float) -> None:
+    with pytest.raises(SimError, match="link_up_spread_s"):
+        Simulation(line(2), seed=1, link_up_spread_s=spread)
 
 
 def test_nodes_hearing_one_announce_share_its_neighbour_set() -> None:

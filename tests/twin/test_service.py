@@ -361,3 +361,53 @@ async def test_the_action_head_shares_the_knowledge_bases_model(tmp_path: Path) 
         assert "when does the train to paris leave" in seen
         assert svc.actions_note is None
         n.cancel_scope.cancel()
+
+
+async def test_the_action_heads_model_calls_wait_for_the_knowledge_bases_limiter(tmp_path: Path) -> None:
+    """The twin's embedding takes the knowledge base's model limiter, so it never runs beside an ingest's model call
+    (memory and CPU): while an ingest holds the limiter the twin's event waits, and is learned once it is free."""
+    from node.rag.node_service import SERVICE_NAME, RagNodeService
+    from node.rag.service import RagService
+    from node.rag.settings import RagSection
+    from tests.rag.helpers import HashEmbedder
+
+    seen: list[str] = []
+    asked = trio.Event()  # set when the twin asks for the limiter, or (wrongly) runs the model without it
+
+    class Spy(HashEmbedder):
+        def embed_group(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
+            seen.extend(texts)
+            trio.from_thread.run_sync(asked.set)
+            return super().embed_group(texts)
+
+    class Watched:
+        def __init__(self, inner: trio.CapacityLimiter) -> None:
+            self.inner = inner
+
+        async def acquire_on_behalf_of(self, borrower: object) -> None:
+            asked.set()
+            await self.inner.acquire_on_behalf_of(borrower)
+
+        def release_on_behalf_of(self, borrower: object) -> None:
+            self.inner.release_on_behalf_of(borrower)
+
+    rag = RagService(RagSection(), None, embedder=Spy())
+    limiter = rag._embed_limiter
+    rag._embed_limiter = Watched(limiter)  # type: ignore[assignment]
+    rag_node = RagNodeService(RagSection())
+    rag_node.rag = rag
+    node = SimpleNamespace(service=lambda name: rag_node if name == SERVICE_NAME else None)
+    settings = TwinSettings(neural=False, poll_interval_s=60, save_interval_s=3600)
+    svc = TwinService(settings, tmp_path, battery_reader=Power(80, True), thermal_reader=lambda: 35.0)
+    async with trio.open_nursery() as n:
+        await n.start(svc.run, node)
+        with trio.fail_after(30):
+            async with limiter:  # an ingest's model call is running
+                svc.record("query", "when does the train to paris leave", action="rag.query")
+                await asked.wait()
+                assert seen == []  # the twin waits for the limiter
+                assert limiter.statistics().tasks_waiting == 1
+            await svc.idle.wait()
+        assert seen == ["when does the train to paris leave"]
+        assert (await svc.status())["messages_learned"] >= 1 and svc.actions_note is None
+        n.cancel_scope.cancel()
