@@ -69,3 +69,17 @@ def has_lone_surrogate(value: object) -> bool:
 
 
 _SURROGATE_RE = re.compile(f"[{_SURROGATES}]")
+
+
+def nested_deeper_than(value: object, limit: int) -> bool:
+    """Whether a value decoded from JSON nests lists/objects more than ``limit`` levels deep (a scalar is level 0,
+    ``[1]`` level 1). Iterative, so any depth is measured without recursion."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list | tuple):
+            if depth + 1 > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False

@@ -7,14 +7,16 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from node.mcp import outputs as o
 from node.mcp.graph import GraphStore
 from node.mcp.registry import Caller, Outcome, Resource, Tool
 from node.mcp.working import WorkingMemory
+from node.textsafe import nested_deeper_than
 
 READ, WRITE, SCRATCH = "memory:read", "memory:write", "memory:scratch"
+MAX_SCRATCH_DEPTH = 32  # nesting of a scratch value (what every reader, a typed MCP answer too, copes with)
 
 
 class _Strict(BaseModel):
@@ -122,8 +124,15 @@ class DoneOut(BaseModel):
 
 class ScratchSetArgs(_Strict):
     key: str = Field(max_length=256, description="Key of the entry (1 to 256 characters).", min_length=1)
-    value: Any = Field(description="Any JSON value to keep.")
+    value: Any = Field(description=f"Any JSON value to keep (lists/objects nested at most {MAX_SCRATCH_DEPTH} deep).")
     ttl_s: float | None = Field(None, description="Seconds the entry lives (default and cap: mcp.working_max_ttl_s).")
+
+    @field_validator("value")
+    @classmethod
+    def _bounded_depth(cls, value: Any) -> Any:
+        if nested_deeper_than(value, MAX_SCRATCH_DEPTH):
+            raise ValueError(f"nested deeper than {MAX_SCRATCH_DEPTH} levels of lists/objects")
+        return value
 
 
 class ScratchKeyArgs(_Strict):

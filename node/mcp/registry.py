@@ -8,7 +8,8 @@ scope a caller needs and whether it changes state. :meth:`Registry.call` is the 
     outcome = await registry.call("peers_list", {}, caller=Caller("local", "twin"))
 
 It checks the caller's scopes, the ``[mcp] allow``/``deny`` policy and the rate limit of state-changing tools,
-validates the arguments, runs the handler, checks its answer against the output model, and writes one audit
+validates the arguments, runs the handler, checks its answer against the output model (a state-changing tool's
+mismatched answer is logged, counted and returned: its side effect has happened), and writes one audit
 record per call (allowed or not). Every failure reaches the caller as a :class:`~node.mcp.errors.ToolError` whose
 message it can act on; never a traceback.
 """
@@ -200,6 +201,7 @@ class Registry:
         self._buckets = _Buckets(settings.state_calls_per_min / 60.0, settings.state_calls_burst)
         self.calls = 0
         self.failures: dict[str, int] = {}  # by error class name
+        self.output_mismatches: dict[str, int] = {}  # answers outside the output model, by (registered) tool
 
     def add(self, tool: Tool) -> None:
         if tool.name in self.tools:
@@ -323,8 +325,7 @@ class Registry:
         try:
             value = await tool.handler(params, caller)
             if isinstance(value, Outcome):
-                _check_output(tool, value, caller, text_is_json=False)
-                return value
+                return self._checked(tool, value, caller, text_is_json=False)
         except ToolError:
             raise
         except NodeError as exc:  # the node's own errors (RpcError, RagError, MeshError...) carry a usable message
@@ -339,32 +340,47 @@ class Registry:
         else:
             structured = {"result": value}
         outcome = Outcome(structured, json.dumps(structured, indent=2, ensure_ascii=False))
-        _check_output(tool, outcome, caller, text_is_json=True)
-        return outcome
+        return self._checked(tool, outcome, caller, text_is_json=True)
 
-
-def _check_output(tool: Tool, outcome: Outcome, caller: Caller, *, text_is_json: bool) -> None:
-    """The answer must match the tool's declared output model (strictly: what passes here passes a client's JSON
-    Schema check of ``outputSchema``); otherwise the caller gets a ToolError and the node's log the details.
-    When ``outcome.text`` is the JSON of ``structured``, that JSON is validated: it is what the client receives
-    (a tuple in a handler's answer is a JSON array there, as on the wire)."""
-    if tool.output_model is None:
-        return
-    validator = tool.output_model.__pydantic_validator__
-    try:
-        if text_is_json:
-            validator.validate_json(outcome.text, strict=True)
-        else:
-            validator.validate_python(outcome.structured, strict=True)
-    except ValidationError as exc:
+    def _checked(self, tool: Tool, outcome: Outcome, caller: Caller, *, text_is_json: bool) -> Outcome:
+        """The answer, if it matches the tool's output model. If not, the node's log has the details and it is
+        counted (:attr:`output_mismatches`); a read-only tool's caller gets a ToolError, but a state-changing tool's
+        answer is returned anyway: its side effect has happened, and an error would make clients and agents retry it
+        (a second message, broadcast or vote)."""
+        why = _output_mismatch(tool, outcome, text_is_json=text_is_json)
+        if why is None:
+            return outcome
+        self.output_mismatches[tool.name] = self.output_mismatches.get(tool.name, 0) + 1
         log.error(
-            "tool %s answered outside its output schema (caller %s:%s): %s",
+            "tool %s answered outside its output schema (caller %s:%s)%s: %s",
             tool.name,
             caller.transport,
             caller.client_id,
-            _describe_validation(exc),
+            "; answered anyway, its side effect has happened" if tool.changes_state else "",
+            why,
         )
-        raise ToolError(f"internal error in {tool.name}: its answer did not match its output schema") from None
+        if tool.changes_state:
+            return outcome
+        raise ToolError(f"internal error in {tool.name}: its answer did not match its output schema")
+
+
+def _output_mismatch(tool: Tool, outcome: Outcome, *, text_is_json: bool) -> str | None:
+    """Why the answer does not match the tool's declared output model (checked strictly: what passes here passes a
+    client's JSON Schema check of ``outputSchema``), or None if it does. The Python structure is validated, not its
+    JSON text (pydantic-core's JSON parser refuses nesting deeper than ~200 levels); when ``outcome.text`` is the JSON
+    of ``structured``, the structure it parses back to is checked: that is what the client receives (a tuple in a
+    handler's answer is a JSON array there, as on the wire)."""
+    if tool.output_model is None:
+        return None
+    validator = tool.output_model.__pydantic_validator__
+    try:
+        value = json.loads(outcome.text) if text_is_json else outcome.structured
+        validator.validate_python(value, strict=True)
+    except ValidationError as exc:
+        return _describe_validation(exc)
+    except (ValueError, RecursionError) as exc:  # text that is not JSON; a structure nested beyond any reader
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
+    return None
 
 
 def _reachable(tool: Tool, caller: Caller) -> bool:

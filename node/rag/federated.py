@@ -218,7 +218,8 @@ def decode_answer_untrusted(body: bytes, k: int) -> list[PeerHit]:
             raise RagError("a hit in the peer's answer is not an object")
         doc, chunk, score = item.get("doc"), item.get("chunk"), item.get("score", 0.0)
         strs = [item.get(f) for f in ("title", "source", "snippet", "claim")]
-        if not (isinstance(doc, int) and isinstance(chunk, int) and isinstance(score, int | float)):
+        # type(), not isinstance(): a JSON true/false is a bool, which isinstance(.., int) would take as 1/0
+        if not (type(doc) is int and type(chunk) is int and type(score) in (int, float)):
             raise RagError("a hit in the peer's answer lacks doc/chunk/score numbers")
         if not all(isinstance(s, str) for s in strs):
             raise RagError("a hit in the peer's answer lacks title/source/snippet/claim strings")

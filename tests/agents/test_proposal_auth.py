@@ -22,6 +22,7 @@ from node.agents.governance import (
     verify_proposal,
 )
 from node.agents.governance.core import MAX_PROPOSAL_TTL_MS, PROPOSALS_PER_PROPOSER
+from node.agents.governance.formats import proposal_sign_bytes
 from node.agents.governance.gossip import Gossip, Item, ItemKind, proposal_item
 from node.wire.errors import MalformedFrame
 
@@ -89,6 +90,29 @@ def test_far_expiry_is_refused_on_receipt() -> None:
         NS, 0, 1, Action(ActionKind.CONFIG, "x", 1), expires_at_ms=NOW + MAX_PROPOSAL_TTL_MS, signer=KEYS[0]
     )
     assert gov.receive_proposal_untrusted(proposal_item(near).data, NOW) == near
+
+
+def _nested(depth: int) -> object:
+    value: object = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_a_value_nested_deeper_than_the_cap_is_refused_by_name() -> None:
+    """A 250-deep list is only ~500 JSON characters (under MAX_VALUE_CHARS) but broke every typed reader of it."""
+    ok = make_proposal(NS, 0, 1, Action(ActionKind.POLICY, "x.y", _nested(32)), expires_at_ms=NOW + 9, signer=KEYS[0])
+    assert ok.action.value == _nested(32)
+    for depth in (33, 250):
+        with pytest.raises(GovernanceError, match="nested deeper than 32 levels"):
+            make_proposal(
+                NS, 0, 1, Action(ActionKind.POLICY, "x.y", _nested(depth)), expires_at_ms=NOW + 9, signer=KEYS[0]
+            )
+    # a peer's proposal carrying one (signed by its proposer, bypassing make_proposal) is refused on parsing
+    deep = Proposal(NS, 0, 1, Action(ActionKind.CONFIG, "x", _nested(33)), NOW + 9, bytes(KEYS[0].verify_key))
+    sig = KEYS[0].sign(proposal_sign_bytes(deep.hash)).signature
+    with pytest.raises(MalformedFrame, match="nested deeper"):
+        proposal_from_bytes_untrusted(deep.canonical() + sig)
 
 
 def test_nan_and_infinity_values_are_refused() -> None:

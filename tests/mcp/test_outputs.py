@@ -12,7 +12,8 @@ import trio
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]  # no stubs installed
 from mcp.client.client import Client
 
-from node.mcp.errors import ToolError
+from node.mcp.audit import AuditLog
+from node.mcp.errors import InvalidArguments, ToolError
 from node.mcp.graph import GraphStore
 from node.mcp.memory_tools import memory_tools, scratch_tools
 from node.mcp.node_tools import node_tools
@@ -72,7 +73,6 @@ async def test_a_matching_answer_passes_unchanged() -> None:
         ("peers_list", "peers.list", [{**PEER, "hops": "1"}]),  # a string where an integer belongs: not coerced
         ("peers_list", "peers.list", [{k: v for k, v in PEER.items() if k != "reachable"}]),  # a field missing
         ("peers_list", "peers.list", [{**PEER, "secret": "x"}]),  # a field a closed model does not declare
-        ("messages_send", "messages.send", {"id": 7, "to": "3f2a9c01aabbccdd", "state": "pending"}),
         ("node_status", "node.status", {"peer_id": "3f2a9c01aabbccdd"}),  # open model: stable fields still required
         ("vote_status", "vote.status", ["not", "an", "object"]),
     ],
@@ -81,12 +81,55 @@ async def test_an_answer_outside_the_model_is_a_tool_error(
     tool: str, method: str, answer: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     reg = registry_answering({method: answer})
-    args = {"peer": "bob", "text": "hi"} if tool == "messages_send" else {}
     with caplog.at_level(logging.ERROR, logger="village.mcp"), pytest.raises(ToolError) as info:
-        await reg.call(tool, args, caller=Caller("stdio", "c"))
+        await reg.call(tool, {}, caller=Caller("stdio", "c"))
     assert str(info.value) == f"internal error in {tool}: its answer did not match its output schema"
     assert f"tool {tool} answered outside its output schema" in caplog.text  # the details stay on the node
     assert reg.failures == {"ToolError": 1}
+
+
+async def test_a_state_changing_tool_answering_outside_its_model_is_answered_and_audited_as_done(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The message was sent: an error now would make the client (or an agent) send it again."""
+    answer = {"id": 7, "to": "3f2a9c01aabbccdd", "state": "pending"}  # the model's other fields are missing
+    reg = registry_answering({"messages.send": answer})
+    reg.audit = AuditLog(None, max_bytes=4096, wall_ms=lambda: 1)
+    with caplog.at_level(logging.ERROR, logger="village.mcp"):
+        out = await reg.call("messages_send", {"peer": "bob", "text": "hi"}, caller=Caller("stdio", "c"))
+    assert out.structured == answer
+    assert reg.failures == {} and reg.output_mismatches == {"messages_send": 1}
+    assert reg.audit.last is not None and reg.audit.last["ok"] is True and reg.audit.last["tool"] == "messages_send"
+    assert "tool messages_send answered outside its output schema" in caplog.text and "answered anyway" in caplog.text
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+async def test_an_answer_nested_deeper_than_a_json_parser_allows_is_validated() -> None:
+    """Validated as a Python structure: pydantic-core's JSON parser gives up at ~200 levels (a value that was
+    accepted and certified would have made vote_status an error on every node, forever)."""
+    state = {"epoch": 0, "config": {}, "policy": {"x.y": _nested(250)}}
+    answer = {"namespace": "local", "epoch": 0, "electorate": [], "proposals": [], "certificates": []}
+    reg = registry_answering({"vote.status": {**answer, "state": state}})
+    out = await reg.call("vote_status", {}, caller=Caller("stdio", "c"))
+    assert out.structured["state"]["policy"]["x.y"] == _nested(250) and reg.output_mismatches == {}
+
+
+async def test_a_scratch_value_nested_deeper_than_the_cap_is_refused_by_name() -> None:
+    reg = registry_answering({})
+    caller = Caller("stdio", "c")
+    await reg.call("scratch_set", {"key": "k", "value": _nested(32)}, caller=caller)
+    got = await reg.call("scratch_get", {"key": "k"}, caller=caller)
+    assert got.structured["value"] == _nested(32)
+    with pytest.raises(InvalidArguments, match=r"value: .*nested deeper than 32 levels"):
+        await reg.call("scratch_set", {"key": "deep", "value": _nested(33)}, caller=caller)
+    missing = await reg.call("scratch_get", {"key": "deep"}, caller=caller)
+    assert missing.structured["found"] is False
 
 
 async def test_a_mismatching_answer_reaches_an_mcp_client_as_a_tool_error_not_a_traceback() -> None:
@@ -97,9 +140,14 @@ async def test_a_mismatching_answer_reaches_an_mcp_client_as_a_tool_error_not_a_
 
     scratch = reg.tools["scratch_clear"]
     reg.tools["scratch_clear"] = Tool(
-        scratch.name, scratch.description, scratch.input_model, scratch.scope, True, outcome_handler,
+        scratch.name,
+        scratch.description,
+        scratch.input_model,
+        scratch.scope,
+        False,
+        outcome_handler,
         output_model=scratch.output_model,
-    )  # fmt: skip
+    )  # fmt: skip (read-only here: a state-changing tool's mismatched answer is returned, see above)
     server = build_server(LocalBackend(reg, lambda ctx: Caller("stdio", "client")))
     async with Client(server) as client:
         listed = {t.name: t for t in (await client.list_tools()).tools}

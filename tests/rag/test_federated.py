@@ -239,6 +239,13 @@ async def test_peer_answers_are_bounded_in_hits_and_bytes() -> None:
         b'{"v": 1, "hits": [{"doc": "1", "chunk": 1, "score": 1, "title": "", "source": "", "snippet": "", '
         b'"claim": ""}]}',
         b'{"v": 1, "hits": [{"doc": 1, "chunk": 1, "score": 1, "title": 5, "source": "", "snippet": "", "claim": ""}]}',
+        # booleans are not numbers here (a bool id would break the typed rag_query answer for everyone)
+        b'{"v": 1, "hits": [{"doc": true, "chunk": 1, "score": 1, "title": "", "source": "", "snippet": "", '
+        b'"claim": ""}]}',
+        b'{"v": 1, "hits": [{"doc": 1, "chunk": false, "score": 1, "title": "", "source": "", "snippet": "", '
+        b'"claim": ""}]}',
+        b'{"v": 1, "hits": [{"doc": 1, "chunk": 1, "score": true, "title": "", "source": "", "snippet": "", '
+        b'"claim": ""}]}',
         b'{"v": 1, "hits": [{"doc": 1, "chunk": 1, "score": 1' + b"0" * 400 + b', "title": "", "source": "", '
         b'"snippet": "", "claim": ""}]}',
         b'{"v": 1, "hits": [{"doc": 1, "chunk": 1, "score": NaN, "title": "", "source": "", "snippet": "", '
@@ -255,13 +262,23 @@ def test_malformed_answers_are_refused(body: bytes) -> None:
         decode_answer_untrusted(body, 10)
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b'{"v": 1, "hits": "nope"}',
+        # one well-formed hit and one with boolean ids: the whole answer of that peer is dropped
+        b'{"v": 1, "hits": [{"doc": 1, "chunk": 1, "score": 1, "title": "t", "source": "s", "snippet": "insulin", '
+        b'"claim": "' + b"c" * 32 + b'"}, {"doc": true, "chunk": false, "score": 1, "title": "t", "source": "s", '
+        b'"snippet": "insulin", "claim": "' + b"d" * 32 + b'"}]}',
+    ],
+)
 async def test_a_peer_with_a_malformed_answer_is_reported_and_the_others_are_kept(
-    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock, bad: bytes
 ) -> None:
     mesh = await _star(nursery, tmp_path, 3)
 
     async def garbage(peer: bytes, body: bytes) -> bytes:
-        return b'{"v": 1, "hits": "nope"}'
+        return bad
 
     mesh.nodes[1].register_app_handler(federated.SERVICE, garbage)
     svc = await _service(nursery, [("/a.txt", "Insulin resistance and obesity.", True)])

@@ -46,6 +46,7 @@ import nacl.exceptions
 import nacl.signing
 
 from node.agents.errors import GovernanceError, InvalidCertificate
+from node.textsafe import nested_deeper_than
 from node.wire.errors import MalformedFrame
 
 SIGN_MAGIC = b"AIVG\x01"  # domain separation for vote sign-bytes, version 1
@@ -66,6 +67,7 @@ MAX_EVIDENCE = 4096  # equivocation evidence kept (first come; one per voter per
 MAX_PROPOSAL_BYTES = 4096
 MAX_KEY_CHARS = 64  # config/policy key names
 MAX_VALUE_CHARS = 1024  # config/policy values (JSON-encoded)
+MAX_VALUE_DEPTH = 32  # config/policy values: nesting of lists/objects (every reader, typed MCP answers too, copes)
 KEEP_EPOCHS = 8  # electorates kept for verifying late certificates
 
 
@@ -259,6 +261,8 @@ def _check_action(kind: str, key: Any, value: Any) -> Action:
     else:
         if not 1 <= len(key) <= MAX_KEY_CHARS or not all(c.isalnum() or c in "._-" for c in key):
             raise MalformedFrame(f"{k.value} key must be 1-{MAX_KEY_CHARS} characters of [A-Za-z0-9._-]")
+        if nested_deeper_than(value, MAX_VALUE_DEPTH):  # checked first: json.dumps recurses
+            raise MalformedFrame(f"{k.value} value nested deeper than {MAX_VALUE_DEPTH} levels")
         if len(json.dumps(value, allow_nan=False)) > MAX_VALUE_CHARS:  # NaN/Infinity are not JSON
             raise MalformedFrame(f"{k.value} value longer than {MAX_VALUE_CHARS} characters")
     return Action(k, key, value)
