@@ -17,8 +17,10 @@ outbox already or not at all, so it is accepted exactly once. A broadcast has no
 whether it went out. When the settle of a batch fails (Redis down, slow, or its answer lost) the process remembers
 what it handed over, and settles those entries when Redis answers again without handing them over a second time
 (a settle that took effect although its answer was lost leaves nothing pending, and nothing is sent again either).
-A stop waits for the settle of what the node took (shielded from the cancellation, bounded by the store's
-timeout). That memory is the process's own, so two things can send a broadcast of a batch a second time at the
+A stop requested mid-batch ends the hand-over at once (the node's drain sends LEAVE and closes its links: a
+broadcast handed over after that would be settled and never sent); the rest of the batch stays pending for the
+next start. A stop waits for the settle of what the node took (shielded from the cancellation, bounded by the
+store's timeout). That memory is the process's own, so two things can send a broadcast of a batch a second time at the
 next start (at most ``READ_COUNT`` broadcasts; before batching, one): a crash of the process (killed, power lost)
 between handing the batch to the node and that batch's settle, or a stop (a restart, SIGTERM) while Redis cannot
 be reached, whose shielded settle then fails. The crash window is the batch's hand-over plus one Redis round trip:
@@ -51,6 +53,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -356,7 +359,8 @@ class MessageQueue:
         (Redis down or slow) is retried without handing anything to the node a second time."""
         if not entries:
             return
-        if self.node.core is None:
+        if self._stopping():
+            await trio.lowlevel.checkpoint_if_cancelled()  # the consumer's own stop: Cancelled
             raise _NodeNotRunning()
         settles: list[tuple[str, str | None, Mapping[str, str] | None]] = []
         todo: list[tuple[StreamEntry, QueuedMessage]] = []
@@ -374,7 +378,8 @@ class MessageQueue:
         if todo and (recovered or self.cluster):
             keys = [self._status_key(message.id) for _entry, message in todo]
             verdicts = await self.redis.queue_begin_many(keys, self.consumer, ttl_s=STATUS_TTL_S, delivered=recovered)
-            if self.node.core is None:  # stopped meanwhile: "handing" records are resolved at its next start
+            if self._stopping():  # a stop began meanwhile: "handing" records are resolved at its next start
+                await trio.lowlevel.checkpoint_if_cancelled()  # the consumer's own stop: Cancelled
                 raise _NodeNotRunning()
         else:
             verdicts = [("mine", "")] * len(todo)
@@ -383,9 +388,9 @@ class MessageQueue:
         for (entry, message), (verdict, detail) in zip(todo, verdicts, strict=True):
             key = self._status_key(message.id)
             if verdict in ("mine", "again"):
-                if self.node.core is None:  # stopped while the batch was handed over: the rest waits in the pending
-                    stopped = True  # list for its next start (settled below: what the node took)
-                    break
+                if self._stopping():  # a stop began while the batch was handed over (the node sends LEAVE and
+                    stopped = True  # closes its links): the rest waits in the pending list for its next start,
+                    break  # what the node took is settled below. No await between this test and the hand-over.
                 # "again": this consumer began it before a crash — a private message is then in the outbox or not
                 # at all (send_private accepts an ID once), a broadcast may go out twice (see the module's note).
                 # No await between the hand-over and remembering it.
@@ -418,7 +423,19 @@ class MessageQueue:
         for entry_id, _key, _status in settles:
             self._unsettled.pop(entry_id, None)
         if stopped:
+            await trio.lowlevel.checkpoint_if_cancelled()  # the consumer's own stop: Cancelled, not a warning
             raise _NodeNotRunning()
+
+    def _stopping(self) -> bool:
+        """Whether hand-overs must stop: the node is not running yet, a stop of the node was requested (its drain
+        sends LEAVE and closes its link queues right after: a broadcast handed over then would be settled
+        ``accepted`` and never sent), it stopped, or this consumer was cancelled."""
+        return (
+            self.node.core is None
+            or self.node.stop_requested
+            or self.node.stopped.is_set()
+            or trio.current_effective_deadline() == -math.inf
+        )
 
     def _hand_over(self, message: QueuedMessage) -> dict[str, str]:
         """Give one message to the node (synchronously); the status to settle it with."""
