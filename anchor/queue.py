@@ -39,7 +39,9 @@ Sentinel is the path to failover) and one consumer group in which each replica i
 A replica that stops or hangs keeps what it read in its pending list; after ``anchor.claim_idle_s`` another
 replica claims (XCLAIM) those entries whose record still says ``queued``. An entry whose record says ``handing``
 by the stopped replica is in doubt (its node may hold it in its outbox on its disk) and is left to it: it resolves
-it when it starts again with its data dir, exactly as a lone anchor does after a crash. A ``handing`` record has no
+it when it starts again with its data dir, exactly as a lone anchor does after a crash. A replica stopped mid-batch
+sets the records it began and did not hand over back to ``queued`` (``RedisStore.queue_release_many``), so another
+replica claims those at once. A ``handing`` record has no
 TTL until it is settled; should an entry delivered before have no status record at all (evicted: the anchor refuses
 a Redis whose ``maxmemory-policy`` is not ``noeviction``; or deleted), it is settled as ``failed`` ("status lost;
 not sent again"), never handed over a second time.
@@ -375,22 +377,33 @@ class MessageQueue:
                 self.counters["malformed"] += 1
                 log.warning("message queue: dropped malformed entry %s: %s", entry.id, exc)
                 settles.append((entry.id, None, None))
-        if todo and (recovered or self.cluster):
+        began = bool(todo and (recovered or self.cluster))  # status records set to "handing" (else left "queued")
+        if began:
             keys = [self._status_key(message.id) for _entry, message in todo]
             verdicts = await self.redis.queue_begin_many(keys, self.consumer, ttl_s=STATUS_TTL_S, delivered=recovered)
-            if self._stopping():  # a stop began meanwhile: "handing" records are resolved at its next start
+            if self._stopping():  # a stop began meanwhile: what this call began goes back to "queued"
+                with trio.CancelScope(shield=True):
+                    await self._release(
+                        [key for key, (verdict, _d) in zip(keys, verdicts, strict=True) if verdict == "mine"]
+                    )
                 await trio.lowlevel.checkpoint_if_cancelled()  # the consumer's own stop: Cancelled
                 raise _NodeNotRunning()
         else:
             verdicts = [("mine", "")] * len(todo)
         give_back: list[tuple[str, str]] = []
         stopped = False
-        for (entry, message), (verdict, detail) in zip(todo, verdicts, strict=True):
+        not_handed: list[str] = []  # status records this call set to "handing" and a stop kept from the node
+        for index, ((entry, message), (verdict, detail)) in enumerate(zip(todo, verdicts, strict=True)):
             key = self._status_key(message.id)
             if verdict in ("mine", "again"):
                 if self._stopping():  # a stop began while the batch was handed over (the node sends LEAVE and
                     stopped = True  # closes its links): the rest waits in the pending list for its next start,
-                    break  # what the node took is settled below. No await between this test and the hand-over.
+                    # what the node took is settled below. No await between this test and the hand-over. What
+                    # this call began goes back to "queued" (another replica may claim it meanwhile); what a
+                    # crash left "handing" ("again": maybe in the outbox) stays so, resolved at the next start.
+                    rest = zip(todo[index:], verdicts[index:], strict=True)
+                    not_handed = [self._status_key(m.id) for (_e, m), (v, _d) in rest if v == "mine" and began]
+                    break
                 # "again": this consumer began it before a crash — a private message is then in the outbox or not
                 # at all (send_private accepts an ID once), a broadcast may go out twice (see the module's note).
                 # No await between the hand-over and remembering it.
@@ -422,9 +435,26 @@ class MessageQueue:
             await self.redis.queue_settle_many(self.stream, GROUP, settles, ttl_s=STATUS_TTL_S)
         for entry_id, _key, _status in settles:
             self._unsettled.pop(entry_id, None)
+        if not_handed:
+            with trio.CancelScope(shield=True):
+                await self._release(not_handed)
         if stopped:
             await trio.lowlevel.checkpoint_if_cancelled()  # the consumer's own stop: Cancelled, not a warning
             raise _NodeNotRunning()
+
+    async def _release(self, keys: Sequence[str]) -> None:
+        """Give back records this consumer set to "handing" and did not hand over (a stop came first). A store
+        error leaves them "handing": resolved at this consumer's next start (as after a crash)."""
+        if not keys:
+            return
+        try:
+            await self.redis.queue_release_many(keys, self.consumer, ttl_s=STATUS_TTL_S)
+        except StoreError as exc:
+            log.warning(
+                "message queue: %d entries begun and not handed over stay in doubt until the next start: %s",
+                len(keys),
+                exc,
+            )
 
     def _stopping(self) -> bool:
         """Whether hand-overs must stop: the node is not running yet, a stop of the node was requested (its drain

@@ -304,11 +304,12 @@ async def test_a_stop_requested_mid_batch_loses_no_broadcast(
         await stop_now.wait()
         a.request_stop()
 
-    consumer = trio.CancelScope()
+    consumer, consumer_done = trio.CancelScope(), trio.Event()
 
     async def consume() -> None:
         with consumer:
             await queue.run()
+        consumer_done.set()  # its shielded settle done
 
     async def anchor_service() -> None:  # as anchor/run.py does: the consumer is cancelled when a stop is requested
         await a.wait_stop_requested()
@@ -319,6 +320,7 @@ async def test_a_stop_requested_mid_batch_loses_no_broadcast(
     nursery.start_soon(consume)
     with trio.fail_after(20):
         await a.stopped.wait()
+        await consumer_done.wait()
     states = [(await queue.status(m.id) or {}).get("state") for m in messages]
     sent = {m.text for m, state in zip(messages, states, strict=True) if state == "sent"}
     assert 2 <= len(handed) < READ_COUNT and sent == set(handed)
