@@ -41,7 +41,7 @@ replica claims (XCLAIM) those entries whose record still says ``queued``. An ent
 by the stopped replica is in doubt (its node may hold it in its outbox on its disk) and is left to it: it resolves
 it when it starts again with its data dir, exactly as a lone anchor does after a crash. A replica stopped mid-batch
 sets the records it began and did not hand over back to ``queued`` (``RedisStore.queue_release_many``), so another
-replica claims those at once. A ``handing`` record has no
+replica claims those after ``anchor.claim_idle_s``, not after its restart. A ``handing`` record has no
 TTL until it is settled; should an entry delivered before have no status record at all (evicted: the anchor refuses
 a Redis whose ``maxmemory-policy`` is not ``noeviction``; or deleted), it is settled as ``failed`` ("status lost;
 not sent again"), never handed over a second time.
