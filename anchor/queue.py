@@ -17,8 +17,10 @@ outbox already or not at all, so it is accepted exactly once. A broadcast has no
 whether it went out. When the settle of a batch fails (Redis down, slow, or its answer lost) the process remembers
 what it handed over, and settles those entries when Redis answers again without handing them over a second time
 (a settle that took effect although its answer was lost leaves nothing pending, and nothing is sent again either).
-A stop waits for the settle of what the node took (shielded from the cancellation, bounded by the store's
-timeout). That memory is the process's own, so two things can send a broadcast of a batch a second time at the
+A stop requested mid-batch ends the hand-over at once (the node's drain sends LEAVE and closes its links: a
+broadcast handed over after that would be settled and never sent); the rest of the batch stays pending for the
+next start. A stop waits for the settle of what the node took (shielded from the cancellation, bounded by the
+store's timeout). That memory is the process's own, so two things can send a broadcast of a batch a second time at the
 next start (at most ``READ_COUNT`` broadcasts; before batching, one): a crash of the process (killed, power lost)
 between handing the batch to the node and that batch's settle, or a stop (a restart, SIGTERM) while Redis cannot
 be reached, whose shielded settle then fails. The crash window is the batch's hand-over plus one Redis round trip:
@@ -37,7 +39,9 @@ Sentinel is the path to failover) and one consumer group in which each replica i
 A replica that stops or hangs keeps what it read in its pending list; after ``anchor.claim_idle_s`` another
 replica claims (XCLAIM) those entries whose record still says ``queued``. An entry whose record says ``handing``
 by the stopped replica is in doubt (its node may hold it in its outbox on its disk) and is left to it: it resolves
-it when it starts again with its data dir, exactly as a lone anchor does after a crash. A ``handing`` record has no
+it when it starts again with its data dir, exactly as a lone anchor does after a crash. A replica stopped mid-batch
+sets the records it began and did not hand over back to ``queued`` (``RedisStore.queue_release_many``), so another
+replica claims those after ``anchor.claim_idle_s``, not after its restart. A ``handing`` record has no
 TTL until it is settled; should an entry delivered before have no status record at all (evicted: the anchor refuses
 a Redis whose ``maxmemory-policy`` is not ``noeviction``; or deleted), it is settled as ``failed`` ("status lost;
 not sent again"), never handed over a second time.
@@ -51,6 +55,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -356,7 +361,8 @@ class MessageQueue:
         (Redis down or slow) is retried without handing anything to the node a second time."""
         if not entries:
             return
-        if self.node.core is None:
+        if self._stopping():
+            await trio.lowlevel.checkpoint_if_cancelled()  # the consumer's own stop: Cancelled
             raise _NodeNotRunning()
         settles: list[tuple[str, str | None, Mapping[str, str] | None]] = []
         todo: list[tuple[StreamEntry, QueuedMessage]] = []
@@ -371,20 +377,32 @@ class MessageQueue:
                 self.counters["malformed"] += 1
                 log.warning("message queue: dropped malformed entry %s: %s", entry.id, exc)
                 settles.append((entry.id, None, None))
-        if todo and (recovered or self.cluster):
+        began = bool(todo and (recovered or self.cluster))  # status records set to "handing" (else left "queued")
+        if began:
             keys = [self._status_key(message.id) for _entry, message in todo]
             verdicts = await self.redis.queue_begin_many(keys, self.consumer, ttl_s=STATUS_TTL_S, delivered=recovered)
-            if self.node.core is None:  # stopped meanwhile: "handing" records are resolved at its next start
+            if self._stopping():  # a stop began meanwhile: what this call began goes back to "queued"
+                with trio.CancelScope(shield=True):
+                    await self._release(
+                        [key for key, (verdict, _d) in zip(keys, verdicts, strict=True) if verdict == "mine"]
+                    )
+                await trio.lowlevel.checkpoint_if_cancelled()  # the consumer's own stop: Cancelled
                 raise _NodeNotRunning()
         else:
             verdicts = [("mine", "")] * len(todo)
         give_back: list[tuple[str, str]] = []
         stopped = False
-        for (entry, message), (verdict, detail) in zip(todo, verdicts, strict=True):
+        not_handed: list[str] = []  # status records this call set to "handing" and a stop kept from the node
+        for index, ((entry, message), (verdict, detail)) in enumerate(zip(todo, verdicts, strict=True)):
             key = self._status_key(message.id)
             if verdict in ("mine", "again"):
-                if self.node.core is None:  # stopped while the batch was handed over: the rest waits in the pending
-                    stopped = True  # list for its next start (settled below: what the node took)
+                if self._stopping():  # a stop began while the batch was handed over (the node sends LEAVE and
+                    stopped = True  # closes its links): the rest waits in the pending list for its next start,
+                    # what the node took is settled below. No await between this test and the hand-over. What
+                    # this call began goes back to "queued" (another replica may claim it meanwhile); what a
+                    # crash left "handing" ("again": maybe in the outbox) stays so, resolved at the next start.
+                    rest = zip(todo[index:], verdicts[index:], strict=True)
+                    not_handed = [self._status_key(m.id) for (_e, m), (v, _d) in rest if v == "mine" and began]
                     break
                 # "again": this consumer began it before a crash — a private message is then in the outbox or not
                 # at all (send_private accepts an ID once), a broadcast may go out twice (see the module's note).
@@ -417,8 +435,37 @@ class MessageQueue:
             await self.redis.queue_settle_many(self.stream, GROUP, settles, ttl_s=STATUS_TTL_S)
         for entry_id, _key, _status in settles:
             self._unsettled.pop(entry_id, None)
+        if not_handed:
+            with trio.CancelScope(shield=True):
+                await self._release(not_handed)
         if stopped:
+            await trio.lowlevel.checkpoint_if_cancelled()  # the consumer's own stop: Cancelled, not a warning
             raise _NodeNotRunning()
+
+    async def _release(self, keys: Sequence[str]) -> None:
+        """Give back records this consumer set to "handing" and did not hand over (a stop came first). A store
+        error leaves them "handing": resolved at this consumer's next start (as after a crash)."""
+        if not keys:
+            return
+        try:
+            await self.redis.queue_release_many(keys, self.consumer, ttl_s=STATUS_TTL_S)
+        except StoreError as exc:
+            log.warning(
+                "message queue: %d entries begun and not handed over stay in doubt until the next start: %s",
+                len(keys),
+                exc,
+            )
+
+    def _stopping(self) -> bool:
+        """Whether hand-overs must stop: the node is not running yet, a stop of the node was requested (its drain
+        sends LEAVE and closes its link queues right after: a broadcast handed over then would be settled
+        ``accepted`` and never sent), it stopped, or this consumer was cancelled."""
+        return (
+            self.node.core is None
+            or self.node.stop_requested
+            or self.node.stopped.is_set()
+            or trio.current_effective_deadline() == -math.inf
+        )
 
     def _hand_over(self, message: QueuedMessage) -> dict[str, str]:
         """Give one message to the node (synchronously); the status to settle it with."""

@@ -13,7 +13,13 @@ way (reset, refused, EOF, a reply that is not RESP2 or over the call's size boun
 idle one (they most likely share its fate) and, if it may run twice (the scripts are idempotent), is tried once
 more on a freshly opened one, as redis-py's client is configured here; so is a call without an answer within
 ``timeout_s`` (its connection closed: its late reply is never read), as redis-py's Retry resent on a socket
-timeout — at most twice ``timeout_s`` in all. A consumer group's read is not retried (entries delivered in a lost
+timeout — at most twice ``timeout_s`` per command; a script the server does not know (``NOSCRIPT``: after its
+restart or a SCRIPT FLUSH) is then sent again as EVAL, so a script's call takes at most four times ``timeout_s``.
+A timeout also closes every idle connection that has not answered since the timed-out attempt was sent: a path
+lost without a word (no FIN or RST reached us: a NAT or a firewall that dropped its state, a failover to another
+host behind the same address) looks alive to the check before reuse, and each pooled connection would otherwise
+cost the next calls a whole ``timeout_s``; connections that answered meanwhile stay (a slow server drops nothing
+that works). A consumer group's read is not retried (entries delivered in a lost
 reply wait in the consumer's pending list, which the queue re-reads after a store error). A call that fails (its
 last attempt) raises :class:`StoreUnavailable`. The caller's cancellation also closes the connection (its reply
 would be read by the next call otherwise). Only plain ``redis://`` and
@@ -86,6 +92,7 @@ class _Connection:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self.parser = RespParser()
+        self.answered_at = trio.current_time()  # when it last gave a reply (opened: AUTH/SELECT answered, or now)
 
     def server_closed(self) -> bool:
         """True when the idle connection can be read: the server closed it (EOF or reset: a restart, a failover,
@@ -161,7 +168,8 @@ class NativeRedis:
         self, *args: bytes | str | int | float, retry: bool = True, max_reply_bytes: int = DEFAULT_REPLY_BYTES
     ) -> Reply:
         """One command; its reply (an error reply raises StoreError). StoreUnavailable when Redis cannot be reached
-        or does not answer within ``timeout_s`` (twice that when the command is sent a second time). ``retry=False``
+        or does not answer within ``timeout_s`` (twice that when the command is sent a second time; a script's call
+        :meth:`evalsha` up to four times that). ``retry=False``
         for a command that must not run twice (a read of a consumer group: entries delivered in a lost reply are
         left for the caller's recovery, not skipped). A reply longer than ``max_reply_bytes`` is a protocol error
         (the connection is closed; StoreUnavailable)."""
@@ -202,11 +210,13 @@ class NativeRedis:
             await trio.aclose_forcefully(conn.stream)
         return None
 
-    async def _drop_idle(self) -> None:
+    async def _drop_idle(self, *, answered_before: float = float("inf")) -> None:
         """After a connection failed on the way: the pooled ones most likely share its fate (a restart, a failover,
-        a cut path); the next calls open fresh ones."""
-        idle, self._idle = self._idle, []
-        for conn in idle:
+        a cut path); the next calls open fresh ones. ``answered_before`` (after a timeout): only those that have not
+        answered since then."""
+        dropped = [conn for conn in self._idle if conn.answered_at < answered_before]
+        self._idle = [conn for conn in self._idle if conn.answered_at >= answered_before]
+        for conn in dropped:
             await trio.aclose_forcefully(conn.stream)
 
     async def _call_once_more(
@@ -214,12 +224,14 @@ class NativeRedis:
     ) -> Reply:
         """``args`` on a pooled connection, and (``attempts`` 2) once more on a fresh one if that fails on the way
         or gets no answer within ``timeout_s`` (each attempt has its own ``timeout_s``: at most twice that in all,
-        the runner's deadline, as redis-py's client with one retry)."""
+        the runner's deadline, as redis-py's client with one retry). After a timeout the idle connections that have
+        not answered since the attempt was sent are closed (see the module's note)."""
         if self._closed:
             raise StoreError("redis: the store is closed")
         failure: BaseException | None = None
         for attempt in range(1, attempts + 1):
             conn: _Connection | None = None
+            sent_at = trio.current_time()
             with trio.move_on_after(self.timeout_s):
                 try:
                     conn = await self._idle_connection() if attempt == 1 else None
@@ -239,11 +251,13 @@ class NativeRedis:
                 if conn.parser.buffered or self._closed:  # bytes beyond the reply (out of step), or closed
                     await trio.aclose_forcefully(conn.stream)
                 else:
+                    conn.answered_at = trio.current_time()
                     self._idle.append(conn)
                 return reply
             # No answer within timeout_s: this connection's reply may still come; it is closed, never reused.
             if conn is not None:
                 await trio.aclose_forcefully(conn.stream)
+            await self._drop_idle(answered_before=sent_at)  # a path lost without a word: see the module's note
             failure = TimeoutError(f"no answer within {self.timeout_s:g} s")
         assert failure is not None
         raise self.runner.mark_down(failure) from failure

@@ -95,6 +95,23 @@ redis.call('XDEL', KEYS[1], unpack(ids))
 return acked
 """
 
+# Give back what a stopping consumer began and did not hand over — KEYS: status hashes; ARGV: consumer, status TTL ms.
+# A record still "handing" by this consumer becomes "queued" again (with its TTL), so another replica may claim the
+# entry at once instead of leaving it in doubt until this one starts again. Returns how many were given back.
+RELEASE_LUA = """
+local n = 0
+for i = 1, #KEYS do
+  local st = redis.call('HMGET', KEYS[i], 'state', 'by')
+  if st[1] == 'handing' and st[2] == ARGV[1] then
+    redis.call('HSET', KEYS[i], 'state', 'queued')
+    redis.call('HDEL', KEYS[i], 'by')
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+    n = n + 1
+  end
+end
+return n
+"""
+
 # Begin a hand-over to a node (gateway replicas sharing one consumer group) — KEYS: the status hashes of a read
 # batch's entries; ARGV: consumer, status TTL ms, whether the entries were delivered before (1: from a pending list
 # or claimed; 0: read new). A compare-and-set on each record: "queued" becomes "handing" by this consumer, so of two

@@ -101,6 +101,7 @@ class RedisStore:
         self._send = self._client.register_script(scripts.SEND_LUA)
         self._handover = self._client.register_script(scripts.HANDOVER_LUA)
         self._begin = self._client.register_script(scripts.BEGIN_LUA)
+        self._release = self._client.register_script(scripts.RELEASE_LUA)
         self._runner = BlockingRunner(
             "redis",
             max_connections,
@@ -600,6 +601,16 @@ class RedisStore:
         args: list[str | int] = [consumer, max(1, int(ttl_s * 1000)), "1" if delivered else "0"]
         raw: Any = await self._call(lambda: self._begin(keys=keys, args=args))
         return [(_text(raw[i]), _text(raw[i + 1])) for i in range(0, len(raw), 2)]
+
+    async def queue_release_many(self, status_keys: Sequence[str], consumer: str, *, ttl_s: float) -> int:
+        """Set the records ``consumer`` began (``handing``) and did not hand over back to ``queued`` (see
+        ``scripts.RELEASE_LUA``); how many were."""
+        if not status_keys:
+            return 0
+        keys = [f"{KEY_PREFIX}st:{k}" for k in status_keys]
+        args: list[str | int] = [consumer, max(1, int(ttl_s * 1000))]
+        raw: Any = await self._call(lambda: self._release(keys=keys, args=args))
+        return int(raw)
 
     async def stream_pending_idle(
         self, stream: str, group: str, *, min_idle_ms: int, after: str = "-", count: int = 64

@@ -17,6 +17,8 @@ class TcpProxy:
         self.port = 0  # picked at the first up(), kept afterwards
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
+        self._generation = 0  # of the proxied connections: those opened before a silence() go silent
+        self._silent_below = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -35,6 +37,12 @@ class TcpProxy:
         self._scope.cancel()
         self._scope = None
 
+    def silence(self) -> None:
+        """The path of every open connection is lost without a word (no FIN, no RST: a NAT or a firewall that
+        dropped its state, a failover to another host behind the same address): what either side sends there is
+        swallowed. New connections are proxied as before."""
+        self._silent_below = self._generation
+
     async def _serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with trio.CancelScope() as scope:
             self._scope = scope
@@ -50,12 +58,15 @@ class TcpProxy:
         except OSError:
             await client.aclose()
             return
+        self._generation += 1
+        generation = self._generation
         async with client, server, trio.open_nursery() as nursery:
 
             async def pump(src: trio.SocketStream, dst: trio.SocketStream) -> None:
                 try:
                     while data := await src.receive_some(BUFFER_BYTES):
-                        await dst.send_all(data)
+                        if generation > self._silent_below:
+                            await dst.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
                 nursery.cancel_scope.cancel()

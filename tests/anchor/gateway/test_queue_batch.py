@@ -15,9 +15,10 @@ from anchor.queue import GROUP, READ_COUNT, MessageQueue, QueuedMessage, new_mes
 from anchor.services_settings import ServiceSettings
 from anchor.stores.errors import StoreUnavailable
 from anchor.stores.redis_store import RedisStore
-from node.identity import create_identity
+from node.identity import create_identity, identity_exists, load_identity
 from node.node import Node
 from node.settings import Config
+from node.transports.memory import MemoryNetwork
 from tests.anchor.gateway.proxy import TcpProxy
 
 
@@ -247,4 +248,103 @@ async def test_an_unsettled_entry_another_replica_holds_for_a_moment_is_not_hand
     assert await redis.stream_pending_count(queue.stream, GROUP) == 0
     assert not queue._unsettled
     node.request_stop()
+    await redis.aclose()
+
+
+async def test_a_stop_requested_mid_batch_loses_no_broadcast(
+    services: ServiceSettings, nursery: trio.Nursery, short_tmp: Path
+) -> None:
+    # A stop (SIGTERM, `village stop`) requested by another task while the consumer hands a batch of broadcasts
+    # over: the node's drain sends LEAVE and closes its links, so a broadcast handed over after that would be
+    # settled "accepted" and never sent (broadcasts have no outbox). Every entry settled as sent must reach the
+    # peer; the ones not handed over stay pending for the next start, which sends them.
+    redis = RedisStore(services.redis.url, timeout_s=5.0)
+    net = MemoryNetwork(seed=1)
+    await nursery.start(net.run)
+    data, other = short_tmp / "anchor", short_tmp / "peer"
+    data.mkdir(mode=0o700)
+    other.mkdir(mode=0o700)
+    tb = net.transport("b")
+    b = Node(Config(data_dir=other), create_identity(other), transports=[tb], control=False)
+    await nursery.start(b.run)
+
+    async def start_anchor(name: str) -> Node:
+        ta = net.transport(name)
+        identity = load_identity(data) if identity_exists(data) else create_identity(data)
+        node = Node(Config(data_dir=data), identity, transports=[ta], control=False)
+        await nursery.start(node.run)
+        net.connect(ta, tb)
+        with trio.fail_after(20):
+            await b.wait_until(lambda: b.core is not None and b.core.peers.get(node.identity.peer_id) is not None)
+        return node
+
+    def received() -> set[str]:
+        assert b.inbox is not None
+        return {m.text for m in b.inbox.list(limit=1000) if m.text.startswith("broadcast ")}
+
+    a = await start_anchor("a")
+    queue = MessageQueue(redis, a, max_backlog=1000, block_ms=200)
+    messages = [QueuedMessage(new_message_id(), None, f"broadcast {i}", "key1") for i in range(READ_COUNT)]
+    for message in messages:  # queued before the consumer starts: one batch
+        await queue.put(message)
+
+    handed: list[str] = []
+    stop_now = trio.Event()
+    broadcast = a.broadcast
+
+    def recording(text: str) -> str:
+        handed.append(text)
+        if len(handed) == 2:
+            stop_now.set()  # the stop comes from another task (a signal handler, the control socket)
+        return broadcast(text)
+
+    a.broadcast = recording  # type: ignore[method-assign]
+
+    async def stopper() -> None:
+        await stop_now.wait()
+        a.request_stop()
+
+    consumer, consumer_done = trio.CancelScope(), trio.Event()
+
+    async def consume() -> None:
+        with consumer:
+            await queue.run()
+        consumer_done.set()  # its shielded settle done
+
+    async def anchor_service() -> None:  # as anchor/run.py does: the consumer is cancelled when a stop is requested
+        await a.wait_stop_requested()
+        consumer.cancel()
+
+    nursery.start_soon(stopper)
+    nursery.start_soon(anchor_service)
+    nursery.start_soon(consume)
+    with trio.fail_after(20):
+        await a.stopped.wait()
+        await consumer_done.wait()
+    states = [(await queue.status(m.id) or {}).get("state") for m in messages]
+    sent = {m.text for m, state in zip(messages, states, strict=True) if state == "sent"}
+    assert 2 <= len(handed) < READ_COUNT and sent == set(handed)
+    assert states.count("queued") == READ_COUNT - len(sent)
+    assert await redis.stream_pending_count(queue.stream, GROUP) == READ_COUNT - len(sent)
+    with trio.fail_after(20):
+        await b.wait_until(lambda: sent <= received())  # B processes what A's drain sent
+
+    # The next start hands the rest over: every broadcast reaches the peer, each once.
+    a2 = await start_anchor("a2")
+    queue2 = MessageQueue(redis, a2, max_backlog=1000, block_ms=200)
+    consumer2 = trio.CancelScope()
+
+    async def consume2() -> None:
+        with consumer2:
+            await queue2.run()
+
+    nursery.start_soon(consume2)
+    await _statuses(queue2, [m.id for m in messages], "sent")
+    with trio.fail_after(20):
+        await b.wait_until(lambda: len(received()) == READ_COUNT)
+    assert received() == {m.text for m in messages}
+    assert queue2.counters["accepted"] == READ_COUNT - len(sent)
+    consumer2.cancel()
+    a2.request_stop()
+    b.request_stop()
     await redis.aclose()

@@ -224,3 +224,64 @@ async def test_joining_a_cluster_hands_over_what_the_lone_anchor_had_queued(
     with trio.fail_after(20):
         await replica.node.wait_until(lambda: len(replica.node.outgoing) == 2)
     assert sorted(e.id for e in replica.node.outbox.list(limit=10)) == sorted(ids)
+
+
+async def test_a_replica_stopped_mid_batch_gives_back_what_it_did_not_hand_over(
+    replicas: tuple[Replica, Replica], nursery: trio.Nursery
+) -> None:
+    # A stop requested while replica A hands a batch over ends the hand-over at once; the entries A began (status
+    # "handing" by A) and did not hand to its node go back to "queued", so replica B claims and sends them now
+    # instead of leaving them in doubt until A starts again.
+    a, b = replicas
+    qa = a.queue()
+    ids = await _put(qa, 64)
+    handed: list[str] = []
+    stop_now = trio.Event()
+    send_private = a.node.send_private
+
+    def recording(peer_ref: str, text: str, *, message_id: str | None = None) -> str:
+        assert message_id is not None
+        handed.append(message_id)
+        if len(handed) == 2:
+            stop_now.set()  # the stop comes from another task (a signal handler, the control socket)
+        return send_private(peer_ref, text, message_id=message_id)
+
+    a.node.send_private = recording  # type: ignore[method-assign]
+
+    async def stopper() -> None:
+        await stop_now.wait()
+        a.node.request_stop()
+
+    consumer, consumer_done = trio.CancelScope(), trio.Event()
+
+    async def consume() -> None:
+        with consumer:
+            await qa.run()
+        consumer_done.set()  # its shielded settle (and give-back) done
+
+    async def anchor_service() -> None:  # as anchor/run.py does: the consumer is cancelled when a stop is requested
+        await a.node.wait_stop_requested()
+        consumer.cancel()
+
+    nursery.start_soon(stopper)
+    nursery.start_soon(anchor_service)
+    nursery.start_soon(consume)
+    with trio.fail_after(20):
+        await a.node.stopped.wait()
+        await consumer_done.wait()
+    rest = [i for i in ids if i not in handed]
+    assert 2 <= len(handed) < 64
+    records = {i: await a.redis.status_get(qa._status_key(i)) or {} for i in ids}
+    assert {records[i].get("state") for i in handed} == {"accepted"}
+    assert {records[i].get("state") for i in rest} == {"queued"}
+    qb = b.queue()
+    consumer_b = trio.CancelScope()
+
+    async def consume_b() -> None:
+        with consumer_b:
+            await qb.run()
+
+    nursery.start_soon(consume_b)
+    await _until(qb, rest)
+    assert sorted(b.outbox_ids()) == sorted(rest) and qb.counters["claimed"] == len(rest)
+    consumer_b.cancel()

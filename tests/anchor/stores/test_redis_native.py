@@ -176,11 +176,13 @@ async def test_stream_reads_match_redis_py_pending_and_deleted_entries_included(
 
 # ------------------------------------------------------------------------------------------ review fixes (gwfix4)
 async def test_pooled_connections_the_server_closed_are_not_used_again(
-    services: ServiceSettings, caplog: pytest.LogCaptureFixture
+    services: ServiceSettings, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A burst leaves every pooled connection idle; the server then closes them all (what a restart, a failover or
-    # its idle timeout does; here CLIENT KILL of exactly those). The next calls — scripts (retried once) and
-    # consumer reads (never retried) — must all succeed on fresh connections, and no "unavailable" be logged.
+    # its idle timeout does; here CLIENT KILL of exactly those). The next calls — consumer reads (never retried)
+    # first, then scripts (retried once) — must all succeed on fresh connections without a connection-level
+    # failure (the check before reuse, not a failed attempt and its _drop_idle, keeps the dead ones out), and no
+    # "unavailable" be logged.
     from anchor.stores.redis_store import RedisStore
 
     store = RedisStore(services.redis.url, timeout_s=5.0, max_connections=8)
@@ -207,10 +209,19 @@ async def test_pooled_connections_the_server_closed_are_not_used_again(
         for conn in native._idle:
             await trio.lowlevel.wait_readable(conn.stream.socket)
     caplog.clear()
-    for _ in range(10):
-        await settle()
+    drops: list[object] = []
+    drop_idle = native._drop_idle
+
+    async def counting_drop_idle(**kwargs: float) -> None:
+        drops.append(kwargs)
+        await drop_idle(**kwargs)
+
+    monkeypatch.setattr(native, "_drop_idle", counting_drop_idle)
     for _ in range(8):
         assert await store.stream_read(stream, "g", "c", count=1) == []
+    for _ in range(10):
+        await settle()
+    assert drops == []
     assert store.down_reason is None
     assert not [r for r in caplog.records if "unavailable" in r.getMessage()]
     admin.close()
@@ -350,3 +361,36 @@ def test_an_unknown_redis_client_names_the_key() -> None:
 
     with pytest.raises(ConfigError, match="redis_client"):
         config_from_mapping({"anchor": {"redis_client": "fast"}})
+
+
+async def test_a_timeout_drops_the_idle_connections_of_a_path_lost_without_a_word(
+    services: ServiceSettings, nursery: trio.Nursery
+) -> None:
+    # The path of every pooled connection is lost without a FIN or RST (the check before reuse sees nothing). The
+    # first call times out once (then answered on a fresh connection); the idle connections that have not answered
+    # since it was sent are dropped with it, so the next burst of unretried reads does not pay a timeout each.
+    proxy = TcpProxy("127.0.0.1", services.redis.port)
+    await nursery.start(proxy.run)
+    native = _native(services, port=proxy.port, timeout_s=0.5)
+
+    async def ping() -> None:
+        assert await native.call("PING") == b"PONG"
+
+    async with trio.open_nursery() as burst:
+        for _ in range(4):
+            burst.start_soon(ping)
+    assert len(native._idle) == 4
+    proxy.silence()
+    assert await native.call("PING") == b"PONG"  # timed out on a pooled connection, answered on a fresh one
+    assert native.runner.down_reason is None
+    answers: list[object] = []
+
+    async def read() -> None:
+        answers.append(await native.call("ECHO", "x", retry=False))
+
+    async with trio.open_nursery() as burst:
+        for _ in range(4):
+            burst.start_soon(read)
+    assert answers == [b"x"] * 4
+    assert native.runner.down_reason is None
+    await native.aclose()
