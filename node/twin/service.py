@@ -155,22 +155,36 @@ class TwinService:
             gate_fraction=self.settings.gate_fraction,
             max_personal_words=self.settings.max_personal_words,
         )
+        self.load_error = None  # a failure to read it earlier (kept in place) is over once it loads
         try:
             data = store.read_state(self.path, self.settings.max_disk_bytes)
             if data is not None:
                 engine.decode(data, self.settings.max_disk_bytes)
-        except Exception as exc:  # noqa: BLE001 - TwinStoreError/OSError expected; anything else is a missed check
-            # Keep the unusable file for the user to look at; start from the prior. A backstop on any Exception
-            # (a MemoryError from a check the decoder missed): a file that fails every load must not stay in place
-            # to fail every event and every restart.
-            why = str(exc) if isinstance(exc, (TwinStoreError, OSError)) else f"{type(exc).__name__}: {exc}"
-            if not isinstance(exc, (TwinStoreError, OSError)):
+        except (OSError, MemoryError) as exc:
+            # The machine, not the file: EMFILE, EIO, a full memory. The file may be good: leave it in place, load
+            # nothing (so nothing is saved over it) and try again at the next event.
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+            self.load_error = f"{self.path}: could not be read ({why}); the file is kept, learning waits"
+            log.warning("twin: %s", self.load_error)
+            raise TwinError(self.load_error) from exc
+        except Exception as exc:  # noqa: BLE001 - TwinStoreError expected; anything else is a missed check
+            # The content is at fault: keep the file for the user to look at (under a name no later failure
+            # overwrites) and start from the prior, so a file that fails every load does not fail every event and
+            # every restart.
+            why = str(exc) if isinstance(exc, TwinStoreError) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, TwinStoreError):
                 log.error("twin: loading %s raised %s (a check missed in the decoder)", self.path, type(exc).__name__)
-            self.load_error = f"{self.path}: {why[:300]}; starting fresh (the old file is kept as state.bin.bad)"
+            aside = self.path.with_name(self.path.name + ".bad")
+            if aside.exists():
+                aside = self.path.with_name(f"{self.path.name}.bad.{time.time_ns()}")
+            self.load_error = f"{self.path}: {why[:300]}; starting fresh (the old file is kept as {aside.name})"
             try:
-                self.path.replace(self.path.with_name(self.path.name + ".bad"))
+                self.path.replace(aside)
             except OSError as move_exc:
-                self.load_error += f" (could not move it aside: {move_exc.strerror})"
+                # Not moved: do not start fresh over it (a save would overwrite the only copy). Try again later.
+                self.load_error = f"{self.path}: {why[:300]}; it could not be moved aside ({move_exc.strerror})"
+                log.warning("twin: %s", self.load_error)
+                raise TwinError(self.load_error) from exc
             log.warning("twin: %s", self.load_error)
             engine = TwinEngine(  # a fresh one: the failed load may have filled part of the first
                 prior,
@@ -318,8 +332,12 @@ class TwinService:
         if wait_s > 0:
             with trio.move_on_after(wait_s):
                 await self.idle.wait()
-        engine = await self._ensure_engine()
-        st = await trio.to_thread.run_sync(engine.status, limiter=self._limiter)
+        try:
+            engine = await self._ensure_engine()
+        except TwinError:  # the state could not be read just now (kept in place): status still answers, with why
+            st: dict[str, Any] = {"loaded": False}
+        else:
+            st = await trio.to_thread.run_sync(engine.status, limiter=self._limiter)
         now = trio.current_time()
         decision = self.governor.decide(now)
         r = self.governor.readings

@@ -166,26 +166,63 @@ def test_pack_refuses_the_shapes_the_reader_refuses(shape: tuple[int, ...]) -> N
 
 
 async def test_any_exception_while_loading_keeps_the_file_aside(tmp_path: Path, monkeypatch: Any) -> None:
-    """The backstop: a check the decoder misses (here a MemoryError planted in it) still moves the file aside
-    instead of failing every event and every restart."""
+    """The backstop: a check the decoder misses (here a ValueError planted in it) still moves the file aside
+    instead of failing every event and every restart; a second bad file does not overwrite the first one kept."""
     path = await _learn_one(tmp_path)
     planted = path.read_bytes()
+    (path.parent / "state.bin.bad").write_bytes(b"an earlier bad file")
 
-    def out_of_memory(*args: Any, **kwargs: Any) -> Any:
-        raise MemoryError
+    def missed_check(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("a check the decoder missed")
 
     with monkeypatch.context() as m:
-        m.setattr(store, "decode_into", out_of_memory)
+        m.setattr(store, "decode_into", missed_check)
         svc = make(tmp_path, Power(90, True))
         async with trio.open_nursery() as n:
             await n.start(svc.run, None)
             svc.record("message", "another one", action="messages.send")
             await svc.idle.wait()
             st = await svc.status()
-            assert st["load_error"] and "MemoryError" in st["load_error"], st
+            assert st["load_error"] and "ValueError" in st["load_error"], st
             assert st["messages_learned"] == 1 and st["learn_errors"] == 0
             n.cancel_scope.cancel()
-    assert path.with_name("state.bin.bad").read_bytes() == planted
+    kept = sorted(p.name for p in path.parent.glob("state.bin.bad*"))
+    assert len(kept) == 2 and (path.parent / "state.bin.bad").read_bytes() == b"an earlier bad file"
+    assert [p.read_bytes() for p in path.parent.glob("state.bin.bad.*")] == [planted]
+
+
+@pytest.mark.parametrize("failure", [OSError(24, "Too many open files"), MemoryError()])
+async def test_a_transient_failure_to_read_the_state_never_loses_it(
+    tmp_path: Path, monkeypatch: Any, failure: BaseException
+) -> None:
+    """The machine, not the file (EMFILE, EIO, no memory): the state stays where it is, nothing learned meanwhile
+    is saved over it, and it loads once the failure is gone — on two runs in a row (review of session 5: the first
+    run moved it aside, the second overwrote the copy kept aside)."""
+    path = await _learn_one(tmp_path)
+    good = path.read_bytes()
+
+    def fails(*args: Any, **kwargs: Any) -> Any:
+        raise failure
+
+    for _ in range(2):
+        with monkeypatch.context() as m:
+            m.setattr(store, "read_state", fails)
+            svc = make(tmp_path, Power(90, True))
+            async with trio.open_nursery() as n:
+                await n.start(svc.run, None)
+                svc.record("message", "learned while the state cannot be read", action="messages.send")
+                await svc.idle.wait()
+                st = await svc.status()
+                assert st["load_error"] and "the file is kept" in st["load_error"], st
+                n.cancel_scope.cancel()
+        assert path.read_bytes() == good
+        assert not list(path.parent.glob("state.bin.bad*"))
+    svc = make(tmp_path, Power(90, True))
+    async with trio.open_nursery() as n:
+        await n.start(svc.run, None)
+        st = await svc.status()
+        assert not st["load_error"] and st["messages_learned"] >= 1, st
+        n.cancel_scope.cancel()
 
 
 async def test_a_fifo_or_oversized_state_file_is_kept_aside(tmp_path: Path) -> None:
