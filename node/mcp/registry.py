@@ -339,7 +339,22 @@ class Registry:
             structured = value
         else:
             structured = {"result": value}
-        outcome = Outcome(structured, json.dumps(structured, indent=2, ensure_ascii=False))
+        try:  # strict JSON: NaN/Infinity are not JSON; a structure nested beyond any reader is refused here
+            text = json.dumps(structured, indent=2, ensure_ascii=False, allow_nan=False)
+        except (ValueError, TypeError, RecursionError) as exc:
+            self.output_mismatches[name] = self.output_mismatches.get(name, 0) + 1
+            log.error(
+                "tool %s answered something that is not JSON (caller %s:%s): %s",
+                name,
+                caller.transport,
+                caller.client_id,
+                type(exc).__name__,
+            )
+            if tool.changes_state:  # done: say so without the answer rather than invite a retry
+                text = json.dumps({"result": "done; its answer could not be encoded (the node's log says why)"})
+                return Outcome({"result": "done; its answer could not be encoded (the node's log says why)"}, text)
+            raise ToolError(f"internal error in {name}: its answer could not be encoded as JSON") from None
+        outcome = Outcome(structured, text)
         return self._checked(tool, outcome, caller, text_is_json=True)
 
     def _checked(self, tool: Tool, outcome: Outcome, caller: Caller, *, text_is_json: bool) -> Outcome:

@@ -174,3 +174,20 @@ async def test_tuples_in_an_answer_are_json_arrays_as_on_the_wire() -> None:
         got = await client.call_tool("vote_status", {})
         assert not got.is_error and got.structured_content is not None
         assert got.structured_content["electorate"] == [["ab" * 32, 1]] and got.structured_content["proposals"] == []
+
+
+async def test_an_answer_that_is_not_json_is_refused_or_reported_done() -> None:
+    """NaN is not JSON and a structure nested past json's recursion limit cannot be encoded (review of fix8: the
+    encoder sat outside the guard — a bare RecursionError, audited ok, and NaN sent to clients): a read-only tool
+    answers a ToolError; a state-changing one says it is done without the answer (no retry invited)."""
+    answer = {"namespace": "local", "epoch": 0, "electorate": [], "proposals": [], "certificates": []}
+    reg = registry_answering(
+        {
+            "vote.status": {**answer, "state": {"epoch": 0, "config": {"k": float("nan")}, "policy": {}}},
+            "messages.send": {"id": 7, "deep": _nested(1200)},
+        }
+    )
+    with pytest.raises(ToolError, match="could not be encoded"):
+        await reg.call("vote_status", {}, caller=Caller("stdio", "c"))
+    out = await reg.call("messages_send", {"peer": "bob", "text": "hi"}, caller=Caller("stdio", "c"))
+    assert "done" in out.text and reg.output_mismatches == {"vote_status": 1, "messages_send": 1}
