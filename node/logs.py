@@ -73,16 +73,63 @@ class JsonFormatter(logging.Formatter):
 LIBRARY_LOGGERS = ("libp2p",)
 
 
+# py-libp2p's auto-connector (libp2p/network/auto_connector.py, 0.8) logs its state at INFO on every cycle — every
+# 10 s while the node has fewer than 50 connections, as an idle node always has — and its import forces that
+# logger to INFO: "... below target (200, ...); initiating 200 new dials" every 10 s with an empty peerstore.
+AUTO_CONNECTOR_LOGGER = "libp2p.network.auto_connector"
+# The per-cycle lines, by the start of their format string (the connections made stay as they are).
+AUTO_CONNECTOR_CYCLE_LINES = ("AUTO_CONNECTOR_STATE:", "Connections (", "AutoConnector candidate pool low")
+
+
+class RepeatedLineFilter(logging.Filter):
+    """Drops a line that says again what the last one of its kind said: a record whose format string starts with one
+    of ``prefixes`` passes only when its text differs from the last record passed for that prefix (so an idle node
+    logs its auto-connector state once, then again when it changes); :attr:`dropped` counts the others. Other
+    records pass untouched. State: one last text per prefix."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+        self.dropped = 0
+        self._last: dict[str, str] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        template = record.msg
+        if not isinstance(template, str) or not template.startswith(self.prefixes):
+            return True
+        prefix = next(p for p in self.prefixes if template.startswith(p))
+        text = record.getMessage()
+        if self._last.get(prefix) == text:
+            self.dropped += 1
+            return False
+        self._last[prefix] = text
+        return True
+
+
+def quiet_auto_connector() -> RepeatedLineFilter:
+    """Put a :class:`RepeatedLineFilter` over py-libp2p's auto-connector's per-cycle lines (replacing one put there
+    before: the logger is the process's); returns it."""
+    logger = logging.getLogger(AUTO_CONNECTOR_LOGGER)
+    for old in [f for f in logger.filters if isinstance(f, RepeatedLineFilter)]:
+        logger.removeFilter(old)
+    quiet = RepeatedLineFilter(AUTO_CONNECTOR_CYCLE_LINES)
+    logger.addFilter(quiet)
+    return quiet
+
+
 def adopt_library_loggers(names: tuple[str, ...] = LIBRARY_LOGGERS) -> None:
     """Route the loggers ``names`` (and their existing descendants) through the root handler, in our format: their
     own handlers are removed and they propagate again. Their levels are kept (py-libp2p: WARNING unless
-    LIBP2P_DEBUG says otherwise). Call it after the library is imported: its import configures its loggers."""
+    LIBP2P_DEBUG says otherwise), and py-libp2p's auto-connector says each state once (:func:`quiet_auto_connector`).
+    Call it after the library is imported: its import configures its loggers."""
     prefixes = tuple(f"{name}." for name in names)
     for name in (*names, *(n for n in list(logging.Logger.manager.loggerDict) if n.startswith(prefixes))):
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
         logger.propagate = True
+    if "libp2p" in names:
+        quiet_auto_connector()
 
 
 def install_log_handler(

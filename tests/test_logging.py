@@ -17,9 +17,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
+from libp2p.network.swarm import Swarm
 
-from node.logs import LOG_LINK, install_log_handler
+from node.identity import Identity
+from node.logs import AUTO_CONNECTOR_LOGGER, LOG_LINK, RepeatedLineFilter, install_log_handler
+from node.transports.betanet.transport import BetanetTransport
 from tests.test_textsafe import assert_terminal_safe
+from tests.transports.test_betanet import LOOPBACK as BETANET_LOOPBACK
 
 ROOT = Path(__file__).resolve().parent.parent
 # getLogger calls that are not a logger of ours, and why.
@@ -27,6 +33,7 @@ NOT_OURS = {
     ("node/logs.py", "root"): "the root logger, where the handler goes",
     ("node/logs.py", "name"): "adopt_library_loggers rewires the libraries' loggers",
     ("anchor/stores/postgres.py", "'psycopg.pool'"): "quietens a library's logger (setLevel only)",
+    ("node/logs.py", "AUTO_CONNECTOR_LOGGER"): "quietens py-libp2p's auto-connector (a filter only)",
 }
 OUR_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) (?P<name>[\w.]+): (?P<message>.*)$")
 
@@ -71,6 +78,7 @@ def restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     root = logging.getLogger()
     names = ["libp2p", *(n for n in logging.Logger.manager.loggerDict if n.startswith("libp2p."))]
     saved = {n: (logging.getLogger(n).propagate, list(logging.getLogger(n).handlers)) for n in names}
+    filters = {n: list(logging.getLogger(n).filters) for n in names}
     root_state = (root.level, list(root.handlers))
     monkeypatch.delenv("LIBP2P_DEBUG", raising=False)
     setup_logging()
@@ -85,6 +93,7 @@ def restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
                 propagate, handlers = saved.get(name, (True, []))
                 logger.propagate = propagate
                 logger.handlers[:] = handlers
+                logger.filters[:] = filters.get(name, [])
 
 
 def test_libp2p_records_come_out_in_our_format(restore_logging: None) -> None:
@@ -120,6 +129,42 @@ def test_libp2p_keeps_its_level(restore_logging: None) -> None:
     logging.getLogger("libp2p.network.swarm").info("chatter")
     logging.getLogger("libp2p.network.swarm").error("real trouble")
     assert [m["message"] for m in map(OUR_LINE.match, out.getvalue().splitlines()) if m] == ["real trouble"]
+
+
+def test_an_idle_node_logs_the_auto_connectors_state_once(restore_logging: None) -> None:
+    """py-libp2p's auto-connector logs its state at INFO on every cycle, every 10 s under 50 connections: "initiating
+    200 new dials" with an empty peerstore. Through our handler an idle node says each line once, and again only when
+    it changes. Its real periodic task on our real host, an hour of cycles under the mock clock."""
+    out = io.StringIO()
+    install_log_handler("INFO", out)
+    (quiet,) = [f for f in logging.getLogger(AUTO_CONNECTOR_LOGGER).filters if isinstance(f, RepeatedLineFilter)]
+    transport = BetanetTransport(Identity.generate(), BETANET_LOOPBACK)
+    connections = [0]
+
+    def dial_lines() -> list[str]:
+        return [line for line in out.getvalue().splitlines() if "new dials" in line]
+
+    async def main() -> None:
+        swarm = transport._make_host([]).get_network()
+        assert isinstance(swarm, Swarm)
+        swarm.get_total_connections = lambda: connections[0]  # type: ignore[method-assign]
+        connector = swarm.auto_connector
+        await connector.start()
+        async with trio.open_nursery() as nursery:
+            await connector.run_background_task(nursery)
+            await trio.sleep(3600)
+            assert len(dial_lines()) == 1 and "initiating 200 new dials" in dial_lines()[0]
+            assert quiet.dropped >= 2 * 350  # ~360 cycles ran, each with its two state lines
+            connections[0] = 1  # a peer connected: the state changed, and is said once
+            await trio.sleep(600)
+            await connector.stop()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert len(dial_lines()) == 2 and "initiating 199 new dials" in dial_lines()[1]
+    states = [line for line in out.getvalue().splitlines() if "AUTO_CONNECTOR_STATE" in line]
+    assert len(states) == 2 and "num_connections=1 " in states[1]
+    logging.getLogger(AUTO_CONNECTOR_LOGGER).warning("other lines pass")
+    assert out.getvalue().splitlines()[-1].endswith("other lines pass")
 
 
 def test_json_lines_carry_time_level_subsystem_peer_and_link(restore_logging: None) -> None:

@@ -30,7 +30,7 @@ import trio
 from fastapi import Depends, FastAPI, Form, Header, Path, Query, Request, Security, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from anchor.gateway.ask_route import add_ask_routes
@@ -70,6 +70,7 @@ from anchor.settings import AnchorSection
 from anchor.stores.errors import StoreError, StoreUnavailable
 from node.errors import MeshError
 from node.mailbox import protocol as mailbox_protocol
+from node.mcp.outputs import NodeStatusStable
 
 if TYPE_CHECKING:
     from node.node import Node
@@ -139,17 +140,12 @@ class TokenOut(BaseModel):
     scope: str = Field(description="space-separated scopes")
 
 
-class NodeOut(BaseModel):
-    peer_id: str
-    fingerprint: str
-    nickname: str
-    uptime_s: float
-    transports: list[str]
-    listen_addrs: list[str]
-    peers: int
-    links: int
-    pending_private: int
-    routes: int
+# The node's stable ``node.status`` fields (typed once, node.mcp.outputs.NodeStatusStable) and the gateway's refusals.
+# (No docstring: it would become the OpenAPI description.) A plain response model: lax, and the status answer's other
+# fields (counters, the data directory) are dropped, never passed on.
+class NodeOut(NodeStatusStable):
+    model_config = ConfigDict(extra="ignore", strict=False)
+
     gateway_refusals: dict[str, int] = Field(description="requests refused since start, by HTTP status")
 
 

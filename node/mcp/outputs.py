@@ -35,7 +35,10 @@ class OutboxCounts(Open):
     failed: int
 
 
-class NodeStatusOut(Open):
+class NodeStatusStable(Open):
+    """The stable fields of ``node.status``: the one typing of them. The anchor's gateway builds ``GET /v1/node``
+    from it (anchor.gateway.app.NodeOut: these fields and its refusal counts, nothing else)."""
+
     peer_id: str
     fingerprint: str
     nickname: str
@@ -45,8 +48,11 @@ class NodeStatusOut(Open):
     peers: int = Field(description="Reachable peers.")
     links: int
     pending_private: int
-    outbox: OutboxCounts
     routes: int
+
+
+class NodeStatusOut(NodeStatusStable):
+    outbox: OutboxCounts
     data_dir: str
     counters: dict[str, int]
     app_counters: dict[str, int]

@@ -49,6 +49,8 @@ their state, bounds and timers, and :meth:`MeshCore.get_timer` is the earliest o
   :class:`~node.routing.pinging.PingTracker` (link probes) and :class:`~node.routing.pins.PinStore`;
 * :class:`~node.routing.forwarding.Forwarder`: relaying; :class:`~node.routing.couriering.CourierDesk`: envelopes;
 * :class:`~node.routing.containment.Containment`: a failure in one frame or timer task ends it only (counted);
+* :class:`~node.routing.timers.TimerTasks`: what :meth:`MeshCore.handle_timer` runs (the relay queue's due jobs,
+  hop-ARQ resends, announces, ping expiry, handshake and fragment expiry, private retries);
 * the tables: peers, paths, dedupe, reassembly, relay queue, courier store, app channel, flood limiter.
 
 Every structure remote input can grow is bounded; :meth:`MeshCore.bounded_sizes` reports each (current, bound).
@@ -85,10 +87,9 @@ from node.routing.events import (
     PrivateFailed,
 )
 from node.routing.forwarding import Forwarder
-from node.routing.hoparq import ACK_DIGEST_BYTES, HopArqTable, HopEntry
+from node.routing.hoparq import ACK_DIGEST_BYTES, HopArqTable
 from node.routing.meshbase import (
     MAX_TTL,
-    RTT_SMOOTHING,
     SETTLED_ANNOUNCE_CAPABILITY,
     T_ANNOUNCE,
     T_COURIER_ENVELOPE,
@@ -114,6 +115,7 @@ from node.routing.ratelimit import OriginLimiter
 from node.routing.relay import TTL_OFFSET, RelayQueue
 from node.routing.sessions import Msg1Tier, SessionManager
 from node.routing.settings import MeshSection
+from node.routing.timers import TimerTasks
 from node.wire import (
     BROADCAST_ID,
     Announce,
@@ -258,6 +260,19 @@ class MeshCore:
             verify=self.verify,
             decode_announce=self.decode_announce,
         )
+        self.timers = TimerTasks(
+            settings=s,
+            output=self.output,
+            paths=self.paths,
+            pings=self.pings,
+            schedule=self.schedule,
+            presence=self.presence,
+            delivery=self.delivery,
+            reassembler=self.reassembler,
+            relays=self.relays,
+            counters=self.counters,
+            containment=self.containment,
+        )
 
     # ---------------------------------------------------------------- component views (public API)
     @property
@@ -342,95 +357,10 @@ class MeshCore:
         return best
 
     def handle_timer(self, now: float) -> None:
-        """Run what is due. Never raises: each component's work is a task of its own, and a failure ends that
-        task only (counted, logged once); what a failed task popped is not due again, so the timer advances."""
-        for task in (
-            self._expire_pings,
-            self._timer_announces,
-            self.delivery.expire_handshakes,
-            self.reassembler.expire,
-            self._timer_relays,
-            self._timer_hop_arq,
-            self.delivery.retry_due,
-        ):
-            try:
-                task(now)
-            except Exception as exc:  # noqa: BLE001 - broad: a timer task's failure must end that task only (counted, logged)
-                self.containment.contain(exc, f"timer task {getattr(task, '__name__', task)}", None)
-
-    def _expire_pings(self, now: float) -> None:
-        for link_id in self.pings.on_timer(now):  # a ping went unanswered: the link's loss estimate rises
-            stats = self.paths.links.get(link_id)
-            if stats is not None:
-                stats.loss = (1 - RTT_SMOOTHING) * stats.loss + RTT_SMOOTHING
-
-    def _timer_announces(self, now: float) -> None:
-        periodic, answers = self.schedule.on_timer(now)
-        if periodic:
-            try:
-                self.presence.announce_all(now)
-            finally:
-                if self.schedule.next_announce is not None and self.schedule.next_announce <= now:
-                    self.schedule.schedule(now, len(self.links))  # it failed: the next one is still scheduled
-        for link_id in answers:
-            self.presence.send_announce([link_id], now)
-
-    def _timer_relays(self, now: float) -> None:
-        due = self.relays.pop_due(now)
-        if not due:
-            return
-        self.counters.relayed += len(due)  # (each one counts, whether or not it fails below)
-        output = self.output
-        failed: Exception | None = None
-        for job in due:
-            try:
-                if job.track and len(job.link_ids) == 1:
-                    output.emit_tracked(job.link_ids[0], job.frame, None, job.key, now)
-                    continue
-                output.emit_copies(job.link_ids, job.frame)
-            except Exception as exc:  # noqa: BLE001 - broad: this relay is dropped, the others still go (re-raised: counted)
-                failed = failed or exc
-        if failed is not None:
-            raise failed
-
-    def _timer_hop_arq(self, now: float) -> None:
-        failed: Exception | None = None
-        for entry in self.output.on_timer(now):
-            try:
-                self._hop_timeout(entry, now)
-            except Exception as exc:  # noqa: BLE001 - broad: this entry is given up, the others still go (re-raised: counted)
-                self.output.hoparq.give_up(entry)
-                failed = failed or exc
-        if failed is not None:
-            raise failed
-
-    def _hop_timeout(self, entry: HopEntry, now: float) -> None:
-        """No hop ack for ``entry`` in time: resend it on its link, or give it up after mesh.hop_retries resends."""
-        hoparq = self.output.hoparq
-        if entry.link_id not in self.links:
-            hoparq.give_up(entry)
-            return
-        stats = self.paths.links.get(entry.link_id)
-        if entry.tries <= self.settings.hop_retries:
-            self.output.out.append((entry.link_id, entry.frame))
-            self.counters.hop_retransmits += 1
-            rto = hoparq.rto(entry.link_id, stats.rtt_s if stats is not None else None, entry.tries + 1)
-            hoparq.retry(entry, now + rto)
-            return
-        hoparq.give_up(entry)
-        self.counters.hop_give_ups += 1
-        if stats is not None:  # as a lost pong: the link's cost rises, the next path computation may avoid it
-            stats.loss = (1 - RTT_SMOOTHING) * stats.loss + RTT_SMOOTHING
-            self.paths.link_cost_changed()
-        # Our private message never left the first hop: resend it at once on every path. (Not with this link as
-        # our only one: the flood would be the same single tracked send again, resent and given up in a loop that
-        # never counts an attempt.)
-        if (
-            entry.tag is not None
-            and any(lid != entry.link_id for lid in self.links)
-            and self.delivery.first_hop_gave_up(entry.tag, now)
-        ):
-            self.counters.hop_failovers += 1
+        """Run what is due (:class:`~node.routing.timers.TimerTasks`). Never raises: each component's work is a task
+        of its own, and a failure ends that task only (counted, logged once); what a failed task popped is not due
+        again, so the timer advances."""
+        self.timers.run(now)
 
     # ---------------------------------------------------------------- outputs
     def frames_to_send(self) -> list[tuple[str, bytes]]:
