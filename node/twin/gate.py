@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 MAX_WEIGHT = 4.0  # the largest importance weight of a sampled low-surprise update (bounds one step's size)
@@ -90,8 +91,8 @@ class SurpriseGate:
 
 MESSAGE_MIN_THRESHOLD_BITS = -MAX_SURPRISAL_BITS  # a message score (a difference of surprisals) can be negative
 SHIPPED_SCORE = "edge"  # chosen on tuning senders (bench/README.md, session 5)
-SCORES = ("useful", "edge", "mixture", "neural", "random")
-START_BITS = {"useful": 0.5, "edge": -0.5, "mixture": 6.0, "neural": 7.0, "random": 0.0}
+SCORES = ("useful", "edge", "mixture", "neural", "random", "resp", "grad")
+START_BITS = {"useful": 0.5, "edge": -0.5, "mixture": 6.0, "neural": 7.0, "random": 0.0, "resp": 0.3, "grad": 0.2}
 MAX_MESSAGE_WEIGHT_TOKENS = 32  # a long message moves the threshold like this many tokens at most
 
 
@@ -136,8 +137,12 @@ class MessageGate:
             self.threshold_bits = START_BITS[self.score]
         self._rng = random.Random(self.seed)
 
-    def message_score(self, mixture_bits: list[float], neural_bits: list[float]) -> float:
-        if self.score == "mixture" or not neural_bits:
+    def message_score(self, mixture_bits: list[float], neural_bits: list[float], resp: Sequence[float] = ()) -> float:
+        if self.score in ("resp", "grad") and len(resp) == len(mixture_bits) == len(neural_bits):
+            if self.score == "resp":
+                return sum(resp) / len(resp) if resp else 0.0
+            vals = [r * (1.0 - 2.0**-n) for r, n in zip(resp, neural_bits, strict=True)]
+        elif self.score == "mixture" or not neural_bits:
             vals = mixture_bits
         elif self.score == "neural":
             vals = neural_bits
@@ -147,7 +152,7 @@ class MessageGate:
             vals = [token_usefulness(n, m) for n, m in zip(neural_bits, mixture_bits, strict=False)]
         return sum(vals) / len(vals) if vals else 0.0
 
-    def decide(self, mixture_bits: list[float], neural_bits: list[float]) -> bool:
+    def decide(self, mixture_bits: list[float], neural_bits: list[float], resp: Sequence[float] = ()) -> bool:
         """True when this message's tokens go to the expensive update (and adapt the threshold)."""
         n = len(mixture_bits)
         if n == 0:
@@ -159,7 +164,7 @@ class MessageGate:
         if self.score == "random":  # the control: plain subsampling at the budget
             hit = self._rng.random() < self.target_fraction
         else:
-            hit = self.message_score(mixture_bits, neural_bits) > self.threshold_bits
+            hit = self.message_score(mixture_bits, neural_bits, resp) > self.threshold_bits
         w = min(n, MAX_MESSAGE_WEIGHT_TOKENS) / 10.0
         t = self.threshold_bits + self.step_bits * w * ((1.0 if hit else 0.0) - self.target_fraction)
         self.threshold_bits = min(MAX_THRESHOLD_BITS, max(MESSAGE_MIN_THRESHOLD_BITS, t))

@@ -128,6 +128,7 @@ class TwinLM:
         self._fwd: list[tuple[Any, Any, Any, int]] = []  # this message's forward passes (x, h, p, target)
         self.last_neural_bits: float | None = None  # the neural tier's surprisal of the last learned token
         self.msg_neural_bits: list[float] = []  # ... of each token of the message being learned
+        self.msg_resp: list[float] = []  # the neural tier's responsibility for each token in the final mixture
         self.replay_tokens = replay_tokens
         self._replay: list[tuple[Any, Any, Any, int, float]] = []  # gated forward passes waiting for the step
         self.messages = 0
@@ -239,8 +240,11 @@ class TwinLM:
             self._seen.clear()
             self._fwd.clear()
             self.msg_neural_bits = []
+            self.msg_resp = []
         if self.last_neural_bits is not None and len(self.msg_neural_bits) == len(history):
             self.msg_neural_bits.append(self.last_neural_bits)
+            if m.pn is not None:  # d log p / d log p_neural: how much the mixture's loss moves with the neural tier's
+                self.msg_resp.append((1.0 - m.kappa) * self.mu * float(m.pn[0]) / pm)
         nn = self.neural
         target = token_id if token_id < self.prior.v else self.prior.unk
         if self.bias_always and nn is not None and nn.last_p is not None and len(self._seen) < MAX_SEEN:
@@ -320,7 +324,8 @@ class TwinLM:
             return [1.0] * len(bits)
         if isinstance(gate, MessageGate):
             nbits = self.msg_neural_bits if len(self.msg_neural_bits) == len(bits) else []
-            return [1.0 if gate.decide(list(bits), nbits) else 0.0] * len(bits)
+            resp = self.msg_resp if len(self.msg_resp) == len(bits) else []
+            return [1.0 if gate.decide(list(bits), nbits, resp) else 0.0] * len(bits)
         return [gate.sample(b) for b in bits]
 
     def adapt_neural(self, ids: Sequence[int], weights: Sequence[float]) -> int:

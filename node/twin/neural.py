@@ -142,11 +142,24 @@ class NeuralLM:
     def adapt_bias(self, seen: Sequence[tuple[F32, int]], lr: float) -> None:
         """The cheap update: one SGD step on the output bias ``c`` alone per (distribution, target) pair, from
         the distributions the predictions already computed (no forward pass; a vector add per token)."""
-        g = np.zeros_like(self.c)
-        for p, target in seen:
-            g += p
-            g[target if target < self.vn else self.unk] -= 1.0
-        self.c -= lr * g
+        if not seen:
+            return
+        self.c -= lr * self.bias_gradient(seen)
+
+    def bias_gradient(self, seen: Sequence[tuple[F32, int]], stacked: F32 | None = None) -> F32:
+        """``sum(p - onehot(target))`` over ``seen``: the distributions summed by in-place vector adds (or in one
+        reduction when the caller already ``stacked`` them), then one subtraction per target. The same sum as
+        adding each token's ``p - onehot`` in turn, up to float32 rounding order."""
+        if stacked is not None:
+            g: F32 = stacked.sum(axis=0, dtype=np.float32)
+        else:
+            g = seen[0][0].copy()
+            for p, _ in seen[1:]:
+                g += p
+        vn, unk = self.vn, self.unk
+        for _, target in seen:
+            g[target if target < vn else unk] -= 1.0
+        return g
 
     def adapt(self, history: Sequence[int], target: int, lr: float, *, bias: bool = True) -> float:
         """One SGD step on (c, W, b) towards ``target`` (W and b only when not ``bias``); returns the
