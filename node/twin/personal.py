@@ -142,10 +142,20 @@ class PersonalKN:
         fol2 = self.f2.get(v)
         if fol2 is None:
             fol2 = self.f2[v] = {}
-            self.s2[v] = [0, 0, 0, 0]
+            st = self.s2[v] = [0, 0, 0, 0]
+        else:
+            st = self.s2[v]
         old2 = fol2.get(w, 0)
         fol2[w] = old2 + 1
-        _bump(self.s2[v], old2)
+        if old2 >= 3:  # _bump and _coc(2, old2) for a follower already counted 3+ times, inlined
+            st[0] += 1
+            if old2 <= 4:
+                coc2 = self.coc[2]
+                coc2[old2] -= 1
+                if old2 < 4:
+                    coc2[old2 + 1] += 1
+            return
+        _bump(st, old2)
         self._coc(2, old2)
         if old2:
             return
