@@ -160,7 +160,7 @@ class MessageGate:
         if self.score in ("resp", "grad") and len(resp) == len(mixture_bits) == len(neural_bits):
             if self.score == "resp":
                 return sum(resp) / len(resp) if resp else 0.0
-            vals = [r * (1.0 - 2.0**-n) for r, n in zip(resp, neural_bits, strict=True)]
+            vals = [r * (1.0 - math.pow(2.0, -n)) for r, n in zip(resp, neural_bits, strict=True)]
         elif self.score == "mixture" or not neural_bits:
             vals = mixture_bits
         elif self.score == "neural":
