@@ -10,9 +10,13 @@ import numpy as np
 import pytest
 
 from node.twin import cache as cache_mod
+from node.twin import model
 from node.twin.cache import RecencyCache
+from node.twin.gate import MAX_THRESHOLD_BITS, MessageGate
+from node.twin.model import TwinLM
 from node.twin.neural import NeuralLM
 from node.twin.personal import PersonalKN
+from node.twin.tokens import message_tokens
 
 from .helpers import tiny_prior
 from .test_neural import random_model
@@ -83,3 +87,35 @@ def test_the_bias_step_sums_like_the_per_token_loop() -> None:
     np.testing.assert_allclose(nn.c, c0 - 0.1 * old, rtol=1e-5, atol=1e-6)
     nn.adapt_bias([], 0.1)  # nothing seen: nothing moves
     np.testing.assert_allclose(nn.c, c0 - 0.1 * old, rtol=1e-5, atol=1e-6)
+
+
+def test_the_bias_step_from_the_prediction_rows_equals_the_per_token_loop() -> None:
+    """TwinLM's output-bias step sums the distributions its predictions wrote into one block per message (grown
+    past BIAS_BLOCK_ROWS for a long message): the same c as the per-token loop over each prediction's p."""
+    pr = tiny_prior()
+    data = random_model(pr.v - 5)
+    words = [w for w in pr.vocab[3:] if w.isalpha()]
+    rng = random.Random(5)
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 12))) for _ in range(30)]
+    texts.insert(5, " ".join(rng.choice(words) for _ in range(model.BIAS_BLOCK_ROWS * 2 + 7)))  # grows twice
+    fast_nn = NeuralLM(data, pr.p1, pr.unk, pr.bos)
+    fast = TwinLM(pr, neural=fast_nn, batched_steps=False)
+    slow_nn = NeuralLM(data, pr.p1, pr.unk, pr.bos)
+    slow = TwinLM(pr, neural=slow_nn, batched_steps=False, bias_always=False)  # the bias step done by hand below
+    never = MessageGate(0.01, score="edge", threshold_bits=MAX_THRESHOLD_BITS, step_bits=0.0)
+    for text in texts:
+        fast_bits = fast.observe(text, gate=never)
+        ids = slow.ids(message_tokens(text), add=True)
+        g = np.zeros_like(slow_nn.c)
+        slow_bits = []
+        for i, t in enumerate(ids):
+            slow_bits.append(slow.learn_weights(ids[:i], t))
+            assert slow_nn.last_p is not None
+            if i < model.MAX_SEEN:
+                g += slow_nn.last_p
+                g[t if t < slow_nn.vn else pr.unk] -= 1.0
+        slow_nn.c -= slow.neural_lr * g
+        slow.learn_counts(ids)
+        np.testing.assert_allclose(fast_bits, slow_bits, rtol=1e-4)
+        np.testing.assert_allclose(fast_nn.c, slow_nn.c, rtol=1e-4, atol=1e-5)
+    assert fast_nn.updates == 0 and float(np.abs(fast_nn.c - fast_nn.c0).max()) > 1e-3  # the bias alone learned
