@@ -201,7 +201,12 @@ def run_sender(
         lm.neural_lr = _NEURAL_LR[0]
     gate: SurpriseGate | MessageGate | None = None
     if cfg.gate_fraction is not None and cfg.message_gate is not None:
-        gate = MessageGate(cfg.gate_fraction, score=cfg.message_gate, seed=cfg.gate_seed)
+        gate = MessageGate(
+            cfg.gate_fraction,
+            score=cfg.message_gate,
+            seed=cfg.gate_seed,
+            fixed_cost_tokens=float(_OPTS.get("gate_fixed_cost") or 0.0),
+        )
         if cfg.gate_step_msg is not None:
             gate.step_bits = cfg.gate_step_msg
     elif cfg.gate_fraction is not None:
@@ -407,6 +412,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--always-replay", type=int, nargs="*", default=[], help="batch_always with these replay buffer sizes"
     )
+    ap.add_argument(
+        "--gate-fixed-cost",
+        type=float,
+        default=None,
+        help="message gates count each message as its tokens + this many (the step's fixed cost) in the budget",
+    )
     ap.add_argument("--baseline", default="batch_always", help="the always-update configuration gates are read against")
     ap.add_argument(
         "--random-seeds", type=int, default=3, help="a random --msg-gate (the control) runs with this many seeds"
@@ -420,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
             "would be 0 for every message: use it with --gate-score '' and no --msg-gate (session 4's token gate)"
         )
     _OPTS["recency_decay"] = args.recency_decay
+    _OPTS["gate_fixed_cost"] = args.gate_fixed_cost
     _OPTS["neural_candidates"] = args.neural_candidates
     if args.sparse_min_p is not None:
         neural_mod.SPARSE_MIN_P = args.sparse_min_p  # read by adapt_batch at call time (the workers fork after)

@@ -66,9 +66,32 @@ class RecencyCache:
             self._prune()
 
     def add_message(self, ids: Iterable[int]) -> None:
+        """Every token of one message (after BOS): the same state as :meth:`add` per token, inlined (it runs on
+        every message the user sends)."""
         v = self.bos
+        decay, cap = self.decay, self.max_entries
+        c1, c2, tot2 = self.c1, self.c2, self.tot2
         for w in ids:
-            self.add(v, w)
+            s = self.scale = self.scale / decay
+            c1[w] = c1.get(w, 0.0) + s
+            self.tot1 += s
+            fol = c2.get(v)
+            if fol is None:
+                fol = c2[v] = {}
+                tot2[v] = 0.0
+            old = fol.get(w)
+            if old is None:
+                self.n2 += 1
+                fol[w] = s
+            else:
+                fol[w] = old + s
+            tot2[v] += s
+            if s > RESCALE_AT or len(c1) > cap or self.n2 > cap:
+                if s > RESCALE_AT:
+                    self._rescale()
+                if len(self.c1) > cap or self.n2 > cap:
+                    self._prune()
+                c1, c2, tot2 = self.c1, self.c2, self.tot2  # both rebuild the dicts
             v = w
 
     def _rescale(self) -> None:

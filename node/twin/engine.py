@@ -27,7 +27,13 @@ import numpy as np
 from node.twin import store
 from node.twin.actions import ActionHead
 from node.twin.errors import TwinStoreError
-from node.twin.gate import MAX_THRESHOLD_BITS, MESSAGE_MIN_THRESHOLD_BITS, SHIPPED_SCORE, MessageGate
+from node.twin.gate import (
+    MAX_THRESHOLD_BITS,
+    MESSAGE_MIN_THRESHOLD_BITS,
+    SHIPPED_FIXED_COST_TOKENS,
+    SHIPPED_SCORE,
+    MessageGate,
+)
 from node.twin.model import TwinLM
 from node.twin.neural import NeuralLM
 from node.twin.prior import GlobalPrior
@@ -86,7 +92,7 @@ class TwinEngine:
         if self.neural is not None:
             self.neural.reset()
         self.lm = TwinLM(self.prior, neural=self.neural, max_personal_words=self.max_personal_words)
-        self.gate = MessageGate(self.gate_fraction, score=SHIPPED_SCORE)
+        self.gate = MessageGate(self.gate_fraction, score=SHIPPED_SCORE, fixed_cost_tokens=SHIPPED_FIXED_COST_TOKENS)
         self.actions = ActionHead()
         self.prev_action: str | None = None
         self.prev_vec: np.ndarray[Any, Any] | None = None

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 MAX_WEIGHT = 4.0  # the largest importance weight of a sampled low-surprise update (bounds one step's size)
@@ -89,9 +90,20 @@ class SurpriseGate:
 
 
 MESSAGE_MIN_THRESHOLD_BITS = -MAX_SURPRISAL_BITS  # a message score (a difference of surprisals) can be negative
-SHIPPED_SCORE = "edge"  # chosen on tuning senders (bench/README.md, session 5)
-SCORES = ("useful", "edge", "mixture", "neural", "random")
-START_BITS = {"useful": 0.5, "edge": -0.5, "mixture": 6.0, "neural": 7.0, "random": 0.0}
+SHIPPED_SCORE = "edgec"  # chosen on tuning senders (bench/README.md, sessions 5 and 6)
+SHIPPED_FIXED_COST_TOKENS = 4.0  # the W/b step's per-message cost, in tokens (~50 us fixed, ~12 us per token)
+SCORES = ("useful", "edge", "mixture", "neural", "random", "resp", "grad", "edgec")
+START_BITS = {
+    "useful": 0.5,
+    "edge": -0.5,
+    "mixture": 6.0,
+    "neural": 7.0,
+    "random": 0.0,
+    "resp": 0.3,
+    "grad": 0.2,
+    "edgec": -0.3,
+}
+EDGEC_FIXED_TOKENS = 4.0  # "edgec" without a fixed cost of its own: the step's per-message cost, in tokens
 MAX_MESSAGE_WEIGHT_TOKENS = 32  # a long message moves the threshold like this many tokens at most
 
 
@@ -104,17 +116,22 @@ def token_usefulness(neural_bits: float, mixture_bits: float) -> float:
 class MessageGate:
     """Decide per message whether the neural tier's W/b step learns it: all of its tokens or none.
 
+    Shipped (session 6): score ``edgec`` = the message's summed edge over its step cost ``n + fixed_cost_tokens``
+    (the edge per unit of compute: a short message pays the step's fixed cost for few tokens), with the budget
+    counted in the same cost units.
+
     Skipping a whole message skips its share of the step and of the replay buffer's fixed cost, and the
     decision costs nothing: the score comes from the surprisals the prediction already computed. ``score`` is
     the message's mean per-token score (:data:`SCORES`: ``useful`` = the neural tier's surprisal minus the
     mixture's, :func:`token_usefulness`; ``mixture`` / ``neural`` = that tier's surprisal; ``random`` = a
-    uniform draw, the control that shows what the score adds over subsampling).
+    uniform draw, the control that shows what the score adds over subsampling; ``resp`` / ``grad`` = the mean
+    responsibility of the neural tier for the tokens in the final mixture, alone or times ``1 - p_neural``).
 
-    The threshold targets a compute budget: about ``target_fraction`` of the *tokens* (the step's cost grows
-    with the tokens it learns) pass. Robbins-Monro, each message weighted by its length (capped at
-    :data:`MAX_MESSAGE_WEIGHT_TOKENS`)::
+    The threshold targets a compute budget: about ``target_fraction`` of the step's cost passes, a message
+    costing its length (capped at :data:`MAX_MESSAGE_WEIGHT_TOKENS`) plus ``fixed_cost_tokens`` (0: a budget
+    of tokens, as in session 5). Robbins-Monro::
 
-        threshold += step_bits * n / 10 * (1[score > threshold] - target_fraction)
+        threshold += step_bits * (n + fixed_cost_tokens) / 10 * (1[score > threshold] - target_fraction)
 
     bounded to ``[MESSAGE_MIN_THRESHOLD_BITS, MAX_THRESHOLD_BITS]`` (a score can be negative)."""
 
@@ -125,29 +142,39 @@ class MessageGate:
     seen_tokens: int = 0
     passed_tokens: int = 0
     seed: int = 0
+    fixed_cost_tokens: float = 0.0  # the step's per-message cost in tokens: the budget counts n + this per message
     _rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.target_fraction <= 1.0:
             raise ValueError("target_fraction must be in (0, 1]")
+        if not 0.0 <= self.fixed_cost_tokens <= 1000.0:
+            raise ValueError("fixed_cost_tokens must be in [0, 1000]")
         if self.score not in SCORES:
             raise ValueError(f"score must be one of {', '.join(SCORES)}")
         if math.isnan(self.threshold_bits):
             self.threshold_bits = START_BITS[self.score]
         self._rng = random.Random(self.seed)
 
-    def message_score(self, mixture_bits: list[float], neural_bits: list[float]) -> float:
-        if self.score == "mixture" or not neural_bits:
+    def message_score(self, mixture_bits: list[float], neural_bits: list[float], resp: Sequence[float] = ()) -> float:
+        if self.score in ("resp", "grad") and len(resp) == len(mixture_bits) == len(neural_bits):
+            if self.score == "resp":
+                return sum(resp) / len(resp) if resp else 0.0
+            vals = [r * (1.0 - math.pow(2.0, -n)) for r, n in zip(resp, neural_bits, strict=True)]
+        elif self.score == "mixture" or not neural_bits:
             vals = mixture_bits
         elif self.score == "neural":
             vals = neural_bits
-        elif self.score == "edge":
+        elif self.score in ("edge", "edgec"):
             vals = [-token_usefulness(n, m) for n, m in zip(neural_bits, mixture_bits, strict=False)]
+            if self.score == "edgec" and vals:  # the mean edge per unit of the step's cost (n tokens + fixed)
+                a = self.fixed_cost_tokens or EDGEC_FIXED_TOKENS
+                return sum(vals) / (len(vals) + a)
         else:
             vals = [token_usefulness(n, m) for n, m in zip(neural_bits, mixture_bits, strict=False)]
         return sum(vals) / len(vals) if vals else 0.0
 
-    def decide(self, mixture_bits: list[float], neural_bits: list[float]) -> bool:
+    def decide(self, mixture_bits: list[float], neural_bits: list[float], resp: Sequence[float] = ()) -> bool:
         """True when this message's tokens go to the expensive update (and adapt the threshold)."""
         n = len(mixture_bits)
         if n == 0:
@@ -159,8 +186,8 @@ class MessageGate:
         if self.score == "random":  # the control: plain subsampling at the budget
             hit = self._rng.random() < self.target_fraction
         else:
-            hit = self.message_score(mixture_bits, neural_bits) > self.threshold_bits
-        w = min(n, MAX_MESSAGE_WEIGHT_TOKENS) / 10.0
+            hit = self.message_score(mixture_bits, neural_bits, resp) > self.threshold_bits
+        w = (min(n, MAX_MESSAGE_WEIGHT_TOKENS) + self.fixed_cost_tokens) / 10.0
         t = self.threshold_bits + self.step_bits * w * ((1.0 if hit else 0.0) - self.target_fraction)
         self.threshold_bits = min(MAX_THRESHOLD_BITS, max(MESSAGE_MIN_THRESHOLD_BITS, t))
         if hit:

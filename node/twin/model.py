@@ -39,6 +39,7 @@ CACHE_EDGES = (0.05, 1.0, 3.0)  # recency-cache context counts (decayed): < 0.05
 HISTORY = 8  # previous tokens handed to the prior and the neural tier (each uses its own tail of them)
 PREFIX_CANDIDATES = 64  # prior words scored for a typed prefix (the likeliest under the unigram)
 MAX_SEEN = 128  # neural distributions kept per message for the bias step (later tokens skip it)
+BIAS_BLOCK_ROWS = 32  # the bias step's block of distributions starts this tall (doubled up to MAX_SEEN)
 NEURAL_CANDIDATES = 8  # the neural tier's likeliest next words added to the n-gram tiers' candidates
 REPLAY_TOKENS = 1  # the W/b step runs when this many gated tokens wait in the replay buffer
 MAX_REPLAY_TOKENS = 512  # bound on the replay buffer and so on one step's batch (each entry holds a 4,096-float
@@ -124,10 +125,15 @@ class TwinLM:
         self.bias_always = bias_always
         self.neural_candidates = neural_candidates  # the neural tier's top-k join the ranked candidates
         self.batched_steps = batched_steps  # the neural step from the predictions' forward passes (adapt_batch)
-        self._seen: list[tuple[np.ndarray[Any, Any], int]] = []  # this message's neural distributions
+        # this message's neural distributions for the output-bias step: the predictions write them as the rows
+        # of a block (a fresh one per message: the W/b step's queue keeps views of the rows) and its targets
+        self._pblock: np.ndarray[Any, Any] | None = None
+        self._pn = 0
+        self._bias_targets: list[int] = []
         self._fwd: list[tuple[Any, Any, Any, int]] = []  # this message's forward passes (x, h, p, target)
         self.last_neural_bits: float | None = None  # the neural tier's surprisal of the last learned token
         self.msg_neural_bits: list[float] = []  # ... of each token of the message being learned
+        self.msg_resp: list[float] = []  # the neural tier's responsibility for each token in the final mixture
         self.replay_tokens = replay_tokens
         self._replay: list[tuple[Any, Any, Any, int, float]] = []  # gated forward passes waiting for the step
         self.messages = 0
@@ -232,19 +238,33 @@ class TwinLM:
     # ------------------------------------------------------------ learning
     def learn_weights(self, history: Sequence[int], token_id: int) -> float:
         """Update the mixture weights from one observed token (online EM); returns its surprisal in bits."""
-        m = self._mix(history, np.asarray([token_id], dtype=np.int64))
+        nn = self.neural
+        if not history:
+            self._pn = 0
+            self._bias_targets = []
+        row = self.bias_always and nn is not None and self._pn < MAX_SEEN and self._pn == len(history)
+        if row and nn is not None:
+            self._bias_row(nn.vn)
+            nn.out_row = self._pblock[self._pn] if self._pblock is not None else None
+        try:
+            m = self._mix(history, np.asarray([token_id], dtype=np.int64))
+        finally:
+            if nn is not None:
+                nn.out_row = None
         pm = max(float(m.p[0]), MIN_P)
         self.last_neural_bits = -math.log2(max(float(m.pn[0]), MIN_P)) if m.pn is not None else None
         if not history:
-            self._seen.clear()
             self._fwd.clear()
             self.msg_neural_bits = []
+            self.msg_resp = []
         if self.last_neural_bits is not None and len(self.msg_neural_bits) == len(history):
             self.msg_neural_bits.append(self.last_neural_bits)
-        nn = self.neural
+            if m.pn is not None:  # d log p / d log p_neural: how much the mixture's loss moves with the neural tier's
+                self.msg_resp.append((1.0 - m.kappa) * self.mu * float(m.pn[0]) / pm)
         target = token_id if token_id < self.prior.v else self.prior.unk
-        if self.bias_always and nn is not None and nn.last_p is not None and len(self._seen) < MAX_SEEN:
-            self._seen.append((nn.last_p, target))
+        if row and nn is not None and nn.last_p is not None:
+            self._pn += 1
+            self._bias_targets.append(target)
         if (
             self.batched_steps
             and nn is not None
@@ -274,6 +294,16 @@ class TwinLM:
             step = max(1.0 / (self.lam_n[b] + 20), LAMBDA_MIN_STEP)
             self.lam[b] = min(0.98, max(0.02, self.lam[b] + step * (r - self.lam[b])))
         return -math.log2(pm)
+
+    def _bias_row(self, vn: int) -> None:
+        """Make room for the next distribution: a fresh block at a message's first token, doubled when full."""
+        blk = self._pblock
+        if self._pn == 0 or blk is None or blk.shape[1] != vn:
+            self._pblock = np.empty((BIAS_BLOCK_ROWS, vn), dtype=np.float32)
+        elif self._pn >= len(blk):
+            grown = np.empty((min(2 * len(blk), MAX_SEEN), vn), dtype=np.float32)
+            grown[: self._pn] = blk[: self._pn]
+            self._pblock = grown
 
     def learn_counts(self, ids: Sequence[int]) -> None:
         self.personal.add_message(ids)
@@ -320,7 +350,8 @@ class TwinLM:
             return [1.0] * len(bits)
         if isinstance(gate, MessageGate):
             nbits = self.msg_neural_bits if len(self.msg_neural_bits) == len(bits) else []
-            return [1.0 if gate.decide(list(bits), nbits) else 0.0] * len(bits)
+            resp = self.msg_resp if len(self.msg_resp) == len(bits) else []
+            return [1.0 if gate.decide(list(bits), nbits, resp) else 0.0] * len(bits)
         return [gate.sample(b) for b in bits]
 
     def adapt_neural(self, ids: Sequence[int], weights: Sequence[float]) -> int:
@@ -340,11 +371,13 @@ class TwinLM:
             return 0
         bias = not self.bias_always
         if self.bias_always:
-            self.neural.adapt_bias(self._seen, self.neural_lr)
-            self._seen.clear()
+            if self._pn and self._pblock is not None:
+                self.neural.adapt_bias_rows(self._pblock[: self._pn], self._bias_targets, self.neural_lr)
+            self._pn = 0
+            self._bias_targets = []
         n = 0
         fwd = self._fwd if self.batched_steps and len(self._fwd) <= len(ids) else []
-        if fwd:
+        if fwd and any(w > 0 for w in weights):
             queued = [(x, h, p, t, w) for (x, h, p, t), w in zip(fwd, weights, strict=False) if w > 0]
             if len(self._replay) + len(queued) > MAX_REPLAY_TOKENS:  # (queued <= MAX_SEEN < MAX_REPLAY_TOKENS)
                 self.flush_neural()
@@ -353,9 +386,8 @@ class TwinLM:
             if len(self._replay) >= self.replay_tokens:
                 self.flush_neural()
         self._fwd = []
-        for i, wgt in enumerate(weights):
-            if i < len(fwd):
-                continue
+        for i in range(len(fwd), len(weights)):  # the tokens the prediction kept no forward pass of
+            wgt = weights[i]
             if wgt > 0:
                 _, _, prior_h = self._history(ids[:i])
                 t = ids[i] if ids[i] < self.prior.v else self.prior.unk

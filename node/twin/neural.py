@@ -94,6 +94,7 @@ class NeuralLM:
         self.last_p: F32 | None = None  # the distribution of the last forward pass
         self.last_x: F32 | None = None  # ... its input (the context's embeddings)
         self.last_h: F32 | None = None  # ... and its hidden layer
+        self.out_row: F32 | None = None  # when set, the next forward pass writes its distribution here
 
     @classmethod
     def load_packaged(cls, prior_p1: np.ndarray[Any, Any], unk: int, bos: int) -> NeuralLM:
@@ -118,7 +119,7 @@ class NeuralLM:
         z = self.e @ h + self.c
         z[self.bos] = -np.inf  # BOS is context, never a prediction
         z = z - z.max()
-        p = np.exp(z)
+        p = np.exp(z) if self.out_row is None else np.exp(z, out=self.out_row)
         p /= p.sum()
         self.last_x, self.last_h, self.last_p = x, h, p
         return x, h, p
@@ -142,11 +143,32 @@ class NeuralLM:
     def adapt_bias(self, seen: Sequence[tuple[F32, int]], lr: float) -> None:
         """The cheap update: one SGD step on the output bias ``c`` alone per (distribution, target) pair, from
         the distributions the predictions already computed (no forward pass; a vector add per token)."""
-        g = np.zeros_like(self.c)
-        for p, target in seen:
-            g += p
-            g[target if target < self.vn else self.unk] -= 1.0
-        self.c -= lr * g
+        if not seen:
+            return
+        self.c -= lr * self.bias_gradient(seen)
+
+    def adapt_bias_rows(self, rows: F32, targets: Sequence[int], lr: float) -> None:
+        """:meth:`adapt_bias` from the distributions laid out as the rows of one block (the predictions wrote
+        them there): one reduction over contiguous memory instead of a vector add per token."""
+        if len(targets):
+            self.c -= lr * self.bias_gradient([], rows, targets)
+
+    def bias_gradient(
+        self, seen: Sequence[tuple[F32, int]], stacked: F32 | None = None, targets: Sequence[int] | None = None
+    ) -> F32:
+        """``sum(p - onehot(target))`` over ``seen``: the distributions summed by in-place vector adds (or in one
+        reduction when the caller already ``stacked`` them), then one subtraction per target. The same sum as
+        adding each token's ``p - onehot`` in turn, up to float32 rounding order."""
+        if stacked is not None:
+            g: F32 = stacked.sum(axis=0, dtype=np.float32)
+        else:
+            g = seen[0][0].copy()
+            for p, _ in seen[1:]:
+                g += p
+        vn, unk = self.vn, self.unk
+        for target in targets if targets is not None else [t for _, t in seen]:
+            g[target if target < vn else unk] -= 1.0
+        return g
 
     def adapt(self, history: Sequence[int], target: int, lr: float, *, bias: bool = True) -> float:
         """One SGD step on (c, W, b) towards ``target`` (W and b only when not ``bias``); returns the

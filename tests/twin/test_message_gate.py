@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from node.twin.engine import Event, TwinEngine
-from node.twin.gate import MAX_THRESHOLD_BITS, MESSAGE_MIN_THRESHOLD_BITS, MessageGate
+from node.twin.gate import MAX_THRESHOLD_BITS, MESSAGE_MIN_THRESHOLD_BITS, SHIPPED_SCORE, MessageGate
 from node.twin.model import MAX_REPLAY_TOKENS, MIN_P, TwinLM
 from node.twin.neural import NeuralLM
 from node.twin.prior import GlobalPrior
@@ -133,7 +133,7 @@ def test_the_gate_state_is_saved_and_restored(prior: GlobalPrior) -> None:
     eng = TwinEngine(prior, neural=NeuralLM.load_packaged(prior.p1, prior.unk, prior.bos))
     for i in range(30):
         eng.observe(Event("message", f"message {i} about the grobnik project", "messages.send", 0))
-    assert eng.gate.score == "edge" and eng.gate.seen_tokens > 0
+    assert eng.gate.score == SHIPPED_SCORE and eng.gate.seen_tokens > 0
     eng.gate.threshold_bits = -1.25
     data = eng.encode(10_000_000)
     back = TwinEngine(prior, neural=NeuralLM.load_packaged(prior.p1, prior.unk, prior.bos))
@@ -153,3 +153,41 @@ def test_a_token_gate_threshold_from_an_older_state_is_not_taken_as_the_message_
     back = TwinEngine(prior)
     back.decode(blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta), 10_000_000)
     assert back.gate.threshold_bits == MessageGate(0.5).threshold_bits
+
+
+def test_edgec_scores_the_edge_per_unit_of_the_steps_cost() -> None:
+    gate = MessageGate(0.5, score="edgec", fixed_cost_tokens=4.0, threshold_bits=0.4, step_bits=0.0)
+    # the same edge per token (1 bit): a 2-token message pays the fixed cost for little, a 20-token one does not
+    assert gate.message_score([6.0, 6.0], [5.0, 5.0]) == pytest.approx(2.0 / 6.0)
+    assert not gate.decide([6.0] * 2, [5.0] * 2)
+    assert gate.decide([6.0] * 20, [5.0] * 20)
+    assert MessageGate(0.5, score="edge").message_score([6.0] * 2, [5.0] * 2) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("score", "fraction"), [("edgec", 0.15), ("edgec", 0.5), ("edge", 0.2)])
+def test_a_fixed_cost_budget_counts_each_message_as_its_tokens_plus_the_cost(score: str, fraction: float) -> None:
+    rng = random.Random(11)
+    gate = MessageGate(fraction, score=score, fixed_cost_tokens=4.0)
+    cost_seen = cost_passed = 0.0
+    for _ in range(20_000):
+        n = rng.randint(1, 30)
+        mix = [rng.gauss(6.0, 3.0) for _ in range(n)]
+        hit = gate.decide(mix, [m + rng.gauss(0.5, 2.0) for m in mix])
+        cost_seen += n + 4.0
+        cost_passed += (n + 4.0) * hit
+    assert cost_passed / cost_seen == pytest.approx(fraction, abs=0.04)
+
+
+def test_the_resp_score_reads_the_neural_tiers_share_of_each_token(prior: GlobalPrior) -> None:
+    lm = _lm(prior)
+    tokens = message_tokens("see you tomorrow at the station")
+    ids = lm.ids(tokens, add=True)
+    for i, t in enumerate(ids):
+        lm.learn_weights(ids[:i], t)
+    assert len(lm.msg_resp) == len(ids) and all(0.0 < r < 1.0 for r in lm.msg_resp)
+    gate = MessageGate(0.5, score="resp", threshold_bits=0.0, step_bits=0.0)
+    assert gate.message_score([1.0] * len(ids), lm.msg_neural_bits, lm.msg_resp) == pytest.approx(
+        sum(lm.msg_resp) / len(ids)
+    )
+    with pytest.raises(ValueError, match="fixed_cost_tokens"):
+        MessageGate(0.5, fixed_cost_tokens=-1.0)
