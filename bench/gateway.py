@@ -3,8 +3,9 @@
     python bench/gateway.py [--seconds S] [--connections C] [--rounds R] [--no-mailbox] [--breakdown N]
 
 (``BENCH_GATEWAY_REDIS=native``: the server makes its hot Redis calls on trio sockets (``[anchor] redis_client =
-"native"``) instead of redis-py in worker threads, for an A/B of that client alone; ``BENCH_GATEWAY_PROFILE=FILE``:
-the server's main thread under cProfile, in thread CPU time.)
+"native"``) instead of redis-py in worker threads, for an A/B of that client alone; ``BENCH_GATEWAY_GC_FREEZE=0``:
+the server does not freeze its start-up heap (``[node] gc_freeze = false``), for an A/B of that alone;
+``BENCH_GATEWAY_PROFILE=FILE``: the server's main thread under cProfile, in thread CPU time.)
 
 A server process runs both: the real gateway (``anchor.run.run_anchor``: a Node without transports, PostgreSQL
 and Redis from ``scripts/services up`` in a scratch database) and, on another port of the same hypercorn trio
@@ -16,8 +17,10 @@ Each gateway request does what a real one does: per-IP and per-key token buckets
 check, the key's revocation state (one Redis GET: the key cache; PostgreSQL only on a miss), an audit row (one
 INSERT, committed), and the enqueue (one Redis EVAL: XADD + status record). The queue's consumer runs in the
 same server process meanwhile (XREADGROUP, ``node.broadcast``, status + XACK + XDEL per message), so its CPU
-counts against the gateway. Printed: req/s and p50/p99 latency of both, and the ratios; then how long after each
-gateway round its last accepted message took to reach the node (it waits for its audit row in PostgreSQL).
+counts against the gateway. As the daemon does once ready, the server freezes its start-up heap (``[node]
+gc_freeze``, node/heap.py). Printed: req/s and p50/p99 latency of both, and the ratios; then how long after each
+gateway round its last accepted message took to reach the node (it waits for its audit row in PostgreSQL); then the
+server's full garbage collections during each target's rounds (each one pauses every request in flight).
 At the end, ``bench/mailbox.py``'s deposit/fetch lines.
 """
 
@@ -74,6 +77,29 @@ async def _bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": out})
 
 
+def gc_freeze() -> bool:
+    """Whether the server freezes its start-up heap as the daemon does (``BENCH_GATEWAY_GC_FREEZE=0``: not)."""
+    return os.environ.get("BENCH_GATEWAY_GC_FREEZE", "1") != "0"
+
+
+def watch_full_collections(pauses: list[tuple[float, float]], max_kept: int = 10_000) -> None:
+    """Record (start, seconds) of every full (generation 2) garbage collection of this process, on the
+    ``time.perf_counter`` clock (CLOCK_MONOTONIC on Linux, so the client can place them in its rounds)."""
+    import gc
+
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            started[0] = time.perf_counter()
+        elif len(pauses) < max_kept:
+            pauses.append((started[0], time.perf_counter() - started[0]))
+
+    gc.callbacks.append(callback)
+
+
 def redis_client() -> str:
     """The gateway's Redis client for an A/B run: BENCH_GATEWAY_REDIS=native or threads (the default)."""
     return "native" if os.environ.get("BENCH_GATEWAY_REDIS") == "native" else "threads"
@@ -102,13 +128,22 @@ async def serve(settings_path: str) -> None:
     async with PostgresStore(dsn) as pg:
         _key, secret = await pg.create_api_key("bench", "user", ["messages:send", "node:read"])
     stop = trio.Event()
+    pauses: list[tuple[float, float]] = []
     async with trio.open_nursery() as nursery:
         gateway = await nursery.start(run_anchor, node)
         bare = await nursery.start(serve_http, _bare_app, "127.0.0.1:0", stop)
+        frozen = 0
+        # What the daemon does once ready (node.daemon, node/heap.py); getattr: the script also runs on older trees.
+        if getattr(cfg.node, "gc_freeze", False) and gc_freeze():
+            from node.heap import freeze_startup_heap
+
+            frozen = freeze_startup_heap()
+        watch_full_collections(pauses)
         print(json.dumps({"gateway": gateway[0], "bare": bare[0], "secret": secret}), flush=True)
         await trio.lowlevel.wait_readable(sys.stdin.fileno())  # the client closes our stdin when done
         stop.set()
         node.request_stop()
+    print(json.dumps({"frozen": frozen, "full_collections": pauses}), flush=True)
 
 
 # ---------------------------------------------------------------- client
@@ -208,8 +243,14 @@ def cpu_s(pid: int, tid: int | None = None) -> float:
 
 
 async def measure(
-    urls: dict[str, str], seconds: float, connections: int, rounds: int, pids: dict[str, int] | None = None
+    urls: dict[str, str],
+    seconds: float,
+    connections: int,
+    rounds: int,
+    pids: dict[str, int] | None = None,
+    windows: list[tuple[str, float, float]] | None = None,
 ) -> list[str]:
+    """The figures' lines; ``windows`` gets (target, start, end) of every measured round (perf_counter)."""
     auth = [("Authorization", f"Bearer {await token(urls['gateway'], urls['secret'])}")]
     await load(urls["bare"], [], 0.5, connections)  # warm-up: connections, caches, pools
     await load(urls["gateway"], auth, 0.5, connections)
@@ -228,7 +269,10 @@ async def measure(
             if "server" in probes:
                 probes["server main thread"] = (probes["server"][0], probes["server"][0])
             before = {proc: cpu_s(*probe) for proc, probe in probes.items()}
+            t0 = time.perf_counter()
             r = await load(urls[name], headers, seconds, connections)
+            if windows is not None:
+                windows.append((name, t0, time.perf_counter()))
             after = {proc: cpu_s(*probe) for proc, probe in probes.items()}
             for proc in probes:
                 cpu[name, proc] = cpu.get((name, proc), 0.0) + after[proc] - before[proc]
@@ -269,6 +313,26 @@ async def measure(
             else "NativeRedis on trio sockets for the hot calls (BENCH_GATEWAY_REDIS=native)"
         ),
     ]
+
+
+def gc_line(report: dict[str, Any], windows: list[tuple[str, float, float]]) -> str:
+    """The server's full garbage collections that fell in each target's measured rounds."""
+    counts = {"gateway": [0, 0.0, 0.0], "bare": [0, 0.0, 0.0]}  # count, longest, total (seconds)
+    for start, pause in report.get("full_collections", []):
+        for name, t0, t1 in windows:
+            if t0 <= start <= t1:
+                c = counts[name]
+                c[0], c[1], c[2] = c[0] + 1, max(c[1], pause), c[2] + pause
+    parts = [
+        f"{name} {int(c[0])} (longest {1000 * c[1]:.1f} ms, total {1000 * c[2]:.0f} ms)" for name, c in counts.items()
+    ]
+    frozen = int(report.get("frozen", 0))
+    state = (
+        f"start-up heap frozen: {frozen:,} objects"
+        if frozen
+        else "start-up heap NOT frozen (BENCH_GATEWAY_GC_FREEZE=0)"
+    )
+    return f"server full garbage collections in the measured rounds: {', '.join(parts)}; {state}"
 
 
 async def breakdown(settings_path: str, n: int) -> list[str]:
@@ -428,7 +492,8 @@ def main() -> None:
             redis_pid = DEFAULT_DIR / "redis" / "redis.pid"
             if redis_pid.exists():
                 pids["redis"] = int(redis_pid.read_text().split()[0])
-            lines = trio.run(measure, urls, args.seconds, args.connections, args.rounds, pids)
+            windows: list[tuple[str, float, float]] = []
+            lines = trio.run(measure, urls, args.seconds, args.connections, args.rounds, pids, windows)
         finally:
             if server.stdin:
                 server.stdin.close()
@@ -436,6 +501,8 @@ def main() -> None:
                 server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 server.kill()
+        assert server.stdout is not None
+        lines.append(gc_line(json.loads(server.stdout.readline() or "{}"), windows))
         for line in lines:
             print(line, flush=True)
     finally:
