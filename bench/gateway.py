@@ -3,8 +3,11 @@
     python bench/gateway.py [--seconds S] [--connections C] [--rounds R] [--no-mailbox] [--breakdown N]
 
 (``BENCH_GATEWAY_REDIS=native``: the server makes its hot Redis calls on trio sockets (``[anchor] redis_client =
-"native"``) instead of redis-py in worker threads, for an A/B of that client alone; ``BENCH_GATEWAY_PROFILE=FILE``:
-the server's main thread under cProfile, in thread CPU time.)
+"native"``) instead of redis-py in worker threads, for an A/B of that client alone; ``BENCH_GATEWAY_GC_FREEZE=0``:
+the server does not freeze its start-up heap (``[node] gc_freeze = false``), for an A/B of that alone;
+``BENCH_GATEWAY_PROFILE=FILE``: the server's main thread under cProfile, in thread CPU time;
+``BENCH_GATEWAY_STEPS=1``: the server times every event-loop step by task and prints the busiest tasks' longest
+steps.)
 
 A server process runs both: the real gateway (``anchor.run.run_anchor``: a Node without transports, PostgreSQL
 and Redis from ``scripts/services up`` in a scratch database) and, on another port of the same hypercorn trio
@@ -16,8 +19,11 @@ Each gateway request does what a real one does: per-IP and per-key token buckets
 check, the key's revocation state (one Redis GET: the key cache; PostgreSQL only on a miss), an audit row (one
 INSERT, committed), and the enqueue (one Redis EVAL: XADD + status record). The queue's consumer runs in the
 same server process meanwhile (XREADGROUP, ``node.broadcast``, status + XACK + XDEL per message), so its CPU
-counts against the gateway. Printed: req/s and p50/p99 latency of both, and the ratios; then how long after each
-gateway round its last accepted message took to reach the node (it waits for its audit row in PostgreSQL).
+counts against the gateway. As the daemon does once ready, the server freezes its start-up heap (``[node]
+gc_freeze``, node/heap.py). Printed: req/s and p50/p99 latency of both, and the ratios; then how long after each
+gateway round its last accepted message took to reach the node (it waits for its audit row in PostgreSQL); then the
+server's full garbage collections during each target's rounds (each one pauses every request in flight), and how
+the slowest 1 % of each target's reported round bunch together (a burst: all connections stalled at once).
 At the end, ``bench/mailbox.py``'s deposit/fetch lines.
 """
 
@@ -74,12 +80,56 @@ async def _bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": out})
 
 
+def gc_freeze() -> bool:
+    """Whether the server freezes its start-up heap as the daemon does (``BENCH_GATEWAY_GC_FREEZE=0``: not)."""
+    return os.environ.get("BENCH_GATEWAY_GC_FREEZE", "1") != "0"
+
+
+def watch_full_collections(pauses: list[tuple[float, float]], max_kept: int = 10_000) -> None:
+    """Record (start, seconds) of every full (generation 2) garbage collection of this process, on the
+    ``time.perf_counter`` clock (CLOCK_MONOTONIC on Linux, so the client can place them in its rounds)."""
+    import gc
+
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            started[0] = time.perf_counter()
+        elif len(pauses) < max_kept:
+            pauses.append((started[0], time.perf_counter() - started[0]))
+
+    gc.callbacks.append(callback)
+
+
+class StepTimes(trio.abc.Instrument):
+    """A trio instrument (``BENCH_GATEWAY_STEPS=1``): per task (its coroutine's name) the number of steps, their
+    total and the longest, in perf_counter seconds — which task holds the event loop, and for how long at once."""
+
+    def __init__(self) -> None:
+        self.by_task: dict[str, list[float]] = {}
+        self._t0 = 0.0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._t0 = time.perf_counter()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        took = time.perf_counter() - self._t0
+        name = getattr(task.coro, "__qualname__", task.name)
+        if (entry := self.by_task.get(name)) is None:
+            entry = self.by_task[name] = [0, 0.0, 0.0]
+        entry[0] += 1
+        entry[1] += took
+        entry[2] = max(entry[2], took)
+
+
 def redis_client() -> str:
     """The gateway's Redis client for an A/B run: BENCH_GATEWAY_REDIS=native or threads (the default)."""
     return "native" if os.environ.get("BENCH_GATEWAY_REDIS") == "native" else "threads"
 
 
-async def serve(settings_path: str) -> None:
+async def serve(settings_path: str, steps: StepTimes | None = None) -> None:
     from anchor.gateway.server import serve_http
     from anchor.run import run_anchor
     from anchor.settings import AnchorSection
@@ -102,13 +152,23 @@ async def serve(settings_path: str) -> None:
     async with PostgresStore(dsn) as pg:
         _key, secret = await pg.create_api_key("bench", "user", ["messages:send", "node:read"])
     stop = trio.Event()
+    pauses: list[tuple[float, float]] = []
     async with trio.open_nursery() as nursery:
         gateway = await nursery.start(run_anchor, node)
         bare = await nursery.start(serve_http, _bare_app, "127.0.0.1:0", stop)
+        frozen = 0
+        # What the daemon does once ready (node.daemon, node/heap.py); getattr: the script also runs on older trees.
+        if getattr(cfg.node, "gc_freeze", False) and gc_freeze():
+            from node.heap import freeze_startup_heap
+
+            frozen = freeze_startup_heap()
+        watch_full_collections(pauses)
         print(json.dumps({"gateway": gateway[0], "bare": bare[0], "secret": secret}), flush=True)
         await trio.lowlevel.wait_readable(sys.stdin.fileno())  # the client closes our stdin when done
         stop.set()
         node.request_stop()
+    report = {"frozen": frozen, "full_collections": pauses, "steps": steps.by_task if steps is not None else {}}
+    print(json.dumps(report), flush=True)
 
 
 # ---------------------------------------------------------------- client
@@ -119,6 +179,7 @@ class Result:
     latencies_s: list[float]
     statuses: dict[int, int]
     last_body: bytes = b""  # the body of the last answer (the gateway's: the last accepted message's ID)
+    starts_s: list[float] = dataclasses.field(default_factory=list)  # when each request was sent (perf_counter)
 
     @property
     def rate(self) -> float:
@@ -158,6 +219,7 @@ async def _worker(host: str, port: int, headers: list[tuple[str, str]], deadline
                     break
             result.last_body = body
             result.latencies_s.append(time.perf_counter() - t0)
+            result.starts_s.append(t0)
             result.statuses[status] = result.statuses.get(status, 0) + 1
             result.requests += 1
             conn.start_next_cycle()
@@ -208,8 +270,16 @@ def cpu_s(pid: int, tid: int | None = None) -> float:
 
 
 async def measure(
-    urls: dict[str, str], seconds: float, connections: int, rounds: int, pids: dict[str, int] | None = None
+    urls: dict[str, str],
+    seconds: float,
+    connections: int,
+    rounds: int,
+    pids: dict[str, int] | None = None,
+    windows: list[tuple[str, float, float]] | None = None,
+    tails: dict[str, list[tuple[float, float]]] | None = None,
 ) -> list[str]:
+    """The figures' lines; ``windows`` gets (target, start, end) of every measured round (perf_counter), ``tails``
+    the (start, latency) of the slowest 1 % of each target's reported (best) round."""
     auth = [("Authorization", f"Bearer {await token(urls['gateway'], urls['secret'])}")]
     await load(urls["bare"], [], 0.5, connections)  # warm-up: connections, caches, pools
     await load(urls["gateway"], auth, 0.5, connections)
@@ -228,7 +298,10 @@ async def measure(
             if "server" in probes:
                 probes["server main thread"] = (probes["server"][0], probes["server"][0])
             before = {proc: cpu_s(*probe) for proc, probe in probes.items()}
+            t0 = time.perf_counter()
             r = await load(urls[name], headers, seconds, connections)
+            if windows is not None:
+                windows.append((name, t0, time.perf_counter()))
             after = {proc: cpu_s(*probe) for proc, probe in probes.items()}
             for proc in probes:
                 cpu[name, proc] = cpu.get((name, proc), 0.0) + after[proc] - before[proc]
@@ -244,6 +317,10 @@ async def measure(
             if name not in best or r.rate > best[name].rate:
                 best[name] = r
     g, b = best["gateway"], best["bare"]
+    if tails is not None:
+        for name, r in best.items():
+            cut = sorted(r.latencies_s)[min(len(r.latencies_s) - 1, int(0.99 * len(r.latencies_s)))]
+            tails[name] = sorted((t, lat) for t, lat in zip(r.starts_s, r.latencies_s, strict=True) if lat >= cut)
     cpu_lines = []
     for proc in sorted({proc for _name, proc in cpu}, key=lambda p: (p != "server", p)):
         per = {name: 1e6 * cpu[name, proc] / max(1, served[name]) for name in ("gateway", "bare")}
@@ -268,6 +345,64 @@ async def measure(
             if redis_client() == "threads"
             else "NativeRedis on trio sockets for the hot calls (BENCH_GATEWAY_REDIS=native)"
         ),
+    ]
+
+
+def gc_line(report: dict[str, Any], windows: list[tuple[str, float, float]]) -> str:
+    """The server's full garbage collections that fell in each target's measured rounds."""
+    counts = {"gateway": [0, 0.0, 0.0], "bare": [0, 0.0, 0.0]}  # count, longest, total (seconds)
+    for start, pause in report.get("full_collections", []):
+        for name, t0, t1 in windows:
+            if t0 <= start <= t1:
+                c = counts[name]
+                c[0], c[1], c[2] = c[0] + 1, max(c[1], pause), c[2] + pause
+    parts = [
+        f"{name} {int(c[0])} (longest {1000 * c[1]:.1f} ms, total {1000 * c[2]:.0f} ms)" for name, c in counts.items()
+    ]
+    frozen = int(report.get("frozen", 0))
+    state = (
+        f"start-up heap frozen: {frozen:,} objects"
+        if frozen
+        else "start-up heap NOT frozen (BENCH_GATEWAY_GC_FREEZE=0)"
+    )
+    return f"server full garbage collections in the measured rounds: {', '.join(parts)}; {state}"
+
+
+BURST_S = 0.05  # slow requests sent within this long of the previous one belong to the same burst
+
+
+def tail_line(report: dict[str, Any], tails: dict[str, list[tuple[float, float]]]) -> str:
+    """How the slowest 1 % of each target's reported round bunch together: bursts (requests sent within BURST_S of
+    each other: every connection stalled at once — a collection, a cache expiry, the process descheduled) and how
+    many overlapped a full garbage collection of the server."""
+    pauses = report.get("full_collections", [])
+    parts = []
+    for name in ("gateway", "bare"):
+        slow = tails.get(name, [])
+        bursts: list[int] = []
+        last = -1.0
+        for start, _lat in slow:
+            if bursts and start - last <= BURST_S:
+                bursts[-1] += 1
+            else:
+                bursts.append(1)
+            last = start
+        in_gc = sum(1 for s, lat in slow if any(p0 <= s + lat and s <= p0 + p for p0, p in pauses))
+        parts.append(
+            f"{name} {len(slow)} requests in {len(bursts)} bursts (largest {max(bursts, default=0)}), "
+            f"{in_gc} overlapping a full collection"
+        )
+    return "slowest 1 % of the reported rounds: " + "; ".join(parts)
+
+
+def steps_lines(report: dict[str, Any], top: int = 6) -> list[str]:
+    """The busiest tasks of the server's event loop over the whole run (``BENCH_GATEWAY_STEPS=1``)."""
+    steps = report.get("steps") or {}
+    busiest = sorted(steps.items(), key=lambda kv: -kv[1][1])[:top]
+    return [
+        f"server event-loop steps: {name}: {int(n):,} steps, mean {1000 * total / max(1, n):.2f} ms, "
+        f"longest {1000 * longest:.1f} ms"
+        for name, (n, total, longest) in busiest
     ]
 
 
@@ -395,6 +530,9 @@ def main() -> None:
             profiler = cProfile.Profile(time.thread_time)
             profiler.runctx("trio.run(serve, args.serve)", globals(), {"args": args, "trio": trio})
             profiler.dump_stats(profile)
+        elif os.environ.get("BENCH_GATEWAY_STEPS") == "1":
+            steps = StepTimes()
+            trio.run(serve, args.serve, steps, instruments=[steps])
         else:
             trio.run(serve, args.serve)
         return
@@ -428,7 +566,9 @@ def main() -> None:
             redis_pid = DEFAULT_DIR / "redis" / "redis.pid"
             if redis_pid.exists():
                 pids["redis"] = int(redis_pid.read_text().split()[0])
-            lines = trio.run(measure, urls, args.seconds, args.connections, args.rounds, pids)
+            windows: list[tuple[str, float, float]] = []
+            tails: dict[str, list[tuple[float, float]]] = {}
+            lines = trio.run(measure, urls, args.seconds, args.connections, args.rounds, pids, windows, tails)
         finally:
             if server.stdin:
                 server.stdin.close()
@@ -436,6 +576,9 @@ def main() -> None:
                 server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 server.kill()
+        assert server.stdout is not None
+        report = json.loads(server.stdout.readline() or "{}")
+        lines += [gc_line(report, windows), tail_line(report, tails), *steps_lines(report)]
         for line in lines:
             print(line, flush=True)
     finally:

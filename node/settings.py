@@ -102,6 +102,12 @@ class NodeSection:
         min=65_536,
         max=1_073_741_824,
     )
+    gc_freeze: bool = setting(
+        True,
+        "Once the daemon is ready, collect garbage once and freeze what is alive (gc.freeze): later full garbage "
+        "collections skip the start-up objects (~150,000 on an anchor), which cuts their event-loop pauses from "
+        "50-250 ms to a few ms. Objects alive at start that later become unreachable cycles are then never freed.",
+    )
 
     def __post_init__(self) -> None:
         check_utf8_bytes("node.nickname", self.nickname, 255)

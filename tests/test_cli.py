@@ -187,6 +187,7 @@ def test_run_status_and_clean_stop_on_signal(data_dir: Path, signum: signal.Sign
         notify.close()
     assert proc.returncode == 0, err
     assert "node ready" in err and "node stopped cleanly" in err
+    assert "start-up heap frozen" in err  # [node] gc_freeze, on by default (node/heap.py)
     assert not (data_dir / "control.sock").exists()
     r = village("status", "--data-dir", str(data_dir))
     assert r.returncode == 1 and "no node is running" in r.stderr

@@ -10,12 +10,15 @@ goes to the FastAPI route untouched (nothing was spent: the script changes nothi
 refusals keep their order and their answers: per-IP limit, authentication, revocation, per-key limit, scope, body.
 So does a request with a repeated ``Authorization`` or ``Content-Type`` header (the route reads the first one; which
 one counts is its call). Store errors are answered as the route's handlers answer them (503 / 500 with JSON).
-With ``[anchor] key_cache_ttl_s = 0`` (no key cache) every request takes the FastAPI route.
+With ``[anchor] key_cache_ttl_s = 0`` (no key cache) every request takes the FastAPI route. Once less than half of
+the key's cache entry's lifetime is left, the request that sees it renews the entry from PostgreSQL after its 202
+(one at a time per key), so a busy key's entry does not expire under its requests in flight.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,10 +34,13 @@ from node.errors import MeshError
 if TYPE_CHECKING:
     from anchor.gateway.app import GatewayContext
 
+log = logging.getLogger("village.anchor.gateway")
+
 PATH = "/v1/messages"
 TEXT_MAX_CHARS = 4096  # SendIn's bounds
 TO_MAX_CHARS = 64
 JSON_HEADERS = [(b"content-type", b"application/json")]
+REFRESH_AT = 0.5  # a key's cache entry is renewed (from PostgreSQL) once less than this share of its TTL is left
 
 
 def check_send(ctx: GatewayContext, to: str | None, text: str) -> str | None:
@@ -178,4 +184,11 @@ class FastSend:
         headers = [*JSON_HEADERS, (b"content-length", str(len(out)).encode())]
         await send({"type": "http.response.start", "status": 202, "headers": headers})
         await send({"type": "http.response.body", "body": out})
+        if 0 <= outcome.key_cache_ttl_ms < settings.key_cache_ttl_s * 1000 * REFRESH_AT:
+            # Renewed here, after the answer, by one request per key: when the entry expired instead, every request
+            # in flight for the key missed it at once and took the slow path (a stall of all of them).
+            try:
+                await ctx.stores.refresh_key_cache(principal.key_id)
+            except StoreError as exc:  # left to expire: the slow path refills it (or answers 503 while it cannot)
+                log.debug("key cache refresh of %s failed: %s", principal.key_id, exc)
         return True

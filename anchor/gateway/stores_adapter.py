@@ -24,6 +24,7 @@ from anchor.stores.postgres import ApiKey, PostgresStore
 from anchor.stores.redis_store import RedisStore
 
 KEY_CACHE_PREFIX = "apikey:"
+REFRESHING_MAX = 1024  # keys whose cache entry is being refreshed at once (more: left to expire and refill)
 
 
 def _info(key: ApiKey) -> ApiKeyInfo:
@@ -43,6 +44,7 @@ class StoresAdapter:
         self.redis = redis
         self.graph = graph
         self.key_cache_ttl_s = key_cache_ttl_s
+        self._refreshing: set[str] = set()  # one refresh per key at a time (bounded by REFRESHING_MAX)
 
     async def verify_api_key(self, secret: str) -> ApiKeyInfo | None:
         key = await self.postgres.verify_api_key(secret)
@@ -55,12 +57,27 @@ class StoresAdapter:
         cached = await self.redis.session_get(cache_id)
         if cached is not None:
             return cached.get("revoked") is False
-        key = await self.postgres.get_api_key(key_id)
-        state: dict[str, Any] = {"role": "", "scopes": [], "revoked": True}  # unknown keys are cached as revoked
-        if key is not None:
-            state = {"role": key.role, "scopes": sorted(key.scopes), "revoked": key.revoked}
+        state = await self._key_state(key_id)
         await self.redis.session_set(cache_id, state, self.key_cache_ttl_s, nx=True)
         return state["revoked"] is False
+
+    async def _key_state(self, key_id: str) -> dict[str, Any]:
+        key = await self.postgres.get_api_key(key_id)
+        if key is None:
+            return {"role": "", "scopes": [], "revoked": True}  # unknown keys are cached as revoked
+        return {"role": key.role, "scopes": sorted(key.scopes), "revoked": key.revoked}
+
+    async def refresh_key_cache(self, key_id: str) -> bool:
+        """Re-read the key's state from PostgreSQL and renew its cache entry before it expires, unless a refresh
+        of that key is under way already (or too many are); True if this call renewed it. Store errors propagate."""
+        if self.key_cache_ttl_s <= 0 or key_id in self._refreshing or len(self._refreshing) >= REFRESHING_MAX:
+            return False
+        self._refreshing.add(key_id)
+        try:
+            state = await self._key_state(key_id)
+            return await self.redis.key_cache_refresh(KEY_CACHE_PREFIX + key_id, state, self.key_cache_ttl_s)
+        finally:
+            self._refreshing.discard(key_id)
 
     async def create_api_key(self, name: str, role: str, scopes: frozenset[str]) -> tuple[ApiKeyInfo, str]:
         key, secret = await self.postgres.create_api_key(name, role, scopes)

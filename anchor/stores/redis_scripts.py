@@ -172,17 +172,22 @@ return out
 # Idempotent per message: a status record already there (its key is the message's, new per request) means this
 # script ran already (the client resent it after a timeout or a lost answer although the server had run it; both
 # the native client and redis-py resend once): 'ok', nothing written or spent again.
+# An 'ok' after a key-cache check also says how many milliseconds the key's cache entry has left (its PTTL), so the
+# gateway can refresh it before it expires (anchor.gateway.fast_send) instead of every request in flight missing it
+# at once and taking the slow path.
 SEND_LUA = (
     BUCKETS_LUA
     + """
 if redis.call('EXISTS', KEYS[3]) == 1 then return {'ok', ''} end
 local n_ip = tonumber(ARGV[2])
 local n_key = tonumber(ARGV[3])
+local key_ttl = -1
 if ARGV[1] == '1' then
   local cached = redis.call('GET', KEYS[4])
   if not cached then return {'miss'} end
   local ok, state = pcall(cjson.decode, cached)
   if not ok or type(state) ~= 'table' or state['revoked'] ~= false then return {'miss'} end
+  key_ttl = redis.call('PTTL', KEYS[4])
 end
 local n_status = tonumber(ARGV[13])
 local argi = 14 + n_status
@@ -207,9 +212,26 @@ local id = redis.call('XADD', KEYS[1], '*', 'eid', ARGV[8], 'at_ms', at_ms, 'act
   'action', ARGV[10], 'target', ARGV[11], 'detail', ARGV[12], 'q', ARGV[#ARGV], 'm', ARGV[7])
 redis.call('HSET', KEYS[3], unpack(ARGV, 14, 13 + n_status))
 redis.call('PEXPIRE', KEYS[3], ARGV[6])
-return {'ok', id}
+return {'ok', id, key_ttl}
 """
 )
+
+# Refresh an API key's cache entry with the state PostgreSQL gave (KEYS: 1 the entry; ARGV: 1 the state as JSON,
+# 2 TTL ms, 3 '1' if that state is revoked). A revoked state is always written. An active one replaces an entry
+# only while it still says active (a revocation through the anchor writes "revoked" into the entry after
+# PostgreSQL, so a refresh that read PostgreSQL before it never puts "active" back), or fills a missing entry (as
+# the slow path's fill, SET NX, does). Returns 1 if written.
+KEY_REFRESH_LUA = """
+if ARGV[3] ~= '1' then
+  local cached = redis.call('GET', KEYS[1])
+  if cached then
+    local ok, state = pcall(cjson.decode, cached)
+    if not ok or type(state) ~= 'table' or state['revoked'] ~= false then return 0 end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
 
 # After the audit drain committed a batch of audit rows in PostgreSQL: hand the messages they carry to the node's
 # streams and acknowledge + delete the audit entries, as one atomic step (a drain that dies before it redoes the

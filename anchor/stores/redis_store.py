@@ -62,6 +62,7 @@ class SendOutcome:
     result: str
     entry_id: str = ""
     retry_after_s: float = 0.0
+    key_cache_ttl_ms: int = -1  # after an "ok" that checked the key cache: what its entry has left; -1: not known
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,7 @@ class RedisStore:
         self._enqueue = self._client.register_script(scripts.ENQUEUE_LUA)
         self._settle = self._client.register_script(scripts.SETTLE_LUA)
         self._send = self._client.register_script(scripts.SEND_LUA)
+        self._key_refresh = self._client.register_script(scripts.KEY_REFRESH_LUA)
         self._handover = self._client.register_script(scripts.HANDOVER_LUA)
         self._begin = self._client.register_script(scripts.BEGIN_LUA)
         self._release = self._client.register_script(scripts.RELEASE_LUA)
@@ -176,6 +178,20 @@ class RedisStore:
             raise StoreError(f"session data: at most {MAX_SESSION_BYTES} bytes as JSON")
         ttl_ms = max(1, int(ttl_s * 1000))
         done = await self._call(lambda: self._client.set(f"{KEY_PREFIX}sess:{session_id}", blob, px=ttl_ms, nx=nx))
+        return bool(done)
+
+    async def key_cache_refresh(self, session_id: str, data: Mapping[str, Any], ttl_s: float) -> bool:
+        """Write an API key's state read from PostgreSQL into its cache entry for ``ttl_s`` seconds (see
+        ``scripts.KEY_REFRESH_LUA``): a revoked state always; an active one unless the entry says revoked meanwhile.
+        True if written."""
+        blob = json.dumps(dict(data), separators=(",", ":")).encode()
+        if len(blob) > MAX_SESSION_BYTES:
+            raise StoreError(f"session data: at most {MAX_SESSION_BYTES} bytes as JSON")
+        ttl_ms = max(1, int(ttl_s * 1000))
+        revoked = "0" if data.get("revoked") is False else "1"
+        keys = [f"{KEY_PREFIX}sess:{session_id}"]
+        args: list[bytes | int | str] = [blob, ttl_ms, revoked]
+        done = await self._call(lambda: self._key_refresh(keys=keys, args=args))
         return bool(done)
 
     async def session_get(self, session_id: str) -> dict[str, Any] | None:
@@ -402,7 +418,8 @@ class RedisStore:
             raw = await self._call(lambda: self._send(keys=keys, args=args))
         result = _text(raw[0])
         if result == "ok":
-            return SendOutcome("ok", entry_id=_text(raw[1]))
+            ttl_ms = int(raw[2]) if len(raw) > 2 else -1
+            return SendOutcome("ok", entry_id=_text(raw[1]), key_cache_ttl_ms=ttl_ms)
         if result in ("ip", "key"):
             return SendOutcome(result, retry_after_s=float(_text(raw[1])))
         return SendOutcome(result)
