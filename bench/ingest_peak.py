@@ -40,6 +40,23 @@ def status_kib(pid: int, key: str) -> int:
     return 0
 
 
+def smaps_summary(pid: int, top: int = 5) -> str:
+    """RssAnon/RssFile, threads and the largest resident anonymous mappings (MiB) of ``pid``: where the RSS is."""
+    anon: list[int] = []
+    name = ""
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if "-" in head[0] and len(head) >= 5:
+            name = head[5] if len(head) > 5 else "anon"
+        elif head[0] == "Rss:" and name == "anon":
+            anon.append(int(head[1]))
+    big = ", ".join(f"{k / 1024:.0f}" for k in sorted(anon, reverse=True)[:top])
+    keys = ("RssAnon", "RssFile", "Threads")
+    return "; ".join(f"{k} {status_kib(pid, k) / (1 if k == 'Threads' else 1024):.0f}" for k in keys) + (
+        f"; largest anonymous mappings (MiB): {big}"
+    )
+
+
 def ingest(
     tree: Path, slices: list[Path], work: Path, extra: str = "", label: str = "", warm: bool = False
 ) -> tuple[float, int, int, int, int]:
@@ -82,6 +99,8 @@ def ingest(
                         f"{hwm / 1024:.0f} MiB, now {rss / 1024:.0f} MiB, load {os.getloadavg()[0]:.1f}",
                         flush=True,
                     )
+        if os.environ.get("INGEST_PEAK_SMAPS"):
+            print(f"  {label} {smaps_summary(proc.pid)}", flush=True)
         return secs, added, idle, status_kib(proc.pid, "VmHWM"), status_kib(proc.pid, "VmRSS")
     finally:
         proc.terminate()

@@ -150,6 +150,9 @@ def run_command(args: argparse.Namespace, *, configure: Callable[[Config], Confi
     cfg = config_for(args)
     if configure is not None:
         cfg = configure(cfg)
+    from node import malloc
+
+    malloc.set_arena_max(cfg.node.malloc_arena_max)  # still no thread: the cap holds for every arena
     level = (getattr(args, "log_level", None) or cfg.node.log_level).upper()
     from node.libp2p_slim import install as slim_libp2p
 

@@ -108,6 +108,15 @@ class NodeSection:
         "collections skip the start-up objects (~150,000 on an anchor), which cuts their event-loop pauses from "
         "50-250 ms to a few ms. Objects alive at start that later become unreachable cycles are then never freed.",
     )
+    malloc_arena_max: int = setting(
+        2,
+        "glibc malloc arenas for the daemon's process (mallopt M_ARENA_MAX, set before any thread starts; "
+        "MALLOC_ARENA_MAX in the environment is read by glibc first). glibc's default, 8 per core, keeps a "
+        "high-water mark of freed memory per thread that allocated; 2 cut a SciFact ingest's RSS "
+        "(bench/ingest_peak.py). 0: glibc's default. Ignored on other C libraries.",
+        min=0,
+        max=1024,
+    )
 
     def __post_init__(self) -> None:
         check_utf8_bytes("node.nickname", self.nickname, 255)

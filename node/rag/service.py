@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 import trio
 
+from node import malloc
 from node.rag import fusion, ingest
 from node.rag.embed import DIM, PLAN_WINDOW_CALLS, Embedder, EmbedderSettings, Vectors, from_blob, to_blob
 from node.rag.errors import DocumentNotFound, RagError
@@ -153,7 +154,7 @@ class RagService:
         self._index: DenseIndex | None = None
         self._trust: Any = None
         self._graph: Any = None
-        self.counters: dict[str, int] = {"queries": 0, "adds": 0, "index_rebuilds": 0}
+        self.counters: dict[str, int] = {"queries": 0, "adds": 0, "index_rebuilds": 0, "malloc_trims": 0}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -308,6 +309,9 @@ class RagService:
                 done += 1
                 if progress is not None:
                     await progress({"done": done, "total": len(files), "source": o.source, "status": o.status})
+            if s.malloc_trim and malloc.available():  # the model's freed working memory back to the system
+                await trio.to_thread.run_sync(malloc.trim)
+                self.counters["malloc_trims"] += 1
         await self._run_db(self._save_index)
         summary.seconds = trio.current_time() - start
         self.counters["adds"] += 1

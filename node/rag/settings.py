@@ -44,6 +44,12 @@ class RagSection:
         min=256,
         max=1 << 20,
     )
+    malloc_trim: bool = setting(
+        True,
+        "Give the C allocator's free pages back to the system after each group of documents an ingest embeds "
+        "and writes (glibc malloc_trim, a few ms per group of ~64 chunks): the model's working memory is freed "
+        "after each call but glibc keeps it otherwise. Ignored on other C libraries.",
+    )
     candidates: int = setting(100, "Hits taken from each retriever (BM25, dense) before fusion.", min=10, max=10_000)
     fusion: str = setting(
         "convex",

@@ -1,0 +1,63 @@
+"""The C allocator's knobs for the daemon's own process (glibc only; a no-op elsewhere, e.g. Android's bionic).
+
+glibc gives every thread that allocates its own arena (up to 8 per core) and keeps what is freed in each: a node
+whose model calls run in whichever trio worker thread is free, beside onnxruntime's and the tokenizer's threads,
+ends up holding a high-water mark of working memory per arena. :func:`set_arena_max` caps the number of arenas
+(``mallopt(M_ARENA_MAX)``, the run-time form of ``MALLOC_ARENA_MAX``; only arenas created afterwards are affected,
+so the daemon calls it before any thread starts). :func:`trim` gives free pages back to the system
+(``malloc_trim(0)``: in every arena, not only at the top of the main heap), after a burst of work such as a
+``rag.add``. Both are measured in ``bench/ingest_peak.py``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import logging
+import sys
+from typing import Any
+
+log = logging.getLogger("village.node")
+
+M_ARENA_MAX = -8  # glibc's malloc.h
+
+
+@functools.cache
+def _libc() -> Any:
+    """glibc's handle, or None (not Linux, another C library, or its functions missing)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        gnu = libc.gnu_get_libc_version
+        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    gnu.restype = ctypes.c_char_p
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    malloc_trim.argtypes, malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return libc
+
+
+def available() -> bool:
+    """True where the knobs act (glibc)."""
+    return _libc() is not None
+
+
+def set_arena_max(n: int) -> bool:
+    """Cap glibc's malloc arenas at ``n`` (0: leave glibc's default). True when applied."""
+    libc = _libc()
+    if n <= 0 or libc is None:
+        return False
+    ok = bool(libc.mallopt(M_ARENA_MAX, n))
+    if not ok:
+        log.warning("mallopt(M_ARENA_MAX, %d) was refused; glibc's default arenas stay", n)
+    return ok
+
+
+def trim() -> bool:
+    """Return free heap pages to the system (every arena). True when some memory was released. Blocking (a few
+    milliseconds on a few hundred MB of heap): call it from a worker thread after a burst of work."""
+    libc = _libc()
+    return False if libc is None else bool(libc.malloc_trim(0))

@@ -1,0 +1,124 @@
+"""The C allocator's knobs (node/malloc.py): arenas capped, free pages given back, the settings that apply them."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from node import daemon, malloc
+from node.errors import ConfigError
+from node.rag.service import RagService
+from node.rag.settings import RagSection
+from node.settings import config_from_mapping
+
+from .rag.helpers import NoEmbedder
+
+glibc = pytest.mark.skipif(not malloc.available(), reason="glibc only")
+
+# A fresh interpreter per check: arenas and heaps are process-wide state.
+_ARENAS = """
+import ctypes, sys, threading
+from node import malloc
+cap = int(sys.argv[1])
+malloc.set_arena_max(cap)
+def work():
+    keep = [ctypes.create_string_buffer(4096) for _ in range(64)]  # malloc in this thread's arena
+    barrier.wait()
+barrier = threading.Barrier(8)
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+libc = ctypes.CDLL(None)
+libc.open_memstream.restype = ctypes.c_void_p
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+buf, size = ctypes.c_char_p(), ctypes.c_size_t()
+f = libc.open_memstream(ctypes.byref(buf), ctypes.byref(size))
+libc.malloc_info(0, f)
+libc.fclose(f)
+print(buf.value.decode().count("<heap nr="))
+"""
+
+_TRIM = """
+import sys
+from node import malloc
+def rss_anon_kib():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1])
+blocks = [bytearray(b"x" * 65536) for _ in range(1600)]  # 100 MiB below the mmap threshold: heap memory
+del blocks[:-1]  # freed, but the last block pins the top of the heap: nothing is given back by free()
+before = rss_anon_kib()
+released = malloc.trim()
+print(released, before - rss_anon_kib())
+"""
+
+
+def _run(code: str, *args: str) -> str:
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )
+    return r.stdout.strip()
+
+
+@glibc
+def test_arena_max_caps_the_arenas_threads_get() -> None:
+    assert int(_run(_ARENAS, "1")) == 1  # eight allocating threads share the main heap
+    assert int(_run(_ARENAS, "0")) > 1  # glibc's default: the threads get arenas of their own
+
+
+@glibc
+def test_trim_gives_free_heap_pages_back() -> None:
+    released, freed_kib = _run(_TRIM).split()
+    assert released == "True"
+    assert int(freed_kib) > 50 * 1024  # most of the ~100 MiB freed in the middle of the heap
+
+
+def test_arena_max_out_of_range_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"node\.malloc_arena_max"):
+        config_from_mapping({"node": {"malloc_arena_max": -1}})
+    assert config_from_mapping({}).node.malloc_arena_max == 2
+
+
+def test_the_daemon_applies_the_arena_cap_from_its_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "config.toml").write_text("[node]\nmalloc_arena_max = 3\n")
+    applied: list[int] = []
+
+    class Stop(Exception):
+        pass
+
+    def record(n: int) -> bool:
+        applied.append(n)
+        raise Stop  # nothing further: no libp2p, no log handler, no node in the test process
+
+    monkeypatch.setattr(malloc, "set_arena_max", record)
+    args = argparse.Namespace(data_dir=tmp_path, config=tmp_path / "config.toml", log_level=None)
+    with pytest.raises(Stop):
+        daemon.run_command(args)
+    assert applied == [3]
+
+
+@pytest.mark.parametrize("on", [True, False])
+async def test_rag_add_trims_after_each_group_when_set(tmp_path: Path, on: bool) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(3):
+        (docs / f"d{i}.txt").write_text(f"document {i} about topic {i}")
+    settings = dataclasses.replace(RagSection(), mode="bm25", malloc_trim=on)
+    svc = RagService(settings, tmp_path / "rag", embedder=NoEmbedder())
+    assert (await svc.add([str(docs)]))["added"] == 3
+    trims = (await svc.stats())["malloc_trims"]
+    await svc.aclose()
+    assert trims == (1 if on and malloc.available() else 0)
