@@ -98,11 +98,12 @@ class AnchorSection:
         max=86_400,
     )
     redis_client: str = setting(
-        "threads",
+        "native",
         "How the gateway's hot Redis calls (the send script, the queue's reads and settles, the audit drain) are "
-        "made: 'threads' (redis-py in worker threads: on 2 cores its calls overlap the event loop and it served "
-        "0.64-1.32x the bare route against 0.37-0.39x for 'native' at load 7, bench/README.md) or 'native' (RESP "
-        "on trio sockets: less CPU per request, but all of it on the event loop's thread).",
+        "made: 'native' (RESP on trio sockets: 0.84-1.0 ms of server CPU per request against 1.33-1.37 ms for "
+        "'threads', and 0.43-0.47x the bare route's throughput with p99 2.4-2.6x near-quiet, bench/README.md; "
+        "rediss:// and URL options it does not speak go through redis-py) or 'threads' (redis-py in worker "
+        "threads: its calls overlap the event loop, which served more under heavy CPU contention).",
         choices=("threads", "native"),
     )
     key_cache_ttl_s: float = setting(

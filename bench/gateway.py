@@ -2,9 +2,10 @@
 
     python bench/gateway.py [--seconds S] [--connections C] [--rounds R] [--no-mailbox] [--breakdown N]
 
-(``BENCH_GATEWAY_REDIS=native``: the server makes its hot Redis calls on trio sockets (``[anchor] redis_client =
-"native"``) instead of redis-py in worker threads, for an A/B of that client alone; ``BENCH_GATEWAY_GC_FREEZE=0``:
-the server does not freeze its start-up heap (``[node] gc_freeze = false``), for an A/B of that alone;
+(``BENCH_GATEWAY_REDIS=threads``: the server makes its hot Redis calls with redis-py in worker threads (``[anchor]
+redis_client = "threads"``) instead of on trio sockets (the default, "native"), for an A/B of that client alone;
+``BENCH_GATEWAY_GC_FREEZE=0``: the server does not freeze its start-up heap (``[node] gc_freeze = false``), for an
+A/B of that alone;
 ``BENCH_GATEWAY_PROFILE=FILE``: the server's main thread under cProfile, in thread CPU time;
 ``BENCH_GATEWAY_STEPS=1``: the server times every event-loop step by task and prints the busiest tasks' longest
 steps.)
@@ -125,8 +126,8 @@ class StepTimes(trio.abc.Instrument):
 
 
 def redis_client() -> str:
-    """The gateway's Redis client for an A/B run: BENCH_GATEWAY_REDIS=native or threads (the default)."""
-    return "native" if os.environ.get("BENCH_GATEWAY_REDIS") == "native" else "threads"
+    """The gateway's Redis client for an A/B run: BENCH_GATEWAY_REDIS=threads or native (the default)."""
+    return "threads" if os.environ.get("BENCH_GATEWAY_REDIS") == "threads" else "native"
 
 
 async def serve(settings_path: str, steps: StepTimes | None = None) -> None:
@@ -341,9 +342,9 @@ async def measure(
         "stopped (worst round; delivery waits for its audit row in PostgreSQL)",
         "gateway Redis client: "
         + (
-            "redis-py in worker threads ([anchor] redis_client = 'threads', the default)"
+            "redis-py in worker threads (BENCH_GATEWAY_REDIS=threads)"
             if redis_client() == "threads"
-            else "NativeRedis on trio sockets for the hot calls (BENCH_GATEWAY_REDIS=native)"
+            else "NativeRedis on trio sockets for the hot calls ([anchor] redis_client = 'native', the default)"
         ),
     ]
 
