@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 # BLAS splits its work by thread count, which changes float rounding: a fixed count keeps the build byte-identical.
-os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = "2"
+# One thread: two builds can share the 2 cores without OpenBLAS's helper threads spinning against each other.
+os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = "1"
 
 import numpy as np
 
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--lr", type=float, default=4e-3)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--valid-every", type=int, default=500, help="steps between validation lines (the curve)")
     ap.add_argument("--out", type=Path, default=ROOT / "node" / "twin" / "data" / neural.NEURAL_FILE)
     args = ap.parse_args(argv)
     prior = GlobalPrior.load_packaged()
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             mh = m1[i] / (1 - 0.9**step)
             vh = m2[i] / (1 - 0.999**step)
             prm -= (lr * mh / (np.sqrt(vh) + 1e-8)).astype(np.float32)
-        if step % 200 == 0 or step == n_steps:
+        if step % args.valid_every == 0 or step == n_steps:
             print(
                 f"step {step}/{n_steps} valid {valid():.3f} bits/token ({time.perf_counter() - t0:.0f} s)", flush=True
             )
