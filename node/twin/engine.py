@@ -187,6 +187,16 @@ class TwinEngine:
             "topics": list(self.topics),
             "contacts": dict(self.contacts.most_common(100)),
         }
+        try:
+            return store.encode_bounded(self.lm, max_bytes, extra, meta)
+        except TwinStoreError:
+            if self.lm.neural is None:
+                raise
+        # The neural adaptation (context x d x d floats, ~600 KiB) does not fit under a small twin.max_disk_bytes
+        # even with the counts pruned: save the rest without it rather than nothing at all.
+        for name in ("nn_c", "nn_w", "nn_b"):
+            extra.pop(name, None)
+        meta["neural_updates"] = 0
         return store.encode_bounded(self.lm, max_bytes, extra, meta)
 
     def decode(self, data: bytes, max_bytes: int) -> None:

@@ -82,3 +82,19 @@ def test_a_state_from_before_the_model_id_drops_only_its_neural_deltas() -> None
     np.testing.assert_array_equal(back.neural.w, back.neural.w0)
     assert back.lm.personal.tokens == eng.lm.personal.tokens > 0 and back.neural_updates == 0
     assert "unrecorded" in (back.status()["neural"]["reset"] or "")
+
+
+def test_a_small_disk_bound_saves_the_counts_without_the_neural_adaptation() -> None:
+    """twin.max_disk_bytes below the neural deltas' size (context x d x d floats): the state is still saved, with
+    the counts, instead of every save failing."""
+    pr = tiny_prior()
+    eng = learned(pr, model(pr, seed=1, d=48))
+    full = eng.encode(10_000_000)
+    bound = len(full) // 3
+    small = eng.encode(bound)
+    assert len(small) <= bound < len(full)
+    back = TwinEngine(pr, neural=model(pr, seed=1, d=48))
+    back.decode(small, bound)
+    assert back.neural is not None
+    np.testing.assert_array_equal(back.neural.w, back.neural.w0)
+    assert back.lm.personal.tokens == eng.lm.personal.tokens > 0 and back.lm.words == eng.lm.words
