@@ -228,9 +228,10 @@ class TwinEngine:
                 # Learned on another neural model (a state older than the model id, or a new neural.bin): its
                 # deltas and the tier's learned weight would be applied to weights they were not learned on. The
                 # neural adaptation starts again from the shipped model; the counts, words and mixture stay.
+                was = learned_on[:16] if isinstance(learned_on, str) else "unrecorded"
                 self.neural_reset_reason = (
-                    "the neural adaptation was learned on another neural model"
-                    f" ({str(learned_on)[:16] if learned_on else 'unrecorded'}); it starts again from the shipped one"
+                    f"the neural adaptation was learned on another neural model ({was}); it starts again from the"
+                    " shipped one"
                 )
         threshold = store.meta_float(
             meta, "gate_threshold_bits", self.gate.threshold_bits, lo=MESSAGE_MIN_THRESHOLD_BITS, hi=MAX_THRESHOLD_BITS
