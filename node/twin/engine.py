@@ -101,6 +101,7 @@ class TwinEngine:
         self.contacts: Counter[str] = Counter()
         self.events = 0
         self.neural_updates = 0
+        self.neural_reset_reason: str | None = None  # why a loaded state's neural adaptation was dropped
 
     def observe(self, ev: Event) -> Observed:
         text = ev.text[:MAX_EVENT_TEXT_CHARS]
@@ -167,6 +168,8 @@ class TwinEngine:
                 "updates": self.neural_updates,
                 "gate_threshold_bits": round(self.gate.threshold_bits, 2),
                 "gate_pass_rate": round(self.gate.pass_rate, 3),
+                "model": neural.model_id,
+                "reset": self.neural_reset_reason,
             },
             "actions_known": len(self.actions.actions),
             "recent_bits_per_token": round(statistics.mean(recent_bits), 3) if recent_bits else None,
@@ -184,11 +187,22 @@ class TwinEngine:
             "mu": self.lm.mu,
             "mu_n": self.lm.mu_n,
             "neural_updates": self.neural_updates,
+            "neural_model": self.lm.neural.model_id if self.lm.neural is not None else None,
             "gate_score": self.gate.score,
             "gate_threshold_bits": self.gate.threshold_bits,
             "topics": list(self.topics),
             "contacts": dict(self.contacts.most_common(100)),
         }
+        try:
+            return store.encode_bounded(self.lm, max_bytes, extra, meta)
+        except TwinStoreError:
+            if self.lm.neural is None:
+                raise
+        # The neural adaptation (context x d x d floats, ~600 KiB) does not fit under a small twin.max_disk_bytes
+        # even with the counts pruned: save the rest without it rather than nothing at all.
+        for name in ("nn_c", "nn_w", "nn_b"):
+            extra.pop(name, None)
+        meta["neural_updates"] = 0
         return store.encode_bounded(self.lm, max_bytes, extra, meta)
 
     def decode(self, data: bytes, max_bytes: int) -> None:
@@ -207,12 +221,24 @@ class TwinEngine:
         if "act_events" in extra:
             store.int_array(extra, "act_events")
         self.actions.load_state(extra)
-        if self.lm.neural is not None:
-            self.lm.neural.load_state(extra)
         self.events = store.meta_int(meta, "events")
-        self.lm.mu = min(0.9, max(0.02, store.meta_float(meta, "mu", self.lm.mu)))
-        self.lm.mu_n = store.meta_int(meta, "mu_n")
-        self.neural_updates = store.meta_int(meta, "neural_updates")
+        mu = min(0.9, max(0.02, store.meta_float(meta, "mu", self.lm.mu)))
+        mu_n = store.meta_int(meta, "mu_n")
+        neural_updates = store.meta_int(meta, "neural_updates")
+        if self.lm.neural is not None:
+            learned_on = meta.get("neural_model")
+            if learned_on == self.lm.neural.model_id:
+                self.lm.neural.load_state(extra)
+                self.lm.mu, self.lm.mu_n, self.neural_updates = mu, mu_n, neural_updates
+            else:
+                # Learned on another neural model (a state older than the model id, or a new neural.bin): its
+                # deltas and the tier's learned weight would be applied to weights they were not learned on. The
+                # neural adaptation starts again from the shipped model; the counts, words and mixture stay.
+                was = learned_on[:16] if isinstance(learned_on, str) else "unrecorded"
+                self.neural_reset_reason = (
+                    f"the neural adaptation was learned on another neural model ({was}); it starts again from the"
+                    " shipped one"
+                )
         threshold = store.meta_float(
             meta, "gate_threshold_bits", self.gate.threshold_bits, lo=MESSAGE_MIN_THRESHOLD_BITS, hi=MAX_THRESHOLD_BITS
         )

@@ -18,6 +18,7 @@ update the surprise gate protects. The output bias alone can also learn from eve
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from importlib import resources
@@ -83,6 +84,9 @@ class NeuralLM:
         self.rare_share = np.zeros(len(p1), dtype=np.float64)
         self.rare_share[self.vn :] = p1[self.vn :] / max(out, 1e-12)
         self.size_bytes = len(data)
+        # Which model a user's adaptation belongs to: deltas learned on another model (a rebuilt or retrained
+        # neural.bin, even one of the same shape) mean nothing on this one.
+        self.model_id = hashlib.sha256(data).hexdigest()[:16]
         self.reset()
 
     def reset(self) -> None:

@@ -1,0 +1,100 @@
+"""A user's neural adaptation belongs to the neural model it was learned on (the state records the model's id)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from node.twin import neural, store
+from node.twin.engine import Event, TwinEngine
+from node.twin.neural import NeuralLM
+from node.twin.prior import GlobalPrior
+
+from .helpers import tiny_prior
+
+TEXTS = ["hello how are you", "i am fine thanks", "are you there ?", "how is it going", "thanks a lot"] * 4
+
+
+def model(pr: GlobalPrior, *, seed: int, context: int = 3, d: int = 8) -> NeuralLM:
+    vn = pr.v - 5
+    rng = np.random.default_rng(seed)
+    data = neural.pack(
+        rng.standard_normal((vn, d)) * 0.3,
+        rng.standard_normal((context * d, d)) * 0.3,
+        np.zeros(d),
+        np.zeros(vn),
+        {"params": 0, "context": context},
+    )
+    return NeuralLM(data, pr.p1, pr.unk, pr.bos)
+
+
+def learned(pr: GlobalPrior, nn: NeuralLM) -> TwinEngine:
+    eng = TwinEngine(pr, neural=nn, gate_fraction=1.0)
+    for i, t in enumerate(TEXTS):
+        eng.observe(Event("message", t, None, i))
+    assert nn.updates > 0 and not np.allclose(nn.w, nn.w0)
+    return eng
+
+
+def test_the_same_model_gets_its_adaptation_back() -> None:
+    pr = tiny_prior()
+    eng = learned(pr, model(pr, seed=1))
+    back = TwinEngine(pr, neural=model(pr, seed=1))
+    back.decode(eng.encode(10_000_000), 10_000_000)
+    assert back.neural is not None and eng.neural is not None
+    np.testing.assert_allclose(back.neural.w, eng.neural.w, rtol=1e-6)
+    assert back.lm.mu == eng.lm.mu and back.neural_updates == eng.neural_updates > 0
+    assert back.status()["neural"]["reset"] is None
+
+
+@pytest.mark.parametrize("context", [3, 4])
+def test_another_model_starts_its_adaptation_again_and_keeps_the_counts(context: int) -> None:
+    """A retrained neural.bin (same shape or not): the old deltas are not applied to it, the state is not refused,
+    and everything else the user taught the twin stays."""
+    pr = tiny_prior()
+    eng = learned(pr, model(pr, seed=1))
+    other = model(pr, seed=2, context=context)
+    back = TwinEngine(pr, neural=other)
+    back.decode(eng.encode(10_000_000), 10_000_000)
+    np.testing.assert_array_equal(other.w, other.w0)
+    np.testing.assert_array_equal(other.c, other.c0)
+    assert back.lm.mu == TwinEngine(pr, neural=model(pr, seed=3)).lm.mu and back.neural_updates == 0
+    assert back.lm.personal.tokens == eng.lm.personal.tokens > 0 and back.lm.words == eng.lm.words
+    assert back.events == eng.events
+    assert "another neural model" in (back.status()["neural"]["reset"] or "")
+    # The next save records the new model, so its adaptation comes back the time after.
+    back.observe(Event("message", "hello there", None, 99))
+    again = TwinEngine(pr, neural=model(pr, seed=2, context=context))
+    again.decode(back.encode(10_000_000), 10_000_000)
+    assert again.neural is not None and again.status()["neural"]["reset"] is None
+    np.testing.assert_allclose(again.neural.w, other.w, rtol=1e-6)
+
+
+def test_a_state_from_before_the_model_id_drops_only_its_neural_deltas() -> None:
+    """Session-5 states carry nn_* deltas but no model id: they are not trusted to match the shipped model."""
+    pr = tiny_prior()
+    nn = model(pr, seed=1)
+    eng = learned(pr, nn)
+    old = store.encode(eng.lm, dict(nn.state()), {"events": eng.events, "mu": 0.5, "neural_updates": 7})
+    back = TwinEngine(pr, neural=model(pr, seed=1))
+    back.decode(old, 10_000_000)
+    assert back.neural is not None
+    np.testing.assert_array_equal(back.neural.w, back.neural.w0)
+    assert back.lm.personal.tokens == eng.lm.personal.tokens > 0 and back.neural_updates == 0
+    assert "unrecorded" in (back.status()["neural"]["reset"] or "")
+
+
+def test_a_small_disk_bound_saves_the_counts_without_the_neural_adaptation() -> None:
+    """twin.max_disk_bytes below the neural deltas' size (context x d x d floats): the state is still saved, with
+    the counts, instead of every save failing."""
+    pr = tiny_prior()
+    eng = learned(pr, model(pr, seed=1, d=48))
+    full = eng.encode(10_000_000)
+    bound = len(full) // 3
+    small = eng.encode(bound)
+    assert len(small) <= bound < len(full)
+    back = TwinEngine(pr, neural=model(pr, seed=1, d=48))
+    back.decode(small, bound)
+    assert back.neural is not None
+    np.testing.assert_array_equal(back.neural.w, back.neural.w0)
+    assert back.lm.personal.tokens == eng.lm.personal.tokens > 0 and back.lm.words == eng.lm.words
