@@ -72,8 +72,8 @@ def native_target(url: str) -> Target | None:
             unquote(parts.password) if parts.password else (query["password"][0] if "password" in query else None)
         )
         if parts.scheme == "redis":
-            path = parts.path.lstrip("/")
-            db = int(path) if path else db
+            path = unquote(parts.path).lstrip("/")
+            db = int(path) if path and "db" not in query else db  # redis-py: the query's db wins over the path's
             return Target(
                 host=parts.hostname or "localhost",
                 port=parts.port or 6379,
@@ -82,7 +82,7 @@ def native_target(url: str) -> Target | None:
                 db=db,
             )
         if parts.scheme == "unix" and parts.path:
-            return Target(path=parts.path, username=username or None, password=password or None, db=db)
+            return Target(path=unquote(parts.path), username=username or None, password=password or None, db=db)
     except (ValueError, IndexError):
         return None
     return None
@@ -169,12 +169,15 @@ class NativeRedis:
     ) -> Reply:
         """One command; its reply (an error reply raises StoreError). StoreUnavailable when Redis cannot be reached
         or does not answer within ``timeout_s`` (twice that when the command is sent a second time; a script's call
-        :meth:`evalsha` up to four times that). ``retry=False``
-        for a command that must not run twice (a read of a consumer group: entries delivered in a lost reply are
-        left for the caller's recovery, not skipped). A reply longer than ``max_reply_bytes`` is a protocol error
-        (the connection is closed; StoreUnavailable)."""
-        async with self.limiter:
+        :meth:`evalsha` up to four times that), plus at most ``timeout_s`` waiting for a free connection.
+        ``retry=False`` for a command that must not run twice (a read of a consumer group: entries delivered in a
+        lost reply are left for the caller's recovery, not skipped). A reply longer than ``max_reply_bytes`` is a
+        protocol error (the connection is closed; StoreUnavailable)."""
+        await self._acquire_slot()
+        try:
             reply = await self._call_once_more(args, attempts=2 if retry else 1, max_reply_bytes=max_reply_bytes)
+        finally:
+            self.limiter.release()
         if isinstance(reply, RespError):
             self.runner.mark_up()
             raise StoreError(f"redis: {reply.message[:200]}")
@@ -190,16 +193,28 @@ class NativeRedis:
         max_reply_bytes: int = SCRIPT_REPLY_BYTES,
     ) -> Reply:
         """Run ``script`` (atomically on the server); its reply. StoreError for an error it raised."""
-        async with self.limiter:
+        await self._acquire_slot()
+        try:
             command = ("EVALSHA", script.sha, len(keys), *keys, *args)
             reply = await self._call_once_more(command, max_reply_bytes=max_reply_bytes)
             if isinstance(reply, RespError) and reply.prefix == "NOSCRIPT":
                 command = ("EVAL", script.source, len(keys), *keys, *args)
                 reply = await self._call_once_more(command, max_reply_bytes=max_reply_bytes)
+        finally:
+            self.limiter.release()
         self.runner.mark_up()
         if isinstance(reply, RespError):
             raise StoreError(f"redis: {reply.message[:200]}")
         return reply
+
+    async def _acquire_slot(self) -> None:
+        """One of the pool's ``max_connections`` slots, waited for at most ``timeout_s``: while Redis hangs every
+        slot is held for up to twice that, and the calls queued behind them must fail (StoreUnavailable: a 503)
+        rather than wait without limit, as the threaded client's runner does."""
+        with trio.move_on_after(self.timeout_s):
+            await self.limiter.acquire()
+            return
+        raise self.runner.mark_down(TimeoutError(f"no free Redis connection within {self.timeout_s:g} s"))
 
     async def _idle_connection(self) -> _Connection | None:
         """A pooled connection the server has not closed meanwhile (those it closed are dropped quietly)."""

@@ -32,6 +32,12 @@ def test_urls_it_speaks_and_those_it_leaves_to_redis_py() -> None:
     assert native_target("redis://user:pw@host") == Target("host", 6379, "", "user", "pw", 0)
     assert native_target("unix:///run/redis.sock?db=2&password=x") == Target("", 6379, "/run/redis.sock", None, "x", 2)
     assert native_target("rediss://host:6380/0") is None  # TLS: redis-py
+    # Read as redis-py reads them (else the hot path and redis-py's calls would use different databases/sockets).
+    for url in ("redis://:pw@127.0.0.1:6379/1?db=2", "unix:///tmp/my%20redis.sock", "redis://h/%33"):
+        kw = redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
+        t = native_target(url)
+        assert t is not None
+        assert (t.db, t.path or None) == (kw.get("db", 0), kw.get("path")), url
     assert native_target("redis://host/0?socket_timeout=3") is None
     assert native_target("redis://host/notanumber") is None
 
@@ -137,6 +143,43 @@ async def test_no_answer_is_unavailable_within_the_timeout_and_a_cut_path_recove
     assert await native.call("PING") == b"PONG"  # a fresh connection, same object
     assert native.runner.down_reason is None
     await native.aclose()
+
+
+async def test_calls_queued_behind_a_hung_server_fail_within_their_bound(nursery: trio.Nursery) -> None:
+    # Every pooled connection waits on a server that never answers: the calls queued for a connection must get
+    # StoreUnavailable within the wait bound plus one call's bound, not one call's bound per call ahead of them.
+    async def silent(stream: trio.SocketStream) -> None:
+        async with stream:
+            while await stream.receive_some(65_536):
+                pass
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    await nursery.start(trio.serve_listeners, silent, listeners)
+    timeout_s = 0.2
+    runner = BlockingRunner("redis", 2, (), 2 * timeout_s)
+    hung = NativeRedis(Target(host="127.0.0.1", port=port), runner, timeout_s=timeout_s, max_connections=2)
+    took: list[float] = []
+    failures: list[BaseException] = []
+
+    async def ping() -> None:
+        start = trio.current_time()
+        try:
+            await hung.call("PING")
+        except StoreUnavailable as exc:
+            failures.append(exc)
+        took.append(trio.current_time() - start)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as callers:
+            for _ in range(10):
+                callers.start_soon(ping)
+    assert len(failures) == 10
+    # Bound: timeout_s waiting for a slot + 2 * timeout_s for the call (and scheduling slack). Before the fix the
+    # k-th pair of callers waited k * 2 * timeout_s: the last 2.0 s.
+    assert max(took) < 3 * timeout_s + 0.5, took
+    assert any("no free Redis connection" in str(exc) for exc in failures)
+    await hung.aclose()
 
 
 async def test_a_cancelled_call_leaves_no_reply_for_the_next(services: ServiceSettings) -> None:
