@@ -15,6 +15,7 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import os
 import sys
 from typing import Any
 
@@ -46,9 +47,13 @@ def available() -> bool:
 
 
 def set_arena_max(n: int) -> bool:
-    """Cap glibc's malloc arenas at ``n`` (0: leave glibc's default). True when applied."""
+    """Cap glibc's malloc arenas at ``n`` (0: leave glibc's default). True when applied. An operator's own
+    ``MALLOC_ARENA_MAX`` (or ``glibc.malloc.arena_max`` in ``GLIBC_TUNABLES``) in the environment wins: left as is."""
     libc = _libc()
     if n <= 0 or libc is None:
+        return False
+    if "MALLOC_ARENA_MAX" in os.environ or "glibc.malloc.arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
+        log.info("malloc arenas: the environment's setting is kept (node.malloc_arena_max = %d not applied)", n)
         return False
     ok = bool(libc.mallopt(M_ARENA_MAX, n))
     if not ok:

@@ -111,7 +111,7 @@ class NodeSection:
     malloc_arena_max: int = setting(
         2,
         "glibc malloc arenas for the daemon's process (mallopt M_ARENA_MAX, set before any thread starts; "
-        "MALLOC_ARENA_MAX in the environment is read by glibc first). glibc's default, 8 per core, keeps a "
+        "MALLOC_ARENA_MAX in the environment wins: then this is not applied). glibc's default, 8 per core, keeps a "
         "high-water mark of freed memory per thread that allocated; 2 cut a SciFact ingest's RSS "
         "(bench/ingest_peak.py). 0: glibc's default. Ignored on other C libraries.",
         min=0,

@@ -60,7 +60,7 @@ print(released, before - rss_anon_kib())
 """
 
 
-def _run(code: str, *args: str) -> str:
+def _run(code: str, *args: str, env: dict[str, str] | None = None) -> str:
     root = Path(__file__).resolve().parents[1]
     r = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code), *args],
@@ -68,7 +68,7 @@ def _run(code: str, *args: str) -> str:
         text=True,
         timeout=60,
         check=True,
-        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", **(env or {})},
     )
     return r.stdout.strip()
 
@@ -77,6 +77,12 @@ def _run(code: str, *args: str) -> str:
 def test_arena_max_caps_the_arenas_threads_get() -> None:
     assert int(_run(_ARENAS, "1")) == 1  # eight allocating threads share the main heap
     assert int(_run(_ARENAS, "0")) > 1  # glibc's default: the threads get arenas of their own
+
+
+@glibc
+def test_the_operators_malloc_arena_max_wins_over_the_setting() -> None:
+    # MALLOC_ARENA_MAX=1 in the environment (a systemd unit's) and the setting's 4: the environment's cap holds.
+    assert int(_run(_ARENAS, "4", env={"MALLOC_ARENA_MAX": "1"})) == 1
 
 
 @glibc
