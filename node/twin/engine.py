@@ -193,16 +193,19 @@ class TwinEngine:
             "topics": list(self.topics),
             "contacts": dict(self.contacts.most_common(100)),
         }
-        try:
+        if self.lm.neural is None:
             return store.encode_bounded(self.lm, max_bytes, extra, meta)
-        except TwinStoreError:
-            if self.lm.neural is None:
-                raise
-        # The neural adaptation (context x d x d floats, ~600 KiB) does not fit under a small twin.max_disk_bytes
-        # even with the counts pruned: save the rest without it rather than nothing at all.
+        data = store.encode(self.lm, extra, meta)  # everything, no count pruned
+        if len(data) <= max_bytes:
+            return data
+        # Over twin.max_disk_bytes: the neural adaptation (context x d x d floats, ~600 KiB) goes first — it is
+        # relearnt from the next messages, while pruned personal counts are gone for good — then the rarest counts.
+        # The state says so: on load the tier starts from the shipped model with its default weight.
         for name in ("nn_c", "nn_w", "nn_b"):
             extra.pop(name, None)
-        meta["neural_updates"] = 0
+        meta.update(neural_updates=0, neural_model=None, neural_dropped=True)
+        meta.pop("mu", None)
+        meta.pop("mu_n", None)
         return store.encode_bounded(self.lm, max_bytes, extra, meta)
 
     def decode(self, data: bytes, max_bytes: int) -> None:
@@ -227,9 +230,15 @@ class TwinEngine:
         neural_updates = store.meta_int(meta, "neural_updates")
         if self.lm.neural is not None:
             learned_on = meta.get("neural_model")
-            if learned_on == self.lm.neural.model_id:
+            complete = all(name in extra for name in ("nn_c", "nn_w", "nn_b"))
+            if learned_on == self.lm.neural.model_id and complete:
                 self.lm.neural.load_state(extra)
                 self.lm.mu, self.lm.mu_n, self.neural_updates = mu, mu_n, neural_updates
+            elif meta.get("neural_dropped") is True or learned_on == self.lm.neural.model_id:
+                self.neural_reset_reason = (
+                    "the neural adaptation was not saved (it did not fit in twin.max_disk_bytes); it starts again"
+                    " from the shipped model"
+                )
             else:
                 # Learned on another neural model (a state older than the model id, or a new neural.bin): its
                 # deltas and the tier's learned weight would be applied to weights they were not learned on. The

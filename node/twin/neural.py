@@ -233,6 +233,10 @@ class NeuralLM:
             return
         if c.shape != self.c0.shape or w.shape != self.w0.shape or b.shape != self.b0.shape:
             raise TwinStoreError("neural adaptation does not match the shipped model")
-        self.c = (self.c0 + c).astype(np.float32)
-        self.w = (self.w0 + w).astype(np.float32)
-        self.b = (self.b0 + b).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            c32, w32, b32 = ((base + d).astype(np.float32) for base, d in ((self.c0, c), (self.w0, w), (self.b0, b)))
+        # Finite deltas can still overflow float32 (1e300): weights that are not finite would make every
+        # prediction NaN and the next save unreadable.
+        if not (np.isfinite(c32).all() and np.isfinite(w32).all() and np.isfinite(b32).all()):
+            raise TwinStoreError("neural adaptation: weights out of range")
+        self.c, self.w, self.b = c32, w32, b32

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from node.twin import neural, store
+from node.twin import blob, neural, store
 from node.twin.engine import Event, TwinEngine
+from node.twin.errors import TwinStoreError
 from node.twin.neural import NeuralLM
 from node.twin.prior import GlobalPrior
 
@@ -98,3 +99,49 @@ def test_a_small_disk_bound_saves_the_counts_without_the_neural_adaptation() -> 
     assert back.neural is not None
     np.testing.assert_array_equal(back.neural.w, back.neural.w0)
     assert back.lm.personal.tokens == eng.lm.personal.tokens > 0 and back.lm.words == eng.lm.words
+
+
+def test_a_bound_between_the_counts_and_the_whole_state_drops_the_neural_deltas_first() -> None:
+    """A bound just under the full state: the personal counts are kept whole and the neural adaptation is what goes
+    (it is relearnt; pruned counts are not); the loaded state says why the tier starts again, with its default
+    weight, not the learned one."""
+    pr = tiny_prior()
+    eng = learned(pr, model(pr, seed=1, d=48))
+    eng.lm.mu = 0.77
+    full = eng.encode(10_000_000)
+    bound = len(full) - 1
+    small = eng.encode(bound)
+    assert len(small) <= bound
+    back = TwinEngine(pr, neural=model(pr, seed=1, d=48))
+    default_mu = back.lm.mu
+    back.decode(small, bound)
+    assert back.lm.personal.tokens == eng.lm.personal.tokens
+    assert back.lm.personal.trigrams == eng.lm.personal.trigrams  # no count pruned
+    assert back.neural is not None
+    np.testing.assert_array_equal(back.neural.w, back.neural.w0)
+    assert back.lm.mu == default_mu != 0.77
+    assert back.neural_reset_reason is not None and "max_disk_bytes" in back.neural_reset_reason
+
+
+def test_a_state_with_the_models_id_but_no_deltas_is_not_taken_as_adapted() -> None:
+    pr = tiny_prior()
+    eng = learned(pr, model(pr, seed=1))
+    eng.lm.mu = 0.77
+    data = eng.encode(10_000_000)
+    arrays, meta = blob.unpack_untrusted(data, store.MAGIC, store.FORMAT_VERSION, max_bytes=10_000_000)
+    del arrays["x_nn_w"]
+    partial = blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta, compact=True)
+    back = TwinEngine(pr, neural=model(pr, seed=1))
+    back.decode(partial, 10_000_000)
+    assert back.lm.mu != 0.77 and back.neural_reset_reason is not None
+
+
+def test_deltas_that_overflow_float32_are_refused() -> None:
+    pr = tiny_prior()
+    eng = learned(pr, model(pr, seed=1))
+    state = {k: v.astype(np.float64) for k, v in eng.neural.state().items()} if eng.neural else {}
+    state["nn_w"] = np.full_like(state["nn_w"], 1e300)
+    nn = model(pr, seed=1)
+    with pytest.raises(TwinStoreError, match="out of range"):
+        nn.load_state(state)
+    assert np.isfinite(nn.w).all()
