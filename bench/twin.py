@@ -209,6 +209,7 @@ def run_sender(
         )
         if cfg.gate_step_msg is not None:
             gate.step_bits = cfg.gate_step_msg
+        lm.want_resp = gate.score in ("resp", "grad")  # (_learn calls learn_weights itself, not observe)
     elif cfg.gate_fraction is not None:
         gate = SurpriseGate(cfg.gate_fraction)
         if cfg.gate_start_bits is not None:

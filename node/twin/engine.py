@@ -16,6 +16,7 @@ Messages received from others never reach the engine (the service only sees the 
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -27,13 +28,7 @@ import numpy as np
 from node.twin import store
 from node.twin.actions import ActionHead
 from node.twin.errors import TwinStoreError
-from node.twin.gate import (
-    MAX_THRESHOLD_BITS,
-    MESSAGE_MIN_THRESHOLD_BITS,
-    SHIPPED_FIXED_COST_TOKENS,
-    SHIPPED_SCORE,
-    MessageGate,
-)
+from node.twin.gate import SHIPPED_FIXED_COST_TOKENS, SHIPPED_SCORE, START_BITS, MessageGate, sane_threshold
 from node.twin.model import TwinLM
 from node.twin.neural import NeuralLM
 from node.twin.prior import GlobalPrior
@@ -189,7 +184,7 @@ class TwinEngine:
             "neural_updates": self.neural_updates,
             "neural_model": self.lm.neural.model_id if self.lm.neural is not None else None,
             "gate_score": self.gate.score,
-            "gate_threshold_bits": self.gate.threshold_bits,
+            "gate_threshold_bits": t if math.isfinite(t := self.gate.threshold_bits) else START_BITS[self.gate.score],
             "topics": list(self.topics),
             "contacts": dict(self.contacts.most_common(100)),
         }
@@ -248,12 +243,12 @@ class TwinEngine:
                     f"the neural adaptation was learned on another neural model ({was}); it starts again from the"
                     " shipped one"
                 )
-        threshold = store.meta_float(
-            meta, "gate_threshold_bits", self.gate.threshold_bits, lo=MESSAGE_MIN_THRESHOLD_BITS, hi=MAX_THRESHOLD_BITS
-        )
-        if (
-            meta.get("gate_score") == self.gate.score
-        ):  # a state of another gate (session 4's): its threshold is not ours
+        # Not a finite number (NaN, inf, text; the encoder never writes one): the file is corrupt, refused. A
+        # finite threshold its score's messages could not have moved the gate to (40 bits pinned the edgec gate
+        # shut for ~700 messages) resets the gate alone to its start: the rest of what was learned is kept.
+        threshold = store.meta_float(meta, "gate_threshold_bits", self.gate.threshold_bits)
+        # (a state of another gate, session 4's: its threshold is not ours)
+        if meta.get("gate_score") == self.gate.score and sane_threshold(self.gate.score, threshold):
             self.gate.threshold_bits = threshold
         topics, contacts = meta.get("topics", []), meta.get("contacts", {})
         if not isinstance(topics, list) or not isinstance(contacts, dict):

@@ -104,7 +104,22 @@ START_BITS = {
     "edgec": -0.3,
 }
 EDGEC_FIXED_TOKENS = 4.0  # "edgec" without a fixed cost of its own: the step's per-message cost, in tokens
-MAX_MESSAGE_WEIGHT_TOKENS = 32  # a long message moves the threshold like this many tokens at most
+# A message the gate passes adapts the neural tier on its first MAX_GATED_TOKENS tokens only (the forward passes
+# the prediction kept for the batched step; model.MAX_SEEN): a longer message costs what that many do, and the
+# budget counts it so (before, every later token took a full per-token step while the budget counted 32).
+MAX_GATED_TOKENS = 128
+MAX_MESSAGE_WEIGHT_TOKENS = MAX_GATED_TOKENS  # the budget's weight of a message: its learned tokens + fixed cost
+# A stored threshold further than this from its score's start value is not one the score's own messages could
+# have driven it to (edge scores lie within a few bits of 0): on load the gate alone starts again from START_BITS.
+SANE_THRESHOLD_SPAN_BITS = {"edge": 4.0, "edgec": 4.0, "useful": 4.0, "resp": 1.0, "grad": 1.0}
+
+
+def sane_threshold(score: str, threshold_bits: float) -> bool:
+    """Whether a loaded threshold is one the ``score``'s messages could have moved its gate to."""
+    if not MESSAGE_MIN_THRESHOLD_BITS <= threshold_bits <= MAX_THRESHOLD_BITS:
+        return False
+    span = SANE_THRESHOLD_SPAN_BITS.get(score)
+    return span is None or abs(threshold_bits - START_BITS[score]) <= span
 
 
 def token_usefulness(neural_bits: float, mixture_bits: float) -> float:
@@ -128,10 +143,11 @@ class MessageGate:
     responsibility of the neural tier for the tokens in the final mixture, alone or times ``1 - p_neural``).
 
     The threshold targets a compute budget: about ``target_fraction`` of the step's cost passes, a message
-    costing its length (capped at :data:`MAX_MESSAGE_WEIGHT_TOKENS`) plus ``fixed_cost_tokens`` (0: a budget
-    of tokens, as in session 5). Robbins-Monro::
+    costing the tokens it adapts on (its length, at most :data:`MAX_GATED_TOKENS`: the model learns no more of
+    a message) plus ``fixed_cost_tokens`` (0: a budget of tokens, as in session 5). Robbins-Monro::
 
-        threshold += step_bits * (n + fixed_cost_tokens) / 10 * (1[score > threshold] - target_fraction)
+        w = (min(n, MAX_GATED_TOKENS) + fixed_cost_tokens) / 10
+        threshold += step_bits * w * (1[score > threshold] - target_fraction)
 
     bounded to ``[MESSAGE_MIN_THRESHOLD_BITS, MAX_THRESHOLD_BITS]`` (a score can be negative)."""
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from node.twin.cache import RecencyCache
-from node.twin.gate import MessageGate, SurpriseGate
+from node.twin.gate import MAX_GATED_TOKENS, MessageGate, SurpriseGate
 from node.twin.neural import NeuralLM
 from node.twin.personal import PersonalKN
 from node.twin.prior import GlobalPrior
@@ -38,8 +38,10 @@ KAPPA_INIT = 0.1
 CACHE_EDGES = (0.05, 1.0, 3.0)  # recency-cache context counts (decayed): < 0.05 | < 1 | < 3 | 3+
 HISTORY = 8  # previous tokens handed to the prior and the neural tier (each uses its own tail of them)
 PREFIX_CANDIDATES = 64  # prior words scored for a typed prefix (the likeliest under the unigram)
-MAX_SEEN = 128  # neural distributions kept per message for the bias step (later tokens skip it)
-BIAS_BLOCK_ROWS = 32  # the bias step's block of distributions starts this tall (doubled up to MAX_SEEN)
+MAX_SEEN = MAX_GATED_TOKENS  # neural distributions kept per message for the bias step and the gated W/b step
+# (later tokens skip both: a message gated in adapts on its first MAX_SEEN tokens, what the gate's budget counts)
+BIAS_BLOCK_ROWS = 32  # the bias step's block starts this tall when the message's length is not known (doubled
+# up to MAX_SEEN); observe sizes it to the message: min(tokens, MAX_SEEN) rows
 NEURAL_CANDIDATES = 8  # the neural tier's likeliest next words added to the n-gram tiers' candidates
 REPLAY_TOKENS = 1  # the W/b step runs when this many gated tokens wait in the replay buffer
 MAX_REPLAY_TOKENS = 512  # bound on the replay buffer and so on one step's batch (each entry holds a 4,096-float
@@ -134,6 +136,8 @@ class TwinLM:
         self.last_neural_bits: float | None = None  # the neural tier's surprisal of the last learned token
         self.msg_neural_bits: list[float] = []  # ... of each token of the message being learned
         self.msg_resp: list[float] = []  # the neural tier's responsibility for each token in the final mixture
+        self.want_resp = False  # fill msg_resp (only a message gate scoring resp/grad reads it; observe sets it)
+        self._rows_hint = 0  # the message being learned: how many bias rows it needs (0: unknown, grow)
         self.replay_tokens = replay_tokens
         self._replay: list[tuple[Any, Any, Any, int, float]] = []  # gated forward passes waiting for the step
         self.messages = 0
@@ -259,7 +263,8 @@ class TwinLM:
             self.msg_resp = []
         if self.last_neural_bits is not None and len(self.msg_neural_bits) == len(history):
             self.msg_neural_bits.append(self.last_neural_bits)
-            if m.pn is not None:  # d log p / d log p_neural: how much the mixture's loss moves with the neural tier's
+            if self.want_resp and m.pn is not None:  # d log p / d log p_neural: how much the mixture's loss
+                # moves with the neural tier's
                 self.msg_resp.append((1.0 - m.kappa) * self.mu * float(m.pn[0]) / pm)
         target = token_id if token_id < self.prior.v else self.prior.unk
         if row and nn is not None and nn.last_p is not None:
@@ -296,10 +301,13 @@ class TwinLM:
         return -math.log2(pm)
 
     def _bias_row(self, vn: int) -> None:
-        """Make room for the next distribution: a fresh block at a message's first token, doubled when full."""
+        """Make room for the next distribution: a fresh block at a message's first token (as tall as the message
+        when :meth:`observe` said how long it is, so a queued row pins no more than its message's own rows),
+        doubled when full."""
         blk = self._pblock
         if self._pn == 0 or blk is None or blk.shape[1] != vn:
-            self._pblock = np.empty((BIAS_BLOCK_ROWS, vn), dtype=np.float32)
+            rows = min(self._rows_hint, MAX_SEEN) if self._rows_hint > 0 else BIAS_BLOCK_ROWS
+            self._pblock = np.empty((rows, vn), dtype=np.float32)
         elif self._pn >= len(blk):
             grown = np.empty((min(2 * len(blk), MAX_SEEN), vn), dtype=np.float32)
             grown[: self._pn] = blk[: self._pn]
@@ -329,11 +337,16 @@ class TwinLM:
         tokens = message_tokens(text)
         ids = self.ids(tokens, add=learn)
         bits = []
-        for i, t in enumerate(ids):
-            if learn:
-                bits.append(self.learn_weights(ids[:i], t))
-            else:
-                bits.append(self.surprisal_bits(ids[:i], t))
+        self.want_resp = isinstance(gate, MessageGate) and gate.score in ("resp", "grad")
+        self._rows_hint = len(ids)
+        try:
+            for i, t in enumerate(ids):
+                if learn:
+                    bits.append(self.learn_weights(ids[:i], t))
+                else:
+                    bits.append(self.surprisal_bits(ids[:i], t))
+        finally:
+            self._rows_hint = 0
         if not learn:
             return bits
         if gate_counts and not isinstance(gate, MessageGate):
@@ -351,7 +364,8 @@ class TwinLM:
         if isinstance(gate, MessageGate):
             nbits = self.msg_neural_bits if len(self.msg_neural_bits) == len(bits) else []
             resp = self.msg_resp if len(self.msg_resp) == len(bits) else []
-            return [1.0 if gate.decide(list(bits), nbits, resp) else 0.0] * len(bits)
+            hit = 1.0 if gate.decide(list(bits), nbits, resp) else 0.0
+            return [hit] * min(len(bits), MAX_SEEN) + [0.0] * max(0, len(bits) - MAX_SEEN)  # (the budget's cap)
         return [gate.sample(b) for b in bits]
 
     def adapt_neural(self, ids: Sequence[int], weights: Sequence[float]) -> int:
@@ -379,6 +393,8 @@ class TwinLM:
         fwd = self._fwd if self.batched_steps and len(self._fwd) <= len(ids) else []
         if fwd and any(w > 0 for w in weights):
             queued = [(x, h, p, t, w) for (x, h, p, t), w in zip(fwd, weights, strict=False) if w > 0]
+            if self.replay_tokens > 1:  # a row waiting past this message must not pin its message's whole block
+                queued = [(x, h, p.copy(), t, w) for x, h, p, t, w in queued]
             if len(self._replay) + len(queued) > MAX_REPLAY_TOKENS:  # (queued <= MAX_SEEN < MAX_REPLAY_TOKENS)
                 self.flush_neural()
             self._replay.extend(queued)

@@ -22,6 +22,12 @@ from node.twin.errors import TwinStoreError
 ORDER = 3
 CANDIDATES_PER_CONTEXT = 12
 DISCOUNT_EVERY = 200  # tokens learned between re-estimates of the discounts
+# The counts in memory are bounded like the saved file: past MAX_TRIGRAMS trigram types (~250-480 bytes each in
+# Python dicts: <= ~95 MB; years of a heavy user's typing), the rarest are dropped by the file's rule (those seen
+# once, then below 2, 3, 5, ... times: MIN_COUNT_LADDER) until at most PRUNE_TO of the bound remain.
+MAX_TRIGRAMS = 200_000
+PRUNE_TO = 0.75
+MIN_COUNT_LADDER = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89)  # store.encode_bounded's steps too
 _Stats = list[int]  # [total, n1, n2, n3+]
 
 
@@ -42,8 +48,11 @@ def _bump(stats: _Stats, old: int) -> None:
 
 
 class PersonalKN:
-    def __init__(self, bos: int) -> None:
+    def __init__(self, bos: int, *, max_trigrams: int = MAX_TRIGRAMS) -> None:
+        if max_trigrams < 1:
+            raise ValueError("max_trigrams must be at least 1")
         self.bos = bos
+        self.max_trigrams = max_trigrams
         self.f3: dict[tuple[int, int], dict[int, int]] = {}
         self.s3: dict[tuple[int, int], _Stats] = {}
         self.f2: dict[int, dict[int, int]] = {}
@@ -168,8 +177,21 @@ class PersonalKN:
     def tick(self, learned: int) -> None:
         """``learned`` tokens were added: re-estimate the discounts every DISCOUNT_EVERY tokens."""
         self._since_discounts += learned
+        if self.trigrams > self.max_trigrams:
+            self.prune(int(self.max_trigrams * PRUNE_TO))
         if self._since_discounts >= DISCOUNT_EVERY:
             self.refresh_discounts()
+
+    def prune(self, keep: int) -> None:
+        """Drop the rarest trigrams (:func:`rarest_dropped`) so that at most ``keep`` remain; everything derived
+        from them (the lower orders' continuation counts, the count-of-counts, the discounts) is rebuilt from
+        what is kept, as a saved state pruned the same way would load."""
+        arrays = self.to_arrays()
+        mask = rarest_dropped(arrays["tri_counts"], keep)
+        m = PersonalKN.from_arrays(self.bos, arrays["tri"][mask], arrays["tri_counts"][mask])
+        self.f3, self.s3, self.f2, self.s2, self.f1, self.s1 = m.f3, m.s3, m.f2, m.s2, m.f1, m.s1
+        self.coc, self.d, self.trigrams = m.coc, m.d, m.trigrams
+        self._top1_stale = True
 
     def refresh_discounts(self) -> None:
         self._since_discounts = 0
@@ -266,6 +288,19 @@ class PersonalKN:
         m.s1 = _stats_of(m.f1.values(), m.coc[1])
         m.refresh_discounts()
         return m
+
+
+def rarest_dropped(counts: np.ndarray[Any, Any], keep: int) -> np.ndarray[Any, Any]:
+    """Which trigrams stay when at most ``keep`` may: those seen at least ``m`` times for the smallest ``m`` of
+    MIN_COUNT_LADDER that leaves ``keep`` or fewer (the saved file's rule); when even the last step leaves more,
+    the ``keep`` most frequent (ties: the first listed)."""
+    for m in MIN_COUNT_LADDER:
+        mask: np.ndarray[Any, Any] = counts >= m
+        if int(mask.sum()) <= keep:
+            return mask
+    mask = np.zeros(len(counts), dtype=bool)
+    mask[np.argsort(-counts.astype(np.int64), kind="stable")[:keep]] = True
+    return mask
 
 
 def _stats_of(counts: Iterable[int], coc: list[int]) -> _Stats:

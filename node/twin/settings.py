@@ -28,9 +28,10 @@ class TwinSettings:
     neural: bool = _setting(True, "Use the neural tier when its model file is installed.")
     gate_fraction: float = _setting(
         0.5,
-        "Message gate: about this fraction of the hidden-layer step's compute (a message costs its tokens + 4) "
-        "adapts the neural tier, whole messages, those where the neural tier beat the mixture most per unit of "
-        "compute (adaptive threshold; 0.5 chosen on tuning senders, see bench/README.md).",
+        "Message gate: about this fraction of the hidden-layer step's compute (a message costs its tokens + 4; a "
+        "message adapts the neural tier on its first 128 tokens only, so a longer one costs 128 + 4) adapts the "
+        "neural tier, whole messages, those where the neural tier beat the mixture most per unit of compute "
+        "(adaptive threshold; 0.5 chosen on tuning senders, see bench/README.md).",
         min=0.01,
         max=1.0,
     )

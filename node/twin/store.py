@@ -22,7 +22,7 @@ import numpy as np
 from node.twin import blob
 from node.twin.errors import TwinStoreError
 from node.twin.model import N_BUCKETS, N_CACHE_BUCKETS, TwinLM
-from node.twin.personal import PersonalKN
+from node.twin.personal import MAX_TRIGRAMS, MIN_COUNT_LADDER, PersonalKN, rarest_dropped
 
 MAGIC = b"AVTS"
 FORMAT_VERSION = 1
@@ -64,7 +64,7 @@ def encode_bounded(
     lm: TwinLM, max_bytes: int, extra: dict[str, np.ndarray[Any, Any]] | None = None, meta: dict[str, Any] | None = None
 ) -> bytes:
     """:func:`encode`, dropping the rarest personal trigrams until the result fits in ``max_bytes``."""
-    for min_count in (1, 2, 3, 5, 8, 13, 21, 34, 55, 89):
+    for min_count in MIN_COUNT_LADDER:
         data = encode(lm, extra, meta, min_count=min_count)
         if len(data) <= max_bytes:
             return data
@@ -82,7 +82,11 @@ def meta_int(meta: dict[str, Any], key: str, default: int = 0) -> int:
 def meta_float(meta: dict[str, Any], key: str, default: float, *, lo: float = -math.inf, hi: float = math.inf) -> float:
     """A finite number of the header within ``[lo, hi]``; raises TwinStoreError (naming the key) otherwise."""
     v = meta.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+    try:
+        finite = not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
+    except OverflowError:  # an int past a float's range
+        finite = False
+    if not finite:
         raise TwinStoreError(f"twin state header: {key} is not a finite number")
     if not lo <= v <= hi:
         raise TwinStoreError(f"twin state header: {key} = {v} is outside [{lo}, {hi}]")
@@ -137,6 +141,9 @@ def decode_into(lm: TwinLM, data: bytes, max_bytes: int) -> tuple[dict[str, np.n
     messages = meta_int(meta, "messages")
     lm.words = words
     lm.word_index = {w: lm.prior.v + i for i, w in enumerate(words)}
+    if len(tri) > MAX_TRIGRAMS:  # more than memory keeps (a file written under a larger bound): the rarest go
+        keep = rarest_dropped(counts, MAX_TRIGRAMS)
+        tri, counts = tri[keep], counts[keep]
     lm.personal = PersonalKN.from_arrays(lm.prior.bos, tri, counts)
     lm.lam = [min(0.98, max(0.02, float(x))) for x in lam]
     lm.lam_n = [min(MAX_META_INT, max(0, int(x))) for x in lam_n]

@@ -89,22 +89,34 @@ def test_the_bias_step_sums_like_the_per_token_loop() -> None:
     np.testing.assert_allclose(nn.c, c0 - 0.1 * old, rtol=1e-5, atol=1e-6)
 
 
-def test_the_bias_step_from_the_prediction_rows_equals_the_per_token_loop() -> None:
-    """TwinLM's output-bias step sums the distributions its predictions wrote into one block per message (grown
-    past BIAS_BLOCK_ROWS for a long message): the same c as the per-token loop over each prediction's p."""
+@pytest.mark.parametrize("batched", [False, True])
+def test_the_bias_step_from_the_prediction_rows_equals_the_per_token_loop(batched: bool) -> None:
+    """TwinLM's output-bias step sums the distributions its predictions wrote into one block per message (sized
+    to the message by observe, grown past BIAS_BLOCK_ROWS when learn_weights is called without it): the same c as
+    the per-token loop over each prediction's p, with the shipped batched steps (the queued forward passes alias
+    the block's rows) or without, for a message past MAX_SEEN tokens too (review twingate3 #4)."""
     pr = tiny_prior()
     data = random_model(pr.v - 5)
     words = [w for w in pr.vocab[3:] if w.isalpha()]
     rng = random.Random(5)
     texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 12))) for _ in range(30)]
-    texts.insert(5, " ".join(rng.choice(words) for _ in range(model.BIAS_BLOCK_ROWS * 2 + 7)))  # grows twice
+    long_text = " ".join(rng.choice(words) for _ in range(model.BIAS_BLOCK_ROWS * 2 + 7))
+    texts.insert(5, long_text)  # learned below without observe's size hint: its block grows twice
+    texts.insert(9, " ".join(rng.choice(words) for _ in range(model.MAX_SEEN + 20)))  # rows past MAX_SEEN: none
     fast_nn = NeuralLM(data, pr.p1, pr.unk, pr.bos)
-    fast = TwinLM(pr, neural=fast_nn, batched_steps=False)
+    fast = TwinLM(pr, neural=fast_nn, batched_steps=batched)
     slow_nn = NeuralLM(data, pr.p1, pr.unk, pr.bos)
     slow = TwinLM(pr, neural=slow_nn, batched_steps=False, bias_always=False)  # the bias step done by hand below
     never = MessageGate(0.01, score="edge", threshold_bits=MAX_THRESHOLD_BITS, step_bits=0.0)
     for text in texts:
-        fast_bits = fast.observe(text, gate=never)
+        if text is long_text:
+            fids = fast.ids(message_tokens(text), add=True)
+            fast_bits = [fast.learn_weights(fids[:i], t) for i, t in enumerate(fids)]
+            assert fast._pblock is not None and len(fast._pblock) == model.BIAS_BLOCK_ROWS * 4
+            fast.learn_counts(fids)
+            fast.adapt_neural(fids, fast.gate_weights(never, fast_bits))
+        else:
+            fast_bits = fast.observe(text, gate=never)
         ids = slow.ids(message_tokens(text), add=True)
         g = np.zeros_like(slow_nn.c)
         slow_bits = []

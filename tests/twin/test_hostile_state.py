@@ -21,6 +21,8 @@ import trio
 from node.twin import blob, store
 from node.twin.engine import Event, TwinEngine
 from node.twin.errors import TwinStoreError
+from node.twin.gate import SHIPPED_SCORE, START_BITS
+from node.twin.neural import NeuralLM
 from node.twin.personal import PersonalKN
 from node.twin.prior import GlobalPrior
 
@@ -98,8 +100,10 @@ HOSTILE: dict[str, Mutate] = {
     "topics is an object": _set_meta("topics", {"a": 1}),
     "events is infinite": _set_meta("events", 1e400),
     "mu is NaN": _set_meta("mu", float("nan")),
-    "gate threshold is below -40 bits (gate pinned open)": _set_meta("gate_threshold_bits", -100.0),
-    "gate threshold is huge (gate pinned shut)": _set_meta("gate_threshold_bits", 1e9),
+    "gate threshold is NaN": _set_meta("gate_threshold_bits", float("nan")),
+    "gate threshold is infinite": _set_meta("gate_threshold_bits", float("inf")),
+    "gate threshold is past a float": _set_meta("gate_threshold_bits", 10**400),
+    "gate threshold is text": _set_meta("gate_threshold_bits", "3"),
     "contacts count is text": _set_meta("contacts", {"alice": "many"}),
     "trigram counts are NaN floats": _set_array("tri_counts", lambda a: np.full(len(a["tri_counts"]), np.nan)),
     "lam is NaN": _set_array("lam", lambda a: np.full(len(a["lam"]), np.nan)),
@@ -279,17 +283,46 @@ def test_decode_raises_only_twin_store_errors(tmp_path: Path) -> None:
             TwinEngine(prior).decode(bytes(b), 10_000_000)
 
 
-@pytest.mark.parametrize("value", [-64.0, -40.5, 40.5, 64.0, 1e300])  # scores lie in ±39.86 bits
-def test_an_out_of_range_gate_threshold_is_refused_naming_the_key(value: float) -> None:
+@pytest.mark.parametrize("value", [-64.0, -40.5, -4.5, 4.0, 40.0, 40.5, 64.0, 1e300])
+def test_a_gate_threshold_its_score_could_not_reach_resets_only_the_gate(value: float) -> None:
+    """Review twingate3 #2: edgec scores lie within a few bits of 0 (real ones ~±2), so a stored 40 bits pinned
+    the gate shut for ~700 messages, and a value past ±40 moved the whole learned state aside. Now a finite
+    threshold further than 4 bits from the score's start resets the gate alone: the counts, words and the
+    neural adaptation load."""
+    prior = GlobalPrior.load_packaged()
+    eng = TwinEngine(prior, neural=NeuralLM.load_packaged(prior.p1, prior.unk, prior.bos))
+    for i in range(5):
+        eng.observe(Event("message", f"hello there friend number {i} of the zorblat club", "messages.send", 0))
+    eng.gate.threshold_bits = value
+    back = TwinEngine(prior, neural=NeuralLM.load_packaged(prior.p1, prior.unk, prior.bos))
+    back.decode(eng.encode(10_000_000), 10_000_000)
+    assert back.gate.threshold_bits == START_BITS[SHIPPED_SCORE]
+    assert back.lm.messages == 5 and back.lm.personal.f3 == eng.lm.personal.f3 and "zorblat" in back.lm.words
+    assert back.neural_updates == eng.neural_updates > 0 and back.lm.neural is not None
+    assert eng.lm.neural is not None and np.array_equal(back.lm.neural.w, eng.lm.neural.w)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [float("nan"), float("inf"), -float("inf"), 10**400, "3", True],
+    ids=["nan", "inf", "-inf", "int", "text", "bool"],
+)
+def test_a_gate_threshold_that_is_not_a_finite_number_is_refused_naming_the_key(value: Any) -> None:
+    """A file whose threshold is not a finite number was not written by the twin (encode writes the start value
+    in place of a non-finite one): refused as corrupt, naming the key."""
     prior = GlobalPrior.load_packaged()
     eng = TwinEngine(prior)
     eng.observe(Event("message", "hello there friend", "messages.send", 0))
-    eng.gate.threshold_bits = value
+    arrays, meta = blob.unpack_untrusted(eng.encode(10_000_000), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    meta["gate_threshold_bits"] = value
     with pytest.raises(TwinStoreError, match="gate_threshold_bits"):
-        TwinEngine(prior).decode(eng.encode(10_000_000), 10_000_000)
+        TwinEngine(prior).decode(blob.pack(store.MAGIC, store.FORMAT_VERSION, dict(arrays), meta), 10_000_000)
+    eng.gate.threshold_bits = float("nan")  # and the encoder never writes one
+    _, written = blob.unpack_untrusted(eng.encode(10_000_000), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    assert written["gate_threshold_bits"] == START_BITS[SHIPPED_SCORE]
 
 
-@pytest.mark.parametrize("value", [-40.0, -0.75, 0.0, 3.25, 40.0])
+@pytest.mark.parametrize("value", [-4.25, -0.75, 0.0, 3.25, 3.6])
 def test_a_gate_threshold_in_range_is_restored(value: float) -> None:
     prior = GlobalPrior.load_packaged()
     eng = TwinEngine(prior)

@@ -11,8 +11,14 @@ import numpy as np
 import pytest
 
 from node.twin.engine import Event, TwinEngine
-from node.twin.gate import MAX_THRESHOLD_BITS, MESSAGE_MIN_THRESHOLD_BITS, SHIPPED_SCORE, MessageGate
-from node.twin.model import MAX_REPLAY_TOKENS, MIN_P, TwinLM
+from node.twin.gate import (
+    MAX_GATED_TOKENS,
+    MAX_THRESHOLD_BITS,
+    MESSAGE_MIN_THRESHOLD_BITS,
+    SHIPPED_SCORE,
+    MessageGate,
+)
+from node.twin.model import MAX_REPLAY_TOKENS, MAX_SEEN, MIN_P, TwinLM
 from node.twin.neural import NeuralLM
 from node.twin.prior import GlobalPrior
 from node.twin.tokens import message_tokens
@@ -180,6 +186,7 @@ def test_a_fixed_cost_budget_counts_each_message_as_its_tokens_plus_the_cost(sco
 
 def test_the_resp_score_reads_the_neural_tiers_share_of_each_token(prior: GlobalPrior) -> None:
     lm = _lm(prior)
+    lm.want_resp = True  # (observe sets it for a resp/grad gate)
     tokens = message_tokens("see you tomorrow at the station")
     ids = lm.ids(tokens, add=True)
     for i, t in enumerate(ids):
@@ -191,3 +198,77 @@ def test_the_resp_score_reads_the_neural_tiers_share_of_each_token(prior: Global
     )
     with pytest.raises(ValueError, match="fixed_cost_tokens"):
         MessageGate(0.5, fixed_cost_tokens=-1.0)
+
+
+def test_a_message_past_max_seen_tokens_adapts_on_its_first_max_seen_only(prior: GlobalPrior) -> None:
+    """Review twingate3 #1: the tokens after the first MAX_SEEN of a gated message each took a full per-token
+    step (forward + backward: a 513-token message cost ~4x a shut gate's CPU) while the budget counted 32 + 4.
+    Now a passed message adapts on its first MAX_SEEN tokens, what the budget counts."""
+    lm = _lm(prior)
+    nn = lm.neural
+    assert nn is not None
+    text = " ".join(f"word{j % 90}" for j in range(300))
+    assert len(message_tokens(text)) > MAX_SEEN
+    w0 = nn.w.copy()
+    lm.observe(text, gate=MessageGate(1.0))  # every message passes
+    assert nn.updates == MAX_SEEN and not np.array_equal(nn.w, w0)
+    lm.observe("a short one", gate=MessageGate(1.0))
+    assert nn.updates == MAX_SEEN + len(message_tokens("a short one"))
+
+
+@pytest.mark.parametrize("n", [MAX_SEEN, 200, 513])
+def test_the_budget_counts_a_long_message_as_the_tokens_it_adapts_on(n: int) -> None:
+    gate = MessageGate(0.5, score="edge", threshold_bits=0.0, step_bits=0.1, fixed_cost_tokens=4.0)
+    assert gate.decide([6.0] * n, [5.0] * n)  # passed: the threshold rises by its cost share
+    assert gate.threshold_bits == pytest.approx(0.1 * (MAX_GATED_TOKENS + 4.0) / 10.0 * 0.5)
+    assert MAX_GATED_TOKENS == MAX_SEEN
+
+
+def test_long_messages_with_an_edge_do_not_overspend_the_budget() -> None:
+    """The review's case: a fifth of the messages are 200 tokens long with a +0.3-bit edge per token; the edgec
+    gate passed 0.553 of the step's cost against a target of 0.5 when a message's weight was capped at 32 tokens."""
+    rng = random.Random(4)
+    gate = MessageGate(0.5, score="edgec", fixed_cost_tokens=4.0)
+    cost_seen = cost_passed = 0.0
+    for _ in range(20_000):
+        n = 200 if rng.random() < 0.2 else rng.randint(2, 12)
+        mix = [rng.gauss(6.0, 3.0) for _ in range(n)]
+        hit = gate.decide(mix, [m - rng.gauss(0.3, 2.0) for m in mix])
+        cost = min(n, MAX_SEEN) + 4.0  # what the step costs: the tokens it adapts on and its fixed cost
+        cost_seen += cost
+        cost_passed += cost * hit
+    assert cost_passed / cost_seen == pytest.approx(0.5, abs=0.02)
+
+
+def test_the_responsibilities_are_kept_only_for_a_gate_that_reads_them(prior: GlobalPrior) -> None:
+    """Review twingate3 #4: msg_resp was computed on every token although the shipped score (edgec) never reads
+    it; a resp/grad gate still gets it."""
+    lm = _lm(prior)
+    lm.observe("see you tomorrow at the station", gate=MessageGate(0.5, score=SHIPPED_SCORE))
+    n = len(message_tokens("see you tomorrow at the station"))
+    assert lm.msg_resp == [] and len(lm.msg_neural_bits) == n
+    for score in ("resp", "grad"):
+        lm.observe("see you tomorrow at the station", gate=MessageGate(0.5, score=score))
+        assert len(lm.msg_resp) == n and all(0.0 < r < 1.0 for r in lm.msg_resp)
+
+
+def test_queued_rows_do_not_pin_whole_blocks(prior: GlobalPrior) -> None:
+    """Review twingate3 #3: with replay_tokens > 1 each queued distribution was a view of its message's 32x4096
+    block (512 KiB): 255 two-token messages held ~128 MiB for ~8 MiB of rows. Every queued row now owns at most
+    its own message's rows, and the block is sized to the message (no growth copies)."""
+    lm = _lm(prior, replay_tokens=MAX_REPLAY_TOKENS)
+    queued = 0
+    for i in range(150):
+        n = len(message_tokens(f"hi {i}"))
+        lm.observe(f"hi {i}", gate=MessageGate(1.0))
+        assert lm._pblock is not None and len(lm._pblock) == n
+        queued += n
+    assert len(lm._replay) == queued < MAX_REPLAY_TOKENS
+    held = {
+        id(p.base if p.base is not None else p): (p.base if p.base is not None else p).nbytes
+        for _, _, p, _, _ in lm._replay
+    }
+    row_bytes = lm._replay[0][2].nbytes
+    assert sum(held.values()) <= queued * row_bytes
+    lm.observe(" ".join(f"word{j}" for j in range(300)))
+    assert lm._pblock is not None and len(lm._pblock) == MAX_SEEN
