@@ -134,6 +134,7 @@ class Node:
         self._ready = trio.Event()
         # Hooks services register (the mailbox client): called on every link up / every envelope the core seals.
         self._link_up_listeners: list[Callable[[str], None]] = []
+        self._services_started_listeners: list[Callable[[], None]] = []
         self._config_listeners = ConfigListeners()
         self._sealed_listeners: list[Callable[[bytes], None]] = []
         self._apps = AppRequests(
@@ -174,6 +175,8 @@ class Node:
                 nursery.start_soon(self._accept_links, link_recv)
                 for service in self.services:  # e.g. a BetaNet protocol handler is registered before transports run
                     await nursery.start(service.run, self)
+                for started in self._services_started_listeners:  # no transport runs yet: no peer's input
+                    started()
                 for transport in self.transports:
                     await nursery.start(transport.run, link_send)
                 nursery.start_soon(self._timer_task)
@@ -217,6 +220,11 @@ class Node:
         """Replace the running configuration (a certified change) and tell the parts that read it only at start."""
         self.config = config
         self._config_listeners.changed(config)
+
+    def on_services_started(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` once :meth:`run` started every service, before it starts the transports (the daemon
+        freezes the start-up heap there: node/heap.py)."""
+        self._services_started_listeners.append(listener)
 
     def on_link_up(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(remote_address)`` whenever a link comes up."""
