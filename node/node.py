@@ -57,6 +57,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("village.node")
 
 LINK_SEND_QUEUE_FRAMES = 256  # frames queued per link before new ones are dropped (and counted); bytes: config
+# After a timer task failed (a bug, contained), the timer runs again no sooner than this: a task that failed before it
+# popped its due item leaves the same past deadline, which must not become a busy loop.
+TIMER_FAILURE_PAUSE_S = 0.1
 NEW_LINK_QUEUE = 64  # links handed over by transports, waiting for a reader task
 SENT_MESSAGES_KEPT = 1000  # outgoing messages whose state (pending/delivered/failed) stays queryable
 
@@ -447,14 +450,16 @@ class Node:
 
     async def _timer_task(self) -> None:
         core = self._require_core()
+        paused_until = -math.inf  # after a failed timer task (TIMER_FAILURE_PAUSE_S)
         while True:
             deadline = core.get_timer()
             self._rearm = trio.Event()
-            with trio.move_on_at(deadline if deadline is not None else math.inf):
+            with trio.move_on_at(max(deadline, paused_until) if deadline is not None else math.inf):
                 await self._rearm.wait()
             now = self.clock.now()
-            if deadline is not None and now >= deadline:
-                core.handle_timer(now)
+            if deadline is not None and now >= deadline and now >= paused_until:
+                if not core.handle_timer(now):
+                    paused_until = now + TIMER_FAILURE_PAUSE_S
                 self._flush()
 
     def _on_event(self, event: MeshEvent) -> bool:
