@@ -9,11 +9,13 @@ the revoked state into the cache in the same call (even with ``key_cache_ttl_s =
 sharing the Redis may cache), so its tokens stop at once. A revoked state (from a revocation, or a fill or
 renewal that read it in PostgreSQL) is cached for ``max(key_cache_ttl_s, token_ttl_s)``: a fill or renewal that
 read PostgreSQL before the revocation committed and writes "active" late (a slow statement, an abandoned Redis
-worker thread) cannot overwrite it (SET NX; ``KEY_REFRESH_LUA`` refuses active over revoked), and once it expired
-every token issued before the revocation has expired too (tokens are issued only for keys PostgreSQL says
-active), so a late "active" then admits none of them. This assumes the gateways sharing the Redis share
-``token_ttl_s``. A revocation made straight in PostgreSQL (not through the anchor) takes up to
-``key_cache_ttl_s`` to apply.
+worker thread) cannot overwrite it (``KEY_REFRESH_LUA`` refuses active over revoked), and once it expired every
+token issued before the revocation has expired too (tokens are issued only for keys PostgreSQL says active), so a
+late "active" then admits none of them. This assumes the gateways sharing the Redis share ``token_ttl_s``.
+Besides, a fill or renewal whose PostgreSQL read is more than half of ``key_cache_ttl_s`` old when its write runs
+(Redis's own clock, read before the read and inside the write script) writes no "active" at all, so a stalled one
+cannot stretch a revocation made straight in PostgreSQL (not through the anchor): that one takes up to
+``key_cache_ttl_s`` (plus half of it for a read under way) to apply.
 """
 
 from __future__ import annotations
@@ -66,9 +68,18 @@ class StoresAdapter:
         cached = await self.redis.session_get(cache_id)
         if cached is not None:
             return cached.get("revoked") is False
+        read_at_ms = await self.redis.time_ms()
         state = await self._key_state(key_id)
-        await self.redis.session_set(cache_id, state, self._ttl_s(state), nx=True)
+        await self._write_state(key_id, state, read_at_ms)
         return state["revoked"] is False
+
+    async def _write_state(self, key_id: str, state: dict[str, Any], read_at_ms: int) -> bool:
+        """Cache the state read from PostgreSQL (KEY_REFRESH_LUA): "revoked" always, for revoked_ttl_s; "active"
+        unless the entry says revoked, or the read is more than half the entry's lifetime old by now."""
+        ttl_s = self._ttl_s(state)
+        return await self.redis.key_cache_refresh(
+            KEY_CACHE_PREFIX + key_id, state, ttl_s, read_at_ms=read_at_ms, max_age_s=self.key_cache_ttl_s / 2
+        )
 
     def _ttl_s(self, state: Mapping[str, Any]) -> float:
         return self.key_cache_ttl_s if state["revoked"] is False else self.revoked_ttl_s
@@ -87,8 +98,9 @@ class StoresAdapter:
             return False
         self._refreshing.add(key_id)
         try:
+            read_at_ms = await self.redis.time_ms()
             state = await self._key_state(key_id)
-            return await self.redis.key_cache_refresh(KEY_CACHE_PREFIX + key_id, state, self._ttl_s(state))
+            return await self._write_state(key_id, state, read_at_ms)
         finally:
             self._refreshing.discard(key_id)
 

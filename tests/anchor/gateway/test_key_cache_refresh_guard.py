@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
-import trio.testing
 
 from anchor.gateway.stores_adapter import KEY_CACHE_PREFIX, REFRESHING_MAX, StoresAdapter
 from anchor.services_settings import ServiceSettings
@@ -27,11 +26,15 @@ class _GatedPostgres(PostgresStore):
         self.gate = trio.Event()
         self.reads: list[str] = []
         self.waiting = 0
+        self.expect = 1  # reads waiting at the gate when `arrived` is set
+        self.arrived = trio.Event()
         self.fail = False
 
     async def get_api_key(self, key_id: str) -> ApiKey | None:
         self.reads.append(key_id)
         self.waiting += 1
+        if self.waiting >= self.expect:
+            self.arrived.set()
         await self.gate.wait()
         self.waiting -= 1
         if self.fail:
@@ -46,9 +49,9 @@ async def gated(pg_dsn: str, services: ServiceSettings) -> AsyncIterator[tuple[_
         yield pg, redis
 
 
-async def _settled() -> None:
+async def _settled(pg: _GatedPostgres) -> None:
     with trio.fail_after(10):
-        await trio.testing.wait_all_tasks_blocked()  # the renewals ran up to the gate (or returned)
+        await pg.arrived.wait()  # the expected renewals reached the gate
 
 
 async def test_one_renewal_per_key_at_a_time(gated: tuple[_GatedPostgres, RedisStore]) -> None:
@@ -63,7 +66,7 @@ async def test_one_renewal_per_key_at_a_time(gated: tuple[_GatedPostgres, RedisS
     async with trio.open_nursery() as nursery:
         for _ in range(8):
             nursery.start_soon(renew)
-        await _settled()
+        await _settled(pg)
         assert pg.waiting == 1
         assert results == [False] * 7  # refused at once, while the first one reads
         pg.gate.set()
@@ -80,6 +83,7 @@ async def test_one_renewal_per_key_at_a_time(gated: tuple[_GatedPostgres, RedisS
 async def test_at_most_refreshing_max_keys_renew_at_once(gated: tuple[_GatedPostgres, RedisStore]) -> None:
     pg, redis = gated
     adapter = StoresAdapter(pg, redis, key_cache_ttl_s=1, token_ttl_s=10)  # unknown keys: cached revoked, 10 s
+    pg.expect = REFRESHING_MAX
     results: list[bool] = []
 
     async def renew(key_id: str) -> None:
@@ -89,7 +93,7 @@ async def test_at_most_refreshing_max_keys_renew_at_once(gated: tuple[_GatedPost
     async with trio.open_nursery() as nursery:
         for i in range(REFRESHING_MAX):
             nursery.start_soon(renew, f"{prefix}{i}")
-        await _settled()
+        await _settled(pg)
         assert pg.waiting == REFRESHING_MAX
         assert not await adapter.refresh_key_cache(prefix + "one_more")  # over the bound: no read
         assert len(pg.reads) == REFRESHING_MAX and results == []

@@ -80,3 +80,38 @@ async def test_a_fill_reading_revoked_caches_it_for_the_tokens_lifetime(
     assert await adapter.key_active(key.key_id) is False
     assert await _pttl(services, key.key_id) > (TOKEN_TTL_S - 60) * 1000
     assert not await redis.session_set(KEY_CACHE_PREFIX + key.key_id, ACTIVE, KEY_CACHE_TTL_S, nx=True)
+
+
+class _LateRedis(RedisStore):
+    """The real store, whose clock reading before a PostgreSQL read is an hour old: as a write that runs an hour
+    after its read (a stalled statement, an abandoned worker thread)."""
+
+    async def time_ms(self) -> int:
+        return await super().time_ms() - 3_600_000
+
+
+async def test_a_stale_read_writes_no_active_state(
+    stores: tuple[PostgresStore, RedisStore], services: ServiceSettings
+) -> None:
+    pg, _ = stores
+    key, _ = await pg.create_api_key("k", "user", frozenset({"messages:send"}))
+    cache = KEY_CACHE_PREFIX + key.key_id
+    async with _LateRedis(services.redis.url, timeout_s=5.0) as late:
+        adapter = StoresAdapter(pg, late, key_cache_ttl_s=KEY_CACHE_TTL_S, token_ttl_s=TOKEN_TTL_S)
+        assert await adapter.key_active(key.key_id)  # PostgreSQL says active: so does the answer...
+        assert await late.session_get(cache) is None  # ...but the stale fill cached nothing
+        assert not await adapter.refresh_key_cache(key.key_id)  # nor does a stale renewal
+        assert await late.session_get(cache) is None
+        assert await pg.revoke_api_key(key.key_id)  # a revoked state is written however old the read
+        assert await adapter.refresh_key_cache(key.key_id)
+        assert (await late.session_get(cache) or {}).get("revoked") is True
+
+
+async def test_a_fresh_read_writes_the_active_state(
+    stores: tuple[PostgresStore, RedisStore], services: ServiceSettings
+) -> None:
+    pg, redis = stores
+    key, _ = await pg.create_api_key("k", "user", frozenset({"messages:send"}))
+    adapter = StoresAdapter(pg, redis, key_cache_ttl_s=KEY_CACHE_TTL_S, token_ttl_s=TOKEN_TTL_S)
+    assert await adapter.refresh_key_cache(key.key_id)
+    assert await redis.session_get(KEY_CACHE_PREFIX + key.key_id) == ACTIVE
