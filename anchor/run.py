@@ -80,7 +80,9 @@ async def open_stores(cfg: Config) -> AsyncIterator[StoresAdapter]:
         RedisStore(settings.redis.url, timeout_s=timeout_s, native=anchor.redis_client == "native") as redis,
         GraphStore(graph.bolt_url, user=graph.user, password=graph.password, timeout_s=timeout_s) as graph_store,
     ):
-        yield StoresAdapter(postgres, redis, graph_store, key_cache_ttl_s=anchor.key_cache_ttl_s)
+        yield StoresAdapter(
+            postgres, redis, graph_store, key_cache_ttl_s=anchor.key_cache_ttl_s, token_ttl_s=anchor.token_ttl_s
+        )
 
 
 class KeyAdmin:

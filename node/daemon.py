@@ -209,16 +209,17 @@ async def _serve(node: Node, runner: Callable[[], Awaitable[None]]) -> None:
 
             nursery.start_soon(watch_signals)
             if node.config.node.gc_freeze:
-                nursery.start_soon(_freeze_heap_when_ready, node)
+                node.on_services_started(_freeze_heap)
             await runner()
             nursery.cancel_scope.cancel()
 
 
-async def _freeze_heap_when_ready(node: Node) -> None:
-    """Once the node and its services started, keep the start-up objects out of later full garbage collections
-    (:mod:`node.heap`; ``[node] gc_freeze``)."""
+def _freeze_heap() -> None:
+    """Once the node's services started and before its transports start, keep the start-up objects out of later
+    full garbage collections (:mod:`node.heap`; ``[node] gc_freeze``). No peer's link exists yet, so nothing built
+    from remote input is frozen; the control socket (owner-only) and the services (an anchor's HTTP gateway) are
+    listening already, so a connection accepted while later services start can be frozen too."""
     from node.heap import freeze_startup_heap
 
-    await node.wait_ready()
     frozen = freeze_startup_heap()
     log.info("start-up heap frozen: the garbage collector no longer walks its %d objects ([node] gc_freeze)", frozen)

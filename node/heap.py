@@ -9,8 +9,11 @@ that pause set the p99 latency of ``POST /v1/messages``: bench/README.md, branch
 a full collection then walks what was made since start-up (~2 ms in the same benchmark).
 
 The cost, bounded and one-off: an object alive at start-up that becomes part of an unreachable cycle later is
-never freed (reference counting still frees everything not in a cycle). The collection right before the freeze
-keeps garbage that exists already out of the permanent generation.
+never freed, nor is anything it references at that moment (reference counting still frees everything not in a
+cycle): bounded by what the frozen objects hold when they die, and each dies at most once. The collection right
+before the freeze keeps garbage that exists already out of the permanent generation. The daemon freezes after its
+services started and before its transports start (:func:`node.daemon._freeze_heap`): no peer's link, nothing a
+peer sent, is in the frozen heap.
 
 Process-wide state: only the daemon's entry point (:func:`node.daemon.run_daemon`) calls this, once, never a
 library object (tests run many nodes in one process).

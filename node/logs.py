@@ -85,7 +85,9 @@ class RepeatedLineFilter(logging.Filter):
     """Drops a line that says again what the last one of its kind said: a record whose format string starts with one
     of ``prefixes`` passes only when its text differs from the last record passed for that prefix (so an idle node
     logs its auto-connector state once, then again when it changes); :attr:`dropped` counts the others. Other
-    records pass untouched. State: one last text per prefix."""
+    records pass untouched, and so does every record above INFO (a warning or an error is never dropped as a
+    repeat) and one whose text cannot be formatted (bad arguments: the handler reports it, the caller never sees
+    it). State: one last text per prefix."""
 
     def __init__(self, prefixes: tuple[str, ...]) -> None:
         super().__init__()
@@ -95,10 +97,13 @@ class RepeatedLineFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         template = record.msg
-        if not isinstance(template, str) or not template.startswith(self.prefixes):
+        if record.levelno > logging.INFO or not isinstance(template, str) or not template.startswith(self.prefixes):
             return True
         prefix = next(p for p in self.prefixes if template.startswith(p))
-        text = record.getMessage()
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 - a filter runs outside Handler.handleError: it would reach the caller
+            return True
         if self._last.get(prefix) == text:
             self.dropped += 1
             return False

@@ -57,6 +57,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("village.node")
 
 LINK_SEND_QUEUE_FRAMES = 256  # frames queued per link before new ones are dropped (and counted); bytes: config
+# After a timer task failed (a bug, contained), the timer runs again no sooner than this: a task that failed before it
+# popped its due item leaves the same past deadline, which must not become a busy loop.
+TIMER_FAILURE_PAUSE_S = 0.1
 NEW_LINK_QUEUE = 64  # links handed over by transports, waiting for a reader task
 SENT_MESSAGES_KEPT = 1000  # outgoing messages whose state (pending/delivered/failed) stays queryable
 
@@ -134,6 +137,7 @@ class Node:
         self._ready = trio.Event()
         # Hooks services register (the mailbox client): called on every link up / every envelope the core seals.
         self._link_up_listeners: list[Callable[[str], None]] = []
+        self._services_started_listeners: list[Callable[[], None]] = []
         self._config_listeners = ConfigListeners()
         self._sealed_listeners: list[Callable[[bytes], None]] = []
         self._apps = AppRequests(
@@ -174,6 +178,8 @@ class Node:
                 nursery.start_soon(self._accept_links, link_recv)
                 for service in self.services:  # e.g. a BetaNet protocol handler is registered before transports run
                     await nursery.start(service.run, self)
+                for started in self._services_started_listeners:  # no transport runs yet: no peer's input
+                    started()
                 for transport in self.transports:
                     await nursery.start(transport.run, link_send)
                 nursery.start_soon(self._timer_task)
@@ -217,6 +223,11 @@ class Node:
         """Replace the running configuration (a certified change) and tell the parts that read it only at start."""
         self.config = config
         self._config_listeners.changed(config)
+
+    def on_services_started(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` once :meth:`run` started every service, before it starts the transports (the daemon
+        freezes the start-up heap there: node/heap.py)."""
+        self._services_started_listeners.append(listener)
 
     def on_link_up(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(remote_address)`` whenever a link comes up."""
@@ -439,14 +450,16 @@ class Node:
 
     async def _timer_task(self) -> None:
         core = self._require_core()
+        paused_until = -math.inf  # after a failed timer task (TIMER_FAILURE_PAUSE_S)
         while True:
             deadline = core.get_timer()
             self._rearm = trio.Event()
-            with trio.move_on_at(deadline if deadline is not None else math.inf):
+            with trio.move_on_at(max(deadline, paused_until) if deadline is not None else math.inf):
                 await self._rearm.wait()
             now = self.clock.now()
-            if deadline is not None and now >= deadline:
-                core.handle_timer(now)
+            if deadline is not None and now >= deadline and now >= paused_until:
+                if not core.handle_timer(now):
+                    paused_until = now + TIMER_FAILURE_PAUSE_S
                 self._flush()
 
     def _on_event(self, event: MeshEvent) -> bool:

@@ -1,5 +1,6 @@
 """The start-up heap freeze (node/heap.py, ``[node] gc_freeze``): garbage collected first, what is alive moved out
-of the collector's reach, and the daemon doing it once it is ready (on by default, off by the setting)."""
+of the collector's reach, and the daemon doing it once its services started, before its transports start (no peer's
+input in the frozen heap; on by default, off by the setting)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from node import daemon
 from node.identity import Identity
 from node.node import Node
 from node.settings import Config, NodeSection
+from node.transports.base import LinkSink, Transport
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,19 +75,51 @@ async def _run_until_ready_then_stop(node_: Node) -> None:
     await daemon._serve(node_, runner)
 
 
+class _Recording(Transport):
+    """A transport that makes no link and records that it started."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    @property
+    def name(self) -> str:
+        return "recording"
+
+    async def run(self, link_sink: LinkSink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.started = True
+        task_status.started()
+        await trio.sleep_forever()
+
+
+class _Service:
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.started = False
+
+    async def run(self, node_: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.started = True
+        task_status.started()
+        await trio.sleep_forever()
+
+
 @pytest.mark.parametrize("enabled", [True, False])
-async def test_the_daemon_freezes_the_heap_once_ready_unless_told_not_to(
+async def test_the_daemon_freezes_the_heap_after_the_services_before_the_transports_unless_told_not_to(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, enabled: bool
 ) -> None:
-    calls: list[bool] = []
+    calls: list[tuple[bool, bool]] = []
 
     def record() -> int:  # the real freeze would keep this test session's objects: the child test above runs it
-        calls.append(node_._ready.is_set())
+        calls.append((service.started, transport.started))
         return 1
 
     monkeypatch.setattr(node.heap, "freeze_startup_heap", record)
     cfg = Config(data_dir=tmp_path, node=NodeSection(gc_freeze=enabled))
-    node_ = Node(cfg, Identity.generate(), control=False, persistent_inbox=False)
+    transport, service = _Recording(), _Service()
+    node_ = Node(
+        cfg, Identity.generate(), control=False, persistent_inbox=False, transports=[transport], services=[service]
+    )
     with trio.fail_after(30):
         await _run_until_ready_then_stop(node_)
-    assert calls == ([True] if enabled else [])
+    assert transport.started and service.started
+    assert calls == ([(True, False)] if enabled else [])  # once: services up, no transport (no peer input) yet

@@ -167,6 +167,35 @@ def test_an_idle_node_logs_the_auto_connectors_state_once(restore_logging: None)
     assert out.getvalue().splitlines()[-1].endswith("other lines pass")
 
 
+def test_the_repeat_filter_never_drops_a_warning(restore_logging: None) -> None:
+    """A record above INFO passes even when its text repeats the last one of its kind."""
+    out = io.StringIO()
+    install_log_handler("INFO", out)
+    (quiet,) = [f for f in logging.getLogger(AUTO_CONNECTOR_LOGGER).filters if isinstance(f, RepeatedLineFilter)]
+    lg = logging.getLogger(AUTO_CONNECTOR_LOGGER)
+    for _ in range(2):
+        lg.info("Connections (%d below target)", 3)
+    for _ in range(2):
+        lg.warning("Connections (%d below target)", 3)
+        lg.error("Connections (%d below target)", 3)
+    levels = [m["level"] for m in map(OUR_LINE.match, out.getvalue().splitlines()) if m]
+    assert levels == ["INFO", "WARNING", "ERROR", "WARNING", "ERROR"]  # only the repeated INFO line dropped
+    assert quiet.dropped == 1
+
+
+def test_the_repeat_filter_passes_a_record_it_cannot_format(restore_logging: None) -> None:
+    """A record whose arguments do not fit its format string passes to the handler (which reports it:
+    Handler.handleError), never raises from the filter into the caller."""
+    out = io.StringIO()
+    install_log_handler("INFO", out)
+    (quiet,) = [f for f in logging.getLogger(AUTO_CONNECTOR_LOGGER).filters if isinstance(f, RepeatedLineFilter)]
+    lg = logging.getLogger(AUTO_CONNECTOR_LOGGER)
+    bad = lg.makeRecord(lg.name, logging.INFO, __file__, 1, "Connections (%s %s)", (1,), None)  # too few args
+    assert quiet.filter(bad) is True  # passed on to the handler (which reports it), no TypeError into the caller
+    lg.info("Connections (%d after the bad one)", 4)
+    assert out.getvalue().splitlines()[-1].endswith("Connections (4 after the bad one)")
+
+
 def test_json_lines_carry_time_level_subsystem_peer_and_link(restore_logging: None) -> None:
     """``--log-format json``: one object per line, ours and py-libp2p's alike, peers' text escaped, the peer a line is
     about (``extra``) and the link being served (the task's LOG_LINK) where known."""

@@ -12,7 +12,8 @@ So does a request with a repeated ``Authorization`` or ``Content-Type`` header (
 one counts is its call). Store errors are answered as the route's handlers answer them (503 / 500 with JSON).
 With ``[anchor] key_cache_ttl_s = 0`` (no key cache) every request takes the FastAPI route. Once less than half of
 the key's cache entry's lifetime is left, the request that sees it renews the entry from PostgreSQL after its 202
-(one at a time per key), so a busy key's entry does not expire under its requests in flight.
+(one at a time per key in each gateway process: N gateways sharing the Redis may renew one key N times at
+once), so a busy key's entry does not expire under its requests in flight.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ class GatewayStores(Protocol):
 
     async def refresh_key_cache(self, key_id: str) -> bool:
         """Renew the key's cached state from the database before the entry expires (one refresh per key at a
-        time); True if renewed."""
+        time in this gateway process; other gateways sharing the cache guard their own); True if renewed."""
 
     async def create_api_key(self, name: str, role: str, scopes: frozenset[str]) -> tuple[ApiKeyInfo, str]:
         """A new key and its secret (shown once; only a hash is kept)."""

@@ -5,9 +5,17 @@ each method is one or two store calls.
 Key cache: every authenticated request needs its key's state (revoked or not). It is cached in Redis
 (``aiv:sess:apikey:<key id>`` → role, scopes, revoked) for ``key_cache_ttl_s``, so a request reads Redis, not
 PostgreSQL. A revocation through this anchor (``DELETE /v1/keys/{id}``, ``village anchor keys revoke``) writes
-the revoked state into the cache in the same call, so its tokens stop at once; a cache fill never overwrites
-an entry (SET NX), so a fill racing with a revocation cannot put "active" back. Only a revocation made straight
-in PostgreSQL (not through the anchor) takes up to ``key_cache_ttl_s`` to apply.
+the revoked state into the cache in the same call (even with ``key_cache_ttl_s = 0`` here: another gateway
+sharing the Redis may cache), so its tokens stop at once. A revoked state (from a revocation, or a fill or
+renewal that read it in PostgreSQL) is cached for ``max(key_cache_ttl_s, token_ttl_s)``: a fill or renewal that
+read PostgreSQL before the revocation committed and writes "active" late (a slow statement, an abandoned Redis
+worker thread) cannot overwrite it (``KEY_REFRESH_LUA`` refuses active over revoked), and once it expired every
+token issued before the revocation has expired too (tokens are issued only for keys PostgreSQL says active), so a
+late "active" then admits none of them. This assumes the gateways sharing the Redis share ``token_ttl_s``.
+Besides, a fill or renewal whose PostgreSQL read is more than half of ``key_cache_ttl_s`` old when its write runs
+(Redis's own clock, read before the read and inside the write script) writes no "active" at all, so a stalled one
+cannot stretch a revocation made straight in PostgreSQL (not through the anchor): that one takes up to
+``key_cache_ttl_s`` (plus half of it for a read under way) to apply.
 """
 
 from __future__ import annotations
@@ -39,12 +47,15 @@ class StoresAdapter:
         graph: GraphStore | None = None,
         *,
         key_cache_ttl_s: float = 0.0,
+        token_ttl_s: float = 900.0,
     ) -> None:
         self.postgres = postgres
         self.redis = redis
         self.graph = graph
         self.key_cache_ttl_s = key_cache_ttl_s
-        self._refreshing: set[str] = set()  # one refresh per key at a time (bounded by REFRESHING_MAX)
+        # A revoked entry outlives every token issued before the revocation (see the module docstring).
+        self.revoked_ttl_s = max(key_cache_ttl_s, token_ttl_s)
+        self._refreshing: set[str] = set()  # one refresh per key at a time in this gateway (at most REFRESHING_MAX)
 
     async def verify_api_key(self, secret: str) -> ApiKeyInfo | None:
         key = await self.postgres.verify_api_key(secret)
@@ -57,9 +68,21 @@ class StoresAdapter:
         cached = await self.redis.session_get(cache_id)
         if cached is not None:
             return cached.get("revoked") is False
+        read_at_ms = await self.redis.time_ms()
         state = await self._key_state(key_id)
-        await self.redis.session_set(cache_id, state, self.key_cache_ttl_s, nx=True)
+        await self._write_state(key_id, state, read_at_ms)
         return state["revoked"] is False
+
+    async def _write_state(self, key_id: str, state: dict[str, Any], read_at_ms: int) -> bool:
+        """Cache the state read from PostgreSQL (KEY_REFRESH_LUA): "revoked" always, for revoked_ttl_s; "active"
+        unless the entry says revoked, or the read is more than half the entry's lifetime old by now."""
+        ttl_s = self._ttl_s(state)
+        return await self.redis.key_cache_refresh(
+            KEY_CACHE_PREFIX + key_id, state, ttl_s, read_at_ms=read_at_ms, max_age_s=self.key_cache_ttl_s / 2
+        )
+
+    def _ttl_s(self, state: Mapping[str, Any]) -> float:
+        return self.key_cache_ttl_s if state["revoked"] is False else self.revoked_ttl_s
 
     async def _key_state(self, key_id: str) -> dict[str, Any]:
         key = await self.postgres.get_api_key(key_id)
@@ -69,13 +92,15 @@ class StoresAdapter:
 
     async def refresh_key_cache(self, key_id: str) -> bool:
         """Re-read the key's state from PostgreSQL and renew its cache entry before it expires, unless a refresh
-        of that key is under way already (or too many are); True if this call renewed it. Store errors propagate."""
+        of that key is under way already in this gateway (or REFRESHING_MAX are); True if this call renewed it.
+        Each gateway sharing the Redis guards only its own refreshes. Store errors propagate."""
         if self.key_cache_ttl_s <= 0 or key_id in self._refreshing or len(self._refreshing) >= REFRESHING_MAX:
             return False
         self._refreshing.add(key_id)
         try:
+            read_at_ms = await self.redis.time_ms()
             state = await self._key_state(key_id)
-            return await self.redis.key_cache_refresh(KEY_CACHE_PREFIX + key_id, state, self.key_cache_ttl_s)
+            return await self._write_state(key_id, state, read_at_ms)
         finally:
             self._refreshing.discard(key_id)
 
@@ -88,9 +113,10 @@ class StoresAdapter:
 
     async def revoke_api_key(self, key_id: str) -> bool:
         revoked = await self.postgres.revoke_api_key(key_id)
-        if self.key_cache_ttl_s > 0:  # overwrite whatever is cached: the key's tokens stop now
-            state = {"role": "", "scopes": [], "revoked": True}
-            await self.redis.session_set(KEY_CACHE_PREFIX + key_id, state, self.key_cache_ttl_s)
+        # Overwrite whatever is cached, even with no cache here (another gateway sharing the Redis may have one):
+        # the key's tokens stop now.
+        state = {"role": "", "scopes": [], "revoked": True}
+        await self.redis.session_set(KEY_CACHE_PREFIX + key_id, state, self.revoked_ttl_s)
         return revoked
 
     async def take_token(self, bucket: str, rate_per_s: float, burst: int) -> RateDecision:

@@ -180,17 +180,33 @@ class RedisStore:
         done = await self._call(lambda: self._client.set(f"{KEY_PREFIX}sess:{session_id}", blob, px=ttl_ms, nx=nx))
         return bool(done)
 
-    async def key_cache_refresh(self, session_id: str, data: Mapping[str, Any], ttl_s: float) -> bool:
+    async def time_ms(self) -> int:
+        """The Redis server's clock, in ms since the epoch (what ``key_cache_refresh``'s ``read_at_ms`` is read
+        with: one clock, no skew between hosts)."""
+        sec, usec = await self._call(self._client.time)
+        return int(sec) * 1000 + int(usec) // 1000
+
+    async def key_cache_refresh(
+        self,
+        session_id: str,
+        data: Mapping[str, Any],
+        ttl_s: float,
+        *,
+        read_at_ms: int | None = None,
+        max_age_s: float = 0.0,
+    ) -> bool:
         """Write an API key's state read from PostgreSQL into its cache entry for ``ttl_s`` seconds (see
-        ``scripts.KEY_REFRESH_LUA``): a revoked state always; an active one unless the entry says revoked meanwhile.
-        True if written."""
+        ``scripts.KEY_REFRESH_LUA``): a revoked state always; an active one unless the entry says revoked meanwhile,
+        or (``read_at_ms``: :meth:`time_ms` before the read) the read is more than ``max_age_s`` old when the write
+        runs. True if written."""
         blob = json.dumps(dict(data), separators=(",", ":")).encode()
         if len(blob) > MAX_SESSION_BYTES:
             raise StoreError(f"session data: at most {MAX_SESSION_BYTES} bytes as JSON")
         ttl_ms = max(1, int(ttl_s * 1000))
         revoked = "0" if data.get("revoked") is False else "1"
         keys = [f"{KEY_PREFIX}sess:{session_id}"]
-        args: list[bytes | int | str] = [blob, ttl_ms, revoked]
+        read_at = -1 if read_at_ms is None else read_at_ms
+        args: list[bytes | int | str] = [blob, ttl_ms, revoked, read_at, int(max_age_s * 1000)]
         done = await self._call(lambda: self._key_refresh(keys=keys, args=args))
         return bool(done)
 

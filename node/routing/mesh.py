@@ -356,11 +356,12 @@ class MeshCore:
             best = t
         return best
 
-    def handle_timer(self, now: float) -> None:
+    def handle_timer(self, now: float) -> bool:
         """Run what is due (:class:`~node.routing.timers.TimerTasks`). Never raises: each component's work is a task
         of its own, and a failure ends that task only (counted, logged once); what a failed task popped is not due
-        again, so the timer advances."""
-        self.timers.run(now)
+        again, so the timer advances. False if a task failed: what it left may still be due, so the caller pauses
+        before it runs the timer again."""
+        return self.timers.run(now)
 
     # ---------------------------------------------------------------- outputs
     def frames_to_send(self) -> list[tuple[str, bytes]]:

@@ -2,7 +2,9 @@
 earliest of the components' deadlines (:meth:`~node.routing.mesh.MeshCore.get_timer`) is due.
 
 Each task is run on its own under :class:`~node.routing.containment.Containment`, so a failure ends that task only
-(counted, logged once); what a failed task popped is not due again, so the timer advances:
+(counted, logged once); what a failed task popped is not due again, so the timer advances. A task that fails before
+it pops its due item leaves that deadline in the past: :meth:`TimerTasks.run` then returns False and the adapter
+waits a pause before it runs the tasks again (node.node.TIMER_FAILURE_PAUSE_S), never a busy loop. The tasks:
 
 * unanswered pings raise their link's loss estimate (:class:`~node.routing.pinging.PingTracker`);
 * our periodic announce and deferred answers go out (:class:`~node.routing.announcing.AnnounceSchedule`);
@@ -61,8 +63,10 @@ class TimerTasks:
         self.counters = counters
         self.containment = containment
 
-    def run(self, now: float) -> None:
-        """Run what is due. Never raises: each task's failure ends that task only (counted, logged once)."""
+    def run(self, now: float) -> bool:
+        """Run what is due. Never raises: each task's failure ends that task only (counted, logged once). False if a
+        task failed: what it had not popped yet may still be due (the caller must not run again at once)."""
+        ok = True
         for task in (
             self._expire_pings,
             self._timer_announces,
@@ -76,6 +80,8 @@ class TimerTasks:
                 task(now)
             except Exception as exc:  # noqa: BLE001 - broad: a timer task's failure must end that task only (counted, logged)
                 self.containment.contain(exc, f"timer task {getattr(task, '__name__', task)}", None)
+                ok = False
+        return ok
 
     def _expire_pings(self, now: float) -> None:
         for link_id in self.pings.on_timer(now):  # a ping went unanswered: the link's loss estimate rises
