@@ -75,11 +75,9 @@ class StoresAdapter:
 
     async def _write_state(self, key_id: str, state: dict[str, Any], read_at_ms: int) -> bool:
         """Cache the state read from PostgreSQL (KEY_REFRESH_LUA): "revoked" always, for revoked_ttl_s; "active"
-        unless the entry says revoked, or the read is more than half the entry's lifetime old by now."""
+        unless the entry says revoked, until key_cache_ttl_s after the read (nothing if that has passed)."""
         ttl_s = self._ttl_s(state)
-        return await self.redis.key_cache_refresh(
-            KEY_CACHE_PREFIX + key_id, state, ttl_s, read_at_ms=read_at_ms, max_age_s=self.key_cache_ttl_s / 2
-        )
+        return await self.redis.key_cache_refresh(KEY_CACHE_PREFIX + key_id, state, ttl_s, read_at_ms=read_at_ms)
 
     def _ttl_s(self, state: Mapping[str, Any]) -> float:
         return self.key_cache_ttl_s if state["revoked"] is False else self.revoked_ttl_s

@@ -217,20 +217,25 @@ return {'ok', id, key_ttl}
 )
 
 # Refresh an API key's cache entry with the state PostgreSQL gave (KEYS: 1 the entry; ARGV: 1 the state as JSON,
-# 2 TTL ms, 3 '1' if that state is revoked, 4 the server's TIME in ms before the read or -1, 5 the read's maximum
-# age in ms). A revoked state is always written. An active one read more than ARGV[5] ms before this script runs (a
-# slow statement, a stalled or abandoned worker thread) is not written at all. An active one replaces an entry
+# 2 TTL ms, 3 '1' if that state is revoked, 4 the server's TIME in ms before the read or -1). A revoked state is
+# always written, for its whole TTL. An active one expires TTL after its read (ARGV[4]), not after this write: a
+# slow statement or a stalled or abandoned worker thread shortens its life, and one that arrives a TTL or more after
+# its read is not written at all — so a revocation's entry (written after the commit, so after the read, for at
+# least TTL) always outlives the reads that came before it. A slow PostgreSQL still fills the cache (for what is left
+# of the TTL) instead of every request reading it again. An active one replaces an entry
 # only while it still says active (a revocation through the anchor writes "revoked" into the entry after
 # PostgreSQL, so a refresh that read PostgreSQL before it cannot overwrite it while it lasts), or fills a missing
 # entry (as the slow path's fill, SET NX, does). A late "active" after the revoked entry expired is harmless only
 # because the caller caches "revoked" for at least the tokens' lifetime (anchor.gateway.stores_adapter).
 # Returns 1 if written.
 KEY_REFRESH_LUA = """
+local px = tonumber(ARGV[2])
 if ARGV[3] ~= '1' then
   local read_at = tonumber(ARGV[4])
   if read_at >= 0 then
     local t = redis.call('TIME')
-    if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - read_at > tonumber(ARGV[5]) then return 0 end
+    px = read_at + px - (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+    if px <= 0 then return 0 end
   end
   local cached = redis.call('GET', KEYS[1])
   if cached then
@@ -238,7 +243,7 @@ if ARGV[3] ~= '1' then
     if not ok or type(state) ~= 'table' or state['revoked'] ~= false then return 0 end
   end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', px)
 return 1
 """
 

@@ -193,12 +193,11 @@ class RedisStore:
         ttl_s: float,
         *,
         read_at_ms: int | None = None,
-        max_age_s: float = 0.0,
     ) -> bool:
         """Write an API key's state read from PostgreSQL into its cache entry for ``ttl_s`` seconds (see
         ``scripts.KEY_REFRESH_LUA``): a revoked state always; an active one unless the entry says revoked meanwhile,
-        or (``read_at_ms``: :meth:`time_ms` before the read) the read is more than ``max_age_s`` old when the write
-        runs. True if written."""
+        and (``read_at_ms``: :meth:`time_ms` before the read) only until ``ttl_s`` after the read — nothing if that
+        has passed when the write runs. True if written."""
         blob = json.dumps(dict(data), separators=(",", ":")).encode()
         if len(blob) > MAX_SESSION_BYTES:
             raise StoreError(f"session data: at most {MAX_SESSION_BYTES} bytes as JSON")
@@ -206,7 +205,7 @@ class RedisStore:
         revoked = "0" if data.get("revoked") is False else "1"
         keys = [f"{KEY_PREFIX}sess:{session_id}"]
         read_at = -1 if read_at_ms is None else read_at_ms
-        args: list[bytes | int | str] = [blob, ttl_ms, revoked, read_at, int(max_age_s * 1000)]
+        args: list[bytes | int | str] = [blob, ttl_ms, revoked, read_at]
         done = await self._call(lambda: self._key_refresh(keys=keys, args=args))
         return bool(done)
 

@@ -115,3 +115,25 @@ async def test_a_fresh_read_writes_the_active_state(
     adapter = StoresAdapter(pg, redis, key_cache_ttl_s=KEY_CACHE_TTL_S, token_ttl_s=TOKEN_TTL_S)
     assert await adapter.refresh_key_cache(key.key_id)
     assert await redis.session_get(KEY_CACHE_PREFIX + key.key_id) == ACTIVE
+
+
+class _SlowRedis(RedisStore):
+    """The real store, whose clock reading before a PostgreSQL read is 0.7 of the cache's TTL old: a read that took
+    that long (an overloaded PostgreSQL)."""
+
+    async def time_ms(self) -> int:
+        return await super().time_ms() - int(0.7 * KEY_CACHE_TTL_S * 1000)
+
+
+async def test_a_slow_read_still_caches_active_for_what_is_left_of_its_ttl(
+    stores: tuple[PostgresStore, RedisStore], services: ServiceSettings
+) -> None:
+    # A slow PostgreSQL must not turn the key cache off (every request reading PostgreSQL again): the entry is
+    # written, and expires TTL after the read, not after the write.
+    pg, _ = stores
+    key, _ = await pg.create_api_key("k", "user", frozenset({"messages:send"}))
+    async with _SlowRedis(services.redis.url, timeout_s=5.0) as slow:
+        adapter = StoresAdapter(pg, slow, key_cache_ttl_s=KEY_CACHE_TTL_S, token_ttl_s=TOKEN_TTL_S)
+        assert await adapter.key_active(key.key_id)
+        assert await slow.session_get(KEY_CACHE_PREFIX + key.key_id) == ACTIVE
+        assert 0 < await _pttl(services, key.key_id) <= int(0.3 * KEY_CACHE_TTL_S * 1000) + 50
