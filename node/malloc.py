@@ -52,7 +52,9 @@ def set_arena_max(n: int) -> bool:
     libc = _libc()
     if n <= 0 or libc is None:
         return False
-    if "MALLOC_ARENA_MAX" in os.environ or "glibc.malloc.arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
+    if os.environ.get("MALLOC_ARENA_MAX", "").strip().isdigit() or "glibc.malloc.arena_max" in os.environ.get(
+        "GLIBC_TUNABLES", ""
+    ):
         log.info("malloc arenas: the environment's setting is kept (node.malloc_arena_max = %d not applied)", n)
         return False
     ok = bool(libc.mallopt(M_ARENA_MAX, n))

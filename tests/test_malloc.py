@@ -83,6 +83,8 @@ def test_arena_max_caps_the_arenas_threads_get() -> None:
 def test_the_operators_malloc_arena_max_wins_over_the_setting() -> None:
     # MALLOC_ARENA_MAX=1 in the environment (a systemd unit's) and the setting's 4: the environment's cap holds.
     assert int(_run(_ARENAS, "4", env={"MALLOC_ARENA_MAX": "1"})) == 1
+    # An empty value (systemd's `Environment=MALLOC_ARENA_MAX=`) is no cap of glibc's: the setting applies.
+    assert int(_run(_ARENAS, "1", env={"MALLOC_ARENA_MAX": ""})) == 1
 
 
 @glibc

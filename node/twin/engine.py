@@ -229,10 +229,15 @@ class TwinEngine:
             if learned_on == self.lm.neural.model_id and complete:
                 self.lm.neural.load_state(extra)
                 self.lm.mu, self.lm.mu_n, self.neural_updates = mu, mu_n, neural_updates
-            elif meta.get("neural_dropped") is True or learned_on == self.lm.neural.model_id:
+            elif meta.get("neural_dropped") is True:
                 self.neural_reset_reason = (
                     "the neural adaptation was not saved (it did not fit in twin.max_disk_bytes); it starts again"
                     " from the shipped model"
+                )
+            elif learned_on == self.lm.neural.model_id:
+                self.neural_reset_reason = (
+                    "the saved neural adaptation is incomplete (a damaged or edited state); it starts again from the"
+                    " shipped model"
                 )
             else:
                 # Learned on another neural model (a state older than the model id, or a new neural.bin): its

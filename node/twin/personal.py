@@ -22,10 +22,12 @@ from node.twin.errors import TwinStoreError
 ORDER = 3
 CANDIDATES_PER_CONTEXT = 12
 DISCOUNT_EVERY = 200  # tokens learned between re-estimates of the discounts
-# The counts in memory are bounded like the saved file: past MAX_TRIGRAMS trigram types (~250-480 bytes each in
-# Python dicts: <= ~95 MB; years of a heavy user's typing), the rarest are dropped by the file's rule (those seen
-# once, then below 2, 3, 5, ... times: MIN_COUNT_LADDER) until at most PRUNE_TO of the bound remain.
-MAX_TRIGRAMS = 200_000
+# The counts in memory are bounded: past MAX_TRIGRAMS trigram types (250-663 bytes each in Python dicts, the worst
+# case every trigram with a context of its own: <= ~63 MiB, plus ~15 MiB while pruning; years of a heavy user's
+# typing) the rarest go until PRUNE_TO of the bound remain — exactly that many, the commonest, ties kept for the
+# latest learned (dropping every trigram under a count step at once, as the saved file's ladder does, could leave
+# almost nothing: most of real text's trigram types are seen once).
+MAX_TRIGRAMS = 100_000
 PRUNE_TO = 0.75
 MIN_COUNT_LADDER = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89)  # store.encode_bounded's steps too
 _Stats = list[int]  # [total, n1, n2, n3+]
@@ -291,15 +293,15 @@ class PersonalKN:
 
 
 def rarest_dropped(counts: np.ndarray[Any, Any], keep: int) -> np.ndarray[Any, Any]:
-    """Which trigrams stay when at most ``keep`` may: those seen at least ``m`` times for the smallest ``m`` of
-    MIN_COUNT_LADDER that leaves ``keep`` or fewer (the saved file's rule); when even the last step leaves more,
-    the ``keep`` most frequent (ties: the first listed)."""
-    for m in MIN_COUNT_LADDER:
-        mask: np.ndarray[Any, Any] = counts >= m
-        if int(mask.sum()) <= keep:
-            return mask
-    mask = np.zeros(len(counts), dtype=bool)
-    mask[np.argsort(-counts.astype(np.int64), kind="stable")[:keep]] = True
+    """Which trigrams stay when at most ``keep`` may: exactly the ``keep`` most frequent (all when there are no
+    more), ties kept for the later listed (the latest learned: counts are listed in the order they were learned)."""
+    n = len(counts)
+    mask: np.ndarray[Any, Any] = np.zeros(n, dtype=bool)
+    if n <= keep:
+        mask[:] = True
+        return mask
+    newest_first = np.argsort(-counts[::-1].astype(np.int64), kind="stable")[:keep]
+    mask[n - 1 - newest_first] = True
     return mask
 
 

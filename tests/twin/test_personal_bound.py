@@ -1,5 +1,6 @@
-"""The personal trigram counts in memory are bounded (entries) by the rule the saved file uses: past the bound the
-rarest trigrams go (seen once, then fewer than 2, 3, 5, ... times), and what is derived from them is rebuilt."""
+"""The personal trigram counts in memory are bounded (entries): past the bound the rarest trigrams go until exactly
+3/4 of the bound remain (the commonest; ties kept for the latest learned), and what is derived from them is
+rebuilt."""
 
 from __future__ import annotations
 
@@ -42,16 +43,30 @@ def test_a_long_stream_of_distinct_trigrams_stays_under_the_bound() -> None:
     assert back.probs(7, 8, range(1, 20), 100) == m.probs(7, 8, range(1, 20), 100)
 
 
-def test_the_rarest_go_first_by_the_saved_files_steps() -> None:
+def test_the_rarest_go_first_and_exactly_keep_remain() -> None:
     counts = np.array([1, 1, 2, 3, 5, 1, 8, 2], dtype=np.int32)
     assert rarest_dropped(counts, 8).tolist() == [True] * 8
     assert rarest_dropped(counts, 5).tolist() == [c >= 2 for c in counts.tolist()]
-    assert rarest_dropped(counts, 4).tolist() == [c >= 3 for c in counts.tolist()]
+    assert rarest_dropped(counts, 4).tolist() == [False, False, False, True, True, False, True, True]  # the later 2
     assert rarest_dropped(counts, 2).tolist() == [c >= 5 for c in counts.tolist()]
-    huge = np.array([100, 90, 200, 95], dtype=np.int32)  # every step leaves too many: the most frequent stay
+    huge = np.array([100, 90, 200, 95], dtype=np.int32)
     assert rarest_dropped(huge, 2).tolist() == [True, False, True, False]
     with pytest.raises(ValueError):
         PersonalKN(0, max_trigrams=0)
+
+
+def test_a_prune_keeps_three_quarters_of_the_bound_not_a_count_steps_worth() -> None:
+    """Review MEDIUM: dropping every trigram under a count step at once left almost nothing — text whose trigrams
+    are nearly all seen once, or a user whose every count is 2, lost (nearly) every learned count."""
+    m = PersonalKN(0, max_trigrams=1000)
+    rng = random.Random(5)
+    for _ in range(200):
+        msg = [rng.randint(10, 1_000_000) for _ in range(6)]
+        m.add_message(msg)
+        m.add_message(msg)  # every count 2
+    assert m.trigrams >= int(1000 * personal.PRUNE_TO)  # the old ladder left 0 here (every count is 2)
+    last = m.to_arrays()
+    assert int(last["tri_counts"].min()) >= 1 and m.trigrams <= 1000
 
 
 def test_a_loaded_state_over_the_bound_keeps_its_commonest_trigrams(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,5 +81,7 @@ def test_a_loaded_state_over_the_bound_keeps_its_commonest_trigrams(monkeypatch:
     back = TwinEngine(prior)
     back.decode(data, 10_000_000)
     kept = back.lm.personal
-    assert 0 < kept.trigrams <= 20 and all(c >= 2 for f in kept.f3.values() for c in f.values())
+    common = {(h, w) for h, f in eng.lm.personal.f3.items() for w, c in f.items() if c >= 2}
+    assert 0 < len(common) < 20 and kept.trigrams == 20
+    assert all(kept.f3.get(h, {}).get(w, 0) >= 2 for h, w in common)  # every trigram seen twice or more stays
     assert PersonalKN(0).max_trigrams == personal.MAX_TRIGRAMS  # the default bound the engine's model runs with
