@@ -12,8 +12,9 @@ The cost, bounded and one-off: an object alive at start-up that becomes part of 
 never freed, nor is anything it references at that moment (reference counting still frees everything not in a
 cycle): bounded by what the frozen objects hold when they die, and each dies at most once. The collection right
 before the freeze keeps garbage that exists already out of the permanent generation. The daemon freezes after its
-services started and before its transports start (:func:`node.daemon._freeze_heap`): no peer's link, nothing a
-peer sent, is in the frozen heap.
+services started and before its transports start (:func:`node.daemon._freeze_heap`): no peer's link and no link
+input is in the frozen heap; state persisted from earlier runs (identity pins) and requests a service already
+listening (an anchor's gateway) holds at that moment may be.
 
 Process-wide state: only the daemon's entry point (:func:`node.daemon.run_daemon`) calls this, once, never a
 library object (tests run many nodes in one process).
