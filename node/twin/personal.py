@@ -101,11 +101,7 @@ class PersonalKN:
         self._coc(2, old2)
         if old2:
             return
-        old1 = self.f1.get(w, 0)
-        self.f1[w] = old1 + 1
-        _bump(self.s1, old1)
-        self._coc(1, old1)
-        self._top1_stale = True
+        self._new_bigram_type(w)
 
     def add_message(self, ids: Sequence[int]) -> None:
         """Every trigram of one message (after two BOS), then :meth:`tick`: the same state as calling
@@ -170,6 +166,10 @@ class PersonalKN:
         self._coc(2, old2)
         if old2:
             return
+        self._new_bigram_type(w)
+
+    def _new_bigram_type(self, w: int) -> None:
+        """A bigram type seen for the first time: one more continuation of ``w`` at the unigram order."""
         old1 = self.f1.get(w, 0)
         self.f1[w] = old1 + 1
         _bump(self.s1, old1)
