@@ -16,6 +16,7 @@ import ctypes.util
 import functools
 import logging
 import os
+import re
 import sys
 from typing import Any
 
@@ -46,15 +47,20 @@ def available() -> bool:
     return _libc() is not None
 
 
+def _env_arena_cap() -> bool:
+    """True when MALLOC_ARENA_MAX holds a cap glibc takes: a number >= 1 as strtoul reads it (base 0: leading
+    digits, 0x hex, 0 octal); empty, 0 or no number is no cap (glibc ignores it)."""
+    m = re.match(r"\s*(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)", os.environ.get("MALLOC_ARENA_MAX", ""))
+    return m is not None and int(m.group(1), 0 if not re.fullmatch(r"0[0-7]+", m.group(1)) else 8) >= 1
+
+
 def set_arena_max(n: int) -> bool:
     """Cap glibc's malloc arenas at ``n`` (0: leave glibc's default). True when applied. An operator's own
     ``MALLOC_ARENA_MAX`` (or ``glibc.malloc.arena_max`` in ``GLIBC_TUNABLES``) in the environment wins: left as is."""
     libc = _libc()
     if n <= 0 or libc is None:
         return False
-    if os.environ.get("MALLOC_ARENA_MAX", "").strip().isdigit() or "glibc.malloc.arena_max" in os.environ.get(
-        "GLIBC_TUNABLES", ""
-    ):
+    if _env_arena_cap() or "glibc.malloc.arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
         log.info("malloc arenas: the environment's setting is kept (node.malloc_arena_max = %d not applied)", n)
         return False
     ok = bool(libc.mallopt(M_ARENA_MAX, n))

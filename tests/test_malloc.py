@@ -85,6 +85,25 @@ def test_the_operators_malloc_arena_max_wins_over_the_setting() -> None:
     assert int(_run(_ARENAS, "4", env={"MALLOC_ARENA_MAX": "1"})) == 1
     # An empty value (systemd's `Environment=MALLOC_ARENA_MAX=`) is no cap of glibc's: the setting applies.
     assert int(_run(_ARENAS, "1", env={"MALLOC_ARENA_MAX": ""})) == 1
+    assert int(_run(_ARENAS, "1", env={"MALLOC_ARENA_MAX": "0"})) == 1  # 0 is no cap of glibc's either
+
+
+def test_which_environment_values_are_a_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    for value, cap in [
+        ("1", True),
+        ("8", True),
+        (" 2", True),
+        ("0x1", True),
+        ("1x", True),
+        ("010", True),
+        ("0", False),
+        ("", False),
+        ("x", False),
+        ("-1", False),
+        ("00", False),
+    ]:
+        monkeypatch.setenv("MALLOC_ARENA_MAX", value)
+        assert malloc._env_arena_cap() is cap, value
 
 
 @glibc

@@ -12,10 +12,10 @@ read PostgreSQL before the revocation committed and writes "active" late (a slow
 worker thread) cannot overwrite it (``KEY_REFRESH_LUA`` refuses active over revoked), and once it expired every
 token issued before the revocation has expired too (tokens are issued only for keys PostgreSQL says active), so a
 late "active" then admits none of them. This assumes the gateways sharing the Redis share ``token_ttl_s``.
-Besides, a fill or renewal whose PostgreSQL read is more than half of ``key_cache_ttl_s`` old when its write runs
-(Redis's own clock, read before the read and inside the write script) writes no "active" at all, so a stalled one
-cannot stretch a revocation made straight in PostgreSQL (not through the anchor): that one takes up to
-``key_cache_ttl_s`` (plus half of it for a read under way) to apply.
+Besides, an "active" entry a fill or renewal writes expires ``key_cache_ttl_s`` after its PostgreSQL read (Redis's
+own clock, read before the read and inside the write script; never later than that TTL after the write), and one
+whose read is that old by then is not written at all: a stalled one cannot stretch a revocation made straight in
+PostgreSQL (not through the anchor), which takes up to ``key_cache_ttl_s`` to apply.
 """
 
 from __future__ import annotations

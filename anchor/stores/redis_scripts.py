@@ -225,8 +225,9 @@ return {'ok', id, key_ttl}
 # of the TTL) instead of every request reading it again. An active one replaces an entry
 # only while it still says active (a revocation through the anchor writes "revoked" into the entry after
 # PostgreSQL, so a refresh that read PostgreSQL before it cannot overwrite it while it lasts), or fills a missing
-# entry (as the slow path's fill, SET NX, does). A late "active" after the revoked entry expired is harmless only
-# because the caller caches "revoked" for at least the tokens' lifetime (anchor.gateway.stores_adapter).
+# entry (the slow path's fill goes through this script too). A late "active" after the revoked entry expired is
+# harmless only because the caller caches "revoked" for at least the tokens' lifetime
+# (anchor.gateway.stores_adapter).
 # Returns 1 if written.
 KEY_REFRESH_LUA = """
 local px = tonumber(ARGV[2])
@@ -234,7 +235,7 @@ if ARGV[3] ~= '1' then
   local read_at = tonumber(ARGV[4])
   if read_at >= 0 then
     local t = redis.call('TIME')
-    px = read_at + px - (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+    px = math.min(px, read_at + px - (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)))
     if px <= 0 then return 0 end
   end
   local cached = redis.call('GET', KEYS[1])

@@ -22,12 +22,13 @@ from node.twin.errors import TwinStoreError
 ORDER = 3
 CANDIDATES_PER_CONTEXT = 12
 DISCOUNT_EVERY = 200  # tokens learned between re-estimates of the discounts
-# The counts in memory are bounded: past MAX_TRIGRAMS trigram types (250-663 bytes each in Python dicts, the worst
-# case every trigram with a context of its own: <= ~63 MiB, plus ~15 MiB while pruning; years of a heavy user's
-# typing) the rarest go until PRUNE_TO of the bound remain — exactly that many, the commonest, ties kept for the
-# latest learned (dropping every trigram under a count step at once, as the saved file's ladder does, could leave
-# almost nothing: most of real text's trigram types are seen once).
-MAX_TRIGRAMS = 100_000
+# The counts in memory are bounded: past MAX_TRIGRAMS trigram types the rarest go until PRUNE_TO of the bound remain
+# — exactly that many, the commonest, ties kept for those listed last (contexts seen last; dropping every trigram
+# under a count step at once, as the saved file's ladder does, could leave almost nothing: most of real text's
+# trigram types are seen once). Memory: ~540-740 bytes per trigram type in Python dicts (~1.1 KB if each had a
+# context of its own), so <= ~35 MiB at the bound, and a prune builds the kept model beside the old one (~+35 MiB
+# for a moment); a heavy user's months of typing.
+MAX_TRIGRAMS = 50_000
 PRUNE_TO = 0.75
 MIN_COUNT_LADDER = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89)  # store.encode_bounded's steps too
 _Stats = list[int]  # [total, n1, n2, n3+]
@@ -294,7 +295,8 @@ class PersonalKN:
 
 def rarest_dropped(counts: np.ndarray[Any, Any], keep: int) -> np.ndarray[Any, Any]:
     """Which trigrams stay when at most ``keep`` may: exactly the ``keep`` most frequent (all when there are no
-    more), ties kept for the later listed (the latest learned: counts are listed in the order they were learned)."""
+    more), ties kept for the later listed (:meth:`PersonalKN.to_arrays` lists them by context, in the order the
+    contexts were first seen)."""
     n = len(counts)
     mask: np.ndarray[Any, Any] = np.zeros(n, dtype=bool)
     if n <= keep:

@@ -137,3 +137,22 @@ async def test_a_slow_read_still_caches_active_for_what_is_left_of_its_ttl(
         assert await adapter.key_active(key.key_id)
         assert await slow.session_get(KEY_CACHE_PREFIX + key.key_id) == ACTIVE
         assert 0 < await _pttl(services, key.key_id) <= int(0.3 * KEY_CACHE_TTL_S * 1000) + 50
+
+
+class _AheadRedis(RedisStore):
+    """The real store, whose clock reading before a PostgreSQL read is an hour ahead of the script's (Redis's clock
+    stepped back, or a failover onto a primary whose clock is behind)."""
+
+    async def time_ms(self) -> int:
+        return await super().time_ms() + 3_600_000
+
+
+async def test_an_active_entry_never_outlives_its_ttl(
+    stores: tuple[PostgresStore, RedisStore], services: ServiceSettings
+) -> None:
+    pg, _ = stores
+    key, _ = await pg.create_api_key("k", "user", frozenset({"messages:send"}))
+    async with _AheadRedis(services.redis.url, timeout_s=5.0) as ahead:
+        adapter = StoresAdapter(pg, ahead, key_cache_ttl_s=KEY_CACHE_TTL_S, token_ttl_s=TOKEN_TTL_S)
+        assert await adapter.key_active(key.key_id)
+        assert 0 < await _pttl(services, key.key_id) <= int(KEY_CACHE_TTL_S * 1000)
