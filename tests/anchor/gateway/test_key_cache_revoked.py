@@ -82,12 +82,17 @@ async def test_a_fill_reading_revoked_caches_it_for_the_tokens_lifetime(
     assert not await redis.session_set(KEY_CACHE_PREFIX + key.key_id, ACTIVE, KEY_CACHE_TTL_S, nx=True)
 
 
-class _LateRedis(RedisStore):
-    """The real store, whose clock reading before a PostgreSQL read is an hour old: as a write that runs an hour
-    after its read (a stalled statement, an abandoned worker thread)."""
+class _SkewedRedis(RedisStore):
+    """The real store, whose clock reading before a PostgreSQL read is off by ``skew_ms``: negative, as a write that
+    runs that long after its read (a slow or stalled statement, an abandoned worker thread); positive, as Redis's
+    clock stepping back (or a failover onto a primary whose clock is behind) between the read and the write."""
+
+    def __init__(self, url: str, skew_ms: int) -> None:
+        super().__init__(url, timeout_s=5.0)
+        self.skew_ms = skew_ms
 
     async def time_ms(self) -> int:
-        return await super().time_ms() - 3_600_000
+        return await super().time_ms() + self.skew_ms
 
 
 async def test_a_stale_read_writes_no_active_state(
@@ -96,7 +101,7 @@ async def test_a_stale_read_writes_no_active_state(
     pg, _ = stores
     key, _ = await pg.create_api_key("k", "user", frozenset({"messages:send"}))
     cache = KEY_CACHE_PREFIX + key.key_id
-    async with _LateRedis(services.redis.url, timeout_s=5.0) as late:
+    async with _SkewedRedis(services.redis.url, -3_600_000) as late:  # an hour old
         adapter = StoresAdapter(pg, late, key_cache_ttl_s=KEY_CACHE_TTL_S, token_ttl_s=TOKEN_TTL_S)
         assert await adapter.key_active(key.key_id)  # PostgreSQL says active: so does the answer...
         assert await late.session_get(cache) is None  # ...but the stale fill cached nothing
@@ -117,14 +122,6 @@ async def test_a_fresh_read_writes_the_active_state(
     assert await redis.session_get(KEY_CACHE_PREFIX + key.key_id) == ACTIVE
 
 
-class _SlowRedis(RedisStore):
-    """The real store, whose clock reading before a PostgreSQL read is 0.7 of the cache's TTL old: a read that took
-    that long (an overloaded PostgreSQL)."""
-
-    async def time_ms(self) -> int:
-        return await super().time_ms() - int(0.7 * KEY_CACHE_TTL_S * 1000)
-
-
 async def test_a_slow_read_still_caches_active_for_what_is_left_of_its_ttl(
     stores: tuple[PostgresStore, RedisStore], services: ServiceSettings
 ) -> None:
@@ -132,19 +129,11 @@ async def test_a_slow_read_still_caches_active_for_what_is_left_of_its_ttl(
     # written, and expires TTL after the read, not after the write.
     pg, _ = stores
     key, _ = await pg.create_api_key("k", "user", frozenset({"messages:send"}))
-    async with _SlowRedis(services.redis.url, timeout_s=5.0) as slow:
+    async with _SkewedRedis(services.redis.url, -int(0.7 * KEY_CACHE_TTL_S * 1000)) as slow:
         adapter = StoresAdapter(pg, slow, key_cache_ttl_s=KEY_CACHE_TTL_S, token_ttl_s=TOKEN_TTL_S)
         assert await adapter.key_active(key.key_id)
         assert await slow.session_get(KEY_CACHE_PREFIX + key.key_id) == ACTIVE
         assert 0 < await _pttl(services, key.key_id) <= int(0.3 * KEY_CACHE_TTL_S * 1000) + 50
-
-
-class _AheadRedis(RedisStore):
-    """The real store, whose clock reading before a PostgreSQL read is an hour ahead of the script's (Redis's clock
-    stepped back, or a failover onto a primary whose clock is behind)."""
-
-    async def time_ms(self) -> int:
-        return await super().time_ms() + 3_600_000
 
 
 async def test_an_active_entry_never_outlives_its_ttl(
@@ -152,7 +141,7 @@ async def test_an_active_entry_never_outlives_its_ttl(
 ) -> None:
     pg, _ = stores
     key, _ = await pg.create_api_key("k", "user", frozenset({"messages:send"}))
-    async with _AheadRedis(services.redis.url, timeout_s=5.0) as ahead:
+    async with _SkewedRedis(services.redis.url, 3_600_000) as ahead:
         adapter = StoresAdapter(pg, ahead, key_cache_ttl_s=KEY_CACHE_TTL_S, token_ttl_s=TOKEN_TTL_S)
         assert await adapter.key_active(key.key_id)
         assert 0 < await _pttl(services, key.key_id) <= int(KEY_CACHE_TTL_S * 1000)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,20 @@ def _native(services: ServiceSettings, *, port: int | None = None, timeout_s: fl
     target = Target(host="127.0.0.1", port=port or services.redis.port, password=services.redis.password)
     runner = BlockingRunner("redis", 4, (), 2 * timeout_s)
     return NativeRedis(target, runner, timeout_s=timeout_s, max_connections=4)
+
+
+async def _serve(nursery: trio.Nursery, handler: Callable[[trio.SocketStream], Awaitable[None]]) -> int:
+    """``handler`` serving every connection on a loopback port of its own; the port."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(trio.serve_listeners, handler, listeners)
+    return int(listeners[0].socket.getsockname()[1])
+
+
+async def _silent(stream: trio.SocketStream) -> None:
+    """A server that accepts and never answers."""
+    async with stream:
+        while await stream.receive_some(65_536):
+            pass
 
 
 def test_urls_it_speaks_and_those_it_leaves_to_redis_py() -> None:
@@ -118,14 +133,7 @@ async def test_no_answer_is_unavailable_within_the_timeout_and_a_cut_path_recove
     services: ServiceSettings, nursery: trio.Nursery
 ) -> None:
     # A server that accepts and never answers: StoreUnavailable after timeout_s, not a hang.
-    async def silent(stream: trio.SocketStream) -> None:
-        async with stream:
-            while await stream.receive_some(65_536):
-                pass
-
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    silent_port = listeners[0].socket.getsockname()[1]
-    await nursery.start(trio.serve_listeners, silent, listeners)
+    silent_port = await _serve(nursery, _silent)
     hung = _native(services, port=silent_port, timeout_s=0.3)
     with trio.fail_after(5), pytest.raises(StoreUnavailable, match="no answer"):
         await hung.call("PING")
@@ -148,14 +156,7 @@ async def test_no_answer_is_unavailable_within_the_timeout_and_a_cut_path_recove
 async def test_calls_queued_behind_a_hung_server_fail_within_their_bound(nursery: trio.Nursery) -> None:
     # Every pooled connection waits on a server that never answers: the calls queued for a connection must get
     # StoreUnavailable within the wait bound plus one call's bound, not one call's bound per call ahead of them.
-    async def silent(stream: trio.SocketStream) -> None:
-        async with stream:
-            while await stream.receive_some(65_536):
-                pass
-
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    await nursery.start(trio.serve_listeners, silent, listeners)
+    port = await _serve(nursery, _silent)
     timeout_s = 0.2
     runner = BlockingRunner("redis", 2, (), 2 * timeout_s)
     hung = NativeRedis(Target(host="127.0.0.1", port=port), runner, timeout_s=timeout_s, max_connections=2)
@@ -312,9 +313,7 @@ async def test_a_script_call_without_an_answer_is_sent_once_more_on_a_fresh_conn
                 if mine > 1:
                     await stream.send_all(b"+PONG\r\n")
 
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    await nursery.start(trio.serve_listeners, first_silent, listeners)
+    port = await _serve(nursery, first_silent)
     target = Target(host="127.0.0.1", port=port)
     native = NativeRedis(target, BlockingRunner("redis", 1, (), 1.0), timeout_s=0.2, max_connections=1)
     with trio.fail_after(5):
@@ -346,9 +345,7 @@ async def test_a_hostile_server_cannot_make_a_reply_cost_more_than_the_calls_bou
                     await stream.send_all(chunk)
                     sent += len(chunk)
 
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    await nursery.start(trio.serve_listeners, hostile, listeners)
+    port = await _serve(nursery, hostile)
     native = NativeRedis(
         Target(host="127.0.0.1", port=port), BlockingRunner("redis", 1, (), 10.0), timeout_s=5.0, max_connections=1
     )
