@@ -125,11 +125,12 @@ class PersonalKN:
         :meth:`add` per token, with the per-token work of every order inlined (this runs on every message the
         user sends, so its Python-level cost is most of the always-on statistics' CPU; a context's key slides
         by one shift; tests/twin/test_fast_stats.py checks it against the per-token path)."""
-        f3, s3, f2, s2 = self.f3, self.s3, self.f2, self.s2
-        coc3, coc2 = self.coc[3], self.coc[2]
+        f3, s3, f2, s2, f1, s1 = self.f3, self.s3, self.f2, self.s2, self.f1, self.s1
+        coc3, coc2, coc1 = self.coc[3], self.coc[2], self.coc[1]
         v = self.bos
         key = ctx_key(v, v)
         new3 = 0
+        top1_stale = False
         for w in ids:
             fol = f3.get(key)
             if fol is None:  # a new context: its first follower (_bump and _coc(3, 0), inlined)
@@ -173,7 +174,24 @@ class PersonalKN:
                         st2[3] += 1
                 if old2 == 0:
                     coc2[1] += 1
-                    self._new_bigram_type(w)
+                    # a new bigram type: w gained a distinct left context (_new_bigram_type, inlined)
+                    old1 = f1.get(w, 0)
+                    f1[w] = old1 + 1
+                    s1[0] += 1
+                    if old1 == 0:
+                        s1[1] += 1
+                    elif old1 == 1:
+                        s1[1] -= 1
+                        s1[2] += 1
+                    elif old1 == 2:
+                        s1[2] -= 1
+                        s1[3] += 1
+                    if old1 <= 4:
+                        if old1:
+                            coc1[old1] -= 1
+                        if old1 < 4:
+                            coc1[old1 + 1] += 1
+                    top1_stale = True
                 elif old2 <= 4:
                     coc2[old2] -= 1
                     if old2 < 4:
@@ -185,6 +203,8 @@ class PersonalKN:
             v = w
             key = ((key & _LOW) << ID_BITS) | w
         self.trigrams += new3
+        if top1_stale:
+            self._top1_stale = True
         self.tokens += len(ids)
         self.tick(len(ids))
 
