@@ -27,10 +27,10 @@ CANDIDATES_PER_CONTEXT = 12
 DISCOUNT_EVERY = 200  # tokens learned between re-estimates of the discounts
 # The counts in memory are bounded: past MAX_TRIGRAMS trigram types the rarest go until PRUNE_TO of the bound remain
 # — exactly that many, the commonest, ties kept for those listed last (contexts seen last; dropping every trigram
-# under a count step at once, as the saved file's ladder does, could leave almost nothing: most of real text's
-# trigram types are seen once). Memory: ~540-740 bytes per trigram type in Python dicts (~1.1 KB if each had a
-# context of its own), so <= ~35 MiB at the bound; a prune works in place (the kept counts are not copied); a heavy
-# user's months of typing.
+# under a count step at once, as the saved file's count ladder did until session 7, could leave almost nothing:
+# most of real text's trigram types are seen once; the file now keeps the commonest too, store.encode_bounded).
+# Memory: ~540-740 bytes per trigram type in Python dicts (~1.1 KB if each had a context of its own), so <= ~35 MiB
+# at the bound; a prune works in place (the kept counts are not copied); a heavy user's months of typing.
 MAX_TRIGRAMS = 50_000
 PRUNE_TO = 0.75
 _Stats = list[int]  # [total, n1, n2, n3+]
