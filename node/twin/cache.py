@@ -67,32 +67,43 @@ class RecencyCache:
 
     def add_message(self, ids: Iterable[int]) -> None:
         """Every token of one message (after BOS): the same state as :meth:`add` per token, inlined (it runs on
-        every message the user sends)."""
+        every message the user sends; the scale, totals and entry count live in locals between the rare
+        rescales and prunes)."""
         v = self.bos
         decay, cap = self.decay, self.max_entries
         c1, c2, tot2 = self.c1, self.c2, self.tot2
+        s, tot1, n2 = self.scale, self.tot1, self.n2
         for w in ids:
-            s = self.scale = self.scale / decay
-            c1[w] = c1.get(w, 0.0) + s
-            self.tot1 += s
+            s = s / decay
+            old1 = c1.get(w)
+            if old1 is None:
+                c1[w] = s
+            else:
+                c1[w] = old1 + s
+            tot1 += s
             fol = c2.get(v)
             if fol is None:
-                fol = c2[v] = {}
-                tot2[v] = 0.0
-            old = fol.get(w)
-            if old is None:
-                self.n2 += 1
-                fol[w] = s
+                c2[v] = {w: s}
+                tot2[v] = 0.0 + s
+                n2 += 1
             else:
-                fol[w] = old + s
-            tot2[v] += s
-            if s > RESCALE_AT or len(c1) > cap or self.n2 > cap:
+                old = fol.get(w)
+                if old is None:
+                    n2 += 1
+                    fol[w] = s
+                else:
+                    fol[w] = old + s
+                tot2[v] += s
+            if s > RESCALE_AT or n2 > cap or len(c1) > cap:
+                self.scale, self.tot1, self.n2 = s, tot1, n2
                 if s > RESCALE_AT:
                     self._rescale()
                 if len(self.c1) > cap or self.n2 > cap:
                     self._prune()
                 c1, c2, tot2 = self.c1, self.c2, self.tot2  # both rebuild the dicts
+                s, tot1, n2 = self.scale, self.tot1, self.n2
             v = w
+        self.scale, self.tot1, self.n2 = s, tot1, n2
 
     def _rescale(self) -> None:
         f = 1.0 / self.scale

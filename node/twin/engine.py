@@ -31,6 +31,7 @@ from node.twin.errors import TwinStoreError
 from node.twin.gate import SHIPPED_FIXED_COST_TOKENS, SHIPPED_SCORE, START_BITS, MessageGate, sane_threshold
 from node.twin.model import TwinLM
 from node.twin.neural import NeuralLM
+from node.twin.personal import ctx_of
 from node.twin.prior import GlobalPrior
 
 TEXT_KINDS = ("message", "query")
@@ -278,7 +279,7 @@ class TwinEngine:
         lm = self.lm
         tri = [
             {"ngram": [lm.token_str(u), lm.token_str(v), lm.token_str(w)], "count": c}
-            for (u, v), fol in lm.personal.f3.items()
+            for (u, v), fol in ((ctx_of(k), f) for k, f in lm.personal.f3.items())
             for w, c in fol.items()
         ]
         return {

@@ -182,7 +182,7 @@ class MessageGate:
         elif self.score == "neural":
             vals = neural_bits
         elif self.score in ("edge", "edgec"):
-            vals = [-token_usefulness(n, m) for n, m in zip(neural_bits, mixture_bits, strict=False)]
+            vals = [m - n for n, m in zip(neural_bits, mixture_bits, strict=False)]  # -token_usefulness, inlined
             if self.score == "edgec" and vals:  # the mean edge per unit of the step's cost (n tokens + fixed)
                 a = self.fixed_cost_tokens or EDGEC_FIXED_TOKENS
                 return sum(vals) / (len(vals) + a)

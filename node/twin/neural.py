@@ -155,7 +155,9 @@ class NeuralLM:
         """:meth:`adapt_bias` from the distributions laid out as the rows of one block (the predictions wrote
         them there): one reduction over contiguous memory instead of a vector add per token."""
         if len(targets):
-            self.c -= lr * self.bias_gradient([], rows, targets)
+            g = self.bias_gradient([], rows, targets)
+            g *= lr  # (in place: the same float32 products as c -= lr * g, without a temporary)
+            self.c -= g
 
     def bias_gradient(
         self, seen: Sequence[tuple[F32, int]], stacked: F32 | None = None, targets: Sequence[int] | None = None

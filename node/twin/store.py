@@ -3,8 +3,8 @@
 ``twin/state.bin`` holds the language model's learned part (personal trigram counts, the user's own words,
 the mixture weights, the recency cache) and the next-action head; the shipped prior is not copied. Writing goes
 to a temporary file (0600 from creation) then ``os.replace``. A state over ``max_bytes`` is shrunk before
-writing by dropping the recency cache, then the personal trigrams seen once, then twice, ... (the counts that
-matter least), so the file never exceeds its bound. :func:`forget` deletes every file the twin wrote.
+writing by dropping the recency cache, then the rarest personal trigrams (exactly the commonest that fit are kept:
+:func:`encode_bounded`), so the file never exceeds its bound. :func:`forget` deletes every file the twin wrote.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 from node.twin import blob
 from node.twin.errors import TwinStoreError
 from node.twin.model import N_BUCKETS, N_CACHE_BUCKETS, TwinLM
-from node.twin.personal import MAX_TRIGRAMS, MIN_COUNT_LADDER, PersonalKN, rarest_dropped
+from node.twin.personal import MAX_TRIGRAMS, PersonalKN, rarest_dropped
 
 MAGIC = b"AVTS"
 FORMAT_VERSION = 1
@@ -40,11 +40,16 @@ def encode(
     extra: dict[str, np.ndarray[Any, Any]] | None = None,
     meta: dict[str, Any] | None = None,
     *,
-    min_count: int = 1,
+    keep: np.ndarray[Any, Any] | None = None,
+    trigrams: dict[str, np.ndarray[Any, Any]] | None = None,
 ) -> bytes:
-    arrays = lm.personal.to_arrays()
-    if min_count > 1:
-        keep = arrays["tri_counts"] >= min_count
+    """The state file's bytes. ``keep`` (a mask over the personal trigrams as :meth:`PersonalKN.to_arrays` lists
+    them, ``trigrams`` when the caller already has them) writes only those, and no recency cache: the shrunk
+    state :func:`encode_bounded` writes."""
+    arrays = dict(trigrams) if trigrams is not None else lm.personal.to_arrays()
+    dropped = 0
+    if keep is not None:
+        dropped = int(len(keep) - np.count_nonzero(keep))
         arrays = {"tri": arrays["tri"][keep], "tri_counts": arrays["tri_counts"][keep]}
     arrays["words"] = np.frombuffer("\n".join(lm.words).encode("utf-8"), dtype=np.uint8)
     arrays["lam"] = np.asarray(lm.lam, dtype=np.float64)
@@ -52,23 +57,56 @@ def encode(
     if lm.recency is not None:
         arrays["kappa"] = np.asarray(lm.kappa, dtype=np.float64)
         arrays["kappa_n"] = np.asarray(lm.kappa_n, dtype=np.int64)
-        if min_count == 1:  # a state over its bound drops the cache first (it refills within a few messages)
+        if keep is None:  # a state over its bound drops the cache first (it refills within a few messages)
             arrays.update(lm.recency.to_arrays())
     for name, arr in (extra or {}).items():
         arrays[f"x_{name}"] = arr
-    m = {"prior": prior_id(lm), "messages": lm.messages, "min_count": min_count, **(meta or {})}
+    m = {"prior": prior_id(lm), "messages": lm.messages, "trigrams_dropped": dropped, **(meta or {})}
     return blob.pack(MAGIC, FORMAT_VERSION, arrays, m, compact=True)
 
 
 def encode_bounded(
     lm: TwinLM, max_bytes: int, extra: dict[str, np.ndarray[Any, Any]] | None = None, meta: dict[str, Any] | None = None
 ) -> bytes:
-    """:func:`encode`, dropping the rarest personal trigrams until the result fits in ``max_bytes``."""
-    for min_count in MIN_COUNT_LADDER:
-        data = encode(lm, extra, meta, min_count=min_count)
+    """:func:`encode`, shrunk until it fits in ``max_bytes``: first without the recency cache, then keeping only
+    the ``k`` commonest personal trigrams for the largest ``k`` that fits — exactly the ``k`` most frequent,
+    ties kept for the later listed (contexts seen last), as the in-memory bound keeps them
+    (:func:`~node.twin.personal.rarest_dropped`). ``k`` is searched on the encoded size (the compressed size
+    grows with ``k``: a search step guesses ``k`` by interpolating the sizes seen, then halves the bracket; a
+    handful of encodes). Raises TwinStoreError when not even the state without any trigram fits."""
+    data = encode(lm, extra, meta)
+    if len(data) <= max_bytes:
+        return data
+    tri = lm.personal.to_arrays()
+    counts = tri["tri_counts"]
+    n = len(counts)
+
+    def attempt(k: int) -> bytes:
+        return encode(lm, extra, meta, keep=rarest_dropped(counts, k), trigrams=tri)
+
+    best = attempt(n)
+    if len(best) <= max_bytes:
+        return best
+    lo, hi = 0, n  # lo fits (checked below), hi does not
+    lo_size, hi_size = None, len(best)
+    best = attempt(0)
+    if len(best) > max_bytes:
+        raise TwinStoreError(f"twin state does not fit in {max_bytes} bytes (twin.max_disk_bytes)")
+    lo_size = len(best)
+    halve = False
+    while hi - lo > 1:
+        if halve or hi_size <= lo_size:
+            k = (lo + hi) // 2
+        else:  # where the sizes seen say the bound falls, kept strictly inside the bracket
+            k = lo + int((hi - lo) * (max_bytes - lo_size) / (hi_size - lo_size))
+            k = min(hi - 1, max(lo + 1, k))
+        halve = not halve  # interpolation and bisection alternate: a bad guess costs one step
+        data = attempt(k)
         if len(data) <= max_bytes:
-            return data
-    raise TwinStoreError(f"twin state does not fit in {max_bytes} bytes (twin.max_disk_bytes)")
+            lo, lo_size, best = k, len(data), data
+        else:
+            hi, hi_size = k, len(data)
+    return best
 
 
 def meta_int(meta: dict[str, Any], key: str, default: int = 0) -> int:

@@ -23,7 +23,7 @@ from node.twin.engine import Event, TwinEngine
 from node.twin.errors import TwinStoreError
 from node.twin.gate import SHIPPED_SCORE, START_BITS
 from node.twin.neural import NeuralLM
-from node.twin.personal import PersonalKN
+from node.twin.personal import PersonalKN, ctx_key
 from node.twin.prior import GlobalPrior
 from node.twin.service import TwinService
 from node.twin.settings import TwinSettings
@@ -55,7 +55,7 @@ def test_a_huge_count_is_set_not_replayed() -> None:
     """The replaying loader called add() min(count, 10**6) times per trigram: a 3 KB file could cost CPU-days."""
     tri = np.array([[1, 2, 3], [1, 2, 4], [5, 2, 3]], dtype=np.int32)
     m = PersonalKN.from_arrays(0, tri, np.full(3, BIG, dtype=np.int32))
-    assert m.f3[(1, 2)] == {3: BIG, 4: BIG} and m.s3[(1, 2)] == [2 * BIG, 0, 0, 2]
+    assert m.f3[ctx_key(1, 2)] == {3: BIG, 4: BIG} and m.s3[ctx_key(1, 2)] == [2 * BIG, 0, 0, 2]
     assert m.f2[2] == {3: 2, 4: 1} and m.tokens == 3 * BIG and m.trigrams == 3
 
 

@@ -6,10 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from node.twin import store
+from node.twin import personal, store
 from node.twin.engine import Event, TwinEngine
 from node.twin.errors import TwinStoreError
 from node.twin.model import TwinLM
+from node.twin.personal import PersonalKN
 from node.twin.prior import GlobalPrior
 
 TEXTS = [f"message number {i} about the grobnik {i % 7} project" for i in range(200)]
@@ -40,7 +41,9 @@ def test_bounded_encoding_drops_rare_ngrams(prior: GlobalPrior) -> None:
     for t in TEXTS:
         lm.observe(t)
     full = store.encode(lm)
-    bound = len(full) * 2 // 3
+    no_cache = store.encode(lm, keep=np.ones(lm.personal.trigrams, dtype=bool))  # the recency cache goes first
+    assert len(no_cache) < len(full) and store.encode_bounded(lm, len(no_cache)) == no_cache
+    bound = len(no_cache) * 2 // 3
     small = store.encode_bounded(lm, bound)
     assert len(small) <= bound < len(full)
     back = TwinLM(prior)
@@ -91,3 +94,32 @@ def test_a_saved_state_uses_a_dictionary_sized_to_it(prior: GlobalPrior) -> None
     back = TwinLM(prior)
     store.decode_into(back, data, 10_000_000)
     assert back.words == lm.words
+
+
+def test_a_bound_state_keeps_exactly_the_commonest_trigrams_that_fit(prior: GlobalPrior) -> None:
+    """Review leftover (session 6): under a small twin.max_disk_bytes the count ladder dropped every trigram under a
+    count step at once (a 99,901-trigram state was saved as 277). Now the file holds exactly the k commonest
+    trigrams (ties: the later listed), for the largest k that fits: one more does not."""
+    rng = np.random.default_rng(7)
+    n = 12_000
+    tri = rng.integers(3, prior.v, size=(n, 3), dtype=np.int64).astype(np.int32)
+    tri[:, 0] = np.arange(n) % 4000 + 3  # distinct trigrams
+    counts = np.where(rng.random(n) < 0.25, rng.integers(2, 9, size=n), 1).astype(np.int32)
+    lm = TwinLM(prior)
+    lm.personal = PersonalKN.from_arrays(prior.bos, tri, counts)
+    bound = 40_000
+    assert len(store.encode(lm)) > bound
+    data = store.encode_bounded(lm, bound)
+    assert len(data) <= bound
+    back = TwinLM(prior)
+    store.decode_into(back, data, bound)
+    k = back.personal.trigrams
+    kept = {(key, w): c for key, fol in back.personal.f3.items() for w, c in fol.items()}
+    full = {(key, w): c for key, fol in lm.personal.f3.items() for w, c in fol.items()}
+    assert all(full[t] == c for t, c in kept.items())
+    dropped = [c for t, c in full.items() if t not in kept]
+    assert dropped and min(kept.values()) >= max(dropped)  # exactly the commonest
+    assert k > int((counts >= 2).sum())  # the ladder kept only the trigrams seen twice or more
+    listed = lm.personal.to_arrays()["tri_counts"]  # (by context, as the file lists them)
+    one_more = store.encode(lm, keep=personal.rarest_dropped(listed, k + 1))
+    assert len(one_more) > bound  # and k is as many as fit
