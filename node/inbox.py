@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +41,13 @@ class InboxMessage:
     hops: int
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["from"] = d.pop("sender")
-        return d
+        """The answer's shape (``inbox.list``, the ``inbox.message`` notification, the MCP tool ``inbox_list``,
+        whose outputSchema node.mcp.outputs derives from this record and :data:`JSON_NAMES`)."""
+        return {JSON_NAMES.get(f.name, f.name): getattr(self, f.name) for f in fields(self)}
+
+
+# The answer's names where they differ from the record's (the record cannot call a field ``from``).
+JSON_NAMES = {"sender": "from"}
 
 
 class Inbox:

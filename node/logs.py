@@ -122,6 +122,14 @@ def quiet_auto_connector() -> RepeatedLineFilter:
     return quiet
 
 
+def repeated_lines_dropped() -> dict[str, int]:
+    """The lines :class:`RepeatedLineFilter` dropped in this process, by logger (py-libp2p's auto-connector's:
+    0 until it drops one), for the metrics (``village_log_lines_dropped_total``). The loggers are the process's,
+    so several nodes in one process share the count, as they share the lines."""
+    logger = logging.getLogger(AUTO_CONNECTOR_LOGGER)
+    return {AUTO_CONNECTOR_LOGGER: sum(f.dropped for f in logger.filters if isinstance(f, RepeatedLineFilter))}
+
+
 def adopt_library_loggers(names: tuple[str, ...] = LIBRARY_LOGGERS) -> None:
     """Route the loggers ``names`` (and their existing descendants) through the root handler, in our format: their
     own handlers are removed and they propagate again. Their levels are kept (py-libp2p: WARNING unless

@@ -46,6 +46,7 @@ from node.routing.mesh import (
 )
 from node.routing.names import describe
 from node.routing.pins import PinChange
+from node.routing.timers import TIMER_FAILURE_PAUSE_S
 from node.settings import Config
 from node.systemd import sd_notify, watchdog_interval_s, watchdog_pings
 from node.transports.base import FrameSizeError, Link, LinkClosed, Transport
@@ -57,9 +58,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("village.node")
 
 LINK_SEND_QUEUE_FRAMES = 256  # frames queued per link before new ones are dropped (and counted); bytes: config
-# After a timer task failed (a bug, contained), the timer runs again no sooner than this: a task that failed before it
-# popped its due item leaves the same past deadline, which must not become a busy loop.
-TIMER_FAILURE_PAUSE_S = 0.1
 NEW_LINK_QUEUE = 64  # links handed over by transports, waiting for a reader task
 SENT_MESSAGES_KEPT = 1000  # outgoing messages whose state (pending/delivered/failed) stays queryable
 

@@ -119,6 +119,7 @@ def test_config_is_frozen() -> None:
             f'[betanet]\nrelay = "off"\nbootstrap = ["{RELAYED}"]\n',
             "betanet.bootstrap: .* is a relayed address but betanet.relay is off",
         ),
+        ('[betanet]\nauto_connect = "all"\n', "betanet.auto_connect: expected one of 'off', 'peerstore', got 'all'"),
         ('[mailbox]\nanchors = ["/ip4/10.0.0.1/udp/4001/quic-v1"]\n', "mailbox.anchors: .* is not a multiaddr"),
         ('[ble]\nadapter = "bumble"\n', 'ble.bumble_transport: adapter = "bumble" needs'),
         ("[rag]\nchunk_chars = 300\nchunk_overlap_chars = 300\n", r"rag.chunk_overlap_chars: expected less than"),

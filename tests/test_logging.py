@@ -4,6 +4,7 @@ records come out of ``village run``'s handler like ours (time, level, subsystem)
 from __future__ import annotations
 
 import ast
+import dataclasses
 import io
 import json
 import logging
@@ -138,7 +139,8 @@ def test_an_idle_node_logs_the_auto_connectors_state_once(restore_logging: None)
     out = io.StringIO()
     install_log_handler("INFO", out)
     (quiet,) = [f for f in logging.getLogger(AUTO_CONNECTOR_LOGGER).filters if isinstance(f, RepeatedLineFilter)]
-    transport = BetanetTransport(Identity.generate(), BETANET_LOOPBACK)
+    # (off by default, betanet.auto_connect; "peerstore" runs it as py-libp2p does)
+    transport = BetanetTransport(Identity.generate(), dataclasses.replace(BETANET_LOOPBACK, auto_connect="peerstore"))
     connections = [0]
 
     def dial_lines() -> list[str]:
@@ -236,7 +238,9 @@ def test_village_run_logs_json(tmp_path: Path) -> None:
 
     data = tmp_path / "d"
     data.mkdir(mode=0o700)
-    (data / "config.toml").write_text(LOOPBACK_CONFIG + '\n[node]\nnickname = "evil\\u001b[2J"\n')
+    # py-libp2p's auto-connector (off by default: betanet.auto_connect) logs its state at INFO as it starts.
+    config = LOOPBACK_CONFIG + 'auto_connect = "peerstore"\n\n[node]\nnickname = "evil\\u001b[2J"\n'
+    (data / "config.toml").write_text(config)
     assert village("init", "--data-dir", str(data)).returncode == 0
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "n.sock"))

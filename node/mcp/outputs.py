@@ -15,7 +15,15 @@ The memory tools' outputs stay beside them in node.mcp.memory_tools (the referen
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+import dataclasses
+import typing
+from collections.abc import Mapping
+from types import GenericAlias
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, create_model
+
+from node.inbox import JSON_NAMES, InboxMessage
 
 
 class Closed(BaseModel):
@@ -125,20 +133,21 @@ class MessageStatusOut(Closed):
     detail: str
 
 
-class InboxMessageOut(Closed):
-    seq: int
-    id: str
-    from_: str = Field(alias="from")
-    nickname: str
-    text: str
-    private: bool
-    received_at_ms: int
-    sent_at_ms: int
-    hops: int
+def record_model(name: str, record: type[Any], renamed: Mapping[str, str]) -> type[Closed]:
+    """The closed model of a dataclass record's JSON answer: the record's fields, typed as it types them, under
+    the answer's names (``renamed``: record field -> answer key). One typing: a field added to the record is in
+    the outputSchema too."""
+    hints = typing.get_type_hints(record)
+    spec: dict[str, Any] = {}
+    for f in dataclasses.fields(record):
+        alias = renamed.get(f.name)
+        spec[f.name] = (hints[f.name], Field(alias=alias) if alias else ...)
+    return create_model(name, __base__=Closed, __module__=__name__, **spec)
 
 
-class InboxOut(Closed):
-    messages: list[InboxMessageOut]
+InboxMessageOut = record_model("InboxMessageOut", InboxMessage, JSON_NAMES)  # node.inbox.InboxMessage.to_json()
+_messages: Any = (GenericAlias(list, InboxMessageOut), ...)  # list[InboxMessageOut], a model built at run time
+InboxOut = create_model("InboxOut", __base__=Closed, __module__=__name__, messages=_messages)
 
 
 # ---------------------------------------------------------------- knowledge base

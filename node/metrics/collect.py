@@ -24,6 +24,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from node import __version__
 from node.errors import NodeError
+from node.logs import repeated_lines_dropped
 
 if TYPE_CHECKING:
     from node.control.rpc import Registry as MethodRegistry
@@ -98,6 +99,7 @@ class Snapshot:
     governance_events: Mapping[str, int] = field(default_factory=dict)  # the governance core's counters
     labelled_counters: Mapping[str, tuple[str, str, Mapping[str, int]]] = field(default_factory=dict)
     # ^ extra families from a front end: name -> (help, label name, {label value: count}), e.g. the gateway's
+    log_lines_dropped: Mapping[str, int] = field(default_factory=dict)  # logger -> repeated lines dropped
 
 
 async def take_snapshot(
@@ -140,7 +142,14 @@ async def take_snapshot(
     except Exception:
         log.exception("metrics: reading the governance counters failed")
         failed.append("governance_events")
-    return Snapshot(status=status, sources=sources, failed=tuple(failed), bounds=bounds, governance_events=events)
+    return Snapshot(
+        status=status,
+        sources=sources,
+        failed=tuple(failed),
+        bounds=bounds,
+        governance_events=events,
+        log_lines_dropped=repeated_lines_dropped(),
+    )
 
 
 def _governance_counters(node: Node) -> dict[str, int]:
@@ -206,6 +215,13 @@ class NodeCollector:
                 "Governance core events (votes, proposals, certificates, evidence) by kind, refusals included.",
                 "event",
                 self.snapshot.governance_events,
+            )
+        if self.snapshot.log_lines_dropped:
+            yield _labelled(
+                "village_log_lines_dropped",
+                "Log lines dropped as a repeat of the last one (py-libp2p's auto-connector state), by logger.",
+                "logger",
+                self.snapshot.log_lines_dropped,
             )
         for name, (help_text, label, values) in self.snapshot.labelled_counters.items():
             yield _labelled(name, help_text, label, values)

@@ -4,7 +4,8 @@ earliest of the components' deadlines (:meth:`~node.routing.mesh.MeshCore.get_ti
 Each task is run on its own under :class:`~node.routing.containment.Containment`, so a failure ends that task only
 (counted, logged once); what a failed task popped is not due again, so the timer advances. A task that fails before
 it pops its due item leaves that deadline in the past: :meth:`TimerTasks.run` then returns False and the adapter
-waits a pause before it runs the tasks again (node.node.TIMER_FAILURE_PAUSE_S), never a busy loop. The tasks:
+waits :data:`TIMER_FAILURE_PAUSE_S` before it runs the tasks again (node.node; node.sim in simulated time), never a
+busy loop. The tasks:
 
 * unanswered pings raise their link's loss estimate (:class:`~node.routing.pinging.PingTracker`);
 * our periodic announce and deferred answers go out (:class:`~node.routing.announcing.AnnounceSchedule`);
@@ -31,6 +32,11 @@ from node.routing.presence import Presence
 from node.routing.relay import RelayQueue
 from node.routing.settings import MeshSection
 from node.wire import Reassembler
+
+# After a timer task failed (a bug, contained), the timer runs again no sooner than this: a task that failed before it
+# popped its due item leaves the same past deadline, which must not become a busy loop (the daemon's adapter, node.node,
+# and the simulator's, node.sim.engine, both wait it).
+TIMER_FAILURE_PAUSE_S = 0.1
 
 
 class TimerTasks:

@@ -49,6 +49,7 @@ from node.routing.mesh import (
     PrivateFailed,
 )
 from node.routing.settings import MeshSection
+from node.routing.timers import TIMER_FAILURE_PAUSE_S
 from node.sim.errors import SimError
 from node.sim.links import Direction, LinkModel, LinkStats
 from node.sim.metrics import BroadcastRecord, SimReport, UnicastRecord, build_report
@@ -217,6 +218,9 @@ class Simulation:
         self._node_up = [True] * topology.n
         self._timer_at: list[float | None] = [None] * topology.n
         self._refires = [0] * topology.n
+        # After a failed timer task (contained and counted by the core) its timer waits TIMER_FAILURE_PAUSE_S, as the
+        # daemon's does: a task that failed before it popped its due item would otherwise refire at the same instant.
+        self._timer_paused_until = [-math.inf] * topology.n
         self._out: list[dict[str, Direction]] = [{} for _ in range(topology.n)]
         self._node_edges: list[list[_Edge]] = [[] for _ in range(topology.n)]
         self.edges: list[_Edge] = []
@@ -431,7 +435,8 @@ class Simulation:
                 if timer_at[arg] != t:
                     continue  # re-armed since this entry was pushed
                 timer_at[arg] = None
-                cores[arg].handle_timer(t)
+                if not cores[arg].handle_timer(t):
+                    self._timer_paused_until[arg] = t + TIMER_FAILURE_PAUSE_S
                 drain(arg)
             else:
                 self._calls.pop(arg)()
@@ -461,7 +466,10 @@ class Simulation:
             timer_at[i] = None
             return
         now = self.now
-        if t <= now:
+        paused = self._timer_paused_until[i]
+        if t < paused and paused > now:
+            t = paused  # a timer task failed: nothing runs before the pause is over (the same past deadline included)
+        elif t <= now:
             t = now
             self._refires[i] += 1
             if self._refires[i] > MAX_TIMER_REFIRES:

@@ -34,6 +34,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         ]
         if d.get("load_error"):
             lines.append(f"note: {d['load_error']}")
+        if nn and nn.get("reset"):
+            lines.append(f"note: neural tier: {nn['reset']}")
+        if nn and nn.get("gate_reset"):
+            lines.append(f"note: message gate: {nn['gate_reset']}")
         if d.get("actions_note"):
             lines.append(f"note: {d['actions_note']}")
         return "\n".join(lines)

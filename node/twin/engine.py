@@ -98,6 +98,7 @@ class TwinEngine:
         self.events = 0
         self.neural_updates = 0
         self.neural_reset_reason: str | None = None  # why a loaded state's neural adaptation was dropped
+        self.gate_reset_reason: str | None = None  # why a loaded state's gate threshold was not taken
 
     def observe(self, ev: Event) -> Observed:
         text = ev.text[:MAX_EVENT_TEXT_CHARS]
@@ -164,6 +165,7 @@ class TwinEngine:
                 "updates": self.neural_updates,
                 "gate_threshold_bits": round(self.gate.threshold_bits, 2),
                 "gate_pass_rate": round(self.gate.pass_rate, 3),
+                "gate_reset": self.gate_reset_reason,
                 "model": neural.model_id,
                 "reset": self.neural_reset_reason,
             },
@@ -254,8 +256,17 @@ class TwinEngine:
         # shut for ~700 messages) resets the gate alone to its start: the rest of what was learned is kept.
         threshold = store.meta_float(meta, "gate_threshold_bits", self.gate.threshold_bits)
         # (a state of another gate, session 4's: its threshold is not ours)
-        if meta.get("gate_score") == self.gate.score and sane_threshold(self.gate.score, threshold):
+        stored_score = meta.get("gate_score")
+        if stored_score == self.gate.score and sane_threshold(self.gate.score, threshold):
             self.gate.threshold_bits = threshold
+        else:
+            start = f"it starts again from {self.gate.threshold_bits:g} bits"
+            if stored_score == self.gate.score:
+                why = f"the saved gate threshold ({threshold:.6g} bits) is not one its score could reach"
+            else:
+                was = stored_score[:16] if isinstance(stored_score, str) else "unrecorded"
+                why = f"the saved gate threshold belongs to another gate score ({was})"
+            self.gate_reset_reason = f"{why}; {start}"
         topics, contacts = meta.get("topics", []), meta.get("contacts", {})
         if not isinstance(topics, list) or not isinstance(contacts, dict):
             raise TwinStoreError("twin state header: topics is not a list or contacts not an object")

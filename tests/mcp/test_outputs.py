@@ -4,20 +4,25 @@ structuredContent that breaks the client's own schema check."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]  # no stubs installed
 from mcp.client.client import Client
+from pydantic import ValidationError
 
+from node.inbox import JSON_NAMES, Inbox, InboxMessage
+from node.mcp import outputs
 from node.mcp.audit import AuditLog
 from node.mcp.errors import InvalidArguments, ToolError
 from node.mcp.graph import GraphStore
 from node.mcp.memory_tools import memory_tools, scratch_tools
 from node.mcp.node_tools import node_tools
-from node.mcp.registry import Caller, Outcome, Registry, Tool
+from node.mcp.registry import Caller, Outcome, Registry, Tool, json_schema
 from node.mcp.server import LocalBackend, build_server
 from node.mcp.vote_tools import vote_tools
 from node.mcp.working import WorkingMemory
@@ -191,3 +196,28 @@ async def test_an_answer_that_is_not_json_is_refused_or_reported_done() -> None:
         await reg.call("vote_status", {}, caller=Caller("stdio", "c"))
     out = await reg.call("messages_send", {"peer": "bob", "text": "hi"}, caller=Caller("stdio", "c"))
     assert "done" in out.text and reg.output_mismatches == {"vote_status": 1, "messages_send": 1}
+
+
+def test_the_inbox_answer_is_typed_once_by_the_inbox_record(tmp_path: Path) -> None:
+    """inbox_list's outputSchema is derived from node.inbox's record (one typing of the inbox answer): a stored
+    message's answer passes it unchanged, its keys are the record's fields under their answer names, and a field a
+    record gains is in the derived model too."""
+    inbox = Inbox(tmp_path / "state.db", max_messages=10)
+    inbox.add(id="m1", sender="ab" * 8, nickname="ann", text="hi", private=True, received_at_ms=5, sent_at_ms=4, hops=2)
+    answer = {"messages": [m.to_json() for m in inbox.list()]}
+    inbox.close()
+    assert answer["messages"][0]["from"] == "ab" * 8 and "sender" not in answer["messages"][0]
+    assert outputs.InboxOut.model_validate(answer).model_dump(mode="json", by_alias=True) == answer
+    schema = json_schema(outputs.InboxOut)["properties"]["messages"]["items"]
+    names = {JSON_NAMES.get(f.name, f.name) for f in dataclasses.fields(InboxMessage)}
+    assert set(schema["properties"]) == names == set(schema["required"]) == set(answer["messages"][0])
+    assert schema["additionalProperties"] is False
+
+    @dataclasses.dataclass(frozen=True)
+    class Grown(InboxMessage):
+        ttl_s: float
+
+    grown = outputs.record_model("Grown", Grown, JSON_NAMES)
+    assert grown.model_json_schema(by_alias=True)["properties"]["ttl_s"]["type"] == "number"
+    with pytest.raises(ValidationError, match="ttl_s"):
+        grown.model_validate(answer["messages"][0])

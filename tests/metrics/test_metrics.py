@@ -5,6 +5,7 @@ and paths, and every metric the Grafana dashboard (configs/grafana-dashboard.jso
 from __future__ import annotations
 
 import json
+import logging
 import re
 import urllib.error
 import urllib.request
@@ -18,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from node.errors import ConfigError
 from node.identity import Identity
+from node.logs import AUTO_CONNECTOR_LOGGER, quiet_auto_connector
 from node.metrics.collect import DROP_CAUSES, Snapshot, render, take_snapshot
 from node.metrics.service import MetricsApp, Scraper
 from node.metrics.settings import MetricsSection
@@ -307,3 +309,26 @@ async def test_the_host_is_checked_whatever_the_listen_address() -> None:
     assert cfg.section(MetricsSection).allowed_hosts == ("prom.lan",)
     with pytest.raises(ConfigError, match=r"^metrics\.allowed_hosts: 'a b' is not a host name"):
         config_from_mapping({"metrics": {"allowed_hosts": ["a b"]}})
+
+
+async def test_the_repeated_log_lines_dropped_are_a_metric(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """py-libp2p's auto-connector lines the log filter drops as repeats are counted in the scrape, by logger."""
+    logger = logging.getLogger(AUTO_CONNECTOR_LOGGER)
+    monkeypatch.setattr(logger, "filters", list(logger.filters))  # the process's logger: restored afterwards
+    monkeypatch.setattr(logger, "level", logging.INFO)  # as py-libp2p's import sets it
+    quiet = quiet_auto_connector()
+    alice, _bob = await two_nodes(nursery, tmp_path)
+    assert value(samples(render(await take_snapshot(alice)).decode()), LINES_DROPPED, logger=AUTO_CONNECTOR_LOGGER) == 0
+    for _ in range(4):  # the same state four times: said once, three dropped
+        logger.info("AUTO_CONNECTOR_STATE: connections=%d", 0)
+    logger.info("AUTO_CONNECTOR_STATE: connections=%d", 1)  # a change is said
+    found = samples(render(await take_snapshot(alice)).decode())
+    assert value(found, LINES_DROPPED, logger=AUTO_CONNECTOR_LOGGER) == 3 == quiet.dropped
+
+
+LINES_DROPPED = "village_log_lines_dropped_total"

@@ -1,5 +1,5 @@
 """A timer task that fails before it pops its due item (a bug, contained) leaves the same past deadline: the node's
-timer task then pauses (node.node.TIMER_FAILURE_PAUSE_S) before it runs the timer again, where it used to call
+timer task then pauses (node.routing.timers.TIMER_FAILURE_PAUSE_S) before it runs the timer again, where it used to call
 handle_timer again at once, a busy loop counting contained bugs. In-process mesh, trio's autojump clock."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from node.node import TIMER_FAILURE_PAUSE_S
+from node.routing.timers import TIMER_FAILURE_PAUSE_S
 from tests.routing.harness import start_mesh
 
 SIM_TIMEOUT_S = 600  # simulated seconds

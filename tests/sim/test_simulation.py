@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
 
 from node.routing.mesh import MeshEvent, PeerAnnounced
+from node.routing.timers import TIMER_FAILURE_PAUSE_S
 from node.sim import LinkModel, SimError, Simulation, line, random_churn, random_geometric
 
 
@@ -111,3 +113,31 @@ def test_run_until_raises_the_collector_thresholds_while_it_runs_and_restores_th
     sim.schedule(1.0, lambda: seen.append(gc.get_threshold()))
     sim.run_until(2.0)
     assert seen and seen[0][0] >= 50_000 and gc.get_threshold() == before
+
+
+def test_a_failing_timer_task_pauses_its_timer_instead_of_refiring_at_one_instant(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A timer task that fails before it pops its due item leaves that deadline in the past. The core contains the
+    failure (counted) and says so; the simulator then waits TIMER_FAILURE_PAUSE_S of simulated time before it runs
+    that core's timer again, as the daemon does — it used to refire at the same instant 10,000 times and then stop
+    the run with "its core never advances it". The rest of the mesh runs on, and once the task works the held
+    message goes."""
+    sim = Simulation(line(3), seed=1)
+    core = sim.cores[0]
+    failed_at: list[float] = []
+
+    def broken(now: float) -> None:
+        failed_at.append(now)
+        raise KeyError("a bug in a timer task")
+
+    monkeypatch.setattr(core.delivery, "retry_due", broken)
+    rec = sim.send_private(0, 2, "held until the retry works")  # no announce yet: held, its retry is a deadline
+    sim.run_until(30.0)
+    assert sim.now == 30.0 and rec.delivered_s is None
+    assert 2 <= len(failed_at) <= 30.0 / TIMER_FAILURE_PAUSE_S + 10
+    assert all(b - a >= TIMER_FAILURE_PAUSE_S - 1e-9 for a, b in itertools.pairwise(failed_at))
+    assert sim.report().core_counters["contained_bugs"] == len(failed_at) == core.counters.contained_bugs
+    monkeypatch.undo()
+    sim.run_until(120.0)
+    assert rec.delivered_s is not None and rec.acked_s is not None and len(failed_at) == core.counters.contained_bugs

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 
 from node.clock import Clock
@@ -98,3 +99,30 @@ async def test_node_connects_by_peer_id_and_messages_go_direct(nursery: trio.Nur
     assert a_t.counters.dht_found == 1
     for node in (a, b, c):
         node.request_stop()
+
+
+@pytest.mark.parametrize("auto_connect", ["off", "peerstore"])
+async def test_a_peer_only_a_dht_answer_named_is_not_dialled_unless_configured(
+    nursery: trio.Nursery, auto_connect: str
+) -> None:
+    """py-libp2p's auto-connector dials peers of the peerstore: a peer that a DHT answer named (FIND_NODE replies
+    put their addresses there, as below) would learn this node's IP address and peer ID, at an address of the
+    answering peer's choosing. By default (betanet.auto_connect = "off") it never runs: the peer is not dialled.
+    "peerstore" keeps py-libp2p's behaviour (the control: the same peer is dialled)."""
+    me, _ = await start_transport(nursery, settings=dataclasses.replace(LOOPBACK, auto_connect=auto_connect))
+    stranger, _ = await start_transport(nursery)
+    assert me.host is not None and stranger.host is not None
+    swarm = me.host.get_network()
+    assert isinstance(swarm, Swarm)
+    named = stranger.host.get_id()
+    me.host.get_peerstore().add_addrs(named, stranger.host.get_addrs(), 3600)  # what peer_routing.py does
+    connector = swarm.auto_connector
+    if auto_connect == "off":
+        await connector.maybe_connect()  # a cycle (it also runs on every disconnect): nothing to do
+        assert not connector._started and not swarm.get_connections(named) and not connector._in_flight_dials
+        assert not stranger.host.get_network().get_connections(me.host.get_id())
+        return
+    with trio.fail_after(WAIT_S):
+        while not swarm.get_connections(named):  # a cycle may already be running: the next one dials it
+            await connector.maybe_connect()
+            await trio.sleep(0.05)

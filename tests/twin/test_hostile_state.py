@@ -25,8 +25,10 @@ from node.twin.gate import SHIPPED_SCORE, START_BITS
 from node.twin.neural import NeuralLM
 from node.twin.personal import PersonalKN, ctx_key
 from node.twin.prior import GlobalPrior
+from node.twin.service import TwinService
+from node.twin.settings import TwinSettings
 
-from .test_service import Power, make
+from .test_service import Power, fake_embed, make
 
 Arrays = dict[str, np.ndarray[Any, Any]]
 Mutate = Callable[[Arrays, dict[str, Any]], None]
@@ -398,3 +400,48 @@ def test_oversized_mixture_weights_are_refused_by_their_shape() -> None:
     arrays["lam"] = np.zeros(1_000_000)
     with pytest.raises(TwinStoreError, match="mixture weights"):
         TwinEngine(prior).decode(blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta), 10_000_000)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "said"),
+    [
+        (_set_meta("gate_threshold_bits", 40.0), "(40 bits) is not one its score could reach"),
+        (_set_meta("gate_score", "mixture"), "another gate score (mixture)"),
+        (lambda arrays, meta: meta.pop("gate_score"), "another gate score (unrecorded)"),
+    ],
+    ids=["out-of-range", "other-score", "no-score"],
+)
+async def test_twin_status_says_why_a_stored_gate_was_reset(tmp_path: Path, mutate: Mutate, said: str) -> None:
+    """A gate threshold reset on load (the rest kept) is reported by status, as the neural tier's reset is; a
+    state whose gate loads says nothing."""
+
+    def make(d: Path, power: Power) -> TwinService:  # the gate steers the neural tier: status shows it with it
+        settings = TwinSettings(neural=True, poll_interval_s=60, save_interval_s=3600)
+        return TwinService(settings, d, battery_reader=power, thermal_reader=lambda: 35.0, embed=fake_embed)
+
+    svc = make(tmp_path, Power(90, True))
+    async with trio.open_nursery() as n:
+        await n.start(svc.run, None)
+        svc.record("message", "hello there friend of the zorblat club", action="messages.send")
+        await svc.idle.wait()
+        assert await svc.save_now() > 0
+        n.cancel_scope.cancel()
+    clean = make(tmp_path, Power(90, True))
+    async with trio.open_nursery() as n:
+        await n.start(clean.run, None)
+        st = await clean.status()
+        assert st["neural"]["gate_reset"] is None and st["neural"]["reset"] is None, st
+        n.cancel_scope.cancel()
+    arrays, meta = blob.unpack_untrusted(svc.path.read_bytes(), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    arrays = dict(arrays)
+    mutate(arrays, meta)
+    svc.path.write_bytes(blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta))
+    again = make(tmp_path, Power(90, True))
+    async with trio.open_nursery() as n:
+        await n.start(again.run, None)
+        st = await again.status()
+        reason = st["neural"]["gate_reset"]
+        assert reason is not None and said in reason and f"{START_BITS[SHIPPED_SCORE]:g} bits" in reason, st
+        assert st["neural"]["gate_threshold_bits"] == START_BITS[SHIPPED_SCORE]
+        assert st["load_error"] is None and st["neural"]["reset"] is None and st["messages_learned"] == 1, st
+        n.cancel_scope.cancel()

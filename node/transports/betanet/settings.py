@@ -34,6 +34,15 @@ class BetanetSection:
         "Run libp2p's Kademlia DHT (peer routing): `village connect /p2p/<peer id>` looks the peer's addresses up "
         "through connected peers.",
     )
+    auto_connect: str = setting(
+        "off",
+        "py-libp2p's auto-connector, which dials peers of the peerstore while the node has fewer than 100 "
+        "connections (up to 200, 32 every 10 s). off: it never runs; the node dials its bootstrap peers, the peers "
+        "mDNS finds and the peers it is asked to reach (and those a DHT lookup queries) only. peerstore: py-libp2p's "
+        "behaviour, every peer in the peerstore, those that DHT answers and identify named included: each learns "
+        "this node's IP address and peer ID, and the peers answering DHT queries choose which addresses it dials.",
+        choices=("off", "peerstore"),
+    )
     relay: str = setting(
         "client",
         "Circuit relay v2 (libp2p's). off: none. client: accept connections relayed to us, dial /p2p-circuit "

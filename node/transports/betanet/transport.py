@@ -114,6 +114,21 @@ def expand_unspecified(addrs: list[multiaddr.Multiaddr]) -> list[multiaddr.Multi
 _UNDERLYING = ("secured_conn", "conn", "read_writer", "read_write_closer")  # muxer → Noise → msgio → raw
 
 
+def _never_auto_connect(swarm: Swarm) -> None:
+    """``betanet.auto_connect = "off"``: py-libp2p's auto-connector (network/auto_connector.py, 0.8) is never
+    started on this swarm. It would dial up to 200 peers of the peerstore, 32 every 10 s, those that DHT answers
+    (any connected peer's FIND_NODE reply) and identify named included: each would learn our IP address and peer ID,
+    and a peer answering DHT queries would choose which addresses we dial (private ones too on a node without a
+    public address). Its ``start`` becomes a no-op on this instance (the swarm calls it when it runs; libp2p is
+    pinned below 0.9): never started, its periodic task returns at once and ``maybe_connect``, which the swarm also
+    schedules on every disconnect, does nothing."""
+
+    async def start() -> None:
+        return None
+
+    setattr(swarm.auto_connector, "start", start)  # noqa: B010 - an instance override, not a typed attribute
+
+
 def _relay_under(conn: object) -> ID | None:
     """The relay carrying a relayed connection: the peer on the far side of the relay stream under the
     connection's Noise session (muxer → secure session → Noise framing → raw connection → relay stream)."""
@@ -246,6 +261,8 @@ class BetanetTransport(Transport):
             transport_manager=TransportManager(port_demuxers={}),
         )
         swarm.set_resource_manager(resources)
+        if self.settings.auto_connect == "off":
+            _never_auto_connect(swarm)
         host = BasicHost(
             network=swarm,
             enable_mDNS=self.settings.mdns,
