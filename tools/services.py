@@ -103,6 +103,30 @@ def _port_answers(port: int) -> bool:
         return False
 
 
+def _redis_pongs(port: int, password: str) -> bool:
+    """True when the Redis-protocol server on ``port`` answers PING (after AUTH) with PONG, not LOADING."""
+
+    def bulk(*parts: str) -> bytes:
+        out = [f"*{len(parts)}\r\n".encode()]
+        for part in parts:
+            raw = part.encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+        return b"".join(out)
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as conn:
+            conn.sendall(bulk("AUTH", password) + bulk("PING"))
+            got = b""
+            while got.count(b"\r\n") < 2:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return False
+                got += chunk
+    except OSError:
+        return False
+    return got.split(b"\r\n")[1] == b"+PONG"
+
+
 def free_port(avoid: set[int] | None = None) -> int:
     """A loopback TCP port below 32768 that nothing is bound to right now."""
     rng = random.SystemRandom()
@@ -548,7 +572,9 @@ class Services:
         if prefix:  # in its own network namespace: its port is not reachable from here
             _wait(lambda: _pid_alive(_read_pid(pidfile)), START_TIMEOUT_S, what)
         else:
-            _wait(lambda: _pid_alive(_read_pid(pidfile)) and _port_answers(port), START_TIMEOUT_S, what)
+            # Ready means it answers PING: while it loads its append-only file it accepts connections but
+            # refuses every command with LOADING, and a caller right after `up` would fail.
+            _wait(lambda: _pid_alive(_read_pid(pidfile)) and _redis_pongs(port, password), START_TIMEOUT_S, what)
 
     def _start_redis(self, prev: dict[str, Any]) -> dict[str, Any]:
         server = _redis_server()
