@@ -210,3 +210,36 @@ async def test_the_mcp_layer_failing_to_load_is_a_clear_error_and_the_node_goes_
         with pytest.raises(plugin_service.McpLoadFailed):  # every later call says so too, at once
             await plugin_service.running_service(node)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_knowledge_base_or_twin_that_cannot_load_says_why_and_the_node_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broken install (a module that cannot be imported) is found on first use now, not at start: the caller gets
+    a NodeError naming it (the control socket shows its message), never an internal error."""
+    from node.rag.errors import RagError
+    from node.rag.node_service import RagNodeService
+    from node.rag.settings import RagSection
+    from node.twin.service import TwinService
+    from node.twin.settings import TwinSettings
+
+    monkeypatch.setitem(sys.modules, "node.rag.service", None)  # `import` of it raises ImportError
+    monkeypatch.setitem(sys.modules, "node.twin.engine", None)
+    node = SimpleNamespace(
+        config=SimpleNamespace(data_dir=tmp_path),
+        persistent=True,
+        clock=SimpleNamespace(wall_ms=lambda: 1_700_000_000_000),
+        register_app_handler=lambda _name, _handler: None,
+        service=lambda _name: None,
+    )
+    rag = RagNodeService(RagSection(mode="bm25"))
+    twin = TwinService(TwinSettings(neural=False, actions=False), tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rag.run, node)
+        await nursery.start(twin.run, node)
+        with pytest.raises(RagError, match=r"knowledge base could not be loaded on this node: import of node\.rag"):
+            _ = rag.rag
+        status = await twin.status()
+        assert status["loaded"] is False
+        assert "twin's model could not be loaded on this node: import of node.twin.engine" in status["load_error"]
+        nursery.cancel_scope.cancel()

@@ -270,10 +270,13 @@ class AgentsService:
             if self.tools is None or self.traces is None or self._node is None:
                 raise AgentError("the agents service is not running")
             registry = await self._registry(self._node)
-            from node.agents.king import King
-            from node.agents.router import Router, load_seeds, shipped_seed_vectors
-            from node.agents.toolbridge import RegistryTools
-            from node.rag.embed import MODEL_ID, Embedder
+            try:  # numpy (the router): here, on the first request
+                from node.agents.king import King
+                from node.agents.router import Router, load_seeds, shipped_seed_vectors
+                from node.agents.toolbridge import RegistryTools
+                from node.rag.embed import MODEL_ID, Embedder
+            except ImportError as exc:  # a broken install: the caller gets why, the node goes on
+                raise AgentError(f"the agents' router could not be loaded on this node: {exc}") from exc
             from node.rag.plugin import rag_service
 
             rag = rag_service(self._node)

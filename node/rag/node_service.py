@@ -37,10 +37,13 @@ class RagNodeService:
 
     @property
     def rag(self) -> RagService | None:
-        """The knowledge base (built on the first access once the service runs; None before it runs)."""
+        """The knowledge base (built on the first access once the service runs; None before it runs). Raises
+        :class:`~node.rag.errors.RagError` when its modules cannot be imported."""
         if self._rag is None and self._node is not None:
-            from node.rag.service import RagService  # numpy, hnswlib: here, on first use
-
+            try:
+                from node.rag.service import RagService  # numpy, hnswlib: here, on first use
+            except ImportError as exc:  # a broken install: the caller (and the log) get why, the node goes on
+                raise RagError(f"the knowledge base could not be loaded on this node: {exc}") from exc
             node = self._node
             self._rag = RagService(
                 self.settings,

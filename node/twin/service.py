@@ -136,11 +136,15 @@ class TwinService:
         return None if rag is None else rag.embed_from_thread
 
     def _load(self) -> TwinEngine:
-        from node.twin import store
-        from node.twin.engine import TwinEngine
-        from node.twin.neural import NeuralLM
-        from node.twin.prior import GlobalPrior
-        from node.twin.threads import limit_blas_threads
+        try:  # numpy, the models: here, on first use
+            from node.twin import store
+            from node.twin.engine import TwinEngine
+            from node.twin.neural import NeuralLM
+            from node.twin.prior import GlobalPrior
+            from node.twin.threads import limit_blas_threads
+        except ImportError as exc:  # a broken install: status says why, the node goes on
+            self.load_error = f"the twin's model could not be loaded on this node: {exc}"
+            raise TwinError(self.load_error) from exc
 
         self.blas_threads = limit_blas_threads(self.settings.blas_threads)
         prior = GlobalPrior.load_packaged()
