@@ -150,13 +150,15 @@ def idle_node_figures(
     data.mkdir(mode=0o700)
     (data / "config.toml").write_text(LISTEN + extra_config)
     env = {**os.environ, **(extra_env or {}), "PYTHONPATH": str(ROOT), "VILLAGE_DATA_DIR": str(data)}
-    subprocess.run([sys.executable, "-m", "node.cli", "init"], env=env, stdout=subprocess.DEVNULL, check=True)
+    # cwd=ROOT: `python -m`/`-c` put the working directory first on sys.path, before PYTHONPATH (the tree measured)
+    subprocess.run([sys.executable, "-m", "node.cli", "init"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, check=True)
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp / "notify.sock"))
     notify.settimeout(120)
     mods = tmp / "modules.txt"
     cmd = [sys.executable, "-c", RUN_AND_LIST, str(mods)]
-    proc = subprocess.Popen(cmd, env={**env, "NOTIFY_SOCKET": str(tmp / "notify.sock")}, stderr=subprocess.DEVNULL)
+    env = {**env, "NOTIFY_SOCKET": str(tmp / "notify.sock")}
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
     try:
         if notify.recv(64) != b"READY=1":
             raise SystemExit("the daemon did not report READY=1")
@@ -194,7 +196,8 @@ def first_use_figures(extra_config: str, settle_s: float, root: Path = ROOT) -> 
     doc = tmp / "walrus.txt"
     doc.write_text("The walrus colony nests on the northern ice shelf every spring, and meets at dawn.\n")
     env = {**os.environ, "PYTHONPATH": str(root), "VILLAGE_DATA_DIR": str(data)}
-    subprocess.run([sys.executable, "-m", "node.cli", "init"], env=env, stdout=subprocess.DEVNULL, check=True)
+    # cwd=root: `python -m` puts the working directory first on sys.path, before PYTHONPATH
+    subprocess.run([sys.executable, "-m", "node.cli", "init"], env=env, cwd=root, stdout=subprocess.DEVNULL, check=True)
     out: dict[str, float] = {}
     try:
         for run in ("populate", "measure"):
@@ -204,7 +207,7 @@ def first_use_figures(extra_config: str, settle_s: float, root: Path = ROOT) -> 
             notify.settimeout(120)
             cmd = [sys.executable, "-m", "node.cli", "run"]
             proc = subprocess.Popen(
-                cmd, env={**env, "NOTIFY_SOCKET": str(tmp / "notify.sock")}, stderr=subprocess.DEVNULL
+                cmd, env={**env, "NOTIFY_SOCKET": str(tmp / "notify.sock")}, cwd=root, stderr=subprocess.DEVNULL
             )
             try:
                 if notify.recv(64) != b"READY=1":
