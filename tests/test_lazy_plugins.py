@@ -210,6 +210,13 @@ async def test_the_mcp_layer_failing_to_load_is_a_clear_error_and_the_node_goes_
         with pytest.raises(plugin_service.McpLoadFailed):  # every later call says so too, at once
             await plugin_service.running_service(node)
         nursery.cancel_scope.cancel()
+    # Served from the start (an HTTP listener): it loads at start, and a failure fails the start, as before.
+    eager = plugin_service.McpPluginService(McpSettings(http_listen="127.0.0.1:0"))
+    node = SimpleNamespace(services=[eager], service=lambda name: eager if name == "mcp" else None)
+    with pytest.raises(BaseExceptionGroup) as failed:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(eager.run, node)
+    assert failed.group_contains(ImportError, match="pydantic_core")
 
 
 async def test_a_knowledge_base_or_twin_that_cannot_load_says_why_and_the_node_goes_on(

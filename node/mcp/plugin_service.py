@@ -54,14 +54,17 @@ class McpPluginService:
 
     async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        if not self._serves_at_start(node):
+        at_start = self._serves_at_start(node)
+        if not at_start:
             await self._wanted.wait()
         async with trio.open_nursery() as nursery:
             try:
                 module: Any = await trio.to_thread.run_sync(importlib.import_module, "node.mcp.service")
                 service: McpService = module.McpService(self.settings)
                 await nursery.start(service.run, node)
-            except Exception as exc:  # a broken install or store: callers get why, the node goes on
+            except Exception as exc:  # on first use, a broken install or store: callers get why, the node goes on
+                if at_start:
+                    raise  # as before: what the node serves from the start (an HTTP listener) fails the start
                 self.load_error = f"{type(exc).__name__}: {exc}"
                 log.exception("MCP: the tool layer could not be loaded or started")
                 self.ready.set()
