@@ -68,13 +68,14 @@ class RagNodeService:
         try:
             await trio.sleep_forever()
         finally:
+            self._node = None  # stopping: a late caller gets "not running", never a new service nobody closes
             if self._rag is not None:
                 with trio.CancelScope(shield=True):
                     await self._rag.aclose()
 
     def _running(self) -> RagService:
         rag = self.rag
-        if rag is None:  # not reachable once run() started; a clear error rather than an AttributeError
+        if rag is None:  # the node is stopping: a clear error rather than an AttributeError
             raise RagError("the knowledge base is not running")
         return rag
 
