@@ -190,6 +190,7 @@ async def test_the_mcp_layer_failing_to_load_is_a_clear_error_and_the_node_goes_
     import importlib
 
     from node.mcp import plugin_service
+    from node.mcp.errors import McpLoadFailed
     from node.mcp.settings import McpSettings
 
     real = importlib.import_module
@@ -205,9 +206,9 @@ async def test_the_mcp_layer_failing_to_load_is_a_clear_error_and_the_node_goes_
     async with trio.open_nursery() as nursery:
         await nursery.start(svc.run, node)
         assert not svc.ready.is_set()  # nothing loads before a caller asks
-        with pytest.raises(plugin_service.McpLoadFailed, match="could not be loaded on this node: ImportError"):
+        with pytest.raises(McpLoadFailed, match="could not be loaded on this node: ImportError"):
             await plugin_service.running_service(node)
-        with pytest.raises(plugin_service.McpLoadFailed):  # every later call says so too, at once
+        with pytest.raises(McpLoadFailed):  # every later call says so too, at once
             await plugin_service.running_service(node)
         nursery.cancel_scope.cancel()
     # Served from the start (an HTTP listener): it loads at start, and a failure fails the start, as before.

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from node.mcp.errors import ToolError
+from node.mcp.errors import McpLoadFailed
 from node.mcp.settings import McpSettings
 
 if TYPE_CHECKING:
@@ -27,10 +27,6 @@ log = logging.getLogger("village.mcp")
 LOAD_WAIT_S = 60.0  # a control call made while the MCP layer still loads waits this long at most
 # A service offering one of these keeps the MCP memory (or an old copy of it): the MCP layer loads at start.
 MEMORY_OFFERS = ("mcp_memory_storage", "mcp_memory_graph")
-
-
-class McpLoadFailed(ToolError):
-    """The MCP layer could not be loaded on this node (the message says why; the daemon log has the traceback)."""
 
 
 class McpPluginService:
