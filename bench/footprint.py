@@ -150,13 +150,15 @@ def idle_node_figures(
     data.mkdir(mode=0o700)
     (data / "config.toml").write_text(LISTEN + extra_config)
     env = {**os.environ, **(extra_env or {}), "PYTHONPATH": str(ROOT), "VILLAGE_DATA_DIR": str(data)}
-    subprocess.run([sys.executable, "-m", "node.cli", "init"], env=env, stdout=subprocess.DEVNULL, check=True)
+    # cwd=ROOT: `python -m`/`-c` put the working directory first on sys.path, before PYTHONPATH (the tree measured)
+    subprocess.run([sys.executable, "-m", "node.cli", "init"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, check=True)
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp / "notify.sock"))
     notify.settimeout(120)
     mods = tmp / "modules.txt"
     cmd = [sys.executable, "-c", RUN_AND_LIST, str(mods)]
-    proc = subprocess.Popen(cmd, env={**env, "NOTIFY_SOCKET": str(tmp / "notify.sock")}, stderr=subprocess.DEVNULL)
+    env = {**env, "NOTIFY_SOCKET": str(tmp / "notify.sock")}
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
     try:
         if notify.recv(64) != b"READY=1":
             raise SystemExit("the daemon did not report READY=1")
@@ -172,10 +174,71 @@ def idle_node_figures(
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
 
 
+FIRST_CALLS: tuple[tuple[str, dict[str, object]], ...] = (  # twin.* and mcp.* are no twin events: each loads alone
+    ("twin.suggest", {"text": "the walrus colony meets at "}),
+    ("mcp.tools", {}),
+    ("rag.query", {"text": "where does the walrus colony nest"}),
+    ("agents.list", {}),
+    ("node.status", {}),
+)
+
+
+def first_use_figures(extra_config: str, settle_s: float, root: Path = ROOT) -> dict[str, float]:
+    """A real `village run` (default plugins) restarted on a knowledge base holding one document: after READY=1 and
+    ``settle_s`` idle, each plugin's first call and the same call again (ms; the difference is the one-time cost of
+    loading what it needs), the RSS at idle and after those calls (KiB)."""
+    from node.control.client import ControlClient
+
+    tmp = Path(tempfile.mkdtemp(prefix="vfirst-", dir="/tmp"))
+    data = tmp / "data"
+    data.mkdir(mode=0o700)
+    (data / "config.toml").write_text(LISTEN + extra_config)
+    doc = tmp / "walrus.txt"
+    doc.write_text("The walrus colony nests on the northern ice shelf every spring, and meets at dawn.\n")
+    env = {**os.environ, "PYTHONPATH": str(root), "VILLAGE_DATA_DIR": str(data)}
+    # cwd=root: `python -m` puts the working directory first on sys.path, before PYTHONPATH
+    subprocess.run([sys.executable, "-m", "node.cli", "init"], env=env, cwd=root, stdout=subprocess.DEVNULL, check=True)
+    out: dict[str, float] = {}
+    try:
+        for run in ("populate", "measure"):
+            notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            (tmp / "notify.sock").unlink(missing_ok=True)
+            notify.bind(str(tmp / "notify.sock"))
+            notify.settimeout(120)
+            cmd = [sys.executable, "-m", "node.cli", "run"]
+            proc = subprocess.Popen(
+                cmd, env={**env, "NOTIFY_SOCKET": str(tmp / "notify.sock")}, cwd=root, stderr=subprocess.DEVNULL
+            )
+            try:
+                if notify.recv(64) != b"READY=1":
+                    raise SystemExit("the daemon did not report READY=1")
+                with ControlClient(data / "control.sock", timeout_s=300) as c:
+                    if run == "populate":
+                        c.call("rag.add", paths=[str(doc)])
+                        continue
+                    time.sleep(settle_s)  # a benchmark's idle period, not a wait for an event
+                    out["idle_kib"] = proc_figures(proc.pid)["VmRSS"]
+                    for label, params in FIRST_CALLS:
+                        for nth in ("first", "second"):
+                            t0 = time.perf_counter()
+                            c.call(label, **params)
+                            out[f"{label} {nth}"] = (time.perf_counter() - t0) * 1000
+                    out["used_kib"] = proc_figures(proc.pid)["VmRSS"]
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
+                notify.close()
+        return out
+    finally:
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--settle-s", type=float, default=3.0, help="idle seconds before reading RSS (default 3)")
     ap.add_argument("--embed-texts", type=int, default=120, help="SciFact texts for the embedder figure (0: skip)")
+    ap.add_argument("--first-use", action="store_true", help="also time each default plugin's first call")
+    ap.add_argument("--baseline-tree", help="with --first-use: the same figures for another checkout, alternated")
     args = ap.parse_args()
     bare = python_rss_kib()
     floor = import_rss_kib("pass")
@@ -195,6 +258,21 @@ def main() -> None:
             f"private dirty {_mb(fig['Private_Dirty']):.1f} MB; {fig['Threads']} threads; {len(mods)} modules; "
             f"heavy libs: {heavy})"
         )
+    if args.first_use:
+        trees = [("this tree", ROOT)] + ([("baseline", Path(args.baseline_tree))] if args.baseline_tree else [])
+        for label, root in trees * 2:  # alternated
+            fu = first_use_figures("", args.settle_s, root)
+            idle, used = _mb(int(fu["idle_kib"])), _mb(int(fu["used_kib"]))
+            print(
+                f"first use after a restart, default plugins, {label}: idle {idle:.1f} MB, "
+                f"after the calls {used:.1f} MB"
+            )
+            for name, _params in FIRST_CALLS:
+                first, second = fu[f"{name} first"], fu[f"{name} second"]
+                print(
+                    f"first use, {label}: {name:12s} first call {first:7.0f} ms, second {second:6.0f} ms "
+                    f"(one-time {first - second:.0f} ms)"
+                )
     if args.embed_texts:
         runs = [(embedder_figures("ours", n), embedder_figures("optimised", n)) for n in [args.embed_texts] * 2]
         ours = (runs[0][0][0], runs[0][0][1], max(r[0][2] for r in runs))  # alternated; best rate of each

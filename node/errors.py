@@ -66,7 +66,8 @@ branch; this drawing covers every package (the module follows a class defined el
     │   ├── ToolRateLimited         (node.mcp.errors) too many state-changing calls
     │   ├── MemoryFull              (node.mcp.errors) a memory bound would be exceeded
     │   ├── AuditUnavailable        (node.mcp.errors) the caller's audit record could not be written: not run
-    │   └── ToolNodeUnavailable     (node.mcp.errors) the stdio front end cannot reach the daemon
+    │   ├── ToolNodeUnavailable     (node.mcp.errors) the stdio front end cannot reach the daemon
+    │   └── McpLoadFailed           (node.mcp.errors) the MCP layer could not be loaded on first use
     ├── StoreError                  (anchor.stores.errors) an anchor store was misused or holds bad data
     │   ├── StoreUnavailable        (anchor.stores.errors) the server is down or too slow (503)
     │   └── MigrationError          (anchor.stores.errors) the SQL migrations are inconsistent

@@ -90,10 +90,12 @@ def test_a_node_with_rag_llm_and_anchor_off_imports_none_of_their_libraries(data
     assert [p for p in HEAVY if _loaded(modules, p)] == []
 
 
-def test_a_node_with_the_twin_on_does_import_numpy(data_dir: Path) -> None:
-    """The check above can see an import: the same run with the twin on loads numpy."""
-    modules = _modules_of_a_run(data_dir, CONFIG.replace("[twin]\nenabled = false\n", ""))
-    assert _loaded(modules, "numpy")
+def test_a_node_serving_mcp_over_http_does_import_pydantic(data_dir: Path) -> None:
+    """The check above can see an import: the same run with MCP served over HTTP on loopback (served from the start,
+    so the MCP layer loads at start, node/mcp/plugin_service.py) loads pydantic."""
+    config = CONFIG.replace("[mcp]\nenabled = false\n", '[mcp]\nhttp_listen = "127.0.0.1:0"\n')
+    modules = _modules_of_a_run(data_dir, config)
+    assert _loaded(modules, "pydantic") and "node.mcp.service" in modules
 
 
 def test_a_node_with_betanet_on_loads_none_of_the_libp2p_parts_it_defers(data_dir: Path) -> None:

@@ -2,7 +2,8 @@
 
 Started by the composition root (``Service.run(node, task_status=...)``); blocking work (embeddings, SQLite,
 generation) runs in worker threads behind bounded limiters. The router is built lazily on the first request
-(it embeds the roster's missions and examples once, ~1-2 s).
+(it embeds the roster's missions and examples once, ~1-2 s); the King, the router (numpy) and the MCP registry the
+tool calls go through (pydantic) are imported then too, so an idle node loads none of them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from node.agents.errors import AgentError
 from node.agents.governance import Electorate, Governance
 from node.agents.govsettings import GovernanceSettings
 from node.agents.govstore import GovStore
-from node.agents.king import King
 from node.agents.ledger import Budgets
 from node.agents.llm import LanguageModel, OffLlm, build_llm
 from node.agents.localgov import agent_keys, agents_vote, local_genesis
@@ -29,17 +29,17 @@ from node.agents.remote import split_target
 from node.agents.remote_service import RemoteAgents
 from node.agents.roles import policy_check
 from node.agents.roster import Roster, load_roster
-from node.agents.router import Router, load_seeds, shipped_seed_vectors
 from node.agents.settings import AgentsSettings, LlmSettings
-from node.agents.toolbridge import RegistryTools, register_agent_tools
 from node.agents.tools import ToolRunner, Tools, llm_tool, node_tools
 from node.agents.trace import TraceStore
 from node.agents.village import VillageGovernance
 from node.agents.worktools import NodeMetrics, OfferFile, add_work_tools, sample_forever
-from node.mcp.audit import AuditLog
-from node.mcp.registry import Registry
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy (the router) and pydantic (the MCP registry) load on the first request, not at start
+    from node.agents.king import King
+    from node.agents.toolbridge import RegistryTools
+    from node.mcp.audit import AuditLog
+    from node.mcp.registry import Registry
     from node.node import Node
 
 LOCAL_NAMESPACE = "local"
@@ -234,12 +234,15 @@ class AgentsService:
         """The node's one MCP registry (the MCP service's), with the agent tools added; when MCP is off on this
         node, a registry of the same kind kept by the agents (audited to ``<data dir>/agents/audit.jsonl``)."""
         if self.registry is None:
+            from node.agents.toolbridge import register_agent_tools
             from node.mcp.plugin_service import running_service
 
             mcp = await running_service(node)
             if mcp is not None and mcp.registry is not None:
                 reg = mcp.registry
             else:
+                from node.mcp.audit import AuditLog
+                from node.mcp.registry import Registry
                 from node.mcp.settings import McpSettings
 
                 path = self.data_dir / "agents" / "audit.jsonl" if self.data_dir is not None else None
@@ -254,6 +257,8 @@ class AgentsService:
     async def _runner(self) -> RegistryTools:
         if self._node is None:
             raise AgentError("the agents service is not running")
+        from node.agents.toolbridge import RegistryTools
+
         return RegistryTools(await self._registry(self._node))
 
     async def _king(self) -> King:
@@ -265,7 +270,13 @@ class AgentsService:
             if self.tools is None or self.traces is None or self._node is None:
                 raise AgentError("the agents service is not running")
             registry = await self._registry(self._node)
-            from node.rag.embed import MODEL_ID, Embedder
+            try:  # numpy (the router): here, on the first request
+                from node.agents.king import King
+                from node.agents.router import Router, load_seeds, shipped_seed_vectors
+                from node.agents.toolbridge import RegistryTools
+                from node.rag.embed import MODEL_ID, Embedder
+            except ImportError as exc:  # a broken install: the caller gets why, the node goes on
+                raise AgentError(f"the agents' router could not be loaded on this node: {exc}") from exc
             from node.rag.plugin import rag_service
 
             rag = rag_service(self._node)
@@ -315,6 +326,8 @@ class AgentsService:
         async with self.requests:
             king = await self._king()
             if tools is not None:
+                from node.agents.king import King
+
                 king = King(
                     king.roster,
                     king.router,

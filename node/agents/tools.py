@@ -25,6 +25,7 @@ from node.agents.llm import Completion, LanguageModel, Message
 if TYPE_CHECKING:
     from node.agents.trace import Trace
     from node.node import Node
+    from node.rag.service import RagService
 
 # name -> what it does. The roster may only name these.
 KNOWN_TOOLS: dict[str, str] = {
@@ -257,34 +258,40 @@ def node_tools(node: Node, *, battery_root: Path | None = None) -> Tools:
     ):
         t.add(name, fn)
 
+    from node.rag.plugin import SERVICE_NAME as RAG_SERVICE
     from node.rag.plugin import rag_service
 
-    rag = rag_service(node)
-    if rag is not None:
+    if node.service(RAG_SERVICE) is not None:  # the knowledge base runs: its modules load at the first rag.* call
+
+        def rag() -> RagService:
+            service = rag_service(node)
+            if service is None:
+                raise ToolUnavailable("the knowledge base is not running")
+            return service
 
         async def query(args: Mapping[str, Any]) -> Any:
             k = args.get("k", 5)
             shared_only = args.get("shared_only", False) is True  # remote callers' agents: shared documents only
-            hits = await rag.query(_str(args, "query"), k=k if isinstance(k, int) else 5, shared_only=shared_only)
+            hits = await rag().query(_str(args, "query"), k=k if isinstance(k, int) else 5, shared_only=shared_only)
             return [h.to_json() for h in hits]
 
         async def add(args: Mapping[str, Any]) -> Any:
-            return await rag.add_text(_str(args, "source", max_chars=500), _str(args, "text", max_chars=1_000_000))
+            return await rag().add_text(_str(args, "source", max_chars=500), _str(args, "text", max_chars=1_000_000))
 
         async def documents(_: Mapping[str, Any]) -> Any:
-            return await rag.documents(limit=100)
+            return await rag().documents(limit=100)
 
         async def feedback(args: Mapping[str, Any]) -> Any:
             cid = args.get("chunk_id")
             if type(cid) is not int:
                 raise AgentError("chunk_id must be an integer")
-            return await rag.feedback(cid, bool(args.get("good")))
+            return await rag().feedback(cid, bool(args.get("good")))
 
         async def stats(_: Mapping[str, Any]) -> Any:
-            return await rag.stats()
+            return await rag().stats()
 
         async def compact(_: Mapping[str, Any]) -> Any:
-            return await rag.compact()
+            return await rag().compact()
 
         for name, fn in (
             ("rag.query", query),

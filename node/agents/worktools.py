@@ -26,7 +26,6 @@ import trio
 
 from node.agents.errors import AgentError
 from node.agents.forecast import MAX_SAMPLES, Series
-from node.agents.king import active_runner
 from node.agents.ledger import Budgets, build_ledger
 from node.agents.market import OfferBook, accept, make_offer, offer_from_json
 from node.agents.tools import Tools
@@ -291,7 +290,9 @@ def add_work_tools(
         agent, request = args.get("agent"), args.get("request")
         if not isinstance(agent, str) or not isinstance(request, str):
             raise AgentError("agent and request must be strings")
-        k = await king()
+        k = await king()  # the King's modules (numpy: the router) are loaded by now
+        from node.agents.king import active_runner
+
         spec = k.roster.get(agent)
         if spec.name in NOT_DISPATCHABLE:
             raise AgentError(f"{spec.name} cannot be dispatched to by another agent")

@@ -9,7 +9,8 @@
         ├── MemoryFull          a memory bound (entries or bytes) would be exceeded
         ├── AuditUnavailable    the caller's audit record (e.g. the anchor's PostgreSQL) could not be written
         │                       before a state-changing call, so the call was not run
-        └── ToolNodeUnavailable the stdio front end cannot reach the daemon's control socket
+        ├── ToolNodeUnavailable the stdio front end cannot reach the daemon's control socket
+        └── McpLoadFailed       the MCP layer (loaded on first use) could not be loaded on this node
 
 A ToolError's message is written for the caller (often a language model): it says what was wrong and, where it
 can, what to do. Nothing else reaches a caller: unexpected exceptions become a generic "internal error" and are
@@ -51,3 +52,7 @@ class AuditUnavailable(ToolError):
 
 class ToolNodeUnavailable(ToolError):
     pass
+
+
+class McpLoadFailed(ToolError):
+    """The MCP layer could not be loaded on this node (the message says why; the daemon log has the traceback)."""

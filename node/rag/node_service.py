@@ -1,37 +1,93 @@
 """The ``rag`` service of the node (registered by :mod:`node.rag.plugin`): the knowledge base and the responder to
-peers' federated queries, owned by the Node's root nursery."""
+peers' federated queries, owned by the Node's root nursery.
+
+The knowledge base's modules (numpy, hnswlib, the store, the embedder's wrapper) load on first use, not at start:
+:attr:`RagNodeService.rag` builds the :class:`~node.rag.service.RagService` the first time something asks for it (a
+``rag.*`` control call, an agent's or MCP tool, a peer's federated query), so an idle node never imports them. Its
+store and index then open on the first call that needs them (:mod:`node.rag.service`), as before."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import trio
 
 from node.rag import federated
-from node.rag.service import RagService
+from node.rag.errors import RagError
 from node.rag.settings import RagSection
 
 if TYPE_CHECKING:
     from node.node import Node
+    from node.rag.service import RagService
 
 SERVICE_NAME = "rag"
 
 
 class RagNodeService:
-    """The node's knowledge base: opened on first use, closed when the node stops. It answers peers' federated
+    """The node's knowledge base: built on first use, closed when the node stops. It answers peers' federated
     queries from shared documents only (:mod:`node.rag.federated`)."""
 
     name = SERVICE_NAME
 
     def __init__(self, settings: RagSection) -> None:
         self.settings = settings
-        self.rag: RagService | None = None
+        self._rag: RagService | None = None
+        self._node: Node | None = None  # set when run() starts: the service is built only for a running node
+
+    @property
+    def rag(self) -> RagService | None:
+        """The knowledge base (built on the first access once the service runs; None before it runs). Raises
+        :class:`~node.rag.errors.RagError` when its modules cannot be imported."""
+        if self._rag is None and self._node is not None:
+            try:
+                from node.rag.service import RagService  # numpy, hnswlib: here, on first use
+            except ImportError as exc:  # a broken install: the caller (and the log) get why, the node goes on
+                raise RagError(f"the knowledge base could not be loaded on this node: {exc}") from exc
+            node = self._node
+            self._rag = RagService(
+                self.settings,
+                node.config.data_dir / "rag" if node.persistent else None,
+                wall_s=lambda: node.clock.wall_ms() / 1000.0,
+            )
+        return self._rag
+
+    @rag.setter
+    def rag(self, service: RagService | None) -> None:
+        self._rag = service
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the knowledge base was built (something used it since the node started)."""
+        return self._rag is not None
 
     async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.rag = RagService(
-            self.settings,
-            node.config.data_dir / "rag" if node.persistent else None,
-            wall_s=lambda: node.clock.wall_ms() / 1000.0,
-        )
-        federated.serve(node, self.rag)
-        await self.rag.run(task_status=task_status)
+        self._node = node
+        federated.register(node, _FirstUseSearch(self._running))
+        task_status.started()
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._node = None  # stopping: a late caller gets "not running", never a new service nobody closes
+            if self._rag is not None:
+                with trio.CancelScope(shield=True):
+                    await self._rag.aclose()
+
+    def _running(self) -> RagService:
+        rag = self.rag
+        if rag is None:  # the node is stopping: a clear error rather than an AttributeError
+            raise RagError("the knowledge base is not running")
+        return rag
+
+
+class _FirstUseSearch:
+    """:class:`~node.rag.federated.SharedSearch` over the knowledge base, built on a peer's first query."""
+
+    def __init__(self, rag: Callable[[], RagService]) -> None:
+        self._rag = rag
+
+    async def search_shared(self, text: str, k: int) -> list[federated.SharedHit]:
+        return await federated.RagServiceSearch(self._rag()).search_shared(text, k)
+
+    async def shared_doc_ids(self, doc_ids: Sequence[int]) -> set[int]:
+        return await federated.RagServiceSearch(self._rag()).shared_doc_ids(doc_ids)

@@ -30,32 +30,18 @@ from node.twin.actions import ActionHead
 from node.twin.errors import TwinStoreError
 from node.twin.gate import SHIPPED_FIXED_COST_TOKENS, SHIPPED_SCORE, START_BITS, MessageGate, sane_threshold
 from node.twin.model import TwinLM
+from node.twin.names import EMBEDDED_KINDS, TEXT_KINDS
+from node.twin.names import Event as Event  # re-exported: the record the engine learns from
 from node.twin.neural import NeuralLM
 from node.twin.personal import ctx_of
 from node.twin.prior import GlobalPrior
 
-TEXT_KINDS = ("message", "query")
-EMBEDDED_KINDS = ("query", "document")
-KINDS = ("message", "query", "document", "command")
 MAX_EVENT_TEXT_CHARS = 4000  # longer texts are learned from their start
 RECENT_EVENTS = 50  # surprisal log kept for status
 RECENT_TOPICS = 20
 MAX_CONTACT_CHARS = 64
 
 Embed = Callable[[Sequence[str]], np.ndarray[Any, Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    kind: str
-    text: str
-    action: str | None
-    at_ms: int
-    contact: str | None = None  # the recipient of a sent message (frequent contacts are personal context)
-
-    @property
-    def size_bytes(self) -> int:
-        return len(self.text.encode("utf-8", "replace")) + 64
 
 
 @dataclass(frozen=True, slots=True)

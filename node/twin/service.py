@@ -1,9 +1,11 @@
 """TwinService: the twin as trio sees it — a service of the composition root.
 
-It owns one :class:`~node.twin.engine.TwinEngine`. Events (what the user does on this node: messages they
-send, knowledge-base queries, documents they add, commands) arrive through :meth:`TwinService.record`
-(non-blocking, bounded channel) and are learned by one learner task, in a worker thread behind a
-``CapacityLimiter(1)`` (the engine is single-threaded; suggestions and status go through the same limiter).
+It owns one :class:`~node.twin.engine.TwinEngine`, loaded with its modules (numpy, the shipped prior, the neural
+tier) at the first event or query: an idle node imports none of them (:mod:`node.twin.names` is what it needs
+before). Events (what the user does on this node: messages they send, knowledge-base queries, documents they add,
+commands) arrive through :meth:`TwinService.record` (non-blocking, bounded channel) and are learned by one learner
+task, in a worker thread behind a ``CapacityLimiter(1)`` (the engine is single-threaded; suggestions and status go
+through the same limiter).
 
 The :class:`~node.twin.governor.Governor` decides before each event: when learning is paused (battery, heat,
 CPU budget) the event waits in a bounded :class:`~node.twin.governor.DeferredQueue`; a poller reads battery
@@ -21,20 +23,19 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from node.rag.errors import RagError
 from node.transports.ble.power import BatteryState, read_battery
-from node.twin import store
-from node.twin.engine import KINDS, Embed, Event, TwinEngine
 from node.twin.errors import PriorMissing, TwinError, TwinStoreError
 from node.twin.governor import DeferredQueue, Governor, GovernorLimits, Readings, read_temperature_c
-from node.twin.neural import NeuralLM
-from node.twin.prior import GlobalPrior
+from node.twin.names import KINDS, STATE_FILE, Event
 from node.twin.settings import TwinSettings
-from node.twin.threads import limit_blas_threads
+
+if TYPE_CHECKING:  # numpy, the prior and the models load with the engine, at the first event (_load)
+    from node.twin.engine import Embed, TwinEngine
 
 log = logging.getLogger("village.twin")
 
@@ -64,7 +65,7 @@ class TwinService:
     ) -> None:
         self.settings = settings
         self.dir = data_dir / TWIN_DIR
-        self.path = self.dir / store.STATE_FILE
+        self.path = self.dir / STATE_FILE
         self._battery_reader = battery_reader
         self._thermal_reader = thermal_reader
         self._embed = embed
@@ -135,6 +136,16 @@ class TwinService:
         return None if rag is None else rag.embed_from_thread
 
     def _load(self) -> TwinEngine:
+        try:  # numpy, the models: here, on first use
+            from node.twin import store
+            from node.twin.engine import TwinEngine
+            from node.twin.neural import NeuralLM
+            from node.twin.prior import GlobalPrior
+            from node.twin.threads import limit_blas_threads
+        except ImportError as exc:  # a broken install: status says why, the node goes on
+            self.load_error = f"the twin's model could not be loaded on this node: {exc}"
+            raise TwinError(self.load_error) from exc
+
         self.blas_threads = limit_blas_threads(self.settings.blas_threads)
         prior = GlobalPrior.load_packaged()
         neural = None
@@ -306,6 +317,8 @@ class TwinService:
         gen = self._generation
 
         def write() -> None:
+            from node.twin import store
+
             if gen != self._generation:  # a forget came first: nothing of what was dirty remains
                 return
             store.write_private(self.path, engine.encode(self.settings.max_disk_bytes))
@@ -396,6 +409,8 @@ class TwinService:
         engine = await self._ensure_engine()
 
         def wipe() -> int:
+            from node.twin import store
+
             engine.forget()
             return store.forget(self.dir)
 

@@ -22,11 +22,11 @@ import numpy as np
 from node.twin import blob
 from node.twin.errors import TwinStoreError
 from node.twin.model import N_BUCKETS, N_CACHE_BUCKETS, TwinLM
+from node.twin.names import STATE_FILE as STATE_FILE  # re-exported: the file this module writes
 from node.twin.personal import MAX_TRIGRAMS, PersonalKN, rarest_dropped
 
 MAGIC = b"AVTS"
 FORMAT_VERSION = 1
-STATE_FILE = "state.bin"
 MAX_RAW_FACTOR = 64  # a state decompresses to at most this many times its bound
 MAX_META_INT = 2**62  # a counter in the header (events, messages, ...) above this is not a real one
 
