@@ -37,6 +37,7 @@ _Stats = list[int]  # [total, n1, n2, n3+]
 ID_BITS = 32
 MAX_ID = (1 << (ID_BITS - 1)) - 1  # ids are int32 on disk
 _LOW = (1 << ID_BITS) - 1
+MAX_COUNT = 2**31 - 1  # counts are int32 on disk; a saved or pruned count is clamped to this
 
 
 def ctx_key(u: int, v: int) -> int:
@@ -231,7 +232,7 @@ class PersonalKN:
         the kept trigrams (what a saved state pruned the same way loads to), without building that model beside
         this one (the kept dicts keep their online order)."""
         f3, s3, f2, s2, f1 = self.f3, self.s3, self.f2, self.s2, self.f1
-        counts = np.fromiter((c for fol in f3.values() for c in fol.values()), dtype=np.int64)
+        counts = np.fromiter((min(c, MAX_COUNT) for fol in f3.values() for c in fol.values()), dtype=np.int64)
         if len(counts) <= keep:
             return
         drop = (~rarest_dropped(counts, keep)).tolist()
@@ -341,9 +342,14 @@ class PersonalKN:
 
     # ------------------------------------------------------------ state
     def to_arrays(self) -> dict[str, np.ndarray[Any, Any]]:
-        rows = [(key >> ID_BITS, key & _LOW, w, c) for key, fol in self.f3.items() for w, c in fol.items()]
+        cap = MAX_COUNT
+        rows = [
+            (key >> ID_BITS, key & _LOW, w, c if c < cap else cap)
+            for key, fol in self.f3.items()
+            for w, c in fol.items()
+        ]
         a = np.asarray(rows, dtype=np.int64).reshape(-1, 4)
-        return {"tri": a[:, :3].astype(np.int32), "tri_counts": np.minimum(a[:, 3], 2**31 - 1).astype(np.int32)}
+        return {"tri": a[:, :3].astype(np.int32), "tri_counts": a[:, 3].astype(np.int32)}
 
     @classmethod
     def from_arrays(cls, bos: int, tri: np.ndarray[Any, Any], counts: np.ndarray[Any, Any]) -> PersonalKN:

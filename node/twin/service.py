@@ -328,6 +328,9 @@ class TwinService:
         except (OSError, TwinStoreError) as exc:
             self._dirty = True
             log.warning("twin: could not save %s: %s", self.path, exc)
+        except Exception:  # a bug in encoding must not end the node (the saver runs in its nursery): retried later
+            self._dirty = True
+            log.exception("twin: saving %s failed", self.path)
 
     # ------------------------------------------------------------ queries (control methods)
     async def suggest(self, text: str, k: int = 3) -> list[dict[str, Any]]:

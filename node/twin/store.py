@@ -23,7 +23,7 @@ from node.twin import blob
 from node.twin.errors import TwinStoreError
 from node.twin.model import N_BUCKETS, N_CACHE_BUCKETS, TwinLM
 from node.twin.names import STATE_FILE as STATE_FILE  # re-exported: the file this module writes
-from node.twin.personal import MAX_TRIGRAMS, PersonalKN, rarest_dropped
+from node.twin.personal import MAX_COUNT, MAX_TRIGRAMS, PersonalKN, rarest_dropped
 
 MAGIC = b"AVTS"
 FORMAT_VERSION = 1
@@ -69,11 +69,13 @@ def encode_bounded(
     lm: TwinLM, max_bytes: int, extra: dict[str, np.ndarray[Any, Any]] | None = None, meta: dict[str, Any] | None = None
 ) -> bytes:
     """:func:`encode`, shrunk until it fits in ``max_bytes``: first without the recency cache, then keeping only
-    the ``k`` commonest personal trigrams for the largest ``k`` that fits — exactly the ``k`` most frequent,
-    ties kept for the later listed (contexts seen last), as the in-memory bound keeps them
-    (:func:`~node.twin.personal.rarest_dropped`). ``k`` is searched on the encoded size (the compressed size
-    grows with ``k``: a search step guesses ``k`` by interpolating the sizes seen, then halves the bracket; a
-    handful of encodes). Raises TwinStoreError when not even the state without any trigram fits."""
+    the ``k`` commonest personal trigrams for a ``k`` that fits — exactly the ``k`` most frequent, ties kept for
+    the later listed (contexts seen last), as the in-memory bound keeps them
+    (:func:`~node.twin.personal.rarest_dropped`). ``k`` is searched on the encoded size, which grows with ``k``
+    only roughly (compression: a slightly larger ``k`` may now and then fit too), so the ``k`` found is the
+    largest that fits up to such a wobble, never over the bound: a search step guesses ``k`` by interpolating the
+    sizes seen, then halves the bracket (at most ~2 log2(trigrams) encodes). Raises TwinStoreError when not even
+    the state without any trigram fits."""
     data = encode(lm, extra, meta)
     if len(data) <= max_bytes:
         return data
@@ -176,6 +178,8 @@ def decode_into(lm: TwinLM, data: bytes, max_bytes: int) -> tuple[dict[str, np.n
     top = lm.prior.v + len(words)
     if len(tri) and (int(tri.min()) < 0 or int(tri.max()) >= top or len(counts) != len(tri) or int(counts.min()) < 1):
         raise TwinStoreError("twin state has ids out of range")
+    if len(counts) and int(counts.max()) > MAX_COUNT:  # the writer clamps to this; larger would overflow later
+        raise TwinStoreError(f"twin state has a count above {MAX_COUNT}")
     messages = meta_int(meta, "messages")
     lm.words = words
     lm.word_index = {w: lm.prior.v + i for i, w in enumerate(words)}

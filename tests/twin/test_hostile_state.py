@@ -111,6 +111,8 @@ HOSTILE: dict[str, Mutate] = {
     "lam is NaN": _set_array("lam", lambda a: np.full(len(a["lam"]), np.nan)),
     "action weights are infinite": _set_array("x_act_w", lambda a: np.full_like(a["x_act_w"], np.inf)),
     "a trigram listed 1000 times with count 2**31-1": _cpu_bomb,
+    # Past the writer's int32 clamp: it loaded, and one more of that trigram overflowed every save and prune.
+    "a trigram count past int32": _set_array("tri_counts", lambda a: np.full(len(a["tri_counts"]), 2**63 - 1)),
 }
 
 
@@ -444,4 +446,32 @@ async def test_twin_status_says_why_a_stored_gate_was_reset(tmp_path: Path, muta
         assert reason is not None and said in reason and f"{START_BITS[SHIPPED_SCORE]:g} bits" in reason, st
         assert st["neural"]["gate_threshold_bits"] == START_BITS[SHIPPED_SCORE]
         assert st["load_error"] is None and st["neural"]["reset"] is None and st["messages_learned"] == 1, st
+        n.cancel_scope.cancel()
+
+
+async def test_a_save_that_fails_unexpectedly_neither_ends_the_node_nor_loses_the_state(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The saver runs in the node's nursery: an exception the encoder was never meant to raise is logged and the
+    state stays dirty (saved once it works again), instead of ending the twin and, with it, the node."""
+    svc = make(tmp_path, Power(90, True))
+    async with trio.open_nursery() as n:
+        await n.start(svc.run, None)
+        svc.record("message", "hello there friend", action="messages.send")
+        await svc.idle.wait()
+        engine = svc.engine
+        assert engine is not None
+
+        def broken(*args: Any, **kwargs: Any) -> bytes:
+            raise OverflowError("Python int too large to convert to C long")
+
+        with monkeypatch.context() as m:
+            m.setattr(engine, "encode", broken)
+            assert await svc.save_now() == 0  # nothing written, and the service is still running
+        st = await svc.status()
+        assert st["messages_learned"] == 1
+        svc.record("message", "still learning", action="messages.send")
+        await svc.idle.wait()
+        assert (await svc.status())["messages_learned"] == 2
+        assert await svc.save_now() > 0  # the state kept since the failure is saved now
         n.cancel_scope.cancel()
