@@ -154,6 +154,7 @@ def test_mmap_threshold_out_of_range_names_the_key() -> None:
     for bad in (-1, 33_554_433):
         with pytest.raises(ConfigError, match=r"node\.malloc_mmap_threshold_bytes"):
             config_from_mapping({"node": {"malloc_mmap_threshold_bytes": bad}})
+    assert config_from_mapping({}).node.malloc_mmap_threshold_bytes == 131_072  # fixed: glibc's initial value
 
 
 def test_arena_max_out_of_range_names_the_key() -> None:
