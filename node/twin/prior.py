@@ -1,9 +1,11 @@
 """The global prior: a pruned interpolated modified Kneser-Ney n-gram model shipped inside the package.
 
 Built at build time by ``scripts/build_twin_prior.py`` (from public text; see that script for the corpus and
-the exact sender split) with :func:`build`; loaded read-only at run time by :class:`GlobalPrior`. Lookups are
-vectorised over a candidate array: sorted ``int64`` n-gram keys (``((w1*V + w2)*V + w3)...``) searched with
-``numpy.searchsorted``.
+the exact sender split) with :func:`build`; loaded read-only at run time by :class:`GlobalPrior`. The file keeps
+sorted ``int64`` n-gram keys (``((w1*V + w2)*V + w3)...``); in memory each order is grouped by context (CSR: the
+contexts' keys, offsets, and per n-gram only its last word as ``uint16`` and its probability term as ``float32``,
+6 bytes instead of 12). Lookups are vectorised over a candidate array with ``numpy.searchsorted`` in the context's
+segment; the probabilities are bit-identical to the flat layout's (tests/twin/test_kn.py).
 
 Pruning drops top-order n-grams seen fewer than ``min_count`` times and lower-order ones whose continuation
 count is under ``min_cc``; the probability mass they held moves into their context's interpolation weight, so
