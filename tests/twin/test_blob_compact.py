@@ -14,7 +14,10 @@ def test_a_compact_blobs_dictionary_is_capped_whatever_the_payload() -> None:
     KiB (the compressor's match finder takes ~10x its dictionary in RSS while a save runs: a dictionary sized to
     the payload put a +10-60 MiB spike on a node ingesting documents). It still round-trips exactly."""
     rng = np.random.default_rng(7)
-    arrays = {"w": rng.standard_normal(750_000).astype(np.float32), "n": np.arange(1000, dtype=np.int64)}
+    arrays: dict[str, np.ndarray] = {
+        "w": rng.standard_normal(750_000).astype(np.float32),
+        "n": np.arange(1000, dtype=np.int64),
+    }
     data = blob.pack(b"TEST", 1, arrays, {"k": 1}, compact=True)
     header_len = int.from_bytes(data[6:10], "big")
     body = data[10 + header_len :]

@@ -144,7 +144,7 @@ def test_loaded_prior_keeps_six_bytes_per_ngram() -> None:
         kept = sum(a.nbytes for a in vars_of(o))
         assert kept == 6 * len(o.words) + 16 * len(o.ctx_keys) + 4
         for a in vars_of(o):
-            base = a
+            base: object = a
             while base is not None:
                 assert not isinstance(base, bytes | bytearray | memoryview)
                 base = getattr(base, "base", None)
