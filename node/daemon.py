@@ -153,6 +153,7 @@ def run_command(args: argparse.Namespace, *, configure: Callable[[Config], Confi
     from node import malloc
 
     malloc.set_arena_max(cfg.node.malloc_arena_max)  # still no thread: the cap holds for every arena
+    malloc.set_mmap_threshold(cfg.node.malloc_mmap_threshold_bytes)
     level = (getattr(args, "log_level", None) or cfg.node.log_level).upper()
     from node.libp2p_slim import install as slim_libp2p
 

@@ -6,7 +6,10 @@ ends up holding a high-water mark of working memory per arena. :func:`set_arena_
 (``mallopt(M_ARENA_MAX)``, the run-time form of ``MALLOC_ARENA_MAX``; only arenas created afterwards are affected,
 so the daemon calls it before any thread starts). :func:`trim` gives free pages back to the system
 (``malloc_trim(0)``: in every arena, not only at the top of the main heap), after a burst of work such as a
-``rag.add``. Both are measured in ``bench/ingest_peak.py``.
+``rag.add``. :func:`set_mmap_threshold` fixes the size from which a block is its own mapping
+(``mallopt(M_MMAP_THRESHOLD)``, the run-time form of ``MALLOC_MMAP_THRESHOLD_``): glibc otherwise raises the
+threshold to the size of every mapped block freed (up to 32 MiB), after which blocks of that size (numpy arrays,
+onnxruntime's tensors) come from the heap and stay there when freed. All are measured in ``bench/ingest_peak.py``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from typing import Any
 log = logging.getLogger("village.node")
 
 M_ARENA_MAX = -8  # glibc's malloc.h
+M_MMAP_THRESHOLD = -3
+MAX_MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's HEAP_MAX_SIZE / 2 on 64-bit: mallopt refuses more
 
 
 @functools.cache
@@ -66,6 +71,22 @@ def set_arena_max(n: int) -> bool:
     ok = bool(libc.mallopt(M_ARENA_MAX, n))
     if not ok:
         log.warning("mallopt(M_ARENA_MAX, %d) was refused; glibc's default arenas stay", n)
+    return ok
+
+
+def set_mmap_threshold(n_bytes: int) -> bool:
+    """Serve blocks of ``n_bytes`` or more from their own mappings, given back on free, and stop glibc from raising
+    the threshold (0: leave glibc's dynamic threshold). True when applied. An operator's own
+    ``MALLOC_MMAP_THRESHOLD_`` (or ``glibc.malloc.mmap_threshold`` in ``GLIBC_TUNABLES``) wins: left as is."""
+    libc = _libc()
+    if n_bytes <= 0 or libc is None:
+        return False
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "glibc.malloc.mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
+        log.info("malloc mmap threshold: the environment's setting is kept (%d bytes not applied)", n_bytes)
+        return False
+    ok = bool(libc.mallopt(M_MMAP_THRESHOLD, min(n_bytes, MAX_MMAP_THRESHOLD_BYTES)))
+    if not ok:
+        log.warning("mallopt(M_MMAP_THRESHOLD, %d) was refused; glibc's dynamic threshold stays", n_bytes)
     return ok
 
 

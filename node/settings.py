@@ -117,6 +117,16 @@ class NodeSection:
         min=0,
         max=1024,
     )
+    malloc_mmap_threshold_bytes: int = setting(
+        131_072,
+        "Blocks of this many bytes or more get their own memory mapping, returned to the system when freed "
+        "(mallopt M_MMAP_THRESHOLD, set at start; MALLOC_MMAP_THRESHOLD_ in the environment wins). 0: glibc's "
+        "dynamic threshold, which rises to every mapped block freed, up to 32 MiB, so later blocks of that size "
+        "stay in the heap after use (the twin's load left ~7 MiB there; bench/ingest_peak.py). Ignored on other C "
+        "libraries.",
+        min=0,
+        max=33_554_432,
+    )
 
     def __post_init__(self) -> None:
         check_utf8_bytes("node.nickname", self.nickname, 255)

@@ -60,6 +60,28 @@ print(released, before - rss_anon_kib())
 """
 
 
+_MMAP = """
+import ctypes, sys
+from node import malloc
+applied = malloc.set_mmap_threshold(int(sys.argv[1]))
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+def rss_anon_kib():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1])
+libc.free(libc.malloc(4 << 20))  # a mapped 4 MiB block freed: glibc's dynamic threshold rises to 4 MiB
+blocks = [libc.malloc(1 << 20) for _ in range(64)]  # 64 MiB of 1 MiB blocks
+for b in blocks:
+    ctypes.memset(b, 1, 1 << 20)
+before = rss_anon_kib()
+for b in blocks[:-1]:
+    libc.free(b)  # the last block pins the top of the heap: heap blocks are not given back by free()
+print(applied, before - rss_anon_kib())
+"""
+
+
 def _run(code: str, *args: str, env: dict[str, str] | None = None) -> str:
     root = Path(__file__).resolve().parents[1]
     r = subprocess.run(
@@ -113,14 +135,36 @@ def test_trim_gives_free_heap_pages_back() -> None:
     assert int(freed_kib) > 50 * 1024  # most of the ~100 MiB freed in the middle of the heap
 
 
+@glibc
+def test_a_fixed_mmap_threshold_gives_freed_big_blocks_back() -> None:
+    applied, freed_kib = _run(_MMAP, "131072").split()
+    assert applied == "True" and int(freed_kib) > 48 * 1024  # each 1 MiB block was its own mapping
+    applied, freed_kib = _run(_MMAP, "0").split()  # glibc's dynamic threshold: the blocks stayed in the heap
+    assert applied == "False" and int(freed_kib) < 16 * 1024
+
+
+@glibc
+def test_the_operators_mmap_threshold_wins_over_the_setting() -> None:
+    # MALLOC_MMAP_THRESHOLD_ in the environment (8 MiB: the 1 MiB blocks are heap blocks): the setting is not applied.
+    applied, freed_kib = _run(_MMAP, "131072", env={"MALLOC_MMAP_THRESHOLD_": str(8 << 20)}).split()
+    assert applied == "False" and int(freed_kib) < 16 * 1024
+
+
+def test_mmap_threshold_out_of_range_names_the_key() -> None:
+    for bad in (-1, 33_554_433):
+        with pytest.raises(ConfigError, match=r"node\.malloc_mmap_threshold_bytes"):
+            config_from_mapping({"node": {"malloc_mmap_threshold_bytes": bad}})
+    assert config_from_mapping({}).node.malloc_mmap_threshold_bytes == 131_072  # fixed: glibc's initial value
+
+
 def test_arena_max_out_of_range_names_the_key() -> None:
     with pytest.raises(ConfigError, match=r"node\.malloc_arena_max"):
         config_from_mapping({"node": {"malloc_arena_max": -1}})
     assert config_from_mapping({}).node.malloc_arena_max == 2
 
 
-def test_the_daemon_applies_the_arena_cap_from_its_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "config.toml").write_text("[node]\nmalloc_arena_max = 3\n")
+def test_the_daemon_applies_its_malloc_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "config.toml").write_text("[node]\nmalloc_arena_max = 3\nmalloc_mmap_threshold_bytes = 262144\n")
     applied: list[int] = []
 
     class Stop(Exception):
@@ -128,13 +172,18 @@ def test_the_daemon_applies_the_arena_cap_from_its_config(tmp_path: Path, monkey
 
     def record(n: int) -> bool:
         applied.append(n)
+        return True
+
+    def stop(n: int) -> bool:
+        applied.append(n)
         raise Stop  # nothing further: no libp2p, no log handler, no node in the test process
 
     monkeypatch.setattr(malloc, "set_arena_max", record)
+    monkeypatch.setattr(malloc, "set_mmap_threshold", stop)
     args = argparse.Namespace(data_dir=tmp_path, config=tmp_path / "config.toml", log_level=None)
     with pytest.raises(Stop):
         daemon.run_command(args)
-    assert applied == [3]
+    assert applied == [3, 262144]
 
 
 @pytest.mark.parametrize("on", [True, False])

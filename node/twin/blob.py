@@ -23,6 +23,7 @@ MAX_HEADER_BYTES = 1 << 20
 # The decoder's memory cap: pack uses preset 9 (a 64 MiB dictionary, ~65 MiB to decode); a body declaring a
 # bigger dictionary is refused as LZMAError instead of allocating it (MemoryError under ulimit -v, 32-bit Pi OS).
 MAX_DECODER_MEMORY_BYTES = 128 << 20
+COMPACT_DICT_MAX_BYTES = 256 << 10  # pack(compact=True): the compressor's RSS stays ~5 MiB
 
 
 def _check_shape(shape: tuple[int, ...], max_bytes: int) -> None:
@@ -42,11 +43,13 @@ def pack(
 ) -> bytes:
     """Serialise ``arrays`` (1-D or 2-D, plain dtypes) and a JSON-able ``meta`` dict.
 
-    ``compact``: size LZMA's dictionary to the payload (the next power of two, 64 KiB to 64 MiB) instead of preset
-    9's 64 MiB. Same compression for a payload smaller than 64 MiB, but the compressor's match finder is sized to
-    the dictionary: preset 9 touches ~65 MiB of RSS even for a 300 KB state (the +60 MiB spike a twin save put on
-    a running node, seen during RAG ingest), and decompressing needs only the small dictionary. The shipped prior
-    and neural model keep the default so their rebuilds stay byte-identical."""
+    ``compact``: a small LZMA dictionary (the payload's size rounded up to a power of two, 64 KiB to
+    ``COMPACT_DICT_MAX_BYTES``) instead of preset 9's 64 MiB. The compressor's match finder takes ~10x its
+    dictionary in RSS while it runs: preset 9 touched ~65 MiB even for a 300 KB state (the +60 MiB spike a twin save
+    put on a running node, seen during RAG ingest), and a dictionary sized to the whole payload still took 11 MiB
+    for a 1 MB state and 60 MiB for a 5 MB one. At 256 KiB it is ~5 MiB whatever the state's size, for files
+    0-0.6 % larger (bench/README.md, ingest4). The shipped prior and neural model keep the default so their
+    rebuilds stay byte-identical."""
     index = []
     chunks = []
     for name, arr in arrays.items():
@@ -60,7 +63,7 @@ def pack(
     header = json.dumps({"arrays": index, "meta": meta}, separators=(",", ":")).encode()
     raw = b"".join(chunks)
     if compact:
-        dict_size = max(1 << 16, min(1 << 26, 1 << max(0, len(raw) - 1).bit_length()))
+        dict_size = max(1 << 16, min(COMPACT_DICT_MAX_BYTES, 1 << max(0, len(raw) - 1).bit_length()))
         filters = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": dict_size}]
         body = lzma.compress(raw, format=lzma.FORMAT_XZ, filters=filters)
     else:

@@ -1,9 +1,11 @@
 """The global prior: a pruned interpolated modified Kneser-Ney n-gram model shipped inside the package.
 
 Built at build time by ``scripts/build_twin_prior.py`` (from public text; see that script for the corpus and
-the exact sender split) with :func:`build`; loaded read-only at run time by :class:`GlobalPrior`. Lookups are
-vectorised over a candidate array: sorted ``int64`` n-gram keys (``((w1*V + w2)*V + w3)...``) searched with
-``numpy.searchsorted``.
+the exact sender split) with :func:`build`; loaded read-only at run time by :class:`GlobalPrior`. The file keeps
+sorted ``int64`` n-gram keys (``((w1*V + w2)*V + w3)...``); in memory each order is grouped by context (CSR: the
+contexts' keys, offsets, and per n-gram only its last word as ``uint16`` and its probability term as ``float32``,
+6 bytes instead of 12). Lookups are vectorised over a candidate array with ``numpy.searchsorted`` in the context's
+segment; the probabilities are bit-identical to the flat layout's (tests/twin/test_kn.py).
 
 Pruning drops top-order n-grams seen fewer than ``min_count`` times and lower-order ones whose continuation
 count is under ``min_cc``; the probability mass they held moves into their context's interpolation weight, so
@@ -45,11 +47,25 @@ class BuildSettings:
 
 @dataclass(slots=True)
 class _Order:
-    keys: I64  # sorted n-gram keys
-    ctx_keys: I64  # sorted unique contexts
-    ctx_gamma: np.ndarray[Any, np.dtype[np.float32]]
-    d: tuple[float, float, float]
-    num: np.ndarray[Any, np.dtype[np.float32]]  # discounted count / context total, per key (computed at load)
+    """One order's n-grams grouped by context (CSR): the followers of context ``ctx_keys[i]`` are
+    ``words[start[i]:start[i + 1]]`` (sorted word ids), their probability terms ``num`` at the same places."""
+
+    ctx_keys: I64  # sorted unique contexts (int64 keys of the k-1 words before)
+    ctx_gamma: np.ndarray[Any, np.dtype[np.float32]]  # each context's back-off weight
+    start: np.ndarray[Any, np.dtype[np.int32]]  # len(ctx_keys) + 1 offsets into words / num
+    words: np.ndarray[Any, np.dtype[np.uint16]]  # the last word of each n-gram (V <= MAX_VOCAB < 2**16)
+    num: np.ndarray[Any, np.dtype[np.float32]]  # discounted count / context total, per n-gram (computed at load)
+
+    def find(self, ctx_key: int) -> int:
+        """The index of ``ctx_key`` in ``ctx_keys``, or -1."""
+        i = int(np.searchsorted(self.ctx_keys, ctx_key))
+        return i if i < len(self.ctx_keys) and int(self.ctx_keys[i]) == ctx_key else -1
+
+    def keys(self, v: int) -> I64:
+        """Every n-gram's full int64 key (``ctx * V + word``), sorted: built on demand (tests, tools)."""
+        ctx: I64 = np.repeat(self.ctx_keys, np.diff(self.start))
+        out: I64 = ctx * v + self.words.astype(np.int64)
+        return out
 
 
 def _pad(ids: Sequence[int], order: int, bos: int) -> list[int]:
@@ -140,22 +156,7 @@ class GlobalPrior:
             self.p1: F64 = arrays["p1"].astype(np.float64)
             self.orders: dict[int, _Order] = {}
             for k in range(2, self.order + 1):
-                keys = np.cumsum(arrays[f"keys{k}"].astype(np.int64))
-                counts = arrays[f"counts{k}"]
-                d = tuple(float(x) for x in meta["discounts"][str(k)])
-                ctx = keys // self.v
-                ctx_keys, inv = np.unique(ctx, return_inverse=True)
-                tot = arrays[f"ctx_tot{k}"]
-                gamma = arrays[f"ctx_gamma{k}"]
-                if len(tot) != len(ctx_keys) or len(gamma) != len(ctx_keys) or len(counts) != len(keys):
-                    raise TwinStoreError(f"prior order {k} arrays disagree")
-                # float32 per key (the prior's RAM is mostly these arrays): counts minus their discount, over
-                # the context's total.
-                num = counts.astype(np.float32)
-                num -= np.where(counts == 1, d[0], np.where(counts == 2, d[1], d[2])).astype(np.float32)
-                num /= tot[inv]
-                del inv, counts
-                self.orders[k] = _Order(keys, ctx_keys, gamma, (d[0], d[1], d[2]), num)
+                self.orders[k] = self._load_order(k, arrays, meta)
         except (KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
             raise TwinStoreError(f"corrupt prior: {exc}") from exc
         if self.p1.shape != (self.v,):
@@ -165,6 +166,35 @@ class GlobalPrior:
         top = np.argsort(-self.p1)
         self.top_unigrams: I64 = top[:CANDIDATES_PER_ORDER].astype(np.int64)
         self.size_bytes = len(data)
+
+    def _load_order(self, k: int, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> _Order:
+        """One order in its compact layout. Nothing kept is a view of the decompressed payload (a view would
+        keep all of it alive): per n-gram a uint16 word and a float32 term, per context an int64 key, a float32
+        weight and an int32 offset — 6 and 16 bytes."""
+        keys = np.cumsum(arrays[f"keys{k}"].astype(np.int64))
+        counts = arrays[f"counts{k}"]
+        if len(counts) != len(keys) or len(keys) >= 2**31:
+            raise TwinStoreError(f"prior order {k} arrays disagree")
+        if len(keys) and (int(keys[0]) < 0 or int(keys[-1]) >= self.v**k or not bool(np.all(keys[1:] > keys[:-1]))):
+            raise TwinStoreError(f"prior order {k} keys are not sorted n-gram keys")
+        d = tuple(float(x) for x in meta["discounts"][str(k)])
+        ctx = keys // self.v
+        ctx_keys, first = np.unique(ctx, return_index=True)
+        del ctx
+        words = (keys % self.v).astype(np.uint16)
+        del keys
+        tot = arrays[f"ctx_tot{k}"]
+        gamma = np.array(arrays[f"ctx_gamma{k}"], dtype=np.float32)  # a copy: not a view of the payload
+        if len(tot) != len(ctx_keys) or len(gamma) != len(ctx_keys):
+            raise TwinStoreError(f"prior order {k} arrays disagree")
+        start = np.empty(len(ctx_keys) + 1, dtype=np.int32)
+        start[:-1] = first
+        start[-1] = len(words)
+        # counts minus their discount, over the context's total (float32, the same operations as ever)
+        num = counts.astype(np.float32)
+        num -= np.where(counts == 1, d[0], np.where(counts == 2, d[1], d[2])).astype(np.float32)
+        num /= np.repeat(tot, np.diff(start))
+        return _Order(ctx_keys, gamma, start, words, num)
 
     @classmethod
     def load_packaged(cls) -> GlobalPrior:
@@ -197,16 +227,15 @@ class GlobalPrior:
         p = self.p1[cand].copy()
         for k in range(2, self.order + 1):
             o = self.orders[k]
-            ck = self._ctx_key(h, k)
-            i = int(np.searchsorted(o.ctx_keys, ck))
-            if i >= len(o.ctx_keys) or o.ctx_keys[i] != ck:
+            i = o.find(self._ctx_key(h, k))
+            if i < 0:
                 continue
             p *= float(o.ctx_gamma[i])
-            keys = ck * self.v + cand
-            j = np.searchsorted(o.keys, keys)
-            j = np.minimum(j, len(o.keys) - 1)
-            hit = o.keys[j] == keys
-            p += np.where(hit, o.num[j], 0.0)
+            lo, hi = int(o.start[i]), int(o.start[i + 1])
+            seg = o.words[lo:hi]
+            j = np.minimum(np.searchsorted(seg, cand), hi - lo - 1)
+            hit = seg[j] == cand
+            p += np.where(hit, o.num[lo + j], 0.0)
         return p
 
     def candidates(self, history: Sequence[int]) -> I64:
@@ -216,15 +245,14 @@ class GlobalPrior:
         parts = [self.top_unigrams]
         for k in range(2, self.order + 1):
             o = self.orders[k]
-            ck = self._ctx_key(h, k)
-            lo = int(np.searchsorted(o.keys, ck * self.v))
-            hi = int(np.searchsorted(o.keys, (ck + 1) * self.v))
-            if hi <= lo:
+            i = o.find(self._ctx_key(h, k))
+            if i < 0:
                 continue
+            lo, hi = int(o.start[i]), int(o.start[i + 1])
             seg = o.num[lo:hi]
             if hi - lo > CANDIDATES_PER_ORDER:
                 sel = np.argpartition(-seg, CANDIDATES_PER_ORDER)[:CANDIDATES_PER_ORDER]
             else:
                 sel = np.arange(hi - lo)
-            parts.append(o.keys[lo + sel] % self.v)
+            parts.append(o.words[lo + sel].astype(np.int64))
         return np.unique(np.concatenate(parts))
