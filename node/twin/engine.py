@@ -30,8 +30,8 @@ from node.twin.actions import ActionHead
 from node.twin.errors import TwinStoreError
 from node.twin.gate import SHIPPED_FIXED_COST_TOKENS, SHIPPED_SCORE, START_BITS, MessageGate, sane_threshold
 from node.twin.model import TwinLM
-from node.twin.neural import NeuralLM
 from node.twin.prior import GlobalPrior
+from node.twin.rnn import NeuralTier
 
 TEXT_KINDS = ("message", "query")
 EMBEDDED_KINDS = ("query", "document")
@@ -72,7 +72,7 @@ class TwinEngine:
         self,
         prior: GlobalPrior,
         *,
-        neural: NeuralLM | None = None,
+        neural: NeuralTier | None = None,
         embed: Embed | None = None,
         gate_fraction: float = 0.5,
         max_personal_words: int = 50_000,
@@ -196,7 +196,7 @@ class TwinEngine:
         # Over twin.max_disk_bytes: the neural adaptation (context x d x d floats, ~600 KiB) goes first — it is
         # relearnt from the next messages, while pruned personal counts are gone for good — then the rarest counts.
         # The state says so: on load the tier starts from the shipped model with its default weight.
-        for name in ("nn_c", "nn_w", "nn_b"):
+        for name in ("nn_c", "nn_w", "nn_b", "nn_s"):
             extra.pop(name, None)
         meta.update(neural_updates=0, neural_model=None, neural_dropped=True)
         meta.pop("mu", None)
@@ -213,7 +213,7 @@ class TwinEngine:
 
     def _decode(self, data: bytes, max_bytes: int) -> None:
         extra, meta = store.decode_into(self.lm, data, max_bytes)
-        for name in ("act_w", "act_b", "nn_c", "nn_w", "nn_b"):
+        for name in ("act_w", "act_b", "nn_c", "nn_w", "nn_b", "nn_s"):
             if name in extra:
                 store.finite_array(extra, name)
         if "act_events" in extra:

@@ -27,11 +27,10 @@ import trio
 
 from node.rag.errors import RagError
 from node.transports.ble.power import BatteryState, read_battery
-from node.twin import store
+from node.twin import rnn, store
 from node.twin.engine import KINDS, Embed, Event, TwinEngine
 from node.twin.errors import PriorMissing, TwinError, TwinStoreError
 from node.twin.governor import DeferredQueue, Governor, GovernorLimits, Readings, read_temperature_c
-from node.twin.neural import NeuralLM
 from node.twin.prior import GlobalPrior
 from node.twin.settings import TwinSettings
 from node.twin.threads import limit_blas_threads
@@ -140,7 +139,7 @@ class TwinService:
         neural = None
         if self.settings.neural:
             try:
-                neural = NeuralLM.load_packaged(prior.p1, prior.unk, prior.bos)
+                neural = rnn.load_packaged(prior.p1, prior.unk, prior.bos)
             except PriorMissing:
                 neural = None
         embed = self._embed

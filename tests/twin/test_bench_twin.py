@@ -47,6 +47,11 @@ def test_split_keeps_evaluated_senders_out_of_the_prior() -> None:
     assert all(u[0] in "cdef" for u in report) and all(u[0] in "0123456789ab" for u in prior | dev)
     assert len(report) >= 30 and len(dev) >= 20
     assert all(senders[u].words >= twin_data.MIN_WORDS for u in report | dev)
+    # Nor the other side of their conversations: no prior message comes from a conversation a report sender is in.
+    leak = {c for u in report for c in senders[u].conversations}
+    assert leak and not any(c in leak for s in twin_data.prior_senders(senders) for c in s.conversations)
+    kept = sum(len(s.messages) for s in twin_data.prior_senders(senders))
+    assert kept < sum(len(senders[u].messages) for u in prior)  # (messages were dropped, not whole senders only)
 
 
 def test_oracle_counts_candidate_misses() -> None:
