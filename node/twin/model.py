@@ -31,7 +31,7 @@ UNK_TYPES = 20_000  # the prior's <unk> mass is spread over this many unseen wor
 BUCKET_EDGES = (0, 1, 3, 10, 30)  # personal trigram-context counts: 0 | 1-2 | 3-9 | 10-29 | 30+
 LAMBDA_INIT = 0.3
 MU_INIT = 0.2
-NEURAL_LR = 0.02  # SGD step of the on-device neural adaptation
+NEURAL_LR = 0.02  # SGD step of the on-device neural adaptation (the feed-forward tier's; each tier says its own)
 LAMBDA_MIN_STEP = 0.002
 MIN_P = 1e-12
 KAPPA_INIT = 0.1
@@ -93,7 +93,7 @@ class TwinLM:
         max_personal_words: int = 50_000,
         fixed_lambda: float | None = None,
         neural: NeuralTier | None = None,
-        neural_lr: float = NEURAL_LR,
+        neural_lr: float | None = None,
         recency: bool = True,
         recency_decay: float | None = None,
         bias_always: bool = True,
@@ -105,7 +105,7 @@ class TwinLM:
             raise ValueError(f"replay_tokens must be between 1 and {MAX_REPLAY_TOKENS}")
         self.prior = prior
         self.neural = neural
-        self.neural_lr = neural_lr
+        self.neural_lr = neural_lr if neural_lr is not None else neural.adapt_lr if neural is not None else NEURAL_LR
         self.mu = MU_INIT  # weight of the neural tier, learned online like lam
         self.mu_n = 0
         self.fixed_lambda = fixed_lambda  # benchmarks: 0 = prior only, 1 = personal only; None = learned

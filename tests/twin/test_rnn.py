@@ -152,3 +152,14 @@ def test_bad_model_files_are_refused() -> None:
         rnn.RecurrentLM(blob.pack(rnn.MAGIC, rnn.FORMAT_VERSION, arrays, meta), pr.p1, pr.unk, pr.bos)
     with pytest.raises(TwinStoreError):
         rnn.RecurrentLM(good[:40], pr.p1, pr.unk, pr.bos)
+
+
+def test_the_shipped_tier_is_the_recurrent_one() -> None:
+    from importlib import resources
+
+    data = resources.files("node.twin.data").joinpath(neural.NEURAL_FILE).read_bytes()
+    pr = GlobalPrior.load_packaged()
+    lm = rnn.load_packaged(pr.p1, pr.unk, pr.bos)
+    assert data[:4] == rnn.MAGIC and isinstance(lm, rnn.RecurrentLM)
+    assert lm.params <= 1_500_000 and len(data) < 2_000_000 and lm.vn <= pr.v
+    assert TwinLM(pr, neural=lm).neural_lr == rnn.RecurrentLM.adapt_lr  # the tier's own on-device step
