@@ -193,7 +193,7 @@ class TwinEngine:
         data = store.encode(self.lm, extra, meta)  # everything, no count pruned
         if len(data) <= max_bytes:
             return data
-        # Over twin.max_disk_bytes: the neural adaptation (context x d x d floats, ~600 KiB) goes first — it is
+        # Over twin.max_disk_bytes: the neural adaptation (the GRU adapter, 256 KiB) goes first — it is
         # relearnt from the next messages, while pruned personal counts are gone for good — then the rarest counts.
         # The state says so: on load the tier starts from the shipped model with its default weight.
         for name in ("nn_c", "nn_w", "nn_b", "nn_s"):
