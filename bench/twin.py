@@ -67,10 +67,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import twin_data
 
 from node.twin import neural as neural_mod
-from node.twin import store
+from node.twin import rnn, store
 from node.twin.gate import MessageGate, SurpriseGate
 from node.twin.model import TwinLM
-from node.twin.neural import NEURAL_FILE, NeuralLM
+from node.twin.neural import NEURAL_FILE
 from node.twin.prior import GlobalPrior
 from node.twin.tokens import is_word, message_tokens, tokenize
 
@@ -135,6 +135,7 @@ def _learn(lm: TwinLM, text: str, gate: SurpriseGate | MessageGate | None, cfg: 
         mask = [gate.check(b) for b in bits] if gate is not None else [True] * len(ids)
         r.updates += lm.learn_counts_gated(ids, mask)
         r.update_s += time.process_time() - t0
+        lm.message_done(ids)
         return
     lm.learn_counts(ids)
     t1 = time.process_time()
@@ -149,6 +150,7 @@ def _learn(lm: TwinLM, text: str, gate: SurpriseGate | MessageGate | None, cfg: 
         lm.adapt_neural(ids, weights)  # tokens learned are counted at the end (a replay buffer only queues them)
         r.neural_s += time.process_time() - t1
     r.update_s += time.process_time() - t0
+    lm.message_done(ids)  # (after the step: the recurrent tier's step reads this message's states)
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,7 @@ def run_sender(
     ks_words: int = 0,
     latency_samples: int = 0,
 ) -> Result:
-    nn = NeuralLM(neural_data, prior.p1, prior.unk, prior.bos) if cfg.neural and neural_data else None
+    nn = rnn.load_neural(neural_data, prior.p1, prior.unk, prior.bos) if cfg.neural and neural_data else None
     lm = TwinLM(
         prior,
         fixed_lambda=cfg.fixed_lambda,

@@ -27,13 +27,13 @@ import json, sys, time
 sys.path.insert(0, {bench!r})
 import twin_data
 from node.twin.engine import Event, TwinEngine
-from node.twin.neural import NeuralLM
+from node.twin import rnn
 from node.twin.prior import GlobalPrior
 from node.twin.threads import blas_threads, limit_blas_threads
 cap = int(sys.argv[1])
 limit_blas_threads(cap)
 prior = GlobalPrior.load_packaged()
-eng = TwinEngine(prior, neural=NeuralLM.load_packaged(prior.p1, prior.unk, prior.bos))
+eng = TwinEngine(prior, neural=rnn.load_packaged(prior.p1, prior.unk, prior.bos))
 sender = twin_data.dev_senders(twin_data.load_senders())[0]
 msgs = sender.split()[0][: int(sys.argv[2])]
 w0, c0 = time.perf_counter(), time.process_time()

@@ -26,6 +26,7 @@ TRAIN_FRACTION = 0.8
 class Sender:
     uuid: str
     messages: tuple[str, ...]  # chronological
+    conversations: tuple[str, ...] = ()  # the conversation id of each message (same order)
 
     @property
     def words(self) -> int:
@@ -44,14 +45,18 @@ def dataset_path() -> Path:
 
 def load_senders(path: Path | None = None) -> dict[str, Sender]:
     data = json.loads((path or dataset_path()).read_text(encoding="utf-8"))
-    by_sender: dict[str, list[tuple[str, int, str]]] = {}
+    by_sender: dict[str, list[tuple[str, int, str, str]]] = {}
     seq = 0
     for conv_id in sorted(data):
         for turn in data[conv_id]["messages"]:
             for utt in turn:
-                by_sender.setdefault(utt["sender"], []).append((utt["timestamp"], seq, utt["text"]))
+                by_sender.setdefault(utt["sender"], []).append((utt["timestamp"], seq, utt["text"], conv_id))
                 seq += 1
-    return {s: Sender(s, tuple(t for _, _, t in sorted(msgs))) for s, msgs in by_sender.items()}
+    out = {}
+    for s, msgs in by_sender.items():
+        msgs.sort()
+        out[s] = Sender(s, tuple(m[2] for m in msgs), tuple(m[3] for m in msgs))
+    return out
 
 
 def is_dev(s: Sender) -> bool:
@@ -62,8 +67,25 @@ def is_report(s: Sender) -> bool:
     return s.uuid.startswith(REPORT_PREFIXES) and s.words >= MIN_WORDS
 
 
+def report_conversations(senders: dict[str, Sender]) -> frozenset[str]:
+    """Every conversation in which a report sender takes part (c-f senders too small to report are evaluated
+    nowhere, so their partners' text leaks nothing)."""
+    return frozenset(c for s in senders.values() if is_report(s) for c in s.conversations)
+
+
 def prior_senders(senders: dict[str, Sender]) -> list[Sender]:
-    return [s for u, s in sorted(senders.items()) if u.startswith(PRIOR_PREFIXES) and not is_dev(s)]
+    """The prior's (and the neural tier's) senders, each without the messages of a conversation a report sender
+    takes part in: the other side of a report sender's conversation would put that sender's topics (the
+    partner's replies) in the shipped models. A sender left with no message is dropped."""
+    leak = report_conversations(senders)
+    out = []
+    for u, s in sorted(senders.items()):
+        if not u.startswith(PRIOR_PREFIXES) or is_dev(s):
+            continue
+        kept = [(m, c) for m, c in zip(s.messages, s.conversations, strict=True) if c not in leak]
+        if kept:
+            out.append(Sender(u, tuple(m for m, _ in kept), tuple(c for _, c in kept)))
+    return out
 
 
 def dev_senders(senders: dict[str, Sender]) -> list[Sender]:

@@ -33,9 +33,9 @@ import numpy as np
 import twin as bench_twin
 import twin_data
 
+from node.twin import rnn
 from node.twin.gate import SurpriseGate
 from node.twin.model import TwinLM
-from node.twin.neural import NeuralLM
 from node.twin.prior import GlobalPrior
 from node.twin.tokens import is_word, message_tokens
 
@@ -43,7 +43,7 @@ from node.twin.tokens import is_word, message_tokens
 def run(sender: twin_data.Sender) -> Counter[str]:
     prior = GlobalPrior.load_packaged()
     nn_data = bench_twin._packaged_neural()
-    nn = NeuralLM(nn_data, prior.p1, prior.unk, prior.bos) if nn_data else None
+    nn = rnn.load_neural(nn_data, prior.p1, prior.unk, prior.bos) if nn_data else None
     lm = TwinLM(prior, neural=nn)
     cfg = bench_twin.Config("twin", neural=True, gate_fraction=0.8)
     gate = SurpriseGate(0.8)

@@ -2,7 +2,8 @@
 """Build node/twin/data/prior.bin, the twin's shipped global prior, reproducibly.
 
 Corpus: chitchat-dataset 0.9.0 (PyPI, MIT; `pip install 'aivillage[twin]'`), only senders whose UUID starts
-with 0-b, minus the tuning (dev) senders; never a sender starting with c-f (see bench/twin_data.py). The
+with 0-b, minus the tuning (dev) senders and minus every conversation a report sender takes part in (the other
+side of those conversations; 9.6 % of the messages); never a sender starting with c-f (see bench/twin_data.py). The
 output is deterministic for a given corpus and settings (sorted inputs, fixed LZMA preset, no timestamps).
 
     PYTHONPATH=. python scripts/build_twin_prior.py [--order 4] [--min-count 1 1 2 2] [--out PATH]

@@ -7,8 +7,9 @@ mini-batches in a fixed shuffled order (``--seed``), 2 % of messages held out fo
 
     PYTHONPATH=. python scripts/train_twin_neural.py [--dim 160] [--context 6] [--vocab 4096] [--epochs 2.0]
 
-The shipped model (813,216 parameters, sha256 4082c25a15f15835...) took 37 min wall on the shared 2-core
-machine; two builds of a short run were byte-identical (one BLAS thread).
+Session 6's shipped model (813,216 parameters, sha256 4082c25a15f15835...) took 37 min wall on the shared 2-core
+machine; two builds of a short run were byte-identical (one BLAS thread). Since session 7 the shipped tier is the
+recurrent one (scripts/train_twin_rnn.py, which also trains this feed-forward shape with JAX: ``--arch ff``).
 """
 
 from __future__ import annotations

@@ -32,9 +32,9 @@ from node.twin.gate import SHIPPED_FIXED_COST_TOKENS, SHIPPED_SCORE, START_BITS,
 from node.twin.model import TwinLM
 from node.twin.names import EMBEDDED_KINDS, TEXT_KINDS
 from node.twin.names import Event as Event  # re-exported: the record the engine learns from
-from node.twin.neural import NeuralLM
 from node.twin.personal import ctx_of
 from node.twin.prior import GlobalPrior
+from node.twin.rnn import NeuralTier
 
 MAX_EVENT_TEXT_CHARS = 4000  # longer texts are learned from their start
 RECENT_EVENTS = 50  # surprisal log kept for status
@@ -59,7 +59,7 @@ class TwinEngine:
         self,
         prior: GlobalPrior,
         *,
-        neural: NeuralLM | None = None,
+        neural: NeuralTier | None = None,
         embed: Embed | None = None,
         gate_fraction: float = 0.5,
         max_personal_words: int = 50_000,
@@ -182,10 +182,10 @@ class TwinEngine:
         data = store.encode(self.lm, extra, meta)  # everything, no count pruned
         if len(data) <= max_bytes:
             return data
-        # Over twin.max_disk_bytes: the neural adaptation (context x d x d floats, ~600 KiB) goes first — it is
+        # Over twin.max_disk_bytes: the neural adaptation (the GRU adapter, 256 KiB) goes first — it is
         # relearnt from the next messages, while pruned personal counts are gone for good — then the rarest counts.
         # The state says so: on load the tier starts from the shipped model with its default weight.
-        for name in ("nn_c", "nn_w", "nn_b"):
+        for name in ("nn_c", "nn_w", "nn_b", "nn_s"):
             extra.pop(name, None)
         meta.update(neural_updates=0, neural_model=None, neural_dropped=True)
         meta.pop("mu", None)
@@ -202,7 +202,7 @@ class TwinEngine:
 
     def _decode(self, data: bytes, max_bytes: int) -> None:
         extra, meta = store.decode_into(self.lm, data, max_bytes)
-        for name in ("act_w", "act_b", "nn_c", "nn_w", "nn_b"):
+        for name in ("act_w", "act_b", "nn_c", "nn_w", "nn_b", "nn_s"):
             if name in extra:
                 store.finite_array(extra, name)
         if "act_events" in extra:

@@ -22,16 +22,16 @@ import numpy as np
 
 from node.twin.cache import RecencyCache
 from node.twin.gate import MAX_GATED_TOKENS, MessageGate, SurpriseGate
-from node.twin.neural import NeuralLM
 from node.twin.personal import PersonalKN
 from node.twin.prior import GlobalPrior
+from node.twin.rnn import NeuralTier, RecurrentLM
 from node.twin.tokens import BOS, EOS, UNK, is_word, message_tokens
 
 UNK_TYPES = 20_000  # the prior's <unk> mass is spread over this many unseen word types
 BUCKET_EDGES = (0, 1, 3, 10, 30)  # personal trigram-context counts: 0 | 1-2 | 3-9 | 10-29 | 30+
 LAMBDA_INIT = 0.3
 MU_INIT = 0.2
-NEURAL_LR = 0.02  # SGD step of the on-device neural adaptation
+NEURAL_LR = 0.02  # SGD step of the on-device neural adaptation (the feed-forward tier's; each tier says its own)
 LAMBDA_MIN_STEP = 0.002
 MIN_P = 1e-12
 KAPPA_INIT = 0.1
@@ -92,8 +92,8 @@ class TwinLM:
         *,
         max_personal_words: int = 50_000,
         fixed_lambda: float | None = None,
-        neural: NeuralLM | None = None,
-        neural_lr: float = NEURAL_LR,
+        neural: NeuralTier | None = None,
+        neural_lr: float | None = None,
         recency: bool = True,
         recency_decay: float | None = None,
         bias_always: bool = True,
@@ -105,7 +105,7 @@ class TwinLM:
             raise ValueError(f"replay_tokens must be between 1 and {MAX_REPLAY_TOKENS}")
         self.prior = prior
         self.neural = neural
-        self.neural_lr = neural_lr
+        self.neural_lr = neural_lr if neural_lr is not None else neural.adapt_lr if neural is not None else NEURAL_LR
         self.mu = MU_INIT  # weight of the neural tier, learned online like lam
         self.mu_n = 0
         self.fixed_lambda = fixed_lambda  # benchmarks: 0 = prior only, 1 = personal only; None = learned
@@ -176,6 +176,12 @@ class TwinLM:
         prior_h = [t if t < self.prior.v else self.prior.unk for t in h]
         return h[-2], h[-1], prior_h
 
+    def _nn_history(self, history: Sequence[int]) -> list[int]:
+        """The message so far in prior ids, whole: the recurrent tier continues its states over it (the
+        feed-forward tier takes its own BOS-padded tail)."""
+        v, unk = self.prior.v, self.prior.unk
+        return [t if t < v else unk for t in history]
+
     def _mix(self, history: Sequence[int], cand: np.ndarray[Any, Any]) -> _Mix:
         u, v, prior_h = self._history(history)
         known = cand < self.prior.v
@@ -189,7 +195,7 @@ class TwinLM:
         pn = None
         p_base = p_ngram
         if self.neural is not None:
-            pn = self.neural.probs(prior_h, pc)
+            pn = self.neural.probs(self._nn_history(history), pc)
             pn = np.where(known, pn, pn / UNK_TYPES)
             p_base = self.mu * pn + (1 - self.mu) * p_ngram
         if self.recency is None:
@@ -213,7 +219,7 @@ class TwinLM:
         if self.recency is not None:
             pers = pers + self.recency.candidates(v)
         if self.neural is not None and self.neural_candidates > 0:
-            g = np.concatenate([g, self.neural.top_ids(prior_h, self.neural_candidates)])
+            g = np.concatenate([g, self.neural.top_ids(self._nn_history(history), self.neural_candidates)])
         cand = np.unique(np.concatenate([g, np.asarray(pers, dtype=np.int64)])) if pers else g
         out: np.ndarray[Any, Any] = cand[(cand != self.prior.bos) & (cand != self.prior.unk)]
         return out
@@ -351,11 +357,17 @@ class TwinLM:
             return bits
         if gate_counts and not isinstance(gate, MessageGate):
             self.learn_counts_gated(ids, [gate.check(b) for b in bits] if gate is not None else [True] * len(ids))
-            return bits
-        self.learn_counts(ids)
-        if self.neural is not None:
-            self.adapt_neural(ids, self.gate_weights(gate, bits))
+        else:
+            self.learn_counts(ids)
+            if self.neural is not None:
+                self.adapt_neural(ids, self.gate_weights(gate, bits))
+        self.message_done(ids)
         return bits
+
+    def message_done(self, ids: Sequence[int]) -> None:
+        """The message ``ids`` was learned: the recurrent tier carries it as the next message's context."""
+        if isinstance(self.neural, RecurrentLM):
+            self.neural.end_message(ids)
 
     def gate_weights(self, gate: SurpriseGate | MessageGate | None, bits: Sequence[float]) -> list[float]:
         """The weight of each token of the message just learned in the W/b step (0: skipped)."""
@@ -405,9 +417,8 @@ class TwinLM:
         for i in range(len(fwd), len(weights)):  # the tokens the prediction kept no forward pass of
             wgt = weights[i]
             if wgt > 0:
-                _, _, prior_h = self._history(ids[:i])
                 t = ids[i] if ids[i] < self.prior.v else self.prior.unk
-                self.neural.adapt(prior_h, t, self.neural_lr * wgt, bias=bias)
+                self.neural.adapt(self._nn_history(ids[:i]), t, self.neural_lr * wgt, bias=bias)
                 n += 1
         return n
 

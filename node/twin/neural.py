@@ -60,7 +60,24 @@ def pack(
     return blob.pack(MAGIC, FORMAT_VERSION, arrays, meta)
 
 
+def bias_gradient(
+    vn: int, unk: int, seen: Sequence[tuple[F32, int]], stacked: F32 | None = None, targets: Sequence[int] | None = None
+) -> F32:
+    """The output bias's gradient (either tier's): see :meth:`NeuralLM.bias_gradient`."""
+    if stacked is not None:
+        g: F32 = stacked.sum(axis=0, dtype=np.float32)
+    else:
+        g = seen[0][0].copy()
+        for p, _ in seen[1:]:
+            g += p
+    for target in targets if targets is not None else [t for _, t in seen]:
+        g[target if target < vn else unk] -= 1.0
+    return g
+
+
 class NeuralLM:
+    adapt_lr = 0.02  # the on-device SGD step (W/b and the output bias) tuned for this tier
+
     def __init__(self, data: bytes, prior_p1: np.ndarray[Any, Any], unk: int, bos: int) -> None:
         arrays, meta = blob.unpack_untrusted(data, MAGIC, FORMAT_VERSION, max_bytes=MAX_RAW_BYTES)
         try:
@@ -165,16 +182,7 @@ class NeuralLM:
         """``sum(p - onehot(target))`` over ``seen``: the distributions summed by in-place vector adds (or in one
         reduction when the caller already ``stacked`` them), then one subtraction per target. The same sum as
         adding each token's ``p - onehot`` in turn, up to float32 rounding order."""
-        if stacked is not None:
-            g: F32 = stacked.sum(axis=0, dtype=np.float32)
-        else:
-            g = seen[0][0].copy()
-            for p, _ in seen[1:]:
-                g += p
-        vn, unk = self.vn, self.unk
-        for target in targets if targets is not None else [t for _, t in seen]:
-            g[target if target < vn else unk] -= 1.0
-        return g
+        return bias_gradient(self.vn, self.unk, seen, stacked, targets)
 
     def adapt(self, history: Sequence[int], target: int, lr: float, *, bias: bool = True) -> float:
         """One SGD step on (c, W, b) towards ``target`` (W and b only when not ``bias``); returns the

@@ -137,9 +137,8 @@ class TwinService:
 
     def _load(self) -> TwinEngine:
         try:  # numpy, the models: here, on first use
-            from node.twin import store
+            from node.twin import rnn, store
             from node.twin.engine import TwinEngine
-            from node.twin.neural import NeuralLM
             from node.twin.prior import GlobalPrior
             from node.twin.threads import limit_blas_threads
         except ImportError as exc:  # a broken install: status says why, the node goes on
@@ -151,7 +150,7 @@ class TwinService:
         neural = None
         if self.settings.neural:
             try:
-                neural = NeuralLM.load_packaged(prior.p1, prior.unk, prior.bos)
+                neural = rnn.load_packaged(prior.p1, prior.unk, prior.bos)
             except PriorMissing:
                 neural = None
         embed = self._embed

@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import twin
 import twin_data
 
-from node.twin.neural import NeuralLM
 from node.twin.prior import GlobalPrior
+from node.twin.rnn import RecurrentLM
 
 
 def test_run_sender_measures_a_tiny_user() -> None:
@@ -47,6 +47,11 @@ def test_split_keeps_evaluated_senders_out_of_the_prior() -> None:
     assert all(u[0] in "cdef" for u in report) and all(u[0] in "0123456789ab" for u in prior | dev)
     assert len(report) >= 30 and len(dev) >= 20
     assert all(senders[u].words >= twin_data.MIN_WORDS for u in report | dev)
+    # Nor the other side of their conversations: no prior message comes from a conversation a report sender is in.
+    leak = {c for u in report for c in senders[u].conversations}
+    assert leak and not any(c in leak for s in twin_data.prior_senders(senders) for c in s.conversations)
+    kept = sum(len(s.messages) for s in twin_data.prior_senders(senders))
+    assert kept < sum(len(senders[u].messages) for u in prior)  # (messages were dropped, not whole senders only)
 
 
 def test_oracle_counts_candidate_misses() -> None:
@@ -77,13 +82,13 @@ def test_a_replay_buffer_left_at_the_end_is_learned_timed_and_counted(monkeypatc
     """Review of session 5: with replay > 1 what waited in the buffer at the sender's end was neither learned nor
     timed, and neural_updates counted tokens queued, not learned."""
     learned: list[int] = []
-    adapt_batch = NeuralLM.adapt_batch
+    adapt_batch = RecurrentLM.adapt_batch
 
-    def spy(self: NeuralLM, batch: Any, *args: Any, **kwargs: Any) -> int:
+    def spy(self: RecurrentLM, batch: Any, *args: Any, **kwargs: Any) -> int:
         learned.append(len(batch))
         return adapt_batch(self, batch, *args, **kwargs)
 
-    monkeypatch.setattr(NeuralLM, "adapt_batch", spy)
+    monkeypatch.setattr(RecurrentLM, "adapt_batch", spy)
     prior = GlobalPrior.load_packaged()
     cfg = twin.Config("batch_always_r50", neural=True, gate_fraction=1.0, topk=False, replay=50)
     r = twin.run_sender(prior, twin._packaged_neural(), _sender(), cfg)

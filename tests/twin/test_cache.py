@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from node.twin import store
+from node.twin import rnn, store
 from node.twin.cache import RecencyCache
 from node.twin.errors import TwinStoreError
 from node.twin.model import TwinLM
-from node.twin.neural import NeuralLM
 from node.twin.prior import GlobalPrior
 
 
@@ -79,7 +78,7 @@ def test_cache_round_trips_and_hostile_cache_arrays_are_refused(prior: GlobalPri
 
 
 def test_bias_step_raises_the_target_without_a_forward_pass(prior: GlobalPrior) -> None:
-    nn = NeuralLM.load_packaged(prior.p1, prior.unk, prior.bos)
+    nn = rnn.load_packaged(prior.p1, prior.unk, prior.bos)
     hist = prior.ids(["i", "love"])
     t = prior.index["pizza"]
     before = float(nn.probs(hist, np.asarray([t]))[0])

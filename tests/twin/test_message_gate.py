@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from node.twin import rnn
 from node.twin.engine import Event, TwinEngine
 from node.twin.gate import (
     MAX_GATED_TOKENS,
@@ -19,8 +20,8 @@ from node.twin.gate import (
     MessageGate,
 )
 from node.twin.model import MAX_REPLAY_TOKENS, MAX_SEEN, MIN_P, TwinLM
-from node.twin.neural import NeuralLM
 from node.twin.prior import GlobalPrior
+from node.twin.rnn import RecurrentLM
 from node.twin.tokens import message_tokens
 
 
@@ -30,7 +31,7 @@ def prior() -> GlobalPrior:
 
 
 def _lm(prior: GlobalPrior, replay_tokens: int = 1) -> TwinLM:
-    nn = NeuralLM.load_packaged(prior.p1, prior.unk, prior.bos)
+    nn = rnn.load_packaged(prior.p1, prior.unk, prior.bos)
     return TwinLM(prior, neural=nn, replay_tokens=replay_tokens)
 
 
@@ -117,13 +118,13 @@ def test_the_replay_buffer_never_holds_more_than_its_bound(prior: GlobalPrior, m
     replay_tokens - 1 + MAX_SEEN (639) entries in one step. Long messages (~120 tokens each) at the largest
     replay size: no step ever learns a batch over MAX_REPLAY_TOKENS, and every queued token is learned."""
     batches: list[int] = []
-    adapt_batch = NeuralLM.adapt_batch
+    adapt_batch = RecurrentLM.adapt_batch
 
-    def spy(self: NeuralLM, batch: Any, *args: Any, **kwargs: Any) -> int:
+    def spy(self: RecurrentLM, batch: Any, *args: Any, **kwargs: Any) -> int:
         batches.append(len(batch))
         return adapt_batch(self, batch, *args, **kwargs)
 
-    monkeypatch.setattr(NeuralLM, "adapt_batch", spy)
+    monkeypatch.setattr(RecurrentLM, "adapt_batch", spy)
     lm = _lm(prior, replay_tokens=MAX_REPLAY_TOKENS)
     queued = 0
     for i in range(9):
@@ -136,13 +137,13 @@ def test_the_replay_buffer_never_holds_more_than_its_bound(prior: GlobalPrior, m
 
 
 def test_the_gate_state_is_saved_and_restored(prior: GlobalPrior) -> None:
-    eng = TwinEngine(prior, neural=NeuralLM.load_packaged(prior.p1, prior.unk, prior.bos))
+    eng = TwinEngine(prior, neural=rnn.load_packaged(prior.p1, prior.unk, prior.bos))
     for i in range(30):
         eng.observe(Event("message", f"message {i} about the grobnik project", "messages.send", 0))
     assert eng.gate.score == SHIPPED_SCORE and eng.gate.seen_tokens > 0
     eng.gate.threshold_bits = -1.25
     data = eng.encode(10_000_000)
-    back = TwinEngine(prior, neural=NeuralLM.load_packaged(prior.p1, prior.unk, prior.bos))
+    back = TwinEngine(prior, neural=rnn.load_packaged(prior.p1, prior.unk, prior.bos))
     back.decode(data, 10_000_000)
     assert back.gate.threshold_bits == -1.25
     assert back.status()["neural"]["gate_threshold_bits"] == -1.25

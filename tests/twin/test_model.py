@@ -71,9 +71,9 @@ def neural_bytes() -> bytes:
 
 
 def _with_neural(prior: GlobalPrior, data: bytes, **kw: object) -> TwinLM:
-    from node.twin.neural import NeuralLM
+    from node.twin import rnn
 
-    return TwinLM(prior, neural=NeuralLM(data, prior.p1, prior.unk, prior.bos), **kw)  # type: ignore[arg-type]
+    return TwinLM(prior, neural=rnn.load_neural(data, prior.p1, prior.unk, prior.bos), **kw)  # type: ignore[arg-type]
 
 
 def test_the_batched_neural_step_learns_like_the_per_token_one(prior: GlobalPrior, neural_bytes: bytes) -> None:
@@ -89,8 +89,8 @@ def test_the_batched_neural_step_learns_like_the_per_token_one(prior: GlobalPrio
         batched.observe(m)
         per_token.observe(m)
     assert batched.neural.updates == per_token.neural.updates == sum(len(m.split()) + 1 for m in msgs)
-    d_batch = batched.neural.w - batched.neural.w0
-    d_tok = per_token.neural.w - per_token.neural.w0
+    d_batch = batched.neural.state()["nn_w"]
+    d_tok = per_token.neural.state()["nn_w"]
     cos = float((d_batch * d_tok).sum() / np.linalg.norm(d_batch) / np.linalg.norm(d_tok))
     assert cos > 0.9
     assert 0.5 < float(np.linalg.norm(d_batch) / np.linalg.norm(d_tok)) < 2.0
@@ -106,7 +106,7 @@ def test_the_neural_tiers_favourites_can_be_suggested(prior: GlobalPrior, neural
     found = 0
     for text in ["how are you", "i am going to the", "what do you", "thanks for the", "see you"]:
         hist = lm.ids(text.split())
-        top_nn = set(lm.neural.top_ids(lm._history(hist)[2], 8).tolist())
+        top_nn = set(lm.neural.top_ids(lm._nn_history(hist), 8).tolist())
         with_nn, without = set(lm.candidates(hist).tolist()), set(off.candidates(hist).tolist())
         assert top_nn <= with_nn
         found += len(top_nn - without)

@@ -79,7 +79,7 @@ def test_a_state_from_before_the_model_id_drops_only_its_neural_deltas() -> None
     old = store.encode(eng.lm, dict(nn.state()), {"events": eng.events, "mu": 0.5, "neural_updates": 7})
     back = TwinEngine(pr, neural=model(pr, seed=1))
     back.decode(old, 10_000_000)
-    assert back.neural is not None
+    assert isinstance(back.neural, NeuralLM)
     np.testing.assert_array_equal(back.neural.w, back.neural.w0)
     assert back.lm.personal.tokens == eng.lm.personal.tokens > 0 and back.neural_updates == 0
     assert "unrecorded" in (back.status()["neural"]["reset"] or "")
@@ -96,7 +96,7 @@ def test_a_small_disk_bound_saves_the_counts_without_the_neural_adaptation() -> 
     assert len(small) <= bound < len(full)
     back = TwinEngine(pr, neural=model(pr, seed=1, d=48))
     back.decode(small, bound)
-    assert back.neural is not None
+    assert isinstance(back.neural, NeuralLM)
     np.testing.assert_array_equal(back.neural.w, back.neural.w0)
     assert back.lm.personal.tokens == eng.lm.personal.tokens > 0 and back.lm.words == eng.lm.words
 
@@ -117,7 +117,7 @@ def test_a_bound_between_the_counts_and_the_whole_state_drops_the_neural_deltas_
     back.decode(small, bound)
     assert back.lm.personal.tokens == eng.lm.personal.tokens
     assert back.lm.personal.trigrams == eng.lm.personal.trigrams  # no count pruned
-    assert back.neural is not None
+    assert isinstance(back.neural, NeuralLM)
     np.testing.assert_array_equal(back.neural.w, back.neural.w0)
     assert back.lm.mu == default_mu != 0.77
     assert back.neural_reset_reason is not None and "max_disk_bytes" in back.neural_reset_reason
