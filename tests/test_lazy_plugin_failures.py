@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,13 +25,13 @@ BROKEN = "node.rag.service"  # a None in sys.modules: its `import` raises Import
 
 
 def _node_stub(data_dir: Path, **kw: object) -> SimpleNamespace:
-    return SimpleNamespace(
-        config=SimpleNamespace(data_dir=data_dir),
-        persistent=True,
-        clock=SimpleNamespace(wall_ms=lambda: 1_700_000_000_000),
-        register_app_handler=lambda _name, _handler: None,
-        **kw,
-    )
+    fields: dict[str, object] = {
+        "config": SimpleNamespace(data_dir=data_dir),
+        "persistent": True,
+        "clock": SimpleNamespace(wall_ms=lambda: 1_700_000_000_000),
+        "register_app_handler": lambda _name, _handler: None,
+    }
+    return SimpleNamespace(**{**fields, **kw})
 
 
 @pytest.mark.timeout(120)
@@ -89,3 +91,67 @@ async def test_a_broken_knowledge_base_does_not_stop_the_twin(tmp_path: Path, mo
             assert status["messages_learned"] == 3, status
             assert twin.actions_note is not None and "the twin uses its own model" in twin.actions_note
             nursery.cancel_scope.cancel()
+
+
+async def test_a_knowledge_base_built_late_is_closed_on_stop_and_a_late_caller_is_refused(tmp_path: Path) -> None:
+    """Built by a peer's first query, closed when the node stops; a query after the stop is refused ("could not
+    answer") and reopens nothing: neither a new service nor the closed one's store."""
+    from node.errors import NodeError
+    from node.rag import federated
+    from node.rag.node_service import RagNodeService
+    from node.rag.settings import RagSection
+
+    handlers: dict[str, Callable[[bytes, bytes], Awaitable[bytes]]] = {}
+    node = _node_stub(tmp_path, register_app_handler=handlers.__setitem__)
+    svc = RagNodeService(RagSection(mode="bm25"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run, node)
+        handle = handlers[federated.SERVICE]
+        await handle(b"\x01" * 32, federated.encode_request("walrus", 3))  # the first use builds it
+        built = svc.rag
+        assert built is not None and built._store is not None  # its store is open
+        nursery.cancel_scope.cancel()
+    assert built._store is None  # closed by the stop
+    assert svc.rag is None and await svc.load() is None
+    with pytest.raises(NodeError, match="could not answer"):
+        await handle(b"\x01" * 32, federated.encode_request("walrus", 3))
+    assert built._store is None
+
+
+def _record_import_threads(monkeypatch: pytest.MonkeyPatch, names: tuple[str, ...]) -> dict[str, str]:
+    """Unload ``names`` (restored after the test) and record which thread imports each again."""
+    seen: dict[str, str] = {}
+
+    class Spy:
+        @staticmethod
+        def find_spec(name: str, path: object = None, target: object = None) -> None:
+            if name in names:
+                seen[name] = threading.current_thread().name
+            return None  # the usual finders load it
+
+    for name in names:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [Spy(), *sys.meta_path])
+    return seen
+
+
+async def test_the_first_use_imports_the_heavy_modules_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """numpy, hnswlib, the store, the agents' registry (pydantic) and King load in a worker thread: a peer's first
+    request does not stall the node's event loop for them (~0.3-0.45 s on a small machine)."""
+    from node.agents.service import KING_MODULES, REGISTRY_MODULES, import_in_thread
+    from node.rag.node_service import MODULE, RagNodeService
+    from node.rag.settings import RagSection
+
+    loop = threading.current_thread().name
+    seen = _record_import_threads(monkeypatch, (MODULE, *REGISTRY_MODULES, *KING_MODULES))
+    svc = RagNodeService(RagSection(mode="bm25"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run, _node_stub(tmp_path))
+        built = await svc.load()
+        assert built is not None and type(built).__module__ == MODULE
+        await import_in_thread(REGISTRY_MODULES + KING_MODULES)
+        nursery.cancel_scope.cancel()
+    assert set(seen) == {MODULE, *REGISTRY_MODULES, *KING_MODULES}, seen
+    assert loop not in seen.values(), seen

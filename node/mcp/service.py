@@ -136,9 +136,9 @@ class McpService:
         from node.rag.settings import RagSection
 
         async def add_text(source: str, text: str, title: str, mime: str, shared: bool) -> dict[str, Any]:
-            from node.rag.plugin import rag_service
+            from node.rag.plugin import load_rag_service
 
-            rag = rag_service(node)
+            rag = await load_rag_service(node)
             if rag is None:
                 raise NotAllowed("this node runs no knowledge base (rag.enabled = false, or it is starting)")
             return await rag.add_text(source, text, title=title, shared=shared, mime=mime)

@@ -121,20 +121,20 @@ class TwinService:
         async with self._load_lock:
             if self.engine is None:
                 if self._embed is None and self.settings.actions:
-                    self._embed = self._shared_embed()
+                    self._embed = await self._shared_embed()
                 self.engine = await trio.to_thread.run_sync(self._load, limiter=self._limiter)
         return self.engine
 
-    def _shared_embed(self) -> Any:
+    async def _shared_embed(self) -> Any:
         """The knowledge base's MiniLM (thread-safe, loaded once), so the daemon holds one copy of the model: looked
         up when the engine loads (the rag service may start after this one). None: no running knowledge base. Its
         calls take the knowledge base's model limiter (never beside an ingest's model call)."""
         if self._node is None:
             return None
-        from node.rag.plugin import rag_service
+        from node.rag.plugin import load_rag_service
 
         try:
-            rag = rag_service(self._node)
+            rag = await load_rag_service(self._node)
         except RagError as exc:  # a broken knowledge base: the twin embeds with its own copy of the model
             self.actions_note = f"the knowledge base could not be loaded, the twin uses its own model: {exc}"
             log.warning("twin: %s", self.actions_note)
