@@ -155,3 +155,25 @@ async def test_the_first_use_imports_the_heavy_modules_off_the_event_loop(
         nursery.cancel_scope.cancel()
     assert set(seen) == {MODULE, *REGISTRY_MODULES, *KING_MODULES}, seen
     assert loop not in seen.values(), seen
+
+
+async def test_an_mcp_service_that_fails_to_build_closes_its_audit_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure while the MCP service builds (its memory store, say) on first use leaves no file open: the audit
+    log it opened first is closed (each failed first use would otherwise keep one descriptor)."""
+    from node.mcp.service import McpService
+    from node.mcp.settings import McpSettings
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("the memory store cannot open")
+
+    monkeypatch.setattr(McpService, "_memory_storage", broken)
+    svc = McpService(McpSettings(), persistent=True)
+    node = _node_stub(tmp_path, clock=SimpleNamespace(wall_ms=lambda: 1_700_000_000_000, now=lambda: 0.0))
+    with pytest.raises(BaseExceptionGroup) as failed:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(svc.run, node)
+    assert failed.group_contains(RuntimeError, match="memory store")
+    assert svc.audit is not None and (tmp_path / "mcp" / "audit.jsonl").exists()
+    assert svc.audit._fd is None
