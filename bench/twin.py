@@ -68,7 +68,7 @@ import twin_data
 
 from node.twin import neural as neural_mod
 from node.twin import rnn, store
-from node.twin.gate import MessageGate, SurpriseGate
+from node.twin.gate import SHIPPED_FIXED_COST_TOKENS, SHIPPED_SCORE, MessageGate, SurpriseGate
 from node.twin.model import TwinLM
 from node.twin.neural import NEURAL_FILE
 from node.twin.prior import GlobalPrior
@@ -387,7 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--neural", type=Path, default=None, help="a neural model file (default: the packaged one)")
     ap.add_argument("--gate", type=float, default=0.5, help="the shipped gate fraction (twin.gate_fraction)")
     ap.add_argument(
-        "--gate-score", default="edge", help="the shipped message gate's score ('' = session 4's token gate)"
+        "--gate-score",
+        default=SHIPPED_SCORE,
+        help="the `twin` configuration's message gate score (default: the daemon's; '' = session 4's token gate)",
     )
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--neural-lr", type=float, default=None, help="override the neural tier's adaptation step")
@@ -418,8 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--gate-fixed-cost",
         type=float,
-        default=None,
-        help="message gates count each message as its tokens + this many (the step's fixed cost) in the budget",
+        default=SHIPPED_FIXED_COST_TOKENS,
+        help="message gates count each message as its tokens + this many (the step's fixed cost) in the budget "
+        "(default: the daemon's)",
     )
     ap.add_argument("--baseline", default="batch_always", help="the always-update configuration gates are read against")
     ap.add_argument(
