@@ -68,15 +68,38 @@ def _watch_identify(host: IHost, on_done: Callable[[ID], None]) -> Callable[[], 
     return undo
 
 
+def _never_refresh(dht: KadDHT) -> None:
+    """``betanet.auto_connect = "off"``: KadDHT's upkeep (``_run_main_loop`` in kad_dht/kad_dht.py, 0.8: at start
+    and every 600 s) looks up our own ID and a random key in every non-empty bucket, and so dials the peers other
+    peers' answers name, at the addresses they chose. Its ``refresh_routing_table`` becomes a no-op on this instance
+    (libp2p is pinned below 0.9): the table is fed from identify (:meth:`PeerRouting._route`) and by the lookups the
+    node is asked for (:meth:`PeerRouting.find`), which still work."""
+
+    async def refresh_routing_table() -> None:
+        return None
+
+    setattr(dht, "refresh_routing_table", refresh_routing_table)  # noqa: B010 - an instance override, not a typed attribute
+
+
 class PeerRouting:
     """libp2p's KadDHT (server mode) on ``host``, owned by the BetaNet transport's nursery."""
 
-    def __init__(self, host: IHost, counters: BetanetCounters, notify: Callable[[], None], timeout_s: float) -> None:
+    def __init__(
+        self,
+        host: IHost,
+        counters: BetanetCounters,
+        notify: Callable[[], None],
+        timeout_s: float,
+        *,
+        refresh: bool = True,
+    ) -> None:
         self._host = host
         self._counters = counters
         self._notify = notify
         self._timeout_s = timeout_s
         self.dht = KadDHT(host, DHTMode.SERVER)
+        if not refresh:
+            _never_refresh(self.dht)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         send, recv = trio.open_memory_channel[ID](IDENTIFY_QUEUE)
