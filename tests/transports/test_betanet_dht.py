@@ -13,6 +13,7 @@ from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
 from multiaddr import Multiaddr
 
 from node.clock import Clock
@@ -221,6 +222,10 @@ async def test_off_skips_the_dht_upkeep_that_dials_peers_answers_named(
         assert connected
         return
     assert not connected and not stranger.host.get_network().get_connections(me.host.get_id())
+    # Nor does a peer enter the routing table on an answer's word (the table's own upkeep would ping it later).
+    table = routing.dht.routing_table
+    assert not await table.add_peer(PeerInfo(sid, stranger.host.get_addrs()))
+    assert not table.peer_in_table(sid) and not me.host.get_network().get_connections(sid)
     with trio.fail_after(WAIT_S):
         link = await me.dial(f"/p2p/{stranger.peer_id}")  # a lookup the node is asked for still works
     assert link.remote_address in stranger.listen_addresses()

@@ -44,8 +44,8 @@ class BetanetSection:
         "the DHT's upkeep lookups are skipped; the node dials only its bootstrap peers (redialled when lost), the "
         "peers mDNS finds (once, when found) and the peers it is asked to reach (and those a lookup it is asked "
         "for queries). Cost: a dropped link to any peer other than a bootstrap peer is never redialled (until a "
-        "restart or a new `village connect`), and the DHT routing table is filled only from identify and the "
-        "lookups it is asked for.",
+        "restart or a new `village connect`), and the DHT routing table takes only peers the node is connected "
+        "to (never one on a lookup answer's word).",
         choices=("off", "peerstore"),
     )
     relay: str = setting(
