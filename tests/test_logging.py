@@ -238,7 +238,8 @@ def test_village_run_logs_json(tmp_path: Path) -> None:
 
     data = tmp_path / "d"
     data.mkdir(mode=0o700)
-    # py-libp2p's auto-connector (off by default: betanet.auto_connect) logs its state at INFO as it starts.
+    # py-libp2p's auto-connector (betanet.auto_connect = "peerstore", the default; said so anyway) logs its state
+    # at INFO as it starts.
     config = LOOPBACK_CONFIG + 'auto_connect = "peerstore"\n\n[node]\nnickname = "evil\\u001b[2J"\n'
     (data / "config.toml").write_text(config)
     assert village("init", "--data-dir", str(data)).returncode == 0

@@ -103,8 +103,14 @@ def _port_answers(port: int) -> bool:
         return False
 
 
+PROBE_DEADLINE_S = 2.0  # the most one PING probe may take, however slowly the server answers
+PROBE_MAX_BYTES = 4096  # the most of a server's reply a probe reads (AUTH's +OK and PING's +PONG are 10 bytes)
+
+
 def _redis_pongs(port: int, password: str) -> bool:
-    """True when the Redis-protocol server on ``port`` answers PING (after AUTH) with PONG, not LOADING."""
+    """True when the Redis-protocol server on ``port`` answers PING (after AUTH) with PONG, not LOADING. One
+    deadline for the whole probe and a cap on the bytes read: a local process that trickles bytes, or sends
+    endlessly, costs at most PROBE_DEADLINE_S and PROBE_MAX_BYTES."""
 
     def bulk(*parts: str) -> bytes:
         out = [f"*{len(parts)}\r\n".encode()]
@@ -113,16 +119,22 @@ def _redis_pongs(port: int, password: str) -> bool:
             out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
         return b"".join(out)
 
+    deadline = time.monotonic() + PROBE_DEADLINE_S
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as conn:
+        with socket.create_connection(("127.0.0.1", port), timeout=PROBE_DEADLINE_S) as conn:
+            conn.settimeout(max(0.001, deadline - time.monotonic()))
             conn.sendall(bulk("AUTH", password) + bulk("PING"))
             got = b""
             while got.count(b"\r\n") < 2:
-                chunk = conn.recv(4096)
+                left = deadline - time.monotonic()
+                if left <= 0 or len(got) >= PROBE_MAX_BYTES:
+                    return False
+                conn.settimeout(left)
+                chunk = conn.recv(PROBE_MAX_BYTES - len(got))
                 if not chunk:
                     return False
                 got += chunk
-    except OSError:
+    except OSError:  # refused, reset, or the deadline passed in connect, send or recv (socket.timeout)
         return False
     return got.split(b"\r\n")[1] == b"+PONG"
 
@@ -405,24 +417,35 @@ class Services:
         raw = self._raw()
         return {name: self._is_up(name, raw) for name in SERVICES}
 
-    def _is_up(self, name: str, raw: dict[str, Any]) -> bool:
+    def _is_up(self, name: str, raw: dict[str, Any], *, wait_s: float = 0.0) -> bool:
+        """Whether ``name`` runs and serves: PostgreSQL's port accepts; a Redis-protocol server answers PING after
+        AUTH (while it loads its append-only file it accepts connections but refuses commands with LOADING: not
+        up). ``wait_s``: how long to wait for such a server, running and accepting but not answering yet, to
+        answer (`up` waits rather than start a second server on its port)."""
         entry = raw.get(name)
         if not entry:
             return False
         if name == "postgres":
             pid = _read_pid(self._pg_root() / "data" / "postmaster.pid")
-            port = int(entry["port"])
-        elif name == "redis":
+            return _pid_alive(pid) and _port_answers(int(entry["port"]))
+        if name == "redis":
             pid = _read_pid(self.base / "redis" / "redis.pid")
-            port = int(entry["port"])
+            port, password = int(entry["port"]), str(entry.get("password", ""))
         else:
             pid = _read_pid(self.base / "graph" / "redis.pid")
             # Its Redis port, not the Bolt one: FalkorDB's Bolt loses the next connection after each close, so a
             # probe there would cost a real client a connection attempt. The relay dies with the server.
-            port = int(entry["redis_port"])
+            port, password = int(entry["redis_port"]), str(entry.get("redis_password", ""))
             if entry.get("isolated") and not _pid_alive(_read_pid(self.base / "graph" / "forward.pid")):
                 return False
-        return _pid_alive(pid) and _port_answers(port)
+        deadline = time.monotonic() + wait_s
+        while _pid_alive(pid):
+            if _redis_pongs(port, password):
+                return True
+            if time.monotonic() >= deadline or not _port_answers(port):
+                return False
+            time.sleep(0.2)
+        return False
 
     # up
     def up(self, names: tuple[str, ...] = SERVICES) -> ServiceSettings | None:
@@ -431,7 +454,7 @@ class Services:
         with _locked(self.base):
             raw = self._raw()
             for name in names:
-                if self._is_up(name, raw):
+                if self._is_up(name, raw, wait_s=START_TIMEOUT_S):
                     if name == "postgres" and raw[name].get("user") != PG_APP_USER:  # from before the app role
                         raw[name] = self._secure_postgres(raw[name])
                         self._save(raw)

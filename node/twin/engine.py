@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from node.textsafe import safe_text
 from node.twin import store
 from node.twin.actions import ActionHead
 from node.twin.errors import TwinStoreError
@@ -232,7 +233,8 @@ class TwinEngine:
                 # Learned on another neural model (a state older than the model id, or a new neural.bin): its
                 # deltas and the tier's learned weight would be applied to weights they were not learned on. The
                 # neural adaptation starts again from the shipped model; the counts, words and mixture stay.
-                was = learned_on[:16] if isinstance(learned_on, str) else "unrecorded"
+                # (from the file: shown with its control characters escaped, never raw on a terminal)
+                was = safe_text(learned_on[:16]) if isinstance(learned_on, str) else "unrecorded"
                 self.neural_reset_reason = (
                     f"the neural adaptation was learned on another neural model ({was}); it starts again from the"
                     " shipped one"
@@ -250,7 +252,7 @@ class TwinEngine:
             if stored_score == self.gate.score:
                 why = f"the saved gate threshold ({threshold:.6g} bits) is not one its score could reach"
             else:
-                was = stored_score[:16] if isinstance(stored_score, str) else "unrecorded"
+                was = safe_text(stored_score[:16]) if isinstance(stored_score, str) else "unrecorded"
                 why = f"the saved gate threshold belongs to another gate score ({was})"
             self.gate_reset_reason = f"{why}; {start}"
         topics, contacts = meta.get("topics", []), meta.get("contacts", {})

@@ -5,6 +5,8 @@ structuredContent that breaks the client's own schema check."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -221,3 +223,43 @@ def test_the_inbox_answer_is_typed_once_by_the_inbox_record(tmp_path: Path) -> N
     assert grown.model_json_schema(by_alias=True)["properties"]["ttl_s"]["type"] == "number"
     with pytest.raises(ValidationError, match="ttl_s"):
         grown.model_validate(answer["messages"][0])
+
+
+_INBOX_MESSAGE_TYPES = {
+    "seq": "integer",
+    "id": "string",
+    "from": "string",
+    "nickname": "string",
+    "text": "string",
+    "private": "boolean",
+    "received_at_ms": "integer",
+    "sent_at_ms": "integer",
+    "hops": "integer",
+}
+INBOX_LIST_OUTPUT_SCHEMA = {  # what MCP clients of inbox_list were promised (session 6); change it on purpose only
+    "additionalProperties": False,
+    "properties": {
+        "messages": {
+            "items": {
+                "additionalProperties": False,
+                "properties": {name: {"type": kind} for name, kind in _INBOX_MESSAGE_TYPES.items()},
+                "required": list(_INBOX_MESSAGE_TYPES),
+                "type": "object",
+            },
+            "type": "array",
+        }
+    },
+    "required": ["messages"],
+    "type": "object",
+}
+# sha256 of json.dumps(InboxOut.model_json_schema(by_alias=True)) before the inbox answer was typed by its record
+INBOX_OUT_SCHEMA_SHA256 = "48034798ea98444e268b34c96cb81f616aab1cd33fd6170173dbdbb9299c5697"
+
+
+def test_the_inbox_list_output_schema_is_pinned_byte_for_byte() -> None:
+    """inbox_list's outputSchema follows node.inbox's record: a field added to the record (personal data, say) would
+    reach every MCP client's schema. Pinned here, keys and order as published, so no such change goes unnoticed."""
+    published = registry_answering({}).tools["inbox_list"].describe()["outputSchema"]
+    assert json.dumps(published) == json.dumps(INBOX_LIST_OUTPUT_SCHEMA), json.dumps(published, indent=1)
+    raw = json.dumps(outputs.InboxOut.model_json_schema(by_alias=True)).encode()
+    assert hashlib.sha256(raw).hexdigest() == INBOX_OUT_SCHEMA_SHA256

@@ -9,15 +9,19 @@ from pathlib import Path
 
 import pytest
 import trio
+from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from multiaddr import Multiaddr
 
 from node.clock import Clock
 from node.identity import Identity
 from node.node import Node
 from node.settings import Config, NodeSection
 from node.transports.base import Link
+from node.transports.betanet.settings import BetanetSection
 from node.transports.betanet.transport import BetanetTransport, DialError
 from tests.transports.test_betanet import LOOPBACK, WAIT_S, start_transport
 
@@ -107,8 +111,8 @@ async def test_a_peer_only_a_dht_answer_named_is_not_dialled_unless_configured(
 ) -> None:
     """py-libp2p's auto-connector dials peers of the peerstore: a peer that a DHT answer named (FIND_NODE replies
     put their addresses there, as below) would learn this node's IP address and peer ID, at an address of the
-    answering peer's choosing. By default (betanet.auto_connect = "off") it never runs: the peer is not dialled.
-    "peerstore" keeps py-libp2p's behaviour (the control: the same peer is dialled)."""
+    answering peer's choosing. With betanet.auto_connect = "off" it never runs: the peer is not dialled.
+    "peerstore" (the default) keeps py-libp2p's behaviour (the control: the same peer is dialled)."""
     me, _ = await start_transport(nursery, settings=dataclasses.replace(LOOPBACK, auto_connect=auto_connect))
     stranger, _ = await start_transport(nursery)
     assert me.host is not None and stranger.host is not None
@@ -126,3 +130,102 @@ async def test_a_peer_only_a_dht_answer_named_is_not_dialled_unless_configured(
         while not swarm.get_connections(named):  # a cycle may already be running: the next one dials it
             await connector.maybe_connect()
             await trio.sleep(0.05)
+
+
+def test_the_auto_connector_runs_by_default() -> None:
+    """py-libp2p's auto-connector is on unless configured off: it is what redials a dropped link to an mDNS or
+    `village connect` peer (only bootstrap peers have a redial of their own)."""
+    assert BetanetSection().auto_connect == "peerstore"
+    assert LOOPBACK.auto_connect == "peerstore"
+
+
+class _Disconnects(INotifee):
+    """Which peers' connections the swarm has reported closed (after its own bookkeeping of the close)."""
+
+    def __init__(self) -> None:
+        self._gone: set[ID] = set()
+        self._changed = trio.Event()
+
+    async def disconnected_from(self, peer: ID) -> None:
+        while peer not in self._gone:
+            await self._changed.wait()
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        self._gone.add(conn.muxed_conn.peer_id)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        return None
+
+    async def listen(self, network: INetwork, multiaddr: Multiaddr) -> None:
+        return None
+
+    async def listen_close(self, network: INetwork, multiaddr: Multiaddr) -> None:
+        return None
+
+
+@pytest.mark.parametrize("auto_connect", ["off", "peerstore"])
+async def test_off_keeps_no_disconnect_record_of_remote_peers(nursery: trio.Nursery, auto_connect: str) -> None:
+    """The swarm records every closed connection for the auto-connector's backoff, in a table only a running
+    auto-connector prunes. With "off" nothing is recorded: peers connecting under fresh peer IDs and closing
+    leave nothing behind. ("peerstore", the control: each is recorded, and pruned by the connector's cycles.)"""
+    victim, links = await start_transport(nursery, settings=dataclasses.replace(LOOPBACK, auto_connect=auto_connect))
+    assert victim.host is not None
+    swarm = victim.host.get_network()
+    assert isinstance(swarm, Swarm)
+    watcher = _Disconnects()
+    swarm.register_notifee(watcher)
+    for _ in range(3):
+        async with trio.open_nursery() as inner:
+            visitor, _ = await start_transport(inner)
+            assert visitor.host is not None
+            with trio.fail_after(WAIT_S):
+                await visitor.dial(victim.listen_addresses()[0])
+                await links.receive()
+                await visitor.host.get_network().close_peer(victim.host.get_id())
+                await watcher.disconnected_from(visitor.host.get_id())  # the swarm is told after it recorded
+            inner.cancel_scope.cancel()
+    recorded = len(swarm.auto_connector._recent_disconnects)
+    assert recorded == (0 if auto_connect == "off" else 3)
+
+
+@pytest.mark.parametrize("auto_connect", ["off", "peerstore"])
+async def test_off_skips_the_dht_upkeep_that_dials_peers_answers_named(
+    nursery: trio.Nursery, auto_connect: str
+) -> None:
+    """KadDHT's upkeep (at start and every 600 s) looks up random keys through the routing table and dials the
+    peers the answers name. With "off" it does nothing: a stranger known only to the hub stays undialled; a lookup
+    the node is asked for still finds it. ("peerstore", the control: the upkeep connects to the stranger.)"""
+    hub, _ = await start_transport(nursery)
+    me, _ = await start_transport(nursery, settings=dataclasses.replace(LOOPBACK, auto_connect=auto_connect))
+    stranger, _ = await start_transport(nursery)
+    assert me.host is not None and stranger.host is not None
+    sid = stranger.host.get_id()
+    with trio.fail_after(WAIT_S):
+        await stranger.dial(hub.listen_addresses()[0])
+        await me.dial(hub.listen_addresses()[0])
+        await hub.wait_counters(lambda c: c.dht_routing_added >= 2)
+        await me.wait_counters(lambda c: c.dht_routing_added >= 1)
+    routing = me.routing
+    assert routing is not None
+    with trio.fail_after(WAIT_S):
+        await routing.dht.refresh_routing_table()  # what KadDHT's upkeep runs
+    connected = bool(me.host.get_network().get_connections(sid))
+    if auto_connect == "peerstore":
+        assert connected
+        return
+    assert not connected and not stranger.host.get_network().get_connections(me.host.get_id())
+    # Nor does a peer enter the routing table on an answer's word (the table's own upkeep would ping it later).
+    table = routing.dht.routing_table
+    assert not await table.add_peer(PeerInfo(sid, stranger.host.get_addrs()))
+    assert not table.peer_in_table(sid) and not me.host.get_network().get_connections(sid)
+    with trio.fail_after(WAIT_S):
+        link = await me.dial(f"/p2p/{stranger.peer_id}")  # a lookup the node is asked for still works
+    assert link.remote_address in stranger.listen_addresses()

@@ -145,3 +145,18 @@ def test_deltas_that_overflow_float32_are_refused() -> None:
     with pytest.raises(TwinStoreError, match="out of range"):
         nn.load_state(state)
     assert np.isfinite(nn.w).all()
+
+
+@pytest.mark.parametrize("key", ["neural_model", "gate_score"])
+def test_a_hostile_model_id_or_gate_score_reaches_status_escaped(key: str) -> None:
+    """The state file's saved neural model id and gate score are quoted in status's reset notes (printed as they are
+    by the human `village twin status`): a terminal escape in one arrives escaped, never raw."""
+    pr = tiny_prior()
+    eng = learned(pr, model(pr, seed=1))
+    arrays, meta = blob.unpack_untrusted(eng.encode(10_000_000), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    meta[key] = "\x1b]0;pwned\x07\x1b[2J"
+    back = TwinEngine(pr, neural=model(pr, seed=1))
+    back.decode(blob.pack(store.MAGIC, store.FORMAT_VERSION, dict(arrays), meta), 10_000_000)
+    note = back.status()["neural"]["reset" if key == "neural_model" else "gate_reset"]
+    assert note is not None and "\\x1b]0;pwned\\x07\\x1b[2J" in note, note
+    assert not any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in note), note

@@ -28,6 +28,7 @@ import trio
 from libp2p.abc import IHost
 from libp2p.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
 from libp2p.peer.peerstore import PeerStoreError
 from libp2p.tools.anyio_service import background_trio_service
 
@@ -68,15 +69,51 @@ def _watch_identify(host: IHost, on_done: Callable[[ID], None]) -> Callable[[], 
     return undo
 
 
+def _never_refresh(host: IHost, dht: KadDHT) -> None:
+    """``betanet.auto_connect = "off"``: KadDHT's upkeep (``_run_main_loop`` in kad_dht/kad_dht.py, 0.8: at start
+    and every 600 s) looks up our own ID and a random key in every non-empty bucket, and so dials the peers other
+    peers' answers name, at the addresses they chose. Its ``refresh_routing_table`` becomes a no-op on this instance
+    (libp2p is pinned below 0.9). The routing table's own upkeep pings entries idle for an hour (and the oldest of a
+    full bucket), so it takes only peers this node is connected to: a peer a lookup answer named enters it once the
+    node has a connection to it, never on the answer's word. The table is fed from identify
+    (:meth:`PeerRouting._route`) and by the lookups the node is asked for (:meth:`PeerRouting.find`), which still
+    work: they read the addresses answers put in the peerstore, not the table."""
+
+    async def refresh_routing_table() -> None:
+        return None
+
+    table = dht.routing_table
+    add_peer = table.add_peer
+
+    async def add_connected_peer(peer: PeerInfo | ID, **kwargs: Any) -> bool:
+        peer_id = peer.peer_id if isinstance(peer, PeerInfo) else peer
+        if not host.get_network().get_connections(peer_id):
+            return False
+        return await add_peer(peer, **kwargs)
+
+    setattr(dht, "refresh_routing_table", refresh_routing_table)  # noqa: B010 - an instance override, not a typed attribute
+    setattr(table, "add_peer", add_connected_peer)  # noqa: B010 - likewise
+
+
 class PeerRouting:
     """libp2p's KadDHT (server mode) on ``host``, owned by the BetaNet transport's nursery."""
 
-    def __init__(self, host: IHost, counters: BetanetCounters, notify: Callable[[], None], timeout_s: float) -> None:
+    def __init__(
+        self,
+        host: IHost,
+        counters: BetanetCounters,
+        notify: Callable[[], None],
+        timeout_s: float,
+        *,
+        refresh: bool = True,
+    ) -> None:
         self._host = host
         self._counters = counters
         self._notify = notify
         self._timeout_s = timeout_s
         self.dht = KadDHT(host, DHTMode.SERVER)
+        if not refresh:
+            _never_refresh(host, self.dht)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         send, recv = trio.open_memory_channel[ID](IDENTIFY_QUEUE)

@@ -35,12 +35,17 @@ class BetanetSection:
         "through connected peers.",
     )
     auto_connect: str = setting(
-        "off",
-        "py-libp2p's auto-connector, which dials peers of the peerstore while the node has fewer than 100 "
-        "connections (up to 200, 32 every 10 s). off: it never runs; the node dials its bootstrap peers, the peers "
-        "mDNS finds and the peers it is asked to reach (and those a DHT lookup queries) only. peerstore: py-libp2p's "
-        "behaviour, every peer in the peerstore, those that DHT answers and identify named included: each learns "
-        "this node's IP address and peer ID, and the peers answering DHT queries choose which addresses it dials.",
+        "peerstore",
+        "py-libp2p's auto-connector. peerstore (py-libp2p's behaviour): while the node has fewer than 100 "
+        "connections it dials peers of its peerstore (up to 200, 32 every 10 s), which redials a lost mDNS or "
+        "`village connect` peer; those that DHT answers and identify named are dialled too (each learns this "
+        "node's IP address and peer ID, at addresses the answering peer chose), and the DHT's own upkeep (at start "
+        "and every 10 min) looks up random keys through them. off (privacy): the auto-connector never runs and "
+        "the DHT's upkeep lookups are skipped; the node dials only its bootstrap peers (redialled when lost), the "
+        "peers mDNS finds (once, when found) and the peers it is asked to reach (and those a lookup it is asked "
+        "for queries). Cost: a dropped link to any peer other than a bootstrap peer is never redialled (until a "
+        "restart or a new `village connect`), and the DHT routing table takes only peers the node is connected "
+        "to (never one on a lookup answer's word).",
         choices=("off", "peerstore"),
     )
     relay: str = setting(

@@ -121,12 +121,18 @@ def _never_auto_connect(swarm: Swarm) -> None:
     and a peer answering DHT queries would choose which addresses we dial (private ones too on a node without a
     public address). Its ``start`` becomes a no-op on this instance (the swarm calls it when it runs; libp2p is
     pinned below 0.9): never started, its periodic task returns at once and ``maybe_connect``, which the swarm also
-    schedules on every disconnect, does nothing."""
+    schedules on every disconnect, does nothing. ``record_disconnect`` (the swarm calls it on every closed
+    connection, inbound ones too) becomes a no-op as well: it fills a per-peer table that only a running
+    auto-connector's cycle prunes, so a remote peer connecting under fresh peer IDs would grow it forever."""
 
     async def start() -> None:
         return None
 
+    def record_disconnect(peer_id: ID) -> None:
+        return None
+
     setattr(swarm.auto_connector, "start", start)  # noqa: B010 - an instance override, not a typed attribute
+    setattr(swarm.auto_connector, "record_disconnect", record_disconnect)  # noqa: B010 - likewise
 
 
 def _relay_under(conn: object) -> ID | None:
@@ -323,7 +329,15 @@ class BetanetTransport(Transport):
         host = self._make_host(listen)
         self._advertise_real_addresses(host)
         routing = (
-            PeerRouting(host, self.counters, self._notify, self.settings.dial_timeout_s) if self.settings.dht else None
+            PeerRouting(
+                host,
+                self.counters,
+                self._notify,
+                self.settings.dial_timeout_s,
+                refresh=self.settings.auto_connect != "off",
+            )
+            if self.settings.dht
+            else None
         )
         relay = Relay(host, self.settings, self.counters, self._notify) if self.settings.relay != "off" else None
         if relay is not None:

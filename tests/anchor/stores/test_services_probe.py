@@ -1,0 +1,137 @@
+"""The Redis readiness probe of tools/services.py against local fake servers (no real Redis needed): it is bounded
+in time and bytes whatever the process on the port does, and `status` calls a Redis that is still loading down."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tools import services as services_module
+from tools.services import Services, _redis_pongs
+
+Serve = Callable[[socket.socket], None]
+
+
+class FakeServer:
+    """A loopback TCP server answering each connection with ``serve`` in a thread; ``done`` is set when it returns."""
+
+    def __init__(self, serve: Serve) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._serve = serve
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            conn, _ = self._listener.accept()
+        except OSError:
+            return
+        with conn:
+            try:
+                self._serve(conn)
+            finally:
+                self.done.set()
+
+    def close(self) -> None:
+        self._listener.close()
+        self._thread.join(timeout=30)
+
+
+@pytest.fixture
+def fake() -> Iterator[Callable[[Serve], FakeServer]]:
+    made: list[FakeServer] = []
+
+    def start(serve: Serve) -> FakeServer:
+        made.append(FakeServer(serve))
+        return made[-1]
+
+    yield start
+    for server in made:
+        server.close()
+
+
+def _answer(reply: bytes) -> Serve:
+    def serve(conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.sendall(reply)
+
+    return serve
+
+
+def test_a_trickling_server_costs_the_probe_its_deadline_only(
+    fake: Callable[[Serve], FakeServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that sends one byte every 50 ms and never a line end: the probe gives up at its overall deadline
+    (each byte used to restart a 1 s timeout, so it read for as long as the process kept trickling)."""
+    monkeypatch.setattr(services_module, "PROBE_DEADLINE_S", 0.3)
+    sent = [0]
+    hung_up = threading.Event()
+
+    def trickle(conn: socket.socket) -> None:
+        conn.recv(4096)
+        for _ in range(400):  # 20 s of trickling, unless the probe hangs up first
+            try:
+                conn.sendall(b"x")
+            except OSError:
+                hung_up.set()
+                return
+            sent[0] += 1
+            if hung_up.wait(0.05):
+                return
+
+    server = fake(trickle)
+    assert _redis_pongs(server.port, "pw") is False
+    assert server.done.wait(30)
+    assert hung_up.is_set() and sent[0] < 400, sent
+
+
+def test_a_flooding_server_costs_the_probe_its_byte_cap_only(fake: Callable[[Serve], FakeServer]) -> None:
+    """A process that sends 64 MiB without a line end: the probe reads at most PROBE_MAX_BYTES and hangs up, so the
+    sender cannot get the rest out (the kernel's socket buffers hold a few MiB at most)."""
+    total = 64 * 1024 * 1024
+    sent = [0]
+
+    def flood(conn: socket.socket) -> None:
+        conn.recv(4096)
+        block = b"y" * 65536
+        try:
+            while sent[0] < total:
+                sent[0] += conn.send(block)
+        except OSError:
+            return
+
+    server = fake(flood)
+    assert _redis_pongs(server.port, "pw") is False
+    assert server.done.wait(30)
+    assert sent[0] < total // 4, sent
+
+
+@pytest.mark.parametrize(
+    ("reply", "up"),
+    [
+        (b"+OK\r\n+PONG\r\n", True),
+        (b"+OK\r\n-LOADING Redis is loading the dataset in memory\r\n", False),
+        (b"-WRONGPASS invalid username-password pair\r\n-NOAUTH Authentication required.\r\n", False),
+    ],
+    ids=["pong", "loading", "wrong-password"],
+)
+def test_status_calls_a_redis_up_only_when_it_answers_ping(
+    tmp_path: Path, fake: Callable[[Serve], FakeServer], reply: bytes, up: bool
+) -> None:
+    """`scripts/services status` (and `up`, before it reuses a server): a Redis whose process runs and whose port
+    accepts is up only when it answers PING after AUTH; one still loading its append-only file is not."""
+    server = fake(_answer(reply))
+    (tmp_path / "redis").mkdir()
+    (tmp_path / "redis" / "redis.pid").write_text(f"{os.getpid()}\n")  # a live process: this test's
+    entry = {"host": "127.0.0.1", "port": server.port, "password": "pw", "unix_socket": ""}
+    (tmp_path / "settings.json").write_text(json.dumps({"redis": entry}))
+    svc = Services(tmp_path)
+    assert svc.status()["redis"] is up
