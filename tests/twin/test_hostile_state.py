@@ -20,7 +20,7 @@ import trio
 
 from node.twin import blob, rnn, store
 from node.twin.engine import Event, TwinEngine
-from node.twin.errors import TwinStoreError
+from node.twin.errors import TwinError, TwinStoreError
 from node.twin.gate import SHIPPED_SCORE, START_BITS
 from node.twin.personal import PersonalKN, ctx_key
 from node.twin.prior import GlobalPrior
@@ -341,7 +341,7 @@ _LZMA_DICT_BOMB = r"""
 import resource, struct, sys
 resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 from node.twin import blob
-from node.twin.errors import TwinStoreError
+from node.twin.errors import TwinError, TwinStoreError
 # an .lzma ("alone") body of 45 bytes declaring a 4 GiB dictionary, size unknown
 body = bytes([0x5D]) + struct.pack("<I", 0xFFFFFFFF) + b"\xff" * 8 + b"\x00" * 32
 header = b'{"arrays":[],"meta":{}}'
@@ -467,7 +467,9 @@ async def test_a_save_that_fails_unexpectedly_neither_ends_the_node_nor_loses_th
 
         with monkeypatch.context() as m:
             m.setattr(engine, "encode", broken)
-            assert await svc.save_now() == 0  # nothing written, and the service is still running
+            with pytest.raises(TwinError, match="OverflowError"):  # nothing written: save_now says so
+                await svc.save_now()
+        assert not svc.path.exists()  # and the service is still running
         st = await svc.status()
         assert st["messages_learned"] == 1
         svc.record("message", "still learning", action="messages.send")
