@@ -112,6 +112,9 @@ HOSTILE: dict[str, Mutate] = {
     "a trigram listed 1000 times with count 2**31-1": _cpu_bomb,
     # Past the writer's int32 clamp: it loaded, and one more of that trigram overflowed every save and prune.
     "a trigram count past int32": _set_array("tri_counts", lambda a: np.full(len(a["tri_counts"]), 2**63 - 1)),
+    # Review of ingest4: it loaded, and the next action made it 2**63, past int64: every save failed.
+    "act_events at int64's maximum": _set_array("x_act_events", lambda a: np.array([2**63 - 1], dtype=np.int64)),
+    "act_events negative": _set_array("x_act_events", lambda a: np.array([-1], dtype=np.int64)),
 }
 
 
