@@ -30,6 +30,7 @@ change state, resources) are not written there, as over REST; the node's local a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -39,12 +40,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from anchor.gateway.auth import Principal
 from anchor.gateway.errors import Forbidden, GatewayError, NodeUnavailable
 from anchor.stores.errors import StoreUnavailable
+from node.mcp.errors import McpLoadFailed
 from node.mcp.plugin_service import running_service
 from node.mcp.registry import Caller
 from node.mcp.service import ASGI_CALLER_KEY
 
 if TYPE_CHECKING:
     from anchor.gateway.app import GatewayContext
+
+log = logging.getLogger("village.anchor.gateway")
 
 MOUNT = "/mcp"
 SCOPE_MAP: dict[str, frozenset[str]] = {
@@ -94,7 +98,11 @@ class McpMount:
                     "this token has no scope that opens an MCP tool (node:read, messages:send, events:read, "
                     "rag:query, agents:ask, twin:owner or vote:*)"
                 )
-            service = await running_service(self.ctx.node)
+            try:
+                service = await running_service(self.ctx.node)
+            except McpLoadFailed as exc:  # a broken install: why is for the node's log only
+                log.warning("gateway: %s", exc)
+                raise NodeUnavailable("MCP could not be loaded on this node") from None
             inner = await service.mounted() if service is not None else None
             if inner is None:
                 raise NodeUnavailable("MCP is not running on this node (mcp.enabled = false, or starting)")

@@ -9,6 +9,7 @@ embedding model (not installed) answers 503 with a message saying which; a query
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route's annotations at run time.
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -19,11 +20,13 @@ from anchor.gateway.auth import Principal
 from anchor.gateway.errors import GatewayError, NodeUnavailable, RagUnavailable
 from anchor.gateway.roles import SCOPE_RAG_PRIVATE, SCOPE_RAG_QUERY
 from node.rag.errors import ModelMissing, RagError
-from node.rag.plugin import rag_service
+from node.rag.plugin import load_rag_service
 from node.rag.service import MAX_QUERY_CHARS
 
 if TYPE_CHECKING:
     from anchor.gateway.app import GatewayContext
+
+log = logging.getLogger("village.anchor.gateway")
 
 MAX_K = 1000  # the schema's bound; the node's rag.max_results is checked by the service (400 above it)
 
@@ -72,7 +75,11 @@ def add_rag_routes(
         """Search the anchor node's knowledge base (BM25 + embeddings, fused); the fields of ``rag.query``."""
         if ctx.node.core is None:
             raise NodeUnavailable("the node is not running")
-        service = rag_service(ctx.node)
+        try:
+            service = await load_rag_service(ctx.node)
+        except RagError as exc:  # its modules cannot be loaded (a broken install): why is for the node's log only
+            log.warning("gateway: %s", exc)
+            raise RagUnavailable("the knowledge base could not be loaded on this node") from None
         if service is None:
             raise RagUnavailable("the knowledge base is disabled on this node (rag.enabled = false)")
         try:

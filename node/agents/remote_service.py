@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 from collections import OrderedDict
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
     from node.agents.king import King
     from node.node import Node
 
+log = logging.getLogger("village.agents")
+
 
 class RemoteAgents:
     def __init__(
@@ -92,6 +95,7 @@ class RemoteAgents:
             "busy": 0,
             "rate_limited": 0,
             "malformed": 0,
+            "failed": 0,
             "asked": 0,
             "held_back": 0,
         }
@@ -206,8 +210,13 @@ class RemoteAgents:
         self.running += 1
         self.running_per_peer[peer] = mine + 1
         try:
-            king = await self._king()
-            runner = RemoteTools(await self._runner(), peer.hex())
+            try:
+                king = await self._king()
+                runner = RemoteTools(await self._runner(), peer.hex())
+            except NodeError as exc:  # a module or service that cannot load here: why is for this node's log only
+                self.counters["failed"] += 1
+                log.warning("agents: a remote ask from %s could not be served: %s", peer.hex()[:16], exc)
+                raise AgentError("the agents could not answer") from None
             out = await king.ask(request, agent=spec.name, runner=runner, remote_caller=peer.hex())
         finally:
             self.running -= 1

@@ -8,7 +8,9 @@ tool calls go through (pydantic) are imported then too, so an idle node loads no
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
@@ -45,6 +47,22 @@ if TYPE_CHECKING:  # numpy (the router) and pydantic (the MCP registry) load on 
 LOCAL_NAMESPACE = "local"
 log = logging.getLogger("village.agents")
 
+# Loaded on the first request (numpy, pydantic, the MCP registry, the router), in a worker thread: the event loop
+# goes on meanwhile (~0.3 s on a small machine).
+REGISTRY_MODULES = ("node.agents.toolbridge", "node.mcp.audit", "node.mcp.registry", "node.mcp.settings")
+KING_MODULES = ("node.agents.king", "node.agents.router", "node.rag.embed")
+
+
+async def import_in_thread(names: tuple[str, ...]) -> None:
+    """Import ``names`` in a worker thread (each at most once: a loaded module costs a lookup)."""
+
+    def load() -> None:
+        for name in names:
+            importlib.import_module(name)
+
+    if any(sys.modules.get(name) is None for name in names):
+        await trio.to_thread.run_sync(load)
+
 
 class AgentsService:
     name = "agents"
@@ -74,6 +92,7 @@ class AgentsService:
         self.registry: Registry | None = None  # the node's MCP registry the agents' tool calls go through
         self._own_audit: AuditLog | None = None
         self._king_lock = trio.Lock()
+        self._registry_lock = trio.Lock()
         self.remote: RemoteAgents | None = None
         self.metrics = NodeMetrics(data_dir / "agents" / "series.json" if data_dir is not None else None)
         self.offers = OfferBook()
@@ -233,7 +252,15 @@ class AgentsService:
     async def _registry(self, node: Node) -> Registry:
         """The node's one MCP registry (the MCP service's), with the agent tools added; when MCP is off on this
         node, a registry of the same kind kept by the agents (audited to ``<data dir>/agents/audit.jsonl``)."""
+        async with self._registry_lock:
+            return await self._build_registry(node)
+
+    async def _build_registry(self, node: Node) -> Registry:
         if self.registry is None:
+            try:
+                await import_in_thread(REGISTRY_MODULES)
+            except ImportError as exc:  # a broken install: the caller (this node's) gets why, the node goes on
+                raise AgentError(f"the agents' tools could not be loaded on this node: {exc}") from exc
             from node.agents.toolbridge import register_agent_tools
             from node.mcp.plugin_service import running_service
 
@@ -271,15 +298,16 @@ class AgentsService:
                 raise AgentError("the agents service is not running")
             registry = await self._registry(self._node)
             try:  # numpy (the router): here, on the first request
+                await import_in_thread(KING_MODULES)
                 from node.agents.king import King
                 from node.agents.router import Router, load_seeds, shipped_seed_vectors
                 from node.agents.toolbridge import RegistryTools
                 from node.rag.embed import MODEL_ID, Embedder
             except ImportError as exc:  # a broken install: the caller gets why, the node goes on
                 raise AgentError(f"the agents' router could not be loaded on this node: {exc}") from exc
-            from node.rag.plugin import rag_service
+            from node.rag.plugin import load_rag_service
 
-            rag = rag_service(self._node)
+            rag = await load_rag_service(self._node)
             embedder = rag.embedder if rag is not None else None
             if embedder is None:
                 embedder = Embedder()

@@ -13,6 +13,7 @@ node's tools are built as, and what unit tests run agents over.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from node.agents.trace import Trace
     from node.node import Node
     from node.rag.service import RagService
+
+log = logging.getLogger("village.agents")
 
 # name -> what it does. The roster may only name these.
 KNOWN_TOOLS: dict[str, str] = {
@@ -258,13 +261,18 @@ def node_tools(node: Node, *, battery_root: Path | None = None) -> Tools:
     ):
         t.add(name, fn)
 
+    from node.rag.errors import RagError
     from node.rag.plugin import SERVICE_NAME as RAG_SERVICE
-    from node.rag.plugin import rag_service
+    from node.rag.plugin import load_rag_service
 
     if node.service(RAG_SERVICE) is not None:  # the knowledge base runs: its modules load at the first rag.* call
 
-        def rag() -> RagService:
-            service = rag_service(node)
+        async def rag() -> RagService:
+            try:
+                service = await load_rag_service(node)
+            except RagError as exc:  # a broken install: an agent's answer (maybe to a peer) says no more than this
+                log.warning("agents: %s", exc)
+                raise ToolUnavailable("the knowledge base could not be loaded on this node") from None
             if service is None:
                 raise ToolUnavailable("the knowledge base is not running")
             return service
@@ -272,26 +280,30 @@ def node_tools(node: Node, *, battery_root: Path | None = None) -> Tools:
         async def query(args: Mapping[str, Any]) -> Any:
             k = args.get("k", 5)
             shared_only = args.get("shared_only", False) is True  # remote callers' agents: shared documents only
-            hits = await rag().query(_str(args, "query"), k=k if isinstance(k, int) else 5, shared_only=shared_only)
+            hits = await (await rag()).query(
+                _str(args, "query"), k=k if isinstance(k, int) else 5, shared_only=shared_only
+            )
             return [h.to_json() for h in hits]
 
         async def add(args: Mapping[str, Any]) -> Any:
-            return await rag().add_text(_str(args, "source", max_chars=500), _str(args, "text", max_chars=1_000_000))
+            return await (await rag()).add_text(
+                _str(args, "source", max_chars=500), _str(args, "text", max_chars=1_000_000)
+            )
 
         async def documents(_: Mapping[str, Any]) -> Any:
-            return await rag().documents(limit=100)
+            return await (await rag()).documents(limit=100)
 
         async def feedback(args: Mapping[str, Any]) -> Any:
             cid = args.get("chunk_id")
             if type(cid) is not int:
                 raise AgentError("chunk_id must be an integer")
-            return await rag().feedback(cid, bool(args.get("good")))
+            return await (await rag()).feedback(cid, bool(args.get("good")))
 
         async def stats(_: Mapping[str, Any]) -> Any:
-            return await rag().stats()
+            return await (await rag()).stats()
 
         async def compact(_: Mapping[str, Any]) -> Any:
-            return await rag().compact()
+            return await (await rag()).compact()
 
         for name, fn in (
             ("rag.query", query),

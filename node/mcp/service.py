@@ -136,9 +136,9 @@ class McpService:
         from node.rag.settings import RagSection
 
         async def add_text(source: str, text: str, title: str, mime: str, shared: bool) -> dict[str, Any]:
-            from node.rag.plugin import rag_service
+            from node.rag.plugin import load_rag_service
 
-            rag = rag_service(node)
+            rag = await load_rag_service(node)
             if rag is None:
                 raise NotAllowed("this node runs no knowledge base (rag.enabled = false, or it is starting)")
             return await rag.add_text(source, text, title=title, shared=shared, mime=mime)
@@ -262,8 +262,8 @@ class McpService:
     async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         # The SDK (a second or two of imports on a small machine) is loaded only for what is configured: the
         # loopback HTTP endpoint here, the gateway's mount on its first request; `village mcp` needs neither.
-        reg = self.build(node)
         try:
+            reg = self.build(node)  # inside: what it opened before a failure is closed below
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 if self.settings.http_listen:

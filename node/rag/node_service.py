@@ -2,13 +2,17 @@
 peers' federated queries, owned by the Node's root nursery.
 
 The knowledge base's modules (numpy, hnswlib, the store, the embedder's wrapper) load on first use, not at start:
-:attr:`RagNodeService.rag` builds the :class:`~node.rag.service.RagService` the first time something asks for it (a
-``rag.*`` control call, an agent's or MCP tool, a peer's federated query), so an idle node never imports them. Its
-store and index then open on the first call that needs them (:mod:`node.rag.service`), as before."""
+:meth:`RagNodeService.load` builds the :class:`~node.rag.service.RagService` the first time something asks for it (a
+``rag.*`` control call, an agent's or MCP tool, a peer's federated query), so an idle node never imports them; it
+imports them in a worker thread, so the event loop goes on meanwhile (~0.3 s). Its store and index then open on the
+first call that needs them (:mod:`node.rag.service`), as before. Once the node stops, nothing builds or returns it
+again: a late caller gets "not running", never a store reopened that nobody closes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import importlib
+import sys
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 import trio
@@ -22,6 +26,11 @@ if TYPE_CHECKING:
     from node.rag.service import RagService
 
 SERVICE_NAME = "rag"
+MODULE = "node.rag.service"  # numpy, hnswlib, the store: what the first use loads
+
+
+def _load_failed(exc: ImportError) -> RagError:
+    return RagError(f"the knowledge base could not be loaded on this node: {exc}")
 
 
 class RagNodeService:
@@ -34,16 +43,21 @@ class RagNodeService:
         self.settings = settings
         self._rag: RagService | None = None
         self._node: Node | None = None  # set when run() starts: the service is built only for a running node
+        self._stopped = False  # set when run() ends: never built nor handed out again
+        self._import_lock = trio.Lock()
 
     @property
     def rag(self) -> RagService | None:
-        """The knowledge base (built on the first access once the service runs; None before it runs). Raises
-        :class:`~node.rag.errors.RagError` when its modules cannot be imported."""
+        """The knowledge base (built on the first access once the service runs; None before it runs and once it
+        stopped). Raises :class:`~node.rag.errors.RagError` when its modules cannot be imported. Async callers use
+        :meth:`load`, which imports them off the event loop."""
+        if self._stopped:
+            return None
         if self._rag is None and self._node is not None:
             try:
                 from node.rag.service import RagService  # numpy, hnswlib: here, on first use
             except ImportError as exc:  # a broken install: the caller (and the log) get why, the node goes on
-                raise RagError(f"the knowledge base could not be loaded on this node: {exc}") from exc
+                raise _load_failed(exc) from exc
             node = self._node
             self._rag = RagService(
                 self.settings,
@@ -55,6 +69,17 @@ class RagNodeService:
     @rag.setter
     def rag(self, service: RagService | None) -> None:
         self._rag = service
+
+    async def load(self) -> RagService | None:
+        """:attr:`rag`, its modules imported in a worker thread on first use (one import at a time)."""
+        if self._rag is None and self._node is not None and not self._stopped:
+            async with self._import_lock:
+                if sys.modules.get(MODULE) is None:
+                    try:
+                        await trio.to_thread.run_sync(importlib.import_module, MODULE)
+                    except ImportError as exc:  # a broken install: the caller (and the log) get why
+                        raise _load_failed(exc) from exc
+        return self.rag
 
     @property
     def loaded(self) -> bool:
@@ -69,12 +94,13 @@ class RagNodeService:
             await trio.sleep_forever()
         finally:
             self._node = None  # stopping: a late caller gets "not running", never a new service nobody closes
+            self._stopped = True  # nor the closed one, whose next call would reopen its store
             if self._rag is not None:
                 with trio.CancelScope(shield=True):
                     await self._rag.aclose()
 
-    def _running(self) -> RagService:
-        rag = self.rag
+    async def _running(self) -> RagService:
+        rag = await self.load()
         if rag is None:  # the node is stopping: a clear error rather than an AttributeError
             raise RagError("the knowledge base is not running")
         return rag
@@ -83,11 +109,11 @@ class RagNodeService:
 class _FirstUseSearch:
     """:class:`~node.rag.federated.SharedSearch` over the knowledge base, built on a peer's first query."""
 
-    def __init__(self, rag: Callable[[], RagService]) -> None:
+    def __init__(self, rag: Callable[[], Awaitable[RagService]]) -> None:
         self._rag = rag
 
     async def search_shared(self, text: str, k: int) -> list[federated.SharedHit]:
-        return await federated.RagServiceSearch(self._rag()).search_shared(text, k)
+        return await federated.RagServiceSearch(await self._rag()).search_shared(text, k)
 
     async def shared_doc_ids(self, doc_ids: Sequence[int]) -> set[int]:
-        return await federated.RagServiceSearch(self._rag()).shared_doc_ids(doc_ids)
+        return await federated.RagServiceSearch(await self._rag()).shared_doc_ids(doc_ids)

@@ -30,6 +30,15 @@ def rag_service(node: Node) -> RagService | None:
     return service.rag if isinstance(service, RagNodeService) else None
 
 
+async def load_rag_service(node: Node) -> RagService | None:
+    """:func:`rag_service` for async callers: the knowledge base's modules load in a worker thread on first use
+    (the event loop goes on meanwhile). Raises :class:`~node.rag.errors.RagError` when they cannot be loaded."""
+    from node.rag.node_service import RagNodeService
+
+    service = node.service(SERVICE_NAME)
+    return await service.load() if isinstance(service, RagNodeService) else None
+
+
 def _services(cfg: Config) -> list[Service]:
     settings = cfg.section(RagSection)
     if not settings.enabled:
@@ -42,7 +51,7 @@ def _services(cfg: Config) -> list[Service]:
 def _rpc(node: Node, reg: Registry) -> None:
     from node.rag.rpc import register
 
-    register(reg, lambda: rag_service(node), lambda: node)
+    register(reg, lambda: load_rag_service(node), lambda: node)
 
 
 def _cli(cli: CliRegistry) -> None:

@@ -8,7 +8,8 @@ JSON-RPC application errors.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -70,13 +71,15 @@ class DocumentsParams:
 
 def register(
     reg: Registry,
-    get_service: Callable[[], RagService | None],
+    get_service: Callable[[], RagService | Awaitable[RagService | None] | None],
     get_node: Callable[[], federated.MeshView] | None = None,
 ) -> None:
-    """Add the rag.* methods; ``get_service`` returns the node's service (None when rag.enabled is false)."""
+    """Add the rag.* methods; ``get_service`` returns the node's service (None when rag.enabled is false), or an
+    awaitable of it (the node's: its modules load in a worker thread on first use)."""
 
-    def svc() -> RagService:
-        s = get_service()
+    async def svc() -> RagService:
+        got = get_service()
+        s = await got if inspect.isawaitable(got) else got
         if s is None:
             raise RpcError(APP_ERROR, "the knowledge base is disabled on this node (rag.enabled = false)")
         return s
@@ -88,30 +91,30 @@ def register(
         async def progress(event: dict[str, Any]) -> None:
             await notify(PROGRESS_NOTIFICATION, event)
 
-        return await svc().add(p.paths, shared=p.shared, progress=progress if p.progress else None)
+        return await (await svc()).add(p.paths, shared=p.shared, progress=progress if p.progress else None)
 
     async def query(p: QueryParams, notify: Notify) -> Any:
         if p.mesh:  # federated query (node.rag.federated, RAG-graph)
-            service = svc()
+            service = await svc()
             if get_node is None:
                 raise RpcError(APP_ERROR, "mesh queries need a running node")
             return await federated.mesh_query(get_node(), service, p.text, k=p.k, mode=p.mode, graph=p.graph)
-        hits = await svc().query(
+        hits = await (await svc()).query(
             p.text, k=p.k, mode=p.mode, graph=p.graph, per_doc=p.per_doc, shared_only=p.shared_only
         )
         return {"query": p.text, "results": [h.to_json() for h in hits]}
 
     async def remove(p: RemoveParams, notify: Notify) -> Any:
-        return await svc().remove(doc_id=p.id, source=p.source)
+        return await (await svc()).remove(doc_id=p.id, source=p.source)
 
     async def share(p: ShareParams, notify: Notify) -> Any:
-        return await svc().set_shared(True, doc_id=p.id, source=p.source)
+        return await (await svc()).set_shared(True, doc_id=p.id, source=p.source)
 
     async def unshare(p: ShareParams, notify: Notify) -> Any:
-        return await svc().set_shared(False, doc_id=p.id, source=p.source)
+        return await (await svc()).set_shared(False, doc_id=p.id, source=p.source)
 
     async def stats(_: NoParams, notify: Notify) -> Any:
-        return await svc().stats()
+        return await (await svc()).stats()
 
     async def feedback(p: FeedbackParams, notify: Notify) -> Any:
         if p.verdict not in ("good", "bad"):
@@ -120,19 +123,19 @@ def register(
         if (p.id is None) == (p.ref is None):
             raise RpcError(APP_ERROR, "give exactly one of id or ref")
         if p.id is not None:
-            return await svc().feedback(p.id, good)
+            return await (await svc()).feedback(p.id, good)
         assert p.ref is not None
         if p.ref.isdigit():
-            return await svc().feedback(int(p.ref), good)
+            return await (await svc()).feedback(int(p.ref), good)
         peer, sep, claim = p.ref.partition(":")
         if not sep:
             raise RpcError(APP_ERROR, f"ref is a local result id or <peer hex>:<claim>, not {p.ref!r}")
-        return await svc().feedback_peer(peer, claim, good)
+        return await (await svc()).feedback_peer(peer, claim, good)
 
     async def documents(p: DocumentsParams, notify: Notify) -> Any:
         if not 1 <= p.limit <= 10_000:
             raise RpcError(APP_ERROR, "limit must be from 1 to 10000")
-        return await svc().documents(limit=p.limit, offset=p.offset)
+        return await (await svc()).documents(limit=p.limit, offset=p.offset)
 
     reg.add(
         "rag.add",

@@ -27,12 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from node.errors import NodeError
 from node.rag.errors import RagError
 from node.textsafe import without_lone_surrogates
 from node.transports.ble.power import BatteryState, read_battery
 from node.twin.errors import PriorMissing, TwinError, TwinStoreError
 from node.twin.governor import DeferredQueue, Governor, GovernorLimits, Readings, read_temperature_c
-from node.twin.names import KINDS, STATE_FILE, Event
+from node.twin.names import KINDS, STATE_FILE, Event, forget_files
 from node.twin.settings import TwinSettings
 
 if TYPE_CHECKING:  # numpy, the prior and the models load with the engine, at the first event (_load)
@@ -124,19 +125,24 @@ class TwinService:
         async with self._load_lock:
             if self.engine is None:
                 if self._embed is None and self.settings.actions:
-                    self._embed = self._shared_embed()
+                    self._embed = await self._shared_embed()
                 self.engine = await trio.to_thread.run_sync(self._load, limiter=self._limiter)
         return self.engine
 
-    def _shared_embed(self) -> Any:
+    async def _shared_embed(self) -> Any:
         """The knowledge base's MiniLM (thread-safe, loaded once), so the daemon holds one copy of the model: looked
         up when the engine loads (the rag service may start after this one). None: no running knowledge base. Its
         calls take the knowledge base's model limiter (never beside an ingest's model call)."""
         if self._node is None:
             return None
-        from node.rag.plugin import rag_service
+        from node.rag.plugin import load_rag_service
 
-        rag = rag_service(self._node)
+        try:
+            rag = await load_rag_service(self._node)
+        except RagError as exc:  # a broken knowledge base: the twin embeds with its own copy of the model
+            self.actions_note = f"the knowledge base could not be loaded, the twin uses its own model: {exc}"
+            log.warning("twin: %s", self.actions_note)
+            return None
         return None if rag is None else rag.embed_from_thread
 
     def _load(self) -> TwinEngine:
@@ -382,10 +388,12 @@ class TwinService:
         if wait_s > 0:
             with trio.move_on_after(wait_s):
                 await self.idle.wait()
+        load_error = None
         try:
             engine = await self._ensure_engine()
-        except TwinError:  # the state could not be read just now (kept in place): status still answers, with why
+        except NodeError as exc:  # the state could not be read just now (kept in place): status still answers, why
             st: dict[str, Any] = {"loaded": False}
+            load_error = str(exc)
         else:
             st = await trio.to_thread.run_sync(engine.status, limiter=self._limiter)
         now = trio.current_time()
@@ -408,7 +416,7 @@ class TwinService:
                 "state_path": str(self.path),
                 "state_bytes": self.path.stat().st_size if self.path.exists() else 0,
                 "max_disk_bytes": self.settings.max_disk_bytes,
-                "load_error": self.load_error,
+                "load_error": self.load_error or load_error,
                 "save_error": self.save_error,
                 "save_failures": self.save_failures,
                 "actions_note": self.actions_note,
@@ -448,15 +456,17 @@ class TwinService:
         self._generation += 1
         self._discard_queued()
         self._dirty = False  # what is dirty now is erased below; only what is learned after marks it again
-        engine = await self._ensure_engine()
+        # Under the load lock: a load under way ends first (its engine is wiped below), none starts before the
+        # files are gone. Not loaded: the files alone are wiped, without loading the engine (which may not load).
+        async with self._load_lock:
+            engine = self.engine
 
-        def wipe() -> int:
-            from node.twin import store
+            def wipe() -> int:
+                if engine is not None:
+                    engine.forget()
+                return forget_files(self.dir)
 
-            engine.forget()
-            return store.forget(self.dir)
-
-        erased = await trio.to_thread.run_sync(wipe, limiter=self._limiter)
+            erased = await trio.to_thread.run_sync(wipe, limiter=self._limiter)
         return {"erased_bytes": erased, "path": str(self.dir)}
 
     def _queued(self) -> int:

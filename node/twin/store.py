@@ -23,11 +23,13 @@ from node.twin import blob
 from node.twin.errors import TwinStoreError
 from node.twin.model import N_BUCKETS, N_CACHE_BUCKETS, TwinLM
 from node.twin.names import STATE_FILE as STATE_FILE  # re-exported: the file this module writes
+from node.twin.names import forget_files
 from node.twin.personal import MAX_COUNT, MAX_TRIGRAMS, PersonalKN, rarest_dropped
 
 MAGIC = b"AVTS"
 FORMAT_VERSION = 1
 MAX_RAW_FACTOR = 16  # a state decompresses to at most this many times its bound (real ones x2.5-x6.2: bench/README)
+forget = forget_files  # re-exported: deleting the twin's files lives in the light module (no numpy)
 MAX_META_INT = 2**62  # a counter in the header (events, messages, ...) above this is not a real one
 
 
@@ -241,18 +243,3 @@ def write_private(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def forget(directory: Path) -> int:
-    """Delete every file under the twin's directory; returns the number of bytes erased."""
-    erased = 0
-    if not directory.exists():
-        return 0
-    for p in sorted(directory.rglob("*"), reverse=True):
-        if p.is_file() or p.is_symlink():
-            erased += p.lstat().st_size
-            p.unlink()
-        elif p.is_dir():
-            p.rmdir()
-    directory.rmdir()
-    return erased

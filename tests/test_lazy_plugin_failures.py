@@ -1,0 +1,179 @@
+"""The default plugins load on first use (tests/test_lazy_plugins.py); here, what happens when that first use fails or
+comes late (review of idle5): a remote peer never sees why a module could not load on this node (only its log
+does), a broken knowledge base does not stop the twin (learning, status, forget), a knowledge base is never built
+or reopened after its node stopped."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import trio
+
+from node.agents.errors import AgentError
+from node.agents.service import AgentsService
+from node.agents.settings import AgentsSettings, LlmSettings
+from node.transports.memory import MemoryNetwork
+from tools.inprocess import start_node
+
+BROKEN = "node.rag.service"  # a None in sys.modules: its `import` raises ImportError naming it (a broken install)
+
+
+def _node_stub(data_dir: Path, **kw: object) -> SimpleNamespace:
+    fields: dict[str, object] = {
+        "config": SimpleNamespace(data_dir=data_dir),
+        "persistent": True,
+        "clock": SimpleNamespace(wall_ms=lambda: 1_700_000_000_000),
+        "register_app_handler": lambda _name, _handler: None,
+    }
+    return SimpleNamespace(**{**fields, **kw})
+
+
+@pytest.mark.timeout(120)
+async def test_a_peer_asking_an_agent_that_cannot_load_sees_a_generic_error_and_the_log_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, BROKEN, None)
+    caplog.set_level(logging.WARNING, logger="village.agents")
+    with trio.fail_after(100):
+        async with trio.open_nursery() as nursery:
+            net = MemoryNetwork(seed=11, queue_frames=4096)
+            await nursery.start(net.run)
+            off = LlmSettings(backend="off")
+            a_svc = AgentsService(AgentsSettings(), off, tmp_path / "alice")
+            b_svc = AgentsService(AgentsSettings(), off, tmp_path / "bob")
+            alice = await start_node(nursery, net, tmp_path, "alice", 1, services=[a_svc])
+            bob = await start_node(nursery, net, tmp_path, "bob", 2, services=[b_svc])
+            net.connect(alice.transports[0], bob.transports[0])  # type: ignore[arg-type]
+            await alice.wait_until(lambda: any(p["nickname"] == "bob" and p["reachable"] for p in alice.peers_view()))
+            with pytest.raises(AgentError) as seen:
+                await a_svc.ask("what does the pump guide say", agent="Sage@bob")
+            text = str(seen.value)
+            assert text.endswith("answered 'agents.ask' with an error: the agents could not answer"), text
+            assert BROKEN not in text and "loaded" not in text
+            assert b_svc.remote is not None and b_svc.remote.counters["failed"] == 1
+            assert any(BROKEN in r.getMessage() for r in caplog.records if r.name == "village.agents")
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_broken_knowledge_base_does_not_stop_the_twin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The twin shares the knowledge base's model when it can: a knowledge base that cannot load leaves the twin its
+    own model. forget() erases the files without loading the engine; the twin then learns and answers status."""
+    from node.rag.node_service import RagNodeService
+    from node.rag.settings import RagSection
+    from node.twin.service import TwinService
+    from node.twin.settings import TwinSettings
+
+    monkeypatch.setitem(sys.modules, BROKEN, None)
+    rag = RagNodeService(RagSection(mode="bm25"))
+    node = _node_stub(tmp_path, service=lambda name: rag if name == "rag" else None)
+    state = tmp_path / "twin" / "state.bin"
+    state.parent.mkdir(mode=0o700)
+    state.write_bytes(b"personal state from an earlier run")
+    twin = TwinService(TwinSettings(neural=False, poll_interval_s=60, save_interval_s=3600), tmp_path)
+    assert twin.settings.actions  # the action head wants the shared model
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rag.run, node)
+            await nursery.start(twin.run, node)
+            assert await twin.forget() == {"erased_bytes": 34, "path": str(tmp_path / "twin")}
+            assert not state.exists() and twin.engine is None
+            for i in range(3):
+                twin.record("message", f"the walrus colony meets at dawn {i}")
+            await twin.wait_learned(3)
+            status = await twin.status()
+            assert status["load_error"] is None and status["learn_errors"] == 0
+            assert status["messages_learned"] == 3, status
+            assert twin.actions_note is not None and "the twin uses its own model" in twin.actions_note
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_knowledge_base_built_late_is_closed_on_stop_and_a_late_caller_is_refused(tmp_path: Path) -> None:
+    """Built by a peer's first query, closed when the node stops; a query after the stop is refused ("could not
+    answer") and reopens nothing: neither a new service nor the closed one's store."""
+    from node.errors import NodeError
+    from node.rag import federated
+    from node.rag.node_service import RagNodeService
+    from node.rag.settings import RagSection
+
+    handlers: dict[str, Callable[[bytes, bytes], Awaitable[bytes]]] = {}
+    node = _node_stub(tmp_path, register_app_handler=handlers.__setitem__)
+    svc = RagNodeService(RagSection(mode="bm25"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run, node)
+        handle = handlers[federated.SERVICE]
+        await handle(b"\x01" * 32, federated.encode_request("walrus", 3))  # the first use builds it
+        built = svc.rag
+        assert built is not None and built._store is not None  # its store is open
+        nursery.cancel_scope.cancel()
+    assert built._store is None  # closed by the stop
+    assert svc.rag is None and await svc.load() is None
+    with pytest.raises(NodeError, match="could not answer"):
+        await handle(b"\x01" * 32, federated.encode_request("walrus", 3))
+    assert built._store is None
+
+
+def _record_import_threads(monkeypatch: pytest.MonkeyPatch, names: tuple[str, ...]) -> dict[str, str]:
+    """Unload ``names`` (restored after the test) and record which thread imports each again."""
+    seen: dict[str, str] = {}
+
+    class Spy:
+        @staticmethod
+        def find_spec(name: str, path: object = None, target: object = None) -> None:
+            if name in names:
+                seen[name] = threading.current_thread().name
+            return None  # the usual finders load it
+
+    for name in names:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [Spy(), *sys.meta_path])
+    return seen
+
+
+async def test_the_first_use_imports_the_heavy_modules_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """numpy, hnswlib, the store, the agents' registry (pydantic) and King load in a worker thread: a peer's first
+    request does not stall the node's event loop for them (~0.3-0.45 s on a small machine)."""
+    from node.agents.service import KING_MODULES, REGISTRY_MODULES, import_in_thread
+    from node.rag.node_service import MODULE, RagNodeService
+    from node.rag.settings import RagSection
+
+    loop = threading.current_thread().name
+    seen = _record_import_threads(monkeypatch, (MODULE, *REGISTRY_MODULES, *KING_MODULES))
+    svc = RagNodeService(RagSection(mode="bm25"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run, _node_stub(tmp_path))
+        built = await svc.load()
+        assert built is not None and type(built).__module__ == MODULE
+        await import_in_thread(REGISTRY_MODULES + KING_MODULES)
+        nursery.cancel_scope.cancel()
+    assert set(seen) == {MODULE, *REGISTRY_MODULES, *KING_MODULES}, seen
+    assert loop not in seen.values(), seen
+
+
+async def test_an_mcp_service_that_fails_to_build_closes_its_audit_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure while the MCP service builds (its memory store, say) on first use leaves no file open: the audit
+    log it opened first is closed (each failed first use would otherwise keep one descriptor)."""
+    from node.mcp.service import McpService
+    from node.mcp.settings import McpSettings
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("the memory store cannot open")
+
+    monkeypatch.setattr(McpService, "_memory_storage", broken)
+    svc = McpService(McpSettings(), persistent=True)
+    node = _node_stub(tmp_path, clock=SimpleNamespace(wall_ms=lambda: 1_700_000_000_000, now=lambda: 0.0))
+    with pytest.raises(BaseExceptionGroup) as failed:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(svc.run, node)
+    assert failed.group_contains(RuntimeError, match="memory store")
+    assert svc.audit is not None and (tmp_path / "mcp" / "audit.jsonl").exists()
+    assert svc.audit._fd is None
