@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import lzma
 
-from bench import twin_data
+import twin_data
+
 from node.twin import rnn
 from node.twin.engine import Event, TwinEngine
 from node.twin.prior import GlobalPrior
