@@ -74,6 +74,19 @@ def set_arena_max(n: int) -> bool:
     return ok
 
 
+def _env_mmap_threshold() -> bool:
+    """True when MALLOC_MMAP_THRESHOLD_ holds a threshold glibc takes on every version: the whole value one number
+    (decimal, 0x hex, 0 octal, after spaces or tabs) within mallopt's range 0..32 MiB. Anything else (empty, text,
+    trailing garbage, negative, over 32 MiB) some glibc versions ignore: then the setting applies, so that a
+    threshold is in force either way (never neither)."""
+    m = re.fullmatch(r"[ \t]*(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)", os.environ.get("MALLOC_MMAP_THRESHOLD_", ""))
+    if m is None:
+        return False
+    digits = m.group(1)
+    value = int(digits, 16 if digits[:2] in ("0x", "0X") else 8 if digits.startswith("0") else 10)
+    return value <= MAX_MMAP_THRESHOLD_BYTES
+
+
 def set_mmap_threshold(n_bytes: int) -> bool:
     """Serve blocks of ``n_bytes`` or more from their own mappings, given back on free, and stop glibc from raising
     the threshold (0: leave glibc's dynamic threshold). True when applied. An operator's own
@@ -81,12 +94,28 @@ def set_mmap_threshold(n_bytes: int) -> bool:
     libc = _libc()
     if n_bytes <= 0 or libc is None:
         return False
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "glibc.malloc.mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
-        log.info("malloc mmap threshold: the environment's setting is kept (%d bytes not applied)", n_bytes)
+    if _env_mmap_threshold() or "glibc.malloc.mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
+        log.info(
+            "malloc mmap threshold: the environment's setting is kept (node.malloc_mmap_threshold_bytes = %d not"
+            " applied)",
+            n_bytes,
+        )
         return False
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        log.warning(
+            "malloc mmap threshold: MALLOC_MMAP_THRESHOLD_=%r is not a threshold every glibc takes (a number from 0"
+            " to %d); node.malloc_mmap_threshold_bytes = %d applies",
+            os.environ["MALLOC_MMAP_THRESHOLD_"][:40],
+            MAX_MMAP_THRESHOLD_BYTES,
+            n_bytes,
+        )
     ok = bool(libc.mallopt(M_MMAP_THRESHOLD, min(n_bytes, MAX_MMAP_THRESHOLD_BYTES)))
     if not ok:
-        log.warning("mallopt(M_MMAP_THRESHOLD, %d) was refused; glibc's dynamic threshold stays", n_bytes)
+        log.warning(
+            "mallopt(M_MMAP_THRESHOLD, %d) was refused (node.malloc_mmap_threshold_bytes); glibc's dynamic threshold"
+            " stays",
+            n_bytes,
+        )
     return ok
 
 

@@ -71,6 +71,12 @@ def has_lone_surrogate(value: object) -> bool:
 _SURROGATE_RE = re.compile(f"[{_SURROGATES}]")
 
 
+def without_lone_surrogates(text: str) -> str:
+    """``text`` with each lone surrogate (U+D800-U+DFFF: a JSON ``"\\ud83d"`` cut mid-emoji, a file name decoded
+    with ``surrogateescape``) replaced by U+FFFD, so it encodes to UTF-8. Text without one is returned as is."""
+    return text if text.isascii() else _SURROGATE_RE.sub("\ufffd", text)
+
+
 def nested_deeper_than(value: object, limit: int) -> bool:
     """Whether a value decoded from JSON nests lists/objects more than ``limit`` levels deep (a scalar is level 0,
     ``[1]`` level 1). Iterative, so any depth is measured without recursion."""

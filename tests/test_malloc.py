@@ -198,3 +198,31 @@ async def test_rag_add_trims_after_each_group_when_set(tmp_path: Path, on: bool)
     trims = (await svc.stats())["malloc_trims"]
     await svc.aclose()
     assert trims == (1 if on and malloc.available() else 0)
+
+
+@glibc
+@pytest.mark.parametrize("value", ["", "abc", "-1", str(40 << 20), "8388608x"])
+def test_an_environment_threshold_glibc_may_ignore_does_not_leave_none_in_force(value: str) -> None:
+    """Review of ingest4: any MALLOC_MMAP_THRESHOLD_ (even empty or text, which glibc ignores) skipped the setting,
+    leaving glibc's dynamic threshold: the freed 1 MiB blocks stayed in the heap. Now the setting applies."""
+    applied, freed_kib = _run(_MMAP, "131072", env={"MALLOC_MMAP_THRESHOLD_": value}).split()
+    assert applied == "True" and int(freed_kib) > 48 * 1024
+
+
+def test_which_environment_values_are_a_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    for value, kept in [
+        ("8388608", True),
+        (" 8388608", True),
+        ("0x800000", True),
+        ("040000000", True),
+        ("0", True),
+        (str(32 << 20), True),
+        (str((32 << 20) + 1), False),
+        ("", False),
+        ("abc", False),
+        ("-1", False),
+        ("8388608x", False),
+        ("09", False),
+    ]:
+        monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", value)
+        assert malloc._env_mmap_threshold() is kept, value

@@ -18,6 +18,7 @@ from node.twin.errors import TwinStoreError
 
 LEARNING_RATE = 0.5
 MAX_ACTION_CHARS = 64
+MAX_EVENTS = 2**62  # a saved event count above this is not a real one (store.MAX_META_INT)
 
 
 class ActionHead:
@@ -104,4 +105,7 @@ class ActionHead:
         self.w[:n, : self.dim + n] = w
         self.bias[:] = 0
         self.bias[:n] = b
-        self.events = int(arrays["act_events"][0]) if len(arrays.get("act_events", [])) else 0
+        events = int(arrays["act_events"][0]) if len(arrays.get("act_events", [])) else 0
+        if not 0 <= events <= MAX_EVENTS:  # 2**63 - 1 loaded, and the next action overflowed every save
+            raise TwinStoreError("action head state: act_events is not a counter")
+        self.events = events

@@ -34,6 +34,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         ]
         if d.get("load_error"):
             lines.append(f"note: {d['load_error']}")
+        if d.get("save_error"):
+            lines.append(f"note: {d.get('save_failures')} saves failed in a row (the file is older): {d['save_error']}")
         if nn and nn.get("reset"):
             lines.append(f"note: neural tier: {nn['reset']}")
         if nn and nn.get("gate_reset"):

@@ -14,6 +14,7 @@ every distribution still sums to one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -142,6 +143,22 @@ def build(messages: Iterable[Sequence[str]], settings: BuildSettings) -> bytes:
     return blob.pack(MAGIC, FORMAT_VERSION, arrays, meta)
 
 
+def _vector(arrays: dict[str, np.ndarray], name: str, *, integer: bool = False) -> np.ndarray:
+    """A 1-D numeric array of the prior (integers when ``integer``); TwinStoreError naming it otherwise."""
+    a = arrays[name]
+    kind = np.integer if integer else np.number
+    if a.ndim != 1 or not np.issubdtype(a.dtype, kind):
+        raise TwinStoreError(f"prior: {name} is not a 1-D array of {'integers' if integer else 'numbers'}")
+    return a
+
+
+def _finite(arrays: dict[str, np.ndarray], name: str) -> np.ndarray:
+    a = _vector(arrays, name)
+    if not np.isfinite(a).all():
+        raise TwinStoreError(f"prior: {name} is not finite")
+    return a
+
+
 class GlobalPrior:
     """The loaded prior: vectorised interpolated-KN probabilities for candidate word ids."""
 
@@ -153,16 +170,16 @@ class GlobalPrior:
             self.v = len(self.vocab)
             if self.v != int(meta["vocab_size"]) or not 3 <= self.v <= MAX_VOCAB or not 2 <= self.order <= 4:
                 raise TwinStoreError("prior header inconsistent")
-            self.p1: F64 = arrays["p1"].astype(np.float64)
+            self.p1: F64 = _finite(arrays, "p1").astype(np.float64)
+            if self.p1.shape != (self.v,) or float(self.p1.min()) < 0:
+                raise TwinStoreError("prior unigram table has the wrong size or a negative probability")
             self.orders: dict[int, _Order] = {}
             for k in range(2, self.order + 1):
                 self.orders[k] = self._load_order(k, arrays, meta)
-        except (KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
-            raise TwinStoreError(f"corrupt prior: {exc}") from exc
-        if self.p1.shape != (self.v,):
-            raise TwinStoreError("prior unigram table has the wrong size")
-        self.index = {w: i for i, w in enumerate(self.vocab)}
-        self.bos, self.eos, self.unk = self.index[BOS], self.index[EOS], self.index[UNK]
+            self.index = {w: i for i, w in enumerate(self.vocab)}
+            self.bos, self.eos, self.unk = self.index[BOS], self.index[EOS], self.index[UNK]
+        except (KeyError, ValueError, TypeError, IndexError, OverflowError) as exc:  # UnicodeDecodeError: ValueError
+            raise TwinStoreError(f"corrupt prior: {type(exc).__name__}: {str(exc)[:200]}") from exc
         top = np.argsort(-self.p1)
         self.top_unigrams: I64 = top[:CANDIDATES_PER_ORDER].astype(np.int64)
         self.size_bytes = len(data)
@@ -171,22 +188,28 @@ class GlobalPrior:
         """One order in its compact layout. Nothing kept is a view of the decompressed payload (a view would
         keep all of it alive): per n-gram a uint16 word and a float32 term, per context an int64 key, a float32
         weight and an int32 offset — 6 and 16 bytes."""
-        keys = np.cumsum(arrays[f"keys{k}"].astype(np.int64))
-        counts = arrays[f"counts{k}"]
+        keys = np.cumsum(_vector(arrays, f"keys{k}", integer=True).astype(np.int64))
+        counts = _vector(arrays, f"counts{k}", integer=True)
         if len(counts) != len(keys) or len(keys) >= 2**31:
             raise TwinStoreError(f"prior order {k} arrays disagree")
+        if len(counts) and int(counts.min()) < 1:
+            raise TwinStoreError(f"prior order {k} has a count below 1")
         if len(keys) and (int(keys[0]) < 0 or int(keys[-1]) >= self.v**k or not bool(np.all(keys[1:] > keys[:-1]))):
             raise TwinStoreError(f"prior order {k} keys are not sorted n-gram keys")
         d = tuple(float(x) for x in meta["discounts"][str(k)])
+        if len(d) != 3 or not all(math.isfinite(x) and 0 <= x <= 3 for x in d):
+            raise TwinStoreError(f"prior order {k} discounts are not three numbers from 0 to 3")
         ctx = keys // self.v
         ctx_keys, first = np.unique(ctx, return_index=True)
         del ctx
         words = (keys % self.v).astype(np.uint16)
         del keys
-        tot = arrays[f"ctx_tot{k}"]
-        gamma = np.array(arrays[f"ctx_gamma{k}"], dtype=np.float32)  # a copy: not a view of the payload
+        tot = _finite(arrays, f"ctx_tot{k}")
+        gamma = np.array(_finite(arrays, f"ctx_gamma{k}"), dtype=np.float32)  # a copy: not a view of the payload
         if len(tot) != len(ctx_keys) or len(gamma) != len(ctx_keys):
             raise TwinStoreError(f"prior order {k} arrays disagree")
+        if len(tot) and (float(tot.min()) <= 0 or float(gamma.min()) < 0):
+            raise TwinStoreError(f"prior order {k} has a context total not above 0 or a negative weight")
         start = np.empty(len(ctx_keys) + 1, dtype=np.int32)
         start[:-1] = first
         start[-1] = len(words)

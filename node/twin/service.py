@@ -29,6 +29,7 @@ import trio
 
 from node.errors import NodeError
 from node.rag.errors import RagError
+from node.textsafe import without_lone_surrogates
 from node.transports.ble.power import BatteryState, read_battery
 from node.twin.errors import PriorMissing, TwinError, TwinStoreError
 from node.twin.governor import DeferredQueue, Governor, GovernorLimits, Readings, read_temperature_c
@@ -47,6 +48,7 @@ EVENT_CHANNEL = 256  # events between record() and the learner; beyond this they
 Queued = tuple[int, Event]
 TWIN_DIR = "twin"
 MAX_SUGGEST = 10
+MAX_SAVE_BACKOFF_S = 3600.0  # a save that keeps failing is retried at doubling intervals, at most this far apart
 
 BatteryReader = Callable[[], BatteryState | None]
 ThermalReader = Callable[[], float | None]
@@ -88,6 +90,8 @@ class TwinService:
         self._recv: trio.MemoryReceiveChannel[Queued] | None = None
         self._generation = 0  # bumped by forget(); see Queued
         self._dirty = False
+        self.save_error: str | None = None  # why the last save failed (None: it succeeded, or none was tried)
+        self.save_failures = 0  # saves failed in a row
         self._learned_events = 0
         self.learn_errors = 0
         self._dropped_unstarted = 0
@@ -218,6 +222,11 @@ class TwinService:
         """Queue one event of the user's (never block). False when it could not be queued."""
         if kind not in KINDS:
             raise TwinError(f"unknown twin event kind {kind!r}")
+        # A lone surrogate (a client cutting a string mid-emoji, a file name that is not UTF-8) cannot be written
+        # as UTF-8: learned as a word, it would fail every save. It becomes U+FFFD here, before anything keeps it.
+        text = without_lone_surrogates(text)
+        action = None if action is None else without_lone_surrogates(action)
+        contact = None if contact is None else without_lone_surrogates(contact)
         ev = Event(kind, text, action, at_ms, contact)
         if self._send is None:
             self._dropped_unstarted += 1
@@ -311,13 +320,23 @@ class TwinService:
 
     async def _saver(self) -> None:
         while True:
-            await trio.sleep(self.settings.save_interval_s)
+            await trio.sleep(self._save_delay_s())
             await self._save()
 
-    async def _save(self) -> None:
+    def _save_delay_s(self) -> float:
+        """The interval to the next periodic save: ``twin.save_interval_s``, doubled after each failed save in a
+        row up to MAX_SAVE_BACKOFF_S (or the interval itself, when longer)."""
+        base = self.settings.save_interval_s
+        if not self.save_failures:
+            return base
+        return max(base, min(MAX_SAVE_BACKOFF_S, base * 2.0 ** min(self.save_failures, 32)))
+
+    async def _save(self) -> bool:
+        """Write the state if something changed; False when the write failed (``save_error`` says why; the state
+        stays dirty and the saver retries, backing off)."""
         engine = self.engine
         if engine is None or not self._dirty:
-            return
+            return True
         self._dirty = False
         gen = self._generation
 
@@ -330,12 +349,28 @@ class TwinService:
 
         try:
             await trio.to_thread.run_sync(write, limiter=self._limiter)
-        except (OSError, TwinStoreError) as exc:
+        except Exception as exc:  # a bug in encoding must not end the node (the saver runs in its nursery)
             self._dirty = True
-            log.warning("twin: could not save %s: %s", self.path, exc)
-        except Exception:  # a bug in encoding must not end the node (the saver runs in its nursery): retried later
-            self._dirty = True
-            log.exception("twin: saving %s failed", self.path)
+            self.save_failures += 1
+            expected = isinstance(exc, OSError | TwinStoreError)
+            self.save_error = str(exc)[:300] if expected else f"{type(exc).__name__}: {str(exc)[:300]}"
+            retry = f"retrying in {self._save_delay_s():g} s"
+            if self.save_failures == 1 and not expected:  # the traceback once; then one line per retry
+                log.exception("twin: saving %s failed (%s)", self.path, retry)
+            else:
+                log.warning(
+                    "twin: could not save %s (%d failures in a row; %s): %s",
+                    self.path,
+                    self.save_failures,
+                    retry,
+                    self.save_error,
+                )
+            return False
+        if self.save_failures:
+            log.info("twin: saved %s again after %d failed saves", self.path, self.save_failures)
+        self.save_error = None
+        self.save_failures = 0
+        return True
 
     # ------------------------------------------------------------ queries (control methods)
     async def suggest(self, text: str, k: int = 3) -> list[dict[str, Any]]:
@@ -382,6 +417,8 @@ class TwinService:
                 "state_bytes": self.path.stat().st_size if self.path.exists() else 0,
                 "max_disk_bytes": self.settings.max_disk_bytes,
                 "load_error": self.load_error or load_error,
+                "save_error": self.save_error,
+                "save_failures": self.save_failures,
                 "actions_note": self.actions_note,
                 "blas_threads": self.blas_threads,
             }
@@ -403,8 +440,11 @@ class TwinService:
             await self._learned_changed.wait()
 
     async def save_now(self) -> int:
+        """Save at once; the state file's size. Raises TwinError when the save failed (the file on disk, if any,
+        is an older one)."""
         self._dirty = True
-        await self._save()
+        if not await self._save():
+            raise TwinError(f"the twin's state could not be saved: {self.save_error}")
         return self.path.stat().st_size if self.path.exists() else 0
 
     async def forget(self) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from node.twin.personal import MAX_COUNT, MAX_TRIGRAMS, PersonalKN, rarest_dropp
 
 MAGIC = b"AVTS"
 FORMAT_VERSION = 1
-MAX_RAW_FACTOR = 64  # a state decompresses to at most this many times its bound
+MAX_RAW_FACTOR = 16  # a state decompresses to at most this many times its bound (real ones x2.5-x6.2: bench/README)
 forget = forget_files  # re-exported: deleting the twin's files lives in the light module (no numpy)
 MAX_META_INT = 2**62  # a counter in the header (events, messages, ...) above this is not a real one
 
@@ -159,7 +159,7 @@ def decode_into(lm: TwinLM, data: bytes, max_bytes: int) -> tuple[dict[str, np.n
         raise TwinStoreError("twin state was learned over a different prior; run `village twin forget`")
     try:
         # Sizes are checked before anything becomes Python objects: one newline is a list entry, one number a
-        # float object (~30 bytes for each byte or 8 bytes of a payload that is itself up to 64x the file).
+        # float object (~30 bytes for each byte or 8 bytes of a payload that is itself up to 16x the bound).
         raw_words = bytes(arrays["words"])
         if raw_words.count(b"\n") >= lm.max_personal_words:
             raise TwinStoreError("twin state out of bounds (more words than twin.max_personal_words)")

@@ -20,7 +20,7 @@ import trio
 
 from node.twin import blob, rnn, store
 from node.twin.engine import Event, TwinEngine
-from node.twin.errors import TwinStoreError
+from node.twin.errors import TwinError, TwinStoreError
 from node.twin.gate import SHIPPED_SCORE, START_BITS
 from node.twin.personal import PersonalKN, ctx_key
 from node.twin.prior import GlobalPrior
@@ -112,6 +112,9 @@ HOSTILE: dict[str, Mutate] = {
     "a trigram listed 1000 times with count 2**31-1": _cpu_bomb,
     # Past the writer's int32 clamp: it loaded, and one more of that trigram overflowed every save and prune.
     "a trigram count past int32": _set_array("tri_counts", lambda a: np.full(len(a["tri_counts"]), 2**63 - 1)),
+    # Review of ingest4: it loaded, and the next action made it 2**63, past int64: every save failed.
+    "act_events at int64's maximum": _set_array("x_act_events", lambda a: np.array([2**63 - 1], dtype=np.int64)),
+    "act_events negative": _set_array("x_act_events", lambda a: np.array([-1], dtype=np.int64)),
 }
 
 
@@ -341,7 +344,7 @@ _LZMA_DICT_BOMB = r"""
 import resource, struct, sys
 resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 from node.twin import blob
-from node.twin.errors import TwinStoreError
+from node.twin.errors import TwinError, TwinStoreError
 # an .lzma ("alone") body of 45 bytes declaring a 4 GiB dictionary, size unknown
 body = bytes([0x5D]) + struct.pack("<I", 0xFFFFFFFF) + b"\xff" * 8 + b"\x00" * 32
 header = b'{"arrays":[],"meta":{}}'
@@ -467,7 +470,9 @@ async def test_a_save_that_fails_unexpectedly_neither_ends_the_node_nor_loses_th
 
         with monkeypatch.context() as m:
             m.setattr(engine, "encode", broken)
-            assert await svc.save_now() == 0  # nothing written, and the service is still running
+            with pytest.raises(TwinError, match="OverflowError"):  # nothing written: save_now says so
+                await svc.save_now()
+        assert not svc.path.exists()  # and the service is still running
         st = await svc.status()
         assert st["messages_learned"] == 1
         svc.record("message", "still learning", action="messages.send")
@@ -475,3 +480,21 @@ async def test_a_save_that_fails_unexpectedly_neither_ends_the_node_nor_loses_th
         assert (await svc.status())["messages_learned"] == 2
         assert await svc.save_now() > 0  # the state kept since the failure is saved now
         n.cancel_scope.cancel()
+
+
+def test_a_state_decompressing_past_16_times_its_bound_is_refused() -> None:
+    """Review of ingest4: the payload cap was 64x twin.max_disk_bytes (640 MB as one bytes object at the default, from
+    ~100 KB of zeros). Real states decompress x2.5-x6.2 (bench/twin_state_ratio.py): the cap is now 16x."""
+    prior = GlobalPrior.load_packaged()
+    eng = TwinEngine(prior)
+    eng.observe(Event("message", "hello there friend", "messages.send", 0))
+    max_bytes = 100_000
+    arrays, meta = blob.unpack_untrusted(eng.encode(max_bytes), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    arrays = dict(arrays)
+    arrays["x_zeros"] = np.zeros(20 * max_bytes, dtype=np.uint8)  # 2 MB of payload in a file of a few hundred bytes
+    data = blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta, compact=True)
+    assert len(data) < max_bytes
+    with pytest.raises(TwinStoreError, match="payload over"):
+        TwinEngine(prior).decode(data, max_bytes)
+    arrays["x_zeros"] = np.zeros(10 * max_bytes, dtype=np.uint8)  # within the cap: it loads
+    TwinEngine(prior).decode(blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta, compact=True), max_bytes)
