@@ -29,6 +29,9 @@ from node.twin.personal import MAX_COUNT, MAX_TRIGRAMS, PersonalKN, rarest_dropp
 MAGIC = b"AVTS"
 FORMAT_VERSION = 1
 MAX_RAW_FACTOR = 16  # a state decompresses to at most this many times its bound (real ones x2.5-x6.2: bench/README)
+MIN_RAW_BOUND_BYTES = (
+    32 << 20
+)  # ... or to this much, whatever the bound (a small bound's rare well-compressing state is kept)
 forget = forget_files  # re-exported: deleting the twin's files lives in the light module (no numpy)
 MAX_META_INT = 2**62  # a counter in the header (events, messages, ...) above this is not a real one
 
@@ -149,12 +152,19 @@ def finite_array(arrays: dict[str, np.ndarray[Any, Any]], name: str) -> np.ndarr
     return a
 
 
+def raw_bound(max_bytes: int) -> int:
+    """The most a state file of at most ``max_bytes`` may decompress to: MAX_RAW_FACTOR times its bound, and never
+    less than MIN_RAW_BOUND_BYTES (under a small ``twin.max_disk_bytes`` a state that compresses unusually well,
+    e.g. mostly zero arrays, must still load; a hostile file costs at most this much memory either way)."""
+    return max(max_bytes * MAX_RAW_FACTOR, MIN_RAW_BOUND_BYTES)
+
+
 def decode_into(lm: TwinLM, data: bytes, max_bytes: int) -> tuple[dict[str, np.ndarray[Any, Any]], dict[str, Any]]:
     """Load a state written by :func:`encode` into a fresh ``lm``; returns the extra arrays and the meta.
 
     Everything is checked (types, ranges, sizes): any unusable file raises TwinStoreError and nothing else, and
     the work is linear in the file's n-grams (at most ``max_bytes`` of them), whatever their counts."""
-    arrays, meta = blob.unpack_untrusted(data, MAGIC, FORMAT_VERSION, max_bytes=max_bytes * MAX_RAW_FACTOR)
+    arrays, meta = blob.unpack_untrusted(data, MAGIC, FORMAT_VERSION, max_bytes=raw_bound(max_bytes))
     if meta.get("prior") != prior_id(lm):
         raise TwinStoreError("twin state was learned over a different prior; run `village twin forget`")
     try:

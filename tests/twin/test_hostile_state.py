@@ -482,19 +482,22 @@ async def test_a_save_that_fails_unexpectedly_neither_ends_the_node_nor_loses_th
         n.cancel_scope.cancel()
 
 
-def test_a_state_decompressing_past_16_times_its_bound_is_refused() -> None:
+def test_a_state_decompressing_past_its_raw_bound_is_refused() -> None:
     """Review of ingest4: the payload cap was 64x twin.max_disk_bytes (640 MB as one bytes object at the default, from
-    ~100 KB of zeros). Real states decompress x2.5-x6.2 (bench/twin_state_ratio.py): the cap is now 16x."""
+    ~100 KB of zeros). Real states decompress x2.5-x6.2 (bench/twin_state_ratio.py): the cap is now 16x the bound,
+    and never under MIN_RAW_BOUND_BYTES, so a small bound's state that compresses unusually well still loads."""
+    assert store.raw_bound(10_000_000) == 16 * 10_000_000
     prior = GlobalPrior.load_packaged()
     eng = TwinEngine(prior)
     eng.observe(Event("message", "hello there friend", "messages.send", 0))
-    max_bytes = 100_000
+    max_bytes = 100_000  # the smallest twin.max_disk_bytes: its raw bound is the floor
+    assert store.raw_bound(max_bytes) == store.MIN_RAW_BOUND_BYTES > 16 * max_bytes
     arrays, meta = blob.unpack_untrusted(eng.encode(max_bytes), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
     arrays = dict(arrays)
-    arrays["x_zeros"] = np.zeros(20 * max_bytes, dtype=np.uint8)  # 2 MB of payload in a file of a few hundred bytes
+    arrays["x_zeros"] = np.zeros(store.MIN_RAW_BOUND_BYTES + 1, dtype=np.uint8)  # past the floor, a file of ~KB
     data = blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta, compact=True)
     assert len(data) < max_bytes
     with pytest.raises(TwinStoreError, match="payload over"):
         TwinEngine(prior).decode(data, max_bytes)
-    arrays["x_zeros"] = np.zeros(10 * max_bytes, dtype=np.uint8)  # within the cap: it loads
+    arrays["x_zeros"] = np.zeros(20 * max_bytes, dtype=np.uint8)  # 20x a small bound, under the floor: it loads
     TwinEngine(prior).decode(blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta, compact=True), max_bytes)
