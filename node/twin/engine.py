@@ -29,12 +29,12 @@ from node.twin import store
 from node.twin.actions import ActionHead
 from node.twin.errors import TwinStoreError
 from node.twin.gate import SHIPPED_FIXED_COST_TOKENS, SHIPPED_SCORE, START_BITS, MessageGate, sane_threshold
-from node.twin.model import TwinLM
+from node.twin.model import MU_INIT, TwinLM
 from node.twin.names import EMBEDDED_KINDS, TEXT_KINDS
 from node.twin.names import Event as Event  # re-exported: the record the engine learns from
 from node.twin.personal import ctx_of
 from node.twin.prior import GlobalPrior
-from node.twin.rnn import NeuralTier
+from node.twin.rnn import NeuralTier, RecurrentLM
 
 MAX_EVENT_TEXT_CHARS = 4000  # longer texts are learned from their start
 RECENT_EVENTS = 50  # surprisal log kept for status
@@ -96,6 +96,7 @@ class TwinEngine:
             bits_tok = sum(bits) / len(bits)
             n_updates = (self.lm.neural.updates if self.lm.neural is not None else 0) - before
             self.neural_updates += n_updates
+            self._note_dropped()
         if ev.kind == "document" and text.strip():
             self.topics.append(text[:200])
         if ev.contact and len(self.contacts) < 10_000:
@@ -117,7 +118,34 @@ class TwinEngine:
         return obs
 
     def suggest(self, text: str, k: int = 3) -> list[dict[str, Any]]:
-        return [{"token": s.token, "p": round(s.p, 6)} for s in self.lm.suggest(text, k)]
+        out = [{"token": s.token, "p": round(s.p, 6)} for s in self.lm.suggest(text, k)]
+        self._note_dropped()
+        return out
+
+    def _note_dropped(self) -> None:
+        """The neural tier dropped a damaged adaptation (non-finite predictions, an adapter out of range): status
+        says why, and its weight in the mixture starts again from the default (it was learned against NaN)."""
+        nn = self.lm.neural
+        if isinstance(nn, RecurrentLM) and nn.dropped is not None:
+            self.neural_reset_reason, nn.dropped = nn.dropped, None
+            self.lm.mu, self.lm.mu_n = MU_INIT, 0
+
+    def _drop_unusable_adaptation(self, state: dict[str, np.ndarray[Any, Any]]) -> None:
+        """Before a save: an adaptation that is not finite (or, recurrent, out of range) is reset, never written
+        (its next load would refuse the whole file and lose the counts with it)."""
+        nn = self.lm.neural
+        if nn is None:
+            return
+        ok = all(bool(np.isfinite(v).all()) for v in state.values())
+        if isinstance(nn, RecurrentLM):
+            ok = ok and nn.adaptation_ok()
+        if not ok:
+            nn.reset()
+            self.neural_reset_reason = (
+                "the neural adaptation was not finite when saved; it starts again from the shipped model"
+            )
+            self.lm.mu, self.lm.mu_n, self.neural_updates = MU_INIT, 0, 0
+            state.update(nn.state())
 
     def next_actions(self, k: int = 3) -> list[dict[str, Any]]:
         if self.prev_vec is None:
@@ -165,7 +193,10 @@ class TwinEngine:
         self.lm.flush_neural()  # tokens waiting in the replay buffer are learned, not lost with the process
         extra = dict(self.actions.state())
         if self.lm.neural is not None:
-            extra.update(self.lm.neural.state())
+            with np.errstate(invalid="ignore", over="ignore"):
+                nn_state = self.lm.neural.state()
+            self._drop_unusable_adaptation(nn_state)
+            extra.update(nn_state)
         meta = {
             "events": self.events,
             "mu": self.lm.mu,

@@ -163,3 +163,59 @@ def test_the_shipped_tier_is_the_recurrent_one() -> None:
     assert data[:4] == rnn.MAGIC and isinstance(lm, rnn.RecurrentLM)
     assert lm.params <= 1_500_000 and len(data) < 2_000_000 and lm.vn <= pr.v
     assert TwinLM(pr, neural=lm).neural_lr == rnn.RecurrentLM.adapt_lr  # the tier's own on-device step
+
+
+def _learned_engine(pr: GlobalPrior) -> TwinEngine:
+    eng = TwinEngine(pr, neural=model(pr), gate_fraction=1.0)
+    for i, t in enumerate(TEXTS):
+        eng.observe(Event("message", t, None, i))
+    return eng
+
+
+def test_a_huge_finite_adapter_in_a_saved_state_is_refused() -> None:
+    """A damaged state.bin whose adapter is finite but huge (3e38) would overflow every prediction into NaN and
+    the next learning step would write NaN into the adaptation: it is refused on load."""
+    pr = tiny_prior()
+    data = _learned_engine(pr).encode(10_000_000)
+    for name in ("x_nn_w", "x_nn_b"):
+        arrays, meta = blob.unpack_untrusted(data, store.MAGIC, store.FORMAT_VERSION, max_bytes=10_000_000)
+        arrays[name] = np.full_like(arrays[name], 3e38)
+        bad = blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta, compact=True)
+        with pytest.raises(TwinStoreError, match="out of range"):
+            TwinEngine(pr, neural=model(pr)).decode(bad, 10_000_000)
+
+
+def test_a_damaged_adaptation_at_run_time_is_dropped_not_learned_or_saved() -> None:
+    """An adapter that overflows the predictions while running: the tier drops it (status says why), the
+    surprisal and suggestions stay numbers, the mixture weight is not pinned, and the next save loads with the
+    counts."""
+    pr = tiny_prior()
+    eng = _learned_engine(pr)
+    nn = eng.neural
+    assert isinstance(nn, rnn.RecurrentLM)
+    nn.a_w[:] = 3e38  # what a finite but huge adapter does at run time
+    obs = eng.observe(Event("message", "how are you there", None, 99))
+    assert obs.bits_per_token is not None and math.isfinite(obs.bits_per_token)
+    reason = eng.status()["neural"]["reset"]
+    assert reason is not None and "not finite" in reason
+    assert np.isfinite(nn.a_w).all() and np.abs(nn.a_w).max() < 1.0 and eng.lm.mu > 0.02
+    assert all(math.isfinite(s["p"]) for s in eng.suggest("how are ", 3))
+    back = TwinEngine(pr, neural=model(pr))
+    back.decode(eng.encode(10_000_000), 10_000_000)
+    assert back.lm.personal.tokens == eng.lm.personal.tokens > 0
+
+
+def test_a_non_finite_adaptation_is_not_saved() -> None:
+    """NaN in the adaptation when the state is saved: the adaptation is reset, and the file loads with the counts
+    (before, the next load refused the whole file and everything learned was lost)."""
+    pr = tiny_prior()
+    eng = _learned_engine(pr)
+    nn = eng.neural
+    assert isinstance(nn, rnn.RecurrentLM)
+    nn.a_b[0] = np.nan
+    data = eng.encode(10_000_000)
+    assert eng.neural_reset_reason is not None and "not finite" in eng.neural_reset_reason
+    back = TwinEngine(pr, neural=model(pr))
+    back.decode(data, 10_000_000)
+    assert isinstance(back.neural, rnn.RecurrentLM) and np.isfinite(back.neural.a_b).all()
+    assert back.lm.personal.tokens == eng.lm.personal.tokens > 0
