@@ -219,3 +219,22 @@ def test_a_non_finite_adaptation_is_not_saved() -> None:
     back.decode(data, 10_000_000)
     assert isinstance(back.neural, rnn.RecurrentLM) and np.isfinite(back.neural.a_b).all()
     assert back.lm.personal.tokens == eng.lm.personal.tokens > 0
+
+
+def test_the_disk_bound_drops_the_whole_recurrent_adaptation_context_included() -> None:
+    """Over twin.max_disk_bytes the GRU adapter, output bias and carried context state all go (the context state
+    is derived from the user's text too), the counts stay whole, and the load says why the tier starts again."""
+    pr = tiny_prior()
+    eng = TwinEngine(pr, neural=model(pr, d=48), gate_fraction=1.0)
+    for i, t in enumerate(TEXTS):
+        eng.observe(Event("message", t, None, i))
+    full = eng.encode(10_000_000)
+    small = eng.encode(len(full) - 1)
+    arrays, meta = blob.unpack_untrusted(small, store.MAGIC, store.FORMAT_VERSION, max_bytes=10_000_000)
+    assert meta.get("neural_dropped") is True
+    assert not [k for k in arrays if k.startswith("x_nn_")], sorted(arrays)
+    back = TwinEngine(pr, neural=model(pr, d=48))
+    back.decode(small, len(full) - 1)
+    assert isinstance(back.neural, rnn.RecurrentLM) and not back.neural.s_msg.any() and not back.neural.a_w.any()
+    assert back.lm.personal.tokens == eng.lm.personal.tokens > 0
+    assert "max_disk_bytes" in (back.status()["neural"]["reset"] or "")
