@@ -238,3 +238,35 @@ def test_the_disk_bound_drops_the_whole_recurrent_adaptation_context_included() 
     assert isinstance(back.neural, rnn.RecurrentLM) and not back.neural.s_msg.any() and not back.neural.a_w.any()
     assert back.lm.personal.tokens == eng.lm.personal.tokens > 0
     assert "max_disk_bytes" in (back.status()["neural"]["reset"] or "")
+
+
+def test_suggestions_on_a_long_text_edited_at_its_start_recompute_no_states(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Suggestions see a bounded window of the text being typed: editing the start of a long text costs no GRU
+    step, typing one more word costs a few (the window's start moves in steps), never the whole text."""
+    pr = tiny_prior()
+    nn = model(pr)
+    lm = TwinLM(pr, neural=nn)
+    words = ["hello", "how", "are", "you", "i", "am", "fine", "thanks"]
+    text = [words[i % len(words)] for i in range(400)]
+    steps = 0
+    real = nn._step
+
+    def counted(s: rnn.F32, tok: int) -> rnn.F32:
+        nonlocal steps
+        steps += 1
+        return real(s, tok)
+
+    monkeypatch.setattr(nn, "_step", counted)
+    assert lm.suggest(" ".join(text) + " ")
+    assert 0 < steps <= 65
+    steps = 0
+    text[0] = "thanks"
+    assert lm.suggest(" ".join(text) + " ")
+    assert steps == 0
+    worst = 0
+    for w in words * 4:  # typing on: at most the window once per stride, one step otherwise
+        text.append(w)
+        steps = 0
+        lm.suggest(" ".join(text) + " ")
+        worst = max(worst, steps)
+    assert worst <= 65
