@@ -70,21 +70,19 @@ class RecurrentLM:
     def __init__(self, data: bytes, prior_p1: np.ndarray[Any, Any], unk: int, bos: int) -> None:
         arrays, meta = blob.unpack_untrusted(data, MAGIC, FORMAT_VERSION, max_bytes=neural.MAX_RAW_BYTES)
         try:
-            self.e: F32 = arrays["e"].astype(np.float32) * arrays["e_scale"][:, None]
-            self.wx: F32 = arrays["wx"].astype(np.float32) * arrays["wx_scale"][:, None]
-            self.wh: F32 = arrays["wh"].astype(np.float32) * arrays["wh_scale"][:, None]
-            self.bx: F32 = arrays["bx"].astype(np.float32)
-            self.bh: F32 = arrays["bh"].astype(np.float32)
-            self.c0: F32 = arrays["c"].astype(np.float32)
             self.params = int(meta.get("params", 0))
-        except (KeyError, ValueError) as exc:
-            raise TwinStoreError(f"corrupt neural model: {exc}") from exc
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TwinStoreError(f"corrupt neural model: params: {exc}") from exc
+        # Every array's dtype and shape is checked before any arithmetic, every weight finite and bounded.
+        self.e: F32 = neural.dequantize(arrays, "e", (None, None))
         self.vn, self.d = self.e.shape
-        d3 = (self.d, 3 * self.d)
-        if self.wx.shape != d3 or self.wh.shape != d3 or self.bx.shape != d3[1:] or self.bh.shape != d3[1:]:
-            raise TwinStoreError("neural model shapes disagree")
-        if self.c0.shape != (self.vn,) or not 0 <= bos < self.vn or not 0 <= unk < self.vn:
-            raise TwinStoreError("neural model shapes disagree")
+        if not 0 <= max(bos, unk) < self.vn <= len(prior_p1):
+            raise TwinStoreError("neural model shapes disagree (its vocabulary and the prior's)")
+        self.wx: F32 = neural.dequantize(arrays, "wx", (self.d, 3 * self.d))
+        self.wh: F32 = neural.dequantize(arrays, "wh", (self.d, 3 * self.d))
+        self.bx: F32 = neural.float_vector(arrays, "bx", 3 * self.d)
+        self.bh: F32 = neural.float_vector(arrays, "bh", 3 * self.d)
+        self.c0: F32 = neural.float_vector(arrays, "c", self.vn)
         self.unk, self.bos = unk, bos
         p1 = np.asarray(prior_p1, dtype=np.float64)
         out = p1[self.vn :].sum()

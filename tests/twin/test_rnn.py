@@ -4,6 +4,8 @@ on-device adapter, its state, and a feed-forward user's state meeting it."""
 from __future__ import annotations
 
 import math
+import tracemalloc
+from typing import Any
 
 import numpy as np
 import pytest
@@ -270,3 +272,63 @@ def test_suggestions_on_a_long_text_edited_at_its_start_recompute_no_states(monk
         lm.suggest(" ".join(text) + " ")
         worst = max(worst, steps)
     assert worst <= 65
+
+
+def _repacked(good: bytes, magic: bytes, **changes: np.ndarray[Any, Any]) -> bytes:
+    arrays, meta = blob.unpack_untrusted(good, magic, 1, max_bytes=1 << 24)
+    arrays.update(changes)
+    return blob.pack(magic, 1, arrays, meta)
+
+
+def test_model_files_are_checked_before_any_arithmetic_and_must_be_finite() -> None:
+    """A 1-D ``e`` beside a scale of its length would broadcast to a square (a tiny file asking for a huge
+    allocation); NaN or huge weights would make every prediction NaN. Both tiers refuse such files."""
+    pr = tiny_prior()
+    n = 6000  # the square: 144 MB, over the unpacking buffer (max_bytes, 64 MiB) whose peak both share
+    tiny: dict[str, np.ndarray[Any, Any]] = {
+        "e": np.ones(n, np.int8),
+        "e_scale": np.ones(n, np.float32),
+        "wx": np.ones(1, np.int8),
+        "wx_scale": np.ones(1, np.float32),
+        "wh": np.ones(1, np.int8),
+        "wh_scale": np.ones(1, np.float32),
+        "bx": np.ones(1, np.float32),
+        "bh": np.ones(1, np.float32),
+        "c": np.ones(1, np.float32),
+    }
+    data = blob.pack(rnn.MAGIC, 1, tiny, {})
+
+    def peak_bytes(fn: Any) -> tuple[int, str]:
+        tracemalloc.start()
+        try:
+            fn()
+            return int(tracemalloc.get_traced_memory()[1]), ""
+        except TwinStoreError as exc:
+            return int(tracemalloc.get_traced_memory()[1]), str(exc)
+        finally:
+            tracemalloc.stop()
+
+    unpacking, _ = peak_bytes(lambda: blob.unpack_untrusted(data, rnn.MAGIC, 1, max_bytes=neural.MAX_RAW_BYTES))
+    loading, why = peak_bytes(lambda: rnn.load_neural(data, pr.p1, pr.unk, pr.bos))
+    assert "int8 matrix" in why
+    assert loading < unpacking + n * n * 4 // 4  # never the (n, n) float32 square the broadcast asked for
+    ff_tiny = {"e": tiny["e"], "e_scale": tiny["e_scale"], "w": tiny["wx"], "w_scale": tiny["wx_scale"]}
+    with pytest.raises(TwinStoreError, match="int8 matrix"):
+        rnn.load_neural(blob.pack(neural.MAGIC, 1, {**ff_tiny, "b": tiny["bx"], "c": tiny["c"]}, {}), pr.p1, 0, 1)
+    good = packed(pr, seed=1)
+    vn = pr.v - 5
+    for bad in (
+        {"c": np.full(vn, np.nan, np.float32)},
+        {"bh": np.full(36, np.inf, np.float32)},
+        {"e_scale": np.full(vn, np.nan, np.float32)},
+        {"wh_scale": np.full(12, 3e36, np.float32)},
+        {"c": np.zeros(vn, np.float64)},
+    ):
+        with pytest.raises(TwinStoreError):
+            rnn.load_neural(_repacked(good, rnn.MAGIC, **bad), pr.p1, pr.unk, pr.bos)
+    rng = np.random.default_rng(2)
+    ff_good = neural.pack(rng.standard_normal((vn, 8)), rng.standard_normal((24, 8)), np.zeros(8), np.zeros(vn), {})
+    for bad in ({"c": np.full(vn, np.nan, np.float32)}, {"w_scale": np.full(24, np.nan, np.float32)}):
+        with pytest.raises(TwinStoreError):
+            rnn.load_neural(_repacked(ff_good, neural.MAGIC, **bad), pr.p1, pr.unk, pr.bos)
+    assert isinstance(rnn.load_neural(ff_good, pr.p1, pr.unk, pr.bos), neural.NeuralLM)
