@@ -292,7 +292,7 @@ class TwinEngine:
             self.contacts[str(k)[:MAX_CONTACT_CHARS]] = store.meta_int(contacts, k)
 
     def export(self) -> dict[str, Any]:
-        """Everything learned, readable (for `village twin export`)."""
+        """Everything learned, readable (for `village twin export`), the neural adaptation's numbers included."""
         lm = self.lm
         tri = [
             {"ngram": [lm.token_str(u), lm.token_str(v), lm.token_str(w)], "count": c}
@@ -307,7 +307,25 @@ class TwinEngine:
             "mixture_personal_weights": lm.lam,
             "actions": list(self.actions.actions),
             "context": self.context(),
+            "action_weights": {
+                k: np.round(v.astype(np.float64), 6).tolist()
+                for k, v in self.actions.state().items()
+                if k in ("act_w", "act_b")
+            },
+            "neural_adaptation": self._export_neural(),
         }
+
+    def _export_neural(self) -> dict[str, Any] | None:
+        """The neural tier's adaptation, every number of it: derived from the user's text, kept in state.bin,
+        erased by forget (as deltas from the shipped model; ``nn_s``: the recurrent tier's carried context)."""
+        nn = self.lm.neural
+        if nn is None:
+            return None
+        with np.errstate(invalid="ignore", over="ignore"):
+            state = nn.state()
+        self._drop_unusable_adaptation(state)  # (JSON has no NaN)
+        arrays = {k: np.round(v.astype(np.float64), 6).tolist() for k, v in state.items()}
+        return {"model": nn.model_id, "shapes": {k: list(v.shape) for k, v in state.items()}, "arrays": arrays}
 
     def forget(self) -> None:
         """Drop everything learned in memory (the service deletes the files)."""

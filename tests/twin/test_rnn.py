@@ -3,6 +3,7 @@ on-device adapter, its state, and a feed-forward user's state meeting it."""
 
 from __future__ import annotations
 
+import json
 import math
 import tracemalloc
 from typing import Any
@@ -332,3 +333,20 @@ def test_model_files_are_checked_before_any_arithmetic_and_must_be_finite() -> N
         with pytest.raises(TwinStoreError):
             rnn.load_neural(_repacked(ff_good, neural.MAGIC, **bad), pr.p1, pr.unk, pr.bos)
     assert isinstance(rnn.load_neural(ff_good, pr.p1, pr.unk, pr.bos), neural.NeuralLM)
+
+
+def test_export_holds_every_learned_number_the_neural_adaptation_included() -> None:
+    """`village twin export` says it prints everything learned: the GRU adapter, output bias and carried context
+    (numbers derived from the user's text, kept in state.bin) and the next-action weights are in it, as JSON."""
+    pr = tiny_prior()
+    eng = TwinEngine(pr, neural=model(pr), gate_fraction=1.0)
+    for i, t in enumerate(TEXTS):
+        eng.observe(Event("message", t, "message.send", i))
+    nn = eng.neural
+    assert isinstance(nn, rnn.RecurrentLM) and nn.a_w.any()
+    out = json.loads(json.dumps(eng.export(), allow_nan=False))
+    adaptation = out["neural_adaptation"]
+    assert sorted(adaptation["arrays"]) == ["nn_b", "nn_c", "nn_s", "nn_w"] and adaptation["model"] == nn.model_id
+    np.testing.assert_allclose(np.asarray(adaptation["arrays"]["nn_w"]), nn.a_w, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(adaptation["arrays"]["nn_s"]), nn.s_msg, atol=1e-6)
+    assert np.asarray(out["action_weights"]["act_w"]).size > 0
