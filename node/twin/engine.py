@@ -191,6 +191,7 @@ class TwinEngine:
     # ------------------------------------------------------------ state
     def encode(self, max_bytes: int) -> bytes:
         self.lm.flush_neural()  # tokens waiting in the replay buffer are learned, not lost with the process
+        self._note_dropped()
         extra = dict(self.actions.state())
         if self.lm.neural is not None:
             with np.errstate(invalid="ignore", over="ignore"):
