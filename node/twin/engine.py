@@ -142,7 +142,7 @@ class TwinEngine:
         if not ok:
             nn.reset()
             self.neural_reset_reason = (
-                "the neural adaptation was not finite when saved; it starts again from the shipped model"
+                "the neural adaptation was not finite or out of range; it starts again from the shipped model"
             )
             self.lm.mu, self.lm.mu_n, self.neural_updates = MU_INIT, 0, 0
             state.update(nn.state())
