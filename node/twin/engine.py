@@ -30,12 +30,12 @@ from node.twin import store
 from node.twin.actions import ActionHead
 from node.twin.errors import TwinStoreError
 from node.twin.gate import SHIPPED_FIXED_COST_TOKENS, SHIPPED_SCORE, START_BITS, MessageGate, sane_threshold
-from node.twin.model import TwinLM
+from node.twin.model import MU_INIT, TwinLM
 from node.twin.names import EMBEDDED_KINDS, TEXT_KINDS
 from node.twin.names import Event as Event  # re-exported: the record the engine learns from
 from node.twin.personal import ctx_of
 from node.twin.prior import GlobalPrior
-from node.twin.rnn import NeuralTier
+from node.twin.rnn import NeuralTier, RecurrentLM
 
 MAX_EVENT_TEXT_CHARS = 4000  # longer texts are learned from their start
 RECENT_EVENTS = 50  # surprisal log kept for status
@@ -97,6 +97,7 @@ class TwinEngine:
             bits_tok = sum(bits) / len(bits)
             n_updates = (self.lm.neural.updates if self.lm.neural is not None else 0) - before
             self.neural_updates += n_updates
+            self._note_dropped()
         if ev.kind == "document" and text.strip():
             self.topics.append(text[:200])
         if ev.contact and len(self.contacts) < 10_000:
@@ -118,7 +119,34 @@ class TwinEngine:
         return obs
 
     def suggest(self, text: str, k: int = 3) -> list[dict[str, Any]]:
-        return [{"token": s.token, "p": round(s.p, 6)} for s in self.lm.suggest(text, k)]
+        out = [{"token": s.token, "p": round(s.p, 6)} for s in self.lm.suggest(text, k)]
+        self._note_dropped()
+        return out
+
+    def _note_dropped(self) -> None:
+        """The neural tier dropped a damaged adaptation (non-finite predictions, an adapter out of range): status
+        says why, and its weight in the mixture starts again from the default (it was learned against NaN)."""
+        nn = self.lm.neural
+        if isinstance(nn, RecurrentLM) and nn.dropped is not None:
+            self.neural_reset_reason, nn.dropped = nn.dropped, None
+            self.lm.mu, self.lm.mu_n = MU_INIT, 0
+
+    def _drop_unusable_adaptation(self, state: dict[str, np.ndarray[Any, Any]]) -> None:
+        """Before a save: an adaptation that is not finite (or, recurrent, out of range) is reset, never written
+        (its next load would refuse the whole file and lose the counts with it)."""
+        nn = self.lm.neural
+        if nn is None:
+            return
+        ok = all(bool(np.isfinite(v).all()) for v in state.values())
+        if isinstance(nn, RecurrentLM):
+            ok = ok and nn.adaptation_ok()
+        if not ok:
+            nn.reset()
+            self.neural_reset_reason = (
+                "the neural adaptation was not finite or out of range; it starts again from the shipped model"
+            )
+            self.lm.mu, self.lm.mu_n, self.neural_updates = MU_INIT, 0, 0
+            state.update(nn.state())
 
     def next_actions(self, k: int = 3) -> list[dict[str, Any]]:
         if self.prev_vec is None:
@@ -164,9 +192,13 @@ class TwinEngine:
     # ------------------------------------------------------------ state
     def encode(self, max_bytes: int) -> bytes:
         self.lm.flush_neural()  # tokens waiting in the replay buffer are learned, not lost with the process
+        self._note_dropped()
         extra = dict(self.actions.state())
         if self.lm.neural is not None:
-            extra.update(self.lm.neural.state())
+            with np.errstate(invalid="ignore", over="ignore"):
+                nn_state = self.lm.neural.state()
+            self._drop_unusable_adaptation(nn_state)
+            extra.update(nn_state)
         meta = {
             "events": self.events,
             "mu": self.lm.mu,
@@ -263,7 +295,7 @@ class TwinEngine:
             self.contacts[str(k)[:MAX_CONTACT_CHARS]] = store.meta_int(contacts, k)
 
     def export(self) -> dict[str, Any]:
-        """Everything learned, readable (for `village twin export`)."""
+        """Everything learned, readable (for `village twin export`), the neural adaptation's numbers included."""
         lm = self.lm
         tri = [
             {"ngram": [lm.token_str(u), lm.token_str(v), lm.token_str(w)], "count": c}
@@ -278,7 +310,25 @@ class TwinEngine:
             "mixture_personal_weights": lm.lam,
             "actions": list(self.actions.actions),
             "context": self.context(),
+            "action_weights": {
+                k: np.round(v.astype(np.float64), 6).tolist()
+                for k, v in self.actions.state().items()
+                if k in ("act_w", "act_b")
+            },
+            "neural_adaptation": self._export_neural(),
         }
+
+    def _export_neural(self) -> dict[str, Any] | None:
+        """The neural tier's adaptation, every number of it: derived from the user's text, kept in state.bin,
+        erased by forget (as deltas from the shipped model; ``nn_s``: the recurrent tier's carried context)."""
+        nn = self.lm.neural
+        if nn is None:
+            return None
+        with np.errstate(invalid="ignore", over="ignore"):
+            state = nn.state()
+        self._drop_unusable_adaptation(state)  # (JSON has no NaN)
+        arrays = {k: np.round(v.astype(np.float64), 6).tolist() for k, v in state.items()}
+        return {"model": nn.model_id, "shapes": {k: list(v.shape) for k, v in state.items()}, "arrays": arrays}
 
     def forget(self) -> None:
         """Drop everything learned in memory (the service deletes the files)."""

@@ -43,6 +43,11 @@ MAX_SEEN = MAX_GATED_TOKENS  # neural distributions kept per message for the bia
 BIAS_BLOCK_ROWS = 32  # the bias step's block starts this tall when the message's length is not known (doubled
 # up to MAX_SEEN); observe sizes it to the message: min(tokens, MAX_SEEN) rows
 NEURAL_CANDIDATES = 8  # the neural tier's likeliest next words added to the n-gram tiers' candidates
+# Suggestions see the text being typed from a window of its last 49-64 tokens whose start moves in steps of 16:
+# the recurrent tier recomputes its states from where the text changed, so a long text edited near its start
+# cost ~513 GRU steps per call (~80 ms behind the twin's one worker); now at most 64, one per typed token mostly.
+SUGGEST_CONTEXT_TOKENS = 64
+SUGGEST_CONTEXT_STRIDE = 16
 REPLAY_TOKENS = 1  # the W/b step runs when this many gated tokens wait in the replay buffer
 MAX_REPLAY_TOKENS = 512  # bound on the replay buffer and so on one step's batch (each entry holds a 4,096-float
 # distribution): a message's tokens that would overflow it make what waits learn first
@@ -454,6 +459,8 @@ class TwinLM:
         if toks and text and not text[-1].isspace() and is_word(toks[-1]):
             prefix = toks.pop()
         hist = self.ids(toks)
+        over = max(0, len(hist) - SUGGEST_CONTEXT_TOKENS)
+        hist = hist[-(-over // SUGGEST_CONTEXT_STRIDE) * SUGGEST_CONTEXT_STRIDE :]
         out = []
         for i, p in self.top(hist, k, prefix=prefix):
             s = self.token_str(i)

@@ -39,6 +39,36 @@ MAX_RAW_BYTES = 64 << 20
 SPARSE_MIN_P = 1e-3  # adapt_batch: output rows below this probability (for every token) leave the gradient
 
 F32 = np.ndarray[Any, np.dtype[np.float32]]
+MAX_WEIGHT = 1e3  # bound on a model file's |weights| (the shipped ones stay below 13): products stay finite
+
+
+def dequantize(arrays: dict[str, np.ndarray[Any, Any]], name: str, shape: tuple[int | None, int | None]) -> F32:
+    """A model file's int8 matrix ``name`` (one float32 scale per row in ``name_scale``) as float32, its dtypes,
+    shapes (``None``: any) and scales checked before any arithmetic: a 1-D array beside a scale of its length
+    would broadcast to a square (a 568-byte file asked for 67 MB)."""
+    q, scale = arrays.get(name), arrays.get(name + "_scale")
+    if q is None or scale is None or q.dtype != np.int8 or q.ndim != 2:
+        raise TwinStoreError(f"corrupt neural model: {name} is not an int8 matrix with its scales")
+    if any(want is not None and got != want for got, want in zip(q.shape, shape, strict=True)):
+        raise TwinStoreError(f"neural model shapes disagree ({name})")
+    if scale.dtype != np.float32 or scale.shape != (q.shape[0],) or not _bounded(scale, MAX_WEIGHT / 127.0):
+        raise TwinStoreError(f"corrupt neural model: {name}_scale is not one bounded float32 per row")
+    out: F32 = q.astype(np.float32) * scale[:, None]
+    return out
+
+
+def float_vector(arrays: dict[str, np.ndarray[Any, Any]], name: str, n: int) -> F32:
+    """A model file's float32 vector ``name`` of length ``n``, finite and bounded (a copy)."""
+    v = arrays.get(name)
+    if v is None or v.dtype != np.float32 or v.shape != (n,):
+        raise TwinStoreError(f"neural model shapes disagree ({name})")
+    if not _bounded(v):
+        raise TwinStoreError(f"corrupt neural model: {name} is not finite and bounded")
+    return v.copy()
+
+
+def _bounded(v: np.ndarray[Any, Any], limit: float = MAX_WEIGHT) -> bool:
+    return bool(np.abs(v).max(initial=0.0) <= limit)  # (NaN fails the comparison)
 
 
 def quantize_rows(m: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], F32]:
@@ -80,21 +110,21 @@ class NeuralLM:
 
     def __init__(self, data: bytes, prior_p1: np.ndarray[Any, Any], unk: int, bos: int) -> None:
         arrays, meta = blob.unpack_untrusted(data, MAGIC, FORMAT_VERSION, max_bytes=MAX_RAW_BYTES)
-        try:
-            self.e: F32 = arrays["e"].astype(np.float32) * arrays["e_scale"][:, None]
-            self.w0: F32 = arrays["w"].astype(np.float32) * arrays["w_scale"][:, None]
-            self.b0: F32 = arrays["b"].astype(np.float32)
-            self.c0: F32 = arrays["c"].astype(np.float32)
-            self.params = int(meta.get("params", 0))
-        except (KeyError, ValueError) as exc:
-            raise TwinStoreError(f"corrupt neural model: {exc}") from exc
-        self.vn, self.d = self.e.shape
         ctx = meta.get("context", CONTEXT)
         if isinstance(ctx, bool) or not isinstance(ctx, int) or not 1 <= ctx <= MAX_CONTEXT:
             raise TwinStoreError("neural model: bad context length")
         self.context = ctx
-        if self.w0.shape != (ctx * self.d, self.d) or self.b0.shape != (self.d,) or self.c0.shape != (self.vn,):
-            raise TwinStoreError("neural model shapes disagree")
+        try:
+            self.params = int(meta.get("params", 0))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TwinStoreError(f"corrupt neural model: params: {exc}") from exc
+        self.e: F32 = dequantize(arrays, "e", (None, None))
+        self.vn, self.d = self.e.shape
+        if not 0 <= max(bos, unk) < self.vn <= len(prior_p1):
+            raise TwinStoreError("neural model shapes disagree (its vocabulary and the prior's)")
+        self.w0: F32 = dequantize(arrays, "w", (ctx * self.d, self.d))
+        self.b0: F32 = float_vector(arrays, "b", self.d)
+        self.c0: F32 = float_vector(arrays, "c", self.vn)
         self.unk, self.bos = unk, bos
         p1 = np.asarray(prior_p1, dtype=np.float64)
         out = p1[self.vn :].sum()

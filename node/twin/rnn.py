@@ -37,6 +37,10 @@ from node.twin.tokens import MAX_MESSAGE_TOKENS
 MAGIC = b"AVTR"
 FORMAT_VERSION = 1
 MAX_STEPS = MAX_MESSAGE_TOKENS + 1  # states kept for one message's prefix (a longer history keeps its tail)
+# Bound on the adapter, max|A| * d + max|a| (a bound on |o - s| for a state in [-1, 1]): learned adapters stay
+# near 0.2 (500 hostile messages); a damaged one (3e38) overflows ``o`` into NaN predictions. Beyond it a saved
+# adaptation is refused, and one learned beyond it is dropped (the tier starts again from the shipped model).
+MAX_ADAPTER = 1e3
 
 F32 = neural.F32
 
@@ -66,21 +70,19 @@ class RecurrentLM:
     def __init__(self, data: bytes, prior_p1: np.ndarray[Any, Any], unk: int, bos: int) -> None:
         arrays, meta = blob.unpack_untrusted(data, MAGIC, FORMAT_VERSION, max_bytes=neural.MAX_RAW_BYTES)
         try:
-            self.e: F32 = arrays["e"].astype(np.float32) * arrays["e_scale"][:, None]
-            self.wx: F32 = arrays["wx"].astype(np.float32) * arrays["wx_scale"][:, None]
-            self.wh: F32 = arrays["wh"].astype(np.float32) * arrays["wh_scale"][:, None]
-            self.bx: F32 = arrays["bx"].astype(np.float32)
-            self.bh: F32 = arrays["bh"].astype(np.float32)
-            self.c0: F32 = arrays["c"].astype(np.float32)
             self.params = int(meta.get("params", 0))
-        except (KeyError, ValueError) as exc:
-            raise TwinStoreError(f"corrupt neural model: {exc}") from exc
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TwinStoreError(f"corrupt neural model: params: {exc}") from exc
+        # Every array's dtype and shape is checked before any arithmetic, every weight finite and bounded.
+        self.e: F32 = neural.dequantize(arrays, "e", (None, None))
         self.vn, self.d = self.e.shape
-        d3 = (self.d, 3 * self.d)
-        if self.wx.shape != d3 or self.wh.shape != d3 or self.bx.shape != d3[1:] or self.bh.shape != d3[1:]:
-            raise TwinStoreError("neural model shapes disagree")
-        if self.c0.shape != (self.vn,) or not 0 <= bos < self.vn or not 0 <= unk < self.vn:
-            raise TwinStoreError("neural model shapes disagree")
+        if not 0 <= max(bos, unk) < self.vn <= len(prior_p1):
+            raise TwinStoreError("neural model shapes disagree (its vocabulary and the prior's)")
+        self.wx: F32 = neural.dequantize(arrays, "wx", (self.d, 3 * self.d))
+        self.wh: F32 = neural.dequantize(arrays, "wh", (self.d, 3 * self.d))
+        self.bx: F32 = neural.float_vector(arrays, "bx", 3 * self.d)
+        self.bh: F32 = neural.float_vector(arrays, "bh", 3 * self.d)
+        self.c0: F32 = neural.float_vector(arrays, "c", self.vn)
         self.unk, self.bos = unk, bos
         p1 = np.asarray(prior_p1, dtype=np.float64)
         out = p1[self.vn :].sum()
@@ -103,6 +105,23 @@ class RecurrentLM:
         self.last_x: F32 | None = None  # the last forward pass's GRU state ...
         self.last_h: F32 | None = None  # ... and its adapted output vector
         self.out_row: F32 | None = None
+        self.dropped: str | None = None  # why the adaptation was dropped while running (the engine reports it)
+
+    def _drop_adaptation(self, why: str) -> None:
+        """Back to the shipped adapter and output bias (the context state stays: the GRU is global)."""
+        self.a_w = np.zeros((self.d, self.d), np.float32)
+        self.a_b = np.zeros(self.d, np.float32)
+        self.c = self.c0.copy()
+        self.dropped = why
+
+    def adaptation_ok(self) -> bool:
+        """Finite, and the adapter within :data:`MAX_ADAPTER` (NaN fails every comparison)."""
+        size = float(np.abs(self.a_w).max(initial=0.0)) * self.d + float(np.abs(self.a_b).max(initial=0.0))
+        return size <= MAX_ADAPTER and bool(np.isfinite(self.c).all())
+
+    def _check_adaptation(self) -> None:
+        if not self.adaptation_ok():
+            self._drop_adaptation("the learned adaptation grew out of range; it starts again from the shipped model")
 
     @property
     def w(self) -> F32:
@@ -148,14 +167,22 @@ class RecurrentLM:
         self._toks, self._states = [], []
 
     # ------------------------------------------------------------ predictions
-    def _forward(self, history: Sequence[int]) -> tuple[F32, F32, F32]:
-        s = self._state(history)
+    def _output(self, s: F32) -> tuple[F32, F32, float]:
         o = s + s @ self.a_w + self.a_b
         z = self.e @ o + self.c
         z[self.bos] = -np.inf
         z = z - z.max()
         p = np.exp(z) if self.out_row is None else np.exp(z, out=self.out_row)
-        p /= p.sum()
+        return o, p, float(p.sum())
+
+    def _forward(self, history: Sequence[int]) -> tuple[F32, F32, F32]:
+        s = self._state(history)
+        with np.errstate(over="ignore", invalid="ignore"):
+            o, p, total = self._output(s)
+        if not (math.isfinite(total) and total > 0):  # NaN or inf anywhere: a damaged adaptation, never learned from
+            self._drop_adaptation("its predictions were not finite numbers; it starts again from the shipped model")
+            o, p, total = self._output(s)  # (finite: the shipped weights are bounded when loaded, |s| <= 1)
+        p /= total
         self.last_x, self.last_h, self.last_p = s, o, p
         return s, o, p
 
@@ -197,6 +224,7 @@ class RecurrentLM:
         self.a_w -= lr * np.outer(s, do)
         self.a_b -= lr * do
         self.updates += 1
+        self._check_adaptation()
         return bits
 
     def adapt_batch(self, steps: Sequence[tuple[F32, F32, F32, int, float]], lr: float, *, bias: bool = False) -> int:
@@ -221,6 +249,7 @@ class RecurrentLM:
         self.a_w -= (lr * x).T @ do
         self.a_b -= lr * do.sum(axis=0)
         self.updates += len(steps)
+        self._check_adaptation()
         return len(steps)
 
     # ------------------------------------------------------------ the user's state
@@ -241,6 +270,9 @@ class RecurrentLM:
             w32, b32, s32 = (np.asarray(v).astype(np.float32) for v in (w, b, s))
         if not all(np.isfinite(v).all() for v in (c32, w32, b32, s32)) or np.abs(s32).max(initial=0.0) > 1.0:
             raise TwinStoreError("neural adaptation: weights out of range")  # (a GRU state lies in [-1, 1])
+        size = float(np.abs(w32).max(initial=0.0)) * self.d + float(np.abs(b32).max(initial=0.0))
+        if not size <= MAX_ADAPTER:  # finite but huge: every prediction would overflow into NaN
+            raise TwinStoreError(f"neural adaptation: adapter out of range ({size:.3g} > {MAX_ADAPTER:g})")
         self.c, self.a_w, self.a_b, self.s_msg = c32, w32, b32, s32
         self._toks, self._states = [], []
 

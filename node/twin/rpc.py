@@ -177,7 +177,12 @@ def register(registry: Registry, twin: TwinService) -> None:
     )
     registry.add("twin.actions", ActionsParams, "The user's likely next commands (next-action head).", actions)
     registry.add("twin.observe", ObserveParams, "Hand the twin text the user wrote (a local keyboard or UI).", observe)
-    registry.add("twin.export", NoParams, "Everything the twin learned, as JSON (stays on this device).", export)
+    registry.add(
+        "twin.export",
+        NoParams,
+        "Everything the twin learned, as JSON, its neural adaptation's numbers included (stays on this device).",
+        export,
+    )
     registry.add("twin.forget", NoParams, "Delete every byte the twin learned (files and memory).", forget)
 
 

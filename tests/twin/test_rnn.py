@@ -3,7 +3,10 @@ on-device adapter, its state, and a feed-forward user's state meeting it."""
 
 from __future__ import annotations
 
+import json
 import math
+import tracemalloc
+from typing import Any
 
 import numpy as np
 import pytest
@@ -163,3 +166,187 @@ def test_the_shipped_tier_is_the_recurrent_one() -> None:
     assert data[:4] == rnn.MAGIC and isinstance(lm, rnn.RecurrentLM)
     assert lm.params <= 1_500_000 and len(data) < 2_000_000 and lm.vn <= pr.v
     assert TwinLM(pr, neural=lm).neural_lr == rnn.RecurrentLM.adapt_lr  # the tier's own on-device step
+
+
+def _learned_engine(pr: GlobalPrior) -> TwinEngine:
+    eng = TwinEngine(pr, neural=model(pr), gate_fraction=1.0)
+    for i, t in enumerate(TEXTS):
+        eng.observe(Event("message", t, None, i))
+    return eng
+
+
+def test_a_huge_finite_adapter_in_a_saved_state_is_refused() -> None:
+    """A damaged state.bin whose adapter is finite but huge (3e38) would overflow every prediction into NaN and
+    the next learning step would write NaN into the adaptation: it is refused on load."""
+    pr = tiny_prior()
+    data = _learned_engine(pr).encode(10_000_000)
+    for name in ("x_nn_w", "x_nn_b"):
+        arrays, meta = blob.unpack_untrusted(data, store.MAGIC, store.FORMAT_VERSION, max_bytes=10_000_000)
+        arrays[name] = np.full_like(arrays[name], 3e38)
+        bad = blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta, compact=True)
+        with pytest.raises(TwinStoreError, match="out of range"):
+            TwinEngine(pr, neural=model(pr)).decode(bad, 10_000_000)
+
+
+def test_a_damaged_adaptation_at_run_time_is_dropped_not_learned_or_saved() -> None:
+    """An adapter that overflows the predictions while running: the tier drops it (status says why), the
+    surprisal and suggestions stay numbers, the mixture weight is not pinned, and the next save loads with the
+    counts."""
+    pr = tiny_prior()
+    eng = _learned_engine(pr)
+    nn = eng.neural
+    assert isinstance(nn, rnn.RecurrentLM)
+    nn.a_w[:] = 3e38  # what a finite but huge adapter does at run time
+    obs = eng.observe(Event("message", "how are you there", None, 99))
+    assert obs.bits_per_token is not None and math.isfinite(obs.bits_per_token)
+    reason = eng.status()["neural"]["reset"]
+    assert reason is not None and "not finite" in reason
+    assert np.isfinite(nn.a_w).all() and np.abs(nn.a_w).max() < 1.0 and eng.lm.mu > 0.02
+    assert all(math.isfinite(s["p"]) for s in eng.suggest("how are ", 3))
+    back = TwinEngine(pr, neural=model(pr))
+    back.decode(eng.encode(10_000_000), 10_000_000)
+    assert back.lm.personal.tokens == eng.lm.personal.tokens > 0
+
+
+def test_a_non_finite_adaptation_is_not_saved() -> None:
+    """NaN in the adaptation when the state is saved: the adaptation is reset, and the file loads with the counts
+    (before, the next load refused the whole file and everything learned was lost)."""
+    pr = tiny_prior()
+    eng = _learned_engine(pr)
+    nn = eng.neural
+    assert isinstance(nn, rnn.RecurrentLM)
+    nn.a_b[0] = np.nan
+    data = eng.encode(10_000_000)
+    assert eng.neural_reset_reason is not None and "not finite" in eng.neural_reset_reason
+    back = TwinEngine(pr, neural=model(pr))
+    back.decode(data, 10_000_000)
+    assert isinstance(back.neural, rnn.RecurrentLM) and np.isfinite(back.neural.a_b).all()
+    assert back.lm.personal.tokens == eng.lm.personal.tokens > 0
+
+
+def test_the_disk_bound_drops_the_whole_recurrent_adaptation_context_included() -> None:
+    """Over twin.max_disk_bytes the GRU adapter, output bias and carried context state all go (the context state
+    is derived from the user's text too), the counts stay whole, and the load says why the tier starts again."""
+    pr = tiny_prior()
+    eng = TwinEngine(pr, neural=model(pr, d=48), gate_fraction=1.0)
+    for i, t in enumerate(TEXTS):
+        eng.observe(Event("message", t, None, i))
+    full = eng.encode(10_000_000)
+    small = eng.encode(len(full) - 1)
+    arrays, meta = blob.unpack_untrusted(small, store.MAGIC, store.FORMAT_VERSION, max_bytes=10_000_000)
+    assert meta.get("neural_dropped") is True
+    assert not [k for k in arrays if k.startswith("x_nn_")], sorted(arrays)
+    back = TwinEngine(pr, neural=model(pr, d=48))
+    back.decode(small, len(full) - 1)
+    assert isinstance(back.neural, rnn.RecurrentLM) and not back.neural.s_msg.any() and not back.neural.a_w.any()
+    assert back.lm.personal.tokens == eng.lm.personal.tokens > 0
+    assert "max_disk_bytes" in (back.status()["neural"]["reset"] or "")
+
+
+def test_suggestions_on_a_long_text_edited_at_its_start_recompute_no_states(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Suggestions see a bounded window of the text being typed: editing the start of a long text costs no GRU
+    step, typing one more word costs a few (the window's start moves in steps), never the whole text."""
+    pr = tiny_prior()
+    nn = model(pr)
+    lm = TwinLM(pr, neural=nn)
+    words = ["hello", "how", "are", "you", "i", "am", "fine", "thanks"]
+    text = [words[i % len(words)] for i in range(400)]
+    steps = 0
+    real = nn._step
+
+    def counted(s: rnn.F32, tok: int) -> rnn.F32:
+        nonlocal steps
+        steps += 1
+        return real(s, tok)
+
+    monkeypatch.setattr(nn, "_step", counted)
+    assert lm.suggest(" ".join(text) + " ")
+    assert 0 < steps <= 65
+    steps = 0
+    text[0] = "thanks"
+    assert lm.suggest(" ".join(text) + " ")
+    assert steps == 0
+    worst = 0
+    for w in words * 4:  # typing on: at most the window once per stride, one step otherwise
+        text.append(w)
+        steps = 0
+        lm.suggest(" ".join(text) + " ")
+        worst = max(worst, steps)
+    assert worst <= 65
+
+
+def _repacked(good: bytes, magic: bytes, **changes: np.ndarray[Any, Any]) -> bytes:
+    arrays, meta = blob.unpack_untrusted(good, magic, 1, max_bytes=1 << 24)
+    arrays.update(changes)
+    return blob.pack(magic, 1, arrays, meta)
+
+
+def test_model_files_are_checked_before_any_arithmetic_and_must_be_finite() -> None:
+    """A 1-D ``e`` beside a scale of its length would broadcast to a square (a tiny file asking for a huge
+    allocation); NaN or huge weights would make every prediction NaN. Both tiers refuse such files."""
+    pr = tiny_prior()
+    n = 6000  # the square: 144 MB, over the unpacking buffer (max_bytes, 64 MiB) whose peak both share
+    tiny: dict[str, np.ndarray[Any, Any]] = {
+        "e": np.ones(n, np.int8),
+        "e_scale": np.ones(n, np.float32),
+        "wx": np.ones(1, np.int8),
+        "wx_scale": np.ones(1, np.float32),
+        "wh": np.ones(1, np.int8),
+        "wh_scale": np.ones(1, np.float32),
+        "bx": np.ones(1, np.float32),
+        "bh": np.ones(1, np.float32),
+        "c": np.ones(1, np.float32),
+    }
+    data = blob.pack(rnn.MAGIC, 1, tiny, {})
+
+    def peak_bytes(fn: Any) -> tuple[int, str]:
+        tracemalloc.start()
+        try:
+            fn()
+            return int(tracemalloc.get_traced_memory()[1]), ""
+        except TwinStoreError as exc:
+            return int(tracemalloc.get_traced_memory()[1]), str(exc)
+        finally:
+            tracemalloc.stop()
+
+    unpacking, _ = peak_bytes(lambda: blob.unpack_untrusted(data, rnn.MAGIC, 1, max_bytes=neural.MAX_RAW_BYTES))
+    loading, why = peak_bytes(lambda: rnn.load_neural(data, pr.p1, pr.unk, pr.bos))
+    assert "int8 matrix" in why
+    assert loading < unpacking + n * n * 4 // 4  # never the (n, n) float32 square the broadcast asked for
+    ff_tiny = {"e": tiny["e"], "e_scale": tiny["e_scale"], "w": tiny["wx"], "w_scale": tiny["wx_scale"]}
+    with pytest.raises(TwinStoreError, match="int8 matrix"):
+        rnn.load_neural(blob.pack(neural.MAGIC, 1, {**ff_tiny, "b": tiny["bx"], "c": tiny["c"]}, {}), pr.p1, 0, 1)
+    good = packed(pr, seed=1)
+    vn = pr.v - 5
+    for bad in (
+        {"c": np.full(vn, np.nan, np.float32)},
+        {"bh": np.full(36, np.inf, np.float32)},
+        {"e_scale": np.full(vn, np.nan, np.float32)},
+        {"wh_scale": np.full(12, 3e36, np.float32)},
+        {"c": np.zeros(vn, np.float64)},
+    ):
+        with pytest.raises(TwinStoreError):
+            rnn.load_neural(_repacked(good, rnn.MAGIC, **bad), pr.p1, pr.unk, pr.bos)
+    rng = np.random.default_rng(2)
+    ff_good = neural.pack(rng.standard_normal((vn, 8)), rng.standard_normal((24, 8)), np.zeros(8), np.zeros(vn), {})
+    for bad in ({"c": np.full(vn, np.nan, np.float32)}, {"w_scale": np.full(24, np.nan, np.float32)}):
+        with pytest.raises(TwinStoreError):
+            rnn.load_neural(_repacked(ff_good, neural.MAGIC, **bad), pr.p1, pr.unk, pr.bos)
+    assert isinstance(rnn.load_neural(ff_good, pr.p1, pr.unk, pr.bos), neural.NeuralLM)
+
+
+def test_export_holds_every_learned_number_the_neural_adaptation_included() -> None:
+    """`village twin export` says it prints everything learned: the GRU adapter, output bias and carried context
+    (numbers derived from the user's text, kept in state.bin) and the next-action weights are in it, as JSON."""
+    pr = tiny_prior()
+    eng = TwinEngine(pr, neural=model(pr), gate_fraction=1.0)
+    for i, t in enumerate(TEXTS):
+        eng.observe(Event("message", t, "message.send", i))
+    nn = eng.neural
+    assert isinstance(nn, rnn.RecurrentLM) and nn.a_w.any()
+    out = json.loads(json.dumps(eng.export(), allow_nan=False))
+    adaptation = out["neural_adaptation"]
+    assert sorted(adaptation["arrays"]) == ["nn_b", "nn_c", "nn_s", "nn_w"] and adaptation["model"] == nn.model_id
+    np.testing.assert_allclose(np.asarray(adaptation["arrays"]["nn_w"]), nn.a_w, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(adaptation["arrays"]["nn_s"]), nn.s_msg, atol=1e-6)
+    assert np.asarray(out["action_weights"]["act_w"]).size > 0
