@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from node.cli_support import EXIT_OK, EXIT_USAGE, CliError, CliRegistry, call, emit
+from node.textsafe import safe_json
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -62,7 +63,9 @@ def cmd_actions(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     out = call(args, "twin.export")
-    text = json.dumps(out, ensure_ascii=False, indent=1)
+    # The same JSON values, with DEL, C1 and bidi controls escaped: words and topics come from the user's text and
+    # file names, which may hold terminal controls (printed raw, a C1 CSI or a bidi override reached the terminal).
+    text = safe_json(json.dumps(out, ensure_ascii=False, indent=1))
     if args.output:
         path = Path(args.output).expanduser()
         try:

@@ -337,12 +337,14 @@ class TwinService:
         engine = self.engine
         if engine is None or not self._dirty:
             return True
-        self._dirty = False
         gen = self._generation
 
         def write() -> None:
             from node.twin import store
 
+            # Cleared here, with the limiter held: cleared before waiting for it, a stop during that wait (a
+            # suggestion holding the worker) left the state "clean" and the final save at shutdown wrote nothing.
+            self._dirty = False
             if gen != self._generation:  # a forget came first: nothing of what was dirty remains
                 return
             store.write_private(self.path, engine.encode(self.settings.max_disk_bytes))

@@ -6,12 +6,14 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from node.twin import store
 from node.twin.errors import TwinError
@@ -104,4 +106,39 @@ async def test_a_failing_save_backs_off_is_reported_and_save_now_says_so(
                     await svc.save_now()
         failures = [r for r in caplog.records if r.levelno >= logging.WARNING]
         assert len(failures) == 3 and [r.exc_info is not None for r in failures] == [True, False, False]
+        n.cancel_scope.cancel()
+
+
+async def test_a_stop_while_the_saver_waits_for_the_worker_still_saves_at_shutdown(tmp_path: Path) -> None:
+    """Review of fixtwin7: the saver marked the state clean before waiting for the twin's one worker; a stop during
+    that wait (a suggestion holding the worker) cancelled the save and the final save found nothing to write."""
+    svc = make(tmp_path, Power(90, True))
+    entered, release = threading.Event(), threading.Event()
+    async with trio.open_nursery() as n:
+        await n.start(svc.run, None)
+        svc.record("message", "hello there friend", action="messages.send")
+        await svc.idle.wait()
+        await svc.save_now()
+        svc.record("message", "the vorpal lounge at nine", action="messages.send")
+        await svc.idle.wait()
+        engine = svc.engine
+        assert engine is not None
+        real = engine.suggest
+
+        def held(text: str, k: int = 3) -> Any:  # a suggestion holding the worker
+            entered.set()
+            release.wait(30)
+            return real(text, k)
+
+        engine.suggest = held  # type: ignore[method-assign]
+        n.start_soon(svc.suggest, "see you")
+        await trio.to_thread.run_sync(entered.wait, 30)
+        n.start_soon(svc._save)  # the periodic saver, waiting for the worker
+        await trio.testing.wait_all_tasks_blocked()
+        n.cancel_scope.cancel()  # the node stops
+        release.set()
+    again = make(tmp_path, Power(90, True))
+    async with trio.open_nursery() as n:
+        await n.start(again.run, None)
+        assert (await again.status())["events"] == 2  # both messages were saved
         n.cancel_scope.cancel()
