@@ -187,3 +187,4 @@ def test_the_output_bias_step_has_its_own_size() -> None:
     np.testing.assert_allclose(adapter2.a_w, 2 * base.a_w, rtol=1e-4, atol=1e-9)
     pr_lm = TwinLM(pr, neural=model(pr))  # the defaults: each tier's own steps
     assert (pr_lm.bias_lr, pr_lm.neural_lr) == (rnn.RecurrentLM.bias_lr, rnn.RecurrentLM.adapt_lr)
+    assert rnn.RecurrentLM.bias_lr > rnn.RecurrentLM.adapt_lr  # c takes a larger step than the adapter
