@@ -201,6 +201,8 @@ def run_sender(
     )
     if _NEURAL_LR:
         lm.neural_lr = _NEURAL_LR[0]
+    if _BIAS_LR:
+        lm.bias_lr = _BIAS_LR[0]
     gate: SurpriseGate | MessageGate | None = None
     if cfg.gate_fraction is not None and cfg.message_gate is not None:
         gate = MessageGate(
@@ -271,6 +273,7 @@ def _star_job(a: tuple[Path | None, bytes | None, twin_data.Sender, Config, int]
 
 _PRIORS: dict[Path | None, GlobalPrior] = {}
 _NEURAL_LR: list[float] = []
+_BIAS_LR: list[float] = []
 _OPTS: dict[str, float | None] = {}
 
 
@@ -392,7 +395,10 @@ def main(argv: list[str] | None = None) -> int:
         help="the `twin` configuration's message gate score (default: the daemon's; '' = session 4's token gate)",
     )
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--neural-lr", type=float, default=None, help="override the neural tier's adaptation step")
+    ap.add_argument(
+        "--neural-lr", type=float, default=None, help="override the neural tier's adaptation step (adapter / W, b)"
+    )
+    ap.add_argument("--bias-lr", type=float, default=None, help="override the always-on output-bias step (c alone)")
     ap.add_argument("--recency-decay", type=float, default=None, help="the recency cache's decay per token")
     ap.add_argument("--gate-neural", action="store_true", help="gate on the neural tier's own surprisal")
     ap.add_argument("--no-bias-always", action="store_true", help="neural output bias behind the gate too")
@@ -465,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     if args.neural_lr:
         _NEURAL_LR.append(args.neural_lr)
+    if args.bias_lr:
+        _BIAS_LR.append(args.bias_lr)
     nn_data = args.neural.read_bytes() if args.neural else _packaged_neural()
     configs = [
         Config("prior", fixed_lambda=0.0, recency=False),

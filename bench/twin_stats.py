@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                     "personal_B": (lm.personal.add_message, (ids,)),
                     "cache_A": (a_cache.add_message, (ids,)),
                     "cache_B": (lm.recency.add_message, (ids,)),
-                    "bias_A": (a_nn.adapt_bias_rows, (rows, targets, lm.neural_lr)),
-                    "bias_B": (nn.adapt_bias_rows, (rows, targets, lm.neural_lr)),
+                    "bias_A": (a_nn.adapt_bias_rows, (rows, targets, lm.bias_lr)),
+                    "bias_B": (nn.adapt_bias_rows, (rows, targets, lm.bias_lr)),
                 }
                 order = "AB" if (i + rnd) % 2 == 0 else "BA"
                 for k in names:

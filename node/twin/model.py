@@ -99,6 +99,7 @@ class TwinLM:
         fixed_lambda: float | None = None,
         neural: NeuralTier | None = None,
         neural_lr: float | None = None,
+        bias_lr: float | None = None,
         recency: bool = True,
         recency_decay: float | None = None,
         bias_always: bool = True,
@@ -111,6 +112,9 @@ class TwinLM:
         self.prior = prior
         self.neural = neural
         self.neural_lr = neural_lr if neural_lr is not None else neural.adapt_lr if neural is not None else NEURAL_LR
+        # the always-on output-bias step's own size (bias_always); with bias_always off, c moves in the
+        # expensive step at neural_lr
+        self.bias_lr = bias_lr if bias_lr is not None else neural.bias_lr if neural is not None else NEURAL_LR
         self.mu = MU_INIT  # weight of the neural tier, learned online like lam
         self.mu_n = 0
         self.fixed_lambda = fixed_lambda  # benchmarks: 0 = prior only, 1 = personal only; None = learned
@@ -403,7 +407,7 @@ class TwinLM:
         bias = not self.bias_always
         if self.bias_always:
             if self._pn and self._pblock is not None:
-                self.neural.adapt_bias_rows(self._pblock[: self._pn], self._bias_targets, self.neural_lr)
+                self.neural.adapt_bias_rows(self._pblock[: self._pn], self._bias_targets, self.bias_lr)
             self._pn = 0
             self._bias_targets = []
         n = 0

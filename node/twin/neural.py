@@ -107,6 +107,7 @@ def bias_gradient(
 
 class NeuralLM:
     adapt_lr = 0.02  # the on-device SGD step (W/b and the output bias) tuned for this tier
+    bias_lr = 0.02  # the always-on step on the output bias alone (TwinLM.bias_lr): this tier's one step
 
     def __init__(self, data: bytes, prior_p1: np.ndarray[Any, Any], unk: int, bos: int) -> None:
         arrays, meta = blob.unpack_untrusted(data, MAGIC, FORMAT_VERSION, max_bytes=MAX_RAW_BYTES)

@@ -66,6 +66,11 @@ class RecurrentLM:
     # so the feed-forward tier's 0.02 overshoots (tuning senders: 5.988 bits at 0.02, 5.845 at 0.006, 5.811 at
     # 0.002; frozen 5.853).
     adapt_lr = 0.002
+    # The output bias's own step (the always-on step on ``c`` alone, TwinLM.bias_lr): c's gradient does not grow
+    # with the state, and at the adapter's 0.002 it learned almost nothing (session 7, gate5). Tuning senders,
+    # shipped gate: 5.812 bits/token at 0.002, 5.807 at 0.02, 5.802 at 0.05, 5.798 at 0.1, 5.800 at 0.2
+    # (10 confirmation dev senders: 6.045 at 0.002, 6.024 at 0.1).
+    bias_lr = 0.1
 
     def __init__(self, data: bytes, prior_p1: np.ndarray[Any, Any], unk: int, bos: int) -> None:
         arrays, meta = blob.unpack_untrusted(data, MAGIC, FORMAT_VERSION, max_bytes=neural.MAX_RAW_BYTES)

@@ -350,3 +350,28 @@ def test_export_holds_every_learned_number_the_neural_adaptation_included() -> N
     np.testing.assert_allclose(np.asarray(adaptation["arrays"]["nn_w"]), nn.a_w, atol=1e-6)
     np.testing.assert_allclose(np.asarray(adaptation["arrays"]["nn_s"]), nn.s_msg, atol=1e-6)
     assert np.asarray(out["action_weights"]["act_w"]).size > 0
+
+
+def test_the_output_bias_step_has_its_own_size() -> None:
+    """The always-on step on c uses ``bias_lr``, the adapter step ``neural_lr`` (the tier's adapt_lr): doubling
+    one doubles what it moves and leaves the other's parameters as they were."""
+    pr = tiny_prior()
+
+    def learned(bias_lr: float, neural_lr: float) -> rnn.RecurrentLM:
+        nn = model(pr)
+        lm = TwinLM(pr, neural=nn, bias_lr=bias_lr, neural_lr=neural_lr)
+        lm.observe("hello how are you")
+        lm.flush_neural()
+        assert nn.updates > 0
+        return nn
+
+    base, bias2, adapter2 = learned(0.1, 0.002), learned(0.2, 0.002), learned(0.1, 0.004)
+    dc = base.c - base.c0
+    assert np.abs(dc).max() > 1e-4 and np.abs(base.a_w).max() > 0
+    np.testing.assert_allclose(bias2.c - bias2.c0, 2 * dc, rtol=1e-4, atol=1e-7)
+    np.testing.assert_array_equal(bias2.a_w, base.a_w)
+    np.testing.assert_array_equal(adapter2.c, base.c)
+    np.testing.assert_allclose(adapter2.a_w, 2 * base.a_w, rtol=1e-4, atol=1e-9)
+    pr_lm = TwinLM(pr, neural=model(pr))  # the defaults: each tier's own steps
+    assert (pr_lm.bias_lr, pr_lm.neural_lr) == (rnn.RecurrentLM.bias_lr, rnn.RecurrentLM.adapt_lr)
+    assert rnn.RecurrentLM.bias_lr > rnn.RecurrentLM.adapt_lr  # c takes a larger step than the adapter
