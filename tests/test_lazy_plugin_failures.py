@@ -177,3 +177,57 @@ async def test_an_mcp_service_that_fails_to_build_closes_its_audit_log(
     assert failed.group_contains(RuntimeError, match="memory store")
     assert svc.audit is not None and (tmp_path / "mcp" / "audit.jsonl").exists()
     assert svc.audit._fd is None
+
+
+@pytest.mark.timeout(120)
+async def test_a_peer_asking_an_agent_whose_tool_fails_sees_no_path_of_this_node(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tool failing on the serving node (its knowledge base cannot open: a directory where the SQLite file goes)
+    answers the remote peer with a generic text; the serving node's log says why (review fix1, item 1)."""
+    from node.rag.store import DB_NAME
+
+    caplog.set_level(logging.WARNING, logger="village.agents")
+    with trio.fail_after(100):
+        async with trio.open_nursery() as nursery:
+            net = MemoryNetwork(seed=11, queue_frames=4096)
+            await nursery.start(net.run)
+            off = LlmSettings(backend="off")
+            a_svc = AgentsService(AgentsSettings(), off, tmp_path / "alice")
+            b_svc = AgentsService(AgentsSettings(), off, tmp_path / "bob")
+            alice = await start_node(nursery, net, tmp_path, "alice", 1, services=[a_svc])
+            bob = await start_node(nursery, net, tmp_path, "bob", 2, services=[b_svc])
+            (tmp_path / "bob" / "rag" / DB_NAME).mkdir(parents=True)
+            net.connect(alice.transports[0], bob.transports[0])  # type: ignore[arg-type]
+            await alice.wait_until(lambda: any(p["nickname"] == "bob" and p["reachable"] for p in alice.peers_view()))
+            r = await a_svc.ask("what does the pump guide say", agent="Sage@bob")
+            assert not r["steps"][0]["ok"]
+            assert r["answer"].endswith("Sage could not do it: rag.query failed on this node"), r["answer"]
+            assert str(tmp_path) not in r["answer"]
+            assert any(str(tmp_path) in m.getMessage() for m in caplog.records if m.name == "village.agents")
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_gateway_callers_agent_tool_failure_is_generic_but_denials_pass_through() -> None:
+    """node.twin.ask.RemoteTools (a gateway key's ask): a tool's own error text (a path, a module) never reaches the
+    client; a denial or an unavailable tool still says what it is."""
+    from node.agents.errors import ToolDenied, ToolUnavailable
+    from node.mcp.registry import Caller
+    from node.twin.ask import RemoteTools
+
+    class Inner:
+        def __init__(self, exc: Exception) -> None:
+            self.exc = exc
+
+        async def call_as(self, *_: object, **__: object) -> object:
+            raise self.exc
+
+    caller = Caller("gateway", "key:3f2a", frozenset({"rag:read"}))
+    tools = RemoteTools(Inner(AgentError("cannot open the rag store /home/owner/.village/rag")), caller, None)  # type: ignore[arg-type]
+    with pytest.raises(AgentError) as seen:
+        await tools.call_as("Sage", frozenset({"rag.query"}), "rag.query", {"query": "pump"})
+    assert str(seen.value) == "rag.query failed on this node"
+    for passed in (ToolDenied("rag.query is denied"), ToolUnavailable("rag.query is not available on this node")):
+        tools = RemoteTools(Inner(passed), caller, None)  # type: ignore[arg-type]
+        with pytest.raises(type(passed), match=str(passed)):
+            await tools.call_as("Sage", frozenset({"rag.query"}), "rag.query", {"query": "pump"})
