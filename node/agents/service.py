@@ -36,6 +36,7 @@ from node.agents.tools import ToolRunner, Tools, llm_tool, node_tools
 from node.agents.trace import TraceStore
 from node.agents.village import VillageGovernance
 from node.agents.worktools import NodeMetrics, OfferFile, add_work_tools, sample_forever
+from node.rag.errors import RagError
 
 if TYPE_CHECKING:  # numpy (the router) and pydantic (the MCP registry) load on the first request, not at start
     from node.agents.king import King
@@ -316,7 +317,11 @@ class AgentsService:
                 raise self._load_failed("the agents' router", exc) from exc
             from node.rag.plugin import load_rag_service
 
-            rag = await load_rag_service(self._node)
+            try:  # only to borrow its embedder (one copy of the model in the daemon)
+                rag = await load_rag_service(self._node)
+            except RagError as exc:  # a broken knowledge base: the agents route with their own copy of the model
+                log.warning("agents: the knowledge base could not be loaded, the router uses its own model: %s", exc)
+                rag = None
             embedder = rag.embedder if rag is not None else None
             if embedder is None:
                 embedder = Embedder()
