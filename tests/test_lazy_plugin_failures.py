@@ -39,7 +39,7 @@ async def test_a_peer_asking_an_agent_that_cannot_load_sees_a_generic_error_and_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setitem(sys.modules, BROKEN, None)
-    caplog.set_level(logging.WARNING, logger="village.agents")
+    caplog.set_level(logging.WARNING, logger="village")
     with trio.fail_after(100):
         async with trio.open_nursery() as nursery:
             net = MemoryNetwork(seed=11, queue_frames=4096)
@@ -51,13 +51,12 @@ async def test_a_peer_asking_an_agent_that_cannot_load_sees_a_generic_error_and_
             bob = await start_node(nursery, net, tmp_path, "bob", 2, services=[b_svc])
             net.connect(alice.transports[0], bob.transports[0])  # type: ignore[arg-type]
             await alice.wait_until(lambda: any(p["nickname"] == "bob" and p["reachable"] for p in alice.peers_view()))
-            with pytest.raises(AgentError) as seen:
-                await a_svc.ask("what does the pump guide say", agent="Sage@bob")
-            text = str(seen.value)
-            assert text.endswith("answered 'agents.ask' with an error: the agents could not answer"), text
+            # The agents still run (their router borrows no broken knowledge base); Sage's tool fails, generically.
+            r = await a_svc.ask("what does the pump guide say", agent="Sage@bob")
+            text = r["answer"]
+            assert not r["steps"][0]["ok"] and text.endswith("Sage could not do it: rag.query failed on this node")
             assert BROKEN not in text and "loaded" not in text
-            assert b_svc.remote is not None and b_svc.remote.counters["failed"] == 1
-            assert any(BROKEN in r.getMessage() for r in caplog.records if r.name == "village.agents")
+            assert any(BROKEN in r.getMessage() for r in caplog.records if r.name.startswith("village."))
             nursery.cancel_scope.cancel()
 
 
@@ -177,3 +176,122 @@ async def test_an_mcp_service_that_fails_to_build_closes_its_audit_log(
     assert failed.group_contains(RuntimeError, match="memory store")
     assert svc.audit is not None and (tmp_path / "mcp" / "audit.jsonl").exists()
     assert svc.audit._fd is None
+
+
+@pytest.mark.timeout(120)
+async def test_a_peer_asking_an_agent_whose_tool_fails_sees_no_path_of_this_node(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tool failing on the serving node (its knowledge base cannot open: a directory where the SQLite file goes)
+    answers the remote peer with a generic text; the serving node's log says why (review fix1, item 1)."""
+    from node.rag.store import DB_NAME
+
+    caplog.set_level(logging.WARNING, logger="village.agents")
+    with trio.fail_after(100):
+        async with trio.open_nursery() as nursery:
+            net = MemoryNetwork(seed=11, queue_frames=4096)
+            await nursery.start(net.run)
+            off = LlmSettings(backend="off")
+            a_svc = AgentsService(AgentsSettings(), off, tmp_path / "alice")
+            b_svc = AgentsService(AgentsSettings(), off, tmp_path / "bob")
+            alice = await start_node(nursery, net, tmp_path, "alice", 1, services=[a_svc])
+            bob = await start_node(nursery, net, tmp_path, "bob", 2, services=[b_svc])
+            (tmp_path / "bob" / "rag" / DB_NAME).mkdir(parents=True)
+            net.connect(alice.transports[0], bob.transports[0])  # type: ignore[arg-type]
+            await alice.wait_until(lambda: any(p["nickname"] == "bob" and p["reachable"] for p in alice.peers_view()))
+            r = await a_svc.ask("what does the pump guide say", agent="Sage@bob")
+            assert not r["steps"][0]["ok"]
+            assert r["answer"].endswith("Sage could not do it: rag.query failed on this node"), r["answer"]
+            assert str(tmp_path) not in r["answer"]
+            assert any(str(tmp_path) in m.getMessage() for m in caplog.records if m.name == "village.agents")
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_gateway_callers_agent_tool_failure_is_generic_but_denials_pass_through() -> None:
+    """node.twin.ask.RemoteTools (a gateway key's ask): a tool's own error text (a path, a module) never reaches the
+    client; a denial or an unavailable tool still says what it is."""
+    from node.agents.errors import ToolDenied, ToolUnavailable
+    from node.mcp.registry import Caller
+    from node.twin.ask import RemoteTools
+
+    class Inner:
+        def __init__(self, exc: Exception) -> None:
+            self.exc = exc
+
+        async def call_as(self, *_: object, **__: object) -> object:
+            raise self.exc
+
+    caller = Caller("gateway", "key:3f2a", frozenset({"rag:read"}))
+    tools = RemoteTools(Inner(AgentError("cannot open the rag store /home/owner/.village/rag")), caller, None)  # type: ignore[arg-type]
+    with pytest.raises(AgentError) as seen:
+        await tools.call_as("Sage", frozenset({"rag.query"}), "rag.query", {"query": "pump"})
+    assert str(seen.value) == "rag.query failed on this node"
+    for passed in (ToolDenied("rag.query is denied"), ToolUnavailable("rag.query is not available on this node")):
+        tools = RemoteTools(Inner(passed), caller, None)  # type: ignore[arg-type]
+        with pytest.raises(type(passed), match=str(passed)):
+            await tools.call_as("Sage", frozenset({"rag.query"}), "rag.query", {"query": "pump"})
+
+
+@pytest.mark.timeout(120)
+async def test_gateway_clients_never_see_why_a_module_could_not_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gateway key's ask (/v1/ask) and MCP call (/mcp) on a node whose knowledge base cannot be imported get a
+    generic text; the ImportError (it names installed modules and paths) is in the node's log only (review fix1,
+    item 3)."""
+    from anchor.gateway.mcp_route import tool_scopes
+    from node.errors import NodeError
+    from node.mcp.errors import ToolError
+    from node.mcp.registry import Caller
+    from node.mcp.service import McpService
+    from node.mcp.settings import McpSettings
+    from node.rag.plugin import PLUGIN as RAG_PLUGIN
+    from node.twin.ask import Access, ask
+
+    monkeypatch.setitem(sys.modules, BROKEN, None)
+    caplog.set_level(logging.WARNING, logger="village")
+    with trio.fail_after(100):
+        async with trio.open_nursery() as nursery:
+            net = MemoryNetwork(seed=11, queue_frames=4096)
+            await nursery.start(net.run)
+            mcp = McpService(McpSettings(), persistent=False)
+            agents = AgentsService(AgentsSettings(), LlmSettings(backend="off"), tmp_path / "bob")
+            bob = await start_node(nursery, net, tmp_path, "bob", 2, services=[mcp, agents], plugins=[RAG_PLUGIN])
+            caller = Caller("gateway", "key:3f2a", tool_scopes(frozenset({"rag:query"})))
+            with pytest.raises(ToolError) as mcp_seen:
+                assert mcp.registry is not None
+                await mcp.registry.call("rag_query", {"text": "pump"}, caller=caller)
+            assert "could not be loaded on this node" in str(mcp_seen.value) and BROKEN not in str(mcp_seen.value)
+            asker = Caller("gateway", "key:3f2b", tool_scopes(frozenset({"agents:ask"})))
+            try:
+                seen = str(await ask(bob, "what does the pump guide say", access=Access(asker)))
+            except NodeError as exc:  # what anchor/gateway/ask_route.py hands the client
+                seen = str(exc)
+            assert BROKEN not in seen and "import of" not in seen, seen
+            assert any(BROKEN in r.getMessage() for r in caplog.records)
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(120)
+async def test_a_broken_knowledge_base_does_not_stop_the_agents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The agents borrow the knowledge base's embedder for their router; when it cannot load they route with their
+    own copy of the model, so an agent that needs no knowledge base still answers (review fix1, item 4)."""
+    from node.rag.plugin import PLUGIN as RAG_PLUGIN
+
+    monkeypatch.setitem(sys.modules, BROKEN, None)
+    caplog.set_level(logging.WARNING, logger="village")
+    with trio.fail_after(100):
+        async with trio.open_nursery() as nursery:
+            net = MemoryNetwork(seed=11, queue_frames=4096)
+            await nursery.start(net.run)
+            svc = AgentsService(AgentsSettings(), LlmSettings(backend="off"), tmp_path / "alice")
+            alice = await start_node(nursery, net, tmp_path, "alice", 1, services=[svc], plugins=[RAG_PLUGIN])
+            bob = await start_node(nursery, net, tmp_path, "bob", 2)
+            net.connect(alice.transports[0], bob.transports[0])  # type: ignore[arg-type]
+            await alice.wait_until(lambda: any(p["nickname"] == "bob" and p["reachable"] for p in alice.peers_view()))
+            r = await svc.ask("can I reach bob", agent="Navigator")
+            assert r["steps"][0]["ok"] and "bob is reachable" in r["answer"], r
+            assert any("router uses its own model" in m.getMessage() for m in caplog.records)
+            nursery.cancel_scope.cancel()

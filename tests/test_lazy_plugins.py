@@ -7,6 +7,7 @@ with documents on disk), and a clear error when the MCP layer cannot load."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -206,8 +207,9 @@ async def test_the_mcp_layer_failing_to_load_is_a_clear_error_and_the_node_goes_
     async with trio.open_nursery() as nursery:
         await nursery.start(svc.run, node)
         assert not svc.ready.is_set()  # nothing loads before a caller asks
-        with pytest.raises(McpLoadFailed, match="could not be loaded on this node: ImportError"):
+        with pytest.raises(McpLoadFailed, match="could not be loaded on this node") as seen:
             await plugin_service.running_service(node)
+        assert "pydantic_core" not in str(seen.value)  # why is for the node's log (a gateway client may be asking)
         with pytest.raises(McpLoadFailed):  # every later call says so too, at once
             await plugin_service.running_service(node)
         nursery.cancel_scope.cancel()
@@ -221,10 +223,11 @@ async def test_the_mcp_layer_failing_to_load_is_a_clear_error_and_the_node_goes_
 
 
 async def test_a_knowledge_base_or_twin_that_cannot_load_says_why_and_the_node_goes_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A broken install (a module that cannot be imported) is found on first use now, not at start: the caller gets
-    a NodeError naming it (the control socket shows its message), never an internal error."""
+    a generic NodeError (it may be a gateway client: the ImportError names installed paths), the node's log says
+    why, once; never an internal error."""
     from node.rag.errors import RagError
     from node.rag.node_service import RagNodeService
     from node.rag.settings import RagSection
@@ -245,8 +248,13 @@ async def test_a_knowledge_base_or_twin_that_cannot_load_says_why_and_the_node_g
     async with trio.open_nursery() as nursery:
         await nursery.start(rag.run, node)
         await nursery.start(twin.run, node)
-        with pytest.raises(RagError, match=r"knowledge base could not be loaded on this node: import of node\.rag"):
-            _ = rag.rag
+        caplog.set_level(logging.WARNING, logger="village.rag")
+        for _ in range(2):
+            with pytest.raises(RagError, match="knowledge base could not be loaded on this node") as seen:
+                _ = rag.rag
+            assert "node.rag" not in str(seen.value)
+        said = [r.getMessage() for r in caplog.records if r.name == "village.rag"]
+        assert len(said) == 1 and "import of node.rag" in said[0], said
         status = await twin.status()
         assert status["loaded"] is False
         assert "twin's model could not be loaded on this node: import of node.twin.engine" in status["load_error"]

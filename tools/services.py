@@ -442,7 +442,16 @@ class Services:
         while _pid_alive(pid):
             if _redis_pongs(port, password):
                 return True
-            if time.monotonic() >= deadline or not _port_answers(port):
+            if not _port_answers(port):
+                return False
+            if time.monotonic() >= deadline:
+                if wait_s > 0:  # `up`: a second server on the same data dir would share (and corrupt) its files
+                    raise ServicesError(
+                        f"{name}: process {pid} runs and port {port} accepts, but it did not answer PING within "
+                        f"{wait_s:.0f} s (still loading a large append-only file, hung, or a password that no "
+                        f"longer matches {self.settings_path}); not starting a second one on the same data dir: "
+                        "wait and retry, or stop that process"
+                    )
                 return False
             time.sleep(0.2)
         return False
@@ -572,6 +581,12 @@ class Services:
     ) -> None:
         root.mkdir(mode=0o700, exist_ok=True)
         pidfile = root / "redis.pid"
+        running = _read_pid(pidfile)
+        if _pid_alive(running):  # two servers on one dir would append to one file; `down` would stop only one
+            raise ServicesError(
+                f"{what}: process {running} ({pidfile}) still runs on {root}; not starting a second one there: stop "
+                f"it (or, if that process is not a {what}, remove {pidfile})"
+            )
         with contextlib.suppress(FileNotFoundError):
             pidfile.unlink()
         conf = root / "redis.conf"

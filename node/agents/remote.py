@@ -26,6 +26,7 @@ Both sides trace the exchange (kind ``remote``).
 from __future__ import annotations
 
 import json
+import logging
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,10 +35,12 @@ from typing import Any
 import nacl.exceptions
 import nacl.signing
 
-from node.agents.errors import AgentError, ToolDenied
+from node.agents.errors import AgentError, ToolDenied, ToolUnavailable
 from node.agents.roster import AgentSpec
 from node.agents.tools import ToolRunner
 from node.wire.errors import MalformedFrame
+
+log = logging.getLogger("village.agents")
 
 CAPS_SERVICE = "agents.caps"
 CAPS_PUSH_SERVICE = "agents.caps_push"
@@ -244,7 +247,15 @@ class RemoteTools:
         safe = dict(args)
         if tool == "rag.query":
             safe["shared_only"] = True
-        return await self.inner.call_as(f"{agent}@{self.caller_hex[:16]}", allowed & REMOTE_SAFE_TOOLS, tool, safe)
+        try:
+            return await self.inner.call_as(f"{agent}@{self.caller_hex[:16]}", allowed & REMOTE_SAFE_TOOLS, tool, safe)
+        except (ToolDenied, ToolUnavailable):
+            raise
+        except AgentError as exc:
+            # The tool's own error may name this node's paths or installed modules: the remote peer gets a generic
+            # text, the owner's log says why.
+            log.warning("%s for peer %s: %s failed: %s", agent, self.caller_hex[:16], tool, exc)
+            raise AgentError(f"{tool} failed on this node") from None
 
 
 def split_target(agent: str) -> tuple[str, str | None]:

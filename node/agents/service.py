@@ -36,6 +36,7 @@ from node.agents.tools import ToolRunner, Tools, llm_tool, node_tools
 from node.agents.trace import TraceStore
 from node.agents.village import VillageGovernance
 from node.agents.worktools import NodeMetrics, OfferFile, add_work_tools, sample_forever
+from node.rag.errors import RagError
 
 if TYPE_CHECKING:  # numpy (the router) and pydantic (the MCP registry) load on the first request, not at start
     from node.agents.king import King
@@ -93,6 +94,7 @@ class AgentsService:
         self._own_audit: AuditLog | None = None
         self._king_lock = trio.Lock()
         self._registry_lock = trio.Lock()
+        self._load_failures_logged: set[str] = set()  # a broken install is logged once per part, not per request
         self.remote: RemoteAgents | None = None
         self.metrics = NodeMetrics(data_dir / "agents" / "series.json" if data_dir is not None else None)
         self.offers = OfferBook()
@@ -249,6 +251,14 @@ class AgentsService:
             t.add(name, fn)
         return t
 
+    def _load_failed(self, what: str, exc: ImportError) -> AgentError:
+        """A generic error for the caller (a gateway client or a peer may be behind it: an ImportError names this
+        node's installed paths); why goes to the node's log, once per part."""
+        if what not in self._load_failures_logged:
+            self._load_failures_logged.add(what)
+            log.warning("%s could not be imported: %s", what, exc)
+        return AgentError(f"{what} could not be loaded on this node (the node's log says why)")
+
     async def _registry(self, node: Node) -> Registry:
         """The node's one MCP registry (the MCP service's), with the agent tools added; when MCP is off on this
         node, a registry of the same kind kept by the agents (audited to ``<data dir>/agents/audit.jsonl``)."""
@@ -259,8 +269,8 @@ class AgentsService:
         if self.registry is None:
             try:
                 await import_in_thread(REGISTRY_MODULES)
-            except ImportError as exc:  # a broken install: the caller (this node's) gets why, the node goes on
-                raise AgentError(f"the agents' tools could not be loaded on this node: {exc}") from exc
+            except ImportError as exc:  # a broken install: the log gets why, the node goes on
+                raise self._load_failed("the agents' tools", exc) from exc
             from node.agents.toolbridge import register_agent_tools
             from node.mcp.plugin_service import running_service
 
@@ -303,11 +313,15 @@ class AgentsService:
                 from node.agents.router import Router, load_seeds, shipped_seed_vectors
                 from node.agents.toolbridge import RegistryTools
                 from node.rag.embed import MODEL_ID, Embedder
-            except ImportError as exc:  # a broken install: the caller gets why, the node goes on
-                raise AgentError(f"the agents' router could not be loaded on this node: {exc}") from exc
+            except ImportError as exc:  # a broken install: the log gets why, the node goes on
+                raise self._load_failed("the agents' router", exc) from exc
             from node.rag.plugin import load_rag_service
 
-            rag = await load_rag_service(self._node)
+            try:  # only to borrow its embedder (one copy of the model in the daemon)
+                rag = await load_rag_service(self._node)
+            except RagError as exc:  # a broken knowledge base: the agents route with their own copy of the model
+                log.warning("agents: the knowledge base could not be loaded, the router uses its own model: %s", exc)
+                rag = None
             embedder = rag.embedder if rag is not None else None
             if embedder is None:
                 embedder = Embedder()

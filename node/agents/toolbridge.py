@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from node.agents.errors import AgentError, ToolDenied, ToolUnavailable
 from node.agents.tools import KNOWN_TOOLS, Tools
-from node.mcp.errors import NotAllowed, ToolError, UnknownTool
+from node.mcp.errors import AuditUnavailable, NotAllowed, ToolError, ToolRateLimited, UnknownTool
 from node.mcp.registry import Caller, PreAudit, Registry, Tool
 
 AGENTS_TRANSPORT = "agents"
@@ -93,6 +93,8 @@ class RegistryTools:
             raise ToolDenied(str(exc)) from None
         except UnknownTool:
             raise ToolUnavailable(f"{tool} is not available on this node") from None
+        except (AuditUnavailable, ToolRateLimited) as exc:  # the registry's own words (no path, no module): shown
+            raise ToolUnavailable(str(exc)) from None
         except ToolError as exc:
             raise AgentError(str(exc)) from None
         return out.structured[_VALUE]

@@ -78,7 +78,7 @@ async def running_service(node: Node) -> McpService | None:
         with trio.move_on_after(LOAD_WAIT_S):
             await found.ready.wait()
         if found.load_error is not None:
-            raise McpLoadFailed(f"the MCP tool layer could not be loaded on this node: {found.load_error}")
+            raise McpLoadFailed("the MCP tool layer could not be loaded on this node (the node's log says why)")
         return found.service
     if found is None:
         return None

@@ -11,6 +11,7 @@ again: a late caller gets "not running", never a store reopened that nobody clos
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
@@ -27,10 +28,9 @@ if TYPE_CHECKING:
 
 SERVICE_NAME = "rag"
 MODULE = "node.rag.service"  # numpy, hnswlib, the store: what the first use loads
+LOAD_FAILED = "the knowledge base could not be loaded on this node (the node's log says why)"
 
-
-def _load_failed(exc: ImportError) -> RagError:
-    return RagError(f"the knowledge base could not be loaded on this node: {exc}")
+log = logging.getLogger("village.rag")
 
 
 class RagNodeService:
@@ -45,6 +45,15 @@ class RagNodeService:
         self._node: Node | None = None  # set when run() starts: the service is built only for a running node
         self._stopped = False  # set when run() ends: never built nor handed out again
         self._import_lock = trio.Lock()
+        self._load_failure_logged = False
+
+    def _load_failed(self, exc: ImportError) -> RagError:
+        """A generic error for the caller (it may be a gateway client or a peer's agent request: an ImportError names
+        this node's installed paths); why goes to the node's log, once."""
+        if not self._load_failure_logged:
+            self._load_failure_logged = True
+            log.warning("rag: the knowledge base's modules could not be imported: %s", exc)
+        return RagError(LOAD_FAILED)
 
     @property
     def rag(self) -> RagService | None:
@@ -56,8 +65,8 @@ class RagNodeService:
         if self._rag is None and self._node is not None:
             try:
                 from node.rag.service import RagService  # numpy, hnswlib: here, on first use
-            except ImportError as exc:  # a broken install: the caller (and the log) get why, the node goes on
-                raise _load_failed(exc) from exc
+            except ImportError as exc:  # a broken install: the log gets why, the node goes on
+                raise self._load_failed(exc) from exc
             node = self._node
             self._rag = RagService(
                 self.settings,
@@ -77,8 +86,8 @@ class RagNodeService:
                 if sys.modules.get(MODULE) is None:
                     try:
                         await trio.to_thread.run_sync(importlib.import_module, MODULE)
-                    except ImportError as exc:  # a broken install: the caller (and the log) get why
-                        raise _load_failed(exc) from exc
+                    except ImportError as exc:  # a broken install: the log gets why
+                        raise self._load_failed(exc) from exc
         return self.rag
 
     @property

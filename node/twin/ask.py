@@ -23,12 +23,13 @@ The twin learns from an ask only when it arrived on the control socket (the user
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from node.agents.errors import AgentError, ToolDenied
+from node.agents.errors import AgentError, ToolDenied, ToolUnavailable
 from node.agents.roles import parse_delivery, policy_check
 from node.errors import NodeError
 from node.mcp.registry import ALL_SCOPES, Caller
@@ -37,6 +38,8 @@ from node.twin.personal_context import expand_query, personalize
 
 if TYPE_CHECKING:
     from node.node import Node
+
+log = logging.getLogger("village.twin")
 
 MAX_ASK_CHARS = 4000
 PERSONAL_SCOPE = "twin:personal"  # the owner's: personal context applied to (and reported in) an ask
@@ -107,10 +110,18 @@ class RemoteTools:
         # gateway key's audit (PostgreSQL), and does not run if that row cannot be written.
         safe = {**args, "shared_only": True} if tool == "rag.query" and not private else dict(args)
         who = f"{agent}@{self.caller.client_id}"
-        if self.caller.pre_audit is not None:
-            result = await self.inner.call_as(who, allowed, tool, safe, pre_audit=self.caller.pre_audit)
-        else:
-            result = await self.inner.call_as(who, allowed, tool, safe)
+        try:
+            if self.caller.pre_audit is not None:
+                result = await self.inner.call_as(who, allowed, tool, safe, pre_audit=self.caller.pre_audit)
+            else:
+                result = await self.inner.call_as(who, allowed, tool, safe)
+        except (ToolDenied, ToolUnavailable):
+            raise
+        except AgentError as exc:
+            # The tool's own error may name this node's paths or installed modules: the client gets a generic text,
+            # the owner's log says why.
+            log.warning("%s: %s failed: %s", who, tool, exc)
+            raise AgentError(f"{tool} failed on this node") from None
         if tool == "rag.documents" and not private and isinstance(result, list):
             return [d for d in result if isinstance(d, Mapping) and d.get("shared")]
         return result

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from anchor.services_settings import ServicesError
 from tools import services as services_module
 from tools.services import Services, _redis_pongs
 
@@ -135,3 +136,55 @@ def test_status_calls_a_redis_up_only_when_it_answers_ping(
     (tmp_path / "settings.json").write_text(json.dumps({"redis": entry}))
     svc = Services(tmp_path)
     assert svc.status()["redis"] is up
+
+
+def test_up_refuses_to_start_a_second_redis_beside_one_that_never_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`up` facing a Redis whose process runs and whose port accepts but which never answers PING (still loading a
+    large append-only file, hung, a password that no longer matches) waits for it, then fails naming the process and
+    the port: it never starts a second server on the same data dir (two writers of one append-only file, and `down`
+    would stop only the new one). Starting one is refused too while the pid file's process runs."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = int(listener.getsockname()[1])
+    probes = threading.Event()
+
+    def loading() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    conn.recv(4096)
+                    conn.sendall(b"+OK\r\n-LOADING Redis is loading the dataset in memory\r\n")
+                    probes.set()
+                except OSError:
+                    pass
+
+    threading.Thread(target=loading, daemon=True).start()
+    try:
+        (tmp_path / "redis").mkdir()
+        (tmp_path / "redis" / "redis.pid").write_text(f"{os.getpid()}\n")  # a live process: this test's
+        entry = {"host": "127.0.0.1", "port": port, "password": "pw", "unix_socket": ""}
+        (tmp_path / "settings.json").write_text(json.dumps({"redis": entry}))
+        monkeypatch.setattr(services_module, "START_TIMEOUT_S", 0.5)
+        started: list[object] = []
+        svc = Services(tmp_path)
+        monkeypatch.setattr(svc, "_prepare_dir", lambda: None)
+
+        def start(prev: dict[str, object]) -> dict[str, object]:
+            started.append(prev)
+            return prev
+
+        monkeypatch.setattr(svc, "_start_redis", start)
+        with pytest.raises(ServicesError, match=rf"process {os.getpid()} runs and port {port}"):
+            svc.up(("redis",))
+        assert probes.is_set() and started == []
+        assert svc.status()["redis"] is False  # `status` does not wait, nor fail
+        with pytest.raises(ServicesError, match=f"process {os.getpid()}"):
+            svc._start_redis_like("redis-server", tmp_path / "redis", port, "pw", [], "Redis")
+        assert (tmp_path / "redis" / "redis.pid").exists()
+    finally:
+        listener.close()
