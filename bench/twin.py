@@ -469,9 +469,9 @@ def main(argv: list[str] | None = None) -> int:
         f"order {prior.order}, vocab {prior.v}; tokens: {tokenize('Hello, you... OK?')} + </s>"
     )
     t_start = time.perf_counter()
-    if args.neural_lr:
+    if args.neural_lr is not None:
         _NEURAL_LR.append(args.neural_lr)
-    if args.bias_lr:
+    if args.bias_lr is not None:
         _BIAS_LR.append(args.bias_lr)
     nn_data = args.neural.read_bytes() if args.neural else _packaged_neural()
     configs = [

@@ -261,6 +261,15 @@ def _can_isolate() -> bool:
     return _is_root() and shutil.which("unshare") is not None and shutil.which("ip") is not None
 
 
+def _is_our_server(pid: int, root: Path) -> bool:
+    """Whether ``pid`` is the Redis-protocol server started on ``root`` (its command line names ``root``'s
+    redis.conf): a pid file left by a crash or a reboot may name a process that reused the number."""
+    try:
+        return str(root / "redis.conf").encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def _is_forwarder(pid: int) -> bool:
     try:
         return b"anchor.netns_forward" in Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -582,10 +591,12 @@ class Services:
         root.mkdir(mode=0o700, exist_ok=True)
         pidfile = root / "redis.pid"
         running = _read_pid(pidfile)
-        if _pid_alive(running):  # two servers on one dir would append to one file; `down` would stop only one
+        # Two servers on one dir would append to one file, and `down` would stop only one; a stale pid file (a crash,
+        # a reboot: the number reused by another process) is not a server of ours and is replaced.
+        if _pid_alive(running) and _is_our_server(running, root):
             raise ServicesError(
                 f"{what}: process {running} ({pidfile}) still runs on {root}; not starting a second one there: stop "
-                f"it (or, if that process is not a {what}, remove {pidfile})"
+                "it first"
             )
         with contextlib.suppress(FileNotFoundError):
             pidfile.unlink()
@@ -710,7 +721,7 @@ class Services:
             return
         root = self.base / ("redis" if name == "redis" else "graph")
         pid = _read_pid(root / "redis.pid")
-        if _pid_alive(pid):
+        if _pid_alive(pid) and _is_our_server(pid, root):  # never signal a process that merely reused the number
             _log(f"stopping {name} (pid {pid})")
             os.kill(pid, signal.SIGTERM)
             _wait(lambda: not _pid_alive(pid), STOP_TIMEOUT_S, f"{name} (pid {pid}) to exit")

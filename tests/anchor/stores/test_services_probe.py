@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -183,8 +185,41 @@ def test_up_refuses_to_start_a_second_redis_beside_one_that_never_answers(
             svc.up(("redis",))
         assert probes.is_set() and started == []
         assert svc.status()["redis"] is False  # `status` does not wait, nor fail
-        with pytest.raises(ServicesError, match=f"process {os.getpid()}"):
-            svc._start_redis_like("redis-server", tmp_path / "redis", port, "pw", [], "Redis")
-        assert (tmp_path / "redis" / "redis.pid").exists()
+        # A process of ours (its command line names this dir's redis.conf) keeps its pid file: no second server.
+        conf = tmp_path / "redis" / "redis.conf"
+        holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(conf)])
+        try:
+            (tmp_path / "redis" / "redis.pid").write_text(f"{holder.pid}\n")
+            with pytest.raises(ServicesError, match=f"process {holder.pid}"):
+                svc._start_redis_like("redis-server", tmp_path / "redis", port, "pw", [], "Redis")
+            assert (tmp_path / "redis" / "redis.pid").exists()
+        finally:
+            holder.kill()
+            holder.wait()
     finally:
         listener.close()
+
+
+def test_a_stale_pid_file_neither_blocks_up_nor_gets_another_process_signalled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of fixfix: after a crash or a reboot the pid file may name a process that reused the number. `up`
+    starts the server anyway (the file is stale) and `down` never signals that process."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        root = tmp_path / "redis"
+        root.mkdir()
+        (root / "redis.pid").write_text(f"{other.pid}\n")
+        ran: list[list[str]] = []
+        monkeypatch.setattr(services_module, "_run", lambda cmd, **kw: ran.append(list(cmd)))
+        monkeypatch.setattr(services_module, "_wait", lambda *a, **kw: None)
+        svc = Services(tmp_path)
+        svc._start_redis_like("redis-server", root, 6390, "pw", [], "Redis")
+        assert ran and ran[0][0] == "redis-server"  # started: the stale file did not block it
+        (root / "redis.pid").write_text(f"{other.pid}\n")
+        (tmp_path / "settings.json").write_text(json.dumps({"redis": {"host": "127.0.0.1", "port": 6390}}))
+        svc._stop("redis")
+        assert other.poll() is None  # the unrelated process was not signalled
+    finally:
+        other.kill()
+        other.wait()
