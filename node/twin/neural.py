@@ -105,6 +105,26 @@ def bias_gradient(
     return g
 
 
+def candidate_probs(
+    p: np.ndarray[Any, Any], cand: np.ndarray[Any, Any], vn: int, unk: int, rare_share: np.ndarray[Any, Any]
+) -> np.ndarray[Any, Any]:
+    """A tier's distribution ``p`` over its ``vn`` words read at prior ids ``cand``: ids past its vocabulary share
+    the ``<unk>`` class's mass by their prior share (both tiers, feed-forward and recurrent)."""
+    inside = cand < vn
+    pc = p[np.where(inside, cand, unk)].astype(np.float64)
+    share = rare_share[np.minimum(cand, len(rare_share) - 1)]
+    out: np.ndarray[Any, Any] = np.where(inside, pc, pc * share)
+    return out
+
+
+def likeliest_ids(p: np.ndarray[Any, Any], k: int, vn: int, unk: int, bos: int) -> np.ndarray[Any, Any]:
+    """The ``k`` likeliest ids of ``p`` (unordered), ``<unk>`` and BOS left out."""
+    k = max(1, min(k, vn - 1))
+    idx = np.argpartition(-p, k)[:k].astype(np.int64)
+    out: np.ndarray[Any, Any] = idx[(idx != unk) & (idx != bos)]
+    return out
+
+
 class NeuralLM:
     adapt_lr = 0.02  # the on-device SGD step (W/b and the output bias) tuned for this tier
     bias_lr = 0.02  # the always-on step on the output bias alone (TwinLM.bias_lr): this tier's one step
@@ -179,18 +199,12 @@ class NeuralLM:
     def probs(self, history: Sequence[int], cand: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """p(w | history) for prior ids ``cand`` (ids >= the prior's V are the caller's business)."""
         _, _, p = self._forward(history)
-        inside = cand < self.vn
-        pc = p[np.where(inside, cand, self.unk)].astype(np.float64)
-        share = self.rare_share[np.minimum(cand, len(self.rare_share) - 1)]
-        return np.where(inside, pc, pc * share)
+        return candidate_probs(p, cand, self.vn, self.unk, self.rare_share)
 
     def top_ids(self, history: Sequence[int], k: int) -> np.ndarray[Any, Any]:
         """The ``k`` likeliest next ids (one forward pass; ``<unk>`` and BOS left out, unordered)."""
         _, _, p = self._forward(history)
-        k = max(1, min(k, self.vn - 1))
-        idx = np.argpartition(-p, k)[:k].astype(np.int64)
-        out: np.ndarray[Any, Any] = idx[(idx != self.unk) & (idx != self.bos)]
-        return out
+        return likeliest_ids(p, k, self.vn, self.unk, self.bos)
 
     def adapt_bias(self, seen: Sequence[tuple[F32, int]], lr: float) -> None:
         """The cheap update: one SGD step on the output bias ``c`` alone per (distribution, target) pair, from

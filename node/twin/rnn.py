@@ -32,6 +32,7 @@ import numpy as np
 
 from node.twin import blob, neural
 from node.twin.errors import PriorMissing, TwinStoreError
+from node.twin.neural import candidate_probs, likeliest_ids
 from node.twin.tokens import MAX_MESSAGE_TOKENS
 
 MAGIC = b"AVTR"
@@ -194,17 +195,11 @@ class RecurrentLM:
     def probs(self, history: Sequence[int], cand: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """p(w | the user's previous messages, this message's ``history``) for prior ids ``cand``."""
         _, _, p = self._forward(history)
-        inside = cand < self.vn
-        pc = p[np.where(inside, cand, self.unk)].astype(np.float64)
-        share = self.rare_share[np.minimum(cand, len(self.rare_share) - 1)]
-        return np.where(inside, pc, pc * share)
+        return candidate_probs(p, cand, self.vn, self.unk, self.rare_share)
 
     def top_ids(self, history: Sequence[int], k: int) -> np.ndarray[Any, Any]:
         _, _, p = self._forward(history)
-        k = max(1, min(k, self.vn - 1))
-        idx = np.argpartition(-p, k)[:k].astype(np.int64)
-        out: np.ndarray[Any, Any] = idx[(idx != self.unk) & (idx != self.bos)]
-        return out
+        return likeliest_ids(p, k, self.vn, self.unk, self.bos)
 
     # ------------------------------------------------------------ learning
     def adapt_bias(self, seen: Sequence[tuple[F32, int]], lr: float) -> None:
