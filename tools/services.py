@@ -60,6 +60,8 @@ from anchor.services_settings import (
     known_fields,
     load_settings,
 )
+from tools.redis_probe import is_our_server as _is_our_server
+from tools.redis_probe import redis_pongs as _redis_pongs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = REPO_ROOT / ".services"
@@ -101,42 +103,6 @@ def _port_answers(port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-PROBE_DEADLINE_S = 2.0  # the most one PING probe may take, however slowly the server answers
-PROBE_MAX_BYTES = 4096  # the most of a server's reply a probe reads (AUTH's +OK and PING's +PONG are 10 bytes)
-
-
-def _redis_pongs(port: int, password: str) -> bool:
-    """True when the Redis-protocol server on ``port`` answers PING (after AUTH) with PONG, not LOADING. One
-    deadline for the whole probe and a cap on the bytes read: a local process that trickles bytes, or sends
-    endlessly, costs at most PROBE_DEADLINE_S and PROBE_MAX_BYTES."""
-
-    def bulk(*parts: str) -> bytes:
-        out = [f"*{len(parts)}\r\n".encode()]
-        for part in parts:
-            raw = part.encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
-        return b"".join(out)
-
-    deadline = time.monotonic() + PROBE_DEADLINE_S
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=PROBE_DEADLINE_S) as conn:
-            conn.settimeout(max(0.001, deadline - time.monotonic()))
-            conn.sendall(bulk("AUTH", password) + bulk("PING"))
-            got = b""
-            while got.count(b"\r\n") < 2:
-                left = deadline - time.monotonic()
-                if left <= 0 or len(got) >= PROBE_MAX_BYTES:
-                    return False
-                conn.settimeout(left)
-                chunk = conn.recv(PROBE_MAX_BYTES - len(got))
-                if not chunk:
-                    return False
-                got += chunk
-    except OSError:  # refused, reset, or the deadline passed in connect, send or recv (socket.timeout)
-        return False
-    return got.split(b"\r\n")[1] == b"+PONG"
 
 
 def free_port(avoid: set[int] | None = None) -> int:
@@ -259,15 +225,6 @@ def _apt_install(package: str) -> None:
 def _can_isolate() -> bool:
     """Root with unshare and ip: FalkorDB can run in a private network namespace."""
     return _is_root() and shutil.which("unshare") is not None and shutil.which("ip") is not None
-
-
-def _is_our_server(pid: int, root: Path) -> bool:
-    """Whether ``pid`` is the Redis-protocol server started on ``root`` (its command line names ``root``'s
-    redis.conf): a pid file left by a crash or a reboot may name a process that reused the number."""
-    try:
-        return str(root / "redis.conf").encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
 
 
 def _is_forwarder(pid: int) -> bool:

@@ -28,6 +28,14 @@ def _script(base: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _running(pid: int) -> bool:
+    """The process exists and has not exited (a zombie waiting for init to reap it counts as exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_up_is_idempotent_status_and_down(private_services: Start) -> None:
     svc = private_services("redis")
     base = svc.base
@@ -47,6 +55,7 @@ def test_up_is_idempotent_status_and_down(private_services: Start) -> None:
     r = _script(base, "down", "redis")
     assert r.returncode == 0, r.stderr
     assert svc.pid_of("redis") == 0
+    assert not _running(pid), "down left the server running"  # (Redis rewrites its command line: see redis_probe)
     r = _script(base, "status")
     assert r.returncode == 3 and "redis     down" in r.stdout
 

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from anchor.services_settings import ServicesError
+from tools import redis_probe
 from tools import services as services_module
-from tools.services import Services, _redis_pongs
+from tools.redis_probe import redis_pongs as _redis_pongs
+from tools.services import Services
 
 Serve = Callable[[socket.socket], None]
 
@@ -74,7 +76,7 @@ def test_a_trickling_server_costs_the_probe_its_deadline_only(
 ) -> None:
     """A process that sends one byte every 50 ms and never a line end: the probe gives up at its overall deadline
     (each byte used to restart a 1 s timeout, so it read for as long as the process kept trickling)."""
-    monkeypatch.setattr(services_module, "PROBE_DEADLINE_S", 0.3)
+    monkeypatch.setattr(redis_probe, "PROBE_DEADLINE_S", 0.3)
     sent = [0]
     hung_up = threading.Event()
 
