@@ -180,6 +180,11 @@ class TwinService:
             data = store.read_state(self.path, self.settings.max_disk_bytes)
             if data is not None:
                 engine.decode(data, self.settings.max_disk_bytes)
+                # A part reset on load (the rest kept): said in the log too, not only by `village twin status`.
+                resets = (("neural tier", engine.neural_reset_reason), ("message gate", engine.gate_reset_reason))
+                for part, why in resets:
+                    if why:
+                        log.warning("twin: %s: %s: %s", self.path, part, why)
         except (OSError, MemoryError) as exc:
             # The machine, not the file: EMFILE, EIO, a full memory. The file may be good: leave it in place, load
             # nothing (so nothing is saved over it) and try again at the next event.
