@@ -94,29 +94,42 @@ def stop_service(runsv: subprocess.Popen[bytes], service: Path, *, term_timeout_
     service; what is still running after ``term_timeout_s`` is killed (SIGKILL) and waited for. Raises
     AssertionError naming a process that outlived even that."""
     alive = runsv.poll() is None
-    pids = service_processes(runsv.pid if alive else None, service)
-    pidfds: dict[int, int] = {}
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):  # gone already
-            pidfds[pid] = os.pidfd_open(pid)  # from here on, the pid cannot name another process
+    pidfds = _pidfds(service_processes(runsv.pid if alive else None, service))
     try:
         if alive:
             _control(service, b"dx")
             _control(service / "log", b"dx")
-        left = _wait_gone(pidfds, term_timeout_s)
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(pidfds[pid], signal.SIGKILL)
-        left = _wait_gone({pid: pidfds[pid] for pid in left}, STOP_TIMEOUT_S)
+        left = _kill_left(pidfds, _wait_gone(pidfds, term_timeout_s))
         try:
             runsv.wait(timeout=term_timeout_s)  # it exits once its services are down (and reaps them)
         except subprocess.TimeoutExpired:
             runsv.kill()
             runsv.wait(timeout=STOP_TIMEOUT_S)
+        # A child runsv started after the first look (the test failed before its service was up) is an orphan now:
+        # it still runs in the service's directory.
+        late = _pidfds(service_processes(None, service) - set(pidfds))
+        pidfds.update(late)
+        left |= _kill_left(late, set(late))
         assert not left, f"processes of {service} still running after SIGKILL: {sorted(left)}"
     finally:
         for fd in pidfds.values():
             os.close(fd)
+
+
+def _pidfds(pids: set[int]) -> dict[int, int]:
+    out = {}
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):  # gone already
+            out[pid] = os.pidfd_open(pid)  # from here on, the pid cannot name another process
+    return out
+
+
+def _kill_left(pidfds: dict[int, int], left: set[int]) -> set[int]:
+    """SIGKILL the processes ``left`` (by pidfd) and wait for them; the pids that still run."""
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfds[pid], signal.SIGKILL)
+    return _wait_gone({pid: pidfds[pid] for pid in left}, STOP_TIMEOUT_S)
 
 
 @contextlib.contextmanager
