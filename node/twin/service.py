@@ -384,11 +384,13 @@ class TwinService:
                     self.save_error,
                 )
             return False
-        if self.save_failures:
+        recovered = self.save_failures > 0
+        if recovered:
             log.info("twin: saved %s again after %d failed saves", self.path, self.save_failures)
-            self._rearm_saver()  # the backoff is over: the next periodic save is one interval away, not an hour
         self.save_error = None
         self.save_failures = 0
+        if recovered:  # the backoff is over: the next periodic save is one interval away, not up to an hour
+            self._rearm_saver()
         return True
 
     # ------------------------------------------------------------ queries (control methods)
