@@ -3,6 +3,7 @@ checked by `systemd-analyze verify`, and the systemd watchdog fed through a fake
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -17,6 +18,7 @@ import pytest
 
 from node.settings import load_config
 from node.systemd import watchdog_interval_s
+from tests.runit import service_processes, supervised
 from tests.test_cli import LOOPBACK_CONFIG, VILLAGE, village
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,8 +69,8 @@ def test_termux_service_runs_under_runit(short_tmp: Path) -> None:
         "NOTIFY_SOCKET": str(short_tmp / "notify.sock"),
     }
     env.pop("VILLAGE_DATA_DIR", None)
-    runsv = subprocess.Popen(["runsv", str(service)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    # supervised(): however this ends, the node and svlogd are stopped and waited for (CI once found a node left)
+    with contextlib.closing(notify), supervised(service, env) as runsv:
         assert notify.recv(64) == b"READY=1"
         status = village("status", "--json", env={"VILLAGE_DATA_DIR": str(data)})
         assert status.returncode == 0 and '"peer_id"' in status.stdout, status.stderr
@@ -80,16 +82,55 @@ def test_termux_service_runs_under_runit(short_tmp: Path) -> None:
         assert sv.returncode == 0 and sv.stdout.startswith("ok: down:"), sv.stdout + sv.stderr
         assert subprocess.run(["sv", "exit", str(service)], capture_output=True).returncode == 0
         assert runsv.wait(timeout=WAIT_S) == 0
-    finally:
-        if runsv.poll() is None:
-            runsv.kill()
-        notify.close()
     assert not unused.exists()
     log_dir = prefix / "var" / "log" / "sv" / "aivillage"
     assert stat.S_IMODE(log_dir.stat().st_mode) == 0o700  # log/run's umask 077: the log is this user's only
     log = (log_dir / "current").read_text()
     assert "node ready" in log and "node stopped cleanly" in log, log
     assert wakelock.read_text() == "lock\nunlock\n"  # ./finish released the wake lock
+
+
+CHILD = """import os, socket, sys, threading
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(f"{sys.argv[1]} {os.getpid()}".encode(), os.environ["NOTIFY_SOCKET"])
+threading.Event().wait()
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(shutil.which("runsv") is None, reason="runit is not installed (apt-get install runit)")
+def test_a_runit_test_failing_midway_leaves_no_process_behind(short_tmp: Path) -> None:
+    """The teardown of the runit test (tests/runit.py): a test that fails while runsv runs its service and log
+    service still stops both and waits for them by pid; one that ignores SIGTERM is killed."""
+    service = short_tmp / "sv" / "t"
+    (service / "log").mkdir(parents=True)
+    child = short_tmp / "child.py"
+    child.write_text(CHILD)
+    for run, setup in ((service / "run", "trap '' TERM\n"), (service / "log" / "run", "")):  # run ignores TERM
+        run.write_text(f"#!/bin/sh\n{setup}exec {sys.executable} {child} {run.parent.name}\n")
+        run.chmod(0o755)
+    env = {**os.environ, "NOTIFY_SOCKET": str(short_tmp / "notify.sock")}
+    pids: dict[str, int] = {}
+    notify = notify_socket(short_tmp / "notify.sock")
+    with (
+        contextlib.closing(notify),
+        pytest.raises(RuntimeError, match="midway"),
+        supervised(service, env, term_timeout_s=2.0),
+    ):
+        for _ in range(2):
+            name, pid = notify.recv(64).decode().split()
+            pids[name] = int(pid)
+        assert all(_running(pid) for pid in pids.values())
+        raise RuntimeError("the test fails midway")
+    assert sorted(pids) == ["log", "t"]
+    assert not [pid for pid in pids.values() if _running(pid)]
+    assert not service_processes(None, service)
 
 
 def test_termux_battery_config_is_valid() -> None:

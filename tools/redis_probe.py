@@ -1,5 +1,6 @@
 """A Redis-protocol server is ready when it answers PING after AUTH (a Redis still loading its append-only file
-accepts connections but refuses every command with LOADING): the probe ``scripts/services`` waits on."""
+accepts connections but refuses every command with LOADING): the probe ``scripts/services`` waits on. And which
+process a pid file names is a server of ours: :func:`pid_alive`, :func:`is_our_server`, :func:`our_server_runs`."""
 
 from __future__ import annotations
 
@@ -44,10 +45,34 @@ def redis_pongs(port: int, password: str) -> bool:
     return got.split(b"\r\n")[1] == b"+PONG"
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process this user may signal. EPERM (another user's process: a pid file's number
+    reused after a crash or a reboot) is not alive for us: every server here runs as this user, or as root's
+    postgres user when we are root, whom root may signal. A zombie (our own exited child) is not alive either."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+def our_server_runs(pid: int, root: Path) -> bool:
+    """A pid file's process is running and is the server of ``root`` (:func:`is_our_server`): what status, up, down and
+    pid_of go by, never the number alone."""
+    return pid_alive(pid) and is_our_server(pid, root)
+
+
 def is_our_server(pid: int, root: Path) -> bool:
-    """Whether ``pid`` is the Redis-protocol server started on ``root``: it runs in ``root`` (its ``dir``; Redis
-    rewrites its command line, so that cannot say) or its command line names ``root``'s redis.conf. A pid file left
-    by a crash or a reboot may name a process that reused the number."""
+    """Whether ``pid`` is the server started on ``root``: it runs in ``root`` (a Redis's ``dir``, PostgreSQL's data
+    directory; Redis rewrites its command line, so that cannot say) or its command line names ``root``'s redis.conf.
+    A pid file left by a crash or a reboot may name a process that reused the number (another user's process: its
+    cwd cannot even be read)."""
     try:
         if Path(os.readlink(f"/proc/{pid}/cwd")) == root.resolve():
             return True

@@ -60,7 +60,8 @@ from anchor.services_settings import (
     known_fields,
     load_settings,
 )
-from tools.redis_probe import is_our_server as _is_our_server
+from tools.redis_probe import our_server_runs as _ours
+from tools.redis_probe import pid_alive as _pid_alive
 from tools.redis_probe import redis_pongs as _redis_pongs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -114,23 +115,6 @@ def free_port(avoid: set[int] | None = None) -> int:
         if port not in avoid and _port_free(port):
             return port
     raise ServicesError(f"no free port found in {PORT_LOW}..{PORT_HIGH}")
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (our own exited child) is not alive.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"
 
 
 def _read_pid(path: Path) -> int:
@@ -392,20 +376,21 @@ class Services:
         if not entry:
             return False
         if name == "postgres":
-            pid = _read_pid(self._pg_root() / "data" / "postmaster.pid")
-            return _pid_alive(pid) and _port_answers(int(entry["port"]))
+            data = self._pg_root() / "data"
+            return _ours(_read_pid(data / "postmaster.pid"), data) and _port_answers(int(entry["port"]))
+        root = self.base / ("redis" if name == "redis" else "graph")
+        pid = _read_pid(root / "redis.pid")
         if name == "redis":
-            pid = _read_pid(self.base / "redis" / "redis.pid")
             port, password = int(entry["port"]), str(entry.get("password", ""))
         else:
-            pid = _read_pid(self.base / "graph" / "redis.pid")
             # Its Redis port, not the Bolt one: FalkorDB's Bolt loses the next connection after each close, so a
             # probe there would cost a real client a connection attempt. The relay dies with the server.
             port, password = int(entry["redis_port"]), str(entry.get("redis_password", ""))
-            if entry.get("isolated") and not _pid_alive(_read_pid(self.base / "graph" / "forward.pid")):
+            relay = _read_pid(root / "forward.pid")
+            if entry.get("isolated") and not (_pid_alive(relay) and _is_forwarder(relay)):
                 return False
         deadline = time.monotonic() + wait_s
-        while _pid_alive(pid):
+        while _ours(pid, root):
             if _redis_pongs(port, password):
                 return True
             if not _port_answers(port):
@@ -550,7 +535,7 @@ class Services:
         running = _read_pid(pidfile)
         # Two servers on one dir would append to one file, and `down` would stop only one; a stale pid file (a crash,
         # a reboot: the number reused by another process) is not a server of ours and is replaced.
-        if _pid_alive(running) and _is_our_server(running, root):
+        if _ours(running, root):
             raise ServicesError(
                 f"{what}: process {running} ({pidfile}) still runs on {root}; not starting a second one there: stop "
                 "it first"
@@ -576,11 +561,11 @@ class Services:
         _log(f"starting {what} on 127.0.0.1:{port}")
         _run([*prefix, server, str(conf), *extra])
         if prefix:  # in its own network namespace: its port is not reachable from here
-            _wait(lambda: _pid_alive(_read_pid(pidfile)), START_TIMEOUT_S, what)
+            _wait(lambda: _ours(_read_pid(pidfile), root), START_TIMEOUT_S, what)
         else:
             # Ready means it answers PING: while it loads its append-only file it accepts connections but
             # refuses every command with LOADING, and a caller right after `up` would fail.
-            _wait(lambda: _pid_alive(_read_pid(pidfile)) and _redis_pongs(port, password), START_TIMEOUT_S, what)
+            _wait(lambda: _ours(_read_pid(pidfile), root) and _redis_pongs(port, password), START_TIMEOUT_S, what)
 
     def _start_redis(self, prev: dict[str, Any]) -> dict[str, Any]:
         server = _redis_server()
@@ -650,7 +635,8 @@ class Services:
             _run_ok = subprocess.run(cmd, stdout=log, stderr=log, env=env, check=False, timeout=START_TIMEOUT_S)
         if _run_ok.returncode != 0:
             raise ServicesError(f"the Bolt relay did not start; see {root / 'forward.log'}")
-        _wait(lambda: _pid_alive(_read_pid(pidfile)), START_TIMEOUT_S, "the Bolt relay (see forward.log)")
+        # (its command line says it: a zombie's is empty, and a number reused by another process is not it)
+        _wait(lambda: _is_forwarder(_read_pid(pidfile)), START_TIMEOUT_S, "the Bolt relay (see forward.log)")
 
     # down
     def down(self, names: tuple[str, ...] = SERVICES) -> None:
@@ -664,7 +650,7 @@ class Services:
         if name == "postgres":
             data = self._pg_root() / "data"
             pid = _read_pid(data / "postmaster.pid")
-            if _pid_alive(pid):
+            if _ours(pid, data):  # (a stale file's number, reused by another process, is not ours to stop)
                 _log("stopping PostgreSQL")
                 res = subprocess.run(
                     self._as_pg_owner([str(_pg_bindir() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
@@ -678,7 +664,7 @@ class Services:
             return
         root = self.base / ("redis" if name == "redis" else "graph")
         pid = _read_pid(root / "redis.pid")
-        if _pid_alive(pid) and _is_our_server(pid, root):  # never signal a process that merely reused the number
+        if _ours(pid, root):  # never signal a process that merely reused the number
             _log(f"stopping {name} (pid {pid})")
             os.kill(pid, signal.SIGTERM)
             _wait(lambda: not _pid_alive(pid), STOP_TIMEOUT_S, f"{name} (pid {pid}) to exit")
@@ -730,11 +716,9 @@ class Services:
 
     def pid_of(self, name: str) -> int:
         """The server's pid (0 when not running); tests stop a server by it."""
-        if name == "postgres":
-            pid = _read_pid(self._pg_root() / "data" / "postmaster.pid")
-        else:
-            pid = _read_pid(self.base / ("redis" if name == "redis" else "graph") / "redis.pid")
-        return pid if _pid_alive(pid) else 0
+        root = self._pg_root() / "data" if name == "postgres" else self.base / ("redis" if name == "redis" else "graph")
+        pid = _read_pid(root / ("postmaster.pid" if name == "postgres" else "redis.pid"))
+        return pid if _ours(pid, root) else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -88,15 +88,16 @@ def unpack_untrusted(
         header = json.loads(data[_HEADER.size : _HEADER.size + header_len])
         index = header["arrays"]
         meta = header["meta"]
-        decomp = lzma.LZMADecompressor(memlimit=MAX_DECODER_MEMORY_BYTES)
-        raw = decomp.decompress(data[_HEADER.size + header_len :], max_length=max_bytes + 1)
-    except (ValueError, KeyError, TypeError, RecursionError, lzma.LZMAError) as exc:  # RecursionError: deep nesting
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: deep nesting
         raise TwinStoreError(f"corrupt file: {type(exc).__name__}: {str(exc)[:200]}") from exc
-    if len(raw) > max_bytes:
-        raise TwinStoreError(f"payload over {max_bytes} bytes")
-    arrays: dict[str, np.ndarray] = {}
-    offset = 0
+    # Every array's declared size first, before anything is decompressed: the payload's size is what the header
+    # declares, and no more than that is ever decompressed (a few KB of hostile file declaring small arrays over a
+    # huge payload, or huge arrays, costs nothing past this check).
+    entries: list[tuple[str, np.dtype[Any], tuple[int, ...], int]] = []
+    declared = 0
     try:
+        if not isinstance(index, list):
+            raise TwinStoreError("corrupt header: arrays is not a list")
         for entry in index:
             dtype = np.dtype(str(entry["dtype"]))
             if dtype.name not in _ALLOWED_DTYPES:
@@ -104,16 +105,26 @@ def unpack_untrusted(
             shape = tuple(int(x) for x in entry["shape"])
             _check_shape(shape, max_bytes)
             n = math.prod(shape) * dtype.itemsize  # Python ints: np.prod(dtype=int64) wrapped
-            if offset + n > len(raw):
-                raise TwinStoreError("payload shorter than its header says")
-            arrays[str(entry["name"])] = np.frombuffer(
-                raw, dtype=dtype, count=n // dtype.itemsize, offset=offset
-            ).reshape(shape)
-            offset += n
+            declared += n
+            if declared > max_bytes:
+                raise TwinStoreError(f"payload over {max_bytes} bytes (declared by the header)")
+            entries.append((str(entry["name"]), dtype, shape, n))
     except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: a shape past int64 or Infinity
         raise TwinStoreError(f"corrupt header: {type(exc).__name__}: {str(exc)[:200]}") from exc
-    if offset != len(raw):
+    try:
+        decomp = lzma.LZMADecompressor(memlimit=MAX_DECODER_MEMORY_BYTES)
+        raw = decomp.decompress(data[_HEADER.size + header_len :], max_length=declared + 1)
+    except lzma.LZMAError as exc:
+        raise TwinStoreError(f"corrupt file: {type(exc).__name__}: {str(exc)[:200]}") from exc
+    if len(raw) > declared:
         raise TwinStoreError("payload longer than its header says")
+    if len(raw) < declared:
+        raise TwinStoreError("payload shorter than its header says")
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for name, dtype, shape, n in entries:
+        arrays[name] = np.frombuffer(raw, dtype=dtype, count=n // dtype.itemsize, offset=offset).reshape(shape)
+        offset += n
     if not isinstance(meta, dict):
         raise TwinStoreError("meta is not an object")
     return arrays, meta

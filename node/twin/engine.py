@@ -235,13 +235,15 @@ class TwinEngine:
 
     def _decode(self, data: bytes, max_bytes: int) -> None:
         extra, meta = store.decode_into(self.lm, data, max_bytes)
-        for name in ("act_w", "act_b", "nn_c", "nn_w", "nn_b", "nn_s"):
+        for name in ("act_w", "act_b"):
             if name in extra:
                 store.finite_array(extra, name)
         if "act_events" in extra:
             store.int_array(extra, "act_events")
         self.actions.load_state(extra)
         self.events = store.meta_int(meta, "events")
+        # The header's numbers are checked whatever the tier (the encoder writes numbers there: anything else is a
+        # corrupt file); the neural arrays are the tier's own business (_load_neural).
         mu = min(0.9, max(0.02, store.meta_float(meta, "mu", self.lm.mu)))
         mu_n = store.meta_int(meta, "mu_n")
         neural_updates = store.meta_int(meta, "neural_updates")
@@ -249,8 +251,8 @@ class TwinEngine:
             learned_on = meta.get("neural_model")
             complete = all(name in extra for name in ("nn_c", "nn_w", "nn_b"))
             if learned_on == self.lm.neural.model_id and complete:
-                self.lm.neural.load_state(extra)
-                self.lm.mu, self.lm.mu_n, self.neural_updates = mu, mu_n, neural_updates
+                if self._load_neural(self.lm.neural, extra):
+                    self.lm.mu, self.lm.mu_n, self.neural_updates = mu, mu_n, neural_updates
             elif meta.get("neural_dropped") is True:
                 self.neural_reset_reason = (
                     "the neural adaptation was not saved (it did not fit in twin.max_disk_bytes); it starts again"
@@ -293,6 +295,26 @@ class TwinEngine:
         self.topics.extend(str(t)[:200] for t in topics[:RECENT_TOPICS])
         for k, _ in list(contacts.items())[:100]:
             self.contacts[str(k)[:MAX_CONTACT_CHARS]] = store.meta_int(contacts, k)
+
+    def _load_neural(self, nn: NeuralTier, extra: dict[str, np.ndarray[Any, Any]]) -> bool:
+        """The saved neural adaptation, checked whole; False when it could not be used. Such an adaptation (an
+        adapter beyond rnn.MAX_ADAPTER, weights that are not finite or overflow float32, a context state outside
+        [-1, 1], shapes that are not the shipped model's) resets the neural tier alone to the shipped model, and
+        status says why: the counts, words, cache and action head are kept (it used to set the whole file aside,
+        and with it everything the user's messages taught)."""
+        try:
+            for name in ("nn_c", "nn_w", "nn_b", "nn_s"):  # (numbers, not text, before any arithmetic)
+                if name in extra and not np.issubdtype(extra[name].dtype, np.number):
+                    raise TwinStoreError(f"neural adaptation: {name} is not an array of numbers")
+            nn.load_state(extra)  # all or nothing: it assigns only once every check passed
+        except TwinStoreError as exc:
+            nn.reset()
+            self.neural_reset_reason = (
+                f"the saved neural adaptation could not be used ({str(exc)[:200]}); it starts again from the shipped"
+                " model (the rest of what was learned is kept)"
+            )
+            return False
+        return True
 
     def export(self) -> dict[str, Any]:
         """Everything learned, readable (for `village twin export`), the neural adaptation's numbers included."""

@@ -35,17 +35,24 @@ FORMAT_VERSION = 1
 NEURAL_FILE = "neural.bin"
 CONTEXT = 3  # previous tokens seen by a model file without a "context" entry
 MAX_CONTEXT = 8
-MAX_RAW_BYTES = 64 << 20
+# A model file's payload (its arrays, int8 mostly) is at most this: the shipped GRU's is 1.48 MB (1.45 M params),
+# and a model ~10x larger still fits. Read as float32 it is 4x this at most (the dequantized weights), and a file's
+# shapes are all checked before anything is dequantized: a 10 KB hostile file declaring 64 MiB of int8 used to cost
+# ~570 MiB before its refusal (tests/twin/test_hostile_models.py).
+MAX_RAW_BYTES = 16 << 20
+MAX_DIM = 1024  # a model's state/hidden size (the shipped GRU's is 256)
 SPARSE_MIN_P = 1e-3  # adapt_batch: output rows below this probability (for every token) leave the gradient
 
 F32 = np.ndarray[Any, np.dtype[np.float32]]
 MAX_WEIGHT = 1e3  # bound on a model file's |weights| (the shipped ones stay below 13): products stay finite
 
 
-def dequantize(arrays: dict[str, np.ndarray[Any, Any]], name: str, shape: tuple[int | None, int | None]) -> F32:
-    """A model file's int8 matrix ``name`` (one float32 scale per row in ``name_scale``) as float32, its dtypes,
-    shapes (``None``: any) and scales checked before any arithmetic: a 1-D array beside a scale of its length
-    would broadcast to a square (a 568-byte file asked for 67 MB)."""
+def int8_shape(
+    arrays: dict[str, np.ndarray[Any, Any]], name: str, shape: tuple[int | None, int | None]
+) -> tuple[int, int]:
+    """The shape of a model file's int8 matrix ``name`` (one float32 scale per row in ``name_scale``), its dtypes,
+    shape (``None``: any) and scales checked, nothing allocated: a 1-D array beside a scale of its length would
+    broadcast to a square (a 568-byte file asked for 67 MB)."""
     q, scale = arrays.get(name), arrays.get(name + "_scale")
     if q is None or scale is None or q.dtype != np.int8 or q.ndim != 2:
         raise TwinStoreError(f"corrupt neural model: {name} is not an int8 matrix with its scales")
@@ -53,8 +60,27 @@ def dequantize(arrays: dict[str, np.ndarray[Any, Any]], name: str, shape: tuple[
         raise TwinStoreError(f"neural model shapes disagree ({name})")
     if scale.dtype != np.float32 or scale.shape != (q.shape[0],) or not _bounded(scale, MAX_WEIGHT / 127.0):
         raise TwinStoreError(f"corrupt neural model: {name}_scale is not one bounded float32 per row")
-    out: F32 = q.astype(np.float32) * scale[:, None]
+    return int(q.shape[0]), int(q.shape[1])
+
+
+def dequantize(arrays: dict[str, np.ndarray[Any, Any]], name: str, shape: tuple[int | None, int | None]) -> F32:
+    """A model file's int8 matrix ``name`` as float32 (checked first by :func:`int8_shape`; one float32 array, the
+    scales applied in place)."""
+    int8_shape(arrays, name, shape)
+    out: F32 = arrays[name].astype(np.float32)
+    out *= arrays[name + "_scale"][:, None]
     return out
+
+
+def model_dims(arrays: dict[str, np.ndarray[Any, Any]], prior_v: int, unk: int, bos: int) -> tuple[int, int]:
+    """A model file's vocabulary and state size from its embeddings' shape, checked against the prior's vocabulary
+    and MAX_DIM before anything is dequantized."""
+    vn, d = int8_shape(arrays, "e", (None, None))
+    if not 0 <= max(bos, unk) < vn <= prior_v:
+        raise TwinStoreError("neural model shapes disagree (its vocabulary and the prior's)")
+    if not 1 <= d <= MAX_DIM:
+        raise TwinStoreError(f"neural model: a state size of {d} (1 to {MAX_DIM})")
+    return vn, d
 
 
 def float_vector(arrays: dict[str, np.ndarray[Any, Any]], name: str, n: int) -> F32:
@@ -139,13 +165,13 @@ class NeuralLM:
             self.params = int(meta.get("params", 0))
         except (TypeError, ValueError, OverflowError) as exc:
             raise TwinStoreError(f"corrupt neural model: params: {exc}") from exc
-        self.e: F32 = dequantize(arrays, "e", (None, None))
-        self.vn, self.d = self.e.shape
-        if not 0 <= max(bos, unk) < self.vn <= len(prior_p1):
-            raise TwinStoreError("neural model shapes disagree (its vocabulary and the prior's)")
-        self.w0: F32 = dequantize(arrays, "w", (ctx * self.d, self.d))
+        # Every shape is checked before any array is dequantized (a hostile file costs its payload, no more).
+        self.vn, self.d = model_dims(arrays, len(prior_p1), unk, bos)
+        int8_shape(arrays, "w", (ctx * self.d, self.d))
         self.b0: F32 = float_vector(arrays, "b", self.d)
         self.c0: F32 = float_vector(arrays, "c", self.vn)
+        self.e: F32 = dequantize(arrays, "e", (self.vn, self.d))
+        self.w0: F32 = dequantize(arrays, "w", (ctx * self.d, self.d))
         self.unk, self.bos = unk, bos
         p1 = np.asarray(prior_p1, dtype=np.float64)
         out = p1[self.vn :].sum()

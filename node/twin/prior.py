@@ -32,6 +32,8 @@ FORMAT_VERSION = 1
 PRIOR_FILE = "prior.bin"  # inside the node.twin.data package
 MAX_PRIOR_RAW_BYTES = 256 << 20  # a decompressed prior larger than this is refused
 MAX_VOCAB = 50_000  # 4-gram keys must fit in int64: V**4 < 2**63
+GAMMA_MAX = 1.0 + 1e-3  # a back-off weight is at most 1 (float32 rounding of a weight near 1 allowed)
+MAX_CONTEXT_TOTAL = 2.0**63  # a context's count total (float32 in the file): far above any corpus, finite in float32
 CANDIDATES_PER_ORDER = 12  # followers taken from each matched context when proposing next words
 
 F64 = np.ndarray[Any, np.dtype[np.float64]]
@@ -171,8 +173,8 @@ class GlobalPrior:
             if self.v != int(meta["vocab_size"]) or not 3 <= self.v <= MAX_VOCAB or not 2 <= self.order <= 4:
                 raise TwinStoreError("prior header inconsistent")
             self.p1: F64 = _finite(arrays, "p1").astype(np.float64)
-            if self.p1.shape != (self.v,) or float(self.p1.min()) < 0:
-                raise TwinStoreError("prior unigram table has the wrong size or a negative probability")
+            if self.p1.shape != (self.v,) or float(self.p1.min()) < 0 or float(self.p1.max()) > 1:
+                raise TwinStoreError("prior unigram table has the wrong size or a value that is not a probability")
             self.orders: dict[int, _Order] = {}
             for k in range(2, self.order + 1):
                 self.orders[k] = self._load_order(k, arrays, meta)
@@ -197,19 +199,27 @@ class GlobalPrior:
         if len(keys) and (int(keys[0]) < 0 or int(keys[-1]) >= self.v**k or not bool(np.all(keys[1:] > keys[:-1]))):
             raise TwinStoreError(f"prior order {k} keys are not sorted n-gram keys")
         d = tuple(float(x) for x in meta["discounts"][str(k)])
-        if len(d) != 3 or not all(math.isfinite(x) and 0 <= x <= 3 for x in d):
-            raise TwinStoreError(f"prior order {k} discounts are not three numbers from 0 to 3")
+        # D1, D2, D3+ at most 1, 2, 3: a discount above its count class would make that n-gram's term negative
+        if len(d) != 3 or not all(math.isfinite(x) and 0 <= x <= c for x, c in zip(d, (1, 2, 3), strict=True)):
+            raise TwinStoreError(f"prior order {k} discounts are not three numbers from 0 to 1, 2 and 3")
         ctx = keys // self.v
         ctx_keys, first = np.unique(ctx, return_index=True)
         del ctx
         words = (keys % self.v).astype(np.uint16)
         del keys
         tot = _finite(arrays, f"ctx_tot{k}")
-        gamma = np.array(_finite(arrays, f"ctx_gamma{k}"), dtype=np.float32)  # a copy: not a view of the payload
+        # (checked as the float32 kept: a finite float64 past float32's range would become inf)
+        with np.errstate(over="ignore"):
+            gamma = np.array(_finite(arrays, f"ctx_gamma{k}"), dtype=np.float32)  # a copy: not a view of the payload
         if len(tot) != len(ctx_keys) or len(gamma) != len(ctx_keys):
             raise TwinStoreError(f"prior order {k} arrays disagree")
-        if len(tot) and (float(tot.min()) <= 0 or float(gamma.min()) < 0):
-            raise TwinStoreError(f"prior order {k} has a context total not above 0 or a negative weight")
+        # A back-off weight is the share of its context's mass left to the lower order (0 to 1); a context's total
+        # counts at least its n-grams kept (so each term is at most 1, and never a division by ~0).
+        if len(gamma) and not (float(gamma.min()) >= 0 and float(gamma.max()) <= GAMMA_MAX):
+            raise TwinStoreError(f"prior order {k} has a back-off weight outside 0..1")
+        kept = np.add.reduceat(counts, first, dtype=np.float64) if len(counts) else np.zeros(0)
+        if len(tot) and not bool(np.all((tot >= 1) & (tot >= kept * (1 - 1e-6)) & (tot <= MAX_CONTEXT_TOTAL))):
+            raise TwinStoreError(f"prior order {k} has a context total below its counts or out of range")
         start = np.empty(len(ctx_keys) + 1, dtype=np.int32)
         start[:-1] = first
         start[-1] = len(words)

@@ -79,16 +79,17 @@ class RecurrentLM:
             self.params = int(meta.get("params", 0))
         except (TypeError, ValueError, OverflowError) as exc:
             raise TwinStoreError(f"corrupt neural model: params: {exc}") from exc
-        # Every array's dtype and shape is checked before any arithmetic, every weight finite and bounded.
-        self.e: F32 = neural.dequantize(arrays, "e", (None, None))
-        self.vn, self.d = self.e.shape
-        if not 0 <= max(bos, unk) < self.vn <= len(prior_p1):
-            raise TwinStoreError("neural model shapes disagree (its vocabulary and the prior's)")
-        self.wx: F32 = neural.dequantize(arrays, "wx", (self.d, 3 * self.d))
-        self.wh: F32 = neural.dequantize(arrays, "wh", (self.d, 3 * self.d))
+        # Every array's dtype and shape is checked before any is dequantized (a hostile file costs its payload, no
+        # more), every weight finite and bounded.
+        self.vn, self.d = neural.model_dims(arrays, len(prior_p1), unk, bos)
+        for name in ("wx", "wh"):
+            neural.int8_shape(arrays, name, (self.d, 3 * self.d))
         self.bx: F32 = neural.float_vector(arrays, "bx", 3 * self.d)
         self.bh: F32 = neural.float_vector(arrays, "bh", 3 * self.d)
         self.c0: F32 = neural.float_vector(arrays, "c", self.vn)
+        self.e: F32 = neural.dequantize(arrays, "e", (self.vn, self.d))
+        self.wx: F32 = neural.dequantize(arrays, "wx", (self.d, 3 * self.d))
+        self.wh: F32 = neural.dequantize(arrays, "wh", (self.d, 3 * self.d))
         self.unk, self.bos = unk, bos
         p1 = np.asarray(prior_p1, dtype=np.float64)
         out = p1[self.vn :].sum()

@@ -90,6 +90,7 @@ class TwinService:
         self._recv: trio.MemoryReceiveChannel[Queued] | None = None
         self._generation = 0  # bumped by forget(); see Queued
         self._dirty = False
+        self._rearm = trio.Event()  # set: the saver's wait starts again from now (with the delay of now)
         self.save_error: str | None = None  # why the last save failed (None: it succeeded, or none was tried)
         self.save_failures = 0  # saves failed in a row
         self._learned_events = 0
@@ -180,6 +181,11 @@ class TwinService:
             data = store.read_state(self.path, self.settings.max_disk_bytes)
             if data is not None:
                 engine.decode(data, self.settings.max_disk_bytes)
+                # A part reset on load (the rest kept): said in the log too, not only by `village twin status`.
+                resets = (("neural tier", engine.neural_reset_reason), ("message gate", engine.gate_reset_reason))
+                for part, why in resets:
+                    if why:
+                        log.warning("twin: %s: %s: %s", self.path, part, why)
         except (OSError, MemoryError) as exc:
             # The machine, not the file: EMFILE, EIO, a full memory. The file may be good: leave it in place, load
             # nothing (so nothing is saved over it) and try again at the next event.
@@ -319,9 +325,17 @@ class TwinService:
             await self._drain()
 
     async def _saver(self) -> None:
+        """Save every ``_save_delay_s()``; :meth:`_rearm_saver` starts the wait again from now (after a forget, or
+        a save that worked after failures: the backoff's hour-long wait is over)."""
         while True:
-            await trio.sleep(self._save_delay_s())
-            await self._save()
+            self._rearm = trio.Event()
+            with trio.move_on_after(self._save_delay_s()) as waited:
+                await self._rearm.wait()
+            if waited.cancelled_caught:  # the interval passed (not re-armed)
+                await self._save()
+
+    def _rearm_saver(self) -> None:
+        self._rearm.set()
 
     def _save_delay_s(self) -> float:
         """The interval to the next periodic save: ``twin.save_interval_s``, doubled after each failed save in a
@@ -352,6 +366,8 @@ class TwinService:
         try:
             await trio.to_thread.run_sync(write, limiter=self._limiter)
         except Exception as exc:  # a bug in encoding must not end the node (the saver runs in its nursery)
+            if gen != self._generation:  # the state that failed to save was forgotten meanwhile: nothing to report
+                return False
             self._dirty = True
             self.save_failures += 1
             expected = isinstance(exc, OSError | TwinStoreError)
@@ -368,10 +384,13 @@ class TwinService:
                     self.save_error,
                 )
             return False
-        if self.save_failures:
+        recovered = self.save_failures > 0
+        if recovered:
             log.info("twin: saved %s again after %d failed saves", self.path, self.save_failures)
         self.save_error = None
         self.save_failures = 0
+        if recovered:  # the backoff is over: the next periodic save is one interval away, not up to an hour
+            self._rearm_saver()
         return True
 
     # ------------------------------------------------------------ queries (control methods)
@@ -469,6 +488,11 @@ class TwinService:
                 return forget_files(self.dir)
 
             erased = await trio.to_thread.run_sync(wipe, limiter=self._limiter)
+        # Every learned byte is gone, and with it what failed to save: no stale save error in status, no backoff
+        # (the next save is one interval away, not up to an hour).
+        if self.save_failures or self.save_error is not None:
+            self.save_error, self.save_failures = None, 0
+            self._rearm_saver()
         return {"erased_bytes": erased, "path": str(self.dir)}
 
     def _queued(self) -> int:

@@ -51,6 +51,15 @@ HOSTILE: dict[str, Mutate] = {
     "p1 NaN": _set("p1", lambda a: np.full_like(a, np.nan)),
     "p1 2-D": _set("p1", lambda a: a.reshape(1, -1)),
     "no BOS in the vocabulary": _set("vocab", lambda a: np.frombuffer(bytes(a).replace(b"<s>", b"<x>"), np.uint8)),
+    # Session 8 (review LOW, packaged file only): finite values the load accepted that are out of range.
+    "ctx_gamma3 finite in float64, past float32": _set("ctx_gamma3", lambda a: np.full(a.shape, 1e300)),
+    "ctx_gamma3 above 1": _set("ctx_gamma3", lambda a: np.full_like(a, 5.0)),
+    "discount D1 of order 3 above 1": _discounts([2.5, 1.0, 1.3]),
+    "discount D2 of order 3 above 2": _discounts([0.5, 2.5, 1.3]),
+    "ctx_tot3 near 0 (a division by ~0)": _set("ctx_tot3", lambda a: np.full(a.shape, 1e-300)),
+    "ctx_tot3 past float32": _set("ctx_tot3", lambda a: np.full(a.shape, 1e300)),
+    "ctx_tot3 below its counts": _set("ctx_tot3", lambda a: np.full_like(a, 1.0)),
+    "p1 above 1": _set("p1", lambda a: np.full_like(a, 2.0)),
 }
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -61,6 +64,21 @@ def fake() -> Iterator[Callable[[Serve], FakeServer]]:
     yield start
     for server in made:
         server.close()
+
+
+@pytest.fixture
+def redis_stand_in(tmp_path: Path) -> Iterator[int]:
+    """A live process of ours in ``tmp_path/redis`` (a Redis runs in its ``dir``: that is how a pid file's process is
+    known to be our server), named by its pid file; its pid."""
+    root = tmp_path / "redis"
+    root.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], cwd=root, stdin=subprocess.PIPE)
+    (root / "redis.pid").write_text(f"{proc.pid}\n")
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def _answer(reply: bytes) -> Serve:
@@ -129,13 +147,11 @@ def test_a_flooding_server_costs_the_probe_its_byte_cap_only(fake: Callable[[Ser
     ids=["pong", "loading", "wrong-password"],
 )
 def test_status_calls_a_redis_up_only_when_it_answers_ping(
-    tmp_path: Path, fake: Callable[[Serve], FakeServer], reply: bytes, up: bool
+    tmp_path: Path, fake: Callable[[Serve], FakeServer], redis_stand_in: int, reply: bytes, up: bool
 ) -> None:
     """`scripts/services status` (and `up`, before it reuses a server): a Redis whose process runs and whose port
     accepts is up only when it answers PING after AUTH; one still loading its append-only file is not."""
     server = fake(_answer(reply))
-    (tmp_path / "redis").mkdir()
-    (tmp_path / "redis" / "redis.pid").write_text(f"{os.getpid()}\n")  # a live process: this test's
     entry = {"host": "127.0.0.1", "port": server.port, "password": "pw", "unix_socket": ""}
     (tmp_path / "settings.json").write_text(json.dumps({"redis": entry}))
     svc = Services(tmp_path)
@@ -143,7 +159,7 @@ def test_status_calls_a_redis_up_only_when_it_answers_ping(
 
 
 def test_up_refuses_to_start_a_second_redis_beside_one_that_never_answers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_stand_in: int
 ) -> None:
     """`up` facing a Redis whose process runs and whose port accepts but which never answers PING (still loading a
     large append-only file, hung, a password that no longer matches) waits for it, then fails naming the process and
@@ -169,8 +185,6 @@ def test_up_refuses_to_start_a_second_redis_beside_one_that_never_answers(
 
     threading.Thread(target=loading, daemon=True).start()
     try:
-        (tmp_path / "redis").mkdir()
-        (tmp_path / "redis" / "redis.pid").write_text(f"{os.getpid()}\n")  # a live process: this test's
         entry = {"host": "127.0.0.1", "port": port, "password": "pw", "unix_socket": ""}
         (tmp_path / "settings.json").write_text(json.dumps({"redis": entry}))
         monkeypatch.setattr(services_module, "START_TIMEOUT_S", 0.5)
@@ -183,7 +197,7 @@ def test_up_refuses_to_start_a_second_redis_beside_one_that_never_answers(
             return prev
 
         monkeypatch.setattr(svc, "_start_redis", start)
-        with pytest.raises(ServicesError, match=rf"process {os.getpid()} runs and port {port}"):
+        with pytest.raises(ServicesError, match=rf"process {redis_stand_in} runs and port {port}"):
             svc.up(("redis",))
         assert probes.is_set() and started == []
         assert svc.status()["redis"] is False  # `status` does not wait, nor fail
@@ -225,3 +239,68 @@ def test_a_stale_pid_file_neither_blocks_up_nor_gets_another_process_signalled(
     finally:
         other.kill()
         other.wait()
+
+
+def _as_user(uid: int, gid: int, work: Callable[[], object]) -> object:
+    """``work()``'s JSON-able result, computed in a forked child that runs as ``uid``/``gid`` (no other groups)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to the user, compute, report, and leave without running any cleanup of the parent's
+        code = 1
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            os.write(w, json.dumps(work()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and out, "the check as another user failed"
+    return json.loads(out)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the check as another user")
+def test_another_users_process_named_by_a_pid_file_is_not_our_server() -> None:
+    """Review (session 7): a pid file left by a crash or a reboot may name a number another user's process reused.
+    Signalling it fails with EPERM, which counted as alive: status called PostgreSQL up (something answered its
+    port), pid_of named that process, and `down` ran pg_ctl against it and failed. Now a server is ours only when
+    it runs in its data dir (or names its conf), and a process we may not signal is not alive for us."""
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="vsvc-"))
+    listener = socket.create_server(("127.0.0.1", 0))  # something answers on the servers' port
+    try:
+        port = int(listener.getsockname()[1])
+        data = base / "postgres" / "data"
+        data.mkdir(parents=True)
+        root_pid = os.getpid()  # root's process (this test's): the number the stale files name
+        (data / "postmaster.pid").write_text(f"{root_pid}\n{data}\n")
+        (base / "redis").mkdir()
+        (base / "redis" / "redis.pid").write_text(f"{root_pid}\n")
+        pg = {"host": "127.0.0.1", "port": port, "user": "aivillage", "password": "pw", "database": "aivillage"}
+        redis = {"host": "127.0.0.1", "port": port, "password": "pw", "unix_socket": ""}
+        (base / "settings.json").write_text(json.dumps({"postgres": pg, "redis": redis}))
+        for path in (base, *base.rglob("*")):
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        base.chmod(0o700)
+
+        def check() -> dict[str, object]:
+            svc = Services(base)
+            out: dict[str, object] = {"pg_pid": svc.pid_of("postgres"), "redis_pid": svc.pid_of("redis")}
+            out["postgres_up"] = svc.status()["postgres"]
+            try:
+                svc.down(("postgres", "redis"))
+                out["down"] = "ok"
+            except ServicesError as exc:
+                out["down"] = str(exc)
+            return out
+
+        got = _as_user(nobody.pw_uid, nobody.pw_gid, check)
+    finally:
+        listener.close()
+        shutil.rmtree(base, ignore_errors=True)
+    assert got == {"pg_pid": 0, "redis_pid": 0, "postgres_up": False, "down": "ok"}, got
