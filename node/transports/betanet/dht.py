@@ -95,8 +95,28 @@ def _never_refresh(host: IHost, dht: KadDHT) -> None:
     setattr(table, "add_peer", add_connected_peer)  # noqa: B010 - likewise
 
 
+def _table_takes_peerstore_addrs(host: IHost, dht: KadDHT) -> None:
+    """A peer enters the routing table with the addresses the peerstore holds for it, not with those the answer
+    that named it carried: the peerstore checked them (:class:`.scope.GuardedPeerStore`), and a lookup returns a
+    table entry's addresses as they are (peer_routing.py, ``find_peer``)."""
+    table = dht.routing_table
+    add_peer = table.add_peer
+
+    async def add_checked_peer(peer: PeerInfo | ID, **kwargs: Any) -> bool:
+        if isinstance(peer, PeerInfo):
+            store = host.get_peerstore()
+            addrs = store.addrs(peer.peer_id) if peer.peer_id in store.peer_ids() else []
+            if not addrs:
+                return False
+            peer = PeerInfo(peer.peer_id, addrs)
+        return await add_peer(peer, **kwargs)
+
+    setattr(table, "add_peer", add_checked_peer)  # noqa: B010 - an instance override, not a typed attribute
+
+
 class PeerRouting:
-    """libp2p's KadDHT (server mode) on ``host``, owned by the BetaNet transport's nursery."""
+    """libp2p's KadDHT on ``host`` (client mode: lookups only; server mode: also answers others' lookups, see
+    ``betanet.dht_mode``), owned by the BetaNet transport's nursery."""
 
     def __init__(
         self,
@@ -106,14 +126,16 @@ class PeerRouting:
         timeout_s: float,
         *,
         refresh: bool = True,
+        server: bool = False,
     ) -> None:
         self._host = host
         self._counters = counters
         self._notify = notify
         self._timeout_s = timeout_s
-        self.dht = KadDHT(host, DHTMode.SERVER)
+        self.dht = KadDHT(host, DHTMode.SERVER if server else DHTMode.CLIENT)
         if not refresh:
             _never_refresh(host, self.dht)
+        _table_takes_peerstore_addrs(host, self.dht)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         send, recv = trio.open_memory_channel[ID](IDENTIFY_QUEUE)
