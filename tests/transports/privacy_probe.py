@@ -66,6 +66,13 @@ async def _read_all(stream: Any) -> bytes:
         data += chunk
 
 
+def _text(addr: Multiaddr) -> str:
+    try:
+        return str(addr)
+    except Exception:  # noqa: BLE001 - libp2p parses a binary multiaddr lazily: garbage fails here
+        return "<garbage>"
+
+
 def _record_addrs(envelope_bytes: bytes) -> list[str]:
     _envelope, record = consume_envelope(envelope_bytes, "libp2p-peer-record")
     return sorted(str(a).rsplit("/p2p/", 1)[0] for a in record.addrs)  # (records carry /p2p/<id>)
@@ -156,13 +163,16 @@ async def answers() -> dict[str, Any]:
             with trio.fail_after(WAIT_S):
                 await v.dial(_at(h, ip))
                 await v.wait_counters(lambda c: c.dht_routing_added >= 1)
-                found = await v.routing.find(target)
+                try:
+                    found = [_text(a) for a in await v.routing.find(target)]
+                except Exception as exc:  # noqa: BLE001 - unchecked answers used to break the lookup itself
+                    found = [f"lookup failed: {exc!r}"]
             store = v.host.get_peerstore()
             assert isinstance(store, GuardedPeerStore)
             known = set(store.peer_ids())
             out[name] = {
-                "found": sorted(str(a) for a in found),
-                "target": sorted(str(a) for a in store.addrs(target)) if target in known else [],
+                "found": sorted(found),
+                "target": sorted(_text(a) for a in store.addrs(target)) if target in known else [],
                 "named_stored": sum(1 for p in named if p in known),
                 "most_addrs_per_named": max((len(store.addrs(p)) for p in named if p in known), default=0),
                 "refused": v.counters.peer_addrs_refused,
