@@ -33,6 +33,7 @@ from libp2p.peer.peerstore import PeerStoreError
 from libp2p.tools.anyio_service import background_trio_service
 
 from node.transports.betanet.counters import BetanetCounters
+from node.transports.betanet.scope import own_audience
 
 log = logging.getLogger("village.betanet.dht")
 
@@ -185,7 +186,7 @@ class PeerRouting:
         """Look ``peer_id`` up through the DHT; its known addresses (empty when nobody knows it)."""
         self._counters.dht_lookups += 1
         info = None
-        with trio.move_on_after(self._timeout_s):
+        with trio.move_on_after(self._timeout_s), own_audience():
             info = await self.dht.find_peer(peer_id)
         addrs = [a for a in (info.addrs if info is not None else []) if str(a)]
         if addrs:

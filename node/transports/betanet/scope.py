@@ -12,9 +12,9 @@ signed peer record of every DHT message, all from ``host.get_addrs()`` with no p
 newest signed record it got from us and drops every address not in it, so every record a peer gets from us must
 carry its audience's addresses. :func:`scope_host` does it on one host instance (libp2p is pinned below 0.9):
 
-* the *audience* is a context variable, set for the task serving each inbound stream (from the stream's
-  connection) and by ``host.new_stream`` for the task that opened a stream (from the peer's connections: the most
-  public of them); unset means public;
+* the *audience* is a context variable, set for the task serving each inbound stream and by ``host.new_stream``
+  for the task that opened a stream (an awaited coroutine shares its caller's context), from the scope of the
+  stream's connection (:func:`conn_scope`); unset means public;
 * ``host.get_addrs()`` returns the addresses the current audience may see (the local signed record follows: libp2p
   re-signs it, with a newer sequence number, whenever the list differs from the cached one);
 * identify and identify push are answered by :func:`identify_message`, which never falls back to the raw listen
@@ -33,7 +33,7 @@ import contextlib
 import contextvars
 import ipaddress
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import multiaddr
 from libp2p.abc import IHost, IMuxedConn, INetStream
@@ -143,6 +143,17 @@ def dialable(addr: multiaddr.Multiaddr, source_scope: int) -> bool:
         return ip_scope(host) >= source_scope
     except Exception:  # noqa: BLE001 - multiaddr raises assorted errors for malformed values
         return False
+
+
+@contextlib.contextmanager
+def own_audience() -> Iterator[None]:
+    """Within: no audience (public), and whatever the streams opened within set is undone at the end, so the
+    caller's task does not go on as if talking to the last peer a lookup queried."""
+    token = _audience.set(None)
+    try:
+        yield
+    finally:
+        _audience.reset(token)
 
 
 def current_scope() -> int:

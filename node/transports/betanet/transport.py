@@ -66,7 +66,7 @@ from node.transports.betanet.quic import QUIC_ATTEMPT_S, close_quic, dial_order,
 from node.transports.betanet.quic_admission import Limits
 from node.transports.betanet.quic_transport import QuicTransport
 from node.transports.betanet.relay import Relay, is_circuit, without_peer_suffix
-from node.transports.betanet.scope import GuardedPeerStore, scope_host
+from node.transports.betanet.scope import LAN, GuardedPeerStore, scope_host, visible
 from node.transports.betanet.settings import BetanetSection
 
 log = logging.getLogger("village.betanet")
@@ -292,13 +292,14 @@ class BetanetTransport(Transport):
     def _advertise_real_addresses(host: IHost) -> None:
         """py-libp2p 0.8's mDNS broadcaster puts raw transport addresses in its TXT records, so a wildcard
         listener advertises /ip4/0.0.0.0/... which nobody can dial. It has no option for this; override its
-        resolver on this host's instance only (libp2p is pinned below 0.9)."""
+        resolver on this host's instance only (libp2p is pinned below 0.9). Its audience is the LAN: loopback
+        addresses are not multicast (:mod:`.scope`)."""
         broadcaster = getattr(getattr(host, "mDNS", None), "broadcaster", None)
         if broadcaster is None or not hasattr(broadcaster, "_resolve_host_addrs"):
             return  # mDNS off, or a libp2p whose internals changed: the default behaviour stays
 
         def resolve() -> list[str]:
-            return [str(a) for a in expand_unspecified(host.get_transport_addrs())]
+            return [str(a) for a in visible(expand_unspecified(host.get_transport_addrs()), LAN, frozenset())]
 
         broadcaster._resolve_host_addrs = resolve
 
