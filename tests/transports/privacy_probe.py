@@ -1,9 +1,10 @@
 """Run inside a network namespace made by tests/transports/test_betanet_privacy.py (an interface holding a
 public-looking address PUBLIC_IP and a private one LAN_IP, and loopback): real BetaNet hosts, one process.
 
-``python -m tests.transports.privacy_probe tell``: node A listens on every interface; three peers reach it over
-its public, LAN and loopback address and read, raw, what A tells them (identify's listen addresses, identify's
-signed record, the signed record of a DHT answer). Prints JSON.
+``python -m tests.transports.privacy_probe tell``: node A (a DHT server) listens on every interface, and a
+neighbour connects to it over the LAN; three peers reach A over its public, LAN and loopback address and read, raw,
+what A tells them (identify's listen addresses, identify's signed record, the signed record of a DHT answer, and
+the DHT answer's addresses for the neighbour). Prints JSON.
 
 ``python -m tests.transports.privacy_probe answers``: a hostile DHT server H answers every FIND_NODE with a target
 and many peers at addresses of its choosing; V1 reaches H over its public address, V2 over its LAN address; each
@@ -78,22 +79,25 @@ def _record_addrs(envelope_bytes: bytes) -> list[str]:
     return sorted(str(a).rsplit("/p2p/", 1)[0] for a in record.addrs)  # (records carry /p2p/<id>)
 
 
-async def what_a_tells(observer: BetanetTransport, a: BetanetTransport) -> dict[str, list[str]]:
+async def what_a_tells(observer: BetanetTransport, a: BetanetTransport, neighbour: ID) -> dict[str, Any]:
     assert observer.host is not None
     a_id = ID.from_base58(a.peer_id)
     stream = await observer.host.new_stream(a_id, [IDENTIFY_PROTOCOL])
     ident = parse_identify_response(await _read_all(stream))
     kad = await observer.host.new_stream(a_id, [KAD_PROTOCOL])
-    ask = Message(type=Message.MessageType.FIND_NODE, key=observer.host.get_id().to_bytes())
+    ask = Message(type=Message.MessageType.FIND_NODE, key=neighbour.to_bytes())
     body = ask.SerializeToString()
     await kad.write(bytes(varint.encode_uvarint(len(body))) + body)
     answer = Message()
     answer.ParseFromString(await read_varint_prefixed_bytes_limited(kad, 1 << 20))
     await kad.close()
+    [named] = [p for p in answer.closerPeers if p.id == neighbour.to_bytes()]
     return {
         "identify": sorted(str(Multiaddr(b)) for b in ident.listen_addrs),
         "identify_record": _record_addrs(ident.signedPeerRecord),
         "dht_record": _record_addrs(answer.senderRecord),
+        "neighbour": sorted(str(Multiaddr(b)).rsplit("/p2p/", 1)[0] for b in named.addrs),
+        "neighbour_record": _record_addrs(named.signedRecord) if named.HasField("signedRecord") else None,
     }
 
 
@@ -103,12 +107,18 @@ async def tell() -> dict[str, Any]:
         settings = dataclasses.replace(BASE, listen=listen, announce_addrs=(ANNOUNCED,), dht_mode="server")
         a = await start(nursery, settings)
         out: dict[str, Any] = {"all": sorted(a.listen_addresses())}
+        # A neighbour on A's LAN (it connects over the LAN address, so it tells A its LAN address too).
+        neighbour = await start(nursery, dataclasses.replace(BASE, listen=("/ip4/0.0.0.0/tcp/0",)))
+        with trio.fail_after(WAIT_S):
+            await neighbour.dial(_at(a, LAN_IP))
+            await a.wait_counters(lambda c: c.identified >= 1)
+        out["neighbour_all"] = sorted(x.rsplit("/p2p/", 1)[0] for x in neighbour.listen_addresses())
         loopback = next(x for x in a.listen_addresses() if x.startswith("/ip4/127.0.0.1/"))
         for name, addr in (("public", _at(a, PUBLIC_IP)), ("lan", _at(a, LAN_IP)), ("loopback", loopback)):
             observer = await start(nursery, BASE)
             with trio.fail_after(WAIT_S):
                 await observer.dial(addr)
-                out[name] = await what_a_tells(observer, a)
+                out[name] = await what_a_tells(observer, a, ID.from_base58(neighbour.peer_id))
         nursery.cancel_scope.cancel()
     return out
 

@@ -84,7 +84,8 @@ def test_each_peer_is_told_only_the_addresses_of_its_scope(namespace: str) -> No
     """Node A listens on every interface (a public, a LAN and the loopback address) and announces a DNS name.
     A peer that reached it over the public address is told the public address and the announced one only, in
     identify and in the signed records of identify and of DHT answers; one that came over the LAN is told the LAN
-    address too; one on loopback everything. (Unscoped, every peer was told every address.)"""
+    address too; one on loopback everything. Likewise for a LAN neighbour A's DHT answers name. (Unscoped, every
+    peer was told every address.)"""
     told = probe(namespace, "tell")
     every = {a.rsplit("/p2p/", 1)[0] for a in told["all"]}  # type: ignore[attr-defined]
     assert {_scope_of(a) for a in every} == {"public", "lan", "loopback"} and ANNOUNCED in every
@@ -96,6 +97,18 @@ def test_each_peer_is_told_only_the_addresses_of_its_scope(namespace: str) -> No
         for where in ("identify", "identify_record", "dht_record"):
             assert view[where] == expected, (peer, where, view[where])
     assert not any(_scope_of(a) != "public" for a in told["public"]["identify"])  # type: ignore[index]
+    # A's DHT answer names its LAN neighbour: to the public peer at public addresses only, without the neighbour's
+    # signed record (which lists its LAN address); to the others at both.
+    neighbour = set(told["neighbour_all"])  # type: ignore[call-overload]
+    assert {_scope_of(a) for a in neighbour} == {"public", "lan"}
+    public = told["public"]
+    assert isinstance(public, dict)
+    assert public["neighbour"] == sorted(a for a in neighbour if _scope_of(a) == "public")
+    assert public["neighbour_record"] is None
+    for peer in ("lan", "loopback"):
+        view = told[peer]
+        assert isinstance(view, dict)
+        assert view["neighbour"] == sorted(neighbour) and view["neighbour_record"] == sorted(neighbour), view
 
 
 def test_dht_answers_cannot_plant_private_or_malformed_addresses(namespace: str) -> None:

@@ -20,20 +20,21 @@ asked for (0.8 ignores ``protocol_prefix``); its routing table holds at most 256
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import multiaddr
 import trio
 from libp2p.abc import IHost
 from libp2p.kad_dht import DHTMode, KadDHT
+from libp2p.kad_dht.pb.kademlia_pb2 import Message
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.peer.peerstore import PeerStoreError
 from libp2p.tools.anyio_service import background_trio_service
 
 from node.transports.betanet.counters import BetanetCounters
-from node.transports.betanet.scope import own_audience
+from node.transports.betanet.scope import addr_scope, current_scope, own_audience
 
 log = logging.getLogger("village.betanet.dht")
 
@@ -115,6 +116,33 @@ def _table_takes_peerstore_addrs(host: IHost, dht: KadDHT) -> None:
     setattr(table, "add_peer", add_checked_peer)  # noqa: B010 - an instance override, not a typed attribute
 
 
+def _answer_by_scope(dht: KadDHT) -> None:
+    """A server's FIND_NODE answer names each peer only at the addresses the asker's scope may see (the scope of
+    the connection it asked over, :mod:`.scope`): a peer on this node's LAN is not shown to a stranger at its LAN
+    address. A peer whose signed record holds addresses the asker may not see goes without it (a record cannot be
+    cut; the asker keeps the unsigned addresses). An instance override of KadDHT's ``_add_closer_peers_to_response``
+    (libp2p is pinned below 0.9), run in the task serving the asker's stream."""
+    add = dht._add_closer_peers_to_response
+
+    def add_for_asker(response: Message, closest_peers: Sequence[ID], exclude_peer_id: ID | None = None) -> None:
+        add(response, closest_peers, exclude_peer_id=exclude_peer_id)
+        scope = current_scope()
+        for peer in response.closerPeers:
+            shown = []
+            for raw in peer.addrs:
+                try:
+                    if addr_scope(multiaddr.Multiaddr(raw)) >= scope:
+                        shown.append(raw)
+                except Exception:  # noqa: BLE001 - multiaddr parses lazily; a stored address that fails is dropped
+                    continue
+            if len(shown) < len(peer.addrs):
+                del peer.addrs[:]
+                peer.addrs.extend(shown)
+                peer.ClearField("signedRecord")
+
+    setattr(dht, "_add_closer_peers_to_response", add_for_asker)  # noqa: B010 - an instance override
+
+
 class PeerRouting:
     """libp2p's KadDHT on ``host`` (client mode: lookups only; server mode: also answers others' lookups, see
     ``betanet.dht_mode``), owned by the BetaNet transport's nursery."""
@@ -137,6 +165,7 @@ class PeerRouting:
         if not refresh:
             _never_refresh(host, self.dht)
         _table_takes_peerstore_addrs(host, self.dht)
+        _answer_by_scope(self.dht)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         send, recv = trio.open_memory_channel[ID](IDENTIFY_QUEUE)

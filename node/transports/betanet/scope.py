@@ -293,11 +293,25 @@ class GuardedPeerStore(PeerStore):
 
     def consume_peer_record(self, envelope: Envelope, ttl: int) -> bool:
         speaker = self._speaker()
-        peer_id = envelope.record().peer_id
-        if speaker is not None and peer_id != speaker.peer and not self._admit(peer_id):
-            self._refused(len(envelope.record().addrs))
+        if speaker is None:
+            return super().consume_peer_record(envelope, ttl)
+        record = envelope.record()
+        peer_id = record.peer_id
+        if peer_id != speaker.peer and not self._admit(peer_id):
+            self._refused(len(record.addrs))
             return False
-        return super().consume_peer_record(envelope, ttl)  # its addresses go through add_addrs above
+        if all(dialable(a, speaker.scope) for a in record.addrs):
+            return super().consume_peer_record(envelope, ttl)  # its addresses go through add_addrs above
+        # A record naming addresses we refuse is not kept whole (a DHT server would pass it on as it is): what
+        # py-libp2p does for a newer record, with only the acceptable addresses and no record.
+        state = self.peer_record_map.get(peer_id)
+        if state is not None and state.seq > record.seq:
+            return False
+        self.peer_record_map.pop(peer_id, None)
+        if peer_id in self.peer_data_map:
+            self.peer_data_map[peer_id].clear_addrs()
+        self.add_addrs(peer_id, list(record.addrs), ttl)
+        return True
 
     def _admit(self, peer_id: ID) -> bool:
         """Whether another peer's answer may store ``peer_id``: known already, or a free place among
