@@ -137,6 +137,7 @@ def hostile_answer(target: ID, named: list[ID]) -> bytes:
         f"/ip4/{PUBLIC_IP}/udp/53",
         f"/ip4/{PUBLIC_IP}/tcp/1/ws",
         "/ip6/::1/tcp/22",
+        "/dns4/localhost/tcp/22",
     ]
     good = [f"/ip4/{PUBLIC_IP}/tcp/{9 + i}" for i in range(20)] + [f"/ip4/{PUBLIC_IP}/udp/9/quic-v1"]
     peer = answer.closerPeers.add()

@@ -112,11 +112,12 @@ def test_each_peer_is_told_only_the_addresses_of_its_scope(namespace: str) -> No
 
 
 def test_dht_answers_cannot_plant_private_or_malformed_addresses(namespace: str) -> None:
-    """A hostile DHT server answers a lookup with the target at loopback, LAN, link-local, unspecified, multicast
-    and unsupported addresses among public ones, and names NAMED_PEERS other peers. A node that reached it over its
-    public address stores only well-formed public TCP/QUIC addresses, at most MAX_DHT_ADDRS_PER_PEER for the target,
-    and not every named peer (MAX_DHT_PEERS); one that reached it over the LAN also takes LAN and link-local ones,
-    never loopback ones. (Unchecked, all of them entered the peerstore.)"""
+    """A hostile DHT server answers a lookup with the target at loopback, LAN, link-local, unspecified, multicast,
+    DNS (localhost) and unsupported addresses among public ones, and names NAMED_PEERS other peers. A node that
+    reached it over its public address stores only well-formed public TCP/QUIC addresses, at most
+    MAX_DHT_ADDRS_PER_PEER for the target, and not every named peer (MAX_DHT_PEERS); one that reached it over the
+    LAN also takes LAN and link-local ones, never loopback ones or names. (Unchecked, all of them entered the
+    peerstore, and the lookup itself broke on a malformed one.)"""
     seen = probe(namespace, "answers")
     for via in ("public", "lan"):
         got = seen[via]
@@ -125,7 +126,7 @@ def test_dht_answers_cannot_plant_private_or_malformed_addresses(namespace: str)
         assert target and len(target) <= got["limit"], got
         assert set(target) >= set(got["found"]), got
         for addr in target:
-            assert not addr.startswith(("/ip4/127.", "/ip6/::1", "/ip4/0.0.0.0", "/ip4/224.")), addr
+            assert not addr.startswith(("/ip4/127.", "/ip6/::1", "/ip4/0.0.0.0", "/ip4/224.", "/dns")), addr
             assert addr.endswith("/quic-v1") or ("/tcp/" in addr and "/ws" not in addr), addr
             lan = addr.startswith((f"/ip4/{LAN_IP}/", "/ip4/169.254."))
             assert not lan or via == "lan", (via, addr)

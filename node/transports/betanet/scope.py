@@ -23,7 +23,8 @@ carry its audience's addresses. :func:`scope_host` does it on one host instance 
 Addresses from DHT answers (:class:`GuardedPeerStore`): the FIND_NODE replies of a connected peer name other
 peers with addresses the peer chose, which py-libp2p puts in the peerstore, and the auto-connector and lookups
 then dial. Only well-formed addresses of transports we dial are kept, never unspecified or multicast ones, never
-loopback ones unless the answering peer is on loopback, never LAN ones unless it is on loopback or the LAN; at most
+loopback ones (or DNS names) unless the answering peer is on loopback, never LAN ones unless it is on loopback or
+the LAN; at most
 :data:`MAX_DHT_ADDRS_PER_PEER` per named peer and :data:`MAX_DHT_PEERS` named peers at once.
 """
 
@@ -120,9 +121,10 @@ def visible(addrs: Sequence[multiaddr.Multiaddr], scope: int, announced: frozens
 
 
 def dialable(addr: multiaddr.Multiaddr, source_scope: int) -> bool:
-    """Whether an address a peer of ``source_scope`` gave for another peer may enter the peerstore: an IP or DNS
-    host, then TCP or UDP/QUIC v1 (or a circuit through such an address), not unspecified or multicast, and not
-    more private than the network the answering peer is on."""
+    """Whether an address a peer of ``source_scope`` gave (for itself or another peer) may enter the peerstore: an
+    IP, then TCP or UDP/QUIC v1 (or a circuit through such an address), not unspecified or multicast, and not more
+    private than the network the peer is on. DNS names only from a peer on loopback: a name can resolve to an
+    address of our LAN or loopback (so peers' announced names are not stored; a configured bootstrap name is)."""
     try:
         protos = [p.name for p in addr.protocols()]
         if len(protos) < 2 or protos[0] not in (*_IP, *_NAMES):
@@ -136,10 +138,11 @@ def dialable(addr: multiaddr.Multiaddr, source_scope: int) -> bool:
             return False
         if rest and rest not in (["p2p"], ["p2p", "p2p-circuit"], ["p2p", "p2p-circuit", "p2p"]):
             return False
-        if protos[0] in _IP:
-            ip = ipaddress.ip_address(host)
-            if ip.is_unspecified or ip.is_multicast:
-                return False
+        if protos[0] in _NAMES:
+            return source_scope == LOOPBACK  # a name may resolve anywhere (our LAN, loopback): only from this machine
+        ip = ipaddress.ip_address(host)
+        if ip.is_unspecified or ip.is_multicast:
+            return False
         return ip_scope(host) >= source_scope
     except Exception:  # noqa: BLE001 - multiaddr raises assorted errors for malformed values
         return False
