@@ -59,11 +59,13 @@ def start_relay_node(
     ns: str, data: Path, name: str, relay: str, bootstrap: str = "", listen: str | None = '["/ip4/0.0.0.0/tcp/0"]'
 ) -> subprocess.Popen[bytes]:
     boot = f'"{bootstrap}"' if bootstrap else ""
+    dht = 'dht_mode = "server"\n' if relay == "hop" else ""  # the relay is the anchor: it answers lookups
+    redial = "reconnect_initial_s = 0.2\nreconnect_max_s = 1.0\n"
     return start_in(
         ns,
         data,
         name,
-        f'mdns = false\nrelay = "{relay}"\nbootstrap = [{boot}]\nreconnect_initial_s = 0.2\nreconnect_max_s = 1.0\n',
+        f'mdns = false\nrelay = "{relay}"\nbootstrap = [{boot}]\n{redial}{dht}',
         listen=listen,
     )
 

@@ -32,7 +32,7 @@ def framed(data: bytes) -> bytes:
 
 
 async def test_js_libp2p_dials_the_node_over_tcp_and_quic(nursery: trio.Nursery, tmp_path: Path) -> None:
-    node, links = await start_transport(nursery, settings=BOTH)
+    node, links = await start_transport(nursery, settings=dataclasses.replace(BOTH, dht_mode="server"))
     tcp = next(a for a in node.listen_addresses() if "/tcp/" in a)
     quic = next(a for a in node.listen_addresses() if "/quic-v1" in a)
     async with js_peer(tmp_path / "js.log") as js:

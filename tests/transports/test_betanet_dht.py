@@ -25,16 +25,20 @@ from node.transports.betanet.settings import BetanetSection
 from node.transports.betanet.transport import BetanetTransport, DialError
 from tests.transports.test_betanet import LOOPBACK, WAIT_S, start_transport
 
+SERVER = dataclasses.replace(LOOPBACK, dht_mode="server")  # a hub others look peers up through (an anchor)
+
 
 async def test_peer_id_alone_is_found_through_the_dht(nursery: trio.Nursery) -> None:
-    hub, _ = await start_transport(nursery)
+    hub, _ = await start_transport(nursery, settings=SERVER)
     a, _ = await start_transport(nursery)
     c, c_links = await start_transport(nursery)
     with trio.fail_after(WAIT_S):
         await a.dial(hub.listen_addresses()[0])
         await c.dial(hub.listen_addresses()[0])
-        # The hub identifies both (they dialled it; it never dialled them) and routes to them.
-        await hub.wait_counters(lambda n: n.identified >= 2 and n.dht_routing_added >= 2)
+        # The hub identifies both (they dialled it; it never dialled them). They are DHT clients: not in its
+        # routing table, but a lookup of one by its peer ID is answered from the hub's peerstore (FIND_PEER).
+        await hub.wait_counters(lambda n: n.identified >= 2)
+        await a.wait_counters(lambda n: n.dht_routing_added >= 1)
         assert a.host is not None and c.host is not None
         assert not a.host.get_network().get_connections(c.host.get_id())
         started = trio.current_time()
@@ -53,7 +57,7 @@ async def test_peer_id_alone_is_found_through_the_dht(nursery: trio.Nursery) -> 
 
 
 async def test_unknown_peer_id_and_dht_off_are_clear_errors(nursery: trio.Nursery) -> None:
-    hub, _ = await start_transport(nursery)
+    hub, _ = await start_transport(nursery, settings=SERVER)
     a, _ = await start_transport(nursery)
     nobody = ID.from_pubkey(create_new_key_pair().public_key)
     with trio.fail_after(WAIT_S):
@@ -76,7 +80,7 @@ async def test_node_connects_by_peer_id_and_messages_go_direct(nursery: trio.Nur
     """Three nodes; A and C bootstrap to B only. A connects to C by peer ID (the DHT finds C through B),
     then a private message from A reaches C in one hop over the new direct link."""
     b_ident = Identity.generate()
-    b_transport = BetanetTransport(b_ident, LOOPBACK)
+    b_transport = BetanetTransport(b_ident, SERVER)
     b = _node(b_ident, b_transport, "b")
     await nursery.start(b.run)
     boot = dataclasses.replace(LOOPBACK, bootstrap=(b_transport.listen_addresses()[0],))
@@ -89,7 +93,8 @@ async def test_node_connects_by_peer_id_and_messages_go_direct(nursery: trio.Nur
         nodes[name] = (node, t)
     (a, a_t), (c, c_t) = nodes["a"], nodes["c"]
     with trio.fail_after(WAIT_S):
-        await b_transport.wait_counters(lambda n: n.dht_routing_added >= 2)
+        await b_transport.wait_counters(lambda n: n.identified >= 2)
+        await a_t.wait_counters(lambda n: n.dht_routing_added >= 1)
         link: Link = await a.connect(f"/p2p/{c_t.peer_id}")
         assert link.remote_address in c_t.listen_addresses()
         await a.wait_until(lambda: a.core is not None and a.core.peers.get(c.identity.peer_id) is not None)
@@ -119,7 +124,8 @@ async def test_a_peer_only_a_dht_answer_named_is_not_dialled_unless_configured(
     swarm = me.host.get_network()
     assert isinstance(swarm, Swarm)
     named = stranger.host.get_id()
-    me.host.get_peerstore().add_addrs(named, stranger.host.get_addrs(), 3600)  # what peer_routing.py does
+    addrs = [Multiaddr(a) for a in stranger.listen_addresses()]  # (host.get_addrs() is what a stranger may see)
+    me.host.get_peerstore().add_addrs(named, addrs, 3600)  # what peer_routing.py does
     connector = swarm.auto_connector
     if auto_connect == "off":
         await connector.maybe_connect()  # a cycle (it also runs on every disconnect): nothing to do
@@ -203,15 +209,15 @@ async def test_off_skips_the_dht_upkeep_that_dials_peers_answers_named(
     """KadDHT's upkeep (at start and every 600 s) looks up random keys through the routing table and dials the
     peers the answers name. With "off" it does nothing: a stranger known only to the hub stays undialled; a lookup
     the node is asked for still finds it. ("peerstore", the control: the upkeep connects to the stranger.)"""
-    hub, _ = await start_transport(nursery)
+    hub, _ = await start_transport(nursery, settings=SERVER)
     me, _ = await start_transport(nursery, settings=dataclasses.replace(LOOPBACK, auto_connect=auto_connect))
-    stranger, _ = await start_transport(nursery)
+    stranger, _ = await start_transport(nursery, settings=SERVER)  # a server: lookups' answers name servers only
     assert me.host is not None and stranger.host is not None
     sid = stranger.host.get_id()
     with trio.fail_after(WAIT_S):
         await stranger.dial(hub.listen_addresses()[0])
         await me.dial(hub.listen_addresses()[0])
-        await hub.wait_counters(lambda c: c.dht_routing_added >= 2)
+        await hub.wait_counters(lambda c: c.dht_routing_added >= 1 and c.identified >= 2)
         await me.wait_counters(lambda c: c.dht_routing_added >= 1)
     routing = me.routing
     assert routing is not None
@@ -224,7 +230,9 @@ async def test_off_skips_the_dht_upkeep_that_dials_peers_answers_named(
     assert not connected and not stranger.host.get_network().get_connections(me.host.get_id())
     # Nor does a peer enter the routing table on an answer's word (the table's own upkeep would ping it later).
     table = routing.dht.routing_table
-    assert not await table.add_peer(PeerInfo(sid, stranger.host.get_addrs()))
+    named = [Multiaddr(a) for a in stranger.listen_addresses()]
+    me.host.get_peerstore().add_addrs(sid, named, 3600)  # as an answer would
+    assert not await table.add_peer(PeerInfo(sid, named))
     assert not table.peer_in_table(sid) and not me.host.get_network().get_connections(sid)
     with trio.fail_after(WAIT_S):
         link = await me.dial(f"/p2p/{stranger.peer_id}")  # a lookup the node is asked for still works

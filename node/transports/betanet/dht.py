@@ -20,19 +20,21 @@ asked for (0.8 ignores ``protocol_prefix``); its routing table holds at most 256
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import multiaddr
 import trio
 from libp2p.abc import IHost
 from libp2p.kad_dht import DHTMode, KadDHT
+from libp2p.kad_dht.pb.kademlia_pb2 import Message
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.peer.peerstore import PeerStoreError
 from libp2p.tools.anyio_service import background_trio_service
 
 from node.transports.betanet.counters import BetanetCounters
+from node.transports.betanet.scope import addr_scope, current_scope, own_audience
 
 log = logging.getLogger("village.betanet.dht")
 
@@ -95,8 +97,55 @@ def _never_refresh(host: IHost, dht: KadDHT) -> None:
     setattr(table, "add_peer", add_connected_peer)  # noqa: B010 - likewise
 
 
+def _table_takes_peerstore_addrs(host: IHost, dht: KadDHT) -> None:
+    """A peer enters the routing table with the addresses the peerstore holds for it, not with those the answer
+    that named it carried: the peerstore checked them (:class:`.scope.GuardedPeerStore`), and a lookup returns a
+    table entry's addresses as they are (peer_routing.py, ``find_peer``)."""
+    table = dht.routing_table
+    add_peer = table.add_peer
+
+    async def add_checked_peer(peer: PeerInfo | ID, **kwargs: Any) -> bool:
+        if isinstance(peer, PeerInfo):
+            store = host.get_peerstore()
+            addrs = store.addrs(peer.peer_id) if peer.peer_id in store.peer_ids() else []
+            if not addrs:
+                return False
+            peer = PeerInfo(peer.peer_id, addrs)
+        return await add_peer(peer, **kwargs)
+
+    setattr(table, "add_peer", add_checked_peer)  # noqa: B010 - an instance override, not a typed attribute
+
+
+def _answer_by_scope(dht: KadDHT) -> None:
+    """A server's FIND_NODE answer names each peer only at the addresses the asker's scope may see (the scope of
+    the connection it asked over, :mod:`.scope`): a peer on this node's LAN is not shown to a stranger at its LAN
+    address. A peer whose signed record holds addresses the asker may not see goes without it (a record cannot be
+    cut; the asker keeps the unsigned addresses). An instance override of KadDHT's ``_add_closer_peers_to_response``
+    (libp2p is pinned below 0.9), run in the task serving the asker's stream."""
+    add = dht._add_closer_peers_to_response
+
+    def add_for_asker(response: Message, closest_peers: Sequence[ID], exclude_peer_id: ID | None = None) -> None:
+        add(response, closest_peers, exclude_peer_id=exclude_peer_id)
+        scope = current_scope()
+        for peer in response.closerPeers:
+            shown = []
+            for raw in peer.addrs:
+                try:
+                    if addr_scope(multiaddr.Multiaddr(raw)) >= scope:
+                        shown.append(raw)
+                except Exception:  # noqa: BLE001 - multiaddr parses lazily; a stored address that fails is dropped
+                    continue
+            if len(shown) < len(peer.addrs):
+                del peer.addrs[:]
+                peer.addrs.extend(shown)
+                peer.ClearField("signedRecord")
+
+    setattr(dht, "_add_closer_peers_to_response", add_for_asker)  # noqa: B010 - an instance override
+
+
 class PeerRouting:
-    """libp2p's KadDHT (server mode) on ``host``, owned by the BetaNet transport's nursery."""
+    """libp2p's KadDHT on ``host`` (client mode: lookups only; server mode: also answers others' lookups, see
+    ``betanet.dht_mode``), owned by the BetaNet transport's nursery."""
 
     def __init__(
         self,
@@ -106,14 +155,17 @@ class PeerRouting:
         timeout_s: float,
         *,
         refresh: bool = True,
+        server: bool = False,
     ) -> None:
         self._host = host
         self._counters = counters
         self._notify = notify
         self._timeout_s = timeout_s
-        self.dht = KadDHT(host, DHTMode.SERVER)
+        self.dht = KadDHT(host, DHTMode.SERVER if server else DHTMode.CLIENT)
         if not refresh:
             _never_refresh(host, self.dht)
+        _table_takes_peerstore_addrs(host, self.dht)
+        _answer_by_scope(self.dht)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         send, recv = trio.open_memory_channel[ID](IDENTIFY_QUEUE)
@@ -163,7 +215,7 @@ class PeerRouting:
         """Look ``peer_id`` up through the DHT; its known addresses (empty when nobody knows it)."""
         self._counters.dht_lookups += 1
         info = None
-        with trio.move_on_after(self._timeout_s):
+        with trio.move_on_after(self._timeout_s), own_audience():
             info = await self.dht.find_peer(peer_id)
         addrs = [a for a in (info.addrs if info is not None else []) if str(a)]
         if addrs:

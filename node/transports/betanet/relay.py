@@ -21,7 +21,6 @@ from collections.abc import Callable
 import multiaddr
 import trio
 from libp2p.abc import IHost
-from libp2p.identity.identify_push.identify_push import push_identify_to_peer
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import PeerStoreError
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
@@ -33,6 +32,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from multiaddr.protocols import P_P2P
 
 from node.transports.betanet.counters import BetanetCounters
+from node.transports.betanet.scope import push_identify
 from node.transports.betanet.settings import BetanetSection
 
 log = logging.getLogger("village.betanet.relay")
@@ -162,7 +162,11 @@ class Relay:
         with trio.move_on_after(self._timeout_s):
             async with trio.open_nursery() as nursery:
                 for peer_id in self._host.get_connected_peers():
-                    nursery.start_soon(push_identify_to_peer, self._host, peer_id, None, limit)
+                    nursery.start_soon(self._push_one, peer_id, limit)
+
+    async def _push_one(self, peer_id: ID, limit: trio.CapacityLimiter) -> None:
+        async with limit:
+            await push_identify(self._host, peer_id)  # the addresses of that peer's scope (:mod:`.scope`)
 
     # ------------------------------------------------------------ dialling through relays
     async def dial(self, addr: multiaddr.Multiaddr) -> None:

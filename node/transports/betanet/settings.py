@@ -34,6 +34,24 @@ class BetanetSection:
         "Run libp2p's Kademlia DHT (peer routing): `village connect /p2p/<peer id>` looks the peer's addresses up "
         "through connected peers.",
     )
+    dht_mode: str = setting(
+        "client",
+        "Kademlia role. client (the default, for phones and Pis): look peers up through DHT servers but serve "
+        "no DHT; nobody can ask this node whom it is connected to (a server answers FIND_NODE with the peers of "
+        "its routing table, which holds every connected peer that serves the DHT, with their addresses). server "
+        "(anchors, well-connected nodes others bootstrap to): answer lookups, so peers that know only this node "
+        "find each other by peer ID; it tells any connected peer which DHT-serving peers it is connected to. A "
+        "mesh needs at least one server its nodes share (a bootstrap anchor): among clients only, "
+        "`village connect /p2p/<id>` finds nobody.",
+        choices=("client", "server"),
+    )
+    announce_addrs: tuple[str, ...] = setting(
+        (),
+        "Extra addresses to tell every peer (a port forward, a public DNS name), as /ip4|ip6|dns4|dns6/.../tcp/N "
+        "or .../udp/N/quic-v1 without /p2p. Interface addresses are told by scope: loopback ones only to peers "
+        "on this machine, private and link-local ones only to peers that reached this node over such an "
+        "address, public ones to everyone.",
+    )
     auto_connect: str = setting(
         "peerstore",
         "py-libp2p's auto-connector. peerstore (py-libp2p's behaviour): while the node has fewer than 100 "
@@ -147,6 +165,8 @@ class BetanetSection:
 
         for addr in self.listen:
             _multiaddr(multiaddr, "betanet.listen", addr, f"not a valid multiaddr list {list(self.listen)}")
+        for addr in self.announce_addrs:
+            _announce_multiaddr(multiaddr, addr)
         for addr in self.bootstrap:
             _p2p_multiaddr(multiaddr, "betanet.bootstrap", addr)
             if "/p2p-circuit" in addr and self.relay == "off":
@@ -158,6 +178,27 @@ def _multiaddr(multiaddr: Any, key: str, addr: str, what: str) -> Any:
         return multiaddr.Multiaddr(addr)
     except Exception as exc:  # noqa: BLE001 - multiaddr raises several error types (ValueError, its own, binascii) for bad input
         raise ConfigError(f"{key}: {what}: {exc}") from None
+
+
+def _announce_multiaddr(multiaddr: Any, addr: str) -> None:
+    """``addr`` is a dialable address of ours: an IP (not unspecified or multicast) or DNS name, then TCP or
+    UDP/QUIC v1, nothing after; a ConfigError naming ``betanet.announce_addrs`` if not."""
+    import ipaddress
+
+    key = "betanet.announce_addrs"
+    parsed = _multiaddr(multiaddr, key, addr, f"{addr!r} is not a multiaddr")
+    names = [p.name for p in parsed.protocols()]
+    shape = names[1:] in (["tcp"], ["udp", "quic-v1"])
+    if not names or names[0] not in ("ip4", "ip6", "dns", "dns4", "dns6") or not shape:
+        raise ConfigError(
+            f"{key}: {addr!r} is not /ip4|ip6|dns|dns4|dns6/<host>/tcp/<port> or .../udp/<port>/quic-v1 (no /p2p)"
+        )
+    if names[0] in ("ip4", "ip6"):
+        ip = ipaddress.ip_address(parsed.value_for_protocol(names[0]))
+        if ip.is_unspecified or ip.is_multicast:
+            raise ConfigError(f"{key}: {addr!r} is not an address a peer can dial")
+    if int(parsed.value_for_protocol(names[1])) == 0:
+        raise ConfigError(f"{key}: {addr!r} has port 0")
 
 
 def _p2p_multiaddr(multiaddr: Any, key: str, addr: str) -> None:

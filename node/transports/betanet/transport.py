@@ -46,7 +46,6 @@ from libp2p.network.config import RetryConfig
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
-from libp2p.peer.peerstore import PeerStore
 from libp2p.protocol_muxer.exceptions import MultiselectClientError
 from libp2p.rcmgr import new_resource_manager
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -67,6 +66,7 @@ from node.transports.betanet.quic import QUIC_ATTEMPT_S, close_quic, dial_order,
 from node.transports.betanet.quic_admission import Limits
 from node.transports.betanet.quic_transport import QuicTransport
 from node.transports.betanet.relay import Relay, is_circuit, without_peer_suffix
+from node.transports.betanet.scope import LAN, GuardedPeerStore, scope_host, visible
 from node.transports.betanet.settings import BetanetSection
 
 log = logging.getLogger("village.betanet")
@@ -202,6 +202,7 @@ class BetanetTransport(Transport):
         self._discovered_dialling: set[str] = set()  # peer IDs found by mDNS that we are dialling now
         self._handlers: dict[TProtocol, StreamHandler] = {}  # extra protocols (the mailbox)
         self._quic: QuicTransport | None = None  # the host's QUIC transport, closed by us at shutdown
+        self._all_addrs: Callable[[], list[multiaddr.Multiaddr]] | None = None  # every address, all scopes
 
     def _notify(self) -> None:
         self._changed.set()
@@ -226,11 +227,12 @@ class BetanetTransport(Transport):
         return str(self._key_pair_id)
 
     def listen_addresses(self) -> list[str]:
-        """Where peers can reach us, each ending in ``/p2p/<our id>``: interface addresses (QUIC first), then a
-        ``/p2p-circuit`` address through each relay holding a slot for us."""
-        if self.host is None:
+        """Where peers can reach us, each ending in ``/p2p/<our id>``: interface addresses (QUIC first), the
+        announce addresses, then a ``/p2p-circuit`` address through each relay holding a slot for us. All scopes:
+        each peer is told only those of its scope (:mod:`.scope`)."""
+        if self.host is None or self._all_addrs is None:
             return []
-        return sorted((str(a) for a in self.host.get_addrs()), key=lambda a: not is_quic(a))  # QUIC first
+        return sorted((str(a) for a in self._all_addrs()), key=lambda a: not is_quic(a))  # QUIC first
 
     def _make_host(self, listen: list[multiaddr.Multiaddr]) -> IHost:
         # Exactly one security transport: Noise. libp2p's default set also offers plaintext.
@@ -252,7 +254,7 @@ class BetanetTransport(Transport):
         # raced; libp2p's default 3 retries per unreachable address only delayed the fallback to a relay.
         resources = new_resource_manager()  # new_host's default connection/stream limits
         peer_id = ID.from_pubkey(self._key_pair.public_key)
-        peerstore = PeerStore()
+        peerstore = GuardedPeerStore(self._count_refused)
         peerstore.add_key_pair(peer_id, self._key_pair)
         upgrader = TransportUpgrader(
             secure_transports_by_protocol={NOISE_PROTOCOL_ID: noise},
@@ -269,41 +271,52 @@ class BetanetTransport(Transport):
         swarm.set_resource_manager(resources)
         if self.settings.auto_connect == "off":
             _never_auto_connect(swarm)
+        announced = [multiaddr.Multiaddr(a) for a in self.settings.announce_addrs]
+
+        def addrs_factory(candidates: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+            found = expand_unspecified(candidates)  # real interface addresses, never 0.0.0.0
+            return [*found, *(a for a in announced if a not in found)]
+
         host = BasicHost(
             network=swarm,
             enable_mDNS=self.settings.mdns,
             resource_manager=resources,
-            addrs_factory=expand_unspecified,  # advertise real interface addresses, never 0.0.0.0
+            addrs_factory=addrs_factory,
         )
         return host
+
+    def _count_refused(self, n: int) -> None:
+        self.counters.peer_addrs_refused += n
 
     @staticmethod
     def _advertise_real_addresses(host: IHost) -> None:
         """py-libp2p 0.8's mDNS broadcaster puts raw transport addresses in its TXT records, so a wildcard
         listener advertises /ip4/0.0.0.0/... which nobody can dial. It has no option for this; override its
-        resolver on this host's instance only (libp2p is pinned below 0.9)."""
+        resolver on this host's instance only (libp2p is pinned below 0.9). Its audience is the LAN: loopback
+        addresses are not multicast (:mod:`.scope`)."""
         broadcaster = getattr(getattr(host, "mDNS", None), "broadcaster", None)
         if broadcaster is None or not hasattr(broadcaster, "_resolve_host_addrs"):
             return  # mDNS off, or a libp2p whose internals changed: the default behaviour stays
 
         def resolve() -> list[str]:
-            return [str(a) for a in expand_unspecified(host.get_transport_addrs())]
+            return [str(a) for a in visible(expand_unspecified(host.get_transport_addrs()), LAN, frozenset())]
 
         broadcaster._resolve_host_addrs = resolve
 
-    @staticmethod
-    def _advertise_circuits(host: IHost, relay: Relay) -> None:
-        """Add our relay circuit addresses to what the host advertises (identify, signed peer records, the
-        DHT). They cannot go through ``addrs_factory``: py-libp2p 0.8's ``BasicHost.get_addrs``
-        (host/basic_host.py, lines 534-538) strips the *first* ``/p2p/`` component of each address, which
-        in a circuit address is the relay's, leaving the relay's IP and port under our peer ID. So wrap
-        ``get_addrs`` on this host's instance only (libp2p is pinned below 0.9)."""
+    def _advertise(self, host: IHost, relay: Relay | None) -> None:
+        """What the host advertises (identify, signed peer records, the DHT): every address, relay circuit ones
+        included, cut to each peer's scope (:func:`.scope.scope_host`). Circuit addresses cannot go through
+        ``addrs_factory``: py-libp2p 0.8's ``BasicHost.get_addrs`` (host/basic_host.py, lines 534-538) strips the
+        *first* ``/p2p/`` component of each address, which in a circuit address is the relay's, leaving the
+        relay's IP and port under our peer ID; so they are added after it."""
         plain = host.get_addrs
 
-        def get_addrs() -> list[multiaddr.Multiaddr]:
-            return [*plain(), *relay.circuit_addrs()]
+        def all_addrs() -> list[multiaddr.Multiaddr]:
+            return [*plain(), *(relay.circuit_addrs() if relay is not None else ())]
 
-        setattr(host, "get_addrs", get_addrs)  # noqa: B010 - an instance override, not a typed attribute
+        self._all_addrs = all_addrs
+        announced = frozenset(str(multiaddr.Multiaddr(a)) for a in self.settings.announce_addrs)
+        scope_host(host, all_addrs, announced)
 
     async def run(
         self,
@@ -335,13 +348,13 @@ class BetanetTransport(Transport):
                 self._notify,
                 self.settings.dial_timeout_s,
                 refresh=self.settings.auto_connect != "off",
+                server=self.settings.dht_mode == "server",
             )
             if self.settings.dht
             else None
         )
         relay = Relay(host, self.settings, self.counters, self._notify) if self.settings.relay != "off" else None
-        if relay is not None:
-            self._advertise_circuits(host, relay)
+        self._advertise(host, relay)
         self.host = host
         self._sink = link_sink
         host.set_stream_handler(MESH_PROTOCOL, self._on_inbound)
@@ -398,6 +411,7 @@ class BetanetTransport(Transport):
             self.routing = None
             self.relay = None
             self._nursery = None
+            self._all_addrs = None
             with trio.CancelScope(shield=True):
                 for link in list(self._links.values()):
                     await link.aclose()

@@ -1,0 +1,334 @@
+"""What BetaNet tells strangers: our addresses per audience, and which addresses DHT answers may plant.
+
+A node's LAN layout is the user's data. Each address has a *scope*: loopback (this machine), LAN (private, link-
+local, CGNAT, unique-local: :func:`ip_scope`) or public. A peer is shown only the addresses of scopes it can use:
+
+* a peer connected over loopback sees everything (it is this machine);
+* a peer that reached us over a LAN address sees LAN and public addresses;
+* any other peer (public, relayed, unknown) sees public addresses and ``betanet.announce_addrs`` only.
+
+py-libp2p 0.8 sends our addresses in identify (listen addresses and a signed peer record), identify push, and the
+signed peer record of every DHT message, all from ``host.get_addrs()`` with no peer in sight. A peer keeps the
+newest signed record it got from us and drops every address not in it, so every record a peer gets from us must
+carry its audience's addresses. :func:`scope_host` does it on one host instance (libp2p is pinned below 0.9):
+
+* the *audience* is a context variable, set for the task serving each inbound stream and by ``host.new_stream``
+  for the task that opened a stream (an awaited coroutine shares its caller's context), from the scope of the
+  stream's connection (:func:`conn_scope`); unset means public;
+* ``host.get_addrs()`` returns the addresses the current audience may see (the local signed record follows: libp2p
+  re-signs it, with a newer sequence number, whenever the list differs from the cached one);
+* identify and identify push are answered by :func:`identify_message`, which never falls back to the raw listen
+  addresses (py-libp2p's does, when the list is empty).
+
+Addresses from DHT answers (:class:`GuardedPeerStore`): the FIND_NODE replies of a connected peer name other
+peers with addresses the peer chose, which py-libp2p puts in the peerstore, and the auto-connector and lookups
+then dial. Only well-formed addresses of transports we dial are kept, never unspecified or multicast ones, never
+loopback ones (or DNS names) unless the answering peer is on loopback, never LAN ones unless it is on loopback or
+the LAN; at most
+:data:`MAX_DHT_ADDRS_PER_PEER` per named peer and :data:`MAX_DHT_PEERS` named peers at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import ipaddress
+import logging
+from collections.abc import Callable, Iterator, Sequence
+
+import multiaddr
+from libp2p.abc import IHost, IMuxedConn, INetStream
+from libp2p.custom_types import TProtocol
+from libp2p.identity.identify.identify import AGENT_VERSION, PROTOCOL_VERSION
+from libp2p.identity.identify.identify import ID as IDENTIFY_PROTOCOL
+from libp2p.identity.identify.pb.identify_pb2 import Identify
+from libp2p.identity.identify_push.identify_push import ID_PUSH
+from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL
+from libp2p.peer.envelope import Envelope
+from libp2p.peer.id import ID
+from libp2p.peer.peerstore import PeerStore, env_to_send_in_RPC
+from libp2p.utils import varint
+from multiaddr.protocols import P_P2P
+
+log = logging.getLogger("village.betanet.scope")
+
+LOOPBACK, LAN, PUBLIC = 0, 1, 2  # address scopes, most private first
+MAX_DHT_ADDRS_PER_PEER = 8  # addresses of one peer a DHT answer may put in the peerstore
+MAX_DHT_PEERS = 256  # peers that DHT answers alone put in the peerstore, at once
+_IP = ("ip4", "ip6")
+_PEER_WORDS = (str(KAD_PROTOCOL), str(IDENTIFY_PROTOCOL))  # outbound streams whose answers name addresses
+_NAMES = ("dns", "dns4", "dns6")
+
+
+class Audience:
+    """Who the current task is talking to: the scope of the connection and, for an outbound stream, its protocol
+    and peer (what :class:`GuardedPeerStore` needs to know an answer's origin)."""
+
+    __slots__ = ("inbound", "peer", "protocol", "scope")
+
+    def __init__(self, scope: int, peer: ID, protocol: str | None, *, inbound: bool) -> None:
+        self.scope = scope
+        self.peer = peer
+        self.protocol = protocol
+        self.inbound = inbound
+
+
+_audience: contextvars.ContextVar[Audience | None] = contextvars.ContextVar("betanet_audience", default=None)
+
+
+def ip_scope(text: str) -> int:
+    """LOOPBACK, LAN or PUBLIC for an IP address (IPv4-mapped IPv6 counts as its IPv4 address); an address that
+    is not globally routable (private, link-local, CGNAT, unique-local, documentation, ...) is LAN."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return PUBLIC  # a name (dns): whoever configured it meant it for everyone
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return LOOPBACK
+    return PUBLIC if ip.is_global else LAN
+
+
+def addr_scope(addr: multiaddr.Multiaddr | str) -> int:
+    """The scope of a multiaddr: that of its first IP (for a circuit, the relay's); PUBLIC without one."""
+    maddr = addr if isinstance(addr, multiaddr.Multiaddr) else multiaddr.Multiaddr(addr)
+    for proto in maddr.protocols():
+        if proto.name in _IP:
+            return ip_scope(str(maddr.value_for_protocol(proto.code)))
+    return PUBLIC
+
+
+def conn_scope(conn: IMuxedConn) -> int:
+    """The scope of the network a connection reached us over: its remote IP's; PUBLIC when relayed (the peer may
+    be anywhere) or unknown."""
+    try:
+        addrs = conn.get_transport_addresses()
+    except Exception:  # noqa: BLE001 - a muxer without transport addresses: the most careful answer
+        return PUBLIC
+    scopes = [PUBLIC if "/p2p-circuit" in str(a) else addr_scope(a) for a in addrs]
+    return max(scopes, default=PUBLIC)
+
+
+def visible(addrs: Sequence[multiaddr.Multiaddr], scope: int, announced: frozenset[str]) -> list[multiaddr.Multiaddr]:
+    """The addresses an audience of ``scope`` may see: those of its scope or a more public one, and the
+    operator's announce addresses (``announced``, without /p2p) whatever their scope."""
+    out = []
+    for addr in addrs:
+        if str(addr.decapsulate_code(P_P2P)) in announced or addr_scope(addr) >= scope:
+            out.append(addr)
+    return out
+
+
+def dialable(addr: multiaddr.Multiaddr, source_scope: int) -> bool:
+    """Whether an address a peer of ``source_scope`` gave (for itself or another peer) may enter the peerstore: an
+    IP, then TCP or UDP/QUIC v1 (or a circuit through such an address), not unspecified or multicast, and not more
+    private than the network the peer is on. DNS names only from a peer on loopback: a name can resolve to an
+    address of our LAN or loopback (so peers' announced names are not stored; a configured bootstrap name is)."""
+    try:
+        protos = [p.name for p in addr.protocols()]
+        if len(protos) < 2 or protos[0] not in (*_IP, *_NAMES):
+            return False
+        host = str(addr.value_for_protocol(protos[0]))
+        if protos[1] == "tcp":
+            rest = protos[2:]
+        elif protos[1:3] == ["udp", "quic-v1"]:
+            rest = protos[3:]
+        else:
+            return False
+        if rest and rest not in (["p2p"], ["p2p", "p2p-circuit"], ["p2p", "p2p-circuit", "p2p"]):
+            return False
+        if protos[0] in _NAMES:
+            return source_scope == LOOPBACK  # a name may resolve anywhere (our LAN, loopback): only from this machine
+        ip = ipaddress.ip_address(host)
+        if ip.is_unspecified or ip.is_multicast:
+            return False
+        return ip_scope(host) >= source_scope
+    except Exception:  # noqa: BLE001 - multiaddr raises assorted errors for malformed values
+        return False
+
+
+@contextlib.contextmanager
+def own_audience() -> Iterator[None]:
+    """Within: no audience (public), and whatever the streams opened within set is undone at the end, so the
+    caller's task does not go on as if talking to the last peer a lookup queried."""
+    token = _audience.set(None)
+    try:
+        yield
+    finally:
+        _audience.reset(token)
+
+
+def current_scope() -> int:
+    audience = _audience.get()
+    return PUBLIC if audience is None else audience.scope
+
+
+def identify_message(host: IHost, observed: multiaddr.Multiaddr | None) -> bytes:
+    """Our identify message for the current audience (length-prefixed): its addresses and a signed record of
+    exactly those, never the raw listen addresses."""
+    envelope, _ = env_to_send_in_RPC(host)  # signs host.get_addrs(), i.e. the audience's addresses
+    msg = Identify(
+        protocol_version=PROTOCOL_VERSION,
+        agent_version=AGENT_VERSION,
+        public_key=host.get_public_key().serialize(),
+        listen_addrs=[a.decapsulate_code(P_P2P).to_bytes() for a in host.get_addrs()],
+        observed_addr=observed.to_bytes() if observed is not None else b"",
+        protocols=[str(p) for p in host.get_mux().get_protocols() if p is not None],
+        signedPeerRecord=envelope,
+    )
+    body = msg.SerializeToString()
+    return bytes(varint.encode_uvarint(len(body))) + body
+
+
+def _observed(stream: INetStream) -> multiaddr.Multiaddr | None:
+    """The peer's address as we see it, over TCP or QUIC (what identify's observed_addr carries)."""
+    try:
+        for addr in stream.muxed_conn.get_transport_addresses():
+            if "/p2p-circuit" not in str(addr):
+                return addr.decapsulate_code(P_P2P)
+    except Exception:  # noqa: BLE001 - a muxer without transport addresses
+        pass
+    return None
+
+
+def scope_host(host: IHost, full_addrs: Callable[[], list[multiaddr.Multiaddr]], announced: frozenset[str]) -> None:
+    """Make ``host`` (this instance) show each peer only its audience's addresses (see the module docstring).
+    ``full_addrs`` is every address we have (the transport's ``listen_addresses``); ``announced`` the operator's
+    announce addresses, shown to everyone."""
+
+    def get_addrs() -> list[multiaddr.Multiaddr]:
+        return visible(full_addrs(), current_scope(), announced)
+
+    plain_new_stream = host.new_stream
+
+    async def new_stream(peer_id: ID, protocol_ids: Sequence[TProtocol]) -> INetStream:
+        stream = await plain_new_stream(peer_id, protocol_ids)
+        # Set in the caller's context (an awaited coroutine shares it): what it sends on this stream next is for
+        # this peer. The scope is the connection's the stream runs on.
+        protocol = str(stream.get_protocol()) if stream.get_protocol() is not None else None
+        _audience.set(Audience(conn_scope(stream.muxed_conn), peer_id, protocol, inbound=False))
+        return stream
+
+    swarm = host.get_network()
+    plain_handler = swarm.common_stream_handler  # type: ignore[attr-defined]  # BasicHost's dispatcher
+
+    async def handle_inbound(stream: INetStream) -> None:
+        conn = stream.muxed_conn
+        _audience.set(Audience(conn_scope(conn), conn.peer_id, None, inbound=True))  # this stream's task only
+        await plain_handler(stream)
+
+    async def answer_identify(stream: INetStream) -> None:
+        try:
+            await stream.write(identify_message(host, _observed(stream)))
+        except Exception as exc:  # noqa: BLE001 - a closed or reset stream: nothing to answer
+            log.debug("identify to %s not sent: %s", stream.muxed_conn.peer_id, exc or type(exc).__name__)
+        finally:
+            with contextlib.suppress(Exception):  # best effort
+                await stream.close()
+
+    async def push_identify_to_all_peers() -> None:
+        for peer_id in host.get_connected_peers():
+            await push_identify(host, peer_id)
+
+    setattr(host, "get_addrs", get_addrs)  # noqa: B010 - instance overrides, not typed attributes
+    setattr(host, "new_stream", new_stream)  # noqa: B010
+    setattr(host, "_push_identify_to_all_peers", push_identify_to_all_peers)  # noqa: B010
+    swarm.set_stream_handler(handle_inbound)
+    host.set_stream_handler(IDENTIFY_PROTOCOL, answer_identify)
+
+
+async def push_identify(host: IHost, peer_id: ID) -> bool:
+    """Send identify push to ``peer_id`` with its audience's addresses (a scoped host's ``new_stream`` sets it)."""
+    try:
+        stream = await host.new_stream(peer_id, [ID_PUSH])
+    except Exception as exc:  # noqa: BLE001 - libp2p: no connection, protocol refused, ...
+        log.debug("identify push to %s: %s", peer_id, exc or type(exc).__name__)
+        return False
+    try:
+        await stream.write(identify_message(host, None))
+        return True
+    except Exception as exc:  # noqa: BLE001 - a closed or reset stream
+        log.debug("identify push to %s: %s", peer_id, exc or type(exc).__name__)
+        return False
+    finally:
+        with contextlib.suppress(Exception):  # best effort
+            await stream.close()
+
+
+class GuardedPeerStore(PeerStore):
+    """py-libp2p's peerstore, where what a peer says about addresses (its identify, its DHT messages, the peers
+    its DHT answers name) is checked against the network that peer is on, and what it says about *other* peers is
+    bounded (see the module docstring). Our own dials and configuration are stored as py-libp2p stores them."""
+
+    def __init__(self, on_refused: Callable[[int], None] | None = None) -> None:
+        super().__init__()
+        self._from_dht: dict[ID, None] = {}  # peers that only other peers' answers put here, bounded
+        self._on_refused = on_refused
+
+    @staticmethod
+    def _speaker() -> Audience | None:
+        """The peer whose words this call stores, if any: a stream it opened, or our identify / DHT stream to it."""
+        audience = _audience.get()
+        if audience is None or not (audience.inbound or audience.protocol in _PEER_WORDS):
+            return None
+        return audience
+
+    def _refused(self, n: int) -> None:
+        if n > 0 and self._on_refused is not None:
+            self._on_refused(n)
+
+    def add_addrs(self, peer_id: ID, addrs: Sequence[multiaddr.Multiaddr], ttl: int = 0) -> None:
+        speaker = self._speaker()
+        if speaker is None:
+            super().add_addrs(peer_id, addrs, ttl)
+            return
+        kept = [a for a in addrs if dialable(a, speaker.scope)]
+        if peer_id != speaker.peer:
+            if not self._admit(peer_id):
+                self._refused(len(addrs))
+                return
+            have = self.peer_data_map[peer_id].get_addrs() if peer_id in self.peer_data_map else []
+            kept = [a for a in kept if a not in have][: max(0, MAX_DHT_ADDRS_PER_PEER - len(have))]
+        self._refused(len(addrs) - len(kept))
+        if kept:
+            super().add_addrs(peer_id, kept, ttl)
+
+    def consume_peer_record(self, envelope: Envelope, ttl: int) -> bool:
+        speaker = self._speaker()
+        if speaker is None:
+            return super().consume_peer_record(envelope, ttl)
+        record = envelope.record()
+        peer_id = record.peer_id
+        if peer_id != speaker.peer and not self._admit(peer_id):
+            self._refused(len(record.addrs))
+            return False
+        if all(dialable(a, speaker.scope) for a in record.addrs):
+            return super().consume_peer_record(envelope, ttl)  # its addresses go through add_addrs above
+        # A record naming addresses we refuse is not kept whole (a DHT server would pass it on as it is): what
+        # py-libp2p does for a newer record, with only the acceptable addresses and no record.
+        state = self.peer_record_map.get(peer_id)
+        if state is not None and state.seq > record.seq:
+            return False
+        self.peer_record_map.pop(peer_id, None)
+        if peer_id in self.peer_data_map:
+            self.peer_data_map[peer_id].clear_addrs()
+        self.add_addrs(peer_id, list(record.addrs), ttl)
+        return True
+
+    def _admit(self, peer_id: ID) -> bool:
+        """Whether another peer's answer may store ``peer_id``: known already, or a free place among
+        MAX_DHT_PEERS (places of peers since evicted or expired are reclaimed)."""
+        if peer_id in self._from_dht or peer_id in self.peer_data_map:
+            return True
+        if len(self._from_dht) >= MAX_DHT_PEERS:
+            for gone in [p for p in self._from_dht if p not in self.peer_data_map]:
+                del self._from_dht[gone]
+        if len(self._from_dht) >= MAX_DHT_PEERS:
+            return False
+        self._from_dht[peer_id] = None
+        return True
+
+    def dht_named(self) -> int:
+        """How many peers other peers' answers put in the peerstore (at most MAX_DHT_PEERS)."""
+        return len(self._from_dht)
