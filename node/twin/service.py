@@ -1,8 +1,11 @@
 """TwinService: the twin as trio sees it — a service of the composition root.
 
-It owns one :class:`~node.twin.engine.TwinEngine`, loaded with its modules (numpy, the shipped prior, the neural
-tier) at the first event or query: an idle node imports none of them (:mod:`node.twin.names` is what it needs
-before). Events (what the user does on this node: messages they send, knowledge-base queries, documents they add,
+It owns one :class:`~node.twin.engine.TwinEngine`, loaded in two steps: at the first event or query its light part
+(numpy, the engine's modules, the next-action head, topics and contacts: what a command needs), at the first use
+that needs it the language model (the shipped prior, the neural tier, the user's counts: a text event, a suggestion,
+the context, an export; ~16 MB more). An idle node imports none of them (:mod:`node.twin.names` is what it needs
+before); a node driven by commands only never loads the language model. The MiniLM embedder of the next-action head
+is looked up at the first knowledge-base query or document title (the only events it embeds). Events (what the user does on this node: messages they send, knowledge-base queries, documents they add,
 commands) arrive through :meth:`TwinService.record` (non-blocking, bounded channel) and are learned by one learner
 task, in a worker thread behind a ``CapacityLimiter(1)`` (the engine is single-threaded; suggestions and status go
 through the same limiter).

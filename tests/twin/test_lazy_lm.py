@@ -215,3 +215,32 @@ async def test_an_unusable_language_model_part_is_kept_aside_and_the_rest_stays(
         assert await again.save_now() > 0
         n.cancel_scope.cancel()
     assert svc.path.with_name("state.bin.bad").read_bytes() == planted
+
+
+async def test_a_light_state_over_its_bound_loads_the_model_to_drop_the_rarest_counts(tmp_path: Path) -> None:
+    """The next-action head grows (up to ~260 KB of weights) while the language model is not loaded: when the state
+    no longer fits in twin.max_disk_bytes, the model loads so its recency cache and rarest counts can go (never the
+    head's weights)."""
+    bound = 100_000
+    rng = np.random.default_rng(5)
+    whole = TwinEngine(GlobalPrior.load_packaged())
+    words = [f"w{i}x" for i in range(3000)]  # own words: each costs the state some bytes
+    while len(whole.encode(bound)) < 70_000:
+        for _ in range(50):
+            whole.observe(Event("message", " ".join(rng.choice(words, 12)), "messages.send", 0))
+    path = tmp_path / "twin" / "state.bin"
+    path.parent.mkdir(mode=0o700)
+    path.write_bytes(whole.encode(bound))
+    svc = _service(tmp_path, max_disk_bytes=bound)
+    async with trio.open_nursery() as n:
+        await n.start(svc.run, None)
+        for i in range(40):  # embedded titles: dense rows of weights (~60 KB compressed)
+            svc.record("document", f"guide number {i}", action=f"tool.{i}")
+        await svc.wait_learned(40)
+        assert (await svc.status())["language_model"] == {"loaded": False}
+        assert await svc.save_now() <= bound
+        st = await svc.status()
+        assert st["language_model"] == {"loaded": True} and st["save_error"] is None and st["actions_known"] == 41
+        n.cancel_scope.cancel()
+    arrays, meta = blob.unpack_untrusted(path.read_bytes(), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    assert meta["messages"] == whole.lm.messages and arrays["x_act_w"].shape == (41, 384 + 41)  # the whole head kept
