@@ -4,8 +4,11 @@ text; a restart that sees only commands writes the language-model state back unc
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 from node.twin import blob, store
@@ -46,6 +49,12 @@ def test_a_command_does_not_load_the_language_model_and_a_text_does(data_dir: Pa
         assert st["events"] == 1 and st["actions_known"] == 1 and st["language_model"] == {"loaded": False}, st
         grown = _rss_kib(control) - idle
         assert grown < MAX_COMMAND_GROWTH_KIB, f"+{grown} KiB after the first command"
+        env = {**os.environ, "VILLAGE_DATA_DIR": str(data_dir)}
+        cli = subprocess.run(
+            [sys.executable, "-m", "node.cli", "twin", "status"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert cli.returncode == 0 and "language model: not loaded" in cli.stdout, cli.stdout + cli.stderr
+        assert "learned: 0 messages, 0 tokens" in cli.stdout and "1 actions" in cli.stdout, cli.stdout
         for text in TEXTS:
             client.call("twin.observe", text=text)
         st = client.call("twin.status", wait_s=25)
