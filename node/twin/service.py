@@ -5,7 +5,9 @@ It owns one :class:`~node.twin.engine.TwinEngine`, loaded in two steps: at the f
 that needs it the language model (the shipped prior, the neural tier, the user's counts: a text event, a suggestion,
 the context, an export; ~16 MB more). An idle node imports none of them (:mod:`node.twin.names` is what it needs
 before); a node driven by commands only never loads the language model. The MiniLM embedder of the next-action head
-is looked up at the first knowledge-base query or document title (the only events it embeds). Events (what the user does on this node: messages they send, knowledge-base queries, documents they add,
+is looked up at the first knowledge-base query or document title (the only events it embeds).
+
+Events (what the user does on this node: messages they send, knowledge-base queries, documents they add,
 commands) arrive through :meth:`TwinService.record` (non-blocking, bounded channel) and are learned by one learner
 task, in a worker thread behind a ``CapacityLimiter(1)`` (the engine is single-threaded; suggestions and status go
 through the same limiter).
@@ -130,6 +132,8 @@ class TwinService:
         """The engine, loaded on first use (a node that never sees its user's activity never pays for it): its
         light part only (the next-action head, topics, contacts; numpy), the language model at the first use
         that needs it (:meth:`_ensure_lm`)."""
+        if self.engine is not None:  # (not waiting for a load of the language model under way)
+            return self.engine
         async with self._load_lock:
             if self.engine is None:
                 self.engine = await trio.to_thread.run_sync(self._load, limiter=self._limiter)
