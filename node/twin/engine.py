@@ -14,7 +14,7 @@ Synchronous and clock-free (the service passes ``at_ms`` and runs every call in 
 Messages received from others never reach the engine (the service only sees the user's own calls).
 
 The language model (the shipped prior, the neural tier and the user's counts, words, mixture and gate) is the
-engine's heavy part (~30 MB): an engine built without a prior (``TwinEngine(None)``, the service's) learns commands
+engine's heavy part (~16 MB): an engine built without a prior (``TwinEngine(None)``, the service's) learns commands
 and documents, predicts next actions and saves without it, and loads it with :meth:`TwinEngine.load_lm` only when
 something needs it (:meth:`TwinEngine.needs_lm`: a text event, a suggestion, the context, an export). Until then
 the language-model part of the state file read at start is kept as it was read (compressed) and written back
