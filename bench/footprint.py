@@ -233,13 +233,90 @@ def first_use_figures(extra_config: str, settle_s: float, root: Path = ROOT) -> 
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
 
 
+FIRST_TEXT = "see you at the walrus colony tomorrow morning"
+
+
+def first_command_figures(settle_s: float, root: Path = ROOT) -> dict[str, float]:
+    """A real `village run` (default plugins) on a fresh data dir, then restarted on it: VmRSS (KiB) at idle,
+    after the user's first command (``node.status`` over the control socket, a twin *action* event; ``twin.status``
+    with ``wait_s`` waits until it is learned), after the first text event (``twin.observe``) and after the first
+    suggestion (``twin.suggest``); in the restarted node the same after the first command and the first text event
+    (the state saved at the first run's stop is read). Keys ``<run> <step>``; ``<run> lm`` is whether ``twin.status``
+    said the language model was loaded after the first command (None: the tree does not say)."""
+    from node.control.client import ControlClient
+
+    tmp = Path(tempfile.mkdtemp(prefix="vcmd-", dir="/tmp"))
+    data = tmp / "data"
+    data.mkdir(mode=0o700)
+    (data / "config.toml").write_text(LISTEN)
+    env = {**os.environ, "PYTHONPATH": str(root), "VILLAGE_DATA_DIR": str(data)}
+    subprocess.run([sys.executable, "-m", "node.cli", "init"], env=env, cwd=root, stdout=subprocess.DEVNULL, check=True)
+    out: dict[str, float] = {}
+    try:
+        for run in ("fresh", "restart"):
+            notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            (tmp / "notify.sock").unlink(missing_ok=True)
+            notify.bind(str(tmp / "notify.sock"))
+            notify.settimeout(120)
+            cmd = [sys.executable, "-m", "node.cli", "run"]
+            proc = subprocess.Popen(
+                cmd, env={**env, "NOTIFY_SOCKET": str(tmp / "notify.sock")}, cwd=root, stderr=subprocess.DEVNULL
+            )
+            try:
+                if notify.recv(64) != b"READY=1":
+                    raise SystemExit("the daemon did not report READY=1")
+                with ControlClient(data / "control.sock", timeout_s=300) as c:
+                    time.sleep(settle_s)  # a benchmark's idle period, not a wait for an event
+                    out[f"{run} idle"] = proc_figures(proc.pid)["VmRSS"]
+                    c.call("node.status")
+                    st = c.call("twin.status", wait_s=25)
+                    if st.get("events", 1) < 1:
+                        raise SystemExit(f"the command was not learned: {st}")
+                    out[f"{run} lm"] = st["language_model"]["loaded"] if "language_model" in st else -1
+                    out[f"{run} command"] = proc_figures(proc.pid)["VmRSS"]
+                    c.call("twin.observe", text=FIRST_TEXT)
+                    c.call("twin.status", wait_s=25)
+                    out[f"{run} text"] = proc_figures(proc.pid)["VmRSS"]
+                    if run == "fresh":
+                        c.call("twin.suggest", text="see you at the ")
+                        out[f"{run} suggest"] = proc_figures(proc.pid)["VmRSS"]
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
+                notify.close()
+        return out
+    finally:
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+
+
+def print_first_command(settle_s: float, trees: list[tuple[str, Path]]) -> None:
+    for label, root in trees * 2:  # alternated
+        f = first_command_figures(settle_s, root)
+        for run in ("fresh", "restart"):
+            lm = {1: "loaded", 0: "not loaded", -1: "not said"}[int(f[f"{run} lm"])]
+            idle, cmd, text = (_mb(int(f[f"{run} {k}"])) for k in ("idle", "command", "text"))
+            line = (
+                f"first command, {label}, {run:7s} node: idle {idle:.1f} MB, after `village status` {cmd:.1f} MB "
+                f"(+{cmd - idle:.1f}; language model {lm}), after the first text event {text:.1f} MB "
+                f"(+{text - idle:.1f})"
+            )
+            if f"{run} suggest" in f:
+                line += f", after the first suggestion {_mb(int(f[f'{run} suggest'])):.1f} MB"
+            print(line, flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--settle-s", type=float, default=3.0, help="idle seconds before reading RSS (default 3)")
     ap.add_argument("--embed-texts", type=int, default=120, help="SciFact texts for the embedder figure (0: skip)")
     ap.add_argument("--first-use", action="store_true", help="also time each default plugin's first call")
+    ap.add_argument("--first-command", action="store_true", help="only the RSS after the first command / text event")
     ap.add_argument("--baseline-tree", help="with --first-use: the same figures for another checkout, alternated")
     args = ap.parse_args()
+    if args.first_command:
+        trees = [("this tree", ROOT)] + ([("baseline", Path(args.baseline_tree))] if args.baseline_tree else [])
+        print_first_command(args.settle_s, trees)
+        return
     bare = python_rss_kib()
     floor = import_rss_kib("pass")
     print(f"floor: python -c pass                               {_mb(bare):6.1f} MB")

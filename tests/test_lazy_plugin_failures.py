@@ -84,10 +84,12 @@ async def test_a_broken_knowledge_base_does_not_stop_the_twin(tmp_path: Path, mo
             assert not state.exists() and twin.engine is None
             for i in range(3):
                 twin.record("message", f"the walrus colony meets at dawn {i}")
-            await twin.wait_learned(3)
+            assert twin.actions_note is None  # (the model is looked up at the first text it embeds: a query)
+            twin.record("query", "where does the walrus colony meet", action="rag.query")
+            await twin.wait_learned(4)
             status = await twin.status()
             assert status["load_error"] is None and status["learn_errors"] == 0
-            assert status["messages_learned"] == 3, status
+            assert status["messages_learned"] == 4 and status["actions_known"] == 1, status
             assert twin.actions_note is not None and "the twin uses its own model" in twin.actions_note
             nursery.cancel_scope.cancel()
 

@@ -17,6 +17,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     def human(d: dict[str, Any]) -> str:
         nn = d.get("neural")
+        loaded = d.get("language_model", {}).get("loaded", True)
         lines = [
             f"learning: {d['learning']} ({d['reason']})",
             f"learned: {d['messages_learned']} messages, {d['tokens_learned']} tokens, {d['personal_words']} own "
@@ -25,13 +26,15 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"neural tier: {nn['params']} params, weight {nn['weight']}, {nn['updates']} updates, gate "
             f"threshold {nn['gate_threshold_bits']} bits (message gate, token pass rate {nn['gate_pass_rate']})"
             if nn
-            else "neural tier: off",
+            else "neural tier: off"
+            if loaded
+            else "language model: not loaded (it loads at the first text, suggestion, context or export)",
             f"battery: {d['battery_percent']} % external power {d['external_power']}; temperature {d['temp_c']} °C; "
             f"CPU {d['cpu_used_s_this_hour']} s of {d['cpu_budget_s_per_hour']} s this hour",
             f"queued: {d['queued_events']} events; deferred: {d['deferred_events']} events "
             f"({d['deferred_bytes']} bytes, {d['deferred_dropped']} dropped)",
-            f"stored: {d['state_path']} {d['state_bytes']} bytes (bound {d['max_disk_bytes']}); shipped prior "
-            f"{d['prior_bytes']} bytes",
+            f"stored: {d['state_path']} {d['state_bytes']} bytes (bound {d['max_disk_bytes']})"
+            + (f"; shipped prior {d['prior_bytes']} bytes" if d.get("prior_bytes") is not None else ""),
         ]
         if d.get("load_error"):
             lines.append(f"note: {d['load_error']}")

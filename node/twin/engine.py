@@ -12,6 +12,14 @@ Synchronous and clock-free (the service passes ``at_ms`` and runs every call in 
   a sent message or a bare command contributes a zero vector, so sending a message never loads the model).
 
 Messages received from others never reach the engine (the service only sees the user's own calls).
+
+The language model (the shipped prior, the neural tier and the user's counts, words, mixture and gate) is the
+engine's heavy part (~16 MB): an engine built without a prior (``TwinEngine(None)``, the service's) learns commands
+and documents, predicts next actions and saves without it, and loads it with :meth:`TwinEngine.load_lm` only when
+something needs it (:meth:`TwinEngine.needs_lm`: a text event, a suggestion, the context, an export). Until then
+the language-model part of the state file read at start is kept as it was read (compressed) and written back
+unchanged with each save (:data:`LIGHT_ARRAYS` and :data:`LIGHT_META` are the rest); a node that never had
+text saves a state marked :data:`LM_EMPTY` (the language model as shipped).
 """
 
 from __future__ import annotations
@@ -26,9 +34,9 @@ from typing import Any
 import numpy as np
 
 from node.textsafe import safe_text
-from node.twin import store
+from node.twin import blob, store
 from node.twin.actions import ActionHead
-from node.twin.errors import TwinStoreError
+from node.twin.errors import TwinError, TwinStoreError
 from node.twin.gate import SHIPPED_FIXED_COST_TOKENS, SHIPPED_SCORE, START_BITS, MessageGate, sane_threshold
 from node.twin.model import MU_INIT, TwinLM
 from node.twin.names import EMBEDDED_KINDS, TEXT_KINDS
@@ -43,6 +51,37 @@ RECENT_TOPICS = 20
 MAX_CONTACT_CHARS = 64
 
 Embed = Callable[[Sequence[str]], np.ndarray[Any, Any]]
+# The state file's parts that are not the language model's: the next-action head (extra arrays, "x_" in the file)
+# and the header's event count, recent topics and contacts. Everything else in the file is the language model's.
+LIGHT_ARRAYS = ("act_names", "act_w", "act_b", "act_events")
+LIGHT_META = ("events", "topics", "contacts")
+LM_EMPTY = "lm_empty"  # header flag: the file holds no language-model part (nothing learned by it: as shipped)
+
+
+@dataclass(frozen=True, slots=True)
+class LmSummary:
+    """What a saved language-model part holds, read from its arrays' sizes (for status before it loads; not
+    validated: the load checks everything)."""
+
+    messages: int = 0
+    tokens: int = 0
+    trigrams: int = 0
+    words: int = 0
+
+    @classmethod
+    def of(cls, arrays: dict[str, np.ndarray[Any, Any]], meta: dict[str, Any]) -> LmSummary:
+        try:
+            counts = arrays.get("tri_counts")
+            words = bytes(arrays["words"]) if "words" in arrays else b""
+            messages = meta.get("messages", 0)
+            return cls(
+                messages=messages if isinstance(messages, int) and not isinstance(messages, bool) else 0,
+                tokens=int(counts.sum(dtype=np.float64)) if counts is not None and counts.size else 0,
+                trigrams=0 if counts is None else int(counts.size),
+                words=words.count(b"\n") + 1 if words else 0,
+            )
+        except (TypeError, ValueError, OverflowError):
+            return cls()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +97,7 @@ class Observed:
 class TwinEngine:
     def __init__(
         self,
-        prior: GlobalPrior,
+        prior: GlobalPrior | None,
         *,
         neural: NeuralTier | None = None,
         embed: Embed | None = None,
@@ -69,13 +108,22 @@ class TwinEngine:
         self.embed = embed
         self.gate_fraction = gate_fraction
         self.max_personal_words = max_personal_words
+        self._lm: TwinLM | None = None
         self._reset()
 
+    def _fresh_lm(self, prior: GlobalPrior, neural: NeuralTier | None) -> tuple[TwinLM, MessageGate]:
+        if neural is not None:
+            neural.reset()
+        lm = TwinLM(prior, neural=neural, max_personal_words=self.max_personal_words)
+        return lm, MessageGate(self.gate_fraction, score=SHIPPED_SCORE, fixed_cost_tokens=SHIPPED_FIXED_COST_TOKENS)
+
     def _reset(self) -> None:
-        if self.neural is not None:
-            self.neural.reset()
-        self.lm = TwinLM(self.prior, neural=self.neural, max_personal_words=self.max_personal_words)
-        self.gate = MessageGate(self.gate_fraction, score=SHIPPED_SCORE, fixed_cost_tokens=SHIPPED_FIXED_COST_TOKENS)
+        self._lm_data: bytes | None = None  # the state file read while the language model is not loaded
+        self.lm_summary = LmSummary()
+        if self.prior is not None:
+            self._lm, self.gate = self._fresh_lm(self.prior, self.neural)
+        else:
+            self._lm, self.gate = None, MessageGate(self.gate_fraction, score=SHIPPED_SCORE)
         self.actions = ActionHead()
         self.prev_action: str | None = None
         self.prev_vec: np.ndarray[Any, Any] | None = None
@@ -87,10 +135,56 @@ class TwinEngine:
         self.neural_reset_reason: str | None = None  # why a loaded state's neural adaptation was dropped
         self.gate_reset_reason: str | None = None  # why a loaded state's gate threshold was not taken
 
+    # ------------------------------------------------------------ the language model, loaded when needed
+    @property
+    def lm(self) -> TwinLM:
+        """The language model; raises TwinError when it is not loaded (:meth:`load_lm`)."""
+        if self._lm is None:
+            raise TwinError("the twin's language model is not loaded")
+        return self._lm
+
+    @property
+    def lm_loaded(self) -> bool:
+        return self._lm is not None
+
+    @staticmethod
+    def needs_lm(ev: Event) -> bool:
+        """Whether learning ``ev`` needs the language model (a text event with text; commands and documents
+        do not)."""
+        return ev.kind in TEXT_KINDS and bool(ev.text[:MAX_EVENT_TEXT_CHARS].strip())
+
+    @staticmethod
+    def needs_embed(ev: Event) -> bool:
+        """Whether learning ``ev`` calls the embedder (a query or a document title, with an action)."""
+        return bool(ev.action) and ev.kind in EMBEDDED_KINDS and bool(ev.text[:MAX_EVENT_TEXT_CHARS].strip())
+
+    def load_lm(self, prior: GlobalPrior, neural: NeuralTier | None, max_bytes: int, *, fresh: bool = False) -> None:
+        """Load the language model over ``prior`` and ``neural``, with the language-model part of the state read
+        by :meth:`decode` (``fresh``: without it, as shipped). Raises TwinStoreError, and only that, on an
+        unusable part (the engine is then left as it was: not loaded, the part kept)."""
+        if self._lm is not None:
+            return
+        lm, gate = self._fresh_lm(prior, neural)
+        data = None if fresh else self._lm_data
+        reasons = (self.neural_reset_reason, self.gate_reset_reason, self.neural_updates)
+        if data is not None:
+            try:
+                extra, meta = store.decode_into(lm, data, max_bytes)
+                self._decode_lm(lm, gate, extra, meta)
+            except (ValueError, TypeError, OverflowError, KeyError, IndexError) as exc:  # a check missed
+                self.neural_reset_reason, self.gate_reset_reason, self.neural_updates = reasons
+                raise TwinStoreError(f"corrupt twin state: {type(exc).__name__}: {exc}") from exc
+            except BaseException:
+                self.neural_reset_reason, self.gate_reset_reason, self.neural_updates = reasons
+                raise
+        self.prior, self.neural = prior, neural
+        self._lm, self.gate = lm, gate
+        self._lm_data = None
+
     def observe(self, ev: Event) -> Observed:
         text = ev.text[:MAX_EVENT_TEXT_CHARS]
         tokens, bits_tok, n_updates = 0, None, 0
-        if ev.kind in TEXT_KINDS and text.strip():
+        if self.needs_lm(ev):
             before = self.lm.neural.updates if self.lm.neural is not None else 0
             bits = self.lm.observe(text, gate=self.gate)
             tokens = len(bits)
@@ -164,6 +258,21 @@ class TwinEngine:
 
     def status(self) -> dict[str, Any]:
         recent_bits = [o.bits_per_token for o in self.recent if o.bits_per_token is not None]
+        if self._lm is None:  # what the saved part holds, from its sizes: status never loads the model
+            s = self.lm_summary
+            return {
+                "events": self.events,
+                "messages_learned": s.messages,
+                "tokens_learned": s.tokens,
+                "personal_trigrams": s.trigrams,
+                "personal_words": s.words,
+                "mixture_personal_weights": None,
+                "neural": None,
+                "actions_known": len(self.actions.actions),
+                "recent_bits_per_token": round(statistics.mean(recent_bits), 3) if recent_bits else None,
+                "prior_bytes": None,
+                "language_model": {"loaded": False},
+            }
         neural = self.lm.neural
         return {
             "events": self.events,
@@ -187,10 +296,19 @@ class TwinEngine:
             "actions_known": len(self.actions.actions),
             "recent_bits_per_token": round(statistics.mean(recent_bits), 3) if recent_bits else None,
             "prior_bytes": self.lm.prior.size_bytes,
+            "language_model": {"loaded": True},
         }
 
     # ------------------------------------------------------------ state
+    def _light_meta(self) -> dict[str, Any]:
+        return {"events": self.events, "topics": list(self.topics), "contacts": dict(self.contacts.most_common(100))}
+
     def encode(self, max_bytes: int) -> bytes:
+        """The state file's bytes, at most ``max_bytes``. Without the language model loaded, its part of the
+        state read at start is written back as it was (every array and header value unchanged); raises
+        TwinStoreError when that and the rest do not fit (the caller loads the model, then the rarest counts go)."""
+        if self._lm is None:
+            return self._encode_light(max_bytes)
         self.lm.flush_neural()  # tokens waiting in the replay buffer are learned, not lost with the process
         self._note_dropped()
         extra = dict(self.actions.state())
@@ -200,15 +318,14 @@ class TwinEngine:
             self._drop_unusable_adaptation(nn_state)
             extra.update(nn_state)
         meta = {
-            "events": self.events,
+            "events": self.events,  # (the light part: LIGHT_META)
             "mu": self.lm.mu,
             "mu_n": self.lm.mu_n,
             "neural_updates": self.neural_updates,
             "neural_model": self.lm.neural.model_id if self.lm.neural is not None else None,
             "gate_score": self.gate.score,
             "gate_threshold_bits": t if math.isfinite(t := self.gate.threshold_bits) else START_BITS[self.gate.score],
-            "topics": list(self.topics),
-            "contacts": dict(self.contacts.most_common(100)),
+            **self._light_meta(),
         }
         if self.lm.neural is None:
             return store.encode_bounded(self.lm, max_bytes, extra, meta)
@@ -233,8 +350,46 @@ class TwinEngine:
         except (ValueError, TypeError, OverflowError, KeyError, IndexError) as exc:  # a check missed below
             raise TwinStoreError(f"corrupt twin state: {type(exc).__name__}: {exc}") from exc
 
+    def _encode_light(self, max_bytes: int) -> bytes:
+        """The state with the language-model part read at start (or none: :data:`LM_EMPTY`) and the light part
+        as it is now."""
+        light = {f"x_{k}": v for k, v in self.actions.state().items()}
+        if self._lm_data is None:
+            arrays, meta = light, {LM_EMPTY: True, **self._light_meta()}
+        else:
+            read, meta = blob.unpack_untrusted(
+                self._lm_data, store.MAGIC, store.FORMAT_VERSION, max_bytes=store.raw_bound(max_bytes)
+            )
+            arrays = {k: v for k, v in read.items() if not (k.startswith("x_") and k[2:] in LIGHT_ARRAYS)}
+            arrays.update(light)
+            meta.update(self._light_meta())
+        data = blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta, compact=True)
+        if len(data) > max_bytes:
+            raise TwinStoreError(
+                f"twin state does not fit in {max_bytes} bytes (twin.max_disk_bytes) without the language model"
+            )
+        return data
+
     def _decode(self, data: bytes, max_bytes: int) -> None:
-        extra, meta = store.decode_into(self.lm, data, max_bytes)
+        if self._lm is None:  # the light part now, the language model's when it loads (load_lm)
+            arrays, meta = blob.unpack_untrusted(
+                data, store.MAGIC, store.FORMAT_VERSION, max_bytes=store.raw_bound(max_bytes)
+            )
+            self._decode_light({k[2:]: v for k, v in arrays.items() if k.startswith("x_")}, meta)
+            empty = meta.get(LM_EMPTY) is True
+            self.lm_summary = LmSummary() if empty else LmSummary.of(arrays, meta)
+            self._lm_data = None if empty else data
+            return
+        # An engine built with its prior (tests, benchmarks): both parts now.
+        prior, neural, self._lm = self._lm.prior, self._lm.neural, None
+        try:
+            self._decode(data, max_bytes)
+            self.load_lm(prior, neural, max_bytes)
+        finally:
+            if self._lm is None:  # refused: left fresh, as built
+                self._lm, self.gate = self._fresh_lm(prior, neural)
+
+    def _decode_light(self, extra: dict[str, np.ndarray[Any, Any]], meta: dict[str, Any]) -> None:
         for name in ("act_w", "act_b"):
             if name in extra:
                 store.finite_array(extra, name)
@@ -242,23 +397,35 @@ class TwinEngine:
             store.int_array(extra, "act_events")
         self.actions.load_state(extra)
         self.events = store.meta_int(meta, "events")
+        topics, contacts = meta.get("topics", []), meta.get("contacts", {})
+        if not isinstance(topics, list) or not isinstance(contacts, dict):
+            raise TwinStoreError("twin state header: topics is not a list or contacts not an object")
+        self.topics.extend(str(t)[:200] for t in topics[:RECENT_TOPICS])
+        for k, _ in list(contacts.items())[:100]:
+            self.contacts[str(k)[:MAX_CONTACT_CHARS]] = store.meta_int(contacts, k)
+
+    def _decode_lm(
+        self, lm: TwinLM, gate: MessageGate, extra: dict[str, np.ndarray[Any, Any]], meta: dict[str, Any]
+    ) -> None:
+        """The language model's part of a state (``lm`` and ``gate`` fresh; the counts already read into ``lm``
+        by :func:`store.decode_into`): the neural adaptation, the mixture's neural weight and the gate."""
         # The header's numbers are checked whatever the tier (the encoder writes numbers there: anything else is a
         # corrupt file); the neural arrays are the tier's own business (_load_neural).
-        mu = min(0.9, max(0.02, store.meta_float(meta, "mu", self.lm.mu)))
+        mu = min(0.9, max(0.02, store.meta_float(meta, "mu", lm.mu)))
         mu_n = store.meta_int(meta, "mu_n")
         neural_updates = store.meta_int(meta, "neural_updates")
-        if self.lm.neural is not None:
+        if lm.neural is not None:
             learned_on = meta.get("neural_model")
             complete = all(name in extra for name in ("nn_c", "nn_w", "nn_b"))
-            if learned_on == self.lm.neural.model_id and complete:
-                if self._load_neural(self.lm.neural, extra):
-                    self.lm.mu, self.lm.mu_n, self.neural_updates = mu, mu_n, neural_updates
+            if learned_on == lm.neural.model_id and complete:
+                if self._load_neural(lm.neural, extra):
+                    lm.mu, lm.mu_n, self.neural_updates = mu, mu_n, neural_updates
             elif meta.get("neural_dropped") is True:
                 self.neural_reset_reason = (
                     "the neural adaptation was not saved (it did not fit in twin.max_disk_bytes); it starts again"
                     " from the shipped model"
                 )
-            elif learned_on == self.lm.neural.model_id:
+            elif learned_on == lm.neural.model_id:
                 self.neural_reset_reason = (
                     "the saved neural adaptation is incomplete (a damaged or edited state); it starts again from the"
                     " shipped model"
@@ -276,25 +443,19 @@ class TwinEngine:
         # Not a finite number (NaN, inf, text; the encoder never writes one): the file is corrupt, refused. A
         # finite threshold its score's messages could not have moved the gate to (40 bits pinned the edgec gate
         # shut for ~700 messages) resets the gate alone to its start: the rest of what was learned is kept.
-        threshold = store.meta_float(meta, "gate_threshold_bits", self.gate.threshold_bits)
+        threshold = store.meta_float(meta, "gate_threshold_bits", gate.threshold_bits)
         # (a state of another gate, session 4's: its threshold is not ours)
         stored_score = meta.get("gate_score")
-        if stored_score == self.gate.score and sane_threshold(self.gate.score, threshold):
-            self.gate.threshold_bits = threshold
+        if stored_score == gate.score and sane_threshold(gate.score, threshold):
+            gate.threshold_bits = threshold
         else:
-            start = f"it starts again from {self.gate.threshold_bits:g} bits"
-            if stored_score == self.gate.score:
+            start = f"it starts again from {gate.threshold_bits:g} bits"
+            if stored_score == gate.score:
                 why = f"the saved gate threshold ({threshold:.6g} bits) is not one its score could reach"
             else:
                 was = safe_text(stored_score[:16]) if isinstance(stored_score, str) else "unrecorded"
                 why = f"the saved gate threshold belongs to another gate score ({was})"
             self.gate_reset_reason = f"{why}; {start}"
-        topics, contacts = meta.get("topics", []), meta.get("contacts", {})
-        if not isinstance(topics, list) or not isinstance(contacts, dict):
-            raise TwinStoreError("twin state header: topics is not a list or contacts not an object")
-        self.topics.extend(str(t)[:200] for t in topics[:RECENT_TOPICS])
-        for k, _ in list(contacts.items())[:100]:
-            self.contacts[str(k)[:MAX_CONTACT_CHARS]] = store.meta_int(contacts, k)
 
     def _load_neural(self, nn: NeuralTier, extra: dict[str, np.ndarray[Any, Any]]) -> bool:
         """The saved neural adaptation, checked whole; False when it could not be used. Such an adaptation (an

@@ -1,8 +1,13 @@
 """TwinService: the twin as trio sees it — a service of the composition root.
 
-It owns one :class:`~node.twin.engine.TwinEngine`, loaded with its modules (numpy, the shipped prior, the neural
-tier) at the first event or query: an idle node imports none of them (:mod:`node.twin.names` is what it needs
-before). Events (what the user does on this node: messages they send, knowledge-base queries, documents they add,
+It owns one :class:`~node.twin.engine.TwinEngine`, loaded in two steps: at the first event or query its light part
+(numpy, the engine's modules, the next-action head, topics and contacts: what a command needs), at the first use
+that needs it the language model (the shipped prior, the neural tier, the user's counts: a text event, a suggestion,
+the context, an export; ~16 MB more). An idle node imports none of them (:mod:`node.twin.names` is what it needs
+before); a node driven by commands only never loads the language model. The MiniLM embedder of the next-action head
+is looked up at the first knowledge-base query or document title (the only events it embeds).
+
+Events (what the user does on this node: messages they send, knowledge-base queries, documents they add,
 commands) arrive through :meth:`TwinService.record` (non-blocking, bounded channel) and are learned by one learner
 task, in a worker thread behind a ``CapacityLimiter(1)`` (the engine is single-threaded; suggestions and status go
 through the same limiter).
@@ -100,7 +105,10 @@ class TwinService:
         self.ready = trio.Event()
         self.idle = trio.Event()  # set whenever the learner has nothing queued (tests wait on it)
         self._learned_changed = trio.Event()
-        self._load_lock = trio.Lock()
+        self._load_lock = trio.Lock()  # the engine's loads (its light part, its language model, the embedder)
+        self._embed_ready = embed is not None  # the embedder looked up (or given)
+        self._lm_unreadable = False  # the last load of the language model failed for want of memory
+        self._embed_off = False  # the embedder failed (the model is missing): the next-action head goes without
         self._node: Any = None
 
     # ------------------------------------------------------------ lifecycle
@@ -122,13 +130,48 @@ class TwinService:
                 await self._save()
 
     async def _ensure_engine(self) -> TwinEngine:
-        """The engine, loaded on first use (a node that never sees its user's activity never pays for it)."""
+        """The engine, loaded on first use (a node that never sees its user's activity never pays for it): its
+        light part only (the next-action head, topics, contacts; numpy), the language model at the first use
+        that needs it (:meth:`_ensure_lm`)."""
+        if self.engine is not None:  # (not waiting for a load of the language model under way)
+            return self.engine
         async with self._load_lock:
             if self.engine is None:
-                if self._embed is None and self.settings.actions:
-                    self._embed = await self._shared_embed()
                 self.engine = await trio.to_thread.run_sync(self._load, limiter=self._limiter)
         return self.engine
+
+    async def _ensure_lm(self) -> TwinEngine:
+        """The engine with its language model (the shipped prior, the neural tier, the user's counts) loaded: at
+        the first text event, suggestion, context or export. Two first uses at once load it once."""
+        engine = await self._ensure_engine()
+        if not engine.lm_loaded:
+            async with self._load_lock:
+                if self.engine is not None and not self.engine.lm_loaded:
+                    engine = self.engine
+                    await trio.to_thread.run_sync(self._load_lm, engine, limiter=self._limiter)
+        return engine
+
+    async def _ensure_embed(self, engine: TwinEngine) -> None:
+        """The MiniLM embedder for the next-action head, looked up at the first event whose text it embeds (a
+        knowledge-base query or document title: the knowledge base is loaded for those anyway): commands and
+        messages never load the knowledge base nor the model."""
+        if self._embed_ready or not self.settings.actions:
+            return
+        async with self._load_lock:
+            if not self._embed_ready:
+                if self._embed is None:
+                    self._embed = await self._shared_embed()
+                if self._embed is None:
+                    self._embed = await trio.to_thread.run_sync(self._own_embed, limiter=self._limiter)
+                self._embed_ready = True
+        if engine.embed is None and not self._embed_off:
+            engine.embed = self._embed
+
+    @staticmethod
+    def _own_embed() -> Embed:
+        from node.rag.embed import Embedder  # the node's MiniLM (no knowledge base running)
+
+        return Embedder().embed
 
     async def _shared_embed(self) -> Any:
         """The knowledge base's MiniLM (thread-safe, loaded once), so the daemon holds one copy of the model: looked
@@ -147,79 +190,110 @@ class TwinService:
         return None if rag is None else rag.embed_from_thread
 
     def _load(self) -> TwinEngine:
-        try:  # numpy, the models: here, on first use
-            from node.twin import rnn, store
+        """The engine without its language model (numpy and the engine's modules; not the prior nor the neural
+        tier), with the state file's light part read (the rest kept for :meth:`_load_lm`)."""
+        try:  # numpy: here, on first use
+            from node.twin import store
             from node.twin.engine import TwinEngine
-            from node.twin.prior import GlobalPrior
             from node.twin.threads import limit_blas_threads
         except ImportError as exc:  # a broken install: status says why, the node goes on
             self.load_error = f"the twin's model could not be loaded on this node: {exc}"
             raise TwinError(self.load_error) from exc
 
         self.blas_threads = limit_blas_threads(self.settings.blas_threads)
-        prior = GlobalPrior.load_packaged()
+
+        def fresh() -> TwinEngine:
+            return TwinEngine(
+                None,
+                embed=self._embed if self._embed_ready else None,
+                gate_fraction=self.settings.gate_fraction,
+                max_personal_words=self.settings.max_personal_words,
+            )
+
+        engine = fresh()
+        self.load_error = None  # a failure to read it earlier (kept in place) is over once it loads
+        try:
+            data = store.read_state(self.path, self.settings.max_disk_bytes)
+            if data is not None:
+                engine.decode(data, self.settings.max_disk_bytes)
+                self._log_resets(engine)
+        except (OSError, MemoryError) as exc:
+            raise self._unreadable(exc) from exc
+        except Exception as exc:  # noqa: BLE001 - TwinStoreError expected; anything else is a missed check
+            # The content is at fault: keep the file for the user to look at (under a name no later failure
+            # overwrites) and start from the prior, so a file that fails every load does not fail every event and
+            # every restart.
+            self._set_aside(exc, "starting fresh")
+            engine = fresh()  # a fresh one: the failed load may have filled part of the first
+        return engine
+
+    def _load_lm(self, engine: TwinEngine) -> None:
+        """Load the engine's language model: the shipped prior, the neural tier, the saved language-model part.
+        An unusable part is kept aside with the file and the model starts fresh (the next-action head, topics and
+        contacts stay); the machine failing (memory, I/O) leaves it unloaded, its part kept, to try again."""
+        if engine.lm_loaded:
+            return
+        try:  # the models: here, on first use
+            from node.twin import rnn
+            from node.twin.prior import GlobalPrior
+        except ImportError as exc:
+            self.load_error = f"the twin's model could not be loaded on this node: {exc}"
+            raise TwinError(self.load_error) from exc
+        prior = GlobalPrior.load_packaged()  # (a broken install fails here, as before: the user's file is not at fault)
         neural = None
         if self.settings.neural:
             try:
                 neural = rnn.load_packaged(prior.p1, prior.unk, prior.bos)
             except PriorMissing:
                 neural = None
-        embed = self._embed
-        if embed is None and self.settings.actions:
-            from node.rag.embed import Embedder  # the node's MiniLM; loads on the first command event
-
-            embed = Embedder().embed
-        engine = TwinEngine(
-            prior,
-            neural=neural,
-            embed=embed,
-            gate_fraction=self.settings.gate_fraction,
-            max_personal_words=self.settings.max_personal_words,
-        )
-        self.load_error = None  # a failure to read it earlier (kept in place) is over once it loads
         try:
-            data = store.read_state(self.path, self.settings.max_disk_bytes)
-            if data is not None:
-                engine.decode(data, self.settings.max_disk_bytes)
-                # A part reset on load (the rest kept): said in the log too, not only by `village twin status`.
-                resets = (("neural tier", engine.neural_reset_reason), ("message gate", engine.gate_reset_reason))
-                for part, why in resets:
-                    if why:
-                        log.warning("twin: %s: %s: %s", self.path, part, why)
-        except (OSError, MemoryError) as exc:
-            # The machine, not the file: EMFILE, EIO, a full memory. The file may be good: leave it in place, load
-            # nothing (so nothing is saved over it) and try again at the next event.
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
-            self.load_error = f"{self.path}: could not be read ({why}); the file is kept, learning waits"
+            engine.load_lm(prior, neural, self.settings.max_disk_bytes)
+        except MemoryError as exc:
+            self._lm_unreadable = True
+            raise self._unreadable(exc) from exc
+        except Exception as exc:  # noqa: BLE001 - TwinStoreError expected; anything else is a missed check
+            self._set_aside(exc, "the language model starts fresh (the next-action head, topics and contacts are kept)")
+            engine.load_lm(prior, neural, self.settings.max_disk_bytes, fresh=True)
+            self._dirty = True  # the kept part is saved without the unusable one
+            return
+        if self._lm_unreadable:  # that failure is over (a failure of the light part's load stays said)
+            self.load_error, self._lm_unreadable = None, False
+        self._log_resets(engine)
+
+    def _log_resets(self, engine: TwinEngine) -> None:
+        """A part reset on load (the rest kept): said in the log too, not only by `village twin status` (the
+        neural tier's and the gate's reasons are known once the language model has loaded)."""
+        resets = (("neural tier", engine.neural_reset_reason), ("message gate", engine.gate_reset_reason))
+        for part, why in resets:
+            if why:
+                log.warning("twin: %s: %s: %s", self.path, part, why)
+
+    def _unreadable(self, exc: OSError | MemoryError) -> TwinError:
+        """The machine, not the file: EMFILE, EIO, a full memory. The file may be good: it stays in place, nothing
+        is loaded (so nothing is saved over it) and the next event tries again."""
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+        self.load_error = f"{self.path}: could not be read ({why}); the file is kept, learning waits"
+        log.warning("twin: %s", self.load_error)
+        return TwinError(self.load_error)
+
+    def _set_aside(self, exc: Exception, then: str) -> None:
+        """Move the unusable state file aside (under a name no later failure overwrites); raises TwinError when it
+        cannot be moved (nothing may be saved over the only copy then)."""
+        why = str(exc) if isinstance(exc, TwinStoreError) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, TwinStoreError):
+            log.error("twin: loading %s raised %s (a check missed in the decoder)", self.path, type(exc).__name__)
+        aside = self.path.with_name(self.path.name + ".bad")
+        if aside.exists():
+            aside = self.path.with_name(f"{self.path.name}.bad.{time.time_ns()}")
+        self.load_error = f"{self.path}: {why[:300]}; {then} (the old file is kept as {aside.name})"
+        try:
+            self.path.replace(aside)
+        except OSError as move_exc:
+            # Not moved: do not start fresh over it (a save would overwrite the only copy). Try again later.
+            self.load_error = f"{self.path}: {why[:300]}; it could not be moved aside ({move_exc.strerror})"
             log.warning("twin: %s", self.load_error)
             raise TwinError(self.load_error) from exc
-        except Exception as exc:  # noqa: BLE001 - TwinStoreError expected; anything else is a missed check
-            # The content is at fault: keep the file for the user to look at (under a name no later failure
-            # overwrites) and start from the prior, so a file that fails every load does not fail every event and
-            # every restart.
-            why = str(exc) if isinstance(exc, TwinStoreError) else f"{type(exc).__name__}: {exc}"
-            if not isinstance(exc, TwinStoreError):
-                log.error("twin: loading %s raised %s (a check missed in the decoder)", self.path, type(exc).__name__)
-            aside = self.path.with_name(self.path.name + ".bad")
-            if aside.exists():
-                aside = self.path.with_name(f"{self.path.name}.bad.{time.time_ns()}")
-            self.load_error = f"{self.path}: {why[:300]}; starting fresh (the old file is kept as {aside.name})"
-            try:
-                self.path.replace(aside)
-            except OSError as move_exc:
-                # Not moved: do not start fresh over it (a save would overwrite the only copy). Try again later.
-                self.load_error = f"{self.path}: {why[:300]}; it could not be moved aside ({move_exc.strerror})"
-                log.warning("twin: %s", self.load_error)
-                raise TwinError(self.load_error) from exc
-            log.warning("twin: %s", self.load_error)
-            engine = TwinEngine(  # a fresh one: the failed load may have filled part of the first
-                prior,
-                neural=neural,
-                embed=embed,
-                gate_fraction=self.settings.gate_fraction,
-                max_personal_words=self.settings.max_personal_words,
-            )
-        return engine
+        log.warning("twin: %s", self.load_error)
 
     # ------------------------------------------------------------ events
     def record(
@@ -277,6 +351,10 @@ class TwinService:
 
         try:
             engine = await self._ensure_engine()
+            if engine.needs_lm(ev):
+                engine = await self._ensure_lm()
+            if engine.needs_embed(ev):
+                await self._ensure_embed(engine)
         except Exception:  # a bug or an unreadable prior: this event is not learned, the node goes on (logged)
             self.learn_errors += 1
             log.exception("twin: loading the model failed")
@@ -285,6 +363,7 @@ class TwinService:
             cpu_s = await trio.to_thread.run_sync(work, engine, limiter=self._limiter)
         except RagError as exc:  # the MiniLM model is missing: the action head is off, the LM still learned
             engine.embed = None
+            self._embed_off = True
             self.actions_note = f"next-action head off: {exc}"
             cpu_s = 0.0
         except Exception:  # one event's failure ends that event's learning, never the node (counted, logged)
@@ -361,7 +440,16 @@ class TwinService:
             self._dirty = False
             if gen != self._generation:  # a forget came first: nothing of what was dirty remains
                 return
-            store.write_private(self.path, engine.encode(self.settings.max_disk_bytes))
+            try:
+                data = engine.encode(self.settings.max_disk_bytes)
+            except TwinStoreError:
+                if engine.lm_loaded:
+                    raise
+                # Over the bound without the language model (the next-action head grew): only the loaded model
+                # can drop its rarest counts, so it loads now (a rare, one-time cost).
+                self._load_lm(engine)
+                data = engine.encode(self.settings.max_disk_bytes)
+            store.write_private(self.path, data)
 
         try:
             await trio.to_thread.run_sync(write, limiter=self._limiter)
@@ -395,7 +483,7 @@ class TwinService:
 
     # ------------------------------------------------------------ queries (control methods)
     async def suggest(self, text: str, k: int = 3) -> list[dict[str, Any]]:
-        engine = await self._ensure_engine()
+        engine = await self._ensure_lm()
         k = max(1, min(k, MAX_SUGGEST))
         return await trio.to_thread.run_sync(engine.suggest, text, k, limiter=self._limiter)
 
@@ -448,11 +536,11 @@ class TwinService:
 
     async def context(self) -> dict[str, Any]:
         """The personal context ``ask`` uses on this node (frequent contacts, recent topics, frequent words)."""
-        engine = await self._ensure_engine()
+        engine = await self._ensure_lm()
         return await trio.to_thread.run_sync(engine.context, limiter=self._limiter)
 
     async def export(self) -> dict[str, Any]:
-        engine = await self._ensure_engine()
+        engine = await self._ensure_lm()
         return await trio.to_thread.run_sync(engine.export, limiter=self._limiter)
 
     async def wait_learned(self, count: int) -> None:

@@ -434,6 +434,7 @@ async def test_twin_status_says_why_a_stored_gate_was_reset(tmp_path: Path, muta
     clean = make(tmp_path, Power(90, True))
     async with trio.open_nursery() as n:
         await n.start(clean.run, None)
+        await clean.suggest("hello ")  # the language model (and the gate with it) loads at its first use
         st = await clean.status()
         assert st["neural"]["gate_reset"] is None and st["neural"]["reset"] is None, st
         n.cancel_scope.cancel()
@@ -444,6 +445,7 @@ async def test_twin_status_says_why_a_stored_gate_was_reset(tmp_path: Path, muta
     again = make(tmp_path, Power(90, True))
     async with trio.open_nursery() as n:
         await n.start(again.run, None)
+        await again.suggest("hello ")
         st = await again.status()
         reason = st["neural"]["gate_reset"]
         assert reason is not None and said in reason and f"{START_BITS[SHIPPED_SCORE]:g} bits" in reason, st

@@ -146,6 +146,7 @@ async def test_the_service_keeps_the_file_and_says_why_in_status_and_the_log(tmp
     with caplog.at_level(logging.WARNING, logger="village.twin"):
         async with trio.open_nursery() as n:
             await n.start(again.run, None)
+            await again.suggest("see you at the ")  # the language model (and the neural tier) loads at its first use
             st = await again.status()
             n.cancel_scope.cancel()
     assert st["load_error"] is None and st["messages_learned"] == 2 and st["personal_words"] >= 1, st
