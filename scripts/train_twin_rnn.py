@@ -15,7 +15,7 @@ Validation: each held-out message after its sender's previous message (context o
 ``--arch ff`` trains the feed-forward tier of train_twin_neural.py (6 tokens inside the message) on the same
 data, for a comparison at equal budgets.
 
-    PYTHONPATH=. python scripts/train_twin_rnn.py --arch gru --context sender --dim 256 --epochs 2 --out F
+    PYTHONPATH=. python scripts/train_twin_rnn.py --arch gru --context sender --dim 256 --epochs 5 --out F
 
 Needs the ``build`` extra (jax); node/ never imports jax: the shipped file is int8 (node/twin/rnn.py).
 """
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--ff-context", type=int, default=6)
     ap.add_argument("--vocab", type=int, default=4096)
-    ap.add_argument("--epochs", type=float, default=2.0)
+    ap.add_argument("--epochs", type=float, default=5.0)
     ap.add_argument("--lanes", type=int, default=64)
     ap.add_argument("--bptt", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
