@@ -172,6 +172,7 @@ class Config:
     msg_weight: float = 1.0  # the step's weight on every passed token
     gate_step_msg: float | None = None  # the MessageGate's adaptation step (None: its default)
     gate_seed: int = 0  # the MessageGate's random draws (the random control)
+    gate_warmup: int = 0  # the MessageGate passes every message until it has seen this many tokens
 
 
 def run_sender(
@@ -210,6 +211,7 @@ def run_sender(
             score=cfg.message_gate,
             seed=cfg.gate_seed,
             fixed_cost_tokens=float(_OPTS.get("gate_fixed_cost") or 0.0),
+            warmup_tokens=cfg.gate_warmup,
         )
         if cfg.gate_step_msg is not None:
             gate.step_bits = cfg.gate_step_msg
@@ -417,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         "--msg-gate",
         action="append",
         default=[],
-        metavar="SCORE:F:REPLAY[:WEIGHT[:STEP]]",
+        metavar="SCORE:F:REPLAY[:WEIGHT[:STEP[:WARMUP]]]",
         help="an extra message-gated configuration (score useful|mixture|neural|random, token budget, replay size)",
     )
     ap.add_argument(
@@ -513,9 +515,13 @@ def main(argv: list[str] | None = None) -> int:
             parts = v.split(":")
             score, f, rep = parts[0], float(parts[1]), int(parts[2])
             wgt = float(parts[3]) if len(parts) > 3 else 1.0
-            step = float(parts[4]) if len(parts) > 4 else None
+            step = float(parts[4]) if len(parts) > 4 and parts[4] else None
+            warm = int(parts[5]) if len(parts) > 5 else 0
             name = (
-                f"msg_{score}_{f:g}_r{rep}" + (f"_w{wgt:g}" if len(parts) > 3 else "") + (f"_s{step:g}" if step else "")
+                f"msg_{score}_{f:g}_r{rep}"
+                + (f"_w{wgt:g}" if len(parts) > 3 else "")
+                + (f"_s{step:g}" if step else "")
+                + (f"_wu{warm}" if warm else "")
             )
             for seed in range(max(1, args.random_seeds) if score == "random" else 1):
                 configs.append(
@@ -529,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
                         msg_weight=wgt,
                         gate_step_msg=step,
                         gate_seed=seed,
+                        gate_warmup=warm,
                     )
                 )
         for v in args.gate_variant:

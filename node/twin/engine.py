@@ -251,6 +251,7 @@ class TwinEngine:
             if learned_on == self.lm.neural.model_id and complete:
                 self.lm.neural.load_state(extra)
                 self.lm.mu, self.lm.mu_n, self.neural_updates = mu, mu_n, neural_updates
+                self._note_dropped()  # (an output bias beyond its bound: the adaptation reset, status says why)
             elif meta.get("neural_dropped") is True:
                 self.neural_reset_reason = (
                     "the neural adaptation was not saved (it did not fit in twin.max_disk_bytes); it starts again"

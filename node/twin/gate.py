@@ -159,6 +159,7 @@ class MessageGate:
     passed_tokens: int = 0
     seed: int = 0
     fixed_cost_tokens: float = 0.0  # the step's per-message cost in tokens: the budget counts n + this per message
+    warmup_tokens: int = 0  # every message passes until the gate has seen this many tokens (the threshold stays)
     _rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -195,8 +196,9 @@ class MessageGate:
         n = len(mixture_bits)
         if n == 0:
             return False
+        warm = self.seen_tokens < self.warmup_tokens
         self.seen_tokens += n
-        if self.target_fraction >= 1.0:
+        if self.target_fraction >= 1.0 or warm:
             self.passed_tokens += n
             return True
         if self.score == "random":  # the control: plain subsampling at the budget
