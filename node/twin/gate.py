@@ -27,6 +27,7 @@ is 0.8 (``[twin] gate_fraction``).
 from __future__ import annotations
 
 import math
+import operator
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -183,10 +184,14 @@ class MessageGate:
         elif self.score == "neural":
             vals = neural_bits
         elif self.score in ("edge", "edgec"):
-            vals = [m - n for n, m in zip(neural_bits, mixture_bits, strict=False)]  # -token_usefulness, inlined
-            if self.score == "edgec" and vals:  # the mean edge per unit of the step's cost (n tokens + fixed)
-                a = self.fixed_cost_tokens or EDGEC_FIXED_TOKENS
-                return sum(vals) / (len(vals) + a)
+            # -token_usefulness per token, summed in token order without a list (the same float sum)
+            k = min(len(neural_bits), len(mixture_bits))
+            if not k:
+                return 0.0
+            edge: float = sum(map(operator.sub, mixture_bits, neural_bits))
+            if self.score == "edgec":  # the mean edge per unit of the step's cost (n tokens + fixed)
+                return edge / (k + (self.fixed_cost_tokens or EDGEC_FIXED_TOKENS))
+            return edge / k
         else:
             vals = [token_usefulness(n, m) for n, m in zip(neural_bits, mixture_bits, strict=False)]
         return sum(vals) / len(vals) if vals else 0.0

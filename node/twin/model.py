@@ -412,7 +412,7 @@ class TwinLM:
             self._bias_targets = []
         n = 0
         fwd = self._fwd if self.batched_steps and len(self._fwd) <= len(ids) else []
-        if fwd and any(w > 0 for w in weights):
+        if fwd and max(weights, default=0.0) > 0:  # (any weight > 0, without a generator per token)
             queued = [(x, h, p, t, w) for (x, h, p, t), w in zip(fwd, weights, strict=False) if w > 0]
             if self.replay_tokens > 1:  # a row waiting past this message must not pin its message's whole block
                 queued = [(x, h, p.copy(), t, w) for x, h, p, t, w in queued]

@@ -215,19 +215,26 @@ class RecurrentLM:
     def adapt_bias(self, seen: Sequence[tuple[F32, int]], lr: float) -> None:
         """The cheap update on ``c`` alone, as :meth:`node.twin.neural.NeuralLM.adapt_bias` (bounded)."""
         if seen:
-            self._bias_step(neural.bias_gradient(self.vn, self.unk, seen), lr)
+            self._bias_step(neural.bias_gradient(self.vn, self.unk, seen), lr, len(seen))
 
     def adapt_bias_rows(self, rows: F32, targets: Sequence[int], lr: float) -> None:
         if len(targets):
-            self._bias_step(neural.bias_gradient(self.vn, self.unk, [], rows, targets), lr)
+            self._bias_step(neural.bias_gradient(self.vn, self.unk, [], rows, targets), lr, len(targets))
 
-    def _bias_step(self, g: F32, lr: float) -> None:
-        """``c -= lr * g``, each element's move clipped to :data:`MAX_BIAS_STEP` and ``c`` kept within
-        :data:`MAX_BIAS_DRIFT` of ``c0`` (the same float32 products as the unclipped step where no bound binds)."""
-        g *= np.float32(lr)
-        np.clip(g, -MAX_BIAS_STEP, MAX_BIAS_STEP, out=g)
+    def _bias_step(self, g: F32, lr: float, n: int) -> None:
+        """``c -= lr * g`` for ``g`` summed over ``n`` tokens, each element's move clipped to :data:`MAX_BIAS_STEP`
+        and ``c`` kept within :data:`MAX_BIAS_DRIFT` of ``c0`` (the same float32 products as the unclipped step
+        where no bound binds). Every element of ``g`` lies in ``[-n, n]`` (a sum of ``n`` probabilities minus
+        ``n`` target counts), so a message of at most ``MAX_BIAS_STEP / lr`` tokens needs no clip (10 at the
+        shipped 0.1: most messages; the clip's O(V) passes are not paid on them)."""
+        g *= lr
+        moved = abs(lr) * n
+        if moved > MAX_BIAS_STEP:
+            np.minimum(g, MAX_BIAS_STEP, out=g)
+            np.maximum(g, -MAX_BIAS_STEP, out=g)
+            moved = MAX_BIAS_STEP
         self.c -= g
-        self._bound_drift(MAX_BIAS_STEP)
+        self._bound_drift(moved)
 
     def _bound_drift(self, moved: float) -> None:
         """``c`` moved by at most ``moved`` per element: clip it to ``c0 ± MAX_BIAS_DRIFT`` once the running bound

@@ -3,6 +3,8 @@ has seen that many tokens, the threshold untouched; then the score and the budge
 
 from __future__ import annotations
 
+import random
+
 from node.twin.gate import MessageGate
 
 
@@ -16,3 +18,25 @@ def test_every_message_passes_during_the_warm_up_then_the_gate_decides() -> None
     assert not cold.decide(*useless)
     assert not warm.decide(*useless)  # past the warm-up: the score decides
     assert warm.threshold_bits != start and warm.passed_tokens == 50 and warm.seen_tokens == 60
+
+
+def _session7_score(gate: MessageGate, mixture_bits: list[float], neural_bits: list[float]) -> float:
+    """The edge scores as session 7 computed them (a list of per-token edges, then its sum)."""
+    if not neural_bits:
+        return sum(mixture_bits) / len(mixture_bits) if mixture_bits else 0.0
+    vals = [m - n for n, m in zip(neural_bits, mixture_bits, strict=False)]
+    if gate.score == "edgec" and vals:
+        return sum(vals) / (len(vals) + (gate.fixed_cost_tokens or 4.0))
+    return sum(vals) / len(vals) if vals else 0.0
+
+
+def test_the_edge_scores_are_the_same_floats_as_before() -> None:
+    """The score is summed without a per-token list now: the same float, bit for bit, on many random messages."""
+    rng = random.Random(3)
+    gates = [MessageGate(0.3, score=s, fixed_cost_tokens=f) for s in ("edge", "edgec") for f in (0.0, 4.0)]
+    for _ in range(5000):
+        n = rng.randint(0, 140)
+        mb = [rng.uniform(0, 40) for _ in range(n)]
+        nb = [rng.uniform(0, 40) for _ in range(rng.choice((n, n, 0, max(0, n - 1))))]
+        for g in gates:
+            assert g.message_score(mb, nb) == _session7_score(g, mb, nb)

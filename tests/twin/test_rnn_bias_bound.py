@@ -74,7 +74,7 @@ def test_ordinary_text_learns_exactly_what_the_unbounded_step_learned() -> None:
     lm = TwinLM(pr, neural=nn)
     ref = nn.c.copy()
     for _ in range(300):
-        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 12)))
+        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 30)))
         ids = lm.ids(lm_tokens := text.split(), add=True)
         del lm_tokens
         for i, tok in enumerate(ids):
