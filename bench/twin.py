@@ -360,6 +360,23 @@ def _gate_lines_baseline(configs: list[Config], pooled: dict[str, Result], name:
             )
 
 
+BIAS_ONLY = "msg_random_1_r1_w0"  # the W/b (adapter) step never runs: only counts, cache and the bias step learn
+
+
+def _adapter_gain_lines(per_user: dict[str, list[tuple[str, Result]]], name: str) -> None:
+    """Where the adapter step's gain comes from: per sender, what ``name`` (the always-update baseline) gains
+    over the bias-only configuration (bits/token) and that sender's share of the pooled adapter gain."""
+    if name not in per_user or BIAS_ONLY not in per_user:
+        return
+    pairs = list(zip(per_user[BIAS_ONLY], per_user[name], strict=True))
+    total = sum(b.bits - a.bits for (_, b), (_, a) in pairs)
+    for (uuid, b), (_, a) in pairs:
+        print(
+            f"twin.curve.adapter_gain {uuid[:8]}: {(b.bits - a.bits) / max(a.tokens, 1):+.4f} bits/token over bias "
+            f"only ({pct(b.bits - a.bits, total)} of the pooled adapter gain), {a.neural_updates} learned tokens"
+        )
+
+
 def _gate_lines_counts(configs: list[Config], pooled: dict[str, Result]) -> None:
     base, a = pooled["prior"], pooled["twin"]
     gain = base.bits - a.bits
@@ -577,6 +594,7 @@ def main(argv: list[str] | None = None) -> int:
             f"(ratio of bits vs prior alone {r.bits / base.bits:.3f})"
         )
     _gate_lines_baseline(configs, pooled, args.baseline)
+    _adapter_gain_lines(per_user, args.baseline)
     main_name = "twin"
     if main_name not in pooled:
         _gate_lines_neural(configs, pooled)
