@@ -173,6 +173,7 @@ class Config:
     gate_step_msg: float | None = None  # the MessageGate's adaptation step (None: its default)
     gate_seed: int = 0  # the MessageGate's random draws (the random control)
     gate_warmup: int = 0  # the MessageGate passes every message until it has seen this many tokens
+    gate_tokens: str = ""  # the MessageGate's token selection inside a passed message ("", "pos", "neg")
 
 
 def run_sender(
@@ -212,6 +213,7 @@ def run_sender(
             seed=cfg.gate_seed,
             fixed_cost_tokens=float(_OPTS.get("gate_fixed_cost") or 0.0),
             warmup_tokens=cfg.gate_warmup,
+            token_select=cfg.gate_tokens,
         )
         if cfg.gate_step_msg is not None:
             gate.step_bits = cfg.gate_step_msg
@@ -436,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         "--msg-gate",
         action="append",
         default=[],
-        metavar="SCORE:F:REPLAY[:WEIGHT[:STEP[:WARMUP]]]",
+        metavar="SCORE:F:REPLAY[:WEIGHT[:STEP[:WARMUP[:TOKENS]]]]",
         help="an extra message-gated configuration (score useful|mixture|neural|random, token budget, replay size)",
     )
     ap.add_argument(
@@ -533,12 +535,14 @@ def main(argv: list[str] | None = None) -> int:
             score, f, rep = parts[0], float(parts[1]), int(parts[2])
             wgt = float(parts[3]) if len(parts) > 3 else 1.0
             step = float(parts[4]) if len(parts) > 4 and parts[4] else None
-            warm = int(parts[5]) if len(parts) > 5 else 0
+            warm = int(parts[5]) if len(parts) > 5 and parts[5] else 0
+            toksel = parts[6] if len(parts) > 6 else ""
             name = (
                 f"msg_{score}_{f:g}_r{rep}"
                 + (f"_w{wgt:g}" if len(parts) > 3 else "")
                 + (f"_s{step:g}" if step else "")
                 + (f"_wu{warm}" if warm else "")
+                + (f"_t{toksel}" if toksel else "")
             )
             for seed in range(max(1, args.random_seeds) if score == "random" else 1):
                 configs.append(
@@ -553,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
                         gate_step_msg=step,
                         gate_seed=seed,
                         gate_warmup=warm,
+                        gate_tokens=toksel,
                     )
                 )
         for v in args.gate_variant:

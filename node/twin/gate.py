@@ -22,6 +22,18 @@ that it keeps of its steps (it acts like random subsampling, not like picking th
 makes the gated learning cheap is the update itself: the neural step runs as one sparse mini-batch per message
 from the forward passes the predictions already computed (``NeuralLM.adapt_batch``), and the shipped fraction
 is 0.8 (``[twin] gate_fraction``).
+
+What is shipped now (session 8, bench/README.md "session 8 (gate6)"): the daemon's gate is :class:`MessageGate`
+with score ``edgec`` at ``[twin] gate_fraction`` 0.5 and a fixed cost of 4 tokens, no warm-up — with the GRU tier
+(output bias c at its own step, always on) it keeps ~99 % of the always-update gain at ~64 % of its update CPU.
+The goal (>= 90 % at <= 30 %) is not met. What was learned: the adapter step (A, a) is ~75-80 % of the update
+CPU but only ~18 % of the gain (bias only keeps ~82 %); its gain sits in a few users (one tuning sender of 8
+holds over half of it; two lose by it) and accrues with every message learned, so subsampling messages — by any
+score tried, or by importance weights (which overshoot) — keeps it about in proportion to the steps taken.
+:attr:`MessageGate.warmup_tokens` (learn every message until the gate has seen that many tokens, then the score
+decides) buys the cheap early part (~88 % at ~30 % on tuning senders with 200 tokens), but it costs accuracy
+against the shipped gate (~+0.013 bits/token), so it is a bench option (``--msg-gate ...:WARMUP``), off in the
+daemon; its count is not saved with the state (a restart would warm up again).
 """
 
 from __future__ import annotations
@@ -161,6 +173,9 @@ class MessageGate:
     seed: int = 0
     fixed_cost_tokens: float = 0.0  # the step's per-message cost in tokens: the budget counts n + this per message
     warmup_tokens: int = 0  # every message passes until the gate has seen this many tokens (the threshold stays)
+    # Token selection inside a passed message (bench option): "pos" learns only the tokens where the neural tier
+    # beat the mixture (edge > 0), "neg" only the others; "" every token (shipped).
+    token_select: str = ""
     _rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -195,6 +210,13 @@ class MessageGate:
         else:
             vals = [token_usefulness(n, m) for n, m in zip(neural_bits, mixture_bits, strict=False)]
         return sum(vals) / len(vals) if vals else 0.0
+
+    def token_weights(self, mixture_bits: Sequence[float], neural_bits: Sequence[float]) -> list[float]:
+        """The step's weight of each token of a passed message (:attr:`token_select`)."""
+        if not self.token_select or len(neural_bits) != len(mixture_bits):
+            return [1.0] * len(mixture_bits)
+        pos = self.token_select == "pos"
+        return [1.0 if (m - n > 0.0) == pos else 0.0 for m, n in zip(mixture_bits, neural_bits, strict=True)]
 
     def decide(self, mixture_bits: list[float], neural_bits: list[float], resp: Sequence[float] = ()) -> bool:
         """True when this message's tokens go to the expensive update (and adapt the threshold)."""

@@ -386,6 +386,8 @@ class TwinLM:
             nbits = self.msg_neural_bits if len(self.msg_neural_bits) == len(bits) else []
             resp = self.msg_resp if len(self.msg_resp) == len(bits) else []
             hit = 1.0 if gate.decide(list(bits), nbits, resp) else 0.0
+            if hit and gate.token_select:  # (a bench option: only some of the passed message's tokens)
+                return gate.token_weights(bits, nbits)[:MAX_SEEN] + [0.0] * max(0, len(bits) - MAX_SEEN)
             return [hit] * min(len(bits), MAX_SEEN) + [0.0] * max(0, len(bits) - MAX_SEEN)  # (the budget's cap)
         return [gate.sample(b) for b in bits]
 

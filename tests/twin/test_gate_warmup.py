@@ -40,3 +40,11 @@ def test_the_edge_scores_are_the_same_floats_as_before() -> None:
         nb = [rng.uniform(0, 40) for _ in range(rng.choice((n, n, 0, max(0, n - 1))))]
         for g in gates:
             assert g.message_score(mb, nb) == _session7_score(g, mb, nb)
+
+
+def test_token_selection_learns_only_the_chosen_tokens_of_a_passed_message() -> None:
+    mb, nb = [3.0, 1.0, 5.0, 2.0], [1.0, 2.0, 4.0, 2.0]  # edges +2, -1, +1, 0
+    assert MessageGate(0.5, token_select="pos").token_weights(mb, nb) == [1.0, 0.0, 1.0, 0.0]
+    assert MessageGate(0.5, token_select="neg").token_weights(mb, nb) == [0.0, 1.0, 0.0, 1.0]
+    assert MessageGate(0.5).token_weights(mb, nb) == [1.0] * 4  # shipped: every token
+    assert MessageGate(0.5, token_select="pos").token_weights(mb, nb[:2]) == [1.0] * 4  # no neural bits: all
