@@ -415,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         default=SHIPPED_SCORE,
         help="the `twin` configuration's message gate score (default: the daemon's; '' = session 4's token gate)",
     )
+    ap.add_argument("--gate-tokens", default="", help="the `twin` message gate's token selection: '' (all), pos or neg")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument(
         "--neural-lr", type=float, default=None, help="override the neural tier's adaptation step (adapter / W, b)"
@@ -505,7 +506,14 @@ def main(argv: list[str] | None = None) -> int:
             "batched": False
         }  # the session-3 update: one SGD step per token with its own forward pass
         configs += [
-            Config("twin", neural=True, gate_fraction=args.gate, extras=True, message_gate=args.gate_score or None),
+            Config(
+                "twin",
+                neural=True,
+                gate_fraction=args.gate,
+                extras=True,
+                message_gate=args.gate_score or None,
+                gate_tokens=args.gate_tokens,
+            ),
             Config("twin_token_gate_0.8", neural=True, gate_fraction=0.8, extras=True),  # session 4's shipped gate
             Config("static", fixed_lambda=0.0, neural=True, gate_fraction=None, topk=False, recency=False),
             Config("neural_frozen", neural=True, gate_fraction=None, topk=False),

@@ -6,6 +6,10 @@ from __future__ import annotations
 import random
 
 from node.twin.gate import MessageGate
+from node.twin.model import TwinLM
+
+from .helpers import tiny_prior
+from .test_rnn import TEXTS, model
 
 
 def test_every_message_passes_during_the_warm_up_then_the_gate_decides() -> None:
@@ -48,3 +52,22 @@ def test_token_selection_learns_only_the_chosen_tokens_of_a_passed_message() -> 
     assert MessageGate(0.5, token_select="neg").token_weights(mb, nb) == [0.0, 1.0, 0.0, 1.0]
     assert MessageGate(0.5).token_weights(mb, nb) == [1.0] * 4  # shipped: every token
     assert MessageGate(0.5, token_select="pos").token_weights(mb, nb[:2]) == [1.0] * 4  # no neural bits: all
+
+
+def test_a_passed_message_teaches_the_adapter_only_its_positive_edge_tokens() -> None:
+    """With ``token_select="pos"`` the W/b step learns exactly the tokens where the neural tier beat the mixture."""
+    pr = tiny_prior()
+    for select in ("pos", ""):
+        nn = model(pr)
+        lm = TwinLM(pr, neural=nn)
+        gate = MessageGate(1.0, token_select=select)
+        learned, expected, total = 0, 0, 0
+        for text in TEXTS:
+            before = nn.updates
+            bits = lm.observe(text, gate=gate)
+            learned += nn.updates - before
+            pos = sum(m - n > 0 for m, n in zip(bits, lm.msg_neural_bits, strict=True))
+            expected += pos if select else len(bits)
+            total += len(bits)
+        assert learned == expected > 0
+        assert (expected < total) == bool(select)  # some tokens were left out by the selection
