@@ -31,9 +31,12 @@ CPU but only ~18 % of the gain (bias only keeps ~82 %); its gain sits in a few u
 holds over half of it; two lose by it) and accrues with every message learned, so subsampling messages — by any
 score tried, or by importance weights (which overshoot) — keeps it about in proportion to the steps taken.
 :attr:`MessageGate.warmup_tokens` (learn every message until the gate has seen that many tokens, then the score
-decides) buys the cheap early part (~88 % at ~30 % on tuning senders with 200 tokens), but it costs accuracy
-against the shipped gate (~+0.013 bits/token), so it is a bench option (``--msg-gate ...:WARMUP``), off in the
-daemon; its count is not saved with the state (a restart would warm up again).
+decides) looked efficient on tuning senders (200 tokens: ~88 % at ~30 %) but not on the confirmation ones (85 % at
+33 %: there the gain accrues with every message); :attr:`MessageGate.token_select` ``"pos"`` (a passed message
+teaches the adapter only its tokens where the neural tier beat the mixture — all of the adapter's gain comes from
+those; ``"neg"`` alone keeps nothing) is ~1.2-1.5x as efficient per CPU point, yet as the shipped gate's option
+it costs 0.014 bits/token on the confirmation senders. Both are bench options (``--msg-gate ...:WARMUP:TOKENS``,
+``--gate-tokens``), off in the daemon (the warm-up's count is not saved with the state either).
 """
 
 from __future__ import annotations
