@@ -64,6 +64,11 @@ def test_a_hostile_repetitive_message_moves_the_output_bias_by_the_step_bound_at
         assert np.abs(nn.c - nn.c0).max() <= rnn.MAX_BIAS_DRIFT * (1 + 1e-6)
     assert nn.c[t] - nn.c0[t] >= rnn.MAX_BIAS_DRIFT * (1 - 1e-6)
     assert nn.adaptation_ok() and all(math.isfinite(s.p) for s in lm.suggest("thanks ", 3))
+    state = nn.state()  # c at its drift bound (float32 rounding of c0 ± 16 included) is one learning reached: kept
+    again = model(pr)
+    again.load_state(state)
+    assert again.dropped is None
+    np.testing.assert_allclose(again.c, nn.c, atol=1e-5)
 
 
 def test_ordinary_text_learns_exactly_what_the_unbounded_step_learned() -> None:
