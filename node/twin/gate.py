@@ -188,6 +188,8 @@ class MessageGate:
             raise ValueError("fixed_cost_tokens must be in [0, 1000]")
         if self.score not in SCORES:
             raise ValueError(f"score must be one of {', '.join(SCORES)}")
+        if self.token_select not in ("", "pos", "neg"):
+            raise ValueError("token_select must be '', 'pos' or 'neg'")
         if math.isnan(self.threshold_bits):
             self.threshold_bits = START_BITS[self.score]
         self._rng = random.Random(self.seed)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from node.twin.gate import MessageGate
 from node.twin.model import TwinLM
 
@@ -52,6 +54,8 @@ def test_token_selection_learns_only_the_chosen_tokens_of_a_passed_message() -> 
     assert MessageGate(0.5, token_select="neg").token_weights(mb, nb) == [0.0, 1.0, 0.0, 1.0]
     assert MessageGate(0.5).token_weights(mb, nb) == [1.0] * 4  # shipped: every token
     assert MessageGate(0.5, token_select="pos").token_weights(mb, nb[:2]) == [1.0] * 4  # no neural bits: all
+    with pytest.raises(ValueError, match="token_select"):
+        MessageGate(0.5, token_select="positive")
 
 
 def test_a_passed_message_teaches_the_adapter_only_its_positive_edge_tokens() -> None:
