@@ -27,7 +27,10 @@ Figures (one line each; the baseline is the prior alone, in the same run):
   budget; ``--random-seeds`` draws, 3 by default, with their spread on a ``twin.curve.spread`` line) and
   ``random:1:1:0`` is "output bias only" (the W/b step never runs). ``twin.curve.*``
   lines read every configuration against ``--baseline`` (default ``batch_always``, the same step on every
-  message).
+  message). ``...:WARMUP`` (6th field): the gate passes every message until it has seen that many tokens;
+  ``...:TOKENS`` (7th, ``pos``/``neg``): a passed message teaches the W/b step only its tokens where the neural
+  tier beat the mixture, or only the others (``--gate-tokens`` does it for ``twin``). With the bias-only
+  configuration run, ``twin.curve.adapter_gain`` lines give each sender's share of the W/b step's gain.
 
 Tuning switches (measured on dev senders only): ``--recency-decay``, ``--no-recency`` (no recency cache tier),
 ``--no-bias-always`` (the neural output bias behind the gate too), ``--gate-neural`` (session 4's token gate on
