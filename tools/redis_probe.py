@@ -1,16 +1,20 @@
 """A Redis-protocol server is ready when it answers PING after AUTH (a Redis still loading its append-only file
 accepts connections but refuses every command with LOADING): the probe ``scripts/services`` waits on. And which
-process a pid file names is a server of ours: :func:`pid_alive`, :func:`is_our_server`, :func:`our_server_runs`."""
+process a pid file names is a server of ours: :func:`read_pid`, :func:`pid_alive`, :func:`is_our_server`,
+:func:`our_server_runs`, :func:`is_our_postmaster`."""
 
 from __future__ import annotations
 
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 
 PROBE_DEADLINE_S = 2.0  # the most one PING probe may take, however slowly the server answers
 PROBE_MAX_BYTES = 4096  # the most of a server's reply a probe reads (AUTH's +OK and PING's +PONG are 10 bytes)
+PID_FILE_MAX_BYTES = 64  # a pid file's first line (a number) is in there; postmaster.pid's other lines are not needed
+PID_MAX = 1 << 22  # Linux's PID_MAX_LIMIT: no process number is above it (kernel.pid_max is at most this)
 
 
 def redis_pongs(port: int, password: str) -> bool:
@@ -45,11 +49,35 @@ def redis_pongs(port: int, password: str) -> bool:
     return got.split(b"\r\n")[1] == b"+PONG"
 
 
+def read_pid(path: Path) -> int:
+    """The number on the first line of the pid file ``path``; 0 when it is missing, unreadable or not a process
+    number. The file may have been replaced by its server's user (the postgres user writes postmaster.pid, which
+    root's tool reads): a FIFO (opened non-blocking, refused as not a regular file), a symlink (to /dev/zero, say:
+    not followed), a huge file (at most PID_FILE_MAX_BYTES read) or a number past any pid (0) costs nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return 0
+        head = os.read(fd, PID_FILE_MAX_BYTES)
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+    try:
+        pid = int(head.split()[0])
+    except (ValueError, IndexError):
+        return 0
+    return pid if 0 < pid <= PID_MAX else 0
+
+
 def pid_alive(pid: int) -> bool:
     """Whether ``pid`` is a running process this user may signal. EPERM (another user's process: a pid file's number
     reused after a crash or a reboot) is not alive for us: every server here runs as this user, or as root's
     postgres user when we are root, whom root may signal. A zombie (our own exited child) is not alive either."""
-    if pid <= 0:
+    if not 0 < pid <= PID_MAX:  # (os.kill raises OverflowError past a C int)
         return False
     try:
         os.kill(pid, 0)
@@ -77,5 +105,36 @@ def is_our_server(pid: int, root: Path) -> bool:
         if Path(os.readlink(f"/proc/{pid}/cwd")) == root.resolve():
             return True
         return str(root / "redis.conf").encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def our_postmaster_runs(pid: int, data: Path) -> bool:
+    """A postmaster.pid's process is running and is the PostgreSQL server of ``data`` (:func:`is_our_postmaster`)."""
+    return pid_alive(pid) and is_our_postmaster(pid, data)
+
+
+def is_our_postmaster(pid: int, data: Path) -> bool:
+    """Whether ``pid`` is the postmaster of the cluster in ``data``, judged by what any user can read: the process
+    belongs to the cluster's owner (the owner of ``data``: the postgres user when we are root) and its command line
+    is ``postgres -D <data>`` (pg_ctl starts it so; its children rewrite theirs). Its cwd (the postmaster runs in
+    ``data``) is checked too when it can be read: root without CAP_SYS_PTRACE (Docker's default, many CI and
+    systemd setups) may not read another user's /proc/PID/cwd, and that refusal alone says nothing."""
+    try:
+        owner = os.stat(data).st_uid
+        proc = os.stat(f"/proc/{pid}")
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return False
+    if proc.st_uid != owner:
+        return False
+    want = data.resolve()
+    named = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == b"-D"]
+    if not any(Path(os.fsdecode(d)).is_absolute() and Path(os.fsdecode(d)).resolve() == want for d in named):
+        return False
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd")) == want
+    except PermissionError:  # (EACCES: not allowed to look; the owner and the command line said it)
+        return True
     except OSError:
         return False

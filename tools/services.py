@@ -60,8 +60,10 @@ from anchor.services_settings import (
     known_fields,
     load_settings,
 )
+from tools.redis_probe import our_postmaster_runs as _our_postmaster
 from tools.redis_probe import our_server_runs as _ours
 from tools.redis_probe import pid_alive as _pid_alive
+from tools.redis_probe import read_pid as _read_pid
 from tools.redis_probe import redis_pongs as _redis_pongs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -115,13 +117,6 @@ def free_port(avoid: set[int] | None = None) -> int:
         if port not in avoid and _port_free(port):
             return port
     raise ServicesError(f"no free port found in {PORT_LOW}..{PORT_HIGH}")
-
-
-def _read_pid(path: Path) -> int:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def _wait(cond: Any, timeout_s: float, what: str) -> None:
@@ -377,7 +372,7 @@ class Services:
             return False
         if name == "postgres":
             data = self._pg_root() / "data"
-            return _ours(_read_pid(data / "postmaster.pid"), data) and _port_answers(int(entry["port"]))
+            return _our_postmaster(_read_pid(data / "postmaster.pid"), data) and _port_answers(int(entry["port"]))
         root = self.base / ("redis" if name == "redis" else "graph")
         pid = _read_pid(root / "redis.pid")
         if name == "redis":
@@ -650,7 +645,7 @@ class Services:
         if name == "postgres":
             data = self._pg_root() / "data"
             pid = _read_pid(data / "postmaster.pid")
-            if _ours(pid, data):  # (a stale file's number, reused by another process, is not ours to stop)
+            if _our_postmaster(pid, data):  # (a stale file's number, reused by another process, is not ours to stop)
                 _log("stopping PostgreSQL")
                 res = subprocess.run(
                     self._as_pg_owner([str(_pg_bindir() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
@@ -718,7 +713,7 @@ class Services:
         """The server's pid (0 when not running); tests stop a server by it."""
         root = self._pg_root() / "data" if name == "postgres" else self.base / ("redis" if name == "redis" else "graph")
         pid = _read_pid(root / ("postmaster.pid" if name == "postgres" else "redis.pid"))
-        return pid if _ours(pid, root) else 0
+        return pid if (_our_postmaster if name == "postgres" else _ours)(pid, root) else 0
 
 
 def main(argv: list[str] | None = None) -> int:

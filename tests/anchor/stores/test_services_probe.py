@@ -7,6 +7,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -304,3 +305,74 @@ def test_another_users_process_named_by_a_pid_file_is_not_our_server() -> None:
         listener.close()
         shutil.rmtree(base, ignore_errors=True)
     assert got == {"pg_pid": 0, "redis_pid": 0, "postgres_up": False, "down": "ok"}, got
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None or not list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")),
+    reason="needs root, setpriv (to drop CAP_SYS_PTRACE) and PostgreSQL's pg_ctl",
+)
+def test_root_without_ptrace_still_knows_the_postgres_users_postmaster() -> None:
+    """Review of fix8 (MEDIUM): root without CAP_SYS_PTRACE (Docker's default, many CI and systemd setups) may not
+    read the postgres user's /proc/PID/cwd; the check took that for "not ours", so status called PostgreSQL down,
+    pid_of said 0 and `down` left the cluster running. A stand-in postmaster (the postgres user's process, run in
+    the data dir as ``postgres -D <data>``) is known by its owner and command line, and `down` stops it."""
+    owner = pwd.getpwnam("postgres") if _has_user("postgres") else pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="vsvc-"))
+    listener = socket.create_server(("127.0.0.1", 0))  # the cluster's port answers
+    stand_in: subprocess.Popen[bytes] | None = None
+    try:
+        data = base / "postgres" / "data"
+        data.mkdir(parents=True)
+        (data / "PG_VERSION").write_text("15\n")  # (pg_ctl stop wants a cluster directory)
+        base.chmod(0o711)
+        for path in (base / "postgres", data, data / "PG_VERSION"):
+            os.chown(path, owner.pw_uid, owner.pw_gid)
+            path.chmod(0o700)
+        # Like a postmaster, it leaves on SIGINT (pg_ctl stop -m fast) removing its pid file. (A shell: root's python
+        # may be out of the postgres user's reach.)
+        script = "trap 'rm postmaster.pid; exit 0' INT; while :; do sleep 1; done"
+        stand_in = subprocess.Popen(
+            ["/bin/sh", "-c", script, "postgres", "-D", str(data)],
+            cwd=data,
+            user=owner.pw_uid,
+            group=owner.pw_gid,
+            extra_groups=[],
+            # (pg_ctl stop -m fast sends SIGINT, which a background test run may have inherited as ignored)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        pid = stand_in.pid
+        (data / "postmaster.pid").write_text(f"{pid}\n{data}\n")
+        port = int(listener.getsockname()[1])
+        pg = {"host": "127.0.0.1", "port": port, "user": "aivillage_app", "password": "pw", "database": "aivillage"}
+        (base / "settings.json").write_text(json.dumps({"postgres": pg}))
+        check = (
+            "import json, sys; from pathlib import Path; from tools.services import Services; "
+            "svc = Services(Path(sys.argv[1])); "
+            "got = {'pid': svc.pid_of('postgres'), 'up': svc.status()['postgres']}; "
+            "svc.down(('postgres',)); print(json.dumps(got))"
+        )
+        env = dict(os.environ, PYTHONPATH=str(Path(services_module.__file__).resolve().parent.parent))
+        no_ptrace = ["setpriv", "--bounding-set=-sys_ptrace", sys.executable]
+        # (the premise: without CAP_SYS_PTRACE the stand-in's cwd cannot be read)
+        cwd = subprocess.run(
+            [*no_ptrace, "-c", f"import os; os.readlink('/proc/{pid}/cwd')"], capture_output=True, env=env, timeout=60
+        )
+        assert b"PermissionError" in cwd.stderr, cwd.stderr
+        got = subprocess.run([*no_ptrace, "-c", check, str(base)], capture_output=True, env=env, timeout=60)
+        assert got.returncode == 0, got.stderr
+        assert json.loads(got.stdout) == {"pid": pid, "up": True}
+        assert stand_in.wait(timeout=60) == 0  # `down` stopped it (pg_ctl stop -m fast: its SIGINT trap ran)
+    finally:
+        listener.close()
+        if stand_in is not None:
+            stand_in.kill()
+            stand_in.wait()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
