@@ -376,3 +376,51 @@ def _has_user(name: str) -> bool:
     except KeyError:
         return False
     return True
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink-to-dev-zero", "huge-file", "huge-number", "negative"])
+def test_a_hostile_pid_file_costs_the_reader_nothing(tmp_path: Path, kind: str) -> None:
+    """Review of fix8 (LOW): the postgres user writes postmaster.pid, which root's tool reads. A FIFO there hung it
+    forever, a symlink to /dev/zero read without end, and a number past a C long raised OverflowError from os.kill
+    (a traceback instead of "down"). Each now reads as no process: pid_of says 0, status says down, down does
+    nothing."""
+    data = tmp_path / "postgres" / "data"
+    data.mkdir(parents=True)
+    pidfile = data / "postmaster.pid"
+    if kind == "fifo":
+        os.mkfifo(pidfile)
+    elif kind == "symlink-to-dev-zero":
+        pidfile.symlink_to("/dev/zero")
+    elif kind == "huge-file":
+        pidfile.write_bytes(b"1" * (8 * 1024 * 1024))  # a number 8 MiB long (int() would take it, slowly)
+    elif kind == "huge-number":
+        pidfile.write_text(f"{2**64}\n{data}\n")
+    else:
+        pidfile.write_text(f"-{os.getpid()}\n")
+    (tmp_path / "settings.json").write_text(json.dumps({"postgres": {"host": "127.0.0.1", "port": 1}}))
+    svc = Services(tmp_path)
+    got: list[object] = []
+    done = threading.Event()
+
+    def check() -> None:
+        try:
+            got.append((svc.pid_of("postgres"), svc.status()["postgres"]))
+            svc.down(("postgres",))
+            got.append("down")
+        except (OSError, ValueError, OverflowError, ServicesError) as exc:  # (reported to the test's thread)
+            got.append(exc)
+        finally:
+            done.set()
+
+    reader = threading.Thread(target=check, daemon=True)
+    reader.start()
+    try:
+        assert done.wait(30), f"reading a {kind} postmaster.pid did not return"
+    finally:
+        if kind == "fifo" and not done.is_set():  # (unblock the reader stuck in open())
+            with open(pidfile, "w"):
+                pass
+        reader.join(timeout=30)
+    assert got == [(0, False), "down"], got
+    assert redis_probe.read_pid(pidfile) == 0
+    assert redis_probe.pid_alive(2**64) is False
