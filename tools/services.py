@@ -206,11 +206,15 @@ def _can_isolate() -> bool:
     return _is_root() and shutil.which("unshare") is not None and shutil.which("ip") is not None
 
 
-def _is_forwarder(pid: int) -> bool:
+def _is_forwarder(pid: int, pidfile: Path) -> bool:
+    """Whether ``pid`` is the Bolt relay started with ``--pidfile pidfile``: another services directory's relay (a
+    stale pid file naming its reused number) is not ours to signal."""
     try:
-        return b"anchor.netns_forward" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
         return False
+    pair = [b"--pidfile", os.fsencode(pidfile)]
+    return b"anchor.netns_forward" in argv and any(argv[i : i + 2] == pair for i in range(len(argv) - 1))
 
 
 def _pg_bindir() -> Path:
@@ -382,7 +386,7 @@ class Services:
             # probe there would cost a real client a connection attempt. The relay dies with the server.
             port, password = int(entry["redis_port"]), str(entry.get("redis_password", ""))
             relay = _read_pid(root / "forward.pid")
-            if entry.get("isolated") and not (_pid_alive(relay) and _is_forwarder(relay)):
+            if entry.get("isolated") and not (_pid_alive(relay) and _is_forwarder(relay, root / "forward.pid")):
                 return False
         deadline = time.monotonic() + wait_s
         while _ours(pid, root):
@@ -631,7 +635,7 @@ class Services:
         if _run_ok.returncode != 0:
             raise ServicesError(f"the Bolt relay did not start; see {root / 'forward.log'}")
         # (its command line says it: a zombie's is empty, and a number reused by another process is not it)
-        _wait(lambda: _is_forwarder(_read_pid(pidfile)), START_TIMEOUT_S, "the Bolt relay (see forward.log)")
+        _wait(lambda: _is_forwarder(_read_pid(pidfile), pidfile), START_TIMEOUT_S, "the Bolt relay (see forward.log)")
 
     # down
     def down(self, names: tuple[str, ...] = SERVICES) -> None:
@@ -664,7 +668,7 @@ class Services:
             os.kill(pid, signal.SIGTERM)
             _wait(lambda: not _pid_alive(pid), STOP_TIMEOUT_S, f"{name} (pid {pid}) to exit")
         relay = _read_pid(root / "forward.pid") if name == "graph" else 0
-        if _pid_alive(relay) and _is_forwarder(relay):
+        if _pid_alive(relay) and _is_forwarder(relay, root / "forward.pid"):
             os.kill(relay, signal.SIGTERM)
             _wait(lambda: not _pid_alive(relay), STOP_TIMEOUT_S, f"the Bolt relay (pid {relay}) to exit")
 

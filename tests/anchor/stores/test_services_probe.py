@@ -424,3 +424,28 @@ def test_a_hostile_pid_file_costs_the_reader_nothing(tmp_path: Path, kind: str) 
     assert got == [(0, False), "down"], got
     assert redis_probe.read_pid(pidfile) == 0
     assert redis_probe.pid_alive(2**64) is False
+
+
+def test_down_never_signals_another_directorys_bolt_relay(tmp_path: Path) -> None:
+    """Review of fix8 (LOW): `down graph` signalled any process whose command line named anchor.netns_forward, so a
+    stale forward.pid whose number another services directory's relay reused got that relay SIGTERMed. A relay is
+    ours only when its command line names our pid file; ours is still stopped."""
+    script = "import sys; sys.stdin.read()"
+    relay = [sys.executable, "-c", script, "-m", "anchor.netns_forward", "--daemon", "--pidfile"]
+    root = tmp_path / "graph"
+    root.mkdir()
+    others = subprocess.Popen([*relay, str(tmp_path / "other" / "graph" / "forward.pid")], stdin=subprocess.PIPE)
+    ours = subprocess.Popen([*relay, str(root / "forward.pid")], stdin=subprocess.PIPE)
+    try:
+        (tmp_path / "settings.json").write_text(json.dumps({"graph": {"host": "127.0.0.1", "bolt_port": 1}}))
+        svc = Services(tmp_path)
+        (root / "forward.pid").write_text(f"{others.pid}\n")
+        svc.down(("graph",))
+        assert others.poll() is None  # another directory's relay runs on
+        (root / "forward.pid").write_text(f"{ours.pid}\n")
+        svc.down(("graph",))
+        assert ours.wait(timeout=60) == -signal.SIGTERM  # ours was stopped
+    finally:
+        for proc in (others, ours):
+            proc.kill()
+            proc.wait()
