@@ -5,10 +5,14 @@ process a pid file names is a server of ours: :func:`read_pid`, :func:`pid_alive
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
+import signal
 import socket
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 PROBE_DEADLINE_S = 2.0  # the most one PING probe may take, however slowly the server answers
@@ -88,6 +92,38 @@ def pid_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return True
     return state != "Z"
+
+
+@contextlib.contextmanager
+def pinned(pid: int) -> Iterator[int | None]:
+    """A pidfd for ``pid`` (None when there is no such process) for the ``with`` block: check that the process is
+    ours, then signal it with :func:`signal_pinned`. A signal through the pidfd reaches the process that was
+    pinned or none (ESRCH once it has exited), never one that reused its number between the check and the signal."""
+    fd = None
+    if 0 < pid <= PID_MAX:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            fd = os.pidfd_open(pid)
+    try:
+        yield fd
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def signal_pinned(pidfd: int, signum: int) -> bool:
+    """Send ``signum`` to the pinned process; False when it has exited already."""
+    try:
+        signal.pidfd_send_signal(pidfd, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_pinned(pidfd: int, timeout_s: float) -> bool:
+    """Wait until the pinned process has exited (its pidfd turns readable); False when ``timeout_s`` passed first."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(int(timeout_s * 1000)))
 
 
 def our_server_runs(pid: int, root: Path) -> bool:

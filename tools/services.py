@@ -63,8 +63,11 @@ from anchor.services_settings import (
 from tools.redis_probe import our_postmaster_runs as _our_postmaster
 from tools.redis_probe import our_server_runs as _ours
 from tools.redis_probe import pid_alive as _pid_alive
+from tools.redis_probe import pinned as _pinned
 from tools.redis_probe import read_pid as _read_pid
 from tools.redis_probe import redis_pongs as _redis_pongs
+from tools.redis_probe import signal_pinned as _signal
+from tools.redis_probe import wait_pinned as _wait_pinned
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = REPO_ROOT / ".services"
@@ -662,15 +665,19 @@ class Services:
                     raise ServicesError(f"pg_ctl stop failed: {res.stderr.strip()}")
             return
         root = self.base / ("redis" if name == "redis" else "graph")
+        # Each process is pinned (a pidfd) before it is checked and signalled through that pidfd: never a process
+        # that merely reused the number, not even one that took it between the check and the signal.
         pid = _read_pid(root / "redis.pid")
-        if _ours(pid, root):  # never signal a process that merely reused the number
-            _log(f"stopping {name} (pid {pid})")
-            os.kill(pid, signal.SIGTERM)
-            _wait(lambda: not _pid_alive(pid), STOP_TIMEOUT_S, f"{name} (pid {pid}) to exit")
+        with _pinned(pid) as fd:
+            if fd is not None and _ours(pid, root) and _signal(fd, signal.SIGTERM):
+                _log(f"stopping {name} (pid {pid})")
+                if not _wait_pinned(fd, STOP_TIMEOUT_S):
+                    raise ServicesError(f"timed out after {STOP_TIMEOUT_S:.0f} s waiting for {name} (pid {pid})")
         relay = _read_pid(root / "forward.pid") if name == "graph" else 0
-        if _pid_alive(relay) and _is_forwarder(relay, root / "forward.pid"):
-            os.kill(relay, signal.SIGTERM)
-            _wait(lambda: not _pid_alive(relay), STOP_TIMEOUT_S, f"the Bolt relay (pid {relay}) to exit")
+        with _pinned(relay) as fd:
+            ours = fd is not None and _pid_alive(relay) and _is_forwarder(relay, root / "forward.pid")
+            if ours and fd is not None and _signal(fd, signal.SIGTERM) and not _wait_pinned(fd, STOP_TIMEOUT_S):
+                raise ServicesError(f"timed out after {STOP_TIMEOUT_S:.0f} s waiting for the Bolt relay (pid {relay})")
 
     def write_compose_settings(self, env: dict[str, str]) -> ServiceSettings:
         """Write settings.json/.env for the servers of ``anchor/compose.yaml`` (passwords and ports from ``env``,

@@ -449,3 +449,31 @@ def test_down_never_signals_another_directorys_bolt_relay(tmp_path: Path) -> Non
         for proc in (others, ours):
             proc.kill()
             proc.wait()
+
+
+def test_down_signals_only_the_process_it_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of fix8 (LOW): `down` checked that a pid file's process was ours, then signalled the number, which by
+    then may have been freed (and reused). The process is now pinned by a pidfd before the check and signalled
+    through it: one that exits (and is reaped) right after the check gets no signal and `down` carries on (os.kill on
+    the number raised ProcessLookupError, or signalled whoever took it)."""
+    root = tmp_path / "redis"
+    root.mkdir()
+    server = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], cwd=root, stdin=subprocess.PIPE)
+    try:
+        (root / "redis.pid").write_text(f"{server.pid}\n")
+        (tmp_path / "settings.json").write_text(json.dumps({"redis": {"host": "127.0.0.1", "port": 1}}))
+        checked: list[int] = []
+
+        def ours_then_gone(pid: int, where: Path) -> bool:
+            mine = redis_probe.our_server_runs(pid, where)
+            checked.append(pid)
+            server.kill()  # it exits and is reaped between the check and the signal: its number is free
+            server.wait()
+            return mine
+
+        monkeypatch.setattr(services_module, "_ours", ours_then_gone)
+        Services(tmp_path).down(("redis",))
+        assert checked == [server.pid]
+    finally:
+        server.kill()
+        server.wait()
