@@ -292,6 +292,7 @@ def test_another_users_process_named_by_a_pid_file_is_not_our_server() -> None:
         def check() -> dict[str, object]:
             svc = Services(base)
             out: dict[str, object] = {"pg_pid": svc.pid_of("postgres"), "redis_pid": svc.pid_of("redis")}
+            out["root_pid_alive"] = redis_probe.pid_alive(root_pid)  # (EPERM: not a process of ours)
             out["postgres_up"] = svc.status()["postgres"]
             try:
                 svc.down(("postgres", "redis"))
@@ -304,7 +305,38 @@ def test_another_users_process_named_by_a_pid_file_is_not_our_server() -> None:
     finally:
         listener.close()
         shutil.rmtree(base, ignore_errors=True)
-    assert got == {"pg_pid": 0, "redis_pid": 0, "postgres_up": False, "down": "ok"}, got
+    assert got == {"pg_pid": 0, "redis_pid": 0, "root_pid_alive": False, "postgres_up": False, "down": "ok"}, got
+
+
+def test_a_postmaster_pid_naming_one_of_our_processes_that_is_not_the_server(tmp_path: Path) -> None:
+    """Review of fix8 (LOW 5): the test above passed with either half of its fix removed (the process is another
+    user's: its cwd is unreadable and it may not be signalled). Here the pid file names a process of this very user
+    (alive, signalable: a number reused after a crash) that is not a postmaster of this data dir: only the ownership
+    check tells, and status, pid_of and down leave it alone."""
+    data = tmp_path / "postgres" / "data"
+    data.mkdir(parents=True)
+    other_data = tmp_path / "other"
+    other_data.mkdir()
+    # A process of ours, in another data dir, naming another data dir: not this cluster's postmaster.
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()", "-D", str(other_data)],
+        cwd=other_data,
+        stdin=subprocess.PIPE,
+    )
+    listener = socket.create_server(("127.0.0.1", 0))  # something answers on the cluster's port
+    try:
+        (data / "postmaster.pid").write_text(f"{other.pid}\n{data}\n")
+        port = int(listener.getsockname()[1])
+        (tmp_path / "settings.json").write_text(json.dumps({"postgres": {"host": "127.0.0.1", "port": port}}))
+        svc = Services(tmp_path)
+        assert redis_probe.pid_alive(other.pid)
+        assert (svc.pid_of("postgres"), svc.status()["postgres"]) == (0, False)
+        svc.down(("postgres",))
+        assert other.poll() is None
+    finally:
+        listener.close()
+        other.kill()
+        other.wait()
 
 
 @pytest.mark.skipif(
