@@ -164,9 +164,12 @@ def is_our_postmaster(pid: int, data: Path) -> bool:
         return False
     if proc.st_uid != owner:
         return False
-    want = data.resolve()
-    named = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == b"-D"]
-    if not any(Path(os.fsdecode(d)).is_absolute() and Path(os.fsdecode(d)).resolve() == want for d in named):
+    named = [Path(os.fsdecode(argv[i + 1])) for i, arg in enumerate(argv[:-1]) if arg == b"-D"]
+    try:  # (RuntimeError: a symlink loop, which the cluster's owner may name in a process of its own)
+        want = data.resolve()
+        if not any(d.is_absolute() and d.resolve() == want for d in named):
+            return False
+    except (OSError, RuntimeError):
         return False
     try:
         return Path(os.readlink(f"/proc/{pid}/cwd")) == want
