@@ -136,13 +136,32 @@ def is_our_server(pid: int, root: Path) -> bool:
     """Whether ``pid`` is the server started on ``root``: it runs in ``root`` (a Redis's ``dir``, PostgreSQL's data
     directory; Redis rewrites its command line, so that cannot say) or its command line names ``root``'s redis.conf.
     A pid file left by a crash or a reboot may name a process that reused the number (another user's process: its
-    cwd cannot even be read)."""
+    cwd cannot even be read). Root without CAP_SYS_PTRACE may not read the cwd of a server that root started with
+    more capabilities (`up` from a full root shell, `down` from a confined one): then :func:`_redis_by_title`."""
     try:
         if Path(os.readlink(f"/proc/{pid}/cwd")) == root.resolve():
             return True
         return str(root / "redis.conf").encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except PermissionError:
+        return _redis_by_title(pid, root)
     except OSError:
         return False
+
+
+def _redis_by_title(pid: int, root: Path) -> bool:
+    """What anyone may read says ``pid`` is ``root``'s Redis: it belongs to the owner of ``root`` and its command
+    line, which Redis rewrites to ``redis-server 127.0.0.1:PORT``, names the port of ``root``'s redis.conf."""
+    try:
+        if os.stat(f"/proc/{pid}").st_uid != os.stat(root).st_uid:
+            return False
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").split()
+        conf = (root / "redis.conf").read_bytes()[:65536].decode(errors="replace").splitlines()
+    except OSError:
+        return False
+    ports = [line.split()[1] for line in conf if len(line.split()) == 2 and line.split()[0] == "port"]
+    if len(ports) != 1 or not words or os.path.basename(words[0]) != b"redis-server":
+        return False
+    return f"127.0.0.1:{ports[0]}".encode() in words
 
 
 def our_postmaster_runs(pid: int, data: Path) -> bool:

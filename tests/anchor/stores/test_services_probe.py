@@ -511,3 +511,43 @@ def test_down_signals_only_the_process_it_checked(tmp_path: Path, monkeypatch: p
     finally:
         server.kill()
         server.wait()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None or shutil.which("redis-server") is None,
+    reason="needs root, setpriv (to drop CAP_SYS_PTRACE) and redis-server",
+)
+def test_a_confined_root_knows_the_redis_a_full_root_started() -> None:
+    """Found while checking the fix above: a Redis started by root with every capability (`up` from a root shell, or
+    the test suite's fixture) has a cwd that root without CAP_SYS_PTRACE may not read. `up` from the confined root
+    called it not ours and started a second Redis on the same data dir, and `down` stopped only that one. The
+    fallback reads what anyone may: the owner and the title Redis gives itself (redis-server 127.0.0.1:PORT)."""
+    base = Path(tempfile.mkdtemp(prefix="vsvc-"))
+    svc = Services(base)
+    pid = 0
+    try:
+        svc.up(("redis",))
+        pid = svc.pid_of("redis")
+        assert pid > 0
+        check = (
+            "import json, sys; from pathlib import Path; from tools.services import Services; "
+            "svc = Services(Path(sys.argv[1])); "
+            "got = {'pid': svc.pid_of('redis'), 'up': svc.status()['redis']}; "
+            "svc.up(('redis',)); got['after_up'] = svc.pid_of('redis'); "
+            "svc.down(('redis',)); print(json.dumps(got))"
+        )
+        env = dict(os.environ, PYTHONPATH=str(Path(services_module.__file__).resolve().parent.parent))
+        no_ptrace = ["setpriv", "--bounding-set=-sys_ptrace", sys.executable]
+        cwd = subprocess.run(
+            [*no_ptrace, "-c", f"import os; os.readlink('/proc/{pid}/cwd')"], capture_output=True, env=env, timeout=60
+        )
+        assert b"PermissionError" in cwd.stderr, cwd.stderr  # (the premise)
+        got = subprocess.run([*no_ptrace, "-c", check, str(base)], capture_output=True, env=env, timeout=120)
+        assert got.returncode == 0, got.stderr
+        assert json.loads(got.stdout) == {"pid": pid, "up": True, "after_up": pid}  # no second server
+        assert not redis_probe.pid_alive(pid)  # and `down` stopped it
+    finally:
+        svc.down(("redis",))
+        if redis_probe.our_server_runs(pid, base / "redis"):  # (a second server took its pid file)
+            os.kill(pid, signal.SIGTERM)
+        shutil.rmtree(base, ignore_errors=True)
