@@ -183,12 +183,14 @@ def is_our_postmaster(pid: int, data: Path) -> bool:
         return False
     if proc.st_uid != owner:
         return False
-    named = [Path(os.fsdecode(argv[i + 1])) for i, arg in enumerate(argv[:-1]) if arg == b"-D"]
-    try:  # (RuntimeError: a symlink loop, which the cluster's owner may name in a process of its own)
+    # The path as `up` gave it to pg_ctl, compared as written: a path in the owner's command line is never resolved
+    # (a symlink loop raised RuntimeError; a path into a FUSE mount of the owner's could hang root's tool).
+    try:
         want = data.resolve()
-        if not any(d.is_absolute() and d.resolve() == want for d in named):
-            return False
     except (OSError, RuntimeError):
+        return False
+    named = {argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == b"-D"}
+    if not named & {os.fsencode(data), os.fsencode(want)}:
         return False
     try:
         return Path(os.readlink(f"/proc/{pid}/cwd")) == want

@@ -319,7 +319,7 @@ def test_a_postmaster_pid_naming_one_of_our_processes_that_is_not_the_server(tmp
     other_data.mkdir()
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     # A process of ours, in another data dir, naming another data dir (and a symlink loop: resolving it raised
-    # RuntimeError out of status): not this cluster's postmaster.
+    # RuntimeError out of status; it is compared as written now): not this cluster's postmaster.
     other = subprocess.Popen(
         [sys.executable, "-c", "import sys; sys.stdin.read()", "-D", str(tmp_path / "loop"), "-D", str(other_data)],
         cwd=other_data,
