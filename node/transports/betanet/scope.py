@@ -25,7 +25,12 @@ peers with addresses the peer chose, which py-libp2p puts in the peerstore, and 
 then dial. Only well-formed addresses of transports we dial are kept, never unspecified or multicast ones, never
 loopback ones (or DNS names) unless the answering peer is on loopback, never LAN ones unless it is on loopback or
 the LAN; at most
-:data:`MAX_DHT_ADDRS_PER_PEER` per named peer and :data:`MAX_DHT_PEERS` named peers at once.
+:data:`MAX_DHT_ADDRS_PER_PEER` per named peer (a signed record of more is not kept), :data:`MAX_DHT_PEERS` named
+peers at once and :data:`MAX_DHT_PEERS_PER_ANSWERER` per answering peer (expired ones reclaimed, else the oldest of
+the biggest answerer evicted). What a peer says about itself is checked alike and capped at :data:`MAX_OWN_ADDRS`.
+
+A task serving an inbound stream keeps its asker's audience when it opens a stream itself (py-libp2p pings a full
+bucket's oldest peer from within the DHT handler): ``host.new_stream`` sets the audience only in other tasks.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ log = logging.getLogger("village.betanet.scope")
 LOOPBACK, LAN, PUBLIC = 0, 1, 2  # address scopes, most private first
 MAX_DHT_ADDRS_PER_PEER = 8  # addresses of one peer a DHT answer may put in the peerstore
 MAX_DHT_PEERS = 256  # peers that DHT answers alone put in the peerstore, at once
+MAX_DHT_PEERS_PER_ANSWERER = 64  # of those, named by one answering peer
+MAX_OWN_ADDRS = 32  # addresses a peer may store for itself (identify, its signed record)
 _IP = ("ip4", "ip6")
 _PEER_WORDS = (str(KAD_PROTOCOL), str(IDENTIFY_PROTOCOL))  # outbound streams whose answers name addresses
 _NAMES = ("dns", "dns4", "dns6")
@@ -204,6 +211,12 @@ def scope_host(host: IHost, full_addrs: Callable[[], list[multiaddr.Multiaddr]],
 
     async def new_stream(peer_id: ID, protocol_ids: Sequence[TProtocol]) -> INetStream:
         stream = await plain_new_stream(peer_id, protocol_ids)
+        current = _audience.get()
+        if current is not None and current.inbound:
+            # A task serving an inbound stream keeps its asker's audience: py-libp2p opens streams from within
+            # handlers (the DHT's routing table pings the oldest peer of a full bucket while adding the asker), and
+            # what the task sends next is still for the asker. Those nested streams carry no addresses.
+            return stream
         # Set in the caller's context (an awaited coroutine shares it): what it sends on this stream next is for
         # this peer. The scope is the connection's the stream runs on.
         protocol = str(stream.get_protocol()) if stream.get_protocol() is not None else None
@@ -263,7 +276,9 @@ class GuardedPeerStore(PeerStore):
 
     def __init__(self, on_refused: Callable[[int], None] | None = None) -> None:
         super().__init__()
-        self._from_dht: dict[ID, None] = {}  # peers that only other peers' answers put here, bounded
+        # Peers that only other peers' answers put here (named peer -> the peer that named it), oldest first,
+        # bounded: MAX_DHT_PEERS in all, MAX_DHT_PEERS_PER_ANSWERER per answering peer.
+        self._from_dht: dict[ID, ID] = {}
         self._on_refused = on_refused
 
     @staticmethod
@@ -283,24 +298,40 @@ class GuardedPeerStore(PeerStore):
         if speaker is None:
             super().add_addrs(peer_id, addrs, ttl)
             return
-        kept = [a for a in addrs if dialable(a, speaker.scope)]
-        if peer_id != speaker.peer:
-            if not self._admit(peer_id):
-                self._refused(len(addrs))
-                return
-            have = self.peer_data_map[peer_id].get_addrs() if peer_id in self.peer_data_map else []
-            kept = [a for a in kept if a not in have][: max(0, MAX_DHT_ADDRS_PER_PEER - len(have))]
+        own = peer_id == speaker.peer
+        if own:
+            self._from_dht.pop(peer_id, None)  # known by its own word now: no longer a named peer
+        elif not self._admit(peer_id, speaker.peer):
+            self._refused(len(addrs))
+            return
+        # Bounded whatever the speaker sends: py-libp2p's PeerData.add_addrs is quadratic in the addresses held.
+        cap = MAX_OWN_ADDRS if own else MAX_DHT_ADDRS_PER_PEER
+        have = set(self.peer_data_map[peer_id].get_addrs()) if peer_id in self.peer_data_map else set()
+        room = max(0, cap - len(have))
+        kept: dict[multiaddr.Multiaddr, None] = {}
+        for addr in addrs[: cap * 2]:
+            if len(kept) >= room:
+                break
+            if addr not in have and addr not in kept and dialable(addr, speaker.scope):
+                kept[addr] = None
         self._refused(len(addrs) - len(kept))
         if kept:
-            super().add_addrs(peer_id, kept, ttl)
+            super().add_addrs(peer_id, list(kept), ttl)
 
     def consume_peer_record(self, envelope: Envelope, ttl: int) -> bool:
         speaker = self._speaker()
-        if speaker is None:
-            return super().consume_peer_record(envelope, ttl)
         record = envelope.record()
         peer_id = record.peer_id
-        if peer_id != speaker.peer and not self._admit(peer_id):
+        own = speaker is None or peer_id == speaker.peer
+        if len(record.addrs) > (MAX_OWN_ADDRS if own else MAX_DHT_ADDRS_PER_PEER):
+            # Too many addresses to keep signed (a record cannot be cut); a third party's go in unsigned, capped.
+            self._refused(len(record.addrs))
+            if speaker is not None and not own:
+                self.add_addrs(peer_id, list(record.addrs), ttl)
+            return False
+        if speaker is None:
+            return super().consume_peer_record(envelope, ttl)
+        if not own and not self._admit(peer_id, speaker.peer):
             self._refused(len(record.addrs))
             return False
         if all(dialable(a, speaker.scope) for a in record.addrs):
@@ -316,18 +347,34 @@ class GuardedPeerStore(PeerStore):
         self.add_addrs(peer_id, list(record.addrs), ttl)
         return True
 
-    def _admit(self, peer_id: ID) -> bool:
-        """Whether another peer's answer may store ``peer_id``: known already, or a free place among
-        MAX_DHT_PEERS (places of peers since evicted or expired are reclaimed)."""
+    def _admit(self, peer_id: ID, answerer: ID) -> bool:
+        """Whether ``answerer``'s answer may store ``peer_id``: known already, or a place among MAX_DHT_PEERS with
+        the answerer under MAX_DHT_PEERS_PER_ANSWERER. Places of peers since evicted or expired are reclaimed; when
+        none is, the oldest peer named by the answerer holding most places is evicted (so one answerer, or a few,
+        cannot keep the others' peers out)."""
         if peer_id in self._from_dht or peer_id in self.peer_data_map:
             return True
-        if len(self._from_dht) >= MAX_DHT_PEERS:
-            for gone in [p for p in self._from_dht if p not in self.peer_data_map]:
-                del self._from_dht[gone]
-        if len(self._from_dht) >= MAX_DHT_PEERS:
+        if sum(1 for a in self._from_dht.values() if a == answerer) >= MAX_DHT_PEERS_PER_ANSWERER:
             return False
-        self._from_dht[peer_id] = None
+        if len(self._from_dht) >= MAX_DHT_PEERS:
+            for gone in list(self._from_dht):
+                data = self.peer_data_map.get(gone)
+                if data is None or data.is_expired():
+                    self._forget(gone)
+        if len(self._from_dht) >= MAX_DHT_PEERS:
+            counts: dict[ID, int] = {}
+            for a in self._from_dht.values():
+                counts[a] = counts.get(a, 0) + 1
+            biggest = max(counts, key=lambda a: counts[a])
+            self._forget(next(p for p, a in self._from_dht.items() if a == biggest))
+        self._from_dht[peer_id] = answerer
         return True
+
+    def _forget(self, peer_id: ID) -> None:
+        """Drop a named peer's place and what its namer said about it."""
+        del self._from_dht[peer_id]
+        if peer_id in self.peer_data_map:
+            self.clear_peerdata(peer_id)
 
     def dht_named(self) -> int:
         """How many peers other peers' answers put in the peerstore (at most MAX_DHT_PEERS)."""

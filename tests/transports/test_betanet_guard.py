@@ -1,0 +1,156 @@
+"""What a peer's words can make a BetaNet node store and show, bounded (review findings on priv8): a peer's own
+addresses are capped however many it sends, a third party's record is capped too, the places of DHT-named peers are
+reclaimed and shared between answerers, and a task serving an inbound stream keeps its asker's audience."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+
+import multiaddr
+import trio
+from libp2p.abc import INetStream
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.identity.identify.identify import AGENT_VERSION, PROTOCOL_VERSION
+from libp2p.identity.identify.identify import ID as IDENTIFY
+from libp2p.identity.identify.pb.identify_pb2 import Identify
+from libp2p.peer.envelope import Envelope
+from libp2p.peer.id import ID
+from libp2p.peer.peerstore import create_signed_peer_record
+from libp2p.utils import varint
+
+from node.transports.betanet import scope
+from node.transports.betanet.scope import (
+    MAX_DHT_ADDRS_PER_PEER,
+    MAX_DHT_PEERS,
+    MAX_DHT_PEERS_PER_ANSWERER,
+    MAX_OWN_ADDRS,
+    PUBLIC,
+    Audience,
+    GuardedPeerStore,
+    current_scope,
+)
+from tests.transports.test_betanet import LOOPBACK, WAIT_S, start_transport
+
+
+def _public(n: int, base: int = 0) -> list[multiaddr.Multiaddr]:
+    ips = (f"8.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}" for i in range(base, base + n))
+    return [multiaddr.Multiaddr(f"/ip4/{ip}/tcp/4001") for ip in ips]
+
+
+def _peer() -> tuple[ID, object]:
+    pair = create_new_key_pair()
+    return ID.from_pubkey(pair.public_key), pair.private_key
+
+
+@contextlib.contextmanager
+def _words_of(speaker: ID, scope_: int = PUBLIC) -> Iterator[None]:
+    """Within: what is stored is ``speaker``'s words, as in the task serving its inbound stream."""
+    token = scope._audience.set(Audience(scope_, speaker, None, inbound=True))
+    try:
+        yield
+    finally:
+        scope._audience.reset(token)
+
+
+def _name(store: GuardedPeerStore, answerer: ID, n: int) -> list[ID]:
+    """``answerer``'s DHT answer names ``n`` new peers (as py-libp2p stores them: add_addrs, TTL 3600)."""
+    named = [_peer()[0] for _ in range(n)]
+    with _words_of(answerer):
+        for i, peer in enumerate(named):
+            store.add_addrs(peer, _public(1, i), 3600)
+    return named
+
+
+async def test_a_huge_identify_is_capped_not_stored_whole(nursery: trio.Nursery) -> None:
+    """A peer answers our identify with N listen addresses and a signed record of N addresses (py-libp2p's
+    PeerData.add_addrs is quadratic: 12k addresses stalled the event loop 18.8 s). At most MAX_OWN_ADDRS are
+    stored, the record is refused, and the refusals are counted. (Unchecked: all N stored, the record kept.)"""
+    n = 400
+    victim, _ = await start_transport(nursery)
+    attacker, _ = await start_transport(nursery)
+    ah = attacker.host
+    assert ah is not None and victim.host is not None
+    addrs = _public(n)
+    envelope = create_signed_peer_record(ah.get_id(), addrs, ah.get_private_key()).marshal_envelope()
+
+    async def evil_identify(stream: INetStream) -> None:
+        msg = Identify(
+            protocol_version=PROTOCOL_VERSION,
+            agent_version=AGENT_VERSION,
+            public_key=ah.get_public_key().serialize(),
+            listen_addrs=[a.to_bytes() for a in addrs],
+            protocols=[str(IDENTIFY)],
+            signedPeerRecord=envelope,
+        )
+        body = msg.SerializeToString()
+        await stream.write(bytes(varint.encode_uvarint(len(body))) + body)
+        await stream.close()
+
+    ah.set_stream_handler(IDENTIFY, evil_identify)
+    with trio.fail_after(WAIT_S):
+        await attacker.dial(victim.listen_addresses()[0])
+        await victim.wait_counters(lambda c: c.peer_addrs_refused >= 2 * n - MAX_OWN_ADDRS)
+    store = victim.host.get_peerstore()
+    assert 0 < len(store.addrs(ah.get_id())) <= MAX_OWN_ADDRS
+    assert store.get_peer_record(ah.get_id()) is None
+
+
+def test_a_third_partys_record_is_capped_and_not_kept() -> None:
+    """A DHT answer carries another peer's signed record of 20 public addresses: it is not kept (a DHT server
+    would pass it on whole), and at most MAX_DHT_ADDRS_PER_PEER of its addresses are. (Unchecked: kept whole.)"""
+    store = GuardedPeerStore()
+    answerer = _peer()[0]
+    named, key = _peer()
+    record = create_signed_peer_record(named, _public(20), key)  # type: ignore[arg-type]
+    with _words_of(answerer):
+        assert not store.consume_peer_record(record, 7200)
+    assert store.get_peer_record(named) is None
+    assert 0 < len(store.addrs(named)) <= MAX_DHT_ADDRS_PER_PEER
+    own, own_key = _peer()  # a peer's own record of MAX_OWN_ADDRS addresses is kept
+    with _words_of(own):
+        assert store.consume_peer_record(create_signed_peer_record(own, _public(MAX_OWN_ADDRS), own_key), 7200)  # type: ignore[arg-type]
+    assert isinstance(store.get_peer_record(own), Envelope) and len(store.addrs(own)) == MAX_OWN_ADDRS
+
+
+def test_named_peer_places_are_shared_between_answerers_and_reclaimed() -> None:
+    """One answerer names at most MAX_DHT_PEERS_PER_ANSWERER peers; when the MAX_DHT_PEERS places are full an
+    expired named peer's place is reclaimed first, else the oldest of the answerer holding most is evicted, so
+    a later answerer's peer still gets in. (Unchecked: the first 256 named held every place for the daemon's
+    life.)"""
+    store = GuardedPeerStore()
+    answerers = [_peer()[0] for _ in range(MAX_DHT_PEERS // MAX_DHT_PEERS_PER_ANSWERER + 1)]
+    first = _name(store, answerers[0], MAX_DHT_PEERS_PER_ANSWERER + 10)
+    assert all(p in store.peer_ids() for p in first[:MAX_DHT_PEERS_PER_ANSWERER])
+    assert not any(p in store.peer_ids() for p in first[MAX_DHT_PEERS_PER_ANSWERER:])  # its quota
+    others = [_name(store, answerer, MAX_DHT_PEERS_PER_ANSWERER) for answerer in answerers[1:-1]]
+    assert store.dht_named() == MAX_DHT_PEERS
+    expired = first[5]
+    store.peer_data_map[expired].last_identified -= 7200  # its TTL (3600 s) ran out
+    (late,) = _name(store, answerers[-1], 1)
+    assert late in store.peer_ids() and expired not in store.peer_ids()  # the expired place was reclaimed
+    assert first[0] in store.peer_ids()
+    (later,) = _name(store, answerers[-1], 1)
+    assert later in store.peer_ids() and store.dht_named() == MAX_DHT_PEERS
+    assert others[0][0] not in store.peer_ids()  # none expired: the oldest of a biggest answerer made room
+    assert first[0] in store.peer_ids() and others[0][1] in store.peer_ids()
+
+
+async def test_a_stream_opened_while_serving_an_asker_keeps_the_askers_audience(nursery: trio.Nursery) -> None:
+    """A DHT server adding a public asker to a full bucket pings the bucket's oldest peer (here on loopback) from
+    the task serving the asker: what it then sends the asker is still for a public audience (no loopback
+    address). (Unpinned: the ping's stream made the task's audience loopback, and the answer's signed record
+    and closer peers followed.)"""
+    server, _ = await start_transport(nursery, settings=dataclasses.replace(LOOPBACK, dht_mode="server"))
+    oldest, _ = await start_transport(nursery)
+    assert server.host is not None and oldest.host is not None and server.routing is not None
+    with trio.fail_after(WAIT_S):
+        await oldest.dial(server.listen_addresses()[0])
+        asker = _peer()[0]
+        with _words_of(asker):
+            assert server.host.get_addrs() == []  # a public asker is shown no loopback address
+            bucket = server.routing.dht.routing_table.buckets[0]
+            assert await bucket._ping_peer(oldest.host.get_id())  # what add_peer does with a full bucket
+            assert current_scope() == PUBLIC
+            assert server.host.get_addrs() == []
