@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 from collections.abc import Iterator
 
 import multiaddr
+import pytest
 import trio
+import trio.testing
 from libp2p.abc import INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.identity.identify.identify import AGENT_VERSION, PROTOCOL_VERSION
@@ -17,7 +20,9 @@ from libp2p.identity.identify.identify import ID as IDENTIFY
 from libp2p.identity.identify.pb.identify_pb2 import Identify
 from libp2p.peer.envelope import Envelope
 from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
 from libp2p.peer.peerstore import create_signed_peer_record
+from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL
 from libp2p.utils import varint
 
 from node.transports.betanet import scope
@@ -154,3 +159,64 @@ async def test_a_stream_opened_while_serving_an_asker_keeps_the_askers_audience(
             assert await bucket._ping_peer(oldest.host.get_id())  # what add_peer does with a full bucket
             assert current_scope() == PUBLIC
             assert server.host.get_addrs() == []
+
+
+def test_relay_answers_are_checked_like_dht_answers() -> None:
+    """A relay's reservation / CONNECT answer carries a signed record (its own, or the destination's), read on
+    our hop stream to it: a relay reached over a public address cannot plant a loopback or DNS address. (The hop
+    protocol unguarded: the record was stored whole, and `village connect` / the auto-connector dialled it.)"""
+    store = GuardedPeerStore()
+    relay = _peer()[0]
+    dest, key = _peer()
+    planted = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/4001"), multiaddr.Multiaddr("/dns4/localhost/tcp/4001")]
+    record = create_signed_peer_record(dest, [*planted, *_public(1)], key)  # type: ignore[arg-type]
+    token = scope._audience.set(Audience(PUBLIC, relay, str(HOP_PROTOCOL), inbound=False))  # as new_stream sets it
+    try:
+        store.consume_peer_record(record, 7200)
+    finally:
+        scope._audience.reset(token)
+    assert store.addrs(dest) == _public(1) and store.get_peer_record(dest) is None
+
+
+def test_mdns_announcements_are_lan_words_and_bounded() -> None:
+    """py-libp2p's mDNS listener stores what a LAN host announces from zeroconf's thread (no audience): only LAN
+    or public addresses are kept, never loopback ones or names, and at most MAX_DHT_PEERS_PER_ANSWERER announced
+    peers. (Unchecked: any LAN host planted loopback addresses and up to 1000 fake peers.)"""
+    store = GuardedPeerStore()
+    target = _peer()[0]
+    fakes = [_peer()[0] for _ in range(MAX_DHT_PEERS_PER_ANSWERER + 20)]
+    lan = multiaddr.Multiaddr("/ip4/192.168.1.7/tcp/4001")
+    planted = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/4001"), multiaddr.Multiaddr("/dns4/localhost/tcp/4001")]
+
+    def announce() -> None:  # what MDNSListener.add_service does, on its own thread
+        store.add_addrs(target, [*planted, lan], 120)
+        for fake in fakes:
+            store.add_addrs(fake, [lan], 120)
+
+    worker = threading.Thread(target=announce)
+    worker.start()
+    worker.join(WAIT_S)
+    assert store.addrs(target) == [lan]
+    assert sum(1 for p in fakes if p in store.peer_ids()) == MAX_DHT_PEERS_PER_ANSWERER - 1
+
+
+async def test_mdns_does_not_dial_a_loopback_address_a_lan_host_announces(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A discovery naming only a loopback address (or a name) is not dialled: a LAN host must not make the node
+    connect to a service on this machine. (Unfiltered: the node dialled it.) The dial itself is recorded, not
+    made: no test traffic leaves loopback."""
+    node, _ = await start_transport(nursery)
+    dialled: list[str] = []
+
+    async def record_dial(addr: str, key: str) -> None:
+        dialled.append(addr)
+        node._discovered_dialling.discard(key)
+
+    monkeypatch.setattr(node, "_dial_discovered", record_dial)
+    stranger = _peer()[0]
+    node._on_discovered(PeerInfo(stranger, [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/4001")]))
+    node._on_discovered(PeerInfo(stranger, [multiaddr.Multiaddr("/dns4/localhost/tcp/4001")]))
+    node._on_discovered(PeerInfo(stranger, [multiaddr.Multiaddr("/ip4/192.0.2.7/tcp/4001")]))
+    await trio.testing.wait_all_tasks_blocked()
+    assert dialled == [f"/ip4/192.0.2.7/tcp/4001/p2p/{stranger}"] and node.counters.mdns_discovered == 1

@@ -39,6 +39,7 @@ import contextlib
 import contextvars
 import ipaddress
 import logging
+import threading
 from collections.abc import Callable, Iterator, Sequence
 
 import multiaddr
@@ -52,6 +53,8 @@ from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL
 from libp2p.peer.envelope import Envelope
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import PeerStore, env_to_send_in_RPC
+from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL
+from libp2p.relay.circuit_v2.protocol import STOP_PROTOCOL_ID as STOP_PROTOCOL
 from libp2p.utils import varint
 from multiaddr.protocols import P_P2P
 
@@ -63,7 +66,10 @@ MAX_DHT_PEERS = 256  # peers that DHT answers alone put in the peerstore, at onc
 MAX_DHT_PEERS_PER_ANSWERER = 64  # of those, named by one answering peer
 MAX_OWN_ADDRS = 32  # addresses a peer may store for itself (identify, its signed record)
 _IP = ("ip4", "ip6")
-_PEER_WORDS = (str(KAD_PROTOCOL), str(IDENTIFY_PROTOCOL))  # outbound streams whose answers name addresses
+# Outbound streams whose answers name addresses: DHT, identify, and relay (a reservation's answer carries the relay's
+# record, a CONNECT's the destination's, both judged by the relay connection's scope).
+_PEER_WORDS = (str(KAD_PROTOCOL), str(IDENTIFY_PROTOCOL), str(HOP_PROTOCOL), str(STOP_PROTOCOL))
+MDNS_SPEAKER = ID(b"\x00mdns")  # who speaks for what zeroconf's thread stores: a host on the LAN
 _NAMES = ("dns", "dns4", "dns6")
 
 
@@ -280,10 +286,15 @@ class GuardedPeerStore(PeerStore):
         # bounded: MAX_DHT_PEERS in all, MAX_DHT_PEERS_PER_ANSWERER per answering peer.
         self._from_dht: dict[ID, ID] = {}
         self._on_refused = on_refused
+        self._thread = threading.get_ident()  # the event loop's; py-libp2p's mDNS listener calls from zeroconf's
+        self._mdns = Audience(LAN, MDNS_SPEAKER, None, inbound=True)
 
-    @staticmethod
-    def _speaker() -> Audience | None:
-        """The peer whose words this call stores, if any: a stream it opened, or our identify / DHT stream to it."""
+    def _speaker(self) -> Audience | None:
+        """The peer whose words this call stores, if any: a stream it opened, our identify / DHT / relay stream to
+        it, or (a call from another thread: the mDNS listener) any host on the LAN, whose announced peers are
+        third parties (checked as LAN words, bounded as one answerer's)."""
+        if threading.get_ident() != self._thread:
+            return self._mdns
         audience = _audience.get()
         if audience is None or not (audience.inbound or audience.protocol in _PEER_WORDS):
             return None
