@@ -220,3 +220,17 @@ async def test_mdns_does_not_dial_a_loopback_address_a_lan_host_announces(
     node._on_discovered(PeerInfo(stranger, [multiaddr.Multiaddr("/ip4/192.0.2.7/tcp/4001")]))
     await trio.testing.wait_all_tasks_blocked()
     assert dialled == [f"/ip4/192.0.2.7/tcp/4001/p2p/{stranger}"] and node.counters.mdns_discovered == 1
+
+
+async def test_a_relay_answers_lookups_by_default(nursery: trio.Nursery) -> None:
+    """An anchor runs relay = "hop" and others bootstrap to it: with the default dht_mode (auto) it serves the
+    DHT, so its relayed clients are found by peer ID through it (`village connect /p2p/<id>`) with no extra
+    setting. (dht_mode defaulting to client: the relay refused the DHT protocol and lookups through it found
+    nobody.)"""
+    relay, _ = await start_transport(nursery, settings=dataclasses.replace(LOOPBACK, relay="hop"))
+    asker, _ = await start_transport(nursery)
+    assert relay.routing is not None and asker.routing is not None and relay.host is not None
+    with trio.fail_after(WAIT_S):
+        await asker.dial(relay.listen_addresses()[0])
+        await asker.wait_counters(lambda c: c.dht_routing_added >= 1)  # the relay serves the DHT: in the table
+    assert relay.host.get_id() in asker.routing.dht.routing_table.get_peer_ids()

@@ -355,7 +355,7 @@ class BetanetTransport(Transport):
                 self._notify,
                 self.settings.dial_timeout_s,
                 refresh=self.settings.auto_connect != "off",
-                server=self.settings.dht_mode == "server",
+                server=self.settings.dht_server,
             )
             if self.settings.dht
             else None
