@@ -18,8 +18,9 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.identity.identify.identify import AGENT_VERSION, PROTOCOL_VERSION
 from libp2p.identity.identify.identify import ID as IDENTIFY
 from libp2p.identity.identify.pb.identify_pb2 import Identify
-from libp2p.peer.envelope import Envelope
+from libp2p.peer.envelope import Envelope, seal_record
 from libp2p.peer.id import ID
+from libp2p.peer.peer_record import PeerRecord
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.peer.peerstore import create_signed_peer_record
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL
@@ -27,6 +28,7 @@ from libp2p.utils import varint
 
 from node.transports.betanet import scope
 from node.transports.betanet.scope import (
+    LAN,
     MAX_DHT_ADDRS_PER_PEER,
     MAX_DHT_PEERS,
     MAX_DHT_PEERS_PER_ANSWERER,
@@ -110,7 +112,7 @@ def test_a_third_partys_record_is_capped_and_not_kept() -> None:
     named, key = _peer()
     record = create_signed_peer_record(named, _public(20), key)  # type: ignore[arg-type]
     with _words_of(answerer):
-        assert not store.consume_peer_record(record, 7200)
+        assert store.consume_peer_record(record, 7200)  # accepted (a lookup goes on), not kept
     assert store.get_peer_record(named) is None
     assert 0 < len(store.addrs(named)) <= MAX_DHT_ADDRS_PER_PEER
     own, own_key = _peer()  # a peer's own record of MAX_OWN_ADDRS addresses is kept
@@ -234,3 +236,21 @@ async def test_a_relay_answers_lookups_by_default(nursery: trio.Nursery) -> None
         await asker.dial(relay.listen_addresses()[0])
         await asker.wait_counters(lambda c: c.dht_routing_added >= 1)  # the relay serves the DHT: in the table
     assert relay.host.get_id() in asker.routing.dht.routing_table.get_peer_ids()
+
+
+def test_a_third_partys_record_does_not_replace_what_a_peer_said_itself() -> None:
+    """A LAN neighbour told us its LAN address in its own record; a stranger's DHT answer then carries a newer
+    record of the neighbour with only a public address. The neighbour's own record and LAN address stay. (Before:
+    the newer record replaced them, and the node could no longer reach its neighbour over the LAN.)"""
+    store = GuardedPeerStore()
+    neighbour, key = _peer()
+    lan = multiaddr.Multiaddr("/ip4/192.168.1.7/tcp/4001")
+    own = seal_record(PeerRecord(neighbour, [lan], seq=1), key)  # type: ignore[arg-type]
+    with _words_of(neighbour, LAN):
+        assert store.consume_peer_record(own, 7200)
+    newer = seal_record(PeerRecord(neighbour, _public(1), seq=2), key)  # type: ignore[arg-type]
+    with _words_of(_peer()[0]):
+        store.consume_peer_record(newer, 7200)
+    assert lan in store.addrs(neighbour)
+    kept = store.get_peer_record(neighbour)
+    assert kept is not None and kept.record().seq == 1

@@ -336,12 +336,19 @@ class GuardedPeerStore(PeerStore):
         own = speaker is None or peer_id == speaker.peer
         if len(record.addrs) > (MAX_OWN_ADDRS if own else MAX_DHT_ADDRS_PER_PEER):
             # Too many addresses to keep signed (a record cannot be cut); a third party's go in unsigned, capped.
-            self._refused(len(record.addrs))
-            if speaker is not None and not own:
-                self.add_addrs(peer_id, list(record.addrs), ttl)
-            return False
+            if speaker is None or own:
+                self._refused(len(record.addrs))
+                return False
+            self.add_addrs(peer_id, list(record.addrs), ttl)  # counts what it refuses
+            return True  # (False would make a lookup skip the peer)
         if speaker is None:
             return super().consume_peer_record(envelope, ttl)
+        if not own and peer_id in self.peer_data_map and peer_id not in self._from_dht:
+            # Known by its own word (or our dial, our configuration): another peer's record, newer or not, does not
+            # replace what it told us (a public record from a stranger would clear the LAN addresses a neighbour
+            # gave); its addresses are added, within the third-party cap.
+            self.add_addrs(peer_id, list(record.addrs), ttl)
+            return True
         if not own and not self._admit(peer_id, speaker.peer):
             self._refused(len(record.addrs))
             return False
