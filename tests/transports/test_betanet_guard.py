@@ -37,6 +37,7 @@ from node.transports.betanet.scope import (
     Audience,
     GuardedPeerStore,
     current_scope,
+    dialable,
 )
 from tests.transports.test_betanet import LOOPBACK, WAIT_S, start_transport
 
@@ -254,3 +255,23 @@ def test_a_third_partys_record_does_not_replace_what_a_peer_said_itself() -> Non
     assert lan in store.addrs(neighbour)
     kept = store.get_peer_record(neighbour)
     assert kept is not None and kept.record().seq == 1
+
+
+@pytest.mark.parametrize(
+    "addr",
+    [
+        "/ip6/::127.0.0.1/tcp/4001",  # IPv4-compatible: loopback
+        "/ip6/64:ff9b::7f00:1/tcp/4001",  # NAT64 of loopback
+        "/ip6/2002:7f00:1::1/tcp/4001",  # 6to4 of loopback
+        "/ip6/64:ff9b::c0a8:107/tcp/4001",  # NAT64 of a LAN address
+        "/ip4/255.255.255.255/tcp/4001",  # broadcast (refused from a LAN peer too, below)
+        "/ip4/8.8.8.8/tcp/0",  # port 0
+        "/ip4/8.8.8.8/udp/0/quic-v1",
+    ],
+)
+def test_disguised_private_or_useless_addresses_are_refused_from_a_public_peer(addr: str) -> None:
+    """An IPv6 address that carries a loopback or LAN IPv4 address is as private as it; the broadcast address
+    and port 0 are nobody's. (Before: all were stored as public.)"""
+    assert not dialable(multiaddr.Multiaddr(addr), PUBLIC)
+    assert not dialable(multiaddr.Multiaddr(addr), LAN) or "64:ff9b::c0a8" in addr  # a LAN peer's LAN address
+    assert dialable(multiaddr.Multiaddr("/ip6/64:ff9b::808:808/tcp/4001"), PUBLIC)  # NAT64 of a public address

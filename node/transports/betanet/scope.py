@@ -100,7 +100,20 @@ def ip_scope(text: str) -> int:
         ip = ip.ipv4_mapped
     if ip.is_loopback:
         return LOOPBACK
-    return PUBLIC if ip.is_global else LAN
+    own = PUBLIC if ip.is_global else LAN
+    embedded = _embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else None
+    return own if embedded is None else min(own, ip_scope(str(embedded)))
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_COMPAT = ipaddress.IPv6Network("::/96")  # IPv4-compatible (deprecated): ::127.0.0.1
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries (IPv4-compatible, NAT64, 6to4), which it may lead to."""
+    if ip in _COMPAT or ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip.sixtofour
 
 
 def addr_scope(addr: multiaddr.Multiaddr | str) -> int:
@@ -143,6 +156,8 @@ def dialable(addr: multiaddr.Multiaddr, source_scope: int) -> bool:
         if len(protos) < 2 or protos[0] not in (*_IP, *_NAMES):
             return False
         host = str(addr.value_for_protocol(protos[0]))
+        if str(addr.value_for_protocol(addr.protocols()[1].code)) == "0":
+            return False  # port 0: nobody listens there
         if protos[1] == "tcp":
             rest = protos[2:]
         elif protos[1:3] == ["udp", "quic-v1"]:
@@ -154,8 +169,8 @@ def dialable(addr: multiaddr.Multiaddr, source_scope: int) -> bool:
         if protos[0] in _NAMES:
             return source_scope == LOOPBACK  # a name may resolve anywhere (our LAN, loopback): only from this machine
         ip = ipaddress.ip_address(host)
-        if ip.is_unspecified or ip.is_multicast:
-            return False
+        if ip.is_unspecified or ip.is_multicast or (isinstance(ip, ipaddress.IPv4Address) and ip.is_reserved):
+            return False  # (reserved: 240.0.0.0/4, with the broadcast address)
         return ip_scope(host) >= source_scope
     except Exception:  # noqa: BLE001 - multiaddr raises assorted errors for malformed values
         return False
