@@ -29,6 +29,10 @@ the LAN; at most
 peers at once and :data:`MAX_DHT_PEERS_PER_ANSWERER` per answering peer (expired ones reclaimed, else the oldest of
 the biggest answerer evicted). What a peer says about itself is checked alike and capped at :data:`MAX_OWN_ADDRS`.
 
+The same check covers a relay's answers on our hop stream to it (a reservation's record is the relay's, a
+CONNECT's the destination's) and what py-libp2p's mDNS listener stores from zeroconf's thread: words of a host on
+the LAN, whose announced peers are bounded like one DHT answerer's.
+
 A task serving an inbound stream keeps its asker's audience when it opens a stream itself (py-libp2p pings a full
 bucket's oldest peer from within the DHT handler): ``host.new_stream`` sets the audience only in other tasks.
 """
