@@ -162,6 +162,13 @@ async def test_a_stream_opened_while_serving_an_asker_keeps_the_askers_audience(
             assert await bucket._ping_peer(oldest.host.get_id())  # what add_peer does with a full bucket
             assert current_scope() == PUBLIC
             assert server.host.get_addrs() == []
+            # A nested stream whose answers name addresses (identify) makes its peer the speaker, judged by the
+            # more public scope of the two, and what the task shows stays public.
+            stream = await server.host.new_stream(oldest.host.get_id(), [IDENTIFY])
+            await stream.reset()
+            speaker = scope._audience.get()
+            assert speaker is not None and speaker.peer == oldest.host.get_id() and speaker.scope == PUBLIC
+            assert server.host.get_addrs() == []
 
 
 def test_relay_answers_are_checked_like_dht_answers() -> None:

@@ -236,16 +236,20 @@ def scope_host(host: IHost, full_addrs: Callable[[], list[multiaddr.Multiaddr]],
 
     async def new_stream(peer_id: ID, protocol_ids: Sequence[TProtocol]) -> INetStream:
         stream = await plain_new_stream(peer_id, protocol_ids)
+        protocol = str(stream.get_protocol()) if stream.get_protocol() is not None else None
+        scope = conn_scope(stream.muxed_conn)
         current = _audience.get()
         if current is not None and current.inbound:
             # A task serving an inbound stream keeps its asker's audience: py-libp2p opens streams from within
             # handlers (the DHT's routing table pings the oldest peer of a full bucket while adding the asker), and
-            # what the task sends next is still for the asker. Those nested streams carry no addresses.
+            # what the task sends next is still for the asker. A nested stream whose answers name addresses makes
+            # its peer the speaker, with the more public of the two scopes (what either may see or plant).
+            if protocol in _PEER_WORDS:
+                _audience.set(Audience(max(scope, current.scope), peer_id, protocol, inbound=False))
             return stream
         # Set in the caller's context (an awaited coroutine shares it): what it sends on this stream next is for
         # this peer. The scope is the connection's the stream runs on.
-        protocol = str(stream.get_protocol()) if stream.get_protocol() is not None else None
-        _audience.set(Audience(conn_scope(stream.muxed_conn), peer_id, protocol, inbound=False))
+        _audience.set(Audience(scope, peer_id, protocol, inbound=False))
         return stream
 
     swarm = host.get_network()
