@@ -18,6 +18,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.identity.identify.identify import AGENT_VERSION, PROTOCOL_VERSION
 from libp2p.identity.identify.identify import ID as IDENTIFY
 from libp2p.identity.identify.pb.identify_pb2 import Identify
+from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.envelope import Envelope, seal_record
 from libp2p.peer.id import ID
 from libp2p.peer.peer_record import PeerRecord
@@ -282,3 +283,24 @@ def test_disguised_private_or_useless_addresses_are_refused_from_a_public_peer(a
     assert not dialable(multiaddr.Multiaddr(addr), PUBLIC)
     assert not dialable(multiaddr.Multiaddr(addr), LAN) or "64:ff9b::c0a8" in addr  # a LAN peer's LAN address
     assert dialable(multiaddr.Multiaddr("/ip6/64:ff9b::808:808/tcp/4001"), PUBLIC)  # NAT64 of a public address
+
+
+async def test_loopback_peers_count_as_lan_when_loopback_is_not_local(nursery: trio.Nursery) -> None:
+    """With betanet.loopback_is_local = false (a local forwarder brings strangers in over loopback) a peer on
+    loopback is shown no loopback address in identify, and may not name one. (Before: no such setting; a
+    stranger through ssh -R or tor was told and could plant everything.)"""
+    guarded, _ = await start_transport(nursery, settings=dataclasses.replace(LOOPBACK, loopback_is_local=False))
+    trusting, _ = await start_transport(nursery)
+    assert guarded.host is not None and trusting.host is not None
+    with trio.fail_after(WAIT_S):
+        await trusting.dial(guarded.listen_addresses()[0])
+        stream = await trusting.host.new_stream(guarded.host.get_id(), [IDENTIFY])
+        raw = b""
+        with contextlib.suppress(StreamEOF):  # the answer ends at the stream's end
+            while chunk := await stream.read():
+                raw += chunk
+        await guarded.wait_counters(lambda c: c.peer_addrs_refused > 0)  # it refused the loopback ones we named
+    length, used = varint.decode_varint_with_size(raw)
+    shown = Identify.FromString(raw[used : used + length])
+    assert list(shown.listen_addrs) == []  # shown no loopback address: a "LAN" peer
+    assert trusting.counters.peer_addrs_refused == 0  # (the trusting node stores loopback words from loopback)

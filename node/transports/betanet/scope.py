@@ -224,10 +224,21 @@ def _observed(stream: INetStream) -> multiaddr.Multiaddr | None:
     return None
 
 
-def scope_host(host: IHost, full_addrs: Callable[[], list[multiaddr.Multiaddr]], announced: frozenset[str]) -> None:
+def scope_host(
+    host: IHost,
+    full_addrs: Callable[[], list[multiaddr.Multiaddr]],
+    announced: frozenset[str],
+    *,
+    loopback_is_local: bool = True,
+) -> None:
     """Make ``host`` (this instance) show each peer only its audience's addresses (see the module docstring).
     ``full_addrs`` is every address we have (the transport's ``listen_addresses``); ``announced`` the operator's
-    announce addresses, shown to everyone."""
+    announce addresses, shown to everyone. Without ``loopback_is_local`` a peer on loopback counts as on the LAN
+    (a local forwarder may bring strangers in)."""
+
+    def audience_scope(conn: IMuxedConn) -> int:
+        scope = conn_scope(conn)
+        return LAN if scope == LOOPBACK and not loopback_is_local else scope
 
     def get_addrs() -> list[multiaddr.Multiaddr]:
         return visible(full_addrs(), current_scope(), announced)
@@ -237,7 +248,7 @@ def scope_host(host: IHost, full_addrs: Callable[[], list[multiaddr.Multiaddr]],
     async def new_stream(peer_id: ID, protocol_ids: Sequence[TProtocol]) -> INetStream:
         stream = await plain_new_stream(peer_id, protocol_ids)
         protocol = str(stream.get_protocol()) if stream.get_protocol() is not None else None
-        scope = conn_scope(stream.muxed_conn)
+        scope = audience_scope(stream.muxed_conn)
         current = _audience.get()
         if current is not None and current.inbound:
             # A task serving an inbound stream keeps its asker's audience: py-libp2p opens streams from within
@@ -257,7 +268,7 @@ def scope_host(host: IHost, full_addrs: Callable[[], list[multiaddr.Multiaddr]],
 
     async def handle_inbound(stream: INetStream) -> None:
         conn = stream.muxed_conn
-        _audience.set(Audience(conn_scope(conn), conn.peer_id, None, inbound=True))  # this stream's task only
+        _audience.set(Audience(audience_scope(conn), conn.peer_id, None, inbound=True))  # this stream's task only
         await plain_handler(stream)
 
     async def answer_identify(stream: INetStream) -> None:

@@ -46,6 +46,12 @@ class BetanetSection:
         "bootstrap anchor): among clients only, `village connect /p2p/<id>` finds nobody.",
         choices=("auto", "client", "server"),
     )
+    loopback_is_local: bool = setting(
+        True,
+        "Whether a peer that connects over loopback is this machine's own (shown loopback addresses, and may name "
+        "them). Set false where a local forwarder (ssh -R, socat, tor, a container proxy) brings strangers in "
+        "over loopback: such peers are then treated as on the LAN.",
+    )
     announce_addrs: tuple[str, ...] = setting(
         (),
         "Extra addresses to tell every peer (a port forward, a public DNS name), as /ip4|ip6|dns4|dns6/.../tcp/N "

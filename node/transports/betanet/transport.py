@@ -323,7 +323,7 @@ class BetanetTransport(Transport):
 
         self._all_addrs = all_addrs
         announced = frozenset(str(multiaddr.Multiaddr(a)) for a in self.settings.announce_addrs)
-        scope_host(host, all_addrs, announced)
+        scope_host(host, all_addrs, announced, loopback_is_local=self.settings.loopback_is_local)
 
     async def run(
         self,
