@@ -209,6 +209,17 @@ def test_mdns_announcements_are_lan_words_and_bounded() -> None:
     worker.join(WAIT_S)
     assert store.addrs(target) == [lan]
     assert sum(1 for p in fakes if p in store.peer_ids()) == MAX_DHT_PEERS_PER_ANSWERER - 1
+    known, kept = _peer()[0], _public(1)
+    store.add_addrs(known, kept, 0)  # a peer we reached ourselves
+
+    def withdraw() -> None:
+        store.clear_addrs(known)
+        store.clear_addrs(target)
+
+    worker = threading.Thread(target=withdraw)
+    worker.start()  # a LAN host withdraws services naming both (MDNSListener.remove_service)
+    worker.join(WAIT_S)
+    assert store.addrs(known) == kept and store.addrs(target) == []
 
 
 async def test_mdns_does_not_dial_a_loopback_address_a_lan_host_announces(

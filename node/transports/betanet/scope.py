@@ -399,6 +399,13 @@ class GuardedPeerStore(PeerStore):
         self.add_addrs(peer_id, list(record.addrs), ttl)
         return True
 
+    def clear_addrs(self, peer_id: ID) -> None:
+        """py-libp2p's, except from the mDNS listener's thread: a LAN host's withdrawal clears only a peer that
+        mDNS alone put here (not the addresses a connected peer gave, nor our configuration's)."""
+        if threading.get_ident() != self._thread and self._from_dht.get(peer_id) != MDNS_SPEAKER:
+            return
+        super().clear_addrs(peer_id)
+
     def _admit(self, peer_id: ID, answerer: ID) -> bool:
         """Whether ``answerer``'s answer may store ``peer_id``: known already, or a place among MAX_DHT_PEERS with
         the answerer under MAX_DHT_PEERS_PER_ANSWERER. Places of peers since evicted or expired are reclaimed; when
