@@ -137,9 +137,11 @@ def test_dht_answers_cannot_plant_private_or_malformed_addresses(namespace: str)
 
 
 async def test_a_client_serves_no_dht_and_a_server_answers_with_its_contacts(nursery: trio.Nursery) -> None:
-    """By default (dht_mode = "client") a node refuses the DHT protocol, so nobody can ask it whom it is connected
-    to; a server (an anchor) answers, and its answers name the DHT servers it is connected to."""
-    assert BetanetSection().dht_mode == "client"
+    """By default (dht_mode = "auto", relay = "client") a node refuses the DHT protocol, so nobody can ask it whom
+    it is connected to; a server (an anchor) answers, and its answers name the DHT servers it is connected to.
+    auto makes a relay (relay = "hop", what others bootstrap to) a server."""
+    assert not BetanetSection().dht_server and BetanetSection().relay == "client"
+    assert BetanetSection(relay="hop").dht_server and not BetanetSection(relay="hop", dht_mode="client").dht_server
     client, _ = await start_transport(nursery)
     server, _ = await start_transport(nursery, settings=dataclasses.replace(LOOPBACK, dht_mode="server"))
     contact, _ = await start_transport(nursery, settings=dataclasses.replace(LOOPBACK, dht_mode="server"))

@@ -25,7 +25,16 @@ peers with addresses the peer chose, which py-libp2p puts in the peerstore, and 
 then dial. Only well-formed addresses of transports we dial are kept, never unspecified or multicast ones, never
 loopback ones (or DNS names) unless the answering peer is on loopback, never LAN ones unless it is on loopback or
 the LAN; at most
-:data:`MAX_DHT_ADDRS_PER_PEER` per named peer and :data:`MAX_DHT_PEERS` named peers at once.
+:data:`MAX_DHT_ADDRS_PER_PEER` per named peer (a signed record of more is not kept), :data:`MAX_DHT_PEERS` named
+peers at once and :data:`MAX_DHT_PEERS_PER_ANSWERER` per answering peer (expired ones reclaimed, else the oldest of
+the biggest answerer evicted). What a peer says about itself is checked alike and capped at :data:`MAX_OWN_ADDRS`.
+
+The same check covers a relay's answers on our hop stream to it (a reservation's record is the relay's, a
+CONNECT's the destination's) and what py-libp2p's mDNS listener stores from zeroconf's thread: words of a host on
+the LAN, whose announced peers are bounded like one DHT answerer's.
+
+A task serving an inbound stream keeps its asker's audience when it opens a stream itself (py-libp2p pings a full
+bucket's oldest peer from within the DHT handler): ``host.new_stream`` sets the audience only in other tasks.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import contextlib
 import contextvars
 import ipaddress
 import logging
+import threading
 from collections.abc import Callable, Iterator, Sequence
 
 import multiaddr
@@ -47,6 +57,8 @@ from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL
 from libp2p.peer.envelope import Envelope
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import PeerStore, env_to_send_in_RPC
+from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL
+from libp2p.relay.circuit_v2.protocol import STOP_PROTOCOL_ID as STOP_PROTOCOL
 from libp2p.utils import varint
 from multiaddr.protocols import P_P2P
 
@@ -55,8 +67,13 @@ log = logging.getLogger("village.betanet.scope")
 LOOPBACK, LAN, PUBLIC = 0, 1, 2  # address scopes, most private first
 MAX_DHT_ADDRS_PER_PEER = 8  # addresses of one peer a DHT answer may put in the peerstore
 MAX_DHT_PEERS = 256  # peers that DHT answers alone put in the peerstore, at once
+MAX_DHT_PEERS_PER_ANSWERER = 64  # of those, named by one answering peer
+MAX_OWN_ADDRS = 32  # addresses a peer may store for itself (identify, its signed record)
 _IP = ("ip4", "ip6")
-_PEER_WORDS = (str(KAD_PROTOCOL), str(IDENTIFY_PROTOCOL))  # outbound streams whose answers name addresses
+# Outbound streams whose answers name addresses: DHT, identify, and relay (a reservation's answer carries the relay's
+# record, a CONNECT's the destination's, both judged by the relay connection's scope).
+_PEER_WORDS = (str(KAD_PROTOCOL), str(IDENTIFY_PROTOCOL), str(HOP_PROTOCOL), str(STOP_PROTOCOL))
+MDNS_SPEAKER = ID(b"\x00mdns")  # who speaks for what zeroconf's thread stores: a host on the LAN
 _NAMES = ("dns", "dns4", "dns6")
 
 
@@ -87,7 +104,20 @@ def ip_scope(text: str) -> int:
         ip = ip.ipv4_mapped
     if ip.is_loopback:
         return LOOPBACK
-    return PUBLIC if ip.is_global else LAN
+    own = PUBLIC if ip.is_global else LAN
+    embedded = _embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else None
+    return own if embedded is None else min(own, ip_scope(str(embedded)))
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_COMPAT = ipaddress.IPv6Network("::/96")  # IPv4-compatible (deprecated): ::127.0.0.1
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries (IPv4-compatible, NAT64, 6to4), which it may lead to."""
+    if ip in _COMPAT or ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip.sixtofour
 
 
 def addr_scope(addr: multiaddr.Multiaddr | str) -> int:
@@ -130,6 +160,8 @@ def dialable(addr: multiaddr.Multiaddr, source_scope: int) -> bool:
         if len(protos) < 2 or protos[0] not in (*_IP, *_NAMES):
             return False
         host = str(addr.value_for_protocol(protos[0]))
+        if str(addr.value_for_protocol(addr.protocols()[1].code)) == "0":
+            return False  # port 0: nobody listens there
         if protos[1] == "tcp":
             rest = protos[2:]
         elif protos[1:3] == ["udp", "quic-v1"]:
@@ -141,8 +173,8 @@ def dialable(addr: multiaddr.Multiaddr, source_scope: int) -> bool:
         if protos[0] in _NAMES:
             return source_scope == LOOPBACK  # a name may resolve anywhere (our LAN, loopback): only from this machine
         ip = ipaddress.ip_address(host)
-        if ip.is_unspecified or ip.is_multicast:
-            return False
+        if ip.is_unspecified or ip.is_multicast or (isinstance(ip, ipaddress.IPv4Address) and ip.is_reserved):
+            return False  # (reserved: 240.0.0.0/4, with the broadcast address)
         return ip_scope(host) >= source_scope
     except Exception:  # noqa: BLE001 - multiaddr raises assorted errors for malformed values
         return False
@@ -192,10 +224,21 @@ def _observed(stream: INetStream) -> multiaddr.Multiaddr | None:
     return None
 
 
-def scope_host(host: IHost, full_addrs: Callable[[], list[multiaddr.Multiaddr]], announced: frozenset[str]) -> None:
+def scope_host(
+    host: IHost,
+    full_addrs: Callable[[], list[multiaddr.Multiaddr]],
+    announced: frozenset[str],
+    *,
+    loopback_is_local: bool = True,
+) -> None:
     """Make ``host`` (this instance) show each peer only its audience's addresses (see the module docstring).
     ``full_addrs`` is every address we have (the transport's ``listen_addresses``); ``announced`` the operator's
-    announce addresses, shown to everyone."""
+    announce addresses, shown to everyone. Without ``loopback_is_local`` a peer on loopback counts as on the LAN
+    (a local forwarder may bring strangers in)."""
+
+    def audience_scope(conn: IMuxedConn) -> int:
+        scope = conn_scope(conn)
+        return LAN if scope == LOOPBACK and not loopback_is_local else scope
 
     def get_addrs() -> list[multiaddr.Multiaddr]:
         return visible(full_addrs(), current_scope(), announced)
@@ -204,10 +247,20 @@ def scope_host(host: IHost, full_addrs: Callable[[], list[multiaddr.Multiaddr]],
 
     async def new_stream(peer_id: ID, protocol_ids: Sequence[TProtocol]) -> INetStream:
         stream = await plain_new_stream(peer_id, protocol_ids)
+        protocol = str(stream.get_protocol()) if stream.get_protocol() is not None else None
+        scope = audience_scope(stream.muxed_conn)
+        current = _audience.get()
+        if current is not None and current.inbound:
+            # A task serving an inbound stream keeps its asker's audience: py-libp2p opens streams from within
+            # handlers (the DHT's routing table pings the oldest peer of a full bucket while adding the asker), and
+            # what the task sends next is still for the asker. A nested stream whose answers name addresses makes
+            # its peer the speaker, with the more public of the two scopes (what either may see or plant).
+            if protocol in _PEER_WORDS:
+                _audience.set(Audience(max(scope, current.scope), peer_id, protocol, inbound=False))
+            return stream
         # Set in the caller's context (an awaited coroutine shares it): what it sends on this stream next is for
         # this peer. The scope is the connection's the stream runs on.
-        protocol = str(stream.get_protocol()) if stream.get_protocol() is not None else None
-        _audience.set(Audience(conn_scope(stream.muxed_conn), peer_id, protocol, inbound=False))
+        _audience.set(Audience(scope, peer_id, protocol, inbound=False))
         return stream
 
     swarm = host.get_network()
@@ -215,7 +268,7 @@ def scope_host(host: IHost, full_addrs: Callable[[], list[multiaddr.Multiaddr]],
 
     async def handle_inbound(stream: INetStream) -> None:
         conn = stream.muxed_conn
-        _audience.set(Audience(conn_scope(conn), conn.peer_id, None, inbound=True))  # this stream's task only
+        _audience.set(Audience(audience_scope(conn), conn.peer_id, None, inbound=True))  # this stream's task only
         await plain_handler(stream)
 
     async def answer_identify(stream: INetStream) -> None:
@@ -263,12 +316,19 @@ class GuardedPeerStore(PeerStore):
 
     def __init__(self, on_refused: Callable[[int], None] | None = None) -> None:
         super().__init__()
-        self._from_dht: dict[ID, None] = {}  # peers that only other peers' answers put here, bounded
+        # Peers that only other peers' answers put here (named peer -> the peer that named it), oldest first,
+        # bounded: MAX_DHT_PEERS in all, MAX_DHT_PEERS_PER_ANSWERER per answering peer.
+        self._from_dht: dict[ID, ID] = {}
         self._on_refused = on_refused
+        self._thread = threading.get_ident()  # the event loop's; py-libp2p's mDNS listener calls from zeroconf's
+        self._mdns = Audience(LAN, MDNS_SPEAKER, None, inbound=True)
 
-    @staticmethod
-    def _speaker() -> Audience | None:
-        """The peer whose words this call stores, if any: a stream it opened, or our identify / DHT stream to it."""
+    def _speaker(self) -> Audience | None:
+        """The peer whose words this call stores, if any: a stream it opened, our identify / DHT / relay stream to
+        it, or (a call from another thread: the mDNS listener) any host on the LAN, whose announced peers are
+        third parties (checked as LAN words, bounded as one answerer's)."""
+        if threading.get_ident() != self._thread:
+            return self._mdns
         audience = _audience.get()
         if audience is None or not (audience.inbound or audience.protocol in _PEER_WORDS):
             return None
@@ -283,24 +343,47 @@ class GuardedPeerStore(PeerStore):
         if speaker is None:
             super().add_addrs(peer_id, addrs, ttl)
             return
-        kept = [a for a in addrs if dialable(a, speaker.scope)]
-        if peer_id != speaker.peer:
-            if not self._admit(peer_id):
-                self._refused(len(addrs))
-                return
-            have = self.peer_data_map[peer_id].get_addrs() if peer_id in self.peer_data_map else []
-            kept = [a for a in kept if a not in have][: max(0, MAX_DHT_ADDRS_PER_PEER - len(have))]
+        own = peer_id == speaker.peer
+        if own:
+            self._from_dht.pop(peer_id, None)  # known by its own word now: no longer a named peer
+        elif not self._admit(peer_id, speaker.peer):
+            self._refused(len(addrs))
+            return
+        # Bounded whatever the speaker sends: py-libp2p's PeerData.add_addrs is quadratic in the addresses held.
+        cap = MAX_OWN_ADDRS if own else MAX_DHT_ADDRS_PER_PEER
+        have = set(self.peer_data_map[peer_id].get_addrs()) if peer_id in self.peer_data_map else set()
+        room = max(0, cap - len(have))
+        kept: dict[multiaddr.Multiaddr, None] = {}
+        for addr in addrs[: cap * 2]:
+            if len(kept) >= room:
+                break
+            if addr not in have and addr not in kept and dialable(addr, speaker.scope):
+                kept[addr] = None
         self._refused(len(addrs) - len(kept))
         if kept:
-            super().add_addrs(peer_id, kept, ttl)
+            super().add_addrs(peer_id, list(kept), ttl)
 
     def consume_peer_record(self, envelope: Envelope, ttl: int) -> bool:
         speaker = self._speaker()
-        if speaker is None:
-            return super().consume_peer_record(envelope, ttl)
         record = envelope.record()
         peer_id = record.peer_id
-        if peer_id != speaker.peer and not self._admit(peer_id):
+        own = speaker is None or peer_id == speaker.peer
+        if len(record.addrs) > (MAX_OWN_ADDRS if own else MAX_DHT_ADDRS_PER_PEER):
+            # Too many addresses to keep signed (a record cannot be cut); a third party's go in unsigned, capped.
+            if speaker is None or own:
+                self._refused(len(record.addrs))
+                return False
+            self.add_addrs(peer_id, list(record.addrs), ttl)  # counts what it refuses
+            return True  # (False would make a lookup skip the peer)
+        if speaker is None:
+            return super().consume_peer_record(envelope, ttl)
+        if not own and peer_id in self.peer_data_map and peer_id not in self._from_dht:
+            # Known by its own word (or our dial, our configuration): another peer's record, newer or not, does not
+            # replace what it told us (a public record from a stranger would clear the LAN addresses a neighbour
+            # gave); its addresses are added, within the third-party cap.
+            self.add_addrs(peer_id, list(record.addrs), ttl)
+            return True
+        if not own and not self._admit(peer_id, speaker.peer):
             self._refused(len(record.addrs))
             return False
         if all(dialable(a, speaker.scope) for a in record.addrs):
@@ -316,18 +399,41 @@ class GuardedPeerStore(PeerStore):
         self.add_addrs(peer_id, list(record.addrs), ttl)
         return True
 
-    def _admit(self, peer_id: ID) -> bool:
-        """Whether another peer's answer may store ``peer_id``: known already, or a free place among
-        MAX_DHT_PEERS (places of peers since evicted or expired are reclaimed)."""
+    def clear_addrs(self, peer_id: ID) -> None:
+        """py-libp2p's, except from the mDNS listener's thread: a LAN host's withdrawal clears only a peer that
+        mDNS alone put here (not the addresses a connected peer gave, nor our configuration's)."""
+        if threading.get_ident() != self._thread and self._from_dht.get(peer_id) != MDNS_SPEAKER:
+            return
+        super().clear_addrs(peer_id)
+
+    def _admit(self, peer_id: ID, answerer: ID) -> bool:
+        """Whether ``answerer``'s answer may store ``peer_id``: known already, or a place among MAX_DHT_PEERS with
+        the answerer under MAX_DHT_PEERS_PER_ANSWERER. Places of peers since evicted or expired are reclaimed; when
+        none is, the oldest peer named by the answerer holding most places is evicted (so one answerer, or a few,
+        cannot keep the others' peers out)."""
         if peer_id in self._from_dht or peer_id in self.peer_data_map:
             return True
-        if len(self._from_dht) >= MAX_DHT_PEERS:
-            for gone in [p for p in self._from_dht if p not in self.peer_data_map]:
-                del self._from_dht[gone]
-        if len(self._from_dht) >= MAX_DHT_PEERS:
+        if sum(1 for a in self._from_dht.values() if a == answerer) >= MAX_DHT_PEERS_PER_ANSWERER:
             return False
-        self._from_dht[peer_id] = None
+        if len(self._from_dht) >= MAX_DHT_PEERS:
+            for gone in list(self._from_dht):
+                data = self.peer_data_map.get(gone)
+                if data is None or data.is_expired():
+                    self._forget(gone)
+        if len(self._from_dht) >= MAX_DHT_PEERS:
+            counts: dict[ID, int] = {}
+            for a in self._from_dht.values():
+                counts[a] = counts.get(a, 0) + 1
+            biggest = max(counts, key=lambda a: counts[a])
+            self._forget(next(p for p, a in self._from_dht.items() if a == biggest))
+        self._from_dht[peer_id] = answerer
         return True
+
+    def _forget(self, peer_id: ID) -> None:
+        """Drop a named peer's place and what its namer said about it."""
+        del self._from_dht[peer_id]
+        if peer_id in self.peer_data_map:
+            self.clear_peerdata(peer_id)
 
     def dht_named(self) -> int:
         """How many peers other peers' answers put in the peerstore (at most MAX_DHT_PEERS)."""

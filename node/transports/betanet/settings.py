@@ -35,15 +35,22 @@ class BetanetSection:
         "through connected peers.",
     )
     dht_mode: str = setting(
-        "client",
-        "Kademlia role. client (the default, for phones and Pis): look peers up through DHT servers but serve "
-        "no DHT; nobody can ask this node whom it is connected to (a server answers FIND_NODE with the peers of "
-        "its routing table, which holds every connected peer that serves the DHT, with their addresses). server "
-        "(anchors, well-connected nodes others bootstrap to): answer lookups, so peers that know only this node "
-        "find each other by peer ID; it tells any connected peer which DHT-serving peers it is connected to. A "
-        "mesh needs at least one server its nodes share (a bootstrap anchor): among clients only, "
-        "`village connect /p2p/<id>` finds nobody.",
-        choices=("client", "server"),
+        "auto",
+        "Kademlia role. client (for phones and Pis): look peers up through DHT servers but serve no DHT; nobody "
+        "can ask this node whom it is connected to (a server answers FIND_NODE with the peers of its routing "
+        "table, which holds every connected peer that serves the DHT, with their addresses). server (anchors, "
+        "well-connected nodes others bootstrap to): answer lookups, so peers that know only this node find each "
+        "other by peer ID; it tells any connected peer which DHT-serving peers it is connected to. auto (the "
+        "default): server on a relay (relay = hop: the meeting point others bootstrap to, whose relayed clients "
+        "are found by peer ID through it), client otherwise. A mesh needs at least one server its nodes share (a "
+        "bootstrap anchor): among clients only, `village connect /p2p/<id>` finds nobody.",
+        choices=("auto", "client", "server"),
+    )
+    loopback_is_local: bool = setting(
+        True,
+        "Whether a peer that connects over loopback is this machine's own (shown loopback addresses, and may name "
+        "them). Set false where a local forwarder (ssh -R, socat, tor, a container proxy) brings strangers in "
+        "over loopback: such peers are then treated as on the LAN.",
     )
     announce_addrs: tuple[str, ...] = setting(
         (),
@@ -159,6 +166,11 @@ class BetanetSection:
         min=1,
         max=1_000_000,
     )
+
+    @property
+    def dht_server(self) -> bool:
+        """Whether this node serves the DHT: ``dht_mode``, with auto resolved by ``relay``."""
+        return self.dht_mode == "server" or (self.dht_mode == "auto" and self.relay == "hop")
 
     def __post_init__(self) -> None:
         import multiaddr  # only when addresses are configured: client commands stay fast

@@ -66,7 +66,14 @@ from node.transports.betanet.quic import QUIC_ATTEMPT_S, close_quic, dial_order,
 from node.transports.betanet.quic_admission import Limits
 from node.transports.betanet.quic_transport import QuicTransport
 from node.transports.betanet.relay import Relay, is_circuit, without_peer_suffix
-from node.transports.betanet.scope import LAN, GuardedPeerStore, scope_host, visible
+from node.transports.betanet.scope import (
+    LAN,
+    MAX_DHT_ADDRS_PER_PEER,
+    GuardedPeerStore,
+    scope_host,
+    visible,
+)
+from node.transports.betanet.scope import dialable as scope_dialable
 from node.transports.betanet.settings import BetanetSection
 
 log = logging.getLogger("village.betanet")
@@ -316,7 +323,7 @@ class BetanetTransport(Transport):
 
         self._all_addrs = all_addrs
         announced = frozenset(str(multiaddr.Multiaddr(a)) for a in self.settings.announce_addrs)
-        scope_host(host, all_addrs, announced)
+        scope_host(host, all_addrs, announced, loopback_is_local=self.settings.loopback_is_local)
 
     async def run(
         self,
@@ -348,7 +355,7 @@ class BetanetTransport(Transport):
                 self._notify,
                 self.settings.dial_timeout_s,
                 refresh=self.settings.auto_connect != "off",
-                server=self.settings.dht_mode == "server",
+                server=self.settings.dht_server,
             )
             if self.settings.dht
             else None
@@ -631,7 +638,9 @@ class BetanetTransport(Transport):
         key = str(info.peer_id)
         if key in self._discovered_dialling or host.get_network().get_connections(info.peer_id):
             return
-        dialable = sorted((a for a in info.addrs if "/tcp/" in str(a) or is_quic(a)), key=lambda a: not is_quic(a))
+        # Announced by any host on the LAN: never a loopback address or a name (GuardedPeerStore stores alike).
+        shown = [a for a in info.addrs[:MAX_DHT_ADDRS_PER_PEER] if scope_dialable(a, LAN)]
+        dialable = sorted((a for a in shown if "/tcp/" in str(a) or is_quic(a)), key=lambda a: not is_quic(a))
         if not dialable or len(self._discovered_dialling) >= MAX_DISCOVERY_DIALS:
             return
         self.counters.mdns_discovered += 1
