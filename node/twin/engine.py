@@ -36,6 +36,7 @@ import numpy as np
 from node.textsafe import safe_text
 from node.twin import blob, store
 from node.twin.actions import ActionHead
+from node.twin.cache import MAX_ENTRIES
 from node.twin.errors import TwinError, TwinStoreError
 from node.twin.gate import SHIPPED_FIXED_COST_TOKENS, SHIPPED_SCORE, START_BITS, MessageGate, sane_threshold
 from node.twin.model import MU_INIT, N_BUCKETS, N_CACHE_BUCKETS, TwinLM
@@ -64,6 +65,10 @@ LM_ARRAYS = frozenset(
 # this many times the file (real states: x2.5-x6.2, bench/README); a larger one (a planted file whose junk would
 # cost every save minutes of LZMA work) loads the model at the first save instead: one checked decode.
 LIGHT_RAW_FACTOR = 8
+# ... and to at most this much in all (a real state's: at most ~3 MB, 50,000 n-grams, the recency cache, the
+# neural adaptation, the words), each neural array to at most LIGHT_NN_ARRAY_BYTES (the shipped model's: 256 KiB).
+LIGHT_MAX_RAW_BYTES = 8 << 20
+LIGHT_NN_ARRAY_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,8 +416,13 @@ class TwinEngine:
         unknown = sorted(k for k in arrays if k not in LM_ARRAYS and not (k.startswith("x_") and k[2:] in LIGHT_ARRAYS))
         if unknown:
             return f"unknown arrays ({safe_text(','.join(unknown)[:60])})"
-        if sum(a.nbytes for a in arrays.values()) > LIGHT_RAW_FACTOR * file_bytes:
-            return f"its arrays unpack to more than {LIGHT_RAW_FACTOR} times the file"
+        raw = sum(a.nbytes for a in arrays.values())
+        if raw > LIGHT_RAW_FACTOR * file_bytes or raw > LIGHT_MAX_RAW_BYTES:
+            return f"its arrays unpack to more than {LIGHT_RAW_FACTOR} times the file or {LIGHT_MAX_RAW_BYTES} bytes"
+        if any(k.startswith("x_nn_") and a.nbytes > LIGHT_NN_ARRAY_BYTES for k, a in arrays.items()):
+            return "a neural adaptation array larger than a shipped model's"
+        if any(k.startswith("rc_") and a.size > 2 * MAX_ENTRIES for k, a in arrays.items()):
+            return "a recency cache larger than it keeps"
         tri, counts, words = arrays.get("tri"), arrays.get("tri_counts"), arrays.get("words")
         rows = 0 if tri is None else tri.size // 3
         if tri is not None and (tri.size % 3 or rows > min(max_bytes, MAX_TRIGRAMS)):

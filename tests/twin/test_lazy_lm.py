@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from node.twin import blob, rnn, store
+from node.twin import engine as engine_mod
 from node.twin.engine import LIGHT_ARRAYS, LIGHT_META, LM_EMPTY, Event, TwinEngine
 from node.twin.errors import TwinError, TwinStoreError
 from node.twin.prior import GlobalPrior
@@ -267,12 +268,17 @@ def _sparse_junk(n: int) -> np.ndarray[Any, Any]:
     return ((rng.random(n) < 0.02) * rng.integers(1, 256, n)).astype(np.uint8)
 
 
-def test_a_real_state_is_written_back_as_read(full_state: bytes) -> None:
+def test_a_real_state_is_written_back_as_read(full_state: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     light = TwinEngine(None)
     light.decode(full_state, MAX)
     assert light.lm_needed_at_save is None
     arrays, _ = blob.unpack_untrusted(full_state, store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
-    assert sum(a.nbytes for a in arrays.values()) <= 8 * len(full_state)  # the margin the check leaves
+    raw = sum(a.nbytes for a in arrays.values())
+    assert raw <= 8 * len(full_state)  # the margin the check leaves
+    monkeypatch.setattr(engine_mod, "LIGHT_MAX_RAW_BYTES", raw - 1)  # the absolute bound, checked too
+    light = TwinEngine(None)
+    light.decode(full_state, MAX)
+    assert light.lm_needed_at_save is not None and f"{raw - 1} bytes" in light.lm_needed_at_save
 
 
 @pytest.mark.parametrize(
@@ -280,6 +286,11 @@ def test_a_real_state_is_written_back_as_read(full_state: bytes) -> None:
     [
         ({"junk": _sparse_junk(1 << 20)}, "unknown arrays"),  # an array the model never reads
         ({"rc_uni_c": np.zeros(1 << 20)}, "unpack to more than"),  # a known one, far larger than it can be
+        (  # (incompressible: within 8x the file)
+            {"x_nn_w": np.random.default_rng(2).integers(0, 255, (1 << 20) + 4096, dtype=np.uint8).view(np.float32)},
+            "neural adaptation array",
+        ),
+        ({"rc_uni": np.zeros(40_001, np.int32), "rc_uni_c": _sparse_junk(8 * 40_001).view(np.float64)}, "recency"),
         ({"tri_counts": np.ones(1, dtype=np.int64)}, "differ in number"),
         (  # (more rows than bytes: under a 2000-byte bound below)
             {"tri": _sparse_junk(4 * 3 * 2001).view(np.int32), "tri_counts": _sparse_junk(8 * 2001).view(np.int64)},
