@@ -27,7 +27,10 @@ Figures (one line each; the baseline is the prior alone, in the same run):
   budget; ``--random-seeds`` draws, 3 by default, with their spread on a ``twin.curve.spread`` line) and
   ``random:1:1:0`` is "output bias only" (the W/b step never runs). ``twin.curve.*``
   lines read every configuration against ``--baseline`` (default ``batch_always``, the same step on every
-  message).
+  message). ``...:WARMUP`` (6th field): the gate passes every message until it has seen that many tokens;
+  ``...:TOKENS`` (7th, ``pos``/``neg``): a passed message teaches the W/b step only its tokens where the neural
+  tier beat the mixture, or only the others (``--gate-tokens`` does it for ``twin``). With the bias-only
+  configuration run, ``twin.curve.adapter_gain`` lines give each sender's share of the W/b step's gain.
 
 Tuning switches (measured on dev senders only): ``--recency-decay``, ``--no-recency`` (no recency cache tier),
 ``--no-bias-always`` (the neural output bias behind the gate too), ``--gate-neural`` (session 4's token gate on
@@ -172,6 +175,8 @@ class Config:
     msg_weight: float = 1.0  # the step's weight on every passed token
     gate_step_msg: float | None = None  # the MessageGate's adaptation step (None: its default)
     gate_seed: int = 0  # the MessageGate's random draws (the random control)
+    gate_warmup: int = 0  # the MessageGate passes every message until it has seen this many tokens
+    gate_tokens: str = ""  # the MessageGate's token selection inside a passed message ("", "pos", "neg")
 
 
 def run_sender(
@@ -210,6 +215,8 @@ def run_sender(
             score=cfg.message_gate,
             seed=cfg.gate_seed,
             fixed_cost_tokens=float(_OPTS.get("gate_fixed_cost") or 0.0),
+            warmup_tokens=cfg.gate_warmup,
+            token_select=cfg.gate_tokens,
         )
         if cfg.gate_step_msg is not None:
             gate.step_bits = cfg.gate_step_msg
@@ -358,6 +365,23 @@ def _gate_lines_baseline(configs: list[Config], pooled: dict[str, Result], name:
             )
 
 
+BIAS_ONLY = "msg_random_1_r1_w0"  # the W/b (adapter) step never runs: only counts, cache and the bias step learn
+
+
+def _adapter_gain_lines(per_user: dict[str, list[tuple[str, Result]]], name: str) -> None:
+    """Where the adapter step's gain comes from: per sender, what ``name`` (the always-update baseline) gains
+    over the bias-only configuration (bits/token) and that sender's share of the pooled adapter gain."""
+    if name not in per_user or BIAS_ONLY not in per_user:
+        return
+    pairs = list(zip(per_user[BIAS_ONLY], per_user[name], strict=True))
+    total = sum(b.bits - a.bits for (_, b), (_, a) in pairs)
+    for (uuid, b), (_, a) in pairs:
+        print(
+            f"twin.curve.adapter_gain {uuid[:8]}: {(b.bits - a.bits) / max(a.tokens, 1):+.4f} bits/token over bias "
+            f"only ({pct(b.bits - a.bits, total)} of the pooled adapter gain), {a.neural_updates} learned tokens"
+        )
+
+
 def _gate_lines_counts(configs: list[Config], pooled: dict[str, Result]) -> None:
     base, a = pooled["prior"], pooled["twin"]
     gain = base.bits - a.bits
@@ -394,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         default=SHIPPED_SCORE,
         help="the `twin` configuration's message gate score (default: the daemon's; '' = session 4's token gate)",
     )
+    ap.add_argument("--gate-tokens", default="", help="the `twin` message gate's token selection: '' (all), pos or neg")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument(
         "--neural-lr", type=float, default=None, help="override the neural tier's adaptation step (adapter / W, b)"
@@ -417,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         "--msg-gate",
         action="append",
         default=[],
-        metavar="SCORE:F:REPLAY[:WEIGHT[:STEP]]",
+        metavar="SCORE:F:REPLAY[:WEIGHT[:STEP[:WARMUP[:TOKENS]]]]",
         help="an extra message-gated configuration (score useful|mixture|neural|random, token budget, replay size)",
     )
     ap.add_argument(
@@ -484,7 +509,14 @@ def main(argv: list[str] | None = None) -> int:
             "batched": False
         }  # the session-3 update: one SGD step per token with its own forward pass
         configs += [
-            Config("twin", neural=True, gate_fraction=args.gate, extras=True, message_gate=args.gate_score or None),
+            Config(
+                "twin",
+                neural=True,
+                gate_fraction=args.gate,
+                extras=True,
+                message_gate=args.gate_score or None,
+                gate_tokens=args.gate_tokens,
+            ),
             Config("twin_token_gate_0.8", neural=True, gate_fraction=0.8, extras=True),  # session 4's shipped gate
             Config("static", fixed_lambda=0.0, neural=True, gate_fraction=None, topk=False, recency=False),
             Config("neural_frozen", neural=True, gate_fraction=None, topk=False),
@@ -513,9 +545,15 @@ def main(argv: list[str] | None = None) -> int:
             parts = v.split(":")
             score, f, rep = parts[0], float(parts[1]), int(parts[2])
             wgt = float(parts[3]) if len(parts) > 3 else 1.0
-            step = float(parts[4]) if len(parts) > 4 else None
+            step = float(parts[4]) if len(parts) > 4 and parts[4] else None
+            warm = int(parts[5]) if len(parts) > 5 and parts[5] else 0
+            toksel = parts[6] if len(parts) > 6 else ""
             name = (
-                f"msg_{score}_{f:g}_r{rep}" + (f"_w{wgt:g}" if len(parts) > 3 else "") + (f"_s{step:g}" if step else "")
+                f"msg_{score}_{f:g}_r{rep}"
+                + (f"_w{wgt:g}" if len(parts) > 3 else "")
+                + (f"_s{step:g}" if step else "")
+                + (f"_wu{warm}" if warm else "")
+                + (f"_t{toksel}" if toksel else "")
             )
             for seed in range(max(1, args.random_seeds) if score == "random" else 1):
                 configs.append(
@@ -529,6 +567,8 @@ def main(argv: list[str] | None = None) -> int:
                         msg_weight=wgt,
                         gate_step_msg=step,
                         gate_seed=seed,
+                        gate_warmup=warm,
+                        gate_tokens=toksel,
                     )
                 )
         for v in args.gate_variant:
@@ -570,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
             f"(ratio of bits vs prior alone {r.bits / base.bits:.3f})"
         )
     _gate_lines_baseline(configs, pooled, args.baseline)
+    _adapter_gain_lines(per_user, args.baseline)
     main_name = "twin"
     if main_name not in pooled:
         _gate_lines_neural(configs, pooled)

@@ -94,7 +94,7 @@ def stop_service(runsv: subprocess.Popen[bytes], service: Path, *, term_timeout_
     service; what is still running after ``term_timeout_s`` is killed (SIGKILL) and waited for. Raises
     AssertionError naming a process that outlived even that."""
     alive = runsv.poll() is None
-    pidfds = _pidfds(service_processes(runsv.pid if alive else None, service))
+    pidfds = _pinned_processes(runsv.pid if alive else None, service)
     try:
         if alive:
             _control(service, b"dx")
@@ -107,13 +107,24 @@ def stop_service(runsv: subprocess.Popen[bytes], service: Path, *, term_timeout_
             runsv.wait(timeout=STOP_TIMEOUT_S)
         # A child runsv started after the first look (the test failed before its service was up) is an orphan now:
         # it still runs in the service's directory.
-        late = _pidfds(service_processes(None, service) - set(pidfds))
+        late = _pinned_processes(None, service, skip=frozenset(pidfds))
         pidfds.update(late)
         left |= _kill_left(late, set(late))
         assert not left, f"processes of {service} still running after SIGKILL: {sorted(left)}"
     finally:
         for fd in pidfds.values():
             os.close(fd)
+
+
+def _pinned_processes(runsv_pid: int | None, service: Path, skip: frozenset[int] = frozenset()) -> dict[int, int]:
+    """A pidfd for each process of the service (:func:`service_processes`, less ``skip``), each confirmed by a
+    second look at the process list taken after it was pinned: a number freed and reused between the first look
+    and pidfd_open names another process, which the second look leaves out (and which is never signalled)."""
+    pidfds = _pidfds(service_processes(runsv_pid, service) - skip)
+    confirmed = service_processes(runsv_pid, service)
+    for pid in set(pidfds) - confirmed:
+        os.close(pidfds.pop(pid))
+    return pidfds
 
 
 def _pidfds(pids: set[int]) -> dict[int, int]:

@@ -18,6 +18,7 @@ import pytest
 
 from node.settings import load_config
 from node.systemd import watchdog_interval_s
+from tests import runit
 from tests.runit import service_processes, supervised
 from tests.test_cli import LOOPBACK_CONFIG, VILLAGE, village
 
@@ -131,6 +132,34 @@ def test_a_runit_test_failing_midway_leaves_no_process_behind(short_tmp: Path) -
     assert sorted(pids) == ["log", "t"]
     assert not [pid for pid in pids.values() if _running(pid)]
     assert not service_processes(None, service)
+
+
+def test_the_runit_teardown_never_kills_a_process_that_took_a_listed_number(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of fix8 (LOW): the teardown listed the service's processes, then pinned each number with pidfd_open; a
+    number freed and reused in between named another process, which was then SIGKILLed. Now each pinned process is
+    confirmed by a second look at the process list: a stale first look naming an unrelated process (the stand-in
+    for a reused number) leaves that process running."""
+    service = short_tmp / "sv" / "t"
+    (service / "log").mkdir(parents=True)
+    bystander = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    runsv = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    looks = [0]
+
+    def listing(runsv_pid: int | None, where: Path) -> set[int]:
+        looks[0] += 1
+        return {bystander.pid} if looks[0] == 1 else real_listing(runsv_pid, where)
+
+    real_listing = runit.service_processes
+    monkeypatch.setattr(runit, "service_processes", listing)
+    try:
+        runit.stop_service(runsv, service, term_timeout_s=0.5)
+        assert looks[0] >= 2 and bystander.poll() is None
+    finally:
+        for proc in (bystander, runsv):
+            proc.kill()
+            proc.wait()
 
 
 def test_termux_battery_config_is_valid() -> None:

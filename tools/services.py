@@ -60,9 +60,14 @@ from anchor.services_settings import (
     known_fields,
     load_settings,
 )
+from tools.redis_probe import our_postmaster_runs as _our_postmaster
 from tools.redis_probe import our_server_runs as _ours
 from tools.redis_probe import pid_alive as _pid_alive
+from tools.redis_probe import pinned as _pinned
+from tools.redis_probe import read_pid as _read_pid
 from tools.redis_probe import redis_pongs as _redis_pongs
+from tools.redis_probe import signal_pinned as _signal
+from tools.redis_probe import wait_pinned as _wait_pinned
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = REPO_ROOT / ".services"
@@ -115,13 +120,6 @@ def free_port(avoid: set[int] | None = None) -> int:
         if port not in avoid and _port_free(port):
             return port
     raise ServicesError(f"no free port found in {PORT_LOW}..{PORT_HIGH}")
-
-
-def _read_pid(path: Path) -> int:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def _wait(cond: Any, timeout_s: float, what: str) -> None:
@@ -211,11 +209,15 @@ def _can_isolate() -> bool:
     return _is_root() and shutil.which("unshare") is not None and shutil.which("ip") is not None
 
 
-def _is_forwarder(pid: int) -> bool:
+def _is_forwarder(pid: int, pidfile: Path) -> bool:
+    """Whether ``pid`` is the Bolt relay started with ``--pidfile pidfile``: another services directory's relay (a
+    stale pid file naming its reused number) is not ours to signal."""
     try:
-        return b"anchor.netns_forward" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
         return False
+    pair = [b"--pidfile", os.fsencode(pidfile)]
+    return b"anchor.netns_forward" in argv and any(argv[i : i + 2] == pair for i in range(len(argv) - 1))
 
 
 def _pg_bindir() -> Path:
@@ -377,7 +379,7 @@ class Services:
             return False
         if name == "postgres":
             data = self._pg_root() / "data"
-            return _ours(_read_pid(data / "postmaster.pid"), data) and _port_answers(int(entry["port"]))
+            return _our_postmaster(_read_pid(data / "postmaster.pid"), data) and _port_answers(int(entry["port"]))
         root = self.base / ("redis" if name == "redis" else "graph")
         pid = _read_pid(root / "redis.pid")
         if name == "redis":
@@ -387,7 +389,7 @@ class Services:
             # probe there would cost a real client a connection attempt. The relay dies with the server.
             port, password = int(entry["redis_port"]), str(entry.get("redis_password", ""))
             relay = _read_pid(root / "forward.pid")
-            if entry.get("isolated") and not (_pid_alive(relay) and _is_forwarder(relay)):
+            if entry.get("isolated") and not (_pid_alive(relay) and _is_forwarder(relay, root / "forward.pid")):
                 return False
         deadline = time.monotonic() + wait_s
         while _ours(pid, root):
@@ -636,7 +638,7 @@ class Services:
         if _run_ok.returncode != 0:
             raise ServicesError(f"the Bolt relay did not start; see {root / 'forward.log'}")
         # (its command line says it: a zombie's is empty, and a number reused by another process is not it)
-        _wait(lambda: _is_forwarder(_read_pid(pidfile)), START_TIMEOUT_S, "the Bolt relay (see forward.log)")
+        _wait(lambda: _is_forwarder(_read_pid(pidfile), pidfile), START_TIMEOUT_S, "the Bolt relay (see forward.log)")
 
     # down
     def down(self, names: tuple[str, ...] = SERVICES) -> None:
@@ -650,7 +652,7 @@ class Services:
         if name == "postgres":
             data = self._pg_root() / "data"
             pid = _read_pid(data / "postmaster.pid")
-            if _ours(pid, data):  # (a stale file's number, reused by another process, is not ours to stop)
+            if _our_postmaster(pid, data):  # (a stale file's number, reused by another process, is not ours to stop)
                 _log("stopping PostgreSQL")
                 res = subprocess.run(
                     self._as_pg_owner([str(_pg_bindir() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
@@ -663,15 +665,19 @@ class Services:
                     raise ServicesError(f"pg_ctl stop failed: {res.stderr.strip()}")
             return
         root = self.base / ("redis" if name == "redis" else "graph")
+        # Each process is pinned (a pidfd) before it is checked and signalled through that pidfd: never a process
+        # that merely reused the number, not even one that took it between the check and the signal.
         pid = _read_pid(root / "redis.pid")
-        if _ours(pid, root):  # never signal a process that merely reused the number
-            _log(f"stopping {name} (pid {pid})")
-            os.kill(pid, signal.SIGTERM)
-            _wait(lambda: not _pid_alive(pid), STOP_TIMEOUT_S, f"{name} (pid {pid}) to exit")
+        with _pinned(pid) as fd:
+            if fd is not None and _ours(pid, root) and _signal(fd, signal.SIGTERM):
+                _log(f"stopping {name} (pid {pid})")
+                if not _wait_pinned(fd, STOP_TIMEOUT_S):
+                    raise ServicesError(f"timed out after {STOP_TIMEOUT_S:.0f} s waiting for {name} (pid {pid})")
         relay = _read_pid(root / "forward.pid") if name == "graph" else 0
-        if _pid_alive(relay) and _is_forwarder(relay):
-            os.kill(relay, signal.SIGTERM)
-            _wait(lambda: not _pid_alive(relay), STOP_TIMEOUT_S, f"the Bolt relay (pid {relay}) to exit")
+        with _pinned(relay) as fd:
+            ours = fd is not None and _pid_alive(relay) and _is_forwarder(relay, root / "forward.pid")
+            if ours and fd is not None and _signal(fd, signal.SIGTERM) and not _wait_pinned(fd, STOP_TIMEOUT_S):
+                raise ServicesError(f"timed out after {STOP_TIMEOUT_S:.0f} s waiting for the Bolt relay (pid {relay})")
 
     def write_compose_settings(self, env: dict[str, str]) -> ServiceSettings:
         """Write settings.json/.env for the servers of ``anchor/compose.yaml`` (passwords and ports from ``env``,
@@ -718,7 +724,7 @@ class Services:
         """The server's pid (0 when not running); tests stop a server by it."""
         root = self._pg_root() / "data" if name == "postgres" else self.base / ("redis" if name == "redis" else "graph")
         pid = _read_pid(root / ("postmaster.pid" if name == "postgres" else "redis.pid"))
-        return pid if _ours(pid, root) else 0
+        return pid if (_our_postmaster if name == "postgres" else _ours)(pid, root) else 0
 
 
 def main(argv: list[str] | None = None) -> int:

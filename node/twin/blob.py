@@ -120,6 +120,12 @@ def unpack_untrusted(
         raise TwinStoreError("payload longer than its header says")
     if len(raw) < declared:
         raise TwinStoreError("payload shorter than its header says")
+    # The whole stream, and nothing after it: a file cut inside the xz index or footer (its last ~24 bytes) still
+    # yields every byte of the payload, and only the missing end says it was cut (a torn write, a bad copy).
+    if not decomp.eof:
+        raise TwinStoreError("corrupt file: the compressed payload is truncated")
+    if decomp.unused_data:
+        raise TwinStoreError("corrupt file: data after the compressed payload")
     arrays: dict[str, np.ndarray] = {}
     offset = 0
     for name, dtype, shape, n in entries:

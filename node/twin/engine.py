@@ -234,13 +234,15 @@ class TwinEngine:
         self._note_dropped()
         return out
 
-    def _note_dropped(self) -> None:
+    def _note_dropped(self, lm: TwinLM | None = None) -> None:
         """The neural tier dropped a damaged adaptation (non-finite predictions, an adapter out of range): status
-        says why, and its weight in the mixture starts again from the default (it was learned against NaN)."""
-        nn = self.lm.neural
+        says why, and its weight in the mixture starts again from the default (it was learned against NaN).
+        ``lm``: the language model being loaded (default: the loaded one)."""
+        lm = self.lm if lm is None else lm
+        nn = lm.neural
         if isinstance(nn, RecurrentLM) and nn.dropped is not None:
             self.neural_reset_reason, nn.dropped = nn.dropped, None
-            self.lm.mu, self.lm.mu_n = MU_INIT, 0
+            lm.mu, lm.mu_n = MU_INIT, 0
 
     def _drop_unusable_adaptation(self, state: dict[str, np.ndarray[Any, Any]]) -> None:
         """Before a save: an adaptation that is not finite (or, recurrent, out of range) is reset, never written
@@ -467,6 +469,7 @@ class TwinEngine:
             if learned_on == lm.neural.model_id and complete:
                 if self._load_neural(lm.neural, extra):
                     lm.mu, lm.mu_n, self.neural_updates = mu, mu_n, neural_updates
+                    self._note_dropped(lm)  # (an output bias beyond its bound: the adaptation reset, status says why)
             elif meta.get("neural_dropped") is True:
                 self.neural_reset_reason = (
                     "the neural adaptation was not saved (it did not fit in twin.max_disk_bytes); it starts again"

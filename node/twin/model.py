@@ -386,6 +386,8 @@ class TwinLM:
             nbits = self.msg_neural_bits if len(self.msg_neural_bits) == len(bits) else []
             resp = self.msg_resp if len(self.msg_resp) == len(bits) else []
             hit = 1.0 if gate.decide(list(bits), nbits, resp) else 0.0
+            if hit and gate.token_select:  # (a bench option: only some of the passed message's tokens)
+                return gate.token_weights(bits, nbits)[:MAX_SEEN] + [0.0] * max(0, len(bits) - MAX_SEEN)
             return [hit] * min(len(bits), MAX_SEEN) + [0.0] * max(0, len(bits) - MAX_SEEN)  # (the budget's cap)
         return [gate.sample(b) for b in bits]
 
@@ -412,7 +414,7 @@ class TwinLM:
             self._bias_targets = []
         n = 0
         fwd = self._fwd if self.batched_steps and len(self._fwd) <= len(ids) else []
-        if fwd and any(w > 0 for w in weights):
+        if fwd and max(weights, default=0.0) > 0:  # (any weight > 0, without a generator per token)
             queued = [(x, h, p, t, w) for (x, h, p, t), w in zip(fwd, weights, strict=False) if w > 0]
             if self.replay_tokens > 1:  # a row waiting past this message must not pin its message's whole block
                 queued = [(x, h, p.copy(), t, w) for x, h, p, t, w in queued]

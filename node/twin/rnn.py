@@ -42,6 +42,15 @@ MAX_STEPS = MAX_MESSAGE_TOKENS + 1  # states kept for one message's prefix (a lo
 # near 0.2 (500 hostile messages); a damaged one (3e38) overflows ``o`` into NaN predictions. Beyond it a saved
 # adaptation is refused, and one learned beyond it is dropped (the tier starts again from the shipped model).
 MAX_ADAPTER = 1e3
+# Bounds on the output bias c (the always-on step, bias_lr 0.1): one message moves an element of c by at most
+# MAX_BIAS_STEP logits (a 128-token message repeating one word moved it by 12.8 before; on the 8 tuning senders
+# the largest per-message move is 0.475, so the clip never binds on real text) and c stays within MAX_BIAS_DRIFT
+# of the shipped c0 (tuning senders drift at most 3.4 after ~440 messages; e^16 is a 9-million-fold change of
+# one word's odds). A stored c beyond the drift bound is not one learning could reach: on load the neural
+# adaptation starts again from the shipped model, with a reason (:attr:`RecurrentLM.dropped`).
+MAX_BIAS_STEP = 1.0
+MAX_BIAS_DRIFT = 16.0
+BIAS_DRIFT_SLACK = 1e-3  # float32 rounding of c0 ± the bound and of the saved delta (an ulp near |c| ~ 30 is 2e-6)
 
 F32 = neural.F32
 
@@ -105,6 +114,7 @@ class RecurrentLM:
         self.a_w: F32 = np.zeros((self.d, self.d), np.float32)
         self.a_b: F32 = np.zeros(self.d, np.float32)
         self.c = self.c0.copy()
+        self._c_drift = 0.0  # an upper bound on max|c - c0| (exact after each clip to the drift bound)
         self.s_msg: F32 = np.zeros(self.d, np.float32)  # the state a message starts from
         self._toks: list[int] = []  # the current message's tokens whose states are kept
         self._states: list[F32] = []  # _states[i]: after <s> and _toks[:i]
@@ -120,6 +130,7 @@ class RecurrentLM:
         self.a_w = np.zeros((self.d, self.d), np.float32)
         self.a_b = np.zeros(self.d, np.float32)
         self.c = self.c0.copy()
+        self._c_drift = 0.0
         self.dropped = why
 
     def adaptation_ok(self) -> bool:
@@ -205,13 +216,36 @@ class RecurrentLM:
 
     # ------------------------------------------------------------ learning
     def adapt_bias(self, seen: Sequence[tuple[F32, int]], lr: float) -> None:
-        """The cheap update on ``c`` alone, as :meth:`node.twin.neural.NeuralLM.adapt_bias`."""
+        """The cheap update on ``c`` alone, as :meth:`node.twin.neural.NeuralLM.adapt_bias` (bounded)."""
         if seen:
-            self.c -= lr * neural.bias_gradient(self.vn, self.unk, seen)
+            self._bias_step(neural.bias_gradient(self.vn, self.unk, seen), lr, len(seen))
 
     def adapt_bias_rows(self, rows: F32, targets: Sequence[int], lr: float) -> None:
         if len(targets):
-            self.c -= lr * neural.bias_gradient(self.vn, self.unk, [], rows, targets)
+            self._bias_step(neural.bias_gradient(self.vn, self.unk, [], rows, targets), lr, len(targets))
+
+    def _bias_step(self, g: F32, lr: float, n: int) -> None:
+        """``c -= lr * g`` for ``g`` summed over ``n`` tokens, each element's move clipped to :data:`MAX_BIAS_STEP`
+        and ``c`` kept within :data:`MAX_BIAS_DRIFT` of ``c0`` (the same float32 products as the unclipped step
+        where no bound binds). Every element of ``g`` lies in ``[-n, n]`` (a sum of ``n`` probabilities minus
+        ``n`` target counts), so a message of at most ``MAX_BIAS_STEP / lr`` tokens needs no clip (10 at the
+        shipped 0.1: most messages; the clip's O(V) passes are not paid on them)."""
+        g *= lr
+        moved = abs(lr) * n
+        if moved > MAX_BIAS_STEP:
+            np.minimum(g, MAX_BIAS_STEP, out=g)
+            np.maximum(g, -MAX_BIAS_STEP, out=g)
+            moved = MAX_BIAS_STEP
+        self.c -= g
+        self._bound_drift(moved)
+
+    def _bound_drift(self, moved: float) -> None:
+        """``c`` moved by at most ``moved`` per element: clip it to ``c0 ± MAX_BIAS_DRIFT`` once the running bound
+        on its drift could exceed that (an O(V) pass every ~10 messages, not every message)."""
+        self._c_drift += moved
+        if self._c_drift > MAX_BIAS_DRIFT:
+            np.clip(self.c, self.c0 - MAX_BIAS_DRIFT, self.c0 + MAX_BIAS_DRIFT, out=self.c)
+            self._c_drift = float(np.abs(self.c - self.c0).max(initial=0.0))
 
     def adapt(self, history: Sequence[int], target: int, lr: float, *, bias: bool = True) -> float:
         """One SGD step on the adapter (and ``c`` when ``bias``) towards ``target``; the surprisal (bits) before."""
@@ -223,6 +257,7 @@ class RecurrentLM:
         do = dz @ self.e
         if bias:
             self.c -= lr * dz
+            self._bound_drift(abs(lr))  # (|dz| <= 1 element-wise)
         self.a_w -= lr * np.outer(s, do)
         self.a_b -= lr * do
         self.updates += 1
@@ -248,6 +283,7 @@ class RecurrentLM:
             gc = wgt @ p
             np.add.at(gc, targets, -wgt)
             self.c -= lr * gc
+            self._bound_drift(abs(lr) * float(np.abs(wgt).sum()))  # (|gc| <= the summed weights element-wise)
         self.a_w -= (lr * x).T @ do
         self.a_b -= lr * do.sum(axis=0)
         self.updates += len(steps)
@@ -275,8 +311,15 @@ class RecurrentLM:
         size = float(np.abs(w32).max(initial=0.0)) * self.d + float(np.abs(b32).max(initial=0.0))
         if not size <= MAX_ADAPTER:  # finite but huge: every prediction would overflow into NaN
             raise TwinStoreError(f"neural adaptation: adapter out of range ({size:.3g} > {MAX_ADAPTER:g})")
-        self.c, self.a_w, self.a_b, self.s_msg = c32, w32, b32, s32
-        self._toks, self._states = [], []
+        drift = float(np.abs(c32 - self.c0).max(initial=0.0))
+        self.s_msg, self._toks, self._states = s32, [], []
+        if not drift <= MAX_BIAS_DRIFT + BIAS_DRIFT_SLACK:  # no learning reaches it (the step keeps c within)
+            self._drop_adaptation(
+                f"the saved output bias is {drift:.3g} logits from the shipped one (the bound is {MAX_BIAS_DRIFT:g});"
+                " the neural adaptation starts again from the shipped model"
+            )
+            return
+        self.c, self.a_w, self.a_b, self._c_drift = c32, w32, b32, drift
 
 
 NeuralTier = neural.NeuralLM | RecurrentLM

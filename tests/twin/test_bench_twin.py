@@ -3,6 +3,7 @@ prior."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -117,3 +118,31 @@ def test_gate_neural_with_a_message_gate_is_refused(extra: list[str], capsys: py
     with pytest.raises(SystemExit) as exc:
         twin.main(["--gate-neural", "--senders", "no-such-sender", *extra])
     assert exc.value.code == 2 and "--gate-neural" in capsys.readouterr().err
+
+
+def test_a_warm_up_config_passes_the_first_messages_and_the_adapter_gain_lines_split_by_sender(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--msg-gate SCORE:F:REPLAY:WEIGHT::WARMUP`` learns every message of the warm-up; the per-sender
+    adapter-gain lines attribute the always-update's gain over bias only to each sender (shares summing to 100)."""
+    prior = GlobalPrior.load_packaged()
+    nn = twin._packaged_neural()
+    cfg = twin.Config("warm", neural=True, gate_fraction=0.01, topk=False, message_gate="edgec", gate_warmup=10**6)
+    warm = twin.run_sender(prior, nn, _sender(), cfg)
+    cold = twin.run_sender(prior, nn, _sender(), dataclasses.replace(cfg, gate_warmup=0))
+    always = twin.run_sender(prior, nn, _sender(), twin.Config("batch_always", neural=True, gate_fraction=1.0))
+    assert warm.neural_updates == always.neural_updates > cold.neural_updates
+    per_user = {
+        twin.BIAS_ONLY: [
+            ("aaaa0000", twin.Result(tokens=10, bits=50.0)),
+            ("bbbb0000", twin.Result(tokens=10, bits=40.0)),
+        ],
+        "batch_always": [
+            ("aaaa0000", twin.Result(tokens=10, bits=47.0)),
+            ("bbbb0000", twin.Result(tokens=10, bits=39.0)),
+        ],
+    }
+    twin._adapter_gain_lines(per_user, "batch_always")
+    out = capsys.readouterr().out
+    assert "aaaa0000: +0.3000 bits/token over bias only (75.0 % of the pooled adapter gain)" in out
+    assert "bbbb0000: +0.1000 bits/token over bias only (25.0 % of the pooled adapter gain)" in out

@@ -130,11 +130,13 @@ async def test_after_a_recovery_the_next_save_is_one_interval_away(
         recovered_at, first = ticks.ended[-1], len(ticks.at)
         st = await svc.status()
         assert st["save_error"] is None and st["save_failures"] == 0 and st["state_bytes"] > 0, st
-        # ... and from then on the saves are one interval apart again
+        # ... and from then on the saves are one interval apart again (the saver's own save: its loop takes the next
+        # wait from the failure count the save reset; what the re-arm adds is checked below, with save_now)
         svc.record("message", "learned after the recovery", action="messages.send")
         await svc.idle.wait()
         assert await ticks.nth(first) - recovered_at <= INTERVAL_S + 1
-        # A save that works outside the saver (the shutdown's, save_now) ends the backoff's long wait too.
+        # A save that works outside the saver (the shutdown's, save_now) ends the backoff's long wait too: the saver,
+        # asleep for up to the backoff's hour, is re-armed (without it the next save came an hour later: checked).
         with disk_full(monkeypatch):
             svc.record("message", "learned while the disk is full", action="messages.send")
             await svc.idle.wait()

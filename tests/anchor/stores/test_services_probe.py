@@ -7,6 +7,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -291,6 +292,7 @@ def test_another_users_process_named_by_a_pid_file_is_not_our_server() -> None:
         def check() -> dict[str, object]:
             svc = Services(base)
             out: dict[str, object] = {"pg_pid": svc.pid_of("postgres"), "redis_pid": svc.pid_of("redis")}
+            out["root_pid_alive"] = redis_probe.pid_alive(root_pid)  # (EPERM: not a process of ours)
             out["postgres_up"] = svc.status()["postgres"]
             try:
                 svc.down(("postgres", "redis"))
@@ -303,4 +305,249 @@ def test_another_users_process_named_by_a_pid_file_is_not_our_server() -> None:
     finally:
         listener.close()
         shutil.rmtree(base, ignore_errors=True)
-    assert got == {"pg_pid": 0, "redis_pid": 0, "postgres_up": False, "down": "ok"}, got
+    assert got == {"pg_pid": 0, "redis_pid": 0, "root_pid_alive": False, "postgres_up": False, "down": "ok"}, got
+
+
+def test_a_postmaster_pid_naming_one_of_our_processes_that_is_not_the_server(tmp_path: Path) -> None:
+    """Review of fix8 (LOW 5): the test above passed with either half of its fix removed (the process is another
+    user's: its cwd is unreadable and it may not be signalled). Here the pid file names a process of this very user
+    (alive, signalable: a number reused after a crash) that is not a postmaster of this data dir: only the ownership
+    check tells, and status, pid_of and down leave it alone."""
+    data = tmp_path / "postgres" / "data"
+    data.mkdir(parents=True)
+    other_data = tmp_path / "other"
+    other_data.mkdir()
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    # A process of ours, in another data dir, naming another data dir (and a symlink loop: resolving it raised
+    # RuntimeError out of status; it is compared as written now): not this cluster's postmaster.
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()", "-D", str(tmp_path / "loop"), "-D", str(other_data)],
+        cwd=other_data,
+        stdin=subprocess.PIPE,
+    )
+    listener = socket.create_server(("127.0.0.1", 0))  # something answers on the cluster's port
+    try:
+        (data / "postmaster.pid").write_text(f"{other.pid}\n{data}\n")
+        port = int(listener.getsockname()[1])
+        (tmp_path / "settings.json").write_text(json.dumps({"postgres": {"host": "127.0.0.1", "port": port}}))
+        svc = Services(tmp_path)
+        assert redis_probe.pid_alive(other.pid)
+        assert (svc.pid_of("postgres"), svc.status()["postgres"]) == (0, False)
+        svc.down(("postgres",))
+        assert other.poll() is None
+    finally:
+        listener.close()
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None or not list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")),
+    reason="needs root, setpriv (to drop CAP_SYS_PTRACE) and PostgreSQL's pg_ctl",
+)
+def test_root_without_ptrace_still_knows_the_postgres_users_postmaster() -> None:
+    """Review of fix8 (MEDIUM): root without CAP_SYS_PTRACE (Docker's default, many CI and systemd setups) may not
+    read the postgres user's /proc/PID/cwd; the check took that for "not ours", so status called PostgreSQL down,
+    pid_of said 0 and `down` left the cluster running. A stand-in postmaster (the postgres user's process, run in
+    the data dir as ``postgres -D <data>``) is known by its owner and command line, and `down` stops it."""
+    owner = pwd.getpwnam("postgres") if _has_user("postgres") else pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="vsvc-"))
+    listener = socket.create_server(("127.0.0.1", 0))  # the cluster's port answers
+    stand_in: subprocess.Popen[bytes] | None = None
+    try:
+        data = base / "postgres" / "data"
+        data.mkdir(parents=True)
+        (data / "PG_VERSION").write_text("15\n")  # (pg_ctl stop wants a cluster directory)
+        base.chmod(0o711)
+        for path in (base / "postgres", data, data / "PG_VERSION"):
+            os.chown(path, owner.pw_uid, owner.pw_gid)
+            path.chmod(0o700)
+        # Like a postmaster, it leaves on SIGINT (pg_ctl stop -m fast) removing its pid file. (A shell: root's python
+        # may be out of the postgres user's reach.)
+        script = "trap 'rm postmaster.pid; exit 0' INT; while :; do sleep 1; done"
+        stand_in = subprocess.Popen(
+            ["/bin/sh", "-c", script, "postgres", "-D", str(data)],
+            cwd=data,
+            user=owner.pw_uid,
+            group=owner.pw_gid,
+            extra_groups=[],
+            # (pg_ctl stop -m fast sends SIGINT, which a background test run may have inherited as ignored)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        pid = stand_in.pid
+        (data / "postmaster.pid").write_text(f"{pid}\n{data}\n")
+        port = int(listener.getsockname()[1])
+        pg = {"host": "127.0.0.1", "port": port, "user": "aivillage_app", "password": "pw", "database": "aivillage"}
+        (base / "settings.json").write_text(json.dumps({"postgres": pg}))
+        check = (
+            "import json, sys; from pathlib import Path; from tools.services import Services; "
+            "svc = Services(Path(sys.argv[1])); "
+            "got = {'pid': svc.pid_of('postgres'), 'up': svc.status()['postgres']}; "
+            "svc.down(('postgres',)); print(json.dumps(got))"
+        )
+        env = dict(os.environ, PYTHONPATH=str(Path(services_module.__file__).resolve().parent.parent))
+        no_ptrace = ["setpriv", "--bounding-set=-sys_ptrace", sys.executable]
+        # (the premise: without CAP_SYS_PTRACE the stand-in's cwd cannot be read)
+        cwd = subprocess.run(
+            [*no_ptrace, "-c", f"import os; os.readlink('/proc/{pid}/cwd')"], capture_output=True, env=env, timeout=60
+        )
+        assert b"PermissionError" in cwd.stderr, cwd.stderr
+        got = subprocess.run([*no_ptrace, "-c", check, str(base)], capture_output=True, env=env, timeout=60)
+        assert got.returncode == 0, got.stderr
+        assert json.loads(got.stdout) == {"pid": pid, "up": True}
+        assert stand_in.wait(timeout=60) == 0  # `down` stopped it (pg_ctl stop -m fast: its SIGINT trap ran)
+    finally:
+        listener.close()
+        if stand_in is not None:
+            stand_in.kill()
+            stand_in.wait()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink-to-dev-zero", "huge-file", "huge-number", "negative"])
+def test_a_hostile_pid_file_costs_the_reader_nothing(tmp_path: Path, kind: str) -> None:
+    """Review of fix8 (LOW): the postgres user writes postmaster.pid, which root's tool reads. A FIFO there hung it
+    forever, a symlink to /dev/zero read without end, and a number past a C long raised OverflowError from os.kill
+    (a traceback instead of "down"). Each now reads as no process: pid_of says 0, status says down, down does
+    nothing."""
+    data = tmp_path / "postgres" / "data"
+    data.mkdir(parents=True)
+    pidfile = data / "postmaster.pid"
+    if kind == "fifo":
+        os.mkfifo(pidfile)
+    elif kind == "symlink-to-dev-zero":
+        pidfile.symlink_to("/dev/zero")
+    elif kind == "huge-file":
+        pidfile.write_bytes(b"1" * (8 * 1024 * 1024))  # a number 8 MiB long (int() would take it, slowly)
+    elif kind == "huge-number":
+        pidfile.write_text(f"{2**64}\n{data}\n")
+    else:
+        pidfile.write_text(f"-{os.getpid()}\n")
+    (tmp_path / "settings.json").write_text(json.dumps({"postgres": {"host": "127.0.0.1", "port": 1}}))
+    svc = Services(tmp_path)
+    got: list[object] = []
+    done = threading.Event()
+
+    def check() -> None:
+        try:
+            got.append((svc.pid_of("postgres"), svc.status()["postgres"]))
+            svc.down(("postgres",))
+            got.append("down")
+        except (OSError, ValueError, OverflowError, ServicesError) as exc:  # (reported to the test's thread)
+            got.append(exc)
+        finally:
+            done.set()
+
+    reader = threading.Thread(target=check, daemon=True)
+    reader.start()
+    try:
+        assert done.wait(30), f"reading a {kind} postmaster.pid did not return"
+    finally:
+        if kind == "fifo" and not done.is_set():  # (unblock the reader stuck in open())
+            with open(pidfile, "w"):
+                pass
+        reader.join(timeout=30)
+    assert got == [(0, False), "down"], got
+    assert redis_probe.read_pid(pidfile) == 0
+    assert redis_probe.pid_alive(2**64) is False
+
+
+def test_down_never_signals_another_directorys_bolt_relay(tmp_path: Path) -> None:
+    """Review of fix8 (LOW): `down graph` signalled any process whose command line named anchor.netns_forward, so a
+    stale forward.pid whose number another services directory's relay reused got that relay SIGTERMed. A relay is
+    ours only when its command line names our pid file; ours is still stopped."""
+    script = "import sys; sys.stdin.read()"
+    relay = [sys.executable, "-c", script, "-m", "anchor.netns_forward", "--daemon", "--pidfile"]
+    root = tmp_path / "graph"
+    root.mkdir()
+    others = subprocess.Popen([*relay, str(tmp_path / "other" / "graph" / "forward.pid")], stdin=subprocess.PIPE)
+    ours = subprocess.Popen([*relay, str(root / "forward.pid")], stdin=subprocess.PIPE)
+    try:
+        (tmp_path / "settings.json").write_text(json.dumps({"graph": {"host": "127.0.0.1", "bolt_port": 1}}))
+        svc = Services(tmp_path)
+        (root / "forward.pid").write_text(f"{others.pid}\n")
+        svc.down(("graph",))
+        assert others.poll() is None  # another directory's relay runs on
+        (root / "forward.pid").write_text(f"{ours.pid}\n")
+        svc.down(("graph",))
+        assert ours.wait(timeout=60) == -signal.SIGTERM  # ours was stopped
+    finally:
+        for proc in (others, ours):
+            proc.kill()
+            proc.wait()
+
+
+def test_down_signals_only_the_process_it_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of fix8 (LOW): `down` checked that a pid file's process was ours, then signalled the number, which by
+    then may have been freed (and reused). The process is now pinned by a pidfd before the check and signalled
+    through it: one that exits (and is reaped) right after the check gets no signal and `down` carries on (os.kill on
+    the number raised ProcessLookupError, or signalled whoever took it)."""
+    root = tmp_path / "redis"
+    root.mkdir()
+    server = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], cwd=root, stdin=subprocess.PIPE)
+    try:
+        (root / "redis.pid").write_text(f"{server.pid}\n")
+        (tmp_path / "settings.json").write_text(json.dumps({"redis": {"host": "127.0.0.1", "port": 1}}))
+        checked: list[int] = []
+
+        def ours_then_gone(pid: int, where: Path) -> bool:
+            mine = redis_probe.our_server_runs(pid, where)
+            checked.append(pid)
+            server.kill()  # it exits and is reaped between the check and the signal: its number is free
+            server.wait()
+            return mine
+
+        monkeypatch.setattr(services_module, "_ours", ours_then_gone)
+        Services(tmp_path).down(("redis",))
+        assert checked == [server.pid]
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None or shutil.which("redis-server") is None,
+    reason="needs root, setpriv (to drop CAP_SYS_PTRACE) and redis-server",
+)
+def test_a_confined_root_knows_the_redis_a_full_root_started() -> None:
+    """Found while checking the fix above: a Redis started by root with every capability (`up` from a root shell, or
+    the test suite's fixture) has a cwd that root without CAP_SYS_PTRACE may not read. `up` from the confined root
+    called it not ours and started a second Redis on the same data dir, and `down` stopped only that one. The
+    fallback reads what anyone may: the owner and the title Redis gives itself (redis-server 127.0.0.1:PORT)."""
+    base = Path(tempfile.mkdtemp(prefix="vsvc-"))
+    svc = Services(base)
+    pid = 0
+    try:
+        svc.up(("redis",))
+        pid = svc.pid_of("redis")
+        assert pid > 0
+        check = (
+            "import json, sys; from pathlib import Path; from tools.services import Services; "
+            "svc = Services(Path(sys.argv[1])); "
+            "got = {'pid': svc.pid_of('redis'), 'up': svc.status()['redis']}; "
+            "svc.up(('redis',)); got['after_up'] = svc.pid_of('redis'); "
+            "svc.down(('redis',)); print(json.dumps(got))"
+        )
+        env = dict(os.environ, PYTHONPATH=str(Path(services_module.__file__).resolve().parent.parent))
+        no_ptrace = ["setpriv", "--bounding-set=-sys_ptrace", sys.executable]
+        cwd = subprocess.run(
+            [*no_ptrace, "-c", f"import os; os.readlink('/proc/{pid}/cwd')"], capture_output=True, env=env, timeout=60
+        )
+        assert b"PermissionError" in cwd.stderr, cwd.stderr  # (the premise)
+        got = subprocess.run([*no_ptrace, "-c", check, str(base)], capture_output=True, env=env, timeout=120)
+        assert got.returncode == 0, got.stderr
+        assert json.loads(got.stdout) == {"pid": pid, "up": True, "after_up": pid}  # no second server
+        assert not redis_probe.pid_alive(pid)  # and `down` stopped it
+    finally:
+        svc.down(("redis",))
+        if redis_probe.our_server_runs(pid, base / "redis"):  # (a second server took its pid file)
+            os.kill(pid, signal.SIGTERM)
+        shutil.rmtree(base, ignore_errors=True)
