@@ -36,12 +36,13 @@ import numpy as np
 from node.textsafe import safe_text
 from node.twin import blob, store
 from node.twin.actions import ActionHead
+from node.twin.cache import MAX_ENTRIES
 from node.twin.errors import TwinError, TwinStoreError
 from node.twin.gate import SHIPPED_FIXED_COST_TOKENS, SHIPPED_SCORE, START_BITS, MessageGate, sane_threshold
-from node.twin.model import MU_INIT, TwinLM
+from node.twin.model import MU_INIT, N_BUCKETS, N_CACHE_BUCKETS, TwinLM
 from node.twin.names import EMBEDDED_KINDS, TEXT_KINDS
 from node.twin.names import Event as Event  # re-exported: the record the engine learns from
-from node.twin.personal import ctx_of
+from node.twin.personal import MAX_TRIGRAMS, ctx_of
 from node.twin.prior import GlobalPrior
 from node.twin.rnn import NeuralTier, RecurrentLM
 
@@ -56,6 +57,18 @@ Embed = Callable[[Sequence[str]], np.ndarray[Any, Any]]
 LIGHT_ARRAYS = ("act_names", "act_w", "act_b", "act_events")
 LIGHT_META = ("events", "topics", "contacts")
 LM_EMPTY = "lm_empty"  # header flag: the file holds no language-model part (nothing learned by it: as shipped)
+# The language model's arrays in a state file (store.encode's, the recency cache's, the neural tier's "x_nn_*").
+LM_ARRAYS = frozenset(
+    ("tri", "tri_counts", "words", "lam", "lam_n", "kappa", "kappa_n", "rc_uni", "rc_uni_c", "rc_bi", "rc_bi_c")
+) | {"x_nn_c", "x_nn_w", "x_nn_b", "x_nn_s"}
+# A language-model part read without the model is written back by each save only if its arrays unpack to at most
+# this many times the file (real states: x2.5-x6.2, bench/README); a larger one (a planted file whose junk would
+# cost every save minutes of LZMA work) loads the model at the first save instead: one checked decode.
+LIGHT_RAW_FACTOR = 8
+# ... and to at most this much in all (a real state's: at most ~3 MB, 50,000 n-grams, the recency cache, the
+# neural adaptation, the words), each neural array to at most LIGHT_NN_ARRAY_BYTES (the shipped model's: 256 KiB).
+LIGHT_MAX_RAW_BYTES = 8 << 20
+LIGHT_NN_ARRAY_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +86,12 @@ class LmSummary:
         try:
             counts = arrays.get("tri_counts")
             words = bytes(arrays["words"]) if "words" in arrays else b""
-            messages = meta.get("messages", 0)
+            try:  # (status shows it before anything checked it: a counter, or 0)
+                messages = store.meta_int(meta, "messages")
+            except TwinStoreError:
+                messages = 0
             return cls(
-                messages=messages if isinstance(messages, int) and not isinstance(messages, bool) else 0,
+                messages=messages,
                 tokens=int(counts.sum(dtype=np.float64)) if counts is not None and counts.size else 0,
                 trigrams=0 if counts is None else int(counts.size),
                 words=words.count(b"\n") + 1 if words else 0,
@@ -119,6 +135,7 @@ class TwinEngine:
 
     def _reset(self) -> None:
         self._lm_data: bytes | None = None  # the state file read while the language model is not loaded
+        self.lm_needed_at_save: str | None = None  # why that part is not written back unread (the model loads)
         self.lm_summary = LmSummary()
         if self.prior is not None:
             self._lm, self.gate = self._fresh_lm(self.prior, self.neural)
@@ -358,6 +375,8 @@ class TwinEngine:
         light = {f"x_{k}": v for k, v in self.actions.state().items()}
         if self._lm_data is None:
             arrays, meta = light, {LM_EMPTY: True, **self._light_meta()}
+        elif self.lm_needed_at_save is not None:  # the caller loads the model (one checked decode), then saves
+            raise TwinStoreError(f"the saved language-model part needs the model to be saved: {self.lm_needed_at_save}")
         else:
             read, meta = blob.unpack_untrusted(
                 self._lm_data, store.MAGIC, store.FORMAT_VERSION, max_bytes=store.raw_bound(max_bytes)
@@ -381,6 +400,7 @@ class TwinEngine:
             empty = meta.get(LM_EMPTY) is True
             self.lm_summary = LmSummary() if empty else LmSummary.of(arrays, meta)
             self._lm_data = None if empty else data
+            self.lm_needed_at_save = None if empty else self._light_copy_unfit(arrays, len(data), max_bytes)
             return
         # An engine built with its prior (tests, benchmarks): both parts now.
         prior, neural, self._lm = self._lm.prior, self._lm.neural, None
@@ -390,6 +410,33 @@ class TwinEngine:
         finally:
             if self._lm is None:  # refused: left fresh, as built
                 self._lm, self.gate = self._fresh_lm(prior, neural)
+
+    def _light_copy_unfit(self, arrays: dict[str, np.ndarray[Any, Any]], file_bytes: int, max_bytes: int) -> str | None:
+        """Why the language-model part of a state read without the model must not be written back as read (None:
+        it may): the checks that need no prior. Anything found here loads the model at the first save, whose checked
+        decode keeps only what the model reads (or sets the file aside)."""
+        unknown = sorted(k for k in arrays if k not in LM_ARRAYS and not (k.startswith("x_") and k[2:] in LIGHT_ARRAYS))
+        if unknown:
+            return f"unknown arrays ({safe_text(','.join(unknown)[:60])})"
+        raw = sum(a.nbytes for a in arrays.values())
+        if raw > LIGHT_RAW_FACTOR * file_bytes or raw > LIGHT_MAX_RAW_BYTES:
+            return f"its arrays unpack to more than {LIGHT_RAW_FACTOR} times the file or {LIGHT_MAX_RAW_BYTES} bytes"
+        if any(k.startswith("x_nn_") and a.nbytes > LIGHT_NN_ARRAY_BYTES for k, a in arrays.items()):
+            return "a neural adaptation array larger than a shipped model's"
+        if any(k.startswith("rc_") and a.size > 2 * MAX_ENTRIES for k, a in arrays.items()):
+            return "a recency cache larger than it keeps"
+        tri, counts, words = arrays.get("tri"), arrays.get("tri_counts"), arrays.get("words")
+        rows = 0 if tri is None else tri.size // 3
+        if tri is not None and (tri.size % 3 or rows > min(max_bytes, MAX_TRIGRAMS)):
+            return "more n-grams than a state holds"
+        if rows != (0 if counts is None else counts.size):
+            return "n-grams and counts differ in number"
+        if words is not None and bytes(words).count(b"\n") >= self.max_personal_words:
+            return "more words than twin.max_personal_words"
+        sizes = {"lam": N_BUCKETS, "lam_n": N_BUCKETS, "kappa": N_CACHE_BUCKETS, "kappa_n": N_CACHE_BUCKETS}
+        if any(name in arrays and arrays[name].size != n for name, n in sizes.items()):
+            return "mixture weights out of bounds"
+        return None
 
     def _decode_light(self, extra: dict[str, np.ndarray[Any, Any]], meta: dict[str, Any]) -> None:
         for name in ("act_w", "act_b"):

@@ -446,7 +446,9 @@ class TwinService:
                 if engine.lm_loaded:
                     raise
                 # Over the bound without the language model (the next-action head grew): only the loaded model
-                # can drop its rarest counts, so it loads now (a rare, one-time cost).
+                # can drop its rarest counts, so it loads now (a rare, one-time cost). Likewise a part read at start
+                # that is not what a real state holds (engine.lm_needed_at_save): the model's checked decode drops
+                # what it does not read (or sets the file aside) instead of each save repacking it.
                 self._load_lm(engine)
                 data = engine.encode(self.settings.max_disk_bytes)
             store.write_private(self.path, data)

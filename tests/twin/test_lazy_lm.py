@@ -10,10 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 import trio
+import trio.testing
 
 from node.twin import blob, rnn, store
+from node.twin import engine as engine_mod
 from node.twin.engine import LIGHT_ARRAYS, LIGHT_META, LM_EMPTY, Event, TwinEngine
-from node.twin.errors import TwinError
+from node.twin.errors import TwinError, TwinStoreError
 from node.twin.prior import GlobalPrior
 from node.twin.service import TwinService
 from node.twin.settings import TwinSettings
@@ -244,3 +246,190 @@ async def test_a_light_state_over_its_bound_loads_the_model_to_drop_the_rarest_c
         n.cancel_scope.cancel()
     arrays, meta = blob.unpack_untrusted(path.read_bytes(), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
     assert meta["messages"] == whole.lm.messages and arrays["x_act_w"].shape == (41, 384 + 41)  # the whole head kept
+
+
+def _repack(data: bytes, **changes: Any) -> bytes:
+    """``data`` with arrays replaced or added (a value of None drops one) and header values (``meta__name``)."""
+    arrays, meta = blob.unpack_untrusted(data, store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    arrays, meta = dict(arrays), dict(meta)
+    for name, value in changes.items():
+        if name.startswith("meta__"):
+            meta[name[6:]] = value
+        elif value is None:
+            arrays.pop(name, None)
+        else:
+            arrays[name] = value
+    return blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta, compact=True)
+
+
+def _sparse_junk(n: int) -> np.ndarray[Any, Any]:
+    """Bytes that LZMA packs ~20x but slowly (the reviewer's planted array, small here)."""
+    rng = np.random.default_rng(1)
+    return ((rng.random(n) < 0.02) * rng.integers(1, 256, n)).astype(np.uint8)
+
+
+def test_a_real_state_is_written_back_as_read(full_state: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    light = TwinEngine(None)
+    light.decode(full_state, MAX)
+    assert light.lm_needed_at_save is None
+    arrays, _ = blob.unpack_untrusted(full_state, store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    raw = sum(a.nbytes for a in arrays.values())
+    assert raw <= 8 * len(full_state)  # the margin the check leaves
+    monkeypatch.setattr(engine_mod, "LIGHT_MAX_RAW_BYTES", raw - 1)  # the absolute bound, checked too
+    light = TwinEngine(None)
+    light.decode(full_state, MAX)
+    assert light.lm_needed_at_save is not None and f"{raw - 1} bytes" in light.lm_needed_at_save
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"junk": _sparse_junk(1 << 20)}, "unknown arrays"),  # an array the model never reads
+        ({"rc_uni_c": np.zeros(1 << 20)}, "unpack to more than"),  # a known one, far larger than it can be
+        (  # (incompressible: within 8x the file)
+            {"x_nn_w": np.random.default_rng(2).integers(0, 255, (1 << 20) + 4096, dtype=np.uint8).view(np.float32)},
+            "neural adaptation array",
+        ),
+        ({"rc_uni": np.zeros(40_001, np.int32), "rc_uni_c": _sparse_junk(8 * 40_001).view(np.float64)}, "recency"),
+        ({"tri_counts": np.ones(1, dtype=np.int64)}, "differ in number"),
+        (  # (more rows than bytes: under a 2000-byte bound below)
+            {"tri": _sparse_junk(4 * 3 * 2001).view(np.int32), "tri_counts": _sparse_junk(8 * 2001).view(np.int64)},
+            "more n-grams",
+        ),
+        ({"words": np.frombuffer(b"\n" * 60_000, np.uint8)}, "more words"),
+        ({"lam": np.zeros(3)}, "mixture weights"),
+    ],
+)
+def test_a_planted_language_model_part_loads_the_model_at_the_first_save(
+    full_state: bytes, changes: dict[str, Any], why: str
+) -> None:
+    """A light save writes the part read at start back (LZMA: ~1 s of CPU per MB unpacked) only when it is what a
+    real state holds; anything else waits for the model's checked decode (the service loads it, then saves)."""
+    light = TwinEngine(None)
+    light.decode(_repack(full_state, **changes), 2000 if why == "more n-grams" else MAX)
+    assert light.lm_needed_at_save is not None and why in light.lm_needed_at_save
+    light.observe(Event("command", "", "node.status", 0))
+    with pytest.raises(TwinStoreError, match="needs the model"):
+        light.encode(MAX)
+
+
+async def test_planted_junk_is_dropped_at_the_first_save_and_the_counts_kept(tmp_path: Path) -> None:
+    svc = _service(tmp_path)
+    async with trio.open_nursery() as n:
+        await n.start(svc.run, None)
+        for text in TEXTS:
+            svc.record("message", text, action="messages.send")
+        await svc.wait_learned(3)
+        n.cancel_scope.cancel()
+    planted = _repack(svc.path.read_bytes(), junk=_sparse_junk(4 << 20))
+    svc.path.write_bytes(planted)
+    again = _service(tmp_path)
+    async with trio.open_nursery() as n:
+        await n.start(again.run, None)
+        again.record("command", "", action="node.status")
+        await again.wait_learned(1)
+        assert (await again.status())["language_model"] == {"loaded": False}
+        size = await again.save_now()
+        st = await again.status()
+        assert st["language_model"] == {"loaded": True} and st["save_error"] is None and st["load_error"] is None
+        assert st["messages_learned"] == 3 and st["events"] == 4, st
+        n.cancel_scope.cancel()
+    arrays, meta = blob.unpack_untrusted(svc.path.read_bytes(), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    assert "junk" not in arrays and "tri" in arrays and meta["messages"] == 3 and size < len(planted)
+    assert not svc.path.with_name("state.bin.bad").exists()  # nothing else was wrong with it
+
+
+def test_status_shows_a_counter_of_messages_read_without_the_model(full_state: bytes) -> None:
+    for bad in (-5, 2**70, "12", True):
+        light = TwinEngine(None)
+        light.decode(_repack(full_state, meta__messages=bad), MAX)
+        assert light.status()["messages_learned"] == 0
+
+
+async def _learn_three(tmp_path: Path) -> None:
+    svc = _service(tmp_path)
+    async with trio.open_nursery() as n:
+        await n.start(svc.run, None)
+        for text in ("zorblat meets qwixel", "zorblat at noon", "qwixel and zorblat"):
+            svc.record("message", text, action="messages.send", contact="alice")
+        await svc.wait_learned(3)
+        n.cancel_scope.cancel()
+
+
+async def test_forget_while_the_model_is_not_loaded_forgets_its_part(tmp_path: Path) -> None:
+    await _learn_three(tmp_path)
+    again = _service(tmp_path)
+    async with trio.open_nursery() as n:
+        await n.start(again.run, None)
+        again.record("command", "", action="node.status")
+        await again.wait_learned(1)
+        st = await again.status()
+        assert st["language_model"] == {"loaded": False} and st["messages_learned"] == 3
+        assert (await again.forget())["erased_bytes"] > 0
+        assert (await again.status())["messages_learned"] == 0
+        again.record("command", "", action="rag.stats")
+        await again.wait_learned(2)
+        assert await again.save_now() > 0
+        arrays, meta = blob.unpack_untrusted(
+            again.path.read_bytes(), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30
+        )
+        assert meta.get(LM_EMPTY) is True and not set(arrays) - {f"x_{k}" for k in LIGHT_ARRAYS}, (arrays, meta)
+        assert "zorblat" not in (await again.context())["frequent_words"]
+        ex = await again.export()
+        assert ex["personal_words"] == [] and ex["trigram_counts"] == [] and ex["status"]["messages_learned"] == 0
+        assert ex["actions"] == ["rag.stats"]
+        n.cancel_scope.cancel()
+
+
+async def test_export_while_the_model_is_not_loaded_loads_it_with_the_saved_part(tmp_path: Path) -> None:
+    await _learn_three(tmp_path)
+    again = _service(tmp_path)
+    async with trio.open_nursery() as n:
+        await n.start(again.run, None)
+        again.record("command", "", action="node.status")
+        await again.wait_learned(1)
+        assert (await again.status())["language_model"] == {"loaded": False}
+        ex = await again.export()
+        assert {"zorblat", "qwixel"} <= set(ex["personal_words"]) and ex["status"]["messages_learned"] == 3
+        assert ex["trigram_counts"] and ex["neural_adaptation"] is not None
+        assert ex["status"]["language_model"] == {"loaded": True}
+        assert ex["actions"] == ["messages.send", "node.status"]
+        assert "zorblat" in (await again.context())["frequent_words"]
+        n.cancel_scope.cancel()
+
+
+async def test_two_first_uses_at_once_load_the_model_once_even_with_two_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The load lock, not the worker limiter, makes two first uses load once: with a limiter of two, the first load
+    waits (in its worker) until every task is blocked — the second first use at the lock, or, without the lock, in
+    its own worker loading a second model."""
+    loads: list[int] = []
+    real = GlobalPrior.load_packaged.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[GlobalPrior]) -> GlobalPrior:
+        loads.append(1)
+        if len(loads) == 1:
+            trio.from_thread.run(trio.testing.wait_all_tasks_blocked)
+        return real(cls)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(GlobalPrior, "load_packaged", classmethod(counted))
+    await _learn_three(tmp_path)
+    loads.clear()
+    svc = _service(tmp_path)
+    results: list[Any] = []
+
+    async def suggest() -> None:
+        results.append(await svc.suggest("zorblat meets "))
+
+    async with trio.open_nursery() as n:
+        await n.start(svc.run, None)
+        svc.record("command", "", action="node.status")
+        await svc.wait_learned(1)
+        svc._limiter = trio.CapacityLimiter(2)
+        async with trio.open_nursery() as both:
+            both.start_soon(suggest)
+            both.start_soon(suggest)
+        assert loads == [1] and len(results) == 2 and results[0] == results[1]
+        assert results[0][0]["token"] == "qwixel"
+        n.cancel_scope.cancel()
