@@ -24,6 +24,7 @@ One line per figure, in MB (10^6 bytes).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -31,7 +32,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 LISTEN = '[betanet]\nlisten = ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"]\nmdns = false\n'
@@ -183,11 +186,36 @@ FIRST_CALLS: tuple[tuple[str, dict[str, object]], ...] = (  # twin.* and mcp.* a
 )
 
 
+@contextlib.contextmanager
+def _daemon(tmp: Path, data: Path, env: dict[str, str], root: Path) -> Iterator[tuple[subprocess.Popen[bytes], Any]]:
+    """A real `village run` on ``data`` (started from ``root``), ready (sd_notify READY=1): its process and a
+    control client; stopped (SIGTERM, waited for) on the way out."""
+    from node.control.client import ControlClient
+
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    (tmp / "notify.sock").unlink(missing_ok=True)
+    notify.bind(str(tmp / "notify.sock"))
+    notify.settimeout(120)
+    cmd = [sys.executable, "-m", "node.cli", "run"]
+    # cwd=root: `python -m` puts the working directory first on sys.path, before PYTHONPATH
+    proc = subprocess.Popen(
+        cmd, env={**env, "NOTIFY_SOCKET": str(tmp / "notify.sock")}, cwd=root, stderr=subprocess.DEVNULL
+    )
+    try:
+        if notify.recv(64) != b"READY=1":
+            raise SystemExit("the daemon did not report READY=1")
+        with ControlClient(data / "control.sock", timeout_s=300) as c:
+            yield proc, c
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        notify.close()
+
+
 def first_use_figures(extra_config: str, settle_s: float, root: Path = ROOT) -> dict[str, float]:
     """A real `village run` (default plugins) restarted on a knowledge base holding one document: after READY=1 and
     ``settle_s`` idle, each plugin's first call and the same call again (ms; the difference is the one-time cost of
     loading what it needs), the RSS at idle and after those calls (KiB)."""
-    from node.control.client import ControlClient
 
     tmp = Path(tempfile.mkdtemp(prefix="vfirst-", dir="/tmp"))
     data = tmp / "data"
@@ -201,33 +229,18 @@ def first_use_figures(extra_config: str, settle_s: float, root: Path = ROOT) -> 
     out: dict[str, float] = {}
     try:
         for run in ("populate", "measure"):
-            notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            (tmp / "notify.sock").unlink(missing_ok=True)
-            notify.bind(str(tmp / "notify.sock"))
-            notify.settimeout(120)
-            cmd = [sys.executable, "-m", "node.cli", "run"]
-            proc = subprocess.Popen(
-                cmd, env={**env, "NOTIFY_SOCKET": str(tmp / "notify.sock")}, cwd=root, stderr=subprocess.DEVNULL
-            )
-            try:
-                if notify.recv(64) != b"READY=1":
-                    raise SystemExit("the daemon did not report READY=1")
-                with ControlClient(data / "control.sock", timeout_s=300) as c:
-                    if run == "populate":
-                        c.call("rag.add", paths=[str(doc)])
-                        continue
-                    time.sleep(settle_s)  # a benchmark's idle period, not a wait for an event
-                    out["idle_kib"] = proc_figures(proc.pid)["VmRSS"]
-                    for label, params in FIRST_CALLS:
-                        for nth in ("first", "second"):
-                            t0 = time.perf_counter()
-                            c.call(label, **params)
-                            out[f"{label} {nth}"] = (time.perf_counter() - t0) * 1000
-                    out["used_kib"] = proc_figures(proc.pid)["VmRSS"]
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=60)
-                notify.close()
+            with _daemon(tmp, data, env, root) as (proc, c):
+                if run == "populate":
+                    c.call("rag.add", paths=[str(doc)])
+                    continue
+                time.sleep(settle_s)  # a benchmark's idle period, not a wait for an event
+                out["idle_kib"] = proc_figures(proc.pid)["VmRSS"]
+                for label, params in FIRST_CALLS:
+                    for nth in ("first", "second"):
+                        t0 = time.perf_counter()
+                        c.call(label, **params)
+                        out[f"{label} {nth}"] = (time.perf_counter() - t0) * 1000
+                out["used_kib"] = proc_figures(proc.pid)["VmRSS"]
         return out
     finally:
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
@@ -243,7 +256,6 @@ def first_command_figures(settle_s: float, root: Path = ROOT) -> dict[str, float
     suggestion (``twin.suggest``); in the restarted node the same after the first command and the first text event
     (the state saved at the first run's stop is read). Keys ``<run> <step>``; ``<run> lm`` is whether ``twin.status``
     said the language model was loaded after the first command (None: the tree does not say)."""
-    from node.control.client import ControlClient
 
     tmp = Path(tempfile.mkdtemp(prefix="vcmd-", dir="/tmp"))
     data = tmp / "data"
@@ -254,36 +266,21 @@ def first_command_figures(settle_s: float, root: Path = ROOT) -> dict[str, float
     out: dict[str, float] = {}
     try:
         for run in ("fresh", "restart"):
-            notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            (tmp / "notify.sock").unlink(missing_ok=True)
-            notify.bind(str(tmp / "notify.sock"))
-            notify.settimeout(120)
-            cmd = [sys.executable, "-m", "node.cli", "run"]
-            proc = subprocess.Popen(
-                cmd, env={**env, "NOTIFY_SOCKET": str(tmp / "notify.sock")}, cwd=root, stderr=subprocess.DEVNULL
-            )
-            try:
-                if notify.recv(64) != b"READY=1":
-                    raise SystemExit("the daemon did not report READY=1")
-                with ControlClient(data / "control.sock", timeout_s=300) as c:
-                    time.sleep(settle_s)  # a benchmark's idle period, not a wait for an event
-                    out[f"{run} idle"] = proc_figures(proc.pid)["VmRSS"]
-                    c.call("node.status")
-                    st = c.call("twin.status", wait_s=25)
-                    if st.get("events", 1) < 1:
-                        raise SystemExit(f"the command was not learned: {st}")
-                    out[f"{run} lm"] = st["language_model"]["loaded"] if "language_model" in st else -1
-                    out[f"{run} command"] = proc_figures(proc.pid)["VmRSS"]
-                    c.call("twin.observe", text=FIRST_TEXT)
-                    c.call("twin.status", wait_s=25)
-                    out[f"{run} text"] = proc_figures(proc.pid)["VmRSS"]
-                    if run == "fresh":
-                        c.call("twin.suggest", text="see you at the ")
-                        out[f"{run} suggest"] = proc_figures(proc.pid)["VmRSS"]
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=60)
-                notify.close()
+            with _daemon(tmp, data, env, root) as (proc, c):
+                time.sleep(settle_s)  # a benchmark's idle period, not a wait for an event
+                out[f"{run} idle"] = proc_figures(proc.pid)["VmRSS"]
+                c.call("node.status")
+                st = c.call("twin.status", wait_s=25)
+                if st.get("events", 1) < 1:
+                    raise SystemExit(f"the command was not learned: {st}")
+                out[f"{run} lm"] = st["language_model"]["loaded"] if "language_model" in st else -1
+                out[f"{run} command"] = proc_figures(proc.pid)["VmRSS"]
+                c.call("twin.observe", text=FIRST_TEXT)
+                c.call("twin.status", wait_s=25)
+                out[f"{run} text"] = proc_figures(proc.pid)["VmRSS"]
+                if run == "fresh":
+                    c.call("twin.suggest", text="see you at the ")
+                    out[f"{run} suggest"] = proc_figures(proc.pid)["VmRSS"]
         return out
     finally:
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
