@@ -65,7 +65,7 @@ def test_a_small_file_declaring_huge_weights_costs_nothing(
 
 def test_a_blob_is_never_decompressed_past_what_its_header_declares() -> None:
     """A header declaring 1 KB over a 32 MiB payload of zeros: the decoder stops one byte past the declared size."""
-    arrays = {"a": ("uint8", (32 * MiB,))}
+    arrays: dict[str, tuple[str, tuple[int, ...]]] = {"a": ("uint8", (32 * MiB,))}
     data = _zeros_blob(b"AVTX", arrays)
     header_len = struct.unpack_from(">I", data, 6)[0]
     small = json.dumps({"arrays": [{"name": "a", "dtype": "uint8", "shape": [1024]}], "meta": {}}).encode()

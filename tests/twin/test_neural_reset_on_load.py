@@ -67,6 +67,7 @@ def test_a_damaged_neural_adaptation_resets_the_neural_tier_alone(case: str) -> 
     eng = _learned()
     bad = _damage(eng.encode(10_000_000), DAMAGED[case])
     pr = eng.prior
+    assert pr is not None
     back = TwinEngine(pr, neural=model(pr))
     back.decode(bad, 10_000_000)  # loads: nothing is set aside
     nn = back.neural

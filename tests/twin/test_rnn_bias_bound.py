@@ -55,6 +55,7 @@ def test_a_hostile_repetitive_message_moves_the_output_bias_by_the_step_bound_at
     assert moved.max() <= rnn.MAX_BIAS_STEP * (1 + 1e-6)
     assert moved[t] >= rnn.MAX_BIAS_STEP * (1 - 1e-6)  # the clip bound: the unbounded step went much further
     unbounded = before.copy()
+    assert lm._pblock is not None
     unbounded -= lm.bias_lr * neural.bias_gradient(nn.vn, nn.unk, [], lm._pblock[:128], [t] * 128)
     assert abs(unbounded[t] - before[t]) > 5.0  # (what the old step did with the same rows)
     assert all(math.isfinite(b) for b in bits)
@@ -84,6 +85,7 @@ def test_ordinary_text_learns_exactly_what_the_unbounded_step_learned() -> None:
         del lm_tokens
         for i, tok in enumerate(ids):
             lm.learn_weights(ids[:i], tok)
+        assert lm._pblock is not None
         rows, targets = lm._pblock[: lm._pn].copy(), list(lm._bias_targets)
         lm.learn_counts(ids)
         lm.adapt_neural(ids, [1.0] * len(ids))
