@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -124,26 +125,37 @@ def test_a_third_partys_record_is_capped_and_not_kept() -> None:
 
 
 def test_named_peer_places_are_shared_between_answerers_and_reclaimed() -> None:
-    """One answerer names at most MAX_DHT_PEERS_PER_ANSWERER peers; when the MAX_DHT_PEERS places are full an
-    expired named peer's place is reclaimed first, else the oldest of the answerer holding most is evicted, so
-    a later answerer's peer still gets in. (Unchecked: the first 256 named held every place for the daemon's
-    life.)"""
+    """One answerer holds at most MAX_DHT_PEERS_PER_ANSWERER places: at its quota it gives up its own oldest (it
+    goes on naming new peers: a node with one anchor keeps finding peers through it); when the MAX_DHT_PEERS
+    places are full an expired named peer's place is reclaimed first, else the oldest of the answerer holding most
+    is evicted, so a later answerer's peer still gets in. (Unchecked: the first 256 named held every place for
+    the daemon's life; a refusal at the quota: one anchor's 65th named peer was never stored.)"""
     store = GuardedPeerStore()
     answerers = [_peer()[0] for _ in range(MAX_DHT_PEERS // MAX_DHT_PEERS_PER_ANSWERER + 1)]
-    first = _name(store, answerers[0], MAX_DHT_PEERS_PER_ANSWERER + 10)
-    assert all(p in store.peer_ids() for p in first[:MAX_DHT_PEERS_PER_ANSWERER])
-    assert not any(p in store.peer_ids() for p in first[MAX_DHT_PEERS_PER_ANSWERER:])  # its quota
+    flood = _name(store, answerers[0], MAX_DHT_PEERS_PER_ANSWERER + 10)  # one answer naming more than its quota
+    assert all(p in store.peer_ids() for p in flood[:MAX_DHT_PEERS_PER_ANSWERER])  # its first (the one looked up)
+    assert not any(p in store.peer_ids() for p in flood[MAX_DHT_PEERS_PER_ANSWERER:])  # the rest refused
+    for p in flood[:MAX_DHT_PEERS_PER_ANSWERER]:
+        store._named_at[p] -= scope.DHT_PLACE_RENEW_S  # a later lookup through the same answerer
+    first = flood[:MAX_DHT_PEERS_PER_ANSWERER] + _name(store, answerers[0], 10)
+    assert all(p in store.peer_ids() for p in first[10:])  # the newest: its quota
+    assert not any(p in store.peer_ids() for p in first[:10])  # its own oldest made room
+    assert store.dht_named() == MAX_DHT_PEERS_PER_ANSWERER
+    stale = first[20]
+    store.peer_data_map[stale].last_identified -= 7200  # its TTL (3600 s) ran out
+    (renewed,) = _name(store, answerers[0], 1)
+    assert renewed in store.peer_ids() and stale not in store.peer_ids() and first[10] in store.peer_ids()
     others = [_name(store, answerer, MAX_DHT_PEERS_PER_ANSWERER) for answerer in answerers[1:-1]]
     assert store.dht_named() == MAX_DHT_PEERS
-    expired = first[5]
-    store.peer_data_map[expired].last_identified -= 7200  # its TTL (3600 s) ran out
+    expired = first[15]
+    store.peer_data_map[expired].last_identified -= 7200
     (late,) = _name(store, answerers[-1], 1)
     assert late in store.peer_ids() and expired not in store.peer_ids()  # the expired place was reclaimed
-    assert first[0] in store.peer_ids()
+    assert first[10] in store.peer_ids()
     (later,) = _name(store, answerers[-1], 1)
     assert later in store.peer_ids() and store.dht_named() == MAX_DHT_PEERS
     assert others[0][0] not in store.peer_ids()  # none expired: the oldest of a biggest answerer made room
-    assert first[0] in store.peer_ids() and others[0][1] in store.peer_ids()
+    assert first[10] in store.peer_ids() and others[0][1] in store.peer_ids()
 
 
 async def test_a_stream_opened_while_serving_an_asker_keeps_the_askers_audience(nursery: trio.Nursery) -> None:
@@ -192,7 +204,8 @@ def test_relay_answers_are_checked_like_dht_answers() -> None:
 def test_mdns_announcements_are_lan_words_and_bounded() -> None:
     """py-libp2p's mDNS listener stores what a LAN host announces from zeroconf's thread (no audience): only LAN
     or public addresses are kept, never loopback ones or names, and at most MAX_DHT_PEERS_PER_ANSWERER announced
-    peers. (Unchecked: any LAN host planted loopback addresses and up to 1000 fake peers.)"""
+    peers; a withdrawn one frees its place. (Unchecked: any LAN host planted loopback addresses and
+    up to 1000 fake peers; a withdrawal kept the place, so after 64 LAN peers no new one was stored.)"""
     store = GuardedPeerStore()
     target = _peer()[0]
     fakes = [_peer()[0] for _ in range(MAX_DHT_PEERS_PER_ANSWERER + 20)]
@@ -220,6 +233,12 @@ def test_mdns_announcements_are_lan_words_and_bounded() -> None:
     worker.start()  # a LAN host withdraws services naming both (MDNSListener.remove_service)
     worker.join(WAIT_S)
     assert store.addrs(known) == kept and store.addrs(target) == []
+    assert store.dht_named() == MAX_DHT_PEERS_PER_ANSWERER - 1  # the withdrawn peer's place is free ...
+    newcomer = _peer()[0]
+    worker = threading.Thread(target=lambda: store.add_addrs(newcomer, [lan], 120))
+    worker.start()
+    worker.join(WAIT_S)
+    assert store.addrs(newcomer) == [lan]  # ... for the next LAN peer announced
 
 
 async def test_mdns_does_not_dial_a_loopback_address_a_lan_host_announces(
@@ -315,3 +334,39 @@ async def test_loopback_peers_count_as_lan_when_loopback_is_not_local(nursery: t
     shown = Identify.FromString(raw[used : used + length])
     assert list(shown.listen_addrs) == []  # shown no loopback address: a "LAN" peer
     assert trusting.counters.peer_addrs_refused == 0  # (the trusting node stores loopback words from loopback)
+
+
+def test_the_mdns_thread_and_the_event_loop_do_not_race_on_the_named_places() -> None:
+    """py-libp2p's mDNS listener stores from zeroconf's thread while the event loop stores DHT answers: both change
+    the named places (and py-libp2p's maps) one at a time. (Unlocked: 'dictionary changed size during iteration'
+    on either thread within a few hundred adds.) Bounded: 3,000 adds on the event loop's side."""
+    store = GuardedPeerStore()
+    lan = multiaddr.Multiaddr("/ip4/192.168.1.5/tcp/4001")
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often: the race shows within a few hundred adds
+
+    def mdns() -> None:
+        while not stop.is_set():
+            try:
+                store.add_addrs(_peer()[0], [lan], 0)  # TTL 0: stale at once, so places are reclaimed
+            except Exception as exc:  # noqa: BLE001 - what the test looks for
+                errors.append(exc)
+                return
+
+    worker = threading.Thread(target=mdns)
+    worker.start()
+    try:
+        answerers = [_peer()[0] for _ in range(8)]
+        for i in range(3000):
+            if errors:
+                break
+            with _words_of(answerers[i % 8]):
+                store.add_addrs(_peer()[0], _public(1, i % 200), 0)
+    finally:
+        stop.set()
+        worker.join(WAIT_S)
+        sys.setswitchinterval(old_interval)
+    assert not errors, errors
+    assert store.dht_named() <= MAX_DHT_PEERS

@@ -26,8 +26,10 @@ then dial. Only well-formed addresses of transports we dial are kept, never unsp
 loopback ones (or DNS names) unless the answering peer is on loopback, never LAN ones unless it is on loopback or
 the LAN; at most
 :data:`MAX_DHT_ADDRS_PER_PEER` per named peer (a signed record of more is not kept), :data:`MAX_DHT_PEERS` named
-peers at once and :data:`MAX_DHT_PEERS_PER_ANSWERER` per answering peer (expired ones reclaimed, else the oldest of
-the biggest answerer evicted). What a peer says about itself is checked alike and capped at :data:`MAX_OWN_ADDRS`.
+peers at once and :data:`MAX_DHT_PEERS_PER_ANSWERER` per answering peer (its own stale places, else its oldest
+once :data:`DHT_PLACE_RENEW_S` old, make room for its new ones; with every place taken, expired ones are reclaimed,
+else the oldest of the biggest answerer evicted). What a peer says about itself is checked alike and capped at
+:data:`MAX_OWN_ADDRS`.
 
 The same check covers a relay's answers on our hop stream to it (a reservation's record is the relay's, a
 CONNECT's the destination's) and what py-libp2p's mDNS listener stores from zeroconf's thread: words of a host on
@@ -44,6 +46,7 @@ import contextvars
 import ipaddress
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import multiaddr
@@ -68,6 +71,10 @@ LOOPBACK, LAN, PUBLIC = 0, 1, 2  # address scopes, most private first
 MAX_DHT_ADDRS_PER_PEER = 8  # addresses of one peer a DHT answer may put in the peerstore
 MAX_DHT_PEERS = 256  # peers that DHT answers alone put in the peerstore, at once
 MAX_DHT_PEERS_PER_ANSWERER = 64  # of those, named by one answering peer
+# An answerer at its quota renews its share from its own places named at least this long ago (a DHT lookup's
+# answers span seconds): one flooding answer keeps its first peers — the one looked up among them — and a node
+# with one anchor keeps finding new peers through it lookup after lookup.
+DHT_PLACE_RENEW_S = 30.0
 MAX_OWN_ADDRS = 32  # addresses a peer may store for itself (identify, its signed record)
 _IP = ("ip4", "ip6")
 # Outbound streams whose answers name addresses: DHT, identify, and relay (a reservation's answer carries the relay's
@@ -319,8 +326,12 @@ class GuardedPeerStore(PeerStore):
         # Peers that only other peers' answers put here (named peer -> the peer that named it), oldest first,
         # bounded: MAX_DHT_PEERS in all, MAX_DHT_PEERS_PER_ANSWERER per answering peer.
         self._from_dht: dict[ID, ID] = {}
+        self._named_at: dict[ID, float] = {}  # when each named peer took its place (time.monotonic)
         self._on_refused = on_refused
         self._thread = threading.get_ident()  # the event loop's; py-libp2p's mDNS listener calls from zeroconf's
+        # The mDNS listener's calls and the event loop's both change _from_dht and py-libp2p's maps: one at a time
+        # (re-entrant: consume_peer_record calls add_addrs).
+        self._lock = threading.RLock()
         self._mdns = Audience(LAN, MDNS_SPEAKER, None, inbound=True)
 
     def _speaker(self) -> Audience | None:
@@ -339,6 +350,10 @@ class GuardedPeerStore(PeerStore):
             self._on_refused(n)
 
     def add_addrs(self, peer_id: ID, addrs: Sequence[multiaddr.Multiaddr], ttl: int = 0) -> None:
+        with self._lock:
+            self._add_addrs(peer_id, addrs, ttl)
+
+    def _add_addrs(self, peer_id: ID, addrs: Sequence[multiaddr.Multiaddr], ttl: int) -> None:
         speaker = self._speaker()
         if speaker is None:
             super().add_addrs(peer_id, addrs, ttl)
@@ -346,6 +361,7 @@ class GuardedPeerStore(PeerStore):
         own = peer_id == speaker.peer
         if own:
             self._from_dht.pop(peer_id, None)  # known by its own word now: no longer a named peer
+            self._named_at.pop(peer_id, None)
         elif not self._admit(peer_id, speaker.peer):
             self._refused(len(addrs))
             return
@@ -364,6 +380,10 @@ class GuardedPeerStore(PeerStore):
             super().add_addrs(peer_id, list(kept), ttl)
 
     def consume_peer_record(self, envelope: Envelope, ttl: int) -> bool:
+        with self._lock:
+            return self._consume_peer_record(envelope, ttl)
+
+    def _consume_peer_record(self, envelope: Envelope, ttl: int) -> bool:
         speaker = self._speaker()
         record = envelope.record()
         peer_id = record.peer_id
@@ -402,23 +422,39 @@ class GuardedPeerStore(PeerStore):
     def clear_addrs(self, peer_id: ID) -> None:
         """py-libp2p's, except from the mDNS listener's thread: a LAN host's withdrawal clears only a peer that
         mDNS alone put here (not the addresses a connected peer gave, nor our configuration's)."""
-        if threading.get_ident() != self._thread and self._from_dht.get(peer_id) != MDNS_SPEAKER:
-            return
-        super().clear_addrs(peer_id)
+        with self._lock:
+            if threading.get_ident() != self._thread:
+                if self._from_dht.get(peer_id) != MDNS_SPEAKER:
+                    return
+                del self._from_dht[peer_id]  # withdrawn: its place is free again
+                self._named_at.pop(peer_id, None)
+            super().clear_addrs(peer_id)
+
+    def _stale(self, peer_id: ID) -> bool:
+        """A named peer's place that holds nothing usable: evicted, expired or withdrawn (no address left)."""
+        data = self.peer_data_map.get(peer_id)
+        return data is None or data.is_expired() or not data.get_addrs()
 
     def _admit(self, peer_id: ID, answerer: ID) -> bool:
         """Whether ``answerer``'s answer may store ``peer_id``: known already, or a place among MAX_DHT_PEERS with
-        the answerer under MAX_DHT_PEERS_PER_ANSWERER. Places of peers since evicted or expired are reclaimed; when
-        none is, the oldest peer named by the answerer holding most places is evicted (so one answerer, or a few,
-        cannot keep the others' peers out)."""
+        the answerer under MAX_DHT_PEERS_PER_ANSWERER. An answerer at its quota gives up its own stale places
+        (evicted, expired, withdrawn), else its oldest one once that is DHT_PLACE_RENEW_S old: it renews its own
+        share and never takes the others' (a node with one anchor keeps finding peers through it: a refusal at the
+        quota stopped every lookup after 64 named peers; one answer naming hundreds is refused past the quota).
+        With every place taken, stale places are reclaimed; when none is, the oldest peer named by
+        the answerer holding most places is evicted (so one answerer, or a few, cannot keep the others' out)."""
         if peer_id in self._from_dht or peer_id in self.peer_data_map:
             return True
-        if sum(1 for a in self._from_dht.values() if a == answerer) >= MAX_DHT_PEERS_PER_ANSWERER:
-            return False
+        mine = [p for p, a in self._from_dht.items() if a == answerer]
+        if len(mine) >= MAX_DHT_PEERS_PER_ANSWERER:
+            stale = [p for p in mine if self._stale(p)]
+            if not stale and time.monotonic() - self._named_at.get(mine[0], 0.0) < DHT_PLACE_RENEW_S:
+                return False  # its share is all fresh: this answer floods it
+            for gone in stale or mine[:1]:
+                self._forget(gone)
         if len(self._from_dht) >= MAX_DHT_PEERS:
             for gone in list(self._from_dht):
-                data = self.peer_data_map.get(gone)
-                if data is None or data.is_expired():
+                if self._stale(gone):
                     self._forget(gone)
         if len(self._from_dht) >= MAX_DHT_PEERS:
             counts: dict[ID, int] = {}
@@ -427,11 +463,13 @@ class GuardedPeerStore(PeerStore):
             biggest = max(counts, key=lambda a: counts[a])
             self._forget(next(p for p, a in self._from_dht.items() if a == biggest))
         self._from_dht[peer_id] = answerer
+        self._named_at[peer_id] = time.monotonic()
         return True
 
     def _forget(self, peer_id: ID) -> None:
         """Drop a named peer's place and what its namer said about it."""
         del self._from_dht[peer_id]
+        self._named_at.pop(peer_id, None)
         if peer_id in self.peer_data_map:
             self.clear_peerdata(peer_id)
 
