@@ -101,7 +101,9 @@ def pinned(pid: int) -> Iterator[int | None]:
     pinned or none (ESRCH once it has exited), never one that reused its number between the check and the signal."""
     fd = None
     if 0 < pid <= PID_MAX:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
+        # (ENOENT / EINVAL: the number is a thread's, not a process's — a stale pid file naming a thread is no
+        # server of ours either)
+        with contextlib.suppress(OSError):
             fd = os.pidfd_open(pid)
     try:
         yield fd

@@ -551,3 +551,28 @@ def test_a_confined_root_knows_the_redis_a_full_root_started() -> None:
         if redis_probe.our_server_runs(pid, base / "redis"):  # (a second server took its pid file)
             os.kill(pid, signal.SIGTERM)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_pid_file_naming_a_thread_pins_nothing() -> None:
+    """A stale pid file may name a number now used by some process's *thread* (threads share the pid space):
+    pidfd_open refuses it (ENOENT or EINVAL), and `down` must go on to the other services, not stop on a
+    traceback. (Only ProcessLookupError/PermissionError suppressed: FileNotFoundError escaped `down`.)"""
+    ready, done = threading.Event(), threading.Event()
+    tids: list[int] = []
+
+    def worker() -> None:
+        tids.append(threading.get_native_id())
+        ready.set()
+        done.wait(30)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    try:
+        assert ready.wait(30)
+        (tid,) = tids
+        assert tid != os.getpid()
+        with redis_probe.pinned(tid) as fd:
+            assert fd is None
+    finally:
+        done.set()
+        t.join(30)
