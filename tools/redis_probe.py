@@ -6,6 +6,7 @@ process a pid file names is a server of ours: :func:`read_pid`, :func:`pid_alive
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import signal
@@ -101,10 +102,13 @@ def pinned(pid: int) -> Iterator[int | None]:
     pinned or none (ESRCH once it has exited), never one that reused its number between the check and the signal."""
     fd = None
     if 0 < pid <= PID_MAX:
-        # (ENOENT / EINVAL: the number is a thread's, not a process's — a stale pid file naming a thread is no
-        # server of ours either)
-        with contextlib.suppress(OSError):
+        try:
             fd = os.pidfd_open(pid)
+        except (ProcessLookupError, PermissionError, FileNotFoundError):
+            pass  # (ENOENT: the number is a thread's, not a process's — no server of ours either)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # (EINVAL: a thread, on other kernels) EMFILE, ENOMEM, ENOSYS: said
+                raise
     try:
         yield fd
     finally:

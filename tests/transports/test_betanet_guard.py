@@ -232,13 +232,26 @@ def test_mdns_announcements_are_lan_words_and_bounded() -> None:
     worker = threading.Thread(target=withdraw)
     worker.start()  # a LAN host withdraws services naming both (MDNSListener.remove_service)
     worker.join(WAIT_S)
-    assert store.addrs(known) == kept and store.addrs(target) == []
+    assert store.addrs(known) == kept and target not in store.peer_ids()  # withdrawn: gone with its place
     assert store.dht_named() == MAX_DHT_PEERS_PER_ANSWERER - 1  # the withdrawn peer's place is free ...
     newcomer = _peer()[0]
     worker = threading.Thread(target=lambda: store.add_addrs(newcomer, [lan], 120))
     worker.start()
     worker.join(WAIT_S)
     assert store.addrs(newcomer) == [lan]  # ... for the next LAN peer announced
+
+    def churn() -> None:  # a LAN host updating each fake once (py-libp2p: clear_addrs, then add_addrs again)
+        for _ in range(3 * MAX_DHT_PEERS_PER_ANSWERER):
+            fake = _peer()[0]
+            store.add_addrs(fake, [lan], 120)
+            store.clear_addrs(fake)
+            store.add_addrs(fake, [lan], 120)
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    worker.join(WAIT_S)
+    with_addrs = [p for p in store.peer_ids() if p not in (known,) and store.addrs(p)]
+    assert len(with_addrs) <= MAX_DHT_PEERS_PER_ANSWERER  # an update takes a place again: still bounded
 
 
 async def test_mdns_does_not_dial_a_loopback_address_a_lan_host_announces(
@@ -350,7 +363,7 @@ def test_the_mdns_thread_and_the_event_loop_do_not_race_on_the_named_places() ->
     def mdns() -> None:
         while not stop.is_set():
             try:
-                store.add_addrs(_peer()[0], [lan], 0)  # TTL 0: stale at once, so places are reclaimed
+                store.add_addrs(_peer()[0], [lan], 0)  # (TTL 0 never expires: its 64 places fill, then refusals)
             except Exception as exc:  # noqa: BLE001 - what the test looks for
                 errors.append(exc)
                 return

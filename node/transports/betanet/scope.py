@@ -424,10 +424,13 @@ class GuardedPeerStore(PeerStore):
         mDNS alone put here (not the addresses a connected peer gave, nor our configuration's)."""
         with self._lock:
             if threading.get_ident() != self._thread:
-                if self._from_dht.get(peer_id) != MDNS_SPEAKER:
-                    return
-                del self._from_dht[peer_id]  # withdrawn: its place is free again
-                self._named_at.pop(peer_id, None)
+                if self._from_dht.get(peer_id) == MDNS_SPEAKER:
+                    # Withdrawn (or updated: py-libp2p clears, then adds again): the place and the peer's entry go
+                    # together, so an announcement again takes a place again (an entry kept without a place let a
+                    # LAN host plant any number of peers by withdrawing each once, and py-libp2p's 1000-peer limit
+                    # then evicted our own key pair's entry).
+                    self._forget(peer_id)
+                return
             super().clear_addrs(peer_id)
 
     def _stale(self, peer_id: ID) -> bool:
