@@ -186,6 +186,18 @@ FIRST_CALLS: tuple[tuple[str, dict[str, object]], ...] = (  # twin.* and mcp.* a
 )
 
 
+def _fresh_data_dir(prefix: str, config: str, root: Path) -> tuple[Path, Path, dict[str, str]]:
+    """A scratch dir with an initialised node data dir (``config`` as its config.toml): (scratch, data, env)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    data = tmp / "data"
+    data.mkdir(mode=0o700)
+    (data / "config.toml").write_text(config)
+    env = {**os.environ, "PYTHONPATH": str(root), "VILLAGE_DATA_DIR": str(data)}
+    # cwd=root: `python -m` puts the working directory first on sys.path, before PYTHONPATH
+    subprocess.run([sys.executable, "-m", "node.cli", "init"], env=env, cwd=root, stdout=subprocess.DEVNULL, check=True)
+    return tmp, data, env
+
+
 @contextlib.contextmanager
 def _daemon(tmp: Path, data: Path, env: dict[str, str], root: Path) -> Iterator[tuple[subprocess.Popen[bytes], Any]]:
     """A real `village run` on ``data`` (started from ``root``), ready (sd_notify READY=1): its process and a
@@ -217,15 +229,9 @@ def first_use_figures(extra_config: str, settle_s: float, root: Path = ROOT) -> 
     ``settle_s`` idle, each plugin's first call and the same call again (ms; the difference is the one-time cost of
     loading what it needs), the RSS at idle and after those calls (KiB)."""
 
-    tmp = Path(tempfile.mkdtemp(prefix="vfirst-", dir="/tmp"))
-    data = tmp / "data"
-    data.mkdir(mode=0o700)
-    (data / "config.toml").write_text(LISTEN + extra_config)
+    tmp, data, env = _fresh_data_dir("vfirst-", LISTEN + extra_config, root)
     doc = tmp / "walrus.txt"
     doc.write_text("The walrus colony nests on the northern ice shelf every spring, and meets at dawn.\n")
-    env = {**os.environ, "PYTHONPATH": str(root), "VILLAGE_DATA_DIR": str(data)}
-    # cwd=root: `python -m` puts the working directory first on sys.path, before PYTHONPATH
-    subprocess.run([sys.executable, "-m", "node.cli", "init"], env=env, cwd=root, stdout=subprocess.DEVNULL, check=True)
     out: dict[str, float] = {}
     try:
         for run in ("populate", "measure"):
@@ -257,12 +263,7 @@ def first_command_figures(settle_s: float, root: Path = ROOT) -> dict[str, float
     (the state saved at the first run's stop is read). Keys ``<run> <step>``; ``<run> lm`` is whether ``twin.status``
     said the language model was loaded after the first command (None: the tree does not say)."""
 
-    tmp = Path(tempfile.mkdtemp(prefix="vcmd-", dir="/tmp"))
-    data = tmp / "data"
-    data.mkdir(mode=0o700)
-    (data / "config.toml").write_text(LISTEN)
-    env = {**os.environ, "PYTHONPATH": str(root), "VILLAGE_DATA_DIR": str(data)}
-    subprocess.run([sys.executable, "-m", "node.cli", "init"], env=env, cwd=root, stdout=subprocess.DEVNULL, check=True)
+    tmp, data, env = _fresh_data_dir("vcmd-", LISTEN, root)
     out: dict[str, float] = {}
     try:
         for run in ("fresh", "restart"):
