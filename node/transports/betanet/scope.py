@@ -15,8 +15,9 @@ carry its audience's addresses. :func:`scope_host` does it on one host instance 
 * the *audience* is a context variable, set for the task serving each inbound stream and by ``host.new_stream``
   for the task that opened a stream (an awaited coroutine shares its caller's context), from the scope of the
   stream's connection (:func:`conn_scope`); unset means public;
-* ``host.get_addrs()`` returns the addresses the current audience may see (the local signed record follows: libp2p
-  re-signs it, with a newer sequence number, whenever the list differs from the cached one);
+* ``host.get_addrs()`` returns the addresses the current audience may see, at most :data:`MAX_OWN_ADDRS` of them
+  (:func:`capped`: a peer refuses a bigger record of ours, as we refuse theirs) — the local signed record follows:
+  libp2p re-signs it, with a newer sequence number, whenever the set differs from the cached one;
 * identify and identify push are answered by :func:`identify_message`, which never falls back to the raw listen
   addresses (py-libp2p's does, when the list is empty).
 
@@ -157,6 +158,24 @@ def visible(addrs: Sequence[multiaddr.Multiaddr], scope: int, announced: frozens
     return out
 
 
+def capped(addrs: Sequence[multiaddr.Multiaddr], scope: int, announced: frozenset[str]) -> list[multiaddr.Multiaddr]:
+    """At most MAX_OWN_ADDRS of ``addrs`` (those an audience of ``scope`` may see, :func:`visible`), the most useful
+    to that audience first: the operator's announce addresses, then those of the audience's own scope before more
+    public ones (a LAN peer dials our LAN address first), direct before relayed (``/p2p-circuit``), by their text
+    within each. Deterministic whatever the order given (the relays' addresses come in the order our peerstore
+    holds them): the same addresses give the same list, so every peer of a class is told the same ones and libp2p
+    does not re-sign our record for nothing. A multi-homed node with relay slots has more than MAX_OWN_ADDRS; a
+    peer refuses a signed record of more (:class:`GuardedPeerStore`), and then kept only identify's first
+    MAX_OWN_ADDRS listen addresses, the announce addresses (listed last) cut."""
+
+    def rank(addr: multiaddr.Multiaddr) -> tuple[bool, int, bool, str]:
+        text = str(addr)
+        is_announced = str(addr.decapsulate_code(P_P2P)) in announced
+        return (not is_announced, abs(addr_scope(addr) - scope), "/p2p-circuit" in text, text)
+
+    return sorted(set(addrs), key=rank)[:MAX_OWN_ADDRS]
+
+
 def dialable(addr: multiaddr.Multiaddr, source_scope: int) -> bool:
     """Whether an address a peer of ``source_scope`` gave (for itself or another peer) may enter the peerstore: an
     IP, then TCP or UDP/QUIC v1 (or a circuit through such an address), not unspecified or multicast, and not more
@@ -248,7 +267,8 @@ def scope_host(
         return LAN if scope == LOOPBACK and not loopback_is_local else scope
 
     def get_addrs() -> list[multiaddr.Multiaddr]:
-        return visible(full_addrs(), current_scope(), announced)
+        scope = current_scope()
+        return capped(visible(full_addrs(), scope, announced), scope, announced)
 
     plain_new_stream = host.new_stream
 
