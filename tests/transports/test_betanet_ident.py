@@ -1,5 +1,5 @@
 """What a BetaNet node tells its peers about itself: our record and identify carry at most MAX_OWN_ADDRS addresses
-(what a peer keeps), prioritised for the asker."""
+(what a peer keeps), prioritised for the asker; identify pushes go to all peers even while one never reads."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import dataclasses
 
 import multiaddr
 import trio
+from libp2p.abc import INetStream
+from libp2p.identity.identify_push.identify_push import ID_PUSH
 from multiaddr.protocols import P_P2P
 
 from node.transports.betanet.scope import (
@@ -21,6 +23,7 @@ from tests.transports.test_betanet import WAIT_S, start_transport
 
 ANNOUNCED = ("/ip4/8.8.4.4/tcp/4001", "/ip4/9.9.9.9/udp/4001/quic-v1")
 MANY_LISTENERS = 40  # loopback listen addresses of the multi-homed node: more than MAX_OWN_ADDRS
+PROMPT_S = 5.0  # a push to a reading peer is "prompt" well within py-libp2p's 30 s negotiation timeout
 
 
 def _ma(text: str) -> multiaddr.Multiaddr:
@@ -70,3 +73,36 @@ async def test_a_peer_keeps_the_record_of_a_node_with_many_addresses(nursery: tr
     stored = {str(a.decapsulate_code(P_P2P)) for a in store.addrs(big_id)}
     assert len(stored) <= MAX_OWN_ADDRS and set(ANNOUNCED) <= stored
     assert peer.counters.peer_addrs_refused == 0  # nothing we said was over its bounds
+
+
+async def test_a_peer_that_never_reads_does_not_hold_the_push_to_the_others(nursery: trio.Nursery) -> None:
+    """Our addresses change: identify push goes to every peer. The first connected peer accepts each new stream
+    and never reads (py-libp2p's negotiation waits 30 s on it): the other still gets its push promptly, and the
+    stalled push is cut at betanet.dial_timeout_s and counted. (Unchecked: one peer at a time, no timeout.)"""
+    pusher, _ = await start_transport(nursery, settings=dataclasses.replace(LOOPBACK_SETTINGS, dial_timeout_s=2.0))
+    stall, _ = await start_transport(nursery)
+    other, _ = await start_transport(nursery)
+    assert pusher.host is not None and stall.host is not None and other.host is not None
+    with trio.fail_after(WAIT_S):
+        await stall.dial(pusher.listen_addresses()[0])  # first: the unfixed loop pushed to it first
+        await other.dial(pusher.listen_addresses()[0])
+        await pusher.wait_counters(lambda c: c.identified >= 2)
+    assert pusher.host.get_connected_peers()[0] == stall.host.get_id()
+
+    async def never_read(stream: INetStream) -> None:
+        await trio.sleep_forever()  # holds the stream open, never answers multistream-select
+
+    stall.host.get_network().set_stream_handler(never_read)
+    pushed = trio.Event()
+
+    async def take_push(stream: INetStream) -> None:
+        pushed.set()
+        await stream.close()
+
+    other.host.set_stream_handler(ID_PUSH, take_push)
+    nursery.start_soon(pusher.host._push_identify_to_all_peers)  # type: ignore[attr-defined]  # scope_host's
+    with trio.fail_after(PROMPT_S):
+        await pushed.wait()
+    with trio.fail_after(WAIT_S):
+        await pusher.wait_counters(lambda c: c.identify_push_timeouts >= 1)
+    assert pusher.counters.identify_push_timeouts == 1  # the stalled peer alone

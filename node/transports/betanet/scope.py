@@ -51,6 +51,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 import multiaddr
+import trio
 from libp2p.abc import IHost, IMuxedConn, INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.identity.identify.identify import AGENT_VERSION, PROTOCOL_VERSION
@@ -77,6 +78,8 @@ MAX_DHT_PEERS_PER_ANSWERER = 64  # of those, named by one answering peer
 # with one anchor keeps finding new peers through it lookup after lookup.
 DHT_PLACE_RENEW_S = 30.0
 MAX_OWN_ADDRS = 32  # addresses a peer may store for itself (identify, its signed record)
+IDENTIFY_PUSH_CONCURRENCY = 8  # identify pushes in flight at once after our addresses change
+IDENTIFY_PUSH_TIMEOUT_S = 10.0  # default time a peer gets to take one push (the transport passes dial_timeout_s)
 _IP = ("ip4", "ip6")
 # Outbound streams whose answers name addresses: DHT, identify, and relay (a reservation's answer carries the relay's
 # record, a CONNECT's the destination's, both judged by the relay connection's scope).
@@ -256,11 +259,14 @@ def scope_host(
     announced: frozenset[str],
     *,
     loopback_is_local: bool = True,
+    push_timeout_s: float = IDENTIFY_PUSH_TIMEOUT_S,
+    on_push_timeout: Callable[[], None] | None = None,
 ) -> None:
     """Make ``host`` (this instance) show each peer only its audience's addresses (see the module docstring).
     ``full_addrs`` is every address we have (the transport's ``listen_addresses``); ``announced`` the operator's
     announce addresses, shown to everyone. Without ``loopback_is_local`` a peer on loopback counts as on the LAN
-    (a local forwarder may bring strangers in)."""
+    (a local forwarder may bring strangers in). Identify pushes go as :func:`push_identify_to_all` sends them,
+    each within ``push_timeout_s`` (seconds), ``on_push_timeout`` called for each that did not finish in time."""
 
     def audience_scope(conn: IMuxedConn) -> int:
         scope = conn_scope(conn)
@@ -307,15 +313,36 @@ def scope_host(
             with contextlib.suppress(Exception):  # best effort
                 await stream.close()
 
-    async def push_identify_to_all_peers() -> None:
-        for peer_id in host.get_connected_peers():
-            await push_identify(host, peer_id)
+    async def push_identify_to_all_peers() -> None:  # py-libp2p's, run when we listen on a new address
+        await push_identify_to_all(host, timeout_s=push_timeout_s, on_timeout=on_push_timeout)
 
     setattr(host, "get_addrs", get_addrs)  # noqa: B010 - instance overrides, not typed attributes
     setattr(host, "new_stream", new_stream)  # noqa: B010
     setattr(host, "_push_identify_to_all_peers", push_identify_to_all_peers)  # noqa: B010
     swarm.set_stream_handler(handle_inbound)
     host.set_stream_handler(IDENTIFY_PROTOCOL, answer_identify)
+
+
+async def push_identify_to_all(host: IHost, *, timeout_s: float, on_timeout: Callable[[], None] | None = None) -> None:
+    """Identify push to every connected peer, :data:`IDENTIFY_PUSH_CONCURRENCY` at once, each given ``timeout_s``
+    (seconds) to take it (open the stream, negotiate, write): a peer that accepts the stream and never reads holds
+    one of the pushers until its timeout, not the pushes to the others (py-libp2p's multistream negotiation alone
+    waits 30 s for an answer; one at a time, a few such peers kept the rest on our old addresses for minutes).
+    ``on_timeout`` is called for each push cut short."""
+    peers = iter(host.get_connected_peers())  # shared by the pushers: each peer is pushed to once
+
+    async def pusher() -> None:
+        for peer_id in peers:
+            with trio.move_on_after(timeout_s) as cancel:
+                await push_identify(host, peer_id)
+            if cancel.cancelled_caught:
+                log.debug("identify push to %s: not taken within %g s", peer_id, timeout_s)
+                if on_timeout is not None:
+                    on_timeout()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(IDENTIFY_PUSH_CONCURRENCY):
+            nursery.start_soon(pusher)
 
 
 async def push_identify(host: IHost, peer_id: ID) -> bool:

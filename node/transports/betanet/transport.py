@@ -295,6 +295,10 @@ class BetanetTransport(Transport):
     def _count_refused(self, n: int) -> None:
         self.counters.peer_addrs_refused += n
 
+    def _count_push_timeout(self) -> None:
+        self.counters.identify_push_timeouts += 1
+        self._notify()
+
     @staticmethod
     def _advertise_real_addresses(host: IHost) -> None:
         """py-libp2p 0.8's mDNS broadcaster puts raw transport addresses in its TXT records, so a wildcard
@@ -323,7 +327,14 @@ class BetanetTransport(Transport):
 
         self._all_addrs = all_addrs
         announced = frozenset(str(multiaddr.Multiaddr(a)) for a in self.settings.announce_addrs)
-        scope_host(host, all_addrs, announced, loopback_is_local=self.settings.loopback_is_local)
+        scope_host(
+            host,
+            all_addrs,
+            announced,
+            loopback_is_local=self.settings.loopback_is_local,
+            push_timeout_s=self.settings.dial_timeout_s,
+            on_push_timeout=self._count_push_timeout,
+        )
 
     async def run(
         self,
