@@ -22,7 +22,6 @@ import multiaddr
 import trio
 from libp2p.abc import IHost
 from libp2p.peer.id import ID
-from libp2p.peer.peerstore import PeerStoreError
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL
 from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
@@ -32,7 +31,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from multiaddr.protocols import P_P2P
 
 from node.transports.betanet.counters import BetanetCounters
-from node.transports.betanet.scope import push_identify_to_all
+from node.transports.betanet.scope import peer_addrs, push_identify_to_all
 from node.transports.betanet.settings import BetanetSection
 
 log = logging.getLogger("village.betanet.relay")
@@ -139,12 +138,8 @@ class Relay:
         out: list[multiaddr.Multiaddr] = []
         store = self._host.get_peerstore()
         for relay_id in self._reserved:
-            try:
-                known = store.addrs(relay_id)
-            except PeerStoreError:  # the relay was evicted from the peerstore (or expired)
-                continue
             seen: set[str] = set()
-            for addr in known:
+            for addr in peer_addrs(store, relay_id):  # none if the relay was evicted from the peerstore (or expired)
                 if is_circuit(addr):
                     continue
                 base = str(without_peer_suffix(addr))

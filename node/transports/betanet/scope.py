@@ -52,7 +52,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import multiaddr
 import trio
-from libp2p.abc import IHost, IMuxedConn, INetStream
+from libp2p.abc import IHost, IMuxedConn, INetStream, IPeerStore
 from libp2p.custom_types import TProtocol
 from libp2p.identity.identify.identify import AGENT_VERSION, PROTOCOL_VERSION
 from libp2p.identity.identify.identify import ID as IDENTIFY_PROTOCOL
@@ -61,7 +61,8 @@ from libp2p.identity.identify_push.identify_push import ID_PUSH
 from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL
 from libp2p.peer.envelope import Envelope
 from libp2p.peer.id import ID
-from libp2p.peer.peerstore import PeerStore, env_to_send_in_RPC
+from libp2p.peer.peerinfo import PeerInfo
+from libp2p.peer.peerstore import PeerStore, PeerStoreError, env_to_send_in_RPC
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL
 from libp2p.relay.circuit_v2.protocol import STOP_PROTOCOL_ID as STOP_PROTOCOL
 from libp2p.utils import varint
@@ -526,3 +527,36 @@ class GuardedPeerStore(PeerStore):
     def dht_named(self) -> int:
         """How many peers other peers' answers put in the peerstore (at most MAX_DHT_PEERS)."""
         return len(self._from_dht)
+
+    def addrs(self, peer_id: ID) -> list[multiaddr.Multiaddr]:
+        """py-libp2p's (raises PeerStoreError for an unknown or expired peer), under the writers' lock, as a copy."""
+        with self._lock:
+            return list(super().addrs(peer_id))
+
+    def peer_info(self, peer_id: ID) -> PeerInfo:
+        """py-libp2p's (raises PeerStoreError for an unknown peer), under the writers' lock, its addresses a copy."""
+        with self._lock:
+            info = super().peer_info(peer_id)
+            return PeerInfo(info.peer_id, list(info.addrs))
+
+    def known_addrs(self, peer_id: ID) -> list[multiaddr.Multiaddr]:
+        """A copy of ``peer_id``'s addresses, [] when it is unknown or expired, read in one step under the writers'
+        lock: ``addrs(p) if p in peer_ids()`` raced zeroconf's thread (which may drop the peer between the check and
+        the read, or change its list while the caller iterates it), and py-libp2p's ``addrs`` raises for a peer
+        still listed whose entry expired."""
+        with self._lock:
+            data = self.peer_data_map.get(peer_id)
+            if data is None or data.is_expired():
+                return []
+            return list(data.get_addrs())
+
+
+def peer_addrs(store: IPeerStore, peer_id: ID) -> list[multiaddr.Multiaddr]:
+    """``peer_id``'s addresses in ``store``, [] when it has none (unknown, expired): atomic in a
+    :class:`GuardedPeerStore` (:meth:`GuardedPeerStore.known_addrs`), never raising in any store."""
+    if isinstance(store, GuardedPeerStore):
+        return store.known_addrs(peer_id)
+    try:
+        return list(store.addrs(peer_id))
+    except PeerStoreError:
+        return []

@@ -70,6 +70,7 @@ from node.transports.betanet.scope import (
     LAN,
     MAX_DHT_ADDRS_PER_PEER,
     GuardedPeerStore,
+    peer_addrs,
     scope_host,
     visible,
 )
@@ -584,7 +585,7 @@ class BetanetTransport(Transport):
         dial_peer (host.connect) waits a fixed 250 ms "happy eyeballs" delay even after its first dial
         succeeded (swarm.py _HAPPY_EYEBALLS_DELAY)."""
         peerstore = host.get_peerstore()
-        known = peerstore.addrs(info.peer_id) if info.peer_id in peerstore.peer_ids() else []
+        known = peer_addrs(peerstore, info.peer_id)  # [] when unknown or expired (addrs raised for an expired one)
         candidates = dial_order(info.addrs[0], list(known))
         errors: list[str] = []
         for n, addr in enumerate(candidates):
