@@ -18,6 +18,7 @@ class BetanetCounters:
     dht_lookups: int = 0  # peer-ID lookups through the DHT (`village connect /p2p/<id>`)
     dht_found: int = 0  # lookups that returned at least one address
     peer_addrs_refused: int = 0  # addresses a peer gave (identify, DHT) not stored: scope, shape or bounds
+    identify_push_timeouts: int = 0  # identify pushes a peer did not take in time (betanet.dial_timeout_s)
     relay_reservations: int = 0  # slots reserved on relays (refreshes not counted)
     relay_dials: int = 0  # connections we opened through a relay (/p2p-circuit)
     dial_fallbacks: int = 0  # dials that connected on a later address (QUIC unreachable, TCP answered)

@@ -34,7 +34,7 @@ from libp2p.peer.peerstore import PeerStoreError
 from libp2p.tools.anyio_service import background_trio_service
 
 from node.transports.betanet.counters import BetanetCounters
-from node.transports.betanet.scope import addr_scope, current_scope, own_audience
+from node.transports.betanet.scope import addr_scope, current_scope, own_audience, peer_addrs
 
 log = logging.getLogger("village.betanet.dht")
 
@@ -106,8 +106,7 @@ def _table_takes_peerstore_addrs(host: IHost, dht: KadDHT) -> None:
 
     async def add_checked_peer(peer: PeerInfo | ID, **kwargs: Any) -> bool:
         if isinstance(peer, PeerInfo):
-            store = host.get_peerstore()
-            addrs = store.addrs(peer.peer_id) if peer.peer_id in store.peer_ids() else []
+            addrs = peer_addrs(host.get_peerstore(), peer.peer_id)  # atomic: zeroconf's thread may drop it
             if not addrs:
                 return False
             peer = PeerInfo(peer.peer_id, addrs)

@@ -22,7 +22,6 @@ import multiaddr
 import trio
 from libp2p.abc import IHost
 from libp2p.peer.id import ID
-from libp2p.peer.peerstore import PeerStoreError
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL
 from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
@@ -32,7 +31,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from multiaddr.protocols import P_P2P
 
 from node.transports.betanet.counters import BetanetCounters
-from node.transports.betanet.scope import push_identify
+from node.transports.betanet.scope import peer_addrs, push_identify_to_all
 from node.transports.betanet.settings import BetanetSection
 
 log = logging.getLogger("village.betanet.relay")
@@ -42,7 +41,6 @@ CIRCUIT_MAX_DURATION_S = 24 * 3600  # a relayed connection is reset after a day;
 RESERVATION_TTL_S = 3600  # a slot we grant lasts this long unless refreshed (libp2p default; clients refresh)
 MAX_RESERVED_RELAYS = 4  # relays we hold a slot on at once
 MAX_ADDRS_PER_RELAY = 4  # circuit addresses advertised per relay
-IDENTIFY_PUSH_CONCURRENCY = 8  # identify pushes in flight after our addresses change
 
 
 def is_circuit(addr: multiaddr.Multiaddr | str) -> bool:
@@ -140,12 +138,8 @@ class Relay:
         out: list[multiaddr.Multiaddr] = []
         store = self._host.get_peerstore()
         for relay_id in self._reserved:
-            try:
-                known = store.addrs(relay_id)
-            except PeerStoreError:  # the relay was evicted from the peerstore (or expired)
-                continue
             seen: set[str] = set()
-            for addr in known:
+            for addr in peer_addrs(store, relay_id):  # none if the relay was evicted from the peerstore (or expired)
                 if is_circuit(addr):
                     continue
                 base = str(without_peer_suffix(addr))
@@ -158,15 +152,14 @@ class Relay:
         return out
 
     async def _push_identify(self) -> None:
-        limit = trio.CapacityLimiter(IDENTIFY_PUSH_CONCURRENCY)
+        """Each connected peer is told the addresses of its scope, the new circuit ones included (:mod:`.scope`);
+        the reservation waits at most ``betanet.dial_timeout_s`` for the pushes, each push gets as long."""
         with trio.move_on_after(self._timeout_s):
-            async with trio.open_nursery() as nursery:
-                for peer_id in self._host.get_connected_peers():
-                    nursery.start_soon(self._push_one, peer_id, limit)
+            await push_identify_to_all(self._host, timeout_s=self._timeout_s, on_timeout=self._count_push_timeout)
 
-    async def _push_one(self, peer_id: ID, limit: trio.CapacityLimiter) -> None:
-        async with limit:
-            await push_identify(self._host, peer_id)  # the addresses of that peer's scope (:mod:`.scope`)
+    def _count_push_timeout(self) -> None:
+        self._counters.identify_push_timeouts += 1
+        self._notify()
 
     # ------------------------------------------------------------ dialling through relays
     async def dial(self, addr: multiaddr.Multiaddr) -> None:

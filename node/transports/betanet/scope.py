@@ -15,8 +15,9 @@ carry its audience's addresses. :func:`scope_host` does it on one host instance 
 * the *audience* is a context variable, set for the task serving each inbound stream and by ``host.new_stream``
   for the task that opened a stream (an awaited coroutine shares its caller's context), from the scope of the
   stream's connection (:func:`conn_scope`); unset means public;
-* ``host.get_addrs()`` returns the addresses the current audience may see (the local signed record follows: libp2p
-  re-signs it, with a newer sequence number, whenever the list differs from the cached one);
+* ``host.get_addrs()`` returns the addresses the current audience may see, at most :data:`MAX_OWN_ADDRS` of them
+  (:func:`capped`: a peer refuses a bigger record of ours, as we refuse theirs) — the local signed record follows:
+  libp2p re-signs it, with a newer sequence number, whenever the set differs from the cached one;
 * identify and identify push are answered by :func:`identify_message`, which never falls back to the raw listen
   addresses (py-libp2p's does, when the list is empty).
 
@@ -50,7 +51,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 import multiaddr
-from libp2p.abc import IHost, IMuxedConn, INetStream
+import trio
+from libp2p.abc import IHost, IMuxedConn, INetStream, IPeerStore
 from libp2p.custom_types import TProtocol
 from libp2p.identity.identify.identify import AGENT_VERSION, PROTOCOL_VERSION
 from libp2p.identity.identify.identify import ID as IDENTIFY_PROTOCOL
@@ -59,7 +61,8 @@ from libp2p.identity.identify_push.identify_push import ID_PUSH
 from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL
 from libp2p.peer.envelope import Envelope
 from libp2p.peer.id import ID
-from libp2p.peer.peerstore import PeerStore, env_to_send_in_RPC
+from libp2p.peer.peerinfo import PeerInfo
+from libp2p.peer.peerstore import PeerStore, PeerStoreError, env_to_send_in_RPC
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL
 from libp2p.relay.circuit_v2.protocol import STOP_PROTOCOL_ID as STOP_PROTOCOL
 from libp2p.utils import varint
@@ -76,6 +79,8 @@ MAX_DHT_PEERS_PER_ANSWERER = 64  # of those, named by one answering peer
 # with one anchor keeps finding new peers through it lookup after lookup.
 DHT_PLACE_RENEW_S = 30.0
 MAX_OWN_ADDRS = 32  # addresses a peer may store for itself (identify, its signed record)
+IDENTIFY_PUSH_CONCURRENCY = 8  # identify pushes in flight at once after our addresses change
+IDENTIFY_PUSH_TIMEOUT_S = 10.0  # default time a peer gets to take one push (the transport passes dial_timeout_s)
 _IP = ("ip4", "ip6")
 # Outbound streams whose answers name addresses: DHT, identify, and relay (a reservation's answer carries the relay's
 # record, a CONNECT's the destination's, both judged by the relay connection's scope).
@@ -155,6 +160,24 @@ def visible(addrs: Sequence[multiaddr.Multiaddr], scope: int, announced: frozens
         if str(addr.decapsulate_code(P_P2P)) in announced or addr_scope(addr) >= scope:
             out.append(addr)
     return out
+
+
+def capped(addrs: Sequence[multiaddr.Multiaddr], scope: int, announced: frozenset[str]) -> list[multiaddr.Multiaddr]:
+    """At most MAX_OWN_ADDRS of ``addrs`` (those an audience of ``scope`` may see, :func:`visible`), the most useful
+    to that audience first: the operator's announce addresses, then those of the audience's own scope before more
+    public ones (a LAN peer dials our LAN address first), direct before relayed (``/p2p-circuit``), by their text
+    within each. Deterministic whatever the order given (the relays' addresses come in the order our peerstore
+    holds them): the same addresses give the same list, so every peer of a class is told the same ones and libp2p
+    does not re-sign our record for nothing. A multi-homed node with relay slots has more than MAX_OWN_ADDRS; a
+    peer refuses a signed record of more (:class:`GuardedPeerStore`), and then kept only identify's first
+    MAX_OWN_ADDRS listen addresses, the announce addresses (listed last) cut."""
+
+    def rank(addr: multiaddr.Multiaddr) -> tuple[bool, int, bool, str]:
+        text = str(addr)
+        is_announced = str(addr.decapsulate_code(P_P2P)) in announced
+        return (not is_announced, abs(addr_scope(addr) - scope), "/p2p-circuit" in text, text)
+
+    return sorted(set(addrs), key=rank)[:MAX_OWN_ADDRS]
 
 
 def dialable(addr: multiaddr.Multiaddr, source_scope: int) -> bool:
@@ -237,18 +260,22 @@ def scope_host(
     announced: frozenset[str],
     *,
     loopback_is_local: bool = True,
+    push_timeout_s: float = IDENTIFY_PUSH_TIMEOUT_S,
+    on_push_timeout: Callable[[], None] | None = None,
 ) -> None:
     """Make ``host`` (this instance) show each peer only its audience's addresses (see the module docstring).
     ``full_addrs`` is every address we have (the transport's ``listen_addresses``); ``announced`` the operator's
     announce addresses, shown to everyone. Without ``loopback_is_local`` a peer on loopback counts as on the LAN
-    (a local forwarder may bring strangers in)."""
+    (a local forwarder may bring strangers in). Identify pushes go as :func:`push_identify_to_all` sends them,
+    each within ``push_timeout_s`` (seconds), ``on_push_timeout`` called for each that did not finish in time."""
 
     def audience_scope(conn: IMuxedConn) -> int:
         scope = conn_scope(conn)
         return LAN if scope == LOOPBACK and not loopback_is_local else scope
 
     def get_addrs() -> list[multiaddr.Multiaddr]:
-        return visible(full_addrs(), current_scope(), announced)
+        scope = current_scope()
+        return capped(visible(full_addrs(), scope, announced), scope, announced)
 
     plain_new_stream = host.new_stream
 
@@ -287,15 +314,36 @@ def scope_host(
             with contextlib.suppress(Exception):  # best effort
                 await stream.close()
 
-    async def push_identify_to_all_peers() -> None:
-        for peer_id in host.get_connected_peers():
-            await push_identify(host, peer_id)
+    async def push_identify_to_all_peers() -> None:  # py-libp2p's, run when we listen on a new address
+        await push_identify_to_all(host, timeout_s=push_timeout_s, on_timeout=on_push_timeout)
 
     setattr(host, "get_addrs", get_addrs)  # noqa: B010 - instance overrides, not typed attributes
     setattr(host, "new_stream", new_stream)  # noqa: B010
     setattr(host, "_push_identify_to_all_peers", push_identify_to_all_peers)  # noqa: B010
     swarm.set_stream_handler(handle_inbound)
     host.set_stream_handler(IDENTIFY_PROTOCOL, answer_identify)
+
+
+async def push_identify_to_all(host: IHost, *, timeout_s: float, on_timeout: Callable[[], None] | None = None) -> None:
+    """Identify push to every connected peer, :data:`IDENTIFY_PUSH_CONCURRENCY` at once, each given ``timeout_s``
+    (seconds) to take it (open the stream, negotiate, write): a peer that accepts the stream and never reads holds
+    one of the pushers until its timeout, not the pushes to the others (py-libp2p's multistream negotiation alone
+    waits 30 s for an answer; one at a time, a few such peers kept the rest on our old addresses for minutes).
+    ``on_timeout`` is called for each push cut short."""
+    peers = iter(host.get_connected_peers())  # shared by the pushers: each peer is pushed to once
+
+    async def pusher() -> None:
+        for peer_id in peers:
+            with trio.move_on_after(timeout_s) as cancel:
+                await push_identify(host, peer_id)
+            if cancel.cancelled_caught:
+                log.debug("identify push to %s: not taken within %g s", peer_id, timeout_s)
+                if on_timeout is not None:
+                    on_timeout()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(IDENTIFY_PUSH_CONCURRENCY):
+            nursery.start_soon(pusher)
 
 
 async def push_identify(host: IHost, peer_id: ID) -> bool:
@@ -479,3 +527,36 @@ class GuardedPeerStore(PeerStore):
     def dht_named(self) -> int:
         """How many peers other peers' answers put in the peerstore (at most MAX_DHT_PEERS)."""
         return len(self._from_dht)
+
+    def addrs(self, peer_id: ID) -> list[multiaddr.Multiaddr]:
+        """py-libp2p's (raises PeerStoreError for an unknown or expired peer), under the writers' lock, as a copy."""
+        with self._lock:
+            return list(super().addrs(peer_id))
+
+    def peer_info(self, peer_id: ID) -> PeerInfo:
+        """py-libp2p's (raises PeerStoreError for an unknown peer), under the writers' lock, its addresses a copy."""
+        with self._lock:
+            info = super().peer_info(peer_id)
+            return PeerInfo(info.peer_id, list(info.addrs))
+
+    def known_addrs(self, peer_id: ID) -> list[multiaddr.Multiaddr]:
+        """A copy of ``peer_id``'s addresses, [] when it is unknown or expired, read in one step under the writers'
+        lock: ``addrs(p) if p in peer_ids()`` raced zeroconf's thread (which may drop the peer between the check and
+        the read, or change its list while the caller iterates it), and py-libp2p's ``addrs`` raises for a peer
+        still listed whose entry expired."""
+        with self._lock:
+            data = self.peer_data_map.get(peer_id)
+            if data is None or data.is_expired():
+                return []
+            return list(data.get_addrs())
+
+
+def peer_addrs(store: IPeerStore, peer_id: ID) -> list[multiaddr.Multiaddr]:
+    """``peer_id``'s addresses in ``store``, [] when it has none (unknown, expired): atomic in a
+    :class:`GuardedPeerStore` (:meth:`GuardedPeerStore.known_addrs`), never raising in any store."""
+    if isinstance(store, GuardedPeerStore):
+        return store.known_addrs(peer_id)
+    try:
+        return list(store.addrs(peer_id))
+    except PeerStoreError:
+        return []

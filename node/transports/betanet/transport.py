@@ -70,6 +70,7 @@ from node.transports.betanet.scope import (
     LAN,
     MAX_DHT_ADDRS_PER_PEER,
     GuardedPeerStore,
+    peer_addrs,
     scope_host,
     visible,
 )
@@ -295,6 +296,10 @@ class BetanetTransport(Transport):
     def _count_refused(self, n: int) -> None:
         self.counters.peer_addrs_refused += n
 
+    def _count_push_timeout(self) -> None:
+        self.counters.identify_push_timeouts += 1
+        self._notify()
+
     @staticmethod
     def _advertise_real_addresses(host: IHost) -> None:
         """py-libp2p 0.8's mDNS broadcaster puts raw transport addresses in its TXT records, so a wildcard
@@ -323,7 +328,14 @@ class BetanetTransport(Transport):
 
         self._all_addrs = all_addrs
         announced = frozenset(str(multiaddr.Multiaddr(a)) for a in self.settings.announce_addrs)
-        scope_host(host, all_addrs, announced, loopback_is_local=self.settings.loopback_is_local)
+        scope_host(
+            host,
+            all_addrs,
+            announced,
+            loopback_is_local=self.settings.loopback_is_local,
+            push_timeout_s=self.settings.dial_timeout_s,
+            on_push_timeout=self._count_push_timeout,
+        )
 
     async def run(
         self,
@@ -573,7 +585,7 @@ class BetanetTransport(Transport):
         dial_peer (host.connect) waits a fixed 250 ms "happy eyeballs" delay even after its first dial
         succeeded (swarm.py _HAPPY_EYEBALLS_DELAY)."""
         peerstore = host.get_peerstore()
-        known = peerstore.addrs(info.peer_id) if info.peer_id in peerstore.peer_ids() else []
+        known = peer_addrs(peerstore, info.peer_id)  # [] when unknown or expired (addrs raised for an expired one)
         candidates = dial_order(info.addrs[0], list(known))
         errors: list[str] = []
         for n, addr in enumerate(candidates):
