@@ -1,10 +1,12 @@
 """What one DHT answer can cost a BetaNet node, over real loopback TCP with a hostile DHT server: py-libp2p 0.8
 reads answers of up to 4 MiB and de-duplicates their peers in quadratic loops with no checkpoint, so the node reads
-each answer first (bounded in bytes, cut to k peers)."""
+each answer first (bounded in bytes, cut to k peers); and what a DHT server's GET_PROVIDERS answer tells an asker
+(each provider at the addresses of the asker's scope, like FIND_NODE's closer peers)."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 
 import multiaddr
@@ -14,6 +16,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL
 from libp2p.kad_dht.pb.kademlia_pb2 import Message
 from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
 from libp2p.peer.peerstore import create_signed_peer_record
 from libp2p.utils import varint
 from libp2p.utils.varint import read_varint_prefixed_bytes_limited
@@ -145,3 +148,42 @@ def test_an_honest_answer_at_the_bounds_fits_the_byte_bound() -> None:
     ).marshal_envelope()
     size = len(answer.SerializeToString())
     assert size < MAX_DHT_ANSWER_BYTES, size
+
+
+async def _ask(asker: BetanetTransport, server: BetanetTransport, request: Message) -> Message:
+    assert asker.host is not None and server.host is not None
+    stream = await asker.host.new_stream(server.host.get_id(), [KAD_PROTOCOL])
+    body = request.SerializeToString()
+    await stream.write(bytes(varint.encode_uvarint(len(body))) + body)
+    answer = Message.FromString(await read_varint_prefixed_bytes_limited(stream, MAX_DHT_ANSWER_BYTES))
+    await stream.close()
+    return answer
+
+
+async def test_get_providers_answers_show_each_provider_at_the_askers_scope(nursery: trio.Nursery) -> None:
+    """A DHT server (loopback_is_local = false: a peer on loopback counts as on its LAN) knows two providers of a
+    key, each with a signed record of a loopback and a public address; the first provided at both, the second at
+    the public one only. A GET_PROVIDERS answer to an asker on loopback names both at the public address only,
+    without their records. (Unscoped: the addresses and records, as py-libp2p stores them, went to every asker;
+    FIND_NODE's closer peers were already scoped.)"""
+    settings = dataclasses.replace(LOOPBACK, dht_mode="server", loopback_is_local=False)
+    server, _ = await start_transport(nursery, settings=settings)
+    asker, _ = await start_transport(nursery)
+    assert server.routing is not None and server.host is not None
+    loopback, public = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/4001"), multiaddr.Multiaddr("/ip4/8.8.8.8/tcp/4001")
+    key = hashlib.sha256(b"some content").digest()
+    providers = []
+    for provided in ([loopback, public], [public]):
+        pair = create_new_key_pair()
+        provider = ID.from_pubkey(pair.public_key)
+        record = create_signed_peer_record(provider, [loopback, public], pair.private_key)
+        assert server.host.get_peerstore().consume_peer_record(record, 7200)  # what its own identify would store
+        server.routing.dht.provider_store.add_provider(key, PeerInfo(provider, provided))  # its ADD_PROVIDER
+        providers.append(provider.to_bytes())
+    with trio.fail_after(WAIT_S):
+        await asker.dial(server.listen_addresses()[0])
+        answer = await _ask(asker, server, Message(type=Message.MessageType.GET_PROVIDERS, key=key))
+    assert sorted(p.id for p in answer.providerPeers) == sorted(providers)
+    for shown in answer.providerPeers:
+        assert [multiaddr.Multiaddr(a) for a in shown.addrs] == [public]
+        assert not shown.HasField("signedRecord")

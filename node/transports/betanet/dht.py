@@ -37,6 +37,7 @@ from libp2p.kad_dht import DHTMode, KadDHT
 from libp2p.kad_dht.common import BUCKET_SIZE
 from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL
 from libp2p.kad_dht.pb.kademlia_pb2 import Message
+from libp2p.peer.envelope import unmarshal_envelope
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.peer.peerstore import PeerStoreError
@@ -132,30 +133,45 @@ def _table_takes_peerstore_addrs(host: IHost, dht: KadDHT) -> None:
 
 
 def _answer_by_scope(dht: KadDHT) -> None:
-    """A server's FIND_NODE answer names each peer only at the addresses the asker's scope may see (the scope of
-    the connection it asked over, :mod:`.scope`): a peer on this node's LAN is not shown to a stranger at its LAN
-    address. A peer whose signed record holds addresses the asker may not see goes without it (a record cannot be
-    cut; the asker keeps the unsigned addresses). An instance override of KadDHT's ``_add_closer_peers_to_response``
-    (libp2p is pinned below 0.9), run in the task serving the asker's stream."""
+    """A server's FIND_NODE and GET_PROVIDERS answers name each peer (closerPeers, providerPeers) only at the
+    addresses the asker's scope may see (the scope of the connection it asked over, :mod:`.scope`): a peer on this
+    node's LAN is not shown to a stranger at its LAN address. A peer whose signed record holds addresses the asker
+    may not see goes without it (a record cannot be cut; the asker keeps the unsigned addresses): a provider's
+    addresses are those of its ADD_PROVIDER, its record the peerstore's, so the record is read too. An instance
+    override of KadDHT's ``_add_closer_peers_to_response`` (libp2p is pinned below 0.9), run in the task serving
+    the asker's stream; py-libp2p calls it for every FIND_NODE, GET_PROVIDERS (after it has added the providers)
+    and GET_VALUE answer."""
     add = dht._add_closer_peers_to_response
 
     def add_for_asker(response: Message, closest_peers: Sequence[ID], exclude_peer_id: ID | None = None) -> None:
         add(response, closest_peers, exclude_peer_id=exclude_peer_id)
         scope = current_scope()
-        for peer in response.closerPeers:
-            shown = []
-            for raw in peer.addrs:
-                try:
-                    if addr_scope(multiaddr.Multiaddr(raw)) >= scope:
-                        shown.append(raw)
-                except Exception:  # noqa: BLE001 - multiaddr parses lazily; a stored address that fails is dropped
-                    continue
+        for peer in [*response.closerPeers, *response.providerPeers]:
+            shown = [raw for raw in peer.addrs if _seen_by(raw, scope)]
             if len(shown) < len(peer.addrs):
                 del peer.addrs[:]
                 peer.addrs.extend(shown)
                 peer.ClearField("signedRecord")
+            elif peer.HasField("signedRecord") and not _record_seen_by(peer.signedRecord, scope):
+                peer.ClearField("signedRecord")
 
     setattr(dht, "_add_closer_peers_to_response", add_for_asker)  # noqa: B010 - an instance override
+
+
+def _seen_by(raw: bytes, scope: int) -> bool:
+    """Whether an audience of ``scope`` may see a stored address (binary multiaddr)."""
+    try:
+        return addr_scope(multiaddr.Multiaddr(raw)) >= scope
+    except Exception:  # noqa: BLE001 - multiaddr parses lazily; a stored address that fails is not shown
+        return False
+
+
+def _record_seen_by(envelope: bytes, scope: int) -> bool:
+    """Whether an audience of ``scope`` may see every address of a stored signed peer record."""
+    try:
+        return all(addr_scope(a) >= scope for a in unmarshal_envelope(envelope).record().addrs)
+    except Exception:  # noqa: BLE001 - a record that does not read is not passed on
+        return False
 
 
 def _bound_answers(host: IHost, counters: BetanetCounters) -> None:
