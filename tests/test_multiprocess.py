@@ -134,6 +134,7 @@ def test_two_daemons_over_betanet_with_kill_and_reconnect(root: Path) -> None:
                 **{k: 0 for k in ("links_opened", "oversize_frames", "dial_failures", "stalled", "mdns_discovered")},
                 **{k: 0 for k in ("identified", "identify_skipped", "dht_routing_added", "dht_lookups", "dht_found")},
                 **{k: 0 for k in ("peer_addrs_refused", "identify_push_timeouts")},
+                **{k: 0 for k in ("dht_answers_cut", "dht_answers_refused")},
                 **{k: 0 for k in ("relay_reservations", "relay_dials", "dial_fallbacks")},
                 **{k: 0 for k in ("mesh_streams_refused", "quic_initials_dropped", "quic_connections_refused")},
                 "quic_retries": 0,

@@ -383,3 +383,25 @@ def test_the_mdns_thread_and_the_event_loop_do_not_race_on_the_named_places() ->
         sys.setswitchinterval(old_interval)
     assert not errors, errors
     assert store.dht_named() <= MAX_DHT_PEERS
+
+
+def test_our_own_key_pair_is_never_evicted_from_a_full_peerstore() -> None:
+    """Peers speaking for themselves (identify: no per-answerer quota) fill the peerstore past py-libp2p's
+    1000-peer limit; its eviction (empty entries first, then the oldest) never takes our own key pair's entry, and
+    the store still ends at its limit. (Unguarded: our entry, with no address, was the first evicted, and identify
+    and DHT signing failed on it.)"""
+    store = GuardedPeerStore()
+    pair = create_new_key_pair()
+    us = ID.from_pubkey(pair.public_key)
+    store.add_key_pair(us, pair)  # what the transport does first
+    for i in range(store.max_peers + 50):
+        peer = _peer()[0]
+        with _words_of(peer):  # its own identify, over a public connection
+            store.add_addrs(peer, _public(1, i), 7200)
+    assert len(store.peer_ids()) == store.max_peers and us in store.peer_ids()
+    assert store.privkey(us) == pair.private_key and store.pubkey(us) == pair.public_key
+    store.peer_data_map[next(p for p in store.peer_ids() if p != us)].last_identified -= 7200 * 2  # one expired
+    store.peer_data_map[us].set_ttl(3600)  # as if a peer's words had given our entry addresses with a TTL
+    store.peer_data_map[us].last_identified -= 7200
+    store._cleanup_expired_records()  # py-libp2p's periodic cleanup drops expired entries
+    assert len(store.peer_ids()) == store.max_peers - 1 and store.privkey(us) == pair.private_key

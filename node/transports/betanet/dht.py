@@ -13,25 +13,36 @@ instance's ``_identify_peer`` (and ``_schedule_identify``, which skips peers who
 cached) so that each finished identify queues the peer for the routing table. libp2p is pinned below 0.9.
 
 Bounds: peers waiting to be added to the routing table (:data:`IDENTIFY_QUEUE`; beyond it they are skipped
-and counted), one timeout per addition and per lookup. The DHT speaks ``/ipfs/kad/1.0.0`` whatever prefix is
-asked for (0.8 ignores ``protocol_prefix``); its routing table holds at most 256 buckets of 20 peers.
+and counted), one timeout per addition and per lookup, and what one answer to our DHT requests may make py-libp2p
+do (:func:`_bound_answers`: at most :data:`MAX_DHT_ANSWER_BYTES`, and k named peers). The DHT speaks
+``/ipfs/kad/1.0.0`` whatever prefix is asked for (0.8 ignores ``protocol_prefix``); its routing table holds at
+most 256 buckets of 20 peers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import multiaddr
 import trio
-from libp2p.abc import IHost
+from google.protobuf.message import DecodeError
+from libp2p.abc import IHost, INetStream
+from libp2p.custom_types import TProtocol
+from libp2p.io.exceptions import MessageTooLarge
 from libp2p.kad_dht import DHTMode, KadDHT
+from libp2p.kad_dht.common import BUCKET_SIZE
+from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL
 from libp2p.kad_dht.pb.kademlia_pb2 import Message
+from libp2p.peer.envelope import unmarshal_envelope
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.peer.peerstore import PeerStoreError
 from libp2p.tools.anyio_service import background_trio_service
+from libp2p.utils import varint
 
 from node.transports.betanet.counters import BetanetCounters
 from node.transports.betanet.scope import addr_scope, current_scope, own_audience, peer_addrs
@@ -39,6 +50,11 @@ from node.transports.betanet.scope import addr_scope, current_scope, own_audienc
 log = logging.getLogger("village.betanet.dht")
 
 IDENTIFY_QUEUE = 256  # identified peers waiting to be added to the routing table; beyond this they are skipped
+# One answer to a DHT request of ours (FIND_NODE, GET_PROVIDERS, GET_VALUE, PING, ...), bytes. An honest answer
+# names k peers, each with at most MAX_OWN_ADDRS (32) addresses and a signed record of them: ~40 KB with IPv6 QUIC
+# addresses (tests/transports/test_betanet_dht_answers.py builds one). py-libp2p's own bound is 4 MiB (~100k peers).
+MAX_DHT_ANSWER_BYTES = 64 * 1024
+ANSWER_PEERS = BUCKET_SIZE  # k (20): peers of one answer's closerPeers, and of its providerPeers, py-libp2p reads
 
 
 def _watch_identify(host: IHost, on_done: Callable[[ID], None]) -> Callable[[], None]:
@@ -116,30 +132,161 @@ def _table_takes_peerstore_addrs(host: IHost, dht: KadDHT) -> None:
 
 
 def _answer_by_scope(dht: KadDHT) -> None:
-    """A server's FIND_NODE answer names each peer only at the addresses the asker's scope may see (the scope of
-    the connection it asked over, :mod:`.scope`): a peer on this node's LAN is not shown to a stranger at its LAN
-    address. A peer whose signed record holds addresses the asker may not see goes without it (a record cannot be
-    cut; the asker keeps the unsigned addresses). An instance override of KadDHT's ``_add_closer_peers_to_response``
-    (libp2p is pinned below 0.9), run in the task serving the asker's stream."""
+    """A server's FIND_NODE and GET_PROVIDERS answers name each peer (closerPeers, providerPeers) only at the
+    addresses the asker's scope may see (the scope of the connection it asked over, :mod:`.scope`): a peer on this
+    node's LAN is not shown to a stranger at its LAN address. A peer whose signed record holds addresses the asker
+    may not see goes without it (a record cannot be cut; the asker keeps the unsigned addresses): a provider's
+    addresses are those of its ADD_PROVIDER, its record the peerstore's, so the record is read too. An instance
+    override of KadDHT's ``_add_closer_peers_to_response`` (libp2p is pinned below 0.9), run in the task serving
+    the asker's stream; py-libp2p calls it for every FIND_NODE, GET_PROVIDERS (after it has added the providers)
+    and GET_VALUE answer."""
     add = dht._add_closer_peers_to_response
 
     def add_for_asker(response: Message, closest_peers: Sequence[ID], exclude_peer_id: ID | None = None) -> None:
         add(response, closest_peers, exclude_peer_id=exclude_peer_id)
         scope = current_scope()
-        for peer in response.closerPeers:
-            shown = []
-            for raw in peer.addrs:
-                try:
-                    if addr_scope(multiaddr.Multiaddr(raw)) >= scope:
-                        shown.append(raw)
-                except Exception:  # noqa: BLE001 - multiaddr parses lazily; a stored address that fails is dropped
-                    continue
+        for peer in [*response.closerPeers, *response.providerPeers]:
+            shown = [raw for raw in peer.addrs if _seen_by(raw, scope)]
             if len(shown) < len(peer.addrs):
                 del peer.addrs[:]
                 peer.addrs.extend(shown)
                 peer.ClearField("signedRecord")
+            elif peer.HasField("signedRecord") and not _record_seen_by(peer.signedRecord, scope):
+                peer.ClearField("signedRecord")
 
     setattr(dht, "_add_closer_peers_to_response", add_for_asker)  # noqa: B010 - an instance override
+
+
+def _seen_by(raw: bytes, scope: int) -> bool:
+    """Whether an audience of ``scope`` may see a stored address (binary multiaddr)."""
+    try:
+        return addr_scope(multiaddr.Multiaddr(raw)) >= scope
+    except Exception:  # noqa: BLE001 - multiaddr parses lazily; a stored address that fails is not shown
+        return False
+
+
+def _record_seen_by(envelope: bytes, scope: int) -> bool:
+    """Whether an audience of ``scope`` may see every address of a stored signed peer record."""
+    try:
+        return all(addr_scope(a) >= scope for a in unmarshal_envelope(envelope).record().addrs)
+    except Exception:  # noqa: BLE001 - a record that does not read is not passed on
+        return False
+
+
+def _bound_answers(host: IHost, counters: BetanetCounters) -> None:
+    """Bound what one answer to our DHT requests costs before py-libp2p reads it. py-libp2p 0.8 reads an answer of
+    up to 4 MiB and de-duplicates its closerPeers in two quadratic loops with no checkpoint (``peer_routing.py``,
+    ``_query_peer_for_closest`` and ``_query_single_peer_for_closest``): one FIND_NODE answer naming 3,000 peers
+    held the event loop 1.7 s, 20,000 peers ~36 s. So each stream this host opens for the DHT protocol reads
+    every answer itself first: one of more than :data:`MAX_DHT_ANSWER_BYTES` is refused (the stream is reset,
+    ``dht_answers_refused``), and one naming more than :data:`ANSWER_PEERS` peers is cut to that many
+    (``dht_answers_cut``): closerPeers to the closest to the key asked for (the target itself, if named, stays),
+    providerPeers to the first distinct ones. Every answer kind the DHT reads (FIND_NODE, GET_PROVIDERS,
+    GET_VALUE, PUT_VALUE and ADD_PROVIDER echoes, PING) goes through this one read. An instance override of
+    ``host.new_stream`` (libp2p is pinned below 0.9); only streams of the DHT protocol change."""
+    plain_new_stream = host.new_stream
+
+    async def new_stream(peer_id: ID, protocol_ids: Sequence[TProtocol]) -> INetStream:
+        stream = await plain_new_stream(peer_id, protocol_ids)
+        if str(stream.get_protocol()) == str(KAD_PROTOCOL):
+            _read_answers_bounded(stream, peer_id, counters)
+        return stream
+
+    setattr(host, "new_stream", new_stream)  # noqa: B010 - an instance override, not a typed attribute
+
+
+def _read_answers_bounded(stream: INetStream, peer_id: ID, counters: BetanetCounters) -> None:
+    """Make ``stream`` (this instance) hand its reader each answer only once it is read whole and bounded (see
+    :func:`_bound_answers`). What we write on it is kept (up to :data:`MAX_DHT_ANSWER_BYTES`): the first request's
+    key orders the named peers. A stream that ends early hands over what came, as it came."""
+    raw_read, raw_write = stream.read, stream.write
+    asked = bytearray()  # our request(s) on this stream, as written
+    ready = bytearray()  # the current answer, bounded, as py-libp2p may read it
+
+    async def write(data: bytes) -> None:
+        if len(asked) < MAX_DHT_ANSWER_BYTES:
+            asked.extend(data[: MAX_DHT_ANSWER_BYTES - len(asked)])
+        await raw_write(data)
+
+    async def next_answer() -> bytes:
+        prefix = bytearray()
+        while len(prefix) < 10:  # a uvarint of at most 64 bits
+            byte = await raw_read(1)
+            if not byte:
+                return bytes(prefix)
+            prefix += byte
+            if byte[0] & 0x80 == 0:
+                break
+        else:
+            return bytes(prefix)  # py-libp2p's reader refuses it
+        length = varint.decode_uvarint(bytes(prefix))
+        if length > MAX_DHT_ANSWER_BYTES:
+            counters.dht_answers_refused += 1
+            with contextlib.suppress(Exception):  # best effort: the peer stops sending
+                await stream.reset()
+            raise MessageTooLarge(
+                f"DHT answer of {length} bytes from {peer_id} refused (at most {MAX_DHT_ANSWER_BYTES} bytes)"
+            )
+        body = bytearray()
+        while len(body) < length:
+            chunk = await raw_read(length - len(body))
+            if not chunk:
+                return bytes(prefix + body)  # ended early: py-libp2p's reader sees it so
+            body += chunk
+        kept = _cut_answer(bytes(body), _request_key(bytes(asked)))
+        if kept is None:
+            return bytes(prefix + body)
+        counters.dht_answers_cut += 1
+        log.debug("DHT answer from %s named more than %d peers: cut", peer_id, ANSWER_PEERS)
+        return bytes(varint.encode_uvarint(len(kept))) + kept
+
+    async def read(n: int | None = None) -> bytes:
+        if not ready:
+            ready.extend(await next_answer())
+        take = len(ready) if n is None or n < 0 else min(n, len(ready))
+        out = bytes(ready[:take])
+        del ready[:take]
+        return out
+
+    setattr(stream, "read", read)  # noqa: B010 - instance overrides, not typed attributes
+    setattr(stream, "write", write)  # noqa: B010
+
+
+def _request_key(asked: bytes) -> bytes | None:
+    """The key of the first request written on a stream (varint-prefixed Message), if it parses."""
+    try:
+        length, used = varint.decode_varint_with_size(asked)
+        return Message.FromString(asked[used : used + length]).key or None
+    except Exception:  # noqa: BLE001 - our own bytes, cut at MAX_DHT_ANSWER_BYTES: no key then
+        return None
+
+
+def _cut_answer(body: bytes, key: bytes | None) -> bytes | None:
+    """``body`` with its closerPeers cut to the :data:`ANSWER_PEERS` distinct peers closest to ``key`` (py-libp2p's
+    distance: XOR of SHA-256 digests; in answer order without a key), its providerPeers to the first
+    :data:`ANSWER_PEERS` distinct ones; None when nothing needs cutting (or it does not parse: py-libp2p's own
+    parse refuses it). At most :data:`MAX_DHT_ANSWER_BYTES` in: ~1,500 peers, one SHA-256 each."""
+    try:
+        answer = Message.FromString(body)
+    except DecodeError:
+        return None
+    cut = False
+    for field, ranked in (("closerPeers", True), ("providerPeers", False)):
+        peers = getattr(answer, field)
+        if len(peers) <= ANSWER_PEERS:
+            continue
+        first: dict[bytes, Message.Peer] = {}
+        for peer in peers:
+            first.setdefault(peer.id, peer)
+        distinct = list(first.values())
+        if ranked and key is not None:
+            target = int.from_bytes(hashlib.sha256(key).digest(), "big")
+            distinct.sort(key=lambda p: int.from_bytes(hashlib.sha256(p.id).digest(), "big") ^ target)
+        kept = distinct[:ANSWER_PEERS]
+        answer.ClearField(field)
+        getattr(answer, field).extend(kept)
+        cut = True
+    return answer.SerializeToString() if cut else None
 
 
 class PeerRouting:
@@ -165,6 +312,7 @@ class PeerRouting:
             _never_refresh(host, self.dht)
         _table_takes_peerstore_addrs(host, self.dht)
         _answer_by_scope(self.dht)
+        _bound_answers(host, counters)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         send, recv = trio.open_memory_channel[ID](IDENTIFY_QUEUE)

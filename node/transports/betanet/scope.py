@@ -551,6 +551,32 @@ class GuardedPeerStore(PeerStore):
             return list(data.get_addrs())
 
 
+    def _enforce_peer_limit(self) -> None:
+        """py-libp2p's eviction beyond its 1000 peers (empty entries first, then expired, then the oldest), except
+        that an entry holding a private key (our own key pair: identify and every signed record read it) is never
+        a victim: it is set aside while the others are chosen from (so the map still ends at max_peers)."""
+        with self._lock, self._own_set_aside():
+            super()._enforce_peer_limit()
+
+    def _cleanup_expired_records(self) -> None:
+        """py-libp2p's periodic cleanup, which drops expired entries: never our own key pair's (another peer's
+        words may have given it addresses with a TTL)."""
+        with self._lock, self._own_set_aside():
+            super()._cleanup_expired_records()
+
+    @contextlib.contextmanager
+    def _own_set_aside(self) -> Iterator[None]:
+        own = {p: data for p, data in self.peer_data_map.items() if data.privkey is not None}
+        for peer_id in own:
+            del self.peer_data_map[peer_id]
+        self.max_peers -= len(own)
+        try:
+            yield
+        finally:
+            self.max_peers += len(own)
+            self.peer_data_map.update(own)
+
+
 def peer_addrs(store: IPeerStore, peer_id: ID) -> list[multiaddr.Multiaddr]:
     """``peer_id``'s addresses in ``store``, [] when it has none (unknown, expired): atomic in a
     :class:`GuardedPeerStore` (:meth:`GuardedPeerStore.known_addrs`), never raising in any store."""
