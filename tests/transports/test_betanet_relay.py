@@ -10,6 +10,8 @@ import dataclasses
 import multiaddr
 import pytest
 import trio
+from libp2p.abc import INetStream
+from libp2p.identity.identify_push.identify_push import ID_PUSH
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.protocol_muxer.exceptions import MultiselectClientError
 from libp2p.protocol_muxer.multiselect_client import MultiselectClient
@@ -19,10 +21,13 @@ from libp2p.security.secure_session import SecureSession
 
 from node.errors import ConfigError
 from node.transports.base import Link
+from node.transports.betanet.scope import IDENTIFY_PUSH_CONCURRENCY
 from node.transports.betanet.transport import BetanetTransport, DialError
 from tests.transports.test_betanet import LOOPBACK, WAIT_S, start_transport
 
 HOP = dataclasses.replace(LOOPBACK, relay="hop")
+PUSH_TIMEOUT_S = 4.0  # betanet.dial_timeout_s of the reserving client: how long a stalled push holds its pusher
+RESERVE_PROMPT_S = 2.0  # a loopback bootstrap dial + reservation takes ms; well under PUSH_TIMEOUT_S
 
 
 async def relay_and_client(
@@ -79,6 +84,54 @@ async def test_the_relay_drops_and_the_advert_goes(nursery: trio.Nursery) -> Non
         await client.wait_counters(lambda _: circuit not in client.listen_addresses())
         await client.wait_counters(lambda c: c.relay_reservations == 2)
     assert circuit in client.listen_addresses()
+
+
+async def test_stalling_peers_do_not_hold_the_reservation_nor_the_push_to_others(nursery: trio.Nursery) -> None:
+    """A client holds connections to IDENTIFY_PUSH_CONCURRENCY peers (connected first: pushed first) that accept
+    every stream and never answer, and to one that reads; it then reserves slots on three relays in a row (the
+    bootstrap path). Each bootstrap dial returns without waiting on the identify push; the reading peer is
+    pushed our circuit addresses; each stalled push is cut at betanet.dial_timeout_s and counted; the three
+    reservations push in two rounds (the first, then one for the two made while it ran), not three.
+    (Unfixed: the reservation waited dial_timeout_s, its outer deadline cut every push uncounted, the reader was
+    never pushed.)"""
+    client, _ = await start_transport(nursery, settings=dataclasses.replace(LOOPBACK, dial_timeout_s=PUSH_TIMEOUT_S))
+    stallers = [(await start_transport(nursery))[0] for _ in range(IDENTIFY_PUSH_CONCURRENCY)]
+    reader, _ = await start_transport(nursery)
+    relays = [(await start_transport(nursery, settings=HOP))[0] for _ in range(3)]
+    assert client.relay is not None and client.host is not None and reader.host is not None
+    with trio.fail_after(WAIT_S):
+        for peer in [*stallers, reader]:
+            await peer.dial(client.listen_addresses()[0])
+        await client.wait_counters(lambda c: c.identified >= len(stallers) + 1)
+    assert client.host.get_connected_peers()[: len(stallers)] == [s.host.get_id() for s in stallers if s.host]
+
+    stalled = 0  # streams the stallers were opened (each holds a pusher until betanet.dial_timeout_s)
+
+    async def never_read(stream: INetStream) -> None:
+        nonlocal stalled
+        stalled += 1
+        await trio.sleep_forever()  # holds the stream open, never answers multistream-select
+
+    for staller in stallers:
+        assert staller.host is not None
+        staller.host.get_network().set_stream_handler(never_read)
+    pushes = trio.Semaphore(0, max_value=10)  # one release per push the reader takes
+
+    async def take_push(stream: INetStream) -> None:
+        pushes.release()
+        await stream.close()
+
+    reader.host.set_stream_handler(ID_PUSH, take_push)
+    for relay in relays:
+        with trio.fail_after(RESERVE_PROMPT_S):
+            await client._dial(relay.listen_addresses()[0], reserve=True)  # what bootstrap runs
+    assert client.counters.relay_reservations == len(relays)
+    with trio.fail_after(WAIT_S):
+        await pushes.acquire()  # the first round reaches the reader once the stalled pushes are cut
+        assert stalled == len(stallers)  # no other round ran beside it
+        await pushes.acquire()  # the second round, asked for by the reservations made while the first ran
+        await client.wait_counters(lambda c: c.identify_push_timeouts >= 2 * len(stallers))
+    assert client.counters.identify_push_timeouts == stalled == 2 * len(stallers)
 
 
 async def test_plaintext_is_refused_over_the_relayed_connection(nursery: trio.Nursery) -> None:

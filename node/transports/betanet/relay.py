@@ -10,7 +10,8 @@
 * In ``client`` mode the transport asks each bootstrap peer it connects to for a reservation
   (:meth:`Relay.reserve`); while one is held we advertise ``<relay addr>/p2p/<relay>/p2p-circuit/p2p/<us>``
   (:meth:`Relay.circuit_addrs`) and push identify to connected peers, so their peerstores, and the DHT's
-  answers, carry the circuit address.
+  answers, carry the circuit address. The push runs in the relay's nursery, one at a time (a reservation made
+  while one runs asks for one more after it), so neither the reservation nor bootstrap waits on it.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ class Relay:
         self._circuits = CircuitV2Transport(host, self.protocol, RelayConfig(roles=roles, limits=limits))
         self._reserved: dict[ID, None] = {}  # relays holding a slot for us, in reservation order
         self._nursery: trio.Nursery | None = None
+        self._pushing = False  # an identify push to all connected peers is running in our nursery
+        self._push_again = False  # our addresses changed while it ran: push once more when it ends
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with background_trio_service(self.protocol), trio.open_nursery() as nursery:
@@ -97,8 +100,8 @@ class Relay:
     # ------------------------------------------------------------ reservations (client mode)
     async def reserve(self, relay_id: ID) -> bool:
         """Ask ``relay_id`` (a connected bootstrap peer) for a slot; on success advertise circuit addresses
-        through it and push identify to connected peers. False if it is no relay, refuses, or we hold enough
-        slots already."""
+        through it and start an identify push to connected peers (not waited on). False if it is no relay,
+        refuses, or we hold enough slots already. Takes at most ``betanet.dial_timeout_s``."""
         nursery = self._nursery
         if self._mode != "client" or nursery is None or relay_id in self._reserved:
             return False
@@ -122,7 +125,7 @@ class Relay:
         self._counters.relay_reservations += 1
         log.info("reserved a relay slot on %s; reachable at %s", relay_id, ", ".join(map(str, self.circuit_addrs())))
         self._notify()
-        await self._push_identify()
+        self._push_identify()
         return True
 
     def release(self, relay_id: ID) -> None:
@@ -151,11 +154,30 @@ class Relay:
                     break
         return out
 
-    async def _push_identify(self) -> None:
-        """Each connected peer is told the addresses of its scope, the new circuit ones included (:mod:`.scope`);
-        the reservation waits at most ``betanet.dial_timeout_s`` for the pushes, each push gets as long."""
-        with trio.move_on_after(self._timeout_s):
-            await push_identify_to_all(self._host, timeout_s=self._timeout_s, on_timeout=self._count_push_timeout)
+    def _push_identify(self) -> None:
+        """Tell each connected peer the addresses of its scope, the new circuit ones included (:mod:`.scope`), in
+        the background: each push gets ``betanet.dial_timeout_s`` (a peer that never reads is cut then and counted),
+        so one round takes at most ceil(peers / IDENTIFY_PUSH_CONCURRENCY) x dial_timeout_s. One round runs at a
+        time: asked while one runs, we push again once it ends (it may have read our addresses before the change),
+        so reservations coming in quick succession start at most two rounds, never a task each."""
+        nursery = self._nursery
+        if nursery is None:
+            return
+        if self._pushing:
+            self._push_again = True
+            return
+        self._pushing = True
+        nursery.start_soon(self._push_rounds)
+
+    async def _push_rounds(self) -> None:
+        try:
+            while True:
+                self._push_again = False
+                await push_identify_to_all(self._host, timeout_s=self._timeout_s, on_timeout=self._count_push_timeout)
+                if not self._push_again:
+                    return
+        finally:
+            self._pushing = False
 
     def _count_push_timeout(self) -> None:
         self._counters.identify_push_timeouts += 1

@@ -550,7 +550,6 @@ class GuardedPeerStore(PeerStore):
                 return []
             return list(data.get_addrs())
 
-
     def _enforce_peer_limit(self) -> None:
         """py-libp2p's eviction beyond its 1000 peers (empty entries first, then expired, then the oldest), except
         that an entry holding a private key (our own key pair: identify and every signed record read it) is never
