@@ -59,7 +59,7 @@ IDENTIFY_QUEUE = 256  # identified peers waiting to be added to the routing tabl
 # One answer to a DHT request of ours (FIND_NODE, GET_PROVIDERS, GET_VALUE, PING, ...), bytes. An honest answer
 # names k peers, each with at most MAX_OWN_ADDRS (32) addresses, sent twice (py-libp2p sends the peerstore's
 # addresses and the signed record of them): a relayed peer's circuit address /ip6/.../p2p/<relay>/p2p-circuit/
-# p2p/<peer> is ~110 B, so 21 peers (k and the sender) x 32 x ~110 B x 2 + keys and signatures is ~160 KB
+# p2p/<peer> is ~110 B, so k x 32 x ~110 B x 2, the sender's record, keys and signatures: ~150-160 KB
 # (tests/transports/test_betanet_dht_answers.py builds one). py-libp2p's own bound is 4 MiB.
 MAX_DHT_ANSWER_BYTES = 192 * 1024
 ANSWER_PEERS = BUCKET_SIZE  # k (20): peers of one answer's closerPeers, and of its providerPeers, py-libp2p reads
@@ -244,14 +244,14 @@ def _read_bounded(stream: INetStream, peer_id: ID, counters: BetanetCounters, *,
             asked.extend(data[: MAX_DHT_ANSWER_BYTES - len(asked)])
         await raw_write(data)
 
-    async def refuse(why: str) -> AnswerRefused:
+    async def refuse(why: str) -> DhtMessageRefused:
         if inbound:
             counters.dht_requests_refused += 1
         else:
             counters.dht_answers_refused += 1
         with contextlib.suppress(Exception):  # best effort: the peer stops sending
             await stream.reset()
-        return AnswerRefused(f"DHT {kind} from {peer_id} refused: {why}")
+        return DhtMessageRefused(f"DHT {kind} from {peer_id} refused: {why}")
 
     async def next_message() -> bytes:
         prefix = bytearray()
@@ -275,7 +275,7 @@ def _read_bounded(stream: INetStream, peer_id: ID, counters: BetanetCounters, *,
             body += chunk
         try:
             bounded = _bound_message_untrusted(bytes(body), _request_key(bytes(asked)), inbound=inbound)
-        except AnswerRefused as exc:
+        except DhtMessageRefused as exc:
             counters.dht_records_dropped += exc.costly_records
             raise await refuse(str(exc)) from exc
         counters.dht_records_dropped += bounded.records_dropped
@@ -307,7 +307,7 @@ def _request_key(asked: bytes) -> bytes | None:
         return None
 
 
-class AnswerRefused(IOException):
+class DhtMessageRefused(IOException):
     """A DHT message (an answer to us, or a request to our server) the node does not hand py-libp2p: its stream
     is reset. ``costly_records``: the costly signed records that refused it (see :func:`_cheap_record`)."""
 
@@ -329,7 +329,7 @@ def _bound_message_untrusted(body: bytes, key: bytes | None, *, inbound: bool) -
     """``body`` without the named peers' signed records under costly keys (:func:`_cheap_record`), an answer's
     closerPeers cut to the :data:`ANSWER_PEERS` distinct peers closest to ``key`` (py-libp2p's distance: XOR of
     SHA-256 digests; in answer order without a key) and its providerPeers to the first :data:`ANSWER_PEERS`
-    distinct ones. Raises :class:`AnswerRefused` for a senderRecord under a costly key and for more than
+    distinct ones. Raises :class:`DhtMessageRefused` for a senderRecord under a costly key and for more than
     :data:`MAX_ANSWER_PEERS` closerPeers (a request: or providerPeers): an honest server names at most k, so the
     sort below handles at most 2k (one SHA-256 each). A body that does not parse goes on unchanged: py-libp2p's
     own parse refuses it."""
@@ -338,12 +338,12 @@ def _bound_message_untrusted(body: bytes, key: bytes | None, *, inbound: bool) -
     except DecodeError:
         return BoundedMessage(None, 0, cut=False)
     if len(message.closerPeers) > MAX_ANSWER_PEERS or (inbound and len(message.providerPeers) > MAX_ANSWER_PEERS):
-        raise AnswerRefused(
+        raise DhtMessageRefused(
             f"names {len(message.closerPeers)} closer and {len(message.providerPeers)} provider peers "
             f"(at most {MAX_ANSWER_PEERS} {'each' if inbound else 'closer'})"
         )
     if message.HasField("senderRecord") and not _cheap_record(message.senderRecord):
-        raise AnswerRefused("its senderRecord is under a key too costly to verify", costly_records=1)
+        raise DhtMessageRefused("its senderRecord is under a key too costly to verify", costly_records=1)
     dropped = 0
     for peer in [*message.closerPeers, *message.providerPeers]:
         if peer.HasField("signedRecord") and not _cheap_record(peer.signedRecord):
