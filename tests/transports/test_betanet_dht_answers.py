@@ -21,8 +21,14 @@ from libp2p.peer.peerstore import create_signed_peer_record
 from libp2p.utils import varint
 from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
-from node.transports.betanet.dht import ANSWER_PEERS, MAX_DHT_ANSWER_BYTES
-from node.transports.betanet.scope import MAX_OWN_ADDRS
+from node.transports.betanet.dht import (
+    ANSWER_PEERS,
+    MAX_ANSWER_PEERS,
+    MAX_DHT_ANSWER_BYTES,
+    BoundedMessage,
+    _bound_message_untrusted,
+)
+from node.transports.betanet.scope import MAX_OWN_ADDRS, PUBLIC, dialable
 from node.transports.betanet.transport import BetanetTransport
 from tests.transports.test_betanet import LOOPBACK, WAIT_S, start_transport
 
@@ -94,10 +100,10 @@ async def _connected(asker: BetanetTransport, server: BetanetTransport) -> None:
 
 
 async def test_a_huge_find_node_answer_is_refused_without_holding_the_event_loop(nursery: trio.Nursery) -> None:
-    """A hostile DHT server answers a lookup with 4,000 peers (~170 KB, well under py-libp2p's 4 MiB): the answer
+    """A hostile DHT server answers a lookup with 6,000 peers (~230 KB, well under py-libp2p's 4 MiB): the answer
     is refused unread past MAX_DHT_ANSWER_BYTES, the lookup ends at once and the event loop keeps running.
-    (py-libp2p alone: its de-duplication held the event loop ~3 s for this answer, ~36 s for 20,000 peers.)"""
-    body = _answer(None, [_fake_id() for _ in range(4000)], None)
+    (py-libp2p alone: its de-duplication held the event loop ~3 s for 4,000 peers, ~36 s for 20,000.)"""
+    body = _answer(None, [_fake_id() for _ in range(6000)], None)
     assert MAX_DHT_ANSWER_BYTES < len(body) < 1 << 20
     server = await _hostile_server(nursery, body)
     asker, _ = await start_transport(nursery, settings=ASKER)
@@ -109,12 +115,32 @@ async def test_a_huge_find_node_answer_is_refused_without_holding_the_event_loop
     assert asker.counters.dht_answers_refused >= 1 and asker.counters.dht_answers_cut == 0
 
 
-async def test_an_answer_naming_more_than_k_peers_is_cut_to_the_closest(nursery: trio.Nursery) -> None:
-    """An answer within the byte bound names 1,000 peers and, last, the target: py-libp2p reads only the k closest
-    to the target (the target first), so the lookup finds it, and no more than k peers of that answer enter the
-    peerstore. (Uncut: every named peer was read, up to the answerer's 64 places stored.)"""
+async def test_an_answer_naming_more_than_2k_peers_is_refused(nursery: trio.Nursery) -> None:
+    """An answer within the byte bound names 2k peers and, last, the target: refused (an honest server names at
+    most k), so the lookup does not find the target through it and none of the named peers is stored. (Without
+    the refusal: cut to the k closest, after a sort of every named peer; 10,000 of them fit in 192 KiB.)"""
     target = _fake_id()
-    named = [_fake_id() for _ in range(1000)]
+    named = [_fake_id() for _ in range(MAX_ANSWER_PEERS)]
+    body = _answer(target, named, CLOSED)
+    assert len(body) <= MAX_DHT_ANSWER_BYTES
+    server = await _hostile_server(nursery, body)
+    asker, _ = await start_transport(nursery, settings=ASKER)
+    assert asker.host is not None
+    with trio.fail_after(WAIT_S):
+        await _connected(asker, server)
+        found, _took, _held = await _lookup_watched(asker, target)
+    assert found == []
+    known = set(asker.host.get_peerstore().peer_ids())
+    assert target not in known and not any(p in known for p in named)
+    assert asker.counters.dht_answers_refused >= 1 and asker.counters.dht_answers_cut == 0
+
+
+async def test_an_answer_naming_more_than_k_peers_is_cut_to_the_closest(nursery: trio.Nursery) -> None:
+    """An answer names 2k - 1 peers and, last, the target (2k: the most an answer may name): py-libp2p reads only
+    the k closest to the target (the target first), so the lookup finds it, and no more than k peers of that answer
+    enter the peerstore. (Uncut: every named peer was read, up to the answerer's 64 places stored.)"""
+    target = _fake_id()
+    named = [_fake_id() for _ in range(MAX_ANSWER_PEERS - 1)]
     body = _answer(target, named, CLOSED)
     assert len(body) <= MAX_DHT_ANSWER_BYTES
     server = await _hostile_server(nursery, body)
@@ -131,23 +157,38 @@ async def test_an_answer_naming_more_than_k_peers_is_cut_to_the_closest(nursery:
 
 
 def test_an_honest_answer_at_the_bounds_fits_the_byte_bound() -> None:
-    """k peers, each at MAX_OWN_ADDRS IPv6 QUIC addresses with a signed record of them (what a server that
-    stored each peer's own words may send): under MAX_DHT_ANSWER_BYTES, so an honest answer is never refused."""
+    """k peers behind NAT, each at MAX_OWN_ADDRS relayed addresses (/ip6/<16 bytes>/udp/<port>/quic-v1/p2p/<relay>
+    /p2p-circuit/p2p/<peer>, ~110 bytes: the longest kind a peer advertises) sent twice, as py-libp2p sends them
+    (the peerstore's addresses and the signed record of them), and the server's own record alike: passes
+    untouched, so an honest answer is never refused. (At 64 KiB, 20 peers of 16 relayed and 4 direct addresses
+    were refused: 73.9 KB.)"""
+    relays = [ID.from_pubkey(create_new_key_pair().public_key) for _ in range(MAX_OWN_ADDRS)]
+
+    def relayed(n: int, peer_id: ID) -> list[multiaddr.Multiaddr]:
+        return [
+            multiaddr.Multiaddr(
+                f"/ip6/2a00:1450:ffff:{n:x}:ffff:ffff:ffff:ffff/udp/65535/quic-v1/p2p/{relay}"
+            ).encapsulate(f"/p2p-circuit/p2p/{peer_id}")
+            for relay in relays
+        ]
+
     answer = Message(type=Message.MessageType.FIND_NODE)
-    for n in range(ANSWER_PEERS):
+    for n in range(ANSWER_PEERS + 1):
         pair = create_new_key_pair()
         peer_id = ID.from_pubkey(pair.public_key)
-        addrs = [multiaddr.Multiaddr(f"/ip6/2001:db8:{n:x}::{i:x}/udp/4001/quic-v1") for i in range(MAX_OWN_ADDRS)]
+        addrs = relayed(n, peer_id)
+        assert all(dialable(a, PUBLIC) for a in addrs)
+        record = create_signed_peer_record(peer_id, addrs, pair.private_key).marshal_envelope()
+        if n == ANSWER_PEERS:
+            answer.senderRecord = record
+            continue
         peer = answer.closerPeers.add()
         peer.id = peer_id.to_bytes()
         peer.addrs.extend(a.to_bytes() for a in addrs)
-        peer.signedRecord = create_signed_peer_record(peer_id, addrs, pair.private_key).marshal_envelope()
-    pair = create_new_key_pair()
-    answer.senderRecord = create_signed_peer_record(
-        ID.from_pubkey(pair.public_key), addrs, pair.private_key
-    ).marshal_envelope()
-    size = len(answer.SerializeToString())
-    assert size < MAX_DHT_ANSWER_BYTES, size
+        peer.signedRecord = record
+    body = answer.SerializeToString()
+    assert 128 * 1024 < len(body) < MAX_DHT_ANSWER_BYTES, len(body)  # ~149 KB
+    assert _bound_message_untrusted(body, _fake_id().to_bytes(), inbound=False) == BoundedMessage(None, 0, cut=False)
 
 
 async def _ask(asker: BetanetTransport, server: BetanetTransport, request: Message) -> Message:

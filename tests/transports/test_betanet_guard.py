@@ -23,8 +23,9 @@ from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.envelope import Envelope, seal_record
 from libp2p.peer.id import ID
 from libp2p.peer.peer_record import PeerRecord
+from libp2p.peer.peerdata import PeerData
 from libp2p.peer.peerinfo import PeerInfo
-from libp2p.peer.peerstore import create_signed_peer_record
+from libp2p.peer.peerstore import PeerStoreError, create_signed_peer_record
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL
 from libp2p.utils import varint
 
@@ -405,3 +406,48 @@ def test_our_own_key_pair_is_never_evicted_from_a_full_peerstore() -> None:
     store.peer_data_map[us].last_identified -= 7200
     store._cleanup_expired_records()  # py-libp2p's periodic cleanup drops expired entries
     assert len(store.peer_ids()) == store.max_peers - 1 and store.privkey(us) == pair.private_key
+
+
+def test_our_own_entry_stays_while_zeroconfs_thread_evicts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full peerstore: an mDNS announcement, stored from zeroconf's thread, runs py-libp2p's eviction in that
+    thread; paused inside it (as a thread switch may), the event loop still reads our key pair, our signed record
+    and our place among the peer IDs, and what it writes to our entry (protocols) stays. (Set aside during the
+    eviction: privkey raised 'peer ID not found', and the protocols written meanwhile were lost.)"""
+    store = GuardedPeerStore()
+    pair = create_new_key_pair()
+    us = ID.from_pubkey(pair.public_key)
+    store.add_key_pair(us, pair)
+    assert store.consume_peer_record(create_signed_peer_record(us, _public(1), pair.private_key), 7200)
+    for i in range(store.max_peers):
+        peer = _peer()[0]
+        with _words_of(peer):
+            store.add_addrs(peer, _public(1, i % 200), 7200)
+    inside, resume = threading.Event(), threading.Event()
+    plain_is_expired = PeerData.is_expired
+
+    def is_expired(data: PeerData) -> bool:  # read by the eviction's ordering, in the thread that evicts
+        if threading.current_thread() is announcer and not inside.is_set():
+            inside.set()
+            resume.wait(WAIT_S)
+        return plain_is_expired(data)
+
+    monkeypatch.setattr(PeerData, "is_expired", is_expired)
+    lan = [multiaddr.Multiaddr("/ip4/192.168.1.5/tcp/4001")]
+    announcer = threading.Thread(target=lambda: store.add_addrs(_peer()[0], lan, 0))  # py-libp2p's mDNS listener
+    announcer.start()
+    try:
+        assert inside.wait(WAIT_S)
+        seen: list[object] = []
+        for read in (store.privkey, store.pubkey, store.get_peer_record):
+            try:
+                seen.append(read(us))
+            except PeerStoreError as exc:
+                seen.append(exc)
+        seen.append(us in store.peer_ids())
+        store.add_protocols(us, ["/village/test/1"])  # the event loop writes to our entry meanwhile
+    finally:
+        resume.set()
+        announcer.join(WAIT_S)
+    assert seen[:2] == [pair.private_key, pair.public_key] and seen[2] is not None and seen[3] is True
+    assert store.privkey(us) == pair.private_key and "/village/test/1" in store.get_protocols(us)
+    assert len(store.peer_ids()) == store.max_peers

@@ -18,7 +18,10 @@ class BetanetCounters:
     dht_lookups: int = 0  # peer-ID lookups through the DHT (`village connect /p2p/<id>`)
     dht_found: int = 0  # lookups that returned at least one address
     dht_answers_cut: int = 0  # DHT answers naming more than k (20) peers: cut to k before py-libp2p read them
-    dht_answers_refused: int = 0  # DHT answers over MAX_DHT_ANSWER_BYTES (dht.py): the stream reset, nothing read
+    dht_answers_refused: int = 0  # DHT answers refused (dht.py: over MAX_DHT_ANSWER_BYTES, more than 2k peers, a
+    # senderRecord under a key costly to verify): the stream reset, nothing passed to py-libp2p
+    dht_requests_refused: int = 0  # DHT requests to our server refused likewise (over 4 MiB, costly senderRecord)
+    dht_records_dropped: int = 0  # signed records in DHT messages under keys costly to verify (RSA e > 65537, ...)
     peer_addrs_refused: int = 0  # addresses a peer gave (identify, DHT) not stored: scope, shape or bounds
     identify_push_timeouts: int = 0  # identify pushes a peer did not take in time (betanet.dial_timeout_s)
     relay_reservations: int = 0  # slots reserved on relays (refreshes not counted)

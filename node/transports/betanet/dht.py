@@ -14,7 +14,8 @@ cached) so that each finished identify queues the peer for the routing table. li
 
 Bounds: peers waiting to be added to the routing table (:data:`IDENTIFY_QUEUE`; beyond it they are skipped
 and counted), one timeout per addition and per lookup, and what one answer to our DHT requests may make py-libp2p
-do (:func:`_bound_answers`: at most :data:`MAX_DHT_ANSWER_BYTES`, and k named peers). The DHT speaks
+do (:func:`_bound_answers`: at most :data:`MAX_DHT_ANSWER_BYTES`, k named peers, no signed record under a key
+costly to verify), and what a request to our server may (:func:`_bound_requests`). The DHT speaks
 ``/ipfs/kad/1.0.0`` whatever prefix is asked for (0.8 ignores ``protocol_prefix``); its routing table holds at
 most 256 buckets of 20 peers.
 """
@@ -22,6 +23,7 @@ most 256 buckets of 20 peers.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,16 +31,20 @@ from typing import Any
 
 import multiaddr
 import trio
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import load_der_public_key
 from google.protobuf.message import DecodeError
 from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
-from libp2p.io.exceptions import MessageTooLarge
+from libp2p.io.exceptions import IOException
 from libp2p.kad_dht import DHTMode, KadDHT
-from libp2p.kad_dht.common import BUCKET_SIZE
+from libp2p.kad_dht.common import BUCKET_SIZE, MAX_DHT_MESSAGE_SIZE
 from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL
 from libp2p.kad_dht.pb.kademlia_pb2 import Message
 from libp2p.peer.envelope import unmarshal_envelope
 from libp2p.peer.id import ID
+from libp2p.peer.pb import crypto_pb2, envelope_pb2
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.peer.peerstore import PeerStoreError
 from libp2p.tools.anyio_service import background_trio_service
@@ -51,10 +57,18 @@ log = logging.getLogger("village.betanet.dht")
 
 IDENTIFY_QUEUE = 256  # identified peers waiting to be added to the routing table; beyond this they are skipped
 # One answer to a DHT request of ours (FIND_NODE, GET_PROVIDERS, GET_VALUE, PING, ...), bytes. An honest answer
-# names k peers, each with at most MAX_OWN_ADDRS (32) addresses and a signed record of them: ~40 KB with IPv6 QUIC
-# addresses (tests/transports/test_betanet_dht_answers.py builds one). py-libp2p's own bound is 4 MiB (~100k peers).
-MAX_DHT_ANSWER_BYTES = 64 * 1024
+# names k peers, each with at most MAX_OWN_ADDRS (32) addresses, sent twice (py-libp2p sends the peerstore's
+# addresses and the signed record of them): a relayed peer's circuit address /ip6/.../p2p/<relay>/p2p-circuit/
+# p2p/<peer> is ~110 B, so k x 32 x ~110 B x 2, the sender's record, keys and signatures: ~150-160 KB
+# (tests/transports/test_betanet_dht_answers.py builds one). py-libp2p's own bound is 4 MiB.
+MAX_DHT_ANSWER_BYTES = 192 * 1024
 ANSWER_PEERS = BUCKET_SIZE  # k (20): peers of one answer's closerPeers, and of its providerPeers, py-libp2p reads
+# An answer naming more closerPeers is refused (an honest server names at most k): the cut's sort stays small.
+MAX_ANSWER_PEERS = 2 * ANSWER_PEERS
+# A signed record's RSA key beyond these is not verified (py-libp2p caps the modulus at 4096 bits, never the
+# public exponent): 65537 is what every key generator uses; a 4095-bit exponent cost ~25 ms per check.
+MAX_RSA_MODULUS_BITS = 4096
+MAX_RSA_EXPONENT = 65537
 
 
 def _watch_identify(host: IHost, on_done: Callable[[ID], None]) -> Callable[[], None]:
@@ -175,40 +189,71 @@ def _record_seen_by(envelope: bytes, scope: int) -> bool:
 
 def _bound_answers(host: IHost, counters: BetanetCounters) -> None:
     """Bound what one answer to our DHT requests costs before py-libp2p reads it. py-libp2p 0.8 reads an answer of
-    up to 4 MiB and de-duplicates its closerPeers in two quadratic loops with no checkpoint (``peer_routing.py``,
-    ``_query_peer_for_closest`` and ``_query_single_peer_for_closest``): one FIND_NODE answer naming 3,000 peers
-    held the event loop 1.7 s, 20,000 peers ~36 s. So each stream this host opens for the DHT protocol reads
-    every answer itself first: one of more than :data:`MAX_DHT_ANSWER_BYTES` is refused (the stream is reset,
-    ``dht_answers_refused``), and one naming more than :data:`ANSWER_PEERS` peers is cut to that many
-    (``dht_answers_cut``): closerPeers to the closest to the key asked for (the target itself, if named, stays),
-    providerPeers to the first distinct ones. Every answer kind the DHT reads (FIND_NODE, GET_PROVIDERS,
-    GET_VALUE, PUT_VALUE and ADD_PROVIDER echoes, PING) goes through this one read. An instance override of
-    ``host.new_stream`` (libp2p is pinned below 0.9); only streams of the DHT protocol change."""
+    up to 4 MiB, de-duplicates its closerPeers in two quadratic loops with no checkpoint (``peer_routing.py``,
+    ``_query_peer_for_closest`` and ``_query_single_peer_for_closest``: one FIND_NODE answer naming 3,000 peers
+    held the event loop 1.7 s, 20,000 peers ~36 s), and verifies every signed record in it back to back (an RSA
+    key with a 4095-bit public exponent costs ~25 ms a check: 20 of them held it 0.5-1.0 s). So each stream this
+    host opens for the DHT protocol reads every answer itself first (:func:`_bound_message_untrusted`): one of more
+    than :data:`MAX_DHT_ANSWER_BYTES`, naming more than :data:`MAX_ANSWER_PEERS` closerPeers, or whose senderRecord
+    is under a costly key (:func:`_cheap_record`) is refused (the stream is reset, ``dht_answers_refused``); a
+    named peer's signed record under a costly key is dropped (``dht_records_dropped``: the peer keeps its unsigned
+    addresses); one naming more than :data:`ANSWER_PEERS` peers is cut to that many (``dht_answers_cut``):
+    closerPeers to the closest to the key asked for (the target itself, if named, stays), providerPeers to the
+    first distinct ones. Every answer kind the DHT reads (FIND_NODE, GET_PROVIDERS, GET_VALUE, PUT_VALUE and
+    ADD_PROVIDER echoes, PING) goes through this one read. An instance override of ``host.new_stream`` (libp2p is
+    pinned below 0.9); only streams of the DHT protocol change."""
     plain_new_stream = host.new_stream
 
     async def new_stream(peer_id: ID, protocol_ids: Sequence[TProtocol]) -> INetStream:
         stream = await plain_new_stream(peer_id, protocol_ids)
         if str(stream.get_protocol()) == str(KAD_PROTOCOL):
-            _read_answers_bounded(stream, peer_id, counters)
+            _read_bounded(stream, peer_id, counters, inbound=False)
         return stream
 
     setattr(host, "new_stream", new_stream)  # noqa: B010 - an instance override, not a typed attribute
 
 
-def _read_answers_bounded(stream: INetStream, peer_id: ID, counters: BetanetCounters) -> None:
-    """Make ``stream`` (this instance) hand its reader each answer only once it is read whole and bounded (see
-    :func:`_bound_answers`). What we write on it is kept (up to :data:`MAX_DHT_ANSWER_BYTES`): the first request's
-    key orders the named peers. A stream that ends early hands over what came, as it came."""
+def _bound_requests(host: IHost, dht: KadDHT, counters: BetanetCounters) -> None:
+    """Server mode: each request a peer sends us is read the same way before py-libp2p's handler verifies its
+    senderRecord (and an ADD_PROVIDER's provider records): at most py-libp2p's own MAX_DHT_MESSAGE_SIZE, a costly
+    senderRecord refuses the request (the stream is reset), a costly provider record is dropped, more than
+    :data:`MAX_ANSWER_PEERS` named peers refuse it (an honest request names one provider, itself). The DHT
+    protocol's handler is registered again, wrapped (libp2p is pinned below 0.9)."""
+    handle = dht.handle_stream
+
+    async def handle_bounded(stream: INetStream) -> None:
+        _read_bounded(stream, stream.muxed_conn.peer_id, counters, inbound=True)
+        await handle(stream)
+
+    host.set_stream_handler(KAD_PROTOCOL, handle_bounded)
+
+
+def _read_bounded(stream: INetStream, peer_id: ID, counters: BetanetCounters, *, inbound: bool) -> None:
+    """Make ``stream`` (this instance) hand its reader each message only once it is read whole and bounded (see
+    :func:`_bound_answers`, :func:`_bound_requests`). What we write on an outbound stream is kept (up to
+    :data:`MAX_DHT_ANSWER_BYTES`): the first request's key orders the named peers. A stream that ends early hands
+    over what came, as it came."""
     raw_read, raw_write = stream.read, stream.write
+    max_bytes = MAX_DHT_MESSAGE_SIZE if inbound else MAX_DHT_ANSWER_BYTES
+    kind = "request" if inbound else "answer"
     asked = bytearray()  # our request(s) on this stream, as written
-    ready = bytearray()  # the current answer, bounded, as py-libp2p may read it
+    ready = bytearray()  # the current message, bounded, as py-libp2p may read it
 
     async def write(data: bytes) -> None:
-        if len(asked) < MAX_DHT_ANSWER_BYTES:
+        if not inbound and len(asked) < MAX_DHT_ANSWER_BYTES:
             asked.extend(data[: MAX_DHT_ANSWER_BYTES - len(asked)])
         await raw_write(data)
 
-    async def next_answer() -> bytes:
+    async def refuse(why: str) -> DhtMessageRefused:
+        if inbound:
+            counters.dht_requests_refused += 1
+        else:
+            counters.dht_answers_refused += 1
+        with contextlib.suppress(Exception):  # best effort: the peer stops sending
+            await stream.reset()
+        return DhtMessageRefused(f"DHT {kind} from {peer_id} refused: {why}")
+
+    async def next_message() -> bytes:
         prefix = bytearray()
         while len(prefix) < 10:  # a uvarint of at most 64 bits
             byte = await raw_read(1)
@@ -220,29 +265,30 @@ def _read_answers_bounded(stream: INetStream, peer_id: ID, counters: BetanetCoun
         else:
             return bytes(prefix)  # py-libp2p's reader refuses it
         length = varint.decode_uvarint(bytes(prefix))
-        if length > MAX_DHT_ANSWER_BYTES:
-            counters.dht_answers_refused += 1
-            with contextlib.suppress(Exception):  # best effort: the peer stops sending
-                await stream.reset()
-            raise MessageTooLarge(
-                f"DHT answer of {length} bytes from {peer_id} refused (at most {MAX_DHT_ANSWER_BYTES} bytes)"
-            )
+        if length > max_bytes:
+            raise await refuse(f"{length} bytes (at most {max_bytes})")
         body = bytearray()
         while len(body) < length:
             chunk = await raw_read(length - len(body))
             if not chunk:
                 return bytes(prefix + body)  # ended early: py-libp2p's reader sees it so
             body += chunk
-        kept = _cut_answer(bytes(body), _request_key(bytes(asked)))
-        if kept is None:
+        try:
+            bounded = _bound_message_untrusted(bytes(body), _request_key(bytes(asked)), inbound=inbound)
+        except DhtMessageRefused as exc:
+            counters.dht_records_dropped += exc.costly_records
+            raise await refuse(str(exc)) from exc
+        counters.dht_records_dropped += bounded.records_dropped
+        if bounded.cut:
+            counters.dht_answers_cut += 1
+            log.debug("DHT answer from %s named more than %d peers: cut", peer_id, ANSWER_PEERS)
+        if bounded.body is None:
             return bytes(prefix + body)
-        counters.dht_answers_cut += 1
-        log.debug("DHT answer from %s named more than %d peers: cut", peer_id, ANSWER_PEERS)
-        return bytes(varint.encode_uvarint(len(kept))) + kept
+        return bytes(varint.encode_uvarint(len(bounded.body))) + bounded.body
 
     async def read(n: int | None = None) -> bytes:
         if not ready:
-            ready.extend(await next_answer())
+            ready.extend(await next_message())
         take = len(ready) if n is None or n < 0 else min(n, len(ready))
         out = bytes(ready[:take])
         del ready[:take]
@@ -261,19 +307,52 @@ def _request_key(asked: bytes) -> bytes | None:
         return None
 
 
-def _cut_answer(body: bytes, key: bytes | None) -> bytes | None:
-    """``body`` with its closerPeers cut to the :data:`ANSWER_PEERS` distinct peers closest to ``key`` (py-libp2p's
-    distance: XOR of SHA-256 digests; in answer order without a key), its providerPeers to the first
-    :data:`ANSWER_PEERS` distinct ones; None when nothing needs cutting (or it does not parse: py-libp2p's own
-    parse refuses it). At most :data:`MAX_DHT_ANSWER_BYTES` in: ~1,500 peers, one SHA-256 each."""
+class DhtMessageRefused(IOException):
+    """A DHT message (an answer to us, or a request to our server) the node does not hand py-libp2p: its stream
+    is reset. ``costly_records``: the costly signed records that refused it (see :func:`_cheap_record`)."""
+
+    def __init__(self, why: str, costly_records: int = 0) -> None:
+        super().__init__(why)
+        self.costly_records = costly_records
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BoundedMessage:
+    """What :func:`_bound_message_untrusted` made of a message: ``body`` None when it goes on unchanged."""
+
+    body: bytes | None
+    records_dropped: int  # named peers' signed records dropped: under a costly key
+    cut: bool  # its named peers were cut to ANSWER_PEERS
+
+
+def _bound_message_untrusted(body: bytes, key: bytes | None, *, inbound: bool) -> BoundedMessage:
+    """``body`` without the named peers' signed records under costly keys (:func:`_cheap_record`), an answer's
+    closerPeers cut to the :data:`ANSWER_PEERS` distinct peers closest to ``key`` (py-libp2p's distance: XOR of
+    SHA-256 digests; in answer order without a key) and its providerPeers to the first :data:`ANSWER_PEERS`
+    distinct ones. Raises :class:`DhtMessageRefused` for a senderRecord under a costly key and for more than
+    :data:`MAX_ANSWER_PEERS` closerPeers (a request: or providerPeers): an honest server names at most k, so the
+    sort below handles at most 2k (one SHA-256 each). A body that does not parse goes on unchanged: py-libp2p's
+    own parse refuses it."""
     try:
-        answer = Message.FromString(body)
+        message = Message.FromString(body)
     except DecodeError:
-        return None
+        return BoundedMessage(None, 0, cut=False)
+    if len(message.closerPeers) > MAX_ANSWER_PEERS or (inbound and len(message.providerPeers) > MAX_ANSWER_PEERS):
+        raise DhtMessageRefused(
+            f"names {len(message.closerPeers)} closer and {len(message.providerPeers)} provider peers "
+            f"(at most {MAX_ANSWER_PEERS} {'each' if inbound else 'closer'})"
+        )
+    if message.HasField("senderRecord") and not _cheap_record(message.senderRecord):
+        raise DhtMessageRefused("its senderRecord is under a key too costly to verify", costly_records=1)
+    dropped = 0
+    for peer in [*message.closerPeers, *message.providerPeers]:
+        if peer.HasField("signedRecord") and not _cheap_record(peer.signedRecord):
+            peer.ClearField("signedRecord")
+            dropped += 1
     cut = False
     for field, ranked in (("closerPeers", True), ("providerPeers", False)):
-        peers = getattr(answer, field)
-        if len(peers) <= ANSWER_PEERS:
+        peers = getattr(message, field)
+        if inbound or len(peers) <= ANSWER_PEERS:
             continue
         first: dict[bytes, Message.Peer] = {}
         for peer in peers:
@@ -283,10 +362,36 @@ def _cut_answer(body: bytes, key: bytes | None) -> bytes | None:
             target = int.from_bytes(hashlib.sha256(key).digest(), "big")
             distinct.sort(key=lambda p: int.from_bytes(hashlib.sha256(p.id).digest(), "big") ^ target)
         kept = distinct[:ANSWER_PEERS]
-        answer.ClearField(field)
-        getattr(answer, field).extend(kept)
+        message.ClearField(field)
+        getattr(message, field).extend(kept)
         cut = True
-    return answer.SerializeToString() if cut else None
+    changed = cut or dropped > 0
+    return BoundedMessage(message.SerializeToString() if changed else None, dropped, cut=cut)
+
+
+def _cheap_record(envelope: bytes) -> bool:
+    """Whether a signed-record envelope's signature costs no more to verify than an Ed25519, secp256k1 or usual
+    RSA one: its key is Ed25519 or secp256k1 (fixed cost), or RSA of at most :data:`MAX_RSA_MODULUS_BITS` with a
+    public exponent of at most :data:`MAX_RSA_EXPONENT`. py-libp2p caps the modulus, never the exponent: a
+    4095-bit exponent made one check ~25 ms. Any other key (or one that does not parse) is not cheap: py-libp2p
+    would refuse it anyway. Costs one protobuf parse, and one DER parse for RSA (~0.2 ms at 4096 bits)."""
+    try:
+        key = envelope_pb2.Envelope.FromString(envelope).public_key
+    except DecodeError:
+        return False
+    if key.Type in (crypto_pb2.KeyType.Ed25519, crypto_pb2.KeyType.Secp256k1):
+        return True
+    if key.Type != crypto_pb2.KeyType.RSA:
+        return False
+    try:
+        public = load_der_public_key(key.Data)
+    except (ValueError, UnsupportedAlgorithm):
+        return False
+    return (
+        isinstance(public, rsa.RSAPublicKey)
+        and public.key_size <= MAX_RSA_MODULUS_BITS
+        and public.public_numbers().e <= MAX_RSA_EXPONENT
+    )
 
 
 class PeerRouting:
@@ -313,6 +418,8 @@ class PeerRouting:
         _table_takes_peerstore_addrs(host, self.dht)
         _answer_by_scope(self.dht)
         _bound_answers(host, counters)
+        if server:
+            _bound_requests(host, self.dht, counters)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         send, recv = trio.open_memory_channel[ID](IDENTIFY_QUEUE)

@@ -551,29 +551,34 @@ class GuardedPeerStore(PeerStore):
             return list(data.get_addrs())
 
     def _enforce_peer_limit(self) -> None:
-        """py-libp2p's eviction beyond its 1000 peers (empty entries first, then expired, then the oldest), except
-        that an entry holding a private key (our own key pair: identify and every signed record read it) is never
-        a victim: it is set aside while the others are chosen from (so the map still ends at max_peers)."""
-        with self._lock, self._own_set_aside():
-            super()._enforce_peer_limit()
+        """py-libp2p's eviction beyond its 1000 peers (empty entries first, then expired, then in insertion order),
+        except that an entry holding a private key (our own key pair: identify and every signed record read it) is
+        never a victim: the victims are chosen from the other entries, under the writers' lock, and our entry never
+        leaves the map. (Setting it aside while py-libp2p's eviction ran raced the event loop: zeroconf's thread
+        runs the eviction inside its add_addrs, and the event loop's unlocked privkey / pubkey / add_protocols
+        found our entry missing, or wrote to a copy that was lost.)"""
+        with self._lock:
+            excess = len(self.peer_data_map) - self.max_peers
+            if excess <= 0:
+                return
+            others = [(peer_id, data) for peer_id, data in self.peer_data_map.items() if data.privkey is None]
+            # py-libp2p's order: no address before some, expired before live (a stable sort: oldest first within)
+            others.sort(key=lambda item: (not item[1].get_addrs(), item[1].is_expired()), reverse=True)
+            for peer_id, _ in others[:excess]:
+                self.peer_record_map.pop(peer_id, None)
+                del self.peer_data_map[peer_id]
 
     def _cleanup_expired_records(self) -> None:
-        """py-libp2p's periodic cleanup, which drops expired entries: never our own key pair's (another peer's
-        words may have given it addresses with a TTL)."""
-        with self._lock, self._own_set_aside():
-            super()._cleanup_expired_records()
-
-    @contextlib.contextmanager
-    def _own_set_aside(self) -> Iterator[None]:
-        own = {p: data for p, data in self.peer_data_map.items() if data.privkey is not None}
-        for peer_id in own:
-            del self.peer_data_map[peer_id]
-        self.max_peers -= len(own)
-        try:
-            yield
-        finally:
-            self.max_peers += len(own)
-            self.peer_data_map.update(own)
+        """py-libp2p's periodic cleanup (expired entries dropped, then the record and peer limits enforced), except
+        that an entry holding a private key is never dropped (another peer's words may have given our own entry
+        addresses with a TTL), nor taken out of the map meanwhile (see :meth:`_enforce_peer_limit`)."""
+        with self._lock:
+            expired = [p for p, data in self.peer_data_map.items() if data.privkey is None and data.is_expired()]
+            for peer_id in expired:
+                self.maybe_delete_peer_record(peer_id)
+                del self.peer_data_map[peer_id]
+            self._enforce_record_limit()
+            self._enforce_peer_limit()
 
 
 def peer_addrs(store: IPeerStore, peer_id: ID) -> list[multiaddr.Multiaddr]:
