@@ -23,6 +23,7 @@ from libp2p.utils import varint
 
 from node.errors import ConfigError
 from node.transports.base import Link
+from node.transports.betanet.relay import is_circuit
 from node.transports.betanet.scope import (
     CONNECTION_CLOSE_BOUND_S,
     IDENTIFY_PUSH_CONCURRENCY,
@@ -177,6 +178,33 @@ async def pushed_addrs(stream: INetStream) -> list[str]:
     msg = Identify()
     msg.ParseFromString(await varint.read_varint_prefixed_bytes(stream))
     return [str(multiaddr.Multiaddr(a)) for a in msg.listen_addrs]
+
+
+async def test_a_lost_relay_is_pushed(nursery: trio.Nursery) -> None:
+    """When a relay slot is lost, connected peers are pushed our addresses without its circuit address (as they
+    were pushed it when it was reserved). (Unfixed: release() pushed nothing; peers kept a dead address.)"""
+    relay, _ = await start_transport(nursery, settings=HOP)
+    client, _ = await start_transport(nursery)
+    reader, _ = await start_transport(nursery)
+    assert client.relay is not None and reader.host is not None and relay.host is not None
+    pushes: trio.MemorySendChannel[list[str]]
+    pushes, pushed = trio.open_memory_channel[list[str]](8)
+
+    async def take_push(stream: INetStream) -> None:
+        await pushes.send(await pushed_addrs(stream))
+        await stream.close()
+
+    reader.host.set_stream_handler(ID_PUSH, take_push)
+    with trio.fail_after(WAIT_S):
+        await reader.dial(client.listen_addresses()[0])
+        await client.wait_counters(lambda c: c.identified >= 1)
+        await client._dial(relay.listen_addresses()[0], reserve=True)
+        while not any("/p2p-circuit" in a for a in await pushed.receive()):
+            pass  # the reservation's round tells the reader the circuit address
+        client.relay.release(relay.host.get_id())
+        while any("/p2p-circuit" in a for a in await pushed.receive()):
+            pass  # a push read before the release
+    assert not any(is_circuit(a) for a in client.relay.circuit_addrs())
 
 
 STUCK_TIMEOUT_S = 1.0  # betanet.dial_timeout_s of the client whose push gets stuck in its cut

@@ -129,11 +129,12 @@ class Relay:
         return True
 
     def release(self, relay_id: ID) -> None:
-        """The link to ``relay_id`` is gone: stop advertising circuit addresses through it."""
+        """The link to ``relay_id`` is gone: stop advertising circuit addresses through it, and tell connected peers."""
         if relay_id in self._reserved:
             del self._reserved[relay_id]
             log.info("relay %s lost; its circuit address is no longer advertised", relay_id)
             self._notify()
+            self._push_identify()  # tell connected peers it is gone (merged into a round already running)
 
     def circuit_addrs(self) -> list[multiaddr.Multiaddr]:
         """``<relay addr>/p2p/<relay>/p2p-circuit/p2p/<us>`` for every relay holding a slot for us."""
