@@ -24,6 +24,7 @@ class BetanetCounters:
     dht_records_dropped: int = 0  # signed records in DHT messages under keys costly to verify (RSA e > 65537, ...)
     peer_addrs_refused: int = 0  # addresses a peer gave (identify, DHT) not stored: scope, shape or bounds
     identify_push_timeouts: int = 0  # identify pushes a peer did not take in time (betanet.dial_timeout_s)
+    identify_push_closes: int = 0  # of those, pushes stuck in their cut (the peer stopped reading): connection closed
     relay_reservations: int = 0  # slots reserved on relays (refreshes not counted)
     relay_dials: int = 0  # connections we opened through a relay (/p2p-circuit)
     dial_fallbacks: int = 0  # dials that connected on a later address (QUIC unreachable, TCP answered)

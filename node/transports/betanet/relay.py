@@ -129,11 +129,12 @@ class Relay:
         return True
 
     def release(self, relay_id: ID) -> None:
-        """The link to ``relay_id`` is gone: stop advertising circuit addresses through it."""
+        """The link to ``relay_id`` is gone: stop advertising circuit addresses through it, and tell connected peers."""
         if relay_id in self._reserved:
             del self._reserved[relay_id]
             log.info("relay %s lost; its circuit address is no longer advertised", relay_id)
             self._notify()
+            self._push_identify()  # tell connected peers it is gone (merged into a round already running)
 
     def circuit_addrs(self) -> list[multiaddr.Multiaddr]:
         """``<relay addr>/p2p/<relay>/p2p-circuit/p2p/<us>`` for every relay holding a slot for us."""
@@ -156,8 +157,10 @@ class Relay:
 
     def _push_identify(self) -> None:
         """Tell each connected peer the addresses of its scope, the new circuit ones included (:mod:`.scope`), in
-        the background: each push gets ``betanet.dial_timeout_s`` (a peer that never reads is cut then and counted),
-        so one round takes at most ceil(peers / IDENTIFY_PUSH_CONCURRENCY) x dial_timeout_s. One round runs at a
+        the background: each push gets ``betanet.dial_timeout_s`` (a peer that never reads is cut then and counted;
+        one whose cut is stuck too, on a connection we cannot write to, has its connections closed a grace later),
+        so one round takes at most ceil(peers / IDENTIFY_PUSH_CONCURRENCY) x (dial_timeout_s +
+        IDENTIFY_PUSH_CUT_GRACE_S + CONNECTION_CLOSE_BOUND_S) (scope.py). One round runs at a
         time: asked while one runs, we push again once it ends (it may have read our addresses before the change),
         so reservations coming in quick succession start at most two rounds, never a task each."""
         nursery = self._nursery
@@ -173,7 +176,12 @@ class Relay:
         try:
             while True:
                 self._push_again = False
-                await push_identify_to_all(self._host, timeout_s=self._timeout_s, on_timeout=self._count_push_timeout)
+                await push_identify_to_all(
+                    self._host,
+                    timeout_s=self._timeout_s,
+                    on_timeout=self._count_push_timeout,
+                    on_cut=self._count_push_close,
+                )
                 if not self._push_again:
                     return
         finally:
@@ -181,6 +189,10 @@ class Relay:
 
     def _count_push_timeout(self) -> None:
         self._counters.identify_push_timeouts += 1
+        self._notify()
+
+    def _count_push_close(self) -> None:
+        self._counters.identify_push_closes += 1
         self._notify()
 
     # ------------------------------------------------------------ dialling through relays

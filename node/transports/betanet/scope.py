@@ -81,6 +81,10 @@ DHT_PLACE_RENEW_S = 30.0
 MAX_OWN_ADDRS = 32  # addresses a peer may store for itself (identify, its signed record)
 IDENTIFY_PUSH_CONCURRENCY = 8  # identify pushes in flight at once after our addresses change
 IDENTIFY_PUSH_TIMEOUT_S = 10.0  # default time a peer gets to take one push (the transport passes dial_timeout_s)
+# A push cut at its timeout normally returns within ms (py-libp2p resets the stream); one still running this many
+# seconds later is stuck writing to a peer that stopped reading, and we close that peer's connections.
+IDENTIFY_PUSH_CUT_GRACE_S = 1.0
+CONNECTION_CLOSE_BOUND_S = 2.0  # how long closing a stuck peer's connections may take (yamux close sleeps 0.1 s)
 _IP = ("ip4", "ip6")
 # Outbound streams whose answers name addresses: DHT, identify, and relay (a reservation's answer carries the relay's
 # record, a CONNECT's the destination's, both judged by the relay connection's scope).
@@ -262,12 +266,14 @@ def scope_host(
     loopback_is_local: bool = True,
     push_timeout_s: float = IDENTIFY_PUSH_TIMEOUT_S,
     on_push_timeout: Callable[[], None] | None = None,
+    on_push_cut: Callable[[], None] | None = None,
 ) -> None:
     """Make ``host`` (this instance) show each peer only its audience's addresses (see the module docstring).
     ``full_addrs`` is every address we have (the transport's ``listen_addresses``); ``announced`` the operator's
     announce addresses, shown to everyone. Without ``loopback_is_local`` a peer on loopback counts as on the LAN
     (a local forwarder may bring strangers in). Identify pushes go as :func:`push_identify_to_all` sends them,
-    each within ``push_timeout_s`` (seconds), ``on_push_timeout`` called for each that did not finish in time."""
+    each within ``push_timeout_s`` (seconds), ``on_push_timeout`` called for each that did not finish in time,
+    ``on_push_cut`` for each whose peer's connections were closed because its cut did not end either."""
 
     def audience_scope(conn: IMuxedConn) -> int:
         scope = conn_scope(conn)
@@ -315,7 +321,7 @@ def scope_host(
                 await stream.close()
 
     async def push_identify_to_all_peers() -> None:  # py-libp2p's, run when we listen on a new address
-        await push_identify_to_all(host, timeout_s=push_timeout_s, on_timeout=on_push_timeout)
+        await push_identify_to_all(host, timeout_s=push_timeout_s, on_timeout=on_push_timeout, on_cut=on_push_cut)
 
     setattr(host, "get_addrs", get_addrs)  # noqa: B010 - instance overrides, not typed attributes
     setattr(host, "new_stream", new_stream)  # noqa: B010
@@ -324,18 +330,33 @@ def scope_host(
     host.set_stream_handler(IDENTIFY_PROTOCOL, answer_identify)
 
 
-async def push_identify_to_all(host: IHost, *, timeout_s: float, on_timeout: Callable[[], None] | None = None) -> None:
+async def push_identify_to_all(
+    host: IHost,
+    *,
+    timeout_s: float,
+    on_timeout: Callable[[], None] | None = None,
+    on_cut: Callable[[], None] | None = None,
+) -> None:
     """Identify push to every connected peer, :data:`IDENTIFY_PUSH_CONCURRENCY` at once, each given ``timeout_s``
     (seconds) to take it (open the stream, negotiate, write): a peer that accepts the stream and never reads holds
     one of the pushers until its timeout, not the pushes to the others (py-libp2p's multistream negotiation alone
     waits 30 s for an answer; one at a time, a few such peers kept the rest on our old addresses for minutes).
-    ``on_timeout`` is called for each push cut short."""
+    ``on_timeout`` is called for each push cut short. A push whose cut does not end within
+    :data:`IDENTIFY_PUSH_CUT_GRACE_S` more has its peer's connections closed (:func:`_close_if_stuck`), and
+    ``on_cut`` is called: so one round ends within timeout_s + grace + :data:`CONNECTION_CLOSE_BOUND_S` per peer,
+    at shutdown too."""
     peers = iter(host.get_connected_peers())  # shared by the pushers: each peer is pushed to once
 
     async def pusher() -> None:
         for peer_id in peers:
-            with trio.move_on_after(timeout_s) as cancel:
-                await push_identify(host, peer_id)
+            done = trio.Event()  # the push returned (taken, failed or cut)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_close_if_stuck, host, peer_id, done, timeout_s + IDENTIFY_PUSH_CUT_GRACE_S, on_cut)
+                try:
+                    with trio.move_on_after(timeout_s) as cancel:
+                        await push_identify(host, peer_id)
+                finally:
+                    done.set()
             if cancel.cancelled_caught:
                 log.debug("identify push to %s: not taken within %g s", peer_id, timeout_s)
                 if on_timeout is not None:
@@ -344,6 +365,37 @@ async def push_identify_to_all(host: IHost, *, timeout_s: float, on_timeout: Cal
     async with trio.open_nursery() as nursery:
         for _ in range(IDENTIFY_PUSH_CONCURRENCY):
             nursery.start_soon(pusher)
+
+
+async def _close_if_stuck(
+    host: IHost, peer_id: ID, done: trio.Event, after_s: float, on_cut: Callable[[], None] | None
+) -> None:
+    """Close ``peer_id``'s connections if the push to it has not returned ``after_s`` (seconds) after it started.
+
+    Our deadline cannot end every push: when it cuts py-libp2p's ``new_stream``, that resets the stream inside a
+    *shielded* scope (basic_host.py, its ``finally``), and the RST frame goes through yamux's connection-wide write
+    lock to the socket; to a peer that stopped reading (a zero TCP window: our send buffer full) that write waits
+    forever, and with it the push, the round, and whatever nursery owns it (the relay's; shutdown). Closing the
+    socket ends the blocked send (trio raises ClosedResourceError in it, which py-libp2p's TCP write takes as a
+    closed stream), then the reset, then the push. We close the secured connection under yamux first: yamux's own
+    close would first write GO_AWAY through the same held lock. Shielded with its own deadlines, so it does its
+    job when our scope is cancelled (shutdown) as well."""
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(after_s):
+            await done.wait()
+            return
+        log.warning("identify push to %s: not ended %g s after it began (stuck in its cut): closing", peer_id, after_s)
+        if on_cut is not None:
+            on_cut()
+        network = host.get_network()
+        with trio.move_on_after(CONNECTION_CLOSE_BOUND_S):
+            for conn in network.get_connections(peer_id):
+                secured = getattr(conn.muxed_conn, "secured_conn", None)  # yamux/mplex over TCP; None for QUIC
+                if secured is not None:
+                    with contextlib.suppress(Exception):  # best effort: already closed or broken
+                        await secured.close()
+            with contextlib.suppress(Exception):  # best effort: the swarm's bookkeeping and notifications
+                await network.close_peer(peer_id)
 
 
 async def push_identify(host: IHost, peer_id: ID) -> bool:

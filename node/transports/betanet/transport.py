@@ -300,6 +300,10 @@ class BetanetTransport(Transport):
         self.counters.identify_push_timeouts += 1
         self._notify()
 
+    def _count_push_close(self) -> None:
+        self.counters.identify_push_closes += 1
+        self._notify()
+
     @staticmethod
     def _advertise_real_addresses(host: IHost) -> None:
         """py-libp2p 0.8's mDNS broadcaster puts raw transport addresses in its TXT records, so a wildcard
@@ -335,6 +339,7 @@ class BetanetTransport(Transport):
             loopback_is_local=self.settings.loopback_is_local,
             push_timeout_s=self.settings.dial_timeout_s,
             on_push_timeout=self._count_push_timeout,
+            on_push_cut=self._count_push_close,
         )
 
     async def run(
