@@ -133,7 +133,7 @@ def test_two_daemons_over_betanet_with_kill_and_reconnect(root: Path) -> None:
             "betanet": {
                 **{k: 0 for k in ("links_opened", "oversize_frames", "dial_failures", "stalled", "mdns_discovered")},
                 **{k: 0 for k in ("identified", "identify_skipped", "dht_routing_added", "dht_lookups", "dht_found")},
-                **{k: 0 for k in ("peer_addrs_refused", "identify_push_timeouts")},
+                **{k: 0 for k in ("peer_addrs_refused", "identify_push_timeouts", "identify_push_closes")},
                 **{k: 0 for k in ("dht_answers_cut", "dht_answers_refused", "dht_requests_refused")},
                 "dht_records_dropped": 0,
                 **{k: 0 for k in ("relay_reservations", "relay_dials", "dial_fallbacks")},
