@@ -16,7 +16,7 @@ Bounds: peers waiting to be added to the routing table (:data:`IDENTIFY_QUEUE`; 
 and counted), one timeout per addition and per lookup, and what one answer to our DHT requests may make py-libp2p
 do (:func:`_bound_answers`: at most :data:`MAX_DHT_ANSWER_BYTES`, and k named peers). The DHT speaks
 ``/ipfs/kad/1.0.0`` whatever prefix is asked for (0.8 ignores ``protocol_prefix``); its routing table holds at
-most 256 buckets of 20 peers.
+most 256 buckets of 20 peers. What a server's askers can make it store is bounded in :mod:`.dht_store`.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils import varint
 
 from node.transports.betanet.counters import BetanetCounters
+from node.transports.betanet.dht_store import ProviderBounds, gate_requests
 from node.transports.betanet.scope import addr_scope, current_scope, own_audience, peer_addrs
 
 log = logging.getLogger("village.betanet.dht")
@@ -313,6 +314,8 @@ class PeerRouting:
         _table_takes_peerstore_addrs(host, self.dht)
         _answer_by_scope(self.dht)
         _bound_answers(host, counters)
+        # What other peers can make a server store: requests read bounded, PUT_VALUE refused, providers bounded.
+        self.providers: ProviderBounds | None = gate_requests(host, self.dht, counters) if server else None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         send, recv = trio.open_memory_channel[ID](IDENTIFY_QUEUE)
