@@ -168,32 +168,32 @@ async def test_one_peer_holds_at_most_its_bytes(nursery: trio.Nursery) -> None:
     assert server.counters.dht_providers_refused == sent - records + 1
 
 
-async def test_a_full_store_evicts_the_largest_share_first_never_a_smaller_one(
+async def test_a_full_store_drops_expired_then_the_largest_share_never_a_smaller_one(
     nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The store's global bound (shrunk to 8 records here): a hostile peer fills it; an honest peer's record then
-    evicts the hostile peer's oldest (the largest share), and the hostile peer's next record is refused instead of
-    evicting the honest one. An expired record goes before any eviction."""
+    """The store's global bound (shrunk to 8 records here): a hostile peer fills it. Its oldest record expires: its
+    next record takes that one's room (nothing evicted). An honest peer's record then evicts the hostile peer's
+    oldest (the largest share), and the hostile peer's next record is refused instead of evicting the honest one."""
     monkeypatch.setattr(dht_store, "MAX_PROVIDER_RECORDS", 8)
     server = await _server(nursery)
+    assert server.routing is not None and server.routing.providers is not None
     hostile, _ = await start_transport(nursery)
     honest, _ = await start_transport(nursery)
-    third, _ = await start_transport(nursery)
+    assert hostile.host is not None
     with trio.fail_after(WAIT_S):
         flood = await _open(hostile, server)
         for n in range(8):
             await _send(flood, _add_provider(hostile, _key(n), _addrs(2)))
-        await _send(await _open(honest, server), _add_provider(honest, _key(100), _addrs(2)))
+        server.routing.dht.provider_store.providers[_key(0)][str(hostile.host.get_id())].timestamp = 0.0  # expired
         await _send(flood, _add_provider(hostile, _key(8), _addrs(2)))
-    assert sorted(_stored(server, hostile)) == sorted(_key(n) for n in range(1, 8))  # its oldest evicted
+        assert sorted(_stored(server, hostile)) == sorted(_key(n) for n in range(1, 9))
+        assert server.counters.dht_providers_evicted == 0 and server.counters.dht_providers_refused == 0
+        await _send(await _open(honest, server), _add_provider(honest, _key(100), _addrs(2)))
+        await _send(flood, _add_provider(hostile, _key(9), _addrs(2)))
+    assert sorted(_stored(server, hostile)) == sorted(_key(n) for n in range(2, 9))  # its oldest evicted
     assert list(_stored(server, honest)) == [_key(100)]
     assert server.counters.dht_providers_evicted == 1 and server.counters.dht_providers_refused == 1
-    assert server.routing is not None and honest.host is not None
-    server.routing.dht.provider_store.providers[_key(100)][str(honest.host.get_id())].timestamp = 0.0  # expired
-    with trio.fail_after(WAIT_S):
-        await _send(await _open(third, server), _add_provider(third, _key(200), _addrs(2)))
-    assert list(_stored(server, third)) == [_key(200)] and _stored(server, honest) == {}
-    assert len(_stored(server, hostile)) == 7 and server.counters.dht_providers_evicted == 1
+    assert server.routing.providers.records == 8
 
 
 async def test_a_node_that_is_not_a_dht_server_takes_no_request(nursery: trio.Nursery) -> None:

@@ -33,11 +33,11 @@ negotiation and nothing is read or stored. Instance overrides (libp2p is pinned 
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 
 from google.protobuf.message import DecodeError
 from libp2p.abc import IHost, INetStream
-from libp2p.io.exceptions import MessageTooLarge
 from libp2p.kad_dht import KadDHT
 from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL
 from libp2p.kad_dht.pb.kademlia_pb2 import Message
@@ -86,8 +86,9 @@ def gate_requests(host: IHost, dht: KadDHT, counters: BetanetCounters) -> Provid
 
 def _read_requests_bounded(stream: INetStream, counters: BetanetCounters) -> None:
     """Make ``stream`` (this instance) hand py-libp2p's handler each request only once it is read whole: one over
-    :data:`MAX_DHT_REQUEST_BYTES` or a PUT_VALUE resets the stream, and the handler's read fails (it ends there,
-    logging the error's text). A stream that ends early hands over what came, as it came."""
+    :data:`MAX_DHT_REQUEST_BYTES` or a PUT_VALUE resets the stream, and the handler's read raises
+    :class:`DhtRequestRefused` (py-libp2p's handler ends there, logging its text at WARNING). A stream that ends
+    early hands over what came, as it came."""
     raw_read = stream.read
     ready = bytearray()  # the current request, as py-libp2p may read it
 
@@ -110,7 +111,7 @@ def _read_requests_bounded(stream: INetStream, counters: BetanetCounters) -> Non
         length = varint.decode_uvarint(bytes(prefix))
         if length > MAX_DHT_REQUEST_BYTES:
             counters.dht_requests_refused += 1
-            raise MessageTooLarge(str(await refuse(f"{length} bytes (at most {MAX_DHT_REQUEST_BYTES})")))
+            raise await refuse(f"{length} bytes (at most {MAX_DHT_REQUEST_BYTES})")
         body = bytearray()
         while len(body) < length:
             chunk = await raw_read(length - len(body))
@@ -140,8 +141,11 @@ def _read_requests_bounded(stream: INetStream, counters: BetanetCounters) -> Non
 class ProviderBounds:
     """The provider store's bounds in records and bytes, per providing peer and in all (module docstring). An
     instance override of ``dht.provider_store.add_provider``, which py-libp2p's handler calls for each provider an
-    ADD_PROVIDER names (only its sender). py-libp2p drops expired records itself (``get_providers``,
-    ``cleanup_expired``): what it dropped is noticed when a bound is reached (:meth:`_sync`)."""
+    ADD_PROVIDER names (only its sender). Every record enters through here, so the order records were added (or
+    refreshed) in is their age order: the oldest are checked for expiry (or for having been dropped by py-libp2p's
+    own ``get_providers``/``cleanup_expired``) first, O(1) each. The largest share comes from a heap of
+    (share, peer) entries, stale ones skipped as they surface. One add at a full store, measured: 0.02 ms (4,096
+    peers of one record each: refused), 0.08 ms (32 peers of 128: evicting); a scan of every record took 20 ms."""
 
     def __init__(self, dht: KadDHT, counters: BetanetCounters) -> None:
         self._store = dht.provider_store
@@ -149,6 +153,8 @@ class ProviderBounds:
         self._add = self._store.add_provider
         self._keys: dict[str, dict[bytes, int]] = {}  # provider (str) -> its keys, oldest first -> record bytes
         self._bytes: dict[str, int] = {}  # provider (str) -> the bytes of its records
+        self._age: dict[tuple[str, bytes], None] = {}  # every record held, oldest first
+        self._largest: list[tuple[float, str]] = []  # heap of (-share, provider); stale entries skipped
         self.records = 0
         self.bytes = 0
         setattr(self._store, "add_provider", self.add_provider)  # noqa: B010 - an instance override
@@ -177,8 +183,10 @@ class ProviderBounds:
         self._drop(who, key)  # a refresh replaces its own record (and becomes its newest)
         self._keys.setdefault(who, {})[key] = size
         self._bytes[who] = self._bytes.get(who, 0) + size
+        self._age[(who, key)] = None
         self.records += 1
         self.bytes += size
+        self._push(who)
 
     def _after(self, who: str, key: bytes, size: int) -> tuple[int, int]:
         """The records and bytes ``who`` would hold with this record (a refresh replaces its own)."""
@@ -188,7 +196,8 @@ class ProviderBounds:
     def _fits_peer(self, who: str, key: bytes, size: int) -> bool:
         records, held = self._after(who, key, size)
         if records > MAX_PROVIDER_RECORDS_PER_PEER or held > MAX_PROVIDER_BYTES_PER_PEER:
-            self._sync()  # some of its records may have expired
+            for gone in [k for k in self._keys.get(who, {}) if not self._kept(who, k)]:  # ≤ its 128 records
+                self._drop(who, gone)
             records, held = self._after(who, key, size)
         return records <= MAX_PROVIDER_RECORDS_PER_PEER and held <= MAX_PROVIDER_BYTES_PER_PEER
 
@@ -197,46 +206,67 @@ class ProviderBounds:
         records = self.records + (key not in keys)
         return records > MAX_PROVIDER_RECORDS or self.bytes - keys.get(key, 0) + size > MAX_PROVIDER_BYTES
 
+    def _kept(self, who: str, key: bytes) -> bool:
+        """Whether py-libp2p's store still holds ``who``'s record for ``key``, unexpired."""
+        record = self._store.providers.get(key, {}).get(who)
+        return record is not None and not record.is_expired()
+
     def _make_room(self, who: str, key: bytes, size: int) -> bool:
         """Free room in all for ``who``'s record: expired records first, then the oldest record of the peer holding
         the largest share, while that share exceeds the one ``who`` would hold with this record."""
-        if not self._full(who, key, size):
-            return True
-        self._store.cleanup_expired()
-        self._sync()
+        while self._full(who, key, size) and self._age:
+            oldest_who, oldest_key = next(iter(self._age))
+            if self._kept(oldest_who, oldest_key):
+                break
+            self._evict(oldest_who, oldest_key)  # expired (or dropped by py-libp2p already): not counted
         share = self._share(*self._after(who, key, size))
         while self._full(who, key, size):
-            victim = max(self._keys, key=lambda p: self._share(len(self._keys[p]), self._bytes[p]))
-            if victim == who or self._share(len(self._keys[victim]), self._bytes[victim]) <= share:
+            victim = self._largest_holder()
+            if victim is None or victim == who or self._share_of(victim) <= share:
                 return False
-            oldest = next(iter(self._keys[victim]))
-            providers = self._store.providers.get(oldest, {})
-            providers.pop(victim, None)
-            if not providers:
-                self._store.providers.pop(oldest, None)
-            self._drop(victim, oldest)
+            self._evict(victim, next(iter(self._keys[victim])))
             self._counters.dht_providers_evicted += 1
         return True
+
+    def _largest_holder(self) -> str | None:
+        while self._largest:
+            share, who = self._largest[0]
+            if who in self._keys and -share == self._share_of(who):
+                return who
+            heapq.heappop(self._largest)  # stale: that peer's share changed since
+        return None
+
+    def _push(self, who: str) -> None:
+        if who in self._keys:
+            heapq.heappush(self._largest, (-self._share_of(who), who))
+        if len(self._largest) > 4 * len(self._keys) + 64:  # stale entries: rebuild, O(peers)
+            self._largest = [(-self._share_of(p), p) for p in self._keys]
+            heapq.heapify(self._largest)
+
+    def _share_of(self, who: str) -> float:
+        return self._share(len(self._keys[who]), self._bytes[who])
 
     @staticmethod
     def _share(records: int, size: int) -> float:
         """A peer's share of the store: the larger of its fractions of the record and byte bounds."""
         return max(records / MAX_PROVIDER_RECORDS, size / MAX_PROVIDER_BYTES)
 
+    def _evict(self, who: str, key: bytes) -> None:
+        providers = self._store.providers.get(key, {})
+        providers.pop(who, None)
+        if not providers:
+            self._store.providers.pop(key, None)
+        self._drop(who, key)
+
     def _drop(self, who: str, key: bytes) -> None:
         keys = self._keys.get(who)
         if keys is None or key not in keys:
             return
         size = keys.pop(key)
+        del self._age[(who, key)]
         self.records -= 1
         self.bytes -= size
         self._bytes[who] -= size
         if not keys:
             del self._keys[who], self._bytes[who]
-
-    def _sync(self) -> None:
-        """Forget the records py-libp2p dropped itself (expired). O(records held): run only at a bound."""
-        for who in list(self._keys):
-            for key in list(self._keys.get(who, {})):
-                if who not in self._store.providers.get(key, {}):
-                    self._drop(who, key)
+        self._push(who)
