@@ -6,6 +6,7 @@ providers with any number of addresses for any number of keys.)"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 
@@ -22,6 +23,7 @@ from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
 from node.transports.betanet import dht_store
 from node.transports.betanet.dht_store import (
+    DHT_STREAMS_PER_PEER,
     MAX_DHT_REQUEST_BYTES,
     MAX_PROVIDER_BYTES_PER_PEER,
     MAX_PROVIDER_RECORD_BYTES,
@@ -194,6 +196,48 @@ async def test_a_full_store_drops_expired_then_the_largest_share_never_a_smaller
     assert list(_stored(server, honest)) == [_key(100)]
     assert server.counters.dht_providers_evicted == 1 and server.counters.dht_providers_refused == 1
     assert server.routing.providers.records == 8
+
+
+async def test_one_peers_silent_streams_do_not_lock_other_askers_out(nursery: trio.Nursery) -> None:
+    """A hostile peer opens 12 DHT streams to a server and sends nothing (py-libp2p serves 12 at once and resets
+    the rest, with no timeout: every other asker was refused for as long as it liked): it is served on
+    DHT_STREAMS_PER_PEER, the rest reset, and an honest asker's FIND_NODE is answered."""
+    server = await _server(nursery)
+    hostile, _ = await start_transport(nursery)
+    honest, _ = await start_transport(nursery)
+    assert hostile.host is not None and server.host is not None and honest.host is not None
+    with trio.fail_after(WAIT_S):
+        await hostile.dial(server.listen_addresses()[0])
+        for _ in range(12):
+            with contextlib.suppress(StreamFailure):  # the server may reset it before negotiation has ended
+                await hostile.host.new_stream(server.host.get_id(), [KAD_PROTOCOL])
+        await server.wait_counters(lambda c: c.dht_streams_refused >= 12 - DHT_STREAMS_PER_PEER)
+        find = Message(type=Message.MessageType.FIND_NODE, key=honest.host.get_id().to_bytes())
+        answer = await _send(await _open(honest, server), find)
+    assert answer is not None and answer.type == Message.MessageType.FIND_NODE
+    assert server.counters.dht_streams_refused == 12 - DHT_STREAMS_PER_PEER
+
+
+async def test_a_stream_without_a_whole_request_in_time_is_reset(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer's DHT streams send nothing, or half a request, for longer than DHT_REQUEST_TIMEOUT_S (shrunk to
+    0.5 s here): each is reset and its slot freed (py-libp2p alone held them as long as the connection lived)."""
+    monkeypatch.setattr(dht_store, "DHT_REQUEST_TIMEOUT_S", 0.5)
+    server = await _server(nursery)
+    client, _ = await start_transport(nursery)
+    with trio.fail_after(WAIT_S):
+        silent = await _open(client, server)
+        half = await _open(client, server)
+        await half.write(b"\x40" + b"\x08" * 10)  # a request of 64 bytes announced, 10 sent
+        await server.wait_counters(lambda c: c.dht_requests_timed_out >= 2)
+        for stream in (silent, half):
+            with pytest.raises(Exception):  # noqa: B017 - reset: py-libp2p's stream error (or EOF)
+                if not await stream.read(1):
+                    raise EOFError
+        answer = await _send(await _open(client, server), Message(type=Message.MessageType.PING))
+    assert answer is not None and answer.type == Message.MessageType.PING
+    assert server.counters.dht_requests_timed_out == 2 and server.counters.dht_streams_refused == 0
 
 
 async def test_a_node_that_is_not_a_dht_server_takes_no_request(nursery: trio.Nursery) -> None:

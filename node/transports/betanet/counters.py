@@ -20,6 +20,8 @@ class BetanetCounters:
     dht_answers_cut: int = 0  # DHT answers naming more than k (20) peers: cut to k before py-libp2p read them
     dht_answers_refused: int = 0  # DHT answers over MAX_DHT_ANSWER_BYTES (dht.py): the stream reset, nothing read
     dht_requests_refused: int = 0  # requests to our DHT server over MAX_DHT_REQUEST_BYTES (dht_store.py): reset unread
+    dht_streams_refused: int = 0  # inbound DHT streams reset: the peer had DHT_STREAMS_PER_PEER served already
+    dht_requests_timed_out: int = 0  # inbound DHT streams reset: no whole request within DHT_REQUEST_TIMEOUT_S
     dht_puts_refused: int = 0  # PUT_VALUE requests to our DHT server: refused, nothing stored (dht_store.py)
     dht_providers_refused: int = 0  # ADD_PROVIDER records not stored: the record's, its peer's or the store's bounds
     dht_providers_evicted: int = 0  # provider records evicted for another peer's (the largest share's oldest first)

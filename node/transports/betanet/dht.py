@@ -314,8 +314,8 @@ class PeerRouting:
         _table_takes_peerstore_addrs(host, self.dht)
         _answer_by_scope(self.dht)
         _bound_answers(host, counters)
-        # What other peers can make a server store: requests read bounded, PUT_VALUE refused, providers bounded.
-        self.providers: ProviderBounds | None = gate_requests(host, self.dht, counters) if server else None
+        # What other peers can make a server store or hold: requests read bounded, PUT_VALUE refused, providers bounded.
+        self.providers: ProviderBounds | None = gate_requests(host, self.dht, counters, notify) if server else None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         send, recv = trio.open_memory_channel[ID](IDENTIFY_QUEUE)

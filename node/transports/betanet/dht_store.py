@@ -35,7 +35,9 @@ from __future__ import annotations
 import contextlib
 import heapq
 import logging
+from collections.abc import Callable
 
+import trio
 from google.protobuf.message import DecodeError
 from libp2p.abc import IHost, INetStream
 from libp2p.kad_dht import KadDHT
@@ -55,6 +57,13 @@ log = logging.getLogger("village.betanet.dht")
 # signed record and, for ADD_PROVIDER, the provider's own addresses (≤ 32) with their signed record: a few KB.
 # py-libp2p's own bound is 4 MiB (MAX_DHT_MESSAGE_SIZE).
 MAX_DHT_REQUEST_BYTES = 64 * 1024
+# py-libp2p serves 12 inbound DHT streams at once and resets the rest at once (kad_dht.py, _inbound_limiter), with no
+# timeout: 12 streams one peer opened and left silent locked every other asker out. So a peer is served on at most
+# this many streams at once, and each request must arrive whole within DHT_REQUEST_TIMEOUT_S (seconds) of the
+# stream's start or of the answer before (an honest asker sends its request at once; py-libp2p's own asker waits
+# QUERY_TIMEOUT = 10 s for an answer).
+DHT_STREAMS_PER_PEER = 2
+DHT_REQUEST_TIMEOUT_S = 10.0
 PROVIDER_ADDRS = MAX_OWN_ADDRS  # addresses kept per provider record (as many as a peer may store for itself)
 # One provider record as counted here: its key plus its addresses as binary multiaddrs (32 IPv6 QUIC addresses:
 # ~1 KB). py-libp2p holds each as Python objects: ~3x that in memory.
@@ -69,26 +78,45 @@ class DhtRequestRefused(TransportError):
     """Remote: a DHT request this server does not take (PUT_VALUE); the stream is reset."""
 
 
-def gate_requests(host: IHost, dht: KadDHT, counters: BetanetCounters) -> ProviderBounds:
+def gate_requests(
+    host: IHost, dht: KadDHT, counters: BetanetCounters, notify: Callable[[], None] = lambda: None
+) -> ProviderBounds:
     """Put the bounds of the module docstring between ``host``'s DHT server (``dht``) and the peers asking it:
     each inbound DHT stream's requests are read by :func:`_read_requests_bounded` before py-libp2p's handler
-    sees them, and the provider store takes records through :class:`ProviderBounds`, which is returned."""
+    sees them, a peer has at most :data:`DHT_STREAMS_PER_PEER` of py-libp2p's 12 handler slots, and the provider
+    store takes records through :class:`ProviderBounds`, which is returned. ``notify`` is called when a stream
+    is refused or timed out (the transport's status watchers)."""
     bounds = ProviderBounds(dht, counters)
     handle = dht.handle_stream
+    serving: dict[ID, int] = {}  # peer -> its inbound DHT streams being served (entries only while > 0)
 
     async def handle_bounded(stream: INetStream) -> None:
-        _read_requests_bounded(stream, counters)
-        await handle(stream)
+        peer = stream.muxed_conn.peer_id
+        if serving.get(peer, 0) >= DHT_STREAMS_PER_PEER:
+            counters.dht_streams_refused += 1
+            notify()
+            with contextlib.suppress(Exception):  # best effort: it is gone either way
+                await stream.reset()
+            return
+        serving[peer] = serving.get(peer, 0) + 1
+        try:
+            _read_requests_bounded(stream, counters, notify)
+            await handle(stream)
+        finally:
+            serving[peer] -= 1
+            if not serving[peer]:
+                del serving[peer]
 
     host.set_stream_handler(KAD_PROTOCOL, handle_bounded)
     return bounds
 
 
-def _read_requests_bounded(stream: INetStream, counters: BetanetCounters) -> None:
+def _read_requests_bounded(stream: INetStream, counters: BetanetCounters, notify: Callable[[], None]) -> None:
     """Make ``stream`` (this instance) hand py-libp2p's handler each request only once it is read whole: one over
-    :data:`MAX_DHT_REQUEST_BYTES` or a PUT_VALUE resets the stream, and the handler's read raises
-    :class:`DhtRequestRefused` (py-libp2p's handler ends there, logging its text at WARNING). A stream that ends
-    early hands over what came, as it came."""
+    :data:`MAX_DHT_REQUEST_BYTES`, a PUT_VALUE, or one not whole within :data:`DHT_REQUEST_TIMEOUT_S` of the
+    stream's start or of the previous request resets the stream, and the handler's read raises
+    :class:`DhtRequestRefused` (py-libp2p's handler ends there, logging its text at WARNING, and frees its slot).
+    A stream that ends early hands over what came, as it came."""
     raw_read = stream.read
     ready = bytearray()  # the current request, as py-libp2p may read it
 
@@ -129,7 +157,14 @@ def _read_requests_bounded(stream: INetStream, counters: BetanetCounters) -> Non
 
     async def read(n: int | None = None) -> bytes:
         if not ready:
-            ready.extend(await next_request())
+            got: bytes | None = None
+            with trio.move_on_after(DHT_REQUEST_TIMEOUT_S):
+                got = await next_request()
+            if got is None:
+                counters.dht_requests_timed_out += 1
+                notify()
+                raise await refuse(f"no whole request within {DHT_REQUEST_TIMEOUT_S} s")
+            ready.extend(got)
         take = len(ready) if n is None or n < 0 else min(n, len(ready))
         out = bytes(ready[:take])
         del ready[:take]
