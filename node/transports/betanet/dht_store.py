@@ -12,6 +12,9 @@ So, on this node:
   :data:`MAX_DHT_REQUEST_BYTES` resets the stream unread (``dht_requests_refused``). An honest request is small:
   a key, the asker's signed record, and for ADD_PROVIDER the provider's own addresses (at most
   :data:`~.scope.MAX_OWN_ADDRS`).
+- **A peer is served on at most :data:`DHT_STREAMS_PER_PEER` streams at once** (``dht_streams_refused``), each
+  request whole within :data:`DHT_REQUEST_TIMEOUT_S` (``dht_requests_timed_out``): py-libp2p serves 12 streams at
+  once in all, without a timeout, so one peer's silent streams locked every other asker out.
 - **PUT_VALUE is refused** (``dht_puts_refused``: the stream is reset, nothing parsed by py-libp2p, nothing stored).
   This node never puts or gets DHT values itself (peer routing only: FIND_NODE), so holding other peers' values
   serves nobody here; a value's publisher stores it at the other DHT servers closest to its key. GET_VALUE is still
