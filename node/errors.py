@@ -24,6 +24,7 @@ branch; this drawing covers every package (the module follows a class defined el
     │   ├── FrameSizeError          (node.transports.base) local: a frame empty or over the MTU
     │   ├── StreamClosed            (node.mailbox.stream) the mailbox stream ended or stalled
     │   ├── DialError               (node.transports.betanet.transport) a betanet dial failed
+    │   ├── DhtRequestRefused       (node.transports.betanet.dht_store) remote: a DHT request our server refuses
     │   └── RadioError              (node.transports.ble.base) the BLE radio failed
     │       ├── RadioUnavailable    (node.transports.ble.base) no usable controller
     │       └── RadioConnectionLost (node.transports.ble.base) a BLE connection dropped

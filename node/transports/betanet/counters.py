@@ -20,8 +20,14 @@ class BetanetCounters:
     dht_answers_cut: int = 0  # DHT answers naming more than k (20) peers: cut to k before py-libp2p read them
     dht_answers_refused: int = 0  # DHT answers refused (dht.py: over MAX_DHT_ANSWER_BYTES, more than 2k peers, a
     # senderRecord under a key costly to verify): the stream reset, nothing passed to py-libp2p
-    dht_requests_refused: int = 0  # DHT requests to our server refused likewise (over 4 MiB, costly senderRecord)
+    dht_requests_refused: int = 0  # requests to our DHT server refused: over MAX_DHT_REQUEST_BYTES (dht_store.py),
+    # more than 2k named peers or a costly senderRecord (dht.py): the stream reset
     dht_records_dropped: int = 0  # signed records in DHT messages under keys costly to verify (RSA e > 65537, ...)
+    dht_streams_refused: int = 0  # inbound DHT streams reset: the peer had DHT_STREAMS_PER_PEER served already
+    dht_requests_timed_out: int = 0  # inbound DHT streams reset: no whole request within DHT_REQUEST_TIMEOUT_S
+    dht_puts_refused: int = 0  # PUT_VALUE requests to our DHT server: refused, nothing stored (dht_store.py)
+    dht_providers_refused: int = 0  # ADD_PROVIDER records not stored: the record's, its peer's or the store's bounds
+    dht_providers_evicted: int = 0  # provider records evicted for another peer's (the largest share's oldest first)
     peer_addrs_refused: int = 0  # addresses a peer gave (identify, DHT) not stored: scope, shape or bounds
     identify_push_timeouts: int = 0  # identify pushes a peer did not take in time (betanet.dial_timeout_s)
     identify_push_closes: int = 0  # of those, pushes stuck in their cut (the peer stopped reading): connection closed

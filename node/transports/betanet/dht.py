@@ -17,7 +17,7 @@ and counted), one timeout per addition and per lookup, and what one answer to ou
 do (:func:`_bound_answers`: at most :data:`MAX_DHT_ANSWER_BYTES`, k named peers, no signed record under a key
 costly to verify), and what a request to our server may (:func:`_bound_requests`). The DHT speaks
 ``/ipfs/kad/1.0.0`` whatever prefix is asked for (0.8 ignores ``protocol_prefix``); its routing table holds at
-most 256 buckets of 20 peers.
+most 256 buckets of 20 peers. What a server's askers can make it store is bounded in :mod:`.dht_store`.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils import varint
 
 from node.transports.betanet.counters import BetanetCounters
+from node.transports.betanet.dht_store import ProviderBounds, gate_requests
 from node.transports.betanet.scope import addr_scope, current_scope, own_audience, peer_addrs
 
 log = logging.getLogger("village.betanet.dht")
@@ -213,12 +214,13 @@ def _bound_answers(host: IHost, counters: BetanetCounters) -> None:
     setattr(host, "new_stream", new_stream)  # noqa: B010 - an instance override, not a typed attribute
 
 
-def _bound_requests(host: IHost, dht: KadDHT, counters: BetanetCounters) -> None:
+def _bound_requests(host: IHost, dht: KadDHT, counters: BetanetCounters) -> Callable[[INetStream], Awaitable[None]]:
     """Server mode: each request a peer sends us is read the same way before py-libp2p's handler verifies its
     senderRecord (and an ADD_PROVIDER's provider records): at most py-libp2p's own MAX_DHT_MESSAGE_SIZE, a costly
     senderRecord refuses the request (the stream is reset), a costly provider record is dropped, more than
     :data:`MAX_ANSWER_PEERS` named peers refuse it (an honest request names one provider, itself). The DHT
-    protocol's handler is registered again, wrapped (libp2p is pinned below 0.9)."""
+    protocol's handler is registered again, wrapped (libp2p is pinned below 0.9); returned, for
+    :func:`.dht_store.gate_requests` to wrap in turn."""
     handle = dht.handle_stream
 
     async def handle_bounded(stream: INetStream) -> None:
@@ -226,6 +228,7 @@ def _bound_requests(host: IHost, dht: KadDHT, counters: BetanetCounters) -> None
         await handle(stream)
 
     host.set_stream_handler(KAD_PROTOCOL, handle_bounded)
+    return handle_bounded
 
 
 def _read_bounded(stream: INetStream, peer_id: ID, counters: BetanetCounters, *, inbound: bool) -> None:
@@ -418,8 +421,14 @@ class PeerRouting:
         _table_takes_peerstore_addrs(host, self.dht)
         _answer_by_scope(self.dht)
         _bound_answers(host, counters)
-        if server:
-            _bound_requests(host, self.dht, counters)
+        # What other peers can make a server do, store or hold: each request read bounded twice — first by
+        # dht_store's reader (64 KiB, PUT_VALUE refused, 10 s per request, 2 streams per peer), then by
+        # _bound_requests' (costly signed records, named peers) — and providers bounded.
+        self.providers: ProviderBounds | None = (
+            gate_requests(host, self.dht, counters, notify, handle=_bound_requests(host, self.dht, counters))
+            if server
+            else None
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         send, recv = trio.open_memory_channel[ID](IDENTIFY_QUEUE)

@@ -1,0 +1,316 @@
+"""What other peers can make a BetaNet DHT server store (``betanet.dht_mode`` = "server", or "auto" with
+``relay = "hop"``): py-libp2p 0.8's KadDHT request handler (``_do_handle_stream`` in kad_dht/kad_dht.py) reads each
+request of up to 4 MiB and keeps what PUT_VALUE and ADD_PROVIDER bring, bounded only in entries (50,000 values of
+up to 1 MiB each for any key outside the /pk and /ipns namespaces; providers: 20 per key, any number of keys, any
+number of addresses each). Measured on loopback against a real server host (py-libp2p alone): 40 PUT_VALUE of 1 MB
+stored 40 records holding 38 MiB (~48 GiB at its entry bound); 10 ADD_PROVIDER of one peer (its rate limit: 10 per
+10 s per peer, and identities are free) with 60,000 addresses each added 65 MiB of Python objects.
+
+So, on this node:
+
+- **Requests are read first, bounded** (:func:`gate_requests`): one request of more than
+  :data:`MAX_DHT_REQUEST_BYTES` resets the stream unread (``dht_requests_refused``). An honest request is small:
+  a key, the asker's signed record, and for ADD_PROVIDER the provider's own addresses (at most
+  :data:`~.scope.MAX_OWN_ADDRS`).
+- **A peer is served on at most :data:`DHT_STREAMS_PER_PEER` streams at once** (``dht_streams_refused``), each
+  request whole within :data:`DHT_REQUEST_TIMEOUT_S` (``dht_requests_timed_out``): py-libp2p serves 12 streams at
+  once in all, without a timeout, so one peer's silent streams locked every other asker out.
+- **PUT_VALUE is refused** (``dht_puts_refused``: the stream is reset, nothing parsed by py-libp2p, nothing stored).
+  This node never puts or gets DHT values itself (peer routing only: FIND_NODE), so holding other peers' values
+  serves nobody here; a value's publisher stores it at the other DHT servers closest to its key. GET_VALUE is still
+  answered (no value: the closest peers).
+- **ADD_PROVIDER's records are bounded** (:class:`ProviderBounds`): at most :data:`PROVIDER_ADDRS` addresses
+  kept per record (the rest counted in ``peer_addrs_refused``), at most :data:`MAX_PROVIDER_RECORD_BYTES` per
+  record, :data:`MAX_PROVIDER_RECORDS_PER_PEER` records and :data:`MAX_PROVIDER_BYTES_PER_PEER` bytes per
+  providing peer (ADD_PROVIDER names only its sender as provider, so the provider is the sender), and
+  :data:`MAX_PROVIDER_RECORDS` records and :data:`MAX_PROVIDER_BYTES` bytes in all. A peer at its own bound is
+  refused (``dht_providers_refused``); when the store is full, expired records go first, then the oldest record of
+  the peer holding the largest share, and only if that share is larger than the newcomer's (one peer never evicts
+  another's records to grow past it: ``dht_providers_evicted``).
+
+A node that is not a DHT server does not register the DHT protocol: a peer's request stream is refused at protocol
+negotiation and nothing is read or stored. Instance overrides (libp2p is pinned below 0.9); KadDHT's
+``switch_mode`` would register its unbounded handler again (this node never calls it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+from google.protobuf.message import DecodeError
+from libp2p.abc import IHost, INetStream
+from libp2p.kad_dht import KadDHT
+from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL
+from libp2p.kad_dht.pb.kademlia_pb2 import Message
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from libp2p.utils import varint
+
+from node.errors import TransportError
+from node.transports.betanet.counters import BetanetCounters
+from node.transports.betanet.scope import MAX_OWN_ADDRS
+
+log = logging.getLogger("village.betanet.dht")
+
+# One request to our DHT server, bytes. An honest request carries a key (≤ 80 B for ADD_PROVIDER), the asker's
+# signed record and, for ADD_PROVIDER, the provider's own addresses (≤ 32) with their signed record: a few KB.
+# py-libp2p's own bound is 4 MiB (MAX_DHT_MESSAGE_SIZE).
+MAX_DHT_REQUEST_BYTES = 64 * 1024
+# py-libp2p serves 12 inbound DHT streams at once and resets the rest at once (kad_dht.py, _inbound_limiter), with no
+# timeout: 12 streams one peer opened and left silent locked every other asker out. So a peer is served on at most
+# this many streams at once, and each request must arrive whole within DHT_REQUEST_TIMEOUT_S (seconds) of the
+# stream's start or of the answer before (an honest asker sends its request at once; py-libp2p's own asker waits
+# QUERY_TIMEOUT = 10 s for an answer).
+DHT_STREAMS_PER_PEER = 2
+DHT_REQUEST_TIMEOUT_S = 10.0
+PROVIDER_ADDRS = MAX_OWN_ADDRS  # addresses kept per provider record (as many as a peer may store for itself)
+# One provider record as counted here: its key plus its addresses as binary multiaddrs (32 IPv6 QUIC addresses:
+# ~1 KB). py-libp2p holds each as Python objects: ~3x that in memory.
+MAX_PROVIDER_RECORD_BYTES = 4 * 1024
+MAX_PROVIDER_RECORDS_PER_PEER = 128  # provider records one peer may hold here (keys it provides)
+MAX_PROVIDER_BYTES_PER_PEER = 128 * 1024  # bytes (as counted above) one peer's provider records may hold
+MAX_PROVIDER_RECORDS = 4096  # provider records in all (32 peers at their own bound)
+MAX_PROVIDER_BYTES = 4 * 1024 * 1024  # bytes (as counted above) of all provider records
+
+
+class DhtRequestRefused(TransportError):
+    """Remote: a DHT request this server does not take (PUT_VALUE); the stream is reset."""
+
+
+def gate_requests(
+    host: IHost,
+    dht: KadDHT,
+    counters: BetanetCounters,
+    notify: Callable[[], None] = lambda: None,
+    *,
+    handle: Callable[[INetStream], Awaitable[None]] | None = None,
+) -> ProviderBounds:
+    """Put the bounds of the module docstring between ``host``'s DHT server (``dht``) and the peers asking it:
+    each inbound DHT stream's requests are read by :func:`_read_requests_bounded` before py-libp2p's handler
+    sees them, a peer has at most :data:`DHT_STREAMS_PER_PEER` of py-libp2p's 12 handler slots, and the provider
+    store takes records through :class:`ProviderBounds`, which is returned. ``notify`` is called when a stream
+    is refused or timed out (the transport's status watchers). ``handle``: the handler to serve a stream that
+    passes (default: py-libp2p's own, ``dht.handle_stream``; dht.py passes its own bounded wrapper of it)."""
+    bounds = ProviderBounds(dht, counters)
+    serve = handle if handle is not None else dht.handle_stream
+    serving: dict[ID, int] = {}  # peer -> its inbound DHT streams being served (entries only while > 0)
+
+    async def handle_bounded(stream: INetStream) -> None:
+        peer = stream.muxed_conn.peer_id
+        if serving.get(peer, 0) >= DHT_STREAMS_PER_PEER:
+            counters.dht_streams_refused += 1
+            notify()
+            with contextlib.suppress(Exception):  # best effort: it is gone either way
+                await stream.reset()
+            return
+        serving[peer] = serving.get(peer, 0) + 1
+        try:
+            _read_requests_bounded(stream, counters, notify)
+            await serve(stream)
+        finally:
+            serving[peer] -= 1
+            if not serving[peer]:
+                del serving[peer]
+
+    host.set_stream_handler(KAD_PROTOCOL, handle_bounded)
+    return bounds
+
+
+def _read_requests_bounded(stream: INetStream, counters: BetanetCounters, notify: Callable[[], None]) -> None:
+    """Make ``stream`` (this instance) hand py-libp2p's handler each request only once it is read whole: one over
+    :data:`MAX_DHT_REQUEST_BYTES`, a PUT_VALUE, or one not whole within :data:`DHT_REQUEST_TIMEOUT_S` of the
+    stream's start or of the previous request resets the stream, and the handler's read raises
+    :class:`DhtRequestRefused` (py-libp2p's handler ends there, logging its text at WARNING, and frees its slot).
+    A stream that ends early hands over what came, as it came."""
+    raw_read = stream.read
+    ready = bytearray()  # the current request, as py-libp2p may read it
+
+    async def refuse(why: str) -> DhtRequestRefused:
+        with contextlib.suppress(Exception):  # best effort: the peer stops sending
+            await stream.reset()
+        return DhtRequestRefused(f"DHT request from {stream.muxed_conn.peer_id} refused: {why}")
+
+    async def next_request() -> bytes:
+        prefix = bytearray()
+        while len(prefix) < 10:  # a uvarint of at most 64 bits
+            byte = await raw_read(1)
+            if not byte:
+                return bytes(prefix)
+            prefix += byte
+            if byte[0] & 0x80 == 0:
+                break
+        else:
+            return bytes(prefix)  # py-libp2p's reader refuses it
+        length = varint.decode_uvarint(bytes(prefix))
+        if length > MAX_DHT_REQUEST_BYTES:
+            counters.dht_requests_refused += 1
+            raise await refuse(f"{length} bytes (at most {MAX_DHT_REQUEST_BYTES})")
+        body = bytearray()
+        while len(body) < length:
+            chunk = await raw_read(length - len(body))
+            if not chunk:
+                return bytes(prefix + body)  # ended early: py-libp2p's reader sees it so
+            body += chunk
+        try:
+            kind = Message.FromString(bytes(body)).type
+        except DecodeError:
+            return bytes(prefix + body)  # py-libp2p's parse refuses it
+        if kind == Message.MessageType.PUT_VALUE:
+            counters.dht_puts_refused += 1
+            raise await refuse("PUT_VALUE (this node stores no DHT values)")
+        return bytes(prefix + body)
+
+    async def read(n: int | None = None) -> bytes:
+        if not ready:
+            got: bytes | None = None
+            with trio.move_on_after(DHT_REQUEST_TIMEOUT_S):
+                got = await next_request()
+            if got is None:
+                counters.dht_requests_timed_out += 1
+                notify()
+                raise await refuse(f"no whole request within {DHT_REQUEST_TIMEOUT_S} s")
+            ready.extend(got)
+        take = len(ready) if n is None or n < 0 else min(n, len(ready))
+        out = bytes(ready[:take])
+        del ready[:take]
+        return out
+
+    setattr(stream, "read", read)  # noqa: B010 - an instance override, not a typed attribute
+
+
+class ProviderBounds:
+    """The provider store's bounds in records and bytes, per providing peer and in all (module docstring). An
+    instance override of ``dht.provider_store.add_provider``, which py-libp2p's handler calls for each provider an
+    ADD_PROVIDER names (only its sender). Every record enters through here, so the order records were added (or
+    refreshed) in is their age order: the oldest are checked for expiry (or for having been dropped by py-libp2p's
+    own ``get_providers``/``cleanup_expired``) first, O(1) each. The largest share comes from a heap of
+    (share, peer) entries, stale ones skipped as they surface. One add at a full store, measured: 0.02 ms (4,096
+    peers of one record each: refused), 0.08 ms (32 peers of 128: evicting); a scan of every record took 20 ms."""
+
+    def __init__(self, dht: KadDHT, counters: BetanetCounters) -> None:
+        self._store = dht.provider_store
+        self._counters = counters
+        self._add = self._store.add_provider
+        self._keys: dict[str, dict[bytes, int]] = {}  # provider (str) -> its keys, oldest first -> record bytes
+        self._bytes: dict[str, int] = {}  # provider (str) -> the bytes of its records
+        self._age: dict[tuple[str, bytes], None] = {}  # every record held, oldest first
+        self._largest: list[tuple[float, str]] = []  # heap of (-share, provider); stale entries skipped
+        self.records = 0
+        self.bytes = 0
+        setattr(self._store, "add_provider", self.add_provider)  # noqa: B010 - an instance override
+
+    def held(self, provider: ID) -> tuple[int, int]:
+        """The records and bytes ``provider`` holds here."""
+        return len(self._keys.get(str(provider), {})), self._bytes.get(str(provider), 0)
+
+    def add_provider(self, key: bytes, provider: PeerInfo) -> None:
+        if len(provider.addrs) > PROVIDER_ADDRS:
+            self._counters.peer_addrs_refused += len(provider.addrs) - PROVIDER_ADDRS
+            provider = PeerInfo(provider.peer_id, provider.addrs[:PROVIDER_ADDRS])
+        size = len(key) + sum(len(a.to_bytes()) for a in provider.addrs)
+        who = str(provider.peer_id)
+        if (
+            size > MAX_PROVIDER_RECORD_BYTES
+            or not self._fits_peer(who, key, size)
+            or not self._make_room(who, key, size)
+        ):
+            self._counters.dht_providers_refused += 1
+            log.debug("provider record of %s for key %s (%d bytes) refused: bounds", who, key.hex(), size)
+            return
+        self._add(key, provider)
+        if who not in self._store.providers.get(key, {}):
+            return  # py-libp2p's own bound: k (20) providers per key, the first ones kept
+        self._drop(who, key)  # a refresh replaces its own record (and becomes its newest)
+        self._keys.setdefault(who, {})[key] = size
+        self._bytes[who] = self._bytes.get(who, 0) + size
+        self._age[(who, key)] = None
+        self.records += 1
+        self.bytes += size
+        self._push(who)
+
+    def _after(self, who: str, key: bytes, size: int) -> tuple[int, int]:
+        """The records and bytes ``who`` would hold with this record (a refresh replaces its own)."""
+        keys = self._keys.get(who, {})
+        return len(keys) + (key not in keys), self._bytes.get(who, 0) - keys.get(key, 0) + size
+
+    def _fits_peer(self, who: str, key: bytes, size: int) -> bool:
+        records, held = self._after(who, key, size)
+        if records > MAX_PROVIDER_RECORDS_PER_PEER or held > MAX_PROVIDER_BYTES_PER_PEER:
+            for gone in [k for k in self._keys.get(who, {}) if not self._kept(who, k)]:  # ≤ its 128 records
+                self._drop(who, gone)
+            records, held = self._after(who, key, size)
+        return records <= MAX_PROVIDER_RECORDS_PER_PEER and held <= MAX_PROVIDER_BYTES_PER_PEER
+
+    def _full(self, who: str, key: bytes, size: int) -> bool:
+        keys = self._keys.get(who, {})
+        records = self.records + (key not in keys)
+        return records > MAX_PROVIDER_RECORDS or self.bytes - keys.get(key, 0) + size > MAX_PROVIDER_BYTES
+
+    def _kept(self, who: str, key: bytes) -> bool:
+        """Whether py-libp2p's store still holds ``who``'s record for ``key``, unexpired."""
+        record = self._store.providers.get(key, {}).get(who)
+        return record is not None and not record.is_expired()
+
+    def _make_room(self, who: str, key: bytes, size: int) -> bool:
+        """Free room in all for ``who``'s record: expired records first, then the oldest record of the peer holding
+        the largest share, while that share exceeds the one ``who`` would hold with this record."""
+        while self._full(who, key, size) and self._age:
+            oldest_who, oldest_key = next(iter(self._age))
+            if self._kept(oldest_who, oldest_key):
+                break
+            self._evict(oldest_who, oldest_key)  # expired (or dropped by py-libp2p already): not counted
+        share = self._share(*self._after(who, key, size))
+        while self._full(who, key, size):
+            victim = self._largest_holder()
+            if victim is None or victim == who or self._share_of(victim) <= share:
+                return False
+            self._evict(victim, next(iter(self._keys[victim])))
+            self._counters.dht_providers_evicted += 1
+        return True
+
+    def _largest_holder(self) -> str | None:
+        while self._largest:
+            share, who = self._largest[0]
+            if who in self._keys and -share == self._share_of(who):
+                return who
+            heapq.heappop(self._largest)  # stale: that peer's share changed since
+        return None
+
+    def _push(self, who: str) -> None:
+        if who in self._keys:
+            heapq.heappush(self._largest, (-self._share_of(who), who))
+        if len(self._largest) > 4 * len(self._keys) + 64:  # stale entries: rebuild, O(peers)
+            self._largest = [(-self._share_of(p), p) for p in self._keys]
+            heapq.heapify(self._largest)
+
+    def _share_of(self, who: str) -> float:
+        return self._share(len(self._keys[who]), self._bytes[who])
+
+    @staticmethod
+    def _share(records: int, size: int) -> float:
+        """A peer's share of the store: the larger of its fractions of the record and byte bounds."""
+        return max(records / MAX_PROVIDER_RECORDS, size / MAX_PROVIDER_BYTES)
+
+    def _evict(self, who: str, key: bytes) -> None:
+        providers = self._store.providers.get(key, {})
+        providers.pop(who, None)
+        if not providers:
+            self._store.providers.pop(key, None)
+        self._drop(who, key)
+
+    def _drop(self, who: str, key: bytes) -> None:
+        keys = self._keys.get(who)
+        if keys is None or key not in keys:
+            return
+        size = keys.pop(key)
+        del self._age[(who, key)]
+        self.records -= 1
+        self.bytes -= size
+        self._bytes[who] -= size
+        if not keys:
+            del self._keys[who], self._bytes[who]
+        self._push(who)
