@@ -29,7 +29,8 @@ Figures (one line each; the baseline is the prior alone, in the same run):
   lines read every configuration against ``--baseline`` (default ``batch_always``, the same step on every
   message). ``...:WARMUP`` (6th field): the gate passes every message until it has seen that many tokens;
   ``...:TOKENS`` (7th, ``pos``/``neg``): a passed message teaches the W/b step only its tokens where the neural
-  tier beat the mixture, or only the others (``--gate-tokens`` does it for ``twin``). With the bias-only
+  tier beat the mixture, or only the others (``--gate-tokens`` does it for ``twin``). ``...:THRESHOLD`` (8th):
+  the gate's starting threshold (with ``STEP`` 0 a fixed one: e.g. ``edgec:0.15:1:1:0:0:pos:0.15``). With the bias-only
   configuration run, ``twin.curve.adapter_gain`` lines give each sender's share of the W/b step's gain.
 
 Tuning switches (measured on dev senders only): ``--recency-decay``, ``--no-recency`` (no recency cache tier),
@@ -176,6 +177,7 @@ class Config:
     gate_step_msg: float | None = None  # the MessageGate's adaptation step (None: its default)
     gate_seed: int = 0  # the MessageGate's random draws (the random control)
     gate_warmup: int = 0  # the MessageGate passes every message until it has seen this many tokens
+    gate_start_msg: float | None = None  # the MessageGate's starting threshold (None: START_BITS[score])
     gate_tokens: str = ""  # the MessageGate's token selection inside a passed message ("", "pos", "neg")
 
 
@@ -220,6 +222,8 @@ def run_sender(
         )
         if cfg.gate_step_msg is not None:
             gate.step_bits = cfg.gate_step_msg
+        if cfg.gate_start_msg is not None:
+            gate.threshold_bits = cfg.gate_start_msg
         lm.want_resp = gate.score in ("resp", "grad")  # (_learn calls learn_weights itself, not observe)
     elif cfg.gate_fraction is not None:
         gate = SurpriseGate(cfg.gate_fraction)
@@ -442,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         "--msg-gate",
         action="append",
         default=[],
-        metavar="SCORE:F:REPLAY[:WEIGHT[:STEP[:WARMUP[:TOKENS]]]]",
+        metavar="SCORE:F:REPLAY[:WEIGHT[:STEP[:WARMUP[:TOKENS[:THRESHOLD]]]]]",
         help="an extra message-gated configuration (score useful|mixture|neural|random, token budget, replay size)",
     )
     ap.add_argument(
@@ -548,12 +552,14 @@ def main(argv: list[str] | None = None) -> int:
             step = float(parts[4]) if len(parts) > 4 and parts[4] else None
             warm = int(parts[5]) if len(parts) > 5 and parts[5] else 0
             toksel = parts[6] if len(parts) > 6 else ""
+            thr = float(parts[7]) if len(parts) > 7 and parts[7] else None
             name = (
                 f"msg_{score}_{f:g}_r{rep}"
                 + (f"_w{wgt:g}" if len(parts) > 3 else "")
                 + (f"_s{step:g}" if step else "")
                 + (f"_wu{warm}" if warm else "")
                 + (f"_t{toksel}" if toksel else "")
+                + (f"_th{thr:g}" if thr is not None else "")
             )
             for seed in range(max(1, args.random_seeds) if score == "random" else 1):
                 configs.append(
@@ -569,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
                         gate_seed=seed,
                         gate_warmup=warm,
                         gate_tokens=toksel,
+                        gate_start_msg=thr,
                     )
                 )
         for v in args.gate_variant:
