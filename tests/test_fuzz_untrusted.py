@@ -17,6 +17,7 @@ whatever the bytes, only the parser's one error type may come out (issue 13, ite
 | ``node.routing.pins.decode_peer_state_signing_key_untrusted`` | MalformedFrame |
 | ``node.rag.federated.FederatedResponder._parse_request_untrusted`` | RagError |
 | ``node.twin.blob.unpack_untrusted`` (the twin's state files) | TwinStoreError |
+| ``node.twin.store.unpack_parts_untrusted`` (a state file's frame and sections, format 2) | TwinStoreError |
 
 Governance's ``*_from_bytes_untrusted`` are fuzzed in tests/agents/test_governance.py and test_gossip.py.
 
@@ -54,7 +55,7 @@ from node.routing.courier import decode_envelope_untrusted, open_untrusted
 from node.routing.pins import decode_peer_state_signing_key_untrusted, encode_peer_state
 from node.routing.sessions import SessionManager
 from node.transports.ble.core import frame_length_untrusted
-from node.twin import blob
+from node.twin import blob, store
 from node.twin.errors import TwinStoreError
 from node.wire import MalformedFrame
 
@@ -546,6 +547,28 @@ def test_twin_state_blobs(data: bytes) -> None:
         for a in arrays.values():  # the shapes pack writes: reading them (tolist & co) costs what the bytes say
             assert isinstance(a, np.ndarray) and a.ndim in (1, 2) and all(0 <= x <= 1 << 16 for x in a.shape)
             assert not (a.ndim == 2 and a.shape[0] and not a.shape[1]), a.shape
+
+
+@st.composite
+def twin_state_files(draw: st.DrawFn) -> bytes:
+    """Format-2 state files (a frame of two sections), mostly well-formed: lengths, version, cut and sections drawn."""
+    light = store.pack_light({"x_act_b": np.zeros(draw(st.sampled_from([0, 3])), np.float32)}, {"events": 1})
+    lm = draw(st.sampled_from([b"", store.pack_lm({"lam": np.zeros(4)}, {"messages": 1}), light]))
+    lengths = [draw(st.one_of(st.just(len(x)), st.integers(0, 2**32 - 1), st.integers(0, 64))) for x in (light, lm)]
+    version = draw(st.sampled_from([store.FORMAT_VERSION, store.FORMAT_VERSION, 1, 3]))
+    head = store.MAGIC + version.to_bytes(2, "big") + b"".join(n.to_bytes(4, "big") for n in lengths)
+    data = head + light + lm
+    return data[: draw(st.one_of(st.just(len(data)), st.integers(0, len(data))))]
+
+
+@given(st.one_of(st.binary(max_size=200), twin_state_files()))
+def test_twin_state_files(data: bytes) -> None:
+    with contextlib.suppress(TwinStoreError):
+        parts = store.unpack_parts_untrusted(data, 1 << 16)
+        assert all(store.is_light(k) for k in parts.light_arrays)
+        assert set(parts.light_meta) <= set(store.LIGHT_META)
+        assert parts.lm_section is None or parts.lm_section[:4] == store.LM_MAGIC
+        assert (parts.lm_arrays is None) == (parts.lm_meta is None)
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             lines.append(f"note: neural tier: {nn['reset']}")
         if nn and nn.get("gate_reset"):
             lines.append(f"note: message gate: {nn['gate_reset']}")
+        lm = d.get("language_model") or {}
+        if lm.get("loaded") is False and lm.get("loads_at_save"):
+            why = lm["loads_at_save"]  # (what the saved part holds that a real one does not)
+            lines.append(f"note: the language model loads at the next save (its saved part is not copied: {why})")
         if d.get("actions_note"):
             lines.append(f"note: {d['actions_note']}")
         return "\n".join(lines)

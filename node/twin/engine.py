@@ -17,9 +17,9 @@ The language model (the shipped prior, the neural tier and the user's counts, wo
 engine's heavy part (~16 MB): an engine built without a prior (``TwinEngine(None)``, the service's) learns commands
 and documents, predicts next actions and saves without it, and loads it with :meth:`TwinEngine.load_lm` only when
 something needs it (:meth:`TwinEngine.needs_lm`: a text event, a suggestion, the context, an export). Until then
-the language-model part of the state file read at start is kept as it was read (compressed) and written back
-unchanged with each save (:data:`LIGHT_ARRAYS` and :data:`LIGHT_META` are the rest); a node that never had
-text saves a state marked :data:`LM_EMPTY` (the language model as shipped).
+the language-model section of the state file read at start is kept as it was read (compressed, checked once) and
+each save copies its bytes (:data:`LIGHT_ARRAYS` and :data:`LIGHT_META` are the rest, the light section: the only
+part such a save packs); a node that never had text saves no language-model section (the model as shipped).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from node.textsafe import safe_text
-from node.twin import blob, store
+from node.twin import store
 from node.twin.actions import ActionHead
 from node.twin.cache import MAX_ENTRIES
 from node.twin.errors import TwinError, TwinStoreError
@@ -45,6 +45,9 @@ from node.twin.names import Event as Event  # re-exported: the record the engine
 from node.twin.personal import MAX_TRIGRAMS, ctx_of
 from node.twin.prior import GlobalPrior
 from node.twin.rnn import NeuralTier, RecurrentLM
+from node.twin.store import LIGHT_ARRAYS as LIGHT_ARRAYS  # re-exported: the state file's light part
+from node.twin.store import LIGHT_META as LIGHT_META  # re-exported
+from node.twin.store import LM_EMPTY as LM_EMPTY  # re-exported: format 1's flag of a state without a model part
 
 MAX_EVENT_TEXT_CHARS = 4000  # longer texts are learned from their start
 RECENT_EVENTS = 50  # surprisal log kept for status
@@ -52,11 +55,6 @@ RECENT_TOPICS = 20
 MAX_CONTACT_CHARS = 64
 
 Embed = Callable[[Sequence[str]], np.ndarray[Any, Any]]
-# The state file's parts that are not the language model's: the next-action head (extra arrays, "x_" in the file)
-# and the header's event count, recent topics and contacts. Everything else in the file is the language model's.
-LIGHT_ARRAYS = ("act_names", "act_w", "act_b", "act_events")
-LIGHT_META = ("events", "topics", "contacts")
-LM_EMPTY = "lm_empty"  # header flag: the file holds no language-model part (nothing learned by it: as shipped)
 # The language model's arrays in a state file (store.encode's, the recency cache's, the neural tier's "x_nn_*").
 LM_ARRAYS = frozenset(
     ("tri", "tri_counts", "words", "lam", "lam_n", "kappa", "kappa_n", "rc_uni", "rc_uni_c", "rc_bi", "rc_bi_c")
@@ -134,7 +132,9 @@ class TwinEngine:
         return lm, MessageGate(self.gate_fraction, score=SHIPPED_SCORE, fixed_cost_tokens=SHIPPED_FIXED_COST_TOKENS)
 
     def _reset(self) -> None:
-        self._lm_data: bytes | None = None  # the state file read while the language model is not loaded
+        # The language-model part read while the model is not loaded: its section as read (format 2, or packed
+        # once from a format-1 file), or a whole format-1 file whose part is not carried (lm_needed_at_save).
+        self._lm_data: bytes | None = None
         self.lm_needed_at_save: str | None = None  # why that part is not written back unread (the model loads)
         self.lm_summary = LmSummary()
         if self.prior is not None:
@@ -290,7 +290,7 @@ class TwinEngine:
                 "actions_known": len(self.actions.actions),
                 "recent_bits_per_token": round(statistics.mean(recent_bits), 3) if recent_bits else None,
                 "prior_bytes": None,
-                "language_model": {"loaded": False},
+                "language_model": {"loaded": False, "loads_at_save": self.lm_needed_at_save},
             }
         neural = self.lm.neural
         return {
@@ -370,37 +370,34 @@ class TwinEngine:
             raise TwinStoreError(f"corrupt twin state: {type(exc).__name__}: {exc}") from exc
 
     def _encode_light(self, max_bytes: int) -> bytes:
-        """The state with the language-model part read at start (or none: :data:`LM_EMPTY`) and the light part
-        as it is now."""
-        light = {f"x_{k}": v for k, v in self.actions.state().items()}
-        if self._lm_data is None:
-            arrays, meta = light, {LM_EMPTY: True, **self._light_meta()}
-        elif self.lm_needed_at_save is not None:  # the caller loads the model (one checked decode), then saves
+        """The state with the language-model section read at start, its bytes copied as they were read (no LZMA
+        work on them: they were checked once at read), or none, and the light section as it is now."""
+        if self._lm_data is not None and self.lm_needed_at_save is not None:  # the caller loads the model, then saves
             raise TwinStoreError(f"the saved language-model part needs the model to be saved: {self.lm_needed_at_save}")
-        else:
-            read, meta = blob.unpack_untrusted(
-                self._lm_data, store.MAGIC, store.FORMAT_VERSION, max_bytes=store.raw_bound(max_bytes)
-            )
-            arrays = {k: v for k, v in read.items() if not (k.startswith("x_") and k[2:] in LIGHT_ARRAYS)}
-            arrays.update(light)
-            meta.update(self._light_meta())
-        data = blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta, compact=True)
-        if len(data) > max_bytes:
+        lm = b"" if self._lm_data is None else self._lm_data
+        if lm and lm[:4] != store.LM_MAGIC:  # (a format-1 file is carried only once packed as a section, at read)
+            raise TwinStoreError("the saved language-model part is not a section: it needs the model to be saved")
+        light = store.pack_light({f"x_{k}": v for k, v in self.actions.state().items()}, self._light_meta())
+        if store.FRAME_BYTES + len(light) + len(lm) > max_bytes:  # (checked before joining up to max_bytes)
             raise TwinStoreError(
                 f"twin state does not fit in {max_bytes} bytes (twin.max_disk_bytes) without the language model"
             )
-        return data
+        return store.frame(light, lm)
 
     def _decode(self, data: bytes, max_bytes: int) -> None:
         if self._lm is None:  # the light part now, the language model's when it loads (load_lm)
-            arrays, meta = blob.unpack_untrusted(
-                data, store.MAGIC, store.FORMAT_VERSION, max_bytes=store.raw_bound(max_bytes)
-            )
-            self._decode_light({k[2:]: v for k, v in arrays.items() if k.startswith("x_")}, meta)
-            empty = meta.get(LM_EMPTY) is True
-            self.lm_summary = LmSummary() if empty else LmSummary.of(arrays, meta)
-            self._lm_data = None if empty else data
-            self.lm_needed_at_save = None if empty else self._light_copy_unfit(arrays, len(data), max_bytes)
+            parts = store.unpack_parts_untrusted(data, store.raw_bound(max_bytes))
+            self._decode_light({k[2:]: v for k, v in parts.light_arrays.items()}, parts.light_meta)
+            if parts.lm_arrays is None or parts.lm_meta is None:
+                self.lm_summary, self._lm_data, self.lm_needed_at_save = LmSummary(), None, None
+                return
+            self.lm_summary = LmSummary.of(parts.lm_arrays, parts.lm_meta)
+            section = parts.lm_section
+            unfit = self._light_copy_unfit(parts.lm_arrays, len(data if section is None else section), max_bytes)
+            if section is None and unfit is None:  # format 1: its part packed as a section once, then copied
+                section = store.pack_lm(parts.lm_arrays, parts.lm_meta)
+            # (a part not carried is kept as read: the model's checked decode reads it at the first save)
+            self._lm_data, self.lm_needed_at_save = (data if section is None else section), unfit
             return
         # An engine built with its prior (tests, benchmarks): both parts now.
         prior, neural, self._lm = self._lm.prior, self._lm.neural, None
@@ -415,7 +412,7 @@ class TwinEngine:
         """Why the language-model part of a state read without the model must not be written back as read (None:
         it may): the checks that need no prior. Anything found here loads the model at the first save, whose checked
         decode keeps only what the model reads (or sets the file aside)."""
-        unknown = sorted(k for k in arrays if k not in LM_ARRAYS and not (k.startswith("x_") and k[2:] in LIGHT_ARRAYS))
+        unknown = sorted(k for k in arrays if k not in LM_ARRAYS)
         if unknown:
             return f"unknown arrays ({safe_text(','.join(unknown)[:60])})"
         raw = sum(a.nbytes for a in arrays.values())

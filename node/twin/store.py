@@ -1,7 +1,17 @@
 """The twin's state on disk: one versioned file in the data dir, written 0600 and atomically, bounded in bytes.
 
 ``twin/state.bin`` holds the language model's learned part (personal trigram counts, the user's own words,
-the mixture weights, the recency cache) and the next-action head; the shipped prior is not copied. Writing goes
+the mixture weights, the recency cache, the neural adaptation) and the next-action head; the shipped prior is not
+copied. Format 2 (session 9) keeps them as two sections, each a :mod:`~node.twin.blob` of its own::
+
+    "AVTS" | version 2 (u16) | light section bytes (u32) | LM section bytes (u32) | light section | LM section
+
+the light section (magic ``AVTL``: the next-action head, :data:`LIGHT_ARRAYS`, and :data:`LIGHT_META`) and the
+language model's (``AVTM``: everything else; 0 bytes when nothing was learned by it). A save made while the model is
+not loaded copies the LM section's bytes as read (checked once at read), with no LZMA work on them. Format 1 (one
+blob of both parts, up to session 8) is still read. Code of session 8 or older reading a format-2 file refuses it
+(TwinStoreError "format version 2, this node reads version 1": the service moves it aside as ``state.bin.bad`` and
+starts fresh; nothing crashes). Writing goes
 to a temporary file (0600 from creation) then ``os.replace``. A state over ``max_bytes`` is shrunk before
 writing by dropping the recency cache, then the rarest personal trigrams (exactly the commonest that fit are kept:
 :func:`encode_bounded`), so the file never exceeds its bound. :func:`forget` deletes every file the twin wrote.
@@ -14,6 +24,8 @@ import hashlib
 import math
 import os
 import stat
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +39,17 @@ from node.twin.names import forget_files
 from node.twin.personal import MAX_COUNT, MAX_TRIGRAMS, PersonalKN, rarest_dropped
 
 MAGIC = b"AVTS"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # two sections (see above)
+V1_FORMAT_VERSION = 1  # one blob of both parts (sessions 1-8): still read
+LIGHT_MAGIC, LM_MAGIC = b"AVTL", b"AVTM"  # the sections' blobs
+SECTION_VERSION = 1
+_FRAME = struct.Struct(">4sHII")  # magic, version, light section bytes, LM section bytes (starts as a v1 blob does)
+FRAME_BYTES = _FRAME.size
+# The state file's parts that are not the language model's: the next-action head (extra arrays, "x_" in the file)
+# and the header's event count, recent topics and contacts. Everything else in the file is the language model's.
+LIGHT_ARRAYS = ("act_names", "act_w", "act_b", "act_events")
+LIGHT_META = ("events", "topics", "contacts")
+LM_EMPTY = "lm_empty"  # format 1's header flag (format 2: an empty LM section): nothing learned by the model
 MAX_RAW_FACTOR = 16  # a state decompresses to at most this many times its bound (real ones x2.5-x6.2: bench/README)
 MIN_RAW_BOUND_BYTES = (
     32 << 20
@@ -67,7 +89,99 @@ def encode(
     for name, arr in (extra or {}).items():
         arrays[f"x_{name}"] = arr
     m = {"prior": prior_id(lm), "messages": lm.messages, "trigrams_dropped": dropped, **(meta or {})}
-    return blob.pack(MAGIC, FORMAT_VERSION, arrays, m, compact=True)
+    return pack_state(arrays, m)
+
+
+def is_light(name: str) -> bool:
+    """Whether an array of the state (its name in the file) belongs to the light section."""
+    return name.startswith("x_") and name[2:] in LIGHT_ARRAYS
+
+
+def pack_light(arrays: dict[str, np.ndarray[Any, Any]], meta: dict[str, Any]) -> bytes:
+    """The light section (the next-action head, events, topics, contacts: ~300 KiB unpacked at most)."""
+    return blob.pack(LIGHT_MAGIC, SECTION_VERSION, arrays, meta, compact=True)
+
+
+def pack_lm(arrays: dict[str, np.ndarray[Any, Any]], meta: dict[str, Any]) -> bytes:
+    """The language model's section."""
+    return blob.pack(LM_MAGIC, SECTION_VERSION, arrays, meta, compact=True)
+
+
+def frame(light: bytes, lm: bytes) -> bytes:
+    """A format-2 state file of its two sections (``lm`` empty: nothing learned by the language model)."""
+    return _FRAME.pack(MAGIC, FORMAT_VERSION, len(light), len(lm)) + light + lm
+
+
+def pack_state(arrays: dict[str, np.ndarray[Any, Any]], meta: dict[str, Any]) -> bytes:
+    """A format-2 state file of every array and header value, split into the two sections by name; ``meta``
+    with :data:`LM_EMPTY` true: no LM section (it must then hold only light arrays and values)."""
+    light = {k: v for k, v in arrays.items() if is_light(k)}
+    lm = {k: v for k, v in arrays.items() if not is_light(k)}
+    light_meta = {k: v for k, v in meta.items() if k in LIGHT_META}
+    lm_meta = {k: v for k, v in meta.items() if k not in LIGHT_META and k != LM_EMPTY}
+    if meta.get(LM_EMPTY) is True:
+        if lm or lm_meta:
+            raise TwinStoreError("a state without its language model holds language-model arrays or values")
+        return frame(pack_light(light, light_meta), b"")
+    return frame(pack_light(light, light_meta), pack_lm(lm, lm_meta))
+
+
+@dataclass(frozen=True, slots=True)
+class StateParts:
+    """A state file read: its light part, and its language model's (None: nothing learned by it) as arrays and
+    header, with the LM section's bytes as read (``lm_section``; None for a format-1 file, which has none)."""
+
+    light_arrays: dict[str, np.ndarray[Any, Any]]
+    light_meta: dict[str, Any]
+    lm_arrays: dict[str, np.ndarray[Any, Any]] | None
+    lm_meta: dict[str, Any] | None
+    lm_section: bytes | None
+
+
+def unpack_parts_untrusted(data: bytes, max_raw_bytes: int) -> StateParts:
+    """Both parts of a state file of format 2 or 1, every section's payload bounded by ``max_raw_bytes`` (in all);
+    raises TwinStoreError on anything unexpected (a section's length that is not the file's, an array of one part
+    in the other's section, another version)."""
+    if len(data) >= _FRAME.size and data[:4] == MAGIC and _FRAME.unpack_from(data)[1] == V1_FORMAT_VERSION:
+        arrays, meta = blob.unpack_untrusted(data, MAGIC, V1_FORMAT_VERSION, max_bytes=max_raw_bytes)
+        light = {k: v for k, v in arrays.items() if is_light(k)}
+        light_meta = {k: v for k, v in meta.items() if k in LIGHT_META}
+        if meta.get(LM_EMPTY) is True:
+            return StateParts(light, light_meta, None, None, None)
+        lm = {k: v for k, v in arrays.items() if not is_light(k)}
+        return StateParts(light, light_meta, lm, {k: v for k, v in meta.items() if k not in LIGHT_META}, None)
+    if len(data) < _FRAME.size:
+        raise TwinStoreError("file too short")
+    magic, version, light_len, lm_len = _FRAME.unpack_from(data)
+    if magic != MAGIC:
+        raise TwinStoreError(f"not a {MAGIC.decode()} file")
+    if version != FORMAT_VERSION:
+        raise TwinStoreError(f"format version {version}, this node reads versions 1 and {FORMAT_VERSION}")
+    if _FRAME.size + light_len + lm_len != len(data):
+        raise TwinStoreError("corrupt file: its sections' lengths are not the file's")
+    light_section = data[_FRAME.size : _FRAME.size + light_len]
+    light, light_meta = blob.unpack_untrusted(light_section, LIGHT_MAGIC, SECTION_VERSION, max_bytes=max_raw_bytes)
+    if any(not is_light(k) for k in light) or any(k not in LIGHT_META for k in light_meta):
+        raise TwinStoreError("corrupt file: the light section holds another part's arrays or values")
+    if lm_len == 0:
+        return StateParts(light, light_meta, None, None, None)
+    lm_section = data[_FRAME.size + light_len :]
+    left = max_raw_bytes - sum(a.nbytes for a in light.values())
+    lm, lm_meta = blob.unpack_untrusted(lm_section, LM_MAGIC, SECTION_VERSION, max_bytes=left)
+    return StateParts(light, light_meta, lm, lm_meta, lm_section)
+
+
+def unpack_state(data: bytes, max_bytes: int) -> tuple[dict[str, np.ndarray[Any, Any]], dict[str, Any]]:
+    """Every array and header value of a state file (format 2 or 1) as one blob would hold them (the format-1
+    view: :data:`LM_EMPTY` set when there is no language-model part); payloads bounded by ``max_bytes``."""
+    parts = unpack_parts_untrusted(data, max_bytes)
+    arrays, meta = dict(parts.light_arrays), dict(parts.light_meta)
+    if parts.lm_arrays is None or parts.lm_meta is None:
+        meta[LM_EMPTY] = True
+    else:
+        arrays.update(parts.lm_arrays)
+        meta.update(parts.lm_meta)
+    return arrays, meta
 
 
 def encode_bounded(
@@ -160,11 +274,15 @@ def raw_bound(max_bytes: int) -> int:
 
 
 def decode_into(lm: TwinLM, data: bytes, max_bytes: int) -> tuple[dict[str, np.ndarray[Any, Any]], dict[str, Any]]:
-    """Load a state written by :func:`encode` into a fresh ``lm``; returns the extra arrays and the meta.
+    """Load a state written by :func:`encode` (a whole file, format 2 or 1, or its LM section alone) into a fresh
+    ``lm``; returns the extra arrays and the meta.
 
     Everything is checked (types, ranges, sizes): any unusable file raises TwinStoreError and nothing else, and
     the work is linear in the file's n-grams (at most ``max_bytes`` of them), whatever their counts."""
-    arrays, meta = blob.unpack_untrusted(data, MAGIC, FORMAT_VERSION, max_bytes=raw_bound(max_bytes))
+    if data[:4] == LM_MAGIC:
+        arrays, meta = blob.unpack_untrusted(data, LM_MAGIC, SECTION_VERSION, max_bytes=raw_bound(max_bytes))
+    else:
+        arrays, meta = unpack_state(data, raw_bound(max_bytes))
     if meta.get("prior") != prior_id(lm):
         raise TwinStoreError("twin state was learned over a different prior; run `village twin forget`")
     try:

@@ -121,10 +121,10 @@ HOSTILE: dict[str, Mutate] = {
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 async def test_a_hostile_state_file_is_kept_aside_and_the_twin_starts_fresh(tmp_path: Path, case: str) -> None:
     path = await _learn_one(tmp_path)
-    arrays, meta = blob.unpack_untrusted(path.read_bytes(), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    arrays, meta = store.unpack_state(path.read_bytes(), max_bytes=1 << 30)
     arrays = dict(arrays)
     HOSTILE[case](arrays, meta)
-    planted = blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta)
+    planted = store.pack_state(arrays, meta)
     path.write_bytes(planted)
     await _check_contained(tmp_path, path, planted)
 
@@ -159,12 +159,12 @@ HOSTILE_SHAPES = {
 async def test_a_state_with_a_hostile_shape_is_kept_aside(tmp_path: Path, case: str) -> None:
     name, shape = HOSTILE_SHAPES[case]
     path = await _learn_one(tmp_path)
-    arrays, meta = blob.unpack_untrusted(path.read_bytes(), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    arrays, meta = store.unpack_state(path.read_bytes(), max_bytes=1 << 30)
     arrays = dict(arrays)
     arrays[name] = np.zeros(0, dtype=np.float64)
-    planted = _with_shape(blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta), name, shape)
+    planted = _with_shape(blob.pack(store.MAGIC, store.V1_FORMAT_VERSION, arrays, meta), name, shape)  # (format 1)
     with pytest.raises(TwinStoreError):  # refused by the reader itself, before anyone builds lists from it
-        blob.unpack_untrusted(planted, store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+        store.unpack_state(planted, max_bytes=1 << 30)
     path.write_bytes(planted)
     await _check_contained(tmp_path, path, planted)
 
@@ -172,7 +172,7 @@ async def test_a_state_with_a_hostile_shape_is_kept_aside(tmp_path: Path, case: 
 @pytest.mark.parametrize("shape", [(2**27, 0), (1, 0), (2, 2, 2)])
 def test_pack_refuses_the_shapes_the_reader_refuses(shape: tuple[int, ...]) -> None:
     with pytest.raises(TwinStoreError, match="shape"):
-        blob.pack(store.MAGIC, store.FORMAT_VERSION, {"a": np.zeros(shape, dtype=np.float32)}, {})
+        blob.pack(store.MAGIC, store.V1_FORMAT_VERSION, {"a": np.zeros(shape, dtype=np.float32)}, {})
 
 
 async def test_any_exception_while_loading_keeps_the_file_aside(tmp_path: Path, monkeypatch: Any) -> None:
@@ -320,12 +320,12 @@ def test_a_gate_threshold_that_is_not_a_finite_number_is_refused_naming_the_key(
     prior = GlobalPrior.load_packaged()
     eng = TwinEngine(prior)
     eng.observe(Event("message", "hello there friend", "messages.send", 0))
-    arrays, meta = blob.unpack_untrusted(eng.encode(10_000_000), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    arrays, meta = store.unpack_state(eng.encode(10_000_000), max_bytes=1 << 30)
     meta["gate_threshold_bits"] = value
     with pytest.raises(TwinStoreError, match="gate_threshold_bits"):
-        TwinEngine(prior).decode(blob.pack(store.MAGIC, store.FORMAT_VERSION, dict(arrays), meta), 10_000_000)
+        TwinEngine(prior).decode(store.pack_state(dict(arrays), meta), 10_000_000)
     eng.gate.threshold_bits = float("nan")  # and the encoder never writes one
-    _, written = blob.unpack_untrusted(eng.encode(10_000_000), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    _, written = store.unpack_state(eng.encode(10_000_000), max_bytes=1 << 30)
     assert written["gate_threshold_bits"] == START_BITS[SHIPPED_SCORE]
 
 
@@ -375,13 +375,13 @@ def test_a_newline_bomb_is_refused_before_it_is_split(name: str) -> None:
     eng = TwinEngine(prior)
     eng.observe(Event("message", "hello there friend", "messages.send", 0))
     eng.observe(Event("command", "", "messages.send", 0))
-    arrays, meta = blob.unpack_untrusted(eng.encode(10_000_000), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    arrays, meta = store.unpack_state(eng.encode(10_000_000), max_bytes=1 << 30)
     arrays = dict(arrays)
     arrays[name] = np.frombuffer(b"\n" * 32_000_000, dtype=np.uint8)
-    data = blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta)
+    data = store.pack_state(arrays, meta)
     tracemalloc.start()
     try:
-        blob.unpack_untrusted(data, store.MAGIC, store.FORMAT_VERSION, max_bytes=10_000_000 * store.MAX_RAW_FACTOR)
+        store.unpack_state(data, max_bytes=10_000_000 * store.MAX_RAW_FACTOR)
         unpack_peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -400,11 +400,11 @@ def test_oversized_mixture_weights_are_refused_by_their_shape() -> None:
     prior = GlobalPrior.load_packaged()
     eng = TwinEngine(prior)
     eng.observe(Event("message", "hello there friend", "messages.send", 0))
-    arrays, meta = blob.unpack_untrusted(eng.encode(10_000_000), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    arrays, meta = store.unpack_state(eng.encode(10_000_000), max_bytes=1 << 30)
     arrays = dict(arrays)
     arrays["lam"] = np.zeros(1_000_000)
     with pytest.raises(TwinStoreError, match="mixture weights"):
-        TwinEngine(prior).decode(blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta), 10_000_000)
+        TwinEngine(prior).decode(store.pack_state(arrays, meta), 10_000_000)
 
 
 @pytest.mark.parametrize(
@@ -438,10 +438,10 @@ async def test_twin_status_says_why_a_stored_gate_was_reset(tmp_path: Path, muta
         st = await clean.status()
         assert st["neural"]["gate_reset"] is None and st["neural"]["reset"] is None, st
         n.cancel_scope.cancel()
-    arrays, meta = blob.unpack_untrusted(svc.path.read_bytes(), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    arrays, meta = store.unpack_state(svc.path.read_bytes(), max_bytes=1 << 30)
     arrays = dict(arrays)
     mutate(arrays, meta)
-    svc.path.write_bytes(blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta))
+    svc.path.write_bytes(store.pack_state(arrays, meta))
     again = make(tmp_path, Power(90, True))
     async with trio.open_nursery() as n:
         await n.start(again.run, None)
@@ -494,12 +494,12 @@ def test_a_state_decompressing_past_its_raw_bound_is_refused() -> None:
     eng.observe(Event("message", "hello there friend", "messages.send", 0))
     max_bytes = 100_000  # the smallest twin.max_disk_bytes: its raw bound is the floor
     assert store.raw_bound(max_bytes) == store.MIN_RAW_BOUND_BYTES > 16 * max_bytes
-    arrays, meta = blob.unpack_untrusted(eng.encode(max_bytes), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    arrays, meta = store.unpack_state(eng.encode(max_bytes), max_bytes=1 << 30)
     arrays = dict(arrays)
     arrays["x_zeros"] = np.zeros(store.MIN_RAW_BOUND_BYTES + 1, dtype=np.uint8)  # past the floor, a file of ~KB
-    data = blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta, compact=True)
+    data = store.pack_state(arrays, meta)
     assert len(data) < max_bytes
     with pytest.raises(TwinStoreError, match=r"payload over|dimension out of range"):  # (from its header, now)
         TwinEngine(prior).decode(data, max_bytes)
     arrays["x_zeros"] = np.zeros(20 * max_bytes, dtype=np.uint8)  # 20x a small bound, under the floor: it loads
-    TwinEngine(prior).decode(blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta, compact=True), max_bytes)
+    TwinEngine(prior).decode(store.pack_state(arrays, meta), max_bytes)

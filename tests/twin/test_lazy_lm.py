@@ -12,8 +12,8 @@ import pytest
 import trio
 import trio.testing
 
-from node.twin import blob, rnn, store
 from node.twin import engine as engine_mod
+from node.twin import rnn, store
 from node.twin.engine import LIGHT_ARRAYS, LIGHT_META, LM_EMPTY, Event, TwinEngine
 from node.twin.errors import TwinError, TwinStoreError
 from node.twin.prior import GlobalPrior
@@ -44,7 +44,7 @@ def full_state(prior: GlobalPrior) -> bytes:
 
 
 def _lm_part(data: bytes) -> tuple[dict[str, tuple[str, tuple[int, ...], bytes]], dict[str, Any]]:
-    arrays, meta = blob.unpack_untrusted(data, store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    arrays, meta = store.unpack_state(data, max_bytes=1 << 30)
     lm_arrays = {
         k: (v.dtype.name, v.shape, v.tobytes())
         for k, v in arrays.items()
@@ -56,7 +56,7 @@ def _lm_part(data: bytes) -> tuple[dict[str, tuple[str, tuple[int, ...], bytes]]
 def test_a_save_without_the_language_model_keeps_its_state_byte_for_byte(prior: GlobalPrior, full_state: bytes) -> None:
     light = TwinEngine(None, embed=fake_embed)
     light.decode(full_state, MAX)
-    assert not light.lm_loaded and light.status()["language_model"] == {"loaded": False}
+    assert not light.lm_loaded and light.status()["language_model"] == {"loaded": False, "loads_at_save": None}
     assert light.status()["messages_learned"] == 6 and light.status()["personal_words"] >= 1
     for _ in range(3):
         light.observe(Event("command", "", "rag.stats", 0))
@@ -102,7 +102,7 @@ def test_a_node_that_never_had_text_saves_no_language_model(prior: GlobalPrior) 
     light.observe(Event("document", "pump guide", "rag.add", 0))  # an embedded title: no language model either
     light.observe(Event("command", "", "rag.stats", 0))
     data = light.encode(MAX)
-    arrays, meta = blob.unpack_untrusted(data, store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    arrays, meta = store.unpack_state(data, max_bytes=1 << 30)
     assert meta[LM_EMPTY] is True and "prior" not in meta and set(arrays) == {f"x_{k}" for k in LIGHT_ARRAYS}
     assert len(data) < 10_000
     whole = TwinEngine(prior)  # read by an engine with its model: as shipped, plus the action head
@@ -139,7 +139,7 @@ async def test_commands_never_load_the_language_model_and_text_does_once(
             svc.record("command", "", action=method)
         await svc.idle.wait()
         st = await svc.status()
-        assert st["events"] == 3 and st["language_model"] == {"loaded": False} and loads == []
+        assert st["events"] == 3 and st["language_model"] == {"loaded": False, "loads_at_save": None} and loads == []
         assert (await svc.next_actions(2))[0]["action"] == "rag.stats"
         assert await svc.save_now() > 0 and loads == []
         # two first uses at once (two suggestions and a text event): one load
@@ -178,7 +178,7 @@ async def test_a_restart_keeps_the_language_model_through_light_saves(tmp_path: 
             await again.wait_learned(1)
             assert await again.save_now() > 0
             st = await again.status()
-            assert st["language_model"] == {"loaded": False} and st["messages_learned"] == 3, st
+            assert st["language_model"] == {"loaded": False, "loads_at_save": None} and st["messages_learned"] == 3, st
             n.cancel_scope.cancel()
     assert _lm_part(svc.path.read_bytes()) == _lm_part(first) and svc.path.read_bytes() != first
     last = _service(tmp_path)
@@ -198,10 +198,10 @@ async def test_an_unusable_language_model_part_is_kept_aside_and_the_rest_stays(
         svc.record("command", "", action="node.status")
         await svc.wait_learned(2)
         n.cancel_scope.cancel()
-    arrays, meta = blob.unpack_untrusted(svc.path.read_bytes(), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    arrays, meta = store.unpack_state(svc.path.read_bytes(), max_bytes=1 << 30)
     arrays = dict(arrays)
     arrays["tri"] = np.full_like(arrays["tri"], 2**30)  # ids out of range: found only when the model loads
-    planted = blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta)
+    planted = store.pack_state(arrays, meta)
     svc.path.write_bytes(planted)
     again = _service(tmp_path)
     async with trio.open_nursery() as n:
@@ -239,18 +239,18 @@ async def test_a_light_state_over_its_bound_loads_the_model_to_drop_the_rarest_c
         for i in range(40):  # embedded titles: dense rows of weights (~60 KB compressed)
             svc.record("document", f"guide number {i}", action=f"tool.{i}")
         await svc.wait_learned(40)
-        assert (await svc.status())["language_model"] == {"loaded": False}
+        assert (await svc.status())["language_model"] == {"loaded": False, "loads_at_save": None}
         assert await svc.save_now() <= bound
         st = await svc.status()
         assert st["language_model"] == {"loaded": True} and st["save_error"] is None and st["actions_known"] == 41
         n.cancel_scope.cancel()
-    arrays, meta = blob.unpack_untrusted(path.read_bytes(), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    arrays, meta = store.unpack_state(path.read_bytes(), max_bytes=1 << 30)
     assert meta["messages"] == whole.lm.messages and arrays["x_act_w"].shape == (41, 384 + 41)  # the whole head kept
 
 
 def _repack(data: bytes, **changes: Any) -> bytes:
     """``data`` with arrays replaced or added (a value of None drops one) and header values (``meta__name``)."""
-    arrays, meta = blob.unpack_untrusted(data, store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    arrays, meta = store.unpack_state(data, max_bytes=1 << 30)
     arrays, meta = dict(arrays), dict(meta)
     for name, value in changes.items():
         if name.startswith("meta__"):
@@ -259,7 +259,7 @@ def _repack(data: bytes, **changes: Any) -> bytes:
             arrays.pop(name, None)
         else:
             arrays[name] = value
-    return blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta, compact=True)
+    return store.pack_state(arrays, meta)
 
 
 def _sparse_junk(n: int) -> np.ndarray[Any, Any]:
@@ -272,8 +272,8 @@ def test_a_real_state_is_written_back_as_read(full_state: bytes, monkeypatch: py
     light = TwinEngine(None)
     light.decode(full_state, MAX)
     assert light.lm_needed_at_save is None
-    arrays, _ = blob.unpack_untrusted(full_state, store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
-    raw = sum(a.nbytes for a in arrays.values())
+    arrays, _ = store.unpack_state(full_state, max_bytes=1 << 30)
+    raw = sum(a.nbytes for k, a in arrays.items() if not store.is_light(k))  # (the language model's part)
     assert raw <= 8 * len(full_state)  # the margin the check leaves
     monkeypatch.setattr(engine_mod, "LIGHT_MAX_RAW_BYTES", raw - 1)  # the absolute bound, checked too
     light = TwinEngine(None)
@@ -328,13 +328,13 @@ async def test_planted_junk_is_dropped_at_the_first_save_and_the_counts_kept(tmp
         await n.start(again.run, None)
         again.record("command", "", action="node.status")
         await again.wait_learned(1)
-        assert (await again.status())["language_model"] == {"loaded": False}
+        assert (await again.status())["language_model"] == {"loaded": False, "loads_at_save": "unknown arrays (junk)"}
         size = await again.save_now()
         st = await again.status()
         assert st["language_model"] == {"loaded": True} and st["save_error"] is None and st["load_error"] is None
         assert st["messages_learned"] == 3 and st["events"] == 4, st
         n.cancel_scope.cancel()
-    arrays, meta = blob.unpack_untrusted(svc.path.read_bytes(), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    arrays, meta = store.unpack_state(svc.path.read_bytes(), max_bytes=1 << 30)
     assert "junk" not in arrays and "tri" in arrays and meta["messages"] == 3 and size < len(planted)
     assert not svc.path.with_name("state.bin.bad").exists()  # nothing else was wrong with it
 
@@ -364,15 +364,13 @@ async def test_forget_while_the_model_is_not_loaded_forgets_its_part(tmp_path: P
         again.record("command", "", action="node.status")
         await again.wait_learned(1)
         st = await again.status()
-        assert st["language_model"] == {"loaded": False} and st["messages_learned"] == 3
+        assert st["language_model"] == {"loaded": False, "loads_at_save": None} and st["messages_learned"] == 3
         assert (await again.forget())["erased_bytes"] > 0
         assert (await again.status())["messages_learned"] == 0
         again.record("command", "", action="rag.stats")
         await again.wait_learned(2)
         assert await again.save_now() > 0
-        arrays, meta = blob.unpack_untrusted(
-            again.path.read_bytes(), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30
-        )
+        arrays, meta = store.unpack_state(again.path.read_bytes(), max_bytes=1 << 30)
         assert meta.get(LM_EMPTY) is True and not set(arrays) - {f"x_{k}" for k in LIGHT_ARRAYS}, (arrays, meta)
         assert "zorblat" not in (await again.context())["frequent_words"]
         ex = await again.export()
@@ -388,7 +386,7 @@ async def test_export_while_the_model_is_not_loaded_loads_it_with_the_saved_part
         await n.start(again.run, None)
         again.record("command", "", action="node.status")
         await again.wait_learned(1)
-        assert (await again.status())["language_model"] == {"loaded": False}
+        assert (await again.status())["language_model"] == {"loaded": False, "loads_at_save": None}
         ex = await again.export()
         assert {"zorblat", "qwixel"} <= set(ex["personal_words"]) and ex["status"]["messages_learned"] == 3
         assert ex["trigram_counts"] and ex["neural_adaptation"] is not None

@@ -150,15 +150,15 @@ def test_the_gate_state_is_saved_and_restored(prior: GlobalPrior) -> None:
 
 
 def test_a_token_gate_threshold_from_an_older_state_is_not_taken_as_the_message_gates(prior: GlobalPrior) -> None:
-    from node.twin import blob, store
+    from node.twin import store
 
     eng = TwinEngine(prior)
     eng.observe(Event("message", "hello there friend", "messages.send", 0))
-    arrays, meta = blob.unpack_untrusted(eng.encode(10_000_000), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    arrays, meta = store.unpack_state(eng.encode(10_000_000), max_bytes=1 << 30)
     del meta["gate_score"]  # session 4's state: a SurpriseGate threshold (~8 bits of surprisal)
     meta["gate_threshold_bits"] = 8.0
     back = TwinEngine(prior)
-    back.decode(blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta), 10_000_000)
+    back.decode(store.pack_state(arrays, meta), 10_000_000)
     assert back.gate.threshold_bits == MessageGate(0.5).threshold_bits
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import trio
 
-from node.twin import blob, neural, rnn, store
+from node.twin import neural, rnn, store
 from node.twin.engine import Event, TwinEngine
 from node.twin.model import MU_INIT
 from node.twin.service import TwinService
@@ -56,10 +56,10 @@ def _learned() -> TwinEngine:
 
 
 def _damage(data: bytes, how: Callable[[Arrays], None]) -> bytes:
-    arrays, meta = blob.unpack_untrusted(data, store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    arrays, meta = store.unpack_state(data, max_bytes=1 << 30)
     arrays = dict(arrays)
     how(arrays)
-    return blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta, compact=True)
+    return store.pack_state(arrays, meta)
 
 
 @pytest.mark.parametrize("case", sorted(DAMAGED))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from node.twin import blob, neural, store
+from node.twin import neural, store
 from node.twin.engine import Event, TwinEngine
 from node.twin.errors import TwinStoreError
 from node.twin.neural import NeuralLM
@@ -128,9 +128,9 @@ def test_a_state_with_the_models_id_but_no_deltas_is_not_taken_as_adapted() -> N
     eng = learned(pr, model(pr, seed=1))
     eng.lm.mu = 0.77
     data = eng.encode(10_000_000)
-    arrays, meta = blob.unpack_untrusted(data, store.MAGIC, store.FORMAT_VERSION, max_bytes=10_000_000)
+    arrays, meta = store.unpack_state(data, max_bytes=10_000_000)
     del arrays["x_nn_w"]
-    partial = blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta, compact=True)
+    partial = store.pack_state(arrays, meta)
     back = TwinEngine(pr, neural=model(pr, seed=1))
     back.decode(partial, 10_000_000)
     assert back.lm.mu != 0.77 and back.neural_reset_reason is not None and "incomplete" in back.neural_reset_reason
@@ -153,10 +153,10 @@ def test_a_hostile_model_id_or_gate_score_reaches_status_escaped(key: str) -> No
     by the human `village twin status`): a terminal escape in one arrives escaped, never raw."""
     pr = tiny_prior()
     eng = learned(pr, model(pr, seed=1))
-    arrays, meta = blob.unpack_untrusted(eng.encode(10_000_000), store.MAGIC, store.FORMAT_VERSION, max_bytes=1 << 30)
+    arrays, meta = store.unpack_state(eng.encode(10_000_000), max_bytes=1 << 30)
     meta[key] = "\x1b]0;pwned\x07\x1b[2J"
     back = TwinEngine(pr, neural=model(pr, seed=1))
-    back.decode(blob.pack(store.MAGIC, store.FORMAT_VERSION, dict(arrays), meta), 10_000_000)
+    back.decode(store.pack_state(dict(arrays), meta), 10_000_000)
     note = back.status()["neural"]["reset" if key == "neural_model" else "gate_reset"]
     assert note is not None and "\\x1b]0;pwned\\x07\\x1b[2J" in note, note
     assert not any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in note), note

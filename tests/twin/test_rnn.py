@@ -118,9 +118,9 @@ def test_engine_state_round_trip_and_hostile_context_state() -> None:
     assert isinstance(back.neural, rnn.RecurrentLM) and back.status()["neural"]["reset"] is None
     np.testing.assert_allclose(back.neural.a_w, nn.a_w, rtol=1e-6)
     np.testing.assert_allclose(back.neural.s_msg, nn.s_msg, rtol=1e-6)
-    arrays, meta = blob.unpack_untrusted(data, store.MAGIC, store.FORMAT_VERSION, max_bytes=10_000_000)
+    arrays, meta = store.unpack_state(data, max_bytes=10_000_000)
     arrays["x_nn_s"] = np.full_like(arrays["x_nn_s"], 5.0)  # a GRU state is never outside [-1, 1]
-    bad = blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta, compact=True)
+    bad = store.pack_state(arrays, meta)
     hostile = TwinEngine(pr, neural=model(pr))
     hostile.decode(bad, 10_000_000)  # the neural tier alone starts again (test_neural_reset_on_load.py)
     assert isinstance(hostile.neural, rnn.RecurrentLM) and not hostile.neural.s_msg.any()
@@ -184,9 +184,9 @@ def test_a_huge_finite_adapter_in_a_saved_state_is_not_loaded() -> None:
     pr = tiny_prior()
     data = _learned_engine(pr).encode(10_000_000)
     for name in ("x_nn_w", "x_nn_b"):
-        arrays, meta = blob.unpack_untrusted(data, store.MAGIC, store.FORMAT_VERSION, max_bytes=10_000_000)
+        arrays, meta = store.unpack_state(data, max_bytes=10_000_000)
         arrays[name] = np.full_like(arrays[name], 3e38)
-        bad = blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta, compact=True)
+        bad = store.pack_state(arrays, meta)
         back = TwinEngine(pr, neural=model(pr))
         back.decode(bad, 10_000_000)
         assert isinstance(back.neural, rnn.RecurrentLM) and not back.neural.a_w.any() and not back.neural.a_b.any()
@@ -238,7 +238,7 @@ def test_the_disk_bound_drops_the_whole_recurrent_adaptation_context_included() 
         eng.observe(Event("message", t, None, i))
     full = eng.encode(10_000_000)
     small = eng.encode(len(full) - 1)
-    arrays, meta = blob.unpack_untrusted(small, store.MAGIC, store.FORMAT_VERSION, max_bytes=10_000_000)
+    arrays, meta = store.unpack_state(small, max_bytes=10_000_000)
     assert meta.get("neural_dropped") is True
     assert not [k for k in arrays if k.startswith("x_nn_")], sorted(arrays)
     back = TwinEngine(pr, neural=model(pr, d=48))

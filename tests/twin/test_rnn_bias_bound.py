@@ -9,7 +9,7 @@ import random
 
 import numpy as np
 
-from node.twin import blob, neural, rnn, store
+from node.twin import neural, rnn, store
 from node.twin.engine import Event, TwinEngine
 from node.twin.model import TwinLM
 
@@ -104,10 +104,10 @@ def test_a_stored_output_bias_beyond_the_bound_resets_the_adaptation_with_a_reas
     ok = TwinEngine(pr, neural=model(pr))
     ok.decode(data, 10_000_000)
     assert ok.status()["neural"]["reset"] is None
-    arrays, meta = blob.unpack_untrusted(data, store.MAGIC, store.FORMAT_VERSION, max_bytes=10_000_000)
+    arrays, meta = store.unpack_state(data, max_bytes=10_000_000)
     arrays["x_nn_c"] = arrays["x_nn_c"].copy()
     arrays["x_nn_c"][3] = rnn.MAX_BIAS_DRIFT + 1.0  # finite, but no learning reaches it
-    bad = blob.pack(store.MAGIC, store.FORMAT_VERSION, arrays, meta, compact=True)
+    bad = store.pack_state(arrays, meta)
     back = TwinEngine(pr, neural=model(pr))
     back.decode(bad, 10_000_000)
     nn = back.neural

@@ -86,9 +86,9 @@ def test_a_saved_state_uses_a_dictionary_sized_to_it(prior: GlobalPrior) -> None
     for t in TEXTS[:50]:
         lm.observe(t)
     data = store.encode(lm)
-    body = data[data.index(b"\xfd7zXZ") :]  # the xz stream after the JSON header
+    body = data[data.rindex(b"\xfd7zXZ") :]  # the language-model section's xz stream (the last)
     assert len(lzma.LZMADecompressor(memlimit=4 << 20).decompress(body)) > 0
-    default = blob.pack(store.MAGIC, store.FORMAT_VERSION, {"a": np.zeros(4)}, {})
+    default = blob.pack(store.MAGIC, store.V1_FORMAT_VERSION, {"a": np.zeros(4)}, {})
     with pytest.raises(lzma.LZMAError):
         lzma.LZMADecompressor(memlimit=4 << 20).decompress(default[default.index(b"\xfd7zXZ") :])
     back = TwinLM(prior)
