@@ -135,9 +135,10 @@ def gate_requests(
         if victim is None or len(victim) <= mine or trio.current_time() - victim[0].started < DHT_PREEMPT_AFTER_S:
             return False
         held = victim[0]
-        held.preempted = True
-        held.scope.cancel()
-        refuse_count("dht_streams_preempted")
+        if not held.preempted:  # else pre-empted for another newcomer already: its slot is on its way
+            held.preempted = True
+            held.scope.cancel()
+            refuse_count("dht_streams_preempted")
         with trio.move_on_after(DHT_PREEMPT_WAIT_S):
             await held.ended.wait()
         return limiter.borrowed_tokens < limiter.total_tokens
