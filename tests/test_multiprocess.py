@@ -137,6 +137,8 @@ def test_two_daemons_over_betanet_with_kill_and_reconnect(root: Path) -> None:
                 **{k: 0 for k in ("dht_answers_cut", "dht_answers_refused", "dht_records_dropped")},
                 **{k: 0 for k in ("dht_requests_refused", "dht_puts_refused")},
                 **{k: 0 for k in ("dht_streams_refused", "dht_requests_timed_out")},
+                **{k: 0 for k in ("dht_streams_expired", "dht_streams_preempted", "dht_slots_refused")},
+                "dht_streams_closed": 0,
                 **{k: 0 for k in ("dht_providers_refused", "dht_providers_evicted")},
                 **{k: 0 for k in ("relay_reservations", "relay_dials", "dial_fallbacks")},
                 **{k: 0 for k in ("mesh_streams_refused", "quic_initials_dropped", "quic_connections_refused")},

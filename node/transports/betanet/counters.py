@@ -25,6 +25,10 @@ class BetanetCounters:
     dht_records_dropped: int = 0  # signed records in DHT messages under keys costly to verify (RSA e > 65537, ...)
     dht_streams_refused: int = 0  # inbound DHT streams reset: the peer had DHT_STREAMS_PER_PEER served already
     dht_requests_timed_out: int = 0  # inbound DHT streams reset: no whole request within DHT_REQUEST_TIMEOUT_S
+    dht_streams_expired: int = 0  # inbound DHT streams reset: not ended within DHT_STREAM_DEADLINE_S
+    dht_streams_preempted: int = 0  # inbound DHT streams reset: all 12 slots taken, this peer held the most
+    dht_slots_refused: int = 0  # inbound DHT streams reset: all 12 of py-libp2p's slots taken, none pre-emptable
+    dht_streams_closed: int = 0  # inbound DHT streams stuck writing (the peer stopped reading): connection closed
     dht_puts_refused: int = 0  # PUT_VALUE requests to our DHT server: refused, nothing stored (dht_store.py)
     dht_providers_refused: int = 0  # ADD_PROVIDER records not stored: the record's, its peer's or the store's bounds
     dht_providers_evicted: int = 0  # provider records evicted for another peer's (the largest share's oldest first)

@@ -13,8 +13,13 @@ So, on this node:
   a key, the asker's signed record, and for ADD_PROVIDER the provider's own addresses (at most
   :data:`~.scope.MAX_OWN_ADDRS`).
 - **A peer is served on at most :data:`DHT_STREAMS_PER_PEER` streams at once** (``dht_streams_refused``), each
-  request whole within :data:`DHT_REQUEST_TIMEOUT_S` (``dht_requests_timed_out``): py-libp2p serves 12 streams at
-  once in all, without a timeout, so one peer's silent streams locked every other asker out.
+  request whole within :data:`DHT_REQUEST_TIMEOUT_S` (``dht_requests_timed_out``) and each stream whole (requests,
+  answers, reset) within :data:`DHT_STREAM_DEADLINE_S` (``dht_streams_expired``; one stuck writing to a peer that
+  stopped reading has that peer's connections closed: ``dht_streams_closed``): py-libp2p serves 12 streams at
+  once in all, without a timeout, so one peer's silent streams locked every other asker out, and 6 peers that
+  stopped reading our answers held all 12 slots for as long as they liked. When all 12 are taken, a newcomer
+  pre-empts the longest-held stream of the peer holding the most (``dht_streams_preempted``), else it is refused
+  (``dht_slots_refused``: py-libp2p's own refusals were not counted).
 - **PUT_VALUE is refused** (``dht_puts_refused``: the stream is reset, nothing parsed by py-libp2p, nothing stored).
   This node never puts or gets DHT values itself (peer routing only: FIND_NODE), so holding other peers' values
   serves nobody here; a value's publisher stores it at the other DHT servers closest to its key. GET_VALUE is still
@@ -24,7 +29,8 @@ So, on this node:
   record, :data:`MAX_PROVIDER_RECORDS_PER_PEER` records and :data:`MAX_PROVIDER_BYTES_PER_PEER` bytes per
   providing peer (ADD_PROVIDER names only its sender as provider, so the provider is the sender), and
   :data:`MAX_PROVIDER_RECORDS` records and :data:`MAX_PROVIDER_BYTES` bytes in all. A peer at its own bound is
-  refused (``dht_providers_refused``); when the store is full, expired records go first, then the oldest record of
+  refused (``dht_providers_refused``), and so is a record for a key that has py-libp2p's k (20) providers already
+  (py-libp2p would drop it); when the store is full, expired records go first, then the oldest record of
   the peer holding the largest share, and only if that share is larger than the newcomer's (one peer never evicts
   another's records to grow past it: ``dht_providers_evicted``).
 
@@ -44,6 +50,7 @@ import trio
 from google.protobuf.message import DecodeError
 from libp2p.abc import IHost, INetStream
 from libp2p.kad_dht import KadDHT
+from libp2p.kad_dht.common import BUCKET_SIZE
 from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL
 from libp2p.kad_dht.pb.kademlia_pb2 import Message
 from libp2p.peer.id import ID
@@ -52,7 +59,7 @@ from libp2p.utils import varint
 
 from node.errors import TransportError
 from node.transports.betanet.counters import BetanetCounters
-from node.transports.betanet.scope import MAX_OWN_ADDRS
+from node.transports.betanet.scope import MAX_OWN_ADDRS, close_stuck_peer
 
 log = logging.getLogger("village.betanet.dht")
 
@@ -67,6 +74,20 @@ MAX_DHT_REQUEST_BYTES = 64 * 1024
 # QUERY_TIMEOUT = 10 s for an answer).
 DHT_STREAMS_PER_PEER = 2
 DHT_REQUEST_TIMEOUT_S = 10.0
+# The whole life of one inbound DHT stream, seconds: its requests, our answers and the reset (py-libp2p's handler
+# has no bound on writing an answer: a peer that stopped reading held its slot for as long as the connection lived).
+# An honest asker's stream lives a few ms (one request, one answer; py-libp2p's asker opens a stream per query).
+# Cut there, the stream is reset (``dht_streams_expired``); one cut while writing an answer (the peer did not take
+# it), a handler still running DHT_STREAM_CUT_GRACE_S (seconds) later, or a reset not written within
+# DHT_RESET_BOUND_S (seconds) has the peer's connections closed (``dht_streams_closed``).
+DHT_STREAM_DEADLINE_S = 5.0
+DHT_STREAM_CUT_GRACE_S = 1.0
+DHT_RESET_BOUND_S = 1.0
+# When py-libp2p's 12 slots are all taken, a newcomer pre-empts the longest-held stream of the peer holding the most
+# slots (more than the newcomer's peer) if held this long, seconds (``dht_streams_preempted``), and waits at most
+# DHT_PREEMPT_WAIT_S (seconds) for its slot: else it is refused (``dht_slots_refused``).
+DHT_PREEMPT_AFTER_S = 1.0
+DHT_PREEMPT_WAIT_S = 0.5
 PROVIDER_ADDRS = MAX_OWN_ADDRS  # addresses kept per provider record (as many as a peer may store for itself)
 # One provider record as counted here: its key plus its addresses as binary multiaddrs (32 IPv6 QUIC addresses:
 # ~1 KB). py-libp2p holds each as Python objects: ~3x that in memory.
@@ -93,31 +114,124 @@ def gate_requests(
     each inbound DHT stream's requests are read by :func:`_read_requests_bounded` before py-libp2p's handler
     sees them, a peer has at most :data:`DHT_STREAMS_PER_PEER` of py-libp2p's 12 handler slots, and the provider
     store takes records through :class:`ProviderBounds`, which is returned. ``notify`` is called when a stream
-    is refused or timed out (the transport's status watchers). ``handle``: the handler to serve a stream that
-    passes (default: py-libp2p's own, ``dht.handle_stream``; dht.py passes its own bounded wrapper of it)."""
+    is refused, timed out, expired or pre-empted (the transport's status watchers). ``handle``: the handler to serve
+    a stream that passes (default: py-libp2p's own, ``dht.handle_stream``; dht.py passes its own bounded wrapper of
+    it)."""
     bounds = ProviderBounds(dht, counters)
     serve = handle if handle is not None else dht.handle_stream
-    serving: dict[ID, int] = {}  # peer -> its inbound DHT streams being served (entries only while > 0)
+    limiter = dht._inbound_limiter  # py-libp2p's 12 handler slots (kad_dht.py), read only
+    serving: dict[ID, list[_Served]] = {}  # peer -> its inbound DHT streams being served, oldest first
+
+    def refuse_count(cause: str) -> None:
+        setattr(counters, cause, getattr(counters, cause) + 1)
+        notify()
+
+    async def preempt_for(peer: ID) -> bool:
+        """Free one of py-libp2p's slots (all taken) for ``peer``: reset the longest-held stream of the peer holding
+        the most slots, if that peer holds more than ``peer`` and the stream is older than
+        :data:`DHT_PREEMPT_AFTER_S`. Whether a slot is free now."""
+        mine = len(serving.get(peer, ()))
+        victim = max(serving.values(), key=lambda held: (len(held), -held[0].started), default=None)
+        if victim is None or len(victim) <= mine or trio.current_time() - victim[0].started < DHT_PREEMPT_AFTER_S:
+            return False
+        held = victim[0]
+        if not held.preempted:  # else pre-empted for another newcomer already: its slot is on its way
+            held.preempted = True
+            held.scope.cancel()
+            refuse_count("dht_streams_preempted")
+        with trio.move_on_after(DHT_PREEMPT_WAIT_S):
+            await held.ended.wait()
+        return limiter.borrowed_tokens < limiter.total_tokens
 
     async def handle_bounded(stream: INetStream) -> None:
         peer = stream.muxed_conn.peer_id
-        if serving.get(peer, 0) >= DHT_STREAMS_PER_PEER:
-            counters.dht_streams_refused += 1
-            notify()
-            with contextlib.suppress(Exception):  # best effort: it is gone either way
-                await stream.reset()
+        if len(serving.get(peer, ())) >= DHT_STREAMS_PER_PEER:
+            refuse_count("dht_streams_refused")
+            await _reset(stream)
             return
-        serving[peer] = serving.get(peer, 0) + 1
+        if limiter.borrowed_tokens >= limiter.total_tokens and not await preempt_for(peer):
+            refuse_count("dht_slots_refused")  # py-libp2p would reset it unseen: counted here
+            await _reset(stream)
+            return
+        served = _Served()
+        serving.setdefault(peer, []).append(served)
         try:
-            _read_requests_bounded(stream, counters, notify)
-            await serve(stream)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_close_if_stuck, host, peer, served, counters, notify)
+                try:
+                    with served.scope:
+                        _read_requests_bounded(stream, counters, notify)
+                        served.watch_writes(stream)
+                        await serve(stream)
+                finally:
+                    served.ended.set()
+                if served.scope.cancel_called:  # its deadline passed (or pre-empted), whether or not the cut caught it
+                    if not served.preempted:
+                        refuse_count("dht_streams_expired")
+                    # cut while writing: the peer did not take our answer in the stream's whole life (and a send
+                    # cut midway leaves the connection's framing unknown); a reset not written: it takes nothing
+                    served.stuck = served.writing or not await _reset(stream)
+                served.done.set()
         finally:
-            serving[peer] -= 1
-            if not serving[peer]:
+            held = serving[peer]
+            held.remove(served)
+            if not held:
                 del serving[peer]
 
     host.set_stream_handler(KAD_PROTOCOL, handle_bounded)
     return bounds
+
+
+class _Served:
+    """One inbound DHT stream being served: its whole life's scope (cancelled at its deadline or when pre-empted);
+    ``ended`` is set once the handler has returned (py-libp2p's slot freed), ``done`` once the stream's reset after
+    a cut has been written too (or could not be: ``stuck``)."""
+
+    def __init__(self) -> None:
+        self.started = trio.current_time()
+        self.scope = trio.CancelScope(deadline=self.started + DHT_STREAM_DEADLINE_S)
+        self.ended = trio.Event()
+        self.done = trio.Event()
+        self.preempted = False
+        self.writing = False  # an answer being written (stream.write not returned)
+        self.stuck = False
+
+    def watch_writes(self, stream: INetStream) -> None:
+        """Track whether ``stream`` (this instance) is writing: ``writing``."""
+        raw_write = stream.write
+
+        async def write(data: bytes) -> None:
+            self.writing = True
+            await raw_write(data)
+            self.writing = False  # not on a cut: the cut sees it writing
+
+        setattr(stream, "write", write)  # noqa: B010 - an instance override, not a typed attribute
+
+
+async def _reset(stream: INetStream) -> bool:
+    """Reset ``stream`` within :data:`DHT_RESET_BOUND_S` (seconds): the RST goes through yamux's connection-wide
+    write lock, which a write to a peer that stopped reading (a zero TCP window) holds forever. Whether it ended."""
+    with trio.move_on_after(DHT_RESET_BOUND_S) as cut, contextlib.suppress(Exception):  # best effort: gone anyway
+        await stream.reset()
+    return not cut.cancelled_caught
+
+
+async def _close_if_stuck(
+    host: IHost, peer: ID, served: _Served, counters: BetanetCounters, notify: Callable[[], None]
+) -> None:
+    """Close ``peer``'s connections if the stream ``served`` is stuck: not done :data:`DHT_STREAM_CUT_GRACE_S`
+    (seconds) after its deadline, cut while writing an answer, or its reset after a cut not written. A cut handler
+    returns in ms unless its write (or reset) waits on a peer that stopped reading; closing the socket ends the
+    blocked send, then the handler, which frees its slot (measured on real sockets by the session 9 review).
+    Counted in ``dht_streams_closed``."""
+    with trio.move_on_at(served.scope.deadline + DHT_STREAM_CUT_GRACE_S):
+        await served.done.wait()
+        if not served.stuck:
+            return
+    counters.dht_streams_closed += 1
+    notify()
+    log.warning("DHT stream from %s: stuck writing (the peer stopped reading): closing its connections", peer)
+    await close_stuck_peer(host, peer)
 
 
 def _read_requests_bounded(stream: INetStream, counters: BetanetCounters, notify: Callable[[], None]) -> None:
@@ -215,6 +329,7 @@ class ProviderBounds:
         who = str(provider.peer_id)
         if (
             size > MAX_PROVIDER_RECORD_BYTES
+            or self._key_full(who, key)
             or not self._fits_peer(who, key, size)
             or not self._make_room(who, key, size)
         ):
@@ -231,6 +346,13 @@ class ProviderBounds:
         self.records += 1
         self.bytes += size
         self._push(who)
+
+    def _key_full(self, who: str, key: bytes) -> bool:
+        """Whether py-libp2p's store would drop ``who``'s record for ``key``: it keeps the first BUCKET_SIZE (k, 20)
+        providers of a key, and ``who`` is not one of them. Checked before making room: else others' records would
+        be evicted for a record then dropped."""
+        providers = self._store.providers.get(key, {})
+        return len(providers) >= BUCKET_SIZE and who not in providers
 
     def _after(self, who: str, key: bytes, size: int) -> tuple[int, int]:
         """The records and bytes ``who`` would hold with this record (a refresh replaces its own)."""

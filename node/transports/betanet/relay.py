@@ -160,7 +160,7 @@ class Relay:
         the background: each push gets ``betanet.dial_timeout_s`` (a peer that never reads is cut then and counted;
         one whose cut is stuck too, on a connection we cannot write to, has its connections closed a grace later),
         so one round takes at most ceil(peers / IDENTIFY_PUSH_CONCURRENCY) x (dial_timeout_s +
-        IDENTIFY_PUSH_CUT_GRACE_S + CONNECTION_CLOSE_BOUND_S) (scope.py). One round runs at a
+        IDENTIFY_PUSH_CUT_GRACE_S + 2 x CONNECTION_CLOSE_BOUND_S) (scope.py). One round runs at a
         time: asked while one runs, we push again once it ends (it may have read our addresses before the change),
         so reservations coming in quick succession start at most two rounds, never a task each."""
         nursery = self._nursery

@@ -343,7 +343,7 @@ async def push_identify_to_all(
     waits 30 s for an answer; one at a time, a few such peers kept the rest on our old addresses for minutes).
     ``on_timeout`` is called for each push cut short. A push whose cut does not end within
     :data:`IDENTIFY_PUSH_CUT_GRACE_S` more has its peer's connections closed (:func:`_close_if_stuck`), and
-    ``on_cut`` is called: so one round ends within timeout_s + grace + :data:`CONNECTION_CLOSE_BOUND_S` per peer,
+    ``on_cut`` is called: so one round ends within timeout_s + grace + 2 x :data:`CONNECTION_CLOSE_BOUND_S` per peer,
     at shutdown too."""
     peers = iter(host.get_connected_peers())  # shared by the pushers: each peer is pushed to once
 
@@ -387,15 +387,25 @@ async def _close_if_stuck(
         log.warning("identify push to %s: not ended %g s after it began (stuck in its cut): closing", peer_id, after_s)
         if on_cut is not None:
             on_cut()
-        network = host.get_network()
+        await close_stuck_peer(host, peer_id)
+
+
+async def close_stuck_peer(host: IHost, peer_id: ID) -> None:
+    """Close ``peer_id``'s connections when a write to it is stuck (the peer stopped reading: a zero TCP window):
+    the secured connection under yamux first (yamux's own close would first write GO_AWAY through its held write
+    lock), then the swarm's ``close_peer`` (its bookkeeping and notifications). Each step has its own
+    :data:`CONNECTION_CLOSE_BOUND_S` (seconds), so a first step cut at its bound does not skip the second; shielded,
+    so it does its job when the caller's scope is cancelled (shutdown) as well."""
+    network = host.get_network()
+    with trio.CancelScope(shield=True):
         with trio.move_on_after(CONNECTION_CLOSE_BOUND_S):
             for conn in network.get_connections(peer_id):
                 secured = getattr(conn.muxed_conn, "secured_conn", None)  # yamux/mplex over TCP; None for QUIC
                 if secured is not None:
                     with contextlib.suppress(Exception):  # best effort: already closed or broken
                         await secured.close()
-            with contextlib.suppress(Exception):  # best effort: the swarm's bookkeeping and notifications
-                await network.close_peer(peer_id)
+        with trio.move_on_after(CONNECTION_CLOSE_BOUND_S), contextlib.suppress(Exception):  # best effort
+            await network.close_peer(peer_id)
 
 
 async def push_identify(host: IHost, peer_id: ID) -> bool:
