@@ -52,6 +52,7 @@ from libp2p.utils import varint
 
 from node.transports.betanet.counters import BetanetCounters
 from node.transports.betanet.dht_store import ProviderBounds, gate_requests
+from node.transports.betanet.rsa_guard import MAX_RSA_EXPONENT
 from node.transports.betanet.scope import addr_scope, current_scope, own_audience, peer_addrs
 
 log = logging.getLogger("village.betanet.dht")
@@ -66,10 +67,9 @@ MAX_DHT_ANSWER_BYTES = 192 * 1024
 ANSWER_PEERS = BUCKET_SIZE  # k (20): peers of one answer's closerPeers, and of its providerPeers, py-libp2p reads
 # An answer naming more closerPeers is refused (an honest server names at most k): the cut's sort stays small.
 MAX_ANSWER_PEERS = 2 * ANSWER_PEERS
-# A signed record's RSA key beyond these is not verified (py-libp2p caps the modulus at 4096 bits, never the
-# public exponent): 65537 is what every key generator uses; a 4095-bit exponent cost ~25 ms per check.
+# A signed record's RSA key beyond these is not verified (py-libp2p caps the modulus at 4096 bits; .rsa_guard
+# makes it refuse a public exponent above MAX_RSA_EXPONENT too — here such records are dropped earlier, and counted).
 MAX_RSA_MODULUS_BITS = 4096
-MAX_RSA_EXPONENT = 65537
 
 
 def _watch_identify(host: IHost, on_done: Callable[[ID], None]) -> Callable[[], None]:
