@@ -10,9 +10,10 @@ pushes of 1.6 KB on parallel streams held the event loop ~2.5 s: any connected p
 
 :func:`refuse_costly_rsa_keys` makes py-libp2p's own key check also refuse a public exponent above
 :data:`MAX_RSA_EXPONENT` (:class:`CostlyRsaKey`), so each of those paths drops the key when it is parsed, before any
-signature check, and handles it as the bad key it handles already (every caller seen catches it: a record or message
-is dropped, a handshake fails; no task ends). Every key generator uses 65537; go-libp2p refuses exponents of 2^31
-and more. :mod:`.dht` still drops costly records in DHT messages before py-libp2p parses them, and counts them.
+signature check, and handles it as it handles any malformed key (identify, identify push, the DHT's record checks
+and Noise catch it: the record or message is dropped, the handshake fails; no task ends). Every key generator uses
+65537; go-libp2p refuses exponents of 2^31 and more. :mod:`.dht` still drops costly records in DHT messages before
+py-libp2p parses them, and counts them.
 """
 
 from __future__ import annotations
