@@ -10,6 +10,7 @@ import hashlib
 import os
 
 import multiaddr
+import pytest
 import trio
 from libp2p.abc import INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair
@@ -133,6 +134,47 @@ async def test_an_answer_naming_more_than_2k_peers_is_refused(nursery: trio.Nurs
     known = set(asker.host.get_peerstore().peer_ids())
     assert target not in known and not any(p in known for p in named)
     assert asker.counters.dht_answers_refused >= 1 and asker.counters.dht_answers_cut == 0
+
+
+async def test_an_answer_naming_more_than_2k_providers_is_refused_unwalked(nursery: trio.Nursery) -> None:
+    """An answer within the byte bound names as many empty providerPeers as fit (~98,000): refused on their
+    number, before any walk over them, so the event loop keeps running and no cut is made. (Unrefused: the record
+    walk and the de-duplication ran over every one before the cut to k: 0.33 s of the event loop per answer.)"""
+    answer = Message(type=Message.MessageType.FIND_NODE)
+    for _ in range((MAX_DHT_ANSWER_BYTES - 64) // 2):  # an empty Peer is 2 bytes: its tag and a zero length
+        answer.providerPeers.add()
+    body = answer.SerializeToString()
+    assert len(body) <= MAX_DHT_ANSWER_BYTES
+    server = await _hostile_server(nursery, body)
+    asker, _ = await start_transport(nursery, settings=ASKER)
+    with trio.fail_after(WAIT_S):
+        await _connected(asker, server)
+        _found, _took, held = await _lookup_watched(asker, _fake_id())
+    assert asker.counters.dht_answers_refused >= 1 and asker.counters.dht_answers_cut == 0
+    assert held < MAX_GAP_S, f"the event loop was held {held:.2f} s"
+
+
+@pytest.mark.parametrize("field", ["closerPeers", "providerPeers"])
+async def test_a_request_naming_more_than_2k_peers_is_refused(nursery: trio.Nursery, field: str) -> None:
+    """A DHT server gets an ADD_PROVIDER naming 2k + 1 peers (an honest one names one provider, itself): refused
+    unread (the stream is reset, ``dht_requests_refused``), nothing stored; 2k are taken as usual."""
+    server, _ = await start_transport(nursery, settings=dataclasses.replace(LOOPBACK, dht_mode="server"))
+    asker, _ = await start_transport(nursery)
+    assert server.routing is not None
+    key = hashlib.sha256(b"content").digest()
+    with trio.fail_after(WAIT_S):
+        await asker.dial(server.listen_addresses()[0])
+        for named in (MAX_ANSWER_PEERS, MAX_ANSWER_PEERS + 1):
+            request = Message(type=Message.MessageType.ADD_PROVIDER, key=key)
+            for _ in range(named):
+                peer = getattr(request, field).add()
+                peer.id = _fake_id().to_bytes()
+            try:  # the server's echo, or the reset
+                answered = bool((await _ask(asker, server, request)).key)
+            except Exception:  # noqa: BLE001 - reset: libp2p raises one of several stream errors
+                answered = False
+            assert answered == (named == MAX_ANSWER_PEERS), named
+    assert server.counters.dht_requests_refused == 1
 
 
 async def test_an_answer_naming_more_than_k_peers_is_cut_to_the_closest(nursery: trio.Nursery) -> None:

@@ -52,6 +52,7 @@ from libp2p.utils import varint
 
 from node.transports.betanet.counters import BetanetCounters
 from node.transports.betanet.dht_store import ProviderBounds, gate_requests
+from node.transports.betanet.rsa_guard import MAX_RSA_EXPONENT
 from node.transports.betanet.scope import addr_scope, current_scope, own_audience, peer_addrs
 
 log = logging.getLogger("village.betanet.dht")
@@ -64,12 +65,12 @@ IDENTIFY_QUEUE = 256  # identified peers waiting to be added to the routing tabl
 # (tests/transports/test_betanet_dht_answers.py builds one). py-libp2p's own bound is 4 MiB.
 MAX_DHT_ANSWER_BYTES = 192 * 1024
 ANSWER_PEERS = BUCKET_SIZE  # k (20): peers of one answer's closerPeers, and of its providerPeers, py-libp2p reads
-# An answer naming more closerPeers is refused (an honest server names at most k): the cut's sort stays small.
+# An answer naming more closerPeers or providerPeers is refused (an honest server names at most k of each): the
+# cut's walk and sort stay small.
 MAX_ANSWER_PEERS = 2 * ANSWER_PEERS
-# A signed record's RSA key beyond these is not verified (py-libp2p caps the modulus at 4096 bits, never the
-# public exponent): 65537 is what every key generator uses; a 4095-bit exponent cost ~25 ms per check.
+# A signed record's RSA key beyond these is not verified (py-libp2p caps the modulus at 4096 bits; .rsa_guard
+# makes it refuse a public exponent above MAX_RSA_EXPONENT too — here such records are dropped earlier, and counted).
 MAX_RSA_MODULUS_BITS = 4096
-MAX_RSA_EXPONENT = 65537
 
 
 def _watch_identify(host: IHost, on_done: Callable[[ID], None]) -> Callable[[], None]:
@@ -195,14 +196,14 @@ def _bound_answers(host: IHost, counters: BetanetCounters) -> None:
     held the event loop 1.7 s, 20,000 peers ~36 s), and verifies every signed record in it back to back (an RSA
     key with a 4095-bit public exponent costs ~25 ms a check: 20 of them held it 0.5-1.0 s). So each stream this
     host opens for the DHT protocol reads every answer itself first (:func:`_bound_message_untrusted`): one of more
-    than :data:`MAX_DHT_ANSWER_BYTES`, naming more than :data:`MAX_ANSWER_PEERS` closerPeers, or whose senderRecord
-    is under a costly key (:func:`_cheap_record`) is refused (the stream is reset, ``dht_answers_refused``); a
-    named peer's signed record under a costly key is dropped (``dht_records_dropped``: the peer keeps its unsigned
-    addresses); one naming more than :data:`ANSWER_PEERS` peers is cut to that many (``dht_answers_cut``):
-    closerPeers to the closest to the key asked for (the target itself, if named, stays), providerPeers to the
-    first distinct ones. Every answer kind the DHT reads (FIND_NODE, GET_PROVIDERS, GET_VALUE, PUT_VALUE and
-    ADD_PROVIDER echoes, PING) goes through this one read. An instance override of ``host.new_stream`` (libp2p is
-    pinned below 0.9); only streams of the DHT protocol change."""
+    than :data:`MAX_DHT_ANSWER_BYTES`, naming more than :data:`MAX_ANSWER_PEERS` closerPeers or providerPeers, or
+    whose senderRecord is under a costly key (:func:`_cheap_record`) is refused (the stream is reset,
+    ``dht_answers_refused``); a named peer's signed record under a costly key is dropped (``dht_records_dropped``:
+    the peer keeps its unsigned addresses); one naming more than :data:`ANSWER_PEERS` peers is cut to that many
+    (``dht_answers_cut``): closerPeers to the closest to the key asked for (the target itself, if named, stays),
+    providerPeers to the first distinct ones. Every answer kind the DHT reads (FIND_NODE, GET_PROVIDERS,
+    GET_VALUE, PUT_VALUE and ADD_PROVIDER echoes, PING) goes through this one read. An instance override of
+    ``host.new_stream`` (libp2p is pinned below 0.9); only streams of the DHT protocol change."""
     plain_new_stream = host.new_stream
 
     async def new_stream(peer_id: ID, protocol_ids: Sequence[TProtocol]) -> INetStream:
@@ -332,18 +333,19 @@ def _bound_message_untrusted(body: bytes, key: bytes | None, *, inbound: bool) -
     """``body`` without the named peers' signed records under costly keys (:func:`_cheap_record`), an answer's
     closerPeers cut to the :data:`ANSWER_PEERS` distinct peers closest to ``key`` (py-libp2p's distance: XOR of
     SHA-256 digests; in answer order without a key) and its providerPeers to the first :data:`ANSWER_PEERS`
-    distinct ones. Raises :class:`DhtMessageRefused` for a senderRecord under a costly key and for more than
-    :data:`MAX_ANSWER_PEERS` closerPeers (a request: or providerPeers): an honest server names at most k, so the
-    sort below handles at most 2k (one SHA-256 each). A body that does not parse goes on unchanged: py-libp2p's
-    own parse refuses it."""
+    distinct ones. Raises :class:`DhtMessageRefused` for more than :data:`MAX_ANSWER_PEERS` closerPeers or
+    providerPeers (counted before any loop: an honest server names at most k of each, so the record walk, the
+    de-duplication and the sort below handle at most 2k; 98,272 empty providerPeers fit in 192 KiB and held the
+    event loop 0.33 s) and for a senderRecord under a costly key. A body that does not parse goes on unchanged:
+    py-libp2p's own parse refuses it."""
     try:
         message = Message.FromString(body)
     except DecodeError:
         return BoundedMessage(None, 0, cut=False)
-    if len(message.closerPeers) > MAX_ANSWER_PEERS or (inbound and len(message.providerPeers) > MAX_ANSWER_PEERS):
+    if len(message.closerPeers) > MAX_ANSWER_PEERS or len(message.providerPeers) > MAX_ANSWER_PEERS:
         raise DhtMessageRefused(
             f"names {len(message.closerPeers)} closer and {len(message.providerPeers)} provider peers "
-            f"(at most {MAX_ANSWER_PEERS} {'each' if inbound else 'closer'})"
+            f"(at most {MAX_ANSWER_PEERS} each)"
         )
     if message.HasField("senderRecord") and not _cheap_record(message.senderRecord):
         raise DhtMessageRefused("its senderRecord is under a key too costly to verify", costly_records=1)

@@ -66,6 +66,7 @@ from node.transports.betanet.quic import QUIC_ATTEMPT_S, close_quic, dial_order,
 from node.transports.betanet.quic_admission import Limits
 from node.transports.betanet.quic_transport import QuicTransport
 from node.transports.betanet.relay import Relay, is_circuit, without_peer_suffix
+from node.transports.betanet.rsa_guard import refuse_costly_rsa_keys
 from node.transports.betanet.scope import (
     LAN,
     MAX_DHT_ADDRS_PER_PEER,
@@ -363,6 +364,7 @@ class BetanetTransport(Transport):
                 ) from None
             if is_circuit(addr) and self.settings.relay == "off":
                 raise StartupError(f"betanet.bootstrap: {addr!r} is a relayed address but betanet.relay is off")
+        refuse_costly_rsa_keys()  # process-wide, once: no peer's RSA key with a costly exponent is verified
         host = self._make_host(listen)
         self._advertise_real_addresses(host)
         routing = (
