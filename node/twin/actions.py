@@ -19,10 +19,25 @@ from node.twin.errors import TwinStoreError
 LEARNING_RATE = 0.5
 MAX_ACTION_CHARS = 64
 MAX_EVENTS = 2**62  # a saved event count above this is not a real one (store.MAX_META_INT)
+DIM = 384  # the embedding's dimensions (MiniLM)
+MAX_ACTIONS = 128  # distinct actions learned at most
+UTF8_MAX_BYTES = 4  # bytes of one character in UTF-8, at most
+
+
+def names_max_bytes(max_actions: int) -> int:
+    """The most bytes the saved action names of ``max_actions`` names may take: each of at most MAX_ACTION_CHARS
+    characters of at most 4 bytes, one newline between two."""
+    return max_actions * MAX_ACTION_CHARS * UTF8_MAX_BYTES + max(0, max_actions - 1)
+
+
+def state_max_bytes(dim: int = DIM, max_actions: int = MAX_ACTIONS) -> int:
+    """The most bytes :meth:`ActionHead.state` returns (its arrays' payload): float32 weights ``max_actions x
+    (dim + max_actions)`` and bias, the names, one int64 event count (293 KiB at the defaults)."""
+    return 4 * max_actions * (dim + max_actions) + 4 * max_actions + names_max_bytes(max_actions) + 8
 
 
 class ActionHead:
-    def __init__(self, dim: int = 384, max_actions: int = 128) -> None:
+    def __init__(self, dim: int = DIM, max_actions: int = MAX_ACTIONS) -> None:
         self.dim = dim
         self.max_actions = max_actions
         self.actions: list[str] = []
@@ -94,7 +109,14 @@ class ActionHead:
         raw = bytes(arrays["act_names"])
         if raw.count(b"\n") >= self.max_actions:  # before split: a newline is a list entry
             raise TwinStoreError("action head state does not fit this node's settings (too many actions)")
+        if len(raw) > names_max_bytes(self.max_actions):  # before decoding: no long string is ever built
+            raise TwinStoreError(f"action head state: act_names is {len(raw)} bytes, more than its names can be")
         names = raw.decode("utf-8").split("\n") if raw else []
+        longest = max((len(a) for a in names), default=0)
+        if longest > MAX_ACTION_CHARS:  # learn() keeps this many: a longer one is planted, and costs every save
+            raise TwinStoreError(
+                f"action head state: an action name of {longest} characters (at most {MAX_ACTION_CHARS})"
+            )
         n = len(names)
         w, b = arrays["act_w"], arrays["act_b"]
         if n > self.max_actions or w.shape != (n, self.dim + n) or b.shape != (n,) or len(set(names)) != n:
@@ -105,7 +127,9 @@ class ActionHead:
         self.w[:n, : self.dim + n] = w
         self.bias[:] = 0
         self.bias[:n] = b
-        events = int(arrays["act_events"][0]) if len(arrays.get("act_events", [])) else 0
+        if "act_events" in arrays and arrays["act_events"].shape != (1,):  # state() writes one count
+            raise TwinStoreError(f"action head state: act_events has shape {arrays['act_events'].shape}, not (1,)")
+        events = int(arrays["act_events"][0]) if "act_events" in arrays else 0
         if not 0 <= events <= MAX_EVENTS:  # 2**63 - 1 loaded, and the next action overflowed every save
             raise TwinStoreError("action head state: act_events is not a counter")
         self.events = events

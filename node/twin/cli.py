@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from node.cli_support import EXIT_OK, EXIT_USAGE, CliError, CliRegistry, call, emit
-from node.textsafe import safe_json
+from node.textsafe import safe_json, safe_text
+
+
+def _age(seconds: int) -> str:
+    """An age for a person: seconds, minutes, hours or days, whole."""
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -50,6 +58,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             lines.append(f"note: the language model loads at the next save (its saved part is not copied: {why})")
         if d.get("actions_note"):
             lines.append(f"note: {d['actions_note']}")
+        aside = d.get("set_aside")
+        if aside:
+            newest, state = safe_text(aside["files"][0]["name"]), Path(d["state_path"])
+            lines.append(
+                f"note: {aside['count']} state file(s) set aside, {aside['bytes']} bytes, not used (newest {newest}, "
+                f"last written {_age(aside['files'][0]['age_s'])} ago); to restore one, stop the node and `mv {newest} "
+                f'{state.name}` in {state.parent} (README: "Where it is stored"); `village twin forget` deletes them'
+            )
         return "\n".join(lines)
 
     emit(args, st, human)

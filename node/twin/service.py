@@ -53,6 +53,7 @@ EVENT_CHANNEL = 256  # events between record() and the learner; beyond this they
 Queued = tuple[int, Event]
 TWIN_DIR = "twin"
 MAX_SUGGEST = 10
+MAX_SET_ASIDE_LISTED = 10  # set-aside state files named by status (the newest; all are counted)
 MAX_SAVE_BACKOFF_S = 3600.0  # a save that keeps failing is retried at doubling intervals, at most this far apart
 
 BatteryReader = Callable[[], BatteryState | None]
@@ -526,6 +527,7 @@ class TwinService:
                 "learn_errors": self.learn_errors,
                 "state_path": str(self.path),
                 "state_bytes": self.path.stat().st_size if self.path.exists() else 0,
+                "set_aside": self.set_aside_files(),
                 "max_disk_bytes": self.settings.max_disk_bytes,
                 "load_error": self.load_error or load_error,
                 "save_error": self.save_error,
@@ -535,6 +537,35 @@ class TwinService:
             }
         )
         return st
+
+    def set_aside_files(self) -> dict[str, Any] | None:
+        """The state files set aside (``state.bin.bad*``: unusable here, or written by newer code and refused after a
+        downgrade) still on disk, None when there are none: said by every status, whatever restarts came since, so
+        what they learned is not forgotten unnoticed. Their count and bytes, and the newest few by name with their
+        bytes and age in seconds since last written (a file set aside keeps the time of its last save)."""
+        now = time.time()
+        found: list[tuple[float, str, int]] = []
+        try:
+            paths = list(self.path.parent.glob(self.path.name + ".bad*"))
+        except OSError:  # (the directory unreadable: nothing to say about it here; loading says it)
+            return None
+        for p in paths:
+            try:
+                st = p.lstat()
+            except OSError:  # (deleted meanwhile: a forget)
+                continue
+            found.append((st.st_mtime, p.name, st.st_size))
+        if not found:
+            return None
+        found.sort(reverse=True)
+        return {
+            "count": len(found),
+            "bytes": sum(size for _, _, size in found),
+            "files": [
+                {"name": name, "bytes": size, "age_s": max(0, round(now - mtime))}
+                for mtime, name, size in found[:MAX_SET_ASIDE_LISTED]
+            ],
+        }
 
     async def context(self) -> dict[str, Any]:
         """The personal context ``ask`` uses on this node (frequent contacts, recent topics, frequent words)."""

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from node.twin import blob
+from node.twin.actions import state_max_bytes
 from node.twin.errors import TwinStoreError
 from node.twin.model import N_BUCKETS, N_CACHE_BUCKETS, TwinLM
 from node.twin.names import STATE_FILE as STATE_FILE  # re-exported: the file this module writes
@@ -49,6 +50,11 @@ FRAME_BYTES = _FRAME.size
 # and the header's event count, recent topics and contacts. Everything else in the file is the language model's.
 LIGHT_ARRAYS = ("act_names", "act_w", "act_b", "act_events")
 LIGHT_META = ("events", "topics", "contacts")
+# The light section's payload, at most: the next-action head's arrays at their largest (293 KiB); its header values
+# (topics, contacts) are in the blob's header, bounded by blob.MAX_HEADER_BYTES. Its own bound, not the file's raw
+# bound (160 MB at the default 10 MB): a light save re-packs this section every time, so a planted 150 MB action
+# name cost each save 11-13 s of CPU and ~790 MiB, forever (review of twinsave9).
+LIGHT_SECTION_MAX_RAW_BYTES = state_max_bytes()
 LM_EMPTY = "lm_empty"  # format 1's header flag (format 2: an empty LM section): nothing learned by the model
 MAX_RAW_FACTOR = 16  # a state decompresses to at most this many times its bound (real ones x2.5-x6.2: bench/README)
 MIN_RAW_BOUND_BYTES = (
@@ -139,7 +145,8 @@ class StateParts:
 
 
 def unpack_parts_untrusted(data: bytes, max_raw_bytes: int) -> StateParts:
-    """Both parts of a state file of format 2 or 1, every section's payload bounded by ``max_raw_bytes`` (in all);
+    """Both parts of a state file of format 2 or 1, every section's payload bounded by ``max_raw_bytes`` (in all;
+    a format-2 light section also by :data:`LIGHT_SECTION_MAX_RAW_BYTES`);
     raises TwinStoreError on anything unexpected (a section's length that is not the file's, an array of one part
     in the other's section, another version)."""
     if len(data) >= _FRAME.size and data[:4] == MAGIC and _FRAME.unpack_from(data)[1] == V1_FORMAT_VERSION:
@@ -160,7 +167,8 @@ def unpack_parts_untrusted(data: bytes, max_raw_bytes: int) -> StateParts:
     if _FRAME.size + light_len + lm_len != len(data):
         raise TwinStoreError("corrupt file: its sections' lengths are not the file's")
     light_section = data[_FRAME.size : _FRAME.size + light_len]
-    light, light_meta = blob.unpack_untrusted(light_section, LIGHT_MAGIC, SECTION_VERSION, max_bytes=max_raw_bytes)
+    light_bound = min(max_raw_bytes, LIGHT_SECTION_MAX_RAW_BYTES)
+    light, light_meta = blob.unpack_untrusted(light_section, LIGHT_MAGIC, SECTION_VERSION, max_bytes=light_bound)
     if any(not is_light(k) for k in light) or any(k not in LIGHT_META for k in light_meta):
         raise TwinStoreError("corrupt file: the light section holds another part's arrays or values")
     if lm_len == 0:

@@ -378,7 +378,10 @@ def test_a_newline_bomb_is_refused_before_it_is_split(name: str) -> None:
     arrays, meta = store.unpack_state(eng.encode(10_000_000), max_bytes=1 << 30)
     arrays = dict(arrays)
     arrays[name] = np.frombuffer(b"\n" * 32_000_000, dtype=np.uint8)
-    data = store.pack_state(arrays, meta)
+    # Action names in a format-2 light section are refused by its own bound (test_save_sections); in a format-1 file
+    # (one blob, the file's raw bound) the head's checks on the bytes refuse them.
+    v1 = name == "x_act_names"
+    data = blob.pack(store.MAGIC, store.V1_FORMAT_VERSION, arrays, meta) if v1 else store.pack_state(arrays, meta)
     tracemalloc.start()
     try:
         store.unpack_state(data, max_bytes=10_000_000 * store.MAX_RAW_FACTOR)

@@ -209,3 +209,53 @@ async def test_a_restarted_service_keeps_the_section_through_light_saves(tmp_pat
         assert (await again.status())["language_model"] == {"loaded": False, "loads_at_save": None}
         n.cancel_scope.cancel()
     assert not again.path.with_name("state.bin.tmp").exists()
+
+
+def _light(names: bytes, *, n: int = 1, events: np.ndarray[Any, Any] | None = None) -> bytes:
+    """A light section of the next-action head: ``n`` names (``names``, newline-separated) and weights that fit."""
+    arrays: dict[str, np.ndarray[Any, Any]] = {
+        "x_act_names": np.frombuffer(names, np.uint8),
+        "x_act_w": np.zeros((n, 384 + n), np.float32),
+        "x_act_b": np.zeros(n, np.float32),
+        "x_act_events": np.ones(1, np.int64) if events is None else events,
+    }
+    return store.pack_light(arrays, {"events": 1})
+
+
+@pytest.mark.parametrize(
+    ("light", "why"),
+    [
+        (
+            _light(b"a" * 400_000),
+            f"out of range 0..{store.LIGHT_SECTION_MAX_RAW_BYTES}",
+        ),  # past the light section's own bound (295,559 bytes)
+        (_light(b"a" * (64 * 4 * 128 + 128)), "act_names is"),  # within it, more than 128 names can be
+        (_light("é".encode() * 65), "an action name of 65 characters"),  # learn() keeps 64
+        (_light(b"a", events=np.ones(2, np.int64)), "act_events has shape"),
+        (_light(b"a", events=np.ones(0, np.int64)), "act_events has shape"),
+    ],
+)
+def test_a_light_section_holding_what_no_action_head_writes_is_refused(light: bytes, why: str) -> None:
+    """A planted light section within the file's raw bound (160 MB at the default 10 MB bound) but holding a long
+    action name: before, it loaded and every light save re-packed it (a 150 MB name: 11-13 s CPU, ~790 MiB each)."""
+    data = store.frame(light, b"")
+    assert len(data) < 10_000  # (a few KB of file)
+    with pytest.raises(TwinStoreError, match=why):
+        TwinEngine(None).decode(data, MAX)
+    ok = TwinEngine(None)
+    ok.decode(store.frame(_light("é".encode() * 64), b""), MAX)  # the longest name learn() keeps loads
+    assert ok.actions.actions == ["é" * 64] and ok.actions.events == 1
+
+
+def test_the_sections_are_bounded_in_all_not_each(full_state: bytes) -> None:
+    """Each section under the raw bound, both together over it: refused (the bound is the file's, in all)."""
+    parts = store.unpack_parts_untrusted(full_state, 1 << 30)
+    assert parts.lm_arrays is not None
+    light_raw = sum(a.nbytes for a in parts.light_arrays.values())
+    lm_raw = sum(a.nbytes for a in parts.lm_arrays.values())
+    assert 0 < light_raw < lm_raw
+    store.unpack_parts_untrusted(full_state, light_raw + lm_raw)  # exactly the bound: read
+    with pytest.raises(TwinStoreError, match=r"payload over|out of range"):
+        store.unpack_parts_untrusted(full_state, light_raw + lm_raw - 1)
+    with pytest.raises(TwinStoreError, match=r"payload over|out of range"):
+        store.unpack_parts_untrusted(full_state, lm_raw + light_raw // 2)  # (each alone is under this)

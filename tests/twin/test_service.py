@@ -411,3 +411,44 @@ async def test_the_action_heads_model_calls_wait_for_the_knowledge_bases_limiter
         assert seen == ["when does the train to paris leave"]
         assert (await svc.status())["messages_learned"] >= 1 and svc.actions_note is None
         n.cancel_scope.cancel()
+
+
+async def test_status_says_a_set_aside_state_file_is_there_after_restarts(tmp_path: Path) -> None:
+    """A file this node cannot read (here a newer format, as after a downgrade) is set aside once; every later
+    status, after any restart, still says it is there (how many, bytes, age), until forget deletes it."""
+    newer = b"AVTS" + (3).to_bytes(2, "big") + bytes(8) + b"what a newer node learned"
+    twin_dir = tmp_path / "twin"
+    twin_dir.mkdir(mode=0o700)
+    (twin_dir / "state.bin").write_bytes(newer)
+    (twin_dir / "state.bin").chmod(0o600)
+    power = Power(90, True)
+    svc = make(tmp_path, power)
+    async with trio.open_nursery() as n:
+        await n.start(svc.run, None)
+        st = await svc.status()
+        assert "format version 3" in st["load_error"] and st["set_aside"]["count"] == 1, st
+        n.cancel_scope.cancel()
+    for _ in range(2):  # restarts: the load error is over, the file set aside is still said
+        again = make(tmp_path, power)
+        async with trio.open_nursery() as n:
+            await n.start(again.run, None)
+            again.record("command", "", action="node.status")
+            await again.idle.wait()
+            assert await again.save_now() > 0
+            st = await again.status()
+            assert st["load_error"] is None
+            assert st["set_aside"] == {
+                "count": 1,
+                "bytes": len(newer),
+                "files": [
+                    {"name": "state.bin.bad", "bytes": len(newer), "age_s": st["set_aside"]["files"][0]["age_s"]}
+                ],
+            }
+            assert 0 <= st["set_aside"]["files"][0]["age_s"] < 3600
+            n.cancel_scope.cancel()
+    last = make(tmp_path, power)
+    async with trio.open_nursery() as n:
+        await n.start(last.run, None)
+        await last.forget()
+        assert (await last.status())["set_aside"] is None and not (twin_dir / "state.bin.bad").exists()
+        n.cancel_scope.cancel()

@@ -3,6 +3,7 @@ control socket, suggestions come back, the state file is 0600 in the data dir, a
 
 from __future__ import annotations
 
+import argparse
 import json
 import stat
 import subprocess
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from node.control.client import ControlClient
+from node.twin import cli as twin_cli
 from tests.test_cli import WAIT_S, running_daemon, village
 
 
@@ -59,3 +61,51 @@ def test_twin_forget_needs_yes_and_erases(daemon: tuple[Path, subprocess.Popen[s
     code, exported = twin(daemon_dir, "export")
     assert "walrus" not in json.dumps(exported)
     assert not (daemon_dir / "twin").exists()
+
+
+def test_status_text_names_the_set_aside_state_files(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The human text of `village twin status` (what a user reads after a downgrade and a restart) says the files
+    set aside are there and how to restore one; no daemon needed: the control call answers a status dict."""
+    st = {
+        "learning": "allowed",
+        "reason": "ok",
+        "messages_learned": 0,
+        "tokens_learned": 0,
+        "personal_words": 0,
+        "personal_trigrams": 0,
+        "actions_known": 1,
+        "recent_bits_per_token": None,
+        "neural": None,
+        "language_model": {"loaded": False, "loads_at_save": None},
+        "battery_percent": 90,
+        "external_power": True,
+        "temp_c": 35.0,
+        "cpu_used_s_this_hour": 0.0,
+        "cpu_budget_s_per_hour": 60.0,
+        "queued_events": 0,
+        "deferred_events": 0,
+        "deferred_bytes": 0,
+        "deferred_dropped": 0,
+        "state_path": "/data/twin/state.bin",
+        "state_bytes": 300,
+        "max_disk_bytes": 10_000_000,
+        "load_error": None,
+        "set_aside": {
+            "count": 2,
+            "bytes": 9000,
+            "files": [
+                {"name": "state.bin.bad.17", "bytes": 5000, "age_s": 7300},
+                {"name": "state.bin.bad", "bytes": 4000, "age_s": 90_000},
+            ],
+        },
+    }
+    monkeypatch.setattr(twin_cli, "call", lambda *a, **kw: st)
+    assert twin_cli.cmd_status(argparse.Namespace(wait=0.0, json=False)) == 0
+    out = capsys.readouterr().out
+    assert "2 state file(s) set aside, 9000 bytes" in out and "state.bin.bad.17, last written 2 h ago" in out
+    assert "`mv state.bin.bad.17 state.bin` in /data/twin" in out and "forget` deletes them" in out
+    st["set_aside"] = None
+    twin_cli.cmd_status(argparse.Namespace(wait=0.0, json=False))
+    assert "set aside" not in capsys.readouterr().out
