@@ -113,9 +113,10 @@ def test_each_peer_is_told_only_the_addresses_of_its_scope(namespace: str) -> No
 
 def test_dht_answers_cannot_plant_private_or_malformed_addresses(namespace: str) -> None:
     """A hostile DHT server answers a lookup with the target at loopback, LAN, link-local, unspecified, multicast,
-    DNS (localhost) and unsupported addresses among public ones, and names NAMED_PEERS other peers. A node that
-    reached it over its public address stores only well-formed public TCP/QUIC addresses, at most
-    MAX_DHT_ADDRS_PER_PEER for the target, and not every named peer (MAX_DHT_PEERS); one that reached it over the
+    DNS (localhost) and unsupported addresses among public ones, and names NAMED_PEERS other peers (2k in all, the
+    most an answer may name). A node that reached it over its public address stores only well-formed public TCP/QUIC
+    addresses, at most MAX_DHT_ADDRS_PER_PEER for the target, and not every named peer (the k closest to the key it
+    asked for are read; MAX_DHT_PEERS bounds the rest); one that reached it over the
     LAN also takes LAN and link-local ones, never loopback ones or names. (Unchecked, all of them entered the
     peerstore, and the lookup itself broke on a malformed one.)"""
     seen = probe(namespace, "answers")
