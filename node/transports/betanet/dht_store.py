@@ -131,14 +131,16 @@ def gate_requests(
         the most slots, if that peer holds more than ``peer`` and the stream is older than
         :data:`DHT_PREEMPT_AFTER_S`. Whether a slot is free now."""
         mine = len(serving.get(peer, ()))
-        victim = max(serving.values(), key=lambda held: (len(held), -held[0].started), default=None)
+        # only streams still holding a slot: one pre-empted or expired already is on its way out (its reset may take
+        # up to DHT_RESET_BOUND_S), choosing it again refused every newcomer meanwhile (session 9 review, M1)
+        live = [[s for s in held if s.live] for held in serving.values()]
+        victim = max((held for held in live if held), key=lambda held: (len(held), -held[0].started), default=None)
         if victim is None or len(victim) <= mine or trio.current_time() - victim[0].started < DHT_PREEMPT_AFTER_S:
             return False
         held = victim[0]
-        if not held.preempted:  # else pre-empted for another newcomer already: its slot is on its way
-            held.preempted = True
-            held.scope.cancel()
-            refuse_count("dht_streams_preempted")
+        held.preempted = True
+        held.scope.cancel()
+        refuse_count("dht_streams_preempted")
         with trio.move_on_after(DHT_PREEMPT_WAIT_S):
             await held.ended.wait()
         return limiter.borrowed_tokens < limiter.total_tokens
@@ -168,9 +170,8 @@ def gate_requests(
                 if served.scope.cancel_called:  # its deadline passed (or pre-empted), whether or not the cut caught it
                     if not served.preempted:
                         refuse_count("dht_streams_expired")
-                    # cut while writing: the peer did not take our answer in the stream's whole life (and a send
-                    # cut midway leaves the connection's framing unknown); a reset not written: it takes nothing
-                    served.stuck = served.writing or not await _reset(stream)
+                    # (writes are whole: see _Served.watch_writes) a reset not written: the peer takes nothing
+                    served.stuck = not await _reset(stream)
                 served.done.set()
         finally:
             held = serving[peer]
@@ -196,14 +197,28 @@ class _Served:
         self.writing = False  # an answer being written (stream.write not returned)
         self.stuck = False
 
+    @property
+    def live(self) -> bool:
+        """Still holding its slot: neither pre-empted, cut at its deadline, nor ended."""
+        return not (self.preempted or self.scope.cancel_called or self.ended.is_set())
+
     def watch_writes(self, stream: INetStream) -> None:
         """Track whether ``stream`` (this instance) is writing: ``writing``."""
         raw_write = stream.write
 
         async def write(data: bytes) -> None:
+            # A write is never cut midway by the stream's deadline or a pre-emption (a send cut midway leaves the
+            # connection's framing unknown, and the cut used to land at the write's first checkpoint — yamux's
+            # locks, before a byte went — and closed an honest peer's connections): it is shielded, and the cut lands
+            # at the checkpoint after it. One the peer never takes is ended by _close_if_stuck closing the
+            # connection (DHT_STREAM_CUT_GRACE_S after the deadline), which wakes the blocked send.
             self.writing = True
-            await raw_write(data)
-            self.writing = False  # not on a cut: the cut sees it writing
+            try:
+                with trio.CancelScope(shield=True):
+                    await raw_write(data)
+            finally:
+                self.writing = False
+            await trio.lowlevel.checkpoint()
 
         setattr(stream, "write", write)  # noqa: B010 - an instance override, not a typed attribute
 
@@ -220,7 +235,8 @@ async def _close_if_stuck(
     host: IHost, peer: ID, served: _Served, counters: BetanetCounters, notify: Callable[[], None]
 ) -> None:
     """Close ``peer``'s connections if the stream ``served`` is stuck: not done :data:`DHT_STREAM_CUT_GRACE_S`
-    (seconds) after its deadline, cut while writing an answer, or its reset after a cut not written. A cut handler
+    (seconds) after its deadline (a write the peer never takes: writes are not cut midway), or its reset after a
+    cut not written. A cut handler
     returns in ms unless its write (or reset) waits on a peer that stopped reading; closing the socket ends the
     blocked send, then the handler, which frees its slot (measured on real sockets by the session 9 review).
     Counted in ``dht_streams_closed``."""
