@@ -37,6 +37,13 @@ teaches the adapter only its tokens where the neural tier beat the mixture — a
 those; ``"neg"`` alone keeps nothing) is ~1.2-1.5x as efficient per CPU point, yet as the shipped gate's option
 it costs 0.014 bits/token on the confirmation senders. Both are bench options (``--msg-gate ...:WARMUP:TOKENS``,
 ``--gate-tokens``), off in the daemon (the warm-up's count is not saved with the state either).
+
+Session 9 (bench/README.md "Session 9 — the lead's gate runs"): on the 38 held-out report users, whose histories are
+~2.5x the tuning senders', the always-on statistics carry ~94 % of the gain, and ``edgec`` at a 5 % budget
+(``[twin] gate_fraction = 0.05``) keeps 95.3 % of the always-update gain at 25.8 % of its update CPU (the goal: 90 %
+at 30 %); on the dev senders the same budget keeps ~85 %. Tried and not kept: a score on the won tokens only
+(``edgep``), a fixed threshold (per-user selection), a running sum of the bias rows and the counts learned before
+the neural passes (no measurable CPU saved).
 """
 
 from __future__ import annotations
