@@ -51,7 +51,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils import varint
 
 from node.transports.betanet.counters import BetanetCounters
-from node.transports.betanet.dht_store import ProviderBounds, gate_requests
+from node.transports.betanet.dht_store import ProviderBounds, gate_requests, read_body, read_length_prefix
 from node.transports.betanet.rsa_guard import MAX_RSA_EXPONENT
 from node.transports.betanet.scope import addr_scope, current_scope, own_audience, peer_addrs
 
@@ -258,27 +258,16 @@ def _read_bounded(stream: INetStream, peer_id: ID, counters: BetanetCounters, *,
         return DhtMessageRefused(f"DHT {kind} from {peer_id} refused: {why}")
 
     async def next_message() -> bytes:
-        prefix = bytearray()
-        while len(prefix) < 10:  # a uvarint of at most 64 bits
-            byte = await raw_read(1)
-            if not byte:
-                return bytes(prefix)
-            prefix += byte
-            if byte[0] & 0x80 == 0:
-                break
-        else:
-            return bytes(prefix)  # py-libp2p's reader refuses it
-        length = varint.decode_uvarint(bytes(prefix))
+        prefix, length = await read_length_prefix(raw_read)
+        if length is None:
+            return prefix  # ended, or not a uvarint: py-libp2p's reader sees it so
         if length > max_bytes:
             raise await refuse(f"{length} bytes (at most {max_bytes})")
-        body = bytearray()
-        while len(body) < length:
-            chunk = await raw_read(length - len(body))
-            if not chunk:
-                return bytes(prefix + body)  # ended early: py-libp2p's reader sees it so
-            body += chunk
+        body = await read_body(raw_read, length)
+        if len(body) < length:
+            return prefix + body  # ended early: py-libp2p's reader sees it so
         try:
-            bounded = _bound_message_untrusted(bytes(body), _request_key(bytes(asked)), inbound=inbound)
+            bounded = _bound_message_untrusted(body, _request_key(bytes(asked)), inbound=inbound)
         except DhtMessageRefused as exc:
             counters.dht_records_dropped += exc.costly_records
             raise await refuse(str(exc)) from exc
@@ -287,7 +276,7 @@ def _read_bounded(stream: INetStream, peer_id: ID, counters: BetanetCounters, *,
             counters.dht_answers_cut += 1
             log.debug("DHT answer from %s named more than %d peers: cut", peer_id, ANSWER_PEERS)
         if bounded.body is None:
-            return bytes(prefix + body)
+            return prefix + body
         return bytes(varint.encode_uvarint(len(bounded.body))) + bounded.body
 
     async def read(n: int | None = None) -> bytes:

@@ -250,6 +250,32 @@ async def _close_if_stuck(
     await close_stuck_peer(host, peer)
 
 
+async def read_length_prefix(raw_read: Callable[[int], Awaitable[bytes]]) -> tuple[bytes, int | None]:
+    """A DHT message's uvarint length prefix, read a byte at a time from ``raw_read``: the bytes read and the length,
+    or None for it when the stream ended first or the prefix runs past 10 bytes (64 bits; py-libp2p's reader refuses
+    what was read). Shared by the readers of answers (dht.py) and of requests (:func:`_read_requests_bounded`)."""
+    prefix = bytearray()
+    while len(prefix) < 10:
+        byte = await raw_read(1)
+        if not byte:
+            return bytes(prefix), None
+        prefix += byte
+        if byte[0] & 0x80 == 0:
+            return bytes(prefix), varint.decode_uvarint(bytes(prefix))
+    return bytes(prefix), None
+
+
+async def read_body(raw_read: Callable[[int], Awaitable[bytes]], length: int) -> bytes:
+    """``length`` bytes from ``raw_read`` (the caller bounded ``length``), fewer if the stream ended first."""
+    body = bytearray()
+    while len(body) < length:
+        chunk = await raw_read(length - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)
+
+
 def _read_requests_bounded(stream: INetStream, counters: BetanetCounters, notify: Callable[[], None]) -> None:
     """Make ``stream`` (this instance) hand py-libp2p's handler each request only once it is read whole: one over
     :data:`MAX_DHT_REQUEST_BYTES`, a PUT_VALUE, or one not whole within :data:`DHT_REQUEST_TIMEOUT_S` of the
@@ -265,34 +291,23 @@ def _read_requests_bounded(stream: INetStream, counters: BetanetCounters, notify
         return DhtRequestRefused(f"DHT request from {stream.muxed_conn.peer_id} refused: {why}")
 
     async def next_request() -> bytes:
-        prefix = bytearray()
-        while len(prefix) < 10:  # a uvarint of at most 64 bits
-            byte = await raw_read(1)
-            if not byte:
-                return bytes(prefix)
-            prefix += byte
-            if byte[0] & 0x80 == 0:
-                break
-        else:
-            return bytes(prefix)  # py-libp2p's reader refuses it
-        length = varint.decode_uvarint(bytes(prefix))
+        prefix, length = await read_length_prefix(raw_read)
+        if length is None:
+            return prefix  # ended, or not a uvarint: py-libp2p's reader sees it so
         if length > MAX_DHT_REQUEST_BYTES:
             counters.dht_requests_refused += 1
             raise await refuse(f"{length} bytes (at most {MAX_DHT_REQUEST_BYTES})")
-        body = bytearray()
-        while len(body) < length:
-            chunk = await raw_read(length - len(body))
-            if not chunk:
-                return bytes(prefix + body)  # ended early: py-libp2p's reader sees it so
-            body += chunk
+        body = await read_body(raw_read, length)
+        if len(body) < length:
+            return prefix + body  # ended early: py-libp2p's reader sees it so
         try:
-            kind = Message.FromString(bytes(body)).type
+            kind = Message.FromString(body).type
         except DecodeError:
-            return bytes(prefix + body)  # py-libp2p's parse refuses it
+            return prefix + body  # py-libp2p's parse refuses it
         if kind == Message.MessageType.PUT_VALUE:
             counters.dht_puts_refused += 1
             raise await refuse("PUT_VALUE (this node stores no DHT values)")
-        return bytes(prefix + body)
+        return prefix + body
 
     async def read(n: int | None = None) -> bytes:
         if not ready:
