@@ -140,6 +140,8 @@ def gate_requests(
         held = victim[0]
         held.preempted = True
         held.scope.cancel()
+        if held.shield is not None:  # a write in progress: it has half the wait to end, else it is cut (stuck)
+            held.shield.deadline = min(held.shield.deadline, trio.current_time() + DHT_PREEMPT_WAIT_S / 2)
         refuse_count("dht_streams_preempted")
         with trio.move_on_after(DHT_PREEMPT_WAIT_S):
             await held.ended.wait()
@@ -170,8 +172,8 @@ def gate_requests(
                 if served.scope.cancel_called:  # its deadline passed (or pre-empted), whether or not the cut caught it
                     if not served.preempted:
                         refuse_count("dht_streams_expired")
-                    # (writes are whole: see _Served.watch_writes) a reset not written: the peer takes nothing
-                    served.stuck = not await _reset(stream)
+                    # a write cut at its shield's deadline, or a reset not written: the peer takes nothing
+                    served.stuck = served.stuck or not await _reset(stream)
                 served.done.set()
         finally:
             held = serving[peer]
@@ -195,6 +197,7 @@ class _Served:
         self.done = trio.Event()
         self.preempted = False
         self.writing = False  # an answer being written (stream.write not returned)
+        self.shield: trio.CancelScope | None = None  # that write's shield (its own deadline)
         self.stuck = False
 
     @property
@@ -212,12 +215,21 @@ class _Served:
             # locks, before a byte went — and closed an honest peer's connections): it is shielded, and the cut lands
             # at the checkpoint after it. One the peer never takes is ended by _close_if_stuck closing the
             # connection (DHT_STREAM_CUT_GRACE_S after the deadline), which wakes the blocked send.
+            # The shield has its own deadline (the stream's + DHT_STREAM_CUT_GRACE_S, moved closer when the stream is
+            # pre-empted): a write still blocked then is cut, the stream is stuck and its peer's connections are
+            # closed (a shutdown, which cancels the watchdog too, waits for no peer that stopped reading).
             self.writing = True
+            shield = trio.CancelScope(shield=True, deadline=self.scope.deadline + DHT_STREAM_CUT_GRACE_S)
+            self.shield = shield
             try:
-                with trio.CancelScope(shield=True):
+                with shield:
                     await raw_write(data)
             finally:
                 self.writing = False
+                self.shield = None
+            if shield.cancelled_caught:
+                self.stuck = True
+                raise DhtRequestRefused(f"DHT answer to {stream.muxed_conn.peer_id} not taken in time")
             await trio.lowlevel.checkpoint()
 
         setattr(stream, "write", write)  # noqa: B010 - an instance override, not a typed attribute
@@ -240,10 +252,15 @@ async def _close_if_stuck(
     returns in ms unless its write (or reset) waits on a peer that stopped reading; closing the socket ends the
     blocked send, then the handler, which frees its slot (measured on real sockets by the session 9 review).
     Counted in ``dht_streams_closed``."""
-    with trio.move_on_at(served.scope.deadline + DHT_STREAM_CUT_GRACE_S):
-        await served.done.wait()
-        if not served.stuck:
-            return
+    try:
+        with trio.move_on_at(served.scope.deadline + DHT_STREAM_CUT_GRACE_S):
+            await served.done.wait()
+            if not served.stuck:
+                return
+    except trio.Cancelled:  # from outside (shutdown): a write in progress may wait on a peer that stopped reading
+        if served.writing:
+            await close_stuck_peer(host, peer)  # (shielded and bounded)
+        raise
     counters.dht_streams_closed += 1
     notify()
     log.warning("DHT stream from %s: stuck writing (the peer stopped reading): closing its connections", peer)
